@@ -1,0 +1,427 @@
+"""Failure classification: a finished command, a Python exception or an HTTP answer becomes one error class.
+
+Everything is first reduced to a `Failure` (the evidence), then the ordered rules of skill.yaml are
+tried; the first rule whose every condition matches names the class. No rule matching means `unknown`,
+which is retried once and recorded as unclassified so the log analysis can suggest a rule.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno as errno_mod
+import json
+import re
+import signal as signal_mod
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .backoff import parse_retry_after
+from .config import ClassifySettings, Rule, get_config
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_CHAIN_LIMIT = 16
+_TEXT_LIMIT = 8000
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The evidence of one failed attempt, whatever produced it."""
+
+    source: str  # "exception" | "command" | "http"
+    text: str = ""
+    exception_types: tuple[str, ...] = ()
+    errnos: tuple[str, ...] = ()
+    status: int | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    error_codes: tuple[str, ...] = ()
+    exit_code: int | None = None
+    signal: str | None = None
+    timed_out: bool = False
+    detail: str = ""  # the one line that best says what went wrong, if known
+
+    # -- constructors --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Failure:
+        """Evidence from an exception and its __cause__/__context__ chain (openai, httpx, OSError ...)."""
+        chain = _exception_chain(exc)
+        types: list[str] = []
+        errnos: list[str] = []
+        texts: list[str] = []
+        status: int | None = None
+        headers: Mapping[str, str] = _EMPTY
+        codes: list[str] = []
+        for item in chain:
+            types.extend(_type_names(type(item)))
+            if isinstance(item, OSError) and isinstance(item.errno, int):
+                name = errno_mod.errorcode.get(item.errno)
+                if name:
+                    errnos.append(name)
+            text = _safe_str(item)
+            if text:
+                texts.append(f"{type(item).__name__}: {text}")
+            if status is None:
+                status, headers = _http_from(item)
+            codes.extend(_codes_from(item))
+        if status is not None:
+            codes.extend(c for c in _codes_from_body(_body_text(chain)) if c not in codes)
+        return cls(
+            source="exception",
+            text=" | ".join(texts)[:_TEXT_LIMIT],
+            exception_types=tuple(dict.fromkeys(types)),
+            errnos=tuple(dict.fromkeys(errnos)),
+            status=status,
+            headers=headers,
+            error_codes=tuple(dict.fromkeys(codes)),
+        )
+
+    @classmethod
+    def from_command(
+        cls,
+        *,
+        exit_code: int | None,
+        stderr_tail: str = "",
+        stdout_tail: str = "",
+        timed_out: bool = False,
+        tail_chars: int = 4000,
+    ) -> Failure:
+        """Evidence from a finished command: a negative exit code means it died of that signal."""
+        sig = None
+        code = exit_code
+        if exit_code is not None and exit_code < 0:
+            sig = _signal_name(-exit_code)
+            code = None
+        text = _tail(stderr_tail, tail_chars)
+        if stdout_tail:
+            text = text + "\n" + _tail(stdout_tail, max(tail_chars // 2, 1))
+        return cls(
+            source="command",
+            text=text,
+            exception_types=_with_builtin_bases(traceback_exception_types(text)),
+            exit_code=code,
+            signal=sig,
+            timed_out=timed_out,
+            headers=_headers_from_text(text),
+            detail=_last_meaningful_line(stderr_tail) or _last_meaningful_line(stdout_tail),
+        )
+
+    @classmethod
+    def from_http(cls, status: int, headers: Mapping[str, str] | None = None, body: str | bytes = "") -> Failure:
+        """Evidence from an HTTP answer: status, headers and the error object in the body."""
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        return cls(
+            source="http",
+            text=text[:_TEXT_LIMIT],
+            status=status,
+            headers=MappingProxyType({k.lower(): v for k, v in (headers or {}).items()}),
+            error_codes=tuple(_codes_from_body(text)),
+        )
+
+    def retry_after(self, *, now: float) -> float | None:
+        return parse_retry_after(self.headers, now=now) if self.headers else None
+
+    def summary(self) -> str:
+        """One line for a ledger's `reason`: what happened, most specific first."""
+        parts = []
+        if self.timed_out:
+            parts.append("timed out")
+        if self.signal:
+            parts.append(f"killed by {self.signal}")
+        elif self.exit_code is not None:
+            parts.append(f"exit {self.exit_code}")
+        if self.status is not None:
+            parts.append(f"HTTP {self.status}")
+        line = self.detail or (self.text if self.source != "command" else "")
+        if line:
+            parts.append(line)
+        return ": ".join(parts) if parts else "failed"
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The class of one failure, the rule that said so, and what the server asked for."""
+
+    error_class: str
+    rule: str
+    reason: str
+    retry_after_s: float | None = None
+
+    @property
+    def unclassified(self) -> bool:
+        return self.rule == UNCLASSIFIED
+
+
+UNCLASSIFIED = "unclassified"
+
+
+# --- rules ---------------------------------------------------------------------------------------------------
+
+
+class _CompiledRule:
+    __slots__ = (
+        "codes",
+        "errnos",
+        "error_class",
+        "exceptions_bare",
+        "exceptions_full",
+        "exit_codes",
+        "headers",
+        "name",
+        "pattern",
+        "reason",
+        "signals",
+        "status_exact",
+        "status_hundreds",
+    )
+
+    def __init__(self, rule: Rule) -> None:
+        self.name = rule.name
+        self.error_class = rule.error_class
+        self.reason = rule.reason or rule.error_class
+        self.status_exact = frozenset(s for s in rule.status if isinstance(s, int))
+        self.status_hundreds = frozenset(int(s[0]) for s in rule.status if isinstance(s, str))
+        self.codes = frozenset(c.lower() for c in rule.error_code)
+        self.headers = tuple((k.lower(), v.lower()) for k, v in rule.header.items())
+        # "pkg.Name" matches pkg.Name and pkg.sub.module.Name: the package and the class, not the path.
+        self.exceptions_full = frozenset((e.split(".")[0], e.rpartition(".")[2]) for e in rule.exception if "." in e)
+        self.exceptions_bare = frozenset(e for e in rule.exception if "." not in e)
+        self.errnos = frozenset(rule.errno)
+        self.exit_codes = frozenset(rule.exit_code)
+        self.signals = frozenset(rule.signal)
+        self.pattern = re.compile(rule.pattern) if rule.pattern else None
+
+    def matches(self, f: Failure) -> bool:
+        if self.status_exact or self.status_hundreds:
+            if f.status is None:
+                return False
+            if f.status not in self.status_exact and f.status // 100 not in self.status_hundreds:
+                return False
+        if self.codes and not any(c.lower() in self.codes for c in f.error_codes):
+            return False
+        for name, want in self.headers:
+            if f.headers.get(name, "").strip().lower() != want:
+                return False
+        if (self.exceptions_full or self.exceptions_bare) and not any(
+            t.rpartition(".")[2] in self.exceptions_bare
+            or (t.split(".", 1)[0], t.rpartition(".")[2]) in self.exceptions_full
+            for t in f.exception_types
+        ):
+            return False
+        if self.errnos and not any(e in self.errnos for e in f.errnos):
+            return False
+        if self.exit_codes and f.exit_code not in self.exit_codes:
+            return False
+        if self.signals and f.signal not in self.signals:
+            return False
+        return not (self.pattern is not None and not self.pattern.search(f.text))
+
+
+class Classifier:
+    """Applies the ordered rules; build one per loaded configuration and reuse it."""
+
+    def __init__(self, settings: ClassifySettings) -> None:
+        self.settings = settings
+        self._rules = tuple(_CompiledRule(r) for r in settings.ordered_rules)
+
+    def classify(self, failure: Failure, *, now: float | None = None) -> Classification:
+        retry_after = failure.retry_after(now=time.time() if now is None else now)
+        if failure.timed_out:
+            # Our own per-attempt timeout fired: that is a timeout whatever the output says.
+            return Classification("timeout", "attempt-timeout", "timeout", retry_after)
+        for rule in self._rules:
+            if rule.matches(failure):
+                return Classification(rule.error_class, rule.name, rule.reason, retry_after)
+        return Classification("unknown", UNCLASSIFIED, "unknown", retry_after)
+
+    def classify_exception(self, exc: BaseException, *, now: float | None = None) -> Classification:
+        return self.classify(Failure.from_exception(exc), now=now)
+
+
+_classifiers: dict[int, Classifier] = {}
+
+
+def classifier_for(settings: ClassifySettings) -> Classifier:
+    """One compiled Classifier per settings object (settings are immutable, so identity is enough)."""
+    found = _classifiers.get(id(settings))
+    if found is None or found.settings is not settings:
+        found = _classifiers[id(settings)] = Classifier(settings)
+    return found
+
+
+# --- evidence helpers ----------------------------------------------------------------------------------------
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(chain) < _CHAIN_LIMIT:
+        chain.append(current)
+        seen.add(id(current))
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return chain
+
+
+_TYPE_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _type_names(tp: type[BaseException]) -> tuple[str, ...]:
+    """Every class in the MRO as `module.Name` (private module parts dropped; builtins bare). Cached."""
+    found = _TYPE_NAMES.get(tp)
+    if found is not None:
+        return found
+    names: list[str] = []
+    for klass in tp.__mro__:
+        if klass is object:
+            continue
+        module = ".".join(p for p in (klass.__module__ or "").split(".") if not p.startswith("_"))
+        qual = klass.__qualname__
+        names.append(qual if module in ("", "builtins") else f"{module}.{qual}")
+    if len(_TYPE_NAMES) > 1024:  # exception classes made on the fly must not grow this forever
+        _TYPE_NAMES.clear()
+    found = _TYPE_NAMES[tp] = tuple(names)
+    return found
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not hide the failure it describes
+        return repr(exc)
+
+
+def _http_from(exc: BaseException) -> tuple[int | None, Mapping[str, str]]:
+    """Status and lower-cased headers from openai/httpx/requests-style errors, if any."""
+    response = getattr(exc, "response", None)
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int) or isinstance(status, bool):
+        status = getattr(response, "status_code", None)
+    if not isinstance(status, int) or isinstance(status, bool):
+        return None, _EMPTY
+    raw_headers = getattr(response, "headers", None)
+    headers: dict[str, str] = {}
+    if raw_headers is not None:
+        try:
+            headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
+        except Exception:  # a foreign headers object we cannot read is just absent evidence
+            headers = {}
+    return status, MappingProxyType(headers)
+
+
+def _codes_from(exc: BaseException) -> list[str]:
+    codes = []
+    for attr in ("code", "type"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, str) and value:
+            codes.append(value)
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        codes.extend(_codes_in_mapping(body))
+    return codes
+
+
+def _body_text(chain: list[BaseException]) -> str:
+    for item in chain:
+        response = getattr(item, "response", None)
+        text = getattr(response, "text", None)
+        if isinstance(text, str):
+            return text[:_TEXT_LIMIT]
+    return ""
+
+
+def _codes_in_mapping(body: Mapping[Any, Any]) -> list[str]:
+    codes = []
+    error = body.get("error", body)
+    if isinstance(error, Mapping):
+        for key in ("code", "type"):
+            value = error.get(key)
+            if isinstance(value, str) and value:
+                codes.append(value)
+    elif isinstance(error, str) and error:
+        codes.append(error)
+    return codes
+
+
+def _codes_from_body(text: str) -> list[str]:
+    if not text or "{" not in text:
+        return []
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return []
+    return _codes_in_mapping(body) if isinstance(body, Mapping) else []
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal_mod.Signals(num).name
+    except ValueError:
+        return f"SIG{num}"
+
+
+def _tail(text: str, limit: int) -> str:
+    return text[-limit:] if len(text) > limit else text
+
+
+_TRACEBACK_HEAD = "Traceback (most recent call last):"
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s.*)?$")
+
+
+def traceback_exception_types(text: str) -> tuple[str, ...]:
+    """Exception type names ending the Python tracebacks in a command's output, the last one first."""
+    if _TRACEBACK_HEAD not in text:
+        return ()
+    found: list[str] = []
+    in_trace = False
+    for line in text.splitlines():
+        if line.startswith(_TRACEBACK_HEAD):
+            in_trace = True
+            continue
+        if in_trace and line and not line[0].isspace():
+            match = _EXC_LINE.match(line)
+            if match and not line.startswith(("During handling", "The above exception")):
+                found.append(match.group(1))
+            in_trace = False
+    return tuple(reversed(dict.fromkeys(found)))
+
+
+def _with_builtin_bases(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Add the MRO of builtin exception names (ConnectionRefusedError -> ConnectionError, OSError ...).
+
+    Only builtins are resolved: importing a module named in a command's output would run its code.
+    """
+    out: list[str] = []
+    for name in names:
+        out.append(name)
+        found = getattr(builtins, name, None) if "." not in name else None
+        if isinstance(found, type) and issubclass(found, BaseException):
+            out.extend(_type_names(found))
+    return tuple(dict.fromkeys(out))
+
+
+_RETRY_AFTER_TEXT = re.compile(r"(?im)^\s*(retry-after(?:-ms)?)\s*:\s*(\S+)\s*$")
+
+
+def _headers_from_text(text: str) -> Mapping[str, str]:
+    """A command that prints HTTP headers (curl -i) can pass on a Retry-After."""
+    found = {m.group(1).lower(): m.group(2) for m in _RETRY_AFTER_TEXT.finditer(text)}
+    return MappingProxyType(found) if found else _EMPTY
+
+
+def _last_meaningful_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        stripped = line.strip()
+        if stripped:
+            return stripped[:300]
+    return ""
+
+
+def classify(error: BaseException | Failure, *, settings: ClassifySettings | None = None) -> Classification:
+    """Classify an exception or a Failure with the loaded settings (or the `settings` given)."""
+    if settings is None:
+        settings = get_config().classify
+    failure = error if isinstance(error, Failure) else Failure.from_exception(error)
+    return classifier_for(settings).classify(failure)

@@ -1,0 +1,107 @@
+"""The skill's own errors, grouped by what the caller does next.
+
+Each carries the data a message needs and the process exit code of DESIGN.md:
+2 usage or configuration, 3 failed, 4 not attempted (try later).
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_NOT_ATTEMPTED = 4
+
+
+class SelfHealError(Exception):
+    """Base of every error the skill raises on purpose."""
+
+    exit_code: int = EXIT_FAILED
+
+
+class UsageError(SelfHealError, ValueError):
+    """The caller asked for something that cannot work as asked (bad flag, bad id)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """A configuration file or value is wrong; the message names the file, key path and value."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Path | str | None = None,
+        key: str | None = None,
+        value: object = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.value = value
+        self.line = line
+        self.column = column
+        where = self.file or "<config>"
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
+        parts = [where]
+        if key:
+            parts.append(key)
+        super().__init__(": ".join([*parts, message]))
+
+
+class InvalidIdError(UsageError):
+    """An id that would become a file name is not safe to use as one."""
+
+    def __init__(self, kind: str, value: str) -> None:
+        self.kind = kind
+        self.value = value
+        super().__init__(f"invalid {kind} id {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ - and no leading dot")
+
+
+class StateError(SelfHealError):
+    """A state file under the state root could not be used."""
+
+
+class CorruptStateError(StateError):
+    """A state file could not be parsed; it was moved aside, never silently reset."""
+
+    def __init__(self, path: Path, quarantined_to: Path | None, detail: str) -> None:
+        self.path = path
+        self.quarantined_to = quarantined_to
+        self.detail = detail
+        moved = f"; moved to {quarantined_to}" if quarantined_to else ""
+        super().__init__(f"state file {path} is unreadable ({detail}){moved}")
+
+
+class NotAttempted(SelfHealError):
+    """Nothing was run because running now would be pointless or unsafe; try later."""
+
+    exit_code = EXIT_NOT_ATTEMPTED
+
+
+class LockBusy(NotAttempted):
+    """Another process holds the lock for this task or file."""
+
+    def __init__(self, what: str, holder: str | None = None) -> None:
+        self.what = what
+        self.holder = holder
+        suffix = f" (held by {holder})" if holder else ""
+        super().__init__(f"{what} is busy{suffix}; try again later")
+
+
+class Interrupted(BaseException):
+    """A signal asked this process to stop; not an Exception, so no retry loop swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        try:
+            self.signame = _signal.Signals(signum).name
+        except ValueError:
+            self.signame = f"signal {signum}"
+        super().__init__(f"interrupted by {self.signame}")

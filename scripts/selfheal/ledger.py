@@ -1,0 +1,191 @@
+"""The retry ledger (ledger/YYYY-MM-DD.jsonl) and the human log (logs/selfheal.log).
+
+One event becomes one JSON line with every DESIGN.md field and one log line in the source documents'
+format, e.g. `2026-06-10T03:12:18Z [RETRY] task=doc-gen-587 model=Qwen3-4B reason=timeout attempt=1/3
+delay=5s`. Both are appended whole, under a lock, after secrets are masked. A write that fails (disk
+full) is logged and counted, never raised: the ledger must not be what breaks a user's run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from .clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
+from .config import Config, LogSettings
+from .redact import Redactor
+from .store import StateRoot, append_line, ensure_dir
+
+logger = logging.getLogger(__name__)
+
+# Every event carries all of these (null where they do not apply), in this order.
+FIELDS = (
+    "ts",
+    "event",
+    "task",
+    "step",
+    "target",
+    "model",
+    "attempt",
+    "max_attempts",
+    "error_class",
+    "reason",
+    "status",
+    "exit_code",
+    "delay_s",
+    "duration_s",
+    "tokens",
+    "pid",
+    "host",
+)
+
+_HOST = socket.gethostname()
+
+
+def _num(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+
+
+_SAFE_VALUE = re.compile(r"[^\s\"=]+\Z")
+
+
+def _val(value: Any) -> str:
+    text = str(value)
+    return text if _SAFE_VALUE.match(text) else json.dumps(text, ensure_ascii=False)
+
+
+def format_log_line(event: Mapping[str, Any]) -> str:
+    """The source documents' line format for one event."""
+    kind = str(event["event"])
+    parts = [str(event["ts"])[:19] + "Z", f"[{kind.upper()}]", f"task={_val(event.get('task') or '-')}"]
+
+    def add(key: str, value: Any) -> None:
+        if value is not None and value != "":
+            parts.append(f"{key}={_val(value)}")
+
+    for key in ("step", "target", "model"):
+        add(key, event.get(key))
+    if kind != "success":
+        add("reason", event.get("error_class") or event.get("status"))
+    attempt, max_attempts = event.get("attempt"), event.get("max_attempts")
+    if kind == "retry" and attempt is not None:
+        add("attempt", f"{attempt}/{max_attempts}" if max_attempts else attempt)
+        if event.get("delay_s") is not None:
+            add("delay", _num(float(event["delay_s"])) + "s")
+    elif attempt is not None and (kind != "success" or attempt > 1):
+        add("attempts", attempt)
+    if kind == "success" and event.get("duration_s") is not None:
+        add("duration", _num(float(event["duration_s"])) + "s")
+    add("tokens", event.get("tokens"))
+    add("exit", event.get("exit_code"))
+    for key, value in event.items():
+        if key not in FIELDS and key not in ("rule", "run_id", "op") and isinstance(value, (str, int, float)):
+            add(key, value)
+    return " ".join(parts)
+
+
+class Ledger:
+    """Appends events for one process. Cheap to build; builds its redactor once."""
+
+    def __init__(
+        self,
+        state: StateRoot,
+        config: Config,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.state = state
+        self.config = config
+        self.clock = clock
+        self.redactor = redactor or Redactor(
+            env_names=config.redact.env_names,
+            patterns=config.redact.patterns,
+            extra_values=_model_keys(config),
+        )
+        self.write_errors = 0
+
+    def record(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one event to the ledger and the log; return the event as written."""
+        now = self.clock.time()
+        full: dict[str, Any] = dict.fromkeys(FIELDS)
+        full.update(fields)
+        full["ts"] = utc_iso(now, millis=True)
+        full["event"] = event
+        full["pid"] = os.getpid()
+        full["host"] = _HOST
+        limit = self.config.ledger.reason_max_chars
+        if isinstance(full.get("reason"), str) and len(full["reason"]) > limit:
+            full["reason"] = full["reason"][: limit - 1] + "…"
+        clean: dict[str, Any] = self.redactor.obj(full)
+        line = json.dumps(clean, ensure_ascii=False, separators=(",", ":"), default=str)
+        try:
+            append_line(self.state.ledger_file(utc_day(now)), line.encode("utf-8"))
+            self._log(format_log_line(clean))
+        except OSError as exc:
+            self.write_errors += 1
+            logger.warning("self-heal could not write its ledger under %s: %s", self.state.root, exc)
+        return clean
+
+    def _log(self, line: str) -> None:
+        path = self.state.log_file
+        _rotate_if_needed(path, self.config.log)
+        append_line(path, line.encode("utf-8"))
+
+
+def _model_keys(config: Config) -> list[str]:
+    """The values of the key variables the model chain names: masked even if their names look harmless."""
+    return [os.environ.get(e.api_key_env, "") for e in config.models.chain if e.api_key_env]
+
+
+def _rotate_if_needed(path: Path, settings: LogSettings) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        ensure_dir(path.parent)
+        return
+    if size < settings.max_bytes:
+        return
+    with filelock.FileLock(str(path) + ".rotate.lock", mode=0o600):
+        try:
+            if path.stat().st_size < settings.max_bytes:
+                return  # another process rotated it while we waited
+        except FileNotFoundError:
+            return
+        if settings.backups == 0:
+            os.truncate(path, 0)
+            return
+        for n in range(settings.backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{n}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+        os.replace(path, path.with_name(f"{path.name}.1"))
+
+
+def iter_events(paths: list[Path]) -> Iterator[dict[str, Any] | None]:
+    """Parsed ledger events from these files in order; None for each line that is not a JSON object."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), path.open("rb") as fh:
+            for raw in fh:
+                try:
+                    obj = json.loads(raw)
+                except ValueError:
+                    yield None
+                    continue
+                yield obj if isinstance(obj, dict) else None
+
+
+def ledger_files(state: StateRoot) -> list[Path]:
+    folder = state.sub("ledger")
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if re.fullmatch(r"\d{4}-\d{2}-\d{2}\.jsonl", p.name))

@@ -1,0 +1,367 @@
+"""Running commands and stopping them: process groups, bounded output tails, identity-checked kills.
+
+A command runs in a new session (its own process group). Its output is streamed to our sinks as it
+arrives while the last `tail_bytes` of each stream are kept for classification. A timeout or a stop
+signal sends SIGTERM to the whole group, then SIGKILL after a grace period, and also kills descendants
+that left the group, each checked by pid and process start time so a reused pid is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import psutil
+
+from .clock import SYSTEM_CLOCK, Clock
+
+_READ_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A process as the skill recorded it: pid plus start time (seconds since the epoch, as psutil gives)."""
+
+    pid: int
+    create_time: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"pid": self.pid, "create_time": self.create_time}
+
+
+def identify(pid: int) -> ProcessIdentity | None:
+    try:
+        return ProcessIdentity(pid, psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def still_running(identity: ProcessIdentity) -> psutil.Process | None:
+    """The live process with this identity, or None if it ended or its pid now belongs to another."""
+    try:
+        proc = psutil.Process(identity.pid)
+        if abs(proc.create_time() - identity.create_time) > 0.01:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def kill_tree(identity: ProcessIdentity, *, grace_s: float, clock: Clock = SYSTEM_CLOCK) -> list[int]:
+    """Stop a recorded process and everything under it: SIGTERM, then SIGKILL after `grace_s`.
+
+    Returns the pids signalled. Does nothing if the pid now belongs to a different process.
+    """
+    root = still_running(identity)
+    if root is None:
+        return []
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        procs = [root]
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=1.0)
+    return [p.pid for p in procs]
+
+
+class StopFlag:
+    """Set by a signal handler; wakes a select() at once through a self-pipe. One per process."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    @property
+    def fileno(self) -> int:
+        return self._r
+
+    def set(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+        with contextlib.suppress(OSError):
+            os.write(self._w, b"\0")
+
+    def install(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> None:
+        """Route these signals to the flag (main thread only)."""
+        for sig in signals:
+            signal.signal(sig, lambda signum, _frame: self.set(signum))
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True as soon as the flag is set."""
+        if self.signum is not None:
+            return True
+        deadline = time.monotonic() + max(0.0, seconds)
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._r, selectors.EVENT_READ)
+            while self.signum is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                sel.select(left)
+                self.drain()
+        return self.signum is not None
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._r, 512):
+                pass
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@dataclass
+class CommandResult:
+    """How one run of a command ended. exit_code is negative when a signal ended it (as subprocess says)."""
+
+    argv: list[str]
+    exit_code: int | None
+    duration_s: float
+    stdout_tail: bytes = b""
+    stderr_tail: bytes = b""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    timed_out: bool = False
+    interrupted_by: int | None = None
+    start_error: str | None = None
+    identity: ProcessIdentity | None = None
+    killed: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.interrupted_by is None
+
+    def text_tail(self, which: str) -> str:
+        raw = self.stdout_tail if which == "stdout" else self.stderr_tail
+        return raw.decode("utf-8", "replace")
+
+
+class _Tail:
+    """The last `limit` bytes of a stream, trimmed in amortised O(1)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buf = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self.buf += chunk
+        if len(self.buf) > 2 * self.limit:
+            del self.buf[: len(self.buf) - self.limit]
+
+    def value(self) -> bytes:
+        return bytes(self.buf[-self.limit :])
+
+
+class _Sink:
+    """Where a stream's bytes go; a reader that went away (EPIPE) is dropped, the command keeps running."""
+
+    def __init__(self, target: BinaryIO | None) -> None:
+        self.target = target
+
+    def write(self, chunk: bytes) -> None:
+        if self.target is None:
+            return
+        try:
+            self.target.write(chunk)
+            self.target.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self.target = None
+
+
+def run_command(
+    argv: list[str],
+    *,
+    timeout_s: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+    tail_bytes: int = 65536,
+    kill_grace_s: float = 5.0,
+    drain_s: float = 2.0,
+    stop: StopFlag | None = None,
+    on_start: Callable[[ProcessIdentity | None], None] | None = None,
+    on_tick: Callable[[float | None], None] | None = None,
+    tick_s: float = 1.0,
+    clock: Clock = SYSTEM_CLOCK,
+) -> CommandResult:
+    """Run `argv` to completion (or until timeout or stop), streaming its output; never raises for the
+    command's own failure, which is in the result. stdin is /dev/null: unattended commands must not wait
+    for a person. `on_tick(last_output_wall_time)` is called about every `tick_s` while it runs.
+    """
+    started = clock.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        problem = "command not found" if exc.errno == errno.ENOENT else exc.strerror or str(exc)
+        return CommandResult(
+            argv=list(argv),
+            exit_code=127 if exc.errno == errno.ENOENT else 126,
+            duration_s=clock.monotonic() - started,
+            stderr_tail=f"{argv[0]}: {problem}\n".encode(),
+            start_error=f"{argv[0]}: {problem}",
+        )
+    identity = identify(proc.pid)
+    if on_start is not None:
+        on_start(identity)
+    if proc.stdout is None or proc.stderr is None:  # pragma: no cover - PIPE was asked for
+        raise RuntimeError("subprocess pipes missing")
+    out_tail, err_tail = _Tail(tail_bytes), _Tail(tail_bytes)
+    tails = {proc.stdout.fileno(): out_tail, proc.stderr.fileno(): err_tail}
+    sinks = {proc.stdout.fileno(): _Sink(stdout), proc.stderr.fileno(): _Sink(stderr)}
+    for fd in tails:
+        os.set_blocking(fd, False)
+
+    sel = selectors.DefaultSelector()
+    for fd in tails:
+        sel.register(fd, selectors.EVENT_READ)
+    if stop is not None:
+        sel.register(stop.fileno, selectors.EVENT_READ)
+    open_fds = set(tails)
+
+    deadline = started + timeout_s if timeout_s is not None else None
+    timed_out = False
+    interrupted_by: int | None = None
+    kill_at: float | None = None  # when SIGKILL follows the SIGTERM already sent
+    exited_at: float | None = None
+    last_output: float | None = None
+    next_tick = started + tick_s
+    descendants: dict[int, psutil.Process] = {}
+    killed: list[int] = []
+    try:
+        while True:
+            now = clock.monotonic()
+            waits = [next_tick - now]
+            if deadline is not None and kill_at is None:
+                waits.append(deadline - now)
+            if kill_at is not None:
+                waits.append(kill_at - now)
+            if exited_at is not None:
+                waits.append(exited_at + drain_s - now)
+            for key, _ in sel.select(max(0.0, min(waits))):
+                fd = key.fd
+                if stop is not None and fd == stop.fileno:
+                    stop.drain()
+                    continue
+                try:
+                    chunk = os.read(fd, _READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(fd)
+                    open_fds.discard(fd)
+                    continue
+                tails[fd].add(chunk)
+                sinks[fd].write(chunk)
+                last_output = clock.time()
+
+            now = clock.monotonic()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and (not open_fds or now >= exited_at + drain_s):
+                break  # done; output still held open by a leftover background child is not waited for
+            if kill_at is None and exited_at is None:
+                signum = None
+                if stop is not None and stop.signum is not None:
+                    interrupted_by = signum = stop.signum
+                elif deadline is not None and now >= deadline:
+                    timed_out = True
+                    signum = signal.SIGTERM
+                if signum is not None:
+                    killed += _signal_group(proc.pid, signum, descendants)
+                    kill_at = now + kill_grace_s
+            elif kill_at is not None and now >= kill_at and exited_at is None:
+                killed += _signal_group(proc.pid, signal.SIGKILL, descendants)
+                kill_at = now + 3600  # sent; now only wait for the exit
+            if now >= next_tick:
+                next_tick = now + tick_s
+                if exited_at is None:
+                    _remember_descendants(proc.pid, descendants)
+                if on_tick is not None:
+                    on_tick(last_output)
+        if on_tick is not None:
+            on_tick(last_output)
+        if kill_at is not None:
+            # The leader is gone, but whatever it left in its group or spawned must not outlive the kill.
+            killed += _signal_group(proc.pid, signal.SIGKILL, descendants)
+        exit_code = proc.wait()
+    finally:
+        sel.close()
+        for stream in (proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+        if proc.returncode is None:  # we are being torn down by an exception: leave nothing behind
+            _signal_group(proc.pid, signal.SIGKILL, descendants)
+            proc.wait()
+    return CommandResult(
+        argv=list(argv),
+        exit_code=exit_code,
+        duration_s=clock.monotonic() - started,
+        stdout_tail=out_tail.value(),
+        stderr_tail=err_tail.value(),
+        stdout_bytes=out_tail.total,
+        stderr_bytes=err_tail.total,
+        timed_out=timed_out,
+        interrupted_by=interrupted_by,
+        identity=identity,
+        killed=sorted(set(killed)),
+    )
+
+
+def _remember_descendants(pid: int, known: dict[int, psutil.Process]) -> None:
+    """Snapshot the command's descendants, so one that calls setsid() can still be found and killed."""
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            known.setdefault(child.pid, child)
+    except psutil.Error:
+        pass
+
+
+def _signal_group(pgid: int, signum: int, descendants: dict[int, psutil.Process]) -> list[int]:
+    _remember_descendants(pgid, descendants)
+    hit = []
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+        hit.append(pgid)
+    for pid, proc in list(descendants.items()):
+        # psutil checks the start time before signalling, so a pid reused by a stranger is left alone.
+        try:
+            if proc.is_running():
+                proc.send_signal(signum)
+                hit.append(pid)
+            else:
+                del descendants[pid]
+        except psutil.Error:
+            del descendants[pid]
+    return hit

@@ -1,0 +1,497 @@
+"""The retry engine: classify each failure, wait as its class's policy says, stop when it says stop.
+
+    @selfheal.retry(task="weekly-report")
+    def fetch(): ...
+
+    selfheal.retry(target="qwen").call(client.chat.completions.create, model=..., messages=...)
+
+Every loop is bounded by a whole-operation deadline. A Retry-After from the server is a floor on the
+wait, and a Retry-After beyond the configured cap ends the retries. When retries run out, the last real
+exception is re-raised with the attempt history attached (`attempts_of(exc)`), never a vague wrapper.
+A first-try success with no task id writes nothing; any run with a task id, or any run that failed at
+least once, leaves one ledger event per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import inspect
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+from . import _testing
+from .backoff import compute_delay
+from .classify import Classification, Classifier, Failure, classifier_for
+from .clock import SYSTEM_CLOCK, Clock
+from .config import Config, Policies, RetrySettings, get_config
+from .ledger import Ledger
+from .store import StateRoot, validate_id
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+ExceptionFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+# Why a retry loop stopped, as written in the ledger and the JSON results.
+STOP_SUCCEEDED = "succeeded"
+STOP_NOT_RETRYABLE = "not_retryable"
+STOP_EXHAUSTED = "attempts_exhausted"
+STOP_DEADLINE = "deadline"
+STOP_RETRY_AFTER = "retry_after_too_long"
+STOP_NOT_SELECTED = "not_selected"
+STOP_INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try: how it ended and what followed. Durations and delays in seconds."""
+
+    number: int
+    error_class: str | None  # None: it succeeded
+    rule: str | None
+    reason: str
+    duration_s: float
+    max_attempts: int
+    delay_s: float | None = None  # the wait that followed; None when nothing followed
+    retry_after_s: float | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    timed_out: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Decision:
+    retry: bool
+    delay_s: float
+    max_attempts: int
+    stop_reason: str | None = None
+
+
+def attempts_of(exc: BaseException) -> tuple[Attempt, ...]:
+    """The attempt history a retry loop attached to the exception it re-raised (empty if none)."""
+    history = getattr(exc, "selfheal_attempts", ())
+    return tuple(history) if isinstance(history, tuple) else ()
+
+
+def stop_reason_of(exc: BaseException) -> str | None:
+    reason = getattr(exc, "selfheal_stop_reason", None)
+    return reason if isinstance(reason, str) else None
+
+
+class Budget:
+    """The pure decision part of a retry loop: given a classified failure, retry (after how long) or stop.
+
+    Shared by the function retrier and the command runner; holds no I/O.
+    """
+
+    def __init__(
+        self,
+        policies: Policies,
+        settings: RetrySettings,
+        *,
+        started: float,
+        deadline_s: float | None = None,
+        max_attempts: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policies = policies
+        self.settings = settings
+        self.started = started
+        self.deadline_s = settings.deadline_s if deadline_s is None else deadline_s
+        self.max_attempts = max_attempts
+        self.rng = rng
+        self.attempts = 0
+        self._failures: dict[str, int] = {}
+        self._previous: dict[str, float] = {}
+
+    def remaining(self, now: float) -> float:
+        """Seconds left before the whole-operation deadline."""
+        return self.deadline_s - (now - self.started)
+
+    def budget_for(self, error_class: str) -> int:
+        policy = self.policies.for_class(error_class)
+        if policy.attempts <= 1:
+            return 1  # never retried: no override can make a permanent failure worth repeating
+        budget = self.max_attempts if self.max_attempts is not None else policy.attempts
+        capped = _testing.testing_attempts()
+        return min(budget, capped) if capped is not None else budget
+
+    def decide(self, classification: Classification, *, now: float) -> Decision:
+        """Call once per failed attempt, after `attempts` counts it."""
+        cls = classification.error_class
+        budget = self.budget_for(cls)
+        if budget <= 1 and self.policies.for_class(cls).attempts <= 1:
+            return Decision(False, 0.0, budget, STOP_NOT_RETRYABLE)
+        if self.attempts >= budget:
+            return Decision(False, 0.0, budget, STOP_EXHAUSTED)
+        retry_after = classification.retry_after_s
+        if retry_after is not None and retry_after > self.settings.retry_after_cap_s:
+            return Decision(False, 0.0, budget, STOP_RETRY_AFTER)
+        n = self._failures.get(cls, 0) + 1
+        self._failures[cls] = n
+        policy = self.policies.for_class(cls)
+        delay = compute_delay(policy, n, rng=self.rng, previous=self._previous.get(cls))
+        self._previous[cls] = delay
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        if delay >= self.remaining(now):
+            return Decision(False, delay, budget, STOP_DEADLINE)
+        return Decision(True, delay, budget)
+
+
+def _selected(on: ExceptionFilter, exc: BaseException) -> bool:
+    if isinstance(on, (type, tuple)):
+        return isinstance(exc, on)
+    return bool(on(exc))
+
+
+class Retrier:
+    """A configured retry loop for functions: `.call(fn, ...)`, `await .acall(fn, ...)`, or a decorator.
+
+    task: the task id recorded with every event (validated, it may become a file name).
+    target: what is being called (an endpoint name); recorded, and used by circuit breakers.
+    on: which exceptions are retried at all (types or a predicate); others propagate at once.
+    deadline_s / max_attempts: override retry.deadline_s and the class policies' attempts.
+    config, clock, rng, classifier, state: injectable; default to the loaded settings and the real clock.
+    record: False writes no ledger events at all.
+    before_attempt: called with the attempt number before each try; may raise NotAttempted.
+    on_attempt: called with each finished Attempt (failed or not), e.g. to show progress.
+    ledger: where events go (default: a Ledger on the state root); fields: extra fields for every event.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: str | None = None,
+        target: str | None = None,
+        step: str | None = None,
+        model: str | None = None,
+        on: ExceptionFilter = Exception,
+        deadline_s: float | None = None,
+        max_attempts: int | None = None,
+        config: Config | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        classifier: Classifier | None = None,
+        state: StateRoot | None = None,
+        record: bool = True,
+        before_attempt: Callable[[int], None] | None = None,
+        on_attempt: Callable[[Attempt], None] | None = None,
+        ledger: Ledger | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        if task is not None:
+            validate_id(task, "task")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if deadline_s is not None and deadline_s <= 0:
+            raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+        self.task = task
+        self.target = target
+        self.step = step
+        self.model = model
+        self.on = on
+        self.deadline_s = deadline_s
+        self.max_attempts = max_attempts
+        self._config = config
+        self.clock = clock
+        self.rng = rng
+        self._classifier = classifier
+        self._state = state
+        self.record = record
+        self.before_attempt = before_attempt
+        self.on_attempt = on_attempt
+        self._ledger = ledger
+        self.fields = dict(fields or {})
+
+    # -- lazily loaded parts: nothing is read from disk until something fails or a task is tracked --------
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = get_config()
+        return self._config
+
+    @property
+    def classifier(self) -> Classifier:
+        if self._classifier is None:
+            self._classifier = classifier_for(self.config.classify)
+        return self._classifier
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger(self._state or StateRoot.from_env(), self.config, clock=self.clock)
+        return self._ledger
+
+    def budget(self, started: float) -> Budget:
+        return Budget(
+            self.config.policies,
+            self.config.retry,
+            started=started,
+            deadline_s=self.deadline_s,
+            max_attempts=self.max_attempts,
+            rng=self.rng,
+        )
+
+    def classify(self, exc: BaseException) -> tuple[Classification, Failure]:
+        failure = getattr(exc, "selfheal_failure", None)
+        if not isinstance(failure, Failure):
+            failure = Failure.from_exception(exc)
+        return self.classifier.classify(failure, now=self.clock.time()), failure
+
+    # -- the loop, in two colours ------------------------------------------------------------------------
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call `fn(*args, **kwargs)` under the policy; return its result or raise its last exception."""
+        run = _Run(self, getattr(fn, "__qualname__", None))
+        while True:
+            run.begin()
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                record, decision = run.failed(exc)
+                if record is not None:
+                    self._write(record)
+                if not decision.retry:
+                    run.give_up(exc, decision)
+                    raise
+                if not _testing.is_testing():
+                    self.clock.sleep(decision.delay_s)
+                continue
+            except BaseException as exc:
+                record = run.interrupted(exc)
+                if record is not None:
+                    self._write(record)
+                raise
+            record = run.succeeded()
+            if record is not None:
+                self._write(record)
+            return result
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """The async twin of call(): waits with the clock's asleep(), writes the ledger off the loop."""
+        run = _Run(self, getattr(fn, "__qualname__", None))
+        while True:
+            run.begin()
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                record, decision = run.failed(exc)
+                if record is not None:
+                    await asyncio.to_thread(self._write, record)
+                if not decision.retry:
+                    run.give_up(exc, decision)
+                    raise
+                if not _testing.is_testing():
+                    await self.clock.asleep(decision.delay_s)
+                continue
+            except BaseException as exc:
+                record = run.interrupted(exc)
+                if record is not None:
+                    self._write(record)  # cancellation: no awaiting now, write and go
+                raise
+            record = run.succeeded()
+            if record is not None:
+                await asyncio.to_thread(self._write, record)
+            return result
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Use the retrier as a decorator (sync or async functions)."""
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await self.acall(fn, *args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return self.call(fn, *args, **kwargs)
+
+        return wrapper
+
+    def _write(self, record: tuple[str, dict[str, Any]]) -> None:
+        event, fields = record
+        self.ledger.record(event, **fields)
+
+
+class _Run:
+    """The state of one call of a Retrier: attempts so far, the budget, what to record."""
+
+    def __init__(self, retrier: Retrier, op: str | None) -> None:
+        self.r = retrier
+        self.op = op
+        self.started = retrier.clock.monotonic()
+        self.attempt = 0
+        self.attempt_started = self.started
+        self.history: list[Attempt] = []
+        self._budget: Budget | None = None
+        # Tracked runs record every attempt; untracked ones start recording at their first failure.
+        self.tracked = retrier.record and retrier.task is not None
+
+    @property
+    def budget(self) -> Budget:
+        if self._budget is None:
+            self._budget = self.r.budget(self.started)
+            self._budget.attempts = self.attempt
+        return self._budget
+
+    def begin(self) -> None:
+        self.attempt += 1
+        if self._budget is not None:
+            self._budget.attempts = self.attempt
+        if self.r.before_attempt is not None:
+            self.r.before_attempt(self.attempt)
+        self.attempt_started = self.r.clock.monotonic()
+
+    def _fields(self, **extra: Any) -> dict[str, Any]:
+        fields = {
+            "task": self.r.task,
+            "step": self.r.step,
+            "target": self.r.target,
+            "model": self.r.model,
+            "attempt": self.attempt,
+            "op": self.op,
+            **self.r.fields,
+        }
+        fields.update(extra)
+        return fields
+
+    def failed(self, exc: Exception) -> tuple[tuple[str, dict[str, Any]] | None, Decision]:
+        now = self.r.clock.monotonic()
+        duration = now - self.attempt_started
+        if not _selected(self.r.on, exc):
+            classification, failure = Classification("permanent", "not-selected", "permanent"), None
+            decision = Decision(False, 0.0, self.attempt, STOP_NOT_SELECTED)
+        else:
+            classification, failure = self.r.classify(exc)
+            decision = self.budget.decide(classification, now=now)
+        reason = failure.summary() if failure is not None else f"{type(exc).__name__}: {exc}"
+        attempt = Attempt(
+            number=self.attempt,
+            error_class=classification.error_class,
+            rule=classification.rule,
+            reason=reason,
+            duration_s=duration,
+            max_attempts=decision.max_attempts,
+            delay_s=decision.delay_s if decision.retry else None,
+            retry_after_s=classification.retry_after_s,
+            exit_code=failure.exit_code if failure is not None else None,
+            signal=failure.signal if failure is not None else None,
+            timed_out=failure.timed_out if failure is not None else False,
+        )
+        self.history.append(attempt)
+        if self.r.on_attempt is not None:
+            self.r.on_attempt(attempt)
+        if not self.r.record:
+            return None, decision
+        self.tracked = True
+        fields = self._fields(
+            max_attempts=decision.max_attempts,
+            error_class=classification.error_class,
+            rule=classification.rule,
+            reason=reason,
+            status="retrying" if decision.retry else decision.stop_reason,
+            exit_code=failure.exit_code if failure is not None else None,
+            delay_s=round(decision.delay_s, 3) if decision.retry else None,
+            duration_s=round(duration, 3),
+        )
+        if failure is not None and failure.signal:
+            fields["signal"] = failure.signal
+        return ("retry" if decision.retry else "failed", fields), decision
+
+    def give_up(self, exc: BaseException, decision: Decision) -> None:
+        history = tuple(self.history)
+        try:
+            exc.selfheal_attempts = history  # type: ignore[attr-defined]
+            exc.selfheal_stop_reason = decision.stop_reason  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover - exceptions with __slots__
+            return
+        if len(history) > 1 and hasattr(exc, "add_note"):
+            classes = ", ".join(a.error_class or "?" for a in history)
+            exc.add_note(
+                f"self-heal: gave up after {len(history)} attempts ({classes}) in "
+                f"{self.r.clock.monotonic() - self.started:.1f}s: {decision.stop_reason}"
+            )
+
+    def interrupted(self, exc: BaseException) -> tuple[str, dict[str, Any]] | None:
+        """An attempt cut short by a signal, Ctrl-C or cancellation: always worth a ledger line."""
+        if not self.r.record:
+            return None
+        with contextlib.suppress(AttributeError):
+            exc.selfheal_recorded = True  # type: ignore[attr-defined]
+        duration = self.r.clock.monotonic() - self.attempt_started
+        reason = str(exc) or type(exc).__name__
+        return "failed", self._fields(
+            error_class=None, reason=reason, status=STOP_INTERRUPTED, duration_s=round(duration, 3)
+        )
+
+    def succeeded(self) -> tuple[str, dict[str, Any]] | None:
+        now = self.r.clock.monotonic()
+        if self.r.on_attempt is not None:
+            self.r.on_attempt(
+                Attempt(
+                    number=self.attempt,
+                    error_class=None,
+                    rule=None,
+                    reason="ok",
+                    duration_s=now - self.attempt_started,
+                    max_attempts=self.attempt,
+                )
+            )
+        if not self.tracked:
+            return None
+        return "success", self._fields(
+            status=STOP_SUCCEEDED, duration_s=round(now - self.started, 3), max_attempts=None
+        )
+
+
+@overload
+def retry(fn: Callable[P, T], /) -> Callable[P, T]: ...
+
+
+@overload
+def retry(
+    fn: None = None,
+    /,
+    *,
+    task: str | None = ...,
+    target: str | None = ...,
+    step: str | None = ...,
+    model: str | None = ...,
+    on: ExceptionFilter = ...,
+    deadline_s: float | None = ...,
+    max_attempts: int | None = ...,
+    config: Config | None = ...,
+    clock: Clock = ...,
+    rng: random.Random | None = ...,
+    state: StateRoot | None = ...,
+    record: bool = ...,
+    before_attempt: Callable[[int], None] | None = ...,
+    on_attempt: Callable[[Attempt], None] | None = ...,
+    fields: Mapping[str, Any] | None = ...,
+) -> Retrier: ...
+
+
+def retry(fn: Callable[P, T] | None = None, /, **options: Any) -> Callable[P, T] | Retrier:
+    """`@retry`, `@retry(task=...)`, or `retry(task=...).call(fn, *args)`: see Retrier for the options."""
+    retrier = Retrier(**options)
+    if fn is not None:
+        return retrier(fn)
+    return retrier

@@ -1,0 +1,140 @@
+"""Run records (runs/<run-id>.json): what a running command is, and proof that it is still alive.
+
+A record names the task, the supervising process and the current child (pid plus start time), when it
+started, its last heartbeat and its last output. A health check compares those to now to tell a live
+run from a stuck one (no output) or a dead one (heartbeat stopped, supervisor gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from .errors import CorruptStateError
+from .process import ProcessIdentity, identify
+from .store import StateRoot, read_json, write_json
+
+RUNNING = "running"
+
+
+def new_run_id(task: str | None, now: float) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    prefix = f"{task[:80]}-" if task else ""
+    return f"{prefix}{stamp}-{os.getpid()}"
+
+
+class RunRecord:
+    """Keeps one run's record current. Heartbeats are atomic but not fsync'd: losing one to a power cut
+    costs nothing, and a heartbeat every few seconds must stay cheap."""
+
+    def __init__(
+        self,
+        state: StateRoot,
+        *,
+        run_id: str,
+        task: str | None,
+        target: str | None,
+        argv: list[str],
+        heartbeat_s: float,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.path = state.run_file(run_id)
+        self.clock = clock
+        self.heartbeat_s = heartbeat_s
+        self._last_write = float("-inf")
+        me = identify(os.getpid())
+        self.data: dict[str, Any] = {
+            "run_id": run_id,
+            "task": task,
+            "target": target,
+            "argv": argv,
+            "status": RUNNING,
+            "host": socket.gethostname(),
+            "supervisor": me.to_dict() if me else {"pid": os.getpid(), "create_time": None},
+            "child": None,
+            "attempt": 0,
+            "started": utc_iso(clock.time()),
+            "started_ts": clock.time(),
+            "last_heartbeat_ts": None,
+            "last_output_ts": None,
+            "ended_ts": None,
+            "exit_code": None,
+            "outcome": None,
+        }
+
+    def _write(self, *, durable: bool = False) -> None:
+        now = self.clock.time()
+        self.data["last_heartbeat_ts"] = now
+        self.data["last_heartbeat"] = utc_iso(now)
+        write_json(self.path, self.data, durable=durable)
+        self._last_write = self.clock.monotonic()
+
+    def start(self) -> None:
+        self._write(durable=True)
+
+    def attempt(self, number: int) -> None:
+        self.data["attempt"] = number
+        self.data["child"] = None
+        self._write()
+
+    def child_started(self, identity: ProcessIdentity | None) -> None:
+        self.data["child"] = identity.to_dict() if identity else None
+        self._write()
+
+    def tick(self, last_output_ts: float | None) -> None:
+        if last_output_ts is not None:
+            self.data["last_output_ts"] = last_output_ts
+        if self.clock.monotonic() - self._last_write >= self.heartbeat_s:
+            self._write()
+
+    def finish(self, outcome: str, exit_code: int | None) -> None:
+        self.data.update(
+            status="finished", outcome=outcome, exit_code=exit_code, child=None, ended_ts=self.clock.time()
+        )
+        self._write(durable=True)
+
+
+def list_runs(state: StateRoot) -> list[dict[str, Any]]:
+    """Every readable run record; unreadable ones are quarantined and skipped."""
+    folder = state.sub("runs")
+    out: list[dict[str, Any]] = []
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.json")):
+        with contextlib.suppress(CorruptStateError):
+            record = read_json(path)
+            if record is not None:
+                out.append(record)
+    return out
+
+
+def running_for_task(state: StateRoot, task: str) -> dict[str, Any] | None:
+    for record in list_runs(state):
+        if record.get("task") == task and record.get("status") == RUNNING:
+            return record
+    return None
+
+
+def prune_finished(state: StateRoot, *, older_than_s: float, now: float) -> int:
+    """Delete finished run records that ended more than `older_than_s` ago; return how many."""
+    folder = state.sub("runs")
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for path in folder.glob("*.json"):
+        try:
+            if now - path.stat().st_mtime < older_than_s:
+                continue
+            record = read_json(path)
+        except (OSError, CorruptStateError):
+            continue
+        if record is not None and record.get("status") != RUNNING:
+            with contextlib.suppress(FileNotFoundError):
+                Path(path).unlink()
+                removed += 1
+    return removed

@@ -1,0 +1,75 @@
+"""Shared fixtures: every test gets its own state root; nothing touches ~/.openclaw."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+PYTHON = sys.executable
+
+from selfheal import _testing  # noqa: E402
+from selfheal.config import Config, load_config  # noqa: E402
+from selfheal.store import StateRoot  # noqa: E402
+from selfheal.testing import FakeClock  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private SELFHEAL_HOME for each test, and no inherited SELFHEAL_* settings."""
+    for key in list(os.environ):
+        if key.startswith("SELFHEAL_") or key == "OPENCLAW_STATE_DIR":
+            monkeypatch.delenv(key, raising=False)
+    state = tmp_path / "state"
+    monkeypatch.setenv("SELFHEAL_HOME", str(state))
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _testing_switch_off() -> Iterator[None]:
+    saved = (_testing._switch.enabled, _testing._switch.attempts)
+    _testing.set_testing(False)
+    yield
+    _testing._switch.enabled, _testing._switch.attempts = saved
+
+
+@pytest.fixture
+def state(home: Path) -> StateRoot:
+    return StateRoot(home).ensure()
+
+
+@pytest.fixture
+def write_config(home: Path) -> Callable[[str], Path]:
+    """Write the user's config.yaml (dedented) and return its path."""
+
+    def write(text: str) -> Path:
+        home.mkdir(parents=True, exist_ok=True)
+        path = home / "config.yaml"
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def config() -> Config:
+    return load_config()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def script_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for running a script as a user would, against a test state root."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+    env["SELFHEAL_HOME"] = str(home)
+    env.update(extra)
+    return env

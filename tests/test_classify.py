@@ -1,0 +1,284 @@
+"""Failures of every kind map to the right class, by the shipped rules in skill.yaml."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+from selfheal.classify import Classifier, Failure, classify, traceback_exception_types
+from selfheal.config import Config, load_config
+from selfheal.testing import FakeModelServer, Fault
+
+
+@pytest.fixture
+def classifier(config: Config) -> Classifier:
+    return Classifier(config.classify)
+
+
+def _status_error(
+    cls: type[openai.APIStatusError], status: int, body: object, headers: dict[str, str] | None = None
+) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+    response = httpx2.Response(status, headers=headers or {}, json={"error": body}, request=request)
+    return cls(f"Error code: {status}", response=response, body=body)
+
+
+def _chained(outer: BaseException, cause: BaseException) -> BaseException:
+    try:
+        try:
+            raise cause
+        except BaseException as inner:
+            raise outer from inner
+    except BaseException as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), "transient"),
+        (lambda: ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), "transient"),
+        (lambda: OSError(errno.ECONNRESET, "reset"), "transient"),
+        (lambda: OSError(errno.EPIPE, "Broken pipe"), "transient"),
+        (lambda: OSError(errno.ETIMEDOUT, "timed out"), "timeout"),
+        (lambda: OSError(errno.ENOSPC, "No space left on device"), "resource"),
+        (lambda: OSError(errno.ENOMEM, "Cannot allocate memory"), "resource"),
+        (lambda: TimeoutError(), "timeout"),
+        (lambda: TimeoutError("timed out"), "timeout"),
+        (lambda: asyncio.TimeoutError(), "timeout"),
+        (lambda: MemoryError(), "resource"),
+        (lambda: json.JSONDecodeError("Expecting value", "<html>", 0), "format"),
+        (lambda: ValueError("timeout must be positive"), "permanent"),  # type beats words
+        (lambda: KeyError("choices"), "permanent"),
+        (lambda: FileNotFoundError(errno.ENOENT, "No such file", "x.py"), "permanent"),
+        (lambda: ModuleNotFoundError("No module named 'foo'"), "permanent"),
+        (lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "resource"),
+        (lambda: RuntimeError("unsupported model parameter: reasoning_effort"), "fatal"),
+        (lambda: RuntimeError("something odd happened"), "unknown"),
+        # a wrapper whose cause tells the truth
+        (lambda: _chained(RuntimeError("fetch failed"), ConnectionResetError(errno.ECONNRESET, "reset")), "transient"),
+    ],
+)
+def test_python_exceptions(classifier: Classifier, make: Callable[[], BaseException], expected: str) -> None:
+    """Exceptions classify by type, errno and cause chain before falling back to their words."""
+    assert classifier.classify_exception(make()).error_class == expected
+
+
+@pytest.mark.parametrize(
+    ("cls", "status", "body", "headers", "expected", "rule"),
+    [
+        (
+            openai.RateLimitError,
+            429,
+            {"code": "rate_limit_exceeded", "message": "slow down"},
+            {},
+            "rate_limit",
+            "http-rate-limit",
+        ),
+        (
+            openai.RateLimitError,
+            429,
+            {"code": "insufficient_quota", "type": "insufficient_quota"},
+            {},
+            "fatal",
+            "quota-exhausted",
+        ),
+        (openai.RateLimitError, 429, {"type": "billing_hard_limit_reached"}, {}, "fatal", "quota-exhausted"),
+        (openai.BadRequestError, 400, {"code": "context_length_exceeded"}, {}, "permanent", "context-too-long"),
+        (openai.BadRequestError, 400, {"code": "content_policy_violation"}, {}, "permanent", "content-policy"),
+        (openai.BadRequestError, 400, {"code": "invalid_value"}, {}, "permanent", "http-client-error"),
+        (openai.BadRequestError, 400, {"code": "x"}, {"x-should-retry": "true"}, "transient", "server-says-retry"),
+        (
+            openai.InternalServerError,
+            503,
+            {"code": None},
+            {"x-should-retry": "false"},
+            "permanent",
+            "server-says-no-retry",
+        ),
+        (openai.AuthenticationError, 401, {"code": "invalid_api_key"}, {}, "auth", "http-auth"),
+        (openai.PermissionDeniedError, 403, {}, {}, "auth", "http-auth"),
+        (openai.NotFoundError, 404, {"code": "model_not_found"}, {}, "permanent", "http-client-error"),
+        (openai.UnprocessableEntityError, 422, {}, {}, "permanent", "http-client-error"),
+        (openai.ConflictError, 409, {}, {}, "transient", "http-lock-conflict"),
+        (openai.InternalServerError, 500, {}, {}, "transient", "http-server-error"),
+        (openai.InternalServerError, 502, {}, {}, "transient", "http-server-error"),
+        (openai.InternalServerError, 504, {}, {}, "transient", "http-server-error"),
+        (openai.APIStatusError, 408, {}, {}, "timeout", "http-timeout"),
+        (openai.APIStatusError, 402, {}, {}, "fatal", "payment-required"),
+    ],
+)
+def test_openai_status_errors_read_the_body(
+    classifier: Classifier,
+    cls: type[openai.APIStatusError],
+    status: int,
+    body: dict[str, object],
+    headers: dict[str, str],
+    expected: str,
+    rule: str,
+) -> None:
+    """Status, error code in the body, and x-should-retry together decide the class."""
+    result = classifier.classify_exception(_status_error(cls, status, body, headers))
+    assert (result.error_class, result.rule) == (expected, rule)
+
+
+def test_context_length_is_marked_for_the_fallback_chain(classifier: Classifier) -> None:
+    """A too-long request carries its own reason, so the chain can send it to a larger model."""
+    result = classifier.classify_exception(
+        _status_error(openai.BadRequestError, 400, {"code": "context_length_exceeded"})
+    )
+    assert result.reason == "context_length_exceeded"
+
+
+def test_retry_after_is_read_from_the_response(classifier: Classifier) -> None:
+    """A 429's Retry-After travels with the classification."""
+    exc = _status_error(openai.RateLimitError, 429, {"code": "rate_limit_exceeded"}, {"retry-after": "17"})
+    assert classifier.classify_exception(exc).retry_after_s == 17.0
+
+
+@pytest.mark.parametrize(
+    ("faults", "expected"),
+    [
+        ([Fault.http(429, retry_after=3, code="rate_limit_exceeded")], "rate_limit"),
+        ([Fault.http(429, code="insufficient_quota")], "fatal"),
+        ([Fault.http(503)], "transient"),
+        ([Fault.http(401, code="invalid_api_key")], "auth"),
+        ([Fault.http(400, code="context_length_exceeded")], "permanent"),
+        ([Fault.reset()], "transient"),
+        ([Fault.hang(5)], "timeout"),
+        ([Fault.malformed()], "format"),
+    ],
+)
+def test_real_openai_client_failures(faults: list[Fault], expected: str, config: Config) -> None:
+    """What the real openai client raises against a real server classifies as a user would expect."""
+    with FakeModelServer() as server:
+        server.script("ep", *faults)
+        client = openai.OpenAI(base_url=server.url("ep"), api_key="sk-test", max_retries=0, timeout=0.5)
+        with pytest.raises(Exception) as info:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        client.close()
+    assert classify(info.value, settings=config.classify).error_class == expected
+
+
+def test_connection_refused_from_the_real_client(config: Config) -> None:
+    """A dead endpoint (nothing listening) is transient."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_retries=0, timeout=2)
+    with pytest.raises(openai.APIConnectionError) as info:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert classify(info.value, settings=config.classify).error_class == "transient"
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "stderr", "expected"),
+    [
+        (1, "curl: (7) Failed to connect to host port 8000: Connection refused", "transient"),
+        (1, "Error: 503 Service Unavailable", "transient"),
+        (1, "HTTP/1.1 429 Too Many Requests", "rate_limit"),
+        (1, "openai.RateLimitError: Error code: 429 - {'error': {'code': 'insufficient_quota'}}", "fatal"),
+        (1, "Error: Incorrect API key provided: sk-abc***", "auth"),
+        (1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB", "resource"),
+        (1, "OSError: [Errno 28] No space left on device", "resource"),
+        (1, "requests.exceptions.ReadTimeout: HTTPSConnectionPool read timed out.", "timeout"),
+        (1, "  File \"job.py\", line 3\n    def x(\n         ^\nSyntaxError: '(' was never closed", "permanent"),
+        (1, "json.decoder.JSONDecodeError: Expecting value: line 1 column 1 (char 0)", "format"),
+        (1, "something went wrong", "unknown"),
+        (124, "", "timeout"),
+        (127, "sh: 1: nosuchcmd: not found", "permanent"),
+        (126, "permission denied", "permanent"),
+        (75, "", "transient"),
+        (64, "usage: tool [-h]", "permanent"),
+        (-9, "", "resource"),
+        (-11, "", "fatal"),
+    ],
+)
+def test_commands(classifier: Classifier, exit_code: int, stderr: str, expected: str) -> None:
+    """A command's exit code, signal and output tail decide its class."""
+    failure = Failure.from_command(exit_code=exit_code, stderr_tail=stderr)
+    assert classifier.classify(failure).error_class == expected
+
+
+def test_python_traceback_in_output_classifies_by_its_exception(classifier: Classifier) -> None:
+    """A script that died with a traceback is classified by the exception that ended it."""
+    tail = (
+        "Traceback (most recent call last):\n"
+        '  File "job.py", line 9, in <module>\n'
+        "    fetch()\n"
+        "ConnectionRefusedError: [Errno 111] Refused\n"
+    )
+    result = classifier.classify(Failure.from_command(exit_code=1, stderr_tail=tail))
+    assert (result.error_class, result.rule) == ("transient", "connection-exception")
+
+
+def test_traceback_parser_finds_chained_exceptions_last_first() -> None:
+    """Chained tracebacks: every ending exception, the final one first."""
+    text = (
+        "Traceback (most recent call last):\n  File \"a\", line 1\nKeyError: 'x'\n\n"
+        "During handling of the above exception, another exception occurred:\n\n"
+        'Traceback (most recent call last):\n  File "b", line 2\nopenai.APITimeoutError: Request timed out.\n'
+    )
+    assert traceback_exception_types(text) == ("openai.APITimeoutError", "KeyError")
+
+
+def test_our_own_timeout_wins_over_the_output(classifier: Classifier) -> None:
+    """A command we killed at its timeout is a timeout, whatever it printed."""
+    failure = Failure.from_command(exit_code=-15, stderr_tail="SyntaxError", timed_out=True)
+    assert classifier.classify(failure).error_class == "timeout"
+
+
+def test_command_printing_retry_after_passes_it_on(classifier: Classifier) -> None:
+    """`curl -i` output with a Retry-After header sets the minimum wait."""
+    failure = Failure.from_command(exit_code=22, stdout_tail="HTTP/1.1 429 Too Many Requests\r\nRetry-After: 30\r\n")
+    result = classifier.classify(failure)
+    assert (result.error_class, result.retry_after_s) == ("rate_limit", 30.0)
+
+
+def test_unmatched_failures_are_unknown_and_marked_unclassified(classifier: Classifier) -> None:
+    """No rule: class unknown, flagged so the analysis can suggest a rule."""
+    result = classifier.classify(Failure.from_command(exit_code=3, stderr_tail="weird"))
+    assert result.error_class == "unknown" and result.unclassified
+
+
+def test_http_answers_directly(classifier: Classifier) -> None:
+    """A raw HTTP status with headers and body classifies like the client's exception would."""
+    failure = Failure.from_http(429, {"Retry-After": "4"}, b'{"error": {"code": "insufficient_quota"}}')
+    result = classifier.classify(failure)
+    assert (result.error_class, result.retry_after_s) == ("fatal", 4.0)
+
+
+def test_user_rules_come_first(write_config: Callable[[str], Path]) -> None:
+    """A user's extra rule overrides the shipped ones for what it matches."""
+    write_config("""
+        classify:
+          extra_rules:
+            - {name: flaky-vendor, class: transient, exit_code: [3], pattern: "vendor busy"}
+    """)
+    classifier = Classifier(load_config().classify)
+    assert classifier.classify(Failure.from_command(exit_code=3, stderr_tail="vendor busy")).error_class == "transient"
+    assert classifier.classify(Failure.from_command(exit_code=3, stderr_tail="other")).error_class == "unknown"
+
+
+def test_summary_prefers_the_last_stderr_line() -> None:
+    """The one-line reason is the command's last stderr line, not whatever it printed to stdout."""
+    failure = Failure.from_command(exit_code=1, stderr_tail="warming up\nfatal: db gone\n", stdout_tail="progress 99%")
+    assert failure.summary() == "exit 1: fatal: db gone"
+
+
+def test_broken_str_does_not_hide_the_failure(classifier: Classifier) -> None:
+    """An exception whose __str__ raises is still classified."""
+
+    class Weird(ConnectionError):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    assert classifier.classify_exception(Weird()).error_class == "transient"

@@ -1,0 +1,239 @@
+"""Settings load from skill.yaml, merge the user's file over them, and reject bad values by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from selfheal.config import (
+    ERROR_CLASSES,
+    SKILL_YAML,
+    Config,
+    Policies,
+    deep_merge,
+    get_config,
+    load_config,
+)
+from selfheal.errors import EXIT_USAGE, ConfigError
+
+
+def test_defaults_match_the_source_documents(config: Config) -> None:
+    """The shipped policies carry the source documents' numbers."""
+    p = config.policies
+    assert (p.rate_limit.attempts, p.rate_limit.base_s, p.rate_limit.multiplier, p.rate_limit.cap_s) == (5, 5, 2, 120)
+    assert (p.timeout.attempts, p.timeout.base_s, p.timeout.multiplier, p.timeout.cap_s) == (3, 0.5, 1.5, 10)
+    assert (p.transient.attempts, p.transient.base_s, p.transient.multiplier, p.transient.cap_s) == (3, 1, 2, 30)
+    assert (p.resource.attempts, p.resource.base_s, p.resource.multiplier) == (2, 60, 2)
+    assert p.permanent.attempts == p.auth.attempts == p.fatal.attempts == 1
+    assert p.unknown.attempts == 2
+
+
+def test_every_error_class_has_a_policy_with_a_jitter(config: Config) -> None:
+    """A loaded policy always names its jitter (unset ones take retry.jitter)."""
+    for name in ERROR_CLASSES:
+        policy = config.policies.for_class(name)
+        assert policy.jitter in ("full", "equal", "decorrelated", "none")
+    assert config.policies.transient.jitter == config.retry.jitter == "full"
+    assert config.policies.resource.jitter == "equal"
+
+
+def test_settings_dataclasses_carry_no_defaults_of_their_own() -> None:
+    """Defaults live only in skill.yaml: no setting has a default in code (optional rule/model fields aside)."""
+    for cls in (Policies, *[f.type for f in dataclasses.fields(Config)]):
+        if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
+            continue
+        if cls.__name__ in ("Rule", "ModelEndpoint", "Policy"):
+            continue
+        for f in dataclasses.fields(cls):
+            if f.name in ("manifest", "files"):
+                continue
+            assert f.default is dataclasses.MISSING, f"{cls.__name__}.{f.name} has a code default"
+
+
+def test_user_file_is_deep_merged(write_config: Callable[[str], Path]) -> None:
+    """A user's key replaces just that key; its siblings keep skill.yaml's values."""
+    write_config("""
+        policies:
+          transient: {attempts: 7}
+        retry:
+          deadline_s: 60
+    """)
+    config = load_config()
+    assert config.policies.transient.attempts == 7
+    assert config.policies.transient.base_s == 1.0
+    assert config.retry.deadline_s == 60
+    assert config.retry.retry_after_cap_s == 120
+    assert config.files[-1].endswith("config.yaml")
+
+
+def test_lists_replace_rather_than_merge(write_config: Callable[[str], Path]) -> None:
+    """A list in the user's file replaces the shipped list (the model chain here)."""
+    write_config("""
+        models:
+          chain:
+            - {name: only, base_url: "http://127.0.0.1:9/v1", model: m}
+    """)
+    assert [e.name for e in load_config().models.chain] == ["only"]
+
+
+def test_selfheal_config_names_another_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SELFHEAL_CONFIG points the loader at a different file."""
+    other = tmp_path / "elsewhere.yaml"
+    other.write_text("retry: {deadline_s: 5}\n")
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(other))
+    assert load_config().retry.deadline_s == 5
+
+
+def test_selfheal_config_that_does_not_exist_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file the user named explicitly must exist."""
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match=r"missing\.yaml: file not found"):
+        load_config()
+
+
+def test_empty_user_file_changes_nothing(write_config: Callable[[str], Path], config: Config) -> None:
+    """An empty config.yaml is the same as none."""
+    write_config("")
+    assert load_config() == config
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("policies:\n  transient: {base_s: -1}\n", "policies.transient.base_s", "must be >= 0, got -1"),
+        ("policies:\n  transiant: {attempts: 2}\n", "policies.transiant", "unknown key (did you mean 'transient'?)"),
+        ("retyr: {}\n", "retyr", "unknown key (did you mean 'retry'?)"),
+        (
+            "policies:\n  timeout: {attempts: three}\n",
+            "policies.timeout.attempts",
+            "must be a whole number, got 'three'",
+        ),
+        ("policies:\n  timeout: {attempts: 0}\n", "policies.timeout.attempts", "must be >= 1, got 0"),
+        ("retry: {jitter: wobbly}\n", "retry.jitter", "must be one of full, equal, decorrelated, none"),
+        ("retry: {deadline_s: 0}\n", "retry.deadline_s", "must be > 0"),
+        ("retry: {deadline_s: true}\n", "retry.deadline_s", "must be a number, got True"),
+        ("process: {tail_bytes: 10}\n", "process.tail_bytes", "must be >= 1024, got 10"),
+        ("redact: {patterns: ['(unclosed']}\n", "redact.patterns[0]", "not a valid regular expression"),
+        (
+            "models:\n  chain:\n    - {name: a, base_url: 'localhost:8000', model: m}\n",
+            "models.chain[0].base_url",
+            "must be an http:// or https:// URL",
+        ),
+        ("models:\n  chain:\n    - {name: a, base_url: 'http://h/v1'}\n", "models.chain[0].model", "missing key"),
+        (
+            "models:\n  chain:\n    - {name: a, base_url: 'http://h/v1', model: m, api_key_env: 'sk-123'}\n",
+            "models.chain[0].api_key_env",
+            "must be an environment variable name",
+        ),
+        (
+            "classify:\n  extra_rules:\n    - {name: x, class: sometimes}\n",
+            "classify.extra_rules[0].class",
+            "must be one of transient",
+        ),
+        (
+            "classify:\n  extra_rules:\n    - {name: x, class: transient}\n",
+            "classify.extra_rules[0]",
+            "a rule needs at least one condition",
+        ),
+        (
+            "classify:\n  extra_rules:\n    - {name: x, class: transient, status: [700]}\n",
+            "classify.extra_rules[0].status[0]",
+            "must be an HTTP status",
+        ),
+        (
+            "classify:\n  extra_rules:\n    - {name: http-auth, class: transient, status: [418]}\n",
+            "classify.extra_rules[0].name",
+            "duplicate rule name (also at classify.rules[8])",
+        ),
+        ("name: other\n", "name", "cannot be overridden"),
+        ("- just\n- a list\n", None, "must be a mapping of settings"),
+    ],
+)
+def test_bad_values_name_file_key_and_value(
+    write_config: Callable[[str], Path], text: str, key: str | None, words: str
+) -> None:
+    """Each bad value fails at load with the file, the key path and what is wrong."""
+    path = write_config(text)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert info.value.exit_code == EXIT_USAGE
+    assert words in message
+    if key is not None:
+        assert key in message
+    if key is None or not key.startswith("classify.rules["):
+        assert str(path) in message
+
+
+def test_value_errors_carry_the_line(write_config: Callable[[str], Path]) -> None:
+    """The message points at the line of the offending key in the user's file."""
+    write_config("retry:\n  deadline_s: 30\npolicies:\n  transient:\n    base_s: -2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.line == 5
+    assert "config.yaml:5:" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("retry:\n  deadline_s: [1, 2\n", 3, 1),
+        ("retry: {deadline_s: 1\n", 2, 1),
+        ("policies:\n\ttransient: {}\n", 2, 1),
+    ],
+)
+def test_yaml_syntax_errors_report_line_and_column(
+    write_config: Callable[[str], Path], text: str, line: int, column: int
+) -> None:
+    """Broken YAML names the file, the line and the column."""
+    write_config(text)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "YAML syntax error" in str(info.value)
+    assert (info.value.line, info.value.column) == (line, column)
+
+
+def test_duplicate_keys_are_refused(write_config: Callable[[str], Path]) -> None:
+    """YAML would silently keep the last of two equal keys; we refuse the file instead."""
+    write_config("retry:\n  deadline_s: 10\n  deadline_s: 20\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:3:3: retry.deadline_s: duplicate key"):
+        load_config()
+
+
+def test_non_utf8_config_is_a_clear_error(home: Path) -> None:
+    """A config file in another encoding is refused with the byte position, not a traceback."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_bytes(b"retry: {deadline_s: 5}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config()
+
+
+def test_broken_skill_yaml_is_reported_as_such(tmp_path: Path) -> None:
+    """If skill.yaml itself lacks a setting, the error says so instead of inventing a default."""
+    text = SKILL_YAML.read_text().replace("  deadline_s: 3600", "")
+    broken = tmp_path / "skill.yaml"
+    broken.write_text(text)
+    with pytest.raises(ConfigError, match=r"retry.deadline_s: missing key"):
+        load_config(skill_yaml=broken)
+
+
+def test_get_config_reloads_when_the_file_changes(write_config: Callable[[str], Path]) -> None:
+    """The per-process cache notices an edited config file."""
+    path = write_config("retry: {deadline_s: 10}\n")
+    assert get_config().retry.deadline_s == 10
+    path.write_text("retry: {deadline_s: 20}\n")
+    import os
+
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    assert get_config().retry.deadline_s == 20
+
+
+def test_deep_merge_semantics() -> None:
+    """Mappings merge; lists and scalars replace; the base is not modified."""
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+    merged = deep_merge(base, {"a": {"c": [3]}, "e": 2})
+    assert merged == {"a": {"b": 1, "c": [3]}, "d": 1, "e": 2}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}

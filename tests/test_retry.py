@@ -1,0 +1,406 @@
+"""The retry engine: exact waits with a fake clock, stopping rules, history, async, and what it records."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+import selfheal
+from conftest import ROOT
+from selfheal.config import Config, load_config
+from selfheal.errors import NotAttempted
+from selfheal.retry import Retrier, attempts_of, retry, stop_reason_of
+from selfheal.testing import FakeClock, no_waits, set_testing
+
+
+@pytest.fixture
+def plain(write_config: Callable[[str], Path]) -> Config:
+    """Settings with jitter off, so waits are exact."""
+    write_config("retry: {jitter: none}\n")
+    return load_config()
+
+
+class Flaky:
+    """Raises the given exceptions in turn, then returns 'done'; counts calls."""
+
+    def __init__(self, *errors: BaseException, clock: FakeClock | None = None, takes: float = 0.0) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+        self.clock = clock
+        self.takes = takes
+        self.raised: list[BaseException] = []
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.clock is not None:
+            self.clock.advance(self.takes)
+        if self.errors:
+            exc = self.errors.pop(0)
+            self.raised.append(exc)
+            raise exc
+        return "done"
+
+
+def reset() -> ConnectionResetError:
+    return ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+
+def rate_limited(retry_after: str | None) -> openai.RateLimitError:
+    request = httpx2.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+    headers = {"retry-after": retry_after} if retry_after else {}
+    response = httpx2.Response(429, headers=headers, request=request, json={})
+    return openai.RateLimitError("429", response=response, body={"code": "rate_limit_exceeded"})
+
+
+def ledger_events(home: Path) -> list[dict[str, Any]]:
+    files = sorted((home / "ledger").glob("*.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+def test_two_failures_then_success_waits_exactly_per_policy(plain: Config, clock: FakeClock) -> None:
+    """Transient policy 1 s x2: the waits are 1 s then 2 s, and the third call's result comes back."""
+    fn = Flaky(reset(), reset())
+    assert Retrier(config=plain, clock=clock).call(fn) == "done"
+    assert fn.calls == 3
+    assert clock.waits == [1.0, 2.0]
+
+
+def test_permanent_failure_runs_once_and_reraises_the_real_error(plain: Config, clock: FakeClock) -> None:
+    """A permanent failure is not retried; the caller gets the original exception, with history."""
+    fn = Flaky(ValueError("bad parameter"))
+    with pytest.raises(ValueError, match="bad parameter") as info:
+        Retrier(config=plain, clock=clock).call(fn)
+    assert fn.calls == 1 and clock.waits == []
+    assert [a.error_class for a in attempts_of(info.value)] == ["permanent"]
+    assert stop_reason_of(info.value) == "not_retryable"
+
+
+def test_exhausted_retries_raise_the_last_exception_with_every_attempt(plain: Config, clock: FakeClock) -> None:
+    """After the class's attempts run out, the last real exception surfaces with the whole history."""
+    fn = Flaky(reset(), reset(), reset(), reset())
+    with pytest.raises(ConnectionResetError) as info:
+        Retrier(config=plain, clock=clock).call(fn)
+    assert info.value is fn.raised[-1]
+    history = attempts_of(info.value)
+    assert [a.number for a in history] == [1, 2, 3]
+    assert [a.delay_s for a in history] == [1.0, 2.0, None]
+    assert stop_reason_of(info.value) == "attempts_exhausted"
+    assert any("gave up after 3 attempts" in note for note in getattr(info.value, "__notes__", []))
+
+
+def test_auth_failure_is_not_retried(plain: Config, clock: FakeClock) -> None:
+    """401 means a missing or wrong key: retrying cannot help."""
+    request = httpx2.Request("POST", "http://x/v1")
+    exc = openai.AuthenticationError("401", response=httpx2.Response(401, request=request), body=None)
+    fn = Flaky(exc)
+    with pytest.raises(openai.AuthenticationError):
+        Retrier(config=plain, clock=clock).call(fn)
+    assert fn.calls == 1
+
+
+def test_deadline_stops_before_a_wait_that_would_pass_it(plain: Config, clock: FakeClock) -> None:
+    """With 2.5 s left, a 2 s wait after 1 s of waiting would end past the deadline: stop instead."""
+    fn = Flaky(reset(), reset(), reset())
+    with pytest.raises(ConnectionResetError) as info:
+        Retrier(config=plain, clock=clock, deadline_s=2.5).call(fn)
+    assert fn.calls == 2
+    assert clock.waits == [1.0]
+    assert stop_reason_of(info.value) == "deadline"
+
+
+def test_time_spent_in_attempts_counts_against_the_deadline(plain: Config, clock: FakeClock) -> None:
+    """Slow attempts use up the deadline too: 5 s spent of 5.5 s leaves no room for a 1 s wait."""
+    fn = Flaky(reset(), reset(), clock=clock, takes=5.0)
+    with pytest.raises(ConnectionResetError):
+        Retrier(config=plain, clock=clock, deadline_s=5.5).call(fn)
+    assert fn.calls == 1
+
+
+def test_retry_after_is_a_floor_on_the_wait(plain: Config, clock: FakeClock) -> None:
+    """Rate limit base is 5 s; the server asked for 7 s; we wait 7 s."""
+    fn = Flaky(rate_limited("7"))
+    assert Retrier(config=plain, clock=clock).call(fn) == "done"
+    assert clock.waits == [7.0]
+
+
+def test_shorter_retry_after_does_not_shorten_the_policy_wait(plain: Config, clock: FakeClock) -> None:
+    """Retry-After is a minimum, not a replacement: a 1 s ask still waits the 5 s base."""
+    fn = Flaky(rate_limited("1"))
+    Retrier(config=plain, clock=clock).call(fn)
+    assert clock.waits == [5.0]
+
+
+def test_retry_after_beyond_the_cap_ends_the_retries(plain: Config, clock: FakeClock) -> None:
+    """A server asking for 10 minutes (cap 120 s) is not waited for: stop at once."""
+    fn = Flaky(rate_limited("600"))
+    with pytest.raises(openai.RateLimitError) as info:
+        Retrier(config=plain, clock=clock).call(fn)
+    assert fn.calls == 1 and clock.waits == []
+    assert stop_reason_of(info.value) == "retry_after_too_long"
+
+
+def test_max_attempts_overrides_retryable_classes_only(plain: Config, clock: FakeClock) -> None:
+    """max_attempts=5 gives a transient failure 5 tries but a permanent one still only 1."""
+    fn = Flaky(*[reset() for _ in range(10)])
+    with pytest.raises(ConnectionResetError):
+        Retrier(config=plain, clock=clock, max_attempts=5).call(fn)
+    assert fn.calls == 5
+    perm = Flaky(KeyError("x"))
+    with pytest.raises(KeyError):
+        Retrier(config=plain, clock=clock, max_attempts=5).call(perm)
+    assert perm.calls == 1
+
+
+def test_each_class_backs_off_on_its_own_count(plain: Config, clock: FakeClock) -> None:
+    """A timeout after a reset starts the timeout policy at its base, not at the reset's exponent."""
+    fn = Flaky(reset(), TimeoutError(), reset())
+    # attempt budget: transient 3, timeout 3 -> the third failure (transient, attempt 3) stops.
+    with pytest.raises(ConnectionResetError):
+        Retrier(config=plain, clock=clock).call(fn)
+    assert clock.waits == [1.0, 0.5]
+
+
+def test_unknown_failures_get_one_retry_and_are_marked(plain: Config, clock: FakeClock) -> None:
+    """An unrecognised error is retried once and recorded as unclassified."""
+    fn = Flaky(RuntimeError("odd"), RuntimeError("odd"))
+    with pytest.raises(RuntimeError) as info:
+        Retrier(config=plain, clock=clock).call(fn)
+    assert fn.calls == 2
+    assert [a.rule for a in attempts_of(info.value)] == ["unclassified", "unclassified"]
+
+
+def test_exceptions_outside_on_propagate_untouched(plain: Config, clock: FakeClock) -> None:
+    """`on=` limits what is retried; anything else goes straight through."""
+    fn = Flaky(reset())
+    with pytest.raises(ConnectionResetError):
+        Retrier(config=plain, clock=clock, on=(TimeoutError,)).call(fn)
+    assert fn.calls == 1
+    fn2 = Flaky(reset())
+    assert Retrier(config=plain, clock=clock, on=lambda e: isinstance(e, OSError)).call(fn2) == "done"
+
+
+def test_keyboard_interrupt_is_never_retried(plain: Config, clock: FakeClock, home: Path) -> None:
+    """Ctrl-C goes through at once, and the interrupted attempt is recorded."""
+    fn = Flaky(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        Retrier(config=plain, clock=clock).call(fn)
+    assert fn.calls == 1
+    assert [(e["event"], e["status"]) for e in ledger_events(home)] == [("failed", "interrupted")]
+
+
+def test_before_attempt_can_refuse(plain: Config, clock: FakeClock) -> None:
+    """A gate (a circuit breaker) raising NotAttempted stops the loop before the call."""
+
+    def gate(n: int) -> None:
+        raise NotAttempted("breaker open")
+
+    fn = Flaky()
+    with pytest.raises(NotAttempted):
+        Retrier(config=plain, clock=clock, before_attempt=gate).call(fn)
+    assert fn.calls == 0
+
+
+def test_decorator_forms_keep_the_function(plain: Config, clock: FakeClock) -> None:
+    """@retry, @retry(...), and retry(...).call all work and keep name and docstring."""
+
+    @retry
+    def bare() -> int:
+        """Doc."""
+        return 1
+
+    @retry(config=plain, clock=clock)
+    def configured(x: int) -> int:
+        return x * 2
+
+    assert bare() == 1 and bare.__name__ == "bare" and bare.__doc__ == "Doc."
+    assert configured(21) == 42
+    assert retry(config=plain).call(lambda a, b: a + b, 1, b=2) == 3
+
+
+# -- async ------------------------------------------------------------------------------------------------
+
+
+class YieldingClock(FakeClock):
+    """A fake clock whose asleep gives the event loop a turn, so interleaving can be observed."""
+
+    async def asleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.advance(seconds)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+
+def test_async_retries_with_the_same_policy(plain: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The async loop waits the same delays, through asleep(), never time.sleep()."""
+    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail("time.sleep called from async code"))
+    clock = YieldingClock()
+    calls = 0
+
+    @retry(config=plain, clock=clock)
+    async def fetch() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise reset()
+        return "ok"
+
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        for i in range(6):
+            ticks.append(i)
+            await asyncio.sleep(0)
+
+    async def both() -> str:
+        result, _ = await asyncio.gather(fetch(), ticker())
+        return result
+
+    assert asyncio.run(both()) == "ok"
+    assert calls == 3 and clock.waits == [1.0, 2.0]
+    assert len(ticks) == 6  # the other task ran while fetch waited
+
+
+def test_async_gives_up_with_history(plain: Config) -> None:
+    """Exhausted async retries raise the last exception with its attempts."""
+    clock = FakeClock()
+
+    async def always() -> None:
+        raise TimeoutError("slow")
+
+    with pytest.raises(TimeoutError) as info:
+        asyncio.run(Retrier(config=plain, clock=clock).acall(always))
+    assert len(attempts_of(info.value)) == 3
+
+
+# -- the test switch ---------------------------------------------------------------------------------------
+
+
+def test_no_waits_removes_waits_but_keeps_retrying(plain: Config, clock: FakeClock) -> None:
+    """With the switch on, the same attempts happen with no sleeping at all."""
+    fn = Flaky(reset(), reset())
+    with no_waits():
+        assert Retrier(config=plain, clock=clock).call(fn) == "done"
+    assert fn.calls == 3 and clock.waits == []
+
+
+def test_no_waits_can_cap_attempts(plain: Config, clock: FakeClock) -> None:
+    """set_testing(True, attempts=1) makes every failure final, for users' fast tests."""
+    set_testing(True, attempts=1)
+    fn = Flaky(reset())
+    with pytest.raises(ConnectionResetError):
+        Retrier(config=plain, clock=clock).call(fn)
+    assert fn.calls == 1
+
+
+def test_environment_switch_turns_testing_on(home: Path) -> None:
+    """SELFHEAL_TESTING=1 in the environment turns the switch on at import."""
+    code = "import selfheal; print(selfheal.is_testing())"
+    for value, expected in (("1", "True"), ("0", "False")):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT / "scripts",
+            capture_output=True,
+            text=True,
+            env={"SELFHEAL_TESTING": value, "SELFHEAL_HOME": str(home), "PATH": "/usr/bin:/bin"},
+            check=True,
+        ).stdout.strip()
+        assert out == expected
+
+
+# -- what is recorded ---------------------------------------------------------------------------------------
+
+
+def test_first_try_success_without_task_writes_nothing(plain: Config, home: Path) -> None:
+    """The hot path touches no files: no ledger, no log."""
+    assert Retrier(config=plain).call(lambda: 1) == 1
+    assert not (home / "ledger").exists() and not (home / "logs").exists()
+
+
+def test_tracked_success_is_one_event(plain: Config, home: Path) -> None:
+    """A task's first-try success is recorded once, with its duration."""
+    Retrier(config=plain, task="report-1").call(lambda: 1)
+    events = ledger_events(home)
+    assert [(e["event"], e["task"], e["attempt"]) for e in events] == [("success", "report-1", 1)]
+    log = (home / "logs" / "selfheal.log").read_text()
+    assert "[SUCCESS] task=report-1 duration=" in log
+
+
+def test_every_attempt_of_a_failing_run_is_recorded(plain: Config, clock: FakeClock, home: Path) -> None:
+    """An untracked run that failed twice leaves retry, retry, success in the ledger and the log."""
+    fn = Flaky(reset(), TimeoutError("read timed out"))
+    Retrier(config=plain, clock=clock, target="qwen", model="Qwen3-4B").call(fn)
+    events = ledger_events(home)
+    assert [e["event"] for e in events] == ["retry", "retry", "success"]
+    first = events[0]
+    for key in (
+        "ts",
+        "event",
+        "task",
+        "step",
+        "target",
+        "model",
+        "attempt",
+        "max_attempts",
+        "error_class",
+        "reason",
+        "status",
+        "exit_code",
+        "delay_s",
+        "duration_s",
+        "tokens",
+        "pid",
+        "host",
+    ):
+        assert key in first
+    assert (first["error_class"], first["attempt"], first["max_attempts"], first["delay_s"]) == ("transient", 1, 3, 1.0)
+    lines = (home / "logs" / "selfheal.log").read_text().splitlines()
+    assert lines[0].endswith("[RETRY] task=- target=qwen model=Qwen3-4B reason=transient attempt=1/3 delay=1s")
+    assert " [RETRY] task=- target=qwen model=Qwen3-4B reason=timeout attempt=2/3 delay=0.5s" in lines[1]
+    assert "[SUCCESS]" in lines[2] and "attempts=3" in lines[2]
+
+
+def test_final_failure_is_a_failed_event(plain: Config, clock: FakeClock, home: Path) -> None:
+    """The last attempt of a run that gives up is FAILED, with the stop reason."""
+    with pytest.raises(KeyError):
+        Retrier(config=plain, clock=clock, task="t").call(Flaky(KeyError("choices")))
+    (event,) = ledger_events(home)
+    assert (event["event"], event["error_class"], event["status"]) == ("failed", "permanent", "not_retryable")
+    assert "[FAILED] task=t reason=permanent attempts=1" in (home / "logs" / "selfheal.log").read_text()
+
+
+def test_secrets_in_errors_never_reach_the_files(
+    plain: Config, clock: FakeClock, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error message quoting a key or a password URL is masked in the ledger and the log."""
+    monkeypatch.setenv("OPENAI_API_KEY", "local-key-1234567890")
+    config = load_config()
+    secret = "sk-proj-ABCDEFGHIJKLMNOPQRSTUV"
+    fn = Flaky(ConnectionError(f"POST https://bob:hunter2@h/v1 with key {secret} and local-key-1234567890"))
+    Retrier(config=config, clock=clock, task="t").call(fn)
+    text = "".join(p.read_text() for p in (home / "ledger").glob("*")) + (home / "logs" / "selfheal.log").read_text()
+    assert secret not in text and "hunter2" not in text and "local-key-1234567890" not in text
+    assert "bob:***@h" in text
+
+
+def test_state_files_are_private(plain: Config, clock: FakeClock, home: Path) -> None:
+    """Ledger and log are created 0600, their folders 0700."""
+    Retrier(config=plain, clock=clock, task="t").call(lambda: 1)
+    for path in [*(home / "ledger").iterdir(), home / "logs" / "selfheal.log"]:
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert (home / "ledger").stat().st_mode & 0o777 == 0o700
+
+
+def test_bad_task_id_is_refused_before_anything_runs() -> None:
+    """A task id that could escape the state root is an error at construction."""
+    with pytest.raises(selfheal.InvalidIdError, match=r"\.\./\.\./etc/passwd"):
+        Retrier(task="../../etc/passwd")
