@@ -6,6 +6,7 @@ import email.utils
 import random
 
 import pytest
+
 from selfheal.backoff import compute_delay, exponential, parse_retry_after
 from selfheal.config import Policy
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+
 from selfheal.classify import Classifier, Failure, classify, traceback_exception_types
 from selfheal.config import Config, load_config
 from selfheal.testing import FakeModelServer, Fault

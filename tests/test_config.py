@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from selfheal.config import (
     ERROR_CLASSES,
     SKILL_YAML,

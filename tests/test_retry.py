@@ -15,6 +15,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+
 import selfheal
 from conftest import ROOT
 from selfheal.config import Config, load_config

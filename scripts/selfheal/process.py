@@ -24,6 +24,19 @@ import psutil
 from .clock import SYSTEM_CLOCK, Clock
 
 _READ_CHUNK = 65536
+_EXIT_POLL_S = 0.02
+
+
+def _pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when `pid` exits (Linux 5.3+), else None."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        fd: int = opener(pid)
+    except OSError:
+        return None
+    return fd
 
 
 @dataclass(frozen=True)
@@ -72,12 +85,32 @@ def kill_tree(identity: ProcessIdentity, *, grace_s: float, clock: Clock = SYSTE
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    alive = _wait_gone(procs, grace_s, clock)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(alive, timeout=1.0)
+    _wait_gone(alive, 1.0, clock)
     return [p.pid for p in procs]
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float, clock: Clock) -> list[psutil.Process]:
+    """Wait until these processes are dead; return the ones still alive after `timeout_s`.
+
+    A zombie counts as dead: it has exited and only waits for its parent (or init) to reap it.
+    """
+
+    def living(proc: psutil.Process) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = clock.monotonic() + timeout_s
+    alive = [p for p in procs if living(p)]
+    while alive and clock.monotonic() < deadline:
+        clock.sleep(_EXIT_POLL_S)
+        alive = [p for p in alive if living(p)]
+    return alive
 
 
 class StopFlag:
@@ -248,6 +281,9 @@ def run_command(
         sel.register(fd, selectors.EVENT_READ)
     if stop is not None:
         sel.register(stop.fileno, selectors.EVENT_READ)
+    exit_fd = _pidfd(proc.pid)  # readable when the child exits, so an exit is seen at once
+    if exit_fd is not None:
+        sel.register(exit_fd, selectors.EVENT_READ)
     open_fds = set(tails)
 
     deadline = started + timeout_s if timeout_s is not None else None
@@ -269,10 +305,15 @@ def run_command(
                 waits.append(kill_at - now)
             if exited_at is not None:
                 waits.append(exited_at + drain_s - now)
+            elif exit_fd is None and not open_fds:
+                waits.append(_EXIT_POLL_S)  # no pidfd: poll for the exit once the pipes are closed
             for key, _ in sel.select(max(0.0, min(waits))):
                 fd = key.fd
                 if stop is not None and fd == stop.fileno:
                     stop.drain()
+                    continue
+                if fd == exit_fd:
+                    sel.unregister(fd)
                     continue
                 try:
                     chunk = os.read(fd, _READ_CHUNK)
@@ -315,9 +356,12 @@ def run_command(
         if kill_at is not None:
             # The leader is gone, but whatever it left in its group or spawned must not outlive the kill.
             killed += _signal_group(proc.pid, signal.SIGKILL, descendants)
+            _wait_gone(list(descendants.values()), kill_grace_s, clock)
         exit_code = proc.wait()
     finally:
         sel.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
         for stream in (proc.stdout, proc.stderr):
             with contextlib.suppress(OSError):
                 stream.close()

@@ -200,6 +200,8 @@ def _run(
             item["exit_code"] = result.exit_code if result.exit_code is None or result.exit_code >= 0 else None
             item["output_bytes"] = result.stdout_bytes + result.stderr_bytes
         attempts.append(item)
+        if attempt.delay_s is not None:
+            record.waiting(attempt.delay_s)
         if on_attempt is not None:
             on_attempt(attempt)
 

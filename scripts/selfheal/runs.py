@@ -57,6 +57,8 @@ class RunRecord:
             "host": socket.gethostname(),
             "supervisor": me.to_dict() if me else {"pid": os.getpid(), "create_time": None},
             "child": None,
+            "phase": "starting",  # running (a child is up) | waiting (backoff before the next attempt)
+            "next_attempt_ts": None,
             "attempt": 0,
             "started": utc_iso(clock.time()),
             "started_ts": clock.time(),
@@ -78,12 +80,16 @@ class RunRecord:
         self._write(durable=True)
 
     def attempt(self, number: int) -> None:
-        self.data["attempt"] = number
-        self.data["child"] = None
+        self.data.update(attempt=number, child=None, phase="running", next_attempt_ts=None)
         self._write()
 
     def child_started(self, identity: ProcessIdentity | None) -> None:
         self.data["child"] = identity.to_dict() if identity else None
+        self._write()
+
+    def waiting(self, delay_s: float) -> None:
+        """Between attempts: no child, no output expected until `next_attempt_ts`."""
+        self.data.update(child=None, phase="waiting", next_attempt_ts=self.clock.time() + delay_s)
         self._write()
 
     def tick(self, last_output_ts: float | None) -> None:
