@@ -21,7 +21,7 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.process import StopFlag  # noqa: E402
-from selfheal.retry import Attempt  # noqa: E402
+from selfheal.retrying import Attempt  # noqa: E402
 from selfheal.runner import run_with_retry  # noqa: E402
 
 

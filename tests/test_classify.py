@@ -13,7 +13,7 @@ import httpx2
 import openai
 import pytest
 
-from selfheal.classify import Classifier, Failure, classify, traceback_exception_types
+from selfheal.classify import Classifier, Failure, classify_error, traceback_exception_types
 from selfheal.config import Config, load_config
 from selfheal.testing import FakeModelServer, Fault
 
@@ -165,7 +165,7 @@ def test_real_openai_client_failures(faults: list[Fault], expected: str, config:
         with pytest.raises(Exception) as info:
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         client.close()
-    assert classify(info.value, settings=config.classify).error_class == expected
+    assert classify_error(info.value, settings=config.classify).error_class == expected
 
 
 def test_connection_refused_from_the_real_client(config: Config) -> None:
@@ -177,7 +177,7 @@ def test_connection_refused_from_the_real_client(config: Config) -> None:
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_retries=0, timeout=2)
     with pytest.raises(openai.APIConnectionError) as info:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    assert classify(info.value, settings=config.classify).error_class == "transient"
+    assert classify_error(info.value, settings=config.classify).error_class == "transient"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import selfheal
 from conftest import ROOT
 from selfheal.config import Config, load_config
 from selfheal.errors import NotAttempted
-from selfheal.retry import Retrier, attempts_of, retry, stop_reason_of
+from selfheal.retrying import Retrier, attempts_of, retry, stop_reason_of
 from selfheal.testing import FakeClock, no_waits, set_testing
 
 

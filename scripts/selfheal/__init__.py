@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "retry": "retry",
-    "Retrier": "retry",
-    "Attempt": "retry",
-    "attempts_of": "retry",
-    "stop_reason_of": "retry",
-    "Budget": "retry",
-    "classify": "classify",
+    "retry": "retrying",
+    "Retrier": "retrying",
+    "Attempt": "retrying",
+    "attempts_of": "retrying",
+    "stop_reason_of": "retrying",
+    "Budget": "retrying",
+    "classify_error": "classify",
     "Failure": "classify",
     "Classification": "classify",
     "Classifier": "classify",
@@ -67,7 +67,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "attempts_of",
-    "classify",
+    "classify_error",
     "get_config",
     "is_testing",
     "load_config",
@@ -94,7 +94,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._testing import is_testing, no_waits, set_testing
-    from .classify import Classification, Classifier, Failure, classify
+    from .classify import Classification, Classifier, Failure, classify_error
     from .config import ERROR_CLASSES, Config, get_config, load_config
     from .errors import (
         ConfigError,
@@ -107,6 +107,6 @@ if TYPE_CHECKING:
         StateError,
         UsageError,
     )
-    from .retry import Attempt, Budget, Retrier, attempts_of, retry, stop_reason_of
+    from .retrying import Attempt, Budget, Retrier, attempts_of, retry, stop_reason_of
     from .runner import CommandFailed, RunOutcome, run_with_retry
     from .store import StateRoot

@@ -419,7 +419,7 @@ def _last_meaningful_line(text: str) -> str:
     return ""
 
 
-def classify(error: BaseException | Failure, *, settings: ClassifySettings | None = None) -> Classification:
+def classify_error(error: BaseException | Failure, *, settings: ClassifySettings | None = None) -> Classification:
     """Classify an exception or a Failure with the loaded settings (or the `settings` given)."""
     if settings is None:
         settings = get_config().classify

@@ -22,6 +22,7 @@ import filelock
 
 from .clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
 from .config import Config, LogSettings
+from .errors import StateError
 from .redact import Redactor
 from .store import StateRoot, append_line, ensure_dir
 
@@ -77,15 +78,20 @@ def format_log_line(event: Mapping[str, Any]) -> str:
     if kind != "success":
         add("reason", event.get("error_class") or event.get("status"))
     attempt, max_attempts = event.get("attempt"), event.get("max_attempts")
-    if kind == "retry" and attempt is not None:
-        add("attempt", f"{attempt}/{max_attempts}" if max_attempts else attempt)
-        if event.get("delay_s") is not None:
-            add("delay", _num(float(event["delay_s"])) + "s")
-    elif attempt is not None and (kind != "success" or attempt > 1):
-        add("attempts", attempt)
-    if kind == "success" and event.get("duration_s") is not None:
-        add("duration", _num(float(event["duration_s"])) + "s")
-    add("tokens", event.get("tokens"))
+    if kind == "success":
+        if event.get("duration_s") is not None:
+            add("duration", _num(float(event["duration_s"])) + "s")
+        add("tokens", event.get("tokens"))
+        if attempt is not None and attempt > 1:
+            add("attempts", attempt)
+    else:
+        if kind == "retry" and attempt is not None:
+            add("attempt", f"{attempt}/{max_attempts}" if max_attempts else attempt)
+            if event.get("delay_s") is not None:
+                add("delay", _num(float(event["delay_s"])) + "s")
+        elif attempt is not None:
+            add("attempts", attempt)
+        add("tokens", event.get("tokens"))
     add("exit", event.get("exit_code"))
     for key, value in event.items():
         if key not in FIELDS and key not in ("rule", "run_id", "op") and isinstance(value, (str, int, float)):
@@ -123,15 +129,16 @@ class Ledger:
         full["event"] = event
         full["pid"] = os.getpid()
         full["host"] = _HOST
-        limit = self.config.ledger.reason_max_chars
-        if isinstance(full.get("reason"), str) and len(full["reason"]) > limit:
-            full["reason"] = full["reason"][: limit - 1] + "…"
+        # Mask before cutting: a key cut in half would no longer look like a key.
         clean: dict[str, Any] = self.redactor.obj(full)
+        limit = self.config.ledger.reason_max_chars
+        if isinstance(clean.get("reason"), str) and len(clean["reason"]) > limit:
+            clean["reason"] = clean["reason"][: limit - 1] + "…"
         line = json.dumps(clean, ensure_ascii=False, separators=(",", ":"), default=str)
         try:
             append_line(self.state.ledger_file(utc_day(now)), line.encode("utf-8"))
             self._log(format_log_line(clean))
-        except OSError as exc:
+        except (OSError, StateError) as exc:
             self.write_errors += 1
             logger.warning("self-heal could not write its ledger under %s: %s", self.state.root, exc)
         return clean

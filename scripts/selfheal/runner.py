@@ -19,7 +19,7 @@ from .config import Config, get_config
 from .errors import EXIT_FAILED, EXIT_OK, Interrupted, LockBusy, SelfHealError
 from .ledger import Ledger
 from .process import CommandResult, StopFlag, run_command
-from .retry import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
+from .retrying import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
 from .runs import RunRecord, new_run_id, prune_finished, running_for_task
 from .store import StateRoot, file_lock, validate_id
 

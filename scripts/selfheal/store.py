@@ -51,11 +51,18 @@ _ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
 def resolve_state_root(env: Mapping[str, str] | None = None) -> Path:
     """$SELFHEAL_HOME, else $OPENCLAW_STATE_DIR/self-heal, else ~/.openclaw/self-heal."""
     env = os.environ if env is None else env
+
+    def expand(value: str) -> Path:
+        # `~` means the HOME of the environment given, not necessarily this process's.
+        if value.startswith("~") and env.get("HOME") and value[1:2] in ("", "/"):
+            return Path(env["HOME"] + value[1:])
+        return Path(value).expanduser()
+
     if env.get("SELFHEAL_HOME"):
-        return Path(env["SELFHEAL_HOME"]).expanduser()
+        return expand(env["SELFHEAL_HOME"])
     if env.get("OPENCLAW_STATE_DIR"):
-        return Path(env["OPENCLAW_STATE_DIR"]).expanduser() / "self-heal"
-    return Path("~/.openclaw/self-heal").expanduser()
+        return expand(env["OPENCLAW_STATE_DIR"]) / "self-heal"
+    return expand("~/.openclaw/self-heal")
 
 
 def validate_id(value: str, kind: str = "task") -> str:
@@ -66,11 +73,24 @@ def validate_id(value: str, kind: str = "task") -> str:
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create `path` (and parents) as 0700 folders; leave existing folders' modes alone."""
-    try:
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(f"cannot create folder {path}: {exc.strerror}") from exc
+    """Create `path` and any missing parents as 0700 folders; leave existing folders' modes alone.
+
+    (mkdir's `parents=True` would give the parents the umask's mode, often 0755.)
+    """
+    if path.is_dir():
+        return path
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StateError(f"cannot create folder {folder}: {exc.strerror}") from exc
     return path
 
 

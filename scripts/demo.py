@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""See self-heal work on this machine, with nothing external: flaky, broken and hanging commands and a
+rate-limited model endpoint, each run through the real retry_run.py and the Python API, then a summary
+of what the ledger recorded.
+
+It uses a throwaway state folder (removed afterwards unless --keep) so your own ledger stays clean.
+Takes about ten seconds. Exit 0 when every scenario behaved as it should, 3 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selfheal._bootstrap import bootstrap
+
+bootstrap()
+
+import openai  # noqa: E402
+
+from selfheal import cli  # noqa: E402
+from selfheal.config import load_config  # noqa: E402
+from selfheal.retrying import Retrier, attempts_of  # noqa: E402
+from selfheal.store import StateRoot  # noqa: E402
+from selfheal.testing import FakeModelServer, Fault  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def _retry_run(home: Path, *args: str) -> dict[str, Any]:
+    env = dict(os.environ, SELFHEAL_HOME=str(home))
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "retry_run.py"), "--json", *args],
+        check=False,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    result["_exit"] = proc.returncode
+    return result
+
+
+def _flaky_command(work: Path, failures: int, message: str, code: int) -> list[str]:
+    script = work / f"flaky_{failures}_{code}.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import pathlib, sys
+        counter = pathlib.Path(__file__).with_suffix(".count")
+        n = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(n + 1))
+        if n < {failures}:
+            sys.exit(print({message!r}, file=sys.stderr) or {code})
+        print("report written")
+        """)
+    )
+    return [sys.executable, str(script)]
+
+
+def _attempts(result: dict[str, Any]) -> str:
+    parts = []
+    for a in result["attempts"]:
+        if a["error_class"] is None:
+            parts.append(f"#{a['number']} ok")
+        else:
+            wait = f", waited {a['delay_s']:.2f}s" if a["delay_s"] is not None else ""
+            parts.append(f"#{a['number']} {a['error_class']}{wait}")
+    return "; ".join(parts)
+
+
+def _scenarios(home: Path, work: Path) -> list[tuple[str, bool, str]]:
+    """Run each scenario; return (title, behaved as expected, what happened)."""
+    out: list[tuple[str, bool, str]] = []
+
+    r = _retry_run(
+        home,
+        "--task",
+        "nightly-report",
+        "--",
+        *_flaky_command(work, 2, "curl: (7) Failed to connect: Connection refused", 7),
+    )
+    out.append(
+        (
+            "A flaky command (connection refused twice) is retried with backoff and succeeds",
+            r["ok"] and len(r["attempts"]) == 3,
+            _attempts(r),
+        )
+    )
+
+    r = _retry_run(home, "--task", "broken-job", "--", *_flaky_command(work, 9, "SyntaxError: invalid syntax", 1))
+    out.append(
+        (
+            "A permanent failure (a syntax error) is stopped at once, not retried",
+            not r["ok"] and len(r["attempts"]) == 1 and r["error_class"] == "permanent",
+            f"{_attempts(r)}; exit code {r['_exit']} ({r['stop_reason']})",
+        )
+    )
+
+    pidfile = work / "grandchild.pid"
+    r = _retry_run(
+        home,
+        "--task",
+        "hung-export",
+        "--timeout",
+        "1",
+        "--max-attempts",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        f"sleep 600 & echo $! > {pidfile}; sleep 600",
+    )
+    grandchild = int(pidfile.read_text()) if pidfile.exists() else -1
+    gone = not _alive(grandchild)
+    out.append(
+        (
+            "A hanging command is killed at its timeout, with the grandchild it spawned",
+            r["error_class"] == "timeout" and gone,
+            f"timed out after {r['attempts'][0]['duration_s']:.1f}s; grandchild {grandchild} "
+            + ("killed" if gone else "STILL RUNNING"),
+        )
+    )
+
+    out.append(_model_scenario(home))
+    return out
+
+
+def _model_scenario(home: Path) -> tuple[str, bool, str]:
+    """The Python API around the real openai client, against the package's fake endpoint."""
+    config = load_config(env={"SELFHEAL_HOME": str(home)})
+    state = StateRoot(home)
+    with FakeModelServer() as server:
+        server.script("qwen", Fault.http(429, retry_after=1, code="rate_limit_exceeded"))
+        server.script("quota", Fault.http(429, code="insufficient_quota"))
+        replies = []
+        for name in ("qwen", "quota"):
+            client = openai.OpenAI(base_url=server.url(name), api_key="sk-demo", max_retries=0)
+            retrier = Retrier(task=f"summary-{name}", target=name, model="Qwen3-4B", config=config, state=state)
+            started = time.monotonic()
+            try:
+                answer = retrier.call(
+                    client.chat.completions.create,
+                    model="Qwen3-4B",
+                    messages=[{"role": "user", "content": "Summarise last night's runs."}],
+                )
+                replies.append((name, answer.choices[0].message.content, time.monotonic() - started, None))
+            except openai.APIStatusError as exc:
+                replies.append((name, None, time.monotonic() - started, attempts_of(exc)))
+            finally:
+                client.close()
+        calls = {name: server.requests(name) for name in ("qwen", "quota")}
+    (_, content, waited, _), (_, _, _, quota_attempts) = replies
+    ok = content == "ok from qwen" and waited >= 1.0 and calls == {"qwen": 2, "quota": 1}
+    detail = (
+        f"429 + Retry-After: 1 -> waited {waited:.1f}s, then answered; "
+        f"429 insufficient_quota -> {quota_attempts[0].error_class if quota_attempts else '?'}, "
+        f"{calls['quota']} request, no retry"
+    )
+    return "Model calls: a rate limit is waited out, an exhausted quota is not retried", ok, detail
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[-1][:1] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _ledger_summary(home: Path) -> tuple[Counter[str], list[str]]:
+    events: Counter[str] = Counter()
+    for path in sorted((home / "ledger").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            events[json.loads(line)["event"]] += 1
+    log = home / "logs" / "selfheal.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return events, lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep the demo's state folder and say where it is")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    args = parser.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="selfheal-demo-"))
+    home, work = base / "state", base / "work"
+    work.mkdir(parents=True)
+    try:
+        started = time.monotonic()
+        results = _scenarios(home, work)
+        events, log_lines = _ledger_summary(home)
+        elapsed = time.monotonic() - started
+        all_ok = all(ok for _, ok, _ in results)
+        if args.json:
+            cli.emit_json(
+                {
+                    "ok": all_ok,
+                    "scenarios": [{"title": t, "ok": ok, "detail": d} for t, ok, d in results],
+                    "ledger_events": dict(events),
+                    "duration_s": round(elapsed, 1),
+                    "state": str(home) if args.keep else None,
+                }
+            )
+        else:
+            print("self-heal demo: four ways unattended work fails, and what self-heal did\n")
+            for i, (title, ok, detail) in enumerate(results, 1):
+                print(f"{i}. {title}\n   {'OK ' if ok else 'UNEXPECTED'} {detail}\n")
+            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(events.items()))
+            print(f"The ledger recorded {sum(events.values())} events ({counts}).")
+            print("The log, in the source documents' format:")
+            for line in log_lines:
+                print(f"   {line}")
+            print(f"\nDone in {elapsed:.1f}s." + (f" State kept in {home}" if args.keep else ""))
+        return 0 if all_ok else 3
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

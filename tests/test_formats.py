@@ -1,0 +1,113 @@
+"""What the skill writes matches the documented formats in status/ (checked against real output)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PYTHON, ROOT, SCRIPTS, script_env
+
+TYPES = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "object": dict,
+    "array": list,
+    "null": type(None),
+    "boolean": bool,
+}
+
+
+def check(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
+    """A small validator for the JSON Schema subset the status schemas use."""
+    problems: list[str] = []
+    allowed = schema.get("type")
+    if allowed is not None:
+        names = allowed if isinstance(allowed, list) else [allowed]
+        ok = any(
+            isinstance(value, TYPES[n]) and not (n in ("integer", "number") and isinstance(value, bool)) for n in names
+        )
+        if not ok:
+            return [f"{where}: {value!r} is not {allowed}"]
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{where}: {value!r} not in {schema['enum']}")
+    if "pattern" in schema and isinstance(value, str) and not re.search(schema["pattern"], value):
+        problems.append(f"{where}: {value!r} does not match {schema['pattern']}")
+    if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
+        problems.append(f"{where}: {value!r} < {schema['minimum']}")
+    if isinstance(value, dict):
+        problems += [f"{where}: missing {k}" for k in schema.get("required", []) if k not in value]
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                problems += check(value[key], sub, f"{where}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            problems += check(item, schema["items"], f"{where}[{i}]")
+    return problems
+
+
+def schema(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((ROOT / "status" / name).read_text())
+    return data
+
+
+def test_the_validator_catches_a_bad_event() -> None:
+    """A negative control: an event with a wrong type and a missing field is reported."""
+    problems = check({"ts": "yesterday", "event": "maybe", "pid": "x"}, schema("ledger-event.schema.json"))
+    assert any("missing task" in p for p in problems)
+    assert any("'maybe' not in" in p for p in problems)
+    assert any("does not match" in p for p in problems)
+
+
+@pytest.fixture
+def real_run(tmp_path: Path, home: Path) -> Path:
+    """A real retry_run.py run that fails, retries, and ends: ledger, log and run record on disk."""
+    counter = tmp_path / "n"
+    code = (
+        f"import pathlib, sys\np = pathlib.Path({str(counter)!r})\nn = int(p.read_text()) if p.exists() else 0\n"
+        "p.write_text(str(n + 1))\nsys.exit(75 if n < 1 else 0)"
+    )
+    subprocess.run(
+        [PYTHON, str(SCRIPTS / "retry_run.py"), "--task", "fmt", "--", PYTHON, "-c", code],
+        env=script_env(home, SELFHEAL_TESTING="1"),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [PYTHON, str(SCRIPTS / "retry_run.py"), "--max-attempts", "1", "--", "false"],
+        env=script_env(home),
+        check=False,
+        capture_output=True,
+    )
+    return home
+
+
+def test_ledger_events_match_the_schema(real_run: Path) -> None:
+    """Every event written by real runs validates against status/ledger-event.schema.json."""
+    events = [json.loads(line) for f in (real_run / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert len(events) == 3
+    for event in events:
+        assert check(event, schema("ledger-event.schema.json")) == []
+
+
+def test_run_records_match_the_schema(real_run: Path) -> None:
+    """Every run record validates against status/run-record.schema.json."""
+    records = [json.loads(p.read_text()) for p in (real_run / "runs").glob("*.json")]
+    assert len(records) == 2
+    for record in records:
+        assert check(record, schema("run-record.schema.json")) == []
+
+
+def test_log_lines_follow_the_documented_format(real_run: Path) -> None:
+    """Each log line is `<UTC time> [TAG] key=value ...`, as status/README.md shows."""
+    lines = (real_run / "logs" / "selfheal.log").read_text().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \[(RETRY|SUCCESS|FAILED)\] task=\S+( \w+=\S+)*", line), (
+            line
+        )

@@ -1,0 +1,151 @@
+"""Secrets are masked before anything is written: key shapes, auth headers, URL passwords, secret env values."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfheal.redact import MASK, Redactor
+
+SK = "sk-abcdefghijklmnopqrstuvwx"
+SK_PROJ = "sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX"
+GSK = "gsk_abcdefghijklmnopqrstuvwx"
+GHP = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
+HF = "hf_abcdefghijklmnopqrstuvwx"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"key {SK} rejected", "key *** rejected"),
+        (f"OPENAI_API_KEY={SK_PROJ}", "OPENAI_API_KEY=***"),
+        (f"groq {GSK}", "groq ***"),
+        (f"git push with {GHP} failed", "git push with *** failed"),
+        (f"hub {HF}", "hub ***"),
+        ("Authorization: Bearer abcdefgh12345678", "Authorization: Bearer ***"),
+        ("curl -H 'authorization: bearer eyJhbGciOi.J9.abc'", "curl -H 'authorization: bearer ***'"),
+        ("authorization=Basic dXNlcjpwYXNzd29yZA==", "authorization=Basic ***"),
+        ("api_key=abcd1234efgh", "api_key=***"),
+        ("GET https://h/v1?api-key=abcd1234efgh&x=1", "GET https://h/v1?api-key=***&x=1"),
+        ('{"password": "hunter2hunter2"}', '{"password": "***"}'),
+        ("token: abcdef123456", "token: ***"),
+        ("secret='s3cr3t-value'", "secret='***'"),
+        ("POST https://bob:hunter2@example.com/v1 failed", "POST https://bob:***@example.com/v1 failed"),
+        ("redis://default:pa55w0rd@cache:6379/0", "redis://default:***@cache:6379/0"),
+    ],
+    ids=[
+        "sk",
+        "sk-proj",
+        "gsk",
+        "ghp",
+        "hf",
+        "bearer-header",
+        "bearer-lowercase",
+        "basic-auth",
+        "api_key",
+        "api-key-in-query",
+        "json-password",
+        "token-colon",
+        "secret-quoted",
+        "url-password",
+        "url-password-other-scheme",
+    ],
+)
+def test_secret_shapes_are_masked(text: str, expected: str) -> None:
+    """A key, token or password in a message is replaced by ***, keeping the label around it."""
+    assert Redactor(env={}).text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tokens=1428",
+        "duration=4s",
+        "task=doc-gen-587",
+        "max_tokens=1024 prompt_tokens=12",
+        "2026-06-10T03:12:18Z [SUCCESS] task=doc-gen-587 duration=47.2s tokens=1428",
+        "2026-06-10T03:12:18Z [RETRY] task=doc-gen-587 model=Qwen3-4B reason=timeout attempt=1/3 delay=5s",
+        "http://localhost:8000/v1",
+        "https://api.example.com:8443/v1/chat/completions",
+        "risk-assessment-for-the-quarterly-report",
+        "",
+    ],
+)
+def test_innocuous_text_is_unchanged(text: str) -> None:
+    """Ordinary log content, URLs with ports and counters named like secrets are left alone."""
+    assert Redactor(env={}).text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("env", "text", "expected"),
+    [
+        ({"OPENAI_API_KEY": "local-key-1234567890"}, "key local-key-1234567890 refused", "key *** refused"),
+        ({"GITHUB_TOKEN": "plain-value-xyz"}, "clone with plain-value-xyz", "clone with ***"),
+        ({"DB_PASSWORD": "p4ss.w0rd+(x)"}, "login p4ss.w0rd+(x) failed", "login *** failed"),
+        ({"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI"}, "aws wJalrXUtnFEMI", "aws ***"),
+        ({"MY_CREDENTIALS": "abc123"}, "got abc123", "got ***"),
+        ({"API_KEY": "short", "TOKEN": "abc12"}, "short and abc12 stay", "short and abc12 stay"),
+        (
+            {"HOME": "/home/alice", "PATH": "/usr/local/bin:/usr/bin", "LANG": "en_US.UTF-8"},
+            "cd /home/alice; PATH=/usr/local/bin:/usr/bin LANG=en_US.UTF-8",
+            "cd /home/alice; PATH=/usr/local/bin:/usr/bin LANG=en_US.UTF-8",
+        ),
+    ],
+    ids=[
+        "api-key-var",
+        "token-var",
+        "password-var-with-regex-chars",
+        "secret-var",
+        "credential-var-6-chars",
+        "shorter-than-6-kept",
+        "harmless-vars-kept",
+    ],
+)
+def test_secret_env_values_are_masked_by_name(env: dict[str, str], text: str, expected: str) -> None:
+    """The value of a variable whose name looks secret is masked wherever it appears; others are not."""
+    assert Redactor(env=env).text(text) == expected
+
+
+def test_longer_secret_value_is_masked_whole() -> None:
+    """When one secret value contains another, the whole longer value is masked, not a fragment of it."""
+    redactor = Redactor(env={"API_KEY": "abcdef", "AUTH_TOKEN": "xx-abcdef-yy"})
+    assert redactor.text("use xx-abcdef-yy") == "use ***"
+
+
+def test_configured_env_name_pattern_decides_which_values_are_secret() -> None:
+    """A custom redact.env_names pattern masks the values it names and no longer the default ones."""
+    redactor = Redactor(env_names=r"^CORP_", env={"CORP_SIGNING": "corp-signing-value", "API_KEY": "plain-api-value"})
+    assert redactor.text("corp-signing-value plain-api-value") == "*** plain-api-value"
+
+
+def test_extra_values_are_masked_even_with_harmless_names() -> None:
+    """Values passed explicitly (the model chain's keys) are masked whatever their variable is called."""
+    redactor = Redactor(env={}, extra_values=["model-key-value-42", ""])
+    assert redactor.text("sent model-key-value-42") == "sent ***"
+
+
+def test_configured_patterns_are_masked() -> None:
+    """A user's redact.patterns regex masks its matches in addition to the built-in shapes."""
+    redactor = Redactor(env={}, patterns=[r"INT-\d{6}"])
+    assert redactor.text("ticket INT-123456 and key " + SK) == "ticket *** and key ***"
+
+
+def test_obj_masks_strings_at_any_depth() -> None:
+    """Redactor.obj masks strings inside nested dicts, lists and tuples and leaves other values alone."""
+    value = {
+        "reason": f"bad key {SK}",
+        "attempts": [1, {"header": "Authorization: Bearer abcdefgh12345678"}],
+        "keys": (HF, "plain"),
+        "count": 3,
+        "ratio": 0.5,
+        "ok": True,
+        "none": None,
+    }
+    assert Redactor(env={}).obj(value) == {
+        "reason": f"bad key {MASK}",
+        "attempts": [1, {"header": "Authorization: Bearer ***"}],
+        "keys": [MASK, "plain"],
+        "count": 3,
+        "ratio": 0.5,
+        "ok": True,
+        "none": None,
+    }

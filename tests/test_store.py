@@ -1,0 +1,417 @@
+"""State files: safe ids, the state root, atomic private writes, quarantined corruption, whole-line appends, locks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, SCRIPTS
+from selfheal import store
+from selfheal.errors import CorruptStateError, InvalidIdError, LockBusy
+from selfheal.store import (
+    append_line,
+    file_lock,
+    read_json,
+    resolve_state_root,
+    validate_id,
+    write_bytes_atomic,
+    write_json,
+)
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """Run the test under umask 0, the most permissive a user could have."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
+def child_env(home: Path) -> dict[str, str]:
+    """A minimal environment for a child Python that imports selfheal from this checkout."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(SCRIPTS), "SELFHEAL_HOME": str(home)}
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+# -- ids ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["a", "doc-gen-587", "A.b_c-9", "_private", "v1.2.3", "x" * 128], ids=lambda v: v[:20]
+)
+def test_safe_ids_are_accepted(value: str) -> None:
+    """Ids of 1-128 letters, digits, dot, underscore and dash (no leading dot) come back unchanged."""
+    assert validate_id(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "../../etc/passwd",
+        "..",
+        ".",
+        ".hidden",
+        "a/b",
+        "a\\b",
+        "",
+        "x" * 129,
+        "name with space",
+        "naïve",
+        "任务",
+        "a\x00b",
+        "abc\n",
+    ],
+    ids=[
+        "traversal",
+        "dotdot",
+        "dot",
+        "hidden",
+        "slash",
+        "backslash",
+        "empty",
+        "129-chars",
+        "space",
+        "non-ascii-latin",
+        "non-ascii-cjk",
+        "nul",
+        "trailing-newline",
+    ],
+)
+def test_unsafe_ids_are_refused_by_name(value: str) -> None:
+    """An id that could escape its folder or is not a plain file name is a usage error (exit 2) naming it."""
+    with pytest.raises(InvalidIdError) as info:
+        validate_id(value, "run")
+    assert info.value.exit_code == 2
+    assert info.value.value == value
+    assert repr(value) in str(info.value)
+    assert "run id" in str(info.value)
+
+
+# -- the state root -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SELFHEAL_HOME": "/srv/sh", "OPENCLAW_STATE_DIR": "/srv/oc"}, "/srv/sh"),
+        ({"OPENCLAW_STATE_DIR": "/srv/oc"}, "/srv/oc/self-heal"),
+        ({"SELFHEAL_HOME": "", "OPENCLAW_STATE_DIR": "/srv/oc"}, "/srv/oc/self-heal"),
+        ({}, "{home}/.openclaw/self-heal"),
+        ({"SELFHEAL_HOME": "~/custom"}, "{home}/custom"),
+        ({"OPENCLAW_STATE_DIR": "~/oc"}, "{home}/oc/self-heal"),
+    ],
+    ids=["selfheal-home-wins", "openclaw-dir", "empty-selfheal-home-ignored", "default", "tilde", "tilde-openclaw"],
+)
+def test_state_root_precedence(
+    env: dict[str, str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SELFHEAL_HOME beats OPENCLAW_STATE_DIR/self-heal, which beats ~/.openclaw/self-heal."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_state_root(env) == Path(expected.format(home=tmp_path))
+
+
+# -- atomic writes ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {},
+        {"task": "doc-gen-587", "attempt": 2, "ok": True, "none": None},
+        {"nested": {"list": [1, 2.5, "三"], "emoji": "✓"}, "big": "x" * 200_000},
+    ],
+    ids=["empty", "flat", "nested-unicode-large"],
+)
+def test_write_json_round_trips(obj: dict[str, object], tmp_path: Path) -> None:
+    """What write_json stores, read_json gives back equal."""
+    path = tmp_path / "f.json"
+    write_json(path, obj)
+    assert read_json(path) == obj
+
+
+@pytest.mark.parametrize("data", [b"", b"hello\n", bytes(range(256)) * 1000], ids=["empty", "text", "binary"])
+def test_write_bytes_atomic_round_trips(data: bytes, tmp_path: Path) -> None:
+    """The file holds exactly the bytes given, replacing what was there."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"previous content that is longer than some of the new ones")
+    write_bytes_atomic(path, data)
+    assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("existing_mode", [None, 0o644, 0o666], ids=["new", "replacing-0644", "replacing-0666"])
+@pytest.mark.usefixtures("open_umask")
+def test_written_files_are_private_even_with_open_umask(existing_mode: int | None, tmp_path: Path) -> None:
+    """Under umask 0, a written state file is 0600, also when it replaces a world-readable one."""
+    path = tmp_path / "f.json"
+    if existing_mode is not None:
+        path.write_text("{}")
+        path.chmod(existing_mode)
+    write_json(path, {"a": 1})
+    assert mode(path) == 0o600
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_created_folders_are_private_even_with_open_umask(home: Path) -> None:
+    """Every folder a write creates (not only the last one) is 0700 under umask 0."""
+    assert not home.exists()
+    write_json(home / "checkpoints" / "task-1" / "step.json", {"a": 1})
+    modes = {
+        p.relative_to(home.parent).as_posix(): oct(mode(p))
+        for p in (home, home / "checkpoints", home / "checkpoints" / "task-1")
+    }
+    assert modes == {"state": "0o700", "state/checkpoints": "0o700", "state/checkpoints/task-1": "0o700"}
+
+
+def test_writes_leave_no_temp_files(tmp_path: Path) -> None:
+    """After many rewrites the folder holds only the state file itself."""
+    path = tmp_path / "f.json"
+    for i in range(20):
+        write_json(path, {"i": i})
+        write_json(path, {"i": i}, durable=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def _fail_replace(monkeypatch: pytest.MonkeyPatch) -> None:
+    def replace(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _fail_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def _fail_write_halfway(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+    calls = 0
+
+    def write(fd: int, data: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", write)
+
+
+@pytest.mark.parametrize(
+    "fail", [_fail_write_halfway, _fail_fsync, _fail_replace], ids=["disk-full-mid-write", "fsync", "replace"]
+)
+def test_failed_write_keeps_the_old_file_and_no_temp(
+    fail: Callable[[pytest.MonkeyPatch], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails part-way raises, leaves the previous content intact and no temp file behind."""
+    path = tmp_path / "f.json"
+    write_json(path, {"v": "old"})
+    before = path.read_bytes()
+    fail(monkeypatch)
+    with pytest.raises(OSError):
+        write_json(path, {"v": "new", "pad": "x" * 100_000})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+# -- reading and quarantine ---------------------------------------------------------------------------------------
+
+
+def test_missing_state_file_reads_as_none(tmp_path: Path) -> None:
+    """A state file that was never written is simply absent: None, no error."""
+    assert read_json(tmp_path / "nope.json") is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"task": "doc-gen-587", "attempt": ',
+        b"not json at all",
+        b"",
+        b"  \n",
+        b"[1, 2, 3]",
+        b'"just a string"',
+        b"null",
+        b'{"task": "caf\xe9"}',
+        b"\xff\xfe\x00\x00",
+    ],
+    ids=["truncated", "garbage", "empty", "whitespace", "array", "string", "null", "latin-1", "binary"],
+)
+def test_corrupt_state_file_is_quarantined_and_reported(raw: bytes, tmp_path: Path) -> None:
+    """An unreadable file raises CorruptStateError naming it and where its untouched bytes were moved."""
+    path = tmp_path / "run.json"
+    path.write_bytes(raw)
+    with pytest.raises(CorruptStateError) as info:
+        read_json(path)
+    moved = info.value.quarantined_to
+    assert moved is not None
+    assert re.fullmatch(r"run\.json\.corrupt-\d{8}T\d{6}Z", moved.name)
+    assert moved.parent == tmp_path
+    assert moved.read_bytes() == raw
+    assert not path.exists()
+    assert str(path) in str(info.value) and str(moved) in str(info.value)
+
+
+def test_second_corruption_in_the_same_second_keeps_both_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two corrupt versions of one file quarantined within a second get distinct names; neither is lost."""
+    monkeypatch.setattr(store.time, "time", lambda: 1_781_061_138.25)
+    path = tmp_path / "run.json"
+    moved = []
+    for raw in (b"{first", b"{second"):
+        path.write_bytes(raw)
+        with pytest.raises(CorruptStateError) as info:
+            read_json(path)
+        moved.append(info.value.quarantined_to)
+    assert moved[0] != moved[1]
+    assert [m.read_bytes() for m in moved] == [b"{first", b"{second"]
+
+
+# -- appends -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("existing", "line", "expected"),
+    [
+        (None, b'{"a":1}', b'{"a":1}\n'),
+        (None, b'{"a":1}\n', b'{"a":1}\n'),
+        (b'{"a":1}\n', b'{"b":2}', b'{"a":1}\n{"b":2}\n'),
+        (b"", b'{"b":2}', b'{"b":2}\n'),
+    ],
+    ids=["adds-newline", "keeps-one-newline", "appends-after", "empty-file"],
+)
+def test_append_line_writes_one_terminated_line(
+    existing: bytes | None, line: bytes, expected: bytes, tmp_path: Path
+) -> None:
+    """Each append adds exactly one newline-terminated line after what was there."""
+    path = tmp_path / "x.jsonl"
+    if existing is not None:
+        path.write_bytes(existing)
+    append_line(path, line)
+    assert path.read_bytes() == expected
+
+
+def test_append_after_a_torn_line_starts_a_fresh_line(tmp_path: Path) -> None:
+    """If a writer died mid-line, the next record still lands whole on its own line."""
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"seq":1}\n{"seq":2,"ta')
+    append_line(path, b'{"seq":3}')
+    lines = path.read_bytes().split(b"\n")
+    assert lines == [b'{"seq":1}', b'{"seq":2,"ta', b'{"seq":3}', b""]
+    assert json.loads(lines[2]) == {"seq": 3}
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_appended_file_is_private(tmp_path: Path) -> None:
+    """A file created by append_line is 0600 even under umask 0."""
+    path = tmp_path / "x.jsonl"
+    append_line(path, b"x")
+    assert mode(path) == 0o600
+
+
+# -- locks -------------------------------------------------------------------------------------------------------
+
+
+def _start_holder(lock: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    holder = subprocess.Popen(
+        [PYTHON, str(HELPERS / "hold_lock.py"), str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert holder.stdout is not None
+    if holder.stdout.readline() != b"locked\n":
+        holder.kill()
+        holder.wait()
+        pytest.fail("the lock-holding child did not take the lock")
+    return holder
+
+
+def test_lock_held_by_another_process_is_busy_at_once(state: store.StateRoot, child_env: dict[str, str]) -> None:
+    """With timeout 0, a lock another process holds fails at once with LockBusy (exit 4) naming what is busy."""
+    lock = state.lock_file("task", "doc-gen-587")
+    holder = _start_holder(lock, child_env)
+    try:
+        with pytest.raises(LockBusy) as info, file_lock(lock, timeout=0, what="task doc-gen-587"):
+            pytest.fail("got a lock another process holds")
+        assert info.value.exit_code == 4
+        assert "task doc-gen-587 is busy" in str(info.value)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_lock_of_a_killed_holder_is_free(state: store.StateRoot, child_env: dict[str, str]) -> None:
+    """A lock whose holder was SIGKILLed can be taken at once: no stale lock outlives its process."""
+    lock = state.lock_file("task", "doc-gen-587")
+    holder = _start_holder(lock, child_env)
+    holder.kill()
+    holder.wait(timeout=30)
+    taken = False
+    with file_lock(lock, timeout=0):
+        taken = True
+    assert taken
+
+
+# -- crash safety with real processes --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_during_writes_never_leaves_a_corrupt_file(tmp_path: Path, child_env: dict[str, str]) -> None:
+    """A writer SIGKILLed at 50 random moments always leaves a complete, readable state file."""
+    path = tmp_path / "state.json"
+    rng = random.Random(20260610)
+    problems: list[str] = []
+    for round_no in range(50):
+        child = subprocess.Popen(
+            [PYTHON, str(HELPERS / "store_writer.py"), str(path)], stdout=subprocess.PIPE, env=child_env
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"wrote\n", "the writer child failed before its first write"
+            time.sleep(rng.uniform(0, 0.030))
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+            if child.stdout is not None:
+                child.stdout.close()
+        assert child.returncode == -signal.SIGKILL, f"round {round_no}: the writer exited on its own"
+        try:
+            obj = read_json(path)
+        except CorruptStateError as exc:
+            problems.append(f"round {round_no}: {exc}")
+            continue
+        if obj is None or set(obj) != {"n", "pad"} or not isinstance(obj["n"], int) or obj["pad"] != "x" * 50_000:
+            problems.append(f"round {round_no}: incomplete object {str(obj)[:80]}")
+    assert problems == []
+
+
+def test_tilde_means_the_given_environments_home(tmp_path: Path) -> None:
+    """With an explicit environment, `~` expands to its HOME, not the calling process's."""
+    env = {"HOME": str(tmp_path)}
+    assert resolve_state_root(env) == tmp_path / ".openclaw" / "self-heal"
+    assert resolve_state_root({**env, "SELFHEAL_HOME": "~/sh"}) == tmp_path / "sh"
