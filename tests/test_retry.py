@@ -343,26 +343,6 @@ def test_every_attempt_of_a_failing_run_is_recorded(plain: Config, clock: FakeCl
     events = ledger_events(home)
     assert [e["event"] for e in events] == ["retry", "retry", "success"]
     first = events[0]
-    for key in (
-        "ts",
-        "event",
-        "task",
-        "step",
-        "target",
-        "model",
-        "attempt",
-        "max_attempts",
-        "error_class",
-        "reason",
-        "status",
-        "exit_code",
-        "delay_s",
-        "duration_s",
-        "tokens",
-        "pid",
-        "host",
-    ):
-        assert key in first
     assert (first["error_class"], first["attempt"], first["max_attempts"], first["delay_s"]) == ("transient", 1, 3, 1.0)
     lines = (home / "logs" / "selfheal.log").read_text().splitlines()
     assert lines[0].endswith("[RETRY] task=- target=qwen model=Qwen3-4B reason=transient attempt=1/3 delay=1s")

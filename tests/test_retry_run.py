@@ -32,6 +32,13 @@ def run(
     )
 
 
+def start(home: Path, *args: str) -> subprocess.Popen[bytes]:
+    """retry_run.py in the background, its output discarded."""
+    return subprocess.Popen(
+        [PYTHON, RETRY_RUN, *args], env=script_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 def as_json(proc: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
     lines = proc.stdout.decode().splitlines()
     assert len(lines) == 1, f"stdout must hold exactly one JSON object, got: {proc.stdout!r}"
@@ -213,12 +220,7 @@ def test_non_utf8_and_large_output_pass_through(home: Path) -> None:
 def test_run_record_tracks_the_live_child(tmp_path: Path, home: Path, write_config: Callable[[str], Path]) -> None:
     """While a command runs, its run record names the child (pid + start time) and keeps beating."""
     write_config("process: {heartbeat_s: 0.1}\n")
-    proc = subprocess.Popen(
-        [PYTHON, RETRY_RUN, "--task", "watched", "--", "sleep", "3"],
-        env=script_env(home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start(home, "--task", "watched", "--", "sleep", "3")
     try:
         record = _wait_record(home, lambda r: r.get("child") is not None)
         child = psutil.Process(record["child"]["pid"])
@@ -294,12 +296,7 @@ def test_signal_during_a_backoff_wait_ends_it_at_once(
 
 def test_a_second_run_of_the_same_task_is_not_attempted(home: Path) -> None:
     """Cron overlap: while a task runs, another run of it exits 4 and names the running one."""
-    first = subprocess.Popen(
-        [PYTHON, RETRY_RUN, "--task", "exclusive", "--", "sleep", "300"],
-        env=script_env(home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = start(home, "--task", "exclusive", "--", "sleep", "300")
     try:
         record = _wait_record(home, lambda r: r.get("child") is not None)
         second = run(home, "--json", "--task", "exclusive", "--", "true")
