@@ -204,3 +204,23 @@ def test_the_main_job_runs_and_every_scenario_behaves(home: Path) -> None:
     assert result["ok"] and len(result["scenarios"]) == 4
     assert result["ledger_events"]["retry"] >= 3
     assert not any(home.iterdir()) if home.exists() else True  # the demo used its own throwaway folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bench", ["overhead.py", "ledger.py"])
+def test_benchmarks_run_and_their_own_checks_pass(bench: str) -> None:
+    """Each benchmark runs in its quick mode and its correctness checks (attempt counts, no lost event) hold."""
+    proc = subprocess.run(
+        [PYTHON, str(ROOT / "bench" / bench), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["machine"]["cores"]
+    if bench == "ledger.py":
+        assert result["nothing_lost"] and result["target_met"]
+    else:
+        assert all(r["attempts"] in (None, 3 * r["calls"]) for r in result["results"])

@@ -149,3 +149,9 @@ def test_obj_masks_strings_at_any_depth() -> None:
         "ok": True,
         "none": None,
     }
+
+
+def test_user_patterns_with_back_references_still_mask() -> None:
+    """A user's pattern keeps its own group numbering (it is never merged into the quick pre-check)."""
+    redactor = Redactor(env={}, patterns=[r"(?P<pre>ticket=)(\w)\2\w+", r"(x)\1-[0-9]{4}"])
+    assert redactor.text("ticket=zzTOP1234 and xx-9876") == "ticket=*** and ***"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import errno as errno_mod
+import functools
 import json
 import re
 import signal as signal_mod
@@ -120,6 +121,28 @@ class Failure:
             error_codes=tuple(_codes_from_body(text)),
         )
 
+    def evidence_key(self) -> tuple[object, ...]:
+        """Everything rules can look at, as a hashable key."""
+        return (
+            self.source,
+            self.text,
+            self.exception_types,
+            self.errnos,
+            self.status,
+            tuple(sorted(self.headers.items())),
+            self.error_codes,
+            self.exit_code,
+            self.signal,
+        )
+
+    @functools.cached_property
+    def _bare_types(self) -> frozenset[str]:
+        return frozenset(t.rpartition(".")[2] for t in self.exception_types)
+
+    @functools.cached_property
+    def _package_types(self) -> frozenset[tuple[str, str]]:
+        return frozenset((t.split(".", 1)[0], t.rpartition(".")[2]) for t in self.exception_types if "." in t)
+
     def retry_after(self, *, now: float) -> float | None:
         return parse_retry_after(self.headers, now=now) if self.headers else None
 
@@ -204,10 +227,8 @@ class _CompiledRule:
         for name, want in self.headers:
             if f.headers.get(name, "").strip().lower() != want:
                 return False
-        if (self.exceptions_full or self.exceptions_bare) and not any(
-            t.rpartition(".")[2] in self.exceptions_bare
-            or (t.split(".", 1)[0], t.rpartition(".")[2]) in self.exceptions_full
-            for t in f.exception_types
+        if (self.exceptions_full or self.exceptions_bare) and (
+            self.exceptions_bare.isdisjoint(f._bare_types) and self.exceptions_full.isdisjoint(f._package_types)
         ):
             return False
         if self.errnos and not any(e in self.errnos for e in f.errnos):
@@ -222,19 +243,31 @@ class _CompiledRule:
 class Classifier:
     """Applies the ordered rules; build one per loaded configuration and reuse it."""
 
+    _MEMO_SIZE = 256
+
     def __init__(self, settings: ClassifySettings) -> None:
         self.settings = settings
         self._rules = tuple(_CompiledRule(r) for r in settings.ordered_rules)
+        # A retry loop meets the same failure again and again; the same evidence always gets the same
+        # rule, so the match is remembered (Retry-After is not: a date's distance depends on now).
+        self._memo: dict[tuple[object, ...], tuple[str, str, str]] = {}
 
     def classify(self, failure: Failure, *, now: float | None = None) -> Classification:
         retry_after = failure.retry_after(now=time.time() if now is None else now)
         if failure.timed_out:
             # Our own per-attempt timeout fired: that is a timeout whatever the output says.
             return Classification("timeout", "attempt-timeout", "timeout", retry_after)
-        for rule in self._rules:
-            if rule.matches(failure):
-                return Classification(rule.error_class, rule.name, rule.reason, retry_after)
-        return Classification("unknown", UNCLASSIFIED, "unknown", retry_after)
+        key = failure.evidence_key()
+        found = self._memo.get(key)
+        if found is None:
+            found = next(
+                ((r.error_class, r.name, r.reason) for r in self._rules if r.matches(failure)),
+                ("unknown", UNCLASSIFIED, "unknown"),
+            )
+            if len(self._memo) >= self._MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = found
+        return Classification(found[0], found[1], found[2], retry_after)
 
     def classify_exception(self, exc: BaseException, *, now: float | None = None) -> Classification:
         return self.classify(Failure.from_exception(exc), now=now)

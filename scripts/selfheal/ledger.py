@@ -24,7 +24,7 @@ from .clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
 from .config import Config, LogSettings
 from .errors import StateError
 from .redact import Redactor
-from .store import StateRoot, append_line, ensure_dir
+from .store import StateRoot, append_line
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ FIELDS = (
 )
 
 _HOST = socket.gethostname()
+# Fields whose values the skill itself produces from a fixed vocabulary: nothing there to mask.
+_OURS = frozenset({"ts", "event", "error_class", "status", "pid", "host", "attempt", "max_attempts", "rule"})
 
 
 def _num(value: float) -> str:
@@ -119,6 +121,7 @@ class Ledger:
             extra_values=_model_keys(config),
         )
         self.write_errors = 0
+        self._day: tuple[str, Path] | None = None
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event to the ledger and the log; return the event as written."""
@@ -130,23 +133,31 @@ class Ledger:
         full["pid"] = os.getpid()
         full["host"] = _HOST
         # Mask before cutting: a key cut in half would no longer look like a key.
-        clean: dict[str, Any] = self.redactor.obj(full)
+        mask = self.redactor.obj
+        clean = {k: v if k in _OURS or v is None or isinstance(v, (int, float)) else mask(v) for k, v in full.items()}
         limit = self.config.ledger.reason_max_chars
         if isinstance(clean.get("reason"), str) and len(clean["reason"]) > limit:
             clean["reason"] = clean["reason"][: limit - 1] + "…"
         line = json.dumps(clean, ensure_ascii=False, separators=(",", ":"), default=str)
         try:
-            append_line(self.state.ledger_file(utc_day(now)), line.encode("utf-8"))
+            append_line(self._ledger_path(now), line.encode("utf-8"))
             self._log(format_log_line(clean))
         except (OSError, StateError) as exc:
             self.write_errors += 1
             logger.warning("self-heal could not write its ledger under %s: %s", self.state.root, exc)
         return clean
 
+    def _ledger_path(self, now: float) -> Path:
+        day = utc_day(now)
+        if self._day is None or self._day[0] != day:
+            self._day = (day, self.state.ledger_file(day))
+        return self._day[1]
+
     def _log(self, line: str) -> None:
         path = self.state.log_file
-        _rotate_if_needed(path, self.config.log)
-        append_line(path, line.encode("utf-8"))
+        size = append_line(path, line.encode("utf-8"))
+        if size >= self.config.log.max_bytes:
+            _rotate(path, self.config.log)
 
 
 def _model_keys(config: Config) -> list[str]:
@@ -154,14 +165,8 @@ def _model_keys(config: Config) -> list[str]:
     return [os.environ.get(e.api_key_env, "") for e in config.models.chain if e.api_key_env]
 
 
-def _rotate_if_needed(path: Path, settings: LogSettings) -> None:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        ensure_dir(path.parent)
-        return
-    if size < settings.max_bytes:
-        return
+def _rotate(path: Path, settings: LogSettings) -> None:
+    """Shift selfheal.log -> .1 -> .2 ..., keeping `backups` old files. Safe when several processes race."""
     with filelock.FileLock(str(path) + ".rotate.lock", mode=0o600):
         try:
             if path.stat().st_size < settings.max_bytes:
@@ -176,6 +181,9 @@ def _rotate_if_needed(path: Path, settings: LogSettings) -> None:
             if older.exists():
                 os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
         os.replace(path, path.with_name(f"{path.name}.1"))
+        # The log file always exists (tail and friends expect it), empty until the next event.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def iter_events(paths: list[Path]) -> Iterator[dict[str, Any] | None]:

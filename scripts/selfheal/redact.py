@@ -28,6 +28,19 @@ def _keep_pre(match: re.Match[str]) -> str:
     return (match.groupdict().get("pre") or "") + MASK
 
 
+def _combined(patterns: list[str]) -> re.Pattern[str] | None:
+    """All patterns as one alternation, for a quick yes/no; None if they cannot be combined."""
+    parts = []
+    for pattern in patterns:
+        body = pattern.replace("(?P<pre>", "(?:")
+        flags = re.match(r"\(\?([aiLmsux]+)\)", body)
+        parts.append(f"(?{flags.group(1)}:{body[flags.end() :]})" if flags else f"(?:{body})")
+    try:
+        return re.compile("|".join(parts))
+    except re.error:  # pragma: no cover - the built-in shapes combine; kept so a future one cannot break masking
+        return None
+
+
 class Redactor:
     """Masks secrets in text. Built once per process from the settings and the environment."""
 
@@ -45,16 +58,22 @@ class Redactor:
         values.update(v for v in extra_values if v and len(v) >= 6)
         # Longest first, so a value that contains another is masked whole.
         literal = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
-        shapes = [*_BUILTIN, *patterns]
         self._literal = re.compile(literal) if literal else None
-        self._shapes = [re.compile(p) for p in shapes]
+        self._builtin = [re.compile(p) for p in _BUILTIN]
+        # Users' patterns always run in full: combining them would renumber their groups.
+        self._user = [re.compile(p) for p in patterns]
+        # One pass that says whether a built-in shape or a secret value could be present; most text has none.
+        self._any = _combined([*_BUILTIN, *([literal] if literal else [])])
 
     def text(self, value: str) -> str:
-        if not value:
+        if len(value) < 6:
             return value
-        if self._literal is not None:
-            value = self._literal.sub(MASK, value)
-        for shape in self._shapes:
+        if self._any is None or self._any.search(value):
+            if self._literal is not None:
+                value = self._literal.sub(MASK, value)
+            for shape in self._builtin:
+                value = shape.sub(_keep_pre, value)
+        for shape in self._user:
             value = shape.sub(_keep_pre, value)
         return value
 

@@ -176,8 +176,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return obj
 
 
-def append_line(path: Path, line: bytes) -> None:
-    """Append one line under an exclusive lock on the file, in a single write.
+def append_line(path: Path, line: bytes) -> int:
+    """Append one line under an exclusive lock on the file, in a single write; return the new size.
 
     If the file does not end in a newline (a writer died mid-line on some other system), a newline is
     written first, so the damage stays confined to that one line and this line stays whole.
@@ -199,18 +199,16 @@ def append_line(path: Path, line: bytes) -> None:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
+            return size + len(line)
     finally:
-        os.close(fd)
+        os.close(fd)  # also releases the lock
 
 
 @contextlib.contextmanager
 def _locked_fd(fd: int, path: Path) -> Iterator[None]:
     if _HAVE_FCNTL:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the caller closes fd
+        yield
     else:  # pragma: no cover - Windows
         with filelock.FileLock(str(path) + ".lock"):
             yield
