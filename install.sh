@@ -78,12 +78,12 @@ mkdir -p "$STATE"
 chmod 700 "$STATE"
 
 say "ready. State folder: $STATE"
-cat >&2 <<EOF
-
-Next:
-  $VENV/bin/python $ROOT/scripts/demo.py                    # see it work on a flaky command
-  $VENV/bin/python $ROOT/scripts/retry_run.py -- CMD ARGS...  # run any command under the retry policy
-EOF
-if [ "$DEV" = 1 ]; then
-    echo "  $VENV/bin/python -m pytest                               # the test suite" >&2
-fi
+{
+    echo
+    echo "Next:"
+    echo "  see it work:      $VENV/bin/python $ROOT/scripts/demo.py"
+    echo "  retry a command:  $VENV/bin/python $ROOT/scripts/retry_run.py --task NAME -- CMD ARGS..."
+    if [ "$DEV" = 1 ]; then
+        echo "  run the tests:    (cd $ROOT && .venv/bin/python -m pytest)"
+    fi
+} >&2

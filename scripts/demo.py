@@ -162,7 +162,8 @@ def _model_scenario(home: Path) -> tuple[str, bool, str]:
     (_, content, waited, _), (_, _, _, quota_attempts) = replies
     ok = content == "ok from qwen" and waited >= 1.0 and calls == {"qwen": 2, "quota": 1}
     detail = (
-        f"429 + Retry-After: 1 -> waited {waited:.1f}s, then answered; "
+        f"429 + Retry-After: 1 -> waited {waited:.1f}s (the rate-limit policy's wait, at least the "
+        "server's 1 s), then answered; "
         f"429 insufficient_quota -> {quota_attempts[0].error_class if quota_attempts else '?'}, "
         f"{calls['quota']} request, no retry"
     )
