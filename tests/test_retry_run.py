@@ -373,3 +373,11 @@ def test_finished_runs_are_pruned(home: Path, write_config: Callable[[str], Path
     run(home, "--", "true")
     run(home, "--", "true")
     assert len(list((home / "runs").glob("*.json"))) == 1
+
+
+def test_library_refuses_a_zero_deadline(home: Path) -> None:
+    """run_with_retry(deadline_s=0) is a caller's mistake, refused rather than replaced by the default."""
+    from selfheal.runner import run_with_retry
+
+    with pytest.raises(ValueError, match="deadline_s must be > 0"):
+        run_with_retry(["true"], deadline_s=0)

@@ -108,7 +108,6 @@ class Budget:
         self.deadline_s = settings.deadline_s if deadline_s is None else deadline_s
         self.max_attempts = max_attempts
         self.rng = rng
-        self.attempts = 0
         self._failures: dict[str, int] = {}
         self._previous: dict[str, float] = {}
 
@@ -124,20 +123,20 @@ class Budget:
         capped = _testing.testing_attempts()
         return min(budget, capped) if capped is not None else budget
 
-    def decide(self, classification: Classification, *, now: float) -> Decision:
-        """Call once per failed attempt, after `attempts` counts it."""
+    def decide(self, classification: Classification, *, attempt: int, now: float) -> Decision:
+        """After failed attempt number `attempt` (1-based) of the run: retry after a delay, or stop."""
         cls = classification.error_class
+        policy = self.policies.for_class(cls)
+        if policy.attempts <= 1:
+            return Decision(False, 0.0, 1, STOP_NOT_RETRYABLE)
         budget = self.budget_for(cls)
-        if budget <= 1 and self.policies.for_class(cls).attempts <= 1:
-            return Decision(False, 0.0, budget, STOP_NOT_RETRYABLE)
-        if self.attempts >= budget:
+        if attempt >= budget:
             return Decision(False, 0.0, budget, STOP_EXHAUSTED)
         retry_after = classification.retry_after_s
         if retry_after is not None and retry_after > self.settings.retry_after_cap_s:
             return Decision(False, 0.0, budget, STOP_RETRY_AFTER)
         n = self._failures.get(cls, 0) + 1
         self._failures[cls] = n
-        policy = self.policies.for_class(cls)
         delay = compute_delay(policy, n, rng=self.rng, previous=self._previous.get(cls))
         self._previous[cls] = delay
         if retry_after is not None:
@@ -347,15 +346,12 @@ class _Run:
 
     @property
     def budget(self) -> Budget:
-        if self._budget is None:
+        if self._budget is None:  # made at the first failure: the success path loads no settings
             self._budget = self.r.budget(self.started)
-            self._budget.attempts = self.attempt
         return self._budget
 
     def begin(self) -> None:
         self.attempt += 1
-        if self._budget is not None:
-            self._budget.attempts = self.attempt
         if self.r.before_attempt is not None:
             self.r.before_attempt(self.attempt)
         self.attempt_started = self.r.clock.monotonic()
@@ -381,7 +377,7 @@ class _Run:
             decision = Decision(False, 0.0, self.attempt, STOP_NOT_SELECTED)
         else:
             classification, failure = self.r.classify(exc)
-            decision = self.budget.decide(classification, now=now)
+            decision = self.budget.decide(classification, attempt=self.attempt, now=now)
         reason = failure.summary() if failure is not None else f"{type(exc).__name__}: {exc}"
         attempt = Attempt(
             number=self.attempt,

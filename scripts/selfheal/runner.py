@@ -118,7 +118,11 @@ def run_with_retry(
     env: Mapping[str, str] | None = None,
 ) -> RunOutcome:
     """Run `argv` until it succeeds or the policy says stop. Raises LockBusy if the task is running
-    elsewhere, ConfigError/InvalidIdError for bad input; the command's own failure is in the outcome."""
+    elsewhere, ConfigError/InvalidIdError for bad input; the command's own failure is in the outcome.
+
+    timeout_s bounds each attempt, deadline_s the whole run (default retry.deadline_s); stdout/stderr
+    receive the command's output as it arrives; `stop` (set by a signal handler) interrupts the run.
+    """
     if not argv:
         raise ValueError("no command given")
     if task is not None:
@@ -127,125 +131,155 @@ def run_with_retry(
         validate_id(target, "target")
     config = config or get_config()
     state = (state or StateRoot.from_env()).ensure()
-    spec: dict[str, Any] = {
-        "argv": argv,
-        "task": task,
-        "target": target,
-        "timeout_s": timeout_s,
-        "deadline_s": deadline_s,
-        "max_attempts": max_attempts,
-        "cwd": cwd,
-        "config": config,
-        "state": state,
-        "clock": clock,
-        "rng": rng,
-        "stdout": stdout,
-        "stderr": stderr,
-        "stop": stop,
-        "on_attempt": on_attempt,
-        "env": env,
-    }
+    run = _CommandRun(
+        argv,
+        task=task,
+        target=target,
+        timeout_s=timeout_s,
+        deadline_s=config.retry.deadline_s if deadline_s is None else deadline_s,
+        max_attempts=max_attempts,
+        cwd=cwd,
+        config=config,
+        state=state,
+        clock=clock,
+        rng=rng,
+        stdout=stdout,
+        stderr=stderr,
+        stop=stop,
+        on_attempt=on_attempt,
+        env=env,
+    )
     if task is None:
-        return _run(**spec)
+        return run.execute()
     try:
         with file_lock(state.lock_file("task", task), timeout=0, what=f"task {task!r}"):
-            return _run(**spec)
+            return run.execute()
     except LockBusy as exc:
         holder = running_for_task(state, task)
         if holder is not None:
-            sup = holder.get("supervisor") or {}
-            exc.holder = f"run {holder.get('run_id')}, pid {sup.get('pid')}"
-            exc.args = (f"task {task!r} is already running (run {holder.get('run_id')}, pid {sup.get('pid')})",)
+            pid = (holder.get("supervisor") or {}).get("pid")
+            exc.holder = f"run {holder.get('run_id')}, pid {pid}"
+            exc.args = (f"task {task!r} is already running ({exc.holder})",)
         raise
 
 
-def _run(
-    *,
-    argv: list[str],
-    task: str | None,
-    target: str | None,
-    timeout_s: float | None,
-    deadline_s: float | None,
-    max_attempts: int | None,
-    cwd: str | None,
-    config: Config,
-    state: StateRoot,
-    clock: Clock,
-    rng: random.Random | None,
-    stdout: BinaryIO | None,
-    stderr: BinaryIO | None,
-    stop: StopFlag | None,
-    on_attempt: Callable[[Attempt], None] | None,
-    env: Mapping[str, str] | None,
-) -> RunOutcome:
-    proc_cfg = config.process
-    ledger = Ledger(state, config, clock=clock)
-    redactor = ledger.redactor
-    safe_argv = [redactor.text(a) for a in argv]
-    run_id = new_run_id(task, clock.time())
-    prune_finished(state, older_than_s=proc_cfg.keep_finished_runs_days * 86400, now=clock.time())
-    record = RunRecord(
-        state, run_id=run_id, task=task, target=target, argv=safe_argv, heartbeat_s=proc_cfg.heartbeat_s, clock=clock
-    )
-    record.start()
+def _exit_code(result: CommandResult | None) -> int | None:
+    """The command's own exit code; None if it never ran or a signal ended it (that is in `signal`)."""
+    if result is None or result.exit_code is None or result.exit_code < 0:
+        return None
+    return result.exit_code
 
-    attempts: list[dict[str, Any]] = []
-    last: dict[str, CommandResult] = {}
 
-    def collect(attempt: Attempt) -> None:
-        item = attempt.to_dict()
-        item["reason"] = redactor.text(item["reason"])
-        result = last.get("result")
-        if result is not None:
-            item["exit_code"] = result.exit_code if result.exit_code is None or result.exit_code >= 0 else None
-            item["output_bytes"] = result.stdout_bytes + result.stderr_bytes
-        attempts.append(item)
-        if attempt.delay_s is not None:
-            record.waiting(attempt.delay_s)
-        if on_attempt is not None:
-            on_attempt(attempt)
+class _CommandRun:
+    """One retry_run: the run record, the ledger, the retrier, and what each attempt did."""
 
-    retrier = Retrier(
-        task=task,
-        target=target,
-        deadline_s=deadline_s,
-        max_attempts=max_attempts,
-        config=config,
-        clock=_StoppableClock(clock, stop),
-        rng=rng,
-        state=state,
-        before_attempt=record.attempt,
-        on_attempt=collect,
-        ledger=ledger,
-        fields={"run_id": run_id, "op": os.path.basename(argv[0])},
-    )
-    deadline = retrier.deadline_s if retrier.deadline_s is not None else config.retry.deadline_s
-    started = clock.monotonic()
-    base_env = dict(os.environ if env is None else env)
-
-    def once() -> CommandResult:
-        remaining = deadline - (clock.monotonic() - started)
-        per_attempt = remaining if timeout_s is None else min(timeout_s, remaining)
-        child_env = dict(base_env, SELFHEAL_RUN_ID=run_id, SELFHEAL_ATTEMPT=str(record.data["attempt"]))
-        if task is not None:
-            child_env["SELFHEAL_TASK"] = task
-        result = run_command(
-            argv,
-            timeout_s=max(per_attempt, 0.001),
-            env=child_env,
-            cwd=cwd,
-            stdout=stdout,
-            stderr=stderr,
-            tail_bytes=proc_cfg.tail_bytes,
-            kill_grace_s=proc_cfg.kill_grace_s,
-            drain_s=proc_cfg.drain_s,
-            stop=stop,
-            on_start=record.child_started,
-            on_tick=record.tick,
-            tick_s=min(1.0, proc_cfg.heartbeat_s),
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        task: str | None,
+        target: str | None,
+        timeout_s: float | None,
+        deadline_s: float,
+        max_attempts: int | None,
+        cwd: str | None,
+        config: Config,
+        state: StateRoot,
+        clock: Clock,
+        rng: random.Random | None,
+        stdout: BinaryIO | None,
+        stderr: BinaryIO | None,
+        stop: StopFlag | None,
+        on_attempt: Callable[[Attempt], None] | None,
+        env: Mapping[str, str] | None,
+    ) -> None:
+        self.argv, self.task, self.target, self.cwd = argv, task, target, cwd
+        self.timeout_s, self.deadline_s = timeout_s, deadline_s
+        self.config, self.state, self.clock = config, state, clock
+        self.stdout, self.stderr, self.stop, self.on_attempt = stdout, stderr, stop, on_attempt
+        self.env = dict(os.environ if env is None else env)
+        self.ledger = Ledger(state, config, clock=clock)
+        self.redactor = self.ledger.redactor
+        self.safe_argv = [self.redactor.text(a) for a in argv]
+        self.run_id = new_run_id(task, clock.time())
+        self.record = RunRecord(
+            state,
+            run_id=self.run_id,
+            task=task,
+            target=target,
+            argv=self.safe_argv,
+            heartbeat_s=config.process.heartbeat_s,
             clock=clock,
         )
-        last["result"] = result
+        self.attempts: list[dict[str, Any]] = []
+        self.last: CommandResult | None = None
+        self.started = clock.monotonic()
+        self.retrier = Retrier(
+            task=task,
+            target=target,
+            deadline_s=deadline_s,
+            max_attempts=max_attempts,
+            config=config,
+            clock=_StoppableClock(clock, stop),
+            rng=rng,
+            state=state,
+            before_attempt=self.record.attempt,
+            on_attempt=self._attempted,
+            ledger=self.ledger,
+            fields={"run_id": self.run_id, "op": os.path.basename(argv[0])},
+        )
+
+    def execute(self) -> RunOutcome:
+        proc = self.config.process
+        prune_finished(self.state, older_than_s=proc.keep_finished_runs_days * 86400, now=self.clock.time())
+        self.record.start()
+        self.started = self.clock.monotonic()
+        try:
+            self.retrier.call(self._once)
+        except CommandFailed as exc:
+            outcome = self._outcome("failed", stop_reason_of(exc) or "failed")
+        except Interrupted as exc:
+            if not getattr(exc, "selfheal_recorded", False):  # it came during a wait, not an attempt
+                self.ledger.record(
+                    "failed",
+                    task=self.task,
+                    target=self.target,
+                    reason=str(exc),
+                    status=STOP_INTERRUPTED,
+                    attempt=self.record.data["attempt"],
+                    run_id=self.run_id,
+                )
+            outcome = self._outcome("interrupted", STOP_INTERRUPTED)
+            outcome.signal, outcome.reason = exc.signame, str(exc)
+        else:
+            outcome = self._outcome("succeeded", STOP_SUCCEEDED)
+        self.record.finish(outcome.outcome, outcome.exit_code)
+        return outcome
+
+    def _once(self) -> CommandResult:
+        """One attempt: run the command within what is left of the deadline; raise if it failed."""
+        remaining = self.deadline_s - (self.clock.monotonic() - self.started)
+        per_attempt = remaining if self.timeout_s is None else min(self.timeout_s, remaining)
+        env = dict(self.env, SELFHEAL_RUN_ID=self.run_id, SELFHEAL_ATTEMPT=str(self.record.data["attempt"]))
+        if self.task is not None:
+            env["SELFHEAL_TASK"] = self.task
+        proc = self.config.process
+        result = self.last = run_command(
+            self.argv,
+            timeout_s=max(per_attempt, 0.001),
+            env=env,
+            cwd=self.cwd,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            tail_bytes=proc.tail_bytes,
+            kill_grace_s=proc.kill_grace_s,
+            drain_s=proc.drain_s,
+            stop=self.stop,
+            on_start=self.record.child_started,
+            on_tick=self.record.tick,
+            tick_s=min(1.0, proc.heartbeat_s),
+            clock=self.clock,
+        )
         if result.interrupted_by is not None:
             raise Interrupted(result.interrupted_by)
         if not result.ok:
@@ -254,51 +288,39 @@ def _run(
                 stderr_tail=result.text_tail("stderr"),
                 stdout_tail=result.text_tail("stdout"),
                 timed_out=result.timed_out,
-                tail_chars=config.classify.tail_chars,
+                tail_chars=self.config.classify.tail_chars,
             )
             raise CommandFailed(result, failure)
         return result
 
-    def outcome(ok: bool, kind: str, stop_reason: str, exc: BaseException | None) -> RunOutcome:
-        result = last.get("result")
-        code = result.exit_code if result is not None else None
-        failed = attempts[-1] if attempts and not ok else None
+    def _attempted(self, attempt: Attempt) -> None:
+        item = attempt.to_dict()
+        item["reason"] = self.redactor.text(item["reason"])
+        if self.last is not None:
+            item["exit_code"] = _exit_code(self.last)
+            item["output_bytes"] = self.last.stdout_bytes + self.last.stderr_bytes
+        self.attempts.append(item)
+        if attempt.delay_s is not None:
+            self.record.waiting(attempt.delay_s)
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
+
+    def _outcome(self, kind: str, stop_reason: str) -> RunOutcome:
+        ok = kind == "succeeded"
+        failed = self.attempts[-1] if self.attempts and not ok else {}
         return RunOutcome(
             ok=ok,
             outcome=kind,
             stop_reason=stop_reason,
-            run_id=run_id,
-            task=task,
-            target=target,
-            argv=safe_argv,
-            exit_code=code if code is None or code >= 0 else None,
-            signal=(failed or {}).get("signal") if failed else None,
-            error_class=(failed or {}).get("error_class"),
-            rule=(failed or {}).get("rule"),
-            reason=(failed or {}).get("reason") if failed else (redactor.text(str(exc)) if exc else None),
-            duration_s=clock.monotonic() - started,
-            attempts=attempts,
+            run_id=self.run_id,
+            task=self.task,
+            target=self.target,
+            argv=self.safe_argv,
+            exit_code=_exit_code(self.last),
+            signal=failed.get("signal"),
+            error_class=failed.get("error_class"),
+            rule=failed.get("rule"),
+            reason=failed.get("reason"),
+            duration_s=self.clock.monotonic() - self.started,
+            attempts=self.attempts,
         )
-
-    try:
-        retrier.call(once)
-    except CommandFailed as exc:
-        result_out = outcome(False, "failed", stop_reason_of(exc) or "failed", exc)
-    except Interrupted as exc:
-        if not getattr(exc, "selfheal_recorded", False):
-            ledger.record(
-                "failed",
-                task=task,
-                target=target,
-                reason=str(exc),
-                status=STOP_INTERRUPTED,
-                attempt=record.data["attempt"],
-                run_id=run_id,
-            )
-        result_out = outcome(False, "interrupted", STOP_INTERRUPTED, exc)
-        result_out.signal = exc.signame
-        result_out.reason = str(exc)
-    else:
-        result_out = outcome(True, "succeeded", STOP_SUCCEEDED, None)
-    record.finish(result_out.outcome, result_out.exit_code)
-    return result_out
