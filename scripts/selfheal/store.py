@@ -9,7 +9,6 @@ an exclusive lock on the file itself.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -267,6 +266,3 @@ class StateRoot:
     def status_file(self, name: str) -> Path:
         return self.root / "status" / f"{validate_id(name, 'status')}.json"
 
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))

@@ -16,7 +16,6 @@ import struct
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -256,8 +255,3 @@ def _completion(content: str, model: str) -> dict[str, Any]:
         },
     }
 
-
-@contextlib.contextmanager
-def fake_model_server() -> Iterator[FakeModelServer]:
-    with FakeModelServer() as server:
-        yield server
