@@ -6,7 +6,8 @@ unknown) from the exit code, the signal and the tail of the output; retryable on
 jittered backoff, the rest stop at once. Output streams live. Every attempt is recorded in the ledger.
 
 Exit codes: 0 succeeded; 2 usage or configuration error; 3 failed (retries exhausted, not retryable,
-deadline, interrupted); 4 not attempted (the task is already running elsewhere).
+deadline, interrupted); 4 not attempted (the task is already running elsewhere, or the --target's
+circuit breaker is open).
 With --json, the command's stdout goes to stderr and stdout holds exactly one JSON object.
 """
 
@@ -32,7 +33,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:
         epilog="example: retry_run.py --task nightly-report --timeout 600 -- python3 report.py --day today",
     )
     parser.add_argument("--task", help="task id, recorded with every attempt; one run per task at a time")
-    parser.add_argument("--target", help="what the command talks to (an endpoint name), for breakers and reports")
+    parser.add_argument(
+        "--target", help="what the command talks to (a service name): its circuit breaker guards every attempt"
+    )
     parser.add_argument(
         "--timeout", type=float, metavar="S", help="seconds per attempt; the whole process group is killed after it"
     )
@@ -99,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if outcome.ok:
             if n > 1:
                 cli.say(f"succeeded on attempt {n} after {outcome.duration_s:.1f}s")
+        elif outcome.outcome == "not_attempted":
+            cli.say(f"not attempted: {outcome.reason}")
         elif outcome.outcome == "interrupted":
             cli.say(f"stopped: {outcome.reason}; the command was terminated")
         else:

@@ -124,6 +124,22 @@ class RetrySettings:
 
 
 @dataclass(frozen=True)
+class BreakerSettings:
+    failure_threshold: int = field(metadata=_meta(lo=1, hi=10_000))
+    window_s: float = field(metadata=_meta(gt=0, hi=86400))
+    failure_rate: float = field(metadata=_meta(gt=0, hi=1))
+    min_calls: int = field(metadata=_meta(lo=1, hi=100_000))
+    open_s: float = field(metadata=_meta(gt=0, hi=86400))
+    open_multiplier: float = field(metadata=_meta(lo=1, hi=100))
+    open_max_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
+    half_open_probes: int = field(metadata=_meta(lo=1, hi=1000))
+    close_after: int = field(metadata=_meta(lo=1, hi=1000))
+    counted_classes: tuple[ErrorClass, ...]
+    open_at_once: tuple[ErrorClass, ...]
+    stale_permit_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
+
+
+@dataclass(frozen=True)
 class ProcessSettings:
     kill_grace_s: float = field(metadata=_meta(lo=0, hi=600))
     heartbeat_s: float = field(metadata=_meta(gt=0, hi=3600))
@@ -213,6 +229,7 @@ class Manifest:
 class Config:
     retry: RetrySettings
     policies: Policies
+    breakers: BreakerSettings
     process: ProcessSettings
     ledger: LedgerSettings
     log: LogSettings

@@ -77,7 +77,11 @@ def format_log_line(event: Mapping[str, Any]) -> str:
 
     for key in ("step", "target", "model"):
         add(key, event.get(key))
-    if kind != "success":
+    if kind == "breaker":
+        add("state", event.get("status"))
+        add("reason", event.get("error_class"))
+        add("detail", event.get("reason"))
+    elif kind != "success":
         add("reason", event.get("error_class") or event.get("status"))
     attempt, max_attempts = event.get("attempt"), event.get("max_attempts")
     if kind == "success":
@@ -96,7 +100,11 @@ def format_log_line(event: Mapping[str, Any]) -> str:
         add("tokens", event.get("tokens"))
     add("exit", event.get("exit_code"))
     for key, value in event.items():
-        if key not in FIELDS and key not in ("rule", "run_id", "op") and isinstance(value, (str, int, float)):
+        if key in FIELDS or key in ("rule", "run_id", "op") or not isinstance(value, (str, int, float)):
+            continue
+        if key.endswith("_s") and isinstance(value, (int, float)):
+            add(key[:-2], _num(float(value)) + "s")  # open_for_s=60.0 reads as open_for=60s
+        else:
             add(key, value)
     return " ".join(parts)
 

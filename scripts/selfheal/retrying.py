@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _testing
 from .backoff import compute_delay
+from .breaker import BreakerOpen, Breakers, Permit
 from .classify import Classification, Classifier, Failure, classifier_for
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Config, Policies, RetrySettings, get_config
@@ -45,6 +46,7 @@ STOP_DEADLINE = "deadline"
 STOP_RETRY_AFTER = "retry_after_too_long"
 STOP_NOT_SELECTED = "not_selected"
 STOP_INTERRUPTED = "interrupted"
+STOP_BREAKER_OPEN = "breaker_open"
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,9 @@ class Retrier:
     before_attempt: called with the attempt number before each try; may raise NotAttempted.
     on_attempt: called with each finished Attempt (failed or not), e.g. to show progress.
     ledger: where events go (default: a Ledger on the state root); fields: extra fields for every event.
+    breaker: pass every attempt through `target`'s circuit breaker, shared by all processes on the host:
+        an open breaker refuses the first attempt with BreakerOpen, or ends a run already under way
+        with its last real error. Off by default: it costs two locked file updates per call.
     """
 
     def __init__(
@@ -186,9 +191,14 @@ class Retrier:
         on_attempt: Callable[[Attempt], None] | None = None,
         ledger: Ledger | None = None,
         fields: Mapping[str, Any] | None = None,
+        breaker: bool = False,
     ) -> None:
         if task is not None:
             validate_id(task, "task")
+        if breaker and target is None:
+            raise ValueError("breaker=True needs a target: the breaker is the target's")
+        if target is not None and breaker:
+            validate_id(target, "target")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if deadline_s is not None and deadline_s <= 0:
@@ -210,6 +220,9 @@ class Retrier:
         self.on_attempt = on_attempt
         self._ledger = ledger
         self.fields = dict(fields or {})
+        self.breaker = breaker
+        self.breaker_target = target if breaker else None
+        self._breakers: Breakers | None = None
 
     # -- lazily loaded parts: nothing is read from disk until something fails or a task is tracked --------
 
@@ -230,6 +243,14 @@ class Retrier:
         if self._ledger is None:
             self._ledger = Ledger(self._state or StateRoot.from_env(), self.config, clock=self.clock)
         return self._ledger
+
+    @property
+    def breakers(self) -> Breakers:
+        if self._breakers is None:
+            self._breakers = Breakers(
+                self._state or StateRoot.from_env(), self.config.breakers, clock=self.clock, ledger=self.ledger
+            )
+        return self._breakers
 
     def budget(self, started: float) -> Budget:
         return Budget(
@@ -253,13 +274,17 @@ class Retrier:
         """Call `fn(*args, **kwargs)` under the policy; return its result or raise its last exception."""
         run = _Run(self, getattr(fn, "__qualname__", None))
         while True:
-            run.begin()
+            refused = run.begin()
+            if refused is not None:
+                self._write(refused)
+                raise run.stopped_by_breaker()
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
                 record, decision = run.failed(exc)
                 if record is not None:
                     self._write(record)
+                run.settle()
                 if not decision.retry:
                     run.give_up(exc, decision)
                     raise
@@ -274,19 +299,27 @@ class Retrier:
             record = run.succeeded()
             if record is not None:
                 self._write(record)
+            run.settle()
             return result
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """The async twin of call(): waits with the clock's asleep(), writes the ledger off the loop."""
         run = _Run(self, getattr(fn, "__qualname__", None))
+        # The breaker's shared state is a locked file: its updates go to a thread, off the event loop.
+        offload = self.breaker_target is not None
         while True:
-            run.begin()
+            refused = await asyncio.to_thread(run.begin) if offload else run.begin()
+            if refused is not None:
+                await asyncio.to_thread(self._write, refused)
+                raise run.stopped_by_breaker()
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
-                record, decision = run.failed(exc)
+                record, decision = await asyncio.to_thread(run.failed, exc) if offload else run.failed(exc)
                 if record is not None:
                     await asyncio.to_thread(self._write, record)
+                if offload:
+                    await asyncio.to_thread(run.settle)
                 if not decision.retry:
                     run.give_up(exc, decision)
                     raise
@@ -301,6 +334,8 @@ class Retrier:
             record = run.succeeded()
             if record is not None:
                 await asyncio.to_thread(self._write, record)
+            if offload:
+                await asyncio.to_thread(run.settle)
             return result
 
     @overload
@@ -341,6 +376,9 @@ class _Run:
         self.attempt_started = self.started
         self.history: list[Attempt] = []
         self._budget: Budget | None = None
+        self.permit: Permit | None = None
+        self.outcome: tuple[bool, str | None] = (True, None)  # of the last attempt, for the breaker
+        self.last_error: Exception | None = None
         # Tracked runs record every attempt; untracked ones start recording at their first failure.
         self.tracked = retrier.record and retrier.task is not None
 
@@ -350,11 +388,43 @@ class _Run:
             self._budget = self.r.budget(self.started)
         return self._budget
 
-    def begin(self) -> None:
+    def begin(self) -> tuple[str, dict[str, Any]] | None:
+        """Start the next attempt. If the breaker refuses it, return the event to record (then call
+        stopped_by_breaker()); the first attempt's refusal is raised at once as BreakerOpen."""
         self.attempt += 1
+        if self.r.breaker_target is not None:
+            try:
+                self.permit = self.r.breakers.acquire(self.r.breaker_target)
+            except BreakerOpen as exc:
+                if self.last_error is None:
+                    raise
+                self.attempt -= 1
+                if not self.r.record:
+                    return None
+                return "failed", self._fields(
+                    error_class=self.history[-1].error_class, reason=str(exc), status=STOP_BREAKER_OPEN
+                )
         if self.r.before_attempt is not None:
             self.r.before_attempt(self.attempt)
         self.attempt_started = self.r.clock.monotonic()
+        return None
+
+    def stopped_by_breaker(self) -> Exception:
+        """The last real error, marked as stopped by the breaker (call after begin() returned an event)."""
+        error = self.last_error
+        if error is None:  # pragma: no cover - begin() raises instead when nothing failed yet
+            raise RuntimeError("stopped_by_breaker() before any failure")
+        self.give_up(error, Decision(False, 0.0, self.attempt, STOP_BREAKER_OPEN))
+        return error
+
+    def settle(self) -> None:
+        """Tell the breaker how the attempt went; after its event is written, so the log reads in order."""
+        self._release(ok=self.outcome[0], error_class=self.outcome[1])
+
+    def _release(self, *, ok: bool, error_class: str | None) -> None:
+        if self.permit is not None:
+            permit, self.permit = self.permit, None
+            self.r.breakers.release(permit, ok=ok, error_class=error_class)
 
     def _fields(self, **extra: Any) -> dict[str, Any]:
         fields = {
@@ -378,6 +448,8 @@ class _Run:
         else:
             classification, failure = self.r.classify(exc)
             decision = self.budget.decide(classification, attempt=self.attempt, now=now)
+        self.last_error = exc
+        self.outcome = (False, classification.error_class)
         reason = failure.summary() if failure is not None else f"{type(exc).__name__}: {exc}"
         attempt = Attempt(
             number=self.attempt,
@@ -428,6 +500,7 @@ class _Run:
 
     def interrupted(self, exc: BaseException) -> tuple[str, dict[str, Any]] | None:
         """An attempt cut short by a signal, Ctrl-C or cancellation: always worth a ledger line."""
+        self._release(ok=False, error_class=None)  # an interruption says nothing about the target
         if not self.r.record:
             return None
         with contextlib.suppress(AttributeError):
@@ -440,6 +513,7 @@ class _Run:
 
     def succeeded(self) -> tuple[str, dict[str, Any]] | None:
         now = self.r.clock.monotonic()
+        self.outcome = (True, None)
         if self.r.on_attempt is not None:
             self.r.on_attempt(
                 Attempt(
@@ -482,6 +556,7 @@ def retry(
     before_attempt: Callable[[int], None] | None = ...,
     on_attempt: Callable[[Attempt], None] | None = ...,
     fields: Mapping[str, Any] | None = ...,
+    breaker: bool = ...,
 ) -> Retrier: ...
 
 

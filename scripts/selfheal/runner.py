@@ -13,10 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from .breaker import BreakerOpen
 from .classify import Failure
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Config, get_config
-from .errors import EXIT_FAILED, EXIT_OK, Interrupted, LockBusy, SelfHealError
+from .errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, Interrupted, LockBusy, SelfHealError
 from .ledger import Ledger
 from .process import CommandResult, StopFlag, run_command
 from .retrying import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
@@ -38,7 +39,7 @@ class RunOutcome:
     """The result of a whole retried run, as `retry_run.py --json` prints it."""
 
     ok: bool
-    outcome: str  # succeeded | failed | interrupted
+    outcome: str  # succeeded | failed | interrupted | not_attempted
     stop_reason: str
     run_id: str
     task: str | None
@@ -54,7 +55,9 @@ class RunOutcome:
 
     @property
     def exit_status(self) -> int:
-        return EXIT_OK if self.ok else EXIT_FAILED
+        if self.ok:
+            return EXIT_OK
+        return EXIT_NOT_ATTEMPTED if self.outcome == "not_attempted" else EXIT_FAILED
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -227,6 +230,7 @@ class _CommandRun:
             on_attempt=self._attempted,
             ledger=self.ledger,
             fields={"run_id": self.run_id, "op": os.path.basename(argv[0])},
+            breaker=target is not None,
         )
 
     def execute(self) -> RunOutcome:
@@ -236,6 +240,9 @@ class _CommandRun:
         self.started = self.clock.monotonic()
         try:
             self.retrier.call(self._once)
+        except BreakerOpen as exc:  # refused before the first attempt: nothing ran
+            outcome = self._outcome("not_attempted", "breaker_open")
+            outcome.reason = str(exc)
         except CommandFailed as exc:
             outcome = self._outcome("failed", stop_reason_of(exc) or "failed")
         except Interrupted as exc:

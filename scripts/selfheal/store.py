@@ -265,4 +265,3 @@ class StateRoot:
 
     def status_file(self, name: str) -> Path:
         return self.root / "status" / f"{validate_id(name, 'status')}.json"
-

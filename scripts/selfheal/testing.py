@@ -254,4 +254,3 @@ def _completion(content: str, model: str) -> dict[str, Any]:
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
-

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Show or reset the circuit breakers that self-heal keeps per target (model endpoints, services).
+
+  breakers.py                 every breaker: state, failures, open until
+  breakers.py show TARGET     one breaker in full
+  breakers.py reset TARGET    close it and forget its history (after you fixed the cause)
+  breakers.py reset --all
+
+Exit codes: 0 ok (all closed, or reset done); 1 at least one breaker is open or half-open; 2 usage.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from selfheal._bootstrap import bootstrap
+
+bootstrap()
+
+from selfheal import cli  # noqa: E402
+from selfheal.breaker import CLOSED, Breakers  # noqa: E402
+from selfheal.clock import utc_iso  # noqa: E402
+from selfheal.config import get_config  # noqa: E402
+from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
+from selfheal.ledger import Ledger  # noqa: E402
+from selfheal.store import StateRoot  # noqa: E402
+
+
+def _line(view: dict[str, Any]) -> str:
+    """`qwen3-4b: open until 2026-11-21T03:13:00Z (trip 2: 5 consecutive failures (transient))`."""
+    line = f"{view['target']}: {view['state'].replace('_', '-')}"
+    if view["state"] == CLOSED:
+        failures = view.get("consecutive_failures")
+        return line + (f", {failures} recent failure(s)" if failures else "")
+    if view.get("open_until"):
+        line += f" until {utc_iso(view['open_until'])}"
+    return line + f" (trip {view.get('trips')}: {view.get('reason')})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="breakers.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", nargs="?", choices=["list", "show", "reset"], default="list")
+    parser.add_argument("target", nargs="?", help="the breaker's target name")
+    parser.add_argument("--all", action="store_true", help="with reset: every breaker")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.action in ("show", "reset") and not (args.target or (args.action == "reset" and args.all)):
+        parser.error(f"{args.action} needs a TARGET" + (" or --all" if args.action == "reset" else ""))
+    cli.setup_logging()
+    config = get_config()
+    state = StateRoot.from_env()
+    breakers = Breakers(state, config.breakers, ledger=Ledger(state, config))
+
+    if args.action == "reset":
+        targets = breakers.targets() if args.all else [args.target]
+        for target in targets:
+            breakers.reset(target)
+        if args.json:
+            cli.emit_json({"ok": True, "reset": targets})
+        else:
+            cli.say(f"reset {len(targets)} breaker(s): {', '.join(targets) or 'none'}")
+        return EXIT_OK
+
+    targets = [args.target] if args.action == "show" else breakers.targets()
+    views = [breakers.status(t) for t in targets]
+    not_closed = [v["target"] for v in views if v["state"] != CLOSED]
+    if args.json:
+        cli.emit_json({"ok": not not_closed, "breakers": views})
+    elif args.action == "show":
+        for key, value in views[0].items():
+            print(f"{key}: {value}")
+    elif not views:
+        print("no breakers yet")
+    else:
+        for view in views:
+            print(_line(view))
+    return EXIT_PROBLEMS if not_closed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

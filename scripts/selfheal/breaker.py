@@ -1,0 +1,245 @@
+"""Circuit breakers shared by every process on the host: one JSON file per target, changed under a lock.
+
+closed: requests pass. After `failure_threshold` consecutive counted failures, or a failure rate of
+`failure_rate` over the last `window_s` with at least `min_calls` calls, or one failure of an
+`open_at_once` class (a refused key), it opens.
+open: requests are refused (BreakerOpen, a NotAttempted) until `open_s` has passed; each trip
+without a recovery in between multiplies that time by `open_multiplier`, up to `open_max_s`.
+half_open: up to `half_open_probes` requests at once, across all processes, test the target;
+`close_after` successes close it, one counted failure opens it again.
+
+Once failures have started, requests still in flight count against what is left of the failure
+budget, so concurrent callers cannot overshoot the threshold against a dead target. A permit whose
+process died (pid and start time no longer match) is forgotten, so a crash never wedges a breaker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from .config import BreakerSettings
+from .errors import CorruptStateError, NotAttempted
+from .ledger import Ledger
+from .process import ProcessIdentity, identify, still_running
+from .store import StateRoot, file_lock, read_json, validate_id, write_json
+
+logger = logging.getLogger(__name__)
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+_WINDOW_LIMIT = 1000  # calls kept in the sliding window, at most
+
+
+class BreakerOpen(NotAttempted):
+    """The target's breaker refused this request; `retry_at` (wall time) says when to ask again."""
+
+    def __init__(self, target: str, state: str, retry_at: float | None, why: str) -> None:
+        self.target = target
+        self.state = state
+        self.retry_at = retry_at
+        when = f"; retry after {utc_iso(retry_at)}" if retry_at else ""
+        super().__init__(f"circuit breaker for {target!r} is {state.replace('_', '-')}: {why}{when}")
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Leave to send one request to a target; give it back with Breakers.release()."""
+
+    target: str
+    id: str
+    probe: bool
+
+
+def _fresh(target: str) -> dict[str, Any]:
+    return {
+        "target": target,
+        "state": CLOSED,
+        "consecutive_failures": 0,
+        "trips": 0,
+        "opened_at": None,
+        "open_until": None,
+        "probe_successes": 0,
+        "window": [],
+        "permits": {},
+        "last_error_class": None,
+        "last_change": None,
+        "reason": None,
+    }
+
+
+class Breakers:
+    """The breakers under one state root. Cheap to build; every method reads the shared state fresh."""
+
+    def __init__(
+        self,
+        state: StateRoot,
+        settings: BreakerSettings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.state = state
+        self.settings = settings
+        self.clock = clock
+        self.ledger = ledger
+        self._me = identify(os.getpid())
+
+    # -- the file --------------------------------------------------------------------------------------------
+
+    def _path(self, target: str) -> Any:
+        return self.state.sub("breakers") / f"{validate_id(target, 'target')}.json"
+
+    @contextlib.contextmanager
+    def _locked(self, target: str) -> Iterator[dict[str, Any]]:
+        """The target's state, read under its lock; whatever the block leaves in it is saved."""
+        path = self._path(target)
+        with file_lock(self.state.lock_file("breaker", target), what=f"breaker {target!r}"):
+            try:
+                data = read_json(path) or _fresh(target)
+            except CorruptStateError as exc:
+                # Reported and kept aside; a breaker that starts closed again costs at most a few requests.
+                logger.warning("%s; the breaker for %r starts closed", exc, target)
+                data = _fresh(target)
+            before = data["state"]
+            self._expire(data)
+            yield data
+            write_json(path, data, durable=False)
+        if data["state"] != before and self.ledger is not None:
+            fields: dict[str, Any] = {"reason": data.get("reason"), "trips": data.get("trips")}
+            if data["state"] == OPEN:
+                fields["error_class"] = data.get("last_error_class")
+                fields["open_for_s"] = round(data["open_until"] - data["opened_at"], 3)
+            self.ledger.record("breaker", target=target, status=data["state"], **fields)
+
+    def _expire(self, data: dict[str, Any]) -> None:
+        """Drop window entries older than the window, and permits whose process is gone or too old."""
+        now = self.clock.time()
+        horizon = now - self.settings.window_s
+        data["window"] = [entry for entry in data["window"] if entry[0] >= horizon][-_WINDOW_LIMIT:]
+        stale = now - self.settings.stale_permit_s
+        kept = {}
+        for pid_key, permit in data["permits"].items():
+            owner = ProcessIdentity(permit["pid"], permit["create_time"]) if permit.get("create_time") else None
+            if permit["started"] >= stale and (owner is None or still_running(owner) is not None):
+                kept[pid_key] = permit
+        data["permits"] = kept
+
+    def _move(self, data: dict[str, Any], state: str, reason: str) -> None:
+        now = self.clock.time()
+        data["state"] = state
+        data["reason"] = reason
+        data["last_change"] = now
+        if state == OPEN:
+            data["trips"] += 1
+            s = self.settings
+            open_for = min(s.open_max_s, s.open_s * s.open_multiplier ** (data["trips"] - 1))
+            data["opened_at"] = now
+            data["open_until"] = now + open_for
+            data["probe_successes"] = 0
+        elif state == HALF_OPEN:
+            data["probe_successes"] = 0
+        else:  # closed: a full recovery forgets the trips
+            data.update(trips=0, consecutive_failures=0, opened_at=None, open_until=None, probe_successes=0)
+
+    # -- the public operations -------------------------------------------------------------------------------
+
+    def acquire(self, target: str) -> Permit:
+        """A permit to call `target` now, or BreakerOpen."""
+        s = self.settings
+        with self._locked(target) as data:
+            now = self.clock.time()
+            if data["state"] == OPEN:
+                if now < data["open_until"]:
+                    raise BreakerOpen(target, OPEN, data["open_until"], data.get("reason") or "open")
+                self._move(data, HALF_OPEN, "open period over; probing")
+            in_flight = list(data["permits"].values())
+            probe = data["state"] == HALF_OPEN
+            if probe and sum(1 for p in in_flight if p["probe"]) >= s.half_open_probes:
+                raise BreakerOpen(target, HALF_OPEN, None, "a probe is already testing it")
+            failures = data["consecutive_failures"]
+            if not probe and failures and len(in_flight) >= s.failure_threshold - failures:
+                raise BreakerOpen(
+                    target,
+                    CLOSED,
+                    None,
+                    f"{failures} recent failures and {len(in_flight)} requests in flight use the failure budget",
+                )
+            permit = Permit(target, secrets.token_hex(6), probe)
+            data["permits"][permit.id] = {
+                "pid": os.getpid(),
+                "create_time": self._me.create_time if self._me else None,
+                "started": now,
+                "probe": probe,
+            }
+        return permit
+
+    def release(self, permit: Permit, *, ok: bool, error_class: str | None = None) -> None:
+        """Report how the request went. Only `counted_classes` failures count against the target."""
+        s = self.settings
+        with self._locked(permit.target) as data:
+            data["permits"].pop(permit.id, None)
+            now = self.clock.time()
+            counted = not ok and error_class in s.counted_classes
+            if ok:
+                data["window"].append([now, 1])
+            elif counted:
+                data["window"].append([now, 0])
+                data["last_error_class"] = error_class
+            state = data["state"]
+            if state == HALF_OPEN and permit.probe:
+                if ok:
+                    data["probe_successes"] += 1
+                    if data["probe_successes"] >= s.close_after:
+                        self._move(data, CLOSED, f"{data['probe_successes']} probes succeeded")
+                elif counted:
+                    self._move(data, OPEN, f"probe failed ({error_class})")
+            elif state == CLOSED:
+                if ok:
+                    data["consecutive_failures"] = 0
+                elif counted:
+                    data["consecutive_failures"] += 1
+                    why = self._trip_reason(data, error_class)
+                    if why:
+                        self._move(data, OPEN, why)
+
+    def _trip_reason(self, data: dict[str, Any], error_class: str | None) -> str | None:
+        s = self.settings
+        if error_class in s.open_at_once:
+            return f"{error_class} failure"
+        if data["consecutive_failures"] >= s.failure_threshold:
+            return f"{data['consecutive_failures']} consecutive failures ({error_class})"
+        calls = data["window"]
+        if len(calls) >= s.min_calls:
+            failed = sum(1 for _, good in calls if not good)
+            if failed / len(calls) >= s.failure_rate:
+                return f"{failed} of the last {len(calls)} calls failed within {s.window_s:g}s"
+        return None
+
+    def status(self, target: str) -> dict[str, Any]:
+        """The target's breaker as it stands now (an open one past its time reads as half_open)."""
+        with self._locked(target) as data:
+            view = dict(data)
+        if view["state"] == OPEN and self.clock.time() >= view["open_until"]:
+            view["state"] = HALF_OPEN
+        view["in_flight"] = len(view.pop("permits"))
+        view["calls_in_window"] = len(view.pop("window"))
+        return view
+
+    def targets(self) -> list[str]:
+        folder = self.state.sub("breakers")
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
+
+    def reset(self, target: str) -> None:
+        """Close the breaker and forget its history (a person's decision, recorded in the ledger)."""
+        with self._locked(target) as data:
+            permits = data["permits"]
+            data.clear()
+            data.update(_fresh(target), permits=permits, reason="reset by hand", last_change=self.clock.time())

@@ -1,0 +1,367 @@
+"""Circuit breakers: when they open, how they probe and close, and that all processes share them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import SCRIPTS, script_env
+from selfheal.breaker import CLOSED, HALF_OPEN, OPEN, BreakerOpen, Breakers
+from selfheal.config import Config, load_config
+from selfheal.ledger import Ledger
+from selfheal.store import StateRoot
+from selfheal.testing import FakeClock
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+@pytest.fixture
+def breakers(state: StateRoot, config: Config, clock: FakeClock) -> Breakers:
+    return Breakers(state, config.breakers, clock=clock, ledger=Ledger(state, config, clock=clock))
+
+
+def fail(b: Breakers, target: str = "qwen", error_class: str = "transient", times: int = 1) -> None:
+    for _ in range(times):
+        b.release(b.acquire(target), ok=False, error_class=error_class)
+
+
+def succeed(b: Breakers, target: str = "qwen", times: int = 1) -> None:
+    for _ in range(times):
+        b.release(b.acquire(target), ok=True)
+
+
+def test_opens_after_five_consecutive_failures(breakers: Breakers, clock: FakeClock) -> None:
+    """Five counted failures in a row open it; the next request is refused until the open time is over."""
+    fail(breakers, times=4)
+    assert breakers.status("qwen")["state"] == CLOSED
+    fail(breakers)
+    with pytest.raises(BreakerOpen) as info:
+        breakers.acquire("qwen")
+    assert info.value.state == OPEN and info.value.retry_at == clock.time() + 60
+    assert info.value.exit_code == 4
+
+
+def test_a_success_resets_the_count(breakers: Breakers) -> None:
+    """Four failures, a success, four failures: still closed."""
+    fail(breakers, times=4)
+    succeed(breakers)
+    fail(breakers, times=4)
+    assert breakers.status("qwen")["state"] == CLOSED
+
+
+@pytest.mark.parametrize("error_class", ["permanent", "format", "fatal", "unknown", "resource"])
+def test_uncounted_classes_never_open_it(breakers: Breakers, error_class: str) -> None:
+    """The caller's own mistakes (and classes not configured to count) leave the breaker alone."""
+    fail(breakers, error_class=error_class, times=20)
+    assert breakers.status("qwen")["state"] == CLOSED
+
+
+def test_auth_opens_it_at_once(breakers: Breakers) -> None:
+    """A refused key does not heal itself: one auth failure opens the breaker."""
+    fail(breakers, error_class="auth")
+    with pytest.raises(BreakerOpen, match="auth failure"):
+        breakers.acquire("qwen")
+
+
+def test_failure_rate_over_the_window_opens_it(breakers: Breakers) -> None:
+    """Failures that never run 5 in a row still open it when half the window's calls fail."""
+    for _ in range(3):
+        fail(breakers, times=2)
+        succeed(breakers)
+    assert breakers.status("qwen")["state"] == CLOSED  # 6 of 9 failed: fewer calls than min_calls
+    fail(breakers)  # the tenth call: 7 of 10 failed
+    assert breakers.status("qwen")["state"] == OPEN
+
+
+def test_old_calls_leave_the_window(breakers: Breakers, clock: FakeClock) -> None:
+    """Failures older than the window do not count toward the rate."""
+    for _ in range(3):
+        fail(breakers, times=2)
+        succeed(breakers)
+    clock.advance(61)
+    fail(breakers, times=2)
+    assert breakers.status("qwen")["state"] == CLOSED
+
+
+def test_half_open_lets_one_probe_through_and_closes_after_three(breakers: Breakers, clock: FakeClock) -> None:
+    """After the open time one probe at a time is allowed; three good probes close the breaker."""
+    fail(breakers, times=5)
+    clock.advance(60)
+    probe = breakers.acquire("qwen")
+    assert probe.probe
+    with pytest.raises(BreakerOpen, match="a probe is already testing it"):
+        breakers.acquire("qwen")
+    breakers.release(probe, ok=True)
+    succeed(breakers, times=2)
+    status = breakers.status("qwen")
+    assert status["state"] == CLOSED and status["trips"] == 0
+
+
+def test_a_failed_probe_reopens_for_longer_each_time(breakers: Breakers, clock: FakeClock) -> None:
+    """Repeated trips double the open time: 60, 120, 240, 480, then the 600 s cap."""
+    fail(breakers, times=5)
+    waits = []
+    for _ in range(5):
+        status = breakers.status("qwen")
+        waits.append(round(status["open_until"] - clock.time()))
+        clock.advance(status["open_until"] - clock.time())
+        fail(breakers)  # the probe fails
+    assert waits == [60, 120, 240, 480, 600]
+
+
+def test_recovery_forgets_earlier_trips(breakers: Breakers, clock: FakeClock) -> None:
+    """After it closes, the next trip starts again at the shortest open time."""
+    fail(breakers, times=5)
+    clock.advance(60)
+    fail(breakers)  # probe fails: open 120 s
+    clock.advance(120)
+    succeed(breakers, times=3)
+    fail(breakers, times=5)
+    assert breakers.status("qwen")["open_until"] - clock.time() == 60
+
+
+def test_in_flight_requests_count_against_the_failure_budget(breakers: Breakers) -> None:
+    """With 3 failures so far, only 2 more requests may be in flight at once."""
+    fail(breakers, times=3)
+    first, second = breakers.acquire("qwen"), breakers.acquire("qwen")
+    with pytest.raises(BreakerOpen, match="use the failure budget"):
+        breakers.acquire("qwen")
+    breakers.release(first, ok=True)
+    breakers.release(second, ok=True)
+    assert breakers.acquire("qwen")
+
+
+def test_a_healthy_target_allows_any_concurrency(breakers: Breakers) -> None:
+    """With no failures, in-flight requests are not limited."""
+    permits = [breakers.acquire("qwen") for _ in range(50)]
+    assert len(permits) == 50
+
+
+def test_permit_of_a_dead_process_is_forgotten(breakers: Breakers, state: StateRoot) -> None:
+    """A probe whose process died (SIGKILL mid-request) does not block the breaker forever."""
+    fail(breakers, times=5)
+    path = state.sub("breakers") / "qwen.json"
+    data = json.loads(path.read_text())
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    data.update(
+        state="half_open", permits={"dead": {"pid": proc.pid, "create_time": 1.0, "started": 1e12, "probe": True}}
+    )
+    path.write_text(json.dumps(data))
+    assert breakers.acquire("qwen").probe
+
+
+def test_breakers_are_per_target(breakers: Breakers) -> None:
+    """One target's failures do not touch another's breaker."""
+    fail(breakers, target="qwen", times=5)
+    assert breakers.acquire("phi").probe is False
+
+
+def test_transitions_are_logged_and_recorded(breakers: Breakers, clock: FakeClock, home: Path) -> None:
+    """Every change of state is a ledger event and a [BREAKER] log line."""
+    fail(breakers, times=5)
+    clock.advance(60)
+    succeed(breakers, times=3)
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert [(e["event"], e["status"]) for e in events] == [
+        ("breaker", OPEN),
+        ("breaker", HALF_OPEN),
+        ("breaker", CLOSED),
+    ]
+    log = (home / "logs" / "selfheal.log").read_text().splitlines()
+    assert log[0].endswith(
+        '[BREAKER] task=- target=qwen state=open reason=transient detail="5 consecutive failures (transient)" '
+        "trips=1 open_for=60s"
+    )
+
+
+def test_reset_closes_it(breakers: Breakers) -> None:
+    """A person can close an open breaker; the reset is recorded."""
+    fail(breakers, times=5)
+    breakers.reset("qwen")
+    status = breakers.status("qwen")
+    assert (status["state"], status["reason"]) == (CLOSED, "reset by hand")
+    assert breakers.acquire("qwen")
+
+
+def test_corrupt_state_is_quarantined_and_the_breaker_starts_closed(
+    breakers: Breakers, state: StateRoot, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unreadable breaker file is moved aside and reported; the breaker works on."""
+    fail(breakers)
+    path = state.sub("breakers") / "qwen.json"
+    path.write_text('{"state": "op')
+    assert breakers.acquire("qwen")
+    assert list(path.parent.glob("qwen.json.corrupt-*"))
+    assert "unreadable" in caplog.text
+
+
+def test_bad_target_names_are_refused(breakers: Breakers) -> None:
+    """A target name is a file name: ../x is refused."""
+    with pytest.raises(ValueError, match="invalid target id"):
+        breakers.acquire("../x")
+
+
+# -- across processes -----------------------------------------------------------------------------------------
+
+
+def run_workers(home: Path, tmp_path: Path, n: int, outcome: str, seconds: float) -> list[dict[str, int]]:
+    go = tmp_path / f"go-{outcome}"
+    env = script_env(home, PYTHONPATH=str(SCRIPTS))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HELPERS / "breaker_worker.py"), "dead-api", outcome, str(seconds), str(go)],
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    go.write_text("go")
+    results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    return results
+
+
+@pytest.mark.slow
+def test_four_processes_against_a_dead_target_stay_within_the_threshold(
+    home: Path, tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    """Four processes hammering a dead target: at most 5 requests reach it before the breaker opens."""
+    write_config("breakers: {open_s: 60}\n")
+    results = run_workers(home, tmp_path, 4, "fail", 1.0)
+    assert sum(r["granted"] for r in results) <= 5
+    assert sum(r["refused"] for r in results) > 0
+
+
+@pytest.mark.slow
+def test_after_recovery_probes_pass_one_at_a_time_and_traffic_returns(
+    home: Path, tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    """Once the open time is over, four processes share single probes; three successes close it."""
+    write_config("breakers: {open_s: 0.3}\n")
+    run_workers(home, tmp_path, 4, "fail", 0.2)
+    config = load_config()
+    assert Breakers(StateRoot(home), config.breakers).status("dead-api")["state"] in (OPEN, HALF_OPEN)
+    results = run_workers(home, tmp_path, 4, "ok", 1.2)
+    assert sum(r["probes"] for r in results) == 3  # exactly close_after probes, never two at once
+    assert sum(r["granted"] for r in results) > 20  # then everyone gets through again
+    assert Breakers(StateRoot(home), config.breakers).status("dead-api")["state"] == CLOSED
+
+
+# -- the breaker inside retry loops ----------------------------------------------------------------------------
+
+
+def test_an_open_breaker_refuses_before_calling(state: StateRoot, config: Config, clock: FakeClock) -> None:
+    """With the target's breaker open, the function is not called at all and BreakerOpen says when to retry."""
+    from selfheal.retrying import Retrier
+
+    calls = []
+
+    def boom() -> None:
+        calls.append(1)
+        raise ConnectionResetError(104, "reset")
+
+    retrier = Retrier(target="api", breaker=True, config=config, clock=clock, state=state, max_attempts=1)
+    for _ in range(5):
+        with pytest.raises(ConnectionResetError):
+            retrier.call(boom)
+    with pytest.raises(BreakerOpen):
+        retrier.call(boom)
+    assert len(calls) == 5
+
+
+def test_a_breaker_opening_mid_run_ends_it_with_the_last_real_error(
+    state: StateRoot, config: Config, clock: FakeClock, home: Path
+) -> None:
+    """If another process opens the breaker between our attempts, we stop with our own last error."""
+    from selfheal.retrying import Retrier, stop_reason_of
+
+    other = Breakers(state, config.breakers, clock=clock)
+
+    def flaky() -> None:
+        fail(other, target="api", error_class="auth")  # meanwhile, elsewhere, the key is refused
+        raise ConnectionResetError(104, "ours")
+
+    with pytest.raises(ConnectionResetError, match="ours") as info:
+        Retrier(target="api", breaker=True, config=config, clock=clock, state=state).call(flaky)
+    assert stop_reason_of(info.value) == "breaker_open"
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert [e["status"] for e in events if e["event"] != "breaker"] == ["retrying", "breaker_open"]
+
+
+def test_breaker_needs_a_target() -> None:
+    """breaker=True without a target is a programming error, reported at once."""
+    from selfheal.retrying import Retrier
+
+    with pytest.raises(ValueError, match="needs a target"):
+        Retrier(breaker=True)
+
+
+def test_async_calls_share_the_breaker(state: StateRoot, config: Config, clock: FakeClock) -> None:
+    """The async loop acquires and releases permits too (off the event loop)."""
+    import asyncio
+
+    from selfheal.retrying import Retrier
+
+    async def ok() -> str:
+        return "fine"
+
+    retrier = Retrier(target="api", breaker=True, config=config, clock=clock, state=state)
+    assert asyncio.run(retrier.acall(ok)) == "fine"
+    assert Breakers(state, config.breakers, clock=clock).status("api")["calls_in_window"] == 1
+
+
+# -- scripts ---------------------------------------------------------------------------------------------------
+
+
+def cli(home: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / script), *args],
+        capture_output=True,
+        text=True,
+        env=script_env(home),
+        check=False,
+        timeout=60,
+    )
+
+
+def test_retry_run_target_is_refused_while_its_breaker_is_open(home: Path, tmp_path: Path) -> None:
+    """After five failed runs against a target, the sixth is not attempted (exit 4) and its command never runs."""
+    marker = tmp_path / "ran"
+    command = ["sh", "-c", f"echo x >> {marker}; echo 'Connection refused' >&2; exit 1"]
+    for _ in range(5):
+        assert cli(home, "retry_run.py", "--target", "vendor", "--max-attempts", "1", "--", *command).returncode == 3
+    proc = cli(home, "retry_run.py", "--json", "--target", "vendor", "--", *command)
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 4
+    assert (result["outcome"], result["stop_reason"]) == ("not_attempted", "breaker_open")
+    assert "circuit breaker for 'vendor' is open" in result["reason"] and result["attempts"] == []
+    assert len(marker.read_text().split()) == 5
+
+
+def test_breakers_script_lists_shows_and_resets(home: Path, state: StateRoot, config: Config) -> None:
+    """breakers.py lists states (exit 1 while one is open), shows one, and resets it (exit 0 after)."""
+    b = Breakers(state, config.breakers)
+    fail(b, target="qwen3-4b", error_class="auth")
+    succeed(b, target="phi-3-mini")
+    listing = cli(home, "breakers.py")
+    assert listing.returncode == 1
+    assert "qwen3-4b: open until" in listing.stdout and "(trip 1: auth failure)" in listing.stdout
+    assert "phi-3-mini: closed" in listing.stdout
+    shown = json.loads(cli(home, "breakers.py", "show", "qwen3-4b", "--json").stdout)
+    assert shown["breakers"][0]["state"] == "open" and shown["ok"] is False
+    assert cli(home, "breakers.py", "reset", "qwen3-4b").returncode == 0
+    assert cli(home, "breakers.py").returncode == 0
+
+
+def test_breakers_script_usage_errors(home: Path) -> None:
+    """show without a target, or a target that is not a safe name, exits 2."""
+    assert cli(home, "breakers.py", "show").returncode == 2
+    bad = cli(home, "breakers.py", "reset", "../../x")
+    assert bad.returncode == 2 and "invalid target id" in bad.stderr
