@@ -42,22 +42,38 @@ _EXPORTS = {
     "NotAttempted": "errors",
     "LockBusy": "errors",
     "Interrupted": "errors",
+    "complete": "llm",
+    "acomplete": "llm",
+    "Completion": "llm",
+    "ModelAttempt": "llm",
+    "ModelCallFailed": "llm",
+    "ContentRefused": "llm",
+    "NoEndpointAvailable": "llm",
+    "Breakers": "breaker",
+    "BreakerOpen": "breaker",
 }
 
 __all__ = [
     "ERROR_CLASSES",
     "Attempt",
+    "BreakerOpen",
+    "Breakers",
     "Budget",
     "Classification",
     "Classifier",
     "CommandFailed",
+    "Completion",
     "Config",
     "ConfigError",
+    "ContentRefused",
     "CorruptStateError",
     "Failure",
     "Interrupted",
     "InvalidIdError",
     "LockBusy",
+    "ModelAttempt",
+    "ModelCallFailed",
+    "NoEndpointAvailable",
     "NotAttempted",
     "Retrier",
     "RunOutcome",
@@ -66,8 +82,10 @@ __all__ = [
     "StateRoot",
     "UsageError",
     "__version__",
+    "acomplete",
     "attempts_of",
     "classify_error",
+    "complete",
     "get_config",
     "is_testing",
     "load_config",
@@ -94,6 +112,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._testing import is_testing, no_waits, set_testing
+    from .breaker import BreakerOpen, Breakers
     from .classify import Classification, Classifier, Failure, classify_error
     from .config import ERROR_CLASSES, Config, get_config, load_config
     from .errors import (
@@ -106,6 +125,15 @@ if TYPE_CHECKING:
         SelfHealError,
         StateError,
         UsageError,
+    )
+    from .llm import (
+        Completion,
+        ContentRefused,
+        ModelAttempt,
+        ModelCallFailed,
+        NoEndpointAvailable,
+        acomplete,
+        complete,
     )
     from .retrying import Attempt, Budget, Retrier, attempts_of, retry, stop_reason_of
     from .runner import CommandFailed, RunOutcome, run_with_retry

@@ -24,6 +24,7 @@ from .config import ClassifySettings, Rule, get_config
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _CHAIN_LIMIT = 16
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\]")
 _TEXT_LIMIT = 8000
 
 
@@ -57,11 +58,14 @@ class Failure:
         codes: list[str] = []
         for item in chain:
             types.extend(_type_names(type(item)))
-            if isinstance(item, OSError) and isinstance(item.errno, int):
-                name = errno_mod.errorcode.get(item.errno)
-                if name:
-                    errnos.append(name)
             text = _safe_str(item)
+            number = item.errno if isinstance(item, OSError) and isinstance(item.errno, int) else None
+            if number is None:  # a library that wrapped the OSError often keeps only its message
+                match = _ERRNO_TEXT.search(text)
+                number = int(match.group(1)) if match else None
+            name = errno_mod.errorcode.get(number) if number is not None else None
+            if name:
+                errnos.append(name)
             if text:
                 texts.append(f"{type(item).__name__}: {text}")
             if status is None:

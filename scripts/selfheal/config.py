@@ -173,13 +173,24 @@ class ModelEndpoint:
     api_key_env: str | None = field(default=None, metadata=_meta(check=_check_env_name))
     # Unset means models.timeout_s.
     timeout_s: float | None = field(default=None, metadata=_meta(gt=0, hi=86400))
+    # Unset means unknown: a too-long request only moves to entries that declare a larger window.
+    context_tokens: int | None = field(default=None, metadata=_meta(lo=1))
+    # Unset means not local: no GPU memory check before calling it.
+    local: bool | None = None
 
 
 @dataclass(frozen=True)
 class ModelSettings:
     timeout_s: float = field(metadata=_meta(gt=0, hi=86400))
     timeout_per_1k_tokens_s: float = field(metadata=_meta(lo=0, hi=3600))
+    expected_tokens: int = field(metadata=_meta(lo=1, hi=10_000_000))
     connect_timeout_s: float = field(metadata=_meta(gt=0, hi=600))
+    deadline_s: float = field(metadata=_meta(gt=0, hi=86400))
+    max_wait_before_fallback_s: float = field(metadata=_meta(lo=0, hi=3600))
+    stream_first_token_s: float = field(metadata=_meta(gt=0, hi=86400))
+    stream_idle_s: float = field(metadata=_meta(gt=0, hi=86400))
+    gpu_free_mb_min: int = field(metadata=_meta(lo=0))
+    simplify_max_prompt_chars: int = field(metadata=_meta(lo=100))
     chain: tuple[ModelEndpoint, ...]
 
 

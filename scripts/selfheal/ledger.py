@@ -97,6 +97,8 @@ def format_log_line(event: Mapping[str, Any]) -> str:
                 add("delay", _num(float(event["delay_s"])) + "s")
         elif attempt is not None:
             add("attempts", attempt)
+        if kind == "fallback" and event.get("status") != event.get("error_class"):
+            add("why", event.get("status"))  # e.g. reason=transient why=unreachable
         add("tokens", event.get("tokens"))
     add("exit", event.get("exit_code"))
     for key, value in event.items():

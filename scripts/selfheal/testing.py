@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import struct
 import threading
@@ -55,16 +56,51 @@ class FakeClock:
 class Fault:
     """What the fake endpoint does with one request."""
 
-    kind: str  # reply | http | reset | hang | malformed | wrong_shape | empty
+    kind: str  # reply | http | reset | hang | malformed | wrong_shape | empty | truncated
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
     seconds: float = 0.0
     content: str | None = None
+    # How a streamed answer misbehaves (only when the request asks for stream=true):
+    first_delay_s: float = 0.0  # silence before the first chunk (headers already sent)
+    cut_after: int | None = None  # close the connection after this many chunks, no finish, no [DONE]
+    stall_after: int | None = None  # after this many chunks, go quiet for `seconds`
+    bad_chunk_at: int | None = None  # this chunk (0-based) is not JSON
+    done: bool = True  # send the [DONE] sentinel (False: send the finish chunk, then hold the line open)
 
     @classmethod
     def reply(cls, content: str) -> Fault:
         return cls("reply", content=content)
+
+    @classmethod
+    def truncated(cls, content: str = "The answer starts and then") -> Fault:
+        """A reply cut off at the token limit (finish_reason=length)."""
+        return cls("truncated", content=content)
+
+    @classmethod
+    def stream(
+        cls,
+        content: str | None = None,
+        *,
+        first_delay_s: float = 0.0,
+        cut_after: int | None = None,
+        stall_after: int | None = None,
+        stall_s: float = 0.0,
+        bad_chunk_at: int | None = None,
+        done: bool = True,
+    ) -> Fault:
+        """A streamed reply (one chunk per word) that misbehaves as told; a plain reply if not streamed."""
+        return cls(
+            "reply",
+            content=content,
+            first_delay_s=first_delay_s,
+            cut_after=cut_after,
+            stall_after=stall_after,
+            seconds=stall_s,
+            bad_chunk_at=bad_chunk_at,
+            done=done,
+        )
 
     @classmethod
     def http(
@@ -122,10 +158,12 @@ class FakeModelServer:
     scripted faults in order, then its default (a normal reply unless set_default() says otherwise).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, seed: int = 0) -> None:
         self._queues: dict[str, deque[Fault]] = defaultdict(deque)
-        self._defaults: dict[str, Fault] = {}
+        self._defaults: dict[str, tuple[Fault, float]] = {}
+        self._outages: dict[str, tuple[float, Fault]] = {}
         self._counts: dict[str, int] = defaultdict(int)
+        self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         server = self
@@ -159,12 +197,19 @@ class FakeModelServer:
         with self._lock:
             self._queues[endpoint].extend(faults)
 
-    def set_default(self, endpoint: str, fault: Fault | None) -> None:
+    def set_default(self, endpoint: str, fault: Fault | None, *, rate: float = 1.0) -> None:
+        """What the endpoint does once its script is used up: `fault` for a share `rate` of requests
+        (drawn from the server's seeded random source), a normal reply for the rest. None: always reply."""
         with self._lock:
             if fault is None:
                 self._defaults.pop(endpoint, None)
             else:
-                self._defaults[endpoint] = fault
+                self._defaults[endpoint] = (fault, rate)
+
+    def outage(self, endpoint: str, seconds: float, fault: Fault | None = None) -> None:
+        """For the next `seconds`, every request to the endpoint gets `fault` (default: 503)."""
+        with self._lock:
+            self._outages[endpoint] = (time.monotonic() + seconds, fault or Fault.http(503))
 
     def requests(self, endpoint: str) -> int:
         with self._lock:
@@ -203,8 +248,7 @@ class FakeModelServer:
             request = {}
         with self._lock:
             self._counts[endpoint] += 1
-            queue = self._queues[endpoint]
-            fault = queue.popleft() if queue else self._defaults.get(endpoint, Fault("reply"))
+            fault = self._next_fault(endpoint)
         if fault.kind == "reset":
             with contextlib.suppress(OSError):
                 h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -215,16 +259,66 @@ class FakeModelServer:
         if fault.kind == "hang":
             self._stopping.wait(fault.seconds)
             fault = Fault("reply")
+        model = request.get("model", "fake-model") if isinstance(request, dict) else "fake-model"
+        content = "" if fault.kind == "empty" else (fault.content or f"ok from {endpoint}")
         if fault.kind == "http":
             self._send(h, fault.status, json.dumps(fault.body).encode(), fault.headers)
         elif fault.kind == "malformed":
             self._send(h, 200, b"<html>upstream proxy error</html>", {"content-type": "application/json"})
         elif fault.kind == "wrong_shape":
             self._send(h, 200, json.dumps({"result": "not a completion"}).encode(), {})
+        elif isinstance(request, dict) and request.get("stream"):
+            self._stream(h, fault, content, model)
         else:
-            content = "" if fault.kind == "empty" else (fault.content or f"ok from {endpoint}")
-            model = request.get("model", "fake-model") if isinstance(request, dict) else "fake-model"
-            self._send(h, 200, json.dumps(_completion(content, model)).encode(), {})
+            finish = "length" if fault.kind == "truncated" else "stop"
+            self._send(h, 200, json.dumps(_completion(content, model, finish)).encode(), {})
+
+    def _next_fault(self, endpoint: str) -> Fault:
+        """Under the lock: an outage, then the script, then the default (at its rate), else a reply."""
+        outage = self._outages.get(endpoint)
+        if outage is not None and time.monotonic() < outage[0]:
+            return outage[1]
+        queue = self._queues[endpoint]
+        if queue:
+            return queue.popleft()
+        default = self._defaults.get(endpoint)
+        if default is not None and self._random.random() < default[1]:
+            return default[0]
+        return Fault("reply")
+
+    def _stream(self, h: BaseHTTPRequestHandler, fault: Fault, content: str, model: str) -> None:
+        """Server-sent events as the OpenAI API sends them, one chunk per word, misbehaving as told."""
+        words = [w + " " for w in content.split(" ")]
+        words[-1] = words[-1].rstrip(" ")
+        try:
+            h.send_response(200)
+            h.send_header("content-type", "text/event-stream")
+            h.send_header("connection", "close")
+            h.end_headers()
+            h.close_connection = True
+            h.wfile.flush()
+            if fault.first_delay_s and self._stopping.wait(fault.first_delay_s):
+                return
+            ident = f"chatcmpl-fake-{time.monotonic_ns()}"
+            for i, word in enumerate(words):
+                if fault.cut_after is not None and i >= fault.cut_after:
+                    return  # the connection closes with the answer unfinished
+                if fault.stall_after is not None and i == fault.stall_after and self._stopping.wait(fault.seconds):
+                    return
+                if fault.bad_chunk_at == i:
+                    h.wfile.write(b"data: {this is not json\n\n")
+                else:
+                    h.wfile.write(_sse(_chunk(ident, model, {"content": word}, None)))
+                h.wfile.flush()
+            h.wfile.write(_sse(_chunk(ident, model, {}, "stop")))
+            h.wfile.flush()
+            if fault.done:
+                h.wfile.write(b"data: [DONE]\n\n")
+                h.wfile.flush()
+            else:
+                self._stopping.wait(60)  # finished, but the line stays open without [DONE]
+        except OSError:
+            pass  # the client hung up
 
     @staticmethod
     def _send(h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -240,14 +334,28 @@ class FakeModelServer:
             pass  # the client gave up (its timeout); nothing to answer
 
 
-def _completion(content: str, model: str) -> dict[str, Any]:
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _chunk(ident: str, model: str, delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def _completion(content: str, model: str, finish: str = "stop") -> dict[str, Any]:
     prompt_tokens, completion_tokens = 12, max(1, len(content) // 4)
     return {
         "id": f"chatcmpl-fake-{time.monotonic_ns()}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,

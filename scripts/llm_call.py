@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""One model call through the fallback chain (models.chain in skill.yaml / config.yaml).
+
+Endpoints are tried in order, each behind its own circuit breaker; failures are retried where that can
+help and fall over where it cannot; every answer is checked (empty, cut off, not the JSON asked for)
+and a bad one is never printed as the answer. The answer goes to stdout; what happened, to stderr.
+
+Exit codes: 0 answered; 2 usage or configuration error (bad flag, schema file, empty chain, missing key
+variable); 3 failed (every endpoint failed, deadline, content refused); 4 not attempted (every
+endpoint's breaker is open).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from selfheal._bootstrap import bootstrap
+
+bootstrap()
+
+from selfheal import cli  # noqa: E402
+from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
+from selfheal.llm import Completion, ModelCallFailed, NoEndpointAvailable, complete  # noqa: E402
+from selfheal.output import load_schema  # noqa: E402
+
+
+def _prompt(args: object) -> str:
+    text = getattr(args, "prompt", None)
+    path = getattr(args, "prompt_file", None)
+    if path is None:
+        return str(text)
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"prompt file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _describe(result: Completion) -> str:
+    tries = len([a for a in result.attempts if a.outcome != "skipped"])
+    via = f" (fallback after {tries - 1} failed attempt(s))" if result.fallback_used else ""
+    if not result.fallback_used and tries > 1:
+        via = f" (after {tries - 1} retried attempt(s))"
+    tokens = f", {result.usage['total_tokens']} tokens" if result.usage and "total_tokens" in result.usage else ""
+    return f"answered by {result.endpoint} ({result.model}){via} in {result.duration_s:.1f}s{tokens}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.ArgumentParser(
+        prog="llm_call.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: llm_call.py --json-output --schema report.schema.json --prompt-file prompt.txt",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the prompt text")
+    source.add_argument("--prompt-file", metavar="F", help="read the prompt from a file (- for stdin)")
+    parser.add_argument("--system", help="a system message")
+    parser.add_argument("--json-output", action="store_true", help="the answer must be one JSON object")
+    parser.add_argument("--schema", metavar="F", help="a JSON Schema file the JSON answer must match")
+    parser.add_argument("--max-tokens", type=int, metavar="N", help="tokens to ask for (also sizes the timeout)")
+    parser.add_argument("--temperature", type=float, metavar="T")
+    parser.add_argument("--stream", action="store_true", help="print the answer as it arrives")
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help="deadline for the whole call (default models.deadline_s)"
+    )
+    parser.add_argument("--task", help="task id, recorded with every attempt in the ledger")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: the answer and every attempt")
+    args = parser.parse_args(argv)
+    if args.schema and not args.json_output:
+        parser.error("--schema needs --json-output")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
+    cli.setup_logging()
+    schema = load_schema(Path(args.schema)) if args.schema else None
+    prompt = _prompt(args)
+
+    # Streamed text goes where the answer goes: stdout, or stderr when stdout is for the JSON report.
+    sink = sys.stderr if args.json else sys.stdout
+
+    def show(text: str) -> None:
+        sink.write(text)
+        sink.flush()
+
+    def restart(reason: str) -> None:
+        sink.write("\n")
+        cli.say(f"the text above is void ({reason}); starting the answer again")
+
+    try:
+        result = complete(
+            prompt,
+            system=args.system,
+            json_output=args.json_output,
+            schema=schema,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            stream=args.stream,
+            on_text=show if args.stream else None,
+            on_restart=restart if args.stream else None,
+            task=args.task,
+            deadline_s=args.timeout,
+        )
+    except (ModelCallFailed, NoEndpointAvailable) as exc:
+        if args.json:
+            cli.emit_json(exc.to_json())
+        cli.say(str(exc))
+        return exc.exit_code
+    if args.json:
+        cli.emit_json(result.to_json())
+    elif args.stream:
+        sys.stdout.write("\n")
+    elif result.data is not None:  # --json-output: the parsed object, clean for jq and friends
+        sys.stdout.write(json.dumps(result.data, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(result.content.rstrip("\n") + "\n")
+    cli.say(_describe(result))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

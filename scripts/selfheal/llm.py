@@ -1,0 +1,749 @@
+"""One model call through the fallback chain of skill.yaml's `models.chain`.
+
+Endpoints are tried in order, each behind its own circuit breaker (shared by every process). On one
+endpoint the failure's class policy decides between retrying there and moving on; it moves on at once
+when retrying cannot help: a refused key, an unreachable or silent endpoint, an exhausted quota, a
+Retry-After beyond the cap, or a wait longer than `max_wait_before_fallback_s` while another endpoint
+is left. A request too long for a model goes only to an entry with a larger `context_tokens`; a
+content-policy refusal ends the call with the provider's reason. Every answer is checked (empty, cut
+off, not the JSON object asked for, wrong shape) and a bad one is a `format` failure: retried once,
+simplified, on the same endpoint, then the chain moves on. Nothing that failed is ever returned as an
+answer. All of it runs within one deadline.
+
+The implementation is async (per-chunk stream timeouts need it); `complete()` runs it for sync callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import openai
+
+from . import _testing
+from .breaker import BreakerOpen, Breakers
+from .classify import Classification, Failure, classifier_for
+from .clock import SYSTEM_CLOCK, Clock
+from .config import Config, ModelEndpoint, get_config
+from .errors import ConfigError, NotAttempted, SelfHealError
+from .ledger import Ledger
+from .output import OutputProblem, check_answer
+from .prompts import render
+from .retrying import Budget, Decision
+from .store import StateRoot, validate_id
+
+Message = dict[str, str]
+
+_NO_KEY = "not-needed"  # the openai client insists on a key; local servers ignore it
+_GPU_CACHE_S = 5.0
+
+
+# -- results and errors ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelAttempt:
+    """One request to one endpoint (or one endpoint skipped), as reported in results and errors."""
+
+    endpoint: str
+    model: str
+    number: int  # attempts on this endpoint so far, this one included (0 when skipped)
+    outcome: str  # answered | failed | rejected (the answer failed its check) | skipped
+    error_class: str | None = None
+    rule: str | None = None
+    reason: str = ""
+    status: int | None = None  # HTTP status, when there was one
+    duration_s: float = 0.0
+    delay_s: float | None = None  # the wait before the next attempt on this endpoint
+    tokens: int | None = None
+    simplified: bool = False
+    discarded_chars: int = 0  # streamed text the caller saw, then had to drop
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration_s"] = round(self.duration_s, 3)
+        if self.delay_s is not None:
+            data["delay_s"] = round(self.delay_s, 3)
+        return data
+
+
+@dataclass
+class Completion:
+    """A checked answer: its text (and parsed JSON), who gave it, and every attempt it took."""
+
+    content: str
+    data: dict[str, Any] | None
+    endpoint: str
+    model: str
+    fallback_used: bool
+    finish_reason: str | None
+    usage: dict[str, int] | None
+    duration_s: float
+    attempts: list[ModelAttempt] = field(default_factory=list)
+
+    @property
+    def discarded_chars(self) -> int:
+        return sum(a.discarded_chars for a in self.attempts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "content": self.content,
+            "data": self.data,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "fallback_used": self.fallback_used,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage,
+            "duration_s": round(self.duration_s, 3),
+            "discarded_chars": self.discarded_chars,
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+
+
+class ModelCallFailed(SelfHealError):
+    """No endpoint produced a usable answer; `attempts` says what each one did."""
+
+    def __init__(self, message: str, attempts: Sequence[ModelAttempt], *, error_class: str | None = None) -> None:
+        self.attempts = list(attempts)
+        self.error_class = error_class
+        super().__init__(message)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": False,
+            "error": type(self).__name__,
+            "message": str(self),
+            "error_class": self.error_class,
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+
+
+class ContentRefused(ModelCallFailed):
+    """The provider refused the content (policy); not retried anywhere. `provider_reason` is its words."""
+
+    def __init__(self, provider_reason: str, attempts: Sequence[ModelAttempt]) -> None:
+        self.provider_reason = provider_reason
+        super().__init__(f"the provider refused the request: {provider_reason}", attempts, error_class="permanent")
+
+
+class NoEndpointAvailable(NotAttempted):
+    """Every endpoint was skipped (breakers open, GPU memory short): nothing was sent; try later."""
+
+    def __init__(self, attempts: Sequence[ModelAttempt]) -> None:
+        self.attempts = list(attempts)
+        reasons = "; ".join(f"{a.endpoint}: {a.reason}" for a in attempts)
+        super().__init__(f"no model endpoint available ({reasons})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": False,
+            "error": type(self).__name__,
+            "message": str(self),
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+
+
+class StreamStalled(TimeoutError):
+    """A stream sent nothing for too long (before its first text, or between chunks)."""
+
+    def __init__(self, seconds: float, *, received_chars: int) -> None:
+        self.received_chars = received_chars
+        what = "no text" if received_chars == 0 else f"no new text after {received_chars} characters"
+        super().__init__(f"stream stalled: {what} for {seconds:g}s")
+
+
+class StreamCut(ConnectionError):
+    """A stream ended before the model said it was done."""
+
+    def __init__(self, received_chars: int) -> None:
+        self.received_chars = received_chars
+        super().__init__(f"stream ended before the answer was complete ({received_chars} characters received)")
+
+
+# -- the request ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    messages: tuple[Message, ...]
+    json_output: bool
+    schema: dict[str, Any] | None
+    max_tokens: int | None
+    temperature: float | None
+    stream: bool
+
+    def simplified(self, problem: str, max_prompt_chars: int) -> _Request:
+        """The first source document's simplification: a stricter instruction, temperature 0, a trimmed prompt."""
+        hint = _schema_hint(self.schema)
+        if self.json_output:
+            instruction = render("simplify_json.txt", problem=problem, schema_hint=hint)
+        else:
+            instruction = render("simplify_text.txt", problem=problem, max_words=200)
+        messages = []
+        for message in self.messages:
+            content = message["content"]
+            if message["role"] == "user" and len(content) > max_prompt_chars:
+                content = content[:max_prompt_chars]
+            messages.append({**message, "content": content})
+        messages.append({"role": "system", "content": instruction})
+        return _Request(tuple(messages), self.json_output, self.schema, self.max_tokens, 0.0, self.stream)
+
+
+def _schema_hint(schema: dict[str, Any] | None) -> str:
+    if not schema or not isinstance(schema.get("properties"), dict):
+        return ""
+    keys = [f"{k} ({v.get('type', 'any')})" for k, v in schema["properties"].items() if isinstance(v, dict)]
+    return " with the keys: " + ", ".join(keys) if keys else ""
+
+
+def build_messages(
+    prompt: str | None,
+    messages: Sequence[Message] | None,
+    system: str | None,
+    json_output: bool,
+    schema: dict[str, Any] | None,
+) -> tuple[Message, ...]:
+    if (prompt is None) == (messages is None):
+        raise ValueError("give either prompt or messages")
+    out: list[Message] = []
+    systems = [system] if system else []
+    if json_output:
+        systems.append(render("json_answer.txt", schema_hint=_schema_hint(schema)))
+    out += [{"role": "system", "content": text} for text in systems]
+    if prompt is not None:
+        out.append({"role": "user", "content": prompt})
+    else:
+        out += [dict(m) for m in messages or ()]
+    return tuple(out)
+
+
+# -- the chain ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Answer:
+    content: str
+    finish_reason: str | None
+    usage: dict[str, int] | None
+    model: str
+
+
+@dataclass
+class _MoveOn:
+    why: str
+    context_tokens: int | None = None  # set when the request was too long for this endpoint
+
+
+def _unreachable(failure: Failure) -> bool:
+    """Nothing listening, no route, no name: retrying the same address cannot help."""
+    if {"ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EHOSTDOWN"} & set(failure.errnos):
+        return True
+    return any(t.rpartition(".")[2] in ("ConnectError", "ConnectTimeout", "gaierror") for t in failure.exception_types)
+
+
+def _silent(error: Exception | None) -> bool:
+    """The endpoint took the request and said nothing at all: waiting for it again only doubles the wait."""
+    if isinstance(error, StreamStalled):
+        return error.received_chars == 0
+    return isinstance(error, openai.APITimeoutError)
+
+
+def _is_deadline(error: Exception) -> bool:
+    """asyncio's own timeout (our deadline firing), not a TimeoutError subclass from the request."""
+    return type(error) in (TimeoutError, asyncio.TimeoutError)
+
+
+class _ChainCall:
+    def __init__(
+        self,
+        request: _Request,
+        *,
+        config: Config,
+        state: StateRoot,
+        clock: Clock,
+        rng: random.Random | None,
+        task: str | None,
+        deadline_s: float,
+        on_text: Callable[[str], None] | None,
+        on_restart: Callable[[str], None] | None,
+        record: bool,
+    ) -> None:
+        self.request = request
+        self.config = config
+        self.models = config.models
+        self.state = state
+        self.clock = clock
+        self.rng = rng
+        self.task = task
+        self.deadline_s = deadline_s
+        self.on_text = on_text
+        self.on_restart = on_restart
+        self.record = record
+        self.ledger = Ledger(state, config, clock=clock)
+        self.breakers = Breakers(state, config.breakers, clock=clock, ledger=self.ledger)
+        self.classifier = classifier_for(config.classify)
+        self.attempts: list[ModelAttempt] = []
+        self.tracked = record and task is not None
+        self.started = clock.monotonic()
+        self.clients: dict[str, openai.AsyncOpenAI] = {}
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def remaining(self) -> float:
+        return self.deadline_s - (self.clock.monotonic() - self.started)
+
+    def read_timeout(self, entry: ModelEndpoint) -> float:
+        """30 s + 10 s per 1k tokens asked for (the first source document's rule), within the deadline."""
+        tokens = self.request.max_tokens or self.models.expected_tokens
+        base = entry.timeout_s if entry.timeout_s is not None else self.models.timeout_s
+        return base + self.models.timeout_per_1k_tokens_s * tokens / 1000
+
+    def client(self, entry: ModelEndpoint) -> openai.AsyncOpenAI:
+        found = self.clients.get(entry.name)
+        if found is None:
+            key = os.environ.get(entry.api_key_env, "") if entry.api_key_env else _NO_KEY
+            found = openai.AsyncOpenAI(
+                base_url=entry.base_url,
+                api_key=key,
+                max_retries=0,  # only our policy retries
+                timeout=openai.Timeout(self.read_timeout(entry), connect=self.models.connect_timeout_s),
+            )
+            self.clients[entry.name] = found
+        return found
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+    async def note(self, attempt: ModelAttempt, event: str | None, **extra: Any) -> None:
+        """Keep the attempt; record it in the ledger when this call is tracked (a task, or any failure)."""
+        self.attempts.append(attempt)
+        if event is None or not self.record:
+            return
+        if event != "success":
+            self.tracked = True
+        if not self.tracked:
+            return
+        fields = {
+            "task": self.task,
+            "target": attempt.endpoint,
+            "model": attempt.model,
+            "attempt": attempt.number,
+            "error_class": attempt.error_class,
+            "rule": attempt.rule,
+            "reason": attempt.reason or None,
+            "duration_s": round(attempt.duration_s, 3),
+            "tokens": attempt.tokens,
+            "delay_s": round(attempt.delay_s, 3) if attempt.delay_s is not None else None,
+            **extra,
+        }
+        await asyncio.to_thread(self.ledger.record, event, **fields)
+
+    # -- the call --------------------------------------------------------------------------------------------
+
+    async def run(self) -> Completion:
+        chain = self.models.chain
+        too_long_for: int | None = None  # the context window a request already proved too small for
+        too_long = False
+        try:
+            for index, entry in enumerate(chain):
+                if too_long and not (entry.context_tokens and entry.context_tokens > (too_long_for or 0)):
+                    await self.note(self._skipped(entry, "its context window is not larger"), None)
+                    continue
+                if self.remaining() <= 0:
+                    break
+                outcome = await self._endpoint(entry, last=index == len(chain) - 1)
+                if isinstance(outcome, Completion):
+                    outcome.fallback_used = entry.name != chain[0].name
+                    return outcome
+                if outcome.why == "context_length_exceeded":
+                    too_long = True
+                    too_long_for = max(too_long_for or 0, outcome.context_tokens or 0)
+        finally:
+            await self.close()
+        tried = [a for a in self.attempts if a.outcome != "skipped"]
+        if not tried:
+            raise NoEndpointAvailable(self.attempts)
+        last = tried[-1]
+        if self.remaining() <= 0:
+            message = f"deadline of {self.deadline_s:g}s passed; last: {last.endpoint}: {last.reason}"
+        elif too_long:
+            message = "the request is too long for every model in the chain"
+        else:
+            message = f"every endpoint failed; last: {last.endpoint} ({last.error_class}): {last.reason}"
+        raise ModelCallFailed(message, self.attempts, error_class=last.error_class)
+
+    def _skipped(self, entry: ModelEndpoint, reason: str, error_class: str | None = None) -> ModelAttempt:
+        return ModelAttempt(entry.name, entry.model, 0, "skipped", error_class=error_class, reason=reason)
+
+    async def _endpoint(self, entry: ModelEndpoint, *, last: bool) -> Completion | _MoveOn:
+        budget = Budget(
+            self.config.policies,
+            self.config.retry,
+            started=self.started,
+            deadline_s=self.deadline_s,
+            rng=self.rng,
+        )
+        request = self.request
+        number = 0
+        while True:
+            try:
+                permit = await asyncio.to_thread(self.breakers.acquire, entry.name)
+            except BreakerOpen as exc:
+                await self.note(self._skipped(entry, str(exc)), None)
+                return _MoveOn("breaker_open")
+            if entry.local:
+                free = await _gpu_free_mb()
+                if free is not None and free < self.models.gpu_free_mb_min:
+                    await asyncio.to_thread(self.breakers.release, permit, ok=False, error_class="resource")
+                    reason = f"GPU memory: {free} MiB free, below {self.models.gpu_free_mb_min} MiB"
+                    await self.note(self._skipped(entry, reason, "resource"), None)
+                    return _MoveOn("resource")
+            number += 1
+            started = self.clock.monotonic()
+            delivered = [0]
+            error: Exception | None = None
+            try:
+                answer = await asyncio.wait_for(self._send(entry, request, delivered), max(self.remaining(), 0.001))
+                data = check_answer(
+                    answer.content, answer.finish_reason, json_output=request.json_output, schema=request.schema
+                )
+            except OutputProblem as problem:
+                classification = Classification("format", "answer-check", "format")
+                failure: Failure | None = None
+                outcome, reason, status = "rejected", problem.detail, None
+            except Exception as exc:
+                if _is_deadline(exc) and self.remaining() <= 0:
+                    await asyncio.to_thread(self.breakers.release, permit, ok=False, error_class=None)
+                    await self.note(
+                        ModelAttempt(
+                            entry.name,
+                            entry.model,
+                            number,
+                            "failed",
+                            "timeout",
+                            "deadline",
+                            f"the call's deadline of {self.deadline_s:g}s passed",
+                            duration_s=self.clock.monotonic() - started,
+                            discarded_chars=delivered[0],
+                        ),
+                        "failed",
+                        status="deadline",
+                    )
+                    return _MoveOn("deadline")
+                error = exc
+                failure = Failure.from_exception(exc)
+                classification = self.classifier.classify(failure, now=self.clock.time())
+                outcome, reason, status = "failed", failure.summary(), failure.status
+            else:
+                await asyncio.to_thread(self.breakers.release, permit, ok=True)
+                usage = answer.usage or {}
+                done = ModelAttempt(
+                    entry.name,
+                    entry.model,
+                    number,
+                    "answered",
+                    reason="ok",
+                    duration_s=self.clock.monotonic() - started,
+                    tokens=usage.get("total_tokens"),
+                    simplified=request is not self.request,
+                )
+                await self.note(done, "success", status="succeeded")
+                return Completion(
+                    content=answer.content,
+                    data=data,
+                    endpoint=entry.name,
+                    model=answer.model or entry.model,
+                    fallback_used=False,
+                    finish_reason=answer.finish_reason,
+                    usage=answer.usage,
+                    duration_s=self.clock.monotonic() - self.started,
+                    attempts=self.attempts,
+                )
+
+            # The attempt failed: tell the breaker, then decide: this endpoint again, or the next one.
+            cls = classification.error_class
+            await asyncio.to_thread(self.breakers.release, permit, ok=False, error_class=cls)
+            if delivered[0] and self.on_restart is not None:
+                self.on_restart(f"{cls}: {reason}")
+            attempt = ModelAttempt(
+                entry.name,
+                entry.model,
+                number,
+                outcome,
+                cls,
+                classification.rule,
+                reason,
+                status,
+                duration_s=self.clock.monotonic() - started,
+                simplified=request is not self.request,
+                discarded_chars=delivered[0],
+            )
+            if classification.reason == "content_policy":
+                await self.note(attempt, "failed", status="not_retryable")
+                raise ContentRefused(reason, self.attempts)
+            if classification.reason == "context_length_exceeded":
+                await self.note(attempt, "fallback", status="context_length_exceeded")
+                return _MoveOn("context_length_exceeded", entry.context_tokens)
+            if cls == "format" and request is self.request:
+                # One more try here at once, simplified: a malformed answer is not the endpoint failing.
+                await self.note(_with_delay(attempt, 0.0), "retry", status="retrying", max_attempts=2)
+                request = self.request.simplified(reason, self.models.simplify_max_prompt_chars)
+                continue
+            why, decision = self._next_step(classification, failure, error, budget, number, last=last)
+            if why is not None or decision is None:
+                await self.note(
+                    attempt,
+                    "failed" if last else "fallback",
+                    status=why,
+                    max_attempts=decision.max_attempts if decision else number,
+                )
+                return _MoveOn(why or "failed")
+            await self.note(
+                _with_delay(attempt, decision.delay_s), "retry", status="retrying", max_attempts=decision.max_attempts
+            )
+            if not _testing.is_testing():
+                await self.clock.asleep(decision.delay_s)
+
+    def _next_step(
+        self,
+        classification: Classification,
+        failure: Failure | None,
+        error: Exception | None,
+        budget: Budget,
+        number: int,
+        *,
+        last: bool,
+    ) -> tuple[str | None, Decision | None]:
+        """(None, decision): retry on this endpoint after decision.delay_s. (why, ...): move on, because why."""
+        cls = classification.error_class
+        # No retry here can help these, whatever the class's policy would allow.
+        if cls in ("auth", "fatal", "permanent", "format"):
+            return cls, None
+        if failure is not None and _unreachable(failure):
+            return "unreachable", None
+        if _silent(error):
+            return "silent", None
+        decision = budget.decide(classification, attempt=number, now=self.clock.monotonic())
+        if not decision.retry:
+            return decision.stop_reason, decision
+        if decision.delay_s > self.models.max_wait_before_fallback_s and not last:
+            return "wait_too_long", decision
+        return None, decision
+
+    async def _send(self, entry: ModelEndpoint, request: _Request, delivered: list[int]) -> _Answer:
+        params: dict[str, Any] = {"model": entry.model, "messages": list(request.messages)}
+        if request.max_tokens is not None:
+            params["max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        client = self.client(entry)
+        if request.stream:
+            return await self._stream(client, params, delivered)
+        response = await client.chat.completions.create(**params)
+        return _answer_of(response)
+
+    async def _stream(self, client: openai.AsyncOpenAI, params: dict[str, Any], delivered: list[int]) -> _Answer:
+        first, idle = self.models.stream_first_token_s, self.models.stream_idle_s
+        started = self.clock.monotonic()
+        try:
+            stream = await asyncio.wait_for(client.chat.completions.create(**params, stream=True), first)
+        except asyncio.TimeoutError as exc:
+            if isinstance(exc, StreamStalled):  # pragma: no cover - create() does not raise it
+                raise
+            raise StreamStalled(first, received_chars=0) from None
+        parts: list[str] = []
+        finish: str | None = None
+        usage: dict[str, int] | None = None
+        model = params["model"]
+        chunks = stream.__aiter__()
+        try:
+            while True:
+                limit = idle if parts else max(first - (self.clock.monotonic() - started), 0.001)
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), limit)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise StreamStalled(idle if parts else first, received_chars=delivered[0]) from None
+                model = getattr(chunk, "model", None) or model
+                if getattr(chunk, "usage", None) is not None:
+                    usage = _usage_of(chunk.usage)
+                choices = getattr(chunk, "choices", None) or []
+                if not choices:
+                    continue
+                delta = getattr(getattr(choices[0], "delta", None), "content", None)
+                if isinstance(delta, str) and delta:
+                    parts.append(delta)
+                    delivered[0] += len(delta)
+                    if self.on_text is not None:
+                        self.on_text(delta)
+                finish = getattr(choices[0], "finish_reason", None) or finish
+                if finish is not None:
+                    break  # complete: no need to wait for [DONE]
+        finally:
+            await stream.close()
+        if finish is None:
+            raise StreamCut(delivered[0])
+        return _Answer("".join(parts), finish, usage, model)
+
+
+def _with_delay(attempt: ModelAttempt, delay: float) -> ModelAttempt:
+    data = asdict(attempt)
+    data["delay_s"] = delay
+    return ModelAttempt(**data)
+
+
+def _usage_of(usage: Any) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    out = {}
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        value = getattr(usage, key, None)
+        if isinstance(value, int):
+            out[key] = value
+    return out or None
+
+
+def _answer_of(response: Any) -> _Answer:
+    """The text of a chat completion; an answer without one is the wrong shape (a format problem)."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise OutputProblem("wrong shape: the answer has no choices")
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if content is not None and not isinstance(content, str):
+        raise OutputProblem("wrong shape: the message content is not text")
+    return _Answer(
+        content or "",
+        getattr(choices[0], "finish_reason", None),
+        _usage_of(getattr(response, "usage", None)),
+        getattr(response, "model", None) or "",
+    )
+
+
+_gpu_seen: dict[str, tuple[float, int | None]] = {}  # "last": (when, free MiB): nvidia-smi takes ~100 ms
+
+
+async def _gpu_free_mb() -> int | None:
+    """Free memory of the roomiest GPU, in MiB, from nvidia-smi; None when there is no nvidia-smi."""
+    now = time.monotonic()
+    seen = _gpu_seen.get("last")
+    if seen is not None and now - seen[0] < _GPU_CACHE_S:
+        return seen[1]
+    tool = shutil.which("nvidia-smi")
+    free: int | None = None
+    if tool is not None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                tool,
+                "--query-gpu=memory.free",
+                "--format=csv,noheader,nounits",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 5.0)
+            values = [int(v) for v in out.decode().split() if v.strip().isdigit()]
+            free = max(values) if values else None
+        except (OSError, asyncio.TimeoutError, ValueError):
+            free = None
+    _gpu_seen["last"] = (now, free)
+    return free
+
+
+def check_chain(config: Config, env: Mapping[str, str] | None = None) -> None:
+    """Refuse a chain that cannot work, before any request: empty, or a key variable that is not set."""
+    env = os.environ if env is None else env
+    files = config.files[-1] if config.files else None
+    if not config.models.chain:
+        raise ConfigError("no endpoints: add at least one to models.chain", file=files, key="models.chain")
+    for i, entry in enumerate(config.models.chain):
+        if entry.api_key_env and not env.get(entry.api_key_env):
+            raise ConfigError(
+                f"endpoint {entry.name!r} takes its key from ${entry.api_key_env}, which is not set "
+                "(export it, or remove api_key_env for an endpoint that needs no key)",
+                file=files,
+                key=f"models.chain[{i}].api_key_env",
+            )
+
+
+# -- the public API -------------------------------------------------------------------------------------------
+
+
+async def acomplete(
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    json_output: bool = False,
+    schema: dict[str, Any] | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    stream: bool = False,
+    on_text: Callable[[str], None] | None = None,
+    on_restart: Callable[[str], None] | None = None,
+    task: str | None = None,
+    deadline_s: float | None = None,
+    config: Config | None = None,
+    state: StateRoot | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    rng: random.Random | None = None,
+    record: bool = True,
+) -> Completion:
+    """Ask the chain; return the first checked answer or raise ModelCallFailed / NoEndpointAvailable.
+
+    prompt or messages: what to ask. system: a system message. json_output: the answer must be one JSON
+    object (code fences are stripped); schema: a JSON Schema it must match. stream: deliver text to
+    `on_text` as it arrives; if an attempt fails after some text, `on_restart(reason)` says to drop it.
+    deadline_s: the whole call (default models.deadline_s). task: recorded with every attempt.
+    """
+    config = config or get_config()
+    check_chain(config)
+    if task is not None:
+        validate_id(task, "task")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    request = _Request(
+        build_messages(prompt, messages, system, json_output, schema),
+        json_output,
+        schema,
+        max_tokens,
+        temperature,
+        stream,
+    )
+    call = _ChainCall(
+        request,
+        config=config,
+        state=(state or StateRoot.from_env()),
+        clock=clock,
+        rng=rng,
+        task=task,
+        deadline_s=config.models.deadline_s if deadline_s is None else deadline_s,
+        on_text=on_text,
+        on_restart=on_restart,
+        record=record,
+    )
+    return await call.run()
+
+
+def complete(prompt: str | None = None, **options: Any) -> Completion:
+    """The sync form of acomplete() (same options). Inside a running event loop, use acomplete()."""
+    try:
+        asyncio.get_running_loop()
+        in_loop = True
+    except RuntimeError:
+        in_loop = False
+    # (asyncio.run is not called inside the except block: every error of the call would chain that one.)
+    if not in_loop:
+        return asyncio.run(acomplete(prompt, **options))
+    # Called from async code anyway: run the call on its own loop in a worker thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(acomplete(prompt, **options))).result()

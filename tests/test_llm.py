@@ -1,0 +1,474 @@
+"""The fallback chain, through the real openai client against a real fake endpoint: each fault, each decision."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selfheal import llm
+from selfheal.breaker import Breakers
+from selfheal.config import Config, load_config
+from selfheal.errors import ConfigError
+from selfheal.llm import (
+    ContentRefused,
+    ModelCallFailed,
+    NoEndpointAvailable,
+    acomplete,
+    complete,
+)
+from selfheal.store import StateRoot
+from selfheal.testing import FakeClock, FakeModelServer, Fault
+
+FAST = """
+retry: {{jitter: none}}
+models:
+  timeout_s: 1.0
+  timeout_per_1k_tokens_s: 0.0
+  connect_timeout_s: 0.5
+  deadline_s: 20
+  stream_first_token_s: 1.0
+  stream_idle_s: 0.5
+  chain:
+{entries}
+"""
+
+
+@pytest.fixture
+def server() -> Iterator[FakeModelServer]:
+    with FakeModelServer() as srv:
+        yield srv
+
+
+def dead_url() -> str:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture
+def chain(server: FakeModelServer, write_config: Callable[[str], Path]) -> Callable[..., Config]:
+    """chain("primary", "backup", ...) points models.chain at the fake server's endpoints (or a dead port)."""
+
+    def make(*names: str, extra: str = "", **per_entry: dict[str, Any]) -> Config:
+        lines = []
+        for name in names:
+            url = dead_url() if name.startswith("dead") else server.url(name)
+            fields = {"name": name, "base_url": url, "model": f"model-{name}", **per_entry.get(name, {})}
+            lines.append("    - " + json.dumps(fields))
+        write_config(FAST.format(entries="\n".join(lines)) + extra)
+        return load_config()
+
+    return make
+
+
+def ask(config: Config, clock: FakeClock, **options: Any) -> llm.Completion:
+    return complete("Summarise the night.", config=config, clock=clock, **options)
+
+
+def outcomes(result: llm.Completion | ModelCallFailed | NoEndpointAvailable) -> list[tuple[str, str, str | None]]:
+    return [(a.endpoint, a.outcome, a.error_class) for a in result.attempts]
+
+
+# -- the happy path -----------------------------------------------------------------------------------------------
+
+
+def test_a_healthy_primary_answers(chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer) -> None:
+    """The first endpoint answers: its name, its model and its usage come back; no fallback."""
+    result = ask(chain("primary", "backup"), clock)
+    assert (result.content, result.endpoint, result.model, result.fallback_used) == (
+        "ok from primary",
+        "primary",
+        "model-primary",
+        False,
+    )
+    assert result.usage and result.usage["total_tokens"] > 0
+    assert server.requests("backup") == 0
+
+
+# -- retry here, or move on ---------------------------------------------------------------------------------------
+
+
+def test_transient_errors_are_retried_on_the_same_endpoint(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Two 503s: short waits (1 s, 2 s) on the primary, which then answers."""
+    server.script("primary", Fault.http(503), Fault.http(503))
+    result = ask(chain("primary", "backup"), clock)
+    assert result.endpoint == "primary" and server.requests("primary") == 3
+    assert clock.waits == [1.0, 2.0]
+    assert outcomes(result) == [("primary", "failed", "transient")] * 2 + [("primary", "answered", None)]
+
+
+def test_a_dead_endpoint_is_left_at_once(chain: Callable[..., Config], clock: FakeClock) -> None:
+    """Connection refused: no retry on that address, the next endpoint answers, nobody waited."""
+    result = ask(chain("dead-primary", "backup"), clock)
+    assert (result.endpoint, result.fallback_used) == ("backup", True)
+    assert outcomes(result)[0] == ("dead-primary", "failed", "transient")
+    assert clock.waits == []
+
+
+def test_a_silent_endpoint_is_left_at_once(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A read timeout with nothing received: one try, then the fallback (retrying would double the wait)."""
+    server.script("primary", Fault.hang(30))
+    result = ask(chain("primary", "backup"), clock)
+    assert result.endpoint == "backup" and server.requests("primary") == 1
+    assert outcomes(result)[0] == ("primary", "failed", "timeout")
+
+
+def test_a_refused_key_moves_on_and_opens_the_breaker(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """401: straight to the fallback; the breaker opens at once, so later calls do not reach the primary."""
+    server.set_default("primary", Fault.http(401, code="invalid_api_key"))
+    config = chain("primary", "backup")
+    for _ in range(4):
+        assert ask(config, clock).endpoint == "backup"
+    assert server.requests("primary") == 1
+
+
+def test_a_long_retry_after_moves_on_and_a_short_one_is_waited_out_on_the_last_endpoint(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """With a fallback, a 5 s rate-limit wait is not worth it; alone, the primary is waited for (at least
+    the Retry-After)."""
+    server.script("primary", Fault.http(429, retry_after=3, code="rate_limit_exceeded"))
+    assert ask(chain("primary", "backup"), clock).endpoint == "backup"
+    server.script("solo", Fault.http(429, retry_after=7, code="rate_limit_exceeded"))
+    result = ask(chain("solo"), clock)
+    assert result.endpoint == "solo" and clock.waits == [7.0]
+
+
+def test_retry_after_beyond_the_cap_is_not_waited_for(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A 10-minute Retry-After ends the attempts on that endpoint even when it is the only one."""
+    server.script("solo", Fault.http(429, retry_after=600))
+    with pytest.raises(ModelCallFailed) as info:
+        ask(chain("solo"), clock)
+    assert clock.waits == [] and server.requests("solo") == 1
+    assert info.value.exit_code == 3
+
+
+def test_an_exhausted_quota_moves_on(chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer) -> None:
+    """insufficient_quota is fatal for that provider: no retry there, the fallback answers."""
+    server.script("primary", Fault.http(429, code="insufficient_quota"))
+    result = ask(chain("primary", "backup"), clock)
+    assert outcomes(result)[0] == ("primary", "failed", "fatal") and result.endpoint == "backup"
+
+
+def test_a_too_long_request_goes_only_to_a_larger_context(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """context_length_exceeded: never again on that model, nor on one no larger; the larger one answers."""
+    server.script("small", Fault.http(400, code="context_length_exceeded"))
+    config = chain(
+        "small",
+        "same",
+        "big",
+        small={"context_tokens": 4096},
+        same={"context_tokens": 4096},
+        big={"context_tokens": 131072},
+    )
+    result = ask(config, clock)
+    assert result.endpoint == "big"
+    assert (server.requests("small"), server.requests("same")) == (1, 0)
+    assert outcomes(result)[1] == ("same", "skipped", None)
+
+
+def test_a_content_policy_refusal_is_a_clean_error(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """The provider's refusal comes back in its own words; no other endpoint is asked."""
+    server.script("primary", Fault.http(400, code="content_policy_violation", message="Your request was rejected"))
+    with pytest.raises(ContentRefused, match="Your request was rejected"):
+        ask(chain("primary", "backup"), clock)
+    assert server.requests("backup") == 0
+
+
+# -- answers are checked ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        (Fault.wrong_shape(), "wrong shape"),
+        (Fault.empty(), "empty answer"),
+        (Fault.truncated(), "cut off"),
+        (Fault.malformed(), "Expecting value"),
+    ],
+)
+def test_a_bad_answer_is_retried_once_simplified_then_falls_over(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, bad: Fault, words: str
+) -> None:
+    """A wrong, empty, cut-off or unparseable answer is never returned: one simplified retry, then the fallback."""
+    server.script("primary", bad, bad)
+    result = ask(chain("primary", "backup"), clock)
+    assert result.content == "ok from backup"
+    first, second = result.attempts[:2]
+    assert first.error_class == second.error_class == "format" and words in first.reason
+    assert (first.simplified, second.simplified) == (False, True)
+
+
+def test_the_simplified_retry_is_stricter(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """The retry after a bad JSON answer adds a strict instruction, drops the temperature to 0, trims the prompt."""
+    seen: list[dict[str, Any]] = []
+    original = server._handle
+
+    def spy(h: Any) -> None:
+        length = int(h.headers.get("content-length") or 0)
+        body = h.rfile.read(length)
+        seen.append(json.loads(body))
+        h.rfile = __import__("io").BytesIO(body)
+        original(h)
+
+    server._handle = spy  # type: ignore[method-assign]
+    server.script("primary", Fault.reply("not json at all"), Fault.reply('{"status": "ok"}'))
+    long_prompt = "x" * 10_000
+    result = complete(long_prompt, json_output=True, temperature=0.9, config=chain("primary"), clock=clock)
+    assert result.data == {"status": "ok"}
+    first, second = seen
+    assert first["temperature"] == 0.9 and second["temperature"] == 0.0
+    assert len(second["messages"][-2]["content"]) == 4000 and len(first["messages"][-1]["content"]) == 10_000
+    assert "could not be used" in second["messages"][-1]["content"]
+
+
+def test_json_output_strips_fences_and_checks_the_schema(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A fenced JSON object is accepted; one missing a required key is a format failure."""
+    schema = {
+        "type": "object",
+        "required": ["title", "score"],
+        "properties": {"title": {"type": "string"}, "score": {"type": "number"}},
+    }
+    server.script("primary", Fault.reply('```json\n{"title": "Q3", "score": 0.9}\n```'))
+    result = ask(chain("primary"), clock, json_output=True, schema=schema)
+    assert result.data == {"title": "Q3", "score": 0.9}
+    server.script("primary", Fault.reply('{"title": "Q3"}'), Fault.reply('{"title": "Q3", "score": "high"}'))
+    with pytest.raises(ModelCallFailed) as info:
+        ask(chain("primary"), clock, json_output=True, schema=schema)
+    reasons = [a.reason for a in info.value.attempts]
+    assert "missing 'score'" in reasons[0] and "expected number" in reasons[1]
+
+
+# -- when nothing works -------------------------------------------------------------------------------------------
+
+
+def test_every_endpoint_failing_is_an_error_with_every_attempt(chain: Callable[..., Config], clock: FakeClock) -> None:
+    """Nothing answered: ModelCallFailed (exit 3) lists what each endpoint did; no answer is invented."""
+    with pytest.raises(ModelCallFailed) as info:
+        ask(chain("dead-a", "dead-b"), clock)
+    assert [(a.endpoint, a.outcome) for a in info.value.attempts] == [("dead-a", "failed"), ("dead-b", "failed")]
+    assert info.value.exit_code == 3 and info.value.to_json()["ok"] is False
+
+
+def test_every_breaker_open_means_not_attempted(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
+) -> None:
+    """With every endpoint's breaker open nothing is sent: NoEndpointAvailable, exit 4."""
+    config = chain("primary", "backup")
+    breakers = Breakers(StateRoot(home), config.breakers, clock=clock)
+    for name in ("primary", "backup"):
+        breakers.release(breakers.acquire(name), ok=False, error_class="auth")
+    with pytest.raises(NoEndpointAvailable) as info:
+        ask(config, clock)
+    assert info.value.exit_code == 4
+    assert server.requests("primary") == server.requests("backup") == 0
+
+
+def test_the_deadline_bounds_the_whole_call(chain: Callable[..., Config], server: FakeModelServer) -> None:
+    """A call with a 0.3 s deadline against an endpoint that answers in 5 s fails with the deadline, in time."""
+    server.script("slow", Fault.hang(5))
+    config = chain("slow", extra="")
+    with pytest.raises(ModelCallFailed, match="deadline"):
+        complete("hi", config=config, deadline_s=0.3)
+
+
+@pytest.mark.parametrize(
+    ("yaml_chain", "words"),
+    [
+        ("  chain: []\n", "no endpoints"),
+        (
+            '  chain:\n    - {name: a, base_url: "http://127.0.0.1:9/v1", model: m, '
+            "api_key_env: SELFHEAL_TEST_NO_KEY}\n",
+            "takes its key from $SELFHEAL_TEST_NO_KEY, which is not set",
+        ),
+    ],
+)
+def test_a_chain_that_cannot_work_is_refused_before_any_request(
+    write_config: Callable[[str], Path], yaml_chain: str, words: str
+) -> None:
+    """An empty chain or a missing key variable is a configuration error (exit 2), found up front."""
+    write_config("models:\n" + yaml_chain)
+    with pytest.raises(ConfigError, match=words.replace("$", r"\$")) as info:
+        complete("hi", config=load_config())
+    assert info.value.exit_code == 2
+
+
+# -- streams ------------------------------------------------------------------------------------------------------
+
+
+def test_a_stream_delivers_text_as_it_arrives(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Chunks reach on_text in order and the answer is their sum."""
+    server.script("primary", Fault.stream("the quick brown fox"))
+    pieces: list[str] = []
+    result = ask(chain("primary"), clock, stream=True, on_text=pieces.append)
+    assert pieces == ["the ", "quick ", "brown ", "fox"] and result.content == "the quick brown fox"
+    assert result.finish_reason == "stop" and result.discarded_chars == 0
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        Fault.stream("one two three four", cut_after=2),
+        Fault.stream("one two three four", stall_after=2, stall_s=30),
+    ],
+    ids=["cut", "stalled"],
+)
+def test_a_broken_stream_is_discarded_and_retried_from_the_start(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, broken: Fault
+) -> None:
+    """A stream cut or stalled midway: the caller is told to drop the partial text, and the retry answers whole."""
+    server.script("primary", broken, Fault.stream("fresh full answer"))
+    pieces: list[str] = []
+    restarts: list[str] = []
+    result = ask(chain("primary"), clock, stream=True, on_text=pieces.append, on_restart=restarts.append)
+    assert result.content == "fresh full answer"
+    assert len(restarts) == 1 and result.discarded_chars == len("one two ")
+    assert "".join(pieces) == "one two fresh full answer"
+
+
+def test_a_stream_that_never_starts_falls_over(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """No first token within the limit: the endpoint is silent, the fallback answers."""
+    server.script("primary", Fault.stream("late", first_delay_s=30))
+    result = ask(chain("primary", "backup"), clock, stream=True)
+    assert result.endpoint == "backup" and server.requests("primary") == 1
+
+
+def test_a_malformed_chunk_fails_the_attempt_cleanly(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A chunk that is not JSON ends that attempt (never a half answer); the retry answers."""
+    server.script("primary", Fault.stream("a b c", bad_chunk_at=1), Fault.stream("clean"))
+    result = ask(chain("primary"), clock, stream=True)
+    assert result.content == "clean" and result.attempts[0].outcome == "failed"
+
+
+def test_a_finished_stream_without_done_is_finalised_at_once(
+    chain: Callable[..., Config], server: FakeModelServer
+) -> None:
+    """finish_reason arrived but no [DONE] and the line stays open: the answer is complete, no waiting."""
+    server.script("primary", Fault.stream("all there", done=False))
+    result = complete("hi", config=chain("primary"), stream=True, deadline_s=3)
+    assert result.content == "all there"
+
+
+# -- breakers and recovery -----------------------------------------------------------------------------------------
+
+
+def test_traffic_returns_to_a_recovered_primary(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Primary down: the breaker opens and calls go to the backup; after the open time a probe finds it well
+    and, three good probes later, the primary serves again."""
+    config = chain("primary", "backup")
+    server.outage("primary", 3600, Fault.http(503))
+    served = [ask(config, clock).endpoint for _ in range(3)]
+    assert served == ["backup"] * 3
+    primary_hits = server.requests("primary")
+    server.outage("primary", 0)
+    clock.advance(61)
+    served = [ask(config, clock).endpoint for _ in range(5)]
+    assert served == ["primary"] * 5
+    assert server.requests("primary") == primary_hits + 5
+
+
+# -- records -------------------------------------------------------------------------------------------------------
+
+
+def test_a_tracked_call_records_each_attempt(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
+) -> None:
+    """Retry, fallback and success events name the endpoint and model; the log has a [FALLBACK] line."""
+    server.script("primary", Fault.http(503), Fault.http(401))
+    ask(chain("primary", "backup"), clock, task="weekly-report")
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    calls = [(e["event"], e["target"], e["model"]) for e in events if e["event"] != "breaker"]
+    assert calls == [
+        ("retry", "primary", "model-primary"),
+        ("fallback", "primary", "model-primary"),
+        ("success", "backup", "model-backup"),
+    ]
+    log = (home / "logs" / "selfheal.log").read_text()
+    assert "[FALLBACK] task=weekly-report target=primary model=model-primary reason=auth" in log
+
+
+def test_an_untracked_first_try_success_writes_nothing(
+    chain: Callable[..., Config], clock: FakeClock, home: Path
+) -> None:
+    """No task, no failure: no ledger, no log (only the breaker's state file)."""
+    ask(chain("primary"), clock)
+    assert not (home / "ledger").exists()
+
+
+# -- async, and the GPU check --------------------------------------------------------------------------------------
+
+
+def test_acomplete_and_complete_inside_a_running_loop(chain: Callable[..., Config], clock: FakeClock) -> None:
+    """The async form works in an event loop, and the sync form still works when called from one."""
+    config = chain("primary")
+
+    async def both() -> tuple[str, str]:
+        a = await acomplete("hi", config=config, clock=clock)
+        b = complete("hi", config=config, clock=clock)
+        return a.content, b.content
+
+    assert asyncio.run(both()) == ("ok from primary", "ok from primary")
+
+
+@pytest.mark.parametrize(("free_mib", "answered_by"), [("512", "backup"), ("24000", "gpu")])
+def test_a_local_endpoint_is_skipped_while_gpu_memory_is_short(
+    chain: Callable[..., Config],
+    clock: FakeClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    free_mib: str,
+    answered_by: str,
+) -> None:
+    """nvidia-smi reporting less free memory than the floor skips the local endpoint (class resource)."""
+    tool = tmp_path / "nvidia-smi"
+    tool.write_text(f"#!/bin/sh\necho {free_mib}\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    llm._gpu_seen.clear()
+    result = ask(chain("gpu", "backup", gpu={"local": True}), clock)
+    assert result.endpoint == answered_by
+    if answered_by == "backup":
+        assert (result.attempts[0].outcome, result.attempts[0].error_class) == ("skipped", "resource")
+
+
+def test_failure_reasons_carry_no_unrelated_chained_errors(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A stream cut is reported as itself, not with leftovers of the sync wrapper's own bookkeeping."""
+    server.script("primary", Fault.stream("one two three", cut_after=1), Fault.stream("fine"))
+    result = ask(chain("primary"), clock, stream=True)
+    assert result.attempts[0].reason == "StreamCut: stream ended before the answer was complete (4 characters received)"

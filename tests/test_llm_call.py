@@ -1,0 +1,191 @@
+"""llm_call.py as users and cron run it, and the chain shared by several processes at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.breaker import Breakers
+from selfheal.config import load_config
+from selfheal.store import StateRoot
+from selfheal.testing import FakeModelServer, Fault
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+@pytest.fixture
+def server() -> Iterator[FakeModelServer]:
+    with FakeModelServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def two(server: FakeModelServer, write_config: Callable[[str], Path]) -> Callable[[str], Path]:
+    """Point the chain at primary and backup on the fake server, with extra YAML appended."""
+
+    def make(extra: str = "") -> Path:
+        return write_config(
+            "models:\n  timeout_s: 2\n  timeout_per_1k_tokens_s: 0\n  chain:\n"
+            f'    - {{name: primary, base_url: "{server.url("primary")}", model: qwen}}\n'
+            f'    - {{name: backup, base_url: "{server.url("backup")}", model: phi}}\n' + extra
+        )
+
+    make()
+    return make
+
+
+def call(home: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, str(SCRIPTS / "llm_call.py"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=script_env(home, **env),
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_answer_goes_to_stdout_and_the_story_to_stderr(home: Path, two: Any, server: FakeModelServer) -> None:
+    """A fallback answer prints as plain text; stderr says which model answered and why."""
+    server.script("primary", Fault.http(503, retry_after=9))
+    proc = call(home, "--prompt", "Summarise last night")
+    assert proc.returncode == 0 and proc.stdout == "ok from backup\n"
+    assert "answered by backup (phi) (fallback after 1 failed attempt(s))" in proc.stderr
+
+
+def test_json_report_has_every_attempt(home: Path, two: Any, server: FakeModelServer) -> None:
+    """--json: one object with the answer, the model that answered, and each failed attempt as a failure."""
+    server.script("primary", Fault.wrong_shape(), Fault.wrong_shape())
+    result = json.loads(call(home, "--json", "--prompt", "hi").stdout)
+    assert result["ok"] and result["endpoint"] == "backup" and result["fallback_used"]
+    assert [(a["endpoint"], a["outcome"]) for a in result["attempts"]] == [
+        ("primary", "rejected"),
+        ("primary", "rejected"),
+        ("backup", "answered"),
+    ]
+
+
+def test_json_output_prints_the_parsed_object(home: Path, two: Any, server: FakeModelServer, tmp_path: Path) -> None:
+    """--json-output with a schema prints the checked JSON object, ready for jq."""
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}))
+    server.script("primary", Fault.reply('Here it is: ```json\n{"n": 3}\n```'), Fault.reply('```json\n{"n": 3}\n```'))
+    proc = call(home, "--json-output", "--schema", str(schema), "--prompt", "count")
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"n": 3}
+
+
+def test_prompt_from_stdin(home: Path, two: Any) -> None:
+    """--prompt-file - reads the prompt from standard input."""
+    assert call(home, "--prompt-file", "-", stdin="what happened?").returncode == 0
+
+
+def test_streamed_text_and_a_restart_notice(home: Path, two: Any, server: FakeModelServer) -> None:
+    """--stream prints as it arrives; a cut stream is declared void on stderr before the new answer."""
+    server.script("primary", Fault.stream("half of it", cut_after=2), Fault.stream("the whole answer"))
+    proc = call(home, "--stream", "--prompt", "hi")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("half of ") and proc.stdout.rstrip().endswith("the whole answer")
+    assert "the text above is void" in proc.stderr
+
+
+def test_every_endpoint_failing_exits_3_with_the_attempts(home: Path, two: Any, server: FakeModelServer) -> None:
+    """Nothing usable anywhere: exit 3, and --json still gives one object listing each failure."""
+    for name in ("primary", "backup"):
+        server.set_default(name, Fault.http(400, code="invalid_request"))
+    proc = call(home, "--json", "--prompt", "hi")
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 3 and result["ok"] is False and result["error"] == "ModelCallFailed"
+    assert len(result["attempts"]) == 2
+
+
+def test_every_breaker_open_exits_4(home: Path, two: Any, server: FakeModelServer) -> None:
+    """All breakers open: nothing is sent, exit 4 (try later)."""
+    config = load_config()
+    breakers = Breakers(StateRoot(home), config.breakers)
+    for name in ("primary", "backup"):
+        breakers.release(breakers.acquire(name), ok=False, error_class="auth")
+    proc = call(home, "--json", "--prompt", "hi")
+    assert proc.returncode == 4 and json.loads(proc.stdout)["error"] == "NoEndpointAvailable"
+    assert server.requests("primary") == server.requests("backup") == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--prompt", "hi", "--schema", "{schema}"], "--schema needs --json-output"),
+        (["--prompt", "hi", "--json-output", "--schema", "{schema}"], "not JSON"),
+        (["--prompt", "hi", "--json-output", "--schema", "/no/such/schema.json"], "cannot read it"),
+        (["--prompt-file", "/no/such/prompt.txt"], "prompt file /no/such/prompt.txt"),
+        (["--prompt", "hi", "--max-tokens", "0"], "--max-tokens must be >= 1"),
+        (["--prompt", "hi", "--task", "../x"], "invalid task id"),
+        ([], "one of the arguments --prompt --prompt-file is required"),
+    ],
+)
+def test_bad_input_exits_2(home: Path, two: Any, tmp_path: Path, args: list[str], words: str) -> None:
+    """Bad flags and files are refused with a message naming them, before any request."""
+    schema = tmp_path / "bad.json"
+    schema.write_text("{not json")
+    proc = call(home, *[a.replace("{schema}", str(schema)) for a in args])
+    assert proc.returncode == 2 and words in proc.stderr
+
+
+def test_missing_key_variable_exits_2(home: Path, server: FakeModelServer, write_config: Callable[[str], Path]) -> None:
+    """An endpoint whose key variable is unset is a configuration error naming the variable."""
+    write_config(
+        f'models:\n  chain:\n    - {{name: p, base_url: "{server.url("p")}", model: m, api_key_env: MY_KEY}}\n'
+    )
+    proc = call(home, "--prompt", "hi")
+    assert proc.returncode == 2 and "$MY_KEY, which is not set" in proc.stderr
+    assert call(home, "--prompt", "hi", MY_KEY="secret-value").returncode == 0
+
+
+def test_malformed_base_url_exits_2(home: Path, write_config: Callable[[str], Path]) -> None:
+    """A base URL without a scheme is caught when the settings load."""
+    write_config("models:\n  chain:\n    - {name: p, base_url: 'localhost:8000/v1', model: m}\n")
+    proc = call(home, "--prompt", "hi")
+    assert proc.returncode == 2 and "models.chain[0].base_url: must be an http:// or https:// URL" in proc.stderr
+
+
+# -- several processes, one chain ----------------------------------------------------------------------------
+
+
+def run_workers(home: Path, tmp_path: Path, n: int, calls: int, tag: str) -> list[dict[str, int]]:
+    go = tmp_path / f"go-{tag}"
+    env = script_env(home, PYTHONPATH=str(SCRIPTS), SELFHEAL_TESTING="1")
+    procs = [
+        subprocess.Popen(
+            [PYTHON, str(HELPERS / "llm_worker.py"), str(calls), str(go)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
+    go.write_text("go")
+    return [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+
+
+@pytest.mark.slow
+def test_four_processes_through_a_dead_endpoint(
+    home: Path, tmp_path: Path, two: Callable[[str], Path], server: FakeModelServer
+) -> None:
+    """Four processes at once: the dead primary sees at most the breaker threshold plus the allowed probes,
+    every call still gets the backup's answer; after recovery the breaker closes and traffic returns."""
+    two("breakers: {open_s: 1.0}\n")
+    server.set_default("primary", Fault.reset())
+    first = run_workers(home, tmp_path, 4, 5, "down")
+    assert sum(r["backup"] for r in first) == 20 and sum(r["failed"] for r in first) == 0
+    assert server.requests("primary") <= 5
+    hits_while_down = server.requests("primary")
+    server.set_default("primary", None)
+    time.sleep(1.1)  # the open time passes
+    second = run_workers(home, tmp_path, 4, 5, "up")
+    assert sum(r["failed"] for r in second) == 0
+    assert server.requests("primary") > hits_while_down + 3  # probes, then everyone again
+    state = Breakers(StateRoot(home), load_config().breakers).status("primary")
+    assert state["state"] == "closed"
