@@ -30,6 +30,7 @@ import openai  # noqa: E402
 
 from selfheal import cli  # noqa: E402
 from selfheal.config import load_config  # noqa: E402
+from selfheal.llm import complete  # noqa: E402
 from selfheal.retrying import Retrier, attempts_of  # noqa: E402
 from selfheal.store import StateRoot  # noqa: E402
 from selfheal.testing import FakeModelServer, Fault  # noqa: E402
@@ -131,8 +132,37 @@ def _scenarios(home: Path, work: Path) -> list[tuple[str, bool, str]]:
         )
     )
 
+    out.append(_chain_scenario(home))
     out.append(_model_scenario(home))
     return out
+
+
+def _chain_scenario(home: Path) -> tuple[str, bool, str]:
+    """llm_call's fallback chain: a primary that answers in the wrong shape, then refuses its key."""
+    with FakeModelServer() as server:
+        (home).mkdir(parents=True, exist_ok=True)
+        (home / "config.yaml").write_text(
+            "models:\n  chain:\n"
+            f'    - {{name: qwen3-4b, base_url: "{server.url("qwen3-4b")}", model: Qwen3-4B-Thinking-2507}}\n'
+            f'    - {{name: qwen1.5-0.5b, base_url: "{server.url("qwen1.5-0.5b")}", model: Qwen1.5-0.5B}}\n'
+        )
+        config = load_config(env={"SELFHEAL_HOME": str(home)})
+        server.script("qwen3-4b", Fault.wrong_shape(), Fault.wrong_shape())
+        server.set_default("qwen3-4b", Fault.http(401, code="invalid_api_key"))
+        answers = [
+            complete("Summarise the night.", config=config, state=StateRoot(home), task="night-summary")
+            for _ in range(4)
+        ]
+        primary_hits = server.requests("qwen3-4b")
+    (home / "config.yaml").unlink()
+    correct = sum(a.content == "ok from qwen1.5-0.5b" for a in answers)
+    rejected = sum(1 for a in answers for t in a.attempts if t.outcome == "rejected")
+    ok = correct == 4 and primary_hits == 3
+    detail = (
+        f"{correct}/4 answers correct, all from the fallback; {rejected} wrong-shape answers rejected (never "
+        f"returned); after the 401 the breaker opened, so the primary saw {primary_hits} requests in all"
+    )
+    return "Model calls fall over, and a wrong answer is never passed off as a right one", ok, detail
 
 
 def _model_scenario(home: Path) -> tuple[str, bool, str]:
@@ -215,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
             )
         else:
-            print("self-heal demo: four ways unattended work fails, and what self-heal did\n")
+            print(f"self-heal demo: {len(results)} ways unattended work fails, and what self-heal did\n")
             for i, (title, ok, detail) in enumerate(results, 1):
                 print(f"{i}. {title}\n   {'OK ' if ok else 'UNEXPECTED'} {detail}\n")
             counts = ", ".join(f"{n} {kind}" for kind, n in sorted(events.items()))

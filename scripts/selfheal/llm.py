@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 import random
 import shutil
@@ -28,7 +29,7 @@ from typing import Any
 import openai
 
 from . import _testing
-from .breaker import BreakerOpen, Breakers
+from .breaker import BreakerOpen, Breakers, Permit
 from .classify import Classification, Failure, classifier_for
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Config, ModelEndpoint, get_config
@@ -469,9 +470,9 @@ class _ChainCall:
                     attempts=self.attempts,
                 )
 
-            # The attempt failed: tell the breaker, then decide: this endpoint again, or the next one.
+            # The attempt failed: decide (this endpoint again, or the next one), record the attempt, and
+            # then tell the breaker, so a trip it causes is logged after the attempt that caused it.
             cls = classification.error_class
-            await asyncio.to_thread(self.breakers.release, permit, ok=False, error_class=cls)
             if delivered[0] and self.on_restart is not None:
                 self.on_restart(f"{cls}: {reason}")
             attempt = ModelAttempt(
@@ -487,31 +488,34 @@ class _ChainCall:
                 simplified=request is not self.request,
                 discarded_chars=delivered[0],
             )
+            settle = functools.partial(self._settle, permit, cls)
             if classification.reason == "content_policy":
-                await self.note(attempt, "failed", status="not_retryable")
+                await settle("failed", attempt, status="not_retryable")
                 raise ContentRefused(reason, self.attempts)
             if classification.reason == "context_length_exceeded":
-                await self.note(attempt, "fallback", status="context_length_exceeded")
+                await settle("fallback", attempt, status="context_length_exceeded")
                 return _MoveOn("context_length_exceeded", entry.context_tokens)
             if cls == "format" and request is self.request:
                 # One more try here at once, simplified: a malformed answer is not the endpoint failing.
-                await self.note(_with_delay(attempt, 0.0), "retry", status="retrying", max_attempts=2)
+                await settle("retry", _with_delay(attempt, 0.0), status="retrying", max_attempts=2)
                 request = self.request.simplified(reason, self.models.simplify_max_prompt_chars)
                 continue
             why, decision = self._next_step(classification, failure, error, budget, number, last=last)
             if why is not None or decision is None:
-                await self.note(
-                    attempt,
-                    "failed" if last else "fallback",
-                    status=why,
-                    max_attempts=decision.max_attempts if decision else number,
-                )
+                event = "failed" if last else "fallback"
+                max_attempts = decision.max_attempts if decision else number
+                await settle(event, attempt, status=why, max_attempts=max_attempts)
                 return _MoveOn(why or "failed")
-            await self.note(
-                _with_delay(attempt, decision.delay_s), "retry", status="retrying", max_attempts=decision.max_attempts
+            await settle(
+                "retry", _with_delay(attempt, decision.delay_s), status="retrying", max_attempts=decision.max_attempts
             )
             if not _testing.is_testing():
                 await self.clock.asleep(decision.delay_s)
+
+    async def _settle(self, permit: Permit, error_class: str, event: str, done: ModelAttempt, **fields: Any) -> None:
+        """Record a failed attempt, then report it to the breaker (so a trip it causes is logged after it)."""
+        await self.note(done, event, **fields)
+        await asyncio.to_thread(self.breakers.release, permit, ok=False, error_class=error_class)
 
     def _next_step(
         self,
