@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
+import importlib
 import os
 import random
 import shutil
+import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -316,6 +320,7 @@ class _ChainCall:
                 api_key=key,
                 max_retries=0,  # only our policy retries
                 timeout=openai.Timeout(self.read_timeout(entry), connect=self.models.connect_timeout_s),
+                http_client=openai.DefaultAsyncHttpxClient(verify=_ssl_context()),
             )
             self.clients[entry.name] = found
         return found
@@ -598,6 +603,28 @@ class _ChainCall:
         if finish is None:
             raise StreamCut(delivered[0])
         return _Answer("".join(parts), finish, usage, model)
+
+
+_ssl: list[ssl.SSLContext] = []
+_ssl_lock = threading.Lock()
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context per process, made as openai's HTTP library makes its default one (its CA bundle,
+    SSL_CERT_FILE and all). Building it loads the CA bundle, about 15 ms: far too much for every call."""
+    with _ssl_lock:
+        if not _ssl:
+            maker = None
+            for name in ("httpx2", "httpx"):  # what openai 3.x, and 1.x-2.x, are built on
+                with contextlib.suppress(ImportError):
+                    maker = getattr(importlib.import_module(name), "create_ssl_context", None)
+                if maker is not None:
+                    break
+            context = maker() if maker is not None else ssl.create_default_context()
+            if not isinstance(context, ssl.SSLContext):  # pragma: no cover - a future library's own type
+                context = ssl.create_default_context()
+            _ssl.append(context)
+        return _ssl[0]
 
 
 def _with_delay(attempt: ModelAttempt, delay: float) -> ModelAttempt:
