@@ -472,3 +472,20 @@ def test_failure_reasons_carry_no_unrelated_chained_errors(
     server.script("primary", Fault.stream("one two three", cut_after=1), Fault.stream("fine"))
     result = ask(chain("primary"), clock, stream=True)
     assert result.attempts[0].reason == "StreamCut: stream ended before the answer was complete (4 characters received)"
+
+
+def test_a_cancelled_call_gives_its_breaker_permit_back(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
+) -> None:
+    """Cancelling a call mid-request (asyncio.wait_for in the caller's code) leaves no permit in flight,
+    so the breaker's probes are not blocked by a request that no longer exists."""
+    config = chain("primary")
+    server.script("primary", Fault.hang(30))
+
+    async def impatient() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(acomplete("hi", config=config, clock=clock), 0.3)
+
+    asyncio.run(impatient())
+    status = Breakers(StateRoot(home), config.breakers, clock=clock).status("primary")
+    assert status["in_flight"] == 0 and status["state"] == "closed"

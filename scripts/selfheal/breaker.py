@@ -28,7 +28,7 @@ from .config import BreakerSettings
 from .errors import CorruptStateError, NotAttempted
 from .ledger import Ledger
 from .process import ProcessIdentity, identify, still_running
-from .store import StateRoot, file_lock, read_json, validate_id, write_json
+from .store import StateRoot, dumps, file_lock, read_json, validate_id, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +107,11 @@ class Breakers:
                 logger.warning("%s; the breaker for %r starts closed", exc, target)
                 data = _fresh(target)
             before = data["state"]
+            original = dumps(data)
             self._expire(data)
             yield data
-            write_json(path, data, durable=False)
+            if dumps(data) != original:  # a refused request, or a look, changes nothing: no write
+                write_json(path, data, durable=False)
         if data["state"] != before and self.ledger is not None:
             fields: dict[str, Any] = {"reason": data.get("reason"), "trips": data.get("trips")}
             if data["state"] == OPEN:

@@ -16,7 +16,7 @@ The implementation is async (per-chunk stream timeouts need it); `complete()` ru
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import atexit
 import contextlib
 import functools
 import importlib
@@ -26,9 +26,9 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 
@@ -45,6 +45,7 @@ from .retrying import Budget, Decision
 from .store import StateRoot, validate_id
 
 Message = dict[str, str]
+T = TypeVar("T")
 
 _NO_KEY = "not-needed"  # the openai client insists on a key; local servers ignore it
 _GPU_CACHE_S = 5.0
@@ -280,8 +281,11 @@ class _ChainCall:
         on_text: Callable[[str], None] | None,
         on_restart: Callable[[str], None] | None,
         record: bool,
+        offload: bool,
+        shared_clients: dict[tuple[str, str], openai.AsyncOpenAI] | None = None,
     ) -> None:
         self.request = request
+        self.offload = offload
         self.config = config
         self.models = config.models
         self.state = state
@@ -298,7 +302,8 @@ class _ChainCall:
         self.attempts: list[ModelAttempt] = []
         self.tracked = record and task is not None
         self.started = clock.monotonic()
-        self.clients: dict[str, openai.AsyncOpenAI] = {}
+        self.clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+        self.shared_clients = shared_clients
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -311,22 +316,35 @@ class _ChainCall:
         base = entry.timeout_s if entry.timeout_s is not None else self.models.timeout_s
         return base + self.models.timeout_per_1k_tokens_s * tokens / 1000
 
+    def timeout(self, entry: ModelEndpoint) -> openai.Timeout:
+        return openai.Timeout(self.read_timeout(entry), connect=self.models.connect_timeout_s)
+
     def client(self, entry: ModelEndpoint) -> openai.AsyncOpenAI:
-        found = self.clients.get(entry.name)
+        """The endpoint's client: from the private loop's cache (connections kept alive between sync
+        calls), or made for this call alone (a caller's loop: closed when the call ends)."""
+        key = os.environ.get(entry.api_key_env, "") if entry.api_key_env else _NO_KEY
+        cache = self.shared_clients if self.shared_clients is not None else self.clients
+        found = cache.get((entry.base_url, key))
         if found is None:
-            key = os.environ.get(entry.api_key_env, "") if entry.api_key_env else _NO_KEY
             found = openai.AsyncOpenAI(
                 base_url=entry.base_url,
                 api_key=key,
                 max_retries=0,  # only our policy retries
-                timeout=openai.Timeout(self.read_timeout(entry), connect=self.models.connect_timeout_s),
                 http_client=openai.DefaultAsyncHttpxClient(verify=_ssl_context()),
             )
-            self.clients[entry.name] = found
+            cache[(entry.base_url, key)] = found
         return found
 
+    async def io(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a blocking state update (breaker file, ledger line; under a millisecond, locked). In a
+        caller's event loop it goes to a thread; on complete()'s private loop, where nothing else waits,
+        it runs inline: a thread hop costs more than the update when other threads hold the GIL."""
+        if self.offload:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
     async def close(self) -> None:
-        for client in self.clients.values():
+        for client in self.clients.values():  # this call's own clients; shared ones stay open
             await client.close()
 
     async def note(self, attempt: ModelAttempt, event: str | None, **extra: Any) -> None:
@@ -351,7 +369,7 @@ class _ChainCall:
             "delay_s": round(attempt.delay_s, 3) if attempt.delay_s is not None else None,
             **extra,
         }
-        await asyncio.to_thread(self.ledger.record, event, **fields)
+        await self.io(self.ledger.record, event, **fields)
 
     # -- the call --------------------------------------------------------------------------------------------
 
@@ -402,125 +420,132 @@ class _ChainCall:
         number = 0
         while True:
             try:
-                permit = await asyncio.to_thread(self.breakers.acquire, entry.name)
+                permit = await self.io(self.breakers.acquire, entry.name)
             except BreakerOpen as exc:
                 await self.note(self._skipped(entry, str(exc)), None)
                 return _MoveOn("breaker_open")
-            if entry.local:
-                free = await _gpu_free_mb()
-                if free is not None and free < self.models.gpu_free_mb_min:
-                    await asyncio.to_thread(self.breakers.release, permit, ok=False, error_class="resource")
-                    reason = f"GPU memory: {free} MiB free, below {self.models.gpu_free_mb_min} MiB"
-                    await self.note(self._skipped(entry, reason, "resource"), None)
-                    return _MoveOn("resource")
-            number += 1
-            started = self.clock.monotonic()
-            delivered = [0]
-            error: Exception | None = None
+            lease = _Lease(self, permit)
             try:
-                answer = await asyncio.wait_for(self._send(entry, request, delivered), max(self.remaining(), 0.001))
-                data = check_answer(
-                    answer.content, answer.finish_reason, json_output=request.json_output, schema=request.schema
-                )
-            except OutputProblem as problem:
-                classification = Classification("format", "answer-check", "format")
-                failure: Failure | None = None
-                outcome, reason, status = "rejected", problem.detail, None
-            except Exception as exc:
-                if _is_deadline(exc) and self.remaining() <= 0:
-                    await asyncio.to_thread(self.breakers.release, permit, ok=False, error_class=None)
-                    await self.note(
-                        ModelAttempt(
-                            entry.name,
-                            entry.model,
-                            number,
-                            "failed",
-                            "timeout",
-                            "deadline",
-                            f"the call's deadline of {self.deadline_s:g}s passed",
-                            duration_s=self.clock.monotonic() - started,
-                            discarded_chars=delivered[0],
-                        ),
-                        "failed",
-                        status="deadline",
+                if entry.local:
+                    free = await _gpu_free_mb()
+                    if free is not None and free < self.models.gpu_free_mb_min:
+                        await lease.release(ok=False, error_class="resource")
+                        reason = f"GPU memory: {free} MiB free, below {self.models.gpu_free_mb_min} MiB"
+                        await self.note(self._skipped(entry, reason, "resource"), None)
+                        return _MoveOn("resource")
+                number += 1
+                started = self.clock.monotonic()
+                delivered = [0]
+                error: Exception | None = None
+                try:
+                    answer = await asyncio.wait_for(self._send(entry, request, delivered), max(self.remaining(), 0.001))
+                    data = check_answer(
+                        answer.content, answer.finish_reason, json_output=request.json_output, schema=request.schema
                     )
-                    return _MoveOn("deadline")
-                error = exc
-                failure = Failure.from_exception(exc)
-                classification = self.classifier.classify(failure, now=self.clock.time())
-                outcome, reason, status = "failed", failure.summary(), failure.status
-            else:
-                await asyncio.to_thread(self.breakers.release, permit, ok=True)
-                usage = answer.usage or {}
-                done = ModelAttempt(
+                except OutputProblem as problem:
+                    classification = Classification("format", "answer-check", "format")
+                    failure: Failure | None = None
+                    outcome, reason, status = "rejected", problem.detail, None
+                except Exception as exc:
+                    if _is_deadline(exc) and self.remaining() <= 0:
+                        await lease.release(ok=False, error_class=None)
+                        await self.note(
+                            ModelAttempt(
+                                entry.name,
+                                entry.model,
+                                number,
+                                "failed",
+                                "timeout",
+                                "deadline",
+                                f"the call's deadline of {self.deadline_s:g}s passed",
+                                duration_s=self.clock.monotonic() - started,
+                                discarded_chars=delivered[0],
+                            ),
+                            "failed",
+                            status="deadline",
+                        )
+                        return _MoveOn("deadline")
+                    error = exc
+                    failure = Failure.from_exception(exc)
+                    classification = self.classifier.classify(failure, now=self.clock.time())
+                    outcome, reason, status = "failed", failure.summary(), failure.status
+                else:
+                    await lease.release(ok=True)
+                    usage = answer.usage or {}
+                    done = ModelAttempt(
+                        entry.name,
+                        entry.model,
+                        number,
+                        "answered",
+                        reason="ok",
+                        duration_s=self.clock.monotonic() - started,
+                        tokens=usage.get("total_tokens"),
+                        simplified=request is not self.request,
+                    )
+                    await self.note(done, "success", status="succeeded")
+                    return Completion(
+                        content=answer.content,
+                        data=data,
+                        endpoint=entry.name,
+                        model=answer.model or entry.model,
+                        fallback_used=False,
+                        finish_reason=answer.finish_reason,
+                        usage=answer.usage,
+                        duration_s=self.clock.monotonic() - self.started,
+                        attempts=self.attempts,
+                    )
+
+                # The attempt failed: decide (this endpoint again, or the next one), record the attempt, and
+                # then tell the breaker, so a trip it causes is logged after the attempt that caused it.
+                cls = classification.error_class
+                if delivered[0] and self.on_restart is not None:
+                    self.on_restart(f"{cls}: {reason}")
+                attempt = ModelAttempt(
                     entry.name,
                     entry.model,
                     number,
-                    "answered",
-                    reason="ok",
+                    outcome,
+                    cls,
+                    classification.rule,
+                    reason,
+                    status,
                     duration_s=self.clock.monotonic() - started,
-                    tokens=usage.get("total_tokens"),
                     simplified=request is not self.request,
+                    discarded_chars=delivered[0],
                 )
-                await self.note(done, "success", status="succeeded")
-                return Completion(
-                    content=answer.content,
-                    data=data,
-                    endpoint=entry.name,
-                    model=answer.model or entry.model,
-                    fallback_used=False,
-                    finish_reason=answer.finish_reason,
-                    usage=answer.usage,
-                    duration_s=self.clock.monotonic() - self.started,
-                    attempts=self.attempts,
+                settle = functools.partial(self._settle, lease, cls)
+                if classification.reason == "content_policy":
+                    await settle("failed", attempt, status="not_retryable")
+                    raise ContentRefused(reason, self.attempts)
+                if classification.reason == "context_length_exceeded":
+                    await settle("fallback", attempt, status="context_length_exceeded")
+                    return _MoveOn("context_length_exceeded", entry.context_tokens)
+                if cls == "format" and request is self.request:
+                    # One more try here at once, simplified: a malformed answer is not the endpoint failing.
+                    await settle("retry", _with_delay(attempt, 0.0), status="retrying", max_attempts=2)
+                    request = self.request.simplified(reason, self.models.simplify_max_prompt_chars)
+                    continue
+                why, decision = self._next_step(classification, failure, error, budget, number, last=last)
+                if why is not None or decision is None:
+                    event = "failed" if last else "fallback"
+                    max_attempts = decision.max_attempts if decision else number
+                    await settle(event, attempt, status=why, max_attempts=max_attempts)
+                    return _MoveOn(why or "failed")
+                await settle(
+                    "retry",
+                    _with_delay(attempt, decision.delay_s),
+                    status="retrying",
+                    max_attempts=decision.max_attempts,
                 )
+                if not _testing.is_testing():
+                    await self.clock.asleep(decision.delay_s)
+            finally:
+                lease.abandon()  # cancelled, or an unexpected error: give the permit back, uncounted
 
-            # The attempt failed: decide (this endpoint again, or the next one), record the attempt, and
-            # then tell the breaker, so a trip it causes is logged after the attempt that caused it.
-            cls = classification.error_class
-            if delivered[0] and self.on_restart is not None:
-                self.on_restart(f"{cls}: {reason}")
-            attempt = ModelAttempt(
-                entry.name,
-                entry.model,
-                number,
-                outcome,
-                cls,
-                classification.rule,
-                reason,
-                status,
-                duration_s=self.clock.monotonic() - started,
-                simplified=request is not self.request,
-                discarded_chars=delivered[0],
-            )
-            settle = functools.partial(self._settle, permit, cls)
-            if classification.reason == "content_policy":
-                await settle("failed", attempt, status="not_retryable")
-                raise ContentRefused(reason, self.attempts)
-            if classification.reason == "context_length_exceeded":
-                await settle("fallback", attempt, status="context_length_exceeded")
-                return _MoveOn("context_length_exceeded", entry.context_tokens)
-            if cls == "format" and request is self.request:
-                # One more try here at once, simplified: a malformed answer is not the endpoint failing.
-                await settle("retry", _with_delay(attempt, 0.0), status="retrying", max_attempts=2)
-                request = self.request.simplified(reason, self.models.simplify_max_prompt_chars)
-                continue
-            why, decision = self._next_step(classification, failure, error, budget, number, last=last)
-            if why is not None or decision is None:
-                event = "failed" if last else "fallback"
-                max_attempts = decision.max_attempts if decision else number
-                await settle(event, attempt, status=why, max_attempts=max_attempts)
-                return _MoveOn(why or "failed")
-            await settle(
-                "retry", _with_delay(attempt, decision.delay_s), status="retrying", max_attempts=decision.max_attempts
-            )
-            if not _testing.is_testing():
-                await self.clock.asleep(decision.delay_s)
-
-    async def _settle(self, permit: Permit, error_class: str, event: str, done: ModelAttempt, **fields: Any) -> None:
+    async def _settle(self, lease: _Lease, error_class: str, event: str, done: ModelAttempt, **fields: Any) -> None:
         """Record a failed attempt, then report it to the breaker (so a trip it causes is logged after it)."""
         await self.note(done, event, **fields)
-        await asyncio.to_thread(self.breakers.release, permit, ok=False, error_class=error_class)
+        await lease.release(ok=False, error_class=error_class)
 
     def _next_step(
         self,
@@ -555,6 +580,7 @@ class _ChainCall:
         if request.temperature is not None:
             params["temperature"] = request.temperature
         client = self.client(entry)
+        params["timeout"] = self.timeout(entry)
         if request.stream:
             return await self._stream(client, params, delivered)
         response = await client.chat.completions.create(**params)
@@ -625,6 +651,26 @@ def _ssl_context() -> ssl.SSLContext:
                 context = ssl.create_default_context()
             _ssl.append(context)
         return _ssl[0]
+
+
+class _Lease:
+    """A breaker permit held for one attempt: released exactly once, however the attempt ends."""
+
+    def __init__(self, call: _ChainCall, permit: Permit) -> None:
+        self.call = call
+        self.permit: Permit | None = permit
+
+    async def release(self, *, ok: bool, error_class: str | None = None) -> None:
+        permit, self.permit = self.permit, None
+        if permit is not None:
+            await self.call.io(self.call.breakers.release, permit, ok=ok, error_class=error_class)
+
+    def abandon(self) -> None:
+        """Give back a permit still held (the attempt was cancelled): it says nothing about the endpoint,
+        and a permit left behind would block the breaker's probes until it went stale."""
+        permit, self.permit = self.permit, None
+        if permit is not None:
+            self.call.breakers.release(permit, ok=False, error_class=None)
 
 
 def _with_delay(attempt: ModelAttempt, delay: float) -> ModelAttempt:
@@ -736,6 +782,50 @@ async def acomplete(
     `on_text` as it arrives; if an attempt fails after some text, `on_restart(reason)` says to drop it.
     deadline_s: the whole call (default models.deadline_s). task: recorded with every attempt.
     """
+    return await _complete(
+        prompt,
+        messages=messages,
+        system=system,
+        json_output=json_output,
+        schema=schema,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        stream=stream,
+        on_text=on_text,
+        on_restart=on_restart,
+        task=task,
+        deadline_s=deadline_s,
+        config=config,
+        state=state,
+        clock=clock,
+        rng=rng,
+        record=record,
+        offload=True,
+    )
+
+
+async def _complete(
+    prompt: str | None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    json_output: bool = False,
+    schema: dict[str, Any] | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    stream: bool = False,
+    on_text: Callable[[str], None] | None = None,
+    on_restart: Callable[[str], None] | None = None,
+    task: str | None = None,
+    deadline_s: float | None = None,
+    config: Config | None = None,
+    state: StateRoot | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    rng: random.Random | None = None,
+    record: bool = True,
+    offload: bool,
+    shared_clients: dict[tuple[str, str], openai.AsyncOpenAI] | None = None,
+) -> Completion:
     config = config or get_config()
     check_chain(config)
     if task is not None:
@@ -761,20 +851,61 @@ async def acomplete(
         on_text=on_text,
         on_restart=on_restart,
         record=record,
+        offload=offload,
+        shared_clients=shared_clients,
     )
     return await call.run()
 
 
+class _PrivateLoop:
+    """Where sync complete() calls run: one event loop in a daemon thread per process. Its clients are
+    kept between calls, so HTTP connections (and TLS sessions) are reused as a long-lived openai client's
+    are; a caller's own event loop is never used, so complete() also works from async code."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+        self.clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+
+    def run(self, make: Callable[[dict[tuple[str, str], openai.AsyncOpenAI]], Coroutine[Any, Any, T]]) -> T:
+        loop, clients = self._ensure()
+        future = asyncio.run_coroutine_threadsafe(make(clients), loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # Ctrl-C while waiting: cancel the call too (it gives its permits back)
+            raise
+
+    def _ensure(self) -> tuple[asyncio.AbstractEventLoop, dict[tuple[str, str], openai.AsyncOpenAI]]:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():  # first use, or a forked child
+                first = self._loop is None
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="selfheal-llm", daemon=True).start()
+                self._loop, self._pid, self.clients = loop, os.getpid(), {}
+                if first:
+                    atexit.register(self._shutdown)
+            return self._loop, self.clients
+
+    def _shutdown(self) -> None:
+        loop, clients = self._loop, list(self.clients.values())
+        if loop is None or self._pid != os.getpid():
+            return
+
+        async def close_all() -> None:
+            for client in clients:
+                await client.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=2)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+_private = _PrivateLoop()
+
+
 def complete(prompt: str | None = None, **options: Any) -> Completion:
-    """The sync form of acomplete() (same options). Inside a running event loop, use acomplete()."""
-    try:
-        asyncio.get_running_loop()
-        in_loop = True
-    except RuntimeError:
-        in_loop = False
-    # (asyncio.run is not called inside the except block: every error of the call would chain that one.)
-    if not in_loop:
-        return asyncio.run(acomplete(prompt, **options))
-    # Called from async code anyway: run the call on its own loop in a worker thread.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: asyncio.run(acomplete(prompt, **options))).result()
+    """The sync form of acomplete() (same options). Runs on a private event loop, so connections are
+    reused between calls, and it is safe to call from async code too (it blocks only the caller)."""
+    return _private.run(lambda clients: _complete(prompt, offload=False, shared_clients=clients, **options))
