@@ -774,6 +774,8 @@ async def acomplete(
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
     record: bool = True,
+    _offload: bool = True,
+    _shared_clients: dict[tuple[str, str], openai.AsyncOpenAI] | None = None,
 ) -> Completion:
     """Ask the chain; return the first checked answer or raise ModelCallFailed / NoEndpointAvailable.
 
@@ -782,50 +784,6 @@ async def acomplete(
     `on_text` as it arrives; if an attempt fails after some text, `on_restart(reason)` says to drop it.
     deadline_s: the whole call (default models.deadline_s). task: recorded with every attempt.
     """
-    return await _complete(
-        prompt,
-        messages=messages,
-        system=system,
-        json_output=json_output,
-        schema=schema,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        stream=stream,
-        on_text=on_text,
-        on_restart=on_restart,
-        task=task,
-        deadline_s=deadline_s,
-        config=config,
-        state=state,
-        clock=clock,
-        rng=rng,
-        record=record,
-        offload=True,
-    )
-
-
-async def _complete(
-    prompt: str | None,
-    *,
-    messages: Sequence[Message] | None = None,
-    system: str | None = None,
-    json_output: bool = False,
-    schema: dict[str, Any] | None = None,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    stream: bool = False,
-    on_text: Callable[[str], None] | None = None,
-    on_restart: Callable[[str], None] | None = None,
-    task: str | None = None,
-    deadline_s: float | None = None,
-    config: Config | None = None,
-    state: StateRoot | None = None,
-    clock: Clock = SYSTEM_CLOCK,
-    rng: random.Random | None = None,
-    record: bool = True,
-    offload: bool,
-    shared_clients: dict[tuple[str, str], openai.AsyncOpenAI] | None = None,
-) -> Completion:
     config = config or get_config()
     check_chain(config)
     if task is not None:
@@ -851,8 +809,8 @@ async def _complete(
         on_text=on_text,
         on_restart=on_restart,
         record=record,
-        offload=offload,
-        shared_clients=shared_clients,
+        offload=_offload,
+        shared_clients=_shared_clients,
     )
     return await call.run()
 
@@ -908,4 +866,5 @@ _private = _PrivateLoop()
 def complete(prompt: str | None = None, **options: Any) -> Completion:
     """The sync form of acomplete() (same options). Runs on a private event loop, so connections are
     reused between calls, and it is safe to call from async code too (it blocks only the caller)."""
-    return _private.run(lambda clients: _complete(prompt, offload=False, shared_clients=clients, **options))
+    # On the private loop nothing else waits, so state updates run inline (_offload=False).
+    return _private.run(lambda clients: acomplete(prompt, _offload=False, _shared_clients=clients, **options))
