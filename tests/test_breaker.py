@@ -365,3 +365,18 @@ def test_breakers_script_usage_errors(home: Path) -> None:
     assert cli(home, "breakers.py", "show").returncode == 2
     bad = cli(home, "breakers.py", "reset", "../../x")
     assert bad.returncode == 2 and "invalid target id" in bad.stderr
+
+
+def test_the_window_stays_small_however_busy_the_target(breakers: Breakers, state: StateRoot, clock: FakeClock) -> None:
+    """2,000 calls within a minute: the breaker file stays a few kilobytes (counts per time bucket), so
+    every update costs the same on a busy target as on a quiet one; the rate is still computed right."""
+    for i in range(2000):
+        clock.advance(0.025)
+        if i % 4 == 0:
+            fail(breakers, error_class="rate_limit")
+        else:
+            succeed(breakers)
+    size = (state.sub("breakers") / "qwen.json").stat().st_size
+    status = breakers.status("qwen")
+    assert size < 8_000
+    assert status["state"] == CLOSED and status["calls_in_window"] >= 1900  # 25% failing: under the 50% rate

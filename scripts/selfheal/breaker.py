@@ -33,7 +33,13 @@ from .store import StateRoot, dumps, file_lock, read_json, validate_id, write_js
 logger = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-_WINDOW_LIMIT = 1000  # calls kept in the sliding window, at most
+# The sliding window is kept as counts per time bucket ([start, successes, failures]), about this many
+# per window: its size, and the cost of every update, stay the same however many calls are made.
+_BUCKETS_PER_WINDOW = 60
+
+
+def _calls(window: list[list[float]]) -> int:
+    return int(sum(bucket[1] + bucket[2] for bucket in window))
 
 
 class BreakerOpen(NotAttempted):
@@ -123,7 +129,7 @@ class Breakers:
         """Drop window entries older than the window, and permits whose process is gone or too old."""
         now = self.clock.time()
         horizon = now - self.settings.window_s
-        data["window"] = [entry for entry in data["window"] if entry[0] >= horizon][-_WINDOW_LIMIT:]
+        data["window"] = [bucket for bucket in data["window"] if bucket[0] >= horizon]
         stale = now - self.settings.stale_permit_s
         kept = {}
         for pid_key, permit in data["permits"].items():
@@ -188,10 +194,9 @@ class Breakers:
             data["permits"].pop(permit.id, None)
             now = self.clock.time()
             counted = not ok and error_class in s.counted_classes
-            if ok:
-                data["window"].append([now, 1])
-            elif counted:
-                data["window"].append([now, 0])
+            if ok or counted:
+                self._count(data, now, ok=ok)
+            if counted:
                 data["last_error_class"] = error_class
             state = data["state"]
             if state == HALF_OPEN and permit.probe:
@@ -216,12 +221,21 @@ class Breakers:
             return f"{error_class} failure"
         if data["consecutive_failures"] >= s.failure_threshold:
             return f"{data['consecutive_failures']} consecutive failures ({error_class})"
-        calls = data["window"]
-        if len(calls) >= s.min_calls:
-            failed = sum(1 for _, good in calls if not good)
-            if failed / len(calls) >= s.failure_rate:
-                return f"{failed} of the last {len(calls)} calls failed within {s.window_s:g}s"
+        calls = _calls(data["window"])
+        if calls >= s.min_calls:
+            failed = sum(bucket[2] for bucket in data["window"])
+            if failed / calls >= s.failure_rate:
+                return f"{failed} of the last {calls} calls failed within {s.window_s:g}s"
         return None
+
+    def _count(self, data: dict[str, Any], now: float, *, ok: bool) -> None:
+        """Add one call to the current time bucket of the window."""
+        width = self.settings.window_s / _BUCKETS_PER_WINDOW
+        start = now - now % width
+        window = data["window"]
+        if not window or window[-1][0] != start:
+            window.append([start, 0, 0])
+        window[-1][1 if ok else 2] += 1
 
     def status(self, target: str) -> dict[str, Any]:
         """The target's breaker as it stands now (an open one past its time reads as half_open)."""
@@ -230,7 +244,7 @@ class Breakers:
         if view["state"] == OPEN and self.clock.time() >= view["open_until"]:
             view["state"] = HALF_OPEN
         view["in_flight"] = len(view.pop("permits"))
-        view["calls_in_window"] = len(view.pop("window"))
+        view["calls_in_window"] = _calls(view.pop("window"))
         return view
 
     def targets(self) -> list[str]:
