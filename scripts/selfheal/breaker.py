@@ -106,12 +106,7 @@ class Breakers:
         """The target's state, read under its lock; whatever the block leaves in it is saved."""
         path = self._path(target)
         with file_lock(self.state.lock_file("breaker", target), what=f"breaker {target!r}"):
-            try:
-                data = read_json(path) or _fresh(target)
-            except CorruptStateError as exc:
-                # Reported and kept aside; a breaker that starts closed again costs at most a few requests.
-                logger.warning("%s; the breaker for %r starts closed", exc, target)
-                data = _fresh(target)
+            data = self._load(target)
             before = data["state"]
             original = dumps(data)
             self._expire(data)
@@ -124,6 +119,15 @@ class Breakers:
                 fields["error_class"] = data.get("last_error_class")
                 fields["open_for_s"] = round(data["open_until"] - data["opened_at"], 3)
             self.ledger.record("breaker", target=target, status=data["state"], **fields)
+
+    def _load(self, target: str) -> dict[str, Any]:
+        """The target's state as last written, or a fresh closed breaker."""
+        try:
+            return read_json(self._path(target)) or _fresh(target)
+        except CorruptStateError as exc:
+            # Reported and kept aside; a breaker that starts closed again costs at most a few requests.
+            logger.warning("%s; the breaker for %r starts closed", exc, target)
+            return _fresh(target)
 
     def _expire(self, data: dict[str, Any]) -> None:
         """Drop window entries older than the window, and permits whose process is gone or too old."""
@@ -160,6 +164,11 @@ class Breakers:
     def acquire(self, target: str) -> Permit:
         """A permit to call `target` now, or BreakerOpen."""
         s = self.settings
+        # Most requests to a target whose breaker is open are refused: that needs no lock, because a
+        # file replaced atomically is always read whole. Only the move to half-open takes the lock.
+        seen = self._load(target)
+        if seen["state"] == OPEN and self.clock.time() < (seen["open_until"] or 0):
+            raise BreakerOpen(target, OPEN, seen["open_until"], seen.get("reason") or "open")
         with self._locked(target) as data:
             now = self.clock.time()
             if data["state"] == OPEN:
