@@ -3,6 +3,8 @@
 Every system asks the same two fake endpoints (selfheal.testing.FakeModelServer, real HTTP on
 127.0.0.1): a primary that misbehaves as the scenario says, and a healthy fallback that answers
 "ok from fallback". All use the same per-request read timeout (--timeout, default 2 s) and real waits.
+By default the endpoints answer over loopback at once; --network-delay S delays every answer by S
+seconds, as a network between client and endpoint would.
 
 - self-heal: `selfheal.llm.complete(PROMPT, config=cfg)`, cfg loaded from a config.yaml in a fresh
   temporary SELFHEAL_HOME per scenario whose `models.chain` is [primary, fallback], with
@@ -45,7 +47,7 @@ dead or hanging primary its mean latency is at most a third of the best other sy
 primary or a 401 it is no slower than the best other system; on a 401 at most one request per breaker
 cycle (breakers.open_s) reaches the primary.
 
-    .venv/bin/python bench/failover.py [--quick] [--json] [--requests N] [--timeout S]
+    .venv/bin/python bench/failover.py [--quick] [--json] [--requests N] [--timeout S] [--network-delay S]
 """
 
 from __future__ import annotations
@@ -165,10 +167,12 @@ class Endpoints:
 
 
 @contextlib.contextmanager
-def serve(scenario: Scenario, connects: ConnectCounter) -> Iterator[Endpoints]:
+def serve(scenario: Scenario, connects: ConnectCounter, delay_s: float = 0.0) -> Iterator[Endpoints]:
     """A fresh server for one (system, scenario) pair, so every count belongs to one system."""
     server = FakeModelServer(seed=SEED)
     with server:
+        for name in ("primary", "fallback"):
+            server.latency(name, delay_s)  # a network between client and endpoint (--network-delay)
         fallback = server.url("fallback")
         if scenario.refused:
             with connects.refusing_port() as port:
@@ -387,6 +391,7 @@ class Setup:
     timeout_s: float
     connects: ConnectCounter
     litellm: str | None  # the Python of LiteLLM's own venv
+    delay_s: float  # added to every answer of both endpoints
     # Per scenario: set when self-heal starts it, and the other systems start it then, so the systems
     # compared in a scenario start together under the same load. None: start at once (the warm-up).
     starts: Mapping[str, threading.Event] | None = None
@@ -397,7 +402,10 @@ def run_selfheal(scenarios: tuple[Scenario, ...], setup: Setup) -> list[Result]:
     results = []
     try:
         for scenario in scenarios:
-            with tempfile.TemporaryDirectory(prefix="selfheal-bench-") as tmp, serve(scenario, setup.connects) as ep:
+            with (
+                tempfile.TemporaryDirectory(prefix="selfheal-bench-") as tmp,
+                serve(scenario, setup.connects, setup.delay_s) as ep,
+            ):
                 cfg = selfheal_config(ep, setup.timeout_s, Path(tmp))
                 if setup.starts is not None:
                     setup.starts[scenario.name].set()
@@ -413,7 +421,7 @@ def run_selfheal(scenarios: tuple[Scenario, ...], setup: Setup) -> list[Result]:
 
 
 def run_other(system: str, scenario: Scenario, setup: Setup) -> Result:
-    with serve(scenario, setup.connects) as ep, ExitStack() as stack:
+    with serve(scenario, setup.connects, setup.delay_s) as ep, ExitStack() as stack:
         if system == OPENAI:
             ask = openai_system(ep, setup.timeout_s, stack)
         elif system == TENACITY:
@@ -477,16 +485,16 @@ def evaluate(results: list[Result]) -> list[dict[str, Any]]:
     return targets
 
 
-def run(requests: int, timeout_s: float, litellm_python: str | None = None) -> dict[str, Any]:
+def run(requests: int, timeout_s: float, litellm_python: str | None = None, delay_s: float = 0.0) -> dict[str, Any]:
     os.environ.pop("SELFHEAL_CONFIG", None)
     litellm, litellm_note = find_litellm(litellm_python)
     systems = [OPENAI, TENACITY] + ([LITELLM] if litellm else [])
     connects = ConnectCounter()
-    warm_up = Setup(1, timeout_s, connects, litellm)
+    warm_up = Setup(1, timeout_s, connects, litellm, delay_s)
     run_selfheal((WARM_UP,), warm_up)
     for system in systems:
         run_other(system, WARM_UP, warm_up)
-    setup = Setup(requests, timeout_s, connects, litellm, {s.name: threading.Event() for s in SCENARIOS})
+    setup = Setup(requests, timeout_s, connects, litellm, delay_s, {s.name: threading.Event() for s in SCENARIOS})
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1 + len(systems) * len(SCENARIOS)) as pool:
         mine = pool.submit(run_selfheal, SCENARIOS, setup)
@@ -506,6 +514,7 @@ def run(requests: int, timeout_s: float, litellm_python: str | None = None) -> d
         "litellm_skipped": None if litellm else litellm_note,
         "requests": requests,
         "timeout_s": timeout_s,
+        "network_delay_s": delay_s,
         "systems": [SELFHEAL, *systems],
         "scenarios": {s.name: s.label for s in SCENARIOS},
         "wall_s": wall_s,
@@ -546,7 +555,8 @@ def report(result: dict[str, Any]) -> str:
         "",
         machine_line(),
         f"{result['requests']} sequential requests per (scenario, system), read timeout {result['timeout_s']:g} s "
-        "for every system; each pair on its own fake server and thread, a scenario's systems starting together. "
+        f"for every system, answers delayed {result['network_delay_s'] * 1000:g} ms (network); "
+        "each pair on its own fake server and thread, a scenario's systems starting together. "
         f"Wall time {result['wall_s']:.0f} s.",
         "",
         markdown_table(
@@ -601,11 +611,18 @@ def main() -> None:
         metavar="PATH",
         help=f"the Python of a venv with LiteLLM (default {LITELLM_VENV}/bin/python or $SELFHEAL_BENCH_LITELLM_PYTHON)",
     )
+    parser.add_argument(
+        "--network-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="delay every answer of both endpoints by S seconds, like a network (default 0: loopback)",
+    )
     args = parser.parse_args()
     requests = args.requests or (QUICK_REQUESTS if args.quick else REQUESTS)
     if requests < 1 or args.timeout <= 0:
         parser.error("--requests must be at least 1 and --timeout above 0")
-    result = run(requests, args.timeout, args.litellm_python)
+    result = run(requests, args.timeout, args.litellm_python, args.network_delay)
     print(json.dumps(result) if args.json else report(result))
 
 

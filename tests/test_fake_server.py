@@ -119,3 +119,14 @@ def test_streams_speak_server_sent_events_the_openai_client_reads(server: FakeMo
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "one two three" and chunks[-1].choices[0].finish_reason == "stop"
     client.close()
+
+
+def test_latency_delays_every_answer(server: FakeModelServer) -> None:
+    """latency() makes an endpoint answer late, like one across a network; others are unaffected."""
+    server.latency("far", 0.2)
+    started = time.monotonic()
+    assert post(server, "far")[0] == 200
+    assert time.monotonic() - started >= 0.2
+    started = time.monotonic()
+    post(server, "near")
+    assert time.monotonic() - started < 0.2

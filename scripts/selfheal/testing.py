@@ -162,6 +162,7 @@ class FakeModelServer:
         self._queues: dict[str, deque[Fault]] = defaultdict(deque)
         self._defaults: dict[str, tuple[Fault, float]] = {}
         self._outages: dict[str, tuple[float, Fault]] = {}
+        self._latency: dict[str, float] = {}
         self._counts: dict[str, int] = defaultdict(int)
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -209,6 +210,11 @@ class FakeModelServer:
             else:
                 self._defaults[endpoint] = (fault, rate)
 
+    def latency(self, endpoint: str, seconds: float) -> None:
+        """Delay every answer of the endpoint by `seconds`, like a network between you and it (0: none)."""
+        with self._lock:
+            self._latency[endpoint] = seconds
+
     def outage(self, endpoint: str, seconds: float, fault: Fault | None = None) -> None:
         """For the next `seconds`, every request to the endpoint gets `fault` (default: 503)."""
         with self._lock:
@@ -252,6 +258,9 @@ class FakeModelServer:
         with self._lock:
             self._counts[endpoint] += 1
             fault = self._next_fault(endpoint)
+            delay = self._latency.get(endpoint, 0.0)
+        if delay and self._stopping.wait(delay):
+            return
         if fault.kind == "reset":
             with contextlib.suppress(OSError):
                 h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
