@@ -79,3 +79,20 @@ def test_log_lines_follow_the_documented_format(real_run: Path) -> None:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \[(RETRY|SUCCESS|FAILED)\] task=\S+( \w+=\S+)*", line), (
             line
         )
+
+
+def test_workflow_events_match_the_schema(tmp_path: Path, home: Path) -> None:
+    """A workflow that fails, compensates, writes an incident and is resumed writes only schema-valid events."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "steps:\n"
+        "  - {name: a, shell: 'echo a', compensate: [sh, -c, 'echo undo']}\n"
+        "  - {name: b, shell: 'test -e ok || { echo \"SyntaxError: x\" >&2; exit 1; }'}\n"
+    )
+    for _ in range(2):
+        subprocess.run([PYTHON, str(SCRIPTS / "workflow.py"), "run", str(plan)], env=script_env(home),
+                       capture_output=True, check=False, cwd=tmp_path)
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert {"compensate", "incident", "resume"} <= {e["event"] for e in events}
+    for event in events:
+        assert check(event, schema("ledger-event.schema.json")) == []

@@ -140,6 +140,14 @@ class BreakerSettings:
 
 
 @dataclass(frozen=True)
+class WorkflowSettings:
+    max_resumes_without_progress: int = field(metadata=_meta(lo=1, hi=1000))
+    output_tail_chars: int = field(metadata=_meta(lo=0, hi=10_000_000))
+    notify: tuple[str, ...]
+    notify_timeout_s: float = field(metadata=_meta(gt=0, hi=3600))
+
+
+@dataclass(frozen=True)
 class ProcessSettings:
     kill_grace_s: float = field(metadata=_meta(lo=0, hi=600))
     heartbeat_s: float = field(metadata=_meta(gt=0, hi=3600))
@@ -241,6 +249,7 @@ class Config:
     retry: RetrySettings
     policies: Policies
     breakers: BreakerSettings
+    workflows: WorkflowSettings
     process: ProcessSettings
     ledger: LedgerSettings
     log: LogSettings
@@ -256,10 +265,11 @@ MANIFEST_KEYS = frozenset(f.name for f in dataclasses.fields(Manifest))
 
 # --- reading YAML with positions -----------------------------------------------------------------------
 
-_Marks = dict[str, tuple[str, int, int]]
+Marks = dict[str, tuple[str, int, int]]
+_Marks = Marks
 
 
-def _read_yaml(path: Path, marks: _Marks) -> object:
+def read_yaml(path: Path, marks: _Marks) -> object:
     """Parse one YAML file; record `key.path -> (file, line, column)` for every mapping key and item."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -487,7 +497,7 @@ def load_config(
     env = os.environ if env is None else env
     skill_yaml = skill_yaml or SKILL_YAML
     marks: _Marks = {}
-    base = _read_yaml(skill_yaml, marks)
+    base = read_yaml(skill_yaml, marks)
     if not isinstance(base, dict):
         raise ConfigError("must be a mapping of settings", file=skill_yaml)
     files = [str(skill_yaml)]
@@ -499,7 +509,7 @@ def load_config(
     user: object = None
     if required or user_file.exists():
         user_marks: _Marks = {}
-        user = _read_yaml(user_file, user_marks)
+        user = read_yaml(user_file, user_marks)
         if user is None:
             user = {}
         if not isinstance(user, dict):

@@ -41,6 +41,7 @@ class ConfigError(UsageError):
         line: int | None = None,
         column: int | None = None,
     ) -> None:
+        self.detail = message
         self.file = str(file) if file is not None else None
         self.key = key
         self.value = value

@@ -166,6 +166,8 @@ class Retrier:
     before_attempt: called with the attempt number before each try; may raise NotAttempted.
     on_attempt: called with each finished Attempt (failed or not), e.g. to show progress.
     ledger: where events go (default: a Ledger on the state root); fields: extra fields for every event.
+    prior_attempts: attempts already spent on this operation before (e.g. before a crash): numbering
+        and the class budgets continue from there, so a restart never resets a retry budget.
     breaker: pass every attempt through `target`'s circuit breaker, shared by all processes on the host:
         an open breaker refuses the first attempt with BreakerOpen, or ends a run already under way
         with its last real error. Off by default: it costs two locked file updates per call.
@@ -192,7 +194,10 @@ class Retrier:
         ledger: Ledger | None = None,
         fields: Mapping[str, Any] | None = None,
         breaker: bool = False,
+        prior_attempts: int = 0,
     ) -> None:
+        if prior_attempts < 0:
+            raise ValueError(f"prior_attempts must be >= 0, got {prior_attempts}")
         if task is not None:
             validate_id(task, "task")
         if breaker and target is None:
@@ -221,6 +226,7 @@ class Retrier:
         self._ledger = ledger
         self.fields = dict(fields or {})
         self.breaker = breaker
+        self.prior_attempts = prior_attempts
         self.breaker_target = target if breaker else None
         self._breakers: Breakers | None = None
 
@@ -372,7 +378,7 @@ class _Run:
         self.r = retrier
         self.op = op
         self.started = retrier.clock.monotonic()
-        self.attempt = 0
+        self.attempt = retrier.prior_attempts
         self.attempt_started = self.started
         self.history: list[Attempt] = []
         self._budget: Budget | None = None
@@ -557,6 +563,7 @@ def retry(
     on_attempt: Callable[[Attempt], None] | None = ...,
     fields: Mapping[str, Any] | None = ...,
     breaker: bool = ...,
+    prior_attempts: int = ...,
 ) -> Retrier: ...
 
 

@@ -52,6 +52,7 @@ class RunOutcome:
     reason: str | None
     duration_s: float
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    stdout_tail: str = ""  # the last attempt's, decoded; for callers (a workflow step's outputs), not the JSON
 
     @property
     def exit_status(self) -> int:
@@ -119,12 +120,20 @@ def run_with_retry(
     stop: StopFlag | None = None,
     on_attempt: Callable[[Attempt], None] | None = None,
     env: Mapping[str, str] | None = None,
+    step: str | None = None,
+    run_id: str | None = None,
+    lock: bool = True,
+    prior_attempts: int = 0,
+    before_attempt: Callable[[int], None] | None = None,
 ) -> RunOutcome:
     """Run `argv` until it succeeds or the policy says stop. Raises LockBusy if the task is running
     elsewhere, ConfigError/InvalidIdError for bad input; the command's own failure is in the outcome.
 
     timeout_s bounds each attempt, deadline_s the whole run (default retry.deadline_s); stdout/stderr
     receive the command's output as it arrives; `stop` (set by a signal handler) interrupts the run.
+    For a workflow step: `step` is recorded with every event, `run_id` names the run record, `lock=False`
+    leaves the task lock to the caller, `prior_attempts` continues an attempt count from before a
+    crash, and `before_attempt(n)` runs before attempt n starts (to persist it).
     """
     if not argv:
         raise ValueError("no command given")
@@ -132,6 +141,8 @@ def run_with_retry(
         validate_id(task, "task")
     if target is not None:
         validate_id(target, "target")
+    if run_id is not None:
+        validate_id(run_id, "run")
     config = config or get_config()
     state = (state or StateRoot.from_env()).ensure()
     run = _CommandRun(
@@ -151,8 +162,12 @@ def run_with_retry(
         stop=stop,
         on_attempt=on_attempt,
         env=env,
+        step=step,
+        run_id=run_id,
+        prior_attempts=prior_attempts,
+        before_attempt=before_attempt,
     )
-    if task is None:
+    if task is None or not lock:
         return run.execute()
     try:
         with file_lock(state.lock_file("task", task), timeout=0, what=f"task {task!r}"):
@@ -195,6 +210,10 @@ class _CommandRun:
         stop: StopFlag | None,
         on_attempt: Callable[[Attempt], None] | None,
         env: Mapping[str, str] | None,
+        step: str | None = None,
+        run_id: str | None = None,
+        prior_attempts: int = 0,
+        before_attempt: Callable[[int], None] | None = None,
     ) -> None:
         self.argv, self.task, self.target, self.cwd = argv, task, target, cwd
         self.timeout_s, self.deadline_s = timeout_s, deadline_s
@@ -204,7 +223,8 @@ class _CommandRun:
         self.ledger = Ledger(state, config, clock=clock)
         self.redactor = self.ledger.redactor
         self.safe_argv = [self.redactor.text(a) for a in argv]
-        self.run_id = new_run_id(task, clock.time())
+        self.run_id = run_id or new_run_id(task, clock.time())
+        self.before_attempt = before_attempt
         self.record = RunRecord(
             state,
             run_id=self.run_id,
@@ -220,17 +240,19 @@ class _CommandRun:
         self.retrier = Retrier(
             task=task,
             target=target,
+            step=step,
             deadline_s=deadline_s,
             max_attempts=max_attempts,
             config=config,
             clock=_StoppableClock(clock, stop),
             rng=rng,
             state=state,
-            before_attempt=self.record.attempt,
+            before_attempt=self._before_attempt,
             on_attempt=self._attempted,
             ledger=self.ledger,
             fields={"run_id": self.run_id, "op": os.path.basename(argv[0])},
             breaker=target is not None,
+            prior_attempts=prior_attempts,
         )
 
     def execute(self) -> RunOutcome:
@@ -300,6 +322,11 @@ class _CommandRun:
             raise CommandFailed(result, failure)
         return result
 
+    def _before_attempt(self, number: int) -> None:
+        if self.before_attempt is not None:
+            self.before_attempt(number)
+        self.record.attempt(number)
+
     def _attempted(self, attempt: Attempt) -> None:
         item = attempt.to_dict()
         item["reason"] = self.redactor.text(item["reason"])
@@ -330,4 +357,5 @@ class _CommandRun:
             reason=failed.get("reason"),
             duration_s=self.clock.monotonic() - self.started,
             attempts=self.attempts,
+            stdout_tail=self.last.text_tail("stdout") if self.last is not None else "",
         )

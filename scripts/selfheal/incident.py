@@ -1,0 +1,95 @@
+"""Incidents: what a person needs when nothing automatic can save a task (`incidents/<id>.json`).
+
+An incident names the task, the error and its class, the last step that completed, the context saved
+so far, what was compensated (and what could not be), and the exact command that resumes the task.
+An optional notification command (an argv template, e.g. `openclaw message send --text {summary}`) is
+run with the summary as one argument: never through a shell, so error text cannot become a command.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from .store import StateRoot, read_json, validate_id, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Incident:
+    id: str
+    task: str
+    kind: str  # failed | dead_letter
+    summary: str
+    error: str | None
+    error_class: str | None
+    failed_step: str | None
+    last_completed_step: str | None
+    resume_command: str
+    compensated: list[str] = field(default_factory=list)
+    compensation_failures: list[dict[str, Any]] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    plan: str | None = None
+    created: str = ""
+    notified: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_incident_id(task: str, now: float) -> str:
+    return validate_id(f"{task[:96]}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}", "incident")
+
+
+def write_incident(state: StateRoot, incident: Incident) -> Path:
+    """Durably, as `incidents/<id>.json`; a second incident in the same second gets a suffix."""
+    folder = state.sub("incidents")
+    path = folder / f"{incident.id}.json"
+    n = 1
+    while path.exists():
+        n += 1
+        incident.id = validate_id(f"{incident.id.rsplit('~', 1)[0]}~{n}", "incident")
+        path = folder / f"{incident.id}.json"
+    write_json(path, incident.to_json(), durable=True)
+    return path
+
+
+def read_incident(state: StateRoot, incident_id: str) -> dict[str, Any] | None:
+    return read_json(state.sub("incidents") / f"{validate_id(incident_id, 'incident')}.json")
+
+
+def notify(
+    template: Sequence[str],
+    incident: Incident,
+    path: Path,
+    *,
+    timeout_s: float,
+    clock: Clock = SYSTEM_CLOCK,
+) -> dict[str, Any]:
+    """Run the notification command, each argv element filled from {summary}, {incident}, {task}.
+
+    Returns what happened (recorded in the incident); a failing notifier is logged, never raised: the
+    incident file is the record, the message only a pointer to it.
+    """
+    values = {"summary": incident.summary, "incident": str(path), "task": incident.task, "id": incident.id}
+    try:
+        argv = [part.format_map(values) for part in template]
+    except (KeyError, ValueError) as exc:
+        logger.warning("notification template %r cannot be filled: %s", list(template), exc)
+        return {"ok": False, "error": f"bad template: {exc}", "at": utc_iso(clock.time())}
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.warning("notification command %s failed: %s", argv[0], exc)
+        return {"ok": False, "error": str(exc), "at": utc_iso(clock.time())}
+    if done.returncode != 0:
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        logger.warning("notification command %s exited %s: %s", argv[0], done.returncode, tail[0])
+    return {"ok": done.returncode == 0, "exit_code": done.returncode, "at": utc_iso(clock.time())}

@@ -1,0 +1,1032 @@
+"""Multi-step tasks that survive crashes: run steps in order, checkpoint each, resume where it stopped,
+compensate in reverse when it cannot finish, and hand a person an incident when nothing else helps.
+
+Steps are commands (a YAML plan, `workflow.py run PLAN.yaml`) or Python functions (`Workflow`). One
+engine runs both:
+
+- Before a step starts, its checkpoint says it is running, with its attempt count; after it ends, the
+  checkpoint says done, with its outputs. Both writes are durable, so a crash never repeats a completed
+  step and never resets a step's retry budget.
+- On the next run with the same task id, completed steps are skipped. A step that was in flight runs
+  again (at least once): first the child process it left behind, if still alive, is stopped (matched
+  by pid and start time, never by name); unless the step declared `complete_if_outputs_exist` and its
+  output files are all there.
+- A step that fails for good (not retryable, or retries spent) stops the task: the completed steps'
+  compensations run in reverse order, an incident is written with the exact command that resumes the
+  task, and an optional notification is sent. Steps that were compensated run again on resume.
+- A task resumed more than `workflows.max_resumes_without_progress` times without a step completing
+  is parked as dead-letter with an incident, instead of looping through cron forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .breaker import BreakerOpen
+from .checkpoint import (
+    COMPENSATED,
+    COMPENSATION_FAILED,
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    TASK_COMPENSATING,
+    TASK_COMPLETED,
+    TASK_DEAD_LETTER,
+    TASK_FAILED,
+    TASK_INTERRUPTED,
+    TASK_RUNNING,
+    Checkpoints,
+)
+from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from .config import Config, Marks, get_config, read_yaml
+from .errors import (
+    EXIT_FAILED,
+    EXIT_NOT_ATTEMPTED,
+    EXIT_OK,
+    ConfigError,
+    Interrupted,
+    UsageError,
+)
+from .incident import Incident, new_incident_id, notify, write_incident
+from .ledger import Ledger
+from .process import ProcessIdentity, StopFlag, kill_tree, still_running
+from .retrying import Retrier, attempts_of, stop_reason_of
+from .runner import run_with_retry
+from .runs import new_run_id
+from .store import StateRoot, file_lock, read_json, validate_id, write_json
+
+SCRIPTS = Path(__file__).resolve().parents[1]
+_OUTPUT_NAMES = ("stdout", "files")
+
+
+class PlanError(ConfigError):
+    """A plan file is wrong; the message names the file, line, step and key."""
+
+
+class PlanChanged(UsageError):
+    """The plan's steps are not the ones the checkpoint was made with."""
+
+
+# -- steps ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command: an argv list, or a shell string (only when the plan says `shell:` explicitly)."""
+
+    argv: tuple[str, ...] = ()
+    shell: str | None = None
+
+    def to_argv(self) -> list[str]:
+        return ["/bin/sh", "-c", self.shell] if self.shell is not None else list(self.argv)
+
+    def describe(self) -> str:
+        return self.shell if self.shell is not None else shlex.join(self.argv)
+
+
+StepFunction = Callable[["StepContext"], Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named step: what it runs, how it is undone, and what it leaves for later steps."""
+
+    name: str
+    run: Command | StepFunction
+    compensate: Command | StepFunction | None = None
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+    keep_stdout: bool = False
+    output_files: tuple[str, ...] = ()
+    complete_if_outputs_exist: bool = False
+    inputs: tuple[tuple[str, str], ...] = ()  # (step, output) pairs this step reads
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    steps: tuple[Step, ...]
+    path: Path | None = None
+    digest: str | None = None
+    notify: tuple[str, ...] | None = None
+
+
+@dataclass
+class StepContext:
+    """What a function step gets: who it is, which attempt this is, and what earlier steps produced."""
+
+    task: str
+    step: str
+    attempt: int
+    idempotency_key: str
+    outputs: dict[str, dict[str, Any]]
+
+
+# -- plans from YAML --------------------------------------------------------------------------------------
+
+_STEP_KEYS = {
+    "name",
+    "run",
+    "shell",
+    "compensate",
+    "compensate_shell",
+    "timeout",
+    "retry",
+    "outputs",
+    "complete_if_outputs_exist",
+    "inputs",
+    "cwd",
+    "env",
+}
+
+
+def load_plan(path: Path) -> Plan:
+    """Read and check a plan file; every problem is a PlanError naming the file, line, step and key."""
+    marks: Marks = {}
+    try:
+        data = read_yaml(path, marks)
+    except ConfigError as exc:
+        raise PlanError(exc.detail, file=exc.file, key=exc.key, line=exc.line, column=exc.column) from None
+    text = path.read_bytes()
+
+    def fail(key: str, message: str, value: object = None) -> PlanError:
+        mark = marks.get(key)
+        shown = f", got {value!r}" if value is not None else ""
+        return PlanError(
+            message + shown, file=path, key=key, line=mark[1] if mark else None, column=mark[2] if mark else None
+        )
+
+    if not isinstance(data, dict):
+        raise fail("", "a plan is a mapping with a `steps` list")
+    unknown = sorted(set(data) - {"name", "steps", "notify"})
+    if unknown:
+        raise fail(unknown[0], "unknown key (a plan has name, steps, notify)")
+    steps_data = data.get("steps")
+    if not isinstance(steps_data, list) or not steps_data:
+        raise fail("steps", "must be a non-empty list of steps")
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    # Every step's position, so an input naming a later step is reported as the cycle it is.
+    positions = {
+        raw["name"]: i
+        for i, raw in reversed(list(enumerate(steps_data)))
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str)
+    }
+    for i, raw in enumerate(steps_data):
+        where = f"steps[{i}]"
+        if not isinstance(raw, dict):
+            raise fail(where, "a step is a mapping with at least `name` and `run`")
+        name = raw.get("name")
+        label = f"{where} ({name})" if isinstance(name, str) else where
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", name):
+            raise fail(f"{where}.name", "a step needs a name of letters, digits, . _ -", name)
+        if name in seen:
+            raise fail(f"{where}.name", f"duplicate step name (also steps[{seen[name]}])", name)
+        seen[name] = i
+        extra = sorted(set(raw) - _STEP_KEYS)
+        if extra:
+            raise fail(f"{where}.{extra[0]}", f"{label}: unknown key (a step has {', '.join(sorted(_STEP_KEYS))})")
+        run = _command(raw, "run", "shell", where=where, label=label, fail=fail)
+        if run is None:
+            raise fail(f"{where}.run", f'{label}: missing command (run: [argv...], or shell: "...")')
+        compensate = _command(raw, "compensate", "compensate_shell", where=where, label=label, fail=fail)
+        timeout = raw.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise fail(f"{where}.timeout", f"{label}: must be a number of seconds above 0", timeout)
+        retry = raw.get("retry") or {}
+        if not isinstance(retry, dict) or set(retry) - {"max_attempts"}:
+            raise fail(f"{where}.retry", f"{label}: must be a mapping with max_attempts", retry)
+        max_attempts = retry.get("max_attempts")
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise fail(f"{where}.retry.max_attempts", f"{label}: must be a whole number >= 1", max_attempts)
+        outputs = raw.get("outputs") or {}
+        if not isinstance(outputs, dict) or set(outputs) - set(_OUTPUT_NAMES):
+            raise fail(
+                f"{where}.outputs", f"{label}: must be a mapping with stdout (true/false) and files (a list)", outputs
+            )
+        files = outputs.get("files") or []
+        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+            raise fail(f"{where}.outputs.files", f"{label}: must be a list of file paths", files)
+        keep_stdout = outputs.get("stdout", False)
+        if not isinstance(keep_stdout, bool):
+            raise fail(f"{where}.outputs.stdout", f"{label}: must be true or false", keep_stdout)
+        done_if = raw.get("complete_if_outputs_exist", False)
+        if not isinstance(done_if, bool) or (done_if and not files):
+            raise fail(
+                f"{where}.complete_if_outputs_exist",
+                f"{label}: must be true or false, and needs outputs.files",
+                done_if,
+            )
+        inputs = _inputs(
+            raw.get("inputs") or [], where=where, label=label, positions=positions, earlier=steps, fail=fail
+        )
+        cwd = raw.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            raise fail(f"{where}.cwd", f"{label}: must be a folder path", cwd)
+        env = raw.get("env") or {}
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in env.items()
+        ):
+            raise fail(f"{where}.env", f"{label}: must map names to values", env)
+        steps.append(
+            Step(
+                name=name,
+                run=run,
+                compensate=compensate,
+                timeout_s=float(timeout) if timeout else None,
+                max_attempts=max_attempts,
+                keep_stdout=keep_stdout,
+                output_files=tuple(files),
+                complete_if_outputs_exist=done_if,
+                inputs=inputs,
+                cwd=cwd,
+                env={k: str(v) for k, v in env.items()},
+            )
+        )
+    plan_name = data.get("name") or path.stem
+    if not isinstance(plan_name, str):
+        raise fail("name", "must be a string", plan_name)
+    template = data.get("notify")
+    if template is not None and (not isinstance(template, list) or not all(isinstance(a, str) for a in template)):
+        raise fail("notify", "must be an argv list, e.g. [openclaw, message, send, --text, '{summary}']", template)
+    return Plan(
+        plan_name,
+        tuple(steps),
+        path.resolve(),
+        hashlib.sha256(text).hexdigest(),
+        tuple(template) if template is not None else None,
+    )
+
+
+def _command(
+    raw: dict[str, Any], argv_key: str, shell_key: str, *, where: str, label: str, fail: Callable[..., PlanError]
+) -> Command | None:
+    argv, shell = raw.get(argv_key), raw.get(shell_key)
+    if argv is not None and shell is not None:
+        raise fail(f"{where}.{shell_key}", f"{label}: give {argv_key} (an argv list) or {shell_key}, not both")
+    if shell is not None:
+        if not isinstance(shell, str) or not shell.strip():
+            raise fail(f"{where}.{shell_key}", f"{label}: must be a shell command string", shell)
+        return Command(shell=shell)
+    if argv is None:
+        return None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, (str, int, float)) for a in argv):
+        raise fail(
+            f"{where}.{argv_key}", f"{label}: must be a non-empty argv list (use {shell_key}: for a shell string)", argv
+        )
+    return Command(argv=tuple(str(a) for a in argv))
+
+
+def _inputs(
+    raw: object,
+    *,
+    where: str,
+    label: str,
+    positions: Mapping[str, int],
+    earlier: Sequence[Step],
+    fail: Callable[..., PlanError],
+) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, list):
+        raise fail(f"{where}.inputs", f"{label}: must be a list like [fetch.stdout]", raw)
+    out = []
+    mine = len(earlier)
+    for j, ref in enumerate(raw):
+        key = f"{where}.inputs[{j}]"
+        if not isinstance(ref, str) or ref.count(".") != 1:
+            raise fail(key, f"{label}: an input is STEP.OUTPUT, e.g. fetch.stdout", ref)
+        step, output = ref.split(".")
+        if step not in positions:
+            raise fail(key, f"{label}: no step named {step!r}", ref)
+        if positions[step] >= mine:
+            raise fail(
+                key, f"{label}: a cycle: {step!r} does not run before this step, so its outputs do not exist yet", ref
+            )
+        source = earlier[positions[step]]
+        if (
+            output not in _OUTPUT_NAMES
+            or (output == "stdout" and not source.keep_stdout)
+            or (output == "files" and not source.output_files)
+        ):
+            raise fail(key, f"{label}: step {step!r} declares no output {output!r}", ref)
+        out.append((step, output))
+    return tuple(out)
+
+
+# -- results ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepReport:
+    name: str
+    state: str
+    attempts: int
+    duration_s: float | None
+    exit_code: int | None
+    error_class: str | None
+    reason: str | None
+    outputs: dict[str, Any]
+
+
+@dataclass
+class WorkflowResult:
+    task: str
+    status: str  # completed | failed | interrupted | dead_letter | not_attempted
+    steps: list[StepReport]
+    resumed: bool
+    message: str
+    incident: str | None = None
+    compensated: list[str] = field(default_factory=list)
+    compensation_failures: list[str] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        if self.status == TASK_COMPLETED:
+            return EXIT_OK
+        return EXIT_NOT_ATTEMPTED if self.status == "not_attempted" else EXIT_FAILED
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.status == TASK_COMPLETED,
+            "task": self.task,
+            "status": self.status,
+            "message": self.message,
+            "resumed": self.resumed,
+            "incident": self.incident,
+            "compensated": self.compensated,
+            "compensation_failures": self.compensation_failures,
+            "steps": [vars(s) for s in self.steps],
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """An event for a progress display: a step starting, ending, skipped, or being compensated."""
+
+    kind: str  # start | done | skip | failed | compensate
+    index: int  # 1-based
+    total: int
+    step: str
+    detail: str = ""
+    elapsed_s: float | None = None
+
+
+# -- the engine ------------------------------------------------------------------------------------------
+
+
+class _StepFailed(Exception):
+    def __init__(
+        self, error_class: str | None, reason: str, exit_code: int | None = None, status: str | None = None
+    ) -> None:
+        self.error_class = error_class
+        self.reason = reason
+        self.exit_code = exit_code
+        self.status = status
+        super().__init__(reason)
+
+
+class _Paused(Exception):
+    """The step could not start now (a breaker is open): stop, nothing failed, try later."""
+
+
+def _now_iso(clock: Clock) -> str:
+    return utc_iso(clock.time())
+
+
+class WorkflowRunner:
+    """Runs one task of a plan to completion, or to a clean stop, keeping its checkpoint current."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        task: str,
+        *,
+        config: Config | None = None,
+        state: StateRoot | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        stop: StopFlag | None = None,
+        stdout: BinaryIO | None = None,
+        stderr: BinaryIO | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        resume_command: str | None = None,
+    ) -> None:
+        self.plan = plan
+        self.task = validate_id(task, "task")
+        self.config = config or get_config()
+        self.state = (state or StateRoot.from_env()).ensure()
+        self.clock = clock
+        self.stop = stop
+        self.stdout = stdout
+        self.stderr = stderr
+        self.progress = progress or (lambda event: None)
+        self.checkpoints = Checkpoints(self.state)
+        self.ledger = Ledger(self.state, self.config, clock=clock)
+        self.resume_command = resume_command or self._default_resume_command()
+        self.data: dict[str, Any] = {}
+
+    def _default_resume_command(self) -> str:
+        if self.plan.path is None:
+            return f"(re-run the Python workflow {self.plan.name!r} with task={self.task!r})"
+        script = SCRIPTS / "workflow.py"
+        return shlex.join(["python3", str(script), "run", str(self.plan.path), "--task", self.task])
+
+    # -- the checkpoint ----------------------------------------------------------------------------------
+
+    def _fresh(self) -> dict[str, Any]:
+        now = _now_iso(self.clock)
+        return {
+            "task": self.task,
+            "plan": {
+                "name": self.plan.name,
+                "path": str(self.plan.path) if self.plan.path else None,
+                "digest": self.plan.digest,
+            },
+            "status": TASK_RUNNING,
+            "order": [s.name for s in self.plan.steps],
+            "steps": {
+                s.name: {
+                    "state": PENDING,
+                    "attempts": 0,
+                    "run_id": None,
+                    "outputs": {},
+                    "started": None,
+                    "ended": None,
+                    "duration_s": None,
+                    "exit_code": None,
+                    "error_class": None,
+                    "reason": None,
+                }
+                for s in self.plan.steps
+            },
+            "runs": 0,
+            "resumes_without_progress": 0,
+            "done_at_last_run": 0,
+            "created": now,
+            "updated": now,
+            "incident": None,
+        }
+
+    def _save(self) -> None:
+        self.data["updated"] = _now_iso(self.clock)
+        self.checkpoints.save(self.task, self.data)
+
+    def _step(self, name: str) -> dict[str, Any]:
+        record: dict[str, Any] = self.data["steps"][name]
+        return record
+
+    def _done_count(self) -> int:
+        return sum(1 for s in self.data["steps"].values() if s["state"] == DONE)
+
+    def _outputs(self) -> dict[str, dict[str, Any]]:
+        return {name: self._step(name)["outputs"] for name in self.data["order"] if self._step(name)["state"] == DONE}
+
+    # -- run --------------------------------------------------------------------------------------------
+
+    def run(self, *, from_step: str | None = None, restart: bool = False) -> WorkflowResult:
+        """Run (or resume) the task. One run per task at a time: another one raises LockBusy (exit 4)."""
+        if from_step is not None and from_step not in {s.name for s in self.plan.steps}:
+            raise UsageError(f"--from: the plan has no step named {from_step!r}")
+        with file_lock(self.state.lock_file("workflow", self.task), timeout=0, what=f"task {self.task!r}"):
+            return self._run(from_step=from_step, restart=restart)
+
+    def _run(self, *, from_step: str | None, restart: bool) -> WorkflowResult:
+        if restart:
+            self.checkpoints.remove(self.task)
+        existing = self.checkpoints.load(self.task)
+        resumed = existing is not None
+        self.data = existing if existing is not None else self._fresh()
+        if existing is not None:
+            self._check_same_steps()
+            status = self.data["status"]
+            if status == TASK_COMPLETED and from_step is None:
+                return self._result(TASK_COMPLETED, resumed, "already completed; nothing to do (reset it to run again)")
+            if status == TASK_DEAD_LETTER:
+                return self._result(
+                    TASK_DEAD_LETTER,
+                    resumed,
+                    "parked as dead-letter; read its incident, fix the cause, then `workflow.py reset` and run again",
+                )
+        if from_step is not None:
+            self._restart_from(from_step)
+        self.data["runs"] += 1
+        if resumed:
+            stalled = self._count_resume()
+            if stalled:
+                return self._dead_letter()
+        if self.data["status"] == TASK_COMPENSATING:  # a crash during compensation: finish it first
+            return self._fail(None, _StepFailed(None, "resumed an interrupted compensation"), resumed)
+        if self.data["status"] == TASK_FAILED:
+            self._reopen_failed()
+        self.data["status"] = TASK_RUNNING
+        self._recover_in_flight()
+        self._save()
+        total = len(self.plan.steps)
+        for index, step in enumerate(self.plan.steps, 1):
+            record = self._step(step.name)
+            if record["state"] == DONE:
+                self.progress(Progress("skip", index, total, step.name, "done earlier"))
+                continue
+            started = self.clock.monotonic()
+            self.progress(Progress("start", index, total, step.name))
+            try:
+                self._run_step(step, record)
+            except (Interrupted, KeyboardInterrupt) as exc:
+                record["state"] = PENDING  # it did not finish; it runs again next time
+                self.data["status"] = TASK_INTERRUPTED
+                self._save()
+                self.progress(Progress("failed", index, total, step.name, str(exc), self.clock.monotonic() - started))
+                why = str(exc) or "interrupted"
+                return self._result(TASK_INTERRUPTED, resumed, f"{why} during step {step.name!r}; run again to resume")
+            except _Paused as exc:
+                record["state"] = PENDING
+                self._save()
+                self.progress(Progress("failed", index, total, step.name, str(exc)))
+                return self._result("not_attempted", resumed, f"step {step.name!r} not attempted: {exc}; try later")
+            except _StepFailed as exc:
+                self.progress(Progress("failed", index, total, step.name, exc.reason, self.clock.monotonic() - started))
+                return self._fail(step, exc, resumed)
+            self.progress(Progress("done", index, total, step.name, elapsed_s=record["duration_s"]))
+        self.data["status"] = TASK_COMPLETED
+        self.data["resumes_without_progress"] = 0
+        self._save()
+        return self._result(TASK_COMPLETED, resumed, f"completed all {total} steps")
+
+    def _check_same_steps(self) -> None:
+        names = [s.name for s in self.plan.steps]
+        if self.data.get("order") != names:
+            raise PlanChanged(
+                f"task {self.task!r} was checkpointed with steps {self.data.get('order')}, but the plan now has "
+                f"{names}; to start over with the new plan, run again with --restart"
+            )
+        self.data["plan"]["digest"] = self.plan.digest  # a fixed command in the same steps is fine
+
+    def _restart_from(self, name: str) -> None:
+        found = False
+        for step in self.plan.steps:
+            found = found or step.name == name
+            if found:
+                self.data["steps"][step.name].update(
+                    state=PENDING, attempts=0, outputs={}, error_class=None, reason=None
+                )
+        self.data["status"] = TASK_RUNNING
+        self.data["resumes_without_progress"] = 0
+        self.data["done_at_last_run"] = self._done_count()
+
+    def _count_resume(self) -> bool:
+        """Count this run as a resume; True when it is one too many without progress."""
+        done = self._done_count()
+        if done > self.data["done_at_last_run"]:
+            self.data["resumes_without_progress"] = 0
+        else:
+            self.data["resumes_without_progress"] += 1
+        self.data["done_at_last_run"] = done
+        nxt = next((n for n in self.data["order"] if self._step(n)["state"] != DONE), None)
+        self.ledger.record(
+            "resume",
+            task=self.task,
+            step=nxt,
+            status="resumed",
+            reason=f"{done} of {len(self.data['order'])} steps done; "
+            f"{self.data['resumes_without_progress']} resume(s) without progress",
+        )
+        return bool(self.data["resumes_without_progress"] > self.config.workflows.max_resumes_without_progress)
+
+    def _reopen_failed(self) -> None:
+        """Running a failed task again (after a fix): the failed step and the undone ones run again."""
+        for record in self.data["steps"].values():
+            if record["state"] in (FAILED, COMPENSATED, COMPENSATION_FAILED):
+                # A person chose to run it again: a fresh budget. (A crash resume keeps the count; cron
+                # re-running a failing task is caught by max_resumes_without_progress instead.)
+                record.update(state=PENDING, attempts=0, error_class=None, reason=None)
+        self.data["incident"] = None
+
+    def _recover_in_flight(self) -> None:
+        """A step marked running belongs to a run that died: stop what it left behind, then decide."""
+        for step in self.plan.steps:
+            record = self._step(step.name)
+            if record["state"] != RUNNING:
+                continue
+            self._stop_orphan(record.get("run_id"))
+            if step.complete_if_outputs_exist and all(self._path(step, f).exists() for f in step.output_files):
+                record.update(state=DONE, outputs=self._collect_outputs(step, ""), reason="found complete on resume")
+                continue
+            record["state"] = PENDING
+
+    def _stop_orphan(self, run_id: str | None) -> None:
+        if not run_id:
+            return
+        with contextlib.suppress(Exception):
+            run = read_json(self.state.run_file(run_id))
+            child = (run or {}).get("child")
+            if child and child.get("create_time"):
+                identity = ProcessIdentity(int(child["pid"]), float(child["create_time"]))
+                if still_running(identity) is not None:
+                    kill_tree(identity, grace_s=self.config.process.kill_grace_s, clock=self.clock)
+
+    # -- one step -----------------------------------------------------------------------------------------
+
+    def _run_step(self, step: Step, record: dict[str, Any]) -> None:
+        record.update(
+            state=RUNNING,
+            started=_now_iso(self.clock),
+            ended=None,
+            exit_code=None,
+            error_class=None,
+            reason=None,
+            run_id=new_run_id(f"{self.task[:40]}.{step.name[:40]}", self.clock.time()),
+        )
+        self._save()
+        started = self.clock.monotonic()
+
+        def persist_attempt(number: int) -> None:
+            record["attempts"] = number  # on disk before the attempt starts: a crash never resets the budget
+            self._save()
+
+        prior = int(record["attempts"])
+        stdout_tail = ""
+        if isinstance(step.run, Command):
+            stdout_tail = self._run_command(step, step.run, record, persist_attempt, prior)
+        else:
+            self._run_function(step, step.run, record, persist_attempt, prior)
+        missing = [f for f in step.output_files if not self._path(step, f).exists()]
+        if missing:
+            record["state"] = FAILED
+            raise _StepFailed("permanent", f"step succeeded but did not produce {', '.join(missing)}")
+        if isinstance(step.run, Command):
+            record["outputs"] = self._collect_outputs(step, stdout_tail)
+        record.update(state=DONE, ended=_now_iso(self.clock), duration_s=round(self.clock.monotonic() - started, 3))
+        self._save()
+
+    def _step_env(self, step: Step) -> dict[str, str]:
+        outputs = self._outputs()
+        env = dict(os.environ, **step.env)
+        env.update(
+            SELFHEAL_TASK=self.task,
+            SELFHEAL_STEP=step.name,
+            SELFHEAL_IDEMPOTENCY_KEY=f"{self.task}/{step.name}",
+            SELFHEAL_OUTPUTS_FILE=str(self.checkpoints.save_outputs(self.task, outputs)),
+        )
+        for source, output in step.inputs:
+            value = outputs.get(source, {}).get(output)
+            if output == "files" and isinstance(value, list):
+                value = os.pathsep.join(str(f["path"]) for f in value)
+            env[_env_name(source, output)] = "" if value is None else str(value)
+        return env
+
+    def _cwd(self, step: Step) -> Path:
+        base = self.plan.path.parent if self.plan.path is not None else Path.cwd()
+        return base / step.cwd if step.cwd else base
+
+    def _path(self, step: Step, relative: str) -> Path:
+        return self._cwd(step) / relative
+
+    def _run_command(
+        self, step: Step, command: Command, record: dict[str, Any], persist: Callable[[int], None], prior: int
+    ) -> str:
+        outcome = run_with_retry(
+            command.to_argv(),
+            task=self.task,
+            step=step.name,
+            run_id=record["run_id"],
+            lock=False,
+            timeout_s=step.timeout_s,
+            max_attempts=step.max_attempts,
+            cwd=str(self._cwd(step)),
+            config=self.config,
+            state=self.state,
+            clock=self.clock,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            stop=self.stop,
+            env=self._step_env(step),
+            prior_attempts=prior,
+            before_attempt=persist,
+        )
+        record["exit_code"] = outcome.exit_code
+        if outcome.ok:
+            keep = self.config.workflows.output_tail_chars
+            # Trailing newlines dropped, as the shell's $(...) does: the value often becomes a variable.
+            return outcome.stdout_tail[-keep:].rstrip("\n") if keep else ""
+        if outcome.outcome == "interrupted":
+            raise Interrupted(_signum(outcome.signal))
+        if outcome.outcome == "not_attempted":
+            raise _Paused(outcome.reason or "not attempted")
+        record.update(state=FAILED, error_class=outcome.error_class, reason=outcome.reason)
+        raise _StepFailed(outcome.error_class, outcome.reason or "failed", outcome.exit_code, outcome.stop_reason)
+
+    def _run_function(
+        self, step: Step, fn: StepFunction, record: dict[str, Any], persist: Callable[[int], None], prior: int
+    ) -> None:
+        context = StepContext(self.task, step.name, prior + 1, f"{self.task}/{step.name}", self._outputs())
+
+        def before(number: int) -> None:
+            context.attempt = number
+            persist(number)
+
+        retrier = Retrier(
+            task=self.task,
+            step=step.name,
+            config=self.config,
+            clock=self.clock,
+            state=self.state,
+            ledger=self.ledger,
+            max_attempts=step.max_attempts,
+            prior_attempts=prior,
+            before_attempt=before,
+        )
+        try:
+            value = retrier.call(fn, context)
+        except BreakerOpen as exc:
+            raise _Paused(str(exc)) from exc
+        except Exception as exc:
+            history = attempts_of(exc)
+            record.update(
+                state=FAILED,
+                error_class=history[-1].error_class if history else "unknown",
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+            raise _StepFailed(record["error_class"], record["reason"], None, stop_reason_of(exc)) from exc
+        outputs = value if isinstance(value, dict) else ({} if value is None else {"value": value})
+        try:
+            json.dumps(outputs)
+        except (TypeError, ValueError) as exc:
+            record["state"] = FAILED
+            raise _StepFailed("permanent", f"step {step.name!r} returned outputs that are not JSON: {exc}") from exc
+        record["outputs"] = outputs
+
+    def _collect_outputs(self, step: Step, stdout_tail: str) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        if step.keep_stdout:
+            outputs["stdout"] = stdout_tail
+        if step.output_files:
+            outputs["files"] = [_describe_file(self._path(step, f)) for f in step.output_files]
+        return outputs
+
+    # -- when it cannot finish ------------------------------------------------------------------------
+
+    def _fail(self, step: Step | None, error: _StepFailed, resumed: bool) -> WorkflowResult:
+        """Compensate the completed steps in reverse, write the incident, notify; report failed."""
+        self.data["status"] = TASK_COMPENSATING
+        self._save()
+        compensated, failures = self._compensate()
+        failed_step = (
+            step.name
+            if step is not None
+            else next((n for n in self.data["order"] if self._step(n)["state"] == FAILED), None)
+        )
+        if failed_step is not None:
+            record = self._step(failed_step)
+            error = _StepFailed(
+                record.get("error_class") or error.error_class,
+                record.get("reason") or error.reason,
+                record.get("exit_code"),
+                error.status,
+            )
+        self.data["status"] = TASK_FAILED
+        incident = self._incident("failed", error, failed_step, compensated, failures)
+        self._save()
+        message = f"step {failed_step!r} failed ({error.error_class}): {error.reason}" if failed_step else error.reason
+        result = self._result(TASK_FAILED, resumed, message)
+        result.incident, result.compensated = incident, compensated
+        result.compensation_failures = [f["step"] for f in failures]
+        return result
+
+    def _compensate(self) -> tuple[list[str], list[dict[str, Any]]]:
+        compensated: list[str] = []
+        failures: list[dict[str, Any]] = []
+        done_steps = [s for s in self.plan.steps if self._step(s.name)["state"] == DONE and s.compensate is not None]
+        total = len(done_steps)
+        for index, step in enumerate(reversed(done_steps), 1):
+            record = self._step(step.name)
+            self.progress(Progress("compensate", index, total, step.name))
+            try:
+                self._run_compensation(step, record)
+            except Exception as exc:  # recorded and escalated in the incident, never hidden
+                record.update(state=COMPENSATION_FAILED, reason=f"compensation failed: {exc}")
+                failures.append({"step": step.name, "error": str(exc)})
+                self.ledger.record("compensate", task=self.task, step=step.name, status="failed", reason=str(exc))
+            else:
+                record.update(state=COMPENSATED)
+                compensated.append(step.name)
+                self.ledger.record("compensate", task=self.task, step=step.name, status="compensated")
+            self._save()
+        return compensated, failures
+
+    def _run_compensation(self, step: Step, record: dict[str, Any]) -> None:
+        undo = step.compensate
+        if isinstance(undo, Command):
+            outcome = run_with_retry(
+                undo.to_argv(),
+                task=self.task,
+                step=f"{step.name}.compensate",
+                lock=False,
+                cwd=str(self._cwd(step)),
+                timeout_s=step.timeout_s,
+                config=self.config,
+                state=self.state,
+                clock=self.clock,
+                stdout=self.stdout,
+                stderr=self.stderr,
+                stop=self.stop,
+                env=self._step_env(step),
+            )
+            if not outcome.ok:
+                raise RuntimeError(f"{outcome.error_class}: {outcome.reason} (exit {outcome.exit_code})")
+            return
+        if undo is not None:
+            context = StepContext(
+                self.task,
+                step.name,
+                1,
+                f"{self.task}/{step.name}/compensate",
+                {**self._outputs(), step.name: record["outputs"]},
+            )
+            Retrier(
+                task=self.task,
+                step=f"{step.name}.compensate",
+                config=self.config,
+                clock=self.clock,
+                state=self.state,
+                ledger=self.ledger,
+            ).call(undo, context)
+
+    def _dead_letter(self) -> WorkflowResult:
+        self.data["status"] = TASK_DEAD_LETTER
+        limit = self.config.workflows.max_resumes_without_progress
+        error = _StepFailed(
+            None,
+            f"resumed {self.data['resumes_without_progress']} times without a step completing "
+            f"(limit {limit}); parked instead of retrying forever",
+        )
+        nxt = next((n for n in self.data["order"] if self._step(n)["state"] != DONE), None)
+        incident = self._incident("dead_letter", error, nxt, [], [])
+        self._save()
+        result = self._result(TASK_DEAD_LETTER, True, error.reason)
+        result.incident = incident
+        return result
+
+    def _incident(
+        self,
+        kind: str,
+        error: _StepFailed,
+        failed_step: str | None,
+        compensated: list[str],
+        failures: list[dict[str, Any]],
+    ) -> str:
+        done = [n for n in self.data["order"] if self._step(n)["state"] in (DONE, COMPENSATED)]
+        what = f"step {failed_step}" if failed_step else "the task"
+        summary = (
+            f"self-heal: task {self.task} {'failed' if kind == 'failed' else 'parked'} at {what}"
+            f" ({error.error_class or kind}): {error.reason}"[:400]
+        )
+        if compensated:
+            summary += f"; compensated {', '.join(compensated)}"
+        if failures:
+            summary += f"; COMPENSATION FAILED for {', '.join(f['step'] for f in failures)}"
+        incident = Incident(
+            id=new_incident_id(self.task, self.clock.time()),
+            task=self.task,
+            kind=kind,
+            summary=summary,
+            error=error.reason,
+            error_class=error.error_class,
+            failed_step=failed_step,
+            last_completed_step=done[-1] if done else None,
+            resume_command=self.resume_command,
+            compensated=compensated,
+            compensation_failures=failures,
+            context=self._outputs(),
+            plan=str(self.plan.path) if self.plan.path else self.plan.name,
+            created=_now_iso(self.clock),
+        )
+        path = write_incident(self.state, incident)
+        template = self.plan.notify if self.plan.notify is not None else self.config.workflows.notify
+        if template:
+            incident.notified = notify(
+                template, incident, path, timeout_s=self.config.workflows.notify_timeout_s, clock=self.clock
+            )
+            write_json(path, incident.to_json(), durable=True)
+        self.data["incident"] = incident.id
+        self.ledger.record(
+            "incident",
+            task=self.task,
+            step=failed_step,
+            error_class=error.error_class,
+            status=kind,
+            reason=f"{incident.id}: {error.reason}",
+        )
+        return str(path)
+
+    def _result(self, status: str, resumed: bool, message: str) -> WorkflowResult:
+        steps = []
+        for name in self.data["order"]:
+            r = self._step(name)
+            steps.append(
+                StepReport(
+                    name,
+                    r["state"],
+                    r["attempts"],
+                    r.get("duration_s"),
+                    r.get("exit_code"),
+                    r.get("error_class"),
+                    r.get("reason"),
+                    r.get("outputs") or {},
+                )
+            )
+        incident = self.data.get("incident")
+        path = str(self.state.sub("incidents") / f"{incident}.json") if incident else None
+        return WorkflowResult(self.task, status, steps, resumed, message, incident=path)
+
+
+def _env_name(step: str, output: str) -> str:
+    return "SELFHEAL_IN_" + re.sub(r"[^A-Za-z0-9]", "_", f"{step}_{output}").upper()
+
+
+def _describe_file(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _signum(name: str | None) -> int:
+    try:
+        return int(signal.Signals[name]) if name else int(signal.SIGTERM)
+    except KeyError:
+        return int(signal.SIGTERM)
+
+
+# -- status and reset -----------------------------------------------------------------------------------
+
+
+def status(task: str, *, state: StateRoot | None = None) -> dict[str, Any] | None:
+    """The task's checkpoint as it stands (None if it never ran); unreadable raises CheckpointUnreadable."""
+    return Checkpoints(state or StateRoot.from_env()).load(validate_id(task, "task"))
+
+
+def reset(task: str, *, state: StateRoot | None = None) -> bool:
+    """Forget the task's progress so the next run starts over; refused (LockBusy) while it runs."""
+    root = state or StateRoot.from_env()
+    with file_lock(root.lock_file("workflow", validate_id(task, "task")), timeout=0, what=f"task {task!r}"):
+        return Checkpoints(root).remove(task)
+
+
+# -- the Python API ------------------------------------------------------------------------------------
+
+
+class Workflow:
+    """A workflow of Python functions, each step a function of a StepContext returning its outputs.
+
+    wf = Workflow("weekly-report")
+
+    @wf.step(compensate=delete_draft)
+    def draft(ctx): ...; return {"path": "/tmp/draft.md"}
+
+    result = wf.run(task="weekly-report-2026-47")   # resumes by itself after a crash
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._steps: list[Step] = []
+
+    def step(
+        self,
+        fn: StepFunction | None = None,
+        *,
+        name: str | None = None,
+        compensate: StepFunction | None = None,
+        max_attempts: int | None = None,
+    ) -> Any:
+        def add(func: StepFunction) -> StepFunction:
+            step_name = validate_id(name or func.__name__, "step")
+            if any(s.name == step_name for s in self._steps):
+                raise UsageError(f"workflow {self.name!r} already has a step named {step_name!r}")
+            self._steps.append(Step(step_name, func, compensate=compensate, max_attempts=max_attempts))
+            return func
+
+        return add(fn) if fn is not None else add
+
+    @property
+    def plan(self) -> Plan:
+        return Plan(self.name, tuple(self._steps))
+
+    def run(self, task: str | None = None, **options: Any) -> WorkflowResult:
+        """Run or resume `task` (default: the workflow's name). Options as WorkflowRunner, plus from_step
+        and restart as WorkflowRunner.run."""
+        run_options = {k: options.pop(k) for k in ("from_step", "restart") if k in options}
+        return WorkflowRunner(self.plan, task or self.name, **options).run(**run_options)

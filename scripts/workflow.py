@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Multi-step tasks that survive crashes: run a YAML plan step by step, checkpointing each step.
+
+  workflow.py run PLAN.yaml [--task ID] [--from STEP] [--restart]   run, or resume where it stopped
+  workflow.py status ID                                              where a task stands
+  workflow.py reset ID                                               forget its progress: next run starts over
+
+Completed steps never run again; a step in flight when the process died runs again. A step that fails
+for good stops the task: completed steps are compensated in reverse and an incident file (with the
+command that resumes the task) is written under incidents/.
+
+Exit codes: 0 completed (or status/reset done); 2 usage or plan error; 3 failed, interrupted, parked as
+dead-letter, or an unreadable checkpoint; 4 not attempted (the task is running elsewhere, or a breaker
+is open). With --json, step output goes to stderr and stdout holds exactly one JSON object.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selfheal._bootstrap import bootstrap
+
+bootstrap()
+
+from selfheal import cli  # noqa: E402
+from selfheal.errors import EXIT_FAILED, EXIT_OK  # noqa: E402
+from selfheal.process import StopFlag  # noqa: E402
+from selfheal.workflow import Progress, WorkflowRunner, load_plan, reset, status  # noqa: E402
+
+
+def _progress_printer() -> Any:
+    """`[2/6] analyze` lines with elapsed time on a terminal; nothing when stderr is not one."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(event: Progress) -> None:
+        where = f"[{event.index}/{event.total}] {event.step}"
+        if event.kind == "start":
+            sys.stderr.write(f"self-heal: {where} ...\n")
+        elif event.kind == "done":
+            sys.stderr.write(f"self-heal: {where} done in {event.elapsed_s or 0:.1f}s\n")
+        elif event.kind == "skip":
+            sys.stderr.write(f"self-heal: {where} already done\n")
+        elif event.kind == "compensate":
+            sys.stderr.write(f"self-heal: undoing {event.step} ({event.index}/{event.total})\n")
+        else:
+            sys.stderr.write(f"self-heal: {where} FAILED: {event.detail}\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _status_lines(data: dict[str, Any]) -> list[str]:
+    lines = [f"task {data['task']}: {data['status']} (plan {data['plan'].get('path') or data['plan'].get('name')})"]
+    for name in data["order"]:
+        step = data["steps"][name]
+        detail = f"{step['attempts']} attempt(s)" if step["attempts"] else "not started"
+        if step.get("duration_s") is not None:
+            detail += f", {step['duration_s']:.1f}s"
+        if step.get("reason") and step["state"] != "done":
+            detail += f": {step['reason']}"
+        lines.append(f"  {name}: {step['state']} ({detail})")
+    if data.get("incident"):
+        lines.append(f"incident: {data['incident']}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="workflow.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a plan, or resume it where it stopped")
+    run.add_argument("plan", help="the YAML plan file")
+    run.add_argument("--task", help="task id (default: the plan's name); the same id resumes")
+    run.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and the later ones again")
+    run.add_argument("--restart", action="store_true", help="forget earlier progress (even an unreadable checkpoint)")
+    run.add_argument("--json", action="store_true", help="print one JSON object with every step")
+    for name, text in (("status", "where a task stands"), ("reset", "forget a task's progress")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("task")
+        command.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    cli.setup_logging()
+
+    if args.command == "status":
+        data = status(args.task)
+        if data is None:
+            if args.json:
+                cli.emit_json({"ok": False, "task": args.task, "message": "no such task"})
+            cli.say(f"no checkpoint for task {args.task!r}")
+            return EXIT_FAILED
+        if args.json:
+            cli.emit_json({"ok": True, **data})
+        else:
+            print("\n".join(_status_lines(data)))
+        return EXIT_OK
+    if args.command == "reset":
+        forgot = reset(args.task)
+        if args.json:
+            cli.emit_json({"ok": True, "task": args.task, "reset": forgot})
+        else:
+            cli.say(
+                f"task {args.task!r}: "
+                + ("progress forgotten; the next run starts over" if forgot else "nothing to forget")
+            )
+        return EXIT_OK
+
+    plan = load_plan(Path(args.plan))
+    task = args.task or plan.name
+    stop = StopFlag()
+    stop.install()
+    resume = shlex.join(["python3", str(Path(__file__).resolve()), "run", str(plan.path), "--task", task])
+    runner = WorkflowRunner(
+        plan,
+        task,
+        stop=stop,
+        stdout=sys.stderr.buffer if args.json else sys.stdout.buffer,
+        stderr=sys.stderr.buffer,
+        progress=_progress_printer(),
+        resume_command=resume,
+    )
+    result = runner.run(from_step=args.from_step, restart=args.restart)
+    if args.json:
+        cli.emit_json(result.to_json())
+    else:
+        cli.say(f"task {task}: {result.status}: {result.message}")
+        if result.compensated:
+            cli.say(f"compensated: {', '.join(result.compensated)}")
+        if result.compensation_failures:
+            cli.say(f"COMPENSATION FAILED for: {', '.join(result.compensation_failures)}")
+        if result.incident:
+            cli.say(f"incident: {result.incident}")
+            cli.say(f"after fixing the cause, resume with: {resume}")
+    return result.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
