@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -415,3 +416,20 @@ def test_tilde_means_the_given_environments_home(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path)}
     assert resolve_state_root(env) == tmp_path / ".openclaw" / "self-heal"
     assert resolve_state_root({**env, "SELFHEAL_HOME": "~/sh"}) == tmp_path / "sh"
+
+
+def test_a_file_replaced_while_being_read_is_not_quarantined(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that saw a torn write must not move aside the good file a writer put in its place."""
+    path = tmp_path / "state.json"
+    path.write_text('{"half": ')
+    real_stat = os.stat
+
+    def writer_wins(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if Path(target) == path and not getattr(writer_wins, "done", False):
+            writer_wins.done = True  # type: ignore[attr-defined]
+            write_json(path, {"whole": True})
+        return real_stat(target, *args, **kwargs)
+
+    monkeypatch.setattr(store.os, "stat", writer_wins)
+    assert read_json(path) == {"whole": True}
+    assert not list(tmp_path.glob("state.json.corrupt-*"))

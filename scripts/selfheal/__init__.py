@@ -51,6 +51,11 @@ _EXPORTS = {
     "NoEndpointAvailable": "llm",
     "Breakers": "breaker",
     "BreakerOpen": "breaker",
+    "Workflow": "workflow",
+    "WorkflowRunner": "workflow",
+    "WorkflowResult": "workflow",
+    "StepContext": "workflow",
+    "load_plan": "workflow",
 }
 
 __all__ = [
@@ -80,7 +85,11 @@ __all__ = [
     "SelfHealError",
     "StateError",
     "StateRoot",
+    "StepContext",
     "UsageError",
+    "Workflow",
+    "WorkflowResult",
+    "WorkflowRunner",
     "__version__",
     "acomplete",
     "attempts_of",
@@ -89,6 +98,7 @@ __all__ = [
     "get_config",
     "is_testing",
     "load_config",
+    "load_plan",
     "no_waits",
     "retry",
     "run_with_retry",
@@ -138,3 +148,4 @@ if TYPE_CHECKING:
     from .retrying import Attempt, Budget, Retrier, attempts_of, retry, stop_reason_of
     from .runner import CommandFailed, RunOutcome, run_with_retry
     from .store import StateRoot
+    from .workflow import StepContext, Workflow, WorkflowResult, WorkflowRunner, load_plan

@@ -148,6 +148,11 @@ class WorkflowSettings:
 
 
 @dataclass(frozen=True)
+class SnapshotSettings:
+    keep: int = field(metadata=_meta(lo=0, hi=1_000_000))
+
+
+@dataclass(frozen=True)
 class ProcessSettings:
     kill_grace_s: float = field(metadata=_meta(lo=0, hi=600))
     heartbeat_s: float = field(metadata=_meta(gt=0, hi=3600))
@@ -250,6 +255,7 @@ class Config:
     policies: Policies
     breakers: BreakerSettings
     workflows: WorkflowSettings
+    snapshots: SnapshotSettings
     process: ProcessSettings
     ledger: LedgerSettings
     log: LogSettings

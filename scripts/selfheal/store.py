@@ -158,21 +158,34 @@ def quarantine(path: Path, now: float | None = None) -> Path | None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """Read a JSON-object state file; None if absent. Unparseable: quarantine, then CorruptStateError."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError as exc:
-        raise StateError(f"state file {path} is a folder") from exc
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        detail = "empty file" if not raw.strip() else f"invalid JSON: {exc}"
-        raise CorruptStateError(path, quarantine(path), detail) from exc
-    if not isinstance(obj, dict):
-        raise CorruptStateError(path, quarantine(path), f"expected a JSON object, found {type(obj).__name__}")
-    return obj
+    """Read a JSON-object state file; None if absent. Unparseable: quarantine, then CorruptStateError.
+
+    Only the file that was read is moved aside: if a writer replaced it meanwhile, the new one is read.
+    """
+    for _ in range(3):
+        try:
+            with path.open("rb") as fh:
+                read = os.fstat(fh.fileno())
+                raw = fh.read()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError as exc:
+            raise StateError(f"state file {path} is a folder") from exc
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            problem: str | None = "empty file" if not raw.strip() else f"invalid JSON: {exc}"
+        else:
+            if isinstance(obj, dict):
+                return obj
+            problem = f"expected a JSON object, found {type(obj).__name__}"
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if (current.st_ino, current.st_dev) == (read.st_ino, read.st_dev):
+            raise CorruptStateError(path, quarantine(path), problem or "unreadable")
+    raise CorruptStateError(path, None, "replaced while being read, three times in a row")
 
 
 def append_line(path: Path, line: bytes) -> int:

@@ -1,0 +1,297 @@
+"""Conversation snapshots (sessions/<id>.json): the last messages and state of a session, to resume it.
+
+A session saves a snapshot at its checkpoints; a crash handler or a watchdog marks it interrupted;
+on the next start, list_snapshots(interrupted_only=True) names the sessions to offer for recovery and
+restore() gives back their messages and state. Saving again makes a session live again.
+
+Every write replaces the whole file atomically and durably (0600), and every read-modify-write holds
+the session's lock, so a save and a mark from different processes never lose one another. A file that
+cannot be used as a snapshot is moved aside as `<id>.json.corrupt-<ts>` and reported, never reset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .clock import SYSTEM_CLOCK, Clock
+from .config import get_config
+from .errors import EXIT_FAILED, CorruptStateError, StateError, UsageError
+from .store import StateRoot, file_lock, quarantine, read_json, validate_id, write_json
+
+
+class NoSnapshot(UsageError):
+    """The session was never saved (or was deleted). Scripts report it as failed (exit 3)."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"no snapshot for session {session_id!r}")
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One line of a listing: what a snapshot is, without its messages."""
+
+    session_id: str
+    saved: float
+    interrupted: bool
+    interrupted_at: float | None
+    reason: str
+    message_count: int
+    age_s: float
+
+    @property
+    def since(self) -> float:
+        """The time the listing sorts by: when it was interrupted, else when it was saved."""
+        return self.interrupted_at if self.interrupted and self.interrupted_at is not None else self.saved
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "saved": self.saved,
+            "interrupted": self.interrupted,
+            "interrupted_at": self.interrupted_at,
+            "reason": self.reason,
+            "message_count": self.message_count,
+            "age_s": round(self.age_s, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A saved session. `message_count` counts every message given to save(); `messages` holds the last ones."""
+
+    session_id: str
+    saved: float
+    message_count: int
+    messages: list[dict[str, Any]]
+    state: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+    interrupted_at: float | None = None
+    reason: str = ""
+
+    def info(self, now: float) -> SnapshotInfo:
+        info = SnapshotInfo(
+            self.session_id, self.saved, self.interrupted, self.interrupted_at, self.reason, self.message_count, 0.0
+        )
+        return dataclasses.replace(info, age_s=now - info.since)
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content."""
+        return {
+            "session_id": self.session_id,
+            "saved": self.saved,
+            "message_count": self.message_count,
+            "messages": self.messages,
+            "state": self.state,
+            "interrupted": self.interrupted,
+            "interrupted_at": self.interrupted_at,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, session_id: str, data: Mapping[str, Any]) -> Snapshot:
+        """Raises ValueError (naming the field) for anything that is not a snapshot this module wrote."""
+        number = (int, float)
+        checks = {
+            "saved": isinstance(data.get("saved"), number),
+            "message_count": isinstance(data.get("message_count"), int),
+            "messages": isinstance(data.get("messages"), list),
+            "state": isinstance(data.get("state"), dict),
+            "interrupted": isinstance(data.get("interrupted"), bool),
+            "interrupted_at": data.get("interrupted_at") is None or isinstance(data["interrupted_at"], number),
+            "reason": isinstance(data.get("reason", ""), str),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"missing or wrong {', '.join(bad)}")
+        return cls(
+            session_id=session_id,
+            saved=float(data["saved"]),
+            message_count=data["message_count"],
+            messages=data["messages"],
+            state=data["state"],
+            interrupted=data["interrupted"],
+            interrupted_at=None if data.get("interrupted_at") is None else float(data["interrupted_at"]),
+            reason=data.get("reason", ""),
+        )
+
+
+class SnapshotList(list[SnapshotInfo]):
+    """Snapshots, newest first. `skipped` holds one message per file that could not be read (corrupt
+    ones were moved aside); the listing never fails because of them."""
+
+    def __init__(self, items: Iterable[SnapshotInfo] = (), skipped: Iterable[str] = ()) -> None:
+        super().__init__(items)
+        self.skipped = list(skipped)
+
+
+# -- validation -----------------------------------------------------------------------------------------------
+
+
+def _check_object(obj: Mapping[Any, Any], where: str) -> None:
+    """Every key a string and every value strict JSON (no NaN, no cycles, nothing stringified by accident)."""
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise UsageError(f"{where} has a key that is not a string: {key!r}")
+        try:
+            json.dumps(value, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{where}[{key!r}] cannot be stored as JSON: {exc}") from None
+
+
+def _check_messages(messages: object) -> list[dict[str, Any]]:
+    if not isinstance(messages, list):
+        raise UsageError(f"messages must be a list of message objects, not {type(messages).__name__}")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise UsageError(f"{where} must be an object with 'role' and 'content', not {type(message).__name__}")
+        if not isinstance(message.get("role"), str):
+            raise UsageError(f"{where}['role'] must be a string")
+        # None: an assistant message that only calls tools has `"content": null` in the OpenAI format.
+        if "content" not in message or not isinstance(message["content"], (str, list, type(None))):
+            raise UsageError(f"{where}['content'] must be a string or a list")
+        _check_object(message, where)
+    return messages
+
+
+def _check_state(state: object) -> dict[str, Any]:
+    if state is None:
+        return {}
+    if not isinstance(state, dict):
+        raise UsageError(f"state must be a JSON object (a dict), not {type(state).__name__}")
+    _check_object(state, "state")
+    return state
+
+
+# -- the files ------------------------------------------------------------------------------------------------
+
+
+def _path(root: StateRoot, session_id: str) -> Path:
+    return root.sub("sessions") / f"{validate_id(session_id, 'session')}.json"
+
+
+def _lock(root: StateRoot, session_id: str) -> contextlib.AbstractContextManager[None]:
+    return file_lock(root.lock_file("session", session_id), what=f"session {session_id!r}")
+
+
+def _load(root: StateRoot, session_id: str) -> Snapshot | None:
+    path = _path(root, session_id)
+    data = read_json(path)  # unparseable: quarantined, CorruptStateError
+    if data is None:
+        return None
+    try:
+        return Snapshot.from_json(session_id, data)
+    except ValueError as exc:
+        raise CorruptStateError(path, quarantine(path), f"not a snapshot: {exc}") from None
+
+
+def _root(root: StateRoot | None) -> StateRoot:
+    return root if root is not None else StateRoot.from_env()
+
+
+# -- the API --------------------------------------------------------------------------------------------------
+
+
+def save(
+    session_id: str,
+    messages: list[dict[str, Any]],
+    *,
+    state: dict[str, Any] | None = None,
+    keep: int | None = None,
+    interrupted: bool = False,
+    clock: Clock = SYSTEM_CLOCK,
+    root: StateRoot | None = None,
+) -> Snapshot:
+    """Save the last `keep` (default: snapshots.keep, 100) messages and `state`, replacing the snapshot.
+
+    The session is live again afterwards, unless `interrupted` is true: then it stays (or becomes)
+    interrupted, keeping the time and reason of an earlier mark. Bad input raises UsageError naming
+    the message index or state key.
+    """
+    root = _root(root)
+    path = _path(root, session_id)
+    keep = get_config().snapshots.keep if keep is None else keep
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise UsageError(f"keep must be a whole number of messages, 0 or more, not {keep!r}")
+    messages = _check_messages(messages)
+    state = _check_state(state)
+    with _lock(root, session_id):
+        now = clock.time()
+        interrupted_at, reason = (now if interrupted else None), ""
+        if interrupted:
+            with contextlib.suppress(CorruptStateError):  # a corrupt one is moved aside; this save replaces it
+                before = _load(root, session_id)
+                if before is not None and before.interrupted:
+                    interrupted_at, reason = before.interrupted_at, before.reason
+        snapshot = Snapshot(
+            session_id=session_id,
+            saved=now,
+            message_count=len(messages),
+            messages=messages[-keep:] if keep else [],
+            state=state,
+            interrupted=interrupted,
+            interrupted_at=interrupted_at,
+            reason=reason,
+        )
+        write_json(path, snapshot.to_json())
+    return snapshot
+
+
+def restore(session_id: str, *, root: StateRoot | None = None) -> Snapshot | None:
+    """The session's snapshot; None if it was never saved. A corrupt file is moved aside: CorruptStateError."""
+    return _load(_root(root), session_id)
+
+
+def mark_interrupted(
+    session_id: str, *, reason: str = "", clock: Clock = SYSTEM_CLOCK, root: StateRoot | None = None
+) -> Snapshot:
+    """Mark the session interrupted now, with `reason`; NoSnapshot (a UsageError) if it was never saved."""
+    root = _root(root)
+    with _lock(root, session_id):
+        before = _load(root, session_id)
+        if before is None:
+            raise NoSnapshot(session_id)
+        after = dataclasses.replace(before, interrupted=True, interrupted_at=clock.time(), reason=reason)
+        write_json(_path(root, session_id), after.to_json())
+    return after
+
+
+def delete(session_id: str, *, root: StateRoot | None = None) -> bool:
+    """Forget the session's snapshot (after it ended normally); False if there was none."""
+    root = _root(root)
+    with _lock(root, session_id):
+        try:
+            _path(root, session_id).unlink()
+        except FileNotFoundError:
+            return False
+    return True
+
+
+def list_snapshots(
+    *, interrupted_only: bool = False, clock: Clock = SYSTEM_CLOCK, root: StateRoot | None = None
+) -> SnapshotList:
+    """Every snapshot (or only the interrupted ones), newest first by `since`; see SnapshotList.skipped."""
+    root = _root(root)
+    folder = root.sub("sessions")
+    now = clock.time()
+    infos: list[SnapshotInfo] = []
+    skipped: list[str] = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            snapshot = _load(root, path.stem)
+        except (StateError, UsageError, OSError) as exc:  # corrupt, a folder, unreadable, a name not an id
+            skipped.append(f"{path}: {exc}")
+            continue
+        if snapshot is not None and (snapshot.interrupted or not interrupted_only):
+            infos.append(snapshot.info(now))
+    infos.sort(key=lambda i: (-i.since, i.session_id))
+    return SnapshotList(infos, skipped)
