@@ -90,8 +90,13 @@ def test_workflow_events_match_the_schema(tmp_path: Path, home: Path) -> None:
         "  - {name: b, shell: 'test -e ok || { echo \"SyntaxError: x\" >&2; exit 1; }'}\n"
     )
     for _ in range(2):
-        subprocess.run([PYTHON, str(SCRIPTS / "workflow.py"), "run", str(plan)], env=script_env(home),
-                       capture_output=True, check=False, cwd=tmp_path)
+        subprocess.run(
+            [PYTHON, str(SCRIPTS / "workflow.py"), "run", str(plan)],
+            env=script_env(home),
+            capture_output=True,
+            check=False,
+            cwd=tmp_path,
+        )
     events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert {"compensate", "incident", "resume"} <= {e["event"] for e in events}
     for event in events:
