@@ -381,14 +381,19 @@ def test_lock_of_a_killed_holder_is_free(state: store.StateRoot, child_env: dict
 
 
 @pytest.mark.slow
-def test_sigkill_during_writes_never_leaves_a_corrupt_file(tmp_path: Path, child_env: dict[str, str]) -> None:
-    """A writer SIGKILLed at 50 random moments always leaves a complete, readable state file."""
+@pytest.mark.parametrize("mode", ["replace", "slots"])
+def test_sigkill_during_writes_never_leaves_a_corrupt_file(
+    tmp_path: Path, child_env: dict[str, str], mode: str
+) -> None:
+    """A writer SIGKILLed at 50 random moments always leaves a complete, readable state file (atomic
+    replace, and the two-slot file checkpoints use)."""
     path = tmp_path / "state.json"
     rng = random.Random(20260610)
     problems: list[str] = []
+    read = read_json if mode == "replace" else (lambda p: store.SlotFile(p).read())
     for round_no in range(50):
         child = subprocess.Popen(
-            [PYTHON, str(HELPERS / "store_writer.py"), str(path)], stdout=subprocess.PIPE, env=child_env
+            [PYTHON, str(HELPERS / "store_writer.py"), str(path), mode], stdout=subprocess.PIPE, env=child_env
         )
         try:
             assert child.stdout is not None
@@ -402,7 +407,7 @@ def test_sigkill_during_writes_never_leaves_a_corrupt_file(tmp_path: Path, child
                 child.stdout.close()
         assert child.returncode == -signal.SIGKILL, f"round {round_no}: the writer exited on its own"
         try:
-            obj = read_json(path)
+            obj = read(path)
         except CorruptStateError as exc:
             problems.append(f"round {round_no}: {exc}")
             continue
@@ -433,3 +438,83 @@ def test_a_file_replaced_while_being_read_is_not_quarantined(tmp_path: Path, mon
     monkeypatch.setattr(store.os, "stat", writer_wins)
     assert read_json(path) == {"whole": True}
     assert not list(tmp_path.glob("state.json.corrupt-*"))
+
+
+# -- the two-slot file checkpoints use --------------------------------------------------------------------
+
+
+def slots_of(path: Path) -> list[dict[str, Any]]:
+    """The file is a JSON array of its two slots."""
+    value: list[dict[str, Any]] = json.loads(path.read_text())
+    return value
+
+
+def test_slot_file_round_trips_and_stays_plain_json(tmp_path: Path) -> None:
+    """What was saved last is read back, and the file itself parses as JSON (jq can read it)."""
+    path = tmp_path / "ck.json"
+    slots = store.SlotFile(path)
+    for n in range(3):
+        slots.write({"n": n, "text": "naïve ✓"})
+    assert store.SlotFile(path).read() == {"n": 2, "text": "naïve ✓"}
+    assert sorted(s["seq"] for s in slots_of(path)) == [2, 3]
+    assert max(slots_of(path), key=lambda s: s["seq"])["doc"]["n"] == 2
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_torn_slot_falls_back_to_the_previous_save_and_is_written_next(tmp_path: Path) -> None:
+    """Garbage in the newest slot (a crash mid-write): the reader gets the save before it, and the next
+    save goes into the torn slot, never over the only good one."""
+    path = tmp_path / "ck.json"
+    first = store.SlotFile(path)
+    first.write({"n": 1})
+    first.write({"n": 2})
+    raw = bytearray(path.read_bytes())
+    newest = raw.index(b'"seq":2')
+    raw[newest : newest + 40] = b"\x00" * 40
+    path.write_bytes(bytes(raw))
+    again = store.SlotFile(path)
+    assert again.read() == {"n": 1}
+    again.write({"n": 3})
+    assert store.SlotFile(path).read() == {"n": 3}
+    assert {s["doc"]["n"] for s in slots_of(path)} == {1, 3}
+
+
+def test_a_slot_whose_content_does_not_match_its_hash_is_not_trusted(tmp_path: Path) -> None:
+    """Valid JSON with an altered document fails the SHA-256 check: the other slot is used."""
+    path = tmp_path / "ck.json"
+    slots = store.SlotFile(path)
+    slots.write({"n": 1})
+    slots.write({"n": 2})
+    path.write_bytes(path.read_bytes().replace(b'"n":2', b'"n":9'))
+    assert store.SlotFile(path).read() == {"n": 1}
+
+
+def test_a_document_that_outgrows_its_slot_gets_a_bigger_file(tmp_path: Path) -> None:
+    """A save larger than the slot rewrites the file with bigger slots (by atomic replace)."""
+    path = tmp_path / "ck.json"
+    slots = store.SlotFile(path)
+    slots.write({"small": 1})
+    size = path.stat().st_size
+    slots.write({"big": "y" * 50_000})
+    assert path.stat().st_size > size and store.SlotFile(path).read() == {"big": "y" * 50_000}
+    slots.write({"small": 2})
+    assert store.SlotFile(path).read() == {"small": 2}
+
+
+def test_a_file_with_no_valid_slot_is_quarantined(tmp_path: Path) -> None:
+    """Both slots unreadable: moved aside and reported, never silently reset."""
+    path = tmp_path / "ck.json"
+    path.write_text("[" + "x" * 5000 + "," + "y" * 5000 + "]\n")
+    with pytest.raises(CorruptStateError, match="no valid checkpoint slot"):
+        store.SlotFile(path).read()
+    assert list(tmp_path.glob("ck.json.corrupt-*"))
+
+
+def test_a_plain_json_file_is_read_and_converted_on_the_next_save(tmp_path: Path) -> None:
+    """A checkpoint from before slots existed is still read; the next save turns it into slots."""
+    path = tmp_path / "ck.json"
+    write_json(path, {"old": True})
+    slots = store.SlotFile(path)
+    assert slots.read() == {"old": True}
+    slots.write({"new": True})
+    assert store.SlotFile(path).read() == {"new": True} and path.read_bytes()[:1] == b"["

@@ -1,6 +1,6 @@
 """Checkpoints of multi-step tasks: `checkpoints/<task>.json`, and the outputs later steps read.
 
-A checkpoint is written durably (fsync'd atomic replace) before a step starts and after it ends, so
+A checkpoint is written durably (store.SlotFile: one fdatasync) before a step starts and after it ends, so
 after any crash it says exactly which steps are done, which one was in flight, and how many attempts
 each has used. An unreadable checkpoint is moved aside and reported; the caller must then be told
 how to go on (start over, or reset), because silently starting over could repeat side effects.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CorruptStateError, StateError
-from .store import StateRoot, quarantine, read_json, validate_id, write_json
+from .store import SlotFile, StateRoot, quarantine, validate_id, write_json
 
 # Step states, in the order a step normally goes through them.
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
@@ -43,6 +43,13 @@ class Checkpoints:
 
     def __init__(self, state: StateRoot) -> None:
         self.state = state
+        self._files: dict[str, SlotFile] = {}
+
+    def _file(self, task: str) -> SlotFile:
+        found = self._files.get(task)
+        if found is None:
+            found = self._files[task] = SlotFile(self.path(task))
+        return found
 
     def path(self, task: str) -> Path:
         return self.state.sub("checkpoints") / f"{validate_id(task, 'task')}.json"
@@ -55,7 +62,7 @@ class Checkpoints:
         file aside) when it cannot be parsed or is not a checkpoint of this task."""
         path = self.path(task)
         try:
-            data = read_json(path)
+            data = self._file(task).read()
         except CorruptStateError as exc:
             raise CheckpointUnreadable(task, exc) from exc
         if data is None:
@@ -66,8 +73,8 @@ class Checkpoints:
         return data
 
     def save(self, task: str, data: dict[str, Any]) -> None:
-        """Durably: the next step must not start before this is on disk."""
-        write_json(self.path(task), data, durable=True)
+        """Durably (one fdatasync, see SlotFile): the next step must not start before this is on disk."""
+        self._file(task).write(data)
 
     def save_outputs(self, task: str, outputs: dict[str, Any]) -> Path:
         """The outputs file steps read (SELFHEAL_OUTPUTS_FILE); derived from the checkpoint, so not fsync'd."""
@@ -78,6 +85,7 @@ class Checkpoints:
     def remove(self, task: str) -> bool:
         """Forget the task (reset). True if there was something to forget."""
         found = False
+        self._files.pop(task, None)
         for path in (self.path(task), self.outputs_path(task)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

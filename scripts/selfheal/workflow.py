@@ -640,8 +640,11 @@ class WorkflowRunner:
     # -- one step -----------------------------------------------------------------------------------------
 
     def _run_step(self, step: Step, record: dict[str, Any]) -> None:
+        prior = int(record["attempts"])
+        # One durable save says "running" and counts the first attempt; each retry saves its own count.
         record.update(
             state=RUNNING,
+            attempts=prior + 1,
             started=_now_iso(self.clock),
             ended=None,
             exit_code=None,
@@ -653,10 +656,10 @@ class WorkflowRunner:
         started = self.clock.monotonic()
 
         def persist_attempt(number: int) -> None:
-            record["attempts"] = number  # on disk before the attempt starts: a crash never resets the budget
-            self._save()
+            if number != record["attempts"]:  # on disk before the attempt starts: a crash never resets the budget
+                record["attempts"] = number
+                self._save()
 
-        prior = int(record["attempts"])
         stdout_tail = ""
         if isinstance(step.run, Command):
             stdout_tail = self._run_command(step, step.run, record, persist_attempt, prior)

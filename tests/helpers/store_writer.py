@@ -1,6 +1,7 @@
-"""Child process for test_store: rewrite one state file with store.write_json forever, until killed.
+"""Child process for test_store: rewrite one state file forever, until killed.
 
-Usage: store_writer.py PATH. Prints "wrote" once the first write has completed.
+Usage: store_writer.py PATH [replace|slots]: store.write_json (atomic replace, the default) or
+store.SlotFile (in place, two slots). Prints "wrote" once the first write has completed.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from selfheal import store
 
 def main() -> None:
     path = Path(sys.argv[1])
+    slots = store.SlotFile(path) if sys.argv[2:] == ["slots"] else None
     pad = "x" * 50_000
     n = 0
     while True:
-        store.write_json(path, {"n": n, "pad": pad})
+        if slots is not None:
+            slots.write({"n": n, "pad": pad})
+        else:
+            store.write_json(path, {"n": n, "pad": pad})
         if n == 0:
             sys.stdout.write("wrote\n")
             sys.stdout.flush()
