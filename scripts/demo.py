@@ -132,9 +132,56 @@ def _scenarios(home: Path, work: Path) -> list[tuple[str, bool, str]]:
         )
     )
 
+    out.append(_workflow_scenario(home, work))
     out.append(_chain_scenario(home))
     out.append(_model_scenario(home))
     return out
+
+
+def _workflow_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
+    """workflow.py: a crash (SIGKILL) in step 3 and a resume; then a failure that is compensated."""
+    folder = work / "report-job"
+    folder.mkdir()
+    steps = ["fetch", "analyze", "chart", "publish"]
+    lines = ["steps:"]
+    for name in steps:
+        hold = "test -e go || { touch waiting; exec sleep 600; }; " if name == "chart" else ""
+        fail = (
+            "test -e fixed || { echo 'publish: /srv/www: permission denied' >&2; exit 77; }; "
+            if (name == "publish")
+            else ""
+        )
+        lines += [
+            f"  - name: {name}",
+            f'    shell: "{hold}{fail}echo {name} >> journal"',
+            f"    compensate: [sh, -c, 'echo undo-{name} >> journal']",
+        ]
+    plan = folder / "plan.yaml"
+    plan.write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, SELFHEAL_HOME=str(home))
+    command = [sys.executable, str(HERE / "workflow.py"), "run", str(plan), "--task", "weekly-report"]
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (folder / "waiting").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job.kill()  # the machine dies in the middle of step 3
+    job.wait()
+    (folder / "go").write_text("")
+    resumed = subprocess.run([*command, "--json"], env=env, capture_output=True, check=False, timeout=120)
+    result = json.loads(resumed.stdout)
+    journal = (folder / "journal").read_text().split()
+    incident = result.get("incident")
+    ok = (
+        journal == ["fetch", "analyze", "chart", "undo-chart", "undo-analyze", "undo-fetch"]
+        and result["status"] == "failed"
+        and bool(incident)
+    )
+    detail = (
+        f"killed in step 3 of 4; the same command resumed at step 3 (steps 1-2 not repeated); step 4 then failed "
+        f"for good ({result['steps'][3]['error_class']}), so steps 3, 2, 1 were undone in that order and an "
+        f"incident was written with the command that resumes it: {Path(incident).name if incident else '?'}"
+    )
+    return "A multi-step job survives a crash, and undoes its work when it cannot finish", ok, detail
 
 
 def _chain_scenario(home: Path) -> tuple[str, bool, str]:
@@ -250,8 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{i}. {title}\n   {'OK ' if ok else 'UNEXPECTED'} {detail}\n")
             counts = ", ".join(f"{n} {kind}" for kind, n in sorted(events.items()))
             print(f"The ledger recorded {sum(events.values())} events ({counts}).")
-            print("The log, in the source documents' format:")
-            for line in log_lines:
+            print("The end of the log, in the source documents' format:")
+            for line in log_lines[-12:]:
                 print(f"   {line}")
             print(f"\nDone in {elapsed:.1f}s." + (f" State kept in {home}" if args.keep else ""))
         return 0 if all_ok else 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -508,3 +509,31 @@ def test_fifty_sigkills_never_lose_or_repeat_a_completed_step(tmp_path: Path, ho
     repeats = sum(n - 1 for n in counts.values())
     assert repeats <= kills
     assert kills == 50
+
+
+def test_on_a_terminal_each_step_shows_its_number_and_time(tmp_path: Path, home: Path) -> None:
+    """With stderr on a terminal, progress reads `[i/n] name ...` then `done in Xs`; piped, it stays quiet."""
+    import os
+    import pty
+
+    plan = six_steps(tmp_path, failing=None)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [PYTHON, WORKFLOW, "run", str(plan)], env=script_env(home), stdout=subprocess.DEVNULL, stderr=follower
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the run ended
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(leader)
+    shown = b"".join(chunks).decode()
+    assert "[1/6] s1 ..." in shown and re.search(r"\[6/6\] s6 done in \d+\.\ds", shown)
+    piped = cli(home, "run", str(plan), "--task", "other")
+    assert "[1/6]" not in piped.stderr
