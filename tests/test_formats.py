@@ -101,3 +101,30 @@ def test_workflow_events_match_the_schema(tmp_path: Path, home: Path) -> None:
     assert {"compensate", "incident", "resume"} <= {e["event"] for e in events}
     for event in events:
         assert check(event, schema("ledger-event.schema.json")) == []
+
+
+def test_task_records_and_task_events_match_the_schemas(tmp_path: Path, home: Path) -> None:
+    """A task tree that runs, fails, makes a fix task, analyses it and succeeds writes schema-valid records."""
+    tasks = str(SCRIPTS / "tasks.py")
+    marker = tmp_path / "fixed"
+
+    def run(*args: str) -> None:
+        subprocess.run(
+            [PYTHON, tasks, *args], env=script_env(home, SELFHEAL_TESTING="1"), capture_output=True, check=False
+        )
+
+    run("add", "fmt-task", "--display-name", "format check", "--shell", f"test -e {marker} || exit 1")
+    run("add", "fmt-child", "--parent", "fmt-task", "--type", "creative", "--priority", "P2")
+    run("mark", "fmt-child", "void")
+    run("run-next")  # fails: ERROR_FIX_PENDING and a FIX child
+    run("run-next")  # the FIX child: analysed, REQUIRES_MANUAL
+    marker.touch()
+    run("run-next")  # succeeds: END
+    records = [json.loads(p.read_text()) for p in (home / "tasks").glob("*.json")]
+    assert {r["exec_state"] for r in records} == {"END", "VOID", "REQUIRES_MANUAL"}
+    for record in records:
+        assert check(record, schema("task-record.schema.json")) == [], record["name"]
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert "fix" in {e["event"] for e in events}
+    for event in events:
+        assert check(event, schema("ledger-event.schema.json")) == []

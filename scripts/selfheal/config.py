@@ -148,6 +148,16 @@ class WorkflowSettings:
 
 
 @dataclass(frozen=True)
+class TaskSettings:
+    analyze_at_failures: int = field(metadata=_meta(lo=1, hi=1000))
+    manual_at_failures: int = field(metadata=_meta(lo=1, hi=1000))
+    stuck_after_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
+    log_max_chars: int = field(metadata=_meta(lo=1000, hi=1_000_000_000))
+    log_keep_chars: int = field(metadata=_meta(lo=100, hi=1_000_000_000))
+    last_error_chars: int = field(metadata=_meta(lo=100, hi=1_000_000))
+
+
+@dataclass(frozen=True)
 class SnapshotSettings:
     keep: int = field(metadata=_meta(lo=0, hi=1_000_000))
 
@@ -255,6 +265,7 @@ class Config:
     policies: Policies
     breakers: BreakerSettings
     workflows: WorkflowSettings
+    tasks: TaskSettings
     snapshots: SnapshotSettings
     process: ProcessSettings
     ledger: LedgerSettings
@@ -585,6 +596,14 @@ def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest
                 or rule.pattern
             ):
                 raise conv.error(path, "a rule needs at least one condition")
+    if config.tasks.log_keep_chars >= config.tasks.log_max_chars:
+        raise conv.error(
+            "tasks.log_keep_chars", "must be smaller than tasks.log_max_chars", config.tasks.log_keep_chars
+        )
+    if config.tasks.manual_at_failures < config.tasks.analyze_at_failures:
+        raise conv.error(
+            "tasks.manual_at_failures", "must be at least tasks.analyze_at_failures", config.tasks.manual_at_failures
+        )
     seen_models: set[str] = set()
     for i, endpoint in enumerate(config.models.chain):
         if endpoint.name in seen_models:

@@ -51,11 +51,12 @@ def new_incident_id(task: str, now: float) -> str:
 def write_incident(state: StateRoot, incident: Incident) -> Path:
     """Durably, as `incidents/<id>.json`; a second incident in the same second gets a suffix."""
     folder = state.sub("incidents")
-    path = folder / f"{incident.id}.json"
+    base = incident.id
+    path = folder / f"{base}.json"
     n = 1
     while path.exists():
         n += 1
-        incident.id = validate_id(f"{incident.id.rsplit('~', 1)[0]}~{n}", "incident")
+        incident.id = validate_id(f"{base[:120]}-{n}", "incident")
         path = folder / f"{incident.id}.json"
     write_json(path, incident.to_json(), durable=True)
     return path

@@ -514,7 +514,7 @@ class WorkflowRunner:
             status = self.data["status"]
             if status == TASK_COMPLETED and from_step is None:
                 return self._result(TASK_COMPLETED, resumed, "already completed; nothing to do (reset it to run again)")
-            if status == TASK_DEAD_LETTER:
+            if status == TASK_DEAD_LETTER and from_step is None:  # --from is a person's explicit restart
                 return self._result(
                     TASK_DEAD_LETTER,
                     resumed,

@@ -1,0 +1,988 @@
+"""Running the task tree: `tasks.py run-next`, what a failure escalates to, and stuck detection.
+
+`run_next` claims the first actionable task under the tree's lock (one winner however many runners
+start together), runs its command through the retry engine or its plan through the workflow runner,
+streams the output into a bounded log, and keeps a heartbeat in the record while it runs. Then it marks
+the task END, or escalates the failure as the fourth source document does:
+
+* below `tasks.analyze_at_failures` failures: a failure of the infrastructure (transient, timeout,
+  resource, rate_limit) is a NORMAL_CRASH that the next pass retries; any other failure is
+  ERROR_FIX_PENDING with a FIX child for the failed step, which holds the task back until it is settled;
+* from `analyze_at_failures` on: the last 50 log lines are read (`analysis.py`) and each distinct problem
+  gets its own FIX child;
+* at `tasks.manual_at_failures`: REQUIRES_MANUAL, with an incident that says how to hand it back.
+
+A FIX task with nothing to run is "run" by analysing its failure and parking it as REQUIRES_MANUAL:
+the fix is applied by an agent or a person, never by executing text self-heal produced. That settles the
+child, so the parent runs again; the thresholds bound how often.
+
+`check_stuck` finds PROCESSING tasks whose runner died (NORMAL_CRASH) or shows no output or heartbeat for
+`tasks.stuck_after_s` (killed by pid plus start time, `FIX-<task>-STUCK`, ERROR_FIX_PENDING, `[STUCK]`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import analysis
+from .checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED
+from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from .errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
+from .incident import Incident, new_incident_id, notify, write_incident
+from .ledger import Ledger
+from .process import ProcessIdentity, StopFlag, kill_tree, still_running
+from .redact import Redactor
+from .runner import run_with_retry
+from .runs import list_runs, new_run_id
+from .store import ensure_dir, write_bytes_atomic, write_json
+from .tasks import (
+    END,
+    ERROR_FIX_PENDING,
+    NORMAL_CRASH,
+    OPEN_STATES,
+    PROCESSING,
+    REQUIRES_MANUAL,
+    Task,
+    TaskError,
+    TaskStore,
+    TaskTree,
+    runner_identity,
+    same_runner,
+)
+from .workflow import WorkflowRunner, load_plan, status
+
+SCRIPTS = Path(__file__).resolve().parents[1]
+TASKS_SCRIPT = SCRIPTS / "tasks.py"
+# A FIX child in one of these still stands for its problem: the same failure again does not make another.
+TRACKING = OPEN_STATES | {REQUIRES_MANUAL}
+# Failures of what the task runs on, not of the task: the next pass retries them without a FIX task.
+INFRA_CLASSES = frozenset({"transient", "timeout", "resource", "rate_limit"})
+_LINE_MAX = 65536  # a partial line is held back (so a secret split across reads is still masked) up to this
+
+
+# -- the bounded log -----------------------------------------------------------------------------------
+
+
+class BoundedLog:
+    """A task's output log (`tasks/<name>.log`): secrets masked line by line, and bounded as the source
+    document bounds run_content: once it passes `max_chars` characters, only the last `keep_chars` stay.
+
+    Characters are counted on the text as written (an undecodable byte counts as one).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_chars: int,
+        keep_chars: int,
+        redactor: Redactor | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if keep_chars >= max_chars:
+            raise ValueError("keep_chars must be smaller than max_chars")
+        self.path = path
+        self.max_chars = max_chars
+        self.keep_chars = keep_chars
+        self.redactor = redactor
+        self.clock = clock
+        self.last_output_ts: float | None = None
+        self.trims = 0
+        self._pending = b""
+        self._lock = threading.Lock()
+        ensure_dir(path.parent)
+        self._fd = self._open()
+        try:
+            self.chars = len(path.read_bytes().decode("utf-8", "surrogateescape"))
+        except FileNotFoundError:
+            self.chars = 0
+        if self.chars > max_chars:
+            self._trim()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+
+    def write(self, data: bytes) -> int:
+        """Command output (a BinaryIO-like sink for run_command)."""
+        with self._lock:
+            self.last_output_ts = self.clock.time()
+            buf = self._pending + bytes(data)
+            cut = buf.rfind(b"\n") + 1
+            if cut == 0 and len(buf) < _LINE_MAX:
+                self._pending = buf
+                return len(data)
+            if cut == 0:
+                cut = len(buf)
+            self._pending = buf[cut:]
+            self._append(buf[:cut])
+        return len(data)
+
+    def flush(self) -> None:
+        """Called after every chunk by the output pump; the partial line is kept until its end arrives."""
+
+    def note(self, line: str) -> None:
+        """A line of our own (run started, run ended): not output, so not proof of activity."""
+        with self._lock:
+            if self._pending:
+                self._append(self._pending + b"\n")
+                self._pending = b""
+            self._append(line.rstrip("\n").encode("utf-8", "surrogateescape") + b"\n")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._append(self._pending + b"\n")
+                self._pending = b""
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+    def _append(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "surrogateescape")
+        if self.redactor is not None:
+            text = self.redactor.text(text)
+        view = memoryview(text.encode("utf-8", "surrogateescape"))
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self.chars += len(text)
+        if self.chars > self.max_chars:
+            self._trim()
+
+    def _trim(self) -> None:
+        text = self.path.read_bytes().decode("utf-8", "surrogateescape")
+        marker = f"[self-heal: earlier output cut; this log keeps its last {self.keep_chars} characters]\n"
+        body = text[-(self.keep_chars - len(marker)) :]
+        newline = body.find("\n", 0, 400)  # start on a whole line when one starts near the cut
+        if newline >= 0:
+            body = body[newline + 1 :]
+        kept = marker + body
+        write_bytes_atomic(self.path, kept.encode("utf-8", "surrogateescape"), durable=False)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = self._open()
+        self.chars = len(kept)
+        self.trims += 1
+
+
+class _Tee:
+    def __init__(self, log: BoundedLog, echo: BinaryIO | None) -> None:
+        self.log = log
+        self.echo = echo
+
+    def write(self, data: bytes) -> int:
+        self.log.write(data)
+        if self.echo is not None:
+            try:
+                self.echo.write(data)
+                self.echo.flush()
+            except (OSError, ValueError):
+                self.echo = None
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+NOTE_MARK = "=== "
+
+
+def tail_lines(path: Path, count: int = analysis.LOG_LINES, *, last_run: bool = False) -> list[str]:
+    """The last `count` lines a task's commands wrote (only in its last run, if asked), without the log's
+    own run markers."""
+    try:
+        text = path.read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(NOTE_MARK) and line.endswith(" ==="):
+            if last_run and " run " in line and " of " in line:
+                out = []
+            continue
+        out.append(line)
+    return out[-count:]
+
+
+# -- the heartbeat -------------------------------------------------------------------------------------
+
+
+class _Heartbeat:
+    """Keeps `heartbeat_ts` (the runner lives) and `activity_ts` (the task works) current in the record.
+
+    If the record stops being this runner's (voided by a person, taken over as stuck), it sets the stop
+    flag so the command is stopped instead of running on unobserved.
+    """
+
+    def __init__(self, store: TaskStore, task: Task, runner: dict[str, Any], log: BoundedLog, stop: StopFlag) -> None:
+        self.store = store
+        self.name = task.name
+        self.started = task.started_ts or store.clock.time()
+        self.runner = runner
+        self.log = log
+        self.stop = stop
+        self.interval = store.config.process.heartbeat_s
+        self.lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"selfheal-heartbeat-{task.name}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=35)
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            self.beat()
+
+    def _waiting(self) -> bool:
+        """In a retry wait: no output is expected, and that is not being stuck."""
+        for record in list_runs(self.store.state):
+            if record.get("task") == self.name and record.get("status") == "running":
+                return record.get("phase") == "waiting"
+        return False
+
+    def beat(self) -> None:
+        now = self.store.clock.time()
+        activity = max(self.started, self.log.last_output_ts or 0.0)
+        if self._waiting():
+            activity = now
+        try:
+            mine = self.store.touch_running(self.name, self.runner, heartbeat_ts=now, activity_ts=activity)
+        except (LockBusy, StateError, OSError):
+            return  # a missed heartbeat is harmless; the next one retries
+        if not mine:
+            self.lost = True
+            self.stop.set(signal.SIGTERM)
+            self._done.set()
+
+
+# -- results -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Failed:
+    """Why a run failed, in the terms escalation needs."""
+
+    error_class: str | None
+    reason: str
+    step: str | None = None
+    exit_code: int | None = None
+    needs_person: bool = False  # skip the thresholds: REQUIRES_MANUAL now (dead-letter, unreadable checkpoint)
+    crash: bool = False  # the runner itself died: a system failure, retried without a FIX task
+    incident: str | None = None  # an incident the workflow runner already wrote
+
+
+@dataclass
+class Escalation:
+    state: str
+    fix_tasks: list[str] = field(default_factory=list)
+    incident: Incident | None = None
+    incident_path: Path | None = None
+    analysis: str | None = None
+
+
+@dataclass
+class TaskRun:
+    """What `run-next` did, as `tasks.py run-next --json` prints it."""
+
+    task: str | None
+    outcome: str  # nothing | succeeded | failed | analysed | not_attempted | interrupted | superseded
+    message: str
+    exec_state: str | None = None
+    error_class: str | None = None
+    exit_code: int | None = None
+    retry_count: int = 0
+    execution_count: int = 0
+    failed_step: str | None = None
+    fix_tasks: list[str] = field(default_factory=list)
+    incident: str | None = None
+    log: str | None = None
+    duration_s: float = 0.0
+    stuck: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        if self.outcome in ("nothing", "succeeded", "analysed"):
+            return EXIT_OK
+        return EXIT_NOT_ATTEMPTED if self.outcome == "not_attempted" else EXIT_FAILED
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.exit_status == EXIT_OK, **vars(self), "duration_s": round(self.duration_s, 3)}
+
+
+# -- escalation ----------------------------------------------------------------------------------------
+
+
+def fix_name(parent: str, hint: str) -> str:
+    """`FIX-<parent>-<hint>`, the parent's name shortened if the whole would pass 128 characters."""
+    hint = analysis_safe(hint)[:40]
+    room = 128 - len("FIX--") - len(hint)
+    return f"FIX-{parent[:room]}-{hint}"
+
+
+def analysis_safe(text: str) -> str:
+    out = "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("._-")
+    return out or "step"
+
+
+def _ensure_fix_child(
+    tree: TaskTree,
+    parent: Task,
+    *,
+    key: str,
+    hint: str,
+    title: str,
+    suggestion: str,
+    error: str | None,
+    error_class: str | None,
+    step: str | None,
+    kind: str,
+) -> tuple[Task, bool]:
+    """The FIX child already tracking this problem (open, or parked for a person), updated; else a new one.
+
+    A problem is the same when its key (the failed step, "stuck") or the shape of its error line matches.
+    Returns (task, created).
+    """
+    shape = analysis.signature(title)
+    for child in tree.children(parent.name):
+        if child.type != "fix" or child.exec_state not in TRACKING:
+            continue
+        source = child.source or {}
+        if source.get("key") == key or source.get("signature") == shape:
+            tree.update(child.name, last_error=error, last_error_class=error_class, by="escalation: seen again")
+            return child, False
+    child = Task(
+        name=tree.unique_name(fix_name(parent.name, hint)),
+        type="fix",
+        priority=parent.priority,
+        parent=parent.name,
+        display_name=f"Fix {parent.title}: {title}"[:200],
+        description=f"{parent.name} failed{f' at step {step}' if step else ''} ({error_class or 'unknown'}): {title}",
+        fix_suggestion=suggestion,
+        success_criteria=f"{parent.name} runs{f' step {step}' if step else ''} again without this error",
+        last_error=error,
+        last_error_class=error_class,
+        failed_step=step,
+        source={"task": parent.name, "step": step, "key": key, "kind": kind, "signature": shape},
+    )
+    tree.add(child, by="escalation")
+    return child, True
+
+
+def escalate(
+    tree: TaskTree,
+    task: Task,
+    failed: Failed,
+    *,
+    store: TaskStore,
+    redactor: Redactor,
+    log_tail: list[str],
+    run_tail: list[str] | None = None,
+    reason_prefix: str = "",
+) -> Escalation:
+    """Count one failure of `task` (PROCESSING) and move it where the thresholds say.
+
+    `log_tail` is the end of the task's log (what analysis reads); `run_tail` the output of the failed run
+    alone (what the record keeps as last_error), by default the same.
+    """
+    run_tail = log_tail if run_tail is None else run_tail
+    settings = store.config.tasks
+    task.retry_count += 1
+    failures = task.retry_count
+    tail = "\n".join(run_tail[-20:])
+    error = redactor.text(f"{failed.reason}\n{tail}".strip())[-settings.last_error_chars :]
+    task.last_error, task.last_error_class, task.failed_step = error, failed.error_class, failed.step
+    task.last_result = f"failed ({failed.error_class or 'unknown'}): {redactor.text(failed.reason)[:300]}"
+    why = reason_prefix + f"failure {failures} ({failed.error_class or 'unknown'}): {redactor.text(failed.reason)}"
+
+    def analysed() -> analysis.Analysis:
+        found = analysis.analyze(
+            log_tail, error_class=failed.error_class, reason=failed.reason, failures=failures, step=failed.step
+        )
+        task.analysis = redactor.text(found.summary)
+        task.fix_suggestion = found.problems[0].suggestion
+        return found
+
+    if failed.needs_person or failures >= settings.manual_at_failures:
+        found = analysed() if failures >= settings.analyze_at_failures else None
+        tree.transition(task.name, REQUIRES_MANUAL, why, by="escalation")
+        incident = _incident(task, failed, store, found.summary if found else None, tree)
+        if failed.incident:
+            incident.context["workflow_incident"] = failed.incident
+        path = write_incident(store.state, incident)
+        task.incident = incident.id
+        return Escalation(REQUIRES_MANUAL, incident=incident, incident_path=path, analysis=task.analysis)
+
+    made: list[str] = []
+    if failures >= settings.analyze_at_failures:
+        found = analysed()
+        if task.type != "fix":
+            for problem in found.problems:
+                child, created = _ensure_fix_child(
+                    tree,
+                    task,
+                    key=f"problem:{problem.signature}",
+                    hint=f"A{failures}",
+                    title=problem.title,
+                    suggestion=problem.suggestion,
+                    error=redactor.text(problem.title),
+                    error_class=failed.error_class,
+                    step=failed.step,
+                    kind="analysis",
+                )
+                if created:
+                    made.append(child.name)
+        state = ERROR_FIX_PENDING if task.type != "fix" else NORMAL_CRASH
+        tree.transition(task.name, state, why, by="escalation")
+        return Escalation(state, made, analysis=task.analysis)
+
+    if task.type == "fix" or failed.crash or failed.error_class in INFRA_CLASSES:
+        tree.transition(task.name, NORMAL_CRASH, why, by="escalation")
+        return Escalation(NORMAL_CRASH)
+
+    step = failed.step or "command"
+    errors = analysis.error_lines(run_tail)
+    last_line = errors[-1].strip() if errors else next((ln.strip() for ln in reversed(run_tail) if ln.strip()), "")
+    last_line = redactor.text(last_line or failed.reason)
+    child, created = _ensure_fix_child(
+        tree,
+        task,
+        key=f"step:{step}",
+        hint=step,
+        title=last_line[:200],
+        suggestion=analysis.hint_for(error, failed.error_class),
+        error=error,
+        error_class=failed.error_class,
+        step=failed.step,
+        kind="step",
+    )
+    tree.transition(task.name, ERROR_FIX_PENDING, why, by="escalation")
+    return Escalation(ERROR_FIX_PENDING, [child.name] if created else [])
+
+
+def resume_command(name: str) -> str:
+    script = str(TASKS_SCRIPT)
+    hand_back = shlex.join(["python3", script, "mark", name, "error"])
+    return f"{hand_back} && {shlex.join(['python3', script, 'run-next', '--task', name])}"
+
+
+def _incident(task: Task, failed: Failed, store: TaskStore, summary: str | None, tree: TaskTree) -> Incident:
+    now = store.clock.time()
+    fixes = [c.name for c in tree.children(task.name) if c.type == "fix" and c.exec_state != "VOID"]
+    reason = failed.reason.strip().splitlines()[0] if failed.reason.strip() else "failed"
+    return Incident(
+        id=new_incident_id(task.name, now),
+        task=task.name,
+        kind="requires_manual",
+        summary=(
+            f"self-heal: task {task.name} needs a person after {task.retry_count} failure(s)"
+            f" ({failed.error_class or 'unknown'}): {reason}"
+        )[:400],
+        error=task.last_error,
+        error_class=failed.error_class,
+        failed_step=failed.step,
+        last_completed_step=None,
+        resume_command=resume_command(task.name),
+        context={
+            "retry_count": task.retry_count,
+            "execution_count": task.execution_count,
+            "analysis": summary,
+            "fix_tasks": fixes,
+            "log": str(store.log_path(task.name)),
+        },
+        plan=(task.run or {}).get("plan"),
+        created=utc_iso(now),
+    )
+
+
+# -- run-next ------------------------------------------------------------------------------------------
+
+
+def runnable(task: Task) -> bool:
+    """What run-next can do something with: a task that runs something, or a FIX task to analyse."""
+    return task.run is not None or task.type == "fix"
+
+
+def why_not(tree: TaskTree, task: Task) -> str | None:
+    """Why `task` cannot run now, or None if it can."""
+    if task.exec_state not in ("NEW", ERROR_FIX_PENDING, NORMAL_CRASH):
+        hint = {
+            PROCESSING: "it is running",
+            END: "it has ended",
+            "VOID": "it is void",
+            REQUIRES_MANUAL: "it needs a person; hand it back with `tasks.py mark NAME error`",
+        }[task.exec_state]
+        return f"task {task.name!r} is {task.exec_state}: {hint}"
+    waiting = tree.waiting_on(task.name)
+    if waiting:
+        names = ", ".join(f"{c.name} ({c.exec_state})" for c in waiting[:5])
+        return f"task {task.name!r} waits for its children: {names}"
+    if not runnable(task):
+        return (
+            f"task {task.name!r} has nothing to run (no command or plan): an agent does it and records it "
+            "with `tasks.py mark`"
+        )
+    return None
+
+
+class TaskRunner:
+    """Claims and runs tasks of one store; one instance per process is enough."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        stop: StopFlag | None = None,
+        echo: BinaryIO | None = None,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.store = store
+        self.config = store.config
+        self.clock = store.clock
+        self.stop = stop
+        self.echo = echo
+        self.ledger = ledger or Ledger(store.state, store.config, clock=store.clock)
+        self.redactor = self.ledger.redactor
+
+    def run_next(self, *, types: Iterable[str] | None = None, only: str | None = None) -> TaskRun:
+        """Claim the next actionable task (or `only` that one) and run it to an outcome."""
+        runner = runner_identity()
+        now = self.clock.time()
+        with self.store.transaction() as tree:
+            if only is not None:
+                task = tree.get(only)
+                problem = why_not(tree, task)
+                if problem is not None:
+                    if task.exec_state == PROCESSING or tree.waiting_on(task.name):
+                        raise NotAttempted(problem + "; try later")
+                    raise TaskError(problem)
+            else:
+                picks = [t for t in tree.actionable(types=types) if runnable(t)]
+                if not picks:
+                    what = "/".join(types) if types else "any"
+                    return TaskRun(None, "nothing", f"no actionable task ({what} type)")
+                task = picks[0]
+            tree.transition(task.name, PROCESSING, "claimed by run-next", by=f"run-next pid {runner['pid']}")
+            task.runner = runner
+            task.execution_count += 1
+            task.run_id = new_run_id(task.name[:60], now)
+            requeued, task.requeued = task.requeued, False
+        claimed = task
+        log = BoundedLog(
+            self.store.log_path(claimed.name),
+            max_chars=self.config.tasks.log_max_chars,
+            keep_chars=self.config.tasks.log_keep_chars,
+            redactor=self.redactor,
+            clock=self.clock,
+        )
+        own_stop = self.stop is None
+        stop = self.stop or StopFlag()
+        started = self.clock.monotonic()
+        log.note(f"{NOTE_MARK}{utc_iso(now)} run {claimed.execution_count} of {claimed.name} (pid {runner['pid']}) ===")
+        try:
+            with _Heartbeat(self.store, claimed, runner, log, stop) as heartbeat:
+                outcome, failed = self._execute(claimed, log, stop, requeued)
+            lost = heartbeat.lost
+        finally:
+            if own_stop:
+                stop.close()
+        duration = self.clock.monotonic() - started
+        log.note(f"{NOTE_MARK}{utc_iso(self.clock.time())} {outcome} after {duration:.1f}s ===")
+        log.close()
+        if lost:
+            outcome = "superseded"
+        try:
+            result = self._finish(
+                claimed.name, runner=runner, outcome=outcome, failed=failed, duration=duration, log=log
+            )
+        except Exception as exc:
+            # Recording the outcome itself failed (a full disk, a bug): never leave the task PROCESSING
+            # under a runner that is about to exit; park it as a crash the next pass retries, then report.
+            self._release(claimed.name, runner, f"self-heal could not record the outcome ({outcome}): {exc}")
+            raise
+        result.duration_s = duration
+        return result
+
+    def _release(self, name: str, runner: dict[str, Any], reason: str) -> None:
+        with contextlib.suppress(Exception), self.store.transaction() as tree:
+            task = tree.get(name)
+            if task.exec_state == PROCESSING and same_runner(task.runner, runner):
+                tree.transition(name, NORMAL_CRASH, reason[:500], by="run-next")
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def _execute(self, task: Task, log: BoundedLog, stop: StopFlag, requeued: bool) -> tuple[str, Failed | None]:
+        run = task.run
+        if run is None:
+            return "analysed", None
+        sink = _Tee(log, self.echo)
+        try:
+            if run.get("kind") == "plan":
+                return self._run_plan(task, run, sink, stop, requeued)
+            return self._run_command(task, run, sink, stop)
+        except LockBusy as exc:
+            return "not_attempted", Failed(None, str(exc))
+        except SelfHealError as exc:  # a plan that no longer loads, a checkpoint that cannot be read, ...
+            manual = type(exc).__name__ == "CheckpointUnreadable"
+            log.note(f"self-heal: {exc}")
+            return "failed", Failed("permanent", str(exc), step="plan", needs_person=manual)
+
+    def _run_command(self, task: Task, run: dict[str, Any], sink: _Tee, stop: StopFlag) -> tuple[str, Failed | None]:
+        argv = list(run["argv"]) if run.get("kind") == "argv" else ["/bin/sh", "-c", str(run["shell"])]
+        outcome = run_with_retry(
+            argv,
+            task=task.name,
+            target=run.get("target"),
+            timeout_s=run.get("timeout_s"),
+            max_attempts=run.get("max_attempts"),
+            cwd=run.get("cwd"),
+            config=self.config,
+            state=self.store.state,
+            clock=self.clock,
+            stdout=sink,  # type: ignore[arg-type]
+            stderr=sink,  # type: ignore[arg-type]
+            stop=stop,
+            run_id=task.run_id,
+        )
+        if outcome.ok:
+            return "succeeded", None
+        if outcome.outcome in ("not_attempted", "interrupted"):
+            return outcome.outcome, Failed(outcome.error_class, outcome.reason or outcome.stop_reason)
+        reason = outcome.reason or outcome.stop_reason
+        if outcome.exit_code is not None and f"exit {outcome.exit_code}" not in reason:
+            reason = f"exit {outcome.exit_code}: {reason}"
+        return "failed", Failed(outcome.error_class, reason, exit_code=outcome.exit_code)
+
+    def _run_plan(
+        self, task: Task, run: dict[str, Any], sink: _Tee, stop: StopFlag, requeued: bool
+    ) -> tuple[str, Failed | None]:
+        plan = load_plan(Path(run["plan"]))
+        from_step = None
+        if requeued:  # a person handed it back: a parked or failed plan resumes at its first unfinished step
+            data = status(task.name, state=self.store.state)
+            if data is not None and data.get("status") in (TASK_DEAD_LETTER, TASK_FAILED):
+                from_step = next((n for n in data["order"] if data["steps"][n]["state"] != DONE), None)
+        runner = WorkflowRunner(
+            plan,
+            task.name,
+            config=self.config,
+            state=self.store.state,
+            clock=self.clock,
+            stop=stop,
+            stdout=sink,  # type: ignore[arg-type]
+            stderr=sink,  # type: ignore[arg-type]
+            resume_command=resume_command(task.name),
+        )
+        result = runner.run(from_step=from_step)
+        if result.status == "completed":
+            return "succeeded", None
+        if result.status in ("not_attempted", "interrupted"):
+            return result.status, Failed(None, result.message)
+        failed_step = next((s for s in result.steps if s.state == "failed"), None)
+        return "failed", Failed(
+            failed_step.error_class if failed_step else None,
+            result.message,
+            step=failed_step.name if failed_step else None,
+            exit_code=failed_step.exit_code if failed_step else None,
+            needs_person=result.status == TASK_DEAD_LETTER,
+            incident=result.incident,
+        )
+
+    # -- the outcome ---------------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        name: str,
+        *,
+        runner: dict[str, Any],
+        outcome: str,
+        failed: Failed | None,
+        duration: float,
+        log: BoundedLog,
+    ) -> TaskRun:
+        escalation: Escalation | None = None
+        with self.store.transaction() as tree:
+            try:
+                task = tree.get(name)
+            except TaskError:
+                return TaskRun(name, "superseded", f"task {name!r} disappeared while it ran")
+            if outcome == "superseded" or task.exec_state != PROCESSING or not same_runner(task.runner, runner):
+                return TaskRun(
+                    name,
+                    "superseded",
+                    f"task {name!r} was changed while it ran (now {task.exec_state}); its outcome was not recorded",
+                    exec_state=task.exec_state,
+                    retry_count=task.retry_count,
+                    execution_count=task.execution_count,
+                    log=str(log.path),
+                )
+            task.heartbeat_ts = self.clock.time()
+            if log.last_output_ts:
+                task.activity_ts = log.last_output_ts
+            if outcome == "succeeded":
+                task.last_result = f"succeeded in {duration:.1f}s"
+                tree.transition(name, END, task.last_result, by="run-next")
+                message = f"task {name!r} succeeded"
+            elif outcome == "analysed":
+                escalation = self._analyse_fix(tree, task)
+                message = f"fix task {name!r} analysed; it needs an agent or a person to apply the fix"
+            elif outcome in ("not_attempted", "interrupted"):
+                why = failed.reason if failed else outcome
+                task.last_result = f"{outcome}: {why}"
+                tree.transition(name, NORMAL_CRASH, f"{outcome}: {why} (not counted as a failure)", by="run-next")
+                message = f"task {name!r} {outcome.replace('_', ' ')}: {why}; the next pass tries again"
+            else:
+                failed = failed or Failed(None, outcome)
+                escalation = escalate(
+                    tree,
+                    task,
+                    failed,
+                    store=self.store,
+                    redactor=self.redactor,
+                    log_tail=tail_lines(log.path),
+                    run_tail=tail_lines(log.path, last_run=True),
+                )
+                message = f"task {name!r} failed ({failed.error_class or 'unknown'}): {failed.reason}"
+                if escalation.state == REQUIRES_MANUAL:
+                    message += "; it now needs a person"
+            result = TaskRun(
+                name,
+                outcome,
+                message,
+                exec_state=task.exec_state,
+                error_class=failed.error_class if failed else None,
+                exit_code=failed.exit_code if failed else None,
+                retry_count=task.retry_count,
+                execution_count=task.execution_count,
+                failed_step=failed.step if failed else None,
+                log=str(log.path),
+            )
+        if escalation is not None:
+            announce(self.ledger, name, failed, escalation)
+            result.fix_tasks = escalation.fix_tasks
+            result.incident = str(escalation.incident_path) if escalation.incident_path else None
+        return result
+
+    def _analyse_fix(self, tree: TaskTree, task: Task) -> Escalation:
+        source = task.source or {}
+        parent = tree.tasks.get(source.get("task") or task.parent or "")
+        lines = tail_lines(self.store.log_path(parent.name)) if parent else []
+        found = analysis.analyze(
+            lines or (task.last_error or "").splitlines(),
+            error_class=task.last_error_class,
+            reason=(task.last_error or "").strip().splitlines()[0] if task.last_error else None,
+            failures=parent.retry_count if parent else 1,
+            step=source.get("step"),
+        )
+        task.analysis = self.redactor.text(found.summary)
+        task.fix_suggestion = task.fix_suggestion or found.problems[0].suggestion
+        task.last_result = "analysed; waiting for an agent or a person to apply the fix"
+        tree.transition(
+            task.name,
+            REQUIRES_MANUAL,
+            "analysed; self-heal never applies a fix by itself (end it with `tasks.py mark NAME end` once applied)",
+            by="run-next",
+        )
+        return Escalation(REQUIRES_MANUAL, analysis=task.analysis)
+
+
+def announce(ledger: Ledger, name: str, failed: Failed | None, escalation: Escalation) -> None:
+    """Ledger events for what escalation made, then the notification (outside the tree's lock)."""
+    for fix in escalation.fix_tasks:
+        ledger.record(
+            "fix",
+            task=name,
+            step=failed.step if failed else None,
+            error_class=failed.error_class if failed else None,
+            status="created",
+            reason=f"{fix} created",
+            fix_task=fix,
+        )
+    incident, path = escalation.incident, escalation.incident_path
+    if incident is None or path is None:
+        return
+    ledger.record(
+        "incident",
+        task=name,
+        step=incident.failed_step,
+        error_class=incident.error_class,
+        status="requires_manual",
+        reason=f"{incident.id}: {incident.summary}",
+    )
+    config = ledger.config
+    if config.workflows.notify:
+        incident.notified = notify(
+            config.workflows.notify, incident, path, timeout_s=config.workflows.notify_timeout_s, clock=ledger.clock
+        )
+        write_json(path, incident.to_json(), durable=True)
+
+
+# -- stuck detection -----------------------------------------------------------------------------------
+
+
+@dataclass
+class StuckFinding:
+    """A PROCESSING task that is not really running. kind: stuck (no output or heartbeat for too long) or
+    dead (its runner process is gone)."""
+
+    task: str
+    kind: str
+    idle_s: float
+    heartbeat_age_s: float
+    runner: dict[str, Any] | None
+    killed: list[int] = field(default_factory=list)
+    fix_task: str | None = None
+    exec_state: str | None = None  # after acting; None when only reported
+    incident: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**vars(self), "idle_s": round(self.idle_s, 1), "heartbeat_age_s": round(self.heartbeat_age_s, 1)}
+
+
+def _identity(record: dict[str, Any] | None) -> ProcessIdentity | None:
+    if not record or not record.get("pid") or not record.get("create_time"):
+        return None
+    return ProcessIdentity(int(record["pid"]), float(record["create_time"]))
+
+
+def _judge(task: Task, now: float, limit: float, host: str) -> StuckFinding | None:
+    if task.exec_state != PROCESSING:
+        return None
+    since = task.started_ts or task.updated_ts
+    idle = now - max(task.activity_ts or 0.0, since)
+    beat_age = now - max(task.heartbeat_ts or 0.0, since)
+    runner = task.runner
+    identity = _identity(runner)
+    if identity is not None and (runner or {}).get("host") == host and still_running(identity) is None:
+        return StuckFinding(task.name, "dead", idle, beat_age, runner)
+    if idle > limit or beat_age > limit:
+        return StuckFinding(task.name, "stuck", idle, beat_age, runner)
+    return None
+
+
+def find_stuck(store: TaskStore, *, now: float | None = None) -> list[StuckFinding]:
+    """PROCESSING tasks that are stuck or whose runner died; nothing is changed (for health_check.py)."""
+    now = store.clock.time() if now is None else now
+    host = socket.gethostname()
+    limit = store.config.tasks.stuck_after_s
+    found = [_judge(t, now, limit, host) for t in store.snapshot().tasks.values()]
+    return [f for f in found if f is not None]
+
+
+def check_stuck(store: TaskStore, *, now: float | None = None, ledger: Ledger | None = None) -> list[StuckFinding]:
+    """Find stuck and dead runs and deal with them: kill what the runner started (checked by pid and
+    start time), record the failure, and for a stuck one create `FIX-<task>-STUCK`."""
+    now = store.clock.time() if now is None else now
+    ledger = ledger or Ledger(store.state, store.config, clock=store.clock)
+    host = socket.gethostname()
+    limit = store.config.tasks.stuck_after_s
+    acted: list[StuckFinding] = []
+    for candidate in find_stuck(store, now=now):
+        escalation: Escalation | None = None
+        with store.transaction() as tree:
+            if candidate.task not in tree:
+                continue
+            task = tree.get(candidate.task)
+            finding = _judge(task, now, limit, host)  # again, under the lock: it may have moved on
+            if finding is None or task.runner != candidate.runner:
+                continue
+            orphans = _orphans(store, task)
+            if finding.kind == "dead":
+                failed = Failed(
+                    "unknown",
+                    f"its runner (pid {(task.runner or {}).get('pid')}) died without recording an outcome",
+                    crash=True,
+                )
+                escalation = escalate(
+                    tree,
+                    task,
+                    failed,
+                    store=store,
+                    redactor=ledger.redactor,
+                    log_tail=tail_lines(store.log_path(task.name)),
+                )
+            else:
+                escalation = _stuck(tree, task, finding, store, ledger.redactor)
+                finding.fix_task = escalation.fix_tasks[0] if escalation.fix_tasks else None
+            finding.exec_state = task.exec_state
+            if escalation.incident_path is not None:
+                finding.incident = str(escalation.incident_path)
+        # Killed after the record says so, so the runner sees the task is no longer its own and stands down.
+        targets = ([_identity(finding.runner)] if finding.kind == "stuck" else []) + orphans
+        for identity in targets:
+            if identity is not None and (finding.runner or {}).get("host", host) == host:
+                finding.killed += kill_tree(identity, grace_s=store.config.process.kill_grace_s)
+        finding.killed = sorted(set(finding.killed))
+        ledger.record(
+            "stuck",
+            task=finding.task,
+            status=finding.kind,
+            reason=(
+                f"no output for {finding.idle_s:.0f}s (limit {limit:g}s)"
+                if finding.kind == "stuck"
+                else f"runner pid {(finding.runner or {}).get('pid')} is gone"
+            ),
+            idle_s=round(finding.idle_s, 1),
+            fix_task=finding.fix_task,
+            killed=" ".join(map(str, finding.killed)) or None,
+            state=finding.exec_state,
+        )
+        if escalation is not None:
+            announce(ledger, finding.task, None, escalation)
+        acted.append(finding)
+    return acted
+
+
+def _orphans(store: TaskStore, task: Task) -> list[ProcessIdentity | None]:
+    """Commands the task's runs started that may outlive a dead runner (they run in their own session)."""
+    out: list[ProcessIdentity | None] = []
+    for record in list_runs(store.state):
+        if record.get("task") == task.name and record.get("status") == "running":
+            out.append(_identity(record.get("child")))
+    return out
+
+
+def _stuck(tree: TaskTree, task: Task, finding: StuckFinding, store: TaskStore, redactor: Redactor) -> Escalation:
+    settings = store.config.tasks
+    task.retry_count += 1
+    what = (
+        f"no output for {finding.idle_s:.0f}s"
+        if finding.idle_s >= finding.heartbeat_age_s
+        else (f"no heartbeat for {finding.heartbeat_age_s:.0f}s")
+    )
+    reason = f"stuck: {what} (limit {settings.stuck_after_s:g}s); its processes were stopped"
+    task.last_error, task.last_error_class = reason, "timeout"
+    task.last_result = reason
+    child, created = _ensure_fix_child(
+        tree,
+        task,
+        key="stuck",
+        hint="STUCK",
+        title=f"hung: {what}",
+        suggestion="find what the task waits on (a lock, a prompt for input, a dead peer); give its command a "
+        "--timeout so a hang ends by itself",
+        error=reason,
+        error_class="timeout",
+        step=task.failed_step,
+        kind="stuck",
+    )
+    if task.retry_count >= settings.manual_at_failures:
+        tree.transition(task.name, REQUIRES_MANUAL, reason, by="check-stuck")
+        incident = _incident(task, Failed("timeout", reason), store, None, tree)
+        path = write_incident(store.state, incident)
+        task.incident = incident.id
+        return Escalation(REQUIRES_MANUAL, [child.name] if created else [], incident=incident, incident_path=path)
+    tree.transition(task.name, ERROR_FIX_PENDING, reason, by="check-stuck")
+    return Escalation(ERROR_FIX_PENDING, [child.name] if created else [])

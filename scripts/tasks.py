@@ -1,0 +1,494 @@
+#!/usr/bin/env python3
+"""The task tree: parent and child tasks, exec states, fix tasks first, and a cron runner with stuck detection.
+
+  tasks.py add NAME [--type fix|regular|creative] [--priority P0|P1|P2] [--parent NAME] [-- CMD ...]
+  tasks.py list | tree [NAME] | show NAME | log NAME         what there is and how it went
+  tasks.py actionable [--type T] [--limit N] [--json]        what runs next, in run order
+  tasks.py run-next [--type fix|regular|creative] [--task NAME]   run the next one (cron: see SKILL.md)
+  tasks.py mark NAME start|end|error|crash|manual|void        record a state by hand (agents, people)
+  tasks.py set NAME --analysis TEXT ... | reparent NAME --parent P | beat NAME | void NAME | check-stuck
+
+Run order: fix tasks, then regular, then creative; then priority; then deeper tasks first; then oldest.
+A parent runs only when each of its children is END, VOID or REQUIRES_MANUAL.
+
+Exit codes: 0 ok (run-next: it succeeded, or there was nothing to do); 1 check-stuck found stuck tasks;
+2 usage error (unknown task, illegal transition, bad parent, duplicate name); 3 the task failed;
+4 not attempted (the tree is locked, or the task is running or waits for its children).
+With --json, stdout holds exactly one JSON object; a task's output goes to tasks/NAME.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selfheal._bootstrap import bootstrap
+
+bootstrap()
+
+from selfheal import cli  # noqa: E402
+from selfheal.clock import utc_iso  # noqa: E402
+from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
+from selfheal.ledger import Ledger  # noqa: E402
+from selfheal.process import StopFlag  # noqa: E402
+from selfheal.taskrun import BoundedLog, TaskRunner, check_stuck, find_stuck, why_not  # noqa: E402
+from selfheal.tasks import (  # noqa: E402
+    EXEC_STATES,
+    PRIORITIES,
+    PROCESSING,
+    TEXT_FIELDS,
+    TYPES,
+    VERBS,
+    VOID,
+    Task,
+    TaskError,
+    TaskStore,
+    TaskTree,
+)
+from selfheal.workflow import load_plan  # noqa: E402
+
+TASKS_SCRIPT = str(Path(__file__).resolve())
+
+
+def _brief(task: Task) -> dict[str, Any]:
+    return {
+        "name": task.name,
+        "display_name": task.display_name,
+        "type": task.type,
+        "priority": task.priority,
+        "exec_state": task.exec_state,
+        "status": task.status,
+        "parent": task.parent,
+        "level": task.level,
+        "retry_count": task.retry_count,
+        "execution_count": task.execution_count,
+        "updated": utc_iso(task.updated_ts) if task.updated_ts else None,
+    }
+
+
+def _warn_problems(store: TaskStore) -> None:
+    for problem in store.problems:
+        cli.say(f"warning: {problem}")
+
+
+def _run_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any] | None:
+    command = list(args.command or [])
+    given = [bool(command), args.shell is not None, args.workflow is not None]
+    if sum(given) > 1:
+        parser.error("give one of: a command after --, --shell TEXT, or --workflow PLAN.yaml")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.max_attempts is not None and args.max_attempts < 1:
+        parser.error(f"--max-attempts must be >= 1, got {args.max_attempts}")
+    spec: dict[str, Any]
+    if command:
+        spec = {"kind": "argv", "argv": command}
+    elif args.shell is not None:
+        if not args.shell.strip():
+            parser.error("--shell needs a command")
+        spec = {"kind": "shell", "shell": args.shell}
+    elif args.workflow is not None:
+        plan = Path(args.workflow).resolve()
+        load_plan(plan)  # a plan that cannot run is refused now, with the step and key, not at 3 a.m.
+        spec = {"kind": "plan", "plan": str(plan)}
+    else:
+        if any(v is not None for v in (args.cwd, args.timeout, args.max_attempts, args.target)):
+            parser.error("--cwd, --timeout, --max-attempts and --target need something to run")
+        return None
+    cwd = Path(args.cwd).resolve() if args.cwd else Path.cwd() if spec["kind"] != "plan" else None
+    if cwd is not None and not cwd.is_dir():
+        parser.error(f"--cwd {args.cwd!r} is not a folder")
+    spec.update(cwd=str(cwd) if cwd else None, timeout_s=args.timeout, max_attempts=args.max_attempts)
+    spec["target"] = args.target
+    return spec
+
+
+def _tree_lines(tree: TaskTree, roots: list[Task]) -> list[str]:
+    lines: list[str] = []
+
+    def walk(task: Task, prefix: str, last: bool, top: bool) -> None:
+        mark = "" if top else ("└─ " if last else "├─ ")
+        note = ""
+        if tree.is_actionable(task):
+            note = "  <- actionable"
+        elif task.exec_state in ("NEW", "ERROR_FIX_PENDING", "NORMAL_CRASH") and tree.waiting_on(task.name):
+            note = "  (waits for children)"
+        title = f"  {task.display_name}" if task.display_name else ""
+        lines.append(f"{prefix}{mark}{task.name} [{task.type} {task.priority} {task.exec_state}]{title}{note}")
+        kids = tree.children(task.name)
+        child_prefix = prefix + ("" if top else ("   " if last else "│  "))
+        for i, child in enumerate(kids):
+            walk(child, child_prefix, i == len(kids) - 1, False)
+
+    for root in roots:
+        walk(root, "", True, True)
+    return lines
+
+
+def _tree_json(tree: TaskTree, task: Task) -> dict[str, Any]:
+    return {**_brief(task), "children": [_tree_json(tree, c) for c in tree.children(task.name)]}
+
+
+def _show_lines(task: Task, tree: TaskTree, log: Path) -> list[str]:
+    lines = [f"{task.name}: {task.exec_state} ({task.status})"]
+    rows: list[tuple[str, Any]] = [
+        ("display name", task.display_name),
+        ("type / priority", f"{task.type} / {task.priority}"),
+        ("parent", task.parent),
+        ("root / level", f"{task.root} / {task.level}"),
+        ("children", ", ".join(f"{c.name} ({c.exec_state})" for c in tree.children(task.name)) or None),
+        ("runs", _describe_run(task.run)),
+        ("retries / executions", f"{task.retry_count} / {task.execution_count}"),
+        ("created", utc_iso(task.created_ts) if task.created_ts else None),
+        ("last executed", utc_iso(task.last_executed_ts) if task.last_executed_ts else None),
+        ("last result", task.last_result),
+        ("last error class", task.last_error_class),
+        ("failed step", task.failed_step),
+        ("incident", task.incident),
+        ("log", str(log) if log.exists() else None),
+    ]
+    if task.exec_state == PROCESSING:
+        rows.append(("runner", task.runner))
+        rows.append(("heartbeat", utc_iso(task.heartbeat_ts) if task.heartbeat_ts else None))
+        rows.append(("last activity", utc_iso(task.activity_ts) if task.activity_ts else None))
+    for key, value in rows:
+        if value is not None:
+            lines.append(f"  {key}: {value}")
+    for key in ("description", "success_criteria", "fix_suggestion", "analysis", "plan", "solution", "last_error"):
+        value = getattr(task, key)
+        if value:
+            body = str(value).rstrip().replace("\n", "\n    ")
+            lines.append(f"  {key.replace('_', ' ')}:\n    {body}")
+    if task.exec_state not in (VOID, "END"):
+        why = why_not(tree, task)
+        lines.append(f"  next: {why}" if why else "  next: actionable; `tasks.py run-next` would consider it")
+    return lines
+
+
+def _describe_run(run: dict[str, Any] | None) -> str | None:
+    if not run:
+        return None
+    if run.get("kind") == "plan":
+        return f"workflow {run['plan']}"
+    text = shlex.join(run["argv"]) if run.get("kind") == "argv" else f"sh -c {shlex.quote(run['shell'])}"
+    extras = [f"{k}={run[k]}" for k in ("cwd", "timeout_s", "max_attempts", "target") if run.get(k)]
+    return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def build_parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="tasks.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="op", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        return p
+
+    add = command("add", "create a task (NEW); what it runs goes after --, or --shell / --workflow")
+    add.usage = "tasks.py add NAME [options] [-- CMD ...]"
+    add.add_argument("name")
+    add.add_argument("--type", choices=TYPES, help="fix, regular or creative (default: fix for FIX-*, else regular)")
+    add.add_argument("--priority", choices=PRIORITIES, default="P1")
+    add.add_argument("--parent", help="make it a child of this task")
+    add.add_argument("--display-name")
+    add.add_argument("--description")
+    add.add_argument("--success-criteria")
+    add.add_argument("--fix-suggestion")
+    add.add_argument("--shell", metavar="TEXT", help="run this through /bin/sh -c (say so explicitly)")
+    add.add_argument("--workflow", metavar="PLAN.yaml", help="run this workflow plan (checkpointed steps)")
+    add.add_argument("--cwd", help="run the command in this folder (default: the current one)")
+    add.add_argument("--timeout", type=float, metavar="S", help="seconds per attempt")
+    add.add_argument("--max-attempts", type=int, metavar="N", help="attempts for retryable failures per run")
+    add.add_argument("--target", help="what the command talks to: its circuit breaker guards each attempt")
+
+    lst = command("list", "every task, in run order")
+    lst.add_argument("--state", type=str.upper, metavar="EXEC_STATE", help="only tasks in this exec state")
+    lst.add_argument("--type", choices=TYPES)
+
+    tree = command("tree", "the tasks as a tree, children under parents")
+    tree.add_argument("name", nargs="?", help="only this task's subtree")
+
+    show = command("show", "one task in full")
+    show.add_argument("name")
+
+    act = command("actionable", "the tasks that can run now, in run order")
+    act.add_argument("--type", choices=TYPES, action="append", help="only this type (repeatable)")
+    act.add_argument("--limit", type=int, metavar="N")
+
+    mark = command("mark", "move a task to another exec state (checked against the transition table)")
+    mark.add_argument("name")
+    mark.add_argument("verb", choices=sorted(VERBS), help="start, end, error, crash, manual or void")
+    mark.add_argument("--reason", help="why: kept in the task's history")
+    mark.add_argument("--result", help="with end: the result to record")
+
+    void = command("void", "void a task and its unfinished children")
+    void.add_argument("name")
+    void.add_argument("--reason")
+
+    setp = command("set", "record text on a task: analysis, plan, solution, ... (agents use this)")
+    setp.add_argument("name")
+    for key in TEXT_FIELDS:
+        setp.add_argument(f"--{key.replace('_', '-')}", dest=key)
+    setp.add_argument("--priority", choices=PRIORITIES)
+    setp.add_argument("--type", choices=TYPES)
+
+    rep = command("reparent", "move a task (and its subtree) under another parent, or to the top")
+    rep.add_argument("name")
+    where = rep.add_mutually_exclusive_group(required=True)
+    where.add_argument("--parent")
+    where.add_argument("--top", action="store_true")
+
+    run = command("run-next", "run the next actionable task (checks for stuck tasks first)")
+    run.add_argument("--type", choices=TYPES, action="append", help="only this type (repeatable)")
+    run.add_argument("--task", help="run this task now, if it is actionable")
+    run.add_argument("--echo", action="store_true", help="also copy the task's output to stderr")
+    run.add_argument("--no-stuck-check", action="store_true", help="skip the stuck check before running")
+    run.add_argument("-q", "--quiet", action="store_true", help="print nothing when there is nothing to do")
+
+    stuck = command("check-stuck", "find running tasks that are stuck or dead, and deal with them")
+    stuck.add_argument("--dry-run", action="store_true", help="only report")
+
+    beat = command("beat", "an agent working on a task it marked started: 'still working' (and a log line)")
+    beat.add_argument("name")
+    beat.add_argument("--message")
+
+    log = command("log", "the end of a task's output log")
+    log.add_argument("name")
+    log.add_argument("--lines", type=int, default=50)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    own = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in own:  # everything after the first -- is the task's command, never our options
+        cut = own.index("--")
+        own, command = own[:cut], own[cut + 1 :]
+    args = parser.parse_args(own)
+    if command and args.op != "add":
+        parser.error(f"a command after -- only goes with add, not {args.op}")
+    args.command = command
+    cli.setup_logging()
+    store = TaskStore()
+    handler = globals()[f"_op_{args.op.replace('-', '_')}"]
+    code: int = handler(store, args, parser)
+    return code
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: Sequence[str] | str | None) -> None:
+    if args.json:
+        cli.emit_json(obj)
+    elif text is not None:
+        print(text if isinstance(text, str) else "\n".join(text))
+
+
+def _op_add(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    run = _run_spec(args, parser)
+    kind = args.type or ("fix" if args.name.startswith("FIX-") else "regular")
+    task = Task(
+        name=args.name,
+        type=kind,
+        priority=args.priority,
+        parent=args.parent,
+        display_name=args.display_name,
+        description=args.description,
+        success_criteria=args.success_criteria,
+        fix_suggestion=args.fix_suggestion,
+        run=run,
+    )
+    with store.transaction() as tree:
+        tree.add(task, by="tasks.py add")
+    _emit(
+        args,
+        {"ok": True, "task": task.to_json()},
+        f"added {task.name} ({task.type}, {task.priority}, level {task.level})",
+    )
+    return EXIT_OK
+
+
+def _op_list(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    tree = store.snapshot()
+    _warn_problems(store)
+    tasks = tree.ordered()
+    if args.state:
+        if args.state not in EXEC_STATES:
+            parser.error(f"--state must be one of {', '.join(EXEC_STATES)}, not {args.state!r}")
+        tasks = [t for t in tasks if t.exec_state == args.state]
+    if args.type:
+        tasks = [t for t in tasks if t.type == args.type]
+    rows = [
+        f"{t.name:<32} {t.type:<8} {t.priority}  {t.exec_state:<17} {t.retry_count:>3}  {t.display_name or ''}"
+        for t in tasks
+    ]
+    header = f"{'NAME':<32} {'TYPE':<8} PRI {'EXEC_STATE':<17} RET  DISPLAY NAME"
+    _emit(args, {"ok": True, "tasks": [_brief(t) for t in tasks]}, [header, *rows] if rows else "no tasks")
+    return EXIT_OK
+
+
+def _op_tree(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    tree = store.snapshot()
+    _warn_problems(store)
+    roots = [tree.get(args.name)] if args.name else tree.roots()
+    lines = _tree_lines(tree, roots)
+    _emit(args, {"ok": True, "tree": [_tree_json(tree, r) for r in roots]}, lines or "no tasks")
+    return EXIT_OK
+
+
+def _op_show(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    tree = store.snapshot()
+    _warn_problems(store)
+    task = tree.get(args.name)
+    why = why_not(tree, task)
+    obj = {"ok": True, "task": task.to_json(), "actionable": why is None, "why_not": why}
+    _emit(args, obj, _show_lines(task, tree, store.log_path(task.name)))
+    return EXIT_OK
+
+
+def _op_actionable(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    tree = store.snapshot()
+    _warn_problems(store)
+    found = tree.actionable(types=args.type, limit=args.limit)
+    obj = {"ok": True, "tasks": [t.name for t in found], "details": [_brief(t) for t in found]}
+    _emit(args, obj, [t.name for t in found] if found else None)
+    return EXIT_OK
+
+
+def _op_mark(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    wanted = VERBS[args.verb]
+    with store.transaction() as tree:
+        if wanted == VOID:
+            changed = tree.void(args.name, args.reason, by="tasks.py mark")
+        else:
+            task = tree.transition(args.name, wanted, args.reason, by="tasks.py mark")
+            if args.result is not None:
+                task.last_result = args.result
+            changed = [task]
+    task = changed[0]
+    extra = f" (and {len(changed) - 1} unfinished descendant(s))" if len(changed) > 1 else ""
+    text = f"{task.name}: {task.exec_state}{extra}"
+    _emit(
+        args, {"ok": True, "task": task.name, "exec_state": task.exec_state, "changed": [t.name for t in changed]}, text
+    )
+    return EXIT_OK
+
+
+def _op_void(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    args.verb, args.result = "void", None
+    return _op_mark(store, args, parser)
+
+
+def _op_set(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    fields = {k: getattr(args, k) for k in (*TEXT_FIELDS, "priority", "type") if getattr(args, k) is not None}
+    if not fields:
+        parser.error(
+            "nothing to set; give at least one of " + ", ".join(f"--{k.replace('_', '-')}" for k in TEXT_FIELDS)
+        )
+    with store.transaction() as tree:
+        task = tree.update(args.name, by="tasks.py set", **fields)
+    _emit(args, {"ok": True, "task": task.to_json()}, f"{task.name}: set {', '.join(sorted(fields))}")
+    return EXIT_OK
+
+
+def _op_reparent(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    with store.transaction() as tree:
+        task = tree.reparent(args.name, None if args.top else args.parent, by="tasks.py reparent")
+    where = task.parent or "the top"
+    _emit(
+        args,
+        {"ok": True, "task": task.name, "parent": task.parent, "level": task.level},
+        f"{task.name} is now under {where}",
+    )
+    return EXIT_OK
+
+
+def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.task and args.type:
+        parser.error("--task and --type do not go together")
+    stuck = [] if args.no_stuck_check else check_stuck(store)
+    for finding in stuck:
+        cli.say(
+            f"{finding.task}: {finding.kind}; now {finding.exec_state}"
+            + (f", {finding.fix_task} created" if finding.fix_task else "")
+        )
+    stop = StopFlag()
+    stop.install()
+    try:
+        runner = TaskRunner(store, stop=stop, echo=sys.stderr.buffer if args.echo else None)
+        result = runner.run_next(types=args.type, only=args.task)
+    finally:
+        stop.close()
+    result.stuck = [f.to_json() for f in stuck]
+    _warn_problems(store)
+    if args.json:
+        cli.emit_json(result.to_json())
+    elif result.outcome != "nothing" or not args.quiet:
+        cli.say(result.message)
+        for fix in result.fix_tasks:
+            cli.say(f"created {fix}")
+        if result.incident:
+            cli.say(f"incident: {result.incident}")
+    return result.exit_status
+
+
+def _op_check_stuck(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    findings = find_stuck(store) if args.dry_run else check_stuck(store)
+    lines = []
+    for f in findings:
+        what = (
+            f"no output for {f.idle_s:.0f}s"
+            if f.kind == "stuck"
+            else f"runner pid {(f.runner or {}).get('pid')} is gone"
+        )
+        line = f"{f.task}: {f.kind} ({what})"
+        if not args.dry_run:
+            line += f"; now {f.exec_state}"
+            if f.killed:
+                line += f"; killed {' '.join(map(str, f.killed))}"
+            if f.fix_task:
+                line += f"; {f.fix_task} created"
+        lines.append(line)
+    _emit(args, {"ok": not findings, "findings": [f.to_json() for f in findings]}, lines or "no stuck tasks")
+    return EXIT_PROBLEMS if findings else EXIT_OK
+
+
+def _op_beat(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    now = store.clock.time()
+    with store.transaction() as tree:
+        task = tree.get(args.name)
+        if task.exec_state != PROCESSING:
+            raise TaskError(
+                f"task {args.name!r} is {task.exec_state}, not PROCESSING; `tasks.py mark {args.name} start` first"
+            )
+        tree.quiet_update(args.name, heartbeat_ts=now, activity_ts=now)
+    if args.message:
+        log = BoundedLog(
+            store.log_path(args.name),
+            max_chars=store.config.tasks.log_max_chars,
+            keep_chars=store.config.tasks.log_keep_chars,
+            redactor=Ledger(store.state, store.config).redactor,
+        )
+        log.note(f"{utc_iso(now)} {args.message}")
+        log.close()
+    _emit(args, {"ok": True, "task": args.name, "heartbeat": utc_iso(now)}, None)
+    return EXIT_OK
+
+
+def _op_log(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.lines < 1:
+        parser.error(f"--lines must be >= 1, got {args.lines}")
+    store.get(args.name)
+    path = store.log_path(args.name)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[-args.lines :] if path.exists() else []
+    _emit(args, {"ok": True, "task": args.name, "log": str(path), "lines": lines}, lines or f"no output yet ({path})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

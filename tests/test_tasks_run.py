@@ -1,0 +1,427 @@
+"""tasks.py as users and cron run it: real runner processes, real races, real kills, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.config import load_config
+from selfheal.store import StateRoot, write_json
+from selfheal.taskrun import check_stuck
+from selfheal.tasks import PROCESSING, Task, TaskStore
+
+TASKS = str(SCRIPTS / "tasks.py")
+
+
+@pytest.fixture(autouse=True)
+def fast(write_config: Callable[[str], Path]) -> None:
+    """No real retry waits, a short kill grace and a quick heartbeat, so runs end (and are seen) quickly."""
+    write_config(
+        """
+        retry: {jitter: none}
+        policies:
+          transient: {base_s: 0.01}
+          unknown: {attempts: 1}
+          permanent: {attempts: 1}
+        process: {kill_grace_s: 1, heartbeat_s: 0.2}
+        """
+    )
+
+
+def tasks(home: Path, *args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, TASKS, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=script_env(home),
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def start(home: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PYTHON, TASKS, *args],
+        env=script_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def as_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, f"stdout must hold exactly one JSON object, got: {proc.stdout!r} / {proc.stderr!r}"
+    result: dict[str, Any] = json.loads(lines[0])
+    return result
+
+
+def record(home: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((home / "tasks" / f"{name}.json").read_text())
+    return data
+
+
+def ledger(home: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for f in sorted((home / "ledger").glob("*.jsonl")) for line in f.read_text().splitlines()]
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except (FileNotFoundError, ValueError, KeyError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def tree_pids(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def gone(procs: list[psutil.Process], timeout: float = 15.0) -> bool:
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+# -- running -------------------------------------------------------------------------------------------
+
+
+def test_run_next_runs_fix_tasks_first_and_records_each_outcome(home: Path, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    assert tasks(home, "add", "report", "--shell", f"echo report >> {journal}; echo made the report").returncode == 0
+    assert tasks(home, "add", "FIX-db", "--", "sh", "-c", f"echo fix >> {journal}").returncode == 0
+
+    first = tasks(home, "run-next", "--json")
+    assert first.returncode == 0, first.stderr
+    result = as_json(first)
+    assert (result["ok"], result["task"], result["outcome"], result["exec_state"]) == (
+        True,
+        "FIX-db",
+        "succeeded",
+        "END",
+    )
+    second = as_json(tasks(home, "run-next", "--json"))
+    assert (second["task"], second["exec_state"], second["execution_count"]) == ("report", "END", 1)
+    third = tasks(home, "run-next", "--json")
+    assert (third.returncode, as_json(third)["outcome"]) == (0, "nothing")
+    assert journal.read_text().splitlines() == ["fix", "report"]
+
+    rec = record(home, "report")
+    assert (rec["exec_state"], rec["status"], rec["retry_count"], rec["runner"]) == ("END", "completed", 0, None)
+    assert rec["last_result"].startswith("succeeded in ")
+    log = (home / "tasks" / "report.log").read_text()
+    assert "made the report" in log and "run 1 of report" in log
+    shown = tasks(home, "log", "report")
+    assert "made the report" in shown.stdout
+    # Quiet when there is nothing to do, as cron wants.
+    quiet = tasks(home, "run-next", "-q")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+
+
+def test_a_failing_task_escalates_through_fix_tasks_to_a_person(home: Path, tmp_path: Path) -> None:
+    tasks(home, "add", "etl", "--priority", "P0", "--", "sh", "-c", "echo 'KeyError: price' >&2; exit 1")
+    failed = tasks(home, "run-next", "--json")
+    assert failed.returncode == 3
+    result = as_json(failed)
+    assert (result["task"], result["exec_state"], result["retry_count"]) == ("etl", "ERROR_FIX_PENDING", 1)
+    assert result["fix_tasks"] == ["FIX-etl-command"]
+    assert as_json(tasks(home, "actionable", "--json"))["tasks"] == ["FIX-etl-command"]  # the parent waits
+    fix = record(home, "FIX-etl-command")
+    assert (fix["type"], fix["priority"], fix["parent"], fix["level"]) == ("fix", "P0", "etl", 2)
+    assert "KeyError: price" in fix["last_error"]
+
+    analysed = as_json(tasks(home, "run-next", "--type", "fix", "--json"))
+    assert (analysed["task"], analysed["outcome"], analysed["exec_state"]) == (
+        "FIX-etl-command",
+        "analysed",
+        "REQUIRES_MANUAL",
+    )
+    assert "KeyError" in record(home, "FIX-etl-command")["analysis"]
+    assert as_json(tasks(home, "actionable", "--json"))["tasks"] == ["etl"]  # a settled child frees the parent
+
+    outcomes = [as_json(tasks(home, "run-next", "--type", "regular", "--json")) for _ in range(4)]
+    assert [o["retry_count"] for o in outcomes] == [2, 3, 4, 5]
+    assert [o["exec_state"] for o in outcomes] == ["ERROR_FIX_PENDING"] * 3 + ["REQUIRES_MANUAL"]
+    incident = json.loads(Path(outcomes[-1]["incident"]).read_text())
+    assert incident["task"] == "etl" and "run-next --task etl" in incident["resume_command"]
+    events = [e["event"] for e in ledger(home)]
+    assert events.count("fix") == 1 and events.count("incident") == 1
+
+    # A person fixes it and hands it back: a fresh budget, and it runs at once when asked.
+    tasks(home, "set", "etl", "--solution", "added the price column")
+    handed = tasks(home, "mark", "etl", "error", "--reason", "schema fixed")
+    assert handed.returncode == 0 and record(home, "etl")["retry_count"] == 0
+    rec = record(home, "etl")
+    assert rec["solution"] == "added the price column" and rec["history"][-1]["reason"] == "schema fixed"
+
+
+@pytest.mark.parametrize("runners", [2, 6])
+def test_runners_started_together_run_one_task_once(home: Path, tmp_path: Path, runners: int) -> None:
+    """They all reach the claim at about the same time; the tree's lock lets exactly one take the task."""
+    journal = tmp_path / "journal"
+    script = f"import time; open({str(journal)!r}, 'a').write('ran\\n'); time.sleep(0.5)"
+    tasks(home, "add", "once", "--", PYTHON, "-c", script)
+    procs = [start(home, "run-next", "--json") for _ in range(runners)]
+    outs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert sorted(o["outcome"] for o in outs) == ["nothing"] * (runners - 1) + ["succeeded"], outs
+    assert journal.read_text() == "ran\n"
+    assert record(home, "once")["execution_count"] == 1
+
+
+def test_the_output_log_stays_bounded_with_a_command_printing_5_mb(home: Path) -> None:
+    code = "import sys\nfor i in range(100000): sys.stdout.write(f'line {i:06d} ' + 'x' * 40 + '\\n')\nprint('THE END')"
+    tasks(home, "add", "chatty", "--", PYTHON, "-c", code)
+    done = tasks(home, "run-next", "--json")
+    assert as_json(done)["exec_state"] == "END", done.stderr
+    text = (home / "tasks" / "chatty.log").read_text()
+    assert 70_000 < len(text) <= 100_000
+    assert text.startswith("[self-heal: earlier output cut; this log keeps its last 80000 characters]")
+    assert "line 099999 " in text and "THE END" in text
+
+
+def test_a_plan_task_resumes_through_the_workflow_runner(home: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        textwrap.dedent(
+            f"""
+            name: nightly
+            steps:
+              - name: fetch
+                shell: "echo fetch >> {tmp_path}/journal"
+              - name: publish
+                shell: "test -e {tmp_path}/ready || {{ echo 'FileNotFoundError: ready' >&2; exit 1; }};
+                  echo publish >> {tmp_path}/journal"
+            """
+        )
+    )
+    tasks(home, "add", "nightly", "--workflow", str(plan))
+    first = as_json(tasks(home, "run-next", "--json"))
+    assert (first["exec_state"], first["failed_step"], first["fix_tasks"]) == (
+        "ERROR_FIX_PENDING",
+        "publish",
+        ["FIX-nightly-publish"],
+    )
+    (tmp_path / "ready").touch()
+    tasks(home, "mark", "FIX-nightly-publish", "end", "--result", "created the ready file")
+    second = as_json(tasks(home, "run-next", "--json"))
+    assert (second["task"], second["exec_state"]) == ("nightly", "END")
+    assert (tmp_path / "journal").read_text().splitlines() == ["fetch", "publish"]  # fetch never ran twice
+
+
+def test_a_parked_plan_handed_back_by_a_person_resumes_at_its_unfinished_step(
+    home: Path, tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    write_config(
+        "policies: {unknown: {attempts: 1}}\nworkflows: {max_resumes_without_progress: 1}\n"
+        "process: {kill_grace_s: 1, heartbeat_s: 0.2}\n"
+    )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"steps:\n  - name: one\n    shell: 'echo one >> {tmp_path}/journal'\n"
+        f"  - name: two\n    shell: 'test -e {tmp_path}/ready && echo two >> {tmp_path}/journal'\n"
+    )
+    tasks(home, "add", "parked", "--workflow", str(plan))
+    for _ in range(10):
+        if record(home, "parked")["exec_state"] == "REQUIRES_MANUAL":
+            break
+        tasks(home, "run-next")
+    rec = record(home, "parked")
+    assert rec["exec_state"] == "REQUIRES_MANUAL" and rec["incident"]
+    (tmp_path / "ready").touch()
+    assert tasks(home, "mark", "parked", "error").returncode == 0
+    resumed = as_json(tasks(home, "run-next", "--task", "parked", "--json"))
+    assert resumed["exec_state"] == "END", resumed
+    assert (tmp_path / "journal").read_text().splitlines() == ["one", "two"]
+
+
+# -- stuck and dead runs ---------------------------------------------------------------------------------
+
+
+def test_a_hanging_task_is_found_stuck_and_its_whole_process_tree_is_killed(
+    home: Path, write_config: Callable[[str], Path]
+) -> None:
+    write_config(
+        "process: {kill_grace_s: 1, heartbeat_s: 0.2}\ntasks: {stuck_after_s: 1}\n"  # stuck after 1 s without output
+    )
+    tasks(home, "add", "hangs", "--", "sh", "-c", "sleep 300 & sleep 300; wait")
+    runner = start(home, "run-next", "--json")
+    wait_until(lambda: record(home, "hangs")["exec_state"] == "PROCESSING", what="the claim")
+
+    def both_sleeps() -> list[psutil.Process] | None:
+        procs = tree_pids(runner.pid)
+        return procs if len([p for p in procs if p.name() == "sleep"]) == 2 else None
+
+    procs = wait_until(both_sleeps, what="the command and its background child")
+    time.sleep(1.3)  # the only real wait: past stuck_after_s with no output
+
+    checked = tasks(home, "check-stuck", "--json")
+    assert checked.returncode == 1, checked.stderr
+    (finding,) = as_json(checked)["findings"]
+    assert (finding["task"], finding["kind"], finding["fix_task"]) == ("hangs", "stuck", "FIX-hangs-STUCK")
+    assert {p.pid for p in procs} <= set(finding["killed"])
+    assert gone(procs)
+    runner.communicate(timeout=30)
+    rec = record(home, "hangs")
+    assert (rec["exec_state"], rec["retry_count"], rec["runner"]) == ("ERROR_FIX_PENDING", 1, None)
+    assert record(home, "FIX-hangs-STUCK")["parent"] == "hangs"
+    assert "[STUCK] task=hangs reason=stuck" in (home / "logs" / "selfheal.log").read_text()
+    # The runner stood down: it did not overwrite what the stuck check decided.
+    assert "run-next" not in rec["history"][-1].get("by", "")
+
+
+def test_a_process_that_reuses_the_recorded_pid_is_left_alone(home: Path, state: StateRoot) -> None:
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        real = psutil.Process(stranger.pid).create_time()
+        store = TaskStore(state, load_config())
+        with store.transaction() as tree:
+            tree.add(Task(name="old-run", run={"kind": "argv", "argv": ["true"]}))
+            tree.transition("old-run", PROCESSING)
+            tree.quiet_update(
+                "old-run",
+                runner={"pid": stranger.pid, "create_time": real - 1000, "host": socket.gethostname()},
+                activity_ts=time.time() - 10_000,
+                heartbeat_ts=time.time() - 10_000,
+            )
+        # Its run record also names the pid as its command, with the old start time.
+        write_json(
+            state.run_file("old-run-1"),
+            {"task": "old-run", "status": "running", "child": {"pid": stranger.pid, "create_time": real - 1000}},
+        )
+        (finding,) = check_stuck(store)
+        assert (finding.kind, finding.killed) == ("dead", [])
+        assert stranger.poll() is None and psutil.Process(stranger.pid).status() != psutil.STATUS_ZOMBIE
+        assert store.get("old-run").exec_state == "NORMAL_CRASH"  # its runner is gone: a crash, retried
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_runner_killed_with_sigkill_is_found_dead_and_its_orphaned_command_is_stopped(home: Path) -> None:
+    tasks(home, "add", "orphaned", "--", "sh", "-c", "echo started; sleep 300")
+    runner = start(home, "run-next")
+    wait_until(lambda: "started" in (home / "tasks" / "orphaned.log").read_text(), what="the command's output")
+    command = [p for p in tree_pids(runner.pid)[1:]]
+    runner.send_signal(signal.SIGKILL)
+    runner.communicate(timeout=10)
+    assert all(p.is_running() for p in command)  # in its own session, it outlived the runner
+
+    checked = as_json(tasks(home, "check-stuck", "--json"))
+    (finding,) = checked["findings"]
+    assert (finding["kind"], finding["exec_state"]) == ("dead", "NORMAL_CRASH")
+    assert gone(command)
+    rec = record(home, "orphaned")
+    assert rec["retry_count"] == 1 and "died without recording an outcome" in rec["last_error"]
+    assert as_json(tasks(home, "actionable", "--json"))["tasks"] == ["orphaned"]  # retried on the next pass
+
+
+def test_voiding_a_running_task_stops_its_command(home: Path) -> None:
+    tasks(home, "add", "unwanted", "--", "sh", "-c", "echo going; sleep 300")
+    runner = start(home, "run-next", "--json")
+    wait_until(lambda: "going" in (home / "tasks" / "unwanted.log").read_text(), what="the command's output")
+    command = tree_pids(runner.pid)[1:]
+    assert tasks(home, "void", "unwanted", "--reason", "not needed").returncode == 0
+    out, _ = runner.communicate(timeout=30)
+    assert json.loads(out)["outcome"] == "superseded" and runner.returncode == 3
+    assert gone(command)
+    assert record(home, "unwanted")["exec_state"] == "VOID"
+
+
+def test_an_agent_keeps_its_own_task_alive_with_beats(home: Path) -> None:
+    tasks(home, "add", "agent-work")
+    assert tasks(home, "mark", "agent-work", "start").returncode == 0
+    before = record(home, "agent-work")["heartbeat_ts"]
+    time.sleep(0.05)
+    beat = tasks(home, "beat", "agent-work", "--message", "halfway through")
+    assert beat.returncode == 0, beat.stderr
+    rec = record(home, "agent-work")
+    assert rec["heartbeat_ts"] > before and rec["activity_ts"] == rec["heartbeat_ts"]
+    assert "halfway through" in (home / "tasks" / "agent-work.log").read_text()
+    tasks(home, "mark", "agent-work", "end")
+    refused = tasks(home, "beat", "agent-work")
+    assert refused.returncode == 2 and "is END, not PROCESSING" in refused.stderr
+
+
+# -- the command line --------------------------------------------------------------------------------------
+
+
+def test_bad_input_on_the_command_line_is_refused_and_changes_nothing(home: Path, tmp_path: Path) -> None:
+    tasks(home, "add", "parent")
+    tasks(home, "add", "child", "--parent", "parent")
+    tasks(home, "add", "finished")
+    tasks(home, "mark", "finished", "end")
+    bad_plan = tmp_path / "bad.yaml"
+    bad_plan.write_text("steps:\n  - name: s1\n    command: [echo]\n    timeout: -1\n")
+    before = {p.name: p.read_bytes() for p in (home / "tasks").iterdir()}
+    cases = [
+        (["mark", "nosuch", "end"], "no task named 'nosuch'"),
+        (["show", "chlid"], "did you mean 'child'?"),
+        (["mark", "finished", "start"], "'finished' is END and cannot become PROCESSING"),
+        (["add", "child"], "task 'child' already exists"),
+        (["add", "x", "--parent", "nosuch"], "parent 'nosuch' does not exist"),
+        (["reparent", "parent", "--parent", "child"], "would become its own ancestor"),
+        (["add", "../x"], "invalid task id '../x'"),
+        (["add", "x", "--shell", "true", "--", "true"], "give one of"),
+        (["add", "x", "--workflow", str(bad_plan)], "timeout"),
+        (["add", "x", "--priority", "P7"], "invalid choice"),
+        (["run-next", "--task", "finished"], "'finished' is END"),
+        (["mark", "finished", "restart"], "invalid choice"),
+    ]
+    for args, text in cases:
+        proc = tasks(home, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert text in proc.stderr, (args, proc.stderr)
+        assert proc.stdout == ""
+    as_json_error = tasks(home, "mark", "nosuch", "end", "--json")
+    assert as_json(as_json_error)["ok"] is False and as_json_error.returncode == 2
+    after = {p.name: p.read_bytes() for p in (home / "tasks").iterdir()}
+    assert after == before
+
+
+def test_a_parent_waiting_for_children_is_not_attempted_when_asked_by_name(home: Path) -> None:
+    tasks(home, "add", "parent", "--", "true")
+    tasks(home, "add", "child", "--parent", "parent", "--", "true")
+    proc = tasks(home, "run-next", "--task", "parent")
+    assert proc.returncode == 4 and "waits for its children: child (NEW)" in proc.stderr
+
+
+def test_list_tree_and_show_describe_the_tree(home: Path) -> None:
+    tasks(home, "add", "TC-FLOW-001", "--display-name", "end to end", "--", "true")
+    tasks(home, "add", "step-a", "--parent", "TC-FLOW-001", "--priority", "P0", "--", "true")
+    tasks(home, "add", "idea", "--type", "creative")
+    tree = tasks(home, "tree").stdout.splitlines()
+    assert tree == [
+        "TC-FLOW-001 [regular P1 NEW]  end to end  (waits for children)",
+        "└─ step-a [regular P0 NEW]  <- actionable",
+        "idea [creative P1 NEW]  <- actionable",
+    ]
+    listed = as_json(tasks(home, "list", "--json"))["tasks"]
+    assert [t["name"] for t in listed] == ["step-a", "TC-FLOW-001", "idea"]
+    assert [
+        t["name"] for t in as_json(tasks(home, "list", "--state", "new", "--type", "creative", "--json"))["tasks"]
+    ] == ["idea"]
+    shown = tasks(home, "show", "TC-FLOW-001").stdout
+    assert "children: step-a (NEW)" in shown and "waits for its children" in shown
+    idea = as_json(tasks(home, "show", "idea", "--json"))
+    assert idea["actionable"] is False and "nothing to run" in idea["why_not"]
+    # run-next leaves an agent's task (nothing to run) alone, but `actionable` lists it for the agent.
+    assert as_json(tasks(home, "actionable", "--json"))["tasks"] == ["step-a", "idea"]
+    assert os.stat(home / "tasks" / "idea.json").st_mode & 0o777 == 0o600
