@@ -6,7 +6,8 @@
   tasks.py actionable [--type T] [--limit N] [--json]        what runs next, in run order
   tasks.py run-next [--type fix|regular|creative] [--task NAME]   run the next one (cron: see SKILL.md)
   tasks.py mark NAME start|end|error|crash|manual|void        record a state by hand (agents, people)
-  tasks.py set NAME --analysis TEXT ... | reparent NAME --parent P | beat NAME | void NAME | check-stuck
+  tasks.py set NAME --analysis TEXT ... | reparent NAME --parent P | beat NAME | void NAME
+  tasks.py check-stuck [--dry-run] | archive [--older-than DAYS]
 
 Run order: fix tasks, then regular, then creative; then priority; then deeper tasks first; then oldest.
 A parent runs only when each of its children is END, VOID or REQUIRES_MANUAL.
@@ -20,6 +21,7 @@ With --json, stdout holds exactly one JSON object; a task's output goes to tasks
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from collections.abc import Sequence
@@ -37,6 +39,8 @@ from selfheal.ledger import Ledger  # noqa: E402
 from selfheal.process import StopFlag  # noqa: E402
 from selfheal.taskrun import BoundedLog, TaskRunner, check_stuck, find_stuck, why_not  # noqa: E402
 from selfheal.tasks import (  # noqa: E402
+    ACTIONABLE_STATES,
+    END,
     EXEC_STATES,
     PRIORITIES,
     PROCESSING,
@@ -48,6 +52,7 @@ from selfheal.tasks import (  # noqa: E402
     TaskError,
     TaskStore,
     TaskTree,
+    UnknownTask,
 )
 from selfheal.workflow import load_plan  # noqa: E402
 
@@ -115,7 +120,7 @@ def _tree_lines(tree: TaskTree, roots: list[Task]) -> list[str]:
         note = ""
         if tree.is_actionable(task):
             note = "  <- actionable"
-        elif task.exec_state in ("NEW", "ERROR_FIX_PENDING", "NORMAL_CRASH") and tree.waiting_on(task.name):
+        elif task.exec_state in ACTIONABLE_STATES and tree.waiting_on(task.name):
             note = "  (waits for children)"
         title = f"  {task.display_name}" if task.display_name else ""
         lines.append(f"{prefix}{mark}{task.name} [{task.type} {task.priority} {task.exec_state}]{title}{note}")
@@ -163,7 +168,7 @@ def _show_lines(task: Task, tree: TaskTree, log: Path) -> list[str]:
         if value:
             body = str(value).rstrip().replace("\n", "\n    ")
             lines.append(f"  {key.replace('_', ' ')}:\n    {body}")
-    if task.exec_state not in (VOID, "END"):
+    if task.exec_state not in (VOID, END):
         why = why_not(tree, task)
         lines.append(f"  next: {why}" if why else "  next: actionable; `tasks.py run-next` would consider it")
     return lines
@@ -256,6 +261,11 @@ def build_parser() -> cli.ArgumentParser:
     beat.add_argument("name")
     beat.add_argument("--message")
 
+    arch = command("archive", "move finished trees (all END or VOID) out of the live set, to tasks/archive/")
+    arch.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="unchanged this long (default: tasks.archive_after_days)"
+    )
+
     log = command("log", "the end of a task's output log")
     log.add_argument("name")
     log.add_argument("--lines", type=int, default=50)
@@ -342,10 +352,33 @@ def _op_tree(store: TaskStore, args: argparse.Namespace, parser: argparse.Argume
 def _op_show(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     tree = store.snapshot()
     _warn_problems(store)
-    task = tree.get(args.name)
+    try:
+        task = tree.get(args.name)
+    except UnknownTask:
+        past = store.archived(args.name)
+        if not past:
+            raise
+        # Finished long ago and archived: show the last one, read-only.
+        data = json.loads(past[-1].read_text(encoding="utf-8"))
+        lines = [f"{args.name}: {data.get('exec_state')} (archived: {past[-1]})"]
+        lines += [f"  {k}: {data[k]}" for k in ("last_result", "updated", "retry_count") if data.get(k) is not None]
+        _emit(args, {"ok": True, "task": data, "archived": str(past[-1])}, lines)
+        return EXIT_OK
     why = why_not(tree, task)
     obj = {"ok": True, "task": task.to_json(), "actionable": why is None, "why_not": why}
     _emit(args, obj, _show_lines(task, tree, store.log_path(task.name)))
+    return EXIT_OK
+
+
+def _op_archive(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    days = store.config.tasks.archive_after_days if args.older_than is None else args.older_than
+    if days < 0:
+        parser.error(f"--older-than must be >= 0 days, got {days}")
+    with store.transaction() as tree:
+        moved = tree.archive_finished(older_than_s=days * 86400)
+    names = sorted(t.name for t in moved)
+    text = f"archived {len(names)} task(s) to {store.archive_folder}" + (f": {', '.join(names)}" if names else "")
+    _emit(args, {"ok": True, "archived": names, "folder": str(store.archive_folder)}, text)
     return EXIT_OK
 
 

@@ -590,3 +590,47 @@ def test_ledger_fix_and_stuck_events_match_the_documented_format(state: StateRoo
     assert "[FIX] task=t reason=created fix_task=FIX-t-x" in log
     assert "[STUCK] task=t reason=stuck idle=601s" in log
     assert os.stat(state.log_file).st_mode & 0o777 == 0o600
+
+
+# -- archiving finished trees ----------------------------------------------------------------------------
+
+
+def test_finished_trees_move_to_the_archive_and_free_their_names(store: TaskStore, clock: FakeClock) -> None:
+    add(store, clock, "done-tree")
+    add(store, clock, "done-child", parent="done-tree")
+    add(store, clock, "half-done")
+    add(store, clock, "half-child", parent="half-done")
+    add(store, clock, "fresh")
+    for name in ("done-tree", "half-done"):
+        put_state(store, name, END)
+    put_state(store, "done-child", VOID)
+    store.log_path("done-tree").write_text("its output\n")
+    clock.advance(8 * 86400)
+    with store.transaction() as tree:
+        tree.transition("fresh", END)  # finished just now: stays live a while
+    with store.transaction() as tree:
+        moved = tree.archive_finished(older_than_s=7 * 86400)
+    assert sorted(t.name for t in moved) == ["done-child", "done-tree"]
+    assert sorted(store.snapshot().tasks) == ["fresh", "half-child", "half-done"]  # a NEW child keeps its tree
+    archived = sorted(p.name for p in store.archive_folder.iterdir())
+    assert len(archived) == 3 and archived[0].startswith("done-child.") and archived[2].endswith(".log")
+    assert json.loads(store.archived("done-tree")[0].read_text())["exec_state"] == END
+    assert (store.archive_folder / archived[2]).read_text() == "its output\n"
+    # The name is free for a new task, and archiving it again later keeps both.
+    add(store, clock, "done-tree")
+    put_state(store, "done-tree", END)
+    clock.advance(8 * 86400)
+    with store.transaction() as tree:
+        tree.archive_finished(older_than_s=7 * 86400)
+    assert len(store.archived("done-tree")) == 2
+
+
+def test_run_next_archives_old_finished_trees_as_it_claims(store: TaskStore, clock: FakeClock) -> None:
+    from selfheal.taskrun import TaskRunner
+
+    add(store, clock, "old")
+    put_state(store, "old", END)
+    clock.advance(30 * 86400)
+    result = TaskRunner(store).run_next()
+    assert result.outcome == "nothing"
+    assert "old" not in store.snapshot() and store.archived("old")

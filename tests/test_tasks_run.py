@@ -425,3 +425,15 @@ def test_list_tree_and_show_describe_the_tree(home: Path) -> None:
     # run-next leaves an agent's task (nothing to run) alone, but `actionable` lists it for the agent.
     assert as_json(tasks(home, "actionable", "--json"))["tasks"] == ["step-a", "idea"]
     assert os.stat(home / "tasks" / "idea.json").st_mode & 0o777 == 0o600
+
+
+def test_archive_moves_finished_trees_and_show_still_finds_them(home: Path) -> None:
+    tasks(home, "add", "finished", "--", "true")
+    assert as_json(tasks(home, "run-next", "--json"))["exec_state"] == "END"
+    tasks(home, "add", "open")
+    moved = as_json(tasks(home, "archive", "--older-than", "0", "--json"))
+    assert moved["archived"] == ["finished"]
+    assert [t["name"] for t in as_json(tasks(home, "list", "--json"))["tasks"]] == ["open"]
+    shown = tasks(home, "show", "finished")
+    assert shown.returncode == 0 and "END (archived:" in shown.stdout
+    assert tasks(home, "add", "finished", "--", "true").returncode == 0  # the name is free again

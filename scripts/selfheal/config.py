@@ -155,6 +155,7 @@ class TaskSettings:
     log_max_chars: int = field(metadata=_meta(lo=1000, hi=1_000_000_000))
     log_keep_chars: int = field(metadata=_meta(lo=100, hi=1_000_000_000))
     last_error_chars: int = field(metadata=_meta(lo=100, hi=1_000_000))
+    archive_after_days: float = field(metadata=_meta(lo=0, hi=36500))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Protocol
 
 import psutil
 
@@ -25,6 +25,14 @@ from .clock import SYSTEM_CLOCK, Clock
 
 _READ_CHUNK = 65536
 _EXIT_POLL_S = 0.02
+
+
+class OutputSink(Protocol):
+    """Where a command's output goes: a binary file (sys.stdout.buffer), or anything with these two."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
 
 
 def _pidfd(pid: int) -> int | None:
@@ -210,7 +218,7 @@ class _Tail:
 class _Sink:
     """Where a stream's bytes go; a reader that went away (EPIPE) is dropped, the command keeps running."""
 
-    def __init__(self, target: BinaryIO | None) -> None:
+    def __init__(self, target: OutputSink | None) -> None:
         self.target = target
 
     def write(self, chunk: bytes) -> None:
@@ -229,8 +237,8 @@ def run_command(
     timeout_s: float | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
-    stdout: BinaryIO | None = None,
-    stderr: BinaryIO | None = None,
+    stdout: OutputSink | None = None,
+    stderr: OutputSink | None = None,
     tail_bytes: int = 65536,
     kill_grace_s: float = 5.0,
     drain_s: float = 2.0,

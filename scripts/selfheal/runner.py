@@ -11,7 +11,7 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 from .breaker import BreakerOpen
 from .classify import Failure
@@ -19,7 +19,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import Config, get_config
 from .errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, Interrupted, LockBusy, SelfHealError
 from .ledger import Ledger
-from .process import CommandResult, StopFlag, run_command
+from .process import CommandResult, OutputSink, StopFlag, run_command
 from .retrying import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
 from .runs import RunRecord, new_run_id, prune_finished, running_for_task
 from .store import StateRoot, file_lock, validate_id
@@ -115,8 +115,8 @@ def run_with_retry(
     state: StateRoot | None = None,
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
-    stdout: BinaryIO | None = None,
-    stderr: BinaryIO | None = None,
+    stdout: OutputSink | None = None,
+    stderr: OutputSink | None = None,
     stop: StopFlag | None = None,
     on_attempt: Callable[[Attempt], None] | None = None,
     env: Mapping[str, str] | None = None,
@@ -205,8 +205,8 @@ class _CommandRun:
         state: StateRoot,
         clock: Clock,
         rng: random.Random | None,
-        stdout: BinaryIO | None,
-        stderr: BinaryIO | None,
+        stdout: OutputSink | None,
+        stderr: OutputSink | None,
         stop: StopFlag | None,
         on_attempt: Callable[[Attempt], None] | None,
         env: Mapping[str, str] | None,

@@ -94,7 +94,7 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # pragma: no cover - platforms that cannot open folders
@@ -131,7 +131,7 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True) -> None
             os.unlink(tmp)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def dumps(obj: Any) -> str:

@@ -31,26 +31,28 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import analysis
-from .checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED
+from .checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
 from .clock import SYSTEM_CLOCK, Clock, utc_iso
 from .errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
 from .incident import Incident, new_incident_id, notify, write_incident
 from .ledger import Ledger
-from .process import ProcessIdentity, StopFlag, kill_tree, still_running
+from .process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
 from .redact import Redactor
 from .runner import run_with_retry
 from .runs import list_runs, new_run_id
 from .store import ensure_dir, write_bytes_atomic, write_json
 from .tasks import (
+    ACTIONABLE_STATES,
     END,
     ERROR_FIX_PENDING,
     NORMAL_CRASH,
     OPEN_STATES,
     PROCESSING,
     REQUIRES_MANUAL,
+    VOID,
     Task,
     TaskError,
     TaskStore,
@@ -112,7 +114,7 @@ class BoundedLog:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
 
     def write(self, data: bytes) -> int:
-        """Command output (a BinaryIO-like sink for run_command)."""
+        """Command output (an OutputSink for run_command)."""
         with self._lock:
             self.last_output_ts = self.clock.time()
             buf = self._pending + bytes(data)
@@ -174,7 +176,7 @@ class BoundedLog:
 
 
 class _Tee:
-    def __init__(self, log: BoundedLog, echo: BinaryIO | None) -> None:
+    def __init__(self, log: BoundedLog, echo: OutputSink | None) -> None:
         self.log = log
         self.echo = echo
 
@@ -517,11 +519,11 @@ def runnable(task: Task) -> bool:
 
 def why_not(tree: TaskTree, task: Task) -> str | None:
     """Why `task` cannot run now, or None if it can."""
-    if task.exec_state not in ("NEW", ERROR_FIX_PENDING, NORMAL_CRASH):
+    if task.exec_state not in ACTIONABLE_STATES:
         hint = {
             PROCESSING: "it is running",
             END: "it has ended",
-            "VOID": "it is void",
+            VOID: "it is void",
             REQUIRES_MANUAL: "it needs a person; hand it back with `tasks.py mark NAME error`",
         }[task.exec_state]
         return f"task {task.name!r} is {task.exec_state}: {hint}"
@@ -545,7 +547,7 @@ class TaskRunner:
         store: TaskStore,
         *,
         stop: StopFlag | None = None,
-        echo: BinaryIO | None = None,
+        echo: OutputSink | None = None,
         ledger: Ledger | None = None,
     ) -> None:
         self.store = store
@@ -560,7 +562,10 @@ class TaskRunner:
         """Claim the next actionable task (or `only` that one) and run it to an outcome."""
         runner = runner_identity()
         now = self.clock.time()
+        keep_days = self.config.tasks.archive_after_days
         with self.store.transaction() as tree:
+            if keep_days > 0:
+                tree.archive_finished(older_than_s=keep_days * 86400)
             if only is not None:
                 task = tree.get(only)
                 problem = why_not(tree, task)
@@ -580,6 +585,16 @@ class TaskRunner:
             task.run_id = new_run_id(task.name[:60], now)
             requeued, task.requeued = task.requeued, False
         claimed = task
+        try:
+            result = self._run_claimed(claimed, runner, requeued, now)
+        except Exception as exc:
+            # Running it or recording the outcome failed in self-heal itself (a full disk, a bug): never leave
+            # the task PROCESSING under a runner that is about to exit; park it as a crash, then report.
+            self._release(claimed.name, runner, f"self-heal failed while running it: {type(exc).__name__}: {exc}")
+            raise
+        return result
+
+    def _run_claimed(self, claimed: Task, runner: dict[str, Any], requeued: bool, now: float) -> TaskRun:
         log = BoundedLog(
             self.store.log_path(claimed.name),
             max_chars=self.config.tasks.log_max_chars,
@@ -594,24 +609,15 @@ class TaskRunner:
         try:
             with _Heartbeat(self.store, claimed, runner, log, stop) as heartbeat:
                 outcome, failed = self._execute(claimed, log, stop, requeued)
-            lost = heartbeat.lost
         finally:
             if own_stop:
                 stop.close()
         duration = self.clock.monotonic() - started
         log.note(f"{NOTE_MARK}{utc_iso(self.clock.time())} {outcome} after {duration:.1f}s ===")
         log.close()
-        if lost:
+        if heartbeat.lost:
             outcome = "superseded"
-        try:
-            result = self._finish(
-                claimed.name, runner=runner, outcome=outcome, failed=failed, duration=duration, log=log
-            )
-        except Exception as exc:
-            # Recording the outcome itself failed (a full disk, a bug): never leave the task PROCESSING
-            # under a runner that is about to exit; park it as a crash the next pass retries, then report.
-            self._release(claimed.name, runner, f"self-heal could not record the outcome ({outcome}): {exc}")
-            raise
+        result = self._finish(claimed.name, runner=runner, outcome=outcome, failed=failed, duration=duration, log=log)
         result.duration_s = duration
         return result
 
@@ -635,7 +641,7 @@ class TaskRunner:
         except LockBusy as exc:
             return "not_attempted", Failed(None, str(exc))
         except SelfHealError as exc:  # a plan that no longer loads, a checkpoint that cannot be read, ...
-            manual = type(exc).__name__ == "CheckpointUnreadable"
+            manual = isinstance(exc, CheckpointUnreadable)
             log.note(f"self-heal: {exc}")
             return "failed", Failed("permanent", str(exc), step="plan", needs_person=manual)
 
@@ -651,8 +657,8 @@ class TaskRunner:
             config=self.config,
             state=self.store.state,
             clock=self.clock,
-            stdout=sink,  # type: ignore[arg-type]
-            stderr=sink,  # type: ignore[arg-type]
+            stdout=sink,
+            stderr=sink,
             stop=stop,
             run_id=task.run_id,
         )
@@ -681,8 +687,8 @@ class TaskRunner:
             state=self.store.state,
             clock=self.clock,
             stop=stop,
-            stdout=sink,  # type: ignore[arg-type]
-            stderr=sink,  # type: ignore[arg-type]
+            stdout=sink,
+            stderr=sink,
             resume_command=resume_command(task.name),
         )
         result = runner.run(from_step=from_step)

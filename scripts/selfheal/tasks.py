@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import json
 import os
 import re
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from .clock import SYSTEM_CLOCK, Clock, utc_iso
 from .config import Config, get_config
 from .errors import CorruptStateError, LockBusy, StateError, UsageError
 from .process import identify
-from .store import StateRoot, file_lock, read_json, validate_id, write_json
+from .store import StateRoot, ensure_dir, file_lock, fsync_dir, read_json, validate_id, write_json
 
 # -- states --------------------------------------------------------------------------------------------
 
@@ -185,11 +187,8 @@ class Task:
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path) -> Task:
         """Check a record read from `path`; a wrong one is reported with the file, key and value."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        derived = {"schema", "status", "is_void", "created", "updated", "last_executed", "started", "ended"}
-        derived |= {"heartbeat", "activity"}
-        known = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names and k not in derived}
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        extra = {k: v for k, v in data.items() if k not in _FIELDS and k not in _DERIVED}
 
         def bad(key: str, why: str) -> StateError:
             return StateError(f"task file {path}: {key}: {why} (value {data.get(key)!r})")
@@ -211,12 +210,21 @@ class Task:
         return task
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Task)) - {"extra"}
+# Written for people and tools reading the file; recomputed from the fields, never read back.
+_DERIVED = frozenset(
+    {"schema", "status", "is_void", "created", "updated", "last_executed", "started", "ended", "heartbeat", "activity"}
+)
+_TYPE_RANK = {t: i for i, t in enumerate(TYPES)}
+_PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
+
+
 # -- the tree ------------------------------------------------------------------------------------------
 
 
 def _rank(task: Task) -> tuple[int, int, int, float, str]:
     """The source document's ORDER BY: type (fix, regular, creative), priority, deeper level, oldest."""
-    return (TYPES.index(task.type), PRIORITIES.index(task.priority), -task.level, task.created_ts, task.name)
+    return (_TYPE_RANK[task.type], _PRIORITY_RANK[task.priority], -task.level, task.created_ts, task.name)
 
 
 class TaskTree:
@@ -229,6 +237,7 @@ class TaskTree:
         self.tasks = tasks
         self.clock = clock
         self.changed: dict[str, Task] = {}
+        self.archived: list[Task] = []
         self._children: dict[str, list[str]] | None = None
 
     # -- questions ----------------------------------------------------------------------------------
@@ -297,7 +306,37 @@ class TaskTree:
     def ordered(self) -> list[Task]:
         return sorted(self.tasks.values(), key=_rank)
 
+    def finished_trees(self, *, unchanged_since: float) -> list[Task]:
+        """Top-level tasks whose whole tree is END or VOID and unchanged since `unchanged_since`."""
+        out = []
+        for root in self.roots():
+            members = [root, *self.descendants(root.name)]
+            if all(t.exec_state in (END, VOID) for t in members) and max(t.updated_ts for t in members) < (
+                unchanged_since
+            ):
+                out.append(root)
+        return out
+
     # -- changes ------------------------------------------------------------------------------------
+
+    def archive(self, name: str) -> list[Task]:
+        """Take a finished tree out of the live set (saved to tasks/archive/ with the transaction)."""
+        members = [self.get(name), *self.descendants(name)]
+        for task in members:
+            del self.tasks[task.name]
+            self.changed.pop(task.name, None)
+        self.archived += members
+        self._children = None
+        return members
+
+    def archive_finished(self, *, older_than_s: float) -> list[Task]:
+        """Archive every finished tree unchanged for `older_than_s`: the live set stays what is live, so
+        every claim stays cheap however long the tree has been in use (taskwarrior keeps its completed
+        tasks apart for the same reason)."""
+        done: list[Task] = []
+        for root in self.finished_trees(unchanged_since=self.clock.time() - older_than_s):
+            done += self.archive(root.name)
+        return done
 
     def _touch(self, task: Task, what: str, reason: str | None, *, by: str | None = None) -> None:
         now = self.clock.time()
@@ -458,11 +497,25 @@ class TaskStore:
     def log_path(self, name: str) -> Path:
         return self.folder / f"{validate_id(name, 'task')}.log"
 
+    @property
+    def archive_folder(self) -> Path:
+        return self.folder / "archive"
+
+    def archived(self, name: str) -> list[Path]:
+        """The archived records of tasks once named `name`, oldest first."""
+        validate_id(name, "task")
+        return sorted(self.archive_folder.glob(f"{name}.*.json"), key=lambda p: p.name)
+
     def _load(self) -> TaskTree:
         tasks: dict[str, Task] = {}
-        for path in sorted(self.folder.glob("*.json")):
+        try:
+            names = sorted(e.name for e in os.scandir(self.folder) if e.name.endswith(".json") and e.name[0] != ".")
+        except FileNotFoundError:
+            names = []
+        for file_name in names:
+            path = self.folder / file_name
             try:
-                data = read_json(path)
+                data = _read_record(path)
                 if data is None:
                     continue
                 task = Task.from_json(data, path)
@@ -504,6 +557,24 @@ class TaskStore:
         for task in sorted(tree.changed.values(), key=lambda t: -t.level):
             write_json(self.path(task.name), task.to_json(), durable=durable)
         tree.changed.clear()
+        if tree.archived:
+            self._move_to_archive(tree.archived)
+            tree.archived = []
+
+    def _move_to_archive(self, tasks: list[Task]) -> None:
+        """Each record (and its log) to archive/<name>.<ended>.json: the name is free for a new task."""
+        folder = ensure_dir(self.archive_folder)
+        for task in sorted(tasks, key=lambda t: -t.level):
+            stem = f"{task.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(task.updated_ts))}"
+            n = 1
+            while (folder / f"{stem}.json").exists():
+                n += 1
+                stem = f"{task.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(task.updated_ts))}-{n}"
+            for suffix in (".json", ".log"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.folder / f"{task.name}{suffix}", folder / f"{stem}{suffix}")
+        fsync_dir(folder)
+        fsync_dir(self.folder)
 
     def touch_running(self, name: str, runner: dict[str, Any], **fields: Any) -> bool:
         """A heartbeat from the task's runner: update one record, without fsync. False when the task is no
@@ -519,6 +590,18 @@ class TaskStore:
                 setattr(task, key, value)
             write_json(self.path(name), task.to_json(), durable=False)
             return True
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The common case fast (one read, one parse); anything odd goes through read_json, which knows how
+    to tell a file being replaced from a corrupt one and moves only a corrupt one aside."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError):
+        return read_json(path)
+    return data if isinstance(data, dict) else read_json(path)
 
 
 def same_runner(recorded: dict[str, Any] | None, runner: dict[str, Any]) -> bool:

@@ -30,7 +30,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from .breaker import BreakerOpen
 from .checkpoint import (
@@ -60,7 +60,7 @@ from .errors import (
 )
 from .incident import Incident, new_incident_id, notify, write_incident
 from .ledger import Ledger
-from .process import ProcessIdentity, StopFlag, kill_tree, still_running
+from .process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
 from .retrying import Retrier, attempts_of, stop_reason_of
 from .runner import run_with_retry
 from .runs import new_run_id
@@ -419,8 +419,8 @@ class WorkflowRunner:
         state: StateRoot | None = None,
         clock: Clock = SYSTEM_CLOCK,
         stop: StopFlag | None = None,
-        stdout: BinaryIO | None = None,
-        stderr: BinaryIO | None = None,
+        stdout: OutputSink | None = None,
+        stderr: OutputSink | None = None,
         progress: Callable[[Progress], None] | None = None,
         resume_command: str | None = None,
     ) -> None:
