@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""See self-heal work on this machine, with nothing external: flaky, broken and hanging commands and a
-rate-limited model endpoint, each run through the real retry_run.py and the Python API, then a summary
-of what the ledger recorded.
+"""See self-heal work on this machine, with nothing external: flaky, broken and hanging commands, a job
+killed mid-step, a task tree with a failure, its fix task and a stuck task, and misbehaving model
+endpoints, each run through the real scripts and the Python API, then what the ledger recorded.
 
 It uses a throwaway state folder (removed afterwards unless --keep) so your own ledger stays clean.
 Takes about ten seconds. Exit 0 when every scenario behaved as it should, 3 otherwise.
@@ -133,6 +133,7 @@ def _scenarios(home: Path, work: Path) -> list[tuple[str, bool, str]]:
     )
 
     out.append(_workflow_scenario(home, work))
+    out.append(_task_tree_scenario(home, work))
     out.append(_chain_scenario(home))
     out.append(_model_scenario(home))
     return out
@@ -182,6 +183,71 @@ def _workflow_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
         f"incident was written with the command that resumes it: {Path(incident).name if incident else '?'}"
     )
     return "A multi-step job survives a crash, and undoes its work when it cannot finish", ok, detail
+
+
+def _tasks(home: Path, *args: str) -> dict[str, Any]:
+    env = dict(os.environ, SELFHEAL_HOME=str(home))
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "tasks.py"), *args, "--json"],
+        check=False,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    result["_exit"] = proc.returncode
+    return result
+
+
+def _task_tree_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
+    """tasks.py: a child before its parent, a failure that becomes a FIX task, a fix, and a stuck task."""
+    folder = work / "task-tree"
+    folder.mkdir()
+    # Only for this demo: stuck after 2 s of silence instead of 10 minutes.
+    (home / "config.yaml").write_text("tasks: {stuck_after_s: 2}\nprocess: {heartbeat_s: 0.5, kill_grace_s: 1}\n")
+    flow = f"test -e {folder}/fixed || {{ echo \"ModuleNotFoundError: No module named 'pandas'\" >&2; exit 1; }}"
+    _tasks(home, "add", "TC-FLOW-001", "--display-name", "end-to-end run", "--shell", flow)
+    _tasks(home, "add", "fetch", "--parent", "TC-FLOW-001", "--shell", "echo fetched")
+    first = _tasks(home, "run-next")  # the child: deeper tasks first, and the parent waits for it
+    failed = _tasks(home, "run-next")  # the parent fails: ERROR_FIX_PENDING and a FIX task
+    fix_name = (failed.get("fix_tasks") or ["?"])[0]
+    analysed = _tasks(home, "run-next", "--type", "fix")  # the FIX task jumps the queue: analysed, for a person
+    suggestion = _tasks(home, "show", fix_name).get("task", {}).get("fix_suggestion") or ""
+    (folder / "fixed").write_text("")  # the person applies the fix...
+    _tasks(home, "mark", fix_name, "end")  # ...and says so
+    ended = _tasks(home, "run-next")
+
+    _tasks(home, "add", "silent", "--shell", "sleep 600")  # hangs without a word
+    env = dict(os.environ, SELFHEAL_HOME=str(home))
+    runner = subprocess.Popen(
+        [sys.executable, str(HERE / "tasks.py"), "run-next"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(2.5)
+    stuck = _tasks(home, "check-stuck")
+    runner.wait(timeout=30)
+    finding = (stuck.get("findings") or [{}])[0]
+    (home / "config.yaml").unlink()
+    ok = (
+        first.get("task") == "fetch"
+        and failed.get("exec_state") == "ERROR_FIX_PENDING"
+        and fix_name == "FIX-TC-FLOW-001-command"
+        and analysed.get("exec_state") == "REQUIRES_MANUAL"
+        and "module" in suggestion
+        and ended.get("exec_state") == "END"
+        and finding.get("fix_task") == "FIX-silent-STUCK"
+        and bool(finding.get("killed"))
+        and not any(_alive(pid) for pid in finding.get("killed", []))
+    )
+    detail = (
+        f"the child ran before its parent; the parent failed and got {fix_name}, which ran first and was "
+        f'analysed ("{suggestion[:60]}..."); once a person fixed it, the parent ended. A task silent for '
+        f"{finding.get('idle_s', '?')}s was found stuck: pids {finding.get('killed')} killed, "
+        f"{finding.get('fix_task')} created"
+    )
+    return "A task tree runs fixes first, and finds the task that hangs", ok, detail
 
 
 def _chain_scenario(home: Path) -> tuple[str, bool, str]:
