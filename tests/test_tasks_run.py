@@ -437,3 +437,44 @@ def test_archive_moves_finished_trees_and_show_still_finds_them(home: Path) -> N
     shown = tasks(home, "show", "finished")
     assert shown.returncode == 0 and "END (archived:" in shown.stdout
     assert tasks(home, "add", "finished", "--", "true").returncode == 0  # the name is free again
+
+
+def test_heartbeats_and_activity_stay_current_while_a_task_runs(home: Path) -> None:
+    code = "import time\nfor i in range(15):\n    print('tick', i, flush=True)\n    time.sleep(0.1)"
+    tasks(home, "add", "ticking", "--", PYTHON, "-c", code)
+    runner = start(home, "run-next", "--json")
+    seen: list[tuple[float, float]] = []
+    while runner.poll() is None:
+        try:
+            rec = record(home, "ticking")
+        except (ValueError, FileNotFoundError):
+            continue
+        if rec["exec_state"] == "PROCESSING" and rec["heartbeat_ts"]:
+            seen.append((rec["heartbeat_ts"], rec["activity_ts"]))
+        time.sleep(0.05)
+    assert json.loads(runner.communicate()[0])["exec_state"] == "END"
+    beats = sorted({b for b, _ in seen})
+    activity = sorted({a for _, a in seen})
+    assert len(beats) >= 3, seen  # every process.heartbeat_s (0.2 s here)
+    assert len(activity) >= 2 and activity[-1] > activity[0]  # output moved it
+
+
+def test_a_task_waiting_between_retries_is_not_stuck(home: Path, write_config: Callable[[str], Path]) -> None:
+    """A retry wait (a resource policy waits minutes) is silence by design, not a hang."""
+    write_config(
+        "retry: {jitter: none}\npolicies: {transient: {attempts: 2, base_s: 2.5}}\n"
+        "process: {kill_grace_s: 1, heartbeat_s: 0.2}\ntasks: {stuck_after_s: 1}\n"
+    )
+    tasks(home, "add", "backing-off", "--", "sh", "-c", "echo 'Connection refused' >&2; exit 1")
+    runner = start(home, "run-next", "--json")
+    wait_until(
+        lambda: any(
+            json.loads(p.read_text()).get("phase") == "waiting" for p in (home / "runs").glob("backing-off*.json")
+        ),
+        what="the retry wait",
+    )
+    time.sleep(1.5)  # past stuck_after_s, all of it in the retry wait
+    checked = tasks(home, "check-stuck", "--json")
+    assert (checked.returncode, as_json(checked)["findings"]) == (0, [])
+    result = json.loads(runner.communicate(timeout=30)[0])
+    assert (result["exec_state"], result["error_class"]) == ("NORMAL_CRASH", "transient")  # ran to its end
