@@ -380,3 +380,36 @@ def test_the_window_stays_small_however_busy_the_target(breakers: Breakers, stat
     status = breakers.status("qwen")
     assert size < 8_000
     assert status["state"] == CLOSED and status["calls_in_window"] >= 1900  # 25% failing: under the 50% rate
+
+
+@pytest.mark.slow
+def test_readers_never_see_a_half_written_breaker_while_processes_update_it(
+    home: Path, tmp_path: Path, state: StateRoot
+) -> None:
+    """The file is rewritten in place; a reader under the shared lock always gets a whole breaker."""
+    from selfheal.breaker import read_breaker
+
+    go = tmp_path / "go-readers"
+    env = script_env(home, PYTHONPATH=str(SCRIPTS))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HELPERS / "breaker_worker.py"), "busy-api", "ok", "1.5", str(go)],
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    go.write_text("go")
+    path = state.sub("breakers") / "busy-api.json"
+    reads = 0
+    while any(p.poll() is None for p in procs):
+        data = read_breaker(path)
+        if data is not None:
+            assert data["target"] == "busy-api" and data["state"] == "closed"
+            reads += 1
+    granted = sum(json.loads(p.communicate()[0])["granted"] for p in procs)
+    final = read_breaker(path)
+    assert final is not None and reads > 100
+    assert sum(bucket[1] for bucket in final["window"]) == granted  # every success counted, none lost
+    assert not list(path.parent.glob("busy-api.json.corrupt-*"))

@@ -11,16 +11,26 @@ half_open: up to `half_open_probes` requests at once, across all processes, test
 Once failures have started, requests still in flight count against what is left of the failure
 budget, so concurrent callers cannot overshoot the threshold against a dead target. A permit whose
 process died (pid and start time no longer match) is forgotten, so a crash never wedges a breaker.
+
+Every request reads and updates its target's file, so the file is cheap to change: it is rewritten in
+place under an exclusive `flock` of the file itself (compact JSON, no temporary file, no rename, no
+fsync), and read under a shared one. A process killed mid-write leaves a file the next reader cannot
+parse: that file is moved aside (reported) and the breaker starts closed, which costs at most a few
+requests. `read_breaker()` reads one for anyone else (the health check).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .clock import SYSTEM_CLOCK, Clock, utc_iso
@@ -28,7 +38,7 @@ from .config import BreakerSettings
 from .errors import CorruptStateError, NotAttempted
 from .ledger import Ledger
 from .process import ProcessIdentity, identify, still_running
-from .store import StateRoot, dumps, file_lock, read_json, validate_id, write_json
+from .store import FILE_MODE, StateRoot, ensure_dir, read_json_shared, validate_id, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +70,41 @@ class Permit:
     target: str
     id: str
     probe: bool
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode(raw: bytes, path: Path) -> dict[str, Any] | None:
+    """The breaker in `raw`, None for an empty (new) file; CorruptStateError if it cannot be one."""
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptStateError(path, None, f"invalid JSON: {exc}") from None
+    return _checked(data, path)
+
+
+def _checked(data: object, path: Path) -> dict[str, Any]:
+    if not isinstance(data, dict) or "state" not in data or "window" not in data or "permits" not in data:
+        raise CorruptStateError(path, None, "not a breaker")
+    return data
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_breaker(path: Path) -> dict[str, Any] | None:
+    """One breaker file as it stands, read under a shared lock (never half-written); None if absent.
+    Raises CorruptStateError for a file that is not a breaker (nothing is moved: only writers do that)."""
+    data = read_json_shared(path)
+    return None if data is None else _checked(data, path)
 
 
 def _fresh(target: str) -> dict[str, Any]:
@@ -103,16 +148,30 @@ class Breakers:
 
     @contextlib.contextmanager
     def _locked(self, target: str) -> Iterator[dict[str, Any]]:
-        """The target's state, read under its lock; whatever the block leaves in it is saved."""
+        """The target's state, read under its file's exclusive lock; whatever the block leaves in it is
+        written back in place before the lock is released."""
         path = self._path(target)
-        with file_lock(self.state.lock_file("breaker", target), what=f"breaker {target!r}"):
-            data = self._load(target)
+        ensure_dir(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = _read_fd(fd)
+            try:
+                data = _decode(raw, path) or _fresh(target)
+            except CorruptStateError as exc:
+                moved = _set_aside(path, raw, self.clock.time())
+                logger.warning("%s; set aside as %s; the breaker for %r starts closed", exc, moved, target)
+                data = _fresh(target)
+                raw = b""
             before = data["state"]
-            original = dumps(data)
             self._expire(data)
             yield data
-            if dumps(data) != original:  # a refused request, or a look, changes nothing: no write
-                write_json(path, data, durable=False)
+            new = _encode(data)
+            if new != raw:  # a refused request, or a look, changes nothing: no write
+                os.pwrite(fd, new, 0)
+                os.ftruncate(fd, len(new))
+        finally:
+            os.close(fd)  # releases the lock
         if data["state"] != before and self.ledger is not None:
             fields: dict[str, Any] = {"reason": data.get("reason"), "trips": data.get("trips")}
             if data["state"] == OPEN:
@@ -121,12 +180,11 @@ class Breakers:
             self.ledger.record("breaker", target=target, status=data["state"], **fields)
 
     def _load(self, target: str) -> dict[str, Any]:
-        """The target's state as last written, or a fresh closed breaker."""
+        """The target's state as last written, or a fresh closed breaker (an unreadable file is dealt
+        with by the next writer, under the exclusive lock)."""
         try:
-            return read_json(self._path(target)) or _fresh(target)
-        except CorruptStateError as exc:
-            # Reported and kept aside; a breaker that starts closed again costs at most a few requests.
-            logger.warning("%s; the breaker for %r starts closed", exc, target)
+            return read_breaker(self._path(target)) or _fresh(target)
+        except CorruptStateError:
             return _fresh(target)
 
     def _expire(self, data: dict[str, Any]) -> None:
@@ -268,3 +326,18 @@ class Breakers:
             permits = data["permits"]
             data.clear()
             data.update(_fresh(target), permits=permits, reason="reset by hand", last_change=self.clock.time())
+
+
+def _set_aside(path: Path, raw: bytes, now: float) -> Path | None:
+    """Keep an unreadable breaker's bytes as <name>.corrupt-<time> (the file itself is rewritten in place)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    try:
+        write_bytes_atomic(target, raw, durable=False)
+    except OSError:
+        return None
+    return target

@@ -9,7 +9,6 @@ an exclusive lock on the file itself.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -17,8 +16,6 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 from .errors import CorruptStateError, InvalidIdError, LockBusy, StateError
 
@@ -158,6 +155,34 @@ def quarantine(path: Path, now: float | None = None) -> Path | None:
     return target
 
 
+def read_json_shared(path: Path) -> dict[str, Any] | None:
+    """A JSON-object file that its writers rewrite in place under an exclusive flock (breakers/*.json),
+    read under a shared one, so never half-written; None if absent. Nothing is moved aside here (only a
+    writer, holding the lock, may do that): a file that is not a JSON object raises CorruptStateError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        if _HAVE_FCNTL:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        chunks: list[bytes] = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)  # releases the lock
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptStateError(path, None, f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CorruptStateError(path, None, f"expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """Read a JSON-object state file; None if absent. Unparseable: quarantine, then CorruptStateError.
 
@@ -191,6 +216,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 _SLOT_MIN = 4096
 _EMPTY_SLOT = b'{"seq":0}'
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib  # noqa: PLC0415 - loading OpenSSL costs 2 ms that only checkpoints need
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def _canonical(doc: Any) -> bytes:
@@ -257,7 +288,7 @@ class SlotFile:
                 self.read()
         body = _canonical(doc)
         seq = self._seq + 1
-        slot = b'{"seq":%d,"sha256":"%s","doc":' % (seq, hashlib.sha256(body).hexdigest().encode()) + body + b"}"
+        slot = b'{"seq":%d,"sha256":"%s","doc":' % (seq, _sha256(body).encode()) + body + b"}"
         if self._newest is None or len(slot) > self._size:
             size = max(_SLOT_MIN, -(-2 * len(slot) // _SLOT_MIN) * _SLOT_MIN)
             data = b"[" + slot.ljust(size) + b"," + _EMPTY_SLOT.ljust(size) + b"]\n"
@@ -281,7 +312,7 @@ def _read_slot(raw: bytes) -> tuple[int, dict[str, Any]] | None:
         return None
     if not (isinstance(slot, dict) and isinstance(slot.get("seq"), int) and isinstance(slot.get("doc"), dict)):
         return None
-    if slot.get("sha256") != hashlib.sha256(_canonical(slot["doc"])).hexdigest():
+    if slot.get("sha256") != _sha256(_canonical(slot["doc"])):
         return None
     return slot["seq"], slot["doc"]
 
@@ -325,6 +356,8 @@ def _locked_fd(fd: int, path: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released when the caller closes fd
         yield
     else:  # pragma: no cover - Windows
+        import filelock  # noqa: PLC0415
+
         with filelock.FileLock(str(path) + ".lock"):
             yield
 
@@ -332,6 +365,9 @@ def _locked_fd(fd: int, path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def file_lock(path: Path, *, timeout: float = -1, what: str | None = None) -> Iterator[None]:
     """Hold an exclusive cross-process lock on `path`; timeout 0 fails at once with LockBusy."""
+    # Imported here: it costs about 30 ms, and readers of state files (the health check) never lock.
+    import filelock  # noqa: PLC0415
+
     ensure_dir(path.parent)
     lock = filelock.FileLock(str(path), timeout=timeout, mode=FILE_MODE)
     try:
