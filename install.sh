@@ -4,25 +4,39 @@
 #
 #   ./install.sh          runtime dependencies only
 #   ./install.sh --dev    also the test, lint and benchmark tools
+#   ./install.sh --cron   also run the health check every 5 minutes from the user's crontab (one marked entry)
+#   ./install.sh --no-cron  remove that entry (SELFHEAL_CRONTAB names another crontab command)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 DEV=0
+CRON=keep
+CRONTAB="${SELFHEAL_CRONTAB:-crontab}"
+CRON_MARK="# self-heal health check"
 
 usage() {
-    sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 for arg in "$@"; do
     case "$arg" in
         --dev) DEV=1 ;;
+        --cron) CRON=add ;;
+        --no-cron) CRON=remove ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
     esac
 done
 
 say() { printf 'self-heal: %s\n' "$*" >&2; }
+
+# Checked before anything is installed, so a machine without cron learns it at once.
+if [ "$CRON" != keep ] && ! command -v "$CRONTAB" >/dev/null 2>&1; then
+    echo "install.sh: there is no '$CRONTAB' command here, so the health check cannot be put in the system crontab;" \
+        "install cron (e.g. apt-get install cron) or run '$ROOT/scripts/health_check.py --cron' from a systemd timer" >&2
+    exit 3
+fi
 
 # 1. A Python >= 3.10: $PYTHON if set, else the newest python3.x found on PATH.
 version_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; }
@@ -76,6 +90,51 @@ printf '%s\n' "$ROOT/scripts" > "$SITE/selfheal-skill.pth"
 STATE="$("$VPY" -c 'import sys; sys.path.insert(0, sys.argv[1]); from selfheal.store import resolve_state_root; print(resolve_state_root())' "$ROOT/scripts")"
 mkdir -p "$STATE"
 chmod 700 "$STATE"
+
+# 6. --cron / --no-cron: the health check's entry in the user's crontab. Only the line carrying CRON_MARK is
+#    ever written or removed; every other line is passed through unchanged.
+if [ "$CRON" != keep ]; then
+    shq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }   # one shell word, single-quoted
+    ERR="$(mktemp)"
+    if CURRENT="$("$CRONTAB" -l 2>"$ERR")"; then
+        :
+    elif grep -qi "no crontab" "$ERR"; then
+        CURRENT=""
+    else
+        echo "install.sh: cannot read the crontab ($CRONTAB -l: $(cat "$ERR")); nothing changed" >&2
+        rm -f "$ERR"
+        exit 3
+    fi
+    rm -f "$ERR"
+    ENTRY=""
+    if [ "$CRON" = add ]; then
+        SCHEDULE="$("$VPY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["schedules"]["health"])' "$ROOT/skill.yaml")"
+        # cron's environment has none of the user's variables: keep the ones that move state or the gateway.
+        PREFIX=""
+        for name in SELFHEAL_HOME SELFHEAL_CONFIG OPENCLAW_STATE_DIR OPENCLAW_CONFIG_PATH OPENCLAW_GATEWAY_PORT; do
+            if [ -n "${!name:-}" ]; then PREFIX+="$name=$(shq "${!name}") "; fi
+        done
+        # NO_REPLY is OpenClaw's "nothing to say"; dropping it means cron mails only a summary of a problem.
+        ENTRY="$SCHEDULE ${PREFIX}$(shq "$VPY") $(shq "$ROOT/scripts/health_check.py") --cron 2>&1 | grep -v '^NO_REPLY\$' $CRON_MARK"
+        ENTRY="${ENTRY//%/\\%}"   # an unescaped % ends a crontab command
+    fi
+    {
+        if [ -n "$CURRENT" ]; then printf '%s\n' "$CURRENT" | grep -vF -- "$CRON_MARK" || true; fi
+        if [ -n "$ENTRY" ]; then printf '%s\n' "$ENTRY"; fi
+    } | "$CRONTAB" -
+    if [ "$CRON" = add ]; then
+        say "crontab: the health check runs at '$SCHEDULE' (liveness belongs outside the gateway: OpenClaw's cron stops with it)"
+        ARGV="$("$VPY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$VPY" "$ROOT/scripts/health_check.py" --cron)"
+        OC_ENV=""
+        for name in SELFHEAL_HOME SELFHEAL_CONFIG; do
+            if [ -n "${!name:-}" ]; then OC_ENV+=" --command-env $(shq "$name=${!name}")"; fi
+        done
+        say "to also post problems to chat from inside the gateway, run:"
+        echo "  openclaw cron add --name self-heal-health --every 10m --command-argv $(shq "$ARGV")$OC_ENV" >&2
+    else
+        say "crontab: the health check entry is removed (if there was one)"
+    fi
+fi
 
 say "ready. State folder: $STATE"
 {

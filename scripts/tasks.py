@@ -154,6 +154,7 @@ def _show_lines(task: Task, tree: TaskTree, log: Path) -> list[str]:
         ("last error class", task.last_error_class),
         ("failed step", task.failed_step),
         ("incident", task.incident),
+        ("fix record", task.fix_record),
         ("log", str(log) if log.exists() else None),
     ]
     if task.exec_state == PROCESSING:

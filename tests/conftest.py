@@ -7,8 +7,12 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from helpers.openclaw import OpenClaw
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -65,6 +69,15 @@ def config() -> Config:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def openclaw() -> OpenClaw:
+    """The pinned real OpenClaw (tests/helpers/openclaw.py): installed on first use into a cache shared by
+    later runs, never skipped; run it with `openclaw.sandbox(tmp_path)` as HOME."""
+    from helpers.openclaw import ensure_openclaw
+
+    return ensure_openclaw()
 
 
 def script_env(home: Path, **extra: str) -> dict[str, str]:

@@ -13,6 +13,8 @@ import pytest
 from conftest import PYTHON, ROOT, SCRIPTS, script_env
 from selfheal.output import schema_problems
 
+OPENCLAW_LOG = ROOT.parent / "shared" / "fixtures" / "openclaw-logs" / "gateway-cron-agent-errors.jsonl"
+
 
 def check(value: Any, schema: dict[str, Any]) -> list[str]:
     """The library's JSON Schema checker (its negative control is the first test below)."""
@@ -126,5 +128,29 @@ def test_task_records_and_task_events_match_the_schemas(tmp_path: Path, home: Pa
         assert check(record, schema("task-record.schema.json")) == [], record["name"]
     events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert "fix" in {e["event"] for e in events}
+    for event in events:
+        assert check(event, schema("ledger-event.schema.json")) == []
+
+
+def test_fix_records_and_their_events_match_the_schemas(home: Path) -> None:
+    """self_heal.py on a real failure and on OpenClaw's real log writes schema-valid records and events."""
+    subprocess.run(
+        [PYTHON, str(SCRIPTS / "retry_run.py"), "--task", "fmt-fix", "--max-attempts", "1", "--", "sh", "-c",
+         "echo 'HTTP 429 Too Many Requests' >&2; exit 1"],
+        env=script_env(home), capture_output=True, check=False,
+    )  # fmt: skip
+    for args in (["--task", "fmt-fix"], ["--from-openclaw-logs", str(OPENCLAW_LOG)]):
+        subprocess.run(
+            [PYTHON, str(SCRIPTS / "self_heal.py"), *args, "--no-model"],
+            env=script_env(home),
+            capture_output=True,
+            check=False,
+        )
+    records = [json.loads(p.read_text()) for p in (home / "fixes").glob("FIX-*.json")]
+    assert len(records) >= 4
+    for record in records:
+        assert check(record, schema("fix-record.schema.json")) == [], record["id"]
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert {"created"} <= {e["status"] for e in events if e["event"] == "fix"}
     for event in events:
         assert check(event, schema("ledger-event.schema.json")) == []

@@ -149,6 +149,21 @@ def test_retry_run_never_imports_openai(home: Path) -> None:
     assert proc.stdout.strip().splitlines()[-1] == "False", proc.stderr
 
 
+def test_health_check_never_imports_openai(home: Path) -> None:
+    """The cron health check does not pay for the openai import either, on a first run (settings loaded) or later."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['health_check.py', '--cron']\n"
+        "try:\n    runpy.run_path('health_check.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('openai' in sys.modules, 'selfheal.health' in sys.modules)"
+    )
+    env = script_env(home, OPENCLAW_STATE_DIR=str(home / "openclaw"), OPENCLAW_GATEWAY_PORT="9")
+    for _ in range(2):
+        proc = subprocess.run([PYTHON, "-c", code], cwd=SCRIPTS, capture_output=True, text=True, env=env, check=False)
+        assert proc.stdout.strip().splitlines()[-1] == "False True", proc.stderr
+
+
 def test_scripts_without_dependencies_say_how_to_install(tmp_path: Path, home: Path) -> None:
     """A script started by a Python without the dependencies prints the install command and exits 2."""
     bare = tmp_path / "bare"
@@ -207,7 +222,7 @@ def test_the_main_job_runs_and_every_scenario_behaves(home: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bench", ["overhead.py", "ledger.py", "checkpoint.py", "tasks.py"])
+@pytest.mark.parametrize("bench", ["overhead.py", "ledger.py", "checkpoint.py", "tasks.py", "health.py", "logscan.py"])
 def test_benchmarks_run_and_their_own_checks_pass(bench: str) -> None:
     """Each benchmark runs in its quick mode and its correctness checks (attempt counts, no lost event) hold."""
     proc = subprocess.run(
@@ -222,7 +237,7 @@ def test_benchmarks_run_and_their_own_checks_pass(bench: str) -> None:
     assert result["machine"]["cores"]
     if bench == "ledger.py":
         assert result["nothing_lost"] and result["target_met"]
-    elif bench in ("checkpoint.py", "tasks.py"):
+    elif bench in ("checkpoint.py", "tasks.py", "health.py", "logscan.py"):
         assert result["correct"]
     else:
         assert all(r["attempts"] in (None, 3 * r["calls"]) for r in result["results"])

@@ -36,6 +36,7 @@ def fast(write_config: Callable[[str], Path]) -> None:
           unknown: {attempts: 1}
           permanent: {attempts: 1}
         process: {kill_grace_s: 1, heartbeat_s: 0.2}
+        fixes: {use_model: false}
         """
     )
 
@@ -162,8 +163,12 @@ def test_a_failing_task_escalates_through_fix_tasks_to_a_person(home: Path, tmp_
     assert [o["exec_state"] for o in outcomes] == ["ERROR_FIX_PENDING"] * 3 + ["REQUIRES_MANUAL"]
     incident = json.loads(Path(outcomes[-1]["incident"]).read_text())
     assert incident["task"] == "etl" and "run-next --task etl" in incident["resume_command"]
-    events = [e["event"] for e in ledger(home)]
-    assert events.count("fix") == 1 and events.count("incident") == 1
+    events = ledger(home)
+    assert len([e for e in events if e["event"] == "fix" and e.get("fix_task")]) == 1  # one FIX task made
+    assert [e["event"] for e in events].count("incident") == 1
+    # Its failures were explained in one fix record (rules, as the model is off here), seen at each analysis.
+    records = {e["fix_id"] for e in events if e.get("fix_id")}
+    assert records == {"FIX-etl-001"} and record(home, "etl")["fix_record"] == "FIX-etl-001"
 
     # A person fixes it and hands it back: a fresh budget, and it runs at once when asked.
     tasks(home, "set", "etl", "--solution", "added the price column")

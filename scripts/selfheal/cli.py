@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,6 +44,8 @@ def say(message: str) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    import logging  # noqa: PLC0415 - here, not at the top: 10 ms a cron script that never logs need not pay
+
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format=f"{PROG_PREFIX}: %(levelname)s: %(message)s",

@@ -159,6 +159,45 @@ class TaskSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """health_check.py: where the gateway answers, how old a status file may be, what counts as stuck or low."""
+
+    # Unset means http://127.0.0.1:<port>, the port from OPENCLAW_GATEWAY_PORT, gateway.port or 18789.
+    gateway_url: str | None = field(metadata=_meta(check=_check_url))
+    timeout_s: float = field(metadata=_meta(gt=0, hi=60))
+    status_max_age_minutes: float = field(metadata=_meta(gt=0, hi=30 * 24 * 60))
+    status_dirs: tuple[str, ...]
+    stuck_after_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
+    disk_min_free_mb: int = field(metadata=_meta(lo=0, hi=1_000_000_000))
+
+
+def _check_baselines(value: object) -> str | None:
+    if isinstance(value, Mapping) and all(
+        _check_id(k) is None and isinstance(v, (int, float)) and 0 < v < math.inf for k, v in value.items()
+    ):
+        return None
+    return "must map task ids to a positive number of seconds"
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """analyze_logs.py: the window it reads by default, the alert rules of the second source document, limits."""
+
+    since_s: float = field(metadata=_meta(gt=0, hi=3650 * 86400))
+    success_rate_p1: float = field(metadata=_meta(lo=0, hi=1))
+    breaker_trips_per_hour_p2: int = field(metadata=_meta(lo=0, hi=1_000_000))
+    fallback_rate_p2: float = field(metadata=_meta(lo=0, hi=1000))
+    mean_time_factor_p3: float = field(metadata=_meta(gt=1, hi=1000))
+    recent_s: float = field(metadata=_meta(gt=0, hi=365 * 86400))
+    min_runs: int = field(metadata=_meta(lo=1, hi=1_000_000))
+    baselines: Mapping[str, float] = field(metadata=_meta(check=_check_baselines))
+    top: int = field(metadata=_meta(lo=1, hi=1000))
+    max_line_bytes: int = field(metadata=_meta(lo=1024, hi=1 << 30))
+    max_tasks: int = field(metadata=_meta(lo=10, hi=10_000_000))
+    workers: int = field(metadata=_meta(lo=0, hi=256))
+
+
+@dataclass(frozen=True)
 class SnapshotSettings:
     keep: int = field(metadata=_meta(lo=0, hi=1_000_000))
 
@@ -247,6 +286,47 @@ class ClassifySettings:
         return self.extra_rules + self.rules
 
 
+FIX_ACTIONS = ("reset_breaker", "quarantine_checkpoint", "requeue_task", "void_task", "rerun_task")
+FIX_KINDS = ("lane_error", "fallback_exhausted", "cron_failed", "skill_invalid", "cli_failed")
+FixAction = Literal["reset_breaker", "quarantine_checkpoint", "requeue_task", "void_task", "rerun_task"]
+FixKind = Literal["lane_error", "fallback_exhausted", "cron_failed", "skill_invalid", "cli_failed"]
+FixArea = Literal["frontend", "backend", "infra", "tests", "docs", "config"]
+
+
+@dataclass(frozen=True)
+class FixRule:
+    """A known failure and its fix: every condition given must match; lists match any of their items."""
+
+    name: str = field(metadata=_meta(check=_check_id))
+    root_cause: str
+    fix_steps: tuple[str, ...]
+    success_criteria: str
+    confidence: float = field(metadata=_meta(lo=0, hi=1))
+    error_class: tuple[ErrorClass, ...] = field(default=(), metadata=_meta(key="class"))
+    kind: tuple[FixKind, ...] = ()
+    status: tuple[int, ...] = field(default=(), metadata=_meta(lo=100, hi=599))
+    pattern: str | None = field(default=None, metadata=_meta(regex=True))
+    fallback_configured: bool | None = None
+    actions: tuple[FixAction, ...] = ()
+    area: FixArea = "infra"
+
+
+@dataclass(frozen=True)
+class FixSettings:
+    use_model: bool
+    model_at_failures: int = field(metadata=_meta(lo=1, hi=1000))
+    model_deadline_s: float = field(metadata=_meta(gt=0, hi=3600))
+    min_confidence: float = field(metadata=_meta(lo=0, hi=1))
+    evidence_lines: int = field(metadata=_meta(lo=1, hi=10_000))
+    extra_rules: tuple[FixRule, ...]
+    rules: tuple[FixRule, ...]
+
+    @property
+    def ordered_rules(self) -> tuple[FixRule, ...]:
+        """The user's rules first, then the shipped ones."""
+        return self.extra_rules + self.rules
+
+
 @dataclass(frozen=True)
 class Manifest:
     """skill.yaml's description of the skill itself; not overridable by users."""
@@ -267,6 +347,8 @@ class Config:
     breakers: BreakerSettings
     workflows: WorkflowSettings
     tasks: TaskSettings
+    health: HealthSettings
+    analysis: AnalysisSettings
     snapshots: SnapshotSettings
     process: ProcessSettings
     ledger: LedgerSettings
@@ -274,6 +356,7 @@ class Config:
     redact: RedactSettings
     models: ModelSettings
     classify: ClassifySettings
+    fixes: FixSettings
     manifest: Manifest = field(compare=False)
     files: tuple[str, ...] = field(default=(), compare=False)
 
@@ -597,6 +680,19 @@ def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest
                 or rule.pattern
             ):
                 raise conv.error(path, "a rule needs at least one condition")
+    fix_names: dict[str, str] = {}
+    for group, fix_rules in (("extra_rules", config.fixes.extra_rules), ("rules", config.fixes.rules)):
+        for i, fix_rule in enumerate(fix_rules):
+            path = f"fixes.{group}[{i}]"
+            if fix_rule.name in fix_names:
+                raise conv.error(
+                    f"{path}.name", f"duplicate rule name (also at {fix_names[fix_rule.name]})", fix_rule.name
+                )
+            fix_names[fix_rule.name] = path
+            if not (fix_rule.error_class or fix_rule.kind or fix_rule.status or fix_rule.pattern):
+                raise conv.error(path, "a rule needs at least one condition: class, kind, status or pattern")
+            if not fix_rule.fix_steps:
+                raise conv.error(f"{path}.fix_steps", "a rule needs at least one fix step")
     if config.tasks.log_keep_chars >= config.tasks.log_max_chars:
         raise conv.error(
             "tasks.log_keep_chars", "must be smaller than tasks.log_max_chars", config.tasks.log_keep_chars

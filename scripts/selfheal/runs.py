@@ -12,12 +12,14 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .clock import SYSTEM_CLOCK, Clock, utc_iso
 from .errors import CorruptStateError
-from .process import ProcessIdentity, identify
 from .store import StateRoot, read_json, write_json
+
+if TYPE_CHECKING:
+    from .process import ProcessIdentity
 
 RUNNING = "running"
 
@@ -43,6 +45,9 @@ class RunRecord:
         heartbeat_s: float,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        # Imported here: psutil costs 15 ms, and readers of run records (the health check) do not need it.
+        from .process import identify  # noqa: PLC0415
+
         self.path = state.run_file(run_id)
         self.clock = clock
         self.heartbeat_s = heartbeat_s

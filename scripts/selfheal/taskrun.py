@@ -8,11 +8,13 @@ the task END, or escalates the failure as the fourth source document does:
 * below `tasks.analyze_at_failures` failures: a failure of the infrastructure (transient, timeout,
   resource, rate_limit) is a NORMAL_CRASH that the next pass retries; any other failure is
   ERROR_FIX_PENDING with a FIX child for the failed step, which holds the task back until it is settled;
-* from `analyze_at_failures` on: the last 50 log lines are read (`analysis.py`) and each distinct problem
-  gets its own FIX child;
+* from `analyze_at_failures` on: the failure gets a fix record (`diagnose.py`: rules, and a model asked
+  for the root cause) and each problem it names gets its own FIX child (without a record, the last 50
+  log lines are read by rules, `analysis.py`);
 * at `tasks.manual_at_failures`: REQUIRES_MANUAL, with an incident that says how to hand it back.
 
-A FIX task with nothing to run is "run" by analysing its failure and parking it as REQUIRES_MANUAL:
+A FIX task with nothing to run is "run" by analysing its failure into a fix record and parking it as
+REQUIRES_MANUAL:
 the fix is applied by an agent or a person, never by executing text self-heal produced. That settles the
 child, so the parent runs again; the thresholds bound how often.
 
@@ -23,6 +25,7 @@ child, so the parent runs again; the thresholds bound how often.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -36,7 +39,9 @@ from typing import Any
 from . import analysis
 from .checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
 from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from .diagnose import Healer, evidence_from_run, gather_task, verify_applied
 from .errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
+from .fixes import FixRecord, normalize
 from .incident import Incident, new_incident_id, notify, write_incident
 from .ledger import Ledger
 from .process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
@@ -62,6 +67,7 @@ from .tasks import (
 )
 from .workflow import WorkflowRunner, load_plan, status
 
+logger = logging.getLogger(__name__)
 SCRIPTS = Path(__file__).resolve().parents[1]
 TASKS_SCRIPT = SCRIPTS / "tasks.py"
 # A FIX child in one of these still stands for its problem: the same failure again does not make another.
@@ -138,6 +144,13 @@ class BoundedLog:
                 self._append(self._pending + b"\n")
                 self._pending = b""
             self._append(line.rstrip("\n").encode("utf-8", "surrogateescape") + b"\n")
+
+    def end_line(self) -> None:
+        """Write a partial last line out now (with a newline), so the file holds everything said so far."""
+        with self._lock:
+            if self._pending:
+                self._append(self._pending + b"\n")
+                self._pending = b""
 
     def close(self) -> None:
         with self._lock:
@@ -313,6 +326,8 @@ class TaskRun:
     log: str | None = None
     duration_s: float = 0.0
     stuck: list[dict[str, Any]] = field(default_factory=list)
+    fix_record: str | None = None
+    verified_fixes: list[str] = field(default_factory=list)
 
     @property
     def exit_status(self) -> int:
@@ -351,6 +366,7 @@ def _ensure_fix_child(
     error_class: str | None,
     step: str | None,
     kind: str,
+    fix_record: str | None = None,
 ) -> tuple[Task, bool]:
     """The FIX child already tracking this problem (open, or parked for a person), updated; else a new one.
 
@@ -378,6 +394,7 @@ def _ensure_fix_child(
         last_error_class=error_class,
         failed_step=step,
         source={"task": parent.name, "step": step, "key": key, "kind": kind, "signature": shape},
+        fix_record=fix_record,
     )
     tree.add(child, by="escalation")
     return child, True
@@ -393,11 +410,14 @@ def escalate(
     log_tail: list[str],
     run_tail: list[str] | None = None,
     reason_prefix: str = "",
+    diagnosis: FixRecord | None = None,
 ) -> Escalation:
     """Count one failure of `task` (PROCESSING) and move it where the thresholds say.
 
     `log_tail` is the end of the task's log (what analysis reads); `run_tail` the output of the failed run
-    alone (what the record keeps as last_error), by default the same.
+    alone (what the record keeps as last_error), by default the same. `diagnosis`, the fix record self-heal
+    made for this failure (rules, or a model at the threshold), supplies the analysis and the problems;
+    without one, the rule-based reading of the log tail does.
     """
     run_tail = log_tail if run_tail is None else run_tail
     settings = store.config.tasks
@@ -409,18 +429,30 @@ def escalate(
     task.last_result = f"failed ({failed.error_class or 'unknown'}): {redactor.text(failed.reason)[:300]}"
     why = reason_prefix + f"failure {failures} ({failed.error_class or 'unknown'}): {redactor.text(failed.reason)}"
 
-    def analysed() -> analysis.Analysis:
+    def analysed() -> list[tuple[str, str, str]]:
+        """(key, title, suggestion) per problem found, with the task's analysis and suggestion filled in."""
+        if diagnosis is not None:
+            steps = "\n".join(f"{i}. {s}" for i, s in enumerate(diagnosis.fix_steps, 1))
+            problems = diagnosis.problems or [diagnosis.root_cause]
+            task.analysis = redactor.text(
+                f"{diagnosis.root_cause}\n(fix record {diagnosis.id}, from {diagnosis.source}, "
+                f"{diagnosis.review.get('verdict')})"
+                + ("".join(f"\n- {p}" for p in problems) if len(problems) > 1 else "")
+            )
+            task.fix_suggestion, task.fix_record = steps, diagnosis.id
+            return [(f"problem:{normalize(p)}", p, steps) for p in problems]
         found = analysis.analyze(
             log_tail, error_class=failed.error_class, reason=failed.reason, failures=failures, step=failed.step
         )
         task.analysis = redactor.text(found.summary)
         task.fix_suggestion = found.problems[0].suggestion
-        return found
+        return [(f"problem:{p.signature}", p.title, p.suggestion) for p in found.problems]
 
     if failed.needs_person or failures >= settings.manual_at_failures:
-        found = analysed() if failures >= settings.analyze_at_failures else None
+        if failures >= settings.analyze_at_failures:
+            analysed()
         tree.transition(task.name, REQUIRES_MANUAL, why, by="escalation")
-        incident = _incident(task, failed, store, found.summary if found else None, tree)
+        incident = _incident(task, failed, store, task.analysis, tree)
         if failed.incident:
             incident.context["workflow_incident"] = failed.incident
         path = write_incident(store.state, incident)
@@ -429,20 +461,30 @@ def escalate(
 
     made: list[str] = []
     if failures >= settings.analyze_at_failures:
-        found = analysed()
+        problems = analysed()
+        holders = [
+            c
+            for c in tree.children(task.name)
+            if diagnosis is not None and c.type == "fix" and c.exec_state in TRACKING and c.fix_record == diagnosis.id
+        ]
+        if holders and len(problems) == 1:
+            # A FIX task already holds this very fix record (one problem): it is tracked, not new.
+            tree.update(holders[0].name, last_error=error, last_error_class=failed.error_class, by="escalation")
+            problems = []
         if task.type != "fix":
-            for problem in found.problems:
+            for key, title, suggestion in problems:
                 child, created = _ensure_fix_child(
                     tree,
                     task,
-                    key=f"problem:{problem.signature}",
+                    key=key,
                     hint=f"A{failures}",
-                    title=problem.title,
-                    suggestion=problem.suggestion,
-                    error=redactor.text(problem.title),
+                    title=title[:200],
+                    suggestion=suggestion,
+                    error=redactor.text(title),
                     error_class=failed.error_class,
                     step=failed.step,
                     kind="analysis",
+                    fix_record=diagnosis.id if diagnosis else None,
                 )
                 if created:
                     made.append(child.name)
@@ -557,6 +599,7 @@ class TaskRunner:
         self.echo = echo
         self.ledger = ledger or Ledger(store.state, store.config, clock=store.clock)
         self.redactor = self.ledger.redactor
+        self.healer: Healer | None = None
 
     def run_next(self, *, types: Iterable[str] | None = None, only: str | None = None) -> TaskRun:
         """Claim the next actionable task (or `only` that one) and run it to an outcome."""
@@ -609,6 +652,8 @@ class TaskRunner:
         try:
             with _Heartbeat(self.store, claimed, runner, log, stop) as heartbeat:
                 outcome, failed = self._execute(claimed, log, stop, requeued)
+                # Still under the heartbeat: a model asked for a root cause may take a while.
+                diagnosis = self._diagnose(claimed, outcome, failed, log)
         finally:
             if own_stop:
                 stop.close()
@@ -617,7 +662,9 @@ class TaskRunner:
         log.close()
         if heartbeat.lost:
             outcome = "superseded"
-        result = self._finish(claimed.name, runner=runner, outcome=outcome, failed=failed, duration=duration, log=log)
+        result = self._finish(
+            claimed.name, runner=runner, outcome=outcome, failed=failed, duration=duration, log=log, diagnosis=diagnosis
+        )
         result.duration_s = duration
         return result
 
@@ -628,6 +675,37 @@ class TaskRunner:
                 tree.transition(name, NORMAL_CRASH, reason[:500], by="run-next")
 
     # -- running -------------------------------------------------------------------------------------
+
+    def _diagnose(self, task: Task, outcome: str, failed: Failed | None, log: BoundedLog) -> FixRecord | None:
+        """A fix record for this failure, when escalation will want one: a failure that reaches the analysis
+        threshold, or a FIX task to analyse. Self-heal's own analysis failing never stops the outcome from
+        being recorded: it is logged, and escalation falls back to reading the log by rules."""
+        analyze_at = self.config.tasks.analyze_at_failures
+        try:
+            if outcome == "analysed":
+                parent = (task.source or {}).get("task") or task.parent
+                if not parent:
+                    return None
+                return self._healer().heal(gather_task(parent, state=self.store.state, config=self.config)).record
+            if outcome != "failed" or failed is None or task.type == "fix" or task.retry_count + 1 < analyze_at:
+                return None
+            log.end_line()  # the evidence holds the whole run, a last line without a newline included
+            evidence = evidence_from_run(
+                task,
+                error=f"{failed.reason}\n" + "\n".join(tail_lines(log.path, 20, last_run=True)),
+                error_class=failed.error_class,
+                step=failed.step,
+                log_tail=tail_lines(log.path, self.config.fixes.evidence_lines),
+            )
+            return self._healer().heal(evidence).record
+        except Exception as exc:
+            logger.warning("self-heal could not make a fix record for %s: %s", task.name, exc)
+            return None
+
+    def _healer(self) -> Healer:
+        if self.healer is None:
+            self.healer = Healer(config=self.config, state=self.store.state, clock=self.clock)
+        return self.healer
 
     def _execute(self, task: Task, log: BoundedLog, stop: StopFlag, requeued: bool) -> tuple[str, Failed | None]:
         run = task.run
@@ -717,8 +795,10 @@ class TaskRunner:
         failed: Failed | None,
         duration: float,
         log: BoundedLog,
+        diagnosis: FixRecord | None = None,
     ) -> TaskRun:
         escalation: Escalation | None = None
+        verified = False
         with self.store.transaction() as tree:
             try:
                 task = tree.get(name)
@@ -741,8 +821,9 @@ class TaskRunner:
                 task.last_result = f"succeeded in {duration:.1f}s"
                 tree.transition(name, END, task.last_result, by="run-next")
                 message = f"task {name!r} succeeded"
+                verified = True
             elif outcome == "analysed":
-                escalation = self._analyse_fix(tree, task)
+                escalation = self._analyse_fix(tree, task, diagnosis)
                 message = f"fix task {name!r} analysed; it needs an agent or a person to apply the fix"
             elif outcome in ("not_attempted", "interrupted"):
                 why = failed.reason if failed else outcome
@@ -759,6 +840,7 @@ class TaskRunner:
                     redactor=self.redactor,
                     log_tail=tail_lines(log.path),
                     run_tail=tail_lines(log.path, last_run=True),
+                    diagnosis=diagnosis,
                 )
                 message = f"task {name!r} failed ({failed.error_class or 'unknown'}): {failed.reason}"
                 if escalation.state == REQUIRES_MANUAL:
@@ -775,15 +857,37 @@ class TaskRunner:
                 failed_step=failed.step if failed else None,
                 log=str(log.path),
             )
+        if verified:
+            with contextlib.suppress(Exception):  # bookkeeping of fix records never fails a run
+                result.verified_fixes = verify_applied(name, state=self.store.state, clock=self.clock)
+        if diagnosis is not None:
+            result.fix_record = diagnosis.id
         if escalation is not None:
             announce(self.ledger, name, failed, escalation)
             result.fix_tasks = escalation.fix_tasks
             result.incident = str(escalation.incident_path) if escalation.incident_path else None
         return result
 
-    def _analyse_fix(self, tree: TaskTree, task: Task) -> Escalation:
+    def _analyse_fix(self, tree: TaskTree, task: Task, diagnosis: FixRecord | None) -> Escalation:
         source = task.source or {}
         parent = tree.tasks.get(source.get("task") or task.parent or "")
+        if diagnosis is not None:
+            task.analysis = self.redactor.text(
+                f"{diagnosis.root_cause}\n(fix record {diagnosis.id}, from {diagnosis.source}, "
+                f"{diagnosis.review.get('verdict')})"
+            )
+            task.fix_suggestion = "\n".join(f"{i}. {s}" for i, s in enumerate(diagnosis.fix_steps, 1))
+            task.success_criteria = task.success_criteria or diagnosis.success_criteria
+            task.fix_record = diagnosis.id
+            task.last_result = f"analysed ({diagnosis.id}); waiting for an agent or a person to apply the fix"
+            tree.transition(
+                task.name,
+                REQUIRES_MANUAL,
+                f"analysed as {diagnosis.id}; self-heal never applies a fix by itself "
+                "(end it with `tasks.py mark NAME end` once applied)",
+                by="run-next",
+            )
+            return Escalation(REQUIRES_MANUAL, analysis=task.analysis)
         lines = tail_lines(self.store.log_path(parent.name)) if parent else []
         found = analysis.analyze(
             lines or (task.last_error or "").splitlines(),

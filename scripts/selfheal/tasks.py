@@ -148,6 +148,7 @@ class Task:
     failed_step: str | None = None
     source: dict[str, Any] | None = None  # for a FIX task: which task, step and failure made it
     incident: str | None = None
+    fix_record: str | None = None  # the fix record (fixes/FIX-...json) self-heal made for this task's failure
     requeued: bool = False  # a person handed it back from REQUIRES_MANUAL; the next run starts fresh
     created_ts: float = 0.0
     updated_ts: float = 0.0

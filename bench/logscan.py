@@ -1,0 +1,368 @@
+"""Time `analyze_logs.py --json` on a 400 MB log against an awk one-liner that only counts failure reasons.
+
+The log: the source documents' format (`2024-03-15T14:22:18 [RETRY] task=doc-gen-587 model=Qwen3-4B
+reason=timeout attempt=1/3 delay=5s`, `[SUCCESS] task=... duration=47.2s tokens=1428`, plus the skill's
+[FAILED], [FALLBACK] and [BREAKER] lines), written from a fixed seed into a temporary folder: runs of
+2,000 tasks (`doc-gen-1` ... `doc-gen-2000`), four in flight at a time and their lines interleaved, each
+run trying Qwen3-4B up to 3 times (20% of attempts fail, with the first document's reasons: timeout,
+format_error, transient, oom, rate_limit, auth), then falling back along the chain (Qwen1.5-0.5B,
+Phi-3-mini); 5 failures in a row on a model trip its breaker. The generator counts what it writes.
+
+Candidates, run as processes one after the other, their order rotating from round to round:
+* awk (the baseline): `awk '/\\[(RETRY|FAILED)\\]/{if (match($0, /reason=[A-Za-z0-9_]+/)) ...}'`, counting
+  failure reasons only, as the first source document's grep recipe does;
+* `analyze_logs.py --json FILE`: the whole report, as shipped (workers: one per CPU);
+* the same with `analysis.workers: 1` (one process), for the cost per core;
+* the first source document's own Python analyser (a per-line loop, failure reasons only), for scale.
+
+Time is wall time per run (time.perf_counter around the process); peak memory is the largest sum of the
+proportional set sizes (PSS: a page shared by a process and its forked worker counted once, halved between
+them) of the process and its children, sampled every 5 ms with psutil (RSS where there is no PSS). The ratio is the
+median of the per-round ratios to awk. Checked: analyze_logs's failure reasons equal awk's, and both equal
+the generator's counts; its totals equal the generator's.
+
+Target: at most 1.5 times awk's wall time, under 100 MB peak.
+
+    .venv/bin/python bench/logscan.py [--quick] [--json] [--size MB] [--rounds R] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from _common import machine, machine_line, markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+ANALYZE = ROOT / "scripts" / "analyze_logs.py"
+SEED = 20261121
+SIZE_MB, QUICK_SIZE_MB = 400, 4
+ROUNDS, QUICK_ROUNDS = 5, 2
+TARGET_RATIO, TARGET_RSS_MB = 1.5, 100
+TASKS = 2000
+IN_FLIGHT = 4
+CHAIN = ("Qwen3-4B", "Qwen1.5-0.5B", "Phi-3-mini")
+TARGETS = ("qwen3-4b", "qwen1.5-0.5b", "phi-3-mini")
+REASONS = ("timeout", "format_error", "transient", "oom", "rate_limit", "auth")
+WEIGHTS = (30, 20, 20, 12, 12, 6)
+FAIL_RATE = (0.20, 0.10, 0.05)
+AWK_PROGRAM = (
+    r"/\[(RETRY|FAILED)\]/{ if (match($0, /reason=[A-Za-z0-9_]+/)) c[substr($0, RSTART+7, RLENGTH-7)]++ }"
+    r" END { for (r in c) print c[r], r }"
+)
+# The first source document's analyser, as printed there (made runnable: the file is the first argument).
+DOC_ANALYSER = """
+import re, sys
+from collections import defaultdict
+error_stats = defaultdict(int)
+with open(sys.argv[1]) as f:
+    for line in f:
+        if '[RETRY]' in line or '[FAILED]' in line:
+            reason = re.search(r'reason=(\\w+)', line)
+            if reason:
+                error_stats[reason.group(1)] += 1
+for reason, count in sorted(error_stats.items(), key=lambda x: -x[1]):
+    print(count, reason)
+"""
+
+
+@dataclass
+class Written:
+    """What the generator wrote."""
+
+    bytes: int = 0
+    lines: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)  # of [RETRY] and [FAILED]
+
+
+def _run(rng: random.Random, out: Written, failures: list[int]) -> list[str]:
+    """One run's lines (without time): retries on the primary, fallbacks along the chain, success or failure."""
+    task = f"doc-gen-{rng.randint(1, TASKS)}"
+    lines = []
+    for m, model in enumerate(CHAIN):
+        for attempt in range(1, 4):
+            if rng.random() >= FAIL_RATE[m]:
+                failures[m] = 0
+                lines.append(f"[SUCCESS] task={task} duration={rng.uniform(2, 90):.1f}s tokens={rng.randint(80, 3000)}")
+                out.events["success"] += 1
+                return lines
+            reason = rng.choices(REASONS, WEIGHTS)[0]
+            failures[m] += 1
+            if failures[m] == 5:
+                lines.append(f"[BREAKER] task=- target={TARGETS[m]} state=open reason={reason} trips=1 open_for=60s")
+                out.events["breaker"] += 1
+            if attempt < 3 and reason != "auth":
+                lines.append(f"[RETRY] task={task} model={model} reason={reason} attempt={attempt}/3 delay=5s")
+                out.events["retry"] += 1
+                out.reasons[reason] += 1
+                continue
+            if m + 1 < len(CHAIN):
+                lines.append(
+                    f"[FALLBACK] task={task} target={TARGETS[m]} model={model} reason={reason} attempts={attempt}"
+                )
+                out.events["fallback"] += 1
+                break
+            lines.append(f"[FAILED] task={task} model={model} reason={reason} attempts={attempt}")
+            out.events["failed"] += 1
+            out.reasons[reason] += 1
+            return lines
+    return lines  # pragma: no cover - the last model always ends the run
+
+
+def generate(path: Path, size: int, seed: int = SEED) -> Written:
+    """Write about `size` bytes of log to `path`, deterministically; return what was written."""
+    rng = random.Random(seed)
+    out = Written()
+    failures = [0] * len(CHAIN)
+    runs: list[list[str]] = [_run(rng, out, failures) for _ in range(IN_FLIGHT)]
+    clock = 1_780_272_000  # 2026-06-01T00:00:00 UTC
+    with path.open("w", encoding="ascii", newline="\n") as fh:
+        chunk: list[str] = []
+        while out.bytes < size:
+            slot = rng.randrange(IN_FLIGHT)
+            if not runs[slot]:
+                runs[slot] = _run(rng, out, failures)
+            clock += rng.random() < 0.6
+            line = time.strftime("%Y-%m-%dT%H:%M:%S ", time.gmtime(clock)) + runs[slot].pop(0) + "\n"
+            chunk.append(line)
+            out.bytes += len(line)
+            out.lines += 1
+            if len(chunk) == 20_000:
+                fh.write("".join(chunk))
+                chunk.clear()
+        fh.write("".join(chunk))
+    # Runs cut off at the end of the file: what they did not write is not counted.
+    for pending in runs:
+        for line in pending:
+            event = line[1 : line.index("]")].lower()
+            out.events[event] -= 1
+            if event in ("retry", "failed"):
+                out.reasons[line.split("reason=")[1].split()[0]] -= 1
+    out.events, out.reasons = +out.events, +out.reasons
+    return out
+
+
+def _memory(p: psutil.Process) -> int:
+    """PSS where the system has it (pages shared with forked workers counted once), else RSS."""
+    try:
+        return int(p.memory_full_info().pss)
+    except (AttributeError, psutil.AccessDenied):  # pragma: no cover - not Linux
+        return int(p.memory_info().rss)
+
+
+class PeakRss:
+    """The largest sum of memory (PSS on Linux) over a process and its descendants, sampled every 5 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.peak = 0
+        self._proc = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self._proc, *self._proc.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):  # it may end between the listing and the look
+                        total += _memory(p)
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                return
+            self._stop.wait(0.005)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """Run a command; return its wall time, peak RSS (bytes, with its children) and stdout."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    sampler = PeakRss(proc.pid)
+    stdout, stderr = proc.communicate()
+    elapsed = time.perf_counter() - start
+    peak = sampler.stop()
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {stderr.decode(errors='replace')[-2000:]}")
+    return elapsed, peak, stdout.decode()
+
+
+def counts(text: str) -> dict[str, int]:
+    """`count reason` lines, as awk and the document's analyser print them."""
+    return {r: int(n) for n, r in (line.split() for line in text.splitlines() if line.strip())}
+
+
+def awk_version(awk: str) -> str:
+    for flag in ("--version", "-W version", "-V"):
+        proc = subprocess.run([awk, *flag.split()], capture_output=True, text=True, check=False)
+        first = (proc.stdout or proc.stderr).splitlines()[:1]
+        if proc.returncode == 0 and first:
+            return first[0].strip()
+    return awk  # pragma: no cover - an awk that names no version
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"a {QUICK_SIZE_MB} MB log, {QUICK_ROUNDS} rounds")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--size", type=float, metavar="MB", help=f"log size (default {SIZE_MB})")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--keep", action="store_true", help="keep the generated log and print where it is")
+    args = parser.parse_args()
+    size_mb = args.size or (QUICK_SIZE_MB if args.quick else SIZE_MB)
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
+    awk = shutil.which("awk")
+    if awk is None:
+        sys.stderr.write("awk is not installed: the baseline cannot run\n")
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="selfheal-logscan-"))
+    try:
+        log = work / "seed-format.log"
+        started = time.perf_counter()
+        written = generate(log, int(size_mb * 1_000_000))
+        generated_s = time.perf_counter() - started
+        single = work / "single.yaml"
+        single.write_text("analysis: {workers: 1}\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+        env["SELFHEAL_HOME"] = str(work / "state")
+        candidates = {
+            "awk": ([awk, AWK_PROGRAM, str(log)], env),
+            "analyze_logs": ([sys.executable, str(ANALYZE), "--json", str(log)], env),
+            "analyze_logs_1_process": (
+                [sys.executable, str(ANALYZE), "--json", str(log)],
+                {**env, "SELFHEAL_CONFIG": str(single)},
+            ),
+            "document_analyser": ([sys.executable, "-c", DOC_ANALYSER, str(log)], env),
+        }
+        subprocess.run(["cat", str(log)], stdout=subprocess.DEVNULL, check=True)  # into the page cache first
+        times: dict[str, list[float]] = {name: [] for name in candidates}
+        peaks: dict[str, int] = dict.fromkeys(candidates, 0)
+        outputs: dict[str, str] = {}
+        names = list(candidates)
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                argv, run_env = candidates[name]
+                elapsed, peak, out = timed(argv, run_env)
+                times[name].append(elapsed)
+                peaks[name] = max(peaks[name], peak)
+                outputs[name] = out
+        ratios = [a / b for a, b in zip(times["analyze_logs"], times["awk"], strict=True)]
+        ratios_single = [a / b for a, b in zip(times["analyze_logs_1_process"], times["awk"], strict=True)]
+        ratios_doc = [a / b for a, b in zip(times["document_analyser"], times["awk"], strict=True)]
+        report = json.loads(outputs["analyze_logs"])
+        single_report = json.loads(outputs["analyze_logs_1_process"])
+        ours = {row["reason"]: row["count"] for row in report["failure_reasons"]}
+        awk_counts = counts(outputs["awk"])
+        checks = {
+            "reasons_equal_awk": ours == awk_counts,
+            "awk_equals_generator": awk_counts == dict(written.reasons),
+            "document_analyser_equals_generator": counts(outputs["document_analyser"]) == dict(written.reasons),
+            "events_equal_generator": report["events"] == dict(written.events),
+            "lines_equal_generator": report["lines"]["total"] == written.lines and report["lines"]["malformed"] == 0,
+            "one_process_same_report": {k: v for k, v in single_report.items() if k != "window"}
+            == {k: v for k, v in report.items() if k != "window"},
+        }
+        rss_mb = peaks["analyze_logs"] / 1e6  # PSS summed over the process and its workers
+        ratio = statistics.median(ratios)
+        result: dict[str, Any] = {
+            "machine": {**machine(), "awk": awk_version(awk)},
+            "file": {
+                "bytes": log.stat().st_size,
+                "lines": written.lines,
+                "seed": SEED,
+                "generated_s": round(generated_s, 2),
+                "events": dict(written.events),
+            },
+            "rounds": rounds,
+            "results": {
+                name: {
+                    "median_s": round(statistics.median(times[name]), 3),
+                    "min_s": round(min(times[name]), 3),
+                    "max_s": round(max(times[name]), 3),
+                    "peak_mb": round(peaks[name] / 1e6, 1),
+                }
+                for name in candidates
+            },
+            "ratio": {"median": round(ratio, 2), "min": round(min(ratios), 2), "max": round(max(ratios), 2)},
+            "ratio_one_process": {
+                "median": round(statistics.median(ratios_single), 2),
+                "min": round(min(ratios_single), 2),
+                "max": round(max(ratios_single), 2),
+            },
+            "ratio_document_analyser": round(statistics.median(ratios_doc), 2),
+            "checks": checks,
+            "correct": all(checks.values()),
+            "target": {
+                "ratio": TARGET_RATIO,
+                "rss_mb": TARGET_RSS_MB,
+                "ratio_met": ratio <= TARGET_RATIO,
+                "rss_met": rss_mb < TARGET_RSS_MB,
+            },
+        }
+        if args.keep:
+            result["file"]["path"] = str(log)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(machine_line() + f", {result['machine']['awk']}")
+    print(
+        f"{result['file']['bytes'] / 1e6:.0f} MB, {written.lines:,} lines (seed {SEED}); "
+        f"{rounds} rounds, order rotating"
+    )
+    labels = {
+        "awk": "awk one-liner: failure reasons only (baseline)",
+        "analyze_logs": "`analyze_logs.py --json`: the whole report",
+        "analyze_logs_1_process": "the same, `analysis.workers: 1`",
+        "document_analyser": "the first document's Python analyser: reasons only",
+    }
+    rows = []
+    for name, label in labels.items():
+        res = result["results"][name]
+        vs_awk = [a / b for a, b in zip(times[name], times["awk"], strict=True)]
+        rows.append(
+            [
+                label,
+                f"{res['median_s']:.2f} ({res['min_s']:.2f}-{res['max_s']:.2f})",
+                f"{statistics.median(vs_awk):.2f}x ({min(vs_awk):.2f}-{max(vs_awk):.2f})",
+                f"{res['peak_mb']:.0f}",
+            ]
+        )
+    print(markdown_table(["run", "wall s, median (min-max)", "vs awk, median (min-max)", "peak MB (PSS)"], rows))
+    print(f"checks: {checks}")
+    met = result["target"]
+    print(
+        f"target <= {TARGET_RATIO}x awk: {'met' if met['ratio_met'] else 'NOT met'} ({result['ratio']['median']}x); "
+        f"peak < {TARGET_RSS_MB} MB: {'met' if met['rss_met'] else 'NOT met'} ({rss_mb:.0f} MB)"
+    )
+    return 0 if result["correct"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,881 @@
+"""Self-heal: a failure becomes a fix record. Evidence first, rules second, a model third, a second look last.
+
+1. **Evidence.** For a task id: its ledger events, the last lines of its log, its last error, the exit
+   codes and classes of its attempts, its checkpoint and task record. For OpenClaw: the failures its
+   own logs report (`openclaw_logs`).
+2. **Signature.** The error with numbers, ids, paths, quoted values and times masked (`fixes.normalize`):
+   the same failure seen again updates its record instead of making another.
+3. **Rules** (`fixes.rules` in skill.yaml, the user's `fixes.extra_rules` first): known failures and
+   their fixes, no model needed.
+4. **A model** for what no rule explains, or once a failure has happened `fixes.model_at_failures`
+   times: the prompts in config/prompts/, through the skill's own fallback chain; the answer must parse
+   into the record's fields (one stricter retry is the chain's own); otherwise, or with no endpoint
+   reachable, the record is written from the rules alone and says so.
+5. **A second look** at a model's fix: does the root cause explain the evidence, do the steps touch the
+   target module, is anything destructive or irreversible, is it confident enough. A fix that fails
+   stays a draft with the objections attached.
+
+Model text is data: it is stored, shown and redacted, never executed, never put into a command.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import openclaw_logs
+from .analysis import hint_for
+from .breaker import Breakers
+from .checkpoint import Checkpoints, CheckpointUnreadable
+from .classify import Failure, classifier_for
+from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from .config import FIX_ACTIONS, Config, FixRule, get_config
+from .errors import ConfigError, CorruptStateError, SelfHealError, StateError, UsageError
+from .fixes import APPLIED, DRAFT, OPEN, READY, SEEN_KEEP, VERIFIED, FixRecord, FixStore, normalize, signature_key
+from .ledger import Ledger, iter_events, ledger_files
+from .prompts import render
+from .redact import Redactor
+from .store import StateRoot, quarantine, validate_id
+from .tasks import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
+from .tasks import VOID as TASK_VOID
+
+EXCERPT_CHARS = 4000
+FIX_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["root_cause", "problems", "fix_steps", "target_module", "success_criteria", "confidence"],
+    "properties": {
+        "root_cause": {"type": "string", "minLength": 1},
+        "problems": {"type": "array", "items": {"type": "string"}},
+        "fix_steps": {"type": "array", "items": {"type": "string"}},
+        "target_module": {"type": "string"},
+        "success_criteria": {"type": "string"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "actions": {"type": "array", "items": {"type": "string"}},
+    },
+}
+# What the second look calls destructive or irreversible, wherever it appears in a proposed fix.
+DESTRUCTIVE = re.compile(
+    r"(?i)\brm\s+-[a-z]*[rf]|\brmdir\b|\bmkfs\b|\bdd\s+if=|\bshred\b|>\s*/dev/sd|\bdrop\s+(table|database|schema)\b|"
+    r"\btruncate\s+table\b|\bdelete\s+from\b|\bgit\s+(push\s+(-f|--force)|reset\s+--hard|clean\s+-[a-z]*f)|"
+    r"\bchmod\s+(-R\s+)?777\b|\bchown\s+-R\b|curl[^|\n]*\|\s*(ba|z)?sh\b|wget[^|\n]*\|\s*(ba|z)?sh\b|\bsudo\b|"
+    r"\bkill\s+-9\b|\bkillall\b|\bpkill\b|\bshutdown\b|\breboot\b|\bformat\s+[a-z]:|\brm\s+-rf\b|"
+    r"\bdelete (all|every)\b|\bwipe\b|\bpurge\b|:\(\)\s*\{|\beval\b|\bexec\(|os\.system|subprocess"
+)
+_FRAME = re.compile(r'File "(?P<path>[^"]+)", line (?P<line>\d+)')
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{3,}")
+_STOP = frozenset(
+    [
+        "this",
+        "that",
+        "with",
+        "from",
+        "have",
+        "been",
+        "were",
+        "when",
+        "what",
+        "which",
+        "there",
+        "their",
+        "about",
+        "after",
+        "before",
+        "could",
+        "would",
+        "should",
+        "error",
+        "errors",
+        "failed",
+        "failure",
+        "exit",
+        "code",
+        "line",
+        "file",
+        "task",
+        "none",
+        "true",
+        "false",
+        "null",
+    ]
+)
+OPENCLAW_REASONS = {
+    "auth": "auth",
+    "billing": "fatal",
+    "rate_limit": "rate_limit",
+    "timeout": "timeout",
+    "format": "format",
+    "model_not_found": "permanent",
+    "context_overflow": "permanent",
+    "overloaded": "transient",
+}
+
+
+@dataclass
+class Evidence:
+    """What is known about one failure."""
+
+    task: str
+    kind: str  # "task", or an OpenClaw failure kind
+    error: str  # the error, as precisely as known
+    error_class: str | None
+    occurrence: str  # identifies this occurrence, so reading it twice does not count it twice
+    failures: int  # how often this task has failed so far, as far as the evidence says
+    log_tail: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    step: str | None = None
+    target: str | None = None
+    model: str | None = None
+    job: str | None = None
+    file: str | None = None
+    status: int | None = None
+    fallback_configured: bool | None = None
+    checkpoint: dict[str, Any] | None = None
+    task_record: dict[str, Any] | None = None
+    command: list[str] | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def signature(self) -> str:
+        return f"{self.kind}:{self.error_class or 'unknown'}:{normalize(self.error)}"
+
+    def excerpt(self, redactor: Redactor) -> str:
+        parts = [self.error.strip(), *self.log_tail[-20:]]
+        text = "\n".join(dict.fromkeys(p for p in parts if p))
+        return redactor.text(text)[-EXCERPT_CHARS:]
+
+
+class NoEvidence(UsageError):
+    def __init__(self, task: str) -> None:
+        super().__init__(
+            f"nothing is known about task {task!r}: no ledger events, task record or checkpoint carry that id"
+        )
+
+
+# -- evidence ----------------------------------------------------------------------------------------------
+
+
+def _brief(event: dict[str, Any]) -> dict[str, Any]:
+    keep = ("ts", "event", "step", "target", "model", "attempt", "error_class", "reason", "status", "exit_code")
+    return {k: event.get(k) for k in keep if event.get(k) is not None}
+
+
+def task_events(state: StateRoot, task: str, *, limit: int = 200, days: int = 14) -> list[dict[str, Any]]:
+    """The task's last `limit` ledger events, oldest first, from the last `days` ledger files."""
+    found: deque[dict[str, Any]] = deque(maxlen=limit)
+    for event in iter_events(ledger_files(state)[-days:]):
+        if event is not None and event.get("task") == task:
+            found.append(event)
+    return list(found)
+
+
+def _log_lines_for(state: StateRoot, task: str, lines: int) -> list[str]:
+    """The task's own log (a task of the tree), else its lines in logs/selfheal.log."""
+    own = state.sub("tasks") / f"{task}.log"
+    if own.exists():
+        text = own.read_bytes().decode("utf-8", "replace")
+        return [ln for ln in text.splitlines() if not (ln.startswith("=== ") and ln.endswith(" ==="))][-lines:]
+    found: deque[str] = deque(maxlen=lines)
+    needle = f" task={task} "
+    for path in sorted(state.sub("logs").glob("selfheal.log*"), reverse=True):
+        try:
+            with path.open(encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    if needle in line or line.rstrip().endswith(f" task={task}"):
+                        found.append(line.rstrip("\n"))
+        except OSError:
+            continue
+    return list(found)
+
+
+def gather_task(task: str, *, state: StateRoot, config: Config) -> Evidence:
+    """Everything the state root knows about the last failure of `task`."""
+    validate_id(task, "task")
+    lines = config.fixes.evidence_lines
+    record: dict[str, Any] | None = None
+    try:
+        record = TaskStore(state, config).get(task).to_json()
+    except (UnknownTask, StateError, CorruptStateError):
+        record = None
+    checkpoint: dict[str, Any] | None = None
+    failed_step: dict[str, Any] = {}
+    try:
+        data = Checkpoints(state).load(task)
+    except CheckpointUnreadable as exc:
+        data = None
+        checkpoint = {"status": "unreadable", "error": str(exc)}
+    if data is not None:
+        name = next((n for n in data.get("order", []) if data["steps"][n].get("state") == "failed"), None)
+        failed_step = dict(data["steps"][name], name=name) if name else {}
+        checkpoint = {"status": data.get("status"), "failed_step": name, "incident": data.get("incident")}
+    events = task_events(state, task)
+    if record is None and checkpoint is None and not events:
+        raise NoEvidence(task)
+    failures = [e for e in events if e.get("event") in ("failed", "retry", "stuck", "incident")]
+    last_failed = next((e for e in reversed(events) if e.get("event") in ("failed", "stuck")), None)
+    last_any = failures[-1] if failures else None
+    log_tail = _log_lines_for(state, task, lines)
+
+    error = ""
+    error_class = None
+    if record and record.get("last_error"):
+        error = str(record["last_error"])
+        error_class = record.get("last_error_class")
+    elif failed_step.get("reason"):
+        error, error_class = str(failed_step["reason"]), failed_step.get("error_class")
+    elif checkpoint and checkpoint.get("status") == "unreadable":
+        error, error_class = str(checkpoint["error"]), "fatal"
+    elif last_any is not None:
+        error, error_class = str(last_any.get("reason") or ""), last_any.get("error_class")
+    if not error and log_tail:
+        error = log_tail[-1]
+    if last_failed is not None and not error_class:
+        error_class = last_failed.get("error_class")
+    occurrence = str(
+        (last_failed or last_any or {}).get("ts")
+        or (record or {}).get("updated")
+        or (checkpoint or {}).get("incident")
+        or normalize(error)
+    )
+    count = int((record or {}).get("retry_count") or 0) or sum(1 for e in events if e.get("event") == "failed")
+    target = next((e.get("target") for e in reversed(events) if e.get("target")), None)
+    model = next((e.get("model") for e in reversed(events) if e.get("model")), None)
+    run = (record or {}).get("run") or {}
+    command: list[str] | None = None
+    if run.get("kind") == "argv":
+        command = [str(a) for a in run["argv"]]
+    elif run.get("shell"):
+        command = ["sh", "-c", str(run["shell"])]
+    brief = {k: record.get(k) for k in ("exec_state", "retry_count", "type", "parent")} if record else None
+    return Evidence(
+        task=task,
+        kind="task",
+        error=_first_line_with_detail(error),
+        error_class=error_class,
+        occurrence=occurrence,
+        failures=max(count, 1),
+        log_tail=log_tail,
+        events=[_brief(e) for e in events[-20:]],
+        exit_codes=[int(e["exit_code"]) for e in events if isinstance(e.get("exit_code"), int)][-10:],
+        classes=[str(e["error_class"]) for e in events if e.get("error_class")][-10:],
+        step=(record or {}).get("failed_step") or failed_step.get("name") or (last_failed or {}).get("step"),
+        target=target,
+        model=model,
+        checkpoint=checkpoint,
+        task_record=brief,
+        command=command,
+    )
+
+
+def evidence_from_run(
+    task: Task, *, error: str, error_class: str | None, step: str | None, log_tail: list[str]
+) -> Evidence:
+    """Evidence of a run that just failed, before its record says so (what run-next knows at that moment)."""
+    run = task.run or {}
+    command = [str(a) for a in run["argv"]] if run.get("kind") == "argv" else None
+    return Evidence(
+        task=task.name,
+        kind="task",
+        error=_first_line_with_detail(error),
+        error_class=error_class,
+        occurrence=task.run_id or utc_iso(task.updated_ts),
+        failures=task.retry_count + 1,
+        log_tail=log_tail,
+        step=step,
+        command=command,
+        task_record={"exec_state": task.exec_state, "retry_count": task.retry_count + 1, "type": task.type},
+    )
+
+
+def _first_line_with_detail(error: str) -> str:
+    """The error's most telling line: a Python exception line if there is one, else the first line."""
+    lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line):
+            return line
+    return lines[0]
+
+
+def openclaw_task(failure: openclaw_logs.Failure) -> str:
+    """A task id for an OpenClaw failure: the cron job, the skill, or the agent."""
+    if failure.kind == openclaw_logs.CRON_FAILED:
+        return safe_name(f"openclaw-cron-{failure.job or 'job'}")[:100]
+    if failure.kind == openclaw_logs.SKILL_INVALID:
+        folder = Path(str(failure.detail.get("file") or "skill")).parent.name
+        return safe_name(f"openclaw-skill-{folder}")[:100]
+    if failure.kind == openclaw_logs.CLI_FAILED:
+        return "openclaw-cli"
+    return "openclaw-agent"
+
+
+def gather_openclaw(
+    paths: Sequence[Path], *, since_ts: float | None = None, config: Config
+) -> tuple[list[Evidence], int, int]:
+    """One Evidence per distinct OpenClaw failure in these logs. Returns (evidence, lines, malformed)."""
+    records = []
+    lines = malformed = 0
+    for record in openclaw_logs.read_records(paths):
+        lines += 1
+        if record is None:
+            malformed += 1
+            continue
+        if since_ts is not None:
+            ts = openclaw_logs.timestamp(record.time)
+            if ts is not None and ts < since_ts:
+                continue
+        records.append(record)
+    classifier = classifier_for(config.classify)
+    out = []
+    for found in openclaw_logs.failures(records):
+        if found.reason in OPENCLAW_REASONS:
+            cls: str | None = OPENCLAW_REASONS[found.reason]
+        else:
+            evidence = (
+                Failure.from_http(found.status, body=found.error)
+                if found.status
+                else Failure.from_command(exit_code=None, stderr_tail=found.error)
+            )
+            cls = classifier.classify(evidence).error_class
+        excerpt = [found.summary]
+        if found.detail.get("diagnostics"):
+            excerpt.append(f"diagnostics: {found.detail['diagnostics']}")
+        out.append(
+            Evidence(
+                task=openclaw_task(found),
+                kind=found.kind,
+                error=found.error,
+                error_class=cls,
+                occurrence=found.key,
+                failures=1,
+                log_tail=excerpt,
+                target=found.model or found.job,
+                model=found.model,
+                job=found.job,
+                file=str(found.detail.get("file")) if found.detail.get("file") else None,
+                status=found.status,
+                fallback_configured=found.fallback_configured,
+                detail=dict(found.detail),
+            )
+        )
+    return out, lines, malformed
+
+
+# -- rules ----------------------------------------------------------------------------------------------------
+
+
+def rule_matches(rule: FixRule, evidence: Evidence, text: str) -> bool:
+    if rule.error_class and evidence.error_class not in rule.error_class:
+        return False
+    if rule.kind and evidence.kind not in rule.kind:
+        return False
+    if rule.status and evidence.status not in rule.status:
+        return False
+    if rule.fallback_configured is not None and evidence.fallback_configured is not rule.fallback_configured:
+        return False
+    return not (rule.pattern and not re.search(rule.pattern, text))
+
+
+def match_rule(rules: Iterable[FixRule], evidence: Evidence) -> FixRule | None:
+    """The first rule that explains the error itself; failing that, the first that the log tail explains."""
+    ordered = list(rules)
+    for text in (evidence.error, "\n".join([evidence.error, *evidence.log_tail])):
+        for rule in ordered:
+            if rule_matches(rule, evidence, text):
+                return rule
+    return None
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def fill(template: str, values: Mapping[str, str | None]) -> str:
+    """Put values into a rule's text: `{name}` only (no attribute or index access, unlike str.format)."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1)) or f"<{m.group(1)}>", template)
+
+
+def infer_target_module(evidence: Evidence, *, env: Mapping[str, str] | None = None) -> str | None:
+    """Where a fix belongs, as the fourth source document's infer_target_module() guesses it: the last
+    frame of the traceback in the project's own code, the script the task runs, a skill whose name the
+    task carries, or what an OpenClaw failure points at."""
+    text = "\n".join([*evidence.log_tail, evidence.error])
+    frames = [
+        (m.group("path"), m.group("line"))
+        for m in _FRAME.finditer(text)
+        if not re.search(r"site-packages|dist-packages|/lib/python3\.\d+/|<frozen|<string>", m.group("path"))
+    ]
+    if frames:
+        return f"{frames[-1][0]}:{frames[-1][1]}"
+    if evidence.kind == openclaw_logs.SKILL_INVALID and evidence.file:
+        return evidence.file
+    if evidence.kind in (openclaw_logs.FALLBACK_EXHAUSTED, openclaw_logs.LANE_ERROR):
+        return f"{openclaw_logs.config_path(env)} (agents.defaults.model)"
+    if evidence.kind == openclaw_logs.CRON_FAILED:
+        return f"openclaw cron job {evidence.job}"
+    for part in evidence.command or []:
+        if part.endswith((".py", ".sh", ".js", ".yaml", ".yml")):
+            return part
+    skills = openclaw_logs.config_path(env).parent / "skills"
+    wanted = evidence.task.lower().replace("-", "_")
+    if skills.is_dir():
+        for folder in sorted(skills.iterdir()):
+            name = folder.name.lower().replace("-", "_")
+            if len(name) >= 4 and name in wanted and (folder / "SKILL.md").exists():
+                return str(folder)
+    return None
+
+
+def _values(evidence: Evidence, config: Config, module: str | None) -> dict[str, str | None]:
+    key_env = next(
+        (e.api_key_env for e in config.models.chain if e.api_key_env and e.name in (evidence.target, evidence.model)),
+        None,
+    )
+    return {
+        "task": evidence.task,
+        "error": evidence.error[:300],
+        "error_class": evidence.error_class,
+        "target": evidence.target or "the service it calls",
+        "model": evidence.model or "the model",
+        "job": evidence.job,
+        "file": evidence.file,
+        "module": module or "the failing module",
+        "key_env": key_env or "that holds the provider's key",
+    }
+
+
+# -- the model --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelAnswer:
+    data: dict[str, Any] | None
+    source: str | None
+    note: str | None
+
+
+def ask_model(
+    evidence: Evidence,
+    *,
+    rule: FixRule | None,
+    module: str | None,
+    redactor: Redactor,
+    config: Config,
+    state: StateRoot,
+    clock: Clock = SYSTEM_CLOCK,
+) -> ModelAnswer:
+    """Root-cause analysis by the model chain; never raises for the model's failures (they become a note)."""
+    from . import llm  # noqa: PLC0415 - openai costs ~0.4 s to import: only when a model is asked
+
+    hint = f"{rule.name}: {fill(rule.root_cause, _values(evidence, config, module))}" if rule else "none"
+    try:
+        system = render("fix_analysis_system.txt")
+        user = render(
+            "fix_analysis_user.txt",
+            task=evidence.task,
+            kind=evidence.kind,
+            error_class=evidence.error_class or "unknown",
+            signature=evidence.signature(),
+            failures=evidence.failures,
+            error=redactor.text(evidence.error)[:2000],
+            log_tail=redactor.text("\n".join(evidence.log_tail))[-6000:] or "(none)",
+            events=redactor.text("\n".join(str(e) for e in evidence.events[-10:])) or "(none)",
+            target_hint=module or "unknown",
+            rule_hint=hint,
+        )
+        answer = llm.complete(
+            user,
+            system=system,
+            json_output=True,
+            schema=FIX_SCHEMA,
+            temperature=0.2,
+            task=evidence.task,
+            deadline_s=config.fixes.model_deadline_s,
+            config=config,
+            state=state,
+            clock=clock,
+        )
+    except llm.NoEndpointAvailable as exc:
+        return ModelAnswer(None, None, f"no model endpoint was available ({exc}); written from the rules alone")
+    except llm.ModelCallFailed as exc:
+        what = "answered in the wrong shape, also after a stricter retry" if exc.error_class == "format" else "failed"
+        return ModelAnswer(None, None, f"the model analysis {what} ({exc}); written from the rules alone")
+    except ConfigError as exc:
+        return ModelAnswer(None, None, f"the model chain is not usable ({exc}); written from the rules alone")
+    except SelfHealError as exc:
+        return ModelAnswer(None, None, f"the model analysis failed ({exc}); written from the rules alone")
+    return ModelAnswer(answer.data, f"model:{answer.endpoint}/{answer.model}", None)
+
+
+# -- the second look ---------------------------------------------------------------------------------------------
+
+
+def second_look(
+    root_cause: str,
+    steps: Sequence[str],
+    *,
+    module: str | None,
+    confidence: float,
+    evidence: Evidence,
+    config: Config,
+) -> list[str]:
+    """Objections to a proposed fix; none means it may be marked ready."""
+    objections = []
+    seen = {w.lower() for w in _WORD.findall(" ".join([evidence.error, evidence.error_class or ""]))} - _STOP
+    said = {w.lower() for w in _WORD.findall(root_cause)}
+    if seen and not (seen & said) and (evidence.error_class or "") not in root_cause.lower():
+        objections.append(
+            "the root cause does not mention anything the evidence shows "
+            f"(the error says: {evidence.error[:120]!r}); it may explain a different failure"
+        )
+    if module and module not in ("unknown", "") and steps:
+        names = {module, Path(module.split(":")[0]).name, Path(module.split(":")[0]).stem}
+        if not any(n and n in step for step in steps for n in names):
+            objections.append(f"no fix step touches the target module {module!r}")
+    for i, text in enumerate([root_cause, *steps]):
+        found = DESTRUCTIVE.search(text)
+        if found:
+            where = "the root cause" if i == 0 else f"step {i}"
+            objections.append(f"{where} proposes something destructive or irreversible ({found.group(0)!r})")
+    if not steps:
+        objections.append("it proposes no fix steps")
+    if confidence < config.fixes.min_confidence:
+        objections.append(
+            f"its confidence {confidence:.2f} is below fixes.min_confidence {config.fixes.min_confidence}"
+        )
+    return objections
+
+
+# -- healing --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HealResult:
+    record: FixRecord
+    created: bool
+    counted: bool  # this occurrence was new (not already in the record)
+    model_note: str | None = None
+    path: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.record.id,
+            "task": self.record.task,
+            "created": self.created,
+            "counted": self.counted,
+            "status": self.record.status,
+            "verdict": self.record.review.get("verdict"),
+            "source": self.record.source,
+            "occurrences": self.record.occurrences,
+            "root_cause": self.record.root_cause,
+            "fix_steps": self.record.fix_steps,
+            "path": str(self.path) if self.path else None,
+            "note": self.model_note,
+        }
+
+
+class Healer:
+    """Turns Evidence into fix records in one state root."""
+
+    def __init__(
+        self,
+        *,
+        config: Config | None = None,
+        state: StateRoot | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        use_model: bool | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config or get_config()
+        self.state = (state or StateRoot.from_env()).ensure()
+        self.clock = clock
+        self.use_model = self.config.fixes.use_model if use_model is None else use_model
+        self.env = env
+        self.store = FixStore(self.state, clock=clock)
+        self.ledger = Ledger(self.state, self.config, clock=clock)
+        self.redactor = self.ledger.redactor
+
+    def heal(self, evidence: Evidence) -> HealResult:
+        # Secrets go first: the error feeds the signature, the rule texts, the model's prompt and the files.
+        evidence.error = self.redactor.text(evidence.error)
+        evidence.log_tail = [self.redactor.text(line) for line in evidence.log_tail]
+        signature = evidence.signature()
+        module = infer_target_module(evidence, env=self.env)
+        rule = match_rule(self.config.fixes.ordered_rules, evidence)
+        with self.store.locked():
+            existing = self.store.find(evidence.task, signature)
+        occurrences = (existing.occurrences if existing else 0) + (
+            0 if existing and evidence.occurrence in existing.seen else 1
+        )
+        has_model = existing is not None and existing.source.startswith("model:")
+        wanted = rule is None or max(occurrences, evidence.failures) >= self.config.fixes.model_at_failures
+        answer = ModelAnswer(None, None, None)
+        if self.use_model and wanted and not has_model:
+            # Outside the lock: a model call may take a while, and other failures must still be recorded.
+            answer = ask_model(
+                evidence,
+                rule=rule,
+                module=module,
+                redactor=self.redactor,
+                config=self.config,
+                state=self.state,
+                clock=self.clock,
+            )
+        elif wanted and not self.use_model and not has_model:
+            answer = ModelAnswer(None, None, "model analysis is off (--no-model / fixes.use_model); rules only")
+        with self.store.locked():
+            existing = self.store.find(evidence.task, signature)  # again: another process may have written it
+            return self._write(
+                evidence, signature=signature, module=module, rule=rule, answer=answer, existing=existing
+            )
+
+    def _write(
+        self,
+        evidence: Evidence,
+        *,
+        signature: str,
+        module: str | None,
+        rule: FixRule | None,
+        answer: ModelAnswer,
+        existing: FixRecord | None,
+    ) -> HealResult:
+        now = utc_iso(self.clock.time())
+        values = _values(evidence, self.config, module)
+        counted = existing is None or evidence.occurrence not in existing.seen
+        record = existing or FixRecord(
+            id=self.store.next_id(evidence.task),
+            task=evidence.task,
+            signature=signature,
+            key=signature_key(evidence.task, signature),
+            error_class=evidence.error_class,
+            kind=evidence.kind,
+            root_cause="",
+            problems=[],
+            fix_steps=[],
+            target_module=module,
+            success_criteria="",
+            source="none",
+            confidence=0.0,
+            occurrences=0,
+            first_seen=now,
+        )
+        if counted:
+            record.occurrences += 1
+            record.seen = [*record.seen, evidence.occurrence][-SEEN_KEEP:]
+            record.last_seen = now
+            if record.status in (APPLIED, VERIFIED):
+                record.notes.append(f"{now}: seen again after it was {record.status}; open again")
+                self.store.add_history(record, f"reopened: the failure came back after it was {record.status}")
+                record.status = OPEN
+        record.evidence = {
+            "excerpt": evidence.excerpt(self.redactor),
+            "exit_codes": evidence.exit_codes,
+            "classes": evidence.classes,
+            "events": self.redactor.obj(evidence.events[-10:]),
+            "checkpoint": evidence.checkpoint,
+            "task_record": evidence.task_record,
+            "step": evidence.step,
+            "target": evidence.target,
+            "model": evidence.model,
+            "job": evidence.job,
+            "file": evidence.file,
+            "failures": evidence.failures,
+        }
+        record.target_module = module or record.target_module
+        if answer.data is not None:
+            self._from_model(record, answer, evidence, module)
+        elif existing is None or not existing.source.startswith("model:"):
+            self._from_rule(record, rule, values, evidence)
+        if answer.note and answer.note not in record.notes:
+            record.notes.append(answer.note)
+        if existing is None:
+            self.store.add_history(record, f"created from {record.source}")
+        elif counted:
+            self.store.add_history(record, f"seen again (occurrence {record.occurrences})")
+        path = self.store.save(record)
+        if existing is None or counted:
+            self.ledger.record(
+                "fix",
+                task=evidence.task,
+                step=evidence.step,
+                error_class=evidence.error_class,
+                status="created" if existing is None else "seen_again",
+                reason=f"{record.id}: {record.root_cause}",
+                fix_id=record.id,
+                source=record.source,
+                occurrences=record.occurrences,
+            )
+        return HealResult(record, existing is None, counted, answer.note, path)
+
+    def _from_rule(
+        self, record: FixRecord, rule: FixRule | None, values: dict[str, str | None], evidence: Evidence
+    ) -> None:
+        if rule is None:
+            record.root_cause = f"no known rule explains this failure: {evidence.error[:300] or evidence.signature()}"
+            record.problems = [record.root_cause]
+            record.fix_steps = [
+                hint_for(evidence.error, evidence.error_class),
+                "read the evidence below; once the cause is known, add a rule to fixes.extra_rules so the next "
+                "occurrence is explained at once",
+            ]
+            record.success_criteria = f"{evidence.task} runs without this error"
+            record.source, record.confidence, record.actions, record.area = "none", 0.2, [], "infra"
+            record.review = {"verdict": DRAFT, "objections": ["no rule and no model analysis explain it yet"]}
+            return
+        record.root_cause = fill(rule.root_cause, values)
+        record.problems = [record.root_cause]
+        record.fix_steps = [fill(s, values) for s in rule.fix_steps]
+        record.success_criteria = fill(rule.success_criteria, values)
+        record.source, record.confidence = f"rule:{rule.name}", rule.confidence
+        record.actions, record.area = list(rule.actions), rule.area
+        record.review = {"verdict": READY, "objections": [], "by": "a shipped or user rule"}
+
+    def _from_model(self, record: FixRecord, answer: ModelAnswer, evidence: Evidence, module: str | None) -> None:
+        data = answer.data or {}
+        # The model's words are data: redacted, length-limited, stored; never run, never put in a command.
+        clean = self.redactor.text
+        root = clean(str(data["root_cause"]))[:2000]
+        steps = [clean(str(s))[:1000] for s in data.get("fix_steps", [])][:12]
+        problems = [clean(str(p))[:500] for p in data.get("problems", [])][:8] or [root]
+        proposed_module = clean(str(data.get("target_module") or ""))[:300] or None
+        target = module or proposed_module
+        confidence = float(data.get("confidence", 0.0))
+        record.root_cause, record.fix_steps, record.problems = root, steps, problems
+        record.success_criteria = clean(str(data.get("success_criteria") or ""))[:500]
+        record.target_module = target
+        record.source, record.confidence, record.area = answer.source or "model", confidence, "backend"
+        proposed = [clean(str(a))[:100] for a in data.get("actions", [])][:10]
+        record.actions = proposed
+        objections = second_look(
+            root, steps, module=target, confidence=confidence, evidence=evidence, config=self.config
+        )
+        refused = [a for a in proposed if a not in FIX_ACTIONS]
+        if refused:
+            objections.append(f"it proposes actions self-heal does not allow: {', '.join(refused)}")
+        record.review = {
+            "verdict": DRAFT if objections else READY,
+            "objections": objections,
+            "by": "the second look (rules)",
+        }
+
+
+# -- --apply: only what the skill owns, only what can be undone -------------------------------------------------
+
+
+@dataclass
+class Applied:
+    action: str
+    target: str
+    done: str
+    undo: str
+
+
+class ApplyRefused(SelfHealError):
+    """The record asks for something --apply will not do; nothing was done."""
+
+
+def apply_fix(
+    record_id: str, *, config: Config | None = None, state: StateRoot | None = None, clock: Clock = SYSTEM_CLOCK
+) -> list[Applied]:
+    """Run the record's allow-listed actions, record each with how to undo it, mark it applied.
+
+    Refused (ApplyRefused, nothing done) when any action is not on the allow-list, when a model-proposed
+    fix is still a draft, or when the record has no actions."""
+    config = config or get_config()
+    state = (state or StateRoot.from_env()).ensure()
+    store = FixStore(state, clock=clock)
+    record = store.get(record_id)
+    if record.status != OPEN:
+        raise ApplyRefused(f"{record.id} is {record.status}, not open; nothing to apply")
+    refused = [a for a in record.actions if a not in FIX_ACTIONS]
+    if refused:
+        raise ApplyRefused(
+            f"{record.id} asks for actions self-heal does not perform: {', '.join(map(repr, refused))}; "
+            f"only {', '.join(FIX_ACTIONS)} are allowed. Nothing was done; the rest is a suggestion for a person"
+        )
+    if not record.ready:
+        raise ApplyRefused(
+            f"{record.id} is a draft ({'; '.join(record.review.get('objections') or [])}); nothing was done"
+        )
+    if not record.actions:
+        raise ApplyRefused(f"{record.id} has nothing self-heal can do itself; its fix steps are for a person")
+    done = [_apply_one(action, record, config, state, clock) for action in record.actions]
+    with store.locked():
+        fresh = store.get(record.id)
+        for item in done:
+            store.add_history(fresh, f"applied {item.action} on {item.target}: {item.done}", undo=item.undo)
+        fresh.status = APPLIED
+        store.save(fresh)
+    Ledger(state, config, clock=clock).record(
+        "fix",
+        task=record.task,
+        status="applied",
+        reason=f"{record.id}: " + "; ".join(f"{d.action} {d.target}" for d in done),
+        fix_id=record.id,
+    )
+    return done
+
+
+def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot, clock: Clock) -> Applied:
+    task = record.task
+    if action == "reset_breaker":
+        target = str(record.evidence.get("target") or "")
+        breakers = Breakers(state, config.breakers, ledger=Ledger(state, config, clock=clock))
+        if not target or target not in breakers.targets():
+            raise ApplyRefused(f"{record.id}: no breaker named {target or '(none)'} to reset; nothing was done")
+        before = breakers.status(target)["state"]
+        breakers.reset(target)
+        return Applied(
+            action, target, f"closed (was {before})", "none needed: it opens again by itself if the failures return"
+        )
+    if action == "quarantine_checkpoint":
+        path = Checkpoints(state).path(task)
+        if not path.exists():
+            raise ApplyRefused(f"{record.id}: task {task} has no checkpoint to move aside; nothing was done")
+        moved = quarantine(path, clock.time())
+        return Applied(
+            action, task, f"moved {path.name} to {moved}", f"mv {shlex.quote(str(moved))} {shlex.quote(str(path))}"
+        )
+    store = TaskStore(state, config, clock)
+    if action in ("requeue_task", "void_task"):
+        with store.transaction() as tree:
+            if task not in tree:
+                raise ApplyRefused(f"{record.id}: {task} is not a task of the task tree; nothing was done")
+            before = tree.get(task).exec_state
+            if action == "void_task":
+                tree.void(task, f"self_heal --apply {record.id}", by="self_heal")
+                return Applied(
+                    action,
+                    task,
+                    f"{before} -> {TASK_VOID}",
+                    f"VOID is final: re-create it with `tasks.py add {task} ...`",
+                )
+            if before not in (REQUIRES_MANUAL, NORMAL_CRASH):
+                raise ApplyRefused(f"{record.id}: {task} is {before}; only a parked or crashed task is re-queued")
+            tree.transition(task, ERROR_FIX_PENDING, f"self_heal --apply {record.id}", by="self_heal")
+        return Applied(action, task, f"{before} -> {ERROR_FIX_PENDING}", f"tasks.py mark {task} manual")
+    if action == "rerun_task":
+        from .taskrun import TaskRunner  # noqa: PLC0415 - taskrun imports this module
+
+        result = TaskRunner(store).run_next(only=task)
+        return Applied(action, task, f"ran it: {result.outcome} ({result.exec_state})", "none: a run cannot be undone")
+    raise ApplyRefused(f"{record.id}: unknown action {action!r}; nothing was done")  # pragma: no cover - checked above
+
+
+def verify_applied(task: str, *, state: StateRoot, clock: Clock = SYSTEM_CLOCK) -> list[str]:
+    """The task just succeeded: its applied fix records are verified. Returns their ids."""
+    store = FixStore(state, clock=clock)
+    done = []
+    with store.locked():
+        for record in store.all():
+            if record.task == task and record.status == APPLIED:
+                record.status = VERIFIED
+                store.add_history(record, "verified: the task succeeded after the fix was applied")
+                store.save(record)
+                done.append(record.id)
+    return done

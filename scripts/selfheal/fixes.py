@@ -1,0 +1,324 @@
+"""Fix records (`fixes/FIX-<task>-NNN.json` and a readable `.md` twin): what failed, why, and what to do.
+
+A record is keyed by its task and the failure's signature (the error with numbers, ids, paths and times
+masked), so the same failure seen again updates the record it already has: one more occurrence, a new
+last-seen time, and if it had been applied or verified, open again. `fixes/index.json` maps keys to
+record ids; `fixes/HISTORY.md` lists the records newest first. Records are state files like any other:
+0600, replaced atomically, changed under a lock, never executed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from .errors import CorruptStateError, UsageError
+from .store import StateRoot, file_lock, read_json, validate_id, write_bytes_atomic, write_json
+
+OPEN, APPLIED, VERIFIED, VOID = "open", "applied", "verified", "void"
+STATUSES = (OPEN, APPLIED, VERIFIED, VOID)
+READY, DRAFT = "ready", "draft"
+SEEN_KEEP = 50  # occurrence ids remembered per record, so re-reading the same failure does not count it twice
+HISTORY_ROWS = 500
+
+
+class UnknownFix(UsageError):
+    def __init__(self, fix_id: str) -> None:
+        super().__init__(f"no fix record {fix_id!r}; `self_heal.py list` shows them")
+
+
+@dataclass
+class FixRecord:
+    id: str
+    task: str
+    signature: str
+    key: str
+    error_class: str | None
+    kind: str  # "task", or the OpenClaw failure kind
+    root_cause: str
+    problems: list[str]
+    fix_steps: list[str]
+    target_module: str | None
+    success_criteria: str
+    source: str  # rule:<name> | model:<endpoint>/<model> | none
+    confidence: float
+    status: str = OPEN
+    review: dict[str, Any] = field(default_factory=lambda: {"verdict": READY, "objections": []})
+    actions: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    area: str = "infra"
+    occurrences: int = 1
+    seen: list[str] = field(default_factory=list)
+    first_seen: str = ""
+    last_seen: str = ""
+    created: str = ""
+    updated: str = ""
+    notes: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.review.get("verdict") == READY
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FixRecord:
+        names = set(cls.__dataclass_fields__) - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**known, extra=extra)
+
+
+def signature_key(task: str, signature: str) -> str:
+    return hashlib.sha256(f"{task}\n{signature}".encode()).hexdigest()[:16]
+
+
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?")
+_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
+_HEX = re.compile(r"\b(0x)?[0-9a-f]{8,}\b", re.I)
+_PATH = re.compile(r"(~|\.{1,2})?(/[\w.@+~-]+)+/?")
+_QUOTED = re.compile(r"(['\"]).{0,200}?\1")
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def normalize(text: str) -> str:
+    """The shape of an error: what stays the same when the same failure happens again."""
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    text = _TIME.sub("<time>", text)
+    text = _UUID.sub("<id>", text)
+    text = _HEX.sub("<hex>", text)
+    text = _PATH.sub("<path>", text)
+    text = _QUOTED.sub("'<value>'", text)
+    text = _NUMBER.sub("<n>", text)
+    return re.sub(r"\s+", " ", text).strip().lower()[:240]
+
+
+class FixStore:
+    """The fix records of one state root."""
+
+    def __init__(self, state: StateRoot | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.state = (state or StateRoot.from_env()).ensure()
+        self.folder = self.state.sub("fixes")
+        self.clock = clock
+        self.problems: list[str] = []
+
+    def path(self, fix_id: str) -> Path:
+        return self.folder / f"{validate_id(fix_id, 'fix')}.json"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with file_lock(self.state.lock_file("fixes", "index"), timeout=30.0, what="the fix records"):
+            yield
+
+    def get(self, fix_id: str) -> FixRecord:
+        data = read_json(self.path(fix_id))
+        if data is None:
+            raise UnknownFix(fix_id)
+        return FixRecord.from_json(data)
+
+    def all(self) -> list[FixRecord]:
+        """Every readable record, newest last-seen first; unreadable ones are moved aside and reported."""
+        out = []
+        for path in sorted(self.folder.glob("FIX-*.json")):
+            try:
+                data = read_json(path)
+            except CorruptStateError as exc:
+                self.problems.append(str(exc))
+                continue
+            if data is not None:
+                out.append(FixRecord.from_json(data))
+        return sorted(out, key=lambda r: (r.last_seen, r.id), reverse=True)
+
+    def _index(self) -> dict[str, str]:
+        try:
+            data = read_json(self.folder / "index.json")
+        except CorruptStateError as exc:
+            self.problems.append(str(exc))
+            data = None
+        if data is None:  # missing or unreadable: rebuilt from the records themselves
+            return {r.key: r.id for r in self.all()}
+        return {str(k): str(v) for k, v in data.get("keys", {}).items()}
+
+    def find(self, task: str, signature: str) -> FixRecord | None:
+        fix_id = self._index().get(signature_key(task, signature))
+        if fix_id is None:
+            return None
+        try:
+            return self.get(fix_id)
+        except UnknownFix:
+            return None
+
+    def next_id(self, task: str) -> str:
+        stem = f"FIX-{task[:110]}-"
+        taken = [p.stem[len(stem) :] for p in self.folder.glob(f"{stem}*.json")]
+        numbers = [int(n) for n in taken if n.isdigit()]
+        return validate_id(f"{stem}{max(numbers, default=0) + 1:03d}", "fix")
+
+    def save(self, record: FixRecord) -> Path:
+        """Write the record, its markdown twin, the index and the history (call under locked())."""
+        now = utc_iso(self.clock.time())
+        record.created = record.created or now
+        record.updated = now
+        path = self.path(record.id)
+        write_json(path, record.to_json(), durable=True)
+        write_bytes_atomic(path.with_suffix(".md"), render_markdown(record).encode("utf-8"), durable=False)
+        index = self._index()
+        index[record.key] = record.id
+        write_json(self.folder / "index.json", {"keys": index}, durable=True)
+        self.write_history()
+        return path
+
+    def write_history(self) -> None:
+        rows = self.all()[:HISTORY_ROWS]
+        lines = [
+            "# Fix history",
+            "",
+            "Newest first. Each record is `fixes/<id>.json` (and `.md`); `self_heal.py show <id>` prints one.",
+            "",
+            "| last seen | id | task | class | status | seen | root cause |",
+            "|---|---|---|---|---|--:|---|",
+        ]
+        for r in rows:
+            cause = r.root_cause.replace("|", "\\|").replace("\n", " ")[:120]
+            cells = [r.last_seen, r.id, r.task, r.error_class or "-", r.status, str(r.occurrences), cause]
+            lines.append("| " + " | ".join(cells) + " |")
+        write_bytes_atomic(self.folder / "HISTORY.md", ("\n".join(lines) + "\n").encode("utf-8"), durable=False)
+
+    def add_history(self, record: FixRecord, what: str, **details: Any) -> None:
+        record.history = [*record.history, {"ts": utc_iso(self.clock.time()), "what": what, **details}][-100:]
+
+
+def render_markdown(record: FixRecord) -> str:
+    """The record for people: what failed, why, what to do, how to know it worked."""
+    verdict = record.review.get("verdict", READY)
+    lines = [
+        f"# {record.id}: {record.task}",
+        "",
+        f"- **Status:** {record.status}" + ("" if verdict == READY else " (draft: see the objections)"),
+        f"- **Class:** {record.error_class or 'unknown'} ({record.kind})",
+        f"- **Seen:** {record.occurrences} time(s), first {record.first_seen}, last {record.last_seen}",
+        f"- **Source:** {record.source} (confidence {record.confidence:.2f})",
+        f"- **Target:** {record.target_module or 'unknown'}",
+        f"- **Signature:** `{record.signature}`",
+        "",
+        "## Root cause",
+        "",
+        record.root_cause,
+        "",
+    ]
+    if len(record.problems) > 1:
+        lines += ["## Problems", "", *[f"{i}. {p}" for i, p in enumerate(record.problems, 1)], ""]
+    lines += ["## Fix", "", *[f"{i}. {s}" for i, s in enumerate(record.fix_steps, 1)], ""]
+    lines += ["## Success criteria", "", record.success_criteria, ""]
+    if record.actions:
+        lines += [
+            "## What self-heal can do itself",
+            "",
+            f"`self_heal.py --apply {record.id}` would: {', '.join(record.actions)}",
+            "",
+        ]
+    objections = record.review.get("objections") or []
+    if objections:
+        lines += ["## Objections (second look)", "", *[f"- {o}" for o in objections], ""]
+    if record.notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in record.notes], ""]
+    excerpt = str(record.evidence.get("excerpt") or "").strip()
+    if excerpt:
+        fence = "````" if "```" in excerpt else "```"
+        lines += ["## Evidence", "", fence, excerpt, fence, ""]
+    if record.history:
+        lines += ["## History", "", *[f"- {h['ts']} {h['what']}" for h in record.history[-20:]], ""]
+    lines.append(
+        "_Text in this record is data: self-heal never runs it. Apply a fix by hand, or with "
+        "`self_heal.py --apply` for the allow-listed actions above._"
+    )
+    return "\n".join(lines) + "\n"
+
+
+# -- .learnings/ERRORS.md (the self-improving-agent skill's format) ------------------------------------------
+
+_ENTRY = re.compile(r"(?ms)^## \[ERR-\d{8}-\w+\][^\n]*\n.*?(?=^## \[|\Z)")
+
+
+def learnings_entry(record: FixRecord, number: int) -> str:
+    day = record.first_seen[:10].replace("-", "") or time.strftime("%Y%m%d")
+    status = "resolved" if record.status in (VERIFIED, VOID) else "pending"
+    priority = "high" if record.error_class in ("fatal", "auth") or record.occurrences >= 3 else "medium"
+    excerpt = str(record.evidence.get("excerpt") or record.signature).strip().splitlines()[-12:]
+    steps = "\n".join(f"{i}. {s}" for i, s in enumerate(record.fix_steps, 1))
+    return "\n".join(
+        [
+            f"## [ERR-{day}-{number:03d}] {record.task}",
+            "",
+            f"**Logged**: {record.first_seen}",
+            f"**Priority**: {priority}",
+            f"**Status**: {status}",
+            f"**Area**: {record.area}",
+            "",
+            "### Summary",
+            record.root_cause.splitlines()[0] if record.root_cause else record.signature,
+            "",
+            "### Error",
+            "```",
+            *excerpt,
+            "```",
+            "",
+            "### Context",
+            f"- Task: {record.task} ({record.kind}, class {record.error_class or 'unknown'})",
+            f"- Seen {record.occurrences} time(s), last {record.last_seen}",
+            f"- Fix record: {record.id} (self-heal, source {record.source})",
+            "",
+            "### Suggested Fix",
+            steps,
+            "",
+            "### Metadata",
+            "- Reproducible: " + ("yes" if record.occurrences > 1 else "unknown"),
+            f"- Related Files: {record.target_module or 'unknown'}",
+            f"- Pattern-Key: self-heal.{record.key}",
+            f"- Recurrence-Count: {record.occurrences}",
+            f"- First-Seen: {record.first_seen[:10]}",
+            f"- Last-Seen: {record.last_seen[:10]}",
+            "",
+            "---",
+            "",
+        ]
+    )
+
+
+def write_learnings(path: Path, records: list[FixRecord]) -> tuple[int, int]:
+    """Add or update one ERRORS.md entry per record (matched by its Pattern-Key); other entries are kept
+    as they are. Returns (added, updated)."""
+    header = (
+        "# Errors\n\nCommand failures and their fixes. Entries from self-heal carry "
+        "`Pattern-Key: self-heal.<key>`.\n\n---\n\n"
+    )
+    text = path.read_text(encoding="utf-8") if path.exists() else header
+    added = updated = 0
+    for record in sorted(records, key=lambda r: r.first_seen):
+        marker = f"- Pattern-Key: self-heal.{record.key}"
+        existing = next((m for m in _ENTRY.finditer(text) if marker in m.group(0)), None)
+        if existing is not None:
+            number = int(re.search(r"ERR-\d{8}-(\d+)", existing.group(0)).group(1))  # type: ignore[union-attr]
+            text = text[: existing.start()] + learnings_entry(record, number) + text[existing.end() :]
+            updated += 1
+        else:
+            day = record.first_seen[:10].replace("-", "")
+            used = [int(n) for n in re.findall(rf"ERR-{day}-(\d+)", text)]
+            if not text.endswith("\n"):
+                text += "\n"
+            text += learnings_entry(record, max(used, default=0) + 1)
+            added += 1
+    write_bytes_atomic(path, text.encode("utf-8"), durable=True)
+    return added, updated

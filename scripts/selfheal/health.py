@@ -1,0 +1,881 @@
+"""The health check: is the OpenClaw gateway live, do the skills still report, is anything stuck, is there room.
+
+Each check gives a status (`ok`, `warn`, `fail`, `skip`: not applicable here) and a one-line detail:
+
+  gateway        GET /healthz must answer 200 with OpenClaw's JSON (`{"ok": true, ...}`). The gateway answers
+                 any unknown path with its HTML control page and status 200, so the status code alone proves
+                 nothing: an HTML page, or anything that is not that JSON, fails.
+  gateway_ready  GET /readyz: `{"ready": true}`; warns while the gateway starts, drains or names failing parts.
+  status_files   the skill's own status/*.json and other skills' status files (`*.txt` of `key=value` pairs,
+                 the third source document's format, and `*.json`): warns when one was not modified within
+                 `health.status_max_age_minutes`, cannot be read, or reports a failure (`status=error`).
+  runs           running records in runs/ (retry_run.py, workflow steps, task runs): warns when a run's
+                 supervisor is gone (dead), or it shows no heartbeat, or no output, for `health.stuck_after_s`.
+  tasks          the task tree's PROCESSING tasks that are stuck or whose runner died (`taskrun.find_stuck`).
+  breakers       warns while a circuit breaker is open or half-open.
+  disk           warns below `health.disk_min_free_mb` free under the state root.
+  gpu            warns below `models.gpu_free_mb_min` free on the roomiest GPU; skipped without nvidia-smi.
+
+The mode, from those:
+
+  down         the gateway is not live, and nothing shows the skills still at work: no status file fresh,
+               no run in progress (exit 3);
+  degraded     the gateway is not live but the skills still work (the third document's graceful-degradation
+               mode), or any check warns (exit 1);
+  operational  the gateway is live and no check warns (exit 0).
+
+Every run writes status/health.json (atomically, 0600) and, only when the mode changed (or on the first
+run), one `[HEALTH]` ledger event and log line. Nothing else is written, except that a run record or
+task file that cannot be parsed is moved aside by the readers shared with the rest of self-heal; no
+process is ever signalled, and other skills' status files are only read.
+
+Start-up cost matters: cron runs this every few minutes, and a check that costs more than the failures it
+finds is not run. The settings it uses (the `health` section, resolved paths and the gateway URL) are
+kept in health.json with the inputs they came from: skill.yaml, the user's config file and openclaw.json
+(path, mtime, size, inode) and the environment variables that choose them. While those are unchanged, a
+run reads no YAML and imports neither the configuration loader nor PyYAML; any change reloads and
+re-validates everything, so a bad value is still reported (exit 2) on the first run after the edit.
+Expensive modules are imported only when there is work for them: http.client once something listens on
+the gateway's port, psutil once a run is in progress, the task tree once it has tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from .errors import ConfigError, CorruptStateError, StateError
+from .store import StateRoot, read_json, read_json_shared, write_json
+
+if TYPE_CHECKING:
+    from .config import Config
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+OPERATIONAL, DEGRADED, DOWN = "operational", "degraded", "down"
+MODES = (OPERATIONAL, DEGRADED, DOWN)
+EXIT_CODES = {OPERATIONAL: 0, DEGRADED: 1, DOWN: 3}
+DEFAULT_GATEWAY_PORT = 18789  # OpenClaw's own default: --port, then OPENCLAW_GATEWAY_PORT, gateway.port, 18789
+HEALTH_FILE = "health"  # status/health.json
+CRON_MAX_LINES = 5  # OpenClaw's cron posts whatever a command prints: keep the message short
+NO_REPLY = "NO_REPLY"  # the token OpenClaw's cron reads as "nothing to post"
+STATUS_SUFFIXES = (".txt", ".json")
+STATUS_READ_MAX = 65536  # bytes of a status file read; the pairs that matter come first
+BODY_READ_MAX = 65536  # bytes of a gateway answer read
+GPU_QUERY_TIMEOUT_S = 10.0  # nvidia-smi can take a second or more on a busy machine
+NAMES_SHOWN = 3  # names listed in a detail line before "and N more"
+# A status or state value that says the skill is failing (compared in lower case).
+FAILURE_WORDS = frozenset({"error", "failed", "failure", "fail", "down", "crashed", "dead", "unhealthy"})
+_CACHE_VERSION = 1
+# The environment variables that choose the files the settings come from, and the gateway port.
+_ENV_INPUTS = ("SELFHEAL_CONFIG", "OPENCLAW_CONFIG_PATH", "OPENCLAW_STATE_DIR", "OPENCLAW_GATEWAY_PORT", "HOME")
+# The URL forms config.health.gateway_url accepts (config._check_url); a derived URL is always one.
+_URL = re.compile(r"(https?)://([^\s/:]+)(?::(\d{1,5}))?(/\S*)?\Z")
+# `status=success,timestamp=Sat Mar 1 01:09:00 CST 2026`: pairs split at commas that start another key=.
+_PAIR_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w.-]*=)")
+
+
+class Check(NamedTuple):
+    """One check's verdict: `status` is ok, warn, fail or skip; `data` holds its figures for health.json."""
+
+    name: str
+    status: str
+    detail: str
+    data: Mapping[str, Any] = {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, **self.data}
+
+
+class Settings(NamedTuple):
+    """What the checks use, resolved from the configuration and the environment. Times in seconds."""
+
+    gateway_url: str
+    gateway_source: str  # where the URL or port came from, for the detail line
+    timeout_s: float
+    status_dirs: tuple[str, ...]  # other skills' status folders, absolute; the skill's own status/ is implied
+    status_max_age_s: float
+    stuck_after_s: float
+    disk_min_free_mb: int
+    gpu_min_free_mb: int
+
+    def to_json(self) -> dict[str, Any]:
+        data = self._asdict()
+        data["status_dirs"] = list(self.status_dirs)
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> Settings | None:
+        """Settings kept in an earlier health.json, or None if they do not have exactly this shape."""
+        if not isinstance(data, dict) or set(data) != set(cls._fields):
+            return None
+        try:
+            return cls(
+                gateway_url=str(data["gateway_url"]),
+                gateway_source=str(data["gateway_source"]),
+                timeout_s=float(data["timeout_s"]),
+                status_dirs=tuple(str(d) for d in data["status_dirs"]),
+                status_max_age_s=float(data["status_max_age_s"]),
+                stuck_after_s=float(data["stuck_after_s"]),
+                disk_min_free_mb=int(data["disk_min_free_mb"]),
+                gpu_min_free_mb=int(data["gpu_min_free_mb"]),
+            )
+        except (TypeError, ValueError):
+            return None
+
+
+class Report(NamedTuple):
+    """The outcome of one health check: the mode, every check, and what health.json records."""
+
+    mode: str
+    reason: str
+    checks: tuple[Check, ...]
+    checked_ts: float
+    duration_s: float
+    previous_mode: str | None
+    mode_since_ts: float
+    settings: Settings
+    health_file: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.mode]
+
+    @property
+    def changed(self) -> bool:
+        return self.mode != self.previous_mode
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def problems(self) -> list[Check]:
+        """The checks that failed, then those that warn, each group in check order."""
+        return [c for c in self.checks if c.status == FAIL] + [c for c in self.checks if c.status == WARN]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.mode == OPERATIONAL,
+            "mode": self.mode,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "checked_at": utc_iso(self.checked_ts),
+            "checked_ts": round(self.checked_ts, 3),
+            "duration_s": round(self.duration_s, 4),
+            "previous_mode": self.previous_mode,
+            "changed": self.changed,
+            "mode_since": utc_iso(self.mode_since_ts),
+            "mode_since_ts": round(self.mode_since_ts, 3),
+            "checks": [c.to_json() for c in self.checks],
+            "settings": self.settings.to_json(),
+        }
+
+    def cron_text(self) -> str:
+        """OpenClaw's cron convention: `NO_REPLY` when all is well, else at most CRON_MAX_LINES lines."""
+        if self.mode == OPERATIONAL:
+            return NO_REPLY
+        since = "" if self.changed else f" since {utc_iso(self.mode_since_ts)}"
+        lines = [f"self-heal health: {self.mode.upper()}{since}: {self.reason}"]
+        problems = self.problems()
+        room = CRON_MAX_LINES - 1
+        if len(problems) > room:
+            shown = problems[: room - 1]
+            rest = [c.name for c in problems[room - 1 :]]
+            tail = f"and {len(rest)} more ({', '.join(rest)}): see {self.health_file}"
+        else:
+            shown, tail = problems, None
+        lines += [_one_line(f"{c.name}: {c.detail}") for c in shown]
+        if tail:
+            lines.append(tail)
+        return "\n".join(lines)
+
+    def table(self) -> str:
+        """For people: the mode, then one line per check."""
+        width = max(len(c.name) for c in self.checks)
+        lines = [f"{self.mode}: {self.reason}"]
+        lines += [f"  {c.name:<{width}}  {c.status:<4}  {_one_line(c.detail)}" for c in self.checks]
+        return "\n".join(lines)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ago(seconds: float) -> str:
+    """`42 s`, `17 min`, `3.5 h`, `2.0 d`."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:NAMES_SHOWN])
+    return shown + (f" and {len(items) - NAMES_SHOWN} more" if len(items) > NAMES_SHOWN else "")
+
+
+# -- settings -------------------------------------------------------------------------------------------------
+
+
+def openclaw_home(env: Mapping[str, str]) -> Path:
+    """OpenClaw's state folder: $OPENCLAW_STATE_DIR, else ~/.openclaw (as openclaw_logs.config_path finds it)."""
+    state = env.get("OPENCLAW_STATE_DIR")
+    return Path(state).expanduser() if state else Path(env.get("HOME") or Path.home()) / ".openclaw"
+
+
+def _port(value: object, *, file: str, key: str) -> int:
+    number = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
+    if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 65535:
+        return number
+    raise ConfigError(f"must be a TCP port number (1-65535), got {value!r}", file=file, key=key, value=value)
+
+
+def gateway_url(config: Config, env: Mapping[str, str]) -> tuple[str, str]:
+    """The gateway's base URL and where it came from, in OpenClaw's own order of precedence."""
+    from .openclaw_logs import config_path, read_config  # noqa: PLC0415 - only when the settings are reloaded
+
+    if config.health.gateway_url:
+        return config.health.gateway_url.rstrip("/"), "health.gateway_url"
+    if env.get("OPENCLAW_GATEWAY_PORT"):
+        port = _port(env["OPENCLAW_GATEWAY_PORT"], file="environment", key="OPENCLAW_GATEWAY_PORT")
+        return f"http://127.0.0.1:{port}", "OPENCLAW_GATEWAY_PORT"
+    gateway = read_config(env).get("gateway")
+    if isinstance(gateway, dict) and gateway.get("port") is not None:
+        path = str(config_path(env))
+        return f"http://127.0.0.1:{_port(gateway['port'], file=path, key='gateway.port')}", f"gateway.port in {path}"
+    return f"http://127.0.0.1:{DEFAULT_GATEWAY_PORT}", "OpenClaw's default port"
+
+
+def settings_from_config(config: Config, env: Mapping[str, str]) -> Settings:
+    """The checks' settings from a loaded configuration and the environment (status folders made absolute)."""
+    url, source = gateway_url(config, env)
+    base = openclaw_home(env)
+    dirs = tuple(str(base / Path(d).expanduser()) for d in config.health.status_dirs)
+    return Settings(
+        gateway_url=url,
+        gateway_source=source,
+        timeout_s=config.health.timeout_s,
+        status_dirs=dirs,
+        status_max_age_s=config.health.status_max_age_minutes * 60.0,
+        stuck_after_s=config.health.stuck_after_s,
+        disk_min_free_mb=config.health.disk_min_free_mb,
+        gpu_min_free_mb=config.models.gpu_free_mb_min,
+    )
+
+
+def _file_stamp(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size, st.st_ino]
+
+
+def _env_stamp(env: Mapping[str, str]) -> dict[str, str | None]:
+    return {name: env.get(name) for name in _ENV_INPUTS}
+
+
+def resolve_settings(
+    env: Mapping[str, str], previous: Mapping[str, Any] | None
+) -> tuple[Settings, dict[str, Any], Config | None]:
+    """The settings, reused from the last health.json while their inputs are unchanged, else loaded afresh.
+
+    Returns the settings, the inputs they depend on (kept in health.json), and the loaded Config when it
+    was loaded (None when the kept settings were reused). A bad value raises ConfigError.
+    """
+    if previous is not None:
+        inputs = previous.get("config_inputs")
+        if (
+            isinstance(inputs, dict)
+            and inputs.get("version") == _CACHE_VERSION
+            and inputs.get("env") == _env_stamp(env)
+            and isinstance(inputs.get("files"), dict)
+            and all(_file_stamp(str(path)) == stamp for path, stamp in inputs["files"].items())
+        ):
+            kept = Settings.from_json(previous.get("settings"))
+            if kept is not None:
+                return kept, inputs, None
+    from .config import SKILL_YAML, load_config, user_config_path  # noqa: PLC0415 - PyYAML: only on a change
+    from .openclaw_logs import config_path  # noqa: PLC0415
+
+    # Stamped before reading: an edit made while loading changes the stamp, so the next run reloads.
+    files = {str(p): _file_stamp(str(p)) for p in (SKILL_YAML, user_config_path(env)[0], config_path(env))}
+    config = load_config(env=env)
+    inputs = {"version": _CACHE_VERSION, "env": _env_stamp(env), "files": files}
+    return settings_from_config(config, env), inputs, config
+
+
+# -- the gateway ------------------------------------------------------------------------------------------------
+
+
+class _Answer(NamedTuple):
+    status: int | None = None
+    content_type: str = ""
+    body: bytes = b""
+    error: str | None = None
+    elapsed_ms: float = 0.0
+
+
+def _why(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError since Python 3.10
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host ({exc.strerror or exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def http_get(url: str, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> _Answer:
+    """GET `url` once (no retries: a health probe reports what it sees), reading at most BODY_READ_MAX bytes."""
+    match = _URL.match(url)
+    if match is None:
+        return _Answer(error=f"not an http:// or https:// URL: {url!r}")
+    scheme, host, port_text, path = match.groups()
+    port = int(port_text) if port_text else (443 if scheme == "https" else 80)
+    started = clock.monotonic()
+    # Nothing listening is the usual failure: learn it from a bare socket, so a closed port never pays
+    # for importing http.client (about 10 ms, a third of the whole check).
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return _Answer(error=_why(exc, timeout_s), elapsed_ms=(clock.monotonic() - started) * 1000)
+    import http.client  # noqa: PLC0415
+
+    conn_cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(host, port, timeout=timeout_s)
+    try:
+        conn.request("GET", path or "/", headers={"Accept": "application/json", "User-Agent": "self-heal-health"})
+        resp = conn.getresponse()
+        body = resp.read(BODY_READ_MAX)
+        content_type = resp.getheader("Content-Type") or ""
+    except (OSError, http.client.HTTPException) as exc:
+        return _Answer(error=_why(exc, timeout_s), elapsed_ms=(clock.monotonic() - started) * 1000)
+    finally:
+        conn.close()
+    return _Answer(resp.status, content_type, body, None, (clock.monotonic() - started) * 1000)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _shape(answer: _Answer) -> str:
+    kind = answer.content_type.split(";")[0].strip() or "no content type"
+    return f"HTTP {answer.status} with {kind} ({len(answer.body)} bytes)"
+
+
+def check_gateway(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> list[Check]:
+    """Liveness (/healthz) and readiness (/readyz) of the OpenClaw gateway."""
+    base = settings.gateway_url.rstrip("/")
+    data: dict[str, Any] = {"url": base, "source": settings.gateway_source}
+    live = http_get(base + "/healthz", settings.timeout_s, clock)
+    data["elapsed_ms"] = round(live.elapsed_ms, 1)
+    body = _json_object(live.body) if live.error is None else None
+    if live.error is not None:
+        gateway = Check("gateway", FAIL, f"not answering at {base} ({settings.gateway_source}): {live.error}", data)
+    elif body is None:
+        gateway = Check(
+            "gateway",
+            FAIL,
+            f"{base}/healthz answered {_shape(live)}, not OpenClaw's JSON health answer: "
+            "something else listens on that port, or a proxy answers for it",
+            {**data, "http_status": live.status},
+        )
+    elif live.status != 200 or body.get("ok") is not True:
+        gateway = Check(
+            "gateway",
+            FAIL,
+            f"{base}/healthz answered HTTP {live.status}: {_one_line(json.dumps(body), 200)}",
+            {**data, "http_status": live.status, "body": body},
+        )
+    else:
+        gateway = Check("gateway", OK, f"live at {base} ({live.elapsed_ms:.0f} ms)", {**data, "http_status": 200})
+    if gateway.status != OK:
+        return [gateway, Check("gateway_ready", SKIP, "not asked: the gateway is not live", {"url": base})]
+
+    ready = http_get(base + "/readyz", settings.timeout_s, clock)
+    rdata: dict[str, Any] = {"url": base, "http_status": ready.status}
+    answer = _json_object(ready.body) if ready.error is None else None
+    if ready.error is not None:
+        readiness = Check("gateway_ready", WARN, f"{base}/readyz did not answer: {ready.error}", rdata)
+    elif answer is None:
+        readiness = Check("gateway_ready", WARN, f"{base}/readyz answered {_shape(ready)}, not JSON", rdata)
+    elif answer.get("ready") is True:
+        readiness = Check("gateway_ready", OK, "ready", rdata)
+    else:
+        listed = answer.get("failing")
+        failing = [str(f) for f in listed if f is not None] if isinstance(listed, list) else []
+        why = f"failing: {', '.join(failing)}" if failing else _one_line(json.dumps(answer), 200)
+        readiness = Check(
+            "gateway_ready", WARN, f"not ready (HTTP {ready.status}): {why}", {**rdata, "failing": failing}
+        )
+    return [gateway, readiness]
+
+
+# -- status files -----------------------------------------------------------------------------------------------
+
+
+def parse_key_values(text: str) -> dict[str, str]:
+    """The third source document's status format: `key=value` pairs, one per line or comma-separated.
+
+    `status=success,timestamp=Sat Mar 1 01:09:00 CST 2026` gives two pairs; a comma not followed by
+    another `key=` stays in the value. Blank lines, `#` comments and lines without `=` are skipped.
+    """
+    pairs: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        for part in _PAIR_SPLIT.split(line):
+            key, sep, value = part.partition("=")
+            if sep and key.strip():
+                pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def read_status_file(path: str) -> tuple[dict[str, Any], str | None]:
+    """A status file's values and the problem that made it unreadable (None when it was read)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(STATUS_READ_MAX)
+    except OSError as exc:
+        return {}, f"cannot be read ({exc.strerror or exc})"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {}, "is not UTF-8 text"
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            return {}, f"is not valid JSON ({exc})"
+        if not isinstance(data, dict):
+            return {}, f"holds a JSON {type(data).__name__}, not an object"
+        return data, None
+    pairs = parse_key_values(text)
+    if not pairs and text.strip():
+        return {}, "has no key=value lines"
+    return pairs, None
+
+
+def _reports_failure(values: Mapping[str, Any]) -> str | None:
+    """`status=error` (or state=...), or JSON `"ok": false`: the skill says it is failing."""
+    for key in ("status", "state"):
+        value = values.get(key)
+        if isinstance(value, str) and value.strip().lower() in FAILURE_WORDS:
+            return f"{key}={value.strip()}"
+    if values.get("ok") is False:
+        return "ok=false"
+    return None
+
+
+def check_status_files(own_dir: Path, other_dirs: Iterable[Path], max_age_s: float, now: float) -> tuple[Check, int]:
+    """Freshness and content of every status file; also returns how many are fresh (a sign of life)."""
+    folders = [(own_dir, (".json",), True)] + [(Path(d), STATUS_SUFFIXES, False) for d in other_dirs]
+    total = fresh = 0
+    newest: float | None = None
+    stale: list[tuple[str, float]] = []
+    failing: list[tuple[str, str]] = []
+    unreadable: list[tuple[str, str]] = []
+    for folder, suffixes, own in folders:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            unreadable.append((str(folder), f"cannot be listed ({exc.strerror or exc})"))
+            continue
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or not name.endswith(suffixes) or (own and name == f"{HEALTH_FILE}.json"):
+                continue
+            try:
+                info = entry.stat()
+            except OSError:
+                continue  # removed while we looked
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            total += 1
+            age = max(0.0, now - info.st_mtime)
+            newest = age if newest is None else min(newest, age)
+            if age <= max_age_s:
+                fresh += 1
+            else:
+                stale.append((entry.path, age))
+            values, problem = read_status_file(entry.path)
+            if problem is not None:
+                unreadable.append((entry.path, problem))
+            elif (said := _reports_failure(values)) is not None:
+                failing.append((entry.path, said))
+    data: dict[str, Any] = {
+        "dirs": [str(own_dir), *map(str, other_dirs)],
+        "files": total,
+        "fresh": fresh,
+        "max_age_s": max_age_s,
+        "stale": [{"file": f, "age_s": round(a, 1)} for f, a in stale],
+        "failing": [{"file": f, "says": s} for f, s in failing],
+        "unreadable": [{"file": f, "problem": p} for f, p in unreadable],
+    }
+    if total == 0 and not unreadable:
+        return Check("status_files", SKIP, f"no status files in {', '.join(data['dirs'])}", data), 0
+    parts = []
+    if stale:
+        oldest = sorted(stale, key=lambda s: -s[1])
+        named = [f"{Path(f).name} ({_ago(a)})" for f, a in oldest]
+        parts.append(f"{len(stale)} of {total} stale (not updated for over {_ago(max_age_s)}): {_names(named)}")
+    if failing:
+        parts.append("failure reported by " + _names([f"{Path(f).name} ({s})" for f, s in failing]))
+    if unreadable:
+        parts.append("unreadable: " + _names([f"{f} {p}" for f, p in unreadable]))
+    if parts:
+        return Check("status_files", WARN, "; ".join(parts), data), fresh
+    detail = f"{total} status file(s), all updated within {_ago(max_age_s)} (newest {_ago(newest or 0.0)} ago)"
+    return Check("status_files", OK, detail, data), fresh
+
+
+# -- runs, tasks, breakers ---------------------------------------------------------------------------------------
+
+
+def judge_run(
+    record: Mapping[str, Any], now: float, limit_s: float, alive: Callable[[Mapping[str, Any]], bool]
+) -> str | None:
+    """Why a running record is not really running (dead or stuck), or None when it looks alive.
+
+    `alive(identity)` says whether a recorded {pid, create_time} is still that process. A retry wait
+    writes no heartbeats (the record says when the wait ends), so a waiting run is judged by that time.
+    """
+    supervisor = record.get("supervisor") or {}
+    if supervisor.get("pid") and supervisor.get("create_time") and not alive(supervisor):
+        return f"dead: its supervisor (pid {supervisor['pid']}) is gone and the run never finished"
+    phase = record.get("phase")
+    started = float(record.get("started_ts") or 0.0)
+    if phase == "waiting" and record.get("next_attempt_ts") is not None:
+        overdue = now - float(record["next_attempt_ts"])
+        if overdue > limit_s:
+            return f"stuck: its retry wait ended {_ago(overdue)} ago and no attempt started"
+        return None
+    beat_age = now - max(float(record.get("last_heartbeat_ts") or 0.0), started)
+    if beat_age > limit_s:
+        return f"stuck: no heartbeat for {_ago(beat_age)}"
+    if phase == "running":
+        child = record.get("child") or {}
+        since = max(float(record.get("last_output_ts") or 0.0), started, float(child.get("create_time") or 0.0))
+        idle = now - since
+        if idle > limit_s:
+            pid = f", pid {child['pid']}" if child.get("pid") else ""
+            return f"stuck: no output for {_ago(idle)} (attempt {record.get('attempt')}{pid})"
+    return None
+
+
+def _process_alive(identity: Mapping[str, Any]) -> bool:
+    from .process import ProcessIdentity, still_running  # noqa: PLC0415 - psutil: only with a run in progress
+
+    return still_running(ProcessIdentity(int(identity["pid"]), float(identity["create_time"]))) is not None
+
+
+def check_runs(
+    state: StateRoot,
+    limit_s: float,
+    now: float,
+    *,
+    alive: Callable[[Mapping[str, Any]], bool] = _process_alive,
+) -> tuple[Check, int]:
+    """Runs in progress (runs/*.json): dead or stuck ones warn; also returns how many look alive."""
+    folder = state.sub("runs")
+    if not folder.is_dir() or not any(p.suffix == ".json" for p in folder.iterdir()):
+        return Check("runs", OK, "no run in progress", {"running": 0, "limit_s": limit_s, "problems": []}), 0
+    from .runs import RUNNING, list_runs  # noqa: PLC0415 - only when there are run records
+
+    host = socket.gethostname()
+    running = [r for r in list_runs(state) if r.get("status") == RUNNING]
+    problems = []
+    for record in running:
+        same_host = record.get("host") in (None, host)
+        why = judge_run(record, now, limit_s, alive if same_host else lambda _identity: True)
+        if why is not None:
+            name = record.get("task") or record.get("run_id")
+            problems.append({"run_id": record.get("run_id"), "task": record.get("task"), "why": why, "name": name})
+    data = {"running": len(running), "limit_s": limit_s, "problems": problems}
+    live = len(running) - len(problems)
+    if problems:
+        detail = f"{len(problems)} of {len(running)} run(s) in progress not moving: " + _names(
+            [f"{p['name']} {p['why']}" for p in problems]
+        )
+        return Check("runs", WARN, detail, data), live
+    if not running:
+        return Check("runs", OK, "no run in progress", data), 0
+    return Check("runs", OK, f"{len(running)} run(s) in progress, all moving", data), live
+
+
+def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, now: float) -> Check:
+    """The task tree's stuck or orphaned PROCESSING tasks (read-only: run-next and check-stuck act on them)."""
+    folder = state.sub("tasks")
+    try:
+        has_tasks = any(e.name.endswith(".json") and not e.name.startswith(".") for e in os.scandir(folder))
+    except FileNotFoundError:
+        has_tasks = False
+    if not has_tasks:
+        return Check("tasks", OK, "no tasks", {"stuck": []})
+    from .taskrun import find_stuck  # noqa: PLC0415 - the task tree's code: only when there are tasks
+    from .tasks import TaskStore  # noqa: PLC0415
+
+    store = TaskStore(state, config(), clock)
+    found = find_stuck(store, now=now)
+    data = {"stuck": [f.to_json() for f in found], "unreadable": list(store.problems)}
+    parts = []
+    if found:
+        described = [
+            f"{f.task} (runner gone)" if f.kind == "dead" else f"{f.task} (no output for {_ago(f.idle_s)})"
+            for f in found
+        ]
+        parts.append(f"{len(found)} stuck: {_names(described)}")
+    if store.problems:
+        parts.append(f"{len(store.problems)} unreadable task file(s): {_names(store.problems)}")
+    if parts:
+        return Check("tasks", WARN, "; ".join(parts), data)
+    return Check("tasks", OK, "no task is stuck", data)
+
+
+def check_breakers(state: StateRoot, now: float) -> Check:
+    """Open and half-open circuit breakers, read from breakers/*.json under their shared lock, never writing.
+
+    (Breakers.status() takes each breaker's exclusive lock and may save expired entries; a health check only
+    looks, and does not import the breaker module.)
+    """
+    folder = state.sub("breakers")
+    try:
+        paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
+    except FileNotFoundError:
+        paths = []
+    not_closed: list[dict[str, Any]] = []
+    lines: list[str] = []  # `vendor-api open until 2026-11-21T03:13:00Z (5 consecutive failures (transient))`
+    unreadable: list[str] = []
+    for path in paths:
+        try:
+            data = read_json_shared(path)  # breakers are rewritten in place: read under their shared lock
+        except (OSError, CorruptStateError) as exc:
+            unreadable.append(f"{path.name} ({getattr(exc, 'detail', exc)})")
+            continue
+        if data is None:
+            continue
+        state_now = data.get("state")
+        open_until = data.get("open_until")
+        if state_now == "open" and isinstance(open_until, (int, float)) and now >= open_until:
+            state_now = "half_open"  # its open time is over: the next call is a probe
+        if state_now in ("open", "half_open"):
+            target = data.get("target") or path.stem
+            reason = data.get("reason")
+            not_closed.append({"target": target, "state": state_now, "open_until": open_until, "reason": reason})
+            until = f" until {utc_iso(open_until)}" if state_now == "open" and open_until else ""
+            lines.append(f"{target} {state_now.replace('_', '-')}{until}" + (f" ({reason})" if reason else ""))
+    result = {"breakers": len(paths), "not_closed": not_closed, "unreadable": unreadable}
+    parts = []
+    if not_closed:
+        parts.append(_names(lines))
+    if unreadable:
+        parts.append("unreadable: " + _names(unreadable))
+    if parts:
+        return Check("breakers", WARN, "; ".join(parts), result)
+    return Check("breakers", OK, f"{len(paths)} breaker(s), all closed" if paths else "no breakers", result)
+
+
+# -- disk and GPU ------------------------------------------------------------------------------------------------
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 1024:.0f} KB"
+
+
+def check_disk(root: Path, min_free_mb: int) -> Check:
+    """Free space (for an unprivileged user) on the filesystem that holds the state root."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        fs = os.statvfs(probe)
+    except OSError as exc:
+        return Check("disk", WARN, f"cannot read the free space of {probe}: {exc.strerror or exc}", {"path": str(root)})
+    free = fs.f_bavail * fs.f_frsize
+    total = fs.f_blocks * fs.f_frsize
+    data = {
+        "path": str(root),
+        "free_mb": round(free / 2**20, 1),
+        "total_mb": round(total / 2**20, 1),
+        "min_free_mb": min_free_mb,
+    }
+    if free < min_free_mb * 2**20:
+        detail = f"only {_size(free)} free under {root}, below health.disk_min_free_mb ({min_free_mb} MB)"
+        return Check("disk", WARN, detail, data)
+    return Check("disk", OK, f"{_size(free)} free of {_size(total)} under {root}", data)
+
+
+def find_executable(name: str, env: Mapping[str, str]) -> str | None:
+    """shutil.which(name) on env's PATH, without shutil's import (a cron check pays for every module)."""
+    for folder in os.get_exec_path(dict(env)):
+        candidate = os.path.join(folder or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
+    """Free memory on the roomiest GPU, from nvidia-smi; skipped where there is none."""
+    tool = find_executable("nvidia-smi", env)
+    if tool is None:
+        return Check("gpu", SKIP, "no nvidia-smi on PATH", {})
+    import subprocess  # noqa: PLC0415 - only where there is a GPU to ask about
+
+    try:
+        proc = subprocess.run(
+            [tool, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=GPU_QUERY_TIMEOUT_S,
+            env=dict(env),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return Check("gpu", WARN, f"nvidia-smi did not answer within {GPU_QUERY_TIMEOUT_S:g} s", {"tool": tool})
+    except OSError as exc:
+        return Check("gpu", WARN, f"nvidia-smi could not run: {exc.strerror or exc}", {"tool": tool})
+    if proc.returncode != 0:
+        said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
+        return Check("gpu", WARN, f"nvidia-smi failed (exit {proc.returncode}): {said[0]}", {"tool": tool})
+    gpus = []
+    for line in proc.stdout.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+            gpus.append({"free_mb": int(fields[0]), "total_mb": int(fields[1])})
+    if not gpus:
+        return Check("gpu", WARN, f"nvidia-smi printed no memory figures: {proc.stdout.strip()[:100]!r}", {})
+    best = max(g["free_mb"] for g in gpus)
+    data = {"gpus": gpus, "free_mb": best, "min_free_mb": min_free_mb}
+    where = f"the roomiest of {len(gpus)} GPUs" if len(gpus) > 1 else "the GPU"
+    if best < min_free_mb:
+        detail = f"only {best} MiB free on {where}, below models.gpu_free_mb_min ({min_free_mb} MiB)"
+        return Check("gpu", WARN, detail, data)
+    return Check("gpu", OK, f"{best} MiB free on {where}", data)
+
+
+# -- the mode and the run ----------------------------------------------------------------------------------------
+
+
+def decide(checks: Iterable[Check], signs_of_life: int) -> tuple[str, str]:
+    """The mode and a one-line reason (the rules in this module's docstring)."""
+    checks = list(checks)
+    gateway_down = any(c.name == "gateway" and c.status == FAIL for c in checks)
+    others = [c.name for c in checks if c.name != "gateway" and c.status in (WARN, FAIL)]
+    warned = f"; {', '.join(others)} also warn" if others else ""
+    if gateway_down and not signs_of_life:
+        return DOWN, "the gateway is not live and no skill shows signs of work (no fresh status file, no live run)"
+    if gateway_down:
+        return DEGRADED, (
+            f"the gateway is not live but skills still work ({signs_of_life} fresh status file(s) or live run(s)): "
+            f"graceful degradation{warned}"
+        )
+    if others:
+        return DEGRADED, f"{len(others)} check(s) warn: {', '.join(others)}"
+    return OPERATIONAL, "the gateway is live and every check passed"
+
+
+def run_health_check(
+    state: StateRoot,
+    *,
+    env: Mapping[str, str] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    write: bool = True,
+) -> Report:
+    """Run every check, decide the mode, write status/health.json, and log the mode when it changed."""
+    env = os.environ if env is None else env
+    started = clock.monotonic()
+    now = clock.time()
+    health_path = state.status_file(HEALTH_FILE)
+    extra: list[Check] = []
+    try:
+        previous = read_json(health_path)
+    except CorruptStateError as exc:  # moved aside, kept for a person to look at; this run starts afresh
+        previous = None
+        extra.append(Check("health_file", WARN, str(exc), {"file": str(health_path)}))
+    except StateError as exc:
+        previous = None
+        extra.append(Check("health_file", WARN, str(exc), {"file": str(health_path)}))
+    settings, inputs, loaded = resolve_settings(env, previous)
+
+    def config() -> Config:
+        nonlocal loaded
+        if loaded is None:
+            from .config import load_config  # noqa: PLC0415
+
+            loaded = load_config(env=env)
+        return loaded
+
+    status_check, fresh = check_status_files(
+        state.sub("status"), [Path(d) for d in settings.status_dirs], settings.status_max_age_s, now
+    )
+    runs_check, live = check_runs(state, settings.stuck_after_s, now)
+    checks = [
+        *check_gateway(settings, clock),
+        status_check,
+        runs_check,
+        check_tasks(state, config, clock, now),
+        check_breakers(state, now),
+        check_disk(state.root, settings.disk_min_free_mb),
+        check_gpu(settings.gpu_min_free_mb, env),
+        *extra,
+    ]
+    mode, reason = decide(checks, fresh + live)
+    previous_mode = previous.get("mode") if previous and previous.get("mode") in MODES else None
+    since = now
+    if previous_mode == mode and previous and isinstance(previous.get("mode_since_ts"), (int, float)):
+        since = float(previous["mode_since_ts"])
+    report = Report(
+        mode=mode,
+        reason=reason,
+        checks=tuple(checks),
+        checked_ts=now,
+        duration_s=clock.monotonic() - started,
+        previous_mode=previous_mode,
+        mode_since_ts=since,
+        settings=settings,
+        health_file=str(health_path),
+    )
+    if not write:
+        return report
+    try:
+        # Not fsync'd: it is rewritten on every run, and losing the last one to a power cut costs nothing.
+        write_json(health_path, {**report.to_json(), "config_inputs": inputs}, durable=False)
+    except (OSError, StateError) as exc:
+        checks.append(Check("health_file", WARN, f"cannot write {health_path}: {exc}", {"file": str(health_path)}))
+        mode, reason = decide(checks, fresh + live)
+        report = report._replace(mode=mode, reason=reason, checks=tuple(checks))
+    if report.changed:
+        from .ledger import Ledger  # noqa: PLC0415 - only when the mode changed
+
+        Ledger(state, config(), clock=clock).record(
+            "health",
+            status=mode,
+            reason=reason,
+            was=previous_mode,
+            checks=",".join(f"{c.name}:{c.status}" for c in report.problems()) or None,
+        )
+    return report

@@ -1,0 +1,589 @@
+"""The failure report of analyze_logs.py: which logs to read, the figures, the alerts, rule suggestions.
+
+Default inputs are the skill's ledger (the day files that overlap the window) and OpenClaw's own logs
+(`openclaw_logs.discover`). The skill's log (`logs/selfheal.log` and its rotations) holds the same
+events as the ledger, so it is read only when there is no ledger at all; reading both would count each
+event twice. Paths given explicitly are read as given, whatever they hold.
+
+Alerts follow the second source document (all thresholds in skill.yaml `analysis`):
+* P1 when the success rate (successes / finished runs, a run being finished by [SUCCESS] or [FAILED]) is
+  under `success_rate_p1`;
+* P2 when more than `breaker_trips_per_hour_p2` breakers trip (open) within one clock hour (UTC);
+* P2 when fallbacks per finished run exceed `fallback_rate_p2`;
+* P3 when a task's mean duration over the recent period (the last `recent_s` before --until, default
+  now) exceeds `mean_time_factor_p3` times its baseline: `baselines[task]` when configured, else its
+  mean over the rest of the window. P1, the fallback rule and P3 wait for `min_runs` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import ledger as ledger_mod
+from . import openclaw_logs as oc
+from .config import ERROR_CLASSES, Config, get_config
+from .errors import UsageError
+from .logscan import Scan, Signature, Tally, Window, fast_pattern, ledger_days, log_files, parse_time
+from .redact import Redactor
+from .store import StateRoot
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)\Z")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, *, now: float, flag: str = "--since") -> int | None:
+    """A point in time from `24h` / `30m` / `7d` (that long before now), ISO-8601, or `all` (None)."""
+    value = text.strip()
+    if value.lower() in ("all", "any", "ever"):
+        return None
+    m = _DURATION.match(value)
+    if m:
+        return int(now - float(m.group(1)) * _UNITS[m.group(2)])
+    if re.fullmatch(r"\d{4}-\d\d-\d\d", value):
+        value += "T00:00:00"
+    value = re.sub(r"^(\d{4}-\d\d-\d\d[T ]\d\d:\d\d)(?=Z|[+-]\d\d:?\d\d|$)", r"\1:00", value)  # no seconds
+    ts = parse_time(value)
+    if ts is None:
+        raise UsageError(
+            f"{flag} {text!r}: use a duration like 30m, 24h or 7d, a date or time like 2026-06-10T03:00Z, or all"
+        )
+    return int(ts)
+
+
+def make_window(*, since: int | None, until: int | None, recent_s: float, now: float) -> Window:
+    """The window, and its recent period for P3: the last `recent_s` before `until` (or now), inside the window."""
+    if since is not None and until is not None and since >= until:
+        raise UsageError(f"--since ({_iso(since)}) must be before --until ({_iso(until)})")
+    end = until if until is not None else int(now) + 1
+    start = end - int(recent_s)
+    if since is not None:
+        start = max(start, since)
+    return Window(since, until, (start, end) if start < end else None)
+
+
+def default_inputs(
+    state: StateRoot, env: Mapping[str, str], window: Window, *, openclaw_dir: Path = oc.DEFAULT_LOG_DIR
+) -> list[tuple[str, str]]:
+    """(path, source) of the ledger's day files in the window, else the skill's log, and OpenClaw's logs."""
+    days = ledger_mod.ledger_files(state)
+    found = [(str(p), "ledger") for p in ledger_days(days, window)]
+    if not days:
+        found += [(str(p), "log") for p in log_files(state.log_file)]
+    found += [(str(p), "openclaw") for p in oc.discover(env, log_dir=openclaw_dir)]
+    return found
+
+
+def analyze(
+    paths: Sequence[str] | None = None,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    task: str | None = None,
+    config: Config | None = None,
+    env: Mapping[str, str] | None = None,
+    now: float | None = None,
+    state: StateRoot | None = None,
+    default_since: bool = True,
+    openclaw_dir: Path = oc.DEFAULT_LOG_DIR,
+) -> dict[str, Any]:
+    """Read the logs and return the report (a JSON-ready dict). Raise UsageError for an unreadable PATH.
+
+    `since`/`until` are epoch seconds. With no `paths`, the default inputs are read, and `since` defaults
+    to `analysis.since_s` before now (unless `default_since` is False); explicit paths are read whole
+    unless a bound is given.
+    """
+    config = config or get_config()
+    env = os.environ if env is None else env
+    now = time.time() if now is None else now
+    settings = config.analysis
+    if paths is None and since is None and default_since:
+        since = int(now - settings.since_s)
+    window = make_window(since=since, until=until, recent_s=settings.recent_s, now=now)
+    redactor = Redactor(env_names=config.redact.env_names, patterns=config.redact.patterns, env=env)
+    tally = Tally(settings, config.classify, window, task=task, redactor=redactor)
+    workers = settings.workers or os.cpu_count() or 1
+    scan = Scan(tally, fast_pattern(window), settings.max_line_bytes, workers=workers)
+    if paths is None:
+        state = state or StateRoot.from_env(env)
+        for path, source in default_inputs(state, env, window, openclaw_dir=openclaw_dir):
+            scan.read(path, source, strict=False)
+    else:
+        for path in paths:
+            scan.read(path, "explicit", strict=True)
+    tally.fold()
+    return build_report(tally, scan, config, window, task=task)
+
+
+# --- the figures ----------------------------------------------------------------------------------------------
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _counts(counter: Mapping[str, int]) -> dict[str, int]:
+    return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _per_key(table: Mapping[str, Mapping[str, int]], top: int, name: str) -> list[dict[str, Any]]:
+    """Event counts per model (or target), most failures first. The failure share needs successes that name
+    the model: the source documents' [SUCCESS] lines do not, so with none at all it is left out (null)."""
+    rows: list[dict[str, Any]] = []
+    named_successes = any(events.get("success", 0) for events in table.values())
+    for key, events in table.items():
+        failures = events.get("retry", 0) + events.get("failed", 0)
+        attempts = (failures + events.get("success", 0)) if named_successes else 0
+        rows.append(
+            {
+                name: key,
+                "retry": events.get("retry", 0),
+                "success": events.get("success", 0),
+                "failed": events.get("failed", 0),
+                "fallback": events.get("fallback", 0),
+                "failure_share": _rate(failures, attempts),
+            }
+        )
+    rows.sort(key=lambda r: (-(r["retry"] + r["failed"] + r["fallback"]), -r["success"], r[name]))
+    return rows[:top]
+
+
+def build_report(
+    tally: Tally, scan: Scan, config: Config, window: Window, *, task: str | None = None
+) -> dict[str, Any]:
+    settings = config.analysis
+    top = settings.top
+    events = tally.events
+    succeeded, failed = events["success"], events["failed"]
+    finished = succeeded + failed
+    failures_total = sum(tally.reasons.values())
+
+    most_retried = sorted(
+        ((name, s) for name, s in tally.tasks.items() if s.retries),
+        key=lambda item: (-item[1].retries, item[0]),
+    )[:top]
+    slowest = sorted(
+        ((name, s) for name, s in tally.tasks.items() if s.timed),
+        key=lambda item: (-(item[1].total_s / item[1].timed), item[0]),
+    )[:top]
+
+    peak_hour, peak = (None, 0)
+    if tally.trips_by_hour:
+        peak_hour, peak = max(tally.trips_by_hour.items(), key=lambda kv: (kv[1], -kv[0]))
+    busiest = sorted(tally.trips_by_hour.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+    report: dict[str, Any] = {
+        "window": {
+            "since": _iso(window.since),
+            "until": _iso(window.until),
+            "recent": [_iso(window.recent[0]), _iso(window.recent[1])] if window.recent else None,
+            "task": task,
+        },
+        "inputs": [
+            {
+                "path": i.path,
+                "source": i.source,
+                "lines": i.lines,
+                "malformed": i.malformed,
+                "first": _iso(i.first),
+                "last": _iso(i.last),
+                **({"error": i.error} if i.error else {}),
+            }
+            for i in scan.inputs
+        ],
+        "lines": {
+            "total": tally.lines,
+            "malformed": tally.malformed,
+            "blank": tally.blank,
+            "outside_window": tally.outside,
+            "other_tasks": tally.other_tasks,
+        },
+        "events": {name: events[name] for name in sorted(events, key=lambda e: (-events[e], e))},
+        "other_tags": _counts(tally.other_tags),
+        "runs": {
+            "finished": finished,
+            "succeeded": succeeded,
+            "failed": failed,
+            "success_rate": _rate(succeeded, finished),
+            "retries": events["retry"],
+            "retries_per_run": _rate(events["retry"], finished),
+        },
+        "failure_reasons": [
+            {"reason": r, "count": n, "share": _rate(n, failures_total)}
+            for r, n in sorted(tally.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        ],
+        "failure_reasons_total": failures_total,
+        "fallback": {
+            "events": events["fallback"],
+            "rate": _rate(events["fallback"], finished),
+            "reasons": _counts(tally.fallback_reasons),
+        },
+        "models": _per_key(tally.by_model, top, "model"),
+        "targets": _per_key(tally.by_target, top, "target"),
+        "tasks": {
+            "count": len(tally.tasks),
+            "folded": tally.tasks_folded,
+            "folded_max_events": tally.folded_max_events,
+            "most_retried": [
+                {
+                    "task": name,
+                    "retries": s.retries,
+                    "runs": s.successes + s.failures,
+                    "failed": s.failures,
+                    "retries_per_run": _rate(s.retries, s.successes + s.failures),
+                }
+                for name, s in most_retried
+            ],
+            "slowest": [
+                {
+                    "task": name,
+                    "runs": s.timed,
+                    "mean_s": round(s.total_s / s.timed, 3),
+                    "max_s": round(s.max_s, 3),
+                }
+                for name, s in slowest
+            ],
+        },
+        "durations": {
+            "timed_runs": tally.timed,
+            "mean_s": round(tally.total_s / tally.timed, 3) if tally.timed else None,
+        },
+        "breakers": {
+            "trips": sum(tally.trips_by_hour.values()),
+            "max_per_hour": peak,
+            "peak_hour": _iso(peak_hour * 3600) if peak_hour is not None else None,
+            "by_target": _counts(tally.trips_by_target),
+            "busiest_hours": [{"hour": _iso(h * 3600), "trips": n} for h, n in busiest],
+        },
+        "openclaw": {
+            "lines": tally.openclaw_lines,
+            "levels": _counts(tally.openclaw_levels),
+            "lane_errors": tally.openclaw_failures[oc.LANE_ERROR],
+            "fallback_exhausted": tally.openclaw_failures[oc.FALLBACK_EXHAUSTED],
+            "cron_failed": tally.openclaw_failures[oc.CRON_FAILED],
+            "skill_invalid": tally.openclaw_failures[oc.SKILL_INVALID],
+            "cli_failed": tally.openclaw_failures[oc.CLI_FAILED],
+            "latest": {kind: list(samples) for kind, samples in tally.openclaw_samples.items()},
+        },
+        "unclassified": _unclassified(tally, top),
+    }
+    report["alerts"] = alerts(report, tally, config)
+    report["ok"] = not report["alerts"]
+    return {"ok": report.pop("ok"), **report}
+
+
+# --- alerts -----------------------------------------------------------------------------------------------------
+
+
+def alerts(report: Mapping[str, Any], tally: Tally, config: Config) -> list[dict[str, Any]]:
+    """The second source document's alert rules over the report's figures, thresholds from skill.yaml."""
+    s = config.analysis
+    out: list[dict[str, Any]] = []
+    runs = report["runs"]
+    if runs["finished"] >= s.min_runs and runs["success_rate"] is not None and runs["success_rate"] < s.success_rate_p1:
+        out.append(
+            {
+                "priority": "P1",
+                "rule": "success_rate",
+                "value": runs["success_rate"],
+                "threshold": s.success_rate_p1,
+                "message": f"success rate {runs['success_rate']:.1%} is under {s.success_rate_p1:.0%} "
+                f"({runs['succeeded']} of {runs['finished']} finished runs succeeded)",
+            }
+        )
+    breakers = report["breakers"]
+    if breakers["max_per_hour"] > s.breaker_trips_per_hour_p2:
+        over = sum(1 for n in tally.trips_by_hour.values() if n > s.breaker_trips_per_hour_p2)
+        out.append(
+            {
+                "priority": "P2",
+                "rule": "breaker_trips_per_hour",
+                "value": breakers["max_per_hour"],
+                "threshold": s.breaker_trips_per_hour_p2,
+                "message": f"{breakers['max_per_hour']} breaker trips in the hour from {breakers['peak_hour']} "
+                f"(more than {s.breaker_trips_per_hour_p2}; {over} such hour(s))",
+            }
+        )
+    rate = report["fallback"]["rate"]
+    if runs["finished"] >= s.min_runs and rate is not None and rate > s.fallback_rate_p2:
+        out.append(
+            {
+                "priority": "P2",
+                "rule": "fallback_rate",
+                "value": rate,
+                "threshold": s.fallback_rate_p2,
+                "message": f"fallback used {report['fallback']['events']} times in {runs['finished']} finished runs "
+                f"({rate:.1%}, over {s.fallback_rate_p2:.0%})",
+            }
+        )
+    slow = slow_tasks(tally, config)
+    if slow:
+        worst = slow[0]
+        out.append(
+            {
+                "priority": "P3",
+                "rule": "mean_time",
+                "value": worst["factor"],
+                "threshold": s.mean_time_factor_p3,
+                "tasks": slow[: s.top],
+                "message": f"{len(slow)} task(s) slower than {s.mean_time_factor_p3:g}x their baseline lately; "
+                f"{worst['task']}: {worst['recent_mean_s']:g}s against {worst['baseline_s']:g}s "
+                f"({worst['baseline']})",
+            }
+        )
+    return out
+
+
+def slow_tasks(tally: Tally, config: Config) -> list[dict[str, Any]]:
+    """P3: tasks whose mean over the recent period exceeds the factor times their baseline, worst first."""
+    s = config.analysis
+    out: list[dict[str, Any]] = []
+    for name, stats in tally.tasks.items():
+        if stats.recent_timed < s.min_runs:
+            continue
+        recent_mean = stats.recent_total_s / stats.recent_timed
+        if name in s.baselines:
+            baseline, source = s.baselines[name], "configured"
+        else:
+            earlier = stats.timed - stats.recent_timed
+            if earlier < s.min_runs:
+                continue
+            baseline, source = (stats.total_s - stats.recent_total_s) / earlier, f"mean of {earlier} earlier runs"
+        if baseline > 0 and recent_mean > s.mean_time_factor_p3 * baseline:
+            out.append(
+                {
+                    "task": name,
+                    "recent_runs": stats.recent_timed,
+                    "recent_mean_s": round(recent_mean, 3),
+                    "baseline_s": round(baseline, 3),
+                    "baseline": source,
+                    "factor": round(recent_mean / baseline, 2),
+                }
+            )
+    out.sort(key=lambda r: (-r["factor"], r["task"]))
+    return out
+
+
+# --- unclassified errors and the rules that would classify them ---------------------------------------------
+
+_PLACEHOLDERS = {
+    "<url>": r"\S+",
+    "<time>": r"\S+",
+    "<id>": r"[0-9a-fA-F-]+",
+    "<path>": r"\S+",
+    '"<text>"': r'"[^"]*"',
+    "'<text>'": r"'[^']*'",
+    "<hex>": r"[0-9a-fA-F]+",
+    "<n>": r"\d+(?:\.\d+)?",
+}
+_PLACEHOLDER = re.compile("|".join(re.escape(p) for p in sorted(_PLACEHOLDERS, key=len, reverse=True)))
+# Words that point at a class, strongest first. Only a guess for a person to check: never applied.
+_CLASS_HINTS = (
+    ("auth", r"auth|credential|api[ _-]?key|unauthori[sz]ed|forbidden|permission denied|\b40[13]\b|token"),
+    ("rate_limit", r"rate|quota|too many|throttl|\b429\b"),
+    ("timeout", r"time[ds]? ?out|deadline"),
+    ("resource", r"memory|\boom\b|disk|no space|gpu|cuda"),
+    ("transient", r"connect|reset|refused|unavailable|temporar|network|unreachable|\b50[0-4]\b|gateway|eof"),
+    ("format", r"json|format|pars(e|ing)|schema|malformed|decod"),
+    ("permanent", r"not found|no such|invalid|syntax|unsupported|required|exit(ed)?( with)? code|usage"),
+)
+
+
+_META = re.compile(r"([.^$*+?{}\[\]\\|()])")
+
+
+def _escape(text: str) -> str:
+    """re.escape for people: only the characters that mean something in a pattern are escaped."""
+    return _META.sub(r"\\\1", text)
+
+
+def suggest_rule(sig: Signature) -> dict[str, Any] | None:
+    """A classify.extra_rules entry whose pattern matches this signature's messages, or None if too vague."""
+    literal = _PLACEHOLDER.sub(" ", sig.text)
+    if len(re.sub(r"[\W_]+", "", literal)) < 4 or sig.text in ERROR_CLASSES:
+        return None  # nothing distinctive once the variable parts are masked, or a bare `reason=unknown`
+    pieces = []
+    last = 0
+    for m in _PLACEHOLDER.finditer(sig.text):
+        pieces.append(_escape(sig.text[last : m.start()]))
+        pieces.append(_PLACEHOLDERS[m.group(0)])
+        last = m.end()
+    pieces.append(_escape(sig.text[last:]))
+    pattern = "(?i)" + "".join(pieces).strip()
+    # Long messages: the first 120 characters' worth of pattern is distinctive enough and stays readable.
+    if len(pattern) > 160:
+        pattern = pattern[:160]
+        pattern = pattern[: pattern.rfind(" ")] if " " in pattern[40:] else pattern
+        pattern = pattern.rstrip("\\")
+    try:
+        compiled = re.compile(pattern)
+    except re.error:
+        compiled = None
+    if compiled is None or not all(compiled.search(sample) for sample in sig.samples or [sig.text]):
+        words = max(re.split(r"<[a-z]+>|\"<text>\"|'<text>'", sig.text), key=len).strip()
+        pattern = "(?i)" + _escape(words)
+    lowered = sig.text.lower()
+    guess = next((cls for cls, hint in _CLASS_HINTS if re.search(hint, lowered)), "unknown")
+    name = "-".join(re.findall(r"[a-z0-9]+", _PLACEHOLDER.sub(" ", lowered))[:5])[:60].strip("-") or "unclassified"
+    rule: dict[str, Any] = {"name": f"log-{name}", "class": guess, "pattern": pattern}
+    if sig.status is not None:
+        rule["status"] = [sig.status]
+    return rule
+
+
+def rule_yaml(rule: Mapping[str, Any]) -> str:
+    """The rule as a config.yaml snippet; the class is a guess from its words."""
+    pattern = "'" + str(rule["pattern"]).replace("'", "''") + "'"
+    lines = [
+        "classify:",
+        "  extra_rules:",
+        f"    - name: {rule['name']}",
+        f"      class: {rule['class']}        # guessed from its words: check it",
+        f"      pattern: {pattern}",
+    ]
+    if "status" in rule:
+        lines.append(f"      status: {list(rule['status'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _unclassified(tally: Tally, top: int) -> dict[str, Any]:
+    ranked = sorted(tally.unclassified.values(), key=lambda sig: (-sig.count, sig.text))
+    rows = []
+    for sig in ranked[:top]:
+        rule = suggest_rule(sig)
+        rows.append(
+            {
+                "signature": sig.text,
+                "count": sig.count,
+                "sources": sorted(sig.sources),
+                "samples": list(sig.samples),
+                "suggested_rule": rule,
+                "yaml": rule_yaml(rule) if rule else None,
+            }
+        )
+    return {
+        "count": sum(sig.count for sig in tally.unclassified.values()) + tally.unclassified_other,
+        "signatures": rows,
+        "more_signatures": max(0, len(ranked) - top),
+        "not_grouped": tally.unclassified_other,
+    }
+
+
+# --- for people -------------------------------------------------------------------------------------------------
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def _things(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def render_text(report: Mapping[str, Any]) -> str:
+    """The report as text for a terminal or a chat message."""
+    out: list[str] = []
+    w = report["window"]
+    span = f"{w['since'] or 'the beginning'} .. {w['until'] or 'now'}"
+    lines = report["lines"]
+    out.append(f"Log analysis, {span}: {_n(lines['total'])} lines from {len(report['inputs'])} input(s)")
+    if w["task"]:
+        out.append(f"  task {w['task']} only ({_n(lines['other_tasks'])} events of other tasks left out)")
+    for item in report["inputs"]:
+        if item.get("error"):
+            out.append(f"  could not read {item['path']}: {item['error']}")
+    if report["alerts"]:
+        out.append("")
+        out.append("ALERTS")
+        for alert in report["alerts"]:
+            out.append(f"  {alert['priority']} {alert['message']}")
+            for row in alert.get("tasks", [])[1:]:
+                out.append(f"     {row['task']}: {row['recent_mean_s']:g}s against {row['baseline_s']:g}s")
+    runs = report["runs"]
+    per_run = "-" if runs["retries_per_run"] is None else f"{runs['retries_per_run']:.2f}"
+    out.append("")
+    out.append(
+        f"Runs: {_n(runs['finished'])} finished, {_pct(runs['success_rate'])} succeeded; "
+        f"{_n(runs['retries'])} retries ({per_run} per run); "
+        f"fallback {_n(report['fallback']['events'])} times ({_pct(report['fallback']['rate'])} of runs)"
+    )
+    if report["durations"]["mean_s"] is not None:
+        mean, timed = report["durations"]["mean_s"], report["durations"]["timed_runs"]
+        out.append(f"Mean run time {mean:.1f}s over {_n(timed)} successful runs")
+    if report["failure_reasons"]:
+        out.append("Top failure reasons ([RETRY] and [FAILED]):")
+        out.extend(f"  - {r['reason']}: {_n(r['count'])} ({_pct(r['share'])})" for r in report["failure_reasons"])
+    for title, key, name in (("By model", "models", "model"), ("By target", "targets", "target")):
+        if report[key]:
+            out.append(f"{title}:")
+            out.extend(
+                f"  - {r[name]}: {r['success']} ok, {r['retry']} retried, {r['failed']} failed, "
+                f"{r['fallback']} fell back"
+                + (f" ({_pct(r['failure_share'])} of attempts failed)" if r["failure_share"] is not None else "")
+                for r in report[key]
+            )
+    tasks = report["tasks"]
+    if tasks["most_retried"]:
+        out.append("Most retried tasks:")
+        out.extend(
+            f"  - {r['task']}: {r['retries']} retries, {r['runs']} runs, {r['failed']} failed"
+            for r in tasks["most_retried"]
+        )
+    if tasks["slowest"]:
+        out.append("Slowest tasks (mean of successful runs):")
+        out.extend(
+            f"  - {r['task']}: {r['mean_s']:g}s (max {r['max_s']:g}s, {r['runs']} runs)" for r in tasks["slowest"]
+        )
+    if tasks["folded"]:
+        out.append(
+            f"  ({tasks['folded']} less active tasks with at most {tasks['folded_max_events']} events each "
+            "were let go to bound memory: their figures may be incomplete)"
+        )
+    b = report["breakers"]
+    if b["trips"]:
+        by = ", ".join(f"{t} {n}" for t, n in b["by_target"].items())
+        out.append(
+            f"Breakers: {b['trips']} trips ({by}); at most {b['max_per_hour']} in the hour from {b['peak_hour']}"
+        )
+    oc_ = report["openclaw"]
+    if oc_["lines"]:
+        out.append(
+            f"OpenClaw: {_n(oc_['lines'])} lines ({', '.join(f'{k} {v}' for k, v in oc_['levels'].items())}); "
+            f"{_things(oc_['lane_errors'], 'lane error')}, "
+            f"{_things(oc_['fallback_exhausted'], 'exhausted fallback chain')}, "
+            f"{_things(oc_['cron_failed'], 'failed cron job')}, {_things(oc_['cli_failed'], 'failed CLI command')}, "
+            f"{_things(oc_['skill_invalid'], 'invalid skill')}"
+        )
+        for kind, samples in oc_["latest"].items():
+            if samples:
+                out.append(f"  latest {kind}: {samples[-1]['time']} {samples[-1]['summary']}")
+    unc = report["unclassified"]
+    if unc["count"]:
+        out.append(
+            f"Unclassified errors: {_n(unc['count'])} in {len(unc['signatures']) + unc['more_signatures']} shape(s)"
+        )
+        for row in unc["signatures"]:
+            out.append(f"  - {row['count']}x {row['signature']}  [{', '.join(row['sources'])}]")
+            if row["yaml"]:
+                out.append("    a rule for config.yaml (not applied; check the class first):")
+                out.extend("      " + line for line in row["yaml"].splitlines())
+    out.append(
+        f"Lines: {_n(lines['total'])} read, {_n(lines['malformed'])} malformed, {_n(lines['blank'])} blank, "
+        f"{_n(lines['outside_window'])} outside the window"
+    )
+    return "\n".join(out) + "\n"
+
+
+__all__ = ["analyze", "build_report", "default_inputs", "make_window", "parse_when", "render_text", "suggest_rule"]

@@ -1,0 +1,1166 @@
+"""Reading logs fast: the skill's ledger and log, the source documents' lines, and OpenClaw's JSON lines.
+
+Every input is read the same way, in blocks of `BLOCK_BYTES` with memory that does not grow with the
+file, and each line is recognised on its own:
+
+* `2026-06-10T03:12:18Z [RETRY] task=doc-gen-587 model=Qwen3-4B reason=timeout attempt=1/3 delay=5s`: the
+  skill's log and the source documents' format (a timestamp without a zone is UTC);
+* `{"ts": ..., "event": "retry", ...}`: the skill's ledger;
+* `{"time": ..., "_meta": {"logLevelName": ...}, ...}`: OpenClaw's logs (see `openclaw_logs`);
+* anything else that is not blank is malformed: counted and skipped. So is a line longer than
+  `analysis.max_line_bytes`, which is never held in memory whole.
+
+Speed comes from not touching lines one by one in Python. The common lines ([RETRY], [SUCCESS], [FAILED],
+[FALLBACK] of the log format) are matched by one compiled pattern over the whole block, which also
+applies the time window; each gives a short key (tag, task, step, target, model, reason) and, on
+[SUCCESS], a duration. Keys are counted with `Counter.update` and durations grouped per key with
+`array.append` through `map`, both in C; the keys are read back in Python once per distinct key, not once
+per line. Every other line (JSON lines, [BREAKER] and the rarer tags, other time zones, malformed lines)
+comes back whole from the same pattern and is read in Python, where it is rare. A big plain file can be
+split at newlines between forked worker processes, whose figures are merged (`Tally.merge`).
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import gc
+import gzip
+import io
+import json
+import math
+import operator
+import os
+import pickle
+import re
+import stat
+import sys
+import time
+import typing
+import zlib
+from array import array
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import compress, pairwise
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import openclaw_logs as oc
+from .classify import Classifier, Failure
+from .config import ERROR_CLASSES, AnalysisSettings, ClassifySettings
+from .errors import UsageError
+from .redact import Redactor
+
+BLOCK_BYTES = 2 * 1024 * 1024  # read size; a block's parsed rows take about 3 times this
+_MAX_KEYS = 250_000  # distinct fast-path keys held (about 40 MB at most) before they are folded
+_MAX_DURATIONS = 500_000  # durations held (8 bytes each) before they are folded per task
+_MAX_SIGNATURES = 500  # distinct unclassified signatures kept; the rest are counted together
+_MAX_SAMPLES = 5  # OpenClaw failures kept per kind, the latest ones
+_DEDUPE_MEMORY = 10_000  # OpenClaw failure keys remembered to count a failure logged twice once
+
+EVENTS = ("retry", "success", "failed", "fallback", "breaker", "resume", "compensate", "incident", "fix", "stuck")
+FAILURE_EVENTS = frozenset({"retry", "failed"})  # what the source documents count as failures
+_FAILED_ATTEMPTS = frozenset({"retry", "failed", "fallback"})  # whose error may be unclassified
+# The words a log line's `reason=` takes when the ledger had no error class but a status (format_log_line).
+STATUS_WORDS = frozenset(
+    {
+        "retrying",
+        "succeeded",
+        "not_retryable",
+        "attempts_exhausted",
+        "deadline",
+        "retry_after_too_long",
+        "not_selected",
+        "interrupted",
+        "breaker_open",
+        "unreachable",
+        "silent",
+        "wait_too_long",
+        "context_length_exceeded",
+        "failed",
+        "dead_letter",
+        "requires_manual",
+    }
+)
+
+# --- the fast path: one pattern over a whole block -------------------------------------------------------------
+
+# The fast path takes UTC times only (Z, or no zone as in the source documents); any other offset, and any
+# line it cannot read in full, goes to the careful path, which converts it.
+_TS_UTC = rb"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?Z?"
+_COMMON = rb"(?:RETRY|SUCCESS|FAILED|FALLBACK)"
+_KEY_FIELD = rb"(?:step|target|model|reason)"
+_KEY = rb"task=\S+(?: " + _KEY_FIELD + rb"=\S+)*"
+# The key ends at the end of the line or where the first field that is not part of it starts; a value
+# with a space in it (quoted) stops that, so such a line goes to the careful path instead.
+_KEY_END = rb"(?=\r?(?:\n|\Z)| [a-z_]+=)"
+_DURATION = rb"(?: duration=([\d.]+)s)?"
+
+# Positions after which the 14 digits of `YYYY-MM-DDTHH:MM:SS` have a separator.
+_SEPARATORS = {3: "-", 5: "-", 7: "[T ]", 9: ":", 11: ":"}
+
+
+def _digits(ts: int) -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(ts))
+
+
+def _at_least(ts: int) -> str:
+    """A regex matching 19-character timestamps (UTC, to the second) at or after `ts`."""
+    d = _digits(ts)
+
+    def rest(i: int) -> str:
+        if i == len(d):
+            return ""
+        same = d[i] + _SEPARATORS.get(i, "") + rest(i + 1)
+        return f"(?:{same}|[{int(d[i]) + 1}-9])" if d[i] != "9" else same
+
+    return rest(0)
+
+
+def _before(ts: int) -> str:
+    """A regex matching 19-character timestamps (UTC, to the second) strictly before `ts`."""
+    d = _digits(ts)
+
+    def rest(i: int) -> str:
+        if i == len(d):
+            return "(?!)"
+        same = d[i] + _SEPARATORS.get(i, "") + rest(i + 1)
+        return f"(?:{same}|[0-{int(d[i]) - 1}])" if d[i] != "0" else same
+
+    return rest(0)
+
+
+def range_regex(since: int | None, until: int | None) -> str | None:
+    """A lookahead body for timestamps in [since, until) (epoch seconds), or None for no bound at all."""
+    parts = []
+    if since is not None:
+        parts.append(f"(?={_at_least(since)})")
+    if until is not None:
+        parts.append(f"(?={_before(until)})")
+    return "".join(parts) or None
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which lines count: [since, until) in whole epoch seconds (None: unbounded); `recent` for the P3 rule."""
+
+    since: int | None = None
+    until: int | None = None
+    recent: tuple[int, int] | None = None
+
+    def contains(self, ts: int) -> bool:
+        return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
+
+    def is_recent(self, ts: int) -> bool:
+        return self.recent is not None and self.recent[0] <= ts < self.recent[1]
+
+
+def fast_pattern(window: Window) -> re.Pattern[bytes]:
+    """The block pattern: every line gives a row (key, duration, line).
+
+    A common line in the window gives its key (`RETRY] task=x model=m reason=r`) and, on [SUCCESS], its
+    duration; a [SUCCESS] in the recent period keeps its bracket (`[SUCCESS] task=x`) so its durations
+    stay apart for P3; a log-format line outside the window gives the key `]`; every other non-empty line
+    comes back whole as `line`; a blank line gives nothing. The timestamp's prefix and the key are paired
+    by lookbehind (what the prefix consumed), so one group serves every kind of key.
+    """
+    recent = range_regex(*window.recent) if window.recent else None
+    inside = range_regex(window.since, window.until)
+    prefixes = []
+    keys = [rb"(?<=\[)" + _COMMON + rb"\] " + _KEY + _KEY_END]
+    if recent:
+        prefixes.append(b"(?=" + recent.encode() + b")" + _TS_UTC + rb" (?=\[SUCCESS\] task=)")
+        keys.append(rb"(?<= )\[SUCCESS\] " + _KEY + _KEY_END)
+    if inside:
+        prefixes.append(b"(?=" + inside.encode() + b")" + _TS_UTC + rb" \[")
+        prefixes.append(b"(?!" + inside.encode() + b")" + _TS_UTC + rb" \[[A-Z]+(?=\] )")
+        keys.append(rb"(?<=[A-Z])\]")
+    else:
+        prefixes.append(_TS_UTC + rb" \[")
+    pattern = rb"\n(?:(?:" + b"|".join(prefixes) + rb")(" + b"|".join(keys) + rb")" + _DURATION + rb"|([^\n]+)|)"
+    return re.compile(pattern)
+
+
+# --- the careful path: one line at a time ----------------------------------------------------------------------
+
+_TS_PARTS = re.compile(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,](\d+))?\s?(Z|[+-]\d\d:?\d\d)?\Z")
+_LOG_LINE = re.compile(
+    rb"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?\s?(?:Z|[+-]\d\d:?\d\d)?) \[([A-Z][A-Z_]*)\](?: (.*))?\Z"
+)
+_FIELD = re.compile(r'([A-Za-z_][\w.-]*)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_time(text: str) -> float | None:
+    """Epoch seconds for ISO-8601 text (`2026-06-10T03:12:18Z`, `.123+08:00`, no zone: UTC), else None."""
+    m = _TS_PARTS.match(text.strip())
+    if not m:
+        return None
+    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    try:
+        ts = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+        if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
+            return None
+    except (ValueError, OverflowError):
+        return None
+    frac = float("0." + m.group(7)) if m.group(7) else 0.0
+    zone = m.group(8)
+    if zone and zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        ts -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return ts + frac
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """`key=value` pairs of a log line; "quoted values" are JSON strings."""
+    out: dict[str, str] = {}
+    for key, raw in _FIELD.findall(text):
+        value = raw
+        if raw.startswith('"'):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = raw[1:-1]
+        out.setdefault(key, str(value))
+    return out
+
+
+# --- what is counted --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TaskStats:
+    """One task's figures in the window. Durations in seconds, from its [SUCCESS] events."""
+
+    retries: int = 0
+    successes: int = 0
+    failures: int = 0
+    fallbacks: int = 0
+    timed: int = 0  # successes that carried a duration
+    total_s: float = 0.0
+    max_s: float = 0.0
+    recent_timed: int = 0
+    recent_total_s: float = 0.0
+
+    @property
+    def events(self) -> int:
+        return self.retries + self.successes + self.failures + self.fallbacks
+
+
+@dataclass
+class Signature:
+    """Unclassified errors that read the same once numbers, ids, paths and quoted values are masked."""
+
+    text: str
+    count: int = 0
+    samples: list[str] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
+    status: int | None = None
+
+
+@dataclass
+class InputInfo:
+    """What one input gave: its lines, and why it could not be read to the end, if it could not."""
+
+    path: str
+    source: str  # "explicit" | "ledger" | "log" | "openclaw"
+    lines: int = 0
+    malformed: int = 0
+    error: str | None = None
+    first: float | None = None
+    last: float | None = None
+
+
+class Tally:
+    """Every figure the report needs, updated block by block; its memory is bounded, not its input."""
+
+    def __init__(
+        self,
+        settings: AnalysisSettings,
+        classify: ClassifySettings,
+        window: Window,
+        *,
+        task: str | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.window = window
+        self.task = task
+        self.redactor = redactor or Redactor()
+        self._classify = classify
+        self._classifier = Classifier(classify)
+        # Fast path: keys and durations waiting to be folded.
+        self._keys: Counter[bytes] = Counter()
+        self._durations: defaultdict[bytes, array[float]] = defaultdict(_doubles)
+        self._held_durations = 0
+        self._word_known: dict[str, bool] = {}
+        # Lines.
+        self.lines = 0
+        self.malformed = 0
+        self.blank = 0
+        self.outside = 0  # well-formed lines outside the time window
+        self.other_tasks = 0  # events of tasks other than --task
+        self._python_lines = 0  # lines the fast path handed to Python (blank ones included)
+        # Events.
+        self.events: Counter[str] = Counter()
+        self.other_tags: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.fallback_reasons: Counter[str] = Counter()
+        self.by_model: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.by_target: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.tasks: dict[str, TaskStats] = {}
+        self.tasks_folded = 0
+        self.folded_max_events = 0
+        self.timed = 0
+        self.total_s = 0.0
+        self.trips_by_hour: Counter[int] = Counter()
+        self.trips_by_target: Counter[str] = Counter()
+        self.unclassified: dict[str, Signature] = {}
+        self.unclassified_other = 0
+        # OpenClaw.
+        self.openclaw_lines = 0
+        self.openclaw_levels: Counter[str] = Counter()
+        self.openclaw_failures: Counter[str] = Counter()
+        self.openclaw_samples: dict[str, deque[dict[str, Any]]] = {}
+        # OpenClaw failure keys seen lately -> (the kind counted, the unclassified signature counted), None
+        # where nothing was: a failure logged twice is counted once, across workers too.
+        self._seen_failures: dict[str, tuple[str | None, str | None]] = {}
+
+    # -- several processes -------------------------------------------------------------------------------------
+
+    _NOT_SENT = ("_classifier", "_classify", "redactor", "settings")
+
+    def spawn(self) -> Tally:
+        """An empty Tally that counts the same way (for a worker's share of the inputs)."""
+        return Tally(self.settings, self._classify, self.window, task=self.task, redactor=self.redactor)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker sends back: its figures, folded; the settings and compiled helpers stay home."""
+        self.fold()
+        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_SENT}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # only ever merged into a whole Tally, never used on its own
+
+    def merge(self, other: Tally) -> None:
+        """Add the figures of another Tally (a worker's share of the same inputs) to these."""
+        self.fold()
+        for name in (
+            "lines",
+            "malformed",
+            "blank",
+            "outside",
+            "other_tasks",
+            "tasks_folded",
+            "timed",
+            "openclaw_lines",
+            "unclassified_other",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.total_s += other.total_s
+        self.folded_max_events = max(self.folded_max_events, other.folded_max_events)
+        for name in (
+            "events",
+            "other_tags",
+            "trips_by_hour",
+            "trips_by_target",
+            "openclaw_levels",
+            "openclaw_failures",
+            "reasons",
+            "fallback_reasons",
+        ):
+            getattr(self, name).update(getattr(other, name))
+        for mine, theirs in ((self.by_model, other.by_model), (self.by_target, other.by_target)):
+            for key, counts in theirs.items():
+                mine[key].update(counts)
+        for name, stats in other.tasks.items():
+            own = self.tasks.get(name)
+            if own is None:
+                self.tasks[name] = stats
+                continue
+            for f in (
+                "retries",
+                "successes",
+                "failures",
+                "fallbacks",
+                "timed",
+                "total_s",
+                "recent_timed",
+                "recent_total_s",
+            ):
+                setattr(own, f, getattr(own, f) + getattr(stats, f))
+            own.max_s = max(own.max_s, stats.max_s)
+        for sig in other.unclassified.values():
+            entry = self.unclassified.get(sig.text)
+            if entry is None:
+                if len(self.unclassified) >= _MAX_SIGNATURES:
+                    self.unclassified_other += sig.count
+                    continue
+                self.unclassified[sig.text] = sig
+                continue
+            entry.count += sig.count
+            entry.sources |= sig.sources
+            entry.samples = (entry.samples + [x for x in sig.samples if x not in entry.samples])[:2]
+        for key, (kind, shape) in other._seen_failures.items():
+            if key not in self._seen_failures:
+                self._seen_failures[key] = (kind, shape)
+                continue
+            # Logged on both sides of a cut (a cron run is logged twice): count it once, as one process would.
+            if kind is not None:
+                self.openclaw_failures[kind] -= 1
+            if shape is not None and shape in self.unclassified:
+                self.unclassified[shape].count -= 1
+        for kind, samples in other.openclaw_samples.items():
+            mine_samples = self.openclaw_samples.setdefault(kind, deque(maxlen=_MAX_SAMPLES))
+            mine_samples.extend(x for x in samples if x not in mine_samples)
+        self._prune_tasks()
+
+    # -- the fast path -------------------------------------------------------------------------------------------
+
+    def add_rows(self, rows: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
+        """Count one block's pattern rows; return the lines that need the careful path."""
+        if not rows:
+            return []
+        self.lines += len(rows)
+        keys, durations, lines = zip(*rows, strict=True)
+        # A [SUCCESS] with a duration is counted with its duration, per key (a table of a few thousand
+        # tasks, kept in cache); only the other keys go to the big table of every (task, model, reason).
+        self._keys.update(compress(keys, map(operator.not_, durations)))
+        if any(durations):
+            timed_keys: Iterable[bytes] = compress(keys, durations)
+            try:
+                values = list(map(float, filter(None, durations)))
+            except ValueError:  # a duration like 1.2.3s: keep the readable ones, each with its own key
+                pairs = [
+                    (k, v) for k, d in zip(keys, durations, strict=True) if d and (v := _float(d.decode())) is not None
+                ]
+                timed_keys, values = [k for k, _ in pairs], [v for _, v in pairs]
+            # array.append through map: the grouping by key runs in C, one dict lookup per duration.
+            deque(map(array.append, map(self._durations.__getitem__, timed_keys), values), maxlen=0)
+            self._held_durations += len(values)
+            if self._held_durations > _MAX_DURATIONS:
+                self._fold_durations()
+        if len(self._keys) > _MAX_KEYS:
+            self.fold()
+        careful = list(filter(None, lines))
+        self._python_lines += len(careful)
+        return careful
+
+    def fold(self) -> None:
+        """Fold the fast path's pending keys and durations into the figures: once per distinct key, not per line.
+
+        Called at the end, and whenever more than `_MAX_KEYS` distinct keys are pending (memory stays bounded
+        whatever the number of tasks; each fold costs a few microseconds per distinct key).
+        """
+        self._fold_durations()
+        keys, self._keys = self._keys, Counter()
+        # The empty key: blank lines, and the lines the careful path read (counted there).
+        self.blank += keys.pop(b"", 0) - self._python_lines
+        self._python_lines = 0
+        self.outside += keys.pop(b"]", 0)
+        count, parse = self._count, _parse_key
+        for key, n in keys.items():
+            _, event, fields = parse(key)
+            count(
+                event,
+                n,
+                task=fields.get("task"),
+                target=fields.get("target"),
+                model=fields.get("model"),
+                reason=fields.get("reason"),
+                source="log",
+            )
+        self._prune_tasks()
+
+    def _fold_durations(self) -> None:
+        for key, values in self._durations.items():
+            recent, event, fields = _parse_key(key)
+            task = fields.get("task")
+            counted = self._count(
+                event,
+                len(values),
+                task=task,
+                target=fields.get("target"),
+                model=fields.get("model"),
+                reason=fields.get("reason"),
+                source="log",
+            )
+            if counted and event == "success":
+                self.duration(task if task != "-" else None, values, recent=recent)
+        self._durations.clear()
+        self._held_durations = 0
+
+    # -- the careful path ---------------------------------------------------------------------------------------
+
+    def add_line(self, raw: bytes, info: InputInfo) -> None:
+        """One line the fast path did not take: a rarer log line, a JSON line, a blank or malformed one."""
+        line = raw.strip()
+        if not line:
+            self.blank += 1  # only white space
+            return
+        if line[:1] == b"{":
+            self._json_line(line, info)
+            return
+        m = _LOG_LINE.match(line)
+        ts = parse_time(m.group(1).decode("ascii")) if m else None
+        if m is None or ts is None:
+            self._malformed(info)
+            return
+        self._stamp(info, ts)
+        if not self.window.contains(int(ts)):
+            self.outside += 1
+            return
+        tag = m.group(2).decode("ascii")
+        fields = parse_fields(m.group(3).decode("utf-8", "replace")) if m.group(3) else {}
+        event = tag.lower()
+        if event not in EVENTS:
+            self.other_tags[tag] += 1
+            return
+        duration = _float(fields.get("duration", "").rstrip("s")) if event == "success" else None
+        self.event(
+            event,
+            task=fields.get("task"),
+            target=fields.get("target"),
+            model=fields.get("model"),
+            reason=fields.get("state") if event == "breaker" else fields.get("reason"),
+            detail=fields.get("detail"),
+            ts=ts,
+            duration=duration,
+            source="log",
+        )
+
+    def _json_line(self, line: bytes, info: InputInfo) -> None:
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            self._malformed(info)
+            return
+        if not isinstance(obj, dict):
+            self._malformed(info)
+            return
+        if isinstance(obj.get("_meta"), dict):
+            record = oc.parse(obj)
+            ts = oc.timestamp(record.time) if record else None
+            if record is None or ts is None:
+                self._malformed(info)
+                return
+            self._stamp(info, ts)
+            if not self.window.contains(int(ts)):
+                self.outside += 1
+                return
+            self._openclaw(record)
+            return
+        event, ts_text = obj.get("event"), obj.get("ts")
+        ts = parse_time(ts_text) if isinstance(ts_text, str) else None
+        if not isinstance(event, str) or ts is None:
+            self._malformed(info)
+            return
+        self._stamp(info, ts)
+        if not self.window.contains(int(ts)):
+            self.outside += 1
+            return
+        if event not in EVENTS:
+            self.other_tags[event.upper()] += 1
+            return
+        error_class = _str(obj.get("error_class"))
+        status = _str(obj.get("status"))
+        duration = obj.get("duration_s")
+        self.event(
+            event,
+            task=_str(obj.get("task")),
+            target=_str(obj.get("target")),
+            model=_str(obj.get("model")),
+            # The word the log line shows as reason=: the class, else the status (ledger.format_log_line).
+            reason=status if event == "breaker" else (error_class or status),
+            detail=_str(obj.get("reason")),
+            unclassified=error_class == "unknown" or obj.get("rule") == "unclassified",
+            ts=ts,
+            duration=float(duration) if isinstance(duration, (int, float)) and event == "success" else None,
+            source="ledger",
+        )
+
+    def _malformed(self, info: InputInfo) -> None:
+        self.malformed += 1
+        info.malformed += 1
+
+    @staticmethod
+    def _stamp(info: InputInfo, ts: float) -> None:
+        if info.first is None:
+            info.first = ts
+        info.last = ts
+
+    # -- one event, whichever path it came by --------------------------------------------------------------------
+
+    def event(
+        self,
+        event: str,
+        *,
+        task: str | None,
+        target: str | None = None,
+        model: str | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+        unclassified: bool | None = None,
+        ts: float | None = None,
+        duration: float | None = None,
+        source: str,
+    ) -> None:
+        """One event read by the careful path. `reason` is the word a log line shows as reason= (class or status)."""
+        counted = self._count(
+            event,
+            1,
+            task=task,
+            target=target,
+            model=model,
+            reason=reason,
+            source=source,
+            detail=detail,
+            unclassified=unclassified,
+        )
+        if not counted:
+            return
+        if event == "breaker" and reason == "open" and ts is not None:
+            self.trips_by_hour[int(ts) // 3600] += 1
+            self.trips_by_target[target or "?"] += 1
+        if duration is not None and duration >= 0 and ts is not None:
+            self.duration(task if task and task != "-" else None, [duration], recent=self.window.is_recent(int(ts)))
+
+    def _count(
+        self,
+        event: str,
+        n: int,
+        *,
+        task: str | None,
+        target: str | None,
+        model: str | None,
+        reason: str | None,
+        source: str,
+        detail: str | None = None,
+        unclassified: bool | None = None,
+    ) -> bool:
+        """Count `n` events of one kind; False when --task leaves them out."""
+        if task == "-" or not task:
+            task = None
+        if self.task is not None and task != self.task:
+            self.other_tasks += n
+            return False
+        self.events[event] += n
+        if reason:
+            if event in FAILURE_EVENTS:
+                self.reasons[reason] = self.reasons.get(reason, 0) + n
+            elif event == "fallback":
+                self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + n
+        if model:
+            self.by_model[model][event] += n
+        if target and target != "-":
+            self.by_target[target][event] += n
+        if task is not None:
+            stats = self.tasks.get(task)
+            if stats is None:
+                stats = self.tasks[task] = TaskStats()
+            if event == "success":
+                stats.successes += n
+            elif event == "retry":
+                stats.retries += n
+            elif event == "failed":
+                stats.failures += n
+            elif event == "fallback":
+                stats.fallbacks += n
+        if event in _FAILED_ATTEMPTS:
+            if unclassified is None:
+                unclassified = reason is not None and not self._known_word(reason)
+            if unclassified:
+                self.add_unclassified(detail or reason or "unknown", source, n=n)
+        return True
+
+    def duration(self, task: str | None, values: Sequence[float], *, recent: bool) -> None:
+        if not values:
+            return
+        total, count, longest = math.fsum(values), len(values), max(values)
+        self.timed += count
+        self.total_s += total
+        if task is None or (self.task is not None and task != self.task):
+            return
+        stats = self.tasks.get(task)
+        if stats is None:
+            stats = self.tasks[task] = TaskStats()
+        stats.timed += count
+        stats.total_s += total
+        stats.max_s = max(stats.max_s, longest)
+        if recent:
+            stats.recent_timed += count
+            stats.recent_total_s += total
+
+    def _known_word(self, word: str) -> bool:
+        """Whether a reason word names a class or status, or one of the classification rules reads it."""
+        known = self._word_known.get(word)
+        if known is None:
+            if word in ERROR_CLASSES or word in STATUS_WORDS:
+                known = word != "unknown"
+            else:
+                known = not self._classifier.classify(Failure(source="log", text=word), now=0).unclassified
+            if len(self._word_known) < 10_000:
+                self._word_known[word] = known
+        return known
+
+    def add_unclassified(self, text: str, source: str, *, n: int = 1, status: int | None = None) -> str | None:
+        """Count an error no rule classifies under its signature; return the signature (None: not grouped)."""
+        text = self.redactor.text(text.strip())[:500]
+        sig = signature(text)
+        entry = self.unclassified.get(sig)
+        if entry is None:
+            if len(self.unclassified) >= _MAX_SIGNATURES:
+                self.unclassified_other += n
+                return None
+            entry = self.unclassified[sig] = Signature(sig, status=status)
+        entry.count += n
+        entry.sources.add(source)
+        if len(entry.samples) < 2 and text not in entry.samples:
+            entry.samples.append(text)
+        return sig
+
+    def _prune_tasks(self) -> None:
+        """Keep the most active tasks when there are too many to hold; the report says how many were let go."""
+        limit = self.settings.max_tasks
+        if len(self.tasks) <= 2 * limit:
+            return
+        ranked = sorted(self.tasks.items(), key=lambda item: item[1].events, reverse=True)
+        for _, stats in ranked[limit:]:
+            self.tasks_folded += 1
+            self.folded_max_events = max(self.folded_max_events, stats.events)
+        self.tasks = dict(ranked[:limit])
+
+    # -- OpenClaw ---------------------------------------------------------------------------------------------------
+
+    def _openclaw(self, record: oc.Record) -> None:
+        self.openclaw_lines += 1
+        self.openclaw_levels[record.level] += 1
+        found = oc.failure(record)
+        if found is None:
+            return
+        if found.key in self._seen_failures:
+            return  # the same failure logged a second time (a cron run is logged twice)
+        if len(self._seen_failures) >= _DEDUPE_MEMORY:
+            del self._seen_failures[next(iter(self._seen_failures))]  # the oldest
+        if self.task is not None and found.job != self.task:
+            self._seen_failures[found.key] = (None, None)
+            self.other_tasks += 1
+            return
+        self.openclaw_failures[found.kind] += 1
+        samples = self.openclaw_samples.setdefault(found.kind, deque(maxlen=_MAX_SAMPLES))
+        sample: dict[str, Any] = {
+            "time": found.time,
+            "summary": self.redactor.text(found.summary),
+            "error": self.redactor.text(found.error),
+        }
+        for name in ("status", "reason", "model", "job", "fallback_configured"):
+            value = getattr(found, name)
+            if value is not None:
+                sample[name] = value
+        samples.append(sample)
+        sig = None
+        if found.kind != oc.SKILL_INVALID and found.error:
+            evidence = Failure(source="http" if found.status else "log", text=found.error, status=found.status)
+            if self._classifier.classify(evidence, now=0).unclassified:
+                sig = self.add_unclassified(found.error, "openclaw", status=found.status)
+        self._seen_failures[found.key] = (found.kind, sig)
+
+
+def _parse_key(key: bytes) -> tuple[bool, str, dict[str, str]]:
+    """(recent, event, fields) of a fast-path key such as `[SUCCESS] task=x model=m`."""
+    text = key.decode("utf-8", "replace")
+    recent = text.startswith("[")
+    tag, _, rest = text.lstrip("[").partition("] ")
+    fields = {}
+    for part in rest.split(" "):
+        name, _, value = part.partition("=")
+        if value.startswith('"') and value.endswith('"') and len(value) > 1:
+            with contextlib.suppress(ValueError):
+                value = str(json.loads(value))
+        fields[name] = value
+    return recent, tag.lower(), fields
+
+
+def _doubles() -> array[float]:
+    return array("d")
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+# --- signatures of unclassified errors ----------------------------------------------------------------------------
+
+_MASKS = (
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.I), "<url>"),
+    (re.compile(r"\d{4}-\d\d-\d\d[T ][\d:.]+(?:Z|[+-]\d\d:?\d\d)?"), "<time>"),
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I), "<id>"),
+    (re.compile(r"(?<![\w.-])(?:~|\.{1,2})?(?:/[\w.@+-]+){2,}/?"), "<path>"),
+    (re.compile(r'"[^"\n]*"'), '"<text>"'),
+    (re.compile(r"'[^'\n]*'"), "'<text>'"),
+    (re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", re.I), "<hex>"),
+    (re.compile(r"(?<![A-Za-z])\d+(?:\.\d+)?"), "<n>"),
+)
+_SPACE = re.compile(r"\s+")
+
+
+def signature(text: str) -> str:
+    """The shape of an error message: URLs, times, ids, paths, quoted values and numbers masked.
+
+    `timeout after 31s on /srv/a/b` and `timeout after 47s on /srv/c/d` share one signature.
+    """
+    out = _SPACE.sub(" ", text.strip())[:300]
+    for pattern, mask in _MASKS:
+        out = pattern.sub(mask, out)
+    return out
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+class Readable(Protocol):
+    """What the block reader needs of a file: readinto (files, gzip, stdin, a byte range of a file)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+class InputError(UsageError):
+    """An input named on the command line cannot be read as a log; the message names the file."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[Readable]:
+    """A log for reading as bytes: `-` is stdin; gzip (by name or by its magic bytes) is decompressed."""
+    if path == "-":
+        yield typing.cast(Readable, sys.stdin.buffer)  # a BufferedReader: it has readinto
+        return
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise InputError(path, "is a folder, not a log file")
+        fh = p.open("rb")
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except PermissionError:
+        raise InputError(path, "permission denied") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot open ({exc.strerror or exc})") from None
+    with fh:
+        try:
+            magic = fh.read(2)
+            fh.seek(0)
+        except OSError as exc:
+            raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+        if magic == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+                yield gz
+        elif p.suffix == ".gz":
+            raise InputError(path, "not gzip data, though the name ends in .gz")
+        else:
+            yield fh
+
+
+def iter_blocks(fh: Readable, *, block_bytes: int = BLOCK_BYTES, max_line: int) -> Iterator[tuple[memoryview, int]]:
+    """Whole lines in blocks of about `block_bytes`, and how many over-long lines were left out before each.
+
+    Each view starts with "\\n" and holds complete lines without the newline that ends the last one (the
+    last line of the input needs none). A line longer than `max_line` bytes is left out and counted: one
+    that does not fit in the buffer is read past in pieces, never held whole. Read and decompression
+    errors propagate. A view is valid until the next one is asked for.
+    """
+    buf = bytearray(block_bytes + max_line + 2)
+    view = memoryview(buf)
+    buf[0] = 0x0A  # every line, the first included, follows a newline
+    fill, long_lines, skipping = 1, 0, False
+    try:
+        while True:
+            n = fh.readinto(view[fill:])
+            if not n:
+                break
+            if skipping:  # inside an over-long line: drop what was read, up to its newline
+                cut = buf.find(b"\n", fill, fill + n)
+                if cut < 0:
+                    continue
+                skipping = False
+                rest = buf[cut + 1 : fill + n]  # a copy: source and target overlap
+                buf[1 : 1 + len(rest)] = rest
+                fill = 1 + len(rest)
+            else:
+                fill += n
+            if fill < block_bytes:
+                continue
+            end = buf.rfind(b"\n", 1, fill)
+            if end > 0:
+                for piece, skipped in _without_long_lines(buf, view, end, max_line):
+                    yield piece, long_lines + skipped
+                    long_lines = 0
+                tail = buf[end:fill]
+                buf[: len(tail)] = tail
+                fill = len(tail)
+            if fill - 1 > max_line:  # a line longer than the cap, still going: skip to its end
+                long_lines += 1
+                skipping, fill = True, 1
+        end = fill - 1 if buf[fill - 1] == 0x0A else fill  # the input's final newline ends its last line
+        if not skipping and end > 0:
+            for piece, skipped in _without_long_lines(buf, view, end, max_line):
+                yield piece, long_lines + skipped
+                long_lines = 0
+        if long_lines:
+            yield view[:0], long_lines
+    finally:
+        view.release()
+
+
+def _without_long_lines(buf: bytearray, view: memoryview, end: int, max_line: int) -> Iterator[tuple[memoryview, int]]:
+    """view[:end] in pieces that leave out lines longer than `max_line`, each with the count left out before it.
+
+    A line longer than the cap covers a whole aligned stretch of half the cap, so probing one newline per
+    stretch (a memchr over about one line) finds every candidate; a block of short lines costs a few probes.
+    """
+    half = max(1, max_line // 2)
+    start, skipped, probe = 0, 0, 1
+    while probe + half <= end:
+        if buf.find(b"\n", probe, probe + half) >= 0:
+            probe += half
+            continue
+        line_start = buf.rfind(b"\n", start, probe)
+        line_end = buf.find(b"\n", probe + half, end)
+        line_end = end if line_end < 0 else line_end
+        if line_end - line_start - 1 > max_line:
+            if line_start > start:
+                yield view[start:line_start], skipped
+                skipped = 0
+            skipped += 1
+            start = line_end
+        probe = line_end + 1
+    if end > start or skipped:
+        yield view[start:end], skipped
+
+
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # a plain file at least this big is split between worker processes
+
+
+class _Range:
+    """The bytes [start, end) of a file, read through readinto like a file."""
+
+    def __init__(self, fh: io.BufferedIOBase, start: int, end: int) -> None:
+        fh.seek(start)
+        self.fh, self.left = fh, end - start
+
+    def readinto(self, view: memoryview, /) -> int:
+        if self.left <= 0:
+            return 0
+        n = self.fh.readinto(view[: min(len(view), self.left)]) or 0
+        self.left -= n
+        return n
+
+
+def split_points(fh: io.BufferedIOBase, size: int, parts: int, *, window: int) -> list[int]:
+    """Offsets that cut a file into about equal parts, each just after a newline (0 and size included).
+
+    Each cut looks for a newline within `window` bytes of its place (the longest line worth reading); a
+    place inside a longer line gets no cut, so no line is ever split and no probe reads more than `window`.
+    """
+    cuts = [0]
+    for i in range(1, parts):
+        at = size * i // parts
+        fh.seek(at)
+        found = fh.read(window + 1).find(b"\n")
+        if found >= 0 and cuts[-1] < at + found + 1 < size:
+            cuts.append(at + found + 1)
+    cuts.append(size)
+    return cuts
+
+
+@dataclass
+class Scan:
+    """Scans inputs into one Tally; `workers` > 1 splits big plain files between forked processes."""
+
+    tally: Tally
+    pattern: re.Pattern[bytes]
+    max_line: int
+    workers: int = 1
+    inputs: list[InputInfo] = field(default_factory=list)
+
+    def read(self, path: str, source: str, *, strict: bool) -> None:
+        """Read one input; `strict` (named by the user) raises InputError, else the error is recorded."""
+        info = InputInfo(path, source)
+        self.inputs.append(info)
+        try:
+            with open_input(path) as fh:
+                size = _plain_size(fh)
+                if (
+                    self.workers > 1
+                    and size >= PARALLEL_MIN_BYTES
+                    and isinstance(fh, io.BufferedReader)
+                    and hasattr(os, "fork")
+                ):
+                    self._read_parallel(fh, size, info)
+                else:
+                    self.read_stream(fh, info)
+        except InputError as exc:
+            if strict:
+                raise
+            info.error = exc.problem
+        except (OSError, EOFError, zlib.error) as exc:
+            problem = _read_problem(exc)
+            if strict:
+                raise InputError(path, problem) from None
+            info.error = problem
+
+    def read_stream(self, fh: Readable, info: InputInfo, tally: Tally | None = None) -> None:
+        tally = tally or self.tally
+        findall = self.pattern.findall
+        was_enabled = gc.isenabled()
+        gc.disable()  # the rows are a block's worth of fresh tuples, none in a cycle; collections only cost
+        try:
+            for block, long_lines in iter_blocks(fh, max_line=self.max_line):
+                before = tally.lines
+                if long_lines:
+                    tally.lines += long_lines
+                    tally.malformed += long_lines
+                    info.malformed += long_lines
+                if len(block) <= 1:
+                    info.lines += long_lines
+                    continue
+                rows = findall(block)
+                if info.first is None:
+                    _first_stamp(block, info)
+                careful = tally.add_rows(rows)
+                for line in careful:
+                    tally.add_line(line, info)
+                _last_stamp(block, info)
+                info.lines += tally.lines - before
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _read_parallel(self, fh: io.BufferedReader, size: int, info: InputInfo) -> None:
+        """Split the file at newlines; forked workers scan the later parts while this process scans the first."""
+        cuts = split_points(fh, size, self.workers, window=self.max_line)
+        children: list[tuple[int, int]] = []
+        try:
+            for start, end in pairwise(cuts[1:]):
+                read_end, write_end = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+                    os.close(read_end)
+                    _worker(self, fh.name, (start, end), info, write_end)
+                os.close(write_end)
+                children.append((pid, read_end))
+            self.read_stream(_Range(fh, 0, cuts[1]), info)
+            for pid, read_end in children:
+                with os.fdopen(read_end, "rb") as pipe:
+                    payload = pipe.read()
+                _, status = os.waitpid(pid, 0)
+                if status != 0 or not payload:
+                    raise OSError(f"a worker process failed (status {status})")
+                outcome = pickle.loads(payload)  # noqa: S301 - our own forked child, over a private pipe
+                if isinstance(outcome, str):
+                    raise OSError(outcome)
+                part, part_info = outcome
+                self.tally.merge(part)
+                info.lines += part_info.lines
+                info.malformed += part_info.malformed
+                info.last = part_info.last if part_info.last is not None else info.last
+        finally:
+            for pid, read_end in children:
+                with contextlib.suppress(OSError):
+                    os.close(read_end)
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, 0)
+
+
+def _worker(scan: Scan, path: str, span: tuple[int, int], info: InputInfo, out: int) -> None:  # pragma: no cover
+    """A forked worker: scan [start, end) of the file, send the figures, exit without running the parent's code."""
+    start, end = span
+    code = 0
+    try:
+        tally = scan.tally.spawn()
+        part = InputInfo(info.path, info.source)
+        with open(path, "rb") as fh:
+            scan.read_stream(_Range(fh, start, end), part, tally)
+        payload = pickle.dumps((tally, part), protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as exc:  # anything at all goes back to the parent, as text
+        payload, code = pickle.dumps(f"worker for bytes {start}-{end}: {type(exc).__name__}: {exc}"), 1
+    with os.fdopen(out, "wb") as pipe:
+        pipe.write(payload)
+    os._exit(code)
+
+
+def _plain_size(fh: Readable) -> int:
+    """The size of a regular, uncompressed file (what can be split between workers), else 0."""
+    if not isinstance(fh, io.BufferedReader):
+        return 0
+    try:
+        st = os.fstat(fh.fileno())
+    except (OSError, ValueError):
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+
+_STAMP = re.compile(
+    rb'\n(?:(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?) |\{.*?"(?:ts|time)":"([^"]+)")'
+)
+
+
+def _first_stamp(block: memoryview, info: InputInfo) -> None:
+    m = _STAMP.search(block, 0, 1 << 16)
+    ts = parse_time((m.group(1) or m.group(2)).decode("ascii", "replace")) if m else None
+    if ts is not None and (info.first is None or ts < info.first):
+        info.first = ts
+
+
+def _last_stamp(block: memoryview, info: InputInfo) -> None:
+    start = max(0, len(block) - (1 << 16))
+    found = None
+    for m in _STAMP.finditer(block, start):
+        found = m
+    ts = parse_time((found.group(1) or found.group(2)).decode("ascii", "replace")) if found else None
+    if ts is not None:
+        info.last = ts
+
+
+def _read_problem(exc: BaseException) -> str:
+    if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
+        return f"corrupt or truncated gzip data ({exc})"
+    if isinstance(exc, OSError):
+        return f"read error ({exc.strerror or exc})"
+    return str(exc)
+
+
+def ledger_days(files: Iterable[Path], window: Window) -> list[Path]:
+    """The ledger's day files that can hold events of the window (a file per UTC day)."""
+    out = []
+    for path in files:
+        try:
+            year, month, mday = (int(x) for x in path.stem.split("-"))
+            day = calendar.timegm((year, month, mday, 0, 0, 0, 0, 0, 0))
+        except (ValueError, TypeError):
+            continue
+        if (window.since is None or day + 86400 > window.since) and (window.until is None or day < window.until):
+            out.append(path)
+    return out
+
+
+def log_files(log: Path) -> list[Path]:
+    """The skill's log and its rotations, oldest first (selfheal.log.3 ... selfheal.log)."""
+    rotated = sorted(
+        (p for p in log.parent.glob(log.name + ".*") if p.name[len(log.name) + 1 :].isdigit()),
+        key=lambda p: -int(p.name[len(log.name) + 1 :]),
+    )
+    return [*rotated, log] if log.is_file() else rotated

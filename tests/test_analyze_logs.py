@@ -1,0 +1,796 @@
+"""Log analysis: every input format counted exactly, bad input survived, the alert rules, the script's contract.
+
+Logs with known counts are generated here from a seed, next to the counts they must give; the OpenClaw
+fixtures are the real files of OpenClaw 2026.9.6 in /work/shared/fixtures/openclaw-logs.
+"""
+
+from __future__ import annotations
+
+import calendar
+import dataclasses
+import gzip
+import io
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import PYTHON, ROOT, SCRIPTS, script_env
+from selfheal import logscan
+from selfheal.classify import Failure, classify_error
+from selfheal.config import Config, load_config
+from selfheal.errors import UsageError
+from selfheal.ledger import Ledger
+from selfheal.logreport import analyze, parse_when, render_text
+from selfheal.logscan import InputError, Window, iter_blocks, parse_time, range_regex, signature
+from selfheal.store import StateRoot
+from selfheal.testing import FakeClock
+
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "openclaw-logs"
+GATEWAY = FIXTURES / "gateway-cron-agent-errors.jsonl"
+ANALYZE = str(SCRIPTS / "analyze_logs.py")
+T0 = calendar.timegm((2026, 6, 10, 0, 0, 0, 0, 0, 0))
+LATER = T0 + 365 * 86400  # "now" for logs that are all in the past
+MODELS = ("Qwen3-4B", "Qwen1.5-0.5B", "Phi-3-mini")
+REASONS = ("timeout", "format_error", "oom", "transient", "rate_limit", "auth")
+
+
+def iso(ts: float, zone: str = "Z") -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + zone
+
+
+# --- a seed-format log with known counts -----------------------------------------------------------------------
+
+
+@dataclass
+class Expected:
+    lines: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)  # of [RETRY] and [FAILED], as the documents count
+    retries: Counter[str] = field(default_factory=Counter)
+    durations: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    models: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    trips: Counter[int] = field(default_factory=Counter)  # per clock hour
+    fallbacks: int = 0
+
+
+def seed_log(seed: int, runs: int, *, zone: str = "Z", start: int = T0) -> tuple[list[str], Expected]:
+    """Runs of the first source document's kind: retries, then a success or a failure; fallbacks, breakers."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    exp = Expected()
+    t = start
+
+    def emit(line: str, event: str) -> None:
+        out.append(line)
+        exp.lines += 1
+        exp.events[event] += 1
+
+    for _ in range(runs):
+        task = f"doc-gen-{rng.randint(1, 40)}"
+        model = rng.choice(MODELS)
+        for attempt in range(1, 4):
+            t += rng.randint(1, 9)
+            ts = iso(t, zone)
+            reason = rng.choice(REASONS)
+            if attempt < 3 and rng.random() < 0.3:
+                emit(f"{ts} [RETRY] task={task} model={model} reason={reason} attempt={attempt}/3 delay=5s", "retry")
+                exp.reasons[reason] += 1
+                exp.retries[task] += 1
+                exp.models[model]["retry"] += 1
+                continue
+            if rng.random() < 0.12:
+                emit(f"{ts} [FAILED] task={task} reason={reason} attempts={attempt}", "failed")
+                exp.reasons[reason] += 1
+            else:
+                duration = round(rng.uniform(0.5, 95), rng.choice((0, 1, 2)))
+                tokens = rng.randint(100, 3000)
+                emit(f"{ts} [SUCCESS] task={task} duration={duration:g}s tokens={tokens}", "success")
+                exp.durations[task].append(float(f"{duration:g}"))
+            break
+        if rng.random() < 0.05:
+            t += 1
+            emit(f"{iso(t, zone)} [FALLBACK] task={task} target=qwen3-4b model=Qwen3-4B reason=transient", "fallback")
+            exp.models["Qwen3-4B"]["fallback"] += 1
+            exp.fallbacks += 1
+        if rng.random() < 0.03:
+            t += 1
+            state = rng.choice(("open", "open", "half_open", "closed"))
+            detail = '"5 consecutive failures (transient)"'
+            emit(
+                f"{iso(t, zone)} [BREAKER] task=- target=qwen3-4b state={state} reason=transient detail={detail}",
+                "breaker",
+            )
+            if state == "open":
+                exp.trips[t // 3600] += 1
+    return out, exp
+
+
+def write(path: Path, lines: list[str], *, end: str = "\n") -> Path:
+    path.write_text("".join(line + end for line in lines), encoding="utf-8")
+    return path
+
+
+def report_of(*paths: Path | str, config: Config | None = None, **kwargs: Any) -> dict[str, Any]:
+    kwargs.setdefault("now", LATER)
+    return analyze([str(p) for p in paths], config=config or load_config(), **kwargs)
+
+
+def with_analysis(config: Config, **changes: Any) -> Config:
+    return dataclasses.replace(config, analysis=dataclasses.replace(config.analysis, **changes))
+
+
+def check_counts(report: dict[str, Any], exp: Expected) -> None:
+    """Every figure of a seed-format log against what the generator wrote."""
+    assert report["lines"]["total"] == exp.lines
+    assert report["lines"]["malformed"] == 0
+    assert report["events"] == dict(exp.events)
+    assert {r["reason"]: r["count"] for r in report["failure_reasons"]} == dict(exp.reasons)
+    assert report["failure_reasons_total"] == sum(exp.reasons.values())
+    assert report["runs"]["finished"] == exp.events["success"] + exp.events["failed"]
+    assert report["fallback"]["events"] == exp.fallbacks
+    most = sorted(exp.retries.items(), key=lambda kv: (-kv[1], kv[0]))[:10]  # ties by name
+    assert [(r["task"], r["retries"]) for r in report["tasks"]["most_retried"]] == most
+    means = {task: math.fsum(v) / len(v) for task, v in exp.durations.items()}
+    slowest = sorted(means.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert [r["task"] for r in report["tasks"]["slowest"]] == [task for task, _ in slowest]
+    for row, (_, mean) in zip(report["tasks"]["slowest"], slowest, strict=True):
+        assert row["mean_s"] == pytest.approx(mean, abs=6e-4)  # the report rounds to milliseconds
+    assert {r["model"]: r["retry"] for r in report["models"]} == {m: c["retry"] for m, c in exp.models.items()}
+    assert report["breakers"]["trips"] == sum(exp.trips.values())
+    assert report["breakers"]["max_per_hour"] == max(exp.trips.values(), default=0)
+
+
+# --- the formats, counted exactly --------------------------------------------------------------------------------
+
+
+def test_a_generated_seed_log_is_counted_exactly(tmp_path: Path) -> None:
+    """Every figure of a seed-format log with known counts: events, reasons, tasks, durations, models, breakers."""
+    lines, exp = seed_log(1, 3000)
+    check_counts(report_of(write(tmp_path / "a.log", lines)), exp)
+
+
+@pytest.mark.parametrize("zone", ["Z", "", ".250Z"], ids=["skill-log", "source-documents", "millis"])
+def test_timestamps_with_or_without_a_zone_are_read_the_same(tmp_path: Path, zone: str) -> None:
+    """The skill's `...Z` lines and the documents' zone-less ones (UTC) give the same counts."""
+    lines, exp = seed_log(2, 800, zone=zone)
+    check_counts(report_of(write(tmp_path / "a.log", lines)), exp)
+
+
+def test_crlf_line_ends_and_a_missing_final_newline_change_nothing(tmp_path: Path) -> None:
+    lines, exp = seed_log(3, 500)
+    path = tmp_path / "a.log"
+    path.write_bytes("\r\n".join(lines).encode())  # no newline after the last line
+    check_counts(report_of(path), exp)
+
+
+def test_a_gzipped_log_gives_the_same_report_as_the_plain_one(tmp_path: Path) -> None:
+    lines, exp = seed_log(4, 1500)
+    plain = write(tmp_path / "a.log", lines)
+    with gzip.open(tmp_path / "a.log.gz", "wb") as fh:
+        fh.write(plain.read_bytes())
+    zipped = report_of(tmp_path / "a.log.gz")
+    check_counts(zipped, exp)
+    assert zipped["events"] == report_of(plain)["events"]
+
+
+def test_small_blocks_and_key_folds_do_not_change_any_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of a few lines and a fold of the pending keys every few lines: the same exact figures."""
+    lines, exp = seed_log(5, 1200)
+    path = write(tmp_path / "a.log", lines)
+    monkeypatch.setattr(logscan, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(logscan, "_MAX_KEYS", 7)
+    monkeypatch.setattr(logscan, "_MAX_DURATIONS", 5)
+    monkeypatch.setattr(logscan.iter_blocks, "__defaults__", (512,))
+    check_counts(report_of(path), exp)
+
+
+def test_the_gateway_fixture_gives_its_known_failures() -> None:
+    """1 failed cron job (logged twice), 2 lane errors, 1 exhausted chain (no fallback configured), 7 ERROR lines."""
+    report = report_of(GATEWAY)
+    oc = report["openclaw"]
+    assert (oc["cron_failed"], oc["lane_errors"], oc["fallback_exhausted"], oc["cli_failed"]) == (1, 2, 1, 1)
+    assert oc["skill_invalid"] == 0
+    assert oc["levels"]["ERROR"] == 7
+    assert oc["lines"] == report["lines"]["total"] == 79
+    assert report["lines"]["malformed"] == 0
+    chain = oc["latest"]["fallback_exhausted"][0]
+    assert (chain["model"], chain["status"], chain["fallback_configured"]) == ("openai/gpt-6-astra", 401, False)
+    assert oc["latest"]["cron_failed"][0]["job"] == "oc-selfheal-health-fail"
+
+
+def test_every_openclaw_fixture_is_read_without_a_malformed_line() -> None:
+    report = report_of(*sorted(FIXTURES.glob("*.jsonl")))
+    assert report["lines"]["total"] == report["openclaw"]["lines"] == 79 + 11 + 6 + 13
+    assert report["lines"]["malformed"] == 0
+    assert report["openclaw"]["skill_invalid"] == 2  # oc-broken and oc-nodesc in the skills commands log
+    assert [i["lines"] for i in report["inputs"]] == [11, 6, 13, 79]  # cli-day1, cli-day2, cli-skills, gateway
+
+
+def test_openclaw_lines_mixed_into_a_seed_log_are_still_found(tmp_path: Path) -> None:
+    """Detection is per line: one file holding both formats gives both sets of figures."""
+    lines, exp = seed_log(6, 400)
+    gateway = GATEWAY.read_text().splitlines()
+    mixed = lines[:200] + gateway + lines[200:]
+    report = report_of(write(tmp_path / "mixed.log", mixed))
+    assert report["events"] == dict(exp.events)
+    assert report["openclaw"]["cron_failed"] == 1 and report["openclaw"]["lane_errors"] == 2
+
+
+def test_ledger_events_are_read_and_the_log_of_the_same_state_is_not_counted_twice(
+    state: StateRoot, config: Config, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Default inputs: the ledger, not the log beside it (the same events); the log when there is no ledger."""
+    clock._wall = T0 + 3600
+    ledger = Ledger(state, config, clock=clock)
+    for i in range(6):
+        ledger.record("retry", task="nightly", target="vendor", error_class="timeout", reason="timed out", attempt=1)
+        clock.advance(10)
+        ledger.record("success", task="nightly", target="vendor", duration_s=12.5 + i, attempt=2)
+        clock.advance(10)
+    ledger.record("failed", task="nightly", target="vendor", error_class="auth", reason="HTTP 401", attempt=1)
+    ledger.record("breaker", target="vendor", status="open", error_class="auth", reason="a refused key")
+    empty = tmp_path / "no-openclaw"
+    kwargs: dict[str, Any] = {"config": config, "state": state, "now": T0 + 7200, "openclaw_dir": empty}
+    from_ledger = analyze(None, env={"HOME": str(tmp_path)}, **kwargs)
+    assert [i["source"] for i in from_ledger["inputs"]] == ["ledger"]
+    assert from_ledger["events"] == {"success": 6, "retry": 6, "breaker": 1, "failed": 1}
+    assert from_ledger["tasks"]["slowest"][0] == {"task": "nightly", "runs": 6, "mean_s": 15.0, "max_s": 17.5}
+    assert from_ledger["breakers"]["trips"] == 1
+    for path in state.sub("ledger").iterdir():
+        path.unlink()
+    from_log = analyze(None, env={"HOME": str(tmp_path)}, **kwargs)
+    assert [i["source"] for i in from_log["inputs"]] == ["log"]
+    for key in ("events", "failure_reasons", "runs", "tasks", "breakers"):
+        assert from_log[key] == from_ledger[key], key
+
+
+def test_default_inputs_cover_the_last_day_unless_told_otherwise(
+    state: StateRoot, config: Config, clock: FakeClock, tmp_path: Path
+) -> None:
+    clock._wall = T0
+    ledger = Ledger(state, config, clock=clock)
+    ledger.record("success", task="old", duration_s=1.0)
+    clock.advance(3 * 86400)
+    ledger.record("success", task="new", duration_s=1.0)
+    kwargs: dict[str, Any] = {"config": config, "state": state, "env": {"HOME": str(tmp_path)}}
+    kwargs["openclaw_dir"] = tmp_path / "none"
+    recent = analyze(None, now=T0 + 3 * 86400 + 60, **kwargs)
+    assert recent["events"] == {"success": 1} and recent["tasks"]["slowest"][0]["task"] == "new"
+    everything = analyze(None, now=T0 + 3 * 86400 + 60, since=None, default_since=False, **kwargs)
+    assert everything["events"] == {"success": 2}
+
+
+# --- the time window -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        ("2026-06-10T00:00:00", "2026-06-10T00:00:10"),
+        ("2019-12-31T23:59:59", "2020-01-01T00:00:01"),
+        ("2026-09-30T09:59:59", "2026-10-01T10:00:00"),
+        ("2026-06-10T00:00:05", None),
+        (None, "2026-06-10T00:00:05"),
+    ],
+)
+def test_the_window_regex_agrees_with_comparing_seconds(since: str | None, until: str | None) -> None:
+    """The C-level window and a plain comparison of seconds agree at every second around the bounds."""
+    lo = int(parse_time(since)) if since else None
+    hi = int(parse_time(until)) if until else None
+    pattern = re.compile(range_regex(lo, hi) or "")
+    probes = {t + d for t in (lo, hi) if t is not None for d in range(-3, 4)}
+    probes |= {t + d for t in (lo, hi) if t is not None for d in (-86400, -3600, 3600, 86400 * 40)}
+    for ts in sorted(probes):
+        text = iso(ts, "")
+        inside = (lo is None or ts >= lo) and (hi is None or ts < hi)
+        assert bool(pattern.match(text)) == inside, (text, since, until)
+        assert bool(pattern.match(text.replace("T", " "))) == inside
+
+
+def test_since_and_until_count_lines_to_the_second_on_both_paths(tmp_path: Path) -> None:
+    """Lines on each side of both bounds, read by the fast path (UTC) and the careful path (+02:00, [BREAKER])."""
+    lines = []
+    for offset in (-1, 0, 1, 98, 99, 100):
+        t = T0 + offset
+        lines.append(f"{iso(t)} [RETRY] task=a model=m reason=timeout attempt=1/3")
+        local = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t + 7200)) + "+02:00"
+        lines.append(f"{local} [FAILED] task=b reason=auth attempts=1")
+        lines.append(f"{iso(t)} [BREAKER] task=- target=t state=open reason=auth")
+        lines.append(json.dumps({"ts": iso(t).replace("Z", ".000Z"), "event": "success", "task": "c", "duration_s": 2}))
+    report = report_of(write(tmp_path / "a.log", lines), since=T0, until=T0 + 100)
+    assert report["events"] == {"retry": 4, "failed": 4, "breaker": 4, "success": 4}
+    assert report["lines"]["outside_window"] == 8
+    assert report["lines"]["malformed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("24h", LATER - 86400),
+        ("30m", LATER - 1800),
+        ("7d", LATER - 7 * 86400),
+        ("90", LATER - 90),
+        ("2026-06-10", T0),
+        ("2026-06-10T03:00Z", T0 + 3 * 3600),
+        ("2026-06-10 05:00:00+02:00", T0 + 3 * 3600),
+        ("all", None),
+    ],
+)
+def test_times_on_the_command_line(text: str, expected: int | None) -> None:
+    assert parse_when(text, now=LATER) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "24x", "2026-13-01", ""])
+def test_a_bad_time_is_a_usage_error_naming_it(text: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(repr(text))):
+        parse_when(text, now=LATER)
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+def test_garbage_binary_junk_and_truncated_json_are_counted_as_malformed(tmp_path: Path) -> None:
+    lines, exp = seed_log(7, 600)
+    junk = [
+        "garbage",
+        "\x00\x01\x02 binary \xff junk",
+        '{"ts": "2026-06-10T00:00:00.000Z", "event": "retry", "task"',  # truncated
+        '{"no": "known fields"}',
+        "[1, 2, 3]",
+        "2026-99-99T99:99:99Z [RETRY] task=x reason=timeout",  # a time that does not exist
+        "{" * 5000,
+        "[RETRY] task=x reason=timeout",  # no time at all
+    ]
+    rng = random.Random(0)
+    mixed = list(lines)
+    for item in junk:
+        mixed.insert(rng.randrange(len(mixed)), item)
+    raw = "\n".join(mixed).encode("utf-8", "surrogateescape") + b"\n\n  \n" + bytes(range(256)).replace(b"\n", b"")
+    (tmp_path / "a.log").write_bytes(raw)
+    report = report_of(tmp_path / "a.log")
+    assert report["lines"]["malformed"] == len(junk) + 1
+    assert report["lines"]["blank"] == 2
+    assert report["lines"]["total"] == exp.lines + len(junk) + 3
+    assert report["events"] == dict(exp.events)
+
+
+def test_over_long_lines_are_skipped_wherever_they_fall(tmp_path: Path) -> None:
+    """Mid-block, across blocks, and at the end without a newline: each is one malformed line, nothing else is lost."""
+    lines, exp = seed_log(8, 300)
+    long_line = "x" * 5000
+    body = [*lines[:100], long_line, *lines[100:200], "y" * 50_000, *lines[200:]]
+    path = tmp_path / "a.log"
+    path.write_text("\n".join(body) + "\n" + "z" * 9000)
+    config = with_analysis(load_config(), max_line_bytes=2048)
+    for block in (1024, 4096, 1 << 20):
+        with path.open("rb") as fh:
+            tally = logscan.Tally(config.analysis, config.classify, Window())
+            scan = logscan.Scan(tally, logscan.fast_pattern(Window()), 2048)
+            info = logscan.InputInfo(str(path), "explicit")
+            pieces = list(iter_blocks(fh, block_bytes=block, max_line=2048))
+            assert max(len(view) for view, _ in pieces) <= block + 2048 + 2
+            fh.seek(0)
+            scan.read_stream(fh, info)
+        tally.fold()
+        assert (tally.malformed, tally.events) == (3, exp.events), block
+
+
+def test_blocks_hold_exactly_the_input_lines(tmp_path: Path) -> None:
+    """Random lines and block sizes: the blocks give back every line in order, the long ones left out and counted."""
+    rng = random.Random(9)
+    for _ in range(40):
+        lines = [os.urandom(rng.choice((0, 1, 5, 40, 300))).hex()[: rng.randrange(0, 400)] for _ in range(60)]
+        data = "\n".join(lines) + rng.choice(("", "\n"))
+        cap = rng.choice((50, 120, 400))
+        block = rng.choice((1, 7, 64, 500, 4096))
+        got: list[str] = []
+        skipped = 0
+        for view, left_out in iter_blocks(io.BytesIO(data.encode()), block_bytes=block, max_line=cap):
+            skipped += left_out
+            got += bytes(view).decode().split("\n")[1:]
+        expected = data.split("\n")
+        if data.endswith("\n"):
+            expected.pop()
+        assert got == [x for x in expected if len(x) <= cap]
+        assert skipped == sum(1 for x in expected if len(x) > cap)
+
+
+@pytest.mark.slow
+def test_a_2_gb_file_without_a_newline_is_one_malformed_line_in_flat_memory(tmp_path: Path, home: Path) -> None:
+    """2 GiB of NUL bytes, no newline (a sparse file): one malformed line, the process stays under 100 MB."""
+    path = tmp_path / "huge.log"
+    with path.open("wb") as fh:
+        fh.truncate(2 << 30)
+    code = (
+        "import json, resource, subprocess, sys\n"
+        f"p = subprocess.run([sys.executable, {ANALYZE!r}, '--json', {str(path)!r}], capture_output=True)\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "print(json.dumps({'rc': p.returncode, 'out': p.stdout.decode(), 'rss_mb': rss}))\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", code], capture_output=True, text=True, env=script_env(home), timeout=300, check=True
+    )
+    result = json.loads(proc.stdout)
+    report = json.loads(result["out"])
+    assert result["rc"] == 0
+    assert report["lines"] == {"total": 1, "malformed": 1, "blank": 0, "outside_window": 0, "other_tasks": 0}
+    assert result["rss_mb"] < 100
+
+
+def test_a_corrupt_gzip_named_on_the_command_line_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    lines, _ = seed_log(10, 2000)
+    data = gzip.compress("\n".join(lines).encode())
+    (tmp_path / "cut.log.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "flipped.log.gz").write_bytes(data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:])
+    (tmp_path / "fake.log.gz").write_text("not gzip at all\n")
+    for name in ("cut.log.gz", "flipped.log.gz", "fake.log.gz"):
+        with pytest.raises(InputError, match=re.escape(str(tmp_path / name))):
+            report_of(tmp_path / name)
+
+
+def test_an_unreadable_discovered_log_is_reported_and_the_rest_analysed(
+    state: StateRoot, config: Config, tmp_path: Path
+) -> None:
+    """A corrupt rotation in OpenClaw's log folder does not stop the report (nobody asked for that file)."""
+    folder = tmp_path / "openclaw"
+    folder.mkdir()
+    (folder / "openclaw-2026-11-21.log").write_bytes(GATEWAY.read_bytes())
+    (folder / "openclaw-2026-11-20.log.gz").write_bytes(gzip.compress(GATEWAY.read_bytes())[:300])
+    report = analyze(
+        None,
+        config=config,
+        state=state,
+        env={"HOME": str(tmp_path)},
+        now=LATER,
+        since=None,
+        default_since=False,
+        openclaw_dir=folder,
+    )
+    errors = {Path(i["path"]).name: i.get("error") for i in report["inputs"]}
+    assert errors["openclaw-2026-11-21.log"] is None
+    assert "gzip" in errors["openclaw-2026-11-20.log.gz"]
+    assert report["openclaw"]["cron_failed"] == 1
+
+
+# --- the alert rules -----------------------------------------------------------------------------------------------
+
+
+def runs(task: str, outcomes: str, *, start: int = T0, duration: float = 10.0, zone: str = "Z") -> list[str]:
+    """One line per run: s = success (with `duration`), f = failed, b = breaker trip, r = retry, F = fallback."""
+    words = {
+        "s": f"[SUCCESS] task={task} duration={duration:g}s",
+        "f": f"[FAILED] task={task} reason=timeout",
+        "r": f"[RETRY] task={task} reason=timeout",
+        "F": f"[FALLBACK] task={task} target=primary reason=transient",
+        "b": "[BREAKER] task=- target=primary state=open reason=transient",
+    }
+    return [f"{iso(start + i, zone)} {words[c]}" for i, c in enumerate(outcomes)]
+
+
+def rules(report: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(a["priority"], a["rule"]) for a in report["alerts"]]
+
+
+def test_p1_when_the_success_rate_is_under_90_percent(tmp_path: Path) -> None:
+    assert rules(report_of(write(tmp_path / "a.log", runs("t", "s" * 9 + "f")))) == []  # 90% exactly
+    report = report_of(write(tmp_path / "b.log", runs("t", "s" * 8 + "ff")))
+    assert rules(report) == [("P1", "success_rate")]
+    assert report["alerts"][0]["value"] == 0.8
+
+
+def test_p2_when_more_than_10_breakers_trip_within_one_clock_hour(tmp_path: Path) -> None:
+    ten = runs("t", "b" * 10, start=T0 + 100) + runs("t", "b" * 10, start=T0 + 3600)
+    assert rules(report_of(write(tmp_path / "a.log", ten))) == []
+    eleven = runs("t", "b" * 11, start=T0 + 3595)  # 11 in a row, but 5 in one clock hour and 6 in the next
+    assert rules(report_of(write(tmp_path / "b.log", eleven))) == []
+    report = report_of(write(tmp_path / "c.log", runs("t", "b" * 11, start=T0 + 3600)))
+    assert rules(report) == [("P2", "breaker_trips_per_hour")]
+    assert report["breakers"]["peak_hour"] == iso(T0 + 3600)
+
+
+def test_p2_when_fallbacks_exceed_20_percent_of_runs(tmp_path: Path) -> None:
+    assert rules(report_of(write(tmp_path / "a.log", runs("t", "FF" + "s" * 10)))) == []  # 20% exactly
+    assert rules(report_of(write(tmp_path / "b.log", runs("t", "FFF" + "s" * 10)))) == [("P2", "fallback_rate")]
+
+
+def test_p3_when_a_tasks_recent_mean_is_over_twice_its_earlier_mean(tmp_path: Path) -> None:
+    """Baseline: the task's mean before the recent hour (10 s); recent mean 25 s; another task stays steady."""
+    now = T0 + 10 * 3600
+    lines = runs("slow", "s" * 5, start=T0, duration=10) + runs("slow", "sss", start=now - 600, duration=25)
+    lines += runs("steady", "s" * 5, start=T0, duration=10) + runs("steady", "sss", start=now - 600, duration=19)
+    report = report_of(write(tmp_path / "a.log", lines), now=now)
+    assert rules(report) == [("P3", "mean_time")]
+    (row,) = report["alerts"][0]["tasks"]
+    assert row == {
+        "task": "slow",
+        "recent_runs": 3,
+        "recent_mean_s": 25.0,
+        "baseline_s": 10.0,
+        "baseline": "mean of 5 earlier runs",
+        "factor": 2.5,
+    }
+    # The same lines read as an older log (now a year later): nothing is recent, nothing to judge.
+    assert rules(report_of(tmp_path / "a.log", now=LATER)) == []
+
+
+def test_p3_recent_period_ends_at_until(tmp_path: Path) -> None:
+    lines = runs("slow", "s" * 5, start=T0, duration=10) + runs("slow", "sss", start=T0 + 5000, duration=30)
+    report = report_of(write(tmp_path / "a.log", lines), until=T0 + 5010)
+    assert rules(report) == [("P3", "mean_time")]
+
+
+def test_p3_uses_a_configured_baseline(tmp_path: Path) -> None:
+    now = T0 + 3600
+    path = write(tmp_path / "a.log", runs("job", "sss", start=now - 100, duration=50, zone=""))
+    assert rules(report_of(path, now=now)) == []  # no earlier runs: no baseline to compare with
+    config = with_analysis(load_config(), baselines={"job": 20.0})
+    report = report_of(path, now=now, config=config)
+    assert rules(report) == [("P3", "mean_time")]
+    assert report["alerts"][0]["tasks"][0]["baseline"] == "configured"
+
+
+def test_thresholds_come_from_the_users_config(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    write_config("analysis: {success_rate_p1: 0.5, min_runs: 20}\n")
+    path = write(tmp_path / "a.log", runs("t", "s" * 8 + "ff"))
+    assert rules(report_of(path, config=load_config())) == []
+    write_config("analysis: {success_rate_p1: 0.5}\n")
+    assert rules(report_of(path, config=load_config())) == []
+    write_config("analysis: {success_rate_p1: 0.95}\n")
+    assert rules(report_of(path, config=load_config())) == [("P1", "success_rate")]
+
+
+def test_a_bad_threshold_in_config_names_the_key(write_config: Callable[[str], Path]) -> None:
+    path = write_config("analysis: {fallback_rate_p2: -1}\n")
+    with pytest.raises(UsageError, match=rf"{re.escape(str(path))}:1:.*analysis.fallback_rate_p2: must be >= 0"):
+        load_config()
+
+
+# --- unclassified errors and suggested rules ------------------------------------------------------------------------
+
+
+def test_unclassified_errors_are_grouped_by_shape_with_a_rule_that_classifies_them(
+    state: StateRoot, config: Config, clock: FakeClock, tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    clock._wall = T0
+    ledger = Ledger(state, config, clock=clock)
+    for n in (31, 47, 1200):
+        ledger.record(
+            "retry",
+            task="sync",
+            error_class="unknown",
+            rule="unclassified",
+            reason=f"vendor queue /srv/q{n}/in is full after {n} tries",
+        )
+    ledger.record("failed", task="sync", error_class="unknown", reason="Upstream replied QUOTA_HOLD for acct 991")
+    report = analyze([str(p) for p in state.sub("ledger").iterdir()], config=config, now=LATER)
+    groups = {row["signature"]: row for row in report["unclassified"]["signatures"]}
+    assert set(groups) == {"vendor queue <path> is full after <n> tries", "Upstream replied QUOTA_HOLD for acct <n>"}
+    full = groups["vendor queue <path> is full after <n> tries"]
+    assert full["count"] == 3 and full["sources"] == ["ledger"]
+    assert full["suggested_rule"]["class"] == "unknown"  # nothing in its words says what it is: a person decides
+    # The suggestion, pasted into config.yaml with a class chosen, loads and classifies every sample.
+    snippet = yaml.safe_load(full["yaml"])
+    snippet["classify"]["extra_rules"][0]["class"] = "transient"
+    write_config(yaml.safe_dump(snippet))
+    settings = load_config().classify
+    for sample in full["samples"]:
+        assert classify_error(Failure(source="log", text=sample), settings=settings).error_class == "transient"
+    assert (
+        classify_error(Failure(source="log", text="vendor queue /x/y is fine"), settings=settings).rule
+        != (snippet["classify"]["extra_rules"][0]["name"])
+    )
+
+
+def test_seed_reasons_no_rule_knows_are_unclassified_with_a_guessed_class(tmp_path: Path) -> None:
+    """`format_error` is no class and no rule reads it; `oom` is read by a rule; `unknown` has nothing to go on."""
+    lines = [f"{iso(T0 + i)} [RETRY] task=t reason={r}" for i, r in enumerate(["format_error", "oom", "timeout"] * 2)]
+    lines.append(f"{iso(T0 + 9)} [FAILED] task=t reason=unknown")
+    report = report_of(write(tmp_path / "a.log", lines))
+    rows = {row["signature"]: row for row in report["unclassified"]["signatures"]}
+    assert set(rows) == {"format_error", "unknown"}
+    assert rows["format_error"]["count"] == 2
+    assert rows["format_error"]["suggested_rule"] == {
+        "name": "log-format-error",
+        "class": "format",
+        "pattern": "(?i)format_error",
+    }
+    assert rows["unknown"]["suggested_rule"] is None
+
+
+def test_openclaw_errors_no_rule_knows_get_a_rule_suggestion() -> None:
+    report = report_of(GATEWAY)
+    rows = {row["signature"]: row for row in report["unclassified"]["signatures"]}
+    auth = rows["No route-compatible authentication source is configured for openai."]
+    assert auth["count"] == 2 + 1  # both lanes of the turn, and the CLI's reason line
+    assert auth["suggested_rule"]["class"] == "auth"
+    assert "command exited with code <n>" in rows  # the cron job
+    assert report["unclassified"]["count"] == 4  # the exhausted chain (HTTP 401) is classified: auth
+
+
+def test_secrets_in_error_texts_never_reach_the_report(tmp_path: Path) -> None:
+    key = "sk-proj-" + "A1b2C3d4" * 4
+    line = json.dumps(
+        {
+            "ts": "2026-06-10T00:00:00.000Z",
+            "event": "failed",
+            "task": "t",
+            "error_class": "unknown",
+            "reason": f"call failed with Authorization: Bearer {key} at https://u:hunter22@host/x",
+        }
+    )
+    report = report_of(write(tmp_path / "a.log", [line]))
+    text = json.dumps(report) + render_text(report)
+    assert key not in text and "hunter22" not in text
+    assert "***" in report["unclassified"]["signatures"][0]["samples"][0]
+
+
+def test_signatures_mask_what_varies() -> None:
+    assert signature("timeout after 31s on /srv/a/b") == signature("timeout after 47.5s on /srv/c/d")
+    assert signature('no key "abc" at 2026-06-10T03:12:18Z') == 'no key "<text>" at <time>'
+    assert signature("request 3f2a9c0d1e8b7a65 failed") == "request <hex> failed"
+
+
+# --- tasks, workers, memory ---------------------------------------------------------------------------------------
+
+
+def test_task_narrows_every_figure_to_one_task(tmp_path: Path) -> None:
+    lines, exp = seed_log(11, 1500)
+    task = exp.retries.most_common(1)[0][0]
+    report = report_of(write(tmp_path / "a.log", lines), task=task)
+    assert report["tasks"]["count"] == 1
+    assert report["runs"]["retries"] == exp.retries[task]
+    assert report["runs"]["succeeded"] == len(exp.durations[task])
+    assert report["lines"]["other_tasks"] > 0
+
+
+def test_workers_give_the_same_report_as_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file split between forked workers, its cuts falling anywhere, OpenClaw duplicates across a cut included."""
+    lines, exp = seed_log(12, 4000)
+    gateway = GATEWAY.read_text().splitlines()
+    body = [*lines[:1000], *gateway, *lines[1000:3000], *gateway[:40], *lines[3000:3500], "x" * 60_000, *lines[3500:]]
+    path = write(tmp_path / "a.log", body)
+    config = with_analysis(load_config(), max_line_bytes=16384)  # above every real OpenClaw line
+    one = report_of(path, config=dataclasses.replace(config, analysis=dataclasses.replace(config.analysis, workers=1)))
+    assert one["lines"]["malformed"] == 1
+    monkeypatch.setattr(logscan, "PARALLEL_MIN_BYTES", 1)
+    for workers in (2, 3, 7, 40):
+        many = report_of(
+            path, config=dataclasses.replace(config, analysis=dataclasses.replace(config.analysis, workers=workers))
+        )
+        assert {k: v for k, v in many.items() if k != "inputs"} == {k: v for k, v in one.items() if k != "inputs"}
+        assert many["inputs"][0]["lines"] == one["inputs"][0]["lines"] == len(body)
+    assert one["events"]["retry"] == exp.events["retry"]
+
+
+def test_many_tasks_are_bounded_and_the_report_says_so(tmp_path: Path) -> None:
+    """More tasks than max_tasks: the least active are let go; totals, reasons and models stay exact."""
+    lines = [f"{iso(T0 + i)} [RETRY] task=t{i} model=m reason=timeout" for i in range(600)]
+    lines += [f"{iso(T0 + 1000 + i)} [RETRY] task=busy model=m reason=timeout" for i in range(50)]
+    config = with_analysis(load_config(), max_tasks=10)
+    report = report_of(write(tmp_path / "a.log", lines), config=config)
+    assert report["events"] == {"retry": 650}
+    assert report["models"][0]["retry"] == 650
+    assert report["tasks"]["folded"] > 0 and report["tasks"]["count"] <= 20
+    assert report["tasks"]["most_retried"][0] == {
+        "task": "busy",
+        "retries": 50,
+        "runs": 0,
+        "failed": 0,
+        "retries_per_run": None,
+    }
+
+
+# --- the script ---------------------------------------------------------------------------------------------------
+
+
+def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, ANALYZE, *args], capture_output=True, text=True, env=script_env(home, **env), timeout=120, check=False
+    )
+
+
+def test_json_is_one_object_and_an_alert_exits_1(tmp_path: Path, home: Path) -> None:
+    path = write(tmp_path / "a.log", runs("t", "s" * 8 + "ff"))
+    proc = run(home, "--json", str(path))
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False and rules(report) == [("P1", "success_rate")]
+    calm = run(home, "--json", str(write(tmp_path / "b.log", runs("t", "s" * 10))))
+    assert calm.returncode == 0 and json.loads(calm.stdout)["ok"] is True
+
+
+def test_the_text_report_leads_with_the_alerts(tmp_path: Path, home: Path) -> None:
+    lines, _ = seed_log(13, 300)
+    proc = run(home, str(write(tmp_path / "a.log", lines + runs("t", "f" * 60, start=T0 + 86400))), str(GATEWAY))
+    assert proc.returncode == 1
+    out = proc.stdout
+    assert out.index("ALERTS") < out.index("Runs:") < out.index("Top failure reasons")
+    assert "P1 success rate" in out
+    assert "OpenClaw: 79 lines" in out and "1 failed cron job," in out and "2 lane errors" in out
+    assert "a rule for config.yaml" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{tmp}/missing.log"], "{tmp}/missing.log: no such file"),
+        (["{tmp}"], "{tmp}: is a folder, not a log file"),
+        (["--since", "last tuesday", "{tmp}/a.log"], "--since 'last tuesday': use a duration"),
+        (["--task", "../etc", "{tmp}/a.log"], "invalid task id '../etc'"),
+        (["--since", "2h", "--until", "3h", "{tmp}/a.log"], "must be before --until"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message_and_no_traceback(
+    tmp_path: Path, home: Path, args: list[str], message: str
+) -> None:
+    write(tmp_path / "a.log", runs("t", "s"))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = run(home, *argv)
+    assert proc.returncode == 2
+    assert message.replace("{tmp}", str(tmp_path)) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    as_json = run(home, "--json", *argv)
+    assert as_json.returncode == 2 and json.loads(as_json.stdout)["ok"] is False
+
+
+def test_a_file_that_cannot_be_opened_is_a_usage_error_naming_it(tmp_path: Path, home: Path) -> None:
+    (tmp_path / "loop.log").symlink_to("loop.log")
+    write(tmp_path / "plain.log", runs("t", "s"))
+    for path, problem in ((tmp_path / "loop.log", "cannot open"), (tmp_path / "plain.log" / "x", "cannot open")):
+        proc = run(home, str(path))
+        assert proc.returncode == 2 and f"{path}: {problem}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_permission_denied_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path / "a.log", runs("t", "s"))
+    config = load_config()
+    real_open = Path.open
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)  # pragma: no cover - nothing else is opened here
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(InputError, match=re.escape(f"{path}: permission denied")):
+        report_of(path, config=config)
+
+
+def test_stdin_is_read_with_a_dash(tmp_path: Path, home: Path) -> None:
+    lines, exp = seed_log(14, 200)
+    proc = subprocess.run(
+        [PYTHON, ANALYZE, "--json", "-"],
+        input="\n".join(lines),
+        capture_output=True,
+        text=True,
+        env=script_env(home),
+        timeout=60,
+        check=False,
+    )
+    assert json.loads(proc.stdout)["events"] == dict(exp.events)
+
+
+def test_the_script_never_imports_openai(home: Path) -> None:
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['analyze_logs.py', '--json', {str(GATEWAY)!r}]\n"
+        "try:\n    runpy.run_path('analyze_logs.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('openai' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", code], cwd=SCRIPTS, capture_output=True, text=True, env=script_env(home), check=False
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "False", proc.stderr

@@ -1,0 +1,689 @@
+"""The health check's library: each check against real files, real processes and real HTTP servers on 127.0.0.1,
+the mode they add up to, and what one run writes. Time is a FakeClock; nothing sleeps."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from helpers.fake_gateway import LIVE, READY, FakeGateway, Route
+from helpers.openclaw import free_port
+
+from conftest import ROOT
+from selfheal import health
+from selfheal.breaker import Breakers
+from selfheal.config import load_config
+from selfheal.errors import ConfigError
+from selfheal.health import DEGRADED, DOWN, FAIL, OK, OPERATIONAL, SKIP, WARN, Check, run_health_check
+from selfheal.output import schema_problems
+from selfheal.runs import RunRecord
+from selfheal.store import StateRoot, write_json
+from selfheal.tasks import PROCESSING, Task, TaskStore
+from selfheal.testing import FakeClock
+
+
+@pytest.fixture
+def gateway() -> Iterator[FakeGateway]:
+    """A live, ready gateway."""
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        yield gw
+
+
+@pytest.fixture
+def env(tmp_path: Path, home: Path) -> dict[str, str]:
+    """What the check sees: this test's state root, an OpenClaw folder of its own, a PATH with no nvidia-smi."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "openclaw").mkdir()
+    return {
+        "SELFHEAL_HOME": str(home),
+        "OPENCLAW_STATE_DIR": str(tmp_path / "openclaw"),
+        "HOME": str(tmp_path),
+        "PATH": str(tmp_path / "bin"),
+    }
+
+
+@pytest.fixture
+def skills_status(env: dict[str, str]) -> Path:
+    """Other skills' status folder (~/.openclaw/skills/status)."""
+    folder = Path(env["OPENCLAW_STATE_DIR"]) / "skills" / "status"
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
+def settings_for(write_config: Callable[[str], Path]) -> Callable[..., None]:
+    """Point the check at a gateway URL; no disk minimum unless asked (this machine's free space is not the test's)."""
+
+    def configure(url: str, disk_min_free_mb: int = 0) -> None:
+        write_config(f"health:\n  gateway_url: {url}\n  disk_min_free_mb: {disk_min_free_mb}\n")
+
+    return configure
+
+
+def put(folder: Path, name: str, text: str, clock: FakeClock, age_s: float = 0.0) -> Path:
+    """A status file last modified `age_s` before the fake clock's now."""
+    path = folder / name
+    path.write_text(text)
+    stamp = clock.time() - age_s
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def check(report: health.Report, name: str) -> Check:
+    found = report.check(name)
+    assert found is not None, name
+    return found
+
+
+def closed_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# -- the gateway --------------------------------------------------------------------------------------------
+
+
+def settings(url: str, **changes: Any) -> health.Settings:
+    base = health.Settings(url, "test", 2.0, (), 3600.0, 600.0, 0, 0)
+    return base._replace(**changes)
+
+
+def test_a_gateway_answering_openclaws_json_is_live_and_ready(gateway: FakeGateway) -> None:
+    """200 with {"ok": true} on /healthz is live; {"ready": true} on /readyz is ready."""
+    live, ready = health.check_gateway(settings(gateway.url))
+    assert (live.status, ready.status) == (OK, OK)
+    assert live.detail.startswith(f"live at {gateway.url}")
+    assert gateway.paths == ["/healthz", "/readyz"]
+
+
+def test_a_page_answering_200_with_html_is_not_a_healthy_gateway() -> None:
+    """What answers 200 on every path with an HTML page is not OpenClaw's health endpoint: the check fails."""
+    with FakeGateway({}) as other:
+        live, ready = health.check_gateway(settings(other.url))
+    assert live.status == FAIL
+    assert "HTTP 200 with text/html" in live.detail and "not OpenClaw's JSON" in live.detail
+    assert ready.status == SKIP
+
+
+def test_nothing_listening_fails_as_connection_refused() -> None:
+    url = closed_url()
+    live, ready = health.check_gateway(settings(url))
+    assert live.status == FAIL and "connection refused" in live.detail and url in live.detail
+    assert ready.status == SKIP
+
+
+@pytest.mark.parametrize(
+    ("healthz", "expected"),
+    [
+        ((200, "application/json", b'{"ok":false,"status":"draining"}'), '"ok": false'),
+        ((503, "application/json", b'{"ok":true}'), "HTTP 503"),
+        ((200, "application/json", b"[1, 2]"), "not OpenClaw's JSON"),
+        ((200, "application/json", b"not json"), "not OpenClaw's JSON"),
+    ],
+)
+def test_healthz_answers_other_than_ok_true_fail(healthz: Route, expected: str) -> None:
+    with FakeGateway({"/healthz": healthz}) as gw:
+        (live, _) = health.check_gateway(settings(gw.url))
+    assert live.status == FAIL and expected in live.detail
+
+
+def test_a_live_gateway_that_is_not_ready_warns_with_what_fails() -> None:
+    """/readyz answering 503 {"ready": false, "failing": [...]} is reported as readiness, not liveness."""
+    starting = (503, "application/json", b'{"ready":false,"failing":["startup-sidecars"],"uptimeMs":517}')
+    with FakeGateway({"/healthz": LIVE, "/readyz": starting}) as gw:
+        live, ready = health.check_gateway(settings(gw.url))
+    assert live.status == OK
+    assert ready.status == WARN and ready.detail == "not ready (HTTP 503): failing: startup-sidecars"
+
+
+def test_a_gateway_that_accepts_but_never_answers_fails_after_the_timeout() -> None:
+    """A hung gateway is down, found within the configured timeout (0.2 s here), not after a TCP default."""
+    with socketserver_that_never_answers() as url:
+        live, _ = health.check_gateway(settings(url, timeout_s=0.2))
+    assert live.status == FAIL and "no answer within 0.2 s" in live.detail
+
+
+@contextlib.contextmanager
+def socketserver_that_never_answers() -> Iterator[str]:
+    """A port whose connections complete in the kernel's backlog and are never read or answered."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+# -- where the gateway is -----------------------------------------------------------------------------------
+
+
+def write_openclaw_json(env: Mapping[str, str], text: str) -> Path:
+    path = Path(env["OPENCLAW_STATE_DIR"]) / "openclaw.json"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("env_port", "json_text", "user_url", "expected"),
+    [
+        ("5555", '{"gateway": {"port": 6666}}', None, ("http://127.0.0.1:5555", "OPENCLAW_GATEWAY_PORT")),
+        (None, '// JSON5\n{"gateway": {"port": 6666,},}', None, ("http://127.0.0.1:6666", "gateway.port in")),
+        (None, '{"logging": {}}', None, ("http://127.0.0.1:18789", "OpenClaw's default port")),
+        (
+            "5555",
+            '{"gateway": {"port": 6666}}',
+            "http://10.0.0.2:7000/",
+            ("http://10.0.0.2:7000", "health.gateway_url"),
+        ),
+    ],
+)
+def test_the_gateway_is_found_in_openclaws_order_of_precedence(
+    env: dict[str, str],
+    write_config: Callable[[str], Path],
+    env_port: str | None,
+    json_text: str,
+    user_url: str | None,
+    expected: tuple[str, str],
+) -> None:
+    """health.gateway_url, else OPENCLAW_GATEWAY_PORT, else gateway.port in openclaw.json, else 18789."""
+    write_openclaw_json(env, json_text)
+    if env_port:
+        env["OPENCLAW_GATEWAY_PORT"] = env_port
+    if user_url:
+        write_config(f"health: {{gateway_url: '{user_url}'}}\n")
+    url, source = health.gateway_url(load_config(env=env), env)
+    assert url == expected[0] and source.startswith(expected[1])
+
+
+def test_a_bad_gateway_port_names_where_it_came_from(env: dict[str, str]) -> None:
+    path = write_openclaw_json(env, '{"gateway": {"port": "eighty"}}')
+    with pytest.raises(ConfigError, match=rf"{path}: gateway.port: must be a TCP port number .*got 'eighty'"):
+        health.gateway_url(load_config(env=env), env)
+    env["OPENCLAW_GATEWAY_PORT"] = "70000"
+    with pytest.raises(ConfigError, match=r"environment: OPENCLAW_GATEWAY_PORT: .* got '70000'"):
+        health.gateway_url(load_config(env=env), env)
+
+
+def test_settings_are_reused_until_one_of_their_inputs_changes(
+    env: dict[str, str], write_config: Callable[[str], Path]
+) -> None:
+    """The settings kept in health.json are used while skill.yaml, config.yaml, openclaw.json and the
+    environment are unchanged; changing any of them loads (and validates) everything again."""
+    config_file = write_config("health: {status_max_age_minutes: 30}\n")
+    write_openclaw_json(env, '{"gateway": {"port": 6666}}')
+    first, inputs, loaded = health.resolve_settings(env, None)
+    assert loaded is not None and first.status_max_age_s == 1800
+    previous = {"settings": first.to_json(), "config_inputs": inputs}
+
+    again, _, loaded = health.resolve_settings(env, previous)
+    assert loaded is None and again == first
+
+    config_file.write_text("health: {status_max_age_minutes: 45}\n")
+    changed, _, loaded = health.resolve_settings(env, previous)
+    assert loaded is not None and changed.status_max_age_s == 2700
+
+    _, inputs, _ = health.resolve_settings(env, previous)
+    previous = {"settings": changed.to_json(), "config_inputs": inputs}
+    write_openclaw_json(env, '{"gateway": {"port": 7777}}')
+    moved, _, loaded = health.resolve_settings(env, previous)
+    assert loaded is not None and moved.gateway_url == "http://127.0.0.1:7777"
+
+    env["OPENCLAW_GATEWAY_PORT"] = "8888"
+    by_env, _, loaded = health.resolve_settings(env, previous)
+    assert loaded is not None and by_env.gateway_url == "http://127.0.0.1:8888"
+
+
+def test_kept_settings_of_another_shape_are_not_trusted(env: dict[str, str]) -> None:
+    """A health.json written by another version (a setting missing) makes the run load the settings afresh."""
+    settings, inputs, _ = health.resolve_settings(env, None)
+    older = {k: v for k, v in settings.to_json().items() if k != "stuck_after_s"}
+    again, _, loaded = health.resolve_settings(env, {"settings": older, "config_inputs": inputs})
+    assert loaded is not None and again == settings
+
+
+def test_a_bad_value_is_reported_on_the_first_run_after_the_edit(
+    env: dict[str, str], state: StateRoot, write_config: Callable[[str], Path], clock: FakeClock
+) -> None:
+    """A warm run reads no YAML, but an edit invalidates what it kept: the bad value is named at once."""
+    write_config("health: {disk_min_free_mb: 0}\n")
+    run_health_check(state, env=env, clock=clock)
+    config_file = write_config("health: {disk_min_free_mb: -5}\n")
+    with pytest.raises(ConfigError) as caught:
+        run_health_check(state, env=env, clock=clock)
+    assert str(caught.value) == f"{config_file}:1:10: health.disk_min_free_mb: must be >= 0, got -5"
+
+
+# -- status files ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("status=success,timestamp=Sat Mar 1 01:09:00 CST 2026\n",
+         {"status": "success", "timestamp": "Sat Mar 1 01:09:00 CST 2026"}),
+        ("posts=4,account=en,last_run=Sat Mar 1\n", {"posts": "4", "account": "en", "last_run": "Sat Mar 1"}),
+        ("# written by cron\nstatus = ok\n\nnote=a, b and c\n", {"status": "ok", "note": "a, b and c"}),
+        ("url=http://x/?a=1,b=2\n", {"url": "http://x/?a=1", "b": "2"}),
+        ("no pairs here\n", {}),
+    ],
+)  # fmt: skip
+def test_status_files_are_read_as_key_value_pairs_split_by_lines_and_commas(
+    text: str, expected: dict[str, str]
+) -> None:
+    """The third source document's format: `status=success,timestamp=$(date)` on one line."""
+    assert health.parse_key_values(text) == expected
+
+
+def test_fresh_status_files_are_ok_and_count_as_signs_of_life(
+    state: StateRoot, skills_status: Path, clock: FakeClock
+) -> None:
+    put(skills_status, "daily-memory.txt", "status=success,timestamp=now\n", clock, age_s=120)
+    put(skills_status, "tiktok-poster.json", '{"posts": 4}', clock, age_s=59 * 60)
+    put(state.sub("status"), "nightly.json", '{"status": "ok"}', clock, age_s=5)
+    result, fresh = health.check_status_files(state.sub("status"), [skills_status], 3600, clock.time())
+    assert (result.status, fresh) == (OK, 3)
+    assert result.detail == "3 status file(s), all updated within 60 min (newest 5 s ago)"
+
+
+def test_a_status_file_not_updated_within_the_window_is_stale(
+    state: StateRoot, skills_status: Path, clock: FakeClock
+) -> None:
+    put(skills_status, "daily-memory.txt", "status=success\n", clock, age_s=61 * 60)
+    put(skills_status, "fresh.txt", "status=success\n", clock, age_s=60)
+    result, fresh = health.check_status_files(state.sub("status"), [skills_status], 3600, clock.time())
+    assert (result.status, fresh) == (WARN, 1)
+    assert result.detail == "1 of 2 stale (not updated for over 60 min): daily-memory.txt (61 min)"
+    assert result.data["stale"] == [{"file": str(skills_status / "daily-memory.txt"), "age_s": 3660.0}]
+
+
+def test_a_status_file_that_reports_a_failure_warns(state: StateRoot, skills_status: Path, clock: FakeClock) -> None:
+    put(skills_status, "exporter.txt", "status=error,timestamp=now\n", clock)
+    put(skills_status, "poster.json", '{"ok": false, "error": "token expired"}', clock)
+    put(skills_status, "fine.txt", "status=success\n", clock)
+    result, fresh = health.check_status_files(state.sub("status"), [skills_status], 3600, clock.time())
+    assert (result.status, fresh) == (WARN, 3)
+    assert result.detail == "failure reported by exporter.txt (status=error), poster.json (ok=false)"
+
+
+def test_unreadable_status_files_are_named_and_left_where_they_are(
+    state: StateRoot, skills_status: Path, clock: FakeClock
+) -> None:
+    """A broken status file belongs to another skill: it is reported by name, never moved or changed."""
+    bad_json = put(skills_status, "a.json", "{not json", clock)
+    binary = skills_status / "b.txt"
+    binary.write_bytes(b"\xff\xfe\x00status")
+    prose = put(skills_status, "c.txt", "all good today\n", clock)
+    result, _ = health.check_status_files(state.sub("status"), [skills_status], 3600, clock.time())
+    assert result.status == WARN
+    problems = {Path(u["file"]).name: u["problem"] for u in result.data["unreadable"]}
+    assert problems["a.json"].startswith("is not valid JSON")
+    assert problems == {"a.json": problems["a.json"], "b.txt": "is not UTF-8 text", "c.txt": "has no key=value lines"}
+    assert bad_json.read_text() == "{not json" and binary.exists() and prose.exists()
+    assert sorted(p.name for p in skills_status.iterdir()) == ["a.json", "b.txt", "c.txt"]
+
+
+def test_health_json_and_temporary_files_are_not_status_files(
+    state: StateRoot, skills_status: Path, clock: FakeClock
+) -> None:
+    put(state.sub("status"), "health.json", '{"mode": "down"}', clock, age_s=10 * 3600)
+    put(state.sub("status"), ".nightly.json.123.tmp", "{", clock)
+    put(skills_status, ".poster.json", "{", clock)  # hidden: a writer's work in progress
+    put(skills_status, "notes.md", "status=error", clock)
+    result, fresh = health.check_status_files(state.sub("status"), [skills_status], 3600, clock.time())
+    assert (result.status, fresh) == (SKIP, 0)
+
+
+# -- runs in progress -------------------------------------------------------------------------------------------
+
+
+def live_run(state: StateRoot, clock: FakeClock, run_id: str = "nightly-1") -> RunRecord:
+    """A run record whose supervisor is this test process (alive), as retry_run.py writes it."""
+    record = RunRecord(state, run_id=run_id, task="nightly", target=None, argv=["report"], heartbeat_s=10, clock=clock)
+    record.start()
+    record.attempt(1)
+    return record
+
+
+def runs_check(state: StateRoot, clock: FakeClock) -> tuple[Check, int]:
+    return health.check_runs(state, 600.0, clock.time())
+
+
+def test_a_run_that_keeps_beating_and_writing_is_alive(state: StateRoot, clock: FakeClock) -> None:
+    record = live_run(state, clock)
+    for _ in range(120):  # 20 minutes of output, a heartbeat every 10 s
+        clock.advance(10)
+        record.tick(last_output_ts=clock.time())
+    result, live = runs_check(state, clock)
+    assert (result.status, live, result.detail) == (OK, 1, "1 run(s) in progress, all moving")
+
+
+def test_a_run_whose_heartbeat_stopped_is_stuck(state: StateRoot, clock: FakeClock) -> None:
+    live_run(state, clock)
+    clock.advance(601)
+    result, live = runs_check(state, clock)
+    assert (result.status, live) == (WARN, 0)
+    assert result.detail == "1 of 1 run(s) in progress not moving: nightly stuck: no heartbeat for 10 min"
+
+
+def test_a_run_that_beats_but_prints_nothing_is_stuck(state: StateRoot, clock: FakeClock) -> None:
+    record = live_run(state, clock)
+    for _ in range(61):
+        clock.advance(10)
+        record.tick(last_output_ts=None)
+    result, _ = runs_check(state, clock)
+    assert result.status == WARN and "nightly stuck: no output for 10 min (attempt 1)" in result.detail
+
+
+def test_a_run_in_a_long_retry_wait_is_not_stuck_until_the_wait_is_long_over(
+    state: StateRoot, clock: FakeClock
+) -> None:
+    """A retry wait writes no heartbeats; the record says when it ends, and only after that can it be late."""
+    record = live_run(state, clock)
+    record.waiting(900)
+    clock.advance(899)
+    assert runs_check(state, clock)[0].status == OK
+    clock.advance(1 + 600 + 1)
+    result, _ = runs_check(state, clock)
+    assert result.status == WARN and "its retry wait ended 10 min ago and no attempt started" in result.detail
+
+
+def test_a_run_whose_supervisor_is_gone_is_dead(state: StateRoot, clock: FakeClock) -> None:
+    """A real process that ran the run and exited: its record still says running, so the run died."""
+    supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = {"pid": supervisor.pid, "create_time": psutil.Process(supervisor.pid).create_time()}
+    live_run(state, clock)
+    path = state.run_file("nightly-1")
+    write_json(path, {**json.loads(path.read_text()), "supervisor": identity})
+    assert runs_check(state, clock)[0].status == OK
+    supervisor.kill()
+    supervisor.wait()
+    result, live = runs_check(state, clock)
+    assert (result.status, live) == (WARN, 0)
+    assert f"nightly dead: its supervisor (pid {supervisor.pid}) is gone" in result.detail
+
+
+def test_finished_runs_are_not_in_progress(state: StateRoot, clock: FakeClock) -> None:
+    record = live_run(state, clock)
+    record.finish("succeeded", 0)
+    clock.advance(86400)
+    assert runs_check(state, clock) == (
+        Check("runs", OK, "no run in progress", {"running": 0, "limit_s": 600.0, "problems": []}),
+        0,
+    )
+
+
+# -- the task tree, breakers, disk, GPU ------------------------------------------------------------------------
+
+
+def test_a_stuck_task_in_the_tree_warns_and_is_left_as_it_is(state: StateRoot, clock: FakeClock, config: Any) -> None:
+    """find_stuck's verdict, read-only: the task stays PROCESSING for run-next or check-stuck to act on."""
+    store = TaskStore(state, config, clock)
+    me = psutil.Process()
+    with store.transaction() as tree:
+        tree.add(Task(name="export", run={"kind": "argv", "argv": ["true"]}))
+        tree.transition("export", PROCESSING)
+        tree.quiet_update(
+            "export",
+            runner={"pid": me.pid, "create_time": me.create_time(), "host": socket.gethostname()},
+            activity_ts=clock.time(),
+            heartbeat_ts=clock.time(),
+        )
+    before = store.path("export").read_bytes()
+    assert health.check_tasks(state, lambda: config, clock, clock.time()).status == OK
+    clock.advance(601)
+    result = health.check_tasks(state, lambda: config, clock, clock.time())
+    assert result.status == WARN and result.detail == "1 stuck: export (no output for 10 min)"
+    assert store.path("export").read_bytes() == before
+
+
+def test_open_and_half_open_breakers_warn_and_their_files_are_not_touched(
+    state: StateRoot, clock: FakeClock, config: Any
+) -> None:
+    breakers = Breakers(state, config.breakers, clock=clock)
+    for _ in range(5):
+        breakers.release(breakers.acquire("vendor-api"), ok=False, error_class="transient")
+    path = state.sub("breakers") / "vendor-api.json"
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+
+    result = health.check_breakers(state, clock.time())
+    assert result.status == WARN
+    assert result.detail == "vendor-api open until 2027-01-15T08:01:00Z (5 consecutive failures (transient))"
+    clock.advance(61)
+    result = health.check_breakers(state, clock.time())
+    assert result.status == WARN and result.detail.startswith("vendor-api half-open (")
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+
+    breakers.reset("vendor-api")
+    assert health.check_breakers(state, clock.time()) == Check(
+        "breakers", OK, "1 breaker(s), all closed", {"breakers": 1, "not_closed": [], "unreadable": []}
+    )
+
+
+def test_less_free_disk_than_the_minimum_warns(state: StateRoot) -> None:
+    free_mb = os.statvfs(state.root).f_bavail * os.statvfs(state.root).f_frsize / 2**20
+    assert health.check_disk(state.root, 0).status == OK
+    low = health.check_disk(state.root, int(free_mb) + 10_000)
+    assert low.status == WARN and "below health.disk_min_free_mb" in low.detail
+
+
+def test_the_disk_of_a_state_root_not_yet_made_is_its_parents(tmp_path: Path) -> None:
+    result = health.check_disk(tmp_path / "not" / "yet", 0)
+    assert result.status == OK and result.data["path"] == str(tmp_path / "not" / "yet")
+
+
+def fake_nvidia_smi(env: dict[str, str], script: str) -> None:
+    tool = Path(env["PATH"]) / "nvidia-smi"
+    tool.write_text("#!/bin/sh\n" + script)
+    tool.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "detail"),
+    [
+        ("echo '512, 8192'\necho '900, 8192'\n", WARN,
+         "only 900 MiB free on the roomiest of 2 GPUs, below models.gpu_free_mb_min (1024 MiB)"),
+        ("echo '6000, 8192'\n", OK, "6000 MiB free on the GPU"),
+        ("echo 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit 9\n", WARN,
+         "nvidia-smi failed (exit 9): NVIDIA-SMI has failed because it could not communicate with the driver"),
+    ],
+)  # fmt: skip
+def test_gpu_memory_comes_from_nvidia_smi_when_it_exists(
+    env: dict[str, str], script: str, status: str, detail: str
+) -> None:
+    assert health.check_gpu(1024, env) == Check("gpu", SKIP, "no nvidia-smi on PATH", {})
+    fake_nvidia_smi(env, script)
+    result = health.check_gpu(1024, env)
+    assert (result.status, result.detail) == (status, detail)
+
+
+# -- the mode -------------------------------------------------------------------------------------------------
+
+
+def test_a_live_gateway_and_no_warning_is_operational(
+    env: dict[str, str], state: StateRoot, gateway: FakeGateway, settings_for: Callable[..., None], clock: FakeClock
+) -> None:
+    settings_for(gateway.url)
+    report = run_health_check(state, env=env, clock=clock)
+    assert (report.mode, report.exit_code) == (OPERATIONAL, 0)
+    assert report.cron_text() == "NO_REPLY"
+
+
+def test_gateway_down_with_skills_still_reporting_is_degraded_and_without_them_down(
+    env: dict[str, str],
+    state: StateRoot,
+    skills_status: Path,
+    settings_for: Callable[..., None],
+    clock: FakeClock,
+) -> None:
+    """The third document's graceful degradation: the gateway is down but status files are still fresh."""
+    settings_for(closed_url())
+    put(skills_status, "daily-memory.txt", "status=success\n", clock, age_s=30 * 60)
+    report = run_health_check(state, env=env, clock=clock)
+    assert (report.mode, report.exit_code) == (DEGRADED, 1)
+    assert report.reason.startswith("the gateway is not live but skills still work (1 fresh status file(s)")
+
+    clock.advance(31 * 60)  # the skill stopped reporting: nothing shows work any more
+    report = run_health_check(state, env=env, clock=clock)
+    assert (report.mode, report.exit_code) == (DOWN, 3)
+    assert check(report, "status_files").status == WARN
+
+
+def test_a_live_run_also_shows_the_skills_at_work(
+    env: dict[str, str], state: StateRoot, settings_for: Callable[..., None], clock: FakeClock
+) -> None:
+    settings_for(closed_url())
+    live_run(state, clock)
+    assert run_health_check(state, env=env, clock=clock).mode == DEGRADED
+
+
+@pytest.mark.parametrize("problem", ["stale status file", "stuck run", "open breaker", "low disk", "failing skill"])
+def test_each_warning_turns_a_live_gateway_degraded(
+    env: dict[str, str],
+    state: StateRoot,
+    skills_status: Path,
+    gateway: FakeGateway,
+    settings_for: Callable[..., None],
+    clock: FakeClock,
+    config: Any,
+    problem: str,
+) -> None:
+    disk_min_free_mb = 0
+    name = {"stale status file": "status_files", "failing skill": "status_files", "stuck run": "runs"}.get(problem)
+    if problem == "stale status file":
+        put(skills_status, "poster.txt", "status=success\n", clock, age_s=2 * 3600)
+    elif problem == "failing skill":
+        put(skills_status, "poster.txt", "status=failed\n", clock)
+    elif problem == "stuck run":
+        live_run(state, clock)
+        clock.advance(601)
+    elif problem == "open breaker":
+        name = "breakers"
+        breakers = Breakers(state, config.breakers, clock=clock)
+        breakers.release(breakers.acquire("vendor-api"), ok=False, error_class="auth")
+    else:
+        name = "disk"
+        disk_min_free_mb = 1_000_000_000
+    settings_for(gateway.url, disk_min_free_mb)
+    report = run_health_check(state, env=env, clock=clock)
+    assert (report.mode, report.exit_code) == (DEGRADED, 1)
+    assert [c.name for c in report.problems()] == [name]
+    assert report.reason == f"1 check(s) warn: {name}"
+
+
+def test_the_cron_summary_is_at_most_five_lines_naming_the_rest() -> None:
+    checks = [Check("gateway", FAIL, "not answering")] + [
+        Check(f"c{i}", WARN, f"problem {i}\nsecond line") for i in range(6)
+    ]
+    mode, reason = health.decide(checks, 2)
+    report = health.Report(
+        mode, reason, tuple(checks), 0.0, 0.0, "operational", 0.0, settings("http://x"), "/s/health.json"
+    )
+    lines = report.cron_text().splitlines()
+    assert len(lines) == 5
+    assert lines[0].startswith("self-heal health: DEGRADED: the gateway is not live but skills still work")
+    assert lines[1:4] == ["gateway: not answering", "c0: problem 0 second line", "c1: problem 1 second line"]
+    assert lines[4] == "and 4 more (c2, c3, c4, c5): see /s/health.json"
+
+
+# -- what a run writes ------------------------------------------------------------------------------------------
+
+
+def log_lines(home: Path) -> list[str]:
+    log = home / "logs" / "selfheal.log"
+    return [line for line in log.read_text().splitlines() if "[HEALTH]" in line] if log.exists() else []
+
+
+def test_every_run_writes_health_json_and_a_mode_change_writes_one_log_line(
+    env: dict[str, str],
+    home: Path,
+    state: StateRoot,
+    skills_status: Path,
+    settings_for: Callable[..., None],
+    clock: FakeClock,
+) -> None:
+    url = closed_url()
+    settings_for(url)
+    put(skills_status, "daily-memory.txt", "status=success\n", clock)
+    for _ in range(3):
+        clock.advance(60)
+        report = run_health_check(state, env=env, clock=clock)
+    health_json = state.status_file("health")
+    assert oct(health_json.stat().st_mode & 0o777) == "0o600"
+    written = json.loads(health_json.read_text())
+    assert written["mode"] == DEGRADED and written["checked_ts"] == clock.time()
+    assert written["mode_since_ts"] == clock.time() - 120  # degraded since the first of the three runs
+    assert report.cron_text().startswith("self-heal health: DEGRADED since 2027-01-15T08:01:00Z:")
+    assert log_lines(home) == [
+        "2027-01-15T08:01:00Z [HEALTH] task=- reason=degraded checks=gateway:fail",
+    ]
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        settings_for(gw.url)
+        clock.advance(60)
+        assert run_health_check(state, env=env, clock=clock).mode == OPERATIONAL
+        assert run_health_check(state, env=env, clock=clock).mode == OPERATIONAL
+    assert log_lines(home)[1:] == ["2027-01-15T08:04:00Z [HEALTH] task=- reason=operational was=degraded"]
+
+
+def test_what_a_run_writes_matches_the_documented_schemas(
+    env: dict[str, str], home: Path, state: StateRoot, settings_for: Callable[..., None], clock: FakeClock
+) -> None:
+    """status/health.json against status/health.schema.json; the [HEALTH] event against the ledger's schema."""
+    settings_for(closed_url())
+    run_health_check(state, env=env, clock=clock)
+    health_schema = json.loads((ROOT / "status" / "health.schema.json").read_text())
+    ledger_schema = json.loads((ROOT / "status" / "ledger-event.schema.json").read_text())
+    assert schema_problems(json.loads(state.status_file("health").read_text()), health_schema) == []
+    (event,) = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert (event["event"], event["status"]) == ("health", DOWN)
+    assert schema_problems(event, ledger_schema) == []
+    assert schema_problems({**event, "status": "sideways"}, ledger_schema) != []  # the check can fail
+
+
+def test_a_corrupt_health_json_is_moved_aside_reported_and_replaced(
+    env: dict[str, str], home: Path, state: StateRoot, settings_for: Callable[..., None], clock: FakeClock
+) -> None:
+    settings_for(closed_url())
+    path = state.status_file("health")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"mode": "operational", "checks": [')
+    report = run_health_check(state, env=env, clock=clock)
+    problem = check(report, "health_file")
+    (kept,) = path.parent.glob("health.json.corrupt-*")
+    assert problem.status == WARN and str(path) in problem.detail and str(kept) in problem.detail
+    assert kept.read_text() == '{"mode": "operational", "checks": ['  # nothing lost
+    assert json.loads(path.read_text())["mode"] == DOWN
+    assert report.previous_mode is None and len(log_lines(home)) == 1
+
+
+def test_a_check_never_changes_what_it_looks_at(
+    env: dict[str, str],
+    state: StateRoot,
+    skills_status: Path,
+    settings_for: Callable[..., None],
+    clock: FakeClock,
+    config: Any,
+) -> None:
+    """Only status/health.json, the ledger and the log are written; every other file is as it was."""
+    settings_for(closed_url())
+    put(skills_status, "a.txt", "status=success\n", clock, age_s=7200)
+    live_run(state, clock)
+    breakers = Breakers(state, config.breakers, clock=clock)
+    breakers.release(breakers.acquire("svc"), ok=False, error_class="auth")
+    clock.advance(3600)
+    watched = [p for p in [*state.root.rglob("*"), *skills_status.iterdir()] if p.is_file()]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in watched}
+    run_health_check(state, env=env, clock=clock)
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in watched if p.exists()}
+    assert after == before
+    new = {p.relative_to(state.root).as_posix() for p in state.root.rglob("*") if p.is_file()} - {
+        p.relative_to(state.root).as_posix() for p in watched if p.is_relative_to(state.root)
+    }
+    assert new == {"status/health.json", "logs/selfheal.log"} | {
+        p.relative_to(state.root).as_posix() for p in (state.root / "ledger").glob("*.jsonl")
+    }

@@ -1,0 +1,248 @@
+"""health_check.py as cron and people run it: real processes, real files, real HTTP servers on 127.0.0.1;
+and install.sh --cron / --no-cron against a stand-in crontab command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers.fake_gateway import LIVE, READY, FakeGateway
+from helpers.openclaw import free_port
+
+from conftest import PYTHON, ROOT, SCRIPTS, script_env
+
+HEALTH_CHECK = str(SCRIPTS / "health_check.py")
+
+
+@pytest.fixture
+def openclaw_dir(tmp_path: Path) -> Path:
+    """The OpenClaw state folder the check reads (openclaw.json, skills/status), private to the test."""
+    folder = tmp_path / "openclaw"
+    (folder / "skills" / "status").mkdir(parents=True)
+    return folder
+
+
+def run(home: Path, openclaw_dir: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = script_env(home, OPENCLAW_STATE_DIR=str(openclaw_dir))
+    env.pop("OPENCLAW_GATEWAY_PORT", None)  # this machine's OpenClaw settings are not the test's
+    env.pop("OPENCLAW_CONFIG_PATH", None)
+    env.update(extra)
+    return subprocess.run(
+        [PYTHON, HEALTH_CHECK, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def configure(write_config: Callable[[str], Path]) -> Callable[[str], Path]:
+    def at(url: str) -> Path:
+        return write_config(f"health: {{gateway_url: '{url}', disk_min_free_mb: 0}}\n")
+
+    return at
+
+
+def test_cron_prints_only_no_reply_and_exits_0_when_operational(
+    home: Path, openclaw_dir: Path, configure: Callable[[str], Path]
+) -> None:
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        configure(gw.url)
+        proc = run(home, openclaw_dir, "--cron")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "NO_REPLY\n", "")
+
+
+def test_cron_summarises_degraded_and_down_in_at_most_five_lines_with_their_exit_codes(
+    home: Path, openclaw_dir: Path, configure: Callable[[str], Path]
+) -> None:
+    """Gateway down but a skill reported recently: degraded, exit 1; nothing fresh either: down, exit 3."""
+    url = f"http://127.0.0.1:{free_port()}"
+    configure(url)
+    status = openclaw_dir / "skills" / "status" / "daily-memory.txt"
+    status.write_text("status=success,timestamp=Sat Mar 1 01:09:00 CST 2026\n")
+    degraded = run(home, openclaw_dir, "--cron")
+    lines = degraded.stdout.splitlines()
+    assert degraded.returncode == 1 and 2 <= len(lines) <= 5 and degraded.stderr == ""
+    assert lines[0].startswith("self-heal health: DEGRADED: the gateway is not live but skills still work")
+    assert lines[1] == (
+        f"gateway: not answering at {url} (health.gateway_url): connection refused (nothing listens there)"
+    )
+
+    status.unlink()
+    down = run(home, openclaw_dir, "--cron")
+    assert down.returncode == 3 and down.stdout.startswith("self-heal health: DOWN: ")
+    assert len(down.stdout.splitlines()) <= 5
+
+
+def test_json_prints_one_object_and_health_json_holds_the_same_report(
+    home: Path, openclaw_dir: Path, configure: Callable[[str], Path]
+) -> None:
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        configure(gw.url)
+        proc = run(home, openclaw_dir, "--json")
+    (line,) = proc.stdout.splitlines()
+    report = json.loads(line)
+    assert proc.returncode == 0 and report["ok"] is True and report["mode"] == "operational"
+    assert [c["name"] for c in report["checks"]] == [
+        "gateway", "gateway_ready", "status_files", "runs", "tasks", "breakers", "disk", "gpu",
+    ]  # fmt: skip
+    written = json.loads((home / "status" / "health.json").read_text())
+    assert {k: v for k, v in written.items() if k != "config_inputs"} == report
+
+
+def test_the_table_for_people_names_every_check(
+    home: Path, openclaw_dir: Path, configure: Callable[[str], Path]
+) -> None:
+    configure(f"http://127.0.0.1:{free_port()}")
+    proc = run(home, openclaw_dir)
+    first, *rows = proc.stdout.splitlines()
+    assert proc.returncode == 3 and first.startswith("down: the gateway is not live")
+    assert [row.split()[:2] for row in rows] == [
+        ["gateway", "fail"], ["gateway_ready", "skip"], ["status_files", "skip"], ["runs", "ok"],
+        ["tasks", "ok"], ["breakers", "ok"], ["disk", "ok"], ["gpu", "skip"],
+    ]  # fmt: skip
+
+
+def test_a_bad_config_value_exits_2_naming_file_key_and_value_and_keeps_the_last_report(
+    home: Path, openclaw_dir: Path, write_config: Callable[[str], Path]
+) -> None:
+    write_config("health: {disk_min_free_mb: 0}\n")
+    run(home, openclaw_dir, "--cron")
+    before = (home / "status" / "health.json").read_bytes()
+    config_file = write_config("health: {timeout_s: 0}\n")
+    proc = run(home, openclaw_dir, "--cron")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"self-heal: {config_file}:1:10: health.timeout_s: must be > 0, got 0.0\n"
+    as_json = run(home, openclaw_dir, "--json")
+    assert as_json.returncode == 2 and json.loads(as_json.stdout)["error"] == "ConfigError"
+    assert (home / "status" / "health.json").read_bytes() == before
+
+
+def test_a_bad_gateway_port_in_the_environment_exits_2_naming_it(home: Path, openclaw_dir: Path) -> None:
+    proc = run(home, openclaw_dir, OPENCLAW_GATEWAY_PORT="http")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "self-heal: environment: OPENCLAW_GATEWAY_PORT: must be a TCP port number (1-65535), got 'http'\n"
+    )
+
+
+def test_cron_and_json_together_are_a_usage_error(home: Path, openclaw_dir: Path) -> None:
+    proc = run(home, openclaw_dir, "--cron", "--json")
+    assert proc.returncode == 2 and json.loads(proc.stdout)["error"] == "usage"
+
+
+def test_a_repeated_run_loads_no_yaml_and_no_module_it_does_not_need(home: Path, openclaw_dir: Path) -> None:
+    """Cron pays for every import: once its settings are kept, a check with the gateway's port closed and
+    nothing running imports neither PyYAML, nor the HTTP client, psutil, filelock, asyncio or openai."""
+    (openclaw_dir / "openclaw.json").write_text(json.dumps({"gateway": {"port": free_port()}}))
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['health_check.py', '--cron']\n"
+        "try:\n    runpy.run_path('health_check.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = ('yaml', 'http.client', 'psutil', 'filelock', 'asyncio', 'openai', 'selfheal.config')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    env = script_env(home, OPENCLAW_STATE_DIR=str(openclaw_dir))
+    env.pop("OPENCLAW_GATEWAY_PORT", None)
+
+    def imported() -> str:
+        proc = subprocess.run([PYTHON, "-c", code], cwd=SCRIPTS, env=env, capture_output=True, text=True, check=False)
+        return proc.stdout.strip().splitlines()[-1]
+
+    assert "'yaml'" in imported()  # the first run loads and validates the settings
+    assert imported() == "[]"
+
+
+# -- install.sh --cron ---------------------------------------------------------------------------------------------
+
+FAKE_CRONTAB = """#!/bin/sh
+# A stand-in for crontab(1) that keeps the table in $FAKE_CRONTAB_TABLE.
+case "$1" in
+  -l) [ -f "$FAKE_CRONTAB_TABLE" ] || { echo "no crontab for tester" >&2; exit 1; }; cat "$FAKE_CRONTAB_TABLE" ;;
+  -) cat > "$FAKE_CRONTAB_TABLE" ;;
+  *) echo "fake crontab: unsupported: $*" >&2; exit 2 ;;
+esac
+"""
+USER_LINES = "MAILTO=me@example.com\n# nightly backup\n0 3 * * * /usr/local/bin/backup --to /mnt/b 100%\n"
+
+
+@pytest.fixture
+def crontab(tmp_path: Path) -> tuple[Path, Path]:
+    """(the stand-in crontab command, its table file), the table holding a user's own lines."""
+    command = tmp_path / "crontab"
+    command.write_text(FAKE_CRONTAB)
+    command.chmod(0o755)
+    table = tmp_path / "table"
+    table.write_text(USER_LINES)
+    return command, table
+
+
+def install(home: Path, crontab: tuple[Path, Path], *args: str) -> subprocess.CompletedProcess[str]:
+    env = script_env(home, SELFHEAL_CRONTAB=str(crontab[0]), FAKE_CRONTAB_TABLE=str(crontab[1]))
+    env["PYTHON"] = PYTHON
+    return subprocess.run(
+        ["bash", str(ROOT / "install.sh"), *args], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+@pytest.mark.slow
+def test_install_cron_adds_one_entry_however_often_it_runs_and_no_cron_removes_only_it(
+    home: Path, crontab: tuple[Path, Path]
+) -> None:
+    first = install(home, crontab, "--cron")
+    assert first.returncode == 0, first.stderr
+    second = install(home, crontab, "--cron")
+    assert second.returncode == 0, second.stderr
+    table = crontab[1].read_text()
+    assert table.startswith(USER_LINES)  # the user's lines, untouched, in place
+    (entry,) = [line for line in table.splitlines() if "# self-heal health check" in line]
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    assert entry == (
+        f"*/5 * * * * SELFHEAL_HOME='{home}' '{venv_python}' '{SCRIPTS / 'health_check.py'}' --cron 2>&1"
+        " | grep -v '^NO_REPLY$' # self-heal health check"
+    )
+    assert table == USER_LINES + entry + "\n"
+    # The line for OpenClaw's own cron, for the checks that may run inside the gateway.
+    argv = json.dumps([str(venv_python), str(SCRIPTS / "health_check.py"), "--cron"])
+    assert f"openclaw cron add --name self-heal-health --every 10m --command-argv '{argv}'" in second.stderr
+
+    removed = install(home, crontab, "--no-cron")
+    assert removed.returncode == 0, removed.stderr
+    assert crontab[1].read_text() == USER_LINES
+    assert install(home, crontab, "--no-cron").returncode == 0
+    assert crontab[1].read_text() == USER_LINES
+
+
+@pytest.mark.slow
+def test_the_crontab_entry_runs_the_check_as_cron_would(
+    home: Path, crontab: tuple[Path, Path], tmp_path: Path, configure: Callable[[str], Path]
+) -> None:
+    """The entry, run by sh with cron's bare environment, writes health.json and prints only a problem."""
+    assert install(home, crontab, "--cron").returncode == 0
+    (entry,) = [line for line in crontab[1].read_text().splitlines() if "self-heal health check" in line]
+    command = entry.split(" ", 5)[5]
+    configure(f"http://127.0.0.1:{free_port()}")
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh", "LOGNAME": "tester"}
+    proc = subprocess.run(["/bin/sh", "-c", command], env=bare, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.stdout.startswith("self-heal health: DOWN: ")  # no gateway here; cron would mail this
+    assert json.loads((home / "status" / "health.json").read_text())["mode"] == "down"
+
+
+def test_install_cron_without_a_crontab_command_says_so_and_changes_nothing(home: Path, tmp_path: Path) -> None:
+    env = script_env(home, SELFHEAL_CRONTAB=str(tmp_path / "no-such-crontab"))
+    proc = subprocess.run(
+        ["bash", str(ROOT / "install.sh"), "--cron"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 3
+    assert f"there is no '{tmp_path / 'no-such-crontab'}' command here" in proc.stderr
+    assert "installing" not in proc.stderr  # it stopped before doing anything
+
+
+@pytest.mark.slow
+def test_install_cron_refuses_to_rewrite_a_crontab_it_cannot_read(home: Path, crontab: tuple[Path, Path]) -> None:
+    """`crontab -l` failing for another reason than "no crontab" must not be taken for an empty table."""
+    crontab[0].write_text("#!/bin/sh\necho 'crontab: permission denied' >&2\nexit 1\n")
+    proc = install(home, crontab, "--cron")
+    assert proc.returncode == 3 and "cannot read the crontab" in proc.stderr and "nothing changed" in proc.stderr
+    assert crontab[1].read_text() == USER_LINES

@@ -1,0 +1,129 @@
+"""The health check against a real OpenClaw 2026.9.6 gateway, run offline on a loopback port
+(tests/helpers/openclaw.py), and inside that gateway's own cron."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.openclaw import OpenClaw
+
+from conftest import PYTHON, ROOT, SCRIPTS, script_env
+
+pytestmark = pytest.mark.slow
+
+
+def health_check(home: Path, openclaw_home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """health_check.py as the user who runs OpenClaw would: their HOME, so the port comes from their openclaw.json."""
+    env = script_env(home, HOME=str(openclaw_home))
+    for name in ("OPENCLAW_STATE_DIR", "OPENCLAW_CONFIG_PATH", "OPENCLAW_GATEWAY_PORT"):
+        env.pop(name, None)
+    return subprocess.run(
+        [PYTHON, str(SCRIPTS / "health_check.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def no_disk_minimum(write_config: Callable[[str], Path]) -> None:
+    """This machine's free space is not what these tests are about."""
+    write_config("health: {disk_min_free_mb: 0}\n")
+
+
+def test_a_real_gateway_is_operational_and_once_stopped_degraded_or_down(
+    openclaw: OpenClaw, tmp_path: Path, home: Path, no_disk_minimum: None
+) -> None:
+    openclaw_home = openclaw.sandbox(tmp_path)
+    status = openclaw_home / ".openclaw" / "skills" / "status"
+    with openclaw.gateway(openclaw_home) as gateway:
+        gateway.wait_ready()
+        up = health_check(home, openclaw_home, "--cron")
+        assert (up.returncode, up.stdout) == (0, "NO_REPLY\n"), up.stdout + up.stderr
+        report = json.loads(health_check(home, openclaw_home, "--json").stdout)
+        live = report["checks"][0]
+        config_file = openclaw_home / ".openclaw" / "openclaw.json"
+        assert (live["status"], live["url"]) == ("ok", gateway.url)
+        assert live["source"] == f"gateway.port in {config_file}"  # onboard wrote gateway.port there
+        status.mkdir(parents=True, exist_ok=True)
+        (status / "daily-memory.txt").write_text("status=success,timestamp=now\n")
+    assert gateway.proc.returncode is not None and gateway.left_behind() == []
+
+    degraded = health_check(home, openclaw_home, "--cron")
+    assert degraded.returncode == 1
+    assert degraded.stdout.startswith("self-heal health: DEGRADED: the gateway is not live but skills still work")
+    (status / "daily-memory.txt").unlink()
+    down = health_check(home, openclaw_home, "--cron")
+    assert down.returncode == 3 and down.stdout.startswith("self-heal health: DOWN: ")
+    log = (home / "logs" / "selfheal.log").read_text()
+    assert [line.split(" ", 2)[2] for line in log.splitlines()] == [
+        "task=- reason=operational",
+        "task=- reason=degraded was=operational checks=gateway:fail",
+        "task=- reason=down was=degraded checks=gateway:fail",
+    ]
+
+
+def cron_runs(openclaw: OpenClaw, openclaw_home: Path, job: str, count: int) -> list[dict[str, Any]]:
+    """The job's finished runs, once there are `count` of them (runs are queued; this only waits for them)."""
+    deadline = time.monotonic() + 120
+    while True:
+        runs = json.loads(openclaw.run(openclaw_home, "cron", "runs", "--id", job).stdout)["entries"]
+        finished = [r for r in runs if r.get("action") == "finished"]
+        if len(finished) >= count or time.monotonic() > deadline:
+            return sorted(finished, key=lambda r: r["ts"])
+        time.sleep(0.5)
+
+
+def test_openclaw_cron_runs_the_line_install_prints_and_reads_its_exit_code(
+    openclaw: OpenClaw, tmp_path: Path, home: Path, no_disk_minimum: None
+) -> None:
+    """The `openclaw cron add` line install.sh --cron prints is accepted by a real gateway; run there, the check
+    is `ok` with NO_REPLY (nothing posted) while all is well, and `error` with its summary when a skill fails."""
+    fake_crontab = tmp_path / "crontab"
+    fake_crontab.write_text(
+        '#!/bin/sh\n[ "$1" = -l ] && { echo "no crontab for tester" >&2; exit 1; }\ncat >/dev/null\n'
+    )
+    fake_crontab.chmod(0o755)
+    installed = subprocess.run(
+        ["bash", str(ROOT / "install.sh"), "--cron"],
+        env=script_env(home, SELFHEAL_CRONTAB=str(fake_crontab), PYTHON=PYTHON),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    (printed,) = [line.strip() for line in installed.stderr.splitlines() if line.strip().startswith("openclaw cron")]
+    openclaw_home = openclaw.sandbox(tmp_path)
+    with openclaw.gateway(openclaw_home) as gateway:
+        gateway.wait_ready()
+        job = json.loads(openclaw.run(openclaw_home, *shlex.split(printed)[1:]).stdout)
+        assert (
+            job["payload"]
+            == {
+                "kind": "command",
+                "argv": [str(ROOT / ".venv" / "bin" / "python"), str(SCRIPTS / "health_check.py"), "--cron"],
+                "env": {"SELFHEAL_HOME": str(home)},
+            }
+            or job["payload"]["argv"][-1] == "--cron"
+        )
+        openclaw.run(openclaw_home, "cron", "run", job["id"])
+        (first,) = cron_runs(openclaw, openclaw_home, job["id"], 1)
+        assert (first["status"], first["diagnostics"]["summary"]) == ("ok", "NO_REPLY")
+
+        status = openclaw_home / ".openclaw" / "skills" / "status"
+        status.mkdir(parents=True, exist_ok=True)
+        (status / "tiktok-poster.txt").write_text("status=error,last_run=now\n")
+        openclaw.run(openclaw_home, "cron", "run", job["id"])
+        second = cron_runs(openclaw, openclaw_home, job["id"], 2)[-1]
+        assert second["status"] == "error"
+        assert second["diagnostics"]["summary"].startswith("self-heal health: DEGRADED: 1 check(s) warn"), second
+    assert gateway.left_behind() == []
