@@ -1,7 +1,7 @@
 """Log analysis: every input format counted exactly, bad input survived, the alert rules, the script's contract.
 
 Logs with known counts are generated here from a seed, next to the counts they must give; the OpenClaw
-fixtures are the real files of OpenClaw 2026.9.6 in /work/shared/fixtures/openclaw-logs.
+fixtures are the real files of OpenClaw 2026.9.6 in tests/fixtures/openclaw-logs.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from selfheal.logscan import InputError, Window, iter_blocks, parse_time, range_
 from selfheal.store import StateRoot
 from selfheal.testing import FakeClock
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "openclaw-logs"
+FIXTURES = ROOT / "tests" / "fixtures" / "openclaw-logs"
 GATEWAY = FIXTURES / "gateway-cron-agent-errors.jsonl"
 ANALYZE = str(SCRIPTS / "analyze_logs.py")
 T0 = calendar.timegm((2026, 6, 10, 0, 0, 0, 0, 0, 0))

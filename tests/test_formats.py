@@ -13,7 +13,7 @@ import pytest
 from conftest import PYTHON, ROOT, SCRIPTS, script_env
 from selfheal.output import schema_problems
 
-OPENCLAW_LOG = ROOT.parent / "shared" / "fixtures" / "openclaw-logs" / "gateway-cron-agent-errors.jsonl"
+OPENCLAW_LOG = ROOT / "tests" / "fixtures" / "openclaw-logs" / "gateway-cron-agent-errors.jsonl"
 
 
 def check(value: Any, schema: dict[str, Any]) -> list[str]:

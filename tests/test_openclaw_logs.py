@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import ROOT
 from selfheal import openclaw_logs as oc
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "openclaw-logs"
+FIXTURES = ROOT / "tests" / "fixtures" / "openclaw-logs"
 
 
 def records(name: str) -> list[oc.Record]:

@@ -216,7 +216,8 @@ def test_the_main_job_runs_and_every_scenario_behaves(home: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["ok"] and len(result["scenarios"]) == 7, result["scenarios"]
+    assert result["ok"] and len(result["scenarios"]) == 10, result["scenarios"]
+    assert result["left_behind"] == []  # no process of the demo outlives it
     assert result["ledger_events"]["retry"] >= 3
     assert not any(home.iterdir()) if home.exists() else True  # the demo used its own throwaway folder
 

@@ -381,3 +381,21 @@ def test_library_refuses_a_zero_deadline(home: Path) -> None:
 
     with pytest.raises(ValueError, match="deadline_s must be > 0"):
         run_with_retry(["true"], deadline_s=0)
+
+
+def test_a_run_whose_process_was_killed_is_marked_crashed_by_the_next_run_of_its_task(home: Path) -> None:
+    """SIGKILL leaves a record saying `running`; the next run of the task closes it, so no health check
+    mistakes it for live work (and a run of another task leaves it alone)."""
+    proc = subprocess.Popen(
+        [PYTHON, RETRY_RUN, "--task", "killed", "--", "sleep", "300"], env=script_env(home), stdout=subprocess.DEVNULL
+    )
+    record = _wait_record(home, lambda r: r.get("child") is not None)
+    proc.kill()
+    proc.wait(timeout=10)
+    psutil.Process(record["child"]["pid"]).kill()  # the command outlived it (its own session); end it too
+    assert run(home, "--task", "other", "--", "true").returncode == 0
+    path = home / "runs" / f"{record['run_id']}.json"
+    assert json.loads(path.read_text())["status"] == "running"
+    assert run(home, "--task", "killed", "--", "true").returncode == 0
+    closed = json.loads(path.read_text())
+    assert (closed["status"], closed["outcome"], closed["child"]) == ("finished", "crashed", None)

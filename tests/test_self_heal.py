@@ -22,7 +22,7 @@ from selfheal.tasks import REQUIRES_MANUAL, Task, TaskStore
 from selfheal.testing import FakeClock, FakeModelServer, Fault
 
 SELF_HEAL = str(SCRIPTS / "self_heal.py")
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "openclaw-logs"
+FIXTURES = ROOT / "tests" / "fixtures" / "openclaw-logs"
 GATEWAY_LOG = FIXTURES / "gateway-cron-agent-errors.jsonl"
 
 

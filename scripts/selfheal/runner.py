@@ -21,7 +21,7 @@ from .errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, Interrupted, LockB
 from .ledger import Ledger
 from .process import CommandResult, OutputSink, StopFlag, run_command
 from .retrying import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
-from .runs import RunRecord, new_run_id, prune_finished, running_for_task
+from .runs import RunRecord, close_dead, new_run_id, prune_finished, running_for_task
 from .store import StateRoot, file_lock, validate_id
 
 
@@ -258,6 +258,8 @@ class _CommandRun:
     def execute(self) -> RunOutcome:
         proc = self.config.process
         prune_finished(self.state, older_than_s=proc.keep_finished_runs_days * 86400, now=self.clock.time())
+        if self.task is not None:  # an earlier run of this task whose process died says so now
+            close_dead(self.state, self.task, now=self.clock.time())
         self.record.start()
         self.started = self.clock.monotonic()
         try:

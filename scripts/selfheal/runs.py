@@ -131,6 +131,29 @@ def running_for_task(state: StateRoot, task: str) -> dict[str, Any] | None:
     return None
 
 
+def close_dead(state: StateRoot, task: str, *, now: float) -> list[str]:
+    """Mark the task's records left `running` by a supervisor that died (killed, machine restarted) as
+    finished with outcome `crashed`, so nothing mistakes them for live work; return their run ids.
+    Only records of this host are judged: a pid means nothing on another machine."""
+    from .process import ProcessIdentity, still_running  # noqa: PLC0415 - psutil only when a task runs
+
+    closed = []
+    host = socket.gethostname()
+    for record in list_runs(state):
+        if record.get("task") != task or record.get("status") != RUNNING or record.get("host") != host:
+            continue
+        sup = record.get("supervisor") or {}
+        if not sup.get("create_time"):
+            continue
+        if still_running(ProcessIdentity(int(sup["pid"]), float(sup["create_time"]))) is not None:
+            continue
+        record.update(status="finished", phase="finished", outcome="crashed", child=None, ended_ts=now)
+        with contextlib.suppress(OSError, ValueError):
+            write_json(state.run_file(str(record["run_id"])), record, durable=True)
+            closed.append(str(record["run_id"]))
+    return closed
+
+
 def prune_finished(state: StateRoot, *, older_than_s: float, now: float) -> int:
     """Delete finished run records that ended more than `older_than_s` ago; return how many."""
     folder = state.sub("runs")
