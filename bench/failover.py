@@ -40,7 +40,10 @@ waits 8 s per failed request) overlap. self-heal's scenarios run one after anoth
 because each sets SELFHEAL_HOME; every other system starts a scenario when self-heal does, so the
 systems compared in a scenario start together under the same load (the slow ones then overlap the
 later scenarios). The requests are mostly network waits, timeouts and sleeps. Before any of it, each
-system answers one untimed request from a healthy primary (lazy imports, first-use setup).
+system answers one untimed request from a healthy primary (lazy imports, first-use setup). In each
+scenario every system makes its clients on its first request, inside the timed requests (self-heal
+makes its own lazily; the others' clients and LiteLLM's Router are made on the first ask too), so each
+pays its one-time set-up, client objects and first connections, in the same place.
 
 Targets: self-heal gives 100% correct answers and accepts no wrong one in every scenario; with a
 dead or hanging primary its mean latency is at most a third of the best other system's; with a flaky
@@ -225,10 +228,29 @@ def client(url: str, timeout_s: float, max_retries: int, stack: ExitStack) -> op
     return stack.enter_context(openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=max_retries, timeout=timeout_s))
 
 
+class _Clients:
+    """A system's two clients, made on first use inside the timed requests, as self-heal makes its own:
+    every system pays its one-time set-up (client objects, first connections) in the same place."""
+
+    def __init__(self, ep: Endpoints, timeout_s: float, max_retries: int, stack: ExitStack) -> None:
+        self.args = (ep, timeout_s, max_retries, stack)
+        self.made: tuple[openai.OpenAI, openai.OpenAI] | None = None
+
+    def get(self) -> tuple[openai.OpenAI, openai.OpenAI]:
+        if self.made is None:
+            ep, timeout_s, max_retries, stack = self.args
+            self.made = (
+                client(ep.primary, timeout_s, max_retries, stack),
+                client(ep.fallback, timeout_s, max_retries, stack),
+            )
+        return self.made
+
+
 def openai_system(ep: Endpoints, timeout_s: float, stack: ExitStack) -> Ask:
-    primary, fallback = (client(url, timeout_s, 2, stack) for url in (ep.primary, ep.fallback))
+    clients = _Clients(ep, timeout_s, 2, stack)
 
     def ask() -> str | None:
+        primary, fallback = clients.get()
         try:
             response = chat(primary)
         except Exception:
@@ -239,17 +261,17 @@ def openai_system(ep: Endpoints, timeout_s: float, stack: ExitStack) -> Ask:
 
 
 def tenacity_system(ep: Endpoints, timeout_s: float, stack: ExitStack) -> Ask:
-    primary, fallback = (client(url, timeout_s, 0, stack) for url in (ep.primary, ep.fallback))
+    clients = _Clients(ep, timeout_s, 0, stack)
 
     @tenacity.retry(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential(multiplier=1, min=4, max=60))
     def call_primary() -> ChatCompletion:
-        return chat(primary)
+        return chat(clients.get()[0])
 
     def ask() -> str | None:
         try:
             response = call_primary()
         except tenacity.RetryError:
-            response = chat(fallback)
+            response = chat(clients.get()[1])
         return text_of(response)
 
     return ask

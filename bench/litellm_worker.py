@@ -40,14 +40,16 @@ def main() -> None:
         }
         return {"model_name": name, "litellm_params": params}
 
-    router = litellm.Router(
-        model_list=[deployment("primary"), deployment("fallback")],
-        fallbacks=[{"primary": ["fallback"]}],
-        timeout=spec["timeout_s"],
-    )
+    router = None  # made on the first ask, inside the timed request, as every system makes its clients
     for line in sys.stdin:
         if line.strip() != "ask":
             continue
+        if router is None:
+            router = litellm.Router(
+                model_list=[deployment("primary"), deployment("fallback")],
+                fallbacks=[{"primary": ["fallback"]}],
+                timeout=spec["timeout_s"],
+            )
         try:
             response = router.completion(model="primary", messages=spec["messages"])
         except Exception as exc:

@@ -489,3 +489,31 @@ def test_a_cancelled_call_gives_its_breaker_permit_back(
     asyncio.run(impatient())
     status = Breakers(StateRoot(home), config.breakers, clock=clock).status("primary")
     assert status["in_flight"] == 0 and status["state"] == "closed"
+
+
+def test_ctrl_c_during_a_sync_call_cancels_it_and_gives_its_permit_back(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
+) -> None:
+    """complete() runs on the calling thread's own loop; Ctrl-C there ends the request at once and the
+    breaker shows nothing in flight (a dangling permit would block the probes of a half-open breaker)."""
+    import _thread
+    import threading
+
+    config = chain("primary")
+    server.script("primary", Fault.hang(30))
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        complete("hi", config=config, clock=clock)
+    status = Breakers(StateRoot(home), config.breakers, clock=clock).status("primary")
+    assert status["in_flight"] == 0
+    assert ask(config, clock).content == "ok from primary"  # the thread's loop still works afterwards
+
+
+def test_sync_calls_from_several_threads_at_once(chain: Callable[..., Config], clock: FakeClock) -> None:
+    """Each thread runs its calls on a loop of its own; none waits for another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = chain("primary")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: ask(config, clock).content, range(12)))
+    assert answers == ["ok from primary"] * 12

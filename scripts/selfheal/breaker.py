@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -70,6 +71,12 @@ class Permit:
     target: str
     id: str
     probe: bool
+
+
+@functools.lru_cache(maxsize=4)
+def _identity_of(pid: int) -> ProcessIdentity | None:
+    """A process (pid and start time, for its permits), looked up once: this one, by os.getpid()."""
+    return identify(pid)
 
 
 def _encode(data: dict[str, Any]) -> bytes:
@@ -139,7 +146,7 @@ class Breakers:
         self.settings = settings
         self.clock = clock
         self.ledger = ledger
-        self._me = identify(os.getpid())
+        self._me = _identity_of(os.getpid())
 
     # -- the file --------------------------------------------------------------------------------------------
 

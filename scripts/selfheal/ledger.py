@@ -125,11 +125,7 @@ class Ledger:
         self.state = state
         self.config = config
         self.clock = clock
-        self.redactor = redactor or Redactor(
-            env_names=config.redact.env_names,
-            patterns=config.redact.patterns,
-            extra_values=_model_keys(config),
-        )
+        self.redactor = redactor or redactor_for(config)
         self.write_errors = 0
         self._day: tuple[str, Path] | None = None
 
@@ -168,6 +164,25 @@ class Ledger:
         size = append_line(path, line.encode("utf-8"))
         if size >= self.config.log.max_bytes:
             _rotate(path, self.config.log)
+
+
+_redactors: dict[tuple[object, ...], Redactor] = {}
+
+
+def redactor_for(config: Config) -> Redactor:
+    """The Redactor for these settings and the environment as it is now: built once per distinct pair
+    (it compiles patterns and reads every secret-looking variable), so a Ledger per call stays cheap."""
+    key = (config.redact, tuple(_model_keys(config)), frozenset(os.environ.items()))
+    found = _redactors.get(key)
+    if found is None:
+        if len(_redactors) > 16:  # the environment keeps changing (tests): do not grow without bound
+            _redactors.clear()
+        found = _redactors[key] = Redactor(
+            env_names=config.redact.env_names,
+            patterns=config.redact.patterns,
+            extra_values=_model_keys(config),
+        )
+    return found
 
 
 def _model_keys(config: Config) -> list[str]:

@@ -815,18 +815,41 @@ async def acomplete(
     return await call.run()
 
 
+Clients = dict[tuple[str, str], openai.AsyncOpenAI]
+
+
+class _ThreadLoop(threading.local):
+    """A calling thread's own event loop and clients, kept between its complete() calls."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    pid: int = 0
+    clients: Clients
+
+
 class _PrivateLoop:
-    """Where sync complete() calls run: one event loop in a daemon thread per process. Its clients are
-    kept between calls, so HTTP connections (and TLS sessions) are reused as a long-lived openai client's
-    are; a caller's own event loop is never used, so complete() also works from async code."""
+    """Where sync complete() calls run. A thread with no event loop of its own runs the call on a loop of
+    its own, kept between calls (no hand-off to another thread, which costs milliseconds when threads
+    compete for the GIL); a thread inside a running event loop (async code calling the sync API) hands
+    it to one event loop in a daemon thread. Either way the clients are kept, so HTTP connections (and
+    TLS sessions) are reused as a long-lived openai client's are, and a caller's own loop is never used."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
-        self.clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+        self.clients: Clients = {}
+        self._local = _ThreadLoop()
+        self._thread_loops: list[tuple[asyncio.AbstractEventLoop, Clients]] = []
+        self._registered = False
 
-    def run(self, make: Callable[[dict[tuple[str, str], openai.AsyncOpenAI]], Coroutine[Any, Any, T]]) -> T:
+    def run(self, make: Callable[[Clients], Coroutine[Any, Any, T]]) -> T:
+        try:
+            asyncio.get_running_loop()
+            inside_a_loop = True
+        except RuntimeError:
+            inside_a_loop = False
+        if not inside_a_loop:  # (called outside the except: its RuntimeError must not chain onto failures)
+            return self._run_here(make)
         loop, clients = self._ensure()
         future = asyncio.run_coroutine_threadsafe(make(clients), loop)
         try:
@@ -835,29 +858,55 @@ class _PrivateLoop:
             future.cancel()  # Ctrl-C while waiting: cancel the call too (it gives its permits back)
             raise
 
+    def _run_here(self, make: Callable[[Clients], Coroutine[Any, Any, T]]) -> T:
+        local = self._local
+        if local.loop is None or local.pid != os.getpid() or local.loop.is_closed():  # first use, or a fork
+            local.loop, local.pid, local.clients = asyncio.new_event_loop(), os.getpid(), {}
+            with self._lock:
+                self._thread_loops.append((local.loop, local.clients))
+                if not self._registered:
+                    atexit.register(self._shutdown)
+                    self._registered = True
+        loop = local.loop
+        task = loop.create_task(make(local.clients))
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():  # Ctrl-C while it ran: cancel the call too (it gives its permits back)
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(task)
+            raise
+
     def _ensure(self) -> tuple[asyncio.AbstractEventLoop, dict[tuple[str, str], openai.AsyncOpenAI]]:
         with self._lock:
             if self._loop is None or self._pid != os.getpid():  # first use, or a forked child
-                first = self._loop is None
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="selfheal-llm", daemon=True).start()
                 self._loop, self._pid, self.clients = loop, os.getpid(), {}
-                if first:
+                if not self._registered:
                     atexit.register(self._shutdown)
+                    self._registered = True
             return self._loop, self.clients
 
     def _shutdown(self) -> None:
-        loop, clients = self._loop, list(self.clients.values())
-        if loop is None or self._pid != os.getpid():
-            return
-
-        async def close_all() -> None:
+        async def close_all(clients: list[openai.AsyncOpenAI]) -> None:
             for client in clients:
                 await client.close()
 
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=2)
-        loop.call_soon_threadsafe(loop.stop)
+        loop, clients = self._loop, list(self.clients.values())
+        if loop is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(close_all(clients), loop).result(timeout=2)
+            loop.call_soon_threadsafe(loop.stop)
+        # Loops of threads that called complete(): closed here only if they are not running (a thread still
+        # inside a call at exit keeps its loop; the process is ending anyway).
+        for thread_loop, thread_clients in self._thread_loops:
+            if thread_loop.is_running() or thread_loop.is_closed():
+                continue
+            with contextlib.suppress(Exception):
+                thread_loop.run_until_complete(close_all(list(thread_clients.values())))
+                thread_loop.close()
 
 
 _private = _PrivateLoop()
