@@ -242,3 +242,24 @@ def test_benchmarks_run_and_their_own_checks_pass(bench: str) -> None:
         assert result["correct"]
     else:
         assert all(r["attempts"] in (None, 3 * r["calls"]) for r in result["results"])
+
+
+def test_skill_yaml_and_skill_md_agree_and_name_only_files_that_exist() -> None:
+    """The manifest and SKILL.md describe the same skill: name, version, scripts, prompts, schedules."""
+    import selfheal
+
+    manifest = yaml.safe_load((ROOT / "skill.yaml").read_text())
+    front = yaml.safe_load(SKILL_MD.split("---\n", 2)[1])
+    assert (
+        manifest["name"] == front["name"] == ROOT.name
+        if ROOT.name == "self-heal"
+        else manifest["name"] == front["name"]
+    )
+    assert manifest["version"] == selfheal.__version__
+    prompts = {f"config/prompts/{p.name}" for p in (ROOT / "config" / "prompts").glob("*.txt")}
+    assert set(manifest["prompts"]) == prompts and all((ROOT / p).is_file() for p in prompts)
+    named_in_skill_md = set(re.findall(r"\{baseDir\}/scripts/(\w+\.py)", SKILL_MD))
+    assert named_in_skill_md == {Path(p).name for p in manifest["scripts"].values()}
+    for name, line in manifest["schedules"].items():
+        fields = line.split()
+        assert len(fields) == 5 and all(re.fullmatch(r"[\d*/,-]+", f) for f in fields), (name, line)
