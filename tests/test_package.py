@@ -250,11 +250,7 @@ def test_skill_yaml_and_skill_md_agree_and_name_only_files_that_exist() -> None:
 
     manifest = yaml.safe_load((ROOT / "skill.yaml").read_text())
     front = yaml.safe_load(SKILL_MD.split("---\n", 2)[1])
-    assert (
-        manifest["name"] == front["name"] == ROOT.name
-        if ROOT.name == "self-heal"
-        else manifest["name"] == front["name"]
-    )
+    assert manifest["name"] == front["name"] == "self-heal"
     assert manifest["version"] == selfheal.__version__
     prompts = {f"config/prompts/{p.name}" for p in (ROOT / "config" / "prompts").glob("*.txt")}
     assert set(manifest["prompts"]) == prompts and all((ROOT / p).is_file() for p in prompts)
