@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -214,49 +215,83 @@ def _closed_port() -> int:
 
 
 def _workflow_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
-    """workflow.py: a crash (SIGKILL) in step 3 and a resume; then a failure that is compensated."""
+    """workflow.py: step 2 asks a model whose primary fails (a 503, then a refused key) and falls over;
+    the job is killed (SIGKILL) in step 3 and resumed; step 4 fails for good and the rest is undone."""
     folder = work / "report-job"
     folder.mkdir()
-    steps = ["fetch", "analyze", "chart", "publish"]
+    ask = shlex.join([sys.executable, str(HERE / "llm_call.py"), "--task", "weekly-report", "--prompt", "Sum up."])
+    commands = {
+        "fetch": "echo fetch >> journal",
+        "analyze": f"{ask} > summary.txt && echo analyze >> journal",
+        "chart": "test -e go || { touch waiting; exec sleep 600; }; echo chart >> journal",
+        "publish": "test -e fixed || { echo 'publish: /srv/www: permission denied' >&2; exit 77; }; "
+        "echo publish >> journal",
+    }
     lines = ["steps:"]
-    for name in steps:
-        hold = "test -e go || { touch waiting; exec sleep 600; }; " if name == "chart" else ""
-        fail = (
-            "test -e fixed || { echo 'publish: /srv/www: permission denied' >&2; exit 77; }; "
-            if (name == "publish")
-            else ""
-        )
+    for name, command in commands.items():
         lines += [
             f"  - name: {name}",
-            f'    shell: "{hold}{fail}echo {name} >> journal"',
+            f"    shell: {json.dumps(command)}",
             f"    compensate: [sh, -c, 'echo undo-{name} >> journal']",
         ]
     plan = folder / "plan.yaml"
     plan.write_text("\n".join(lines) + "\n")
-    env = dict(os.environ, SELFHEAL_HOME=str(home))
-    command = [sys.executable, str(HERE / "workflow.py"), "run", str(plan), "--task", "weekly-report"]
-    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not (folder / "waiting").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    job.kill()  # the machine dies in the middle of step 3
-    job.wait()
-    (folder / "go").write_text("")
-    resumed = subprocess.run([*command, "--json"], env=env, capture_output=True, check=False, timeout=120)
+    with FakeModelServer() as server:
+        # The job's own settings: its model chain is the fake endpoint (primary, then a fallback).
+        settings = folder / "job-config.yaml"
+        settings.write_text(
+            "policies: {transient: {base_s: 0.2}}\nmodels:\n  chain:\n"
+            f'    - {{name: qwen3-4b-job, base_url: "{server.url("primary")}", model: Qwen3-4B}}\n'
+            f'    - {{name: qwen1.5-0.5b-job, base_url: "{server.url("fallback")}", model: Qwen1.5-0.5B}}\n'
+        )
+        server.script("primary", Fault.http(503), Fault.http(401, code="invalid_api_key"))
+        env = dict(os.environ, SELFHEAL_HOME=str(home), SELFHEAL_CONFIG=str(settings))
+        command = [sys.executable, str(HERE / "workflow.py"), "run", str(plan), "--task", "weekly-report"]
+        job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder)
+        deadline = time.monotonic() + 60
+        while not (folder / "waiting").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        job.kill()  # the machine dies in the middle of step 3
+        job.wait()
+        (folder / "go").write_text("")
+        resumed = subprocess.run([*command, "--json"], env=env, capture_output=True, check=False, timeout=120)
+        primary_hits = server.requests("primary")
     result = json.loads(resumed.stdout)
     journal = (folder / "journal").read_text().split()
+    summary = (folder / "summary.txt").read_text().strip() if (folder / "summary.txt").exists() else ""
+    events = _events(home, "weekly-report")
     incident = result.get("incident")
     ok = (
         journal == ["fetch", "analyze", "chart", "undo-chart", "undo-analyze", "undo-fetch"]
         and result["status"] == "failed"
         and bool(incident)
+        and summary == "ok from fallback"
+        and primary_hits == 2
+        and {"retry", "breaker", "fallback", "resume", "compensate"} <= set(events)
     )
     detail = (
-        f"killed in step 3 of 4; the same command resumed at step 3 (steps 1-2 not repeated); step 4 then failed "
-        f"for good ({result['steps'][3]['error_class']}), so steps 3, 2, 1 were undone in that order and an "
-        f"incident was written with the command that resumes it: {Path(incident).name if incident else '?'}"
+        f"step 2 asked the model: the primary answered 503 (retried), then refused the key (its breaker "
+        f"opened), and the fallback answered ({summary!r}); the job was killed in step 3 and the same command "
+        f"resumed it there (steps 1-2 not repeated); step 4 then failed for good "
+        f"({result['steps'][3]['error_class']}), so steps 3, 2, 1 were undone in that order and an incident "
+        f"was written with the command that resumes it: {Path(incident).name if incident else '?'}"
     )
-    return "A multi-step job survives a crash, and undoes its work when it cannot finish", ok, detail
+    return (
+        "A multi-step job rides out a model outage and a crash, and undoes its work when it cannot finish",
+        ok,
+        detail,
+    )
+
+
+def _events(home: Path, task: str) -> list[str]:
+    """The kinds of the ledger events of one task (and of the breakers, which name no task), in order."""
+    out = []
+    for path in sorted((home / "ledger").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event.get("task") in (task, None):
+                out.append(str(event["event"]))
+    return out
 
 
 def _tasks(home: Path, *args: str) -> dict[str, Any]:
