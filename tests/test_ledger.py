@@ -186,6 +186,44 @@ def test_ledger_file_is_named_by_the_utc_day(state: StateRoot, config: Config) -
     assert json.loads(ledger_lines(state)[0])["ts"] == "2026-06-10T23:30:00.000Z"
 
 
+def _day_files(state: StateRoot, *days: str) -> None:
+    folder = state.root / "ledger"
+    folder.mkdir(parents=True, exist_ok=True)
+    for day in days:
+        (folder / f"{day}.jsonl").write_text('{"event":"retry"}\n')
+
+
+def test_the_first_event_of_a_day_deletes_days_past_keeping(
+    state: StateRoot, write_config: Callable[[str], Path]
+) -> None:
+    """ledger.keep_days: 30 keeps today and the 30 days before it; older day files go, other files stay."""
+    write_config("ledger: {keep_days: 30}\n")
+    _day_files(state, "2026-04-01", "2026-05-10", "2026-05-11", "2026-06-09")
+    (state.root / "ledger" / "notes.txt").write_text("mine")
+    clock = FakeClock(wall=1_781_092_800.0)  # 2026-06-10T12:00:00Z
+    ledger = Ledger(state, load_config(), clock=clock)
+    ledger.record("retry", task="t")
+    names = sorted(p.name for p in (state.root / "ledger").iterdir())
+    assert names == ["2026-05-11.jsonl", "2026-06-09.jsonl", "2026-06-10.jsonl", "notes.txt"]
+    # Later the same day nothing is listed again: a file that appears now stays until the next day starts.
+    _day_files(state, "2026-01-01")
+    clock.advance(3600)
+    ledger.record("retry", task="t")
+    Ledger(state, load_config(), clock=clock).record("retry", task="t")  # another process, same day
+    assert (state.root / "ledger" / "2026-01-01.jsonl").exists()
+    clock.advance(86_400)  # the next day's first event: 2026-05-11 is now past keeping too
+    ledger.record("retry", task="t")
+    names = sorted(p.name for p in ledger_files(state))
+    assert names == ["2026-06-09.jsonl", "2026-06-10.jsonl", "2026-06-11.jsonl"]
+
+
+def test_keep_days_0_keeps_every_day(state: StateRoot, write_config: Callable[[str], Path]) -> None:
+    write_config("ledger: {keep_days: 0}\n")
+    _day_files(state, "2001-01-01")
+    Ledger(state, load_config(), clock=FakeClock(wall=1_781_092_800.0)).record("retry", task="t")
+    assert [p.name for p in ledger_files(state)] == ["2001-01-01.jsonl", "2026-06-10.jsonl"]
+
+
 @pytest.mark.parametrize(("length", "cut"), [(40, False), (41, True), (5000, True)])
 def test_long_reasons_are_cut_to_the_limit(
     length: int, cut: bool, state: StateRoot, doc_clock: FakeClock, write_config: Callable[[str], Path]

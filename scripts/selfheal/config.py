@@ -214,6 +214,7 @@ class ProcessSettings:
 @dataclass(frozen=True)
 class LedgerSettings:
     reason_max_chars: int = field(metadata=_meta(lo=20, hi=100_000))
+    keep_days: int = field(metadata=_meta(lo=0, hi=36_500))
 
 
 @dataclass(frozen=True)

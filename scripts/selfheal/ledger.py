@@ -156,7 +156,11 @@ class Ledger:
     def _ledger_path(self, now: float) -> Path:
         day = utc_day(now)
         if self._day is None or self._day[0] != day:
-            self._day = (day, self.state.ledger_file(day))
+            path = self.state.ledger_file(day)
+            keep = self.config.ledger.keep_days
+            if keep and not path.exists():  # the day's first writer clears out the days past keeping
+                prune_ledger(self.state, keep, now)
+            self._day = (day, path)
         return self._day[1]
 
     def _log(self, line: str) -> None:
@@ -222,6 +226,22 @@ def iter_events(paths: list[Path]) -> Iterator[dict[str, Any] | None]:
                     yield None
                     continue
                 yield obj if isinstance(obj, dict) else None
+
+
+def prune_ledger(state: StateRoot, keep_days: int, now: float) -> list[Path]:
+    """Delete the ledger's day files older than `keep_days` UTC days before `now`'s; return what was deleted.
+
+    Runs when a process starts a new day's file, so a busy host pays for it once a day, an idle one never.
+    The files are named by day, so nothing is opened; several processes racing here delete each file once.
+    """
+    oldest = utc_day(now - keep_days * 86_400)
+    gone = []
+    for path in ledger_files(state):
+        if path.name[:10] < oldest:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                gone.append(path)
+    return gone
 
 
 def ledger_files(state: StateRoot) -> list[Path]:
