@@ -62,7 +62,7 @@ from .incident import Incident, new_incident_id, notify, write_incident
 from .ledger import Ledger
 from .process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
 from .retrying import Retrier, attempts_of, stop_reason_of
-from .runner import run_with_retry
+from .runner import RunOutcome, run_with_retry
 from .runs import new_run_id
 from .store import StateRoot, file_lock, read_json, validate_id, write_json
 
@@ -697,17 +697,15 @@ class WorkflowRunner:
     def _path(self, step: Step, relative: str) -> Path:
         return self._cwd(step) / relative
 
-    def _run_command(
-        self, step: Step, command: Command, record: dict[str, Any], persist: Callable[[int], None], prior: int
-    ) -> str:
-        outcome = run_with_retry(
+    def _retry_command(self, step: Step, command: Command, name: str, **extra: Any) -> RunOutcome:
+        """A command of `step` (its own, or its compensation, named `name` in the ledger) under the retry
+        policy, in the step's folder with its environment; the task's lock is already held by this run."""
+        return run_with_retry(
             command.to_argv(),
             task=self.task,
-            step=step.name,
-            run_id=record["run_id"],
+            step=name,
             lock=False,
             timeout_s=step.timeout_s,
-            max_attempts=step.max_attempts,
             cwd=str(self._cwd(step)),
             config=self.config,
             state=self.state,
@@ -716,6 +714,18 @@ class WorkflowRunner:
             stderr=self.stderr,
             stop=self.stop,
             env=self._step_env(step),
+            **extra,
+        )
+
+    def _run_command(
+        self, step: Step, command: Command, record: dict[str, Any], persist: Callable[[int], None], prior: int
+    ) -> str:
+        outcome = self._retry_command(
+            step,
+            command,
+            step.name,
+            run_id=record["run_id"],
+            max_attempts=step.max_attempts,
             prior_attempts=prior,
             before_attempt=persist,
         )
@@ -832,21 +842,7 @@ class WorkflowRunner:
     def _run_compensation(self, step: Step, record: dict[str, Any]) -> None:
         undo = step.compensate
         if isinstance(undo, Command):
-            outcome = run_with_retry(
-                undo.to_argv(),
-                task=self.task,
-                step=f"{step.name}.compensate",
-                lock=False,
-                cwd=str(self._cwd(step)),
-                timeout_s=step.timeout_s,
-                config=self.config,
-                state=self.state,
-                clock=self.clock,
-                stdout=self.stdout,
-                stderr=self.stderr,
-                stop=self.stop,
-                env=self._step_env(step),
-            )
+            outcome = self._retry_command(step, undo, f"{step.name}.compensate")
             if not outcome.ok:
                 raise RuntimeError(f"{outcome.error_class}: {outcome.reason} (exit {outcome.exit_code})")
             return
