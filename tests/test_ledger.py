@@ -217,6 +217,24 @@ def test_the_first_event_of_a_day_deletes_days_past_keeping(
     assert names == ["2026-06-09.jsonl", "2026-06-10.jsonl", "2026-06-11.jsonl"]
 
 
+def test_an_old_day_that_cannot_be_deleted_costs_no_event(
+    state: StateRoot, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention is housekeeping: when deleting fails, the event is still written and the old file stays."""
+    write_config("ledger: {keep_days: 1}\n")
+    _day_files(state, "2026-01-01")
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    ledger = Ledger(state, load_config(), clock=FakeClock(wall=1_781_092_800.0))
+    ledger.record("retry", task="t", reason="kept")
+    assert ledger.write_errors == 0
+    assert json.loads(ledger_lines(state)[-1])["reason"] == "kept"
+    assert (state.root / "ledger" / "2026-01-01.jsonl").exists()
+
+
 def test_keep_days_0_keeps_every_day(state: StateRoot, write_config: Callable[[str], Path]) -> None:
     write_config("ledger: {keep_days: 0}\n")
     _day_files(state, "2001-01-01")

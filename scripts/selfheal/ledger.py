@@ -159,7 +159,10 @@ class Ledger:
             path = self.state.ledger_file(day)
             keep = self.config.ledger.keep_days
             if keep and not path.exists():  # the day's first writer clears out the days past keeping
-                prune_ledger(self.state, keep, now)
+                try:
+                    prune_ledger(self.state, keep, now)
+                except OSError as exc:  # never at the cost of the event being recorded
+                    logger.warning("self-heal could not delete old ledger days under %s: %s", self.state.root, exc)
             self._day = (day, path)
         return self._day[1]
 
