@@ -1,6 +1,6 @@
 """Time per durable checkpoint write of self-heal's state store, against SQLite in WAL mode timed in the same run.
 
-The document: checkpoints/<task>.json as selfheal.workflow shapes it (WorkflowRunner._fresh): task,
+The document: checkpoints/<task>.json as selfheal.durable.workflow shapes it (WorkflowRunner._fresh): task,
 plan (name, path, digest), status, step order, run counters and timestamps, and per step its state,
 attempts, run id, started/ended, duration, exit code, error class, reason and outputs (a line of stdout
 and one output file with path, size and sha256). 20 steps (--steps) make about 14 KB as store.dumps
@@ -9,12 +9,12 @@ step has run once; then each write changes one step, in the order the workflow s
 running, its attempt count, done with its outputs. That change is not timed; the write is
 (serialisation included, for every candidate).
 
-self-heal (the target): `selfheal.checkpoint.Checkpoints.save(task, doc)`, what a workflow calls
-after each step: a two-slot file (selfheal.store.SlotFile) in which the older slot is overwritten in
+self-heal (the target): `selfheal.durable.checkpoint.Checkpoints.save(task, doc)`, what a workflow calls
+after each step: a two-slot file (selfheal.state.root.SlotFile) in which the older slot is overwritten in
 place (one pwrite of compact JSON with its SHA-256) and fdatasync'd; the file's size never changes, so
 no metadata needs committing, and a torn write leaves the previous save readable.
 
-Context for self-heal: `selfheal.store.write_json(path, doc, durable=True)`, the atomic replace every
+Context for self-heal: `selfheal.state.root.write_json(path, doc, durable=True)`, the atomic replace every
 other state file uses (serialise, write a temp file in the same folder, fsync it, os.replace() it over
 the file, fsync the folder), and the same without the fsyncs (durable=False).
 
@@ -65,9 +65,9 @@ from typing import Any
 from _common import machine, machine_line, markdown_table
 
 import selfheal
-from selfheal.checkpoint import Checkpoints
 from selfheal.clock import utc_iso
-from selfheal.store import StateRoot, dumps, ensure_dir, read_json, write_json
+from selfheal.durable.checkpoint import Checkpoints
+from selfheal.state.root import StateRoot, dumps, ensure_dir, read_json, write_json
 
 WRITES, ROUNDS = 200, 7  # default: timed writes per candidate per round, rounds
 QUICK_WRITES, QUICK_ROUNDS = 30, 3
@@ -103,7 +103,7 @@ BASELINE_ID = "sqlite-full"
 
 
 # --- the document ------------------------------------------------------------------------------------
-# The shape selfheal.workflow gives checkpoints/<task>.json (WorkflowRunner._fresh and _run_step).
+# The shape selfheal.durable.workflow gives checkpoints/<task>.json (WorkflowRunner._fresh and _run_step).
 
 
 def sha256(text: str) -> str:
@@ -258,7 +258,7 @@ class StoreJson(Candidate):
 
 
 class Checkpoint(Candidate):
-    """What a workflow does after each step: selfheal.checkpoint.Checkpoints.save (a two-slot file)."""
+    """What a workflow does after each step: selfheal.durable.checkpoint.Checkpoints.save (a two-slot file)."""
 
     ident = "selfheal-checkpoint"
     target = True

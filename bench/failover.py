@@ -6,7 +6,7 @@ Every system asks the same two fake endpoints (selfheal.testing.FakeModelServer,
 By default the endpoints answer over loopback at once; --network-delay S delays every answer by S
 seconds, as a network between client and endpoint would.
 
-- self-heal: `selfheal.llm.complete(PROMPT, config=cfg)`, cfg loaded from a config.yaml in a fresh
+- self-heal: `selfheal.models.llm.complete(PROMPT, config=cfg)`, cfg loaded from a config.yaml in a fresh
   temporary SELFHEAL_HOME per scenario whose `models.chain` is [primary, fallback], with
   `models.timeout_s` = the read timeout, `timeout_per_1k_tokens_s: 0` and `connect_timeout_s: 1`.
   Everything else is skill.yaml's default (retry policies, breakers); the breakers persist across the
@@ -83,10 +83,10 @@ from _common import machine, machine_line, markdown_table
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 import selfheal
-from selfheal import llm
-from selfheal.config import Config, load_config
-from selfheal.ledger import iter_events, ledger_files
-from selfheal.store import StateRoot
+from selfheal.core.config import Config, load_config
+from selfheal.core.ledger import iter_events, ledger_files
+from selfheal.models import llm
+from selfheal.state.root import StateRoot
 from selfheal.testing import FakeModelServer, Fault
 
 REQUESTS, QUICK_REQUESTS = 15, 2  # per (system, scenario): tenacity waits 8 s per failed request; see report()

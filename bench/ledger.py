@@ -37,9 +37,9 @@ from typing import Any
 
 from _common import machine, machine_line, markdown_table
 
-from selfheal.config import load_config
-from selfheal.ledger import Ledger, iter_events, ledger_files
-from selfheal.store import StateRoot
+from selfheal.core.config import load_config
+from selfheal.core.ledger import Ledger, iter_events, ledger_files
+from selfheal.state.root import StateRoot
 
 Span = tuple[float, float]  # a writer's start and end on time.monotonic(): one system-wide clock (Linux, macOS)
 

@@ -43,8 +43,8 @@ import tenacity
 from _common import machine, machine_line, markdown_table
 
 import selfheal
-from selfheal.config import Config, load_config
-from selfheal.retrying import Retrier, retry
+from selfheal.core.config import Config, load_config
+from selfheal.core.retrying import Retrier, retry
 from selfheal.testing import no_waits
 
 T = TypeVar("T")

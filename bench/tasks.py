@@ -54,9 +54,9 @@ from typing import Any
 
 from _common import machine, machine_line, markdown_table
 
-from selfheal.config import load_config
-from selfheal.store import StateRoot
-from selfheal.tasks import END, PRIORITIES, PROCESSING, TYPES, VOID, Task, TaskStore
+from selfheal.core.config import load_config
+from selfheal.state.root import StateRoot
+from selfheal.tasks.tree import END, PRIORITIES, PROCESSING, TYPES, VOID, Task, TaskStore
 from selfheal.testing import FakeClock
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

@@ -21,10 +21,10 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.config import get_config  # noqa: E402
+from selfheal.core.config import get_config  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
-from selfheal.logreport import analyze, parse_when, render_text  # noqa: E402
-from selfheal.store import validate_id  # noqa: E402
+from selfheal.observe.logreport import analyze, parse_when, render_text  # noqa: E402
+from selfheal.state.root import validate_id  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,12 +20,12 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.breaker import CLOSED, Breakers  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
-from selfheal.config import get_config  # noqa: E402
+from selfheal.core.breaker import CLOSED, Breakers  # noqa: E402
+from selfheal.core.config import get_config  # noqa: E402
+from selfheal.core.ledger import Ledger  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
-from selfheal.ledger import Ledger  # noqa: E402
-from selfheal.store import StateRoot  # noqa: E402
+from selfheal.state.root import StateRoot  # noqa: E402
 
 
 def _line(view: dict[str, Any]) -> str:

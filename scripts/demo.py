@@ -32,10 +32,10 @@ bootstrap()
 import openai  # noqa: E402
 
 from selfheal import cli  # noqa: E402
-from selfheal.config import load_config  # noqa: E402
-from selfheal.llm import complete  # noqa: E402
-from selfheal.retrying import Retrier, attempts_of  # noqa: E402
-from selfheal.store import StateRoot  # noqa: E402
+from selfheal.core.config import load_config  # noqa: E402
+from selfheal.core.retrying import Retrier, attempts_of  # noqa: E402
+from selfheal.models.llm import complete  # noqa: E402
+from selfheal.state.root import StateRoot  # noqa: E402
 from selfheal.testing import FakeModelServer, Fault  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

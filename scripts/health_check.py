@@ -21,8 +21,8 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.health import run_health_check  # noqa: E402
-from selfheal.store import StateRoot  # noqa: E402
+from selfheal.observe.health import run_health_check  # noqa: E402
+from selfheal.state.root import StateRoot  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,8 +23,8 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
-from selfheal.llm import Completion, ModelCallFailed, NoEndpointAvailable, complete  # noqa: E402
-from selfheal.output import load_schema  # noqa: E402
+from selfheal.models.llm import Completion, ModelCallFailed, NoEndpointAvailable, complete  # noqa: E402
+from selfheal.models.output import load_schema  # noqa: E402
 
 
 def _prompt(args: object) -> str:

@@ -21,9 +21,9 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.process import StopFlag  # noqa: E402
-from selfheal.retrying import Attempt  # noqa: E402
-from selfheal.runner import run_with_retry  # noqa: E402
+from selfheal.core.process import StopFlag  # noqa: E402
+from selfheal.core.retrying import Attempt  # noqa: E402
+from selfheal.core.runner import run_with_retry  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:

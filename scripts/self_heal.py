@@ -29,12 +29,13 @@ from selfheal._bootstrap import bootstrap
 
 bootstrap()
 
-from selfheal import cli, openclaw_logs  # noqa: E402
-from selfheal.config import get_config  # noqa: E402
-from selfheal.diagnose import ApplyRefused, Healer, apply_fix, gather_openclaw, gather_task  # noqa: E402
+from selfheal import cli  # noqa: E402
+from selfheal.core.config import get_config  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
-from selfheal.fixes import STATUSES, VOID, FixRecord, FixStore, write_learnings  # noqa: E402
-from selfheal.store import StateRoot  # noqa: E402
+from selfheal.heal.diagnose import ApplyRefused, Healer, apply_fix, gather_openclaw, gather_task  # noqa: E402
+from selfheal.observe import openclaw_logs  # noqa: E402
+from selfheal.state.fixes import STATUSES, VOID, FixRecord, FixStore, write_learnings  # noqa: E402
+from selfheal.state.root import StateRoot  # noqa: E402
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

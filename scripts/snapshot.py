@@ -25,10 +25,11 @@ from selfheal._bootstrap import bootstrap
 
 bootstrap()
 
-from selfheal import cli, snapshot  # noqa: E402
+from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
+from selfheal.durable import snapshot  # noqa: E402
 from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
-from selfheal.store import dumps  # noqa: E402
+from selfheal.state.root import dumps  # noqa: E402
 
 
 def _read_json_file(name: str, *, stdin_ok: bool = False) -> Any:

@@ -34,11 +34,13 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
+from selfheal.core.ledger import Ledger  # noqa: E402
+from selfheal.core.process import StopFlag  # noqa: E402
+from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
-from selfheal.ledger import Ledger  # noqa: E402
-from selfheal.process import StopFlag  # noqa: E402
-from selfheal.taskrun import BoundedLog, TaskRunner, check_stuck, find_stuck, why_not  # noqa: E402
-from selfheal.tasks import (  # noqa: E402
+from selfheal.heal.diagnose import task_runner  # noqa: E402
+from selfheal.tasks.run import BoundedLog, check_stuck, find_stuck, why_not  # noqa: E402
+from selfheal.tasks.tree import (  # noqa: E402
     ACTIONABLE_STATES,
     END,
     EXEC_STATES,
@@ -54,7 +56,6 @@ from selfheal.tasks import (  # noqa: E402
     TaskTree,
     UnknownTask,
 )
-from selfheal.workflow import load_plan  # noqa: E402
 
 TASKS_SCRIPT = str(Path(__file__).resolve())
 
@@ -454,7 +455,7 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
     stop = StopFlag()
     stop.install()
     try:
-        runner = TaskRunner(store, stop=stop, echo=sys.stderr.buffer if args.echo else None)
+        runner = task_runner(store, stop=stop, echo=sys.stderr.buffer if args.echo else None)
         result = runner.run_next(types=args.type, only=args.task)
     finally:
         stop.close()

@@ -27,9 +27,9 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
+from selfheal.core.process import StopFlag  # noqa: E402
+from selfheal.durable.workflow import Progress, WorkflowRunner, load_plan, reset, status  # noqa: E402
 from selfheal.errors import EXIT_FAILED, EXIT_OK  # noqa: E402
-from selfheal.process import StopFlag  # noqa: E402
-from selfheal.workflow import Progress, WorkflowRunner, load_plan, reset, status  # noqa: E402
 
 
 def _progress_printer() -> Any:

@@ -19,8 +19,8 @@ SCRIPTS = ROOT / "scripts"
 PYTHON = sys.executable
 
 from selfheal import _testing  # noqa: E402
-from selfheal.config import Config, load_config  # noqa: E402
-from selfheal.store import StateRoot  # noqa: E402
+from selfheal.core.config import Config, load_config  # noqa: E402
+from selfheal.state.root import StateRoot  # noqa: E402
 from selfheal.testing import FakeClock  # noqa: E402
 
 

@@ -27,14 +27,14 @@ import pytest
 import yaml
 
 from conftest import PYTHON, ROOT, SCRIPTS, script_env
-from selfheal import logscan
-from selfheal.classify import Failure, classify_error
-from selfheal.config import Config, load_config
+from selfheal.core.classify import Failure, classify_error
+from selfheal.core.config import Config, load_config
+from selfheal.core.ledger import Ledger
 from selfheal.errors import UsageError
-from selfheal.ledger import Ledger
-from selfheal.logreport import analyze, parse_when, render_text
-from selfheal.logscan import InputError, Window, iter_blocks, parse_time, range_regex, signature
-from selfheal.store import StateRoot
+from selfheal.observe import logscan
+from selfheal.observe.logreport import analyze, parse_when, render_text
+from selfheal.observe.logscan import InputError, Window, iter_blocks, parse_time, range_regex, signature
+from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
 
 FIXTURES = ROOT / "tests" / "fixtures" / "openclaw-logs"

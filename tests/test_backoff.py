@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from selfheal.backoff import compute_delay, exponential, parse_retry_after
-from selfheal.config import Policy
+from selfheal.core.backoff import compute_delay, exponential, parse_retry_after
+from selfheal.core.config import Policy
 
 NOW = 1_800_000_000.0
 

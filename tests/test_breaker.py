@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import SCRIPTS, script_env
-from selfheal.breaker import CLOSED, HALF_OPEN, OPEN, BreakerOpen, Breakers
-from selfheal.config import Config, load_config
-from selfheal.ledger import Ledger
-from selfheal.store import StateRoot
+from selfheal.core.breaker import CLOSED, HALF_OPEN, OPEN, BreakerOpen, Breakers
+from selfheal.core.config import Config, load_config
+from selfheal.core.ledger import Ledger
+from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -259,7 +259,7 @@ def test_after_recovery_probes_pass_one_at_a_time_and_traffic_returns(
 
 def test_an_open_breaker_refuses_before_calling(state: StateRoot, config: Config, clock: FakeClock) -> None:
     """With the target's breaker open, the function is not called at all and BreakerOpen says when to retry."""
-    from selfheal.retrying import Retrier
+    from selfheal.core.retrying import Retrier
 
     calls = []
 
@@ -280,7 +280,7 @@ def test_a_breaker_opening_mid_run_ends_it_with_the_last_real_error(
     state: StateRoot, config: Config, clock: FakeClock, home: Path
 ) -> None:
     """If another process opens the breaker between our attempts, we stop with our own last error."""
-    from selfheal.retrying import Retrier, stop_reason_of
+    from selfheal.core.retrying import Retrier, stop_reason_of
 
     other = Breakers(state, config.breakers, clock=clock)
 
@@ -297,7 +297,7 @@ def test_a_breaker_opening_mid_run_ends_it_with_the_last_real_error(
 
 def test_breaker_needs_a_target() -> None:
     """breaker=True without a target is a programming error, reported at once."""
-    from selfheal.retrying import Retrier
+    from selfheal.core.retrying import Retrier
 
     with pytest.raises(ValueError, match="needs a target"):
         Retrier(breaker=True)
@@ -307,7 +307,7 @@ def test_async_calls_share_the_breaker(state: StateRoot, config: Config, clock: 
     """The async loop acquires and releases permits too (off the event loop)."""
     import asyncio
 
-    from selfheal.retrying import Retrier
+    from selfheal.core.retrying import Retrier
 
     async def ok() -> str:
         return "fine"
@@ -387,7 +387,7 @@ def test_readers_never_see_a_half_written_breaker_while_processes_update_it(
     home: Path, tmp_path: Path, state: StateRoot
 ) -> None:
     """The file is rewritten in place; a reader under the shared lock always gets a whole breaker."""
-    from selfheal.breaker import read_breaker
+    from selfheal.core.breaker import read_breaker
 
     go = tmp_path / "go-readers"
     env = script_env(home, PYTHONPATH=str(SCRIPTS))

@@ -13,8 +13,8 @@ import httpx2
 import openai
 import pytest
 
-from selfheal.classify import Classifier, Failure, classify_error, traceback_exception_types
-from selfheal.config import Config, load_config
+from selfheal.core.classify import Classifier, Failure, classify_error, traceback_exception_types
+from selfheal.core.config import Config, load_config
 from selfheal.testing import FakeModelServer, Fault
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from selfheal.config import (
+from selfheal.core.config import (
     ERROR_CLASSES,
     SKILL_YAML,
     Config,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, ROOT, SCRIPTS, script_env
-from selfheal.output import schema_problems
+from selfheal.models.output import schema_problems
 
 OPENCLAW_LOG = ROOT / "tests" / "fixtures" / "openclaw-logs" / "gateway-cron-agent-errors.jsonl"
 

@@ -19,15 +19,15 @@ from helpers.fake_gateway import LIVE, READY, FakeGateway, Route
 from helpers.openclaw import free_port
 
 from conftest import ROOT
-from selfheal import health
-from selfheal.breaker import Breakers
-from selfheal.config import load_config
+from selfheal.core.breaker import Breakers
+from selfheal.core.config import load_config
+from selfheal.core.runs import RunRecord
 from selfheal.errors import ConfigError
-from selfheal.health import DEGRADED, DOWN, FAIL, OK, OPERATIONAL, SKIP, WARN, Check, run_health_check
-from selfheal.output import schema_problems
-from selfheal.runs import RunRecord
-from selfheal.store import StateRoot, write_json
-from selfheal.tasks import PROCESSING, Task, TaskStore
+from selfheal.models.output import schema_problems
+from selfheal.observe import health
+from selfheal.observe.health import DEGRADED, DOWN, FAIL, OK, OPERATIONAL, SKIP, WARN, Check, run_health_check
+from selfheal.state.root import StateRoot, write_json
+from selfheal.tasks.tree import PROCESSING, Task, TaskStore
 from selfheal.testing import FakeClock
 
 

@@ -140,7 +140,7 @@ def test_a_repeated_run_loads_no_yaml_and_no_module_it_does_not_need(home: Path,
         "sys.argv = ['health_check.py', '--cron']\n"
         "try:\n    runpy.run_path('health_check.py', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
-        "heavy = ('yaml', 'http.client', 'psutil', 'filelock', 'asyncio', 'openai', 'selfheal.config')\n"
+        "heavy = ('yaml', 'http.client', 'psutil', 'filelock', 'asyncio', 'openai', 'selfheal.core.config')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     env = script_env(home, OPENCLAW_STATE_DIR=str(openclaw_dir))

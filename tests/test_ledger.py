@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, SCRIPTS
-from selfheal import ledger as ledger_mod
-from selfheal.config import Config, load_config
-from selfheal.ledger import FIELDS, Ledger, format_log_line, iter_events, ledger_files
-from selfheal.store import StateRoot
+from selfheal.core import ledger as ledger_mod
+from selfheal.core.config import Config, load_config
+from selfheal.core.ledger import FIELDS, Ledger, format_log_line, iter_events, ledger_files
+from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
 
 HELPERS = Path(__file__).resolve().parent / "helpers"

@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
-from selfheal import llm
-from selfheal.breaker import Breakers
-from selfheal.config import Config, load_config
+from selfheal.core.breaker import Breakers
+from selfheal.core.config import Config, load_config
 from selfheal.errors import ConfigError
-from selfheal.llm import (
+from selfheal.models import llm
+from selfheal.models.llm import (
     ContentRefused,
     ModelCallFailed,
     NoEndpointAvailable,
     acomplete,
     complete,
 )
-from selfheal.store import StateRoot
+from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock, FakeModelServer, Fault
 
 FAST = """

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, SCRIPTS, script_env
-from selfheal.breaker import Breakers
-from selfheal.config import load_config
-from selfheal.store import StateRoot
+from selfheal.core.breaker import Breakers
+from selfheal.core.config import load_config
+from selfheal.state.root import StateRoot
 from selfheal.testing import FakeModelServer, Fault
 
 HELPERS = Path(__file__).resolve().parent / "helpers"

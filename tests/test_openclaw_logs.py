@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from conftest import ROOT
-from selfheal import openclaw_logs as oc
+from selfheal.observe import openclaw_logs as oc
 
 FIXTURES = ROOT / "tests" / "fixtures" / "openclaw-logs"
 

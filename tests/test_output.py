@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from selfheal import prompts
 from selfheal.errors import ConfigError, UsageError
-from selfheal.output import OutputProblem, check_answer, load_schema, schema_problems, strip_fences
+from selfheal.models import prompts
+from selfheal.models.output import OutputProblem, check_answer, load_schema, schema_problems, strip_fences
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def test_skill_md_frontmatter_is_what_openclaw_accepts() -> None:
 
 def test_every_settings_section_is_documented() -> None:
     """README's configuration table covers every top-level section of skill.yaml's settings."""
-    from selfheal.config import MANIFEST_KEYS
+    from selfheal.core.config import MANIFEST_KEYS
 
     sections = [k for k in yaml.safe_load((ROOT / "skill.yaml").read_text()) if k not in MANIFEST_KEYS]
     for section in sections:
@@ -113,8 +113,8 @@ def test_public_api_survives_submodule_imports() -> None:
     """`selfheal.retry` stays the decorator even after every submodule has been imported."""
     code = (
         "import importlib, pkgutil, selfheal\n"
-        "for m in pkgutil.iter_modules(selfheal.__path__):\n"
-        "    importlib.import_module('selfheal.' + m.name)\n"
+        "for m in pkgutil.walk_packages(selfheal.__path__, 'selfheal.'):\n"
+        "    importlib.import_module(m.name)\n"
         "missing = [n for n in selfheal.__all__ if not hasattr(selfheal, n)]\n"
         "assert not missing, missing\n"
         "assert callable(selfheal.retry) and not isinstance(selfheal.retry, type(selfheal))\n"
@@ -156,7 +156,7 @@ def test_health_check_never_imports_openai(home: Path) -> None:
         "sys.argv = ['health_check.py', '--cron']\n"
         "try:\n    runpy.run_path('health_check.py', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
-        "print('openai' in sys.modules, 'selfheal.health' in sys.modules)"
+        "print('openai' in sys.modules, 'selfheal.observe.health' in sys.modules)"
     )
     env = script_env(home, OPENCLAW_STATE_DIR=str(home / "openclaw"), OPENCLAW_GATEWAY_PORT="9")
     for _ in range(2):

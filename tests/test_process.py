@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from selfheal.process import ProcessIdentity, StopFlag, identify, kill_tree, run_command, still_running
+from selfheal.core.process import ProcessIdentity, StopFlag, identify, kill_tree, run_command, still_running
 
 
 def alive(pid: int) -> bool:

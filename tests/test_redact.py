@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfheal.redact import MASK, Redactor
+from selfheal.core.redact import MASK, Redactor
 
 SK = "sk-abcdefghijklmnopqrstuvwx"
 SK_PROJ = "sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX"

@@ -18,9 +18,9 @@ import pytest
 
 import selfheal
 from conftest import ROOT
-from selfheal.config import Config, load_config
+from selfheal.core.config import Config, load_config
+from selfheal.core.retrying import Retrier, attempts_of, retry, stop_reason_of
 from selfheal.errors import NotAttempted
-from selfheal.retrying import Retrier, attempts_of, retry, stop_reason_of
 from selfheal.testing import FakeClock, no_waits, set_testing
 
 

@@ -377,7 +377,7 @@ def test_finished_runs_are_pruned(home: Path, write_config: Callable[[str], Path
 
 def test_library_refuses_a_zero_deadline(home: Path) -> None:
     """run_with_retry(deadline_s=0) is a caller's mistake, refused rather than replaced by the default."""
-    from selfheal.runner import run_with_retry
+    from selfheal.core.runner import run_with_retry
 
     with pytest.raises(ValueError, match="deadline_s must be > 0"):
         run_with_retry(["true"], deadline_s=0)

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, ROOT, SCRIPTS, script_env
-from selfheal.breaker import Breakers
-from selfheal.config import Config, load_config
-from selfheal.diagnose import ApplyRefused, Evidence, Healer, apply_fix, gather_openclaw, gather_task
-from selfheal.fixes import FixStore, normalize, write_learnings
-from selfheal.ledger import Ledger
-from selfheal.store import StateRoot
-from selfheal.tasks import REQUIRES_MANUAL, Task, TaskStore
+from selfheal.core.breaker import Breakers
+from selfheal.core.config import Config, load_config
+from selfheal.core.ledger import Ledger
+from selfheal.heal.diagnose import ApplyRefused, Evidence, Healer, apply_fix, gather_openclaw, gather_task
+from selfheal.state.fixes import FixStore, normalize, write_learnings
+from selfheal.state.root import StateRoot
+from selfheal.tasks.tree import REQUIRES_MANUAL, Task, TaskStore
 from selfheal.testing import FakeClock, FakeModelServer, Fault
 
 SELF_HEAL = str(SCRIPTS / "self_heal.py")
@@ -445,7 +445,7 @@ def test_bad_input_is_refused_with_a_clear_message(home: Path) -> None:
 def test_in_the_task_tree_each_problem_of_the_analysis_becomes_a_fix_task(
     state: StateRoot, server: FakeModelServer, write_config: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    from selfheal.taskrun import TaskRunner
+    from selfheal.heal.diagnose import task_runner
 
     write_config(
         f"""
@@ -469,7 +469,7 @@ def test_in_the_task_tree_each_problem_of_the_analysis_becomes_a_fix_task(
                      "cwd": str(tmp_path)},
             )
         )  # fmt: skip
-    runner = TaskRunner(store)
+    runner = task_runner(store)
     first = runner.run_next()  # failure 1: a FIX task for the step
     assert first.fix_tasks == ["FIX-batch-command"] and first.fix_record is None
     analysed = runner.run_next()  # the FIX task: no rule explains it, so the model is asked
@@ -493,7 +493,7 @@ def test_in_the_task_tree_each_problem_of_the_analysis_becomes_a_fix_task(
 
 
 def test_the_target_module_is_inferred_as_the_document_does(tmp_path: Path) -> None:
-    from selfheal.diagnose import infer_target_module
+    from selfheal.heal.diagnose import infer_target_module
 
     env = {"HOME": str(tmp_path)}
     traceback = [

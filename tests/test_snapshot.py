@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, SCRIPTS, script_env
-from selfheal import snapshot, store
+from selfheal.durable import snapshot
 from selfheal.errors import CorruptStateError, InvalidIdError, LockBusy, UsageError
-from selfheal.store import StateRoot
+from selfheal.state import root as store
+from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
 
 
@@ -322,7 +323,7 @@ def test_script_fails_with_3_for_an_unknown_session(home: Path) -> None:
 WRITER = """
 import sys, time
 from pathlib import Path
-from selfheal import snapshot
+from selfheal.durable import snapshot
 name, go = sys.argv[1], Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.001)
@@ -338,7 +339,7 @@ print(went_back)
 MARKER = """
 import json, sys, time
 from pathlib import Path
-from selfheal import snapshot
+from selfheal.durable import snapshot
 from selfheal.errors import CorruptStateError
 go, done = Path(sys.argv[1]), Path(sys.argv[2])
 marks, reads, bad = 0, 0, []

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, SCRIPTS
-from selfheal import store
 from selfheal.errors import CorruptStateError, InvalidIdError, LockBusy
-from selfheal.store import (
+from selfheal.state import root as store
+from selfheal.state.root import (
     append_line,
     file_lock,
     read_json,

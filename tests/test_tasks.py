@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from selfheal.config import Config, load_config
+from selfheal.core.config import Config, load_config
+from selfheal.core.ledger import Ledger
+from selfheal.core.redact import Redactor
 from selfheal.errors import InvalidIdError
-from selfheal.ledger import Ledger
-from selfheal.redact import Redactor
-from selfheal.store import StateRoot
-from selfheal.taskrun import BoundedLog, Failed, escalate, find_stuck, fix_name, tail_lines
-from selfheal.tasks import (
+from selfheal.state.root import StateRoot
+from selfheal.tasks.run import BoundedLog, Failed, escalate, find_stuck, fix_name, tail_lines
+from selfheal.tasks.tree import (
     END,
     ERROR_FIX_PENDING,
     EXEC_STATES,
@@ -420,7 +420,7 @@ def test_at_five_failures_the_task_needs_a_person_and_an_incident_says_how_to_re
 
 
 def test_two_incidents_for_one_task_in_the_same_second_both_get_valid_ids(state: StateRoot) -> None:
-    from selfheal.incident import Incident, new_incident_id, write_incident
+    from selfheal.durable.incident import Incident, new_incident_id, write_incident
 
     paths = []
     for _ in range(3):
@@ -575,7 +575,7 @@ def test_config_for_tasks_is_checked_across_keys(write_config: Callable[[str], P
 
 
 def test_ledger_fix_and_stuck_events_match_the_documented_format(state: StateRoot, config: Config) -> None:
-    from selfheal.output import schema_problems
+    from selfheal.models.output import schema_problems
 
     ledger = Ledger(state, config)
     schema = json.loads((Path(__file__).parents[1] / "status" / "ledger-event.schema.json").read_text())
@@ -626,7 +626,7 @@ def test_finished_trees_move_to_the_archive_and_free_their_names(store: TaskStor
 
 
 def test_run_next_archives_old_finished_trees_as_it_claims(store: TaskStore, clock: FakeClock) -> None:
-    from selfheal.taskrun import TaskRunner
+    from selfheal.tasks.run import TaskRunner
 
     add(store, clock, "old")
     put_state(store, "old", END)

@@ -17,10 +17,10 @@ import psutil
 import pytest
 
 from conftest import PYTHON, SCRIPTS, script_env
-from selfheal.config import load_config
-from selfheal.store import StateRoot, write_json
-from selfheal.taskrun import check_stuck
-from selfheal.tasks import PROCESSING, Task, TaskStore
+from selfheal.core.config import load_config
+from selfheal.state.root import StateRoot, write_json
+from selfheal.tasks.run import check_stuck
+from selfheal.tasks.tree import PROCESSING, Task, TaskStore
 
 TASKS = str(SCRIPTS / "tasks.py")
 

@@ -18,12 +18,10 @@ import psutil
 import pytest
 
 from conftest import PYTHON, SCRIPTS, script_env
-from selfheal.checkpoint import Checkpoints, CheckpointUnreadable
-from selfheal.config import Config, load_config
-from selfheal.errors import LockBusy
-from selfheal.runs import RunRecord
-from selfheal.store import StateRoot, file_lock
-from selfheal.workflow import (
+from selfheal.core.config import Config, load_config
+from selfheal.core.runs import RunRecord
+from selfheal.durable.checkpoint import Checkpoints, CheckpointUnreadable
+from selfheal.durable.workflow import (
     PlanChanged,
     PlanError,
     StepContext,
@@ -31,6 +29,8 @@ from selfheal.workflow import (
     WorkflowRunner,
     load_plan,
 )
+from selfheal.errors import LockBusy
+from selfheal.state.root import StateRoot, file_lock
 
 WORKFLOW = str(SCRIPTS / "workflow.py")
 
@@ -229,7 +229,7 @@ def test_resume_kills_the_orphaned_child_and_reruns_the_step(tmp_path: Path, fas
     state = StateRoot(home).ensure()
     record = RunRecord(state, run_id="six.s2-dead", task="six", target=None, argv=["sleep"], heartbeat_s=10)
     record.start()
-    record.child_started(__import__("selfheal.process", fromlist=["identify"]).identify(orphan.pid))
+    record.child_started(__import__("selfheal.core.process", fromlist=["identify"]).identify(orphan.pid))
     runner = WorkflowRunner(load_plan(plan), "six", config=fast)
     data = runner._fresh()
     data["steps"]["s1"].update(state="done", attempts=1)

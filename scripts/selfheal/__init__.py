@@ -2,6 +2,19 @@
 
 The public API is what `__all__` lists. Names load on first use, so `import selfheal` stays cheap for
 cron scripts and works even before the dependencies are installed (scripts need that to say so).
+
+The library is layered; a module imports only from its own package and from lower layers, never from a
+higher layer or a peer of its rank, and nothing imports in a circle (tests/test_layers.py enforces it):
+
+    0  errors, clock, _testing, _bootstrap   the base: no imports from the package
+    1  state/      every file and table format: the state root, paths, records, the task store
+    2  core/       configuration, classification, backoff, retrying, breakers, the ledger, processes, runs
+    3  models/     the fallback chain, answer checks, prompts
+       durable/    workflows, checkpoints, snapshots, incidents
+    4  tasks/      the task tree's rules, its runner, escalation, stuck detection
+    5  observe/    health, log reading (ours, the source documents', OpenClaw's), the report
+    6  heal/       evidence, rules, the healer, applying fixes (above the runner it hands fixes to)
+    7  cli, testing, this module   what scripts and tests use
 """
 
 from __future__ import annotations
@@ -12,24 +25,24 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "retry": "retrying",
-    "Retrier": "retrying",
-    "Attempt": "retrying",
-    "attempts_of": "retrying",
-    "stop_reason_of": "retrying",
-    "Budget": "retrying",
-    "classify_error": "classify",
-    "Failure": "classify",
-    "Classification": "classify",
-    "Classifier": "classify",
-    "Config": "config",
-    "load_config": "config",
-    "get_config": "config",
-    "ERROR_CLASSES": "config",
-    "StateRoot": "store",
-    "run_with_retry": "runner",
-    "RunOutcome": "runner",
-    "CommandFailed": "runner",
+    "retry": "core.retrying",
+    "Retrier": "core.retrying",
+    "Attempt": "core.retrying",
+    "attempts_of": "core.retrying",
+    "stop_reason_of": "core.retrying",
+    "Budget": "core.retrying",
+    "classify_error": "core.classify",
+    "Failure": "core.classify",
+    "Classification": "core.classify",
+    "Classifier": "core.classify",
+    "Config": "core.config",
+    "load_config": "core.config",
+    "get_config": "core.config",
+    "ERROR_CLASSES": "core.config",
+    "StateRoot": "state.root",
+    "run_with_retry": "core.runner",
+    "RunOutcome": "core.runner",
+    "CommandFailed": "core.runner",
     "set_testing": "_testing",
     "no_waits": "_testing",
     "is_testing": "_testing",
@@ -42,20 +55,20 @@ _EXPORTS = {
     "NotAttempted": "errors",
     "LockBusy": "errors",
     "Interrupted": "errors",
-    "complete": "llm",
-    "acomplete": "llm",
-    "Completion": "llm",
-    "ModelAttempt": "llm",
-    "ModelCallFailed": "llm",
-    "ContentRefused": "llm",
-    "NoEndpointAvailable": "llm",
-    "Breakers": "breaker",
-    "BreakerOpen": "breaker",
-    "Workflow": "workflow",
-    "WorkflowRunner": "workflow",
-    "WorkflowResult": "workflow",
-    "StepContext": "workflow",
-    "load_plan": "workflow",
+    "complete": "models.llm",
+    "acomplete": "models.llm",
+    "Completion": "models.llm",
+    "ModelAttempt": "models.llm",
+    "ModelCallFailed": "models.llm",
+    "ContentRefused": "models.llm",
+    "NoEndpointAvailable": "models.llm",
+    "Breakers": "core.breaker",
+    "BreakerOpen": "core.breaker",
+    "Workflow": "durable.workflow",
+    "WorkflowRunner": "durable.workflow",
+    "WorkflowResult": "durable.workflow",
+    "StepContext": "durable.workflow",
+    "load_plan": "durable.workflow",
 }
 
 __all__ = [
@@ -122,9 +135,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._testing import is_testing, no_waits, set_testing
-    from .breaker import BreakerOpen, Breakers
-    from .classify import Classification, Classifier, Failure, classify_error
-    from .config import ERROR_CLASSES, Config, get_config, load_config
+    from .core.breaker import BreakerOpen, Breakers
+    from .core.classify import Classification, Classifier, Failure, classify_error
+    from .core.config import ERROR_CLASSES, Config, get_config, load_config
+    from .core.retrying import Attempt, Budget, Retrier, attempts_of, retry, stop_reason_of
+    from .core.runner import CommandFailed, RunOutcome, run_with_retry
+    from .durable.workflow import StepContext, Workflow, WorkflowResult, WorkflowRunner, load_plan
     from .errors import (
         ConfigError,
         CorruptStateError,
@@ -136,7 +152,7 @@ if TYPE_CHECKING:
         StateError,
         UsageError,
     )
-    from .llm import (
+    from .models.llm import (
         Completion,
         ContentRefused,
         ModelAttempt,
@@ -145,7 +161,4 @@ if TYPE_CHECKING:
         acomplete,
         complete,
     )
-    from .retrying import Attempt, Budget, Retrier, attempts_of, retry, stop_reason_of
-    from .runner import CommandFailed, RunOutcome, run_with_retry
-    from .store import StateRoot
-    from .workflow import StepContext, Workflow, WorkflowResult, WorkflowRunner, load_plan
+    from .state.root import StateRoot

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from selfheal.breaker import BreakerOpen, Breakers
-from selfheal.config import load_config
-from selfheal.store import StateRoot
+from selfheal.core.breaker import BreakerOpen, Breakers
+from selfheal.core.config import load_config
+from selfheal.state.root import StateRoot
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from selfheal.config import load_config
-from selfheal.ledger import Ledger
-from selfheal.store import StateRoot
+from selfheal.core.config import load_config
+from selfheal.core.ledger import Ledger
+from selfheal.state.root import StateRoot
 
 
 def main() -> None:

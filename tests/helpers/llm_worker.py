@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from selfheal.llm import ModelCallFailed, NoEndpointAvailable, complete
+from selfheal.models.llm import ModelCallFailed, NoEndpointAvailable, complete
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from selfheal import store
+from selfheal.state import root as store
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptStateError, InvalidIdError, LockBusy, StateError
+from ..errors import CorruptStateError, InvalidIdError, LockBusy, StateError
 
 try:  # POSIX: lock the appended file itself, no side lock file needed.
     import fcntl

@@ -24,13 +24,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import ledger as ledger_mod
+from ..core import ledger as ledger_mod
+from ..core.config import ERROR_CLASSES, Config, get_config
+from ..core.redact import Redactor
+from ..errors import UsageError
+from ..state.root import StateRoot
 from . import openclaw_logs as oc
-from .config import ERROR_CLASSES, Config, get_config
-from .errors import UsageError
 from .logscan import Scan, Signature, Tally, Window, fast_pattern, ledger_days, log_files, parse_time
-from .redact import Redactor
-from .store import StateRoot
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

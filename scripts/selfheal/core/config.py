@@ -22,8 +22,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import ConfigError
-from .store import resolve_state_root
+from ..errors import ConfigError
+from ..state.root import resolve_state_root
 
 ErrorClass = Literal[
     "transient", "rate_limit", "timeout", "resource", "format", "permanent", "auth", "fatal", "unknown"
@@ -31,7 +31,7 @@ ErrorClass = Literal[
 ERROR_CLASSES: tuple[str, ...] = typing.get_args(ErrorClass)
 Jitter = Literal["full", "equal", "decorrelated", "none"]
 
-SKILL_ROOT = Path(__file__).resolve().parents[2]
+SKILL_ROOT = Path(__file__).resolve().parents[3]
 SKILL_YAML = SKILL_ROOT / "skill.yaml"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

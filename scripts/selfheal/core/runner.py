@@ -13,16 +13,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, Interrupted, LockBusy, SelfHealError
+from ..state.root import StateRoot, file_lock, validate_id
 from .breaker import BreakerOpen
 from .classify import Failure
-from .clock import SYSTEM_CLOCK, Clock
 from .config import Config, get_config
-from .errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, Interrupted, LockBusy, SelfHealError
 from .ledger import Ledger
 from .process import CommandResult, OutputSink, StopFlag, run_command
 from .retrying import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
 from .runs import RunRecord, close_dead, new_run_id, prune_finished, running_for_task
-from .store import StateRoot, file_lock, validate_id
 
 
 class CommandFailed(SelfHealError):

@@ -32,7 +32,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .breaker import BreakerOpen
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..core.breaker import BreakerOpen
+from ..core.config import Config, Marks, get_config, read_yaml
+from ..core.ledger import Ledger
+from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
+from ..core.retrying import Retrier, attempts_of, stop_reason_of
+from ..core.runner import RunOutcome, run_with_retry
+from ..core.runs import new_run_id
+from ..errors import (
+    EXIT_FAILED,
+    EXIT_NOT_ATTEMPTED,
+    EXIT_OK,
+    ConfigError,
+    Interrupted,
+    UsageError,
+)
+from ..state.root import StateRoot, file_lock, read_json, validate_id, write_json
 from .checkpoint import (
     COMPENSATED,
     COMPENSATION_FAILED,
@@ -48,25 +64,9 @@ from .checkpoint import (
     TASK_RUNNING,
     Checkpoints,
 )
-from .clock import SYSTEM_CLOCK, Clock, utc_iso
-from .config import Config, Marks, get_config, read_yaml
-from .errors import (
-    EXIT_FAILED,
-    EXIT_NOT_ATTEMPTED,
-    EXIT_OK,
-    ConfigError,
-    Interrupted,
-    UsageError,
-)
 from .incident import Incident, new_incident_id, notify, write_incident
-from .ledger import Ledger
-from .process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
-from .retrying import Retrier, attempts_of, stop_reason_of
-from .runner import RunOutcome, run_with_retry
-from .runs import new_run_id
-from .store import StateRoot, file_lock, read_json, validate_id, write_json
 
-SCRIPTS = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parents[2]
 _OUTPUT_NAMES = ("stdout", "files")
 
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .clock import SYSTEM_CLOCK, Clock, utc_iso
-from .errors import CorruptStateError
-from .store import StateRoot, read_json, write_json
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..errors import CorruptStateError
+from ..state.root import StateRoot, read_json, write_json
 
 if TYPE_CHECKING:
     from .process import ProcessIdentity

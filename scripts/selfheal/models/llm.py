@@ -32,17 +32,17 @@ from typing import Any, TypeVar
 
 import openai
 
-from . import _testing
-from .breaker import BreakerOpen, Breakers, Permit
-from .classify import Classification, Failure, classifier_for
-from .clock import SYSTEM_CLOCK, Clock
-from .config import Config, ModelEndpoint, get_config
-from .errors import ConfigError, NotAttempted, SelfHealError
-from .ledger import Ledger
+from .. import _testing
+from ..clock import SYSTEM_CLOCK, Clock
+from ..core.breaker import BreakerOpen, Breakers, Permit
+from ..core.classify import Classification, Failure, classifier_for
+from ..core.config import Config, ModelEndpoint, get_config
+from ..core.ledger import Ledger
+from ..core.retrying import Budget, Decision
+from ..errors import ConfigError, NotAttempted, SelfHealError
+from ..state.root import StateRoot, validate_id
 from .output import OutputProblem, check_answer
 from .prompts import render
-from .retrying import Budget, Decision
-from .store import StateRoot, validate_id
 
 Message = dict[str, str]
 T = TypeVar("T")

@@ -6,8 +6,8 @@ import functools
 import string
 from pathlib import Path
 
-from .config import SKILL_ROOT
-from .errors import ConfigError
+from ..core.config import SKILL_ROOT
+from ..errors import ConfigError
 
 PROMPTS = SKILL_ROOT / "config" / "prompts"
 

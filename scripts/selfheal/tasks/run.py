@@ -34,22 +34,22 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..core.ledger import Ledger
+from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
+from ..core.redact import Redactor
+from ..core.runner import run_with_retry
+from ..core.runs import list_runs, new_run_id
+from ..durable.checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
+from ..durable.incident import Incident, new_incident_id, notify, write_incident
+from ..durable.workflow import WorkflowRunner, load_plan, status
+from ..errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
+from ..state.fixes import FixRecord, normalize
+from ..state.root import ensure_dir, write_bytes_atomic, write_json
 from . import analysis
-from .checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
-from .clock import SYSTEM_CLOCK, Clock, utc_iso
-from .diagnose import Healer, evidence_from_run, gather_task, verify_applied
-from .errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
-from .fixes import FixRecord, normalize
-from .incident import Incident, new_incident_id, notify, write_incident
-from .ledger import Ledger
-from .process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
-from .redact import Redactor
-from .runner import run_with_retry
-from .runs import list_runs, new_run_id
-from .store import ensure_dir, write_bytes_atomic, write_json
-from .tasks import (
+from .tree import (
     ACTIONABLE_STATES,
     END,
     ERROR_FIX_PENDING,
@@ -65,10 +65,9 @@ from .tasks import (
     runner_identity,
     same_runner,
 )
-from .workflow import WorkflowRunner, load_plan, status
 
 logger = logging.getLogger(__name__)
-SCRIPTS = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parents[2]
 TASKS_SCRIPT = SCRIPTS / "tasks.py"
 # A FIX child in one of these still stands for its problem: the same failure again does not make another.
 TRACKING = OPEN_STATES | {REQUIRES_MANUAL}
@@ -581,6 +580,23 @@ def why_not(tree: TaskTree, task: Task) -> str | None:
     return None
 
 
+class Diagnoser(Protocol):
+    """What the runner asks of the healing layer, which sits above it (`selfheal.heal.task_runner` wires one in).
+
+    The runner never imports the healer: a runner without one escalates by its own rules only."""
+
+    def diagnose_run(
+        self, task: Task, *, error: str, error_class: str | None, step: str | None, log_tail: list[str]
+    ) -> FixRecord | None:
+        """A fix record for a run of `task` that just failed."""
+
+    def diagnose_task(self, name: str) -> FixRecord | None:
+        """A fix record for the task `name` from everything recorded about it."""
+
+    def verify_applied(self, name: str) -> list[str]:
+        """Fix records applied to `name` that its successful run now verifies."""
+
+
 class TaskRunner:
     """Claims and runs tasks of one store; one instance per process is enough."""
 
@@ -591,6 +607,7 @@ class TaskRunner:
         stop: StopFlag | None = None,
         echo: OutputSink | None = None,
         ledger: Ledger | None = None,
+        diagnoser: Diagnoser | None = None,
     ) -> None:
         self.store = store
         self.config = store.config
@@ -599,7 +616,7 @@ class TaskRunner:
         self.echo = echo
         self.ledger = ledger or Ledger(store.state, store.config, clock=store.clock)
         self.redactor = self.ledger.redactor
-        self.healer: Healer | None = None
+        self.diagnoser = diagnoser
 
     def run_next(self, *, types: Iterable[str] | None = None, only: str | None = None) -> TaskRun:
         """Claim the next actionable task (or `only` that one) and run it to an outcome."""
@@ -680,32 +697,28 @@ class TaskRunner:
         """A fix record for this failure, when escalation will want one: a failure that reaches the analysis
         threshold, or a FIX task to analyse. Self-heal's own analysis failing never stops the outcome from
         being recorded: it is logged, and escalation falls back to reading the log by rules."""
+        if self.diagnoser is None:
+            return None
         analyze_at = self.config.tasks.analyze_at_failures
         try:
             if outcome == "analysed":
                 parent = (task.source or {}).get("task") or task.parent
                 if not parent:
                     return None
-                return self._healer().heal(gather_task(parent, state=self.store.state, config=self.config)).record
+                return self.diagnoser.diagnose_task(parent)
             if outcome != "failed" or failed is None or task.type == "fix" or task.retry_count + 1 < analyze_at:
                 return None
             log.end_line()  # the evidence holds the whole run, a last line without a newline included
-            evidence = evidence_from_run(
+            return self.diagnoser.diagnose_run(
                 task,
                 error=f"{failed.reason}\n" + "\n".join(tail_lines(log.path, 20, last_run=True)),
                 error_class=failed.error_class,
                 step=failed.step,
                 log_tail=tail_lines(log.path, self.config.fixes.evidence_lines),
             )
-            return self._healer().heal(evidence).record
         except Exception as exc:
             logger.warning("self-heal could not make a fix record for %s: %s", task.name, exc)
             return None
-
-    def _healer(self) -> Healer:
-        if self.healer is None:
-            self.healer = Healer(config=self.config, state=self.store.state, clock=self.clock)
-        return self.healer
 
     def _execute(self, task: Task, log: BoundedLog, stop: StopFlag, requeued: bool) -> tuple[str, Failed | None]:
         run = task.run
@@ -857,9 +870,9 @@ class TaskRunner:
                 failed_step=failed.step if failed else None,
                 log=str(log.path),
             )
-        if verified:
+        if verified and self.diagnoser is not None:
             with contextlib.suppress(Exception):  # bookkeeping of fix records never fails a run
-                result.verified_fixes = verify_applied(name, state=self.store.state, clock=self.clock)
+                result.verified_fixes = self.diagnoser.verify_applied(name)
         if diagnosis is not None:
             result.fix_record = diagnosis.id
         if escalation is not None:

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .clock import SYSTEM_CLOCK, Clock, utc_iso
-from .store import StateRoot, read_json, validate_id, write_json
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..state.root import StateRoot, read_json, validate_id, write_json
 
 logger = logging.getLogger(__name__)
 

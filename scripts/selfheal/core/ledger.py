@@ -20,11 +20,11 @@ from typing import Any
 
 import filelock
 
-from .clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
+from ..clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
+from ..errors import StateError
+from ..state.root import StateRoot, append_line
 from .config import Config, LogSettings
-from .errors import StateError
 from .redact import Redactor
-from .store import StateRoot, append_line
 
 logger = logging.getLogger(__name__)
 

@@ -28,21 +28,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import openclaw_logs
-from .analysis import hint_for
-from .breaker import Breakers
-from .checkpoint import Checkpoints, CheckpointUnreadable
-from .classify import Failure, classifier_for
-from .clock import SYSTEM_CLOCK, Clock, utc_iso
-from .config import FIX_ACTIONS, Config, FixRule, get_config
-from .errors import ConfigError, CorruptStateError, SelfHealError, StateError, UsageError
-from .fixes import APPLIED, DRAFT, OPEN, READY, SEEN_KEEP, VERIFIED, FixRecord, FixStore, normalize, signature_key
-from .ledger import Ledger, iter_events, ledger_files
-from .prompts import render
-from .redact import Redactor
-from .store import StateRoot, quarantine, validate_id
-from .tasks import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
-from .tasks import VOID as TASK_VOID
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..core.breaker import Breakers
+from ..core.classify import Failure, classifier_for
+from ..core.config import FIX_ACTIONS, Config, FixRule, get_config
+from ..core.ledger import Ledger, iter_events, ledger_files
+from ..core.redact import Redactor
+from ..durable.checkpoint import Checkpoints, CheckpointUnreadable
+from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError, UsageError
+from ..models.prompts import render
+from ..observe import openclaw_logs
+from ..state.fixes import (
+    APPLIED,
+    DRAFT,
+    OPEN,
+    READY,
+    SEEN_KEEP,
+    VERIFIED,
+    FixRecord,
+    FixStore,
+    normalize,
+    signature_key,
+)
+from ..state.root import StateRoot, quarantine, validate_id
+from ..tasks.analysis import hint_for
+from ..tasks.run import TaskRunner
+from ..tasks.tree import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
+from ..tasks.tree import VOID as TASK_VOID
 
 EXCERPT_CHARS = 4000
 FIX_SCHEMA: dict[str, Any] = {
@@ -470,7 +482,7 @@ def ask_model(
     clock: Clock = SYSTEM_CLOCK,
 ) -> ModelAnswer:
     """Root-cause analysis by the model chain; never raises for the model's failures (they become a note)."""
-    from . import llm  # noqa: PLC0415 - openai costs ~0.4 s to import: only when a model is asked
+    from ..models import llm  # noqa: PLC0415 - openai costs ~0.4 s to import: only when a model is asked
 
     hint = f"{rule.name}: {fill(rule.root_cause, _values(evidence, config, module))}" if rule else "none"
     try:
@@ -860,9 +872,7 @@ def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot,
             tree.transition(task, ERROR_FIX_PENDING, f"self_heal --apply {record.id}", by="self_heal")
         return Applied(action, task, f"{before} -> {ERROR_FIX_PENDING}", f"tasks.py mark {task} manual")
     if action == "rerun_task":
-        from .taskrun import TaskRunner  # noqa: PLC0415 - taskrun imports this module
-
-        result = TaskRunner(store).run_next(only=task)
+        result = task_runner(store).run_next(only=task)
         return Applied(action, task, f"ran it: {result.outcome} ({result.exec_state})", "none: a run cannot be undone")
     raise ApplyRefused(f"{record.id}: unknown action {action!r}; nothing was done")  # pragma: no cover - checked above
 
@@ -879,3 +889,35 @@ def verify_applied(task: str, *, state: StateRoot, clock: Clock = SYSTEM_CLOCK) 
                 store.save(record)
                 done.append(record.id)
     return done
+
+
+@dataclass
+class TaskDiagnoser:
+    """The healer as the task runner's `Diagnoser`: fix records for failed runs and FIX tasks."""
+
+    config: Config
+    state: StateRoot
+    clock: Clock = SYSTEM_CLOCK
+    _healer: Healer | None = None
+
+    def healer(self) -> Healer:
+        if self._healer is None:
+            self._healer = Healer(config=self.config, state=self.state, clock=self.clock)
+        return self._healer
+
+    def diagnose_run(
+        self, task: Task, *, error: str, error_class: str | None, step: str | None, log_tail: list[str]
+    ) -> FixRecord | None:
+        evidence = evidence_from_run(task, error=error, error_class=error_class, step=step, log_tail=log_tail)
+        return self.healer().heal(evidence).record
+
+    def diagnose_task(self, name: str) -> FixRecord | None:
+        return self.healer().heal(gather_task(name, state=self.state, config=self.config)).record
+
+    def verify_applied(self, name: str) -> list[str]:
+        return verify_applied(name, state=self.state, clock=self.clock)
+
+
+def task_runner(store: TaskStore, **kwargs: Any) -> TaskRunner:
+    """A task runner whose failures become fix records (the runner itself knows nothing of healing)."""
+    return TaskRunner(store, diagnoser=TaskDiagnoser(store.config, store.state, store.clock), **kwargs)

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .clock import SYSTEM_CLOCK, Clock, utc_iso
-from .config import Config, get_config
-from .errors import CorruptStateError, LockBusy, StateError, UsageError
-from .process import identify
-from .store import StateRoot, ensure_dir, file_lock, fsync_dir, read_json, validate_id, write_json
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..core.config import Config, get_config
+from ..core.process import identify
+from ..errors import CorruptStateError, LockBusy, StateError, UsageError
+from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_json, validate_id, write_json
 
 # -- states --------------------------------------------------------------------------------------------
 

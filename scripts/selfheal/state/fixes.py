@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .clock import SYSTEM_CLOCK, Clock, utc_iso
-from .errors import CorruptStateError, UsageError
-from .store import StateRoot, file_lock, read_json, validate_id, write_bytes_atomic, write_json
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..errors import CorruptStateError, UsageError
+from .root import StateRoot, file_lock, read_json, validate_id, write_bytes_atomic, write_json
 
 OPEN, APPLIED, VERIFIED, VOID = "open", "applied", "verified", "void"
 STATUSES = (OPEN, APPLIED, VERIFIED, VOID)

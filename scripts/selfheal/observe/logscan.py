@@ -46,11 +46,11 @@ from itertools import compress, pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..core.classify import Classifier, Failure
+from ..core.config import ERROR_CLASSES, AnalysisSettings, ClassifySettings
+from ..core.redact import Redactor
+from ..errors import UsageError
 from . import openclaw_logs as oc
-from .classify import Classifier, Failure
-from .config import ERROR_CLASSES, AnalysisSettings, ClassifySettings
-from .errors import UsageError
-from .redact import Redactor
 
 BLOCK_BYTES = 2 * 1024 * 1024  # read size; a block's parsed rows take about 3 times this
 _MAX_KEYS = 250_000  # distinct fast-path keys held (about 40 MB at most) before they are folded

@@ -12,8 +12,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptStateError, StateError
-from .store import SlotFile, StateRoot, quarantine, validate_id, write_json
+from ..errors import CorruptStateError, StateError
+from ..state.root import SlotFile, StateRoot, quarantine, validate_id, write_json
 
 # Step states, in the order a step normally goes through them.
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"

@@ -24,14 +24,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _testing
+from .. import _testing
+from ..clock import SYSTEM_CLOCK, Clock
+from ..state.root import StateRoot, validate_id
 from .backoff import compute_delay
 from .breaker import BreakerOpen, Breakers, Permit
 from .classify import Classification, Classifier, Failure, classifier_for
-from .clock import SYSTEM_CLOCK, Clock
 from .config import Config, Policies, RetrySettings, get_config
 from .ledger import Ledger
-from .store import StateRoot, validate_id
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .clock import SYSTEM_CLOCK, Clock
-from .config import get_config
-from .errors import EXIT_FAILED, CorruptStateError, StateError, UsageError
-from .store import StateRoot, file_lock, quarantine, read_json, validate_id, write_json
+from ..clock import SYSTEM_CLOCK, Clock
+from ..core.config import get_config
+from ..errors import EXIT_FAILED, CorruptStateError, StateError, UsageError
+from ..state.root import StateRoot, file_lock, quarantine, read_json, validate_id, write_json
 
 
 class NoSnapshot(UsageError):

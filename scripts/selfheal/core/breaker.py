@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..errors import CorruptStateError, NotAttempted
+from ..state.root import FILE_MODE, StateRoot, ensure_dir, read_json_shared, validate_id, write_bytes_atomic
 from .config import BreakerSettings
-from .errors import CorruptStateError, NotAttempted
 from .ledger import Ledger
 from .process import ProcessIdentity, identify, still_running
-from .store import FILE_MODE, StateRoot, ensure_dir, read_json_shared, validate_id, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

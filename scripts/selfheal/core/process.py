@@ -21,7 +21,7 @@ from typing import Protocol
 
 import psutil
 
-from .clock import SYSTEM_CLOCK, Clock
+from ..clock import SYSTEM_CLOCK, Clock
 
 _READ_CHUNK = 65536
 _EXIT_POLL_S = 0.02

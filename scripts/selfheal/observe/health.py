@@ -50,12 +50,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .clock import SYSTEM_CLOCK, Clock, utc_iso
-from .errors import ConfigError, CorruptStateError, StateError
-from .store import StateRoot, read_json, read_json_shared, write_json
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..errors import ConfigError, CorruptStateError, StateError
+from ..state.root import StateRoot, read_json, read_json_shared, write_json
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..core.config import Config
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 OPERATIONAL, DEGRADED, DOWN = "operational", "degraded", "down"
@@ -305,7 +305,7 @@ def resolve_settings(
             kept = Settings.from_json(previous.get("settings"))
             if kept is not None:
                 return kept, inputs, None
-    from .config import SKILL_YAML, load_config, user_config_path  # noqa: PLC0415 - PyYAML: only on a change
+    from ..core.config import SKILL_YAML, load_config, user_config_path  # noqa: PLC0415 - PyYAML: only on a change
     from .openclaw_logs import config_path  # noqa: PLC0415
 
     # Stamped before reading: an edit made while loading changes the stamp, so the next run reloads.
@@ -585,7 +585,7 @@ def judge_run(
 
 
 def _process_alive(identity: Mapping[str, Any]) -> bool:
-    from .process import ProcessIdentity, still_running  # noqa: PLC0415 - psutil: only with a run in progress
+    from ..core.process import ProcessIdentity, still_running  # noqa: PLC0415 - psutil: only with a run in progress
 
     return still_running(ProcessIdentity(int(identity["pid"]), float(identity["create_time"]))) is not None
 
@@ -601,7 +601,7 @@ def check_runs(
     folder = state.sub("runs")
     if not folder.is_dir() or not any(p.suffix == ".json" for p in folder.iterdir()):
         return Check("runs", OK, "no run in progress", {"running": 0, "limit_s": limit_s, "problems": []}), 0
-    from .runs import RUNNING, list_runs  # noqa: PLC0415 - only when there are run records
+    from ..core.runs import RUNNING, list_runs  # noqa: PLC0415 - only when there are run records
 
     host = socket.gethostname()
     running = [r for r in list_runs(state) if r.get("status") == RUNNING]
@@ -633,8 +633,8 @@ def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, no
         has_tasks = False
     if not has_tasks:
         return Check("tasks", OK, "no tasks", {"stuck": []})
-    from .taskrun import find_stuck  # noqa: PLC0415 - the task tree's code: only when there are tasks
-    from .tasks import TaskStore  # noqa: PLC0415
+    from ..tasks.run import find_stuck  # noqa: PLC0415 - the task tree's code: only when there are tasks
+    from ..tasks.tree import TaskStore  # noqa: PLC0415
 
     store = TaskStore(state, config(), clock)
     found = find_stuck(store, now=now)
@@ -824,7 +824,7 @@ def run_health_check(
     def config() -> Config:
         nonlocal loaded
         if loaded is None:
-            from .config import load_config  # noqa: PLC0415
+            from ..core.config import load_config  # noqa: PLC0415
 
             loaded = load_config(env=env)
         return loaded
@@ -869,7 +869,7 @@ def run_health_check(
         mode, reason = decide(checks, fresh + live)
         report = report._replace(mode=mode, reason=reason, checks=tuple(checks))
     if report.changed:
-        from .ledger import Ledger  # noqa: PLC0415 - only when the mode changed
+        from ..core.ledger import Ledger  # noqa: PLC0415 - only when the mode changed
 
         Ledger(state, config(), clock=clock).record(
             "health",
