@@ -1,4 +1,4 @@
-"""The package as a new user meets it: README, install, scripts, public API, manifest."""
+"""The package as a new user meets it: README and docs/, install, scripts, public API, manifest."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import yaml
 from conftest import PYTHON, ROOT, SCRIPTS, script_env
 
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+CONFIGURATION_MD = (DOCS / "configuration.md").read_text()
 SKILL_MD = (ROOT / "SKILL.md").read_text()
 SCRIPT_FILES = sorted(p for p in SCRIPTS.glob("*.py"))
 
@@ -101,12 +103,12 @@ def test_skill_md_frontmatter_is_what_openclaw_accepts() -> None:
 
 
 def test_every_settings_section_is_documented() -> None:
-    """README's configuration table covers every top-level section of skill.yaml's settings."""
+    """docs/configuration.md's table covers every top-level section of skill.yaml's settings."""
     from selfheal.config import MANIFEST_KEYS
 
     sections = [k for k in yaml.safe_load((ROOT / "skill.yaml").read_text()) if k not in MANIFEST_KEYS]
     for section in sections:
-        assert f"| `{section}" in README, section
+        assert f"| `{section}" in CONFIGURATION_MD, section
 
 
 def test_public_api_survives_submodule_imports() -> None:
