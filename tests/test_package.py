@@ -35,6 +35,57 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one_exactly() -> None:
     assert tests.startswith("./install.sh --dev")
 
 
+def test_readme_is_a_front_door_of_at_most_300_lines() -> None:
+    """README stays short: what it is, the two commands, installing, a paragraph and a link per capability."""
+    assert len(README.splitlines()) <= 300
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes for a page's headings (outside code fences)."""
+    anchors, fenced = set(), False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def _links(markdown: str) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", markdown)
+
+
+def test_readme_links_every_docs_page_and_each_link_resolves() -> None:
+    """Every docs/*.md link in README names an existing page (and heading, if any); every page is linked."""
+    linked = set()
+    for link in _links(README):
+        path, _, anchor = link.partition("#")
+        if not path:
+            assert anchor in _anchors(README), link
+        if not path.startswith("docs/"):
+            continue
+        target = ROOT / path
+        assert target.is_file(), link
+        assert not anchor or anchor in _anchors(target.read_text()), link
+        linked.add(target.name)
+    assert linked == {p.name for p in DOCS.glob("*.md")}
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_docs_pages_link_only_to_files_and_headings_that_exist(page: Path) -> None:
+    """A docs page's relative links (to other pages, status/, skill.yaml, README) resolve, anchors included."""
+    text = page.read_text()
+    for link in _links(text):
+        if re.match(r"[a-z]+:", link):
+            continue  # an external URL
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        assert target.is_file(), (page.name, link)
+        if anchor and target.suffix == ".md":
+            assert anchor in _anchors(target.read_text()), (page.name, link)
+
+
 def test_install_reads_the_same_dependencies_with_or_without_tomllib() -> None:
     """install.sh parses pyproject.toml with tomllib, or a fallback on Python 3.10: both must agree."""
     script = (ROOT / "install.sh").read_text()
