@@ -1,4 +1,4 @@
-"""The package as a new user meets it: README, install, scripts, public API, manifest."""
+"""The package as a new user meets it: README and docs/, install, scripts, public API, manifest."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import yaml
 from conftest import PYTHON, ROOT, SCRIPTS, script_env
 
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+CONFIGURATION_MD = (DOCS / "configuration.md").read_text()
 SKILL_MD = (ROOT / "SKILL.md").read_text()
 SCRIPT_FILES = sorted(p for p in SCRIPTS.glob("*.py"))
 
@@ -31,6 +33,57 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one_exactly() -> None:
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert tests in ci_lines
     assert tests.startswith("./install.sh --dev")
+
+
+def test_readme_is_a_front_door_of_at_most_300_lines() -> None:
+    """README stays short: what it is, the two commands, installing, a paragraph and a link per capability."""
+    assert len(README.splitlines()) <= 300
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes for a page's headings (outside code fences)."""
+    anchors, fenced = set(), False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def _links(markdown: str) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", markdown)
+
+
+def test_readme_links_every_docs_page_and_each_link_resolves() -> None:
+    """Every docs/*.md link in README names an existing page (and heading, if any); every page is linked."""
+    linked = set()
+    for link in _links(README):
+        path, _, anchor = link.partition("#")
+        if not path:
+            assert anchor in _anchors(README), link
+        if not path.startswith("docs/"):
+            continue
+        target = ROOT / path
+        assert target.is_file(), link
+        assert not anchor or anchor in _anchors(target.read_text()), link
+        linked.add(target.name)
+    assert linked == {p.name for p in DOCS.glob("*.md")}
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_docs_pages_link_only_to_files_and_headings_that_exist(page: Path) -> None:
+    """A docs page's relative links (to other pages, status/, skill.yaml, README) resolve, anchors included."""
+    text = page.read_text()
+    for link in _links(text):
+        if re.match(r"[a-z]+:", link):
+            continue  # an external URL
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        assert target.is_file(), (page.name, link)
+        if anchor and target.suffix == ".md":
+            assert anchor in _anchors(target.read_text()), (page.name, link)
 
 
 def test_install_reads_the_same_dependencies_with_or_without_tomllib() -> None:
@@ -101,12 +154,12 @@ def test_skill_md_frontmatter_is_what_openclaw_accepts() -> None:
 
 
 def test_every_settings_section_is_documented() -> None:
-    """README's configuration table covers every top-level section of skill.yaml's settings."""
+    """docs/configuration.md's table covers every top-level section of skill.yaml's settings."""
     from selfheal.core.config import MANIFEST_KEYS
 
     sections = [k for k in yaml.safe_load((ROOT / "skill.yaml").read_text()) if k not in MANIFEST_KEYS]
     for section in sections:
-        assert f"| `{section}" in README, section
+        assert f"| `{section}" in CONFIGURATION_MD, section
 
 
 def test_public_api_survives_submodule_imports() -> None:
