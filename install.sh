@@ -87,7 +87,7 @@ SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 printf '%s\n' "$ROOT/scripts" > "$SITE/selfheal-skill.pth"
 
 # 5. The state folder, private to this user.
-STATE="$("$VPY" -c 'import sys; sys.path.insert(0, sys.argv[1]); from selfheal.store import resolve_state_root; print(resolve_state_root())' "$ROOT/scripts")"
+STATE="$("$VPY" -c 'import sys; sys.path.insert(0, sys.argv[1]); from selfheal.state.root import resolve_state_root; print(resolve_state_root())' "$ROOT/scripts")"
 mkdir -p "$STATE"
 chmod 700 "$STATE"
 
