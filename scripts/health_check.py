@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Check that OpenClaw and the work around it are alive: the gateway, status files, runs, breakers, disk, GPU.
+"""Check that OpenClaw and the work around it are alive: gateway, status files, runs, breakers, state root, disk, GPU.
 
   health_check.py            one line per check, and the mode: operational, degraded or down
   health_check.py --cron     NO_REPLY when operational, else a summary of at most 5 lines (OpenClaw's cron)
@@ -8,7 +8,9 @@
 Every run writes status/health.json under the state root; a change of mode also writes a [HEALTH] line to
 the ledger and logs/selfheal.log. Nothing else is changed and no process is touched.
 Exit codes: 0 operational; 1 degraded (the gateway is down but skills still work, or a check warns);
-2 usage or configuration error; 3 down (the gateway is down and nothing shows the skills at work).
+2 usage or configuration error; 3 down (the gateway is down and nothing shows the skills at work, or the
+state root is another user's). Symbolic links found under the state root, and folders open to other users,
+warn (degraded).
 """
 
 from __future__ import annotations

@@ -5,9 +5,13 @@ Each failure is classified (transient, rate_limit, timeout, resource, format, pe
 unknown) from the exit code, the signal and the tail of the output; retryable ones are retried after a
 jittered backoff, the rest stop at once. Output streams live. Every attempt is recorded in the ledger.
 
-Exit codes: 0 succeeded; 2 usage or configuration error; 3 failed (retries exhausted, not retryable,
-deadline, interrupted); 4 not attempted (the task is already running elsewhere, or the --target's
-circuit breaker is open).
+Exit codes: 0 succeeded; 2 usage or configuration error, or an unsafe state root (another user's, or a
+symbolic link planted at the task's lock file); 3 failed (retries exhausted, not retryable, deadline,
+interrupted, or the task's lock file could not be created); 4 not attempted (the task is already running
+elsewhere, or the --target's circuit breaker is open).
+A record that cannot be written (ledger, log, run record, breaker: a planted link, a full or read-only
+disk) never stops the command: it runs, one warning on stderr says what was not recorded and why, and
+the exit code is what the command earned.
 With --json, the command's stdout goes to stderr and stdout holds exactly one JSON object.
 """
 

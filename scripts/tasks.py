@@ -13,7 +13,9 @@ Run order: fix tasks, then regular, then creative; then priority; then deeper ta
 A parent runs only when each of its children is END, VOID or REQUIRES_MANUAL.
 
 Exit codes: 0 ok (run-next: it succeeded, or there was nothing to do); 1 check-stuck found stuck tasks;
-2 usage error (unknown task, illegal transition, bad parent, duplicate name); 3 the task failed;
+2 usage error (unknown task, illegal transition, bad parent, duplicate name, a symbolic link planted under
+the state root); 3 the task failed, or the task tree could not be written (disk full, read-only: the
+message names the file; run-next then runs nothing);
 4 not attempted (the tree is locked, or the task is running or waits for its children).
 With --json, stdout holds exactly one JSON object; a task's output goes to tasks/NAME.log.
 """

@@ -9,9 +9,11 @@ Completed steps never run again; a step in flight when the process died runs aga
 for good stops the task: completed steps are compensated in reverse and an incident file (with the
 command that resumes the task) is written under incidents/.
 
-Exit codes: 0 completed (or status/reset done); 2 usage or plan error; 3 failed, interrupted, parked as
-dead-letter, or an unreadable checkpoint; 4 not attempted (the task is running elsewhere, or a breaker
-is open). With --json, step output goes to stderr and stdout holds exactly one JSON object.
+Exit codes: 0 completed (or status/reset done); 2 usage or plan error, or a symbolic link planted under
+the state root; 3 failed, interrupted, parked as dead-letter, an unreadable checkpoint, or a checkpoint
+that cannot be written (disk full, read-only: the step does not run); 4 not attempted (the task is
+running elsewhere, or a breaker is open). With --json, step output goes to stderr and stdout holds exactly
+one JSON object.
 """
 
 from __future__ import annotations

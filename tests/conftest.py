@@ -53,7 +53,7 @@ def write_config(home: Path) -> Callable[[str], Path]:
     """Write the user's config.yaml (dedented) and return its path."""
 
     def write(text: str) -> Path:
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)  # as self-heal makes it: a looser one is warned about
         path = home / "config.yaml"
         path.write_text(textwrap.dedent(text), encoding="utf-8")
         return path

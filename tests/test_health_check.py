@@ -84,7 +84,7 @@ def test_json_prints_one_object_and_health_json_holds_the_same_report(
     report = json.loads(line)
     assert proc.returncode == 0 and report["ok"] is True and report["mode"] == "operational"
     assert [c["name"] for c in report["checks"]] == [
-        "gateway", "gateway_ready", "status_files", "runs", "tasks", "breakers", "disk", "gpu",
+        "gateway", "gateway_ready", "status_files", "runs", "tasks", "breakers", "state_root", "disk", "gpu",
     ]  # fmt: skip
     written = json.loads((home / "status" / "health.json").read_text())
     assert {k: v for k, v in written.items() if k != "config_inputs"} == report
@@ -99,7 +99,7 @@ def test_the_table_for_people_names_every_check(
     assert proc.returncode == 3 and first.startswith("down: the gateway is not live")
     assert [row.split()[:2] for row in rows] == [
         ["gateway", "fail"], ["gateway_ready", "skip"], ["status_files", "skip"], ["runs", "ok"],
-        ["tasks", "ok"], ["breakers", "ok"], ["disk", "ok"], ["gpu", "skip"],
+        ["tasks", "ok"], ["breakers", "ok"], ["state_root", "ok"], ["disk", "ok"], ["gpu", "skip"],
     ]  # fmt: skip
 
 

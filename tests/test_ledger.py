@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pathlib
 import re
 import socket
 import subprocess
@@ -224,10 +223,10 @@ def test_an_old_day_that_cannot_be_deleted_costs_no_event(
     write_config("ledger: {keep_days: 1}\n")
     _day_files(state, "2026-01-01")
 
-    def refuse(self: Path, missing_ok: bool = False) -> None:
-        raise PermissionError(13, "Permission denied", str(self))
+    def refuse(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "unlink", refuse)
+    monkeypatch.setattr(ledger_mod, "unlink", refuse)
     ledger = Ledger(state, load_config(), clock=FakeClock(wall=1_781_092_800.0))
     ledger.record("retry", task="t", reason="kept")
     assert ledger.write_errors == 0
@@ -383,10 +382,10 @@ def _disk_full_on_append(state: StateRoot, monkeypatch: pytest.MonkeyPatch) -> N
 
 def _disk_full_creating_folders(state: StateRoot, monkeypatch: pytest.MonkeyPatch) -> None:
     # A fresh state root on a full disk: the ledger folder cannot be created.
-    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+    def mkdir(path: object, *args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    monkeypatch.setattr(os, "mkdir", mkdir)
 
 
 @pytest.mark.parametrize(
@@ -409,7 +408,7 @@ def test_write_errors_are_counted_not_raised(
     written = ledger.record("retry", task="t", error_class="timeout")
     assert written["event"] == "retry"
     assert ledger.write_errors == 1
-    assert "could not write its ledger" in caplog.text
+    assert "could not record the ledger" in caplog.text
 
 
 # -- reading events back --------------------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, SCRIPTS
-from selfheal.errors import CorruptStateError, InvalidIdError, LockBusy
+from selfheal.errors import CorruptStateError, InvalidIdError, LockBusy, UnsafeStateError
 from selfheal.state import root as store
 from selfheal.state.root import (
+    StateRoot,
     append_line,
     file_lock,
     read_json,
@@ -191,7 +192,7 @@ def test_writes_leave_no_temp_files(tmp_path: Path) -> None:
 
 
 def _fail_replace(monkeypatch: pytest.MonkeyPatch) -> None:
-    def replace(src: object, dst: object) -> None:
+    def replace(src: object, dst: object, **dir_fds: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "replace", replace)
@@ -518,3 +519,68 @@ def test_a_plain_json_file_is_read_and_converted_on_the_next_save(tmp_path: Path
     assert slots.read() == {"old": True}
     slots.write({"new": True})
     assert store.SlotFile(path).read() == {"new": True} and path.read_bytes()[:1] == b"["
+
+
+# -- temp files of killed writers --------------------------------------------------------------------------------
+
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from selfheal.state import root as store
+os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # die between the temp file and the rename
+store.write_json(Path(sys.argv[1]), {"n": 1})
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write_in_its_folder(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """A writer SIGKILLed before its rename leaves `.name.<pid>.<ns>.tmp`; once it is older than a few minutes
+    the next write in that folder deletes it. A fresh one (a live writer's) is left alone."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    child = subprocess.run(
+        [PYTHON, "-c", _KILLED_MID_WRITE, str(folder / "a.json")], env=child_env, check=False, timeout=60
+    )
+    assert child.returncode == -signal.SIGKILL
+    (left,) = [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    old = time.time() - 3600  # an hour: long dead
+    os.utime(left, (old, old))
+    live = folder / f".b.json.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    live.write_text("being written")
+
+    write_json(folder / "c.json", {"n": 2})
+
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, "c.json"])
+
+
+# -- nothing is written outside the state root ------------------------------------------------------------------
+
+
+def test_a_hard_link_planted_at_an_appended_file_is_refused(state: StateRoot, tmp_path: Path) -> None:
+    """A second name for some other file (same filesystem) is no way around O_NOFOLLOW: appends refuse it."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"mine\n")
+    os.link(victim, state.log_file)
+    with pytest.raises(UnsafeStateError, match="hard links"):
+        append_line(state.log_file, b"planted")
+    assert victim.read_bytes() == b"mine\n"
+
+
+def test_every_writer_refuses_a_linked_folder_between_the_root_and_the_file(state: StateRoot, tmp_path: Path) -> None:
+    """`runs -> elsewhere`: atomic writes, appends and locks all refuse, and nothing appears elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    state.sub("runs").rmdir()
+    os.symlink(elsewhere, state.sub("runs"))
+    target = state.sub("runs") / "x.json"
+    for write in (
+        lambda: write_json(target, {"a": 1}),
+        lambda: append_line(target, b"line"),
+        lambda: file_lock(target).__enter__(),
+    ):
+        with pytest.raises(UnsafeStateError, match=re.escape(str(state.sub("runs")))):
+            write()
+    assert list(elsewhere.iterdir()) == []

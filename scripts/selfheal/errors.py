@@ -80,6 +80,33 @@ class CorruptStateError(StateError):
         super().__init__(f"state file {path} is unreadable ({detail}){moved}")
 
 
+class UnsafeStateError(StateError):
+    """A path under the state root is not safe to use: a planted symbolic link, a hard link, something that
+    is not a plain file or folder, or a folder that another user owns. Nothing is read or written through
+    it; fixing it is the user's job (exit 2, like a configuration error)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"refused to use {path}: it {problem}; self-heal never follows links under its state root")
+
+
+class StateWriteError(StateError, OSError):
+    """A state file or folder could not be written (disk full, read-only, no permission): also an OSError,
+    with the errno of the cause, so code that handles OS errors handles this one too."""
+
+    def __init__(self, path: Path, exc: OSError, doing: str = "write") -> None:
+        OSError.__init__(self, exc.errno, exc.strerror)
+        self.path = path
+        self.doing = doing
+        self.reason = exc.strerror or str(exc)
+
+    def __str__(self) -> str:
+        return f"cannot {self.doing} {self.path}: {self.reason}"
+
+
 class NotAttempted(SelfHealError):
     """Nothing was run because running now would be pointless or unsafe; try later."""
 

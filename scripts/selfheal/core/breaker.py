@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import CorruptStateError, NotAttempted
-from ..state.root import FILE_MODE, StateRoot, ensure_dir, read_json_shared, validate_id, write_bytes_atomic
+from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError
+from ..state.root import StateRoot, open_rewrite, read_json_shared, validate_id, write_bytes_atomic
 from .config import BreakerSettings
 from .ledger import Ledger
 from .process import ProcessIdentity, identify, still_running
@@ -71,6 +71,7 @@ class Permit:
     target: str
     id: str
     probe: bool
+    recorded: bool = True  # False: the breaker's file could not be used, so this call goes unguarded
 
 
 @functools.lru_cache(maxsize=4)
@@ -158,8 +159,7 @@ class Breakers:
         """The target's state, read under its file's exclusive lock; whatever the block leaves in it is
         written back in place before the lock is released."""
         path = self._path(target)
-        ensure_dir(path.parent)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = open_rewrite(path)  # never through a planted link (UnsafeStateError)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = _read_fd(fd)
@@ -175,8 +175,11 @@ class Breakers:
             yield data
             new = _encode(data)
             if new != raw:  # a refused request, or a look, changes nothing: no write
-                os.pwrite(fd, new, 0)
-                os.ftruncate(fd, len(new))
+                try:
+                    os.pwrite(fd, new, 0)
+                    os.ftruncate(fd, len(new))
+                except OSError as exc:
+                    raise StateWriteError(path, exc) from exc
         finally:
             os.close(fd)  # releases the lock
         if data["state"] != before and self.ledger is not None:
@@ -227,7 +230,16 @@ class Breakers:
     # -- the public operations -------------------------------------------------------------------------------
 
     def acquire(self, target: str) -> Permit:
-        """A permit to call `target` now, or BreakerOpen."""
+        """A permit to call `target` now, or BreakerOpen. If the breaker's file cannot be used (a planted
+        link, a full or read-only disk), the call is allowed unguarded and that is reported once
+        (StateRoot.unrecorded): a record must never be what stops the user's work."""
+        try:
+            return self._acquire(target)
+        except StateError as exc:
+            self.state.unrecorded(f"the circuit breaker of {target!r}", exc)
+            return Permit(target, "unrecorded", False, recorded=False)
+
+    def _acquire(self, target: str) -> Permit:
         s = self.settings
         # Most requests to a target whose breaker is open are refused: that needs no lock, because a
         # file replaced atomically is always read whole. Only the move to half-open takes the lock.
@@ -263,6 +275,14 @@ class Breakers:
 
     def release(self, permit: Permit, *, ok: bool, error_class: str | None = None) -> None:
         """Report how the request went. Only `counted_classes` failures count against the target."""
+        if not permit.recorded:
+            return
+        try:
+            self._release(permit, ok=ok, error_class=error_class)
+        except StateError as exc:
+            self.state.unrecorded(f"the circuit breaker of {permit.target!r}", exc)
+
+    def _release(self, permit: Permit, *, ok: bool, error_class: str | None) -> None:
         s = self.settings
         with self._locked(permit.target) as data:
             data["permits"].pop(permit.id, None)

@@ -18,11 +18,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import filelock
-
 from ..clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
 from ..errors import StateError
-from ..state.root import StateRoot, append_line
+from ..state.root import StateRoot, append_line, file_lock, open_dir, open_file, unlink
 from .config import Config, LogSettings
 from .redact import Redactor
 
@@ -145,12 +143,20 @@ class Ledger:
         if isinstance(clean.get("reason"), str) and len(clean["reason"]) > limit:
             clean["reason"] = clean["reason"][: limit - 1] + "…"
         line = json.dumps(clean, ensure_ascii=False, separators=(",", ":"), default=str)
+        # Each is tried on its own: a ledger that cannot be written does not cost the log line, and neither
+        # costs the caller anything but one warning (StateRoot.unrecorded).
+        failed = False
         try:
             append_line(self._ledger_path(now), line.encode("utf-8"))
+        except (OSError, StateError) as exc:
+            failed = True
+            self.state.unrecorded("the ledger", exc)
+        try:
             self._log(format_log_line(clean))
         except (OSError, StateError) as exc:
-            self.write_errors += 1
-            logger.warning("self-heal could not write its ledger under %s: %s", self.state.root, exc)
+            failed = True
+            self.state.unrecorded("the log", exc)
+        self.write_errors += failed  # events not wholly recorded
         return clean
 
     def _ledger_path(self, now: float) -> Path:
@@ -161,7 +167,7 @@ class Ledger:
             if keep and not path.exists():  # the day's first writer clears out the days past keeping
                 try:
                     prune_ledger(self.state, keep, now)
-                except OSError as exc:  # never at the cost of the event being recorded
+                except (OSError, StateError) as exc:  # never at the cost of the event being recorded
                     logger.warning("self-heal could not delete old ledger days under %s: %s", self.state.root, exc)
             self._day = (day, path)
         return self._day[1]
@@ -199,23 +205,28 @@ def _model_keys(config: Config) -> list[str]:
 
 def _rotate(path: Path, settings: LogSettings) -> None:
     """Shift selfheal.log -> .1 -> .2 ..., keeping `backups` old files. Safe when several processes race."""
-    with filelock.FileLock(str(path) + ".rotate.lock", mode=0o600):
+    with file_lock(path.with_name(path.name + ".rotate.lock")):
+        folder = open_dir(path.parent, create=False)  # renames below are relative to it: no link is followed
         try:
-            if path.stat().st_size < settings.max_bytes:
-                return  # another process rotated it while we waited
-        except FileNotFoundError:
-            return
-        if settings.backups == 0:
-            os.truncate(path, 0)
-            return
-        for n in range(settings.backups - 1, 0, -1):
-            older = path.with_name(f"{path.name}.{n}")
-            if older.exists():
-                os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
-        os.replace(path, path.with_name(f"{path.name}.1"))
+            try:
+                if os.stat(path.name, dir_fd=folder, follow_symlinks=False).st_size < settings.max_bytes:
+                    return  # another process rotated it while we waited
+            except FileNotFoundError:
+                return
+            if settings.backups == 0:
+                fd = open_file(path, os.O_WRONLY | os.O_TRUNC)
+                os.close(fd)
+                return
+            for n in range(settings.backups - 1, 0, -1):
+                older = f"{path.name}.{n}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(older, f"{path.name}.{n + 1}", src_dir_fd=folder, dst_dir_fd=folder)
+            os.replace(path.name, f"{path.name}.1", src_dir_fd=folder, dst_dir_fd=folder)
+        finally:
+            os.close(folder)
         # The log file always exists (tail and friends expect it), empty until the next event.
         with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.close(open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
 
 
 def iter_events(paths: list[Path]) -> Iterator[dict[str, Any] | None]:
@@ -242,7 +253,7 @@ def prune_ledger(state: StateRoot, keep_days: int, now: float) -> list[Path]:
     for path in ledger_files(state):
         if path.name[:10] < oldest:
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                unlink(path)  # refuses a linked ledger folder: nothing outside the state root is deleted
                 gone.append(path)
     return gone
 

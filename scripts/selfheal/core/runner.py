@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, Interrupted, LockBusy, SelfHealError
+from ..errors import (
+    EXIT_FAILED,
+    EXIT_NOT_ATTEMPTED,
+    EXIT_OK,
+    Interrupted,
+    LockBusy,
+    SelfHealError,
+    StateError,
+    UnsafeStateError,
+)
 from ..state.root import StateRoot, file_lock, validate_id
 from .breaker import BreakerOpen
 from .classify import Failure
@@ -144,7 +153,7 @@ def run_with_retry(
     if run_id is not None:
         validate_id(run_id, "run")
     config = config or get_config()
-    state = (state or StateRoot.from_env()).ensure()
+    state = _usable_state(state or StateRoot.from_env())
     run = _CommandRun(
         argv,
         task=task,
@@ -179,6 +188,21 @@ def run_with_retry(
             exc.holder = f"run {holder.get('run_id')}, pid {pid}"
             exc.args = (f"task {task!r} is already running ({exc.holder})",)
         raise
+
+
+def _usable_state(state: StateRoot) -> StateRoot:
+    """The state root, its folders made ready. A root that is not the user's own (another user's folder, a
+    link where the root should be) is refused; any other problem (a linked or read-only folder, a full disk)
+    only costs records, so the command still runs and the problem is reported once."""
+    try:
+        return state.ensure()
+    except UnsafeStateError as exc:
+        if exc.path == state.root:
+            raise
+        state.unrecorded("anything under the state root", exc)
+    except StateError as exc:
+        state.unrecorded("anything under the state root", exc)
+    return state
 
 
 def _exit_code(result: CommandResult | None) -> int | None:

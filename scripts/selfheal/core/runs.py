@@ -8,20 +8,22 @@ run from a stuck one (no output) or a dead one (heartbeat stopped, supervisor go
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import CorruptStateError
-from ..state.root import StateRoot, read_json, write_json
+from ..errors import CorruptStateError, StateError, UnsafeStateError
+from ..state.root import StateRoot, read_json, unlink, write_json
 
 if TYPE_CHECKING:
     from .process import ProcessIdentity
 
 RUNNING = "running"
+
+logger = logging.getLogger(__name__)
 
 
 def new_run_id(task: str | None, now: float) -> str:
@@ -48,6 +50,7 @@ class RunRecord:
         # Imported here: psutil costs 15 ms, and readers of run records (the health check) do not need it.
         from .process import identify  # noqa: PLC0415
 
+        self.state = state
         self.path = state.run_file(run_id)
         self.clock = clock
         self.heartbeat_s = heartbeat_s
@@ -78,7 +81,10 @@ class RunRecord:
         now = self.clock.time()
         self.data["last_heartbeat_ts"] = now
         self.data["last_heartbeat"] = utc_iso(now)
-        write_json(self.path, self.data, durable=durable)
+        try:
+            write_json(self.path, self.data, durable=durable)
+        except (OSError, StateError) as exc:  # only a record: the run goes on, reported once
+            self.state.unrecorded("the run record", exc)
         self._last_write = self.clock.monotonic()
 
     def start(self) -> None:
@@ -117,10 +123,15 @@ def list_runs(state: StateRoot) -> list[dict[str, Any]]:
     if not folder.is_dir():
         return out
     for path in sorted(folder.glob("*.json")):
-        with contextlib.suppress(CorruptStateError):
+        try:
             record = read_json(path)
-            if record is not None:
-                out.append(record)
+        except UnsafeStateError as exc:
+            logger.warning("%s", exc)
+            continue
+        except CorruptStateError:
+            continue
+        if record is not None:
+            out.append(record)
     return out
 
 
@@ -148,7 +159,7 @@ def close_dead(state: StateRoot, task: str, *, now: float) -> list[str]:
         if still_running(ProcessIdentity(int(sup["pid"]), float(sup["create_time"]))) is not None:
             continue
         record.update(status="finished", phase="finished", outcome="crashed", child=None, ended_ts=now)
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, StateError):
             write_json(state.run_file(str(record["run_id"])), record, durable=True)
             closed.append(str(record["run_id"]))
     return closed
@@ -162,13 +173,13 @@ def prune_finished(state: StateRoot, *, older_than_s: float, now: float) -> int:
         return 0
     for path in folder.glob("*.json"):
         try:
-            if now - path.stat().st_mtime < older_than_s:
+            if now - path.lstat().st_mtime < older_than_s:
                 continue
             record = read_json(path)
-        except (OSError, CorruptStateError):
+        except (OSError, StateError):
             continue
         if record is not None and record.get("status") != RUNNING:
-            with contextlib.suppress(FileNotFoundError):
-                Path(path).unlink()
+            with contextlib.suppress(OSError, StateError):  # a linked runs/ folder: nothing is deleted
+                unlink(path)
                 removed += 1
     return removed

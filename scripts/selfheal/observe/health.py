@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import ConfigError, CorruptStateError, StateError
-from ..state.root import StateRoot, read_json, read_json_shared, write_json
+from ..state.root import SUBDIRS, StateRoot, read_json, read_json_shared, write_json
 
 if TYPE_CHECKING:
     from ..core.config import Config
@@ -670,7 +670,7 @@ def check_breakers(state: StateRoot, now: float) -> Check:
     for path in paths:
         try:
             data = read_json_shared(path)  # breakers are rewritten in place: read under their shared lock
-        except (OSError, CorruptStateError) as exc:
+        except (OSError, StateError) as exc:  # a planted link is refused, not read; check_state_root names it
             unreadable.append(f"{path.name} ({getattr(exc, 'detail', exc)})")
             continue
         if data is None:
@@ -694,6 +694,71 @@ def check_breakers(state: StateRoot, now: float) -> Check:
     if parts:
         return Check("breakers", WARN, "; ".join(parts), result)
     return Check("breakers", OK, f"{len(paths)} breaker(s), all closed" if paths else "no breakers", result)
+
+
+# -- the state root ---------------------------------------------------------------------------------------------
+
+_LINKS_SHOWN = 5
+_OTHERS_WRITE = 0o022  # what lets someone else plant a link
+
+
+def check_state_root(root: Path) -> Check:
+    """Whether the state root is safe to write: this user's own, writable by nobody else, with no symbolic
+    link in it (which self-heal refuses to write through; someone may have planted it). Looks only: modes
+    are tightened to 0700 by the next writer, links are left for a person. Another user's root fails
+    (nothing can be recorded); folders others may write to, and links, warn."""
+    me = os.geteuid() if hasattr(os, "geteuid") else None
+    try:
+        info = os.stat(root)  # the root itself may be reached through a link the user chose
+    except FileNotFoundError:
+        return Check("state_root", OK, f"{root} not created yet", {"root": str(root)})
+    except OSError as exc:
+        return Check("state_root", FAIL, f"cannot look at {root}: {exc.strerror or exc}", {"root": str(root)})
+    if not stat.S_ISDIR(info.st_mode):
+        return Check("state_root", FAIL, f"{root} is not a folder", {"root": str(root)})
+    if me is not None and info.st_uid != me:
+        return Check(
+            "state_root",
+            FAIL,
+            f"{root} is owned by another user (uid {info.st_uid}, not {me}): self-heal refuses to use it",
+            {"root": str(root), "owner": info.st_uid},
+        )
+    loose: list[str] = []
+    links: list[str] = []
+    foreign: list[str] = []
+    if stat.S_IMODE(info.st_mode) & _OTHERS_WRITE:
+        loose.append(f"{root} ({stat.S_IMODE(info.st_mode):04o})")
+    for name in SUBDIRS:
+        folder = root / name
+        try:
+            sub = os.lstat(folder)
+        except OSError:
+            continue
+        if stat.S_ISLNK(sub.st_mode):
+            links.append(f"{folder} -> {os.readlink(folder)}")
+            continue
+        if me is not None and sub.st_uid != me:
+            foreign.append(f"{folder} (uid {sub.st_uid})")
+            continue
+        if stat.S_IMODE(sub.st_mode) & _OTHERS_WRITE:
+            loose.append(f"{folder} ({stat.S_IMODE(sub.st_mode):04o})")
+        try:
+            with os.scandir(folder) as entries:  # d_type: no stat per file
+                links.extend(f"{e.path} -> {os.readlink(e.path)}" for e in entries if e.is_symlink())
+        except OSError:
+            continue
+    data = {"root": str(root), "links": links, "loose": loose, "foreign": foreign}
+    if foreign:
+        return Check("state_root", FAIL, f"folders owned by another user: {_names(foreign)}", data)
+    parts = []
+    if links:
+        shown = links[:_LINKS_SHOWN] + ([f"{len(links) - _LINKS_SHOWN} more"] if len(links) > _LINKS_SHOWN else [])
+        parts.append(f"{len(links)} symbolic link(s), refused by every writer (planted?): {', '.join(shown)}")
+    if loose:
+        parts.append(f"writable by other users (the next write makes them 0700): {', '.join(loose)}")
+    if parts:
+        return Check("state_root", WARN, "; ".join(parts), data)
+    return Check("state_root", OK, f"{root} is private (0700) and holds no links", data)
 
 
 # -- disk and GPU ------------------------------------------------------------------------------------------------
@@ -786,6 +851,9 @@ def decide(checks: Iterable[Check], signs_of_life: int) -> tuple[str, str]:
     gateway_down = any(c.name == "gateway" and c.status == FAIL for c in checks)
     others = [c.name for c in checks if c.name != "gateway" and c.status in (WARN, FAIL)]
     warned = f"; {', '.join(others)} also warn" if others else ""
+    unsafe = next((c for c in checks if c.name == "state_root" and c.status == FAIL), None)
+    if unsafe is not None:  # nothing self-heal does can be recorded, whatever the gateway says
+        return DOWN, f"the state root cannot be used: {unsafe.detail}"
     if gateway_down and not signs_of_life:
         return DOWN, "the gateway is not live and no skill shows signs of work (no fresh status file, no live run)"
     if gateway_down:
@@ -839,6 +907,7 @@ def run_health_check(
         runs_check,
         check_tasks(state, config, clock, now),
         check_breakers(state, now),
+        check_state_root(state.root),
         check_disk(state.root, settings.disk_min_free_mb),
         check_gpu(settings.gpu_min_free_mb, env),
         *extra,

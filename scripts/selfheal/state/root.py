@@ -9,15 +9,18 @@ an exclusive lock on the file itself.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptStateError, InvalidIdError, LockBusy, StateError
+from ..errors import CorruptStateError, InvalidIdError, LockBusy, StateError, StateWriteError, UnsafeStateError
 
 try:  # POSIX: lock the appended file itself, no side lock file needed.
     import fcntl
@@ -44,6 +47,22 @@ SUBDIRS = (
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
 
+logger = logging.getLogger(__name__)
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_DIR_FLAGS = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
+# Temp files of atomic writes are named `.<name>.<pid>.<ns>.tmp`; one older than this is a dead writer's.
+TEMP_MAX_AGE_S = 300.0
+# A folder's dead temp files are looked for at most this often per process (on a write in that folder).
+_SWEEP_EVERY_S = 60.0
+_TEMP_RE = re.compile(r"\..+\.\d+\.\d+\.tmp\Z")
+_swept: dict[Path, float] = {}
+# Every state root built in this process: below one, no component of a path is followed if it is a link.
+_roots: set[Path] = set()
+
 
 def resolve_state_root(env: Mapping[str, str] | None = None) -> Path:
     """$SELFHEAL_HOME, else $OPENCLAW_STATE_DIR/self-heal, else ~/.openclaw/self-heal."""
@@ -69,66 +88,314 @@ def validate_id(value: str, kind: str = "task") -> str:
     return value
 
 
-def ensure_dir(path: Path) -> Path:
-    """Create `path` and any missing parents as 0700 folders; leave existing folders' modes alone.
+def register_root(root: Path) -> None:
+    """Below `root`, every folder and file is opened without following symbolic links (StateRoot does this)."""
+    _roots.add(Path(os.path.abspath(root)))
 
-    (mkdir's `parents=True` would give the parents the umask's mode, often 0755.)
-    """
-    if path.is_dir():
+
+def _root_of(path: Path) -> Path | None:
+    if path in _roots:
         return path
-    missing = []
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    for folder in reversed(missing):
+    for parent in path.parents:
+        if parent in _roots:
+            return parent
+    return None
+
+
+def _link_problem(name: str, dir_fd: int) -> str | None:
+    """Why the entry `name` in the folder `dir_fd` is not a plain file or folder of ours, or None."""
+    try:
+        info = os.lstat(name, dir_fd=dir_fd)
+    except OSError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
         try:
-            folder.mkdir(mode=DIR_MODE)
+            return f"is a symbolic link (to {os.readlink(name, dir_fd=dir_fd)})"
+        except OSError:
+            return "is a symbolic link"
+    return None
+
+
+def _check_folder(fd: int, path: Path) -> None:
+    """A state folder must be this user's and 0700: looser modes are tightened (once, with a warning)."""
+    if not hasattr(os, "geteuid"):  # pragma: no cover - Windows has no modes to speak of
+        return
+    info = os.fstat(fd)
+    me = os.geteuid()
+    if info.st_uid != me:
+        raise UnsafeStateError(path, f"is owned by another user (uid {info.st_uid}, not {me})")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        try:
+            os.fchmod(fd, DIR_MODE)
+        except OSError as exc:
+            raise StateWriteError(path, exc, "tighten the mode of") from exc
+        logger.warning("state folder %s was mode %04o, open to other users; tightened to 0700", path, mode)
+
+
+def _open_base(path: Path, create: bool, check: bool) -> int:
+    """The folder a walk starts from (the state root itself may be reached through a link the user chose)."""
+    if create and not os.path.isdir(path):
+        missing = []
+        probe = path
+        while not os.path.lexists(probe) and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        for folder in reversed(missing):  # mkdir's parents=True would give them the umask's mode, often 0755
+            try:
+                os.mkdir(folder, DIR_MODE)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StateWriteError(folder, exc, "create the folder") from exc
+    try:
+        fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    except NotADirectoryError as exc:
+        raise UnsafeStateError(path, "is not a folder") from exc
+    if check:
+        try:
+            _check_folder(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _open_child_dir(parent_fd: int, name: str, path: Path, create: bool) -> int:
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+        try:
+            os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
         except FileExistsError:
             pass
         except OSError as exc:
-            raise StateError(f"cannot create folder {folder}: {exc.strerror}") from exc
+            raise StateWriteError(path, exc, "create the folder") from exc
+        return _open_child_dir(parent_fd, name, path, create=False)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise UnsafeStateError(path, _link_problem(name, parent_fd) or "is not a folder") from None
+        raise
+    try:
+        _check_folder(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_dir(path: Path, *, create: bool = True) -> int:
+    """An fd of the folder `path` (created 0700 if missing and `create`), reached without following a
+    symbolic link at any component below its state root; each of those folders must be this user's
+    (looser modes are tightened). Raises UnsafeStateError for a link or a foreign folder, StateWriteError
+    if a folder cannot be created, FileNotFoundError if one is missing and not `create`."""
+    path = Path(os.path.abspath(path))
+    root = _root_of(path)
+    parts: tuple[str, ...]
+    if root is None:  # not under a state root (a test's own folder): only the last component is ours
+        base, parts, check = path.parent, (path.name,), False
+    else:
+        base, parts, check = root, path.relative_to(root).parts, True
+    fd = _open_base(base, create, check)
+    walked = base
+    try:
+        for name in parts:
+            walked = walked / name
+            child = _open_child_dir(fd, name, walked, create)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create `path` and any missing parents as 0700 folders; under a state root, refuse a linked folder
+    and tighten a loose one (see open_dir)."""
+    os.close(open_dir(path))
     return path
+
+
+def open_file(path: Path, flags: int, mode: int = FILE_MODE, *, doing: str = "write") -> int:
+    """Open the state file `path` with `flags`, never through a symbolic link (at the file or at a folder
+    above it, up to the state root), and only if it is a plain file with one name (a hard link planted to
+    some other file is refused too). Missing folders are created when `flags` has O_CREAT.
+
+    Raises UnsafeStateError for a link, StateWriteError for an OS error (disk full, read-only), and
+    FileNotFoundError when the file is missing and not to be created."""
+    creating = bool(flags & os.O_CREAT)
+    try:
+        dir_fd = open_dir(path.parent, create=creating)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if isinstance(exc, StateError):
+            raise
+        raise StateWriteError(path, exc, doing) from exc
+    try:
+        try:
+            fd = os.open(path.name, flags | _NOFOLLOW | _CLOEXEC | _NONBLOCK, mode, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                raise UnsafeStateError(path, _link_problem(path.name, dir_fd) or "is a symbolic link") from None
+            raise StateWriteError(path, exc, doing) from exc
+    finally:
+        os.close(dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeStateError(path, "is not a plain file")
+        if info.st_nlink > 1 and flags & (os.O_WRONLY | os.O_RDWR):
+            raise UnsafeStateError(path, f"has {info.st_nlink} hard links (one may point outside the state root)")
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_append(path: Path) -> int:
+    """An fd for appending to `path` (created 0600), never through a link; see open_file."""
+    return open_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, doing="append to")
+
+
+def open_rewrite(path: Path, *, create: bool = True) -> int:
+    """An fd for rewriting `path` in place (created 0600 if `create`), never through a link; see open_file."""
+    return open_file(path, os.O_RDWR | (os.O_CREAT if create else 0), doing="write")
+
+
+def open_read(path: Path) -> int:
+    """An fd for reading the state file `path`, never through a symbolic link at the file itself."""
+    try:
+        return os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise UnsafeStateError(path, f"is a symbolic link (to {os.readlink(path)})") from None
+        raise
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole state file `path` (FileNotFoundError if absent), never read through a symbolic link."""
+    fd = open_read(path)
+    try:
+        chunks: list[bytes] = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def unlink(path: Path) -> None:
+    """Delete the state file `path` (a link is deleted itself, never what it points to); FileNotFoundError
+    if absent. A linked folder above it is refused, so nothing outside the state root is deleted."""
+    dir_fd = open_dir(path.parent, create=False)
+    try:
+        os.unlink(path.name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_all(fd: int, data: bytes, path: Path, doing: str = "write") -> None:
+    """Write all of `data` to `fd`; an OS error (disk full) becomes StateWriteError naming `path`."""
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    except OSError as exc:
+        raise StateWriteError(path, exc, doing) from exc
 
 
 def fsync_dir(path: Path) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
     except OSError:  # pragma: no cover - platforms that cannot open folders
         return
-    try:
+    _fsync_fd(fd)
+    os.close(fd)
+
+
+def _fsync_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on folders
         os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace `path` with `data` so a reader sees the old file or the new one, never a mix.
 
-    `durable` adds fsync of the file and its folder, so the new content survives a power cut.
+    `durable` adds fsync of the file and its folder, so the new content survives a power cut. The temp
+    file is created in the same folder (reached without following links) with O_EXCL|O_NOFOLLOW; a link
+    planted at `path` is refused, not replaced. Raises UnsafeStateError or StateWriteError.
     """
-    ensure_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     try:
+        dir_fd = open_dir(path.parent)
+    except OSError as exc:
+        if isinstance(exc, StateError):
+            raise
+        raise StateWriteError(path, exc) from exc
+    try:
+        problem = _link_problem(path.name, dir_fd)
+        if problem:
+            raise UnsafeStateError(path, problem)
+        tmp = f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_dir(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, FILE_MODE, dir_fd=dir_fd)
+        except OSError as exc:
+            raise StateWriteError(path, exc) from exc
+        try:
+            try:
+                write_all(fd, data, path)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            if isinstance(exc, OSError) and not isinstance(exc, StateError):
+                raise StateWriteError(path, exc) from exc
+            raise
+        if durable:
+            _fsync_fd(dir_fd)
+        _sweep_temps(dir_fd, path.parent)
+    finally:
+        os.close(dir_fd)
+
+
+def _sweep_temps(dir_fd: int, folder: Path, now: float | None = None) -> list[str]:
+    """Delete the temp files that writers killed mid-write left in this folder: only ones older than
+    TEMP_MAX_AGE_S (a live writer's is milliseconds old), and at most once a minute per folder."""
+    mono = time.monotonic()
+    last = _swept.get(folder)
+    if last is not None and mono - last < _SWEEP_EVERY_S:
+        return []
+    _swept[folder] = mono
+    now = time.time() if now is None else now
+    gone = []
+    try:
+        with os.scandir(dir_fd) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(".") and entry.name.endswith(".tmp") and _TEMP_RE.match(entry.name)):
+                    continue
+                try:
+                    if now - entry.stat(follow_symlinks=False).st_mtime > TEMP_MAX_AGE_S:
+                        os.unlink(entry.name, dir_fd=dir_fd)
+                        gone.append(entry.name)
+                except OSError:
+                    continue
+    except OSError:  # a folder we cannot list: the write itself went well, so say nothing
+        return gone
+    if gone:
+        logger.info("removed %d stale temp file(s) of killed writers in %s", len(gone), folder)
+    return gone
 
 
 def dumps(obj: Any) -> str:
@@ -160,7 +427,7 @@ def read_json_shared(path: Path) -> dict[str, Any] | None:
     read under a shared one, so never half-written; None if absent. Nothing is moved aside here (only a
     writer, holding the lock, may do that): a file that is not a JSON object raises CorruptStateError."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = open_read(path)
     except FileNotFoundError:
         return None
     try:
@@ -190,13 +457,19 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """
     for _ in range(3):
         try:
-            with path.open("rb") as fh:
-                read = os.fstat(fh.fileno())
-                raw = fh.read()
+            fd = open_read(path)
         except FileNotFoundError:
             return None
-        except IsADirectoryError as exc:
-            raise StateError(f"state file {path} is a folder") from exc
+        try:
+            read = os.fstat(fd)
+            if stat.S_ISDIR(read.st_mode):
+                raise StateError(f"state file {path} is a folder")
+            chunks: list[bytes] = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            raw = b"".join(chunks)
+        finally:
+            os.close(fd)
         try:
             obj = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -256,12 +529,12 @@ class SlotFile:
         """The newest saved document, or None if there is none. A file with no valid slot is moved aside
         (CorruptStateError). A plain JSON object (a file written before slots existed) is read as such."""
         try:
-            raw = self.path.read_bytes()
+            raw = read_bytes(self.path)
         except FileNotFoundError:
             self._known = True
             self._seq, self._newest, self._size = 0, None, 0
             return None
-        except IsADirectoryError as exc:
+        except IsADirectoryError as exc:  # reading a folder's fd fails with EISDIR
             raise StateError(f"state file {self.path} is a folder") from exc
         if raw[:1] != b"[":
             doc = read_json(self.path)  # an older plain file; the next save converts it
@@ -296,10 +569,13 @@ class SlotFile:
             self._seq, self._newest, self._size = seq, 0, size
             return
         target = 1 - self._newest
-        fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = open_rewrite(self.path, create=False)
         try:
-            os.pwrite(fd, slot.ljust(self._size), 1 if target == 0 else 2 + self._size)
-            _datasync(fd)
+            try:
+                os.pwrite(fd, slot.ljust(self._size), 1 if target == 0 else 2 + self._size)
+                _datasync(fd)
+            except OSError as exc:
+                raise StateWriteError(self.path, exc) from exc
         finally:
             os.close(fd)
         self._seq, self._newest = seq, target
@@ -330,21 +606,13 @@ def append_line(path: Path, line: bytes) -> int:
     """
     if not line.endswith(b"\n"):
         line += b"\n"
-    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, FILE_MODE)
-    except FileNotFoundError:
-        ensure_dir(path.parent)
-        fd = os.open(path, flags, FILE_MODE)
+    fd = open_append(path)
     try:
         with _locked_fd(fd, path):
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 line = b"\n" + line
-            view = memoryview(line)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, line, path, "append to")
             return size + len(line)
     finally:
         os.close(fd)  # also releases the lock
@@ -362,22 +630,49 @@ def _locked_fd(fd: int, path: Path) -> Iterator[None]:
             yield
 
 
+_LOCK_POLL_S = 0.05
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, *, timeout: float = -1, what: str | None = None) -> Iterator[None]:
     """Hold an exclusive cross-process lock on `path`; timeout 0 fails at once with LockBusy."""
-    # Imported here: it costs about 30 ms, and readers of state files (the health check) never lock.
-    import filelock  # noqa: PLC0415
+    if not _HAVE_FCNTL:  # pragma: no cover - Windows
+        import filelock  # noqa: PLC0415
 
-    ensure_dir(path.parent)
-    lock = filelock.FileLock(str(path), timeout=timeout, mode=FILE_MODE)
+        ensure_dir(path.parent)
+        lock = filelock.FileLock(str(path), timeout=timeout, mode=FILE_MODE)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LockBusy(what or str(path)) from None
+        try:
+            yield
+        finally:
+            lock.release()
+        return
     try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise LockBusy(what or str(path)) from None
+        fd = open_rewrite(path)
+    except StateWriteError as exc:
+        # A read-only state folder: an existing lock file can still be locked (flock needs no write access).
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        try:
+            fd = open_file(path, os.O_RDONLY, doing="lock")
+        except FileNotFoundError:
+            raise exc from None
     try:
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is None or time.monotonic() >= deadline:
+                    raise LockBusy(what or str(path)) from None
+                time.sleep(_LOCK_POLL_S)
         yield
     finally:
-        lock.release()
+        os.close(fd)  # releases the lock
 
 
 class StateRoot:
@@ -385,16 +680,41 @@ class StateRoot:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        register_root(root)
+        self._unrecorded: list[str] = []
+
+    def unrecorded(self, what: str, exc: BaseException) -> None:
+        """A record (ledger, log, run record, breaker) could not be written: the work goes on without it.
+        The first one per StateRoot is a warning saying what and why; the rest are logged at debug level."""
+        self._unrecorded.append(f"{what}: {exc}")
+        if len(self._unrecorded) == 1:
+            logger.warning("could not record %s (%s); carrying on without it", what, exc)
+        else:
+            logger.debug("could not record %s (%s)", what, exc)
+
+    @property
+    def problems(self) -> list[str]:
+        """What could not be recorded so far, one line each (see unrecorded())."""
+        return list(self._unrecorded)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StateRoot:
         return cls(resolve_state_root(env))
 
     def ensure(self) -> StateRoot:
-        """Create the root and its folders (0700) if missing."""
-        ensure_dir(self.root)
-        for name in SUBDIRS:
-            ensure_dir(self.root / name)
+        """Create the root and its folders (0700) if missing; refuse linked or foreign ones (UnsafeStateError),
+        tighten loose modes; StateWriteError if one cannot be created (read-only, disk full)."""
+        fd = open_dir(self.root)
+        try:
+            for name in SUBDIRS:
+                try:
+                    os.close(_open_child_dir(fd, name, self.root / name, create=True))
+                except OSError as exc:
+                    if isinstance(exc, StateError):
+                        raise
+                    raise StateWriteError(self.root / name, exc, "open the folder") from exc
+        finally:
+            os.close(fd)
         return self
 
     def sub(self, name: str) -> Path:

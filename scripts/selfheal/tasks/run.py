@@ -47,7 +47,7 @@ from ..durable.incident import Incident, new_incident_id, notify, write_incident
 from ..durable.workflow import WorkflowRunner, load_plan, status
 from ..errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
 from ..state.fixes import FixRecord, normalize
-from ..state.root import ensure_dir, write_bytes_atomic, write_json
+from ..state.root import open_append, read_bytes, write_all, write_bytes_atomic, write_json
 from . import analysis
 from .tree import (
     ACTIONABLE_STATES,
@@ -106,17 +106,16 @@ class BoundedLog:
         self.trims = 0
         self._pending = b""
         self._lock = threading.Lock()
-        ensure_dir(path.parent)
         self._fd = self._open()
         try:
-            self.chars = len(path.read_bytes().decode("utf-8", "surrogateescape"))
+            self.chars = len(read_bytes(path).decode("utf-8", "surrogateescape"))
         except FileNotFoundError:
             self.chars = 0
         if self.chars > max_chars:
             self._trim()
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        return open_append(self.path)  # never through a planted link (UnsafeStateError)
 
     def write(self, data: bytes) -> int:
         """Command output (an OutputSink for run_command)."""
@@ -164,15 +163,13 @@ class BoundedLog:
         text = raw.decode("utf-8", "surrogateescape")
         if self.redactor is not None:
             text = self.redactor.text(text)
-        view = memoryview(text.encode("utf-8", "surrogateescape"))
-        while view:
-            view = view[os.write(self._fd, view) :]
+        write_all(self._fd, text.encode("utf-8", "surrogateescape"), self.path, "append to")
         self.chars += len(text)
         if self.chars > self.max_chars:
             self._trim()
 
     def _trim(self) -> None:
-        text = self.path.read_bytes().decode("utf-8", "surrogateescape")
+        text = read_bytes(self.path).decode("utf-8", "surrogateescape")
         marker = f"[self-heal: earlier output cut; this log keeps its last {self.keep_chars} characters]\n"
         body = text[-(self.keep_chars - len(marker)) :]
         newline = body.find("\n", 0, 400)  # start on a whole line when one starts near the cut

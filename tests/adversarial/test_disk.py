@@ -1,0 +1,290 @@
+"""A full disk or a read-only state folder never costs the user's job, and never ends in a traceback.
+
+Records (ledger, log, run record, breaker) that cannot be written: the command still runs, one warning
+says what was not recorded and why, and the exit code is the command's. Commands whose whole job is to
+write state (tasks.py add, snapshot.py save) fail with exit 3 and a message naming the file and the OS
+error; a workflow step or a task whose checkpoint or claim cannot be written does not run (exit 3).
+
+Each case runs twice: in-process with ENOSPC injected at the write calls for files under the state root,
+and as real processes against a real full tmpfs (or a read-only bind mount).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, SCRIPTS, script_env
+
+pytestmark = pytest.mark.slow
+
+ENOSPC_TEXT = os.strerror(errno.ENOSPC)
+EROFS_TEXT = os.strerror(errno.EROFS)
+
+
+# -- the user's side: what each script is asked to do ------------------------------------------------------------
+
+
+def marker_cmd(marker: Path, code: int = 0) -> list[str]:
+    return [sys.executable, "-c", f"open({str(marker)!r}, 'w'); raise SystemExit({code})"]
+
+
+def plan_file(folder: Path, marker: Path) -> Path:
+    plan = folder / "plan.yaml"
+    plan.write_text(
+        textwrap.dedent(f"""
+        steps:
+          - name: one
+            run: {json.dumps(marker_cmd(marker))}
+        """)
+    )
+    return plan
+
+
+def messages_file(folder: Path) -> Path:
+    path = folder / "messages.json"
+    path.write_text('[{"role": "user", "content": "hello"}]')
+    return path
+
+
+# -- in-process, with the fault injected -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def disk_full(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Call it to make every write to a file under the state root fail with ENOSPC, as a full disk does."""
+
+    def under_home(fd: int) -> bool:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}").startswith(str(home))
+        except OSError:
+            return False
+
+    real_write, real_pwrite = os.write, os.pwrite
+
+    def write(fd: int, data: bytes) -> int:
+        if under_home(fd):
+            raise OSError(errno.ENOSPC, ENOSPC_TEXT)
+        return real_write(fd, data)
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        if under_home(fd):
+            raise OSError(errno.ENOSPC, ENOSPC_TEXT)
+        return real_pwrite(fd, data, offset)
+
+    def start() -> None:
+        monkeypatch.setattr(os, "write", write)
+        monkeypatch.setattr(os, "pwrite", pwrite)
+
+    return start
+
+
+def main_of(name: str) -> Callable[[list[str]], int]:
+    module = __import__(name)
+    return lambda argv: int(module.cli.run_main(module.main, argv))
+
+
+def test_retry_run_runs_the_command_on_a_full_disk_with_one_warning(
+    home: Path,
+    tmp_path: Path,
+    disk_full: Callable[[], None],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing can be recorded, yet the command runs, its exit code is kept, and one warning says why."""
+    marker = tmp_path / "ran"
+    main_of("retry_run")(["--", sys.executable, "-c", "print('hi')"])  # the state root exists, as it would
+    disk_full()
+
+    code = main_of("retry_run")(["--task", "job", "--target", "api", "--", *marker_cmd(marker)])
+
+    assert code == 0 and marker.exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "could not record" in warnings[0] and ENOSPC_TEXT in warnings[0] and str(home) in warnings[0]
+
+
+def test_retry_run_keeps_a_failing_commands_exit_status_on_a_full_disk(
+    home: Path, tmp_path: Path, disk_full: Callable[[], None]
+) -> None:
+    marker = tmp_path / "ran"
+    main_of("retry_run")(["--", "true"])
+    disk_full()
+    assert main_of("retry_run")(["--max-attempts", "1", "--", *marker_cmd(marker, code=2)]) == 3
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"),
+    [
+        ("tasks", lambda tmp: ["add", "job", "--", "true"]),
+        ("snapshot", lambda tmp: ["save", "s1", "--messages-file", str(messages_file(tmp))]),
+    ],
+    ids=["tasks-add", "snapshot-save"],
+)
+def test_a_command_whose_job_is_to_write_state_fails_clearly_on_a_full_disk(
+    script: str,
+    argv: Callable[[Path], list[str]],
+    home: Path,
+    tmp_path: Path,
+    disk_full: Callable[[], None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Exit 3, and the message names the file under the state root and the OS error: no traceback."""
+    main_of("retry_run")(["--", "true"])
+    capsys.readouterr()
+    disk_full()
+    code = main_of(script)(argv(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert ENOSPC_TEXT in err and str(home) in err
+
+
+def test_a_workflow_step_does_not_run_when_its_checkpoint_cannot_be_written(
+    home: Path, tmp_path: Path, disk_full: Callable[[], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    plan = plan_file(tmp_path, marker)
+    main_of("retry_run")(["--", "true"])
+    capsys.readouterr()
+    disk_full()
+    code = main_of("workflow")(["run", str(plan), "--task", "wf"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert not marker.exists(), "a step that could not be resumed must not run"
+    assert ENOSPC_TEXT in err and str(home / "checkpoints") in err
+
+
+def test_run_next_does_not_run_a_task_it_cannot_claim(
+    home: Path, tmp_path: Path, disk_full: Callable[[], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    assert main_of("tasks")(["add", "job", "--", *marker_cmd(marker)]) == 0
+    capsys.readouterr()
+    disk_full()
+    code = main_of("tasks")(["run-next"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert not marker.exists()
+    assert ENOSPC_TEXT in err and str(home / "tasks") in err
+
+
+# -- real processes, a real full tmpfs and a real read-only mount ------------------------------------------------
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(at: Path, size: str) -> Iterator[Path]:
+    at.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(at))
+    try:
+        yield at
+    finally:
+        sh("umount", "-l", str(at))
+
+
+def fill(folder: Path) -> None:
+    """Write until the filesystem says it is full."""
+    with open(folder / "filler", "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+def script(home: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, str(SCRIPTS / name), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=script_env(home),
+        timeout=120,
+    )
+
+
+Breaker = Callable[[], None]
+
+
+@pytest.fixture
+def full_home(tmp_path: Path) -> Iterator[tuple[Path, Breaker]]:
+    """A state root on a real 256 KiB tmpfs; calling the breaker fills the tmpfs up."""
+    with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
+        yield mnt / "state", lambda: fill(mnt)
+
+
+@pytest.fixture
+def readonly_home(tmp_path: Path) -> Iterator[tuple[Path, Breaker]]:
+    """A state root; calling the breaker bind-mounts it read-only over itself."""
+    home = tmp_path / "state"
+    mounted: list[bool] = []
+
+    def read_only() -> None:
+        sh("mount", "--bind", str(home), str(home))
+        mounted.append(True)
+        sh("mount", "-o", "remount,ro,bind", str(home))
+
+    yield home, read_only
+    if mounted:
+        sh("umount", "-l", str(home))
+
+
+def prepared(request: pytest.FixtureRequest, where: str, tmp_path: Path) -> tuple[Path, Path]:
+    """The state root as a first run leaves it, with task `job` added; then made unwritable."""
+    home, break_it = request.getfixturevalue(where)
+    marker = tmp_path / "ran"
+    assert script(home, "retry_run.py", "--task", "first", "--", "true").returncode == 0
+    assert script(home, "tasks.py", "add", "job", "--", *marker_cmd(marker)).returncode == 0
+    break_it()
+    return home, marker
+
+
+@pytest.mark.parametrize("where", ["full_home", "readonly_home"])
+def test_retry_run_runs_the_command_when_the_state_folder_cannot_be_written(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A real full disk, a real read-only folder: the command runs, exit 0, one warning saying why."""
+    home, marker = prepared(request, where, tmp_path)
+    why = ENOSPC_TEXT if where == "full_home" else EROFS_TEXT
+
+    proc = script(home, "retry_run.py", "--task", "first", "--target", "api", "--", *marker_cmd(marker))
+
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists()
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "could not record" in line]
+    assert len(lines) == 1 and why in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("where", ["full_home", "readonly_home"])
+def test_state_writing_commands_fail_clearly_when_the_state_folder_cannot_be_written(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """tasks add, snapshot save, workflow run, tasks run-next: exit 3, the file and the OS error, nothing run."""
+    home, marker = prepared(request, where, tmp_path)
+    why = ENOSPC_TEXT if where == "full_home" else EROFS_TEXT
+    plan = plan_file(tmp_path, marker)
+    runs = {
+        "tasks add": script(home, "tasks.py", "add", "other", "--", "true"),
+        "snapshot save": script(home, "snapshot.py", "save", "s1", "--messages-file", str(messages_file(tmp_path))),
+        "workflow run": script(home, "workflow.py", "run", str(plan), "--task", "wf"),
+        "tasks run-next": script(home, "tasks.py", "run-next"),
+    }
+    for what, proc in runs.items():
+        assert "Traceback" not in proc.stderr, f"{what}: {proc.stderr}"
+        assert proc.returncode == 3, f"{what}: {proc.stderr}"
+        assert why in proc.stderr and str(home) in proc.stderr, f"{what}: {proc.stderr}"
+    assert not marker.exists(), "neither the workflow step nor the task may run"

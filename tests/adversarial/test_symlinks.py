@@ -1,0 +1,271 @@
+"""Planted links under the state root: every writer refuses them, names them, and writes nothing through them.
+
+An attacker who can write into the state root (a loose 0777 folder, another user on the host) plants a
+symbolic link where self-heal will write next, pointing at a file of the victim's. Each case runs the
+real scripts as a user would and checks that the victim's file is byte for byte what it was, that the
+message names the link, that the exit code is the documented one, and that nothing printed a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.fake_gateway import LIVE, READY, FakeGateway
+
+from conftest import PYTHON, SCRIPTS, script_env
+
+pytestmark = pytest.mark.slow
+
+VICTIM = b"the victim's own file: must never change\n"
+
+
+def script(home: Path, name: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, str(SCRIPTS / name), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=script_env(home, **env),
+        timeout=120,
+    )
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+@dataclass
+class Case:
+    """Where the link goes (relative to the state root), and what a user runs that writes there."""
+
+    link: str
+    run: Callable[[Path, Path], subprocess.CompletedProcess[str]]  # (home, work folder)
+    code: int  # the documented exit code
+    runs_command: bool  # whether the user's command still runs (the link was only a record)
+    stream: str = "stderr"  # where the message naming the link goes (the health check's report: stdout)
+
+
+def retry(*extra: str) -> Callable[[Path, Path], subprocess.CompletedProcess[str]]:
+    def go(home: Path, work: Path) -> subprocess.CompletedProcess[str]:
+        marker = work / "ran"
+        return script(home, "retry_run.py", *extra, "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')")
+
+    return go
+
+
+def workflow(home: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    plan = work / "plan.yaml"
+    plan.write_text(
+        textwrap.dedent(f"""
+        steps:
+          - name: one
+            run: [{json.dumps(sys.executable)}, "-c", "open({str(work / "ran")!r}, 'w')"]
+        """)
+    )
+    return script(home, "workflow.py", "run", str(plan), "--task", "wf")
+
+
+def task_run(home: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    added = script(home, "tasks.py", "add", "job", "--", sys.executable, "-c", f"open({str(work / 'ran')!r}, 'w')")
+    assert added.returncode == 0, added.stderr
+    return script(home, "tasks.py", "run-next")
+
+
+def task_add(home: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    return script(home, "tasks.py", "add", "job", "--", "true")
+
+
+def snapshot_save(home: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    messages = work / "messages.json"
+    messages.write_text('[{"role": "user", "content": "hello"}]')
+    return script(home, "snapshot.py", "save", "s1", "--messages-file", str(messages))
+
+
+def self_heal(home: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    failed = script(home, "retry_run.py", "--task", "job", "--max-attempts", "1", "--", "sh", "-c", "exit 2")
+    assert failed.returncode == 3, failed.stderr
+    return script(home, "self_heal.py", "--task", "job", "--no-model")
+
+
+def health(home: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """health_check.py with a live, ready gateway: only what it finds under the state root can fail it."""
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        home.mkdir(mode=0o700, exist_ok=True)
+        (home / "config.yaml").write_text(f"health: {{gateway_url: '{gw.url}', disk_min_free_mb: 0}}\n")
+        (work / "openclaw").mkdir(exist_ok=True)
+        return script(home, "health_check.py", *args, OPENCLAW_STATE_DIR=str(work / "openclaw"))
+
+
+CASES = {
+    # Records: the user's command still runs; one warning names the link; the command's exit code.
+    "breaker": Case("breakers/api.json", retry("--target", "api"), 0, True),
+    "ledger-day": Case(f"ledger/{today()}.jsonl", retry("--task", "job"), 0, True),
+    "log": Case("logs/selfheal.log", retry("--task", "job"), 0, True),
+    # State a run cannot do without: refused before the command runs (exit 2, like a configuration error).
+    "lock": Case("locks/task-job.lock", retry("--task", "job"), 2, False),
+    "checkpoint": Case("checkpoints/wf.json", workflow, 2, False),
+    "task-log": Case("tasks/job.log", task_run, 2, False),
+    "task-record": Case("tasks/job.json", task_add, 2, False),
+    "fix-index": Case("fixes/index.json", self_heal, 2, False),
+    "session": Case("sessions/s1.json", snapshot_save, 2, False),
+    # The health check's own file: reported as a problem of the check (degraded, exit 1).
+    "status": Case("status/health.json", health, 1, False, "stdout"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_a_planted_file_link_is_refused_named_and_the_victim_is_untouched(
+    case: Case, home: Path, tmp_path: Path
+) -> None:
+    """Whatever the script, nothing is written through a link planted at the file it writes."""
+    work = tmp_path / "work"
+    work.mkdir()
+    victim = tmp_path / "outside" / "victim"
+    victim.parent.mkdir()
+    victim.write_bytes(VICTIM)
+    home.mkdir(mode=0o700)
+    link = home / case.link
+    link.parent.mkdir(mode=0o700)
+    os.symlink(victim, link)
+
+    proc = case.run(home, work)
+
+    assert victim.read_bytes() == VICTIM
+    assert os.path.islink(link), "the planted link is left for the user to look at"
+    assert str(link) in getattr(proc, case.stream), proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == case.code, proc.stdout + proc.stderr
+    assert (work / "ran").exists() == case.runs_command
+
+
+def test_a_planted_link_among_run_records_is_named_and_nothing_is_read_through_it(home: Path, tmp_path: Path) -> None:
+    """A link in runs/ that looks like a dead run of the task is reported; the run goes on; the victim stays."""
+    victim = tmp_path / "victim.json"
+    record = {
+        "run_id": "job-1",
+        "task": "job",
+        "status": "running",
+        "host": socket.gethostname(),
+        "supervisor": {"pid": 999_999, "create_time": 1.0},
+    }
+    victim.write_text(json.dumps(record))
+    before = victim.read_bytes()
+    home.mkdir(mode=0o700)
+    (home / "runs").mkdir(mode=0o700)
+    link = home / "runs" / "job-1.json"
+    os.symlink(victim, link)
+
+    proc = script(home, "retry_run.py", "--task", "job", "--", "true")
+
+    assert proc.returncode == 0, proc.stderr
+    assert str(link) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert victim.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("folder", "run", "code", "runs_command"),
+    [
+        ("ledger", retry("--task", "job"), 0, True),
+        ("checkpoints", workflow, 2, False),
+        ("sessions", snapshot_save, 2, False),
+    ],
+    ids=["ledger", "checkpoints", "sessions"],
+)
+def test_a_planted_folder_link_is_refused_and_nothing_lands_in_its_target(
+    folder: str,
+    run: Callable[[Path, Path], subprocess.CompletedProcess[str]],
+    code: int,
+    runs_command: bool,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """`ledger -> /somewhere/else`: nothing is created in /somewhere/else, and the link is named."""
+    work = tmp_path / "work"
+    work.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_bytes(VICTIM)
+    home.mkdir(mode=0o700)
+    link = home / folder
+    os.symlink(elsewhere, link)
+
+    proc = run(home, work)
+
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep"]
+    assert (elsewhere / "keep").read_bytes() == VICTIM
+    assert str(link) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code, proc.stderr
+    assert (work / "ran").exists() == runs_command
+
+
+def test_a_loose_state_root_is_tightened_once_with_a_warning(home: Path, tmp_path: Path) -> None:
+    """A 0777 state root (anyone could plant links in it) is made 0700, and the user is told once."""
+    home.mkdir()
+    os.chmod(home, 0o777)  # noqa: S103 - the attack under test
+    (home / "ledger").mkdir()
+    os.chmod(home / "ledger", 0o757)  # noqa: S103
+
+    first = script(home, "retry_run.py", "--", "true")
+    second = script(home, "retry_run.py", "--", "true")
+
+    assert first.returncode == 0 and second.returncode == 0
+    assert (os.stat(home).st_mode & 0o777, os.stat(home / "ledger").st_mode & 0o777) == (0o700, 0o700)
+    assert str(home) in first.stderr and "0777" in first.stderr and "0757" in first.stderr
+    assert second.stderr == ""
+
+
+def test_a_state_root_owned_by_another_user_is_refused(home: Path, tmp_path: Path) -> None:
+    """Root's retry_run never uses a state root that `nobody` owns: exit 2, the folder named, nothing run."""
+    home.mkdir(mode=0o700)
+    os.chown(home, 65534, 65534)
+    marker = tmp_path / "ran"
+
+    proc = script(home, "retry_run.py", "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')")
+
+    assert proc.returncode == 2, proc.stderr
+    assert str(home) in proc.stderr and "another user" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
+    assert os.listdir(home) == []
+
+
+def test_the_health_check_reports_a_planted_link_and_a_loose_root(home: Path, tmp_path: Path) -> None:
+    """health_check names what it found (it changes nothing): degraded, with the link in the reason."""
+    (home / "breakers").mkdir(parents=True, mode=0o700)
+    link = home / "breakers" / "api.json"
+    os.symlink(tmp_path / "victim", link)
+    os.chmod(home, 0o770)  # noqa: S103
+    (tmp_path / "work").mkdir()
+
+    proc = health(home, tmp_path / "work", "--json")
+
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1, proc.stderr
+    assert report["mode"] == "degraded"
+    check = next(c for c in report["checks"] if c["name"] == "state_root")
+    assert check["status"] == "warn" and str(link) in check["detail"] and "0770" in check["detail"]
+    assert os.path.islink(link), "links are left for a person to look at"
+
+
+def test_the_health_check_is_down_when_another_user_owns_the_state_root(home: Path, tmp_path: Path) -> None:
+    """Nothing self-heal does could be recorded there: down (exit 3), and the reason says why."""
+    (tmp_path / "work").mkdir()
+    home.mkdir(mode=0o700)
+    os.chown(home, 65534, 65534)
+    proc = script(home, "health_check.py", "--json", OPENCLAW_STATE_DIR=str(tmp_path / "work"))
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 3, proc.stderr
+    assert report["mode"] == "down" and str(home) in report["reason"] and "another user" in report["reason"]
+    assert os.listdir(home) == []
