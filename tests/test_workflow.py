@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import re
@@ -472,6 +473,55 @@ def test_python_workflow_retries_transient_errors_and_resumes(fast: Config) -> N
     assert wf.run(config=fast).status == "interrupted"
     assert wf.run(config=fast).status == "completed"
     assert calls == ["first", "second#1", "second#2", "stop", "second#3"]
+
+
+def test_a_step_returning_a_datetime_is_done_and_refunded_when_a_later_step_fails(fast: Config) -> None:
+    """The second document's saga: the charge returns when it happened (a datetime); the email fails;
+    the charge is refunded and the order deleted, and the datetime is kept as its ISO text."""
+    undone: list[str] = []
+    wf = Workflow("saga")
+
+    @wf.step(compensate=lambda ctx: undone.append(f"delete {ctx.outputs['create_order']['order_id']}"))
+    def create_order(ctx: StepContext) -> dict[str, Any]:
+        return {"order_id": "ORD-12345"}
+
+    @wf.step(compensate=lambda ctx: undone.append(f"refund {ctx.outputs['create_order']['order_id']}"))
+    def charge_payment(ctx: StepContext) -> dict[str, Any]:
+        return {"charged_at": datetime.datetime(2026, 3, 15, 14, 22, 18), "receipt": Path("/tmp/r.pdf")}
+
+    @wf.step
+    def send_confirmation(ctx: StepContext) -> None:
+        raise ValueError("Email service unavailable")
+
+    result = wf.run(config=fast)
+    assert result.status == "failed"
+    assert undone == ["refund ORD-12345", "delete ORD-12345"]
+    assert result.compensated == ["charge_payment", "create_order"]
+    charge = result.steps[1]
+    assert charge.outputs == {"charged_at": "2026-03-15T14:22:18", "receipt": "<PosixPath: /tmp/r.pdf>"}
+    assert charge.converted == ["charged_at", "receipt"]
+
+
+def test_a_command_that_ran_but_left_no_output_file_is_compensated(tmp_path: Path, fast: Config) -> None:
+    """A step whose command succeeded but did not write its declared output failed after its side effect
+    happened: it is undone too, before the steps before it."""
+    plan = write_plan(
+        tmp_path,
+        """\
+        name: charge
+        steps:
+          - name: order
+            shell: "echo order >> journal"
+            compensate: [sh, -c, "echo undo-order >> journal"]
+          - name: charge
+            shell: "echo charge >> journal"
+            compensate: [sh, -c, "echo refund >> journal"]
+            outputs: {files: [receipt.pdf]}
+        """,
+    )
+    result = run(plan, config=fast)
+    assert result.status == "failed" and result.compensated == ["charge", "order"]
+    assert journal(tmp_path) == ["order", "charge", "refund", "undo-order"]
 
 
 # -- crashes at random moments --------------------------------------------------------------------------------

@@ -21,8 +21,10 @@ engine runs both:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
-import json
+import logging
+import math
 import os
 import re
 import shlex
@@ -67,6 +69,7 @@ from .checkpoint import (
 from .incident import Incident, new_incident_id, notify, write_incident
 
 SCRIPTS = Path(__file__).resolve().parents[2]
+logger = logging.getLogger(__name__)
 _OUTPUT_NAMES = ("stdout", "files")
 
 
@@ -340,6 +343,7 @@ class StepReport:
     error_class: str | None
     reason: str | None
     outputs: dict[str, Any]
+    converted: list[str] = field(default_factory=list)  # outputs that were not JSON, kept as their text
 
 
 @dataclass
@@ -650,6 +654,8 @@ class WorkflowRunner:
             exit_code=None,
             error_class=None,
             reason=None,
+            ran=False,
+            compensated=False,
             run_id=new_run_id(f"{self.task[:40]}.{step.name[:40]}", self.clock.time()),
         )
         self._save()
@@ -731,6 +737,7 @@ class WorkflowRunner:
         )
         record["exit_code"] = outcome.exit_code
         if outcome.ok:
+            record["ran"] = True
             keep = self.config.workflows.output_tail_chars
             # Trailing newlines dropped, as the shell's $(...) does: the value often becomes a variable.
             return outcome.stdout_tail[-keep:].rstrip("\n") if keep else ""
@@ -773,12 +780,21 @@ class WorkflowRunner:
                 reason=f"{type(exc).__name__}: {exc}",
             )
             raise _StepFailed(record["error_class"], record["reason"], None, stop_reason_of(exc)) from exc
+        # The step ran: whatever it returned, its side effects happened, so it must stay compensable.
+        record["ran"] = True
         outputs = value if isinstance(value, dict) else ({} if value is None else {"value": value})
-        try:
-            json.dumps(outputs)
-        except (TypeError, ValueError) as exc:
-            record["state"] = FAILED
-            raise _StepFailed("permanent", f"step {step.name!r} returned outputs that are not JSON: {exc}") from exc
+        converted: list[str] = []
+        outputs = {str(k): _as_json(v, str(k), converted) for k, v in outputs.items()}
+        if converted:
+            # The second source document's checkpoint manager does the same: a value JSON cannot hold is
+            # kept as its text, so the step still counts as done (and can be compensated).
+            record["converted"] = converted
+            logger.warning(
+                "task %s step %s returned values that are not JSON, kept as text: %s",
+                self.task,
+                step.name,
+                ", ".join(converted),
+            )
         record["outputs"] = outputs
 
     def _collect_outputs(self, step: Step, stdout_tail: str) -> dict[str, Any]:
@@ -821,7 +837,7 @@ class WorkflowRunner:
     def _compensate(self) -> tuple[list[str], list[dict[str, Any]]]:
         compensated: list[str] = []
         failures: list[dict[str, Any]] = []
-        done_steps = [s for s in self.plan.steps if self._step(s.name)["state"] == DONE and s.compensate is not None]
+        done_steps = [s for s in self.plan.steps if s.compensate is not None and self._undo_due(self._step(s.name))]
         total = len(done_steps)
         for index, step in enumerate(reversed(done_steps), 1):
             record = self._step(step.name)
@@ -833,11 +849,23 @@ class WorkflowRunner:
                 failures.append({"step": step.name, "error": str(exc)})
                 self.ledger.record("compensate", task=self.task, step=step.name, status="failed", reason=str(exc))
             else:
-                record.update(state=COMPENSATED)
+                # A step that ran but then failed its checks keeps saying failed (the incident names it).
+                if record["state"] == DONE:
+                    record["state"] = COMPENSATED
+                else:
+                    record["compensated"] = True
                 compensated.append(step.name)
                 self.ledger.record("compensate", task=self.task, step=step.name, status="compensated")
             self._save()
         return compensated, failures
+
+    @staticmethod
+    def _undo_due(record: dict[str, Any]) -> bool:
+        """Done steps are undone; so is a step that ran to its end and failed afterwards (its outputs
+        were missing): its side effects happened all the same."""
+        if record["state"] == DONE:
+            return True
+        return record["state"] == FAILED and bool(record.get("ran")) and not record.get("compensated")
 
     def _run_compensation(self, step: Step, record: dict[str, Any]) -> None:
         undo = step.compensate
@@ -944,11 +972,30 @@ class WorkflowRunner:
                     r.get("error_class"),
                     r.get("reason"),
                     r.get("outputs") or {},
+                    list(r.get("converted") or []),
                 )
             )
         incident = self.data.get("incident")
         path = str(self.state.sub("incidents") / f"{incident}.json") if incident else None
         return WorkflowResult(self.task, status, steps, resumed, message, incident=path)
+
+
+def _as_json(value: Any, where: str, converted: list[str]) -> Any:
+    """`value` as JSON can hold it: a datetime or date becomes its ISO text, any other object
+    `<Type: text>` (the second source document's form); `where` names each converted value."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        if isinstance(value, float) and not math.isfinite(value):  # NaN and infinity are not JSON
+            converted.append(where)
+            return str(value)
+        return value
+    if isinstance(value, dict):
+        return {str(k): _as_json(v, f"{where}.{k}", converted) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v, f"{where}[{i}]", converted) for i, v in enumerate(value)]
+    converted.append(where)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    return f"<{type(value).__name__}: {value}>"
 
 
 def _env_name(step: str, output: str) -> str:
