@@ -13,6 +13,9 @@ Alerts follow the second source document (all thresholds in skill.yaml `analysis
 * P3 when a task's mean duration over the recent period (the last `recent_s` before --until, default
   now) exceeds `mean_time_factor_p3` times its baseline: `baselines[task]` when configured, else its
   mean over the rest of the window. P1, the fallback rule and P3 wait for `min_runs` runs.
+
+Events of self-heal's own calls (task `self-heal.<purpose>.<task>`, core.ledger.own_task: the root-cause
+analysis of a failed task) are left out of every figure and alert, and counted in `lines.own_events`.
 """
 
 from __future__ import annotations
@@ -205,6 +208,7 @@ def build_report(
             "blank": tally.blank,
             "outside_window": tally.outside,
             "other_tasks": tally.other_tasks,
+            "own_events": tally.own_events,
         },
         "events": {name: events[name] for name in sorted(events, key=lambda e: (-events[e], e))},
         "other_tags": _counts(tally.other_tags),
@@ -501,6 +505,8 @@ def render_text(report: Mapping[str, Any]) -> str:
     out.append(f"Log analysis, {span}: {_n(lines['total'])} lines from {len(report['inputs'])} input(s)")
     if w["task"]:
         out.append(f"  task {w['task']} only ({_n(lines['other_tasks'])} events of other tasks left out)")
+    if lines.get("own_events"):
+        out.append(f"  {_n(lines['own_events'])} events of self-heal's own calls (self-heal.*) left out")
     for item in report["inputs"]:
         if item.get("error"):
             out.append(f"  could not read {item['path']}: {item['error']}")

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from ..core.classify import Classifier, Failure
 from ..core.config import ERROR_CLASSES, AnalysisSettings, ClassifySettings
+from ..core.ledger import OWN_TASK_PREFIX
 from ..core.redact import Redactor
 from ..errors import UsageError
 from . import openclaw_logs as oc
@@ -301,6 +302,7 @@ class Tally:
         self.blank = 0
         self.outside = 0  # well-formed lines outside the time window
         self.other_tasks = 0  # events of tasks other than --task
+        self.own_events = 0  # events of self-heal's own calls (core.ledger.own_task), left out of every figure
         self._python_lines = 0  # lines the fast path handed to Python (blank ones included)
         # Events.
         self.events: Counter[str] = Counter()
@@ -352,6 +354,7 @@ class Tally:
             "blank",
             "outside",
             "other_tasks",
+            "own_events",
             "tasks_folded",
             "timed",
             "openclaw_lines",
@@ -639,9 +642,13 @@ class Tally:
         detail: str | None = None,
         unclassified: bool | None = None,
     ) -> bool:
-        """Count `n` events of one kind; False when --task leaves them out."""
+        """Count `n` events of one kind; False when --task leaves them out, or when they are self-heal's own."""
         if task == "-" or not task:
             task = None
+        elif task.startswith(OWN_TASK_PREFIX) and task != self.task:
+            # self-heal's own calls (its root-cause analysis of a failed task) are not the user's runs.
+            self.own_events += n
+            return False
         if self.task is not None and task != self.task:
             self.other_tasks += n
             return False
