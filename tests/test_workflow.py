@@ -29,6 +29,7 @@ from selfheal.durable.workflow import (
     Workflow,
     WorkflowRunner,
     load_plan,
+    task_id_from_template,
 )
 from selfheal.errors import LockBusy
 from selfheal.state.root import StateRoot, file_lock
@@ -157,7 +158,8 @@ def test_a_completed_task_is_not_run_again(tmp_path: Path, fast: Config) -> None
     plan = six_steps(tmp_path, failing=None)
     run(plan, config=fast)
     again = run(plan, config=fast)
-    assert again.status == "completed" and "already completed" in again.message
+    assert again.status == "completed" and "already completed" in again.message and again.already_completed
+    assert again.exit_status == 1 and not again.to_json()["ok"]
     assert journal(tmp_path) == [f"s{i}" for i in range(1, 7)]
 
 
@@ -385,6 +387,48 @@ def test_cli_run_status_reset(tmp_path: Path, home: Path, fast: Config) -> None:
     assert json.loads(cli(home, "status", "six", "--json").stdout)["status"] == "failed"
     assert cli(home, "reset", "six").returncode == 0
     assert cli(home, "status", "six").returncode == 3
+
+
+def test_cli_a_fixed_task_id_run_again_by_cron_says_it_ran_nothing(tmp_path: Path, home: Path) -> None:
+    """A cron line with a fixed --task: the second run says the task already completed, runs nothing and
+    exits 1 (not a silent 0); --restart runs it again."""
+    plan = write_plan(tmp_path, 'steps:\n  - {name: build, shell: "echo build >> journal"}\n')
+    assert cli(home, "run", str(plan), "--task", "weekly-report").returncode == 0
+    again = cli(home, "run", str(plan), "--task", "weekly-report")
+    assert again.returncode == 1
+    assert "task weekly-report: already completed at" in again.stderr and "nothing was run" in again.stderr
+    assert "--task 'NAME-{date}'" in again.stderr
+    assert json.loads(cli(home, "run", str(plan), "--task", "weekly-report", "--json").stdout)["already_completed"]
+    assert journal(tmp_path) == ["build"]
+    assert cli(home, "run", str(plan), "--task", "weekly-report", "--restart").returncode == 0
+    assert journal(tmp_path) == ["build", "build"]
+
+
+def test_cli_a_dated_task_id_gives_each_days_cron_run_its_own_task(tmp_path: Path, home: Path) -> None:
+    """--task 'report-{date}' becomes report-<today, UTC>: each day's run is a task of its own."""
+    plan = write_plan(tmp_path, 'steps:\n  - {name: build, shell: "echo build >> journal"}\n')
+    before = time.strftime("%Y-%m-%d", time.gmtime())
+    proc = cli(home, "run", str(plan), "--task", "report-{date}", "--json")
+    after = time.strftime("%Y-%m-%d", time.gmtime())
+    assert proc.returncode == 0 and json.loads(proc.stdout)["task"] in (f"report-{before}", f"report-{after}")
+    bad = cli(home, "run", str(plan), "--task", "report-{day}")
+    assert bad.returncode == 2 and "{day} is not a field" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("report-{date}", "report-2027-01-15"),
+        ("sync-{hour}", "sync-2027-01-15T08"),
+        ("snap-{time}", "snap-2027-01-15T080000"),
+        ("weekly-{week}", "weekly-2027-W02"),
+        ("monthly-{month}", "monthly-2027-01"),
+        ("fixed-id", "fixed-id"),
+    ],
+)
+def test_task_id_templates(template: str, expected: str) -> None:
+    """Each field of a task id template, in UTC."""
+    assert task_id_from_template(template, now=1_800_000_000.0) == expected
 
 
 def test_cli_bad_plan_exits_2(tmp_path: Path, home: Path) -> None:

@@ -46,6 +46,7 @@ from ..errors import (
     EXIT_FAILED,
     EXIT_NOT_ATTEMPTED,
     EXIT_OK,
+    EXIT_PROBLEMS,
     ConfigError,
     Interrupted,
     UsageError,
@@ -356,18 +357,22 @@ class WorkflowResult:
     incident: str | None = None
     compensated: list[str] = field(default_factory=list)
     compensation_failures: list[str] = field(default_factory=list)
+    already_completed: bool = False  # the task id had completed before: nothing ran this time
 
     @property
     def exit_status(self) -> int:
         if self.status == TASK_COMPLETED:
-            return EXIT_OK
+            # Nothing ran: a cron line with a fixed --task would otherwise look fine forever (see
+            # task_id_from_template), so this is a problem found (1), not a success.
+            return EXIT_PROBLEMS if self.already_completed else EXIT_OK
         return EXIT_NOT_ATTEMPTED if self.status == "not_attempted" else EXIT_FAILED
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "ok": self.status == TASK_COMPLETED,
+            "ok": self.status == TASK_COMPLETED and not self.already_completed,
             "task": self.task,
             "status": self.status,
+            "already_completed": self.already_completed,
             "message": self.message,
             "resumed": self.resumed,
             "incident": self.incident,
@@ -517,7 +522,15 @@ class WorkflowRunner:
             self._check_same_steps()
             status = self.data["status"]
             if status == TASK_COMPLETED and from_step is None:
-                return self._result(TASK_COMPLETED, resumed, "already completed; nothing to do (reset it to run again)")
+                result = self._result(
+                    TASK_COMPLETED,
+                    resumed,
+                    f"already completed at {self.data.get('updated')}; nothing was run. To run it again: "
+                    "--restart (or `workflow.py reset TASK`); for a cron line, give each run its own id, "
+                    "e.g. --task 'NAME-{date}'",
+                )
+                result.already_completed = True
+                return result
             if status == TASK_DEAD_LETTER and from_step is None:  # --from is a person's explicit restart
                 return self._result(
                     TASK_DEAD_LETTER,
@@ -1015,6 +1028,35 @@ def _signum(name: str | None) -> int:
         return int(signal.Signals[name]) if name else int(signal.SIGTERM)
     except KeyError:
         return int(signal.SIGTERM)
+
+
+# -- task ids for cron lines ----------------------------------------------------------------------------
+
+_ID_FIELDS = {
+    "date": "%Y-%m-%d",
+    "hour": "%Y-%m-%dT%H",
+    "time": "%Y-%m-%dT%H%M%S",
+    "week": "%G-W%V",
+    "month": "%Y-%m",
+}
+
+
+def task_id_from_template(template: str, *, now: float) -> str:
+    """`report-{date}` -> `report-2026-06-10`: a task id per run for a cron line (a fixed id completes once
+    and then runs nothing). Fields, in UTC: {date}, {hour} (2026-06-10T03), {time} (2026-06-10T031218),
+    {week} (2026-W24), {month}. A template without braces is returned as it is; the result is validated."""
+    if "{" not in template and "}" not in template:
+        return validate_id(template, "task")
+    when = datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc)
+    names = set(re.findall(r"\{([^{}]*)\}", template))
+    unknown = sorted(n for n in names if n not in _ID_FIELDS)
+    if unknown or re.sub(r"\{[^{}]*\}", "", template).count("{") or re.sub(r"\{[^{}]*\}", "", template).count("}"):
+        what = f"{{{unknown[0]}}}" if unknown else "an unmatched brace"
+        raise UsageError(
+            f"--task {template!r}: {what} is not a field; use {', '.join('{' + n + '}' for n in _ID_FIELDS)}"
+        )
+    task = re.sub(r"\{([^{}]*)\}", lambda m: when.strftime(_ID_FIELDS[m.group(1)]), template)
+    return validate_id(task, "task")
 
 
 # -- status and reset -----------------------------------------------------------------------------------
