@@ -191,7 +191,8 @@ def test_failing_step_four_of_six_compensates_three_two_one_and_writes_an_incide
     assert "s4 cannot run yet" in incident["error"]
     assert incident["resume_command"].endswith(f"workflow.py run {tmp_path / 'plan.yaml'} --task six")
     log = (home / "logs" / "selfheal.log").read_text()
-    assert log.count("[COMPENSATE]") == 3 and "[INCIDENT] task=six step=s4" in log
+    assert log.count("[COMPENSATE] task=six reason=started") == 1  # the compensation, then each step undone
+    assert log.count("[COMPENSATE] task=six step=") == 3 and "[INCIDENT] task=six step=s4" in log
 
 
 def test_the_incidents_resume_command_completes_the_task_after_the_fix(

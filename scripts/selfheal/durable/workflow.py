@@ -852,6 +852,11 @@ class WorkflowRunner:
         failures: list[dict[str, Any]] = []
         done_steps = [s for s in self.plan.steps if s.compensate is not None and self._undo_due(self._step(s.name))]
         total = len(done_steps)
+        if total:
+            # One event per compensation triggered (the report's compensation rate), then one per step.
+            self.ledger.record(
+                "compensate", task=self.task, status="started", reason=f"{total} step(s) to undo, last first"
+            )
         for index, step in enumerate(reversed(done_steps), 1):
             record = self._step(step.name)
             self.progress(Progress("compensate", index, total, step.name))

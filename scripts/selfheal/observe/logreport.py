@@ -230,6 +230,14 @@ def build_report(
             "rate": _rate(events["fallback"], finished),
             "reasons": _counts(tally.fallback_reasons),
         },
+        "compensation": {
+            # The second document's compensation_trigger_rate: workflow runs that had to undo steps, per
+            # finished run. The document gives it no alert rule, so none is raised.
+            "triggered": tally.compensations["started"],
+            "steps_compensated": tally.compensations["compensated"],
+            "steps_failed": tally.compensations["failed"],
+            "rate": _rate(tally.compensations["started"], finished),
+        },
         "models": _per_key(tally.by_model, top, "model"),
         "targets": _per_key(tally.by_target, top, "target"),
         "tasks": {
@@ -525,6 +533,12 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"{_n(runs['retries'])} retries ({per_run} per run); "
         f"fallback {_n(report['fallback']['events'])} times ({_pct(report['fallback']['rate'])} of runs)"
     )
+    comp = report["compensation"]
+    if comp["triggered"]:
+        out.append(
+            f"Compensation triggered {_n(comp['triggered'])} times ({_pct(comp['rate'])} of runs): "
+            f"{_n(comp['steps_compensated'])} steps undone, {_n(comp['steps_failed'])} undo(s) failed"
+        )
     if report["durations"]["mean_s"] is not None:
         mean, timed = report["durations"]["mean_s"], report["durations"]["timed_runs"]
         out.append(f"Mean run time {mean:.1f}s over {_n(timed)} successful runs")

@@ -302,6 +302,7 @@ class Tally:
         self.blank = 0
         self.outside = 0  # well-formed lines outside the time window
         self.other_tasks = 0  # events of tasks other than --task
+        self.compensations: Counter[str] = Counter()  # compensate events by status
         self.own_events = 0  # events of self-heal's own calls (core.ledger.own_task), left out of every figure
         self._python_lines = 0  # lines the fast path handed to Python (blank ones included)
         # Events.
@@ -372,6 +373,7 @@ class Tally:
             "openclaw_failures",
             "reasons",
             "fallback_reasons",
+            "compensations",
         ):
             getattr(self, name).update(getattr(other, name))
         for mine, theirs in ((self.by_model, other.by_model), (self.by_target, other.by_target)):
@@ -662,6 +664,8 @@ class Tally:
             self.by_model[model][event] += n
         if target and target != "-":
             self.by_target[target][event] += n
+        if event == "compensate" and reason:
+            self.compensations[reason] += n  # started (one per failed workflow run), compensated, failed
         if task is not None:
             stats = self.tasks.get(task)
             if stats is None:
