@@ -5,8 +5,9 @@
   breakers.py show TARGET     one breaker in full
   breakers.py reset TARGET    close it and forget its history (after you fixed the cause)
   breakers.py reset --all
+  breakers.py trip TARGET [--for SECONDS]   force it open (chaos testing: does everything fail over or wait?)
 
-Exit codes: 0 ok (all closed, or reset done); 1 at least one breaker is open or half-open; 2 usage.
+Exit codes: 0 ok (all closed, or reset or trip done); 1 at least one breaker is open or half-open; 2 usage.
 """
 
 from __future__ import annotations
@@ -41,17 +42,35 @@ def _line(view: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="breakers.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", nargs="?", choices=["list", "show", "reset"], default="list")
+    parser.add_argument("action", nargs="?", choices=["list", "show", "reset", "trip"], default="list")
     parser.add_argument("target", nargs="?", help="the breaker's target name")
     parser.add_argument("--all", action="store_true", help="with reset: every breaker")
+    parser.add_argument(
+        "--for",
+        dest="open_for",
+        type=float,
+        metavar="SECONDS",
+        help="with trip: how long it stays open (default: breakers.open_s)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if args.action in ("show", "reset") and not (args.target or (args.action == "reset" and args.all)):
+    if args.open_for is not None and (args.action != "trip" or not args.open_for > 0):
+        parser.error("--for goes with trip and is a number of seconds above 0")
+    if args.action in ("show", "reset", "trip") and not (args.target or (args.action == "reset" and args.all)):
         parser.error(f"{args.action} needs a TARGET" + (" or --all" if args.action == "reset" else ""))
     cli.setup_logging()
     config = get_config()
     state = StateRoot.from_env()
     breakers = Breakers(state, config.breakers, ledger=Ledger(state, config))
+
+    if args.action == "trip":
+        breakers.trip(args.target, args.open_for, reason="forced open by breakers.py trip")
+        view = breakers.status(args.target)
+        if args.json:
+            cli.emit_json({"ok": True, "tripped": args.target, "breaker": view})
+        else:
+            cli.say(_line(view))
+        return EXIT_OK
 
     if args.action == "reset":
         targets = breakers.targets() if args.all else [args.target]

@@ -9,17 +9,22 @@ Completed steps never run again; a step in flight when the process died runs aga
 for good stops the task: completed steps are compensated in reverse and an incident file (with the
 command that resumes the task) is written under incidents/.
 
-Exit codes: 0 completed (or status/reset done); 2 usage or plan error, or a symbolic link planted under
-the state root; 3 failed, interrupted, parked as dead-letter, an unreadable checkpoint, or a checkpoint
-that cannot be written (disk full, read-only: the step does not run); 4 not attempted (the task is
-running elsewhere, or a breaker is open). With --json, step output goes to stderr and stdout holds exactly
-one JSON object.
+A task id that already completed runs nothing (exit 1, so a cron line with a fixed --task does not look
+fine forever): give each run its own id with a field, --task 'report-{date}' ({date}, {hour}, {time},
+{week}, {month}, in UTC), or run it again with --restart.
+
+Exit codes: 0 completed (or status/reset done); 1 already completed earlier, nothing run; 2 usage or plan
+error, or a symbolic link planted under the state root; 3 failed, interrupted, parked as dead-letter, an
+unreadable checkpoint, or a checkpoint that cannot be written (disk full, read-only: the step does not
+run); 4 not attempted (the task is running elsewhere, or a breaker is open). With --json, step output goes
+to stderr and stdout holds exactly one JSON object.
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,14 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.core.process import StopFlag  # noqa: E402
-from selfheal.durable.workflow import Progress, WorkflowRunner, load_plan, reset, status  # noqa: E402
+from selfheal.durable.workflow import (  # noqa: E402
+    Progress,
+    WorkflowRunner,
+    load_plan,
+    reset,
+    status,
+    task_id_from_template,
+)
 from selfheal.errors import EXIT_FAILED, EXIT_OK  # noqa: E402
 
 
@@ -76,7 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a plan, or resume it where it stopped")
     run.add_argument("plan", help="the YAML plan file")
-    run.add_argument("--task", help="task id (default: the plan's name); the same id resumes")
+    run.add_argument(
+        "--task",
+        help="task id (default: the plan's name); the same id resumes. Fields for cron lines, in UTC: "
+        "'report-{date}', {hour}, {time}, {week}, {month}",
+    )
     run.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and the later ones again")
     run.add_argument("--restart", action="store_true", help="forget earlier progress (even an unreadable checkpoint)")
     run.add_argument("--json", action="store_true", help="print one JSON object with every step")
@@ -111,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     plan = load_plan(Path(args.plan))
-    task = args.task or plan.name
+    task = task_id_from_template(args.task, now=time.time()) if args.task else plan.name
     stop = StopFlag()
     stop.install()
     resume = shlex.join(["python3", str(Path(__file__).resolve()), "run", str(plan.path), "--task", task])
@@ -127,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = runner.run(from_step=args.from_step, restart=args.restart)
     if args.json:
         cli.emit_json(result.to_json())
+    elif result.already_completed:
+        cli.say(f"task {task}: {result.message}")
     else:
         cli.say(f"task {task}: {result.status}: {result.message}")
         if result.compensated:

@@ -425,7 +425,14 @@ def test_a_2_gb_file_without_a_newline_is_one_malformed_line_in_flat_memory(tmp_
     result = json.loads(proc.stdout)
     report = json.loads(result["out"])
     assert result["rc"] == 0
-    assert report["lines"] == {"total": 1, "malformed": 1, "blank": 0, "outside_window": 0, "other_tasks": 0}
+    assert report["lines"] == {
+        "total": 1,
+        "malformed": 1,
+        "blank": 0,
+        "outside_window": 0,
+        "other_tasks": 0,
+        "own_events": 0,
+    }
     assert result["rss_mb"] < 100
 
 
@@ -794,3 +801,44 @@ def test_the_script_never_imports_openai(home: Path) -> None:
         [PYTHON, "-c", code], cwd=SCRIPTS, capture_output=True, text=True, env=script_env(home), check=False
     )
     assert proc.stdout.strip().splitlines()[-1] == "False", proc.stderr
+
+
+def test_the_report_gives_the_compensation_rate_of_the_second_document(
+    state: StateRoot, config: Config, tmp_path: Path
+) -> None:
+    """The second document's compensation_trigger_rate: a workflow run that undid its steps counts once,
+    its undone steps each; the same figures come from the ledger and from the log."""
+    from selfheal.durable.workflow import StepContext, Workflow
+
+    def order(ctx: StepContext) -> dict[str, str]:
+        return {"order_id": "ORD-12345"}
+
+    def charge(ctx: StepContext) -> bool:
+        return True
+
+    def email(ctx: StepContext) -> None:
+        raise ValueError("Email service unavailable")
+
+    saga = Workflow("saga")
+    saga.step(order, compensate=lambda ctx: None)
+    saga.step(charge, compensate=lambda ctx: None)
+    saga.step(email)
+    assert saga.run(config=config, state=state).status == "failed"
+    fine = Workflow("fine")
+    fine.step(order, compensate=lambda ctx: None)
+    assert fine.run(config=config, state=state).status == "completed"
+
+    kwargs: dict[str, Any] = {"config": config, "state": state, "openclaw_dir": tmp_path / "none", "env": {}}
+    report = analyze(None, **kwargs)
+    finished = report["runs"]["finished"]
+    assert report["compensation"] == {
+        "triggered": 1,
+        "steps_compensated": 2,
+        "steps_failed": 0,
+        "rate": round(1 / finished, 4),
+    }
+    assert not [a for a in report["alerts"] if "compensat" in a["rule"]]  # the document sets no alert for it
+    assert "Compensation triggered 1 times" in render_text(report)
+    for path in state.sub("ledger").iterdir():
+        path.unlink()
+    assert analyze(None, **kwargs)["compensation"] == report["compensation"]

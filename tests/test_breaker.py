@@ -413,3 +413,36 @@ def test_readers_never_see_a_half_written_breaker_while_processes_update_it(
     assert final is not None and reads > 100
     assert sum(bucket[1] for bucket in final["window"]) == granted  # every success counted, none lost
     assert not list(path.parent.glob("busy-api.json.corrupt-*"))
+
+
+def test_trip_forces_it_open_for_the_time_given_then_it_probes(breakers: Breakers, clock: FakeClock) -> None:
+    """The second document's chaos test "force the breaker open": a closed, healthy breaker opens at once
+    for exactly the time given; afterwards it probes and closes as after any trip."""
+    succeed(breakers)
+    breakers.trip("qwen", 30.0)
+    status = breakers.status("qwen")
+    assert (status["state"], status["open_until"] - status["opened_at"]) == (OPEN, 30.0)
+    assert "forced open" in status["reason"]
+    with pytest.raises(BreakerOpen):
+        breakers.acquire("qwen")
+    clock.advance(30.0)
+    assert breakers.acquire("qwen").probe
+    with pytest.raises(ValueError, match="above 0"):
+        breakers.trip("qwen", 0)
+
+
+def test_breakers_trip_makes_retry_run_wait_without_running_the_command(home: Path, tmp_path: Path) -> None:
+    """`breakers.py trip vendor --for 300`: the next retry_run.py --target vendor is not attempted (exit 4)
+    and its command never runs; `reset` lets it run again; a bad --for is a usage error."""
+    marker = tmp_path / "ran"
+    command = ["sh", "-c", f"echo x >> {marker}"]
+    tripped = cli(home, "breakers.py", "trip", "vendor", "--for", "300")
+    assert tripped.returncode == 0 and "vendor: open until" in tripped.stderr
+    assert "forced open by breakers.py trip for 300s" in tripped.stderr
+    assert cli(home, "breakers.py").returncode == 1
+    assert cli(home, "retry_run.py", "--target", "vendor", "--", *command).returncode == 4
+    assert not marker.exists()
+    assert cli(home, "breakers.py", "reset", "vendor").returncode == 0
+    assert cli(home, "retry_run.py", "--target", "vendor", "--", *command).returncode == 0
+    bad = cli(home, "breakers.py", "trip", "vendor", "--for", "-1")
+    assert bad.returncode == 2 and "--for" in bad.stderr and "Traceback" not in bad.stderr

@@ -209,6 +209,28 @@ def test_commands(classifier: Classifier, exit_code: int, stderr: str, expected:
     assert classifier.classify(failure).error_class == expected
 
 
+@pytest.mark.parametrize(
+    ("stderr", "expected"),
+    [
+        ("urllib.error.HTTPError: HTTP Error 404: Not Found", "permanent"),
+        ("curl: (22) The requested URL returned error: 404 Not Found", "permanent"),
+        ("requests.exceptions.HTTPError: 500 Server Error: Internal Server Error for url: http://api/x", "transient"),
+        ("Error: 500 Internal Server Error", "transient"),
+        ("fetch failed: network error", "transient"),
+        ("pydantic_core._pydantic_core.ValidationError: 1 validation error for Report", "permanent"),
+        ("Error code: 400 - {'error': {'message': \"Unsupported parameter: 'max_tokens'\"}}", "permanent"),
+        ("bash: /data/report.md: Permission denied", "permanent"),
+        ("script.sh: line 3: syntax error near unexpected token `fi'", "permanent"),
+    ],
+)
+def test_the_documents_phrases_in_command_output(classifier: Classifier, stderr: str, expected: str) -> None:
+    """The second and third documents' error phrases, printed by a failed command, get the documents'
+    classes instead of `unknown`: a 404, a validation error, an unsupported parameter, permission denied
+    and a syntax error are never retried; a 500 and a network error are."""
+    result = classifier.classify(Failure.from_command(exit_code=1, stderr_tail=stderr))
+    assert result.error_class == expected
+
+
 def test_python_traceback_in_output_classifies_by_its_exception(classifier: Classifier) -> None:
     """A script that died with a traceback is classified by the exception that ended it."""
     tail = (

@@ -16,6 +16,7 @@ from selfheal.core.breaker import Breakers
 from selfheal.core.config import Config, load_config
 from selfheal.core.ledger import Ledger
 from selfheal.heal.diagnose import ApplyRefused, Evidence, Healer, apply_fix, gather_openclaw, gather_task
+from selfheal.observe.logreport import analyze
 from selfheal.state.fixes import FixStore, normalize, write_learnings
 from selfheal.state.root import StateRoot
 from selfheal.tasks.tree import REQUIRES_MANUAL, Task, TaskStore
@@ -258,6 +259,31 @@ def test_at_the_threshold_a_model_is_asked_even_when_a_rule_matched(
     record = h.heal(evidence("ModuleNotFoundError: No module named 'pandas'", occurrence="run-3")).record
     assert (record.source, record.occurrences, record.id) == ("model:analyst/analyst-7b", 3, "FIX-nightly-report-001")
     assert server.requests("analyst") == 1
+
+
+def test_the_analysis_call_is_not_counted_as_a_run_of_the_task_it_analyses(
+    model_config: Config, state: StateRoot, server: FakeModelServer
+) -> None:
+    """A task that failed 5 times, then self-heal's root-cause call about it: the report still says 0 of 5
+    succeeded (P1), not 1 of 6; the call is recorded under self-heal's own task name."""
+    clock = FakeClock()
+    ledger = Ledger(state, model_config, clock=clock)
+    for attempt in range(1, 6):
+        ledger.record("failed", task="doc-gen-588", error_class="timeout", reason="timed out", attempt=attempt)
+        clock.advance(60)
+    server.script("analyst", Fault.reply(good_analysis()))
+    record = Healer(config=model_config, state=state, clock=clock).heal(evidence("zq overflow", task="doc-gen-588"))
+    assert record.record.source == "model:analyst/analyst-7b"
+
+    report = analyze(None, since=None, default_since=False, config=model_config, state=state, env={})
+    assert (report["runs"]["succeeded"], report["runs"]["failed"]) == (0, 5)
+    assert [t["task"] for t in report["tasks"]["slowest"]] == []
+    assert report["lines"]["own_events"] == 1
+    p1 = next(a for a in report["alerts"] if a["priority"] == "P1")
+    assert "0 of 5 finished runs succeeded" in p1["message"]
+    days = sorted((state.root / "ledger").iterdir())
+    events = [json.loads(line) for day in days for line in day.read_text().splitlines()]
+    assert [e["task"] for e in events if e["event"] == "success"] == ["self-heal.diagnose.doc-gen-588"]
 
 
 # -- the second look, and nothing a model says is ever run ----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import re
@@ -28,6 +29,7 @@ from selfheal.durable.workflow import (
     Workflow,
     WorkflowRunner,
     load_plan,
+    task_id_from_template,
 )
 from selfheal.errors import LockBusy
 from selfheal.state.root import StateRoot, file_lock
@@ -156,7 +158,8 @@ def test_a_completed_task_is_not_run_again(tmp_path: Path, fast: Config) -> None
     plan = six_steps(tmp_path, failing=None)
     run(plan, config=fast)
     again = run(plan, config=fast)
-    assert again.status == "completed" and "already completed" in again.message
+    assert again.status == "completed" and "already completed" in again.message and again.already_completed
+    assert again.exit_status == 1 and not again.to_json()["ok"]
     assert journal(tmp_path) == [f"s{i}" for i in range(1, 7)]
 
 
@@ -188,7 +191,8 @@ def test_failing_step_four_of_six_compensates_three_two_one_and_writes_an_incide
     assert "s4 cannot run yet" in incident["error"]
     assert incident["resume_command"].endswith(f"workflow.py run {tmp_path / 'plan.yaml'} --task six")
     log = (home / "logs" / "selfheal.log").read_text()
-    assert log.count("[COMPENSATE]") == 3 and "[INCIDENT] task=six step=s4" in log
+    assert log.count("[COMPENSATE] task=six reason=started") == 1  # the compensation, then each step undone
+    assert log.count("[COMPENSATE] task=six step=") == 3 and "[INCIDENT] task=six step=s4" in log
 
 
 def test_the_incidents_resume_command_completes_the_task_after_the_fix(
@@ -386,6 +390,48 @@ def test_cli_run_status_reset(tmp_path: Path, home: Path, fast: Config) -> None:
     assert cli(home, "status", "six").returncode == 3
 
 
+def test_cli_a_fixed_task_id_run_again_by_cron_says_it_ran_nothing(tmp_path: Path, home: Path) -> None:
+    """A cron line with a fixed --task: the second run says the task already completed, runs nothing and
+    exits 1 (not a silent 0); --restart runs it again."""
+    plan = write_plan(tmp_path, 'steps:\n  - {name: build, shell: "echo build >> journal"}\n')
+    assert cli(home, "run", str(plan), "--task", "weekly-report").returncode == 0
+    again = cli(home, "run", str(plan), "--task", "weekly-report")
+    assert again.returncode == 1
+    assert "task weekly-report: already completed at" in again.stderr and "nothing was run" in again.stderr
+    assert "--task 'NAME-{date}'" in again.stderr
+    assert json.loads(cli(home, "run", str(plan), "--task", "weekly-report", "--json").stdout)["already_completed"]
+    assert journal(tmp_path) == ["build"]
+    assert cli(home, "run", str(plan), "--task", "weekly-report", "--restart").returncode == 0
+    assert journal(tmp_path) == ["build", "build"]
+
+
+def test_cli_a_dated_task_id_gives_each_days_cron_run_its_own_task(tmp_path: Path, home: Path) -> None:
+    """--task 'report-{date}' becomes report-<today, UTC>: each day's run is a task of its own."""
+    plan = write_plan(tmp_path, 'steps:\n  - {name: build, shell: "echo build >> journal"}\n')
+    before = time.strftime("%Y-%m-%d", time.gmtime())
+    proc = cli(home, "run", str(plan), "--task", "report-{date}", "--json")
+    after = time.strftime("%Y-%m-%d", time.gmtime())
+    assert proc.returncode == 0 and json.loads(proc.stdout)["task"] in (f"report-{before}", f"report-{after}")
+    bad = cli(home, "run", str(plan), "--task", "report-{day}")
+    assert bad.returncode == 2 and "{day} is not a field" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("report-{date}", "report-2027-01-15"),
+        ("sync-{hour}", "sync-2027-01-15T08"),
+        ("snap-{time}", "snap-2027-01-15T080000"),
+        ("weekly-{week}", "weekly-2027-W02"),
+        ("monthly-{month}", "monthly-2027-01"),
+        ("fixed-id", "fixed-id"),
+    ],
+)
+def test_task_id_templates(template: str, expected: str) -> None:
+    """Each field of a task id template, in UTC."""
+    assert task_id_from_template(template, now=1_800_000_000.0) == expected
+
+
 def test_cli_bad_plan_exits_2(tmp_path: Path, home: Path) -> None:
     """A broken plan exits 2 with the file, line and key; nothing runs."""
     plan = write_plan(tmp_path, "steps:\n  - {name: a, run: [x]}\n  - {name: a, run: [y]}\n")
@@ -472,6 +518,55 @@ def test_python_workflow_retries_transient_errors_and_resumes(fast: Config) -> N
     assert wf.run(config=fast).status == "interrupted"
     assert wf.run(config=fast).status == "completed"
     assert calls == ["first", "second#1", "second#2", "stop", "second#3"]
+
+
+def test_a_step_returning_a_datetime_is_done_and_refunded_when_a_later_step_fails(fast: Config) -> None:
+    """The second document's saga: the charge returns when it happened (a datetime); the email fails;
+    the charge is refunded and the order deleted, and the datetime is kept as its ISO text."""
+    undone: list[str] = []
+    wf = Workflow("saga")
+
+    @wf.step(compensate=lambda ctx: undone.append(f"delete {ctx.outputs['create_order']['order_id']}"))
+    def create_order(ctx: StepContext) -> dict[str, Any]:
+        return {"order_id": "ORD-12345"}
+
+    @wf.step(compensate=lambda ctx: undone.append(f"refund {ctx.outputs['create_order']['order_id']}"))
+    def charge_payment(ctx: StepContext) -> dict[str, Any]:
+        return {"charged_at": datetime.datetime(2026, 3, 15, 14, 22, 18), "receipt": Path("/tmp/r.pdf")}
+
+    @wf.step
+    def send_confirmation(ctx: StepContext) -> None:
+        raise ValueError("Email service unavailable")
+
+    result = wf.run(config=fast)
+    assert result.status == "failed"
+    assert undone == ["refund ORD-12345", "delete ORD-12345"]
+    assert result.compensated == ["charge_payment", "create_order"]
+    charge = result.steps[1]
+    assert charge.outputs == {"charged_at": "2026-03-15T14:22:18", "receipt": "<PosixPath: /tmp/r.pdf>"}
+    assert charge.converted == ["charged_at", "receipt"]
+
+
+def test_a_command_that_ran_but_left_no_output_file_is_compensated(tmp_path: Path, fast: Config) -> None:
+    """A step whose command succeeded but did not write its declared output failed after its side effect
+    happened: it is undone too, before the steps before it."""
+    plan = write_plan(
+        tmp_path,
+        """\
+        name: charge
+        steps:
+          - name: order
+            shell: "echo order >> journal"
+            compensate: [sh, -c, "echo undo-order >> journal"]
+          - name: charge
+            shell: "echo charge >> journal"
+            compensate: [sh, -c, "echo refund >> journal"]
+            outputs: {files: [receipt.pdf]}
+        """,
+    )
+    result = run(plan, config=fast)
+    assert result.status == "failed" and result.compensated == ["charge", "order"]
+    assert journal(tmp_path) == ["order", "charge", "refund", "undo-order"]
 
 
 # -- crashes at random moments --------------------------------------------------------------------------------

@@ -347,6 +347,17 @@ class Breakers:
             return []
         return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
 
+    def trip(self, target: str, open_for_s: float | None = None, *, reason: str = "forced open by hand") -> None:
+        """Open the breaker now for `open_for_s` seconds (default `open_s`), whatever its state: the second
+        source document's chaos test "force the breaker open". Callers are refused until then, and then it
+        probes as after any trip. Recorded in the ledger like a trip."""
+        length = self.settings.open_s if open_for_s is None else open_for_s
+        if not length > 0:
+            raise ValueError(f"open_for_s must be above 0, got {open_for_s!r}")
+        with self._locked(target) as data:
+            self._move(data, OPEN, f"{reason} for {length:g}s")
+            data["open_until"] = data["opened_at"] + length
+
     def reset(self, target: str) -> None:
         """Close the breaker and forget its history (a person's decision, recorded in the ledger)."""
         with self._locked(target) as data:

@@ -48,6 +48,24 @@ FIELDS = (
 )
 
 _HOST = socket.gethostname()
+
+# Calls self-heal makes on its own behalf (the root-cause analysis of a failed task) are recorded under a
+# task of their own, never the task they are about, so they do not count as that task's runs; the report
+# leaves them out of its figures and alerts.
+OWN_TASK_PREFIX = "self-heal."
+
+
+def own_task(purpose: str, task: str) -> str:
+    """The task name of self-heal's own `purpose` call about `task`: `self-heal.<purpose>.<task>`, cut to
+    the 128 characters a task id may have."""
+    return f"{OWN_TASK_PREFIX}{purpose}.{task}"[:128]
+
+
+def is_own_task(task: str | None) -> bool:
+    """Whether `task` names one of self-heal's own calls (see own_task)."""
+    return bool(task) and str(task).startswith(OWN_TASK_PREFIX)
+
+
 # Fields whose values the skill itself produces from a fixed vocabulary: nothing there to mask.
 _OURS = frozenset({"ts", "event", "error_class", "status", "pid", "host", "attempt", "max_attempts", "rule"})
 

@@ -21,8 +21,10 @@ engine runs both:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
-import json
+import logging
+import math
 import os
 import re
 import shlex
@@ -44,6 +46,7 @@ from ..errors import (
     EXIT_FAILED,
     EXIT_NOT_ATTEMPTED,
     EXIT_OK,
+    EXIT_PROBLEMS,
     ConfigError,
     Interrupted,
     UsageError,
@@ -67,6 +70,7 @@ from .checkpoint import (
 from .incident import Incident, new_incident_id, notify, write_incident
 
 SCRIPTS = Path(__file__).resolve().parents[2]
+logger = logging.getLogger(__name__)
 _OUTPUT_NAMES = ("stdout", "files")
 
 
@@ -340,6 +344,7 @@ class StepReport:
     error_class: str | None
     reason: str | None
     outputs: dict[str, Any]
+    converted: list[str] = field(default_factory=list)  # outputs that were not JSON, kept as their text
 
 
 @dataclass
@@ -352,18 +357,22 @@ class WorkflowResult:
     incident: str | None = None
     compensated: list[str] = field(default_factory=list)
     compensation_failures: list[str] = field(default_factory=list)
+    already_completed: bool = False  # the task id had completed before: nothing ran this time
 
     @property
     def exit_status(self) -> int:
         if self.status == TASK_COMPLETED:
-            return EXIT_OK
+            # Nothing ran: a cron line with a fixed --task would otherwise look fine forever (see
+            # task_id_from_template), so this is a problem found (1), not a success.
+            return EXIT_PROBLEMS if self.already_completed else EXIT_OK
         return EXIT_NOT_ATTEMPTED if self.status == "not_attempted" else EXIT_FAILED
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "ok": self.status == TASK_COMPLETED,
+            "ok": self.status == TASK_COMPLETED and not self.already_completed,
             "task": self.task,
             "status": self.status,
+            "already_completed": self.already_completed,
             "message": self.message,
             "resumed": self.resumed,
             "incident": self.incident,
@@ -513,7 +522,15 @@ class WorkflowRunner:
             self._check_same_steps()
             status = self.data["status"]
             if status == TASK_COMPLETED and from_step is None:
-                return self._result(TASK_COMPLETED, resumed, "already completed; nothing to do (reset it to run again)")
+                result = self._result(
+                    TASK_COMPLETED,
+                    resumed,
+                    f"already completed at {self.data.get('updated')}; nothing was run. To run it again: "
+                    "--restart (or `workflow.py reset TASK`); for a cron line, give each run its own id, "
+                    "e.g. --task 'NAME-{date}'",
+                )
+                result.already_completed = True
+                return result
             if status == TASK_DEAD_LETTER and from_step is None:  # --from is a person's explicit restart
                 return self._result(
                     TASK_DEAD_LETTER,
@@ -650,6 +667,8 @@ class WorkflowRunner:
             exit_code=None,
             error_class=None,
             reason=None,
+            ran=False,
+            compensated=False,
             run_id=new_run_id(f"{self.task[:40]}.{step.name[:40]}", self.clock.time()),
         )
         self._save()
@@ -731,6 +750,7 @@ class WorkflowRunner:
         )
         record["exit_code"] = outcome.exit_code
         if outcome.ok:
+            record["ran"] = True
             keep = self.config.workflows.output_tail_chars
             # Trailing newlines dropped, as the shell's $(...) does: the value often becomes a variable.
             return outcome.stdout_tail[-keep:].rstrip("\n") if keep else ""
@@ -773,12 +793,21 @@ class WorkflowRunner:
                 reason=f"{type(exc).__name__}: {exc}",
             )
             raise _StepFailed(record["error_class"], record["reason"], None, stop_reason_of(exc)) from exc
+        # The step ran: whatever it returned, its side effects happened, so it must stay compensable.
+        record["ran"] = True
         outputs = value if isinstance(value, dict) else ({} if value is None else {"value": value})
-        try:
-            json.dumps(outputs)
-        except (TypeError, ValueError) as exc:
-            record["state"] = FAILED
-            raise _StepFailed("permanent", f"step {step.name!r} returned outputs that are not JSON: {exc}") from exc
+        converted: list[str] = []
+        outputs = {str(k): _as_json(v, str(k), converted) for k, v in outputs.items()}
+        if converted:
+            # The second source document's checkpoint manager does the same: a value JSON cannot hold is
+            # kept as its text, so the step still counts as done (and can be compensated).
+            record["converted"] = converted
+            logger.warning(
+                "task %s step %s returned values that are not JSON, kept as text: %s",
+                self.task,
+                step.name,
+                ", ".join(converted),
+            )
         record["outputs"] = outputs
 
     def _collect_outputs(self, step: Step, stdout_tail: str) -> dict[str, Any]:
@@ -821,8 +850,13 @@ class WorkflowRunner:
     def _compensate(self) -> tuple[list[str], list[dict[str, Any]]]:
         compensated: list[str] = []
         failures: list[dict[str, Any]] = []
-        done_steps = [s for s in self.plan.steps if self._step(s.name)["state"] == DONE and s.compensate is not None]
+        done_steps = [s for s in self.plan.steps if s.compensate is not None and self._undo_due(self._step(s.name))]
         total = len(done_steps)
+        if total:
+            # One event per compensation triggered (the report's compensation rate), then one per step.
+            self.ledger.record(
+                "compensate", task=self.task, status="started", reason=f"{total} step(s) to undo, last first"
+            )
         for index, step in enumerate(reversed(done_steps), 1):
             record = self._step(step.name)
             self.progress(Progress("compensate", index, total, step.name))
@@ -833,11 +867,23 @@ class WorkflowRunner:
                 failures.append({"step": step.name, "error": str(exc)})
                 self.ledger.record("compensate", task=self.task, step=step.name, status="failed", reason=str(exc))
             else:
-                record.update(state=COMPENSATED)
+                # A step that ran but then failed its checks keeps saying failed (the incident names it).
+                if record["state"] == DONE:
+                    record["state"] = COMPENSATED
+                else:
+                    record["compensated"] = True
                 compensated.append(step.name)
                 self.ledger.record("compensate", task=self.task, step=step.name, status="compensated")
             self._save()
         return compensated, failures
+
+    @staticmethod
+    def _undo_due(record: dict[str, Any]) -> bool:
+        """Done steps are undone; so is a step that ran to its end and failed afterwards (its outputs
+        were missing): its side effects happened all the same."""
+        if record["state"] == DONE:
+            return True
+        return record["state"] == FAILED and bool(record.get("ran")) and not record.get("compensated")
 
     def _run_compensation(self, step: Step, record: dict[str, Any]) -> None:
         undo = step.compensate
@@ -944,11 +990,30 @@ class WorkflowRunner:
                     r.get("error_class"),
                     r.get("reason"),
                     r.get("outputs") or {},
+                    list(r.get("converted") or []),
                 )
             )
         incident = self.data.get("incident")
         path = str(self.state.sub("incidents") / f"{incident}.json") if incident else None
         return WorkflowResult(self.task, status, steps, resumed, message, incident=path)
+
+
+def _as_json(value: Any, where: str, converted: list[str]) -> Any:
+    """`value` as JSON can hold it: a datetime or date becomes its ISO text, any other object
+    `<Type: text>` (the second source document's form); `where` names each converted value."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        if isinstance(value, float) and not math.isfinite(value):  # NaN and infinity are not JSON
+            converted.append(where)
+            return str(value)
+        return value
+    if isinstance(value, dict):
+        return {str(k): _as_json(v, f"{where}.{k}", converted) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v, f"{where}[{i}]", converted) for i, v in enumerate(value)]
+    converted.append(where)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    return f"<{type(value).__name__}: {value}>"
 
 
 def _env_name(step: str, output: str) -> str:
@@ -968,6 +1033,35 @@ def _signum(name: str | None) -> int:
         return int(signal.Signals[name]) if name else int(signal.SIGTERM)
     except KeyError:
         return int(signal.SIGTERM)
+
+
+# -- task ids for cron lines ----------------------------------------------------------------------------
+
+_ID_FIELDS = {
+    "date": "%Y-%m-%d",
+    "hour": "%Y-%m-%dT%H",
+    "time": "%Y-%m-%dT%H%M%S",
+    "week": "%G-W%V",
+    "month": "%Y-%m",
+}
+
+
+def task_id_from_template(template: str, *, now: float) -> str:
+    """`report-{date}` -> `report-2026-06-10`: a task id per run for a cron line (a fixed id completes once
+    and then runs nothing). Fields, in UTC: {date}, {hour} (2026-06-10T03), {time} (2026-06-10T031218),
+    {week} (2026-W24), {month}. A template without braces is returned as it is; the result is validated."""
+    if "{" not in template and "}" not in template:
+        return validate_id(template, "task")
+    when = datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc)
+    names = set(re.findall(r"\{([^{}]*)\}", template))
+    unknown = sorted(n for n in names if n not in _ID_FIELDS)
+    if unknown or re.sub(r"\{[^{}]*\}", "", template).count("{") or re.sub(r"\{[^{}]*\}", "", template).count("}"):
+        what = f"{{{unknown[0]}}}" if unknown else "an unmatched brace"
+        raise UsageError(
+            f"--task {template!r}: {what} is not a field; use {', '.join('{' + n + '}' for n in _ID_FIELDS)}"
+        )
+    task = re.sub(r"\{([^{}]*)\}", lambda m: when.strftime(_ID_FIELDS[m.group(1)]), template)
+    return validate_id(task, "task")
 
 
 # -- status and reset -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import Breakers
 from ..core.classify import Failure, classifier_for
 from ..core.config import FIX_ACTIONS, Config, FixRule, get_config
-from ..core.ledger import Ledger, iter_events, ledger_files
+from ..core.ledger import Ledger, iter_events, ledger_files, own_task
 from ..core.redact import Redactor
 from ..durable.checkpoint import Checkpoints, CheckpointUnreadable
 from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError, UsageError
@@ -506,7 +506,7 @@ def ask_model(
             json_output=True,
             schema=FIX_SCHEMA,
             temperature=0.2,
-            task=evidence.task,
+            task=own_task("diagnose", evidence.task),  # not the task's own run: kept out of its figures
             deadline_s=config.fixes.model_deadline_s,
             config=config,
             state=state,

@@ -13,6 +13,9 @@ Alerts follow the second source document (all thresholds in skill.yaml `analysis
 * P3 when a task's mean duration over the recent period (the last `recent_s` before --until, default
   now) exceeds `mean_time_factor_p3` times its baseline: `baselines[task]` when configured, else its
   mean over the rest of the window. P1, the fallback rule and P3 wait for `min_runs` runs.
+
+Events of self-heal's own calls (task `self-heal.<purpose>.<task>`, core.ledger.own_task: the root-cause
+analysis of a failed task) are left out of every figure and alert, and counted in `lines.own_events`.
 """
 
 from __future__ import annotations
@@ -205,6 +208,7 @@ def build_report(
             "blank": tally.blank,
             "outside_window": tally.outside,
             "other_tasks": tally.other_tasks,
+            "own_events": tally.own_events,
         },
         "events": {name: events[name] for name in sorted(events, key=lambda e: (-events[e], e))},
         "other_tags": _counts(tally.other_tags),
@@ -225,6 +229,14 @@ def build_report(
             "events": events["fallback"],
             "rate": _rate(events["fallback"], finished),
             "reasons": _counts(tally.fallback_reasons),
+        },
+        "compensation": {
+            # The second document's compensation_trigger_rate: workflow runs that had to undo steps, per
+            # finished run. The document gives it no alert rule, so none is raised.
+            "triggered": tally.compensations["started"],
+            "steps_compensated": tally.compensations["compensated"],
+            "steps_failed": tally.compensations["failed"],
+            "rate": _rate(tally.compensations["started"], finished),
         },
         "models": _per_key(tally.by_model, top, "model"),
         "targets": _per_key(tally.by_target, top, "target"),
@@ -501,6 +513,8 @@ def render_text(report: Mapping[str, Any]) -> str:
     out.append(f"Log analysis, {span}: {_n(lines['total'])} lines from {len(report['inputs'])} input(s)")
     if w["task"]:
         out.append(f"  task {w['task']} only ({_n(lines['other_tasks'])} events of other tasks left out)")
+    if lines.get("own_events"):
+        out.append(f"  {_n(lines['own_events'])} events of self-heal's own calls (self-heal.*) left out")
     for item in report["inputs"]:
         if item.get("error"):
             out.append(f"  could not read {item['path']}: {item['error']}")
@@ -519,6 +533,12 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"{_n(runs['retries'])} retries ({per_run} per run); "
         f"fallback {_n(report['fallback']['events'])} times ({_pct(report['fallback']['rate'])} of runs)"
     )
+    comp = report["compensation"]
+    if comp["triggered"]:
+        out.append(
+            f"Compensation triggered {_n(comp['triggered'])} times ({_pct(comp['rate'])} of runs): "
+            f"{_n(comp['steps_compensated'])} steps undone, {_n(comp['steps_failed'])} undo(s) failed"
+        )
     if report["durations"]["mean_s"] is not None:
         mean, timed = report["durations"]["mean_s"], report["durations"]["timed_runs"]
         out.append(f"Mean run time {mean:.1f}s over {_n(timed)} successful runs")

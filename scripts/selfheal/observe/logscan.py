@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from ..core.classify import Classifier, Failure
 from ..core.config import ERROR_CLASSES, AnalysisSettings, ClassifySettings
+from ..core.ledger import OWN_TASK_PREFIX
 from ..core.redact import Redactor
 from ..errors import UsageError
 from . import openclaw_logs as oc
@@ -301,6 +302,8 @@ class Tally:
         self.blank = 0
         self.outside = 0  # well-formed lines outside the time window
         self.other_tasks = 0  # events of tasks other than --task
+        self.compensations: Counter[str] = Counter()  # compensate events by status
+        self.own_events = 0  # events of self-heal's own calls (core.ledger.own_task), left out of every figure
         self._python_lines = 0  # lines the fast path handed to Python (blank ones included)
         # Events.
         self.events: Counter[str] = Counter()
@@ -352,6 +355,7 @@ class Tally:
             "blank",
             "outside",
             "other_tasks",
+            "own_events",
             "tasks_folded",
             "timed",
             "openclaw_lines",
@@ -369,6 +373,7 @@ class Tally:
             "openclaw_failures",
             "reasons",
             "fallback_reasons",
+            "compensations",
         ):
             getattr(self, name).update(getattr(other, name))
         for mine, theirs in ((self.by_model, other.by_model), (self.by_target, other.by_target)):
@@ -639,9 +644,13 @@ class Tally:
         detail: str | None = None,
         unclassified: bool | None = None,
     ) -> bool:
-        """Count `n` events of one kind; False when --task leaves them out."""
+        """Count `n` events of one kind; False when --task leaves them out, or when they are self-heal's own."""
         if task == "-" or not task:
             task = None
+        elif task.startswith(OWN_TASK_PREFIX) and task != self.task:
+            # self-heal's own calls (its root-cause analysis of a failed task) are not the user's runs.
+            self.own_events += n
+            return False
         if self.task is not None and task != self.task:
             self.other_tasks += n
             return False
@@ -655,6 +664,8 @@ class Tally:
             self.by_model[model][event] += n
         if target and target != "-":
             self.by_target[target][event] += n
+        if event == "compensate" and reason:
+            self.compensations[reason] += n  # started (one per failed workflow run), compensated, failed
         if task is not None:
             stats = self.tasks.get(task)
             if stats is None:
