@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import socket
 import stat
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock, FakeModelServer, Fault
 
 FAST = """
-retry: {{jitter: none}}
+retry: {{jitter: {jitter}}}
 models:
   timeout_s: 1.0
   timeout_per_1k_tokens_s: 0.0
@@ -59,13 +60,13 @@ def dead_url() -> str:
 def chain(server: FakeModelServer, write_config: Callable[[str], Path]) -> Callable[..., Config]:
     """chain("primary", "backup", ...) points models.chain at the fake server's endpoints (or a dead port)."""
 
-    def make(*names: str, extra: str = "", **per_entry: dict[str, Any]) -> Config:
+    def make(*names: str, extra: str = "", jitter: str = "none", **per_entry: dict[str, Any]) -> Config:
         lines = []
         for name in names:
             url = dead_url() if name.startswith("dead") else server.url(name)
             fields = {"name": name, "base_url": url, "model": f"model-{name}", **per_entry.get(name, {})}
             lines.append("    - " + json.dumps(fields))
-        write_config(FAST.format(entries="\n".join(lines)) + extra)
+        write_config(FAST.format(entries="\n".join(lines), jitter=jitter) + extra)
         return load_config()
 
     return make
@@ -148,6 +149,19 @@ def test_a_long_retry_after_moves_on_and_a_short_one_is_waited_out_on_the_last_e
     server.script("solo", Fault.http(429, retry_after=7, code="rate_limit_exceeded"))
     result = ask(chain("solo"), clock)
     assert result.endpoint == "solo" and clock.waits == [7.0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_retry_after_within_the_fallback_wait_is_waited_exactly(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, seed: int
+) -> None:
+    """429 asking for 2 s with max_wait_before_fallback_s 2: the primary is retried after exactly 2 s, every
+    time, whatever the jitter draws (retry.jitter full): never a coin toss between waiting and falling over."""
+    config = chain("primary", "backup", jitter="full")
+    server.script("primary", Fault.http(429, retry_after=2, code="rate_limit_exceeded"))
+    result = ask(config, clock, rng=random.Random(seed))
+    assert (result.endpoint, clock.waits, server.requests("backup")) == ("primary", [2.0], 0)
+    assert result.attempts[0].delay_s == 2.0
 
 
 def test_retry_after_beyond_the_cap_is_not_waited_for(
