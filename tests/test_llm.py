@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import socket
-import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 from selfheal.core.breaker import Breakers
 from selfheal.core.config import Config, load_config
 from selfheal.errors import ConfigError
-from selfheal.models import llm
+from selfheal.models import gpu, llm
 from selfheal.models.llm import (
     ContentRefused,
     ModelCallFailed,
@@ -26,7 +24,7 @@ from selfheal.models.llm import (
     complete,
 )
 from selfheal.state.root import StateRoot
-from selfheal.testing import FakeClock, FakeModelServer, Fault
+from selfheal.testing import FakeClock, FakeModelServer, FakeNvidiaSmi, Fault
 
 FAST = """
 retry: {{jitter: {jitter}}}
@@ -458,25 +456,94 @@ def test_acomplete_and_complete_inside_a_running_loop(chain: Callable[..., Confi
     assert asyncio.run(both()) == ("ok from primary", "ok from primary")
 
 
-@pytest.mark.parametrize(("free_mib", "answered_by"), [("512", "backup"), ("24000", "gpu")])
+@pytest.fixture
+def smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvidiaSmi]:
+    """A fake nvidia-smi first on PATH; what it reports is set by the test."""
+    fake = FakeNvidiaSmi(tmp_path / "bin")
+    monkeypatch.setenv("PATH", fake.path_env())
+    gpu.clear()
+    yield fake
+    gpu.clear()
+
+
+@pytest.mark.parametrize(("free_mib", "answered_by"), [(512, "backup"), (24000, "gpu")])
 def test_a_local_endpoint_is_skipped_while_gpu_memory_is_short(
-    chain: Callable[..., Config],
-    clock: FakeClock,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    free_mib: str,
-    answered_by: str,
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, free_mib: int, answered_by: str
 ) -> None:
     """nvidia-smi reporting less free memory than the floor skips the local endpoint (class resource)."""
-    tool = tmp_path / "nvidia-smi"
-    tool.write_text(f"#!/bin/sh\necho {free_mib}\n")
-    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    llm._gpu_seen.clear()
+    smi.readings([free_mib])
     result = ask(chain("gpu", "backup", gpu={"local": True}), clock)
     assert result.endpoint == answered_by
     if answered_by == "backup":
         assert (result.attempts[0].outcome, result.attempts[0].error_class) == ("skipped", "resource")
+
+
+@pytest.mark.parametrize(("which", "answered_by"), [(0, "gpu"), (1, "backup"), ("GPU-fake-1", "backup"), (None, "gpu")])
+def test_the_memory_check_reads_the_gpu_the_endpoint_runs_on(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, which: int | str | None, answered_by: str
+) -> None:
+    """GPU 0 roomy, GPU 1 full: an endpoint on GPU 1 (by index or UUID) is skipped; one on GPU 0, or one
+    naming no GPU (the roomiest stands in), is called."""
+    smi.readings([24000, 512])
+    entry: dict[str, Any] = {"local": True} if which is None else {"gpu": which}
+    assert ask(chain("gpu", "backup", gpu=entry), clock).endpoint == answered_by
+
+
+def test_with_no_endpoint_left_a_short_gpu_is_waited_for(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, server: FakeModelServer
+) -> None:
+    """The only endpoint's GPU is short: nvidia-smi is re-read every gpu_poll_s (5 s) until it has room,
+    then the request goes out (instead of giving up at once)."""
+    smi.readings([512], [512], [2048])
+    result = ask(chain("gpu", gpu={"gpu": 0}), clock)
+    assert (result.endpoint, clock.waits, server.requests("gpu")) == ("gpu", [5.0, 5.0], 1)
+
+
+def test_a_gpu_that_stays_short_ends_in_not_attempted_within_the_deadline(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, server: FakeModelServer
+) -> None:
+    """Memory never frees: the wait ends with the call's deadline (20 s here), nothing was sent: exit 4."""
+    smi.readings([512])
+    with pytest.raises(NoEndpointAvailable, match=r"waited 20s") as info:
+        ask(chain("gpu", gpu={"gpu": 0}), clock)
+    assert (sum(clock.waits), server.requests("gpu"), info.value.exit_code) == (20.0, 0, 4)
+
+
+TORCH_OOM = "CUDA out of memory. Tried to allocate 8.00 GiB (GPU 0; 23.65 GiB total capacity)"
+
+
+def test_gpu_out_of_memory_as_500_falls_over_at_once(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, server: FakeModelServer
+) -> None:
+    """A local server's CUDA OOM (HTTP 500) is `resource`: retrying at once cannot help, the fallback answers
+    without any wait."""
+    server.script("gpu", Fault.http(500, message=TORCH_OOM))
+    result = ask(chain("gpu", "backup", gpu={"gpu": 0}), clock)
+    assert (result.endpoint, clock.waits, server.requests("gpu")) == ("backup", [], 1)
+    assert outcomes(result)[0] == ("gpu", "failed", "resource")
+
+
+def test_gpu_out_of_memory_with_no_endpoint_left_waits_for_memory(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, server: FakeModelServer
+) -> None:
+    """Alone, an OOM'd local endpoint is retried once its GPU has room again (re-read every 5 s), not at once."""
+    smi.readings([4000], [512], [512], [8000])
+    server.script("gpu", Fault.http(500, message=TORCH_OOM))
+    result = ask(chain("gpu", gpu={"gpu": 0}), clock, deadline_s=300)
+    assert (result.endpoint, clock.waits, server.requests("gpu")) == ("gpu", [5.0, 5.0, 5.0], 2)
+
+
+def test_a_model_still_loading_is_waited_for_when_alone(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """llama.cpp's 503 "Loading model": with a fallback, move on; alone, wait as the resource policy says
+    (60 s, equal jitter: 30-60 s), not the 1 s of a passing 503."""
+    loading = Fault.raw(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+    server.script("primary", loading)
+    assert ask(chain("primary", "backup"), clock).endpoint == "backup" and clock.waits == []
+    server.script("solo", loading)
+    result = ask(chain("solo"), clock, deadline_s=300)
+    assert result.endpoint == "solo" and len(clock.waits) == 1 and 30.0 <= clock.waits[0] <= 60.0
 
 
 def test_failure_reasons_carry_no_unrelated_chained_errors(

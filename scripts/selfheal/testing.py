@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from ._testing import is_testing, no_waits, set_testing
 
-__all__ = ["FakeClock", "FakeModelServer", "Fault", "is_testing", "no_waits", "set_testing"]
+__all__ = ["FakeClock", "FakeModelServer", "FakeNvidiaSmi", "Fault", "is_testing", "no_waits", "set_testing"]
 
 
 class FakeClock:
@@ -125,6 +128,12 @@ class Fault:
             }
         }
         return cls("http", status=status, headers=hdrs, body=body)
+
+    @classmethod
+    def raw(cls, status: int, body: Any, *, headers: dict[str, str] | None = None) -> Fault:
+        """An answer with this status and body, as a non-OpenAI server sends it: a dict or list goes out as
+        JSON (Ollama's `{"error": "..."}`, vLLM's `{"object": "error", ...}`), a str as it is."""
+        return cls("http", status=status, headers=dict(headers or {}), body=body)
 
     @classmethod
     def reset(cls) -> Fault:
@@ -274,7 +283,8 @@ class FakeModelServer:
         model = request.get("model", "fake-model") if isinstance(request, dict) else "fake-model"
         content = "" if fault.kind == "empty" else (fault.content or f"ok from {endpoint}")
         if fault.kind == "http":
-            self._send(h, fault.status, json.dumps(fault.body).encode(), fault.headers)
+            payload = fault.body.encode() if isinstance(fault.body, str) else json.dumps(fault.body).encode()
+            self._send(h, fault.status, payload, fault.headers)
         elif fault.kind == "malformed":
             self._send(h, 200, b"<html>upstream proxy error</html>", {"content-type": "application/json"})
         elif fault.kind == "wrong_shape":
@@ -374,3 +384,48 @@ def _completion(content: str, model: str, finish: str = "stop") -> dict[str, Any
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+_NVIDIA_SMI = """
+import json, os
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "nvidia-smi.calls"), "a") as calls:
+    calls.write("x")
+path = os.path.join(here, "nvidia-smi.readings.json")
+with open(path) as f:
+    readings = json.load(f)
+if len(readings) > 1:
+    with open(path + ".tmp", "w") as f:
+        json.dump(readings[1:], f)
+    os.replace(path + ".tmp", path)
+for index, free in enumerate(readings[0]):
+    print(f"{index}, GPU-fake-{index}, {free}")
+"""
+
+
+class FakeNvidiaSmi:
+    """A stand-in `nvidia-smi` in `folder`: put `folder` first on PATH. Each run prints the next reading
+    set with `readings()` (free MiB per GPU, as GPUs 0, 1, ... with UUIDs GPU-fake-0, ...); the last one
+    repeats. `calls` is how often it ran."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.path = folder / "nvidia-smi"
+        self.path.write_text(f"#!{sys.executable}\n{_NVIDIA_SMI}", encoding="utf-8")
+        self.path.chmod(0o700)
+        (folder / "nvidia-smi.calls").write_text("", encoding="utf-8")
+        self.readings([24000])
+
+    def readings(self, *free_mb_per_gpu: list[int]) -> None:
+        """What the next runs report, one list (free MiB of each GPU) per run."""
+        (self.folder / "nvidia-smi.readings.json").write_text(json.dumps(list(free_mb_per_gpu)), encoding="utf-8")
+
+    @property
+    def calls(self) -> int:
+        return len((self.folder / "nvidia-smi.calls").read_text(encoding="utf-8"))
+
+    def path_env(self, path: str | None = None) -> str:
+        """A PATH with this folder first."""
+        rest = os.environ.get("PATH", "") if path is None else path
+        return f"{self.folder}{os.pathsep}{rest}"

@@ -241,6 +241,8 @@ class ModelEndpoint:
     context_tokens: int | None = field(default=None, metadata=_meta(lo=1))
     # Unset means not local: no GPU memory check before calling it.
     local: bool | None = None
+    # The GPU it runs on (index or UUID), for the memory check; unset: the roomiest. Implies local.
+    gpu: int | str | None = field(default=None, metadata=_meta(lo=0))
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,7 @@ class ModelSettings:
     stream_first_token_s: float = field(metadata=_meta(gt=0, hi=86400))
     stream_idle_s: float = field(metadata=_meta(gt=0, hi=86400))
     gpu_free_mb_min: int = field(metadata=_meta(lo=0))
+    gpu_poll_s: float = field(metadata=_meta(gt=0, hi=3600))
     simplify_max_prompt_chars: int = field(metadata=_meta(lo=100))
     chain: tuple[ModelEndpoint, ...]
 

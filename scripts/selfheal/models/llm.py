@@ -22,10 +22,8 @@ import functools
 import importlib
 import os
 import random
-import shutil
 import ssl
 import threading
-import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -34,6 +32,7 @@ import openai
 
 from .. import _testing
 from ..clock import SYSTEM_CLOCK, Clock
+from ..core.backoff import exponential
 from ..core.breaker import BreakerOpen, Breakers, Permit
 from ..core.classify import Classification, Failure, classifier_for
 from ..core.config import Config, ModelEndpoint, get_config
@@ -41,6 +40,7 @@ from ..core.ledger import Ledger
 from ..core.retrying import Budget, Decision
 from ..errors import ConfigError, NotAttempted, SelfHealError
 from ..state.root import StateRoot, validate_id
+from . import gpu
 from .output import OutputProblem, check_answer
 from .prompts import render
 
@@ -48,7 +48,6 @@ Message = dict[str, str]
 T = TypeVar("T")
 
 _NO_KEY = "not-needed"  # the openai client insists on a key; local servers ignore it
-_GPU_CACHE_S = 5.0
 
 
 # -- results and errors ---------------------------------------------------------------------------------------
@@ -418,6 +417,7 @@ class _ChainCall:
         )
         request = self.request
         number = 0
+        memory_waited = False
         while True:
             try:
                 permit = await self.io(self.breakers.acquire, entry.name)
@@ -426,11 +426,23 @@ class _ChainCall:
                 return _MoveOn("breaker_open")
             lease = _Lease(self, permit)
             try:
-                if entry.local:
-                    free = await _gpu_free_mb()
-                    if free is not None and free < self.models.gpu_free_mb_min:
+                if _on_gpu(entry):
+                    floor = self.models.gpu_free_mb_min
+                    free = await gpu.free_mb(entry.gpu)
+                    if free is not None and free < floor:
                         await lease.release(ok=False, error_class="resource")
-                        reason = f"GPU memory: {free} MiB free, below {self.models.gpu_free_mb_min} MiB"
+                        waited = 0.0
+                        if last and not memory_waited:
+                            # No endpoint left to move to: wait for memory, as long as the resource
+                            # policy's first wait, within the deadline.
+                            memory_waited = True
+                            limit = min(exponential(self.config.policies.resource, 1), self.remaining())
+                            free, waited = await self._wait_for_memory(entry, limit)
+                            if free is None or free >= floor:
+                                continue
+                        reason = f"GPU memory: {free} MiB free, below {floor} MiB"
+                        if waited:
+                            reason += f" (waited {waited:g}s for it)"
                         await self.note(self._skipped(entry, reason, "resource"), None)
                         return _MoveOn("resource")
                 number += 1
@@ -537,10 +549,37 @@ class _ChainCall:
                     status="retrying",
                     max_attempts=decision.max_attempts,
                 )
-                if not _testing.is_testing():
-                    await self.clock.asleep(decision.delay_s)
+                if classification.reason == "out_of_memory" and _on_gpu(entry):
+                    # Retrying cannot free memory: wait until the endpoint's GPU has room again (at
+                    # most the policy's wait), then try.
+                    await self._wait_for_memory(entry, decision.delay_s)
+                else:
+                    await self._sleep(decision.delay_s)
             finally:
                 lease.abandon()  # cancelled, or an unexpected error: give the permit back, uncounted
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0 and not _testing.is_testing():
+            await self.clock.asleep(seconds)
+
+    async def _wait_for_memory(self, entry: ModelEndpoint, limit_s: float) -> tuple[int | None, float]:
+        """Wait for the endpoint's GPU to have models.gpu_free_mb_min free: re-read it every models.gpu_poll_s,
+        for at most `limit_s` (the policy's wait). When nvidia-smi cannot tell, the whole limit is waited.
+        Returns the last free MiB (None: unknown) and how long it waited."""
+        floor, poll = self.models.gpu_free_mb_min, self.models.gpu_poll_s
+        free = await gpu.free_mb(entry.gpu)
+        if free is None:
+            await self._sleep(limit_s)
+            return None, max(limit_s, 0.0)
+        waited = 0.0
+        while waited < limit_s:
+            step = min(poll, limit_s - waited)
+            await self._sleep(step)
+            waited += step
+            free = await gpu.free_mb(entry.gpu, fresh=True)
+            if free is None or free >= floor:
+                break
+        return free, waited
 
     async def _settle(self, lease: _Lease, error_class: str, event: str, done: ModelAttempt, **fields: Any) -> None:
         """Record a failed attempt, then report it to the breaker (so a trip it causes is logged after it)."""
@@ -707,33 +746,9 @@ def _answer_of(response: Any) -> _Answer:
     )
 
 
-_gpu_seen: dict[str, tuple[float, int | None]] = {}  # "last": (when, free MiB): nvidia-smi takes ~100 ms
-
-
-async def _gpu_free_mb() -> int | None:
-    """Free memory of the roomiest GPU, in MiB, from nvidia-smi; None when there is no nvidia-smi."""
-    now = time.monotonic()
-    seen = _gpu_seen.get("last")
-    if seen is not None and now - seen[0] < _GPU_CACHE_S:
-        return seen[1]
-    tool = shutil.which("nvidia-smi")
-    free: int | None = None
-    if tool is not None:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                tool,
-                "--query-gpu=memory.free",
-                "--format=csv,noheader,nounits",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            out, _ = await asyncio.wait_for(proc.communicate(), 5.0)
-            values = [int(v) for v in out.decode().split() if v.strip().isdigit()]
-            free = max(values) if values else None
-        except (OSError, asyncio.TimeoutError, ValueError):
-            free = None
-    _gpu_seen["last"] = (now, free)
-    return free
+def _on_gpu(entry: ModelEndpoint) -> bool:
+    """Whether the endpoint runs on this machine's GPU (its memory is checked before each request)."""
+    return bool(entry.local) or entry.gpu is not None
 
 
 def check_chain(config: Config, env: Mapping[str, str] | None = None) -> None:
