@@ -393,6 +393,83 @@ def test_a_finished_stream_without_done_is_finalised_at_once(
     assert result.content == "all there"
 
 
+def test_a_stream_reports_usage(chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer) -> None:
+    """The request asks for usage (stream_options.include_usage) and the usage chunk after the finish is read."""
+    server.script("primary", Fault.stream("four words right here"))
+    result = ask(chain("primary"), clock, stream=True)
+    assert result.usage and result.usage["total_tokens"] > 0
+    assert server.bodies("primary")[-1]["stream_options"] == {"include_usage": True}
+
+
+def test_a_server_rejecting_stream_options_is_asked_without_them_from_then_on(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """400 for stream_options: asked again at once without it (no attempt lost, no fallback), and later calls
+    to that endpoint leave it out."""
+    server.reject_stream_options("old")
+    config = chain("old", "backup")
+    first = ask(config, clock, stream=True)
+    assert (first.endpoint, first.content, server.requests("old"), len(first.attempts)) == ("old", "ok from old", 2, 1)
+    ask(config, clock, stream=True)
+    assert server.requests("old") == 3 and "stream_options" not in server.bodies("old")[-1]
+
+
+def test_reasoning_deltas_count_as_activity(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A thinking model streams reasoning for 1.8 s before its first text (first-token limit 1 s): it is
+    working, not silent, and its answer is kept."""
+    server.script("primary", Fault.stream("the answer", reasoning="one two three four five six", chunk_delay_s=0.3))
+    result = complete("hi", config=chain("primary", "backup"), stream=True)  # the real clock: limits are real
+    assert (result.endpoint, result.content) == ("primary", "the answer")
+
+
+def test_the_first_token_limit_can_be_set_per_endpoint(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A local thinking model given first_token_s 3 may take 1.5 s to start (the default limit here is 1 s)."""
+    server.script("slow", Fault.stream("late but fine", first_delay_s=1.5))
+    result = ask(chain("slow", "backup", slow={"first_token_s": 3.0}), clock, stream=True)
+    assert (result.endpoint, result.content) == ("slow", "late but fine")
+
+
+def test_a_stream_that_stalls_after_text_moves_to_the_next_endpoint_at_once(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Stalled mid-answer: no second wait on the same endpoint; the caller is told to drop the partial text
+    and the fallback answers."""
+    server.script("primary", Fault.stream("one two three four", stall_after=2, stall_s=30))
+    restarts: list[str] = []
+    result = ask(chain("primary", "backup"), clock, stream=True, on_restart=restarts.append)
+    assert (result.endpoint, server.requests("primary"), len(restarts)) == ("backup", 1, 1)
+    assert result.discarded_chars == len("one two ") and clock.waits == []
+
+
+def test_astream_yields_text_restarts_and_the_completion(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """The async iterator: text as it comes, a restart saying how much to drop, then the Completion; applying
+    the restarts gives exactly the answer."""
+    server.script("primary", Fault.stream("one two three four", stall_after=2, stall_s=30))
+    config = chain("primary", "backup")
+
+    async def collect() -> list[llm.StreamEvent]:
+        return [event async for event in llm.astream("hi", config=config, clock=clock)]
+
+    events = asyncio.run(collect())
+    kept = ""
+    for event in events:
+        if isinstance(event, llm.StreamText):
+            kept += event.text
+        elif isinstance(event, llm.StreamRestart):
+            kept = kept[: len(kept) - event.discard_chars]
+    done = events[-1]
+    assert isinstance(done, llm.StreamDone) and kept == done.completion.content == "ok from backup"
+    assert [type(e).__name__ for e in events[:3]] == ["StreamText", "StreamText", "StreamRestart"]
+    assert events[2] == llm.StreamRestart(len("one two "), events[2].reason) and "stalled" in events[2].reason
+    assert done.completion.ttft_s is not None
+
+
 # -- breakers and recovery -----------------------------------------------------------------------------------------
 
 

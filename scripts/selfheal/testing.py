@@ -71,6 +71,8 @@ class Fault:
     stall_after: int | None = None  # after this many chunks, go quiet for `seconds`
     bad_chunk_at: int | None = None  # this chunk (0-based) is not JSON
     done: bool = True  # send the [DONE] sentinel (False: send the finish chunk, then hold the line open)
+    reasoning: str | None = None  # streamed first as `reasoning_content` deltas (a thinking model)
+    chunk_delay_s: float = 0.0  # pause before every chunk
 
     @classmethod
     def reply(cls, content: str) -> Fault:
@@ -92,8 +94,11 @@ class Fault:
         stall_s: float = 0.0,
         bad_chunk_at: int | None = None,
         done: bool = True,
+        reasoning: str | None = None,
+        chunk_delay_s: float = 0.0,
     ) -> Fault:
-        """A streamed reply (one chunk per word) that misbehaves as told; a plain reply if not streamed."""
+        """A streamed reply (one chunk per word) that misbehaves as told; a plain reply if not streamed.
+        reasoning: words sent first as `reasoning_content` deltas; chunk_delay_s: a pause before each chunk."""
         return cls(
             "reply",
             content=content,
@@ -103,6 +108,8 @@ class Fault:
             seconds=stall_s,
             bad_chunk_at=bad_chunk_at,
             done=done,
+            reasoning=reasoning,
+            chunk_delay_s=chunk_delay_s,
         )
 
     @classmethod
@@ -173,6 +180,8 @@ class FakeModelServer:
         self._outages: dict[str, tuple[float, Fault]] = {}
         self._latency: dict[str, float] = {}
         self._counts: dict[str, int] = defaultdict(int)
+        self._bodies: dict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=100))
+        self._no_stream_options: set[str] = set()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -233,6 +242,16 @@ class FakeModelServer:
         with self._lock:
             return self._counts[endpoint]
 
+    def bodies(self, endpoint: str) -> list[dict[str, Any]]:
+        """The JSON bodies of the endpoint's last 100 requests, oldest first."""
+        with self._lock:
+            return list(self._bodies[endpoint])
+
+    def reject_stream_options(self, endpoint: str, reject: bool = True) -> None:
+        """Answer a request carrying `stream_options` with 400, as servers that do not know it do."""
+        with self._lock:
+            (self._no_stream_options.add if reject else self._no_stream_options.discard)(endpoint)
+
     def start(self) -> FakeModelServer:
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-model", daemon=True
@@ -266,7 +285,12 @@ class FakeModelServer:
             request = {}
         with self._lock:
             self._counts[endpoint] += 1
-            fault = self._next_fault(endpoint)
+            if isinstance(request, dict):
+                self._bodies[endpoint].append(request)
+            if isinstance(request, dict) and "stream_options" in request and endpoint in self._no_stream_options:
+                fault = Fault.http(400, message="Unrecognized request argument supplied: stream_options")
+            else:
+                fault = self._next_fault(endpoint)
             delay = self._latency.get(endpoint, 0.0)
         if delay and self._stopping.wait(delay):
             return
@@ -290,7 +314,9 @@ class FakeModelServer:
         elif fault.kind == "wrong_shape":
             self._send(h, 200, json.dumps({"result": "not a completion"}).encode(), {})
         elif isinstance(request, dict) and request.get("stream"):
-            self._stream(h, fault, content, model)
+            options = request.get("stream_options")
+            usage = isinstance(options, dict) and options.get("include_usage") is True
+            self._stream(h, fault, content, model, usage=usage)
         else:
             finish = "length" if fault.kind == "truncated" else "stop"
             self._send(h, 200, json.dumps(_completion(content, model, finish)).encode(), {})
@@ -308,10 +334,12 @@ class FakeModelServer:
             return default[0]
         return Fault("reply")
 
-    def _stream(self, h: BaseHTTPRequestHandler, fault: Fault, content: str, model: str) -> None:
-        """Server-sent events as the OpenAI API sends them, one chunk per word, misbehaving as told."""
+    def _stream(self, h: BaseHTTPRequestHandler, fault: Fault, content: str, model: str, *, usage: bool) -> None:
+        """Server-sent events as the OpenAI API sends them, one chunk per word, misbehaving as told; with
+        usage asked for, a last chunk with no choices carries it (after the finish chunk, before [DONE])."""
         words = [w + " " for w in content.split(" ")]
         words[-1] = words[-1].rstrip(" ")
+        thoughts = [w + " " for w in fault.reasoning.split(" ")] if fault.reasoning else []
         try:
             h.send_response(200)
             h.send_header("content-type", "text/event-stream")
@@ -322,7 +350,14 @@ class FakeModelServer:
             if fault.first_delay_s and self._stopping.wait(fault.first_delay_s):
                 return
             ident = f"chatcmpl-fake-{time.monotonic_ns()}"
+            for thought in thoughts:
+                if fault.chunk_delay_s and self._stopping.wait(fault.chunk_delay_s):
+                    return
+                h.wfile.write(_sse(_chunk(ident, model, {"reasoning_content": thought}, None)))
+                h.wfile.flush()
             for i, word in enumerate(words):
+                if fault.chunk_delay_s and self._stopping.wait(fault.chunk_delay_s):
+                    return
                 if fault.cut_after is not None and i >= fault.cut_after:
                     return  # the connection closes with the answer unfinished
                 if fault.stall_after is not None and i == fault.stall_after and self._stopping.wait(fault.seconds):
@@ -334,6 +369,10 @@ class FakeModelServer:
                 h.wfile.flush()
             h.wfile.write(_sse(_chunk(ident, model, {}, "stop")))
             h.wfile.flush()
+            if usage:
+                counts = _completion(content, model)["usage"]
+                h.wfile.write(_sse({**_chunk(ident, model, {}, None), "choices": [], "usage": counts}))
+                h.wfile.flush()
             if fault.done:
                 h.wfile.write(b"data: [DONE]\n\n")
                 h.wfile.flush()
