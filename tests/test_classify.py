@@ -168,6 +168,77 @@ def test_real_openai_client_failures(faults: list[Fault], expected: str, config:
     assert classify_error(info.value, settings=config.classify).error_class == expected
 
 
+_TORCH_OOM = (
+    "CUDA out of memory. Tried to allocate 8.00 GiB (GPU 0; 23.65 GiB total capacity; 20.10 GiB already allocated)"
+)
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        # torch, behind a server that turns exceptions into OpenAI-style 500s
+        (Fault.http(500, message=_TORCH_OOM), ("resource", "out_of_memory")),
+        (Fault.http(500, message="RuntimeError: CUDA error: out of memory"), ("resource", "out_of_memory")),
+        (Fault.http(500, message="torch.OutOfMemoryError: allocation failed"), ("resource", "out_of_memory")),
+        # llama.cpp's server
+        (
+            Fault.raw(
+                500, {"error": {"code": 500, "message": "failed to allocate compute buffers", "type": "server_error"}}
+            ),
+            ("resource", "out_of_memory"),
+        ),
+        (
+            Fault.raw(
+                500, {"error": {"code": 500, "message": "cudaMalloc failed: out of memory", "type": "server_error"}}
+            ),
+            ("resource", "out_of_memory"),
+        ),
+        (
+            Fault.raw(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}),
+            ("resource", "model_loading"),
+        ),
+        # Ollama: {"error": "<text>"}
+        (
+            Fault.raw(500, {"error": "model requires more system memory (8.0 GiB) than is available (4.1 GiB)"}),
+            ("resource", "out_of_memory"),
+        ),
+        (
+            Fault.raw(500, {"error": "llama runner process has terminated: cudaMalloc failed: out of memory"}),
+            ("resource", "out_of_memory"),
+        ),
+        # vLLM: {"object": "error", "message": ..., "type": ..., "code": ...}
+        (
+            Fault.raw(
+                500,
+                {"object": "error", "message": _TORCH_OOM, "type": "InternalServerError", "param": None, "code": 500},
+            ),
+            ("resource", "out_of_memory"),
+        ),
+        # Hugging Face style, and a plain-text body
+        (
+            Fault.raw(503, {"error": "Model org/tiny is currently loading", "estimated_time": 20.0}),
+            ("resource", "model_loading"),
+        ),
+        (Fault.raw(500, "out of memory", headers={"content-type": "text/plain"}), ("resource", "out_of_memory")),
+        # ...and a plain server error stays what its status says
+        (Fault.raw(500, {"error": "Internal Server Error"}), ("transient", "transient")),
+        (Fault.http(503, message="Service Unavailable"), ("transient", "transient")),
+    ],
+    ids=lambda v: "" if isinstance(v, tuple) else None,
+)
+def test_local_model_servers_out_of_memory_and_loading(fault: Fault, expected: tuple[str, str], config: Config) -> None:
+    """A local server's out-of-memory answer is `resource` whatever its status (retrying at once cannot free
+    memory), a model still loading is `resource` too (waited for), through the real openai client."""
+    with FakeModelServer() as server:
+        server.script("ep", fault)
+        client = openai.OpenAI(base_url=server.url("ep"), api_key="sk-test", max_retries=0, timeout=2)
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        client.close()
+    result = classify_error(info.value, settings=config.classify)
+    assert (result.error_class, result.reason) == expected
+
+
 def test_connection_refused_from_the_real_client(config: Config) -> None:
     """A dead endpoint (nothing listening) is transient."""
     sock = socket.socket()

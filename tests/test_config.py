@@ -146,7 +146,7 @@ def test_empty_user_file_changes_nothing(write_config: Callable[[str], Path], co
         (
             "classify:\n  extra_rules:\n    - {name: http-auth, class: transient, status: [418]}\n",
             "classify.extra_rules[0].name",
-            "duplicate rule name (also at classify.rules[8])",
+            "duplicate rule name (also at classify.rules[10])",
         ),
         ("name: other\n", "name", "cannot be overridden"),
         ("- just\n- a list\n", None, "must be a mapping of settings"),

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import random
 import socket
-import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from selfheal.core.breaker import Breakers
 from selfheal.core.config import Config, load_config
 from selfheal.errors import ConfigError
-from selfheal.models import llm
+from selfheal.models import gpu, llm
 from selfheal.models.llm import (
     ContentRefused,
     ModelCallFailed,
@@ -25,10 +24,10 @@ from selfheal.models.llm import (
     complete,
 )
 from selfheal.state.root import StateRoot
-from selfheal.testing import FakeClock, FakeModelServer, Fault
+from selfheal.testing import FakeClock, FakeModelServer, FakeNvidiaSmi, Fault
 
 FAST = """
-retry: {{jitter: none}}
+retry: {{jitter: {jitter}}}
 models:
   timeout_s: 1.0
   timeout_per_1k_tokens_s: 0.0
@@ -59,13 +58,13 @@ def dead_url() -> str:
 def chain(server: FakeModelServer, write_config: Callable[[str], Path]) -> Callable[..., Config]:
     """chain("primary", "backup", ...) points models.chain at the fake server's endpoints (or a dead port)."""
 
-    def make(*names: str, extra: str = "", **per_entry: dict[str, Any]) -> Config:
+    def make(*names: str, extra: str = "", jitter: str = "none", **per_entry: dict[str, Any]) -> Config:
         lines = []
         for name in names:
             url = dead_url() if name.startswith("dead") else server.url(name)
             fields = {"name": name, "base_url": url, "model": f"model-{name}", **per_entry.get(name, {})}
             lines.append("    - " + json.dumps(fields))
-        write_config(FAST.format(entries="\n".join(lines)) + extra)
+        write_config(FAST.format(entries="\n".join(lines), jitter=jitter) + extra)
         return load_config()
 
     return make
@@ -148,6 +147,19 @@ def test_a_long_retry_after_moves_on_and_a_short_one_is_waited_out_on_the_last_e
     server.script("solo", Fault.http(429, retry_after=7, code="rate_limit_exceeded"))
     result = ask(chain("solo"), clock)
     assert result.endpoint == "solo" and clock.waits == [7.0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_retry_after_within_the_fallback_wait_is_waited_exactly(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, seed: int
+) -> None:
+    """429 asking for 2 s with max_wait_before_fallback_s 2: the primary is retried after exactly 2 s, every
+    time, whatever the jitter draws (retry.jitter full): never a coin toss between waiting and falling over."""
+    config = chain("primary", "backup", jitter="full")
+    server.script("primary", Fault.http(429, retry_after=2, code="rate_limit_exceeded"))
+    result = ask(config, clock, rng=random.Random(seed))
+    assert (result.endpoint, clock.waits, server.requests("backup")) == ("primary", [2.0], 0)
+    assert result.attempts[0].delay_s == 2.0
 
 
 def test_retry_after_beyond_the_cap_is_not_waited_for(
@@ -381,6 +393,83 @@ def test_a_finished_stream_without_done_is_finalised_at_once(
     assert result.content == "all there"
 
 
+def test_a_stream_reports_usage(chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer) -> None:
+    """The request asks for usage (stream_options.include_usage) and the usage chunk after the finish is read."""
+    server.script("primary", Fault.stream("four words right here"))
+    result = ask(chain("primary"), clock, stream=True)
+    assert result.usage and result.usage["total_tokens"] > 0
+    assert server.bodies("primary")[-1]["stream_options"] == {"include_usage": True}
+
+
+def test_a_server_rejecting_stream_options_is_asked_without_them_from_then_on(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """400 for stream_options: asked again at once without it (no attempt lost, no fallback), and later calls
+    to that endpoint leave it out."""
+    server.reject_stream_options("old")
+    config = chain("old", "backup")
+    first = ask(config, clock, stream=True)
+    assert (first.endpoint, first.content, server.requests("old"), len(first.attempts)) == ("old", "ok from old", 2, 1)
+    ask(config, clock, stream=True)
+    assert server.requests("old") == 3 and "stream_options" not in server.bodies("old")[-1]
+
+
+def test_reasoning_deltas_count_as_activity(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A thinking model streams reasoning for 1.8 s before its first text (first-token limit 1 s): it is
+    working, not silent, and its answer is kept."""
+    server.script("primary", Fault.stream("the answer", reasoning="one two three four five six", chunk_delay_s=0.3))
+    result = complete("hi", config=chain("primary", "backup"), stream=True)  # the real clock: limits are real
+    assert (result.endpoint, result.content) == ("primary", "the answer")
+
+
+def test_the_first_token_limit_can_be_set_per_endpoint(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A local thinking model given first_token_s 3 may take 1.5 s to start (the default limit here is 1 s)."""
+    server.script("slow", Fault.stream("late but fine", first_delay_s=1.5))
+    result = ask(chain("slow", "backup", slow={"first_token_s": 3.0}), clock, stream=True)
+    assert (result.endpoint, result.content) == ("slow", "late but fine")
+
+
+def test_a_stream_that_stalls_after_text_moves_to_the_next_endpoint_at_once(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Stalled mid-answer: no second wait on the same endpoint; the caller is told to drop the partial text
+    and the fallback answers."""
+    server.script("primary", Fault.stream("one two three four", stall_after=2, stall_s=30))
+    restarts: list[str] = []
+    result = ask(chain("primary", "backup"), clock, stream=True, on_restart=restarts.append)
+    assert (result.endpoint, server.requests("primary"), len(restarts)) == ("backup", 1, 1)
+    assert result.discarded_chars == len("one two ") and clock.waits == []
+
+
+def test_astream_yields_text_restarts_and_the_completion(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """The async iterator: text as it comes, a restart saying how much to drop, then the Completion; applying
+    the restarts gives exactly the answer."""
+    server.script("primary", Fault.stream("one two three four", stall_after=2, stall_s=30))
+    config = chain("primary", "backup")
+
+    async def collect() -> list[llm.StreamEvent]:
+        return [event async for event in llm.astream("hi", config=config, clock=clock)]
+
+    events = asyncio.run(collect())
+    kept = ""
+    for event in events:
+        if isinstance(event, llm.StreamText):
+            kept += event.text
+        elif isinstance(event, llm.StreamRestart):
+            kept = kept[: len(kept) - event.discard_chars]
+    done = events[-1]
+    assert isinstance(done, llm.StreamDone) and kept == done.completion.content == "ok from backup"
+    assert [type(e).__name__ for e in events[:3]] == ["StreamText", "StreamText", "StreamRestart"]
+    assert events[2] == llm.StreamRestart(len("one two "), events[2].reason) and "stalled" in events[2].reason
+    assert done.completion.ttft_s is not None
+
+
 # -- breakers and recovery -----------------------------------------------------------------------------------------
 
 
@@ -444,25 +533,94 @@ def test_acomplete_and_complete_inside_a_running_loop(chain: Callable[..., Confi
     assert asyncio.run(both()) == ("ok from primary", "ok from primary")
 
 
-@pytest.mark.parametrize(("free_mib", "answered_by"), [("512", "backup"), ("24000", "gpu")])
+@pytest.fixture
+def smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvidiaSmi]:
+    """A fake nvidia-smi first on PATH; what it reports is set by the test."""
+    fake = FakeNvidiaSmi(tmp_path / "bin")
+    monkeypatch.setenv("PATH", fake.path_env())
+    gpu.clear()
+    yield fake
+    gpu.clear()
+
+
+@pytest.mark.parametrize(("free_mib", "answered_by"), [(512, "backup"), (24000, "gpu")])
 def test_a_local_endpoint_is_skipped_while_gpu_memory_is_short(
-    chain: Callable[..., Config],
-    clock: FakeClock,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    free_mib: str,
-    answered_by: str,
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, free_mib: int, answered_by: str
 ) -> None:
     """nvidia-smi reporting less free memory than the floor skips the local endpoint (class resource)."""
-    tool = tmp_path / "nvidia-smi"
-    tool.write_text(f"#!/bin/sh\necho {free_mib}\n")
-    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    llm._gpu_seen.clear()
+    smi.readings([free_mib])
     result = ask(chain("gpu", "backup", gpu={"local": True}), clock)
     assert result.endpoint == answered_by
     if answered_by == "backup":
         assert (result.attempts[0].outcome, result.attempts[0].error_class) == ("skipped", "resource")
+
+
+@pytest.mark.parametrize(("which", "answered_by"), [(0, "gpu"), (1, "backup"), ("GPU-fake-1", "backup"), (None, "gpu")])
+def test_the_memory_check_reads_the_gpu_the_endpoint_runs_on(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, which: int | str | None, answered_by: str
+) -> None:
+    """GPU 0 roomy, GPU 1 full: an endpoint on GPU 1 (by index or UUID) is skipped; one on GPU 0, or one
+    naming no GPU (the roomiest stands in), is called."""
+    smi.readings([24000, 512])
+    entry: dict[str, Any] = {"local": True} if which is None else {"gpu": which}
+    assert ask(chain("gpu", "backup", gpu=entry), clock).endpoint == answered_by
+
+
+def test_with_no_endpoint_left_a_short_gpu_is_waited_for(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, server: FakeModelServer
+) -> None:
+    """The only endpoint's GPU is short: nvidia-smi is re-read every gpu_poll_s (5 s) until it has room,
+    then the request goes out (instead of giving up at once)."""
+    smi.readings([512], [512], [2048])
+    result = ask(chain("gpu", gpu={"gpu": 0}), clock)
+    assert (result.endpoint, clock.waits, server.requests("gpu")) == ("gpu", [5.0, 5.0], 1)
+
+
+def test_a_gpu_that_stays_short_ends_in_not_attempted_within_the_deadline(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, server: FakeModelServer
+) -> None:
+    """Memory never frees: the wait ends with the call's deadline (20 s here), nothing was sent: exit 4."""
+    smi.readings([512])
+    with pytest.raises(NoEndpointAvailable, match=r"waited 20s") as info:
+        ask(chain("gpu", gpu={"gpu": 0}), clock)
+    assert (sum(clock.waits), server.requests("gpu"), info.value.exit_code) == (20.0, 0, 4)
+
+
+TORCH_OOM = "CUDA out of memory. Tried to allocate 8.00 GiB (GPU 0; 23.65 GiB total capacity)"
+
+
+def test_gpu_out_of_memory_as_500_falls_over_at_once(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, server: FakeModelServer
+) -> None:
+    """A local server's CUDA OOM (HTTP 500) is `resource`: retrying at once cannot help, the fallback answers
+    without any wait."""
+    server.script("gpu", Fault.http(500, message=TORCH_OOM))
+    result = ask(chain("gpu", "backup", gpu={"gpu": 0}), clock)
+    assert (result.endpoint, clock.waits, server.requests("gpu")) == ("backup", [], 1)
+    assert outcomes(result)[0] == ("gpu", "failed", "resource")
+
+
+def test_gpu_out_of_memory_with_no_endpoint_left_waits_for_memory(
+    chain: Callable[..., Config], clock: FakeClock, smi: FakeNvidiaSmi, server: FakeModelServer
+) -> None:
+    """Alone, an OOM'd local endpoint is retried once its GPU has room again (re-read every 5 s), not at once."""
+    smi.readings([4000], [512], [512], [8000])
+    server.script("gpu", Fault.http(500, message=TORCH_OOM))
+    result = ask(chain("gpu", gpu={"gpu": 0}), clock, deadline_s=300)
+    assert (result.endpoint, clock.waits, server.requests("gpu")) == ("gpu", [5.0, 5.0, 5.0], 2)
+
+
+def test_a_model_still_loading_is_waited_for_when_alone(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """llama.cpp's 503 "Loading model": with a fallback, move on; alone, wait as the resource policy says
+    (60 s, equal jitter: 30-60 s), not the 1 s of a passing 503."""
+    loading = Fault.raw(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+    server.script("primary", loading)
+    assert ask(chain("primary", "backup"), clock).endpoint == "backup" and clock.waits == []
+    server.script("solo", loading)
+    result = ask(chain("solo"), clock, deadline_s=300)
+    assert result.endpoint == "solo" and len(clock.waits) == 1 and 30.0 <= clock.waits[0] <= 60.0
 
 
 def test_failure_reasons_carry_no_unrelated_chained_errors(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import random
 import subprocess
 import sys
 import time
@@ -127,18 +128,22 @@ def test_time_spent_in_attempts_counts_against_the_deadline(plain: Config, clock
     assert fn.calls == 1
 
 
-def test_retry_after_is_a_floor_on_the_wait(plain: Config, clock: FakeClock) -> None:
+def test_retry_after_is_waited_exactly(plain: Config, clock: FakeClock) -> None:
     """Rate limit base is 5 s; the server asked for 7 s; we wait 7 s."""
     fn = Flaky(rate_limited("7"))
     assert Retrier(config=plain, clock=clock).call(fn) == "done"
     assert clock.waits == [7.0]
 
 
-def test_shorter_retry_after_does_not_shorten_the_policy_wait(plain: Config, clock: FakeClock) -> None:
-    """Retry-After is a minimum, not a replacement: a 1 s ask still waits the 5 s base."""
+@pytest.mark.parametrize("seed", range(8))
+def test_a_shorter_retry_after_is_waited_exactly_whatever_the_jitter(
+    write_config: Callable[[str], Path], clock: FakeClock, seed: int
+) -> None:
+    """The server asked for 1 s: 1 s it is, not the 5 s base nor a jittered draw (retry.jitter full)."""
+    write_config("retry: {jitter: full}\n")
     fn = Flaky(rate_limited("1"))
-    Retrier(config=plain, clock=clock).call(fn)
-    assert clock.waits == [5.0]
+    Retrier(config=load_config(), clock=clock, rng=random.Random(seed)).call(fn)
+    assert clock.waits == [1.0]
 
 
 def test_retry_after_beyond_the_cap_ends_the_retries(plain: Config, clock: FakeClock) -> None:

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from ._testing import is_testing, no_waits, set_testing
 
-__all__ = ["FakeClock", "FakeModelServer", "Fault", "is_testing", "no_waits", "set_testing"]
+__all__ = ["FakeClock", "FakeModelServer", "FakeNvidiaSmi", "Fault", "is_testing", "no_waits", "set_testing"]
 
 
 class FakeClock:
@@ -68,6 +71,8 @@ class Fault:
     stall_after: int | None = None  # after this many chunks, go quiet for `seconds`
     bad_chunk_at: int | None = None  # this chunk (0-based) is not JSON
     done: bool = True  # send the [DONE] sentinel (False: send the finish chunk, then hold the line open)
+    reasoning: str | None = None  # streamed first as `reasoning_content` deltas (a thinking model)
+    chunk_delay_s: float = 0.0  # pause before every chunk
 
     @classmethod
     def reply(cls, content: str) -> Fault:
@@ -89,8 +94,11 @@ class Fault:
         stall_s: float = 0.0,
         bad_chunk_at: int | None = None,
         done: bool = True,
+        reasoning: str | None = None,
+        chunk_delay_s: float = 0.0,
     ) -> Fault:
-        """A streamed reply (one chunk per word) that misbehaves as told; a plain reply if not streamed."""
+        """A streamed reply (one chunk per word) that misbehaves as told; a plain reply if not streamed.
+        reasoning: words sent first as `reasoning_content` deltas; chunk_delay_s: a pause before each chunk."""
         return cls(
             "reply",
             content=content,
@@ -100,6 +108,8 @@ class Fault:
             seconds=stall_s,
             bad_chunk_at=bad_chunk_at,
             done=done,
+            reasoning=reasoning,
+            chunk_delay_s=chunk_delay_s,
         )
 
     @classmethod
@@ -125,6 +135,12 @@ class Fault:
             }
         }
         return cls("http", status=status, headers=hdrs, body=body)
+
+    @classmethod
+    def raw(cls, status: int, body: Any, *, headers: dict[str, str] | None = None) -> Fault:
+        """An answer with this status and body, as a non-OpenAI server sends it: a dict or list goes out as
+        JSON (Ollama's `{"error": "..."}`, vLLM's `{"object": "error", ...}`), a str as it is."""
+        return cls("http", status=status, headers=dict(headers or {}), body=body)
 
     @classmethod
     def reset(cls) -> Fault:
@@ -164,6 +180,8 @@ class FakeModelServer:
         self._outages: dict[str, tuple[float, Fault]] = {}
         self._latency: dict[str, float] = {}
         self._counts: dict[str, int] = defaultdict(int)
+        self._bodies: dict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=100))
+        self._no_stream_options: set[str] = set()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -224,6 +242,16 @@ class FakeModelServer:
         with self._lock:
             return self._counts[endpoint]
 
+    def bodies(self, endpoint: str) -> list[dict[str, Any]]:
+        """The JSON bodies of the endpoint's last 100 requests, oldest first."""
+        with self._lock:
+            return list(self._bodies[endpoint])
+
+    def reject_stream_options(self, endpoint: str, reject: bool = True) -> None:
+        """Answer a request carrying `stream_options` with 400, as servers that do not know it do."""
+        with self._lock:
+            (self._no_stream_options.add if reject else self._no_stream_options.discard)(endpoint)
+
     def start(self) -> FakeModelServer:
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-model", daemon=True
@@ -257,7 +285,12 @@ class FakeModelServer:
             request = {}
         with self._lock:
             self._counts[endpoint] += 1
-            fault = self._next_fault(endpoint)
+            if isinstance(request, dict):
+                self._bodies[endpoint].append(request)
+            if isinstance(request, dict) and "stream_options" in request and endpoint in self._no_stream_options:
+                fault = Fault.http(400, message="Unrecognized request argument supplied: stream_options")
+            else:
+                fault = self._next_fault(endpoint)
             delay = self._latency.get(endpoint, 0.0)
         if delay and self._stopping.wait(delay):
             return
@@ -274,13 +307,16 @@ class FakeModelServer:
         model = request.get("model", "fake-model") if isinstance(request, dict) else "fake-model"
         content = "" if fault.kind == "empty" else (fault.content or f"ok from {endpoint}")
         if fault.kind == "http":
-            self._send(h, fault.status, json.dumps(fault.body).encode(), fault.headers)
+            payload = fault.body.encode() if isinstance(fault.body, str) else json.dumps(fault.body).encode()
+            self._send(h, fault.status, payload, fault.headers)
         elif fault.kind == "malformed":
             self._send(h, 200, b"<html>upstream proxy error</html>", {"content-type": "application/json"})
         elif fault.kind == "wrong_shape":
             self._send(h, 200, json.dumps({"result": "not a completion"}).encode(), {})
         elif isinstance(request, dict) and request.get("stream"):
-            self._stream(h, fault, content, model)
+            options = request.get("stream_options")
+            usage = isinstance(options, dict) and options.get("include_usage") is True
+            self._stream(h, fault, content, model, usage=usage)
         else:
             finish = "length" if fault.kind == "truncated" else "stop"
             self._send(h, 200, json.dumps(_completion(content, model, finish)).encode(), {})
@@ -298,10 +334,12 @@ class FakeModelServer:
             return default[0]
         return Fault("reply")
 
-    def _stream(self, h: BaseHTTPRequestHandler, fault: Fault, content: str, model: str) -> None:
-        """Server-sent events as the OpenAI API sends them, one chunk per word, misbehaving as told."""
+    def _stream(self, h: BaseHTTPRequestHandler, fault: Fault, content: str, model: str, *, usage: bool) -> None:
+        """Server-sent events as the OpenAI API sends them, one chunk per word, misbehaving as told; with
+        usage asked for, a last chunk with no choices carries it (after the finish chunk, before [DONE])."""
         words = [w + " " for w in content.split(" ")]
         words[-1] = words[-1].rstrip(" ")
+        thoughts = [w + " " for w in fault.reasoning.split(" ")] if fault.reasoning else []
         try:
             h.send_response(200)
             h.send_header("content-type", "text/event-stream")
@@ -312,7 +350,14 @@ class FakeModelServer:
             if fault.first_delay_s and self._stopping.wait(fault.first_delay_s):
                 return
             ident = f"chatcmpl-fake-{time.monotonic_ns()}"
+            for thought in thoughts:
+                if fault.chunk_delay_s and self._stopping.wait(fault.chunk_delay_s):
+                    return
+                h.wfile.write(_sse(_chunk(ident, model, {"reasoning_content": thought}, None)))
+                h.wfile.flush()
             for i, word in enumerate(words):
+                if fault.chunk_delay_s and self._stopping.wait(fault.chunk_delay_s):
+                    return
                 if fault.cut_after is not None and i >= fault.cut_after:
                     return  # the connection closes with the answer unfinished
                 if fault.stall_after is not None and i == fault.stall_after and self._stopping.wait(fault.seconds):
@@ -324,6 +369,10 @@ class FakeModelServer:
                 h.wfile.flush()
             h.wfile.write(_sse(_chunk(ident, model, {}, "stop")))
             h.wfile.flush()
+            if usage:
+                counts = _completion(content, model)["usage"]
+                h.wfile.write(_sse({**_chunk(ident, model, {}, None), "choices": [], "usage": counts}))
+                h.wfile.flush()
             if fault.done:
                 h.wfile.write(b"data: [DONE]\n\n")
                 h.wfile.flush()
@@ -374,3 +423,48 @@ def _completion(content: str, model: str, finish: str = "stop") -> dict[str, Any
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+_NVIDIA_SMI = """
+import json, os
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "nvidia-smi.calls"), "a") as calls:
+    calls.write("x")
+path = os.path.join(here, "nvidia-smi.readings.json")
+with open(path) as f:
+    readings = json.load(f)
+if len(readings) > 1:
+    with open(path + ".tmp", "w") as f:
+        json.dump(readings[1:], f)
+    os.replace(path + ".tmp", path)
+for index, free in enumerate(readings[0]):
+    print(f"{index}, GPU-fake-{index}, {free}")
+"""
+
+
+class FakeNvidiaSmi:
+    """A stand-in `nvidia-smi` in `folder`: put `folder` first on PATH. Each run prints the next reading
+    set with `readings()` (free MiB per GPU, as GPUs 0, 1, ... with UUIDs GPU-fake-0, ...); the last one
+    repeats. `calls` is how often it ran."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.path = folder / "nvidia-smi"
+        self.path.write_text(f"#!{sys.executable}\n{_NVIDIA_SMI}", encoding="utf-8")
+        self.path.chmod(0o700)
+        (folder / "nvidia-smi.calls").write_text("", encoding="utf-8")
+        self.readings([24000])
+
+    def readings(self, *free_mb_per_gpu: list[int]) -> None:
+        """What the next runs report, one list (free MiB of each GPU) per run."""
+        (self.folder / "nvidia-smi.readings.json").write_text(json.dumps(list(free_mb_per_gpu)), encoding="utf-8")
+
+    @property
+    def calls(self) -> int:
+        return len((self.folder / "nvidia-smi.calls").read_text(encoding="utf-8"))
+
+    def path_env(self, path: str | None = None) -> str:
+        """A PATH with this folder first."""
+        rest = os.environ.get("PATH", "") if path is None else path
+        return f"{self.folder}{os.pathsep}{rest}"

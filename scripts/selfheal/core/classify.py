@@ -72,7 +72,12 @@ class Failure:
                 status, headers = _http_from(item)
             codes.extend(_codes_from(item))
         if status is not None:
-            codes.extend(c for c in _codes_from_body(_body_text(chain)) if c not in codes)
+            body = _body_text(chain)
+            codes.extend(c for c in _codes_from_body(body) if c not in codes)
+            # Some clients keep only "Error code: 500" as the message; the server's words are in the body.
+            message = _body_message(body)
+            if message and not any(message in t for t in texts):
+                texts.append(message)
         return cls(
             source="exception",
             text=" | ".join(texts)[:_TEXT_LIMIT],
@@ -367,6 +372,24 @@ def _body_text(chain: list[BaseException]) -> str:
         if isinstance(text, str):
             return text[:_TEXT_LIMIT]
     return ""
+
+
+def _body_message(text: str) -> str:
+    """The error text of a body: its `error.message`, `message` or `error` string, else the raw text."""
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        body = json.loads(text) if text[0] in "{[" else None
+    except ValueError:
+        body = None
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        for found in (error.get("message") if isinstance(error, Mapping) else error, body.get("message")):
+            if isinstance(found, str) and found:
+                return found[:_TEXT_LIMIT]
+        return ""
+    return text[:_TEXT_LIMIT]
 
 
 def _codes_in_mapping(body: Mapping[Any, Any]) -> list[str]:

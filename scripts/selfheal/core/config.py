@@ -241,6 +241,10 @@ class ModelEndpoint:
     context_tokens: int | None = field(default=None, metadata=_meta(lo=1))
     # Unset means not local: no GPU memory check before calling it.
     local: bool | None = None
+    # Unset means models.stream_first_token_s: how long a stream may take to its first token here.
+    first_token_s: float | None = field(default=None, metadata=_meta(gt=0, hi=86400))
+    # The GPU it runs on (index or UUID), for the memory check; unset: the roomiest. Implies local.
+    gpu: int | str | None = field(default=None, metadata=_meta(lo=0))
 
 
 @dataclass(frozen=True)
@@ -253,7 +257,9 @@ class ModelSettings:
     max_wait_before_fallback_s: float = field(metadata=_meta(lo=0, hi=3600))
     stream_first_token_s: float = field(metadata=_meta(gt=0, hi=86400))
     stream_idle_s: float = field(metadata=_meta(gt=0, hi=86400))
+    stream_usage_grace_s: float = field(metadata=_meta(lo=0, hi=60))
     gpu_free_mb_min: int = field(metadata=_meta(lo=0))
+    gpu_poll_s: float = field(metadata=_meta(gt=0, hi=3600))
     simplify_max_prompt_chars: int = field(metadata=_meta(lo=100))
     chain: tuple[ModelEndpoint, ...]
 

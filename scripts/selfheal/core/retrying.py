@@ -139,10 +139,13 @@ class Budget:
             return Decision(False, 0.0, budget, STOP_RETRY_AFTER)
         n = self._failures.get(cls, 0) + 1
         self._failures[cls] = n
-        delay = compute_delay(policy, n, rng=self.rng, previous=self._previous.get(cls))
-        self._previous[cls] = delay
         if retry_after is not None:
-            delay = max(delay, retry_after)
+            # The server said when to come back: that, exactly. A jittered backoff on top would make the
+            # wait (and whether a caller falls over rather than wait) a coin toss.
+            delay = retry_after
+        else:
+            delay = compute_delay(policy, n, rng=self.rng, previous=self._previous.get(cls))
+        self._previous[cls] = delay
         if delay >= self.remaining(now):
             return Decision(False, delay, budget, STOP_DEADLINE)
         return Decision(True, delay, budget)

@@ -22,11 +22,9 @@ import functools
 import importlib
 import os
 import random
-import shutil
 import ssl
 import threading
-import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -34,6 +32,7 @@ import openai
 
 from .. import _testing
 from ..clock import SYSTEM_CLOCK, Clock
+from ..core.backoff import exponential
 from ..core.breaker import BreakerOpen, Breakers, Permit
 from ..core.classify import Classification, Failure, classifier_for
 from ..core.config import Config, ModelEndpoint, get_config
@@ -41,6 +40,7 @@ from ..core.ledger import Ledger
 from ..core.retrying import Budget, Decision
 from ..errors import ConfigError, NotAttempted, SelfHealError
 from ..state.root import StateRoot, validate_id
+from . import gpu
 from .output import OutputProblem, check_answer
 from .prompts import render
 
@@ -48,7 +48,6 @@ Message = dict[str, str]
 T = TypeVar("T")
 
 _NO_KEY = "not-needed"  # the openai client insists on a key; local servers ignore it
-_GPU_CACHE_S = 5.0
 
 
 # -- results and errors ---------------------------------------------------------------------------------------
@@ -93,6 +92,8 @@ class Completion:
     usage: dict[str, int] | None
     duration_s: float
     attempts: list[ModelAttempt] = field(default_factory=list)
+    # Seconds from the call's start to the first text of this answer (streamed), or to the whole answer.
+    ttft_s: float | None = None
 
     @property
     def discarded_chars(self) -> int:
@@ -109,6 +110,7 @@ class Completion:
             "finish_reason": self.finish_reason,
             "usage": self.usage,
             "duration_s": round(self.duration_s, 3),
+            "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 3),
             "discarded_chars": self.discarded_chars,
             "attempts": [a.to_dict() for a in self.attempts],
         }
@@ -267,6 +269,23 @@ def _is_deadline(error: Exception) -> bool:
     return type(error) in (TimeoutError, asyncio.TimeoutError)
 
 
+class _Progress:
+    """What one attempt has given the caller so far: characters of text, and when the first came."""
+
+    def __init__(self, on_text: Callable[[str], None] | None, clock: Clock) -> None:
+        self.on_text = on_text
+        self.clock = clock
+        self.delivered = 0
+        self.first_at: float | None = None
+
+    def text(self, piece: str) -> None:
+        if self.first_at is None:
+            self.first_at = self.clock.monotonic()
+        self.delivered += len(piece)
+        if self.on_text is not None:
+            self.on_text(piece)
+
+
 class _ChainCall:
     def __init__(
         self,
@@ -281,6 +300,7 @@ class _ChainCall:
         on_text: Callable[[str], None] | None,
         on_restart: Callable[[str], None] | None,
         record: bool,
+        on_discard: Callable[[int, str], None] | None = None,
         offload: bool,
         shared_clients: dict[tuple[str, str], openai.AsyncOpenAI] | None = None,
     ) -> None:
@@ -295,6 +315,7 @@ class _ChainCall:
         self.deadline_s = deadline_s
         self.on_text = on_text
         self.on_restart = on_restart
+        self.on_discard = on_discard
         self.record = record
         self.ledger = Ledger(state, config, clock=clock)
         self.breakers = Breakers(state, config.breakers, clock=clock, ledger=self.ledger)
@@ -418,6 +439,7 @@ class _ChainCall:
         )
         request = self.request
         number = 0
+        memory_waited = False
         while True:
             try:
                 permit = await self.io(self.breakers.acquire, entry.name)
@@ -426,19 +448,31 @@ class _ChainCall:
                 return _MoveOn("breaker_open")
             lease = _Lease(self, permit)
             try:
-                if entry.local:
-                    free = await _gpu_free_mb()
-                    if free is not None and free < self.models.gpu_free_mb_min:
+                if _on_gpu(entry):
+                    floor = self.models.gpu_free_mb_min
+                    free = await gpu.free_mb(entry.gpu)
+                    if free is not None and free < floor:
                         await lease.release(ok=False, error_class="resource")
-                        reason = f"GPU memory: {free} MiB free, below {self.models.gpu_free_mb_min} MiB"
+                        waited = 0.0
+                        if last and not memory_waited:
+                            # No endpoint left to move to: wait for memory, as long as the resource
+                            # policy's first wait, within the deadline.
+                            memory_waited = True
+                            limit = min(exponential(self.config.policies.resource, 1), self.remaining())
+                            free, waited = await self._wait_for_memory(entry, limit)
+                            if free is None or free >= floor:
+                                continue
+                        reason = f"GPU memory: {free} MiB free, below {floor} MiB"
+                        if waited:
+                            reason += f" (waited {waited:g}s for it)"
                         await self.note(self._skipped(entry, reason, "resource"), None)
                         return _MoveOn("resource")
                 number += 1
                 started = self.clock.monotonic()
-                delivered = [0]
+                progress = _Progress(self.on_text, self.clock)
                 error: Exception | None = None
                 try:
-                    answer = await asyncio.wait_for(self._send(entry, request, delivered), max(self.remaining(), 0.001))
+                    answer = await asyncio.wait_for(self._send(entry, request, progress), max(self.remaining(), 0.001))
                     data = check_answer(
                         answer.content, answer.finish_reason, json_output=request.json_output, schema=request.schema
                     )
@@ -459,7 +493,7 @@ class _ChainCall:
                                 "deadline",
                                 f"the call's deadline of {self.deadline_s:g}s passed",
                                 duration_s=self.clock.monotonic() - started,
-                                discarded_chars=delivered[0],
+                                discarded_chars=progress.delivered,
                             ),
                             "failed",
                             status="deadline",
@@ -493,13 +527,17 @@ class _ChainCall:
                         usage=answer.usage,
                         duration_s=self.clock.monotonic() - self.started,
                         attempts=self.attempts,
+                        ttft_s=None if progress.first_at is None else progress.first_at - self.started,
                     )
 
                 # The attempt failed: decide (this endpoint again, or the next one), record the attempt, and
                 # then tell the breaker, so a trip it causes is logged after the attempt that caused it.
                 cls = classification.error_class
-                if delivered[0] and self.on_restart is not None:
-                    self.on_restart(f"{cls}: {reason}")
+                if progress.delivered:
+                    if self.on_restart is not None:
+                        self.on_restart(f"{cls}: {reason}")
+                    if self.on_discard is not None:
+                        self.on_discard(progress.delivered, f"{cls}: {reason}")
                 attempt = ModelAttempt(
                     entry.name,
                     entry.model,
@@ -511,7 +549,7 @@ class _ChainCall:
                     status,
                     duration_s=self.clock.monotonic() - started,
                     simplified=request is not self.request,
-                    discarded_chars=delivered[0],
+                    discarded_chars=progress.delivered,
                 )
                 settle = functools.partial(self._settle, lease, cls)
                 if classification.reason == "content_policy":
@@ -537,10 +575,37 @@ class _ChainCall:
                     status="retrying",
                     max_attempts=decision.max_attempts,
                 )
-                if not _testing.is_testing():
-                    await self.clock.asleep(decision.delay_s)
+                if classification.reason == "out_of_memory" and _on_gpu(entry):
+                    # Retrying cannot free memory: wait until the endpoint's GPU has room again (at
+                    # most the policy's wait), then try.
+                    await self._wait_for_memory(entry, decision.delay_s)
+                else:
+                    await self._sleep(decision.delay_s)
             finally:
                 lease.abandon()  # cancelled, or an unexpected error: give the permit back, uncounted
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0 and not _testing.is_testing():
+            await self.clock.asleep(seconds)
+
+    async def _wait_for_memory(self, entry: ModelEndpoint, limit_s: float) -> tuple[int | None, float]:
+        """Wait for the endpoint's GPU to have models.gpu_free_mb_min free: re-read it every models.gpu_poll_s,
+        for at most `limit_s` (the policy's wait). When nvidia-smi cannot tell, the whole limit is waited.
+        Returns the last free MiB (None: unknown) and how long it waited."""
+        floor, poll = self.models.gpu_free_mb_min, self.models.gpu_poll_s
+        free = await gpu.free_mb(entry.gpu)
+        if free is None:
+            await self._sleep(limit_s)
+            return None, max(limit_s, 0.0)
+        waited = 0.0
+        while waited < limit_s:
+            step = min(poll, limit_s - waited)
+            await self._sleep(step)
+            waited += step
+            free = await gpu.free_mb(entry.gpu, fresh=True)
+            if free is None or free >= floor:
+                break
+        return free, waited
 
     async def _settle(self, lease: _Lease, error_class: str, event: str, done: ModelAttempt, **fields: Any) -> None:
         """Record a failed attempt, then report it to the breaker (so a trip it causes is logged after it)."""
@@ -566,6 +631,10 @@ class _ChainCall:
             return "unreachable", None
         if _silent(error):
             return "silent", None
+        if isinstance(error, StreamStalled) and not last:
+            # It went quiet mid-answer: the text so far is lost either way, and another endpoint answers
+            # sooner than a second wait for this one.
+            return "stalled", None
         decision = budget.decide(classification, attempt=number, now=self.clock.monotonic())
         if not decision.retry:
             return decision.stop_reason, decision
@@ -573,7 +642,7 @@ class _ChainCall:
             return "wait_too_long", decision
         return None, decision
 
-    async def _send(self, entry: ModelEndpoint, request: _Request, delivered: list[int]) -> _Answer:
+    async def _send(self, entry: ModelEndpoint, request: _Request, progress: _Progress) -> _Answer:
         params: dict[str, Any] = {"model": entry.model, "messages": list(request.messages)}
         if request.max_tokens is not None:
             params["max_tokens"] = request.max_tokens
@@ -582,53 +651,105 @@ class _ChainCall:
         client = self.client(entry)
         params["timeout"] = self.timeout(entry)
         if request.stream:
-            return await self._stream(client, params, delivered)
+            return await self._stream(entry, client, params, progress)
         response = await client.chat.completions.create(**params)
+        progress.first_at = self.clock.monotonic()
         return _answer_of(response)
 
-    async def _stream(self, client: openai.AsyncOpenAI, params: dict[str, Any], delivered: list[int]) -> _Answer:
-        first, idle = self.models.stream_first_token_s, self.models.stream_idle_s
-        started = self.clock.monotonic()
+    async def _stream(
+        self, entry: ModelEndpoint, client: openai.AsyncOpenAI, params: dict[str, Any], progress: _Progress
+    ) -> _Answer:
+        """Read a streamed answer: text goes to the caller as it comes. Usage is asked for (where the server
+        accepts the option); after the finish, the stream is read on for a short grace for it. Reasoning
+        deltas count as activity. Too long before the first token, or between chunks: StreamStalled."""
+        first = entry.first_token_s if entry.first_token_s is not None else self.models.stream_first_token_s
+        idle, grace = self.models.stream_idle_s, self.models.stream_usage_grace_s
+        # The stream's own limits below decide; the HTTP read timeout must not cut in before them.
+        read = max(self.read_timeout(entry), first, idle)
+        params = {**params, "timeout": openai.Timeout(read, connect=self.models.connect_timeout_s)}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        key = (entry.base_url, entry.model)
+
+        async def open_stream(with_usage: bool) -> Any:
+            options: Any = {"include_usage": True} if with_usage else openai.omit
+            return await client.chat.completions.create(**params, stream=True, stream_options=options)
+
         try:
-            stream = await asyncio.wait_for(client.chat.completions.create(**params, stream=True), first)
+            try:
+                stream = await asyncio.wait_for(open_stream(key not in _no_stream_options), first)
+            except openai.BadRequestError as exc:
+                if key in _no_stream_options or "stream_options" not in Failure.from_exception(exc).text:
+                    raise
+                _no_stream_options.add(key)  # an older server: ask it without the option from now on
+                stream = await asyncio.wait_for(open_stream(False), max(first - (loop.time() - started), 0.001))
         except asyncio.TimeoutError as exc:
             if isinstance(exc, StreamStalled):  # pragma: no cover - create() does not raise it
                 raise
             raise StreamStalled(first, received_chars=0) from None
         parts: list[str] = []
         finish: str | None = None
+        finished_at = 0.0
         usage: dict[str, int] | None = None
         model = params["model"]
+        active = False  # any text or reasoning yet: from then on the idle limit applies
         chunks = stream.__aiter__()
         try:
             while True:
-                limit = idle if parts else max(first - (self.clock.monotonic() - started), 0.001)
+                if finish is not None:
+                    limit = grace - (loop.time() - finished_at)
+                    if limit <= 0:
+                        break
+                elif active:
+                    limit = idle
+                else:
+                    limit = max(first - (loop.time() - started), 0.001)
                 try:
                     chunk = await asyncio.wait_for(chunks.__anext__(), limit)
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
-                    raise StreamStalled(idle if parts else first, received_chars=delivered[0]) from None
+                    if finish is not None:
+                        break  # complete; the server just did not send usage or [DONE] in time
+                    raise StreamStalled(idle if active else first, received_chars=progress.delivered) from None
                 model = getattr(chunk, "model", None) or model
                 if getattr(chunk, "usage", None) is not None:
                     usage = _usage_of(chunk.usage)
                 choices = getattr(chunk, "choices", None) or []
-                if not choices:
+                if not choices or finish is not None:
                     continue
-                delta = getattr(getattr(choices[0], "delta", None), "content", None)
-                if isinstance(delta, str) and delta:
-                    parts.append(delta)
-                    delivered[0] += len(delta)
-                    if self.on_text is not None:
-                        self.on_text(delta)
-                finish = getattr(choices[0], "finish_reason", None) or finish
+                delta = getattr(choices[0], "delta", None)
+                text = getattr(delta, "content", None)
+                if isinstance(text, str) and text:
+                    active = True
+                    parts.append(text)
+                    progress.text(text)
+                elif _reasoning_of(delta):
+                    active = True
+                finish = getattr(choices[0], "finish_reason", None)
                 if finish is not None:
-                    break  # complete: no need to wait for [DONE]
+                    finished_at = loop.time()
         finally:
             await stream.close()
+            # A stream read to its end leaves the client's inner async generators to the loop's finalizer,
+            # which closes them in tasks of their own: let those run now, not be found pending at exit.
+            for _ in range(3):
+                await asyncio.sleep(0)
         if finish is None:
-            raise StreamCut(delivered[0])
+            raise StreamCut(progress.delivered)
         return _Answer("".join(parts), finish, usage, model)
+
+
+_no_stream_options: set[tuple[str, str]] = set()  # (base_url, model) that answered stream_options with 400
+
+
+def _reasoning_of(delta: Any) -> bool:
+    """A thinking model's reasoning delta (`reasoning_content`, or `reasoning` on some servers)."""
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(delta, name, None)
+        if isinstance(value, str) and value:
+            return True
+    return False
 
 
 _ssl: list[ssl.SSLContext] = []
@@ -707,33 +828,9 @@ def _answer_of(response: Any) -> _Answer:
     )
 
 
-_gpu_seen: dict[str, tuple[float, int | None]] = {}  # "last": (when, free MiB): nvidia-smi takes ~100 ms
-
-
-async def _gpu_free_mb() -> int | None:
-    """Free memory of the roomiest GPU, in MiB, from nvidia-smi; None when there is no nvidia-smi."""
-    now = time.monotonic()
-    seen = _gpu_seen.get("last")
-    if seen is not None and now - seen[0] < _GPU_CACHE_S:
-        return seen[1]
-    tool = shutil.which("nvidia-smi")
-    free: int | None = None
-    if tool is not None:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                tool,
-                "--query-gpu=memory.free",
-                "--format=csv,noheader,nounits",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            out, _ = await asyncio.wait_for(proc.communicate(), 5.0)
-            values = [int(v) for v in out.decode().split() if v.strip().isdigit()]
-            free = max(values) if values else None
-        except (OSError, asyncio.TimeoutError, ValueError):
-            free = None
-    _gpu_seen["last"] = (now, free)
-    return free
+def _on_gpu(entry: ModelEndpoint) -> bool:
+    """Whether the endpoint runs on this machine's GPU (its memory is checked before each request)."""
+    return bool(entry.local) or entry.gpu is not None
 
 
 def check_chain(config: Config, env: Mapping[str, str] | None = None) -> None:
@@ -776,12 +873,15 @@ async def acomplete(
     record: bool = True,
     _offload: bool = True,
     _shared_clients: dict[tuple[str, str], openai.AsyncOpenAI] | None = None,
+    _on_discard: Callable[[int, str], None] | None = None,
 ) -> Completion:
     """Ask the chain; return the first checked answer or raise ModelCallFailed / NoEndpointAvailable.
 
     prompt or messages: what to ask. system: a system message. json_output: the answer must be one JSON
     object (code fences are stripped); schema: a JSON Schema it must match. stream: deliver text to
-    `on_text` as it arrives; if an attempt fails after some text, `on_restart(reason)` says to drop it.
+    `on_text` as it arrives. on_text gets every piece of every attempt, also of one that fails later:
+    then `on_restart(reason)` is called (before any text of the next attempt) and everything on_text
+    got since the previous restart must be dropped. astream() says the same as events.
     deadline_s: the whole call (default models.deadline_s). task: recorded with every attempt.
     """
     config = config or get_config()
@@ -811,8 +911,67 @@ async def acomplete(
         record=record,
         offload=_offload,
         shared_clients=_shared_clients,
+        on_discard=_on_discard,
     )
     return await call.run()
+
+
+@dataclass(frozen=True)
+class StreamText:
+    """A piece of the answer, as it arrives (a StreamRestart may later take it back)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamRestart:
+    """The attempt that sent the last `discard_chars` characters failed: drop them; the next StreamText
+    starts the answer afresh (from another attempt or endpoint)."""
+
+    discard_chars: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StreamDone:
+    """The checked answer; its content equals the text kept after applying every restart."""
+
+    completion: Completion
+
+
+StreamEvent = StreamText | StreamRestart | StreamDone
+
+
+async def astream(prompt: str | None = None, **options: Any) -> AsyncIterator[StreamEvent]:
+    """Stream a call through the chain as events: StreamText as it arrives, StreamRestart when an attempt
+    that already sent text is abandoned, and finally StreamDone with the Completion. Options are
+    acomplete()'s (stream is implied; on_text/on_restart are not taken). A failed call raises from the
+    iteration, after the events that came before; leaving the loop early cancels the call."""
+    for taken in ("stream", "on_text", "on_restart"):
+        if taken in options:
+            raise TypeError(f"astream() takes no {taken!r}: the events carry it")
+    queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+
+    def text(piece: str) -> None:
+        queue.put_nowait(StreamText(piece))
+
+    def discard(chars: int, reason: str) -> None:
+        queue.put_nowait(StreamRestart(chars, reason))
+
+    task = asyncio.ensure_future(acomplete(prompt, stream=True, on_text=text, _on_discard=discard, **options))
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while True:
+            event = await queue.get()
+            if event is None:
+                yield StreamDone(task.result())
+                return
+            yield event
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 Clients = dict[tuple[str, str], openai.AsyncOpenAI]

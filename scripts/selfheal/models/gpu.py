@@ -1,0 +1,100 @@
+"""Free GPU memory, from nvidia-smi: which GPU an endpoint runs on, and how much room it has.
+
+An endpoint names its GPU (`gpu: 0` or `gpu: GPU-<uuid>`); without one, the roomiest GPU stands in.
+Readings are kept for a few seconds (nvidia-smi takes about 100 ms); a wait for memory reads afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+CACHE_S = 5.0  # how long one reading of every GPU is reused
+_QUERY = ("--query-gpu=index,uuid,memory.free", "--format=csv,noheader,nounits")
+_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU: its index, its UUID and its free memory in MiB."""
+
+    index: int
+    uuid: str
+    free_mb: int
+
+
+_seen: dict[str, tuple[float, tuple[GpuReading, ...] | None]] = {}
+
+
+def parse(text: str) -> tuple[GpuReading, ...]:
+    """nvidia-smi's CSV (`index, uuid, memory.free` per line); a line with only a number is that GPU's free
+    memory (older scripts query memory.free alone). Lines that say anything else are skipped."""
+    found: list[GpuReading] = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and parts[0].isdigit() and parts[-1].isdigit():
+            found.append(GpuReading(int(parts[0]), parts[1], int(parts[-1])))
+        elif len(parts) == 1 and parts[0].isdigit():
+            found.append(GpuReading(len(found), "", int(parts[0])))
+    return tuple(found)
+
+
+async def read_all(*, fresh: bool = False) -> tuple[GpuReading, ...] | None:
+    """Every GPU nvidia-smi reports; None when there is no nvidia-smi or it fails."""
+    now = time.monotonic()
+    seen = _seen.get("all")
+    if not fresh and seen is not None and now - seen[0] < CACHE_S:
+        return seen[1]
+    tool = shutil.which("nvidia-smi")
+    readings: tuple[GpuReading, ...] | None = None
+    if tool is not None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                tool, *_QUERY, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            )
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), _TIMEOUT_S)
+            except asyncio.TimeoutError:
+                proc.kill()  # our own child, started just above
+                await proc.wait()
+                raise
+            readings = parse(out.decode("utf-8", "replace")) if proc.returncode == 0 else None
+            readings = readings or None
+        except (OSError, asyncio.TimeoutError, ValueError):
+            readings = None
+    _seen["all"] = (time.monotonic(), readings)
+    return readings
+
+
+def select(readings: tuple[GpuReading, ...], gpu: int | str | None) -> GpuReading | None:
+    """The GPU an endpoint runs on: by index or UUID (`GPU-` prefix optional); the roomiest when unset."""
+    if not readings:
+        return None
+    if gpu is None:
+        return max(readings, key=lambda r: r.free_mb)
+    if isinstance(gpu, int) or gpu.isdigit():
+        return next((r for r in readings if r.index == int(gpu)), None)
+    want = gpu.lower().removeprefix("gpu-")
+    return next((r for r in readings if r.uuid.lower().removeprefix("gpu-") == want), None)
+
+
+async def free_mb(gpu: int | str | None, *, fresh: bool = False) -> int | None:
+    """Free MiB on the endpoint's GPU; None when it cannot be read (no nvidia-smi, no such GPU)."""
+    readings = await read_all(fresh=fresh)
+    if readings is None:
+        return None
+    found = select(readings, gpu)
+    if found is None:
+        log.warning("nvidia-smi reports no GPU %r (it reports %s)", gpu, [r.index for r in readings])
+        return None
+    return found.free_mb
+
+
+def clear() -> None:
+    """Forget the last reading (tests, and after a change of GPUs)."""
+    _seen.clear()
