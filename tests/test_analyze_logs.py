@@ -196,6 +196,55 @@ def test_small_blocks_and_key_folds_do_not_change_any_figure(tmp_path: Path, mon
     check_counts(report_of(path), exp)
 
 
+def info_heavy(seed: int, runs: int) -> tuple[list[str], Expected, Counter[str]]:
+    """A seed log with untracked lines between its events (55% of lines, as in a real gateway log)."""
+    lines, exp = seed_log(seed, runs)
+    rng = random.Random(seed)
+    out: list[str] = []
+    tags: Counter[str] = Counter()
+    for line in lines:
+        ts = line.split(" ", 1)[0]
+        while rng.random() < 0.55:
+            tag = rng.choice(("INFO", "INFO", "DEBUG", "WARN", "NOTICE_X"))
+            body = rng.choice(
+                (
+                    " task=doc-gen-1 model=Qwen3-4B reason=timeout msg=calling",
+                    ' endpoint=http://127.0.0.1:8000/v1 note="a quoted value" duration=3.5s',
+                    " duration=1.5s",
+                    "",
+                )
+            )
+            out.append(f"{ts} [{tag}]{body}")
+            tags[tag] += 1
+        out.append(line)
+    exp.lines = len(out)
+    return out, exp, tags
+
+
+def test_untracked_tags_are_counted_on_the_fast_path_without_reading_a_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[INFO], [DEBUG], [WARN] lines are counted by tag and never parsed: the careful path is not reached."""
+    lines, exp, tags = info_heavy(21, 600)
+    path = write(tmp_path / "info.log", lines)
+    careful: list[bytes] = []
+    real = logscan.Tally.add_line
+    monkeypatch.setattr(logscan.Tally, "add_line", lambda self, raw, info: careful.append(raw) or real(self, raw, info))
+    report = report_of(path)
+    check_counts(report, exp)
+    assert report["other_tags"] == dict(tags)
+    assert not [line for line in careful if re.search(rb"\[(INFO|DEBUG|WARN|NOTICE_X)\]", line)]
+
+
+def test_untracked_tags_outside_the_window_are_outside() -> None:
+    text = f"{iso(T0)} [INFO] a\n{iso(T0 + 7200)} [INFO] b\n{iso(T0 + 7200)} [DEBUG]\n"
+    tally = logscan.Tally(load_config().analysis, load_config().classify, Window(since=T0 + 3600))
+    scan = logscan.Scan(tally, logscan.fast_pattern(Window(since=T0 + 3600)), 1 << 20)
+    scan.read_stream(io.BytesIO(text.encode()), logscan.InputInfo("x", "explicit"))
+    tally.fold()
+    assert (tally.lines, tally.outside, dict(tally.other_tags)) == (3, 1, {"INFO": 1, "DEBUG": 1})
+
+
 def test_the_gateway_fixture_gives_its_known_failures() -> None:
     """1 failed cron run (logged twice), 1 failed turn (2 lane error lines), 1 exhausted chain, 7 ERROR lines."""
     report = report_of(GATEWAY)

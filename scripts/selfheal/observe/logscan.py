@@ -95,6 +95,10 @@ _KEY = rb"task=\S+(?: " + _KEY_FIELD + rb"=\S+)*"
 # with a space in it (quoted) stops that, so such a line goes to the careful path instead.
 _KEY_END = rb"(?=\r?(?:\n|\Z)| [a-z_]+=)"
 _DURATION = rb"(?: duration=([\d.]+)s)?"
+# A tag the report only counts ([INFO], [DEBUG], [WARN], ...: most of a busy log): its key is the tag and
+# `]`, and nothing of the line after it is read. The tags the report reads stay out of it.
+_TRACKED = rb"(?:RETRY|SUCCESS|FAILED|FALLBACK|BREAKER|RESUME|COMPENSATE|INCIDENT|FIX|STUCK)\]"
+_OTHER_TAG = rb"(?<=\[)(?!" + _TRACKED + rb")[A-Z][A-Z_]*\](?= |\r?(?:\n|\Z))"
 
 # Positions after which the 14 digits of `YYYY-MM-DDTHH:MM:SS` have a separator.
 _SEPARATORS = {3: "-", 5: "-", 7: "[T ]", 9: ":", 11: ":"}
@@ -167,7 +171,7 @@ def fast_pattern(window: Window) -> re.Pattern[bytes]:
     recent = range_regex(*window.recent) if window.recent else None
     inside = range_regex(window.since, window.until)
     prefixes = []
-    keys = [rb"(?<=\[)" + _COMMON + rb"\] " + _KEY + _KEY_END]
+    keys = [rb"(?<=\[)" + _COMMON + rb"\] " + _KEY + _KEY_END, _OTHER_TAG]
     if recent:
         prefixes.append(b"(?=" + recent.encode() + b")" + _TS_UTC + rb" (?=\[SUCCESS\] task=)")
         keys.append(rb"(?<= )\[SUCCESS\] " + _KEY + _KEY_END)
@@ -451,6 +455,9 @@ class Tally:
         self.outside += keys.pop(b"]", 0)
         count, parse = self._count, _parse_key
         for key, n in keys.items():
+            if key[-1:] == b"]":  # an untracked tag: counted, never read
+                self.other_tags[key[:-1].decode("ascii")] += n
+                continue
             _, event, fields = parse(key)
             count(
                 event,
@@ -465,6 +472,9 @@ class Tally:
 
     def _fold_durations(self) -> None:
         for key, values in self._durations.items():
+            if key[-1:] == b"]":  # `[INFO] duration=...s`: an untracked tag that looked timed
+                self.other_tags[key[:-1].decode("ascii")] += len(values)
+                continue
             recent, event, fields = _parse_key(key)
             task = fields.get("task")
             counted = self._count(
@@ -502,11 +512,11 @@ class Tally:
             self.outside += 1
             return
         tag = m.group(2).decode("ascii")
-        fields = parse_fields(m.group(3).decode("utf-8", "replace")) if m.group(3) else {}
         event = tag.lower()
-        if event not in EVENTS:
+        if event not in EVENTS:  # the tag decides before any field is read
             self.other_tags[tag] += 1
             return
+        fields = parse_fields(m.group(3).decode("utf-8", "replace")) if m.group(3) else {}
         duration = _float(fields.get("duration", "").rstrip("s")) if event == "success" else None
         self.event(
             event,
