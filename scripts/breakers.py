@@ -7,7 +7,8 @@
   breakers.py reset --all
   breakers.py trip TARGET [--for SECONDS]   force it open (chaos testing: does everything fail over or wait?)
 
-Exit codes: 0 ok (all closed, or reset or trip done); 1 at least one breaker is open or half-open; 2 usage.
+Exit codes: 0 ok (all closed, or reset or trip done); 1 at least one breaker is open or half-open; 2 usage (a
+target with no breaker: the message names the close ones).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "reset":
         targets = breakers.targets() if args.all else [args.target]
         for target in targets:
-            breakers.reset(target)
+            breakers.reset(target, existing_only=True)
         if args.json:
             cli.emit_json({"ok": True, "reset": targets})
         else:

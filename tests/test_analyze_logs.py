@@ -196,18 +196,72 @@ def test_small_blocks_and_key_folds_do_not_change_any_figure(tmp_path: Path, mon
     check_counts(report_of(path), exp)
 
 
+def info_heavy(seed: int, runs: int) -> tuple[list[str], Expected, Counter[str]]:
+    """A seed log with untracked lines between its events (55% of lines, as in a real gateway log)."""
+    lines, exp = seed_log(seed, runs)
+    rng = random.Random(seed)
+    out: list[str] = []
+    tags: Counter[str] = Counter()
+    for line in lines:
+        ts = line.split(" ", 1)[0]
+        while rng.random() < 0.55:
+            tag = rng.choice(("INFO", "INFO", "DEBUG", "WARN", "NOTICE_X"))
+            body = rng.choice(
+                (
+                    " task=doc-gen-1 model=Qwen3-4B reason=timeout msg=calling",
+                    ' endpoint=http://127.0.0.1:8000/v1 note="a quoted value" duration=3.5s',
+                    " duration=1.5s",
+                    "",
+                )
+            )
+            out.append(f"{ts} [{tag}]{body}")
+            tags[tag] += 1
+        out.append(line)
+    exp.lines = len(out)
+    return out, exp, tags
+
+
+def test_untracked_tags_are_counted_on_the_fast_path_without_reading_a_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[INFO], [DEBUG], [WARN] lines are counted by tag and never parsed: the careful path is not reached."""
+    lines, exp, tags = info_heavy(21, 600)
+    path = write(tmp_path / "info.log", lines)
+    careful: list[bytes] = []
+    real = logscan.Tally.add_line
+    monkeypatch.setattr(logscan.Tally, "add_line", lambda self, raw, info: careful.append(raw) or real(self, raw, info))
+    report = report_of(path)
+    check_counts(report, exp)
+    assert report["other_tags"] == dict(tags)
+    assert not [line for line in careful if re.search(rb"\[(INFO|DEBUG|WARN|NOTICE_X)\]", line)]
+
+
+def test_untracked_tags_outside_the_window_are_outside() -> None:
+    text = f"{iso(T0)} [INFO] a\n{iso(T0 + 7200)} [INFO] b\n{iso(T0 + 7200)} [DEBUG]\n"
+    tally = logscan.Tally(load_config().analysis, load_config().classify, Window(since=T0 + 3600))
+    scan = logscan.Scan(tally, logscan.fast_pattern(Window(since=T0 + 3600)), 1 << 20)
+    scan.read_stream(io.BytesIO(text.encode()), logscan.InputInfo("x", "explicit"))
+    tally.fold()
+    assert (tally.lines, tally.outside, dict(tally.other_tags)) == (3, 1, {"INFO": 1, "DEBUG": 1})
+
+
 def test_the_gateway_fixture_gives_its_known_failures() -> None:
-    """1 failed cron job (logged twice), 2 lane errors, 1 exhausted chain (no fallback configured), 7 ERROR lines."""
+    """1 failed cron run (logged twice), 1 failed turn (2 lane error lines), 1 exhausted chain, 7 ERROR lines."""
     report = report_of(GATEWAY)
     oc = report["openclaw"]
-    assert (oc["cron_failed"], oc["lane_errors"], oc["fallback_exhausted"], oc["cli_failed"]) == (1, 2, 1, 1)
+    assert (oc["cron_failed"], oc["failed_turns"], oc["fallback_exhausted"], oc["cli_failed"]) == (1, 1, 1, 1)
+    assert oc["lane_error_lines"] == 2
     assert oc["skill_invalid"] == 0
     assert oc["levels"]["ERROR"] == 7
     assert oc["lines"] == report["lines"]["total"] == 79
     assert report["lines"]["malformed"] == 0
-    chain = oc["latest"]["fallback_exhausted"][0]
-    assert (chain["model"], chain["status"], chain["fallback_configured"]) == ("openai/gpt-6-astra", 401, False)
-    assert oc["latest"]["cron_failed"][0]["job"] == "oc-selfheal-health-fail"
+    chain = oc["chains"][0]
+    assert chain["fallback_configured"] is False
+    assert [(m["model"], m["status"], m["error_class"]) for m in chain["models"]] == [
+        ("openai/gpt-6-astra", 401, "auth")
+    ]
+    assert oc["turns"][0]["chain"] == chain  # the turn's lane errors and its chain are one failure
+    assert oc["cron_jobs"][0]["job"] == "oc-selfheal-health-fail"
 
 
 def test_every_openclaw_fixture_is_read_without_a_malformed_line() -> None:
@@ -225,7 +279,7 @@ def test_openclaw_lines_mixed_into_a_seed_log_are_still_found(tmp_path: Path) ->
     mixed = lines[:200] + gateway + lines[200:]
     report = report_of(write(tmp_path / "mixed.log", mixed))
     assert report["events"] == dict(exp.events)
-    assert report["openclaw"]["cron_failed"] == 1 and report["openclaw"]["lane_errors"] == 2
+    assert report["openclaw"]["cron_failed"] == 1 and report["openclaw"]["failed_turns"] == 1
 
 
 def test_ledger_events_are_read_and_the_log_of_the_same_state_is_not_counted_twice(
@@ -620,10 +674,10 @@ def test_openclaw_errors_no_rule_knows_get_a_rule_suggestion() -> None:
     report = report_of(GATEWAY)
     rows = {row["signature"]: row for row in report["unclassified"]["signatures"]}
     auth = rows["No route-compatible authentication source is configured for openai."]
-    assert auth["count"] == 2 + 1  # both lanes of the turn, and the CLI's reason line
+    assert auth["count"] == 1  # the CLI's reason line; the turn is classified by its chain's HTTP 401
     assert auth["suggested_rule"]["class"] == "auth"
     assert "command exited with code <n>" in rows  # the cron job
-    assert report["unclassified"]["count"] == 4  # the exhausted chain (HTTP 401) is classified: auth
+    assert report["unclassified"]["count"] == 2
 
 
 def test_secrets_in_error_texts_never_reach_the_report(tmp_path: Path) -> None:
@@ -725,7 +779,7 @@ def test_the_text_report_leads_with_the_alerts(tmp_path: Path, home: Path) -> No
     out = proc.stdout
     assert out.index("ALERTS") < out.index("Runs:") < out.index("Top failure reasons")
     assert "P1 success rate" in out
-    assert "OpenClaw: 79 lines" in out and "1 failed cron job," in out and "2 lane errors" in out
+    assert "OpenClaw: 79 lines" in out and "1 failed cron run in 1 job" in out and "1 failed agent turn (2 lane" in out
     assert "a rule for config.yaml" in out
 
 
@@ -842,3 +896,62 @@ def test_the_report_gives_the_compensation_rate_of_the_second_document(
     for path in state.sub("ledger").iterdir():
         path.unlink()
     assert analyze(None, **kwargs)["compensation"] == report["compensation"]
+
+# --- OpenClaw's own failures ----------------------------------------------------------------------------------------
+
+FAILURES = ROOT / "tests" / "fixtures" / "openclaw-failures" / "agent-chains-cron.jsonl"
+
+
+def test_openclaw_failures_are_counted_per_turn_chain_and_cron_job() -> None:
+    """10 lane error lines are 5 turns; 8 cron lines are 4 runs of 2 jobs; each chain names each model tried."""
+    oc = report_of(FAILURES)["openclaw"]
+    assert (oc["failed_turns"], oc["lane_error_lines"], oc["fallback_exhausted"], oc["single_model_chains"]) == (
+        5,
+        10,
+        3,
+        1,
+    )
+    assert [(j["job"], j["failed_runs"]) for j in oc["cron_jobs"]] == [
+        ("nightly-report", 3),
+        ("oc-selfheal-health-fail", 1),
+    ]
+    nightly = oc["cron_jobs"][0]
+    assert (nightly["first"], nightly["last"]) == ("2026-11-22T09:40:00.000+00:00", "2026-11-22T10:20:00.000+00:00")
+    assert "No such file or directory" in nightly["diagnostics"]
+    quota = oc["chains"][0]["models"]
+    assert [(m["model"], m["status"], m["error_class"]) for m in quota] == [
+        ("vllm/qwen3-4b", 429, "rate_limit"),
+        ("backup/qwen-0.5b", 402, "fatal"),
+    ]
+
+
+def test_openclaw_failures_raise_alerts_with_thresholds_from_the_config(config: Config) -> None:
+    report = report_of(FAILURES)
+    assert report["ok"] is False
+    assert set(rules(report)) == {
+        ("P1", "openclaw_chain_exhausted"),
+        ("P2", "openclaw_failed_turns"),
+        ("P2", "openclaw_cron_failed"),
+    }
+    text = " ".join(a["message"] for a in report["alerts"])
+    assert "nightly-report 3x" in text and "only one model was tried" in text
+    quiet = dataclasses.replace(
+        config.analysis,
+        openclaw_chains_exhausted_p1=4,
+        openclaw_failed_turns_p2=0,
+        openclaw_cron_failed_runs_p2=4,
+    )
+    calm = analyze([str(FAILURES)], config=dataclasses.replace(config, analysis=quiet))
+    assert calm["ok"] is True and calm["alerts"] == []
+
+
+def test_analyze_logs_exits_1_for_openclaws_own_failures(home: Path) -> None:
+    proc = run(home, "--json", str(FAILURES))
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["openclaw"]["failed_turns"] == 5
+    text = run(home, str(FAILURES)).stdout
+    assert (
+        "chain exhausted 2026-11-22T09:00:03.040+00:00: vllm/qwen3-4b: rate_limit, status 429; backup/qwen-0.5b: fatal"
+        in text
+    )
+    assert "cron job nightly-report: 3 failed run(s)" in text and "No such file or directory" in text

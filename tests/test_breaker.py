@@ -367,6 +367,17 @@ def test_breakers_script_usage_errors(home: Path) -> None:
     assert bad.returncode == 2 and "invalid target id" in bad.stderr
 
 
+def test_resetting_a_target_with_no_breaker_exits_2_with_the_close_names_and_creates_nothing(
+    home: Path, state: StateRoot, config: Config
+) -> None:
+    fail(Breakers(state, config.breakers), target="qwen3-4b")
+    typo = cli(home, "breakers.py", "reset", "qwen3-4")
+    assert typo.returncode == 2 and "no breaker for target 'qwen3-4'; did you mean qwen3-4b?" in typo.stderr
+    assert "Traceback" not in typo.stderr
+    assert sorted(p.name for p in state.sub("breakers").glob("*.json")) == ["qwen3-4b.json"]
+    assert cli(home, "breakers.py", "reset", "qwen3-4b").returncode == 0
+
+
 def test_the_window_stays_small_however_busy_the_target(breakers: Breakers, state: StateRoot, clock: FakeClock) -> None:
     """2,000 calls within a minute: the breaker file stays a few kilobytes (counts per time bucket), so
     every update costs the same on a busy target as on a quiet one; the rate is still computed right."""

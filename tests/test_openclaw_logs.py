@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from conftest import ROOT
+from selfheal.core.classify import Classifier
+from selfheal.core.config import Config
 from selfheal.observe import openclaw_logs as oc
 
 FIXTURES = ROOT / "tests" / "fixtures" / "openclaw-logs"
@@ -27,6 +29,7 @@ def test_every_line_of_the_real_logs_parses_with_its_level_and_subsystem() -> No
 
 
 def test_the_gateway_log_yields_one_cron_failure_two_lane_errors_one_exhausted_chain_one_cli_failure() -> None:
+    """Line by line: the cron run logged twice is one line's failure; both lanes of the turn are there."""
     found = oc.failures(records("gateway-cron-agent-errors.jsonl"))
     kinds = [f.kind for f in found]
     assert kinds.count(oc.CRON_FAILED) == 1  # logged twice for one run (same job, same trace)
@@ -37,6 +40,7 @@ def test_the_gateway_log_yields_one_cron_failure_two_lane_errors_one_exhausted_c
     assert cron.job == "oc-selfheal-health-fail" and cron.error == "command exited with code 1"
     assert "Connection refused" in str(cron.detail["diagnostics"])
     chain = next(f for f in found if f.kind == oc.FALLBACK_EXHAUSTED)
+    assert [(s.model, s.status, s.reason) for s in chain.steps] == [("openai/gpt-6-astra", 401, "auth")]
     assert (chain.model, chain.status, chain.reason, chain.fallback_configured) == (
         "openai/gpt-6-astra",
         401,
@@ -84,3 +88,72 @@ def test_timestamps_read_both_offset_forms() -> None:
     assert oc.timestamp("2026-11-21T00:04:51.782+00:00") == oc.timestamp("2026-11-21T00:04:51.782Z")
     assert oc.timestamp("yesterday") is None
     assert json.dumps(oc.timestamp("2026-11-21T00:00:00Z")) == "1795219200.0"
+
+
+# -- from lines to failures: turns, chains, cron jobs -------------------------------------------------------------
+
+FAILURES = ROOT / "tests" / "fixtures" / "openclaw-failures" / "agent-chains-cron.jsonl"
+
+
+def summary() -> oc.Summary:
+    found = [r for r in oc.read_records([FAILURES]) if r is not None]
+    return oc.summarize(oc.failures(found))
+
+
+def test_a_failed_turn_counts_once_though_each_of_its_lanes_logs_it() -> None:
+    """10 lane error lines (a turn's own lane and its session lane) are 5 failed turns."""
+    s = summary()
+    assert (len(s.turns), s.lane_lines) == (5, 10)
+    assert [t.lanes for t in s.turns][:1] == [["main", "session:agent:main:main"]]
+    assert summary().turns == oc.summarize(reversed(oc.failures(r for r in oc.read_records([FAILURES]) if r))).turns
+
+
+def test_an_exhausted_chain_names_every_model_tried_with_its_own_status_and_reason() -> None:
+    """The 402 came from the fallback, not the primary: each step keeps its model, status and reason."""
+    chains = summary().chains
+    assert len(chains) == 3
+    assert [(s.model, s.status, s.reason) for s in chains[0].steps] == [
+        ("vllm/qwen3-4b", 429, "rate_limit"),
+        ("backup/qwen-0.5b", 402, "rate_limit"),
+    ]
+    assert "vllm/qwen3-4b (rate_limit, status 429), backup/qwen-0.5b (rate_limit, status 402)" in chains[0].summary
+
+
+def test_a_402_quota_is_fatal_though_openclaw_calls_it_a_rate_limit(config: Config) -> None:
+    classifier = Classifier(config.classify)
+    quota, rate = summary().chains[0].steps[1], summary().chains[0].steps[0]
+    assert oc.error_class(classifier, quota.error, quota.status, quota.reason) == "fatal"
+    assert oc.error_class(classifier, rate.error, rate.status, rate.reason) == "rate_limit"
+    assert oc.error_class(classifier, "something odd", None, "billing") == "fatal"  # OpenClaw's word, when ours fail
+    assert oc.error_class(classifier, "something odd", None, None) is None
+
+
+def test_a_chain_that_had_fallbacks_but_tried_one_model_is_found() -> None:
+    single = summary().single_model_chains()
+    assert [c.model for c in single] == ["openai/gpt-6-astra"]
+    assert "fallbacks are configured but only one model was tried" in single[0].summary
+
+
+def test_failed_cron_runs_are_counted_per_job_with_first_last_and_openclaws_diagnosis() -> None:
+    jobs = {j.job: j for j in summary().cron}
+    nightly = jobs["nightly-report"]
+    assert (nightly.runs, nightly.first, nightly.last) == (
+        3,
+        "2026-11-22T09:40:00.000+00:00",
+        "2026-11-22T10:20:00.000+00:00",
+    )
+    assert nightly.errors == {"command exited with code 2": 3}
+    assert "nightly_report.py': [Errno 2] No such file or directory" in str(nightly.diagnostics)
+    assert jobs["oc-selfheal-health-fail"].runs == 1
+    assert summary().cron_runs == 4
+
+
+def test_earlier_steps_come_from_next_fallback_lines_when_previous_attempts_is_missing() -> None:
+    """Older OpenClaw lines carry no previousAttempts: the run's `next_fallback` decisions give the first steps."""
+    lines = []
+    for r in oc.read_records([FAILURES]):
+        assert r is not None
+        data = {k: v for k, v in r.data.items() if k != "previousAttempts"}
+        lines.append(oc.Record(r.time, r.level, r.subsystem, r.message, data))
+    chain = oc.summarize(oc.failures(lines)).chains[0]
+    assert [s.model for s in chain.steps] == ["vllm/qwen3-4b", "backup/qwen-0.5b"]

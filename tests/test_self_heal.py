@@ -389,16 +389,16 @@ def test_openclaw_logs_yield_records_for_the_failed_cron_job_and_the_exhausted_c
     proc = run(home, "--from-openclaw-logs", str(GATEWAY_LOG), "--no-model", "--json")
     assert proc.returncode == 1, proc.stderr  # failures found
     result = json.loads(proc.stdout)
-    assert (result["lines"], result["malformed"], result["failures"]) == (79, 0, 5)
+    assert (result["lines"], result["malformed"], result["failures"]) == (79, 0, 3)  # turn, cron run, CLI
     by_task: dict[str, list[dict[str, Any]]] = {}
     for record in result["records"]:
         by_task.setdefault(record["task"], []).append(record)
     cron = by_task["openclaw-cron-oc-selfheal-health-fail"][0]
     assert cron["source"] == "rule:cron-job-failed"
-    agent = {r["source"]: r for r in by_task["openclaw-agent"]}
-    chain = agent["rule:openclaw-no-fallback"]
+    (chain,) = by_task["openclaw-agent"]  # the main lane, the session lane and the chain: one failed turn
+    assert chain["source"] == "rule:openclaw-no-fallback" and chain["occurrences"] == 1
     assert any("agents.defaults.model.fallbacks" in step for step in chain["fix_steps"])
-    assert agent["rule:openclaw-auth"]["occurrences"] == 2  # the main lane and the session lane: one problem
+    assert by_task["openclaw-cli"][0]["source"] == "rule:openclaw-auth"
     again = json.loads(run(home, "--from-openclaw-logs", str(GATEWAY_LOG), "--no-model", "--json").stdout)
     assert all(not r["created"] and not r["counted"] for r in again["records"])  # nothing counted twice
 
@@ -539,3 +539,26 @@ def test_the_target_module_is_inferred_as_the_document_does(tmp_path: Path) -> N
     assert infer_target_module(evidence("exit 1", command=["python3", "/srv/report.py"]), env=env) == "/srv/report.py"
     chain = evidence("auth", kind="fallback_exhausted")
     assert infer_target_module(chain, env=env) == f"{tmp_path}/.openclaw/openclaw.json (agents.defaults.model)"
+
+
+FAILURES_LOG = ROOT / "tests" / "fixtures" / "openclaw-failures" / "agent-chains-cron.jsonl"
+
+
+def test_openclaw_fix_records_are_built_on_the_right_model_and_the_cron_diagnosis(home: Path) -> None:
+    """The 402 quota of the fallback is the fix (not the primary's rate limit); a cron job's record counts its
+    runs and carries OpenClaw's diagnosis; nothing offers to requeue what OpenClaw runs."""
+    proc = run(home, "--from-openclaw-logs", str(FAILURES_LOG), "--no-model", "--json")
+    assert proc.returncode == 1, proc.stderr
+    records = json.loads(proc.stdout)["records"]
+    by_source = {r["source"]: r for r in records}
+    quota = by_source["rule:quota-exhausted"]
+    assert quota["task"] == "openclaw-agent" and quota["occurrences"] == 2
+    assert "backup/qwen-0.5b" in " ".join(quota["fix_steps"]) and "concurrency" not in " ".join(quota["fix_steps"])
+    assert quota["error_class"] == "fatal" and quota["actions"] == []
+    assert "rule:rate-limited" not in by_source
+    single = by_source["rule:openclaw-single-model"]
+    assert "openai/gpt-6-astra" in single["root_cause"]
+    nightly = [r for r in records if r["task"] == "openclaw-cron-nightly-report"][-1]  # one record, seen 3 times
+    assert nightly["occurrences"] == 3
+    assert "No such file or directory" in nightly["root_cause"]
+    assert all(r["actions"] == [] for r in records)

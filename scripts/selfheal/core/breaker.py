@@ -22,6 +22,7 @@ requests. `read_breaker()` reads one for anyone else (the health check).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import functools
 import json
@@ -29,13 +30,13 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError
+from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError, UsageError
 from ..state.root import StateRoot, open_rewrite, read_json_shared, validate_id, write_bytes_atomic
 from .config import BreakerSettings
 from .ledger import Ledger
@@ -130,6 +131,16 @@ def _fresh(target: str) -> dict[str, Any]:
         "last_change": None,
         "reason": None,
     }
+
+
+class UnknownTarget(UsageError):
+    """No breaker exists for this target; the message offers the close names."""
+
+    def __init__(self, target: str, known: Sequence[str]) -> None:
+        self.target = target
+        close = difflib.get_close_matches(target, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"breakers: {', '.join(known) or 'none yet'}"
+        super().__init__(f"no breaker for target {target!r}; {hint}")
 
 
 class Breakers:
@@ -358,8 +369,12 @@ class Breakers:
             self._move(data, OPEN, f"{reason} for {length:g}s")
             data["open_until"] = data["opened_at"] + length
 
-    def reset(self, target: str) -> None:
-        """Close the breaker and forget its history (a person's decision, recorded in the ledger)."""
+    def reset(self, target: str, *, existing_only: bool = False) -> None:
+        """Close the breaker and forget its history (a person's decision, recorded in the ledger).
+
+        `existing_only`: a target with no breaker yet is an error (a typo), not a new closed breaker."""
+        if existing_only and not self._path(target).exists():
+            raise UnknownTarget(target, self.targets())
         with self._locked(target) as data:
             permits = data["permits"]
             data.clear()

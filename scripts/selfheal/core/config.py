@@ -195,6 +195,10 @@ class AnalysisSettings:
     max_line_bytes: int = field(metadata=_meta(lo=1024, hi=1 << 30))
     max_tasks: int = field(metadata=_meta(lo=10, hi=10_000_000))
     workers: int = field(metadata=_meta(lo=0, hi=256))
+    openclaw_chains_exhausted_p1: int = field(metadata=_meta(lo=0, hi=1_000_000))
+    openclaw_failed_turns_p2: int = field(metadata=_meta(lo=0, hi=1_000_000))
+    openclaw_cron_failed_runs_p2: int = field(metadata=_meta(lo=0, hi=1_000_000))
+    openclaw_skill_invalid_p3: int = field(metadata=_meta(lo=0, hi=1_000_000))
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,7 @@ class FixRule:
     status: tuple[int, ...] = field(default=(), metadata=_meta(lo=100, hi=599))
     pattern: str | None = field(default=None, metadata=_meta(regex=True))
     fallback_configured: bool | None = None
+    models_tried_max: int | None = field(default=None, metadata=_meta(lo=1, hi=1000))  # an exhausted chain's steps
     actions: tuple[FixAction, ...] = ()
     area: FixArea = "infra"
 

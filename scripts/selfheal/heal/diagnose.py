@@ -23,14 +23,14 @@ from __future__ import annotations
 import re
 import shlex
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import Breakers
-from ..core.classify import Failure, classifier_for
+from ..core.classify import classifier_for
 from ..core.config import FIX_ACTIONS, Config, FixRule, get_config
 from ..core.ledger import Ledger, iter_events, ledger_files, own_task
 from ..core.redact import Redactor
@@ -115,16 +115,6 @@ _STOP = frozenset(
         "null",
     ]
 )
-OPENCLAW_REASONS = {
-    "auth": "auth",
-    "billing": "fatal",
-    "rate_limit": "rate_limit",
-    "timeout": "timeout",
-    "format": "format",
-    "model_not_found": "permanent",
-    "context_overflow": "permanent",
-    "overloaded": "transient",
-}
 
 
 @dataclass
@@ -148,6 +138,7 @@ class Evidence:
     file: str | None = None
     status: int | None = None
     fallback_configured: bool | None = None
+    models_tried: int | None = None  # how many models an exhausted OpenClaw chain tried
     checkpoint: dict[str, Any] | None = None
     task_record: dict[str, Any] | None = None
     command: list[str] | None = None
@@ -327,10 +318,25 @@ def openclaw_task(failure: openclaw_logs.Failure) -> str:
     return "openclaw-agent"
 
 
+# Which step of an exhausted chain a fix record is about: the failure waiting does not cure comes first.
+_SEVERITY = ("fatal", "auth", "permanent", "resource", "format", "rate_limit", "timeout", "transient", "unknown")
+
+
+def _worst_step(
+    steps: Sequence[openclaw_logs.Step], classify: Callable[[openclaw_logs.Step], str | None]
+) -> tuple[openclaw_logs.Step | None, str | None]:
+    ranked = [(step, classify(step)) for step in steps]
+    if not ranked:
+        return None, None
+    return min(ranked, key=lambda sc: _SEVERITY.index(sc[1]) if sc[1] in _SEVERITY else len(_SEVERITY))
+
+
 def gather_openclaw(
     paths: Sequence[Path], *, since_ts: float | None = None, config: Config
 ) -> tuple[list[Evidence], int, int]:
-    """One Evidence per distinct OpenClaw failure in these logs. Returns (evidence, lines, malformed)."""
+    """Evidence for OpenClaw's failures in these logs: one per failed turn (or exhausted chain), one per run
+    of a failed cron job (so a job's record counts its runs), one per invalid skill and failed CLI command.
+    Returns (evidence, lines, malformed)."""
     records = []
     lines = malformed = 0
     for record in openclaw_logs.read_records(paths):
@@ -344,39 +350,111 @@ def gather_openclaw(
                 continue
         records.append(record)
     classifier = classifier_for(config.classify)
+    found_lines = openclaw_logs.failures(records)
+    summary = openclaw_logs.summarize(found_lines)
+
+    def classify(step: openclaw_logs.Step) -> str | None:
+        return openclaw_logs.error_class(classifier, step.error, step.status, step.reason)
+
     out = []
-    for found in openclaw_logs.failures(records):
-        if found.reason in OPENCLAW_REASONS:
-            cls: str | None = OPENCLAW_REASONS[found.reason]
-        else:
-            evidence = (
-                Failure.from_http(found.status, body=found.error)
-                if found.status
-                else Failure.from_command(exit_code=None, stderr_tail=found.error)
+    taken = set()
+    for turn in summary.turns:
+        if turn.chain is not None:
+            taken.add(turn.chain.key)
+            out.append(_chain_evidence(turn.chain, classify, lanes=turn.lanes))
+            continue
+        cls = openclaw_logs.error_class(classifier, turn.error, None, None)
+        out.append(
+            Evidence(
+                task="openclaw-agent",
+                kind=openclaw_logs.LANE_ERROR,
+                error=turn.error,
+                error_class=cls,
+                occurrence=f"turn:{turn.time}",
+                failures=1,
+                log_tail=[f"agent turn failed ({turn.lines} lane error lines: {', '.join(turn.lanes)}): {turn.error}"],
+                detail={"lanes": turn.lanes, "duration_ms": turn.duration_ms},
             )
-            cls = classifier.classify(evidence).error_class
-        excerpt = [found.summary]
-        if found.detail.get("diagnostics"):
-            excerpt.append(f"diagnostics: {found.detail['diagnostics']}")
+        )
+    out += [_chain_evidence(c, classify) for c in summary.chains if c.key not in taken]
+    for job in summary.cron:
+        runs = [f for f in found_lines if f.kind == openclaw_logs.CRON_FAILED and _job_of(f) == (job.job_id or job.job)]
+        for run in runs:
+            # OpenClaw's own diagnosis (the command's error output) says more than "exited with code 2".
+            error = f"{run.error}: {run.diagnostics}" if run.diagnostics else run.error
+            cls = openclaw_logs.error_class(classifier, error, None, None)
+            out.append(
+                Evidence(
+                    task=safe_name(f"openclaw-cron-{job.job}")[:100],
+                    kind=openclaw_logs.CRON_FAILED,
+                    error=error,
+                    error_class=cls,
+                    occurrence=run.key,
+                    failures=job.runs,
+                    log_tail=[
+                        f"cron job {job.job}: {job.runs} failed run(s) from {job.first} to {job.last}",
+                        *([f"diagnostics: {run.diagnostics}"] if run.diagnostics else []),
+                    ],
+                    target=job.job,
+                    job=job.job,
+                    detail={"job_id": job.job_id, "diagnostics": run.diagnostics, "runs": job.runs},
+                )
+            )
+    for found in [*summary.skills, *summary.cli]:
         out.append(
             Evidence(
                 task=openclaw_task(found),
                 kind=found.kind,
                 error=found.error,
-                error_class=cls,
+                error_class=openclaw_logs.error_class(classifier, found.error, found.status, found.reason),
                 occurrence=found.key,
                 failures=1,
-                log_tail=excerpt,
-                target=found.model or found.job,
-                model=found.model,
-                job=found.job,
+                log_tail=[found.summary],
                 file=str(found.detail.get("file")) if found.detail.get("file") else None,
-                status=found.status,
-                fallback_configured=found.fallback_configured,
                 detail=dict(found.detail),
             )
         )
     return out, lines, malformed
+
+
+def _job_of(f: openclaw_logs.Failure) -> str:
+    return str(f.detail.get("job_id") or f.job or "?")
+
+
+def _chain_evidence(
+    chain: openclaw_logs.Failure, classify: Callable[[openclaw_logs.Step], str | None], *, lanes: Sequence[str] = ()
+) -> Evidence:
+    """An exhausted chain, about the step whose failure matters most (a quota beats a rate limit)."""
+    worst, cls = _worst_step(chain.steps, classify)
+    tail = [f"every model of the chain failed (run {chain.run_id or '?'}):"]
+    tail += [
+        f"  {i}. {s.model}: {classify(s) or 'unknown'} (status {s.status}, OpenClaw's reason {s.reason}): {s.error}"
+        for i, s in enumerate(chain.steps, 1)
+    ]
+    if chain.fallback_configured is True and len(chain.steps) <= 1:
+        tail.append("fallbacks are configured but only one model was tried")
+    if lanes:
+        tail.append(f"the turn logged lane errors in: {', '.join(lanes)}")
+    return Evidence(
+        task="openclaw-agent",
+        kind=openclaw_logs.FALLBACK_EXHAUSTED,
+        error=worst.error if worst else chain.error,
+        error_class=cls,
+        occurrence=chain.key,
+        failures=1,
+        log_tail=tail,
+        target=worst.model if worst else chain.model,
+        model=worst.model if worst else chain.model,
+        status=worst.status if worst else chain.status,
+        fallback_configured=chain.fallback_configured,
+        models_tried=len(chain.steps),
+        detail={
+            **dict(chain.detail),
+            "models": [
+                {"model": s.model, "status": s.status, "reason": s.reason, "class": classify(s)} for s in chain.steps
+            ],
+        },
+    )
 
 
 # -- rules ----------------------------------------------------------------------------------------------------
@@ -390,6 +468,10 @@ def rule_matches(rule: FixRule, evidence: Evidence, text: str) -> bool:
     if rule.status and evidence.status not in rule.status:
         return False
     if rule.fallback_configured is not None and evidence.fallback_configured is not rule.fallback_configured:
+        return False
+    if rule.models_tried_max is not None and (
+        evidence.models_tried is None or evidence.models_tried > rule.models_tried_max
+    ):
         return False
     return not (rule.pattern and not re.search(rule.pattern, text))
 
@@ -583,6 +665,8 @@ class HealResult:
             "status": self.record.status,
             "verdict": self.record.review.get("verdict"),
             "source": self.record.source,
+            "error_class": self.record.error_class,
+            "actions": self.record.actions,
             "occurrences": self.record.occurrences,
             "root_cause": self.record.root_cause,
             "fix_steps": self.record.fix_steps,
@@ -744,7 +828,9 @@ class Healer:
         record.fix_steps = [fill(s, values) for s in rule.fix_steps]
         record.success_criteria = fill(rule.success_criteria, values)
         record.source, record.confidence = f"rule:{rule.name}", rule.confidence
-        record.actions, record.area = list(rule.actions), rule.area
+        # The actions are on the skill's own tasks and breakers: none of them touches what OpenClaw runs.
+        actions: list[str] = [] if evidence.kind in openclaw_logs.FAILURE_KINDS else list(rule.actions)
+        record.actions, record.area = actions, rule.area
         record.review = {"verdict": READY, "objections": [], "by": "a shipped or user rule"}
 
     def _from_model(self, record: FixRecord, answer: ModelAnswer, evidence: Evidence, module: str | None) -> None:

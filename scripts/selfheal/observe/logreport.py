@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import ledger as ledger_mod
-from ..core.config import ERROR_CLASSES, Config, get_config
+from ..core.config import ERROR_CLASSES, AnalysisSettings, Config, get_config
 from ..core.redact import Redactor
 from ..errors import UsageError
 from ..state.root import StateRoot
@@ -275,21 +275,80 @@ def build_report(
             "by_target": _counts(tally.trips_by_target),
             "busiest_hours": [{"hour": _iso(h * 3600), "trips": n} for h, n in busiest],
         },
-        "openclaw": {
-            "lines": tally.openclaw_lines,
-            "levels": _counts(tally.openclaw_levels),
-            "lane_errors": tally.openclaw_failures[oc.LANE_ERROR],
-            "fallback_exhausted": tally.openclaw_failures[oc.FALLBACK_EXHAUSTED],
-            "cron_failed": tally.openclaw_failures[oc.CRON_FAILED],
-            "skill_invalid": tally.openclaw_failures[oc.SKILL_INVALID],
-            "cli_failed": tally.openclaw_failures[oc.CLI_FAILED],
-            "latest": {kind: list(samples) for kind, samples in tally.openclaw_samples.items()},
-        },
+        "openclaw": _openclaw(tally, top),
         "unclassified": _unclassified(tally, top),
     }
     report["alerts"] = alerts(report, tally, config)
     report["ok"] = not report["alerts"]
     return {"ok": report.pop("ok"), **report}
+
+
+def _chain(tally: Tally, chain: oc.Failure) -> dict[str, Any]:
+    red = tally.redactor.text
+    return {
+        "time": chain.time,
+        "run_id": chain.run_id,
+        "fallback_configured": chain.fallback_configured,
+        "single_model": chain.fallback_configured is True and len(chain.steps) <= 1,
+        "models": [
+            {
+                "model": step.model,
+                "status": step.status,
+                "reason": step.reason,
+                "error_class": tally.openclaw_class(step.error, step.status, step.reason),
+                "error": red(step.error)[:300],
+            }
+            for step in chain.steps
+        ],
+        "summary": red(chain.summary),
+    }
+
+
+def _openclaw(tally: Tally, top: int) -> dict[str, Any]:
+    """OpenClaw's own failures: per failed turn, per exhausted chain (each model tried), per cron job."""
+    summary = tally.openclaw_summary()
+    red = tally.redactor.text
+    return {
+        "lines": tally.openclaw_lines,
+        "levels": _counts(tally.openclaw_levels),
+        "failed_turns": len(summary.turns),
+        "lane_error_lines": summary.lane_lines,
+        "fallback_exhausted": len(summary.chains),
+        "single_model_chains": len(summary.single_model_chains()),
+        "cron_failed": summary.cron_runs,
+        "cron_jobs_failing": len(summary.cron),
+        "skill_invalid": len(summary.skills),
+        "cli_failed": len(summary.cli),
+        "not_grouped": tally.openclaw_dropped,
+        "turns": [
+            {
+                "time": t.time,
+                "error": red(t.error)[:300],
+                "lanes": t.lanes,
+                "lines": t.lines,
+                "chain": _chain(tally, t.chain) if t.chain else None,
+            }
+            for t in summary.turns[-top:]
+        ],
+        "chains": [_chain(tally, c) for c in summary.chains[-top:]],
+        "cron_jobs": [
+            {
+                "job": j.job,
+                "job_id": j.job_id,
+                "failed_runs": j.runs,
+                "first": j.first,
+                "last": j.last,
+                "last_error": red(j.last_error)[:300],
+                "errors": {red(e)[:300]: n for e, n in j.errors.items()},
+                "diagnostics": red(j.diagnostics)[:500] if j.diagnostics else None,
+            }
+            for j in summary.cron[:top]
+        ],
+        "skills": [
+            {"time": f.time, "file": f.detail.get("file"), "error": red(f.error)[:300]} for f in summary.skills[-top:]
+        ],
+        "cli": [{"time": f.time, "error": red(f.error)[:300]} for f in summary.cli[-top:]],
+    }
 
 
 # --- alerts -----------------------------------------------------------------------------------------------------
@@ -336,6 +395,7 @@ def alerts(report: Mapping[str, Any], tally: Tally, config: Config) -> list[dict
                 f"({rate:.1%}, over {s.fallback_rate_p2:.0%})",
             }
         )
+    out += openclaw_alerts(report["openclaw"], s)
     slow = slow_tasks(tally, config)
     if slow:
         worst = slow[0]
@@ -349,6 +409,64 @@ def alerts(report: Mapping[str, Any], tally: Tally, config: Config) -> list[dict
                 "message": f"{len(slow)} task(s) slower than {s.mean_time_factor_p3:g}x their baseline lately; "
                 f"{worst['task']}: {worst['recent_mean_s']:g}s against {worst['baseline_s']:g}s "
                 f"({worst['baseline']})",
+            }
+        )
+    return out
+
+
+def openclaw_alerts(oc_: Mapping[str, Any], s: AnalysisSettings) -> list[dict[str, Any]]:
+    """Alerts for OpenClaw's own failures (thresholds `analysis.openclaw_*`, 0 turns a rule off)."""
+    out: list[dict[str, Any]] = []
+    chains = oc_["fallback_exhausted"]
+    if s.openclaw_chains_exhausted_p1 and chains >= s.openclaw_chains_exhausted_p1:
+        last = oc_["chains"][-1] if oc_["chains"] else None
+        models = ", ".join(f"{m['model']} ({m['error_class'] or m['reason']})" for m in last["models"]) if last else "?"
+        out.append(
+            {
+                "priority": "P1",
+                "rule": "openclaw_chain_exhausted",
+                "value": chains,
+                "threshold": s.openclaw_chains_exhausted_p1,
+                "message": f"OpenClaw: every model of the agent's chain failed in {chains} turn(s); last: {models}"
+                + ("; fallbacks are configured but only one model was tried" if oc_["single_model_chains"] else ""),
+            }
+        )
+    turns = oc_["failed_turns"]
+    if s.openclaw_failed_turns_p2 and turns >= s.openclaw_failed_turns_p2:
+        out.append(
+            {
+                "priority": "P2",
+                "rule": "openclaw_failed_turns",
+                "value": turns,
+                "threshold": s.openclaw_failed_turns_p2,
+                "message": f"OpenClaw: {turns} agent turn(s) failed ({oc_['lane_error_lines']} lane error lines)",
+            }
+        )
+    failing = [
+        j
+        for j in oc_["cron_jobs"]
+        if s.openclaw_cron_failed_runs_p2 and j["failed_runs"] >= s.openclaw_cron_failed_runs_p2
+    ]
+    if failing:
+        jobs = ", ".join(f"{j['job']} {j['failed_runs']}x" for j in failing)
+        out.append(
+            {
+                "priority": "P2",
+                "rule": "openclaw_cron_failed",
+                "value": max(j["failed_runs"] for j in failing),
+                "threshold": s.openclaw_cron_failed_runs_p2,
+                "jobs": failing,
+                "message": f"OpenClaw: {len(failing)} cron job(s) failing: {jobs}",
+            }
+        )
+    if s.openclaw_skill_invalid_p3 and oc_["skill_invalid"] >= s.openclaw_skill_invalid_p3:
+        out.append(
+            {
+                "priority": "P3",
+                "rule": "openclaw_skill_invalid",
+                "value": oc_["skill_invalid"],
+                "threshold": s.openclaw_skill_invalid_p3,
+                "message": f"OpenClaw skipped {oc_['skill_invalid']} invalid skill(s)",
             }
         )
     return out
@@ -581,14 +699,21 @@ def render_text(report: Mapping[str, Any]) -> str:
     if oc_["lines"]:
         out.append(
             f"OpenClaw: {_n(oc_['lines'])} lines ({', '.join(f'{k} {v}' for k, v in oc_['levels'].items())}); "
-            f"{_things(oc_['lane_errors'], 'lane error')}, "
+            f"{_things(oc_['failed_turns'], 'failed agent turn')} ({oc_['lane_error_lines']} lane error lines), "
             f"{_things(oc_['fallback_exhausted'], 'exhausted fallback chain')}, "
-            f"{_things(oc_['cron_failed'], 'failed cron job')}, {_things(oc_['cli_failed'], 'failed CLI command')}, "
-            f"{_things(oc_['skill_invalid'], 'invalid skill')}"
+            f"{_things(oc_['cron_failed'], 'failed cron run')} in {_things(oc_['cron_jobs_failing'], 'job')}, "
+            f"{_things(oc_['cli_failed'], 'failed CLI command')}, {_things(oc_['skill_invalid'], 'invalid skill')}"
         )
-        for kind, samples in oc_["latest"].items():
-            if samples:
-                out.append(f"  latest {kind}: {samples[-1]['time']} {samples[-1]['summary']}")
+        for chain in oc_["chains"]:
+            tried = "; ".join(
+                f"{m['model']}: {m['error_class'] or m['reason'] or '?'}, status {m['status']}" for m in chain["models"]
+            )
+            out.append(f"  chain exhausted {chain['time']}: {tried}")
+        for job in oc_["cron_jobs"]:
+            out.append(
+                f"  cron job {job['job']}: {job['failed_runs']} failed run(s) {job['first']} .. {job['last']}: "
+                f"{job['last_error']}" + (f"; OpenClaw's diagnosis: {job['diagnostics']}" if job["diagnostics"] else "")
+            )
     unc = report["unclassified"]
     if unc["count"]:
         out.append(

@@ -57,8 +57,7 @@ BLOCK_BYTES = 2 * 1024 * 1024  # read size; a block's parsed rows take about 3 t
 _MAX_KEYS = 250_000  # distinct fast-path keys held (about 40 MB at most) before they are folded
 _MAX_DURATIONS = 500_000  # durations held (8 bytes each) before they are folded per task
 _MAX_SIGNATURES = 500  # distinct unclassified signatures kept; the rest are counted together
-_MAX_SAMPLES = 5  # OpenClaw failures kept per kind, the latest ones
-_DEDUPE_MEMORY = 10_000  # OpenClaw failure keys remembered to count a failure logged twice once
+_MAX_OPENCLAW_FAILURES = 100_000  # OpenClaw failure lines held to group into turns and jobs; more are counted only
 
 EVENTS = ("retry", "success", "failed", "fallback", "breaker", "resume", "compensate", "incident", "fix", "stuck")
 FAILURE_EVENTS = frozenset({"retry", "failed"})  # what the source documents count as failures
@@ -97,6 +96,10 @@ _KEY = rb"task=\S+(?: " + _KEY_FIELD + rb"=\S+)*"
 # with a space in it (quoted) stops that, so such a line goes to the careful path instead.
 _KEY_END = rb"(?=\r?(?:\n|\Z)| [a-z_]+=)"
 _DURATION = rb"(?: duration=([\d.]+)s)?"
+# A tag the report only counts ([INFO], [DEBUG], [WARN], ...: most of a busy log): its key is the tag and
+# `]`, and nothing of the line after it is read. The tags the report reads stay out of it.
+_TRACKED = rb"(?:RETRY|SUCCESS|FAILED|FALLBACK|BREAKER|RESUME|COMPENSATE|INCIDENT|FIX|STUCK)\]"
+_OTHER_TAG = rb"(?<=\[)(?!" + _TRACKED + rb")[A-Z][A-Z_]*\](?= |\r?(?:\n|\Z))"
 
 # Positions after which the 14 digits of `YYYY-MM-DDTHH:MM:SS` have a separator.
 _SEPARATORS = {3: "-", 5: "-", 7: "[T ]", 9: ":", 11: ":"}
@@ -169,7 +172,7 @@ def fast_pattern(window: Window) -> re.Pattern[bytes]:
     recent = range_regex(*window.recent) if window.recent else None
     inside = range_regex(window.since, window.until)
     prefixes = []
-    keys = [rb"(?<=\[)" + _COMMON + rb"\] " + _KEY + _KEY_END]
+    keys = [rb"(?<=\[)" + _COMMON + rb"\] " + _KEY + _KEY_END, _OTHER_TAG]
     if recent:
         prefixes.append(b"(?=" + recent.encode() + b")" + _TS_UTC + rb" (?=\[SUCCESS\] task=)")
         keys.append(rb"(?<= )\[SUCCESS\] " + _KEY + _KEY_END)
@@ -324,11 +327,11 @@ class Tally:
         # OpenClaw.
         self.openclaw_lines = 0
         self.openclaw_levels: Counter[str] = Counter()
-        self.openclaw_failures: Counter[str] = Counter()
-        self.openclaw_samples: dict[str, deque[dict[str, Any]]] = {}
-        # OpenClaw failure keys seen lately -> (the kind counted, the unclassified signature counted), None
-        # where nothing was: a failure logged twice is counted once, across workers too.
-        self._seen_failures: dict[str, tuple[str | None, str | None]] = {}
+        # OpenClaw's failure lines, grouped at the end (`openclaw_summary`): a turn, a chain or a cron run is
+        # logged on several lines, possibly on both sides of a worker's cut.
+        self.openclaw_found: list[oc.Failure] = []
+        self.openclaw_dropped = 0
+        self._openclaw_summary: oc.Summary | None = None
 
     # -- several processes -------------------------------------------------------------------------------------
 
@@ -360,6 +363,7 @@ class Tally:
             "timed",
             "openclaw_lines",
             "unclassified_other",
+            "openclaw_dropped",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.total_s += other.total_s
@@ -370,7 +374,6 @@ class Tally:
             "trips_by_hour",
             "trips_by_target",
             "openclaw_levels",
-            "openclaw_failures",
             "reasons",
             "fallback_reasons",
             "compensations",
@@ -407,18 +410,9 @@ class Tally:
             entry.count += sig.count
             entry.sources |= sig.sources
             entry.samples = (entry.samples + [x for x in sig.samples if x not in entry.samples])[:2]
-        for key, (kind, shape) in other._seen_failures.items():
-            if key not in self._seen_failures:
-                self._seen_failures[key] = (kind, shape)
-                continue
-            # Logged on both sides of a cut (a cron run is logged twice): count it once, as one process would.
-            if kind is not None:
-                self.openclaw_failures[kind] -= 1
-            if shape is not None and shape in self.unclassified:
-                self.unclassified[shape].count -= 1
-        for kind, samples in other.openclaw_samples.items():
-            mine_samples = self.openclaw_samples.setdefault(kind, deque(maxlen=_MAX_SAMPLES))
-            mine_samples.extend(x for x in samples if x not in mine_samples)
+        room = _MAX_OPENCLAW_FAILURES - len(self.openclaw_found)
+        self.openclaw_found += other.openclaw_found[: max(0, room)]
+        self.openclaw_dropped += max(0, len(other.openclaw_found) - max(0, room))
         self._prune_tasks()
 
     # -- the fast path -------------------------------------------------------------------------------------------
@@ -466,6 +460,9 @@ class Tally:
         self.outside += keys.pop(b"]", 0)
         count, parse = self._count, _parse_key
         for key, n in keys.items():
+            if key[-1:] == b"]":  # an untracked tag: counted, never read
+                self.other_tags[key[:-1].decode("ascii")] += n
+                continue
             _, event, fields = parse(key)
             count(
                 event,
@@ -480,6 +477,9 @@ class Tally:
 
     def _fold_durations(self) -> None:
         for key, values in self._durations.items():
+            if key[-1:] == b"]":  # `[INFO] duration=...s`: an untracked tag that looked timed
+                self.other_tags[key[:-1].decode("ascii")] += len(values)
+                continue
             recent, event, fields = _parse_key(key)
             task = fields.get("task")
             counted = self._count(
@@ -517,11 +517,11 @@ class Tally:
             self.outside += 1
             return
         tag = m.group(2).decode("ascii")
-        fields = parse_fields(m.group(3).decode("utf-8", "replace")) if m.group(3) else {}
         event = tag.lower()
-        if event not in EVENTS:
+        if event not in EVENTS:  # the tag decides before any field is read
             self.other_tags[tag] += 1
             return
+        fields = parse_fields(m.group(3).decode("utf-8", "replace")) if m.group(3) else {}
         duration = _float(fields.get("duration", "").rstrip("s")) if event == "success" else None
         self.event(
             event,
@@ -750,32 +750,37 @@ class Tally:
         found = oc.failure(record)
         if found is None:
             return
-        if found.key in self._seen_failures:
-            return  # the same failure logged a second time (a cron run is logged twice)
-        if len(self._seen_failures) >= _DEDUPE_MEMORY:
-            del self._seen_failures[next(iter(self._seen_failures))]  # the oldest
         if self.task is not None and found.job != self.task:
-            self._seen_failures[found.key] = (None, None)
-            self.other_tasks += 1
+            if found.kind != oc.FALLBACK_STEP:
+                self.other_tasks += 1
             return
-        self.openclaw_failures[found.kind] += 1
-        samples = self.openclaw_samples.setdefault(found.kind, deque(maxlen=_MAX_SAMPLES))
-        sample: dict[str, Any] = {
-            "time": found.time,
-            "summary": self.redactor.text(found.summary),
-            "error": self.redactor.text(found.error),
-        }
-        for name in ("status", "reason", "model", "job", "fallback_configured"):
-            value = getattr(found, name)
-            if value is not None:
-                sample[name] = value
-        samples.append(sample)
-        sig = None
-        if found.kind != oc.SKILL_INVALID and found.error:
-            evidence = Failure(source="http" if found.status else "log", text=found.error, status=found.status)
-            if self._classifier.classify(evidence, now=0).unclassified:
-                sig = self.add_unclassified(found.error, "openclaw", status=found.status)
-        self._seen_failures[found.key] = (found.kind, sig)
+        if len(self.openclaw_found) >= _MAX_OPENCLAW_FAILURES:
+            self.openclaw_dropped += 1
+            return
+        self.openclaw_found.append(found)
+
+    def openclaw_class(self, error: str, status: int | None, reason: str | None) -> str | None:
+        """The error class of an OpenClaw failure (None: no rule and no reason word says)."""
+        return oc.error_class(self._classifier, error, status, reason)
+
+    def openclaw_summary(self) -> oc.Summary:
+        """OpenClaw's failures per turn, chain and cron job; their unclassified errors counted once each."""
+        if self._openclaw_summary is not None:
+            return self._openclaw_summary
+        summary = self._openclaw_summary = oc.summarize(self.openclaw_found)
+        errors: list[tuple[str, int | None, str | None, int]] = [
+            (t.error, t.chain.status if t.chain else None, t.chain.reason if t.chain else None, 1)
+            for t in summary.turns
+        ]
+        errors += [
+            (c.error, c.status, c.reason, 1) for c in summary.chains if not any(t.chain is c for t in summary.turns)
+        ]
+        errors += [(e, None, None, n) for job in summary.cron for e, n in job.errors.items()]
+        errors += [(c.error, None, None, 1) for c in summary.cli]
+        for error, status, reason, n in errors:
+            if error and self.openclaw_class(error, status, reason) is None:
+                self.add_unclassified(error, "openclaw", n=n, status=status)
+        return summary
 
 
 def _parse_key(key: bytes) -> tuple[bool, str, dict[str, str]]:

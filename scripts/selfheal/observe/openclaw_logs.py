@@ -7,9 +7,12 @@ they go to /tmp/openclaw/openclaw-YYYY-MM-DD.log, or to `logging.file` of ~/.ope
 The failures worth acting on, as OpenClaw 2026.9 writes them:
 * `lane task error: lane=... durationMs=... error="..."` (ERROR): an agent turn failed;
 * `model fallback decision` with `fallbackStepFinalOutcome: "chain_exhausted"` (WARN): every model of
-  the agent's chain failed, and `fallbackConfigured` says whether there was any fallback at all;
+  the agent's chain failed, and `fallbackConfigured` says whether there was any fallback at all. The line
+  names the last model tried (`candidateProvider/candidateModel`, with its own `status` and `reason`);
+  `previousAttempts` lists the models tried before it, each with its status, reason and error; the earlier
+  steps are also logged on their own (`fallbackStepFinalOutcome: "next_fallback"`, same `runId`);
 * `cron: job run returned error status` (WARN): a cron job failed (logged more than once per run: one
-  failure per job and trace);
+  failure per job and trace), with `diagnosticsSummary`, OpenClaw's own diagnosis of the run;
 * `Skipping invalid skill.` (WARN): a SKILL.md OpenClaw refused to load;
 * `[openclaw] Reason: ...` (ERROR): why a CLI command failed.
 
@@ -25,10 +28,13 @@ import os
 import re
 import typing
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from ..core.classify import Classifier
+from ..core.classify import Failure as Evidence
 
 DEFAULT_LOG_DIR = Path("/tmp/openclaw")  # noqa: S108 - where OpenClaw itself writes, read only
 LANE_ERROR = "lane_error"
@@ -36,7 +42,22 @@ FALLBACK_EXHAUSTED = "fallback_exhausted"
 CRON_FAILED = "cron_failed"
 SKILL_INVALID = "skill_invalid"
 CLI_FAILED = "cli_failed"
+FALLBACK_STEP = "fallback_step"  # one model of a chain failed and the next was tried: not a failure on its own
 FAILURE_KINDS = (LANE_ERROR, FALLBACK_EXHAUSTED, CRON_FAILED, SKILL_INVALID, CLI_FAILED)
+SESSION_LANE_PREFIX = "session:"
+# OpenClaw's own reason words, as error classes: used only where the words of the error say nothing (its
+# `rate_limit` also covers a 402 whose text says "quota", which our classifier reads as fatal).
+OPENCLAW_REASONS = {
+    "auth": "auth",
+    "auth_permanent": "auth",
+    "billing": "fatal",
+    "rate_limit": "rate_limit",
+    "timeout": "timeout",
+    "format": "format",
+    "model_not_found": "permanent",
+    "context_overflow": "permanent",
+    "overloaded": "transient",
+}
 
 _KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
@@ -54,6 +75,16 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One model of a fallback chain that failed: `provider/model`, its HTTP status and OpenClaw's reason word."""
+
+    model: str
+    status: int | None
+    reason: str | None
+    error: str
+
+
+@dataclass(frozen=True)
 class Failure:
     """A failure OpenClaw logged, with what self-heal needs to explain it."""
 
@@ -68,6 +99,11 @@ class Failure:
     job: str | None = None
     fallback_configured: bool | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
+    lane: str | None = None
+    duration_ms: int | None = None
+    run_id: str | None = None
+    steps: tuple[Step, ...] = ()  # a chain's models in the order tried, the last one included
+    diagnostics: str | None = None  # OpenClaw's own diagnosis of a failed cron run
 
 
 def _subsystem(first: Any) -> str | None:
@@ -123,6 +159,94 @@ def _kv(text: str) -> dict[str, str]:
     return out
 
 
+def _model_ref(provider: Any, model: Any) -> str | None:
+    if provider and model:
+        return f"{provider}/{model}"
+    return str(model) if model else None
+
+
+def _status(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _word(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def _steps(data: Mapping[str, Any], error: str) -> tuple[Step, ...]:
+    """The models a fallback decision says were tried: `previousAttempts`, then the candidate itself."""
+    steps = []
+    previous = data.get("previousAttempts")
+    for attempt in previous if isinstance(previous, list) else []:
+        if not isinstance(attempt, dict):
+            continue
+        model = _model_ref(attempt.get("provider"), attempt.get("model"))
+        if model:
+            text = attempt.get("providerErrorMessagePreview") or attempt.get("errorPreview") or ""
+            steps.append(Step(model, _status(attempt.get("status")), _word(attempt.get("reason")), str(text)))
+    model = _model_ref(data.get("candidateProvider"), data.get("candidateModel")) or _model_ref(
+        data.get("requestedProvider"), data.get("requestedModel")
+    )
+    if model:
+        steps.append(Step(model, _status(data.get("status")), _word(data.get("reason")), error))
+    return tuple(steps)
+
+
+def _fallback(record: Record) -> Failure | None:
+    data = record.data
+    outcome = data.get("fallbackStepFinalOutcome")
+    if outcome not in ("chain_exhausted", "next_fallback"):
+        return None
+    error = str(
+        data.get("providerErrorMessagePreview")
+        or data.get("errorPreview")
+        or data.get("fallbackStepFromFailureDetail")
+        or data.get("reason")
+        or ""
+    )
+    steps = _steps(data, error)
+    last = steps[-1] if steps else None
+    run_id = _word(data.get("runId"))
+    configured = data.get("fallbackConfigured")
+    if outcome == "next_fallback":
+        return Failure(
+            FALLBACK_STEP,
+            record.time,
+            f"{last.model if last else '?'} failed, trying the next model",
+            error,
+            key=f"step:{run_id or record.time}:{data.get('attempt')}",
+            status=last.status if last else None,
+            reason=last.reason if last else None,
+            model=last.model if last else None,
+            run_id=run_id,
+            lane=_word(data.get("lane")),
+            steps=steps[-1:],
+        )
+    tried = ", ".join(
+        f"{s.model} ({s.reason or '?'}, status {s.status if s.status is not None else '?'})" for s in steps
+    )
+    summary = f"every model of the fallback chain failed: {tried or '?'}"
+    if configured is False:
+        summary += "; no fallback models are configured"
+    elif configured is True and len(steps) == 1:
+        summary += "; fallbacks are configured but only one model was tried"
+    return Failure(
+        FALLBACK_EXHAUSTED,
+        record.time,
+        summary,
+        error,
+        key=f"fallback:{run_id or record.time}",
+        status=last.status if last else None,
+        reason=last.reason if last else None,
+        model=last.model if last else None,
+        fallback_configured=configured if isinstance(configured, bool) else None,
+        detail={k: data.get(k) for k in ("runId", "sessionId", "attempt", "total", "errorHash") if k in data},
+        lane=_word(data.get("lane")),
+        run_id=run_id,
+        steps=steps,
+    )
+
+
 def failure(record: Record) -> Failure | None:
     """The failure this line reports, or None when it reports none of the known kinds."""
     msg, data = record.message, record.data
@@ -130,6 +254,7 @@ def failure(record: Record) -> Failure | None:
         fields = _kv(msg)
         error = fields.get("error", msg)
         lane = fields.get("lane", "?")
+        duration = fields.get("durationMs", "")
         return Failure(
             LANE_ERROR,
             record.time,
@@ -137,28 +262,11 @@ def failure(record: Record) -> Failure | None:
             error,
             key=f"lane:{lane}:{record.time}",
             detail={"lane": lane, "duration_ms": fields.get("durationMs"), "error_name": data.get("errorName")},
+            lane=lane,
+            duration_ms=int(duration) if duration.isdigit() else None,
         )
-    if data.get("event") == "model_fallback_decision" and data.get("fallbackStepFinalOutcome") == "chain_exhausted":
-        model = data.get("requestedModel") or data.get("candidateModel")
-        provider = data.get("requestedProvider") or data.get("candidateProvider")
-        full = f"{provider}/{model}" if provider and model else model
-        error = str(data.get("errorPreview") or data.get("fallbackStepFromFailureDetail") or data.get("reason") or "")
-        configured = data.get("fallbackConfigured")
-        summary = f"model fallback chain exhausted at {full} ({data.get('reason')}, status {data.get('status')})"
-        if configured is False:
-            summary += "; no fallback models are configured"
-        return Failure(
-            FALLBACK_EXHAUSTED,
-            record.time,
-            summary,
-            error,
-            key=f"fallback:{data.get('runId') or record.time}",
-            status=data.get("status") if isinstance(data.get("status"), int) else None,
-            reason=str(data.get("reason")) if data.get("reason") else None,
-            model=str(full) if full else None,
-            fallback_configured=configured if isinstance(configured, bool) else None,
-            detail={k: data.get(k) for k in ("runId", "sessionId", "attempt", "total", "errorHash") if k in data},
-        )
+    if data.get("event") == "model_fallback_decision":
+        return _fallback(record)
     if msg.startswith("cron: job run returned error status") or (
         record.subsystem == "cron" and record.level in ("WARN", "ERROR") and "error" in data and "jobId" in data
     ):
@@ -175,6 +283,7 @@ def failure(record: Record) -> Failure | None:
             detail={"job_id": data.get("jobId"), "diagnostics": diagnostics}
             if diagnostics
             else {"job_id": data.get("jobId")},
+            diagnostics=str(diagnostics) if diagnostics else None,
         )
     if msg.startswith("Skipping invalid skill") and data.get("filePath"):
         error = str(data.get("error") or "invalid skill")
@@ -193,7 +302,7 @@ def failure(record: Record) -> Failure | None:
 
 
 def failures(records: Iterable[Record]) -> list[Failure]:
-    """The distinct failures in these records, in log order (a failure logged twice counts once)."""
+    """The distinct failure lines in these records, in log order (a line logged twice counts once)."""
     seen: set[str] = set()
     out = []
     for record in records:
@@ -202,6 +311,159 @@ def failures(records: Iterable[Record]) -> list[Failure]:
             seen.add(found.key)
             out.append(found)
     return out
+
+
+# -- from lines to failures: turns, chains and cron jobs ---------------------------------------------------
+
+TURN_SLACK_S = 1.0  # a lane error this much before its session lane's turn started still belongs to that turn
+CHAIN_TO_TURN_S = 5.0  # an exhausted chain logged this close to a failed turn with the same error is that turn's
+
+
+@dataclass
+class Turn:
+    """One failed agent turn: the lane errors it logged (a session lane and the lane it ran in), its chain."""
+
+    time: str
+    error: str
+    lanes: list[str]
+    lines: int
+    duration_ms: int | None = None
+    chain: Failure | None = None
+
+
+@dataclass
+class CronJob:
+    """One cron job's failed runs in the window."""
+
+    job: str
+    job_id: str | None
+    runs: int
+    first: str
+    last: str
+    errors: dict[str, int]
+    last_error: str
+    diagnostics: str | None
+
+
+@dataclass
+class Summary:
+    """OpenClaw's failures counted the way a person counts them: per turn, per chain, per cron job."""
+
+    turns: list[Turn]
+    chains: list[Failure]  # exhausted chains, one per run
+    cron: list[CronJob]
+    skills: list[Failure]
+    cli: list[Failure]
+    lane_lines: int  # `lane task error` lines (a failed turn logs two or more)
+    cron_lines: int
+
+    @property
+    def cron_runs(self) -> int:
+        return sum(job.runs for job in self.cron)
+
+    def single_model_chains(self) -> list[Failure]:
+        """Chains that had fallbacks configured and still tried one model only."""
+        return [c for c in self.chains if c.fallback_configured is True and len(c.steps) <= 1]
+
+
+def error_class(classifier: Classifier, error: str, status: int | None, reason: str | None) -> str | None:
+    """The class of an OpenClaw failure by its own words and status, else by OpenClaw's reason word; None: unknown.
+
+    OpenClaw's reason is the weaker evidence: it files a 402 whose text says "quota" under `rate_limit`,
+    which waiting does not cure.
+    """
+    evidence = (
+        Evidence.from_http(status, body=error) if status else Evidence.from_command(exit_code=None, stderr_tail=error)
+    )
+    found = classifier.classify(evidence, now=0)
+    if not found.unclassified:
+        return found.error_class
+    return OPENCLAW_REASONS.get(reason or "")
+
+
+def _ts(text: str) -> float:
+    found = timestamp(text)
+    return found if found is not None else 0.0
+
+
+def summarize(found: Iterable[Failure]) -> Summary:
+    """Group failure lines (in any order, duplicates allowed) into turns, chains and cron jobs."""
+    unique: dict[str, Failure] = {}
+    for f in found:
+        unique.setdefault(f.key, f)
+    ordered = sorted(unique.values(), key=lambda f: _ts(f.time))
+    steps_by_run: dict[str, list[Step]] = {}
+    for f in ordered:
+        if f.kind == FALLBACK_STEP and f.run_id:
+            steps_by_run.setdefault(f.run_id, []).extend(f.steps)
+    chains = []
+    for f in ordered:
+        if f.kind != FALLBACK_EXHAUSTED:
+            continue
+        earlier = steps_by_run.get(f.run_id or "")
+        # An older line with no previousAttempts: the run's next_fallback lines name the earlier steps.
+        chains.append(_replace_steps(f, (*earlier, *f.steps)) if len(f.steps) <= 1 and earlier else f)
+    turns = _turns([f for f in ordered if f.kind == LANE_ERROR], chains)
+    cron: dict[str, CronJob] = {}
+    cron_lines = 0
+    for f in ordered:
+        if f.kind != CRON_FAILED:
+            continue
+        cron_lines += 1
+        job_id = str(f.detail.get("job_id")) if f.detail.get("job_id") else None
+        entry = cron.get(job_id or f.job or "?")
+        if entry is None:
+            entry = cron[job_id or f.job or "?"] = CronJob(f.job or "?", job_id, 0, f.time, f.time, {}, f.error, None)
+        entry.runs += 1
+        entry.last = f.time
+        entry.last_error = f.error
+        entry.errors[f.error] = entry.errors.get(f.error, 0) + 1
+        entry.diagnostics = f.diagnostics or entry.diagnostics
+    return Summary(
+        turns=turns,
+        chains=chains,
+        cron=sorted(cron.values(), key=lambda j: (-j.runs, j.job)),
+        skills=[f for f in ordered if f.kind == SKILL_INVALID],
+        cli=[f for f in ordered if f.kind == CLI_FAILED],
+        lane_lines=sum(1 for f in ordered if f.kind == LANE_ERROR),
+        cron_lines=cron_lines,
+    )
+
+
+def _replace_steps(f: Failure, steps: tuple[Step, ...]) -> Failure:
+    return replace(f, steps=steps)
+
+
+def _turns(lane_errors: list[Failure], chains: list[Failure]) -> list[Turn]:
+    """Lane errors as turns: a session lane's error takes in the inner lanes' errors of the same turn.
+
+    OpenClaw runs a turn in its session lane, which queues it in a global lane (`main`, `cron`, ...); when
+    the turn fails, the inner lane logs the error first, then the session lane, whose duration covers both.
+    """
+    turns: list[Turn] = []
+    pending: list[tuple[float, Failure]] = []  # inner-lane errors not yet taken by a session lane
+    for f in lane_errors:
+        at = _ts(f.time)
+        if not (f.lane or "").startswith(SESSION_LANE_PREFIX):
+            pending.append((at, f))
+            continue
+        began = at - (f.duration_ms or 0) / 1000 - TURN_SLACK_S
+        inner = [p for p in pending if p[1].error == f.error and began <= p[0] <= at]
+        pending = [p for p in pending if p not in inner]
+        lanes = [p[1].lane or "?" for p in inner] + [f.lane or "?"]
+        turns.append(Turn(f.time, f.error, lanes, len(inner) + 1, f.duration_ms))
+    turns += [Turn(p[1].time, p[1].error, [p[1].lane or "?"], 1, p[1].duration_ms) for p in pending]
+    turns.sort(key=lambda t: _ts(t.time))
+    free = list(chains)
+    for turn in turns:
+        at = _ts(turn.time)
+        match = next(
+            (c for c in free if abs(_ts(c.time) - at) <= CHAIN_TO_TURN_S and c.error and c.error in turn.error), None
+        ) or next((c for c in free if abs(_ts(c.time) - at) <= CHAIN_TO_TURN_S), None)
+        if match is not None:
+            turn.chain = match
+            free.remove(match)
+    return turns
 
 
 def timestamp(text: str) -> float | None:
