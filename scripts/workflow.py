@@ -27,7 +27,7 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.core.process import StopFlag  # noqa: E402
+from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import Progress, WorkflowRunner, load_plan, reset, status  # noqa: E402
 from selfheal.errors import EXIT_FAILED, EXIT_OK  # noqa: E402
 
@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     task = args.task or plan.name
     stop = StopFlag()
     stop.install()
+    become_subreaper()  # daemons a command starts are re-parented to us, so they can be found and stopped
     resume = shlex.join(["python3", str(Path(__file__).resolve()), "run", str(plan.path), "--task", task])
     runner = WorkflowRunner(
         plan,
