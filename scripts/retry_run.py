@@ -5,10 +5,16 @@ Each failure is classified (transient, rate_limit, timeout, resource, format, pe
 unknown) from the exit code, the signal and the tail of the output; retryable ones are retried after a
 jittered backoff, the rest stop at once. Output streams live. Every attempt is recorded in the ledger.
 
+One run per --task: a run whose runner was killed (SIGKILL) may leave its command running; the next run
+of the task stops it first (or, with --no-kill-orphans, refuses with exit 4 naming its pid). Processes a
+command leaves running when it ends or times out (background jobs, daemons that double-fork and call
+setsid) are found, reported on stderr and in the JSON (left_behind), and stopped unless --keep-daemons.
+
 Exit codes: 0 succeeded; 2 usage or configuration error, or an unsafe state root (another user's, or a
 symbolic link planted at the task's lock file); 3 failed (retries exhausted, not retryable, deadline,
 interrupted, or the task's lock file could not be created); 4 not attempted (the task is already running
-elsewhere, or the --target's circuit breaker is open).
+elsewhere, an earlier run's command is still running and --no-kill-orphans was given, or the --target's
+circuit breaker is open).
 A record that cannot be written (ledger, log, run record, breaker: a planted link, a full or read-only
 disk) never stops the command: it runs, one warning on stderr says what was not recorded and why, and
 the exit code is what the command earned.
@@ -25,7 +31,7 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.core.process import StopFlag  # noqa: E402
+from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.core.retrying import Attempt  # noqa: E402
 from selfheal.core.runner import run_with_retry  # noqa: E402
 
@@ -53,6 +59,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:
         "--max-attempts", type=int, metavar="N", help="attempts for retryable failures (never retries a permanent one)"
     )
     parser.add_argument("--cwd", help="run the command in this folder")
+    parser.add_argument(
+        "--no-kill-orphans",
+        action="store_true",
+        help="if an earlier run of --task died leaving its command running, exit 4 naming it instead of "
+        "stopping it (default: process.kill_orphans)",
+    )
+    parser.add_argument(
+        "--keep-daemons",
+        action="store_true",
+        help="report processes the command leaves running, but do not stop them (default: process.keep_daemons)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object with every attempt on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("command", nargs="*", help="the command, after --")
@@ -86,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stop = StopFlag()
     stop.install()
+    become_subreaper()  # daemons the command starts are re-parented to us, so they can be found and stopped
     outcome = run_with_retry(
         command,
         task=args.task,  # type: ignore[attr-defined]
@@ -98,7 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stderr=sys.stderr.buffer,
         stop=stop,
         on_attempt=progress,
+        kill_orphans=False if args.no_kill_orphans else None,  # type: ignore[attr-defined]
+        keep_daemons=True if args.keep_daemons else None,  # type: ignore[attr-defined]
     )
+    for item in outcome.left_behind:
+        what = "stopped" if item["stopped"] else "left running (--keep-daemons)"
+        cli.say(f"the command left pid {item['pid']} ({item['cmd']}) running: {what}")
     if args.json:  # type: ignore[attr-defined]
         cli.emit_json(outcome.to_json())
     elif not quiet:

@@ -37,7 +37,7 @@ bootstrap()
 from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
 from selfheal.core.ledger import Ledger  # noqa: E402
-from selfheal.core.process import StopFlag  # noqa: E402
+from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
@@ -456,6 +456,7 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
         )
     stop = StopFlag()
     stop.install()
+    become_subreaper()  # daemons a command starts are re-parented to us, so they can be found and stopped
     try:
         runner = task_runner(store, stop=stop, echo=sys.stderr.buffer if args.echo else None)
         result = runner.run_next(types=args.type, only=args.task)

@@ -34,7 +34,7 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.core.process import StopFlag  # noqa: E402
+from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import (  # noqa: E402
     Progress,
     WorkflowRunner,
@@ -130,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     task = task_id_from_template(args.task, now=time.time()) if args.task else plan.name
     stop = StopFlag()
     stop.install()
+    become_subreaper()  # daemons a command starts are re-parented to us, so they can be found and stopped
     resume = shlex.join(["python3", str(Path(__file__).resolve()), "run", str(plan.path), "--task", task])
     runner = WorkflowRunner(
         plan,

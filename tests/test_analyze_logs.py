@@ -897,6 +897,7 @@ def test_the_report_gives_the_compensation_rate_of_the_second_document(
         path.unlink()
     assert analyze(None, **kwargs)["compensation"] == report["compensation"]
 
+
 # --- OpenClaw's own failures ----------------------------------------------------------------------------------------
 
 FAILURES = ROOT / "tests" / "fixtures" / "openclaw-failures" / "agent-chains-cron.jsonl"

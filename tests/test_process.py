@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -14,7 +15,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from selfheal.core.process import ProcessIdentity, StopFlag, identify, kill_tree, run_command, still_running
+from selfheal.core.process import (
+    CommandResult,
+    ProcessIdentity,
+    StopFlag,
+    identify,
+    kill_tree,
+    run_command,
+    still_running,
+)
 
 
 def alive(pid: int) -> bool:
@@ -101,7 +110,8 @@ def test_stop_flag_interrupts_and_kills(tmp_path: Path) -> None:
 
 
 def test_background_child_holding_the_pipe_does_not_hang_the_run(tmp_path: Path) -> None:
-    """A command that exits leaving a background child with its stdout open returns after the drain."""
+    """A command that exits leaving a background child with its stdout open returns after the drain; the
+    child is reported as left behind, and stopped."""
     pidfile = tmp_path / "bg.pid"
     holder: dict[str, object] = {}
     script = f"sleep 300 & echo $! > {pidfile}; echo started"
@@ -115,9 +125,25 @@ def test_background_child_holding_the_pipe_does_not_hang_the_run(tmp_path: Path)
     try:
         assert not thread.is_alive(), "run_command waited for the background child's pipe"
         result = holder["result"]
-        assert getattr(result, "exit_code", None) == 0
+        assert isinstance(result, CommandResult) and result.exit_code == 0
+        pid = int(wait_for_file(pidfile))
+        assert [(x.pid, x.cmd, x.stopped) for x in result.left_behind] == [(pid, "sleep 300", True)]
+        assert not alive(pid)
     finally:
-        os.kill(int(wait_for_file(pidfile)), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(wait_for_file(pidfile)), signal.SIGKILL)
+
+
+def test_a_background_child_is_reported_and_kept_when_asked(tmp_path: Path) -> None:
+    """keep_daemons: what the command leaves running is reported, not stopped."""
+    pidfile = tmp_path / "bg.pid"
+    result = run_command(["sh", "-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}"], keep_daemons=True)
+    pid = int(wait_for_file(pidfile))
+    try:
+        assert result.ok and [(x.pid, x.stopped) for x in result.left_behind] == [(pid, False)]
+        assert alive(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
 
 
 def test_a_reader_that_goes_away_does_not_stop_the_command() -> None:

@@ -213,6 +213,8 @@ class ProcessSettings:
     drain_s: float = field(metadata=_meta(lo=0, hi=600))
     tail_bytes: int = field(metadata=_meta(lo=1024, hi=64 * 1024 * 1024))
     keep_finished_runs_days: float = field(metadata=_meta(lo=0, hi=3650))
+    kill_orphans: bool
+    keep_daemons: bool
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,25 @@ A command runs in a new session (its own process group). Its output is streamed 
 arrives while the last `tail_bytes` of each stream are kept for classification. A timeout or a stop
 signal sends SIGTERM to the whole group, then SIGKILL after a grace period, and also kills descendants
 that left the group, each checked by pid and process start time so a reused pid is never touched.
+
+Daemons: a descendant that double-forks and calls setsid() leaves both the group and the tree. On Linux a
+runner that called `become_subreaper()` gets such processes re-parented to itself, so they are found
+(its children that are not the command) and stopped with the command; elsewhere, or without it, what is
+found is the process group and the descendants seen at each tick (about once a second). Whatever is
+still alive when the command ends is reported as left behind and stopped, unless asked to keep it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import logging
 import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,8 +32,38 @@ import psutil
 
 from ..clock import SYSTEM_CLOCK, Clock
 
+logger = logging.getLogger(__name__)
+
 _READ_CHUNK = 65536
 _EXIT_POLL_S = 0.02
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+_PR_GET_CHILD_SUBREAPER = 37
+_CMD_CHARS = 200  # a left-behind process's command line is cut to this in reports
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper (Linux 3.4+): orphaned descendants, daemons that double-forked
+    and called setsid() included, are re-parented to it instead of to init, so they can be found and
+    stopped. True if it took effect. Scripts call it in their main(); a library user opts in, because
+    it changes who must reap orphaned processes for the rest of the process's life."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def is_subreaper() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        flag = ctypes.c_int(0)
+        return bool(libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value)
+    except (OSError, AttributeError):
+        return False
 
 
 class OutputSink(Protocol):
@@ -90,15 +129,67 @@ def kill_tree(identity: ProcessIdentity, *, grace_s: float, clock: Clock = SYSTE
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         procs = [root]
+    # A command started by the skill leads its own process group: members that left the tree are in it.
+    group = identity.pid if _leads_group(identity.pid) else None
+    if group is not None:
+        known = {p.pid for p in procs}
+        procs += [p for p in _group_members(group) if p.pid not in known]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGTERM)
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
     alive = _wait_gone(procs, grace_s, clock)
+    if alive and group is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     _wait_gone(alive, 1.0, clock)
-    return [p.pid for p in procs]
+    return sorted({p.pid for p in procs})
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """Live processes in process group `pgid` (a scan of every process: only when one is known to exist)."""
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return []
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+def describe(proc: psutil.Process) -> str:
+    """A process's command line for a report, cut to a readable length."""
+    try:
+        cmd = " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        cmd = "?"
+    return cmd[:_CMD_CHARS]
+
+
+@dataclass(frozen=True)
+class LeftBehind:
+    """A process a command left running (a daemon, a background job), and whether it was stopped."""
+
+    pid: int
+    cmd: str
+    stopped: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return {"pid": self.pid, "cmd": self.cmd, "stopped": self.stopped}
 
 
 def _wait_gone(procs: list[psutil.Process], timeout_s: float, clock: Clock) -> list[psutil.Process]:
@@ -187,6 +278,7 @@ class CommandResult:
     start_error: str | None = None
     identity: ProcessIdentity | None = None
     killed: list[int] = field(default_factory=list)
+    left_behind: list[LeftBehind] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -246,13 +338,19 @@ def run_command(
     on_start: Callable[[ProcessIdentity | None], None] | None = None,
     on_tick: Callable[[float | None], None] | None = None,
     tick_s: float = 1.0,
+    keep_daemons: bool = False,
     clock: Clock = SYSTEM_CLOCK,
 ) -> CommandResult:
     """Run `argv` to completion (or until timeout or stop), streaming its output; never raises for the
     command's own failure, which is in the result. stdin is /dev/null: unattended commands must not wait
     for a person. `on_tick(last_output_wall_time)` is called about every `tick_s` while it runs.
+
+    Processes the command leaves running when it ends (background jobs, daemons) are in `left_behind`;
+    they are stopped (SIGTERM, SIGKILL after `kill_grace_s`) unless `keep_daemons`. `on_start` is called
+    with the command's identity before any of its output is read, so a caller can record it first.
     """
     started = clock.monotonic()
+    tracker = _Descendants()
     try:
         proc = subprocess.Popen(
             argv,
@@ -274,6 +372,8 @@ def run_command(
             start_error=f"{argv[0]}: {problem}",
         )
     identity = identify(proc.pid)
+    tracker.leader = proc.pid
+    tracker.since = identity.create_time if identity is not None else time.time()
     if on_start is not None:
         on_start(identity)
     if proc.stdout is None or proc.stderr is None:  # pragma: no cover - PIPE was asked for
@@ -301,8 +401,8 @@ def run_command(
     exited_at: float | None = None
     last_output: float | None = None
     next_tick = started + tick_s
-    descendants: dict[int, psutil.Process] = {}
     killed: list[int] = []
+    left: dict[int, str] = {}  # pid -> command line of what was running beside the command when it was stopped
     try:
         while True:
             now = clock.monotonic()
@@ -348,24 +448,30 @@ def run_command(
                     timed_out = True
                     signum = signal.SIGTERM
                 if signum is not None:
-                    killed += _signal_group(proc.pid, signum, descendants)
+                    left.update(tracker.others(escaped_only=True))
+                    killed += tracker.signal(signum)
                     kill_at = now + kill_grace_s
             elif kill_at is not None and now >= kill_at and exited_at is None:
-                killed += _signal_group(proc.pid, signal.SIGKILL, descendants)
+                killed += tracker.signal(signal.SIGKILL)
                 kill_at = now + 3600  # sent; now only wait for the exit
             if now >= next_tick:
                 next_tick = now + tick_s
                 if exited_at is None:
-                    _remember_descendants(proc.pid, descendants)
+                    tracker.remember()
                 if on_tick is not None:
                     on_tick(last_output)
         if on_tick is not None:
             on_tick(last_output)
         if kill_at is not None:
             # The leader is gone, but whatever it left in its group or spawned must not outlive the kill.
-            killed += _signal_group(proc.pid, signal.SIGKILL, descendants)
-            _wait_gone(list(descendants.values()), kill_grace_s, clock)
+            left.update(tracker.others(escaped_only=True))
+            killed += tracker.signal(signal.SIGKILL)
+            _wait_gone(tracker.known(), kill_grace_s, clock)
         exit_code = proc.wait()
+        if kill_at is None:
+            left.update(tracker.others())
+            if left and not keep_daemons:
+                killed += tracker.stop(kill_grace_s, clock)
     finally:
         sel.close()
         if exit_fd is not None:
@@ -374,8 +480,18 @@ def run_command(
             with contextlib.suppress(OSError):
                 stream.close()
         if proc.returncode is None:  # we are being torn down by an exception: leave nothing behind
-            _signal_group(proc.pid, signal.SIGKILL, descendants)
+            tracker.signal(signal.SIGKILL)
             proc.wait()
+        tracker.reap()
+    left_behind = [LeftBehind(pid, cmd, stopped=not _alive(pid)) for pid, cmd in sorted(left.items())]
+    for item in left_behind:
+        logger.info(
+            "command %s left pid %d (%s) running; %s",
+            argv[0],
+            item.pid,
+            item.cmd,
+            "stopped" if item.stopped else "kept",
+        )
     return CommandResult(
         argv=list(argv),
         exit_code=exit_code,
@@ -388,32 +504,116 @@ def run_command(
         interrupted_by=interrupted_by,
         identity=identity,
         killed=sorted(set(killed)),
+        left_behind=left_behind,
     )
 
 
-def _remember_descendants(pid: int, known: dict[int, psutil.Process]) -> None:
-    """Snapshot the command's descendants, so one that calls setsid() can still be found and killed."""
+def _alive(pid: int) -> bool:
     try:
-        for child in psutil.Process(pid).children(recursive=True):
-            known.setdefault(child.pid, child)
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
-        pass
+        return False
 
 
-def _signal_group(pgid: int, signum: int, descendants: dict[int, psutil.Process]) -> list[int]:
-    _remember_descendants(pgid, descendants)
-    hit = []
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-        hit.append(pgid)
-    for pid, proc in list(descendants.items()):
-        # psutil checks the start time before signalling, so a pid reused by a stranger is left alone.
-        try:
-            if proc.is_running():
-                proc.send_signal(signum)
-                hit.append(pid)
-            else:
-                del descendants[pid]
-        except psutil.Error:
-            del descendants[pid]
-    return hit
+class _Descendants:
+    """What a command started, found every way available: its process group, its descendants as seen at
+    each tick (they stay known after calling setsid()), and, in a subreaper, the processes re-parented to
+    us since it started (daemons whose parent exited). Each is checked by pid and start time when signalled."""
+
+    def __init__(self) -> None:
+        self.leader = 0
+        self.since = 0.0  # the command's start time: anything adopted must be younger
+        self.procs: dict[int, psutil.Process] = {}
+        self.adopted: set[int] = set()
+        self.subreaper = is_subreaper()
+        self._me = psutil.Process() if self.subreaper else None
+
+    def remember(self) -> None:
+        """Snapshot the command's descendants (and what we adopted), so one that calls setsid() is still known."""
+        roots = [self.leader]
+        if self._me is not None:
+            with contextlib.suppress(psutil.Error):
+                for child in self._me.children():
+                    if child.pid == self.leader or child.pid in self.procs:
+                        continue
+                    with contextlib.suppress(psutil.Error):
+                        if child.create_time() >= self.since - 0.01:
+                            self.adopted.add(child.pid)
+                            self.procs[child.pid] = child
+                roots += [pid for pid in self.adopted if pid in self.procs]
+        for root in roots:
+            try:
+                for child in psutil.Process(root).children(recursive=True):
+                    self.procs.setdefault(child.pid, child)
+            except psutil.Error:
+                pass
+
+    def known(self) -> list[psutil.Process]:
+        return list(self.procs.values())
+
+    def others(self, *, escaped_only: bool = False) -> dict[int, str]:
+        """Live processes beyond the command itself, with their command lines; `escaped_only`: only those
+        that left its process group (daemons), not its ordinary children."""
+        self.remember()
+        found = {p.pid: p for p in self.procs.values() if p.pid != self.leader}
+        if not _alive(self.leader):  # a live leader's group members are its descendants, already found
+            for member in _group_members(self.leader):
+                found.setdefault(member.pid, member)
+                self.procs.setdefault(member.pid, member)
+        out = {}
+        for pid, proc in found.items():
+            with contextlib.suppress(psutil.Error, OSError):
+                if escaped_only and os.getpgid(pid) == self.leader:
+                    continue
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    out[pid] = describe(proc)
+        return out
+
+    def signal(self, signum: int) -> list[int]:
+        self.remember()
+        hit = []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.leader, signum)
+            hit.append(self.leader)
+        for pid, proc in list(self.procs.items()):
+            # psutil checks the start time before signalling, so a pid reused by a stranger is left alone.
+            try:
+                if proc.is_running():
+                    proc.send_signal(signum)
+                    hit.append(pid)
+                else:
+                    del self.procs[pid]
+            except psutil.Error:
+                del self.procs[pid]
+        return hit
+
+    def stop(self, grace_s: float, clock: Clock) -> list[int]:
+        """SIGTERM everything left, SIGKILL what is still alive after `grace_s`."""
+        hit = self.signal(signal.SIGTERM)
+        self._reap()
+        if _wait_gone(self.known(), grace_s, clock):
+            hit += self.signal(signal.SIGKILL)
+            _wait_gone(self.known(), 1.0, clock)
+        return hit
+
+    def _reap(self) -> None:
+        for pid in list(self.adopted):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.adopted.discard(pid)
+
+    def reap(self) -> None:
+        """Collect the exit status of adopted processes that ended, so no zombie is left in our table."""
+        self._reap()
+        if self._me is None:
+            return
+        with contextlib.suppress(psutil.Error):
+            for child in self._me.children():
+                if child.pid == self.leader:
+                    continue
+                with contextlib.suppress(psutil.Error, ChildProcessError):
+                    if child.status() == psutil.STATUS_ZOMBIE and child.create_time() >= self.since - 0.01:
+                        os.waitpid(child.pid, os.WNOHANG)

@@ -31,7 +31,7 @@ from .config import Config, get_config
 from .ledger import Ledger
 from .process import CommandResult, OutputSink, StopFlag, run_command
 from .retrying import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
-from .runs import RunRecord, close_dead, new_run_id, prune_finished, running_for_task
+from .runs import Orphan, RunRecord, close_dead, new_run_id, prune_finished, running_for_task, stop_orphans
 
 
 class CommandFailed(SelfHealError):
@@ -62,6 +62,8 @@ class RunOutcome:
     duration_s: float
     attempts: list[dict[str, Any]] = field(default_factory=list)
     stdout_tail: str = ""  # the last attempt's, decoded; for callers (a workflow step's outputs), not the JSON
+    left_behind: list[dict[str, Any]] = field(default_factory=list)  # processes attempts left running
+    orphans_stopped: list[Orphan] = field(default_factory=list)  # an earlier run's, found before starting
 
     @property
     def exit_status(self) -> int:
@@ -85,6 +87,8 @@ class RunOutcome:
             "reason": self.reason,
             "duration_s": round(self.duration_s, 3),
             "attempts": self.attempts,
+            "left_behind": self.left_behind,
+            "orphans_stopped": [o.to_dict() for o in self.orphans_stopped],
         }
 
 
@@ -134,6 +138,8 @@ def run_with_retry(
     lock: bool = True,
     prior_attempts: int = 0,
     before_attempt: Callable[[int], None] | None = None,
+    kill_orphans: bool | None = None,
+    keep_daemons: bool | None = None,
 ) -> RunOutcome:
     """Run `argv` until it succeeds or the policy says stop. Raises LockBusy if the task is running
     elsewhere, ConfigError/InvalidIdError for bad input; the command's own failure is in the outcome.
@@ -143,6 +149,10 @@ def run_with_retry(
     For a workflow step: `step` is recorded with every event, `run_id` names the run record, `lock=False`
     leaves the task lock to the caller, `prior_attempts` continues an attempt count from before a
     crash, and `before_attempt(n)` runs before attempt n starts (to persist it).
+
+    With a task, a command an earlier run left running when its runner died is stopped first (or, with
+    `kill_orphans=False`, OrphanRunning is raised: exit 4). Processes an attempt leaves behind are
+    stopped unless `keep_daemons`; both default to the process.* settings.
     """
     if not argv:
         raise ValueError("no command given")
@@ -175,6 +185,8 @@ def run_with_retry(
         run_id=run_id,
         prior_attempts=prior_attempts,
         before_attempt=before_attempt,
+        kill_orphans=config.process.kill_orphans if kill_orphans is None else kill_orphans,
+        keep_daemons=config.process.keep_daemons if keep_daemons is None else keep_daemons,
     )
     if task is None or not lock:
         return run.execute()
@@ -238,7 +250,12 @@ class _CommandRun:
         run_id: str | None = None,
         prior_attempts: int = 0,
         before_attempt: Callable[[int], None] | None = None,
+        kill_orphans: bool = True,
+        keep_daemons: bool = False,
     ) -> None:
+        self.kill_orphans, self.keep_daemons = kill_orphans, keep_daemons
+        self.orphans: list[Orphan] = []
+        self.left_behind: list[dict[str, Any]] = []
         self.argv, self.task, self.target, self.cwd = argv, task, target, cwd
         self.timeout_s, self.deadline_s = timeout_s, deadline_s
         self.config, self.state, self.clock = config, state, clock
@@ -283,6 +300,10 @@ class _CommandRun:
         proc = self.config.process
         prune_finished(self.state, older_than_s=proc.keep_finished_runs_days * 86400, now=self.clock.time())
         if self.task is not None:  # an earlier run of this task whose process died says so now
+            # First what it left running (recorded in its run record, which close_dead clears): one copy only.
+            self.orphans = stop_orphans(
+                self.state, self.task, kill=self.kill_orphans, grace_s=proc.kill_grace_s, clock=self.clock
+            )
             close_dead(self.state, self.task, now=self.clock.time())
         self.record.start()
         self.started = self.clock.monotonic()
@@ -333,8 +354,13 @@ class _CommandRun:
             on_start=self.record.child_started,
             on_tick=self.record.tick,
             tick_s=min(1.0, proc.heartbeat_s),
+            keep_daemons=self.keep_daemons,
             clock=self.clock,
         )
+        self.left_behind += [
+            dict(item.to_dict(), cmd=self.redactor.text(item.cmd), attempt=self.record.data["attempt"])
+            for item in result.left_behind
+        ]
         if result.interrupted_by is not None:
             raise Interrupted(result.interrupted_by)
         if not result.ok:
@@ -384,4 +410,6 @@ class _CommandRun:
             duration_s=self.clock.monotonic() - self.started,
             attempts=self.attempts,
             stdout_tail=self.last.text_tail("stdout") if self.last is not None else "",
+            left_behind=self.left_behind,
+            orphans_stopped=self.orphans,
         )

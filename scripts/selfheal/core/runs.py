@@ -12,18 +12,21 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import CorruptStateError, StateError, UnsafeStateError
+from ..errors import CorruptStateError, NotAttempted, StateError, UnsafeStateError
 from ..state.root import StateRoot, read_json, unlink, write_json
 
 if TYPE_CHECKING:
+    import psutil
+
     from .process import ProcessIdentity
 
-RUNNING = "running"
-
 logger = logging.getLogger(__name__)
+
+RUNNING = "running"
 
 
 def new_run_id(task: str | None, now: float) -> str:
@@ -183,3 +186,125 @@ def prune_finished(state: StateRoot, *, older_than_s: float, now: float) -> int:
                 unlink(path)
                 removed += 1
     return removed
+
+
+# -- orphans: commands whose runner died ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A command still running for a run whose runner died (SIGKILL, OOM): nothing supervises it."""
+
+    run_id: str
+    pid: int
+    cmd: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "pid": self.pid, "cmd": self.cmd}
+
+
+class OrphanRunning(NotAttempted):
+    """An earlier run's command is still running without its runner, and we were told not to stop it."""
+
+    def __init__(self, task: str, orphans: list[Orphan]) -> None:
+        self.task = task
+        self.orphans = orphans
+        what = "; ".join(f"pid {o.pid} ({o.cmd})" for o in orphans)
+        super().__init__(
+            f"task {task!r} is still running without its runner: {what}, from run {orphans[0].run_id} whose "
+            "runner died. Not started beside it (kill_orphans is off); stop it yourself or run without "
+            "--no-kill-orphans to have it stopped"
+        )
+
+
+def _dead_runs(state: StateRoot, task: str, run_id: str | None, *, any_runner: bool) -> list[dict[str, Any]]:
+    """This host's records of `task` still `running` whose supervisor is gone (or any, with `any_runner`)."""
+    from .process import ProcessIdentity, still_running  # noqa: PLC0415 - psutil only when a task runs
+
+    host = socket.gethostname()
+    out = []
+    for record in list_runs(state):
+        if record.get("task") != task or record.get("status") != RUNNING or record.get("host") != host:
+            continue
+        if run_id is not None and record.get("run_id") != run_id:
+            continue
+        sup = record.get("supervisor") or {}
+        if any_runner or (
+            sup.get("create_time")
+            and still_running(ProcessIdentity(int(sup["pid"]), float(sup["create_time"]))) is None
+        ):
+            out.append(record)
+    return out
+
+
+def _orphan_processes(record: dict[str, Any]) -> list[psutil.Process]:
+    """The live processes of a dead run: its recorded child (pid and start time), and any process of ours
+    whose environment carries the run's SELFHEAL_RUN_ID (a daemon that escaped it, or a child started in
+    the instant before the runner recorded it)."""
+    import psutil  # noqa: PLC0415
+
+    from .process import ProcessIdentity, still_running  # noqa: PLC0415
+
+    found: dict[int, psutil.Process] = {}
+    child = record.get("child") or {}
+    if child.get("pid") and child.get("create_time"):
+        proc = still_running(ProcessIdentity(int(child["pid"]), float(child["create_time"])))
+        if proc is not None:
+            found[proc.pid] = proc
+    run_id = str(record.get("run_id"))
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for proc in psutil.process_iter():
+        if proc.pid in found or proc.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error, OSError):
+            if uid is not None and proc.uids().real != uid:
+                continue
+            if proc.environ().get("SELFHEAL_RUN_ID") == run_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found[proc.pid] = proc
+    return list(found.values())
+
+
+def stop_orphans(
+    state: StateRoot,
+    task: str,
+    *,
+    kill: bool,
+    grace_s: float,
+    clock: Clock = SYSTEM_CLOCK,
+    run_id: str | None = None,
+    any_runner: bool = False,
+) -> list[Orphan]:
+    """Find the commands of `task` (of run `run_id`, if given) still running after their runner died, and
+    stop each with its process group and descendants (SIGTERM, SIGKILL after `grace_s`); return them.
+    With `kill=False`, raise OrphanRunning (exit 4) naming them instead, and change nothing.
+    `any_runner`: the caller holds the task's lock, so whoever ran `run_id` is gone or was this very
+    process (a workflow resuming its step in flight): its command is stopped whether or not its runner lives.
+
+    The one place this is decided: retry_run's next run of a task, the task runner (through it) and a
+    resumed workflow step all come here."""
+    import psutil  # noqa: PLC0415
+
+    from .process import ProcessIdentity, describe, kill_tree  # noqa: PLC0415
+
+    found: list[tuple[Orphan, list[psutil.Process]]] = []
+    for record in _dead_runs(state, task, run_id, any_runner=any_runner and run_id is not None):
+        procs = _orphan_processes(record)
+        if procs:
+            first = procs[0]
+            found.append((Orphan(str(record.get("run_id")), first.pid, describe(first)), procs))
+    if not found:
+        return []
+    if not kill:
+        raise OrphanRunning(task, [orphan for orphan, _ in found])
+    for orphan, procs in found:
+        logger.warning(
+            "task %s: stopping pid %d (%s), left running by run %s whose runner died",
+            task,
+            orphan.pid,
+            orphan.cmd,
+            orphan.run_id,
+        )
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):  # kill_tree checks the start time before signalling
+                kill_tree(ProcessIdentity(proc.pid, proc.create_time()), grace_s=grace_s, clock=clock)
+    return [orphan for orphan, _ in found]

@@ -20,7 +20,6 @@ engine runs both:
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import logging
@@ -38,10 +37,10 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import BreakerOpen
 from ..core.config import Config, Marks, get_config, read_yaml
 from ..core.ledger import Ledger
-from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
+from ..core.process import OutputSink, StopFlag
 from ..core.retrying import Retrier, attempts_of, stop_reason_of
 from ..core.runner import RunOutcome, run_with_retry
-from ..core.runs import new_run_id
+from ..core.runs import new_run_id, stop_orphans
 from ..errors import (
     EXIT_FAILED,
     EXIT_NOT_ATTEMPTED,
@@ -51,7 +50,7 @@ from ..errors import (
     Interrupted,
     UsageError,
 )
-from ..state.root import StateRoot, file_lock, read_json, validate_id, write_json
+from ..state.root import StateRoot, file_lock, validate_id, write_json
 from .checkpoint import (
     COMPENSATED,
     COMPENSATION_FAILED,
@@ -644,15 +643,18 @@ class WorkflowRunner:
             record["state"] = PENDING
 
     def _stop_orphan(self, run_id: str | None) -> None:
-        if not run_id:
-            return
-        with contextlib.suppress(Exception):
-            run = read_json(self.state.run_file(run_id))
-            child = (run or {}).get("child")
-            if child and child.get("create_time"):
-                identity = ProcessIdentity(int(child["pid"]), float(child["create_time"]))
-                if still_running(identity) is not None:
-                    kill_tree(identity, grace_s=self.config.process.kill_grace_s, clock=self.clock)
+        """What the step's dead run left running is stopped (or, kill_orphans off, OrphanRunning: exit 4)."""
+        if run_id:
+            process = self.config.process
+            stop_orphans(
+                self.state,
+                self.task,
+                kill=process.kill_orphans,
+                grace_s=process.kill_grace_s,
+                clock=self.clock,
+                run_id=run_id,
+                any_runner=True,  # we hold the task's lock: whoever ran this step is gone (or was us)
+            )
 
     # -- one step -----------------------------------------------------------------------------------------
 

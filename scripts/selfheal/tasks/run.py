@@ -74,6 +74,8 @@ TRACKING = OPEN_STATES | {REQUIRES_MANUAL}
 # Failures of what the task runs on, not of the task: the next pass retries them without a FIX task.
 INFRA_CLASSES = frozenset({"transient", "timeout", "resource", "rate_limit"})
 _LINE_MAX = 65536  # a partial line is held back (so a secret split across reads is still masked) up to this
+_FLUSH_S = 0.2  # a task log is written at most this often (seconds), by whole lines
+_FLUSH_BYTES = 1 << 20  # ...or when this much is buffered and the bound keeps all of it
 
 
 # -- the bounded log -----------------------------------------------------------------------------------
@@ -84,6 +86,11 @@ class BoundedLog:
     document bounds run_content: once it passes `max_chars` characters, only the last `keep_chars` stay.
 
     Characters are counted on the text as written (an undecodable byte counts as one).
+
+    Output is buffered and written by whole lines at most every `flush_s` seconds (a background thread
+    writes what a quiet command left in the buffer), so a command printing gigabytes costs one masking
+    pass and one write per flush, not per read. Output that the bound would cut anyway (more than four
+    bytes per character of `max_chars` behind the newest) is dropped before it is masked or written.
     """
 
     def __init__(
@@ -94,6 +101,7 @@ class BoundedLog:
         keep_chars: int,
         redactor: Redactor | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        flush_s: float = _FLUSH_S,
     ) -> None:
         if keep_chars >= max_chars:
             raise ValueError("keep_chars must be smaller than max_chars")
@@ -102,74 +110,119 @@ class BoundedLog:
         self.keep_chars = keep_chars
         self.redactor = redactor
         self.clock = clock
+        self.flush_s = flush_s
         self.last_output_ts: float | None = None
         self.trims = 0
-        self._pending = b""
+        self._buf = bytearray()  # output not written yet; it may end in a partial line
+        self._cut = False  # the front of the buffer was dropped: what the file holds is cut away too
+        # Bytes of output that surely hold more than max_chars characters (a character is at most 4 bytes).
+        self._cap = 4 * (max_chars + 1) + _LINE_MAX
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._flusher: threading.Thread | None = None
         self._fd = self._open()
         try:
             self.chars = len(read_bytes(path).decode("utf-8", "surrogateescape"))
         except FileNotFoundError:
             self.chars = 0
         if self.chars > max_chars:
-            self._trim()
+            self._replace(read_bytes(path).decode("utf-8", "surrogateescape"))
 
     def _open(self) -> int:
         return open_append(self.path)  # never through a planted link (UnsafeStateError)
 
     def write(self, data: bytes) -> int:
-        """Command output (an OutputSink for run_command)."""
+        """Command output (an OutputSink for run_command): buffered, written by the flusher."""
         with self._lock:
             self.last_output_ts = self.clock.time()
-            buf = self._pending + bytes(data)
-            cut = buf.rfind(b"\n") + 1
-            if cut == 0 and len(buf) < _LINE_MAX:
-                self._pending = buf
-                return len(data)
-            if cut == 0:
-                cut = len(buf)
-            self._pending = buf[cut:]
-            self._append(buf[:cut])
+            self._buf += data
+            if len(self._buf) > 2 * self._cap:
+                # Only the newest output can survive the bound: drop the rest unread, at a line start.
+                start = len(self._buf) - self._cap
+                newline = self._buf.find(b"\n", start, start + _LINE_MAX)
+                del self._buf[: newline + 1 if newline >= 0 else start]
+                self._cut = True
+            elif len(self._buf) >= _FLUSH_BYTES and self._cap > 2 * _FLUSH_BYTES:
+                self._write_lines()  # a log bound far above the buffer: everything is kept, write as it comes
+            if self._flusher is None and not self._closed:
+                self._flusher = threading.Thread(target=self._flush_loop, name="selfheal-log-flush", daemon=True)
+                self._flusher.start()
         return len(data)
 
     def flush(self) -> None:
-        """Called after every chunk by the output pump; the partial line is kept until its end arrives."""
+        """Called after every chunk by the output pump; the flusher writes, at most every `flush_s`."""
+
+    def sync(self) -> None:
+        """Write the buffered whole lines now (a partial last line waits for its end)."""
+        with self._lock:
+            self._write_lines()
 
     def note(self, line: str) -> None:
         """A line of our own (run started, run ended): not output, so not proof of activity."""
         with self._lock:
-            if self._pending:
-                self._append(self._pending + b"\n")
-                self._pending = b""
+            self._write_all()
             self._append(line.rstrip("\n").encode("utf-8", "surrogateescape") + b"\n")
 
     def end_line(self) -> None:
-        """Write a partial last line out now (with a newline), so the file holds everything said so far."""
+        """Write everything said so far out now (a partial last line with a newline)."""
         with self._lock:
-            if self._pending:
-                self._append(self._pending + b"\n")
-                self._pending = b""
+            self._write_all()
 
     def close(self) -> None:
         with self._lock:
-            if self._pending:
-                self._append(self._pending + b"\n")
-                self._pending = b""
+            self._closed = True
+            self._write_all()
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+        self._wake.set()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join(timeout=5)
+
+    def _flush_loop(self) -> None:
+        while not self._wake.wait(self.flush_s):
+            with self._lock:
+                if self._closed:
+                    return
+                self._write_lines()
+
+    def _write_all(self) -> None:
+        if self._buf:
+            if not self._buf.endswith(b"\n"):
+                self._buf += b"\n"
+            self._write_lines()
+
+    def _write_lines(self) -> None:
+        """Write the buffer up to its last newline (all of it once a line passes _LINE_MAX)."""
+        cut = self._buf.rfind(b"\n") + 1
+        if cut == 0:
+            if len(self._buf) < _LINE_MAX:
+                return  # held back, so a secret split across reads is still masked whole
+            cut = len(self._buf)
+        raw = bytes(self._buf[:cut])
+        del self._buf[:cut]
+        self._append(raw)
 
     def _append(self, raw: bytes) -> None:
+        if len(raw) > self._cap:
+            start = len(raw) - self._cap
+            newline = raw.find(b"\n", start, start + _LINE_MAX)
+            raw = raw[newline + 1 if newline >= 0 else start :]
+            self._cut = True
         text = raw.decode("utf-8", "surrogateescape")
         if self.redactor is not None:
             text = self.redactor.text(text)
+        if self._cut or self.chars + len(text) > self.max_chars:
+            # Past the bound: the file becomes its last keep_chars, written whole (one trim per flush).
+            old = "" if self._cut else read_bytes(self.path).decode("utf-8", "surrogateescape")
+            self._cut = False
+            self._replace(old + text)
+            return
         write_all(self._fd, text.encode("utf-8", "surrogateescape"), self.path, "append to")
         self.chars += len(text)
-        if self.chars > self.max_chars:
-            self._trim()
 
-    def _trim(self) -> None:
-        text = read_bytes(self.path).decode("utf-8", "surrogateescape")
+    def _replace(self, text: str) -> None:
         marker = f"[self-heal: earlier output cut; this log keeps its last {self.keep_chars} characters]\n"
         body = text[-(self.keep_chars - len(marker)) :]
         newline = body.find("\n", 0, 400)  # start on a whole line when one starts near the cut
@@ -726,7 +779,7 @@ class TaskRunner:
             if run.get("kind") == "plan":
                 return self._run_plan(task, run, sink, stop, requeued)
             return self._run_command(task, run, sink, stop)
-        except LockBusy as exc:
+        except NotAttempted as exc:  # busy elsewhere, or an earlier run's command still running (kill_orphans off)
             return "not_attempted", Failed(None, str(exc))
         except SelfHealError as exc:  # a plan that no longer loads, a checkpoint that cannot be read, ...
             manual = isinstance(exc, CheckpointUnreadable)
