@@ -24,6 +24,7 @@ version is imported on first use (the files are kept in tasks/json-backup-<ts>/)
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import shlex
@@ -174,10 +175,10 @@ def _line_task(path: str, number: int, text: str) -> Task:
             f"{path} line {number}: cwd, timeout, max_attempts and target need something to run; nothing was added"
         )
     if spec is not None:
-        cwd = Path(data["cwd"]).resolve() if data.get("cwd") else Path.cwd() if spec["kind"] != "plan" else None
-        if cwd is not None and not cwd.is_dir():
+        cwd = _folder(data["cwd"]) if data.get("cwd") else _folder(".") if spec["kind"] != "plan" else None
+        if cwd == "":
             raise bad("cwd", data.get("cwd"))
-        spec.update(cwd=str(cwd) if cwd else None, timeout_s=timeout, max_attempts=attempts, target=data.get("target"))
+        spec.update(cwd=cwd, timeout_s=timeout, max_attempts=attempts, target=data.get("target"))
     return Task(
         name=data["name"],
         type=kind,
@@ -189,6 +190,13 @@ def _line_task(path: str, number: int, text: str) -> Task:
         fix_suggestion=data.get("fix_suggestion"),
         run=spec,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _folder(text: str) -> str | None:
+    """A line's `cwd` as an absolute folder ("" if it is not one); asked once per distinct value."""
+    folder = Path(text).resolve()
+    return str(folder) if folder.is_dir() else ""
 
 
 def _lines_of(path: str) -> Iterator[tuple[str, Task]]:

@@ -355,7 +355,7 @@ class TaskTree:
         self._touch(task, f"created ({task.type}, {task.priority})", None, by=by)
         return task
 
-    def _place(self, task: Task, parent_name: str | None) -> None:
+    def _place(self, task: Task, parent_name: str | None, *, moving: bool = False) -> None:
         if parent_name is None:
             task.parent, task.root, task.level = None, task.name, 1
             return
@@ -367,7 +367,7 @@ class TaskTree:
         parent = self.get(parent_name)
         if parent.exec_state == VOID:
             raise BadParent(f"parent {parent_name!r} is VOID; a void task takes no new children")
-        if any(a.name == task.name for a in self.ancestors(parent_name)):
+        if moving and any(a.name == task.name for a in self.ancestors(parent_name)):  # a new task has no subtree
             raise BadParent(
                 f"task {task.name!r} cannot go under {parent_name!r}: {parent_name!r} is its descendant, "
                 "so the task would become its own ancestor"
@@ -378,7 +378,7 @@ class TaskTree:
         """Move a task (and its subtree) under another parent, or to the top with None."""
         task = self.get(name)
         before = task.parent
-        self._place(task, parent_name)
+        self._place(task, parent_name, moving=True)
         self._touch(task, f"moved from {before or '(top)'} to {parent_name or '(top)'}", None, by=by)
         for child in self.descendants(name):  # parents come before their children in this list
             child.root, child.level = task.root, self.get(child.parent or name).level + 1
@@ -749,15 +749,14 @@ def _read_tree(files: list[Path], folder: Path) -> list[Task]:
             task.extra["imported_without_parent"] = task.parent
             task.parent = None
 
-    def place(task: Task, seen: set[str]) -> tuple[str, int]:
-        if task.parent is None or task.parent in seen:
-            task.parent = None if task.parent in seen else task.parent
-            return task.name, 1
-        root, level = place(tasks[task.parent], seen | {task.name})
-        return root, level + 1
-
     for task in tasks.values():
-        task.root, task.level = place(task, set())
+        chain = [task.name]  # up to the top (or to a hand-made cycle, which is cut where it closes)
+        while (up := tasks[chain[-1]].parent) is not None:
+            if up in chain:
+                tasks[chain[-1]].parent = None
+                break
+            chain.append(up)
+        task.root, task.level = chain[-1], len(chain)
     return list(tasks.values())
 
 
