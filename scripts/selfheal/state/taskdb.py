@@ -107,6 +107,8 @@ ACTIONABLE_IN = f"exec_state IN ({_quoted(ACTIONABLE_STATES)})"
 TYPE_RANK = "CASE task_type WHEN 'fix' THEN 0 WHEN 'regular' THEN 1 ELSE 2 END"
 PRIORITY_RANK = "CASE priority WHEN 'P0' THEN 0 WHEN 'P1' THEN 1 ELSE 2 END"
 ORDER_BY = f"{TYPE_RANK}, {PRIORITY_RANK}, task_level DESC, created_ts, task_name"
+# The same as index columns (PostgreSQL wants an expression in an index in parentheses; SQLite takes both).
+INDEX_ORDER = f"({TYPE_RANK}), ({PRIORITY_RANK}), task_level DESC, created_ts, task_name"
 PARENT_GATE = (
     "NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = tasks.task_name"  # noqa: S608 - constant text
     f" AND c.exec_state NOT IN ({_quoted(CHILD_SETTLED)}))"
@@ -166,9 +168,9 @@ def _schema(d: Dialect) -> list[str]:
         f"CREATE INDEX tasks_running ON tasks(exec_state) WHERE exec_state = '{PROCESSING}'",
         # The queue: only actionable rows, in run order; the claim walks it and stops at the first that
         # passes the parent gate.
-        f"CREATE INDEX tasks_queue ON tasks({ORDER_BY}) WHERE {ACTIONABLE_IN}",
+        f"CREATE INDEX tasks_queue ON tasks({INDEX_ORDER}) WHERE {ACTIONABLE_IN}",
         # Every row in run order: `tasks.py list` streams from it without sorting.
-        f"CREATE INDEX tasks_order ON tasks({ORDER_BY})",
+        f"CREATE INDEX tasks_order ON tasks({INDEX_ORDER})",
         f"""CREATE TABLE tasks_archive (
             id {d.serial_key},
             task_name TEXT NOT NULL,
