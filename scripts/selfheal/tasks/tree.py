@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -582,7 +582,9 @@ class TaskStore:
         fsync_dir(self.archive_folder)
         fsync_dir(self.folder)
 
-    def claim(self, types: Iterable[str] | None, runner: dict[str, Any], run_id_for: Any) -> tuple[Task, bool] | None:
+    def claim(
+        self, types: Iterable[str] | None, runner: dict[str, Any], run_id_for: Callable[[str, float], str]
+    ) -> tuple[Task, bool] | None:
         """Claim the first runnable actionable task for `runner`: one write transaction, one query for the
         pick (the document's order and parent gate), one UPDATE ... RETURNING. Returns the task as claimed
         and whether a person had handed it back (its next run starts fresh), or None if nothing can run.
@@ -603,7 +605,7 @@ class TaskStore:
                 runner=runner,
                 now=now,
                 history=[*task.history, entry][-HISTORY_KEEP:],
-                run_id=str(run_id_for(task.name, now)),
+                run_id=run_id_for(task.name, now),
             )
         return claimed, task.requeued
 
