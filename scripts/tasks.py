@@ -2,6 +2,7 @@
 """The task tree: parent and child tasks, exec states, fix tasks first, and a cron runner with stuck detection.
 
   tasks.py add NAME [--type fix|regular|creative] [--priority P0|P1|P2] [--parent NAME] [-- CMD ...]
+  tasks.py add --from FILE                                   many tasks, one JSON object a line, all or nothing
   tasks.py list | tree [NAME] | show NAME | log NAME         what there is and how it went
   tasks.py actionable [--type T] [--limit N] [--json]        what runs next, in run order
   tasks.py run-next [--type fix|regular|creative] [--task NAME]   run the next one (cron: see SKILL.md)
@@ -18,15 +19,19 @@ the state root); 3 the task failed, or the task tree could not be written (disk 
 message names the file; run-next then runs nothing);
 4 not attempted (the tree is locked, or the task is running or waits for its children).
 With --json, stdout holds exactly one JSON object; a task's output goes to tasks/NAME.log.
+The tree lives in tasks.db under the state root (SQLite); a tree of tasks/*.json files from an older
+version is imported on first use (the files are kept in tasks/json-backup-<ts>/).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,7 @@ from selfheal.clock import utc_iso  # noqa: E402
 from selfheal.core.ledger import Ledger  # noqa: E402
 from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
-from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
+from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, SelfHealError  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
 from selfheal.tasks.run import BoundedLog, check_stuck, find_stuck, why_not  # noqa: E402
 from selfheal.tasks.tree import (  # noqa: E402
@@ -81,6 +86,130 @@ def _brief(task: Task) -> dict[str, Any]:
 def _warn_problems(store: TaskStore) -> None:
     for problem in store.problems:
         cli.say(f"warning: {problem}")
+
+
+# `add --from FILE`: the keys a line may have, and what each must be.
+_LINE_KEYS = {
+    "name": "a task name",
+    "parent": "a task name",
+    "type": "one of " + ", ".join(TYPES),
+    "priority": "one of " + ", ".join(PRIORITIES),
+    "display_name": "text",
+    "description": "text",
+    "success_criteria": "text",
+    "fix_suggestion": "text",
+    "run": "a command as a list of strings",
+    "shell": "a shell command (text)",
+    "workflow": "the path of a workflow plan",
+    "cwd": "a folder",
+    "timeout": "seconds > 0",
+    "max_attempts": "a whole number >= 1",
+    "target": "text",
+}
+
+
+def _line_task(path: str, number: int, text: str) -> Task:
+    """One line of `add --from FILE` as a task; a wrong one names the file, the line, the key and the value."""
+
+    def bad(key: str, value: Any) -> TaskError:
+        return TaskError(f"{path} line {number}: {key}: must be {_LINE_KEYS[key]} (value {value!r}); nothing was added")
+
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise TaskError(f"{path} line {number}: not JSON ({exc}); nothing was added") from None
+    if not isinstance(data, dict):
+        raise TaskError(f"{path} line {number}: not a JSON object; nothing was added")
+    for key in data:
+        if key not in _LINE_KEYS:
+            raise TaskError(
+                f"{path} line {number}: {key}: unknown key (known: {', '.join(_LINE_KEYS)}); nothing was added"
+            )
+    for key in (
+        "name",
+        "parent",
+        "display_name",
+        "description",
+        "success_criteria",
+        "fix_suggestion",
+        "shell",
+        "workflow",
+        "cwd",
+        "target",
+    ):
+        if key in data and data[key] is not None and not isinstance(data[key], str):
+            raise bad(key, data[key])
+    if not data.get("name"):
+        raise bad("name", data.get("name"))
+    kind = data.get("type") or ("fix" if data["name"].startswith("FIX-") else "regular")
+    if kind not in TYPES:
+        raise bad("type", kind)
+    priority = data.get("priority") or "P1"
+    if priority not in PRIORITIES:
+        raise bad("priority", priority)
+    argv = data.get("run")
+    if argv is not None and (not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)):
+        raise bad("run", argv)
+    if sum(data.get(k) is not None for k in ("run", "shell", "workflow")) > 1:
+        raise TaskError(f"{path} line {number}: give one of run, shell or workflow; nothing was added")
+    timeout = data.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise bad("timeout", timeout)
+    attempts = data.get("max_attempts")
+    if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1):
+        raise bad("max_attempts", attempts)
+    spec: dict[str, Any] | None = None
+    if argv is not None:
+        spec = {"kind": "argv", "argv": argv}
+    elif data.get("shell") is not None:
+        if not data["shell"].strip():
+            raise bad("shell", data["shell"])
+        spec = {"kind": "shell", "shell": data["shell"]}
+    elif data.get("workflow") is not None:
+        plan = Path(data["workflow"]).resolve()
+        try:
+            load_plan(plan)
+        except SelfHealError as exc:
+            raise TaskError(f"{path} line {number}: workflow: {exc}; nothing was added") from None
+        spec = {"kind": "plan", "plan": str(plan)}
+    elif any(data.get(k) is not None for k in ("cwd", "timeout", "max_attempts", "target")):
+        raise TaskError(
+            f"{path} line {number}: cwd, timeout, max_attempts and target need something to run; nothing was added"
+        )
+    if spec is not None:
+        cwd = _folder(data["cwd"]) if data.get("cwd") else _folder(".") if spec["kind"] != "plan" else None
+        if cwd == "":
+            raise bad("cwd", data.get("cwd"))
+        spec.update(cwd=cwd, timeout_s=timeout, max_attempts=attempts, target=data.get("target"))
+    return Task(
+        name=data["name"],
+        type=kind,
+        priority=priority,
+        parent=data.get("parent"),
+        display_name=data.get("display_name"),
+        description=data.get("description"),
+        success_criteria=data.get("success_criteria"),
+        fix_suggestion=data.get("fix_suggestion"),
+        run=spec,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _folder(text: str) -> str | None:
+    """A line's `cwd` as an absolute folder ("" if it is not one); asked once per distinct value."""
+    folder = Path(text).resolve()
+    return str(folder) if folder.is_dir() else ""
+
+
+def _lines_of(path: str) -> Iterator[tuple[str, Task]]:
+    try:
+        fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed below, read lazily while the tasks go in
+    except OSError as exc:
+        raise TaskError(f"--from {path}: cannot read it ({exc.strerror})") from None
+    with fh:
+        for number, text in enumerate(fh, 1):
+            if text.strip():
+                yield f"{path} line {number}", _line_task(path, number, text)
 
 
 def _run_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any] | None:
@@ -199,7 +328,8 @@ def build_parser() -> cli.ArgumentParser:
 
     add = command("add", "create a task (NEW); what it runs goes after --, or --shell / --workflow")
     add.usage = "tasks.py add NAME [options] [-- CMD ...]"
-    add.add_argument("name")
+    add.add_argument("name", nargs="?")
+    add.add_argument("--from", dest="from_file", metavar="FILE", help="add the tasks of FILE: one JSON object a line")
     add.add_argument("--type", choices=TYPES, help="fix, regular or creative (default: fix for FIX-*, else regular)")
     add.add_argument("--priority", choices=PRIORITIES, default="P1")
     add.add_argument("--parent", help="make it a child of this task")
@@ -265,7 +395,7 @@ def build_parser() -> cli.ArgumentParser:
     beat.add_argument("name")
     beat.add_argument("--message")
 
-    arch = command("archive", "move finished trees (all END or VOID) out of the live set, to tasks/archive/")
+    arch = command("archive", "move finished trees (all END or VOID) out of the live set, to the archive")
     arch.add_argument(
         "--older-than", type=float, metavar="DAYS", help="unchanged this long (default: tasks.archive_after_days)"
     )
@@ -289,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command = command
     cli.setup_logging()
     store = TaskStore()
+    store.db  # noqa: B018 - opened (and an older JSON tree imported) now, so the import is reported first
+    for notice in store.notices:
+        cli.say(notice)
     handler = globals()[f"_op_{args.op.replace('-', '_')}"]
     code: int = handler(store, args, parser)
     return code
@@ -302,6 +435,31 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: Sequence[str] | s
 
 
 def _op_add(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.from_file is not None:
+        others = [
+            args.name,
+            args.parent,
+            args.display_name,
+            args.description,
+            args.success_criteria,
+            args.fix_suggestion,
+            args.shell,
+            args.workflow,
+            args.cwd,
+            args.timeout,
+            args.max_attempts,
+            args.target,
+            args.type,
+        ]
+        if any(v is not None for v in others) or args.command:
+            parser.error("--from FILE takes every task from FILE: give no name or other options with it")
+        count = store.add_many(_lines_of(args.from_file), by="tasks.py add --from")
+        _emit(
+            args, {"ok": True, "added": count, "from": args.from_file}, f"added {count} task(s) from {args.from_file}"
+        )
+        return EXIT_OK
+    if args.name is None:
+        parser.error("add needs a NAME (or --from FILE)")
     run = _run_spec(args, parser)
     kind = args.type or ("fix" if args.name.startswith("FIX-") else "regular")
     task = Task(
@@ -326,21 +484,25 @@ def _op_add(store: TaskStore, args: argparse.Namespace, parser: argparse.Argumen
 
 
 def _op_list(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    tree = store.snapshot()
-    _warn_problems(store)
-    tasks = tree.ordered()
-    if args.state:
-        if args.state not in EXEC_STATES:
-            parser.error(f"--state must be one of {', '.join(EXEC_STATES)}, not {args.state!r}")
-        tasks = [t for t in tasks if t.exec_state == args.state]
-    if args.type:
-        tasks = [t for t in tasks if t.type == args.type]
-    rows = [
-        f"{t.name:<32} {t.type:<8} {t.priority}  {t.exec_state:<17} {t.retry_count:>3}  {t.display_name or ''}"
-        for t in tasks
-    ]
-    header = f"{'NAME':<32} {'TYPE':<8} PRI {'EXEC_STATE':<17} RET  DISPLAY NAME"
-    _emit(args, {"ok": True, "tasks": [_brief(t) for t in tasks]}, [header, *rows] if rows else "no tasks")
+    if args.state and args.state not in EXEC_STATES:
+        parser.error(f"--state must be one of {', '.join(EXEC_STATES)}, not {args.state!r}")
+    tasks = store.iter_tasks(exec_state=args.state, task_type=args.type)  # streamed: flat memory at any size
+    out = sys.stdout
+    if args.json:
+        out.write('{"ok": true, "tasks": [')
+        for i, t in enumerate(tasks):
+            out.write((", " if i else "") + json.dumps(_brief(t), ensure_ascii=False))
+        out.write("]}\n")
+        return EXIT_OK
+    first = next(tasks, None)
+    if first is None:
+        print("no tasks")
+        return EXIT_OK
+    print(f"{'NAME':<32} {'TYPE':<8} PRI {'EXEC_STATE':<17} RET  DISPLAY NAME")
+    for t in itertools.chain([first], tasks):
+        out.write(
+            f"{t.name:<32} {t.type:<8} {t.priority}  {t.exec_state:<17} {t.retry_count:>3}  {t.display_name or ''}\n"
+        )
     return EXIT_OK
 
 
@@ -363,10 +525,12 @@ def _op_show(store: TaskStore, args: argparse.Namespace, parser: argparse.Argume
         if not past:
             raise
         # Finished long ago and archived: show the last one, read-only.
-        data = json.loads(past[-1].read_text(encoding="utf-8"))
-        lines = [f"{args.name}: {data.get('exec_state')} (archived: {past[-1]})"]
+        data = past[-1]
+        lines = [f"{args.name}: {data.get('exec_state')} (archived: {utc_iso(data['archived_ts'])})"]
         lines += [f"  {k}: {data[k]}" for k in ("last_result", "updated", "retry_count") if data.get(k) is not None]
-        _emit(args, {"ok": True, "task": data, "archived": str(past[-1])}, lines)
+        if data.get("log_file"):
+            lines.append(f"  log: {data['log_file']}")
+        _emit(args, {"ok": True, "task": data, "archived": utc_iso(data["archived_ts"])}, lines)
         return EXIT_OK
     why = why_not(tree, task)
     obj = {"ok": True, "task": task.to_json(), "actionable": why is None, "why_not": why}
@@ -381,8 +545,8 @@ def _op_archive(store: TaskStore, args: argparse.Namespace, parser: argparse.Arg
     with store.transaction() as tree:
         moved = tree.archive_finished(older_than_s=days * 86400)
     names = sorted(t.name for t in moved)
-    text = f"archived {len(names)} task(s) to {store.archive_folder}" + (f": {', '.join(names)}" if names else "")
-    _emit(args, {"ok": True, "archived": names, "folder": str(store.archive_folder)}, text)
+    text = f"archived {len(names)} task(s)" + (f": {', '.join(names)}" if names else "")
+    _emit(args, {"ok": True, "archived": names, "logs": str(store.archive_folder)}, text)
     return EXIT_OK
 
 

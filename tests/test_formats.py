@@ -122,7 +122,11 @@ def test_task_records_and_task_events_match_the_schemas(tmp_path: Path, home: Pa
     run("run-next")  # the FIX child: analysed, REQUIRES_MANUAL
     marker.touch()
     run("run-next")  # succeeds: END
-    records = [json.loads(p.read_text()) for p in (home / "tasks").glob("*.json")]
+    shown = [
+        subprocess.run([PYTHON, tasks, "show", name, "--json"], env=script_env(home), capture_output=True, check=True)
+        for name in ("fmt-task", "fmt-child", "FIX-fmt-task-command")
+    ]
+    records = [json.loads(p.stdout)["task"] for p in shown]
     assert {r["exec_state"] for r in records} == {"END", "VOID", "REQUIRES_MANUAL"}
     for record in records:
         assert check(record, schema("task-record.schema.json")) == [], record["name"]

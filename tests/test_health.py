@@ -434,12 +434,12 @@ def test_a_stuck_task_in_the_tree_warns_and_is_left_as_it_is(state: StateRoot, c
             activity_ts=clock.time(),
             heartbeat_ts=clock.time(),
         )
-    before = store.path("export").read_bytes()
+    before = store.record("export")
     assert health.check_tasks(state, lambda: config, clock, clock.time()).status == OK
     clock.advance(601)
     result = health.check_tasks(state, lambda: config, clock, clock.time())
     assert result.status == WARN and result.detail == "1 stuck: export (no output for 10 min)"
-    assert store.path("export").read_bytes() == before
+    assert store.record("export") == before
 
 
 def test_open_and_half_open_breakers_warn_and_their_files_are_not_touched(

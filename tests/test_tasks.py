@@ -47,9 +47,14 @@ def store(state: StateRoot, clock: FakeClock) -> TaskStore:
     return TaskStore(state, load_config(), clock)
 
 
-def files(store: TaskStore) -> dict[str, bytes]:
-    """Every file under tasks/, byte for byte: 'nothing changed' means this is equal before and after."""
-    return {p.name: p.read_bytes() for p in sorted(store.folder.iterdir())}
+def files(store: TaskStore) -> dict[str, Any]:
+    """Every row of the task database and every file under tasks/: 'nothing changed' means this is equal
+    before and after."""
+    rows = {
+        table: store.db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()  # noqa: S608 - our own tables
+        for table in ("tasks", "tasks_archive", "main_logs", "meta")
+    }
+    return {"rows": rows, "files": {p.name: p.read_bytes() for p in sorted(store.folder.iterdir()) if p.is_file()}}
 
 
 def add(store: TaskStore, clock: FakeClock, name: str, **fields: Any) -> Task:
@@ -70,7 +75,7 @@ def put_state(store: TaskStore, name: str, exec_state: str) -> None:
 def test_a_task_record_holds_every_field_of_the_source_document(store: TaskStore, clock: FakeClock) -> None:
     add(store, clock, "TC-FLOW-001", display_name="end to end", priority="P0", success_criteria="report sent")
     add(store, clock, "child", parent="TC-FLOW-001")
-    data = json.loads(store.path("child").read_text())
+    data = store.record("child")
     for key in (
         "name",
         "display_name",
@@ -99,41 +104,32 @@ def test_a_task_record_holds_every_field_of_the_source_document(store: TaskStore
     ):
         assert key in data, key
     assert (data["parent"], data["root"], data["level"], data["status"]) == ("TC-FLOW-001", "TC-FLOW-001", 2, "pending")
-    assert oct(store.path("child").stat().st_mode & 0o777) == "0o600"
+    assert oct(store.db_path.stat().st_mode & 0o777) == "0o600"
+    # The source document's columns, under its own names, in the database.
+    columns = {row[1] for row in store.db.execute("PRAGMA table_info(tasks)")}
+    assert {"task_name", "task_type", "parent_task_id", "root_task_id", "task_level", "status", "is_void"} <= columns
     parent = store.get("TC-FLOW-001")
     assert (parent.display_name, parent.priority, parent.success_criteria) == ("end to end", "P0", "report sent")
 
 
 def test_keys_written_by_a_newer_version_survive_an_update(store: TaskStore, clock: FakeClock) -> None:
     add(store, clock, "job")
-    data = json.loads(store.path("job").read_text())
-    data["future_field"] = {"x": 1}
-    store.path("job").write_text(json.dumps(data))
+    store.db.execute("UPDATE tasks SET extra = ? WHERE task_name = 'job'", ('{"future_field": {"x": 1}}',))
     with store.transaction() as tree:
         tree.transition("job", PROCESSING)
-    assert json.loads(store.path("job").read_text())["future_field"] == {"x": 1}
+    assert store.record("job")["future_field"] == {"x": 1}
+    assert store.get("job").exec_state == PROCESSING
 
 
-def test_an_unreadable_task_file_is_moved_aside_and_reported_not_silently_dropped(
-    store: TaskStore, clock: FakeClock
-) -> None:
-    add(store, clock, "good")
-    add(store, clock, "bad")
-    store.path("bad").write_text('{"name": "bad", "exec_state": ')
-    tree = store.snapshot()
-    assert list(tree.tasks) == ["good"]
-    assert any("bad.json" in p and "unreadable" in p for p in store.problems)
-    assert [p.name.split(".corrupt-")[0] for p in store.folder.glob("bad.json.corrupt-*")] == ["bad.json"]
+def test_a_hand_edit_the_rules_do_not_allow_is_refused_by_the_database(store: TaskStore, clock: FakeClock) -> None:
+    """A state, type or priority outside the documented ones cannot reach the table, so no reader meets it."""
+    import sqlite3
 
-
-def test_a_parseable_but_wrong_record_is_reported_with_file_key_and_value(store: TaskStore, clock: FakeClock) -> None:
     add(store, clock, "odd")
-    data = json.loads(store.path("odd").read_text())
-    data["exec_state"] = "DONE"
-    store.path("odd").write_text(json.dumps(data))
-    store.snapshot()
-    assert any("odd.json" in p and "exec_state" in p and "'DONE'" in p for p in store.problems)
-    assert store.path("odd").exists()  # left for a person to fix
+    for column, value in (("exec_state", "DONE"), ("task_type", "urgent"), ("priority", "P9")):
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            store.db.conn.execute(f"UPDATE tasks SET {column} = ? WHERE task_name = 'odd'", (value,))  # noqa: S608
+    assert store.get("odd").exec_state == NEW
 
 
 # -- transitions ---------------------------------------------------------------------------------------
@@ -469,8 +465,10 @@ def test_secrets_in_a_failure_never_reach_the_task_record(store: TaskStore, cloc
             redactor=Redactor(env={}),
             log_tail=[f"Authorization: Bearer {key}", "openai.AuthenticationError: invalid key"],
         )
-    text = "".join(p.read_text() for p in store.folder.glob("*.json"))
+    text = json.dumps([store.record(n) for n in store.db.names()])
     assert key not in text and "***" in text
+    raw = b"".join(p.read_bytes() for p in store.db_path.parent.glob("tasks.db*"))
+    assert key.encode() not in raw
 
 
 def test_fix_names_stay_valid_ids_for_long_task_names() -> None:
@@ -640,9 +638,12 @@ def test_finished_trees_move_to_the_archive_and_free_their_names(store: TaskStor
     assert sorted(t.name for t in moved) == ["done-child", "done-tree"]
     assert sorted(store.snapshot().tasks) == ["fresh", "half-child", "half-done"]  # a NEW child keeps its tree
     archived = sorted(p.name for p in store.archive_folder.iterdir())
-    assert len(archived) == 3 and archived[0].startswith("done-child.") and archived[2].endswith(".log")
-    assert json.loads(store.archived("done-tree")[0].read_text())["exec_state"] == END
-    assert (store.archive_folder / archived[2]).read_text() == "its output\n"
+    assert len(archived) == 1 and archived[0].startswith("done-tree.") and archived[0].endswith(".log")
+    (record,) = store.archived("done-tree")
+    assert record["exec_state"] == END and record["log_file"] == str(store.archive_folder / archived[0])
+    assert [r["exec_state"] for r in store.archived("done-child")] == [VOID]
+    assert (store.archive_folder / archived[0]).read_text() == "its output\n"
+    assert not store.log_path("done-tree").exists()
     # The name is free for a new task, and archiving it again later keeps both.
     add(store, clock, "done-tree")
     put_state(store, "done-tree", END)

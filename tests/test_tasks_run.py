@@ -71,8 +71,25 @@ def as_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def record(home: Path, name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((home / "tasks" / f"{name}.json").read_text())
-    return data
+    """A task as `tasks.py show --json` shows it, read through the store (tasks.db)."""
+    store = TaskStore(StateRoot(home), load_config())
+    try:
+        return store.record(name)
+    finally:
+        store.close()
+
+
+def everything(home: Path) -> dict[str, Any]:
+    """Every row of the task database and every file under tasks/: equal before and after means unchanged."""
+    store = TaskStore(StateRoot(home), load_config())
+    try:
+        rows = {
+            table: store.db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()  # noqa: S608 - our own tables
+            for table in ("tasks", "tasks_archive", "main_logs", "meta")
+        }
+    finally:
+        store.close()
+    return {"rows": rows, "files": {p.name: p.read_bytes() for p in (home / "tasks").iterdir() if p.is_file()}}
 
 
 def ledger(home: Path) -> list[dict[str, Any]]:
@@ -375,7 +392,7 @@ def test_bad_input_on_the_command_line_is_refused_and_changes_nothing(home: Path
     tasks(home, "mark", "finished", "end")
     bad_plan = tmp_path / "bad.yaml"
     bad_plan.write_text("steps:\n  - name: s1\n    command: [echo]\n    timeout: -1\n")
-    before = {p.name: p.read_bytes() for p in (home / "tasks").iterdir()}
+    before = everything(home)
     cases = [
         (["mark", "nosuch", "end"], "no task named 'nosuch'"),
         (["show", "chlid"], "did you mean 'child'?"),
@@ -397,8 +414,7 @@ def test_bad_input_on_the_command_line_is_refused_and_changes_nothing(home: Path
         assert proc.stdout == ""
     as_json_error = tasks(home, "mark", "nosuch", "end", "--json")
     assert as_json(as_json_error)["ok"] is False and as_json_error.returncode == 2
-    after = {p.name: p.read_bytes() for p in (home / "tasks").iterdir()}
-    assert after == before
+    assert everything(home) == before
 
 
 def test_a_parent_waiting_for_children_is_not_attempted_when_asked_by_name(home: Path) -> None:
@@ -429,7 +445,7 @@ def test_list_tree_and_show_describe_the_tree(home: Path) -> None:
     assert idea["actionable"] is False and "nothing to run" in idea["why_not"]
     # run-next leaves an agent's task (nothing to run) alone, but `actionable` lists it for the agent.
     assert as_json(tasks(home, "actionable", "--json"))["tasks"] == ["step-a", "idea"]
-    assert os.stat(home / "tasks" / "idea.json").st_mode & 0o777 == 0o600
+    assert os.stat(home / "tasks.db").st_mode & 0o777 == 0o600
 
 
 def test_archive_moves_finished_trees_and_show_still_finds_them(home: Path) -> None:

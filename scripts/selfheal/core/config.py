@@ -156,6 +156,7 @@ class TaskSettings:
     log_keep_chars: int = field(metadata=_meta(lo=100, hi=1_000_000_000))
     last_error_chars: int = field(metadata=_meta(lo=100, hi=1_000_000))
     archive_after_days: float = field(metadata=_meta(lo=0, hi=36500))
+    busy_timeout_s: float = field(metadata=_meta(gt=0, hi=3600))
 
 
 @dataclass(frozen=True)

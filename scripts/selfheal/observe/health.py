@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import ConfigError, CorruptStateError, StateError
+from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError
 from ..state.root import SUBDIRS, StateRoot, read_json, read_json_shared, write_json
 
 if TYPE_CHECKING:
@@ -626,18 +626,41 @@ def check_runs(
 
 def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, now: float) -> Check:
     """The task tree's stuck or orphaned PROCESSING tasks (read-only: run-next and check-stuck act on them)."""
-    folder = state.sub("tasks")
-    try:
-        has_tasks = any(e.name.endswith(".json") and not e.name.startswith(".") for e in os.scandir(folder))
-    except FileNotFoundError:
-        has_tasks = False
-    if not has_tasks:
-        return Check("tasks", OK, "no tasks", {"stuck": []})
+    db_path = state.root / "tasks.db"
+    if db_path.exists():
+        # The common case, read cheaply from the state layer: no task is running, so none can be stuck.
+        from ..state.taskdb import READ_WAIT_S, TaskDB  # noqa: PLC0415 - only when there is a task tree
+        from ..state.taskrecord import PROCESSING  # noqa: PLC0415
+
+        try:
+            db = TaskDB(db_path, busy_timeout_s=READ_WAIT_S).open()
+            try:
+                running = db.in_state(PROCESSING)
+            finally:
+                db.close()
+        except SelfHealError as exc:  # an unreadable or too new database
+            return Check("tasks", WARN, f"the task tree cannot be read: {exc}", {"stuck": [], "error": str(exc)})
+        if not running:
+            return Check("tasks", OK, "no task is stuck", {"stuck": [], "unreadable": []})
+    else:
+        try:
+            has_tasks = any(
+                e.name.endswith(".json") and not e.name.startswith(".") for e in os.scandir(state.sub("tasks"))
+            )
+        except FileNotFoundError:
+            has_tasks = False
+        if not has_tasks:
+            return Check("tasks", OK, "no tasks", {"stuck": []})
     from ..tasks.run import find_stuck  # noqa: PLC0415 - the task tree's code: only when there are tasks
     from ..tasks.tree import TaskStore  # noqa: PLC0415
 
     store = TaskStore(state, config(), clock)
-    found = find_stuck(store, now=now)
+    try:
+        found = find_stuck(store, now=now)
+    except SelfHealError as exc:  # an unreadable or too new database, a JSON tree that cannot be imported
+        return Check("tasks", WARN, f"the task tree cannot be read: {exc}", {"stuck": [], "error": str(exc)})
+    finally:
+        store.close()
     data = {"stuck": [f.to_json() for f in found], "unreadable": list(store.problems)}
     parts = []
     if found:

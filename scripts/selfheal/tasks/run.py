@@ -73,6 +73,8 @@ TASKS_SCRIPT = SCRIPTS / "tasks.py"
 TRACKING = OPEN_STATES | {REQUIRES_MANUAL}
 # Failures of what the task runs on, not of the task: the next pass retries them without a FIX task.
 INFRA_CLASSES = frozenset({"transient", "timeout", "resource", "rate_limit"})
+# The document's main_logs.run_status for each outcome of a run.
+_RUN_STATUS = {"succeeded": "success", "not_attempted": "skipped", "interrupted": "skipped"}
 _LINE_MAX = 65536  # a partial line is held back (so a secret split across reads is still masked) up to this
 _FLUSH_S = 0.2  # a task log is written at most this often (seconds), by whole lines
 _FLUSH_BYTES = 1 << 20  # ...or when this much is buffered and the bound keeps all of it
@@ -671,29 +673,30 @@ class TaskRunner:
     def run_next(self, *, types: Iterable[str] | None = None, only: str | None = None) -> TaskRun:
         """Claim the next actionable task (or `only` that one) and run it to an outcome."""
         runner = runner_identity()
-        now = self.clock.time()
         keep_days = self.config.tasks.archive_after_days
-        with self.store.transaction() as tree:
-            if keep_days > 0:
-                tree.archive_finished(older_than_s=keep_days * 86400)
-            if only is not None:
+        if only is not None:
+            with self.store.transaction() as tree:
                 task = tree.get(only)
                 problem = why_not(tree, task)
                 if problem is not None:
                     if task.exec_state == PROCESSING or tree.waiting_on(task.name):
                         raise NotAttempted(problem + "; try later")
                     raise TaskError(problem)
-            else:
-                picks = [t for t in tree.actionable(types=types) if runnable(t)]
-                if not picks:
-                    what = "/".join(types) if types else "any"
-                    return TaskRun(None, "nothing", f"no actionable task ({what} type)")
-                task = picks[0]
-            tree.transition(task.name, PROCESSING, "claimed by run-next", by=f"run-next pid {runner['pid']}")
-            task.runner = runner
-            task.execution_count += 1
-            task.run_id = new_run_id(task.name[:60], now)
-            requeued, task.requeued = task.requeued, False
+                now = self.clock.time()
+                tree.transition(task.name, PROCESSING, "claimed by run-next", by=f"run-next pid {runner['pid']}")
+                task.runner = runner
+                task.execution_count += 1
+                task.run_id = new_run_id(task.name[:60], now)
+                requeued, task.requeued = task.requeued, False
+        else:
+            if keep_days > 0:
+                self.store.archive_if_due(older_than_s=keep_days * 86400)
+            claim = self.store.claim(types, runner, lambda name, ts: new_run_id(name[:60], ts))
+            if claim is None:
+                what = "/".join(types) if types else "any"
+                return TaskRun(None, "nothing", f"no actionable task ({what} type)")
+            task, requeued = claim
+            now = task.started_ts or self.clock.time()
         claimed = task
         try:
             result = self._run_claimed(claimed, runner, requeued, now)
@@ -908,6 +911,14 @@ class TaskRunner:
                 message = f"task {name!r} failed ({failed.error_class or 'unknown'}): {failed.reason}"
                 if escalation.state == REQUIRES_MANUAL:
                     message += "; it now needs a person"
+            tree.log_run(
+                task,
+                status=_RUN_STATUS.get(outcome, outcome),
+                level="INFO" if outcome in ("succeeded", "analysed") else "ERROR",
+                ended=self.clock.time(),
+                message=message,
+                content=str(log.path),
+            )
             result = TaskRun(
                 name,
                 outcome,
@@ -1050,7 +1061,7 @@ def find_stuck(store: TaskStore, *, now: float | None = None) -> list[StuckFindi
     now = store.clock.time() if now is None else now
     host = socket.gethostname()
     limit = store.config.tasks.stuck_after_s
-    found = [_judge(t, now, limit, host) for t in store.snapshot().tasks.values()]
+    found = [_judge(t, now, limit, host) for t in store.processing()]
     return [f for f in found if f is not None]
 
 

@@ -1,89 +1,101 @@
-"""The task tree (`tasks/<name>.json`): parent and child tasks, exec states and the order they run in.
+"""The task tree's rules: parent and child tasks, checked exec states, the order they run in, and its store.
 
-The fourth source document's task-state manager, on plain files instead of PostgreSQL. A task has a
-type (fix, regular, creative), a priority (P0-P2), an exec state, an optional parent, and optionally
-something to run (a command, a shell string, or a workflow plan). Every change goes through
-`TaskStore.transaction()`: it holds one lock over the whole tree (so a claim has exactly one winner and a
-parent check sees every child), works on a snapshot, and writes what changed only if the block ends
-without an error, so a refused change leaves every file as it was.
+The fourth source document's task-state manager, on SQLite (`<state>/tasks.db`, see
+`selfheal.state.taskdb`). A task has a type (fix, regular, creative), a priority (P0-P2), an exec state,
+an optional parent, and optionally something to run (a command, a shell string, or a workflow plan).
+Every change goes through `TaskStore.transaction()`: one write transaction over the database (so a claim
+has exactly one winner and a parent check sees every child) that saves what the block changed only if
+it ends without an error; a refused change rolls back and leaves the database as it was. The common
+paths never read the whole tree: a claim is one query and one UPDATE, a heartbeat one UPDATE, a listing
+streams.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
-import dataclasses
 import difflib
 import json
+import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config, get_config
 from ..core.process import identify
-from ..errors import CorruptStateError, LockBusy, StateError, UsageError
-from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_json, validate_id, write_json
+from ..errors import InvalidIdError, LockBusy, StateError, UsageError
+from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, validate_id
+from ..state.taskdb import DB_NAME, TaskDB, TaskImportRefused, task_row
+from ..state.taskrecord import (
+    ACTIONABLE_STATES,
+    CHILD_SETTLED,
+    END,
+    ERROR_FIX_PENDING,
+    EXEC_STATES,
+    FIELDS,
+    HISTORY_KEEP,
+    NEW,
+    NORMAL_CRASH,
+    OPEN_STATES,
+    PRIORITIES,
+    PROCESSING,
+    REQUIRES_MANUAL,
+    RUN_KINDS,
+    SCHEMA,
+    STATUS_OF,
+    TEXT_FIELDS,
+    TRANSITIONS,
+    TYPES,
+    VERBS,
+    VOID,
+    Task,
+    rank,
+)
 
-# -- states --------------------------------------------------------------------------------------------
+__all__ = [
+    "ACTIONABLE_STATES",
+    "CHILD_SETTLED",
+    "END",
+    "ERROR_FIX_PENDING",
+    "EXEC_STATES",
+    "HISTORY_KEEP",
+    "NEW",
+    "NORMAL_CRASH",
+    "OPEN_STATES",
+    "PRIORITIES",
+    "PROCESSING",
+    "REQUIRES_MANUAL",
+    "RUN_KINDS",
+    "SCHEMA",
+    "STATUS_OF",
+    "TEXT_FIELDS",
+    "TRANSITIONS",
+    "TYPES",
+    "VERBS",
+    "VOID",
+    "BadParent",
+    "IllegalTransition",
+    "Task",
+    "TaskError",
+    "TaskExists",
+    "TaskStore",
+    "TaskTree",
+    "UnknownTask",
+    "rank",
+    "runner_identity",
+    "safe_name",
+    "same_runner",
+]
 
-NEW = "NEW"
-PROCESSING = "PROCESSING"
-END = "END"
-ERROR_FIX_PENDING = "ERROR_FIX_PENDING"
-NORMAL_CRASH = "NORMAL_CRASH"
-REQUIRES_MANUAL = "REQUIRES_MANUAL"
-VOID = "VOID"
-EXEC_STATES = (NEW, PROCESSING, END, ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, VOID)
-
-# The source document's `status` column, derived from the exec state so the two never disagree.
-STATUS_OF = {
-    NEW: "pending",
-    PROCESSING: "running",
-    END: "completed",
-    ERROR_FIX_PENDING: "failed",
-    NORMAL_CRASH: "failed",
-    REQUIRES_MANUAL: "failed",
-    VOID: "voided",
-}
-
-# Which exec state may follow which. END and VOID are final (END may still be voided); a task that needs
-# a person leaves REQUIRES_MANUAL only when a person hands it back (ERROR_FIX_PENDING), ends or voids it.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    NEW: frozenset({PROCESSING, END, REQUIRES_MANUAL, VOID}),
-    PROCESSING: frozenset({END, ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, VOID}),
-    ERROR_FIX_PENDING: frozenset({PROCESSING, END, NORMAL_CRASH, REQUIRES_MANUAL, VOID}),
-    NORMAL_CRASH: frozenset({PROCESSING, END, ERROR_FIX_PENDING, REQUIRES_MANUAL, VOID}),
-    REQUIRES_MANUAL: frozenset({ERROR_FIX_PENDING, END, VOID}),
-    END: frozenset({VOID}),
-    VOID: frozenset(),
-}
-
-# `tasks.py mark NAME VERB`: the source document's mark_start / mark_end / mark_error_fix_pending / ...
-VERBS = {
-    "start": PROCESSING,
-    "end": END,
-    "error": ERROR_FIX_PENDING,
-    "crash": NORMAL_CRASH,
-    "manual": REQUIRES_MANUAL,
-    "void": VOID,
-}
-
-ACTIONABLE_STATES = frozenset({NEW, ERROR_FIX_PENDING, NORMAL_CRASH})
-# A parent runs only when every child is in one of these (the source document's gate).
-CHILD_SETTLED = frozenset({END, VOID, REQUIRES_MANUAL})
-OPEN_STATES = frozenset({NEW, PROCESSING, ERROR_FIX_PENDING, NORMAL_CRASH})
-
-TYPES = ("fix", "regular", "creative")
-PRIORITIES = ("P0", "P1", "P2")
-RUN_KINDS = ("argv", "shell", "plan")
-SCHEMA = 1
-HISTORY_KEEP = 30
-TEXT_FIELDS = ("display_name", "description", "success_criteria", "fix_suggestion", "analysis", "plan", "solution")
+logger = logging.getLogger(__name__)
+IMPORT_KEY = "json_import"  # meta: absent (not yet looked), "moving:<backup folder>", or "done"
+ARCHIVE_KEY = "archive_checked_ts"  # meta: when run-next last looked for finished trees to archive
+ARCHIVE_EVERY_S = 3600.0  # run-next looks for finished trees at most this often (a claim stays one query)
 
 
 # -- errors --------------------------------------------------------------------------------------------
@@ -118,152 +130,123 @@ class BadParent(TaskError):
     """A parent that does not exist, is void, or would make the task its own ancestor."""
 
 
-# -- the record ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Task:
-    """One task. Timestamps are wall-clock seconds (`*_ts`) with ISO copies for people reading the file."""
-
-    name: str
-    type: str = "regular"
-    priority: str = "P1"
-    exec_state: str = NEW
-    display_name: str | None = None
-    description: str | None = None
-    parent: str | None = None
-    root: str = ""
-    level: int = 1
-    run: dict[str, Any] | None = None  # {"kind": argv|shell|plan, "argv"|"shell"|"plan": ..., "cwd", ...}
-    success_criteria: str | None = None
-    fix_suggestion: str | None = None
-    analysis: str | None = None
-    plan: str | None = None  # the source document's fix plan: text, not something that runs
-    solution: str | None = None
-    retry_count: int = 0
-    execution_count: int = 0
-    last_result: str | None = None
-    last_error: str | None = None
-    last_error_class: str | None = None
-    failed_step: str | None = None
-    source: dict[str, Any] | None = None  # for a FIX task: which task, step and failure made it
-    incident: str | None = None
-    fix_record: str | None = None  # the fix record (fixes/FIX-...json) self-heal made for this task's failure
-    requeued: bool = False  # a person handed it back from REQUIRES_MANUAL; the next run starts fresh
-    created_ts: float = 0.0
-    updated_ts: float = 0.0
-    last_executed_ts: float | None = None
-    started_ts: float | None = None
-    ended_ts: float | None = None
-    heartbeat_ts: float | None = None
-    activity_ts: float | None = None  # last output, or a retry wait in progress: proof of work, not just life
-    runner: dict[str, Any] | None = None  # {"pid", "create_time", "host"} of the process running it
-    run_id: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer version wrote: kept, not dropped
-
-    @property
-    def status(self) -> str:
-        return STATUS_OF[self.exec_state]
-
-    @property
-    def is_void(self) -> bool:
-        return self.exec_state == VOID
-
-    @property
-    def title(self) -> str:
-        return self.display_name or self.name
-
-    def to_json(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        data.update(self.extra)
-        data["schema"] = SCHEMA
-        data["status"] = self.status
-        data["is_void"] = self.is_void
-        for key in ("created", "updated", "last_executed", "started", "ended", "heartbeat", "activity"):
-            ts = data.get(f"{key}_ts")
-            data[key] = utc_iso(ts) if ts else None
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], path: Path) -> Task:
-        """Check a record read from `path`; a wrong one is reported with the file, key and value."""
-        known = {k: v for k, v in data.items() if k in _FIELDS}
-        extra = {k: v for k, v in data.items() if k not in _FIELDS and k not in _DERIVED}
-
-        def bad(key: str, why: str) -> StateError:
-            return StateError(f"task file {path}: {key}: {why} (value {data.get(key)!r})")
-
-        if not isinstance(known.get("name"), str):
-            raise bad("name", "missing or not a string")
-        checks = (("exec_state", EXEC_STATES), ("type", TYPES), ("priority", PRIORITIES))
-        for key, allowed in checks:
-            if key in known and known[key] not in allowed:
-                raise bad(key, f"must be one of {', '.join(allowed)}")
-        for key in ("retry_count", "execution_count", "level"):
-            if key in known and (not isinstance(known[key], int) or isinstance(known[key], bool) or known[key] < 0):
-                raise bad(key, "must be a whole number >= 0")
-        if not isinstance(known.get("history", []), list):
-            raise bad("history", "must be a list")
-        task = cls(**known, extra=extra)
-        if task.name != path.stem:
-            raise bad("name", f"does not match the file name {path.name}")
-        return task
-
-
-_FIELDS = frozenset(f.name for f in dataclasses.fields(Task)) - {"extra"}
-# Written for people and tools reading the file; recomputed from the fields, never read back.
-_DERIVED = frozenset(
-    {"schema", "status", "is_void", "created", "updated", "last_executed", "started", "ended", "heartbeat", "activity"}
-)
-_TYPE_RANK = {t: i for i, t in enumerate(TYPES)}
-_PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
-
-
 # -- the tree ------------------------------------------------------------------------------------------
 
 
-def _rank(task: Task) -> tuple[int, int, int, float, str]:
-    """The source document's ORDER BY: type (fix, regular, creative), priority, deeper level, oldest."""
-    return (_TYPE_RANK[task.type], _PRIORITY_RANK[task.priority], -task.level, task.created_ts, task.name)
+def history_entry(now: float, what: str, reason: str | None, by: str | None) -> dict[str, Any]:
+    entry = {"ts": utc_iso(now), "what": what}
+    if reason:
+        entry["reason"] = reason[:300]
+    if by:
+        entry["by"] = by
+    return entry
+
+
+class _TaskView(collections.abc.Mapping[str, Task]):
+    """`tree.tasks`: the tasks by name, read from the database as asked (iterating reads every name)."""
+
+    def __init__(self, tree: TaskTree) -> None:
+        self._tree = tree
+
+    def __getitem__(self, name: str) -> Task:
+        try:
+            return self._tree.get(name)
+        except (UnknownTask, InvalidIdError):
+            raise KeyError(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tree
+
+    def __iter__(self) -> Iterator[str]:
+        self._tree.flush()
+        return iter(self._tree.store.db.names())
+
+    def __len__(self) -> int:
+        return len(self._tree)
 
 
 class TaskTree:
-    """Every task, as read at one moment, with the questions the rules ask of it.
+    """The task tree as one transaction (or, for a snapshot, one reader) sees it, with the questions the rules
+    ask of it. Tasks are read as needed and kept (one object per task); inside a transaction, whatever was
+    changed on them is written before the next query and at the end, so queries see the changes.
 
-    Mutating methods only exist for use inside `TaskStore.transaction()`, which saves what they touched.
+    Mutating methods only exist for use inside `TaskStore.transaction()`.
     """
 
-    def __init__(self, tasks: dict[str, Task], clock: Clock) -> None:
-        self.tasks = tasks
-        self.clock = clock
-        self.changed: dict[str, Task] = {}
+    def __init__(self, store: TaskStore, *, writable: bool) -> None:
+        self.store = store
+        self.clock = store.clock
+        self.writable = writable
+        self.tasks: collections.abc.Mapping[str, Task] = _TaskView(self)
         self.archived: list[Task] = []
-        self._children: dict[str, list[str]] | None = None
+        self._loaded: dict[str, Task] = {}
+        self._rows: dict[str, tuple[Any, ...] | None] = {}  # as last written (None: not in the database yet)
+        self._log_moves: list[tuple[Path, Path]] = []
+
+    @property
+    def db(self) -> TaskDB:
+        return self.store.db
+
+    def _keep(self, task: Task) -> Task:
+        held = self._loaded.get(task.name)
+        if held is not None:
+            return held
+        self._loaded[task.name] = task
+        self._rows[task.name] = task_row(task)
+        return task
+
+    def flush(self) -> None:
+        """Write every task changed since it was read or last written (inside a transaction)."""
+        if not self.writable:
+            return
+        for name, task in self._loaded.items():
+            row = task_row(task)
+            before = self._rows[name]
+            if row == before:
+                continue
+            if before is None:
+                self.db.insert_row(row)
+            else:
+                self.db.update_row(row)
+            self._rows[name] = row
+
+    def release(self) -> None:
+        """Write what changed and forget the tasks read so far (a bulk add keeps its memory flat)."""
+        self.flush()
+        self._loaded.clear()
+        self._rows.clear()
 
     # -- questions ----------------------------------------------------------------------------------
 
     def __contains__(self, name: object) -> bool:
-        return name in self.tasks
+        if not isinstance(name, str):
+            return False
+        if name in self._loaded:
+            return True
+        try:
+            validate_id(name, "task")
+        except InvalidIdError:
+            return False
+        return self.db.exists(name)
 
     def __len__(self) -> int:
-        return len(self.tasks)
+        self.flush()
+        return self.db.count()
 
     def get(self, name: str) -> Task:
         validate_id(name, "task")
-        try:
-            return self.tasks[name]
-        except KeyError:
-            raise UnknownTask(name, self.tasks) from None
+        held = self._loaded.get(name)
+        if held is not None:
+            return held
+        task = self.db.get(name)
+        if task is None:
+            self.flush()
+            raise UnknownTask(name, self.db.names())
+        return self._keep(task)
 
     def children(self, name: str) -> list[Task]:
-        if self._children is None:
-            index: dict[str, list[str]] = {}
-            for task in self.tasks.values():
-                if task.parent is not None:
-                    index.setdefault(task.parent, []).append(task.name)
-            self._children = index
-        return sorted((self.tasks[n] for n in self._children.get(name, [])), key=_rank)
+        self.flush()
+        return [self._keep(t) for t in self.db.children(name)]
 
     def descendants(self, name: str) -> list[Task]:
         out: list[Task] = []
@@ -271,7 +254,7 @@ class TaskTree:
         seen = {name}
         while stack:
             for child in self.children(stack.pop()):
-                if child.name not in seen:  # a hand-edited cycle must not loop forever
+                if child.name not in seen:
                     seen.add(child.name)
                     out.append(child)
                     stack.append(child.name)
@@ -280,60 +263,71 @@ class TaskTree:
     def ancestors(self, name: str) -> list[Task]:
         out: list[Task] = []
         seen = {name}
-        parent = self.tasks[name].parent if name in self.tasks else None
-        while parent is not None and parent in self.tasks and parent not in seen:
+        parent = self.get(name).parent if name in self else None
+        while parent is not None and parent in self and parent not in seen:
             seen.add(parent)
-            out.append(self.tasks[parent])
-            parent = self.tasks[parent].parent
+            task = self.get(parent)
+            out.append(task)
+            parent = task.parent
         return out
 
     def roots(self) -> list[Task]:
-        return sorted((t for t in self.tasks.values() if t.parent is None or t.parent not in self.tasks), key=_rank)
+        self.flush()
+        return [self._keep(t) for t in self.db.roots()]
 
     def waiting_on(self, name: str) -> list[Task]:
         """The children that keep a parent from running (not END, VOID or REQUIRES_MANUAL)."""
-        return [c for c in self.children(name) if c.exec_state not in CHILD_SETTLED]
+        self.flush()
+        return [self._keep(t) for t in self.db.waiting_on(name)]
 
     def is_actionable(self, task: Task) -> bool:
         return task.exec_state in ACTIONABLE_STATES and not self.waiting_on(task.name)
 
     def actionable(self, *, types: Iterable[str] | None = None, limit: int | None = None) -> list[Task]:
-        """Tasks that can run now, in the order they should: see `_rank`."""
-        wanted = set(types) if types is not None else None
-        found = [t for t in self.tasks.values() if (wanted is None or t.type in wanted) and self.is_actionable(t)]
-        found.sort(key=_rank)
-        return found if limit is None else found[:limit]
+        """Tasks that can run now, in the order they should (one query: `taskdb.ORDER_BY` and the gate)."""
+        self.flush()
+        wanted = sorted(set(types)) if types is not None else None
+        return [self._keep(t) for t in self.db.actionable(wanted, limit=limit)]
 
     def ordered(self) -> list[Task]:
-        return sorted(self.tasks.values(), key=_rank)
+        self.flush()
+        return [self._keep(t) for t in self.db.iter_ordered()]
 
     def finished_trees(self, *, unchanged_since: float) -> list[Task]:
         """Top-level tasks whose whole tree is END or VOID and unchanged since `unchanged_since`."""
-        out = []
-        for root in self.roots():
-            members = [root, *self.descendants(root.name)]
-            if all(t.exec_state in (END, VOID) for t in members) and max(t.updated_ts for t in members) < (
-                unchanged_since
-            ):
-                out.append(root)
-        return out
+        self.flush()
+        return sorted((self.get(n) for n in self.db.finished_roots(unchanged_since)), key=rank)
 
     # -- changes ------------------------------------------------------------------------------------
 
     def archive(self, name: str) -> list[Task]:
-        """Take a finished tree out of the live set (saved to tasks/archive/ with the transaction)."""
+        """Take a finished tree out of the live table into tasks_archive; its logs go to tasks/archive/."""
         members = [self.get(name), *self.descendants(name)]
+        self.flush()
+        now = self.clock.time()
+        folder = self.store.archive_folder
+        for task in sorted(members, key=lambda t: -t.level):
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(task.updated_ts))
+            log_file: str | None = None
+            source = self.store.log_path(task.name)
+            if source.exists():
+                stem, n = f"{task.name}.{stamp}", 1
+                taken = {t for _, t in self._log_moves}
+                while (folder / f"{stem}.log").exists() or folder / f"{stem}.log" in taken:
+                    n += 1
+                    stem = f"{task.name}.{stamp}-{n}"
+                self._log_moves.append((source, folder / f"{stem}.log"))
+                log_file = str(folder / f"{stem}.log")
+            self.db.archive(task, archived_ts=now, log_file=log_file)
+        self.db.delete([t.name for t in sorted(members, key=lambda t: -t.level)])
         for task in members:
-            del self.tasks[task.name]
-            self.changed.pop(task.name, None)
+            self._loaded.pop(task.name, None)
+            self._rows.pop(task.name, None)
         self.archived += members
-        self._children = None
         return members
 
     def archive_finished(self, *, older_than_s: float) -> list[Task]:
-        """Archive every finished tree unchanged for `older_than_s`: the live set stays what is live, so
-        every claim stays cheap however long the tree has been in use (taskwarrior keeps its completed
-        tasks apart for the same reason)."""
+        """Archive every finished tree unchanged for `older_than_s`: the live set stays what is live."""
         done: list[Task] = []
         for root in self.finished_trees(unchanged_since=self.clock.time() - older_than_s):
             done += self.archive(root.name)
@@ -342,19 +336,12 @@ class TaskTree:
     def _touch(self, task: Task, what: str, reason: str | None, *, by: str | None = None) -> None:
         now = self.clock.time()
         task.updated_ts = now
-        entry = {"ts": utc_iso(now), "what": what}
-        if reason:
-            entry["reason"] = reason[:300]
-        if by:
-            entry["by"] = by
-        task.history = [*task.history, entry][-HISTORY_KEEP:]
-        self.changed[task.name] = task
-        self._children = None
+        task.history = [*task.history, history_entry(now, what, reason, by)][-HISTORY_KEEP:]
 
     def add(self, task: Task, *, by: str | None = None) -> Task:
         validate_id(task.name, "task")
-        if task.name in self.tasks:
-            raise TaskExists(task.name, self.tasks[task.name].exec_state)
+        if task.name in self:
+            raise TaskExists(task.name, self.get(task.name).exec_state)
         if task.type not in TYPES:
             raise TaskError(f"--type must be one of {', '.join(TYPES)}, not {task.type!r}")
         if task.priority not in PRIORITIES:
@@ -363,23 +350,24 @@ class TaskTree:
         task.created_ts = task.updated_ts = now
         task.exec_state = NEW
         self._place(task, task.parent)
-        self.tasks[task.name] = task
+        self._loaded[task.name] = task
+        self._rows[task.name] = None
         self._touch(task, f"created ({task.type}, {task.priority})", None, by=by)
         return task
 
-    def _place(self, task: Task, parent_name: str | None) -> None:
+    def _place(self, task: Task, parent_name: str | None, *, moving: bool = False) -> None:
         if parent_name is None:
             task.parent, task.root, task.level = None, task.name, 1
             return
         validate_id(parent_name, "task")
         if parent_name == task.name:
             raise BadParent(f"task {task.name!r} cannot be its own parent")
-        if parent_name not in self.tasks:
+        if parent_name not in self:
             raise BadParent(f"parent {parent_name!r} does not exist; `tasks.py list` shows the tasks")
-        parent = self.tasks[parent_name]
+        parent = self.get(parent_name)
         if parent.exec_state == VOID:
             raise BadParent(f"parent {parent_name!r} is VOID; a void task takes no new children")
-        if any(a.name == task.name for a in self.ancestors(parent_name)):
+        if moving and any(a.name == task.name for a in self.ancestors(parent_name)):  # a new task has no subtree
             raise BadParent(
                 f"task {task.name!r} cannot go under {parent_name!r}: {parent_name!r} is its descendant, "
                 "so the task would become its own ancestor"
@@ -390,11 +378,10 @@ class TaskTree:
         """Move a task (and its subtree) under another parent, or to the top with None."""
         task = self.get(name)
         before = task.parent
-        self._place(task, parent_name)
+        self._place(task, parent_name, moving=True)
         self._touch(task, f"moved from {before or '(top)'} to {parent_name or '(top)'}", None, by=by)
         for child in self.descendants(name):  # parents come before their children in this list
-            child.root, child.level = task.root, self.tasks[child.parent or name].level + 1
-            self.changed[child.name] = child
+            child.root, child.level = task.root, self.get(child.parent or name).level + 1
         return task
 
     def transition(self, name: str, wanted: str, reason: str | None = None, *, by: str | None = None) -> Task:
@@ -435,7 +422,7 @@ class TaskTree:
     def update(self, name: str, *, by: str | None = None, **fields: Any) -> Task:
         task = self.get(name)
         for key, value in fields.items():
-            if key not in {f.name for f in dataclasses.fields(Task)}:
+            if key not in FIELDS:
                 raise TaskError(f"unknown task field {key!r}")
             setattr(task, key, value)
         self._touch(task, "updated " + ", ".join(sorted(fields)), None, by=by)
@@ -446,19 +433,30 @@ class TaskTree:
         task = self.get(name)
         for key, value in fields.items():
             setattr(task, key, value)
-        self.changed[name] = task
         return task
+
+    def log_run(self, task: Task, *, status: str, level: str, ended: float, message: str, content: str | None) -> None:
+        """A row of the document's main_logs for a run of `task` that just ended (saved with the transaction)."""
+        self.store.db.log_run(
+            task=task.name,
+            status=status,
+            level=level,
+            started=task.started_ts,
+            ended=ended,
+            message=message,
+            content=content,
+        )
 
     def unique_name(self, base: str) -> str:
         """`base` if free, else `base-2`, `base-3`, ...; always a valid id (cut to fit 128 characters)."""
         base = safe_name(base)
-        if base not in self.tasks:
+        if base not in self:
             return base
         n = 2
         while True:
             suffix = f"-{n}"
             candidate = base[: 128 - len(suffix)] + suffix
-            if candidate not in self.tasks:
+            if candidate not in self:
                 return candidate
             n += 1
 
@@ -483,17 +481,37 @@ def runner_identity() -> dict[str, Any]:
 
 
 class TaskStore:
-    """The task files of one state root."""
+    """The task tree of one state root: `<state>/tasks.db`, and the tasks' output logs under `tasks/`.
+
+    The database is opened on first use; a tree of `tasks/<name>.json` files (written by versions before
+    the database) is imported then, once, in one transaction."""
 
     def __init__(self, state: StateRoot | None = None, config: Config | None = None, clock: Clock = SYSTEM_CLOCK):
         self.state = (state or StateRoot.from_env()).ensure()
         self.config = config or get_config()
         self.clock = clock
         self.folder = self.state.sub("tasks")
-        self.problems: list[str] = []  # unreadable task files met while loading (each was moved aside)
+        self.db_path = self.state.root / DB_NAME
+        self.problems: list[str] = []  # kept for callers that report them (nothing adds to it on SQLite)
+        self.notices: list[str] = []  # things a person should hear once (the import of a JSON tree)
+        self._db: TaskDB | None = None
 
-    def path(self, name: str) -> Path:
-        return self.folder / f"{validate_id(name, 'task')}.json"
+    @property
+    def db(self) -> TaskDB:
+        if self._db is None:
+            db = TaskDB(self.db_path, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
+            try:
+                self._import_files(db)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def log_path(self, name: str) -> Path:
         return self.folder / f"{validate_id(name, 'task')}.log"
@@ -502,107 +520,256 @@ class TaskStore:
     def archive_folder(self) -> Path:
         return self.folder / "archive"
 
-    def archived(self, name: str) -> list[Path]:
-        """The archived records of tasks once named `name`, oldest first."""
+    def archived(self, name: str) -> list[dict[str, Any]]:
+        """The archived records of tasks once named `name`, oldest first (with `archived_ts` and `log_file`)."""
         validate_id(name, "task")
-        return sorted(self.archive_folder.glob(f"{name}.*.json"), key=lambda p: p.name)
+        return self.db.archived(name)
 
-    def _load(self) -> TaskTree:
-        tasks: dict[str, Task] = {}
-        try:
-            names = sorted(e.name for e in os.scandir(self.folder) if e.name.endswith(".json") and e.name[0] != ".")
-        except FileNotFoundError:
-            names = []
-        for file_name in names:
-            path = self.folder / file_name
-            try:
-                data = _read_record(path)
-                if data is None:
-                    continue
-                task = Task.from_json(data, path)
-            except CorruptStateError as exc:
-                self.problems.append(str(exc))
-                continue
-            except (StateError, TypeError) as exc:
-                # Parseable but wrong: left in place (a person may want to fix it by hand), reported each time.
-                self.problems.append(str(exc))
-                continue
-            tasks[task.name] = task
-        return TaskTree(tasks, self.clock)
+    # -- reading ----------------------------------------------------------------------------------------
 
     def snapshot(self) -> TaskTree:
-        """Every task as it is now, without the lock: for reading only (each file is replaced atomically)."""
-        return self._load()
+        """The tree for reading only: each question is answered from the database as it is when asked."""
+        return TaskTree(self, writable=False)
 
     def get(self, name: str) -> Task:
         validate_id(name, "task")
-        data = read_json(self.path(name))
-        if data is None:
-            raise UnknownTask(name, (p.stem for p in self.folder.glob("*.json")))
-        return Task.from_json(data, self.path(name))
+        task = self.db.get(name)
+        if task is None:
+            raise UnknownTask(name, self.db.names())
+        return task
+
+    def record(self, name: str) -> dict[str, Any]:
+        """A task as `tasks.py show --json` shows it (status/task-record.schema.json)."""
+        return self.get(name).to_json()
+
+    def iter_tasks(self, *, exec_state: str | None = None, task_type: str | None = None) -> Iterator[Task]:
+        """Every task in run order, streamed (memory stays flat at any size)."""
+        return self.db.iter_ordered(exec_state=exec_state, task_type=task_type)
+
+    def processing(self) -> list[Task]:
+        return self.db.in_state(PROCESSING)
+
+    # -- writing ----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self, *, timeout_s: float = 30.0) -> Iterator[TaskTree]:
-        """Hold the tree's lock, yield a fresh snapshot, save what changed if the block succeeds."""
-        try:
-            with file_lock(self.state.lock_file("tasks", "tree"), timeout=timeout_s, what="the task tree"):
-                tree = self._load()
-                yield tree
-                self._save(tree)
-        except LockBusy as exc:
-            exc.args = (f"the task tree stayed locked for {timeout_s:g}s; try again later",)
-            raise
+    def transaction(self, *, timeout_s: float | None = None) -> Iterator[TaskTree]:
+        """One write transaction: yield the tree, save what the block changed if it succeeds, else roll back."""
+        db = self.db
+        wait = self.config.tasks.busy_timeout_s if timeout_s is None else timeout_s
+        with db.lock:
+            if timeout_s is not None:
+                db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+            try:
+                with db.write():
+                    tree = TaskTree(self, writable=True)
+                    yield tree
+                    tree.flush()
+            except LockBusy as exc:
+                exc.args = (f"the task tree ({self.db_path}) stayed locked for {wait:g}s; try again later",)
+                raise
+            finally:
+                if timeout_s is not None:
+                    db.execute(f"PRAGMA busy_timeout = {int(self.config.tasks.busy_timeout_s * 1000)}")
+        self._move_logs(tree._log_moves)
 
-    def _save(self, tree: TaskTree, *, durable: bool = True) -> None:
-        # Children before parents, so a crash part-way never leaves a parent pointing at a missing child.
-        for task in sorted(tree.changed.values(), key=lambda t: -t.level):
-            write_json(self.path(task.name), task.to_json(), durable=durable)
-        tree.changed.clear()
-        if tree.archived:
-            self._move_to_archive(tree.archived)
-            tree.archived = []
-
-    def _move_to_archive(self, tasks: list[Task]) -> None:
-        """Each record (and its log) to archive/<name>.<ended>.json: the name is free for a new task."""
-        folder = ensure_dir(self.archive_folder)
-        for task in sorted(tasks, key=lambda t: -t.level):
-            stem = f"{task.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(task.updated_ts))}"
-            n = 1
-            while (folder / f"{stem}.json").exists():
-                n += 1
-                stem = f"{task.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(task.updated_ts))}-{n}"
-            for suffix in (".json", ".log"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(self.folder / f"{task.name}{suffix}", folder / f"{stem}{suffix}")
-        fsync_dir(folder)
+    def _move_logs(self, moves: list[tuple[Path, Path]]) -> None:
+        if not moves:
+            return
+        ensure_dir(self.archive_folder)
+        for source, target in moves:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(source, target)
+        fsync_dir(self.archive_folder)
         fsync_dir(self.folder)
 
+    def claim(
+        self, types: Iterable[str] | None, runner: dict[str, Any], run_id_for: Callable[[str, float], str]
+    ) -> tuple[Task, bool] | None:
+        """Claim the first runnable actionable task for `runner`: one write transaction, one query for the
+        pick (the document's order and parent gate), one UPDATE ... RETURNING. Returns the task as claimed
+        and whether a person had handed it back (its next run starts fresh), or None if nothing can run.
+
+        `run_id_for(name, now)` names the run."""
+        wanted = sorted(set(types)) if types is not None else None
+        db = self.db
+        now = self.clock.time()
+        with db.lock, db.write():
+            task = db.pick(wanted)
+            if task is None:
+                return None
+            entry = history_entry(
+                now, f"{task.exec_state} -> {PROCESSING}", "claimed by run-next", f"run-next pid {runner['pid']}"
+            )
+            claimed = db.mark_claimed(
+                task.name,
+                runner=runner,
+                now=now,
+                history=[*task.history, entry][-HISTORY_KEEP:],
+                run_id=run_id_for(task.name, now),
+            )
+        return claimed, task.requeued
+
+    def archive_if_due(self, *, older_than_s: float) -> list[Task]:
+        """run-next's archiving: finished trees unchanged for `older_than_s`, looked for at most hourly."""
+        now = self.clock.time()
+        last = self.db.meta(ARCHIVE_KEY)
+        if last is not None and 0 <= now - float(last) < min(ARCHIVE_EVERY_S, older_than_s):
+            return []
+        with self.transaction() as tree:
+            moved = tree.archive_finished(older_than_s=older_than_s)
+            self.db.set_meta(ARCHIVE_KEY, repr(now))
+        return moved
+
     def touch_running(self, name: str, runner: dict[str, Any], **fields: Any) -> bool:
-        """A heartbeat from the task's runner: update one record, without fsync. False when the task is no
-        longer this runner's (voided, taken over as stuck): the runner should then stop what it runs."""
-        with file_lock(self.state.lock_file("tasks", "tree"), timeout=30.0, what="the task tree"):
-            try:
-                task = self.get(name)
-            except (UnknownTask, StateError):
-                return False
-            if task.exec_state != PROCESSING or not same_runner(task.runner, runner):
-                return False
-            for key, value in fields.items():
-                setattr(task, key, value)
-            write_json(self.path(name), task.to_json(), durable=False)
-            return True
+        """A heartbeat from the task's runner: one UPDATE. False when the task is no longer this runner's
+        (voided, taken over as stuck): the runner should then stop what it runs."""
+        now = self.clock.time()
+        return self.db.touch_running(
+            name,
+            runner,
+            heartbeat_ts=float(fields.get("heartbeat_ts", now)),
+            activity_ts=float(fields.get("activity_ts", now)),
+        )
+
+    def add_many(self, items: Iterable[tuple[str, Task]], *, by: str | None = None) -> int:
+        """Add tasks all or nothing, in one transaction; `items` pairs each task with where it came from
+        (`FILE line N`), which a refusal names. Returns how many were added."""
+        count = 0
+        with self.transaction() as tree:
+            for where, task in items:
+                try:
+                    tree.add(task, by=by)
+                except (TaskError, InvalidIdError) as exc:
+                    raise TaskError(f"{where}: {exc}; nothing was added") from None
+                count += 1
+                if count % 1000 == 0:
+                    tree.release()
+        return count
+
+    # -- the JSON tree of older versions ------------------------------------------------------------------
+
+    def _import_files(self, db: TaskDB) -> None:
+        """Import `tasks/*.json` (and `tasks/archive/*.json`) once: in one transaction, then the files move to
+        `tasks/json-backup-<ts>/`. A crash before the commit leaves the files to import again; one after it,
+        the moves for the next start to finish."""
+        if db.meta(IMPORT_KEY) == "done":
+            return
+        wait = self.config.tasks.busy_timeout_s
+        with file_lock(self.state.lock_file("tasks", "import"), timeout=wait, what="the task tree's import"):
+            status = db.meta(IMPORT_KEY)
+            if status == "done":
+                return
+            if status is not None and status.startswith("moving:"):
+                self._finish_import(db, self.folder / status.split(":", 1)[1])
+                return
+            files = _json_files(self.folder)
+            archived = _json_files(self.archive_folder)
+            if not files and not archived:
+                with db.write():
+                    db.set_meta(IMPORT_KEY, "done")
+                return
+            tasks = _read_tree(files, self.folder)
+            old = [_read_archived(p, self.folder) for p in archived]
+            backup = f"json-backup-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(self.clock.time()))}"
+            with db.write():
+                db.insert_many(tasks)
+                now = self.clock.time()
+                for path, data in old:
+                    log = path.with_suffix(".log")
+                    db.execute(
+                        "INSERT INTO tasks_archive (task_name, root_task_id, archived_ts, log_file, record)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (
+                            data["name"],
+                            data.get("root") or data["name"],
+                            now,
+                            str(log) if log.exists() else None,
+                            json.dumps(data, sort_keys=True, default=str),
+                        ),
+                    )
+                db.set_meta(IMPORT_KEY, f"moving:{backup}")
+            self._finish_import(db, self.folder / backup, imported=len(tasks) + len(old))
+
+    def _finish_import(self, db: TaskDB, backup: Path, imported: int | None = None) -> None:
+        ensure_dir(backup)
+        moved = 0
+        for path in _json_files(self.folder):
+            if db.exists(path.stem):
+                os.replace(path, backup / path.name)
+                moved += 1
+        archived = _json_files(self.archive_folder)
+        if archived:
+            ensure_dir(backup / "archive")
+            for path in archived:
+                os.replace(path, backup / "archive" / path.name)
+                moved += 1
+        fsync_dir(backup)
+        fsync_dir(self.folder)
+        with db.write():
+            db.set_meta(IMPORT_KEY, "done")
+        count = imported if imported is not None else moved
+        message = (
+            f"imported the task tree of {count} task file(s) from {self.folder} into {self.db_path}; "
+            f"the files are kept in {backup}"
+        )
+        logger.info("%s", message)
+        self.notices.append(message)
 
 
-def _read_record(path: Path) -> dict[str, Any] | None:
-    """The common case fast (one read, one parse); anything odd goes through read_json, which knows how
-    to tell a file being replaced from a corrupt one and moves only a corrupt one aside."""
+def _json_files(folder: Path) -> list[Path]:
+    try:
+        return sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
+    except FileNotFoundError:
+        return []
+
+
+def _refuse(path: Path, problem: str, folder: Path) -> TaskImportRefused:
+    return TaskImportRefused(
+        f"{problem}; the task files in {folder} were not imported into the task database (nothing changed): "
+        f"fix or remove {path.name}, then run again"
+    )
+
+
+def _read_tree(files: list[Path], folder: Path) -> list[Task]:
+    tasks: dict[str, Task] = {}
+    for path in files:
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise _refuse(path, f"task file {path} is unreadable ({exc})", folder) from None
+        if not isinstance(data, dict):
+            raise _refuse(path, f"task file {path} is unreadable (expected a JSON object)", folder)
+        try:
+            task = Task.from_json(data, f"task file {path}", file_name=path.name)
+        except (StateError, TypeError) as exc:
+            raise _refuse(path, str(exc), folder) from None
+        tasks[task.name] = task
+    # The database keeps the tree whole (a parent always exists): a child whose parent's file is gone
+    # becomes a top-level task, and levels and roots are recomputed from the parents.
+    for task in tasks.values():
+        if task.parent is not None and task.parent not in tasks:
+            task.extra["imported_without_parent"] = task.parent
+            task.parent = None
+
+    for task in tasks.values():
+        chain = [task.name]  # up to the top (or to a hand-made cycle, which is cut where it closes)
+        while (up := tasks[chain[-1]].parent) is not None:
+            if up in chain:
+                tasks[chain[-1]].parent = None
+                break
+            chain.append(up)
+        task.root, task.level = chain[-1], len(chain)
+    return list(tasks.values())
+
+
+def _read_archived(path: Path, folder: Path) -> tuple[Path, dict[str, Any]]:
     try:
         data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (ValueError, OSError):
-        return read_json(path)
-    return data if isinstance(data, dict) else read_json(path)
+    except (OSError, ValueError) as exc:
+        raise _refuse(path, f"archived task file {path} is unreadable ({exc})", folder) from None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise _refuse(path, f"archived task file {path}: name: missing or not a string", folder)
+    return path, data
 
 
 def same_runner(recorded: dict[str, Any] | None, runner: dict[str, Any]) -> bool:

@@ -1,0 +1,62 @@
+"""The differences between the SQL dialects the task store speaks, in one place.
+
+Statements in `taskdb` are written once, in the subset SQLite (3.35+) and PostgreSQL share: `?`
+placeholders (rewritten here for PostgreSQL's drivers), `INSERT ... ON CONFLICT ... DO UPDATE`,
+`UPDATE ... RETURNING`, `CASE` in `ORDER BY` and in index expressions, partial indexes. What differs is
+below: how a writer takes the write lock, how a claim keeps two claimers off one row, auto-numbered keys,
+and the type names of a few columns. Fleet mode adds PostgreSQL as a second `Dialect`; nothing else
+needs to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one database spells what the task store needs."""
+
+    name: str
+    placeholder: str  # what `?` becomes
+    begin_write: str  # starts a transaction that holds the write lock from its first statement
+    claim_lock: str  # appended to the claim's SELECT: keeps concurrent claimers off the chosen row
+    queue_hint: str  # after `FROM tasks` in the actionable query: read the queue index, in its order
+    serial_key: str  # an auto-numbered primary key column
+    real: str  # a floating-point column
+    deferred_fk: str  # a foreign key checked at commit (a subtree may be inserted or deleted in any order)
+
+    def sql(self, statement: str) -> str:
+        """`statement` (written with `?` placeholders) as this dialect takes it."""
+        if self.placeholder == "?":
+            return statement
+        return statement.replace("%", "%%").replace("?", self.placeholder)
+
+
+# SQLite: BEGIN IMMEDIATE takes the database's write lock at once, so the claim's SELECT and UPDATE see
+# no other writer; there is no row lock to add.
+SQLITE = Dialect(
+    name="sqlite",
+    placeholder="?",
+    begin_write="BEGIN IMMEDIATE",
+    claim_lock="",
+    # Without statistics the planner may prefer the exec_state index and sort every actionable row; the
+    # queue index holds exactly those rows already in run order, so the first row that passes the gate wins.
+    queue_hint=" INDEXED BY tasks_queue",
+    serial_key="INTEGER PRIMARY KEY AUTOINCREMENT",
+    real="REAL",
+    deferred_fk="DEFERRABLE INITIALLY DEFERRED",
+)
+
+# PostgreSQL (fleet mode): writers run side by side; the claim's row lock skips rows another host is
+# claiming, so each claimer takes a different task instead of waiting for the first.
+POSTGRESQL = Dialect(
+    name="postgresql",
+    placeholder="%s",
+    begin_write="BEGIN",
+    claim_lock=" FOR UPDATE SKIP LOCKED",
+    queue_hint="",
+    serial_key="BIGSERIAL PRIMARY KEY",
+    real="DOUBLE PRECISION",
+    deferred_fk="DEFERRABLE INITIALLY DEFERRED",
+)

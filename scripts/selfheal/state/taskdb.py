@@ -1,0 +1,631 @@
+"""The task tree's database, `<state>/tasks.db`: schema, migrations, the connection, and every statement.
+
+SQLite in WAL mode (readers never wait for the writer), `synchronous=FULL` (a claim survives a power
+cut), `foreign_keys=ON` (a child always has its parent), and a busy timeout after which a writer gives
+up with LockBusy (exit 4, try later). The tables follow the fourth source document: `tasks` (its
+columns, named as it names them, plus ours: the run spec as JSON, the runner, heartbeats, history) and
+`main_logs` (one row per run: when, how long, how it ended; the output itself stays in the bounded
+`tasks/<name>.log`). `tasks_archive` keeps finished trees out of the live table; `schema_version`
+and the migration list below let a newer version change the schema; a database written by a newer
+version than this one is refused, never touched.
+
+The actionable order is one query: the document's ORDER BY (type, priority, deeper first, oldest)
+with its parent gate (a parent only when every child is END, VOID or REQUIRES_MANUAL), answered from a
+partial index that holds only the actionable rows in that order, so a claim reads a handful of rows
+however large the tree. Statements are written in the SQL SQLite and PostgreSQL share; `sql.Dialect`
+holds what differs.
+
+This module knows rows and statements; the rules (which transitions are allowed, what a claim records)
+are the task layer's (`selfheal.tasks.tree`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import EXIT_USAGE, LockBusy, StateError, UsageError
+from .root import FILE_MODE, ensure_dir
+from .sql import SQLITE, Dialect
+from .taskrecord import (
+    ACTIONABLE_STATES,
+    CHILD_SETTLED,
+    END,
+    PRIORITIES,
+    PROCESSING,
+    TYPES,
+    VOID,
+    Task,
+)
+
+DB_NAME = "tasks.db"
+SCHEMA_VERSION = 1
+# How long a reader that only looks (the health check) waits for a migration in progress; in WAL mode
+# reads never wait for an ordinary writer.
+READ_WAIT_S = 5.0
+
+# (column, Task field, kind): kind is text, int, real, bool or json; a field of None is derived from the
+# others (the document's `status` and `is_void`), written for people and tools that read the table.
+COLUMNS: tuple[tuple[str, str | None, str], ...] = (
+    ("task_name", "name", "text"),
+    ("display_name", "display_name", "text"),
+    ("description", "description", "text"),
+    ("task_type", "type", "text"),
+    ("priority", "priority", "text"),
+    ("status", None, "text"),
+    ("exec_state", "exec_state", "text"),
+    ("parent_task_id", "parent", "text"),
+    ("root_task_id", "root", "text"),
+    ("task_level", "level", "int"),
+    ("fix_suggestion", "fix_suggestion", "text"),
+    ("success_criteria", "success_criteria", "text"),
+    ("analysis", "analysis", "text"),
+    ("plan", "plan", "text"),
+    ("solution", "solution", "text"),
+    ("retry_count", "retry_count", "int"),
+    ("is_void", None, "bool"),
+    ("last_executed_ts", "last_executed_ts", "real"),
+    ("last_result", "last_result", "text"),
+    ("last_error", "last_error", "text"),
+    ("last_error_class", "last_error_class", "text"),
+    ("failed_step", "failed_step", "text"),
+    ("execution_count", "execution_count", "int"),
+    ("created_ts", "created_ts", "real"),
+    ("updated_ts", "updated_ts", "real"),
+    ("started_ts", "started_ts", "real"),
+    ("ended_ts", "ended_ts", "real"),
+    ("heartbeat_ts", "heartbeat_ts", "real"),
+    ("activity_ts", "activity_ts", "real"),
+    ("run_spec", "run", "json"),
+    ("source", "source", "json"),
+    ("incident", "incident", "text"),
+    ("fix_record", "fix_record", "text"),
+    ("requeued", "requeued", "bool"),
+    ("runner", "runner", "json"),
+    ("run_id", "run_id", "text"),
+    ("history", "history", "json"),
+    ("extra", "extra", "json"),
+)
+COLUMN_NAMES = tuple(c for c, _, _ in COLUMNS)
+SELECT_COLUMNS = ", ".join(COLUMN_NAMES)
+_INDEX = {c: i for i, c in enumerate(COLUMN_NAMES)}
+
+
+def _quoted(values: Iterable[str]) -> str:
+    return ", ".join(f"'{v}'" for v in sorted(values))
+
+
+# The fourth source document's get_actionable_tasks(): its WHERE (with the parent gate) and its ORDER BY
+# (fix, regular, creative; P0, P1, P2; deeper first; oldest; then the name, so the order is total).
+ACTIONABLE_IN = f"exec_state IN ({_quoted(ACTIONABLE_STATES)})"
+TYPE_RANK = "CASE task_type WHEN 'fix' THEN 0 WHEN 'regular' THEN 1 ELSE 2 END"
+PRIORITY_RANK = "CASE priority WHEN 'P0' THEN 0 WHEN 'P1' THEN 1 ELSE 2 END"
+ORDER_BY = f"{TYPE_RANK}, {PRIORITY_RANK}, task_level DESC, created_ts, task_name"
+# The same as index columns (PostgreSQL wants an expression in an index in parentheses; SQLite takes both).
+INDEX_ORDER = f"({TYPE_RANK}), ({PRIORITY_RANK}), task_level DESC, created_ts, task_name"
+PARENT_GATE = (
+    "NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = tasks.task_name"  # noqa: S608 - constant text
+    f" AND c.exec_state NOT IN ({_quoted(CHILD_SETTLED)}))"
+)
+RUNNABLE = "(run_spec IS NOT NULL OR task_type = 'fix')"
+
+
+def _schema(d: Dialect) -> list[str]:
+    real = d.real
+    return [
+        f"CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ts {real} NOT NULL)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE tasks (
+            task_name TEXT PRIMARY KEY,
+            display_name TEXT,
+            description TEXT,
+            task_type TEXT NOT NULL CHECK (task_type IN ({_quoted(TYPES)})),
+            priority TEXT NOT NULL CHECK (priority IN ({_quoted(PRIORITIES)})),
+            status TEXT NOT NULL,
+            exec_state TEXT NOT NULL CHECK (exec_state IN ({
+            _quoted(("NEW", PROCESSING, END, VOID, "ERROR_FIX_PENDING", "NORMAL_CRASH", "REQUIRES_MANUAL"))
+        })),
+            parent_task_id TEXT REFERENCES tasks(task_name) {d.deferred_fk},
+            root_task_id TEXT NOT NULL,
+            task_level INTEGER NOT NULL CHECK (task_level >= 1),
+            fix_suggestion TEXT,
+            success_criteria TEXT,
+            analysis TEXT,
+            plan TEXT,
+            solution TEXT,
+            retry_count INTEGER NOT NULL DEFAULT 0 CHECK (retry_count >= 0),
+            is_void INTEGER NOT NULL DEFAULT 0,
+            last_executed_ts {real},
+            last_result TEXT,
+            last_error TEXT,
+            last_error_class TEXT,
+            failed_step TEXT,
+            execution_count INTEGER NOT NULL DEFAULT 0 CHECK (execution_count >= 0),
+            created_ts {real} NOT NULL,
+            updated_ts {real} NOT NULL,
+            started_ts {real},
+            ended_ts {real},
+            heartbeat_ts {real},
+            activity_ts {real},
+            run_spec TEXT,
+            source TEXT,
+            incident TEXT,
+            fix_record TEXT,
+            requeued INTEGER NOT NULL DEFAULT 0,
+            runner TEXT,
+            run_id TEXT,
+            history TEXT NOT NULL DEFAULT '[]',
+            extra TEXT NOT NULL DEFAULT '{{}}'
+        )""",
+        "CREATE INDEX tasks_parent ON tasks(parent_task_id)",
+        "CREATE INDEX tasks_root ON tasks(root_task_id)",
+        f"CREATE INDEX tasks_running ON tasks(exec_state) WHERE exec_state = '{PROCESSING}'",
+        # The queue: only actionable rows, in run order; the claim walks it and stops at the first that
+        # passes the parent gate.
+        f"CREATE INDEX tasks_queue ON tasks({INDEX_ORDER}) WHERE {ACTIONABLE_IN}",
+        # Every row in run order: `tasks.py list` streams from it without sorting.
+        f"CREATE INDEX tasks_order ON tasks({INDEX_ORDER})",
+        f"""CREATE TABLE tasks_archive (
+            id {d.serial_key},
+            task_name TEXT NOT NULL,
+            root_task_id TEXT NOT NULL,
+            archived_ts {real} NOT NULL,
+            log_file TEXT,
+            record TEXT NOT NULL
+        )""",
+        "CREATE INDEX tasks_archive_name ON tasks_archive(task_name, id)",
+        f"""CREATE TABLE main_logs (
+            id {d.serial_key},
+            log_type TEXT NOT NULL,
+            log_level TEXT NOT NULL,
+            task_name TEXT NOT NULL,
+            run_start_time {real},
+            run_end_time {real},
+            duration_ms INTEGER,
+            run_status TEXT NOT NULL,
+            run_message TEXT,
+            run_content TEXT,
+            created_at {real} NOT NULL
+        )""",
+        "CREATE INDEX main_logs_task ON main_logs(task_name, id)",
+    ]
+
+
+# Each entry brings the schema from the version before it to its own; a new version appends one.
+MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _schema),)
+
+
+# -- errors ---------------------------------------------------------------------------------------------
+
+
+class TaskDBUnreadable(StateError):
+    """tasks.db is not a database or is damaged; it is left exactly as it is (exit 3)."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(
+            f"task database {path} is unreadable ({detail}); it was left as it is. Restore it from a backup, "
+            f"or move it aside (mv {path} {path}.corrupt) to start an empty task tree"
+        )
+
+
+class TaskDBTooNew(UsageError):
+    """tasks.db was written by a newer self-heal: refused, never touched (exit 2)."""
+
+    def __init__(self, path: Path, found: int) -> None:
+        self.path = path
+        self.found = found
+        super().__init__(
+            f"task database {path} has schema version {found}, newer than the {SCHEMA_VERSION} this self-heal "
+            "knows; it was not touched: upgrade self-heal to use it"
+        )
+
+
+class TaskImportRefused(StateError):
+    """A tasks/<name>.json file of an older version cannot be imported; nothing was imported (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def translate(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> Exception:
+    """The skill's error for a database error: locked (try later), unreadable, or anything else."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return LockBusy(f"the task tree ({path}) stayed locked for {busy_timeout_s:g}s; try again later")
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "not a database" in text or "malformed" in text or "encrypted" in text
+    ):
+        return TaskDBUnreadable(path, text)
+    return StateError(f"task database {path}: {text}")
+
+
+# -- rows -----------------------------------------------------------------------------------------------
+
+
+def dumps(value: Any) -> str:
+    """The JSON of a column: canonical, so equal values are equal text (the runner check compares text)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def task_row(task: Task) -> tuple[Any, ...]:
+    """A task as a row of `tasks`, in COLUMNS order."""
+    out: list[Any] = []
+    for column, attr, kind in COLUMNS:
+        if attr is None:
+            out.append(task.status if column == "status" else int(task.is_void))
+            continue
+        value = getattr(task, attr)
+        if kind == "json":
+            out.append(None if value is None else dumps(value))
+        elif kind == "bool":
+            out.append(int(bool(value)))
+        else:
+            out.append(value)
+    return tuple(out)
+
+
+def row_task(row: Sequence[Any], path: Path) -> Task:
+    """A row of `tasks` (COLUMNS order) as a task; a column that does not decode names the row and column."""
+    fields: dict[str, Any] = {}
+    for (column, attr, kind), raw in zip(COLUMNS, row, strict=True):
+        if attr is None:
+            continue
+        value: Any = raw
+        if kind == "json" and raw is not None:
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:
+                raise StateError(
+                    f"task database {path}: task {row[0]!r}: column {column}: invalid JSON ({exc})"
+                ) from None
+        elif kind == "bool":
+            value = bool(raw)
+        fields[attr] = value
+    if fields.get("extra") is None:
+        fields["extra"] = {}
+    if fields.get("history") is None:
+        fields["history"] = []
+    return Task(**fields)
+
+
+# -- the database -----------------------------------------------------------------------------------------
+
+
+class TaskDB:
+    """One connection to tasks.db, shared by the threads of a process (a runner and its heartbeat)."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float, dialect: Dialect = SQLITE) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        self.d = dialect
+        self.lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._in_write = False
+
+    # -- opening --------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, self.busy_timeout_s) from exc
+
+    def open(self) -> TaskDB:
+        """Connect, refuse a newer schema before writing anything, then migrate to this version."""
+        ensure_dir(self.path.parent)
+        if not self.path.exists():
+            with contextlib.suppress(FileExistsError):  # created 0600 before SQLite opens it
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        with self.errors():
+            conn = sqlite3.connect(
+                str(self.path), timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            try:
+                found = self._version(conn)
+                if found > SCHEMA_VERSION:
+                    raise TaskDBTooNew(self.path, found)
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA synchronous=FULL")
+                if found < SCHEMA_VERSION:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    self._migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        return self
+
+    def _version(self, conn: sqlite3.Connection) -> int:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables:
+            return 0
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute(self.d.begin_write)
+        try:
+            found = self._version(conn)  # again, under the write lock: another process may have done it
+            for version, statements in MIGRATIONS:
+                if version <= found:
+                    continue
+                for statement in statements(self.d):
+                    conn.execute(statement)
+                conn.execute(
+                    self.d.sql("INSERT INTO schema_version (version, applied_ts) VALUES (?, ?)"), (version, _now())
+                )
+                _log("task database %s: schema version %d", self.path, version)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StateError(f"task database {self.path} is not open")
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self.errors():
+            return self.conn.execute(self.d.sql(statement), tuple(params))
+
+    # -- transactions -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction (the write lock from its first statement); rolled back on any error."""
+        with self.lock:
+            if self._in_write:
+                yield
+                return
+            self.execute(self.d.begin_write)
+            self._in_write = True
+            try:
+                yield
+            except BaseException:
+                self._in_write = False
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                raise
+            self._in_write = False
+            try:
+                self.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                raise
+
+    # -- reading tasks ------------------------------------------------------------------------------------
+
+    def _tasks(self, where: str = "", params: Sequence[Any] = (), *, order: bool = True) -> list[Task]:
+        tail = f" WHERE {where}" if where else ""
+        tail += f" ORDER BY {ORDER_BY}" if order else ""
+        rows = self.execute(f"SELECT {SELECT_COLUMNS} FROM tasks{tail}", params).fetchall()  # noqa: S608
+        return [row_task(r, self.path) for r in rows]
+
+    def get(self, name: str) -> Task | None:
+        row = self.execute(f"SELECT {SELECT_COLUMNS} FROM tasks WHERE task_name = ?", (name,)).fetchone()  # noqa: S608
+        return None if row is None else row_task(row, self.path)
+
+    def exists(self, name: str) -> bool:
+        return self.execute("SELECT 1 FROM tasks WHERE task_name = ?", (name,)).fetchone() is not None
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self.execute("SELECT task_name FROM tasks ORDER BY task_name")]
+
+    def count(self) -> int:
+        return int(self.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+
+    def children(self, name: str) -> list[Task]:
+        return self._tasks("parent_task_id = ?", (name,))
+
+    def waiting_on(self, name: str) -> list[Task]:
+        """The children that keep `name` from running (not END, VOID or REQUIRES_MANUAL), in run order."""
+        return self._tasks(f"parent_task_id = ? AND exec_state NOT IN ({_quoted(CHILD_SETTLED)})", (name,))
+
+    def roots(self) -> list[Task]:
+        return self._tasks("parent_task_id IS NULL")
+
+    def in_state(self, exec_state: str) -> list[Task]:
+        return self._tasks("exec_state = ?", (exec_state,), order=False)
+
+    def actionable_sql(
+        self, types: Sequence[str] | None, *, runnable: bool, limit: int | None
+    ) -> tuple[str, list[Any]]:
+        """The document's get_actionable_tasks() as one query: the columns of the tasks that may run, in order."""
+        where = [ACTIONABLE_IN, PARENT_GATE]
+        params: list[Any] = []
+        if types is not None:
+            where.append(f"task_type IN ({', '.join('?' for _ in types)})")
+            params += list(types)
+        if runnable:
+            where.append(RUNNABLE)
+        sql = f"SELECT {SELECT_COLUMNS} FROM tasks{self.d.queue_hint} WHERE {' AND '.join(where)} ORDER BY {ORDER_BY}"  # noqa: S608
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return sql, params
+
+    def actionable(
+        self, types: Sequence[str] | None = None, *, runnable: bool = False, limit: int | None = None
+    ) -> list[Task]:
+        sql, params = self.actionable_sql(types, runnable=runnable, limit=limit)
+        return [row_task(r, self.path) for r in self.execute(sql, params).fetchall()]
+
+    def pick(self, types: Sequence[str] | None) -> Task | None:
+        """The first runnable actionable task (inside a write transaction: the claim's SELECT)."""
+        sql, params = self.actionable_sql(types, runnable=True, limit=1)
+        row = self.execute(sql + self.d.claim_lock, params).fetchone()
+        return None if row is None else row_task(row, self.path)
+
+    def iter_ordered(
+        self, *, exec_state: str | None = None, task_type: str | None = None, batch: int = 500
+    ) -> Iterator[Task]:
+        """Every task in run order, a batch at a time (memory stays flat however many there are).
+
+        Read in one read transaction, so the listing is one consistent moment of the tree."""
+        where, params = [], []
+        if exec_state is not None:
+            where.append("exec_state = ?")
+            params.append(exec_state)
+        if task_type is not None:
+            where.append("task_type = ?")
+            params.append(task_type)
+        tail = f" WHERE {' AND '.join(where)}" if where else ""
+        cursor = self.execute(f"SELECT {SELECT_COLUMNS} FROM tasks{tail} ORDER BY {ORDER_BY}", params)  # noqa: S608
+        while True:
+            with self.errors():
+                rows = cursor.fetchmany(batch)
+            if not rows:
+                return
+            for row in rows:
+                yield row_task(row, self.path)
+
+    def finished_roots(self, unchanged_before: float) -> list[str]:
+        """Roots whose whole tree is END or VOID and unchanged since `unchanged_before` (wall seconds)."""
+        rows = self.execute(
+            "SELECT root_task_id FROM tasks GROUP BY root_task_id"  # noqa: S608 - constant text
+            f" HAVING SUM(CASE WHEN exec_state IN ({_quoted((END, VOID))}) THEN 0 ELSE 1 END) = 0"
+            " AND MAX(updated_ts) < ? ORDER BY root_task_id",
+            (unchanged_before,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- writing tasks ------------------------------------------------------------------------------------
+
+    def insert(self, task: Task) -> None:
+        marks = ", ".join("?" for _ in COLUMNS)
+        self.execute(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})", task_row(task))  # noqa: S608
+
+    def insert_many(self, tasks: Iterable[Task]) -> None:
+        marks = ", ".join("?" for _ in COLUMNS)
+        with self.errors():
+            self.conn.executemany(
+                self.d.sql(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})"),  # noqa: S608
+                (task_row(t) for t in tasks),
+            )
+
+    def update_row(self, row: tuple[Any, ...]) -> None:
+        sets = ", ".join(f"{c} = ?" for c in COLUMN_NAMES[1:])
+        self.execute(f"UPDATE tasks SET {sets} WHERE task_name = ?", (*row[1:], row[0]))  # noqa: S608
+
+    def insert_row(self, row: tuple[Any, ...]) -> None:
+        marks = ", ".join("?" for _ in COLUMNS)
+        self.execute(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})", row)  # noqa: S608
+
+    def delete(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.execute("DELETE FROM tasks WHERE task_name = ?", (name,))
+
+    def mark_claimed(
+        self, name: str, *, runner: dict[str, Any], now: float, history: list[dict[str, Any]], run_id: str
+    ) -> Task:
+        """The claim's UPDATE: PROCESSING, this runner, one more execution; returns the row as it now is."""
+        row = self.execute(
+            f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
+            " execution_count = execution_count + 1, started_ts = ?, heartbeat_ts = ?, activity_ts = ?,"
+            " last_executed_ts = ?, ended_ts = NULL, updated_ts = ?, history = ?, run_id = ?, requeued = 0"
+            f" WHERE task_name = ? RETURNING {SELECT_COLUMNS}",
+            (dumps(runner), now, now, now, now, now, dumps(history), run_id, name),
+        ).fetchone()
+        if row is None:  # pragma: no cover - picked under the same write lock
+            raise StateError(f"task database {self.path}: task {name!r} vanished during its claim")
+        return row_task(row, self.path)
+
+    def touch_running(self, name: str, runner: dict[str, Any], *, heartbeat_ts: float, activity_ts: float) -> bool:
+        """A heartbeat: only while the task is PROCESSING under this very runner. False otherwise."""
+        with self.lock:
+            cursor = self.execute(
+                "UPDATE tasks SET heartbeat_ts = ?, activity_ts = ?"  # noqa: S608 - constant text
+                f" WHERE task_name = ? AND exec_state = '{PROCESSING}' AND runner = ?",
+                (heartbeat_ts, activity_ts, name, dumps(runner)),
+            )
+            return cursor.rowcount == 1
+
+    # -- the archive, the run log, meta ---------------------------------------------------------------------
+
+    def archive(self, task: Task, *, archived_ts: float, log_file: str | None) -> None:
+        record = task.to_json()
+        self.execute(
+            "INSERT INTO tasks_archive (task_name, root_task_id, archived_ts, log_file, record) VALUES (?, ?, ?, ?, ?)",
+            (task.name, task.root, archived_ts, log_file, dumps(record)),
+        )
+
+    def archived(self, name: str) -> list[dict[str, Any]]:
+        """The archived records of tasks once named `name`, oldest first, each with `archived` and `log_file`."""
+        rows = self.execute(
+            "SELECT archived_ts, log_file, record FROM tasks_archive WHERE task_name = ? ORDER BY id", (name,)
+        ).fetchall()
+        out = []
+        for archived_ts, log_file, record in rows:
+            data: dict[str, Any] = json.loads(record)
+            data["archived_ts"], data["log_file"] = archived_ts, log_file
+            out.append(data)
+        return out
+
+    def log_run(
+        self,
+        *,
+        task: str,
+        status: str,
+        level: str,
+        started: float | None,
+        ended: float,
+        message: str,
+        content: str | None,
+    ) -> None:
+        """One row of the document's main_logs for a run (the output itself is in the task's log file)."""
+        duration = int((ended - started) * 1000) if started else None
+        self.execute(
+            "INSERT INTO main_logs (log_type, log_level, task_name, run_start_time, run_end_time, duration_ms,"
+            " run_status, run_message, run_content, created_at) VALUES ('task', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (level, task, started, ended, duration, status, message[:500], content, ended),
+        )
+
+    def runs(self, task: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.execute(
+            "SELECT run_start_time, run_end_time, duration_ms, run_status, run_message FROM main_logs"
+            " WHERE task_name = ? ORDER BY id DESC LIMIT ?",
+            (task, limit),
+        ).fetchall()
+        keys = ("run_start_time", "run_end_time", "duration_ms", "run_status", "run_message")
+        return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
+
+    def meta(self, key: str) -> str | None:
+        row = self.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def delete_meta(self, key: str) -> None:
+        self.execute("DELETE FROM meta WHERE key = ?", (key,))
+
+
+def _log(message: str, *args: object) -> None:
+    import logging  # noqa: PLC0415 - the health check reads this database and never logs: 10 ms it need not pay
+
+    logging.getLogger(__name__).info(message, *args)
+
+
+def _now() -> float:
+    import time  # noqa: PLC0415 - only when a schema is created
+
+    return time.time()

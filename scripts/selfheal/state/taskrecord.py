@@ -1,0 +1,182 @@
+"""A task of the task tree as a typed record, and the constants of its states (the fourth source document's
+`tasks` table). The rules that move a task between states live in `selfheal.tasks.tree`; the store that
+keeps the records, in `taskdb`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..clock import utc_iso
+from ..errors import StateError
+
+# -- states --------------------------------------------------------------------------------------------
+
+NEW = "NEW"
+PROCESSING = "PROCESSING"
+END = "END"
+ERROR_FIX_PENDING = "ERROR_FIX_PENDING"
+NORMAL_CRASH = "NORMAL_CRASH"
+REQUIRES_MANUAL = "REQUIRES_MANUAL"
+VOID = "VOID"
+EXEC_STATES = (NEW, PROCESSING, END, ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, VOID)
+
+# The source document's `status` column, derived from the exec state so the two never disagree.
+STATUS_OF = {
+    NEW: "pending",
+    PROCESSING: "running",
+    END: "completed",
+    ERROR_FIX_PENDING: "failed",
+    NORMAL_CRASH: "failed",
+    REQUIRES_MANUAL: "failed",
+    VOID: "voided",
+}
+
+# Which exec state may follow which. END and VOID are final (END may still be voided); a task that needs
+# a person leaves REQUIRES_MANUAL only when a person hands it back (ERROR_FIX_PENDING), ends or voids it.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    NEW: frozenset({PROCESSING, END, REQUIRES_MANUAL, VOID}),
+    PROCESSING: frozenset({END, ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, VOID}),
+    ERROR_FIX_PENDING: frozenset({PROCESSING, END, NORMAL_CRASH, REQUIRES_MANUAL, VOID}),
+    NORMAL_CRASH: frozenset({PROCESSING, END, ERROR_FIX_PENDING, REQUIRES_MANUAL, VOID}),
+    REQUIRES_MANUAL: frozenset({ERROR_FIX_PENDING, END, VOID}),
+    END: frozenset({VOID}),
+    VOID: frozenset(),
+}
+
+# `tasks.py mark NAME VERB`: the source document's mark_start / mark_end / mark_error_fix_pending / ...
+VERBS = {
+    "start": PROCESSING,
+    "end": END,
+    "error": ERROR_FIX_PENDING,
+    "crash": NORMAL_CRASH,
+    "manual": REQUIRES_MANUAL,
+    "void": VOID,
+}
+
+ACTIONABLE_STATES = frozenset({NEW, ERROR_FIX_PENDING, NORMAL_CRASH})
+# A parent runs only when every child is in one of these (the source document's gate).
+CHILD_SETTLED = frozenset({END, VOID, REQUIRES_MANUAL})
+OPEN_STATES = frozenset({NEW, PROCESSING, ERROR_FIX_PENDING, NORMAL_CRASH})
+
+TYPES = ("fix", "regular", "creative")
+PRIORITIES = ("P0", "P1", "P2")
+RUN_KINDS = ("argv", "shell", "plan")
+SCHEMA = 1
+HISTORY_KEEP = 30
+TEXT_FIELDS = ("display_name", "description", "success_criteria", "fix_suggestion", "analysis", "plan", "solution")
+
+
+# -- the record ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """One task. Timestamps are wall-clock seconds (`*_ts`) with ISO copies for people reading the file."""
+
+    name: str
+    type: str = "regular"
+    priority: str = "P1"
+    exec_state: str = NEW
+    display_name: str | None = None
+    description: str | None = None
+    parent: str | None = None
+    root: str = ""
+    level: int = 1
+    run: dict[str, Any] | None = None  # {"kind": argv|shell|plan, "argv"|"shell"|"plan": ..., "cwd", ...}
+    success_criteria: str | None = None
+    fix_suggestion: str | None = None
+    analysis: str | None = None
+    plan: str | None = None  # the source document's fix plan: text, not something that runs
+    solution: str | None = None
+    retry_count: int = 0
+    execution_count: int = 0
+    last_result: str | None = None
+    last_error: str | None = None
+    last_error_class: str | None = None
+    failed_step: str | None = None
+    source: dict[str, Any] | None = None  # for a FIX task: which task, step and failure made it
+    incident: str | None = None
+    fix_record: str | None = None  # the fix record (fixes/FIX-...json) self-heal made for this task's failure
+    requeued: bool = False  # a person handed it back from REQUIRES_MANUAL; the next run starts fresh
+    created_ts: float = 0.0
+    updated_ts: float = 0.0
+    last_executed_ts: float | None = None
+    started_ts: float | None = None
+    ended_ts: float | None = None
+    heartbeat_ts: float | None = None
+    activity_ts: float | None = None  # last output, or a retry wait in progress: proof of work, not just life
+    runner: dict[str, Any] | None = None  # {"pid", "create_time", "host"} of the process running it
+    run_id: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer version wrote: kept, not dropped
+
+    @property
+    def status(self) -> str:
+        return STATUS_OF[self.exec_state]
+
+    @property
+    def is_void(self) -> bool:
+        return self.exec_state == VOID
+
+    @property
+    def title(self) -> str:
+        return self.display_name or self.name
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data.update(self.extra)
+        data["schema"] = SCHEMA
+        data["status"] = self.status
+        data["is_void"] = self.is_void
+        for key in ("created", "updated", "last_executed", "started", "ended", "heartbeat", "activity"):
+            ts = data.get(f"{key}_ts")
+            data[key] = utc_iso(ts) if ts else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str, *, file_name: str | None = None) -> Task:
+        """Check a record read from `where` (a file, a row); a wrong one is reported with where, key and value.
+
+        `file_name`: the record came from `<name>.json`, whose stem must be the task's name."""
+        known = {k: v for k, v in data.items() if k in FIELDS}
+        extra = {k: v for k, v in data.items() if k not in FIELDS and k not in DERIVED}
+
+        def bad(key: str, why: str) -> StateError:
+            return StateError(f"{where}: {key}: {why} (value {data.get(key)!r})")
+
+        if not isinstance(known.get("name"), str):
+            raise bad("name", "missing or not a string")
+        checks = (("exec_state", EXEC_STATES), ("type", TYPES), ("priority", PRIORITIES))
+        for key, allowed in checks:
+            if key in known and known[key] not in allowed:
+                raise bad(key, f"must be one of {', '.join(allowed)}")
+        for key in ("retry_count", "execution_count", "level"):
+            if key in known and (not isinstance(known[key], int) or isinstance(known[key], bool) or known[key] < 0):
+                raise bad(key, "must be a whole number >= 0")
+        if not isinstance(known.get("history", []), list):
+            raise bad("history", "must be a list")
+        task = cls(**known, extra=extra)
+        if file_name is not None and file_name != f"{task.name}.json":
+            raise bad("name", f"does not match the file name {file_name}")
+        return task
+
+
+FIELDS = frozenset(f.name for f in dataclasses.fields(Task)) - {"extra"}
+# Written for people and tools reading the file; recomputed from the fields, never read back.
+DERIVED = frozenset(
+    {"schema", "status", "is_void", "created", "updated", "last_executed", "started", "ended", "heartbeat", "activity"}
+)
+
+
+TYPE_RANK = {t: i for i, t in enumerate(TYPES)}
+PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
+
+
+def rank(task: Task) -> tuple[int, int, int, float, str]:
+    """The source document's ORDER BY: type (fix, regular, creative), priority, deeper level, oldest (then name).
+
+    The same order as `taskdb.ORDER_BY`, for tasks already in memory."""
+    return (TYPE_RANK[task.type], PRIORITY_RANK[task.priority], -task.level, task.created_ts, task.name)
