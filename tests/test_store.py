@@ -570,12 +570,15 @@ def test_a_hard_link_planted_at_an_appended_file_is_refused(state: StateRoot, tm
 
 
 def test_every_writer_refuses_a_linked_folder_between_the_root_and_the_file(state: StateRoot, tmp_path: Path) -> None:
-    """`runs -> elsewhere`: atomic writes, appends and locks all refuse, and nothing appears elsewhere."""
+    """`runs -> elsewhere`: atomic writes, appends and locks all refuse, and nothing appears elsewhere, even
+    when the real folder was written to (and its descriptor remembered) before the link took its place."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    state.sub("runs").rmdir()
-    os.symlink(elsewhere, state.sub("runs"))
     target = state.sub("runs") / "x.json"
+    write_json(target, {"a": 0})
+    append_line(state.sub("runs") / "y.log", b"line")
+    os.rename(state.sub("runs"), tmp_path / "old-runs")
+    os.symlink(elsewhere, state.sub("runs"))
     for write in (
         lambda: write_json(target, {"a": 1}),
         lambda: append_line(target, b"line"),

@@ -179,8 +179,10 @@ def test_a_planted_link_among_run_records_is_named_and_nothing_is_read_through_i
         ("ledger", retry("--task", "job"), 0, True),
         ("checkpoints", workflow, 2, False),
         ("sessions", snapshot_save, 2, False),
+        ("incidents", workflow, 2, False),
+        ("tasks", task_add, 2, False),
     ],
-    ids=["ledger", "checkpoints", "sessions"],
+    ids=["ledger", "checkpoints", "sessions", "incidents", "tasks"],
 )
 def test_a_planted_folder_link_is_refused_and_nothing_lands_in_its_target(
     folder: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptStateError, StateError
-from ..state.root import SlotFile, StateRoot, quarantine, validate_id, write_json
+from ..state.root import SlotFile, StateRoot, quarantine, unlink, validate_id, write_json
 
 # Step states, in the order a step normally goes through them.
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
@@ -88,7 +88,7 @@ class Checkpoints:
         self._files.pop(task, None)
         for path in (self.path(task), self.outputs_path(task)):
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                unlink(path)  # a linked checkpoints/ folder is refused: nothing outside the root is deleted
                 found = True
         return found
 

@@ -22,7 +22,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock
 from ..core.config import get_config
 from ..errors import EXIT_FAILED, CorruptStateError, StateError, UsageError
-from ..state.root import StateRoot, file_lock, quarantine, read_json, validate_id, write_json
+from ..state.root import StateRoot, file_lock, quarantine, read_json, unlink, validate_id, write_json
 
 
 class NoSnapshot(UsageError):
@@ -270,7 +270,7 @@ def delete(session_id: str, *, root: StateRoot | None = None) -> bool:
     root = _root(root)
     with _lock(root, session_id):
         try:
-            _path(root, session_id).unlink()
+            unlink(_path(root, session_id))  # a linked sessions/ folder is refused
         except FileNotFoundError:
             return False
     return True

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ SUBDIRS = (
     "locks",
 )
 
+StrPath = str | os.PathLike[str]
 _ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
 
 logger = logging.getLogger(__name__)
@@ -90,7 +92,30 @@ def validate_id(value: str, kind: str = "task") -> str:
 
 def register_root(root: Path) -> None:
     """Below `root`, every folder and file is opened without following symbolic links (StateRoot does this)."""
-    _roots.add(Path(os.path.abspath(root)))
+    root = Path(os.path.abspath(root))
+    if root not in _roots:
+        _roots.add(root)
+        _plans.clear()
+
+
+# How open_dir walks to a folder, by the folder's absolute path: where it starts, the names below, and
+# whether the start is a state root (checked). Path arithmetic costs more than the walk's system calls.
+_plans: dict[str, tuple[Path, tuple[str, ...], bool]] = {}
+
+
+def _plan(path: StrPath) -> tuple[Path, tuple[str, ...], bool]:
+    key = os.fspath(path)
+    plan = _plans.get(key)
+    if plan is None:
+        full = Path(os.path.abspath(key))
+        root = _root_of(full)
+        # Not under a state root (a test's own folder): only the last component is ours.
+        plan = (full.parent, (full.name,), False) if root is None else (root, full.relative_to(root).parts, True)
+        if os.path.isabs(key):  # a relative one depends on the working folder
+            if len(_plans) > 4096:
+                _plans.clear()
+            _plans[key] = plan
+    return plan
 
 
 def _root_of(path: Path) -> Path | None:
@@ -116,12 +141,26 @@ def _link_problem(name: str, dir_fd: int) -> str | None:
     return None
 
 
-def _check_folder(fd: int, path: Path) -> None:
+def _link_problem_at(folder: str, name: str) -> str | None:
+    try:
+        dir_fd = open_dir(folder, create=False)
+    except OSError:
+        return None
+    try:
+        return _link_problem(name, dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _check_folder(fd: int, where: _Where) -> None:
     """A state folder must be this user's and 0700: looser modes are tightened (once, with a warning)."""
     if not hasattr(os, "geteuid"):  # pragma: no cover - Windows has no modes to speak of
         return
     info = os.fstat(fd)
     me = os.geteuid()
+    if info.st_uid == me and not info.st_mode & 0o077:
+        return
+    path = _where(where)
     if info.st_uid != me:
         raise UnsafeStateError(path, f"is owned by another user (uid {info.st_uid}, not {me})")
     mode = stat.S_IMODE(info.st_mode)
@@ -135,7 +174,26 @@ def _check_folder(fd: int, path: Path) -> None:
 
 def _open_base(path: Path, create: bool, check: bool) -> int:
     """The folder a walk starts from (the state root itself may be reached through a link the user chose)."""
-    if create and not os.path.isdir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    except FileNotFoundError:
+        if not create:
+            raise
+        _make_dirs(path)
+        fd = _open_existing_base(path)
+    except NotADirectoryError as exc:
+        raise UnsafeStateError(path, "is not a folder") from exc
+    if check:
+        try:
+            _check_folder(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _make_dirs(path: Path) -> None:
+    if not os.path.isdir(path):
         missing = []
         probe = path
         while not os.path.lexists(probe) and probe != probe.parent:
@@ -148,20 +206,23 @@ def _open_base(path: Path, create: bool, check: bool) -> int:
                 pass
             except OSError as exc:
                 raise StateWriteError(folder, exc, "create the folder") from exc
+
+
+def _open_existing_base(path: Path) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        return os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
     except NotADirectoryError as exc:
         raise UnsafeStateError(path, "is not a folder") from exc
-    if check:
-        try:
-            _check_folder(fd, path)
-        except BaseException:
-            os.close(fd)
-            raise
-    return fd
 
 
-def _open_child_dir(parent_fd: int, name: str, path: Path, create: bool) -> int:
+_Where = Path | tuple[Path, tuple[str, ...]]  # a folder's path, or its start and the names below (made on demand)
+
+
+def _where(where: _Where) -> Path:
+    return where if isinstance(where, Path) else where[0].joinpath(*where[1])
+
+
+def _open_child_dir(parent_fd: int, name: str, where: _Where, create: bool) -> int:
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except FileNotFoundError:
@@ -172,44 +233,91 @@ def _open_child_dir(parent_fd: int, name: str, path: Path, create: bool) -> int:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise StateWriteError(path, exc, "create the folder") from exc
-        return _open_child_dir(parent_fd, name, path, create=False)
+            raise StateWriteError(_where(where), exc, "create the folder") from exc
+        return _open_child_dir(parent_fd, name, where, create=False)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-            raise UnsafeStateError(path, _link_problem(name, parent_fd) or "is not a folder") from None
+            raise UnsafeStateError(_where(where), _link_problem(name, parent_fd) or "is not a folder") from None
         raise
     try:
-        _check_folder(fd, path)
+        _check_folder(fd, where)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def open_dir(path: Path, *, create: bool = True) -> int:
+def open_dir(path: StrPath, *, create: bool = True) -> int:
     """An fd of the folder `path` (created 0700 if missing and `create`), reached without following a
     symbolic link at any component below its state root; each of those folders must be this user's
     (looser modes are tightened). Raises UnsafeStateError for a link or a foreign folder, StateWriteError
-    if a folder cannot be created, FileNotFoundError if one is missing and not `create`."""
-    path = Path(os.path.abspath(path))
-    root = _root_of(path)
-    parts: tuple[str, ...]
-    if root is None:  # not under a state root (a test's own folder): only the last component is ours
-        base, parts, check = path.parent, (path.name,), False
-    else:
-        base, parts, check = root, path.relative_to(root).parts, True
-    fd = _open_base(base, create, check)
-    walked = base
+    if a folder cannot be created, FileNotFoundError if one is missing and not `create`. The caller closes it.
+
+    A folder walked once is remembered (its fd, device and inode): the next call only checks, with one
+    lstat, that the name still leads to that same folder, and hands out a duplicate of the fd. Only a
+    walk proves a folder safe; the check proves it is still the folder proved safe (a link or another
+    folder put in its place has another inode, and is walked, so refused)."""
+    key = os.fspath(path)
+    with _dirs_lock:
+        cached = _cached_dir(key)
+        if cached is not None:
+            return os.dup(cached)
+    fd = _walk(path, create)
+    if os.path.isabs(key):
+        info = os.fstat(fd)
+        with _dirs_lock:
+            if key not in _dirs:
+                if len(_dirs) >= _DIRS_KEPT:  # a process that writes into many roots (a test run)
+                    for old, _ in _dirs.values():
+                        os.close(old)
+                    _dirs.clear()
+                _dirs[key] = (os.dup(fd), (info.st_dev, info.st_ino))
+    return fd
+
+
+def _cached_dir(key: str) -> int | None:
+    """The remembered fd of folder `key` if the name still leads to that folder (hold _dirs_lock)."""
+    cached = _dirs.get(key)
+    if cached is None:
+        return None
+    fd, ident = cached
     try:
-        for name in parts:
-            walked = walked / name
-            child = _open_child_dir(fd, name, walked, create)
+        now = os.lstat(key)
+    except OSError:
+        now = None
+    if now is not None and (now.st_dev, now.st_ino) == ident and stat.S_ISDIR(now.st_mode):
+        return fd
+    del _dirs[key]
+    os.close(fd)
+    return None
+
+
+def _walk(path: StrPath, create: bool) -> int:
+    base, parts, check = _plan(path)
+    fd = _open_base(base, create, check)
+    try:
+        for n, name in enumerate(parts):
+            child = _open_child_dir(fd, name, (base, parts[: n + 1]), create)
             os.close(fd)
             fd = child
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+_DIRS_KEPT = 32
+_dirs: dict[str, tuple[int, tuple[int, int]]] = {}
+_dirs_lock = threading.Lock()
+
+
+def _forget_dirs_in_child() -> None:
+    global _dirs_lock  # noqa: PLW0603 - a lock held by another thread at fork() would never be released
+    _dirs_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_dirs_in_child)
 
 
 def ensure_dir(path: Path) -> Path:
@@ -227,33 +335,33 @@ def open_file(path: Path, flags: int, mode: int = FILE_MODE, *, doing: str = "wr
     Raises UnsafeStateError for a link, StateWriteError for an OS error (disk full, read-only), and
     FileNotFoundError when the file is missing and not to be created."""
     creating = bool(flags & os.O_CREAT)
+    folder, name = os.path.split(os.fspath(path))
+    flags |= _NOFOLLOW | _CLOEXEC | _NONBLOCK
     try:
-        dir_fd = open_dir(path.parent, create=creating)
+        with _dirs_lock:  # the common case: the folder was walked before, open right in it
+            cached = _cached_dir(folder)
+            fd = -1 if cached is None else os.open(name, flags, mode, dir_fd=cached)
+        if fd < 0:
+            dir_fd = open_dir(folder, create=creating)
+            try:
+                fd = os.open(name, flags, mode, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
     except FileNotFoundError:
         raise
     except OSError as exc:
         if isinstance(exc, StateError):
             raise
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise UnsafeStateError(path, _link_problem_at(folder, name) or "is a symbolic link") from None
         raise StateWriteError(path, exc, doing) from exc
-    try:
-        try:
-            fd = os.open(path.name, flags | _NOFOLLOW | _CLOEXEC | _NONBLOCK, mode, dir_fd=dir_fd)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EMLINK):
-                raise UnsafeStateError(path, _link_problem(path.name, dir_fd) or "is a symbolic link") from None
-            raise StateWriteError(path, exc, doing) from exc
-    finally:
-        os.close(dir_fd)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnsafeStateError(path, "is not a plain file")
         if info.st_nlink > 1 and flags & (os.O_WRONLY | os.O_RDWR):
             raise UnsafeStateError(path, f"has {info.st_nlink} hard links (one may point outside the state root)")
-        if _NONBLOCK:
-            os.set_blocking(fd, True)
+        # O_NONBLOCK only kept a planted FIFO from hanging the open; on a plain file it changes nothing.
     except BaseException:
         os.close(fd)
         raise
@@ -704,7 +812,12 @@ class StateRoot:
     def ensure(self) -> StateRoot:
         """Create the root and its folders (0700) if missing; refuse linked or foreign ones (UnsafeStateError),
         tighten loose modes; StateWriteError if one cannot be created (read-only, disk full)."""
-        fd = open_dir(self.root)
+        try:
+            fd = open_dir(self.root)
+        except OSError as exc:
+            if isinstance(exc, StateError):
+                raise
+            raise StateWriteError(self.root, exc, "open the folder") from exc
         try:
             for name in SUBDIRS:
                 try:
