@@ -8,7 +8,7 @@ seconds, as a network between client and endpoint would.
 
 - self-heal: `selfheal.models.llm.complete(PROMPT, config=cfg)`, cfg loaded from a config.yaml in a fresh
   temporary SELFHEAL_HOME per scenario whose `models.chain` is [primary, fallback], with
-  `models.timeout_s` = the read timeout, `timeout_per_1k_tokens_s: 0` and `connect_timeout_s: 1`.
+  `models.read_timeout_base_s` = the read timeout, `timeout_per_1k_tokens_s: 0` and `connect_timeout_s: 1`.
   Everything else is skill.yaml's default (retry policies, breakers); the breakers persist across the
   requests of a scenario, as they would across a user's calls.
 - openai retries: `openai.OpenAI(max_retries=2, timeout=T)` on the primary; on any exception, the same
@@ -205,7 +205,7 @@ def selfheal_config(ep: Endpoints, timeout_s: float, home: Path) -> Config:
     """self-heal's shipped settings, the chain and timeouts aside, with its state under `home`."""
     settings = {
         "models": {
-            "timeout_s": timeout_s,
+            "read_timeout_base_s": timeout_s,
             "timeout_per_1k_tokens_s": 0,
             "connect_timeout_s": CONNECT_TIMEOUT_S,
             "chain": [

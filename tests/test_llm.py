@@ -29,7 +29,7 @@ from selfheal.testing import FakeClock, FakeModelServer, FakeNvidiaSmi, Fault
 FAST = """
 retry: {{jitter: {jitter}}}
 models:
-  timeout_s: 1.0
+  read_timeout_base_s: 1.0
   timeout_per_1k_tokens_s: 0.0
   connect_timeout_s: 0.5
   deadline_s: 20
@@ -675,3 +675,67 @@ def test_sync_calls_from_several_threads_at_once(chain: Callable[..., Config], c
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: ask(config, clock).content, range(12)))
     assert answers == ["ok from primary"] * 12
+
+
+# -- the API -----------------------------------------------------------------------------------------------------
+
+
+def test_load_config_takes_a_dict_or_a_str_path(tmp_path: Path) -> None:
+    """Settings can be given as a mapping or as a path in a str; a bad value in a mapping is named clearly."""
+    assert load_config({"models": {"deadline_s": 5}}).models.deadline_s == 5.0
+    path = tmp_path / "mine.yaml"
+    path.write_text("models: {deadline_s: 7}\n")
+    assert load_config(str(path)).models.deadline_s == 7.0
+    assert load_config(user_file=str(path)).models.deadline_s == 7.0
+    with pytest.raises(ConfigError, match=r"settings given to load_config.*models\.deadline_s.*must be > 0"):
+        load_config({"models": {"deadline_s": -1}})
+
+
+def test_the_old_name_of_the_read_timeout_still_works_with_a_note(
+    write_config: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """models.timeout_s is now read_timeout_base_s (it is the base of the read timeout, not all of it): the old
+    name is read, and a one-line warning says so; both names at once is an error."""
+    write_config("models:\n  timeout_s: 12\n")
+    with caplog.at_level("WARNING"):
+        config = load_config()
+    assert config.models.read_timeout_base_s == 12.0
+    assert "models.timeout_s is now called models.read_timeout_base_s" in caplog.text
+    with pytest.raises(ConfigError, match="keep read_timeout_base_s"):
+        load_config({"models": {"timeout_s": 1, "read_timeout_base_s": 2}})
+
+
+def test_a_failed_call_carries_the_http_status_and_the_provider_code(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """The caller can branch on .status and .code without digging through the attempts."""
+    server.script("solo", Fault.http(401, code="invalid_api_key"))
+    with pytest.raises(ModelCallFailed) as info:
+        ask(chain("solo"), clock)
+    assert (info.value.status, info.value.code) == (401, "invalid_api_key")
+    assert info.value.to_json()["status"] == 401
+
+
+def test_a_content_refusal_carries_only_the_providers_words(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """provider_reason is what the provider said, without our own 'HTTP 400: BadRequestError ...' prefix."""
+    server.script("primary", Fault.http(400, code="content_policy_violation", message="Your request was rejected"))
+    with pytest.raises(ContentRefused) as info:
+        ask(chain("primary"), clock)
+    assert info.value.provider_reason == "Your request was rejected"
+    assert (info.value.status, info.value.code) == (400, "content_policy_violation")
+
+
+def test_acomplete_reuses_its_clients_within_an_event_loop(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Three calls in one event loop share one client, so one kept-alive connection serves them all."""
+    config = chain("primary")
+
+    async def three() -> None:
+        for _ in range(3):
+            await acomplete("hi", config=config, clock=clock)
+
+    asyncio.run(three())
+    assert (server.requests("primary"), server.connections()) == (3, 1)

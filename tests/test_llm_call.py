@@ -32,7 +32,7 @@ def two(server: FakeModelServer, write_config: Callable[[str], Path]) -> Callabl
 
     def make(extra: str = "") -> Path:
         return write_config(
-            "models:\n  timeout_s: 2\n  timeout_per_1k_tokens_s: 0\n  chain:\n"
+            "models:\n  read_timeout_base_s: 2\n  timeout_per_1k_tokens_s: 0\n  chain:\n"
             f'    - {{name: primary, base_url: "{server.url("primary")}", model: qwen}}\n'
             f'    - {{name: backup, base_url: "{server.url("backup")}", model: phi}}\n' + extra
         )

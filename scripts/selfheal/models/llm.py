@@ -24,6 +24,7 @@ import os
 import random
 import ssl
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -65,6 +66,7 @@ class ModelAttempt:
     rule: str | None = None
     reason: str = ""
     status: int | None = None  # HTTP status, when there was one
+    code: str | None = None  # the provider's error code (or type), when it gave one
     duration_s: float = 0.0
     delay_s: float | None = None  # the wait before the next attempt on this endpoint
     tokens: int | None = None
@@ -117,11 +119,15 @@ class Completion:
 
 
 class ModelCallFailed(SelfHealError):
-    """No endpoint produced a usable answer; `attempts` says what each one did."""
+    """No endpoint produced a usable answer; `attempts` says what each one did. `status` and `code` are the
+    HTTP status and the provider's error code of the last request that failed (None when it had none)."""
 
     def __init__(self, message: str, attempts: Sequence[ModelAttempt], *, error_class: str | None = None) -> None:
         self.attempts = list(attempts)
         self.error_class = error_class
+        last = next((a for a in reversed(self.attempts) if a.outcome != "skipped"), None)
+        self.status: int | None = last.status if last else None
+        self.code: str | None = last.code if last else None
         super().__init__(message)
 
     def to_json(self) -> dict[str, Any]:
@@ -130,6 +136,8 @@ class ModelCallFailed(SelfHealError):
             "error": type(self).__name__,
             "message": str(self),
             "error_class": self.error_class,
+            "status": self.status,
+            "code": self.code,
             "attempts": [a.to_dict() for a in self.attempts],
         }
 
@@ -144,6 +152,9 @@ class ContentRefused(ModelCallFailed):
 
 class NoEndpointAvailable(NotAttempted):
     """Every endpoint was skipped (breakers open, GPU memory short): nothing was sent; try later."""
+
+    status: int | None = None  # nothing was sent: no HTTP status, no provider code
+    code: str | None = None
 
     def __init__(self, attempts: Sequence[ModelAttempt]) -> None:
         self.attempts = list(attempts)
@@ -334,7 +345,7 @@ class _ChainCall:
     def read_timeout(self, entry: ModelEndpoint) -> float:
         """30 s + 10 s per 1k tokens asked for (the first source document's rule), within the deadline."""
         tokens = self.request.max_tokens or self.models.expected_tokens
-        base = entry.timeout_s if entry.timeout_s is not None else self.models.timeout_s
+        base = entry.read_timeout_base_s if entry.read_timeout_base_s is not None else self.models.read_timeout_base_s
         return base + self.models.timeout_per_1k_tokens_s * tokens / 1000
 
     def timeout(self, entry: ModelEndpoint) -> openai.Timeout:
@@ -479,7 +490,7 @@ class _ChainCall:
                 except OutputProblem as problem:
                     classification = Classification("format", "answer-check", "format")
                     failure: Failure | None = None
-                    outcome, reason, status = "rejected", problem.detail, None
+                    outcome, reason, status, code = "rejected", problem.detail, None, None
                 except Exception as exc:
                     if _is_deadline(exc) and self.remaining() <= 0:
                         await lease.release(ok=False, error_class=None)
@@ -503,6 +514,7 @@ class _ChainCall:
                     failure = Failure.from_exception(exc)
                     classification = self.classifier.classify(failure, now=self.clock.time())
                     outcome, reason, status = "failed", failure.summary(), failure.status
+                    code = failure.error_codes[0] if failure.error_codes else None
                 else:
                     await lease.release(ok=True)
                     usage = answer.usage or {}
@@ -547,6 +559,7 @@ class _ChainCall:
                     classification.rule,
                     reason,
                     status,
+                    code,
                     duration_s=self.clock.monotonic() - started,
                     simplified=request is not self.request,
                     discarded_chars=progress.delivered,
@@ -554,7 +567,7 @@ class _ChainCall:
                 settle = functools.partial(self._settle, lease, cls)
                 if classification.reason == "content_policy":
                     await settle("failed", attempt, status="not_retryable")
-                    raise ContentRefused(reason, self.attempts)
+                    raise ContentRefused((failure.message if failure else "") or reason, self.attempts)
                 if classification.reason == "context_length_exceeded":
                     await settle("fallback", attempt, status="context_length_exceeded")
                     return _MoveOn("context_length_exceeded", entry.context_tokens)
@@ -886,6 +899,12 @@ async def acomplete(
     """
     config = config or get_config()
     check_chain(config)
+    if _shared_clients is None:
+        # A caller's event loop: its clients are kept for the loop's life (connections reused between calls).
+        loop = asyncio.get_running_loop()
+        _shared_clients = _loop_clients.get(loop)
+        if _shared_clients is None:
+            _shared_clients = _loop_clients[loop] = {}
     if task is not None:
         validate_id(task, "task")
     if max_tokens is not None and max_tokens < 1:
@@ -975,6 +994,7 @@ async def astream(prompt: str | None = None, **options: Any) -> AsyncIterator[St
 
 
 Clients = dict[tuple[str, str], openai.AsyncOpenAI]
+_loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Clients] = weakref.WeakKeyDictionary()
 
 
 class _ThreadLoop(threading.local):
