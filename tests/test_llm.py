@@ -490,6 +490,33 @@ def test_traffic_returns_to_a_recovered_primary(
     assert server.requests("primary") == primary_hits + 5
 
 
+def test_a_primary_failing_often_below_the_trip_is_passed_over_then_probed_back(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """3 good calls, then two 503s (2 of 5 calls failed: 40%, below the breaker's 50%): the call moves to the
+    backup at once instead of retrying, and the next calls skip the primary for 10 s; then one probe finds it
+    well and traffic returns."""
+    config = chain("primary", "backup")
+    assert [ask(config, clock).endpoint for _ in range(3)] == ["primary"] * 3
+    server.script("primary", Fault.http(503), Fault.http(503))
+    assert ask(config, clock).endpoint == "backup" and server.requests("primary") == 5
+    skipped = ask(config, clock)
+    assert skipped.endpoint == "backup" and server.requests("primary") == 5
+    assert skipped.attempts[0].outcome == "skipped" and "ejected" in skipped.attempts[0].reason
+    clock.advance(10)
+    assert [ask(config, clock).endpoint for _ in range(2)] == ["primary", "primary"]
+
+
+def test_a_silent_primary_is_cooled_down_so_the_next_call_does_not_wait_for_it(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Nothing before the read timeout: the backup answers, and the next call goes straight to the backup."""
+    server.set_default("primary", Fault.hang(30))
+    config = chain("primary", "backup")
+    assert ask(config, clock).endpoint == "backup"
+    assert ask(config, clock).endpoint == "backup" and server.requests("primary") == 1
+
+
 # -- records -------------------------------------------------------------------------------------------------------
 
 

@@ -141,6 +141,10 @@ class BreakerSettings:
     counted_classes: tuple[ErrorClass, ...]
     open_at_once: tuple[ErrorClass, ...]
     stale_permit_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
+    eject_failure_rate: float = field(metadata=_meta(gt=0, hi=1))
+    eject_min_calls: int = field(metadata=_meta(lo=1, hi=100_000))
+    eject_s: float = field(metadata=_meta(gt=0, hi=86400))
+    eject_max_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import openai
 from .. import _testing
 from ..clock import SYSTEM_CLOCK, Clock
 from ..core.backoff import exponential
-from ..core.breaker import BreakerOpen, Breakers, Permit
+from ..core.breaker import BreakerOpen, Breakers, Ejected, Permit
 from ..core.classify import Classification, Failure, classifier_for
 from ..core.config import Config, ModelEndpoint, get_config
 from ..core.ledger import Ledger
@@ -409,6 +409,7 @@ class _ChainCall:
         chain = self.models.chain
         too_long_for: int | None = None  # the context window a request already proved too small for
         too_long = False
+        passed_over: list[ModelEndpoint] = []  # ejected endpoints skipped while others were left
         try:
             for index, entry in enumerate(chain):
                 if too_long and not (entry.context_tokens and entry.context_tokens > (too_long_for or 0)):
@@ -416,13 +417,24 @@ class _ChainCall:
                     continue
                 if self.remaining() <= 0:
                     break
-                outcome = await self._endpoint(entry, last=index == len(chain) - 1)
+                final = index == len(chain) - 1
+                outcome = await self._endpoint(entry, last=final, avoid_ejected=not final)
                 if isinstance(outcome, Completion):
                     outcome.fallback_used = entry.name != chain[0].name
                     return outcome
+                if outcome.why == "ejected":
+                    passed_over.append(entry)
                 if outcome.why == "context_length_exceeded":
                     too_long = True
                     too_long_for = max(too_long_for or 0, outcome.context_tokens or 0)
+            # Everything else failed: an endpoint passed over for failing often is still better than nothing.
+            for index, entry in enumerate(passed_over):
+                if self.remaining() <= 0 or too_long:
+                    break
+                outcome = await self._endpoint(entry, last=index == len(passed_over) - 1, avoid_ejected=False)
+                if isinstance(outcome, Completion):
+                    outcome.fallback_used = entry.name != chain[0].name
+                    return outcome
         finally:
             await self.close()
         tried = [a for a in self.attempts if a.outcome != "skipped"]
@@ -440,7 +452,7 @@ class _ChainCall:
     def _skipped(self, entry: ModelEndpoint, reason: str, error_class: str | None = None) -> ModelAttempt:
         return ModelAttempt(entry.name, entry.model, 0, "skipped", error_class=error_class, reason=reason)
 
-    async def _endpoint(self, entry: ModelEndpoint, *, last: bool) -> Completion | _MoveOn:
+    async def _endpoint(self, entry: ModelEndpoint, *, last: bool, avoid_ejected: bool) -> Completion | _MoveOn:
         budget = Budget(
             self.config.policies,
             self.config.retry,
@@ -453,7 +465,10 @@ class _ChainCall:
         memory_waited = False
         while True:
             try:
-                permit = await self.io(self.breakers.acquire, entry.name)
+                permit = await self.io(self.breakers.acquire, entry.name, avoid_ejected=avoid_ejected)
+            except Ejected as exc:
+                await self.note(self._skipped(entry, str(exc)), None)
+                return _MoveOn("ejected")
             except BreakerOpen as exc:
                 await self.note(self._skipped(entry, str(exc)), None)
                 return _MoveOn("breaker_open")
@@ -576,11 +591,17 @@ class _ChainCall:
                     await settle("retry", _with_delay(attempt, 0.0), status="retrying", max_attempts=2)
                     request = self.request.simplified(reason, self.models.simplify_max_prompt_chars)
                     continue
-                why, decision = self._next_step(classification, failure, error, budget, number, last=last)
+                ejecting = not last and await self.io(self.breakers.would_eject, entry.name, cls)
+                why, decision = self._next_step(
+                    classification, failure, error, budget, number, last=last, ejecting=ejecting
+                )
                 if why is not None or decision is None:
                     event = "failed" if last else "fallback"
                     max_attempts = decision.max_attempts if decision else number
-                    await settle(event, attempt, status=why, max_attempts=max_attempts)
+                    # Silent, stalled or unreachable: cool it down at once, so the next calls skip it.
+                    eject = why if why in ("silent", "stalled", "unreachable") else None
+                    await self.note(attempt, event, status=why, max_attempts=max_attempts)
+                    await lease.release(ok=False, error_class=cls, eject=eject)
                     return _MoveOn(why or "failed")
                 await settle(
                     "retry",
@@ -634,6 +655,7 @@ class _ChainCall:
         number: int,
         *,
         last: bool,
+        ejecting: bool = False,
     ) -> tuple[str | None, Decision | None]:
         """(None, decision): retry on this endpoint after decision.delay_s. (why, ...): move on, because why."""
         cls = classification.error_class
@@ -644,6 +666,9 @@ class _ChainCall:
             return "unreachable", None
         if _silent(error):
             return "silent", None
+        if ejecting:
+            # Failing often, though not enough to trip its breaker: another endpoint is the better bet.
+            return "ejected", None
         if isinstance(error, StreamStalled) and not last:
             # It went quiet mid-answer: the text so far is lost either way, and another endpoint answers
             # sooner than a second wait for this one.
@@ -794,10 +819,10 @@ class _Lease:
         self.call = call
         self.permit: Permit | None = permit
 
-    async def release(self, *, ok: bool, error_class: str | None = None) -> None:
+    async def release(self, *, ok: bool, error_class: str | None = None, eject: str | None = None) -> None:
         permit, self.permit = self.permit, None
         if permit is not None:
-            await self.call.io(self.call.breakers.release, permit, ok=ok, error_class=error_class)
+            await self.call.io(self.call.breakers.release, permit, ok=ok, error_class=error_class, eject=eject)
 
     def abandon(self) -> None:
         """Give back a permit still held (the attempt was cancelled): it says nothing about the endpoint,
