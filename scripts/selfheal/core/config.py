@@ -374,6 +374,8 @@ class Config:
     fixes: FixSettings
     manifest: Manifest = field(compare=False)
     files: tuple[str, ...] = field(default=(), compare=False)
+    # Whether the user's settings name models.chain (if not, the chain is built from OpenClaw's models).
+    chain_configured: bool = field(default=False, compare=False)
 
 
 MANIFEST_KEYS = frozenset(f.name for f in dataclasses.fields(Manifest))
@@ -677,7 +679,11 @@ def load_config(
     settings = deep_merge({k: v for k, v in base.items() if k not in MANIFEST_KEYS}, user or {})
     conv = _Converter(marks, str(user_path) if user else str(skill_yaml))
     manifest = conv.dataclass(Manifest, manifest_data, "")
-    return _build_config(conv, typing.cast(dict[str, Any], settings), manifest, tuple(files))
+    config = _build_config(conv, typing.cast(dict[str, Any], settings), manifest, tuple(files))
+    user_models = user.get("models") if isinstance(user, dict) else None
+    if isinstance(user_models, dict) and "chain" in user_models:
+        config = dataclasses.replace(config, chain_configured=True)
+    return config
 
 
 def _paths(value: object, prefix: str) -> list[str]:
@@ -722,7 +728,7 @@ def _rename_old_keys(user: dict[str, Any], marks: _Marks, file: str) -> None:
 
 def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest, files: tuple[str, ...]) -> Config:
     hints = typing.get_type_hints(Config)
-    known = {f.name for f in dataclasses.fields(Config)} - {"manifest", "files"}
+    known = {f.name for f in dataclasses.fields(Config)} - {"manifest", "files", "chain_configured"}
     for key in settings:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)

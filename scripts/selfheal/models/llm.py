@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import functools
 import importlib
+import logging
 import os
 import random
 import ssl
@@ -41,9 +42,11 @@ from ..core.ledger import Ledger
 from ..core.retrying import Budget, Decision
 from ..errors import ConfigError, NotAttempted, SelfHealError
 from ..state.root import StateRoot, validate_id
-from . import gpu
+from . import gpu, openclaw_chain
 from .output import OutputProblem, check_answer
 from .prompts import render
+
+log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 T = TypeVar("T")
@@ -871,6 +874,21 @@ def _on_gpu(entry: ModelEndpoint) -> bool:
     return bool(entry.local) or entry.gpu is not None
 
 
+_told: set[str] = set()
+
+
+def chain_config(config: Config) -> Config:
+    """The configuration with the chain a call uses: config.yaml's models.chain if the user set one, else
+    the user's OpenClaw models (openclaw.json), else skill.yaml's. Models of openclaw.json that cannot be
+    used are named once per process, in one warning."""
+    chain = openclaw_chain.resolve(config)
+    line = chain.unusable_line()
+    if line and line not in _told:
+        _told.add(line)
+        log.warning("%s", line)
+    return openclaw_chain.with_chain(config, chain)
+
+
 def check_chain(config: Config, env: Mapping[str, str] | None = None) -> None:
     """Refuse a chain that cannot work, before any request: empty, or a key variable that is not set."""
     env = os.environ if env is None else env
@@ -922,7 +940,7 @@ async def acomplete(
     got since the previous restart must be dropped. astream() says the same as events.
     deadline_s: the whole call (default models.deadline_s). task: recorded with every attempt.
     """
-    config = config or get_config()
+    config = chain_config(config or get_config())
     check_chain(config)
     if _shared_clients is None:
         # A caller's event loop: its clients are kept for the loop's life (connections reused between calls).
