@@ -215,7 +215,6 @@ def test_a_content_policy_refusal_is_a_clean_error(
 @pytest.mark.parametrize(
     ("bad", "words"),
     [
-        (Fault.wrong_shape(), "wrong shape"),
         (Fault.empty(), "empty answer"),
         (Fault.truncated(), "cut off"),
         (Fault.malformed(), "Expecting value"),
@@ -231,6 +230,29 @@ def test_a_bad_answer_is_retried_once_simplified_then_falls_over(
     first, second = result.attempts[:2]
     assert first.error_class == second.error_class == "format" and words in first.reason
     assert (first.simplified, second.simplified) == (False, True)
+
+
+def test_a_reply_that_is_not_a_chat_completion_moves_on_at_once(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """200 with JSON that is no chat completion is the server's doing, not the model's: no simplified retry
+    there while another endpoint is left; alone, it still gets its one simplified retry."""
+    server.script("primary", Fault.wrong_shape())
+    result = ask(chain("primary", "backup"), clock)
+    assert (result.content, server.requests("primary")) == ("ok from backup", 1)
+    assert "wrong shape" in result.attempts[0].reason
+    server.script("solo", Fault.wrong_shape())
+    assert ask(chain("solo"), clock).content == "ok from solo" and server.requests("solo") == 2
+
+
+def test_an_out_of_memory_endpoint_is_cooled_down(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """After a CUDA OOM the next calls skip the local server for a while instead of asking it again."""
+    server.set_default("gpu", Fault.http(500, message=TORCH_OOM))
+    config = chain("gpu", "backup")
+    assert [ask(config, clock).endpoint for _ in range(3)] == ["backup"] * 3
+    assert server.requests("gpu") == 1
 
 
 def test_the_simplified_retry_is_stricter(

@@ -589,8 +589,10 @@ class _ChainCall:
                 if classification.reason == "context_length_exceeded":
                     await settle("fallback", attempt, status="context_length_exceeded")
                     return _MoveOn("context_length_exceeded", entry.context_tokens)
-                if cls == "format" and request is self.request:
+                server_shape = outcome == "rejected" and reason.startswith("wrong shape") and not last
+                if cls == "format" and request is self.request and not server_shape:
                     # One more try here at once, simplified: a malformed answer is not the endpoint failing.
+                    # (A reply that is not a chat completion at all is the server's doing: move on.)
                     await settle("retry", _with_delay(attempt, 0.0), status="retrying", max_attempts=2)
                     request = self.request.simplified(reason, self.models.simplify_max_prompt_chars)
                     continue
@@ -601,8 +603,11 @@ class _ChainCall:
                 if why is not None or decision is None:
                     event = "failed" if last else "fallback"
                     max_attempts = decision.max_attempts if decision else number
-                    # Silent, stalled or unreachable: cool it down at once, so the next calls skip it.
+                    # Silent, stalled, unreachable or out of memory: cool it down at once, so the next calls
+                    # skip it for a while (one probe brings it back).
                     eject = why if why in ("silent", "stalled", "unreachable") else None
+                    if classification.reason == "out_of_memory" and not last:
+                        eject = "out of memory"
                     await self.note(attempt, event, status=why, max_attempts=max_attempts)
                     await lease.release(ok=False, error_class=cls, eject=eject)
                     return _MoveOn(why or "failed")
