@@ -5,7 +5,7 @@ and tested on. So it lives in bench/.venv-litellm and failover.py talks to this 
 
     bench/.venv-litellm/bin/python bench/litellm_worker.py --version      # prints LiteLLM's version
     bench/.venv-litellm/bin/python bench/litellm_worker.py                 # then, on stdin:
-    {"primary": URL, "fallback": URL, "timeout_s": T, "model": M, "messages": [...], "api_key": K}
+    {"primary": URL, "fallback": URL, "timeout_s": T, "model": M, "messages": [...], "api_key": K, "stream": B}
     ask            -> one JSON line: {"text": "..."} or {"text": null} or {"error": "ExceptionName"}
     (end of input)  -> exits
 
@@ -51,14 +51,23 @@ def main() -> None:
                 timeout=spec["timeout_s"],
             )
         try:
-            response = router.completion(model="primary", messages=spec["messages"])
+            if spec.get("stream"):
+                parts = []
+                for chunk in router.completion(model="primary", messages=spec["messages"], stream=True):
+                    choices = getattr(chunk, "choices", None)
+                    delta = getattr(choices[0], "delta", None) if choices else None
+                    text = getattr(delta, "content", None)
+                    if isinstance(text, str):
+                        parts.append(text)
+                answer: dict[str, Any] = {"text": "".join(parts)}
+            else:
+                response = router.completion(model="primary", messages=spec["messages"])
+                choices = getattr(response, "choices", None)
+                message = getattr(choices[0], "message", None) if choices else None
+                content = getattr(message, "content", None)
+                answer = {"text": content if isinstance(content, str) else None}
         except Exception as exc:
-            answer: dict[str, Any] = {"error": type(exc).__name__}
-        else:
-            choices = getattr(response, "choices", None)
-            message = getattr(choices[0], "message", None) if choices else None
-            content = getattr(message, "content", None)
-            answer = {"text": content if isinstance(content, str) else None}
+            answer = {"error": type(exc).__name__}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
 

@@ -5,6 +5,10 @@ Endpoints are tried in order, each behind its own circuit breaker; failures are 
 help and fall over where it cannot; every answer is checked (empty, cut off, not the JSON asked for)
 and a bad one is never printed as the answer. The answer goes to stdout; what happened, to stderr.
 
+With no models.chain in config.yaml, the chain is the user's OpenClaw models (agents.defaults.model in
+openclaw.json, for providers that speak the OpenAI chat API); --show-chain prints each entry and where
+it came from, and calls nothing.
+
 Exit codes: 0 answered; 2 usage or configuration error (bad flag, schema file, empty chain, missing key
 variable); 3 failed (every endpoint failed, deadline, content refused); 4 not attempted (every
 endpoint's breaker is open).
@@ -22,7 +26,9 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
+from selfheal.core.config import get_config  # noqa: E402
 from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
+from selfheal.models import openclaw_chain  # noqa: E402
 from selfheal.models.llm import Completion, ModelCallFailed, NoEndpointAvailable, complete  # noqa: E402
 from selfheal.models.output import load_schema  # noqa: E402
 
@@ -49,13 +55,36 @@ def _describe(result: Completion) -> str:
     return f"answered by {result.endpoint} ({result.model}){via} in {result.duration_s:.1f}s{tokens}"
 
 
+def _show_chain(as_json: bool) -> int:
+    chain = openclaw_chain.resolve(get_config())
+    rows = [
+        {
+            "name": e.name,
+            "model": e.model,
+            "base_url": e.base_url,
+            "api_key_env": e.api_key_env,  # the variable's name only, never the key
+            "source": source,
+        }
+        for e, source in zip(chain.entries, chain.sources, strict=True)
+    ]
+    if as_json:
+        cli.emit_json({"ok": True, "origin": chain.origin, "chain": rows, "unusable": list(chain.unusable)})
+    else:
+        for i, row in enumerate(rows, 1):
+            key = f", key from ${row['api_key_env']}" if row["api_key_env"] else ""
+            sys.stdout.write(f"{i}. {row['name']}: {row['model']} at {row['base_url']}{key}\n   from {row['source']}\n")
+    if chain.unusable:
+        cli.say(chain.unusable_line())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(
         prog="llm_call.py",
         description=__doc__.split("\n\n")[0],
         epilog="example: llm_call.py --json-output --schema report.schema.json --prompt-file prompt.txt",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", help="the prompt text")
     source.add_argument("--prompt-file", metavar="F", help="read the prompt from a file (- for stdin)")
     parser.add_argument("--system", help="a system message")
@@ -69,7 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--task", help="task id, recorded with every attempt in the ledger")
     parser.add_argument("--json", action="store_true", help="print one JSON object: the answer and every attempt")
+    parser.add_argument(
+        "--show-chain", action="store_true", help="print the chain and where each entry came from; call nothing"
+    )
     args = parser.parse_args(argv)
+    if args.show_chain:
+        cli.setup_logging()
+        return _show_chain(args.json)
+    if args.prompt is None and args.prompt_file is None:
+        parser.error("one of the arguments --prompt --prompt-file is required")
     if args.schema and not args.json_output:
         parser.error("--schema needs --json-output")
     if args.max_tokens is not None and args.max_tokens < 1:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SCRIPTS, script_env
-from selfheal.core.breaker import CLOSED, HALF_OPEN, OPEN, BreakerOpen, Breakers
+from selfheal.core.breaker import CLOSED, HALF_OPEN, OPEN, BreakerOpen, Breakers, Ejected
 from selfheal.core.config import Config, load_config
 from selfheal.core.ledger import Ledger
 from selfheal.state.root import StateRoot
@@ -112,6 +112,47 @@ def test_a_failed_probe_reopens_for_longer_each_time(breakers: Breakers, clock: 
         clock.advance(status["open_until"] - clock.time())
         fail(breakers)  # the probe fails
     assert waits == [60, 120, 240, 480, 600]
+
+
+def test_a_target_failing_often_below_the_trip_is_ejected(breakers: Breakers) -> None:
+    """2 failures in 5 calls (40%, below the 50% trip): the breaker stays closed, but a caller with another
+    target to go to is turned away (Ejected); one with nowhere else to go still gets through."""
+    succeed(breakers, times=3)
+    fail(breakers, times=2)
+    assert breakers.status("qwen")["state"] == CLOSED
+    with pytest.raises(Ejected, match="2 of the last 5 calls failed"):
+        breakers.acquire("qwen", avoid_ejected=True)
+    breakers.release(breakers.acquire("qwen"), ok=True)
+
+
+def test_an_ejection_ends_with_one_probe_and_doubles_while_it_keeps_failing(
+    breakers: Breakers, clock: FakeClock
+) -> None:
+    """After eject_s (10 s) one probe at a time tests it; a failed probe ejects it for 20 s, then 40 s; a good
+    probe brings traffic back."""
+    succeed(breakers, times=3)
+    fail(breakers, times=2)
+    lengths = []
+    for _ in range(3):
+        until = breakers.status("qwen")["ejected_until"]
+        lengths.append(round(until - clock.time()))
+        clock.advance(until - clock.time())
+        probe = breakers.acquire("qwen", avoid_ejected=True)
+        assert probe.eject_probe
+        with pytest.raises(Ejected, match="a probe is testing it"):
+            breakers.acquire("qwen", avoid_ejected=True)
+        breakers.release(probe, ok=False, error_class="transient")
+    assert lengths == [10, 20, 40]
+    clock.advance(80)
+    breakers.release(breakers.acquire("qwen", avoid_ejected=True), ok=True)
+    assert breakers.acquire("qwen", avoid_ejected=True).eject_probe is False
+
+
+def test_a_caller_can_eject_a_silent_target_at_once(breakers: Breakers) -> None:
+    """One silent request (the caller says so) is enough: no rate needed."""
+    breakers.release(breakers.acquire("qwen"), ok=False, error_class="timeout", eject="silent")
+    with pytest.raises(Ejected, match="silent"):
+        breakers.acquire("qwen", avoid_ejected=True)
 
 
 def test_recovery_forgets_earlier_trips(breakers: Breakers, clock: FakeClock) -> None:

@@ -29,7 +29,7 @@ from selfheal.testing import FakeClock, FakeModelServer, FakeNvidiaSmi, Fault
 FAST = """
 retry: {{jitter: {jitter}}}
 models:
-  timeout_s: 1.0
+  read_timeout_base_s: 1.0
   timeout_per_1k_tokens_s: 0.0
   connect_timeout_s: 0.5
   deadline_s: 20
@@ -215,7 +215,6 @@ def test_a_content_policy_refusal_is_a_clean_error(
 @pytest.mark.parametrize(
     ("bad", "words"),
     [
-        (Fault.wrong_shape(), "wrong shape"),
         (Fault.empty(), "empty answer"),
         (Fault.truncated(), "cut off"),
         (Fault.malformed(), "Expecting value"),
@@ -231,6 +230,29 @@ def test_a_bad_answer_is_retried_once_simplified_then_falls_over(
     first, second = result.attempts[:2]
     assert first.error_class == second.error_class == "format" and words in first.reason
     assert (first.simplified, second.simplified) == (False, True)
+
+
+def test_a_reply_that_is_not_a_chat_completion_moves_on_at_once(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """200 with JSON that is no chat completion is the server's doing, not the model's: no simplified retry
+    there while another endpoint is left; alone, it still gets its one simplified retry."""
+    server.script("primary", Fault.wrong_shape())
+    result = ask(chain("primary", "backup"), clock)
+    assert (result.content, server.requests("primary")) == ("ok from backup", 1)
+    assert "wrong shape" in result.attempts[0].reason
+    server.script("solo", Fault.wrong_shape())
+    assert ask(chain("solo"), clock).content == "ok from solo" and server.requests("solo") == 2
+
+
+def test_an_out_of_memory_endpoint_is_cooled_down(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """After a CUDA OOM the next calls skip the local server for a while instead of asking it again."""
+    server.set_default("gpu", Fault.http(500, message=TORCH_OOM))
+    config = chain("gpu", "backup")
+    assert [ask(config, clock).endpoint for _ in range(3)] == ["backup"] * 3
+    assert server.requests("gpu") == 1
 
 
 def test_the_simplified_retry_is_stricter(
@@ -490,6 +512,33 @@ def test_traffic_returns_to_a_recovered_primary(
     assert server.requests("primary") == primary_hits + 5
 
 
+def test_a_primary_failing_often_below_the_trip_is_passed_over_then_probed_back(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """3 good calls, then two 503s (2 of 5 calls failed: 40%, below the breaker's 50%): the call moves to the
+    backup at once instead of retrying, and the next calls skip the primary for 10 s; then one probe finds it
+    well and traffic returns."""
+    config = chain("primary", "backup")
+    assert [ask(config, clock).endpoint for _ in range(3)] == ["primary"] * 3
+    server.script("primary", Fault.http(503), Fault.http(503))
+    assert ask(config, clock).endpoint == "backup" and server.requests("primary") == 5
+    skipped = ask(config, clock)
+    assert skipped.endpoint == "backup" and server.requests("primary") == 5
+    assert skipped.attempts[0].outcome == "skipped" and "ejected" in skipped.attempts[0].reason
+    clock.advance(10)
+    assert [ask(config, clock).endpoint for _ in range(2)] == ["primary", "primary"]
+
+
+def test_a_silent_primary_is_cooled_down_so_the_next_call_does_not_wait_for_it(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Nothing before the read timeout: the backup answers, and the next call goes straight to the backup."""
+    server.set_default("primary", Fault.hang(30))
+    config = chain("primary", "backup")
+    assert ask(config, clock).endpoint == "backup"
+    assert ask(config, clock).endpoint == "backup" and server.requests("primary") == 1
+
+
 # -- records -------------------------------------------------------------------------------------------------------
 
 
@@ -675,3 +724,67 @@ def test_sync_calls_from_several_threads_at_once(chain: Callable[..., Config], c
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: ask(config, clock).content, range(12)))
     assert answers == ["ok from primary"] * 12
+
+
+# -- the API -----------------------------------------------------------------------------------------------------
+
+
+def test_load_config_takes_a_dict_or_a_str_path(tmp_path: Path) -> None:
+    """Settings can be given as a mapping or as a path in a str; a bad value in a mapping is named clearly."""
+    assert load_config({"models": {"deadline_s": 5}}).models.deadline_s == 5.0
+    path = tmp_path / "mine.yaml"
+    path.write_text("models: {deadline_s: 7}\n")
+    assert load_config(str(path)).models.deadline_s == 7.0
+    assert load_config(user_file=str(path)).models.deadline_s == 7.0
+    with pytest.raises(ConfigError, match=r"settings given to load_config.*models\.deadline_s.*must be > 0"):
+        load_config({"models": {"deadline_s": -1}})
+
+
+def test_the_old_name_of_the_read_timeout_still_works_with_a_note(
+    write_config: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """models.timeout_s is now read_timeout_base_s (it is the base of the read timeout, not all of it): the old
+    name is read, and a one-line warning says so; both names at once is an error."""
+    write_config("models:\n  timeout_s: 12\n")
+    with caplog.at_level("WARNING"):
+        config = load_config()
+    assert config.models.read_timeout_base_s == 12.0
+    assert "models.timeout_s is now called models.read_timeout_base_s" in caplog.text
+    with pytest.raises(ConfigError, match="keep read_timeout_base_s"):
+        load_config({"models": {"timeout_s": 1, "read_timeout_base_s": 2}})
+
+
+def test_a_failed_call_carries_the_http_status_and_the_provider_code(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """The caller can branch on .status and .code without digging through the attempts."""
+    server.script("solo", Fault.http(401, code="invalid_api_key"))
+    with pytest.raises(ModelCallFailed) as info:
+        ask(chain("solo"), clock)
+    assert (info.value.status, info.value.code) == (401, "invalid_api_key")
+    assert info.value.to_json()["status"] == 401
+
+
+def test_a_content_refusal_carries_only_the_providers_words(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """provider_reason is what the provider said, without our own 'HTTP 400: BadRequestError ...' prefix."""
+    server.script("primary", Fault.http(400, code="content_policy_violation", message="Your request was rejected"))
+    with pytest.raises(ContentRefused) as info:
+        ask(chain("primary"), clock)
+    assert info.value.provider_reason == "Your request was rejected"
+    assert (info.value.status, info.value.code) == (400, "content_policy_violation")
+
+
+def test_acomplete_reuses_its_clients_within_an_event_loop(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Three calls in one event loop share one client, so one kept-alive connection serves them all."""
+    config = chain("primary")
+
+    async def three() -> None:
+        for _ in range(3):
+            await acomplete("hi", config=config, clock=clock)
+
+    asyncio.run(three())
+    assert (server.requests("primary"), server.connections()) == (3, 1)

@@ -32,7 +32,7 @@ def two(server: FakeModelServer, write_config: Callable[[str], Path]) -> Callabl
 
     def make(extra: str = "") -> Path:
         return write_config(
-            "models:\n  timeout_s: 2\n  timeout_per_1k_tokens_s: 0\n  chain:\n"
+            "models:\n  read_timeout_base_s: 2\n  timeout_per_1k_tokens_s: 0\n  chain:\n"
             f'    - {{name: primary, base_url: "{server.url("primary")}", model: qwen}}\n'
             f'    - {{name: backup, base_url: "{server.url("backup")}", model: phi}}\n' + extra
         )
@@ -189,3 +189,86 @@ def test_four_processes_through_a_dead_endpoint(
     assert server.requests("primary") > hits_while_down + 3  # probes, then everyone again
     state = Breakers(StateRoot(home), load_config().breakers).status("primary")
     assert state["state"] == "closed"
+
+
+# -- the user's OpenClaw models ----------------------------------------------------------------------------------
+
+OPENCLAW_JSON5 = """{
+  // written as OpenClaw's docs write it: JSON5
+  agents: {
+    defaults: {
+      model: {
+        primary: "local/qwen3",
+        fallbacks: ["anthropic/claude-sonnet-4-5", "backup/small-model",],
+      },
+    },
+  },
+  models: {
+    mode: "merge",
+    providers: {
+      local: {baseUrl: "LOCAL_URL", api: "openai-completions", models: [{id: "qwen3", contextWindow: 32768}]},
+      backup: {baseUrl: "BACKUP_URL", apiKey: "${BACKUP_KEY}"},
+      /* a provider self-heal cannot call */
+      gem: {baseUrl: "https://example.invalid/v1", api: "google-generative-ai"},
+    },
+  },
+}
+"""
+
+
+@pytest.fixture
+def openclaw_home(tmp_path: Path, server: FakeModelServer) -> Path:
+    """An OpenClaw state folder whose openclaw.json names a local model, Anthropic and a keyed backup."""
+    folder = tmp_path / "openclaw"
+    folder.mkdir()
+    text = OPENCLAW_JSON5.replace("LOCAL_URL", server.url("local")).replace("BACKUP_URL", server.url("backup"))
+    (folder / "openclaw.json").write_text(text)
+    return folder
+
+
+def test_with_no_chain_configured_the_users_openclaw_models_answer(
+    home: Path, openclaw_home: Path, server: FakeModelServer
+) -> None:
+    """No config.yaml chain: OpenClaw's primary answers, with its fallback behind it; one stderr line names
+    the model that cannot be used and why."""
+    server.script("local", Fault.http(401, code="invalid_api_key"))
+    env = {"OPENCLAW_STATE_DIR": str(openclaw_home), "BACKUP_KEY": "sk-backup-secret-123"}
+    proc = call(home, "--prompt", "hi", **env)
+    assert proc.returncode == 0 and proc.stdout == "ok from backup\n", proc.stderr
+    unusable = [line for line in proc.stderr.splitlines() if "not used from openclaw.json" in line]
+    assert len(unusable) == 1 and "anthropic/claude-sonnet-4-5 (speaks Anthropic's Messages API" in unusable[0]
+    assert server.bodies("local")[-1]["model"] == "qwen3" and server.bodies("backup")[-1]["model"] == "small-model"
+    assert "sk-backup-secret-123" not in proc.stdout + proc.stderr
+
+
+def test_show_chain_says_where_each_entry_came_from(home: Path, openclaw_home: Path, write_config: Any) -> None:
+    """--show-chain --json: each entry with its source in openclaw.json and its key variable's name, never
+    the key; a config.yaml chain wins over OpenClaw's."""
+    env = {"OPENCLAW_STATE_DIR": str(openclaw_home), "BACKUP_KEY": "sk-backup-secret-123"}
+    proc = call(home, "--show-chain", "--json", **env)
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0 and [(e["name"], e["api_key_env"]) for e in result["chain"]] == [
+        ("local-qwen3", None),
+        ("backup-small-model", "BACKUP_KEY"),
+    ]
+    assert "agents.defaults.model.primary = 'local/qwen3'" in result["chain"][0]["source"]
+    assert "agents.defaults.model.fallbacks[1]" in result["chain"][1]["source"]
+    assert any("anthropic/claude-sonnet-4-5" in u for u in result["unusable"])
+    assert "sk-backup-secret-123" not in proc.stdout + proc.stderr
+    write_config('models:\n  chain:\n    - {name: mine, base_url: "http://127.0.0.1:9/v1", model: m}\n')
+    mine = json.loads(call(home, "--show-chain", "--json", **env).stdout)
+    assert [e["name"] for e in mine["chain"]] == ["mine"] and "config.yaml" in mine["chain"][0]["source"]
+
+
+def test_openclaw_models_none_of_which_can_be_used_are_a_config_error(
+    home: Path, openclaw_home: Path, server: FakeModelServer
+) -> None:
+    """A hosted backup without its key and a provider of another API: exit 2 naming each model and why."""
+    path = openclaw_home / "openclaw.json"
+    text = path.read_text().replace('primary: "local/qwen3"', 'primary: "gem/gemini-pro"')
+    path.write_text(text.replace(server.url("backup"), "https://backup.example.invalid/v1"))
+    proc = call(home, "--prompt", "hi", OPENCLAW_STATE_DIR=str(openclaw_home))
+    assert proc.returncode == 2
+    assert "none of OpenClaw's models can be used" in proc.stderr and "$BACKUP_KEY is not set" in proc.stderr
+    assert "gem/gemini-pro (its provider's api is google-generative-ai" in proc.stderr
+    assert "Traceback" not in proc.stderr

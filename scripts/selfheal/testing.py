@@ -182,6 +182,7 @@ class FakeModelServer:
         self._counts: dict[str, int] = defaultdict(int)
         self._bodies: dict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=100))
         self._no_stream_options: set[str] = set()
+        self._connections = 0
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -195,6 +196,11 @@ class FakeModelServer:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                with server._lock:
+                    server._connections += 1
+                super().setup()
 
             def do_POST(self) -> None:
                 server._handle(self)
@@ -241,6 +247,11 @@ class FakeModelServer:
     def requests(self, endpoint: str) -> int:
         with self._lock:
             return self._counts[endpoint]
+
+    def connections(self) -> int:
+        """TCP connections accepted so far (all endpoints): a client that keeps its connection makes one."""
+        with self._lock:
+            return self._connections
 
     def bodies(self, endpoint: str) -> list[dict[str, Any]]:
         """The JSON bodies of the endpoint's last 100 requests, oldest first."""

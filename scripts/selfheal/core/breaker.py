@@ -8,6 +8,13 @@ without a recovery in between multiplies that time by `open_multiplier`, up to `
 half_open: up to `half_open_probes` requests at once, across all processes, test the target;
 `close_after` successes close it, one counted failure opens it again.
 
+Below the trip, a target can be ejected (outlier ejection, as Envoy does; LiteLLM's cooldowns): when at
+least `eject_failure_rate` of the window's calls failed (with `eject_min_calls` calls), or when a caller
+reports it silent. While ejected, callers with somewhere else to go pass it over (`acquire(...,
+avoid_ejected=True)` raises Ejected); each ejection without a clean window in between lasts twice as
+long (`eject_s` up to `eject_max_s`). When it ends, one probe at a time (across processes) tests it; a
+success ends the ejection, a counted failure renews it.
+
 Once failures have started, requests still in flight count against what is left of the failure
 budget, so concurrent callers cannot overshoot the threshold against a dead target. A permit whose
 process died (pid and start time no longer match) is forgotten, so a crash never wedges a breaker.
@@ -65,6 +72,10 @@ class BreakerOpen(NotAttempted):
         super().__init__(f"circuit breaker for {target!r} is {state.replace('_', '-')}: {why}{when}")
 
 
+class Ejected(BreakerOpen):
+    """The target is ejected (failing often, or silent): a caller with another target should use that."""
+
+
 @dataclass(frozen=True)
 class Permit:
     """Leave to send one request to a target; give it back with Breakers.release()."""
@@ -73,6 +84,7 @@ class Permit:
     id: str
     probe: bool
     recorded: bool = True  # False: the breaker's file could not be used, so this call goes unguarded
+    eject_probe: bool = False  # the request that tests an ejected target after its cooldown
 
 
 @functools.lru_cache(maxsize=4)
@@ -130,6 +142,9 @@ def _fresh(target: str) -> dict[str, Any]:
         "last_error_class": None,
         "last_change": None,
         "reason": None,
+        "ejected_until": None,
+        "ejections": 0,
+        "eject_reason": None,
     }
 
 
@@ -240,25 +255,37 @@ class Breakers:
 
     # -- the public operations -------------------------------------------------------------------------------
 
-    def acquire(self, target: str) -> Permit:
-        """A permit to call `target` now, or BreakerOpen. If the breaker's file cannot be used (a planted
-        link, a full or read-only disk), the call is allowed unguarded and that is reported once
-        (StateRoot.unrecorded): a record must never be what stops the user's work."""
+    def acquire(self, target: str, *, avoid_ejected: bool = False) -> Permit:
+        """A permit to call `target` now, or BreakerOpen. avoid_ejected: the caller has another target to
+        go to, so an ejected one refuses it too (Ejected), but for one probe once the ejection is over.
+
+        If the breaker's file cannot be used (a planted link, a full or read-only disk), the call is allowed
+        unguarded and that is reported once (StateRoot.unrecorded): a record must never be what stops the
+        user's work."""
         try:
-            return self._acquire(target)
+            return self._acquire(target, avoid_ejected=avoid_ejected)
         except StateError as exc:
             self.state.unrecorded(f"the circuit breaker of {target!r}", exc)
             return Permit(target, "unrecorded", False, recorded=False)
 
-    def _acquire(self, target: str) -> Permit:
+    def _acquire(self, target: str, *, avoid_ejected: bool) -> Permit:
         s = self.settings
         # Most requests to a target whose breaker is open are refused: that needs no lock, because a
         # file replaced atomically is always read whole. Only the move to half-open takes the lock.
         seen = self._load(target)
         if seen["state"] == OPEN and self.clock.time() < (seen["open_until"] or 0):
             raise BreakerOpen(target, OPEN, seen["open_until"], seen.get("reason") or "open")
+        if avoid_ejected and self.clock.time() < (seen.get("ejected_until") or 0):
+            raise Ejected(target, "ejected", seen["ejected_until"], seen.get("eject_reason") or "failing often")
+        eject_probe = False
         with self._locked(target) as data:
             now = self.clock.time()
+            if avoid_ejected and data.get("ejected_until") is not None:
+                if now < data["ejected_until"]:
+                    raise Ejected(target, "ejected", data["ejected_until"], data.get("eject_reason") or "ejected")
+                if any(p.get("eject_probe") for p in data["permits"].values()):
+                    raise Ejected(target, "ejected", None, "a probe is testing it after its ejection")
+                eject_probe = True
             if data["state"] == OPEN:
                 if now < data["open_until"]:
                     raise BreakerOpen(target, OPEN, data["open_until"], data.get("reason") or "open")
@@ -275,25 +302,27 @@ class Breakers:
                     None,
                     f"{failures} recent failures and {len(in_flight)} requests in flight use the failure budget",
                 )
-            permit = Permit(target, secrets.token_hex(6), probe)
+            permit = Permit(target, secrets.token_hex(6), probe, eject_probe)
             data["permits"][permit.id] = {
                 "pid": os.getpid(),
                 "create_time": self._me.create_time if self._me else None,
                 "started": now,
                 "probe": probe,
+                "eject_probe": eject_probe,
             }
         return permit
 
-    def release(self, permit: Permit, *, ok: bool, error_class: str | None = None) -> None:
-        """Report how the request went. Only `counted_classes` failures count against the target."""
+    def release(self, permit: Permit, *, ok: bool, error_class: str | None = None, eject: str | None = None) -> None:
+        """Report how the request went. Only `counted_classes` failures count against the target.
+        eject: the caller found the target unfit for now (why, e.g. "silent"): eject it at once."""
         if not permit.recorded:
             return
         try:
-            self._release(permit, ok=ok, error_class=error_class)
+            self._release(permit, ok=ok, error_class=error_class, eject=eject)
         except StateError as exc:
             self.state.unrecorded(f"the circuit breaker of {permit.target!r}", exc)
 
-    def _release(self, permit: Permit, *, ok: bool, error_class: str | None) -> None:
+    def _release(self, permit: Permit, *, ok: bool, error_class: str | None, eject: str | None) -> None:
         s = self.settings
         with self._locked(permit.target) as data:
             data["permits"].pop(permit.id, None)
@@ -303,6 +332,7 @@ class Breakers:
                 self._count(data, now, ok=ok)
             if counted:
                 data["last_error_class"] = error_class
+            self._judge_ejection(data, permit, now, ok=ok, counted=counted, eject=eject)
             state = data["state"]
             if state == HALF_OPEN and permit.probe:
                 if ok:
@@ -319,6 +349,49 @@ class Breakers:
                     why = self._trip_reason(data, error_class)
                     if why:
                         self._move(data, OPEN, why)
+
+    def _judge_ejection(
+        self, data: dict[str, Any], permit: Permit, now: float, *, ok: bool, counted: bool, eject: str | None
+    ) -> None:
+        s = self.settings
+        data.setdefault("ejected_until", None)
+        data.setdefault("ejections", 0)
+        if ok and not any(bucket[2] for bucket in data["window"]):
+            data["ejections"] = 0  # a clean window: the next ejection starts short again
+        why = eject
+        if why is None and counted and data["state"] == CLOSED:
+            if permit.eject_probe:
+                why = f"its probe failed ({data.get('last_error_class')})"
+            else:
+                why = self.ejection_reason(data["window"])
+        if why is not None:
+            if data.get("ejected_until") is not None and now < data["ejected_until"] and not permit.eject_probe:
+                return  # already ejected (a request that started before)
+            data["ejections"] += 1
+            length = min(s.eject_max_s, s.eject_s * 2 ** (data["ejections"] - 1))
+            data["ejected_until"] = now + length
+            data["eject_reason"] = why
+            logger.info("%s ejected for %gs: %s", data["target"], length, why)
+        elif permit.eject_probe:
+            data["ejected_until"] = None  # the probe came back without a counted failure: traffic returns
+            data["eject_reason"] = None
+
+    def ejection_reason(self, window: list[list[float]], *, failing: bool = False) -> str | None:
+        """Why the window (plus one more failure, with `failing`) calls for an ejection, or None."""
+        s = self.settings
+        calls = _calls(window) + (1 if failing else 0)
+        failed = sum(bucket[2] for bucket in window) + (1 if failing else 0)
+        if calls >= s.eject_min_calls and failed / calls >= s.eject_failure_rate:
+            return f"{failed:g} of the last {calls} calls failed within {s.window_s:g}s"
+        return None
+
+    def would_eject(self, target: str, error_class: str) -> bool:
+        """Whether one more failure of this class would eject the target (a cheap read, no lock)."""
+        if error_class not in self.settings.counted_classes:
+            return False
+        seen = self._load(target)
+        horizon = self.clock.time() - self.settings.window_s
+        return self.ejection_reason([b for b in seen["window"] if b[0] >= horizon], failing=True) is not None
 
     def _trip_reason(self, data: dict[str, Any], error_class: str | None) -> str | None:
         s = self.settings

@@ -43,6 +43,7 @@ class Failure:
     signal: str | None = None
     timed_out: bool = False
     detail: str = ""  # the one line that best says what went wrong, if known
+    message: str = ""  # the server's own words (its error body's message), when it answered with one
 
     # -- constructors --------------------------------------------------------------------------------------
 
@@ -71,6 +72,7 @@ class Failure:
             if status is None:
                 status, headers = _http_from(item)
             codes.extend(_codes_from(item))
+        message = ""
         if status is not None:
             body = _body_text(chain)
             codes.extend(c for c in _codes_from_body(body) if c not in codes)
@@ -86,6 +88,7 @@ class Failure:
             status=status,
             headers=headers,
             error_codes=tuple(dict.fromkeys(codes)),
+            message=message,
         )
 
     @classmethod

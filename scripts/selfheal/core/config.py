@@ -7,8 +7,10 @@ path, the value and, where the YAML has one, the line.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import re
@@ -24,6 +26,8 @@ import yaml
 
 from ..errors import ConfigError
 from ..state.root import resolve_state_root
+
+log = logging.getLogger(__name__)
 
 ErrorClass = Literal[
     "transient", "rate_limit", "timeout", "resource", "format", "permanent", "auth", "fatal", "unknown"
@@ -137,6 +141,10 @@ class BreakerSettings:
     counted_classes: tuple[ErrorClass, ...]
     open_at_once: tuple[ErrorClass, ...]
     stale_permit_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
+    eject_failure_rate: float = field(metadata=_meta(gt=0, hi=1))
+    eject_min_calls: int = field(metadata=_meta(lo=1, hi=100_000))
+    eject_s: float = field(metadata=_meta(gt=0, hi=86400))
+    eject_max_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
 
 
 @dataclass(frozen=True)
@@ -242,8 +250,8 @@ class ModelEndpoint:
     base_url: str = field(metadata=_meta(check=_check_url))
     model: str
     api_key_env: str | None = field(default=None, metadata=_meta(check=_check_env_name))
-    # Unset means models.timeout_s.
-    timeout_s: float | None = field(default=None, metadata=_meta(gt=0, hi=86400))
+    # Unset means models.read_timeout_base_s.
+    read_timeout_base_s: float | None = field(default=None, metadata=_meta(gt=0, hi=86400))
     # Unset means unknown: a too-long request only moves to entries that declare a larger window.
     context_tokens: int | None = field(default=None, metadata=_meta(lo=1))
     # Unset means not local: no GPU memory check before calling it.
@@ -256,7 +264,7 @@ class ModelEndpoint:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    timeout_s: float = field(metadata=_meta(gt=0, hi=86400))
+    read_timeout_base_s: float = field(metadata=_meta(gt=0, hi=86400))
     timeout_per_1k_tokens_s: float = field(metadata=_meta(lo=0, hi=3600))
     expected_tokens: int = field(metadata=_meta(lo=1, hi=10_000_000))
     connect_timeout_s: float = field(metadata=_meta(gt=0, hi=600))
@@ -374,6 +382,8 @@ class Config:
     fixes: FixSettings
     manifest: Manifest = field(compare=False)
     files: tuple[str, ...] = field(default=(), compare=False)
+    # Whether the user's settings name models.chain (if not, the chain is built from OpenClaw's models).
+    chain_configured: bool = field(default=False, compare=False)
 
 
 MANIFEST_KEYS = frozenset(f.name for f in dataclasses.fields(Manifest))
@@ -603,36 +613,62 @@ def user_config_path(env: Mapping[str, str] | None = None) -> tuple[Path, bool]:
     return resolve_state_root(env) / "config.yaml", False
 
 
+GIVEN = "<settings given to load_config>"  # the "file" named in errors about settings passed as a dict
+
+# Settings renamed: (the mapping's path, old key, new key). The old name is still read, with a warning.
+_RENAMED = (("models", "timeout_s", "read_timeout_base_s"), ("models.chain[]", "timeout_s", "read_timeout_base_s"))
+
+
 def load_config(
+    source: Mapping[str, Any] | str | os.PathLike[str] | None = None,
     *,
     env: Mapping[str, str] | None = None,
     skill_yaml: Path | None = None,
-    user_file: Path | None = None,
+    user_file: str | os.PathLike[str] | None = None,
 ) -> Config:
-    """Load skill.yaml, merge the user's config over it and validate; raise ConfigError naming the culprit."""
+    """Load skill.yaml, merge the user's settings over it and validate; raise ConfigError naming the culprit.
+
+    source: the user's settings as a mapping (shaped like config.yaml), or the path of a YAML file; by
+    default the user's config.yaml ($SELFHEAL_CONFIG, else config.yaml in the state root) if it exists.
+    """
     env = os.environ if env is None else env
     skill_yaml = skill_yaml or SKILL_YAML
+    if source is not None and user_file is not None:
+        raise TypeError("give the user's settings once: as source or as user_file")
+    given: Mapping[str, Any] | None = None
+    if isinstance(source, Mapping):
+        given = source
+    elif source is not None:
+        user_file = source
     marks: _Marks = {}
     base = read_yaml(skill_yaml, marks)
     if not isinstance(base, dict):
         raise ConfigError("must be a mapping of settings", file=skill_yaml)
     files = [str(skill_yaml)]
 
-    if user_file is None:
-        user_file, required = user_config_path(env)
+    if given is not None:
+        user_path, required = Path(GIVEN), False
+    elif user_file is None:
+        user_path, required = user_config_path(env)
     else:
-        required = True
+        user_path, required = Path(user_file).expanduser(), True
     user: object = None
-    if required or user_file.exists():
+    if given is not None or required or user_path.exists():
         user_marks: _Marks = {}
-        user = read_yaml(user_file, user_marks)
+        given_paths: list[str] = []
+        if given is not None:
+            user = copy.deepcopy(dict(given))
+            given_paths = _paths(user, "")  # no positions: errors name GIVEN as the file
+        else:
+            user = read_yaml(user_path, user_marks)
         if user is None:
             user = {}
         if not isinstance(user, dict):
-            raise ConfigError("must be a mapping of settings", file=user_file, value=user)
+            raise ConfigError("must be a mapping of settings", file=user_path, value=user)
+        _rename_old_keys(user, user_marks, str(user_path))
         for key in user:
             if key in MANIFEST_KEYS:
-                file, line, column = user_marks[str(key)]
+                file, line, column = user_marks.get(str(key), (str(user_path), None, None))
                 raise ConfigError(
                     "is part of the skill's manifest and cannot be overridden",
                     file=file,
@@ -641,22 +677,66 @@ def load_config(
                     column=column,
                 )
         # A user's key or list replaces skill.yaml's below it, so its positions replace them too.
-        for path in user_marks:
+        for path in [*user_marks, *given_paths]:
             for stale in [m for m in marks if m == path or m.startswith((path + ".", path + "["))]:
                 del marks[stale]
         marks.update(user_marks)
-        files.append(str(user_file))
+        files.append(str(user_path))
 
     manifest_data = {k: v for k, v in base.items() if k in MANIFEST_KEYS}
     settings = deep_merge({k: v for k, v in base.items() if k not in MANIFEST_KEYS}, user or {})
-    conv = _Converter(marks, str(user_file) if user else str(skill_yaml))
+    conv = _Converter(marks, str(user_path) if user else str(skill_yaml))
     manifest = conv.dataclass(Manifest, manifest_data, "")
-    return _build_config(conv, typing.cast(dict[str, Any], settings), manifest, tuple(files))
+    config = _build_config(conv, typing.cast(dict[str, Any], settings), manifest, tuple(files))
+    user_models = user.get("models") if isinstance(user, dict) else None
+    if isinstance(user_models, dict) and "chain" in user_models:
+        config = dataclasses.replace(config, chain_configured=True)
+    return config
+
+
+def _paths(value: object, prefix: str) -> list[str]:
+    """Every key path in a mapping, as the YAML reader names them (`a.b`, `a.list[0]`)."""
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            found += [path, *_paths(item, path)]
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            path = f"{prefix}[{i}]"
+            found += [path, *_paths(item, path)]
+    return found
+
+
+def _rename_old_keys(user: dict[str, Any], marks: _Marks, file: str) -> None:
+    """Read a renamed setting under its old name too, saying once (a warning) what it is called now."""
+    for where, old, new in _RENAMED:
+        head, _, rest = where.partition(".")
+        holders: list[tuple[str, object]] = [(head, user.get(head))]
+        if rest == "chain[]":
+            chain = user.get(head, {}).get("chain") if isinstance(user.get(head), dict) else None
+            holders = [(f"{head}.chain[{i}]", e) for i, e in enumerate(chain)] if isinstance(chain, list) else []
+        for path, holder in holders:
+            if not isinstance(holder, dict) or old not in holder:
+                continue
+            if new in holder:
+                line, column = marks.get(f"{path}.{old}", (file, None, None))[1:]
+                raise ConfigError(
+                    f"is the old name of {new}, which is set too: keep {new}",
+                    file=file,
+                    key=f"{path}.{old}",
+                    line=line,
+                    column=column,
+                )
+            holder[new] = holder.pop(old)
+            if f"{path}.{old}" in marks:
+                marks[f"{path}.{new}"] = marks.pop(f"{path}.{old}")
+            log.warning("%s: %s.%s is now called %s.%s (the old name still works)", file, path, old, path, new)
 
 
 def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest, files: tuple[str, ...]) -> Config:
     hints = typing.get_type_hints(Config)
-    known = {f.name for f in dataclasses.fields(Config)} - {"manifest", "files"}
+    known = {f.name for f in dataclasses.fields(Config)} - {"manifest", "files", "chain_configured"}
     for key in settings:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)

@@ -20,10 +20,12 @@ import atexit
 import contextlib
 import functools
 import importlib
+import logging
 import os
 import random
 import ssl
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -33,16 +35,18 @@ import openai
 from .. import _testing
 from ..clock import SYSTEM_CLOCK, Clock
 from ..core.backoff import exponential
-from ..core.breaker import BreakerOpen, Breakers, Permit
+from ..core.breaker import BreakerOpen, Breakers, Ejected, Permit
 from ..core.classify import Classification, Failure, classifier_for
 from ..core.config import Config, ModelEndpoint, get_config
 from ..core.ledger import Ledger
 from ..core.retrying import Budget, Decision
 from ..errors import ConfigError, NotAttempted, SelfHealError
 from ..state.root import StateRoot, validate_id
-from . import gpu
+from . import gpu, openclaw_chain
 from .output import OutputProblem, check_answer
 from .prompts import render
+
+log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 T = TypeVar("T")
@@ -65,6 +69,7 @@ class ModelAttempt:
     rule: str | None = None
     reason: str = ""
     status: int | None = None  # HTTP status, when there was one
+    code: str | None = None  # the provider's error code (or type), when it gave one
     duration_s: float = 0.0
     delay_s: float | None = None  # the wait before the next attempt on this endpoint
     tokens: int | None = None
@@ -117,11 +122,15 @@ class Completion:
 
 
 class ModelCallFailed(SelfHealError):
-    """No endpoint produced a usable answer; `attempts` says what each one did."""
+    """No endpoint produced a usable answer; `attempts` says what each one did. `status` and `code` are the
+    HTTP status and the provider's error code of the last request that failed (None when it had none)."""
 
     def __init__(self, message: str, attempts: Sequence[ModelAttempt], *, error_class: str | None = None) -> None:
         self.attempts = list(attempts)
         self.error_class = error_class
+        last = next((a for a in reversed(self.attempts) if a.outcome != "skipped"), None)
+        self.status: int | None = last.status if last else None
+        self.code: str | None = last.code if last else None
         super().__init__(message)
 
     def to_json(self) -> dict[str, Any]:
@@ -130,6 +139,8 @@ class ModelCallFailed(SelfHealError):
             "error": type(self).__name__,
             "message": str(self),
             "error_class": self.error_class,
+            "status": self.status,
+            "code": self.code,
             "attempts": [a.to_dict() for a in self.attempts],
         }
 
@@ -144,6 +155,9 @@ class ContentRefused(ModelCallFailed):
 
 class NoEndpointAvailable(NotAttempted):
     """Every endpoint was skipped (breakers open, GPU memory short): nothing was sent; try later."""
+
+    status: int | None = None  # nothing was sent: no HTTP status, no provider code
+    code: str | None = None
 
     def __init__(self, attempts: Sequence[ModelAttempt]) -> None:
         self.attempts = list(attempts)
@@ -334,7 +348,7 @@ class _ChainCall:
     def read_timeout(self, entry: ModelEndpoint) -> float:
         """30 s + 10 s per 1k tokens asked for (the first source document's rule), within the deadline."""
         tokens = self.request.max_tokens or self.models.expected_tokens
-        base = entry.timeout_s if entry.timeout_s is not None else self.models.timeout_s
+        base = entry.read_timeout_base_s if entry.read_timeout_base_s is not None else self.models.read_timeout_base_s
         return base + self.models.timeout_per_1k_tokens_s * tokens / 1000
 
     def timeout(self, entry: ModelEndpoint) -> openai.Timeout:
@@ -398,6 +412,7 @@ class _ChainCall:
         chain = self.models.chain
         too_long_for: int | None = None  # the context window a request already proved too small for
         too_long = False
+        passed_over: list[ModelEndpoint] = []  # ejected endpoints skipped while others were left
         try:
             for index, entry in enumerate(chain):
                 if too_long and not (entry.context_tokens and entry.context_tokens > (too_long_for or 0)):
@@ -405,13 +420,24 @@ class _ChainCall:
                     continue
                 if self.remaining() <= 0:
                     break
-                outcome = await self._endpoint(entry, last=index == len(chain) - 1)
+                final = index == len(chain) - 1
+                outcome = await self._endpoint(entry, last=final, avoid_ejected=not final)
                 if isinstance(outcome, Completion):
                     outcome.fallback_used = entry.name != chain[0].name
                     return outcome
+                if outcome.why == "ejected":
+                    passed_over.append(entry)
                 if outcome.why == "context_length_exceeded":
                     too_long = True
                     too_long_for = max(too_long_for or 0, outcome.context_tokens or 0)
+            # Everything else failed: an endpoint passed over for failing often is still better than nothing.
+            for index, entry in enumerate(passed_over):
+                if self.remaining() <= 0 or too_long:
+                    break
+                outcome = await self._endpoint(entry, last=index == len(passed_over) - 1, avoid_ejected=False)
+                if isinstance(outcome, Completion):
+                    outcome.fallback_used = entry.name != chain[0].name
+                    return outcome
         finally:
             await self.close()
         tried = [a for a in self.attempts if a.outcome != "skipped"]
@@ -429,7 +455,7 @@ class _ChainCall:
     def _skipped(self, entry: ModelEndpoint, reason: str, error_class: str | None = None) -> ModelAttempt:
         return ModelAttempt(entry.name, entry.model, 0, "skipped", error_class=error_class, reason=reason)
 
-    async def _endpoint(self, entry: ModelEndpoint, *, last: bool) -> Completion | _MoveOn:
+    async def _endpoint(self, entry: ModelEndpoint, *, last: bool, avoid_ejected: bool) -> Completion | _MoveOn:
         budget = Budget(
             self.config.policies,
             self.config.retry,
@@ -442,7 +468,10 @@ class _ChainCall:
         memory_waited = False
         while True:
             try:
-                permit = await self.io(self.breakers.acquire, entry.name)
+                permit = await self.io(self.breakers.acquire, entry.name, avoid_ejected=avoid_ejected)
+            except Ejected as exc:
+                await self.note(self._skipped(entry, str(exc)), None)
+                return _MoveOn("ejected")
             except BreakerOpen as exc:
                 await self.note(self._skipped(entry, str(exc)), None)
                 return _MoveOn("breaker_open")
@@ -479,7 +508,7 @@ class _ChainCall:
                 except OutputProblem as problem:
                     classification = Classification("format", "answer-check", "format")
                     failure: Failure | None = None
-                    outcome, reason, status = "rejected", problem.detail, None
+                    outcome, reason, status, code = "rejected", problem.detail, None, None
                 except Exception as exc:
                     if _is_deadline(exc) and self.remaining() <= 0:
                         await lease.release(ok=False, error_class=None)
@@ -503,6 +532,7 @@ class _ChainCall:
                     failure = Failure.from_exception(exc)
                     classification = self.classifier.classify(failure, now=self.clock.time())
                     outcome, reason, status = "failed", failure.summary(), failure.status
+                    code = failure.error_codes[0] if failure.error_codes else None
                 else:
                     await lease.release(ok=True)
                     usage = answer.usage or {}
@@ -547,6 +577,7 @@ class _ChainCall:
                     classification.rule,
                     reason,
                     status,
+                    code,
                     duration_s=self.clock.monotonic() - started,
                     simplified=request is not self.request,
                     discarded_chars=progress.delivered,
@@ -554,20 +585,31 @@ class _ChainCall:
                 settle = functools.partial(self._settle, lease, cls)
                 if classification.reason == "content_policy":
                     await settle("failed", attempt, status="not_retryable")
-                    raise ContentRefused(reason, self.attempts)
+                    raise ContentRefused((failure.message if failure else "") or reason, self.attempts)
                 if classification.reason == "context_length_exceeded":
                     await settle("fallback", attempt, status="context_length_exceeded")
                     return _MoveOn("context_length_exceeded", entry.context_tokens)
-                if cls == "format" and request is self.request:
+                server_shape = outcome == "rejected" and reason.startswith("wrong shape") and not last
+                if cls == "format" and request is self.request and not server_shape:
                     # One more try here at once, simplified: a malformed answer is not the endpoint failing.
+                    # (A reply that is not a chat completion at all is the server's doing: move on.)
                     await settle("retry", _with_delay(attempt, 0.0), status="retrying", max_attempts=2)
                     request = self.request.simplified(reason, self.models.simplify_max_prompt_chars)
                     continue
-                why, decision = self._next_step(classification, failure, error, budget, number, last=last)
+                ejecting = not last and await self.io(self.breakers.would_eject, entry.name, cls)
+                why, decision = self._next_step(
+                    classification, failure, error, budget, number, last=last, ejecting=ejecting
+                )
                 if why is not None or decision is None:
                     event = "failed" if last else "fallback"
                     max_attempts = decision.max_attempts if decision else number
-                    await settle(event, attempt, status=why, max_attempts=max_attempts)
+                    # Silent, stalled, unreachable or out of memory: cool it down at once, so the next calls
+                    # skip it for a while (one probe brings it back).
+                    eject = why if why in ("silent", "stalled", "unreachable") else None
+                    if classification.reason == "out_of_memory" and not last:
+                        eject = "out of memory"
+                    await self.note(attempt, event, status=why, max_attempts=max_attempts)
+                    await lease.release(ok=False, error_class=cls, eject=eject)
                     return _MoveOn(why or "failed")
                 await settle(
                     "retry",
@@ -621,6 +663,7 @@ class _ChainCall:
         number: int,
         *,
         last: bool,
+        ejecting: bool = False,
     ) -> tuple[str | None, Decision | None]:
         """(None, decision): retry on this endpoint after decision.delay_s. (why, ...): move on, because why."""
         cls = classification.error_class
@@ -631,6 +674,9 @@ class _ChainCall:
             return "unreachable", None
         if _silent(error):
             return "silent", None
+        if ejecting:
+            # Failing often, though not enough to trip its breaker: another endpoint is the better bet.
+            return "ejected", None
         if isinstance(error, StreamStalled) and not last:
             # It went quiet mid-answer: the text so far is lost either way, and another endpoint answers
             # sooner than a second wait for this one.
@@ -781,10 +827,10 @@ class _Lease:
         self.call = call
         self.permit: Permit | None = permit
 
-    async def release(self, *, ok: bool, error_class: str | None = None) -> None:
+    async def release(self, *, ok: bool, error_class: str | None = None, eject: str | None = None) -> None:
         permit, self.permit = self.permit, None
         if permit is not None:
-            await self.call.io(self.call.breakers.release, permit, ok=ok, error_class=error_class)
+            await self.call.io(self.call.breakers.release, permit, ok=ok, error_class=error_class, eject=eject)
 
     def abandon(self) -> None:
         """Give back a permit still held (the attempt was cancelled): it says nothing about the endpoint,
@@ -831,6 +877,21 @@ def _answer_of(response: Any) -> _Answer:
 def _on_gpu(entry: ModelEndpoint) -> bool:
     """Whether the endpoint runs on this machine's GPU (its memory is checked before each request)."""
     return bool(entry.local) or entry.gpu is not None
+
+
+_told: set[str] = set()
+
+
+def chain_config(config: Config) -> Config:
+    """The configuration with the chain a call uses: config.yaml's models.chain if the user set one, else
+    the user's OpenClaw models (openclaw.json), else skill.yaml's. Models of openclaw.json that cannot be
+    used are named once per process, in one warning."""
+    chain = openclaw_chain.resolve(config)
+    line = chain.unusable_line()
+    if line and line not in _told:
+        _told.add(line)
+        log.warning("%s", line)
+    return openclaw_chain.with_chain(config, chain)
 
 
 def check_chain(config: Config, env: Mapping[str, str] | None = None) -> None:
@@ -884,8 +945,14 @@ async def acomplete(
     got since the previous restart must be dropped. astream() says the same as events.
     deadline_s: the whole call (default models.deadline_s). task: recorded with every attempt.
     """
-    config = config or get_config()
+    config = chain_config(config or get_config())
     check_chain(config)
+    if _shared_clients is None:
+        # A caller's event loop: its clients are kept for the loop's life (connections reused between calls).
+        loop = asyncio.get_running_loop()
+        _shared_clients = _loop_clients.get(loop)
+        if _shared_clients is None:
+            _shared_clients = _loop_clients[loop] = {}
     if task is not None:
         validate_id(task, "task")
     if max_tokens is not None and max_tokens < 1:
@@ -975,6 +1042,7 @@ async def astream(prompt: str | None = None, **options: Any) -> AsyncIterator[St
 
 
 Clients = dict[tuple[str, str], openai.AsyncOpenAI]
+_loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Clients] = weakref.WeakKeyDictionary()
 
 
 class _ThreadLoop(threading.local):
