@@ -9,8 +9,8 @@
   snapshot.py delete ID                 forget it (after the session ended normally)
 
 Every subcommand takes --json: one JSON object on stdout.
-Exit codes: 0 ok; 2 usage (bad id, unreadable or invalid file); 3 failed (no snapshot for ID on
-restore or mark-interrupted, corrupt snapshot: moved aside as <ID>.json.corrupt-<time>).
+Exit codes: 0 ok; 2 usage (bad id, unreadable or invalid file, no snapshot for ID on restore or
+mark-interrupted); 3 failed (a corrupt snapshot: moved aside as <ID>.json.corrupt-<time>).
 """
 
 from __future__ import annotations

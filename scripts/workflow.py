@@ -9,9 +9,10 @@ Completed steps never run again; a step in flight when the process died runs aga
 for good stops the task: completed steps are compensated in reverse and an incident file (with the
 command that resumes the task) is written under incidents/.
 
-Exit codes: 0 completed (or status/reset done); 2 usage or plan error; 3 failed, interrupted, parked as
-dead-letter, or an unreadable checkpoint; 4 not attempted (the task is running elsewhere, or a breaker
-is open). With --json, step output goes to stderr and stdout holds exactly one JSON object.
+Exit codes: 0 completed (or status/reset done); 2 usage or plan error, or the status of an unknown task;
+3 failed, interrupted, parked as dead-letter, or an unreadable checkpoint; 4 not attempted (the task is
+running elsewhere, or a breaker is open). With --json, step output goes to stderr and stdout holds exactly one
+JSON object.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ bootstrap()
 from selfheal import cli  # noqa: E402
 from selfheal.core.process import StopFlag  # noqa: E402
 from selfheal.durable.workflow import Progress, WorkflowRunner, load_plan, reset, status  # noqa: E402
-from selfheal.errors import EXIT_FAILED, EXIT_OK  # noqa: E402
+from selfheal.errors import EXIT_OK, EXIT_USAGE  # noqa: E402
 
 
 def _progress_printer() -> Any:
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 cli.emit_json({"ok": False, "task": args.task, "message": "no such task"})
             cli.say(f"no checkpoint for task {args.task!r}")
-            return EXIT_FAILED
+            return EXIT_USAGE
         if args.json:
             cli.emit_json({"ok": True, **data})
         else:
