@@ -4,8 +4,10 @@
 #
 #   ./install.sh          runtime dependencies only
 #   ./install.sh --dev    also the test, lint and benchmark tools
-#   ./install.sh --cron   also run the health check every 5 minutes from the user's crontab (one marked entry)
-#   ./install.sh --no-cron  remove that entry (SELFHEAL_CRONTAB names another crontab command)
+#   ./install.sh --cron   edit THIS USER's crontab: the health check every 5 minutes, fix tasks every minute,
+#                         regular tasks every 10 minutes (three marked lines; HOME, SELFHEAL_HOME, PATH pinned)
+#   ./install.sh --no-cron  remove exactly those lines (SELFHEAL_CRONTAB names another crontab command)
+#   ./install.sh --openclaw-cron  register the same three jobs in the running gateway (`openclaw cron add`)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,9 +16,12 @@ DEV=0
 CRON=keep
 CRONTAB="${SELFHEAL_CRONTAB:-crontab}"
 CRON_MARK="# self-heal health check"
+FIX_MARK="# self-heal fix tasks"
+REGULAR_MARK="# self-heal regular tasks"
+OPENCLAW_CRON=0
 
 usage() {
-    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 for arg in "$@"; do
@@ -24,6 +29,7 @@ for arg in "$@"; do
         --dev) DEV=1 ;;
         --cron) CRON=add ;;
         --no-cron) CRON=remove ;;
+        --openclaw-cron) OPENCLAW_CRON=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
     esac
@@ -52,9 +58,19 @@ if [ -z "$PY" ]; then
     exit 2
 fi
 
-# 2. The virtual environment, re-made only if it is missing or broken.
+# 2. The virtual environment, re-made only if it is missing, broken, or another folder's: a skill copied with
+#    its .venv (`openclaw skills install` copies verbatim) carries scripts that still run the source's Python.
+venv_owner() {  # the folder the venv was made in, as its activate script says, resolved
+    local made
+    made="$(sed -n 's/^ *VIRTUAL_ENV=["'"'"']\{0,1\}\([^"'"'"']*\)["'"'"']\{0,1\} *$/\1/p' "$VENV/bin/activate" 2>/dev/null | head -n 1)"
+    [ -n "$made" ] && [ -d "$made" ] && (cd "$made" && pwd -P)
+}
 if [ ! -x "$VENV/bin/python" ] || ! version_ok "$VENV/bin/python"; then
     say "creating $VENV with $("$PY" --version 2>&1)"
+    rm -rf "$VENV"
+    "$PY" -m venv "$VENV"
+elif [ "$(venv_owner)" != "$(cd "$VENV" && pwd -P)" ]; then
+    say "re-creating $VENV: it was made for $(sed -n 's/^ *VIRTUAL_ENV=//p' "$VENV/bin/activate" 2>/dev/null | head -n 1), not this folder"
     rm -rf "$VENV"
     "$PY" -m venv "$VENV"
 fi
@@ -91,10 +107,12 @@ STATE="$("$VPY" -c 'import sys; sys.path.insert(0, sys.argv[1]); from selfheal.s
 mkdir -p "$STATE"
 chmod 700 "$STATE"
 
-# 6. --cron / --no-cron: the health check's entry in the user's crontab. Only the line carrying CRON_MARK is
-#    ever written or removed; every other line is passed through unchanged.
+# 6. --cron / --no-cron: self-heal's lines in this user's crontab (health check, fix tasks, regular tasks). Only
+#    the lines carrying one of the three marks are ever written or removed; every other line passes unchanged.
+#    cron runs with almost no environment: each line pins HOME, the state folder and PATH as they are now.
+shq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }   # one shell word, single-quoted
+schedule() { "$VPY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["schedules"][sys.argv[2]])' "$ROOT/skill.yaml" "$1"; }
 if [ "$CRON" != keep ]; then
-    shq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }   # one shell word, single-quoted
     ERR="$(mktemp)"
     if CURRENT="$("$CRONTAB" -l 2>"$ERR")"; then
         :
@@ -106,34 +124,64 @@ if [ "$CRON" != keep ]; then
         exit 3
     fi
     rm -f "$ERR"
-    ENTRY=""
+    ENTRIES=""
     if [ "$CRON" = add ]; then
-        SCHEDULE="$("$VPY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["schedules"]["health"])' "$ROOT/skill.yaml")"
-        # cron's environment has none of the user's variables: keep the ones that move state or the gateway.
-        PREFIX=""
-        for name in SELFHEAL_HOME SELFHEAL_CONFIG OPENCLAW_STATE_DIR OPENCLAW_CONFIG_PATH OPENCLAW_GATEWAY_PORT; do
+        PREFIX="HOME=$(shq "$HOME") SELFHEAL_HOME=$(shq "$STATE") PATH=$(shq "$PATH") "
+        for name in SELFHEAL_CONFIG OPENCLAW_STATE_DIR OPENCLAW_CONFIG_PATH OPENCLAW_GATEWAY_PORT; do
             if [ -n "${!name:-}" ]; then PREFIX+="$name=$(shq "${!name}") "; fi
         done
         # NO_REPLY is OpenClaw's "nothing to say"; dropping it means cron mails only a summary of a problem.
-        ENTRY="$SCHEDULE ${PREFIX}$(shq "$VPY") $(shq "$ROOT/scripts/health_check.py") --cron 2>&1 | grep -v '^NO_REPLY\$' $CRON_MARK"
-        ENTRY="${ENTRY//%/\\%}"   # an unescaped % ends a crontab command
+        HEALTH="$(schedule health) ${PREFIX}$(shq "$VPY") $(shq "$ROOT/scripts/health_check.py") --cron 2>&1 | grep -v '^NO_REPLY\$' $CRON_MARK"
+        FIX="$(schedule fix-tasks) ${PREFIX}$(shq "$VPY") $(shq "$ROOT/scripts/tasks.py") run-next --type fix --quiet $FIX_MARK"
+        REGULAR="$(schedule regular-tasks) ${PREFIX}$(shq "$VPY") $(shq "$ROOT/scripts/tasks.py") run-next --type regular --quiet $REGULAR_MARK"
+        ENTRIES="$(printf '%s\n%s\n%s' "$HEALTH" "$FIX" "$REGULAR")"
+        ENTRIES="${ENTRIES//%/\\%}"   # an unescaped % ends a crontab command
     fi
     {
-        if [ -n "$CURRENT" ]; then printf '%s\n' "$CURRENT" | grep -vF -- "$CRON_MARK" || true; fi
-        if [ -n "$ENTRY" ]; then printf '%s\n' "$ENTRY"; fi
+        if [ -n "$CURRENT" ]; then
+            printf '%s\n' "$CURRENT" | grep -vF -e "$CRON_MARK" -e "$FIX_MARK" -e "$REGULAR_MARK" || true
+        fi
+        if [ -n "$ENTRIES" ]; then printf '%s\n' "$ENTRIES"; fi
     } | "$CRONTAB" -
     if [ "$CRON" = add ]; then
-        say "crontab: the health check runs at '$SCHEDULE' (liveness belongs outside the gateway: OpenClaw's cron stops with it)"
+        say "edited the crontab of user $(id -un) ($CRONTAB): three lines marked '# self-heal ...' (health check, fix tasks, regular tasks), state in $STATE; './install.sh --no-cron' removes exactly them"
+        say "liveness belongs outside the gateway (OpenClaw's cron stops with it); the task runners may run in either"
         ARGV="$("$VPY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$VPY" "$ROOT/scripts/health_check.py" --cron)"
-        OC_ENV=""
-        for name in SELFHEAL_HOME SELFHEAL_CONFIG; do
-            if [ -n "${!name:-}" ]; then OC_ENV+=" --command-env $(shq "$name=${!name}")"; fi
-        done
-        say "to also post problems to chat from inside the gateway, run:"
-        echo "  openclaw cron add --name self-heal-health --every 10m --command-argv $(shq "$ARGV")$OC_ENV" >&2
+        say "to run the health check inside the gateway as well (failures kept in its run history, nothing posted), run:"
+        echo "  openclaw cron add --name self-heal-health --every 10m --command-argv $(shq "$ARGV") --command-env $(shq "SELFHEAL_HOME=$STATE") --no-deliver" >&2
+        say "or register all three there instead: ./install.sh --openclaw-cron (the gateway must be running)"
     else
-        say "crontab: the health check entry is removed (if there was one)"
+        say "crontab: self-heal's lines are removed (if there were any); the rest of the crontab is unchanged"
     fi
+fi
+
+# 7. --openclaw-cron: the same three jobs in OpenClaw's own cron, through its CLI (replacing earlier ones by name).
+if [ "$OPENCLAW_CRON" = 1 ]; then
+    if ! command -v openclaw >/dev/null 2>&1; then
+        echo "install.sh: there is no 'openclaw' command on PATH; nothing registered" >&2
+        exit 3
+    fi
+    if ! LISTED="$(openclaw cron list --all --json 2>&1)"; then
+        echo "install.sh: the OpenClaw gateway does not answer ('openclaw cron list' failed: $(printf '%s' "$LISTED" | tail -n 1)); start it ('openclaw gateway start') and run this again" >&2
+        exit 4
+    fi
+    OLD_IDS="$(printf '%s' "$LISTED" | "$VPY" -c '
+import json, sys
+data = json.loads(sys.stdin.read() or "{}")
+jobs = data.get("jobs", []) if isinstance(data, dict) else data
+print("\n".join(j["id"] for j in jobs if isinstance(j, dict) and str(j.get("name", "")).startswith("self-heal-")))')"
+    for id in $OLD_IDS; do openclaw cron rm "$id" >/dev/null; done
+    oc_add() {  # NAME SCHEDULE-FLAG SCHEDULE ARGV...
+        local name="$1" flag="$2" when="$3"
+        shift 3
+        openclaw cron add --name "$name" "$flag" "$when" --no-deliver \
+            --command-argv "$("$VPY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@")" \
+            --command-env "SELFHEAL_HOME=$STATE" --command-env "HOME=$HOME" >/dev/null
+    }
+    oc_add self-heal-health --every 10m "$VPY" "$ROOT/scripts/health_check.py" --cron
+    oc_add self-heal-fix-tasks --cron "$(schedule fix-tasks)" "$VPY" "$ROOT/scripts/tasks.py" run-next --type fix --quiet
+    oc_add self-heal-regular-tasks --cron "$(schedule regular-tasks)" "$VPY" "$ROOT/scripts/tasks.py" run-next --type regular --quiet
+    say "registered in OpenClaw's cron: self-heal-health, self-heal-fix-tasks, self-heal-regular-tasks (no chat delivery; 'openclaw cron list' shows them)"
 fi
 
 say "ready. State folder: $STATE"

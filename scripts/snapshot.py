@@ -9,9 +9,9 @@
   snapshot.py delete ID                 forget it (after the session ended normally)
 
 Every subcommand takes --json: one JSON object on stdout.
-Exit codes: 0 ok; 2 usage (bad id, unreadable or invalid file, a symbolic link planted under the state
-root); 3 failed (no snapshot for ID on restore or mark-interrupted, corrupt snapshot: moved aside as
-<ID>.json.corrupt-<time>; the snapshot could not be written: disk full or read-only, the file named).
+Exit codes: 0 ok; 2 usage (bad id, unreadable or invalid file, no snapshot for ID on restore or
+mark-interrupted, a symbolic link planted under the state root); 3 failed (a corrupt snapshot: moved aside
+as <ID>.json.corrupt-<time>; the snapshot could not be written: disk full or read-only, the file named).
 """
 
 from __future__ import annotations

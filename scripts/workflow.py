@@ -14,10 +14,10 @@ fine forever): give each run its own id with a field, --task 'report-{date}' ({d
 {week}, {month}, in UTC), or run it again with --restart.
 
 Exit codes: 0 completed (or status/reset done); 1 already completed earlier, nothing run; 2 usage or plan
-error, or a symbolic link planted under the state root; 3 failed, interrupted, parked as dead-letter, an
-unreadable checkpoint, or a checkpoint that cannot be written (disk full, read-only: the step does not
-run); 4 not attempted (the task is running elsewhere, or a breaker is open). With --json, step output goes
-to stderr and stdout holds exactly one JSON object.
+error, the status of an unknown task, or a symbolic link planted under the state root; 3 failed,
+interrupted, parked as dead-letter, an unreadable checkpoint, or a checkpoint that cannot be written (disk
+full, read-only: the step does not run); 4 not attempted (the task is running elsewhere, or a breaker is
+open). With --json, step output goes to stderr and stdout holds exactly one JSON object.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from selfheal.durable.workflow import (  # noqa: E402
     status,
     task_id_from_template,
 )
-from selfheal.errors import EXIT_FAILED, EXIT_OK  # noqa: E402
+from selfheal.errors import EXIT_OK, EXIT_USAGE  # noqa: E402
 
 
 def _progress_printer() -> Any:
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 cli.emit_json({"ok": False, "task": args.task, "message": "no such task"})
             cli.say(f"no checkpoint for task {args.task!r}")
-            return EXIT_FAILED
+            return EXIT_USAGE
         if args.json:
             cli.emit_json({"ok": True, **data})
         else:

@@ -4,6 +4,8 @@ and install.sh --cron / --no-cron against a stand-in crontab command."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -178,8 +180,8 @@ def crontab(tmp_path: Path) -> tuple[Path, Path]:
     return command, table
 
 
-def install(home: Path, crontab: tuple[Path, Path], *args: str) -> subprocess.CompletedProcess[str]:
-    env = script_env(home, SELFHEAL_CRONTAB=str(crontab[0]), FAKE_CRONTAB_TABLE=str(crontab[1]))
+def install(home: Path, crontab: tuple[Path, Path], *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = script_env(home, SELFHEAL_CRONTAB=str(crontab[0]), FAKE_CRONTAB_TABLE=str(crontab[1]), **extra)
     env["PYTHON"] = PYTHON
     return subprocess.run(
         ["bash", str(ROOT / "install.sh"), *args], env=env, capture_output=True, text=True, timeout=600, check=False
@@ -187,31 +189,63 @@ def install(home: Path, crontab: tuple[Path, Path], *args: str) -> subprocess.Co
 
 
 @pytest.mark.slow
-def test_install_cron_adds_one_entry_however_often_it_runs_and_no_cron_removes_only_it(
-    home: Path, crontab: tuple[Path, Path]
+def test_install_cron_adds_its_three_lines_however_often_it_runs_and_no_cron_removes_only_them(
+    home: Path, crontab: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    first = install(home, crontab, "--cron")
+    """Health check, fix tasks, regular tasks: each line pins HOME, the state folder and PATH; the user's lines stay."""
+    user_home = tmp_path / "user-home"
+    user_home.mkdir()
+    path = "/opt/node/bin:/usr/bin:/bin"
+    first = install(home, crontab, "--cron", HOME=str(user_home), PATH=f"{path}:{os.environ['PATH']}")
     assert first.returncode == 0, first.stderr
-    second = install(home, crontab, "--cron")
+    second = install(home, crontab, "--cron", HOME=str(user_home), PATH=f"{path}:{os.environ['PATH']}")
     assert second.returncode == 0, second.stderr
+    assert "edited the crontab of user" in second.stderr and "--no-cron' removes exactly them" in second.stderr
     table = crontab[1].read_text()
     assert table.startswith(USER_LINES)  # the user's lines, untouched, in place
-    (entry,) = [line for line in table.splitlines() if "# self-heal health check" in line]
+    ours = [line for line in table.splitlines() if "# self-heal " in line]
     venv_python = ROOT / ".venv" / "bin" / "python"
-    assert entry == (
-        f"*/5 * * * * SELFHEAL_HOME='{home}' '{venv_python}' '{SCRIPTS / 'health_check.py'}' --cron 2>&1"
-        " | grep -v '^NO_REPLY$' # self-heal health check"
-    )
-    assert table == USER_LINES + entry + "\n"
-    # The line for OpenClaw's own cron, for the checks that may run inside the gateway.
+    pinned = f"HOME='{user_home}' SELFHEAL_HOME='{home}' PATH='{path}:{os.environ['PATH']}' '{venv_python}'"
+    assert ours == [
+        f"*/5 * * * * {pinned} '{SCRIPTS / 'health_check.py'}' --cron 2>&1 | grep -v '^NO_REPLY$'"
+        " # self-heal health check",
+        f"* * * * * {pinned} '{SCRIPTS / 'tasks.py'}' run-next --type fix --quiet # self-heal fix tasks",
+        f"*/10 * * * * {pinned} '{SCRIPTS / 'tasks.py'}' run-next --type regular --quiet # self-heal regular tasks",
+    ]
+    assert table == USER_LINES + "\n".join(ours) + "\n"
+    # The line for OpenClaw's own cron: no chat delivery, so a failing run records no "Channel is required".
     argv = json.dumps([str(venv_python), str(SCRIPTS / "health_check.py"), "--cron"])
-    assert f"openclaw cron add --name self-heal-health --every 10m --command-argv '{argv}'" in second.stderr
+    assert (
+        f"openclaw cron add --name self-heal-health --every 10m --command-argv '{argv}' "
+        f"--command-env 'SELFHEAL_HOME={home}' --no-deliver"
+    ) in second.stderr
 
     removed = install(home, crontab, "--no-cron")
     assert removed.returncode == 0, removed.stderr
     assert crontab[1].read_text() == USER_LINES
     assert install(home, crontab, "--no-cron").returncode == 0
     assert crontab[1].read_text() == USER_LINES
+
+
+@pytest.mark.slow
+def test_the_task_runner_lines_run_as_cron_would(home: Path, crontab: tuple[Path, Path], tmp_path: Path) -> None:
+    """With cron's bare environment, the fix-task line runs a fix task of the state folder install.sh set up."""
+    assert install(home, crontab, "--cron").returncode == 0
+    (entry,) = [line for line in crontab[1].read_text().splitlines() if "self-heal fix tasks" in line]
+    marker = tmp_path / "ran"
+    added = subprocess.run(
+        [PYTHON, str(SCRIPTS / "tasks.py"), "add", "repair", "--type", "fix", "--", "touch", str(marker)],
+        env=script_env(home),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh", "LOGNAME": "tester"}
+    command = entry.split(" ", 5)[5]
+    proc = subprocess.run(["/bin/sh", "-c", command], env=bare, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists()
 
 
 @pytest.mark.slow
@@ -246,3 +280,25 @@ def test_install_cron_refuses_to_rewrite_a_crontab_it_cannot_read(home: Path, cr
     proc = install(home, crontab, "--cron")
     assert proc.returncode == 3 and "cannot read the crontab" in proc.stderr and "nothing changed" in proc.stderr
     assert crontab[1].read_text() == USER_LINES
+
+
+@pytest.mark.slow
+def test_install_re_creates_a_venv_copied_from_another_folder(tmp_path: Path) -> None:
+    """A skill copied with its .venv (whose scripts run the source's Python) gets a venv of its own."""
+    source, skill = tmp_path / "source", tmp_path / "skill"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(source / ".venv")], check=True, timeout=120)
+    skill.mkdir()
+    for name in ("install.sh", "pyproject.toml", "skill.yaml"):
+        shutil.copy(ROOT / name, skill / name)
+    shutil.copytree(source / ".venv", skill / ".venv", symlinks=True)
+    # Offline on purpose: the dependencies then fail to install, after the venv has been judged and re-made.
+    env = {**script_env(tmp_path / "state"), "PYTHON": PYTHON, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path)}
+    argv = ["bash", str(skill / "install.sh")]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert f"re-creating {skill / '.venv'}: it was made for" in proc.stderr
+    assert str(source / ".venv") in proc.stderr
+    assert f'VIRTUAL_ENV="{skill / ".venv"}"' in (skill / ".venv" / "bin" / "activate").read_text() or (
+        f"VIRTUAL_ENV='{skill / '.venv'}'" in (skill / ".venv" / "bin" / "activate").read_text()
+    )
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert "re-creating" not in again.stderr  # its own venv is kept

@@ -127,3 +127,36 @@ def test_openclaw_cron_runs_the_line_install_prints_and_reads_its_exit_code(
         assert second["status"] == "error"
         assert second["diagnostics"]["summary"].startswith("self-heal health: DEGRADED: 1 check(s) warn"), second
     assert gateway.left_behind() == []
+
+
+def test_install_openclaw_cron_registers_the_three_jobs_in_a_running_gateway_once(
+    openclaw: OpenClaw, tmp_path: Path, home: Path
+) -> None:
+    """--openclaw-cron adds the health check and both task runners through the real CLI, without chat delivery;
+    run again, it replaces them (still three); with no gateway it exits 4 and registers nothing."""
+    openclaw_home = openclaw.sandbox(tmp_path)
+    env = openclaw.env(openclaw_home, SELFHEAL_HOME=str(home), PYTHON=PYTHON)
+
+    def install() -> subprocess.CompletedProcess[str]:
+        argv = ["bash", str(ROOT / "install.sh"), "--openclaw-cron"]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    def ours() -> list[dict[str, Any]]:
+        listed = json.loads(openclaw.run(openclaw_home, "cron", "list", "--all", "--json").stdout)
+        jobs = listed["jobs"] if isinstance(listed, dict) else listed
+        return sorted((j for j in jobs if j["name"].startswith("self-heal-")), key=lambda j: j["name"])
+
+    with openclaw.gateway(openclaw_home) as gateway:
+        gateway.wait_ready()
+        first = install()
+        assert first.returncode == 0, first.stderr
+        assert install().returncode == 0
+        jobs = ours()
+        assert [j["name"] for j in jobs] == ["self-heal-fix-tasks", "self-heal-health", "self-heal-regular-tasks"]
+        fix = jobs[0]
+        assert fix["payload"]["argv"][1:] == [str(SCRIPTS / "tasks.py"), "run-next", "--type", "fix", "--quiet"]
+        assert fix["payload"]["env"]["SELFHEAL_HOME"] == str(home)
+        assert fix["schedule"]["expr"] == "* * * * *"
+        assert all(j.get("delivery", {}).get("mode") in (None, "none") for j in jobs), jobs
+    down = install()
+    assert down.returncode == 4 and "the OpenClaw gateway does not answer" in down.stderr

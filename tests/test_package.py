@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ DOCS = ROOT / "docs"
 CONFIGURATION_MD = (DOCS / "configuration.md").read_text()
 SKILL_MD = (ROOT / "SKILL.md").read_text()
 SCRIPT_FILES = sorted(p for p in SCRIPTS.glob("*.py"))
+REFERENCES = ROOT / "references"
 
 
 def quick_start() -> list[str]:
@@ -312,3 +314,59 @@ def test_skill_yaml_and_skill_md_agree_and_name_only_files_that_exist() -> None:
     for name, line in manifest["schedules"].items():
         fields = line.split()
         assert len(fields) == 5 and all(re.fullmatch(r"[\d*/,-]+", f) for f in fields), (name, line)
+
+
+def test_skill_md_is_short_starts_with_what_to_run_and_sends_details_to_references() -> None:
+    """About 3 KB like OpenClaw's own skills; the body opens with the command to run; each area it points to
+    has its page in references/, and every script appears in the exit-code table there."""
+    assert len(SKILL_MD.encode()) < 3500
+    body = SKILL_MD.split("---\n", 2)[2]
+    assert body.split("\n\n", 2)[1].startswith("Run first")
+    pages = set(re.findall(r"\| (\w[\w-]*\.md) \|", SKILL_MD)) | set(re.findall(r"references/([\w-]+\.md)", SKILL_MD))
+    assert pages and all((REFERENCES / page).is_file() for page in pages), pages
+    table = (REFERENCES / "exit-codes.md").read_text()
+    for script in SCRIPT_FILES:
+        assert f"| {script.name} |" in table, script.name
+    assert "config.yaml" in SKILL_MD and "models.chain" in SKILL_MD and "install.sh --cron" in SKILL_MD
+
+
+def test_the_description_carries_the_words_that_route_to_the_skill() -> None:
+    """Only the name and description reach the model: the routing words must be there, not in the body."""
+    description = yaml.safe_load(SKILL_MD.split("---\n", 2)[1])["description"].lower()
+    for word in ("retry", "failover", "resume", "cron", "health", "log", "fix", "重试", "自愈"):
+        assert word in description, word
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tasks.py", "show", "ghost"],
+        ["workflow.py", "status", "ghost"],
+        ["snapshot.py", "restore", "ghost"],
+        ["breakers.py", "reset", "ghost"],
+        ["self_heal.py", "--task", "ghost"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_an_unknown_name_exits_2_in_every_script(argv: list[str], home: Path) -> None:
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / argv[0]), *argv[1:]], capture_output=True, text=True, env=script_env(home), check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "ghost" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_task_tree_commands_run_in_the_order_the_reference_gives(home: Path, tmp_path: Path) -> None:
+    """references/tasks.md's block, run as written: no command is refused (exit 2) on the way."""
+    block = (REFERENCES / "tasks.md").read_text().split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+    assert lines and all(line.startswith("python3 {baseDir}/scripts/tasks.py") for line in lines)
+    codes = []
+    for line in lines:
+        argv = shlex.split(line.replace("{baseDir}", str(ROOT)))
+        proc = subprocess.run(
+            [PYTHON, *argv[1:]], capture_output=True, text=True, env=script_env(home), cwd=tmp_path, check=False
+        )
+        codes.append(proc.returncode)
+        assert proc.returncode in (0, 1, 3), (line, proc.stderr)
+    assert codes[3] == 3  # flow.py does not exist here: the run fails, and show then tells why

@@ -308,14 +308,14 @@ def test_script_names_a_file_that_is_not_json(home: Path, tmp_path: Path) -> Non
         proc = run(home, "save", "s1", *args)
         assert proc.returncode == 2 and f"{bad} is not valid JSON" in proc.stderr
     assert run(home, "save", "s1", "--messages-file", "-", stdin="nope").stderr.startswith("self-heal: stdin is not")
-    assert run(home, "restore", "s1").returncode == 3
+    assert run(home, "restore", "s1").returncode == 2
 
 
-def test_script_fails_with_3_for_an_unknown_session(home: Path) -> None:
-    """restore and mark-interrupted of a session never saved exit 3 with a message naming it."""
+def test_script_exits_2_for_an_unknown_session(home: Path) -> None:
+    """restore and mark-interrupted of a session never saved exit 2 (as an unknown task does everywhere)."""
     for action in ("restore", "mark-interrupted"):
         proc = run(home, action, "ghost")
-        assert proc.returncode == 3 and "no snapshot for session 'ghost'" in proc.stderr and proc.stdout == ""
+        assert proc.returncode == 2 and "no snapshot for session 'ghost'" in proc.stderr and proc.stdout == ""
 
 
 # -- across processes ---------------------------------------------------------------------------------------------

@@ -21,14 +21,12 @@ from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..core.config import get_config
-from ..errors import EXIT_FAILED, CorruptStateError, StateError, UsageError
+from ..errors import CorruptStateError, StateError, UsageError
 from ..state.root import StateRoot, file_lock, quarantine, read_json, unlink, validate_id, write_json
 
 
 class NoSnapshot(UsageError):
-    """The session was never saved (or was deleted). Scripts report it as failed (exit 3)."""
-
-    exit_code = EXIT_FAILED
+    """The session was never saved (or was deleted): a usage error (exit 2), as an unknown task is everywhere."""
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
