@@ -45,8 +45,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:
         metavar="S",
         help="seconds for the whole run, waits included (default: retry.deadline_s)",
     )
-    parser.add_argument(
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
         "--max-attempts", type=int, metavar="N", help="attempts for retryable failures (never retries a permanent one)"
+    )
+    budget.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="retries after the first try, as the source documents count (N + 1 attempts)",
     )
     parser.add_argument("--cwd", help="run the command in this folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every attempt on stdout")
@@ -66,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name} must be > 0 seconds, got {value}")
     if args.max_attempts is not None and args.max_attempts < 1:  # type: ignore[attr-defined]
         parser.error(f"--max-attempts must be >= 1, got {args.max_attempts}")  # type: ignore[attr-defined]
+    retries = args.retries  # type: ignore[attr-defined]
+    if retries is not None and retries < 0:
+        parser.error(f"--retries must be >= 0, got {retries}")
+    max_attempts = retries + 1 if retries is not None else args.max_attempts  # type: ignore[attr-defined]
     cli.setup_logging()
     quiet = args.quiet or args.json  # type: ignore[attr-defined]
 
@@ -88,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target=args.target,  # type: ignore[attr-defined]
         timeout_s=args.timeout,  # type: ignore[attr-defined]
         deadline_s=args.deadline,  # type: ignore[attr-defined]
-        max_attempts=args.max_attempts,  # type: ignore[attr-defined]
+        max_attempts=max_attempts,
         cwd=args.cwd,  # type: ignore[attr-defined]
         stdout=sys.stderr.buffer if args.json else sys.stdout.buffer,  # type: ignore[attr-defined]
         stderr=sys.stderr.buffer,

@@ -21,14 +21,31 @@ from selfheal.errors import EXIT_USAGE, ConfigError
 
 
 def test_defaults_match_the_source_documents(config: Config) -> None:
-    """The shipped policies carry the source documents' numbers."""
+    """The shipped policies carry the source documents' numbers, counted as they count them: "rate limit:
+    5 retries" is 6 attempts, "timeout: 3 retries" and 5xx's 3 retries are 4."""
     p = config.policies
-    assert (p.rate_limit.attempts, p.rate_limit.base_s, p.rate_limit.multiplier, p.rate_limit.cap_s) == (5, 5, 2, 120)
-    assert (p.timeout.attempts, p.timeout.base_s, p.timeout.multiplier, p.timeout.cap_s) == (3, 0.5, 1.5, 10)
-    assert (p.transient.attempts, p.transient.base_s, p.transient.multiplier, p.transient.cap_s) == (3, 1, 2, 30)
+    assert (p.rate_limit.attempts, p.rate_limit.base_s, p.rate_limit.multiplier, p.rate_limit.cap_s) == (6, 5, 2, 120)
+    assert (p.timeout.attempts, p.timeout.base_s, p.timeout.multiplier, p.timeout.cap_s) == (4, 0.5, 1.5, 10)
+    assert (p.transient.attempts, p.transient.base_s, p.transient.multiplier, p.transient.cap_s) == (4, 1, 2, 30)
     assert (p.resource.attempts, p.resource.base_s, p.resource.multiplier) == (2, 60, 2)
     assert p.permanent.attempts == p.auth.attempts == p.fatal.attempts == 1
     assert p.unknown.attempts == 2
+
+
+def test_a_policy_may_count_retries_or_attempts(write_config: Callable[[str], Path]) -> None:
+    """`retries: N` is N + 1 attempts; a user's `attempts` replaces skill.yaml's `retries` and the other way
+    round; both in one policy, or a negative count, is refused naming the file and key."""
+    write_config("policies:\n  rate_limit: {attempts: 2}\n  timeout: {retries: 0}\n  unknown: {retries: 4}\n")
+    p = load_config().policies
+    assert (p.rate_limit.attempts, p.timeout.attempts, p.unknown.attempts) == (2, 1, 5)
+    assert p.rate_limit.base_s == 5.0  # the rest of the policy still comes from skill.yaml
+    path = write_config("policies:\n  timeout: {retries: 2, attempts: 3}\n")
+    with pytest.raises(ConfigError, match=r"policies\.timeout\.retries: give retries .* or attempts .*, not both") as e:
+        load_config()
+    assert str(path) in str(e.value)
+    write_config("policies:\n  timeout: {retries: -1}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:2:.*policies.timeout.retries: must be a whole number"):
+        load_config()
 
 
 def test_every_error_class_has_a_policy_with_a_jitter(config: Config) -> None:

@@ -602,6 +602,7 @@ def load_config(
     base = read_yaml(skill_yaml, marks)
     if not isinstance(base, dict):
         raise ConfigError("must be a mapping of settings", file=skill_yaml)
+    _retries_as_attempts(base, marks, str(skill_yaml))
     files = [str(skill_yaml)]
 
     if user_file is None:
@@ -633,11 +634,51 @@ def load_config(
         marks.update(user_marks)
         files.append(str(user_file))
 
+    # `retries: N` (the source documents' count) and `attempts: N+1` are one setting: each file is read in
+    # attempts before merging (skill.yaml's above), so a user's count replaces skill.yaml's either way.
+    if user:
+        _retries_as_attempts(typing.cast(dict[str, Any], user), marks, str(user_file))
     manifest_data = {k: v for k, v in base.items() if k in MANIFEST_KEYS}
     settings = deep_merge({k: v for k, v in base.items() if k not in MANIFEST_KEYS}, user or {})
     conv = _Converter(marks, str(user_file) if user else str(skill_yaml))
     manifest = conv.dataclass(Manifest, manifest_data, "")
     return _build_config(conv, typing.cast(dict[str, Any], settings), manifest, tuple(files))
+
+
+def _retries_as_attempts(layer: dict[str, Any], marks: _Marks, file: str) -> None:
+    """Rewrite each `policies.<class>.retries: N` of one settings file as `attempts: N + 1` (the first try
+    plus N retries), in place; giving both in one policy, or a bad N, is an error naming the key."""
+    policies = layer.get("policies")
+    if not isinstance(policies, dict):
+        return
+    for name, policy in policies.items():
+        if not isinstance(policy, dict) or "retries" not in policy:
+            continue
+        key = f"policies.{name}.retries"
+        where = marks.get(key, (file, None, None))
+        retries = policy.pop("retries")
+        if "attempts" in policy:
+            raise ConfigError(
+                "give retries (tries after the first) or attempts (every try), not both",
+                file=where[0],
+                key=key,
+                value=retries,
+                line=where[1],
+                column=where[2],
+            )
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 999:
+            raise ConfigError(
+                f"must be a whole number from 0 to 999, got {retries!r}",
+                file=where[0],
+                key=key,
+                value=retries,
+                line=where[1],
+                column=where[2],
+            )
+        policy["attempts"] = retries + 1
+        mark = marks.get(key)
+        if mark is not None:
+            marks[f"policies.{name}.attempts"] = mark
 
 
 def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest, files: tuple[str, ...]) -> Config:
