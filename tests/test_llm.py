@@ -207,6 +207,7 @@ def test_a_content_policy_refusal_is_a_clean_error(
         (Fault.empty(), "empty answer"),
         (Fault.truncated(), "cut off"),
         (Fault.malformed(), "Expecting value"),
+        (Fault.reply("x" * 10_001), "answer too long: 10001 characters, over the limit of 10000"),
     ],
 )
 def test_a_bad_answer_is_retried_once_simplified_then_falls_over(

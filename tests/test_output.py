@@ -50,6 +50,14 @@ def test_usable_answers_pass() -> None:
     assert check_answer('```json\n{"ok": true}\n```', None, json_output=True) == {"ok": True}
 
 
+def test_an_answer_over_the_length_limit_is_a_problem() -> None:
+    """The first document's check: more than 10,000 characters is not accepted; exactly the limit is."""
+    assert check_answer("x" * 10_000, "stop", max_chars=10_000) is None
+    with pytest.raises(OutputProblem, match="answer too long: 10001 characters, over the limit of 10000"):
+        check_answer("x" * 10_001, "stop", max_chars=10_000)
+    assert check_answer("x" * 10_001, "stop") is None  # 0: no limit
+
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["title", "score", "tags"],

@@ -440,7 +440,11 @@ class _ChainCall:
                 try:
                     answer = await asyncio.wait_for(self._send(entry, request, delivered), max(self.remaining(), 0.001))
                     data = check_answer(
-                        answer.content, answer.finish_reason, json_output=request.json_output, schema=request.schema
+                        answer.content,
+                        answer.finish_reason,
+                        json_output=request.json_output,
+                        schema=request.schema,
+                        max_chars=self.models.max_answer_chars,
                     )
                 except OutputProblem as problem:
                     classification = Classification("format", "answer-check", "format")
