@@ -5,6 +5,10 @@ Each failure is classified (transient, rate_limit, timeout, resource, format, pe
 unknown) from the exit code, the signal and the tail of the output; retryable ones are retried after a
 jittered backoff, the rest stop at once. Output streams live. Every attempt is recorded in the ledger.
 
+When it fails for good (retries spent, not retryable, deadline), the notification command of --notify
+(or the setting retry.notify) is run with a one-line summary: an argv whose {summary}, {task} and
+{command} are filled in, never run through a shell.
+
 Exit codes: 0 succeeded; 2 usage or configuration error; 3 failed (retries exhausted, not retryable,
 deadline, interrupted); 4 not attempted (the task is already running elsewhere, or the --target's
 circuit breaker is open).
@@ -13,6 +17,7 @@ With --json, the command's stdout goes to stderr and stdout holds exactly one JS
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -21,9 +26,11 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
+from selfheal.core.config import get_config  # noqa: E402
 from selfheal.core.process import StopFlag  # noqa: E402
 from selfheal.core.retrying import Attempt  # noqa: E402
 from selfheal.core.runner import run_with_retry  # noqa: E402
+from selfheal.durable.incident import run_notifier  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:
@@ -55,6 +62,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:
         metavar="N",
         help="retries after the first try, as the source documents count (N + 1 attempts)",
     )
+    parser.add_argument(
+        "--notify",
+        metavar="CMD",
+        help="when it fails for good, run CMD (split like a shell line, never run by one) with {summary} "
+        "filled in, e.g. --notify 'openclaw message send --text {summary}' (default: retry.notify)",
+    )
     parser.add_argument("--cwd", help="run the command in this folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every attempt on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -77,6 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if retries is not None and retries < 0:
         parser.error(f"--retries must be >= 0, got {retries}")
     max_attempts = retries + 1 if retries is not None else args.max_attempts  # type: ignore[attr-defined]
+    notify_text = args.notify  # type: ignore[attr-defined]
+    try:
+        notify_argv = shlex.split(notify_text) if notify_text is not None else None
+    except ValueError as exc:
+        parser.error(f"--notify {notify_text!r}: {exc}")
+    if notify_argv is not None and not notify_argv:
+        parser.error("--notify needs a command")
     cli.setup_logging()
     quiet = args.quiet or args.json  # type: ignore[attr-defined]
 
@@ -106,8 +126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop=stop,
         on_attempt=progress,
     )
+    notified = None
+    template = notify_argv if notify_argv is not None else list(get_config().retry.notify)
+    if template and outcome.outcome == "failed":
+        summary = (
+            f"self-heal: {args.task or shlex.join(command)[:80]} failed after {len(outcome.attempts)} attempt(s) "  # type: ignore[attr-defined]
+            f"({outcome.stop_reason}): {outcome.error_class}, exit code {outcome.exit_code}: {outcome.reason}"
+        )[:500]
+        values = {"summary": summary, "task": args.task or "", "command": shlex.join(command)}  # type: ignore[attr-defined]
+        notified = run_notifier(template, values, timeout_s=get_config().workflows.notify_timeout_s)
     if args.json:  # type: ignore[attr-defined]
-        cli.emit_json(outcome.to_json())
+        cli.emit_json({**outcome.to_json(), **({"notified": notified} if notified is not None else {})})
     elif not quiet:
         n = len(outcome.attempts)
         if outcome.ok:

@@ -136,6 +136,27 @@ def test_retries_flag_counts_as_the_documents_do(tmp_path: Path, home: Path) -> 
     assert both.returncode == 2 and b"not allowed with" in both.stderr
 
 
+def test_notify_runs_when_retries_run_out_with_the_summary_as_one_argument(
+    tmp_path: Path, home: Path, write_config: Any
+) -> None:
+    """The first document's notify_admin("Task failed after retries"): --notify runs once when it fails
+    for good, the summary as one argument (quotes and $ in it stay text); not on success; retry.notify too."""
+    out = tmp_path / "message"
+    notify = f"sh -c 'printf %s \"$1\" >> {out}' notify {{summary}}"
+    env = {"SELFHEAL_TESTING": "1"}
+    proc = run(home, "--json", "--task", "doc-gen-588", "--notify", notify, "--", *flaky_script(tmp_path, 10), env=env)
+    assert proc.returncode == 3 and as_json(proc)["notified"]["ok"]
+    message = out.read_text()
+    assert message.startswith("self-heal: doc-gen-588 failed after 4 attempt(s) (attempts_exhausted): transient")
+    out.unlink()
+    assert run(home, "--notify", notify, "--", "true").returncode == 0 and not out.exists()
+    write_config(f"retry: {{notify: [sh, -c, 'printf %s \"$1\" > {out}', notify, '{{summary}}']}}\n")
+    assert run(home, "--", "sh", "-c", "echo '$(rm -rf /)' >&2; exit 2").returncode == 3
+    assert "failed after 2 attempt(s)" in out.read_text() and "$(rm -rf /)" in out.read_text()
+    bad = run(home, "--notify", "'unclosed", "--", "true")
+    assert bad.returncode == 2 and b"--notify" in bad.stderr and b"Traceback" not in bad.stderr
+
+
 def test_command_not_found(home: Path) -> None:
     """A missing program is a permanent failure, reported with the shell's exit code."""
     result = as_json(run(home, "--json", "--", "/no/such/program"))

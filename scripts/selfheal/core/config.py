@@ -124,6 +124,7 @@ class RetrySettings:
     deadline_s: float = field(metadata=_meta(gt=0, hi=30 * 86400))
     retry_after_cap_s: float = field(metadata=_meta(lo=0, hi=86400))
     jitter: Jitter
+    notify: tuple[str, ...]
 
 
 @dataclass(frozen=True)
