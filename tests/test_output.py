@@ -117,6 +117,7 @@ def test_every_shipped_prompt_renders_with_what_the_code_supplies() -> None:
     text = prompts.render("simplify_json.txt", problem="not JSON", schema_hint=" with the keys: a (string)")
     assert "not JSON" in text and "a (string)" in text
     assert "200 words" in prompts.render("simplify_text.txt", problem="empty answer", max_words=200)
+    assert "1. a" in prompts.render("simplify_split.txt", count=2, parts="1. a\n2. b")
 
 
 def test_a_template_asking_for_an_unknown_placeholder_fails_at_load(

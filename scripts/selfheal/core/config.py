@@ -259,6 +259,7 @@ class ModelSettings:
     stream_idle_s: float = field(metadata=_meta(gt=0, hi=86400))
     gpu_free_mb_min: int = field(metadata=_meta(lo=0))
     simplify_max_prompt_chars: int = field(metadata=_meta(lo=100))
+    simplify_split_parts: int = field(metadata=_meta(lo=0, hi=50))
     max_answer_chars: int = field(metadata=_meta(lo=0))
     chain: tuple[ModelEndpoint, ...]
 
