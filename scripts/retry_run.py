@@ -5,6 +5,10 @@ Each failure is classified (transient, rate_limit, timeout, resource, format, pe
 unknown) from the exit code, the signal and the tail of the output; retryable ones are retried after a
 jittered backoff, the rest stop at once. Output streams live. Every attempt is recorded in the ledger.
 
+When it fails for good (retries spent, not retryable, deadline), the notification command of --notify
+(or the setting retry.notify) is run with a one-line summary: an argv whose {summary}, {task} and
+{command} are filled in, never run through a shell.
+
 One run per --task: a run whose runner was killed (SIGKILL) may leave its command running; the next run
 of the task stops it first (or, with --no-kill-orphans, refuses with exit 4 naming its pid). Processes a
 command leaves running when it ends or times out (background jobs, daemons that double-fork and call
@@ -23,6 +27,7 @@ With --json, the command's stdout goes to stderr and stdout holds exactly one JS
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -31,9 +36,11 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
+from selfheal.core.config import get_config  # noqa: E402
 from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.core.retrying import Attempt  # noqa: E402
 from selfheal.core.runner import run_with_retry  # noqa: E402
+from selfheal.durable.incident import run_notifier  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:
@@ -55,8 +62,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:
         metavar="S",
         help="seconds for the whole run, waits included (default: retry.deadline_s)",
     )
-    parser.add_argument(
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
         "--max-attempts", type=int, metavar="N", help="attempts for retryable failures (never retries a permanent one)"
+    )
+    budget.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="retries after the first try, as the source documents count (N + 1 attempts)",
+    )
+    parser.add_argument(
+        "--notify",
+        metavar="CMD",
+        help="when it fails for good, run CMD (split like a shell line, never run by one) with {summary} "
+        "filled in, e.g. --notify 'openclaw message send --text {summary}' (default: retry.notify)",
     )
     parser.add_argument("--cwd", help="run the command in this folder")
     parser.add_argument(
@@ -87,6 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name} must be > 0 seconds, got {value}")
     if args.max_attempts is not None and args.max_attempts < 1:  # type: ignore[attr-defined]
         parser.error(f"--max-attempts must be >= 1, got {args.max_attempts}")  # type: ignore[attr-defined]
+    retries = args.retries  # type: ignore[attr-defined]
+    if retries is not None and retries < 0:
+        parser.error(f"--retries must be >= 0, got {retries}")
+    max_attempts = retries + 1 if retries is not None else args.max_attempts  # type: ignore[attr-defined]
+    notify_text = args.notify  # type: ignore[attr-defined]
+    try:
+        notify_argv = shlex.split(notify_text) if notify_text is not None else None
+    except ValueError as exc:
+        parser.error(f"--notify {notify_text!r}: {exc}")
+    if notify_argv is not None and not notify_argv:
+        parser.error("--notify needs a command")
     cli.setup_logging()
     quiet = args.quiet or args.json  # type: ignore[attr-defined]
 
@@ -110,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target=args.target,  # type: ignore[attr-defined]
         timeout_s=args.timeout,  # type: ignore[attr-defined]
         deadline_s=args.deadline,  # type: ignore[attr-defined]
-        max_attempts=args.max_attempts,  # type: ignore[attr-defined]
+        max_attempts=max_attempts,
         cwd=args.cwd,  # type: ignore[attr-defined]
         stdout=sys.stderr.buffer if args.json else sys.stdout.buffer,  # type: ignore[attr-defined]
         stderr=sys.stderr.buffer,
@@ -122,8 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in outcome.left_behind:
         what = "stopped" if item["stopped"] else "left running (--keep-daemons)"
         cli.say(f"the command left pid {item['pid']} ({item['cmd']}) running: {what}")
+    notified = None
+    template = notify_argv if notify_argv is not None else list(get_config().retry.notify)
+    if template and outcome.outcome == "failed":
+        summary = (
+            f"self-heal: {args.task or shlex.join(command)[:80]} failed after {len(outcome.attempts)} attempt(s) "  # type: ignore[attr-defined]
+            f"({outcome.stop_reason}): {outcome.error_class}, exit code {outcome.exit_code}: {outcome.reason}"
+        )[:500]
+        values = {"summary": summary, "task": args.task or "", "command": shlex.join(command)}  # type: ignore[attr-defined]
+        notified = run_notifier(template, values, timeout_s=get_config().workflows.notify_timeout_s)
     if args.json:  # type: ignore[attr-defined]
-        cli.emit_json(outcome.to_json())
+        cli.emit_json({**outcome.to_json(), **({"notified": notified} if notified is not None else {})})
     elif not quiet:
         n = len(outcome.attempts)
         if outcome.ok:

@@ -21,14 +21,80 @@ from selfheal.errors import EXIT_USAGE, ConfigError
 
 
 def test_defaults_match_the_source_documents(config: Config) -> None:
-    """The shipped policies carry the source documents' numbers."""
+    """The shipped policies carry the source documents' numbers, counted as they count them: "rate limit:
+    5 retries" is 6 attempts, "timeout: 3 retries" and 5xx's 3 retries are 4."""
     p = config.policies
-    assert (p.rate_limit.attempts, p.rate_limit.base_s, p.rate_limit.multiplier, p.rate_limit.cap_s) == (5, 5, 2, 120)
-    assert (p.timeout.attempts, p.timeout.base_s, p.timeout.multiplier, p.timeout.cap_s) == (3, 0.5, 1.5, 10)
-    assert (p.transient.attempts, p.transient.base_s, p.transient.multiplier, p.transient.cap_s) == (3, 1, 2, 30)
+    assert (p.rate_limit.attempts, p.rate_limit.base_s, p.rate_limit.multiplier, p.rate_limit.cap_s) == (6, 5, 2, 120)
+    assert (p.timeout.attempts, p.timeout.base_s, p.timeout.multiplier, p.timeout.cap_s) == (4, 0.5, 1.5, 10)
+    assert (p.transient.attempts, p.transient.base_s, p.transient.multiplier, p.transient.cap_s) == (4, 1, 2, 30)
     assert (p.resource.attempts, p.resource.base_s, p.resource.multiplier) == (2, 60, 2)
     assert p.permanent.attempts == p.auth.attempts == p.fatal.attempts == 1
     assert p.unknown.attempts == 2
+
+
+def test_a_policy_may_count_retries_or_attempts(write_config: Callable[[str], Path]) -> None:
+    """`retries: N` is N + 1 attempts; a user's `attempts` replaces skill.yaml's `retries` and the other way
+    round; both in one policy, or a negative count, is refused naming the file and key."""
+    write_config("policies:\n  rate_limit: {attempts: 2}\n  timeout: {retries: 0}\n  unknown: {retries: 4}\n")
+    p = load_config().policies
+    assert (p.rate_limit.attempts, p.timeout.attempts, p.unknown.attempts) == (2, 1, 5)
+    assert p.rate_limit.base_s == 5.0  # the rest of the policy still comes from skill.yaml
+    path = write_config("policies:\n  timeout: {retries: 2, attempts: 3}\n")
+    with pytest.raises(ConfigError, match=r"policies\.timeout\.retries: give retries .* or attempts .*, not both") as e:
+        load_config()
+    assert str(path) in str(e.value)
+    write_config("policies:\n  timeout: {retries: -1}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:2:.*policies.timeout.retries: must be a whole number"):
+        load_config()
+
+
+def test_the_first_documents_config_can_be_pasted(
+    write_config: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first document's `retry_policy` and `models: {primary, fallbacks}`, pasted as they are, become
+    policies and the chain, with one line each saying what they became."""
+    write_config(
+        """
+        retry_policy:
+          immediate_retry: {max_attempts: 3, delay_seconds: 5}
+          delayed_retry: {max_attempts: 2, backoff_factor: 2, initial_delay: 60}
+        models:
+          primary:
+            name: Qwen3-4B-Thinking-2507
+            endpoint: http://localhost:8000/v1
+          fallbacks:
+            - name: Qwen1.5-0.5B
+              endpoint: http://backup-server:8000/v1
+            - name: Phi-3-mini
+              endpoint: http://127.0.0.1:5000/v1
+        """
+    )
+    with caplog.at_level("INFO", logger="selfheal.core.config"):
+        config = load_config()
+    p = config.policies
+    for cls in (p.transient, p.timeout):
+        assert (cls.attempts, cls.base_s, cls.multiplier, cls.cap_s) == (3, 5.0, 1.0, 5.0)
+    for cls in (p.resource, p.format, p.rate_limit):
+        assert (cls.attempts, cls.base_s, cls.multiplier, cls.cap_s) == (2, 60.0, 2.0, 60.0)
+    chain = config.models.chain
+    assert [(e.name, e.base_url, e.model) for e in chain] == [
+        ("qwen3-4b-thinking-2507", "http://localhost:8000/v1", "Qwen3-4B-Thinking-2507"),
+        ("qwen1.5-0.5b", "http://backup-server:8000/v1", "Qwen1.5-0.5B"),
+        ("phi-3-mini", "http://127.0.0.1:5000/v1", "Phi-3-mini"),
+    ]
+    notes = [r.getMessage() for r in caplog.records]
+    assert any("retry_policy.immediate_retry became policies transient/timeout: attempts=3" in n for n in notes)
+    assert any(
+        "models.primary/fallbacks became models.chain: qwen3-4b-thinking-2507 -> qwen1.5-0.5b" in n for n in notes
+    )
+
+
+def test_a_bad_pasted_retry_policy_names_the_key(write_config: Callable[[str], Path]) -> None:
+    """A mistake in the pasted shape is refused naming the file and the document's key."""
+    path = write_config("retry_policy:\n  immediate_retry: {max_attempts: three}\n")
+    with pytest.raises(ConfigError, match=r"retry_policy\.immediate_retry\.max_attempts: must be a whole number") as e:
+        load_config()
+    assert str(path) in str(e.value)
 
 
 def test_every_error_class_has_a_policy_with_a_jitter(config: Config) -> None:

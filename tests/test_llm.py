@@ -218,6 +218,7 @@ def test_a_content_policy_refusal_is_a_clean_error(
         (Fault.empty(), "empty answer"),
         (Fault.truncated(), "cut off"),
         (Fault.malformed(), "Expecting value"),
+        (Fault.reply("x" * 10_001), "answer too long: 10001 characters, over the limit of 10000"),
     ],
 )
 def test_a_bad_answer_is_retried_once_simplified_then_falls_over(
@@ -278,6 +279,34 @@ def test_the_simplified_retry_is_stricter(
     assert first["temperature"] == 0.9 and second["temperature"] == 0.0
     assert len(second["messages"][-2]["content"]) == 4000 and len(first["messages"][-1]["content"]) == 10_000
     assert "could not be used" in second["messages"][-1]["content"]
+
+
+def test_a_long_prompt_is_split_into_numbered_sub_questions_on_the_simplified_retry(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """The first document's "split the long prompt into sub-questions": after a bad answer, a prompt over
+    the limit with several paragraphs comes back as numbered parts within the limit, none left out."""
+    seen: list[dict[str, Any]] = []
+    original = server._handle
+
+    def spy(h: Any) -> None:
+        body = h.rfile.read(int(h.headers.get("content-length") or 0))
+        seen.append(json.loads(body))
+        h.rfile = __import__("io").BytesIO(body)
+        original(h)
+
+    server._handle = spy  # type: ignore[method-assign]
+    server.script("primary", Fault.empty(), Fault.reply("1. up 15%. 2. salaries. 3. cloud."))
+    questions = ["Summarise the Q3 revenue. " * 60, "List the three largest costs. " * 60, "Suggest one saving. " * 60]
+    result = complete("\n\n".join(questions), config=chain("primary"), clock=clock)
+    assert result.content.startswith("1. up 15%")
+    user = seen[1]["messages"][-2]["content"]
+    assert "split into 3 parts" in user and len(user) <= 4000
+    assert [line[:12] for line in user.splitlines() if line[:1].isdigit()] == [
+        "1. Summarise",
+        "2. List the ",
+        "3. Suggest o",
+    ]
 
 
 def test_json_output_strips_fences_and_checks_the_schema(

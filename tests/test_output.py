@@ -50,6 +50,14 @@ def test_usable_answers_pass() -> None:
     assert check_answer('```json\n{"ok": true}\n```', None, json_output=True) == {"ok": True}
 
 
+def test_an_answer_over_the_length_limit_is_a_problem() -> None:
+    """The first document's check: more than 10,000 characters is not accepted; exactly the limit is."""
+    assert check_answer("x" * 10_000, "stop", max_chars=10_000) is None
+    with pytest.raises(OutputProblem, match="answer too long: 10001 characters, over the limit of 10000"):
+        check_answer("x" * 10_001, "stop", max_chars=10_000)
+    assert check_answer("x" * 10_001, "stop") is None  # 0: no limit
+
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["title", "score", "tags"],
@@ -109,6 +117,7 @@ def test_every_shipped_prompt_renders_with_what_the_code_supplies() -> None:
     text = prompts.render("simplify_json.txt", problem="not JSON", schema_hint=" with the keys: a (string)")
     assert "not JSON" in text and "a (string)" in text
     assert "200 words" in prompts.render("simplify_text.txt", problem="empty answer", max_words=200)
+    assert "1. a" in prompts.render("simplify_split.txt", count=2, parts="1. a\n2. b")
 
 
 def test_a_template_asking_for_an_unknown_placeholder_fails_at_load(

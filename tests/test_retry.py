@@ -89,15 +89,15 @@ def test_permanent_failure_runs_once_and_reraises_the_real_error(plain: Config, 
 
 def test_exhausted_retries_raise_the_last_exception_with_every_attempt(plain: Config, clock: FakeClock) -> None:
     """After the class's attempts run out, the last real exception surfaces with the whole history."""
-    fn = Flaky(reset(), reset(), reset(), reset())
+    fn = Flaky(reset(), reset(), reset(), reset(), reset())
     with pytest.raises(ConnectionResetError) as info:
         Retrier(config=plain, clock=clock).call(fn)
     assert info.value is fn.raised[-1]
     history = attempts_of(info.value)
-    assert [a.number for a in history] == [1, 2, 3]
-    assert [a.delay_s for a in history] == [1.0, 2.0, None]
+    assert [a.number for a in history] == [1, 2, 3, 4]  # transient: 3 retries after the first try
+    assert [a.delay_s for a in history] == [1.0, 2.0, 4.0, None]
     assert stop_reason_of(info.value) == "attempts_exhausted"
-    assert any("gave up after 3 attempts" in note for note in getattr(info.value, "__notes__", []))
+    assert any("gave up after 4 attempts" in note for note in getattr(info.value, "__notes__", []))
 
 
 def test_auth_failure_is_not_retried(plain: Config, clock: FakeClock) -> None:
@@ -169,11 +169,11 @@ def test_max_attempts_overrides_retryable_classes_only(plain: Config, clock: Fak
 
 def test_each_class_backs_off_on_its_own_count(plain: Config, clock: FakeClock) -> None:
     """A timeout after a reset starts the timeout policy at its base, not at the reset's exponent."""
-    fn = Flaky(reset(), TimeoutError(), reset())
-    # attempt budget: transient 3, timeout 3 -> the third failure (transient, attempt 3) stops.
+    fn = Flaky(reset(), TimeoutError(), reset(), reset())
+    # attempt budget: transient 4, timeout 4 (3 retries each) -> the fourth failure (transient) stops.
     with pytest.raises(ConnectionResetError):
         Retrier(config=plain, clock=clock).call(fn)
-    assert clock.waits == [1.0, 0.5]
+    assert clock.waits == [1.0, 0.5, 2.0]
 
 
 def test_unknown_failures_get_one_retry_and_are_marked(plain: Config, clock: FakeClock) -> None:
@@ -285,7 +285,7 @@ def test_async_gives_up_with_history(plain: Config) -> None:
 
     with pytest.raises(TimeoutError) as info:
         asyncio.run(Retrier(config=plain, clock=clock).acall(always))
-    assert len(attempts_of(info.value)) == 3
+    assert len(attempts_of(info.value)) == 4  # timeout: 3 retries
 
 
 # -- the test switch ---------------------------------------------------------------------------------------
@@ -348,10 +348,10 @@ def test_every_attempt_of_a_failing_run_is_recorded(plain: Config, clock: FakeCl
     events = ledger_events(home)
     assert [e["event"] for e in events] == ["retry", "retry", "success"]
     first = events[0]
-    assert (first["error_class"], first["attempt"], first["max_attempts"], first["delay_s"]) == ("transient", 1, 3, 1.0)
+    assert (first["error_class"], first["attempt"], first["max_attempts"], first["delay_s"]) == ("transient", 1, 4, 1.0)
     lines = (home / "logs" / "selfheal.log").read_text().splitlines()
-    assert lines[0].endswith("[RETRY] task=- target=qwen model=Qwen3-4B reason=transient attempt=1/3 delay=1s")
-    assert " [RETRY] task=- target=qwen model=Qwen3-4B reason=timeout attempt=2/3 delay=0.5s" in lines[1]
+    assert lines[0].endswith("[RETRY] task=- target=qwen model=Qwen3-4B reason=transient attempt=1/4 delay=1s")
+    assert " [RETRY] task=- target=qwen model=Qwen3-4B reason=timeout attempt=2/4 delay=0.5s" in lines[1]
     assert "[SUCCESS]" in lines[2] and "attempts=3" in lines[2]
 
 

@@ -114,17 +114,47 @@ def test_permanent_failure_runs_exactly_once(tmp_path: Path, home: Path) -> None
 
 
 def test_exhausted_retries_exit_3_and_say_so(tmp_path: Path, home: Path, plain: Path) -> None:
-    """A command that keeps failing transiently stops after the class's attempts."""
+    """A command that keeps failing transiently stops after the class's attempts (3 retries: 4 attempts)."""
     proc = run(home, "--", *flaky_script(tmp_path, 10), env={"SELFHEAL_TESTING": "1"})
     assert proc.returncode == 3
-    assert b"gave up after 3 attempts (attempts_exhausted): transient, exit code 1" in proc.stderr
-    assert b"attempt 1/3 failed: transient (exit 1: Connection refused); retrying in 1.0s" in proc.stderr
+    assert b"gave up after 4 attempts (attempts_exhausted): transient, exit code 1" in proc.stderr
+    assert b"attempt 1/4 failed: transient (exit 1: Connection refused); retrying in 1.0s" in proc.stderr
 
 
 def test_max_attempts_flag(tmp_path: Path, home: Path) -> None:
     """--max-attempts gives a retryable failure more (or fewer) tries."""
     proc = run(home, "--json", "--max-attempts", "5", "--", *flaky_script(tmp_path, 4), env={"SELFHEAL_TESTING": "1"})
     assert proc.returncode == 0 and len(as_json(proc)["attempts"]) == 5
+
+
+def test_retries_flag_counts_as_the_documents_do(tmp_path: Path, home: Path) -> None:
+    """--retries 3 is the first try plus 3 retries; with --max-attempts too it is a usage error."""
+    env = {"SELFHEAL_TESTING": "1"}
+    proc = run(home, "--json", "--retries", "3", "--", *flaky_script(tmp_path, 10), env=env)
+    assert proc.returncode == 3 and len(as_json(proc)["attempts"]) == 4
+    both = run(home, "--retries", "1", "--max-attempts", "2", "--", "true")
+    assert both.returncode == 2 and b"not allowed with" in both.stderr
+
+
+def test_notify_runs_when_retries_run_out_with_the_summary_as_one_argument(
+    tmp_path: Path, home: Path, write_config: Any
+) -> None:
+    """The first document's notify_admin("Task failed after retries"): --notify runs once when it fails
+    for good, the summary as one argument (quotes and $ in it stay text); not on success; retry.notify too."""
+    out = tmp_path / "message"
+    notify = f"sh -c 'printf %s \"$1\" >> {out}' notify {{summary}}"
+    env = {"SELFHEAL_TESTING": "1"}
+    proc = run(home, "--json", "--task", "doc-gen-588", "--notify", notify, "--", *flaky_script(tmp_path, 10), env=env)
+    assert proc.returncode == 3 and as_json(proc)["notified"]["ok"]
+    message = out.read_text()
+    assert message.startswith("self-heal: doc-gen-588 failed after 4 attempt(s) (attempts_exhausted): transient")
+    out.unlink()
+    assert run(home, "--notify", notify, "--", "true").returncode == 0 and not out.exists()
+    write_config(f"retry: {{notify: [sh, -c, 'printf %s \"$1\" > {out}', notify, '{{summary}}']}}\n")
+    assert run(home, "--", "sh", "-c", "echo '$(rm -rf /)' >&2; exit 2").returncode == 3
+    assert "failed after 2 attempt(s)" in out.read_text() and "$(rm -rf /)" in out.read_text()
+    bad = run(home, "--notify", "'unclosed", "--", "true")
+    assert bad.returncode == 2 and b"--notify" in bad.stderr and b"Traceback" not in bad.stderr
 
 
 def test_command_not_found(home: Path) -> None:
@@ -178,7 +208,7 @@ def test_the_command_sees_its_attempt_and_task(tmp_path: Path, home: Path) -> No
     )
     run(home, "--task", "job-7", "--", sys.executable, "-c", code, env={"SELFHEAL_TESTING": "1"})
     lines = [line.split() for line in out.read_text().splitlines()]
-    assert [(t, a) for t, a, _ in lines] == [("job-7", "1"), ("job-7", "2"), ("job-7", "3")]
+    assert [(t, a) for t, a, _ in lines] == [("job-7", "1"), ("job-7", "2"), ("job-7", "3"), ("job-7", "4")]
     assert len({r for _, _, r in lines}) == 1 and lines[0][2].startswith("job-7-")
 
 

@@ -104,6 +104,8 @@ def run(plan: Path, task: str | None = None, config: Config | None = None, **opt
         ("steps:\n  - {name: a, run: [x], inputs: [zz.files]}\n", "no step named 'zz'"),
         ("steps:\n  - {name: a, run: [x], timeout: -3}\n", "steps[0].timeout: steps[0] (a): must be a number"),
         ("steps:\n  - {name: a, run: [x], retry: {max_attempts: 0}}\n", "must be a whole number >= 1"),
+        ("steps:\n  - {name: a, run: [x], retry: {retries: -1}}\n", "steps[0].retry.retries: steps[0] (a): must be"),
+        ("steps:\n  - {name: a, run: [x], retry: {retries: 1, max_attempts: 2}}\n", "max_attempts (every try) or"),
         ("steps:\n  - {name: a, run: [x], colour: red}\n", "steps[0].colour: steps[0] (a): unknown key"),
         ("steps:\n  - {name: ../etc, run: [x]}\n", "steps[0].name: a step needs a name"),
         ("steps:\n  - {name: a, run: [x], complete_if_outputs_exist: true}\n", "needs outputs.files"),
@@ -268,8 +270,14 @@ def test_an_in_flight_step_whose_outputs_exist_counts_as_done(tmp_path: Path, fa
     assert journal(tmp_path) == ["mail"]
 
 
+def test_a_step_may_count_retries_as_the_documents_do(tmp_path: Path) -> None:
+    """`retry: {retries: 3}` is the first try plus 3 retries: 4 attempts."""
+    plan = write_plan(tmp_path, "steps:\n  - {name: a, run: [x], retry: {retries: 3}}\n")
+    assert load_plan(plan).steps[0].max_attempts == 4
+
+
 def test_a_crash_does_not_reset_a_steps_retry_budget(tmp_path: Path, fast: Config, home: Path) -> None:
-    """Two of three attempts spent before the crash: after it, the step gets just one more."""
+    """Three of four attempts (transient: 3 retries) spent before the crash: after it, just one more."""
     plan = write_plan(
         tmp_path,
         """
@@ -279,11 +287,11 @@ def test_a_crash_does_not_reset_a_steps_retry_budget(tmp_path: Path, fast: Confi
     )
     runner = WorkflowRunner(load_plan(plan), "budget", config=fast)
     data = runner._fresh()
-    data["steps"]["flaky"].update(state="running", attempts=2)
+    data["steps"]["flaky"].update(state="running", attempts=3)
     Checkpoints(StateRoot(home).ensure()).save("budget", data)
     result = runner.run()
     assert result.status == "failed" and journal(tmp_path) == ["try"]
-    assert result.steps[0].attempts == 3
+    assert result.steps[0].attempts == 4
 
 
 def test_resumes_without_progress_park_the_task_as_dead_letter(tmp_path: Path, fast: Config, home: Path) -> None:

@@ -35,6 +35,8 @@ ErrorClass = Literal[
 ERROR_CLASSES: tuple[str, ...] = typing.get_args(ErrorClass)
 Jitter = Literal["full", "equal", "decorrelated", "none"]
 
+logger = logging.getLogger(__name__)
+
 SKILL_ROOT = Path(__file__).resolve().parents[3]
 SKILL_YAML = SKILL_ROOT / "skill.yaml"
 
@@ -125,6 +127,7 @@ class RetrySettings:
     deadline_s: float = field(metadata=_meta(gt=0, hi=30 * 86400))
     retry_after_cap_s: float = field(metadata=_meta(lo=0, hi=86400))
     jitter: Jitter
+    notify: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,8 @@ class ModelSettings:
     gpu_free_mb_min: int = field(metadata=_meta(lo=0))
     gpu_poll_s: float = field(metadata=_meta(gt=0, hi=3600))
     simplify_max_prompt_chars: int = field(metadata=_meta(lo=100))
+    simplify_split_parts: int = field(metadata=_meta(lo=0, hi=50))
+    max_answer_chars: int = field(metadata=_meta(lo=0))
     chain: tuple[ModelEndpoint, ...]
 
 
@@ -644,6 +649,7 @@ def load_config(
     base = read_yaml(skill_yaml, marks)
     if not isinstance(base, dict):
         raise ConfigError("must be a mapping of settings", file=skill_yaml)
+    _retries_as_attempts(base, marks, str(skill_yaml))
     files = [str(skill_yaml)]
 
     if given is not None:
@@ -683,6 +689,12 @@ def load_config(
         marks.update(user_marks)
         files.append(str(user_path))
 
+    # `retries: N` (the source documents' count) and `attempts: N+1` are one setting: each file is read in
+    # attempts before merging (skill.yaml's above), so a user's count replaces skill.yaml's either way.
+    if user:
+        for note in _document_shapes(typing.cast(dict[str, Any], user), marks, str(user_file)):
+            logger.info("%s", note)
+        _retries_as_attempts(typing.cast(dict[str, Any], user), marks, str(user_file))
     manifest_data = {k: v for k, v in base.items() if k in MANIFEST_KEYS}
     settings = deep_merge({k: v for k, v in base.items() if k not in MANIFEST_KEYS}, user or {})
     conv = _Converter(marks, str(user_path) if user else str(skill_yaml))
@@ -732,6 +744,148 @@ def _rename_old_keys(user: dict[str, Any], marks: _Marks, file: str) -> None:
             if f"{path}.{old}" in marks:
                 marks[f"{path}.{new}"] = marks.pop(f"{path}.{old}")
             log.warning("%s: %s.%s is now called %s.%s (the old name still works)", file, path, old, path, new)
+
+
+# The first source document's retry levels, and the classes each one stands for there: immediate retry for
+# 502/504, timeouts and connection resets; delayed retry for GPU memory, malformed output and rate limits.
+_IMMEDIATE = ("transient", "timeout")
+_DELAYED = ("resource", "format", "rate_limit")
+
+
+def _document_shapes(user: dict[str, Any], marks: _Marks, file: str) -> list[str]:
+    """Rewrite the first source document's config shapes, pasted into the user's file, as ours, in place:
+    `retry_policy: {immediate_retry, delayed_retry}` becomes `policies`, and `models: {primary, fallbacks}`
+    becomes `models.chain`. Returns one line per translation saying what it became."""
+    notes: list[str] = []
+
+    def bad(key: str, message: str, value: object) -> ConfigError:
+        where = marks.get(key, (file, None, None))
+        return ConfigError(
+            f"{message}, got {value!r}", file=where[0], key=key, value=value, line=where[1], column=where[2]
+        )
+
+    def number(level: dict[str, Any], key: str, path: str, *, whole: bool = False) -> float | None:
+        value = level.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value < 0:
+            raise bad(f"{path}.{key}", "must be a whole number >= 1" if whole else "must be a number >= 0", value)
+        return value
+
+    if "retry_policy" in user:
+        shape = user.pop("retry_policy")
+        if not isinstance(shape, dict) or set(shape) - {"immediate_retry", "delayed_retry"}:
+            raise bad("retry_policy", "must be a mapping with immediate_retry and/or delayed_retry", shape)
+        policies = user.setdefault("policies", {})
+        if not isinstance(policies, dict):
+            raise bad("policies", "must be a mapping", policies)
+        keys = {
+            "immediate_retry": {"max_attempts", "delay_seconds"},
+            "delayed_retry": {"max_attempts", "backoff_factor", "initial_delay", "max_delay"},
+        }
+        for level_name, classes in (("immediate_retry", _IMMEDIATE), ("delayed_retry", _DELAYED)):
+            level = shape.get(level_name)
+            if level is None:
+                continue
+            path = f"retry_policy.{level_name}"
+            if not isinstance(level, dict) or set(level) - keys[level_name]:
+                raise bad(path, f"must be a mapping with {', '.join(sorted(keys[level_name]))}", level)
+            ours: dict[str, Any] = {}
+            attempts = number(level, "max_attempts", path, whole=True)
+            if attempts is not None:
+                if attempts < 1:
+                    raise bad(f"{path}.max_attempts", "must be a whole number >= 1", attempts)
+                ours["attempts"] = attempts
+            if level_name == "immediate_retry":
+                delay = number(level, "delay_seconds", path)
+                if delay is not None:  # a fixed delay: no growth, capped at itself
+                    ours.update(base_s=float(delay), multiplier=1.0, cap_s=float(delay))
+            else:
+                for theirs, mine in (
+                    ("initial_delay", "base_s"),
+                    ("backoff_factor", "multiplier"),
+                    ("max_delay", "cap_s"),
+                ):
+                    value = number(level, theirs, path)
+                    if value is not None:
+                        ours[mine] = float(value)
+                if "base_s" in ours and "cap_s" not in ours:
+                    # No cap given: the longest wait its attempts reach, so the class's own cap cannot cut it.
+                    growth = ours.get("multiplier", 2.0) ** (max(int(ours.get("attempts", 2)), 2) - 2)
+                    ours["cap_s"] = ours["base_s"] * growth
+            for cls in classes:
+                mine_now = policies.setdefault(cls, {})
+                if not isinstance(mine_now, dict):
+                    raise bad(f"policies.{cls}", "must be a mapping", mine_now)
+                for key, value in ours.items():
+                    if key == "attempts" and "retries" in mine_now:
+                        continue
+                    mine_now.setdefault(key, value)  # the user's own `policies` entry wins
+            shown = ", ".join(f"{k}={v:g}" for k, v in ours.items())
+            notes.append(f"{file}: retry_policy.{level_name} became policies {'/'.join(classes)}: {shown}")
+
+    models = user.get("models")
+    if isinstance(models, dict) and ("primary" in models or "fallbacks" in models):
+        if "chain" in models:
+            raise bad("models.primary", "give models.chain or the primary/fallbacks shape, not both", models["primary"])
+        entries = [models.pop("primary")] if "primary" in models else []
+        fallbacks = models.pop("fallbacks", None) or []
+        if not isinstance(fallbacks, list):
+            raise bad("models.fallbacks", "must be a list of {name, endpoint}", fallbacks)
+        chain = []
+        for i, entry in enumerate([*entries, *fallbacks]):
+            path = "models.primary" if entries and i == 0 else f"models.fallbacks[{i - len(entries)}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or "endpoint" not in entry:
+                raise bad(path, "must be a mapping with name and endpoint", entry)
+            rest = {k: v for k, v in entry.items() if k not in ("name", "endpoint", "model")}
+            name = re.sub(r"[^A-Za-z0-9._-]+", "-", entry["name"]).strip(".-")[:128] or f"model-{i + 1}"
+            chain.append(
+                {
+                    "name": name.lower(),
+                    "base_url": entry["endpoint"],
+                    "model": entry.get("model") or entry["name"],
+                    **rest,
+                }
+            )
+        models["chain"] = chain
+        notes.append(f"{file}: models.primary/fallbacks became models.chain: {' -> '.join(e['name'] for e in chain)}")
+    return notes
+
+
+def _retries_as_attempts(layer: dict[str, Any], marks: _Marks, file: str) -> None:
+    """Rewrite each `policies.<class>.retries: N` of one settings file as `attempts: N + 1` (the first try
+    plus N retries), in place; giving both in one policy, or a bad N, is an error naming the key."""
+    policies = layer.get("policies")
+    if not isinstance(policies, dict):
+        return
+    for name, policy in policies.items():
+        if not isinstance(policy, dict) or "retries" not in policy:
+            continue
+        key = f"policies.{name}.retries"
+        where = marks.get(key, (file, None, None))
+        retries = policy.pop("retries")
+        if "attempts" in policy:
+            raise ConfigError(
+                "give retries (tries after the first) or attempts (every try), not both",
+                file=where[0],
+                key=key,
+                value=retries,
+                line=where[1],
+                column=where[2],
+            )
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 999:
+            raise ConfigError(
+                f"must be a whole number from 0 to 999, got {retries!r}",
+                file=where[0],
+                key=key,
+                value=retries,
+                line=where[1],
+                column=where[2],
+            )
+        policy["attempts"] = retries + 1
+        mark = marks.get(key)
+        if mark is not None:
+            marks[f"policies.{name}.attempts"] = mark
 
 
 def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest, files: tuple[str, ...]) -> Config:

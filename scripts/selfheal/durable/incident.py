@@ -80,6 +80,14 @@ def notify(
     incident file is the record, the message only a pointer to it.
     """
     values = {"summary": incident.summary, "incident": str(path), "task": incident.task, "id": incident.id}
+    return run_notifier(template, values, timeout_s=timeout_s, clock=clock)
+
+
+def run_notifier(
+    template: Sequence[str], values: dict[str, str], *, timeout_s: float, clock: Clock = SYSTEM_CLOCK
+) -> dict[str, Any]:
+    """Run a notification argv, each element filled from `values` ({summary}, ...), never through a shell.
+    Returns what happened; a failing notifier is logged, never raised."""
     try:
         argv = [part.format_map(values) for part in template]
     except (KeyError, ValueError) as exc:

@@ -210,13 +210,22 @@ def load_plan(path: Path) -> Plan:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise fail(f"{where}.timeout", f"{label}: must be a number of seconds above 0", timeout)
         retry = raw.get("retry") or {}
-        if not isinstance(retry, dict) or set(retry) - {"max_attempts"}:
-            raise fail(f"{where}.retry", f"{label}: must be a mapping with max_attempts", retry)
+        if not isinstance(retry, dict) or set(retry) - {"max_attempts", "retries"} or len(retry) > 1:
+            raise fail(
+                f"{where}.retry",
+                f"{label}: must be a mapping with max_attempts (every try) or retries (tries after the first)",
+                retry,
+            )
         max_attempts = retry.get("max_attempts")
         if max_attempts is not None and (
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
             raise fail(f"{where}.retry.max_attempts", f"{label}: must be a whole number >= 1", max_attempts)
+        retries = retry.get("retries")
+        if retries is not None:
+            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+                raise fail(f"{where}.retry.retries", f"{label}: must be a whole number >= 0", retries)
+            max_attempts = retries + 1
         outputs = raw.get("outputs") or {}
         if not isinstance(outputs, dict) or set(outputs) - set(_OUTPUT_NAMES):
             raise fail(

@@ -23,6 +23,7 @@ import importlib
 import logging
 import os
 import random
+import re
 import ssl
 import threading
 import weakref
@@ -202,8 +203,9 @@ class _Request:
     temperature: float | None
     stream: bool
 
-    def simplified(self, problem: str, max_prompt_chars: int) -> _Request:
-        """The first source document's simplification: a stricter instruction, temperature 0, a trimmed prompt."""
+    def simplified(self, problem: str, max_prompt_chars: int, split_parts: int = 0) -> _Request:
+        """The first source document's simplification: a stricter instruction, temperature 0, and a long
+        prompt split into numbered sub-questions (up to `split_parts`), or else trimmed."""
         hint = _schema_hint(self.schema)
         if self.json_output:
             instruction = render("simplify_json.txt", problem=problem, schema_hint=hint)
@@ -213,10 +215,28 @@ class _Request:
         for message in self.messages:
             content = message["content"]
             if message["role"] == "user" and len(content) > max_prompt_chars:
-                content = content[:max_prompt_chars]
+                content = _split_prompt(content, max_prompt_chars, split_parts) or content[:max_prompt_chars]
             messages.append({**message, "content": content})
         messages.append({"role": "system", "content": instruction})
         return _Request(tuple(messages), self.json_output, self.schema, self.max_tokens, 0.0, self.stream)
+
+
+def _split_prompt(text: str, max_chars: int, max_parts: int) -> str | None:
+    """`text` as numbered parts (its paragraphs, else its questions), each cut so the whole fits in
+    `max_chars`; None when it does not split into 2 or more parts (or splitting is off)."""
+    if max_parts < 2:
+        return None
+    parts = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if len(parts) < 2:
+        parts = [p.strip() for p in re.split(r"(?<=[?？])\s*", text) if p.strip()]
+    if len(parts) < 2:
+        return None
+    if len(parts) > max_parts:  # the rest stays with the last part, so nothing is dropped before the cut
+        parts = [*parts[: max_parts - 1], "\n".join(parts[max_parts - 1 :])]
+    frame = render("simplify_split.txt", count=len(parts), parts="")
+    room = max(max_chars - len(frame) - 4 * len(parts), len(parts) * 20) // len(parts)
+    numbered = "\n".join(f"{i}. {p if len(p) <= room else p[: room - 1] + '…'}" for i, p in enumerate(parts, 1))
+    return render("simplify_split.txt", count=len(parts), parts=numbered)
 
 
 def _schema_hint(schema: dict[str, Any] | None) -> str:
@@ -503,7 +523,11 @@ class _ChainCall:
                 try:
                     answer = await asyncio.wait_for(self._send(entry, request, progress), max(self.remaining(), 0.001))
                     data = check_answer(
-                        answer.content, answer.finish_reason, json_output=request.json_output, schema=request.schema
+                        answer.content,
+                        answer.finish_reason,
+                        json_output=request.json_output,
+                        schema=request.schema,
+                        max_chars=self.models.max_answer_chars,
                     )
                 except OutputProblem as problem:
                     classification = Classification("format", "answer-check", "format")
@@ -594,7 +618,9 @@ class _ChainCall:
                     # One more try here at once, simplified: a malformed answer is not the endpoint failing.
                     # (A reply that is not a chat completion at all is the server's doing: move on.)
                     await settle("retry", _with_delay(attempt, 0.0), status="retrying", max_attempts=2)
-                    request = self.request.simplified(reason, self.models.simplify_max_prompt_chars)
+                    request = self.request.simplified(
+                        reason, self.models.simplify_max_prompt_chars, self.models.simplify_split_parts
+                    )
                     continue
                 ejecting = not last and await self.io(self.breakers.would_eject, entry.name, cls)
                 why, decision = self._next_step(

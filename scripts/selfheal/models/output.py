@@ -45,13 +45,17 @@ def check_answer(
     *,
     json_output: bool = False,
     schema: dict[str, Any] | None = None,
+    max_chars: int = 0,
 ) -> dict[str, Any] | None:
-    """Raise OutputProblem unless the answer is complete (and, if asked, a JSON object matching `schema`).
+    """Raise OutputProblem unless the answer is complete, at most `max_chars` characters long (0: any
+    length), and, if asked, a JSON object matching `schema`.
 
     Returns the parsed object for JSON output, else None.
     """
     if content is None or not content.strip():
         raise OutputProblem("empty answer")
+    if max_chars and len(content) > max_chars:
+        raise OutputProblem(f"answer too long: {len(content)} characters, over the limit of {max_chars}")
     if finish_reason == "length":
         raise OutputProblem("answer cut off at the token limit (finish_reason=length)")
     if not json_output:
