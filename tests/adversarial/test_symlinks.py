@@ -116,6 +116,8 @@ CASES = {
     "checkpoint": Case("checkpoints/wf.json", workflow, 2, False),
     "task-log": Case("tasks/job.log", task_run, 2, False),
     "task-record": Case("tasks/job.json", task_add, 2, False),
+    "task-db": Case("tasks.db", task_add, 2, False),
+    "task-db-wal": Case("tasks.db-wal", task_add, 2, False),
     "fix-index": Case("fixes/index.json", self_heal, 2, False),
     "session": Case("sessions/s1.json", snapshot_save, 2, False),
     # The health check's own file: reported as a problem of the check (degraded, exit 1).
@@ -135,7 +137,7 @@ def test_a_planted_file_link_is_refused_named_and_the_victim_is_untouched(
     victim.write_bytes(VICTIM)
     home.mkdir(mode=0o700)
     link = home / case.link
-    link.parent.mkdir(mode=0o700)
+    link.parent.mkdir(mode=0o700, exist_ok=True)
     os.symlink(victim, link)
 
     proc = case.run(home, work)

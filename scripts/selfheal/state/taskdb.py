@@ -26,12 +26,13 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import EXIT_USAGE, LockBusy, StateError, UsageError
-from .root import FILE_MODE, ensure_dir
+from ..errors import EXIT_USAGE, LockBusy, StateError, UnsafeStateError, UsageError
+from .root import ensure_dir, open_rewrite
 from .sql import SQLITE, Dialect
 from .taskrecord import (
     ACTIONABLE_STATES,
@@ -321,12 +322,17 @@ class TaskDB:
     def open(self) -> TaskDB:
         """Connect, refuse a newer schema before writing anything, then migrate to this version."""
         ensure_dir(self.path.parent)
-        if not self.path.exists():
-            with contextlib.suppress(FileExistsError):  # created 0600 before SQLite opens it
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        # SQLite follows links: refuse one planted at the database or its journals, create the file 0600
+        # without following one, and have SQLite refuse a link that appears in between (nofollow).
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.is_symlink():
+                raise UnsafeStateError(side, f"is a symbolic link (to {os.readlink(side)})")
+        os.close(open_rewrite(self.path))
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?nofollow=1"
         with self.errors():
             conn = sqlite3.connect(
-                str(self.path), timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+                uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
             )
             try:
                 found = self._version(conn)
