@@ -260,9 +260,51 @@ def measured(cmd: list[str], env: dict[str, str], ok: Callable[[int, bytes], boo
     return Measured(got["wall"], got["cpu"], got["maxrss_kb"] / 1024, proc.stdout)
 
 
+def health_compare(env: dict[str, str], work: Path, rounds: int) -> dict[str, Any]:
+    """`health_check.py --cron` on the state root of `env` (with its task tree), on one without a task
+    tree, and `python -c pass`, interleaved; wall and CPU times."""
+    from health import degraded  # bench/health.py's setting for the health check
+
+    # The health check: its bytecode and kept settings first, untimed; then alternating with the bare start.
+    health_cmd, bare_cmd = [PYTHON, str(SCRIPTS / "health_check.py"), "--cron"], [PYTHON, "-c", "pass"]
+
+    def healthy(code: int, out: bytes) -> bool:
+        return degraded(subprocess.CompletedProcess([], code, out.decode(), ""))
+
+    no_tree = dict(env, SELFHEAL_HOME=str(work / "no-tree"))  # the same check where there is no task tree
+    for _ in range(3):
+        measured(health_cmd, env, healthy)
+        measured(health_cmd, no_tree, healthy)
+    bare: list[Measured] = []
+    check: list[Measured] = []
+    without: list[Measured] = []
+    for i in range(max(rounds * 4, 10)):
+        runs3 = [(bare_cmd, env, bare), (health_cmd, env, check), (health_cmd, no_tree, without)]
+        for cmd, where, into in runs3 if i % 2 == 0 else runs3[::-1]:
+            expect = (lambda c, _o: c == 0) if cmd is bare_cmd else healthy
+            into.append(measured(cmd, where, expect))
+    med = statistics.median
+    ratios = [h.wall_s / b.wall_s for h, b in zip(check, bare, strict=True)]
+    cpu_ratio = med(m.cpu_s for m in check) / med(m.cpu_s for m in bare)
+    return {
+        "health_ms": round(med(m.wall_s for m in check) * 1000, 1),
+        "bare_python_ms": round(med(m.wall_s for m in bare) * 1000, 1),
+        "health_ratio": round(med(ratios), 2),
+        "health_cpu_ms": round(med(m.cpu_s for m in check) * 1000, 1),
+        "bare_python_cpu_ms": round(med(m.cpu_s for m in bare) * 1000, 1),
+        "health_cpu_ratio": round(cpu_ratio, 2),
+        "health_without_tree_ms": round(med(m.wall_s for m in without) * 1000, 1),
+        "health_without_tree_cpu_ms": round(med(m.cpu_s for m in without) * 1000, 1),
+        "targets_met": {
+            "health_within_5x": med(ratios) <= HEALTH_TARGET,
+            "health_cpu_within_5x": cpu_ratio <= HEALTH_TARGET,
+        },
+    }
+
+
 def big_tree(n: int, work: Path, claims: int, rounds: int) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from health import degraded, prepare  # bench/health.py's setting for the health check
+    from health import prepare  # bench/health.py's setting for the health check
 
     env = prepare(work)
     state = Path(env["SELFHEAL_HOME"])
@@ -296,27 +338,8 @@ def big_tree(n: int, work: Path, claims: int, rounds: int) -> dict[str, Any]:
     make_store(small, build_tasks(1000, finished=False))
     list_small = statistics.median(list_rss(small) for _ in range(3))
     list_big = statistics.median(list_rss(state) for _ in range(3))
-    # The health check: its bytecode and kept settings first, untimed; then alternating with the bare start.
-    health_cmd, bare_cmd = [PYTHON, str(SCRIPTS / "health_check.py"), "--cron"], [PYTHON, "-c", "pass"]
-
-    def healthy(code: int, out: bytes) -> bool:
-        return degraded(subprocess.CompletedProcess([], code, out.decode(), ""))
-
-    no_tree = dict(env, SELFHEAL_HOME=str(work / "no-tree"))  # the same check where there is no task tree
-    for _ in range(3):
-        measured(health_cmd, env, healthy)
-        measured(health_cmd, no_tree, healthy)
-    bare: list[Measured] = []
-    check: list[Measured] = []
-    without: list[Measured] = []
-    for i in range(max(rounds * 4, 10)):
-        runs3 = [(bare_cmd, env, bare), (health_cmd, env, check), (health_cmd, no_tree, without)]
-        for cmd, where, into in runs3 if i % 2 == 0 else runs3[::-1]:
-            expect = (lambda c, _o: c == 0) if cmd is bare_cmd else healthy
-            into.append(measured(cmd, where, expect))
+    health = health_compare(env, work, rounds)
     med = statistics.median
-    ratios = [h.wall_s / b.wall_s for h, b in zip(check, bare, strict=True)]
-    cpu_ratio = med(m.cpu_s for m in check) / med(m.cpu_s for m in bare)
     run_s = med(m.wall_s for m in runs)
     run_mb = max(m.peak_mb for m in runs)
     return {
@@ -332,22 +355,41 @@ def big_tree(n: int, work: Path, claims: int, rounds: int) -> dict[str, Any]:
         "claim_ratio": claim["ratio"],
         "same_claims_in_same_order": claim["same_claims_in_same_order"],
         "list_peak_mb": {"1000": round(list_small, 1), str(n): round(list_big, 1)},
-        "health_ms": round(med(m.wall_s for m in check) * 1000, 1),
-        "bare_python_ms": round(med(m.wall_s for m in bare) * 1000, 1),
-        "health_ratio": round(med(ratios), 2),
-        "health_cpu_ms": round(med(m.cpu_s for m in check) * 1000, 1),
-        "bare_python_cpu_ms": round(med(m.cpu_s for m in bare) * 1000, 1),
-        "health_cpu_ratio": round(cpu_ratio, 2),
-        "health_without_tree_ms": round(med(m.wall_s for m in without) * 1000, 1),
-        "health_without_tree_cpu_ms": round(med(m.cpu_s for m in without) * 1000, 1),
+        **{k: v for k, v in health.items() if k != "targets_met"},
         "targets_met": {
             "claim_under_100ms": claim["ms_per_claim"]["store"] / 1000 < CLAIM_TARGET,
             "run_next_under_60mb": run_mb < RSS_TARGET_MB,
             "list_flat": list_big < list_small * 1.25,
-            "health_within_5x": med(ratios) <= HEALTH_TARGET,
-            "health_cpu_within_5x": cpu_ratio <= HEALTH_TARGET,
+            **health["targets_met"],
         },
     }
+
+
+def health_only(n: int, work: Path, rounds: int, *, as_json: bool) -> int:
+    from health import prepare  # bench/health.py's setting for the health check
+
+    try:
+        env = prepare(work)
+        make_store(Path(env["SELFHEAL_HOME"]), build_tasks(n, finished=False))
+        got = health_compare(env, work, rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if as_json:
+        print(json.dumps({"machine": machine(), "tasks": n, **got, "correct": True}))
+        return 0
+    print(machine_line())
+    rows = [
+        [f"`health_check.py --cron`, {n:,} tasks", f"{got['health_ms']:.0f}", f"{got['health_cpu_ms']:.0f}"],
+        [
+            "`health_check.py --cron`, no task tree",
+            f"{got['health_without_tree_ms']:.0f}",
+            f"{got['health_without_tree_cpu_ms']:.0f}",
+        ],
+        ["`python -c pass`", f"{got['bare_python_ms']:.0f}", f"{got['bare_python_cpu_ms']:.0f}"],
+    ]
+    print(markdown_table(["", "wall (ms)", "CPU (ms)"], rows))
+    print(f"ratio to the bare interpreter: wall {got['health_ratio']:.2f}x, CPU {got['health_cpu_ratio']:.2f}x")
+    return 0
 
 
 def main() -> int:
@@ -358,6 +400,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--big", type=int, help=f"tasks in part 2 (default {BIG}; --quick 0: skipped)")
     parser.add_argument("--sizes", help="part 1's tree sizes, comma-separated (empty: skip part 1)")
+    parser.add_argument(
+        "--health-only", type=int, metavar="N", help="only the health check, on N tasks loaded directly (no bulk add)"
+    )
     args = parser.parse_args()
     sizes = QUICK_SIZES if args.quick else SIZES
     if args.sizes is not None:
@@ -365,6 +410,8 @@ def main() -> int:
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
     big = args.big if args.big is not None else (0 if args.quick else BIG)
     work = Path(tempfile.mkdtemp(prefix="selfheal-bench-tasks-"))
+    if args.health_only is not None:
+        return health_only(args.health_only, work, rounds, as_json=args.json)
     try:
         results = [claims_at(build_tasks(n), args.claims, rounds, work, str(n)) for n in sizes]
         large = big_tree(big, work, args.claims, rounds) if big else None
