@@ -331,7 +331,7 @@ def build_parser() -> cli.ArgumentParser:
     add.add_argument("name", nargs="?")
     add.add_argument("--from", dest="from_file", metavar="FILE", help="add the tasks of FILE: one JSON object a line")
     add.add_argument("--type", choices=TYPES, help="fix, regular or creative (default: fix for FIX-*, else regular)")
-    add.add_argument("--priority", choices=PRIORITIES, default="P1")
+    add.add_argument("--priority", choices=PRIORITIES, help="P0, P1 or P2 (default P1)")
     add.add_argument("--parent", help="make it a child of this task")
     add.add_argument("--display-name")
     add.add_argument("--description")
@@ -450,6 +450,7 @@ def _op_add(store: TaskStore, args: argparse.Namespace, parser: argparse.Argumen
             args.max_attempts,
             args.target,
             args.type,
+            args.priority,
         ]
         if any(v is not None for v in others) or args.command:
             parser.error("--from FILE takes every task from FILE: give no name or other options with it")
@@ -465,7 +466,7 @@ def _op_add(store: TaskStore, args: argparse.Namespace, parser: argparse.Argumen
     task = Task(
         name=args.name,
         type=kind,
-        priority=args.priority,
+        priority=args.priority or "P1",
         parent=args.parent,
         display_name=args.display_name,
         description=args.description,
@@ -546,7 +547,7 @@ def _op_archive(store: TaskStore, args: argparse.Namespace, parser: argparse.Arg
         moved = tree.archive_finished(older_than_s=days * 86400)
     names = sorted(t.name for t in moved)
     text = f"archived {len(names)} task(s)" + (f": {', '.join(names)}" if names else "")
-    _emit(args, {"ok": True, "archived": names, "logs": str(store.archive_folder)}, text)
+    _emit(args, {"ok": True, "archived": names, "folder": str(store.archive_folder)}, text)
     return EXIT_OK
 
 

@@ -270,6 +270,19 @@ def test_add_from_a_file_is_all_or_nothing(home: Path, tmp_path: Path, bad_line:
     assert names_in_db(home) == ["existing"]
 
 
+def test_add_from_a_file_refuses_other_options_and_a_missing_file(home: Path, tmp_path: Path) -> None:
+    source = tmp_path / "tasks.jsonl"
+    source.write_text(json.dumps({"name": "a"}) + "\n")
+    for args, text in (
+        (["add", "x", "--from", str(source)], "give no name or other options"),
+        (["add", "--from", str(source), "--priority", "P0"], "give no name or other options"),
+        (["add", "--from", str(tmp_path / "nosuch.jsonl")], f"--from {tmp_path / 'nosuch.jsonl'}: cannot read it"),
+    ):
+        proc = tasks(home, *args)
+        assert proc.returncode == 2 and text in proc.stderr, (args, proc.stderr)
+    assert names_in_db(home) == []
+
+
 # -- a damaged, locked or newer database ---------------------------------------------------------------------
 
 

@@ -630,7 +630,7 @@ def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, no
     if db_path.exists():
         # The common case, read cheaply from the state layer: no task is running, so none can be stuck.
         from ..state.taskdb import READ_WAIT_S, TaskDB  # noqa: PLC0415 - only when there is a task tree
-        from ..state.taskrecord import PROCESSING  # noqa: PLC0415
+        from ..state.taskstates import PROCESSING  # noqa: PLC0415
 
         try:
             db = TaskDB(db_path, busy_timeout_s=READ_WAIT_S).open()

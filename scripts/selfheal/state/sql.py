@@ -10,12 +10,11 @@ needs to change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Dialect:
-    """How one database spells what the task store needs."""
+class Dialect(NamedTuple):
+    """How one database spells what the task store needs (a NamedTuple: no dataclasses import for readers)."""
 
     name: str
     placeholder: str  # what `?` becomes

@@ -29,21 +29,15 @@ import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_USAGE, LockBusy, StateError, UnsafeStateError, UsageError
 from .root import ensure_dir, open_rewrite
 from .sql import SQLITE, Dialect
-from .taskrecord import (
-    ACTIONABLE_STATES,
-    CHILD_SETTLED,
-    END,
-    PRIORITIES,
-    PROCESSING,
-    TYPES,
-    VOID,
-    Task,
-)
+from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, PRIORITIES, PROCESSING, TYPES, VOID
+
+if TYPE_CHECKING:
+    from .taskrecord import Task
 
 DB_NAME = "tasks.db"
 SCHEMA_VERSION = 1
@@ -293,6 +287,8 @@ def row_task(row: Sequence[Any], path: Path) -> Task:
         fields["extra"] = {}
     if fields.get("history") is None:
         fields["history"] = []
+    from .taskrecord import Task  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when rows are read
+
     return Task(**fields)
 
 

@@ -31,13 +31,13 @@ from ..core.process import identify
 from ..errors import InvalidIdError, LockBusy, StateError, UsageError
 from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, validate_id
 from ..state.taskdb import DB_NAME, TaskDB, TaskImportRefused, task_row
-from ..state.taskrecord import (
+from ..state.taskrecord import FIELDS, Task, rank
+from ..state.taskstates import (
     ACTIONABLE_STATES,
     CHILD_SETTLED,
     END,
     ERROR_FIX_PENDING,
     EXEC_STATES,
-    FIELDS,
     HISTORY_KEEP,
     NEW,
     NORMAL_CRASH,
@@ -53,8 +53,6 @@ from ..state.taskrecord import (
     TYPES,
     VERBS,
     VOID,
-    Task,
-    rank,
 )
 
 __all__ = [
