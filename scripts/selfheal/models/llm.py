@@ -620,7 +620,7 @@ class _ChainCall:
                 if classification.reason == "out_of_memory" and _on_gpu(entry):
                     # Retrying cannot free memory: wait until the endpoint's GPU has room again (at
                     # most the policy's wait), then try.
-                    await self._wait_for_memory(entry, decision.delay_s)
+                    await self._wait_for_memory(entry, decision.delay_s, grown=True)
                 else:
                     await self._sleep(decision.delay_s)
             finally:
@@ -630,15 +630,20 @@ class _ChainCall:
         if seconds > 0 and not _testing.is_testing():
             await self.clock.asleep(seconds)
 
-    async def _wait_for_memory(self, entry: ModelEndpoint, limit_s: float) -> tuple[int | None, float]:
+    async def _wait_for_memory(
+        self, entry: ModelEndpoint, limit_s: float, *, grown: bool = False
+    ) -> tuple[int | None, float]:
         """Wait for the endpoint's GPU to have models.gpu_free_mb_min free: re-read it every models.gpu_poll_s,
-        for at most `limit_s` (the policy's wait). When nvidia-smi cannot tell, the whole limit is waited.
+        for at most `limit_s` (the policy's wait). grown: the server just ran out of memory with what was
+        free, so more than that must be free too. When nvidia-smi cannot tell, the whole limit is waited.
         Returns the last free MiB (None: unknown) and how long it waited."""
         floor, poll = self.models.gpu_free_mb_min, self.models.gpu_poll_s
         free = await gpu.free_mb(entry.gpu)
         if free is None:
             await self._sleep(limit_s)
             return None, max(limit_s, 0.0)
+        if grown:
+            floor = max(floor, free + 1)
         waited = 0.0
         while waited < limit_s:
             step = min(poll, limit_s - waited)
