@@ -1,14 +1,17 @@
-"""One model call through the fallback chain of skill.yaml's `models.chain`.
+"""One model call through the fallback chain: config.yaml's `models.chain`, else the user's OpenClaw models
+(models/openclaw_chain.py), else skill.yaml's.
 
 Endpoints are tried in order, each behind its own circuit breaker (shared by every process). On one
 endpoint the failure's class policy decides between retrying there and moving on; it moves on at once
-when retrying cannot help: a refused key, an unreachable or silent endpoint, an exhausted quota, a
-Retry-After beyond the cap, or a wait longer than `max_wait_before_fallback_s` while another endpoint
-is left. A request too long for a model goes only to an entry with a larger `context_tokens`; a
-content-policy refusal ends the call with the provider's reason. Every answer is checked (empty, cut
-off, not the JSON object asked for, wrong shape) and a bad one is a `format` failure: retried once,
-simplified, on the same endpoint, then the chain moves on. Nothing that failed is ever returned as an
-answer. All of it runs within one deadline.
+when retrying cannot help: a refused key, an unreachable, silent or stalled endpoint, an exhausted
+quota, a GPU out of memory, a Retry-After beyond the cap, a wait longer than
+`max_wait_before_fallback_s` while another endpoint is left, or an endpoint failing often enough to be
+ejected (outlier ejection, core/breaker.py). A Retry-After within the cap is waited exactly. With no
+endpoint left, a GPU short of memory is waited for (nvidia-smi, re-read). A request too long for a
+model goes only to an entry with a larger `context_tokens`; a content-policy refusal ends the call with
+the provider's reason. Every answer is checked (empty, cut off, not the JSON object asked for, wrong
+shape) and a bad one is a `format` failure: retried once, simplified, on the same endpoint, then the
+chain moves on. Nothing that failed is ever returned as an answer. All of it runs within one deadline.
 
 The implementation is async (per-chunk stream timeouts need it); `complete()` runs it for sync callers.
 """
