@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One model call through the fallback chain (models.chain in skill.yaml / config.yaml).
+"""One model call through the fallback chain (config.yaml's models.chain, else OpenClaw's models, else skill.yaml's).
 
 Endpoints are tried in order, each behind its own circuit breaker; failures are retried where that can
 help and fall over where it cannot; every answer is checked (empty, cut off, not the JSON asked for)
@@ -10,8 +10,8 @@ openclaw.json, for providers that speak the OpenAI chat API); --show-chain print
 it came from, and calls nothing.
 
 Exit codes: 0 answered; 2 usage or configuration error (bad flag, schema file, empty chain, missing key
-variable); 3 failed (every endpoint failed, deadline, content refused); 4 not attempted (every
-endpoint's breaker is open).
+variable, none of OpenClaw's models usable); 3 failed (every endpoint failed, deadline, content
+refused); 4 not attempted (every endpoint's breaker is open, GPU memory short).
 """
 
 from __future__ import annotations

@@ -130,3 +130,39 @@ def test_latency_delays_every_answer(server: FakeModelServer) -> None:
     started = time.monotonic()
     post(server, "near")
     assert time.monotonic() - started < 0.2
+
+
+def test_raw_faults_send_other_servers_error_shapes(server: FakeModelServer) -> None:
+    """Fault.raw sends a body as non-OpenAI servers do: Ollama's {"error": "..."} or plain text."""
+    server.script("a", Fault.raw(500, {"error": "model requires more system memory"}), Fault.raw(503, "Loading model"))
+    status, _, body = post(server, "a")
+    assert (status, json.loads(body)) == (500, {"error": "model requires more system memory"})
+    status, _, body = post(server, "a")
+    assert (status, body) == (503, b"Loading model")
+
+
+def test_a_stream_carries_usage_only_when_asked_and_reasoning_first(server: FakeModelServer) -> None:
+    """stream_options.include_usage adds a usage chunk after the finish; reasoning deltas come before the text."""
+    client = openai.OpenAI(base_url=server.url("s"), api_key="x", max_retries=0)
+    server.script("s", Fault.stream("two words", reasoning="hmm"), Fault.stream("two words"))
+    asked = list(
+        client.chat.completions.create(model="m", messages=[], stream=True, stream_options={"include_usage": True})
+    )
+    plain = list(client.chat.completions.create(model="m", messages=[], stream=True))
+    assert getattr(asked[0].choices[0].delta, "reasoning_content", None) == "hmm"
+    assert asked[-1].usage is not None and not asked[-1].choices
+    assert all(chunk.usage is None for chunk in plain)
+    client.close()
+
+
+def test_an_endpoint_can_refuse_stream_options_and_connections_are_counted(server: FakeModelServer) -> None:
+    """reject_stream_options answers 400 to a request with the option; one kept-alive client is one connection."""
+    server.reject_stream_options("old")
+    client = openai.OpenAI(base_url=server.url("old"), api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="stream_options"):
+        client.chat.completions.create(model="m", messages=[], stream=True, stream_options={"include_usage": True})
+    for _ in range(2):
+        client.chat.completions.create(model="m", messages=[])
+    client.close()
+    assert server.requests("old") == 3 and server.bodies("old")[0]["stream_options"] == {"include_usage": True}
+    assert server.connections() <= 2

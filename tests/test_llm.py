@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import ROOT
 from selfheal.core.breaker import Breakers
 from selfheal.core.config import Config, load_config
 from selfheal.errors import ConfigError
@@ -817,3 +820,52 @@ def test_acomplete_reuses_its_clients_within_an_event_loop(
 
     asyncio.run(three())
     assert (server.requests("primary"), server.connections()) == (3, 1)
+
+
+# -- bench/gpu_check.py's scenarios, against a fake nvidia-smi ----------------------------------------------------
+
+
+class FakeLab:
+    """bench/gpu_scenarios.py's Lab made of the fake server and the fake nvidia-smi, on the fake clock."""
+
+    def __init__(self, server: FakeModelServer, smi: FakeNvidiaSmi, clock: FakeClock) -> None:
+        self.server, self.smi, self.clock = server, smi, clock
+        self.local_url, self.fallback_url = server.url("local"), server.url("fallback")
+        self.poll_s = 5.0
+        self.free = 24000
+
+    def squeeze(self) -> None:
+        self.free = 512
+        self.smi.readings([self.free])
+
+    def tight(self) -> None:
+        self.free = 2048  # above the 1024 MiB floor: the pre-check passes, the request runs out of memory
+        self.smi.readings([self.free])
+        self.server.script("local", Fault.http(500, message=TORCH_OOM))
+
+    def release_after(self, seconds: float) -> None:
+        polls = math.ceil(seconds / self.poll_s)  # the pre-check, then a reading per poll
+        self.smi.readings(*([[self.free]] * polls), [24000])
+
+    def local_requests(self) -> int:
+        return self.server.requests("local")
+
+
+def test_the_gpu_check_scenarios_pass_against_a_fake_nvidia_smi(
+    server: FakeModelServer, smi: FakeNvidiaSmi, clock: FakeClock
+) -> None:
+    """The very scenarios bench/gpu_check.py runs on a real GPU: pre-check skip, OOM as 500, and waiting for
+    memory (after a short pre-check, and after an OOM) with no fallback."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_scenarios
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    outcomes = gpu_scenarios.run_all(FakeLab(server, smi, clock), release_s=10.0)
+    assert [(o.scenario, o.ok) for o in outcomes] == [
+        ("precheck_skip", True),
+        ("oom_as_500", True),
+        ("wait_without_fallback", True),
+        ("oom_wait_without_fallback", True),
+    ], outcomes
+    assert [round(o.seconds) for o in outcomes[2:]] == [10, 10]

@@ -63,7 +63,7 @@ def test_the_answer_goes_to_stdout_and_the_story_to_stderr(home: Path, two: Any,
 
 def test_json_report_has_every_attempt(home: Path, two: Any, server: FakeModelServer) -> None:
     """--json: one object with the answer, the model that answered, and each failed attempt as a failure."""
-    server.script("primary", Fault.wrong_shape(), Fault.wrong_shape())
+    server.script("primary", Fault.empty(), Fault.empty())
     result = json.loads(call(home, "--json", "--prompt", "hi").stdout)
     assert result["ok"] and result["endpoint"] == "backup" and result["fallback_used"]
     assert [(a["endpoint"], a["outcome"]) for a in result["attempts"]] == [

@@ -351,6 +351,8 @@ class FakeModelServer:
         words = [w + " " for w in content.split(" ")]
         words[-1] = words[-1].rstrip(" ")
         thoughts = [w + " " for w in fault.reasoning.split(" ")] if fault.reasoning else []
+        if thoughts:
+            thoughts[-1] = thoughts[-1].rstrip(" ")
         try:
             h.send_response(200)
             h.send_header("content-type", "text/event-stream")

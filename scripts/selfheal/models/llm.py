@@ -1,14 +1,17 @@
-"""One model call through the fallback chain of skill.yaml's `models.chain`.
+"""One model call through the fallback chain: config.yaml's `models.chain`, else the user's OpenClaw models
+(models/openclaw_chain.py), else skill.yaml's.
 
 Endpoints are tried in order, each behind its own circuit breaker (shared by every process). On one
 endpoint the failure's class policy decides between retrying there and moving on; it moves on at once
-when retrying cannot help: a refused key, an unreachable or silent endpoint, an exhausted quota, a
-Retry-After beyond the cap, or a wait longer than `max_wait_before_fallback_s` while another endpoint
-is left. A request too long for a model goes only to an entry with a larger `context_tokens`; a
-content-policy refusal ends the call with the provider's reason. Every answer is checked (empty, cut
-off, not the JSON object asked for, wrong shape) and a bad one is a `format` failure: retried once,
-simplified, on the same endpoint, then the chain moves on. Nothing that failed is ever returned as an
-answer. All of it runs within one deadline.
+when retrying cannot help: a refused key, an unreachable, silent or stalled endpoint, an exhausted
+quota, a GPU out of memory, a Retry-After beyond the cap, a wait longer than
+`max_wait_before_fallback_s` while another endpoint is left, or an endpoint failing often enough to be
+ejected (outlier ejection, core/breaker.py). A Retry-After within the cap is waited exactly. With no
+endpoint left, a GPU short of memory is waited for (nvidia-smi, re-read). A request too long for a
+model goes only to an entry with a larger `context_tokens`; a content-policy refusal ends the call with
+the provider's reason. Every answer is checked (empty, cut off, not the JSON object asked for, wrong
+shape) and a bad one is a `format` failure: retried once, simplified, on the same endpoint, then the
+chain moves on. Nothing that failed is ever returned as an answer. All of it runs within one deadline.
 
 The implementation is async (per-chunk stream timeouts need it); `complete()` runs it for sync callers.
 """
@@ -646,7 +649,7 @@ class _ChainCall:
                 if classification.reason == "out_of_memory" and _on_gpu(entry):
                     # Retrying cannot free memory: wait until the endpoint's GPU has room again (at
                     # most the policy's wait), then try.
-                    await self._wait_for_memory(entry, decision.delay_s)
+                    await self._wait_for_memory(entry, decision.delay_s, grown=True)
                 else:
                     await self._sleep(decision.delay_s)
             finally:
@@ -656,15 +659,20 @@ class _ChainCall:
         if seconds > 0 and not _testing.is_testing():
             await self.clock.asleep(seconds)
 
-    async def _wait_for_memory(self, entry: ModelEndpoint, limit_s: float) -> tuple[int | None, float]:
+    async def _wait_for_memory(
+        self, entry: ModelEndpoint, limit_s: float, *, grown: bool = False
+    ) -> tuple[int | None, float]:
         """Wait for the endpoint's GPU to have models.gpu_free_mb_min free: re-read it every models.gpu_poll_s,
-        for at most `limit_s` (the policy's wait). When nvidia-smi cannot tell, the whole limit is waited.
+        for at most `limit_s` (the policy's wait). grown: the server just ran out of memory with what was
+        free, so more than that must be free too. When nvidia-smi cannot tell, the whole limit is waited.
         Returns the last free MiB (None: unknown) and how long it waited."""
         floor, poll = self.models.gpu_free_mb_min, self.models.gpu_poll_s
         free = await gpu.free_mb(entry.gpu)
         if free is None:
             await self._sleep(limit_s)
             return None, max(limit_s, 0.0)
+        if grown:
+            floor = max(floor, free + 1)
         waited = 0.0
         while waited < limit_s:
             step = min(poll, limit_s - waited)
