@@ -4,6 +4,7 @@
 #
 #   ./install.sh          runtime dependencies only
 #   ./install.sh --dev    also the test, lint and benchmark tools
+#   ./install.sh --fleet  also the PostgreSQL driver for fleet mode (store.url or SELFHEAL_DATABASE_URL)
 #   ./install.sh --cron   also run the health check every 5 minutes from the user's crontab (one marked entry)
 #   ./install.sh --no-cron  remove that entry (SELFHEAL_CRONTAB names another crontab command)
 set -euo pipefail
@@ -11,17 +12,19 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 DEV=0
+FLEET=0
 CRON=keep
 CRONTAB="${SELFHEAL_CRONTAB:-crontab}"
 CRON_MARK="# self-heal health check"
 
 usage() {
-    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 for arg in "$@"; do
     case "$arg" in
         --dev) DEV=1 ;;
+        --fleet) FLEET=1 ;;
         --cron) CRON=add ;;
         --no-cron) CRON=remove ;;
         -h|--help) usage; exit 0 ;;
@@ -61,22 +64,25 @@ fi
 VPY="$VENV/bin/python"
 
 # 3. Dependencies: the ranges in pyproject.toml, read by the venv's own Python.
-mapfile -t DEPS < <("$VPY" - "$ROOT/pyproject.toml" "$DEV" <<'PYEOF'
+mapfile -t DEPS < <("$VPY" - "$ROOT/pyproject.toml" "$DEV" "$FLEET" <<'PYEOF'
 import re, sys
 text = open(sys.argv[1], encoding="utf-8").read()
 want_dev = sys.argv[2] == "1"
+want_fleet = len(sys.argv) > 3 and sys.argv[3] == "1"
 try:
     import tomllib
     project = tomllib.loads(text)["project"]
     deps = list(project["dependencies"])
     if want_dev:
         deps += project["optional-dependencies"]["dev"]
-except ImportError:  # Python 3.10 has no tomllib; these two arrays are plain lists of strings
+    if want_fleet:
+        deps += project["optional-dependencies"]["fleet"]
+except ImportError:  # Python 3.10 has no tomllib; these arrays are plain lists of strings
     def array(name):
         match = re.search(r"(?ms)^%s\s*=\s*\[(.*?)^\]" % re.escape(name), text)
         return re.findall(r'"([^"]+)"', match.group(1)) if match else []
-    deps = array("dependencies") + (array("dev") if want_dev else [])
-print("\n".join(deps))
+    deps = array("dependencies") + (array("dev") if want_dev else []) + (array("fleet") if want_fleet else [])
+print("\n".join(dict.fromkeys(deps)))
 PYEOF
 )
 say "installing ${#DEPS[@]} packages into .venv"
@@ -87,7 +93,7 @@ SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 printf '%s\n' "$ROOT/scripts" > "$SITE/selfheal-skill.pth"
 
 # 5. The state folder, private to this user.
-STATE="$("$VPY" -c 'import sys; sys.path.insert(0, sys.argv[1]); from selfheal.store import resolve_state_root; print(resolve_state_root())' "$ROOT/scripts")"
+STATE="$("$VPY" -c 'import sys; sys.path.insert(0, sys.argv[1]); from selfheal.state.root import resolve_state_root; print(resolve_state_root())' "$ROOT/scripts")"
 mkdir -p "$STATE"
 chmod 700 "$STATE"
 

@@ -17,6 +17,11 @@ place under an exclusive `flock` of the file itself (compact JSON, no temporary 
 fsync), and read under a shared one. A process killed mid-write leaves a file the next reader cannot
 parse: that file is moved aside (reported) and the breaker starts closed, which costs at most a few
 requests. `read_breaker()` reads one for anyone else (the health check).
+
+Fleet mode (store.url): the same record lives in one PostgreSQL row per target, changed under
+`SELECT ... FOR UPDATE`, so every host shares one breaker per target. Permits carry their host: a
+permit of this host is checked by pid and start time as above, one of another host is forgotten after
+`store.remote_permit_s`. While the database is down, each host uses its own files (degraded mode).
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import CorruptStateError, NotAttempted
+from ..errors import CorruptStateError, NotAttempted, StateError
 from ..state.root import FILE_MODE, StateRoot, ensure_dir, read_json_shared, validate_id, write_bytes_atomic
-from .config import BreakerSettings
+from .config import BreakerSettings, StoreSettings
+from .fleet import fleet_database, host_id, mark_down
 from .ledger import Ledger
 from .process import ProcessIdentity, identify, still_running
 
@@ -71,6 +77,7 @@ class Permit:
     target: str
     id: str
     probe: bool
+    shared: bool = False  # granted by the fleet's database, not this host's file
 
 
 @functools.lru_cache(maxsize=4)
@@ -141,11 +148,15 @@ class Breakers:
         *,
         clock: Clock = SYSTEM_CLOCK,
         ledger: Ledger | None = None,
+        store: StoreSettings | None = None,
     ) -> None:
         self.state = state
         self.settings = settings
         self.clock = clock
         self.ledger = ledger
+        # Fleet mode comes with the configuration: given, or the ledger's.
+        self.store = store if store is not None else (ledger.config.store if ledger is not None else None)
+        self.host = host_id(self.store) if self.store is not None else None
         self._me = _identity_of(os.getpid())
 
     # -- the file --------------------------------------------------------------------------------------------
@@ -153,10 +164,46 @@ class Breakers:
     def _path(self, target: str) -> Any:
         return self.state.sub("breakers") / f"{validate_id(target, 'target')}.json"
 
+    def _shared(self) -> Any:
+        """The fleet's database to use now, or None (single host, or the database is down)."""
+        return None if self.store is None else fleet_database(self.store, clock=self.clock)
+
     @contextlib.contextmanager
-    def _locked(self, target: str) -> Iterator[dict[str, Any]]:
-        """The target's state, read under its file's exclusive lock; whatever the block leaves in it is
-        written back in place before the lock is released."""
+    def _locked(self, target: str, *, shared: bool | None = None) -> Iterator[dict[str, Any]]:
+        """The target's state under an exclusive lock (the fleet's row, else this host's file); whatever
+        the block leaves in it is written back before the lock is released. `shared=False` skips the
+        fleet; the record's `_shared` key says which one the block got."""
+        validate_id(target, "target")
+        db = self._shared() if shared is not False else None
+        if db is not None:
+            from ..state.pg import locked_breaker  # noqa: PLC0415 - psycopg only in fleet mode
+
+            ran = body_failed = False
+            try:
+                with locked_breaker(db, target) as row:
+                    data = row.data or _fresh(target)
+                    before = data["state"]
+                    self._expire(data)
+                    data["_shared"] = True
+                    ran = True
+                    try:
+                        yield data
+                    except BaseException:
+                        body_failed = True
+                        raise
+                    data.pop("_shared", None)
+                    row.data = data
+            except StateError as exc:
+                if body_failed:
+                    raise
+                mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
+                if ran:  # the block ran but its change could not be committed: nothing to run again
+                    logger.warning("breaker %r: a change was lost with the fleet database: %s", target, exc)
+                    return
+                # The database failed before the block ran: run it on this host's file instead, below.
+            else:
+                self._record_move(target, before, data)
+                return
         path = self._path(target)
         ensure_dir(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -172,13 +219,18 @@ class Breakers:
                 raw = b""
             before = data["state"]
             self._expire(data)
+            data["_shared"] = False
             yield data
+            data.pop("_shared", None)
             new = _encode(data)
             if new != raw:  # a refused request, or a look, changes nothing: no write
                 os.pwrite(fd, new, 0)
                 os.ftruncate(fd, len(new))
         finally:
             os.close(fd)  # releases the lock
+        self._record_move(target, before, data)
+
+    def _record_move(self, target: str, before: str, data: dict[str, Any]) -> None:
         if data["state"] != before and self.ledger is not None:
             fields: dict[str, Any] = {"reason": data.get("reason"), "trips": data.get("trips")}
             if data["state"] == OPEN:
@@ -189,6 +241,14 @@ class Breakers:
     def _load(self, target: str) -> dict[str, Any]:
         """The target's state as last written, or a fresh closed breaker (an unreadable file is dealt
         with by the next writer, under the exclusive lock)."""
+        db = self._shared()
+        if db is not None:
+            from ..state.pg import read_breaker_row  # noqa: PLC0415 - psycopg only in fleet mode
+
+            try:
+                return read_breaker_row(db, validate_id(target, "target")) or _fresh(target)
+            except StateError as exc:
+                mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
         try:
             return read_breaker(self._path(target)) or _fresh(target)
         except CorruptStateError:
@@ -200,8 +260,14 @@ class Breakers:
         horizon = now - self.settings.window_s
         data["window"] = [bucket for bucket in data["window"] if bucket[0] >= horizon]
         stale = now - self.settings.stale_permit_s
+        # Another host's process cannot be looked up from here: its permit lasts store.remote_permit_s.
+        remote_stale = now - self.store.remote_permit_s if self.store is not None else stale
         kept = {}
         for pid_key, permit in data["permits"].items():
+            if permit.get("host", self.host) != self.host:
+                if permit["started"] >= max(stale, remote_stale):
+                    kept[pid_key] = permit
+                continue
             owner = ProcessIdentity(permit["pid"], permit["create_time"]) if permit.get("create_time") else None
             if permit["started"] >= stale and (owner is None or still_running(owner) is not None):
                 kept[pid_key] = permit
@@ -252,8 +318,9 @@ class Breakers:
                     None,
                     f"{failures} recent failures and {len(in_flight)} requests in flight use the failure budget",
                 )
-            permit = Permit(target, secrets.token_hex(6), probe)
+            permit = Permit(target, secrets.token_hex(6), probe, shared=bool(data.get("_shared")))
             data["permits"][permit.id] = {
+                "host": self.host,
                 "pid": os.getpid(),
                 "create_time": self._me.create_time if self._me else None,
                 "started": now,
@@ -315,6 +382,7 @@ class Breakers:
         """The target's breaker as it stands now (an open one past its time reads as half_open)."""
         with self._locked(target) as data:
             view = dict(data)
+        view.pop("_shared", None)
         if view["state"] == OPEN and self.clock.time() >= view["open_until"]:
             view["state"] = HALF_OPEN
         view["in_flight"] = len(view.pop("permits"))
@@ -322,6 +390,14 @@ class Breakers:
         return view
 
     def targets(self) -> list[str]:
+        db = self._shared()
+        if db is not None:
+            from ..state.pg import breaker_targets  # noqa: PLC0415 - psycopg only in fleet mode
+
+            try:
+                return breaker_targets(db)
+            except StateError as exc:
+                mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
         folder = self.state.sub("breakers")
         if not folder.is_dir():
             return []

@@ -1,0 +1,67 @@
+"""Fleet mode's switch: whether this process shares state through PostgreSQL, and whether the database is up.
+
+With no store.url nothing here touches psycopg: `fleet_database()` returns None before importing it. With
+one, the first use connects (and migrates); a failure marks the database down for `store.retry_down_s`,
+during which breakers and the ledger use this host's files (degraded mode) without trying again, so a
+dead database costs one connect attempt per process per period, not one per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from ..clock import SYSTEM_CLOCK, Clock
+from .config import StoreSettings
+
+if TYPE_CHECKING:
+    from ..state.pg import Database
+
+logger = logging.getLogger(__name__)
+
+_HOSTNAME = socket.gethostname()
+_down_lock = threading.Lock()
+# url -> (monotonic time until which the database counts as down, why)
+_down: dict[str, tuple[float, str]] = {}
+
+
+def host_id(store: StoreSettings) -> str:
+    """This host's name in the fleet: store.host_id (SELFHEAL_HOST_ID), else the hostname."""
+    return store.host_id or _HOSTNAME
+
+
+def fleet_database(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> Database | None:
+    """The shared database to use now; None when fleet mode is off or the database was down a moment ago."""
+    if store.url is None:
+        return None
+    with _down_lock:
+        down = _down.get(store.url)
+        if down is not None:
+            if clock.monotonic() < down[0]:
+                return None
+            del _down[store.url]
+    from ..state.pg import database_for  # noqa: PLC0415 - psycopg only in fleet mode
+
+    return database_for(store.url, host_id(store), store.connect_timeout_s)
+
+
+def mark_down(store: StoreSettings, why: object, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    """The database failed: use local files for `store.retry_down_s` (logged once per outage)."""
+    if store.url is None:
+        return
+    with _down_lock:
+        first = store.url not in _down
+        _down[store.url] = (clock.monotonic() + store.retry_down_s, str(why))
+    if first:
+        logger.warning("fleet database unreachable, using this host's files (degraded): %s", why)
+
+
+def down_reason(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> str | None:
+    """Why this process is in degraded mode now, or None."""
+    if store.url is None:
+        return None
+    with _down_lock:
+        down = _down.get(store.url)
+    return down[1] if down is not None and clock.monotonic() < down[0] else None

@@ -1,0 +1,257 @@
+"""Fleet mode: several hosts share breakers (and the ledger) through one real PostgreSQL.
+
+Hosts are simulated by SELFHEAL_HOST_ID and a state root each; the server is the session's throwaway
+cluster (tests/helpers/postgres.py), started once, never skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.core.breaker import CLOSED, OPEN, BreakerOpen, Breakers
+from selfheal.core.config import Config, StoreSettings, load_config
+from selfheal.errors import ConfigError
+from selfheal.state import pg
+from selfheal.state.root import StateRoot
+from selfheal.testing import FakeClock
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+def host(config: Config, name: str, tmp_path: Path, clock: FakeClock) -> Breakers:
+    """The breakers of one simulated host: its own state root, the fleet's database."""
+    store = dataclasses.replace(config.store, host_id=name)
+    return Breakers(StateRoot(tmp_path / name).ensure(), config.breakers, clock=clock, store=store)
+
+
+def fail(b: Breakers, target: str = "qwen", times: int = 1) -> None:
+    for _ in range(times):
+        b.release(b.acquire(target), ok=False, error_class="transient")
+
+
+# -- settings ---------------------------------------------------------------------------------------------
+
+
+def test_the_database_url_comes_from_the_environment_or_config(
+    fleet_url: str, write_config: Callable[[str], Path]
+) -> None:
+    """SELFHEAL_DATABASE_URL turns fleet mode on; SELFHEAL_HOST_ID names the host."""
+    assert load_config().store.url == fleet_url
+    assert load_config(env={"SELFHEAL_HOST_ID": "box-2", "SELFHEAL_HOME": "/nonexistent"}).store.host_id == "box-2"
+    assert load_config(env={"SELFHEAL_HOME": "/nonexistent"}).store.url is None
+
+
+def test_a_password_in_the_config_file_is_refused_and_not_repeated(
+    write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password belongs in the environment: config.yaml's url with one stops the load, masked in the message."""
+    write_config("store: {url: 'postgresql://selfheal:hunter2secret@db.example/selfheal'}\n")
+    with pytest.raises(ConfigError, match=r"store\.url: must not hold a password") as err:
+        load_config()
+    assert "hunter2secret" not in str(err.value)
+    monkeypatch.setenv("SELFHEAL_DATABASE_URL", "mysql://db.example/x")
+    write_config("{}\n")
+    with pytest.raises(ConfigError, match="SELFHEAL_DATABASE_URL: must be a postgresql:// URL"):
+        load_config()
+
+
+def test_single_host_mode_never_imports_psycopg(home: Path) -> None:
+    """Without a database URL, the breaker module and the cron health check leave psycopg unloaded."""
+    code = (
+        "import runpy, sys\n"
+        "import selfheal.core.breaker, selfheal.core.ledger\n"
+        f"sys.argv = ['health_check.py', '--cron']\n"
+        "try:\n"
+        f"    runpy.run_path({str(SCRIPTS / 'health_check.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stderr.write('PSYCOPG=%s\\n' % any(m.split('.')[0] == 'psycopg' for m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", code], env=script_env(home, PYTHONPATH=str(SCRIPTS)), capture_output=True, text=True, check=False
+    )
+    assert "PSYCOPG=False" in proc.stderr, proc.stderr
+
+
+# -- the schema -------------------------------------------------------------------------------------------
+
+
+def test_the_schema_is_created_once_and_versioned(fleet_url: str) -> None:
+    """The first connection migrates an empty database; later ones find it at the current version."""
+    with psycopg.connect(fleet_url, autocommit=True) as conn:
+        assert pg.schema_version(conn) == 0
+        assert pg.migrate(conn) == 0
+        assert pg.migrate(conn) == pg.SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM selfheal_schema").fetchone() == (pg.SCHEMA_VERSION,)
+
+
+def test_a_newer_schema_is_refused(fleet_url: str) -> None:
+    """A database migrated by a newer self-heal is not written by an older one."""
+    with psycopg.connect(fleet_url, autocommit=True) as conn:
+        pg.migrate(conn)
+        conn.execute("INSERT INTO selfheal_schema (version) VALUES (%s)", (pg.SCHEMA_VERSION + 1,))
+    db = pg.Database(fleet_url, "h1")
+    with pytest.raises(pg.DatabaseUnavailable, match="newer than this self-heal"), db.connection():
+        pass
+
+
+# -- shared breakers --------------------------------------------------------------------------------------
+
+
+def test_a_breaker_opened_by_one_host_refuses_the_others(fleet_url: str, tmp_path: Path, clock: FakeClock) -> None:
+    """Five failures seen by box-1 open the target's breaker for box-2 and box-3 too."""
+    config = load_config()
+    boxes = [host(config, f"box-{n}", tmp_path, clock) for n in (1, 2, 3)]
+    fail(boxes[0], times=5)
+    for box in boxes[1:]:
+        with pytest.raises(BreakerOpen, match="is open"):
+            box.acquire("qwen")
+        assert box.status("qwen")["state"] == OPEN
+    assert boxes[2].targets() == ["qwen"]
+
+
+def test_failures_from_several_hosts_add_up(fleet_url: str, tmp_path: Path, clock: FakeClock) -> None:
+    """Two failures on each of three hosts are six in a row for the fleet: the breaker opens."""
+    config = load_config()
+    boxes = [host(config, f"box-{n}", tmp_path, clock) for n in (1, 2, 3)]
+    for box in boxes[:2]:
+        fail(box, times=2)
+    assert boxes[2].status("qwen")["state"] == CLOSED
+    fail(boxes[2], times=1)
+    with pytest.raises(BreakerOpen):
+        boxes[0].acquire("qwen")
+
+
+def test_another_hosts_probe_holds_the_slot_until_it_expires(fleet_url: str, tmp_path: Path, clock: FakeClock) -> None:
+    """A probe taken by a host that then went silent blocks other probes for store.remote_permit_s, no longer."""
+    config = load_config()
+    box1, box2 = host(config, "box-1", tmp_path, clock), host(config, "box-2", tmp_path, clock)
+    fail(box1, times=5)
+    clock.advance(config.breakers.open_s)
+    probe = box2.acquire("qwen")  # box-2 probes, then its host dies
+    assert probe.probe and probe.shared
+    with pytest.raises(BreakerOpen, match="a probe is already testing it"):
+        box1.acquire("qwen")
+    clock.advance(config.store.remote_permit_s + 1)
+    assert box1.acquire("qwen").probe
+
+
+def test_a_dead_database_falls_back_to_the_hosts_files(
+    home: Path, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the database unreachable, a host's breaker still works, on its own file, and says so once."""
+    monkeypatch.setenv("SELFHEAL_DATABASE_URL", f"postgresql:///x?host={tmp_path}/no-such-socket-dir&user=nobody")
+    config = load_config()
+    box = host(config, "box-1", tmp_path, clock)
+    with caplog.at_level(logging.WARNING):
+        fail(box, times=5)
+        with pytest.raises(BreakerOpen):
+            box.acquire("qwen")
+    assert (tmp_path / "box-1" / "breakers" / "qwen.json").is_file()
+    assert [r.message for r in caplog.records].count(
+        next(r.message for r in caplog.records if "degraded" in r.message)
+    ) == 1
+
+
+def test_a_fresh_store_setting_is_used_over_the_ledgers(fleet_url: str, state: StateRoot, clock: FakeClock) -> None:
+    """store= given to Breakers wins: a single-host store keeps the breaker in the host's file."""
+    config = load_config()
+    local = StoreSettings(url=None, host_id=None, connect_timeout_s=3, retry_down_s=15, remote_permit_s=120)
+    fail(Breakers(state, config.breakers, clock=clock, store=local), times=5)
+    assert (state.sub("breakers") / "qwen.json").is_file()
+    assert Breakers(state, config.breakers, clock=clock, store=config.store).status("qwen")["state"] == CLOSED
+
+
+# -- across hosts and processes -------------------------------------------------------------------------
+
+
+def run_fleet(tmp_path: Path, hosts: int, per_host: int, outcome: str, seconds: float, url: str | None) -> list[Any]:
+    """hosts x per_host worker processes hammering one target, each host with its own state root."""
+    go = tmp_path / f"go-{outcome}"
+    probes = tmp_path / f"probes-{outcome}"
+    ready = tmp_path / f"ready-{outcome}"
+    probes.mkdir()
+    ready.mkdir()
+    procs = []
+    for h in range(hosts):
+        home = tmp_path / f"host-{h}"
+        home.mkdir(exist_ok=True)
+        (home / "config.yaml").write_text((tmp_path / "config.yaml").read_text())
+        extra = {
+            "PYTHONPATH": str(SCRIPTS),
+            "SELFHEAL_HOST_ID": f"host-{h}",
+            "PROBE_DIR": str(probes),
+            "READY_DIR": str(ready),
+        }
+        if url:
+            extra["SELFHEAL_DATABASE_URL"] = url
+        env = script_env(home, **extra)
+        procs += [
+            subprocess.Popen(
+                [sys.executable, str(HELPERS / "breaker_worker.py"), "dead-api", outcome, str(seconds), str(go)],
+                stdout=subprocess.PIPE,
+                env=env,
+                text=True,
+            )
+            for _ in range(per_host)
+        ]
+    deadline = time.monotonic() + 120
+    while len(list(ready.iterdir())) < len(procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.write_text(str(time.time() + 0.5))  # every phase starts at the same wall time in every process
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    return results
+
+
+@pytest.mark.slow
+def test_three_hosts_of_four_processes_against_a_dead_target_stay_within_the_threshold_and_probes(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """Once a target has failed anywhere in the fleet, 12 processes on 3 hosts send it at most the rest of
+    failure_threshold (5) requests; once the open time is over, one probe at a time, and close_after (3)
+    good probes let the whole fleet through again. (With each host on its own files, as before fleet
+    mode, the same run lets 4 + 5 + 5 requests through.)"""
+    (tmp_path / "config.yaml").write_text("breakers: {open_s: 0.8}\n")
+    config = load_config(user_file=tmp_path / "config.yaml")
+    seen_by = Breakers(StateRoot(tmp_path / "host-0").ensure(), config.breakers, store=config.store)
+    fail(seen_by, "dead-api")  # the target has just started failing: host-0 saw it
+    results = run_fleet(tmp_path, 3, 4, "fail:0.4+ok:1.6", 0, fleet_url)
+    dead, alive = [r[0] for r in results], [r[1] for r in results]
+    assert 1 + sum(r["granted"] for r in dead) <= 5
+    assert sum(r["refused"] for r in dead) > 0
+    assert sum(r["probes"] for r in alive) == 3
+    assert max(r["max_probes_at_once"] for r in alive) == 1
+    assert sum(r["granted"] for r in alive) > 20, results
+    assert seen_by.status("dead-api")["state"] == CLOSED
+
+
+def test_install_fleet_adds_the_driver_and_dev_has_it_too() -> None:
+    """install.sh --fleet installs psycopg (with or without tomllib); --dev does too, for the tests."""
+    import tomllib
+
+    from conftest import ROOT
+
+    parser = (ROOT / "install.sh").read_text().split("<<'PYEOF'\n", 1)[1].split("PYEOF", 1)[0]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for prelude in ("", "import sys\nsys.modules['tomllib'] = None\n"):
+        out = subprocess.run(
+            [sys.executable, "-c", prelude + parser, str(ROOT / "pyproject.toml"), "0", "1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out == project["dependencies"] + project["optional-dependencies"]["fleet"]
+    assert any(dep.startswith("psycopg[binary]") for dep in project["optional-dependencies"]["dev"])
