@@ -14,20 +14,25 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from helpers.postgres import Cluster
 
 from conftest import PYTHON, SCRIPTS, script_env
 from selfheal.core.breaker import CLOSED, OPEN, BreakerOpen, Breakers
 from selfheal.core.config import Config, StoreSettings, load_config
+from selfheal.core.ledger import Ledger
 from selfheal.errors import ConfigError
 from selfheal.state import pg
 from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
+
+if TYPE_CHECKING:
+    from helpers.postgres import External
 
 
 def host(config: Config, name: str, tmp_path: Path, clock: FakeClock) -> Breakers:
@@ -255,3 +260,162 @@ def test_install_fleet_adds_the_driver_and_dev_has_it_too() -> None:
         ).stdout.split()
         assert out == project["dependencies"] + project["optional-dependencies"]["fleet"]
     assert any(dep.startswith("psycopg[binary]") for dep in project["optional-dependencies"]["dev"])
+
+
+# -- the fleet's ledger -----------------------------------------------------------------------------------
+
+
+def ledger_of(config: Config, name: str, root: Path, **store: Any) -> Ledger:
+    """The ledger of one simulated host: its own state root, the fleet's database."""
+    config = dataclasses.replace(config, store=dataclasses.replace(config.store, host_id=name, **store))
+    return Ledger(StateRoot(root / name).ensure(), config)
+
+
+def fleet_rows(url: str) -> list[tuple[str, str, str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT event_id, host, event FROM selfheal_ledger ORDER BY ts").fetchall()
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+
+def test_every_hosts_events_reach_the_fleets_ledger(fleet_url: str, tmp_path: Path) -> None:
+    """Events from two hosts land in one table, each once, naming its host; the local files keep theirs."""
+    config = load_config()
+    one, two = ledger_of(config, "box-1", tmp_path), ledger_of(config, "box-2", tmp_path)
+    first = one.record("retry", task="t1", error_class="timeout", attempt=1)
+    two.record("failed", task="t2", error_class="auth")
+    rows = fleet_rows(fleet_url)
+    assert [(h, e) for _, h, e in rows] == [("box-1", "retry"), ("box-2", "failed")]
+    assert rows[0][0] == first["event_id"]
+    local = [json.loads(line) for line in one.state.ledger_file(first["ts"][:10]).read_text().splitlines()]
+    assert [e["event_id"] for e in local] == [first["event_id"]]
+    assert "event_id" not in one.state.log_file.read_text()  # the human log line stays as it was
+
+
+def test_events_written_while_the_database_is_down_are_spooled_and_replayed_once(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """With the database unreachable, events wait in the host's spool; the first event written once it
+    answers sends them first; a replay repeated (a crash before the spool was emptied) adds nothing."""
+    config = load_config()
+    dead = ledger_of(config, "box-1", tmp_path, url=f"postgresql:///x?host={tmp_path}/none&user=nobody")
+    for n in range(5):
+        dead.record("retry", task="t", attempt=n)
+    spooled = dead.spool_path.read_bytes()
+    assert spooled.count(b"\n") == 5
+    alive = ledger_of(config, "box-1", tmp_path)
+    alive.record("success", task="t")
+    rows = fleet_rows(fleet_url)
+    assert [e for _, _, e in rows] == ["retry"] * 5 + ["success"]
+    assert alive.spool_path.read_bytes() == b""
+    alive.spool_path.write_bytes(spooled)  # as if the last replay died after the database had them
+    assert alive.replay_spool() == 0
+    assert fleet_rows(fleet_url) == rows
+    assert alive.spool_path.read_bytes() == b""
+
+
+def test_day_partitions_past_keeping_are_dropped(fleet_url: str) -> None:
+    """The ledger table has one partition per UTC day; starting a new day drops those past ledger.keep_days."""
+    now = time.time()
+    old = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - 10 * 86400)), "event": "retry"}
+    db = pg.Database(fleet_url, "box-1")
+    assert pg.insert_events(db, [{**old, "event_id": "a"}], keep_days=90) == 1
+    assert pg.insert_events(db, [{**old, "event_id": "b"}], keep_days=5) == 0  # past keeping: not written
+    new = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now)), "event": "retry", "event_id": "c"}
+    assert pg.insert_events(pg.Database(fleet_url, "box-1"), [new], keep_days=5) == 1
+    with psycopg.connect(fleet_url) as conn:
+        assert pg.ledger_partitions(conn) == ["selfheal_ledger_" + new["ts"][:10].replace("-", "")]
+    assert [e for e, _, _ in fleet_rows(fleet_url)] == ["c"]
+
+
+def test_analyze_logs_reads_the_fleets_ledger_and_filters_by_host(fleet_url: str, tmp_path: Path, home: Path) -> None:
+    """analyze_logs.py counts every host's events from the fleet's ledger; --host keeps one host's."""
+    config = load_config()
+    for name, failures in (("box-1", 2), ("box-2", 3)):
+        ledger = ledger_of(config, name, tmp_path)
+        for _ in range(failures):
+            ledger.record("failed", task=f"job-{name}", error_class="transient")
+    env = script_env(home, SELFHEAL_DATABASE_URL=fleet_url)
+
+    def failed(*extra: str) -> int:
+        proc = subprocess.run(
+            [PYTHON, str(SCRIPTS / "analyze_logs.py"), "--json", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode in (0, 1), proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["inputs"][0]["path"].startswith("fleet ledger")
+        return int(report["events"]["failed"])
+
+    assert failed() == 5
+    assert failed("--host", "box-2") == 3
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "analyze_logs.py"), "--host", "box-2"],
+        env=script_env(home),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and "needs fleet mode" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_health_check_says_the_fleet_database_is_unreachable(home: Path, tmp_path: Path) -> None:
+    """A fleet host whose database does not answer reports degraded mode, and how many events wait."""
+    env = script_env(home, SELFHEAL_DATABASE_URL=f"postgresql:///x?host={tmp_path}/none&user=nobody")
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "health_check.py"), "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    fleet = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "fleet")
+    assert fleet["status"] == "warn"
+    assert fleet["detail"].startswith("fleet database unreachable: degraded")
+    assert proc.returncode in (1, 3)
+
+
+@pytest.mark.slow
+def test_restarting_postgresql_mid_run_loses_and_doubles_no_event(
+    postgres: Cluster | External, fleet_url: str, tmp_path: Path
+) -> None:
+    """Three hosts write events while the server stops (fast shutdown) and starts again: afterwards the
+    fleet's ledger holds every event each host wrote, each exactly once."""
+    cluster = postgres if isinstance(postgres, Cluster) else Cluster()
+    go = tmp_path / "go"
+    procs = []
+    for n in range(3):
+        root = tmp_path / f"host-{n}"
+        root.mkdir()
+        (root / "config.yaml").write_text("store: {retry_down_s: 0.2}\n")
+        env = script_env(
+            root,
+            PYTHONPATH=str(SCRIPTS),
+            SELFHEAL_DATABASE_URL=fleet_url,
+            SELFHEAL_HOST_ID=f"host-{n}",
+            READY_FILE=str(tmp_path / f"ready-{n}"),
+        )
+        procs.append(
+            subprocess.Popen(
+                [PYTHON, str(HELPERS / "fleet_ledger_writer.py"), "4", str(go)],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{n}").exists() for n in range(3)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    time.sleep(1.0)
+    cluster.stop()
+    time.sleep(1.0)
+    cluster.start()
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert any(r["spooled_at_most"] for r in results)  # the outage really happened to the writers
+    with psycopg.connect(fleet_url) as conn:
+        per_host = dict(
+            conn.execute("SELECT host, count(*) FROM selfheal_ledger WHERE event <> 'breaker' GROUP BY host").fetchall()
+        )
+        distinct = conn.execute("SELECT count(DISTINCT event_id), count(*) FROM selfheal_ledger").fetchone()
+    assert per_host == {f"host-{n}": r["written"] for n, r in enumerate(results)}
+    assert distinct is not None and distinct[0] == distinct[1]

@@ -43,7 +43,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted, StateError
 from ..state.root import FILE_MODE, StateRoot, ensure_dir, read_json_shared, validate_id, write_bytes_atomic
 from .config import BreakerSettings, StoreSettings
-from .fleet import fleet_database, host_id, mark_down
+from .fleet import fleet_database, host_id, mark_down, mark_up
 from .ledger import Ledger
 from .process import ProcessIdentity, identify, still_running
 
@@ -202,6 +202,7 @@ class Breakers:
                     return
                 # The database failed before the block ran: run it on this host's file instead, below.
             else:
+                mark_up(self.store)  # type: ignore[arg-type]
                 self._record_move(target, before, data)
                 return
         path = self._path(target)

@@ -25,6 +25,7 @@ _HOSTNAME = socket.gethostname()
 _down_lock = threading.Lock()
 # url -> (monotonic time until which the database counts as down, why)
 _down: dict[str, tuple[float, str]] = {}
+_warned: set[str] = set()  # URLs whose outage was logged; cleared by the next success
 
 
 def host_id(store: StoreSettings) -> str:
@@ -52,10 +53,19 @@ def mark_down(store: StoreSettings, why: object, *, clock: Clock = SYSTEM_CLOCK)
     if store.url is None:
         return
     with _down_lock:
-        first = store.url not in _down
+        first = store.url not in _warned
+        _warned.add(store.url)
         _down[store.url] = (clock.monotonic() + store.retry_down_s, str(why))
     if first:
         logger.warning("fleet database unreachable, using this host's files (degraded): %s", why)
+
+
+def mark_up(store: StoreSettings) -> None:
+    """The database answered: the next outage is logged again."""
+    if store.url in _warned:
+        with _down_lock:
+            _warned.discard(str(store.url))
+        logger.warning("fleet database reachable again: shared state resumes")
 
 
 def down_reason(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> str | None:

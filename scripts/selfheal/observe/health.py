@@ -41,6 +41,7 @@ the gateway's port, psutil once a run is in progress, the task tree once it has 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -72,7 +73,7 @@ GPU_QUERY_TIMEOUT_S = 10.0  # nvidia-smi can take a second or more on a busy mac
 NAMES_SHOWN = 3  # names listed in a detail line before "and N more"
 # A status or state value that says the skill is failing (compared in lower case).
 FAILURE_WORDS = frozenset({"error", "failed", "failure", "fail", "down", "crashed", "dead", "unhealthy"})
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 # The environment variables that choose the files the settings come from, and the gateway port.
 _ENV_INPUTS = ("SELFHEAL_CONFIG", "OPENCLAW_CONFIG_PATH", "OPENCLAW_STATE_DIR", "OPENCLAW_GATEWAY_PORT", "HOME")
 # The URL forms config.health.gateway_url accepts (config._check_url); a derived URL is always one.
@@ -104,6 +105,7 @@ class Settings(NamedTuple):
     stuck_after_s: float
     disk_min_free_mb: int
     gpu_min_free_mb: int
+    fleet: bool = False  # store.url is set: check the fleet's database too
 
     def to_json(self) -> dict[str, Any]:
         data = self._asdict()
@@ -125,6 +127,7 @@ class Settings(NamedTuple):
                 stuck_after_s=float(data["stuck_after_s"]),
                 disk_min_free_mb=int(data["disk_min_free_mb"]),
                 gpu_min_free_mb=int(data["gpu_min_free_mb"]),
+                fleet=bool(data["fleet"]),
             )
         except (TypeError, ValueError):
             return None
@@ -270,6 +273,7 @@ def settings_from_config(config: Config, env: Mapping[str, str]) -> Settings:
         stuck_after_s=config.health.stuck_after_s,
         disk_min_free_mb=config.health.disk_min_free_mb,
         gpu_min_free_mb=config.models.gpu_free_mb_min,
+        fleet=config.store.fleet,
     )
 
 
@@ -282,7 +286,10 @@ def _file_stamp(path: str) -> list[int] | None:
 
 
 def _env_stamp(env: Mapping[str, str]) -> dict[str, str | None]:
-    return {name: env.get(name) for name in _ENV_INPUTS}
+    stamp = {name: env.get(name) for name in _ENV_INPUTS}
+    url = env.get("SELFHEAL_DATABASE_URL")  # it may hold a password: kept as a digest only
+    stamp["SELFHEAL_DATABASE_URL"] = hashlib.sha256(url.encode()).hexdigest()[:16] if url else None
+    return stamp
 
 
 def resolve_settings(
@@ -777,6 +784,37 @@ def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
     return Check("gpu", OK, f"{best} MiB free on {where}", data)
 
 
+def check_fleet(state: StateRoot, config: Config) -> Check:
+    """Fleet mode: whether the shared database answers (else this host runs degraded on its own files)."""
+    from ..core.fleet import host_id  # noqa: PLC0415 - fleet mode only: psycopg
+    from ..core.ledger import SPOOL  # noqa: PLC0415
+    from ..state.pg import Database, fleet_status  # noqa: PLC0415
+
+    spool = state.sub("fleet") / SPOOL
+    try:
+        with spool.open("rb") as fh:
+            waiting = sum(1 for line in fh if line.strip())
+    except OSError:
+        waiting = 0
+    db = Database(str(config.store.url), host_id(config.store), config.store.connect_timeout_s)
+    try:
+        status = fleet_status(db)
+    except StateError as exc:
+        detail = (
+            f"fleet database unreachable: degraded; this host uses its own breaker files and spools its ledger"
+            f" ({waiting} event(s) waiting): {_one_line(str(exc))}"
+        )
+        return Check("fleet", WARN, detail, {"reachable": False, "spooled": waiting})
+    finally:
+        db.close()
+    hosts = [h["host"] for h in status["hosts"]]
+    data = {"reachable": True, "spooled": waiting, "schema_version": status["schema_version"], "hosts": hosts}
+    detail = f"fleet database reachable: {len(hosts)} host(s) ({_names(hosts)}), schema {status['schema_version']}"
+    if waiting:
+        return Check("fleet", WARN, detail + f"; {waiting} spooled ledger event(s) not yet replayed", data)
+    return Check("fleet", OK, detail, data)
+
+
 # -- the mode and the run ----------------------------------------------------------------------------------------
 
 
@@ -841,6 +879,7 @@ def run_health_check(
         check_breakers(state, now),
         check_disk(state.root, settings.disk_min_free_mb),
         check_gpu(settings.gpu_min_free_mb, env),
+        *([check_fleet(state, config())] if settings.fleet else []),
         *extra,
     ]
     mode, reason = decide(checks, fresh + live)
