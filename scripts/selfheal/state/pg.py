@@ -210,23 +210,38 @@ class BreakerRow:
 
 @contextlib.contextmanager
 def locked_breaker(db: Database, target: str) -> Iterator[BreakerRow]:
-    """The target's row under FOR UPDATE; what the block leaves in `row.data` is written back if changed."""
-    with db.transaction() as conn:
-        found = conn.execute("SELECT data FROM selfheal_breakers WHERE target = %s FOR UPDATE", (target,)).fetchone()
-        if found is None:
-            conn.execute("INSERT INTO selfheal_breakers (target) VALUES (%s) ON CONFLICT DO NOTHING", (target,))
-            found = conn.execute(
-                "SELECT data FROM selfheal_breakers WHERE target = %s FOR UPDATE", (target,)
-            ).fetchone()
-        before = found[0] if found else None
-        row = BreakerRow(target, None if before is None else dict(before))
-        yield row
-        if row.data is not None and row.data != before:
-            conn.execute(
-                "UPDATE selfheal_breakers SET data = %s, state = %s, updated_at = now(), updated_by = %s"
-                " WHERE target = %s",
-                (Jsonb(row.data), str(row.data.get("state")), db.host, target),
+    """The target's row under FOR UPDATE; what the block leaves in `row.data` is written back if changed.
+
+    Every model call passes here twice, so each transaction is two round trips: BEGIN, the row's creation
+    if missing and the locking read go as one message, and so do the UPDATE and the COMMIT (a client-side
+    cursor binds the values, quoted by psycopg).
+    """
+    with db.connection() as conn:
+        cur = psycopg.ClientCursor(conn)
+        try:
+            cur.execute(
+                "BEGIN; INSERT INTO selfheal_breakers (target) VALUES (%s) ON CONFLICT DO NOTHING;"
+                " SELECT data FROM selfheal_breakers WHERE target = %s FOR UPDATE",
+                (target, target),
             )
+            while cur.nextset():
+                pass
+            found = cur.fetchone()
+            before = found[0] if found else None
+            row = BreakerRow(target, None if before is None else dict(before))
+            yield row
+            if row.data is not None and row.data != before:
+                cur.execute(
+                    "UPDATE selfheal_breakers SET data = %s, state = %s, updated_at = now(), updated_by = %s"
+                    " WHERE target = %s; COMMIT",
+                    (Jsonb(row.data), str(row.data.get("state")), db.host, target),
+                )
+            else:
+                cur.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                cur.execute("ROLLBACK")
+            raise
 
 
 def read_breaker_row(db: Database, target: str) -> dict[str, Any] | None:
