@@ -419,3 +419,42 @@ def test_restarting_postgresql_mid_run_loses_and_doubles_no_event(
         distinct = conn.execute("SELECT count(DISTINCT event_id), count(*) FROM selfheal_ledger").fetchone()
     assert per_host == {f"host-{n}": r["written"] for n, r in enumerate(results)}
     assert distinct is not None and distinct[0] == distinct[1]
+
+
+# -- tasks.py fleet -----------------------------------------------------------------------------------------
+
+
+def tasks_fleet(home: Path, action: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, str(SCRIPTS / "tasks.py"), "fleet", action, "--json"],
+        env=script_env(home, **env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_fleet_init_creates_the_schema_and_status_shows_hosts_and_breakers(
+    fleet_url: str, home: Path, tmp_path: Path, clock: FakeClock
+) -> None:
+    """`tasks.py fleet init` readies an empty database; `status` lists the hosts seen and who holds permits."""
+    proc = tasks_fleet(home, "init", SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-1")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["initialized"] and report["schema_version"] == pg.SCHEMA_VERSION
+    config = load_config()
+    host(config, "box-2", tmp_path, clock).acquire("qwen")
+    report = json.loads(tasks_fleet(home, "status", SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-1").stdout)
+    assert [h["host"] for h in report["hosts"]] == ["box-1", "box-2"]
+    assert report["breakers"] == [{"target": "qwen", "state": "closed", "permits_by_host": {"box-2": 1}}]
+
+
+def test_fleet_status_without_fleet_mode_or_database_says_why(home: Path, tmp_path: Path) -> None:
+    """No URL: exit 2 naming the setting; an unreachable database: exit 1, degraded, the password masked."""
+    proc = tasks_fleet(home, "status")
+    assert proc.returncode == 2 and "SELFHEAL_DATABASE_URL" in proc.stderr and "Traceback" not in proc.stderr
+    dead = f"postgresql://someone:s3cretpw@/x?host={tmp_path}/none"
+    proc = tasks_fleet(home, "status", SELFHEAL_DATABASE_URL=dead)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["reachable"] is False and "s3cretpw" not in proc.stdout + proc.stderr

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
-from .config import StoreSettings
+from ..errors import StateError, UsageError
+from .config import StoreSettings, mask_url_password
 
 if TYPE_CHECKING:
     from ..state.pg import Database
@@ -75,3 +77,38 @@ def down_reason(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> str | N
     with _down_lock:
         down = _down.get(store.url)
     return down[1] if down is not None and clock.monotonic() < down[0] else None
+
+
+def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False) -> dict[str, Any]:
+    """`tasks.py fleet init|status`: connect (creating or migrating the schema), then the fleet at a
+    glance: hosts and their last heartbeat, breakers with the permits each host holds, the ledger.
+    Raises UsageError when fleet mode is off; `reachable` is False (with `error`) when the database is down."""
+    if store.url is None:
+        raise UsageError(
+            "fleet mode is off: set store.url in config.yaml or SELFHEAL_DATABASE_URL (postgresql://...),"
+            " and install the driver with ./install.sh --fleet"
+        )
+    from ..state.pg import SCHEMA_VERSION, Database, fleet_status  # noqa: PLC0415 - psycopg only in fleet mode
+
+    try:
+        with spool.open("rb") as fh:
+            waiting = sum(1 for line in fh if line.strip())
+    except OSError:
+        waiting = 0
+    report: dict[str, Any] = {
+        "url": mask_url_password(store.url),
+        "host": host_id(store),
+        "spooled_events": waiting,
+        "schema_expected": SCHEMA_VERSION,
+    }
+    db = Database(store.url, host_id(store), store.connect_timeout_s)
+    try:
+        report.update(fleet_status(db), reachable=True)  # the first connection migrates the schema
+    except StateError as exc:
+        report.update(reachable=False, error=str(exc))
+    finally:
+        db.close()
+    report["initialized"] = init and report["reachable"]
+    # Leases of the shared task tree arrive with it; until then the tree stays on each host.
+    report["leases"] = None
+    return report
