@@ -458,3 +458,16 @@ def test_fleet_status_without_fleet_mode_or_database_says_why(home: Path, tmp_pa
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert report["reachable"] is False and "s3cretpw" not in proc.stdout + proc.stderr
+
+
+def test_self_heal_sees_a_tasks_failures_from_every_host(fleet_url: str, tmp_path: Path) -> None:
+    """A task that failed on box-1 has its evidence on box-2 too: self_heal reads the fleet's ledger."""
+    from selfheal.heal.diagnose import task_events
+
+    config = load_config()
+    ledger_of(config, "box-1", tmp_path).record("failed", task="nightly-report", error_class="timeout", attempt=3)
+    ledger_of(config, "box-3", tmp_path).record("retry", task="other-task", error_class="timeout")
+    here = StateRoot(tmp_path / "box-2").ensure()
+    events = task_events(here, "nightly-report", config=config)
+    assert [(e["host"], e["event"], e["error_class"]) for e in events] == [("box-1", "failed", "timeout")]
+    assert task_events(here, "nightly-report") == []  # this host's own files know nothing of it

@@ -354,17 +354,24 @@ def insert_events(db: Database, events: Sequence[Mapping[str, Any]], keep_days: 
 
 
 def fetch_events(
-    db: Database, *, since: float | None = None, until: float | None = None, host: str | None = None
+    db: Database,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    host: str | None = None,
+    task: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The fleet's ledger events in time order, optionally from one host and within [since, until) (epoch s)."""
+    """The fleet's ledger events in time order, optionally one host's or one task's, within [since, until)
+    (epoch seconds)."""
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT data FROM selfheal_ledger"
             " WHERE (%(since)s::float8 IS NULL OR ts >= to_timestamp(%(since)s::float8))"
             " AND (%(until)s::float8 IS NULL OR ts < to_timestamp(%(until)s::float8))"
             " AND (%(host)s::text IS NULL OR host = %(host)s::text)"
+            " AND (%(task)s::text IS NULL OR task = %(task)s::text)"
             " ORDER BY ts, event_id",
-            {"since": since, "until": until, "host": host},
+            {"since": since, "until": until, "host": host, "task": task},
         )
         for (data,) in cur:
             yield dict(data)
