@@ -471,3 +471,19 @@ def test_self_heal_sees_a_tasks_failures_from_every_host(fleet_url: str, tmp_pat
     events = task_events(here, "nightly-report", config=config)
     assert [(e["host"], e["event"], e["error_class"]) for e in events] == [("box-1", "failed", "timeout")]
     assert task_events(here, "nightly-report") == []  # this host's own files know nothing of it
+
+
+def test_health_check_reports_the_fleets_breakers(fleet_url: str, home: Path, tmp_path: Path, clock: FakeClock) -> None:
+    """In fleet mode the health check reads the fleet's breakers: one opened by another host shows here."""
+    config = load_config()
+    fail(host(config, "box-2", tmp_path, clock), "vendor-api", times=5)
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
+        env=script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-1"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["fleet"]["status"] == "ok" and checks["fleet"]["hosts"] == ["box-1", "box-2"]
+    assert checks["breakers"]["status"] == "warn" and checks["breakers"]["detail"].startswith("vendor-api open")

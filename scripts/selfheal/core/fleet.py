@@ -104,6 +104,8 @@ def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False) -> di
     db = Database(store.url, host_id(store), store.connect_timeout_s)
     try:
         report.update(fleet_status(db), reachable=True)  # the first connection migrates the schema
+        for breaker in report["breakers"]:
+            breaker.pop("data", None)
     except StateError as exc:
         report.update(reachable=False, error=str(exc))
     finally:

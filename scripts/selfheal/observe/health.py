@@ -660,26 +660,31 @@ def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, no
     return Check("tasks", OK, "no task is stuck", data)
 
 
-def check_breakers(state: StateRoot, now: float) -> Check:
-    """Open and half-open circuit breakers, read from breakers/*.json under their shared lock, never writing.
+def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] | None = None) -> Check:
+    """Open and half-open circuit breakers, read from breakers/*.json under their shared lock, never writing;
+    in fleet mode, the fleet's rows (`fleet`: their records, as check_fleet read them).
 
     (Breakers.status() takes each breaker's exclusive lock and may save expired entries; a health check only
     looks, and does not import the breaker module.)
     """
-    folder = state.sub("breakers")
-    try:
-        paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
-    except FileNotFoundError:
-        paths = []
+    records: list[tuple[str, Mapping[str, Any] | None]] = []
+    unreadable: list[str] = []
+    if fleet is not None:
+        records = [(str(row.get("target")), row) for row in fleet]
+    else:
+        folder = state.sub("breakers")
+        try:
+            paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
+        except FileNotFoundError:
+            paths = []
+        for path in paths:
+            try:
+                records.append((path.stem, read_json_shared(path)))  # rewritten in place: read under a shared lock
+            except (OSError, CorruptStateError) as exc:
+                unreadable.append(f"{path.name} ({getattr(exc, 'detail', exc)})")
     not_closed: list[dict[str, Any]] = []
     lines: list[str] = []  # `vendor-api open until 2026-11-21T03:13:00Z (5 consecutive failures (transient))`
-    unreadable: list[str] = []
-    for path in paths:
-        try:
-            data = read_json_shared(path)  # breakers are rewritten in place: read under their shared lock
-        except (OSError, CorruptStateError) as exc:
-            unreadable.append(f"{path.name} ({getattr(exc, 'detail', exc)})")
-            continue
+    for name, data in records:
         if data is None:
             continue
         state_now = data.get("state")
@@ -687,12 +692,14 @@ def check_breakers(state: StateRoot, now: float) -> Check:
         if state_now == "open" and isinstance(open_until, (int, float)) and now >= open_until:
             state_now = "half_open"  # its open time is over: the next call is a probe
         if state_now in ("open", "half_open"):
-            target = data.get("target") or path.stem
+            target = data.get("target") or name
             reason = data.get("reason")
             not_closed.append({"target": target, "state": state_now, "open_until": open_until, "reason": reason})
             until = f" until {utc_iso(open_until)}" if state_now == "open" and open_until else ""
             lines.append(f"{target} {state_now.replace('_', '-')}{until}" + (f" ({reason})" if reason else ""))
-    result = {"breakers": len(paths), "not_closed": not_closed, "unreadable": unreadable}
+    result = {"breakers": len(records) + len(unreadable), "not_closed": not_closed, "unreadable": unreadable}
+    if fleet is not None:
+        result["fleet"] = True
     parts = []
     if not_closed:
         parts.append(_names(lines))
@@ -700,7 +707,9 @@ def check_breakers(state: StateRoot, now: float) -> Check:
         parts.append("unreadable: " + _names(unreadable))
     if parts:
         return Check("breakers", WARN, "; ".join(parts), result)
-    return Check("breakers", OK, f"{len(paths)} breaker(s), all closed" if paths else "no breakers", result)
+    count = result["breakers"]
+    where = " in the fleet" if fleet is not None else ""
+    return Check("breakers", OK, f"{count} breaker(s){where}, all closed" if count else "no breakers" + where, result)
 
 
 # -- disk and GPU ------------------------------------------------------------------------------------------------
@@ -784,8 +793,9 @@ def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
     return Check("gpu", OK, f"{best} MiB free on {where}", data)
 
 
-def check_fleet(state: StateRoot, config: Config) -> Check:
-    """Fleet mode: whether the shared database answers (else this host runs degraded on its own files)."""
+def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[Mapping[str, Any]] | None]:
+    """Fleet mode: whether the shared database answers (else this host runs degraded on its own files),
+    and the fleet's breaker records when it does."""
     from ..core.fleet import host_id  # noqa: PLC0415 - fleet mode only: psycopg
     from ..core.ledger import SPOOL  # noqa: PLC0415
     from ..state.pg import Database, fleet_status  # noqa: PLC0415
@@ -804,15 +814,16 @@ def check_fleet(state: StateRoot, config: Config) -> Check:
             f"fleet database unreachable: degraded; this host uses its own breaker files and spools its ledger"
             f" ({waiting} event(s) waiting): {_one_line(str(exc))}"
         )
-        return Check("fleet", WARN, detail, {"reachable": False, "spooled": waiting})
+        return Check("fleet", WARN, detail, {"reachable": False, "spooled": waiting}), None
     finally:
         db.close()
     hosts = [h["host"] for h in status["hosts"]]
     data = {"reachable": True, "spooled": waiting, "schema_version": status["schema_version"], "hosts": hosts}
     detail = f"fleet database reachable: {len(hosts)} host(s) ({_names(hosts)}), schema {status['schema_version']}"
+    breakers: list[Mapping[str, Any]] = [dict(b["data"] or {}, target=b["target"]) for b in status["breakers"]]
     if waiting:
-        return Check("fleet", WARN, detail + f"; {waiting} spooled ledger event(s) not yet replayed", data)
-    return Check("fleet", OK, detail, data)
+        return Check("fleet", WARN, detail + f"; {waiting} spooled ledger event(s) not yet replayed", data), breakers
+    return Check("fleet", OK, detail, data), breakers
 
 
 # -- the mode and the run ----------------------------------------------------------------------------------------
@@ -871,15 +882,16 @@ def run_health_check(
         state.sub("status"), [Path(d) for d in settings.status_dirs], settings.status_max_age_s, now
     )
     runs_check, live = check_runs(state, settings.stuck_after_s, now)
+    fleet_check, fleet_breakers = check_fleet(state, config()) if settings.fleet else (None, None)
     checks = [
         *check_gateway(settings, clock),
         status_check,
         runs_check,
         check_tasks(state, config, clock, now),
-        check_breakers(state, now),
+        check_breakers(state, now, fleet_breakers),
         check_disk(state.root, settings.disk_min_free_mb),
         check_gpu(settings.gpu_min_free_mb, env),
-        *([check_fleet(state, config())] if settings.fleet else []),
+        *([fleet_check] if fleet_check is not None else []),
         *extra,
     ]
     mode, reason = decide(checks, fresh + live)

@@ -396,7 +396,7 @@ def fleet_status(db: Database) -> dict[str, Any]:
             held: dict[str, int] = {}
             for permit in ((data or {}).get("permits") or {}).values():
                 held[str(permit.get("host") or "?")] = held.get(str(permit.get("host") or "?"), 0) + 1
-            breakers.append({"target": target, "state": state, "permits_by_host": held})
+            breakers.append({"target": target, "state": state, "permits_by_host": held, "data": data})
         partitions = ledger_partitions(conn)
         counted = conn.execute(
             "SELECT host, count(*) FROM selfheal_ledger WHERE ts > now() - interval '1 day' GROUP BY host ORDER BY host"
