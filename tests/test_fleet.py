@@ -487,3 +487,30 @@ def test_health_check_reports_the_fleets_breakers(fleet_url: str, home: Path, tm
     checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
     assert checks["fleet"]["status"] == "ok" and checks["fleet"]["hosts"] == ["box-1", "box-2"]
     assert checks["breakers"]["status"] == "warn" and checks["breakers"]["detail"].startswith("vendor-api open")
+
+
+def test_breakers_ride_out_a_database_restart_on_the_hosts_files_and_come_back(
+    postgres: Cluster | External, fleet_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """PostgreSQL stops mid-run: the host's breaker goes on from its own file (and opens there); once the
+    server is back and store.retry_down_s has passed, the fleet's row is used again, and a probe taken from
+    it before the outage no longer holds the probe slot."""
+    cluster = postgres if isinstance(postgres, Cluster) else Cluster()
+    config = load_config()
+    box = host(config, "box-1", tmp_path, clock)
+    fail(box, times=5)  # open in the fleet
+    clock.advance(config.breakers.open_s)
+    probe = box.acquire("qwen")  # the fleet's single probe slot
+    assert probe.probe and probe.shared
+    cluster.stop()
+    try:
+        box.release(probe, ok=True)  # lands on the file: the row cannot be reached
+        fail(box, times=5)
+        with pytest.raises(BreakerOpen, match="is open"):
+            box.acquire("qwen")
+        assert (tmp_path / "box-1" / "breakers" / "qwen.json").is_file()
+    finally:
+        cluster.start()
+    clock.advance(config.store.retry_down_s + 1)
+    again = box.acquire("qwen")  # the fleet's row again: half-open, and the old probe is gone from it
+    assert again.shared and again.probe

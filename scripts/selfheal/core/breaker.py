@@ -184,6 +184,8 @@ class Breakers:
                     data = row.data or _fresh(target)
                     before = data["state"]
                     self._expire(data)
+                    for orphan in _take_orphans(target):  # released here while the database was down
+                        data["permits"].pop(orphan, None)
                     data["_shared"] = True
                     ran = True
                     try:
@@ -335,6 +337,10 @@ class Breakers:
         s = self.settings
         with self._locked(permit.target) as data:
             data["permits"].pop(permit.id, None)
+            if permit.shared and not data.get("_shared"):
+                # Granted by the fleet's row, released while its database is down: the row still holds
+                # the permit (a probe's would block probing); it is dropped there at the next chance.
+                _orphans.setdefault(permit.target, set()).add(permit.id)
             now = self.clock.time()
             counted = not ok and error_class in s.counted_classes
             if ok or counted:
@@ -411,6 +417,14 @@ class Breakers:
             permits = data["permits"]
             data.clear()
             data.update(_fresh(target), permits=permits, reason="reset by hand", last_change=self.clock.time())
+
+
+# Permits of this process granted by the fleet's database and released while it was down, per target.
+_orphans: dict[str, set[str]] = {}
+
+
+def _take_orphans(target: str) -> set[str]:
+    return _orphans.pop(target, set())
 
 
 def _set_aside(path: Path, raw: bytes, now: float) -> Path | None:
