@@ -514,3 +514,36 @@ def test_breakers_ride_out_a_database_restart_on_the_hosts_files_and_come_back(
     clock.advance(config.store.retry_down_s + 1)
     again = box.acquire("qwen")  # the fleet's row again: half-open, and the old probe is gone from it
     assert again.shared and again.probe
+
+
+def test_fleet_mode_without_the_driver_degrades_and_says_how_to_fix_it(home: Path) -> None:
+    """A URL set but psycopg missing (no install.sh --fleet): calls go on from this host's files, events
+    are spooled, and the health check and `tasks.py fleet status` name the fix."""
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['psycopg'] = None\n"  # makes `import psycopg` raise ImportError
+        "from selfheal.core.breaker import Breakers\n"
+        "from selfheal.core.config import load_config\n"
+        "from selfheal.core.ledger import Ledger\n"
+        "from selfheal.state.root import StateRoot\n"
+        "config = load_config()\n"
+        "state = StateRoot.from_env().ensure()\n"
+        "ledger = Ledger(state, config)\n"
+        "b = Breakers(state, config.breakers, ledger=ledger)\n"
+        "b.release(b.acquire('qwen'), ok=True)\n"
+        "ledger.record('retry', task='t')\n"
+        "print(ledger.spool_path.read_text().count('\\n'))\n"
+        f"sys.argv = ['health_check.py', '--json']\n"
+        "try:\n"
+        f"    runpy.run_path({str(SCRIPTS / 'health_check.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+    )
+    env = script_env(home, PYTHONPATH=str(SCRIPTS), SELFHEAL_DATABASE_URL="postgresql://selfheal@db.invalid/x")
+    proc = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    spooled, report = proc.stdout.split("\n", 1)
+    assert spooled == "1"  # the event waits in the spool for a driver and a database
+    fleet = next(c for c in json.loads(report)["checks"] if c["name"] == "fleet")
+    assert fleet["status"] == "warn" and "./install.sh --fleet" in fleet["detail"]
+    assert "./install.sh --fleet" in proc.stderr  # the warning logged once for the calls

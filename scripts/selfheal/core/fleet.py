@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _HOSTNAME = socket.gethostname()
+NO_DRIVER = "fleet mode is on (store.url) but psycopg is not installed here: run ./install.sh --fleet"
 _down_lock = threading.Lock()
 # url -> (monotonic time until which the database counts as down, why)
 _down: dict[str, tuple[float, str]] = {}
@@ -45,8 +46,11 @@ def fleet_database(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> Data
             if clock.monotonic() < down[0]:
                 return None
             del _down[store.url]
-    from ..state.pg import database_for  # noqa: PLC0415 - psycopg only in fleet mode
-
+    try:
+        from ..state.pg import database_for  # noqa: PLC0415 - psycopg only in fleet mode
+    except ImportError:
+        mark_down(store, NO_DRIVER, clock=clock)
+        return None
     return database_for(store.url, host_id(store), store.connect_timeout_s)
 
 
@@ -88,7 +92,10 @@ def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False) -> di
             "fleet mode is off: set store.url in config.yaml or SELFHEAL_DATABASE_URL (postgresql://...),"
             " and install the driver with ./install.sh --fleet"
         )
-    from ..state.pg import SCHEMA_VERSION, Database, fleet_status  # noqa: PLC0415 - psycopg only in fleet mode
+    try:
+        from ..state.pg import SCHEMA_VERSION, Database, fleet_status  # noqa: PLC0415 - psycopg only in fleet mode
+    except ImportError:
+        raise UsageError(NO_DRIVER) from None
 
     try:
         with spool.open("rb") as fh:

@@ -796,9 +796,13 @@ def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
 def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[Mapping[str, Any]] | None]:
     """Fleet mode: whether the shared database answers (else this host runs degraded on its own files),
     and the fleet's breaker records when it does."""
-    from ..core.fleet import host_id  # noqa: PLC0415 - fleet mode only: psycopg
+    from ..core.fleet import NO_DRIVER, host_id  # noqa: PLC0415 - fleet mode only: psycopg
     from ..core.ledger import SPOOL  # noqa: PLC0415
-    from ..state.pg import Database, fleet_status  # noqa: PLC0415
+
+    try:
+        from ..state.pg import Database, fleet_status  # noqa: PLC0415
+    except ImportError:
+        return Check("fleet", WARN, f"{NO_DRIVER}; degraded: this host uses its own files", {"reachable": False}), None
 
     spool = state.sub("fleet") / SPOOL
     try:

@@ -123,8 +123,13 @@ class Database:
         """The open connection (autocommit), for this thread alone while the block runs."""
         with self._lock:
             try:
-                if self._conn is None or self._conn.closed or self._pid != os.getpid():
-                    self._conn = None  # a forked child never uses its parent's socket
+                if self._conn is not None and self._pid != os.getpid():
+                    # A forked child never uses, nor closes, its parent's socket: closing it (which
+                    # garbage collection would do) would end the parent's session too.
+                    _inherited.append(self._conn)
+                    self._conn = None
+                if self._conn is None or self._conn.closed:
+                    self._conn = None
                     self._conn = self._connect()
                     self._pid = os.getpid()
                 yield self._conn
@@ -148,6 +153,7 @@ class Database:
 
 
 _databases: dict[tuple[str, str, int], Database] = {}
+_inherited: list[psycopg.Connection[Any]] = []  # a forked child's copies of its parent's connections, kept open
 _databases_lock = threading.Lock()
 
 
