@@ -547,3 +547,21 @@ def test_fleet_mode_without_the_driver_degrades_and_says_how_to_fix_it(home: Pat
     fleet = next(c for c in json.loads(report)["checks"] if c["name"] == "fleet")
     assert fleet["status"] == "warn" and "./install.sh --fleet" in fleet["detail"]
     assert "./install.sh --fleet" in proc.stderr  # the warning logged once for the calls
+
+
+def test_a_process_in_use_keeps_its_hosts_heartbeat_fresh(fleet_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """selfheal_hosts.last_seen moves on while a host works, not only when it connects (every HEARTBEAT_S)."""
+    db = pg.Database(fleet_url, "box-1")
+
+    def last_seen() -> object:
+        with psycopg.connect(fleet_url) as conn:
+            row = conn.execute("SELECT last_seen FROM selfheal_hosts WHERE host = 'box-1'").fetchone()
+        return row[0] if row else None
+
+    pg.breaker_targets(db)
+    first = last_seen()
+    pg.breaker_targets(db)
+    assert last_seen() == first  # within HEARTBEAT_S: no extra statement
+    monkeypatch.setattr(pg, "HEARTBEAT_S", 0.0)
+    pg.breaker_targets(db)
+    assert last_seen() > first  # type: ignore[operator]

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ from ..errors import StateError
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most this often (one statement)
 _MIGRATE_LOCK = 0x5E1F_4EA1  # pg_advisory_xact_lock key: one host migrates, the others wait and see it done
 _PARTITION_LOCK = 0x5E1F_4EA2
 
@@ -94,6 +96,7 @@ class Database:
     _pid: int = field(default=0, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     _days: set[str] = field(default_factory=set, init=False, repr=False)
+    _beat: float = field(default=0.0, init=False, repr=False)
 
     def _connect(self) -> psycopg.Connection[Any]:
         kwargs: dict[str, Any] = {
@@ -108,15 +111,20 @@ class Database:
         conn = psycopg.connect(self.url, **kwargs)
         try:
             migrate(conn)
-            conn.execute(
-                "INSERT INTO selfheal_hosts (host, pid) VALUES (%s, %s)"
-                " ON CONFLICT (host) DO UPDATE SET last_seen = now(), pid = EXCLUDED.pid",
-                (self.host, os.getpid()),
-            )
+            self._heartbeat(conn)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
+        """This host's row in selfheal_hosts: last seen now, by this process."""
+        conn.execute(
+            "INSERT INTO selfheal_hosts (host, pid) VALUES (%s, %s)"
+            " ON CONFLICT (host) DO UPDATE SET last_seen = now(), pid = EXCLUDED.pid",
+            (self.host, os.getpid()),
+        )
+        self._beat = time.monotonic()
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -132,6 +140,8 @@ class Database:
                     self._conn = None
                     self._conn = self._connect()
                     self._pid = os.getpid()
+                elif time.monotonic() - self._beat >= HEARTBEAT_S:
+                    self._heartbeat(self._conn)
                 yield self._conn
             except psycopg.Error as exc:
                 self.close()
