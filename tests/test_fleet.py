@@ -565,3 +565,34 @@ def test_a_process_in_use_keeps_its_hosts_heartbeat_fresh(fleet_url: str, monkey
     monkeypatch.setattr(pg, "HEARTBEAT_S", 0.0)
     pg.breaker_targets(db)
     assert last_seen() > first  # type: ignore[operator]
+
+
+def test_an_open_breaker_refuses_without_waiting_for_the_row_lock(
+    fleet_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """Once a process has seen the fleet's breaker open, its refusals read the row without locking it, so a
+    fleet of refused callers never queues behind the row's lock."""
+    import threading
+
+    config = load_config()
+    box1, box2 = host(config, "box-1", tmp_path, clock), host(config, "box-2", tmp_path, clock)
+    fail(box1, times=5)
+    with pytest.raises(BreakerOpen):
+        box2.acquire("qwen")  # box-2 learns that it is open
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            box2.acquire("qwen")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(fleet_url) as holder:
+        holder.execute("SELECT data FROM selfheal_breakers WHERE target = 'qwen' FOR UPDATE")
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(timeout=5)  # only a failing run waits this long
+        done = not asking.is_alive()
+        holder.rollback()
+    asking.join()
+    assert done and isinstance(outcome[0], BreakerOpen)

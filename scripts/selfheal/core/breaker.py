@@ -234,6 +234,10 @@ class Breakers:
         self._record_move(target, before, data)
 
     def _record_move(self, target: str, before: str, data: dict[str, Any]) -> None:
+        if data["state"] == OPEN:
+            _seen_open[target] = data["open_until"]
+        else:
+            _seen_open.pop(target, None)
         if data["state"] != before and self.ledger is not None:
             fields: dict[str, Any] = {"reason": data.get("reason"), "trips": data.get("trips")}
             if data["state"] == OPEN:
@@ -300,14 +304,17 @@ class Breakers:
         s = self.settings
         # Most requests to a target whose breaker is open are refused: that needs no lock, because a
         # file replaced atomically is always read whole. Only the move to half-open takes the lock.
-        # (In fleet mode the locked read below costs as much as this one: it is skipped.)
-        seen = self._load(target) if self.store is None or not self.store.fleet else None
+        # In fleet mode a read costs a round trip: it is made only while this process last saw the
+        # breaker open (then a refusal takes one round trip and no row lock), else the locked read serves.
+        fleet = self.store is not None and self.store.fleet
+        seen = self._load(target) if not fleet or _seen_open.get(target, 0) > self.clock.time() else None
         if seen is not None and seen["state"] == OPEN and self.clock.time() < (seen["open_until"] or 0):
             raise BreakerOpen(target, OPEN, seen["open_until"], seen.get("reason") or "open")
         with self._locked(target) as data:
             now = self.clock.time()
             if data["state"] == OPEN:
                 if now < data["open_until"]:
+                    _seen_open[target] = data["open_until"]
                     raise BreakerOpen(target, OPEN, data["open_until"], data.get("reason") or "open")
                 self._move(data, HALF_OPEN, "open period over; probing")
             in_flight = list(data["permits"].values())
@@ -419,6 +426,8 @@ class Breakers:
             data.update(_fresh(target), permits=permits, reason="reset by hand", last_change=self.clock.time())
 
 
+# Until when this process last saw each target's breaker open (wall time): worth an unlocked read first.
+_seen_open: dict[str, float] = {}
 # Permits of this process granted by the fleet's database and released while it was down, per target.
 _orphans: dict[str, set[str]] = {}
 
