@@ -41,7 +41,6 @@ the gateway's port, psutil once a run is in progress, the task tree once it has 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -288,7 +287,12 @@ def _file_stamp(path: str) -> list[int] | None:
 def _env_stamp(env: Mapping[str, str]) -> dict[str, str | None]:
     stamp = {name: env.get(name) for name in _ENV_INPUTS}
     url = env.get("SELFHEAL_DATABASE_URL")  # it may hold a password: kept as a digest only
-    stamp["SELFHEAL_DATABASE_URL"] = hashlib.sha256(url.encode()).hexdigest()[:16] if url else None
+    if url:
+        import hashlib  # noqa: PLC0415 - fleet mode only: the cron path stays lean
+
+        stamp["SELFHEAL_DATABASE_URL"] = hashlib.sha256(url.encode()).hexdigest()[:16]
+    else:
+        stamp["SELFHEAL_DATABASE_URL"] = None
     return stamp
 
 
