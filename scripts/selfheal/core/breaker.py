@@ -169,12 +169,12 @@ class Breakers:
         return None if self.store is None else fleet_database(self.store, clock=self.clock)
 
     @contextlib.contextmanager
-    def _locked(self, target: str, *, shared: bool | None = None) -> Iterator[dict[str, Any]]:
+    def _locked(self, target: str) -> Iterator[dict[str, Any]]:
         """The target's state under an exclusive lock (the fleet's row, else this host's file); whatever
-        the block leaves in it is written back before the lock is released. `shared=False` skips the
-        fleet; the record's `_shared` key says which one the block got."""
+        the block leaves in it is written back before the lock is released. The record's `_shared` key
+        says, while the block runs, which one it got."""
         validate_id(target, "target")
-        db = self._shared() if shared is not False else None
+        db = self._shared()
         if db is not None:
             from ..state.pg import locked_breaker  # noqa: PLC0415 - psycopg only in fleet mode
 
