@@ -4,6 +4,7 @@
 #
 #   ./install.sh          runtime dependencies only
 #   ./install.sh --dev    also the test, lint and benchmark tools
+#   ./install.sh --fleet  also the PostgreSQL driver for fleet mode (store.url or SELFHEAL_DATABASE_URL)
 #   ./install.sh --cron   edit THIS USER's crontab: the health check every 5 minutes, fix tasks every minute,
 #                         regular tasks every 10 minutes (three marked lines; HOME, SELFHEAL_HOME, PATH pinned)
 #   ./install.sh --no-cron  remove exactly those lines (SELFHEAL_CRONTAB names another crontab command)
@@ -13,6 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 DEV=0
+FLEET=0
 CRON=keep
 CRONTAB="${SELFHEAL_CRONTAB:-crontab}"
 CRON_MARK="# self-heal health check"
@@ -21,12 +23,13 @@ REGULAR_MARK="# self-heal regular tasks"
 OPENCLAW_CRON=0
 
 usage() {
-    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 for arg in "$@"; do
     case "$arg" in
         --dev) DEV=1 ;;
+        --fleet) FLEET=1 ;;
         --cron) CRON=add ;;
         --no-cron) CRON=remove ;;
         --openclaw-cron) OPENCLAW_CRON=1 ;;
@@ -77,22 +80,25 @@ fi
 VPY="$VENV/bin/python"
 
 # 3. Dependencies: the ranges in pyproject.toml, read by the venv's own Python.
-mapfile -t DEPS < <("$VPY" - "$ROOT/pyproject.toml" "$DEV" <<'PYEOF'
+mapfile -t DEPS < <("$VPY" - "$ROOT/pyproject.toml" "$DEV" "$FLEET" <<'PYEOF'
 import re, sys
 text = open(sys.argv[1], encoding="utf-8").read()
 want_dev = sys.argv[2] == "1"
+want_fleet = len(sys.argv) > 3 and sys.argv[3] == "1"
 try:
     import tomllib
     project = tomllib.loads(text)["project"]
     deps = list(project["dependencies"])
     if want_dev:
         deps += project["optional-dependencies"]["dev"]
-except ImportError:  # Python 3.10 has no tomllib; these two arrays are plain lists of strings
+    if want_fleet:
+        deps += project["optional-dependencies"]["fleet"]
+except ImportError:  # Python 3.10 has no tomllib; these arrays are plain lists of strings
     def array(name):
         match = re.search(r"(?ms)^%s\s*=\s*\[(.*?)^\]" % re.escape(name), text)
         return re.findall(r'"([^"]+)"', match.group(1)) if match else []
-    deps = array("dependencies") + (array("dev") if want_dev else [])
-print("\n".join(deps))
+    deps = array("dependencies") + (array("dev") if want_dev else []) + (array("fleet") if want_fleet else [])
+print("\n".join(dict.fromkeys(deps)))
 PYEOF
 )
 say "installing ${#DEPS[@]} packages into .venv"

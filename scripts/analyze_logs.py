@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--since", metavar="WHEN", help="24h, 30m, 7d, an ISO date or time, or all")
     parser.add_argument("--until", metavar="WHEN", help="the same forms; default now (also ends P3's recent period)")
     parser.add_argument("--task", metavar="ID", help="only this task's events (and OpenClaw cron jobs of that name)")
+    parser.add_argument(
+        "--host", metavar="NAME", help="fleet mode: only this host's events from the fleet's ledger (SELFHEAL_HOST_ID)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     cli.setup_logging()
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     until = parse_when(args.until, now=now, flag="--until") if args.until else None
     if args.task is not None:
         validate_id(args.task)
+    if args.host is not None:
+        validate_id(args.host, "host")
     report = analyze(
         args.paths or None,
         since=since,
@@ -55,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=get_config(),
         now=now,
         default_since=args.since is None,
+        host=args.host,
     )
     for item in report["inputs"]:
         if item.get("error") and not args.json:

@@ -9,14 +9,15 @@
   tasks.py mark NAME start|end|error|crash|manual|void        record a state by hand (agents, people)
   tasks.py set NAME --analysis TEXT ... | reparent NAME --parent P | beat NAME | void NAME
   tasks.py check-stuck [--dry-run] | archive [--older-than DAYS]
+  tasks.py fleet init|status                                  fleet mode: the shared PostgreSQL (store.url)
 
 Run order: fix tasks, then regular, then creative; then priority; then deeper tasks first; then oldest.
 A parent runs only when each of its children is END, VOID or REQUIRES_MANUAL.
 
-Exit codes: 0 ok (run-next: it succeeded, or there was nothing to do); 1 check-stuck found stuck tasks;
-2 usage error (unknown task, illegal transition, bad parent, duplicate name, a symbolic link planted under
-the state root); 3 the task failed, or the task tree could not be written (disk full, read-only: the
-message names the file; run-next then runs nothing);
+Exit codes: 0 ok (run-next: it succeeded, or there was nothing to do); 1 check-stuck found stuck tasks,
+or fleet status found the fleet's database unreachable; 2 usage error (unknown task, illegal transition,
+bad parent, duplicate name, a symbolic link planted under the state root); 3 the task failed, or the task
+tree could not be written (disk full, read-only: the message names the file; run-next then runs nothing);
 4 not attempted (the tree is locked, or the task is running or waits for its children).
 With --json, stdout holds exactly one JSON object; a task's output goes to tasks/NAME.log.
 The tree lives in tasks.db under the state root (SQLite); a tree of tasks/*.json files from an older
@@ -41,7 +42,8 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
-from selfheal.core.ledger import Ledger  # noqa: E402
+from selfheal.core.fleet import fleet_report  # noqa: E402
+from selfheal.core.ledger import SPOOL, Ledger  # noqa: E402
 from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, SelfHealError  # noqa: E402
@@ -403,6 +405,9 @@ def build_parser() -> cli.ArgumentParser:
     log = command("log", "the end of a task's output log")
     log.add_argument("name")
     log.add_argument("--lines", type=int, default=50)
+
+    fleet = command("fleet", "fleet mode (store.url): init creates or migrates the shared database; status shows it")
+    fleet.add_argument("action", choices=["init", "status"])
     return parser
 
 
@@ -691,6 +696,26 @@ def _op_log(store: TaskStore, args: argparse.Namespace, parser: argparse.Argumen
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[-args.lines :] if path.exists() else []
     _emit(args, {"ok": True, "task": args.name, "log": str(path), "lines": lines}, lines or f"no output yet ({path})")
     return EXIT_OK
+
+
+def _op_fleet(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    config = store.config
+    report = fleet_report(config.store, store.state.sub("fleet") / SPOOL, init=args.action == "init")
+    lines = [f"fleet database {report['url']} (this host: {report['host']})"]
+    if not report["reachable"]:
+        lines.append(f"fleet database unreachable: degraded ({report['error']})")
+    else:
+        lines.append(f"schema version {report['schema_version']}" + (" (ready)" if report["initialized"] else ""))
+        for h in report["hosts"]:
+            lines.append(f"  host {h['host']}: last seen {h['last_seen']} (pid {h['pid']})")
+        for b in report["breakers"]:
+            held = ", ".join(f"{k}: {v}" for k, v in b["permits_by_host"].items()) or "none"
+            lines.append(f"  breaker {b['target']}: {b['state']}, permits held {held}")
+        lines.append(f"  ledger: {report['ledger']['partitions']} day partition(s)")
+    if report["spooled_events"]:
+        lines.append(f"{report['spooled_events']} ledger event(s) spooled on this host, waiting for the database")
+    _emit(args, report, lines)
+    return EXIT_OK if report["reachable"] else EXIT_PROBLEMS
 
 
 if __name__ == "__main__":

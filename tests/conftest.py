@@ -13,6 +13,7 @@ import pytest
 
 if TYPE_CHECKING:
     from helpers.openclaw import OpenClaw
+    from helpers.postgres import Cluster, External
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -78,6 +79,28 @@ def openclaw() -> OpenClaw:
     from helpers.openclaw import ensure_openclaw
 
     return ensure_openclaw()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster | External]:
+    """One throwaway PostgreSQL for the whole session (tests/helpers/postgres.py), or the server named by
+    SELFHEAL_TEST_DATABASE_URL; never skipped: when none can be started, the tests that need it fail."""
+    from helpers.postgres import Cluster, External
+
+    url = os.environ.get("SELFHEAL_TEST_DATABASE_URL")
+    server: Cluster | External = External(url) if url else Cluster()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def fleet_url(postgres: Cluster | External, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Fleet mode on: a fresh database of the session's server, named by SELFHEAL_DATABASE_URL."""
+    url = postgres.new_database()
+    monkeypatch.setenv("SELFHEAL_DATABASE_URL", url)
+    return url
 
 
 def script_env(home: Path, **extra: str) -> dict[str, str]:

@@ -24,6 +24,11 @@ place under an exclusive `flock` of the file itself (compact JSON, no temporary 
 fsync), and read under a shared one. A process killed mid-write leaves a file the next reader cannot
 parse: that file is moved aside (reported) and the breaker starts closed, which costs at most a few
 requests. `read_breaker()` reads one for anyone else (the health check).
+
+Fleet mode (store.url): the same record lives in one PostgreSQL row per target, changed under
+`SELECT ... FOR UPDATE`, so every host shares one breaker per target. Permits carry their host: a
+permit of this host is checked by pid and start time as above, one of another host is forgotten after
+`store.remote_permit_s`. While the database is down, each host uses its own files (degraded mode).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError, UsageError
 from ..state.root import StateRoot, open_rewrite, read_json_shared, validate_id, write_bytes_atomic
-from .config import BreakerSettings
+from .config import BreakerSettings, StoreSettings
+from .fleet import fleet_database, host_id, mark_down, mark_up
 from .ledger import Ledger
 from .process import ProcessIdentity, identify, still_running
 
@@ -85,6 +91,7 @@ class Permit:
     probe: bool
     recorded: bool = True  # False: the breaker's file could not be used, so this call goes unguarded
     eject_probe: bool = False  # the request that tests an ejected target after its cooldown
+    shared: bool = False  # granted by the fleet's database, not this host's file
 
 
 @functools.lru_cache(maxsize=4)
@@ -168,11 +175,15 @@ class Breakers:
         *,
         clock: Clock = SYSTEM_CLOCK,
         ledger: Ledger | None = None,
+        store: StoreSettings | None = None,
     ) -> None:
         self.state = state
         self.settings = settings
         self.clock = clock
         self.ledger = ledger
+        # Fleet mode comes with the configuration: given, or the ledger's.
+        self.store = store if store is not None else (ledger.config.store if ledger is not None else None)
+        self.host = host_id(self.store) if self.store is not None else None
         self._me = _identity_of(os.getpid())
 
     # -- the file --------------------------------------------------------------------------------------------
@@ -180,10 +191,49 @@ class Breakers:
     def _path(self, target: str) -> Any:
         return self.state.sub("breakers") / f"{validate_id(target, 'target')}.json"
 
+    def _shared(self) -> Any:
+        """The fleet's database to use now, or None (single host, or the database is down)."""
+        return None if self.store is None else fleet_database(self.store, clock=self.clock)
+
     @contextlib.contextmanager
     def _locked(self, target: str) -> Iterator[dict[str, Any]]:
-        """The target's state, read under its file's exclusive lock; whatever the block leaves in it is
-        written back in place before the lock is released."""
+        """The target's state under an exclusive lock (the fleet's row, else this host's file); whatever
+        the block leaves in it is written back before the lock is released. The record's `_shared` key
+        says, while the block runs, which one it got."""
+        validate_id(target, "target")
+        db = self._shared()
+        if db is not None:
+            from ..state.pg import locked_breaker  # noqa: PLC0415 - psycopg only in fleet mode
+
+            ran = body_failed = False
+            try:
+                with locked_breaker(db, target) as row:
+                    data = row.data or _fresh(target)
+                    before = data["state"]
+                    self._expire(data)
+                    for orphan in _take_orphans(target):  # released here while the database was down
+                        data["permits"].pop(orphan, None)
+                    data["_shared"] = True
+                    ran = True
+                    try:
+                        yield data
+                    except BaseException:
+                        body_failed = True
+                        raise
+                    data.pop("_shared", None)
+                    row.data = data
+            except StateError as exc:
+                if body_failed:
+                    raise
+                mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
+                if ran:  # the block ran but its change could not be committed: nothing to run again
+                    logger.warning("breaker %r: a change was lost with the fleet database: %s", target, exc)
+                    return
+                # The database failed before the block ran: run it on this host's file instead, below.
+            else:
+                mark_up(self.store)  # type: ignore[arg-type]
+                self._record_move(target, before, data)
+                return
         path = self._path(target)
         fd = open_rewrite(path)  # never through a planted link (UnsafeStateError)
         try:
@@ -198,7 +248,9 @@ class Breakers:
                 raw = b""
             before = data["state"]
             self._expire(data)
+            data["_shared"] = False
             yield data
+            data.pop("_shared", None)
             new = _encode(data)
             if new != raw:  # a refused request, or a look, changes nothing: no write
                 try:
@@ -208,6 +260,13 @@ class Breakers:
                     raise StateWriteError(path, exc) from exc
         finally:
             os.close(fd)  # releases the lock
+        self._record_move(target, before, data)
+
+    def _record_move(self, target: str, before: str, data: dict[str, Any]) -> None:
+        if data["state"] == OPEN:
+            _seen_open[target] = data["open_until"]
+        else:
+            _seen_open.pop(target, None)
         if data["state"] != before and self.ledger is not None:
             fields: dict[str, Any] = {"reason": data.get("reason"), "trips": data.get("trips")}
             if data["state"] == OPEN:
@@ -218,6 +277,14 @@ class Breakers:
     def _load(self, target: str) -> dict[str, Any]:
         """The target's state as last written, or a fresh closed breaker (an unreadable file is dealt
         with by the next writer, under the exclusive lock)."""
+        db = self._shared()
+        if db is not None:
+            from ..state.pg import read_breaker_row  # noqa: PLC0415 - psycopg only in fleet mode
+
+            try:
+                return read_breaker_row(db, validate_id(target, "target")) or _fresh(target)
+            except StateError as exc:
+                mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
         try:
             return read_breaker(self._path(target)) or _fresh(target)
         except CorruptStateError:
@@ -229,8 +296,14 @@ class Breakers:
         horizon = now - self.settings.window_s
         data["window"] = [bucket for bucket in data["window"] if bucket[0] >= horizon]
         stale = now - self.settings.stale_permit_s
+        # Another host's process cannot be looked up from here: its permit lasts store.remote_permit_s.
+        remote_stale = now - self.store.remote_permit_s if self.store is not None else stale
         kept = {}
         for pid_key, permit in data["permits"].items():
+            if permit.get("host", self.host) != self.host:
+                if permit["started"] >= max(stale, remote_stale):
+                    kept[pid_key] = permit
+                continue
             owner = ProcessIdentity(permit["pid"], permit["create_time"]) if permit.get("create_time") else None
             if permit["started"] >= stale and (owner is None or still_running(owner) is not None):
                 kept[pid_key] = permit
@@ -272,10 +345,13 @@ class Breakers:
         s = self.settings
         # Most requests to a target whose breaker is open are refused: that needs no lock, because a
         # file replaced atomically is always read whole. Only the move to half-open takes the lock.
-        seen = self._load(target)
-        if seen["state"] == OPEN and self.clock.time() < (seen["open_until"] or 0):
+        # In fleet mode a read costs a round trip: it is made only while this process last saw the
+        # breaker open (then a refusal takes one round trip and no row lock), else the locked read serves.
+        fleet = self.store is not None and self.store.fleet
+        seen = self._load(target) if not fleet or _seen_open.get(target, 0) > self.clock.time() else None
+        if seen is not None and seen["state"] == OPEN and self.clock.time() < (seen["open_until"] or 0):
             raise BreakerOpen(target, OPEN, seen["open_until"], seen.get("reason") or "open")
-        if avoid_ejected and self.clock.time() < (seen.get("ejected_until") or 0):
+        if avoid_ejected and seen is not None and self.clock.time() < (seen.get("ejected_until") or 0):
             raise Ejected(target, "ejected", seen["ejected_until"], seen.get("eject_reason") or "failing often")
         eject_probe = False
         with self._locked(target) as data:
@@ -288,6 +364,7 @@ class Breakers:
                 eject_probe = True
             if data["state"] == OPEN:
                 if now < data["open_until"]:
+                    _seen_open[target] = data["open_until"]
                     raise BreakerOpen(target, OPEN, data["open_until"], data.get("reason") or "open")
                 self._move(data, HALF_OPEN, "open period over; probing")
             in_flight = list(data["permits"].values())
@@ -302,8 +379,9 @@ class Breakers:
                     None,
                     f"{failures} recent failures and {len(in_flight)} requests in flight use the failure budget",
                 )
-            permit = Permit(target, secrets.token_hex(6), probe, eject_probe)
+            permit = Permit(target, secrets.token_hex(6), probe, eject_probe, shared=bool(data.get("_shared")))
             data["permits"][permit.id] = {
+                "host": self.host,
                 "pid": os.getpid(),
                 "create_time": self._me.create_time if self._me else None,
                 "started": now,
@@ -326,6 +404,10 @@ class Breakers:
         s = self.settings
         with self._locked(permit.target) as data:
             data["permits"].pop(permit.id, None)
+            if permit.shared and not data.get("_shared"):
+                # Granted by the fleet's row, released while its database is down: the row still holds
+                # the permit (a probe's would block probing); it is dropped there at the next chance.
+                _orphans.setdefault(permit.target, set()).add(permit.id)
             now = self.clock.time()
             counted = not ok and error_class in s.counted_classes
             if ok or counted:
@@ -419,6 +501,7 @@ class Breakers:
         """The target's breaker as it stands now (an open one past its time reads as half_open)."""
         with self._locked(target) as data:
             view = dict(data)
+        view.pop("_shared", None)
         if view["state"] == OPEN and self.clock.time() >= view["open_until"]:
             view["state"] = HALF_OPEN
         view["in_flight"] = len(view.pop("permits"))
@@ -426,6 +509,14 @@ class Breakers:
         return view
 
     def targets(self) -> list[str]:
+        db = self._shared()
+        if db is not None:
+            from ..state.pg import breaker_targets  # noqa: PLC0415 - psycopg only in fleet mode
+
+            try:
+                return breaker_targets(db)
+            except StateError as exc:
+                mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
         folder = self.state.sub("breakers")
         if not folder.is_dir():
             return []
@@ -452,6 +543,16 @@ class Breakers:
             permits = data["permits"]
             data.clear()
             data.update(_fresh(target), permits=permits, reason="reset by hand", last_change=self.clock.time())
+
+
+# Until when this process last saw each target's breaker open (wall time): worth an unlocked read first.
+_seen_open: dict[str, float] = {}
+# Permits of this process granted by the fleet's database and released while it was down, per target.
+_orphans: dict[str, set[str]] = {}
+
+
+def _take_orphans(target: str) -> set[str]:
+    return _orphans.pop(target, set())
 
 
 def _set_aside(path: Path, raw: bytes, now: float) -> Path | None:

@@ -50,6 +50,27 @@ def _check_url(value: object) -> str | None:
     return None
 
 
+_DB_URL = re.compile(r"postgres(ql)?://(?P<auth>[^@/\s]*@)?[^\s/]*(/[^\s?]*)?(\?\S*)?\Z")
+
+
+def check_database_url(value: object, *, password_allowed: bool = False) -> str | None:
+    """Why `value` cannot be the fleet database's URL, or None. A password may come only from the environment."""
+    match = _DB_URL.match(value) if isinstance(value, str) else None
+    if not match:
+        return "must be a postgresql:// URL, e.g. postgresql://selfheal@db.example:5432/selfheal"
+    auth = match.group("auth") or ""
+    has_password = ":" in auth or re.search(r"[?&]password=", str(value)) is not None
+    if has_password and not password_allowed:
+        return "must not hold a password: set SELFHEAL_DATABASE_PASSWORD (or PGPASSWORD) in the environment instead"
+    return None
+
+
+def mask_url_password(url: str) -> str:
+    """The URL with any password replaced by ***, for messages."""
+    url = re.sub(r"(://[^:@/\s]*:)[^@/\s]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&\s]*", r"\1***", url)
+
+
 def _check_env_name(value: object) -> str | None:
     if value is not None and not (isinstance(value, str) and _ENV_NAME.match(value)):
         return "must be an environment variable name (letters, digits, underscore)"
@@ -236,6 +257,23 @@ class LedgerSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """Fleet mode: where hosts share breakers and the ledger (PostgreSQL); unset url means this host alone."""
+
+    # Checked by the loader (its message masks a password), not by field metadata.
+    url: str | None
+    # Unset means the host's name; SELFHEAL_HOST_ID overrides it.
+    host_id: str | None = field(metadata=_meta(check=_check_id))
+    connect_timeout_s: float = field(metadata=_meta(gt=0, hi=600))
+    retry_down_s: float = field(metadata=_meta(lo=0, hi=86400))
+    remote_permit_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
+
+    @property
+    def fleet(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
 class LogSettings:
     max_bytes: int = field(metadata=_meta(lo=4096))
     backups: int = field(metadata=_meta(lo=0, hi=100))
@@ -380,6 +418,7 @@ class Config:
     snapshots: SnapshotSettings
     process: ProcessSettings
     ledger: LedgerSettings
+    store: StoreSettings
     log: LogSettings
     redact: RedactSettings
     models: ModelSettings
@@ -703,7 +742,7 @@ def load_config(
     user_models = user.get("models") if isinstance(user, dict) else None
     if isinstance(user_models, dict) and "chain" in user_models:
         config = dataclasses.replace(config, chain_configured=True)
-    return config
+    return _store_from_env(config, env)
 
 
 def _paths(value: object, prefix: str) -> list[str]:
@@ -888,6 +927,23 @@ def _retries_as_attempts(layer: dict[str, Any], marks: _Marks, file: str) -> Non
             marks[f"policies.{name}.attempts"] = mark
 
 
+def _store_from_env(config: Config, env: Mapping[str, str]) -> Config:
+    """SELFHEAL_DATABASE_URL and SELFHEAL_HOST_ID override store.url and store.host_id."""
+    url = env.get("SELFHEAL_DATABASE_URL") or None
+    host = env.get("SELFHEAL_HOST_ID") or None
+    if url is None and host is None:
+        return config
+    if url is not None:
+        # The variable is the environment, so a password in it is allowed (and masked like any URL's).
+        problem = check_database_url(url, password_allowed=True)
+        if problem:
+            raise ConfigError(problem, key="SELFHEAL_DATABASE_URL", file="<environment>")
+    if host is not None and _check_id(host):
+        raise ConfigError(str(_check_id(host)), key="SELFHEAL_HOST_ID", file="<environment>", value=host)
+    store = dataclasses.replace(config.store, url=url or config.store.url, host_id=host or config.store.host_id)
+    return dataclasses.replace(config, store=store)
+
+
 def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest, files: tuple[str, ...]) -> Config:
     hints = typing.get_type_hints(Config)
     known = {f.name for f in dataclasses.fields(Config)} - {"manifest", "files", "chain_configured"}
@@ -950,6 +1006,10 @@ def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest
         raise conv.error(
             "tasks.manual_at_failures", "must be at least tasks.analyze_at_failures", config.tasks.manual_at_failures
         )
+    if config.store.url is not None:
+        problem = check_database_url(config.store.url)
+        if problem:
+            raise conv.error("store.url", problem, mask_url_password(config.store.url))
     seen_models: set[str] = set()
     for i, endpoint in enumerate(config.models.chain):
         if endpoint.name in seen_models:
@@ -959,7 +1019,7 @@ def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest
 
 
 _cache_lock = threading.Lock()
-_cache: dict[tuple[str, str], tuple[tuple[float | None, ...], Config]] = {}
+_cache: dict[tuple[str, str, str, str], tuple[tuple[float | None, ...], Config]] = {}
 
 
 def _mtime(path: Path) -> float | None:
@@ -973,7 +1033,7 @@ def get_config(env: Mapping[str, str] | None = None) -> Config:
     """load_config(), cached per process until skill.yaml or the user's file changes."""
     env = os.environ if env is None else env
     user_file, _ = user_config_path(env)
-    key = (str(SKILL_YAML), str(user_file))
+    key = (str(SKILL_YAML), str(user_file), env.get("SELFHEAL_DATABASE_URL", ""), env.get("SELFHEAL_HOST_ID", ""))
     stamp = (_mtime(SKILL_YAML), _mtime(user_file))
     with _cache_lock:
         hit = _cache.get(key)

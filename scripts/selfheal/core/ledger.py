@@ -4,24 +4,31 @@ One event becomes one JSON line with every DESIGN.md field and one log line in t
 format, e.g. `2026-06-10T03:12:18Z [RETRY] task=doc-gen-587 model=Qwen3-4B reason=timeout attempt=1/3
 delay=5s`. Both are appended whole, under a lock, after secrets are masked. A write that fails (disk
 full) is logged and counted, never raised: the ledger must not be what breaks a user's run.
+
+Fleet mode (store.url): each event also gets an `event_id` and goes to the fleet's ledger table. While
+the database is down it waits in this host's spool (fleet/ledger-spool.jsonl); the next event written
+with the database up first replays the spool, under the spool's lock, then empties it. The table keeps
+(event_id, ts) unique, so a replay cut short and done again still lands each event once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
-import socket
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
 from ..errors import StateError
-from ..state.root import StateRoot, append_line, file_lock, open_dir, open_file, unlink
+from ..state.root import StateRoot, append_line, ensure_dir, file_lock, open_dir, open_file, unlink
 from .config import Config, LogSettings
+from .fleet import fleet_database, host_id, mark_down, mark_up
 from .redact import Redactor
 
 logger = logging.getLogger(__name__)
@@ -47,8 +54,6 @@ FIELDS = (
     "host",
 )
 
-_HOST = socket.gethostname()
-
 # Calls self-heal makes on its own behalf (the root-cause analysis of a failed task) are recorded under a
 # task of their own, never the task they are about, so they do not count as that task's runs; the report
 # leaves them out of its figures and alerts.
@@ -67,7 +72,10 @@ def is_own_task(task: str | None) -> bool:
 
 
 # Fields whose values the skill itself produces from a fixed vocabulary: nothing there to mask.
-_OURS = frozenset({"ts", "event", "error_class", "status", "pid", "host", "attempt", "max_attempts", "rule"})
+_OURS = frozenset(
+    {"ts", "event", "error_class", "status", "pid", "host", "attempt", "max_attempts", "rule", "event_id"}
+)
+SPOOL = "ledger-spool.jsonl"  # under <state root>/fleet/
 
 
 def _num(value: float) -> str:
@@ -118,7 +126,7 @@ def format_log_line(event: Mapping[str, Any]) -> str:
         add("tokens", event.get("tokens"))
     add("exit", event.get("exit_code"))
     for key, value in event.items():
-        if key in FIELDS or key in ("rule", "run_id", "op") or not isinstance(value, (str, int, float)):
+        if key in FIELDS or key in ("rule", "run_id", "op", "event_id") or not isinstance(value, (str, int, float)):
             continue
         if key.endswith("_s") and isinstance(value, (int, float)):
             add(key[:-2], _num(float(value)) + "s")  # open_for_s=60.0 reads as open_for=60s
@@ -143,6 +151,7 @@ class Ledger:
         self.clock = clock
         self.redactor = redactor or redactor_for(config)
         self.write_errors = 0
+        self.host = host_id(config.store)
         self._day: tuple[str, Path] | None = None
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
@@ -153,7 +162,9 @@ class Ledger:
         full["ts"] = utc_iso(now, millis=True)
         full["event"] = event
         full["pid"] = os.getpid()
-        full["host"] = _HOST
+        full["host"] = self.host
+        if self.config.store.fleet:
+            full["event_id"] = uuid.uuid4().hex
         # Mask before cutting: a key cut in half would no longer look like a key.
         mask = self.redactor.obj
         clean = {k: v if k in _OURS or v is None or isinstance(v, (int, float)) else mask(v) for k, v in full.items()}
@@ -175,7 +186,74 @@ class Ledger:
             failed = True
             self.state.unrecorded("the log", exc)
         self.write_errors += failed  # events not wholly recorded
+        if self.config.store.fleet:
+            self._share(clean, line)
         return clean
+
+    # -- fleet mode ------------------------------------------------------------------------------------------
+
+    @property
+    def spool_path(self) -> Path:
+        return self.state.sub("fleet") / SPOOL
+
+    def _share(self, event: dict[str, Any], line: str) -> None:
+        """Send one event to the fleet's ledger, after any spooled ones; spool it if the database is down."""
+        db = fleet_database(self.config.store, clock=self.clock)
+        if db is not None:
+            from ..state.pg import insert_events  # noqa: PLC0415 - psycopg only in fleet mode
+
+            try:
+                self.replay_spool()
+                insert_events(db, [event], self.config.ledger.keep_days)
+                mark_up(self.config.store)
+                return
+            except StateError as exc:
+                mark_down(self.config.store, exc, clock=self.clock)
+        try:
+            ensure_dir(self.spool_path.parent)
+            append_line(self.spool_path, line.encode("utf-8"))
+        except (OSError, StateError) as exc:
+            self.write_errors += 1
+            self.state.unrecorded("the fleet ledger spool", exc)
+
+    def replay_spool(self) -> int:
+        """Send the spooled events to the fleet's ledger and empty the spool; return how many were new there.
+
+        Raises StateError (DatabaseUnavailable) if the database fails; the spool is then left as it was.
+        """
+        path = self.spool_path
+        try:
+            if path.stat().st_size == 0:
+                return 0
+        except FileNotFoundError:
+            return 0
+        db = fleet_database(self.config.store, clock=self.clock)
+        if db is None:
+            raise StateError("the fleet database is down; the spool waits")
+        from ..state.pg import insert_events  # noqa: PLC0415 - psycopg only in fleet mode
+
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # the lock append_line takes: no event is added meanwhile
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            events = []
+            for raw in b"".join(chunks).splitlines():
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    event = None
+                if isinstance(event, dict) and event.get("event_id") and event.get("ts"):
+                    events.append(event)
+                elif raw.strip():
+                    logger.warning("fleet ledger spool %s: dropped a line that is not an event: %.80r", path, raw)
+            new = insert_events(db, events, self.config.ledger.keep_days)
+            os.ftruncate(fd, 0)  # only once the database has them all: a crash before this replays again
+        finally:
+            os.close(fd)
+        logger.info("fleet ledger: replayed %d spooled events (%d new)", len(events), new)
+        return new
 
     def _ledger_path(self, now: float) -> Path:
         day = utc_day(now)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import Breakers
 from ..core.classify import classifier_for
 from ..core.config import FIX_ACTIONS, Config, FixRule, get_config
+from ..core.fleet import fleet_database, mark_down
 from ..core.ledger import Ledger, iter_events, ledger_files, own_task
 from ..core.redact import Redactor
 from ..durable.checkpoint import Checkpoints, CheckpointUnreadable
@@ -168,9 +170,23 @@ def _brief(event: dict[str, Any]) -> dict[str, Any]:
     return {k: event.get(k) for k in keep if event.get(k) is not None}
 
 
-def task_events(state: StateRoot, task: str, *, limit: int = 200, days: int = 14) -> list[dict[str, Any]]:
-    """The task's last `limit` ledger events, oldest first, from the last `days` ledger files."""
+def task_events(
+    state: StateRoot, task: str, *, limit: int = 200, days: int = 14, config: Config | None = None
+) -> list[dict[str, Any]]:
+    """The task's last `limit` ledger events, oldest first, from the last `days` ledger files; in fleet mode
+    from the fleet's ledger (every host's), unless its database is down."""
     found: deque[dict[str, Any]] = deque(maxlen=limit)
+    if config is not None and config.store.fleet:
+        db = fleet_database(config.store)
+        if db is not None:
+            from ..state.pg import fetch_events  # noqa: PLC0415 - psycopg only in fleet mode
+
+            try:
+                found.extend(fetch_events(db, since=time.time() - days * 86_400, task=task))
+                return list(found)
+            except StateError as exc:
+                mark_down(config.store, exc)
+                found.clear()
     for event in iter_events(ledger_files(state)[-days:]):
         if event is not None and event.get("task") == task:
             found.append(event)
@@ -216,7 +232,7 @@ def gather_task(task: str, *, state: StateRoot, config: Config) -> Evidence:
         name = next((n for n in data.get("order", []) if data["steps"][n].get("state") == "failed"), None)
         failed_step = dict(data["steps"][name], name=name) if name else {}
         checkpoint = {"status": data.get("status"), "failed_step": name, "incident": data.get("incident")}
-    events = task_events(state, task)
+    events = task_events(state, task, config=config)
     if record is None and checkpoint is None and not events:
         raise NoEvidence(task)
     failures = [e for e in events if e.get("event") in ("failed", "retry", "stuck", "incident")]

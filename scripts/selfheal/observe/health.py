@@ -72,7 +72,7 @@ GPU_QUERY_TIMEOUT_S = 10.0  # nvidia-smi can take a second or more on a busy mac
 NAMES_SHOWN = 3  # names listed in a detail line before "and N more"
 # A status or state value that says the skill is failing (compared in lower case).
 FAILURE_WORDS = frozenset({"error", "failed", "failure", "fail", "down", "crashed", "dead", "unhealthy"})
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 # The environment variables that choose the files the settings come from, and the gateway port.
 _ENV_INPUTS = ("SELFHEAL_CONFIG", "OPENCLAW_CONFIG_PATH", "OPENCLAW_STATE_DIR", "OPENCLAW_GATEWAY_PORT", "HOME")
 # The URL forms config.health.gateway_url accepts (config._check_url); a derived URL is always one.
@@ -104,6 +104,7 @@ class Settings(NamedTuple):
     stuck_after_s: float
     disk_min_free_mb: int
     gpu_min_free_mb: int
+    fleet: bool = False  # store.url is set: check the fleet's database too
 
     def to_json(self) -> dict[str, Any]:
         data = self._asdict()
@@ -125,6 +126,7 @@ class Settings(NamedTuple):
                 stuck_after_s=float(data["stuck_after_s"]),
                 disk_min_free_mb=int(data["disk_min_free_mb"]),
                 gpu_min_free_mb=int(data["gpu_min_free_mb"]),
+                fleet=bool(data["fleet"]),
             )
         except (TypeError, ValueError):
             return None
@@ -270,6 +272,7 @@ def settings_from_config(config: Config, env: Mapping[str, str]) -> Settings:
         stuck_after_s=config.health.stuck_after_s,
         disk_min_free_mb=config.health.disk_min_free_mb,
         gpu_min_free_mb=config.models.gpu_free_mb_min,
+        fleet=config.store.fleet,
     )
 
 
@@ -282,7 +285,15 @@ def _file_stamp(path: str) -> list[int] | None:
 
 
 def _env_stamp(env: Mapping[str, str]) -> dict[str, str | None]:
-    return {name: env.get(name) for name in _ENV_INPUTS}
+    stamp = {name: env.get(name) for name in _ENV_INPUTS}
+    url = env.get("SELFHEAL_DATABASE_URL")  # it may hold a password: kept as a digest only
+    if url:
+        import hashlib  # noqa: PLC0415 - fleet mode only: the cron path stays lean
+
+        stamp["SELFHEAL_DATABASE_URL"] = hashlib.sha256(url.encode()).hexdigest()[:16]
+    else:
+        stamp["SELFHEAL_DATABASE_URL"] = None
+    return stamp
 
 
 def resolve_settings(
@@ -676,26 +687,31 @@ def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, no
     return Check("tasks", OK, "no task is stuck", data)
 
 
-def check_breakers(state: StateRoot, now: float) -> Check:
-    """Open and half-open circuit breakers, read from breakers/*.json under their shared lock, never writing.
+def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] | None = None) -> Check:
+    """Open and half-open circuit breakers, read from breakers/*.json under their shared lock, never writing;
+    in fleet mode, the fleet's rows (`fleet`: their records, as check_fleet read them).
 
     (Breakers.status() takes each breaker's exclusive lock and may save expired entries; a health check only
     looks, and does not import the breaker module.)
     """
-    folder = state.sub("breakers")
-    try:
-        paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
-    except FileNotFoundError:
-        paths = []
+    records: list[tuple[str, Mapping[str, Any] | None]] = []
+    unreadable: list[str] = []
+    if fleet is not None:
+        records = [(str(row.get("target")), row) for row in fleet]
+    else:
+        folder = state.sub("breakers")
+        try:
+            paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
+        except FileNotFoundError:
+            paths = []
+        for path in paths:
+            try:
+                records.append((path.stem, read_json_shared(path)))  # rewritten in place: read under a shared lock
+            except (OSError, StateError) as exc:  # a planted link is refused, not read; check_state_root names it
+                unreadable.append(f"{path.name} ({getattr(exc, 'detail', exc)})")
     not_closed: list[dict[str, Any]] = []
     lines: list[str] = []  # `vendor-api open until 2026-11-21T03:13:00Z (5 consecutive failures (transient))`
-    unreadable: list[str] = []
-    for path in paths:
-        try:
-            data = read_json_shared(path)  # breakers are rewritten in place: read under their shared lock
-        except (OSError, StateError) as exc:  # a planted link is refused, not read; check_state_root names it
-            unreadable.append(f"{path.name} ({getattr(exc, 'detail', exc)})")
-            continue
+    for name, data in records:
         if data is None:
             continue
         state_now = data.get("state")
@@ -703,12 +719,14 @@ def check_breakers(state: StateRoot, now: float) -> Check:
         if state_now == "open" and isinstance(open_until, (int, float)) and now >= open_until:
             state_now = "half_open"  # its open time is over: the next call is a probe
         if state_now in ("open", "half_open"):
-            target = data.get("target") or path.stem
+            target = data.get("target") or name
             reason = data.get("reason")
             not_closed.append({"target": target, "state": state_now, "open_until": open_until, "reason": reason})
             until = f" until {utc_iso(open_until)}" if state_now == "open" and open_until else ""
             lines.append(f"{target} {state_now.replace('_', '-')}{until}" + (f" ({reason})" if reason else ""))
-    result = {"breakers": len(paths), "not_closed": not_closed, "unreadable": unreadable}
+    result = {"breakers": len(records) + len(unreadable), "not_closed": not_closed, "unreadable": unreadable}
+    if fleet is not None:
+        result["fleet"] = True
     parts = []
     if not_closed:
         parts.append(_names(lines))
@@ -716,7 +734,9 @@ def check_breakers(state: StateRoot, now: float) -> Check:
         parts.append("unreadable: " + _names(unreadable))
     if parts:
         return Check("breakers", WARN, "; ".join(parts), result)
-    return Check("breakers", OK, f"{len(paths)} breaker(s), all closed" if paths else "no breakers", result)
+    count = result["breakers"]
+    where = " in the fleet" if fleet is not None else ""
+    return Check("breakers", OK, f"{count} breaker(s){where}, all closed" if count else "no breakers" + where, result)
 
 
 # -- the state root ---------------------------------------------------------------------------------------------
@@ -865,6 +885,43 @@ def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
     return Check("gpu", OK, f"{best} MiB free on {where}", data)
 
 
+def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[Mapping[str, Any]] | None]:
+    """Fleet mode: whether the shared database answers (else this host runs degraded on its own files),
+    and the fleet's breaker records when it does."""
+    from ..core.fleet import NO_DRIVER, host_id  # noqa: PLC0415 - fleet mode only: psycopg
+    from ..core.ledger import SPOOL  # noqa: PLC0415
+
+    try:
+        from ..state.pg import Database, fleet_status  # noqa: PLC0415
+    except ImportError:
+        return Check("fleet", WARN, f"{NO_DRIVER}; degraded: this host uses its own files", {"reachable": False}), None
+
+    spool = state.sub("fleet") / SPOOL
+    try:
+        with spool.open("rb") as fh:
+            waiting = sum(1 for line in fh if line.strip())
+    except OSError:
+        waiting = 0
+    db = Database(str(config.store.url), host_id(config.store), config.store.connect_timeout_s)
+    try:
+        status = fleet_status(db)
+    except StateError as exc:
+        detail = (
+            f"fleet database unreachable: degraded; this host uses its own breaker files and spools its ledger"
+            f" ({waiting} event(s) waiting): {_one_line(str(exc))}"
+        )
+        return Check("fleet", WARN, detail, {"reachable": False, "spooled": waiting}), None
+    finally:
+        db.close()
+    hosts = [h["host"] for h in status["hosts"]]
+    data = {"reachable": True, "spooled": waiting, "schema_version": status["schema_version"], "hosts": hosts}
+    detail = f"fleet database reachable: {len(hosts)} host(s) ({_names(hosts)}), schema {status['schema_version']}"
+    breakers: list[Mapping[str, Any]] = [dict(b["data"] or {}, target=b["target"]) for b in status["breakers"]]
+    if waiting:
+        return Check("fleet", WARN, detail + f"; {waiting} spooled ledger event(s) not yet replayed", data), breakers
+    return Check("fleet", OK, detail, data), breakers
+
+
 # -- the mode and the run ----------------------------------------------------------------------------------------
 
 
@@ -924,15 +981,17 @@ def run_health_check(
         state.sub("status"), [Path(d) for d in settings.status_dirs], settings.status_max_age_s, now
     )
     runs_check, live = check_runs(state, settings.stuck_after_s, now)
+    fleet_check, fleet_breakers = check_fleet(state, config()) if settings.fleet else (None, None)
     checks = [
         *check_gateway(settings, clock),
         status_check,
         runs_check,
         check_tasks(state, config, clock, now),
-        check_breakers(state, now),
+        check_breakers(state, now, fleet_breakers),
         check_state_root(state.root),
         check_disk(state.root, settings.disk_min_free_mb),
         check_gpu(settings.gpu_min_free_mb, env),
+        *([fleet_check] if fleet_check is not None else []),
         *extra,
     ]
     mode, reason = decide(checks, fresh + live)

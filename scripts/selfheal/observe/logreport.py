@@ -5,6 +5,9 @@ Default inputs are the skill's ledger (the day files that overlap the window) an
 events as the ledger, so it is read only when there is no ledger at all; reading both would count each
 event twice. Paths given explicitly are read as given, whatever they hold.
 
+In fleet mode the ledger read is the fleet's (every host's events, from PostgreSQL; `host` keeps one
+host's); when the database cannot be reached, this host's own files are read instead and the input says so.
+
 Alerts follow the second source document (all thresholds in skill.yaml `analysis`):
 * P1 when the success rate (successes / finished runs, a run being finished by [SUCCESS] or [FAILED]) is
   under `success_rate_p1`;
@@ -20,6 +23,8 @@ analysis of a failed task) are left out of every figure and alert, and counted i
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import time
@@ -29,11 +34,12 @@ from typing import Any
 
 from ..core import ledger as ledger_mod
 from ..core.config import ERROR_CLASSES, AnalysisSettings, Config, get_config
+from ..core.fleet import fleet_database, mark_down
 from ..core.redact import Redactor
-from ..errors import UsageError
+from ..errors import StateError, UsageError
 from ..state.root import StateRoot
 from . import openclaw_logs as oc
-from .logscan import Scan, Signature, Tally, Window, fast_pattern, ledger_days, log_files, parse_time
+from .logscan import InputInfo, Scan, Signature, Tally, Window, fast_pattern, ledger_days, log_files, parse_time
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -93,6 +99,7 @@ def analyze(
     state: StateRoot | None = None,
     default_since: bool = True,
     openclaw_dir: Path = oc.DEFAULT_LOG_DIR,
+    host: str | None = None,
 ) -> dict[str, Any]:
     """Read the logs and return the report (a JSON-ready dict). Raise UsageError for an unreadable PATH.
 
@@ -101,6 +108,11 @@ def analyze(
     unless a bound is given.
     """
     config = config or get_config()
+    if host is not None and (paths is not None or not config.store.fleet):
+        raise UsageError(
+            "--host picks one host's events from the fleet's ledger: it needs fleet mode (store.url or"
+            " SELFHEAL_DATABASE_URL) and no PATH"
+        )
     env = os.environ if env is None else env
     now = time.time() if now is None else now
     settings = config.analysis
@@ -113,13 +125,40 @@ def analyze(
     scan = Scan(tally, fast_pattern(window), settings.max_line_bytes, workers=workers)
     if paths is None:
         state = state or StateRoot.from_env(env)
+        fleet_read = config.store.fleet and read_fleet_ledger(scan, config, window, host)
         for path, source in default_inputs(state, env, window, openclaw_dir=openclaw_dir):
+            if fleet_read and source in ("ledger", "log"):
+                continue  # this host's events are in the fleet's ledger too
             scan.read(path, source, strict=False)
     else:
         for path in paths:
             scan.read(path, "explicit", strict=True)
     tally.fold()
     return build_report(tally, scan, config, window, task=task)
+
+
+def read_fleet_ledger(scan: Scan, config: Config, window: Window, host: str | None) -> bool:
+    """Feed the fleet's ledger events in the window (one host's, if `host`) to the scan; False, with the
+    input's error saying why, if the database cannot be read (then this host's files are read instead)."""
+    info = InputInfo("fleet ledger (PostgreSQL)" + (f", host {host}" if host else ""), "ledger")
+    db = fleet_database(config.store)
+    if db is not None:
+        from ..state.pg import fetch_events  # noqa: PLC0415 - psycopg only in fleet mode
+
+        try:
+            lines = [
+                json.dumps(e, ensure_ascii=False)
+                for e in fetch_events(db, since=window.since, until=window.until, host=host)
+            ]
+        except StateError as exc:
+            mark_down(config.store, exc)
+        else:
+            scan.inputs.append(info)
+            scan.read_stream(io.BytesIO("\n".join(lines).encode("utf-8") + b"\n"), info)
+            return True
+    info.error = "fleet database unreachable: degraded; this host's own ledger was read instead"
+    scan.inputs.append(info)
+    return False
 
 
 # --- the figures ----------------------------------------------------------------------------------------------

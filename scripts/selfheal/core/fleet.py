@@ -1,0 +1,123 @@
+"""Fleet mode's switch: whether this process shares state through PostgreSQL, and whether the database is up.
+
+With no store.url nothing here touches psycopg: `fleet_database()` returns None before importing it. With
+one, the first use connects (and migrates); a failure marks the database down for `store.retry_down_s`,
+during which breakers and the ledger use this host's files (degraded mode) without trying again, so a
+dead database costs one connect attempt per process per period, not one per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import StateError, UsageError
+from .config import StoreSettings, mask_url_password
+
+if TYPE_CHECKING:
+    from ..state.pg import Database
+
+logger = logging.getLogger(__name__)
+
+_HOSTNAME = socket.gethostname()
+NO_DRIVER = "fleet mode is on (store.url) but psycopg is not installed here: run ./install.sh --fleet"
+_down_lock = threading.Lock()
+# url -> (monotonic time until which the database counts as down, why)
+_down: dict[str, tuple[float, str]] = {}
+_warned: set[str] = set()  # URLs whose outage was logged; cleared by the next success
+
+
+def host_id(store: StoreSettings) -> str:
+    """This host's name in the fleet: store.host_id (SELFHEAL_HOST_ID), else the hostname."""
+    return store.host_id or _HOSTNAME
+
+
+def fleet_database(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> Database | None:
+    """The shared database to use now; None when fleet mode is off or the database was down a moment ago."""
+    if store.url is None:
+        return None
+    with _down_lock:
+        down = _down.get(store.url)
+        if down is not None:
+            if clock.monotonic() < down[0]:
+                return None
+            del _down[store.url]
+    try:
+        from ..state.pg import database_for  # noqa: PLC0415 - psycopg only in fleet mode
+    except ImportError:
+        mark_down(store, NO_DRIVER, clock=clock)
+        return None
+    return database_for(store.url, host_id(store), store.connect_timeout_s)
+
+
+def mark_down(store: StoreSettings, why: object, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    """The database failed: use local files for `store.retry_down_s` (logged once per outage)."""
+    if store.url is None:
+        return
+    with _down_lock:
+        first = store.url not in _warned
+        _warned.add(store.url)
+        _down[store.url] = (clock.monotonic() + store.retry_down_s, str(why))
+    if first:
+        logger.warning("fleet database unreachable, using this host's files (degraded): %s", why)
+
+
+def mark_up(store: StoreSettings) -> None:
+    """The database answered: the next outage is logged again."""
+    if store.url in _warned:
+        with _down_lock:
+            _warned.discard(str(store.url))
+        logger.warning("fleet database reachable again: shared state resumes")
+
+
+def down_reason(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> str | None:
+    """Why this process is in degraded mode now, or None."""
+    if store.url is None:
+        return None
+    with _down_lock:
+        down = _down.get(store.url)
+    return down[1] if down is not None and clock.monotonic() < down[0] else None
+
+
+def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False) -> dict[str, Any]:
+    """`tasks.py fleet init|status`: connect (creating or migrating the schema), then the fleet at a
+    glance: hosts and their last heartbeat, breakers with the permits each host holds, the ledger.
+    Raises UsageError when fleet mode is off; `reachable` is False (with `error`) when the database is down."""
+    if store.url is None:
+        raise UsageError(
+            "fleet mode is off: set store.url in config.yaml or SELFHEAL_DATABASE_URL (postgresql://...),"
+            " and install the driver with ./install.sh --fleet"
+        )
+    try:
+        from ..state.pg import SCHEMA_VERSION, Database, fleet_status  # noqa: PLC0415 - psycopg only in fleet mode
+    except ImportError:
+        raise UsageError(NO_DRIVER) from None
+
+    try:
+        with spool.open("rb") as fh:
+            waiting = sum(1 for line in fh if line.strip())
+    except OSError:
+        waiting = 0
+    report: dict[str, Any] = {
+        "url": mask_url_password(store.url),
+        "host": host_id(store),
+        "spooled_events": waiting,
+        "schema_expected": SCHEMA_VERSION,
+    }
+    db = Database(store.url, host_id(store), store.connect_timeout_s)
+    try:
+        report.update(fleet_status(db), reachable=True)  # the first connection migrates the schema
+        for breaker in report["breakers"]:
+            breaker.pop("data", None)
+    except StateError as exc:
+        report.update(reachable=False, error=str(exc))
+    finally:
+        db.close()
+    report["initialized"] = init and report["reachable"]
+    # Leases of the shared task tree arrive with it; until then the tree stays on each host.
+    report["leases"] = None
+    return report

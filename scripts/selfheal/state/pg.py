@@ -1,0 +1,425 @@
+"""Fleet mode's PostgreSQL: the connection, the schema and its migrations, and every statement the fleet runs.
+
+This is the only module that imports psycopg, and only fleet mode imports it (store.url or
+SELFHEAL_DATABASE_URL set), so a single host's cron health check never pays for it. The password comes
+from the environment only (SELFHEAL_DATABASE_PASSWORD, or libpq's own PGPASSWORD), never from a file.
+
+Tables (schema version in selfheal_schema; migrations run in order, once, under an advisory lock):
+    selfheal_hosts      one row per host: first and last seen, the pid that last connected
+    selfheal_breakers   one row per target: the breaker's state (core/breaker.py's record) as jsonb,
+                        changed only under SELECT ... FOR UPDATE
+    selfheal_ledger     the fleet's ledger, append-only, partitioned by UTC day (selfheal_ledger_YYYYMMDD);
+                        (event_id, ts) is unique, so an event replayed from a host's spool lands once
+
+Every psycopg error becomes DatabaseUnavailable and closes the connection; the next use reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ..errors import StateError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most this often (one statement)
+_MIGRATE_LOCK = 0x5E1F_4EA1  # pg_advisory_xact_lock key: one host migrates, the others wait and see it done
+_PARTITION_LOCK = 0x5E1F_4EA2
+
+# Each version's statements, applied in one transaction.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE selfheal_hosts (
+            host text PRIMARY KEY,
+            first_seen timestamptz NOT NULL DEFAULT now(),
+            last_seen timestamptz NOT NULL DEFAULT now(),
+            pid integer
+        )""",
+        """CREATE TABLE selfheal_breakers (
+            target text PRIMARY KEY,
+            state text NOT NULL DEFAULT 'closed',
+            data jsonb,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            updated_by text
+        )""",
+        """CREATE TABLE selfheal_ledger (
+            ts timestamptz NOT NULL,
+            event_id text NOT NULL,
+            host text NOT NULL,
+            event text NOT NULL,
+            task text,
+            target text,
+            error_class text,
+            data jsonb NOT NULL,
+            PRIMARY KEY (event_id, ts)
+        ) PARTITION BY RANGE (ts)""",
+        "CREATE INDEX selfheal_ledger_ts ON selfheal_ledger (ts)",
+        "CREATE INDEX selfheal_ledger_host_ts ON selfheal_ledger (host, ts)",
+    ),
+}
+
+_PARTITION = re.compile(r"selfheal_ledger_(\d{4})(\d{2})(\d{2})\Z")
+
+
+class DatabaseUnavailable(StateError):
+    """The fleet database could not be reached, or failed during a statement; local files take over."""
+
+
+def _mask(text: str) -> str:
+    return re.sub(r"(://[^:@/\s]*:)[^@/\s]*@", r"\1***@", re.sub(r"(password=)\S+", r"\1***", text))
+
+
+@dataclass
+class Database:
+    """One process's connection to the fleet database: opened on first use, reopened after a failure,
+    used by one thread at a time. Build it with database_for() to share it within the process."""
+
+    url: str
+    host: str
+    connect_timeout_s: float = 3.0
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    _conn: psycopg.Connection[Any] | None = field(default=None, init=False, repr=False)
+    _pid: int = field(default=0, init=False, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+    _days: set[str] = field(default_factory=set, init=False, repr=False)
+    _beat: float = field(default=0.0, init=False, repr=False)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            # libpq's minimum is 2 s; a stopped local server refuses at once anyway.
+            "connect_timeout": max(2, round(self.connect_timeout_s)),
+            "application_name": f"self-heal@{self.host}"[:63],
+        }
+        password = self.env.get("SELFHEAL_DATABASE_PASSWORD")
+        if password:
+            kwargs["password"] = password
+        conn = psycopg.connect(self.url, **kwargs)
+        try:
+            migrate(conn)
+            self._heartbeat(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
+        """This host's row in selfheal_hosts: last seen now, by this process."""
+        conn.execute(
+            "INSERT INTO selfheal_hosts (host, pid) VALUES (%s, %s)"
+            " ON CONFLICT (host) DO UPDATE SET last_seen = now(), pid = EXCLUDED.pid",
+            (self.host, os.getpid()),
+        )
+        self._beat = time.monotonic()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """The open connection (autocommit), for this thread alone while the block runs."""
+        with self._lock:
+            try:
+                if self._conn is not None and self._pid != os.getpid():
+                    # A forked child never uses, nor closes, its parent's socket: closing it (which
+                    # garbage collection would do) would end the parent's session too.
+                    _inherited.append(self._conn)
+                    self._conn = None
+                if self._conn is None or self._conn.closed:
+                    self._conn = None
+                    self._conn = self._connect()
+                    self._pid = os.getpid()
+                elif time.monotonic() - self._beat >= HEARTBEAT_S:
+                    self._heartbeat(self._conn)
+                yield self._conn
+            except psycopg.Error as exc:
+                self.close()
+                raise DatabaseUnavailable(f"fleet database {_mask(self.url)}: {_mask(str(exc).strip())}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction: committed when the block ends, rolled back if it raises."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            self._days.clear()
+            if conn is not None and self._pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+
+_databases: dict[tuple[str, str, int], Database] = {}
+_inherited: list[psycopg.Connection[Any]] = []  # a forked child's copies of its parent's connections, kept open
+_databases_lock = threading.Lock()
+
+
+def database_for(url: str, host: str, connect_timeout_s: float) -> Database:
+    """The process's Database for this URL and host (one connection each, reused)."""
+    key = (url, host, os.getpid())
+    with _databases_lock:
+        found = _databases.get(key)
+        if found is None:
+            found = _databases[key] = Database(url, host, connect_timeout_s)
+        return found
+
+
+# -- schema -------------------------------------------------------------------------------------------------
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The version the database is at; 0 for a database self-heal never used."""
+    row = conn.execute("SELECT to_regclass('selfheal_schema') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    got = conn.execute("SELECT max(version) FROM selfheal_schema").fetchone()
+    return int(got[0]) if got and got[0] is not None else 0
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Bring the schema to SCHEMA_VERSION (each migration once, fleet-wide); return the version found before."""
+    if schema_version(conn) == SCHEMA_VERSION:
+        return SCHEMA_VERSION
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS selfheal_schema"
+            " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        before = schema_version(conn)
+        if before > SCHEMA_VERSION:
+            raise DatabaseUnavailable(
+                f"the fleet database's schema is version {before}, newer than this self-heal's {SCHEMA_VERSION}:"
+                " upgrade self-heal on this host"
+            )
+        for version in range(before + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO selfheal_schema (version) VALUES (%s)", (version,))
+            logger.info("fleet database migrated to schema version %d", version)
+    return before
+
+
+# -- breakers -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BreakerRow:
+    """A breaker's row, locked until the transaction ends: `data` is None for a target never seen."""
+
+    target: str
+    data: dict[str, Any] | None
+
+
+@contextlib.contextmanager
+def locked_breaker(db: Database, target: str) -> Iterator[BreakerRow]:
+    """The target's row under FOR UPDATE; what the block leaves in `row.data` is written back if changed.
+
+    Every model call passes here twice, so each transaction is two round trips: BEGIN, the row's creation
+    if missing and the locking read go as one message, and so do the UPDATE and the COMMIT (a client-side
+    cursor binds the values, quoted by psycopg).
+    """
+    with db.connection() as conn:
+        cur = psycopg.ClientCursor(conn)
+        try:
+            cur.execute(
+                "BEGIN; INSERT INTO selfheal_breakers (target) VALUES (%s) ON CONFLICT DO NOTHING;"
+                " SELECT data FROM selfheal_breakers WHERE target = %s FOR UPDATE",
+                (target, target),
+            )
+            while cur.nextset():
+                pass
+            found = cur.fetchone()
+            before = found[0] if found else None
+            row = BreakerRow(target, None if before is None else dict(before))
+            yield row
+            if row.data is not None and row.data != before:
+                cur.execute(
+                    "UPDATE selfheal_breakers SET data = %s, state = %s, updated_at = now(), updated_by = %s"
+                    " WHERE target = %s; COMMIT",
+                    (Jsonb(row.data), str(row.data.get("state")), db.host, target),
+                )
+            else:
+                cur.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                cur.execute("ROLLBACK")
+            raise
+
+
+def read_breaker_row(db: Database, target: str) -> dict[str, Any] | None:
+    """The target's breaker as last committed (no lock), None if the fleet has none."""
+    with db.connection() as conn:
+        found = conn.execute("SELECT data FROM selfheal_breakers WHERE target = %s", (target,)).fetchone()
+    return dict(found[0]) if found and found[0] is not None else None
+
+
+def breaker_targets(db: Database) -> list[str]:
+    with db.connection() as conn:
+        return [r[0] for r in conn.execute("SELECT target FROM selfheal_breakers ORDER BY target").fetchall()]
+
+
+# -- the ledger ---------------------------------------------------------------------------------------------
+
+
+def _day_of(ts: str) -> str:
+    return ts[:10]
+
+
+def _partition_name(day: str) -> str:
+    return "selfheal_ledger_" + day.replace("-", "")
+
+
+def _ensure_partition(db: Database, conn: psycopg.Connection[Any], day: str, keep_days: int) -> None:
+    """Create `day`'s partition if missing; the first to create one drops the days past keeping."""
+    if day in db._days:
+        return
+    start = dt.date.fromisoformat(day)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_partition_name(day),)).fetchone()
+        if not (exists and exists[0]):
+            conn.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF selfheal_ledger FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier(_partition_name(day)),
+                    sql.Literal(f"{start.isoformat()} 00:00:00+00"),
+                    sql.Literal(f"{(start + dt.timedelta(days=1)).isoformat()} 00:00:00+00"),
+                )
+            )
+            if keep_days:
+                _drop_partitions(conn, (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=keep_days)))
+    db._days.add(day)
+
+
+def _drop_partitions(conn: psycopg.Connection[Any], before: dt.date) -> list[str]:
+    dropped = []
+    for name in ledger_partitions(conn):
+        match = _PARTITION.match(name)
+        if match and dt.date(*map(int, match.groups())) < before:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+            dropped.append(name)
+            logger.info("fleet ledger: dropped %s (past ledger.keep_days)", name)
+    return dropped
+
+
+def ledger_partitions(conn: psycopg.Connection[Any]) -> list[str]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'selfheal_ledger' ORDER BY c.relname"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def prune_ledger_partitions(db: Database, keep_days: int, today: dt.date) -> list[str]:
+    """Drop the ledger's day partitions older than `keep_days` days before `today`; return their names."""
+    with db.transaction() as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
+        dropped = _drop_partitions(conn, today - dt.timedelta(days=keep_days))
+    db._days.clear()
+    return dropped
+
+
+def insert_events(db: Database, events: Sequence[Mapping[str, Any]], keep_days: int) -> int:
+    """Append ledger events (each with `event_id`, `ts`, `host`, `event`); return how many were new.
+    An event already there (a replay) is skipped, so each lands once however often it is sent."""
+    if not events:
+        return 0
+    oldest = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=keep_days)).isoformat() if keep_days else ""
+    rows = [e for e in events if _day_of(str(e["ts"])) >= oldest]
+    with db.connection() as conn:
+        for day in sorted({_day_of(str(e["ts"])) for e in rows}):
+            _ensure_partition(db, conn, day, keep_days)
+        params = [
+            (
+                e["ts"],
+                e["event_id"],
+                e.get("host") or db.host,
+                e["event"],
+                e.get("task"),
+                e.get("target"),
+                e.get("error_class"),
+                Jsonb(dict(e)),
+            )
+            for e in rows
+        ]
+        statement = (
+            "INSERT INTO selfheal_ledger (ts, event_id, host, event, task, target, error_class, data)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+        )
+        if len(params) == 1:
+            return conn.execute(statement, params[0]).rowcount
+        with conn.transaction(), conn.cursor() as cur:
+            new = 0
+            for p in params:
+                cur.execute(statement, p)
+                new += cur.rowcount
+            return new
+
+
+def fetch_events(
+    db: Database,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    host: str | None = None,
+    task: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The fleet's ledger events in time order, optionally one host's or one task's, within [since, until)
+    (epoch seconds)."""
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT data FROM selfheal_ledger"
+            " WHERE (%(since)s::float8 IS NULL OR ts >= to_timestamp(%(since)s::float8))"
+            " AND (%(until)s::float8 IS NULL OR ts < to_timestamp(%(until)s::float8))"
+            " AND (%(host)s::text IS NULL OR host = %(host)s::text)"
+            " AND (%(task)s::text IS NULL OR task = %(task)s::text)"
+            " ORDER BY ts, event_id",
+            {"since": since, "until": until, "host": host, "task": task},
+        )
+        for (data,) in cur:
+            yield dict(data)
+
+
+# -- the fleet at a glance ----------------------------------------------------------------------------------
+
+
+def fleet_status(db: Database) -> dict[str, Any]:
+    """Schema version, hosts and their last heartbeat, breakers with the permits each host holds, ledger size."""
+    with db.connection() as conn:
+        hosts = [
+            {"host": h, "first_seen": f.isoformat(), "last_seen": s.isoformat(), "pid": p}
+            for h, f, s, p in conn.execute(
+                "SELECT host, first_seen, last_seen, pid FROM selfheal_hosts ORDER BY host"
+            ).fetchall()
+        ]
+        breakers = []
+        for target, state, data in conn.execute(
+            "SELECT target, state, data FROM selfheal_breakers ORDER BY target"
+        ).fetchall():
+            held: dict[str, int] = {}
+            for permit in ((data or {}).get("permits") or {}).values():
+                held[str(permit.get("host") or "?")] = held.get(str(permit.get("host") or "?"), 0) + 1
+            breakers.append({"target": target, "state": state, "permits_by_host": held, "data": data})
+        partitions = ledger_partitions(conn)
+        counted = conn.execute(
+            "SELECT host, count(*) FROM selfheal_ledger WHERE ts > now() - interval '1 day' GROUP BY host ORDER BY host"
+        ).fetchall()
+        return {
+            "schema_version": schema_version(conn),
+            "hosts": hosts,
+            "breakers": breakers,
+            "ledger": {"partitions": len(partitions), "events_last_day": {str(h): int(n) for h, n in counted}},
+        }

@@ -1,0 +1,598 @@
+"""Fleet mode: several hosts share breakers (and the ledger) through one real PostgreSQL.
+
+Hosts are simulated by SELFHEAL_HOST_ID and a state root each; the server is the session's throwaway
+cluster (tests/helpers/postgres.py), started once, never skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+from helpers.postgres import Cluster
+
+from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.core.breaker import CLOSED, OPEN, BreakerOpen, Breakers
+from selfheal.core.config import Config, StoreSettings, load_config
+from selfheal.core.ledger import Ledger
+from selfheal.errors import ConfigError
+from selfheal.state import pg
+from selfheal.state.root import StateRoot
+from selfheal.testing import FakeClock
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+if TYPE_CHECKING:
+    from helpers.postgres import External
+
+
+def host(config: Config, name: str, tmp_path: Path, clock: FakeClock) -> Breakers:
+    """The breakers of one simulated host: its own state root, the fleet's database."""
+    store = dataclasses.replace(config.store, host_id=name)
+    return Breakers(StateRoot(tmp_path / name).ensure(), config.breakers, clock=clock, store=store)
+
+
+def fail(b: Breakers, target: str = "qwen", times: int = 1) -> None:
+    for _ in range(times):
+        b.release(b.acquire(target), ok=False, error_class="transient")
+
+
+# -- settings ---------------------------------------------------------------------------------------------
+
+
+def test_the_database_url_comes_from_the_environment_or_config(
+    fleet_url: str, write_config: Callable[[str], Path]
+) -> None:
+    """SELFHEAL_DATABASE_URL turns fleet mode on; SELFHEAL_HOST_ID names the host."""
+    assert load_config().store.url == fleet_url
+    assert load_config(env={"SELFHEAL_HOST_ID": "box-2", "SELFHEAL_HOME": "/nonexistent"}).store.host_id == "box-2"
+    assert load_config(env={"SELFHEAL_HOME": "/nonexistent"}).store.url is None
+
+
+def test_a_password_in_the_config_file_is_refused_and_not_repeated(
+    write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password belongs in the environment: config.yaml's url with one stops the load, masked in the message."""
+    write_config("store: {url: 'postgresql://selfheal:hunter2secret@db.example/selfheal'}\n")
+    with pytest.raises(ConfigError, match=r"store\.url: must not hold a password") as err:
+        load_config()
+    assert "hunter2secret" not in str(err.value)
+    monkeypatch.setenv("SELFHEAL_DATABASE_URL", "mysql://db.example/x")
+    write_config("{}\n")
+    with pytest.raises(ConfigError, match="SELFHEAL_DATABASE_URL: must be a postgresql:// URL"):
+        load_config()
+
+
+def test_single_host_mode_never_imports_psycopg(home: Path) -> None:
+    """Without a database URL, the breaker module and the cron health check leave psycopg unloaded."""
+    code = (
+        "import runpy, sys\n"
+        "import selfheal.core.breaker, selfheal.core.ledger\n"
+        f"sys.argv = ['health_check.py', '--cron']\n"
+        "try:\n"
+        f"    runpy.run_path({str(SCRIPTS / 'health_check.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stderr.write('PSYCOPG=%s\\n' % any(m.split('.')[0] == 'psycopg' for m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", code], env=script_env(home, PYTHONPATH=str(SCRIPTS)), capture_output=True, text=True, check=False
+    )
+    assert "PSYCOPG=False" in proc.stderr, proc.stderr
+
+
+# -- the schema -------------------------------------------------------------------------------------------
+
+
+def test_the_schema_is_created_once_and_versioned(fleet_url: str) -> None:
+    """The first connection migrates an empty database; later ones find it at the current version."""
+    with psycopg.connect(fleet_url, autocommit=True) as conn:
+        assert pg.schema_version(conn) == 0
+        assert pg.migrate(conn) == 0
+        assert pg.migrate(conn) == pg.SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM selfheal_schema").fetchone() == (pg.SCHEMA_VERSION,)
+
+
+def test_a_newer_schema_is_refused(fleet_url: str) -> None:
+    """A database migrated by a newer self-heal is not written by an older one."""
+    with psycopg.connect(fleet_url, autocommit=True) as conn:
+        pg.migrate(conn)
+        conn.execute("INSERT INTO selfheal_schema (version) VALUES (%s)", (pg.SCHEMA_VERSION + 1,))
+    db = pg.Database(fleet_url, "h1")
+    with pytest.raises(pg.DatabaseUnavailable, match="newer than this self-heal"), db.connection():
+        pass
+
+
+# -- shared breakers --------------------------------------------------------------------------------------
+
+
+def test_a_breaker_opened_by_one_host_refuses_the_others(fleet_url: str, tmp_path: Path, clock: FakeClock) -> None:
+    """Five failures seen by box-1 open the target's breaker for box-2 and box-3 too."""
+    config = load_config()
+    boxes = [host(config, f"box-{n}", tmp_path, clock) for n in (1, 2, 3)]
+    fail(boxes[0], times=5)
+    for box in boxes[1:]:
+        with pytest.raises(BreakerOpen, match="is open"):
+            box.acquire("qwen")
+        assert box.status("qwen")["state"] == OPEN
+    assert boxes[2].targets() == ["qwen"]
+
+
+def test_failures_from_several_hosts_add_up(fleet_url: str, tmp_path: Path, clock: FakeClock) -> None:
+    """Two failures on each of three hosts are six in a row for the fleet: the breaker opens."""
+    config = load_config()
+    boxes = [host(config, f"box-{n}", tmp_path, clock) for n in (1, 2, 3)]
+    for box in boxes[:2]:
+        fail(box, times=2)
+    assert boxes[2].status("qwen")["state"] == CLOSED
+    fail(boxes[2], times=1)
+    with pytest.raises(BreakerOpen):
+        boxes[0].acquire("qwen")
+
+
+def test_another_hosts_probe_holds_the_slot_until_it_expires(fleet_url: str, tmp_path: Path, clock: FakeClock) -> None:
+    """A probe taken by a host that then went silent blocks other probes for store.remote_permit_s, no longer."""
+    config = load_config()
+    box1, box2 = host(config, "box-1", tmp_path, clock), host(config, "box-2", tmp_path, clock)
+    fail(box1, times=5)
+    clock.advance(config.breakers.open_s)
+    probe = box2.acquire("qwen")  # box-2 probes, then its host dies
+    assert probe.probe and probe.shared
+    with pytest.raises(BreakerOpen, match="a probe is already testing it"):
+        box1.acquire("qwen")
+    clock.advance(config.store.remote_permit_s + 1)
+    assert box1.acquire("qwen").probe
+
+
+def test_a_dead_database_falls_back_to_the_hosts_files(
+    home: Path, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the database unreachable, a host's breaker still works, on its own file, and says so once."""
+    monkeypatch.setenv("SELFHEAL_DATABASE_URL", f"postgresql:///x?host={tmp_path}/no-such-socket-dir&user=nobody")
+    config = load_config()
+    box = host(config, "box-1", tmp_path, clock)
+    with caplog.at_level(logging.WARNING):
+        fail(box, times=5)
+        with pytest.raises(BreakerOpen):
+            box.acquire("qwen")
+    assert (tmp_path / "box-1" / "breakers" / "qwen.json").is_file()
+    assert [r.message for r in caplog.records].count(
+        next(r.message for r in caplog.records if "degraded" in r.message)
+    ) == 1
+
+
+def test_a_fresh_store_setting_is_used_over_the_ledgers(fleet_url: str, state: StateRoot, clock: FakeClock) -> None:
+    """store= given to Breakers wins: a single-host store keeps the breaker in the host's file."""
+    config = load_config()
+    local = StoreSettings(url=None, host_id=None, connect_timeout_s=3, retry_down_s=15, remote_permit_s=120)
+    fail(Breakers(state, config.breakers, clock=clock, store=local), times=5)
+    assert (state.sub("breakers") / "qwen.json").is_file()
+    assert Breakers(state, config.breakers, clock=clock, store=config.store).status("qwen")["state"] == CLOSED
+
+
+# -- across hosts and processes -------------------------------------------------------------------------
+
+
+def run_fleet(tmp_path: Path, hosts: int, per_host: int, outcome: str, seconds: float, url: str | None) -> list[Any]:
+    """hosts x per_host worker processes hammering one target, each host with its own state root."""
+    go = tmp_path / f"go-{outcome}"
+    probes = tmp_path / f"probes-{outcome}"
+    ready = tmp_path / f"ready-{outcome}"
+    probes.mkdir()
+    ready.mkdir()
+    procs = []
+    for h in range(hosts):
+        home = tmp_path / f"host-{h}"
+        home.mkdir(exist_ok=True)
+        (home / "config.yaml").write_text((tmp_path / "config.yaml").read_text())
+        extra = {
+            "PYTHONPATH": str(SCRIPTS),
+            "SELFHEAL_HOST_ID": f"host-{h}",
+            "PROBE_DIR": str(probes),
+            "READY_DIR": str(ready),
+        }
+        if url:
+            extra["SELFHEAL_DATABASE_URL"] = url
+        env = script_env(home, **extra)
+        procs += [
+            subprocess.Popen(
+                [sys.executable, str(HELPERS / "breaker_worker.py"), "dead-api", outcome, str(seconds), str(go)],
+                stdout=subprocess.PIPE,
+                env=env,
+                text=True,
+            )
+            for _ in range(per_host)
+        ]
+    deadline = time.monotonic() + 120
+    while len(list(ready.iterdir())) < len(procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.write_text(str(time.time() + 0.5))  # every phase starts at the same wall time in every process
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    return results
+
+
+@pytest.mark.slow
+def test_three_hosts_of_four_processes_against_a_dead_target_stay_within_the_threshold_and_probes(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """Once a target has failed anywhere in the fleet, 12 processes on 3 hosts send it at most the rest of
+    failure_threshold (5) requests; once the open time is over, one probe at a time, and close_after (3)
+    good probes let the whole fleet through again. (With each host on its own files, as before fleet
+    mode, the same run lets 4 + 5 + 5 requests through.)"""
+    (tmp_path / "config.yaml").write_text("breakers: {open_s: 0.8}\n")
+    config = load_config(user_file=tmp_path / "config.yaml")
+    seen_by = Breakers(StateRoot(tmp_path / "host-0").ensure(), config.breakers, store=config.store)
+    fail(seen_by, "dead-api")  # the target has just started failing: host-0 saw it
+    results = run_fleet(tmp_path, 3, 4, "fail:0.4+ok:1.6", 0, fleet_url)
+    dead, alive = [r[0] for r in results], [r[1] for r in results]
+    assert 1 + sum(r["granted"] for r in dead) <= 5
+    assert sum(r["refused"] for r in dead) > 0
+    assert sum(r["probes"] for r in alive) == 3
+    assert max(r["max_probes_at_once"] for r in alive) == 1
+    assert sum(r["granted"] for r in alive) > 20, results
+    assert seen_by.status("dead-api")["state"] == CLOSED
+
+
+def test_install_fleet_adds_the_driver_and_dev_has_it_too() -> None:
+    """install.sh --fleet installs psycopg (with or without tomllib); --dev does too, for the tests."""
+    import tomllib
+
+    from conftest import ROOT
+
+    parser = (ROOT / "install.sh").read_text().split("<<'PYEOF'\n", 1)[1].split("PYEOF", 1)[0]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for prelude in ("", "import sys\nsys.modules['tomllib'] = None\n"):
+        out = subprocess.run(
+            [sys.executable, "-c", prelude + parser, str(ROOT / "pyproject.toml"), "0", "1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out == project["dependencies"] + project["optional-dependencies"]["fleet"]
+    assert any(dep.startswith("psycopg[binary]") for dep in project["optional-dependencies"]["dev"])
+
+
+# -- the fleet's ledger -----------------------------------------------------------------------------------
+
+
+def ledger_of(config: Config, name: str, root: Path, **store: Any) -> Ledger:
+    """The ledger of one simulated host: its own state root, the fleet's database."""
+    config = dataclasses.replace(config, store=dataclasses.replace(config.store, host_id=name, **store))
+    return Ledger(StateRoot(root / name).ensure(), config)
+
+
+def fleet_rows(url: str) -> list[tuple[str, str, str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT event_id, host, event FROM selfheal_ledger ORDER BY ts").fetchall()
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+
+def test_every_hosts_events_reach_the_fleets_ledger(fleet_url: str, tmp_path: Path) -> None:
+    """Events from two hosts land in one table, each once, naming its host; the local files keep theirs."""
+    config = load_config()
+    one, two = ledger_of(config, "box-1", tmp_path), ledger_of(config, "box-2", tmp_path)
+    first = one.record("retry", task="t1", error_class="timeout", attempt=1)
+    two.record("failed", task="t2", error_class="auth")
+    rows = fleet_rows(fleet_url)
+    assert [(h, e) for _, h, e in rows] == [("box-1", "retry"), ("box-2", "failed")]
+    assert rows[0][0] == first["event_id"]
+    local = [json.loads(line) for line in one.state.ledger_file(first["ts"][:10]).read_text().splitlines()]
+    assert [e["event_id"] for e in local] == [first["event_id"]]
+    assert "event_id" not in one.state.log_file.read_text()  # the human log line stays as it was
+
+
+def test_events_written_while_the_database_is_down_are_spooled_and_replayed_once(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """With the database unreachable, events wait in the host's spool; the first event written once it
+    answers sends them first; a replay repeated (a crash before the spool was emptied) adds nothing."""
+    config = load_config()
+    dead = ledger_of(config, "box-1", tmp_path, url=f"postgresql:///x?host={tmp_path}/none&user=nobody")
+    for n in range(5):
+        dead.record("retry", task="t", attempt=n)
+    spooled = dead.spool_path.read_bytes()
+    assert spooled.count(b"\n") == 5
+    alive = ledger_of(config, "box-1", tmp_path)
+    alive.record("success", task="t")
+    rows = fleet_rows(fleet_url)
+    assert [e for _, _, e in rows] == ["retry"] * 5 + ["success"]
+    assert alive.spool_path.read_bytes() == b""
+    alive.spool_path.write_bytes(spooled)  # as if the last replay died after the database had them
+    assert alive.replay_spool() == 0
+    assert fleet_rows(fleet_url) == rows
+    assert alive.spool_path.read_bytes() == b""
+
+
+def test_day_partitions_past_keeping_are_dropped(fleet_url: str) -> None:
+    """The ledger table has one partition per UTC day; starting a new day drops those past ledger.keep_days."""
+    now = time.time()
+    old = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - 10 * 86400)), "event": "retry"}
+    db = pg.Database(fleet_url, "box-1")
+    assert pg.insert_events(db, [{**old, "event_id": "a"}], keep_days=90) == 1
+    assert pg.insert_events(db, [{**old, "event_id": "b"}], keep_days=5) == 0  # past keeping: not written
+    new = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now)), "event": "retry", "event_id": "c"}
+    assert pg.insert_events(pg.Database(fleet_url, "box-1"), [new], keep_days=5) == 1
+    with psycopg.connect(fleet_url) as conn:
+        assert pg.ledger_partitions(conn) == ["selfheal_ledger_" + new["ts"][:10].replace("-", "")]
+    assert [e for e, _, _ in fleet_rows(fleet_url)] == ["c"]
+
+
+def test_analyze_logs_reads_the_fleets_ledger_and_filters_by_host(fleet_url: str, tmp_path: Path, home: Path) -> None:
+    """analyze_logs.py counts every host's events from the fleet's ledger; --host keeps one host's."""
+    config = load_config()
+    for name, failures in (("box-1", 2), ("box-2", 3)):
+        ledger = ledger_of(config, name, tmp_path)
+        for _ in range(failures):
+            ledger.record("failed", task=f"job-{name}", error_class="transient")
+    env = script_env(home, SELFHEAL_DATABASE_URL=fleet_url)
+
+    def failed(*extra: str) -> int:
+        proc = subprocess.run(
+            [PYTHON, str(SCRIPTS / "analyze_logs.py"), "--json", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode in (0, 1), proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["inputs"][0]["path"].startswith("fleet ledger")
+        return int(report["events"]["failed"])
+
+    assert failed() == 5
+    assert failed("--host", "box-2") == 3
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "analyze_logs.py"), "--host", "box-2"],
+        env=script_env(home),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and "needs fleet mode" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_health_check_says_the_fleet_database_is_unreachable(home: Path, tmp_path: Path) -> None:
+    """A fleet host whose database does not answer reports degraded mode, and how many events wait."""
+    env = script_env(home, SELFHEAL_DATABASE_URL=f"postgresql:///x?host={tmp_path}/none&user=nobody")
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "health_check.py"), "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    fleet = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "fleet")
+    assert fleet["status"] == "warn"
+    assert fleet["detail"].startswith("fleet database unreachable: degraded")
+    assert proc.returncode in (1, 3)
+
+
+@pytest.mark.slow
+def test_restarting_postgresql_mid_run_loses_and_doubles_no_event(
+    postgres: Cluster | External, fleet_url: str, tmp_path: Path
+) -> None:
+    """Three hosts write events while the server stops (fast shutdown) and starts again: afterwards the
+    fleet's ledger holds every event each host wrote, each exactly once."""
+    cluster = postgres if isinstance(postgres, Cluster) else Cluster()
+    go = tmp_path / "go"
+    procs = []
+    for n in range(3):
+        root = tmp_path / f"host-{n}"
+        root.mkdir()
+        (root / "config.yaml").write_text("store: {retry_down_s: 0.2}\n")
+        env = script_env(
+            root,
+            PYTHONPATH=str(SCRIPTS),
+            SELFHEAL_DATABASE_URL=fleet_url,
+            SELFHEAL_HOST_ID=f"host-{n}",
+            READY_FILE=str(tmp_path / f"ready-{n}"),
+        )
+        procs.append(
+            subprocess.Popen(
+                [PYTHON, str(HELPERS / "fleet_ledger_writer.py"), "4", str(go)],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{n}").exists() for n in range(3)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    time.sleep(1.0)
+    cluster.stop()
+    time.sleep(1.0)
+    cluster.start()
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert any(r["spooled_at_most"] for r in results)  # the outage really happened to the writers
+    with psycopg.connect(fleet_url) as conn:
+        per_host = dict(
+            conn.execute("SELECT host, count(*) FROM selfheal_ledger WHERE event <> 'breaker' GROUP BY host").fetchall()
+        )
+        distinct = conn.execute("SELECT count(DISTINCT event_id), count(*) FROM selfheal_ledger").fetchone()
+    assert per_host == {f"host-{n}": r["written"] for n, r in enumerate(results)}
+    assert distinct is not None and distinct[0] == distinct[1]
+
+
+# -- tasks.py fleet -----------------------------------------------------------------------------------------
+
+
+def tasks_fleet(home: Path, action: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, str(SCRIPTS / "tasks.py"), "fleet", action, "--json"],
+        env=script_env(home, **env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_fleet_init_creates_the_schema_and_status_shows_hosts_and_breakers(
+    fleet_url: str, home: Path, tmp_path: Path, clock: FakeClock
+) -> None:
+    """`tasks.py fleet init` readies an empty database; `status` lists the hosts seen and who holds permits."""
+    proc = tasks_fleet(home, "init", SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-1")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["initialized"] and report["schema_version"] == pg.SCHEMA_VERSION
+    config = load_config()
+    host(config, "box-2", tmp_path, clock).acquire("qwen")
+    report = json.loads(tasks_fleet(home, "status", SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-1").stdout)
+    assert [h["host"] for h in report["hosts"]] == ["box-1", "box-2"]
+    assert report["breakers"] == [{"target": "qwen", "state": "closed", "permits_by_host": {"box-2": 1}}]
+
+
+def test_fleet_status_without_fleet_mode_or_database_says_why(home: Path, tmp_path: Path) -> None:
+    """No URL: exit 2 naming the setting; an unreachable database: exit 1, degraded, the password masked."""
+    proc = tasks_fleet(home, "status")
+    assert proc.returncode == 2 and "SELFHEAL_DATABASE_URL" in proc.stderr and "Traceback" not in proc.stderr
+    dead = f"postgresql://someone:s3cretpw@/x?host={tmp_path}/none"
+    proc = tasks_fleet(home, "status", SELFHEAL_DATABASE_URL=dead)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["reachable"] is False and "s3cretpw" not in proc.stdout + proc.stderr
+
+
+def test_self_heal_sees_a_tasks_failures_from_every_host(fleet_url: str, tmp_path: Path) -> None:
+    """A task that failed on box-1 has its evidence on box-2 too: self_heal reads the fleet's ledger."""
+    from selfheal.heal.diagnose import task_events
+
+    config = load_config()
+    ledger_of(config, "box-1", tmp_path).record("failed", task="nightly-report", error_class="timeout", attempt=3)
+    ledger_of(config, "box-3", tmp_path).record("retry", task="other-task", error_class="timeout")
+    here = StateRoot(tmp_path / "box-2").ensure()
+    events = task_events(here, "nightly-report", config=config)
+    assert [(e["host"], e["event"], e["error_class"]) for e in events] == [("box-1", "failed", "timeout")]
+    assert task_events(here, "nightly-report") == []  # this host's own files know nothing of it
+
+
+def test_health_check_reports_the_fleets_breakers(fleet_url: str, home: Path, tmp_path: Path, clock: FakeClock) -> None:
+    """In fleet mode the health check reads the fleet's breakers: one opened by another host shows here."""
+    config = load_config()
+    fail(host(config, "box-2", tmp_path, clock), "vendor-api", times=5)
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
+        env=script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-1"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["fleet"]["status"] == "ok" and checks["fleet"]["hosts"] == ["box-1", "box-2"]
+    assert checks["breakers"]["status"] == "warn" and checks["breakers"]["detail"].startswith("vendor-api open")
+
+
+def test_breakers_ride_out_a_database_restart_on_the_hosts_files_and_come_back(
+    postgres: Cluster | External, fleet_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """PostgreSQL stops mid-run: the host's breaker goes on from its own file (and opens there); once the
+    server is back and store.retry_down_s has passed, the fleet's row is used again, and a probe taken from
+    it before the outage no longer holds the probe slot."""
+    cluster = postgres if isinstance(postgres, Cluster) else Cluster()
+    config = load_config()
+    box = host(config, "box-1", tmp_path, clock)
+    fail(box, times=5)  # open in the fleet
+    clock.advance(config.breakers.open_s)
+    probe = box.acquire("qwen")  # the fleet's single probe slot
+    assert probe.probe and probe.shared
+    cluster.stop()
+    try:
+        box.release(probe, ok=True)  # lands on the file: the row cannot be reached
+        fail(box, times=5)
+        with pytest.raises(BreakerOpen, match="is open"):
+            box.acquire("qwen")
+        assert (tmp_path / "box-1" / "breakers" / "qwen.json").is_file()
+    finally:
+        cluster.start()
+    clock.advance(config.store.retry_down_s + 1)
+    again = box.acquire("qwen")  # the fleet's row again: half-open, and the old probe is gone from it
+    assert again.shared and again.probe
+
+
+def test_fleet_mode_without_the_driver_degrades_and_says_how_to_fix_it(home: Path) -> None:
+    """A URL set but psycopg missing (no install.sh --fleet): calls go on from this host's files, events
+    are spooled, and the health check and `tasks.py fleet status` name the fix."""
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['psycopg'] = None\n"  # makes `import psycopg` raise ImportError
+        "from selfheal.core.breaker import Breakers\n"
+        "from selfheal.core.config import load_config\n"
+        "from selfheal.core.ledger import Ledger\n"
+        "from selfheal.state.root import StateRoot\n"
+        "config = load_config()\n"
+        "state = StateRoot.from_env().ensure()\n"
+        "ledger = Ledger(state, config)\n"
+        "b = Breakers(state, config.breakers, ledger=ledger)\n"
+        "b.release(b.acquire('qwen'), ok=True)\n"
+        "ledger.record('retry', task='t')\n"
+        "print(ledger.spool_path.read_text().count('\\n'))\n"
+        f"sys.argv = ['health_check.py', '--json']\n"
+        "try:\n"
+        f"    runpy.run_path({str(SCRIPTS / 'health_check.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+    )
+    env = script_env(home, PYTHONPATH=str(SCRIPTS), SELFHEAL_DATABASE_URL="postgresql://selfheal@db.invalid/x")
+    proc = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    spooled, report = proc.stdout.split("\n", 1)
+    assert spooled == "1"  # the event waits in the spool for a driver and a database
+    fleet = next(c for c in json.loads(report)["checks"] if c["name"] == "fleet")
+    assert fleet["status"] == "warn" and "./install.sh --fleet" in fleet["detail"]
+    assert "./install.sh --fleet" in proc.stderr  # the warning logged once for the calls
+
+
+def test_a_process_in_use_keeps_its_hosts_heartbeat_fresh(fleet_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """selfheal_hosts.last_seen moves on while a host works, not only when it connects (every HEARTBEAT_S)."""
+    db = pg.Database(fleet_url, "box-1")
+
+    def last_seen() -> object:
+        with psycopg.connect(fleet_url) as conn:
+            row = conn.execute("SELECT last_seen FROM selfheal_hosts WHERE host = 'box-1'").fetchone()
+        return row[0] if row else None
+
+    pg.breaker_targets(db)
+    first = last_seen()
+    pg.breaker_targets(db)
+    assert last_seen() == first  # within HEARTBEAT_S: no extra statement
+    monkeypatch.setattr(pg, "HEARTBEAT_S", 0.0)
+    pg.breaker_targets(db)
+    assert last_seen() > first  # type: ignore[operator]
+
+
+def test_an_open_breaker_refuses_without_waiting_for_the_row_lock(
+    fleet_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """Once a process has seen the fleet's breaker open, its refusals read the row without locking it, so a
+    fleet of refused callers never queues behind the row's lock."""
+    import threading
+
+    config = load_config()
+    box1, box2 = host(config, "box-1", tmp_path, clock), host(config, "box-2", tmp_path, clock)
+    fail(box1, times=5)
+    with pytest.raises(BreakerOpen):
+        box2.acquire("qwen")  # box-2 learns that it is open
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            box2.acquire("qwen")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(fleet_url) as holder:
+        holder.execute("SELECT data FROM selfheal_breakers WHERE target = 'qwen' FOR UPDATE")
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(timeout=5)  # only a failing run waits this long
+        done = not asking.is_alive()
+        holder.rollback()
+    asking.join()
+    assert done and isinstance(outcome[0], BreakerOpen)
