@@ -379,7 +379,9 @@ class Breakers:
                     None,
                     f"{failures} recent failures and {len(in_flight)} requests in flight use the failure budget",
                 )
-            permit = Permit(target, secrets.token_hex(6), probe, eject_probe, shared=bool(data.get("_shared")))
+            permit = Permit(
+                target, secrets.token_hex(6), probe, eject_probe=eject_probe, shared=bool(data.get("_shared"))
+            )
             data["permits"][permit.id] = {
                 "host": self.host,
                 "pid": os.getpid(),
