@@ -291,3 +291,18 @@ def test_a_planted_link_is_never_read_through_either(home: Path, tmp_path: Path)
     assert proc.returncode == 2 and str(link) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert os.path.islink(link)
+
+
+def test_a_task_log_planted_as_a_link_is_not_shown_by_tasks_log(home: Path, tmp_path: Path) -> None:
+    """`tasks.py log NAME` never prints the file a planted tasks/NAME.log points at."""
+    victim = tmp_path / "victim"
+    victim.write_text("secret words of another user\n")
+    assert script(home, "tasks.py", "add", "job", "--", "true").returncode == 0
+    link = home / "tasks" / "job.log"
+    os.symlink(victim, link)
+
+    proc = script(home, "tasks.py", "log", "job")
+
+    assert "secret words" not in proc.stdout + proc.stderr
+    assert proc.returncode == 2 and str(link) in proc.stderr
+    assert "Traceback" not in proc.stderr

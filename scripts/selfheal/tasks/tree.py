@@ -27,7 +27,16 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config, get_config
 from ..core.process import identify
 from ..errors import CorruptStateError, LockBusy, StateError, UsageError
-from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_json, validate_id, write_json
+from ..state.root import (
+    StateRoot,
+    ensure_dir,
+    file_lock,
+    fsync_dir,
+    read_bytes,
+    read_json,
+    validate_id,
+    write_json,
+)
 
 # -- states --------------------------------------------------------------------------------------------
 
@@ -597,7 +606,7 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     """The common case fast (one read, one parse); anything odd goes through read_json, which knows how
     to tell a file being replaced from a corrupt one and moves only a corrupt one aside."""
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_bytes(path))  # never through a planted link (UnsafeStateError)
     except FileNotFoundError:
         return None
     except (ValueError, OSError):
