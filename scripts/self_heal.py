@@ -35,7 +35,7 @@ from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
 from selfheal.heal.diagnose import ApplyRefused, Healer, apply_fix, gather_openclaw, gather_task  # noqa: E402
 from selfheal.observe import openclaw_logs  # noqa: E402
 from selfheal.state.fixes import STATUSES, VOID, FixRecord, FixStore, write_learnings  # noqa: E402
-from selfheal.state.root import StateRoot  # noqa: E402
+from selfheal.state.root import StateRoot, read_bytes  # noqa: E402
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             cli.emit_json({"ok": True, "record": record.to_json()})
         else:
-            sys.stdout.write(store.path(record.id).with_suffix(".md").read_text(encoding="utf-8"))
+            sys.stdout.write(read_bytes(store.path(record.id).with_suffix(".md")).decode("utf-8", "replace"))
         return EXIT_OK
     if args.command == "void":
         with store.locked():

@@ -48,6 +48,7 @@ from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, SelfHealError  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
+from selfheal.state.root import read_bytes  # noqa: E402
 from selfheal.tasks.run import BoundedLog, check_stuck, find_stuck, why_not  # noqa: E402
 from selfheal.tasks.tree import (  # noqa: E402
     ACTIONABLE_STATES,
@@ -693,7 +694,11 @@ def _op_log(store: TaskStore, args: argparse.Namespace, parser: argparse.Argumen
         parser.error(f"--lines must be >= 1, got {args.lines}")
     store.get(args.name)
     path = store.log_path(args.name)
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[-args.lines :] if path.exists() else []
+    try:
+        text = read_bytes(path).decode("utf-8", "replace")  # never through a planted link (exit 2)
+    except FileNotFoundError:
+        text = ""
+    lines = text.splitlines()[-args.lines :]
     _emit(args, {"ok": True, "task": args.name, "log": str(path), "lines": lines}, lines or f"no output yet ({path})")
     return EXIT_OK
 

@@ -273,3 +273,38 @@ def test_the_health_check_is_down_when_another_user_owns_the_state_root(home: Pa
     assert proc.returncode == 3, proc.stderr
     assert report["mode"] == "down" and str(home) in report["reason"] and "another user" in report["reason"]
     assert os.listdir(home) == []
+
+
+def test_a_planted_link_is_never_read_through_either(home: Path, tmp_path: Path) -> None:
+    """`snapshot.py restore` of a session whose file is a link to someone else's snapshot prints none of it."""
+    other = tmp_path / "other-home"
+    messages = tmp_path / "messages.json"
+    messages.write_text('[{"role": "user", "content": "private words of another user"}]')
+    assert script(other, "snapshot.py", "save", "s1", "--messages-file", str(messages)).returncode == 0
+    victim = other / "sessions" / "s1.json"
+    home.mkdir(mode=0o700)
+    (home / "sessions").mkdir(mode=0o700)
+    link = home / "sessions" / "s1.json"
+    os.symlink(victim, link)
+
+    proc = script(home, "snapshot.py", "restore", "s1")
+
+    assert "private words" not in proc.stdout + proc.stderr
+    assert proc.returncode == 2 and str(link) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert os.path.islink(link)
+
+
+def test_a_task_log_planted_as_a_link_is_not_shown_by_tasks_log(home: Path, tmp_path: Path) -> None:
+    """`tasks.py log NAME` never prints the file a planted tasks/NAME.log points at."""
+    victim = tmp_path / "victim"
+    victim.write_text("secret words of another user\n")
+    assert script(home, "tasks.py", "add", "job", "--", "true").returncode == 0
+    link = home / "tasks" / "job.log"
+    os.symlink(victim, link)
+
+    proc = script(home, "tasks.py", "log", "job")
+
+    assert "secret words" not in proc.stdout + proc.stderr
+    assert proc.returncode == 2 and str(link) in proc.stderr
+    assert "Traceback" not in proc.stderr

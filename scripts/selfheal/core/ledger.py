@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
-from ..errors import StateError
-from ..state.root import StateRoot, append_line, ensure_dir, file_lock, open_dir, open_file, unlink
+from ..errors import StateError, UnsafeStateError
+from ..state.root import StateRoot, append_line, ensure_dir, file_lock, open_dir, open_file, open_read, unlink
 from .config import Config, LogSettings
 from .fleet import fleet_database, host_id, mark_down, mark_up
 from .redact import Redactor
@@ -328,7 +328,14 @@ def _rotate(path: Path, settings: LogSettings) -> None:
 def iter_events(paths: list[Path]) -> Iterator[dict[str, Any] | None]:
     """Parsed ledger events from these files in order; None for each line that is not a JSON object."""
     for path in paths:
-        with contextlib.suppress(FileNotFoundError), path.open("rb") as fh:
+        try:
+            fd = open_read(path)  # never through a planted link: that file is skipped, with a warning
+        except FileNotFoundError:
+            continue
+        except UnsafeStateError as exc:
+            logger.warning("%s", exc)
+            continue
+        with os.fdopen(fd, "rb") as fh:
             for raw in fh:
                 try:
                     obj = json.loads(raw)

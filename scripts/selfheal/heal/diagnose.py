@@ -52,7 +52,7 @@ from ..state.fixes import (
     normalize,
     signature_key,
 )
-from ..state.root import StateRoot, quarantine, validate_id
+from ..state.root import StateRoot, quarantine, read_bytes, validate_id
 from ..tasks.analysis import hint_for
 from ..tasks.run import TaskRunner
 from ..tasks.tree import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
@@ -196,8 +196,11 @@ def task_events(
 def _log_lines_for(state: StateRoot, task: str, lines: int) -> list[str]:
     """The task's own log (a task of the tree), else its lines in logs/selfheal.log."""
     own = state.sub("tasks") / f"{task}.log"
-    if own.exists():
-        text = own.read_bytes().decode("utf-8", "replace")
+    try:
+        text = read_bytes(own).decode("utf-8", "replace")  # never through a planted link (UnsafeStateError)
+    except FileNotFoundError:
+        pass
+    else:
         return [ln for ln in text.splitlines() if not (ln.startswith("=== ") and ln.endswith(" ==="))][-lines:]
     found: deque[str] = deque(maxlen=lines)
     needle = f" task={task} "

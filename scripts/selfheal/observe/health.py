@@ -958,6 +958,7 @@ def run_health_check(
     started = clock.monotonic()
     now = clock.time()
     health_path = state.status_file(HEALTH_FILE)
+    root_check = check_state_root(state.root)  # first: reading any state file walks (and tightens) folders
     extra: list[Check] = []
     try:
         previous = read_json(health_path)
@@ -988,7 +989,7 @@ def run_health_check(
         runs_check,
         check_tasks(state, config, clock, now),
         check_breakers(state, now, fleet_breakers),
-        check_state_root(state.root),
+        root_check,
         check_disk(state.root, settings.disk_min_free_mb),
         check_gpu(settings.gpu_min_free_mb, env),
         *([fleet_check] if fleet_check is not None else []),

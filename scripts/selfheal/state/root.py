@@ -379,13 +379,27 @@ def open_rewrite(path: Path, *, create: bool = True) -> int:
 
 
 def open_read(path: Path) -> int:
-    """An fd for reading the state file `path`, never through a symbolic link at the file itself."""
+    """An fd for reading the state file `path`, never through a symbolic link (at the file or at a folder
+    above it, up to the state root): UnsafeStateError names the link; FileNotFoundError if absent."""
+    folder, name = os.path.split(os.fspath(path))
+    flags = os.O_RDONLY | _NOFOLLOW | _CLOEXEC
+    with _dirs_lock:
+        cached = _cached_dir(folder)
+        if cached is not None:
+            try:
+                return os.open(name, flags, dir_fd=cached)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+    dir_fd = open_dir(folder, create=False)
     try:
-        return os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        return os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno == errno.ELOOP and os.path.islink(path):
-            raise UnsafeStateError(path, f"is a symbolic link (to {os.readlink(path)})") from None
+        if exc.errno == errno.ELOOP:
+            raise UnsafeStateError(path, _link_problem(name, dir_fd) or "is a symbolic link") from None
         raise
+    finally:
+        os.close(dir_fd)
 
 
 def read_bytes(path: Path) -> bytes:

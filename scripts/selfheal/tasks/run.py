@@ -265,7 +265,7 @@ def tail_lines(path: Path, count: int = analysis.LOG_LINES, *, last_run: bool = 
     """The last `count` lines a task's commands wrote (only in its last run, if asked), without the log's
     own run markers."""
     try:
-        text = path.read_bytes().decode("utf-8", "replace")
+        text = read_bytes(path).decode("utf-8", "replace")
     except FileNotFoundError:
         return []
     out: list[str] = []

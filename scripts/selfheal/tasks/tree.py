@@ -29,7 +29,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config, get_config
 from ..core.process import identify
 from ..errors import InvalidIdError, LockBusy, StateError, UsageError
-from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, validate_id
+from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_bytes, validate_id
 from ..state.taskdb import DB_NAME, TaskDB, TaskImportRefused, task_row
 from ..state.taskrecord import FIELDS, Task, rank
 from ..state.taskstates import (
@@ -732,7 +732,7 @@ def _read_tree(files: list[Path], folder: Path) -> list[Task]:
     tasks: dict[str, Task] = {}
     for path in files:
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(read_bytes(path))  # never through a planted link (UnsafeStateError)
         except (OSError, ValueError) as exc:
             raise _refuse(path, f"task file {path} is unreadable ({exc})", folder) from None
         if not isinstance(data, dict):
@@ -762,7 +762,7 @@ def _read_tree(files: list[Path], folder: Path) -> list[Task]:
 
 def _read_archived(path: Path, folder: Path) -> tuple[Path, dict[str, Any]]:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_bytes(path))  # never through a planted link (UnsafeStateError)
     except (OSError, ValueError) as exc:
         raise _refuse(path, f"archived task file {path} is unreadable ({exc})", folder) from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
