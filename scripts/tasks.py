@@ -24,6 +24,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ from selfheal.clock import utc_iso  # noqa: E402
 from selfheal.core.ledger import Ledger  # noqa: E402
 from selfheal.core.process import StopFlag  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
-from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
+from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, StateError  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
+from selfheal.state.skill_status import status_path, update_status  # noqa: E402
 from selfheal.tasks.run import BoundedLog, check_stuck, find_stuck, why_not  # noqa: E402
 from selfheal.tasks.tree import (  # noqa: E402
     ACTIONABLE_STATES,
@@ -460,6 +462,7 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
     finally:
         stop.close()
     result.stuck = [f.to_json() for f in stuck]
+    _report_status(result.task, result.outcome)
     _warn_problems(store)
     if args.json:
         cli.emit_json(result.to_json())
@@ -470,6 +473,16 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
         if result.incident:
             cli.say(f"incident: {result.incident}")
     return result.exit_status
+
+
+def _report_status(task: str | None, outcome: str) -> None:
+    """self-heal's line among the skills' status files: the task runner ran, and how its last run went."""
+    now = time.time()
+    values = {"tasks_at": utc_iso(now), "tasks_outcome": outcome, "tasks_task": task}
+    try:
+        update_status(values, now=now)
+    except (OSError, StateError) as exc:  # the run itself is done and recorded; only this line is missing
+        cli.say(f"warning: cannot write {status_path()}: {exc}")
 
 
 def _op_check_stuck(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -44,6 +44,12 @@ def _check_url(value: object) -> str | None:
     return None
 
 
+def _check_path(value: object) -> str | None:
+    if value is not None and not (isinstance(value, str) and re.match(r"/[\w./-]*\Z", value)):
+        return "must be a URL path starting with /, e.g. /healthz"
+    return None
+
+
 def _check_env_name(value: object) -> str | None:
     if value is not None and not (isinstance(value, str) and _ENV_NAME.match(value)):
         return "must be an environment variable name (letters, digits, underscore)"
@@ -164,6 +170,8 @@ class HealthSettings:
 
     # Unset means http://127.0.0.1:<port>, the port from OPENCLAW_GATEWAY_PORT, gateway.port or 18789.
     gateway_url: str | None = field(metadata=_meta(check=_check_url))
+    live_path: str = field(metadata=_meta(check=_check_path))
+    ready_path: str | None = field(metadata=_meta(check=_check_path))
     timeout_s: float = field(metadata=_meta(gt=0, hi=60))
     status_max_age_minutes: float = field(metadata=_meta(gt=0, hi=30 * 24 * 60))
     status_dirs: tuple[str, ...]
