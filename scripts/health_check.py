@@ -5,14 +5,18 @@
   health_check.py --cron     NO_REPLY when operational, else a summary of at most 5 lines (OpenClaw's cron)
   health_check.py --json     one JSON object: the mode and every check (what status/health.json holds)
 
-Every run writes status/health.json under the state root; a change of mode also writes a [HEALTH] line to
-the ledger and logs/selfheal.log. Nothing else is changed and no process is touched.
+Every run writes status/health.json under the state root and self-heal's line in
+~/.openclaw/skills/status/self-heal.txt; a change of mode also writes a [HEALTH] line to the ledger and
+logs/selfheal.log. No process is touched, unless the gateway watchdog is enabled (health.watchdog.enabled,
+off by default): then a gateway found down is restarted with `openclaw gateway restart` (rate-limited, in
+the ledger), and a fix record is written when restarts do not help.
 Exit codes: 0 operational; 1 degraded (the gateway is down but skills still work, or a check warns);
 2 usage or configuration error; 3 down (the gateway is down and nothing shows the skills at work).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,11 +41,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     output.add_argument("--json", action="store_true", help="print one JSON object with every check")
     args = parser.parse_args(argv)
-    report = run_health_check(StateRoot.from_env())
+    state = StateRoot.from_env()
+    report = run_health_check(state)
+    watched = None
+    if report.settings.watchdog:  # opt-in; the configuration is loaded only then
+        from selfheal.core.config import get_config  # noqa: PLC0415
+        from selfheal.heal.watchdog import watch  # noqa: PLC0415
+
+        watched = watch(report, state, get_config(), env=os.environ)
     if args.json:
-        cli.emit_json(report.to_json())
+        cli.emit_json({**report.to_json(), **({"watchdog": watched.to_json()} if watched else {})})
     else:
-        sys.stdout.write((report.cron_text() if args.cron else report.table()) + "\n")
+        text = report.cron_text() if args.cron else report.table()
+        if watched is not None and watched.action != "healthy":
+            text = (f"{text}\n" if text != "NO_REPLY" else "") + f"watchdog: {watched.action}: {watched.detail}"
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
     return report.exit_code
 

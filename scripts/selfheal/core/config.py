@@ -50,6 +50,12 @@ def _check_path(value: object) -> str | None:
     return None
 
 
+def _check_argv(value: object) -> str | None:
+    if not value:
+        return "must be a non-empty argument list, e.g. [openclaw, gateway, restart]"
+    return None
+
+
 def _check_env_name(value: object) -> str | None:
     if value is not None and not (isinstance(value, str) and _ENV_NAME.match(value)):
         return "must be an environment variable name (letters, digits, underscore)"
@@ -165,6 +171,19 @@ class TaskSettings:
 
 
 @dataclass(frozen=True)
+class WatchdogSettings:
+    """The gateway watchdog (health_check.py restarts a gateway it finds down): off unless enabled."""
+
+    enabled: bool
+    restart_argv: tuple[str, ...] = field(metadata=_meta(check=_check_argv))
+    max_restarts_per_hour: int = field(metadata=_meta(lo=1, hi=60))
+    backoff_s: float = field(metadata=_meta(lo=0, hi=3600))
+    startup_grace_s: float = field(metadata=_meta(lo=0, hi=3600))
+    restart_timeout_s: float = field(metadata=_meta(gt=0, hi=3600))
+    keep_configs: int = field(metadata=_meta(lo=1, hi=100))
+
+
+@dataclass(frozen=True)
 class HealthSettings:
     """health_check.py: where the gateway answers, how old a status file may be, what counts as stuck or low."""
 
@@ -177,6 +196,7 @@ class HealthSettings:
     status_dirs: tuple[str, ...]
     stuck_after_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
     disk_min_free_mb: int = field(metadata=_meta(lo=0, hi=1_000_000_000))
+    watchdog: WatchdogSettings
 
 
 def _check_baselines(value: object) -> str | None:
@@ -299,9 +319,18 @@ class ClassifySettings:
         return self.extra_rules + self.rules
 
 
-FIX_ACTIONS = ("reset_breaker", "quarantine_checkpoint", "requeue_task", "void_task", "rerun_task")
+FIX_ACTIONS = (
+    "reset_breaker",
+    "quarantine_checkpoint",
+    "requeue_task",
+    "void_task",
+    "rerun_task",
+    "restore_openclaw_config",
+)
 FIX_KINDS = ("lane_error", "fallback_exhausted", "cron_failed", "skill_invalid", "cli_failed")
-FixAction = Literal["reset_breaker", "quarantine_checkpoint", "requeue_task", "void_task", "rerun_task"]
+FixAction = Literal[
+    "reset_breaker", "quarantine_checkpoint", "requeue_task", "void_task", "rerun_task", "restore_openclaw_config"
+]
 FixKind = Literal["lane_error", "fallback_exhausted", "cron_failed", "skill_invalid", "cli_failed"]
 FixArea = Literal["frontend", "backend", "infra", "tests", "docs", "config"]
 
