@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from selfheal._bootstrap import bootstrap
 
@@ -43,18 +44,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state = StateRoot.from_env()
     report = run_health_check(state)
-    watched = None
+    extra: dict[str, Any] = {}
+    notes: list[str] = []
     if report.settings.watchdog:  # opt-in; the configuration is loaded only then
         from selfheal.core.config import get_config  # noqa: PLC0415
         from selfheal.heal.watchdog import watch  # noqa: PLC0415
 
         watched = watch(report, state, get_config(), env=os.environ)
+        extra["watchdog"] = watched.to_json()
+        if watched.action != "healthy":
+            notes.append(f"watchdog: {watched.action}: {watched.detail}")
+    gateway = report.check("gateway")
+    if report.settings.cron_retry and gateway is not None and gateway.status == "ok":  # OpenClaw's cron needs it
+        from selfheal.core.config import get_config  # noqa: PLC0415
+        from selfheal.heal.cron_retry import CronUnavailable, retry_failed_jobs  # noqa: PLC0415
+
+        try:
+            retried = retry_failed_jobs(state, get_config(), env=os.environ)
+        except CronUnavailable as exc:
+            retried = []
+            notes.append(f"cron retry: {exc}")
+        extra["cron_retry"] = [r.to_json() for r in retried]
+        notes += [f"cron retry: {r.job}: {r.detail}" for r in retried if r.action == "retried"]
     if args.json:
-        cli.emit_json({**report.to_json(), **({"watchdog": watched.to_json()} if watched else {})})
+        cli.emit_json({**report.to_json(), **extra})
     else:
         text = report.cron_text() if args.cron else report.table()
-        if watched is not None and watched.action != "healthy":
-            text = (f"{text}\n" if text != "NO_REPLY" else "") + f"watchdog: {watched.action}: {watched.detail}"
+        if notes:
+            text = "\n".join(([text] if text != "NO_REPLY" else []) + notes)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     return report.exit_code

@@ -184,6 +184,16 @@ class WatchdogSettings:
 
 
 @dataclass(frozen=True)
+class CronRetrySettings:
+    """Failed OpenClaw cron jobs run again (`openclaw cron run`): only the jobs listed, by name or id."""
+
+    jobs: tuple[str, ...]
+    max_retries: int = field(metadata=_meta(lo=1, hi=100))
+    backoff_s: float = field(metadata=_meta(lo=0, hi=86400))
+    timeout_s: float = field(metadata=_meta(gt=0, hi=3600))
+
+
+@dataclass(frozen=True)
 class HealthSettings:
     """health_check.py: where the gateway answers, how old a status file may be, what counts as stuck or low."""
 
@@ -197,6 +207,7 @@ class HealthSettings:
     stuck_after_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
     disk_min_free_mb: int = field(metadata=_meta(lo=0, hi=1_000_000_000))
     watchdog: WatchdogSettings
+    cron_retry: CronRetrySettings
 
 
 def _check_baselines(value: object) -> str | None:

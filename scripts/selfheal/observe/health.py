@@ -108,6 +108,7 @@ class Settings(NamedTuple):
     live_path: str = "/healthz"  # health.live_path
     ready_path: str | None = "/readyz"  # health.ready_path; None: no readiness probe
     watchdog: bool = False  # health.watchdog.enabled: health_check.py then acts on a gateway that is down
+    cron_retry: bool = False  # health.cron_retry.jobs is not empty: health_check.py retries those jobs
 
     def to_json(self) -> dict[str, Any]:
         data = self._asdict()
@@ -126,6 +127,7 @@ class Settings(NamedTuple):
                 live_path=str(data["live_path"]),
                 ready_path=str(data["ready_path"]) if data["ready_path"] is not None else None,
                 watchdog=bool(data["watchdog"]),
+                cron_retry=bool(data["cron_retry"]),
                 timeout_s=float(data["timeout_s"]),
                 status_dirs=tuple(str(d) for d in data["status_dirs"]),
                 status_max_age_s=float(data["status_max_age_s"]),
@@ -274,6 +276,7 @@ def settings_from_config(config: Config, env: Mapping[str, str]) -> Settings:
         live_path=config.health.live_path,
         ready_path=config.health.ready_path,
         watchdog=config.health.watchdog.enabled,
+        cron_retry=bool(config.health.cron_retry.jobs),
         timeout_s=config.health.timeout_s,
         status_dirs=dirs,
         status_max_age_s=config.health.status_max_age_minutes * 60.0,
