@@ -4,8 +4,10 @@
 With no PATH, reads the ledger of the last `analysis.since_s` (24 h) and OpenClaw's logs (/tmp/openclaw,
 or logging.file of ~/.openclaw/openclaw.json); each PATH (plain or .gz, `-` for stdin) is read whole
 unless --since/--until are given. Totals, success rate, retries per task, top failure reasons, per model
-and per target, breaker trips per hour, fallback rate, slowest tasks, OpenClaw's lane errors, exhausted
-fallback chains and failed cron jobs, unclassified errors with a suggested rule, and the alert rules.
+and per target, breaker trips per hour, fallback rate, slowest tasks; OpenClaw's failed agent turns (per
+turn, not per log line), exhausted fallback chains (each model tried, with its status and class) and failed
+cron jobs (per job, with OpenClaw's diagnosis); unclassified errors with a suggested rule; the alert rules,
+OpenClaw's own failures included (thresholds `analysis.openclaw_*`).
 
 Exit codes: 0 no alert; 1 an alert was raised; 2 usage (a bad flag or time, a PATH that cannot be read).
 """

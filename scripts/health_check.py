@@ -5,8 +5,11 @@
   health_check.py --cron     NO_REPLY when operational, else a summary of at most 5 lines (OpenClaw's cron)
   health_check.py --json     one JSON object: the mode and every check (what status/health.json holds)
 
-Every run writes status/health.json under the state root; a change of mode also writes a [HEALTH] line to
-the ledger and logs/selfheal.log. Nothing else is changed and no process is touched.
+Every run writes status/health.json under the state root and self-heal's line in
+~/.openclaw/skills/status/self-heal.txt; a change of mode also writes a [HEALTH] line to the ledger and
+logs/selfheal.log. No process is touched, unless the gateway watchdog is enabled (health.watchdog.enabled,
+off by default): then a gateway found down is restarted with `openclaw gateway restart` (rate-limited, in
+the ledger), and a fix record is written when restarts do not help.
 Exit codes: 0 operational; 1 degraded (the gateway is down but skills still work, or a check warns);
 2 usage or configuration error; 3 down (the gateway is down and nothing shows the skills at work, or the
 state root is another user's). Symbolic links found under the state root, and folders open to other users,
@@ -15,8 +18,10 @@ warn (degraded).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from selfheal._bootstrap import bootstrap
 
@@ -39,11 +44,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     output.add_argument("--json", action="store_true", help="print one JSON object with every check")
     args = parser.parse_args(argv)
-    report = run_health_check(StateRoot.from_env())
+    state = StateRoot.from_env()
+    report = run_health_check(state)
+    extra: dict[str, Any] = {}
+    notes: list[str] = []
+    if report.settings.watchdog:  # opt-in; the configuration is loaded only then
+        from selfheal.core.config import get_config  # noqa: PLC0415
+        from selfheal.heal.watchdog import watch  # noqa: PLC0415
+
+        watched = watch(report, state, get_config(), env=os.environ)
+        extra["watchdog"] = watched.to_json()
+        if watched.action != "healthy":
+            notes.append(f"watchdog: {watched.action}: {watched.detail}")
+    gateway = report.check("gateway")
+    if report.settings.cron_retry and gateway is not None and gateway.status == "ok":  # OpenClaw's cron needs it
+        from selfheal.core.config import get_config  # noqa: PLC0415
+        from selfheal.heal.cron_retry import CronUnavailable, retry_failed_jobs  # noqa: PLC0415
+
+        try:
+            retried = retry_failed_jobs(state, get_config(), env=os.environ)
+        except CronUnavailable as exc:
+            retried = []
+            notes.append(f"cron retry: {exc}")
+        extra["cron_retry"] = [r.to_json() for r in retried]
+        notes += [f"cron retry: {r.job}: {r.detail}" for r in retried if r.action == "retried"]
     if args.json:
-        cli.emit_json(report.to_json())
+        cli.emit_json({**report.to_json(), **extra})
     else:
-        sys.stdout.write((report.cron_text() if args.cron else report.table()) + "\n")
+        text = report.cron_text() if args.cron else report.table()
+        if notes:
+            text = "\n".join(([text] if text != "NO_REPLY" else []) + notes)
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
     return report.exit_code
 

@@ -32,6 +32,7 @@ import itertools
 import json
 import shlex
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,10 @@ from selfheal.core.fleet import fleet_report  # noqa: E402
 from selfheal.core.ledger import SPOOL, Ledger  # noqa: E402
 from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
-from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, SelfHealError  # noqa: E402
+from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, SelfHealError, StateError  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
 from selfheal.state.root import read_bytes  # noqa: E402
+from selfheal.state.skill_status import status_path, update_status  # noqa: E402
 from selfheal.tasks.run import BoundedLog, check_stuck, find_stuck, why_not  # noqa: E402
 from selfheal.tasks.tree import (  # noqa: E402
     ACTIONABLE_STATES,
@@ -634,6 +636,7 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
     finally:
         stop.close()
     result.stuck = [f.to_json() for f in stuck]
+    _report_status(result.task, result.outcome)
     _warn_problems(store)
     if args.json:
         cli.emit_json(result.to_json())
@@ -644,6 +647,16 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
         if result.incident:
             cli.say(f"incident: {result.incident}")
     return result.exit_status
+
+
+def _report_status(task: str | None, outcome: str) -> None:
+    """self-heal's line among the skills' status files: the task runner ran, and how its last run went."""
+    now = time.time()
+    values = {"tasks_at": utc_iso(now), "tasks_outcome": outcome, "tasks_task": task}
+    try:
+        update_status(values, now=now)
+    except (OSError, StateError) as exc:  # the run itself is done and recorded; only this line is missing
+        cli.say(f"warning: cannot write {status_path()}: {exc}")
 
 
 def _op_check_stuck(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

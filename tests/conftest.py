@@ -27,12 +27,14 @@ from selfheal.testing import FakeClock  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private SELFHEAL_HOME for each test, and no inherited SELFHEAL_* settings."""
+    """A private SELFHEAL_HOME for each test, no inherited SELFHEAL_* settings, and a private OpenClaw state
+    folder (OPENCLAW_STATE_DIR), so nothing reads or writes the real ~/.openclaw (self-heal's status file there)."""
     for key in list(os.environ):
         if key.startswith("SELFHEAL_") or key == "OPENCLAW_STATE_DIR":
             monkeypatch.delenv(key, raising=False)
     state = tmp_path / "state"
     monkeypatch.setenv("SELFHEAL_HOME", str(state))
+    monkeypatch.setenv("OPENCLAW_STATE_DIR", str(tmp_path / "openclaw-state"))
     return state
 
 

@@ -956,3 +956,13 @@ def test_analyze_logs_exits_1_for_openclaws_own_failures(home: Path) -> None:
         in text
     )
     assert "cron job nightly-report: 3 failed run(s)" in text and "No such file or directory" in text
+
+
+def test_openclaw_failure_lines_beyond_the_memory_cap_are_counted_as_not_grouped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Memory stays bounded however many failures a log holds: the lines past the cap are said, not held."""
+    monkeypatch.setattr(logscan, "_MAX_OPENCLAW_FAILURES", 4)
+    oc = report_of(FAILURES)["openclaw"]
+    assert oc["not_grouped"] == 10 + 2 + 3 + 8 - 4  # lane, next_fallback, chain_exhausted, cron lines; 4 held
+    assert oc["failed_turns"] <= 2

@@ -183,6 +183,9 @@ def crontab(tmp_path: Path) -> tuple[Path, Path]:
 def install(home: Path, crontab: tuple[Path, Path], *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = script_env(home, SELFHEAL_CRONTAB=str(crontab[0]), FAKE_CRONTAB_TABLE=str(crontab[1]), **extra)
     env["PYTHON"] = PYTHON
+    env.pop("OPENCLAW_STATE_DIR", None)  # as on a user's machine: OpenClaw's folder is ~/.openclaw...
+    if "HOME" not in extra:  # ...in a HOME of the test's own, which the lines pin
+        env["HOME"] = str(home.parent / "user-home")
     return subprocess.run(
         ["bash", str(ROOT / "install.sh"), *args], env=env, capture_output=True, text=True, timeout=600, check=False
     )

@@ -71,6 +71,18 @@ def mask_url_password(url: str) -> str:
     return re.sub(r"([?&]password=)[^&\s]*", r"\1***", url)
 
 
+def _check_path(value: object) -> str | None:
+    if value is not None and not (isinstance(value, str) and re.match(r"/[\w./-]*\Z", value)):
+        return "must be a URL path starting with /, e.g. /healthz"
+    return None
+
+
+def _check_argv(value: object) -> str | None:
+    if not value:
+        return "must be a non-empty argument list, e.g. [openclaw, gateway, restart]"
+    return None
+
+
 def _check_env_name(value: object) -> str | None:
     if value is not None and not (isinstance(value, str) and _ENV_NAME.match(value)):
         return "must be an environment variable name (letters, digits, underscore)"
@@ -192,16 +204,43 @@ class TaskSettings:
 
 
 @dataclass(frozen=True)
+class WatchdogSettings:
+    """The gateway watchdog (health_check.py restarts a gateway it finds down): off unless enabled."""
+
+    enabled: bool
+    restart_argv: tuple[str, ...] = field(metadata=_meta(check=_check_argv))
+    max_restarts_per_hour: int = field(metadata=_meta(lo=1, hi=60))
+    backoff_s: float = field(metadata=_meta(lo=0, hi=3600))
+    startup_grace_s: float = field(metadata=_meta(lo=0, hi=3600))
+    restart_timeout_s: float = field(metadata=_meta(gt=0, hi=3600))
+    keep_configs: int = field(metadata=_meta(lo=1, hi=100))
+
+
+@dataclass(frozen=True)
+class CronRetrySettings:
+    """Failed OpenClaw cron jobs run again (`openclaw cron run`): only the jobs listed, by name or id."""
+
+    jobs: tuple[str, ...]
+    max_retries: int = field(metadata=_meta(lo=1, hi=100))
+    backoff_s: float = field(metadata=_meta(lo=0, hi=86400))
+    timeout_s: float = field(metadata=_meta(gt=0, hi=3600))
+
+
+@dataclass(frozen=True)
 class HealthSettings:
     """health_check.py: where the gateway answers, how old a status file may be, what counts as stuck or low."""
 
     # Unset means http://127.0.0.1:<port>, the port from OPENCLAW_GATEWAY_PORT, gateway.port or 18789.
     gateway_url: str | None = field(metadata=_meta(check=_check_url))
+    live_path: str = field(metadata=_meta(check=_check_path))
+    ready_path: str | None = field(metadata=_meta(check=_check_path))
     timeout_s: float = field(metadata=_meta(gt=0, hi=60))
     status_max_age_minutes: float = field(metadata=_meta(gt=0, hi=30 * 24 * 60))
     status_dirs: tuple[str, ...]
     stuck_after_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
     disk_min_free_mb: int = field(metadata=_meta(lo=0, hi=1_000_000_000))
+    watchdog: WatchdogSettings
+    cron_retry: CronRetrySettings
 
 
 def _check_baselines(value: object) -> str | None:
@@ -351,9 +390,18 @@ class ClassifySettings:
         return self.extra_rules + self.rules
 
 
-FIX_ACTIONS = ("reset_breaker", "quarantine_checkpoint", "requeue_task", "void_task", "rerun_task")
+FIX_ACTIONS = (
+    "reset_breaker",
+    "quarantine_checkpoint",
+    "requeue_task",
+    "void_task",
+    "rerun_task",
+    "restore_openclaw_config",
+)
 FIX_KINDS = ("lane_error", "fallback_exhausted", "cron_failed", "skill_invalid", "cli_failed")
-FixAction = Literal["reset_breaker", "quarantine_checkpoint", "requeue_task", "void_task", "rerun_task"]
+FixAction = Literal[
+    "reset_breaker", "quarantine_checkpoint", "requeue_task", "void_task", "rerun_task", "restore_openclaw_config"
+]
 FixKind = Literal["lane_error", "fallback_exhausted", "cron_failed", "skill_invalid", "cli_failed"]
 FixArea = Literal["frontend", "backend", "infra", "tests", "docs", "config"]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -52,7 +53,7 @@ from ..state.fixes import (
     normalize,
     signature_key,
 )
-from ..state.root import StateRoot, quarantine, read_bytes, validate_id
+from ..state.root import StateRoot, quarantine, read_bytes, validate_id, write_bytes_atomic
 from ..tasks.analysis import hint_for
 from ..tasks.run import TaskRunner
 from ..tasks.tree import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
@@ -940,6 +941,8 @@ def apply_fix(
 
 def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot, clock: Clock) -> Applied:
     task = record.task
+    if action == "restore_openclaw_config":
+        return _restore_config(record, clock)
     if action == "reset_breaker":
         target = str(record.evidence.get("target") or "")
         breakers = Breakers(state, config.breakers, ledger=Ledger(state, config, clock=clock))
@@ -980,6 +983,24 @@ def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot,
         result = task_runner(store).run_next(only=task)
         return Applied(action, task, f"ran it: {result.outcome} ({result.exec_state})", "none: a run cannot be undone")
     raise ApplyRefused(f"{record.id}: unknown action {action!r}; nothing was done")  # pragma: no cover - checked above
+
+
+def _restore_config(record: FixRecord, clock: Clock) -> Applied:
+    """Put the last-known-good openclaw.json back; the current file is kept beside it (the undo)."""
+    good, current = record.evidence.get("good_config"), record.evidence.get("config")
+    if not good or not current or not Path(str(good)).is_file():
+        raise ApplyRefused(f"{record.id}: no last-known-good openclaw.json to restore; nothing was done")
+    target = Path(str(current))
+    kept = target.with_name(f"{target.name}.before-restore-{utc_iso(clock.time()).replace(':', '')}")
+    if target.exists():
+        shutil.copy2(target, kept)
+    write_bytes_atomic(target, Path(str(good)).read_bytes())
+    return Applied(
+        "restore_openclaw_config",
+        str(target),
+        f"restored from {good}; the replaced file is {kept}",
+        f"cp {shlex.quote(str(kept))} {shlex.quote(str(target))}",
+    )
 
 
 def verify_applied(task: str, *, state: StateRoot, clock: Clock = SYSTEM_CLOCK) -> list[str]:

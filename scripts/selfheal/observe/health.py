@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError
 from ..state.root import SUBDIRS, StateRoot, read_json, read_json_shared, write_json
+from ..state.skill_status import STATUS_FILE_NAME, update_status
 
 if TYPE_CHECKING:
     from ..core.config import Config
@@ -105,6 +106,10 @@ class Settings(NamedTuple):
     disk_min_free_mb: int
     gpu_min_free_mb: int
     fleet: bool = False  # store.url is set: check the fleet's database too
+    live_path: str = "/healthz"  # health.live_path
+    ready_path: str | None = "/readyz"  # health.ready_path; None: no readiness probe
+    watchdog: bool = False  # health.watchdog.enabled: health_check.py then acts on a gateway that is down
+    cron_retry: bool = False  # health.cron_retry.jobs is not empty: health_check.py retries those jobs
 
     def to_json(self) -> dict[str, Any]:
         data = self._asdict()
@@ -120,6 +125,10 @@ class Settings(NamedTuple):
             return cls(
                 gateway_url=str(data["gateway_url"]),
                 gateway_source=str(data["gateway_source"]),
+                live_path=str(data["live_path"]),
+                ready_path=str(data["ready_path"]) if data["ready_path"] is not None else None,
+                watchdog=bool(data["watchdog"]),
+                cron_retry=bool(data["cron_retry"]),
                 timeout_s=float(data["timeout_s"]),
                 status_dirs=tuple(str(d) for d in data["status_dirs"]),
                 status_max_age_s=float(data["status_max_age_s"]),
@@ -266,6 +275,10 @@ def settings_from_config(config: Config, env: Mapping[str, str]) -> Settings:
     return Settings(
         gateway_url=url,
         gateway_source=source,
+        live_path=config.health.live_path,
+        ready_path=config.health.ready_path,
+        watchdog=config.health.watchdog.enabled,
+        cron_retry=bool(config.health.cron_retry.jobs),
         timeout_s=config.health.timeout_s,
         status_dirs=dirs,
         status_max_age_s=config.health.status_max_age_minutes * 60.0,
@@ -393,10 +406,11 @@ def _shape(answer: _Answer) -> str:
 
 
 def check_gateway(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> list[Check]:
-    """Liveness (/healthz) and readiness (/readyz) of the OpenClaw gateway."""
+    """Liveness (`health.live_path`, /healthz) and readiness (`health.ready_path`, /readyz) of the gateway."""
     base = settings.gateway_url.rstrip("/")
-    data: dict[str, Any] = {"url": base, "source": settings.gateway_source}
-    live = http_get(base + "/healthz", settings.timeout_s, clock)
+    live_url, ready_path = base + settings.live_path, settings.ready_path
+    data: dict[str, Any] = {"url": base, "source": settings.gateway_source, "live_path": settings.live_path}
+    live = http_get(live_url, settings.timeout_s, clock)
     data["elapsed_ms"] = round(live.elapsed_ms, 1)
     body = _json_object(live.body) if live.error is None else None
     if live.error is not None:
@@ -405,7 +419,7 @@ def check_gateway(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> list[Check
         gateway = Check(
             "gateway",
             FAIL,
-            f"{base}/healthz answered {_shape(live)}, not OpenClaw's JSON health answer: "
+            f"{live_url} answered {_shape(live)}, not OpenClaw's JSON health answer: "
             "something else listens on that port, or a proxy answers for it",
             {**data, "http_status": live.status},
         )
@@ -413,7 +427,7 @@ def check_gateway(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> list[Check
         gateway = Check(
             "gateway",
             FAIL,
-            f"{base}/healthz answered HTTP {live.status}: {_one_line(json.dumps(body), 200)}",
+            f"{live_url} answered HTTP {live.status}: {_one_line(json.dumps(body), 200)}",
             {**data, "http_status": live.status, "body": body},
         )
     else:
@@ -421,13 +435,15 @@ def check_gateway(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> list[Check
     if gateway.status != OK:
         return [gateway, Check("gateway_ready", SKIP, "not asked: the gateway is not live", {"url": base})]
 
-    ready = http_get(base + "/readyz", settings.timeout_s, clock)
+    if ready_path is None:
+        return [gateway, Check("gateway_ready", SKIP, "no readiness probe (health.ready_path is null)", {"url": base})]
+    ready = http_get(base + ready_path, settings.timeout_s, clock)
     rdata: dict[str, Any] = {"url": base, "http_status": ready.status}
     answer = _json_object(ready.body) if ready.error is None else None
     if ready.error is not None:
-        readiness = Check("gateway_ready", WARN, f"{base}/readyz did not answer: {ready.error}", rdata)
+        readiness = Check("gateway_ready", WARN, f"{base}{ready_path} did not answer: {ready.error}", rdata)
     elif answer is None:
-        readiness = Check("gateway_ready", WARN, f"{base}/readyz answered {_shape(ready)}, not JSON", rdata)
+        readiness = Check("gateway_ready", WARN, f"{base}{ready_path} answered {_shape(ready)}, not JSON", rdata)
     elif answer.get("ready") is True:
         readiness = Check("gateway_ready", OK, "ready", rdata)
     else:
@@ -517,6 +533,8 @@ def check_status_files(own_dir: Path, other_dirs: Iterable[Path], max_age_s: flo
             name = entry.name
             if name.startswith(".") or not name.endswith(suffixes) or (own and name == f"{HEALTH_FILE}.json"):
                 continue
+            if not own and name == STATUS_FILE_NAME:
+                continue  # self-heal's own line for other skills' scripts: the health check itself writes it
             try:
                 info = entry.stat()
             except OSError:
@@ -1020,6 +1038,11 @@ def run_health_check(
         checks.append(Check("health_file", WARN, f"cannot write {health_path}: {exc}", {"file": str(health_path)}))
         mode, reason = decide(checks, fresh + live)
         report = report._replace(mode=mode, reason=reason, checks=tuple(checks))
+    try:
+        update_status({"health": mode, "health_at": utc_iso(now)}, now=now, env=env)
+    except (OSError, StateError) as exc:
+        checks.append(Check("skill_status", WARN, f"cannot write self-heal's status file: {exc}", {}))
+        report = report._replace(checks=tuple(checks))
     if report.changed:
         from ..core.ledger import Ledger  # noqa: PLC0415 - only when the mode changed
 

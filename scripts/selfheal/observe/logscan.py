@@ -57,7 +57,7 @@ BLOCK_BYTES = 2 * 1024 * 1024  # read size; a block's parsed rows take about 3 t
 _MAX_KEYS = 250_000  # distinct fast-path keys held (about 40 MB at most) before they are folded
 _MAX_DURATIONS = 500_000  # durations held (8 bytes each) before they are folded per task
 _MAX_SIGNATURES = 500  # distinct unclassified signatures kept; the rest are counted together
-_MAX_OPENCLAW_FAILURES = 100_000  # OpenClaw failure lines held to group into turns and jobs; more are counted only
+_MAX_OPENCLAW_FAILURES = 20_000  # OpenClaw failure lines held (about 1 KB each) to group into turns; more: counted
 
 EVENTS = ("retry", "success", "failed", "fallback", "breaker", "resume", "compensate", "incident", "fix", "stuck")
 FAILURE_EVENTS = frozenset({"retry", "failed"})  # what the source documents count as failures

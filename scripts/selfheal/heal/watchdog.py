@@ -1,0 +1,258 @@
+"""The gateway watchdog (opt-in, `health.watchdog.enabled`): restart a gateway the health check finds down.
+
+It acts only on what the health check found: the gateway not live (liveness probe failed). A gateway that
+is starting is left alone: one that answers but is not ready yet is not down at all, and one whose latest
+lifecycle line in OpenClaw's own log is a start (`starting...`, no `gateway ready` or shutdown after it)
+younger than `startup_grace_s` is given that long. A restart of our own is also given that long.
+
+A restart runs `restart_argv` (OpenClaw's supported way: `openclaw gateway restart`, which restarts the
+service-installed gateway), never a signal to a process found by name. At most `max_restarts_per_hour`
+restarts in any hour, the n-th waiting at least `backoff_s * 2**(n-1)` after the one before. Every restart
+goes to the ledger (`watchdog` events). When the hour's restarts are spent and the gateway is still down,
+a fix record says so, with OpenClaw's own output and, when `openclaw.json` changed since the last healthy
+check, the last-known-good copy to restore (a person's decision: `self_heal.py --apply FIX-ID`).
+
+While the gateway is live, the current `openclaw.json` is kept as last-known-good (a copy when it changed,
+the newest `keep_configs` kept, under the state root's `openclaw-config/`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..core.config import Config
+from ..core.ledger import Ledger
+from ..errors import StateError
+from ..observe import openclaw_logs
+from ..observe.health import OK, Report
+from ..state.fixes import READY
+from ..state.root import StateRoot, ensure_dir, read_json, write_bytes_atomic, write_json
+from .diagnose import Evidence, Healer
+
+logger = logging.getLogger(__name__)
+
+WATCHDOG_FILE = "watchdog"  # status/watchdog.json: the restarts of the last hour
+CONFIG_FOLDER = "openclaw-config"
+TAIL_BYTES = 256 * 1024  # of OpenClaw's newest log, read for its latest lifecycle line
+_LIFECYCLE = {"starting...": "starting", "gateway ready": "ready", "received SIGTERM; shutting down": "stopping"}
+
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the watchdog did: healthy | starting | restarted | waiting | gave_up, and why."""
+
+    action: str
+    detail: str
+    fix_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "detail": self.detail, "fix_id": self.fix_id}
+
+
+# -- last-known-good openclaw.json ------------------------------------------------------------------------------
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def good_configs(state: StateRoot) -> list[Path]:
+    """The kept copies, newest first."""
+    folder = state.sub(CONFIG_FOLDER)
+    return sorted(folder.glob("openclaw-*.json"), reverse=True) if folder.is_dir() else []
+
+
+def keep_good_config(state: StateRoot, env: Mapping[str, str], *, keep: int, now: float) -> Path | None:
+    """Copy openclaw.json as last-known-good when it differs from the newest copy; prune to `keep`."""
+    source = openclaw_logs.config_path(env)
+    try:
+        data = source.read_bytes()
+    except OSError:
+        return None
+    kept = good_configs(state)
+    if kept and _digest(kept[0].read_bytes()) == _digest(data):
+        return kept[0]
+    target = state.sub(CONFIG_FOLDER) / f"openclaw-{utc_iso(now).replace(':', '')}.json"
+    ensure_dir(target.parent)
+    write_bytes_atomic(target, data)
+    for old in good_configs(state)[keep:]:
+        old.unlink(missing_ok=True)
+    return target
+
+
+def config_changed_since_good(state: StateRoot, env: Mapping[str, str]) -> Path | None:
+    """The newest good copy when openclaw.json differs from it now (a config change may have broken the start)."""
+    kept = good_configs(state)
+    try:
+        current = openclaw_logs.config_path(env).read_bytes()
+    except OSError:
+        return kept[0] if kept else None
+    return kept[0] if kept and _digest(kept[0].read_bytes()) != _digest(current) else None
+
+
+# -- is it starting? ----------------------------------------------------------------------------------------------
+
+
+def latest_lifecycle(env: Mapping[str, str]) -> tuple[str, float] | None:
+    """The gateway's latest start, ready or stop line in OpenClaw's newest log: (what, when)."""
+    paths = [p for p in openclaw_logs.discover(env) if p.suffix != ".gz"]
+    if not paths:
+        return None
+    newest = max(paths, key=lambda p: p.stat().st_mtime)
+    try:
+        with newest.open("rb") as fh:
+            fh.seek(max(0, newest.stat().st_size - TAIL_BYTES))
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for raw in reversed(lines):
+        record = openclaw_logs.parse_line(raw)
+        if record is None or record.subsystem not in ("gateway", "gateway/shutdown"):
+            continue
+        what = _LIFECYCLE.get(record.message) or (
+            "stopped" if record.message.startswith("shutdown completed") else None
+        )
+        ts = openclaw_logs.timestamp(record.time)
+        if what and ts is not None:
+            return what, ts
+    return None
+
+
+# -- the watchdog ----------------------------------------------------------------------------------------------------
+
+
+def _history(state: StateRoot, now: float) -> list[float]:
+    try:
+        data = read_json(state.status_file(WATCHDOG_FILE)) or {}
+    except StateError:
+        data = {}
+    restarts = data.get("restarts") if isinstance(data, dict) else None
+    return [float(t) for t in restarts or [] if isinstance(t, (int, float)) and now - float(t) < 3600]
+
+
+def watch(
+    report: Report,
+    state: StateRoot,
+    config: Config,
+    *,
+    env: Mapping[str, str],
+    clock: Clock = SYSTEM_CLOCK,
+    run: Runner = subprocess.run,
+) -> Outcome:
+    """Act on one health report: keep a good config while live, restart a gateway that is down."""
+    settings = config.health.watchdog
+    now = clock.time()
+    gateway = report.check("gateway")
+    if gateway is None or gateway.status == OK:
+        keep_good_config(state, env, keep=settings.keep_configs, now=now)
+        return Outcome("healthy", "the gateway is live")
+    restarts = _history(state, now)
+    lifecycle = latest_lifecycle(env)
+    if restarts and now - restarts[-1] < settings.startup_grace_s:
+        return Outcome("starting", f"restarted {now - restarts[-1]:.0f}s ago; given {settings.startup_grace_s:g}s")
+    if lifecycle and lifecycle[0] == "starting" and now - lifecycle[1] < settings.startup_grace_s:
+        return Outcome("starting", f"OpenClaw logged a start {now - lifecycle[1]:.0f}s ago; left alone")
+    ledger = Ledger(state, config, clock=clock)
+    if len(restarts) >= settings.max_restarts_per_hour:
+        return _give_up(report, state, config=config, env=env, clock=clock, restarts=restarts, ledger=ledger)
+    if restarts:
+        wait = settings.backoff_s * 2 ** (len(restarts) - 1)
+        if now - restarts[-1] < wait:
+            return Outcome("waiting", f"next restart not before {utc_iso(restarts[-1] + wait)} (backoff)")
+    argv = list(settings.restart_argv)
+    try:
+        done = run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=settings.restart_timeout_s,
+            check=False,
+            start_new_session=True,  # what it starts outlives this check
+            env=dict(env),
+        )
+        code, output = done.returncode, (done.stdout + done.stderr).strip()[-2000:]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        code, output = None, str(exc)
+    restarts.append(now)
+    write_json(state.status_file(WATCHDOG_FILE), {"restarts": restarts, "last_output": output, "last_exit": code})
+    ledger.record(
+        "watchdog",
+        task="openclaw-gateway",
+        status="restarted" if code == 0 else "restart_failed",
+        reason=f"the gateway was down ({gateway.detail}); ran {' '.join(argv)}: exit {code}",
+        attempt=len(restarts),
+    )
+    action = "restarted" if code == 0 else "restart_failed"
+    return Outcome(action, f"ran {' '.join(argv)} (exit {code}), restart {len(restarts)} this hour")
+
+
+def _give_up(
+    report: Report,
+    state: StateRoot,
+    *,
+    config: Config,
+    env: Mapping[str, str],
+    clock: Clock,
+    restarts: Sequence[float],
+    ledger: Ledger,
+) -> Outcome:
+    """The hour's restarts are spent and the gateway is still down: a fix record for a person."""
+    try:
+        data = read_json(state.status_file(WATCHDOG_FILE)) or {}
+    except StateError:
+        data = {}
+    output = str(data.get("last_output") or "") if isinstance(data, dict) else ""
+    good = config_changed_since_good(state, env)
+    current = openclaw_logs.config_path(env)
+    gateway = report.check("gateway")
+    error = f"the OpenClaw gateway stayed down after {len(restarts)} restart(s) within the hour"
+    tail = [f"health check: {gateway.detail if gateway else 'gateway not live'}"]
+    if output:
+        tail.append(f"last restart said: {output}")
+    if good is not None:
+        tail.append(f"{current} changed since the last healthy check; last-known-good copy: {good}")
+    evidence = Evidence(
+        task="openclaw-gateway",
+        kind="task",
+        error=error + (f": {output.splitlines()[-1]}" if output else ""),
+        error_class="fatal",
+        occurrence=f"watchdog:{int(restarts[0])}" if restarts else "watchdog",
+        failures=len(restarts),
+        log_tail=tail,
+        target="openclaw-gateway",
+        detail={"restarts": [utc_iso(t) for t in restarts], "good_config": str(good) if good else None},
+    )
+    healer = Healer(config=config, state=state, clock=clock, use_model=False, env=env)
+    result = healer.heal(evidence)
+    record = result.record
+    steps = [
+        "read the gateway's own log and `openclaw gateway status --deep` for why it does not start",
+        "run `openclaw doctor --lint --json` (read-only) for configuration findings",
+    ]
+    if good is not None:
+        steps.insert(
+            0,
+            f"openclaw.json changed since the gateway was last healthy: compare {current} with {good}; "
+            f"`self_heal.py --apply {record.id}` puts that copy back (the current file is kept beside it)",
+        )
+        record.actions = ["restore_openclaw_config"]
+    record.root_cause = error
+    record.problems = [error]
+    record.fix_steps = steps
+    record.success_criteria = "the health check finds the gateway live again"
+    record.source, record.confidence, record.area = "watchdog", 0.7, "infra"
+    record.review = {"verdict": READY, "objections": [], "by": "the gateway watchdog"}
+    record.evidence = {**record.evidence, "good_config": str(good) if good else None, "config": str(current)}
+    healer.store.save(record)
+    if result.counted:
+        ledger.record("watchdog", task="openclaw-gateway", status="gave_up", reason=f"{record.id}: {error}")
+    return Outcome("gave_up", f"{error}; see {record.id}", record.id)

@@ -1,0 +1,141 @@
+"""Failed OpenClaw cron jobs run again, opt-in per job, with backoff and a cap, through `openclaw cron run`;
+a job not listed is never touched. Against a stand-in CLI, then the real one in a real gateway."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.openclaw import OpenClaw
+
+from conftest import PYTHON, SCRIPTS
+from selfheal.core.config import Config
+from selfheal.core.ledger import iter_events, ledger_files
+from selfheal.heal.cron_retry import CronUnavailable, retry_failed_jobs
+from selfheal.state.root import StateRoot
+from selfheal.testing import FakeClock
+
+
+class FakeCli:
+    """`openclaw cron list --all --json` answers `jobs`; `openclaw cron run ID` is recorded."""
+
+    def __init__(self, jobs: list[dict[str, Any]], *, list_code: int = 0) -> None:
+        self.jobs = jobs
+        self.runs: list[str] = []
+        self.list_code = list_code
+
+    def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        if argv[1:3] == ["cron", "list"]:
+            out = json.dumps({"jobs": self.jobs})
+            return subprocess.CompletedProcess(argv, self.list_code, out, "gateway closed (1006)")
+        self.runs.append(argv[3])
+        return subprocess.CompletedProcess(argv, 0, '{"ok": true}', "")
+
+
+def job(job_id: str, name: str, status: str, at_s: float) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "name": name,
+        "status": status,
+        "state": {"lastRunStatus": status, "lastRunAtMs": at_s * 1000},
+    }
+
+
+def listed(config: Config, *jobs: str, **changes: Any) -> Config:
+    retry = dataclasses.replace(config.health.cron_retry, jobs=jobs, **changes)
+    return dataclasses.replace(config, health=dataclasses.replace(config.health, cron_retry=retry))
+
+
+def test_only_listed_jobs_whose_last_run_failed_are_run_again(
+    state: StateRoot, config: Config, clock: FakeClock
+) -> None:
+    failed_at = clock.time() - 600
+    cli = FakeCli(
+        [
+            job("id-1", "nightly-report", "error", failed_at),
+            job("id-2", "not-mine", "error", failed_at),
+            job("id-3", "backup", "ok", failed_at),
+        ]
+    )
+    done = retry_failed_jobs(state, listed(config, "nightly-report", "id-3"), env={}, clock=clock, run=cli)
+    assert cli.runs == ["id-1"]  # not-mine is not listed; backup did not fail
+    assert {r.job: r.action for r in done} == {"nightly-report": "retried", "backup": "ok"}
+    (event,) = [e for e in iter_events(ledger_files(state)) if e["event"] == "cron_retry"]
+    assert event["task"] == "openclaw-cron-nightly-report" and "openclaw cron run id-1" in event["reason"]
+
+
+def test_retries_back_off_and_stop_at_the_cap_and_a_new_failure_starts_again(
+    state: StateRoot, config: Config, clock: FakeClock
+) -> None:
+    cfg = listed(config, "nightly-report", max_retries=2, backoff_s=300.0)
+    cli = FakeCli([job("id-1", "nightly-report", "error", clock.time() - 10)])
+    actions = []
+    for step in (0, 300, 300, 300, 600, 1200):
+        clock.advance(step)
+        actions.append(retry_failed_jobs(state, cfg, env={}, clock=clock, run=cli)[0].action)
+    # t=0: 290 s after the failure; t=300: retry 1; t=600: 300 s later, but the second waits 600 s; t=900:
+    # retry 2; then the cap.
+    assert actions == ["waiting", "retried", "waiting", "retried", "exhausted", "exhausted"]
+    assert cli.runs == ["id-1", "id-1"]
+    cli.jobs = [job("id-1", "nightly-report", "error", clock.time())]  # it failed again on its own schedule
+    clock.advance(300)
+    assert retry_failed_jobs(state, cfg, env={}, clock=clock, run=cli)[0].action == "retried"
+
+
+def test_nothing_is_asked_when_no_job_is_listed_and_a_silent_gateway_is_said(
+    state: StateRoot, config: Config, clock: FakeClock
+) -> None:
+    cli = FakeCli([job("id-1", "nightly-report", "error", 0)])
+    assert retry_failed_jobs(state, config, env={}, clock=clock, run=cli) == [] and cli.runs == []
+    with pytest.raises(CronUnavailable, match="gateway closed"):
+        retry_failed_jobs(state, listed(config, "x"), env={}, clock=clock, run=FakeCli([], list_code=1))
+
+
+@pytest.mark.slow
+def test_a_listed_failed_job_is_run_again_in_a_real_gateway_and_an_unlisted_one_is_not(
+    openclaw: OpenClaw, tmp_path: Path, home: Path, write_config: Any
+) -> None:
+    openclaw_home = openclaw.sandbox(tmp_path)
+    write_config("health: {disk_min_free_mb: 0, cron_retry: {jobs: [flaky-export], backoff_s: 0}}\n")
+    env = {**openclaw.env(openclaw_home), "SELFHEAL_HOME": str(home)}
+
+    def runs(job_id: str) -> int:
+        entries = json.loads(openclaw.run(openclaw_home, "cron", "runs", "--id", job_id).stdout)["entries"]
+        return len([e for e in entries if e.get("action") == "finished"])
+
+    def wait_runs(job_id: str, count: int) -> None:
+        deadline = time.monotonic() + 120
+        while runs(job_id) < count and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    with openclaw.gateway(openclaw_home) as gateway:
+        gateway.wait_ready()
+        ids = {}
+        for name in ("flaky-export", "not-listed"):
+            added = openclaw.run(
+                openclaw_home,
+                *("cron", "add", "--name", name, "--every", "24h", "--no-deliver"),
+                *("--command-argv", json.dumps(["sh", "-c", "exit 1"])),
+            )
+            ids[name] = json.loads(added.stdout)["id"]
+            openclaw.run(openclaw_home, "cron", "run", ids[name])
+            wait_runs(ids[name], 1)
+        proc = subprocess.run(
+            [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        result = json.loads(proc.stdout)
+        assert [r["action"] for r in result["cron_retry"]] == ["retried"], result.get("cron_retry")
+        wait_runs(ids["flaky-export"], 2)
+        assert runs(ids["flaky-export"]) == 2
+        assert runs(ids["not-listed"]) == 1
+    assert gateway.left_behind() == []

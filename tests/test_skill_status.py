@@ -1,0 +1,81 @@
+"""self-heal's own status file among the other skills': ~/.openclaw/skills/status/self-heal.txt (key=value),
+written by the health check and the task runner; and a gateway that serves only /health."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from helpers.fake_gateway import LIVE, FakeGateway
+
+from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.observe import health
+from selfheal.observe.health import OK, SKIP
+from selfheal.state.skill_status import read_status, status_path
+
+
+def script(home: Path, name: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = script_env(home, **extra)
+    env.pop("OPENCLAW_GATEWAY_PORT", None)
+    return subprocess.run(
+        [PYTHON, str(SCRIPTS / name), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_the_health_check_writes_its_line_where_other_skills_write_theirs(home: Path, tmp_path: Path) -> None:
+    """key=value in <OPENCLAW_STATE_DIR>/skills/status/self-heal.txt, 0600; the third document's health script
+    (`find ~/.openclaw/skills/status -name "*.txt" -mmin -60`) counts it."""
+    openclaw_dir = tmp_path / "oc"
+    proc = script(home, "health_check.py", "--cron", OPENCLAW_STATE_DIR=str(openclaw_dir))
+    assert proc.returncode == 3  # no gateway here, nothing else alive: down
+    path = openclaw_dir / "skills" / "status" / "self-heal.txt"
+    values = read_status(path)
+    assert (values["status"], values["health"]) == ("success", "down")
+    assert values["timestamp"].endswith("Z") and path.read_text().count("\n") == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = script(home, "health_check.py", "--cron", OPENCLAW_STATE_DIR=str(openclaw_dir))
+    assert again.returncode == 3  # its own fresh line is no sign that anything else is alive
+
+
+def test_without_openclaw_state_dir_the_line_goes_under_home(home: Path, tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path / "u")}
+    assert status_path(env) == tmp_path / "u" / ".openclaw" / "skills" / "status" / "self-heal.txt"
+    env_dir = {"OPENCLAW_STATE_DIR": str(tmp_path / "oc"), "HOME": str(tmp_path / "u")}
+    assert status_path(env_dir) == tmp_path / "oc" / "skills" / "status" / "self-heal.txt"
+
+
+def test_run_next_adds_the_task_runner_keys_and_keeps_the_health_ones(home: Path, tmp_path: Path) -> None:
+    openclaw_dir = str(tmp_path / "oc")
+    script(home, "health_check.py", "--cron", OPENCLAW_STATE_DIR=openclaw_dir)
+    assert script(home, "tasks.py", "add", "job", "--", "true", OPENCLAW_STATE_DIR=openclaw_dir).returncode == 0
+    ran = script(home, "tasks.py", "run-next", OPENCLAW_STATE_DIR=openclaw_dir)
+    assert ran.returncode == 0, ran.stderr
+    values = read_status(Path(openclaw_dir) / "skills" / "status" / "self-heal.txt")
+    assert (values["health"], values["tasks_outcome"], values["tasks_task"]) == ("down", "succeeded", "job")
+    nothing = script(home, "tasks.py", "run-next", "--quiet", OPENCLAW_STATE_DIR=openclaw_dir)
+    assert nothing.returncode == 0
+    values = read_status(Path(openclaw_dir) / "skills" / "status" / "self-heal.txt")
+    assert values["tasks_outcome"] == "nothing" and "tasks_task" not in values
+
+
+def test_a_gateway_that_serves_only_health_is_live_with_the_probe_path_configured() -> None:
+    """By default such a gateway reads down (/healthz is its HTML page); live_path /health and no readiness
+    probe read it live."""
+    with FakeGateway({"/health": LIVE}) as gw:
+        base = health.Settings(gw.url, "test", 2.0, (), 3600.0, 600.0, 0, 0)
+        default = health.check_gateway(base)
+        configured = health.check_gateway(base._replace(live_path="/health", ready_path=None))
+    assert default[0].status == "fail"
+    assert [c.status for c in configured] == [OK, SKIP]
+    assert gw.paths == ["/healthz", "/health"]
+
+
+def test_the_probe_paths_are_checked_when_the_config_loads(home: Path, write_config: Callable[[str], Path]) -> None:
+    write_config("health: {live_path: health}\n")
+    proc = script(home, "health_check.py")
+    assert proc.returncode == 2 and "live_path" in proc.stderr and "must be a URL path" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(status_path())  # a configuration error writes no line

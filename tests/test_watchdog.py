@@ -1,0 +1,240 @@
+"""The gateway watchdog (opt-in): restart a gateway found down, leave a starting one alone, back off, give up
+with a fix record that offers the last-known-good openclaw.json; and a killed real gateway brought back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from helpers.fake_gateway import LIVE, READY, FakeGateway
+from helpers.openclaw import OpenClaw, free_port
+
+from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.clock import utc_iso
+from selfheal.core.config import Config
+from selfheal.core.ledger import iter_events, ledger_files
+from selfheal.heal.diagnose import apply_fix
+from selfheal.heal.watchdog import good_configs, watch
+from selfheal.observe.health import run_health_check
+from selfheal.state.root import StateRoot
+from selfheal.testing import FakeClock
+
+
+class Restarts:
+    """A stand-in for `openclaw gateway restart`: records each call."""
+
+    def __init__(self, code: int = 0) -> None:
+        self.calls: list[list[str]] = []
+        self.code = code
+
+    def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append(list(argv))
+        return subprocess.CompletedProcess(argv, self.code, "", "" if self.code == 0 else "Gateway service disabled.")
+
+
+def enabled(config: Config, **changes: Any) -> Config:
+    dog = dataclasses.replace(config.health.watchdog, enabled=True, **changes)
+    return dataclasses.replace(config, health=dataclasses.replace(config.health, watchdog=dog, disk_min_free_mb=0))
+
+
+@pytest.fixture
+def openclaw_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    (folder / "openclaw.json").write_text(json.dumps({"logging": {"file": str(tmp_path / "oc.log")}}))
+    return folder
+
+
+def env_for(openclaw_dir: Path, url: str) -> dict[str, str]:
+    return {
+        "SELFHEAL_HOME": os.environ["SELFHEAL_HOME"],
+        "OPENCLAW_STATE_DIR": str(openclaw_dir),
+        "HOME": str(openclaw_dir.parent),
+        "PATH": "/usr/bin:/bin",
+        "OPENCLAW_GATEWAY_PORT": url.rsplit(":", 1)[1],
+    }
+
+
+def check(state: StateRoot, env: dict[str, str], clock: FakeClock) -> Any:
+    return run_health_check(state, env=env, clock=clock)
+
+
+def down_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def watchdog_events(state: StateRoot) -> list[dict[str, Any]]:
+    return [e for e in iter_events(ledger_files(state)) if e["event"] == "watchdog"]
+
+
+def test_a_gateway_found_down_is_restarted_with_the_configured_command_and_recorded(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    env = env_for(openclaw_dir, down_url())
+    restarts = Restarts()
+    outcome = watch(check(state, env, clock), state, enabled(config), env=env, clock=clock, run=restarts)
+    assert outcome.action == "restarted"
+    assert restarts.calls == [["openclaw", "gateway", "restart"]]
+    (event,) = watchdog_events(state)
+    assert (event["task"], event["status"], event["attempt"]) == ("openclaw-gateway", "restarted", 1)
+
+
+def test_restarts_give_it_time_back_off_and_stop_at_the_hourly_cap_with_a_fix_record(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    env = env_for(openclaw_dir, down_url())
+    cfg = enabled(config, max_restarts_per_hour=3, backoff_s=120.0, startup_grace_s=90.0)
+    restarts = Restarts(code=1)
+    actions = []
+    for step in (0, 30, 100, 30, 200, 50, 50, 300):  # seconds between checks
+        clock.advance(step)
+        actions.append(watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts).action)
+    assert actions == [
+        "restart_failed",  # t=0
+        "starting",  # t=30: within the grace of our own restart
+        "restart_failed",  # t=130: past 120 s of backoff
+        "starting",  # t=160
+        "waiting",  # t=360: the second restart (t=130) is followed by at least 240 s
+        "restart_failed",  # t=410
+        "starting",  # t=460
+        "gave_up",  # t=760: three restarts this hour and still down
+    ]
+    assert len(restarts.calls) == 3
+    clock.advance(60)
+    assert watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts).action == "gave_up"
+    assert len(restarts.calls) == 3  # no fourth restart within the hour
+    statuses = [e["status"] for e in watchdog_events(state)]
+    assert statuses == ["restart_failed"] * 3 + ["gave_up"]  # the second give-up is the same record, not counted
+
+
+def test_a_gateway_openclaw_logged_as_starting_is_left_alone(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path, tmp_path: Path
+) -> None:
+    env = env_for(openclaw_dir, down_url())
+    start = {
+        "0": '{"subsystem":"gateway"}',
+        "1": "starting...",
+        "_meta": {"logLevelName": "INFO"},
+        "time": utc_iso(clock.time() - 20, millis=True),
+        "message": "starting...",
+    }
+    (tmp_path / "oc.log").write_text(json.dumps(start) + "\n")
+    restarts = Restarts()
+    outcome = watch(check(state, env, clock), state, enabled(config), env=env, clock=clock, run=restarts)
+    assert outcome.action == "starting" and "logged a start 20s ago" in outcome.detail
+    assert restarts.calls == []
+    clock.advance(100)  # past the grace: a start that never became ready
+    assert watch(check(state, env, clock), state, enabled(config), env=env, clock=clock, run=restarts).action == (
+        "restarted"
+    )
+
+
+def test_a_config_change_that_broke_the_start_is_offered_back_and_restored_only_by_apply(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    cfg = enabled(config, max_restarts_per_hour=1, keep_configs=2)
+    config_file = openclaw_dir / "openclaw.json"
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        env = env_for(openclaw_dir, gw.url)
+        for n in range(3):  # three healthy checks, each with another good config
+            config_file.write_text(json.dumps({"gateway": {"port": int(gw.url.rsplit(":", 1)[1])}, "n": n}))
+            clock.advance(60)
+            assert watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=Restarts()).action == "healthy"
+    good = good_configs(state)
+    assert len(good) == 2 and json.loads(good[0].read_text())["n"] == 2  # the newest two kept
+    config_file.write_text("{ broken")
+    env = env_for(openclaw_dir, down_url())
+    restarts = Restarts(code=1)
+    watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    clock.advance(600)
+    outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    assert outcome.action == "gave_up" and outcome.fix_id
+    record = json.loads((state.sub("fixes") / f"{outcome.fix_id}.json").read_text())
+    assert record["actions"] == ["restore_openclaw_config"]
+    assert str(good[0]) in record["fix_steps"][0]
+    assert config_file.read_text() == "{ broken"  # nothing restored without a person's --apply
+    (done,) = apply_fix(outcome.fix_id, config=cfg, state=state, clock=clock)
+    assert json.loads(config_file.read_text())["n"] == 2
+    kept = next(openclaw_dir.glob("openclaw.json.before-restore-*"))
+    assert kept.read_text() == "{ broken" and str(kept) in done.undo
+
+
+def test_the_watchdog_is_off_unless_enabled(home: Path, tmp_path: Path) -> None:
+    """health_check.py with the default settings only looks: no watchdog line, no restart."""
+    env = script_env(home, OPENCLAW_STATE_DIR=str(tmp_path / "oc"), OPENCLAW_GATEWAY_PORT=str(free_port()))
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "health_check.py"), "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 3 and "watchdog" not in json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_a_killed_real_gateway_is_brought_back_once(
+    openclaw: OpenClaw, tmp_path: Path, home: Path, write_config: Any
+) -> None:
+    """SIGKILL leaves no shutdown line: the next check finds it down and restarts it once (here the restart
+    command starts `openclaw gateway run` again, as a service would); the check after that finds it live."""
+    openclaw_home = openclaw.sandbox(tmp_path)
+    pid_file = tmp_path / "restarted.pid"
+    restart = tmp_path / "restart.sh"
+    with openclaw.gateway(openclaw_home) as gateway:
+        gateway.wait_ready()
+        port = gateway.port
+        restart.write_text(
+            "#!/bin/sh\n"
+            f"setsid {openclaw.executable} gateway run --port {port} --bind loopback"
+            f" >{tmp_path / 'restarted.out'} 2>&1 </dev/null &\n"
+            f"echo $! >{pid_file}\n"
+        )
+        restart.chmod(0o755)
+        write_config(
+            f"health: {{disk_min_free_mb: 0, watchdog: {{enabled: true, restart_argv: ['{restart}'],"
+            " startup_grace_s: 120}}\n"
+        )
+        env = {**openclaw.env(openclaw_home), "SELFHEAL_HOME": str(home)}
+
+        def health() -> dict[str, Any]:
+            proc = subprocess.run(
+                [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            return dict(json.loads(proc.stdout))
+
+        assert health()["watchdog"]["action"] == "healthy"
+        os.killpg(gateway.proc.pid, signal.SIGKILL)
+        gateway.proc.wait(timeout=30)
+        try:
+            first = health()
+            assert first["mode"] != "operational" and first["watchdog"]["action"] == "restarted", first
+            second = health()  # at once: the restarted gateway is still starting
+            assert second["watchdog"]["action"] in ("starting", "healthy")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                        if json.loads(answer.read()).get("ok") is True:
+                            break
+                except OSError:
+                    pass
+                time.sleep(1)
+            assert health()["watchdog"]["action"] == "healthy"
+            restarts = [e for e in iter_events(ledger_files(StateRoot(home))) if e["event"] == "watchdog"]
+            assert [e["status"] for e in restarts] == ["restarted"]
+        finally:
+            if pid_file.exists():
+                leader = psutil.Process(int(pid_file.read_text()))
+                for proc in [leader, *leader.children(recursive=True)]:
+                    proc.kill()
