@@ -138,8 +138,9 @@ def run_with_retry(
     timeout_s bounds each attempt, deadline_s the whole run (default retry.deadline_s); stdout/stderr
     receive the command's output as it arrives; `stop` (set by a signal handler) interrupts the run.
     For a workflow step: `step` is recorded with every event, `run_id` names the run record, `lock=False`
-    leaves the task lock to the caller, `prior_attempts` continues an attempt count from before a
-    crash, and `before_attempt(n)` runs before attempt n starts (to persist it).
+    leaves the task lock to the caller (and with it the care of earlier runs: their orphans, their
+    records, pruning; done once per workflow run, not at every step), `prior_attempts` continues an
+    attempt count from before a crash, and `before_attempt(n)` runs before attempt n starts (to persist it).
 
     With a task, a command an earlier run left running when its runner died is stopped first (or, with
     `kill_orphans=False`, OrphanRunning is raised: exit 4). Processes an attempt leaves behind are
@@ -176,6 +177,7 @@ def run_with_retry(
         run_id=run_id,
         prior_attempts=prior_attempts,
         before_attempt=before_attempt,
+        recover=lock,
         kill_orphans=config.process.kill_orphans if kill_orphans is None else kill_orphans,
         keep_daemons=config.process.keep_daemons if keep_daemons is None else keep_daemons,
     )
@@ -191,6 +193,22 @@ def run_with_retry(
             exc.holder = f"run {holder.get('run_id')}, pid {pid}"
             exc.args = (f"task {task!r} is already running ({exc.holder})",)
         raise
+
+
+def recover_runs(
+    state: StateRoot, task: str | None, *, kill_orphans: bool, config: Config, clock: Clock = SYSTEM_CLOCK
+) -> list[Orphan]:
+    """Before a run: prune old finished run records; for a task, stop what an earlier run whose runner
+    died left running (one copy only; OrphanRunning if `kill_orphans` is off), then mark those records
+    crashed. Returns the orphans stopped."""
+    proc = config.process
+    prune_finished(state, older_than_s=proc.keep_finished_runs_days * 86400, now=clock.time())
+    if task is None:
+        return []
+    # First what it left running (recorded in its run record, which close_dead clears).
+    orphans = stop_orphans(state, task, kill=kill_orphans, grace_s=proc.kill_grace_s, clock=clock)
+    close_dead(state, task, now=clock.time())  # an earlier run of this task whose process died says so now
+    return orphans
 
 
 def _exit_code(result: CommandResult | None) -> int | None:
@@ -226,10 +244,11 @@ class _CommandRun:
         run_id: str | None = None,
         prior_attempts: int = 0,
         before_attempt: Callable[[int], None] | None = None,
+        recover: bool = True,
         kill_orphans: bool = True,
         keep_daemons: bool = False,
     ) -> None:
-        self.kill_orphans, self.keep_daemons = kill_orphans, keep_daemons
+        self.recover, self.kill_orphans, self.keep_daemons = recover, kill_orphans, keep_daemons
         self.orphans: list[Orphan] = []
         self.left_behind: list[dict[str, Any]] = []
         self.argv, self.task, self.target, self.cwd = argv, task, target, cwd
@@ -273,14 +292,10 @@ class _CommandRun:
         )
 
     def execute(self) -> RunOutcome:
-        proc = self.config.process
-        prune_finished(self.state, older_than_s=proc.keep_finished_runs_days * 86400, now=self.clock.time())
-        if self.task is not None:  # an earlier run of this task whose process died says so now
-            # First what it left running (recorded in its run record, which close_dead clears): one copy only.
-            self.orphans = stop_orphans(
-                self.state, self.task, kill=self.kill_orphans, grace_s=proc.kill_grace_s, clock=self.clock
+        if self.recover:
+            self.orphans = recover_runs(
+                self.state, self.task, kill_orphans=self.kill_orphans, config=self.config, clock=self.clock
             )
-            close_dead(self.state, self.task, now=self.clock.time())
         self.record.start()
         self.started = self.clock.monotonic()
         try:

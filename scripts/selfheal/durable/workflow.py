@@ -37,7 +37,7 @@ from ..core.config import Config, Marks, get_config, read_yaml
 from ..core.ledger import Ledger
 from ..core.process import OutputSink, StopFlag
 from ..core.retrying import Retrier, attempts_of, stop_reason_of
-from ..core.runner import RunOutcome, run_with_retry
+from ..core.runner import RunOutcome, recover_runs, run_with_retry
 from ..core.runs import new_run_id, stop_orphans
 from ..errors import (
     EXIT_FAILED,
@@ -630,7 +630,15 @@ class WorkflowRunner:
         self.data["incident"] = None
 
     def _recover_in_flight(self) -> None:
-        """A step marked running belongs to a run that died: stop what it left behind, then decide."""
+        """A step marked running belongs to a run that died: stop what it left behind, then decide. Then
+        the care of earlier runs of the task that steps leave to us (they run with lock=False): whatever
+        else a dead runner left running, its records, pruning."""
+        self._recover_steps()
+        recover_runs(
+            self.state, self.task, kill_orphans=self.config.process.kill_orphans, config=self.config, clock=self.clock
+        )
+
+    def _recover_steps(self) -> None:
         for step in self.plan.steps:
             record = self._step(step.name)
             if record["state"] != RUNNING:

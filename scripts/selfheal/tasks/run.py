@@ -186,7 +186,10 @@ class BoundedLog:
             with self._lock:
                 if self._closed:
                     return
-                self._write_lines()
+                try:
+                    self._write_lines()
+                except OSError as exc:  # a full disk: those lines miss the log; the flusher goes on with the next
+                    logger.warning("could not write the task log %s: %s", self.path, exc)
 
     def _write_all(self) -> None:
         if self._buf:
