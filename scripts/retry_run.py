@@ -114,9 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_orphans=False if args.no_kill_orphans else None,  # type: ignore[attr-defined]
         keep_daemons=True if args.keep_daemons else None,  # type: ignore[attr-defined]
     )
-    for item in outcome.left_behind:
-        what = "stopped" if item["stopped"] else "left running (--keep-daemons)"
-        cli.say(f"the command left pid {item['pid']} ({item['cmd']}) running: {what}")
     if args.json:  # type: ignore[attr-defined]
         cli.emit_json(outcome.to_json())
     elif not quiet:

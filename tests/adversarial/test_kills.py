@@ -195,3 +195,22 @@ def test_keep_daemons_reports_the_daemon_and_leaves_it_running(
     assert alive(daemon)
     assert [(d["pid"], d["stopped"]) for d in result["left_behind"]] == [(daemon, False)]
     assert f"left pid {daemon}" in done.stderr.decode()
+
+
+def test_run_next_stops_a_daemon_its_task_leaves_and_says_so_in_the_task_log(
+    home: Path, tmp_path: Path, leftovers: list[int]
+) -> None:
+    """The task runner is a subreaper too: the daemon is stopped, and the task's log names it."""
+    pidfile = tmp_path / "daemon.pid"
+    env = script_env(home)
+    tasks = [PYTHON, str(SCRIPTS / "tasks.py")]
+    subprocess.run(
+        [*tasks, "add", "starts-a-daemon", "--", PYTHON, "-c", DAEMON, str(pidfile), "0.5"], env=env, check=True
+    )
+    done = subprocess.run([*tasks, "run-next", "--json"], env=env, capture_output=True, timeout=60, check=False)
+    daemon = int(pidfile.read_text())
+    leftovers.append(daemon)
+    assert done.returncode == 0 and as_json(done)["exec_state"] == "END", done.stderr
+    assert not alive(daemon)
+    log = (home / "tasks" / "starts-a-daemon.log").read_text()
+    assert f"the command left pid {daemon} (" in log and "running: stopped" in log

@@ -7,6 +7,7 @@ stays current for health checks; and the ledger gets one event per attempt.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -23,6 +24,8 @@ from .ledger import Ledger
 from .process import CommandResult, OutputSink, StopFlag, run_command
 from .retrying import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
 from .runs import Orphan, RunRecord, close_dead, new_run_id, prune_finished, running_for_task, stop_orphans
+
+logger = logging.getLogger(__name__)
 
 
 class CommandFailed(SelfHealError):
@@ -348,10 +351,16 @@ class _CommandRun:
             keep_daemons=self.keep_daemons,
             clock=self.clock,
         )
-        self.left_behind += [
-            dict(item.to_dict(), cmd=self.redactor.text(item.cmd), attempt=self.record.data["attempt"])
-            for item in result.left_behind
-        ]
+        for item in result.left_behind:
+            cmd = self.redactor.text(item.cmd)
+            self.left_behind.append(dict(item.to_dict(), cmd=cmd, attempt=self.record.data["attempt"]))
+            logger.warning(
+                "%sthe command left pid %d (%s) running: %s",
+                f"task {self.task}: " if self.task else "",
+                item.pid,
+                cmd,
+                "stopped" if item.stopped else "left running (keep_daemons)",
+            )
         if result.interrupted_by is not None:
             raise Interrupted(result.interrupted_by)
         if not result.ok:

@@ -809,6 +809,9 @@ class TaskRunner:
             stop=stop,
             run_id=task.run_id,
         )
+        for item in outcome.left_behind:  # a person reading the task's log should see it too
+            what = "stopped" if item["stopped"] else "left running (process.keep_daemons)"
+            sink.log.note(f"self-heal: the command left pid {item['pid']} ({item['cmd']}) running: {what}")
         if outcome.ok:
             return "succeeded", None
         if outcome.outcome in ("not_attempted", "interrupted"):
