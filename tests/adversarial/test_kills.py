@@ -214,3 +214,28 @@ def test_run_next_stops_a_daemon_its_task_leaves_and_says_so_in_the_task_log(
     assert not alive(daemon)
     log = (home / "tasks" / "starts-a-daemon.log").read_text()
     assert f"the command left pid {daemon} (" in log and "running: stopped" in log
+
+
+def test_with_kill_orphans_off_run_next_refuses_while_a_dead_runners_command_runs(
+    home: Path, tmp_path: Path, leftovers: list[int], write_config: Callable[[str], Path]
+) -> None:
+    """process.kill_orphans: false. The runner is SIGKILLed; the next run-next (which checks for stuck
+    tasks first) leaves its command alone, runs nothing beside it, and says which pid is in the way."""
+    write_config("process: {kill_orphans: false, kill_grace_s: 1}\n")
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    env = script_env(home)
+    tasks = [PYTHON, str(SCRIPTS / "tasks.py")]
+    subprocess.run(
+        [*tasks, "add", "nightly", "--", PYTHON, "-c", ONE_COPY, str(pids), str(seen), "300"], env=env, check=True
+    )
+    runner = subprocess.Popen([*tasks, "run-next"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: seen.exists() and seen.read_text().count("\n") == 1, "the first copy to start")
+    first = int(pids.read_text().split()[0])
+    leftovers.append(first)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=10)
+    again = subprocess.run([*tasks, "run-next", "--json"], env=env, capture_output=True, timeout=60, check=False)
+    result = as_json(again)
+    assert again.returncode == 4 and result["outcome"] == "not_attempted", again.stderr
+    assert f"pid {first}" in result["message"]
+    assert alive(first) and pids.read_text().split() == [str(first)]

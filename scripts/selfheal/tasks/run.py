@@ -1102,7 +1102,10 @@ def check_stuck(store: TaskStore, *, now: float | None = None, ledger: Ledger | 
             if escalation.incident_path is not None:
                 finding.incident = str(escalation.incident_path)
         # Killed after the record says so, so the runner sees the task is no longer its own and stands down.
-        targets = ([_identity(finding.runner)] if finding.kind == "stuck" else []) + orphans
+        # A dead runner's command is an orphan: with process.kill_orphans off it is left for the next run
+        # of the task to refuse (exit 4, naming it); a stuck runner and its command are stopped either way.
+        keep = finding.kind == "dead" and not store.config.process.kill_orphans
+        targets = ([_identity(finding.runner)] if finding.kind == "stuck" else []) + ([] if keep else orphans)
         for identity in targets:
             if identity is not None and (finding.runner or {}).get("host", host) == host:
                 finding.killed += kill_tree(identity, grace_s=store.config.process.kill_grace_s)
