@@ -150,9 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_orphans=False if args.no_kill_orphans else None,  # type: ignore[attr-defined]
         keep_daemons=True if args.keep_daemons else None,  # type: ignore[attr-defined]
     )
-    for item in outcome.left_behind:
-        what = "stopped" if item["stopped"] else "left running (--keep-daemons)"
-        cli.say(f"the command left pid {item['pid']} ({item['cmd']}) running: {what}")
     notified = None
     template = notify_argv if notify_argv is not None else list(get_config().retry.notify)
     if template and outcome.outcome == "failed":

@@ -382,16 +382,22 @@ def test_lock_of_a_killed_holder_is_free(state: store.StateRoot, child_env: dict
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["replace", "slots"])
+@pytest.mark.parametrize("mode", ["replace", "slots", "journal"])
 def test_sigkill_during_writes_never_leaves_a_corrupt_file(
     tmp_path: Path, child_env: dict[str, str], mode: str
 ) -> None:
     """A writer SIGKILLed at 50 random moments always leaves a complete, readable state file (atomic
-    replace, and the two-slot file checkpoints use)."""
+    replace, the two-slot file, and the snapshot plus journal checkpoints use, which must also read back
+    as one consistent save: every change up to its `n`, none after)."""
     path = tmp_path / "state.json"
     rng = random.Random(20260610)
     problems: list[str] = []
-    read = read_json if mode == "replace" else (lambda p: store.SlotFile(p).read())
+    readers: dict[str, Callable[[Path], Any]] = {
+        "replace": read_json,
+        "slots": lambda p: store.SlotFile(p).read(),
+        "journal": lambda p: store.JournaledFile(p, p.with_suffix(".journal")).read(),
+    }
+    read = readers[mode]
     for round_no in range(50):
         child = subprocess.Popen(
             [PYTHON, str(HELPERS / "store_writer.py"), str(path), mode], stdout=subprocess.PIPE, env=child_env
@@ -412,8 +418,16 @@ def test_sigkill_during_writes_never_leaves_a_corrupt_file(
         except CorruptStateError as exc:
             problems.append(f"round {round_no}: {exc}")
             continue
-        if obj is None or set(obj) != {"n", "pad"} or not isinstance(obj["n"], int) or obj["pad"] != "x" * 50_000:
+        keys = {"n", "pad", "steps"} if mode == "journal" else {"n", "pad"}
+        if obj is None or set(obj) != keys or not isinstance(obj["n"], int) or obj["pad"] != "x" * 50_000:
             problems.append(f"round {round_no}: incomplete object {str(obj)[:80]}")
+        elif mode == "journal":
+            n = obj["n"]
+            expected = {f"s{m % 100}": m for m in range(max(0, n - 99), n + 1)}
+            if obj["steps"] != expected:
+                problems.append(f"round {round_no}: steps do not match n={n}")
+    if mode == "journal":
+        assert json.loads(path.read_text()) and store.JournaledFile(path, path.with_suffix(".journal")).read()
     assert problems == []
 
 
@@ -587,3 +601,87 @@ def test_every_writer_refuses_a_linked_folder_between_the_root_and_the_file(stat
         with pytest.raises(UnsafeStateError, match=re.escape(str(state.sub("runs")))):
             write()
     assert list(elsewhere.iterdir()) == []
+
+
+# -- the snapshot plus journal checkpoints use ----------------------------------------------------------
+
+
+def big_doc(steps: int) -> dict[str, Any]:
+    return {"status": "running", "steps": {f"s{i}": {"state": "pending", "attempts": 0} for i in range(steps)}}
+
+
+def test_a_journaled_save_writes_the_change_not_the_document(tmp_path: Path) -> None:
+    """At step 10,000 a save appends one short line; the 400 KB snapshot is not touched."""
+    path, journal = tmp_path / "t.json", tmp_path / "t.journal"
+    file = store.JournaledFile(path, journal)
+    doc = big_doc(10_000)
+    file.write(doc)
+    snapshot = path.read_bytes()
+    assert len(snapshot) > 400_000
+    for i in (9_998, 9_999):
+        doc["steps"][f"s{i}"] = {"state": "done", "attempts": 1}
+        doc["status"] = f"step {i}"
+        before = journal.stat().st_size if journal.exists() else 0
+        file.update(doc, [(["steps", f"s{i}"], doc["steps"][f"s{i}"]), (["status"], doc["status"])])
+        assert journal.stat().st_size - before < 300
+    assert path.read_bytes() == snapshot
+    assert store.JournaledFile(path, journal).read() == doc
+    assert journal.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_torn_journal_line_falls_back_to_the_previous_save_and_is_cut_off_by_the_next(tmp_path: Path) -> None:
+    path, journal = tmp_path / "t.json", tmp_path / "t.journal"
+    file = store.JournaledFile(path, journal)
+    doc = big_doc(3)
+    file.write(doc)
+    for n in range(3):
+        doc["steps"][f"s{n}"] = {"state": "done", "attempts": 1}
+        file.update(doc, [(["steps", f"s{n}"], doc["steps"][f"s{n}"])])
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-20])  # the last save torn by a crash
+    again = store.JournaledFile(path, journal)
+    read = again.read()
+    assert read is not None and read["steps"]["s2"] == {"state": "pending", "attempts": 0}
+    assert read["steps"]["s1"] == {"state": "done", "attempts": 1}
+    read["status"] = "resumed"
+    again.update(read, [(["status"], "resumed")])
+    assert store.JournaledFile(path, journal).read() == read  # the torn tail was cut off, not read past
+
+
+def test_a_journal_line_that_does_not_check_out_ends_the_replay(tmp_path: Path) -> None:
+    path, journal = tmp_path / "t.json", tmp_path / "t.journal"
+    file = store.JournaledFile(path, journal)
+    doc = {"n": 0}
+    file.write(doc)
+    for n in (1, 2):
+        file.update({"n": n}, [(["n"], n)])
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0].replace(b'[[["n"],1]]', b'[[["n"],7]]') + lines[1])
+    assert store.JournaledFile(path, journal).read() == {"n": 0}
+
+
+def test_the_journal_is_folded_into_the_snapshot_once_it_outgrows_it(tmp_path: Path) -> None:
+    path, journal = tmp_path / "t.json", tmp_path / "t.journal"
+    file = store.JournaledFile(path, journal)
+    doc: dict[str, Any] = {"n": 0, "steps": {}}
+    file.write(doc)
+    for n in range(1, 2_000):
+        doc["n"] = n
+        doc["steps"][f"s{n % 50}"] = "y" * 40
+        file.update(doc, [(["n"], n), (["steps", f"s{n % 50}"], "y" * 40)])
+        assert journal.stat().st_size <= max(65536, store.SlotFile(path).read() and file.slots.slot_bytes)
+    assert store.JournaledFile(path, journal).read() == doc
+    assert json.loads(path.read_text())  # the snapshot is still a JSON array of two slots
+
+
+def test_a_stale_journal_from_a_snapshot_moved_aside_is_never_applied(tmp_path: Path) -> None:
+    """A new snapshot numbered like the old one must not pick up the old one's journal lines."""
+    path, journal = tmp_path / "t.json", tmp_path / "t.journal"
+    file = store.JournaledFile(path, journal)
+    file.write({"n": 0})
+    file.update({"n": 1}, [(["n"], 1)])
+    path.unlink()  # moved aside (quarantine_checkpoint)
+    fresh = store.JournaledFile(path, journal)
+    assert fresh.read() is None
+    fresh.write({"fresh": True})
+    assert store.JournaledFile(path, journal).read() == {"fresh": True}

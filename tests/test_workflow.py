@@ -29,6 +29,7 @@ from selfheal.durable.workflow import (
     Workflow,
     WorkflowRunner,
     load_plan,
+    status,
     task_id_from_template,
 )
 from selfheal.errors import LockBusy
@@ -640,3 +641,24 @@ def test_on_a_terminal_each_step_shows_its_number_and_time(tmp_path: Path, home:
     assert "[1/6] s1 ..." in shown and re.search(r"\[6/6\] s6 done in \d+\.\ds", shown)
     piped = cli(home, "run", str(plan), "--task", "other")
     assert "[1/6]" not in piped.stderr
+
+
+@pytest.mark.slow
+def test_a_long_plan_saves_each_step_as_a_journal_line_not_the_whole_checkpoint(
+    fast: Config, home: Path, state: StateRoot
+) -> None:
+    """A 400-step workflow: the whole checkpoint is written a handful of times (it was 800), each step's
+    saves are journal lines, and status and a resume still see every step done."""
+    wf = Workflow("long")
+    ran: list[int] = []
+    for i in range(400):
+        wf.step(lambda ctx, i=i: ran.append(i) or {"i": i}, name=f"s{i}")
+    result = wf.run(task="long", config=fast)
+    assert result.status == "completed" and ran == list(range(400))
+    snapshot = json.loads((home / "checkpoints" / "long.json").read_text())
+    assert max(slot["seq"] for slot in snapshot) < 10  # full writes; the rest went to long.journal
+    data = status("long")
+    assert data is not None and all(data["steps"][f"s{i}"]["state"] == "done" for i in range(400))
+    assert data["steps"]["s399"]["outputs"] == {"i": 399} and data["status"] == "completed"
+    again = wf.run(task="long", config=fast)
+    assert again.status == "completed" and ran == list(range(400))  # nothing ran twice

@@ -195,3 +195,47 @@ def test_keep_daemons_reports_the_daemon_and_leaves_it_running(
     assert alive(daemon)
     assert [(d["pid"], d["stopped"]) for d in result["left_behind"]] == [(daemon, False)]
     assert f"left pid {daemon}" in done.stderr.decode()
+
+
+def test_run_next_stops_a_daemon_its_task_leaves_and_says_so_in_the_task_log(
+    home: Path, tmp_path: Path, leftovers: list[int]
+) -> None:
+    """The task runner is a subreaper too: the daemon is stopped, and the task's log names it."""
+    pidfile = tmp_path / "daemon.pid"
+    env = script_env(home)
+    tasks = [PYTHON, str(SCRIPTS / "tasks.py")]
+    subprocess.run(
+        [*tasks, "add", "starts-a-daemon", "--", PYTHON, "-c", DAEMON, str(pidfile), "0.5"], env=env, check=True
+    )
+    done = subprocess.run([*tasks, "run-next", "--json"], env=env, capture_output=True, timeout=60, check=False)
+    daemon = int(pidfile.read_text())
+    leftovers.append(daemon)
+    assert done.returncode == 0 and as_json(done)["exec_state"] == "END", done.stderr
+    assert not alive(daemon)
+    log = (home / "tasks" / "starts-a-daemon.log").read_text()
+    assert f"the command left pid {daemon} (" in log and "running: stopped" in log
+
+
+def test_with_kill_orphans_off_run_next_refuses_while_a_dead_runners_command_runs(
+    home: Path, tmp_path: Path, leftovers: list[int], write_config: Callable[[str], Path]
+) -> None:
+    """process.kill_orphans: false. The runner is SIGKILLed; the next run-next (which checks for stuck
+    tasks first) leaves its command alone, runs nothing beside it, and says which pid is in the way."""
+    write_config("process: {kill_orphans: false, kill_grace_s: 1}\n")
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    env = script_env(home)
+    tasks = [PYTHON, str(SCRIPTS / "tasks.py")]
+    subprocess.run(
+        [*tasks, "add", "nightly", "--", PYTHON, "-c", ONE_COPY, str(pids), str(seen), "300"], env=env, check=True
+    )
+    runner = subprocess.Popen([*tasks, "run-next"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: seen.exists() and seen.read_text().count("\n") == 1, "the first copy to start")
+    first = int(pids.read_text().split()[0])
+    leftovers.append(first)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=10)
+    again = subprocess.run([*tasks, "run-next", "--json"], env=env, capture_output=True, timeout=60, check=False)
+    result = as_json(again)
+    assert again.returncode == 4 and result["outcome"] == "not_attempted", again.stderr
+    assert f"pid {first}" in result["message"]
+    assert alive(first) and pids.read_text().split() == [str(first)]

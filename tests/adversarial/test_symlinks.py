@@ -114,6 +114,7 @@ CASES = {
     # State a run cannot do without: refused before the command runs (exit 2, like a configuration error).
     "lock": Case("locks/task-job.lock", retry("--task", "job"), 2, False),
     "checkpoint": Case("checkpoints/wf.json", workflow, 2, False),
+    "checkpoint-journal": Case("checkpoints/wf.journal", workflow, 2, False),
     "task-log": Case("tasks/job.log", task_run, 2, False),
     "task-record": Case("tasks/job.json", task_add, 2, False),
     "task-db": Case("tasks.db", task_add, 2, False),

@@ -558,8 +558,10 @@ class _Descendants:
         found = {p.pid: p for p in self.procs.values() if p.pid != self.leader}
         if not _alive(self.leader):  # a live leader's group members are its descendants, already found
             for member in _group_members(self.leader):
-                found.setdefault(member.pid, member)
-                self.procs.setdefault(member.pid, member)
+                with contextlib.suppress(psutil.Error):
+                    if member.create_time() >= self.since - 0.01:  # younger than the command: its own
+                        found.setdefault(member.pid, member)
+                        self.procs.setdefault(member.pid, member)
         out = {}
         for pid, proc in found.items():
             with contextlib.suppress(psutil.Error, OSError):
@@ -569,12 +571,15 @@ class _Descendants:
                     out[pid] = describe(proc)
         return out
 
-    def signal(self, signum: int) -> list[int]:
+    def signal(self, signum: int, *, group: bool = True) -> list[int]:
+        """Signal the command's group (while its leader's pid is still ours: not reaped) and every process
+        known, each checked by pid and start time."""
         self.remember()
         hit = []
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.leader, signum)
-            hit.append(self.leader)
+        if group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.leader, signum)
+                hit.append(self.leader)
         for pid, proc in list(self.procs.items()):
             # psutil checks the start time before signalling, so a pid reused by a stranger is left alone.
             try:
@@ -589,10 +594,11 @@ class _Descendants:
 
     def stop(self, grace_s: float, clock: Clock) -> list[int]:
         """SIGTERM everything left, SIGKILL what is still alive after `grace_s`."""
-        hit = self.signal(signal.SIGTERM)
+        # The command is reaped, so its pid (and group id) may be reused: signal only the processes known.
+        hit = self.signal(signal.SIGTERM, group=False)
         self._reap()
         if _wait_gone(self.known(), grace_s, clock):
-            hit += self.signal(signal.SIGKILL)
+            hit += self.signal(signal.SIGKILL, group=False)
             _wait_gone(self.known(), 1.0, clock)
         return hit
 

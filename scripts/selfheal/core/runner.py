@@ -7,6 +7,7 @@ stays current for health checks; and the ledger gets one event per attempt.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -32,6 +33,8 @@ from .ledger import Ledger
 from .process import CommandResult, OutputSink, StopFlag, run_command
 from .retrying import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
 from .runs import Orphan, RunRecord, close_dead, new_run_id, prune_finished, running_for_task, stop_orphans
+
+logger = logging.getLogger(__name__)
 
 
 class CommandFailed(SelfHealError):
@@ -147,8 +150,9 @@ def run_with_retry(
     timeout_s bounds each attempt, deadline_s the whole run (default retry.deadline_s); stdout/stderr
     receive the command's output as it arrives; `stop` (set by a signal handler) interrupts the run.
     For a workflow step: `step` is recorded with every event, `run_id` names the run record, `lock=False`
-    leaves the task lock to the caller, `prior_attempts` continues an attempt count from before a
-    crash, and `before_attempt(n)` runs before attempt n starts (to persist it).
+    leaves the task lock to the caller (and with it the care of earlier runs: their orphans, their
+    records, pruning; done once per workflow run, not at every step), `prior_attempts` continues an
+    attempt count from before a crash, and `before_attempt(n)` runs before attempt n starts (to persist it).
 
     With a task, a command an earlier run left running when its runner died is stopped first (or, with
     `kill_orphans=False`, OrphanRunning is raised: exit 4). Processes an attempt leaves behind are
@@ -185,6 +189,7 @@ def run_with_retry(
         run_id=run_id,
         prior_attempts=prior_attempts,
         before_attempt=before_attempt,
+        recover=lock,
         kill_orphans=config.process.kill_orphans if kill_orphans is None else kill_orphans,
         keep_daemons=config.process.keep_daemons if keep_daemons is None else keep_daemons,
     )
@@ -215,6 +220,22 @@ def _usable_state(state: StateRoot) -> StateRoot:
     except StateError as exc:
         state.unrecorded("anything under the state root", exc)
     return state
+
+
+def recover_runs(
+    state: StateRoot, task: str | None, *, kill_orphans: bool, config: Config, clock: Clock = SYSTEM_CLOCK
+) -> list[Orphan]:
+    """Before a run: prune old finished run records; for a task, stop what an earlier run whose runner
+    died left running (one copy only; OrphanRunning if `kill_orphans` is off), then mark those records
+    crashed. Returns the orphans stopped."""
+    proc = config.process
+    prune_finished(state, older_than_s=proc.keep_finished_runs_days * 86400, now=clock.time())
+    if task is None:
+        return []
+    # First what it left running (recorded in its run record, which close_dead clears).
+    orphans = stop_orphans(state, task, kill=kill_orphans, grace_s=proc.kill_grace_s, clock=clock)
+    close_dead(state, task, now=clock.time())  # an earlier run of this task whose process died says so now
+    return orphans
 
 
 def _exit_code(result: CommandResult | None) -> int | None:
@@ -250,10 +271,11 @@ class _CommandRun:
         run_id: str | None = None,
         prior_attempts: int = 0,
         before_attempt: Callable[[int], None] | None = None,
+        recover: bool = True,
         kill_orphans: bool = True,
         keep_daemons: bool = False,
     ) -> None:
-        self.kill_orphans, self.keep_daemons = kill_orphans, keep_daemons
+        self.recover, self.kill_orphans, self.keep_daemons = recover, kill_orphans, keep_daemons
         self.orphans: list[Orphan] = []
         self.left_behind: list[dict[str, Any]] = []
         self.argv, self.task, self.target, self.cwd = argv, task, target, cwd
@@ -297,14 +319,10 @@ class _CommandRun:
         )
 
     def execute(self) -> RunOutcome:
-        proc = self.config.process
-        prune_finished(self.state, older_than_s=proc.keep_finished_runs_days * 86400, now=self.clock.time())
-        if self.task is not None:  # an earlier run of this task whose process died says so now
-            # First what it left running (recorded in its run record, which close_dead clears): one copy only.
-            self.orphans = stop_orphans(
-                self.state, self.task, kill=self.kill_orphans, grace_s=proc.kill_grace_s, clock=self.clock
+        if self.recover:
+            self.orphans = recover_runs(
+                self.state, self.task, kill_orphans=self.kill_orphans, config=self.config, clock=self.clock
             )
-            close_dead(self.state, self.task, now=self.clock.time())
         self.record.start()
         self.started = self.clock.monotonic()
         try:
@@ -357,10 +375,16 @@ class _CommandRun:
             keep_daemons=self.keep_daemons,
             clock=self.clock,
         )
-        self.left_behind += [
-            dict(item.to_dict(), cmd=self.redactor.text(item.cmd), attempt=self.record.data["attempt"])
-            for item in result.left_behind
-        ]
+        for item in result.left_behind:
+            cmd = self.redactor.text(item.cmd)
+            self.left_behind.append(dict(item.to_dict(), cmd=cmd, attempt=self.record.data["attempt"]))
+            logger.warning(
+                "%sthe command left pid %d (%s) running: %s",
+                f"task {self.task}: " if self.task else "",
+                item.pid,
+                cmd,
+                "stopped" if item.stopped else "left running (keep_daemons)",
+            )
         if result.interrupted_by is not None:
             raise Interrupted(result.interrupted_by)
         if not result.ok:

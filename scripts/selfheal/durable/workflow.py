@@ -39,7 +39,7 @@ from ..core.config import Config, Marks, get_config, read_yaml
 from ..core.ledger import Ledger
 from ..core.process import OutputSink, StopFlag
 from ..core.retrying import Retrier, attempts_of, stop_reason_of
-from ..core.runner import RunOutcome, run_with_retry
+from ..core.runner import RunOutcome, recover_runs, run_with_retry
 from ..core.runs import new_run_id, stop_orphans
 from ..errors import (
     EXIT_FAILED,
@@ -454,6 +454,7 @@ class WorkflowRunner:
         self.ledger = Ledger(self.state, self.config, clock=clock)
         self.resume_command = resume_command or self._default_resume_command()
         self.data: dict[str, Any] = {}
+        self._done_outputs: dict[str, dict[str, Any]] | None = None
 
     def _default_resume_command(self) -> str:
         if self.plan.path is None:
@@ -497,9 +498,18 @@ class WorkflowRunner:
             "incident": None,
         }
 
-    def _save(self) -> None:
+    def _save(self, *steps: str) -> None:
+        """Durably. `steps`: saving after a change to these steps only (and the task's own fields), which
+        costs the size of the change; with none named, the whole checkpoint is written."""
         self.data["updated"] = _now_iso(self.clock)
-        self.checkpoints.save(self.task, self.data)
+        if not steps:
+            self._done_outputs = None  # anything may have changed
+        self.checkpoints.save(self.task, self.data, steps if steps else None)
+
+    def _save_task(self) -> None:
+        """Durably, after a change to the task's own fields only (status, counters), not to any step."""
+        self.data["updated"] = _now_iso(self.clock)
+        self.checkpoints.save(self.task, self.data, ())
 
     def _step(self, name: str) -> dict[str, Any]:
         record: dict[str, Any] = self.data["steps"][name]
@@ -509,7 +519,12 @@ class WorkflowRunner:
         return sum(1 for s in self.data["steps"].values() if s["state"] == DONE)
 
     def _outputs(self) -> dict[str, dict[str, Any]]:
-        return {name: self._step(name)["outputs"] for name in self.data["order"] if self._step(name)["state"] == DONE}
+        """The outputs of the steps done so far (a copy; kept up to date as steps finish, so a step of a
+        10,000-step plan does not walk every step to find them)."""
+        if self._done_outputs is None:
+            steps = self.data["steps"]
+            self._done_outputs = {n: steps[n]["outputs"] for n in self.data["order"] if steps[n]["state"] == DONE}
+        return dict(self._done_outputs)
 
     # -- run --------------------------------------------------------------------------------------------
 
@@ -524,6 +539,7 @@ class WorkflowRunner:
         if restart:
             self.checkpoints.remove(self.task)
         existing = self.checkpoints.load(self.task)
+        self._done_outputs = None
         resumed = existing is not None
         self.data = existing if existing is not None else self._fresh()
         if existing is not None:
@@ -572,13 +588,13 @@ class WorkflowRunner:
             except (Interrupted, KeyboardInterrupt) as exc:
                 record["state"] = PENDING  # it did not finish; it runs again next time
                 self.data["status"] = TASK_INTERRUPTED
-                self._save()
+                self._save(step.name)
                 self.progress(Progress("failed", index, total, step.name, str(exc), self.clock.monotonic() - started))
                 why = str(exc) or "interrupted"
                 return self._result(TASK_INTERRUPTED, resumed, f"{why} during step {step.name!r}; run again to resume")
             except _Paused as exc:
                 record["state"] = PENDING
-                self._save()
+                self._save(step.name)
                 self.progress(Progress("failed", index, total, step.name, str(exc)))
                 return self._result("not_attempted", resumed, f"step {step.name!r} not attempted: {exc}; try later")
             except _StepFailed as exc:
@@ -587,7 +603,7 @@ class WorkflowRunner:
             self.progress(Progress("done", index, total, step.name, elapsed_s=record["duration_s"]))
         self.data["status"] = TASK_COMPLETED
         self.data["resumes_without_progress"] = 0
-        self._save()
+        self._save_task()
         return self._result(TASK_COMPLETED, resumed, f"completed all {total} steps")
 
     def _check_same_steps(self) -> None:
@@ -640,7 +656,15 @@ class WorkflowRunner:
         self.data["incident"] = None
 
     def _recover_in_flight(self) -> None:
-        """A step marked running belongs to a run that died: stop what it left behind, then decide."""
+        """A step marked running belongs to a run that died: stop what it left behind, then decide. Then
+        the care of earlier runs of the task that steps leave to us (they run with lock=False): whatever
+        else a dead runner left running, its records, pruning."""
+        self._recover_steps()
+        recover_runs(
+            self.state, self.task, kill_orphans=self.config.process.kill_orphans, config=self.config, clock=self.clock
+        )
+
+    def _recover_steps(self) -> None:
         for step in self.plan.steps:
             record = self._step(step.name)
             if record["state"] != RUNNING:
@@ -682,13 +706,13 @@ class WorkflowRunner:
             compensated=False,
             run_id=new_run_id(f"{self.task[:40]}.{step.name[:40]}", self.clock.time()),
         )
-        self._save()
+        self._save(step.name)
         started = self.clock.monotonic()
 
         def persist_attempt(number: int) -> None:
             if number != record["attempts"]:  # on disk before the attempt starts: a crash never resets the budget
                 record["attempts"] = number
-                self._save()
+                self._save(step.name)
 
         stdout_tail = ""
         if isinstance(step.run, Command):
@@ -702,7 +726,9 @@ class WorkflowRunner:
         if isinstance(step.run, Command):
             record["outputs"] = self._collect_outputs(step, stdout_tail)
         record.update(state=DONE, ended=_now_iso(self.clock), duration_s=round(self.clock.monotonic() - started, 3))
-        self._save()
+        if self._done_outputs is not None:
+            self._done_outputs[step.name] = record["outputs"]
+        self._save(step.name)
 
     def _step_env(self, step: Step) -> dict[str, str]:
         outputs = self._outputs()

@@ -702,6 +702,145 @@ class SlotFile:
             os.close(fd)
         self._seq, self._newest = seq, target
 
+    @property
+    def seq(self) -> int | None:
+        """The sequence number of the newest save, once read or written; None for no slotted save yet."""
+        return self._seq if self._known and self._newest is not None else None
+
+    @property
+    def slot_bytes(self) -> int:
+        return self._size
+
+
+_JOURNAL_MIN = 65536  # a journal is folded into its snapshot once past this, or past the snapshot's slot size
+
+
+class JournaledFile:
+    """A JSON document saved as a SlotFile snapshot plus an append-only journal of changes to it, so a
+    save costs the size of the change, not of the document (a workflow of 10,000 steps saves one step).
+
+    The journal (`<name>.journal`) holds one line per save, each naming the snapshot it applies to (the
+    SlotFile's sequence number), its own number (1, 2, ...) and the SHA-256 of its changes:
+
+        {"base":8,"n":3,"sha256":"...","changes":[[["steps","s3"],{...}],[["status"],"running"]]}
+
+    A save appends a line and calls fdatasync. A reader applies, in order, the lines that follow on from
+    its snapshot and stops at the first that does not (torn by a crash, or left from an older snapshot),
+    so a crash mid-save falls back to the previous save. Once the journal outgrows max(64 KiB, a snapshot
+    slot), the next save writes the whole document as a new snapshot and empties the journal (its old
+    lines name the old snapshot, so emptying it needs no fsync). One writer at a time (the caller holds a
+    lock); the writer reads before it appends, and cuts off a torn tail first.
+    """
+
+    def __init__(self, path: Path, journal: Path) -> None:
+        self.path = path
+        self.journal = journal
+        self.slots = SlotFile(path)
+        self._length = 0  # bytes of valid journal that follow on from the snapshot
+        self._n = 0  # lines in it
+        self._base: int | None = None  # the snapshot they apply to; None: unknown, the next save is whole
+
+    def read(self) -> dict[str, Any] | None:
+        """The document as last saved (snapshot plus journal); None if there is none. A snapshot with no
+        valid slot raises CorruptStateError (moved aside), as SlotFile.read does."""
+        self._base = None
+        doc = self.slots.read()
+        base = self.slots.seq
+        if doc is None or base is None:
+            return doc
+        try:
+            raw = read_bytes(self.journal)  # never through a planted link (UnsafeStateError)
+        except FileNotFoundError:
+            raw = b""
+        length = n = 0
+        while True:
+            end = raw.find(b"\n", length)
+            if end < 0:
+                break
+            changes = _journal_entry(raw[length:end], base, n + 1)
+            if changes is None:
+                break
+            for path, value in changes:
+                _apply(doc, path, value)
+            length, n = end + 1, n + 1
+        self._length, self._n, self._base = length, n, base
+        return doc
+
+    def write(self, doc: dict[str, Any]) -> None:
+        """Save the whole document as a new snapshot and empty the journal."""
+        if self._base is None:
+            # A journal this writer did not read (its snapshot was moved aside, or never read) could
+            # follow on from the new snapshot's number by chance: it goes first.
+            self._empty_journal()
+        self.slots.write(doc)
+        self._empty_journal()  # its lines name the previous snapshot now: no reader applies them
+        self._length, self._n, self._base = 0, 0, self.slots.seq
+
+    def _empty_journal(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.journal.stat().st_size:
+                fd = open_rewrite(self.journal, create=False)  # never truncates a planted link's target
+                try:
+                    os.ftruncate(fd, 0)
+                finally:
+                    os.close(fd)
+
+    def update(self, doc: dict[str, Any], changes: list[tuple[list[str], Any]]) -> None:
+        """Save `doc`, which differs from the last save by `changes` ((key path, new value) pairs):
+        one journal line and one fdatasync; the whole document when the journal is due to be folded in."""
+        if self._base is None:
+            self.write(doc)
+            return
+        body = _canonical([[list(path), value] for path, value in changes])
+        line = b'{"base":%d,"n":%d,"sha256":"%s","changes":' % (self._base, self._n + 1, _sha256(body).encode())
+        line += body + b"}\n"
+        if self._length + len(line) > max(_JOURNAL_MIN, self.slots.slot_bytes):
+            self.write(doc)
+            return
+        fd = open_rewrite(self.journal)  # never through a planted link (UnsafeStateError)
+        try:
+            if self._n == 0 or os.fstat(fd).st_size != self._length:
+                os.ftruncate(fd, self._length)  # a torn tail, or lines of an older snapshot: never read past
+            view = memoryview(line)
+            offset = self._length
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+            _datasync(fd)
+        finally:
+            os.close(fd)
+        self._length += len(line)
+        self._n += 1
+
+
+def _journal_entry(raw: bytes, base: int, n: int) -> list[tuple[list[str], Any]] | None:
+    """The changes of one journal line if it is whole, checks out and follows on; else None."""
+    try:
+        entry = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("base") != base or entry.get("n") != n:
+        return None
+    changes = entry.get("changes")
+    if not isinstance(changes, list) or entry.get("sha256") != _sha256(_canonical(changes)):
+        return None
+    out = []
+    for item in changes:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], list) and item[0]):
+            return None
+        out.append((item[0], item[1]))
+    return out
+
+
+def _apply(doc: dict[str, Any], path: list[str], value: Any) -> None:
+    target = doc
+    for key in path[:-1]:
+        nxt = target.get(key)
+        if not isinstance(nxt, dict):
+            nxt = target[key] = {}
+        target = nxt
+    target[path[-1]] = value
+
 
 def _read_slot(raw: bytes) -> tuple[int, dict[str, Any]] | None:
     try:

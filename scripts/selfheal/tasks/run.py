@@ -187,7 +187,10 @@ class BoundedLog:
             with self._lock:
                 if self._closed:
                     return
-                self._write_lines()
+                try:
+                    self._write_lines()
+                except OSError as exc:  # a full disk: those lines miss the log; the flusher goes on with the next
+                    logger.warning("could not write the task log %s: %s", self.path, exc)
 
     def _write_all(self) -> None:
         if self._buf:
@@ -806,6 +809,9 @@ class TaskRunner:
             stop=stop,
             run_id=task.run_id,
         )
+        for item in outcome.left_behind:  # a person reading the task's log should see it too
+            what = "stopped" if item["stopped"] else "left running (process.keep_daemons)"
+            sink.log.note(f"self-heal: the command left pid {item['pid']} ({item['cmd']}) running: {what}")
         if outcome.ok:
             return "succeeded", None
         if outcome.outcome in ("not_attempted", "interrupted"):
@@ -1104,7 +1110,10 @@ def check_stuck(store: TaskStore, *, now: float | None = None, ledger: Ledger | 
             if escalation.incident_path is not None:
                 finding.incident = str(escalation.incident_path)
         # Killed after the record says so, so the runner sees the task is no longer its own and stands down.
-        targets = ([_identity(finding.runner)] if finding.kind == "stuck" else []) + orphans
+        # A dead runner's command is an orphan: with process.kill_orphans off it is left for the next run
+        # of the task to refuse (exit 4, naming it); a stuck runner and its command are stopped either way.
+        keep = finding.kind == "dead" and not store.config.process.kill_orphans
+        targets = ([_identity(finding.runner)] if finding.kind == "stuck" else []) + ([] if keep else orphans)
         for identity in targets:
             if identity is not None and (finding.runner or {}).get("host", host) == host:
                 finding.killed += kill_tree(identity, grace_s=store.config.process.kill_grace_s)
