@@ -506,8 +506,9 @@ def test_in_the_task_tree_each_problem_of_the_analysis_becomes_a_fix_task(
     )
     fix_task = store.get("FIX-batch-command")
     assert "frobnicator overflowed" in (fix_task.analysis or "") and "raise ZQ_ROWS" in (fix_task.fix_suggestion or "")
-    second = runner.run_next()
-    assert second.retry_count == 2 and second.fix_tasks == []
+    second = runner.run_next()  # failure 2: the first FIX task was worked on, so a new one (a FIX per failure)
+    assert second.retry_count == 2 and second.fix_tasks == ["FIX-batch-command-2"]
+    assert runner.run_next().task == "FIX-batch-command-2"  # analysed in turn
     third = runner.run_next()  # failure 3: the threshold; the record already holds the model's analysis
     assert (third.retry_count, third.fix_record) == (3, "FIX-batch-001")
     assert third.fix_tasks == ["FIX-batch-A3", "FIX-batch-A3-2"]  # one per problem the analysis found
@@ -515,7 +516,8 @@ def test_in_the_task_tree_each_problem_of_the_analysis_becomes_a_fix_task(
     assert "zq buffer is fixed" in titles[0] and "batch size is not capped" in titles[1]
     assert store.get("batch").fix_record == "FIX-batch-001"
     assert server.requests("analyst") == 1
-    assert FixStore(state).get("FIX-batch-001").occurrences == 2  # the analysis of run 1, and run 3
+    # The analyses of run 1's and run 2's FIX tasks, and run 3: one record, the model asked once.
+    assert FixStore(state).get("FIX-batch-001").occurrences == 3
 
 
 def test_the_target_module_is_inferred_as_the_document_does(tmp_path: Path) -> None:

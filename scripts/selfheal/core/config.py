@@ -156,6 +156,8 @@ class WorkflowSettings:
 class TaskSettings:
     analyze_at_failures: int = field(metadata=_meta(lo=1, hi=1000))
     manual_at_failures: int = field(metadata=_meta(lo=1, hi=1000))
+    solution_at_failures: int = field(metadata=_meta(lo=0, hi=1000))
+    solution_tries: int = field(metadata=_meta(lo=1, hi=1000))
     stuck_after_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
     log_max_chars: int = field(metadata=_meta(lo=1000, hi=1_000_000_000))
     log_keep_chars: int = field(metadata=_meta(lo=100, hi=1_000_000_000))
@@ -961,6 +963,12 @@ def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest
     if config.tasks.log_keep_chars >= config.tasks.log_max_chars:
         raise conv.error(
             "tasks.log_keep_chars", "must be smaller than tasks.log_max_chars", config.tasks.log_keep_chars
+        )
+    if config.tasks.solution_at_failures and config.tasks.solution_at_failures < config.tasks.analyze_at_failures:
+        raise conv.error(
+            "tasks.solution_at_failures",
+            "must be 0 (no SOL task) or at least tasks.analyze_at_failures",
+            config.tasks.solution_at_failures,
         )
     if config.tasks.manual_at_failures < config.tasks.analyze_at_failures:
         raise conv.error(
