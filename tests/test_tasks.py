@@ -644,6 +644,32 @@ def test_ledger_fix_and_stuck_events_match_the_documented_format(state: StateRoo
     assert os.stat(state.log_file).st_mode & 0o777 == 0o600
 
 
+def test_a_pass_with_nothing_to_run_records_skipped_or_following_as_the_document_does(
+    store: TaskStore, clock: FakeClock, state: StateRoot
+) -> None:
+    """The fourth document's run_status: a pass that finds nothing writes `skipped`; while a task is still
+    running, `following` for it instead (and no `skipped`)."""
+    from selfheal.models.output import schema_problems
+    from selfheal.tasks.run import TaskRunner
+
+    def passes() -> list[dict[str, Any]]:
+        lines = [line for f in sorted(state.sub("ledger").glob("*.jsonl")) for line in f.read_text().splitlines()]
+        return [e for e in map(json.loads, lines) if e["event"] == "pass"]
+
+    assert TaskRunner(store).run_next().outcome == "nothing"
+    assert [(e["task"], e["status"]) for e in passes()] == [(None, "skipped")]
+    add(store, clock, "export")
+    put_state(store, "export", PROCESSING)
+    with store.transaction() as tree:
+        tree.quiet_update("export", activity_ts=clock.time() - 42)
+    assert TaskRunner(store).run_next().outcome == "nothing"
+    assert [(e["task"], e["status"]) for e in passes()][1:] == [("export", "following")]
+    assert "last output 42s ago" in passes()[-1]["reason"]
+    schema = json.loads((Path(__file__).parents[1] / "status" / "ledger-event.schema.json").read_text())
+    assert all(schema_problems(e, schema) == [] for e in passes())
+    assert "[PASS] task=- reason=skipped" in state.log_file.read_text()
+
+
 # -- archiving finished trees ----------------------------------------------------------------------------
 
 

@@ -705,6 +705,12 @@ class TaskRunner:
                 picks = [t for t in tree.actionable(types=types) if runnable(t)]
                 if not picks:
                     what = "/".join(types) if types else "any"
+                    running = [
+                        (t.name, now - max(t.activity_ts or 0.0, t.started_ts or 0.0))
+                        for t in tree.tasks.values()
+                        if t.exec_state == PROCESSING
+                    ]
+                    self._record_pass(running, f"no actionable task ({what} type)")
                     return TaskRun(None, "nothing", f"no actionable task ({what} type)")
                 task = picks[0]
             tree.transition(task.name, PROCESSING, "claimed by run-next", by=f"run-next pid {runner['pid']}")
@@ -721,6 +727,16 @@ class TaskRunner:
             self._release(claimed.name, runner, f"self-heal failed while running it: {type(exc).__name__}: {exc}")
             raise
         return result
+
+    def _record_pass(self, running: list[tuple[str, float]], why: str) -> None:
+        """The fourth document's run_status for a pass that ran nothing: `following` for each task still
+        running (its last output N seconds ago), else `skipped`. Written under the tree's lock: a few lines."""
+        for name, idle in running:
+            self.ledger.record(
+                "pass", task=name, status="following", reason=f"still running; last output {idle:.0f}s ago"
+            )
+        if not running:
+            self.ledger.record("pass", status="skipped", reason=why)
 
     def _run_claimed(self, claimed: Task, runner: dict[str, Any], requeued: bool, now: float) -> TaskRun:
         log = BoundedLog(
