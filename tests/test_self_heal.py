@@ -520,6 +520,37 @@ def test_in_the_task_tree_each_problem_of_the_analysis_becomes_a_fix_task(
     assert FixStore(state).get("FIX-batch-001").occurrences == 3
 
 
+def test_a_fix_tasks_target_comes_from_the_traceback_the_command_and_the_keyword_map(
+    state: StateRoot, write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The fourth document's FIX-TC-FLOW-* lesson: a FIX task's target is found from the whole failure (the
+    traceback kept in its record, not only the last error line), else its parent's command; and
+    fixes.target_keywords maps words to a module (its infer_target_from_error: selector -> updater)."""
+    from selfheal.heal.diagnose import infer_target_module
+
+    write_config("fixes:\n  target_keywords:\n    - {pattern: '(?i)selector|element not found', target: updater.py}\n")
+    config = load_config()
+    store = TaskStore(state, config)
+    traceback = (
+        "exit 1: NameError: name 'analyze' is not defined\n"
+        "Traceback (most recent call last):\n"
+        '  File "/srv/shop/workflow_runner.py", line 88, in run\n'
+        "NameError: name 'analyze' is not defined"
+    )
+    with store.transaction() as tree:
+        tree.add(Task(name="TC-FLOW-001", run={"kind": "argv", "argv": ["python3", "/srv/shop/workflow_runner.py"]}))
+        tree.add(Task(name="FIX-TC-FLOW-001-command", type="fix", parent="TC-FLOW-001", last_error=traceback))
+        tree.add(Task(name="FIX-TC-FLOW-001-A3", type="fix", parent="TC-FLOW-001", last_error="exit 1: it broke"))
+    env = {"HOME": str(tmp_path)}
+    found = infer_target_module(gather_task("FIX-TC-FLOW-001-command", state=state, config=config), env=env)
+    assert found == "/srv/shop/workflow_runner.py:88"
+    found = infer_target_module(gather_task("FIX-TC-FLOW-001-A3", state=state, config=config), env=env)
+    assert found == "/srv/shop/workflow_runner.py"  # the parent's command
+    ui = evidence("TimeoutError: Timeout 30000ms exceeded waiting for selector '.edit-btn'", task="TC-FLOW-002")
+    keywords = config.fixes.target_keywords
+    assert infer_target_module(ui, env=env, keywords=keywords) == "updater.py"
+
+
 def test_the_target_module_is_inferred_as_the_document_does(tmp_path: Path) -> None:
     from selfheal.heal.diagnose import infer_target_module
 

@@ -322,12 +322,21 @@ class FixRule:
 
 
 @dataclass(frozen=True)
+class TargetKeyword:
+    """fixes.target_keywords: when `pattern` is found in a failure's text, the fix belongs in `target`."""
+
+    pattern: str = field(metadata=_meta(regex=True))
+    target: str
+
+
+@dataclass(frozen=True)
 class FixSettings:
     use_model: bool
     model_at_failures: int = field(metadata=_meta(lo=1, hi=1000))
     model_deadline_s: float = field(metadata=_meta(gt=0, hi=3600))
     min_confidence: float = field(metadata=_meta(lo=0, hi=1))
     evidence_lines: int = field(metadata=_meta(lo=1, hi=10_000))
+    target_keywords: tuple[TargetKeyword, ...]
     extra_rules: tuple[FixRule, ...]
     rules: tuple[FixRule, ...]
 
