@@ -264,6 +264,7 @@ class ModelSettings:
     simplify_max_prompt_chars: int = field(metadata=_meta(lo=100))
     simplify_split_parts: int = field(metadata=_meta(lo=0, hi=50))
     max_answer_chars: int = field(metadata=_meta(lo=0))
+    rules_fallback: tuple[str, ...]
     chain: tuple[ModelEndpoint, ...]
 
 
