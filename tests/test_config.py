@@ -97,6 +97,32 @@ def test_a_bad_pasted_retry_policy_names_the_key(write_config: Callable[[str], P
     assert str(path) in str(e.value)
 
 
+def test_task_policies_in_openclaw_json_are_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_config: Callable[[str], Path]
+) -> None:
+    """The first document's openclaw.json block (comments and trailing commas as OpenClaw allows):
+    default_retry sets every retried class, model_fallbacks orders the chain; config.yaml still wins."""
+    monkeypatch.setenv("OPENCLAW_STATE_DIR", str(tmp_path / "oc"))
+    (tmp_path / "oc").mkdir()
+    (tmp_path / "oc" / "openclaw.json").write_text(
+        """{
+          // the first source document's section 5.1
+          "task_policies": {
+            "default_retry": {"max_attempts": 3, "backoff": {"initial": 5, "factor": 2, "max": 60}},
+            "model_fallbacks": ["Phi-3-mini", "Qwen3-4B-Thinking-2507", "GPT-9"],
+          },
+        }"""
+    )
+    config = load_config()
+    p = config.policies
+    for cls in (p.transient, p.rate_limit, p.timeout, p.resource, p.format, p.unknown):
+        assert (cls.attempts, cls.base_s, cls.multiplier, cls.cap_s) == (3, 5.0, 2.0, 60.0)
+    assert p.permanent.attempts == 1  # never retried stays never retried
+    assert [e.model for e in config.models.chain] == ["Phi-3-mini", "Qwen3-4B-Thinking-2507"]
+    write_config("policies:\n  rate_limit: {retries: 5}\n")
+    assert load_config().policies.rate_limit.attempts == 6
+
+
 def test_every_error_class_has_a_policy_with_a_jitter(config: Config) -> None:
     """A loaded policy always names its jitter (unset ones take retry.jitter)."""
     for name in ERROR_CLASSES:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT
+from conftest import PYTHON, ROOT
 from selfheal.core.breaker import Breakers
 from selfheal.core.config import Config, load_config
 from selfheal.errors import ConfigError
@@ -869,3 +869,26 @@ def test_the_gpu_check_scenarios_pass_against_a_fake_nvidia_smi(
         ("oom_wait_without_fallback", True),
     ], outcomes
     assert [round(o.seconds) for o in outcomes[2:]] == [10, 10]
+
+
+def test_when_every_model_fails_the_rules_fallback_answers_marked_as_rules(
+    write_config: Callable[[str], Path], clock: FakeClock, tmp_path: Path, home: Path
+) -> None:
+    """The second document's chain ends in a rule engine: with every endpoint down, models.rules_fallback gets
+    the prompt on stdin and its answer comes back marked by_rules; a rules command that fails changes nothing."""
+    rules = tmp_path / "rules.py"
+    rules.write_text("import sys\nprint('rule-based: ' + sys.stdin.read().split()[0])\n")
+    entries = "    - " + json.dumps({"name": "dead", "base_url": dead_url(), "model": "m"})
+    write_config(FAST.format(entries=entries).replace("models:\n", f"models:\n  rules_fallback: [{PYTHON}, {rules}]\n"))
+    result = ask(load_config(), clock)
+    assert (result.content, result.endpoint, result.by_rules, result.fallback_used) == (
+        "rule-based: Summarise",
+        "rules",
+        True,
+        True,
+    )
+    assert result.attempts[-1].outcome == "answered" and result.to_json()["by_rules"] is True
+    assert "[FALLBACK] task=- target=rules" in (home / "logs" / "selfheal.log").read_text()
+    rules.write_text("raise SystemExit(1)\n")
+    with pytest.raises(ModelCallFailed):
+        ask(load_config(), clock)

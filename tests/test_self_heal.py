@@ -506,8 +506,9 @@ def test_in_the_task_tree_each_problem_of_the_analysis_becomes_a_fix_task(
     )
     fix_task = store.get("FIX-batch-command")
     assert "frobnicator overflowed" in (fix_task.analysis or "") and "raise ZQ_ROWS" in (fix_task.fix_suggestion or "")
-    second = runner.run_next()
-    assert second.retry_count == 2 and second.fix_tasks == []
+    second = runner.run_next()  # failure 2: the first FIX task was worked on, so a new one (a FIX per failure)
+    assert second.retry_count == 2 and second.fix_tasks == ["FIX-batch-command-2"]
+    assert runner.run_next().task == "FIX-batch-command-2"  # analysed in turn
     third = runner.run_next()  # failure 3: the threshold; the record already holds the model's analysis
     assert (third.retry_count, third.fix_record) == (3, "FIX-batch-001")
     assert third.fix_tasks == ["FIX-batch-A3", "FIX-batch-A3-2"]  # one per problem the analysis found
@@ -515,7 +516,39 @@ def test_in_the_task_tree_each_problem_of_the_analysis_becomes_a_fix_task(
     assert "zq buffer is fixed" in titles[0] and "batch size is not capped" in titles[1]
     assert store.get("batch").fix_record == "FIX-batch-001"
     assert server.requests("analyst") == 1
-    assert FixStore(state).get("FIX-batch-001").occurrences == 2  # the analysis of run 1, and run 3
+    # The analyses of run 1's and run 2's FIX tasks, and run 3: one record, the model asked once.
+    assert FixStore(state).get("FIX-batch-001").occurrences == 3
+
+
+def test_a_fix_tasks_target_comes_from_the_traceback_the_command_and_the_keyword_map(
+    state: StateRoot, write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The fourth document's FIX-TC-FLOW-* lesson: a FIX task's target is found from the whole failure (the
+    traceback kept in its record, not only the last error line), else its parent's command; and
+    fixes.target_keywords maps words to a module (its infer_target_from_error: selector -> updater)."""
+    from selfheal.heal.diagnose import infer_target_module
+
+    write_config("fixes:\n  target_keywords:\n    - {pattern: '(?i)selector|element not found', target: updater.py}\n")
+    config = load_config()
+    store = TaskStore(state, config)
+    traceback = (
+        "exit 1: NameError: name 'analyze' is not defined\n"
+        "Traceback (most recent call last):\n"
+        '  File "/srv/shop/workflow_runner.py", line 88, in run\n'
+        "NameError: name 'analyze' is not defined"
+    )
+    with store.transaction() as tree:
+        tree.add(Task(name="TC-FLOW-001", run={"kind": "argv", "argv": ["python3", "/srv/shop/workflow_runner.py"]}))
+        tree.add(Task(name="FIX-TC-FLOW-001-command", type="fix", parent="TC-FLOW-001", last_error=traceback))
+        tree.add(Task(name="FIX-TC-FLOW-001-A3", type="fix", parent="TC-FLOW-001", last_error="exit 1: it broke"))
+    env = {"HOME": str(tmp_path)}
+    found = infer_target_module(gather_task("FIX-TC-FLOW-001-command", state=state, config=config), env=env)
+    assert found == "/srv/shop/workflow_runner.py:88"
+    found = infer_target_module(gather_task("FIX-TC-FLOW-001-A3", state=state, config=config), env=env)
+    assert found == "/srv/shop/workflow_runner.py"  # the parent's command
+    ui = evidence("TimeoutError: Timeout 30000ms exceeded waiting for selector '.edit-btn'", task="TC-FLOW-002")
+    keywords = config.fixes.target_keywords
+    assert infer_target_module(ui, env=env, keywords=keywords) == "updater.py"
 
 
 def test_the_target_module_is_inferred_as_the_document_does(tmp_path: Path) -> None:

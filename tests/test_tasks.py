@@ -397,22 +397,74 @@ def test_from_three_failures_each_distinct_problem_gets_its_own_fix_task(store: 
     assert "module is missing" in (tree.tasks["FIX-etl-A3-2"].fix_suggestion or "")
 
 
-def test_at_five_failures_the_task_needs_a_person_and_an_incident_says_how_to_resume(
+def test_failure_four_gets_a_new_fix_task_once_the_third_ones_was_worked_on(store: TaskStore, clock: FakeClock) -> None:
+    """A FIX task per failure, as the fourth document does: failure 3's FIX task was analysed and parked, so the
+    same problem at failure 4 gets a new one (an untouched FIX task keeps tracking it: see the first-failure test)."""
+    add(store, clock, "etl")
+    with store.transaction() as tree:
+        tree.quiet_update("etl", retry_count=2)
+    tail = ["ModuleNotFoundError: No module named 'pandas'"]
+    assert fail(store, "etl", Failed("unknown", "exit 1"), tail).fix_tasks == ["FIX-etl-A3"]
+    put_state(store, "FIX-etl-A3", REQUIRES_MANUAL)
+    assert fail(store, "etl", Failed("unknown", "exit 1"), tail).fix_tasks == ["FIX-etl-A4"]
+    assert store.get("FIX-etl-A3").exec_state == REQUIRES_MANUAL  # kept as the record of the earlier attempt
+
+
+def test_at_five_failures_a_sol_task_replaces_the_fix_tasks_and_after_three_more_a_person_is_needed(
     store: TaskStore, clock: FakeClock, state: StateRoot
 ) -> None:
+    """The fourth document's ladder at 5: a SOL task with the solution, the old FIX tasks voided, no REQUIRES_MANUAL
+    yet; the task then gets 3 more tries (tracked by the SOL task, no new FIX tasks) and at 8 needs a person."""
     add(store, clock, "sync")
+    add(store, clock, "FIX-sync-A4", type="fix", parent="sync")
+    add(store, clock, "FIX-sync-A3", type="fix", parent="sync")
+    put_state(store, "FIX-sync-A3", REQUIRES_MANUAL)  # analysed earlier and parked
     with store.transaction() as tree:
         tree.quiet_update("sync", retry_count=4)
     esc = fail(store, "sync", Failed("unknown", "exit 1: disk quota"), ["error: disk quota exceeded"])
+    tree = store.snapshot()
+    assert (tree.tasks["sync"].exec_state, tree.tasks["sync"].retry_count) == (ERROR_FIX_PENDING, 5)
+    assert esc.fix_tasks == ["SOL-sync"] and esc.incident_path is None
+    assert sorted(esc.voided) == ["FIX-sync-A3", "FIX-sync-A4"]
+    assert {tree.tasks[n].exec_state for n in esc.voided} == {VOID}
+    sol = tree.tasks["SOL-sync"]
+    assert (sol.type, sol.parent, sol.exec_state, (sol.source or {})["kind"]) == ("fix", "sync", NEW, "solution")
+    assert sol.fix_suggestion and "disk quota" in (sol.last_error or "")
+    assert [t.name for t in tree.actionable()] == ["SOL-sync"]  # the task waits for its solution
+    for n in (6, 7):
+        put_state(store, "SOL-sync", REQUIRES_MANUAL)  # analysed: settled, so the task runs again
+        esc = fail(store, "sync", Failed("unknown", "exit 1: disk quota"), ["error: disk quota exceeded"])
+        assert (store.get("sync").exec_state, esc.fix_tasks, esc.incident_path) == (ERROR_FIX_PENDING, [], None), n
+    esc = fail(store, "sync", Failed("unknown", "exit 1: disk quota"), ["error: disk quota exceeded"])
     task = store.get("sync")
-    assert task.exec_state == REQUIRES_MANUAL and task.retry_count == 5
+    assert task.exec_state == REQUIRES_MANUAL and task.retry_count == 8
     assert esc.incident_path is not None and esc.incident_path.exists()
     incident = json.loads(esc.incident_path.read_text())
     assert incident["task"] == "sync" and incident["kind"] == "requires_manual"
-    assert "needs a person after 5 failure(s)" in incident["summary"]
+    assert "needs a person after 8 failure(s)" in incident["summary"]
     assert "mark sync error" in incident["resume_command"] and "run-next --task sync" in incident["resume_command"]
     assert task.incident == incident["id"]
     assert not store.snapshot().actionable()
+
+
+def test_a_sol_task_gets_its_own_three_tries_before_it_needs_a_person(store: TaskStore, clock: FakeClock) -> None:
+    """A SOL task that runs something and keeps failing needs a person after 3 failures (the document's "3 more")."""
+    add(store, clock, "sync")
+    add(store, clock, "SOL-sync", type="fix", parent="sync", source={"kind": "solution", "task": "sync"})
+    states = [fail(store, "SOL-sync", Failed("permanent", "still broken")).state for _ in range(3)]
+    assert states == [NORMAL_CRASH, NORMAL_CRASH, REQUIRES_MANUAL]
+
+
+def test_without_a_sol_step_five_failures_need_a_person(
+    write_config: Callable[[str], Path], state: StateRoot, clock: FakeClock
+) -> None:
+    """tasks.solution_at_failures: 0 turns the SOL step off: manual_at_failures (5) applies, as before."""
+    write_config("tasks: {solution_at_failures: 0}\n")
+    store = TaskStore(state, load_config(), clock)
+    add(store, clock, "sync")
+    with store.transaction() as tree:
+        tree.quiet_update("sync", retry_count=4)
+    assert fail(store, "sync", Failed("unknown", "exit 1")).state == REQUIRES_MANUAL
 
 
 def test_two_incidents_for_one_task_in_the_same_second_both_get_valid_ids(state: StateRoot) -> None:
@@ -441,7 +493,7 @@ def test_fix_tasks_never_spawn_fix_tasks_of_their_own(store: TaskStore, clock: F
 def test_thresholds_come_from_configuration(
     write_config: Callable[[str], Path], state: StateRoot, clock: FakeClock
 ) -> None:
-    write_config("tasks: {analyze_at_failures: 1, manual_at_failures: 2}\n")
+    write_config("tasks: {analyze_at_failures: 1, manual_at_failures: 2, solution_at_failures: 0}\n")
     store = TaskStore(state, load_config(), clock)
     add(store, clock, "t")
     fail(store, "t", Failed("permanent", "exit 1"), ["TypeError: x"])
@@ -615,6 +667,32 @@ def test_ledger_fix_and_stuck_events_match_the_documented_format(state: StateRoo
     assert "[FIX] task=t reason=created fix_task=FIX-t-x" in log
     assert "[STUCK] task=t reason=stuck idle=601s" in log
     assert os.stat(state.log_file).st_mode & 0o777 == 0o600
+
+
+def test_a_pass_with_nothing_to_run_records_skipped_or_following_as_the_document_does(
+    store: TaskStore, clock: FakeClock, state: StateRoot
+) -> None:
+    """The fourth document's run_status: a pass that finds nothing writes `skipped`; while a task is still
+    running, `following` for it instead (and no `skipped`)."""
+    from selfheal.models.output import schema_problems
+    from selfheal.tasks.run import TaskRunner
+
+    def passes() -> list[dict[str, Any]]:
+        lines = [line for f in sorted(state.sub("ledger").glob("*.jsonl")) for line in f.read_text().splitlines()]
+        return [e for e in map(json.loads, lines) if e["event"] == "pass"]
+
+    assert TaskRunner(store).run_next().outcome == "nothing"
+    assert [(e["task"], e["status"]) for e in passes()] == [(None, "skipped")]
+    add(store, clock, "export")
+    put_state(store, "export", PROCESSING)
+    with store.transaction() as tree:
+        tree.quiet_update("export", activity_ts=clock.time() - 42)
+    assert TaskRunner(store).run_next().outcome == "nothing"
+    assert [(e["task"], e["status"]) for e in passes()][1:] == [("export", "following")]
+    assert "last output 42s ago" in passes()[-1]["reason"]
+    schema = json.loads((Path(__file__).parents[1] / "status" / "ledger-event.schema.json").read_text())
+    assert all(schema_problems(e, schema) == [] for e in passes())
+    assert "[PASS] task=- reason=skipped" in state.log_file.read_text()
 
 
 # -- archiving finished trees ----------------------------------------------------------------------------

@@ -175,13 +175,26 @@ def test_a_failing_task_escalates_through_fix_tasks_to_a_person(home: Path, tmp_
     assert "KeyError" in record(home, "FIX-etl-command")["analysis"]
     assert as_json(tasks(home, "actionable", "--json"))["tasks"] == ["etl"]  # a settled child frees the parent
 
-    outcomes = [as_json(tasks(home, "run-next", "--type", "regular", "--json")) for _ in range(4)]
-    assert [o["retry_count"] for o in outcomes] == [2, 3, 4, 5]
-    assert [o["exec_state"] for o in outcomes] == ["ERROR_FIX_PENDING"] * 3 + ["REQUIRES_MANUAL"]
+    # The document's loop: each failure makes a FIX task, the fix cron analyses it, the task runs again; at 5
+    # a SOL task replaces the FIX tasks; 3 more failures and it needs a person.
+    outcomes = []
+    for _ in range(7):
+        outcomes.append(as_json(tasks(home, "run-next", "--type", "regular", "--json")))
+        tasks(home, "run-next", "--type", "fix", "--json")
+    assert [o["retry_count"] for o in outcomes] == [2, 3, 4, 5, 6, 7, 8]
+    assert [o["exec_state"] for o in outcomes] == ["ERROR_FIX_PENDING"] * 6 + ["REQUIRES_MANUAL"]
+    assert [o["fix_tasks"] for o in outcomes] == [
+        ["FIX-etl-command-2"],
+        ["FIX-etl-A3"],
+        ["FIX-etl-A4"],
+        ["SOL-etl"],
+    ] + [[]] * 3
+    assert {record(home, n)["exec_state"] for n in ("FIX-etl-command", "FIX-etl-A3", "FIX-etl-A4")} == {"VOID"}
     incident = json.loads(Path(outcomes[-1]["incident"]).read_text())
     assert incident["task"] == "etl" and "run-next --task etl" in incident["resume_command"]
     events = ledger(home)
-    assert len([e for e in events if e["event"] == "fix" and e.get("fix_task")]) == 1  # one FIX task made
+    made = [e["fix_task"] for e in events if e["event"] == "fix" and e.get("fix_task")]
+    assert made == ["FIX-etl-command", "FIX-etl-command-2", "FIX-etl-A3", "FIX-etl-A4", "SOL-etl"]
     assert [e["event"] for e in events].count("incident") == 1
     # Its failures were explained in one fix record (rules, as the model is off here), seen at each analysis.
     records = {e["fix_id"] for e in events if e.get("fix_id")}

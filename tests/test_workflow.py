@@ -578,6 +578,65 @@ def test_a_command_that_ran_but_left_no_output_file_is_compensated(tmp_path: Pat
     assert journal(tmp_path) == ["order", "charge", "refund", "undo-order"]
 
 
+def test_a_step_that_fails_for_good_can_fall_back_to_cached_data(tmp_path: Path, fast: Config, home: Path) -> None:
+    """The second document's _fallback_cached_data: the fetch fails for good, its fallback answers from the cache,
+    the step is done and marked as a fallback result, the next step reads that, and a [FALLBACK] is logged."""
+    (tmp_path / "cache.json").write_text('{"revenue": 1000000}')
+    plan = write_plan(
+        tmp_path,
+        """\
+        steps:
+          - name: fetch_external_data
+            shell: "echo 'HTTP Error 404: Not Found' >&2; exit 1"
+            fallback: [cat, cache.json]
+            outputs: {stdout: true}
+          - name: report
+            shell: "echo \\"report from $SELFHEAL_IN_FETCH_EXTERNAL_DATA_STDOUT\\" >> journal"
+            inputs: [fetch_external_data.stdout]
+        """,
+    )
+    result = run(plan, config=fast)
+    assert result.status == "completed"
+    fetch = result.steps[0]
+    assert (fetch.state, fetch.fallback, fetch.error_class) == ("done", True, "permanent")
+    assert fetch.outputs == {"stdout": '{"revenue": 1000000}'}
+    assert journal(tmp_path) == ['report from {"revenue": 1000000}']
+    assert (
+        "[FALLBACK] task=plan step=fetch_external_data reason=permanent" in (home / "logs" / "selfheal.log").read_text()
+    )
+
+
+def test_a_failing_fallback_leaves_the_step_failed_with_its_own_error(tmp_path: Path, fast: Config) -> None:
+    """When the fallback fails too, the step fails as it would have, compensation and incident included."""
+    plan = write_plan(
+        tmp_path,
+        """\
+        steps:
+          - {name: a, shell: "echo a >> journal", compensate: [sh, -c, "echo undo-a >> journal"]}
+          - {name: b, shell: "echo 'SyntaxError: x' >&2; exit 1", fallback_shell: "exit 3"}
+        """,
+    )
+    result = run(plan, config=fast)
+    assert result.status == "failed" and result.steps[1].error_class == "permanent"
+    assert not result.steps[1].fallback and journal(tmp_path) == ["a", "undo-a"]
+
+
+def test_python_step_fallback_gives_a_simplified_result(fast: Config) -> None:
+    """The document's _fallback_simple_summary: a function step's fallback result stands in for it, marked."""
+    wf = Workflow("summary")
+
+    def simple(ctx: StepContext) -> dict[str, str]:
+        return {"report": "Simplified summary: revenue 1000000"}
+
+    @wf.step(fallback=simple)
+    def generate_complex_report(ctx: StepContext) -> dict[str, str]:
+        raise ValueError("the template is broken")
+
+    result = wf.run(config=fast)
+    assert result.status == "completed" and result.steps[0].fallback
+    assert result.steps[0].outputs == {"report": "Simplified summary: revenue 1000000"}
+
+
 # -- crashes at random moments --------------------------------------------------------------------------------
 
 

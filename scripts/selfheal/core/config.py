@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import logging
 import math
 import os
@@ -195,6 +196,8 @@ class WorkflowSettings:
 class TaskSettings:
     analyze_at_failures: int = field(metadata=_meta(lo=1, hi=1000))
     manual_at_failures: int = field(metadata=_meta(lo=1, hi=1000))
+    solution_at_failures: int = field(metadata=_meta(lo=0, hi=1000))
+    solution_tries: int = field(metadata=_meta(lo=1, hi=1000))
     stuck_after_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
     log_max_chars: int = field(metadata=_meta(lo=1000, hi=1_000_000_000))
     log_keep_chars: int = field(metadata=_meta(lo=100, hi=1_000_000_000))
@@ -358,6 +361,7 @@ class ModelSettings:
     simplify_max_prompt_chars: int = field(metadata=_meta(lo=100))
     simplify_split_parts: int = field(metadata=_meta(lo=0, hi=50))
     max_answer_chars: int = field(metadata=_meta(lo=0))
+    rules_fallback: tuple[str, ...]
     chain: tuple[ModelEndpoint, ...]
 
 
@@ -426,12 +430,21 @@ class FixRule:
 
 
 @dataclass(frozen=True)
+class TargetKeyword:
+    """fixes.target_keywords: when `pattern` is found in a failure's text, the fix belongs in `target`."""
+
+    pattern: str = field(metadata=_meta(regex=True))
+    target: str
+
+
+@dataclass(frozen=True)
 class FixSettings:
     use_model: bool
     model_at_failures: int = field(metadata=_meta(lo=1, hi=1000))
     model_deadline_s: float = field(metadata=_meta(gt=0, hi=3600))
     min_confidence: float = field(metadata=_meta(lo=0, hi=1))
     evidence_lines: int = field(metadata=_meta(lo=1, hi=10_000))
+    target_keywords: tuple[TargetKeyword, ...]
     extra_rules: tuple[FixRule, ...]
     rules: tuple[FixRule, ...]
 
@@ -783,7 +796,22 @@ def load_config(
             logger.info("%s", note)
         _retries_as_attempts(typing.cast(dict[str, Any], user), marks, str(user_file))
     manifest_data = {k: v for k, v in base.items() if k in MANIFEST_KEYS}
-    settings = deep_merge({k: v for k, v in base.items() if k not in MANIFEST_KEYS}, user or {})
+    shipped = {k: v for k, v in base.items() if k not in MANIFEST_KEYS}
+    order: list[str] | None = None
+    openclaw_json = openclaw_json_path(env)
+    task_policies = _openclaw_task_policies(openclaw_json)
+    if task_policies is not None:
+        layer, order, notes = _task_policies_layer(task_policies, shipped, str(openclaw_json))
+        shipped = typing.cast(dict[str, Any], deep_merge(shipped, layer))
+        files.append(str(openclaw_json))
+        for note in notes:
+            logger.info("%s", note)
+    settings = deep_merge(shipped, user or {})
+    user_models = user.get("models") if isinstance(user, dict) else None
+    if order and not (isinstance(user_models, dict) and "chain" in user_models):  # config.yaml's own chain wins
+        models = typing.cast(dict[str, Any], settings)["models"]
+        models["chain"], note = _chain_in_order(list(models.get("chain") or []), order, str(openclaw_json))
+        logger.info("%s", note)
     conv = _Converter(marks, str(user_path) if user else str(skill_yaml))
     manifest = conv.dataclass(Manifest, manifest_data, "")
     config = _build_config(conv, typing.cast(dict[str, Any], settings), manifest, tuple(files))
@@ -939,6 +967,99 @@ def _document_shapes(user: dict[str, Any], marks: _Marks, file: str) -> list[str
     return notes
 
 
+def openclaw_json_path(env: Mapping[str, str]) -> Path:
+    """OpenClaw's own config file: $OPENCLAW_CONFIG_PATH, else openclaw.json in $OPENCLAW_STATE_DIR or ~/.openclaw."""
+    if env.get("OPENCLAW_CONFIG_PATH"):
+        return Path(env["OPENCLAW_CONFIG_PATH"]).expanduser()
+    state = env.get("OPENCLAW_STATE_DIR")
+    return (Path(state).expanduser() if state else Path(env.get("HOME") or Path.home()) / ".openclaw") / "openclaw.json"
+
+
+def _openclaw_task_policies(path: Path) -> dict[str, Any] | None:
+    """`task_policies` of openclaw.json (the first source document puts its retry settings there), or None
+    when the file or the key is missing. openclaw.json is JSON5 in practice: comments and trailing commas
+    are dropped before parsing; a file that still cannot be read is OpenClaw's business, so it is skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        stripped = re.sub(r"/\*.*?\*/", "", re.sub(r"(?m)^\s*//.*$", "", text), flags=re.S)
+        try:
+            data = json.loads(re.sub(r",(\s*[}\]])", r"\1", stripped))
+        except ValueError:
+            logger.warning("%s is not readable JSON; its task_policies (if any) are not used", path)
+            return None
+    found = data.get("task_policies") if isinstance(data, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def _task_policies_layer(
+    policies: dict[str, Any], base: dict[str, Any], file: str
+) -> tuple[dict[str, Any], list[str] | None, list[str]]:
+    """openclaw.json's `task_policies` as a settings layer over skill.yaml (the user's config.yaml goes over
+    it): `default_retry: {max_attempts, backoff: {initial, factor, max}}` for every class skill.yaml retries,
+    and `model_fallbacks: [model names]`, the chain's order (returned apart: it applies to the merged chain)."""
+
+    def bad(key: str, message: str, value: object) -> ConfigError:
+        return ConfigError(f"{message}, got {value!r}", file=file, key=f"task_policies.{key}", value=value)
+
+    layer: dict[str, Any] = {}
+    notes: list[str] = []
+    default = policies.get("default_retry")
+    if default is not None:
+        if not isinstance(default, dict) or set(default) - {"max_attempts", "backoff"}:
+            raise bad("default_retry", "must be a mapping with max_attempts and backoff", default)
+        ours: dict[str, Any] = {}
+        attempts = default.get("max_attempts")
+        if attempts is not None:
+            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+                raise bad("default_retry.max_attempts", "must be a whole number >= 1", attempts)
+            ours["attempts"] = attempts
+        backoff = default.get("backoff") or {}
+        if not isinstance(backoff, dict) or set(backoff) - {"initial", "factor", "max"}:
+            raise bad("default_retry.backoff", "must be a mapping with initial, factor, max", backoff)
+        for theirs, mine, low in (("initial", "base_s", 0), ("factor", "multiplier", 1), ("max", "cap_s", 0)):
+            value = backoff.get(theirs)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+                raise bad(f"default_retry.backoff.{theirs}", f"must be a number >= {low}", value)
+            ours[mine] = float(value)
+        shipped = base.get("policies") or {}
+        retried = [c for c, p in shipped.items() if isinstance(p, dict) and int(p.get("attempts", 1)) > 1]
+        layer["policies"] = {c: dict(ours) for c in retried}
+        shown = ", ".join(f"{k}={v:g}" for k, v in ours.items())
+        notes.append(f"{file}: task_policies.default_retry became policies {'/'.join(retried)}: {shown}")
+    order = policies.get("model_fallbacks")
+    if order is not None and (not isinstance(order, list) or not all(isinstance(n, str) and n for n in order)):
+        raise bad("model_fallbacks", "must be a list of model names", order)
+    return layer, order, notes
+
+
+def _chain_in_order(chain: list[Any], order: list[str], file: str) -> tuple[list[Any], str]:
+    """The chain's entries named in `order` (by model or endpoint name), in that order; the rest left out."""
+    by_name: dict[str, Any] = {}
+    for entry in chain:
+        if isinstance(entry, dict):
+            for key in ("model", "name"):
+                if isinstance(entry.get(key), str):
+                    by_name.setdefault(entry[key], entry)
+    picked = [by_name[n] for n in order if n in by_name]
+    unknown = [n for n in order if n not in by_name]
+    if not picked:
+        return (
+            chain,
+            f"{file}: task_policies.model_fallbacks names no model of models.chain ({', '.join(order)}): not used",
+        )
+    note = f"{file}: task_policies.model_fallbacks ordered models.chain: {' -> '.join(str(e['name']) for e in picked)}"
+    if unknown:
+        note += f" (not in models.chain, so left out: {', '.join(unknown)})"
+    return picked, note
+
+
 def _retries_as_attempts(layer: dict[str, Any], marks: _Marks, file: str) -> None:
     """Rewrite each `policies.<class>.retries: N` of one settings file as `attempts: N + 1` (the first try
     plus N retries), in place; giving both in one policy, or a bad N, is an error naming the key."""
@@ -1050,6 +1171,12 @@ def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest
         raise conv.error(
             "tasks.log_keep_chars", "must be smaller than tasks.log_max_chars", config.tasks.log_keep_chars
         )
+    if config.tasks.solution_at_failures and config.tasks.solution_at_failures < config.tasks.analyze_at_failures:
+        raise conv.error(
+            "tasks.solution_at_failures",
+            "must be 0 (no SOL task) or at least tasks.analyze_at_failures",
+            config.tasks.solution_at_failures,
+        )
     if config.tasks.manual_at_failures < config.tasks.analyze_at_failures:
         raise conv.error(
             "tasks.manual_at_failures", "must be at least tasks.analyze_at_failures", config.tasks.manual_at_failures
@@ -1067,7 +1194,7 @@ def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest
 
 
 _cache_lock = threading.Lock()
-_cache: dict[tuple[str, str, str, str], tuple[tuple[float | None, ...], Config]] = {}
+_cache: dict[tuple[str, str, str, str, str], tuple[tuple[float | None, ...], Config]] = {}
 
 
 def _mtime(path: Path) -> float | None:
@@ -1081,8 +1208,15 @@ def get_config(env: Mapping[str, str] | None = None) -> Config:
     """load_config(), cached per process until skill.yaml or the user's file changes."""
     env = os.environ if env is None else env
     user_file, _ = user_config_path(env)
-    key = (str(SKILL_YAML), str(user_file), env.get("SELFHEAL_DATABASE_URL", ""), env.get("SELFHEAL_HOST_ID", ""))
-    stamp = (_mtime(SKILL_YAML), _mtime(user_file))
+    openclaw_json = openclaw_json_path(env)
+    key = (
+        str(SKILL_YAML),
+        str(user_file),
+        str(openclaw_json),
+        env.get("SELFHEAL_DATABASE_URL", ""),
+        env.get("SELFHEAL_HOST_ID", ""),
+    )
+    stamp = (_mtime(SKILL_YAML), _mtime(user_file), _mtime(openclaw_json))
     with _cache_lock:
         hit = _cache.get(key)
         if hit and hit[0] == stamp:

@@ -116,6 +116,9 @@ class Step:
     inputs: tuple[tuple[str, str], ...] = ()  # (step, output) pairs this step reads
     cwd: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    # Run when the step fails for good: its result stands in for the step's (cached data, a simpler result),
+    # and the step is marked as done by its fallback (the second document's FallbackChain for a step).
+    fallback: Command | StepFunction | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ _STEP_KEYS = {
     "inputs",
     "cwd",
     "env",
+    "fallback",
+    "fallback_shell",
 }
 
 
@@ -206,6 +211,7 @@ def load_plan(path: Path) -> Plan:
         if run is None:
             raise fail(f"{where}.run", f'{label}: missing command (run: [argv...], or shell: "...")')
         compensate = _command(raw, "compensate", "compensate_shell", where=where, label=label, fail=fail)
+        fallback = _command(raw, "fallback", "fallback_shell", where=where, label=label, fail=fail)
         timeout = raw.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise fail(f"{where}.timeout", f"{label}: must be a number of seconds above 0", timeout)
@@ -268,6 +274,7 @@ def load_plan(path: Path) -> Plan:
                 inputs=inputs,
                 cwd=cwd,
                 env={k: str(v) for k, v in env.items()},
+                fallback=fallback,
             )
         )
     plan_name = data.get("name") or path.stem
@@ -353,6 +360,7 @@ class StepReport:
     reason: str | None
     outputs: dict[str, Any]
     converted: list[str] = field(default_factory=list)  # outputs that were not JSON, kept as their text
+    fallback: bool = False  # done by its fallback, not by itself: a fallback result
 
 
 @dataclass
@@ -715,10 +723,18 @@ class WorkflowRunner:
                 self._save(step.name)
 
         stdout_tail = ""
-        if isinstance(step.run, Command):
-            stdout_tail = self._run_command(step, step.run, record, persist_attempt, prior)
-        else:
-            self._run_function(step, step.run, record, persist_attempt, prior)
+        try:
+            if isinstance(step.run, Command):
+                stdout_tail = self._run_command(step, step.run, record, persist_attempt, prior)
+            else:
+                self._run_function(step, step.run, record, persist_attempt, prior)
+        except _StepFailed as failure:
+            if step.fallback is None:
+                raise
+            self._run_fallback(step, record, failure)
+            record.update(state=DONE, ended=_now_iso(self.clock), duration_s=round(self.clock.monotonic() - started, 3))
+            self._save()
+            return
         missing = [f for f in step.output_files if not self._path(step, f).exists()]
         if missing:
             record["state"] = FAILED
@@ -729,6 +745,56 @@ class WorkflowRunner:
         if self._done_outputs is not None:
             self._done_outputs[step.name] = record["outputs"]
         self._save(step.name)
+
+    def _run_fallback(self, step: Step, record: dict[str, Any], failure: _StepFailed) -> None:
+        """The step failed for good: run its fallback; its result becomes the step's, marked as a fallback
+        result. A fallback that fails too leaves the step failed, with the step's own error."""
+        why = f"{failure.error_class or 'unknown'}: {failure.reason}"
+        backup = step.fallback
+        try:
+            if isinstance(backup, Command):
+                outcome = self._retry_command(step, backup, f"{step.name}.fallback")
+                if not outcome.ok:
+                    raise RuntimeError(f"{outcome.error_class}: {outcome.reason} (exit {outcome.exit_code})")
+                keep = self.config.workflows.output_tail_chars
+                stdout = outcome.stdout_tail[-keep:].rstrip("\n") if keep else ""
+                if any(not self._path(step, f).exists() for f in step.output_files):
+                    raise RuntimeError(f"it did not produce {', '.join(step.output_files)}")
+                outputs = self._collect_outputs(step, stdout)
+            elif backup is not None:
+                context = StepContext(self.task, step.name, 1, f"{self.task}/{step.name}/fallback", self._outputs())
+                value = Retrier(
+                    task=self.task,
+                    step=f"{step.name}.fallback",
+                    config=self.config,
+                    clock=self.clock,
+                    state=self.state,
+                    ledger=self.ledger,
+                ).call(backup, context)
+                raw = value if isinstance(value, dict) else ({} if value is None else {"value": value})
+                converted: list[str] = []
+                outputs = {str(k): _as_json(v, str(k), converted) for k, v in raw.items()}
+        except Exception as exc:
+            self.ledger.record(
+                "fallback",
+                task=self.task,
+                step=step.name,
+                error_class=failure.error_class,
+                status="failed",
+                reason=f"the fallback failed too ({exc}); the step's error: {why}",
+            )
+            raise failure from exc
+        record.update(state=RUNNING, error_class=failure.error_class, reason=f"fallback used after: {why}")
+        record["outputs"] = outputs if step.keep_stdout or not isinstance(backup, Command) else {}
+        record["fallback"] = True
+        self.ledger.record(
+            "fallback",
+            task=self.task,
+            step=step.name,
+            error_class=failure.error_class,
+            status="fallback_used",
+            reason=f"the step's fallback answered for it after: {why}",
+        )
 
     def _step_env(self, step: Step) -> dict[str, str]:
         outputs = self._outputs()
@@ -1028,6 +1094,7 @@ class WorkflowRunner:
                     r.get("reason"),
                     r.get("outputs") or {},
                     list(r.get("converted") or []),
+                    bool(r.get("fallback")),
                 )
             )
         incident = self.data.get("incident")
@@ -1141,12 +1208,15 @@ class Workflow:
         name: str | None = None,
         compensate: StepFunction | None = None,
         max_attempts: int | None = None,
+        fallback: StepFunction | None = None,
     ) -> Any:
         def add(func: StepFunction) -> StepFunction:
             step_name = validate_id(name or func.__name__, "step")
             if any(s.name == step_name for s in self._steps):
                 raise UsageError(f"workflow {self.name!r} already has a step named {step_name!r}")
-            self._steps.append(Step(step_name, func, compensate=compensate, max_attempts=max_attempts))
+            self._steps.append(
+                Step(step_name, func, compensate=compensate, max_attempts=max_attempts, fallback=fallback)
+            )
             return func
 
         return add(fn) if fn is not None else add

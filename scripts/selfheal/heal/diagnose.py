@@ -20,6 +20,7 @@ Model text is data: it is stored, shown and redacted, never executed, never put 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import shutil
@@ -33,7 +34,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import Breakers
 from ..core.classify import classifier_for
-from ..core.config import FIX_ACTIONS, Config, FixRule, get_config
+from ..core.config import FIX_ACTIONS, Config, FixRule, TargetKeyword, get_config
 from ..core.fleet import fleet_database, mark_down
 from ..core.ledger import Ledger, iter_events, ledger_files, own_task
 from ..core.redact import Redactor
@@ -55,7 +56,7 @@ from ..state.fixes import (
 )
 from ..state.root import StateRoot, quarantine, read_bytes, validate_id, write_bytes_atomic
 from ..tasks.analysis import hint_for
-from ..tasks.run import TaskRunner
+from ..tasks.run import TaskRunner, tail_lines
 from ..tasks.tree import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
 from ..tasks.tree import VOID as TASK_VOID
 
@@ -274,6 +275,16 @@ def gather_task(task: str, *, state: StateRoot, config: Config) -> Evidence:
         command = [str(a) for a in run["argv"]]
     elif run.get("shell"):
         command = ["sh", "-c", str(run["shell"])]
+    parent = (record or {}).get("parent")
+    if parent and (record or {}).get("type") == "fix":
+        # A FIX or SOL task runs nothing itself (or little): the failure it is about is in its parent's output.
+        with contextlib.suppress(OSError, ValueError):
+            store = TaskStore(state, config)
+            log_tail = [*log_tail, *tail_lines(store.log_path(str(parent)), lines, last_run=True)][-lines:]
+            if command is None:
+                parent_run = store.get(str(parent)).run or {}
+                if parent_run.get("kind") == "argv":
+                    command = [str(a) for a in parent_run["argv"]]
     brief = {k: record.get(k) for k in ("exec_state", "retry_count", "type", "parent")} if record else None
     return Evidence(
         task=task,
@@ -292,6 +303,7 @@ def gather_task(task: str, *, state: StateRoot, config: Config) -> Evidence:
         checkpoint=checkpoint,
         task_record=brief,
         command=command,
+        detail={"error_text": error} if error.count("\n") else {},
     )
 
 
@@ -312,6 +324,7 @@ def evidence_from_run(
         step=step,
         command=command,
         task_record={"exec_state": task.exec_state, "retry_count": task.retry_count + 1, "type": task.type},
+        detail={"error_text": error} if error.count("\n") else {},
     )
 
 
@@ -514,11 +527,15 @@ def fill(template: str, values: Mapping[str, str | None]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1)) or f"<{m.group(1)}>", template)
 
 
-def infer_target_module(evidence: Evidence, *, env: Mapping[str, str] | None = None) -> str | None:
-    """Where a fix belongs, as the fourth source document's infer_target_module() guesses it: the last
-    frame of the traceback in the project's own code, the script the task runs, a skill whose name the
-    task carries, or what an OpenClaw failure points at."""
-    text = "\n".join([*evidence.log_tail, evidence.error])
+def infer_target_module(
+    evidence: Evidence, *, env: Mapping[str, str] | None = None, keywords: Sequence[TargetKeyword] = ()
+) -> str | None:
+    """Where a fix belongs, as the fourth source document's infer_target_module() and
+    infer_target_from_error() guess it: the last frame of the traceback in the project's own code, a
+    `fixes.target_keywords` entry whose words the failure contains, what an OpenClaw failure points at,
+    the script the task runs, or a skill whose name the task carries. The whole failure is read: the
+    error with its traceback, and the output of the task (for a FIX or SOL task, its parent's)."""
+    text = "\n".join([*evidence.log_tail, evidence.error, str(evidence.detail.get("error_text") or "")])
     frames = [
         (m.group("path"), m.group("line"))
         for m in _FRAME.finditer(text)
@@ -526,6 +543,9 @@ def infer_target_module(evidence: Evidence, *, env: Mapping[str, str] | None = N
     ]
     if frames:
         return f"{frames[-1][0]}:{frames[-1][1]}"
+    for entry in keywords:
+        if re.search(entry.pattern, text):
+            return entry.target
     if evidence.kind == openclaw_logs.SKILL_INVALID and evidence.file:
         return evidence.file
     if evidence.kind in (openclaw_logs.FALLBACK_EXHAUSTED, openclaw_logs.LANE_ERROR):
@@ -720,8 +740,10 @@ class Healer:
         # Secrets go first: the error feeds the signature, the rule texts, the model's prompt and the files.
         evidence.error = self.redactor.text(evidence.error)
         evidence.log_tail = [self.redactor.text(line) for line in evidence.log_tail]
+        if evidence.detail.get("error_text"):
+            evidence.detail["error_text"] = self.redactor.text(str(evidence.detail["error_text"]))
         signature = evidence.signature()
-        module = infer_target_module(evidence, env=self.env)
+        module = infer_target_module(evidence, env=self.env, keywords=self.config.fixes.target_keywords)
         rule = match_rule(self.config.fixes.ordered_rules, evidence)
         with self.store.locked():
             existing = self.store.find(evidence.task, signature)

@@ -103,6 +103,7 @@ class Completion:
     attempts: list[ModelAttempt] = field(default_factory=list)
     # Seconds from the call's start to the first text of this answer (streamed), or to the whole answer.
     ttft_s: float | None = None
+    by_rules: bool = False  # answered by models.rules_fallback (a command), not by a model
 
     @property
     def discarded_chars(self) -> int:
@@ -122,6 +123,7 @@ class Completion:
             "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 3),
             "discarded_chars": self.discarded_chars,
             "attempts": [a.to_dict() for a in self.attempts],
+            "by_rules": self.by_rules,
         }
 
 
@@ -1014,7 +1016,65 @@ async def acomplete(
         shared_clients=_shared_clients,
         on_discard=_on_discard,
     )
-    return await call.run()
+    try:
+        return await call.run()
+    except (ModelCallFailed, NoEndpointAvailable) as exc:
+        if not config.models.rules_fallback or isinstance(exc, ContentRefused):
+            raise
+        answer = await _ask_rules(config, request, exc.attempts, clock, state=state, task=task)
+        if answer is None:
+            raise
+        return answer
+
+
+async def _ask_rules(
+    config: Config,
+    request: _Request,
+    attempts: list[ModelAttempt],
+    clock: Clock,
+    *,
+    state: StateRoot | None,
+    task: str | None,
+) -> Completion | None:
+    """The second document's last strategy, a rule engine: `models.rules_fallback` (an argv) gets the
+    prompt on stdin and answers on stdout, checked like a model's answer; None when it cannot answer."""
+    argv = list(config.models.rules_fallback)
+    prompt = "\n\n".join(m["content"] for m in request.messages if m["role"] == "user")
+    started = clock.monotonic()
+    name = os.path.basename(argv[0])
+    log = logging.getLogger(__name__)
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(prompt.encode("utf-8")), config.models.read_timeout_base_s)
+    except (OSError, asyncio.TimeoutError) as exc:
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        log.warning("the rules fallback %s could not answer: %s", name, exc)
+        return None
+    content = out.decode("utf-8", "replace").strip()
+    try:
+        if proc.returncode != 0:
+            raise OutputProblem(f"exit {proc.returncode}")
+        data = check_answer(
+            content,
+            "stop",
+            json_output=request.json_output,
+            schema=request.schema,
+            max_chars=config.models.max_answer_chars,
+        )
+    except OutputProblem as problem:
+        log.warning("the rules fallback %s gave no usable answer: %s", name, problem.detail)
+        return None
+    duration = clock.monotonic() - started
+    done = ModelAttempt("rules", name, 1, "answered", duration_s=duration)
+    ledger = Ledger((state or StateRoot.from_env()), config, clock=clock)
+    ledger.record("fallback", task=task, target="rules", model=name, status="rules", reason="every model failed")
+    return Completion(content, data, "rules", name, True, "stop", None, duration, [*attempts, done], by_rules=True)
 
 
 @dataclass(frozen=True)

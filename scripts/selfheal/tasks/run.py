@@ -11,7 +11,13 @@ the task END, or escalates the failure as the fourth source document does:
 * from `analyze_at_failures` on: the failure gets a fix record (`diagnose.py`: rules, and a model asked
   for the root cause) and each problem it names gets its own FIX child (without a record, the last 50
   log lines are read by rules, `analysis.py`);
-* at `tasks.manual_at_failures`: REQUIRES_MANUAL, with an incident that says how to hand it back.
+* a FIX child is reused only while nobody has worked on it (an open state); once it ended or was analysed
+  and parked, the next failure gets a new one: a FIX task per failure, as the document does;
+* at `tasks.solution_at_failures` (5): one SOL-<task> child holding the analysis's solution replaces the
+  FIX children (they are voided), and the task gets `solution_tries` (3) more failures, tracked by the SOL
+  task, before REQUIRES_MANUAL with an incident that says how to hand it back. With the SOL step off (0),
+  and for FIX tasks themselves, REQUIRES_MANUAL comes at `tasks.manual_at_failures`; a SOL task has
+  `solution_tries` tries of its own.
 
 A FIX task with nothing to run is "run" by analysing its failure into a fix record and parking it as
 REQUIRES_MANUAL:
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..core.config import Config
 from ..core.ledger import Ledger
 from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
 from ..core.redact import Redactor
@@ -70,7 +77,6 @@ logger = logging.getLogger(__name__)
 SCRIPTS = Path(__file__).resolve().parents[2]
 TASKS_SCRIPT = SCRIPTS / "tasks.py"
 # A FIX child in one of these still stands for its problem: the same failure again does not make another.
-TRACKING = OPEN_STATES | {REQUIRES_MANUAL}
 # Failures of what the task runs on, not of the task: the next pass retries them without a FIX task.
 INFRA_CLASSES = frozenset({"transient", "timeout", "resource", "rate_limit"})
 # The document's main_logs.run_status for each outcome of a run.
@@ -360,6 +366,7 @@ class Escalation:
     incident: Incident | None = None
     incident_path: Path | None = None
     analysis: str | None = None
+    voided: list[str] = field(default_factory=list)  # FIX tasks a SOL task replaced
 
 
 @dataclass
@@ -429,7 +436,10 @@ def _ensure_fix_child(
     """
     shape = analysis.signature(title)
     for child in tree.children(parent.name):
-        if child.type != "fix" or child.exec_state not in TRACKING:
+        # Only a child nobody has worked on yet tracks the problem; once it ended or was analysed and
+        # parked, the next failure is a new attempt at the fix and gets its own FIX task (the document's
+        # "a FIX task per failure").
+        if child.type != "fix" or child.exec_state not in OPEN_STATES:
             continue
         source = child.source or {}
         if source.get("key") == key or source.get("signature") == shape:
@@ -502,7 +512,7 @@ def escalate(
         task.fix_suggestion = found.problems[0].suggestion
         return [(f"problem:{p.signature}", p.title, p.suggestion) for p in found.problems]
 
-    if failed.needs_person or failures >= settings.manual_at_failures:
+    if failed.needs_person or failures >= needs_person_at(task, store.config):
         if failures >= settings.analyze_at_failures:
             analysed()
         tree.transition(task.name, REQUIRES_MANUAL, why, by="escalation")
@@ -513,13 +523,20 @@ def escalate(
         task.incident = incident.id
         return Escalation(REQUIRES_MANUAL, incident=incident, incident_path=path, analysis=task.analysis)
 
+    if task.type != "fix" and settings.solution_at_failures and failures >= settings.solution_at_failures:
+        analysed()
+        return _solution(tree, task, failed, error=error, why=why)
+
     made: list[str] = []
     if failures >= settings.analyze_at_failures:
         problems = analysed()
         holders = [
             c
             for c in tree.children(task.name)
-            if diagnosis is not None and c.type == "fix" and c.exec_state in TRACKING and c.fix_record == diagnosis.id
+            if diagnosis is not None
+            and c.type == "fix"
+            and c.exec_state in OPEN_STATES
+            and c.fix_record == diagnosis.id
         ]
         if holders and len(problems) == 1:
             # A FIX task already holds this very fix record (one problem): it is tracked, not new.
@@ -568,6 +585,57 @@ def escalate(
     )
     tree.transition(task.name, ERROR_FIX_PENDING, why, by="escalation")
     return Escalation(ERROR_FIX_PENDING, [child.name] if created else [])
+
+
+def needs_person_at(task: Task, config: Config) -> int:
+    """The failure count at which `task` goes to REQUIRES_MANUAL: for a task that gets a SOL task, its
+    `solution_tries` after the SOL; for a SOL task, its `solution_tries`; else `manual_at_failures`."""
+    settings = config.tasks
+    if task.type == "fix":
+        solution = (task.source or {}).get("kind") == "solution"
+        return settings.solution_tries if solution and settings.solution_at_failures else settings.manual_at_failures
+    if settings.solution_at_failures:
+        return settings.solution_at_failures + settings.solution_tries
+    return settings.manual_at_failures
+
+
+def _solution(tree: TaskTree, task: Task, failed: Failed, *, error: str, why: str) -> Escalation:
+    """The fourth document's last step before a person: one SOL task with the solution from the analysis,
+    the open FIX tasks voided (it replaces them), and a few more tries of the task after it."""
+    existing = next(
+        (c for c in tree.children(task.name) if (c.source or {}).get("kind") == "solution" and c.exec_state != VOID),
+        None,
+    )
+    if existing is not None:  # a try after the SOL task: tracked there, no new tasks
+        tree.update(existing.name, last_error=error, last_error_class=failed.error_class, by="escalation: seen again")
+        tree.transition(task.name, ERROR_FIX_PENDING, why, by="escalation")
+        return Escalation(ERROR_FIX_PENDING, analysis=task.analysis)
+    voided: list[str] = []
+    for child in tree.children(task.name):
+        if child.type == "fix" and child.exec_state not in (END, VOID):
+            voided += [t.name for t in tree.void(child.name, "replaced by a SOL task", by="escalation")]
+    replaced = f" (voided: {', '.join(voided)})" if voided else ""
+    sol = Task(
+        name=tree.unique_name(f"SOL-{task.name}"),
+        type="fix",
+        priority=task.priority,
+        parent=task.name,
+        display_name=f"Solve {task.title} after {task.retry_count} failures"[:200],
+        description=(
+            f"{task.name} failed {task.retry_count} times ({failed.error_class or 'unknown'}); the FIX tasks so far "
+            f"did not hold{replaced}. Root cause: {task.analysis or '-'}"
+        )[:4000],
+        fix_suggestion=task.fix_suggestion,
+        success_criteria=f"{task.name} runs through without this error",
+        last_error=error,
+        last_error_class=failed.error_class,
+        failed_step=failed.step,
+        source={"task": task.name, "step": failed.step, "key": "solution", "kind": "solution", "voided": voided},
+        fix_record=task.fix_record,
+    )
+    tree.add(sol, by="escalation")
+    tree.transition(task.name, ERROR_FIX_PENDING, why + f"; {sol.name} replaces its FIX tasks", by="escalation")
+    return Escalation(ERROR_FIX_PENDING, [sol.name], analysis=task.analysis, voided=voided)
 
 
 def resume_command(name: str) -> str:
@@ -697,6 +765,11 @@ class TaskRunner:
             claim = self.store.claim(types, runner, lambda name, ts: new_run_id(name[:60], ts))
             if claim is None:
                 what = "/".join(types) if types else "any"
+                now = self.clock.time()
+                running = [
+                    (t.name, now - max(t.activity_ts or 0.0, t.started_ts or 0.0)) for t in self.store.processing()
+                ]
+                self._record_pass(running, f"no actionable task ({what} type)")
                 return TaskRun(None, "nothing", f"no actionable task ({what} type)")
             task, requeued = claim
             now = task.started_ts or self.clock.time()
@@ -709,6 +782,16 @@ class TaskRunner:
             self._release(claimed.name, runner, f"self-heal failed while running it: {type(exc).__name__}: {exc}")
             raise
         return result
+
+    def _record_pass(self, running: list[tuple[str, float]], why: str) -> None:
+        """The fourth document's run_status for a pass that ran nothing: `following` for each task still
+        running (its last output N seconds ago), else `skipped`. Written under the tree's lock: a few lines."""
+        for name, idle in running:
+            self.ledger.record(
+                "pass", task=name, status="following", reason=f"still running; last output {idle:.0f}s ago"
+            )
+        if not running:
+            self.ledger.record("pass", status="skipped", reason=why)
 
     def _run_claimed(self, claimed: Task, runner: dict[str, Any], requeued: bool, now: float) -> TaskRun:
         log = BoundedLog(
@@ -1171,7 +1254,7 @@ def _stuck(tree: TaskTree, task: Task, finding: StuckFinding, store: TaskStore, 
         step=task.failed_step,
         kind="stuck",
     )
-    if task.retry_count >= settings.manual_at_failures:
+    if task.retry_count >= needs_person_at(task, store.config):
         tree.transition(task.name, REQUIRES_MANUAL, reason, by="check-stuck")
         incident = _incident(task, Failed("timeout", reason), store, None, tree)
         path = write_incident(store.state, incident)
