@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +157,28 @@ def test_the_checker_sees_upward_sideways_and_lazy_imports(tmp_path: Path) -> No
     assert violations(up, lib) == ["line 2: selfheal.state.root (rank 1) imports selfheal.heal.diagnose (rank 6)"]
     assert violations(side, lib) == ["line 1: selfheal.models.llm (rank 3) imports selfheal.durable.workflow (rank 3)"]
     assert "selfheal.models.llm" in {t for t, _ in imports_of(LIB / "heal" / "diagnose.py")}
+
+
+PATH_LITERAL = re.compile(
+    r'(?:\.sub\(|\broot\s*/\s*)"(?:ledger|logs|breakers|checkpoints|tasks|fixes|incidents|sessions|status|runs|locks|fleet)"'
+    r'|"(?:tasks\.db|selfheal\.log|config\.yaml|index\.json|HISTORY\.md)"'
+)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(LIB)))
+def test_only_the_layout_module_spells_a_state_path(path: Path) -> None:
+    """Where each kind of state file lives is written once, in state/layout.py; everything else asks it."""
+    if path == LIB / "state" / "layout.py":
+        return
+    found = [
+        f"line {n}: {line.strip()}"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if PATH_LITERAL.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_the_path_check_finds_a_spelled_path() -> None:
+    assert PATH_LITERAL.search('folder = state.sub("runs")')
+    assert PATH_LITERAL.search('db = state.root / "tasks.db"')
+    assert not PATH_LITERAL.search("folder = state.sub(layout.RUNS)")

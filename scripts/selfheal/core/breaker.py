@@ -49,6 +49,7 @@ from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError, UsageError
+from ..state import layout
 from ..state.root import StateRoot, open_rewrite, read_json_shared, validate_id, write_bytes_atomic
 from .config import BreakerSettings, StoreSettings
 from .fleet import fleet_database, host_id, mark_down, mark_up
@@ -189,7 +190,7 @@ class Breakers:
     # -- the file --------------------------------------------------------------------------------------------
 
     def _path(self, target: str) -> Any:
-        return self.state.sub("breakers") / f"{validate_id(target, 'target')}.json"
+        return self.state.breaker_file(target)
 
     def _shared(self) -> Any:
         """The fleet's database to use now, or None (single host, or the database is down)."""
@@ -519,7 +520,7 @@ class Breakers:
                 return breaker_targets(db)
             except StateError as exc:
                 mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
-        folder = self.state.sub("breakers")
+        folder = self.state.sub(layout.BREAKERS)
         if not folder.is_dir():
             return []
         return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))

@@ -26,6 +26,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from ..errors import ConfigError
+from ..state import layout
 from ..state.root import resolve_state_root
 
 log = logging.getLogger(__name__)
@@ -715,7 +716,7 @@ def user_config_path(env: Mapping[str, str] | None = None) -> tuple[Path, bool]:
     named = env.get("SELFHEAL_CONFIG")
     if named:
         return Path(named).expanduser(), True
-    return resolve_state_root(env) / "config.yaml", False
+    return layout.config_file(resolve_state_root(env)), False
 
 
 GIVEN = "<settings given to load_config>"  # the "file" named in errors about settings passed as a dict

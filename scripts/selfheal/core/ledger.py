@@ -26,6 +26,7 @@ from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
 from ..errors import StateError, UnsafeStateError
+from ..state import layout
 from ..state.root import StateRoot, append_line, ensure_dir, file_lock, open_dir, open_file, open_read, unlink
 from .config import Config, LogSettings
 from .fleet import fleet_database, host_id, mark_down, mark_up
@@ -194,7 +195,7 @@ class Ledger:
 
     @property
     def spool_path(self) -> Path:
-        return self.state.sub("fleet") / SPOOL
+        return self.state.fleet_spool
 
     def _share(self, event: dict[str, Any], line: str) -> None:
         """Send one event to the fleet's ledger, after any spooled ones; spool it if the database is down."""
@@ -362,7 +363,7 @@ def prune_ledger(state: StateRoot, keep_days: int, now: float) -> list[Path]:
 
 
 def ledger_files(state: StateRoot) -> list[Path]:
-    folder = state.sub("ledger")
+    folder = state.sub(layout.LEDGER)
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if re.fullmatch(r"\d{4}-\d{2}-\d{2}\.jsonl", p.name))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted, StateError, UnsafeStateError
+from ..state import layout
 from ..state.root import StateRoot, read_json, unlink, write_json
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class RunRecord:
 
 def list_runs(state: StateRoot) -> list[dict[str, Any]]:
     """Every readable run record; unreadable ones are quarantined and skipped."""
-    folder = state.sub("runs")
+    folder = state.sub(layout.RUNS)
     out: list[dict[str, Any]] = []
     if not folder.is_dir():
         return out
@@ -170,7 +171,7 @@ def close_dead(state: StateRoot, task: str, *, now: float) -> list[str]:
 
 def prune_finished(state: StateRoot, *, older_than_s: float, now: float) -> int:
     """Delete finished run records that ended more than `older_than_s` ago; return how many."""
-    folder = state.sub("runs")
+    folder = state.sub(layout.RUNS)
     removed = 0
     if not folder.is_dir():
         return 0

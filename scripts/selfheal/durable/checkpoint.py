@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptStateError, StateError
-from ..state.root import JournaledFile, StateRoot, quarantine, unlink, validate_id, write_json
+from ..state import layout
+from ..state.root import JournaledFile, StateRoot, quarantine, unlink, write_json
 
 # Step states, in the order a step normally goes through them.
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
@@ -60,13 +61,13 @@ class Checkpoints:
         return found
 
     def path(self, task: str) -> Path:
-        return self.state.sub("checkpoints") / f"{validate_id(task, 'task')}.json"
+        return self.state.checkpoint_file(task)
 
     def journal_path(self, task: str) -> Path:
-        return self.state.sub("checkpoints") / f"{validate_id(task, 'task')}.journal"
+        return self.state.checkpoint_file(task, "journal")
 
     def outputs_path(self, task: str) -> Path:
-        return self.state.sub("checkpoints") / f"{validate_id(task, 'task')}.outputs.json"
+        return self.state.checkpoint_file(task, "outputs")
 
     def load(self, task: str) -> dict[str, Any] | None:
         """The checkpoint, or None if the task never ran. Raises CheckpointUnreadable (after moving the
@@ -126,7 +127,7 @@ class Checkpoints:
         return found
 
     def tasks(self) -> list[str]:
-        folder = self.state.sub("checkpoints")
+        folder = self.state.sub(layout.CHECKPOINTS)
         if not folder.is_dir():
             return []
         return sorted(p.stem for p in folder.glob("*.json") if not p.name.endswith(".outputs.json"))

@@ -50,20 +50,19 @@ def new_incident_id(task: str, now: float) -> str:
 
 def write_incident(state: StateRoot, incident: Incident) -> Path:
     """Durably, as `incidents/<id>.json`; a second incident in the same second gets a suffix."""
-    folder = state.sub("incidents")
     base = incident.id
-    path = folder / f"{base}.json"
+    path = state.incident_file(base)
     n = 1
     while path.exists():
         n += 1
         incident.id = validate_id(f"{base[:120]}-{n}", "incident")
-        path = folder / f"{incident.id}.json"
+        path = state.incident_file(incident.id)
     write_json(path, incident.to_json(), durable=True)
     return path
 
 
 def read_incident(state: StateRoot, incident_id: str) -> dict[str, Any] | None:
-    return read_json(state.sub("incidents") / f"{validate_id(incident_id, 'incident')}.json")
+    return read_json(state.incident_file(incident_id))
 
 
 def notify(

@@ -22,7 +22,8 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock
 from ..core.config import get_config
 from ..errors import CorruptStateError, StateError, UsageError
-from ..state.root import StateRoot, file_lock, quarantine, read_json, unlink, validate_id, write_json
+from ..state import layout
+from ..state.root import StateRoot, file_lock, quarantine, read_json, unlink, write_json
 
 
 class NoSnapshot(UsageError):
@@ -174,7 +175,7 @@ def _check_state(state: object) -> dict[str, Any]:
 
 
 def _path(root: StateRoot, session_id: str) -> Path:
-    return root.sub("sessions") / f"{validate_id(session_id, 'session')}.json"
+    return root.session_file(session_id)
 
 
 def _lock(root: StateRoot, session_id: str) -> contextlib.AbstractContextManager[None]:
@@ -279,7 +280,7 @@ def list_snapshots(
 ) -> SnapshotList:
     """Every snapshot (or only the interrupted ones), newest first by `since`; see SnapshotList.skipped."""
     root = _root(root)
-    folder = root.sub("sessions")
+    folder = root.sub(layout.SESSIONS)
     now = clock.time()
     infos: list[SnapshotInfo] = []
     skipped: list[str] = []

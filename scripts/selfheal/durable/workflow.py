@@ -1098,7 +1098,7 @@ class WorkflowRunner:
                 )
             )
         incident = self.data.get("incident")
-        path = str(self.state.sub("incidents") / f"{incident}.json") if incident else None
+        path = str(self.state.incident_file(incident)) if incident else None
         return WorkflowResult(self.task, status, steps, resumed, message, incident=path)
 
 

@@ -197,7 +197,7 @@ def task_events(
 
 def _log_lines_for(state: StateRoot, task: str, lines: int) -> list[str]:
     """The task's own log (a task of the tree), else its lines in logs/selfheal.log."""
-    own = state.sub("tasks") / f"{task}.log"
+    own = state.task_log(task)
     try:
         text = read_bytes(own).decode("utf-8", "replace")  # never through a planted link (UnsafeStateError)
     except FileNotFoundError:
@@ -206,7 +206,7 @@ def _log_lines_for(state: StateRoot, task: str, lines: int) -> list[str]:
         return [ln for ln in text.splitlines() if not (ln.startswith("=== ") and ln.endswith(" ==="))][-lines:]
     found: deque[str] = deque(maxlen=lines)
     needle = f" task={task} "
-    for path in sorted(state.sub("logs").glob("selfheal.log*"), reverse=True):
+    for path in sorted(state.log_file.parent.glob(state.log_file.name + "*"), reverse=True):
         try:
             with path.open(encoding="utf-8", errors="replace") as fh:
                 for line in fh:

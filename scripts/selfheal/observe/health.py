@@ -52,7 +52,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError
-from ..state.root import SUBDIRS, StateRoot, read_json, read_json_shared, write_json
+from ..state import layout
+from ..state.layout import SUBDIRS
+from ..state.root import StateRoot, read_json, read_json_shared, write_json
 from ..state.skill_status import STATUS_FILE_NAME, update_status
 
 if TYPE_CHECKING:
@@ -627,7 +629,7 @@ def check_runs(
     alive: Callable[[Mapping[str, Any]], bool] = _process_alive,
 ) -> tuple[Check, int]:
     """Runs in progress (runs/*.json): dead or stuck ones warn; also returns how many look alive."""
-    folder = state.sub("runs")
+    folder = state.sub(layout.RUNS)
     if not folder.is_dir() or not any(p.suffix == ".json" for p in folder.iterdir()):
         return Check("runs", OK, "no run in progress", {"running": 0, "limit_s": limit_s, "problems": []}), 0
     from ..core.runs import RUNNING, list_runs  # noqa: PLC0415 - only when there are run records
@@ -655,7 +657,7 @@ def check_runs(
 
 def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, now: float) -> Check:
     """The task tree's stuck or orphaned PROCESSING tasks (read-only: run-next and check-stuck act on them)."""
-    db_path = state.root / "tasks.db"
+    db_path = state.task_db
     if db_path.exists():
         # The common case, read cheaply from the state layer: no task is running, so none can be stuck.
         from ..state.taskdb import READ_WAIT_S, TaskDB  # noqa: PLC0415 - only when there is a task tree
@@ -674,7 +676,7 @@ def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, no
     else:
         try:
             has_tasks = any(
-                e.name.endswith(".json") and not e.name.startswith(".") for e in os.scandir(state.sub("tasks"))
+                e.name.endswith(".json") and not e.name.startswith(".") for e in os.scandir(state.sub(layout.TASKS))
             )
         except FileNotFoundError:
             has_tasks = False
@@ -717,7 +719,7 @@ def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] 
     if fleet is not None:
         records = [(str(row.get("target")), row) for row in fleet]
     else:
-        folder = state.sub("breakers")
+        folder = state.sub(layout.BREAKERS)
         try:
             paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
         except FileNotFoundError:
@@ -907,14 +909,13 @@ def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[Mapping[s
     """Fleet mode: whether the shared database answers (else this host runs degraded on its own files),
     and the fleet's breaker records when it does."""
     from ..core.fleet import NO_DRIVER, host_id  # noqa: PLC0415 - fleet mode only: psycopg
-    from ..core.ledger import SPOOL  # noqa: PLC0415
 
     try:
         from ..state.pg import Database, fleet_status  # noqa: PLC0415
     except ImportError:
         return Check("fleet", WARN, f"{NO_DRIVER}; degraded: this host uses its own files", {"reachable": False}), None
 
-    spool = state.sub("fleet") / SPOOL
+    spool = state.fleet_spool
     try:
         with spool.open("rb") as fh:
             waiting = sum(1 for line in fh if line.strip())
@@ -997,7 +998,7 @@ def run_health_check(
         return loaded
 
     status_check, fresh = check_status_files(
-        state.sub("status"), [Path(d) for d in settings.status_dirs], settings.status_max_age_s, now
+        state.sub(layout.STATUS), [Path(d) for d in settings.status_dirs], settings.status_max_age_s, now
     )
     runs_check, live = check_runs(state, settings.stuck_after_s, now)
     fleet_check, fleet_breakers = check_fleet(state, config()) if settings.fleet else (None, None)

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, UsageError
+from . import layout
 from .root import StateRoot, file_lock, read_json, validate_id, write_bytes_atomic, write_json
 
 OPEN, APPLIED, VERIFIED, VOID = "open", "applied", "verified", "void"
@@ -110,12 +111,12 @@ class FixStore:
 
     def __init__(self, state: StateRoot | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.state = (state or StateRoot.from_env()).ensure()
-        self.folder = self.state.sub("fixes")
+        self.folder = self.state.sub(layout.FIXES)
         self.clock = clock
         self.problems: list[str] = []
 
     def path(self, fix_id: str) -> Path:
-        return self.folder / f"{validate_id(fix_id, 'fix')}.json"
+        return self.state.fix_file(fix_id)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -143,7 +144,7 @@ class FixStore:
 
     def _index(self) -> dict[str, str]:
         try:
-            data = read_json(self.folder / "index.json")
+            data = read_json(self.state.fix_index)
         except CorruptStateError as exc:
             self.problems.append(str(exc))
             data = None
@@ -176,7 +177,7 @@ class FixStore:
         write_bytes_atomic(path.with_suffix(".md"), render_markdown(record).encode("utf-8"), durable=False)
         index = self._index()
         index[record.key] = record.id
-        write_json(self.folder / "index.json", {"keys": index}, durable=True)
+        write_json(self.state.fix_index, {"keys": index}, durable=True)
         self.write_history()
         return path
 
@@ -194,7 +195,7 @@ class FixStore:
             cause = r.root_cause.replace("|", "\\|").replace("\n", " ")[:120]
             cells = [r.last_seen, r.id, r.task, r.error_class or "-", r.status, str(r.occurrences), cause]
             lines.append("| " + " | ".join(cells) + " |")
-        write_bytes_atomic(self.folder / "HISTORY.md", ("\n".join(lines) + "\n").encode("utf-8"), durable=False)
+        write_bytes_atomic(self.state.fix_history, ("\n".join(lines) + "\n").encode("utf-8"), durable=False)
 
     def add_history(self, record: FixRecord, what: str, **details: Any) -> None:
         record.history = [*record.history, {"ts": utc_iso(self.clock.time()), "what": what, **details}][-100:]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptStateError, InvalidIdError, LockBusy, StateError, StateWriteError, UnsafeStateError
+from . import layout
 
 try:  # POSIX: lock the appended file itself, no side lock file needed.
     import fcntl
@@ -32,19 +33,6 @@ except ImportError:  # pragma: no cover - Windows
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
-SUBDIRS = (
-    "ledger",
-    "logs",
-    "breakers",
-    "checkpoints",
-    "tasks",
-    "fixes",
-    "incidents",
-    "sessions",
-    "status",
-    "runs",
-    "locks",
-)
 
 StrPath = str | os.PathLike[str]
 _ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
@@ -972,7 +960,7 @@ class StateRoot:
                 raise
             raise StateWriteError(self.root, exc, "open the folder") from exc
         try:
-            for name in SUBDIRS:
+            for name in layout.SUBDIRS:
                 try:
                     os.close(_open_child_dir(fd, name, self.root / name, create=True))
                 except OSError as exc:
@@ -983,23 +971,66 @@ class StateRoot:
             os.close(fd)
         return self
 
+    # -- where each kind of file lives (state/layout.py); ids are validated before they become names ------
+
     def sub(self, name: str) -> Path:
-        return self.root / name
+        """One of the state folders (layout.SUBDIRS, or layout.FLEET)."""
+        return layout.folder(self.root, name)
+
+    @property
+    def config_file(self) -> Path:
+        return layout.config_file(self.root)
 
     def ledger_file(self, day: str) -> Path:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
-            raise ValueError(f"ledger day must be YYYY-MM-DD, got {day!r}")
-        return self.root / "ledger" / f"{day}.jsonl"
+        return layout.ledger_file(self.root, day)
 
     @property
     def log_file(self) -> Path:
-        return self.root / "logs" / "selfheal.log"
+        return layout.log_file(self.root)
+
+    def breaker_file(self, target: str) -> Path:
+        return layout.breaker_file(self.root, validate_id(target, "target"))
+
+    def checkpoint_file(self, task: str, kind: str = "") -> Path:
+        return layout.checkpoint_file(self.root, validate_id(task, "task"), kind)
+
+    @property
+    def task_db(self) -> Path:
+        return layout.task_db(self.root)
+
+    def task_log(self, task: str) -> Path:
+        return layout.task_log(self.root, validate_id(task, "task"))
+
+    @property
+    def task_archive(self) -> Path:
+        return layout.task_archive(self.root)
 
     def run_file(self, run_id: str) -> Path:
-        return self.root / "runs" / f"{validate_id(run_id, 'run')}.json"
+        return layout.run_file(self.root, validate_id(run_id, "run"))
 
     def lock_file(self, kind: str, ident: str) -> Path:
-        return self.root / "locks" / f"{kind}-{validate_id(ident, kind)}.lock"
+        return layout.lock_file(self.root, kind, validate_id(ident, kind))
+
+    def fix_file(self, fix_id: str, suffix: str = ".json") -> Path:
+        return layout.fix_file(self.root, validate_id(fix_id, "fix"), suffix)
+
+    @property
+    def fix_index(self) -> Path:
+        return layout.fix_index(self.root)
+
+    @property
+    def fix_history(self) -> Path:
+        return layout.fix_history(self.root)
+
+    def incident_file(self, incident_id: str) -> Path:
+        return layout.incident_file(self.root, validate_id(incident_id, "incident"))
+
+    def session_file(self, session_id: str) -> Path:
+        return layout.session_file(self.root, validate_id(session_id, "session"))
 
     def status_file(self, name: str) -> Path:
-        return self.root / "status" / f"{validate_id(name, 'status')}.json"
+        return layout.status_file(self.root, validate_id(name, "status"))
+
+    @property
+    def fleet_spool(self) -> Path:
+        return layout.fleet_spool(self.root)

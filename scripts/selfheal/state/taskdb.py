@@ -39,7 +39,6 @@ from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, PRIORITIES, PROCE
 if TYPE_CHECKING:
     from .taskrecord import Task
 
-DB_NAME = "tasks.db"
 SCHEMA_VERSION = 1
 # How long a reader that only looks (the health check) waits for a migration in progress; in WAL mode
 # reads never wait for an ordinary writer.

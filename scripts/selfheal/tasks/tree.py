@@ -29,8 +29,9 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config, get_config
 from ..core.process import identify
 from ..errors import InvalidIdError, LockBusy, StateError, UsageError
+from ..state import layout
 from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_bytes, validate_id
-from ..state.taskdb import DB_NAME, TaskDB, TaskImportRefused, task_row
+from ..state.taskdb import TaskDB, TaskImportRefused, task_row
 from ..state.taskrecord import FIELDS, Task, rank
 from ..state.taskstates import (
     ACTIONABLE_STATES,
@@ -488,8 +489,8 @@ class TaskStore:
         self.state = (state or StateRoot.from_env()).ensure()
         self.config = config or get_config()
         self.clock = clock
-        self.folder = self.state.sub("tasks")
-        self.db_path = self.state.root / DB_NAME
+        self.folder = self.state.sub(layout.TASKS)
+        self.db_path = self.state.task_db
         self.problems: list[str] = []  # kept for callers that report them (nothing adds to it on SQLite)
         self.notices: list[str] = []  # things a person should hear once (the import of a JSON tree)
         self._db: TaskDB | None = None
@@ -512,11 +513,11 @@ class TaskStore:
             self._db = None
 
     def log_path(self, name: str) -> Path:
-        return self.folder / f"{validate_id(name, 'task')}.log"
+        return self.state.task_log(name)
 
     @property
     def archive_folder(self) -> Path:
-        return self.folder / "archive"
+        return self.state.task_archive
 
     def archived(self, name: str) -> list[dict[str, Any]]:
         """The archived records of tasks once named `name`, oldest first (with `archived_ts` and `log_file`)."""
