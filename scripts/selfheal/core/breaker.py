@@ -36,6 +36,7 @@ from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted
+from ..state.redact import active as active_redactor
 from ..state.root import FILE_MODE, StateRoot, ensure_dir, read_json_shared, validate_id, write_bytes_atomic
 from .config import BreakerSettings
 from .ledger import Ledger
@@ -80,7 +81,8 @@ def _identity_of(pid: int) -> ProcessIdentity | None:
 
 
 def _encode(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    """The file's bytes (rewritten in place, not through the state root's helpers: redacted here)."""
+    return json.dumps(active_redactor().obj(data), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _decode(raw: bytes, path: Path) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ import shlex
 import signal
 import socket
 import threading
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.ledger import Ledger
 from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
-from ..core.redact import Redactor
+from ..core.redact import LineRedactor, Redactor
 from ..core.runner import run_with_retry
 from ..core.runs import list_runs, new_run_id
 from ..durable.checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
@@ -47,7 +48,7 @@ from ..durable.incident import Incident, new_incident_id, notify, write_incident
 from ..durable.workflow import WorkflowRunner, load_plan, status
 from ..errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
 from ..state.fixes import FixRecord, normalize
-from ..state.root import ensure_dir, write_bytes_atomic, write_json
+from ..state.root import ensure_dir, iter_lines, write_bytes_atomic, write_json
 from . import analysis
 from .tree import (
     ACTIONABLE_STATES,
@@ -101,6 +102,8 @@ class BoundedLog:
         self.max_chars = max_chars
         self.keep_chars = keep_chars
         self.redactor = redactor
+        # Whole lines at a time, so a PEM key's body lines are masked even when its lines arrive apart.
+        self._lines = LineRedactor(redactor)
         self.clock = clock
         self.last_output_ts: float | None = None
         self.trims = 0
@@ -109,7 +112,9 @@ class BoundedLog:
         ensure_dir(path.parent)
         self._fd = self._open()
         try:
-            self.chars = len(path.read_bytes().decode("utf-8", "surrogateescape"))
+            size = path.stat().st_size
+            # A character is at most 4 bytes: a file bigger than that is over the limit, and is not read whole.
+            self.chars = size if size > 4 * max_chars else len(_tail_text(path, size))
         except FileNotFoundError:
             self.chars = 0
         if self.chars > max_chars:
@@ -161,9 +166,7 @@ class BoundedLog:
             self._fd = -1
 
     def _append(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", "surrogateescape")
-        if self.redactor is not None:
-            text = self.redactor.text(text)
+        text = self._lines.lines(raw.decode("utf-8", "surrogateescape"))
         view = memoryview(text.encode("utf-8", "surrogateescape"))
         while view:
             view = view[os.write(self._fd, view) :]
@@ -172,7 +175,7 @@ class BoundedLog:
             self._trim()
 
     def _trim(self) -> None:
-        text = self.path.read_bytes().decode("utf-8", "surrogateescape")
+        text = _tail_text(self.path, 4 * self.keep_chars)
         marker = f"[self-heal: earlier output cut; this log keeps its last {self.keep_chars} characters]\n"
         body = text[-(self.keep_chars - len(marker)) :]
         newline = body.find("\n", 0, 400)  # start on a whole line when one starts near the cut
@@ -185,6 +188,14 @@ class BoundedLog:
         self._fd = self._open()
         self.chars = len(kept)
         self.trims += 1
+
+
+def _tail_text(path: Path, max_bytes: int) -> str:
+    """The last `max_bytes` bytes of a file as text (undecodable bytes kept as they are)."""
+    with path.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(0, size - max_bytes))
+        return fh.read(max_bytes).decode("utf-8", "surrogateescape")
 
 
 class _Tee:
@@ -207,23 +218,28 @@ class _Tee:
 
 
 NOTE_MARK = "=== "
+TAIL_LINE_BYTES = 64 * 1024  # a longer line of a task's log is left out of its tail
 
 
 def tail_lines(path: Path, count: int = analysis.LOG_LINES, *, last_run: bool = False) -> list[str]:
     """The last `count` lines a task's commands wrote (only in its last run, if asked), without the log's
-    own run markers."""
+    own run markers. Read a line at a time: a line over TAIL_LINE_BYTES is shown as a note, never held whole."""
+    out: deque[str] = deque(maxlen=max(count, 0))
     try:
-        text = path.read_bytes().decode("utf-8", "replace")
+        with path.open("rb") as fh:
+            for raw in iter_lines(fh, TAIL_LINE_BYTES):
+                if raw is None:
+                    out.append(f"[self-heal: a line over {TAIL_LINE_BYTES} bytes left out]")
+                    continue
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith(NOTE_MARK) and line.endswith(" ==="):
+                    if last_run and " run " in line and " of " in line:
+                        out.clear()
+                    continue
+                out.append(line)
     except FileNotFoundError:
         return []
-    out: list[str] = []
-    for line in text.splitlines():
-        if line.startswith(NOTE_MARK) and line.endswith(" ==="):
-            if last_run and " run " in line and " of " in line:
-                out = []
-            continue
-        out.append(line)
-    return out[-count:]
+    return list(out)
 
 
 # -- the heartbeat -------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config, get_config
 from ..core.process import identify
 from ..errors import CorruptStateError, LockBusy, StateError, UsageError
+from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_json, validate_id, write_json
 
 # -- states --------------------------------------------------------------------------------------------
@@ -359,6 +360,13 @@ class TaskTree:
             raise TaskError(f"--type must be one of {', '.join(TYPES)}, not {task.type!r}")
         if task.priority not in PRIORITIES:
             raise TaskError(f"--priority must be one of {', '.join(PRIORITIES)}, not {task.priority!r}")
+        if task.run and active_redactor().obj(task.run) != task.run:
+            # Saved, it would be masked (no secret reaches a file) and the task would run with *** instead.
+            raise TaskError(
+                f"the command of task {task.name!r} holds a secret (a key, token or password); keys come only "
+                "from the environment: write it as --shell 'cmd --token \"$MY_TOKEN\"' so the shell reads it "
+                "when the task runs"
+            )
         now = self.clock.time()
         task.created_ts = task.updated_ts = now
         task.exec_state = NEW
