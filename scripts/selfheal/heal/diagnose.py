@@ -20,10 +20,11 @@ Model text is data: it is stored, shown and redacted, never executed, never put 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +51,15 @@ from ..state.fixes import (
     normalize,
     signature_key,
 )
-from ..state.root import StateRoot, quarantine, validate_id
+from ..state.root import StateRoot, iter_lines, quarantine, validate_id
 from ..tasks.analysis import hint_for
 from ..tasks.run import TaskRunner
 from ..tasks.tree import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
 from ..tasks.tree import VOID as TASK_VOID
 
 EXCERPT_CHARS = 4000
+# A line of a task's log longer than this is left out of the evidence (it is never read whole).
+MAX_EVIDENCE_LINE_BYTES = 64 * 1024
 FIX_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["root_cause", "problems", "fix_steps", "target_module", "success_criteria", "confidence"],
@@ -190,16 +193,25 @@ def _log_lines_for(state: StateRoot, task: str, lines: int) -> list[str]:
     """The task's own log (a task of the tree), else its lines in logs/selfheal.log."""
     own = state.sub("tasks") / f"{task}.log"
     if own.exists():
-        text = own.read_bytes().decode("utf-8", "replace")
-        return [ln for ln in text.splitlines() if not (ln.startswith("=== ") and ln.endswith(" ==="))][-lines:]
+        tail: deque[str] = deque(maxlen=lines)
+        with contextlib.suppress(OSError), own.open("rb") as fh:
+            for raw in iter_lines(fh, MAX_EVIDENCE_LINE_BYTES):
+                if raw is None:
+                    tail.append("[self-heal: a line too long to keep was left out]")
+                    continue
+                ln = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not (ln.startswith("=== ") and ln.endswith(" ===")):
+                    tail.append(ln)
+        return list(tail)
     found: deque[str] = deque(maxlen=lines)
     needle = f" task={task} "
     for path in sorted(state.sub("logs").glob("selfheal.log*"), reverse=True):
         try:
-            with path.open(encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if needle in line or line.rstrip().endswith(f" task={task}"):
-                        found.append(line.rstrip("\n"))
+            with path.open("rb") as fh:
+                for raw in iter_lines(fh, MAX_EVIDENCE_LINE_BYTES):
+                    line = "" if raw is None else raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if needle in line + " " or line.endswith(f" task={task}"):
+                        found.append(line)
         except OSError:
             continue
     return list(found)
@@ -331,21 +343,25 @@ def gather_openclaw(
     paths: Sequence[Path], *, since_ts: float | None = None, config: Config
 ) -> tuple[list[Evidence], int, int]:
     """One Evidence per distinct OpenClaw failure in these logs. Returns (evidence, lines, malformed)."""
-    records = []
     lines = malformed = 0
-    for record in openclaw_logs.read_records(paths):
-        lines += 1
-        if record is None:
-            malformed += 1
-            continue
-        if since_ts is not None:
-            ts = openclaw_logs.timestamp(record.time)
-            if ts is not None and ts < since_ts:
+
+    def records() -> Iterator[openclaw_logs.Record]:
+        # A stream: only the failures found are kept, so memory does not grow with the log.
+        nonlocal lines, malformed
+        for record in openclaw_logs.read_records(paths, max_line=config.analysis.max_line_bytes):
+            lines += 1
+            if record is None:
+                malformed += 1
                 continue
-        records.append(record)
+            if since_ts is not None:
+                ts = openclaw_logs.timestamp(record.time)
+                if ts is not None and ts < since_ts:
+                    continue
+            yield record
+
     classifier = classifier_for(config.classify)
     out = []
-    for found in openclaw_logs.failures(records):
+    for found in openclaw_logs.failures(records()):
         if found.reason in OPENCLAW_REASONS:
             cls: str | None = OPENCLAW_REASONS[found.reason]
         else:
