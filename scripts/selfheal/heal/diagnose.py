@@ -32,7 +32,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import Breakers
 from ..core.classify import Failure, classifier_for
-from ..core.config import FIX_ACTIONS, Config, FixRule, get_config
+from ..core.config import FIX_ACTIONS, IRREVERSIBLE_ACTIONS, Config, FixRule, get_config
 from ..core.ledger import Ledger, iter_events, ledger_files
 from ..core.redact import Redactor
 from ..durable.checkpoint import Checkpoints, CheckpointUnreadable
@@ -785,6 +785,12 @@ class Healer:
         refused = [a for a in proposed if a not in FIX_ACTIONS]
         if refused:
             objections.append(f"it proposes actions self-heal does not allow: {', '.join(refused)}")
+        final = [a for a in proposed if a in IRREVERSIBLE_ACTIONS]
+        if final:
+            objections.append(
+                f"it proposes what cannot be undone ({', '.join(final)}): only a person decides that "
+                f"(tasks.py void {record.task} --reason ...)"
+            )
         record.review = {
             "verdict": DRAFT if objections else READY,
             "objections": objections,
@@ -801,6 +807,7 @@ class Applied:
     target: str
     done: str
     undo: str
+    reversible: bool = True
 
 
 class ApplyRefused(SelfHealError):
@@ -808,12 +815,18 @@ class ApplyRefused(SelfHealError):
 
 
 def apply_fix(
-    record_id: str, *, config: Config | None = None, state: StateRoot | None = None, clock: Clock = SYSTEM_CLOCK
+    record_id: str,
+    *,
+    config: Config | None = None,
+    state: StateRoot | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    allow_irreversible: bool = False,
 ) -> list[Applied]:
     """Run the record's allow-listed actions, record each with how to undo it, mark it applied.
 
     Refused (ApplyRefused, nothing done) when any action is not on the allow-list, when a model-proposed
-    fix is still a draft, or when the record has no actions."""
+    fix is still a draft, when the record has no actions, or when an action cannot be undone
+    (IRREVERSIBLE_ACTIONS) and a person did not say `allow_irreversible`."""
     config = config or get_config()
     state = (state or StateRoot.from_env()).ensure()
     store = FixStore(state, clock=clock)
@@ -832,11 +845,19 @@ def apply_fix(
         )
     if not record.actions:
         raise ApplyRefused(f"{record.id} has nothing self-heal can do itself; its fix steps are for a person")
+    final = [a for a in record.actions if a in IRREVERSIBLE_ACTIONS]
+    if final and not allow_irreversible:
+        raise ApplyRefused(
+            f"{record.id} asks for what cannot be undone ({', '.join(final)}); --apply does only reversible "
+            f"actions. Nothing was done; if a person decides it, run: self_heal.py --apply {record.id} "
+            "--allow-irreversible"
+        )
     done = [_apply_one(action, record, config, state, clock) for action in record.actions]
     with store.locked():
         fresh = store.get(record.id)
         for item in done:
-            store.add_history(fresh, f"applied {item.action} on {item.target}: {item.done}", undo=item.undo)
+            how = "reversible" if item.reversible else "irreversible, allowed by --allow-irreversible"
+            store.add_history(fresh, f"applied {item.action} on {item.target} ({how}): {item.done}", undo=item.undo)
         fresh.status = APPLIED
         store.save(fresh)
     Ledger(state, config, clock=clock).record(
@@ -882,6 +903,7 @@ def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot,
                     task,
                     f"{before} -> {TASK_VOID}",
                     f"VOID is final: re-create it with `tasks.py add {task} ...`",
+                    reversible=False,
                 )
             if before not in (REQUIRES_MANUAL, NORMAL_CRASH):
                 raise ApplyRefused(f"{record.id}: {task} is {before}; only a parked or crashed task is re-queued")
@@ -889,7 +911,12 @@ def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot,
         return Applied(action, task, f"{before} -> {ERROR_FIX_PENDING}", f"tasks.py mark {task} manual")
     if action == "rerun_task":
         result = task_runner(store).run_next(only=task)
-        return Applied(action, task, f"ran it: {result.outcome} ({result.exec_state})", "none: a run cannot be undone")
+        return Applied(
+            action,
+            task,
+            f"ran it: {result.outcome} ({result.exec_state})",
+            "none needed: it ran the task's own command once more, as its next scheduled run would",
+        )
     raise ApplyRefused(f"{record.id}: unknown action {action!r}; nothing was done")  # pragma: no cover - checked above
 
 
