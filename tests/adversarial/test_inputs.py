@@ -222,3 +222,15 @@ def test_an_oversized_snapshot_is_refused_not_read(home: Path) -> None:
     proc = run(home, "snapshot.py", "restore", "huge")
     assert proc.returncode in (2, 3), proc.stderr
     assert "Traceback" not in proc.stderr and "huge.json" in proc.stderr and "larger than" in proc.stderr
+
+
+def test_an_oversized_messages_file_is_refused_not_read(home: Path, tmp_path: Path) -> None:
+    """snapshot.py save with a messages file over the state-file limit: exit 2 naming it, nothing saved."""
+    from selfheal.state.root import MAX_STATE_FILE_BYTES
+
+    big = tmp_path / "messages.json"
+    with big.open("wb") as fh:
+        fh.write(b"[")
+        fh.truncate(MAX_STATE_FILE_BYTES + MB)
+    clean_exit(run(home, "snapshot.py", "save", "s1", "--messages-file", str(big)), 2, str(big), "larger than")
+    assert not (home / "sessions" / "s1.json").exists()
