@@ -91,10 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json-output", action="store_true", help="the answer must be one JSON object")
     parser.add_argument("--schema", metavar="F", help="a JSON Schema file the JSON answer must match")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="tokens to ask for (also sizes the timeout)")
-    parser.add_argument("--temperature", type=float, metavar="T")
+    parser.add_argument("--temperature", type=cli.finite, metavar="T")
     parser.add_argument("--stream", action="store_true", help="print the answer as it arrives")
     parser.add_argument(
-        "--timeout", type=float, metavar="S", help="deadline for the whole call (default models.deadline_s)"
+        "--timeout", type=cli.seconds, metavar="S", help="deadline for the whole call (default models.deadline_s)"
     )
     parser.add_argument("--task", help="task id, recorded with every attempt in the ledger")
     parser.add_argument("--json", action="store_true", help="print one JSON object: the answer and every attempt")

@@ -54,11 +54,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:
         "--target", help="what the command talks to (a service name): its circuit breaker guards every attempt"
     )
     parser.add_argument(
-        "--timeout", type=float, metavar="S", help="seconds per attempt; the whole process group is killed after it"
+        "--timeout",
+        type=cli.seconds,
+        metavar="S",
+        help="seconds per attempt; the whole process group is killed after it",
     )
     parser.add_argument(
         "--deadline",
-        type=float,
+        type=cli.seconds,
         metavar="S",
         help="seconds for the whole run, waits included (default: retry.deadline_s)",
     )

@@ -5,6 +5,7 @@
   self_heal.py --from-openclaw-logs [PATH ...] [--since 24h]   failures in OpenClaw's own logs
   self_heal.py list [--status open] | show FIX-ID | void FIX-ID
   self_heal.py --apply FIX-ID                          only allow-listed, reversible actions the skill owns
+  self_heal.py --apply FIX-ID --allow-irreversible     a person's decision to also void a task (final)
   self_heal.py learnings [--workspace DIR]             .learnings/ERRORS.md entries for the workspace
 
 Records are fixes/FIX-<task>-NNN.json with a readable .md twin; the same failure again updates its record.
@@ -12,7 +13,8 @@ Nothing in a record is ever executed: fix steps are for a person or an agent, wh
 
 Exit codes: 0 done (a record written or updated; --apply applied; --from-openclaw-logs found nothing);
 1 --from-openclaw-logs found failures; 2 usage (unknown task or record, bad --since); 3 --apply refused
-(an action not on the allow-list, a draft, nothing self-heal can do).
+(an action not on the allow-list, a draft, nothing self-heal can do, an irreversible action without
+--allow-irreversible).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.core.config import get_config  # noqa: E402
+from selfheal.core.config import IRREVERSIBLE_ACTIONS, get_config  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
 from selfheal.heal.diagnose import ApplyRefused, Healer, apply_fix, gather_openclaw, gather_task  # noqa: E402
 from selfheal.observe import openclaw_logs  # noqa: E402
@@ -61,7 +63,12 @@ def build_parser() -> cli.ArgumentParser:
         help="read OpenClaw's logs (default: the files OpenClaw writes on this machine)",
     )
     parser.add_argument("--since", type=parse_duration, metavar="DURATION", help="with --from-openclaw-logs: e.g. 24h")
-    parser.add_argument("--apply", metavar="FIX-ID", help="run the record's allow-listed actions")
+    parser.add_argument("--apply", metavar="FIX-ID", help="run the record's allow-listed, reversible actions")
+    parser.add_argument(
+        "--allow-irreversible",
+        action="store_true",
+        help="with --apply: a person's decision to also do what cannot be undone (void_task)",
+    )
     parser.add_argument("--no-model", action="store_true", help="rules only: never call a model")
     parser.add_argument("--status", choices=STATUSES, help="with list: only records in this status")
     parser.add_argument("--reason", help="with void: why")
@@ -95,7 +102,11 @@ def _describe(record: FixRecord, how: str, path: Path | None, note: str | None) 
     if record.review.get("objections"):
         lines += [f"  objection: {o}" for o in record.review["objections"]]
     if record.actions:
-        lines.append(f"  self_heal.py --apply {record.id} would: {', '.join(record.actions)}")
+        final = [a for a in record.actions if a in IRREVERSIBLE_ACTIONS]
+        lines.append(
+            f"  self_heal.py --apply {record.id} would: {', '.join(record.actions)}"
+            + (f" ({', '.join(final)} cannot be undone: only with --allow-irreversible)" if final else "")
+        )
     if note:
         lines.append(f"  note: {note}")
     if path:
@@ -114,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if sum(chosen) != 1:
         parser.error("give one of: --task ID, --from-openclaw-logs, --apply FIX-ID, list, show, void, learnings")
+    if args.allow_irreversible and args.apply is None:
+        parser.error("--allow-irreversible goes with --apply FIX-ID")
     if args.command in ("show", "void") and not args.fix_id:
         parser.error(f"{args.command} needs a FIX-ID")
     if args.since is not None and args.from_openclaw_logs is None:
@@ -161,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.apply is not None:
         try:
-            done = apply_fix(args.apply, config=config, state=state)
+            done = apply_fix(args.apply, config=config, state=state, allow_irreversible=args.allow_irreversible)
         except ApplyRefused as exc:
             if args.json:
                 cli.emit_json({"ok": False, "error": "ApplyRefused", "message": str(exc), "exit": exc.exit_code})

@@ -30,14 +30,21 @@ from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
 from selfheal.durable import snapshot  # noqa: E402
 from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
-from selfheal.state.root import dumps  # noqa: E402
+from selfheal.state.root import MAX_STATE_FILE_BYTES, dumps, read_at_most  # noqa: E402
 
 
 def _read_json_file(name: str, *, stdin_ok: bool = False) -> Any:
     """The parsed content of file `name` (`-`: stdin); UsageError naming the file if it is missing or not JSON."""
     label = "stdin" if name == "-" and stdin_ok else name
     try:
-        raw = sys.stdin.buffer.read() if label == "stdin" else Path(name).read_bytes()
+        if label == "stdin":
+            raw: bytes | None = sys.stdin.buffer.read(MAX_STATE_FILE_BYTES + 1)
+            raw = None if raw is not None and len(raw) > MAX_STATE_FILE_BYTES else raw
+        else:
+            with Path(name).open("rb") as fh:
+                raw = read_at_most(fh, MAX_STATE_FILE_BYTES)
+        if raw is None:  # a snapshot this big could not be saved, and would not be read back
+            raise UsageError(f"{label} is larger than {MAX_STATE_FILE_BYTES} bytes; a snapshot is refused")
         return json.loads(raw)
     except OSError as exc:
         raise UsageError(f"cannot read {label}: {exc.strerror}") from None

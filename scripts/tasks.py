@@ -345,7 +345,7 @@ def build_parser() -> cli.ArgumentParser:
     add.add_argument("--shell", metavar="TEXT", help="run this through /bin/sh -c (say so explicitly)")
     add.add_argument("--workflow", metavar="PLAN.yaml", help="run this workflow plan (checkpointed steps)")
     add.add_argument("--cwd", help="run the command in this folder (default: the current one)")
-    add.add_argument("--timeout", type=float, metavar="S", help="seconds per attempt")
+    add.add_argument("--timeout", type=cli.seconds, metavar="S", help="seconds per attempt")
     add.add_argument("--max-attempts", type=int, metavar="N", help="attempts for retryable failures per run")
     add.add_argument("--target", help="what the command talks to: its circuit breaker guards each attempt")
 
@@ -402,7 +402,7 @@ def build_parser() -> cli.ArgumentParser:
 
     arch = command("archive", "move finished trees (all END or VOID) out of the live set, to the archive")
     arch.add_argument(
-        "--older-than", type=float, metavar="DAYS", help="unchanged this long (default: tasks.archive_after_days)"
+        "--older-than", type=cli.finite, metavar="DAYS", help="unchanged this long (default: tasks.archive_after_days)"
     )
 
     log = command("log", "the end of a task's output log")

@@ -374,7 +374,7 @@ def _ledger_folder_is_a_file(state: StateRoot, monkeypatch: pytest.MonkeyPatch) 
 def _disk_full_on_append(state: StateRoot, monkeypatch: pytest.MonkeyPatch) -> None:
     state.ensure()
 
-    def append_line(path: Path, line: bytes) -> None:
+    def append_line(path: Path, line: bytes, *, redacted: bool = False) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ledger_mod, "append_line", append_line)

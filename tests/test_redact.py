@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfheal.core.redact import MASK, Redactor
+from selfheal.core.redact import MASK, LineRedactor, Redactor
 
 SK = "sk-abcdefghijklmnopqrstuvwx"
 SK_PROJ = "sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX"
@@ -155,3 +155,90 @@ def test_user_patterns_with_back_references_still_mask() -> None:
     """A user's pattern keeps its own group numbering (it is never merged into the quick pre-check)."""
     redactor = Redactor(env={}, patterns=[r"(?P<pre>ticket=)(\w)\2\w+", r"(x)\1-[0-9]{4}"])
     assert redactor.text("ticket=zzTOP1234 and xx-9876") == "ticket=*** and ***"
+
+
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1\nq2w3e4r5t6y7u8i9o0\n-----END RSA PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl ok", "jwt *** ok"),
+        ("id AKIAIOSFODNN7EXAMPLE denied", "id *** denied"),
+        ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_secret_access_key = ***"),
+        ("deploy --token abcd1234 --region eu", "deploy --token *** --region eu"),
+        ("mysql --password hunter2hunter2 -h db", "mysql --password *** -h db"),
+        ("client --api-key=abcd1234efgh", "client --api-key=***"),
+        ('argv ["deploy", "--token", "abcd1234"]', 'argv ["deploy", "--token", "***"]'),
+        ("curl -u admin:s3cr3tpass https://x", "curl -u admin:*** https://x"),
+        ("github_pat_11ABCDEFG0123456789_abcdefghijklmnop", "***"),
+        ("slack xoxb-1234567890-abcdefghijkl", "slack ***"),
+        (f"key:\n{PEM}\nafter", "key:\n***\nafter"),
+        ('{"pem": "-----BEGIN PRIVATE KEY-----\\nMIIEv\\nABCD\\n-----END PRIVATE KEY-----"}', '{"pem": "***"}'),
+        ("cut -----BEGIN EC PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1\nq2w3e4", "cut ***"),
+    ],
+    ids=[
+        "jwt",
+        "aws-key-id",
+        "aws-secret",
+        "flag-space",
+        "flag-password",
+        "flag-equals",
+        "flag-in-json-list",
+        "curl-user",
+        "github-pat",
+        "slack",
+        "pem-multi-line",
+        "pem-in-json",
+        "pem-cut-off",
+    ],
+)
+def test_more_secret_shapes_are_masked(text: str, expected: str) -> None:
+    """JWTs, AWS keys, secret command-line options, curl's -u and PEM private keys are masked."""
+    assert Redactor(env={}).text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'deploy --token "$DEPLOY_TOKEN"',
+        'curl -u "$USER:$PASS" https://x',
+        "password=${DB_PASSWORD}",
+        "--token-file /run/secrets/token",
+        "update-user --user-agent curl",
+        "asia-pacific region",
+    ],
+)
+def test_references_to_secrets_are_not_secrets(text: str) -> None:
+    """A $VARIABLE reference, an option that only names a secret's file, and look-alike words stay."""
+    assert Redactor(env={}).text(text) == text
+
+
+def test_a_variable_named_like_a_key_is_masked() -> None:
+    """MY_SERVICE_KEY's value is masked by its name alone; KEYBOARD_LAYOUT's is not."""
+    redactor = Redactor(env={"MY_SERVICE_KEY": "svc-value-123", "KEYBOARD_LAYOUT": "dvorak-intl"})
+    assert redactor.text("svc-value-123 dvorak-intl") == "*** dvorak-intl"
+
+
+def test_argv_masks_the_item_after_a_secret_flag() -> None:
+    """In a command's argument list the value after --token or --password is masked, -u keeps the user."""
+    argv = ["deploy", "--token", "abcd1234", "-u", "bob:hunter22", "--password", "$FROM_ENV", "plain"]
+    assert Redactor(env={}).argv(argv) == [
+        "deploy",
+        "--token",
+        "***",
+        "-u",
+        "bob:***",
+        "--password",
+        "$FROM_ENV",
+        "plain",
+    ]
+
+
+def test_a_pem_key_streamed_line_by_line_is_masked_whole() -> None:
+    """A private key arriving in pieces, split inside lines, leaves none of its body lines in the output."""
+    lines = LineRedactor(Redactor(env={}))
+    text = f"before\n{PEM}\nafter\n"
+    out = "".join(lines.feed(text[i : i + 7]) for i in range(0, len(text), 7)) + lines.finish()
+    assert out == "before\n***\n***\nafter\n"
+    assert "MIIE" not in out and "q2w3" not in out

@@ -346,7 +346,7 @@ def test_a_second_run_of_the_same_task_is_not_attempted(home: Path) -> None:
         (["--task", "../../etc/passwd", "--", "true"], b"invalid task id '../../etc/passwd'"),
         (["--task", ".hidden", "--", "true"], b"invalid task id"),
         (["--target", "a/b", "--", "true"], b"invalid target id"),
-        (["--timeout", "-1", "--", "true"], b"--timeout must be > 0 seconds"),
+        (["--timeout", "-1", "--", "true"], b"--timeout: must be > 0 seconds"),
         (["--max-attempts", "0", "--", "true"], b"--max-attempts must be >= 1"),
         ([], b"no command given"),
         (["--bogus", "--", "true"], b"unrecognized arguments: --bogus"),

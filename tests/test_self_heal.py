@@ -382,6 +382,49 @@ def test_apply_refuses_a_record_with_nothing_self_heal_can_do(home: Path) -> Non
     assert refused.returncode == 3 and "its fix steps are for a person" in refused.stderr
 
 
+def test_a_model_proposing_to_void_the_task_stays_a_draft_and_nothing_is_voided(
+    model_config: Config, state: StateRoot, server: FakeModelServer
+) -> None:
+    """A clean-looking model answer that proposes void_task (final) is never ready; --apply voids nothing."""
+    store = TaskStore(state, model_config)
+    with store.transaction() as tree:
+        tree.add(Task(name="nightly-report", run={"kind": "argv", "argv": ["true"], "cwd": str(state.root)}))
+        tree.quiet_update("nightly-report", exec_state=REQUIRES_MANUAL)
+    server.script("analyst", Fault.reply(good_analysis(actions=["void_task"])))
+    record = healer(model_config, state).heal(evidence("frobnicator exploded: zq overflow")).record
+    assert record.review["verdict"] == "draft"
+    assert any("cannot be undone (void_task)" in o for o in record.review["objections"]), record.review
+    for allow in (False, True):
+        with pytest.raises(ApplyRefused, match="draft"):
+            apply_fix(record.id, config=model_config, state=state, allow_irreversible=allow)
+    assert store.get("nightly-report").exec_state == REQUIRES_MANUAL
+
+
+def test_apply_voids_a_task_only_with_a_persons_allow_irreversible(home: Path, state: StateRoot) -> None:
+    """A ready record asking for void_task: plain --apply refuses (exit 3, naming the flag) and the task is
+    untouched; with --allow-irreversible it is voided and the record says it cannot be undone."""
+    config = load_config()
+    store = TaskStore(state, config)
+    with store.transaction() as tree:
+        tree.add(Task(name="sync", run={"kind": "argv", "argv": ["true"], "cwd": str(home)}))
+        tree.quiet_update("sync", exec_state=REQUIRES_MANUAL, retry_count=5, last_error="No space left on device")
+    record = healer(config, state, use_model=False).heal(gather_task("sync", state=state, config=config)).record
+    fixes = FixStore(state)
+    stored = fixes.get(record.id)
+    stored.actions = ["void_task"]  # as a user's rule may ask
+    fixes.save(stored)
+    refused = run(home, "--apply", record.id)
+    assert refused.returncode == 3, refused.stderr
+    assert "cannot be undone" in refused.stderr and "--allow-irreversible" in refused.stderr
+    assert store.get("sync").exec_state == REQUIRES_MANUAL and fixes.get(record.id).status == "open"
+    done = run(home, "--apply", record.id, "--allow-irreversible", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["applied"][0]["reversible"] is False
+    assert store.get("sync").exec_state == "VOID"
+    assert "irreversible" in fixes.get(record.id).history[-1]["what"]
+    assert run(home, "list", "--allow-irreversible").returncode == 2  # the flag goes with --apply only
+
+
 # -- OpenClaw's own logs ------------------------------------------------------------------------------------------
 
 

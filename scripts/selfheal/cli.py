@@ -1,14 +1,26 @@
-"""What every script shares: argument conventions, one JSON object on stdout, errors on stderr, exit codes."""
+"""What every script shares: argument conventions, one JSON object on stdout, errors on stderr, exit codes.
+
+While a script's main() runs, its stdout and stderr (text and `.buffer` alike, so also the output of the
+commands it streams) pass through the process's redactor line by line: nothing it prints, whatever
+printed it, shows a secret. A reader that goes away (`tasks.py list | head`) ends the output quietly;
+the script finishes as it would have and exits with its usual code.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO, TextIO
 
 from .errors import EXIT_USAGE, SelfHealError
+from .state.redact import LineRedactor
+from .state.redact import active as active_redactor
 
 PROG_PREFIX = "self-heal"
 
@@ -24,6 +36,28 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def seconds(text: str) -> float:
+    """argparse type of a duration: a finite number of seconds above 0 (nan and inf would switch it off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds (a finite number), got {text!r}")
+    return value
+
+
+def finite(text: str) -> float:
+    """argparse type of a plain number: finite (not nan, not inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def wants_json(argv: Sequence[str]) -> bool:
     """--json among our own options (not in a command given after `--`)."""
     args = list(argv)
@@ -32,8 +66,9 @@ def wants_json(argv: Sequence[str]) -> bool:
 
 
 def emit_json(obj: dict[str, Any]) -> None:
-    """Exactly one JSON object on stdout."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, sort_keys=False, default=str) + "\n")
+    """Exactly one JSON object on stdout, every string in it redacted."""
+    clean = active_redactor().obj(obj)
+    sys.stdout.write(json.dumps(clean, ensure_ascii=False, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
 
 
@@ -53,16 +88,116 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call a script's main(); turn the skill's own errors into a message and their exit code."""
-    json_mode = wants_json(sys.argv[1:] if argv is None else argv)
+class RedactedBinary:
+    """A binary output stream whose bytes reach the real one redacted, a whole line at a time."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.broken = False
+        self._lines = LineRedactor()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        out = self._lines.feed(bytes(data).decode("utf-8", "surrogateescape"))
+        if out:
+            self._emit(out)
+        return len(data)
+
+    def flush(self) -> None:
+        """Pushes out the lines already redacted; a partial line waits for its end (or for `finish`)."""
+        if not self.broken:
+            try:
+                self.raw.flush()
+            except (BrokenPipeError, ValueError):
+                self._gone()
+
+    def finish(self) -> None:
+        rest = self._lines.finish()
+        if rest:
+            self._emit(rest)
+        self.flush()
+
+    def _emit(self, text: str) -> None:
+        if self.broken:
+            return
+        try:
+            self.raw.write(text.encode("utf-8", "surrogateescape"))
+        except (BrokenPipeError, ValueError):
+            self._gone()
+
+    def _gone(self) -> None:
+        """The reader went away: the rest of the output goes nowhere, silently (also at interpreter exit)."""
+        self.broken = True
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.raw.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class RedactedText:
+    """sys.stdout or sys.stderr, redacted: text goes through the same line redactor as `.buffer`."""
+
+    def __init__(self, original: TextIO) -> None:
+        self.original = original
+        self.buffer = RedactedBinary(original.buffer)
+
+    def write(self, text: str) -> int:
+        try:
+            data = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            data = text.encode("utf-8", "replace")
+        self.buffer.write(data)
+        return len(text)
+
+    def flush(self) -> None:
+        self.buffer.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+
+@contextlib.contextmanager
+def redacted_streams() -> Iterator[None]:
+    """sys.stdout and sys.stderr pass through the redactor while this lasts."""
+    saved = sys.stdout, sys.stderr
+    wrapped: list[RedactedText] = []
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, RedactedText) or not hasattr(stream, "buffer"):
+            continue
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            stream.flush()
+        redacted = RedactedText(stream)
+        wrapped.append(redacted)
+        setattr(sys, name, redacted)
     try:
-        return main(argv)
-    except SelfHealError as exc:
-        if json_mode:
-            emit_json({"ok": False, "error": type(exc).__name__, "message": str(exc), "exit": exc.exit_code})
-        say(str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
+        yield
+    finally:
+        for redacted in wrapped:
+            redacted.buffer.finish()
+        sys.stdout, sys.stderr = saved
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Call a script's main() with redacted output; turn the skill's own errors into a message and their
+    exit code, and a closed stdout into a quiet end."""
+    json_mode = wants_json(sys.argv[1:] if argv is None else argv)
+    # The settings' redactor is installed when a script loads them (get_config); until then, the default.
+    with redacted_streams():
+        try:
+            return main(argv)
+        except SelfHealError as exc:
+            if json_mode:
+                emit_json({"ok": False, "error": type(exc).__name__, "message": str(exc), "exit": exc.exit_code})
+            say(str(exc))
+            return exc.exit_code
+        except KeyboardInterrupt:
+            say("interrupted")
+            return 130
+        except BrokenPipeError:
+            return 0  # written straight to a closed pipe: there is no one left to tell
+        except Exception:
+            sys.stderr.write(traceback.format_exc())  # a bug: shown (redacted) for the report
+            return 1

@@ -50,6 +50,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError, UsageError
 from ..state import layout
+from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, open_rewrite, read_json_shared, validate_id, write_bytes_atomic
 from .config import BreakerSettings, StoreSettings
 from .fleet import fleet_database, host_id, mark_down, mark_up
@@ -102,7 +103,8 @@ def _identity_of(pid: int) -> ProcessIdentity | None:
 
 
 def _encode(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    """The file's bytes (rewritten in place, not through the state root's helpers: redacted here)."""
+    return json.dumps(active_redactor().obj(data), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _decode(raw: bytes, path: Path) -> dict[str, Any] | None:

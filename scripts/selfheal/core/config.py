@@ -27,7 +27,8 @@ import yaml
 
 from ..errors import ConfigError
 from ..state import layout
-from ..state.root import resolve_state_root
+from ..state.redact import Redactor, install
+from ..state.root import read_at_most, resolve_state_root
 
 log = logging.getLogger(__name__)
 
@@ -403,6 +404,9 @@ FIX_ACTIONS = (
     "rerun_task",
     "restore_openclaw_config",
 )
+# The allowed actions that cannot be undone: `self_heal.py --apply` does them only when a person adds
+# --allow-irreversible, and a model's proposal that names one is never marked ready.
+IRREVERSIBLE_ACTIONS = ("void_task",)
 FIX_KINDS = ("lane_error", "fallback_exhausted", "cron_failed", "skill_invalid", "cli_failed")
 FixAction = Literal[
     "reset_breaker", "quarantine_checkpoint", "requeue_task", "void_task", "rerun_task", "restore_openclaw_config"
@@ -501,10 +505,20 @@ Marks = dict[str, tuple[str, int, int]]
 _Marks = Marks
 
 
+# A settings file is a few kilobytes; one bigger than this is a mistake, and is never read whole.
+CONFIG_MAX_BYTES = 1024 * 1024
+# Mapping keys and items in one file, aliases expanded: far above any real file, far below a YAML bomb.
+CONFIG_MAX_NODES = 100_000
+
+
 def read_yaml(path: Path, marks: _Marks) -> object:
     """Parse one YAML file; record `key.path -> (file, line, column)` for every mapping key and item."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            capped = read_at_most(fh, CONFIG_MAX_BYTES)
+        if capped is None:
+            raise ConfigError(f"larger than {CONFIG_MAX_BYTES} bytes; a settings file is a few kilobytes", file=path)
+        text = capped.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", file=path) from None
     except UnicodeDecodeError as exc:
@@ -517,7 +531,7 @@ def read_yaml(path: Path, marks: _Marks) -> object:
         node = loader.get_single_node()
         if node is None:
             return None
-        _walk_marks(node, "", str(path), marks)
+        _walk_marks(node, "", str(path), marks, within=[], count=[0])
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -534,7 +548,23 @@ def read_yaml(path: Path, marks: _Marks) -> object:
         loader.dispose()
 
 
-def _walk_marks(node: yaml.Node, prefix: str, file: str, marks: _Marks) -> None:
+def _walk_marks(
+    node: yaml.Node, prefix: str, file: str, marks: _Marks, *, within: list[yaml.Node], count: list[int]
+) -> None:
+    """Record the marks under `node`; refuse an alias that contains itself and a file that expands too far."""
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if any(node is outer for outer in within):
+            raise ConfigError(
+                "a YAML alias refers to a node that contains it (a recursive alias)",
+                file=file,
+                key=prefix or None,
+                line=node.start_mark.line + 1,
+                column=node.start_mark.column + 1,
+            )
+        count[0] += len(node.value)
+        if count[0] > CONFIG_MAX_NODES:
+            raise ConfigError(f"more than {CONFIG_MAX_NODES} keys and items once aliases are expanded", file=file)
+        within = [*within, node]
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -550,12 +580,12 @@ def _walk_marks(node: yaml.Node, prefix: str, file: str, marks: _Marks) -> None:
                 )
             seen.add(key)
             marks[path] = (file, key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            _walk_marks(value_node, path, file, marks)
+            _walk_marks(value_node, path, file, marks, within=within, count=count)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             path = f"{prefix}[{i}]"
             marks[path] = (file, item.start_mark.line + 1, item.start_mark.column + 1)
-            _walk_marks(item, path, file, marks)
+            _walk_marks(item, path, file, marks, within=within, count=count)
 
 
 def deep_merge(base: object, over: object) -> object:
@@ -1225,4 +1255,32 @@ def get_config(env: Mapping[str, str] | None = None) -> Config:
     config = load_config(env=env)
     with _cache_lock:
         _cache[key] = (stamp, config)
+    redactor_for(config)  # from now on everything this process writes is masked as these settings say
     return config
+
+
+# --- the process's redactor, as the settings say ---------------------------------------------------------
+
+_redactors: dict[tuple[object, ...], Redactor] = {}
+
+
+def redactor_for(config: Config) -> Redactor:
+    """The Redactor for these settings and the environment as it is now: built once per distinct pair
+    (it compiles patterns and reads every secret-looking variable), so a Ledger per call stays cheap.
+    It becomes the process's redactor: every file and stream written from now on goes through it."""
+    keys = _model_keys(config)
+    key = (config.redact, tuple(keys), frozenset(os.environ.items()))
+    found = _redactors.get(key)
+    if found is None:
+        if len(_redactors) > 16:  # the environment keeps changing (tests): do not grow without bound
+            _redactors.clear()
+        found = _redactors[key] = Redactor(
+            env_names=config.redact.env_names, patterns=config.redact.patterns, extra_values=keys
+        )
+    install(found)
+    return found
+
+
+def _model_keys(config: Config) -> list[str]:
+    """The values of the key variables the model chain names: masked even if their names look harmless."""
+    return [os.environ.get(e.api_key_env, "") for e in config.models.chain if e.api_key_env]

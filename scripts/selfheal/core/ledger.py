@@ -30,7 +30,7 @@ from ..state import layout
 from ..state.root import StateRoot, append_line, ensure_dir, file_lock, open_dir, open_file, open_read, unlink
 from .config import Config, LogSettings
 from .fleet import fleet_database, host_id, mark_down, mark_up
-from .redact import Redactor
+from .redact import Redactor, active, redactor_for
 
 logger = logging.getLogger(__name__)
 
@@ -176,13 +176,15 @@ class Ledger:
         # Each is tried on its own: a ledger that cannot be written does not cost the log line, and neither
         # costs the caller anything but one warning (StateRoot.unrecorded).
         failed = False
+        # Masked above; by the process's redactor, unless this ledger was given another one.
+        funnel = self.redactor is active()
         try:
-            append_line(self._ledger_path(now), line.encode("utf-8"))
+            append_line(self._ledger_path(now), line.encode("utf-8"), redacted=funnel)
         except (OSError, StateError) as exc:
             failed = True
             self.state.unrecorded("the ledger", exc)
         try:
-            self._log(format_log_line(clean))
+            self._log(format_log_line(clean), redacted=funnel)
         except (OSError, StateError) as exc:
             failed = True
             self.state.unrecorded("the log", exc)
@@ -269,35 +271,11 @@ class Ledger:
             self._day = (day, path)
         return self._day[1]
 
-    def _log(self, line: str) -> None:
+    def _log(self, line: str, *, redacted: bool = False) -> None:
         path = self.state.log_file
-        size = append_line(path, line.encode("utf-8"))
+        size = append_line(path, line.encode("utf-8"), redacted=redacted)
         if size >= self.config.log.max_bytes:
             _rotate(path, self.config.log)
-
-
-_redactors: dict[tuple[object, ...], Redactor] = {}
-
-
-def redactor_for(config: Config) -> Redactor:
-    """The Redactor for these settings and the environment as it is now: built once per distinct pair
-    (it compiles patterns and reads every secret-looking variable), so a Ledger per call stays cheap."""
-    key = (config.redact, tuple(_model_keys(config)), frozenset(os.environ.items()))
-    found = _redactors.get(key)
-    if found is None:
-        if len(_redactors) > 16:  # the environment keeps changing (tests): do not grow without bound
-            _redactors.clear()
-        found = _redactors[key] = Redactor(
-            env_names=config.redact.env_names,
-            patterns=config.redact.patterns,
-            extra_values=_model_keys(config),
-        )
-    return found
-
-
-def _model_keys(config: Config) -> list[str]:
-    """The values of the key variables the model chain names: masked even if their names look harmless."""
-    return [os.environ.get(e.api_key_env, "") for e in config.models.chain if e.api_key_env]
 
 
 def _rotate(path: Path, settings: LogSettings) -> None:

@@ -371,6 +371,15 @@ def run_command(
             stderr_tail=f"{argv[0]}: {problem}\n".encode(),
             start_error=f"{argv[0]}: {problem}",
         )
+    except (ValueError, TypeError) as exc:  # a NUL byte or a non-text item: no such command can exist
+        problem = f"cannot be started ({exc})"
+        return CommandResult(
+            argv=[str(a) for a in argv],
+            exit_code=126,
+            duration_s=clock.monotonic() - started,
+            stderr_tail=f"{argv[0]!r}: {problem}\n".encode(),
+            start_error=f"{argv[0]!r}: {problem}",
+        )
     identity = identify(proc.pid)
     tracker.leader = proc.pid
     tracker.since = identity.create_time if identity is not None else time.time()

@@ -285,7 +285,7 @@ class _CommandRun:
         self.env = dict(os.environ if env is None else env)
         self.ledger = Ledger(state, config, clock=clock)
         self.redactor = self.ledger.redactor
-        self.safe_argv = [self.redactor.text(a) for a in argv]
+        self.safe_argv = self.redactor.argv(argv)
         self.run_id = run_id or new_run_id(task, clock.time())
         self.before_attempt = before_attempt
         self.record = RunRecord(

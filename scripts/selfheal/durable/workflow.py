@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import logging
 import math
 import os
@@ -35,7 +36,7 @@ from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import BreakerOpen
-from ..core.config import Config, Marks, get_config, read_yaml
+from ..core.config import CONFIG_MAX_BYTES, Config, Marks, get_config, read_yaml
 from ..core.ledger import Ledger
 from ..core.process import OutputSink, StopFlag
 from ..core.retrying import Retrier, attempts_of, stop_reason_of
@@ -48,9 +49,10 @@ from ..errors import (
     EXIT_PROBLEMS,
     ConfigError,
     Interrupted,
+    StateError,
     UsageError,
 )
-from ..state.root import StateRoot, file_lock, validate_id, write_json
+from ..state.root import StateRoot, file_lock, read_capped, validate_id, write_json
 from .checkpoint import (
     COMPENSATED,
     COMPENSATION_FAILED,
@@ -168,7 +170,10 @@ def load_plan(path: Path) -> Plan:
         data = read_yaml(path, marks)
     except ConfigError as exc:
         raise PlanError(exc.detail, file=exc.file, key=exc.key, line=exc.line, column=exc.column) from None
-    text = path.read_bytes()
+    try:
+        text = read_capped(path, CONFIG_MAX_BYTES, what="plan")
+    except (OSError, StateError) as exc:
+        raise PlanError(f"cannot read it again: {exc}", file=path) from None
 
     def fail(key: str, message: str, value: object = None) -> PlanError:
         mark = marks.get(key)
@@ -213,8 +218,13 @@ def load_plan(path: Path) -> Plan:
         compensate = _command(raw, "compensate", "compensate_shell", where=where, label=label, fail=fail)
         fallback = _command(raw, "fallback", "fallback_shell", where=where, label=label, fail=fail)
         timeout = raw.get("timeout")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise fail(f"{where}.timeout", f"{label}: must be a number of seconds above 0", timeout)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise fail(f"{where}.timeout", f"{label}: must be a number of seconds above 0 (finite)", timeout)
         retry = raw.get("retry") or {}
         if not isinstance(retry, dict) or set(retry) - {"max_attempts", "retries"} or len(retry) > 1:
             raise fail(
@@ -254,13 +264,16 @@ def load_plan(path: Path) -> Plan:
             raw.get("inputs") or [], where=where, label=label, positions=positions, earlier=steps, fail=fail
         )
         cwd = raw.get("cwd")
-        if cwd is not None and not isinstance(cwd, str):
-            raise fail(f"{where}.cwd", f"{label}: must be a folder path", cwd)
+        if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
+            raise fail(f"{where}.cwd", f"{label}: must be a folder path (with no NUL character)", cwd)
         env = raw.get("env") or {}
         if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in env.items()
+            isinstance(k, str) and k and "=" not in k and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+            for k, v in env.items()
         ):
             raise fail(f"{where}.env", f"{label}: must map names to values", env)
+        if any("\0" in f"{k}{v}" for k, v in env.items()):
+            raise fail(f"{where}.env", f"{label}: a name or value holds a NUL character, which no command can be given")
         steps.append(
             Step(
                 name=name,
@@ -301,14 +314,26 @@ def _command(
     if shell is not None:
         if not isinstance(shell, str) or not shell.strip():
             raise fail(f"{where}.{shell_key}", f"{label}: must be a shell command string", shell)
+        if "\0" in shell:
+            raise fail(f"{where}.{shell_key}", f"{label}: holds a NUL character, which no command can be given")
         return Command(shell=shell)
     if argv is None:
         return None
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, (str, int, float)) for a in argv):
+    if not isinstance(argv, list) or not argv:
         raise fail(
             f"{where}.{argv_key}", f"{label}: must be a non-empty argv list (use {shell_key}: for a shell string)", argv
         )
-    return Command(argv=tuple(str(a) for a in argv))
+    for j, item in enumerate(argv):
+        if not isinstance(item, str):
+            # YAML reads `true`, `1` and `~` as a boolean, a number and null: quote them to pass them as text.
+            raise fail(
+                f"{where}.{argv_key}[{j}]",
+                f"{label}: an argv item must be a string (quote it: '{json.dumps(item)}')",
+                item,
+            )
+        if "\0" in item:
+            raise fail(f"{where}.{argv_key}[{j}]", f"{label}: holds a NUL character, which no command can be given")
+    return Command(argv=tuple(argv))
 
 
 def _inputs(

@@ -21,12 +21,13 @@ Model text is data: it is stored, shown and redacted, never executed, never put 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shlex
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import Breakers
 from ..core.classify import classifier_for
-from ..core.config import FIX_ACTIONS, Config, FixRule, TargetKeyword, get_config
+from ..core.config import FIX_ACTIONS, IRREVERSIBLE_ACTIONS, Config, FixRule, TargetKeyword, get_config
 from ..core.fleet import fleet_database, mark_down
 from ..core.ledger import Ledger, iter_events, ledger_files, own_task
 from ..core.redact import Redactor
@@ -54,13 +55,15 @@ from ..state.fixes import (
     normalize,
     signature_key,
 )
-from ..state.root import StateRoot, quarantine, read_bytes, validate_id, write_bytes_atomic
+from ..state.root import StateRoot, iter_lines, open_read, quarantine, validate_id, write_bytes_atomic
 from ..tasks.analysis import hint_for
 from ..tasks.run import TaskRunner, tail_lines
 from ..tasks.tree import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
 from ..tasks.tree import VOID as TASK_VOID
 
 EXCERPT_CHARS = 4000
+# A line of a task's log longer than this is left out of the evidence (it is never read whole).
+MAX_EVIDENCE_LINE_BYTES = 64 * 1024
 FIX_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["root_cause", "problems", "fix_steps", "target_module", "success_criteria", "confidence"],
@@ -199,19 +202,29 @@ def _log_lines_for(state: StateRoot, task: str, lines: int) -> list[str]:
     """The task's own log (a task of the tree), else its lines in logs/selfheal.log."""
     own = state.task_log(task)
     try:
-        text = read_bytes(own).decode("utf-8", "replace")  # never through a planted link (UnsafeStateError)
+        fd = open_read(own)  # never through a planted link (UnsafeStateError)
     except FileNotFoundError:
         pass
     else:
-        return [ln for ln in text.splitlines() if not (ln.startswith("=== ") and ln.endswith(" ==="))][-lines:]
+        tail: deque[str] = deque(maxlen=lines)
+        with os.fdopen(fd, "rb") as fh:
+            for raw in iter_lines(fh, MAX_EVIDENCE_LINE_BYTES):
+                if raw is None:
+                    tail.append("[self-heal: a line too long to keep was left out]")
+                    continue
+                ln = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not (ln.startswith("=== ") and ln.endswith(" ===")):
+                    tail.append(ln)
+        return list(tail)
     found: deque[str] = deque(maxlen=lines)
     needle = f" task={task} "
     for path in sorted(state.log_file.parent.glob(state.log_file.name + "*"), reverse=True):
         try:
-            with path.open(encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if needle in line or line.rstrip().endswith(f" task={task}"):
-                        found.append(line.rstrip("\n"))
+            with path.open("rb") as fh:
+                for raw in iter_lines(fh, MAX_EVIDENCE_LINE_BYTES):
+                    line = "" if raw is None else raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if needle in line + " " or line.endswith(f" task={task}"):
+                        found.append(line)
         except OSError:
             continue
     return list(found)
@@ -370,20 +383,24 @@ def gather_openclaw(
     """Evidence for OpenClaw's failures in these logs: one per failed turn (or exhausted chain), one per run
     of a failed cron job (so a job's record counts its runs), one per invalid skill and failed CLI command.
     Returns (evidence, lines, malformed)."""
-    records = []
     lines = malformed = 0
-    for record in openclaw_logs.read_records(paths):
-        lines += 1
-        if record is None:
-            malformed += 1
-            continue
-        if since_ts is not None:
-            ts = openclaw_logs.timestamp(record.time)
-            if ts is not None and ts < since_ts:
+
+    def records() -> Iterator[openclaw_logs.Record]:
+        # A stream: only the failures found are kept, so memory does not grow with the log.
+        nonlocal lines, malformed
+        for record in openclaw_logs.read_records(paths, max_line=config.analysis.max_line_bytes):
+            lines += 1
+            if record is None:
+                malformed += 1
                 continue
-        records.append(record)
+            if since_ts is not None:
+                ts = openclaw_logs.timestamp(record.time)
+                if ts is not None and ts < since_ts:
+                    continue
+            yield record
+
     classifier = classifier_for(config.classify)
-    found_lines = openclaw_logs.failures(records)
+    found_lines = list(openclaw_logs.failures(records()))
     summary = openclaw_logs.summarize(found_lines)
 
     def classify(step: openclaw_logs.Step) -> str | None:
@@ -897,6 +914,12 @@ class Healer:
         refused = [a for a in proposed if a not in FIX_ACTIONS]
         if refused:
             objections.append(f"it proposes actions self-heal does not allow: {', '.join(refused)}")
+        final = [a for a in proposed if a in IRREVERSIBLE_ACTIONS]
+        if final:
+            objections.append(
+                f"it proposes what cannot be undone ({', '.join(final)}): only a person decides that "
+                f"(tasks.py void {record.task} --reason ...)"
+            )
         record.review = {
             "verdict": DRAFT if objections else READY,
             "objections": objections,
@@ -913,6 +936,7 @@ class Applied:
     target: str
     done: str
     undo: str
+    reversible: bool = True
 
 
 class ApplyRefused(SelfHealError):
@@ -920,12 +944,18 @@ class ApplyRefused(SelfHealError):
 
 
 def apply_fix(
-    record_id: str, *, config: Config | None = None, state: StateRoot | None = None, clock: Clock = SYSTEM_CLOCK
+    record_id: str,
+    *,
+    config: Config | None = None,
+    state: StateRoot | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    allow_irreversible: bool = False,
 ) -> list[Applied]:
     """Run the record's allow-listed actions, record each with how to undo it, mark it applied.
 
     Refused (ApplyRefused, nothing done) when any action is not on the allow-list, when a model-proposed
-    fix is still a draft, or when the record has no actions."""
+    fix is still a draft, when the record has no actions, or when an action cannot be undone
+    (IRREVERSIBLE_ACTIONS) and a person did not say `allow_irreversible`."""
     config = config or get_config()
     state = (state or StateRoot.from_env()).ensure()
     store = FixStore(state, clock=clock)
@@ -944,11 +974,19 @@ def apply_fix(
         )
     if not record.actions:
         raise ApplyRefused(f"{record.id} has nothing self-heal can do itself; its fix steps are for a person")
+    final = [a for a in record.actions if a in IRREVERSIBLE_ACTIONS]
+    if final and not allow_irreversible:
+        raise ApplyRefused(
+            f"{record.id} asks for what cannot be undone ({', '.join(final)}); --apply does only reversible "
+            f"actions. Nothing was done; if a person decides it, run: self_heal.py --apply {record.id} "
+            "--allow-irreversible"
+        )
     done = [_apply_one(action, record, config, state, clock) for action in record.actions]
     with store.locked():
         fresh = store.get(record.id)
         for item in done:
-            store.add_history(fresh, f"applied {item.action} on {item.target}: {item.done}", undo=item.undo)
+            how = "reversible" if item.reversible else "irreversible, allowed by --allow-irreversible"
+            store.add_history(fresh, f"applied {item.action} on {item.target} ({how}): {item.done}", undo=item.undo)
         fresh.status = APPLIED
         store.save(fresh)
     Ledger(state, config, clock=clock).record(
@@ -996,6 +1034,7 @@ def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot,
                     task,
                     f"{before} -> {TASK_VOID}",
                     f"VOID is final: re-create it with `tasks.py add {task} ...`",
+                    reversible=False,
                 )
             if before not in (REQUIRES_MANUAL, NORMAL_CRASH):
                 raise ApplyRefused(f"{record.id}: {task} is {before}; only a parked or crashed task is re-queued")
@@ -1003,7 +1042,12 @@ def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot,
         return Applied(action, task, f"{before} -> {ERROR_FIX_PENDING}", f"tasks.py mark {task} manual")
     if action == "rerun_task":
         result = task_runner(store).run_next(only=task)
-        return Applied(action, task, f"ran it: {result.outcome} ({result.exec_state})", "none: a run cannot be undone")
+        return Applied(
+            action,
+            task,
+            f"ran it: {result.outcome} ({result.exec_state})",
+            "none needed: it ran the task's own command once more, as its next scheduled run would",
+        )
     raise ApplyRefused(f"{record.id}: unknown action {action!r}; nothing was done")  # pragma: no cover - checked above
 
 

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 
 from ..core.classify import Classifier
 from ..core.classify import Failure as Evidence
+from ..state.root import MAX_LINE_BYTES, iter_lines
 
 DEFAULT_LOG_DIR = Path("/tmp/openclaw")  # noqa: S108 - where OpenClaw itself writes, read only
 LANE_ERROR = "lane_error"
@@ -532,10 +533,13 @@ def open_log(path: Path) -> BinaryIO:
     return path.open("rb")
 
 
-def read_records(paths: Iterable[Path]) -> Iterator[Record | None]:
-    """Every line of these files as a Record, None for a line that is not one (for counting)."""
+def read_records(paths: Iterable[Path], *, max_line: int = MAX_LINE_BYTES) -> Iterator[Record | None]:
+    """Every line of these files as a Record, None for a line that is not one (for counting). A line over
+    `max_line` bytes is one that is not: read past in pieces, never held whole."""
     for path in paths:
         with open_log(path) as fh:
-            for line in fh:
-                if line.strip():
+            for line in iter_lines(fh, max_line):
+                if line is None:
+                    yield None
+                elif line.strip():
                     yield parse_line(line)

@@ -3,7 +3,8 @@
 Writes are atomic (temp file in the same folder, fsync, os.replace); files are 0600 and folders 0700;
 an id becomes part of a path only after validation; a file that cannot be parsed is moved aside to
 `<name>.corrupt-<ts>` and reported, never silently reset. Appends are one whole line per write, under
-an exclusive lock on the file itself.
+an exclusive lock on the file itself. Everything written passes the process's redactor (state/redact.py)
+first: no secret reaches a file, whoever the writer.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import CorruptStateError, InvalidIdError, LockBusy, StateError, StateWriteError, UnsafeStateError
 from . import layout
+from .redact import active as _redactor
 
 try:  # POSIX: lock the appended file itself, no side lock file needed.
     import fcntl
@@ -437,13 +439,16 @@ def _fsync_fd(fd: int) -> None:
         os.fsync(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True, redacted: bool = False) -> None:
     """Replace `path` with `data` so a reader sees the old file or the new one, never a mix.
 
     `durable` adds fsync of the file and its folder, so the new content survives a power cut. The temp
     file is created in the same folder (reached without following links) with O_EXCL|O_NOFOLLOW; a link
-    planted at `path` is refused, not replaced. Raises UnsafeStateError or StateWriteError.
+    planted at `path` is refused, not replaced. Raises UnsafeStateError or StateWriteError. The data is
+    redacted first, unless the caller says it already was (`redacted`).
     """
+    if not redacted:
+        data = _redactor().data(data)
     try:
         dir_fd = open_dir(path.parent)
     except OSError as exc:
@@ -514,7 +519,8 @@ def dumps(obj: Any) -> str:
 
 
 def write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
-    write_bytes_atomic(path, dumps(obj).encode("utf-8"), durable=durable)
+    """Replace `path` with `obj` as JSON, every string in it redacted."""
+    write_bytes_atomic(path, dumps(_redactor().obj(obj)).encode("utf-8"), durable=durable, redacted=True)
 
 
 def quarantine(path: Path, now: float | None = None) -> Path | None:
@@ -575,8 +581,15 @@ def read_json(path: Path) -> dict[str, Any] | None:
             if stat.S_ISDIR(read.st_mode):
                 raise StateError(f"state file {path} is a folder")
             chunks: list[bytes] = []
+            size = 0
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_STATE_FILE_BYTES:
+                    raise StateError(
+                        f"state file {path} is larger than {MAX_STATE_FILE_BYTES} bytes; not read (move it aside "
+                        "to continue)"
+                    )
             raw = b"".join(chunks)
         finally:
             os.close(fd)
@@ -595,6 +608,55 @@ def read_json(path: Path) -> dict[str, Any] | None:
         if (current.st_ino, current.st_dev) == (read.st_ino, read.st_dev):
             raise CorruptStateError(path, quarantine(path), problem or "unreadable")
     raise CorruptStateError(path, None, "replaced while being read, three times in a row")
+
+
+# Lines longer than this are never held whole by a reader of logs (ours, OpenClaw's, a task's output).
+MAX_LINE_BYTES = 1024 * 1024
+# A state file (checkpoint, snapshot, run record) bigger than this is refused, not read: the skill writes
+# none that large, so one is damage or a plant, and reading it whole could take all the memory there is.
+MAX_STATE_FILE_BYTES = 64 * 1024 * 1024
+
+
+def iter_lines(fh: IO[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """Each line of `fh` (with its newline), or None for a line longer than `max_line` bytes, which is read
+    past in pieces and never held whole: memory stays at about `max_line`, whatever the input."""
+    while True:
+        line = fh.readline(max_line + 1)
+        if not line:
+            return
+        if len(line) <= max_line or line.endswith(b"\n"):  # (max_line bytes and the newline still fit)
+            yield line
+            continue
+        # Over the cap: drop the rest of this line, a piece at a time.
+        while not line.endswith(b"\n"):
+            line = fh.readline(max_line)
+            if not line:
+                break
+        yield None
+
+
+def read_at_most(fh: IO[bytes], max_bytes: int) -> bytes | None:
+    """All of `fh`, or None as soon as it proves longer than `max_bytes` (never more is held)."""
+    size = os.fstat(fh.fileno()).st_size
+    if size > max_bytes:
+        return None
+    # One read of the size the file has (no buffer of max_bytes allocated), then whatever it grew by.
+    chunks = [fh.read(size + 1)]
+    total = len(chunks[0])
+    while chunks[-1] and total <= max_bytes:
+        chunks.append(fh.read(min(65536, max_bytes + 1 - total)))
+        total += len(chunks[-1])
+    return None if total > max_bytes else b"".join(chunks)
+
+
+def read_capped(path: Path, max_bytes: int = MAX_STATE_FILE_BYTES, *, what: str = "state file") -> bytes:
+    """The bytes of `path`, refused (StateError naming the file and the limit) when it is over `max_bytes`.
+    FileNotFoundError and IsADirectoryError propagate."""
+    with os.fdopen(open_read(path), "rb") as fh:  # never through a planted link (UnsafeStateError)
+        raw = read_at_most(fh, max_bytes)
+    if raw is None:
+        raise StateError(f"{what} {path} is larger than {max_bytes} bytes; not read (move it aside to continue)")
+    return raw
 
 
 _SLOT_MIN = 4096
@@ -639,7 +701,7 @@ class SlotFile:
         """The newest saved document, or None if there is none. A file with no valid slot is moved aside
         (CorruptStateError). A plain JSON object (a file written before slots existed) is read as such."""
         try:
-            raw = read_bytes(self.path)
+            raw = read_capped(self.path, what="checkpoint")
         except FileNotFoundError:
             self._known = True
             self._seq, self._newest, self._size = 0, None, 0
@@ -669,13 +731,13 @@ class SlotFile:
         if not self._known:
             with contextlib.suppress(CorruptStateError):
                 self.read()
-        body = _canonical(doc)
+        body = _canonical(_redactor().obj(doc))
         seq = self._seq + 1
         slot = b'{"seq":%d,"sha256":"%s","doc":' % (seq, _sha256(body).encode()) + body + b"}"
         if self._newest is None or len(slot) > self._size:
             size = max(_SLOT_MIN, -(-2 * len(slot) // _SLOT_MIN) * _SLOT_MIN)
             data = b"[" + slot.ljust(size) + b"," + _EMPTY_SLOT.ljust(size) + b"]\n"
-            write_bytes_atomic(self.path, data, durable=True)
+            write_bytes_atomic(self.path, data, durable=True, redacted=True)
             self._seq, self._newest, self._size = seq, 0, size
             return
         target = 1 - self._newest
@@ -847,12 +909,15 @@ def _datasync(fd: int) -> None:
     sync(fd)
 
 
-def append_line(path: Path, line: bytes) -> int:
+def append_line(path: Path, line: bytes, *, redacted: bool = False) -> int:
     """Append one line under an exclusive lock on the file, in a single write; return the new size.
 
     If the file does not end in a newline (a writer died mid-line on some other system), a newline is
-    written first, so the damage stays confined to that one line and this line stays whole.
+    written first, so the damage stays confined to that one line and this line stays whole. The line is
+    redacted first, unless the caller says it already was (`redacted`: by the process's redactor).
     """
+    if not redacted:
+        line = _redactor().data(line)
     if not line.endswith(b"\n"):
         line += b"\n"
     fd = open_append(path)

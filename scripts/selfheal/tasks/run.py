@@ -37,6 +37,7 @@ import shlex
 import signal
 import socket
 import threading
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config
 from ..core.ledger import Ledger
 from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
-from ..core.redact import Redactor
+from ..core.redact import LineRedactor, Redactor
 from ..core.runner import run_with_retry
 from ..core.runs import list_runs, new_run_id
 from ..durable.checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
@@ -54,7 +55,7 @@ from ..durable.incident import Incident, new_incident_id, notify, write_incident
 from ..durable.workflow import WorkflowRunner, load_plan, status
 from ..errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
 from ..state.fixes import FixRecord, normalize
-from ..state.root import open_append, read_bytes, write_all, write_bytes_atomic, write_json
+from ..state.root import iter_lines, open_append, open_read, read_bytes, write_all, write_bytes_atomic, write_json
 from . import analysis
 from .tree import (
     ACTIONABLE_STATES,
@@ -117,6 +118,8 @@ class BoundedLog:
         self.max_chars = max_chars
         self.keep_chars = keep_chars
         self.redactor = redactor
+        # Whole lines at a time, so a PEM key's body lines are masked even when its lines arrive apart.
+        self._lines = LineRedactor(redactor)
         self.clock = clock
         self.flush_s = flush_s
         self.last_output_ts: float | None = None
@@ -131,11 +134,13 @@ class BoundedLog:
         self._flusher: threading.Thread | None = None
         self._fd = self._open()
         try:
-            self.chars = len(read_bytes(path).decode("utf-8", "surrogateescape"))
+            size = os.lstat(path).st_size
+            # A character is at most 4 bytes: a file bigger than that is over the limit, and is not read whole.
+            self.chars = size if size > 4 * max_chars else len(_tail_text(path, size))
         except FileNotFoundError:
             self.chars = 0
         if self.chars > max_chars:
-            self._replace(read_bytes(path).decode("utf-8", "surrogateescape"))
+            self._replace(_tail_text(path, 4 * keep_chars))  # only the last keep_chars can stay: never read it whole
 
     def _open(self) -> int:
         return open_append(self.path)  # never through a planted link (UnsafeStateError)
@@ -222,8 +227,7 @@ class BoundedLog:
             raw = raw[newline + 1 if newline >= 0 else start :]
             self._cut = True
         text = raw.decode("utf-8", "surrogateescape")
-        if self.redactor is not None:
-            text = self.redactor.text(text)
+        text = self._lines.lines(text)  # whole lines: a PEM key's lines are masked even when they arrive apart
         if self._cut or self.chars + len(text) > self.max_chars:
             # Past the bound: the file becomes its last keep_chars, written whole (one trim per flush).
             old = "" if self._cut else read_bytes(self.path).decode("utf-8", "surrogateescape")
@@ -248,6 +252,14 @@ class BoundedLog:
         self.trims += 1
 
 
+def _tail_text(path: Path, max_bytes: int) -> str:
+    """The last `max_bytes` bytes of a file as text (undecodable bytes kept as they are)."""
+    with os.fdopen(open_read(path), "rb") as fh:  # never through a planted link (UnsafeStateError)
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(0, size - max_bytes))
+        return fh.read(max_bytes).decode("utf-8", "surrogateescape")
+
+
 class _Tee:
     def __init__(self, log: BoundedLog, echo: OutputSink | None) -> None:
         self.log = log
@@ -268,23 +280,28 @@ class _Tee:
 
 
 NOTE_MARK = "=== "
+TAIL_LINE_BYTES = 64 * 1024  # a longer line of a task's log is left out of its tail
 
 
 def tail_lines(path: Path, count: int = analysis.LOG_LINES, *, last_run: bool = False) -> list[str]:
     """The last `count` lines a task's commands wrote (only in its last run, if asked), without the log's
-    own run markers."""
+    own run markers. Read a line at a time: a line over TAIL_LINE_BYTES is shown as a note, never held whole."""
+    out: deque[str] = deque(maxlen=max(count, 0))
     try:
-        text = read_bytes(path).decode("utf-8", "replace")
+        with os.fdopen(open_read(path), "rb") as fh:  # never through a planted link (UnsafeStateError)
+            for raw in iter_lines(fh, TAIL_LINE_BYTES):
+                if raw is None:
+                    out.append(f"[self-heal: a line over {TAIL_LINE_BYTES} bytes left out]")
+                    continue
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith(NOTE_MARK) and line.endswith(" ==="):
+                    if last_run and " run " in line and " of " in line:
+                        out.clear()
+                    continue
+                out.append(line)
     except FileNotFoundError:
         return []
-    out: list[str] = []
-    for line in text.splitlines():
-        if line.startswith(NOTE_MARK) and line.endswith(" ==="):
-            if last_run and " run " in line and " of " in line:
-                out = []
-            continue
-        out.append(line)
-    return out[-count:]
+    return list(out)
 
 
 # -- the heartbeat -------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from ..core.config import Config, get_config
 from ..core.process import identify
 from ..errors import InvalidIdError, LockBusy, StateError, UsageError
 from ..state import layout
+from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_bytes, validate_id
 from ..state.taskdb import TaskDB, TaskImportRefused, task_row
 from ..state.taskrecord import FIELDS, Task, rank
@@ -345,6 +346,13 @@ class TaskTree:
             raise TaskError(f"--type must be one of {', '.join(TYPES)}, not {task.type!r}")
         if task.priority not in PRIORITIES:
             raise TaskError(f"--priority must be one of {', '.join(PRIORITIES)}, not {task.priority!r}")
+        if task.run and active_redactor().obj(task.run) != task.run:
+            # Saved, it would be masked (no secret reaches a file) and the task would run with *** instead.
+            raise TaskError(
+                f"the command of task {task.name!r} holds a secret (a key, token or password); keys come only "
+                "from the environment: write it as --shell 'cmd --token \"$MY_TOKEN\"' so the shell reads it "
+                "when the task runs"
+            )
         now = self.clock.time()
         task.created_ts = task.updated_ts = now
         task.exec_state = NEW

@@ -1,0 +1,246 @@
+"""Secrets never reach a file or a stream: the one funnel every write goes through.
+
+`Redactor` masks key shapes, auth headers, passwords in URLs and on command lines, AWS keys, PEM private
+keys and the values of secret-looking environment variables. The state root's write helpers
+(state/root.py) and the scripts' stdout and stderr (cli.py) pass everything through `active()`, the
+process-wide redactor: core installs the one built from the settings and the model chain's key
+variables (`install`); until then a default one, built from the environment, is used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+MASK = "***"
+
+# The default of redact.env_names (skill.yaml says the same): names of variables whose values are secret.
+DEFAULT_ENV_NAMES = r"(?i)(api[_-]?key|(^|_)key$|token|secret|passw(or)?d|passphrase|credential|auth)"
+# A secret value shorter than this is not masked on its own: it would mask ordinary words.
+MIN_SECRET_CHARS = 6
+# Strings up to this long are remembered with their redacted form, up to this many of them.
+_MEMO_CHARS = 512
+_MEMO_ENTRIES = 4096
+
+_PEM_BEGIN = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----"
+_PEM_END = r"-----END[A-Z0-9 ]*PRIVATE KEY-----"
+# Characters of a PEM body: base64, line breaks (also as the \n of a JSON string) and header lines.
+_PEM_BODY = r"(?:[A-Za-z0-9+/=\s:,.\-]|\\[nrt])*"
+
+# Shapes of secrets that need no context to recognise (a value that is a `$VARIABLE` is a reference, not a
+# secret, and is left alone), each with the (lower-case) strings one of which any
+# match contains: a shape's regex runs only on text holding one of them, so text without secrets (nearly
+# all of it) costs a few substring searches, not a regex pass per shape. A `pre` group is kept; the rest
+# is masked.
+_KEY_PREFIXES = ("sk", "pk", "rk", "gsk", "xoxa", "xoxb", "xoxp", "xoxr", "ghp", "gho", "ghs", "ghu", "ghr")
+_BUILTIN: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # A PEM private key, whole: to its END line, or (cut off) as far as its body goes.
+    (rf"{_PEM_BEGIN}(?:[\s\S]*?{_PEM_END}|{_PEM_BODY})", ("private key-----",)),
+    # OpenAI-style and similar prefixed keys: sk-..., sk-proj-..., gsk_..., xoxb-..., ghp_..., hf_...
+    (
+        r"\b(?:sk|pk|rk|gsk|xox[abpr]|ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat)[-_][A-Za-z0-9_\-]{16,}",
+        (*(p + sep for p in (*_KEY_PREFIXES, "hf") for sep in "-_"), "github_pat_", "glpat"),
+    ),
+    # JSON Web Tokens: three base64url parts, the first two starting with {" encoded.
+    (r"\beyJ[A-Za-z0-9_\-]{6,}\.eyJ[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]*", ("eyj",)),
+    # AWS access key ids, and the secret next to aws_secret_access_key.
+    (r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b", ("akia", "asia", "agpa", "aida", "aroa")),
+    (
+        r"""(?i)(?P<pre>aws_?secret_?(?:access_?)?key[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{16,}""",
+        ("aws_secret", "awssecret"),
+    ),
+    # Authorization headers and bearer tokens.
+    (r"(?i)(?P<pre>\bbearer\s+)[A-Za-z0-9._~+/=\-]{8,}", ("bearer",)),
+    (
+        r"(?i)(?P<pre>\bauthorization[\"']?\s*[:=]\s*[\"']?(?:basic\s+|token\s+)?)(?!bearer\s)[^\s\"']{8,}",
+        ("authorization",),
+    ),
+    # Command-line options that take a secret: --token VALUE, --password=VALUE, --api-key VALUE, also as
+    # items of a JSON or Python list ("--token", "VALUE").
+    (
+        r"""(?i)(?P<pre>(?<![\w-])--?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|passwd|secret"""
+        r"""|client[_-]?secret|private[_-]?key)(?:=|\s+|[\"']\s*,\s*)[\"']?)(?!\*\*\*|\$)[^\s\"']{4,}""",
+        ("-api", "-access", "-auth", "-token", "-password", "-passwd", "-secret", "-client", "-private"),
+    ),
+    # curl -u user:password (and --user): keeps the user, masks the password.
+    (
+        r"""(?P<pre>(?<![\w-])(?:-u|--user)(?:=|\s+|[\"']\s*,\s*)[\"']?[^\s:\"']+:)(?!\$)[^\s\"']+""",
+        ("-u=", "-u ", "-u\t", '-u"', "-u'", "--user"),
+    ),
+    # key=value, key: value and "key": "value" forms with secret-ish key names.
+    (
+        r"""(?i)(?P<pre>\b(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|token|secret|password|passwd|pwd)"""
+        r"""[\"']?\s*[:=]\s*[\"']?)(?!\*\*\*|\$)[^\s&,;\"'}]{4,}""",
+        ("api", "access", "auth", "token", "secret", "passw", "pwd"),
+    ),
+    # Passwords in URLs: scheme://user:password@host keeps the user, masks the password.
+    (r"(?P<pre>://[^\s:/@]+:)[^\s@/]+(?=@)", ("://",)),
+)
+# An argv item after which the next item is a secret (`--token`, `VALUE`), or a user:password (`-u`).
+_SECRET_FLAG = re.compile(
+    r"(?i)--?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|passwd|secret|client[_-]?secret"
+    r"|private[_-]?key)\Z"
+)
+_USER_FLAG = re.compile(r"(?:-u|--user)\Z")
+_PEM_OPEN = re.compile(rf"{_PEM_BEGIN}(?![\s\S]*{_PEM_END})")
+_PEM_CLOSE = re.compile(_PEM_END)
+
+
+def _keep_pre(match: re.Match[str]) -> str:
+    return (match.groupdict().get("pre") or "") + MASK
+
+
+class Redactor:
+    """Masks secrets in text. Built once per process from the settings and the environment."""
+
+    def __init__(
+        self,
+        *,
+        env_names: str = DEFAULT_ENV_NAMES,
+        patterns: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        extra_values: Iterable[str] = (),
+    ) -> None:
+        env = os.environ if env is None else env
+        name_re = re.compile(env_names)
+        values = {v for k, v in env.items() if name_re.search(k) and len(v) >= MIN_SECRET_CHARS}
+        values.update(v for v in extra_values if v and len(v) >= MIN_SECRET_CHARS)
+        # Longest first, so a value that contains another is masked whole.
+        self._values = tuple(sorted(values, key=len, reverse=True))
+        literal = "|".join(re.escape(v) for v in self._values)
+        self._literal = re.compile(literal) if literal else None
+        self._builtin = [(re.compile(p), triggers) for p, triggers in _BUILTIN]
+        self._user = [re.compile(p) for p in patterns]
+        self._memo: dict[str, str] = {}
+
+    def text(self, value: str) -> str:
+        if len(value) < MIN_SECRET_CHARS:
+            return value
+        if len(value) > _MEMO_CHARS:
+            return self._text(value)
+        # State files repeat the same short strings write after write (names, states, commands).
+        found = self._memo.get(value)
+        if found is None:
+            if len(self._memo) >= _MEMO_ENTRIES:
+                self._memo.clear()
+            found = self._memo[value] = self._text(value)
+        return found
+
+    def _text(self, value: str) -> str:
+        if self._literal is not None and any(v in value for v in self._values):
+            value = self._literal.sub(MASK, value)
+        lowered = value.lower()
+        for shape, triggers in self._builtin:
+            if any(t in lowered for t in triggers):
+                value = shape.sub(_keep_pre, value)
+        for shape in self._user:
+            value = shape.sub(_keep_pre, value)
+        return value
+
+    def obj(self, value: Any) -> Any:
+        """Redact every string inside a JSON-like value (keys included)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(k) if isinstance(k, str) else k: self.obj(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            if value and all(isinstance(v, str) for v in value):
+                return self.argv(value)
+            return [self.obj(v) for v in value]
+        return value
+
+    def argv(self, items: Iterable[str]) -> list[str]:
+        """A command's arguments: each item redacted, and the item after a secret-taking flag masked."""
+        out: list[str] = []
+        after: str | None = None
+        for item in items:
+            if after == "secret" and item and not item.startswith("$"):
+                out.append(MASK)
+            elif after == "user" and ":" in item:
+                out.append(item.split(":", 1)[0] + ":" + MASK)
+            else:
+                out.append(self.text(item))
+            after = "secret" if _SECRET_FLAG.match(item) else "user" if _USER_FLAG.match(item) else None
+        return out
+
+    def data(self, raw: bytes) -> bytes:
+        """Redact bytes that hold text (undecodable bytes pass through unchanged)."""
+        text = raw.decode("utf-8", "surrogateescape")
+        clean = self.text(text)
+        return raw if clean is text or clean == text else clean.encode("utf-8", "surrogateescape")
+
+
+class LineRedactor:
+    """Redacts a stream of text that arrives in pieces: whole lines at a time, so a secret split between two
+    writes is still seen whole, and a PEM private key spread over many lines is masked from its BEGIN line
+    to its END line. A line longer than `max_line` characters is released in pieces of that size."""
+
+    def __init__(self, redactor: Redactor | None = None, *, max_line: int = 65536) -> None:
+        self._redactor = redactor
+        self.max_line = max_line
+        self._pending = ""
+        self._in_pem = False
+
+    def feed(self, text: str) -> str:
+        """The redacted complete lines of what has arrived so far; a partial last line waits for its end."""
+        buf = self._pending + text
+        cut = buf.rfind("\n") + 1
+        if cut == 0 and len(buf) <= self.max_line:
+            self._pending = buf
+            return ""
+        if cut == 0:
+            cut = len(buf)
+        self._pending = buf[cut:]
+        return self.lines(buf[:cut])
+
+    def finish(self) -> str:
+        """Whatever is left (a last line without its newline), redacted."""
+        rest, self._pending = self._pending, ""
+        return self.lines(rest) if rest else ""
+
+    def lines(self, block: str) -> str:
+        """Redact complete lines (the block ends at a line end, or is the last piece of the stream)."""
+        redactor = self._redactor or active()
+        out: list[str] = []
+        for raw in block.splitlines(keepends=True):
+            line = raw
+            if self._in_pem:
+                end = _PEM_CLOSE.search(line)
+                if end is None:
+                    continue  # a line of the key's body: left out
+                self._in_pem = False
+                line = MASK + line[end.end() :]
+            elif _PEM_OPEN.search(line):
+                self._in_pem = True
+                clean = redactor.text(line)
+                out.append(clean if clean.endswith("\n") or not line.endswith("\n") else clean + "\n")
+                continue
+            out.append(redactor.text(line))
+        return "".join(out)
+
+
+# -- the process-wide redactor ----------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_installed: Redactor | None = None
+
+
+def install(redactor: Redactor | None) -> None:
+    """Make `redactor` the one every write of this process goes through; None: a default one, built from
+    the environment as it is at the next write (core's `redactor_for` installs the configured one)."""
+    global _installed  # noqa: PLW0603 - one funnel per process is the point
+    with _lock:
+        _installed = redactor
+
+
+def active() -> Redactor:
+    """The installed redactor (on the hot path of every write: one global read)."""
+    global _installed  # noqa: PLW0603
+    found = _installed
+    if found is None:
+        with _lock:
+            found = _installed = _installed or Redactor()
+    return found
