@@ -125,11 +125,10 @@ def test_retry_run_keeps_a_failing_commands_exit_status_on_a_full_disk(
 
 @pytest.mark.parametrize(
     ("script", "argv"),
-    [
-        ("tasks", lambda tmp: ["add", "job", "--", "true"]),
-        ("snapshot", lambda tmp: ["save", "s1", "--messages-file", str(messages_file(tmp))]),
-    ],
-    ids=["tasks-add", "snapshot-save"],
+    # (tasks add writes through SQLite's own C code, which this fault at os.write cannot reach: a real full
+    # tmpfs and a read-only mount test it below.)
+    [("snapshot", lambda tmp: ["save", "s1", "--messages-file", str(messages_file(tmp))])],
+    ids=["snapshot-save"],
 )
 def test_a_command_whose_job_is_to_write_state_fails_clearly_on_a_full_disk(
     script: str,

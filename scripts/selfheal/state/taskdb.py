@@ -22,6 +22,7 @@ are the task layer's (`selfheal.tasks.tree`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EXIT_USAGE, LockBusy, StateError, UnsafeStateError, UsageError
+from ..errors import EXIT_USAGE, LockBusy, StateError, StateWriteError, UnsafeStateError, UsageError
 from .root import ensure_dir, open_rewrite
 from .sql import SQLITE, Dialect
 from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, PRIORITIES, PROCESSING, TYPES, VOID
@@ -237,7 +238,21 @@ def translate(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> Exceptio
         "not a database" in text or "malformed" in text or "encrypted" in text
     ):
         return TaskDBUnreadable(path, text)
+    # A full disk or a read-only folder: the same error (exit 3, the file and the OS's words) as any state file.
+    if "disk is full" in text or ("disk I/O error" in text and _no_space(path)):
+        return StateWriteError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    if "readonly" in text or "read-only" in text:
+        return StateWriteError(path, OSError(errno.EROFS, os.strerror(errno.EROFS)))
     return StateError(f"task database {path}: {text}")
+
+
+def _no_space(path: Path) -> bool:
+    """Whether the database's file system is full (SQLite reports some full-disk writes as a plain I/O error)."""
+    try:
+        fs = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < 64 * 1024
 
 
 # -- rows -----------------------------------------------------------------------------------------------
