@@ -175,8 +175,9 @@ def test_four_processes_through_a_dead_endpoint(
     home: Path, tmp_path: Path, two: Callable[[str], Path], server: FakeModelServer
 ) -> None:
     """Four processes at once: the dead primary sees at most the breaker threshold plus the allowed probes,
-    every call still gets the backup's answer; after recovery the breaker closes and traffic returns."""
-    two("breakers: {open_s: 1.0}\n")
+    every call still gets the backup's answer; after recovery the breaker closes and traffic returns (the
+    unreachable primary is also ejected: its cooldown is made as short as the breaker's open time here)."""
+    two("breakers: {open_s: 1.0, eject_s: 1.0}\n")
     server.set_default("primary", Fault.reset())
     first = run_workers(home, tmp_path, 4, 5, "down")
     assert sum(r["backup"] for r in first) == 20 and sum(r["failed"] for r in first) == 0

@@ -32,6 +32,7 @@ from ..core.ledger import Ledger
 from ..errors import StateError
 from ..observe import openclaw_logs
 from ..observe.health import OK, Report
+from ..state import layout
 from ..state.fixes import READY
 from ..state.root import StateRoot, ensure_dir, read_json, write_bytes_atomic, write_json
 from .diagnose import Evidence, Healer
@@ -39,7 +40,7 @@ from .diagnose import Evidence, Healer
 logger = logging.getLogger(__name__)
 
 WATCHDOG_FILE = "watchdog"  # status/watchdog.json: the restarts of the last hour
-CONFIG_FOLDER = "openclaw-config"
+CONFIG_FOLDER = layout.OPENCLAW_CONFIGS
 TAIL_BYTES = 256 * 1024  # of OpenClaw's newest log, read for its latest lifecycle line
 _LIFECYCLE = {"starting...": "starting", "gateway ready": "ready", "received SIGTERM; shutting down": "stopping"}
 

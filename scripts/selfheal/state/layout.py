@@ -22,6 +22,7 @@ STATUS = "status"
 RUNS = "runs"
 LOCKS = "locks"
 FLEET = "fleet"
+OPENCLAW_CONFIGS = "openclaw-config"  # the gateway watchdog's last-known-good copies of openclaw.json
 SUBDIRS = (LEDGER, LOGS, BREAKERS, CHECKPOINTS, TASKS, FIXES, INCIDENTS, SESSIONS, STATUS, RUNS, LOCKS)
 
 TASK_DB = "tasks.db"
@@ -33,8 +34,8 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 
 
 def folder(root: Path, name: str) -> Path:
-    """One of the folders above (SUBDIRS, or FLEET)."""
-    if name not in (*SUBDIRS, FLEET):
+    """One of the folders above (SUBDIRS, FLEET or OPENCLAW_CONFIGS)."""
+    if name not in (*SUBDIRS, FLEET, OPENCLAW_CONFIGS):
         raise ValueError(f"not a state folder: {name!r}")
     return root / name
 

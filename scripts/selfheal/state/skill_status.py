@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..clock import utc_iso
-from .root import ensure_dir, write_bytes_atomic
 
 STATUS_FILE_NAME = "self-heal.txt"
 _UNSAFE = re.compile(r"[,\n\r=]+")  # a value holding these would read back as more pairs
@@ -63,10 +62,27 @@ def update_status(values: Mapping[str, str | None], *, now: float, env: Mapping[
     pairs["status"] = "success"
     pairs["timestamp"] = utc_iso(now)
     ordered = {"status": pairs.pop("status"), "timestamp": pairs.pop("timestamp"), **pairs}
-    ensure_dir(path.parent)
     line = ",".join(f"{k}={v}" for k, v in ordered.items()) + "\n"
-    write_bytes_atomic(path, line.encode("utf-8"), durable=False)  # rewritten on every run
+    _replace(path, line.encode("utf-8"))  # rewritten on every run
     return path
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Replace `path` atomically. The folder is OpenClaw's, shared with the other skills: it is made if
+    missing but its mode is left as OpenClaw has it (the state root's 0700 rule is for our own folders).
+    The temp file is created without following a link, and the rename replaces a planted link itself,
+    never the file it points to."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 __all__ = ["STATUS_FILE_NAME", "read_status", "status_folder", "status_path", "update_status"]
