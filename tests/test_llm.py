@@ -735,12 +735,16 @@ def test_ctrl_c_during_a_sync_call_cancels_it_and_gives_its_permit_back(
 ) -> None:
     """complete() runs on the calling thread's own loop; Ctrl-C there ends the request at once and the
     breaker shows nothing in flight (a dangling permit would block the probes of a half-open breaker)."""
-    import _thread
+    import signal
     import threading
 
     config = chain("primary")
     server.script("primary", Fault.hang(30))
-    threading.Timer(0.3, _thread.interrupt_main).start()
+    # A real SIGINT to the main thread, as a terminal's Ctrl-C is: it wakes the loop's selector at once
+    # (_thread.interrupt_main only sets a flag, seen when the selector next wakes, late under load).
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         complete("hi", config=config, clock=clock)
     status = Breakers(StateRoot(home), config.breakers, clock=clock).status("primary")
