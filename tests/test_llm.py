@@ -742,11 +742,17 @@ def test_ctrl_c_during_a_sync_call_cancels_it_and_gives_its_permit_back(
     server.script("primary", Fault.hang(30))
     # A real SIGINT to the main thread, as a terminal's Ctrl-C is: it wakes the loop's selector at once
     # (_thread.interrupt_main only sets a flag, seen when the selector next wakes, late under load).
+    # A process started in the background (CI) inherits SIGINT ignored, and Python then keeps it ignored:
+    # put back the handler an interactive terminal's python has, for this test only.
     main = threading.main_thread().ident
     assert main is not None
-    threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        complete("hi", config=config, clock=clock)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            complete("hi", config=config, clock=clock)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     status = Breakers(StateRoot(home), config.breakers, clock=clock).status("primary")
     assert status["in_flight"] == 0
     assert ask(config, clock).content == "ok from primary"  # the thread's loop still works afterwards
