@@ -8,6 +8,7 @@ import math
 import random
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -747,8 +748,15 @@ def test_ctrl_c_during_a_sync_call_cancels_it_and_gives_its_permit_back(
     main = threading.main_thread().ident
     assert main is not None
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def interrupt_once_the_request_hangs() -> None:  # not before: the hang would be left for the next request
+        deadline = time.monotonic() + 30
+        while server.requests("primary") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(main, signal.SIGINT)
+
     try:
-        threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+        threading.Thread(target=interrupt_once_the_request_hangs, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             complete("hi", config=config, clock=clock)
     finally:
@@ -890,7 +898,9 @@ def test_when_every_model_fails_the_rules_fallback_answers_marked_as_rules(
     rules.write_text("import sys\nprint('rule-based: ' + sys.stdin.read().split()[0])\n")
     entries = "    - " + json.dumps({"name": "dead", "base_url": dead_url(), "model": "m"})
     write_config(
-        FAST.format(entries=entries, jitter="none").replace("models:\n", f"models:\n  rules_fallback: [{PYTHON}, {rules}]\n")
+        FAST.format(entries=entries, jitter="none").replace(
+            "models:\n", f"models:\n  rules_fallback: [{PYTHON}, {rules}]\n"
+        )
     )
     result = ask(load_config(), clock)
     assert (result.content, result.endpoint, result.by_rules, result.fallback_used) == (

@@ -1192,12 +1192,36 @@ class _PrivateLoop:
         task = loop.create_task(make(local.clients))
         try:
             return loop.run_until_complete(task)
-        except BaseException:
+        except BaseException as exc:
             if not task.done():  # Ctrl-C while it ran: cancel the call too (it gives its permits back)
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     loop.run_until_complete(task)
+            if not isinstance(exc, Exception):
+                # Ctrl-C can land anywhere inside the HTTP stack, e.g. between a connection pool's taking
+                # its lock and the try that gives it back: the pool then makes every later request wait out
+                # its timeout. The thread's next call starts on a fresh loop with fresh clients.
+                self._discard_thread_loop()
             raise
+
+    def _discard_thread_loop(self) -> None:
+        local = self._local
+        loop, clients = local.loop, list(local.clients.values())
+        local.loop, local.clients = None, {}
+        with self._lock:
+            self._thread_loops = [(held, c) for held, c in self._thread_loops if held is not loop]
+        if loop is None or loop.is_closed():
+            return
+
+        async def close_all() -> None:
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+        with contextlib.suppress(BaseException):  # best effort: a poisoned pool may not close in time
+            loop.run_until_complete(asyncio.wait_for(close_all(), 1.0))
+        with contextlib.suppress(BaseException):
+            loop.close()
 
     def _ensure(self) -> tuple[asyncio.AbstractEventLoop, dict[tuple[str, str], openai.AsyncOpenAI]]:
         with self._lock:
