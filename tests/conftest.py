@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 PYTHON = sys.executable
 
+from helpers.scripts import call_script, run_script, script_env  # noqa: E402
+
 from selfheal import _testing  # noqa: E402
 from selfheal.core.config import Config, load_config  # noqa: E402
 from selfheal.state.root import StateRoot  # noqa: E402
@@ -105,9 +107,4 @@ def fleet_url(postgres: Cluster | External, monkeypatch: pytest.MonkeyPatch) -> 
     return url
 
 
-def script_env(home: Path, **extra: str) -> dict[str, str]:
-    """Environment for running a script as a user would, against a test state root."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
-    env["SELFHEAL_HOME"] = str(home)
-    env.update(extra)
-    return env
+__all__ = ["PYTHON", "ROOT", "SCRIPTS", "call_script", "run_script", "script_env"]

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.config import load_config
 from selfheal.state.root import StateRoot, write_json
 from selfheal.tasks.run import check_stuck
@@ -41,16 +41,9 @@ def fast(write_config: Callable[[str], Path]) -> None:
     )
 
 
-def tasks(home: Path, *args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, TASKS, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=script_env(home),
-        timeout=timeout,
-        cwd=cwd,
-    )
+def tasks(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """tasks.py in this process (conftest's call_script): the same main(), arguments, streams and exit code."""
+    return call_script("tasks.py", *args, home=home, cwd=cwd)
 
 
 def start(home: Path, *args: str) -> subprocess.Popen[str]:
