@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import PYTHON, ROOT, SCRIPTS, script_env
+from conftest import PYTHON, ROOT, SCRIPTS, call_script, script_env
 from selfheal.core.classify import Failure, classify_error
 from selfheal.core.config import Config, load_config
 from selfheal.core.ledger import Ledger
@@ -757,9 +757,7 @@ def test_many_tasks_are_bounded_and_the_report_says_so(tmp_path: Path) -> None:
 
 
 def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, ANALYZE, *args], capture_output=True, text=True, env=script_env(home, **env), timeout=120, check=False
-    )
+    return call_script("analyze_logs.py", *args, home=home, env=env)
 
 
 def test_json_is_one_object_and_an_alert_exits_1(tmp_path: Path, home: Path) -> None:

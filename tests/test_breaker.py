@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCRIPTS, script_env
+from conftest import SCRIPTS, call_script, script_env
 from selfheal.core.breaker import CLOSED, HALF_OPEN, OPEN, BreakerOpen, Breakers, Ejected
 from selfheal.core.config import Config, load_config
 from selfheal.core.ledger import Ledger
@@ -362,14 +362,7 @@ def test_async_calls_share_the_breaker(state: StateRoot, config: Config, clock: 
 
 
 def cli(home: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(SCRIPTS / script), *args],
-        capture_output=True,
-        text=True,
-        env=script_env(home),
-        check=False,
-        timeout=60,
-    )
+    return call_script(script, *args, home=home)
 
 
 def test_retry_run_target_is_refused_while_its_breaker_is_open(home: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from helpers.fake_gateway import LIVE, READY, FakeGateway
 from helpers.openclaw import free_port
 
-from conftest import PYTHON, ROOT, SCRIPTS, script_env
+from conftest import PYTHON, ROOT, SCRIPTS, call_script, script_env
 
 HEALTH_CHECK = str(SCRIPTS / "health_check.py")
 
@@ -28,13 +28,10 @@ def openclaw_dir(tmp_path: Path) -> Path:
 
 
 def run(home: Path, openclaw_dir: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    env = script_env(home, OPENCLAW_STATE_DIR=str(openclaw_dir))
-    env.pop("OPENCLAW_GATEWAY_PORT", None)  # this machine's OpenClaw settings are not the test's
-    env.pop("OPENCLAW_CONFIG_PATH", None)
-    env.update(extra)
-    return subprocess.run(
-        [PYTHON, HEALTH_CHECK, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    # this machine's OpenClaw settings are not the test's
+    env = {"OPENCLAW_STATE_DIR": str(openclaw_dir), **extra}
+    drop = ("OPENCLAW_GATEWAY_PORT", "OPENCLAW_CONFIG_PATH")
+    return call_script("health_check.py", *args, home=home, env=env, drop=drop)
 
 
 @pytest.fixture

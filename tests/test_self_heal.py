@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PYTHON, ROOT, SCRIPTS, script_env
+from conftest import PYTHON, ROOT, SCRIPTS, call_script, script_env
 from selfheal.core.breaker import Breakers
 from selfheal.core.config import Config, load_config
 from selfheal.core.ledger import Ledger
@@ -85,10 +85,8 @@ def good_analysis(**changes: Any) -> str:
     return json.dumps(answer)
 
 
-def run(home: Path, *args: str, script: str = SELF_HEAL, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, script, *args], capture_output=True, text=True, env=script_env(home), timeout=timeout, check=False
-    )
+def run(home: Path, *args: str, script: str = SELF_HEAL) -> subprocess.CompletedProcess[str]:
+    return call_script(Path(script).name, *args, home=home)
 
 
 # -- rules first ---------------------------------------------------------------------------------------------------

@@ -11,18 +11,14 @@ from pathlib import Path
 
 from helpers.fake_gateway import LIVE, FakeGateway
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import call_script
 from selfheal.observe import health
 from selfheal.observe.health import OK, SKIP
 from selfheal.state.skill_status import read_status, status_path
 
 
 def script(home: Path, name: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    env = script_env(home, **extra)
-    env.pop("OPENCLAW_GATEWAY_PORT", None)
-    return subprocess.run(
-        [PYTHON, str(SCRIPTS / name), *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return call_script(name, *args, home=home, env=extra, drop=("OPENCLAW_GATEWAY_PORT",))
 
 
 def test_the_health_check_writes_its_line_where_other_skills_write_theirs(home: Path, tmp_path: Path) -> None:

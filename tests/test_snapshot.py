@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import SCRIPTS, call_script, script_env
 from selfheal.durable import snapshot
 from selfheal.errors import CorruptStateError, InvalidIdError, LockBusy, UsageError
 from selfheal.state import root as store
@@ -232,15 +232,7 @@ def test_reads_and_writes_happen_under_the_session_lock(state: StateRoot, monkey
 
 
 def run(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, str(SCRIPTS / "snapshot.py"), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=script_env(home),
-        check=False,
-        timeout=60,
-    )
+    return call_script("snapshot.py", *args, home=home, stdin=stdin)
 
 
 def one_object(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.config import load_config
 from selfheal.state.root import StateRoot, write_json
 from selfheal.state.taskdb import SCHEMA_VERSION
@@ -26,10 +26,8 @@ TASKS = str(SCRIPTS / "tasks.py")
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
 
-def tasks(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, TASKS, *args], check=False, capture_output=True, text=True, env=script_env(home), timeout=timeout
-    )
+def tasks(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return call_script("tasks.py", *args, home=home)
 
 
 def open_store(home: Path) -> TaskStore:

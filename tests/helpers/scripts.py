@@ -43,9 +43,12 @@ def script_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _environment(home: Path, env: Mapping[str, str] | None, drop: tuple[str, ...]) -> dict[str, str]:
-    built = script_env(home, **dict(env or {}))
+    """script_env(home) without the variables in `drop` (this machine's settings that are not the test's),
+    then `env` on top."""
+    built = script_env(home)
     for name in drop:
         built.pop(name, None)
+    built.update(env or {})
     return built
 
 
