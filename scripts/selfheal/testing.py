@@ -208,8 +208,16 @@ class FakeModelServer:
             def do_GET(self) -> None:
                 server._handle(self)
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A client that gives up (a timeout, a cancelled call) resets its connection: what the
+                # faults are for, not an error of the server's worth a traceback on stderr.
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
+        self._httpd = Server((host, port), Handler)
         self._thread: threading.Thread | None = None
 
     # -- control ---------------------------------------------------------------------------------------------
