@@ -53,8 +53,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError
 from ..state import layout
+from ..state.breakers import CLOSED, OPEN, BreakerState, read_breaker
 from ..state.layout import SUBDIRS
-from ..state.root import StateRoot, read_json, read_json_shared, write_json
+from ..state.root import StateRoot, read_json, write_json
 from ..state.skill_status import STATUS_FILE_NAME, update_status
 
 if TYPE_CHECKING:
@@ -714,10 +715,14 @@ def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] 
     (Breakers.status() takes each breaker's exclusive lock and may save expired entries; a health check only
     looks, and does not import the breaker module.)
     """
-    records: list[tuple[str, Mapping[str, Any] | None]] = []
+    records: list[BreakerState] = []
     unreadable: list[str] = []
     if fleet is not None:
-        records = [(str(row.get("target")), row) for row in fleet]
+        for row in fleet:
+            try:
+                records.append(BreakerState.from_json(row, f"fleet row {row.get('target')!r}"))
+            except StateError as exc:
+                unreadable.append(f"{row.get('target')} ({exc})")
     else:
         folder = state.sub(layout.BREAKERS)
         try:
@@ -726,23 +731,20 @@ def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] 
             paths = []
         for path in paths:
             try:
-                records.append((path.stem, read_json_shared(path)))  # rewritten in place: read under a shared lock
+                found = read_breaker(path)  # rewritten in place: read under a shared lock
             except (OSError, StateError) as exc:  # a planted link is refused, not read; check_state_root names it
                 unreadable.append(f"{path.name} ({getattr(exc, 'detail', exc)})")
+            else:
+                if found is not None:
+                    records.append(found)
     not_closed: list[dict[str, Any]] = []
     lines: list[str] = []  # `vendor-api open until 2026-11-21T03:13:00Z (5 consecutive failures (transient))`
-    for name, data in records:
-        if data is None:
-            continue
-        state_now = data.get("state")
-        open_until = data.get("open_until")
-        if state_now == "open" and isinstance(open_until, (int, float)) and now >= open_until:
-            state_now = "half_open"  # its open time is over: the next call is a probe
-        if state_now in ("open", "half_open"):
-            target = data.get("target") or name
-            reason = data.get("reason")
+    for data in records:
+        state_now = data.effective_state(now)
+        if state_now != CLOSED:
+            target, reason, open_until = data.target, data.reason, data.open_until
             not_closed.append({"target": target, "state": state_now, "open_until": open_until, "reason": reason})
-            until = f" until {utc_iso(open_until)}" if state_now == "open" and open_until else ""
+            until = f" until {utc_iso(open_until)}" if state_now == OPEN and open_until else ""
             lines.append(f"{target} {state_now.replace('_', '-')}{until}" + (f" ({reason})" if reason else ""))
     result = {"breakers": len(records) + len(unreadable), "not_closed": not_closed, "unreadable": unreadable}
     if fleet is not None:
@@ -935,7 +937,7 @@ def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[Mapping[s
     hosts = [h["host"] for h in status["hosts"]]
     data = {"reachable": True, "spooled": waiting, "schema_version": status["schema_version"], "hosts": hosts}
     detail = f"fleet database reachable: {len(hosts)} host(s) ({_names(hosts)}), schema {status['schema_version']}"
-    breakers: list[Mapping[str, Any]] = [dict(b["data"] or {}, target=b["target"]) for b in status["breakers"]]
+    breakers: list[Mapping[str, Any]] = [dict(b["data"], target=b["target"]) for b in status["breakers"] if b["data"]]
     if waiting:
         return Check("fleet", WARN, detail + f"; {waiting} spooled ledger event(s) not yet replayed", data), breakers
     return Check("fleet", OK, detail, data), breakers
