@@ -50,7 +50,7 @@ from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree, sti
 from ..core.redact import LineRedactor, Redactor
 from ..core.runner import run_with_retry
 from ..core.runs import list_runs, new_run_id
-from ..durable.checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
+from ..durable.checkpoint import TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
 from ..durable.incident import Incident, new_incident_id, notify, write_incident
 from ..durable.workflow import WorkflowRunner, load_plan, status
 from ..errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
@@ -928,8 +928,8 @@ class TaskRunner:
         from_step = None
         if requeued:  # a person handed it back: a parked or failed plan resumes at its first unfinished step
             data = status(task.name, state=self.store.state)
-            if data is not None and data.get("status") in (TASK_DEAD_LETTER, TASK_FAILED):
-                from_step = next((n for n in data["order"] if data["steps"][n]["state"] != DONE), None)
+            if data is not None and data.status in (TASK_DEAD_LETTER, TASK_FAILED):
+                from_step = data.first_unfinished()
         runner = WorkflowRunner(
             plan,
             task.name,
