@@ -65,10 +65,11 @@ from ..state.breakers import (
 from ..state.records import RecordError
 from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, open_rewrite, validate_id, write_bytes_atomic
+from ..state.runs import recorded_process_gone
 from .config import BreakerSettings, StoreSettings
 from .fleet import fleet_database, host_id, mark_down, mark_up
 from .ledger import Ledger
-from .process import ProcessIdentity, identify, still_running
+from .process import ProcessIdentity, identify
 
 logger = logging.getLogger(__name__)
 
@@ -298,8 +299,7 @@ class Breakers:
                 if permit.started >= max(stale, remote_stale):
                     kept[pid_key] = permit
                 continue
-            owner = ProcessIdentity(permit.pid, permit.create_time) if permit.create_time else None
-            if permit.started >= stale and (owner is None or still_running(owner) is not None):
+            if permit.started >= stale and not recorded_process_gone(permit.pid, permit.create_time):
                 kept[pid_key] = permit
         data.permits = kept
 
