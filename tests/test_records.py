@@ -167,3 +167,52 @@ def test_the_records_import_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- incidents ---------------------------------------------------------------------------------------------
+
+# An incident exactly as the previous version writes it (a workflow's step failed, one step compensated).
+TODAYS_INCIDENT: dict[str, Any] = {
+    "id": "six-20261205T070000Z",
+    "task": "six",
+    "kind": "failed",
+    "summary": "self-heal: task six failed at step s4 (permanent): exit 1",
+    "error": "exit 1",
+    "error_class": "permanent",
+    "failed_step": "s4",
+    "last_completed_step": "s3",
+    "resume_command": "python3 workflow.py run plan.yaml --task six",
+    "compensated": ["s3"],
+    "compensation_failures": [{"step": "s2", "error": "exit 2"}],
+    "context": {"s1": {"stdout": "ok"}},
+    "plan": "/home/agent/plan.yaml",
+    "created": "2026-12-05T07:00:00Z",
+    "notified": {"ok": True, "exit_code": 0, "at": "2026-12-05T07:00:01Z"},
+}
+
+
+def test_an_incident_in_todays_shape_reads_back_the_same_and_keeps_newer_keys(home: Path) -> None:
+    from selfheal.durable.incident import read_incident, write_incident
+    from selfheal.state.incidents import Incident
+
+    state = StateRoot(home).ensure()
+    state.incident_file("six-20261205T070000Z").write_text(json.dumps({**TODAYS_INCIDENT, "ticket": "OPS-7"}))
+    incident = read_incident(state, "six-20261205T070000Z")
+    assert incident is not None and incident.failed_step == "s4" and incident.extra == {"ticket": "OPS-7"}
+    assert incident.to_json() == {**TODAYS_INCIDENT, "ticket": "OPS-7"}
+    incident.id = "six-again"
+    saved = json.loads(write_incident(state, incident).read_text())
+    assert saved["ticket"] == "OPS-7"
+    assert Incident.from_json(TODAYS_INCIDENT, "a literal").to_json() == TODAYS_INCIDENT
+
+
+def test_an_incident_with_a_wrong_field_names_the_file_the_key_and_the_value(home: Path) -> None:
+    from selfheal.durable.incident import read_incident
+    from selfheal.errors import CorruptStateError
+
+    state = StateRoot(home).ensure()
+    path = state.incident_file("six-20261205T070000Z")
+    path.write_text(json.dumps({**TODAYS_INCIDENT, "compensated": "s3"}))
+    with pytest.raises(CorruptStateError, match=r"compensated: must be a list \(value 's3'\)") as info:
+        read_incident(state, "six-20261205T070000Z")
+    assert str(path) in str(info.value) and info.value.quarantined_to is not None
