@@ -216,3 +216,57 @@ def test_an_incident_with_a_wrong_field_names_the_file_the_key_and_the_value(hom
     with pytest.raises(CorruptStateError, match=r"compensated: must be a list \(value 's3'\)") as info:
         read_incident(state, "six-20261205T070000Z")
     assert str(path) in str(info.value) and info.value.quarantined_to is not None
+
+
+# -- fix records -------------------------------------------------------------------------------------------
+
+TODAYS_FIX: dict[str, Any] = {
+    "id": "FIX-nightly-001",
+    "task": "nightly",
+    "signature": "connection refused to <path>",
+    "key": "0123456789abcdef",
+    "error_class": "transient",
+    "kind": "task",
+    "root_cause": "the database was down",
+    "problems": ["the database was down"],
+    "fix_steps": ["start the database", "run the task again"],
+    "target_module": None,
+    "success_criteria": "the task completes",
+    "source": "rule:connection_refused",
+    "confidence": 0.8,
+    "status": "open",
+    "review": {"verdict": "ready", "objections": []},
+    "actions": ["requeue_task"],
+    "evidence": {"excerpt": "ECONNREFUSED"},
+    "area": "infra",
+    "occurrences": 2,
+    "seen": ["2026-12-05T07:00:00Z"],
+    "first_seen": "2026-12-05T07:00:00Z",
+    "last_seen": "2026-12-05T07:10:00Z",
+    "created": "2026-12-05T07:00:01Z",
+    "updated": "2026-12-05T07:10:01Z",
+    "notes": [],
+    "history": [{"ts": "2026-12-05T07:00:01Z", "what": "created"}],
+}
+
+
+def test_a_fix_record_in_todays_shape_reads_back_the_same_and_keeps_newer_keys() -> None:
+    from selfheal.state.fixes import FixRecord
+
+    record = FixRecord.from_json({**TODAYS_FIX, "owner": "ops"}, "fixes/FIX-nightly-001.json")
+    assert (record.occurrences, record.ready, record.extra) == (2, True, {"owner": "ops"})
+    assert record.to_json() == {**TODAYS_FIX, "owner": "ops"}
+
+
+def test_a_fix_record_with_a_wrong_field_is_reported_by_the_listing_and_the_others_still_show(home: Path) -> None:
+    """The store lists the readable records and names the file, the key and the value of the bad one."""
+    from selfheal.state.fixes import FixStore
+
+    store = FixStore(StateRoot(home))
+    store.folder.joinpath("FIX-nightly-001.json").write_text(json.dumps(TODAYS_FIX))
+    bad = store.folder / "FIX-nightly-002.json"
+    bad.write_text(json.dumps({**TODAYS_FIX, "id": "FIX-nightly-002", "occurrences": "2"}))
+    assert [r.id for r in store.all()] == ["FIX-nightly-001"]
+    assert store.problems == [f"{bad}: occurrences: must be a whole number >= 0 (value '2')"]
+    with pytest.raises(RecordError, match="occurrences"):
+        store.get("FIX-nightly-002")
