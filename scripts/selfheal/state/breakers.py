@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import CorruptStateError
-from .records import Fields, RecordError, split
+from .records import Fields, RecordError, Spec, split
 from .root import read_json_shared
 
 BreakerStateName = Literal["closed", "open", "half_open"]
@@ -54,18 +55,18 @@ class HeldPermit:
     def from_json(cls, data: Any, where: str | Path, inside: str = "") -> HeldPermit:
         f = Fields(data, where, "a permit", inside=inside)
         f.require("pid", "started")
-        return cls(
-            pid=f.whole("pid"),
-            started=f.number("started"),
-            probe=f.flag("probe"),
-            eject_probe=f.flag("eject_probe"),
-            host=f.text("host", optional=True),
-            create_time=f.number("create_time", optional=True),
-            extra=split(data, _PERMIT_FIELDS),
-        )
+        return cls(**f.read(_PERMIT_SPEC), extra=split(data, _PERMIT_FIELDS))
 
 
 _PERMIT_FIELDS = frozenset(f.name for f in dataclasses.fields(HeldPermit)) - {"extra"}
+_PERMIT_SPEC: Spec = (
+    ("pid", "whole", 0),
+    ("started", "number", 0.0),
+    ("probe", "flag", False),
+    ("eject_probe", "flag", False),
+    ("host", "text?", None),
+    ("create_time", "number?", None),
+)
 
 
 @dataclass
@@ -147,38 +148,40 @@ class BreakerState:
         f = Fields(data, where, "a breaker")
         f.require("state", "window", "permits")
         window = f.array("window")
-        for bucket in window:
-            if not (isinstance(bucket, list) and len(bucket) == 3 and all(_number(x) for x in bucket)):
-                raise f.bad("window", "must be a list of [start, successes, failures]")
+        # Read on every request: checked by C-level passes (up to 60 buckets), not a loop per bucket.
+        if window and not (
+            _LIST.issuperset(map(type, window))
+            and _THREE.issuperset(map(len, window))
+            and _NUMBERS.issuperset(map(type, chain.from_iterable(window)))
+        ):
+            raise f.bad("window", "must be a list of [start, successes, failures]")
         permits = {str(k): HeldPermit.from_json(v, where, f"permits.{k}") for k, v in f.object("permits").items()}
         name = f.text("target", target, optional=True)
         if name is None:
             raise f.bad("target", "missing")
-        return cls(
-            target=name,
-            state=f.choice("state", STATES),
-            consecutive_failures=f.count("consecutive_failures"),
-            trips=f.count("trips"),
-            opened_at=f.number("opened_at", optional=True),
-            open_until=f.number("open_until", optional=True),
-            probe_successes=f.count("probe_successes"),
-            window=window,
-            permits=permits,
-            last_error_class=f.text("last_error_class", optional=True),
-            last_change=f.number("last_change", optional=True),
-            reason=f.text("reason", optional=True),
-            ejected_until=f.number("ejected_until", optional=True),
-            ejections=f.count("ejections"),
-            eject_reason=f.text("eject_reason", optional=True),
-            extra=split(data, _FIELDS),
-        )
+        state = f.choice("state", STATES)
+        return cls(name, state, window=window, permits=permits, **f.read(_SPEC), extra=split(data, _FIELDS))
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(BreakerState)) - {"extra"}
+# The fields checked in one pass (target, state, window and permits are checked above).
+_SPEC: Spec = (
+    ("consecutive_failures", "count", 0),
+    ("trips", "count", 0),
+    ("opened_at", "number?", None),
+    ("open_until", "number?", None),
+    ("probe_successes", "count", 0),
+    ("last_error_class", "text?", None),
+    ("last_change", "number?", None),
+    ("reason", "text?", None),
+    ("ejected_until", "number?", None),
+    ("ejections", "count", 0),
+    ("eject_reason", "text?", None),
+)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_NUMBERS = frozenset({int, float})  # exactly: a bool is not a count
+_LIST, _THREE = frozenset({list}), frozenset({3})
 
 
 def parse_breaker(data: Any, path: Path) -> BreakerState:

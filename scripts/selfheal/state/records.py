@@ -41,8 +41,20 @@ def split(data: Mapping[str, Any], known: Collection[str], derived: Collection[s
     return {k: v for k, v in data.items() if k not in known and k not in derived}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_MISSING: Any = object()
+# The kinds JSON gives, compared exactly (type(), not isinstance()): a bool is not a number, and it is faster.
+_NUMBERS = frozenset({int, float})
+# Fields.read's kinds: the JSON types each accepts, and what the message says otherwise.
+KINDS: dict[str, tuple[frozenset[type], str]] = {
+    "text": (frozenset({str}), "must be a string"),
+    "number": (_NUMBERS, "must be a number"),
+    "count": (frozenset({int}), "must be a whole number >= 0"),
+    "whole": (frozenset({int}), "must be a whole number"),
+    "flag": (frozenset({bool}), "must be true or false"),
+    "list": (frozenset({list}), "must be a list"),
+    "object": (frozenset({dict}), "must be an object"),
+}
+Spec = tuple[tuple[str, str, Any], ...]
 
 
 class Fields:
@@ -69,10 +81,28 @@ class Fields:
             if key not in self.data:
                 raise self.bad(key, "missing")
 
-    def _get(self, key: str, default: Any, optional: bool, ok: bool, why: str) -> Any:
-        if key not in self.data:
+    def read(self, spec: Spec) -> dict[str, Any]:
+        """Every field `spec` names, checked, in one pass (for records read on every request): each entry is
+        (key, kind, default), a kind one of `KINDS`, ending in `?` where null is allowed too. A missing
+        key takes its default (a fresh empty list or object for those kinds)."""
+        data, out = self.data, {}
+        for key, kind, default in spec:
+            value = data.get(key, _MISSING)
+            if value is _MISSING:
+                value = [] if kind == "list" else {} if kind == "object" else default
+            elif value is None and kind[-1] == "?":
+                pass
+            else:
+                types, why = KINDS[kind.rstrip("?")]
+                if type(value) not in types or (kind == "count" and value < 0):
+                    raise self.bad(key, why + (" or null" if kind[-1] == "?" else ""))
+            out[key] = value
+        return out
+
+    def _get(self, key: str, value: Any, default: Any, optional: bool, *, ok: bool, why: str) -> Any:
+        """`value` is data[key], or _MISSING; `ok`, whether it is of the kind asked for."""
+        if value is _MISSING:
             return default
-        value = self.data[key]
         if value is None and optional:
             return None
         if not ok:
@@ -80,41 +110,41 @@ class Fields:
         return value
 
     def text(self, key: str, default: Any = None, *, optional: bool = False) -> Any:
-        value = self.data.get(key)
-        return self._get(key, default, optional, isinstance(value, str), "must be a string")
+        value = self.data.get(key, _MISSING)
+        return self._get(key, value, default, optional, ok=type(value) is str, why="must be a string")
 
     def choice(self, key: str, allowed: Iterable[str], default: Any = None) -> Any:
+        value = self.data.get(key, _MISSING)
         allowed = tuple(allowed)
-        return self._get(key, default, False, self.data.get(key) in allowed, f"must be one of {', '.join(allowed)}")
+        return self._get(key, value, default, False, ok=value in allowed, why=f"must be one of {', '.join(allowed)}")
 
     def count(self, key: str, default: Any = 0, *, optional: bool = False) -> Any:
         """A whole number >= 0."""
-        value = self.data.get(key)
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        return self._get(key, default, optional, ok, "must be a whole number >= 0")
+        value = self.data.get(key, _MISSING)
+        ok = type(value) is int and value >= 0
+        return self._get(key, value, default, optional, ok=ok, why="must be a whole number >= 0")
 
     def whole(self, key: str, default: Any = None, *, optional: bool = False) -> Any:
-        value = self.data.get(key)
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return self._get(key, default, optional, ok, "must be a whole number")
+        value = self.data.get(key, _MISSING)
+        return self._get(key, value, default, optional, ok=type(value) is int, why="must be a whole number")
 
     def number(self, key: str, default: Any = None, *, optional: bool = False) -> Any:
         """A number (seconds, a timestamp): int or float, never a bool."""
-        return self._get(key, default, optional, _is_number(self.data.get(key)), "must be a number")
+        value = self.data.get(key, _MISSING)
+        return self._get(key, value, default, optional, ok=type(value) in _NUMBERS, why="must be a number")
 
     def flag(self, key: str, default: Any = False, *, optional: bool = False) -> Any:
-        value = self.data.get(key)
-        return self._get(key, default, optional, isinstance(value, bool), "must be true or false")
+        value = self.data.get(key, _MISSING)
+        return self._get(key, value, default, optional, ok=type(value) is bool, why="must be true or false")
 
     def array(self, key: str, *, optional: bool = False) -> Any:
         """A list; missing: an empty one (None, if optional)."""
-        value = self.data.get(key)
-        return self._get(key, None if optional else [], optional, isinstance(value, list), "must be a list")
+        value = self.data.get(key, _MISSING)
+        return self._get(key, value, None if optional else [], optional, ok=type(value) is list, why="must be a list")
 
     def object(self, key: str, *, optional: bool = False) -> Any:
         """A JSON object; missing: an empty one (None, if optional)."""
-        value = self.data.get(key)
-        return self._get(key, None if optional else {}, optional, isinstance(value, dict), "must be an object")
-
-    def any(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
+        value = self.data.get(key, _MISSING)
+        return self._get(
+            key, value, None if optional else {}, optional, ok=type(value) is dict, why="must be an object"
+        )
