@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .records import Fields, split
+from .records import Fields, Spec, split
 
 StepState = Literal["pending", "running", "done", "failed", "compensated", "compensation_failed"]
 PENDING: StepState = "pending"
@@ -85,26 +85,11 @@ class StepRecord:
     @classmethod
     def from_json(cls, data: Any, where: str | Path, inside: str = "") -> StepRecord:
         f = Fields(data, where, "a step", inside=inside)
-        converted = f.array("converted", optional=True)
-        if converted is not None and not all(isinstance(c, str) for c in converted):
+        values = f.read(_STEP_SPEC)  # one pass: a checkpoint of 10,000 steps reads 10,000 of these
+        converted = values["converted"]
+        if converted is not None and not all(type(c) is str for c in converted):
             raise f.bad("converted", "must be a list of strings")
-        return cls(
-            state=f.choice("state", STEP_STATES, PENDING),
-            attempts=f.count("attempts"),
-            run_id=f.text("run_id", optional=True),
-            outputs=f.object("outputs"),
-            started=f.text("started", optional=True),
-            ended=f.text("ended", optional=True),
-            duration_s=f.number("duration_s", optional=True),
-            exit_code=f.whole("exit_code", optional=True),
-            error_class=f.text("error_class", optional=True),
-            reason=f.text("reason", optional=True),
-            ran=f.flag("ran", None, optional=True),
-            compensated=f.flag("compensated", None, optional=True),
-            fallback=f.flag("fallback", None, optional=True),
-            converted=converted,
-            extra=split(data, _STEP_FIELDS),
-        )
+        return cls(state=f.choice("state", STEP_STATES, PENDING), **values, extra=split(data, _STEP_FIELDS))
 
     @property
     def undo_due(self) -> bool:
@@ -117,6 +102,21 @@ class StepRecord:
 
 _SOMETIMES = ("ran", "compensated", "fallback", "converted")
 _STEP_FIELDS = frozenset(f.name for f in dataclasses.fields(StepRecord)) - {"extra"}
+_STEP_SPEC: Spec = (
+    ("attempts", "count", 0),
+    ("run_id", "text?", None),
+    ("outputs", "object", None),
+    ("started", "text?", None),
+    ("ended", "text?", None),
+    ("duration_s", "number?", None),
+    ("exit_code", "whole?", None),
+    ("error_class", "text?", None),
+    ("reason", "text?", None),
+    ("ran", "flag?", None),
+    ("compensated", "flag?", None),
+    ("fallback", "flag?", None),
+    ("converted", "list?", None),
+)
 
 
 @dataclass
