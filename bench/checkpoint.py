@@ -9,10 +9,12 @@ step has run once; then each write changes one step, in the order the workflow s
 running, its attempt count, done with its outputs. That change is not timed; the write is
 (serialisation included, for every candidate).
 
-self-heal (the target): `selfheal.durable.checkpoint.Checkpoints.save(task, doc)`, what a workflow calls
-after each step: a two-slot file (selfheal.state.root.SlotFile) in which the older slot is overwritten in
-place (one pwrite of compact JSON with its SHA-256) and fdatasync'd; the file's size never changes, so
-no metadata needs committing, and a torn write leaves the previous save readable.
+self-heal (the target): `selfheal.durable.checkpoint.Checkpoints.save(task, checkpoint)`, what a workflow
+calls after each step, with the typed record (state/checkpoints.py) the workflow keeps (its `to_json()` is
+timed with the write; bringing the changed step into the record is not): a two-slot file
+(selfheal.state.root.SlotFile) in which the older slot is overwritten in place (one pwrite of compact JSON
+with its SHA-256) and fdatasync'd; the file's size never changes, so no metadata needs committing, and a
+torn write leaves the previous save readable.
 
 Context for self-heal: `selfheal.state.root.write_json(path, doc, durable=True)`, the atomic replace every
 other state file uses (serialise, write a temp file in the same folder, fsync it, os.replace() it over
@@ -67,6 +69,8 @@ from _common import machine, machine_line, markdown_table
 import selfheal
 from selfheal.clock import utc_iso
 from selfheal.durable.checkpoint import Checkpoints
+from selfheal.state.checkpoints import Checkpoint as CheckpointRecord
+from selfheal.state.checkpoints import StepRecord
 from selfheal.state.root import StateRoot, dumps, ensure_dir, read_json, write_json
 
 WRITES, ROUNDS = 200, 7  # default: timed writes per candidate per round, rounds
@@ -206,6 +210,9 @@ class Candidate:
         self.writes = 0
         self.seconds_by_round: list[list[float]] = []
 
+    def prepare(self, step: str) -> None:
+        """Bring the change to `step` into the candidate's own form of the document (untimed)."""
+
     def write(self, step: str) -> None:
         raise NotImplementedError
 
@@ -220,6 +227,7 @@ class Candidate:
         times = []
         for _ in range(n):
             step = advance(self.doc)
+            self.prepare(step)
             start = time.perf_counter()
             self.write(step)
             times.append(time.perf_counter() - start)
@@ -268,12 +276,19 @@ class Checkpoint(Candidate):
         super().__init__(folder, steps)
         self.checkpoints = Checkpoints(StateRoot(self.folder))
         self.doc["task"] = TASK
+        self.record = CheckpointRecord.from_json(self.doc, "the benchmark's document")
+
+    def prepare(self, step: str) -> None:
+        self.record.steps[step] = StepRecord.from_json(self.doc["steps"][step], "the benchmark's document")
+        self.record.updated = self.doc["updated"]
+        self.record.extra["seq"] = self.doc["seq"]
 
     def write(self, step: str) -> None:
-        self.checkpoints.save(TASK, self.doc)
+        self.checkpoints.save(TASK, self.record)
 
     def check(self) -> dict[str, Any]:
-        holds_last = Checkpoints(StateRoot(self.folder)).load(TASK) == json.loads(dumps(self.doc))
+        loaded = Checkpoints(StateRoot(self.folder)).load(TASK)
+        holds_last = loaded is not None and loaded.to_json() == json.loads(dumps(self.doc))
         folder = self.checkpoints.path(TASK).parent
         leftovers = sorted(p.name for p in folder.iterdir() if p.name != f"{TASK}.json")
         return {

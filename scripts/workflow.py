@@ -44,6 +44,7 @@ from selfheal.durable.workflow import (  # noqa: E402
     task_id_from_template,
 )
 from selfheal.errors import EXIT_OK, EXIT_USAGE  # noqa: E402
+from selfheal.state.checkpoints import Checkpoint  # noqa: E402
 
 
 def _progress_printer() -> Any:
@@ -68,18 +69,18 @@ def _progress_printer() -> Any:
     return show
 
 
-def _status_lines(data: dict[str, Any]) -> list[str]:
-    lines = [f"task {data['task']}: {data['status']} (plan {data['plan'].get('path') or data['plan'].get('name')})"]
-    for name in data["order"]:
-        step = data["steps"][name]
-        detail = f"{step['attempts']} attempt(s)" if step["attempts"] else "not started"
-        if step.get("duration_s") is not None:
-            detail += f", {step['duration_s']:.1f}s"
-        if step.get("reason") and step["state"] != "done":
-            detail += f": {step['reason']}"
-        lines.append(f"  {name}: {step['state']} ({detail})")
-    if data.get("incident"):
-        lines.append(f"incident: {data['incident']}")
+def _status_lines(data: Checkpoint) -> list[str]:
+    lines = [f"task {data.task}: {data.status} (plan {data.plan.path or data.plan.name})"]
+    for name in data.order:
+        step = data.steps[name]
+        detail = f"{step.attempts} attempt(s)" if step.attempts else "not started"
+        if step.duration_s is not None:
+            detail += f", {step.duration_s:.1f}s"
+        if step.reason and step.state != "done":
+            detail += f": {step.reason}"
+        lines.append(f"  {name}: {step.state} ({detail})")
+    if data.incident:
+        lines.append(f"incident: {data.incident}")
     return lines
 
 
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cli.say(f"no checkpoint for task {args.task!r}")
             return EXIT_USAGE
         if args.json:
-            cli.emit_json({"ok": True, **data})
+            cli.emit_json({"ok": True, **data.to_json()})
         else:
             print("\n".join(_status_lines(data)))
         return EXIT_OK

@@ -451,12 +451,12 @@ def test_readers_never_see_a_half_written_breaker_while_processes_update_it(
     while any(p.poll() is None for p in procs):
         data = read_breaker(path)
         if data is not None:
-            assert data["target"] == "busy-api" and data["state"] == "closed"
+            assert (data.target, data.state) == ("busy-api", "closed")
             reads += 1
     granted = sum(json.loads(p.communicate()[0])["granted"] for p in procs)
     final = read_breaker(path)
     assert final is not None and reads > 100
-    assert sum(bucket[1] for bucket in final["window"]) == granted  # every success counted, none lost
+    assert sum(bucket[1] for bucket in final.window) == granted  # every success counted, none lost
     assert not list(path.parent.glob("busy-api.json.corrupt-*"))
 
 
@@ -491,3 +491,121 @@ def test_breakers_trip_makes_retry_run_wait_without_running_the_command(home: Pa
     assert cli(home, "retry_run.py", "--target", "vendor", "--", *command).returncode == 0
     bad = cli(home, "breakers.py", "trip", "vendor", "--for", "-1")
     assert bad.returncode == 2 and "--for" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# -- the saved record (state/breakers.py) ---------------------------------------------------------------------
+
+# A breaker file exactly as the previous version writes it: open after five failures, one permit in flight.
+TODAYS_FILE = (
+    '{"consecutive_failures":5,"eject_reason":"5 of the last 5 calls failed within 60s","ejected_until":1800000010.0,'
+    '"ejections":1,"last_change":1800000000.0,"last_error_class":"transient","open_until":1800000060.0,'
+    '"opened_at":1800000000.0,"permits":{"0e7b057ff5c2":{"create_time":1799999990.5,"eject_probe":false,"host":null,'
+    '"pid":4242,"probe":false,"started":1800000000.0}},"probe_successes":0,"reason":"5 consecutive failures '
+    '(transient)","state":"open","target":"vendor-api","trips":1,"window":[[1800000000.0,0,5]]}'
+)
+
+
+def test_a_file_in_todays_shape_reads_and_writes_back_byte_for_byte(tmp_path: Path) -> None:
+    """The typed record reads the file the previous version wrote and encodes it to the very same bytes."""
+    from selfheal.core.breaker import _encode
+    from selfheal.state.breakers import BreakerState, read_breaker
+
+    path = tmp_path / "vendor-api.json"
+    path.write_text(TODAYS_FILE)
+    record = read_breaker(path)
+    assert isinstance(record, BreakerState)
+    assert (record.state, record.open_until, record.trips, record.window) == (
+        OPEN,
+        1800000060.0,
+        1,
+        [[1800000000.0, 0, 5]],
+    )
+    assert record.permits["0e7b057ff5c2"].pid == 4242
+    assert _encode(record) == TODAYS_FILE.encode()
+
+
+def test_a_newer_versions_key_survives_a_read_modify_write(
+    breakers: Breakers, state: StateRoot, clock: FakeClock
+) -> None:
+    """Keys this version does not know, in the breaker and in a permit, are written back as they were."""
+    path = state.sub("breakers") / "vendor-api.json"
+    data = json.loads(TODAYS_FILE)
+    data["permits"] = {"other": {"pid": 1, "started": 1e12, "probe": False, "lease": {"v": 2}}}
+    data["future"] = {"weights": [1, 2]}
+    path.write_text(json.dumps(data))
+    clock.advance(1800000060.0 - clock.time())
+    succeed(breakers, target="vendor-api", times=breakers.settings.close_after)  # half-open, probes, closed
+    saved = json.loads(path.read_text())
+    assert saved["state"] == CLOSED and saved["future"] == {"weights": [1, 2]}
+    assert saved["permits"]["other"]["lease"] == {"v": 2}
+    breakers.reset("vendor-api")
+    assert json.loads(path.read_text())["future"] == {"weights": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("trips", "two"), ("state", "opne"), ("open_until", True), ("window", [[1, 2]]), ("permits", [])],
+)
+def test_a_wrong_field_is_reported_with_the_file_the_key_and_the_value(
+    breakers: Breakers, state: StateRoot, key: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader names the file, the key and the value; a writer sets the file aside and starts closed."""
+    from selfheal.errors import CorruptStateError
+    from selfheal.state.breakers import read_breaker
+
+    path = state.sub("breakers") / "vendor-api.json"
+    path.write_text(json.dumps({**json.loads(TODAYS_FILE), key: value}))
+    with pytest.raises(CorruptStateError) as caught:
+        read_breaker(path)
+    assert str(path) in str(caught.value) and key in str(caught.value) and repr(value) in str(caught.value)
+    assert breakers.acquire("vendor-api").probe is False  # set aside: a fresh, closed breaker
+    assert list(path.parent.glob("vendor-api.json.corrupt-*"))
+    assert f"{key}: " in caplog.text and repr(value) in caplog.text
+
+
+def test_a_permit_with_a_wrong_field_names_the_permit(tmp_path: Path) -> None:
+    """A permit's own fields are checked too, and the message says which permit."""
+    from selfheal.errors import CorruptStateError
+    from selfheal.state.breakers import read_breaker
+
+    data = json.loads(TODAYS_FILE)
+    data["permits"]["0e7b057ff5c2"]["pid"] = "4242"
+    path = tmp_path / "vendor-api.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CorruptStateError, match=r"permits\.0e7b057ff5c2\.pid: must be a whole number \(value '4242'\)"):
+        read_breaker(path)
+
+
+@pytest.mark.parametrize(
+    ("offset", "expected"), [(-0.001, OPEN), (0.0, HALF_OPEN), (5.0, HALF_OPEN)], ids=["before", "at", "after"]
+)
+def test_the_half_open_rule_at_the_edge_of_open_until(offset: float, expected: str) -> None:
+    """Open until `open_until`, exactly then and after half-open (the next request probes); one rule for all."""
+    from selfheal.state.breakers import BreakerState
+
+    record = BreakerState.from_json(json.loads(TODAYS_FILE), "a literal")
+    now = 1800000060.0 + offset
+    assert record.effective_state(now) == expected
+    assert record.is_open(now) is (expected == OPEN)
+    assert record.is_half_open(now) is (expected == HALF_OPEN)
+
+
+def test_exactly_at_open_until_every_reader_sees_half_open(
+    breakers: Breakers, state: StateRoot, clock: FakeClock
+) -> None:
+    """The health check, status() and acquire() agree at the edge: the first request there is the probe."""
+    from selfheal.observe.health import check_breakers
+
+    fail(breakers, times=5)
+    until = breakers.status("qwen")["open_until"]
+    clock.advance(until - clock.time())
+    assert check_breakers(state, clock.time()).data["not_closed"][0]["state"] == HALF_OPEN
+    assert breakers.status("qwen")["state"] == HALF_OPEN
+    assert breakers.acquire("qwen").probe
+
+
+def test_an_open_breaker_with_no_open_until_is_half_open() -> None:
+    """An open record without an end (hand-edited) is past its time: it probes rather than wedging."""
+    from selfheal.state.breakers import BreakerState
+
+    assert BreakerState("x", state=OPEN).effective_state(0.0) == HALF_OPEN

@@ -449,6 +449,21 @@ def test_fleet_init_creates_the_schema_and_status_shows_hosts_and_breakers(
     assert report["breakers"] == [{"target": "qwen", "state": "closed", "permits_by_host": {"box-2": 1}}]
 
 
+def test_fleet_status_shows_an_open_breaker_past_its_time_as_half_open(
+    fleet_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """The fleet's listing applies the record's half-open rule, as the health check and breakers.py do."""
+    from selfheal.core.fleet import fleet_report
+
+    config = load_config()
+    box = host(config, "box-1", tmp_path, clock)
+    box.trip("qwen", 30.0)
+    spool = tmp_path / "spool.jsonl"
+    assert fleet_report(config.store, spool, clock=clock)["breakers"][0]["state"] == OPEN
+    clock.advance(30.0)
+    assert fleet_report(config.store, spool, clock=clock)["breakers"][0]["state"] == "half_open"
+
+
 def test_fleet_status_without_fleet_mode_or_database_says_why(home: Path, tmp_path: Path) -> None:
     """No URL: exit 2 naming the setting; an unreachable database: exit 1, degraded, the password masked."""
     proc = tasks_fleet(home, "status")

@@ -386,3 +386,49 @@ def test_keep_comes_from_the_settings(state: StateRoot, write_config: Any) -> No
     """snapshots.keep in config.yaml sets how many messages a save keeps."""
     write_config("snapshots: {keep: 10}\n")
     assert len(snapshot.save("s1", chat(50), root=state).messages) == 10
+
+
+# -- the saved record (state/snapshots.py) --------------------------------------------------------------------
+
+# A snapshot exactly as the previous version writes it: marked interrupted after two messages.
+TODAYS_SNAPSHOT = {
+    "session_id": "s1",
+    "saved": 1800000000.0,
+    "message_count": 2,
+    "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}],
+    "state": {"step": 3},
+    "interrupted": True,
+    "interrupted_at": 1800000005.5,
+    "reason": "gateway restarted",
+}
+
+
+def test_a_snapshot_in_todays_shape_is_restored(state: StateRoot) -> None:
+    """The previous version's file reads as the same snapshot, and its document is the same."""
+    (state.sub("sessions") / "s1.json").write_text(json.dumps(TODAYS_SNAPSHOT))
+    restored = snapshot.restore("s1", root=state)
+    assert restored is not None and restored.to_json() == TODAYS_SNAPSHOT
+    assert (restored.message_count, restored.interrupted_at, restored.reason) == (2, 1800000005.5, "gateway restarted")
+
+
+def test_a_newer_versions_keys_survive_marking_a_snapshot_interrupted(state: StateRoot, clock: FakeClock) -> None:
+    """mark_interrupted reads, changes and writes back the file: keys it does not know are kept."""
+    path = state.sub("sessions") / "s1.json"
+    path.write_text(json.dumps({**TODAYS_SNAPSHOT, "interrupted": False, "model": {"name": "qwen3"}}))
+    snapshot.mark_interrupted("s1", reason="crash", clock=clock, root=state)
+    saved = json.loads(path.read_text())
+    assert (saved["interrupted"], saved["reason"], saved["model"]) == (True, "crash", {"name": "qwen3"})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("saved", "yesterday"), ("message_count", -1), ("interrupted", "no"), ("state", [])]
+)
+def test_a_snapshot_with_a_wrong_field_names_the_file_the_key_and_the_value(
+    state: StateRoot, key: str, value: Any
+) -> None:
+    path = state.sub("sessions") / "s1.json"
+    path.write_text(json.dumps({**TODAYS_SNAPSHOT, key: value}))
+    with pytest.raises(CorruptStateError) as info:
+        snapshot.restore("s1", root=state)
+    message = str(info.value)
+    assert str(path) in message and f"{key}: " in message and repr(value) in message

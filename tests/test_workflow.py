@@ -239,9 +239,9 @@ def test_resume_kills_the_orphaned_child_and_reruns_the_step(tmp_path: Path, fas
     record.child_started(__import__("selfheal.core.process", fromlist=["identify"]).identify(orphan.pid))
     runner = WorkflowRunner(load_plan(plan), "six", config=fast)
     data = runner._fresh()
-    data["steps"]["s1"].update(state="done", attempts=1)
-    data["steps"]["s2"].update(state="running", attempts=1, run_id="six.s2-dead")
-    data["done_at_last_run"] = 1
+    data.steps["s1"].state, data.steps["s1"].attempts = "done", 1
+    data.steps["s2"].state, data.steps["s2"].attempts, data.steps["s2"].run_id = "running", 1, "six.s2-dead"
+    data.done_at_last_run = 1
     Checkpoints(state).save("six", data)
     result = runner.run()
     assert result.status == "completed" and result.resumed
@@ -265,7 +265,7 @@ def test_an_in_flight_step_whose_outputs_exist_counts_as_done(tmp_path: Path, fa
     (tmp_path / "export.csv").write_text("x\n")
     runner = WorkflowRunner(load_plan(plan), "exp", config=fast)
     data = runner._fresh()
-    data["steps"]["export"].update(state="running", attempts=1)
+    data.steps["export"].state, data.steps["export"].attempts = "running", 1
     Checkpoints(StateRoot(home).ensure()).save("exp", data)
     assert runner.run().status == "completed"
     assert journal(tmp_path) == ["mail"]
@@ -288,7 +288,7 @@ def test_a_crash_does_not_reset_a_steps_retry_budget(tmp_path: Path, fast: Confi
     )
     runner = WorkflowRunner(load_plan(plan), "budget", config=fast)
     data = runner._fresh()
-    data["steps"]["flaky"].update(state="running", attempts=3)
+    data.steps["flaky"].state, data.steps["flaky"].attempts = "running", 3
     Checkpoints(StateRoot(home).ensure()).save("budget", data)
     result = runner.run()
     assert result.status == "failed" and journal(tmp_path) == ["try"]
@@ -300,8 +300,8 @@ def test_resumes_without_progress_park_the_task_as_dead_letter(tmp_path: Path, f
     plan = six_steps(tmp_path, failing=None)
     runner = WorkflowRunner(load_plan(plan), "stuck", config=fast)
     data = runner._fresh()
-    data["steps"]["s1"].update(state="running", attempts=1)
-    data["resumes_without_progress"] = fast.workflows.max_resumes_without_progress
+    data.steps["s1"].state, data.steps["s1"].attempts = "running", 1
+    data.resumes_without_progress = fast.workflows.max_resumes_without_progress
     Checkpoints(StateRoot(home).ensure()).save("stuck", data)
     result = runner.run()
     assert result.status == "dead_letter" and result.exit_status == 3
@@ -717,7 +717,123 @@ def test_a_long_plan_saves_each_step_as_a_journal_line_not_the_whole_checkpoint(
     snapshot = json.loads((home / "checkpoints" / "long.json").read_text())
     assert max(slot["seq"] for slot in snapshot) < 10  # full writes; the rest went to long.journal
     data = status("long")
-    assert data is not None and all(data["steps"][f"s{i}"]["state"] == "done" for i in range(400))
-    assert data["steps"]["s399"]["outputs"] == {"i": 399} and data["status"] == "completed"
+    assert data is not None and all(data.steps[f"s{i}"].state == "done" for i in range(400))
+    assert data.steps["s399"].outputs == {"i": 399} and data.status == "completed"
     again = wf.run(task="long", config=fast)
     assert again.status == "completed" and ran == list(range(400))  # nothing ran twice
+
+
+# -- the saved record (state/checkpoints.py) ------------------------------------------------------------------
+
+
+def todays_checkpoint(plan: Path) -> dict[str, Any]:
+    """A checkpoint exactly as the previous version saves it: step `a` done, `b` never started."""
+    return {
+        "task": "t",
+        "plan": {"name": "two", "path": str(plan), "digest": "0" * 64},
+        "status": "interrupted",
+        "order": ["a", "b"],
+        "steps": {
+            "a": {
+                "state": "done",
+                "attempts": 1,
+                "run_id": "t.a-20261205T070000Z-4242",
+                "outputs": {"stdout": "hello"},
+                "started": "2026-12-05T07:00:00Z",
+                "ended": "2026-12-05T07:00:01Z",
+                "duration_s": 1.25,
+                "exit_code": 0,
+                "error_class": None,
+                "reason": None,
+                "ran": True,
+                "compensated": False,
+            },
+            "b": {
+                "state": "pending",
+                "attempts": 0,
+                "run_id": None,
+                "outputs": {},
+                "started": None,
+                "ended": None,
+                "duration_s": None,
+                "exit_code": None,
+                "error_class": None,
+                "reason": None,
+            },
+        },
+        "runs": 1,
+        "resumes_without_progress": 0,
+        "done_at_last_run": 0,
+        "created": "2026-12-05T07:00:00Z",
+        "updated": "2026-12-05T07:00:01Z",
+        "incident": None,
+    }
+
+
+def two_steps(folder: Path) -> Path:
+    return write_plan(
+        folder,
+        """
+        name: two
+        steps:
+          - {name: a, shell: "echo a >> journal; echo hello", outputs: {stdout: true}}
+          - {name: b, shell: "echo b >> journal"}
+    """,
+    )
+
+
+def test_a_checkpoint_in_todays_shape_reads_back_exactly_and_resumes(tmp_path: Path, fast: Config, home: Path) -> None:
+    """The typed record turns the previous version's document into the same document, and a run resumes it."""
+    from selfheal.state.checkpoints import Checkpoint
+
+    plan = two_steps(tmp_path)
+    literal = todays_checkpoint(plan)
+    assert Checkpoint.from_json(json.loads(json.dumps(literal)), "a literal").to_json() == literal
+    path = Checkpoints(StateRoot(home).ensure()).path("t")
+    path.write_text(json.dumps(literal))  # a plain JSON file, as written before the two-slot format
+    assert run(plan, "t", config=fast).status == "completed"
+    assert journal(tmp_path) == ["b"]
+
+
+def test_a_newer_versions_keys_survive_a_run_of_the_checkpoint(tmp_path: Path, fast: Config, home: Path) -> None:
+    """Keys this version does not know, in the task, its plan and a step, are saved back as they were."""
+    plan = two_steps(tmp_path)
+    literal = todays_checkpoint(plan)
+    literal["lease"] = {"holder": "host-b"}
+    literal["plan"]["signature"] = "sig"
+    literal["steps"]["a"]["cost_usd"] = 0.25
+    literal["steps"]["b"]["cost_usd"] = 0.5
+    Checkpoints(StateRoot(home).ensure()).path("t").write_text(json.dumps(literal))
+    assert run(plan, "t", config=fast).status == "completed"
+    saved = Checkpoints(StateRoot(home)).load("t")
+    assert saved is not None
+    data = saved.to_json()
+    assert data["lease"] == {"holder": "host-b"} and data["plan"]["signature"] == "sig"
+    assert (data["steps"]["a"]["cost_usd"], data["steps"]["b"]["cost_usd"]) == (0.25, 0.5)
+    assert data["steps"]["b"]["state"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "value"),
+    [
+        (lambda d: d["steps"]["a"].update(attempts="three"), "steps.a.attempts", "three"),
+        (lambda d: d.update(status="paused"), "status", "paused"),
+        (lambda d: d.update(order=["a"]), "order", ["a"]),
+        (lambda d: d["plan"].update(path=7), "plan.path", 7),
+    ],
+    ids=["step-attempts", "status", "order", "plan-path"],
+)
+def test_a_checkpoint_with_a_wrong_field_names_the_file_the_key_and_the_value(
+    tmp_path: Path, fast: Config, home: Path, change: Callable[[dict[str, Any]], None], key: str, value: Any
+) -> None:
+    """A wrong field makes the checkpoint unreadable like a torn one (moved aside, nothing run), and says which."""
+    plan = two_steps(tmp_path)
+    literal = todays_checkpoint(plan)
+    change(literal)
+    path = Checkpoints(StateRoot(home).ensure()).path("t")
+    path.write_text(json.dumps(literal))
+    with pytest.raises(CheckpointUnreadable) as info:
+        run(plan, "t", config=fast)
+    message = str(info.value)
+    assert str(path) in message and f"{key}: " in message and repr(value) in message
+    assert journal(tmp_path) == [] and list(path.parent.glob("t.json.corrupt-*"))

@@ -23,7 +23,8 @@ Every request reads and updates its target's file, so the file is cheap to chang
 place under an exclusive `flock` of the file itself (compact JSON, no temporary file, no rename, no
 fsync), and read under a shared one. A process killed mid-write leaves a file the next reader cannot
 parse: that file is moved aside (reported) and the breaker starts closed, which costs at most a few
-requests. `read_breaker()` reads one for anyone else (the health check).
+requests. The record itself, and the rule that an open breaker past its time is half-open, are
+state/breakers.py's (`BreakerState`); `read_breaker()` there reads one for anyone else (the health check).
 
 Fleet mode (store.url): the same record lives in one PostgreSQL row per target, changed under
 `SELECT ... FOR UPDATE`, so every host shares one breaker per target. Permits carry their host: a
@@ -34,6 +35,7 @@ permit of this host is checked by pid and start time as above, one of another ho
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import fcntl
 import functools
@@ -50,16 +52,27 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError, UsageError
 from ..state import layout
+from ..state.breakers import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    BreakerState,
+    BreakerStateName,
+    HeldPermit,
+    parse_breaker,
+    read_breaker,
+)
+from ..state.records import RecordError
 from ..state.redact import active as active_redactor
-from ..state.root import StateRoot, open_rewrite, read_json_shared, validate_id, write_bytes_atomic
+from ..state.root import StateRoot, open_rewrite, validate_id, write_bytes_atomic
+from ..state.runs import recorded_process_gone
 from .config import BreakerSettings, StoreSettings
 from .fleet import fleet_database, host_id, mark_down, mark_up
 from .ledger import Ledger
-from .process import ProcessIdentity, identify, still_running
+from .process import ProcessIdentity, identify
 
 logger = logging.getLogger(__name__)
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 # The sliding window is kept as counts per time bucket ([start, successes, failures]), about this many
 # per window: its size, and the cost of every update, stay the same however many calls are made.
 _BUCKETS_PER_WINDOW = 60
@@ -102,12 +115,17 @@ def _identity_of(pid: int) -> ProcessIdentity | None:
     return identify(pid)
 
 
-def _encode(data: dict[str, Any]) -> bytes:
-    """The file's bytes (rewritten in place, not through the state root's helpers: redacted here)."""
-    return json.dumps(active_redactor().obj(data), sort_keys=True, separators=(",", ":")).encode()
+def _encode(data: BreakerState) -> bytes:
+    """The file's bytes (rewritten in place, not through the state root's helpers: redacted here). The window
+    holds only numbers (checked on read, counted here), so the redactor skips it: most of a busy file."""
+    doc = data.to_json()
+    window = doc.pop("window")
+    doc = active_redactor().obj(doc)
+    doc["window"] = window
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _decode(raw: bytes, path: Path) -> dict[str, Any] | None:
+def _decode(raw: bytes, path: Path) -> BreakerState | None:
     """The breaker in `raw`, None for an empty (new) file; CorruptStateError if it cannot be one."""
     if not raw.strip():
         return None
@@ -115,13 +133,7 @@ def _decode(raw: bytes, path: Path) -> dict[str, Any] | None:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptStateError(path, None, f"invalid JSON: {exc}") from None
-    return _checked(data, path)
-
-
-def _checked(data: object, path: Path) -> dict[str, Any]:
-    if not isinstance(data, dict) or "state" not in data or "window" not in data or "permits" not in data:
-        raise CorruptStateError(path, None, "not a breaker")
-    return data
+    return parse_breaker(data, path)
 
 
 def _read_fd(fd: int) -> bytes:
@@ -131,31 +143,11 @@ def _read_fd(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_breaker(path: Path) -> dict[str, Any] | None:
-    """One breaker file as it stands, read under a shared lock (never half-written); None if absent.
-    Raises CorruptStateError for a file that is not a breaker (nothing is moved: only writers do that)."""
-    data = read_json_shared(path)
-    return None if data is None else _checked(data, path)
-
-
-def _fresh(target: str) -> dict[str, Any]:
-    return {
-        "target": target,
-        "state": CLOSED,
-        "consecutive_failures": 0,
-        "trips": 0,
-        "opened_at": None,
-        "open_until": None,
-        "probe_successes": 0,
-        "window": [],
-        "permits": {},
-        "last_error_class": None,
-        "last_change": None,
-        "reason": None,
-        "ejected_until": None,
-        "ejections": 0,
-        "eject_reason": None,
-    }
+def _row(data: dict[str, Any] | None, target: str) -> BreakerState:
+    """The fleet's row for `target` as a record (a fresh closed breaker for a target never seen)."""
+    if data is None:
+        return BreakerState(target)
+    return BreakerState.from_json(data, f"fleet breaker row {target!r}", target=target)
 
 
 class UnknownTarget(UsageError):
@@ -199,10 +191,10 @@ class Breakers:
         return None if self.store is None else fleet_database(self.store, clock=self.clock)
 
     @contextlib.contextmanager
-    def _locked(self, target: str) -> Iterator[dict[str, Any]]:
-        """The target's state under an exclusive lock (the fleet's row, else this host's file); whatever
-        the block leaves in it is written back before the lock is released. The record's `_shared` key
-        says, while the block runs, which one it got."""
+    def _locked(self, target: str) -> Iterator[tuple[BreakerState, bool]]:
+        """The target's state under an exclusive lock (the fleet's row, else this host's file), and whether
+        it is the fleet's; whatever the block leaves in the record is written back before the lock is
+        released."""
         validate_id(target, "target")
         db = self._shared()
         if db is not None:
@@ -211,20 +203,22 @@ class Breakers:
             ran = body_failed = False
             try:
                 with locked_breaker(db, target) as row:
-                    data = row.data or _fresh(target)
-                    before = data["state"]
+                    try:
+                        data = _row(row.data, target)
+                    except RecordError as exc:  # like an unreadable file: the breaker starts closed
+                        logger.warning("%s; the breaker for %r starts closed", exc, target)
+                        data = BreakerState(target)
+                    before = data.state
                     self._expire(data)
                     for orphan in _take_orphans(target):  # released here while the database was down
-                        data["permits"].pop(orphan, None)
-                    data["_shared"] = True
+                        data.permits.pop(orphan, None)
                     ran = True
                     try:
-                        yield data
+                        yield data, True
                     except BaseException:
                         body_failed = True
                         raise
-                    data.pop("_shared", None)
-                    row.data = data
+                    row.data = data.to_json()
             except StateError as exc:
                 if body_failed:
                     raise
@@ -243,17 +237,15 @@ class Breakers:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = _read_fd(fd)
             try:
-                data = _decode(raw, path) or _fresh(target)
+                data = _decode(raw, path) or BreakerState(target)
             except CorruptStateError as exc:
                 moved = _set_aside(path, raw, self.clock.time())
                 logger.warning("%s; set aside as %s; the breaker for %r starts closed", exc, moved, target)
-                data = _fresh(target)
+                data = BreakerState(target)
                 raw = b""
-            before = data["state"]
+            before = data.state
             self._expire(data)
-            data["_shared"] = False
-            yield data
-            data.pop("_shared", None)
+            yield data, False
             new = _encode(data)
             if new != raw:  # a refused request, or a look, changes nothing: no write
                 try:
@@ -265,19 +257,19 @@ class Breakers:
             os.close(fd)  # releases the lock
         self._record_move(target, before, data)
 
-    def _record_move(self, target: str, before: str, data: dict[str, Any]) -> None:
-        if data["state"] == OPEN:
-            _seen_open[target] = data["open_until"]
+    def _record_move(self, target: str, before: str, data: BreakerState) -> None:
+        if data.state == OPEN and data.open_until is not None:
+            _seen_open[target] = data.open_until
         else:
             _seen_open.pop(target, None)
-        if data["state"] != before and self.ledger is not None:
-            fields: dict[str, Any] = {"reason": data.get("reason"), "trips": data.get("trips")}
-            if data["state"] == OPEN:
-                fields["error_class"] = data.get("last_error_class")
-                fields["open_for_s"] = round(data["open_until"] - data["opened_at"], 3)
-            self.ledger.record("breaker", target=target, status=data["state"], **fields)
+        if data.state != before and self.ledger is not None:
+            fields: dict[str, Any] = {"reason": data.reason, "trips": data.trips}
+            if data.state == OPEN:
+                fields["error_class"] = data.last_error_class
+                fields["open_for_s"] = round((data.open_until or 0.0) - (data.opened_at or 0.0), 3)
+            self.ledger.record("breaker", target=target, status=data.state, **fields)
 
-    def _load(self, target: str) -> dict[str, Any]:
+    def _load(self, target: str) -> BreakerState:
         """The target's state as last written, or a fresh closed breaker (an unreadable file is dealt
         with by the next writer, under the exclusive lock)."""
         db = self._shared()
@@ -285,49 +277,54 @@ class Breakers:
             from ..state.pg import read_breaker_row  # noqa: PLC0415 - psycopg only in fleet mode
 
             try:
-                return read_breaker_row(db, validate_id(target, "target")) or _fresh(target)
+                found = read_breaker_row(db, validate_id(target, "target"))
             except StateError as exc:
                 mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
+            else:
+                try:
+                    return _row(found, target)
+                except RecordError:  # the next writer logs it and starts the breaker closed
+                    return BreakerState(target)
         try:
-            return read_breaker(self._path(target)) or _fresh(target)
+            return read_breaker(self._path(target)) or BreakerState(target)
         except CorruptStateError:
-            return _fresh(target)
+            return BreakerState(target)
 
-    def _expire(self, data: dict[str, Any]) -> None:
+    def _expire(self, data: BreakerState) -> None:
         """Drop window entries older than the window, and permits whose process is gone or too old."""
         now = self.clock.time()
         horizon = now - self.settings.window_s
-        data["window"] = [bucket for bucket in data["window"] if bucket[0] >= horizon]
+        data.window = [bucket for bucket in data.window if bucket[0] >= horizon]
         stale = now - self.settings.stale_permit_s
         # Another host's process cannot be looked up from here: its permit lasts store.remote_permit_s.
         remote_stale = now - self.store.remote_permit_s if self.store is not None else stale
         kept = {}
-        for pid_key, permit in data["permits"].items():
-            if permit.get("host", self.host) != self.host:
-                if permit["started"] >= max(stale, remote_stale):
+        for pid_key, permit in data.permits.items():
+            if permit.host is not None and permit.host != self.host:
+                if permit.started >= max(stale, remote_stale):
                     kept[pid_key] = permit
                 continue
-            owner = ProcessIdentity(permit["pid"], permit["create_time"]) if permit.get("create_time") else None
-            if permit["started"] >= stale and (owner is None or still_running(owner) is not None):
+            if permit.started >= stale and not recorded_process_gone(permit.pid, permit.create_time):
                 kept[pid_key] = permit
-        data["permits"] = kept
+        data.permits = kept
 
-    def _move(self, data: dict[str, Any], state: str, reason: str) -> None:
+    def _move(self, data: BreakerState, state: BreakerStateName, reason: str, open_for: float | None = None) -> None:
+        """Move to `state`; to open, for `open_for` seconds (default: open_s, longer with each trip)."""
         now = self.clock.time()
-        data["state"] = state
-        data["reason"] = reason
-        data["last_change"] = now
+        data.state = state
+        data.reason = reason
+        data.last_change = now
+        data.probe_successes = 0
         if state == OPEN:
-            data["trips"] += 1
+            data.trips += 1
             s = self.settings
-            open_for = min(s.open_max_s, s.open_s * s.open_multiplier ** (data["trips"] - 1))
-            data["opened_at"] = now
-            data["open_until"] = now + open_for
-            data["probe_successes"] = 0
-        elif state == HALF_OPEN:
-            data["probe_successes"] = 0
-        else:  # closed: a full recovery forgets the trips
-            data.update(trips=0, consecutive_failures=0, opened_at=None, open_until=None, probe_successes=0)
+            if open_for is None:
+                open_for = min(s.open_max_s, s.open_s * s.open_multiplier ** (data.trips - 1))
+            data.opened_at = now
+            data.open_until = now + open_for
+        elif state == CLOSED:  # a full recovery forgets the trips
+            data.trips = data.consecutive_failures = 0
+            data.opened_at = data.open_until = None
 
     # -- the public operations -------------------------------------------------------------------------------
 
@@ -352,29 +349,29 @@ class Breakers:
         # breaker open (then a refusal takes one round trip and no row lock), else the locked read serves.
         fleet = self.store is not None and self.store.fleet
         seen = self._load(target) if not fleet or _seen_open.get(target, 0) > self.clock.time() else None
-        if seen is not None and seen["state"] == OPEN and self.clock.time() < (seen["open_until"] or 0):
-            raise BreakerOpen(target, OPEN, seen["open_until"], seen.get("reason") or "open")
-        if avoid_ejected and seen is not None and self.clock.time() < (seen.get("ejected_until") or 0):
-            raise Ejected(target, "ejected", seen["ejected_until"], seen.get("eject_reason") or "failing often")
+        if seen is not None and seen.is_open(self.clock.time()):
+            raise BreakerOpen(target, OPEN, seen.open_until, seen.reason or "open")
+        if avoid_ejected and seen is not None and seen.is_ejected(self.clock.time()):
+            raise Ejected(target, "ejected", seen.ejected_until, seen.eject_reason or "failing often")
         eject_probe = False
-        with self._locked(target) as data:
+        with self._locked(target) as (data, shared):
             now = self.clock.time()
-            if avoid_ejected and data.get("ejected_until") is not None:
-                if now < data["ejected_until"]:
-                    raise Ejected(target, "ejected", data["ejected_until"], data.get("eject_reason") or "ejected")
-                if any(p.get("eject_probe") for p in data["permits"].values()):
+            if avoid_ejected and data.ejected_until is not None:
+                if data.is_ejected(now):
+                    raise Ejected(target, "ejected", data.ejected_until, data.eject_reason or "ejected")
+                if any(p.eject_probe for p in data.permits.values()):
                     raise Ejected(target, "ejected", None, "a probe is testing it after its ejection")
                 eject_probe = True
-            if data["state"] == OPEN:
-                if now < data["open_until"]:
-                    _seen_open[target] = data["open_until"]
-                    raise BreakerOpen(target, OPEN, data["open_until"], data.get("reason") or "open")
+            if data.is_open(now):
+                _seen_open[target] = data.open_until or now
+                raise BreakerOpen(target, OPEN, data.open_until, data.reason or "open")
+            if data.state == OPEN and data.is_half_open(now):
                 self._move(data, HALF_OPEN, "open period over; probing")
-            in_flight = list(data["permits"].values())
-            probe = data["state"] == HALF_OPEN
-            if probe and sum(1 for p in in_flight if p["probe"]) >= s.half_open_probes:
+            in_flight = list(data.permits.values())
+            probe = data.state == HALF_OPEN
+            if probe and sum(1 for p in in_flight if p.probe) >= s.half_open_probes:
                 raise BreakerOpen(target, HALF_OPEN, None, "a probe is already testing it")
-            failures = data["consecutive_failures"]
+            failures = data.consecutive_failures
             if not probe and failures and len(in_flight) >= s.failure_threshold - failures:
                 raise BreakerOpen(
                     target,
@@ -382,17 +379,15 @@ class Breakers:
                     None,
                     f"{failures} recent failures and {len(in_flight)} requests in flight use the failure budget",
                 )
-            permit = Permit(
-                target, secrets.token_hex(6), probe, eject_probe=eject_probe, shared=bool(data.get("_shared"))
+            permit = Permit(target, secrets.token_hex(6), probe, eject_probe=eject_probe, shared=shared)
+            data.permits[permit.id] = HeldPermit(
+                host=self.host,
+                pid=os.getpid(),
+                create_time=self._me.create_time if self._me else None,
+                started=now,
+                probe=probe,
+                eject_probe=eject_probe,
             )
-            data["permits"][permit.id] = {
-                "host": self.host,
-                "pid": os.getpid(),
-                "create_time": self._me.create_time if self._me else None,
-                "started": now,
-                "probe": probe,
-                "eject_probe": eject_probe,
-            }
         return permit
 
     def release(self, permit: Permit, *, ok: bool, error_class: str | None = None, eject: str | None = None) -> None:
@@ -407,9 +402,9 @@ class Breakers:
 
     def _release(self, permit: Permit, *, ok: bool, error_class: str | None, eject: str | None) -> None:
         s = self.settings
-        with self._locked(permit.target) as data:
-            data["permits"].pop(permit.id, None)
-            if permit.shared and not data.get("_shared"):
+        with self._locked(permit.target) as (data, shared):
+            data.permits.pop(permit.id, None)
+            if permit.shared and not shared:
                 # Granted by the fleet's row, released while its database is down: the row still holds
                 # the permit (a probe's would block probing); it is dropped there at the next chance.
                 _orphans.setdefault(permit.target, set()).add(permit.id)
@@ -418,50 +413,47 @@ class Breakers:
             if ok or counted:
                 self._count(data, now, ok=ok)
             if counted:
-                data["last_error_class"] = error_class
+                data.last_error_class = error_class
             self._judge_ejection(data, permit, now, ok=ok, counted=counted, eject=eject)
-            state = data["state"]
-            if state == HALF_OPEN and permit.probe:
+            if data.state == HALF_OPEN and permit.probe:
                 if ok:
-                    data["probe_successes"] += 1
-                    if data["probe_successes"] >= s.close_after:
-                        self._move(data, CLOSED, f"{data['probe_successes']} probes succeeded")
+                    data.probe_successes += 1
+                    if data.probe_successes >= s.close_after:
+                        self._move(data, CLOSED, f"{data.probe_successes} probes succeeded")
                 elif counted:
                     self._move(data, OPEN, f"probe failed ({error_class})")
-            elif state == CLOSED:
+            elif data.state == CLOSED:
                 if ok:
-                    data["consecutive_failures"] = 0
+                    data.consecutive_failures = 0
                 elif counted:
-                    data["consecutive_failures"] += 1
+                    data.consecutive_failures += 1
                     why = self._trip_reason(data, error_class)
                     if why:
                         self._move(data, OPEN, why)
 
     def _judge_ejection(
-        self, data: dict[str, Any], permit: Permit, now: float, *, ok: bool, counted: bool, eject: str | None
+        self, data: BreakerState, permit: Permit, now: float, *, ok: bool, counted: bool, eject: str | None
     ) -> None:
         s = self.settings
-        data.setdefault("ejected_until", None)
-        data.setdefault("ejections", 0)
-        if ok and not any(bucket[2] for bucket in data["window"]):
-            data["ejections"] = 0  # a clean window: the next ejection starts short again
+        if ok and not data.failures_in_window:
+            data.ejections = 0  # a clean window: the next ejection starts short again
         why = eject
-        if why is None and counted and data["state"] == CLOSED:
+        if why is None and counted and data.state == CLOSED:
             if permit.eject_probe:
-                why = f"its probe failed ({data.get('last_error_class')})"
+                why = f"its probe failed ({data.last_error_class})"
             else:
-                why = self.ejection_reason(data["window"])
+                why = self.ejection_reason(data.window)
         if why is not None:
-            if data.get("ejected_until") is not None and now < data["ejected_until"] and not permit.eject_probe:
+            if data.is_ejected(now) and not permit.eject_probe:
                 return  # already ejected (a request that started before)
-            data["ejections"] += 1
-            length = min(s.eject_max_s, s.eject_s * 2 ** (data["ejections"] - 1))
-            data["ejected_until"] = now + length
-            data["eject_reason"] = why
-            logger.info("%s ejected for %gs: %s", data["target"], length, why)
+            data.ejections += 1
+            length = min(s.eject_max_s, s.eject_s * 2 ** (data.ejections - 1))
+            data.ejected_until = now + length
+            data.eject_reason = why
+            logger.info("%s ejected for %gs: %s", data.target, length, why)
         elif permit.eject_probe:
-            data["ejected_until"] = None  # the probe came back without a counted failure: traffic returns
-            data["eject_reason"] = None
+            data.ejected_until = None  # the probe came back without a counted failure: traffic returns
+            data.eject_reason = None
 
     def ejection_reason(self, window: list[list[float]], *, failing: bool = False) -> str | None:
         """Why the window (plus one more failure, with `failing`) calls for an ejection, or None."""
@@ -478,37 +470,36 @@ class Breakers:
             return False
         seen = self._load(target)
         horizon = self.clock.time() - self.settings.window_s
-        return self.ejection_reason([b for b in seen["window"] if b[0] >= horizon], failing=True) is not None
+        return self.ejection_reason([b for b in seen.window if b[0] >= horizon], failing=True) is not None
 
-    def _trip_reason(self, data: dict[str, Any], error_class: str | None) -> str | None:
+    def _trip_reason(self, data: BreakerState, error_class: str | None) -> str | None:
         s = self.settings
         if error_class in s.open_at_once:
             return f"{error_class} failure"
-        if data["consecutive_failures"] >= s.failure_threshold:
-            return f"{data['consecutive_failures']} consecutive failures ({error_class})"
-        calls = _calls(data["window"])
+        if data.consecutive_failures >= s.failure_threshold:
+            return f"{data.consecutive_failures} consecutive failures ({error_class})"
+        calls = data.calls_in_window
         if calls >= s.min_calls:
-            failed = sum(bucket[2] for bucket in data["window"])
+            failed = data.failures_in_window
             if failed / calls >= s.failure_rate:
-                return f"{failed} of the last {calls} calls failed within {s.window_s:g}s"
+                return f"{failed:g} of the last {calls} calls failed within {s.window_s:g}s"
         return None
 
-    def _count(self, data: dict[str, Any], now: float, *, ok: bool) -> None:
+    def _count(self, data: BreakerState, now: float, *, ok: bool) -> None:
         """Add one call to the current time bucket of the window."""
         width = self.settings.window_s / _BUCKETS_PER_WINDOW
         start = now - now % width
-        window = data["window"]
+        window = data.window
         if not window or window[-1][0] != start:
             window.append([start, 0, 0])
         window[-1][1 if ok else 2] += 1
 
     def status(self, target: str) -> dict[str, Any]:
-        """The target's breaker as it stands now (an open one past its time reads as half_open)."""
-        with self._locked(target) as data:
-            view = dict(data)
-        view.pop("_shared", None)
-        if view["state"] == OPEN and self.clock.time() >= view["open_until"]:
-            view["state"] = HALF_OPEN
+        """The target's breaker as it stands now (an open one past its time reads as half_open), as a dict
+        for printing: the record's fields less its window and permits, which are counted instead."""
+        with self._locked(target) as (data, _):
+            view = data.to_json()
+        view["state"] = data.effective_state(self.clock.time())
         view["in_flight"] = len(view.pop("permits"))
         view["calls_in_window"] = _calls(view.pop("window"))
         return view
@@ -534,9 +525,8 @@ class Breakers:
         length = self.settings.open_s if open_for_s is None else open_for_s
         if not length > 0:
             raise ValueError(f"open_for_s must be above 0, got {open_for_s!r}")
-        with self._locked(target) as data:
-            self._move(data, OPEN, f"{reason} for {length:g}s")
-            data["open_until"] = data["opened_at"] + length
+        with self._locked(target) as (data, _):
+            self._move(data, OPEN, f"{reason} for {length:g}s", open_for=length)
 
     def reset(self, target: str, *, existing_only: bool = False) -> None:
         """Close the breaker and forget its history (a person's decision, recorded in the ledger).
@@ -544,10 +534,13 @@ class Breakers:
         `existing_only`: a target with no breaker yet is an error (a typo), not a new closed breaker."""
         if existing_only and not self._path(target).exists():
             raise UnknownTarget(target, self.targets())
-        with self._locked(target) as data:
-            permits = data["permits"]
-            data.clear()
-            data.update(_fresh(target), permits=permits, reason="reset by hand", last_change=self.clock.time())
+        with self._locked(target) as (data, _):
+            # A newer version's keys are kept, like everything else that is not the breaker's history.
+            fresh = BreakerState(
+                target, permits=data.permits, reason="reset by hand", last_change=self.clock.time(), extra=data.extra
+            )
+            for f in dataclasses.fields(BreakerState):
+                setattr(data, f.name, getattr(fresh, f.name))
 
 
 # Until when this process last saw each target's breaker open (wall time): worth an unlocked read first.

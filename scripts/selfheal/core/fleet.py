@@ -8,6 +8,7 @@ dead database costs one connect attempt per process per period, not one per requ
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import StateError, UsageError
+from ..state.breakers import BreakerState
 from .config import StoreSettings, mask_url_password
 
 if TYPE_CHECKING:
@@ -83,9 +85,12 @@ def down_reason(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> str | N
     return down[1] if down is not None and clock.monotonic() < down[0] else None
 
 
-def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False) -> dict[str, Any]:
+def fleet_report(
+    store: StoreSettings, spool: Path, *, init: bool = False, clock: Clock = SYSTEM_CLOCK
+) -> dict[str, Any]:
     """`tasks.py fleet init|status`: connect (creating or migrating the schema), then the fleet at a
-    glance: hosts and their last heartbeat, breakers with the permits each host holds, the ledger.
+    glance: hosts and their last heartbeat, breakers with the permits each host holds (and their state now:
+    an open one past its time reads half_open), the ledger.
     Raises UsageError when fleet mode is off; `reachable` is False (with `error`) when the database is down."""
     if store.url is None:
         raise UsageError(
@@ -112,7 +117,11 @@ def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False) -> di
     try:
         report.update(fleet_status(db), reachable=True)  # the first connection migrates the schema
         for breaker in report["breakers"]:
-            breaker.pop("data", None)
+            data = breaker.pop("data", None)
+            if data:
+                with contextlib.suppress(StateError):  # a bad row is shown as stored; the next writer resets it
+                    record = BreakerState.from_json(data, "fleet breaker row", target=breaker["target"])
+                    breaker["state"] = record.effective_state(clock.time())
     except StateError as exc:
         report.update(reachable=False, error=str(exc))
     finally:

@@ -31,6 +31,7 @@ from typing import Protocol
 import psutil
 
 from ..clock import SYSTEM_CLOCK, Clock
+from ..state.runs import live_process
 
 logger = logging.getLogger(__name__)
 
@@ -105,16 +106,9 @@ def identify(pid: int) -> ProcessIdentity | None:
 
 
 def still_running(identity: ProcessIdentity) -> psutil.Process | None:
-    """The live process with this identity, or None if it ended or its pid now belongs to another."""
-    try:
-        proc = psutil.Process(identity.pid)
-        if abs(proc.create_time() - identity.create_time) > 0.01:
-            return None
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
+    """The live process with this identity, or None if it ended or its pid now belongs to another
+    (state.runs.live_process: the one rule)."""
+    return live_process(identity.pid, identity.create_time)
 
 
 def kill_tree(identity: ProcessIdentity, *, grace_s: float, clock: Clock = SYSTEM_CLOCK) -> list[int]:

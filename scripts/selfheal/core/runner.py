@@ -201,8 +201,8 @@ def run_with_retry(
     except LockBusy as exc:
         holder = running_for_task(state, task)
         if holder is not None:
-            pid = (holder.get("supervisor") or {}).get("pid")
-            exc.holder = f"run {holder.get('run_id')}, pid {pid}"
+            pid = holder.supervisor.pid if holder.supervisor else None
+            exc.holder = f"run {holder.run_id}, pid {pid}"
             exc.args = (f"task {task!r} is already running ({exc.holder})",)
         raise
 
@@ -340,7 +340,7 @@ class _CommandRun:
                     target=self.target,
                     reason=str(exc),
                     status=STOP_INTERRUPTED,
-                    attempt=self.record.data["attempt"],
+                    attempt=self.record.data.attempt,
                     run_id=self.run_id,
                 )
             outcome = self._outcome("interrupted", STOP_INTERRUPTED)
@@ -354,7 +354,7 @@ class _CommandRun:
         """One attempt: run the command within what is left of the deadline; raise if it failed."""
         remaining = self.deadline_s - (self.clock.monotonic() - self.started)
         per_attempt = remaining if self.timeout_s is None else min(self.timeout_s, remaining)
-        env = dict(self.env, SELFHEAL_RUN_ID=self.run_id, SELFHEAL_ATTEMPT=str(self.record.data["attempt"]))
+        env = dict(self.env, SELFHEAL_RUN_ID=self.run_id, SELFHEAL_ATTEMPT=str(self.record.data.attempt))
         if self.task is not None:
             env["SELFHEAL_TASK"] = self.task
         proc = self.config.process
@@ -377,7 +377,7 @@ class _CommandRun:
         )
         for item in result.left_behind:
             cmd = self.redactor.text(item.cmd)
-            self.left_behind.append(dict(item.to_dict(), cmd=cmd, attempt=self.record.data["attempt"]))
+            self.left_behind.append(dict(item.to_dict(), cmd=cmd, attempt=self.record.data.attempt))
             logger.warning(
                 "%sthe command left pid %d (%s) running: %s",
                 f"task {self.task}: " if self.task else "",

@@ -2,7 +2,8 @@
 
 A record names the task, the supervising process and the current child (pid plus start time), when it
 started, its last heartbeat and its last output. A health check compares those to now to tell a live
-run from a stuck one (no output) or a dead one (heartbeat stopped, supervisor gone).
+run from a stuck one (no output) or a dead one (heartbeat stopped, supervisor gone). The record itself
+(`RunState`) and the rule that says whether a recorded process lives are state/runs.py's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted, StateError, UnsafeStateError
 from ..state import layout
-from ..state.root import StateRoot, read_json, unlink, write_json
+from ..state.records import RecordError
+from ..state.root import StateRoot, quarantine, read_json, unlink, write_json
+from ..state.runs import FINISHED, RUNNING, ProcessRef, RunState, live_process
 
 if TYPE_CHECKING:
     import psutil
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RUNNING = "running"
+__all__ = ["FINISHED", "RUNNING", "Orphan", "OrphanRunning", "RunRecord", "RunState", "list_runs", "new_run_id"]
 
 
 def new_run_id(task: str | None, now: float) -> str:
@@ -60,33 +63,23 @@ class RunRecord:
         self.heartbeat_s = heartbeat_s
         self._last_write = float("-inf")
         me = identify(os.getpid())
-        self.data: dict[str, Any] = {
-            "run_id": run_id,
-            "task": task,
-            "target": target,
-            "argv": argv,
-            "status": RUNNING,
-            "host": socket.gethostname(),
-            "supervisor": me.to_dict() if me else {"pid": os.getpid(), "create_time": None},
-            "child": None,
-            "phase": "starting",  # running (a child is up) | waiting (backoff before the next attempt)
-            "next_attempt_ts": None,
-            "attempt": 0,
-            "started": utc_iso(clock.time()),
-            "started_ts": clock.time(),
-            "last_heartbeat_ts": None,
-            "last_output_ts": None,
-            "ended_ts": None,
-            "exit_code": None,
-            "outcome": None,
-        }
+        self.data = RunState(
+            run_id=run_id,
+            task=task,
+            target=target,
+            argv=argv,
+            host=socket.gethostname(),
+            supervisor=ProcessRef(me.pid, me.create_time) if me else ProcessRef(os.getpid()),
+            started=utc_iso(clock.time()),
+            started_ts=clock.time(),
+        )
 
     def _write(self, *, durable: bool = False) -> None:
         now = self.clock.time()
-        self.data["last_heartbeat_ts"] = now
-        self.data["last_heartbeat"] = utc_iso(now)
+        self.data.last_heartbeat_ts = now
+        self.data.last_heartbeat = utc_iso(now)
         try:
-            write_json(self.path, self.data, durable=durable)
+            write_json(self.path, self.data.to_json(), durable=durable)
         except (OSError, StateError) as exc:  # only a record: the run goes on, reported once
             self.state.unrecorded("the run record", exc)
         self._last_write = self.clock.monotonic()
@@ -95,53 +88,62 @@ class RunRecord:
         self._write(durable=True)
 
     def attempt(self, number: int) -> None:
-        self.data.update(attempt=number, child=None, phase="running", next_attempt_ts=None)
+        data = self.data
+        data.attempt, data.child, data.phase, data.next_attempt_ts = number, None, "running", None
         self._write()
 
     def child_started(self, identity: ProcessIdentity | None) -> None:
-        self.data["child"] = identity.to_dict() if identity else None
+        self.data.child = ProcessRef(identity.pid, identity.create_time) if identity else None
         self._write()
 
     def waiting(self, delay_s: float) -> None:
         """Between attempts: no child, no output expected until `next_attempt_ts`."""
-        self.data.update(child=None, phase="waiting", next_attempt_ts=self.clock.time() + delay_s)
+        data = self.data
+        data.child, data.phase, data.next_attempt_ts = None, "waiting", self.clock.time() + delay_s
         self._write()
 
     def tick(self, last_output_ts: float | None) -> None:
         if last_output_ts is not None:
-            self.data["last_output_ts"] = last_output_ts
+            self.data.last_output_ts = last_output_ts
         if self.clock.monotonic() - self._last_write >= self.heartbeat_s:
             self._write()
 
     def finish(self, outcome: str, exit_code: int | None) -> None:
-        self.data.update(
-            status="finished", outcome=outcome, exit_code=exit_code, child=None, ended_ts=self.clock.time()
-        )
+        data = self.data
+        data.status, data.outcome, data.exit_code, data.child = FINISHED, outcome, exit_code, None
+        data.ended_ts = self.clock.time()
         self._write(durable=True)
 
 
-def list_runs(state: StateRoot) -> list[dict[str, Any]]:
-    """Every readable run record; unreadable ones are quarantined and skipped."""
+def list_runs(state: StateRoot) -> list[RunState]:
+    """Every readable run record; unreadable ones (torn, or with a field of the wrong kind: logged with the
+    file, key and value) are moved aside and skipped."""
     folder = state.sub(layout.RUNS)
-    out: list[dict[str, Any]] = []
+    out: list[RunState] = []
     if not folder.is_dir():
         return out
     for path in sorted(folder.glob("*.json")):
         try:
-            record = read_json(path)
+            data = read_json(path)
         except UnsafeStateError as exc:
             logger.warning("%s", exc)
             continue
         except CorruptStateError:
             continue
-        if record is not None:
-            out.append(record)
+        if data is None:
+            continue
+        try:
+            out.append(RunState.from_json(data, path))
+        except RecordError as exc:
+            with contextlib.suppress(OSError, StateError):
+                quarantine(path)
+            logger.warning("%s; the run record was set aside", exc)
     return out
 
 
-def running_for_task(state: StateRoot, task: str) -> dict[str, Any] | None:
+def running_for_task(state: StateRoot, task: str) -> RunState | None:
     for record in list_runs(state):
-        if record.get("task") == task and record.get("status") == RUNNING:
+        if record.task == task and record.running:
             return record
     return None
 
@@ -150,22 +152,21 @@ def close_dead(state: StateRoot, task: str, *, now: float) -> list[str]:
     """Mark the task's records left `running` by a supervisor that died (killed, machine restarted) as
     finished with outcome `crashed`, so nothing mistakes them for live work; return their run ids.
     Only records of this host are judged: a pid means nothing on another machine."""
-    from .process import ProcessIdentity, still_running  # noqa: PLC0415 - psutil only when a task runs
-
     closed = []
     host = socket.gethostname()
     for record in list_runs(state):
-        if record.get("task") != task or record.get("status") != RUNNING or record.get("host") != host:
+        if record.task != task or not record.running or not record.supervisor_gone(host):
             continue
-        sup = record.get("supervisor") or {}
-        if not sup.get("create_time"):
-            continue
-        if still_running(ProcessIdentity(int(sup["pid"]), float(sup["create_time"]))) is not None:
-            continue
-        record.update(status="finished", phase="finished", outcome="crashed", child=None, ended_ts=now)
+        record.status, record.phase, record.outcome, record.child, record.ended_ts = (
+            FINISHED,
+            FINISHED,
+            "crashed",
+            None,
+            now,
+        )
         with contextlib.suppress(OSError, ValueError, StateError):
-            write_json(state.run_file(str(record["run_id"])), record, durable=True)
-            closed.append(str(record["run_id"]))
+            write_json(state.run_file(record.run_id), record.to_json(), durable=True)
+            closed.append(record.run_id)
     return closed
 
 
@@ -182,7 +183,7 @@ def prune_finished(state: StateRoot, *, older_than_s: float, now: float) -> int:
             record = read_json(path)
         except (OSError, StateError):
             continue
-        if record is not None and record.get("status") != RUNNING:
+        if record is not None and record.get("status") != RUNNING:  # only finished ones: no need to check more
             with contextlib.suppress(OSError, StateError):  # a linked runs/ folder: nothing is deleted
                 unlink(path)
                 removed += 1
@@ -218,41 +219,33 @@ class OrphanRunning(NotAttempted):
         )
 
 
-def _dead_runs(state: StateRoot, task: str, run_id: str | None, *, any_runner: bool) -> list[dict[str, Any]]:
+def _dead_runs(state: StateRoot, task: str, run_id: str | None, *, any_runner: bool) -> list[RunState]:
     """This host's records of `task` still `running` whose supervisor is gone (or any, with `any_runner`)."""
-    from .process import ProcessIdentity, still_running  # noqa: PLC0415 - psutil only when a task runs
-
     host = socket.gethostname()
     out = []
     for record in list_runs(state):
-        if record.get("task") != task or record.get("status") != RUNNING or record.get("host") != host:
+        if record.task != task or not record.running or record.host not in (None, host):
             continue
-        if run_id is not None and record.get("run_id") != run_id:
+        if run_id is not None and record.run_id != run_id:
             continue
-        sup = record.get("supervisor") or {}
-        if any_runner or (
-            sup.get("create_time")
-            and still_running(ProcessIdentity(int(sup["pid"]), float(sup["create_time"]))) is None
-        ):
+        if any_runner or record.supervisor_gone(host):
             out.append(record)
     return out
 
 
-def _orphan_processes(record: dict[str, Any]) -> list[psutil.Process]:
+def _orphan_processes(record: RunState) -> list[psutil.Process]:
     """The live processes of a dead run: its recorded child (pid and start time), and any process of ours
     whose environment carries the run's SELFHEAL_RUN_ID (a daemon that escaped it, or a child started in
     the instant before the runner recorded it)."""
     import psutil  # noqa: PLC0415
 
-    from .process import ProcessIdentity, still_running  # noqa: PLC0415
-
     found: dict[int, psutil.Process] = {}
-    child = record.get("child") or {}
-    if child.get("pid") and child.get("create_time"):
-        proc = still_running(ProcessIdentity(int(child["pid"]), float(child["create_time"])))
+    child = record.child
+    if child is not None and child.pid and child.create_time:
+        proc = live_process(child.pid, child.create_time)
         if proc is not None:
             found[proc.pid] = proc
-    run_id = str(record.get("run_id"))
+    run_id = record.run_id
     uid = os.getuid() if hasattr(os, "getuid") else None
     for proc in psutil.process_iter():
         if proc.pid in found or proc.pid == os.getpid():
@@ -292,7 +285,7 @@ def stop_orphans(
         procs = _orphan_processes(record)
         if procs:
             first = procs[0]
-            found.append((Orphan(str(record.get("run_id")), first.pid, describe(first)), procs))
+            found.append((Orphan(record.run_id, first.pid, describe(first)), procs))
     if not found:
         return []
     if not kill:

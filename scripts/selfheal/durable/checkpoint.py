@@ -7,7 +7,8 @@ changed) to the checkpoint's journal (state.root.JournaledFile: `<task>.journal`
 `<task>.json`), so a save costs the same at step 10,000 as at step 20; the whole checkpoint is written
 now and then, when the journal has grown to its size. An unreadable checkpoint is moved aside and
 reported; the caller must then be told how to go on (start over, or reset), because silently starting
-over could repeat side effects.
+over could repeat side effects. The records themselves (`Checkpoint`, `StepRecord`) and their states are
+state/checkpoints.py's; a record with a field of the wrong kind is unreadable like a torn one.
 """
 
 from __future__ import annotations
@@ -20,15 +21,44 @@ from typing import Any
 
 from ..errors import CorruptStateError, StateError
 from ..state import layout
+from ..state.checkpoints import (
+    COMPENSATED,
+    COMPENSATION_FAILED,
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    TASK_COMPENSATING,
+    TASK_COMPLETED,
+    TASK_DEAD_LETTER,
+    TASK_FAILED,
+    TASK_INTERRUPTED,
+    TASK_RUNNING,
+    Checkpoint,
+    StepRecord,
+)
+from ..state.records import RecordError
 from ..state.root import JournaledFile, StateRoot, quarantine, unlink, write_json
 
-# Step states, in the order a step normally goes through them.
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-COMPENSATED, COMPENSATION_FAILED = "compensated", "compensation_failed"
-
-# Task states.
-TASK_RUNNING, TASK_COMPLETED, TASK_FAILED = "running", "completed", "failed"
-TASK_COMPENSATING, TASK_INTERRUPTED, TASK_DEAD_LETTER = "compensating", "interrupted", "dead_letter"
+# The states, for the modules above that know them from here.
+__all__ = [
+    "COMPENSATED",
+    "COMPENSATION_FAILED",
+    "DONE",
+    "FAILED",
+    "PENDING",
+    "RUNNING",
+    "TASK_COMPENSATING",
+    "TASK_COMPLETED",
+    "TASK_DEAD_LETTER",
+    "TASK_FAILED",
+    "TASK_INTERRUPTED",
+    "TASK_RUNNING",
+    "Checkpoint",
+    "CheckpointUnreadable",
+    "Checkpoints",
+    "StepRecord",
+]
 
 
 class CheckpointUnreadable(StateError):
@@ -39,7 +69,7 @@ class CheckpointUnreadable(StateError):
         self.cause = cause
         aside = f" (moved to {cause.quarantined_to})" if cause.quarantined_to else ""
         super().__init__(
-            f"the checkpoint of task {task!r} is unreadable: {cause.detail}{aside}. Nothing was run: "
+            f"the checkpoint of task {task!r} ({cause.path}) is unreadable: {cause.detail}{aside}. Nothing was run: "
             "starting over could repeat steps that already had effects. To start over anyway, run again "
             "with --restart (or `workflow.py reset TASK` first)."
         )
@@ -69,9 +99,10 @@ class Checkpoints:
     def outputs_path(self, task: str) -> Path:
         return self.state.checkpoint_file(task, "outputs")
 
-    def load(self, task: str) -> dict[str, Any] | None:
+    def load(self, task: str) -> Checkpoint | None:
         """The checkpoint, or None if the task never ran. Raises CheckpointUnreadable (after moving the
-        file aside) when it cannot be parsed or is not a checkpoint of this task."""
+        file aside) when it cannot be parsed, has a field of the wrong kind (named, with its value) or is
+        not a checkpoint of this task."""
         path = self.path(task)
         try:
             data = self._file(task).read()
@@ -79,13 +110,15 @@ class Checkpoints:
             raise CheckpointUnreadable(task, exc) from exc
         if data is None:
             return None
-        if data.get("task") != task or not isinstance(data.get("steps"), dict):
+        try:
+            checkpoint = Checkpoint.from_json(data, path, task=task)
+        except RecordError as exc:
             moved = quarantine(path)
-            raise CheckpointUnreadable(task, CorruptStateError(path, moved, "not a checkpoint of this task"))
-        self._remember(task, data)
-        return data
+            raise CheckpointUnreadable(task, CorruptStateError(path, moved, exc.detail)) from None
+        self._remember(task, checkpoint.top_json(), list(checkpoint.order))
+        return checkpoint
 
-    def save(self, task: str, data: dict[str, Any], steps: Iterable[str] | None = None) -> None:
+    def save(self, task: str, checkpoint: Checkpoint, steps: Iterable[str] | None = None) -> None:
         """Durably (one fdatasync): the next step must not start before this is on disk.
 
         `steps`: the only steps changed since the last save or load (then just they, and the task's own
@@ -93,21 +126,22 @@ class Checkpoints:
         """
         file = self._file(task)
         saved = self._saved.get(task)
-        if steps is None or saved is None or data.get("order") != saved[1]:
-            file.write(data)
-            self._remember(task, data)
+        top = checkpoint.top_json()
+        if steps is None or saved is None or checkpoint.order != saved[1]:
+            file.write(checkpoint.to_json())
+            self._remember(task, top, list(checkpoint.order))
             return
-        top, order = saved
+        before, order = saved
         changes: list[tuple[list[str], Any]] = [
-            ([key], value) for key, value in data.items() if key not in ("steps", "order") and top.get(key) != value
+            ([key], value) for key, value in top.items() if before.get(key) != value
         ]
-        changes += [(["steps", name], data["steps"][name]) for name in dict.fromkeys(steps)]
-        file.update(data, changes)
-        self._remember(task, data, order)
+        changes += [(["steps", name], checkpoint.steps[name].to_json()) for name in dict.fromkeys(steps)]
+        file.update(checkpoint.to_json, changes)  # the whole document is built only to fold the journal in
+        self._remember(task, top, order)
 
-    def _remember(self, task: str, data: dict[str, Any], order: list[str] | None = None) -> None:
-        top = copy.deepcopy({k: v for k, v in data.items() if k not in ("steps", "order")})
-        self._saved[task] = (top, list(data.get("order") or []) if order is None else order)
+    def _remember(self, task: str, top: dict[str, Any], order: list[str]) -> None:
+        """What the last save wrote: the task's own fields (a copy: the record changes on) and the order."""
+        self._saved[task] = (copy.deepcopy(top), order)
 
     def save_outputs(self, task: str, outputs: dict[str, Any]) -> Path:
         """The outputs file steps read (SELFHEAL_OUTPUTS_FILE); derived from the checkpoint, so not fsync'd."""

@@ -4,6 +4,7 @@ An incident names the task, the error and its class, the last step that complete
 so far, what was compensated (and what could not be), and the exact command that resumes the task.
 An optional notification command (an argv template, e.g. `openclaw message send --text {summary}`) is
 run with the summary as one argument: never through a shell, so error text cannot become a command.
+The record itself is state/incidents.py's.
 """
 
 from __future__ import annotations
@@ -12,36 +13,18 @@ import logging
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..state.root import StateRoot, read_json, validate_id, write_json
+from ..errors import CorruptStateError
+from ..state.incidents import Incident
+from ..state.records import RecordError
+from ..state.root import StateRoot, quarantine, read_json, validate_id, write_json
+
+__all__ = ["Incident", "new_incident_id", "notify", "read_incident", "run_notifier", "write_incident"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Incident:
-    id: str
-    task: str
-    kind: str  # failed | dead_letter
-    summary: str
-    error: str | None
-    error_class: str | None
-    failed_step: str | None
-    last_completed_step: str | None
-    resume_command: str
-    compensated: list[str] = field(default_factory=list)
-    compensation_failures: list[dict[str, Any]] = field(default_factory=list)
-    context: dict[str, Any] = field(default_factory=dict)
-    plan: str | None = None
-    created: str = ""
-    notified: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def new_incident_id(task: str, now: float) -> str:
@@ -61,8 +44,17 @@ def write_incident(state: StateRoot, incident: Incident) -> Path:
     return path
 
 
-def read_incident(state: StateRoot, incident_id: str) -> dict[str, Any] | None:
-    return read_json(state.incident_file(incident_id))
+def read_incident(state: StateRoot, incident_id: str) -> Incident | None:
+    """The incident, None if there is none; CorruptStateError (the file moved aside) if it cannot be one,
+    naming the key and the value that are wrong."""
+    path = state.incident_file(incident_id)
+    data = read_json(path)
+    if data is None:
+        return None
+    try:
+        return Incident.from_json(data, path)
+    except RecordError as exc:
+        raise CorruptStateError(path, quarantine(path), f"not an incident: {exc.detail}") from None
 
 
 def notify(

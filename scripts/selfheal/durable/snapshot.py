@@ -6,7 +6,8 @@ restore() gives back their messages and state. Saving again makes a session live
 
 Every write replaces the whole file atomically and durably (0600), and every read-modify-write holds
 the session's lock, so a save and a mark from different processes never lose one another. A file that
-cannot be used as a snapshot is moved aside as `<id>.json.corrupt-<ts>` and reported, never reset.
+cannot be used as a snapshot is moved aside as `<id>.json.corrupt-<ts>` and reported (with the key and
+value that are wrong), never reset. The record itself is state/snapshots.py's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,21 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..core.config import get_config
 from ..errors import CorruptStateError, StateError, UsageError
 from ..state import layout
+from ..state.records import RecordError
 from ..state.root import StateRoot, file_lock, quarantine, read_json, unlink, write_json
+from ..state.snapshots import Snapshot, SnapshotInfo
+
+__all__ = [
+    "NoSnapshot",
+    "Snapshot",
+    "SnapshotInfo",
+    "SnapshotList",
+    "delete",
+    "list_snapshots",
+    "mark_interrupted",
+    "restore",
+    "save",
+]
 
 
 class NoSnapshot(UsageError):
@@ -32,95 +46,6 @@ class NoSnapshot(UsageError):
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         super().__init__(f"no snapshot for session {session_id!r}")
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """One line of a listing: what a snapshot is, without its messages."""
-
-    session_id: str
-    saved: float
-    interrupted: bool
-    interrupted_at: float | None
-    reason: str
-    message_count: int
-    age_s: float
-
-    @property
-    def since(self) -> float:
-        """The time the listing sorts by: when it was interrupted, else when it was saved."""
-        return self.interrupted_at if self.interrupted and self.interrupted_at is not None else self.saved
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "session_id": self.session_id,
-            "saved": self.saved,
-            "interrupted": self.interrupted,
-            "interrupted_at": self.interrupted_at,
-            "reason": self.reason,
-            "message_count": self.message_count,
-            "age_s": round(self.age_s, 3),
-        }
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A saved session. `message_count` counts every message given to save(); `messages` holds the last ones."""
-
-    session_id: str
-    saved: float
-    message_count: int
-    messages: list[dict[str, Any]]
-    state: dict[str, Any] = field(default_factory=dict)
-    interrupted: bool = False
-    interrupted_at: float | None = None
-    reason: str = ""
-
-    def info(self, now: float) -> SnapshotInfo:
-        info = SnapshotInfo(
-            self.session_id, self.saved, self.interrupted, self.interrupted_at, self.reason, self.message_count, 0.0
-        )
-        return dataclasses.replace(info, age_s=now - info.since)
-
-    def to_json(self) -> dict[str, Any]:
-        """The file's content."""
-        return {
-            "session_id": self.session_id,
-            "saved": self.saved,
-            "message_count": self.message_count,
-            "messages": self.messages,
-            "state": self.state,
-            "interrupted": self.interrupted,
-            "interrupted_at": self.interrupted_at,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_json(cls, session_id: str, data: Mapping[str, Any]) -> Snapshot:
-        """Raises ValueError (naming the field) for anything that is not a snapshot this module wrote."""
-        number = (int, float)
-        checks = {
-            "saved": isinstance(data.get("saved"), number),
-            "message_count": isinstance(data.get("message_count"), int),
-            "messages": isinstance(data.get("messages"), list),
-            "state": isinstance(data.get("state"), dict),
-            "interrupted": isinstance(data.get("interrupted"), bool),
-            "interrupted_at": data.get("interrupted_at") is None or isinstance(data["interrupted_at"], number),
-            "reason": isinstance(data.get("reason", ""), str),
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"missing or wrong {', '.join(bad)}")
-        return cls(
-            session_id=session_id,
-            saved=float(data["saved"]),
-            message_count=data["message_count"],
-            messages=data["messages"],
-            state=data["state"],
-            interrupted=data["interrupted"],
-            interrupted_at=None if data.get("interrupted_at") is None else float(data["interrupted_at"]),
-            reason=data.get("reason", ""),
-        )
 
 
 class SnapshotList(list[SnapshotInfo]):
@@ -188,9 +113,9 @@ def _load(root: StateRoot, session_id: str) -> Snapshot | None:
     if data is None:
         return None
     try:
-        return Snapshot.from_json(session_id, data)
-    except ValueError as exc:
-        raise CorruptStateError(path, quarantine(path), f"not a snapshot: {exc}") from None
+        return Snapshot.from_json(data, path, session_id=session_id)
+    except RecordError as exc:
+        raise CorruptStateError(path, quarantine(path), f"not a snapshot: {exc.detail}") from None
 
 
 def _root(root: StateRoot | None) -> StateRoot:

@@ -52,6 +52,7 @@ from ..errors import (
     StateError,
     UsageError,
 )
+from ..state.checkpoints import PlanRef
 from ..state.root import StateRoot, file_lock, read_capped, validate_id, write_json
 from .checkpoint import (
     COMPENSATED,
@@ -66,7 +67,9 @@ from .checkpoint import (
     TASK_FAILED,
     TASK_INTERRUPTED,
     TASK_RUNNING,
+    Checkpoint,
     Checkpoints,
+    StepRecord,
 )
 from .incident import Incident, new_incident_id, notify, write_incident
 
@@ -486,7 +489,7 @@ class WorkflowRunner:
         self.checkpoints = Checkpoints(self.state)
         self.ledger = Ledger(self.state, self.config, clock=clock)
         self.resume_command = resume_command or self._default_resume_command()
-        self.data: dict[str, Any] = {}
+        self.data = self._fresh()
         self._done_outputs: dict[str, dict[str, Any]] | None = None
 
     def _default_resume_command(self) -> str:
@@ -497,66 +500,39 @@ class WorkflowRunner:
 
     # -- the checkpoint ----------------------------------------------------------------------------------
 
-    def _fresh(self) -> dict[str, Any]:
+    def _fresh(self) -> Checkpoint:
         now = _now_iso(self.clock)
-        return {
-            "task": self.task,
-            "plan": {
-                "name": self.plan.name,
-                "path": str(self.plan.path) if self.plan.path else None,
-                "digest": self.plan.digest,
-            },
-            "status": TASK_RUNNING,
-            "order": [s.name for s in self.plan.steps],
-            "steps": {
-                s.name: {
-                    "state": PENDING,
-                    "attempts": 0,
-                    "run_id": None,
-                    "outputs": {},
-                    "started": None,
-                    "ended": None,
-                    "duration_s": None,
-                    "exit_code": None,
-                    "error_class": None,
-                    "reason": None,
-                }
-                for s in self.plan.steps
-            },
-            "runs": 0,
-            "resumes_without_progress": 0,
-            "done_at_last_run": 0,
-            "created": now,
-            "updated": now,
-            "incident": None,
-        }
+        return Checkpoint(
+            task=self.task,
+            plan=PlanRef(self.plan.name, str(self.plan.path) if self.plan.path else None, self.plan.digest),
+            order=[s.name for s in self.plan.steps],
+            steps={s.name: StepRecord() for s in self.plan.steps},
+            created=now,
+            updated=now,
+        )
 
     def _save(self, *steps: str) -> None:
         """Durably. `steps`: saving after a change to these steps only (and the task's own fields), which
         costs the size of the change; with none named, the whole checkpoint is written."""
-        self.data["updated"] = _now_iso(self.clock)
+        self.data.updated = _now_iso(self.clock)
         if not steps:
             self._done_outputs = None  # anything may have changed
         self.checkpoints.save(self.task, self.data, steps if steps else None)
 
     def _save_task(self) -> None:
         """Durably, after a change to the task's own fields only (status, counters), not to any step."""
-        self.data["updated"] = _now_iso(self.clock)
+        self.data.updated = _now_iso(self.clock)
         self.checkpoints.save(self.task, self.data, ())
 
-    def _step(self, name: str) -> dict[str, Any]:
-        record: dict[str, Any] = self.data["steps"][name]
-        return record
-
-    def _done_count(self) -> int:
-        return sum(1 for s in self.data["steps"].values() if s["state"] == DONE)
+    def _step(self, name: str) -> StepRecord:
+        return self.data.steps[name]
 
     def _outputs(self) -> dict[str, dict[str, Any]]:
         """The outputs of the steps done so far (a copy; kept up to date as steps finish, so a step of a
         10,000-step plan does not walk every step to find them)."""
         if self._done_outputs is None:
-            steps = self.data["steps"]
-            self._done_outputs = {n: steps[n]["outputs"] for n in self.data["order"] if steps[n]["state"] == DONE}
+            steps = self.data.steps
+            self._done_outputs = {n: steps[n].outputs for n in self.data.order if steps[n].state == DONE}
         return dict(self._done_outputs)
 
     # -- run --------------------------------------------------------------------------------------------
@@ -577,12 +553,12 @@ class WorkflowRunner:
         self.data = existing if existing is not None else self._fresh()
         if existing is not None:
             self._check_same_steps()
-            status = self.data["status"]
+            status = self.data.status
             if status == TASK_COMPLETED and from_step is None:
                 result = self._result(
                     TASK_COMPLETED,
                     resumed,
-                    f"already completed at {self.data.get('updated')}; nothing was run. To run it again: "
+                    f"already completed at {self.data.updated}; nothing was run. To run it again: "
                     "--restart (or `workflow.py reset TASK`); for a cron line, give each run its own id, "
                     "e.g. --task 'NAME-{date}'",
                 )
@@ -596,22 +572,22 @@ class WorkflowRunner:
                 )
         if from_step is not None:
             self._restart_from(from_step)
-        self.data["runs"] += 1
+        self.data.runs += 1
         if resumed:
             stalled = self._count_resume()
             if stalled:
                 return self._dead_letter()
-        if self.data["status"] == TASK_COMPENSATING:  # a crash during compensation: finish it first
+        if self.data.status == TASK_COMPENSATING:  # a crash during compensation: finish it first
             return self._fail(None, _StepFailed(None, "resumed an interrupted compensation"), resumed)
-        if self.data["status"] == TASK_FAILED:
+        if self.data.status == TASK_FAILED:
             self._reopen_failed()
-        self.data["status"] = TASK_RUNNING
+        self.data.status = TASK_RUNNING
         self._recover_in_flight()
         self._save()
         total = len(self.plan.steps)
         for index, step in enumerate(self.plan.steps, 1):
             record = self._step(step.name)
-            if record["state"] == DONE:
+            if record.state == DONE:
                 self.progress(Progress("skip", index, total, step.name, "done earlier"))
                 continue
             started = self.clock.monotonic()
@@ -619,74 +595,75 @@ class WorkflowRunner:
             try:
                 self._run_step(step, record)
             except (Interrupted, KeyboardInterrupt) as exc:
-                record["state"] = PENDING  # it did not finish; it runs again next time
-                self.data["status"] = TASK_INTERRUPTED
+                record.state = PENDING  # it did not finish; it runs again next time
+                self.data.status = TASK_INTERRUPTED
                 self._save(step.name)
                 self.progress(Progress("failed", index, total, step.name, str(exc), self.clock.monotonic() - started))
                 why = str(exc) or "interrupted"
                 return self._result(TASK_INTERRUPTED, resumed, f"{why} during step {step.name!r}; run again to resume")
             except _Paused as exc:
-                record["state"] = PENDING
+                record.state = PENDING
                 self._save(step.name)
                 self.progress(Progress("failed", index, total, step.name, str(exc)))
                 return self._result("not_attempted", resumed, f"step {step.name!r} not attempted: {exc}; try later")
             except _StepFailed as exc:
                 self.progress(Progress("failed", index, total, step.name, exc.reason, self.clock.monotonic() - started))
                 return self._fail(step, exc, resumed)
-            self.progress(Progress("done", index, total, step.name, elapsed_s=record["duration_s"]))
-        self.data["status"] = TASK_COMPLETED
-        self.data["resumes_without_progress"] = 0
+            self.progress(Progress("done", index, total, step.name, elapsed_s=record.duration_s))
+        self.data.status = TASK_COMPLETED
+        self.data.resumes_without_progress = 0
         self._save_task()
         return self._result(TASK_COMPLETED, resumed, f"completed all {total} steps")
 
     def _check_same_steps(self) -> None:
         names = [s.name for s in self.plan.steps]
-        if self.data.get("order") != names:
+        if self.data.order != names:
             raise PlanChanged(
-                f"task {self.task!r} was checkpointed with steps {self.data.get('order')}, but the plan now has "
+                f"task {self.task!r} was checkpointed with steps {self.data.order}, but the plan now has "
                 f"{names}; to start over with the new plan, run again with --restart"
             )
-        self.data["plan"]["digest"] = self.plan.digest  # a fixed command in the same steps is fine
+        self.data.plan.digest = self.plan.digest  # a fixed command in the same steps is fine
 
     def _restart_from(self, name: str) -> None:
         found = False
         for step in self.plan.steps:
             found = found or step.name == name
             if found:
-                self.data["steps"][step.name].update(
-                    state=PENDING, attempts=0, outputs={}, error_class=None, reason=None
-                )
-        self.data["status"] = TASK_RUNNING
-        self.data["resumes_without_progress"] = 0
-        self.data["done_at_last_run"] = self._done_count()
+                record = self._step(step.name)
+                record.state, record.attempts, record.outputs = PENDING, 0, {}
+                record.error_class = record.reason = None
+        self.data.status = TASK_RUNNING
+        self.data.resumes_without_progress = 0
+        self.data.done_at_last_run = self.data.done_count()
 
     def _count_resume(self) -> bool:
         """Count this run as a resume; True when it is one too many without progress."""
-        done = self._done_count()
-        if done > self.data["done_at_last_run"]:
-            self.data["resumes_without_progress"] = 0
+        done = self.data.done_count()
+        if done > self.data.done_at_last_run:
+            self.data.resumes_without_progress = 0
         else:
-            self.data["resumes_without_progress"] += 1
-        self.data["done_at_last_run"] = done
-        nxt = next((n for n in self.data["order"] if self._step(n)["state"] != DONE), None)
+            self.data.resumes_without_progress += 1
+        self.data.done_at_last_run = done
+        nxt = self.data.first_unfinished()
         self.ledger.record(
             "resume",
             task=self.task,
             step=nxt,
             status="resumed",
-            reason=f"{done} of {len(self.data['order'])} steps done; "
-            f"{self.data['resumes_without_progress']} resume(s) without progress",
+            reason=f"{done} of {len(self.data.order)} steps done; "
+            f"{self.data.resumes_without_progress} resume(s) without progress",
         )
-        return bool(self.data["resumes_without_progress"] > self.config.workflows.max_resumes_without_progress)
+        return self.data.resumes_without_progress > self.config.workflows.max_resumes_without_progress
 
     def _reopen_failed(self) -> None:
         """Running a failed task again (after a fix): the failed step and the undone ones run again."""
-        for record in self.data["steps"].values():
-            if record["state"] in (FAILED, COMPENSATED, COMPENSATION_FAILED):
+        for record in self.data.steps.values():
+            if record.state in (FAILED, COMPENSATED, COMPENSATION_FAILED):
                 # A person chose to run it again: a fresh budget. (A crash resume keeps the count; cron
                 # re-running a failing task is caught by max_resumes_without_progress instead.)
-                record.update(state=PENDING, attempts=0, error_class=None, reason=None)
-        self.data["incident"] = None
+                record.state, record.attempts = PENDING, 0
+                record.error_class = record.reason = None
+        self.data.incident = None
 
     def _recover_in_flight(self) -> None:
         """A step marked running belongs to a run that died: stop what it left behind, then decide. Then
@@ -700,13 +677,14 @@ class WorkflowRunner:
     def _recover_steps(self) -> None:
         for step in self.plan.steps:
             record = self._step(step.name)
-            if record["state"] != RUNNING:
+            if record.state != RUNNING:
                 continue
-            self._stop_orphan(record.get("run_id"))
+            self._stop_orphan(record.run_id)
             if step.complete_if_outputs_exist and all(self._path(step, f).exists() for f in step.output_files):
-                record.update(state=DONE, outputs=self._collect_outputs(step, ""), reason="found complete on resume")
+                record.state, record.outputs = DONE, self._collect_outputs(step, "")
+                record.reason = "found complete on resume"
                 continue
-            record["state"] = PENDING
+            record.state = PENDING
 
     def _stop_orphan(self, run_id: str | None) -> None:
         """What the step's dead run left running is stopped (or, kill_orphans off, OrphanRunning: exit 4)."""
@@ -724,27 +702,19 @@ class WorkflowRunner:
 
     # -- one step -----------------------------------------------------------------------------------------
 
-    def _run_step(self, step: Step, record: dict[str, Any]) -> None:
-        prior = int(record["attempts"])
+    def _run_step(self, step: Step, record: StepRecord) -> None:
+        prior = record.attempts
         # One durable save says "running" and counts the first attempt; each retry saves its own count.
-        record.update(
-            state=RUNNING,
-            attempts=prior + 1,
-            started=_now_iso(self.clock),
-            ended=None,
-            exit_code=None,
-            error_class=None,
-            reason=None,
-            ran=False,
-            compensated=False,
-            run_id=new_run_id(f"{self.task[:40]}.{step.name[:40]}", self.clock.time()),
-        )
+        record.state, record.attempts, record.started = RUNNING, prior + 1, _now_iso(self.clock)
+        record.ended = record.exit_code = record.error_class = record.reason = None
+        record.ran = record.compensated = False
+        record.run_id = new_run_id(f"{self.task[:40]}.{step.name[:40]}", self.clock.time())
         self._save(step.name)
         started = self.clock.monotonic()
 
         def persist_attempt(number: int) -> None:
-            if number != record["attempts"]:  # on disk before the attempt starts: a crash never resets the budget
-                record["attempts"] = number
+            if number != record.attempts:  # on disk before the attempt starts: a crash never resets the budget
+                record.attempts = number
                 self._save(step.name)
 
         stdout_tail = ""
@@ -757,21 +727,26 @@ class WorkflowRunner:
             if step.fallback is None:
                 raise
             self._run_fallback(step, record, failure)
-            record.update(state=DONE, ended=_now_iso(self.clock), duration_s=round(self.clock.monotonic() - started, 3))
+            self._finish(record, started)
             self._save()
             return
         missing = [f for f in step.output_files if not self._path(step, f).exists()]
         if missing:
-            record["state"] = FAILED
+            record.state = FAILED
             raise _StepFailed("permanent", f"step succeeded but did not produce {', '.join(missing)}")
         if isinstance(step.run, Command):
-            record["outputs"] = self._collect_outputs(step, stdout_tail)
-        record.update(state=DONE, ended=_now_iso(self.clock), duration_s=round(self.clock.monotonic() - started, 3))
+            record.outputs = self._collect_outputs(step, stdout_tail)
+        self._finish(record, started)
         if self._done_outputs is not None:
-            self._done_outputs[step.name] = record["outputs"]
+            self._done_outputs[step.name] = record.outputs
         self._save(step.name)
 
-    def _run_fallback(self, step: Step, record: dict[str, Any], failure: _StepFailed) -> None:
+    def _finish(self, record: StepRecord, started: float) -> None:
+        """The step is done; `started` is the monotonic time it started."""
+        record.state, record.ended = DONE, _now_iso(self.clock)
+        record.duration_s = round(self.clock.monotonic() - started, 3)
+
+    def _run_fallback(self, step: Step, record: StepRecord, failure: _StepFailed) -> None:
         """The step failed for good: run its fallback; its result becomes the step's, marked as a fallback
         result. A fallback that fails too leaves the step failed, with the step's own error."""
         why = f"{failure.error_class or 'unknown'}: {failure.reason}"
@@ -809,9 +784,9 @@ class WorkflowRunner:
                 reason=f"the fallback failed too ({exc}); the step's error: {why}",
             )
             raise failure from exc
-        record.update(state=RUNNING, error_class=failure.error_class, reason=f"fallback used after: {why}")
-        record["outputs"] = outputs if step.keep_stdout or not isinstance(backup, Command) else {}
-        record["fallback"] = True
+        record.state, record.error_class, record.reason = RUNNING, failure.error_class, f"fallback used after: {why}"
+        record.outputs = outputs if step.keep_stdout or not isinstance(backup, Command) else {}
+        record.fallback = True
         self.ledger.record(
             "fallback",
             task=self.task,
@@ -865,20 +840,20 @@ class WorkflowRunner:
         )
 
     def _run_command(
-        self, step: Step, command: Command, record: dict[str, Any], persist: Callable[[int], None], prior: int
+        self, step: Step, command: Command, record: StepRecord, persist: Callable[[int], None], prior: int
     ) -> str:
         outcome = self._retry_command(
             step,
             command,
             step.name,
-            run_id=record["run_id"],
+            run_id=record.run_id,
             max_attempts=step.max_attempts,
             prior_attempts=prior,
             before_attempt=persist,
         )
-        record["exit_code"] = outcome.exit_code
+        record.exit_code = outcome.exit_code
         if outcome.ok:
-            record["ran"] = True
+            record.ran = True
             keep = self.config.workflows.output_tail_chars
             # Trailing newlines dropped, as the shell's $(...) does: the value often becomes a variable.
             return outcome.stdout_tail[-keep:].rstrip("\n") if keep else ""
@@ -886,11 +861,11 @@ class WorkflowRunner:
             raise Interrupted(_signum(outcome.signal))
         if outcome.outcome == "not_attempted":
             raise _Paused(outcome.reason or "not attempted")
-        record.update(state=FAILED, error_class=outcome.error_class, reason=outcome.reason)
+        record.state, record.error_class, record.reason = FAILED, outcome.error_class, outcome.reason
         raise _StepFailed(outcome.error_class, outcome.reason or "failed", outcome.exit_code, outcome.stop_reason)
 
     def _run_function(
-        self, step: Step, fn: StepFunction, record: dict[str, Any], persist: Callable[[int], None], prior: int
+        self, step: Step, fn: StepFunction, record: StepRecord, persist: Callable[[int], None], prior: int
     ) -> None:
         context = StepContext(self.task, step.name, prior + 1, f"{self.task}/{step.name}", self._outputs())
 
@@ -915,28 +890,26 @@ class WorkflowRunner:
             raise _Paused(str(exc)) from exc
         except Exception as exc:
             history = attempts_of(exc)
-            record.update(
-                state=FAILED,
-                error_class=history[-1].error_class if history else "unknown",
-                reason=f"{type(exc).__name__}: {exc}",
-            )
-            raise _StepFailed(record["error_class"], record["reason"], None, stop_reason_of(exc)) from exc
+            record.state = FAILED
+            record.error_class = history[-1].error_class if history else "unknown"
+            record.reason = f"{type(exc).__name__}: {exc}"
+            raise _StepFailed(record.error_class, record.reason, None, stop_reason_of(exc)) from exc
         # The step ran: whatever it returned, its side effects happened, so it must stay compensable.
-        record["ran"] = True
+        record.ran = True
         outputs = value if isinstance(value, dict) else ({} if value is None else {"value": value})
         converted: list[str] = []
         outputs = {str(k): _as_json(v, str(k), converted) for k, v in outputs.items()}
         if converted:
             # The second source document's checkpoint manager does the same: a value JSON cannot hold is
             # kept as its text, so the step still counts as done (and can be compensated).
-            record["converted"] = converted
+            record.converted = converted
             logger.warning(
                 "task %s step %s returned values that are not JSON, kept as text: %s",
                 self.task,
                 step.name,
                 ", ".join(converted),
             )
-        record["outputs"] = outputs
+        record.outputs = outputs
 
     def _collect_outputs(self, step: Step, stdout_tail: str) -> dict[str, Any]:
         outputs: dict[str, Any] = {}
@@ -950,23 +923,16 @@ class WorkflowRunner:
 
     def _fail(self, step: Step | None, error: _StepFailed, resumed: bool) -> WorkflowResult:
         """Compensate the completed steps in reverse, write the incident, notify; report failed."""
-        self.data["status"] = TASK_COMPENSATING
+        self.data.status = TASK_COMPENSATING
         self._save()
         compensated, failures = self._compensate()
-        failed_step = (
-            step.name
-            if step is not None
-            else next((n for n in self.data["order"] if self._step(n)["state"] == FAILED), None)
-        )
+        failed_step = step.name if step is not None else self.data.first_failed()
         if failed_step is not None:
             record = self._step(failed_step)
             error = _StepFailed(
-                record.get("error_class") or error.error_class,
-                record.get("reason") or error.reason,
-                record.get("exit_code"),
-                error.status,
+                record.error_class or error.error_class, record.reason or error.reason, record.exit_code, error.status
             )
-        self.data["status"] = TASK_FAILED
+        self.data.status = TASK_FAILED
         incident = self._incident("failed", error, failed_step, compensated, failures)
         self._save()
         message = f"step {failed_step!r} failed ({error.error_class}): {error.reason}" if failed_step else error.reason
@@ -978,7 +944,7 @@ class WorkflowRunner:
     def _compensate(self) -> tuple[list[str], list[dict[str, Any]]]:
         compensated: list[str] = []
         failures: list[dict[str, Any]] = []
-        done_steps = [s for s in self.plan.steps if s.compensate is not None and self._undo_due(self._step(s.name))]
+        done_steps = [s for s in self.plan.steps if s.compensate is not None and self._step(s.name).undo_due]
         total = len(done_steps)
         if total:
             # One event per compensation triggered (the report's compensation rate), then one per step.
@@ -991,29 +957,21 @@ class WorkflowRunner:
             try:
                 self._run_compensation(step, record)
             except Exception as exc:  # recorded and escalated in the incident, never hidden
-                record.update(state=COMPENSATION_FAILED, reason=f"compensation failed: {exc}")
+                record.state, record.reason = COMPENSATION_FAILED, f"compensation failed: {exc}"
                 failures.append({"step": step.name, "error": str(exc)})
                 self.ledger.record("compensate", task=self.task, step=step.name, status="failed", reason=str(exc))
             else:
                 # A step that ran but then failed its checks keeps saying failed (the incident names it).
-                if record["state"] == DONE:
-                    record["state"] = COMPENSATED
+                if record.state == DONE:
+                    record.state = COMPENSATED
                 else:
-                    record["compensated"] = True
+                    record.compensated = True
                 compensated.append(step.name)
                 self.ledger.record("compensate", task=self.task, step=step.name, status="compensated")
             self._save()
         return compensated, failures
 
-    @staticmethod
-    def _undo_due(record: dict[str, Any]) -> bool:
-        """Done steps are undone; so is a step that ran to its end and failed afterwards (its outputs
-        were missing): its side effects happened all the same."""
-        if record["state"] == DONE:
-            return True
-        return record["state"] == FAILED and bool(record.get("ran")) and not record.get("compensated")
-
-    def _run_compensation(self, step: Step, record: dict[str, Any]) -> None:
+    def _run_compensation(self, step: Step, record: StepRecord) -> None:
         undo = step.compensate
         if isinstance(undo, Command):
             outcome = self._retry_command(step, undo, f"{step.name}.compensate")
@@ -1026,7 +984,7 @@ class WorkflowRunner:
                 step.name,
                 1,
                 f"{self.task}/{step.name}/compensate",
-                {**self._outputs(), step.name: record["outputs"]},
+                {**self._outputs(), step.name: record.outputs},
             )
             Retrier(
                 task=self.task,
@@ -1038,14 +996,14 @@ class WorkflowRunner:
             ).call(undo, context)
 
     def _dead_letter(self) -> WorkflowResult:
-        self.data["status"] = TASK_DEAD_LETTER
+        self.data.status = TASK_DEAD_LETTER
         limit = self.config.workflows.max_resumes_without_progress
         error = _StepFailed(
             None,
-            f"resumed {self.data['resumes_without_progress']} times without a step completing "
+            f"resumed {self.data.resumes_without_progress} times without a step completing "
             f"(limit {limit}); parked instead of retrying forever",
         )
-        nxt = next((n for n in self.data["order"] if self._step(n)["state"] != DONE), None)
+        nxt = self.data.first_unfinished()
         incident = self._incident("dead_letter", error, nxt, [], [])
         self._save()
         result = self._result(TASK_DEAD_LETTER, True, error.reason)
@@ -1060,7 +1018,7 @@ class WorkflowRunner:
         compensated: list[str],
         failures: list[dict[str, Any]],
     ) -> str:
-        done = [n for n in self.data["order"] if self._step(n)["state"] in (DONE, COMPENSATED)]
+        done = [n for n in self.data.order if self._step(n).state in (DONE, COMPENSATED)]
         what = f"step {failed_step}" if failed_step else "the task"
         summary = (
             f"self-heal: task {self.task} {'failed' if kind == 'failed' else 'parked'} at {what}"
@@ -1093,7 +1051,7 @@ class WorkflowRunner:
                 template, incident, path, timeout_s=self.config.workflows.notify_timeout_s, clock=self.clock
             )
             write_json(path, incident.to_json(), durable=True)
-        self.data["incident"] = incident.id
+        self.data.incident = incident.id
         self.ledger.record(
             "incident",
             task=self.task,
@@ -1106,23 +1064,23 @@ class WorkflowRunner:
 
     def _result(self, status: str, resumed: bool, message: str) -> WorkflowResult:
         steps = []
-        for name in self.data["order"]:
+        for name in self.data.order:
             r = self._step(name)
             steps.append(
                 StepReport(
                     name,
-                    r["state"],
-                    r["attempts"],
-                    r.get("duration_s"),
-                    r.get("exit_code"),
-                    r.get("error_class"),
-                    r.get("reason"),
-                    r.get("outputs") or {},
-                    list(r.get("converted") or []),
-                    bool(r.get("fallback")),
+                    r.state,
+                    r.attempts,
+                    r.duration_s,
+                    r.exit_code,
+                    r.error_class,
+                    r.reason,
+                    r.outputs,
+                    list(r.converted or []),
+                    bool(r.fallback),
                 )
             )
-        incident = self.data.get("incident")
+        incident = self.data.incident
         path = str(self.state.incident_file(incident)) if incident else None
         return WorkflowResult(self.task, status, steps, resumed, message, incident=path)
 
@@ -1196,7 +1154,7 @@ def task_id_from_template(template: str, *, now: float) -> str:
 # -- status and reset -----------------------------------------------------------------------------------
 
 
-def status(task: str, *, state: StateRoot | None = None) -> dict[str, Any] | None:
+def status(task: str, *, state: StateRoot | None = None) -> Checkpoint | None:
     """The task's checkpoint as it stands (None if it never ran); unreadable raises CheckpointUnreadable."""
     return Checkpoints(state or StateRoot.from_env()).load(validate_id(task, "task"))
 

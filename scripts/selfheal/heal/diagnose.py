@@ -39,7 +39,7 @@ from ..core.config import FIX_ACTIONS, IRREVERSIBLE_ACTIONS, Config, FixRule, Ta
 from ..core.fleet import fleet_database, mark_down
 from ..core.ledger import Ledger, iter_events, ledger_files, own_task
 from ..core.redact import Redactor
-from ..durable.checkpoint import Checkpoints, CheckpointUnreadable
+from ..durable.checkpoint import Checkpoints, CheckpointUnreadable, StepRecord
 from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError, UsageError
 from ..models.prompts import render
 from ..observe import openclaw_logs
@@ -240,16 +240,17 @@ def gather_task(task: str, *, state: StateRoot, config: Config) -> Evidence:
     except (UnknownTask, StateError, CorruptStateError):
         record = None
     checkpoint: dict[str, Any] | None = None
-    failed_step: dict[str, Any] = {}
+    failed_name: str | None = None
+    failed_step: StepRecord | None = None
     try:
         data = Checkpoints(state).load(task)
     except CheckpointUnreadable as exc:
         data = None
         checkpoint = {"status": "unreadable", "error": str(exc)}
     if data is not None:
-        name = next((n for n in data.get("order", []) if data["steps"][n].get("state") == "failed"), None)
-        failed_step = dict(data["steps"][name], name=name) if name else {}
-        checkpoint = {"status": data.get("status"), "failed_step": name, "incident": data.get("incident")}
+        failed_name = data.first_failed()
+        failed_step = data.steps[failed_name] if failed_name else None
+        checkpoint = {"status": data.status, "failed_step": failed_name, "incident": data.incident}
     events = task_events(state, task, config=config)
     if record is None and checkpoint is None and not events:
         raise NoEvidence(task)
@@ -263,8 +264,8 @@ def gather_task(task: str, *, state: StateRoot, config: Config) -> Evidence:
     if record and record.get("last_error"):
         error = str(record["last_error"])
         error_class = record.get("last_error_class")
-    elif failed_step.get("reason"):
-        error, error_class = str(failed_step["reason"]), failed_step.get("error_class")
+    elif failed_step is not None and failed_step.reason:
+        error, error_class = failed_step.reason, failed_step.error_class
     elif checkpoint and checkpoint.get("status") == "unreadable":
         error, error_class = str(checkpoint["error"]), "fatal"
     elif last_any is not None:
@@ -310,7 +311,7 @@ def gather_task(task: str, *, state: StateRoot, config: Config) -> Evidence:
         events=[_brief(e) for e in events[-20:]],
         exit_codes=[int(e["exit_code"]) for e in events if isinstance(e.get("exit_code"), int)][-10:],
         classes=[str(e["error_class"]) for e in events if e.get("error_class")][-10:],
-        step=(record or {}).get("failed_step") or failed_step.get("name") or (last_failed or {}).get("step"),
+        step=(record or {}).get("failed_step") or failed_name or (last_failed or {}).get("step"),
         target=target,
         model=model,
         checkpoint=checkpoint,

@@ -53,8 +53,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError
 from ..state import layout
+from ..state.breakers import CLOSED, OPEN, BreakerState, read_breaker
 from ..state.layout import SUBDIRS
-from ..state.root import StateRoot, read_json, read_json_shared, write_json
+from ..state.root import StateRoot, read_json, write_json
+from ..state.runs import RunState
 from ..state.skill_status import STATUS_FILE_NAME, update_status
 
 if TYPE_CHECKING:
@@ -584,41 +586,32 @@ def check_status_files(own_dir: Path, other_dirs: Iterable[Path], max_age_s: flo
 # -- runs, tasks, breakers ---------------------------------------------------------------------------------------
 
 
-def judge_run(
-    record: Mapping[str, Any], now: float, limit_s: float, alive: Callable[[Mapping[str, Any]], bool]
-) -> str | None:
+def judge_run(record: RunState, now: float, limit_s: float, gone: Callable[[RunState], bool]) -> str | None:
     """Why a running record is not really running (dead or stuck), or None when it looks alive.
 
-    `alive(identity)` says whether a recorded {pid, create_time} is still that process. A retry wait
-    writes no heartbeats (the record says when the wait ends), so a waiting run is judged by that time.
+    `gone(record)` says whether its supervisor is known to have died (RunState.supervisor_gone, the one
+    liveness rule). A retry wait writes no heartbeats (the record says when the wait ends), so a waiting
+    run is judged by that time.
     """
-    supervisor = record.get("supervisor") or {}
-    if supervisor.get("pid") and supervisor.get("create_time") and not alive(supervisor):
-        return f"dead: its supervisor (pid {supervisor['pid']}) is gone and the run never finished"
-    phase = record.get("phase")
-    started = float(record.get("started_ts") or 0.0)
-    if phase == "waiting" and record.get("next_attempt_ts") is not None:
-        overdue = now - float(record["next_attempt_ts"])
+    if record.supervisor is not None and gone(record):
+        return f"dead: its supervisor (pid {record.supervisor.pid}) is gone and the run never finished"
+    started = record.started_ts or 0.0
+    if record.phase == "waiting" and record.next_attempt_ts is not None:
+        overdue = now - record.next_attempt_ts
         if overdue > limit_s:
             return f"stuck: its retry wait ended {_ago(overdue)} ago and no attempt started"
         return None
-    beat_age = now - max(float(record.get("last_heartbeat_ts") or 0.0), started)
+    beat_age = now - max(record.last_heartbeat_ts or 0.0, started)
     if beat_age > limit_s:
         return f"stuck: no heartbeat for {_ago(beat_age)}"
-    if phase == "running":
-        child = record.get("child") or {}
-        since = max(float(record.get("last_output_ts") or 0.0), started, float(child.get("create_time") or 0.0))
+    if record.phase == "running":
+        child = record.child
+        since = max(record.last_output_ts or 0.0, started, (child.create_time or 0.0) if child else 0.0)
         idle = now - since
         if idle > limit_s:
-            pid = f", pid {child['pid']}" if child.get("pid") else ""
-            return f"stuck: no output for {_ago(idle)} (attempt {record.get('attempt')}{pid})"
+            pid = f", pid {child.pid}" if child is not None and child.pid else ""
+            return f"stuck: no output for {_ago(idle)} (attempt {record.attempt}{pid})"
     return None
-
-
-def _process_alive(identity: Mapping[str, Any]) -> bool:
-    from ..core.process import ProcessIdentity, still_running  # noqa: PLC0415 - psutil: only with a run in progress
-
-    return still_running(ProcessIdentity(int(identity["pid"]), float(identity["create_time"]))) is not None
 
 
 def check_runs(
@@ -626,23 +619,22 @@ def check_runs(
     limit_s: float,
     now: float,
     *,
-    alive: Callable[[Mapping[str, Any]], bool] = _process_alive,
+    gone: Callable[[RunState], bool] | None = None,
 ) -> tuple[Check, int]:
     """Runs in progress (runs/*.json): dead or stuck ones warn; also returns how many look alive."""
     folder = state.sub(layout.RUNS)
     if not folder.is_dir() or not any(p.suffix == ".json" for p in folder.iterdir()):
         return Check("runs", OK, "no run in progress", {"running": 0, "limit_s": limit_s, "problems": []}), 0
-    from ..core.runs import RUNNING, list_runs  # noqa: PLC0415 - only when there are run records
+    from ..core.runs import list_runs  # noqa: PLC0415 - only when there are run records
 
     host = socket.gethostname()
-    running = [r for r in list_runs(state) if r.get("status") == RUNNING]
+    running = [r for r in list_runs(state) if r.running]
     problems = []
     for record in running:
-        same_host = record.get("host") in (None, host)
-        why = judge_run(record, now, limit_s, alive if same_host else lambda _identity: True)
+        why = judge_run(record, now, limit_s, gone or (lambda r: r.supervisor_gone(host)))
         if why is not None:
-            name = record.get("task") or record.get("run_id")
-            problems.append({"run_id": record.get("run_id"), "task": record.get("task"), "why": why, "name": name})
+            name = record.task or record.run_id
+            problems.append({"run_id": record.run_id, "task": record.task, "why": why, "name": name})
     data = {"running": len(running), "limit_s": limit_s, "problems": problems}
     live = len(running) - len(problems)
     if problems:
@@ -714,10 +706,14 @@ def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] 
     (Breakers.status() takes each breaker's exclusive lock and may save expired entries; a health check only
     looks, and does not import the breaker module.)
     """
-    records: list[tuple[str, Mapping[str, Any] | None]] = []
+    records: list[BreakerState] = []
     unreadable: list[str] = []
     if fleet is not None:
-        records = [(str(row.get("target")), row) for row in fleet]
+        for row in fleet:
+            try:
+                records.append(BreakerState.from_json(row, f"fleet row {row.get('target')!r}"))
+            except StateError as exc:
+                unreadable.append(f"{row.get('target')} ({exc})")
     else:
         folder = state.sub(layout.BREAKERS)
         try:
@@ -726,23 +722,20 @@ def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] 
             paths = []
         for path in paths:
             try:
-                records.append((path.stem, read_json_shared(path)))  # rewritten in place: read under a shared lock
+                found = read_breaker(path)  # rewritten in place: read under a shared lock
             except (OSError, StateError) as exc:  # a planted link is refused, not read; check_state_root names it
                 unreadable.append(f"{path.name} ({getattr(exc, 'detail', exc)})")
+            else:
+                if found is not None:
+                    records.append(found)
     not_closed: list[dict[str, Any]] = []
     lines: list[str] = []  # `vendor-api open until 2026-11-21T03:13:00Z (5 consecutive failures (transient))`
-    for name, data in records:
-        if data is None:
-            continue
-        state_now = data.get("state")
-        open_until = data.get("open_until")
-        if state_now == "open" and isinstance(open_until, (int, float)) and now >= open_until:
-            state_now = "half_open"  # its open time is over: the next call is a probe
-        if state_now in ("open", "half_open"):
-            target = data.get("target") or name
-            reason = data.get("reason")
+    for data in records:
+        state_now = data.effective_state(now)
+        if state_now != CLOSED:
+            target, reason, open_until = data.target, data.reason, data.open_until
             not_closed.append({"target": target, "state": state_now, "open_until": open_until, "reason": reason})
-            until = f" until {utc_iso(open_until)}" if state_now == "open" and open_until else ""
+            until = f" until {utc_iso(open_until)}" if state_now == OPEN and open_until else ""
             lines.append(f"{target} {state_now.replace('_', '-')}{until}" + (f" ({reason})" if reason else ""))
     result = {"breakers": len(records) + len(unreadable), "not_closed": not_closed, "unreadable": unreadable}
     if fleet is not None:
@@ -935,7 +928,7 @@ def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[Mapping[s
     hosts = [h["host"] for h in status["hosts"]]
     data = {"reachable": True, "spooled": waiting, "schema_version": status["schema_version"], "hosts": hosts}
     detail = f"fleet database reachable: {len(hosts)} host(s) ({_names(hosts)}), schema {status['schema_version']}"
-    breakers: list[Mapping[str, Any]] = [dict(b["data"] or {}, target=b["target"]) for b in status["breakers"]]
+    breakers: list[Mapping[str, Any]] = [dict(b["data"], target=b["target"]) for b in status["breakers"] if b["data"]]
     if waiting:
         return Check("fleet", WARN, detail + f"; {waiting} spooled ledger event(s) not yet replayed", data), breakers
     return Check("fleet", OK, detail, data), breakers

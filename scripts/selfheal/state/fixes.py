@@ -10,6 +10,7 @@ record ids; `fixes/HISTORY.md` lists the records newest first. Records are state
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import re
 import time
@@ -21,6 +22,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, UsageError
 from . import layout
+from .records import Fields, RecordError, split
 from .root import StateRoot, file_lock, read_json, validate_id, write_bytes_atomic, write_json
 
 OPEN, APPLIED, VERIFIED, VOID = "open", "applied", "verified", "void"
@@ -75,11 +77,46 @@ class FixRecord:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FixRecord:
-        names = set(cls.__dataclass_fields__) - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
-        return cls(**known, extra=extra)
+    def from_json(cls, data: Any, where: str | Path) -> FixRecord:
+        """Check a record read from `where`; RecordError names where, the key and the value."""
+        f = Fields(data, where, "a fix record")
+        f.require("id", "task", "signature", "key", "root_cause", "fix_steps", "success_criteria", "source")
+        lists = {}
+        for key in ("problems", "fix_steps", "actions", "seen", "notes"):
+            lists[key] = f.array(key)
+            if not all(isinstance(item, str) for item in lists[key]):
+                raise f.bad(key, "must be a list of strings")
+        history = f.array("history")
+        if not all(isinstance(item, dict) for item in history):
+            raise f.bad("history", "must be a list of objects")
+        return cls(
+            id=f.text("id"),
+            task=f.text("task"),
+            signature=f.text("signature"),
+            key=f.text("key"),
+            error_class=f.text("error_class", optional=True),
+            kind=f.text("kind", "task"),
+            root_cause=f.text("root_cause"),
+            target_module=f.text("target_module", optional=True),
+            success_criteria=f.text("success_criteria"),
+            source=f.text("source"),
+            confidence=f.number("confidence", 0.0),
+            status=f.choice("status", STATUSES, OPEN),
+            review=f.object("review") if "review" in data else {"verdict": READY, "objections": []},
+            evidence=f.object("evidence"),
+            area=f.text("area", "infra"),
+            occurrences=f.count("occurrences", 1),
+            first_seen=f.text("first_seen", ""),
+            last_seen=f.text("last_seen", ""),
+            created=f.text("created", ""),
+            updated=f.text("updated", ""),
+            history=history,
+            extra=split(data, _FIX_FIELDS),
+            **lists,
+        )
+
+
+_FIX_FIELDS = frozenset(f.name for f in dataclasses.fields(FixRecord)) - {"extra"}
 
 
 def signature_key(task: str, signature: str) -> str:
@@ -127,7 +164,7 @@ class FixStore:
         data = read_json(self.path(fix_id))
         if data is None:
             raise UnknownFix(fix_id)
-        return FixRecord.from_json(data)
+        return FixRecord.from_json(data, self.path(fix_id))
 
     def all(self) -> list[FixRecord]:
         """Every readable record, newest last-seen first; unreadable ones are moved aside and reported."""
@@ -138,8 +175,12 @@ class FixStore:
             except CorruptStateError as exc:
                 self.problems.append(str(exc))
                 continue
-            if data is not None:
-                out.append(FixRecord.from_json(data))
+            if data is None:
+                continue
+            try:
+                out.append(FixRecord.from_json(data, path))
+            except RecordError as exc:  # reported, and left for a person: a fix record is theirs to read
+                self.problems.append(str(exc))
         return sorted(out, key=lambda r: (r.last_seen, r.id), reverse=True)
 
     def _index(self) -> dict[str, str]:

@@ -18,7 +18,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -835,17 +835,18 @@ class JournaledFile:
                 finally:
                     os.close(fd)
 
-    def update(self, doc: dict[str, Any], changes: list[tuple[list[str], Any]]) -> None:
+    def update(self, doc: dict[str, Any] | Callable[[], dict[str, Any]], changes: list[tuple[list[str], Any]]) -> None:
         """Save `doc`, which differs from the last save by `changes` ((key path, new value) pairs):
-        one journal line and one fdatasync; the whole document when the journal is due to be folded in."""
+        one journal line and one fdatasync; the whole document when the journal is due to be folded in.
+        `doc` may be a function that builds it, called only then (a typed record's to_json)."""
         if self._base is None:
-            self.write(doc)
+            self.write(doc() if callable(doc) else doc)
             return
         body = _canonical([[list(path), value] for path, value in changes])
         line = b'{"base":%d,"n":%d,"sha256":"%s","changes":' % (self._base, self._n + 1, _sha256(body).encode())
         line += body + b"}\n"
         if self._length + len(line) > max(_JOURNAL_MIN, self.slots.slot_bytes):
-            self.write(doc)
+            self.write(doc() if callable(doc) else doc)
             return
         fd = open_rewrite(self.journal)  # never through a planted link (UnsafeStateError)
         try:

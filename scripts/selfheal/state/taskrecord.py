@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import utc_iso
-from ..errors import StateError
+from .records import Fields, split
 from .taskstates import EXEC_STATES, NEW, PRIORITIES, SCHEMA, STATUS_OF, TYPES, VOID
 
 # -- the record ----------------------------------------------------------------------------------------
@@ -85,24 +85,17 @@ class Task:
         """Check a record read from `where` (a file, a row); a wrong one is reported with where, key and value.
 
         `file_name`: the record came from `<name>.json`, whose stem must be the task's name."""
+        fields = Fields(data, where, "a task")
         known = {k: v for k, v in data.items() if k in FIELDS}
-        extra = {k: v for k, v in data.items() if k not in FIELDS and k not in DERIVED}
-
-        def bad(key: str, why: str) -> StateError:
-            return StateError(f"{where}: {key}: {why} (value {data.get(key)!r})")
-
+        bad = fields.bad
         if not isinstance(known.get("name"), str):
             raise bad("name", "missing or not a string")
-        checks = (("exec_state", EXEC_STATES), ("type", TYPES), ("priority", PRIORITIES))
-        for key, allowed in checks:
-            if key in known and known[key] not in allowed:
-                raise bad(key, f"must be one of {', '.join(allowed)}")
+        for key, allowed in (("exec_state", EXEC_STATES), ("type", TYPES), ("priority", PRIORITIES)):
+            fields.choice(key, allowed)
         for key in ("retry_count", "execution_count", "level"):
-            if key in known and (not isinstance(known[key], int) or isinstance(known[key], bool) or known[key] < 0):
-                raise bad(key, "must be a whole number >= 0")
-        if not isinstance(known.get("history", []), list):
-            raise bad("history", "must be a list")
-        task = cls(**known, extra=extra)
+            fields.count(key)
+        fields.array("history")
+        task = cls(**known, extra=split(data, FIELDS, DERIVED))
         if file_name is not None and file_name != f"{task.name}.json":
             raise bad("name", f"does not match the file name {file_name}")
         return task

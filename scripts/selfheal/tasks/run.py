@@ -46,16 +46,17 @@ from typing import Any, Protocol
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config
 from ..core.ledger import Ledger
-from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree, still_running
+from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree
 from ..core.redact import LineRedactor, Redactor
 from ..core.runner import run_with_retry
 from ..core.runs import list_runs, new_run_id
-from ..durable.checkpoint import DONE, TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
+from ..durable.checkpoint import TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
 from ..durable.incident import Incident, new_incident_id, notify, write_incident
 from ..durable.workflow import WorkflowRunner, load_plan, status
 from ..errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
 from ..state.fixes import FixRecord, normalize
 from ..state.root import iter_lines, open_append, open_read, read_bytes, write_all, write_bytes_atomic, write_json
+from ..state.runs import recorded_process_gone
 from . import analysis
 from .tree import (
     ACTIONABLE_STATES,
@@ -341,8 +342,8 @@ class _Heartbeat:
     def _waiting(self) -> bool:
         """In a retry wait: no output is expected, and that is not being stuck."""
         for record in list_runs(self.store.state):
-            if record.get("task") == self.name and record.get("status") == "running":
-                return record.get("phase") == "waiting"
+            if record.task == self.name and record.running:
+                return record.phase == "waiting"
         return False
 
     def beat(self) -> None:
@@ -928,8 +929,8 @@ class TaskRunner:
         from_step = None
         if requeued:  # a person handed it back: a parked or failed plan resumes at its first unfinished step
             data = status(task.name, state=self.store.state)
-            if data is not None and data.get("status") in (TASK_DEAD_LETTER, TASK_FAILED):
-                from_step = next((n for n in data["order"] if data["steps"][n]["state"] != DONE), None)
+            if data is not None and data.status in (TASK_DEAD_LETTER, TASK_FAILED):
+                from_step = data.first_unfinished()
         runner = WorkflowRunner(
             plan,
             task.name,
@@ -1153,12 +1154,12 @@ def _judge(task: Task, now: float, limit: float, host: str) -> StuckFinding | No
     since = task.started_ts or task.updated_ts
     idle = now - max(task.activity_ts or 0.0, since)
     beat_age = now - max(task.heartbeat_ts or 0.0, since)
-    runner = task.runner
-    identity = _identity(runner)
-    if identity is not None and (runner or {}).get("host") == host and still_running(identity) is None:
-        return StuckFinding(task.name, "dead", idle, beat_age, runner)
+    runner = task.runner or {}
+    where = runner.get("host")  # always recorded: a runner of an unknown host is not judged
+    if where is not None and recorded_process_gone(runner.get("pid"), runner.get("create_time"), where, host):
+        return StuckFinding(task.name, "dead", idle, beat_age, task.runner)
     if idle > limit or beat_age > limit:
-        return StuckFinding(task.name, "stuck", idle, beat_age, runner)
+        return StuckFinding(task.name, "stuck", idle, beat_age, task.runner)
     return None
 
 
@@ -1242,8 +1243,9 @@ def _orphans(store: TaskStore, task: Task) -> list[ProcessIdentity | None]:
     """Commands the task's runs started that may outlive a dead runner (they run in their own session)."""
     out: list[ProcessIdentity | None] = []
     for record in list_runs(store.state):
-        if record.get("task") == task.name and record.get("status") == "running":
-            out.append(_identity(record.get("child")))
+        if record.task == task.name and record.running:
+            child = record.child
+            out.append(ProcessIdentity(child.pid, child.create_time) if child and child.create_time else None)
     return out
 
 
