@@ -478,6 +478,7 @@ class Tally:
         keys, durations, lines = zip(*rows, strict=True)
         # A [SUCCESS] with a duration is counted with its duration, per key (a table of a few thousand
         # tasks, kept in cache); only the other keys go to the big table of every (task, model, reason).
+        empty_before = self._keys[b""]  # blank lines and lines for the careful path: most blocks have none
         self._keys.update(compress(keys, map(operator.not_, durations)))
         if any(durations):
             timed_keys: Iterable[bytes] = compress(keys, durations)
@@ -495,10 +496,10 @@ class Tally:
             self._held_durations += len(values)
             if self._held_durations > _MAX_DURATIONS:
                 self._fold_durations()
+        careful = list(filter(None, lines)) if self._keys[b""] != empty_before else []
+        self._python_lines += len(careful)
         if len(self._keys) > _MAX_KEYS:
             self.fold()
-        careful = list(filter(None, lines))
-        self._python_lines += len(careful)
         return careful
 
     def fold(self) -> None:
