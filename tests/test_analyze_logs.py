@@ -1116,3 +1116,11 @@ def test_a_block_with_the_recent_periods_day_is_read_with_the_recent_period_and_
     # A recent period of more than a few days is looked for on every line.
     long_period = logscan.fast_pattern(Window(recent=(T0, T0 + 30 * 86400)))
     assert long_period.without_recent is long_period.full
+
+
+def test_duration_texts_are_converted_once_each_and_a_bad_one_is_an_error() -> None:
+    seconds = logscan._Seconds()
+    assert seconds[b"47.2"] == 47.2 and seconds[b"47.2"] == 47.2 and list(seconds) == [b"47.2"]
+    with pytest.raises(ValueError):
+        seconds[b"1.2.3"]
+    assert b"1.2.3" not in seconds

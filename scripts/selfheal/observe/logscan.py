@@ -353,6 +353,7 @@ class Tally:
         self._held_durations = 0
         self._word_known: dict[str, bool] = {}
         self._seconds = _Seconds()
+        self._shapes: dict[str, tuple[str, str]] = {}  # error text -> (redacted, signature)
         # Lines.
         self.lines = 0
         self.malformed = 0
@@ -389,7 +390,7 @@ class Tally:
 
     # -- several processes -------------------------------------------------------------------------------------
 
-    _NOT_SENT = ("_classifier", "_classify", "redactor", "settings", "_seconds")
+    _NOT_SENT = ("_classifier", "_classify", "redactor", "settings", "_seconds", "_shapes")
 
     def spawn(self) -> Tally:
         """An empty Tally that counts the same way (for a worker's share of the inputs)."""
@@ -777,8 +778,13 @@ class Tally:
 
     def add_unclassified(self, text: str, source: str, *, n: int = 1, status: int | None = None) -> str | None:
         """Count an error no rule classifies under its signature; return the signature (None: not grouped)."""
-        text = self.redactor.text(text.strip())[:500]
-        sig = signature(text)
+        shaped = self._shapes.get(text)
+        if shaped is None:  # the same reason word comes back for every (task, model) key of a fold
+            redacted = self.redactor.text(text.strip())[:500]
+            shaped = (redacted, signature(redacted))
+            if len(self._shapes) < 10_000:
+                self._shapes[text] = shaped
+        text, sig = shaped
         entry = self.unclassified.get(sig)
         if entry is None:
             if len(self.unclassified) >= _MAX_SIGNATURES:
@@ -1163,6 +1169,7 @@ class Scan:
                 os.close(write_end)
                 children.append((pid, read_end))
             self.read_stream(_Range(fh, 0, cuts[1]), info)
+            self.tally.fold()  # while the workers fold theirs, not after
             for pid, read_end in children:
                 with os.fdopen(read_end, "rb") as pipe:
                     payload = pipe.read()
