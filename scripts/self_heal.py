@@ -35,6 +35,7 @@ from selfheal import cli  # noqa: E402
 from selfheal.core.config import IRREVERSIBLE_ACTIONS, get_config  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
 from selfheal.heal.diagnose import ApplyRefused, Healer, apply_fix, gather_openclaw, gather_task  # noqa: E402
+from selfheal.models import openclaw_config  # noqa: E402
 from selfheal.observe import openclaw_logs  # noqa: E402
 from selfheal.state.fixes import STATUSES, VOID, FixRecord, FixStore, write_learnings  # noqa: E402
 from selfheal.state.root import StateRoot, read_bytes  # noqa: E402
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     # learnings
     workspace = (
-        Path(args.workspace).expanduser() if args.workspace else openclaw_logs.config_path().parent / "workspace"
+        Path(args.workspace).expanduser() if args.workspace else openclaw_config.config_path().parent / "workspace"
     )
     target = workspace / ".learnings" / "ERRORS.md"
     records = store.all()

@@ -189,11 +189,14 @@ def test_small_blocks_and_key_folds_do_not_change_any_figure(tmp_path: Path, mon
     """Blocks of a few lines and a fold of the pending keys every few lines: the same exact figures."""
     lines, exp = seed_log(5, 1200)
     path = write(tmp_path / "a.log", lines)
-    monkeypatch.setattr(logscan, "BLOCK_BYTES", 512)
     monkeypatch.setattr(logscan, "_MAX_KEYS", 7)
     monkeypatch.setattr(logscan, "_MAX_DURATIONS", 5)
-    monkeypatch.setattr(logscan.iter_blocks, "__defaults__", (512,))
-    check_counts(report_of(path), exp)
+    monkeypatch.setitem(logscan.iter_blocks.__kwdefaults__, "block_bytes", 512)
+    blocks: list[int] = []
+    real = logscan.Tally.add_rows
+    monkeypatch.setattr(logscan.Tally, "add_rows", lambda self, rows: blocks.append(len(rows)) or real(self, rows))
+    check_counts(report_of(path, config=with_analysis(load_config(), max_line_bytes=512)), exp)
+    assert len(blocks) > 100  # blocks of about 512 to 1024 bytes: a few lines each
 
 
 def info_heavy(seed: int, runs: int) -> tuple[list[str], Expected, Counter[str]]:
@@ -964,3 +967,158 @@ def test_openclaw_failure_lines_beyond_the_memory_cap_are_counted_as_not_grouped
     oc = report_of(FAILURES)["openclaw"]
     assert oc["not_grouped"] == 10 + 2 + 3 + 8 - 4  # lane, next_fallback, chain_exhausted, cron lines; 4 held
     assert oc["failed_turns"] <= 2
+
+
+# --- the fast path against the careful path, line for line ------------------------------------------------------
+
+
+class _EveryLineWhole:
+    """A block pattern that hands every line to the careful path (blank ones as empty rows, as the fast one does)."""
+
+    pattern = re.compile(rb"\n(?:()()([^\n]+)|)")
+
+    def findall(self, block: memoryview) -> list[tuple[bytes, bytes, bytes]]:
+        return self.pattern.findall(block)
+
+
+def _figures(tally: logscan.Tally) -> dict[str, Any]:
+    tally.fold()
+    tasks = {
+        name: (s.retries, s.successes, s.failures, s.fallbacks, s.timed, round(s.total_s, 6), s.max_s, s.recent_timed)
+        for name, s in tally.tasks.items()
+    }
+    return {
+        "lines": (tally.lines, tally.malformed, tally.blank, tally.outside, tally.timed, round(tally.total_s, 6)),
+        "events": dict(tally.events),
+        "other_tags": dict(tally.other_tags),
+        "reasons": dict(tally.reasons),
+        "fallback_reasons": dict(tally.fallback_reasons),
+        "by_model": {k: dict(v) for k, v in tally.by_model.items()},
+        "by_target": {k: dict(v) for k, v in tally.by_target.items()},
+        "tasks": tasks,
+        "trips": dict(tally.trips_by_hour),
+        "unclassified": {k: v.count for k, v in tally.unclassified.items()},
+        "openclaw": tally.openclaw_lines,
+    }
+
+
+def _scan_both(data: bytes, window: Window, *, max_line: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The figures of `data` read by the fast path and by the careful path alone (blocks of at least the
+    `block_bytes` set, and at most that plus `max_line`)."""
+    config = with_analysis(load_config(), max_line_bytes=max_line)
+    out = []
+    for pattern in (logscan.fast_pattern(window), _EveryLineWhole()):
+        tally = logscan.Tally(config.analysis, config.classify, window)
+        logscan.Scan(tally, pattern, max_line).read_stream(io.BytesIO(data), logscan.InputInfo("x", "explicit"))
+        out.append(_figures(tally))
+    return out[0], out[1]
+
+
+def _edge_lines(t: int) -> list[bytes]:
+    """Lines where the fast path could go wrong: every one must read as the careful path reads it."""
+    ts = iso(t).encode()
+    bare = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)).encode()
+    return [
+        ts + b" [INFO] " + b"x" * 6000 + b" [RETRY] task=long model=M reason=timeout",  # tag deep in a long line
+        ts + b" [RETRY] task=over model=M reason=timeout " + b"y" * 6100,  # over the longest line read: malformed
+        ts + b" [INFO] msg=calling " + ts + b" [FAILED] task=inner reason=oom",  # a whole line inside another
+        b"garbage " + ts + b" [RETRY] task=a model=M reason=timeout",  # the tag not at the line's start
+        b" " + ts + b" [RETRY] task=a model=M reason=timeout",
+        ts + b"  [RETRY] task=a model=M reason=timeout",
+        ts + b" [RETRY] task=crlf model=M reason=timeout attempt=1/3\r",  # CRLF
+        ts + b" [INFO]\r",
+        ts + b" [SUCCESS] task=crlf duration=2.5s\r",
+        ts + b" [RETRY] task=bad\xff\xfeutf model=M\xc3 reason=time\xffout",  # invalid UTF-8 in a tracked line
+        ts + b" [INF\xffO] task=a",
+        ts + b" [INFO] \xff\xfe\xfd",
+        ts[:5] + b"13" + ts[7:] + b" [INFO] month 13",  # timestamps out of range
+        ts[:11] + b"24" + ts[13:] + b" [RETRY] task=a model=M reason=timeout",
+        ts[:-1] + b".250Z [INFO] fraction",  # other timestamp forms: the careful path converts them
+        bare + b"+02:00 [RETRY] task=zone model=M reason=oom",
+        bare + b" [DEBUG] no zone",
+        ts + b" [INFO]x",  # tags the fast path must not take
+        ts + b" [info] lower case",
+        ts + b" [INFOX] longer",
+        ts + b" [I] one letter",
+        ts + b" [WARNING] not coded",
+        ts + b" [INCIDENT] task=a reason=timeout",
+        ts + b" [INFO] duration=1.5s",  # an untracked line that looks timed
+        ts + b" [NOTICE_X] duration=3s task=a",
+        ts + b" [SUCCESS] task=q duration=1.2.3s",  # an unreadable duration
+        ts + b' [SUCCESS] task="quoted task" duration=4s',
+        ts + b" [RETRY] model=M task=order reason=timeout",
+        ts + b" [BREAKER] task=- target=qwen3-4b state=open reason=transient",
+        b"",
+        b"   \t",
+        b'{"ts": "' + ts + b'", "event": "retry", "task": "j", "error_class": "timeout"}',
+        b"{not json",
+    ]
+
+
+@pytest.mark.parametrize("block", [64, 700, 1 << 20], ids=["tiny-blocks", "lines-across-blocks", "one-block"])
+@pytest.mark.parametrize("bounded", [False, True], ids=["whole-file", "since-until"])
+def test_the_fast_path_reads_every_edge_as_the_careful_path_does(
+    monkeypatch: pytest.MonkeyPatch, block: int, bounded: bool
+) -> None:
+    """Tricky lines among ordinary ones, in blocks of several sizes (lines cut across every block boundary),
+    with and without a window: the same figures as reading every line on the careful path."""
+    monkeypatch.setitem(logscan.iter_blocks.__kwdefaults__, "block_bytes", block)
+    lines, _ = seed_log(30, 60)
+    rng = random.Random(30)
+    data: list[bytes] = []
+    for i, line in enumerate(lines):
+        t = T0 + i * 40
+        data.append(line.encode())
+        if i % 3 == 0:
+            data += rng.sample(_edge_lines(t), 4)
+        if i % 5 == 0:
+            data.append(f"{iso(t)} [{rng.choice(('INFO', 'DEBUG', 'WARN', 'ERROR', 'TRACE'))}] n={i}".encode())
+    text = b"\n".join(data) + b"\n"
+    window = Window(T0 + 600, T0 + 1800, (T0 + 1500, T0 + 1800)) if bounded else Window(recent=(T0 + 1500, LATER))
+    fast, careful = _scan_both(text, window, max_line=6100)
+    assert fast == careful
+    assert fast["lines"][0] == len(data)
+    assert fast["other_tags"] and fast["events"]
+
+
+def test_a_block_with_the_recent_periods_day_is_read_with_the_recent_period_and_one_without_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Blocks of old lines skip looking for the recent period; blocks that hold its day look for it: P3's
+    recent durations are the same as line by line, old and recent successes of one task kept apart."""
+    monkeypatch.setitem(logscan.iter_blocks.__kwdefaults__, "block_bytes", 256)
+    recent_start = T0 + 40 * 86400
+    old = [f"{iso(T0 + i * 60)} [SUCCESS] task=t duration={i % 7 + 1}s" for i in range(50)]
+    new = [f"{iso(recent_start + i * 60)} [SUCCESS] task=t duration={i % 5 + 20}s" for i in range(30)]
+    text = ("\n".join([*old, *new]) + "\n").encode()
+    window = Window(recent=(recent_start + 10 * 60, recent_start + 86400))
+    fast, careful = _scan_both(text, window, max_line=300)
+    assert fast == careful
+    assert fast["tasks"]["t"][7] == 20  # the recent period's successes, from its 11th minute
+
+    pattern = logscan.fast_pattern(window)
+    used: list[str] = []
+
+    class Spy:
+        def __init__(self, name: str, real: re.Pattern[bytes]) -> None:
+            self.name, self.real = name, real
+
+        def findall(self, block: memoryview) -> list[tuple[bytes, bytes, bytes]]:
+            used.append(self.name)
+            return self.real.findall(block)
+
+    pattern.full, pattern.without_recent = Spy("full", pattern.full), Spy("without", pattern.without_recent)  # type: ignore[assignment]
+    tally = logscan.Tally(load_config().analysis, load_config().classify, window)
+    logscan.Scan(tally, pattern, 300).read_stream(io.BytesIO(text), logscan.InputInfo("x", "explicit"))
+    assert used[0] == "without" and used[-1] == "full" and used == sorted(used, reverse=True)
+    # A recent period of more than a few days is looked for on every line.
+    long_period = logscan.fast_pattern(Window(recent=(T0, T0 + 30 * 86400)))
+    assert long_period.without_recent is long_period.full
+
+
+def test_duration_texts_are_converted_once_each_and_a_bad_one_is_an_error() -> None:
+    seconds = logscan._Seconds()
+    assert seconds[b"47.2"] == 47.2 and seconds[b"47.2"] == 47.2 and list(seconds) == [b"47.2"]
+    with pytest.raises(ValueError):
+        seconds[b"1.2.3"]
+    assert b"1.2.3" not in seconds

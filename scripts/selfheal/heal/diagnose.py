@@ -41,6 +41,7 @@ from ..core.ledger import Ledger, iter_events, ledger_files, own_task
 from ..core.redact import Redactor
 from ..durable.checkpoint import Checkpoints, CheckpointUnreadable, StepRecord
 from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError, UsageError
+from ..models import openclaw_config
 from ..models.prompts import render
 from ..observe import openclaw_logs
 from ..state.fixes import (
@@ -567,13 +568,13 @@ def infer_target_module(
     if evidence.kind == openclaw_logs.SKILL_INVALID and evidence.file:
         return evidence.file
     if evidence.kind in (openclaw_logs.FALLBACK_EXHAUSTED, openclaw_logs.LANE_ERROR):
-        return f"{openclaw_logs.config_path(env)} (agents.defaults.model)"
+        return f"{openclaw_config.config_path(env)} (agents.defaults.model)"
     if evidence.kind == openclaw_logs.CRON_FAILED:
         return f"openclaw cron job {evidence.job}"
     for part in evidence.command or []:
         if part.endswith((".py", ".sh", ".js", ".yaml", ".yml")):
             return part
-    skills = openclaw_logs.config_path(env).parent / "skills"
+    skills = openclaw_config.config_path(env).parent / "skills"
     wanted = evidence.task.lower().replace("-", "_")
     if skills.is_dir():
         for folder in sorted(skills.iterdir()):

@@ -30,6 +30,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config
 from ..core.ledger import Ledger
 from ..errors import StateError
+from ..models import openclaw_config
 from ..observe import openclaw_logs
 from ..observe.health import OK, Report
 from ..state import layout
@@ -74,7 +75,7 @@ def good_configs(state: StateRoot) -> list[Path]:
 
 def keep_good_config(state: StateRoot, env: Mapping[str, str], *, keep: int, now: float) -> Path | None:
     """Copy openclaw.json as last-known-good when it differs from the newest copy; prune to `keep`."""
-    source = openclaw_logs.config_path(env)
+    source = openclaw_config.config_path(env)
     try:
         data = source.read_bytes()
     except OSError:
@@ -94,7 +95,7 @@ def config_changed_since_good(state: StateRoot, env: Mapping[str, str]) -> Path 
     """The newest good copy when openclaw.json differs from it now (a config change may have broken the start)."""
     kept = good_configs(state)
     try:
-        current = openclaw_logs.config_path(env).read_bytes()
+        current = openclaw_config.config_path(env).read_bytes()
     except OSError:
         return kept[0] if kept else None
     return kept[0] if kept and _digest(kept[0].read_bytes()) != _digest(current) else None
@@ -213,7 +214,7 @@ def _give_up(
         data = {}
     output = str(data.get("last_output") or "") if isinstance(data, dict) else ""
     good = config_changed_since_good(state, env)
-    current = openclaw_logs.config_path(env)
+    current = openclaw_config.config_path(env)
     gateway = report.check("gateway")
     error = f"the OpenClaw gateway stayed down after {len(restarts)} restart(s) within the hour"
     tail = [f"health check: {gateway.detail if gateway else 'gateway not live'}"]

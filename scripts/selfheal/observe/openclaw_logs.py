@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,6 +34,7 @@ from typing import Any, BinaryIO
 
 from ..core.classify import Classifier
 from ..core.classify import Failure as Evidence
+from ..models.openclaw_config import read_config
 from ..state.root import MAX_LINE_BYTES, iter_lines
 
 DEFAULT_LOG_DIR = Path("/tmp/openclaw")  # noqa: S108 - where OpenClaw itself writes, read only
@@ -476,37 +476,6 @@ def timestamp(text: str) -> float | None:
 
 
 # -- where the logs are ------------------------------------------------------------------------------------
-
-
-def _loose_json(text: str) -> Any:
-    """openclaw.json is JSON5 in practice (comments, trailing commas): enough of it to find logging.file."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        stripped = re.sub(r"/\*.*?\*/", "", re.sub(r"(?m)^\s*//.*$", "", text), flags=re.S)
-        stripped = re.sub(r",(\s*[}\]])", r"\1", stripped)
-        try:
-            return json.loads(stripped)
-        except ValueError:
-            return None
-
-
-def config_path(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    if env.get("OPENCLAW_CONFIG_PATH"):
-        return Path(env["OPENCLAW_CONFIG_PATH"]).expanduser()
-    state = env.get("OPENCLAW_STATE_DIR")
-    base = Path(state).expanduser() if state else Path(env.get("HOME") or Path.home()) / ".openclaw"
-    return base / "openclaw.json"
-
-
-def read_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """~/.openclaw/openclaw.json as a dict ({} when missing or unreadable)."""
-    try:
-        data = _loose_json(config_path(env).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def discover(env: Mapping[str, str] | None = None, *, log_dir: Path = DEFAULT_LOG_DIR) -> list[Path]:

@@ -1,0 +1,86 @@
+"""openclaw.json is read in one place (models.openclaw_config) by the model chain and the log discovery alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from selfheal.errors import ConfigError
+from selfheal.models import openclaw_chain, openclaw_config
+from selfheal.observe import openclaw_logs as oc
+
+# JSON5 as OpenClaw's docs write it: comments (one after a value), bare keys, single quotes, trailing commas,
+# and a URL whose `//` is not a comment.
+JSON5 = """// OpenClaw's configuration
+{
+  logging: {file: 'LOG_FILE',},  // where the gateway logs
+  agents: {defaults: {model: {primary: "local/qwen3", fallbacks: [],},},},
+  models: {
+    providers: {
+      /* the local server */
+      local: {baseUrl: "http://127.0.0.1:8000/v1", api: "openai-completions"},
+    },
+  },
+}
+"""
+
+
+def test_the_chain_and_the_log_discovery_read_the_same_json5_file(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "gw.log").write_text("")
+    path = tmp_path / "openclaw.json"
+    path.write_text(JSON5.replace("LOG_FILE", str(logs / "gw.log")))
+    env = {"OPENCLAW_CONFIG_PATH": str(path), "HOME": str(tmp_path / "nobody")}
+    assert oc.discover(env, log_dir=tmp_path / "none") == [logs / "gw.log"]
+    chain = openclaw_chain.chain_from_openclaw(env)
+    assert chain is not None
+    assert [(e.name, e.base_url, e.model) for e in chain.entries] == [
+        ("local-qwen3", "http://127.0.0.1:8000/v1", "qwen3")
+    ]
+    assert openclaw_config.read_config(env) == openclaw_config.read_openclaw_json(path)
+
+
+def test_one_reader_serves_both_layers() -> None:
+    assert oc.read_config is openclaw_config.read_config
+    assert openclaw_chain.read_openclaw_json is openclaw_config.read_openclaw_json
+    assert openclaw_chain.config_path is openclaw_config.config_path
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read it"),
+        ("[1, 2]", "must be one JSON object"),
+        ("{unclosed: [", "is neither JSON nor JSON5"),
+        (b"\xff\xfe{}", "cannot read it"),
+    ],
+    ids=["missing", "not-an-object", "garbage", "not-utf8"],
+)
+def test_a_bad_file_is_an_error_for_the_chain_and_nothing_for_the_logs(
+    tmp_path: Path, content: str | bytes | None, problem: str
+) -> None:
+    """The chain stops with an error naming the file; discovery and the gateway port carry on without it."""
+    path = tmp_path / "openclaw.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        openclaw_config.read_openclaw_json(path)
+    assert problem in str(caught.value) and str(path) in str(caught.value)
+    assert openclaw_config.read_config({"OPENCLAW_CONFIG_PATH": str(path)}) == {}
+
+
+def test_a_folder_where_the_file_should_be_is_nothing_for_the_logs(tmp_path: Path) -> None:
+    (tmp_path / "openclaw.json").mkdir()
+    assert openclaw_config.read_config({"OPENCLAW_STATE_DIR": str(tmp_path)}) == {}
+
+
+def test_where_the_file_is() -> None:
+    assert openclaw_config.config_path({"OPENCLAW_CONFIG_PATH": "/x/oc.json", "OPENCLAW_STATE_DIR": "/y"}) == Path(
+        "/x/oc.json"
+    )
+    assert openclaw_config.config_path({"OPENCLAW_STATE_DIR": "/y", "HOME": "/h"}) == Path("/y/openclaw.json")
+    assert openclaw_config.config_path({"HOME": "/h"}) == Path("/h/.openclaw/openclaw.json")
