@@ -890,7 +890,9 @@ def test_when_every_model_fails_the_rules_fallback_answers_marked_as_rules(
     rules.write_text("import sys\nprint('rule-based: ' + sys.stdin.read().split()[0])\n")
     entries = "    - " + json.dumps({"name": "dead", "base_url": dead_url(), "model": "m"})
     write_config(
-        FAST.format(entries=entries, jitter="none").replace("models:\n", f"models:\n  rules_fallback: [{PYTHON}, {rules}]\n")
+        FAST.format(entries=entries, jitter="none").replace(
+            "models:\n", f"models:\n  rules_fallback: [{PYTHON}, {rules}]\n"
+        )
     )
     result = ask(load_config(), clock)
     assert (result.content, result.endpoint, result.by_rules, result.fallback_used) == (

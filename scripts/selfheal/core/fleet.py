@@ -83,9 +83,10 @@ def down_reason(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> str | N
     return down[1] if down is not None and clock.monotonic() < down[0] else None
 
 
-def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False) -> dict[str, Any]:
+def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False, lease_s: float = 120.0) -> dict[str, Any]:
     """`tasks.py fleet init|status`: connect (creating or migrating the schema), then the fleet at a
-    glance: hosts and their last heartbeat, breakers with the permits each host holds, the ledger.
+    glance: hosts and their last heartbeat, breakers with the permits each host holds, the ledger, and the
+    shared task tree's leases (which host runs which task, since when, until when: heartbeat + `lease_s`).
     Raises UsageError when fleet mode is off; `reachable` is False (with `error`) when the database is down."""
     if store.url is None:
         raise UsageError(
@@ -93,7 +94,7 @@ def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False) -> di
             " and install the driver with ./install.sh --fleet"
         )
     try:
-        from ..state.pg import SCHEMA_VERSION, Database, fleet_status  # noqa: PLC0415 - psycopg only in fleet mode
+        from ..state.pg import SCHEMA_VERSION, Database, fleet_status, leases  # noqa: PLC0415 - psycopg only in fleet mode
     except ImportError:
         raise UsageError(NO_DRIVER) from None
 
@@ -113,11 +114,12 @@ def fleet_report(store: StoreSettings, spool: Path, *, init: bool = False) -> di
         report.update(fleet_status(db), reachable=True)  # the first connection migrates the schema
         for breaker in report["breakers"]:
             breaker.pop("data", None)
+        report["lease_s"] = lease_s
+        report["leases"] = leases(db, lease_s)
     except StateError as exc:
         report.update(reachable=False, error=str(exc))
     finally:
         db.close()
     report["initialized"] = init and report["reachable"]
-    # Leases of the shared task tree arrive with it; until then the tree stays on each host.
-    report["leases"] = None
+    report.setdefault("leases", None)  # unknown while the database is down
     return report

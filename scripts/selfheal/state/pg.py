@@ -10,6 +10,9 @@ Tables (schema version in selfheal_schema; migrations run in order, once, under 
                         changed only under SELECT ... FOR UPDATE
     selfheal_ledger     the fleet's ledger, append-only, partitioned by UTC day (selfheal_ledger_YYYYMMDD);
                         (event_id, ts) is unique, so an event replayed from a host's spool lands once
+    tasks, tasks_archive, main_logs, meta
+                        the shared task tree (version 2): taskdb's own tables, created by taskdb's
+                        statements in the POSTGRESQL dialect; PgTaskDB runs taskdb's statements on them
 
 Every psycopg error becomes DatabaseUnavailable and closes the connection; the next use reconnects.
 """
@@ -23,19 +26,25 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ..errors import StateError
+from ..errors import FleetUnavailable, LockBusy, StateError
+from .sql import POSTGRESQL
+from .taskdb import TaskDB, row_task, task_tables
+
+if TYPE_CHECKING:
+    from .taskrecord import Task
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most this often (one statement)
 _MIGRATE_LOCK = 0x5E1F_4EA1  # pg_advisory_xact_lock key: one host migrates, the others wait and see it done
 _PARTITION_LOCK = 0x5E1F_4EA2
@@ -70,12 +79,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX selfheal_ledger_ts ON selfheal_ledger (ts)",
         "CREATE INDEX selfheal_ledger_host_ts ON selfheal_ledger (host, ts)",
     ),
+    # The task tree: the very tables (and indexes) of tasks.db, written by taskdb in this dialect.
+    2: tuple(task_tables(POSTGRESQL)),
 }
 
 _PARTITION = re.compile(r"selfheal_ledger_(\d{4})(\d{2})(\d{2})\Z")
 
 
-class DatabaseUnavailable(StateError):
+class DatabaseUnavailable(FleetUnavailable):
     """The fleet database could not be reached, or failed during a statement; local files take over."""
 
 
@@ -175,6 +186,121 @@ def database_for(url: str, host: str, connect_timeout_s: float) -> Database:
         if found is None:
             found = _databases[key] = Database(url, host, connect_timeout_s)
         return found
+
+
+# -- the task tree ------------------------------------------------------------------------------------------
+
+
+class PgTaskDB(TaskDB):
+    """The fleet's task tree: taskdb's statements, in the POSTGRESQL dialect, on this process's connection.
+
+    Transactions are taskdb's (BEGIN ... COMMIT on the autocommit connection); a connection lost inside one
+    fails the transaction (DatabaseUnavailable) instead of going on, outside it, on a new connection. The
+    claim's and the heartbeats' times come from the database's clock (the host's time is bound as NULL).
+    """
+
+    def __init__(self, database: Database, *, busy_timeout_s: float) -> None:
+        super().__init__(Path(f"{_mask(database.url)}#tasks"), busy_timeout_s=busy_timeout_s, dialect=POSTGRESQL)
+        self.database = database
+        self._tx: psycopg.Connection[Any] | None = None
+
+    def clock_param(self, now: float) -> float | None:
+        return None
+
+    def open(self) -> PgTaskDB:
+        """Connect (creating or migrating the schema, state/pg.py's migrations) and set the lock wait."""
+        self.set_wait(self.busy_timeout_s)
+        return self
+
+    def close(self) -> None:
+        """The connection is the process's (database_for), shared with breakers and the ledger: kept open."""
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        with self.lock, self.database.connection() as conn:
+            if self._in_write and conn is not self._tx:
+                raise DatabaseUnavailable(
+                    f"fleet database {_mask(self.database.url)}: the connection was lost inside a transaction;"
+                    " nothing of it was written"
+                )
+            try:
+                return conn.execute(self.d.sql(statement), tuple(params))
+            except psycopg.errors.LockNotAvailable:
+                raise LockBusy(
+                    f"the fleet's task tree (a row another host holds, for over {self.busy_timeout_s:g}s)"
+                ) from None
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+                # The database answered and refused the statement: not an outage; the transaction rolls back.
+                raise StateError(f"fleet task tree {self.path}: {_mask(str(exc).strip())}") from None
+
+    def insert_many(self, tasks: Iterable[Task]) -> None:
+        from .taskdb import COLUMNS, SELECT_COLUMNS, task_row  # noqa: PLC0415
+
+        marks = ", ".join("?" for _ in COLUMNS)
+        with self.lock, self.database.connection() as conn, conn.cursor() as cur:
+            cur.executemany(
+                self.d.sql(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})"),  # noqa: S608
+                [task_row(t) for t in tasks],
+            )
+
+    def _begin(self) -> None:
+        with self.database.connection() as conn:
+            conn.execute("BEGIN")
+            self._tx = conn
+
+    def _commit(self) -> None:
+        tx, self._tx = self._tx, None
+        with self.database.connection() as conn:
+            if conn is not tx:
+                raise DatabaseUnavailable(
+                    f"fleet database {_mask(self.database.url)}: the connection was lost before the commit;"
+                    " nothing of the transaction was written"
+                )
+            conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        tx, self._tx = self._tx, None
+        if tx is not None and not tx.closed:
+            with contextlib.suppress(Exception):
+                tx.execute("ROLLBACK")
+
+
+def leases(db: Database, lease_s: float) -> list[dict[str, Any]]:
+    """The shared tree's running tasks: which host runs each, since when, and when its lease runs out
+    (its last heartbeat plus `lease_s`, by the database's clock)."""
+    from .taskdb import SELECT_COLUMNS  # noqa: PLC0415
+
+    with db.connection() as conn:
+        if conn.execute("SELECT to_regclass('tasks') IS NULL").fetchone() == (True,):
+            return []
+        now = float(conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])  # type: ignore[index]
+        rows = conn.execute(
+            f"SELECT {SELECT_COLUMNS} FROM tasks WHERE exec_state = 'PROCESSING' ORDER BY started_ts, task_name"  # noqa: S608
+        ).fetchall()
+    out = []
+    for row in rows:
+        task = row_task(row, Path(f"{_mask(db.url)}#tasks"))
+        runner = task.runner or {}
+        beat = task.heartbeat_ts or task.started_ts or now
+        out.append(
+            {
+                "task": task.name,
+                "host": runner.get("host"),
+                "pid": runner.get("pid"),
+                "run_id": task.run_id,
+                "since": _iso(task.started_ts),
+                "heartbeat": _iso(task.heartbeat_ts),
+                "expires": _iso(beat + lease_s),
+                "expires_in_s": round(beat + lease_s - now, 1),
+                "expired": beat + lease_s < now,
+            }
+        )
+    return out
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # -- schema -------------------------------------------------------------------------------------------------

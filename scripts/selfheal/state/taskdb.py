@@ -112,9 +112,14 @@ RUNNABLE = "(run_spec IS NOT NULL OR task_type = 'fix')"
 
 
 def _schema(d: Dialect) -> list[str]:
+    """tasks.db's first schema: its version table, then the task tables."""
+    return [f"CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ts {d.real} NOT NULL)", *task_tables(d)]
+
+
+def task_tables(d: Dialect) -> list[str]:
+    """The task tree's tables and indexes in dialect `d` (fleet mode: state/pg.py's migration 2 runs these)."""
     real = d.real
     return [
-        f"CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ts {real} NOT NULL)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         f"""CREATE TABLE tasks (
             task_name TEXT PRIMARY KEY,
@@ -329,6 +334,14 @@ class TaskDB:
         except sqlite3.Error as exc:
             raise translate(exc, self.path, self.busy_timeout_s) from exc
 
+    def clock_param(self, now: float) -> float | None:
+        """What `Dialect.clock`'s `?` is bound to: the host's time here (the PostgreSQL store binds None)."""
+        return now
+
+    def set_wait(self, seconds: float) -> None:
+        """How long a writer waits for a lock from now on."""
+        self.execute(self.d.wait_lock.format(ms=int(seconds * 1000)))
+
     def open(self) -> TaskDB:
         """Connect, refuse a newer schema before writing anything, then migrate to this version."""
         ensure_dir(self.path.parent)
@@ -408,22 +421,30 @@ class TaskDB:
             if self._in_write:
                 yield
                 return
-            self.execute(self.d.begin_write)
+            self._begin()
             self._in_write = True
             try:
                 yield
             except BaseException:
                 self._in_write = False
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             self._in_write = False
             try:
-                self.execute("COMMIT")
+                self._commit()
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    def _begin(self) -> None:
+        self.execute(self.d.begin_write)
+
+    def _commit(self) -> None:
+        self.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
 
     # -- reading tasks ------------------------------------------------------------------------------------
 
@@ -460,11 +481,14 @@ class TaskDB:
         return self._tasks("exec_state = ?", (exec_state,), order=False)
 
     def actionable_sql(
-        self, types: Sequence[str] | None, *, runnable: bool, limit: int | None
+        self, types: Sequence[str] | None, *, runnable: bool, limit: int | None, skip: Sequence[str] = ()
     ) -> tuple[str, list[Any]]:
         """The document's get_actionable_tasks() as one query: the columns of the tasks that may run, in order."""
         where = [ACTIONABLE_IN, PARENT_GATE]
         params: list[Any] = []
+        if skip:
+            where.append(f"task_name NOT IN ({', '.join('?' for _ in skip)})")
+            params += list(skip)
         if types is not None:
             where.append(f"task_type IN ({', '.join('?' for _ in types)})")
             params += list(types)
@@ -482,11 +506,40 @@ class TaskDB:
         sql, params = self.actionable_sql(types, runnable=runnable, limit=limit)
         return [row_task(r, self.path) for r in self.execute(sql, params).fetchall()]
 
-    def pick(self, types: Sequence[str] | None) -> Task | None:
-        """The first runnable actionable task (inside a write transaction: the claim's SELECT)."""
-        sql, params = self.actionable_sql(types, runnable=True, limit=1)
+    def pick(self, types: Sequence[str] | None, *, skip: Sequence[str] = ()) -> Task | None:
+        """The first runnable actionable task (inside a write transaction: the claim's SELECT), other than
+        those in `skip`."""
+        sql, params = self.actionable_sql(types, runnable=True, limit=1, skip=skip)
         row = self.execute(sql + self.d.claim_lock, params).fetchone()
         return None if row is None else row_task(row, self.path)
+
+    def gate_closed(self, name: str) -> bool:
+        """Whether a child keeps `name` from running (not END, VOID or REQUIRES_MANUAL), as of now."""
+        row = self.execute(
+            f"SELECT 1 FROM tasks WHERE parent_task_id = ? AND exec_state NOT IN ({_quoted(CHILD_SETTLED)}) LIMIT 1",  # noqa: S608
+            (name,),
+        ).fetchone()
+        return row is not None
+
+    def lock_row(self, name: str) -> None:
+        """Lock a task's row until the transaction ends (where the dialect has row locks; SQLite's write
+        lock already covers it)."""
+        if self.d.row_lock:
+            self.execute(f"SELECT 1 FROM tasks WHERE task_name = ?{self.d.row_lock}", (name,))  # noqa: S608
+
+    def expired(self, lease_s: float, now: float) -> list[Task]:
+        """PROCESSING tasks whose runner's last heartbeat is older than `lease_s` (by the database's clock
+        where it has one), locked for the claim that takes them back; a row another claimer holds is skipped."""
+        rows = self.execute(
+            f"SELECT {SELECT_COLUMNS} FROM tasks WHERE exec_state = '{PROCESSING}'"  # noqa: S608
+            f" AND heartbeat_ts < {self.d.clock} - ? ORDER BY task_name{self.d.claim_lock}",
+            (self.clock_param(now), lease_s),
+        ).fetchall()
+        return [row_task(r, self.path) for r in rows]
+
+    def clock_now(self, now: float) -> float:
+        """The time the claim and heartbeats stamp: `now` (the host's) or the database's clock."""
+        return float(self.execute(f"SELECT {self.d.clock}", (self.clock_param(now),)).fetchone()[0])
 
     def iter_ordered(
         self, *, exec_state: str | None = None, task_type: str | None = None, batch: int = 500
@@ -551,12 +604,13 @@ class TaskDB:
         self, name: str, *, runner: dict[str, Any], now: float, history: list[dict[str, Any]], run_id: str
     ) -> Task:
         """The claim's UPDATE: PROCESSING, this runner, one more execution; returns the row as it now is."""
+        c, at = self.d.clock, self.clock_param(now)
         row = self.execute(
             f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
-            " execution_count = execution_count + 1, started_ts = ?, heartbeat_ts = ?, activity_ts = ?,"
-            " last_executed_ts = ?, ended_ts = NULL, updated_ts = ?, history = ?, run_id = ?, requeued = 0"
+            f" execution_count = execution_count + 1, started_ts = {c}, heartbeat_ts = {c}, activity_ts = {c},"
+            f" last_executed_ts = {c}, ended_ts = NULL, updated_ts = {c}, history = ?, run_id = ?, requeued = 0"
             f" WHERE task_name = ? RETURNING {SELECT_COLUMNS}",
-            (dumps(runner), now, now, now, now, now, dumps(history), run_id, name),
+            (dumps(runner), at, at, at, at, at, dumps(history), run_id, name),
         ).fetchone()
         if row is None:  # pragma: no cover - picked under the same write lock
             raise StateError(f"task database {self.path}: task {name!r} vanished during its claim")
@@ -566,9 +620,9 @@ class TaskDB:
         """A heartbeat: only while the task is PROCESSING under this very runner. False otherwise."""
         with self.lock:
             cursor = self.execute(
-                "UPDATE tasks SET heartbeat_ts = ?, activity_ts = ?"  # noqa: S608 - constant text
+                f"UPDATE tasks SET heartbeat_ts = {self.d.clock}, activity_ts = ?"  # noqa: S608 - constant text
                 f" WHERE task_name = ? AND exec_state = '{PROCESSING}' AND runner = ?",
-                (heartbeat_ts, activity_ts, name, dumps(runner)),
+                (self.clock_param(heartbeat_ts), activity_ts, name, dumps(runner)),
             )
             return cursor.rowcount == 1
 
@@ -606,6 +660,8 @@ class TaskDB:
     ) -> None:
         """One row of the document's main_logs for a run (the output itself is in the task's log file)."""
         duration = int((ended - started) * 1000) if started else None
+        if duration is not None and not 0 <= duration < 2**31:
+            duration = None  # two clocks that disagree (a host's and a shared database's): no duration
         self.execute(
             "INSERT INTO main_logs (log_type, log_level, task_name, run_start_time, run_end_time, duration_ms,"
             " run_status, run_message, run_content, created_at) VALUES ('task', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
