@@ -37,7 +37,7 @@ from selfheal.errors import ConfigError
 from selfheal.state import pg
 from selfheal.state.root import StateRoot
 from selfheal.tasks.run import BoundedLog, TaskRunner, find_stuck
-from selfheal.tasks.tree import NEW, NORMAL_CRASH, PROCESSING, FleetTreeDown, Task, TaskStore, runner_identity
+from selfheal.tasks.tree import END, NEW, NORMAL_CRASH, PROCESSING, FleetTreeDown, Task, TaskStore, runner_identity
 from selfheal.testing import FakeClock
 
 # The core behaviours of the SQLite store, run here on PostgreSQL (pytest collects them in this module, where
@@ -317,3 +317,42 @@ def test_stuck_detection_looks_only_at_this_hosts_runs(fleet_url: str, tmp_path:
     later = a.clock.time() + 3600
     assert find_stuck(b, now=later) == []
     assert [f.task for f in find_stuck(a, now=later)] == ["quiet"]
+
+
+@pytest.mark.parametrize("taken_meanwhile", [False, True])
+def test_a_run_that_ends_while_the_database_is_down_records_its_outcome_once_it_is_back(
+    store: TaskStore, clock: FakeClock, fleet_url: str, tmp_path: Path, taken_meanwhile: bool
+) -> None:
+    """The command finished; the database is down, so the outcome waits (tasks.finish_wait_s) and is written
+    when it answers again. If another host took the task back meanwhile (the lease ran out), it is refused."""
+    with store.transaction() as tree:
+        tree.add(Task(name="t", run={"kind": "shell", "shell": "true"}))
+    runner = runner_identity(store.host)
+    claimed, _ = store.claim(None, runner, run_id)  # type: ignore[misc]
+    database = store.db.database  # type: ignore[attr-defined]
+    good = database.url
+    database.url = good.replace("host=", "host=/nonexistent")
+    database.close()
+    waits: list[float] = []
+    real_sleep = clock.sleep
+
+    def database_back(seconds: float) -> None:
+        waits.append(seconds)
+        real_sleep(seconds)
+        database.url = good
+        if taken_meanwhile:
+            with psycopg.connect(fleet_url) as conn:
+                conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 600 WHERE task_name = 't'")
+            other = host_store(load_config(), "box-b", tmp_path)
+            other._db = pg.PgTaskDB(pg.Database(fleet_url, "box-b"), busy_timeout_s=5).open()  # its own connection
+            assert other.claim(None, runner_identity("box-b"), run_id) is not None
+
+    clock.sleep = database_back  # type: ignore[method-assign]
+    result = TaskRunner(store)._run_claimed(claimed, runner, False, claimed.started_ts or 0.0)
+    assert waits  # it waited for the database
+    task = store.get("t")
+    if taken_meanwhile:
+        assert result.outcome == "superseded" and "refused" in result.message
+        assert task.exec_state == PROCESSING and task.runner and task.runner["host"] == "box-b"
+    else:
+        assert result.outcome == "succeeded" and task.exec_state == END
