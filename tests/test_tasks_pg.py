@@ -266,6 +266,35 @@ def test_with_the_database_down_run_next_claims_nothing_and_says_so(home: Path, 
     assert not (home / "tasks.db").exists()
 
 
+def test_the_health_check_says_this_host_claims_nothing_while_the_database_is_down(home: Path, tmp_path: Path) -> None:
+    env = script_env(home, SELFHEAL_DATABASE_URL=f"postgresql:///x?host={tmp_path}/none&user=nobody")
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "health_check.py"), "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["fleet"]["status"] == "warn"
+    assert "claims no task from the shared task tree" in checks["fleet"]["detail"]
+    assert checks["tasks"]["status"] == "warn" and "claims no task" in checks["tasks"]["detail"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_health_check_reads_this_hosts_runs_from_the_shared_tree(
+    fleet_url: str, home: Path, tmp_path: Path
+) -> None:
+    a = host_store(load_config(), "box-a", tmp_path)
+    with a.transaction() as tree:
+        tree.add(Task(name="running", run={"kind": "shell", "shell": "true"}))
+    a.claim(None, {"pid": 2**22 + 7, "create_time": 1.0, "host": "box-a"}, run_id)  # a runner that is gone
+    for host, status in (("box-b", "ok"), ("box-a", "warn")):
+        env = script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID=host)
+        proc = subprocess.run(
+            [PYTHON, str(SCRIPTS / "health_check.py"), "--json"], env=env, capture_output=True, text=True, check=False
+        )
+        tasks = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "tasks")
+        assert tasks["status"] == status, (host, tasks)
+    assert "running (runner gone)" in tasks["detail"]
+
+
 def test_a_store_whose_database_went_down_raises_fleet_tree_down_at_the_claim(
     store: TaskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

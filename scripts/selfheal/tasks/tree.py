@@ -144,9 +144,9 @@ class FleetTreeDown(NotAttempted):
     def __init__(self, why: str) -> None:
         self.why = why
         super().__init__(
-            f"the fleet's task tree is unreachable ({why}): this host claims no task from it until the database "
-            "answers again (`tasks.py fleet status` shows it); runs already going finish and record their outcome "
-            "when it is back"
+            "the fleet's task tree is unreachable: this host claims no task from it until the database answers"
+            " again; runs already going finish and record their outcome when it is back (`tasks.py fleet status`"
+            f" shows it): {why}"
         )
 
 
