@@ -15,6 +15,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -219,12 +220,12 @@ def test_the_parent_gate_is_checked_again_once_the_row_is_locked(store: TaskStor
     with store.transaction() as tree:
         tree.add(Task(name="p", run={"kind": "shell", "shell": "true"}))
     db = store.db
-    real_pick = db.pick
+    real = db.sweep_and_pick
     stale: list[str] = []
 
-    def stale_pick(types: object, *, skip: Sequence[str] = ()) -> Task | None:
+    def stale_pick(types: Any, *, skip: Sequence[str] = (), lease_s: float | None, now: float) -> Any:
         if stale:
-            return real_pick(types, skip=skip)  # type: ignore[arg-type]
+            return real(types, skip=skip, lease_s=lease_s, now=now)
         stale.append("p")
         with psycopg.connect(fleet_url, autocommit=True) as other:  # another host adds a child and commits
             other.execute(
@@ -233,9 +234,9 @@ def test_the_parent_gate_is_checked_again_once_the_row_is_locked(store: TaskStor
                 " 'NEW', 'p', 'p', 2, 1, 1)"
             )
         db.lock_row("p")  # what the pick's FOR UPDATE did, on the row it saw before the child
-        return db.get("p")
+        return [], db.get("p")
 
-    db.pick = stale_pick  # type: ignore[method-assign]
+    db.sweep_and_pick = stale_pick  # type: ignore[method-assign]
     assert store.claim(None, runner_identity(store.host), run_id) is None  # p refused; c has nothing to run
     assert store.get("p").exec_state == NEW and stale == ["p"]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import os
 import re
@@ -79,8 +80,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX selfheal_ledger_ts ON selfheal_ledger (ts)",
         "CREATE INDEX selfheal_ledger_host_ts ON selfheal_ledger (host, ts)",
     ),
-    # The task tree: the very tables (and indexes) of tasks.db, written by taskdb in this dialect.
-    2: tuple(task_tables(POSTGRESQL)),
+    # The task tree: the very tables (and indexes) of tasks.db, written by taskdb in this dialect; and the
+    # leases' index (the claim's sweep for heartbeats past tasks.lease_s reads only the expired rows).
+    2: (
+        *task_tables(POSTGRESQL),
+        "CREATE INDEX tasks_lease ON tasks (heartbeat_ts) WHERE exec_state = 'PROCESSING'",
+    ),
 }
 
 _PARTITION = re.compile(r"selfheal_ledger_(\d{4})(\d{2})(\d{2})\Z")
@@ -173,6 +178,7 @@ class Database:
                     conn.close()
 
 
+_plan_names = itertools.count(1)
 _databases: dict[tuple[str, str, int], Database] = {}
 _inherited: list[psycopg.Connection[Any]] = []  # a forked child's copies of its parent's connections, kept open
 _databases_lock = threading.Lock()
@@ -203,6 +209,8 @@ class PgTaskDB(TaskDB):
         super().__init__(Path(f"{_mask(database.url)}#tasks"), busy_timeout_s=busy_timeout_s, dialect=POSTGRESQL)
         self.database = database
         self._tx: psycopg.Connection[Any] | None = None
+        self._plans: dict[str, str] = {}  # statement -> its prepared name on _plans_conn
+        self._plans_conn: psycopg.Connection[Any] | None = None
 
     def clock_param(self, now: float) -> float | None:
         return None
@@ -216,14 +224,37 @@ class PgTaskDB(TaskDB):
         """The connection is the process's (database_for), shared with breakers and the ledger: kept open."""
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._send([(statement, params)])
+
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        cursor = self._send(statements)
+        out = []
+        for _ in statements:
+            out.append(cursor.fetchall())
+            cursor.nextset()
+        return out
+
+    def fetch_and_commit(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self._send([(statement, params)], commit=True).fetchall())
+
+    def _send(self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False) -> Any:
+        """Run `statements` as one message (a BEGIN waiting to be sent goes first, a COMMIT last when asked):
+        one round trip. Returns the cursor at the first statement's result."""
         with self.lock, self.database.connection() as conn:
-            if self._in_write and conn is not self._tx:
+            begin = self._in_write and self._reopen
+            if self._in_write and not begin and conn is not self._tx:
                 raise DatabaseUnavailable(
                     f"fleet database {_mask(self.database.url)}: the connection was lost inside a transaction;"
                     " nothing of it was written"
                 )
+            commit = commit and self._in_write
+            if begin:
+                self._reopen, self._tx = False, conn  # open now, even if a statement fails: rolled back then
             try:
-                return conn.execute(self.d.sql(statement), tuple(params))
+                if len(statements) == 1 and not begin and not commit:
+                    cursor: Any = conn.execute(self.d.sql(statements[0][0]), tuple(statements[0][1]))
+                else:
+                    cursor = self._one_message(conn, statements, begin=begin, commit=commit)
             except psycopg.errors.LockNotAvailable:
                 raise LockBusy(
                     f"the fleet's task tree (a row another host holds, for over {self.busy_timeout_s:g}s)"
@@ -231,11 +262,53 @@ class PgTaskDB(TaskDB):
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 # The database answered and refused the statement: not an outage; the transaction rolls back.
                 raise StateError(f"fleet task tree {self.path}: {_mask(str(exc).strip())}") from None
+            if commit:
+                self._reopen, self._tx = True, None
+            return cursor
+
+    def _one_message(
+        self,
+        conn: psycopg.Connection[Any],
+        statements: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        begin: bool,
+        commit: bool,
+    ) -> Any:
+        """Several statements in one message (one round trip), each on a plan this connection prepared the
+        first time it sent that statement (PREPARE ... AS, then EXECUTE with the values bound on this side,
+        as locked_breaker binds them): no statement is planned again. The cursor is at the first result."""
+        if conn is not self._plans_conn:
+            self._plans, self._plans_conn = {}, conn
+        head: list[str] = []
+        body: list[str] = ["BEGIN"] if begin else []
+        values: list[Any] = []
+        new: list[str] = []
+        for statement, params in statements:
+            name = self._plans.get(statement)
+            if name is None:
+                name = self._plans[statement] = f"selfheal_task_{next(_plan_names)}"
+                new.append(statement)
+                head.append(f"PREPARE {name} AS {_numbered(statement)}")
+            body.append(f"EXECUTE {name}({', '.join('%s' for _ in params)})" if params else f"EXECUTE {name}")
+            values += list(params)
+        if commit:
+            body.append("COMMIT")
+        cursor = psycopg.ClientCursor(conn)
+        try:
+            cursor.execute("; ".join(head + body), values)
+        except BaseException:
+            for statement in new:  # maybe never prepared: prepared again (under a new name) next time
+                self._plans.pop(statement, None)
+            raise
+        for _ in range(len(head) + (1 if begin else 0)):
+            cursor.nextset()
+        return cursor
 
     def insert_many(self, tasks: Iterable[Task]) -> None:
         from .taskdb import COLUMNS, SELECT_COLUMNS, task_row  # noqa: PLC0415
 
         marks = ", ".join("?" for _ in COLUMNS)
+        self.execute("SELECT 1")  # a BEGIN waiting to be sent goes now
         with self.lock, self.database.connection() as conn, conn.cursor() as cur:
             cur.executemany(
                 self.d.sql(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})"),  # noqa: S608
@@ -243,9 +316,8 @@ class PgTaskDB(TaskDB):
             )
 
     def _begin(self) -> None:
-        with self.database.connection() as conn:
-            conn.execute("BEGIN")
-            self._tx = conn
+        """BEGIN goes with the transaction's first statement (one round trip fewer)."""
+        self._reopen, self._tx = True, None
 
     def _commit(self) -> None:
         tx, self._tx = self._tx, None
@@ -264,6 +336,12 @@ class PgTaskDB(TaskDB):
                 tx.execute("ROLLBACK")
 
 
+def _numbered(statement: str) -> str:
+    """A statement written with `?` as PREPARE takes it: $1, $2, ... (and `%` doubled for the client-side binding)."""
+    parts = statement.replace("%", "%%").split("?")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+
+
 def leases(db: Database, lease_s: float) -> list[dict[str, Any]]:
     """The shared tree's running tasks: which host runs each, since when, and when its lease runs out
     (its last heartbeat plus `lease_s`, by the database's clock)."""
@@ -272,7 +350,7 @@ def leases(db: Database, lease_s: float) -> list[dict[str, Any]]:
     with db.connection() as conn:
         if conn.execute("SELECT to_regclass('tasks') IS NULL").fetchone() == (True,):
             return []
-        now = float(conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])  # type: ignore[index]
+        now = float(conn.execute("SELECT EXTRACT(EPOCH FROM statement_timestamp())").fetchone()[0])  # type: ignore[index]
         rows = conn.execute(
             f"SELECT {SELECT_COLUMNS} FROM tasks WHERE exec_state = 'PROCESSING' ORDER BY started_ts, task_name"  # noqa: S608
         ).fetchall()

@@ -29,8 +29,8 @@ class Dialect(NamedTuple):
     # The time a claim and a heartbeat write: an expression with one `?`, bound to the host's clock. On a
     # shared database the database's clock wins, so a lease means the same on every host.
     clock: str
-    # Whether the claim checks the parent gate again once the row is locked: with row locks, a child added
-    # after the pick's snapshot is seen only by a statement started after the lock was taken.
+    # Whether the claim's UPDATE checks the parent gate again: with row locks, a child added after the pick's
+    # snapshot is seen only by a statement started after the pick locked the row.
     gate_recheck: bool
 
     def sql(self, statement: str) -> str:
@@ -74,7 +74,8 @@ POSTGRESQL = Dialect(
     # Adding a child locks its parent: a claimer either sees the child or skips the locked parent.
     row_lock=" FOR UPDATE",
     wait_lock="SET lock_timeout = {ms}",
-    # The host's time is bound as NULL (see state/pg.py): the database's clock, read as the statement runs.
-    clock="COALESCE(CAST(? AS DOUBLE PRECISION), EXTRACT(EPOCH FROM clock_timestamp()))",
+    # The host's time is bound as NULL (see state/pg.py): the database's clock as the statement starts
+    # (statement_timestamp() is stable within a statement, so the lease sweep can read an index by it).
+    clock="COALESCE(CAST(? AS DOUBLE PRECISION), EXTRACT(EPOCH FROM statement_timestamp()))",
     gate_recheck=True,
 )

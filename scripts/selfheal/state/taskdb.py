@@ -324,6 +324,9 @@ class TaskDB:
         self.lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._in_write = False
+        # Inside write(): no transaction is open (fetch_and_commit ended it, or PostgreSQL's BEGIN waits to go
+        # with the first statement); the next statement opens one.
+        self._reopen = False
 
     # -- opening --------------------------------------------------------------------------------------
 
@@ -410,7 +413,25 @@ class TaskDB:
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self.errors():
+            if self._in_write and self._reopen:
+                self._reopen = False
+                self.conn.execute(self.d.begin_write)
             return self.conn.execute(self.d.sql(statement), tuple(params))
+
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """Several queries, each one's rows (PostgreSQL: one message, one round trip)."""
+        return [self.execute(statement, params).fetchall() for statement, params in statements]
+
+    def fetch_and_commit(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The last statement of a write transaction and its COMMIT (PostgreSQL: one round trip); its rows.
+        A statement after it in the same write() block starts a new transaction."""
+        with self.lock:
+            rows = self.execute(statement, params).fetchall()
+            if self._in_write:
+                with self.errors():
+                    self.conn.execute("COMMIT")
+                self._reopen = True
+            return rows
 
     # -- transactions -----------------------------------------------------------------------------------
 
@@ -421,15 +442,20 @@ class TaskDB:
             if self._in_write:
                 yield
                 return
-            self._begin()
             self._in_write = True
             try:
+                self._begin()
                 yield
             except BaseException:
                 self._in_write = False
-                self._rollback()
+                if not self._reopen:  # a transaction is open
+                    self._rollback()
+                self._reopen = False
                 raise
             self._in_write = False
+            if self._reopen:  # nothing open: fetch_and_commit committed it, or nothing was sent
+                self._reopen = False
+                return
             try:
                 self._commit()
             except BaseException:
@@ -513,13 +539,19 @@ class TaskDB:
         row = self.execute(sql + self.d.claim_lock, params).fetchone()
         return None if row is None else row_task(row, self.path)
 
-    def gate_closed(self, name: str) -> bool:
-        """Whether a child keeps `name` from running (not END, VOID or REQUIRES_MANUAL), as of now."""
-        row = self.execute(
-            f"SELECT 1 FROM tasks WHERE parent_task_id = ? AND exec_state NOT IN ({_quoted(CHILD_SETTLED)}) LIMIT 1",  # noqa: S608
-            (name,),
-        ).fetchone()
-        return row is not None
+    def sweep_and_pick(
+        self, types: Sequence[str] | None, *, skip: Sequence[str] = (), lease_s: float | None, now: float
+    ) -> tuple[list[Task], Task | None]:
+        """The claim's reads, both locked (PostgreSQL: one round trip): when `lease_s` is given, the running
+        tasks whose lease ran out (`expired`); then the first runnable actionable task (`pick`)."""
+        sql, params = self.actionable_sql(types, runnable=True, limit=1, skip=skip)
+        statements: list[tuple[str, Sequence[Any]]] = [(sql + self.d.claim_lock, params)]
+        if lease_s is not None:
+            statements.insert(0, self._expired_sql(lease_s, now))
+        results = self.query_many(statements)
+        expired = [row_task(r, self.path) for r in results[0]] if lease_s is not None else []
+        picked = results[-1]
+        return expired, (row_task(picked[0], self.path) if picked else None)
 
     def lock_row(self, name: str) -> None:
         """Lock a task's row until the transaction ends (where the dialect has row locks; SQLite's write
@@ -530,12 +562,15 @@ class TaskDB:
     def expired(self, lease_s: float, now: float) -> list[Task]:
         """PROCESSING tasks whose runner's last heartbeat is older than `lease_s` (by the database's clock
         where it has one), locked for the claim that takes them back; a row another claimer holds is skipped."""
-        rows = self.execute(
+        rows = self.execute(*self._expired_sql(lease_s, now)).fetchall()
+        return [row_task(r, self.path) for r in rows]
+
+    def _expired_sql(self, lease_s: float, now: float) -> tuple[str, Sequence[Any]]:
+        return (
             f"SELECT {SELECT_COLUMNS} FROM tasks WHERE exec_state = '{PROCESSING}'"  # noqa: S608
             f" AND heartbeat_ts < {self.d.clock} - ? ORDER BY task_name{self.d.claim_lock}",
             (self.clock_param(now), lease_s),
-        ).fetchall()
-        return [row_task(r, self.path) for r in rows]
+        )
 
     def clock_now(self, now: float) -> float:
         """The time the claim and heartbeats stamp: `now` (the host's) or the database's clock."""
@@ -601,20 +636,35 @@ class TaskDB:
             self.execute("DELETE FROM tasks WHERE task_name = ?", (name,))
 
     def mark_claimed(
-        self, name: str, *, runner: dict[str, Any], now: float, history: list[dict[str, Any]], run_id: str
-    ) -> Task:
-        """The claim's UPDATE: PROCESSING, this runner, one more execution; returns the row as it now is."""
+        self,
+        name: str,
+        *,
+        runner: dict[str, Any],
+        now: float,
+        history: list[dict[str, Any]],
+        run_id: str,
+        commit: bool = False,
+    ) -> Task | None:
+        """The claim's UPDATE: PROCESSING, this runner, one more execution; returns the row as it now is, and
+        commits with it when asked (one round trip on PostgreSQL).
+
+        With row locks (Dialect.gate_recheck) the UPDATE checks the parent gate again: a statement started
+        after the pick locked the row sees a child another host committed meanwhile; None then."""
         c, at = self.d.clock, self.clock_param(now)
-        row = self.execute(
+        gate = f" AND {PARENT_GATE}" if self.d.gate_recheck else ""
+        statement = (
             f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
             f" execution_count = execution_count + 1, started_ts = {c}, heartbeat_ts = {c}, activity_ts = {c},"
             f" last_executed_ts = {c}, ended_ts = NULL, updated_ts = {c}, history = ?, run_id = ?, requeued = 0"
-            f" WHERE task_name = ? RETURNING {SELECT_COLUMNS}",
-            (dumps(runner), at, at, at, at, at, dumps(history), run_id, name),
-        ).fetchone()
-        if row is None:  # pragma: no cover - picked under the same write lock
-            raise StateError(f"task database {self.path}: task {name!r} vanished during its claim")
-        return row_task(row, self.path)
+            f" WHERE task_name = ?{gate} RETURNING {SELECT_COLUMNS}"
+        )
+        params = (dumps(runner), at, at, at, at, at, dumps(history), run_id, name)
+        rows = self.fetch_and_commit(statement, params) if commit else self.execute(statement, params).fetchall()
+        if not rows:
+            if gate:
+                return None
+            raise StateError(f"task database {self.path}: task {name!r} vanished during its claim")  # pragma: no cover
+        return row_task(rows[0], self.path)
 
     def touch_running(self, name: str, runner: dict[str, Any], *, heartbeat_ts: float, activity_ts: float) -> bool:
         """A heartbeat: only while the task is PROCESSING under this very runner. False otherwise."""

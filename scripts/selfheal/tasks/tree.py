@@ -659,35 +659,37 @@ class TaskStore:
         db = self.db
         now = self.clock.time()
         self.taken_back = []
+        lease = self.config.tasks.lease_s if self.fleet else None
+        skip: list[str] = []
         with db.lock, db.write():
-            if self.fleet:
-                self._take_back(db, now)
-            skip: list[str] = []
             while True:
-                task = db.pick(wanted, skip=skip)
+                expired, task = db.sweep_and_pick(wanted, skip=skip, lease_s=lease, now=now)
+                if expired:
+                    self._take_back(db, expired, now)
+                    lease = None  # taken back: pick again, now that they can run
+                    continue
                 if task is None:
                     return None
-                if db.d.gate_recheck and db.gate_closed(task.name):
-                    skip.append(task.name)  # a child was added while we picked it: not runnable after all
-                    continue
-                break
-            entry = history_entry(
-                now, f"{task.exec_state} -> {PROCESSING}", "claimed by run-next", f"run-next pid {runner['pid']}"
-            )
-            claimed = db.mark_claimed(
-                task.name,
-                runner=runner,
-                now=now,
-                history=[*task.history, entry][-HISTORY_KEEP:],
-                run_id=run_id_for(task.name, now),
-            )
-        return claimed, task.requeued
+                entry = history_entry(
+                    now, f"{task.exec_state} -> {PROCESSING}", "claimed by run-next", f"run-next pid {runner['pid']}"
+                )
+                claimed = db.mark_claimed(
+                    task.name,
+                    runner=runner,
+                    now=now,
+                    history=[*task.history, entry][-HISTORY_KEEP:],
+                    run_id=run_id_for(task.name, now),
+                    commit=True,
+                )
+                if claimed is not None:
+                    return claimed, task.requeued
+                skip.append(task.name)  # a child came in while it was picked: its gate is closed after all
 
-    def _take_back(self, db: TaskDB, now: float) -> None:
+    def _take_back(self, db: TaskDB, expired: list[Task], now: float) -> None:
         """Running tasks whose lease ran out become NORMAL_CRASH (not counted as a failure): the pick that
         follows, here or on another host, runs them again. Their old runner's late outcome is refused."""
         lease = self.config.tasks.lease_s
-        for task in db.expired(lease, now):
+        for task in expired:
             had = str((task.runner or {}).get("host") or "?")
             db_now = db.clock_now(now)
             since = db_now - (task.heartbeat_ts or task.started_ts or db_now)
