@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 import psycopg
+from test_formats import check, schema
 
 from conftest import PYTHON, SCRIPTS, script_env
 from selfheal.core.config import load_config
@@ -178,3 +179,15 @@ def test_a_sigkilled_hosts_task_is_taken_back_after_its_lease_and_finishes_once(
         for line in p.read_text().splitlines()
     ]
     assert [e["run_id"] for e in events if e["event"] == "superseded" and e["status"] == "refused"] == [old.run_id]
+    # The claim that took it back recorded a `lease` event on its host; both kinds follow the ledger's schema.
+    everywhere = [
+        json.loads(line)
+        for host in HOSTS
+        for p in sorted((tmp_path / host / "ledger").glob("*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+    leases = [e for e in everywhere if e["event"] == "lease"]
+    assert len(leases) == 1 and leases[0]["status"] == "taken_back" and leases[0]["from_host"] == victim
+    assert leases[0]["host"] != victim and leases[0]["run_id"] == old.run_id
+    for event in [*leases, *[e for e in everywhere if e["event"] == "superseded"]]:
+        assert check(event, schema("ledger-event.schema.json")) == [], event

@@ -791,6 +791,8 @@ class TaskRunner:
                 task.execution_count += 1
                 task.run_id = new_run_id(task.name[:60], now)
                 requeued, task.requeued = task.requeued, False
+            if self.store.fleet:  # the lease runs from the database's clock, not this host's
+                self.store.touch_running(task.name, runner)
         else:
             if keep_days > 0:
                 self.store.archive_if_due(older_than_s=keep_days * 86400)
