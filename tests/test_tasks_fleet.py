@@ -10,6 +10,7 @@ import dataclasses
 import json
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ import psycopg
 from test_formats import check, schema
 
 from conftest import PYTHON, SCRIPTS, script_env
-from selfheal.core.config import load_config
+from selfheal.core.config import Config, load_config
+from selfheal.state import pg
 from selfheal.state.root import StateRoot
-from selfheal.tasks.run import BoundedLog, TaskRunner
-from selfheal.tasks.tree import END, NORMAL_CRASH, PROCESSING, Task, TaskStore
+from selfheal.tasks.run import BoundedLog, TaskRun, TaskRunner
+from selfheal.tasks.tree import END, NORMAL_CRASH, PROCESSING, Task, TaskStore, runner_identity
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
 HOSTS = ("box-1", "box-2", "box-3")
@@ -53,6 +55,14 @@ def results(workers: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
         assert worker.returncode == 0, stderr.decode()[-3000:]
         out[host] = json.loads(stdout)
     return out
+
+
+def store_of(config: Config, host: str, root: Path) -> TaskStore:
+    """A simulated host's task store in this process: its host id and state root, the fleet's database."""
+    return TaskStore(
+        (StateRoot(root / host)).ensure(),
+        dataclasses.replace(config, store=dataclasses.replace(config.store, host_id=host)),
+    )
 
 
 def shell(line: str) -> dict[str, Any]:
@@ -191,3 +201,52 @@ def test_a_sigkilled_hosts_task_is_taken_back_after_its_lease_and_finishes_once(
     assert leases[0]["host"] != victim and leases[0]["run_id"] == old.run_id
     for event in [*leases, *[e for e in everywhere if e["event"] == "superseded"]]:
         assert check(event, schema("ledger-event.schema.json")) == [], event
+
+
+def test_a_runner_that_lost_its_lease_stops_its_command_and_its_outcome_is_refused(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """box-a runs `long` (its heartbeat every second); its lease is made to run out and box-b's claim takes
+    the task back. box-a's next heartbeat finds the task no longer its own: it stops its own command (the
+    command's last line never comes) and its outcome is refused, leaving box-b's run as it is."""
+    marks = tmp_path / "marks"
+    config = load_config()
+    config = dataclasses.replace(
+        config,
+        process=dataclasses.replace(config.process, heartbeat_s=1.0),
+        tasks=dataclasses.replace(config.tasks, lease_s=60.0),
+    )
+    a = TaskStore(
+        StateRoot(tmp_path / "box-a").ensure(),
+        dataclasses.replace(config, store=dataclasses.replace(config.store, host_id="box-a")),
+    )
+    with a.transaction() as tree:
+        tree.add(Task(name="long", run=shell(f"echo start >> {marks}; sleep 6; echo done >> {marks}")))
+    got: list[TaskRun] = []
+    thread = threading.Thread(target=lambda: got.append(TaskRunner(a).run_next()))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (marks.exists() and marks.read_text()):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.02)
+
+    b = TaskStore(
+        StateRoot(tmp_path / "box-b").ensure(),
+        dataclasses.replace(config, store=dataclasses.replace(config.store, host_id="box-b")),
+    )
+    b._db = pg.PgTaskDB(pg.Database(fleet_url, "box-b"), busy_timeout_s=5).open()  # its own connection
+    claimed = None
+    for _ in range(20):  # box-a's heartbeat may land between the two: age it again
+        with psycopg.connect(fleet_url, autocommit=True) as conn:
+            conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 120 WHERE task_name = 'long'")
+        claimed = b.claim(None, runner_identity("box-b"), lambda name, _ts: f"{name}-on-box-b")
+        if claimed is not None:
+            break
+    assert claimed is not None and claimed[0].run_id == "long-on-box-b"
+    thread.join(30)
+    assert not thread.is_alive()
+    (result,) = got
+    assert result.outcome == "superseded" and "refused" in result.message, result
+    assert marks.read_text().splitlines() == ["start"]  # stopped: its last line never came
+    now = b.get("long")
+    assert (now.exec_state, now.run_id, (now.runner or {}).get("host")) == (PROCESSING, "long-on-box-b", "box-b")
