@@ -17,7 +17,16 @@ run. The server is a throwaway cluster on a Unix socket (tests/helpers/postgres.
 one SELFHEAL_TEST_DATABASE_URL names; over a network every fleet figure adds the round trips.
 Correctness: every fleet event is in the table exactly once, and the breaker ends closed.
 
-    .venv/bin/python bench/fleet.py [--quick] [--json] [--calls N] [--rounds R]
+Claims: 6 worker processes claim every task of a fresh table of N tasks (runnable, flat) until none is
+left, three ways, each round in turn: self-heal's claim on PostgreSQL (`TaskStore.claim` in fleet mode:
+BEGIN, the lease sweep when due, the document's pick with its parent gate FOR UPDATE SKIP LOCKED, the
+UPDATE ... RETURNING with the gate checked again, COMMIT), a bare loop on the same table (one autocommit
+`UPDATE tasks ... WHERE task_name = (SELECT task_name ... ORDER BY <the document's order> LIMIT 1 FOR
+UPDATE SKIP LOCKED) RETURNING task_name`), and self-heal's claim on SQLite (the default, one host's
+tasks.db). Rate is N / wall seconds from the go signal to the last worker done. Correctness: each task
+claimed exactly once (0 double claims), none left.
+
+    .venv/bin/python bench/fleet.py [--quick] [--json] [--calls N] [--rounds R] [--claims N] [--claims-only]
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +55,8 @@ from selfheal.state.root import StateRoot  # noqa: E402
 
 CALLS, ROUNDS = 2_000, 5
 QUICK_CALLS, QUICK_ROUNDS = 200, 3
+CLAIMS, QUICK_CLAIMS, WORKERS = 3_000, 600, 6
+CLAIM_MODES = ("selfheal_pg", "bare_pg", "selfheal_sqlite")
 
 
 def with_url(config: Config, url: str | None, host: str) -> Config:
@@ -71,23 +83,171 @@ def ledger_round(state: StateRoot, config: Config, calls: int, tag: str) -> floa
     return calls / (time.perf_counter() - start)
 
 
+# -- claims -------------------------------------------------------------------------------------------------
+
+
+def bare_claim_sql() -> str:
+    """The bare SKIP LOCKED claim, on the same table, in the same order, with nothing else."""
+    from selfheal.state.taskdb import ACTIONABLE_IN, ORDER_BY
+
+    return (
+        "UPDATE tasks SET exec_state = 'PROCESSING', status = 'running', runner = %s, run_id = %s,"  # noqa: S608
+        " execution_count = execution_count + 1, started_ts = EXTRACT(EPOCH FROM clock_timestamp()),"
+        " heartbeat_ts = EXTRACT(EPOCH FROM clock_timestamp())"
+        f" WHERE task_name = (SELECT task_name FROM tasks WHERE {ACTIONABLE_IN} ORDER BY {ORDER_BY}"
+        " LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task_name"
+    )
+
+
+def claim_worker(mode: str, go: str, where: str, host: str) -> None:
+    """One claiming process: waits for `go`, claims until nothing is left, prints the names it got."""
+    names: list[str] = []
+    if mode == "bare_pg":
+        import psycopg
+
+        conn = psycopg.connect(where, autocommit=True)
+        statement, n = bare_claim_sql(), 0
+        while not os.path.exists(go):
+            time.sleep(0.001)
+        while True:
+            n += 1
+            row = conn.execute(statement, (json.dumps({"host": host, "pid": os.getpid()}), f"{host}-{n}")).fetchone()
+            if row is None:
+                break
+            names.append(row[0])
+    else:
+        from selfheal.tasks.tree import TaskStore, runner_identity
+
+        url = where if mode == "selfheal_pg" else None
+        base = load_config(env={"SELFHEAL_HOME": tempfile.mkdtemp(prefix="selfheal-bench-")})
+        state = StateRoot(Path(where) if url is None else Path(tempfile.mkdtemp(prefix="selfheal-bench-")))
+        store = TaskStore(state.ensure(), with_url(base, url, host))
+        store.db  # noqa: B018 - connected before the go
+        runner, n = runner_identity(host), 0
+        while not os.path.exists(go):
+            time.sleep(0.001)
+        while True:
+            n += 1
+            got = store.claim(None, runner, lambda name, _ts, n=n: f"{host}-{n}")
+            if got is None:
+                break
+            names.append(got[0].name)
+    sys.stdout.write(json.dumps({"names": names}) + "\n")
+
+
+def seed_tasks(config: Config, state: StateRoot, count: int) -> None:
+    from selfheal.tasks.tree import Task, TaskStore
+
+    store = TaskStore(state, config)
+    tasks = (
+        (
+            f"line {i}",
+            Task(name=f"task-{i:06d}", priority=("P0", "P1", "P2")[i % 3], run={"kind": "argv", "argv": ["true"]}),
+        )
+        for i in range(count)
+    )
+    store.add_many(tasks, by="bench")
+    store.close()
+
+
+def claims_round(mode: str, where: str, count: int) -> dict[str, Any]:
+    """Claims per second with WORKERS processes; the names each claimed, checked for doubles."""
+    go = Path(tempfile.mkdtemp(prefix="selfheal-bench-go-")) / "go"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+    env["PYTHONPATH"] = str(ROOT / "scripts")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--claim-worker", mode, str(go), where, f"bench-{k}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for k in range(WORKERS)
+    ]
+    time.sleep(2.0)  # every worker connected and waits for the go
+    start = time.perf_counter()
+    go.touch()
+    names: list[str] = []
+    per_worker = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=600)
+        if worker.returncode != 0:
+            raise RuntimeError(f"claim worker ({mode}) failed: {err.decode()[-2000:]}")
+        got = json.loads(out)["names"]
+        names += got
+        per_worker.append(len(got))
+    wall = time.perf_counter() - start
+    return {
+        "per_s": count / wall,
+        "claimed": len(names),
+        "double": len(names) - len(set(names)),
+        "missing": count - len(set(names)),
+        "per_worker": per_worker,
+    }
+
+
+def run_claims(server: Any, count: int, rounds: int) -> dict[str, Any]:
+    base = load_config(env={"SELFHEAL_HOME": tempfile.mkdtemp(prefix="selfheal-bench-")})
+    rates: dict[str, list[float]] = {m: [] for m in CLAIM_MODES}
+    doubles = missing = 0
+    with tempfile.TemporaryDirectory(prefix="selfheal-bench-claims-") as tmp:
+        for k in range(rounds):
+            for mode in CLAIM_MODES:
+                if mode == "selfheal_sqlite":
+                    state = StateRoot(Path(tmp) / f"sqlite-{k}").ensure()
+                    seed_tasks(with_url(base, None, "bench-seed"), state, count)
+                    where = str(state.root)
+                else:
+                    where = server.new_database()
+                    seed_tasks(
+                        with_url(base, where, "bench-seed"), StateRoot(Path(tmp) / f"seed-{mode}-{k}").ensure(), count
+                    )
+                got = claims_round(mode, where, count)
+                rates[mode].append(got["per_s"])
+                doubles += got["double"]
+                missing += got["missing"]
+    med = {m: statistics.median(v) for m, v in rates.items()}
+    return {
+        "claims": count,
+        "workers": WORKERS,
+        "rounds": rounds,
+        "claims_per_s": {m: round(v) for m, v in med.items()},
+        "claims_per_s_rounds": {m: [round(x) for x in v] for m, v in rates.items()},
+        "selfheal_vs_bare": round(med["selfheal_pg"] / med["bare_pg"], 2),
+        "pg_vs_sqlite": round(med["selfheal_pg"] / med["selfheal_sqlite"], 2),
+        "double_claims": doubles,
+        "unclaimed": missing,
+    }
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--claim-worker":
+        claim_worker(*sys.argv[2:6])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_CALLS} calls x {QUICK_ROUNDS} rounds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--calls", type=int)
     parser.add_argument("--rounds", type=int)
+    parser.add_argument("--claims", type=int, help=f"tasks claimed per round ({CLAIMS}; --quick {QUICK_CLAIMS})")
+    parser.add_argument("--claims-only", action="store_true", help="only the claims part")
     args = parser.parse_args()
     calls = args.calls or (QUICK_CALLS if args.quick else CALLS)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
+    claims = args.claims or (QUICK_CLAIMS if args.quick else CLAIMS)
 
     from helpers.postgres import Cluster, External
 
     external = os.environ.get("SELFHEAL_TEST_DATABASE_URL")
     server: Cluster | External = External(external) if external else Cluster()
     try:
-        url = server.new_database()
-        result = run(url, calls, rounds)
+        result: dict[str, Any] = {"machine": machine(), "correct": True}
+        if not args.claims_only:
+            result = run(server.new_database(), calls, rounds)
+        result["claims"] = run_claims(server, claims, rounds)
+        result["correct"] = (
+            result["correct"] and not result["claims"]["double_claims"] and not result["claims"]["unclaimed"]
+        )
     finally:
         server.destroy()
     if args.json:
@@ -135,6 +295,23 @@ def run(url: str, calls: int, rounds: int) -> dict[str, Any]:
 
 
 def render(r: dict[str, Any]) -> str:
+    c = r["claims"]
+    claim_rows = [
+        ["self-heal's claim, PostgreSQL (fleet mode)", f"{c['claims_per_s']['selfheal_pg']:,}"],
+        [
+            "bare UPDATE ... (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING, same table",
+            f"{c['claims_per_s']['bare_pg']:,}",
+        ],
+        ["self-heal's claim, SQLite (the default, one host)", f"{c['claims_per_s']['selfheal_sqlite']:,}"],
+    ]
+    claims = (
+        f"Claims: {c['claims']} tasks x {c['rounds']} rounds, {c['workers']} worker processes, medians (claims/s)\n\n"
+        + markdown_table(["", "claims/s"], claim_rows)
+        + f"\n\nself-heal vs bare on PostgreSQL: {c['selfheal_vs_bare']:.0%}; PostgreSQL vs SQLite:"
+        f" {c['pg_vs_sqlite']:.2f}x; double claims: {c['double_claims']}; left unclaimed: {c['unclaimed']}"
+    )
+    if "breaker_us_per_call" not in r:
+        return f"{machine_line()}\n\n{claims}\n\ncorrect={r['correct']}"
     rows = [
         [
             "breaker, acquire + release (µs per model call)",
@@ -152,7 +329,7 @@ def render(r: dict[str, Any]) -> str:
     table = markdown_table(["", "this host's files", "fleet (PostgreSQL)", "fleet vs files"], rows)
     checks = f"{r['fleet_events']['rows']} of {r['fleet_events']['expected']} events in the table, each once"
     head = f"{machine_line()}\n{r['calls']} calls x {r['rounds']} rounds, medians"
-    return f"{head}\n\n{table}\n\nChecks: {checks}; correct={r['correct']}"
+    return f"{head}\n\n{table}\n\nChecks: {checks}\n\n{claims}\n\ncorrect={r['correct']}"
 
 
 if __name__ == "__main__":

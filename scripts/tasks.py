@@ -21,7 +21,9 @@ tree could not be written (disk full, read-only: the message names the file; run
 4 not attempted (the tree is locked, or the task is running or waits for its children).
 With --json, stdout holds exactly one JSON object; a task's output goes to tasks/NAME.log.
 The tree lives in tasks.db under the state root (SQLite); a tree of tasks/*.json files from an older
-version is imported on first use (the files are kept in tasks/json-backup-<ts>/).
+version is imported on first use (the files are kept in tasks/json-backup-<ts>/). In fleet mode (store.url)
+it lives in the fleet's PostgreSQL, shared by every host; with that database down, every command but
+`fleet status` exits 4 (this host claims nothing from the shared tree until it answers).
 """
 
 from __future__ import annotations
@@ -427,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command = command
     cli.setup_logging()
     store = TaskStore()
+    if args.op == "fleet":  # says how the database is, up or down: it needs no task tree open
+        return _op_fleet(store, args, parser)
     store.db  # noqa: B018 - opened (and an older JSON tree imported) now, so the import is reported first
     for notice in store.notices:
         cli.say(notice)
@@ -718,7 +722,9 @@ def _op_log(store: TaskStore, args: argparse.Namespace, parser: argparse.Argumen
 
 def _op_fleet(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = store.config
-    report = fleet_report(config.store, store.state.sub("fleet") / SPOOL, init=args.action == "init")
+    report = fleet_report(
+        config.store, store.state.sub("fleet") / SPOOL, init=args.action == "init", lease_s=config.tasks.lease_s
+    )
     lines = [f"fleet database {report['url']} (this host: {report['host']})"]
     if not report["reachable"]:
         lines.append(f"fleet database unreachable: degraded ({report['error']})")
@@ -730,6 +736,13 @@ def _op_fleet(store: TaskStore, args: argparse.Namespace, parser: argparse.Argum
             held = ", ".join(f"{k}: {v}" for k, v in b["permits_by_host"].items()) or "none"
             lines.append(f"  breaker {b['target']}: {b['state']}, permits held {held}")
         lines.append(f"  ledger: {report['ledger']['partitions']} day partition(s)")
+        lines.append(f"  leases (tasks.lease_s {report['lease_s']:g}s): {len(report['leases'])} running task(s)")
+        for lease in report["leases"]:
+            state = "EXPIRED, the next claim takes it back" if lease["expired"] else f"{lease['expires_in_s']:g}s left"
+            lines.append(
+                f"    {lease['task']}: host {lease['host']} (pid {lease['pid']}), since {lease['since']},"
+                f" heartbeat {lease['heartbeat']}, lease until {lease['expires']} ({state})"
+            )
     if report["spooled_events"]:
         lines.append(f"{report['spooled_events']} ledger event(s) spooled on this host, waiting for the database")
     _emit(args, report, lines)

@@ -107,6 +107,11 @@ class StateWriteError(StateError, OSError):
         return f"cannot {self.doing} {self.path}: {self.reason}"
 
 
+class FleetUnavailable(StateError):
+    """Fleet mode's database could not be reached, or failed during a statement (state/pg.py raises it; this
+    base lets code that never imports psycopg tell an outage apart)."""
+
+
 class NotAttempted(SelfHealError):
     """Nothing was run because running now would be pointless or unsafe; try later."""
 

@@ -206,6 +206,11 @@ class TaskSettings:
     last_error_chars: int = field(metadata=_meta(lo=100, hi=1_000_000))
     archive_after_days: float = field(metadata=_meta(lo=0, hi=36500))
     busy_timeout_s: float = field(metadata=_meta(gt=0, hi=3600))
+    # Fleet mode: a running task whose runner's heartbeat (the database's clock) is older than this is taken
+    # back by the next claim on any host and runs again; more than two process.heartbeat_s.
+    lease_s: float = field(metadata=_meta(gt=0, hi=7 * 86400))
+    # Fleet mode: a run that ended while the database was down waits this long for it to record its outcome.
+    finish_wait_s: float = field(metadata=_meta(lo=0, hi=7 * 86400))
 
 
 @dataclass(frozen=True)
@@ -1201,6 +1206,13 @@ def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest
     if config.tasks.log_keep_chars >= config.tasks.log_max_chars:
         raise conv.error(
             "tasks.log_keep_chars", "must be smaller than tasks.log_max_chars", config.tasks.log_keep_chars
+        )
+    if config.tasks.lease_s <= 2 * config.process.heartbeat_s:
+        raise conv.error(
+            "tasks.lease_s",
+            f"must be more than twice process.heartbeat_s ({config.process.heartbeat_s:g}s), or a running task's"
+            " lease would run out between its heartbeats",
+            config.tasks.lease_s,
         )
     if config.tasks.solution_at_failures and config.tasks.solution_at_failures < config.tasks.analyze_at_failures:
         raise conv.error(

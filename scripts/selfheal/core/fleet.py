@@ -86,11 +86,12 @@ def down_reason(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> str | N
 
 
 def fleet_report(
-    store: StoreSettings, spool: Path, *, init: bool = False, clock: Clock = SYSTEM_CLOCK
+    store: StoreSettings, spool: Path, *, init: bool = False, lease_s: float = 120.0, clock: Clock = SYSTEM_CLOCK
 ) -> dict[str, Any]:
     """`tasks.py fleet init|status`: connect (creating or migrating the schema), then the fleet at a
     glance: hosts and their last heartbeat, breakers with the permits each host holds (and their state now:
-    an open one past its time reads half_open), the ledger.
+    an open one past its time reads half_open), the ledger, and the shared task tree's leases (which host
+    runs which task, since when, until when: heartbeat + `lease_s`).
     Raises UsageError when fleet mode is off; `reachable` is False (with `error`) when the database is down."""
     if store.url is None:
         raise UsageError(
@@ -98,7 +99,7 @@ def fleet_report(
             " and install the driver with ./install.sh --fleet"
         )
     try:
-        from ..state.pg import SCHEMA_VERSION, Database, fleet_status  # noqa: PLC0415 - psycopg only in fleet mode
+        from ..state.pg import SCHEMA_VERSION, Database, fleet_status, leases  # noqa: PLC0415 - psycopg only in fleet mode
     except ImportError:
         raise UsageError(NO_DRIVER) from None
 
@@ -122,11 +123,12 @@ def fleet_report(
                 with contextlib.suppress(StateError):  # a bad row is shown as stored; the next writer resets it
                     record = BreakerState.from_json(data, "fleet breaker row", target=breaker["target"])
                     breaker["state"] = record.effective_state(clock.time())
+        report["lease_s"] = lease_s
+        report["leases"] = leases(db, lease_s)
     except StateError as exc:
         report.update(reachable=False, error=str(exc))
     finally:
         db.close()
     report["initialized"] = init and report["reachable"]
-    # Leases of the shared task tree arrive with it; until then the tree stays on each host.
-    report["leases"] = None
+    report.setdefault("leases", None)  # unknown while the database is down
     return report

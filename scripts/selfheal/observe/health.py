@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError
+from ..errors import ConfigError, CorruptStateError, NotAttempted, SelfHealError, StateError
 from ..state import layout
 from ..state.breakers import CLOSED, OPEN, BreakerState, read_breaker
 from ..state.layout import SUBDIRS
@@ -647,10 +647,16 @@ def check_runs(
     return Check("runs", OK, f"{len(running)} run(s) in progress, all moving", data), live
 
 
-def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, now: float) -> Check:
-    """The task tree's stuck or orphaned PROCESSING tasks (read-only: run-next and check-stuck act on them)."""
+def check_tasks(
+    state: StateRoot, config: Callable[[], Config], clock: Clock, now: float, *, fleet: bool = False
+) -> Check:
+    """The task tree's stuck or orphaned PROCESSING tasks (read-only: run-next and check-stuck act on them).
+    In fleet mode, this host's runs in the shared tree; with its database down, a warning that this host
+    claims nothing from it."""
     db_path = state.task_db
-    if db_path.exists():
+    if fleet:  # the shared tree: read through the task store below
+        pass
+    elif db_path.exists():
         # The common case, read cheaply from the state layer: no task is running, so none can be stuck.
         from ..state.taskdb import READ_WAIT_S, TaskDB  # noqa: PLC0415 - only when there is a task tree
         from ..state.taskstates import PROCESSING  # noqa: PLC0415
@@ -680,6 +686,8 @@ def check_tasks(state: StateRoot, config: Callable[[], Config], clock: Clock, no
     store = TaskStore(state, config(), clock)
     try:
         found = find_stuck(store, now=now)
+    except NotAttempted as exc:  # fleet mode, the database down (FleetTreeDown)
+        return Check("tasks", WARN, _one_line(str(exc)), {"stuck": [], "error": str(exc), "reachable": False})
     except SelfHealError as exc:  # an unreadable or too new database, a JSON tree that cannot be imported
         return Check("tasks", WARN, f"the task tree cannot be read: {exc}", {"stuck": [], "error": str(exc)})
     finally:
@@ -919,8 +927,8 @@ def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[Mapping[s
         status = fleet_status(db)
     except StateError as exc:
         detail = (
-            f"fleet database unreachable: degraded; this host uses its own breaker files and spools its ledger"
-            f" ({waiting} event(s) waiting): {_one_line(str(exc))}"
+            f"fleet database unreachable: degraded; this host uses its own breaker files, spools its ledger"
+            f" ({waiting} event(s) waiting) and claims no task from the shared task tree: {_one_line(str(exc))}"
         )
         return Check("fleet", WARN, detail, {"reachable": False, "spooled": waiting}), None
     finally:
@@ -999,7 +1007,7 @@ def run_health_check(
         *check_gateway(settings, clock),
         status_check,
         runs_check,
-        check_tasks(state, config, clock, now),
+        check_tasks(state, config, clock, now, fleet=settings.fleet),
         check_breakers(state, now, fleet_breakers),
         root_check,
         check_disk(state.root, settings.disk_min_free_mb),

@@ -10,6 +10,9 @@ Tables (schema version in selfheal_schema; migrations run in order, once, under 
                         changed only under SELECT ... FOR UPDATE
     selfheal_ledger     the fleet's ledger, append-only, partitioned by UTC day (selfheal_ledger_YYYYMMDD);
                         (event_id, ts) is unique, so an event replayed from a host's spool lands once
+    tasks, tasks_archive, main_logs, meta
+                        the shared task tree (version 2): taskdb's own tables, created by taskdb's
+                        statements in the POSTGRESQL dialect; PgTaskDB runs taskdb's statements on them
 
 Every psycopg error becomes DatabaseUnavailable and closes the connection; the next use reconnects.
 """
@@ -18,24 +21,31 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ..errors import StateError
+from ..errors import FleetUnavailable, LockBusy, StateError
+from .sql import POSTGRESQL
+from .taskdb import TaskDB, row_task, task_tables
+
+if TYPE_CHECKING:
+    from .taskrecord import Task
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most this often (one statement)
 _MIGRATE_LOCK = 0x5E1F_4EA1  # pg_advisory_xact_lock key: one host migrates, the others wait and see it done
 _PARTITION_LOCK = 0x5E1F_4EA2
@@ -70,12 +80,18 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX selfheal_ledger_ts ON selfheal_ledger (ts)",
         "CREATE INDEX selfheal_ledger_host_ts ON selfheal_ledger (host, ts)",
     ),
+    # The task tree: the very tables (and indexes) of tasks.db, written by taskdb in this dialect; and the
+    # leases' index (the claim's sweep for heartbeats past tasks.lease_s reads only the expired rows).
+    2: (
+        *task_tables(POSTGRESQL),
+        "CREATE INDEX tasks_lease ON tasks (heartbeat_ts) WHERE exec_state = 'PROCESSING'",
+    ),
 }
 
 _PARTITION = re.compile(r"selfheal_ledger_(\d{4})(\d{2})(\d{2})\Z")
 
 
-class DatabaseUnavailable(StateError):
+class DatabaseUnavailable(FleetUnavailable):
     """The fleet database could not be reached, or failed during a statement; local files take over."""
 
 
@@ -162,6 +178,7 @@ class Database:
                     conn.close()
 
 
+_plan_names = itertools.count(1)
 _databases: dict[tuple[str, str, int], Database] = {}
 _inherited: list[psycopg.Connection[Any]] = []  # a forked child's copies of its parent's connections, kept open
 _databases_lock = threading.Lock()
@@ -175,6 +192,193 @@ def database_for(url: str, host: str, connect_timeout_s: float) -> Database:
         if found is None:
             found = _databases[key] = Database(url, host, connect_timeout_s)
         return found
+
+
+# -- the task tree ------------------------------------------------------------------------------------------
+
+
+class PgTaskDB(TaskDB):
+    """The fleet's task tree: taskdb's statements, in the POSTGRESQL dialect, on this process's connection.
+
+    Transactions are taskdb's (BEGIN ... COMMIT on the autocommit connection); a connection lost inside one
+    fails the transaction (DatabaseUnavailable) instead of going on, outside it, on a new connection. The
+    claim's and the heartbeats' times come from the database's clock (the host's time is bound as NULL).
+    """
+
+    def __init__(self, database: Database, *, busy_timeout_s: float) -> None:
+        super().__init__(Path(f"{_mask(database.url)}#tasks"), busy_timeout_s=busy_timeout_s, dialect=POSTGRESQL)
+        self.database = database
+        self._tx: psycopg.Connection[Any] | None = None
+        self._plans: dict[str, str] = {}  # statement -> its prepared name on _plans_conn
+        self._plans_conn: psycopg.Connection[Any] | None = None
+
+    def clock_param(self, now: float) -> float | None:
+        return None
+
+    def open(self) -> PgTaskDB:
+        """Connect (creating or migrating the schema, state/pg.py's migrations) and set the lock wait."""
+        self.set_wait(self.busy_timeout_s)
+        return self
+
+    def close(self) -> None:
+        """The connection is the process's (database_for), shared with breakers and the ledger: kept open."""
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._send([(statement, params)])
+
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        cursor = self._send(statements)
+        out = []
+        for _ in statements:
+            out.append(cursor.fetchall())
+            cursor.nextset()
+        return out
+
+    def fetch_and_commit(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self._send([(statement, params)], commit=True).fetchall())
+
+    def _send(self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False) -> Any:
+        """Run `statements` as one message (a BEGIN waiting to be sent goes first, a COMMIT last when asked):
+        one round trip. Returns the cursor at the first statement's result."""
+        with self.lock, self.database.connection() as conn:
+            begin = self._in_write and self._reopen
+            if self._in_write and not begin and conn is not self._tx:
+                raise DatabaseUnavailable(
+                    f"fleet database {_mask(self.database.url)}: the connection was lost inside a transaction;"
+                    " nothing of it was written"
+                )
+            commit = commit and self._in_write
+            if begin:
+                self._reopen, self._tx = False, conn  # open now, even if a statement fails: rolled back then
+            try:
+                if len(statements) == 1 and not begin and not commit:
+                    cursor: Any = conn.execute(self.d.sql(statements[0][0]), tuple(statements[0][1]))
+                else:
+                    cursor = self._one_message(conn, statements, begin=begin, commit=commit)
+            except psycopg.errors.LockNotAvailable:
+                raise LockBusy(
+                    f"the fleet's task tree (a row another host holds, for over {self.busy_timeout_s:g}s)"
+                ) from None
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+                # The database answered and refused the statement: not an outage; the transaction rolls back.
+                raise StateError(f"fleet task tree {self.path}: {_mask(str(exc).strip())}") from None
+            if commit:
+                self._reopen, self._tx = True, None
+            return cursor
+
+    def _one_message(
+        self,
+        conn: psycopg.Connection[Any],
+        statements: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        begin: bool,
+        commit: bool,
+    ) -> Any:
+        """Several statements in one message (one round trip), each on a plan this connection prepared the
+        first time it sent that statement (PREPARE ... AS, then EXECUTE with the values bound on this side,
+        as locked_breaker binds them): no statement is planned again. The cursor is at the first result."""
+        if conn is not self._plans_conn:
+            self._plans, self._plans_conn = {}, conn
+        head: list[str] = []
+        body: list[str] = ["BEGIN"] if begin else []
+        values: list[Any] = []
+        new: list[str] = []
+        for statement, params in statements:
+            name = self._plans.get(statement)
+            if name is None:
+                name = self._plans[statement] = f"selfheal_task_{next(_plan_names)}"
+                new.append(statement)
+                head.append(f"PREPARE {name} AS {_numbered(statement)}")
+            body.append(f"EXECUTE {name}({', '.join('%s' for _ in params)})" if params else f"EXECUTE {name}")
+            values += list(params)
+        if commit:
+            body.append("COMMIT")
+        cursor = psycopg.ClientCursor(conn)
+        try:
+            cursor.execute("; ".join(head + body), values)
+        except BaseException:
+            for statement in new:  # maybe never prepared: prepared again (under a new name) next time
+                self._plans.pop(statement, None)
+            raise
+        for _ in range(len(head) + (1 if begin else 0)):
+            cursor.nextset()
+        return cursor
+
+    def insert_many(self, tasks: Iterable[Task]) -> None:
+        from .taskdb import COLUMNS, SELECT_COLUMNS, task_row  # noqa: PLC0415
+
+        marks = ", ".join("?" for _ in COLUMNS)
+        self.execute("SELECT 1")  # a BEGIN waiting to be sent goes now
+        with self.lock, self.database.connection() as conn, conn.cursor() as cur:
+            cur.executemany(
+                self.d.sql(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})"),  # noqa: S608
+                [task_row(t) for t in tasks],
+            )
+
+    def _begin(self) -> None:
+        """BEGIN goes with the transaction's first statement (one round trip fewer)."""
+        self._reopen, self._tx = True, None
+
+    def _commit(self) -> None:
+        tx, self._tx = self._tx, None
+        with self.database.connection() as conn:
+            if conn is not tx:
+                raise DatabaseUnavailable(
+                    f"fleet database {_mask(self.database.url)}: the connection was lost before the commit;"
+                    " nothing of the transaction was written"
+                )
+            conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        tx, self._tx = self._tx, None
+        if tx is not None and not tx.closed:
+            with contextlib.suppress(Exception):
+                tx.execute("ROLLBACK")
+
+
+def _numbered(statement: str) -> str:
+    """A statement written with `?` as PREPARE takes it: $1, $2, ... (and `%` doubled for the client-side binding)."""
+    parts = statement.replace("%", "%%").split("?")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+
+
+def leases(db: Database, lease_s: float) -> list[dict[str, Any]]:
+    """The shared tree's running tasks: which host runs each, since when, and when its lease runs out
+    (its last heartbeat plus `lease_s`, by the database's clock)."""
+    from .taskdb import SELECT_COLUMNS  # noqa: PLC0415
+
+    with db.connection() as conn:
+        if conn.execute("SELECT to_regclass('tasks') IS NULL").fetchone() == (True,):
+            return []
+        now = float(conn.execute("SELECT EXTRACT(EPOCH FROM statement_timestamp())").fetchone()[0])  # type: ignore[index]
+        rows = conn.execute(
+            f"SELECT {SELECT_COLUMNS} FROM tasks WHERE exec_state = 'PROCESSING' ORDER BY started_ts, task_name"  # noqa: S608
+        ).fetchall()
+    out = []
+    for row in rows:
+        task = row_task(row, Path(f"{_mask(db.url)}#tasks"))
+        runner = task.runner or {}
+        beat = task.heartbeat_ts or task.started_ts or now
+        out.append(
+            {
+                "task": task.name,
+                "host": runner.get("host"),
+                "pid": runner.get("pid"),
+                "run_id": task.run_id,
+                "since": _iso(task.started_ts),
+                "heartbeat": _iso(task.heartbeat_ts),
+                "expires": _iso(beat + lease_s),
+                "expires_in_s": round(beat + lease_s - now, 1),
+                "expired": beat + lease_s < now,
+            }
+        )
+    return out
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # -- schema -------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Statements in `taskdb` are written once, in the subset SQLite (3.35+) and Postgr
 placeholders (rewritten here for PostgreSQL's drivers), `INSERT ... ON CONFLICT ... DO UPDATE`,
 `UPDATE ... RETURNING`, `CASE` in `ORDER BY` and in index expressions, partial indexes. What differs is
 below: how a writer takes the write lock, how a claim keeps two claimers off one row, auto-numbered keys,
-and the type names of a few columns. Fleet mode adds PostgreSQL as a second `Dialect`; nothing else
-needs to change.
+the type names of a few columns, how long a writer waits for a lock, and whose clock stamps a claim and a
+heartbeat. Fleet mode adds PostgreSQL as a second `Dialect`; nothing else needs to change.
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ class Dialect(NamedTuple):
     serial_key: str  # an auto-numbered primary key column
     real: str  # a floating-point column
     deferred_fk: str  # a foreign key checked at commit (a subtree may be inserted or deleted in any order)
+    row_lock: str  # appended to a SELECT of one row that a writer is about to depend on (a child's parent)
+    wait_lock: str  # sets how long a writer waits for a lock, from {ms}
+    # The time a claim and a heartbeat write: an expression with one `?`, bound to the host's clock. On a
+    # shared database the database's clock wins, so a lease means the same on every host.
+    clock: str
+    # Whether the claim's UPDATE checks the parent gate again: with row locks, a child added after the pick's
+    # snapshot is seen only by a statement started after the pick locked the row.
+    gate_recheck: bool
 
     def sql(self, statement: str) -> str:
         """`statement` (written with `?` placeholders) as this dialect takes it."""
@@ -45,10 +53,15 @@ SQLITE = Dialect(
     serial_key="INTEGER PRIMARY KEY AUTOINCREMENT",
     real="REAL",
     deferred_fk="DEFERRABLE INITIALLY DEFERRED",
+    row_lock="",
+    wait_lock="PRAGMA busy_timeout = {ms}",
+    clock="?",
+    gate_recheck=False,
 )
 
 # PostgreSQL (fleet mode): writers run side by side; the claim's row lock skips rows another host is
-# claiming, so each claimer takes a different task instead of waiting for the first.
+# claiming, so each claimer takes a different task instead of waiting for the first. Leases (heartbeats)
+# are stamped with the database's clock, never a host's.
 POSTGRESQL = Dialect(
     name="postgresql",
     placeholder="%s",
@@ -58,4 +71,11 @@ POSTGRESQL = Dialect(
     serial_key="BIGSERIAL PRIMARY KEY",
     real="DOUBLE PRECISION",
     deferred_fk="DEFERRABLE INITIALLY DEFERRED",
+    # Adding a child locks its parent: a claimer either sees the child or skips the locked parent.
+    row_lock=" FOR UPDATE",
+    wait_lock="SET lock_timeout = {ms}",
+    # The host's time is bound as NULL (see state/pg.py): the database's clock as the statement starts
+    # (statement_timestamp() is stable within a statement, so the lease sweep can read an index by it).
+    clock="COALESCE(CAST(? AS DOUBLE PRECISION), EXTRACT(EPOCH FROM statement_timestamp()))",
+    gate_recheck=True,
 )

@@ -112,9 +112,14 @@ RUNNABLE = "(run_spec IS NOT NULL OR task_type = 'fix')"
 
 
 def _schema(d: Dialect) -> list[str]:
+    """tasks.db's first schema: its version table, then the task tables."""
+    return [f"CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ts {d.real} NOT NULL)", *task_tables(d)]
+
+
+def task_tables(d: Dialect) -> list[str]:
+    """The task tree's tables and indexes in dialect `d` (fleet mode: state/pg.py's migration 2 runs these)."""
     real = d.real
     return [
-        f"CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ts {real} NOT NULL)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         f"""CREATE TABLE tasks (
             task_name TEXT PRIMARY KEY,
@@ -319,6 +324,9 @@ class TaskDB:
         self.lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._in_write = False
+        # Inside write(): no transaction is open (fetch_and_commit ended it, or PostgreSQL's BEGIN waits to go
+        # with the first statement); the next statement opens one.
+        self._reopen = False
 
     # -- opening --------------------------------------------------------------------------------------
 
@@ -328,6 +336,14 @@ class TaskDB:
             yield
         except sqlite3.Error as exc:
             raise translate(exc, self.path, self.busy_timeout_s) from exc
+
+    def clock_param(self, now: float) -> float | None:
+        """What `Dialect.clock`'s `?` is bound to: the host's time here (the PostgreSQL store binds None)."""
+        return now
+
+    def set_wait(self, seconds: float) -> None:
+        """How long a writer waits for a lock from now on."""
+        self.execute(self.d.wait_lock.format(ms=int(seconds * 1000)))
 
     def open(self) -> TaskDB:
         """Connect, refuse a newer schema before writing anything, then migrate to this version."""
@@ -397,7 +413,25 @@ class TaskDB:
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self.errors():
+            if self._in_write and self._reopen:
+                self._reopen = False
+                self.conn.execute(self.d.begin_write)
             return self.conn.execute(self.d.sql(statement), tuple(params))
+
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """Several queries, each one's rows (PostgreSQL: one message, one round trip)."""
+        return [self.execute(statement, params).fetchall() for statement, params in statements]
+
+    def fetch_and_commit(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The last statement of a write transaction and its COMMIT (PostgreSQL: one round trip); its rows.
+        A statement after it in the same write() block starts a new transaction."""
+        with self.lock:
+            rows = self.execute(statement, params).fetchall()
+            if self._in_write:
+                with self.errors():
+                    self.conn.execute("COMMIT")
+                self._reopen = True
+            return rows
 
     # -- transactions -----------------------------------------------------------------------------------
 
@@ -408,22 +442,35 @@ class TaskDB:
             if self._in_write:
                 yield
                 return
-            self.execute(self.d.begin_write)
             self._in_write = True
             try:
+                self._begin()
                 yield
             except BaseException:
                 self._in_write = False
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
+                if not self._reopen:  # a transaction is open
+                    self._rollback()
+                self._reopen = False
                 raise
             self._in_write = False
+            if self._reopen:  # nothing open: fetch_and_commit committed it, or nothing was sent
+                self._reopen = False
+                return
             try:
-                self.execute("COMMIT")
+                self._commit()
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    def _begin(self) -> None:
+        self.execute(self.d.begin_write)
+
+    def _commit(self) -> None:
+        self.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
 
     # -- reading tasks ------------------------------------------------------------------------------------
 
@@ -460,11 +507,14 @@ class TaskDB:
         return self._tasks("exec_state = ?", (exec_state,), order=False)
 
     def actionable_sql(
-        self, types: Sequence[str] | None, *, runnable: bool, limit: int | None
+        self, types: Sequence[str] | None, *, runnable: bool, limit: int | None, skip: Sequence[str] = ()
     ) -> tuple[str, list[Any]]:
         """The document's get_actionable_tasks() as one query: the columns of the tasks that may run, in order."""
         where = [ACTIONABLE_IN, PARENT_GATE]
         params: list[Any] = []
+        if skip:
+            where.append(f"task_name NOT IN ({', '.join('?' for _ in skip)})")
+            params += list(skip)
         if types is not None:
             where.append(f"task_type IN ({', '.join('?' for _ in types)})")
             params += list(types)
@@ -482,11 +532,49 @@ class TaskDB:
         sql, params = self.actionable_sql(types, runnable=runnable, limit=limit)
         return [row_task(r, self.path) for r in self.execute(sql, params).fetchall()]
 
-    def pick(self, types: Sequence[str] | None) -> Task | None:
-        """The first runnable actionable task (inside a write transaction: the claim's SELECT)."""
-        sql, params = self.actionable_sql(types, runnable=True, limit=1)
+    def pick(self, types: Sequence[str] | None, *, skip: Sequence[str] = ()) -> Task | None:
+        """The first runnable actionable task (inside a write transaction: the claim's SELECT), other than
+        those in `skip`."""
+        sql, params = self.actionable_sql(types, runnable=True, limit=1, skip=skip)
         row = self.execute(sql + self.d.claim_lock, params).fetchone()
         return None if row is None else row_task(row, self.path)
+
+    def sweep_and_pick(
+        self, types: Sequence[str] | None, *, skip: Sequence[str] = (), lease_s: float | None, now: float
+    ) -> tuple[list[Task], Task | None]:
+        """The claim's reads, both locked (PostgreSQL: one round trip): when `lease_s` is given, the running
+        tasks whose lease ran out (`expired`); then the first runnable actionable task (`pick`)."""
+        sql, params = self.actionable_sql(types, runnable=True, limit=1, skip=skip)
+        statements: list[tuple[str, Sequence[Any]]] = [(sql + self.d.claim_lock, params)]
+        if lease_s is not None:
+            statements.insert(0, self._expired_sql(lease_s, now))
+        results = self.query_many(statements)
+        expired = [row_task(r, self.path) for r in results[0]] if lease_s is not None else []
+        picked = results[-1]
+        return expired, (row_task(picked[0], self.path) if picked else None)
+
+    def lock_row(self, name: str) -> None:
+        """Lock a task's row until the transaction ends (where the dialect has row locks; SQLite's write
+        lock already covers it)."""
+        if self.d.row_lock:
+            self.execute(f"SELECT 1 FROM tasks WHERE task_name = ?{self.d.row_lock}", (name,))  # noqa: S608
+
+    def expired(self, lease_s: float, now: float) -> list[Task]:
+        """PROCESSING tasks whose runner's last heartbeat is older than `lease_s` (by the database's clock
+        where it has one), locked for the claim that takes them back; a row another claimer holds is skipped."""
+        rows = self.execute(*self._expired_sql(lease_s, now)).fetchall()
+        return [row_task(r, self.path) for r in rows]
+
+    def _expired_sql(self, lease_s: float, now: float) -> tuple[str, Sequence[Any]]:
+        return (
+            f"SELECT {SELECT_COLUMNS} FROM tasks WHERE exec_state = '{PROCESSING}'"  # noqa: S608
+            f" AND heartbeat_ts < {self.d.clock} - ? ORDER BY task_name{self.d.claim_lock}",
+            (self.clock_param(now), lease_s),
+        )
+
+    def clock_now(self, now: float) -> float:
+        """The time the claim and heartbeats stamp: `now` (the host's) or the database's clock."""
+        return float(self.execute(f"SELECT {self.d.clock}", (self.clock_param(now),)).fetchone()[0])
 
     def iter_ordered(
         self, *, exec_state: str | None = None, task_type: str | None = None, batch: int = 500
@@ -548,27 +636,43 @@ class TaskDB:
             self.execute("DELETE FROM tasks WHERE task_name = ?", (name,))
 
     def mark_claimed(
-        self, name: str, *, runner: dict[str, Any], now: float, history: list[dict[str, Any]], run_id: str
-    ) -> Task:
-        """The claim's UPDATE: PROCESSING, this runner, one more execution; returns the row as it now is."""
-        row = self.execute(
+        self,
+        name: str,
+        *,
+        runner: dict[str, Any],
+        now: float,
+        history: list[dict[str, Any]],
+        run_id: str,
+        commit: bool = False,
+    ) -> Task | None:
+        """The claim's UPDATE: PROCESSING, this runner, one more execution; returns the row as it now is, and
+        commits with it when asked (one round trip on PostgreSQL).
+
+        With row locks (Dialect.gate_recheck) the UPDATE checks the parent gate again: a statement started
+        after the pick locked the row sees a child another host committed meanwhile; None then."""
+        c, at = self.d.clock, self.clock_param(now)
+        gate = f" AND {PARENT_GATE}" if self.d.gate_recheck else ""
+        statement = (
             f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
-            " execution_count = execution_count + 1, started_ts = ?, heartbeat_ts = ?, activity_ts = ?,"
-            " last_executed_ts = ?, ended_ts = NULL, updated_ts = ?, history = ?, run_id = ?, requeued = 0"
-            f" WHERE task_name = ? RETURNING {SELECT_COLUMNS}",
-            (dumps(runner), now, now, now, now, now, dumps(history), run_id, name),
-        ).fetchone()
-        if row is None:  # pragma: no cover - picked under the same write lock
-            raise StateError(f"task database {self.path}: task {name!r} vanished during its claim")
-        return row_task(row, self.path)
+            f" execution_count = execution_count + 1, started_ts = {c}, heartbeat_ts = {c}, activity_ts = {c},"
+            f" last_executed_ts = {c}, ended_ts = NULL, updated_ts = {c}, history = ?, run_id = ?, requeued = 0"
+            f" WHERE task_name = ?{gate} RETURNING {SELECT_COLUMNS}"
+        )
+        params = (dumps(runner), at, at, at, at, at, dumps(history), run_id, name)
+        rows = self.fetch_and_commit(statement, params) if commit else self.execute(statement, params).fetchall()
+        if not rows:
+            if gate:
+                return None
+            raise StateError(f"task database {self.path}: task {name!r} vanished during its claim")  # pragma: no cover
+        return row_task(rows[0], self.path)
 
     def touch_running(self, name: str, runner: dict[str, Any], *, heartbeat_ts: float, activity_ts: float) -> bool:
         """A heartbeat: only while the task is PROCESSING under this very runner. False otherwise."""
         with self.lock:
             cursor = self.execute(
-                "UPDATE tasks SET heartbeat_ts = ?, activity_ts = ?"  # noqa: S608 - constant text
+                f"UPDATE tasks SET heartbeat_ts = {self.d.clock}, activity_ts = ?"  # noqa: S608 - constant text
                 f" WHERE task_name = ? AND exec_state = '{PROCESSING}' AND runner = ?",
-                (heartbeat_ts, activity_ts, name, dumps(runner)),
+                (self.clock_param(heartbeat_ts), activity_ts, name, dumps(runner)),
             )
             return cursor.rowcount == 1
 
@@ -606,6 +710,8 @@ class TaskDB:
     ) -> None:
         """One row of the document's main_logs for a run (the output itself is in the task's log file)."""
         duration = int((ended - started) * 1000) if started else None
+        if duration is not None and not 0 <= duration < 2**31:
+            duration = None  # two clocks that disagree (a host's and a shared database's): no duration
         self.execute(
             "INSERT INTO main_logs (log_type, log_level, task_name, run_start_time, run_end_time, duration_ms,"
             " run_status, run_message, run_content, created_at) VALUES ('task', ?, ?, ?, ?, ?, ?, ?, ?, ?)",

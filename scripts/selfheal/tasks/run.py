@@ -26,6 +26,13 @@ child, so the parent runs again; the thresholds bound how often.
 
 `check_stuck` finds PROCESSING tasks whose runner died (NORMAL_CRASH) or shows no output or heartbeat for
 `tasks.stuck_after_s` (killed by pid plus start time, `FIX-<task>-STUCK`, ERROR_FIX_PENDING, `[STUCK]`).
+In fleet mode it looks only at this host's runs (a host only judges and kills its own processes); another
+host's run that stopped beating is taken back by the lease (`TaskStore.claim`).
+
+A run's outcome is recorded only while the task is still that run's (same runner, same run id): a late
+finish, from a runner whose lease ran out and whose task runs again elsewhere, is refused and recorded (a
+main_logs row, a `superseded` ledger event). In fleet mode an outcome that meets the database down waits
+for it (`tasks.finish_wait_s`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,6 @@ import logging
 import os
 import shlex
 import signal
-import socket
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -53,7 +59,16 @@ from ..core.runs import list_runs, new_run_id
 from ..durable.checkpoint import TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
 from ..durable.incident import Incident, new_incident_id, notify, write_incident
 from ..durable.workflow import WorkflowRunner, load_plan, status
-from ..errors import EXIT_FAILED, EXIT_NOT_ATTEMPTED, EXIT_OK, LockBusy, NotAttempted, SelfHealError, StateError
+from ..errors import (
+    EXIT_FAILED,
+    EXIT_NOT_ATTEMPTED,
+    EXIT_OK,
+    FleetUnavailable,
+    LockBusy,
+    NotAttempted,
+    SelfHealError,
+    StateError,
+)
 from ..state.fixes import FixRecord, normalize
 from ..state.root import iter_lines, open_append, open_read, read_bytes, write_all, write_bytes_atomic, write_json
 from ..state.runs import recorded_process_gone
@@ -761,7 +776,7 @@ class TaskRunner:
 
     def run_next(self, *, types: Iterable[str] | None = None, only: str | None = None) -> TaskRun:
         """Claim the next actionable task (or `only` that one) and run it to an outcome."""
-        runner = runner_identity()
+        runner = runner_identity(self.store.host)
         keep_days = self.config.tasks.archive_after_days
         if only is not None:
             with self.store.transaction() as tree:
@@ -777,10 +792,21 @@ class TaskRunner:
                 task.execution_count += 1
                 task.run_id = new_run_id(task.name[:60], now)
                 requeued, task.requeued = task.requeued, False
+            if self.store.fleet:  # the lease runs from the database's clock, not this host's
+                self.store.touch_running(task.name, runner)
         else:
             if keep_days > 0:
                 self.store.archive_if_due(older_than_s=keep_days * 86400)
             claim = self.store.claim(types, runner, lambda name, ts: new_run_id(name[:60], ts))
+            for old, had in self.store.taken_back:
+                self.ledger.record(
+                    "lease",
+                    task=old.name,
+                    status="taken_back",
+                    reason=old.last_result,
+                    from_host=had,
+                    run_id=old.run_id,
+                )
             if claim is None:
                 what = "/".join(types) if types else "any"
                 now = self.clock.time()
@@ -836,9 +862,30 @@ class TaskRunner:
         log.close()
         if heartbeat.lost:
             outcome = "superseded"
-        result = self._finish(
-            claimed.name, runner=runner, outcome=outcome, failed=failed, duration=duration, log=log, diagnosis=diagnosis
-        )
+        waited_from = self.clock.monotonic()
+        while True:
+            try:
+                result = self._finish(
+                    claimed.name,
+                    runner=runner,
+                    outcome=outcome,
+                    failed=failed,
+                    duration=duration,
+                    log=log,
+                    diagnosis=diagnosis,
+                    run_id=claimed.run_id,
+                    started=claimed.started_ts,
+                )
+                break
+            except FleetUnavailable as exc:
+                # The shared tree is down: the run is over; its outcome waits for the database, and is refused
+                # then if the lease ran out and another host took the task meanwhile.
+                if self.clock.monotonic() - waited_from >= self.config.tasks.finish_wait_s:
+                    raise
+                logger.warning(
+                    "task %s ended (%s); waiting for the fleet database to record it: %s", claimed.name, outcome, exc
+                )
+                self.clock.sleep(max(1.0, min(self.config.store.retry_down_s, 15.0)))
         result.duration_s = duration
         return result
 
@@ -969,7 +1016,10 @@ class TaskRunner:
         duration: float,
         log: BoundedLog,
         diagnosis: FixRecord | None = None,
+        run_id: str | None = None,
+        started: float | None = None,
     ) -> TaskRun:
+        """Record a run's outcome, if the task is still that run's (`runner`, and `run_id` when given)."""
         escalation: Escalation | None = None
         verified = False
         with self.store.transaction() as tree:
@@ -977,6 +1027,10 @@ class TaskRunner:
                 task = tree.get(name)
             except TaskError:
                 return TaskRun(name, "superseded", f"task {name!r} disappeared while it ran")
+            late = run_id is not None and task.run_id != run_id
+            if late or (task.exec_state == PROCESSING and not same_runner(task.runner, runner)):
+                # Another run owns the task now (its lease ran out and it was taken back): refused, and said so.
+                return self._refuse_late(tree, task, runner=runner, outcome=outcome, run_id=run_id, started=started)
             if outcome == "superseded" or task.exec_state != PROCESSING or not same_runner(task.runner, runner):
                 return TaskRun(
                     name,
@@ -1048,6 +1102,46 @@ class TaskRunner:
             result.fix_tasks = escalation.fix_tasks
             result.incident = str(escalation.incident_path) if escalation.incident_path else None
         return result
+
+    def _refuse_late(
+        self,
+        tree: TaskTree,
+        task: Task,
+        *,
+        runner: dict[str, Any],
+        outcome: str,
+        run_id: str | None,
+        started: float | None,
+    ) -> TaskRun:
+        now = self.clock.time()
+        owner = (task.runner or {}).get("host")
+        message = (
+            f"late finish of task {task.name!r} refused: run {run_id} (host {runner.get('host')}, pid "
+            f"{runner.get('pid')}) ended {outcome}, but the task is now {task.exec_state}"
+            + (f" under run {task.run_id}" if task.run_id and task.run_id != run_id else "")
+            + (f" on host {owner}" if owner else "")
+            + "; its outcome was not recorded"
+        )
+        tree.store.db.log_run(
+            task=task.name, status="refused", level="WARNING", started=started, ended=now, message=message, content=None
+        )
+        self.ledger.record(
+            "superseded",
+            task=task.name,
+            status="refused",
+            reason=message,
+            run_id=run_id,
+            current_run_id=task.run_id,
+            outcome=outcome,
+        )
+        return TaskRun(
+            task.name,
+            "superseded",
+            message,
+            exec_state=task.exec_state,
+            retry_count=task.retry_count,
+            execution_count=task.execution_count,
+        )
 
     def _analyse_fix(self, tree: TaskTree, task: Task, diagnosis: FixRecord | None) -> Escalation:
         source = task.source or {}
@@ -1166,9 +1260,11 @@ def _judge(task: Task, now: float, limit: float, host: str) -> StuckFinding | No
 def find_stuck(store: TaskStore, *, now: float | None = None) -> list[StuckFinding]:
     """PROCESSING tasks that are stuck or whose runner died; nothing is changed (for health_check.py)."""
     now = store.clock.time() if now is None else now
-    host = socket.gethostname()
+    host = store.host
     limit = store.config.tasks.stuck_after_s
-    found = [_judge(t, now, limit, host) for t in store.processing()]
+    # Fleet mode: only this host's runs; another host's run that stopped beating is the lease's business.
+    mine = [t for t in store.processing() if not store.fleet or (t.runner or {}).get("host") == host]
+    found = [_judge(t, now, limit, host) for t in mine]
     return [f for f in found if f is not None]
 
 
@@ -1177,7 +1273,7 @@ def check_stuck(store: TaskStore, *, now: float | None = None, ledger: Ledger | 
     start time), record the failure, and for a stuck one create `FIX-<task>-STUCK`."""
     now = store.clock.time() if now is None else now
     ledger = ledger or Ledger(store.state, store.config, clock=store.clock)
-    host = socket.gethostname()
+    host = store.host
     limit = store.config.tasks.stuck_after_s
     acted: list[StuckFinding] = []
     for candidate in find_stuck(store, now=now):

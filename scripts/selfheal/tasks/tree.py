@@ -8,6 +8,11 @@ has exactly one winner and a parent check sees every child) that saves what the 
 it ends without an error; a refused change rolls back and leaves the database as it was. The common
 paths never read the whole tree: a claim is one query and one UPDATE, a heartbeat one UPDATE, a listing
 streams.
+
+In fleet mode (store.url) the tree lives in the fleet's PostgreSQL instead (`state.pg.PgTaskDB`, the same
+statements): claims skip rows another host is claiming (FOR UPDATE SKIP LOCKED), adding a child locks its
+parent, and a running task whose heartbeat is older than `tasks.lease_s` (the database's clock) is taken
+back by the next claim on any host. With the database down this host claims nothing (FleetTreeDown, exit 4).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config, get_config
+from ..core.fleet import fleet_database, host_id, mark_down
 from ..core.process import identify
-from ..errors import InvalidIdError, LockBusy, StateError, UsageError
+from ..errors import FleetUnavailable, InvalidIdError, LockBusy, NotAttempted, StateError, UsageError
 from ..state import layout
 from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_bytes, validate_id
@@ -79,6 +85,7 @@ __all__ = [
     "VERBS",
     "VOID",
     "BadParent",
+    "FleetTreeDown",
     "IllegalTransition",
     "Task",
     "TaskError",
@@ -128,6 +135,19 @@ class IllegalTransition(TaskError):
 
 class BadParent(TaskError):
     """A parent that does not exist, is void, or would make the task its own ancestor."""
+
+
+class FleetTreeDown(NotAttempted):
+    """Fleet mode, and the fleet's database does not answer: this host claims nothing from the shared tree
+    (exit 4, try later); runs already going finish and record their outcome once it is back."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(
+            "the fleet's task tree is unreachable: this host claims no task from it until the database answers"
+            " again; runs already going finish and record their outcome when it is back (`tasks.py fleet status`"
+            f" shows it): {why}"
+        )
 
 
 # -- the tree ------------------------------------------------------------------------------------------
@@ -371,6 +391,9 @@ class TaskTree:
             raise BadParent(f"task {task.name!r} cannot be its own parent")
         if parent_name not in self:
             raise BadParent(f"parent {parent_name!r} does not exist; `tasks.py list` shows the tasks")
+        # Shared tree: the parent's row stays locked until this transaction ends, so a claimer either sees
+        # the new child (and leaves the parent) or skips the parent while it is locked.
+        self.db.lock_row(parent_name)
         parent = self.get(parent_name)
         if parent.exec_state == VOID:
             raise BadParent(f"parent {parent_name!r} is VOID; a void task takes no new children")
@@ -477,13 +500,13 @@ def safe_name(text: str) -> str:
 # -- the store -----------------------------------------------------------------------------------------
 
 
-def runner_identity() -> dict[str, Any]:
-    """This process as a task's runner: pid, start time and host."""
+def runner_identity(host: str | None = None) -> dict[str, Any]:
+    """This process as a task's runner: pid, start time and host (in fleet mode, the host's fleet id)."""
     me = identify(os.getpid())
     return {
         "pid": os.getpid(),
         "create_time": me.create_time if me else None,
-        "host": socket.gethostname(),
+        "host": host or socket.gethostname(),
     }
 
 
@@ -501,10 +524,31 @@ class TaskStore:
         self.db_path = self.state.task_db
         self.problems: list[str] = []  # kept for callers that report them (nothing adds to it on SQLite)
         self.notices: list[str] = []  # things a person should hear once (the import of a JSON tree)
+        self.fleet = self.config.store.url is not None
+        # The runner's host: in fleet mode this host's fleet id (SELFHEAL_HOST_ID), else the hostname.
+        self.host = host_id(self.config.store) if self.fleet else socket.gethostname()
+        self.taken_back: list[tuple[Task, str]] = []  # the last claim's take-backs: (task, the host it had)
         self._db: TaskDB | None = None
+
+    def _fleet_db(self) -> TaskDB:
+        store = self.config.store
+        database = fleet_database(store, clock=self.clock)
+        if database is None:
+            from ..core.fleet import down_reason  # noqa: PLC0415
+
+            raise FleetTreeDown(down_reason(store, clock=self.clock) or "fleet database down")
+        from ..state.pg import PgTaskDB  # noqa: PLC0415 - psycopg only in fleet mode
+
+        try:
+            return PgTaskDB(database, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
+        except FleetUnavailable as exc:
+            mark_down(store, exc, clock=self.clock)
+            raise FleetTreeDown(str(exc)) from None
 
     @property
     def db(self) -> TaskDB:
+        if self._db is None and self.fleet:
+            self._db = self._fleet_db()
         if self._db is None:
             db = TaskDB(self.db_path, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
             try:
@@ -565,7 +609,7 @@ class TaskStore:
         wait = self.config.tasks.busy_timeout_s if timeout_s is None else timeout_s
         with db.lock:
             if timeout_s is not None:
-                db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+                db.set_wait(wait)
             try:
                 with db.write():
                     tree = TaskTree(self, writable=True)
@@ -576,7 +620,7 @@ class TaskStore:
                 raise
             finally:
                 if timeout_s is not None:
-                    db.execute(f"PRAGMA busy_timeout = {int(self.config.tasks.busy_timeout_s * 1000)}")
+                    db.set_wait(self.config.tasks.busy_timeout_s)
         self._move_logs(tree._log_moves)
 
     def _move_logs(self, moves: list[tuple[Path, Path]]) -> None:
@@ -596,25 +640,81 @@ class TaskStore:
         pick (the document's order and parent gate), one UPDATE ... RETURNING. Returns the task as claimed
         and whether a person had handed it back (its next run starts fresh), or None if nothing can run.
 
-        `run_id_for(name, now)` names the run."""
+        `run_id_for(name, now)` names the run.
+
+        In fleet mode the claim first takes back running tasks whose lease ran out (their runner's heartbeat
+        is older than `tasks.lease_s` by the database's clock; `self.taken_back` lists them), and checks the
+        parent gate again once the picked row is locked (a child committed after the pick's snapshot counts).
+        With the database down it raises FleetTreeDown (exit 4): this host claims nothing."""
+        try:
+            return self._claim(types, runner, run_id_for)
+        except FleetUnavailable as exc:
+            mark_down(self.config.store, exc, clock=self.clock)
+            raise FleetTreeDown(str(exc)) from None
+
+    def _claim(
+        self, types: Iterable[str] | None, runner: dict[str, Any], run_id_for: Callable[[str, float], str]
+    ) -> tuple[Task, bool] | None:
         wanted = sorted(set(types)) if types is not None else None
         db = self.db
         now = self.clock.time()
+        self.taken_back = []
+        lease = self.config.tasks.lease_s if self.fleet else None
+        skip: list[str] = []
         with db.lock, db.write():
-            task = db.pick(wanted)
-            if task is None:
-                return None
-            entry = history_entry(
-                now, f"{task.exec_state} -> {PROCESSING}", "claimed by run-next", f"run-next pid {runner['pid']}"
+            while True:
+                expired, task = db.sweep_and_pick(wanted, skip=skip, lease_s=lease, now=now)
+                if expired:
+                    self._take_back(db, expired, now)
+                    lease = None  # taken back: pick again, now that they can run
+                    continue
+                if task is None:
+                    return None
+                entry = history_entry(
+                    now, f"{task.exec_state} -> {PROCESSING}", "claimed by run-next", f"run-next pid {runner['pid']}"
+                )
+                claimed = db.mark_claimed(
+                    task.name,
+                    runner=runner,
+                    now=now,
+                    history=[*task.history, entry][-HISTORY_KEEP:],
+                    run_id=run_id_for(task.name, now),
+                    commit=True,
+                )
+                if claimed is not None:
+                    return claimed, task.requeued
+                skip.append(task.name)  # a child came in while it was picked: its gate is closed after all
+
+    def _take_back(self, db: TaskDB, expired: list[Task], now: float) -> None:
+        """Running tasks whose lease ran out become NORMAL_CRASH (not counted as a failure): the pick that
+        follows, here or on another host, runs them again. Their old runner's late outcome is refused."""
+        lease = self.config.tasks.lease_s
+        for task in expired:
+            had = str((task.runner or {}).get("host") or "?")
+            db_now = db.clock_now(now)
+            since = db_now - (task.heartbeat_ts or task.started_ts or db_now)
+            reason = (
+                f"lease expired, taken back from host {had} (run {task.run_id}, no heartbeat for {since:.0f}s,"
+                f" lease {lease:g}s)"
             )
-            claimed = db.mark_claimed(
-                task.name,
-                runner=runner,
-                now=now,
-                history=[*task.history, entry][-HISTORY_KEEP:],
-                run_id=run_id_for(task.name, now),
+            task.history = [
+                *task.history,
+                history_entry(now, f"{PROCESSING} -> {NORMAL_CRASH}", reason, f"claim on host {self.host}"),
+            ][-HISTORY_KEEP:]
+            task.exec_state, task.runner = NORMAL_CRASH, None
+            task.ended_ts = task.updated_ts = now
+            task.last_result = reason
+            db.update_row(task_row(task))
+            db.log_run(
+                task=task.name,
+                status="taken_back",
+                level="WARNING",
+                started=task.started_ts,
+                ended=db_now,
+                message=reason,
+                content=None,
             )
-        return claimed, task.requeued
+            self.taken_back.append((task, had))
 
     def archive_if_due(self, *, older_than_s: float) -> list[Task]:
         """run-next's archiving: finished trees unchanged for `older_than_s`, looked for at most hourly."""

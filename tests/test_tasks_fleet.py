@@ -1,0 +1,252 @@
+"""Fleet mode's task tree with real hosts: three runner processes, each with its own SELFHEAL_HOST_ID and state
+root, share one real PostgreSQL (tests/helpers/postgres.py, never skipped). Each task's command appends its
+name to a journal, so the journal counts executions, not claims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+from test_formats import check, schema
+
+from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.core.config import Config, load_config
+from selfheal.state import pg
+from selfheal.state.root import StateRoot
+from selfheal.tasks.run import BoundedLog, TaskRun, TaskRunner
+from selfheal.tasks.tree import END, NORMAL_CRASH, PROCESSING, Task, TaskStore, runner_identity
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+HOSTS = ("box-1", "box-2", "box-3")
+FAST = "process: {heartbeat_s: 0.2}\ntasks: {lease_s: 2.0}\n"
+
+
+def start_hosts(tmp_path: Path, fleet_url: str, go: Path) -> dict[str, subprocess.Popen[bytes]]:
+    """One runner process per host, each waiting for `go`."""
+    workers = {}
+    for host in HOSTS:
+        home = tmp_path / host
+        home.mkdir(mode=0o700)
+        (home / "config.yaml").write_text(FAST)
+        env = script_env(home, PYTHONPATH=str(SCRIPTS), SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID=host)
+        workers[host] = subprocess.Popen(
+            [PYTHON, str(HELPERS / "fleet_task_worker.py"), str(go)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    return workers
+
+
+def results(workers: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+    out = {}
+    for host, worker in workers.items():
+        stdout, stderr = worker.communicate(timeout=170)
+        assert worker.returncode == 0, stderr.decode()[-3000:]
+        out[host] = json.loads(stdout)
+    return out
+
+
+def store_of(config: Config, host: str, root: Path) -> TaskStore:
+    """A simulated host's task store in this process: its host id and state root, the fleet's database."""
+    return TaskStore(
+        (StateRoot(root / host)).ensure(),
+        dataclasses.replace(config, store=dataclasses.replace(config.store, host_id=host)),
+    )
+
+
+def shell(line: str) -> dict[str, Any]:
+    return {"kind": "shell", "shell": line}
+
+
+def test_three_hosts_run_a_shared_tree_each_task_once_and_parents_after_their_children(
+    fleet_url: str, home: Path, tmp_path: Path
+) -> None:
+    """130 tasks (10 roots, 3 children each, 3 grandchildren each child) on three hosts: each runs exactly
+    once, each parent after every one of its children, and every host gets work. (1,000 tasks work the same
+    but take about a minute here: each run starts a real shell and writes its run records.)"""
+    journal = tmp_path / "journal"
+    store = TaskStore(StateRoot(home).ensure(), load_config())
+    expected: dict[str, list[str]] = {}  # task -> its children
+    with store.transaction() as tree:
+        for r in range(10):
+            root = f"r{r}"
+            tree.add(Task(name=root, run=shell(f"echo {root} >> {journal}")))
+            expected[root] = []
+            for c in range(3):
+                child = f"{root}-c{c}"
+                tree.add(Task(name=child, parent=root, run=shell(f"echo {child} >> {journal}")))
+                expected[root].append(child)
+                expected[child] = []
+                for g in range(3):
+                    grandchild = f"{child}-g{g}"
+                    tree.add(Task(name=grandchild, parent=child, run=shell(f"echo {grandchild} >> {journal}")))
+                    expected[child].append(grandchild)
+                    expected[grandchild] = []
+    go = tmp_path / "go"
+    workers = start_hosts(tmp_path, fleet_url, go)
+    go.touch()
+    ran = results(workers)
+    lines = journal.read_text().splitlines()
+    assert sorted(lines) == sorted(expected)  # each task ran exactly once...
+    assert sorted(n for r in ran.values() for n in r["ran"]) == sorted(expected)  # ...claimed once
+    assert all(r["ran"] for r in ran.values()), {h: len(r["ran"]) for h, r in ran.items()}  # every host worked
+    position = {name: i for i, name in enumerate(lines)}
+    for parent, children in expected.items():
+        for child in children:
+            assert position[child] < position[parent], (child, parent)
+    with psycopg.connect(fleet_url) as conn:
+        assert conn.execute("SELECT DISTINCT exec_state FROM tasks").fetchall() == [(END,)]
+        assert conn.execute("SELECT count(*) FROM main_logs WHERE run_status = 'success'").fetchone() == (130,)
+
+
+def test_a_sigkilled_hosts_task_is_taken_back_after_its_lease_and_finishes_once(
+    fleet_url: str, home: Path, tmp_path: Path
+) -> None:
+    """The host running `slow` dies (SIGKILL, its command too). After tasks.lease_s (2 s here) another host's
+    claim takes the task back and runs it again: it starts twice and finishes once. The dead runner's finish,
+    arriving late with its old run id, is refused and recorded; the new run's END stays."""
+    journal, starts = tmp_path / "journal", tmp_path / "starts"
+    store = TaskStore(StateRoot(home).ensure(), load_config())
+    with store.transaction() as tree:
+        tree.add(
+            Task(
+                name="slow",
+                priority="P0",
+                run=shell(f"echo slow >> {starts}; sleep 1.5; echo slow >> {journal}"),
+            )
+        )
+        for i in range(6):
+            tree.add(Task(name=f"quick-{i}", run=shell(f"echo quick-{i} >> {journal}")))
+    go = tmp_path / "go"
+    workers = start_hosts(tmp_path, fleet_url, go)
+    go.touch()
+    deadline = time.monotonic() + 60
+    while not (starts.exists() and starts.read_text()):  # the command has started on some host
+        assert time.monotonic() < deadline, "slow never started"
+        time.sleep(0.02)
+    old = store.get("slow")
+    assert old.exec_state == PROCESSING and old.runner is not None
+    victim = str(old.runner["host"])
+    worker = psutil.Process(workers[victim].pid)
+    for proc in [*worker.children(recursive=True), worker]:  # the whole host: its runner and the command
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    workers[victim].wait(10)
+    survivors = {h: w for h, w in workers.items() if h != victim}
+    ran = results(survivors)
+
+    assert starts.read_text().splitlines() == ["slow", "slow"]  # it ran again...
+    assert sorted(journal.read_text().splitlines()) == [
+        "quick-0",
+        "quick-1",
+        "quick-2",
+        "quick-3",
+        "quick-4",
+        "quick-5",
+        "slow",
+    ]  # ...and finished once
+    assert "slow" in [n for r in ran.values() for n in r["ran"]]
+    now = store.get("slow")
+    assert now.exec_state == END and now.execution_count == 2 and now.run_id != old.run_id
+    taken = [h for h in now.history if h["what"] == f"{PROCESSING} -> {NORMAL_CRASH}"]
+    assert len(taken) == 1 and f"lease expired, taken back from host {victim} (run {old.run_id}" in taken[0]["reason"]
+
+    # The killed runner's finish arrives late (as if its process had only been frozen): refused, recorded.
+    config = load_config()
+    config = dataclasses.replace(config, store=dataclasses.replace(config.store, host_id=victim))
+    late = TaskStore(StateRoot(tmp_path / victim), config)
+    log = BoundedLog(late.log_path("slow"), max_chars=10_000, keep_chars=5_000)
+    result = TaskRunner(late)._finish(
+        "slow",
+        runner=old.runner,
+        outcome="failed",
+        failed=None,
+        duration=1.0,
+        log=log,
+        run_id=old.run_id,
+        started=old.started_ts,
+    )
+    log.close()
+    assert result.outcome == "superseded" and "refused" in result.message
+    after = store.get("slow")
+    assert (after.exec_state, after.run_id, after.retry_count) == (END, now.run_id, now.retry_count)
+    statuses = [r["run_status"] for r in store.db.runs("slow")]
+    assert statuses == ["taken_back", "success", "refused"]
+    events = [
+        json.loads(line)
+        for p in sorted((tmp_path / victim / "ledger").glob("*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+    assert [e["run_id"] for e in events if e["event"] == "superseded" and e["status"] == "refused"] == [old.run_id]
+    # The claim that took it back recorded a `lease` event on its host; both kinds follow the ledger's schema.
+    everywhere = [
+        json.loads(line)
+        for host in HOSTS
+        for p in sorted((tmp_path / host / "ledger").glob("*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+    leases = [e for e in everywhere if e["event"] == "lease"]
+    assert len(leases) == 1 and leases[0]["status"] == "taken_back" and leases[0]["from_host"] == victim
+    assert leases[0]["host"] != victim and leases[0]["run_id"] == old.run_id
+    for event in [*leases, *[e for e in everywhere if e["event"] == "superseded"]]:
+        assert check(event, schema("ledger-event.schema.json")) == [], event
+
+
+def test_a_runner_that_lost_its_lease_stops_its_command_and_its_outcome_is_refused(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """box-a runs `long` (its heartbeat every second); its lease is made to run out and box-b's claim takes
+    the task back. box-a's next heartbeat finds the task no longer its own: it stops its own command (the
+    command's last line never comes) and its outcome is refused, leaving box-b's run as it is."""
+    marks = tmp_path / "marks"
+    config = load_config()
+    config = dataclasses.replace(
+        config,
+        process=dataclasses.replace(config.process, heartbeat_s=1.0),
+        tasks=dataclasses.replace(config.tasks, lease_s=60.0),
+    )
+    a = TaskStore(
+        StateRoot(tmp_path / "box-a").ensure(),
+        dataclasses.replace(config, store=dataclasses.replace(config.store, host_id="box-a")),
+    )
+    with a.transaction() as tree:
+        tree.add(Task(name="long", run=shell(f"echo start >> {marks}; sleep 6; echo done >> {marks}")))
+    got: list[TaskRun] = []
+    thread = threading.Thread(target=lambda: got.append(TaskRunner(a).run_next()))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (marks.exists() and marks.read_text()):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.02)
+
+    b = TaskStore(
+        StateRoot(tmp_path / "box-b").ensure(),
+        dataclasses.replace(config, store=dataclasses.replace(config.store, host_id="box-b")),
+    )
+    b._db = pg.PgTaskDB(pg.Database(fleet_url, "box-b"), busy_timeout_s=5).open()  # its own connection
+    claimed = None
+    for _ in range(20):  # box-a's heartbeat may land between the two: age it again
+        with psycopg.connect(fleet_url, autocommit=True) as conn:
+            conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 120 WHERE task_name = 'long'")
+        claimed = b.claim(None, runner_identity("box-b"), lambda name, _ts: f"{name}-on-box-b")
+        if claimed is not None:
+            break
+    assert claimed is not None and claimed[0].run_id == "long-on-box-b"
+    thread.join(30)
+    assert not thread.is_alive()
+    (result,) = got
+    assert result.outcome == "superseded" and "refused" in result.message, result
+    assert marks.read_text().splitlines() == ["start"]  # stopped: its last line never came
+    now = b.get("long")
+    assert (now.exec_state, now.run_id, (now.runner or {}).get("host")) == (PROCESSING, "long-on-box-b", "box-b")

@@ -1,0 +1,388 @@
+"""The task tree in fleet mode: the same store on a real PostgreSQL (tests/helpers/postgres.py, never skipped).
+
+The core behaviours of test_tasks.py run again here, unchanged, with this module's `store` fixture (a
+TaskStore in fleet mode: state/pg.py's PgTaskDB, taskdb's statements in the POSTGRESQL dialect); then what
+only a shared tree has: claims on the database's clock, leases taken back, late finishes refused, a child
+added while its parent is being claimed, and the database down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from test_tasks import (
+    test_a_first_business_failure_is_error_fix_pending_with_a_fix_child_for_the_step,
+    test_a_parent_runs_only_when_every_child_is_end_void_or_requires_manual,
+    test_actionable_order_is_type_then_priority_then_deeper_then_older,
+    test_at_five_failures_a_sol_task_replaces_the_fix_tasks_and_after_three_more_a_person_is_needed,
+    test_bad_input_is_refused_with_a_clear_message_and_nothing_changes,
+    test_finished_trees_move_to_the_archive_and_free_their_names,
+    test_reparenting_moves_the_whole_subtree_and_fixes_levels_and_roots,
+    test_run_next_archives_old_finished_trees_as_it_claims,
+    test_the_gate_looks_at_children_only_not_grandchildren_through_a_settled_child,
+    test_voiding_a_task_voids_its_unfinished_descendants_but_not_finished_ones,
+)
+
+from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.core.config import Config, load_config
+from selfheal.errors import ConfigError
+from selfheal.state import pg
+from selfheal.state.root import StateRoot
+from selfheal.tasks.run import BoundedLog, TaskRunner, find_stuck
+from selfheal.tasks.tree import END, NEW, NORMAL_CRASH, PROCESSING, FleetTreeDown, Task, TaskStore, runner_identity
+from selfheal.testing import FakeClock
+
+# The core behaviours of the SQLite store, run here on PostgreSQL (pytest collects them in this module, where
+# `store` is the fleet's).
+SAME_AS_SQLITE = (
+    test_a_first_business_failure_is_error_fix_pending_with_a_fix_child_for_the_step,
+    test_a_parent_runs_only_when_every_child_is_end_void_or_requires_manual,
+    test_actionable_order_is_type_then_priority_then_deeper_then_older,
+    test_at_five_failures_a_sol_task_replaces_the_fix_tasks_and_after_three_more_a_person_is_needed,
+    test_bad_input_is_refused_with_a_clear_message_and_nothing_changes,
+    test_finished_trees_move_to_the_archive_and_free_their_names,
+    test_reparenting_moves_the_whole_subtree_and_fixes_levels_and_roots,
+    test_run_next_archives_old_finished_trees_as_it_claims,
+    test_the_gate_looks_at_children_only_not_grandchildren_through_a_settled_child,
+    test_voiding_a_task_voids_its_unfinished_descendants_but_not_finished_ones,
+)
+
+
+@pytest.fixture
+def store(fleet_url: str, state: StateRoot, clock: FakeClock) -> TaskStore:
+    return TaskStore(state, load_config(), clock)
+
+
+def host_store(config: Config, host: str, root: Path, clock: FakeClock | None = None, **tasks: float) -> TaskStore:
+    """The task store of one simulated host: its own state root and host id, the fleet's database."""
+    config = dataclasses.replace(
+        config,
+        store=dataclasses.replace(config.store, host_id=host),
+        tasks=dataclasses.replace(config.tasks, **tasks),
+    )
+    return TaskStore(StateRoot(root / host).ensure(), config, clock or FakeClock())
+
+
+_runs = itertools.count(1)
+
+
+def run_id(name: str, ts: float) -> str:
+    return f"{name}-run{next(_runs)}"
+
+
+# -- the store on PostgreSQL -------------------------------------------------------------------------------
+
+
+def test_the_fleet_tree_lives_in_postgresql_and_no_tasks_db_is_written(store: TaskStore, fleet_url: str) -> None:
+    """Fleet mode: the tables are in the fleet's database (schema version 2), tasks.db is never created."""
+    with store.transaction() as tree:
+        tree.add(Task(name="shared", run={"kind": "shell", "shell": "true"}))
+    assert not store.db_path.exists()
+    with psycopg.connect(fleet_url) as conn:
+        assert pg.schema_version(conn) == pg.SCHEMA_VERSION == 2
+        assert conn.execute("SELECT task_name, exec_state FROM tasks").fetchall() == [("shared", NEW)]
+    assert type(store.db).__name__ == "PgTaskDB"
+
+
+def test_a_claim_and_heartbeats_are_stamped_with_the_databases_clock(
+    store: TaskStore, clock: FakeClock, fleet_url: str
+) -> None:
+    """The host's clock (a fake one here, years off) never reaches started_ts or heartbeat_ts."""
+    clock.advance(-10 * 365 * 86400)
+    with store.transaction() as tree:
+        tree.add(Task(name="t", run={"kind": "shell", "shell": "true"}))
+    with psycopg.connect(fleet_url) as conn:
+        (db_now,) = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()  # type: ignore[misc]
+    runner = runner_identity(store.host)
+    claimed, _ = store.claim(None, runner, run_id)  # type: ignore[misc]
+    assert claimed.exec_state == PROCESSING and claimed.runner == runner and runner["host"] == store.host
+    assert abs((claimed.started_ts or 0) - db_now) < 60 and abs((claimed.heartbeat_ts or 0) - db_now) < 60
+    assert store.touch_running("t", runner, activity_ts=clock.time())
+    assert abs((store.get("t").heartbeat_ts or 0) - db_now) < 60
+    assert not store.touch_running("t", {**runner, "pid": runner["pid"] + 1})  # another runner: not its task
+
+
+def test_a_lease_older_than_tasks_lease_s_is_taken_back_and_the_late_finish_is_refused(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """Host a claims and stops beating; host b's claim takes the task back (NORMAL_CRASH, history and
+    main_logs say from whom) and runs it (execution_count 2); a's late finish is refused and recorded."""
+    config = load_config()
+    a = host_store(config, "box-a", tmp_path, lease_s=60.0)
+    b = host_store(config, "box-b", tmp_path, lease_s=60.0)
+    with a.transaction() as tree:
+        tree.add(Task(name="job", run={"kind": "shell", "shell": "true"}))
+    old_runner = runner_identity(a.host)
+    first, _ = a.claim(None, old_runner, run_id)  # type: ignore[misc]
+    assert b.claim(None, runner_identity(b.host), run_id) is None  # a's lease holds
+    with psycopg.connect(fleet_url) as conn:  # a's last heartbeat, 61 s ago by the database's clock
+        conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 61 WHERE task_name = 'job'")
+    new_runner = runner_identity(b.host)
+    second, _ = b.claim(None, new_runner, run_id)  # type: ignore[misc]
+    assert [(t.name, host) for t, host in b.taken_back] == [("job", "box-a")]
+    assert second.name == "job" and second.execution_count == 2 and second.runner == new_runner
+    assert second.run_id != first.run_id
+    took = [h for h in second.history if h["what"] == f"{PROCESSING} -> {NORMAL_CRASH}"]
+    assert len(took) == 1 and took[0]["reason"].startswith(
+        f"lease expired, taken back from host box-a (run {first.run_id}"
+    )
+    assert not a.touch_running("job", old_runner)  # a's heartbeat now tells it to stop its command
+
+    # a's runner ends after all and reports: refused, recorded, b's run untouched.
+    late_runner = TaskRunner(a)
+    log = BoundedLog(a.log_path("job"), max_chars=10_000, keep_chars=5_000)
+    result = late_runner._finish(
+        "job",
+        runner=old_runner,
+        outcome="succeeded",
+        failed=None,
+        duration=1.0,
+        log=log,
+        run_id=first.run_id,
+        started=first.started_ts,
+    )
+    log.close()
+    assert result.outcome == "superseded" and "late finish" in result.message and "refused" in result.message
+    now = b.get("job")
+    assert (now.exec_state, now.run_id, now.runner) == (PROCESSING, second.run_id, new_runner)
+    runs = b.db.runs("job")
+    assert [r["run_status"] for r in runs] == ["taken_back", "refused"]
+    assert first.run_id in runs[1]["run_message"] and second.run_id in runs[1]["run_message"]
+    events = [
+        json.loads(line) for p in sorted(a.state.sub("ledger").glob("*.jsonl")) for line in p.read_text().splitlines()
+    ]
+    refused = [e for e in events if e["event"] == "superseded"]
+    assert len(refused) == 1 and refused[0]["status"] == "refused" and refused[0]["run_id"] == first.run_id
+
+
+def test_a_child_added_while_its_parent_is_claimed_never_leaves_a_claimed_parent_with_an_open_child(
+    store: TaskStore, fleet_url: str
+) -> None:
+    """Two connections: one adds a child to `p` and holds its transaction open; a claim meanwhile skips the
+    locked parent; once the child is committed, the parent waits for it; a claim that holds the parent
+    first makes the adder wait, and the child then lands under a running parent (as on SQLite)."""
+    with store.transaction() as tree:
+        tree.add(Task(name="p", run={"kind": "shell", "shell": "true"}))
+        tree.add(Task(name="other", run={"kind": "shell", "shell": "true"}, priority="P2"))
+    config = load_config()
+    adder = TaskStore(store.state, config, FakeClock())
+    claimer = TaskStore(StateRoot(store.state.root.parent / "claimer").ensure(), config, FakeClock())
+    # Each store of one process shares its connection (database_for): give the adder its own.
+    adder._db = pg.PgTaskDB(pg.Database(fleet_url, "adder"), busy_timeout_s=5).open()
+    claimer._db = pg.PgTaskDB(pg.Database(fleet_url, "claimer"), busy_timeout_s=5).open()
+    runner = runner_identity("claimer")
+    with adder.transaction() as tree:
+        tree.add(Task(name="late-child", parent="p", run={"kind": "shell", "shell": "true"}))
+        claimed, _ = claimer.claim(None, runner, run_id)  # type: ignore[misc]
+        assert claimed.name == "other"  # p is locked by the adder: skipped, not waited for
+    claimed, _ = claimer.claim(None, runner, run_id)  # type: ignore[misc]
+    assert claimed.name == "late-child"  # the child first; p waits for it
+    assert claimer.claim(None, runner, run_id) is None
+
+    # The other way round: the claim's transaction holds p; the adder waits for it, then adds under it.
+    with store.transaction() as tree:
+        tree.add(Task(name="q", run={"kind": "shell", "shell": "true"}))
+    entered = threading.Event()
+    added: list[str] = []
+
+    def add_child() -> None:
+        entered.wait(10)
+        with adder.transaction() as tree:
+            tree.add(Task(name="q-child", parent="q", run={"kind": "shell", "shell": "true"}))
+        added.append(tree.get("q").exec_state)
+
+    thread = threading.Thread(target=add_child)
+    thread.start()
+    with claimer.db.lock, claimer.db.write():
+        picked = claimer.db.pick(None)
+        assert picked is not None and picked.name == "q"
+        claimer.db.mark_claimed("q", runner=runner, now=0.0, history=[], run_id="q-run")
+        entered.set()
+        thread.join(0.5)
+        assert thread.is_alive()  # the adder waits on q's row lock
+    thread.join(10)
+    assert added == [PROCESSING]
+
+
+def test_the_parent_gate_is_checked_again_once_the_row_is_locked(store: TaskStore, fleet_url: str) -> None:
+    """A pick whose snapshot predates a child committed by another host (the window between the pick's
+    snapshot and its row lock, made wide here: the first pick answers from before the child) does not
+    claim the parent: the claim looks at the gate again, with a fresh statement, once it holds the row."""
+    with store.transaction() as tree:
+        tree.add(Task(name="p", run={"kind": "shell", "shell": "true"}))
+    db = store.db
+    real = db.sweep_and_pick
+    stale: list[str] = []
+
+    def stale_pick(types: Any, *, skip: Sequence[str] = (), lease_s: float | None, now: float) -> Any:
+        if stale:
+            return real(types, skip=skip, lease_s=lease_s, now=now)
+        stale.append("p")
+        with psycopg.connect(fleet_url, autocommit=True) as other:  # another host adds a child and commits
+            other.execute(
+                "INSERT INTO tasks (task_name, task_type, priority, status, exec_state, parent_task_id,"
+                " root_task_id, task_level, created_ts, updated_ts) VALUES ('c', 'regular', 'P1', 'pending',"
+                " 'NEW', 'p', 'p', 2, 1, 1)"
+            )
+        db.lock_row("p")  # what the pick's FOR UPDATE did, on the row it saw before the child
+        return [], db.get("p")
+
+    db.sweep_and_pick = stale_pick  # type: ignore[method-assign]
+    assert store.claim(None, runner_identity(store.host), run_id) is None  # p refused; c has nothing to run
+    assert store.get("p").exec_state == NEW and stale == ["p"]
+
+
+# -- settings, outages, fleet status ------------------------------------------------------------------------
+
+
+def test_lease_s_must_outlast_two_heartbeats(write_config: Callable[[str], Path]) -> None:
+    write_config("process: {heartbeat_s: 10}\ntasks: {lease_s: 15}\n")
+    with pytest.raises(ConfigError, match=r"tasks\.lease_s.*twice process\.heartbeat_s") as err:
+        load_config()
+    assert "15" in str(err.value)
+
+
+def test_with_the_database_down_run_next_claims_nothing_and_says_so(home: Path, tmp_path: Path) -> None:
+    """Exit 4 (try later), the reason, and what happens to running tasks; no traceback, no tasks.db."""
+    dead = f"postgresql://someone:s3cretpw@/x?host={tmp_path}/none"
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "tasks.py"), "run-next"],
+        env=script_env(home, SELFHEAL_DATABASE_URL=dead),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 4, proc.stderr
+    assert "fleet's task tree is unreachable" in proc.stderr and "claims no task" in proc.stderr
+    assert "Traceback" not in proc.stderr and "s3cretpw" not in proc.stderr
+    assert not (home / "tasks.db").exists()
+
+
+def test_the_health_check_says_this_host_claims_nothing_while_the_database_is_down(home: Path, tmp_path: Path) -> None:
+    env = script_env(home, SELFHEAL_DATABASE_URL=f"postgresql:///x?host={tmp_path}/none&user=nobody")
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "health_check.py"), "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["fleet"]["status"] == "warn"
+    assert "claims no task from the shared task tree" in checks["fleet"]["detail"]
+    assert checks["tasks"]["status"] == "warn" and "claims no task" in checks["tasks"]["detail"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_health_check_reads_this_hosts_runs_from_the_shared_tree(
+    fleet_url: str, home: Path, tmp_path: Path
+) -> None:
+    a = host_store(load_config(), "box-a", tmp_path)
+    with a.transaction() as tree:
+        tree.add(Task(name="running", run={"kind": "shell", "shell": "true"}))
+    a.claim(None, {"pid": 2**22 + 7, "create_time": 1.0, "host": "box-a"}, run_id)  # a runner that is gone
+    for host, status in (("box-b", "ok"), ("box-a", "warn")):
+        env = script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID=host)
+        proc = subprocess.run(
+            [PYTHON, str(SCRIPTS / "health_check.py"), "--json"], env=env, capture_output=True, text=True, check=False
+        )
+        tasks = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "tasks")
+        assert tasks["status"] == status, (host, tasks)
+    assert "running (runner gone)" in tasks["detail"]
+
+
+def test_a_store_whose_database_went_down_raises_fleet_tree_down_at_the_claim(
+    store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.db  # noqa: B018 - connected
+    database = store.db.database  # type: ignore[attr-defined]
+    monkeypatch.setattr(database, "url", database.url.replace("host=", "host=/nonexistent"))
+    database.close()
+    with pytest.raises(FleetTreeDown, match="claims no task"):
+        store.claim(None, runner_identity(store.host), run_id)
+
+
+def test_fleet_status_lists_the_leases_held(fleet_url: str, home: Path, tmp_path: Path) -> None:
+    """`tasks.py fleet status`: which host runs which task, since when, and when its lease runs out."""
+    a = host_store(load_config(), "box-a", tmp_path)
+    with a.transaction() as tree:
+        tree.add(Task(name="long-job", run={"kind": "shell", "shell": "true"}))
+    a.claim(None, runner_identity(a.host), run_id)
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "tasks.py"), "fleet", "status", "--json"],
+        env=script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-b"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    (lease,) = report["leases"]
+    assert (lease["task"], lease["host"], lease["expired"]) == ("long-job", "box-a", False)
+    assert report["lease_s"] == 120.0 and 100 < lease["expires_in_s"] <= 120
+    assert lease["since"] and lease["expires"] > lease["heartbeat"]
+    text = subprocess.run(
+        [PYTHON, str(SCRIPTS / "tasks.py"), "fleet", "status"],
+        env=script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-b"),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert "long-job: host box-a" in text and "lease until" in text
+
+
+def test_stuck_detection_looks_only_at_this_hosts_runs(fleet_url: str, tmp_path: Path) -> None:
+    """Another host's silent run is the lease's business, never this host's to judge or kill."""
+    config = load_config()
+    a = host_store(config, "box-a", tmp_path, stuck_after_s=1.0)
+    b = host_store(config, "box-b", tmp_path, stuck_after_s=1.0)
+    with a.transaction() as tree:
+        tree.add(Task(name="quiet", run={"kind": "shell", "shell": "true"}))
+    a.claim(None, runner_identity(a.host), run_id)
+    later = a.clock.time() + 3600
+    assert find_stuck(b, now=later) == []
+    assert [f.task for f in find_stuck(a, now=later)] == ["quiet"]
+
+
+@pytest.mark.parametrize("taken_meanwhile", [False, True])
+def test_a_run_that_ends_while_the_database_is_down_records_its_outcome_once_it_is_back(
+    store: TaskStore, clock: FakeClock, fleet_url: str, tmp_path: Path, taken_meanwhile: bool
+) -> None:
+    """The command finished; the database is down, so the outcome waits (tasks.finish_wait_s) and is written
+    when it answers again. If another host took the task back meanwhile (the lease ran out), it is refused."""
+    with store.transaction() as tree:
+        tree.add(Task(name="t", run={"kind": "shell", "shell": "true"}))
+    runner = runner_identity(store.host)
+    claimed, _ = store.claim(None, runner, run_id)  # type: ignore[misc]
+    database = store.db.database  # type: ignore[attr-defined]
+    good = database.url
+    database.url = good.replace("host=", "host=/nonexistent")
+    database.close()
+    waits: list[float] = []
+    real_sleep = clock.sleep
+
+    def database_back(seconds: float) -> None:
+        waits.append(seconds)
+        real_sleep(seconds)
+        database.url = good
+        if taken_meanwhile:
+            with psycopg.connect(fleet_url) as conn:
+                conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 600 WHERE task_name = 't'")
+            other = host_store(load_config(), "box-b", tmp_path)
+            other._db = pg.PgTaskDB(pg.Database(fleet_url, "box-b"), busy_timeout_s=5).open()  # its own connection
+            assert other.claim(None, runner_identity("box-b"), run_id) is not None
+
+    clock.sleep = database_back  # type: ignore[method-assign]
+    result = TaskRunner(store)._run_claimed(claimed, runner, False, claimed.started_ts or 0.0)
+    assert waits  # it waited for the database
+    task = store.get("t")
+    if taken_meanwhile:
+        assert result.outcome == "superseded" and "refused" in result.message
+        assert task.exec_state == PROCESSING and task.runner and task.runner["host"] == "box-b"
+    else:
+        assert result.outcome == "succeeded" and task.exec_state == END
