@@ -77,7 +77,7 @@ except Budget:
 checked = True
 if completed:
     data = status("bench", state=state)
-    checked = data is not None and all(data["steps"][f"s{i}"]["state"] == "done" for i in range(n))
+    checked = data is not None and all(data.steps[f"s{i}"].state == "done" for i in range(n))
 print(json.dumps({"done": done, "seconds": last - started, "completed": completed, "checked": checked}))
 """
 

@@ -186,11 +186,11 @@ def test_four_processes_through_a_dead_endpoint(
     hits_while_down = server.requests("primary")
     server.set_default("primary", None)
     breakers = Breakers(StateRoot(home), load_config().breakers)
-    with breakers._locked("primary") as data:  # the open time and the ejection pass
-        assert data["state"] == "open"
-        data["open_until"] = time.time()
-        if data.get("ejected_until") is not None:
-            data["ejected_until"] = time.time()
+    with breakers._locked("primary") as (record, _):  # the open time and the ejection pass
+        assert record.state == "open"
+        record.open_until = time.time()
+        if record.ejected_until is not None:
+            record.ejected_until = time.time()
     second = run_workers(home, tmp_path, 4, 5, "up")
     assert sum(r["failed"] for r in second) == 0
     assert server.requests("primary") > hits_while_down + 3  # probes, then everyone again
