@@ -186,6 +186,10 @@ def test_an_import_stopped_between_its_commit_and_its_file_moves_is_finished_by_
             "old-00003.json: exec_state: must be one of NEW, PROCESSING, END, ERROR_FIX_PENDING, NORMAL_CRASH, "
             "REQUIRES_MANUAL, VOID (value 'DONE')",
         ),
+        (
+            json.dumps({**Task(name="old-00003").to_json(), "run": {"kind": "argv", "argv": [1, 2]}}),
+            "old-00003.json: run.argv: must be a non-empty list of strings without NUL bytes (value [1, 2])",
+        ),
     ],
 )
 def test_a_json_tree_that_cannot_be_imported_whole_is_refused_naming_the_file_and_nothing_is_lost(
@@ -389,3 +393,47 @@ def test_a_heartbeat_touches_only_its_own_running_task(home: Path, clock: FakeCl
     assert (store.get("t").heartbeat_ts, store.get("t").activity_ts) == (5.0, 4.0)
     assert not store.touch_running("t", {**me, "pid": os.getpid() + 1}, heartbeat_ts=9.0, activity_ts=9.0)
     assert store.get("t").heartbeat_ts == 5.0
+
+
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        ({"kind": "argv", "argv": "touch oops"}, "run.argv: must be a list (value 'touch oops')"),
+        ({"kind": "argv", "argv": []}, "run.argv: must be a non-empty list of strings"),
+        ({"kind": "exec", "argv": ["true"]}, "run.kind: must be one of argv, shell, plan"),
+        ({"kind": "shell", "shell": "true", "timeout_s": 0}, "run.timeout_s: must be a number > 0"),
+        ({"kind": "argv", "argv": ["true"], "max_attempts": True}, "run.max_attempts: must be a whole number"),
+        ({"kind": "shell", "shell": "echo a\u0000b"}, "run.shell: must be a non-empty string without NUL"),
+    ],
+)
+def test_a_hand_edited_run_spec_is_refused_naming_task_and_key_before_anything_runs(
+    home: Path, tmp_path: Path, run: dict[str, Any], message: str
+) -> None:
+    """What a runner executes is checked when the row is read: a wrong run spec stops run-next with the task,
+    the key and the value (exit 3), and nothing is started."""
+    marker = tmp_path / "ran"
+    assert tasks(home, "add", "job", "--", "touch", str(marker)).returncode == 0
+    db = sqlite3.connect(home / "tasks.db")
+    with db:
+        db.execute("UPDATE tasks SET run_spec = ? WHERE task_name = 'job'", (json.dumps(run),))
+    db.close()
+    proc = tasks(home, "run-next")
+    assert proc.returncode == 3, proc.stderr
+    assert "task 'job'" in proc.stderr and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_a_run_spec_from_a_newer_version_keeps_its_keys(home: Path, tmp_path: Path) -> None:
+    """A key of the run spec this version does not know is kept, and the task still runs."""
+    marker = tmp_path / "ran"
+    assert tasks(home, "add", "job", "--", "touch", str(marker)).returncode == 0
+    db = sqlite3.connect(home / "tasks.db")
+    with db:
+        (raw,) = db.execute("SELECT run_spec FROM tasks WHERE task_name = 'job'").fetchone()
+        spec = {**json.loads(raw), "sandbox": "gvisor"}
+        db.execute("UPDATE tasks SET run_spec = ? WHERE task_name = 'job'", (json.dumps(spec),))
+    db.close()
+    assert tasks(home, "run-next").returncode == 0
+    assert marker.exists()
+    assert open_store(home).get("job").run["sandbox"] == "gvisor"

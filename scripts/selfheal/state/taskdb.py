@@ -306,8 +306,10 @@ def row_task(row: Sequence[Any], path: Path) -> Task:
         fields["extra"] = {}
     if fields.get("history") is None:
         fields["history"] = []
-    from .taskrecord import Task  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when rows are read
+    from .taskrecord import Task, check_run_spec  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when read
 
+    if fields.get("run") is not None:  # what a runner will execute: checked before anything runs it
+        fields["run"] = check_run_spec(fields["run"], f"task database {path}: task {row[0]!r}")
     return Task(**fields)
 
 

@@ -95,10 +95,44 @@ class Task:
         for key in ("retry_count", "execution_count", "level"):
             fields.count(key)
         fields.array("history")
+        known["run"] = check_run_spec(known.get("run"), str(where))
         task = cls(**known, extra=split(data, FIELDS, DERIVED))
         if file_name is not None and file_name != f"{task.name}.json":
             raise bad("name", f"does not match the file name {file_name}")
         return task
+
+
+RUN_KINDS = ("argv", "shell", "plan")
+
+
+def check_run_spec(run: Any, where: str) -> dict[str, Any] | None:
+    """A task's run spec as read (from a file, a row): what runs (`argv`, a list of strings; `shell`, a command
+    line; `plan`, a workflow file) and how (`cwd`, `timeout_s` > 0, `max_attempts` >= 1, `target`). A wrong one
+    is reported with where, key and value, before anything runs it; keys a newer version wrote are kept."""
+    if run is None:
+        return None
+    fields = Fields(run, where, "a run spec", inside="run")
+    bad = fields.bad
+    kind = fields.choice("kind", RUN_KINDS)
+    if kind is None:
+        raise bad("kind", f"missing: must be one of {', '.join(RUN_KINDS)}")
+    if kind == "argv":
+        argv = fields.array("argv")
+        if not argv or not all(type(a) is str and "\0" not in a for a in argv) or not argv[0]:
+            raise bad("argv", "must be a non-empty list of strings without NUL bytes")
+    else:
+        text = fields.text(kind)
+        if not isinstance(text, str) or not text.strip() or "\0" in text:
+            raise bad(kind, "must be a non-empty string without NUL bytes")
+    fields.text("cwd", optional=True)
+    fields.text("target", optional=True)
+    timeout = fields.number("timeout_s", optional=True)
+    if timeout is not None and not timeout > 0:
+        raise bad("timeout_s", "must be a number > 0 or null")
+    attempts = fields.whole("max_attempts", optional=True)
+    if attempts is not None and attempts < 1:
+        raise bad("max_attempts", "must be a whole number >= 1 or null")
+    return dict(run)
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(Task)) - {"extra"}
