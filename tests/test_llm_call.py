@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.breaker import Breakers
 from selfheal.core.config import load_config
 from selfheal.state.root import StateRoot
@@ -42,15 +42,7 @@ def two(server: FakeModelServer, write_config: Callable[[str], Path]) -> Callabl
 
 
 def call(home: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, str(SCRIPTS / "llm_call.py"), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=script_env(home, **env),
-        timeout=60,
-        check=False,
-    )
+    return call_script("llm_call.py", *args, home=home, stdin=stdin, env=env)
 
 
 def test_the_answer_goes_to_stdout_and_the_story_to_stderr(home: Path, two: Any, server: FakeModelServer) -> None:

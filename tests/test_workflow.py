@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.config import Config, load_config
 from selfheal.core.runs import RunRecord
 from selfheal.durable.checkpoint import Checkpoints, CheckpointUnreadable
@@ -374,15 +374,7 @@ def test_the_notification_gets_the_summary_as_one_argument(tmp_path: Path, fast:
 
 
 def cli(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, WORKFLOW, *args],
-        capture_output=True,
-        text=True,
-        env=script_env(home),
-        cwd=cwd,
-        timeout=120,
-        check=False,
-    )
+    return call_script("workflow.py", *args, home=home, cwd=cwd)
 
 
 def test_cli_run_status_reset(tmp_path: Path, home: Path, fast: Config) -> None:

@@ -111,6 +111,7 @@ def _process_state(environ: dict[str, str], argv: list[str], cwd: Path | None) -
     root = logging.getLogger()
     saved_logging = list(root.handlers), root.level
     saved_cwd = os.getcwd()
+    root.handlers[:] = []  # as in a new process: the script's own logging setup takes effect (pytest's is back after)
     os.environ.clear()
     os.environ.update(environ)
     sys.argv = argv
