@@ -25,8 +25,37 @@ from .state.redact import active as active_redactor
 PROG_PREFIX = "self-heal"
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized as shutil.get_terminal_size would size it, without importing shutil:
+    argparse imports it (and with it zlib, bz2 and lzma) for every parser it builds, help asked or not,
+    and the cron health check pays for every module it loads."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        if width is None:
+            width = terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def terminal_columns(fallback: int = 80) -> int:
+    """$COLUMNS, else the terminal's width, else `fallback` (shutil.get_terminal_size's rule)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 0
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or fallback
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that exits 2 with a one-line message, and emits a JSON error when --json was asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:  # argparse's signature says NoReturn
         if wants_json(sys.argv[1:]):

@@ -377,7 +377,9 @@ def http_get(url: str, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> _Answer
     # Nothing listening is the usual failure: learn it from a bare socket, so a closed port never pays
     # for importing http.client (about 10 ms, a third of the whole check).
     try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
+        # An ASCII host goes as bytes: a str makes getaddrinfo load the idna codec (stringprep, unicodedata).
+        address = host.encode() if host.isascii() else host
+        socket.create_connection((address, port), timeout=timeout_s).close()  # type: ignore[arg-type]
     except OSError as exc:
         return _Answer(error=_why(exc, timeout_s), elapsed_ms=(clock.monotonic() - started) * 1000)
     import http.client  # noqa: PLC0415
