@@ -64,6 +64,7 @@ from selfheal.tasks.tree import (  # noqa: E402
     TYPES,
     VERBS,
     VOID,
+    RunSpec,
     Task,
     TaskError,
     TaskStore,
@@ -314,13 +315,13 @@ def _show_lines(task: Task, tree: TaskTree, log: Path) -> list[str]:
     return lines
 
 
-def _describe_run(run: dict[str, Any] | None) -> str | None:
-    if not run:
+def _describe_run(run: RunSpec | None) -> str | None:
+    if run is None:
         return None
-    if run.get("kind") == "plan":
-        return f"workflow {run['plan']}"
-    text = shlex.join(run["argv"]) if run.get("kind") == "argv" else f"sh -c {shlex.quote(run['shell'])}"
-    extras = [f"{k}={run[k]}" for k in ("cwd", "timeout_s", "max_attempts", "target") if run.get(k)]
+    if run.kind == "plan":
+        return f"workflow {run.plan}"
+    text = shlex.join(run.argv or ()) if run.kind == "argv" else f"sh -c {shlex.quote(str(run.shell))}"
+    extras = [f"{k}={getattr(run, k)}" for k in ("cwd", "timeout_s", "max_attempts", "target") if getattr(run, k)]
     return text + (f" ({', '.join(extras)})" if extras else "")
 
 

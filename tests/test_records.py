@@ -270,3 +270,75 @@ def test_a_fix_record_with_a_wrong_field_is_reported_by_the_listing_and_the_othe
     assert store.problems == [f"{bad}: occurrences: must be a whole number >= 0 (value '2')"]
     with pytest.raises(RecordError, match="occurrences"):
         store.get("FIX-nightly-002")
+
+
+# -- a task's run spec --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kind": "argv", "argv": ["python3", "job.py"], "cwd": "/srv", "timeout_s": 30, "max_attempts": None,
+         "target": None},
+        {"kind": "shell", "shell": "make report", "cwd": "/srv", "timeout_s": None, "max_attempts": 2,
+         "target": "shop-api"},
+        {"kind": "plan", "plan": "/srv/flow.yaml", "cwd": None, "timeout_s": None, "max_attempts": None,
+         "target": None},
+        {"kind": "argv", "argv": ["true"]},  # an older version wrote no options
+        {"kind": "argv", "argv": ["true"], "cwd": "/", "sandbox": "gvisor"},  # a newer one, a key of its own
+    ],
+)  # fmt: skip
+def test_a_run_spec_reads_typed_and_writes_back_in_the_shape_it_was_read(spec: dict[str, Any]) -> None:
+    from selfheal.state.taskrecord import RunSpec, Task
+
+    run = RunSpec.from_json(json.loads(json.dumps(spec)), "tasks.db: task 'job'")
+    assert run.kind == spec["kind"] and run.what
+    assert run.to_json() == spec and list(run.to_json()) == list(spec)
+    task = Task.from_json({"name": "job", "run": spec}, "tasks/job.json")
+    assert task.run == run and task.to_json()["run"] == spec
+    if run.kind == "argv":
+        assert run.process_argv() == spec["argv"]
+    elif run.kind == "shell":
+        assert run.process_argv() == ["/bin/sh", "-c", "make report"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "key", "why"),
+    [
+        ({"argv": ["true"]}, "run.kind", "missing"),
+        ({"kind": "docker", "argv": ["true"]}, "run.kind", "must be one of argv, shell, plan"),
+        ({"kind": "argv", "argv": "true"}, "run.argv", "must be a list"),
+        ({"kind": "argv", "argv": ["true"], "shell": "true"}, "run.shell", "cannot also have shell"),
+        ({"kind": "shell", "shell": " "}, "run.shell", "non-empty string"),
+        ({"kind": "argv", "argv": ["true"], "timeout_s": 0}, "run.timeout_s", "> 0"),
+        ({"kind": "argv", "argv": ["true"], "max_attempts": 0}, "run.max_attempts", ">= 1"),
+        ({"kind": "argv", "argv": ["true"], "cwd": 7}, "run.cwd", "must be a string"),
+    ],
+)
+def test_a_wrong_run_spec_is_named_with_where_key_and_value(spec: dict[str, Any], key: str, why: str) -> None:
+    from selfheal.state.taskrecord import RunSpec, Task
+
+    with pytest.raises(RecordError) as caught:
+        RunSpec.from_json(spec, "tasks.db: task 'job'")
+    assert caught.value.where == "tasks.db: task 'job'" and caught.value.key == key and why in caught.value.why
+    with pytest.raises(RecordError, match=key.replace(".", r"\.")):
+        Task(name="job", run=spec)  # type: ignore[arg-type]  # a mapping given in code is checked the same way
+
+
+def test_a_run_spec_made_in_code_is_held_to_the_same_rules() -> None:
+    from selfheal.state.taskrecord import RunSpec
+
+    assert RunSpec.command(["report", "--all"], timeout_s=60).to_json() == {
+        "kind": "argv", "argv": ["report", "--all"], "cwd": None, "timeout_s": 60, "max_attempts": None,
+        "target": None,
+    }  # fmt: skip
+    for wrong in (
+        lambda: RunSpec("argv"),
+        lambda: RunSpec("shell", shell=""),
+        lambda: RunSpec.command(["x"], timeout_s=-1),
+        lambda: RunSpec.command(["x"], max_attempts=0),
+    ):
+        with pytest.raises(ValueError, match="run spec"):
+            wrong()
+    with pytest.raises(ValueError, match="plan"):
+        RunSpec("plan", plan="/srv/flow.yaml").process_argv()

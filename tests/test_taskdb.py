@@ -230,7 +230,8 @@ def test_add_from_a_file_adds_every_line_in_one_go(home: Path, tmp_path: Path) -
     assert listed == ["FIX-flow-x", "fetch", "flow", "idea"]
     store = open_store(home)
     fetch = store.get("fetch")
-    assert (fetch.parent, fetch.level, fetch.priority, fetch.run) == (
+    assert fetch.run is not None
+    assert (fetch.parent, fetch.level, fetch.priority, fetch.run.to_json()) == (
         "flow",
         2,
         "P0",
@@ -436,4 +437,9 @@ def test_a_run_spec_from_a_newer_version_keeps_its_keys(home: Path, tmp_path: Pa
     db.close()
     assert tasks(home, "run-next").returncode == 0
     assert marker.exists()
-    assert open_store(home).get("job").run["sandbox"] == "gvisor"
+    job = open_store(home).get("job").run
+    assert job is not None and job.extra == {"sandbox": "gvisor"} and job.argv == ("touch", str(marker))
+    db = sqlite3.connect(home / "tasks.db")
+    (raw,) = db.execute("SELECT run_spec FROM tasks WHERE task_name = 'job'").fetchone()
+    db.close()
+    assert json.loads(raw) == spec  # written back by the run as it was read, the newer key included

@@ -297,9 +297,9 @@ def gather_task(task: str, *, state: StateRoot, config: Config) -> Evidence:
             store = TaskStore(state, config)
             log_tail = [*log_tail, *tail_lines(store.log_path(str(parent)), lines, last_run=True)][-lines:]
             if command is None:
-                parent_run = store.get(str(parent)).run or {}
-                if parent_run.get("kind") == "argv":
-                    command = [str(a) for a in parent_run["argv"]]
+                parent_run = store.get(str(parent)).run
+                if parent_run is not None and parent_run.kind == "argv":
+                    command = parent_run.process_argv()
     brief = {k: record.get(k) for k in ("exec_state", "retry_count", "type", "parent")} if record else None
     return Evidence(
         task=task,
@@ -326,8 +326,7 @@ def evidence_from_run(
     task: Task, *, error: str, error_class: str | None, step: str | None, log_tail: list[str]
 ) -> Evidence:
     """Evidence of a run that just failed, before its record says so (what run-next knows at that moment)."""
-    run = task.run or {}
-    command = [str(a) for a in run["argv"]] if run.get("kind") == "argv" else None
+    command = task.run.process_argv() if task.run is not None and task.run.kind == "argv" else None
     return Evidence(
         task=task.name,
         kind="task",

@@ -277,6 +277,8 @@ def task_row(task: Task) -> tuple[Any, ...]:
             continue
         value = getattr(task, attr)
         if kind == "json":
+            if attr == "run" and value is not None:
+                value = value.to_json()
             out.append(None if value is None else dumps(value))
         elif kind == "bool":
             out.append(int(bool(value)))
@@ -306,10 +308,10 @@ def row_task(row: Sequence[Any], path: Path) -> Task:
         fields["extra"] = {}
     if fields.get("history") is None:
         fields["history"] = []
-    from .taskrecord import Task, check_run_spec  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when read
+    from .taskrecord import RunSpec, Task  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when read
 
     if fields.get("run") is not None:  # what a runner will execute: checked before anything runs it
-        fields["run"] = check_run_spec(fields["run"], f"task database {path}: task {row[0]!r}")
+        fields["run"] = RunSpec.from_json(fields["run"], f"task database {path}: task {row[0]!r}")
     return Task(**fields)
 
 

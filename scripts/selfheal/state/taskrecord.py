@@ -29,7 +29,7 @@ class Task:
     parent: str | None = None
     root: str = ""
     level: int = 1
-    run: dict[str, Any] | None = None  # {"kind": argv|shell|plan, "argv"|"shell"|"plan": ..., "cwd", ...}
+    run: RunSpec | None = None  # what it runs (a mapping given here is checked and made a RunSpec)
     success_criteria: str | None = None
     fix_suggestion: str | None = None
     analysis: str | None = None
@@ -57,6 +57,11 @@ class Task:
     history: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer version wrote: kept, not dropped
 
+    def __post_init__(self) -> None:
+        given: Any = self.run  # code and tests may give the mapping a file would hold
+        if given is not None and not isinstance(given, RunSpec):
+            self.run = RunSpec.from_json(given, f"task {self.name!r}")
+
     @property
     def status(self) -> str:
         return STATUS_OF[self.exec_state]
@@ -71,6 +76,8 @@ class Task:
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        if self.run is not None:
+            data["run"] = self.run.to_json()
         data.update(self.extra)
         data["schema"] = SCHEMA
         data["status"] = self.status
@@ -95,7 +102,8 @@ class Task:
         for key in ("retry_count", "execution_count", "level"):
             fields.count(key)
         fields.array("history")
-        known["run"] = check_run_spec(known.get("run"), str(where))
+        if known.get("run") is not None:
+            known["run"] = RunSpec.from_json(known["run"], str(where))
         task = cls(**known, extra=split(data, FIELDS, DERIVED))
         if file_name is not None and file_name != f"{task.name}.json":
             raise bad("name", f"does not match the file name {file_name}")
@@ -103,14 +111,104 @@ class Task:
 
 
 RUN_KINDS = ("argv", "shell", "plan")
+# The run spec's keys, in the order they are written; the kind names which of argv, shell and plan is set.
+RUN_KEYS = ("kind", "argv", "shell", "plan", "cwd", "timeout_s", "max_attempts", "target")
+_RUN_OPTIONS = ("cwd", "timeout_s", "max_attempts", "target")
 
 
-def check_run_spec(run: Any, where: str) -> dict[str, Any] | None:
-    """A task's run spec as read (from a file, a row): what runs (`argv`, a list of strings; `shell`, a command
-    line; `plan`, a workflow file) and how (`cwd`, `timeout_s` > 0, `max_attempts` >= 1, `target`). A wrong one
-    is reported with where, key and value, before anything runs it; keys a newer version wrote are kept."""
-    if run is None:
-        return None
+@dataclass(frozen=True)
+class RunSpec:
+    """What a task runs and how: a command as an argv list (`argv`), a command line for /bin/sh (`shell`), or
+    a workflow plan file (`plan`, run through the resumable executor); in `cwd`, each try within `timeout_s`,
+    at most `max_attempts` tries, its model or service named `target` for the breakers.
+
+    Checked when it is made and each time it is read (a file, a row): a wrong one is reported with where, key
+    and value before anything runs it. Keys a newer version wrote are kept in `extra`."""
+
+    kind: str
+    argv: tuple[str, ...] | None = None
+    shell: str | None = None
+    plan: str | None = None
+    cwd: str | None = None
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+    target: str | None = None
+    # Which optional keys the record holds (null or not), so a record is written back in the shape it was read.
+    written: tuple[str, ...] = _RUN_OPTIONS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """A spec made in code is held to the rules a read one is (from_json has checked those already)."""
+        value = getattr(self, self.kind, None) if self.kind in RUN_KINDS else None
+        if not value or (self.kind == "argv" and not all(type(a) is str and a for a in value[:1])):
+            raise ValueError(f"a run spec of kind {self.kind!r} needs its {self.kind}: got {value!r}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"a run spec's timeout_s must be > 0, got {self.timeout_s!r}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"a run spec's max_attempts must be >= 1, got {self.max_attempts!r}")
+
+    @classmethod
+    def command(
+        cls,
+        argv: list[str] | tuple[str, ...],
+        *,
+        cwd: str | None = None,
+        timeout_s: float | None = None,
+        max_attempts: int | None = None,
+        target: str | None = None,
+    ) -> RunSpec:
+        """An argv command (the common case in code: `RunSpec.command(["python3", "job.py"], cwd=...)`)."""
+        return cls("argv", tuple(argv), cwd=cwd, timeout_s=timeout_s, max_attempts=max_attempts, target=target)
+
+    @property
+    def what(self) -> str:
+        """The command, line or plan, by kind (never None: the kind's key is checked)."""
+        if self.kind == "argv":
+            return " ".join(self.argv or ())
+        return str(self.shell if self.kind == "shell" else self.plan)
+
+    def process_argv(self) -> list[str]:
+        """The argv a process is started with: the command, or the line through /bin/sh. Not for a plan."""
+        if self.kind == "argv":
+            return list(self.argv or ())
+        if self.kind == "shell":
+            return ["/bin/sh", "-c", str(self.shell)]
+        raise ValueError("a plan is run by the workflow executor, not as a process")
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "argv":
+            data["argv"] = list(self.argv) if self.argv is not None else None
+        else:
+            data[self.kind] = getattr(self, self.kind)
+        for key in self.written:
+            data[key] = getattr(self, key)
+        data.update(self.extra)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> RunSpec:
+        """A run spec read from `where`; wrong ones raise RecordError naming where, key and value."""
+        checked = check_run_spec(data, where)
+        kind = checked["kind"]
+        return cls(
+            kind=kind,
+            argv=tuple(checked["argv"]) if kind == "argv" else None,
+            shell=checked["shell"] if kind == "shell" else None,
+            plan=checked["plan"] if kind == "plan" else None,
+            cwd=checked.get("cwd"),
+            timeout_s=checked.get("timeout_s"),
+            max_attempts=checked.get("max_attempts"),
+            target=checked.get("target"),
+            written=tuple(k for k in _RUN_OPTIONS if k in checked),
+            extra={k: v for k, v in checked.items() if k not in RUN_KEYS},
+        )
+
+
+def check_run_spec(run: Any, where: str) -> dict[str, Any]:
+    """A run spec as read (from a file, a row): what runs (`argv`, a list of strings; `shell`, a command line;
+    `plan`, a workflow file) and how (`cwd`, `timeout_s` > 0, `max_attempts` >= 1, `target`). A wrong one is
+    reported with where, key and value, before anything runs it; keys a newer version wrote are kept."""
     fields = Fields(run, where, "a run spec", inside="run")
     bad = fields.bad
     kind = fields.choice("kind", RUN_KINDS)
@@ -124,6 +222,9 @@ def check_run_spec(run: Any, where: str) -> dict[str, Any] | None:
         text = fields.text(kind)
         if not isinstance(text, str) or not text.strip() or "\0" in text:
             raise bad(kind, "must be a non-empty string without NUL bytes")
+    for other in RUN_KINDS:
+        if other != kind and run.get(other) is not None:
+            raise bad(other, f"a {kind} run spec cannot also have {other}")
     fields.text("cwd", optional=True)
     fields.text("target", optional=True)
     timeout = fields.number("timeout_s", optional=True)

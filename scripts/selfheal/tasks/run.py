@@ -82,6 +82,7 @@ from .tree import (
     PROCESSING,
     REQUIRES_MANUAL,
     VOID,
+    RunSpec,
     Task,
     TaskError,
     TaskStore,
@@ -701,7 +702,7 @@ def _incident(task: Task, failed: Failed, store: TaskStore, summary: str | None,
             "fix_tasks": fixes,
             "log": str(store.log_path(task.name)),
         },
-        plan=(task.run or {}).get("plan"),
+        plan=task.run.plan if task.run is not None else None,
         created=utc_iso(now),
     )
 
@@ -930,7 +931,7 @@ class TaskRunner:
             return "analysed", None
         sink = _Tee(log, self.echo)
         try:
-            if run.get("kind") == "plan":
+            if run.kind == "plan":
                 return self._run_plan(task, run, sink, stop, requeued)
             return self._run_command(task, run, sink, stop)
         except NotAttempted as exc:  # busy elsewhere, or an earlier run's command still running (kill_orphans off)
@@ -940,15 +941,14 @@ class TaskRunner:
             log.note(f"self-heal: {exc}")
             return "failed", Failed("permanent", str(exc), step="plan", needs_person=manual)
 
-    def _run_command(self, task: Task, run: dict[str, Any], sink: _Tee, stop: StopFlag) -> tuple[str, Failed | None]:
-        argv = list(run["argv"]) if run.get("kind") == "argv" else ["/bin/sh", "-c", str(run["shell"])]
+    def _run_command(self, task: Task, run: RunSpec, sink: _Tee, stop: StopFlag) -> tuple[str, Failed | None]:
         outcome = run_with_retry(
-            argv,
+            run.process_argv(),
             task=task.name,
-            target=run.get("target"),
-            timeout_s=run.get("timeout_s"),
-            max_attempts=run.get("max_attempts"),
-            cwd=run.get("cwd"),
+            target=run.target,
+            timeout_s=run.timeout_s,
+            max_attempts=run.max_attempts,
+            cwd=run.cwd,
             config=self.config,
             state=self.store.state,
             clock=self.clock,
@@ -970,9 +970,9 @@ class TaskRunner:
         return "failed", Failed(outcome.error_class, reason, exit_code=outcome.exit_code)
 
     def _run_plan(
-        self, task: Task, run: dict[str, Any], sink: _Tee, stop: StopFlag, requeued: bool
+        self, task: Task, run: RunSpec, sink: _Tee, stop: StopFlag, requeued: bool
     ) -> tuple[str, Failed | None]:
-        plan = load_plan(Path(run["plan"]))
+        plan = load_plan(Path(str(run.plan)))
         from_step = None
         if requeued:  # a person handed it back: a parked or failed plan resumes at its first unfinished step
             data = status(task.name, state=self.store.state)

@@ -39,7 +39,7 @@ from ..state import layout
 from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_bytes, validate_id
 from ..state.taskdb import TaskDB, TaskImportRefused, task_row
-from ..state.taskrecord import FIELDS, Task, rank
+from ..state.taskrecord import FIELDS, RunSpec, Task, rank
 from ..state.taskstates import (
     ACTIONABLE_STATES,
     CHILD_SETTLED,
@@ -87,6 +87,7 @@ __all__ = [
     "BadParent",
     "FleetTreeDown",
     "IllegalTransition",
+    "RunSpec",
     "Task",
     "TaskError",
     "TaskExists",
@@ -366,7 +367,8 @@ class TaskTree:
             raise TaskError(f"--type must be one of {', '.join(TYPES)}, not {task.type!r}")
         if task.priority not in PRIORITIES:
             raise TaskError(f"--priority must be one of {', '.join(PRIORITIES)}, not {task.priority!r}")
-        if task.run and active_redactor().obj(task.run) != task.run:
+        spec = task.run.to_json() if task.run is not None else None
+        if spec and active_redactor().obj(spec) != spec:
             # Saved, it would be masked (no secret reaches a file) and the task would run with *** instead.
             raise TaskError(
                 f"the command of task {task.name!r} holds a secret (a key, token or password); keys come only "
