@@ -1,0 +1,100 @@
+"""The five source documents (../shared/seeds/), replayed: each test is one row of docs/source-documents.md's
+"The replay" whose "works" no other test showed, written from the document's own example (its task names,
+numbers and messages). In-process and on a FakeClock: no real waits.
+
+Sections follow the documents: 000 (first: retry for a local Qwen3-4B), 001 (second: fault tolerance for
+multi-step tasks), 002 (third: the error recovery module), 003 (gateway failure), 004 (the task tree).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from selfheal.core.classify import Classifier, Failure, classify_error
+from selfheal.core.config import Config
+
+# --- words in an error, as each document classifies them -----------------------------------------------
+
+# (document, phrase, the class self-heal gives it). The documents' own classes map onto ours: 000's
+# "immediate retry" is transient or timeout, "delayed retry" resource, format or rate_limit, "fatal" auth,
+# fatal or permanent; 001's TRANSIENT / RATE_LIMIT / TIMEOUT / PERMANENT; 002's retryable patterns (each
+# with its backoff group) and its non-retryable ones.
+DOCUMENT_PHRASES = [
+    # 000: 2.1's three levels
+    ("000", "HTTP 502 Bad Gateway", "transient"),
+    ("000", "HTTP 504 Gateway Timeout", "transient"),
+    ("000", "model response timeout after 60s", "timeout"),
+    ("000", "Connection reset by peer", "transient"),
+    ("000", "CUDA out of memory. Tried to allocate 2.00 GiB", "resource"),
+    ("000", "model returned malformed JSON", "format"),
+    ("000", "rate limit triggered, cooling down", "rate_limit"),
+    ("000", "authentication failed", "auth"),
+    ("000", "unsupported model parameter: top_k", "fatal"),
+    ("000", "hardware failure on GPU 0", "fatal"),
+    # 001: classify_error's keyword lists, and its own example's failure
+    ("001", "timeout", "timeout"),
+    ("001", "Report generation timeout", "timeout"),
+    ("001", "connection reset", "transient"),
+    ("001", "service unavailable", "transient"),
+    ("001", "503", "transient"),
+    ("001", "502", "transient"),
+    ("001", "network error", "transient"),
+    ("001", "Email service unavailable", "transient"),
+    ("001", "rate limit exceeded", "rate_limit"),
+    ("001", "429", "rate_limit"),
+    ("001", "timed out", "timeout"),
+    ("001", "invalid parameter", "permanent"),
+    ("001", "authentication failed", "auth"),
+    ("001", "404", "permanent"),
+    ("001", "permission denied", "permanent"),
+    ("001", "syntax error", "permanent"),
+    # 002: RETRYABLE_PATTERNS and NON_RETRYABLE_PATTERNS, every one
+    ("002", "rate limit", "rate_limit"),
+    ("002", "too many requests", "rate_limit"),
+    ("002", "429", "rate_limit"),
+    ("002", "timed out", "timeout"),
+    ("002", "timeout", "timeout"),
+    ("002", "connection error", "transient"),
+    ("002", "connection reset", "transient"),
+    ("002", "server disconnected", "transient"),
+    ("002", "internal server error", "transient"),
+    ("002", "service unavailable", "transient"),
+    ("002", "temporarily unavailable", "transient"),
+    ("002", "bad gateway", "transient"),
+    ("002", "gateway timeout", "transient"),
+    ("002", "unauthorized", "auth"),
+    ("002", "authentication required", "auth"),
+    ("002", "AuthenticationError: bad credentials", "auth"),
+    ("002", "invalid api key", "auth"),
+    ("002", "forbidden", "permanent"),
+    ("002", "not found", "permanent"),
+    ("002", "validation error", "permanent"),
+    ("002", "bad request", "permanent"),
+    ("002", "402", "fatal"),
+    ("002", "Payment Required", "fatal"),
+]
+
+
+@pytest.mark.parametrize(("document", "phrase", "expected"), DOCUMENT_PHRASES)
+def test_each_documents_error_words_get_its_class(config: Config, document: str, phrase: str, expected: str) -> None:
+    """Printed by a failed command or raised as an exception's message, each phrase gets the class its
+    document gives it (never `unknown`, which is retried once blindly: 002's own lesson)."""
+    classifier = Classifier(config.classify)
+    as_output = classifier.classify(Failure.from_command(exit_code=1, stderr_tail=phrase))
+    as_exception = classify_error(RuntimeError(phrase), settings=config.classify)
+    assert (as_output.error_class, as_exception.error_class) == (expected, expected), (document, phrase)
+
+
+def test_a_usage_error_naming_a_timeout_option_stays_permanent(config: Config) -> None:
+    """The bare word `timeout` is the weakest evidence: a refused --timeout option is still the caller's."""
+    classifier = Classifier(config.classify)
+    failure = Failure.from_command(exit_code=2, stderr_tail="job.py: error: unrecognized arguments: --timeout 5")
+    assert classifier.classify(failure).error_class == "permanent"
+
+
+def test_a_403_status_line_is_still_auth_and_a_402_status_is_fatal(config: Config) -> None:
+    classifier = Classifier(config.classify)
+    refused = classifier.classify(Failure.from_command(exit_code=22, stderr_tail="HTTP 403 Forbidden"))
+    assert refused.error_class == "auth"
+    paid = classifier.classify(Failure.from_command(exit_code=22, stderr_tail="HTTP/1.1 402 Payment Required"))
+    assert (paid.error_class, paid.reason) == ("fatal", "payment_required")
