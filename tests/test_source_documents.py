@@ -8,10 +8,17 @@ multi-step tasks), 002 (third: the error recovery module), 003 (gateway failure)
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from selfheal.core.classify import Classifier, Failure, classify_error
-from selfheal.core.config import Config
+from selfheal.core.config import Config, load_config
+from selfheal.core.retrying import Retrier
+from selfheal.errors import ConfigError
+from selfheal.testing import FakeClock
 
 # --- words in an error, as each document classifies them -----------------------------------------------
 
@@ -98,3 +105,76 @@ def test_a_403_status_line_is_still_auth_and_a_402_status_is_fatal(config: Confi
     assert refused.error_class == "auth"
     paid = classifier.classify(Failure.from_command(exit_code=22, stderr_tail="HTTP/1.1 402 Payment Required"))
     assert (paid.error_class, paid.reason) == ("fatal", "payment_required")
+
+
+# --- backoff: the second document's +-25% and the third's +-10% jitter ------------------------------------
+
+
+class _Bound(random.Random):
+    """uniform() returns its lower or upper bound, so the jitter's range becomes observable."""
+
+    def __init__(self, upper: bool) -> None:
+        super().__init__(0)
+        self.upper = upper
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.upper else a
+
+
+def _rate_limited_then(clock: FakeClock, failures: int) -> Callable[[], str]:
+    calls = {"n": 0}
+
+    def call() -> str:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise RuntimeError("429 Too Many Requests")
+        return "ok"
+
+    return call
+
+
+@pytest.mark.parametrize("upper", [False, True])
+def test_001_retry_with_backoff_jitters_plus_or_minus_25_percent(
+    write_config: Callable[[str], Path], clock: FakeClock, upper: bool
+) -> None:
+    """retry_with_backoff(max_retries=3, base_delay=1.0, max_delay=30.0) with jitter=True: each wait is
+    1, 2, 4 s, plus or minus 25% of it. `jitter: 0.25` says the same."""
+    write_config("policies:\n  transient: {retries: 3, base_s: 1.0, multiplier: 2.0, cap_s: 30.0, jitter: 0.25}\n")
+    config = load_config()
+    calls = {"n": 0}
+
+    def call_llm_api() -> str:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise RuntimeError("503 service unavailable")
+        return "answer"
+
+    assert Retrier(config=config, clock=clock, rng=_Bound(upper)).call(call_llm_api) == "answer"
+    factor = 1.25 if upper else 0.75
+    assert clock.waits == pytest.approx([1.0 * factor, 2.0 * factor, 4.0 * factor])
+
+
+@pytest.mark.parametrize("upper", [False, True])
+def test_002_compute_delay_jitters_plus_or_minus_10_percent(
+    write_config: Callable[[str], Path], clock: FakeClock, upper: bool
+) -> None:
+    """BackoffConfig(jitter=0.1) for "rate limit": 5 s x2 (5, 10, 20, 40, 80 s for its 5 retries), each
+    plus or minus 10%; `retry: {jitter: 0.1}` makes it every policy's jitter."""
+    write_config("retry: {jitter: 0.1}\n")
+    config = load_config()
+    assert config.policies.rate_limit.jitter == 0.1
+    call = _rate_limited_then(clock, 5)
+    assert Retrier(config=config, clock=clock, rng=_Bound(upper)).call(call) == "ok"
+    factor = 1.1 if upper else 0.9
+    assert clock.waits == pytest.approx([d * factor for d in (5.0, 10.0, 20.0, 40.0, 80.0)])
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "fuzzy", "true"])
+def test_a_jitter_that_is_no_mode_and_no_fraction_is_refused_naming_the_key(
+    write_config: Callable[[str], Path], value: str
+) -> None:
+    path = write_config(f"policies:\n  transient: {{jitter: {value}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert str(path) in message and "policies.transient.jitter" in message
