@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+import selfheal
 from selfheal.core.classify import Classifier, Failure, classify_error
 from selfheal.core.config import Config, load_config
-from selfheal.core.retrying import Retrier
+from selfheal.core.retrying import Retrier, attempts_of
 from selfheal.errors import ConfigError
 from selfheal.testing import FakeClock
 
@@ -178,3 +179,53 @@ def test_a_jitter_that_is_no_mode_and_no_fraction_is_refused_naming_the_key(
         load_config()
     message = str(info.value)
     assert str(path) in message and "policies.transient.jitter" in message
+
+
+# --- counting retries as the documents do, from Python -----------------------------------------------------
+
+
+def test_001_max_retries_3_is_the_first_try_and_3_retries(
+    write_config: Callable[[str], Path], clock: FakeClock
+) -> None:
+    """@retry_with_backoff(max_retries=3) on call_llm_api: "Attempt 1/3 failed" ... "Failed after 3 retries",
+    four calls in all. selfheal.retry(retries=3) counts the same; a permanent error still stops at once."""
+    write_config("retry: {jitter: none}\n")
+    config = load_config()
+    calls: list[str] = []
+
+    def call_llm_api() -> str:
+        calls.append("call")
+        raise RuntimeError("503 service unavailable")
+
+    with pytest.raises(RuntimeError, match="503") as info:
+        selfheal.retry(retries=3, config=config, clock=clock).call(call_llm_api)
+    assert len(calls) == 4 and len(attempts_of(info.value)) == 4
+    assert clock.waits == [1.0, 2.0, 4.0]
+
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        selfheal.retry(retries=3, config=config, clock=clock).call(lambda: calls.append("x") or _raise("syntax error"))
+    assert calls == ["x"]
+
+
+def _raise(message: str) -> str:
+    raise RuntimeError(message)
+
+
+def test_002_a_callers_max_retries_overrides_the_patterns_own(
+    write_config: Callable[[str], Path], clock: FakeClock
+) -> None:
+    """execute_with_retry(fn, max_retries=1) on a rate limit (whose own BackoffConfig says 5): 2 calls."""
+    write_config("retry: {jitter: none}\n")
+    config = load_config()
+    call = _rate_limited_then(clock, 10)
+    with pytest.raises(RuntimeError, match="429"):
+        selfheal.retry(retries=1, config=config, clock=clock).call(call)
+    assert clock.waits == [5.0]
+
+
+def test_retries_and_max_attempts_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="retries or max_attempts"):
+        selfheal.retry(retries=3, max_attempts=4)
+    with pytest.raises(ValueError, match="retries must be"):
+        selfheal.retry(retries=-1)
