@@ -19,6 +19,8 @@ from selfheal.core.classify import Classifier, Failure, classify_error
 from selfheal.core.config import Config, load_config
 from selfheal.core.retrying import Retrier, attempts_of
 from selfheal.errors import ConfigError
+from selfheal.models.llm import _ChainCall, _Request
+from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
 
 # --- words in an error, as each document classifies them -----------------------------------------------
@@ -229,3 +231,44 @@ def test_retries_and_max_attempts_together_are_refused() -> None:
         selfheal.retry(retries=3, max_attempts=4)
     with pytest.raises(ValueError, match="retries must be"):
         selfheal.retry(retries=-1)
+
+
+# --- 000: the model chain, its timeouts and the simplified retry -------------------------------------------
+
+
+def test_000_the_shipped_chain_is_the_documents_fallback_path(config: Config) -> None:
+    """Qwen3-4B-Thinking-2507 at localhost:8000/v1, then Qwen1.5-0.5B on backup-server:8000/v1, then
+    Phi-3-mini at 127.0.0.1:5000 (no network needed): the chain skill.yaml ships, in that order."""
+    chain = [(e.model, e.base_url) for e in config.models.chain]
+    assert chain == [
+        ("Qwen3-4B-Thinking-2507", "http://localhost:8000/v1"),
+        ("Qwen1.5-0.5B", "http://backup-server:8000/v1"),
+        ("Phi-3-mini", "http://127.0.0.1:5000/v1"),
+    ]
+
+
+@pytest.mark.parametrize(("max_tokens", "expected"), [(None, 40.0), (1000, 40.0), (4000, 70.0), (500, 35.0)])
+def test_000_the_read_timeout_is_30_s_plus_10_s_per_1k_tokens(
+    config: Config, state: StateRoot, clock: FakeClock, max_tokens: int | None, expected: float
+) -> None:
+    """ "超时阈值优化: 基础30秒 + 每千token增加10秒": a request for 4,000 tokens waits 70 s for its answer;
+    one that names no max_tokens is taken to ask for models.expected_tokens (1,000)."""
+    request = _Request(({"role": "user", "content": "weekly report"},), False, None, max_tokens, None, False)
+    call = _ChainCall(
+        request, config=config, state=state, clock=clock, rng=None, task=None, deadline_s=300.0,
+        on_text=None, on_restart=None, record=False, offload=False,
+    )  # fmt: skip
+    assert call.read_timeout(config.models.chain[0]) == pytest.approx(expected)
+
+
+def test_000_the_simplified_retry_asks_what_simplify_prompt_asks(config: Config) -> None:
+    """simplify_prompt(): "回答不超过200字, 使用Markdown列表格式, 避免使用比喻和修辞", a lower temperature,
+    and the long prompt cut (here: split into its sub-questions, each cut, as 3.2's first measure says)."""
+    question = "\n\n".join(f"Section {i}: " + "why did revenue change? " * 40 for i in range(1, 4))
+    request = _Request(({"role": "user", "content": question},), False, None, None, 0.7, False)
+    simpler = request.simplified("empty answer", max_prompt_chars=1000, split_parts=5)
+    instruction = simpler.messages[-1]["content"]
+    assert "200 words" in instruction and "Markdown list" in instruction and "metaphors" in instruction
+    assert simpler.temperature == 0.0
+    user = simpler.messages[0]["content"]
+    assert len(user) <= 1000 and "1. Section 1" in user and "3. Section 3" in user
