@@ -8,9 +8,11 @@ multi-step tasks), 002 (third: the error recovery module), 003 (gateway failure)
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ import selfheal
 from selfheal.core.classify import Classifier, Failure, classify_error
 from selfheal.core.config import Config, load_config
 from selfheal.core.retrying import Retrier, attempts_of
+from selfheal.durable.workflow import StepContext, Workflow
 from selfheal.errors import ConfigError
 from selfheal.models.llm import _ChainCall, _Request
 from selfheal.state.root import StateRoot
@@ -272,3 +275,59 @@ def test_000_the_simplified_retry_asks_what_simplify_prompt_asks(config: Config)
     assert simpler.temperature == 0.0
     user = simpler.messages[0]["content"]
     assert len(user) <= 1000 and "1. Section 1" in user and "3. Section 3" in user
+
+
+# --- 001: the resumable executor, the human fallback -------------------------------------------------------
+
+
+def test_001_financial_report_fails_at_step_3_and_the_second_run_resumes_there(
+    write_config: Callable[[str], Path], clock: FakeClock
+) -> None:
+    """3.2's run: fetch_data and analyze_data complete, generate_report fails ("Report generation timeout",
+    a timeout: its retries spent), the task pauses; the second run with the same task id starts at
+    generate_report (the first two never run again) and completes, each step reading the earlier results.
+    The failure leaves an incident saying what failed, the last completed step and how to resume."""
+    write_config("retry: {jitter: none}\n")
+    config = load_config()
+    ran: list[str] = []
+    broken = {"report": True}
+    wf = Workflow("financial-report")
+
+    @wf.step
+    def fetch_data(ctx: StepContext) -> dict[str, Any]:
+        ran.append("fetch_data")
+        return {"revenue": 1000000, "profit": 200000}
+
+    @wf.step
+    def analyze_data(ctx: StepContext) -> dict[str, Any]:
+        ran.append("analyze_data")
+        return {"trend": "positive", "growth_rate": 0.15}
+
+    @wf.step
+    def generate_report(ctx: StepContext) -> dict[str, Any]:
+        ran.append(f"generate_report#{ctx.attempt}")
+        if broken["report"]:
+            raise TimeoutError("Report generation timeout")
+        return {"report": f"Report: Growth rate is {ctx.outputs['analyze_data']['growth_rate'] * 100}%"}
+
+    @wf.step
+    def send_email(ctx: StepContext) -> dict[str, Any]:
+        ran.append("send_email")
+        return {"sent": True, "report": ctx.outputs["generate_report"]["report"]}
+
+    first = wf.run(task="financial-report-2026-q1", config=config, clock=clock)
+    assert first.status == "failed"
+    assert ran == ["fetch_data", "analyze_data", *(f"generate_report#{n}" for n in (1, 2, 3, 4))]
+    assert clock.waits == [0.5, 0.75, 1.125]  # the timeout policy: 3 retries, 0.5 s x1.5
+    assert first.incident is not None
+    incident = json.loads(Path(first.incident).read_text())
+    assert (incident["failed_step"], incident["last_completed_step"]) == ("generate_report", "analyze_data")
+    assert incident["error_class"] == "timeout" and "financial-report-2026-q1" in incident["resume_command"]
+
+    ran.clear()
+    broken["report"] = False
+    second = wf.run(task="financial-report-2026-q1", config=config, clock=clock)
+    assert (second.status, second.resumed) == ("completed", True)
+    assert ran == ["generate_report#1", "send_email"]  # a run after the fix starts the step afresh
+    report = {s.name: s for s in second.steps}["send_email"]
+    assert report.outputs["report"] == "Report: Growth rate is 15.0%"
