@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 import selfheal
+from conftest import PYTHON, call_script
 from selfheal.core.classify import Classifier, Failure, classify_error
 from selfheal.core.config import Config, load_config
 from selfheal.core.retrying import Retrier, attempts_of
@@ -24,6 +26,7 @@ from selfheal.durable.workflow import StepContext, Workflow
 from selfheal.errors import ConfigError
 from selfheal.models.llm import _ChainCall, _Request
 from selfheal.state.root import StateRoot
+from selfheal.tasks.tree import TaskStore
 from selfheal.testing import FakeClock
 
 # --- words in an error, as each document classifies them -----------------------------------------------
@@ -331,3 +334,101 @@ def test_001_financial_report_fails_at_step_3_and_the_second_run_resumes_there(
     assert ran == ["generate_report#1", "send_email"]  # a run after the fix starts the step afresh
     report = {s.name: s for s in second.steps}["send_email"]
     assert report.outputs["report"] == "Report: Growth rate is 15.0%"
+
+
+def test_000_model_errors_wait_60_s_and_the_tenacity_example_waits_4_then_8(
+    write_config: Callable[[str], Path], clock: FakeClock
+) -> None:
+    """ "对模型错误使用保守策略(60秒间隔)": a malformed answer (format) and an out-of-memory GPU (resource)
+    wait 60 s before their one retry. And generate_with_retry's @retry(stop_after_attempt(3),
+    wait_exponential(multiplier=1, min=4, max=60)) is `attempts: 3, base_s: 4, cap_s: 60`: waits 4 s, 8 s."""
+    config = load_config()
+    for cls in (config.policies.format, config.policies.resource):
+        assert (cls.attempts, cls.base_s) == (2, 60.0)
+    write_config("retry: {jitter: none}\n")
+    malformed = _failing_with(RuntimeError("model returned malformed JSON"))
+    with pytest.raises(RuntimeError):
+        Retrier(config=load_config(), clock=clock).call(malformed)
+    assert clock.waits == [60.0]
+
+    write_config("policies:\n  timeout: {attempts: 3, base_s: 4, multiplier: 2, cap_s: 60, jitter: none}\n")
+    clock.waits.clear()
+    generate = _failing_with(TimeoutError("Request timed out"))
+    with pytest.raises(TimeoutError):
+        Retrier(config=load_config(), clock=clock).call(generate)
+    assert clock.waits == [4.0, 8.0]
+
+
+def _failing_with(error: BaseException) -> Callable[[], str]:
+    def call() -> str:
+        raise error
+
+    return call
+
+
+# --- 002: the retry executor's callback -------------------------------------------------------------------
+
+
+def test_002_on_retry_sees_each_attempt_its_error_and_its_wait(
+    write_config: Callable[[str], Path], clock: FakeClock
+) -> None:
+    """execute_with_retry(fn, on_retry=cb): cb(attempt, error, delay) before each wait. on_attempt gets the
+    same, for every attempt (the last one with no wait)."""
+    write_config("retry: {jitter: none}\n")
+    seen: list[tuple[int, str | None, str, float | None]] = []
+    call = _rate_limited_then(clock, 2)
+    retrier = Retrier(
+        config=load_config(),
+        clock=clock,
+        on_attempt=lambda a: seen.append((a.number, a.error_class, a.reason, a.delay_s)),
+    )
+    assert retrier.call(call) == "ok"
+    assert [(n, cls, delay) for n, cls, _, delay in seen] == [
+        (1, "rate_limit", 5.0),
+        (2, "rate_limit", 10.0),
+        (3, None, None),
+    ]
+    assert all("429 Too Many Requests" in reason for _, _, reason, _ in seen[:2])
+
+
+# --- 004: the task tree, from tasks.py ---------------------------------------------------------------------
+
+
+def _tasks(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return call_script("tasks.py", *args, home=home)
+
+
+def _record(home: Path, name: str) -> dict[str, Any]:
+    store = TaskStore(StateRoot(home), load_config())
+    try:
+        return store.record(name)
+    finally:
+        store.close()
+
+
+def test_004_the_status_column_follows_the_exec_state_and_a_failure_keeps_2000_characters_of_its_error(
+    write_config: Callable[[str], Path], home: Path
+) -> None:
+    """tm.create_task('TC-FLOW-001', display_name='端到端测试', priority='P1'): status pending (NEW); a
+    failed run is status failed (ERROR_FIX_PENDING, a business error) with "完整错误详情(2000+字符)" in
+    last_error rather than a short summary, and main_logs holds the run's row."""
+    write_config("policies:\n  permanent: {attempts: 1}\nfixes: {use_model: false}\n")
+    script = "import sys; print('step4 落库失败: ' + 'x' * 3000, file=sys.stderr); sys.exit(2)"
+    added = _tasks(
+        home, "add", "TC-FLOW-001", "--priority", "P1", "--display-name", "端到端测试", "--", PYTHON, "-c", script
+    )
+    assert added.returncode == 0, added.stderr
+    assert (_record(home, "TC-FLOW-001")["status"], _record(home, "TC-FLOW-001")["exec_state"]) == ("pending", "NEW")
+    _tasks(home, "run-next", "--type", "regular")
+    task = _record(home, "TC-FLOW-001")
+    assert (task["status"], task["exec_state"]) == ("failed", "ERROR_FIX_PENDING")
+    assert 2000 <= len(task["last_error"]) <= 2100 and "x" * 1900 in task["last_error"]
+    store = TaskStore(StateRoot(home), load_config())
+    try:
+        query = "SELECT run_status, run_start_time, run_end_time, duration_ms FROM main_logs WHERE task_name = ?"
+        rows = store.db.execute(query, ("TC-FLOW-001",)).fetchall()
+    finally:
+        store.close()
+    # One row per run, its start and its end (the document's "running" row and its last row, in one).
+    [(status, started, ended, duration_ms)] = rows
+    assert status == "failed" and started <= ended and duration_ms >= 0
