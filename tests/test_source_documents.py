@@ -432,3 +432,57 @@ def test_004_the_status_column_follows_the_exec_state_and_a_failure_keeps_2000_c
     # One row per run, its start and its end (the document's "running" row and its last row, in one).
     [(status, started, ended, duration_ms)] = rows
     assert status == "failed" and started <= ended and duration_ms >= 0
+
+
+# --- 001: a circuit breaker per step (execute_step_with_protection) ----------------------------------------
+
+
+def test_001_a_plan_step_behind_an_open_breaker_is_not_run_and_the_workflow_waits(home: Path, tmp_path: Path) -> None:
+    """The engine checks the step's breaker first: "Circuit breaker OPEN for fetch_financial_data", and the
+    step never runs. A plan step's `target:` is that breaker (shared with retry_run.py --target and every
+    process): open, the run pauses with exit 4 and nothing failed; closed again, the same run resumes."""
+    journal = tmp_path / "journal"
+    plan = tmp_path / "financial-analysis.yaml"
+    plan.write_text(
+        "name: financial-analysis\n"
+        "steps:\n"
+        f"  - {{name: fetch_financial_data, target: finance-db, shell: 'echo fetch >> {journal}'}}\n"
+        f"  - {{name: analyze_trends, shell: 'echo analyze >> {journal}'}}\n"
+    )
+    assert call_script("breakers.py", "trip", "finance-db", "--for", "300", home=home).returncode == 0
+    paused = call_script("workflow.py", "run", str(plan), "--task", "financial-analysis-q3-2026", home=home)
+    assert paused.returncode == 4 and "finance-db" in paused.stderr
+    assert not journal.exists()
+    assert call_script("breakers.py", "reset", "finance-db", home=home).returncode == 0
+    done = call_script("workflow.py", "run", str(plan), "--task", "financial-analysis-q3-2026", home=home)
+    assert done.returncode == 0, done.stderr
+    assert journal.read_text().split() == ["fetch", "analyze"]
+
+
+def test_001_a_python_step_with_a_target_opens_its_breaker_after_5_failures(
+    write_config: Callable[[str], Path], clock: FakeClock
+) -> None:
+    """CircuitBreaker(failure_threshold=5): a step whose calls to its service keep failing opens that
+    service's breaker; the next run does not call it at all (paused, not failed)."""
+    write_config("retry: {jitter: none}\npolicies:\n  transient: {retries: 4}\n")
+    config = load_config()
+    calls: list[int] = []
+    wf = Workflow("financial-analysis")
+
+    @wf.step(target="llm-api")
+    def analyze_trends(ctx: StepContext) -> None:
+        calls.append(ctx.attempt)
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    first = wf.run(task="financial-analysis-q3-2026", config=config, clock=clock)
+    assert first.status == "failed" and len(calls) == 5
+    again = wf.run(task="financial-analysis-q3-2026", config=config, clock=clock)
+    assert again.status == "not_attempted" and len(calls) == 5
+    assert "llm-api" in again.message
+
+
+def test_a_bad_step_target_is_refused_naming_the_step_and_key(home: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("steps:\n  - {name: fetch, target: '../db', run: ['true']}\n")
+    refused = call_script("workflow.py", "run", str(plan), home=home)
+    assert refused.returncode == 2 and "steps[0].target" in refused.stderr and "fetch" in refused.stderr
