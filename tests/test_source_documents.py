@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 import selfheal
-from conftest import PYTHON, call_script
+from conftest import PYTHON, ROOT, call_script
 from selfheal.core.classify import Classifier, Failure, classify_error
 from selfheal.core.config import Config, load_config
 from selfheal.core.retrying import Retrier, attempts_of
@@ -486,3 +487,35 @@ def test_a_bad_step_target_is_refused_naming_the_step_and_key(home: Path, tmp_pa
     plan.write_text("steps:\n  - {name: fetch, target: '../db', run: ['true']}\n")
     refused = call_script("workflow.py", "run", str(plan), home=home)
     assert refused.returncode == 2 and "steps[0].target" in refused.stderr and "fetch" in refused.stderr
+
+
+# --- the table itself ----------------------------------------------------------------------------------------
+
+_STATUSES = ("works", "partial", "missing", "different by design", "different and unacceptable")
+
+
+def test_the_replay_tables_counts_match_its_rows_and_every_cited_test_exists() -> None:
+    """docs/source-documents.md's summary is the count of its rows' statuses, per document, and each test a
+    row names as evidence exists, so a "works" cannot point at nothing."""
+    text = (ROOT / "docs" / "source-documents.md").read_text(encoding="utf-8")
+    replay = text[text.index("## The replay") :]
+    counted: dict[str, list[int]] = {}
+    for doc, status, evidence in re.findall(r"^\| (\d{3})-\d+ \| .*? \| (.*?) \| (.*?) \|$", replay, re.MULTILINE):
+        kind = next(k for k in sorted(_STATUSES, key=len, reverse=True) if status.startswith(k))
+        counted.setdefault(doc, [0] * len(_STATUSES))[_STATUSES.index(kind)] += 1
+        cited = re.findall(r"`([\w/]+\.py)::(\w+)`", evidence)
+        assert cited or kind in ("missing", "partial"), f"{doc}: a row that {kind} names no test"
+        for file, name in cited:
+            source = (ROOT / "tests" / file).read_text(encoding="utf-8")
+            assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), f"{file}::{name} does not exist"
+    summary = {
+        doc: [int(n.strip("*")) for n in numbers.split(" | ")]
+        for doc, numbers in re.findall(r"^\| (\d{3}) \(.*?\) \| ([\d |*]+) \|$", replay, re.MULTILINE)
+    }
+    assert set(summary) == set(counted) == {"000", "001", "002", "003", "004"}
+    for doc, numbers in summary.items():
+        assert numbers == [*counted[doc], sum(counted[doc])], doc
+    total = re.search(r"^\| \*\*total\*\* \| ([\d |*]+) \|$", replay, re.MULTILINE)
+    assert total is not None
+    columns = [sum(c[i] for c in counted.values()) for i in range(len(_STATUSES))]
+    assert [int(n.strip("*")) for n in total.group(1).split(" | ")] == [*columns, sum(columns)]
