@@ -29,13 +29,16 @@ def compute_delay(
 ) -> float:
     """Seconds to wait after the `failures`-th failure (1-based) of one class, under `policy`'s jitter.
 
-    full: uniform(0, d); equal: d/2 + uniform(0, d/2); none: d; decorrelated: uniform(base, 3 * previous),
-    all clamped to [0, cap_s].
+    full: uniform(0, d); equal: d/2 + uniform(0, d/2); none: d; decorrelated: uniform(base, 3 * previous);
+    a number f: d + uniform(-f * d, f * d) (the second document's +-25%, the third's +-10%); all clamped to
+    [0, cap_s].
     """
     uniform = (rng or random).uniform
     ceiling = exponential(policy, failures)
     jitter = policy.jitter or "full"
-    if jitter == "none":
+    if isinstance(jitter, float):
+        delay = ceiling + uniform(-jitter * ceiling, jitter * ceiling)
+    elif jitter == "none":
         delay = ceiling
     elif jitter == "full":
         delay = uniform(0.0, ceiling)

@@ -138,7 +138,8 @@ class Policy:
     multiplier: float = field(metadata=_meta(lo=1, hi=100))
     cap_s: float = field(metadata=_meta(lo=0, hi=86400))
     # Unset means retry.jitter; the loader fills it in, so a loaded Policy always names its jitter.
-    jitter: Jitter | None = None
+    # A number f (0 < f <= 1) is "the delay, plus or minus f of it" (the second document's 0.25, the third's 0.1).
+    jitter: Jitter | float | None = field(default=None, metadata=_meta(gt=0, hi=1))
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class Policies:
 class RetrySettings:
     deadline_s: float = field(metadata=_meta(gt=0, hi=30 * 86400))
     retry_after_cap_s: float = field(metadata=_meta(lo=0, hi=86400))
-    jitter: Jitter
+    jitter: Jitter | float = field(metadata=_meta(gt=0, hi=1))
     notify: tuple[str, ...]
 
 
@@ -739,6 +740,10 @@ class _Converter:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if tp is float:
+        return "a number"
     return getattr(tp, "__name__", str(tp))
 
 

@@ -164,6 +164,8 @@ class Retrier:
     target: what is being called (an endpoint name); recorded, and used by circuit breakers.
     on: which exceptions are retried at all (types or a predicate); others propagate at once.
     deadline_s / max_attempts: override retry.deadline_s and the class policies' attempts.
+    retries: the same as max_attempts, counted as the source documents count (`max_retries=3`: the first
+        try and 3 retries, 4 attempts); giving both is refused.
     config, clock, rng, classifier, state: injectable; default to the loaded settings and the real clock.
     record: False writes no ledger events at all.
     before_attempt: called with the attempt number before each try; may raise NotAttempted.
@@ -186,6 +188,7 @@ class Retrier:
         on: ExceptionFilter = Exception,
         deadline_s: float | None = None,
         max_attempts: int | None = None,
+        retries: int | None = None,
         config: Config | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
@@ -207,6 +210,12 @@ class Retrier:
             raise ValueError("breaker=True needs a target: the breaker is the target's")
         if target is not None and breaker:
             validate_id(target, "target")
+        if retries is not None:
+            if max_attempts is not None:
+                raise ValueError("give retries or max_attempts, not both (retries=N is max_attempts=N + 1)")
+            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+                raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+            max_attempts = retries + 1
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if deadline_s is not None and deadline_s <= 0:
@@ -557,6 +566,7 @@ def retry(
     on: ExceptionFilter = ...,
     deadline_s: float | None = ...,
     max_attempts: int | None = ...,
+    retries: int | None = ...,
     config: Config | None = ...,
     clock: Clock = ...,
     rng: random.Random | None = ...,

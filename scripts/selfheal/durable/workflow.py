@@ -124,6 +124,9 @@ class Step:
     # Run when the step fails for good: its result stands in for the step's (cached data, a simpler result),
     # and the step is marked as done by its fallback (the second document's FallbackChain for a step).
     fallback: Command | StepFunction | None = None
+    # What the step talks to: each attempt passes that target's circuit breaker, shared with every other
+    # process (the second document's engine: a breaker per step). Open: the run pauses, exit 4.
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ _STEP_KEYS = {
     "env",
     "fallback",
     "fallback_shell",
+    "target",
 }
 
 
@@ -266,6 +270,11 @@ def load_plan(path: Path) -> Plan:
         inputs = _inputs(
             raw.get("inputs") or [], where=where, label=label, positions=positions, earlier=steps, fail=fail
         )
+        target = raw.get("target")
+        if target is not None and (
+            not isinstance(target, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", target)
+        ):
+            raise fail(f"{where}.target", f"{label}: a breaker's name, of letters, digits, . _ -", target)
         cwd = raw.get("cwd")
         if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
             raise fail(f"{where}.cwd", f"{label}: must be a folder path (with no NUL character)", cwd)
@@ -291,6 +300,7 @@ def load_plan(path: Path) -> Plan:
                 cwd=cwd,
                 env={k: str(v) for k, v in env.items()},
                 fallback=fallback,
+                target=target,
             )
         )
     plan_name = data.get("name") or path.stem
@@ -850,6 +860,7 @@ class WorkflowRunner:
             max_attempts=step.max_attempts,
             prior_attempts=prior,
             before_attempt=persist,
+            target=step.target,
         )
         record.exit_code = outcome.exit_code
         if outcome.ok:
@@ -883,6 +894,8 @@ class WorkflowRunner:
             max_attempts=step.max_attempts,
             prior_attempts=prior,
             before_attempt=before,
+            target=step.target,
+            breaker=step.target is not None,
         )
         try:
             value = retrier.call(fn, context)
@@ -1191,14 +1204,32 @@ class Workflow:
         name: str | None = None,
         compensate: StepFunction | None = None,
         max_attempts: int | None = None,
+        retries: int | None = None,
         fallback: StepFunction | None = None,
+        target: str | None = None,
     ) -> Any:
+        if retries is not None:
+            if max_attempts is not None:
+                raise UsageError("give retries or max_attempts, not both (retries=N is max_attempts=N + 1)")
+            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+                raise UsageError(f"retries must be a whole number >= 0, got {retries!r}")
+            max_attempts = retries + 1
+        if target is not None:
+            validate_id(target, "target")
+
         def add(func: StepFunction) -> StepFunction:
             step_name = validate_id(name or func.__name__, "step")
             if any(s.name == step_name for s in self._steps):
                 raise UsageError(f"workflow {self.name!r} already has a step named {step_name!r}")
             self._steps.append(
-                Step(step_name, func, compensate=compensate, max_attempts=max_attempts, fallback=fallback)
+                Step(
+                    step_name,
+                    func,
+                    compensate=compensate,
+                    max_attempts=max_attempts,
+                    fallback=fallback,
+                    target=target,
+                )
             )
             return func
 
