@@ -8,7 +8,9 @@
 #   ./install.sh --cron   edit THIS USER's crontab: the health check every 5 minutes, fix tasks every minute,
 #                         regular tasks every 10 minutes (three marked lines; HOME, SELFHEAL_HOME, PATH pinned)
 #   ./install.sh --no-cron  remove exactly those lines (SELFHEAL_CRONTAB names another crontab command)
-#   ./install.sh --openclaw-cron  register the same three jobs in the running gateway (`openclaw cron add`)
+#   ./install.sh --openclaw-cron  register the same three jobs in the running gateway (`openclaw cron add`);
+#                         jobs already registered as wanted are kept
+#   ./install.sh --no-openclaw-cron  remove self-heal's jobs from the running gateway's cron
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +35,7 @@ for arg in "$@"; do
         --cron) CRON=add ;;
         --no-cron) CRON=remove ;;
         --openclaw-cron) OPENCLAW_CRON=1 ;;
+        --no-openclaw-cron) OPENCLAW_CRON=remove ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
     esac
@@ -161,8 +164,10 @@ if [ "$CRON" != keep ]; then
     fi
 fi
 
-# 7. --openclaw-cron: the same three jobs in OpenClaw's own cron, through its CLI (replacing earlier ones by name).
-if [ "$OPENCLAW_CRON" = 1 ]; then
+# 7. --openclaw-cron: the same three jobs in OpenClaw's own cron, through its CLI. A job already registered
+#    exactly as wanted is kept (its id and run history too); one that differs is replaced; a run again changes nothing.
+#    --no-openclaw-cron removes every self-heal-* job.
+if [ "$OPENCLAW_CRON" != 0 ]; then
     if ! command -v openclaw >/dev/null 2>&1; then
         echo "install.sh: there is no 'openclaw' command on PATH; nothing registered" >&2
         exit 3
@@ -171,23 +176,61 @@ if [ "$OPENCLAW_CRON" = 1 ]; then
         echo "install.sh: the OpenClaw gateway does not answer ('openclaw cron list' failed: $(printf '%s' "$LISTED" | tail -n 1)); start it ('openclaw gateway start') and run this again" >&2
         exit 4
     fi
-    OLD_IDS="$(printf '%s' "$LISTED" | "$VPY" -c '
+    # Each wanted job: NAME, schedule flag and value, argv. Compared with what is registered, in Python.
+    WANTED="$("$VPY" - "$OPENCLAW_CRON" "$VPY" "$ROOT" "$(schedule fix-tasks)" "$(schedule regular-tasks)" <<'PY'
 import json, sys
+mode, vpy, root, fix, regular = sys.argv[1:]
+jobs = [
+    ["self-heal-health", "--every", "10m", [vpy, f"{root}/scripts/health_check.py", "--cron"]],
+    ["self-heal-fix-tasks", "--cron", fix, [vpy, f"{root}/scripts/tasks.py", "run-next", "--type", "fix", "--quiet"]],
+    ["self-heal-regular-tasks", "--cron", regular,
+     [vpy, f"{root}/scripts/tasks.py", "run-next", "--type", "regular", "--quiet"]],
+]
+print(json.dumps(jobs if mode == "1" else []))
+PY
+)"
+    PLAN="$(printf '%s' "$LISTED" | "$VPY" -c '
+import json, os, sys
+wanted = json.loads(sys.argv[1])
+env = {"SELFHEAL_HOME": sys.argv[2], "HOME": os.environ.get("HOME", "")}
 data = json.loads(sys.stdin.read() or "{}")
 jobs = data.get("jobs", []) if isinstance(data, dict) else data
-print("\n".join(j["id"] for j in jobs if isinstance(j, dict) and str(j.get("name", "")).startswith("self-heal-")))')"
-    for id in $OLD_IDS; do openclaw cron rm "$id" >/dev/null; done
-    oc_add() {  # NAME SCHEDULE-FLAG SCHEDULE ARGV...
-        local name="$1" flag="$2" when="$3"
-        shift 3
-        openclaw cron add --name "$name" "$flag" "$when" --no-deliver \
-            --command-argv "$("$VPY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@")" \
-            --command-env "SELFHEAL_HOME=$STATE" --command-env "HOME=$HOME" >/dev/null
-    }
-    oc_add self-heal-health --every 10m "$VPY" "$ROOT/scripts/health_check.py" --cron
-    oc_add self-heal-fix-tasks --cron "$(schedule fix-tasks)" "$VPY" "$ROOT/scripts/tasks.py" run-next --type fix --quiet
-    oc_add self-heal-regular-tasks --cron "$(schedule regular-tasks)" "$VPY" "$ROOT/scripts/tasks.py" run-next --type regular --quiet
-    say "registered in OpenClaw's cron: self-heal-health, self-heal-fix-tasks, self-heal-regular-tasks (no chat delivery; 'openclaw cron list' shows them)"
+ours = [j for j in jobs if isinstance(j, dict) and str(j.get("name", "")).startswith("self-heal-")]
+def same(job, name, flag, when, argv):
+    sched, payload = job.get("schedule") or {}, job.get("payload") or {}
+    if flag == "--every":
+        unit = {"s": 1000, "m": 60000, "h": 3600000}[when[-1]]
+        fits = sched.get("kind") == "every" and sched.get("everyMs") == int(when[:-1]) * unit
+    else:
+        fits = sched.get("kind") == "cron" and sched.get("expr") == when
+    delivery = (job.get("delivery") or {}).get("mode")
+    return (fits and payload.get("kind") == "command" and payload.get("argv") == argv
+            and payload.get("env") == env and delivery in (None, "none") and job.get("enabled", True))
+kept = set()
+for job in ours:
+    match = [w for w in wanted if w[0] == job["name"] and w[0] not in kept and same(job, *w)]
+    if match:
+        kept.add(match[0][0])
+        print("keep", job["name"], sep="\t")
+    else:
+        print("rm", job["id"], sep="\t")
+for name, flag, when, argv in wanted:
+    if name not in kept:
+        print("add", name, flag, when, json.dumps(argv), sep="\t")
+' "$WANTED" "$STATE")"
+    while IFS=$'\t' read -r action what flag when argv; do
+        case "$action" in
+            rm) openclaw cron rm "$what" >/dev/null ;;
+            add) openclaw cron add --name "$what" "$flag" "$when" --no-deliver --command-argv "$argv" \
+                    --command-env "SELFHEAL_HOME=$STATE" --command-env "HOME=$HOME" >/dev/null ;;
+        esac
+    done <<< "$PLAN"
+    if [ "$OPENCLAW_CRON" = 1 ]; then
+        CHANGED="$(printf '%s\n' "$PLAN" | grep -c $'^add\t' || true)"
+        say "OpenClaw's cron: self-heal-health, self-heal-fix-tasks, self-heal-regular-tasks registered ($CHANGED added or replaced, the rest already as wanted; no chat delivery; 'openclaw cron list' shows them)"
+    else
+        say "OpenClaw's cron: self-heal's jobs are removed (if there were any); other jobs are unchanged"
+    fi
 fi
 
 say "ready. State folder: $STATE"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from helpers.openclaw import OpenClaw
+    from helpers.openclaw import Gateway, OpenClaw
     from helpers.postgres import Cluster, External
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,38 @@ def openclaw() -> OpenClaw:
     from helpers.openclaw import ensure_openclaw
 
     return ensure_openclaw()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--dist loadgroup` for pytest 9: pytest-xdist 3.8 writes a test's group into `item._nodeid`, which pytest 9
+    no longer reads (its node ids live in `_id`), so every group was scattered over the workers. The group goes
+    into the node id here, as xdist means it to (`path::test@group`); a test in the group then runs on one worker."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodes import coerce_node_id
+
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks})
+        if names and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
+
+
+# Tests that share one real gateway carry this mark: pytest-xdist (--dist loadgroup) runs them on one worker,
+# so the gateway starts once for all of them (a start costs about 25 s of CPU, a tenth of the whole suite).
+SHARED_GATEWAY = pytest.mark.xdist_group("openclaw-gateway")
+
+
+@pytest.fixture(scope="session")
+def shared_gateway(openclaw: OpenClaw, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One real gateway for the tests that only talk to it (never stop or kill it; those start their own).
+    Its HOME is `gateway.home`; each test removes the cron jobs and status files it adds."""
+    home = openclaw.sandbox(tmp_path_factory.mktemp("shared-gateway"))
+    with openclaw.gateway(home) as gateway:
+        gateway.wait_ready()
+        yield gateway
+    assert gateway.left_behind() == []
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.openclaw import OpenClaw
+from helpers.openclaw import Gateway, OpenClaw
 
-from conftest import PYTHON, SCRIPTS
+from conftest import PYTHON, SCRIPTS, SHARED_GATEWAY
 from selfheal.core.config import Config
 from selfheal.core.ledger import iter_events, ledger_files
 from selfheal.heal.cron_retry import CronUnavailable, retry_failed_jobs
@@ -97,10 +97,11 @@ def test_nothing_is_asked_when_no_job_is_listed_and_a_silent_gateway_is_said(
 
 
 @pytest.mark.slow
+@SHARED_GATEWAY
 def test_a_listed_failed_job_is_run_again_in_a_real_gateway_and_an_unlisted_one_is_not(
-    openclaw: OpenClaw, tmp_path: Path, home: Path, write_config: Any
+    openclaw: OpenClaw, shared_gateway: Gateway, home: Path, write_config: Any
 ) -> None:
-    openclaw_home = openclaw.sandbox(tmp_path)
+    openclaw_home = shared_gateway.home
     write_config("health: {disk_min_free_mb: 0, cron_retry: {jobs: [flaky-export], backoff_s: 0}}\n")
     env = {**openclaw.env(openclaw_home), "SELFHEAL_HOME": str(home)}
 
@@ -113,9 +114,8 @@ def test_a_listed_failed_job_is_run_again_in_a_real_gateway_and_an_unlisted_one_
         while runs(job_id) < count and time.monotonic() < deadline:
             time.sleep(0.5)
 
-    with openclaw.gateway(openclaw_home) as gateway:
-        gateway.wait_ready()
-        ids = {}
+    ids = {}
+    try:
         for name in ("flaky-export", "not-listed"):
             added = openclaw.run(
                 openclaw_home,
@@ -138,4 +138,6 @@ def test_a_listed_failed_job_is_run_again_in_a_real_gateway_and_an_unlisted_one_
         wait_runs(ids["flaky-export"], 2)
         assert runs(ids["flaky-export"]) == 2
         assert runs(ids["not-listed"]) == 1
-    assert gateway.left_behind() == []
+    finally:
+        for job_id in ids.values():
+            openclaw.run(openclaw_home, "cron", "rm", job_id)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.openclaw import OpenClaw
+from helpers.openclaw import Gateway, OpenClaw, free_port
 
-from conftest import PYTHON, ROOT, SCRIPTS, script_env
+from conftest import PYTHON, ROOT, SCRIPTS, SHARED_GATEWAY, script_env
 
 pytestmark = pytest.mark.slow
 
@@ -83,8 +83,9 @@ def cron_runs(openclaw: OpenClaw, openclaw_home: Path, job: str, count: int) -> 
         time.sleep(0.5)
 
 
+@SHARED_GATEWAY
 def test_openclaw_cron_runs_the_line_install_prints_and_reads_its_exit_code(
-    openclaw: OpenClaw, tmp_path: Path, home: Path, no_disk_minimum: None
+    openclaw: OpenClaw, shared_gateway: Gateway, tmp_path: Path, home: Path, no_disk_minimum: None
 ) -> None:
     """The `openclaw cron add` line install.sh --cron prints is accepted by a real gateway; run there, the check
     is `ok` with NO_REPLY (nothing posted) while all is well, and `error` with its summary when a skill fails."""
@@ -102,10 +103,10 @@ def test_openclaw_cron_runs_the_line_install_prints_and_reads_its_exit_code(
         check=True,
     )
     (printed,) = [line.strip() for line in installed.stderr.splitlines() if line.strip().startswith("openclaw cron")]
-    openclaw_home = openclaw.sandbox(tmp_path)
-    with openclaw.gateway(openclaw_home) as gateway:
-        gateway.wait_ready()
-        job = json.loads(openclaw.run(openclaw_home, *shlex.split(printed)[1:]).stdout)
+    openclaw_home = shared_gateway.home  # the job runs in the gateway, with its HOME: its status files count
+    status = openclaw_home / ".openclaw" / "skills" / "status"
+    job = json.loads(openclaw.run(openclaw_home, *shlex.split(printed)[1:]).stdout)
+    try:
         assert (
             job["payload"]
             == {
@@ -119,26 +120,29 @@ def test_openclaw_cron_runs_the_line_install_prints_and_reads_its_exit_code(
         (first,) = cron_runs(openclaw, openclaw_home, job["id"], 1)
         assert (first["status"], first["diagnostics"]["summary"]) == ("ok", "NO_REPLY")
 
-        status = openclaw_home / ".openclaw" / "skills" / "status"
         status.mkdir(parents=True, exist_ok=True)
         (status / "tiktok-poster.txt").write_text("status=error,last_run=now\n")
         openclaw.run(openclaw_home, "cron", "run", job["id"])
         second = cron_runs(openclaw, openclaw_home, job["id"], 2)[-1]
         assert second["status"] == "error"
         assert second["diagnostics"]["summary"].startswith("self-heal health: DEGRADED: 1 check(s) warn"), second
-    assert gateway.left_behind() == []
+    finally:
+        (status / "tiktok-poster.txt").unlink(missing_ok=True)
+        openclaw.run(openclaw_home, "cron", "rm", job["id"])
 
 
+@SHARED_GATEWAY
 def test_install_openclaw_cron_registers_the_three_jobs_in_a_running_gateway_once(
-    openclaw: OpenClaw, tmp_path: Path, home: Path
+    openclaw: OpenClaw, shared_gateway: Gateway, tmp_path: Path, home: Path
 ) -> None:
     """--openclaw-cron adds the health check and both task runners through the real CLI, without chat delivery;
-    run again, it replaces them (still three); with no gateway it exits 4 and registers nothing."""
-    openclaw_home = openclaw.sandbox(tmp_path)
-    env = openclaw.env(openclaw_home, SELFHEAL_HOME=str(home), PYTHON=PYTHON)
+    run again, it keeps them as they are (same ids, still three); --no-openclaw-cron removes them and nothing
+    else; with no gateway it exits 4 and registers nothing."""
+    openclaw_home = shared_gateway.home
 
-    def install() -> subprocess.CompletedProcess[str]:
-        argv = ["bash", str(ROOT / "install.sh"), "--openclaw-cron"]
+    def install(option: str, where: Path = openclaw_home) -> subprocess.CompletedProcess[str]:
+        env = openclaw.env(where, SELFHEAL_HOME=str(home), PYTHON=PYTHON)
+        argv = ["bash", str(ROOT / "install.sh"), option]
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
 
     def ours() -> list[dict[str, Any]]:
@@ -146,11 +150,16 @@ def test_install_openclaw_cron_registers_the_three_jobs_in_a_running_gateway_onc
         jobs = listed["jobs"] if isinstance(listed, dict) else listed
         return sorted((j for j in jobs if j["name"].startswith("self-heal-")), key=lambda j: j["name"])
 
-    with openclaw.gateway(openclaw_home) as gateway:
-        gateway.wait_ready()
-        first = install()
+    def everyone_elses() -> list[str]:
+        listed = json.loads(openclaw.run(openclaw_home, "cron", "list", "--all", "--json").stdout)
+        jobs = listed["jobs"] if isinstance(listed, dict) else listed
+        return sorted(j["id"] for j in jobs if not j["name"].startswith("self-heal-"))
+
+    others = everyone_elses()
+    try:
+        first = install("--openclaw-cron")
         assert first.returncode == 0, first.stderr
-        assert install().returncode == 0
+        assert "(3 added or replaced" in first.stderr
         jobs = ours()
         assert [j["name"] for j in jobs] == ["self-heal-fix-tasks", "self-heal-health", "self-heal-regular-tasks"]
         fix = jobs[0]
@@ -158,5 +167,17 @@ def test_install_openclaw_cron_registers_the_three_jobs_in_a_running_gateway_onc
         assert fix["payload"]["env"]["SELFHEAL_HOME"] == str(home)
         assert fix["schedule"]["expr"] == "* * * * *"
         assert all(j.get("delivery", {}).get("mode") in (None, "none") for j in jobs), jobs
-    down = install()
+
+        again = install("--openclaw-cron")
+        assert again.returncode == 0 and "(0 added or replaced" in again.stderr, again.stderr
+        assert [j["id"] for j in ours()] == [j["id"] for j in jobs]  # kept as they were, ids and history
+    finally:
+        removed = install("--no-openclaw-cron")
+    assert removed.returncode == 0, removed.stderr
+    assert ours() == [] and everyone_elses() == others  # only self-heal's jobs went
+
+    nowhere = openclaw.sandbox(tmp_path / "no-gateway")  # a config naming a port where nothing listens
+    config = nowhere / ".openclaw" / "openclaw.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "gateway": {"port": free_port()}}))
+    down = install("--openclaw-cron", nowhere)
     assert down.returncode == 4 and "the OpenClaw gateway does not answer" in down.stderr
