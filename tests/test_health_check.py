@@ -133,7 +133,8 @@ def test_cron_and_json_together_are_a_usage_error(home: Path, openclaw_dir: Path
 def test_a_repeated_run_loads_no_yaml_and_no_module_it_does_not_need(home: Path, openclaw_dir: Path) -> None:
     """Cron pays for every import: once its settings are kept, a check with the gateway's port closed and
     nothing running imports neither PyYAML, nor the HTTP client, psutil, filelock, asyncio or openai; nor shutil
-    (argparse's formatter would load it, and zlib, bz2 and lzma with it) or the idna codec (a str host would)."""
+    (argparse's formatter would load it, and zlib, bz2 and lzma with it) or the idna codec (a str host would);
+    nor, with no breaker and no run to read, the dataclass records (dataclasses pulls in inspect and ast)."""
     (openclaw_dir / "openclaw.json").write_text(json.dumps({"gateway": {"port": free_port()}}))
     code = (
         "import sys, runpy\n"
@@ -141,7 +142,7 @@ def test_a_repeated_run_loads_no_yaml_and_no_module_it_does_not_need(home: Path,
         "try:\n    runpy.run_path('health_check.py', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
         "heavy = ('yaml', 'http.client', 'psutil', 'filelock', 'asyncio', 'openai', 'selfheal.core.config',"
-        " 'shutil', 'bz2', 'lzma', 'encodings.idna')\n"
+        " 'shutil', 'bz2', 'lzma', 'encodings.idna', 'dataclasses')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     env = script_env(home, OPENCLAW_STATE_DIR=str(openclaw_dir))

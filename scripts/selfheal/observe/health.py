@@ -53,14 +53,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import ConfigError, CorruptStateError, NotAttempted, SelfHealError, StateError
 from ..state import layout
-from ..state.breakers import CLOSED, OPEN, BreakerState, read_breaker
 from ..state.layout import SUBDIRS
 from ..state.root import StateRoot, read_json, write_json
-from ..state.runs import RunState
 from ..state.skill_status import STATUS_FILE_NAME, update_status
 
 if TYPE_CHECKING:
     from ..core.config import Config
+    from ..state.breakers import BreakerState
+    from ..state.runs import RunState
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 OPERATIONAL, DEGRADED, DOWN = "operational", "degraded", "down"
@@ -718,6 +718,15 @@ def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] 
     """
     records: list[BreakerState] = []
     unreadable: list[str] = []
+    folder = state.sub(layout.BREAKERS)
+    try:
+        paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
+    except FileNotFoundError:
+        paths = []
+    if fleet is None and not paths:  # nothing to read: the record (a dataclass: 10 ms of imports) is not loaded
+        return Check("breakers", OK, "no breakers", {"breakers": 0, "not_closed": [], "unreadable": []})
+    from ..state.breakers import CLOSED, OPEN, BreakerState, read_breaker  # noqa: PLC0415
+
     if fleet is not None:
         for row in fleet:
             try:
@@ -725,11 +734,6 @@ def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] 
             except StateError as exc:
                 unreadable.append(f"{row.get('target')} ({exc})")
     else:
-        folder = state.sub(layout.BREAKERS)
-        try:
-            paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
-        except FileNotFoundError:
-            paths = []
         for path in paths:
             try:
                 found = read_breaker(path)  # rewritten in place: read under a shared lock
