@@ -104,8 +104,27 @@ except ImportError:  # Python 3.10 has no tomllib; these arrays are plain lists 
 print("\n".join(dict.fromkeys(deps)))
 PYEOF
 )
-say "installing ${#DEPS[@]} packages into .venv"
-"$VPY" -m pip install --quiet --disable-pip-version-check "${DEPS[@]}"
+# Already there at versions in range (a run again, a cron set-up): pip is not asked (it takes about a second).
+if "$VPY" - "${DEPS[@]}" <<'PYEOF' 2>/dev/null
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pip._vendor.packaging.requirements import Requirement
+for line in sys.argv[1:]:
+    req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate():
+        continue
+    try:
+        if not req.specifier.contains(version(req.name), prereleases=True):
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PYEOF
+then
+    say "${#DEPS[@]} packages already in .venv"
+else
+    say "installing ${#DEPS[@]} packages into .venv"
+    "$VPY" -m pip install --quiet --disable-pip-version-check "${DEPS[@]}"
+fi
 
 # 4. `import selfheal` from the venv, for users' own Python code (the library stays in scripts/).
 SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
