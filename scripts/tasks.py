@@ -736,6 +736,8 @@ def _op_fleet(store: TaskStore, args: argparse.Namespace, parser: argparse.Argum
         for b in report["breakers"]:
             held = ", ".join(f"{k}: {v}" for k, v in b["permits_by_host"].items()) or "none"
             lines.append(f"  breaker {b['target']}: {b['state']}, permits held {held}")
+            if b.get("unreadable"):
+                lines.append(f"    unreadable: {b['unreadable']}")
         lines.append(f"  ledger: {report['ledger']['partitions']} day partition(s)")
         lines.append(f"  leases (tasks.lease_s {report['lease_s']:g}s): {len(report['leases'])} running task(s)")
         for lease in report["leases"]:

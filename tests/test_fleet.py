@@ -464,6 +464,33 @@ def test_fleet_status_shows_an_open_breaker_past_its_time_as_half_open(
     assert fleet_report(config.store, spool, clock=clock)["breakers"][0]["state"] == "half_open"
 
 
+def test_fleet_status_names_a_breaker_row_that_does_not_read_and_still_lists_the_others(
+    fleet_url: str, home: Path, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A row whose record is wrong (a permit without its pid) is listed as stored and said unreadable, with the
+    key, as every reader of a breaker reports it; the healthy rows' permits are counted from their records."""
+    config = load_config()
+    host(config, "box-2", tmp_path, clock).acquire("qwen")
+    with psycopg.connect(fleet_url) as conn:
+        (good,) = conn.execute("SELECT data FROM selfheal_breakers WHERE target = 'qwen'").fetchone()
+        bad = {**good, "target": "vllm", "permits": {"p1": {"host": "box-3", "started": 1.0}}}  # no pid
+        conn.execute(
+            "INSERT INTO selfheal_breakers (target, state, data) VALUES ('vllm', 'closed', %s)", (json.dumps(bad),)
+        )
+    report = json.loads(tasks_fleet(home, "status", SELFHEAL_DATABASE_URL=fleet_url).stdout)
+    text = subprocess.run(
+        [PYTHON, str(SCRIPTS / "tasks.py"), "fleet", "status"],
+        env=script_env(home, SELFHEAL_DATABASE_URL=fleet_url),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    by_target = {b["target"]: b for b in report["breakers"]}
+    assert by_target["qwen"]["permits_by_host"] == {"box-2": 1}
+    assert by_target["vllm"]["permits_by_host"] == {} and "permits.p1.pid: missing" in by_target["vllm"]["unreadable"]
+    assert "breaker vllm: closed, permits held none\n    unreadable: fleet breaker row: permits.p1.pid" in text
+
+
 def test_fleet_status_without_fleet_mode_or_database_says_why(home: Path, tmp_path: Path) -> None:
     """No URL: exit 2 naming the setting; an unreachable database: exit 1, degraded, the password masked."""
     proc = tasks_fleet(home, "status")

@@ -8,7 +8,6 @@ dead database costs one connect attempt per process per period, not one per requ
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import threading
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import StateError, UsageError
-from ..state.breakers import BreakerState
 from .config import StoreSettings, mask_url_password
 
 if TYPE_CHECKING:
@@ -118,11 +116,9 @@ def fleet_report(
     try:
         report.update(fleet_status(db), reachable=True)  # the first connection migrates the schema
         for breaker in report["breakers"]:
-            data = breaker.pop("data", None)
-            if data:
-                with contextlib.suppress(StateError):  # a bad row is shown as stored; the next writer resets it
-                    record = BreakerState.from_json(data, "fleet breaker row", target=breaker["target"])
-                    breaker["state"] = record.effective_state(clock.time())
+            record = breaker.pop("record", None)
+            if record is not None:  # a bad row is shown as stored, and said unreadable; the next writer resets it
+                breaker["state"] = record.effective_state(clock.time())
         report["lease_s"] = lease_s
         report["leases"] = leases(db, lease_s)
     except StateError as exc:

@@ -37,6 +37,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..errors import FleetUnavailable, LockBusy, StateError
+from .breakers import BreakerState
 from .sql import POSTGRESQL
 from .taskdb import TaskDB, row_task, task_tables
 
@@ -614,9 +615,16 @@ def fleet_status(db: Database) -> dict[str, Any]:
             "SELECT target, state, data FROM selfheal_breakers ORDER BY target"
         ).fetchall():
             held: dict[str, int] = {}
-            for permit in ((data or {}).get("permits") or {}).values():
-                held[str(permit.get("host") or "?")] = held.get(str(permit.get("host") or "?"), 0) + 1
-            breakers.append({"target": target, "state": state, "permits_by_host": held, "data": data})
+            entry: dict[str, Any] = {"target": target, "state": state, "permits_by_host": held, "record": None}
+            try:  # the breaker's own record, checked as every reader checks it; a bad row is shown as stored
+                record = BreakerState.from_json(data or {}, "fleet breaker row", target=target)
+            except StateError as exc:
+                entry["unreadable"] = str(exc)
+            else:
+                entry["record"] = record
+                for permit in record.permits.values():
+                    held[permit.host or "?"] = held.get(permit.host or "?", 0) + 1
+            breakers.append(entry)
         partitions = ledger_partitions(conn)
         counted = conn.execute(
             "SELECT host, count(*) FROM selfheal_ledger WHERE ts > now() - interval '1 day' GROUP BY host ORDER BY host"
