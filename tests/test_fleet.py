@@ -526,6 +526,7 @@ def test_health_check_reports_the_fleets_breakers(fleet_url: str, home: Path, tm
         text=True,
         check=False,
     )
+    assert proc.stdout, proc.stderr
     checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
     assert checks["fleet"]["status"] == "ok" and checks["fleet"]["hosts"] == ["box-1", "box-2"]
     assert checks["breakers"]["status"] == "warn" and checks["breakers"]["detail"].startswith("vendor-api open")

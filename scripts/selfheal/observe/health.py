@@ -709,7 +709,7 @@ def check_tasks(
     return Check("tasks", OK, "no task is stuck", data)
 
 
-def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] | None = None) -> Check:
+def check_breakers(state: StateRoot, now: float, fleet: list[dict[str, Any]] | None = None) -> Check:
     """Open and half-open circuit breakers, read from breakers/*.json under their shared lock, never writing;
     in fleet mode, the fleet's rows (`fleet`: their records, as check_fleet read them).
 
@@ -725,14 +725,14 @@ def check_breakers(state: StateRoot, now: float, fleet: list[Mapping[str, Any]] 
         paths = []
     if fleet is None and not paths:  # nothing to read: the record (a dataclass: 10 ms of imports) is not loaded
         return Check("breakers", OK, "no breakers", {"breakers": 0, "not_closed": [], "unreadable": []})
-    from ..state.breakers import CLOSED, OPEN, BreakerState, read_breaker  # noqa: PLC0415
+    from ..state.breakers import CLOSED, OPEN, read_breaker  # noqa: PLC0415
 
     if fleet is not None:
         for row in fleet:
-            try:
-                records.append(BreakerState.from_json(row, f"fleet row {row.get('target')!r}"))
-            except StateError as exc:
-                unreadable.append(f"{row.get('target')} ({exc})")
+            if row.get("record") is not None:
+                records.append(row["record"])
+            else:
+                unreadable.append(f"{row.get('target')} ({row.get('unreadable')})")
     else:
         for path in paths:
             try:
@@ -912,7 +912,7 @@ def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
     return Check("gpu", OK, f"{best} MiB free on {where}", data)
 
 
-def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[Mapping[str, Any]] | None]:
+def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[dict[str, Any]] | None]:
     """Fleet mode: whether the shared database answers (else this host runs degraded on its own files),
     and the fleet's breaker records when it does."""
     from ..core.fleet import NO_DRIVER, host_id  # noqa: PLC0415 - fleet mode only: psycopg
@@ -942,7 +942,8 @@ def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[Mapping[s
     hosts = [h["host"] for h in status["hosts"]]
     data = {"reachable": True, "spooled": waiting, "schema_version": status["schema_version"], "hosts": hosts}
     detail = f"fleet database reachable: {len(hosts)} host(s) ({_names(hosts)}), schema {status['schema_version']}"
-    breakers: list[Mapping[str, Any]] = [dict(b["data"], target=b["target"]) for b in status["breakers"] if b["data"]]
+    # Each row read once by fleet_status: its typed record, or why it does not read; a row not yet written, neither.
+    breakers = [b for b in status["breakers"] if b.get("record") is not None or b.get("unreadable")]
     if waiting:
         return Check("fleet", WARN, detail + f"; {waiting} spooled ledger event(s) not yet replayed", data), breakers
     return Check("fleet", OK, detail, data), breakers

@@ -617,12 +617,12 @@ def fleet_status(db: Database) -> dict[str, Any]:
             held: dict[str, int] = {}
             entry: dict[str, Any] = {"target": target, "state": state, "permits_by_host": held, "record": None}
             try:  # the breaker's own record, checked as every reader checks it; a bad row is shown as stored
-                record = BreakerState.from_json(data or {}, "fleet breaker row", target=target)
+                record = BreakerState.from_json(data, "fleet breaker row", target=target) if data else None
             except StateError as exc:
                 entry["unreadable"] = str(exc)
             else:
                 entry["record"] = record
-                for permit in record.permits.values():
+                for permit in record.permits.values() if record is not None else ():
                     held[permit.host or "?"] = held.get(permit.host or "?", 0) + 1
             breakers.append(entry)
         partitions = ledger_partitions(conn)
