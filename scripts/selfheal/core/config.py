@@ -193,6 +193,8 @@ class WorkflowSettings:
     output_tail_chars: int = field(metadata=_meta(lo=0, hi=10_000_000))
     notify: tuple[str, ...]
     notify_timeout_s: float = field(metadata=_meta(gt=0, hi=3600))
+    # A plan whose steps say `after:` runs this many of its ready steps at once (each a thread).
+    max_parallel: int = field(metadata=_meta(lo=1, hi=256))
 
 
 @dataclass(frozen=True)
