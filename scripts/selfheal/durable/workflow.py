@@ -699,8 +699,12 @@ class WorkflowRunner:
         total = len(self.plan.steps)
         index = {s.name: i for i, s in enumerate(self.plan.steps, 1)}
         pending: list[Step] = []
+        # Steps done and saved: a step's record says done a moment before its thread has saved it and
+        # published its outputs, so what waits for it goes by this set, filled as each thread ends.
+        finished: set[str] = set()
         for step in self.plan.steps:
             if self._step(step.name).state == DONE:
+                finished.add(step.name)
                 self.progress(Progress("skip", index[step.name], total, step.name, "done earlier"))
             else:
                 pending.append(step)
@@ -715,7 +719,7 @@ class WorkflowRunner:
                     for step in list(pending):
                         if len(running) >= limit:
                             break
-                        if all(self._step(d).state == DONE for d in waits[step.name]):
+                        if all(d in finished for d in waits[step.name]):
                             pending.remove(step)
                             self.progress(Progress("start", index[step.name], total, step.name))
                             future = pool.submit(self._run_step, step, self._step(step.name))
@@ -723,18 +727,19 @@ class WorkflowRunner:
                 if not running:
                     break
                 try:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    ended, _ = wait(running, return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt:  # no stop flag installed (the Python API): ask the steps to stop
                     if self.stop is not None:
                         self.stop.set(int(signal.SIGINT))
                     halted = halted or (TASK_INTERRUPTED, "interrupted")
                     continue
-                for future in finished:
+                for future in ended:
                     step, started = running.pop(future)
                     record = self._step(step.name)
                     where = (index[step.name], total, step.name)
                     exc = future.exception()
                     if exc is None:
+                        finished.add(step.name)
                         self.progress(Progress("done", *where, elapsed_s=record.duration_s))
                     elif isinstance(exc, (Interrupted, KeyboardInterrupt)):
                         record.state = PENDING  # it did not finish; it runs again next time
