@@ -356,6 +356,14 @@ class ModelEndpoint:
 
 
 @dataclass(frozen=True)
+class ModelCache:
+    """models.cache: keep checked answers this long, at most this many (the oldest go first)."""
+
+    ttl_s: float = field(default=3600.0, metadata=_meta(gt=0, hi=365 * 86400))
+    max_entries: int = field(default=1000, metadata=_meta(lo=1, hi=1_000_000))
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     read_timeout_base_s: float = field(metadata=_meta(gt=0, hi=86400))
     timeout_per_1k_tokens_s: float = field(metadata=_meta(lo=0, hi=3600))
@@ -373,6 +381,8 @@ class ModelSettings:
     max_answer_chars: int = field(metadata=_meta(lo=0))
     rules_fallback: tuple[str, ...]
     chain: tuple[ModelEndpoint, ...]
+    # Off (None) unless set: a model's answer is usually wanted fresh (the state it reads has changed).
+    cache: ModelCache | None = None
 
 
 @dataclass(frozen=True)
