@@ -467,6 +467,9 @@ class FixSettings:
     model_deadline_s: float = field(metadata=_meta(gt=0, hi=3600))
     min_confidence: float = field(metadata=_meta(lo=0, hi=1))
     evidence_lines: int = field(metadata=_meta(lo=1, hi=10_000))
+    # A file a task names as evidence (its run spec's `evidence` patterns) is copied under the fix's folder
+    # only up to this size (0: never copied; listed with its size and SHA-256 either way).
+    evidence_copy_max_bytes: int = field(metadata=_meta(lo=0, hi=1 << 30))
     target_keywords: tuple[TargetKeyword, ...]
     extra_rules: tuple[FixRule, ...]
     rules: tuple[FixRule, ...]
