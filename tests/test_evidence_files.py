@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -117,3 +118,55 @@ def test_only_the_newest_files_are_listed(tmp_path: Path) -> None:
     files = find_files(["*.png"], tmp_path)
     assert len(files) == MAX_FILES + 1 and files[-1]["more"] == 3
     assert Path(files[0]["path"]).name == f"shot-{MAX_FILES + 2:02d}.png"
+
+
+def test_the_analysis_reads_local_evidence_and_talks_only_to_the_configured_model(
+    write_config: Callable[[str], Path], home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """004-37 (web search to enrich the analysis) is not done: every connection the analysis opens goes to
+    the chain's endpoint, and the evidence files stay on the machine (listed by path and hash)."""
+    from selfheal.core.config import load_config
+    from selfheal.heal.diagnose import Evidence, Healer
+    from selfheal.state.root import StateRoot
+    from selfheal.testing import FakeClock, FakeModelServer, Fault
+
+    shot = tmp_path / "shot.png"
+    shot.write_bytes(b"PNG")
+    analysis = {
+        "root_cause": "the page did not load because the login form timed out",
+        "problems": ["the login form times out"],
+        "fix_steps": ["raise the login wait in flow.py to 30 s"],
+        "target_module": "flow.py",
+        "success_criteria": "the flow logs in",
+        "confidence": 0.8,
+    }
+    connected: list[Any] = []
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        connected.append(address)
+        return real_connect(self, address)
+
+    with FakeModelServer() as server:
+        server.script("analyst", Fault.reply(json.dumps(analysis)))
+        write_config(
+            "retry: {jitter: none}\nfixes: {use_model: true}\n"
+            "models:\n  read_timeout_base_s: 2\n  timeout_per_1k_tokens_s: 0\n  deadline_s: 20\n"
+            f'  chain:\n    - {{name: analyst, base_url: "{server.url("analyst")}", model: analyst-7b}}\n'
+        )
+        monkeypatch.setattr(socket.socket, "connect", connect)
+        found = Evidence(
+            task="e2e",
+            kind="task",
+            error="TimeoutError: page did not load",
+            error_class="timeout",
+            occurrence="run-1",
+            failures=3,
+            files=find_files(["*.png"], tmp_path),
+        )
+        record = Healer(config=load_config(), state=StateRoot(home), clock=FakeClock()).heal(found).record
+        assert server.requests("analyst") == 1
+    assert record.source == "model:analyst/analyst-7b"
+    assert connected and all(tuple(a)[:2] == ("127.0.0.1", server.port) for a in connected)
+    (listed,) = record.evidence["files"]
+    assert listed["path"] == str(shot) and Path(listed["copied_to"]).read_bytes() == b"PNG"
