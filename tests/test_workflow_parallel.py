@@ -4,6 +4,7 @@ by timing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -283,3 +284,50 @@ def test_sigkill_mid_group_resumes_only_the_unfinished_steps(tmp_path: Path, hom
     entries = journal(tmp_path)
     assert sorted(entries) == sorted(["a", "b", "c-start", "c-start", "c", "d"])
     assert entries[-1] == "d"
+
+
+def test_sigterm_stops_every_running_step_and_the_next_run_finishes_them(
+    tmp_path: Path, home: Path, fast: Config
+) -> None:
+    """SIGTERM while two steps run: the stop flag reaches both processes, exit 3 (interrupted); the next run
+    runs both again (neither had finished) and completes."""
+    import psutil
+
+    hang = "echo {0}-start >> journal; test -e go || exec sleep 300; echo {0} >> journal"
+    plan = write_plan(
+        tmp_path,
+        f"""
+        steps:
+          - {{name: a, shell: "{hang.format("a")}"}}
+          - {{name: b, shell: "{hang.format("b")}", after: []}}
+        """,
+    )
+    proc = subprocess.Popen(
+        [PYTHON, WORKFLOW, "run", str(plan), "--task", "term"],
+        env=script_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def children() -> list[dict[str, Any]]:
+        found = []
+        for path in (home / "runs").glob("term.*.json"):
+            with contextlib.suppress(ValueError, OSError):
+                child = json.loads(path.read_text()).get("child")
+                if child:
+                    found.append(child)
+        return found
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(children()) < 2:
+        time.sleep(0.02)
+    running = children()
+    assert len(running) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 3
+    for child in running:
+        assert not psutil.pid_exists(child["pid"]) or psutil.Process(child["pid"]).create_time() != child["create_time"]
+    (tmp_path / "go").write_text("")
+    done = call_script("workflow.py", "run", str(plan), "--task", "term", "--json", home=home)
+    assert json.loads(done.stdout)["status"] == "completed", done.stdout + done.stderr
+    assert sorted(journal(tmp_path)) == ["a", "a-start", "a-start", "b", "b-start", "b-start"]

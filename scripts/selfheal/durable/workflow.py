@@ -16,6 +16,10 @@ engine runs both:
   task, and an optional notification is sent. Steps that were compensated run again on resume.
 - A task resumed more than `workflows.max_resumes_without_progress` times without a step completing
   is parked as dead-letter with an incident, instead of looping through cron forever.
+- A step may name the earlier steps it waits for (`after: [a, b]`; without it, the step before it). In
+  a plan where some step does, each step starts once those are done, up to `workflows.max_parallel` at
+  a time, each in a thread (saves serialized under one lock); a failure stops new starts, lets the
+  running steps finish, and compensation undoes the finished steps in the reverse order they finished.
 """
 
 from __future__ import annotations
