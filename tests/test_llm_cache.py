@@ -172,6 +172,7 @@ def test_an_unreadable_entry_is_a_miss(cached: Callable[..., Config], server: Fa
     path.write_text("{torn")
     assert complete("Summarise the night.", config=config, clock=clock).cached is False
     assert server.requests("primary") == 2
+    assert [p.name for p in (home / "model-cache").iterdir()] == [path.name]  # the torn one is gone, not kept
     assert StateRoot(home).model_cache_file(path.stem) == path
 
 

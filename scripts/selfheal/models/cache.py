@@ -24,7 +24,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..core.config import ModelCache, ModelEndpoint
-from ..errors import StateError
+from ..errors import CorruptStateError, StateError
 from ..state import layout
 from ..state.redact import active as redactor
 from ..state.root import StateRoot, ensure_dir, file_lock, open_dir, read_json, unlink, write_json
@@ -90,8 +90,13 @@ class AnswerCache:
         path = self.state.model_cache_file(key)
         try:
             raw = read_json(path)
+        except CorruptStateError as exc:  # moved aside by read_json; a cache entry is not worth keeping
+            if exc.quarantined_to is not None:
+                with contextlib.suppress(OSError, StateError):
+                    unlink(exc.quarantined_to)
+            return None
         except (StateError, OSError):
-            return None  # unreadable: read_json moved it aside; a cache miss is always safe
+            return None  # a cache miss is always safe
         if raw is None:
             return None
         answer = _answer_of(raw)
