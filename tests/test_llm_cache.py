@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from conftest import call_script
+from conftest import ROOT, call_script
 from selfheal.core.config import Config, load_config
 from selfheal.models.llm import ModelCallFailed, complete
+from selfheal.models.output import schema_problems
 from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock, FakeModelServer, Fault
 
@@ -71,6 +72,8 @@ def test_a_second_identical_call_sends_no_request_and_says_so(
     assert (second.content, second.endpoint, second.model) == (first.content, "primary", first.model)
     hits = [e for e in ledger(home) if e["event"] == "cache_hit"]
     assert len(hits) == 1 and hits[0]["task"] == "nightly" and hits[0]["target"] == "primary"
+    schema = json.loads((ROOT / "status" / "ledger-event.schema.json").read_text())
+    assert all(schema_problems(event, schema) == [] for event in ledger(home))
     (path,) = cache_files(home)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
