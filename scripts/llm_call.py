@@ -12,6 +12,9 @@ it came from, and calls nothing.
 Exit codes: 0 answered; 2 usage or configuration error (bad flag, schema file, empty chain, missing key
 variable, none of OpenClaw's models usable); 3 failed (every endpoint failed, deadline, content
 refused); 4 not attempted (every endpoint's breaker is open, GPU memory short).
+
+With models.cache set in config.yaml (off by default), an identical request within its ttl_s is answered
+from the cache without a request (`cached: true` in --json); --no-cache asks the model anyway.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def _describe(result: Completion) -> str:
     if not result.fallback_used and tries > 1:
         via = f" (after {tries - 1} retried attempt(s))"
     tokens = f", {result.usage['total_tokens']} tokens" if result.usage and "total_tokens" in result.usage else ""
+    if result.cached:
+        return f"answered from models.cache ({result.endpoint}, {result.model}): no request sent"
     return f"answered by {result.endpoint} ({result.model}){via} in {result.duration_s:.1f}s{tokens}"
 
 
@@ -97,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--timeout", type=cli.seconds, metavar="S", help="deadline for the whole call (default models.deadline_s)"
     )
     parser.add_argument("--task", help="task id, recorded with every attempt in the ledger")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="ask the model even when models.cache holds an answer (and store none)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object: the answer and every attempt")
     parser.add_argument(
         "--show-chain", action="store_true", help="print the chain and where each entry came from; call nothing"
@@ -141,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_restart=restart if args.stream else None,
             task=args.task,
             deadline_s=args.timeout,
+            cache=not args.no_cache,
         )
     except (ModelCallFailed, NoEndpointAvailable) as exc:
         if args.json:

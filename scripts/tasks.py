@@ -241,14 +241,18 @@ def _run_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
         load_plan(plan)  # a plan that cannot run is refused now, with the step and key, not at 3 a.m.
         spec = {"kind": "plan", "plan": str(plan)}
     else:
-        if any(v is not None for v in (args.cwd, args.timeout, args.max_attempts, args.target)):
-            parser.error("--cwd, --timeout, --max-attempts and --target need something to run")
+        if any(v is not None for v in (args.cwd, args.timeout, args.max_attempts, args.target, args.evidence_glob)):
+            parser.error("--cwd, --timeout, --max-attempts, --target and --evidence-glob need something to run")
         return None
     cwd = Path(args.cwd).resolve() if args.cwd else Path.cwd() if spec["kind"] != "plan" else None
     if cwd is not None and not cwd.is_dir():
         parser.error(f"--cwd {args.cwd!r} is not a folder")
     spec.update(cwd=str(cwd) if cwd else None, timeout_s=args.timeout, max_attempts=args.max_attempts)
     spec["target"] = args.target
+    if args.evidence_glob:
+        if not all(p.strip() and "\0" not in p for p in args.evidence_glob):
+            parser.error("--evidence-glob needs a file pattern, e.g. 'shots/*.png'")
+        spec["evidence"] = list(args.evidence_glob)
     return spec
 
 
@@ -322,6 +326,8 @@ def _describe_run(run: RunSpec | None) -> str | None:
         return f"workflow {run.plan}"
     text = shlex.join(run.argv or ()) if run.kind == "argv" else f"sh -c {shlex.quote(str(run.shell))}"
     extras = [f"{k}={getattr(run, k)}" for k in ("cwd", "timeout_s", "max_attempts", "target") if getattr(run, k)]
+    if run.evidence:
+        extras.append(f"evidence={','.join(run.evidence)}")
     return text + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -351,6 +357,12 @@ def build_parser() -> cli.ArgumentParser:
     add.add_argument("--timeout", type=cli.seconds, metavar="S", help="seconds per attempt")
     add.add_argument("--max-attempts", type=int, metavar="N", help="attempts for retryable failures per run")
     add.add_argument("--target", help="what the command talks to: its circuit breaker guards each attempt")
+    add.add_argument(
+        "--evidence-glob",
+        action="append",
+        metavar="PATTERN",
+        help="files the command leaves that its fix record lists as evidence (e.g. 'shots/*.png'; repeatable)",
+    )
 
     lst = command("list", "every task, in run order")
     lst.add_argument("--state", type=str.upper, metavar="EXEC_STATE", help="only tasks in this exec state")

@@ -280,7 +280,17 @@ def test_the_main_job_runs_and_every_scenario_behaves(home: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "bench",
-    ["overhead.py", "ledger.py", "checkpoint.py", "tasks.py", "health.py", "logscan.py", "fleet.py", "steps.py"],
+    [
+        "overhead.py",
+        "ledger.py",
+        "checkpoint.py",
+        "tasks.py",
+        "health.py",
+        "logscan.py",
+        "fleet.py",
+        "steps.py",
+        "parallel.py",
+    ],
 )
 def test_benchmarks_run_and_their_own_checks_pass(bench: str) -> None:
     """Each benchmark runs in its quick mode and its correctness checks (attempt counts, no lost event) hold;
@@ -304,7 +314,7 @@ def test_benchmarks_run_and_their_own_checks_pass(bench: str) -> None:
     assert result["machine"]["cores"]
     if bench == "ledger.py":  # its speed target is the benchmark's report, never a test's verdict (noisy machines)
         assert result["nothing_lost"]
-    elif bench in ("checkpoint.py", "tasks.py", "health.py", "logscan.py", "fleet.py", "steps.py"):
+    elif bench in ("checkpoint.py", "tasks.py", "health.py", "logscan.py", "fleet.py", "steps.py", "parallel.py"):
         assert result["correct"]
     else:
         assert all(r["attempts"] in (None, 3 * r["calls"]) for r in result["results"])

@@ -193,6 +193,8 @@ class WorkflowSettings:
     output_tail_chars: int = field(metadata=_meta(lo=0, hi=10_000_000))
     notify: tuple[str, ...]
     notify_timeout_s: float = field(metadata=_meta(gt=0, hi=3600))
+    # A plan whose steps say `after:` runs this many of its ready steps at once (each a thread).
+    max_parallel: int = field(metadata=_meta(lo=1, hi=256))
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,14 @@ class ModelEndpoint:
 
 
 @dataclass(frozen=True)
+class ModelCache:
+    """models.cache: keep checked answers this long, at most this many (the oldest go first)."""
+
+    ttl_s: float = field(default=3600.0, metadata=_meta(gt=0, hi=365 * 86400))
+    max_entries: int = field(default=1000, metadata=_meta(lo=1, hi=1_000_000))
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     read_timeout_base_s: float = field(metadata=_meta(gt=0, hi=86400))
     timeout_per_1k_tokens_s: float = field(metadata=_meta(lo=0, hi=3600))
@@ -371,6 +381,8 @@ class ModelSettings:
     max_answer_chars: int = field(metadata=_meta(lo=0))
     rules_fallback: tuple[str, ...]
     chain: tuple[ModelEndpoint, ...]
+    # Off (None) unless set: a model's answer is usually wanted fresh (the state it reads has changed).
+    cache: ModelCache | None = None
 
 
 @dataclass(frozen=True)
@@ -455,6 +467,9 @@ class FixSettings:
     model_deadline_s: float = field(metadata=_meta(gt=0, hi=3600))
     min_confidence: float = field(metadata=_meta(lo=0, hi=1))
     evidence_lines: int = field(metadata=_meta(lo=1, hi=10_000))
+    # A file a task names as evidence (its run spec's `evidence` patterns) is copied under the fix's folder
+    # only up to this size (0: never copied; listed with its size and SHA-256 either way).
+    evidence_copy_max_bytes: int = field(metadata=_meta(lo=0, hi=1 << 30))
     target_keywords: tuple[TargetKeyword, ...]
     extra_rules: tuple[FixRule, ...]
     rules: tuple[FixRule, ...]

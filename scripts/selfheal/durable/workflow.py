@@ -16,6 +16,10 @@ engine runs both:
   task, and an optional notification is sent. Steps that were compensated run again on resume.
 - A task resumed more than `workflows.max_resumes_without_progress` times without a step completing
   is parked as dead-letter with an incident, instead of looping through cron forever.
+- A step may name the earlier steps it waits for (`after: [a, b]`; without it, the step before it). In
+  a plan where some step does, each step starts once those are done, up to `workflows.max_parallel` at
+  a time, each in a thread (saves serialized under one lock); a failure stops new starts, lets the
+  running steps finish, and compensation undoes the finished steps in the reverse order they finished.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import os
 import re
 import shlex
 import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +133,10 @@ class Step:
     # What the step talks to: each attempt passes that target's circuit breaker, shared with every other
     # process (the second document's engine: a breaker per step). Open: the run pauses, exit 4.
     target: str | None = None
+    # The earlier steps this one waits for (`after: [a, b]`); None: the step just before it, as always.
+    # A plan where any step says `after` runs each step once its own are done, several at once
+    # (workflows.max_parallel); `after: []` starts at once.
+    after: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,21 @@ class Plan:
     path: Path | None = None
     digest: str | None = None
     notify: tuple[str, ...] | None = None
+
+    @property
+    def parallel(self) -> bool:
+        """Some step names what it waits for: steps whose waits are over run at the same time."""
+        return any(s.after is not None for s in self.steps)
+
+    def waits_for(self) -> dict[str, tuple[str, ...]]:
+        """Each step's dependencies: its `after` (or the step before it) and the steps it reads from."""
+        waits: dict[str, tuple[str, ...]] = {}
+        previous: tuple[str, ...] = ()
+        for step in self.steps:
+            own = step.after if step.after is not None else previous
+            waits[step.name] = tuple(dict.fromkeys([*own, *(source for source, _ in step.inputs)]))
+            previous = (step.name,)
+        return waits
 
 
 @dataclass
@@ -167,6 +192,7 @@ _STEP_KEYS = {
     "fallback",
     "fallback_shell",
     "target",
+    "after",
 }
 
 
@@ -270,6 +296,7 @@ def load_plan(path: Path) -> Plan:
         inputs = _inputs(
             raw.get("inputs") or [], where=where, label=label, positions=positions, earlier=steps, fail=fail
         )
+        after = _after(raw.get("after"), where=where, label=label, positions=positions, mine=i, fail=fail)
         target = raw.get("target")
         if target is not None and (
             not isinstance(target, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", target)
@@ -301,6 +328,7 @@ def load_plan(path: Path) -> Plan:
                 env={k: str(v) for k, v in env.items()},
                 fallback=fallback,
                 target=target,
+                after=after,
             )
         )
     plan_name = data.get("name") or path.stem
@@ -347,6 +375,37 @@ def _command(
         if "\0" in item:
             raise fail(f"{where}.{argv_key}[{j}]", f"{label}: holds a NUL character, which no command can be given")
     return Command(argv=tuple(argv))
+
+
+def _after(
+    raw: object,
+    *,
+    where: str,
+    label: str,
+    positions: Mapping[str, int],
+    mine: int,
+    fail: Callable[..., PlanError],
+) -> tuple[str, ...] | None:
+    """`after: [a, b]`: earlier steps this one waits for (a list, so the plan stays a list read top down)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise fail(f"{where}.after", f"{label}: must be a list of earlier steps' names, e.g. [fetch, parse]", raw)
+    names: list[str] = []
+    for j, name in enumerate(raw):
+        key = f"{where}.after[{j}]"
+        if not isinstance(name, str) or name not in positions:
+            raise fail(key, f"{label}: no step named {name!r}", name)
+        if positions[name] >= mine:
+            raise fail(
+                key,
+                f"{label}: a cycle: {name!r} is not an earlier step (list a step after the ones it waits for)",
+                name,
+            )
+        if name in names:
+            raise fail(key, f"{label}: {name!r} is listed twice", name)
+        names.append(name)
+    return tuple(names)
 
 
 def _inputs(
@@ -501,6 +560,9 @@ class WorkflowRunner:
         self.resume_command = resume_command or self._default_resume_command()
         self.data = self._fresh()
         self._done_outputs: dict[str, dict[str, Any]] | None = None
+        # Steps of a parallel plan run in threads: the checkpoint (its journal) and the outputs are changed
+        # under this lock, so saves are written one at a time and each sees whole records.
+        self._lock = threading.RLock()
 
     def _default_resume_command(self) -> str:
         if self.plan.path is None:
@@ -524,15 +586,17 @@ class WorkflowRunner:
     def _save(self, *steps: str) -> None:
         """Durably. `steps`: saving after a change to these steps only (and the task's own fields), which
         costs the size of the change; with none named, the whole checkpoint is written."""
-        self.data.updated = _now_iso(self.clock)
-        if not steps:
-            self._done_outputs = None  # anything may have changed
-        self.checkpoints.save(self.task, self.data, steps if steps else None)
+        with self._lock:
+            self.data.updated = _now_iso(self.clock)
+            if not steps:
+                self._done_outputs = None  # anything may have changed
+            self.checkpoints.save(self.task, self.data, steps if steps else None)
 
     def _save_task(self) -> None:
         """Durably, after a change to the task's own fields only (status, counters), not to any step."""
-        self.data.updated = _now_iso(self.clock)
-        self.checkpoints.save(self.task, self.data, ())
+        with self._lock:
+            self.data.updated = _now_iso(self.clock)
+            self.checkpoints.save(self.task, self.data, ())
 
     def _step(self, name: str) -> StepRecord:
         return self.data.steps[name]
@@ -540,10 +604,11 @@ class WorkflowRunner:
     def _outputs(self) -> dict[str, dict[str, Any]]:
         """The outputs of the steps done so far (a copy; kept up to date as steps finish, so a step of a
         10,000-step plan does not walk every step to find them)."""
-        if self._done_outputs is None:
-            steps = self.data.steps
-            self._done_outputs = {n: steps[n].outputs for n in self.data.order if steps[n].state == DONE}
-        return dict(self._done_outputs)
+        with self._lock:
+            if self._done_outputs is None:
+                steps = self.data.steps
+                self._done_outputs = {n: steps[n].outputs for n in self.data.order if steps[n].state == DONE}
+            return dict(self._done_outputs)
 
     # -- run --------------------------------------------------------------------------------------------
 
@@ -594,6 +659,8 @@ class WorkflowRunner:
         self.data.status = TASK_RUNNING
         self._recover_in_flight()
         self._save()
+        if self.plan.parallel:
+            return self._run_parallel(resumed)
         total = len(self.plan.steps)
         for index, step in enumerate(self.plan.steps, 1):
             record = self._step(step.name)
@@ -620,6 +687,89 @@ class WorkflowRunner:
                 self.progress(Progress("failed", index, total, step.name, exc.reason, self.clock.monotonic() - started))
                 return self._fail(step, exc, resumed)
             self.progress(Progress("done", index, total, step.name, elapsed_s=record.duration_s))
+        self.data.status = TASK_COMPLETED
+        self.data.resumes_without_progress = 0
+        self._save_task()
+        return self._result(TASK_COMPLETED, resumed, f"completed all {total} steps")
+
+    def _run_parallel(self, resumed: bool) -> WorkflowResult:
+        """A plan whose steps say what they wait for: each step starts once those are done, up to
+        workflows.max_parallel at a time, each in a thread of its own (a command step's process is its
+        own). A step that fails for good stops new steps from starting; the running ones finish (a stop
+        signal reaches their processes through the run's stop flag), then every step that finished is
+        compensated, last finished first. A crash leaves the running ones marked running: the next run
+        stops what they left behind and runs only those again."""
+        waits = self.plan.waits_for()
+        total = len(self.plan.steps)
+        index = {s.name: i for i, s in enumerate(self.plan.steps, 1)}
+        pending: list[Step] = []
+        # Steps done and saved: a step's record says done a moment before its thread has saved it and
+        # published its outputs, so what waits for it goes by this set, filled as each thread ends.
+        finished: set[str] = set()
+        for step in self.plan.steps:
+            if self._step(step.name).state == DONE:
+                finished.add(step.name)
+                self.progress(Progress("skip", index[step.name], total, step.name, "done earlier"))
+            else:
+                pending.append(step)
+        running: dict[Future[None], tuple[Step, float]] = {}
+        failed: tuple[Step, _StepFailed] | None = None
+        halted: tuple[str, str] | None = None  # (status, message): interrupted, or a breaker open
+        crashed: BaseException | None = None  # anything else (the checkpoint cannot be written): raised
+        limit = self.config.workflows.max_parallel
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"selfheal-{self.task[:20]}") as pool:
+            while True:
+                if failed is None and halted is None and crashed is None:
+                    for step in list(pending):
+                        if len(running) >= limit:
+                            break
+                        if all(d in finished for d in waits[step.name]):
+                            pending.remove(step)
+                            self.progress(Progress("start", index[step.name], total, step.name))
+                            future = pool.submit(self._run_step, step, self._step(step.name))
+                            running[future] = (step, self.clock.monotonic())
+                if not running:
+                    break
+                try:
+                    ended, _ = wait(running, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:  # no stop flag installed (the Python API): ask the steps to stop
+                    if self.stop is not None:
+                        self.stop.set(int(signal.SIGINT))
+                    halted = halted or (TASK_INTERRUPTED, "interrupted")
+                    continue
+                for future in ended:
+                    step, started = running.pop(future)
+                    record = self._step(step.name)
+                    where = (index[step.name], total, step.name)
+                    exc = future.exception()
+                    if exc is None:
+                        finished.add(step.name)
+                        self.progress(Progress("done", *where, elapsed_s=record.duration_s))
+                    elif isinstance(exc, (Interrupted, KeyboardInterrupt)):
+                        record.state = PENDING  # it did not finish; it runs again next time
+                        self._save(step.name)
+                        self.progress(Progress("failed", *where, str(exc), self.clock.monotonic() - started))
+                        why = str(exc) or "interrupted"
+                        halted = halted or (TASK_INTERRUPTED, f"{why} during step {step.name!r}; run again to resume")
+                    elif isinstance(exc, _Paused):
+                        record.state = PENDING
+                        self._save(step.name)
+                        self.progress(Progress("failed", *where, str(exc)))
+                        halted = halted or ("not_attempted", f"step {step.name!r} not attempted: {exc}; try later")
+                    elif isinstance(exc, _StepFailed):
+                        self.progress(Progress("failed", *where, exc.reason, self.clock.monotonic() - started))
+                        failed = failed or (step, exc)
+                    else:
+                        crashed = crashed or exc
+        if crashed is not None:
+            raise crashed
+        if failed is not None:
+            return self._fail(failed[0], failed[1], resumed)
+        if halted is not None:
+            if halted[0] == TASK_INTERRUPTED:
+                self.data.status = TASK_INTERRUPTED
+                self._save_task()
+            return self._result(halted[0], resumed, halted[1])
         self.data.status = TASK_COMPLETED
         self.data.resumes_without_progress = 0
         self._save_task()
@@ -693,6 +843,7 @@ class WorkflowRunner:
             if step.complete_if_outputs_exist and all(self._path(step, f).exists() for f in step.output_files):
                 record.state, record.outputs = DONE, self._collect_outputs(step, "")
                 record.reason = "found complete on resume"
+                self._sequence(record)
                 continue
             record.state = PENDING
 
@@ -743,18 +894,27 @@ class WorkflowRunner:
         missing = [f for f in step.output_files if not self._path(step, f).exists()]
         if missing:
             record.state = FAILED
+            self._sequence(record)  # it ran: undone in the order it finished
             raise _StepFailed("permanent", f"step succeeded but did not produce {', '.join(missing)}")
         if isinstance(step.run, Command):
             record.outputs = self._collect_outputs(step, stdout_tail)
         self._finish(record, started)
-        if self._done_outputs is not None:
-            self._done_outputs[step.name] = record.outputs
-        self._save(step.name)
+        with self._lock:
+            if self._done_outputs is not None:
+                self._done_outputs[step.name] = record.outputs
+            self._save(step.name)
 
     def _finish(self, record: StepRecord, started: float) -> None:
         """The step is done; `started` is the monotonic time it started."""
         record.state, record.ended = DONE, _now_iso(self.clock)
         record.duration_s = round(self.clock.monotonic() - started, 3)
+        self._sequence(record)
+
+    def _sequence(self, record: StepRecord) -> None:
+        """In a parallel plan, number the step among those finished: compensation goes by these, last first."""
+        if self.plan.parallel:
+            with self._lock:
+                record.done_seq = 1 + max((r.done_seq or 0 for r in self.data.steps.values()), default=0)
 
     def _run_fallback(self, step: Step, record: StepRecord, failure: _StepFailed) -> None:
         """The step failed for good: run its fallback; its result becomes the step's, marked as a fallback
@@ -813,8 +973,9 @@ class WorkflowRunner:
             SELFHEAL_TASK=self.task,
             SELFHEAL_STEP=step.name,
             SELFHEAL_IDEMPOTENCY_KEY=f"{self.task}/{step.name}",
-            SELFHEAL_OUTPUTS_FILE=str(self.checkpoints.save_outputs(self.task, outputs)),
         )
+        with self._lock:  # steps starting at once write the one outputs file in turn
+            env["SELFHEAL_OUTPUTS_FILE"] = str(self.checkpoints.save_outputs(self.task, outputs))
         for source, output in step.inputs:
             value = outputs.get(source, {}).get(output)
             if output == "files" and isinstance(value, list):
@@ -958,6 +1119,8 @@ class WorkflowRunner:
         compensated: list[str] = []
         failures: list[dict[str, Any]] = []
         done_steps = [s for s in self.plan.steps if s.compensate is not None and self._step(s.name).undo_due]
+        if self.plan.parallel:  # steps that ran at once are undone in the reverse order they finished in
+            done_steps.sort(key=lambda s: self._step(s.name).done_seq or 0)
         total = len(done_steps)
         if total:
             # One event per compensation triggered (the report's compensation rate), then one per step.
@@ -1207,6 +1370,7 @@ class Workflow:
         retries: int | None = None,
         fallback: StepFunction | None = None,
         target: str | None = None,
+        after: Sequence[str] | None = None,
     ) -> Any:
         if retries is not None:
             if max_attempts is not None:
@@ -1221,6 +1385,13 @@ class Workflow:
             step_name = validate_id(name or func.__name__, "step")
             if any(s.name == step_name for s in self._steps):
                 raise UsageError(f"workflow {self.name!r} already has a step named {step_name!r}")
+            known = {s.name for s in self._steps}
+            waits = tuple(after) if after is not None else None
+            for other in waits or ():
+                if other not in known:
+                    raise UsageError(
+                        f"step {step_name!r}: after={other!r} is not an earlier step of workflow {self.name!r}"
+                    )
             self._steps.append(
                 Step(
                     step_name,
@@ -1229,6 +1400,7 @@ class Workflow:
                     max_attempts=max_attempts,
                     fallback=fallback,
                     target=target,
+                    after=waits,
                 )
             )
             return func

@@ -61,6 +61,7 @@ from ..tasks.analysis import hint_for
 from ..tasks.run import TaskRunner, tail_lines
 from ..tasks.tree import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
 from ..tasks.tree import VOID as TASK_VOID
+from .evidence_files import find_files, keep_files
 
 EXCERPT_CHARS = 4000
 # A line of a task's log longer than this is left out of the evidence (it is never read whole).
@@ -151,6 +152,7 @@ class Evidence:
     task_record: dict[str, Any] | None = None
     command: list[str] | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)  # files the task named as evidence (found, not read)
 
     def signature(self) -> str:
         return f"{self.kind}:{self.error_class or 'unknown'}:{normalize(self.error)}"
@@ -319,6 +321,7 @@ def gather_task(task: str, *, state: StateRoot, config: Config) -> Evidence:
         task_record=brief,
         command=command,
         detail={"error_text": error} if error.count("\n") else {},
+        files=_named_files(run),
     )
 
 
@@ -327,6 +330,7 @@ def evidence_from_run(
 ) -> Evidence:
     """Evidence of a run that just failed, before its record says so (what run-next knows at that moment)."""
     command = task.run.process_argv() if task.run is not None and task.run.kind == "argv" else None
+    files = _named_files(task.run.to_json() if task.run is not None else None)
     return Evidence(
         task=task.name,
         kind="task",
@@ -339,7 +343,18 @@ def evidence_from_run(
         command=command,
         task_record={"exec_state": task.exec_state, "retry_count": task.retry_count + 1, "type": task.type},
         detail={"error_text": error} if error.count("\n") else {},
+        files=files,
     )
+
+
+def _named_files(run: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The files a task's run spec names as evidence (`evidence` patterns, relative to its cwd or plan)."""
+    patterns = (run or {}).get("evidence")
+    if not run or not isinstance(patterns, list) or not patterns:
+        return []
+    plan = run.get("plan") if run.get("kind") == "plan" else None
+    cwd = run.get("cwd") or (str(Path(str(plan)).parent) if plan else os.getcwd())
+    return find_files([str(p) for p in patterns], str(cwd))
 
 
 def _first_line_with_detail(error: str) -> str:
@@ -842,6 +857,10 @@ class Healer:
             "file": evidence.file,
             "failures": evidence.failures,
         }
+        if evidence.files:  # the files the task named: listed; the small ones copied under fixes/<id>.evidence/
+            record.evidence["files"] = keep_files(
+                self.state, record.id, evidence.files, self.config.fixes.evidence_copy_max_bytes
+            )
         record.target_module = module or record.target_module
         if answer.data is not None:
             self._from_model(record, answer, evidence, module)

@@ -47,6 +47,7 @@ from ..core.retrying import Budget, Decision
 from ..errors import ConfigError, NotAttempted, SelfHealError
 from ..state.root import StateRoot, validate_id
 from . import gpu, openclaw_chain
+from .cache import AnswerCache, CachedAnswer, cache_key
 from .output import OutputProblem, check_answer
 from .prompts import render
 
@@ -104,6 +105,7 @@ class Completion:
     # Seconds from the call's start to the first text of this answer (streamed), or to the whole answer.
     ttft_s: float | None = None
     by_rules: bool = False  # answered by models.rules_fallback (a command), not by a model
+    cached: bool = False  # from models.cache: no request was sent (usage is the original answer's)
 
     @property
     def discarded_chars(self) -> int:
@@ -124,6 +126,7 @@ class Completion:
             "discarded_chars": self.discarded_chars,
             "attempts": [a.to_dict() for a in self.attempts],
             "by_rules": self.by_rules,
+            "cached": self.cached,
         }
 
 
@@ -342,8 +345,10 @@ class _ChainCall:
         on_discard: Callable[[int, str], None] | None = None,
         offload: bool,
         shared_clients: dict[tuple[str, str], openai.AsyncOpenAI] | None = None,
+        cache: AnswerCache | None = None,
     ) -> None:
         self.request = request
+        self.cache = cache
         self.offload = offload
         self.config = config
         self.models = config.models
@@ -446,6 +451,9 @@ class _ChainCall:
                 if self.remaining() <= 0:
                     break
                 final = index == len(chain) - 1
+                hit = await self._cached(entry, fallback=index > 0)
+                if hit is not None:
+                    return hit
                 outcome = await self._endpoint(entry, last=final, avoid_ejected=not final)
                 if isinstance(outcome, Completion):
                     outcome.fallback_used = entry.name != chain[0].name
@@ -476,6 +484,60 @@ class _ChainCall:
         else:
             message = f"every endpoint failed; last: {last.endpoint} ({last.error_class}): {last.reason}"
         raise ModelCallFailed(message, self.attempts, error_class=last.error_class)
+
+    def _key(self, entry: ModelEndpoint) -> str:
+        request = self.request  # the caller's request: a simplified retry's answer stands for it
+        return cache_key(
+            entry,
+            request.messages,
+            json_output=request.json_output,
+            schema=request.schema,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+        )
+
+    async def _cached(self, entry: ModelEndpoint, *, fallback: bool) -> Completion | None:
+        """The entry's cached answer to this request (models.cache), recorded as `cache_hit`; None: ask it."""
+        if self.cache is None:
+            return None
+        hit = await self.io(self.cache.get, self._key(entry))
+        if hit is None:
+            return None
+        age = max(self.clock.time() - hit.created, 0.0)
+        if self.record:
+            await self.io(
+                self.ledger.record,
+                "cache_hit",
+                task=self.task,
+                target=entry.name,
+                model=hit.model,
+                status="cached",
+                reason=f"answer stored {age:.0f}s ago (models.cache.ttl_s {self.cache.settings.ttl_s:g})",
+            )
+        return Completion(
+            content=hit.content,
+            data=hit.data,
+            endpoint=entry.name,
+            model=hit.model,
+            fallback_used=fallback,
+            finish_reason=hit.finish_reason,
+            usage=hit.usage,
+            duration_s=self.clock.monotonic() - self.started,
+            attempts=self.attempts,
+            cached=True,
+        )
+
+    async def _store(self, entry: ModelEndpoint, answer: _Answer, data: dict[str, Any] | None) -> None:
+        """Keep a checked answer (never a stream's); a cache that cannot be written is only logged."""
+        if self.cache is None or self.request.stream:
+            return
+        stored = CachedAnswer(
+            answer.content, data, answer.model or entry.model, answer.finish_reason, answer.usage, self.clock.time()
+        )
+        try:
+            await self.io(self.cache.put, self._key(entry), stored)
+        except (OSError, SelfHealError) as exc:
+            log.warning("models.cache: could not store the answer: %s", exc)
 
     def _skipped(self, entry: ModelEndpoint, reason: str, error_class: str | None = None) -> ModelAttempt:
         return ModelAttempt(entry.name, entry.model, 0, "skipped", error_class=error_class, reason=reason)
@@ -576,6 +638,7 @@ class _ChainCall:
                         simplified=request is not self.request,
                     )
                     await self.note(done, "success", status="succeeded")
+                    await self._store(entry, answer, data)
                     return Completion(
                         content=answer.content,
                         data=data,
@@ -968,6 +1031,7 @@ async def acomplete(
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
     record: bool = True,
+    cache: bool = True,
     _offload: bool = True,
     _shared_clients: dict[tuple[str, str], openai.AsyncOpenAI] | None = None,
     _on_discard: Callable[[int, str], None] | None = None,
@@ -980,6 +1044,7 @@ async def acomplete(
     then `on_restart(reason)` is called (before any text of the next attempt) and everything on_text
     got since the previous restart must be dropped. astream() says the same as events.
     deadline_s: the whole call (default models.deadline_s). task: recorded with every attempt.
+    cache: use models.cache when it is configured (off by default; never for a stream); False: ask anew.
     """
     config = chain_config(config or get_config())
     check_chain(config)
@@ -1001,10 +1066,13 @@ async def acomplete(
         temperature,
         stream,
     )
+    root = state or StateRoot.from_env()
+    settings = config.models.cache
+    answers = AnswerCache(root, settings, clock) if cache and settings is not None and not stream else None
     call = _ChainCall(
         request,
         config=config,
-        state=(state or StateRoot.from_env()),
+        state=root,
         clock=clock,
         rng=rng,
         task=task,
@@ -1015,6 +1083,7 @@ async def acomplete(
         offload=_offload,
         shared_clients=_shared_clients,
         on_discard=_on_discard,
+        cache=answers,
     )
     try:
         return await call.run()

@@ -3,7 +3,7 @@ own fields (`Checkpoint`) and one `StepRecord` per step. How it is saved (two sl
 durable/checkpoint.py's; what the states mean and how a task moves between them, durable/workflow.py's.
 
 Keys a newer version wrote are kept (`extra`) and written back. The step keys `ran`, `compensated`,
-`fallback` and `converted` are written only once they have a value, as before.
+`fallback`, `converted` and `done_seq` are written only once they have a value, as before.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class StepRecord:
     compensated: bool | None = None  # a failed step that ran was undone
     fallback: bool | None = None  # its result came from its fallback
     converted: list[str] | None = None  # outputs JSON could not hold, kept as text
+    # A plan that runs steps at once: when this one finished among them (1, 2, ...), so compensation can
+    # undo them in the reverse order of their completion. Sequential plans never write it.
+    done_seq: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -100,7 +103,7 @@ class StepRecord:
         return self.state == FAILED and bool(self.ran) and not self.compensated
 
 
-_SOMETIMES = ("ran", "compensated", "fallback", "converted")
+_SOMETIMES = ("ran", "compensated", "fallback", "converted", "done_seq")
 _STEP_FIELDS = frozenset(f.name for f in dataclasses.fields(StepRecord)) - {"extra"}
 _STEP_SPEC: Spec = (
     ("attempts", "count", 0),
@@ -116,6 +119,7 @@ _STEP_SPEC: Spec = (
     ("compensated", "flag?", None),
     ("fallback", "flag?", None),
     ("converted", "list?", None),
+    ("done_seq", "whole?", None),
 )
 
 

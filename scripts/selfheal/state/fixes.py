@@ -280,6 +280,14 @@ def render_markdown(record: FixRecord) -> str:
     if excerpt:
         fence = "````" if "```" in excerpt else "```"
         lines += ["## Evidence", "", fence, excerpt, fence, ""]
+    named = [f for f in record.evidence.get("files") or [] if isinstance(f, dict) and f.get("path")]
+    if named:
+        lines += ["## Evidence files", ""]
+        for item in named:
+            where = f", copy: {item['copied_to']}" if item.get("copied_to") else ""
+            note = f" ({item['note']})" if item.get("note") else ""
+            lines.append(f"- {item['path']}: {item.get('size')} bytes, sha256 {item.get('sha256')}{where}{note}")
+        lines.append("")
     if record.history:
         lines += ["## History", "", *[f"- {h['ts']} {h['what']}" for h in record.history[-20:]], ""]
     lines.append(

@@ -23,6 +23,7 @@ RUNS = "runs"
 LOCKS = "locks"
 FLEET = "fleet"
 OPENCLAW_CONFIGS = "openclaw-config"  # the gateway watchdog's last-known-good copies of openclaw.json
+MODEL_CACHE = "model-cache"  # models.cache: checked model answers, one file per request's hash (made when used)
 SUBDIRS = (LEDGER, LOGS, BREAKERS, CHECKPOINTS, TASKS, FIXES, INCIDENTS, SESSIONS, STATUS, RUNS, LOCKS)
 
 TASK_DB = "tasks.db"
@@ -35,7 +36,7 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 
 def folder(root: Path, name: str) -> Path:
     """One of the folders above (SUBDIRS, FLEET or OPENCLAW_CONFIGS)."""
-    if name not in (*SUBDIRS, FLEET, OPENCLAW_CONFIGS):
+    if name not in (*SUBDIRS, FLEET, OPENCLAW_CONFIGS, MODEL_CACHE):
         raise ValueError(f"not a state folder: {name!r}")
     return root / name
 
@@ -108,6 +109,10 @@ def session_file(root: Path, session_id: str) -> Path:
 
 def status_file(root: Path, name: str) -> Path:
     return root / STATUS / f"{name}.json"
+
+
+def model_cache_file(root: Path, key: str) -> Path:
+    return root / MODEL_CACHE / f"{key}.json"
 
 
 def fleet_spool(root: Path) -> Path:

@@ -1097,6 +1097,12 @@ class StateRoot:
     def status_file(self, name: str) -> Path:
         return layout.status_file(self.root, validate_id(name, "status"))
 
+    def model_cache_file(self, key: str) -> Path:
+        """A cached model answer; `key` is the request's hash (hex)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise ValueError(f"a model cache key is a SHA-256 in hex, got {key!r}")
+        return layout.model_cache_file(self.root, key)
+
     @property
     def fleet_spool(self) -> Path:
         return layout.fleet_spool(self.root)

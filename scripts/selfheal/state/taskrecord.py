@@ -112,7 +112,7 @@ class Task:
 
 RUN_KINDS = ("argv", "shell", "plan")
 # The run spec's keys, in the order they are written; the kind names which of argv, shell and plan is set.
-RUN_KEYS = ("kind", "argv", "shell", "plan", "cwd", "timeout_s", "max_attempts", "target")
+RUN_KEYS = ("kind", "argv", "shell", "plan", "cwd", "timeout_s", "max_attempts", "target", "evidence")
 _RUN_OPTIONS = ("cwd", "timeout_s", "max_attempts", "target")
 
 
@@ -133,6 +133,9 @@ class RunSpec:
     timeout_s: float | None = None
     max_attempts: int | None = None
     target: str | None = None
+    # Files the command leaves that tell what went wrong (screenshots, HTML dumps): glob patterns, relative to
+    # cwd (a plan's: its folder). A fix record lists the matches as evidence. Written only when set.
+    evidence: tuple[str, ...] | None = None
     # Which optional keys the record holds (null or not), so a record is written back in the shape it was read.
     written: tuple[str, ...] = _RUN_OPTIONS
     extra: dict[str, Any] = field(default_factory=dict)
@@ -183,6 +186,8 @@ class RunSpec:
             data[self.kind] = getattr(self, self.kind)
         for key in self.written:
             data[key] = getattr(self, key)
+        if self.evidence is not None:
+            data["evidence"] = list(self.evidence)
         data.update(self.extra)
         return data
 
@@ -200,6 +205,7 @@ class RunSpec:
             timeout_s=checked.get("timeout_s"),
             max_attempts=checked.get("max_attempts"),
             target=checked.get("target"),
+            evidence=tuple(checked["evidence"]) if checked.get("evidence") is not None else None,
             written=tuple(k for k in _RUN_OPTIONS if k in checked),
             extra={k: v for k, v in checked.items() if k not in RUN_KEYS},
         )
@@ -233,6 +239,13 @@ def check_run_spec(run: Any, where: str) -> dict[str, Any]:
     attempts = fields.whole("max_attempts", optional=True)
     if attempts is not None and attempts < 1:
         raise bad("max_attempts", "must be a whole number >= 1 or null")
+    evidence = run.get("evidence")
+    if evidence is not None and (
+        not isinstance(evidence, list)
+        or not evidence
+        or not all(type(p) is str and p.strip() and "\0" not in p for p in evidence)
+    ):
+        raise bad("evidence", 'must be a non-empty list of file patterns, e.g. ["shots/*.png"]')
     return dict(run)
 
 
