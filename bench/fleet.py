@@ -128,7 +128,7 @@ def claim_worker(mode: str, go: str, where: str, host: str) -> None:
             time.sleep(0.001)
         while True:
             n += 1
-            got = store.claim(None, runner, lambda name, _ts, n=n: f"{host}-{n}")
+            got = store.claim(None, runner, f"{host}-{n}")
             if got is None:
                 break
             names.append(got[0].name)

@@ -13,7 +13,8 @@ import itertools
 import json
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,22 +76,55 @@ def host_store(config: Config, host: str, root: Path, clock: FakeClock | None = 
 _runs = itertools.count(1)
 
 
-def run_id(name: str, ts: float) -> str:
-    return f"{name}-run{next(_runs)}"
+def run_tag() -> str:
+    """A claim's run tag (the run id is `<task>-<tag>`): a new one each time."""
+    return f"run{next(_runs)}"
 
 
 # -- the store on PostgreSQL -------------------------------------------------------------------------------
 
 
 def test_the_fleet_tree_lives_in_postgresql_and_no_tasks_db_is_written(store: TaskStore, fleet_url: str) -> None:
-    """Fleet mode: the tables are in the fleet's database (schema version 2), tasks.db is never created."""
+    """Fleet mode: the tables are in the fleet's database (schema version 3), tasks.db is never created."""
     with store.transaction() as tree:
         tree.add(Task(name="shared", run={"kind": "shell", "shell": "true"}))
     assert not store.db_path.exists()
     with psycopg.connect(fleet_url) as conn:
-        assert pg.schema_version(conn) == pg.SCHEMA_VERSION == 2
+        assert pg.schema_version(conn) == pg.SCHEMA_VERSION == 3
         assert conn.execute("SELECT task_name, exec_state FROM tasks").fetchall() == [("shared", NEW)]
     assert type(store.db).__name__ == "PgTaskDB"
+
+
+def test_a_fleet_tree_of_schema_version_2_gets_its_parent_gate_column_filled(
+    fleet_url: str, state: StateRoot, clock: FakeClock
+) -> None:
+    """Migration 3 on a database written by the version before: open_children counted for the trees already
+    there, and kept from then on by its triggers."""
+    with psycopg.connect(fleet_url, autocommit=True) as conn, conn.transaction():
+        conn.execute(
+            "CREATE TABLE selfheal_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version in (1, 2):
+            for statement in pg.MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO selfheal_schema (version) VALUES (%s)", (version,))
+        for name, parent, exec_state in (("p", None, NEW), ("a", "p", NEW), ("b", "p", END), ("a1", "a", PROCESSING)):
+            conn.execute(
+                "INSERT INTO tasks (task_name, task_type, priority, status, exec_state, parent_task_id, root_task_id,"
+                " task_level, created_ts, updated_ts, run_spec) VALUES (%s, 'regular', 'P1', 'pending', %s, %s, 'p',"
+                " 1, 1, 1, %s)",
+                (name, exec_state, parent, json.dumps({"kind": "argv", "argv": ["true"]})),
+            )
+    store = TaskStore(state, load_config(), clock)
+    assert store.claim(None, runner_identity(store.host), run_tag()) is None  # a waits on a1, p on a
+    with psycopg.connect(fleet_url) as conn:
+        assert pg.schema_version(conn) == 3
+        rows = conn.execute("SELECT task_name, open_children FROM tasks ORDER BY task_name").fetchall()
+    assert rows == [("a", 1), ("a1", 0), ("b", 0), ("p", 1)]
+    with store.transaction() as tree:
+        tree.transition("a1", END)
+    claimed, _ = store.claim(None, runner_identity(store.host), run_tag())  # type: ignore[misc]
+    assert claimed.name == "a"
 
 
 def test_a_claim_and_heartbeats_are_stamped_with_the_databases_clock(
@@ -103,7 +137,7 @@ def test_a_claim_and_heartbeats_are_stamped_with_the_databases_clock(
     with psycopg.connect(fleet_url) as conn:
         (db_now,) = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()  # type: ignore[misc]
     runner = runner_identity(store.host)
-    claimed, _ = store.claim(None, runner, run_id)  # type: ignore[misc]
+    claimed, _ = store.claim(None, runner, run_tag())  # type: ignore[misc]
     assert claimed.exec_state == PROCESSING and claimed.runner == runner and runner["host"] == store.host
     assert abs((claimed.started_ts or 0) - db_now) < 60 and abs((claimed.heartbeat_ts or 0) - db_now) < 60
     assert store.touch_running("t", runner, activity_ts=clock.time())
@@ -122,12 +156,12 @@ def test_a_lease_older_than_tasks_lease_s_is_taken_back_and_the_late_finish_is_r
     with a.transaction() as tree:
         tree.add(Task(name="job", run={"kind": "shell", "shell": "true"}))
     old_runner = runner_identity(a.host)
-    first, _ = a.claim(None, old_runner, run_id)  # type: ignore[misc]
-    assert b.claim(None, runner_identity(b.host), run_id) is None  # a's lease holds
+    first, _ = a.claim(None, old_runner, run_tag())  # type: ignore[misc]
+    assert b.claim(None, runner_identity(b.host), run_tag()) is None  # a's lease holds
     with psycopg.connect(fleet_url) as conn:  # a's last heartbeat, 61 s ago by the database's clock
         conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 61 WHERE task_name = 'job'")
     new_runner = runner_identity(b.host)
-    second, _ = b.claim(None, new_runner, run_id)  # type: ignore[misc]
+    second, _ = b.claim(None, new_runner, run_tag())  # type: ignore[misc]
     assert [(t.name, host) for t, host in b.taken_back] == [("job", "box-a")]
     assert second.name == "job" and second.execution_count == 2 and second.runner == new_runner
     assert second.run_id != first.run_id
@@ -182,11 +216,11 @@ def test_a_child_added_while_its_parent_is_claimed_never_leaves_a_claimed_parent
     runner = runner_identity("claimer")
     with adder.transaction() as tree:
         tree.add(Task(name="late-child", parent="p", run={"kind": "shell", "shell": "true"}))
-        claimed, _ = claimer.claim(None, runner, run_id)  # type: ignore[misc]
+        claimed, _ = claimer.claim(None, runner, run_tag())  # type: ignore[misc]
         assert claimed.name == "other"  # p is locked by the adder: skipped, not waited for
-    claimed, _ = claimer.claim(None, runner, run_id)  # type: ignore[misc]
+    claimed, _ = claimer.claim(None, runner, run_tag())  # type: ignore[misc]
     assert claimed.name == "late-child"  # the child first; p waits for it
-    assert claimer.claim(None, runner, run_id) is None
+    assert claimer.claim(None, runner, run_tag()) is None
 
     # The other way round: the claim's transaction holds p; the adder waits for it, then adds under it.
     with store.transaction() as tree:
@@ -203,9 +237,8 @@ def test_a_child_added_while_its_parent_is_claimed_never_leaves_a_claimed_parent
     thread = threading.Thread(target=add_child)
     thread.start()
     with claimer.db.lock, claimer.db.write():
-        picked = claimer.db.pick(None)
+        _, picked = claimer.db.claim(None, runner=runner, entry={}, tag="q-run", now=0.0)
         assert picked is not None and picked.name == "q"
-        claimer.db.mark_claimed("q", runner=runner, now=0.0, history=[], run_id="q-run")
         entered.set()
         thread.join(0.5)
         assert thread.is_alive()  # the adder waits on q's row lock
@@ -213,32 +246,48 @@ def test_a_child_added_while_its_parent_is_claimed_never_leaves_a_claimed_parent
     assert added == [PROCESSING]
 
 
-def test_the_parent_gate_is_checked_again_once_the_row_is_locked(store: TaskStore, fleet_url: str) -> None:
-    """A pick whose snapshot predates a child committed by another host (the window between the pick's
-    snapshot and its row lock, made wide here: the first pick answers from before the child) does not
-    claim the parent: the claim looks at the gate again, with a fresh statement, once it holds the row."""
+def test_a_child_committed_after_the_claim_began_shuts_the_parents_gate_at_its_row_lock(
+    store: TaskStore, fleet_url: str
+) -> None:
+    """The claim is one statement; its snapshot may predate a child that another host commits before the
+    statement locks the parent's row. Adding the child raised the parent's open_children (a trigger, in the
+    child's transaction), so the lock's recheck of the changed row (READ COMMITTED) finds the gate shut.
+    The window is made wide here: the adder holds p's row, its child added and not committed, and the claim
+    runs with a waiting FOR UPDATE instead of SKIP LOCKED, so it starts, waits on p, and looks at p again
+    once the adder commits. (SKIP LOCKED meets the very same recheck when the commit falls between the
+    statement's start and its lock.) A gate that read the children (NOT EXISTS) would see none here."""
     with store.transaction() as tree:
-        tree.add(Task(name="p", run={"kind": "shell", "shell": "true"}))
-    db = store.db
-    real = db.sweep_and_pick
-    stale: list[str] = []
+        tree.add(Task(name="p", priority="P0", run={"kind": "shell", "shell": "true"}))
+    adder = TaskStore(store.state, load_config(), FakeClock())
+    adder._db = pg.PgTaskDB(pg.Database(fleet_url, "adder"), busy_timeout_s=30).open()
+    waiting = pg.PgTaskDB(pg.Database(fleet_url, "claimer"), busy_timeout_s=30).open()
+    waiting.d = waiting.d._replace(claim_lock=" FOR UPDATE")
+    got: list[Any] = []
 
-    def stale_pick(types: Any, *, skip: Sequence[str] = (), lease_s: float | None, now: float) -> Any:
-        if stale:
-            return real(types, skip=skip, lease_s=lease_s, now=now)
-        stale.append("p")
-        with psycopg.connect(fleet_url, autocommit=True) as other:  # another host adds a child and commits
-            other.execute(
-                "INSERT INTO tasks (task_name, task_type, priority, status, exec_state, parent_task_id,"
-                " root_task_id, task_level, created_ts, updated_ts) VALUES ('c', 'regular', 'P1', 'pending',"
-                " 'NEW', 'p', 'p', 2, 1, 1)"
-            )
-        db.lock_row("p")  # what the pick's FOR UPDATE did, on the row it saw before the child
-        return [], db.get("p")
+    def claim() -> None:
+        with waiting.lock, waiting.write():
+            got.append(waiting.claim(None, runner=runner_identity("claimer"), entry={}, tag="w", now=0.0, commit=True))
 
-    db.sweep_and_pick = stale_pick  # type: ignore[method-assign]
-    assert store.claim(None, runner_identity(store.host), run_id) is None  # p refused; c has nothing to run
-    assert store.get("p").exec_state == NEW and stale == ["p"]
+    thread = threading.Thread(target=claim)
+    with adder.transaction() as tree, psycopg.connect(fleet_url, autocommit=True) as watch:
+        tree.add(Task(name="c", parent="p", run={"kind": "shell", "shell": "true"}))
+        tree.flush()  # the child's row and p's open_children written, p's row locked until the commit
+        thread.start()
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and not watch.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'self-heal@claimer'"
+                " AND wait_event_type = 'Lock'"
+            ).fetchone()
+        ):
+            pass
+        assert time.monotonic() < deadline, "the claim never waited on p's row"
+    thread.join(30)
+    assert got == [([], None)]  # p's gate shut at the lock; c came after the claim's snapshot
+    assert store.get("p").exec_state == NEW
+    claimed, _ = store.claim(None, runner_identity(store.host), run_tag())  # type: ignore[misc]
+    assert claimed.name == "c"
 
 
 # -- settings, outages, fleet status ------------------------------------------------------------------------
@@ -285,7 +334,7 @@ def test_the_health_check_reads_this_hosts_runs_from_the_shared_tree(
     a = host_store(load_config(), "box-a", tmp_path)
     with a.transaction() as tree:
         tree.add(Task(name="running", run={"kind": "shell", "shell": "true"}))
-    a.claim(None, {"pid": 2**22 + 7, "create_time": 1.0, "host": "box-a"}, run_id)  # a runner that is gone
+    a.claim(None, {"pid": 2**22 + 7, "create_time": 1.0, "host": "box-a"}, run_tag())  # a runner that is gone
     for host, status in (("box-b", "ok"), ("box-a", "warn")):
         env = script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID=host)
         proc = subprocess.run(
@@ -304,7 +353,7 @@ def test_a_store_whose_database_went_down_raises_fleet_tree_down_at_the_claim(
     monkeypatch.setattr(database, "url", database.url.replace("host=", "host=/nonexistent"))
     database.close()
     with pytest.raises(FleetTreeDown, match="claims no task"):
-        store.claim(None, runner_identity(store.host), run_id)
+        store.claim(None, runner_identity(store.host), run_tag())
 
 
 def test_fleet_status_lists_the_leases_held(fleet_url: str, home: Path, tmp_path: Path) -> None:
@@ -312,7 +361,7 @@ def test_fleet_status_lists_the_leases_held(fleet_url: str, home: Path, tmp_path
     a = host_store(load_config(), "box-a", tmp_path)
     with a.transaction() as tree:
         tree.add(Task(name="long-job", run={"kind": "shell", "shell": "true"}))
-    a.claim(None, runner_identity(a.host), run_id)
+    a.claim(None, runner_identity(a.host), run_tag())
     proc = subprocess.run(
         [PYTHON, str(SCRIPTS / "tasks.py"), "fleet", "status", "--json"],
         env=script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-b"),
@@ -343,7 +392,7 @@ def test_stuck_detection_looks_only_at_this_hosts_runs(fleet_url: str, tmp_path:
     b = host_store(config, "box-b", tmp_path, stuck_after_s=1.0)
     with a.transaction() as tree:
         tree.add(Task(name="quiet", run={"kind": "shell", "shell": "true"}))
-    a.claim(None, runner_identity(a.host), run_id)
+    a.claim(None, runner_identity(a.host), run_tag())
     later = a.clock.time() + 3600
     assert find_stuck(b, now=later) == []
     assert [f.task for f in find_stuck(a, now=later)] == ["quiet"]
@@ -358,7 +407,7 @@ def test_a_run_that_ends_while_the_database_is_down_records_its_outcome_once_it_
     with store.transaction() as tree:
         tree.add(Task(name="t", run={"kind": "shell", "shell": "true"}))
     runner = runner_identity(store.host)
-    claimed, _ = store.claim(None, runner, run_id)  # type: ignore[misc]
+    claimed, _ = store.claim(None, runner, run_tag())  # type: ignore[misc]
     database = store.db.database  # type: ignore[attr-defined]
     good = database.url
     database.url = good.replace("host=", "host=/nonexistent")
@@ -375,7 +424,7 @@ def test_a_run_that_ends_while_the_database_is_down_records_its_outcome_once_it_
                 conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 600 WHERE task_name = 't'")
             other = host_store(load_config(), "box-b", tmp_path)
             other._db = pg.PgTaskDB(pg.Database(fleet_url, "box-b"), busy_timeout_s=5).open()  # its own connection
-            assert other.claim(None, runner_identity("box-b"), run_id) is not None
+            assert other.claim(None, runner_identity("box-b"), run_tag()) is not None
 
     clock.sleep = database_back  # type: ignore[method-assign]
     result = TaskRunner(store)._run_claimed(claimed, runner, False, claimed.started_ts or 0.0)

@@ -12,7 +12,8 @@ Tables (schema version in selfheal_schema; migrations run in order, once, under 
                         (event_id, ts) is unique, so an event replayed from a host's spool lands once
     tasks, tasks_archive, main_logs, meta
                         the shared task tree (version 2): taskdb's own tables, created by taskdb's
-                        statements in the POSTGRESQL dialect; PgTaskDB runs taskdb's statements on them
+                        statements in the POSTGRESQL dialect; PgTaskDB runs taskdb's statements on them;
+                        version 3 adds taskdb's open_children column and its triggers (the parent gate)
 
 Every psycopg error becomes DatabaseUnavailable and closes the connection; the next use reconnects.
 """
@@ -38,14 +39,14 @@ from psycopg.types.json import Jsonb
 
 from ..errors import FleetUnavailable, LockBusy, StateError
 from .sql import POSTGRESQL
-from .taskdb import TaskDB, row_task, task_tables
+from .taskdb import TaskDB, open_children_schema, row_task, task_tables
 
 if TYPE_CHECKING:
     from .taskrecord import Task
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most this often (one statement)
 _MIGRATE_LOCK = 0x5E1F_4EA1  # pg_advisory_xact_lock key: one host migrates, the others wait and see it done
 _PARTITION_LOCK = 0x5E1F_4EA2
@@ -86,6 +87,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         *task_tables(POSTGRESQL),
         "CREATE INDEX tasks_lease ON tasks (heartbeat_ts) WHERE exec_state = 'PROCESSING'",
     ),
+    # The parent gate as a column of the parent's row, kept by triggers (taskdb's schema version 2): the
+    # claim becomes one statement whose row lock rechecks the gate.
+    3: tuple(open_children_schema(POSTGRESQL)),
 }
 
 _PARTITION = re.compile(r"selfheal_ledger_(\d{4})(\d{2})(\d{2})\Z")
@@ -226,8 +230,8 @@ class PgTaskDB(TaskDB):
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
         return self._send([(statement, params)])
 
-    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
-        cursor = self._send(statements)
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False) -> list[list[Any]]:
+        cursor = self._send(statements, commit=commit)
         out = []
         for _ in statements:
             out.append(cursor.fetchall())
@@ -259,6 +263,10 @@ class PgTaskDB(TaskDB):
                 raise LockBusy(
                     f"the fleet's task tree (a row another host holds, for over {self.busy_timeout_s:g}s)"
                 ) from None
+            except psycopg.errors.DeadlockDetected:
+                # Two transactions each waited on a row the other held (a child settled while its parent is
+                # voided): the database rolled this one back; nothing of it was written.
+                raise LockBusy("the fleet's task tree (a row another host was changing at the same time)") from None
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 # The database answered and refused the statement: not an outage; the transaction rolls back.
                 raise StateError(f"fleet task tree {self.path}: {_mask(str(exc).strip())}") from None
@@ -314,6 +322,7 @@ class PgTaskDB(TaskDB):
                 self.d.sql(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})"),  # noqa: S608
                 [task_row(t) for t in tasks],
             )
+        self.recount_open_children()
 
     def _begin(self) -> None:
         """BEGIN goes with the transaction's first statement (one round trip fewer)."""

@@ -12,8 +12,12 @@ version than this one is refused, never touched.
 The actionable order is one query: the document's ORDER BY (type, priority, deeper first, oldest)
 with its parent gate (a parent only when every child is END, VOID or REQUIRES_MANUAL), answered from a
 partial index that holds only the actionable rows in that order, so a claim reads a handful of rows
-however large the tree. Statements are written in the SQL SQLite and PostgreSQL share; `sql.Dialect`
-holds what differs.
+however large the tree. The gate is a column of the parent's own row, `open_children` (its children not
+END, VOID or REQUIRES_MANUAL), kept by triggers in the transaction that adds, moves, deletes or settles a
+child (schema version 2): a claim is then one `UPDATE ... FROM (SELECT ... LIMIT 1) ... RETURNING`, and on
+PostgreSQL the row lock's recheck of a concurrently changed row (READ COMMITTED) sees a child committed
+after the statement began, since adding it changed the parent's row. Statements are written in the SQL
+SQLite and PostgreSQL share; `sql.Dialect` holds what differs.
 
 This module knows rows and statements; the rules (which transitions are allowed, what a claim records)
 are the task layer's (`selfheal.tasks.tree`).
@@ -35,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EXIT_USAGE, LockBusy, StateError, StateWriteError, UnsafeStateError, UsageError
 from .root import ensure_dir, open_rewrite
 from .sql import SQLITE, Dialect
-from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, PRIORITIES, PROCESSING, TYPES, VOID
+from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, HISTORY_KEEP, PRIORITIES, PROCESSING, TYPES, VOID
 
 if TYPE_CHECKING:
     from .taskrecord import Task
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # How long a reader that only looks (the health check) waits for a migration in progress; in WAL mode
 # reads never wait for an ordinary writer.
 READ_WAIT_S = 5.0
@@ -104,8 +108,11 @@ PRIORITY_RANK = "CASE priority WHEN 'P0' THEN 0 WHEN 'P1' THEN 1 ELSE 2 END"
 ORDER_BY = f"{TYPE_RANK}, {PRIORITY_RANK}, task_level DESC, created_ts, task_name"
 # The same as index columns (PostgreSQL wants an expression in an index in parentheses; SQLite takes both).
 INDEX_ORDER = f"({TYPE_RANK}), ({PRIORITY_RANK}), task_level DESC, created_ts, task_name"
-PARENT_GATE = (
-    "NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = tasks.task_name"  # noqa: S608 - constant text
+# The parent gate: a column of the row itself (see open_children_schema), so a claim reads no child.
+PARENT_GATE = "open_children = 0"
+# What the column counts, from the children themselves (the migration fills it so; tests compare).
+COUNT_OPEN_CHILDREN = (
+    "(SELECT COUNT(*) FROM tasks c WHERE c.parent_task_id = tasks.task_name"  # noqa: S608 - constant text
     f" AND c.exec_state NOT IN ({_quoted(CHILD_SETTLED)}))"
 )
 RUNNABLE = "(run_spec IS NOT NULL OR task_type = 'fix')"
@@ -197,8 +204,38 @@ def task_tables(d: Dialect) -> list[str]:
     ]
 
 
+def open_children_schema(d: Dialect) -> list[str]:
+    """Schema version 2 (PostgreSQL: state/pg.py's version 3): the parent gate as a column of the parent's row.
+
+    `open_children` counts a task's children that are not END, VOID or REQUIRES_MANUAL. Three triggers keep it
+    in the transaction that changes a child: one added (open), one deleted or archived (if open), one moved
+    to another parent or whose exec state crosses into or out of the settled ones. The claim's and a
+    heartbeat's UPDATEs change neither, so they fire nothing. Filled here for the trees already there."""
+    settled = _quoted(CHILD_SETTLED)
+    inc = "UPDATE tasks SET open_children = open_children + 1 WHERE task_name = NEW.parent_task_id"
+    dec = "UPDATE tasks SET open_children = open_children - 1 WHERE task_name = OLD.parent_task_id"
+    triggers = (
+        ("tasks_open_insert", "INSERT", f"NEW.parent_task_id IS NOT NULL AND NEW.exec_state NOT IN ({settled})", inc),
+        ("tasks_open_delete", "DELETE", f"OLD.parent_task_id IS NOT NULL AND OLD.exec_state NOT IN ({settled})", dec),
+        (
+            "tasks_open_update",
+            "UPDATE",
+            "COALESCE(OLD.parent_task_id, '') <> COALESCE(NEW.parent_task_id, '')"
+            f" OR (OLD.exec_state IN ({settled})) <> (NEW.exec_state IN ({settled}))",
+            f"{dec} AND OLD.exec_state NOT IN ({settled}); {inc} AND NEW.exec_state NOT IN ({settled})",
+        ),
+    )
+    out = [
+        "ALTER TABLE tasks ADD COLUMN open_children INTEGER NOT NULL DEFAULT 0",
+        f"UPDATE tasks SET open_children = {COUNT_OPEN_CHILDREN}",  # noqa: S608 - constant text
+    ]
+    for name, event, when, body in triggers:
+        out += [t.format(name=name, event=event, when=when, body=body + ";") for t in d.trigger]
+    return out
+
+
 # Each entry brings the schema from the version before it to its own; a new version appends one.
-MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _schema),)
+MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _schema), (2, open_children_schema))
 
 
 # -- errors ---------------------------------------------------------------------------------------------
@@ -420,9 +457,16 @@ class TaskDB:
                 self.conn.execute(self.d.begin_write)
             return self.conn.execute(self.d.sql(statement), tuple(params))
 
-    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
-        """Several queries, each one's rows (PostgreSQL: one message, one round trip)."""
-        return [self.execute(statement, params).fetchall() for statement, params in statements]
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False) -> list[list[Any]]:
+        """Several queries, each one's rows (PostgreSQL: one message, one round trip); inside write(), the
+        transaction's COMMIT goes with them when asked (as fetch_and_commit)."""
+        with self.lock:
+            out = [self.execute(statement, params).fetchall() for statement, params in statements]
+            if commit and self._in_write:
+                with self.errors():
+                    self.conn.execute("COMMIT")
+                self._reopen = True
+            return out
 
     def fetch_and_commit(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         """The last statement of a write transaction and its COMMIT (PostgreSQL: one round trip); its rows.
@@ -534,26 +578,72 @@ class TaskDB:
         sql, params = self.actionable_sql(types, runnable=runnable, limit=limit)
         return [row_task(r, self.path) for r in self.execute(sql, params).fetchall()]
 
-    def pick(self, types: Sequence[str] | None, *, skip: Sequence[str] = ()) -> Task | None:
-        """The first runnable actionable task (inside a write transaction: the claim's SELECT), other than
-        those in `skip`."""
-        sql, params = self.actionable_sql(types, runnable=True, limit=1, skip=skip)
-        row = self.execute(sql + self.d.claim_lock, params).fetchone()
-        return None if row is None else row_task(row, self.path)
+    def claim_sql(
+        self, types: Sequence[str] | None, *, runner: str, entry: str, tag: str, now: float
+    ) -> tuple[str, list[Any]]:
+        """The claim as one statement: the first runnable actionable task in the document's order (the parent
+        gate is a column of its row) becomes PROCESSING under `runner` (JSON), one more execution, its run id
+        `<name[:60]>-<tag>`, `entry` (a JSON object) appended to its history with `what` filled in; the row
+        as it now is comes back. On PostgreSQL the pick's FOR UPDATE SKIP LOCKED skips a row another host
+        holds, and a row changed since the statement began is checked again once locked (a child added
+        meanwhile raised its open_children): the claim takes the next task instead."""
+        where = [ACTIONABLE_IN, PARENT_GATE, RUNNABLE]
+        params: list[Any] = []
+        if types is not None:
+            where.append(f"task_type IN ({', '.join('?' for _ in types)})")
+            params += list(types)
+        pick = (
+            f"SELECT task_name FROM tasks{self.d.queue_hint} WHERE {' AND '.join(where)}"  # noqa: S608
+            f" ORDER BY {ORDER_BY} LIMIT 1{self.d.claim_lock}"
+        )
+        c, at = self.d.clock, self.clock_param(now)
+        history = self.d.claim_history.format(keep=HISTORY_KEEP, keep_less_one=HISTORY_KEEP - 1)
+        returning = ", ".join(f"tasks.{name}" for name in COLUMN_NAMES)
+        statement = (
+            f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
+            f" execution_count = tasks.execution_count + 1, started_ts = {c}, heartbeat_ts = {c},"
+            f" activity_ts = {c}, last_executed_ts = {c}, ended_ts = NULL, updated_ts = {c}, history = {history},"
+            f" run_id = substr(tasks.task_name, 1, 60) || ? FROM ({pick}) AS picked"
+            f" WHERE tasks.task_name = picked.task_name RETURNING {returning}"
+        )
+        return statement, [runner, at, at, at, at, at, entry, "-" + tag, *params]
 
-    def sweep_and_pick(
-        self, types: Sequence[str] | None, *, skip: Sequence[str] = (), lease_s: float | None, now: float
-    ) -> tuple[list[Task], Task | None]:
-        """The claim's reads, both locked (PostgreSQL: one round trip): when `lease_s` is given, the running
-        tasks whose lease ran out (`expired`); then the first runnable actionable task (`pick`)."""
-        sql, params = self.actionable_sql(types, runnable=True, limit=1, skip=skip)
-        statements: list[tuple[str, Sequence[Any]]] = [(sql + self.d.claim_lock, params)]
+    def claim(
+        self,
+        types: Sequence[str] | None,
+        *,
+        runner: dict[str, Any],
+        entry: dict[str, Any],
+        tag: str,
+        now: float,
+        lease_s: float | None = None,
+        commit: bool = False,
+    ) -> tuple[list[str], Task | None]:
+        """The claim (claim_sql), committed with it when asked: one round trip on PostgreSQL. When `lease_s` is
+        given, the same message first reads the names of running tasks whose lease ran out (`expired`: a
+        hint, read without a lock; taking them back is its own transaction, see expired())."""
+        statements: list[tuple[str, Sequence[Any]]] = [
+            self.claim_sql(types, runner=dumps(runner), entry=dumps(entry), tag=tag, now=now)
+        ]
         if lease_s is not None:
-            statements.insert(0, self._expired_sql(lease_s, now))
-        results = self.query_many(statements)
-        expired = [row_task(r, self.path) for r in results[0]] if lease_s is not None else []
-        picked = results[-1]
-        return expired, (row_task(picked[0], self.path) if picked else None)
+            statements.insert(
+                0,
+                (
+                    f"SELECT task_name FROM tasks WHERE exec_state = '{PROCESSING}'"  # noqa: S608 - constant text
+                    f" AND heartbeat_ts < {self.d.clock} - ? ORDER BY task_name",
+                    (self.clock_param(now), lease_s),
+                ),
+            )
+        results = self.query_many(statements, commit=commit)
+        expired = [r[0] for r in results[0]] if lease_s is not None else []
+        claimed = results[-1]
+        return expired, (row_task(claimed[0], self.path) if claimed else None)
+
+    def recount_open_children(self) -> None:
+        """Set every task's open_children from its children (after rows were inserted children first)."""
+        self.execute(
+            f"UPDATE tasks SET open_children = {COUNT_OPEN_CHILDREN} WHERE open_children <> {COUNT_OPEN_CHILDREN}"  # noqa: S608
+        )
 
     def lock_row(self, name: str) -> None:
         """Lock a task's row until the transaction ends (where the dialect has row locks; SQLite's write
@@ -618,12 +708,15 @@ class TaskDB:
         self.execute(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})", task_row(task))  # noqa: S608
 
     def insert_many(self, tasks: Iterable[Task]) -> None:
+        """Insert tasks in any order (a child before its parent too: the foreign key is checked at commit),
+        then count each parent's open children again."""
         marks = ", ".join("?" for _ in COLUMNS)
         with self.errors():
             self.conn.executemany(
                 self.d.sql(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})"),  # noqa: S608
                 (task_row(t) for t in tasks),
             )
+        self.recount_open_children()
 
     def update_row(self, row: tuple[Any, ...]) -> None:
         sets = ", ".join(f"{c} = ?" for c in COLUMN_NAMES[1:])
@@ -636,37 +729,6 @@ class TaskDB:
     def delete(self, names: Sequence[str]) -> None:
         for name in names:
             self.execute("DELETE FROM tasks WHERE task_name = ?", (name,))
-
-    def mark_claimed(
-        self,
-        name: str,
-        *,
-        runner: dict[str, Any],
-        now: float,
-        history: list[dict[str, Any]],
-        run_id: str,
-        commit: bool = False,
-    ) -> Task | None:
-        """The claim's UPDATE: PROCESSING, this runner, one more execution; returns the row as it now is, and
-        commits with it when asked (one round trip on PostgreSQL).
-
-        With row locks (Dialect.gate_recheck) the UPDATE checks the parent gate again: a statement started
-        after the pick locked the row sees a child another host committed meanwhile; None then."""
-        c, at = self.d.clock, self.clock_param(now)
-        gate = f" AND {PARENT_GATE}" if self.d.gate_recheck else ""
-        statement = (
-            f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
-            f" execution_count = execution_count + 1, started_ts = {c}, heartbeat_ts = {c}, activity_ts = {c},"
-            f" last_executed_ts = {c}, ended_ts = NULL, updated_ts = {c}, history = ?, run_id = ?, requeued = 0"
-            f" WHERE task_name = ?{gate} RETURNING {SELECT_COLUMNS}"
-        )
-        params = (dumps(runner), at, at, at, at, at, dumps(history), run_id, name)
-        rows = self.fetch_and_commit(statement, params) if commit else self.execute(statement, params).fetchall()
-        if not rows:
-            if gate:
-                return None
-            raise StateError(f"task database {self.path}: task {name!r} vanished during its claim")  # pragma: no cover
-        return row_task(rows[0], self.path)
 
     def touch_running(self, name: str, runner: dict[str, Any], *, heartbeat_ts: float, activity_ts: float) -> bool:
         """A heartbeat: only while the task is PROCESSING under this very runner. False otherwise."""

@@ -797,7 +797,7 @@ class TaskRunner:
         else:
             if keep_days > 0:
                 self.store.archive_if_due(older_than_s=keep_days * 86400)
-            claim = self.store.claim(types, runner, lambda name, ts: new_run_id(name[:60], ts))
+            claim = self.store.claim(types, runner, new_run_id(None, self.clock.time()))  # <name>-<stamp>-<pid>
             for old, had in self.store.taken_back:
                 self.ledger.record(
                     "lease",

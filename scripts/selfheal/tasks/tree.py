@@ -6,13 +6,14 @@ an optional parent, and optionally something to run (a command, a shell string, 
 Every change goes through `TaskStore.transaction()`: one write transaction over the database (so a claim
 has exactly one winner and a parent check sees every child) that saves what the block changed only if
 it ends without an error; a refused change rolls back and leaves the database as it was. The common
-paths never read the whole tree: a claim is one query and one UPDATE, a heartbeat one UPDATE, a listing
-streams.
+paths never read the whole tree: a claim is one UPDATE (its pick a subquery), a heartbeat one UPDATE, a
+listing streams.
 
 In fleet mode (store.url) the tree lives in the fleet's PostgreSQL instead (`state.pg.PgTaskDB`, the same
-statements): claims skip rows another host is claiming (FOR UPDATE SKIP LOCKED), adding a child locks its
-parent, and a running task whose heartbeat is older than `tasks.lease_s` (the database's clock) is taken
-back by the next claim on any host. With the database down this host claims nothing (FleetTreeDown, exit 4).
+statements): claims skip rows another host is claiming (FOR UPDATE SKIP LOCKED), adding a child changes (and
+locks) its parent's row, whose open_children the claim's lock rechecks, and a running task whose heartbeat
+is older than `tasks.lease_s` (the database's clock) is taken back by the next claim on any host. With the
+database down this host claims nothing (FleetTreeDown, exit 4).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -435,6 +436,7 @@ class TaskTree:
         elif current == PROCESSING:
             task.ended_ts = now
             task.runner = None
+            task.requeued = False  # the run a person handed back has ended: the next one is an ordinary one
         if wanted in (END, VOID):
             task.runner = None
         self._touch(task, f"{current} -> {wanted}", reason, by=by)
@@ -633,57 +635,42 @@ class TaskStore:
         fsync_dir(self.archive_folder)
         fsync_dir(self.folder)
 
-    def claim(
-        self, types: Iterable[str] | None, runner: dict[str, Any], run_id_for: Callable[[str, float], str]
-    ) -> tuple[Task, bool] | None:
-        """Claim the first runnable actionable task for `runner`: one write transaction, one query for the
-        pick (the document's order and parent gate), one UPDATE ... RETURNING. Returns the task as claimed
-        and whether a person had handed it back (its next run starts fresh), or None if nothing can run.
+    def claim(self, types: Iterable[str] | None, runner: dict[str, Any], tag: str) -> tuple[Task, bool] | None:
+        """Claim the first runnable actionable task for `runner`: one statement (taskdb.claim_sql: the
+        document's order and parent gate, the UPDATE, the history entry, RETURNING), committed with it.
+        Returns the task as claimed and whether a person had handed it back (its next run starts fresh), or
+        None if nothing can run. The run is named `<task name[:60]>-<tag>`.
 
-        `run_id_for(name, now)` names the run.
-
-        In fleet mode the claim first takes back running tasks whose lease ran out (their runner's heartbeat
-        is older than `tasks.lease_s` by the database's clock; `self.taken_back` lists them), and checks the
-        parent gate again once the picked row is locked (a child committed after the pick's snapshot counts).
-        With the database down it raises FleetTreeDown (exit 4): this host claims nothing."""
+        In fleet mode the same message reads which running tasks' leases ran out (their runner's heartbeat
+        is older than `tasks.lease_s` by the database's clock); if any did, they are taken back in a
+        transaction of their own (`self.taken_back` lists them), and a claim that found nothing else tries
+        once more. With the database down it raises FleetTreeDown (exit 4): this host claims nothing."""
         try:
-            return self._claim(types, runner, run_id_for)
+            return self._claim(types, runner, tag)
         except FleetUnavailable as exc:
             mark_down(self.config.store, exc, clock=self.clock)
             raise FleetTreeDown(str(exc)) from None
 
-    def _claim(
-        self, types: Iterable[str] | None, runner: dict[str, Any], run_id_for: Callable[[str, float], str]
-    ) -> tuple[Task, bool] | None:
+    def _claim(self, types: Iterable[str] | None, runner: dict[str, Any], tag: str) -> tuple[Task, bool] | None:
         wanted = sorted(set(types)) if types is not None else None
         db = self.db
         now = self.clock.time()
         self.taken_back = []
         lease = self.config.tasks.lease_s if self.fleet else None
-        skip: list[str] = []
-        with db.lock, db.write():
-            while True:
-                expired, task = db.sweep_and_pick(wanted, skip=skip, lease_s=lease, now=now)
-                if expired:
-                    self._take_back(db, expired, now)
-                    lease = None  # taken back: pick again, now that they can run
-                    continue
-                if task is None:
-                    return None
-                entry = history_entry(
-                    now, f"{task.exec_state} -> {PROCESSING}", "claimed by run-next", f"run-next pid {runner['pid']}"
+        entry = history_entry(now, "", "claimed by run-next", f"run-next pid {runner['pid']}")
+        del entry["what"]  # the statement writes it: "<the state it had> -> PROCESSING"
+        for _ in range(2):
+            with db.lock, db.write():
+                expired, task = db.claim(
+                    wanted, runner=runner, entry=entry, tag=tag, now=now, lease_s=lease, commit=True
                 )
-                claimed = db.mark_claimed(
-                    task.name,
-                    runner=runner,
-                    now=now,
-                    history=[*task.history, entry][-HISTORY_KEEP:],
-                    run_id=run_id_for(task.name, now),
-                    commit=True,
-                )
-                if claimed is not None:
-                    return claimed, task.requeued
-                skip.append(task.name)  # a child came in while it was picked: its gate is closed after all
+            if expired:
+                with db.lock, db.write():
+                    self._take_back(db, db.expired(lease or 0.0, now), now)
+            if task is not None or not self.taken_back:
+                break
+            lease = None  # taken back: claim again, now that they can run
+        return None if task is None else (task, task.requeued)
 
     def _take_back(self, db: TaskDB, expired: list[Task], now: float) -> None:
         """Running tasks whose lease ran out become NORMAL_CRASH (not counted as a failure): the pick that
