@@ -265,8 +265,7 @@ def test_a_child_committed_after_the_claim_began_shuts_the_parents_gate_at_its_r
     got: list[Any] = []
 
     def claim() -> None:
-        with waiting.lock, waiting.write():
-            got.append(waiting.claim(None, runner=runner_identity("claimer"), entry={}, tag="w", now=0.0, commit=True))
+        got.append(waiting.claim(None, runner=runner_identity("claimer"), entry={}, tag="w", now=0.0))
 
     thread = threading.Thread(target=claim)
     with adder.transaction() as tree, psycopg.connect(fleet_url, autocommit=True) as watch:
@@ -284,7 +283,7 @@ def test_a_child_committed_after_the_claim_began_shuts_the_parents_gate_at_its_r
             pass
         assert time.monotonic() < deadline, "the claim never waited on p's row"
     thread.join(30)
-    assert got == [([], None)]  # p's gate shut at the lock; c came after the claim's snapshot
+    assert got == [(False, None)]  # p's gate shut at the lock; c came after the claim's snapshot
     assert store.get("p").exec_state == NEW
     claimed, _ = store.claim(None, runner_identity(store.host), run_tag())  # type: ignore[misc]
     assert claimed.name == "c"

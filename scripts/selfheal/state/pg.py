@@ -230,8 +230,8 @@ class PgTaskDB(TaskDB):
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
         return self._send([(statement, params)])
 
-    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False) -> list[list[Any]]:
-        cursor = self._send(statements, commit=commit)
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        cursor = self._send(statements)
         out = []
         for _ in statements:
             out.append(cursor.fetchall())

@@ -21,7 +21,7 @@ class Dialect(NamedTuple):
     placeholder: str  # what `?` becomes
     begin_write: str  # starts a transaction that holds the write lock from its first statement
     claim_lock: str  # appended to the claim's SELECT: keeps concurrent claimers off the chosen row
-    queue_hint: str  # after `FROM tasks` in the actionable query: read the queue index, in its order
+    queue_hint: str  # after `FROM tasks` in the actionable query and the claim: read {index}, in its order
     serial_key: str  # an auto-numbered primary key column
     real: str  # a floating-point column
     deferred_fk: str  # a foreign key checked at commit (a subtree may be inserted or deleted in any order)
@@ -54,7 +54,7 @@ SQLITE = Dialect(
     claim_lock="",
     # Without statistics the planner may prefer the exec_state index and sort every actionable row; the
     # queue index holds exactly those rows already in run order, so the first row that passes the gate wins.
-    queue_hint=" INDEXED BY tasks_queue",
+    queue_hint=" INDEXED BY {index}",
     serial_key="INTEGER PRIMARY KEY AUTOINCREMENT",
     real="REAL",
     deferred_fk="DEFERRABLE INITIALLY DEFERRED",

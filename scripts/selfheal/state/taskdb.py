@@ -116,6 +116,9 @@ COUNT_OPEN_CHILDREN = (
     f" AND c.exec_state NOT IN ({_quoted(CHILD_SETTLED)}))"
 )
 RUNNABLE = "(run_spec IS NOT NULL OR task_type = 'fix')"
+# What a claim may take: the claim index (tasks_claim, schema version 2) holds exactly these rows, in run order,
+# so the first row of the index is the task to run (no sort, no filter for the planner to misjudge).
+CLAIMABLE = f"{ACTIONABLE_IN} AND {PARENT_GATE} AND {RUNNABLE}"
 
 
 def _schema(d: Dialect) -> list[str]:
@@ -228,6 +231,7 @@ def open_children_schema(d: Dialect) -> list[str]:
     out = [
         "ALTER TABLE tasks ADD COLUMN open_children INTEGER NOT NULL DEFAULT 0",
         f"UPDATE tasks SET open_children = {COUNT_OPEN_CHILDREN}",  # noqa: S608 - constant text
+        f"CREATE INDEX tasks_claim ON tasks({INDEX_ORDER}) WHERE {CLAIMABLE}",
     ]
     for name, event, when, body in triggers:
         out += [t.format(name=name, event=event, when=when, body=body + ";") for t in d.trigger]
@@ -457,16 +461,9 @@ class TaskDB:
                 self.conn.execute(self.d.begin_write)
             return self.conn.execute(self.d.sql(statement), tuple(params))
 
-    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False) -> list[list[Any]]:
-        """Several queries, each one's rows (PostgreSQL: one message, one round trip); inside write(), the
-        transaction's COMMIT goes with them when asked (as fetch_and_commit)."""
-        with self.lock:
-            out = [self.execute(statement, params).fetchall() for statement, params in statements]
-            if commit and self._in_write:
-                with self.errors():
-                    self.conn.execute("COMMIT")
-                self._reopen = True
-            return out
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """Several queries, each one's rows (PostgreSQL: one message, one round trip)."""
+        return [self.execute(statement, params).fetchall() for statement, params in statements]
 
     def fetch_and_commit(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         """The last statement of a write transaction and its COMMIT (PostgreSQL: one round trip); its rows.
@@ -566,7 +563,8 @@ class TaskDB:
             params += list(types)
         if runnable:
             where.append(RUNNABLE)
-        sql = f"SELECT {SELECT_COLUMNS} FROM tasks{self.d.queue_hint} WHERE {' AND '.join(where)} ORDER BY {ORDER_BY}"  # noqa: S608
+        hint = self.d.queue_hint.format(index="tasks_queue")
+        sql = f"SELECT {SELECT_COLUMNS} FROM tasks{hint} WHERE {' AND '.join(where)} ORDER BY {ORDER_BY}"  # noqa: S608
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -579,34 +577,45 @@ class TaskDB:
         return [row_task(r, self.path) for r in self.execute(sql, params).fetchall()]
 
     def claim_sql(
-        self, types: Sequence[str] | None, *, runner: str, entry: str, tag: str, now: float
+        self,
+        types: Sequence[str] | None,
+        *,
+        runner: str,
+        entry: str,
+        tag: str,
+        now: float,
+        lease_s: float | None = None,
     ) -> tuple[str, list[Any]]:
         """The claim as one statement: the first runnable actionable task in the document's order (the parent
-        gate is a column of its row) becomes PROCESSING under `runner` (JSON), one more execution, its run id
-        `<name[:60]>-<tag>`, `entry` (a JSON object) appended to its history with `what` filled in; the row
-        as it now is comes back. On PostgreSQL the pick's FOR UPDATE SKIP LOCKED skips a row another host
-        holds, and a row changed since the statement began is checked again once locked (a child added
-        meanwhile raised its open_children): the claim takes the next task instead."""
-        where = [ACTIONABLE_IN, PARENT_GATE, RUNNABLE]
+        gate is a column of its row; the claim index holds exactly the rows that pass, in that order) becomes
+        PROCESSING under `runner` (JSON), one more execution, its run id `<name[:60]>-<tag>`, `entry` (a JSON
+        object) appended to its history with `what` filled in; the row as it now is comes back, and with
+        `lease_s` one more column: whether any running task's lease ran out. On PostgreSQL the pick's FOR
+        UPDATE SKIP LOCKED skips a row another host holds, and a row changed since the statement began is
+        checked again once locked (a child added meanwhile raised its open_children): the next row is taken."""
+        where = [CLAIMABLE]
         params: list[Any] = []
         if types is not None:
             where.append(f"task_type IN ({', '.join('?' for _ in types)})")
             params += list(types)
         pick = (
-            f"SELECT task_name FROM tasks{self.d.queue_hint} WHERE {' AND '.join(where)}"  # noqa: S608
-            f" ORDER BY {ORDER_BY} LIMIT 1{self.d.claim_lock}"
+            f"SELECT task_name FROM tasks{self.d.queue_hint.format(index='tasks_claim')}"  # noqa: S608
+            f" WHERE {' AND '.join(where)} ORDER BY {ORDER_BY} LIMIT 1{self.d.claim_lock}"
         )
         c, at = self.d.clock, self.clock_param(now)
         history = self.d.claim_history.format(keep=HISTORY_KEEP, keep_less_one=HISTORY_KEEP - 1)
-        returning = ", ".join(f"tasks.{name}" for name in COLUMN_NAMES)
+        returning = SELECT_COLUMNS
+        tail: list[Any] = []
+        if lease_s is not None:
+            returning += f", EXISTS ({self._expired_sql(lease_s, now, lock=False)[0]})"
+            tail = [at, lease_s]
         statement = (
             f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
-            f" execution_count = tasks.execution_count + 1, started_ts = {c}, heartbeat_ts = {c},"
+            f" execution_count = execution_count + 1, started_ts = {c}, heartbeat_ts = {c},"
             f" activity_ts = {c}, last_executed_ts = {c}, ended_ts = NULL, updated_ts = {c}, history = {history},"
-            f" run_id = substr(tasks.task_name, 1, 60) || ? FROM ({pick}) AS picked"
-            f" WHERE tasks.task_name = picked.task_name RETURNING {returning}"
+            f" run_id = substr(task_name, 1, 60) || ? WHERE task_name = ({pick}) RETURNING {returning}"
         )
-        return statement, [runner, at, at, at, at, at, entry, "-" + tag, *params]
+        return statement, [runner, at, at, at, at, at, entry, "-" + tag, *params, *tail]
 
     def claim(
         self,
@@ -617,27 +626,23 @@ class TaskDB:
         tag: str,
         now: float,
         lease_s: float | None = None,
-        commit: bool = False,
-    ) -> tuple[list[str], Task | None]:
-        """The claim (claim_sql), committed with it when asked: one round trip on PostgreSQL. When `lease_s` is
-        given, the same message first reads the names of running tasks whose lease ran out (`expired`: a
-        hint, read without a lock; taking them back is its own transaction, see expired())."""
-        statements: list[tuple[str, Sequence[Any]]] = [
-            self.claim_sql(types, runner=dumps(runner), entry=dumps(entry), tag=tag, now=now)
-        ]
-        if lease_s is not None:
-            statements.insert(
-                0,
-                (
-                    f"SELECT task_name FROM tasks WHERE exec_state = '{PROCESSING}'"  # noqa: S608 - constant text
-                    f" AND heartbeat_ts < {self.d.clock} - ? ORDER BY task_name",
-                    (self.clock_param(now), lease_s),
-                ),
-            )
-        results = self.query_many(statements, commit=commit)
-        expired = [r[0] for r in results[0]] if lease_s is not None else []
-        claimed = results[-1]
-        return expired, (row_task(claimed[0], self.path) if claimed else None)
+    ) -> tuple[bool, Task | None]:
+        """The claim (claim_sql): outside write() a statement of its own (autocommit: one round trip on
+        PostgreSQL, as a bare SKIP LOCKED loop); inside, part of that transaction. Returns whether a running
+        task's lease ran out (when `lease_s` is given: a hint read without a lock; taking them back is a
+        transaction of its own, see expired()) and the task claimed, or None."""
+        statement, params = self.claim_sql(
+            types, runner=dumps(runner), entry=dumps(entry), tag=tag, now=now, lease_s=lease_s
+        )
+        rows = self.execute(statement, params).fetchall()
+        if not rows:
+            if lease_s is None:
+                return False, None
+            return self.execute(*self._expired_sql(lease_s, now, lock=False)).fetchone() is not None, None
+        row = rows[0]
+        if lease_s is None:
+            return False, row_task(row, self.path)
+        return bool(row[-1]), row_task(row[:-1], self.path)
 
     def recount_open_children(self) -> None:
         """Set every task's open_children from its children (after rows were inserted children first)."""
@@ -657,10 +662,14 @@ class TaskDB:
         rows = self.execute(*self._expired_sql(lease_s, now)).fetchall()
         return [row_task(r, self.path) for r in rows]
 
-    def _expired_sql(self, lease_s: float, now: float) -> tuple[str, Sequence[Any]]:
+    def _expired_sql(self, lease_s: float, now: float, *, lock: bool = True) -> tuple[str, Sequence[Any]]:
+        """The running tasks whose lease ran out: locked (skipping a row another claimer holds) for the take-back,
+        or, without `lock`, only whether there are any."""
+        where = f"exec_state = '{PROCESSING}' AND heartbeat_ts < {self.d.clock} - ?"
+        if not lock:
+            return f"SELECT 1 FROM tasks WHERE {where}", (self.clock_param(now), lease_s)  # noqa: S608
         return (
-            f"SELECT {SELECT_COLUMNS} FROM tasks WHERE exec_state = '{PROCESSING}'"  # noqa: S608
-            f" AND heartbeat_ts < {self.d.clock} - ? ORDER BY task_name{self.d.claim_lock}",
+            f"SELECT {SELECT_COLUMNS} FROM tasks WHERE {where} ORDER BY task_name{self.d.claim_lock}",  # noqa: S608
             (self.clock_param(now), lease_s),
         )
 

@@ -636,13 +636,13 @@ class TaskStore:
         fsync_dir(self.folder)
 
     def claim(self, types: Iterable[str] | None, runner: dict[str, Any], tag: str) -> tuple[Task, bool] | None:
-        """Claim the first runnable actionable task for `runner`: one statement (taskdb.claim_sql: the
-        document's order and parent gate, the UPDATE, the history entry, RETURNING), committed with it.
+        """Claim the first runnable actionable task for `runner`: one statement in autocommit (taskdb.claim_sql:
+        the document's order and parent gate, the UPDATE, the history entry, RETURNING).
         Returns the task as claimed and whether a person had handed it back (its next run starts fresh), or
         None if nothing can run. The run is named `<task name[:60]>-<tag>`.
 
-        In fleet mode the same message reads which running tasks' leases ran out (their runner's heartbeat
-        is older than `tasks.lease_s` by the database's clock); if any did, they are taken back in a
+        In fleet mode the same statement says whether any running task's lease ran out (its runner's heartbeat
+        is older than `tasks.lease_s` by the database's clock); if one did, they are taken back in a
         transaction of their own (`self.taken_back` lists them), and a claim that found nothing else tries
         once more. With the database down it raises FleetTreeDown (exit 4): this host claims nothing."""
         try:
@@ -660,10 +660,8 @@ class TaskStore:
         entry = history_entry(now, "", "claimed by run-next", f"run-next pid {runner['pid']}")
         del entry["what"]  # the statement writes it: "<the state it had> -> PROCESSING"
         for _ in range(2):
-            with db.lock, db.write():
-                expired, task = db.claim(
-                    wanted, runner=runner, entry=entry, tag=tag, now=now, lease_s=lease, commit=True
-                )
+            with db.lock:
+                expired, task = db.claim(wanted, runner=runner, entry=entry, tag=tag, now=now, lease_s=lease)
             if expired:
                 with db.lock, db.write():
                     self._take_back(db, db.expired(lease or 0.0, now), now)
