@@ -215,6 +215,7 @@ class PgTaskDB(TaskDB):
         self._tx: psycopg.Connection[Any] | None = None
         self._plans: dict[str, str] = {}  # statement -> its prepared name on _plans_conn
         self._plans_conn: psycopg.Connection[Any] | None = None
+        self._spelled: dict[str, str] = {}  # statement -> as psycopg takes it (the claim's, every time)
 
     def clock_param(self, now: float) -> float | None:
         return None
@@ -256,7 +257,10 @@ class PgTaskDB(TaskDB):
                 self._reopen, self._tx = False, conn  # open now, even if a statement fails: rolled back then
             try:
                 if len(statements) == 1 and not begin and not commit:
-                    cursor: Any = conn.execute(self.d.sql(statements[0][0]), tuple(statements[0][1]))
+                    text = self._spelled.get(statements[0][0])
+                    if text is None:
+                        text = self._spelled[statements[0][0]] = self.d.sql(statements[0][0])
+                    cursor: Any = conn.execute(text, tuple(statements[0][1]))
                 else:
                     cursor = self._one_message(conn, statements, begin=begin, commit=commit)
             except psycopg.errors.LockNotAvailable:

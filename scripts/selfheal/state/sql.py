@@ -86,7 +86,8 @@ POSTGRESQL = Dialect(
     wait_lock="SET lock_timeout = {ms}",
     # The host's time is bound as NULL (see state/pg.py): the database's clock as the statement starts
     # (statement_timestamp() is stable within a statement, so the lease sweep can read an index by it).
-    clock="COALESCE(CAST(? AS DOUBLE PRECISION), EXTRACT(EPOCH FROM statement_timestamp()))",
+    # (date_part is double precision already; EXTRACT is numeric since PostgreSQL 14, slower to compute and cast.)
+    clock="COALESCE(CAST(? AS DOUBLE PRECISION), date_part('epoch', statement_timestamp()))",
     # jsonpath's `last - n` is clamped to the array in lax mode: a shorter history is kept whole.
     claim_history=(
         "CAST(jsonb_path_query_array(CAST(history AS jsonb) || jsonb_build_array(CAST(? AS jsonb)"

@@ -326,30 +326,36 @@ def task_row(task: Task) -> tuple[Any, ...]:
     return tuple(out)
 
 
+_DECODE = tuple((attr, kind) for _, attr, kind in COLUMNS)
+
+
 def row_task(row: Sequence[Any], path: Path) -> Task:
     """A row of `tasks` (COLUMNS order) as a task; a column that does not decode names the row and column."""
+    from .taskrecord import Task, check_run_spec  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when read
+
     fields: dict[str, Any] = {}
-    for (column, attr, kind), raw in zip(COLUMNS, row, strict=True):
+    for (attr, kind), raw in zip(_DECODE, row, strict=True):
         if attr is None:
             continue
-        value: Any = raw
-        if kind == "json" and raw is not None:
+        if raw is None:
+            fields[attr] = None
+        elif kind == "json":
             try:
-                value = json.loads(raw)
+                fields[attr] = json.loads(raw)
             except ValueError as exc:
+                column = COLUMN_NAMES[_DECODE.index((attr, kind))]
                 raise StateError(
                     f"task database {path}: task {row[0]!r}: column {column}: invalid JSON ({exc})"
                 ) from None
         elif kind == "bool":
-            value = bool(raw)
-        fields[attr] = value
-    if fields.get("extra") is None:
+            fields[attr] = bool(raw)
+        else:
+            fields[attr] = raw
+    if fields["extra"] is None:
         fields["extra"] = {}
-    if fields.get("history") is None:
+    if fields["history"] is None:
         fields["history"] = []
-    from .taskrecord import Task, check_run_spec  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when read
-
-    if fields.get("run") is not None:  # what a runner will execute: checked before anything runs it
+    if fields["run"] is not None:  # what a runner will execute: checked before anything runs it
         fields["run"] = check_run_spec(fields["run"], f"task database {path}: task {row[0]!r}")
     return Task(**fields)
 
@@ -370,6 +376,8 @@ class TaskDB:
         # Inside write(): no transaction is open (fetch_and_commit ended it, or PostgreSQL's BEGIN waits to go
         # with the first statement); the next statement opens one.
         self._reopen = False
+        self._claim_texts: dict[tuple[int | None, bool], str] = {}
+        self._runner_json: tuple[dict[str, Any] | None, str] = (None, "")
 
     # -- opening --------------------------------------------------------------------------------------
 
@@ -593,29 +601,34 @@ class TaskDB:
         `lease_s` one more column: whether any running task's lease ran out. On PostgreSQL the pick's FOR
         UPDATE SKIP LOCKED skips a row another host holds, and a row changed since the statement began is
         checked again once locked (a child added meanwhile raised its open_children): the next row is taken."""
+        key = (None if types is None else len(types), lease_s is not None)
+        statement = self._claim_texts.get(key)
+        if statement is None:
+            statement = self._claim_texts[key] = self._claim_text(key[0], with_lease=key[1])
+        at = self.clock_param(now)
+        tail = [at, lease_s] if lease_s is not None else []
+        return statement, [runner, at, at, at, at, at, entry, "-" + tag, *(types or ()), *tail]
+
+    def _claim_text(self, types: int | None, *, with_lease: bool) -> str:
+        """claim_sql's statement for `types` task types (None: any type), with the lease column or without."""
         where = [CLAIMABLE]
-        params: list[Any] = []
         if types is not None:
-            where.append(f"task_type IN ({', '.join('?' for _ in types)})")
-            params += list(types)
+            where.append(f"task_type IN ({', '.join('?' for _ in range(types))})")
         pick = (
             f"SELECT task_name FROM tasks{self.d.queue_hint.format(index='tasks_claim')}"  # noqa: S608
             f" WHERE {' AND '.join(where)} ORDER BY {ORDER_BY} LIMIT 1{self.d.claim_lock}"
         )
-        c, at = self.d.clock, self.clock_param(now)
+        c = self.d.clock
         history = self.d.claim_history.format(keep=HISTORY_KEEP, keep_less_one=HISTORY_KEEP - 1)
         returning = SELECT_COLUMNS
-        tail: list[Any] = []
-        if lease_s is not None:
-            returning += f", EXISTS ({self._expired_sql(lease_s, now, lock=False)[0]})"
-            tail = [at, lease_s]
-        statement = (
+        if with_lease:
+            returning += f", EXISTS ({self._expired_sql(0.0, 0.0, lock=False)[0]})"
+        return (
             f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
             f" execution_count = execution_count + 1, started_ts = {c}, heartbeat_ts = {c},"
             f" activity_ts = {c}, last_executed_ts = {c}, ended_ts = NULL, updated_ts = {c}, history = {history},"
             f" run_id = substr(task_name, 1, 60) || ? WHERE task_name = ({pick}) RETURNING {returning}"
         )
-        return statement, [runner, at, at, at, at, at, entry, "-" + tag, *params, *tail]
 
     def claim(
         self,
@@ -631,8 +644,10 @@ class TaskDB:
         PostgreSQL, as a bare SKIP LOCKED loop); inside, part of that transaction. Returns whether a running
         task's lease ran out (when `lease_s` is given: a hint read without a lock; taking them back is a
         transaction of its own, see expired()) and the task claimed, or None."""
+        if self._runner_json[0] != runner:  # the same runner claims again and again: its JSON is kept
+            self._runner_json = (dict(runner), dumps(runner))
         statement, params = self.claim_sql(
-            types, runner=dumps(runner), entry=dumps(entry), tag=tag, now=now, lease_s=lease_s
+            types, runner=self._runner_json[1], entry=dumps(entry), tag=tag, now=now, lease_s=lease_s
         )
         rows = self.execute(statement, params).fetchall()
         if not rows:
