@@ -685,14 +685,7 @@ def _op_check_stuck(store: TaskStore, args: argparse.Namespace, parser: argparse
 
 
 def _op_beat(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    now = store.clock.time()
-    with store.transaction() as tree:
-        task = tree.get(args.name)
-        if task.exec_state != PROCESSING:
-            raise TaskError(
-                f"task {args.name!r} is {task.exec_state}, not PROCESSING; `tasks.py mark {args.name} start` first"
-            )
-        tree.quiet_update(args.name, heartbeat_ts=now, activity_ts=now)
+    now = store.beat(args.name)  # the database's clock in fleet mode
     if args.message:
         log = BoundedLog(
             store.log_path(args.name),

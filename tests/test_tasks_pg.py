@@ -145,6 +145,38 @@ def test_a_claim_and_heartbeats_are_stamped_with_the_databases_clock(
     assert not store.touch_running("t", {**runner, "pid": runner["pid"] + 1})  # another runner: not its task
 
 
+def test_beat_and_run_next_task_and_mark_start_stamp_the_databases_clock(
+    store: TaskStore, clock: FakeClock, fleet_url: str
+) -> None:
+    """`tasks.py beat`, `run-next --task NAME` and `mark NAME start` stamp the lease's first times as the claim
+    does: the host's clock (a fake one here, years off) never reaches started_ts, heartbeat_ts or activity_ts."""
+    from selfheal.tasks.run import TaskRunner
+
+    clock.advance(-10 * 365 * 86400)
+    with store.transaction() as tree:
+        tree.add(Task(name="agent-work"))
+        tree.add(Task(name="direct", run={"kind": "argv", "argv": ["true"]}))
+    with psycopg.connect(fleet_url) as conn:
+        (db_now,) = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()  # type: ignore[misc]
+
+    def near(ts: float | None) -> bool:
+        return ts is not None and abs(ts - db_now) < 60
+
+    with store.transaction() as tree:
+        started = tree.transition("agent-work", PROCESSING, "an agent started it")
+    assert near(started.started_ts) and near(started.heartbeat_ts) and near(started.activity_ts)
+    with psycopg.connect(fleet_url, autocommit=True) as conn:  # its heartbeat, an hour old
+        conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 3600, activity_ts = activity_ts - 3600")
+    stamp = store.beat("agent-work")
+    beaten = store.get("agent-work")
+    assert near(stamp) and beaten.heartbeat_ts == beaten.activity_ts == stamp
+
+    result = TaskRunner(store).run_next(only="direct")
+    assert result.outcome == "succeeded"
+    ran = store.get("direct")
+    assert near(ran.started_ts) and near(ran.last_executed_ts)
+
+
 def test_a_lease_older_than_tasks_lease_s_is_taken_back_and_the_late_finish_is_refused(
     fleet_url: str, tmp_path: Path
 ) -> None:

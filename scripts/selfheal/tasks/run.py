@@ -787,13 +787,12 @@ class TaskRunner:
                         raise NotAttempted(problem + "; try later")
                     raise TaskError(problem)
                 now = self.clock.time()
+                # started_ts and the lease's heartbeat: the database's clock in fleet mode (TaskTree.transition)
                 tree.transition(task.name, PROCESSING, "claimed by run-next", by=f"run-next pid {runner['pid']}")
                 task.runner = runner
                 task.execution_count += 1
                 task.run_id = new_run_id(task.name[:60], now)
                 requeued, task.requeued = task.requeued, False
-            if self.store.fleet:  # the lease runs from the database's clock, not this host's
-                self.store.touch_running(task.name, runner)
         else:
             if keep_days > 0:
                 self.store.archive_if_due(older_than_s=keep_days * 86400)

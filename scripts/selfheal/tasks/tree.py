@@ -430,8 +430,10 @@ class TaskTree:
             task.retry_count = 0
             task.requeued = True
         if wanted == PROCESSING:
-            task.started_ts = task.heartbeat_ts = task.activity_ts = now
-            task.last_executed_ts = now
+            # The lease's times: on a shared database its clock's, as the claim stamps them (one query).
+            stamp = self.db.clock_now(now)
+            task.started_ts = task.heartbeat_ts = task.activity_ts = stamp
+            task.last_executed_ts = stamp
             task.ended_ts = None
         elif current == PROCESSING:
             task.ended_ts = now
@@ -711,6 +713,20 @@ class TaskStore:
             moved = tree.archive_finished(older_than_s=older_than_s)
             self.db.set_meta(ARCHIVE_KEY, repr(now))
         return moved
+
+    def beat(self, name: str) -> float:
+        """`tasks.py beat`: an agent working on a task it marked started says it still is. Its heartbeat and
+        activity become now, by the database's clock in fleet mode (as a claim's and a runner's heartbeats,
+        so the lease means the same on every host). Returns the time stamped."""
+        with self.transaction() as tree:
+            task = tree.get(name)
+            if task.exec_state != PROCESSING:
+                raise TaskError(
+                    f"task {name!r} is {task.exec_state}, not PROCESSING; `tasks.py mark {name} start` first"
+                )
+            stamp = self.db.clock_now(self.clock.time())
+            tree.quiet_update(name, heartbeat_ts=stamp, activity_ts=stamp)
+        return stamp
 
     def touch_running(self, name: str, runner: dict[str, Any], **fields: Any) -> bool:
         """A heartbeat from the task's runner: one UPDATE. False when the task is no longer this runner's
