@@ -23,7 +23,10 @@ With --json, stdout holds exactly one JSON object; a task's output goes to tasks
 The tree lives in tasks.db under the state root (SQLite); a tree of tasks/*.json files from an older
 version is imported on first use (the files are kept in tasks/json-backup-<ts>/). In fleet mode (store.url)
 it lives in the fleet's PostgreSQL, shared by every host; with that database down, every command but
-`fleet status` exits 4 (this host claims nothing from the shared tree until it answers).
+`fleet status` exits 4 (this host claims nothing from the shared tree until it answers). The tree a host
+kept before fleet mode (tasks.db, or older tasks/*.json) is imported into the fleet's on `fleet init` or
+first fleet use, once (tasks.db is kept in tasks/fleet-import-<ts>/); a name the fleet's tree already has
+is refused (exit 2) and nothing is imported.
 """
 
 from __future__ import annotations
@@ -718,6 +721,10 @@ def _op_fleet(store: TaskStore, args: argparse.Namespace, parser: argparse.Argum
     report = fleet_report(
         config.store, store.state.sub("fleet") / SPOOL, init=args.action == "init", lease_s=config.tasks.lease_s
     )
+    if args.action == "init" and report["reachable"]:
+        store.db  # noqa: B018 - the tree this host kept before fleet mode goes into the fleet's now, once
+        for notice in store.notices:
+            cli.say(notice)
     lines = [f"fleet database {report['url']} (this host: {report['host']})"]
     if not report["reachable"]:
         lines.append(f"fleet database unreachable: degraded ({report['error']})")

@@ -33,7 +33,7 @@ from test_tasks import (
     test_voiding_a_task_voids_its_unfinished_descendants_but_not_finished_ones,
 )
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.config import Config, load_config
 from selfheal.errors import ConfigError
 from selfheal.state import pg
@@ -466,3 +466,92 @@ def test_a_run_that_ends_while_the_database_is_down_records_its_outcome_once_it_
         assert task.exec_state == PROCESSING and task.runner and task.runner["host"] == "box-b"
     else:
         assert result.outcome == "succeeded" and task.exec_state == END
+
+
+# -- a host's own tree, imported into the fleet's --------------------------------------------------------------
+
+
+def single_host(home: Path, clock: FakeClock) -> TaskStore:
+    """This host's store as it was before fleet mode: tasks.db under its state root."""
+    config = load_config()
+    return TaskStore(
+        StateRoot(home).ensure(), dataclasses.replace(config, store=dataclasses.replace(config.store, url=None)), clock
+    )
+
+
+def test_a_hosts_own_task_tree_is_imported_into_the_fleets_once_on_fleet_init(
+    home: Path, fleet_url: str, clock: FakeClock
+) -> None:
+    """`tasks.py fleet init` on a host with a tasks.db: its tasks (with their parent gates), archive and run
+    log go into the fleet's tree in one go, said once; tasks.db is kept in tasks/fleet-import-<ts>/."""
+    local = single_host(home, clock)
+    with local.transaction() as tree:
+        tree.add(Task(name="old-parent", run={"kind": "argv", "argv": ["true"]}))
+        tree.add(Task(name="old-child", parent="old-parent", run={"kind": "argv", "argv": ["true"]}))
+        tree.add(Task(name="done", run={"kind": "argv", "argv": ["true"]}))
+        tree.transition("done", PROCESSING)
+        tree.log_run(tree.get("done"), status="success", level="INFO", ended=clock.time(), message="ok", content=None)
+        tree.transition("done", END)
+    clock.advance(8 * 86400)
+    with local.transaction() as tree:
+        tree.archive_finished(older_than_s=7 * 86400)
+    local.close()
+    env = {"SELFHEAL_DATABASE_URL": fleet_url}
+    first = call_script("tasks.py", "fleet", "init", home=home, env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("imported this host's task tree (2 task(s), 1 archived)") == 1, first.stderr
+    assert not (home / "tasks.db").exists()
+    (backup,) = (home / "tasks").glob("fleet-import-*")
+    assert (backup / "tasks.db").is_file() and str(backup) in first.stderr
+    with psycopg.connect(fleet_url) as conn:
+        assert conn.execute("SELECT task_name, open_children FROM tasks ORDER BY 1").fetchall() == [
+            ("old-child", 0),
+            ("old-parent", 1),
+        ]
+        assert conn.execute("SELECT task_name FROM tasks_archive").fetchall() == [("done",)]
+        assert conn.execute("SELECT task_name, run_status FROM main_logs").fetchall() == [("done", "success")]
+    again = call_script("tasks.py", "list", "--json", home=home, env=env)
+    assert again.returncode == 0 and "imported" not in again.stderr  # once
+    assert {t["name"] for t in json.loads(again.stdout)["tasks"]} == {"old-child", "old-parent"}
+
+
+def test_an_older_json_tree_is_imported_into_the_fleets_on_first_fleet_use(store: TaskStore, home: Path) -> None:
+    """tasks/*.json of a version before tasks.db: kept in tasks/json-backup-<ts>/ as a single host keeps
+    them, and the tree lands in the fleet's, on the first command in fleet mode."""
+    from test_taskdb import write_json_tree
+
+    made = write_json_tree(home, 12)
+    assert {t.name for t in store.iter_tasks()} == {t.name for t in made}
+    assert any("imported the task tree of 12 task file(s)" in n for n in store.notices)
+    assert any("imported this host's task tree (12 task(s), 0 archived)" in n for n in store.notices)
+    assert not list((home / "tasks").glob("*.json")) and len(list((home / "tasks").glob("json-backup-*/*.json"))) == 12
+    for task in made:
+        got = store.get(task.name)
+        assert (got.parent, got.level, got.exec_state, got.history) == (
+            task.parent,
+            task.level,
+            task.exec_state,
+            task.history,
+        )
+
+
+def test_a_hosts_tree_with_a_name_the_fleet_has_is_refused_and_nothing_is_imported(
+    home: Path, fleet_url: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A clash is exit 2 naming the task, with no traceback; the fleet's tree and this host's stay as they were."""
+    other = host_store(load_config(), "box-other", tmp_path)
+    with other.transaction() as tree:
+        tree.add(Task(name="nightly-report"))
+    local = single_host(home, clock)
+    with local.transaction() as tree:
+        tree.add(Task(name="nightly-report"))
+        tree.add(Task(name="mine"))
+    local.close()
+    refused = call_script("tasks.py", "list", home=home, env={"SELFHEAL_DATABASE_URL": fleet_url})
+    assert refused.returncode == 2, refused.stderr
+    assert "the fleet's task tree already has task(s) named 'nightly-report'" in refused.stderr
+    assert "nothing changed" in refused.stderr and "Traceback" not in refused.stderr
+    with psycopg.connect(fleet_url) as conn:
+        assert conn.execute("SELECT task_name FROM tasks").fetchall() == [("nightly-report",)]
+    assert (home / "tasks.db").exists() and not list((home / "tasks").glob("fleet-import-*"))
+    assert single_host(home, clock).get("mine").name == "mine"  # the host's own tree, whole

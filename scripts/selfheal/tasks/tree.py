@@ -103,6 +103,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 IMPORT_KEY = "json_import"  # meta: absent (not yet looked), "moving:<backup folder>", or "done"
 ARCHIVE_KEY = "archive_checked_ts"  # meta: when run-next last looked for finished trees to archive
+FLEET_IMPORT_KEY = "fleet_import"  # meta of tasks.db: the id of its import into the fleet's tree
 ARCHIVE_EVERY_S = 3600.0  # run-next looks for finished trees at most this often (a claim stays one query)
 
 
@@ -544,10 +545,97 @@ class TaskStore:
         from ..state.pg import PgTaskDB  # noqa: PLC0415 - psycopg only in fleet mode
 
         try:
-            return PgTaskDB(database, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
+            db = PgTaskDB(database, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
+            self._import_into_fleet(db)
         except FleetUnavailable as exc:
             mark_down(store, exc, clock=self.clock)
             raise FleetTreeDown(str(exc)) from None
+        return db
+
+    def _import_into_fleet(self, fleet: TaskDB) -> None:
+        """The task tree this host kept before fleet mode (its tasks.db, or tasks/*.json of an older version,
+        first imported into tasks.db as a single host would) goes into the fleet's tree once, on first fleet
+        use (`tasks.py fleet init` included): its tasks, archive and run log in one transaction, then tasks.db
+        moves to tasks/fleet-import-<ts>/ (the JSON files stay in tasks/json-backup-<ts>/), said once. A name
+        the fleet's tree already has is refused (TaskImportRefused, exit 2), naming it, and nothing is
+        imported. A crash after the commit is finished by the next start (the import's id is in both)."""
+        if not self.db_path.exists() and not _json_files(self.folder) and not _json_files(self.archive_folder):
+            return  # the common case: one stat and two folder scans
+        wait = self.config.tasks.busy_timeout_s
+        what = "the import of this host's task tree into the fleet's"
+        with file_lock(self.state.lock_file("tasks", "fleet-import"), timeout=wait, what=what):
+            if not self.db_path.exists() and not _json_files(self.folder) and not _json_files(self.archive_folder):
+                return  # another process of this host did it meanwhile
+            local = TaskDB(self.db_path, busy_timeout_s=wait).open()
+            try:
+                self._import_files(local)  # an older JSON tree into tasks.db first, kept as a single host keeps it
+                import_id = local.meta(FLEET_IMPORT_KEY)
+                if import_id is None:
+                    import_id = f"{self.host}-{os.urandom(8).hex()}"
+                    with local.write():
+                        local.set_meta(FLEET_IMPORT_KEY, import_id)
+                done = fleet.meta(f"import:{import_id}")
+                if done is None:
+                    done = self._copy_tree(local, fleet, import_id)
+            finally:
+                local.close()
+            backup = self.folder / f"fleet-import-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(self.clock.time()))}"
+            ensure_dir(backup)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{self.db_path}{suffix}", backup / f"{self.db_path.name}{suffix}")
+            fsync_dir(backup)
+            fsync_dir(self.db_path.parent)
+        counts = json.loads(done)
+        message = (
+            f"imported this host's task tree ({counts['tasks']} task(s), {counts['archived']} archived) from"
+            f" {self.db_path} into the fleet's task tree; the file is kept in {backup}"
+        )
+        logger.info("%s", message)
+        self.notices.append(message)
+
+    def _copy_tree(self, local: TaskDB, fleet: TaskDB, import_id: str) -> str:
+        """Copy tasks, archive and run log from `local` to `fleet` in one transaction; refuse a name clash."""
+        tasks = list(local.iter_ordered())
+        archived = local.execute(
+            "SELECT task_name, root_task_id, archived_ts, log_file, record FROM tasks_archive ORDER BY id"
+        ).fetchall()
+        log_columns = (
+            "log_type, log_level, task_name, run_start_time, run_end_time, duration_ms, run_status, run_message,"
+            " run_content, created_at"
+        )
+        logs = local.execute(f"SELECT {log_columns} FROM main_logs ORDER BY id").fetchall()  # noqa: S608
+        names = [t.name for t in tasks]
+        counts = json.dumps({"host": self.host, "tasks": len(tasks), "archived": len(archived), "runs": len(logs)})
+        with fleet.write():
+            clash: list[str] = []
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                found = fleet.execute(f"SELECT task_name FROM tasks WHERE task_name IN ({marks})", chunk).fetchall()  # noqa: S608
+                clash += sorted(r[0] for r in found)
+            if clash:
+                more = f" and {len(clash) - 5} more" if len(clash) > 5 else ""
+                shown = ", ".join(repr(n) for n in clash[:5]) + more
+                raise TaskImportRefused(
+                    f"the fleet's task tree already has task(s) named {shown}: this host's task tree ({self.db_path},"
+                    f" {len(tasks)} task(s)) was not imported into it and nothing changed in either; rename or void"
+                    " and archive those tasks in one of the two trees, then run again"
+                )
+            fleet.insert_many(tasks)
+            for row in archived:
+                fleet.execute(
+                    "INSERT INTO tasks_archive (task_name, root_task_id, archived_ts, log_file, record)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    row,
+                )
+            for row in logs:
+                fleet.execute(
+                    f"INSERT INTO main_logs ({log_columns}) VALUES ({', '.join('?' for _ in row)})",  # noqa: S608
+                    row,
+                )
+            fleet.set_meta(f"import:{import_id}", counts)
+        return counts
 
     @property
     def db(self) -> TaskDB:
