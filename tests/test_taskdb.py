@@ -404,13 +404,13 @@ def test_a_tasks_db_of_schema_version_1_gets_its_parent_gate_column_filled(home:
 
 
 def test_a_claim_reads_no_more_than_the_queue_needs(home: Path) -> None:
-    """The claim's pick walks the claim index in run order (it holds exactly the claimable rows): no sort of
-    every actionable task; the listing of actionable tasks walks the queue index."""
+    """The claim's pick and the listing of actionable tasks walk the queue index in run order: no sort of
+    every actionable task."""
     store = open_store(home)
     for types in (None, ["fix"]):
         sql, params = store.db.claim_sql(types, runner="{}", entry="{}", tag="t", now=0.0)
         plan = " / ".join(row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql, params))
-        assert "USING INDEX tasks_claim" in plan and "TEMP B-TREE" not in plan, plan
+        assert "USING INDEX tasks_queue" in plan and "TEMP B-TREE" not in plan, plan
     sql, params = store.db.actionable_sql(["fix"], runnable=False, limit=None)
     plan = " / ".join(row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql, params))
     store.close()

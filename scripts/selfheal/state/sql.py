@@ -22,6 +22,10 @@ class Dialect(NamedTuple):
     begin_write: str  # starts a transaction that holds the write lock from its first statement
     claim_lock: str  # appended to the claim's SELECT: keeps concurrent claimers off the chosen row
     queue_hint: str  # after `FROM tasks` in the actionable query and the claim: read {index}, in its order
+    # The index the claim's pick reads. SQLite is told to read the queue index (queue_hint) and filters the
+    # few rows it passes; PostgreSQL's planner, without statistics (a table just filled), would sort the whole
+    # queue instead, so it gets `tasks_claim`, which holds exactly the claimable rows in run order.
+    claim_index: str
     serial_key: str  # an auto-numbered primary key column
     real: str  # a floating-point column
     deferred_fk: str  # a foreign key checked at commit (a subtree may be inserted or deleted in any order)
@@ -55,6 +59,7 @@ SQLITE = Dialect(
     # Without statistics the planner may prefer the exec_state index and sort every actionable row; the
     # queue index holds exactly those rows already in run order, so the first row that passes the gate wins.
     queue_hint=" INDEXED BY {index}",
+    claim_index="tasks_queue",
     serial_key="INTEGER PRIMARY KEY AUTOINCREMENT",
     real="REAL",
     deferred_fk="DEFERRABLE INITIALLY DEFERRED",
@@ -78,6 +83,7 @@ POSTGRESQL = Dialect(
     begin_write="BEGIN",
     claim_lock=" FOR UPDATE SKIP LOCKED",
     queue_hint="",
+    claim_index="tasks_claim",
     serial_key="BIGSERIAL PRIMARY KEY",
     real="DOUBLE PRECISION",
     deferred_fk="DEFERRABLE INITIALLY DEFERRED",

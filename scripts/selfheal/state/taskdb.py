@@ -116,8 +116,8 @@ COUNT_OPEN_CHILDREN = (
     f" AND c.exec_state NOT IN ({_quoted(CHILD_SETTLED)}))"
 )
 RUNNABLE = "(run_spec IS NOT NULL OR task_type = 'fix')"
-# What a claim may take: the claim index (tasks_claim, schema version 2) holds exactly these rows, in run order,
-# so the first row of the index is the task to run (no sort, no filter for the planner to misjudge).
+# What a claim may take. On PostgreSQL the claim index (tasks_claim, schema version 3 there) holds exactly these
+# rows, in run order, so the first row of the index is the task to run (no sort, no filter to misjudge).
 CLAIMABLE = f"{ACTIONABLE_IN} AND {PARENT_GATE} AND {RUNNABLE}"
 
 
@@ -231,8 +231,9 @@ def open_children_schema(d: Dialect) -> list[str]:
     out = [
         "ALTER TABLE tasks ADD COLUMN open_children INTEGER NOT NULL DEFAULT 0",
         f"UPDATE tasks SET open_children = {COUNT_OPEN_CHILDREN}",  # noqa: S608 - constant text
-        f"CREATE INDEX tasks_claim ON tasks({INDEX_ORDER}) WHERE {CLAIMABLE}",
     ]
+    if d.claim_index == "tasks_claim":
+        out.append(f"CREATE INDEX tasks_claim ON tasks({INDEX_ORDER}) WHERE {CLAIMABLE}")
     for name, event, when, body in triggers:
         out += [t.format(name=name, event=event, when=when, body=body + ";") for t in d.trigger]
     return out
@@ -595,7 +596,7 @@ class TaskDB:
         lease_s: float | None = None,
     ) -> tuple[str, list[Any]]:
         """The claim as one statement: the first runnable actionable task in the document's order (the parent
-        gate is a column of its row; the claim index holds exactly the rows that pass, in that order) becomes
+        gate is a column of its row; the pick reads Dialect.claim_index in that order) becomes
         PROCESSING under `runner` (JSON), one more execution, its run id `<name[:60]>-<tag>`, `entry` (a JSON
         object) appended to its history with `what` filled in; the row as it now is comes back, and with
         `lease_s` one more column: whether any running task's lease ran out. On PostgreSQL the pick's FOR
@@ -615,7 +616,7 @@ class TaskDB:
         if types is not None:
             where.append(f"task_type IN ({', '.join('?' for _ in range(types))})")
         pick = (
-            f"SELECT task_name FROM tasks{self.d.queue_hint.format(index='tasks_claim')}"  # noqa: S608
+            f"SELECT task_name FROM tasks{self.d.queue_hint.format(index=self.d.claim_index)}"  # noqa: S608
             f" WHERE {' AND '.join(where)} ORDER BY {ORDER_BY} LIMIT 1{self.d.claim_lock}"
         )
         c = self.d.clock
