@@ -650,7 +650,8 @@ class TaskDB:
         statement, params = self.claim_sql(
             types, runner=self._runner_json[1], entry=dumps(entry), tag=tag, now=now, lease_s=lease_s
         )
-        rows = self.execute(statement, params).fetchall()
+        with self.errors():  # SQLite commits (autocommit) as the statement finishes: inside fetchall
+            rows = self.execute(statement, params).fetchall()
         if not rows:
             if lease_s is None:
                 return False, None
