@@ -747,8 +747,8 @@ class TaskStore:
         now = self.clock.time()
         self.taken_back = []
         lease = self.config.tasks.lease_s if self.fleet else None
-        entry = history_entry(now, "", "claimed by run-next", f"run-next pid {runner['pid']}")
-        del entry["what"]  # the statement writes it: "<the state it had> -> PROCESSING"
+        entry = {"ts": utc_iso(now), "reason": "claimed by run-next", "by": f"run-next pid {runner['pid']}"}
+        # (history_entry's keys; `what` the statement writes: "<the state it had> -> PROCESSING")
         for _ in range(2):
             with db.lock:
                 expired, task = db.claim(wanted, runner=runner, entry=entry, tag=tag, now=now, lease_s=lease)
