@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from test_tasks import (
+    test_a_claim_appends_its_history_entry_and_keeps_the_newest,
     test_a_first_business_failure_is_error_fix_pending_with_a_fix_child_for_the_step,
     test_a_parent_runs_only_when_every_child_is_end_void_or_requires_manual,
     test_actionable_order_is_type_then_priority_then_deeper_then_older,
@@ -30,6 +31,7 @@ from test_tasks import (
     test_reparenting_moves_the_whole_subtree_and_fixes_levels_and_roots,
     test_run_next_archives_old_finished_trees_as_it_claims,
     test_the_gate_looks_at_children_only_not_grandchildren_through_a_settled_child,
+    test_the_parent_gate_column_stays_right_through_every_change_of_a_child,
     test_voiding_a_task_voids_its_unfinished_descendants_but_not_finished_ones,
 )
 
@@ -45,6 +47,7 @@ from selfheal.testing import FakeClock
 # The core behaviours of the SQLite store, run here on PostgreSQL (pytest collects them in this module, where
 # `store` is the fleet's).
 SAME_AS_SQLITE = (
+    test_a_claim_appends_its_history_entry_and_keeps_the_newest,
     test_a_first_business_failure_is_error_fix_pending_with_a_fix_child_for_the_step,
     test_a_parent_runs_only_when_every_child_is_end_void_or_requires_manual,
     test_actionable_order_is_type_then_priority_then_deeper_then_older,
@@ -54,6 +57,7 @@ SAME_AS_SQLITE = (
     test_reparenting_moves_the_whole_subtree_and_fixes_levels_and_roots,
     test_run_next_archives_old_finished_trees_as_it_claims,
     test_the_gate_looks_at_children_only_not_grandchildren_through_a_settled_child,
+    test_the_parent_gate_column_stays_right_through_every_change_of_a_child,
     test_voiding_a_task_voids_its_unfinished_descendants_but_not_finished_ones,
 )
 
