@@ -559,3 +559,48 @@ def test_a_hosts_tree_with_a_name_the_fleet_has_is_refused_and_nothing_is_import
         assert conn.execute("SELECT task_name FROM tasks").fetchall() == [("nightly-report",)]
     assert (home / "tasks.db").exists() and not list((home / "tasks").glob("fleet-import-*"))
     assert single_host(home, clock).get("mine").name == "mine"  # the host's own tree, whole
+
+
+def test_a_deadlock_between_two_hosts_is_lock_busy_try_later_and_nothing_of_it_is_written(
+    store: TaskStore, fleet_url: str
+) -> None:
+    """Settling a child now changes its parent's row (the gate column): a host changing the parent and then
+    the child, against one settling the child (which then waits on the parent), is a deadlock. The database
+    rolls one back; when it is this host's, the store says LockBusy (exit 4, try later), not a traceback."""
+    from selfheal.errors import LockBusy
+
+    with store.transaction() as tree:
+        tree.add(Task(name="p"))
+        tree.add(Task(name="c", parent="p"))
+    store.db.execute("SET deadlock_timeout = '100ms'")  # this host finds the deadlock first: its transaction goes
+    other = psycopg.connect(fleet_url, autocommit=True)
+    other.execute("SET deadlock_timeout = '30s'")
+    waiting = threading.Event()
+    done: list[str] = []
+
+    def settle_child() -> None:
+        with other.transaction():
+            waiting.set()
+            other.execute("UPDATE tasks SET exec_state = 'END', status = 'done' WHERE task_name = 'c'")
+        done.append("committed")
+
+    thread = threading.Thread(target=settle_child)
+    broke = "a deadlock the database broke by rolling this transaction back"
+    with pytest.raises(LockBusy, match=broke), store.transaction() as tree:
+        tree.update("p", description="changed on this host")
+        tree.flush()  # p's row locked
+        thread.start()
+        waiting.wait(10)
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and not store.db.execute("SELECT 1 FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()").fetchone()
+        ):
+            pass
+        tree.update("c", description="and its child")
+        tree.flush()  # waits on the other host, which waits on p: the database breaks the cycle here
+    thread.join(30)
+    other.close()
+    assert done == ["committed"]
+    assert store.get("p").description is None and store.get("c").exec_state == END
+    assert store.db.execute("SELECT open_children FROM tasks WHERE task_name = 'p'").fetchone() == (0,)

@@ -270,7 +270,10 @@ class PgTaskDB(TaskDB):
             except psycopg.errors.DeadlockDetected:
                 # Two transactions each waited on a row the other held (a child settled while its parent is
                 # voided): the database rolled this one back; nothing of it was written.
-                raise LockBusy("the fleet's task tree (a row another host was changing at the same time)") from None
+                raise LockBusy(
+                    "the fleet's task tree: another host was changing the same rows in the other order (a deadlock"
+                    " the database broke by rolling this transaction back); nothing of it was written: try again"
+                ) from None
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 # The database answered and refused the statement: not an outage; the transaction rolls back.
                 raise StateError(f"fleet task tree {self.path}: {_mask(str(exc).strip())}") from None

@@ -708,7 +708,8 @@ class TaskStore:
                     yield tree
                     tree.flush()
             except LockBusy as exc:
-                exc.args = (f"the task tree ({self.db_path}) stayed locked for {wait:g}s; try again later",)
+                if not self.fleet:  # the fleet's store says which row and why itself (no tasks.db is involved)
+                    exc.args = (f"the task tree ({self.db_path}) stayed locked for {wait:g}s; try again later",)
                 raise
             finally:
                 if timeout_s is not None:
