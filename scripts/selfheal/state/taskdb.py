@@ -559,14 +559,11 @@ class TaskDB:
         return self._tasks("exec_state = ?", (exec_state,), order=False)
 
     def actionable_sql(
-        self, types: Sequence[str] | None, *, runnable: bool, limit: int | None, skip: Sequence[str] = ()
+        self, types: Sequence[str] | None, *, runnable: bool, limit: int | None
     ) -> tuple[str, list[Any]]:
         """The document's get_actionable_tasks() as one query: the columns of the tasks that may run, in order."""
         where = [ACTIONABLE_IN, PARENT_GATE]
         params: list[Any] = []
-        if skip:
-            where.append(f"task_name NOT IN ({', '.join('?' for _ in skip)})")
-            params += list(skip)
         if types is not None:
             where.append(f"task_type IN ({', '.join('?' for _ in types)})")
             params += list(types)
