@@ -19,12 +19,14 @@ Correctness: every fleet event is in the table exactly once, and the breaker end
 
 Claims: 6 worker processes claim every task of a fresh table of N tasks (runnable, flat) until none is
 left, three ways, each round in turn: self-heal's claim on PostgreSQL (`TaskStore.claim` in fleet mode:
-BEGIN, the lease sweep when due, the document's pick with its parent gate FOR UPDATE SKIP LOCKED, the
-UPDATE ... RETURNING with the gate checked again, COMMIT), a bare loop on the same table (one autocommit
+one autocommit UPDATE ... WHERE task_name = (the document's pick, its parent gate a column of the row, FOR
+UPDATE SKIP LOCKED) RETURNING the row and whether a lease ran out), a bare loop on the same table (one autocommit
 `UPDATE tasks ... WHERE task_name = (SELECT task_name ... ORDER BY <the document's order> LIMIT 1 FOR
 UPDATE SKIP LOCKED) RETURNING task_name`), and self-heal's claim on SQLite (the default, one host's
-tasks.db). Rate is N / wall seconds from the go signal to the last worker done. Correctness: each task
-claimed exactly once (0 double claims), none left.
+tasks.db). Rate is N / wall seconds from the go signal to the last worker done; with it the CPU time per
+claim of the workers and of their server backends (/proc, when the server runs on this machine), which the
+load of a shared machine hardly moves. Correctness: each task claimed exactly once (0 double claims), none
+left.
 
     .venv/bin/python bench/fleet.py [--quick] [--json] [--calls N] [--rounds R] [--claims N] [--claims-only]
 """
@@ -99,16 +101,31 @@ def bare_claim_sql() -> str:
     )
 
 
+def backend_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a server backend has used so far; 0 when it cannot be read (another machine)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def claim_worker(mode: str, go: str, where: str, host: str) -> None:
-    """One claiming process: waits for `go`, claims until nothing is left, prints the names it got."""
+    """One claiming process: waits for `go`, claims until nothing is left, prints the names it got and the CPU
+    time it and its server backend used meanwhile."""
     names: list[str] = []
+    backend: int | None = None
     if mode == "bare_pg":
         import psycopg
 
         conn = psycopg.connect(where, autocommit=True)
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         statement, n = bare_claim_sql(), 0
         while not os.path.exists(go):
             time.sleep(0.001)
+        cpu, server = time.process_time(), backend_cpu_s(backend)
         while True:
             n += 1
             row = conn.execute(statement, (json.dumps({"host": host, "pid": os.getpid()}), f"{host}-{n}")).fetchone()
@@ -122,17 +139,22 @@ def claim_worker(mode: str, go: str, where: str, host: str) -> None:
         base = load_config(env={"SELFHEAL_HOME": tempfile.mkdtemp(prefix="selfheal-bench-")})
         state = StateRoot(Path(where) if url is None else Path(tempfile.mkdtemp(prefix="selfheal-bench-")))
         store = TaskStore(state.ensure(), with_url(base, url, host))
-        store.db  # noqa: B018 - connected before the go
+        db = store.db
+        if url is not None:
+            with db.database.connection() as pg_conn:  # type: ignore[attr-defined]
+                backend = pg_conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         runner, n = runner_identity(host), 0
         while not os.path.exists(go):
             time.sleep(0.001)
+        cpu, server = time.process_time(), backend_cpu_s(backend)
         while True:
             n += 1
-            got = store.claim(None, runner, lambda name, _ts, n=n: f"{host}-{n}")
+            got = store.claim(None, runner, f"{host}-{n}")
             if got is None:
                 break
             names.append(got[0].name)
-    sys.stdout.write(json.dumps({"names": names}) + "\n")
+    used = {"client_cpu_s": time.process_time() - cpu, "server_cpu_s": backend_cpu_s(backend) - server}
+    sys.stdout.write(json.dumps({"names": names, **used}) + "\n")
 
 
 def seed_tasks(config: Config, state: StateRoot, count: int) -> None:
@@ -169,11 +191,15 @@ def claims_round(mode: str, where: str, count: int) -> dict[str, Any]:
     go.touch()
     names: list[str] = []
     per_worker = []
+    client = server = 0.0
     for worker in workers:
         out, err = worker.communicate(timeout=600)
         if worker.returncode != 0:
             raise RuntimeError(f"claim worker ({mode}) failed: {err.decode()[-2000:]}")
-        got = json.loads(out)["names"]
+        report = json.loads(out)
+        got = report["names"]
+        client += report["client_cpu_s"]
+        server += report["server_cpu_s"]
         names += got
         per_worker.append(len(got))
     wall = time.perf_counter() - start
@@ -183,12 +209,15 @@ def claims_round(mode: str, where: str, count: int) -> dict[str, Any]:
         "double": len(names) - len(set(names)),
         "missing": count - len(set(names)),
         "per_worker": per_worker,
+        "client_cpu_us": client / count * 1e6,
+        "server_cpu_us": server / count * 1e6,
     }
 
 
 def run_claims(server: Any, count: int, rounds: int) -> dict[str, Any]:
     base = load_config(env={"SELFHEAL_HOME": tempfile.mkdtemp(prefix="selfheal-bench-")})
     rates: dict[str, list[float]] = {m: [] for m in CLAIM_MODES}
+    cpu: dict[str, list[tuple[float, float]]] = {m: [] for m in CLAIM_MODES}
     doubles = missing = 0
     with tempfile.TemporaryDirectory(prefix="selfheal-bench-claims-") as tmp:
         for k in range(rounds):
@@ -204,9 +233,16 @@ def run_claims(server: Any, count: int, rounds: int) -> dict[str, Any]:
                     )
                 got = claims_round(mode, where, count)
                 rates[mode].append(got["per_s"])
+                cpu[mode].append((got["client_cpu_us"], got["server_cpu_us"]))
                 doubles += got["double"]
                 missing += got["missing"]
     med = {m: statistics.median(v) for m, v in rates.items()}
+    paired = [pg / bare for pg, bare in zip(rates["selfheal_pg"], rates["bare_pg"], strict=True)]
+    cpu_med = {
+        m: {"client": round(statistics.median(c for c, _ in v)), "server": round(statistics.median(s for _, s in v))}
+        for m, v in cpu.items()
+    }
+    pg_cpu, bare_cpu = cpu_med["selfheal_pg"], cpu_med["bare_pg"]
     return {
         "claims": count,
         "workers": WORKERS,
@@ -214,6 +250,13 @@ def run_claims(server: Any, count: int, rounds: int) -> dict[str, Any]:
         "claims_per_s": {m: round(v) for m, v in med.items()},
         "claims_per_s_rounds": {m: [round(x) for x in v] for m, v in rates.items()},
         "selfheal_vs_bare": round(med["selfheal_pg"] / med["bare_pg"], 2),
+        # Each round's self-heal rate over the bare rate of the same round (the load of the machine drifts
+        # less within a round than across rounds), its median; and the CPU per claim, which load hardly moves.
+        "selfheal_vs_bare_per_round": round(statistics.median(paired), 2),
+        "cpu_us_per_claim": cpu_med,
+        "bare_vs_selfheal_cpu": round(
+            (bare_cpu["client"] + bare_cpu["server"]) / max(1, pg_cpu["client"] + pg_cpu["server"]), 2
+        ),
         "pg_vs_sqlite": round(med["selfheal_pg"] / med["selfheal_sqlite"], 2),
         "double_claims": doubles,
         "unclaimed": missing,
@@ -296,18 +339,21 @@ def run(url: str, calls: int, rounds: int) -> dict[str, Any]:
 
 def render(r: dict[str, Any]) -> str:
     c = r["claims"]
+    u = c["cpu_us_per_claim"]
     claim_rows = [
-        ["self-heal's claim, PostgreSQL (fleet mode)", f"{c['claims_per_s']['selfheal_pg']:,}"],
-        [
-            "bare UPDATE ... (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING, same table",
-            f"{c['claims_per_s']['bare_pg']:,}",
-        ],
-        ["self-heal's claim, SQLite (the default, one host)", f"{c['claims_per_s']['selfheal_sqlite']:,}"],
+        [label, f"{c['claims_per_s'][mode]:,}", f"{u[mode]['client']}", f"{u[mode]['server']}"]
+        for mode, label in (
+            ("selfheal_pg", "self-heal's claim, PostgreSQL (fleet mode)"),
+            ("bare_pg", "bare UPDATE ... (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING, same table"),
+            ("selfheal_sqlite", "self-heal's claim, SQLite (the default, one host)"),
+        )
     ]
     claims = (
         f"Claims: {c['claims']} tasks x {c['rounds']} rounds, {c['workers']} worker processes, medians (claims/s)\n\n"
-        + markdown_table(["", "claims/s"], claim_rows)
-        + f"\n\nself-heal vs bare on PostgreSQL: {c['selfheal_vs_bare']:.0%}; PostgreSQL vs SQLite:"
+        + markdown_table(["", "claims/s", "client CPU µs/claim", "server CPU µs/claim"], claim_rows)
+        + f"\n\nself-heal vs bare on PostgreSQL: {c['selfheal_vs_bare']:.0%} (median of the rounds' own ratios:"
+        f" {c['selfheal_vs_bare_per_round']:.0%}; bare's CPU per claim over self-heal's, client and server:"
+        f" {c['bare_vs_selfheal_cpu']:.0%}); PostgreSQL vs SQLite:"
         f" {c['pg_vs_sqlite']:.2f}x; double claims: {c['double_claims']}; left unclaimed: {c['unclaimed']}"
     )
     if "breaker_us_per_call" not in r:

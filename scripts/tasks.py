@@ -6,6 +6,7 @@
   tasks.py list | tree [NAME] | show NAME | log NAME         what there is and how it went
   tasks.py actionable [--type T] [--limit N] [--json]        what runs next, in run order
   tasks.py run-next [--type fix|regular|creative] [--task NAME]   run the next one (cron: see SKILL.md)
+  tasks.py run-next --max N                                   up to N, one after another, in this process
   tasks.py mark NAME start|end|error|crash|manual|void        record a state by hand (agents, people)
   tasks.py set NAME --analysis TEXT ... | reparent NAME --parent P | beat NAME | void NAME
   tasks.py check-stuck [--dry-run] | archive [--older-than DAYS]
@@ -23,7 +24,10 @@ With --json, stdout holds exactly one JSON object; a task's output goes to tasks
 The tree lives in tasks.db under the state root (SQLite); a tree of tasks/*.json files from an older
 version is imported on first use (the files are kept in tasks/json-backup-<ts>/). In fleet mode (store.url)
 it lives in the fleet's PostgreSQL, shared by every host; with that database down, every command but
-`fleet status` exits 4 (this host claims nothing from the shared tree until it answers).
+`fleet status` exits 4 (this host claims nothing from the shared tree until it answers). The tree a host
+kept before fleet mode (tasks.db, or older tasks/*.json) is imported into the fleet's on `fleet init` or
+first fleet use, once (tasks.db is kept in tasks/fleet-import-<ts>/); a name the fleet's tree already has
+is refused (exit 2) and nothing is imported.
 """
 
 from __future__ import annotations
@@ -49,11 +53,11 @@ from selfheal.core.fleet import fleet_report  # noqa: E402
 from selfheal.core.ledger import SPOOL, Ledger  # noqa: E402
 from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
-from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, SelfHealError, StateError  # noqa: E402
+from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, NotAttempted, SelfHealError, StateError  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
 from selfheal.state.root import read_bytes  # noqa: E402
 from selfheal.state.skill_status import status_path, update_status  # noqa: E402
-from selfheal.tasks.run import BoundedLog, check_stuck, find_stuck, why_not  # noqa: E402
+from selfheal.tasks.run import BoundedLog, TaskRun, check_stuck, find_stuck, why_not  # noqa: E402
 from selfheal.tasks.tree import (  # noqa: E402
     ACTIONABLE_STATES,
     END,
@@ -407,6 +411,13 @@ def build_parser() -> cli.ArgumentParser:
     run.add_argument("--echo", action="store_true", help="also copy the task's output to stderr")
     run.add_argument("--no-stuck-check", action="store_true", help="skip the stuck check before running")
     run.add_argument("-q", "--quiet", action="store_true", help="print nothing when there is nothing to do")
+    run.add_argument(
+        "--max",
+        type=int,
+        metavar="N",
+        help="run up to N tasks one after another in this process (a long-lived host's loop); it stops early"
+        " when nothing is actionable, on a signal, or when the tree is unreachable or locked",
+    )
 
     stuck = command("check-stuck", "find running tasks that are stuck or dead, and deal with them")
     stuck.add_argument("--dry-run", action="store_true", help="only report")
@@ -638,6 +649,10 @@ def _op_reparent(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
 def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.task and args.type:
         parser.error("--task and --type do not go together")
+    if args.max is not None and args.max < 1:
+        parser.error(f"--max must be a whole number >= 1, got {args.max}")
+    if args.max is not None and args.task:
+        parser.error("--max and --task do not go together")
     stuck = [] if args.no_stuck_check else check_stuck(store)
     for finding in stuck:
         cli.say(
@@ -647,23 +662,49 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
     stop = StopFlag()
     stop.install()
     become_subreaper()  # daemons a command starts are re-parented to us, so they can be found and stopped
+    results: list[TaskRun] = []
     try:
         runner = task_runner(store, stop=stop, echo=sys.stderr.buffer if args.echo else None)
-        result = runner.run_next(types=args.type, only=args.task)
+        for _ in range(args.max or 1):
+            if results and not args.json:
+                _say_run(results[-1])  # as each run ends
+            try:
+                results.append(runner.run_next(types=args.type, only=args.task))
+            except NotAttempted as exc:  # the tree locked or unreachable (exit 4), after runs that ended well
+                if not results:
+                    raise
+                cli.say(f"stopped after {len(results)} run(s): {exc}")
+                break
+            # Nothing left, a signal, or a run that lost its lease (its stop flag is set): the loop ends.
+            if results[-1].outcome == "nothing" or stop.signum is not None:
+                break
     finally:
         stop.close()
+    result = results[-1]
     result.stuck = [f.to_json() for f in stuck]
     _report_status(result.task, result.outcome)
     _warn_problems(store)
+    if args.max is not None:
+        ran = [r for r in results if r.outcome != "nothing"]
+        code = next((r.exit_status for r in ran if r.exit_status), EXIT_OK)
+        if args.json:
+            cli.emit_json({"ok": code == EXIT_OK, "ran": len(ran), "runs": [r.to_json() for r in results]})
+        elif result.outcome != "nothing" or not args.quiet:
+            _say_run(result)
+        return code
     if args.json:
         cli.emit_json(result.to_json())
     elif result.outcome != "nothing" or not args.quiet:
-        cli.say(result.message)
-        for fix in result.fix_tasks:
-            cli.say(f"created {fix}")
-        if result.incident:
-            cli.say(f"incident: {result.incident}")
+        _say_run(result)
     return result.exit_status
+
+
+def _say_run(result: TaskRun) -> None:
+    cli.say(result.message)
+    for fix in result.fix_tasks:
+        cli.say(f"created {fix}")
+    if result.incident:
+        cli.say(f"incident: {result.incident}")
 
 
 def _report_status(task: str | None, outcome: str) -> None:
@@ -698,14 +739,7 @@ def _op_check_stuck(store: TaskStore, args: argparse.Namespace, parser: argparse
 
 
 def _op_beat(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    now = store.clock.time()
-    with store.transaction() as tree:
-        task = tree.get(args.name)
-        if task.exec_state != PROCESSING:
-            raise TaskError(
-                f"task {args.name!r} is {task.exec_state}, not PROCESSING; `tasks.py mark {args.name} start` first"
-            )
-        tree.quiet_update(args.name, heartbeat_ts=now, activity_ts=now)
+    now = store.beat(args.name)  # the database's clock in fleet mode
     if args.message:
         log = BoundedLog(
             store.log_path(args.name),
@@ -738,6 +772,10 @@ def _op_fleet(store: TaskStore, args: argparse.Namespace, parser: argparse.Argum
     report = fleet_report(
         config.store, store.state.sub("fleet") / SPOOL, init=args.action == "init", lease_s=config.tasks.lease_s
     )
+    if args.action == "init" and report["reachable"]:
+        store.db  # noqa: B018 - the tree this host kept before fleet mode goes into the fleet's now, once
+        for notice in store.notices:
+            cli.say(notice)
     lines = [f"fleet database {report['url']} (this host: {report['host']})"]
     if not report["reachable"]:
         lines.append(f"fleet database unreachable: degraded ({report['error']})")

@@ -374,10 +374,45 @@ def test_a_database_from_a_newer_schema_is_refused_and_never_touched(home: Path)
     assert (home / "tasks.db").read_bytes() == before
 
 
-def test_a_claim_reads_no_more_than_the_queue_needs(home: Path) -> None:
-    """The claim's SELECT walks the queue index in run order: no sort of every actionable task."""
+def test_a_tasks_db_of_schema_version_1_gets_its_parent_gate_column_filled(home: Path) -> None:
+    """Migration 2 on a tasks.db written by the version before: open_children counted for the trees already
+    there (the parent gate of the claim), and kept from then on by its triggers."""
+    from selfheal.state.sql import SQLITE
+    from selfheal.state.taskdb import MIGRATIONS
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = sqlite3.connect(home / "tasks.db")
+    for statement in MIGRATIONS[0][1](SQLITE):
+        db.execute(statement)
+    db.execute("INSERT INTO schema_version (version, applied_ts) VALUES (1, 0)")
+    for name, parent, exec_state in (("p", None, "NEW"), ("a", "p", "NEW"), ("b", "p", "END"), ("a1", "a", "NEW")):
+        db.execute(
+            "INSERT INTO tasks (task_name, task_type, priority, status, exec_state, parent_task_id, root_task_id,"
+            " task_level, created_ts, updated_ts) VALUES (?, 'regular', 'P1', 'pending', ?, ?, 'p', 1, 1, 1)",
+            (name, exec_state, parent),
+        )
+    db.commit()
+    db.close()
     store = open_store(home)
-    sql, params = store.db.actionable_sql(["fix"], runnable=True, limit=1)
+    assert store.db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+    rows = store.db.execute("SELECT task_name, open_children FROM tasks ORDER BY task_name").fetchall()
+    assert rows == [("a", 1), ("a1", 0), ("b", 0), ("p", 1)]
+    assert [t.name for t in store.snapshot().actionable()] == ["a1"]
+    with store.transaction() as tree:
+        tree.transition("a1", "VOID")
+    assert [t.name for t in store.snapshot().actionable()] == ["a"]
+    store.close()
+
+
+def test_a_claim_reads_no_more_than_the_queue_needs(home: Path) -> None:
+    """The claim's pick and the listing of actionable tasks walk the queue index in run order: no sort of
+    every actionable task."""
+    store = open_store(home)
+    for types in (None, ["fix"]):
+        sql, params = store.db.claim_sql(types, runner="{}", entry="{}", tag="t", now=0.0)
+        plan = " / ".join(row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql, params))
+        assert "USING INDEX tasks_queue" in plan and "TEMP B-TREE" not in plan, plan
+    sql, params = store.db.actionable_sql(["fix"], runnable=False, limit=None)
     plan = " / ".join(row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql, params))
     store.close()
     assert "USING INDEX tasks_queue" in plan and "TEMP B-TREE" not in plan, plan
@@ -388,7 +423,7 @@ def test_a_heartbeat_touches_only_its_own_running_task(home: Path, clock: FakeCl
     with store.transaction() as tree:
         tree.add(Task(name="t", run={"kind": "argv", "argv": ["true"]}))
     me = {"pid": os.getpid(), "create_time": 1.0, "host": "here"}
-    claimed = store.claim(None, me, lambda name, now: f"{name}-run")
+    claimed = store.claim(None, me, "run")
     assert claimed is not None and claimed[0].exec_state == PROCESSING and claimed[0].run_id == "t-run"
     assert store.touch_running("t", me, heartbeat_ts=5.0, activity_ts=4.0)
     assert (store.get("t").heartbeat_ts, store.get("t").activity_ts) == (5.0, 4.0)

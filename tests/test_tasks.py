@@ -740,3 +740,93 @@ def test_run_next_archives_old_finished_trees_as_it_claims(store: TaskStore, clo
     result = TaskRunner(store).run_next()
     assert result.outcome == "nothing"
     assert "old" not in store.snapshot() and store.archived("old")
+
+
+def open_children(store: TaskStore) -> dict[str, int]:
+    """Each task's open_children column, checked against a count of its children done here."""
+    from selfheal.state.taskdb import COUNT_OPEN_CHILDREN
+
+    rows = store.db.execute(
+        f"SELECT task_name, open_children, {COUNT_OPEN_CHILDREN} FROM tasks ORDER BY task_name"  # noqa: S608
+    ).fetchall()
+    assert [(name, kept) for name, kept, _ in rows] == [(name, counted) for name, _, counted in rows]
+    return {name: kept for name, kept, _ in rows if kept}
+
+
+def test_the_parent_gate_column_stays_right_through_every_change_of_a_child(store: TaskStore, clock: FakeClock) -> None:
+    """open_children (the claim's parent gate) follows adding, claiming, finishing, voiding, handing back
+    (REQUIRES_MANUAL and requeued), moving, archiving and deleting children, and a JSON import's any order."""
+    add(store, clock, "p", run={"kind": "argv", "argv": ["true"]})
+    add(store, clock, "q")
+    for name in ("a", "b", "c"):
+        add(store, clock, name, parent="p", run={"kind": "argv", "argv": ["true"]})
+    add(store, clock, "a1", parent="a", run={"kind": "argv", "argv": ["true"]})
+    assert open_children(store) == {"a": 1, "p": 3}
+    runner = {"pid": 1, "create_time": 1.0, "host": "here"}
+    claimed = store.claim(None, runner, "t1")  # the deepest first: a1 (its gate is shut for nobody)
+    assert claimed is not None and claimed[0].name == "a1" and open_children(store) == {"a": 1, "p": 3}
+    with store.transaction() as tree:
+        tree.transition("a1", END)  # settled: a opens
+    assert open_children(store) == {"p": 3}
+    with store.transaction() as tree:
+        tree.void("b")
+        tree.transition("c", PROCESSING)
+        tree.transition("c", ERROR_FIX_PENDING)
+        tree.transition("c", REQUIRES_MANUAL)  # settled for its parent
+    assert open_children(store) == {"p": 1}
+    with store.transaction() as tree:
+        tree.transition("c", ERROR_FIX_PENDING, "handed back")  # requeued: open again
+        assert tree.get("c").requeued
+    assert open_children(store) == {"p": 2}
+    with store.transaction() as tree:
+        tree.reparent("c", "q")  # moved: p loses it, q gains it
+    assert open_children(store) == {"p": 1, "q": 1}
+    with store.transaction() as tree:
+        tree.reparent("a", None)
+        tree.add(Task(name="late", parent="q"))
+    assert open_children(store) == {"q": 2}
+    with store.transaction() as tree:
+        tree.void("q")  # q and its open children: nothing open is left under anyone
+    assert open_children(store) == {}
+    with store.transaction() as tree:
+        tree.transition("a", PROCESSING)
+        tree.transition("a", END)
+        tree.add(Task(name="open-under-p", parent="p"))
+    assert open_children(store) == {"p": 1}
+    with store.transaction():
+        store.db.delete(["open-under-p"])  # a row deleted while open
+    assert open_children(store) == {}
+    clock.advance(8 * 86400)
+    with store.transaction() as tree:
+        moved = tree.archive_finished(older_than_s=7 * 86400)
+    assert {"a", "a1"} <= {t.name for t in moved} and open_children(store) == {}
+    # A tree inserted children first (as an import may): counted again once all are in.
+    kids = [Task(name=f"k{i}", parent="top", root="top", level=2) for i in range(3)]
+    with store.db.write():
+        store.db.insert_many([*kids, Task(name="top")])
+    assert open_children(store) == {"top": 3}
+    assert store.claim(None, runner, "t2") is not None  # p: its gate is open again
+    assert store.get("p").exec_state == PROCESSING
+
+
+def test_a_claim_appends_its_history_entry_and_keeps_the_newest(store: TaskStore, clock: FakeClock) -> None:
+    """The claim writes its history entry in its own statement: the same entry as before, the newest
+    HISTORY_KEEP kept, whatever state the task came from."""
+    from selfheal.tasks.tree import HISTORY_KEEP
+
+    add(store, clock, "t", run={"kind": "argv", "argv": ["true"]})
+    runner = {"pid": 7, "create_time": 1.0, "host": "here"}
+    for n in range(HISTORY_KEEP + 3):
+        claimed = store.claim(None, runner, f"r{n}")
+        assert claimed is not None and claimed[0].run_id == f"t-r{n}"
+        assert claimed[0].history[-1] == {
+            "ts": claimed[0].history[-1]["ts"],
+            "what": f"{NEW if n == 0 else NORMAL_CRASH} -> {PROCESSING}",
+            "reason": "claimed by run-next",
+            "by": "run-next pid 7",
+        }
+        with store.transaction() as tree:
+            tree.transition("t", NORMAL_CRASH, f"crash {n}")
+    history = store.get("t").history
+    assert len(history) == HISTORY_KEEP and history[-1]["reason"] == f"crash {HISTORY_KEEP + 2}"
+    assert history[-2]["what"] == f"{NORMAL_CRASH} -> {PROCESSING}"

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import psycopg
+import pytest
 from test_formats import check, schema
 
 from conftest import PYTHON, SCRIPTS, script_env
@@ -31,13 +32,14 @@ HOSTS = ("box-1", "box-2", "box-3")
 FAST = "process: {heartbeat_s: 0.2}\ntasks: {lease_s: 2.0}\n"
 
 
-def start_hosts(tmp_path: Path, fleet_url: str, go: Path) -> dict[str, subprocess.Popen[bytes]]:
-    """One runner process per host, each waiting for `go`."""
+def start_hosts(tmp_path: Path, fleet_url: str, go: Path, *, config: str = FAST) -> dict[str, subprocess.Popen[bytes]]:
+    """One long-lived runner process per host (claiming and running until the tree is done), each waiting
+    for `go`."""
     workers = {}
     for host in HOSTS:
         home = tmp_path / host
         home.mkdir(mode=0o700)
-        (home / "config.yaml").write_text(FAST)
+        (home / "config.yaml").write_text(config)
         env = script_env(home, PYTHONPATH=str(SCRIPTS), SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID=host)
         workers[host] = subprocess.Popen(
             [PYTHON, str(HELPERS / "fleet_task_worker.py"), str(go)],
@@ -53,7 +55,7 @@ def results(workers: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
     for host, worker in workers.items():
         stdout, stderr = worker.communicate(timeout=170)
         assert worker.returncode == 0, stderr.decode()[-3000:]
-        out[host] = json.loads(stdout)
+        out[host] = {**json.loads(stdout), "stderr": stderr.decode()}
     return out
 
 
@@ -69,45 +71,96 @@ def shell(line: str) -> dict[str, Any]:
     return {"kind": "shell", "shell": line}
 
 
-def test_three_hosts_run_a_shared_tree_each_task_once_and_parents_after_their_children(
-    fleet_url: str, home: Path, tmp_path: Path
+# Outages: the runs' leases (10 s) outlast the restart, so no running task is taken back meanwhile; a host
+# that found the database down tries it again after 0.2 s.
+RESTART = "process: {heartbeat_s: 0.5}\ntasks: {lease_s: 10.0}\nstore: {retry_down_s: 0.2}\n"
+
+
+def test_three_hosts_run_a_thousand_task_tree_once_each_through_a_postgresql_restart(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """130 tasks (10 roots, 3 children each, 3 grandchildren each child) on three hosts: each runs exactly
-    once, each parent after every one of its children, and every host gets work. (1,000 tasks work the same
-    but take about a minute here: each run starts a real shell and writes its run records.)"""
-    journal = tmp_path / "journal"
-    store = TaskStore(StateRoot(home).ensure(), load_config())
-    expected: dict[str, list[str]] = {}  # task -> its children
-    with store.transaction() as tree:
-        for r in range(10):
+    """1,000 tasks (40 roots, 4 children each, 5 grandchildren each child) on three long-lived host
+    processes; PostgreSQL is stopped once a third of the tree has run, kept down for 2 s (each host meets
+    it: its claims refused with FleetTreeDown, or its run's outcome waiting for the database), then started
+    again. Each task runs exactly once (its command
+    appends its name to the journal), each parent after every one of its children, every host works, and
+    every ledger event each host wrote (its own files) is in the fleet's ledger exactly once: those sent
+    while the database was down were spooled and replayed. The cluster is this test's own, so that
+    stopping it disturbs no other test."""
+    from helpers.postgres import Cluster
+
+    cluster = Cluster()
+    try:
+        fleet_url = cluster.new_database()
+        monkeypatch.setenv("SELFHEAL_DATABASE_URL", fleet_url)
+        journal = tmp_path / "journal"
+        expected: dict[str, list[str]] = {}  # task -> its children
+        tasks = []
+        for r in range(40):
             root = f"r{r}"
-            tree.add(Task(name=root, run=shell(f"echo {root} >> {journal}")))
+            tasks.append(Task(name=root, run=shell(f"echo {root} >> {journal}")))
             expected[root] = []
-            for c in range(3):
+            for c in range(4):
                 child = f"{root}-c{c}"
-                tree.add(Task(name=child, parent=root, run=shell(f"echo {child} >> {journal}")))
+                tasks.append(Task(name=child, parent=root, run=shell(f"echo {child} >> {journal}")))
                 expected[root].append(child)
                 expected[child] = []
-                for g in range(3):
+                for g in range(5):
                     grandchild = f"{child}-g{g}"
-                    tree.add(Task(name=grandchild, parent=child, run=shell(f"echo {grandchild} >> {journal}")))
+                    tasks.append(Task(name=grandchild, parent=child, run=shell(f"echo {grandchild} >> {journal}")))
                     expected[child].append(grandchild)
                     expected[grandchild] = []
-    go = tmp_path / "go"
-    workers = start_hosts(tmp_path, fleet_url, go)
-    go.touch()
-    ran = results(workers)
-    lines = journal.read_text().splitlines()
-    assert sorted(lines) == sorted(expected)  # each task ran exactly once...
-    assert sorted(n for r in ran.values() for n in r["ran"]) == sorted(expected)  # ...claimed once
-    assert all(r["ran"] for r in ran.values()), {h: len(r["ran"]) for h, r in ran.items()}  # every host worked
-    position = {name: i for i, name in enumerate(lines)}
-    for parent, children in expected.items():
-        for child in children:
-            assert position[child] < position[parent], (child, parent)
-    with psycopg.connect(fleet_url) as conn:
-        assert conn.execute("SELECT DISTINCT exec_state FROM tasks").fetchall() == [(END,)]
-        assert conn.execute("SELECT count(*) FROM main_logs WHERE run_status = 'success'").fetchone() == (130,)
+        assert len(expected) == 1000
+        store = TaskStore(StateRoot(home).ensure(), load_config())
+        assert store.add_many((f"task {n}", t) for n, t in enumerate(tasks)) == 1000
+        store.close()
+        go = tmp_path / "go"
+        workers = start_hosts(tmp_path, fleet_url, go, config=RESTART)
+        go.touch()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 330):
+            time.sleep(0.02)
+        cluster.stop()
+        ran_before = len(journal.read_text().splitlines())
+        time.sleep(2.0)  # the outage: longer than a host's retry_down_s and its finish retries, within the lease
+        cluster.start()
+        ran = results(workers)
+        lines = journal.read_text().splitlines()
+        assert ran_before < 1000
+        assert sorted(lines) == sorted(expected)  # each task ran exactly once...
+        assert sorted(n for r in ran.values() for n in r["ran"]) == sorted(expected)  # ...for one claim
+        assert all(r["ran"] for r in ran.values()), {h: len(r["ran"]) for h, r in ran.items()}  # every host worked
+        # Each host met the outage: a claim refused (FleetTreeDown) or a run's outcome waiting for the database.
+        for host, r in ran.items():
+            assert r["down"] or "waiting for the fleet database to record it" in r["stderr"], (
+                host,
+                r["stderr"][-2000:],
+            )
+        position = {name: i for i, name in enumerate(lines)}
+        for parent, children in expected.items():
+            for child in children:
+                assert position[child] < position[parent], (child, parent)
+        local: list[str] = []
+        for host in HOSTS:
+            state = StateRoot(tmp_path / host)
+            assert not state.fleet_spool.exists() or state.fleet_spool.stat().st_size == 0  # replayed
+            for path in sorted(state.sub("ledger").glob("*.jsonl")):
+                local += [json.loads(line)["event_id"] for line in path.read_text().splitlines()]
+        assert len(local) == len(set(local)) and len(local) >= 1000
+        with psycopg.connect(fleet_url) as conn:
+            assert conn.execute("SELECT DISTINCT exec_state FROM tasks").fetchall() == [(END,)]
+            assert conn.execute(
+                "SELECT count(*), count(DISTINCT task_name) FROM main_logs WHERE run_status = 'success'"
+            ).fetchone() == (1000, 1000)
+            # A claim whose reply the stop cut off is taken back after its lease, never run twice.
+            assert conn.execute(
+                "SELECT count(*) FROM tasks WHERE execution_count <> 1 AND task_name NOT IN"
+                " (SELECT task_name FROM main_logs WHERE run_status = 'taken_back')"
+            ).fetchone() == (0,)
+            shared = [r[0] for r in conn.execute("SELECT event_id FROM selfheal_ledger").fetchall()]
+        assert sorted(shared) == sorted(local)  # no event lost, none doubled
+    finally:
+        cluster.destroy()
 
 
 def test_a_sigkilled_hosts_task_is_taken_back_after_its_lease_and_finishes_once(
@@ -239,7 +292,7 @@ def test_a_runner_that_lost_its_lease_stops_its_command_and_its_outcome_is_refus
     for _ in range(20):  # box-a's heartbeat may land between the two: age it again
         with psycopg.connect(fleet_url, autocommit=True) as conn:
             conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 120 WHERE task_name = 'long'")
-        claimed = b.claim(None, runner_identity("box-b"), lambda name, _ts: f"{name}-on-box-b")
+        claimed = b.claim(None, runner_identity("box-b"), "on-box-b")
         if claimed is not None:
             break
     assert claimed is not None and claimed[0].run_id == "long-on-box-b"

@@ -505,3 +505,33 @@ def test_a_task_waiting_between_retries_is_not_stuck(home: Path, write_config: C
     assert (checked.returncode, as_json(checked)["findings"]) == (0, [])
     result = json.loads(runner.communicate(timeout=30)[0])
     assert (result["exec_state"], result["error_class"]) == ("NORMAL_CRASH", "transient")  # ran to its end
+
+
+def test_run_next_max_runs_tasks_one_after_another_in_one_process_until_none_is_left(
+    home: Path, tmp_path: Path
+) -> None:
+    """`run-next --max N`: a long-lived host's loop in one process; children before their parent, one JSON
+    object for all the runs, and it stops at the first pass with nothing to do (or after N runs)."""
+    journal = tmp_path / "journal"
+    for name, parent in (("top", None), ("kid-1", "top"), ("kid-2", "top")):
+        added = tasks(
+            home, "add", name, *(["--parent", parent] if parent else []), "--shell", f"echo {name} >> {journal}"
+        )
+        assert added.returncode == 0, added.stderr
+    tasks(home, "add", "later", "--priority", "P2", "--shell", f"echo later >> {journal}")
+    two = tasks(home, "run-next", "--max", "2", "--json")
+    assert two.returncode == 0, two.stderr
+    report = json.loads(two.stdout)
+    assert report["ok"] and report["ran"] == 2 and [r["outcome"] for r in report["runs"]] == ["succeeded"] * 2
+    assert journal.read_text().splitlines() == ["kid-1", "kid-2"]
+    rest = tasks(home, "run-next", "--max", "10")
+    assert rest.returncode == 0, rest.stderr
+    assert journal.read_text().splitlines() == ["kid-1", "kid-2", "top", "later"]
+    assert "task 'top' succeeded" in rest.stderr and "task 'later' succeeded" in rest.stderr
+    assert "no actionable task" in rest.stderr  # the pass that found nothing ended the loop
+    for bad, message in (
+        (["--max", "0"], "--max must be a whole number >= 1, got 0"),
+        (["--max", "2", "--task", "top"], "--max and --task do not go together"),
+    ):
+        refused = tasks(home, "run-next", *bad)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr

@@ -12,7 +12,8 @@ Tables (schema version in selfheal_schema; migrations run in order, once, under 
                         (event_id, ts) is unique, so an event replayed from a host's spool lands once
     tasks, tasks_archive, main_logs, meta
                         the shared task tree (version 2): taskdb's own tables, created by taskdb's
-                        statements in the POSTGRESQL dialect; PgTaskDB runs taskdb's statements on them
+                        statements in the POSTGRESQL dialect; PgTaskDB runs taskdb's statements on them;
+                        version 3 adds taskdb's open_children column and its triggers (the parent gate)
 
 Every psycopg error becomes DatabaseUnavailable and closes the connection; the next use reconnects.
 """
@@ -39,14 +40,14 @@ from psycopg.types.json import Jsonb
 from ..errors import FleetUnavailable, LockBusy, StateError
 from .breakers import BreakerState
 from .sql import POSTGRESQL
-from .taskdb import TaskDB, row_task, task_tables
+from .taskdb import TaskDB, open_children_schema, row_task, task_tables
 
 if TYPE_CHECKING:
     from .taskrecord import Task
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most this often (one statement)
 _MIGRATE_LOCK = 0x5E1F_4EA1  # pg_advisory_xact_lock key: one host migrates, the others wait and see it done
 _PARTITION_LOCK = 0x5E1F_4EA2
@@ -87,6 +88,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         *task_tables(POSTGRESQL),
         "CREATE INDEX tasks_lease ON tasks (heartbeat_ts) WHERE exec_state = 'PROCESSING'",
     ),
+    # The parent gate as a column of the parent's row, kept by triggers (taskdb's schema version 2): the
+    # claim becomes one statement whose row lock rechecks the gate.
+    3: tuple(open_children_schema(POSTGRESQL)),
 }
 
 _PARTITION = re.compile(r"selfheal_ledger_(\d{4})(\d{2})(\d{2})\Z")
@@ -212,6 +216,7 @@ class PgTaskDB(TaskDB):
         self._tx: psycopg.Connection[Any] | None = None
         self._plans: dict[str, str] = {}  # statement -> its prepared name on _plans_conn
         self._plans_conn: psycopg.Connection[Any] | None = None
+        self._spelled: dict[str, str] = {}  # statement -> as psycopg takes it (the claim's, every time)
 
     def clock_param(self, now: float) -> float | None:
         return None
@@ -253,12 +258,22 @@ class PgTaskDB(TaskDB):
                 self._reopen, self._tx = False, conn  # open now, even if a statement fails: rolled back then
             try:
                 if len(statements) == 1 and not begin and not commit:
-                    cursor: Any = conn.execute(self.d.sql(statements[0][0]), tuple(statements[0][1]))
+                    text = self._spelled.get(statements[0][0])
+                    if text is None:
+                        text = self._spelled[statements[0][0]] = self.d.sql(statements[0][0])
+                    cursor: Any = conn.execute(text, tuple(statements[0][1]))
                 else:
                     cursor = self._one_message(conn, statements, begin=begin, commit=commit)
             except psycopg.errors.LockNotAvailable:
                 raise LockBusy(
                     f"the fleet's task tree (a row another host holds, for over {self.busy_timeout_s:g}s)"
+                ) from None
+            except psycopg.errors.DeadlockDetected:
+                # Two transactions each waited on a row the other held (a child settled while its parent is
+                # voided): the database rolled this one back; nothing of it was written.
+                raise LockBusy(
+                    "the fleet's task tree: another host was changing the same rows in the other order (a deadlock"
+                    " the database broke by rolling this transaction back); nothing of it was written: try again"
                 ) from None
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 # The database answered and refused the statement: not an outage; the transaction rolls back.
@@ -315,6 +330,7 @@ class PgTaskDB(TaskDB):
                 self.d.sql(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})"),  # noqa: S608
                 [task_row(t) for t in tasks],
             )
+        self.recount_open_children()
 
     def _begin(self) -> None:
         """BEGIN goes with the transaction's first statement (one round trip fewer)."""

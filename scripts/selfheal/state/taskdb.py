@@ -12,8 +12,12 @@ version than this one is refused, never touched.
 The actionable order is one query: the document's ORDER BY (type, priority, deeper first, oldest)
 with its parent gate (a parent only when every child is END, VOID or REQUIRES_MANUAL), answered from a
 partial index that holds only the actionable rows in that order, so a claim reads a handful of rows
-however large the tree. Statements are written in the SQL SQLite and PostgreSQL share; `sql.Dialect`
-holds what differs.
+however large the tree. The gate is a column of the parent's own row, `open_children` (its children not
+END, VOID or REQUIRES_MANUAL), kept by triggers in the transaction that adds, moves, deletes or settles a
+child (schema version 2): a claim is then one `UPDATE ... FROM (SELECT ... LIMIT 1) ... RETURNING`, and on
+PostgreSQL the row lock's recheck of a concurrently changed row (READ COMMITTED) sees a child committed
+after the statement began, since adding it changed the parent's row. Statements are written in the SQL
+SQLite and PostgreSQL share; `sql.Dialect` holds what differs.
 
 This module knows rows and statements; the rules (which transitions are allowed, what a claim records)
 are the task layer's (`selfheal.tasks.tree`).
@@ -35,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EXIT_USAGE, LockBusy, StateError, StateWriteError, UnsafeStateError, UsageError
 from .root import ensure_dir, open_rewrite
 from .sql import SQLITE, Dialect
-from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, PRIORITIES, PROCESSING, TYPES, VOID
+from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, HISTORY_KEEP, PRIORITIES, PROCESSING, TYPES, VOID
 
 if TYPE_CHECKING:
     from .taskrecord import Task
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # How long a reader that only looks (the health check) waits for a migration in progress; in WAL mode
 # reads never wait for an ordinary writer.
 READ_WAIT_S = 5.0
@@ -104,11 +108,17 @@ PRIORITY_RANK = "CASE priority WHEN 'P0' THEN 0 WHEN 'P1' THEN 1 ELSE 2 END"
 ORDER_BY = f"{TYPE_RANK}, {PRIORITY_RANK}, task_level DESC, created_ts, task_name"
 # The same as index columns (PostgreSQL wants an expression in an index in parentheses; SQLite takes both).
 INDEX_ORDER = f"({TYPE_RANK}), ({PRIORITY_RANK}), task_level DESC, created_ts, task_name"
-PARENT_GATE = (
-    "NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = tasks.task_name"  # noqa: S608 - constant text
+# The parent gate: a column of the row itself (see open_children_schema), so a claim reads no child.
+PARENT_GATE = "open_children = 0"
+# What the column counts, from the children themselves (the migration fills it so; tests compare).
+COUNT_OPEN_CHILDREN = (
+    "(SELECT COUNT(*) FROM tasks c WHERE c.parent_task_id = tasks.task_name"  # noqa: S608 - constant text
     f" AND c.exec_state NOT IN ({_quoted(CHILD_SETTLED)}))"
 )
 RUNNABLE = "(run_spec IS NOT NULL OR task_type = 'fix')"
+# What a claim may take. On PostgreSQL the claim index (tasks_claim, schema version 3 there) holds exactly these
+# rows, in run order, so the first row of the index is the task to run (no sort, no filter to misjudge).
+CLAIMABLE = f"{ACTIONABLE_IN} AND {PARENT_GATE} AND {RUNNABLE}"
 
 
 def _schema(d: Dialect) -> list[str]:
@@ -197,8 +207,40 @@ def task_tables(d: Dialect) -> list[str]:
     ]
 
 
+def open_children_schema(d: Dialect) -> list[str]:
+    """Schema version 2 (PostgreSQL: state/pg.py's version 3): the parent gate as a column of the parent's row.
+
+    `open_children` counts a task's children that are not END, VOID or REQUIRES_MANUAL. Three triggers keep it
+    in the transaction that changes a child: one added (open), one deleted or archived (if open), one moved
+    to another parent or whose exec state crosses into or out of the settled ones. The claim's and a
+    heartbeat's UPDATEs change neither, so they fire nothing. Filled here for the trees already there."""
+    settled = _quoted(CHILD_SETTLED)
+    inc = "UPDATE tasks SET open_children = open_children + 1 WHERE task_name = NEW.parent_task_id"
+    dec = "UPDATE tasks SET open_children = open_children - 1 WHERE task_name = OLD.parent_task_id"
+    triggers = (
+        ("tasks_open_insert", "INSERT", f"NEW.parent_task_id IS NOT NULL AND NEW.exec_state NOT IN ({settled})", inc),
+        ("tasks_open_delete", "DELETE", f"OLD.parent_task_id IS NOT NULL AND OLD.exec_state NOT IN ({settled})", dec),
+        (
+            "tasks_open_update",
+            "UPDATE",
+            "COALESCE(OLD.parent_task_id, '') <> COALESCE(NEW.parent_task_id, '')"
+            f" OR (OLD.exec_state IN ({settled})) <> (NEW.exec_state IN ({settled}))",
+            f"{dec} AND OLD.exec_state NOT IN ({settled}); {inc} AND NEW.exec_state NOT IN ({settled})",
+        ),
+    )
+    out = [
+        "ALTER TABLE tasks ADD COLUMN open_children INTEGER NOT NULL DEFAULT 0",
+        f"UPDATE tasks SET open_children = {COUNT_OPEN_CHILDREN}",  # noqa: S608 - constant text
+    ]
+    if d.claim_index == "tasks_claim":
+        out.append(f"CREATE INDEX tasks_claim ON tasks({INDEX_ORDER}) WHERE {CLAIMABLE}")
+    for name, event, when, body in triggers:
+        out += [t.format(name=name, event=event, when=when, body=body + ";") for t in d.trigger]
+    return out
+
+
 # Each entry brings the schema from the version before it to its own; a new version appends one.
-MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _schema),)
+MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _schema), (2, open_children_schema))
 
 
 # -- errors ---------------------------------------------------------------------------------------------
@@ -287,30 +329,36 @@ def task_row(task: Task) -> tuple[Any, ...]:
     return tuple(out)
 
 
+_DECODE = tuple((attr, kind) for _, attr, kind in COLUMNS)
+
+
 def row_task(row: Sequence[Any], path: Path) -> Task:
     """A row of `tasks` (COLUMNS order) as a task; a column that does not decode names the row and column."""
+    from .taskrecord import RunSpec, Task  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when read
+
     fields: dict[str, Any] = {}
-    for (column, attr, kind), raw in zip(COLUMNS, row, strict=True):
+    for (attr, kind), raw in zip(_DECODE, row, strict=True):
         if attr is None:
             continue
-        value: Any = raw
-        if kind == "json" and raw is not None:
+        if raw is None:
+            fields[attr] = None
+        elif kind == "json":
             try:
-                value = json.loads(raw)
+                fields[attr] = json.loads(raw)
             except ValueError as exc:
+                column = COLUMN_NAMES[_DECODE.index((attr, kind))]
                 raise StateError(
                     f"task database {path}: task {row[0]!r}: column {column}: invalid JSON ({exc})"
                 ) from None
         elif kind == "bool":
-            value = bool(raw)
-        fields[attr] = value
-    if fields.get("extra") is None:
+            fields[attr] = bool(raw)
+        else:
+            fields[attr] = raw
+    if fields["extra"] is None:
         fields["extra"] = {}
-    if fields.get("history") is None:
+    if fields["history"] is None:
         fields["history"] = []
-    from .taskrecord import RunSpec, Task  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when read
-
-    if fields.get("run") is not None:  # what a runner will execute: checked before anything runs it
+    if fields["run"] is not None:  # what a runner will execute: checked before anything runs it
         fields["run"] = RunSpec.from_json(fields["run"], f"task database {path}: task {row[0]!r}")
     return Task(**fields)
 
@@ -331,6 +379,8 @@ class TaskDB:
         # Inside write(): no transaction is open (fetch_and_commit ended it, or PostgreSQL's BEGIN waits to go
         # with the first statement); the next statement opens one.
         self._reopen = False
+        self._claim_texts: dict[tuple[int | None, bool], str] = {}
+        self._runner_json: tuple[dict[str, Any] | None, str] = (None, "")
 
     # -- opening --------------------------------------------------------------------------------------
 
@@ -511,20 +561,18 @@ class TaskDB:
         return self._tasks("exec_state = ?", (exec_state,), order=False)
 
     def actionable_sql(
-        self, types: Sequence[str] | None, *, runnable: bool, limit: int | None, skip: Sequence[str] = ()
+        self, types: Sequence[str] | None, *, runnable: bool, limit: int | None
     ) -> tuple[str, list[Any]]:
         """The document's get_actionable_tasks() as one query: the columns of the tasks that may run, in order."""
         where = [ACTIONABLE_IN, PARENT_GATE]
         params: list[Any] = []
-        if skip:
-            where.append(f"task_name NOT IN ({', '.join('?' for _ in skip)})")
-            params += list(skip)
         if types is not None:
             where.append(f"task_type IN ({', '.join('?' for _ in types)})")
             params += list(types)
         if runnable:
             where.append(RUNNABLE)
-        sql = f"SELECT {SELECT_COLUMNS} FROM tasks{self.d.queue_hint} WHERE {' AND '.join(where)} ORDER BY {ORDER_BY}"  # noqa: S608
+        hint = self.d.queue_hint.format(index="tasks_queue")
+        sql = f"SELECT {SELECT_COLUMNS} FROM tasks{hint} WHERE {' AND '.join(where)} ORDER BY {ORDER_BY}"  # noqa: S608
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -536,26 +584,87 @@ class TaskDB:
         sql, params = self.actionable_sql(types, runnable=runnable, limit=limit)
         return [row_task(r, self.path) for r in self.execute(sql, params).fetchall()]
 
-    def pick(self, types: Sequence[str] | None, *, skip: Sequence[str] = ()) -> Task | None:
-        """The first runnable actionable task (inside a write transaction: the claim's SELECT), other than
-        those in `skip`."""
-        sql, params = self.actionable_sql(types, runnable=True, limit=1, skip=skip)
-        row = self.execute(sql + self.d.claim_lock, params).fetchone()
-        return None if row is None else row_task(row, self.path)
+    def claim_sql(
+        self,
+        types: Sequence[str] | None,
+        *,
+        runner: str,
+        entry: str,
+        tag: str,
+        now: float,
+        lease_s: float | None = None,
+    ) -> tuple[str, list[Any]]:
+        """The claim as one statement: the first runnable actionable task in the document's order (the parent
+        gate is a column of its row; the pick reads Dialect.claim_index in that order) becomes
+        PROCESSING under `runner` (JSON), one more execution, its run id `<name[:60]>-<tag>`, `entry` (a JSON
+        object) appended to its history with `what` filled in; the row as it now is comes back, and with
+        `lease_s` one more column: whether any running task's lease ran out. On PostgreSQL the pick's FOR
+        UPDATE SKIP LOCKED skips a row another host holds, and a row changed since the statement began is
+        checked again once locked (a child added meanwhile raised its open_children): the next row is taken."""
+        key = (None if types is None else len(types), lease_s is not None)
+        statement = self._claim_texts.get(key)
+        if statement is None:
+            statement = self._claim_texts[key] = self._claim_text(key[0], with_lease=key[1])
+        at = self.clock_param(now)
+        tail = [at, lease_s] if lease_s is not None else []
+        return statement, [runner, at, at, at, at, at, entry, "-" + tag, *(types or ()), *tail]
 
-    def sweep_and_pick(
-        self, types: Sequence[str] | None, *, skip: Sequence[str] = (), lease_s: float | None, now: float
-    ) -> tuple[list[Task], Task | None]:
-        """The claim's reads, both locked (PostgreSQL: one round trip): when `lease_s` is given, the running
-        tasks whose lease ran out (`expired`); then the first runnable actionable task (`pick`)."""
-        sql, params = self.actionable_sql(types, runnable=True, limit=1, skip=skip)
-        statements: list[tuple[str, Sequence[Any]]] = [(sql + self.d.claim_lock, params)]
-        if lease_s is not None:
-            statements.insert(0, self._expired_sql(lease_s, now))
-        results = self.query_many(statements)
-        expired = [row_task(r, self.path) for r in results[0]] if lease_s is not None else []
-        picked = results[-1]
-        return expired, (row_task(picked[0], self.path) if picked else None)
+    def _claim_text(self, types: int | None, *, with_lease: bool) -> str:
+        """claim_sql's statement for `types` task types (None: any type), with the lease column or without."""
+        where = [CLAIMABLE]
+        if types is not None:
+            where.append(f"task_type IN ({', '.join('?' for _ in range(types))})")
+        pick = (
+            f"SELECT task_name FROM tasks{self.d.queue_hint.format(index=self.d.claim_index)}"  # noqa: S608
+            f" WHERE {' AND '.join(where)} ORDER BY {ORDER_BY} LIMIT 1{self.d.claim_lock}"
+        )
+        c = self.d.clock
+        history = self.d.claim_history.format(keep=HISTORY_KEEP, keep_less_one=HISTORY_KEEP - 1)
+        returning = SELECT_COLUMNS
+        if with_lease:
+            returning += f", EXISTS ({self._expired_sql(0.0, 0.0, lock=False)[0]})"
+        return (
+            f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
+            f" execution_count = execution_count + 1, started_ts = {c}, heartbeat_ts = {c},"
+            f" activity_ts = {c}, last_executed_ts = {c}, ended_ts = NULL, updated_ts = {c}, history = {history},"
+            f" run_id = substr(task_name, 1, 60) || ? WHERE task_name = ({pick}) RETURNING {returning}"
+        )
+
+    def claim(
+        self,
+        types: Sequence[str] | None,
+        *,
+        runner: dict[str, Any],
+        entry: dict[str, Any],
+        tag: str,
+        now: float,
+        lease_s: float | None = None,
+    ) -> tuple[bool, Task | None]:
+        """The claim (claim_sql): outside write() a statement of its own (autocommit: one round trip on
+        PostgreSQL, as a bare SKIP LOCKED loop); inside, part of that transaction. Returns whether a running
+        task's lease ran out (when `lease_s` is given: a hint read without a lock; taking them back is a
+        transaction of its own, see expired()) and the task claimed, or None."""
+        if self._runner_json[0] != runner:  # the same runner claims again and again: its JSON is kept
+            self._runner_json = (dict(runner), dumps(runner))
+        statement, params = self.claim_sql(
+            types, runner=self._runner_json[1], entry=dumps(entry), tag=tag, now=now, lease_s=lease_s
+        )
+        with self.errors():  # SQLite commits (autocommit) as the statement finishes: inside fetchall
+            rows = self.execute(statement, params).fetchall()
+        if not rows:
+            if lease_s is None:
+                return False, None
+            return self.execute(*self._expired_sql(lease_s, now, lock=False)).fetchone() is not None, None
+        row = rows[0]
+        if lease_s is None:
+            return False, row_task(row, self.path)
+        return bool(row[-1]), row_task(row[:-1], self.path)
+
+    def recount_open_children(self) -> None:
+        """Set every task's open_children from its children (after rows were inserted children first)."""
+        self.execute(
+            f"UPDATE tasks SET open_children = {COUNT_OPEN_CHILDREN} WHERE open_children <> {COUNT_OPEN_CHILDREN}"  # noqa: S608
+        )
 
     def lock_row(self, name: str) -> None:
         """Lock a task's row until the transaction ends (where the dialect has row locks; SQLite's write
@@ -569,15 +678,21 @@ class TaskDB:
         rows = self.execute(*self._expired_sql(lease_s, now)).fetchall()
         return [row_task(r, self.path) for r in rows]
 
-    def _expired_sql(self, lease_s: float, now: float) -> tuple[str, Sequence[Any]]:
+    def _expired_sql(self, lease_s: float, now: float, *, lock: bool = True) -> tuple[str, Sequence[Any]]:
+        """The running tasks whose lease ran out: locked (skipping a row another claimer holds) for the take-back,
+        or, without `lock`, only whether there are any."""
+        where = f"exec_state = '{PROCESSING}' AND heartbeat_ts < {self.d.clock} - ?"
+        if not lock:
+            return f"SELECT 1 FROM tasks WHERE {where}", (self.clock_param(now), lease_s)  # noqa: S608
         return (
-            f"SELECT {SELECT_COLUMNS} FROM tasks WHERE exec_state = '{PROCESSING}'"  # noqa: S608
-            f" AND heartbeat_ts < {self.d.clock} - ? ORDER BY task_name{self.d.claim_lock}",
+            f"SELECT {SELECT_COLUMNS} FROM tasks WHERE {where} ORDER BY task_name{self.d.claim_lock}",  # noqa: S608
             (self.clock_param(now), lease_s),
         )
 
     def clock_now(self, now: float) -> float:
         """The time the claim and heartbeats stamp: `now` (the host's) or the database's clock."""
+        if self.d.clock == "?":  # the host's clock: nothing to ask
+            return now
         return float(self.execute(f"SELECT {self.d.clock}", (self.clock_param(now),)).fetchone()[0])
 
     def iter_ordered(
@@ -620,12 +735,15 @@ class TaskDB:
         self.execute(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})", task_row(task))  # noqa: S608
 
     def insert_many(self, tasks: Iterable[Task]) -> None:
+        """Insert tasks in any order (a child before its parent too: the foreign key is checked at commit),
+        then count each parent's open children again."""
         marks = ", ".join("?" for _ in COLUMNS)
         with self.errors():
             self.conn.executemany(
                 self.d.sql(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})"),  # noqa: S608
                 (task_row(t) for t in tasks),
             )
+        self.recount_open_children()
 
     def update_row(self, row: tuple[Any, ...]) -> None:
         sets = ", ".join(f"{c} = ?" for c in COLUMN_NAMES[1:])
@@ -638,37 +756,6 @@ class TaskDB:
     def delete(self, names: Sequence[str]) -> None:
         for name in names:
             self.execute("DELETE FROM tasks WHERE task_name = ?", (name,))
-
-    def mark_claimed(
-        self,
-        name: str,
-        *,
-        runner: dict[str, Any],
-        now: float,
-        history: list[dict[str, Any]],
-        run_id: str,
-        commit: bool = False,
-    ) -> Task | None:
-        """The claim's UPDATE: PROCESSING, this runner, one more execution; returns the row as it now is, and
-        commits with it when asked (one round trip on PostgreSQL).
-
-        With row locks (Dialect.gate_recheck) the UPDATE checks the parent gate again: a statement started
-        after the pick locked the row sees a child another host committed meanwhile; None then."""
-        c, at = self.d.clock, self.clock_param(now)
-        gate = f" AND {PARENT_GATE}" if self.d.gate_recheck else ""
-        statement = (
-            f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
-            f" execution_count = execution_count + 1, started_ts = {c}, heartbeat_ts = {c}, activity_ts = {c},"
-            f" last_executed_ts = {c}, ended_ts = NULL, updated_ts = {c}, history = ?, run_id = ?, requeued = 0"
-            f" WHERE task_name = ?{gate} RETURNING {SELECT_COLUMNS}"
-        )
-        params = (dumps(runner), at, at, at, at, at, dumps(history), run_id, name)
-        rows = self.fetch_and_commit(statement, params) if commit else self.execute(statement, params).fetchall()
-        if not rows:
-            if gate:
-                return None
-            raise StateError(f"task database {self.path}: task {name!r} vanished during its claim")  # pragma: no cover
-        return row_task(rows[0], self.path)
 
     def touch_running(self, name: str, runner: dict[str, Any], *, heartbeat_ts: float, activity_ts: float) -> bool:
         """A heartbeat: only while the task is PROCESSING under this very runner. False otherwise."""

@@ -788,17 +788,16 @@ class TaskRunner:
                         raise NotAttempted(problem + "; try later")
                     raise TaskError(problem)
                 now = self.clock.time()
+                # started_ts and the lease's heartbeat: the database's clock in fleet mode (TaskTree.transition)
                 tree.transition(task.name, PROCESSING, "claimed by run-next", by=f"run-next pid {runner['pid']}")
                 task.runner = runner
                 task.execution_count += 1
                 task.run_id = new_run_id(task.name[:60], now)
                 requeued, task.requeued = task.requeued, False
-            if self.store.fleet:  # the lease runs from the database's clock, not this host's
-                self.store.touch_running(task.name, runner)
         else:
             if keep_days > 0:
                 self.store.archive_if_due(older_than_s=keep_days * 86400)
-            claim = self.store.claim(types, runner, lambda name, ts: new_run_id(name[:60], ts))
+            claim = self.store.claim(types, runner, new_run_id(None, self.clock.time()))  # <name>-<stamp>-<pid>
             for old, had in self.store.taken_back:
                 self.ledger.record(
                     "lease",

@@ -6,13 +6,14 @@ an optional parent, and optionally something to run (a command, a shell string, 
 Every change goes through `TaskStore.transaction()`: one write transaction over the database (so a claim
 has exactly one winner and a parent check sees every child) that saves what the block changed only if
 it ends without an error; a refused change rolls back and leaves the database as it was. The common
-paths never read the whole tree: a claim is one query and one UPDATE, a heartbeat one UPDATE, a listing
-streams.
+paths never read the whole tree: a claim is one UPDATE (its pick a subquery), a heartbeat one UPDATE, a
+listing streams.
 
 In fleet mode (store.url) the tree lives in the fleet's PostgreSQL instead (`state.pg.PgTaskDB`, the same
-statements): claims skip rows another host is claiming (FOR UPDATE SKIP LOCKED), adding a child locks its
-parent, and a running task whose heartbeat is older than `tasks.lease_s` (the database's clock) is taken
-back by the next claim on any host. With the database down this host claims nothing (FleetTreeDown, exit 4).
+statements): claims skip rows another host is claiming (FOR UPDATE SKIP LOCKED), adding a child changes (and
+locks) its parent's row, whose open_children the claim's lock rechecks, and a running task whose heartbeat
+is older than `tasks.lease_s` (the database's clock) is taken back by the next claim on any host. With the
+database down this host claims nothing (FleetTreeDown, exit 4).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 IMPORT_KEY = "json_import"  # meta: absent (not yet looked), "moving:<backup folder>", or "done"
 ARCHIVE_KEY = "archive_checked_ts"  # meta: when run-next last looked for finished trees to archive
+FLEET_IMPORT_KEY = "fleet_import"  # meta of tasks.db: the id of its import into the fleet's tree
 ARCHIVE_EVERY_S = 3600.0  # run-next looks for finished trees at most this often (a claim stays one query)
 
 
@@ -431,12 +433,15 @@ class TaskTree:
             task.retry_count = 0
             task.requeued = True
         if wanted == PROCESSING:
-            task.started_ts = task.heartbeat_ts = task.activity_ts = now
-            task.last_executed_ts = now
+            # The lease's times: on a shared database its clock's, as the claim stamps them (one query).
+            stamp = self.db.clock_now(now)
+            task.started_ts = task.heartbeat_ts = task.activity_ts = stamp
+            task.last_executed_ts = stamp
             task.ended_ts = None
         elif current == PROCESSING:
             task.ended_ts = now
             task.runner = None
+            task.requeued = False  # the run a person handed back has ended: the next one is an ordinary one
         if wanted in (END, VOID):
             task.runner = None
         self._touch(task, f"{current} -> {wanted}", reason, by=by)
@@ -542,10 +547,97 @@ class TaskStore:
         from ..state.pg import PgTaskDB  # noqa: PLC0415 - psycopg only in fleet mode
 
         try:
-            return PgTaskDB(database, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
+            db = PgTaskDB(database, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
+            self._import_into_fleet(db)
         except FleetUnavailable as exc:
             mark_down(store, exc, clock=self.clock)
             raise FleetTreeDown(str(exc)) from None
+        return db
+
+    def _import_into_fleet(self, fleet: TaskDB) -> None:
+        """The task tree this host kept before fleet mode (its tasks.db, or tasks/*.json of an older version,
+        first imported into tasks.db as a single host would) goes into the fleet's tree once, on first fleet
+        use (`tasks.py fleet init` included): its tasks, archive and run log in one transaction, then tasks.db
+        moves to tasks/fleet-import-<ts>/ (the JSON files stay in tasks/json-backup-<ts>/), said once. A name
+        the fleet's tree already has is refused (TaskImportRefused, exit 2), naming it, and nothing is
+        imported. A crash after the commit is finished by the next start (the import's id is in both)."""
+        if not self.db_path.exists() and not _json_files(self.folder) and not _json_files(self.archive_folder):
+            return  # the common case: one stat and two folder scans
+        wait = self.config.tasks.busy_timeout_s
+        what = "the import of this host's task tree into the fleet's"
+        with file_lock(self.state.lock_file("tasks", "fleet-import"), timeout=wait, what=what):
+            if not self.db_path.exists() and not _json_files(self.folder) and not _json_files(self.archive_folder):
+                return  # another process of this host did it meanwhile
+            local = TaskDB(self.db_path, busy_timeout_s=wait).open()
+            try:
+                self._import_files(local)  # an older JSON tree into tasks.db first, kept as a single host keeps it
+                import_id = local.meta(FLEET_IMPORT_KEY)
+                if import_id is None:
+                    import_id = f"{self.host}-{os.urandom(8).hex()}"
+                    with local.write():
+                        local.set_meta(FLEET_IMPORT_KEY, import_id)
+                done = fleet.meta(f"import:{import_id}")
+                if done is None:
+                    done = self._copy_tree(local, fleet, import_id)
+            finally:
+                local.close()
+            backup = self.folder / f"fleet-import-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(self.clock.time()))}"
+            ensure_dir(backup)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{self.db_path}{suffix}", backup / f"{self.db_path.name}{suffix}")
+            fsync_dir(backup)
+            fsync_dir(self.db_path.parent)
+        counts = json.loads(done)
+        message = (
+            f"imported this host's task tree ({counts['tasks']} task(s), {counts['archived']} archived) from"
+            f" {self.db_path} into the fleet's task tree; the file is kept in {backup}"
+        )
+        logger.info("%s", message)
+        self.notices.append(message)
+
+    def _copy_tree(self, local: TaskDB, fleet: TaskDB, import_id: str) -> str:
+        """Copy tasks, archive and run log from `local` to `fleet` in one transaction; refuse a name clash."""
+        tasks = list(local.iter_ordered())
+        archived = local.execute(
+            "SELECT task_name, root_task_id, archived_ts, log_file, record FROM tasks_archive ORDER BY id"
+        ).fetchall()
+        log_columns = (
+            "log_type, log_level, task_name, run_start_time, run_end_time, duration_ms, run_status, run_message,"
+            " run_content, created_at"
+        )
+        logs = local.execute(f"SELECT {log_columns} FROM main_logs ORDER BY id").fetchall()  # noqa: S608
+        names = [t.name for t in tasks]
+        counts = json.dumps({"host": self.host, "tasks": len(tasks), "archived": len(archived), "runs": len(logs)})
+        with fleet.write():
+            clash: list[str] = []
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                found = fleet.execute(f"SELECT task_name FROM tasks WHERE task_name IN ({marks})", chunk).fetchall()  # noqa: S608
+                clash += sorted(r[0] for r in found)
+            if clash:
+                more = f" and {len(clash) - 5} more" if len(clash) > 5 else ""
+                shown = ", ".join(repr(n) for n in clash[:5]) + more
+                raise TaskImportRefused(
+                    f"the fleet's task tree already has task(s) named {shown}: this host's task tree ({self.db_path},"
+                    f" {len(tasks)} task(s)) was not imported into it and nothing changed in either; rename or void"
+                    " and archive those tasks in one of the two trees, then run again"
+                )
+            fleet.insert_many(tasks)
+            for row in archived:
+                fleet.execute(
+                    "INSERT INTO tasks_archive (task_name, root_task_id, archived_ts, log_file, record)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    row,
+                )
+            for row in logs:
+                fleet.execute(
+                    f"INSERT INTO main_logs ({log_columns}) VALUES ({', '.join('?' for _ in row)})",  # noqa: S608
+                    row,
+                )
+            fleet.set_meta(f"import:{import_id}", counts)
+        return counts
 
     @property
     def db(self) -> TaskDB:
@@ -618,7 +710,8 @@ class TaskStore:
                     yield tree
                     tree.flush()
             except LockBusy as exc:
-                exc.args = (f"the task tree ({self.db_path}) stayed locked for {wait:g}s; try again later",)
+                if not self.fleet:  # the fleet's store says which row and why itself (no tasks.db is involved)
+                    exc.args = (f"the task tree ({self.db_path}) stayed locked for {wait:g}s; try again later",)
                 raise
             finally:
                 if timeout_s is not None:
@@ -635,57 +728,40 @@ class TaskStore:
         fsync_dir(self.archive_folder)
         fsync_dir(self.folder)
 
-    def claim(
-        self, types: Iterable[str] | None, runner: dict[str, Any], run_id_for: Callable[[str, float], str]
-    ) -> tuple[Task, bool] | None:
-        """Claim the first runnable actionable task for `runner`: one write transaction, one query for the
-        pick (the document's order and parent gate), one UPDATE ... RETURNING. Returns the task as claimed
-        and whether a person had handed it back (its next run starts fresh), or None if nothing can run.
+    def claim(self, types: Iterable[str] | None, runner: dict[str, Any], tag: str) -> tuple[Task, bool] | None:
+        """Claim the first runnable actionable task for `runner`: one statement in autocommit (taskdb.claim_sql:
+        the document's order and parent gate, the UPDATE, the history entry, RETURNING).
+        Returns the task as claimed and whether a person had handed it back (its next run starts fresh), or
+        None if nothing can run. The run is named `<task name[:60]>-<tag>`.
 
-        `run_id_for(name, now)` names the run.
-
-        In fleet mode the claim first takes back running tasks whose lease ran out (their runner's heartbeat
-        is older than `tasks.lease_s` by the database's clock; `self.taken_back` lists them), and checks the
-        parent gate again once the picked row is locked (a child committed after the pick's snapshot counts).
-        With the database down it raises FleetTreeDown (exit 4): this host claims nothing."""
+        In fleet mode the same statement says whether any running task's lease ran out (its runner's heartbeat
+        is older than `tasks.lease_s` by the database's clock); if one did, they are taken back in a
+        transaction of their own (`self.taken_back` lists them), and a claim that found nothing else tries
+        once more. With the database down it raises FleetTreeDown (exit 4): this host claims nothing."""
         try:
-            return self._claim(types, runner, run_id_for)
+            return self._claim(types, runner, tag)
         except FleetUnavailable as exc:
             mark_down(self.config.store, exc, clock=self.clock)
             raise FleetTreeDown(str(exc)) from None
 
-    def _claim(
-        self, types: Iterable[str] | None, runner: dict[str, Any], run_id_for: Callable[[str, float], str]
-    ) -> tuple[Task, bool] | None:
+    def _claim(self, types: Iterable[str] | None, runner: dict[str, Any], tag: str) -> tuple[Task, bool] | None:
         wanted = sorted(set(types)) if types is not None else None
         db = self.db
         now = self.clock.time()
         self.taken_back = []
         lease = self.config.tasks.lease_s if self.fleet else None
-        skip: list[str] = []
-        with db.lock, db.write():
-            while True:
-                expired, task = db.sweep_and_pick(wanted, skip=skip, lease_s=lease, now=now)
-                if expired:
-                    self._take_back(db, expired, now)
-                    lease = None  # taken back: pick again, now that they can run
-                    continue
-                if task is None:
-                    return None
-                entry = history_entry(
-                    now, f"{task.exec_state} -> {PROCESSING}", "claimed by run-next", f"run-next pid {runner['pid']}"
-                )
-                claimed = db.mark_claimed(
-                    task.name,
-                    runner=runner,
-                    now=now,
-                    history=[*task.history, entry][-HISTORY_KEEP:],
-                    run_id=run_id_for(task.name, now),
-                    commit=True,
-                )
-                if claimed is not None:
-                    return claimed, task.requeued
-                skip.append(task.name)  # a child came in while it was picked: its gate is closed after all
+        entry = {"ts": utc_iso(now), "reason": "claimed by run-next", "by": f"run-next pid {runner['pid']}"}
+        # (history_entry's keys; `what` the statement writes: "<the state it had> -> PROCESSING")
+        for _ in range(2):
+            with db.lock:
+                expired, task = db.claim(wanted, runner=runner, entry=entry, tag=tag, now=now, lease_s=lease)
+            if expired:
+                with db.lock, db.write():
+                    self._take_back(db, db.expired(lease or 0.0, now), now)
+            if task is not None or not self.taken_back:
+                break
+            lease = None  # taken back: claim again, now that they can run
+        return None if task is None else (task, task.requeued)
 
     def _take_back(self, db: TaskDB, expired: list[Task], now: float) -> None:
         """Running tasks whose lease ran out become NORMAL_CRASH (not counted as a failure): the pick that
@@ -728,6 +804,20 @@ class TaskStore:
             moved = tree.archive_finished(older_than_s=older_than_s)
             self.db.set_meta(ARCHIVE_KEY, repr(now))
         return moved
+
+    def beat(self, name: str) -> float:
+        """`tasks.py beat`: an agent working on a task it marked started says it still is. Its heartbeat and
+        activity become now, by the database's clock in fleet mode (as a claim's and a runner's heartbeats,
+        so the lease means the same on every host). Returns the time stamped."""
+        with self.transaction() as tree:
+            task = tree.get(name)
+            if task.exec_state != PROCESSING:
+                raise TaskError(
+                    f"task {name!r} is {task.exec_state}, not PROCESSING; `tasks.py mark {name} start` first"
+                )
+            stamp = self.db.clock_now(self.clock.time())
+            tree.quiet_update(name, heartbeat_ts=stamp, activity_ts=stamp)
+        return stamp
 
     def touch_running(self, name: str, runner: dict[str, Any], **fields: Any) -> bool:
         """A heartbeat from the task's runner: one UPDATE. False when the task is no longer this runner's
