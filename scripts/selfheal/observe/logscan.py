@@ -100,7 +100,7 @@ _KEY = rb"task=\S+(?: " + _KEY_FIELD + rb"=\S+)*+"
 # reads a line's task, step, target, model and reason from the run of those fields right after the tag, and
 # its duration from a `duration=...s` right after them, as every line of the skill's log and of the source
 # documents is written; a line that names one of them again after another field is read by that run only.
-_KEY_END = rb"(?=\r?(?:\n|\Z)| [a-z_]+=)"
+_KEY_END = rb"(?= [a-z_]+=|\r?(?:\n|\Z))"  # the next field first: most keys end there
 _DURATION = rb"(?: duration=([\d.]+)s)?"
 # A tag the report only counts ([INFO], [DEBUG], [WARN], ...: most of a busy log): its key is the tag and
 # `]`, and nothing of the line after it is read. The tags the report reads stay out of it. The commonest
@@ -200,9 +200,10 @@ def _block_pattern(window: Window, *, recent: bool) -> re.Pattern[bytes]:
     A common line in the window gives its key (`RETRY] task=x model=m reason=r`) and, on [SUCCESS], its
     duration; a [SUCCESS] in the recent period keeps its bracket (`[SUCCESS] task=x`) so its durations
     stay apart for P3; an untracked tag gives its key (`NOTICE_X]`, or one byte for the commonest, `I` for
-    [INFO]; `INFO]` in the whole-file pattern, `_WHOLE_FILE`); a log-format line outside the window gives the key `]`; every other non-empty line comes back
+    [INFO]); a log-format line outside the window gives the key `]`; every other non-empty line comes back
     whole as `line`; a blank line gives nothing. With no bound and no recent period (a whole file read), the
-    timestamp is followed by the tag directly; otherwise the timestamp's prefix and the key are paired by
+    pattern is `_WHOLE_FILE`, where the timestamp is followed by the tag directly and the commonest untracked
+    tags give the tag and `]` (`INFO]`); otherwise the timestamp's prefix and the key are paired by
     lookbehind (what the prefix consumed), so one group serves every kind of key.
     """
     inside = range_regex(window.since, window.until)
