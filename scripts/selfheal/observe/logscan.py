@@ -101,7 +101,7 @@ _KEY = rb"task=\S+(?: " + _KEY_FIELD + rb"=\S+)*+"
 # its duration from a `duration=...s` right after them, as every line of the skill's log and of the source
 # documents is written; a line that names one of them again after another field is read by that run only.
 _KEY_END = rb"(?= [a-z_]+=|\r?(?:\n|\Z))"  # the next field first: most keys end there
-_DURATION = rb"(?: duration=([\d.]+)s)?"
+_DURATION = rb"(?: duration=([\d.]+)s|)"  # an alternation with nothing: fewer steps than an optional group
 # A tag the report only counts ([INFO], [DEBUG], [WARN], ...: most of a busy log): its key is the tag and
 # `]`, and nothing of the line after it is read. The tags the report reads stay out of it. The commonest
 # such tags have a one-byte key instead, their first letter: CPython keeps a single bytes object for each
@@ -111,23 +111,31 @@ _TAG_END = rb"(?= |\r?(?:\n|\Z))"
 CODE_TAGS = {
     tag[:1].encode(): tag for tag in ("INFO", "DEBUG", "WARN", "ERROR", "TRACE", "NOTICE", "VERBOSE", "CRITICAL")
 }
-_CODED_TAG = b"|".join(code + b"(?=" + tag[1:].encode() + rb"\]" + _TAG_END + b")" for code, tag in CODE_TAGS.items())
+# One lookahead each, the tag's end inside it (a lookahead nested in another costs a step more on every line).
+_CODED_TAG = b"|".join(code + b"(?=" + tag[1:].encode() + rb"\](?: |\r?(?:\n|\Z)))" for code, tag in CODE_TAGS.items())
 _UNCODED_TAG = rb"(?!" + _TRACKED + rb")[A-Z][A-Z_]*\]" + _TAG_END
 _OTHER_TAG = rb"(?<=\[)(?:" + _CODED_TAG + b"|" + _UNCODED_TAG + b")"
 
 # The pattern of a whole file (no time window, no recent period): the commonest case, kept to the fewest steps
-# per line, each measured (`re` spends a few nanoseconds a step, and every line takes them all):
-# * the timestamp's optional parts as one alternation after the seconds, the plain ` [` first, instead of two
-#   optional groups that every line tries;
-# * the commonest untracked tags as literals whose key is the tag and `]` (`INFO]`): allocating those five
-#   bytes costs less than the two lookaheads that a one-byte key needs;
-# * the end of the tag or key (a space, a duration, or the end of the line) consumed by one alternation
-#   instead of a lookahead per tag and an optional duration group.
-_UNTRACKED_COMMON = rb"(?:" + b"|".join(tag.encode() for tag in CODE_TAGS.values()) + rb")\]"
+# per line, each measured (`re` spends a few nanoseconds a step, and every line takes them all): the
+# timestamp's optional parts as one alternation after the seconds, the plain ` [` first, instead of two
+# optional groups that every line tries. (Tried and dropped: the commonest untracked tags as literal keys,
+# `INFO]`, to save their lookahead: the pattern was faster, but counting five fresh bytes a line instead of
+# CPython's one shared byte object cost more than it saved.)
 _WHOLE_FILE = (
     rb"\n(?:" + _TS_SECONDS + rb"(?: |Z |\.\d+Z? )\["
-    b"(" + _COMMON + rb"\] " + _KEY + _KEY_END + b"|" + _UNTRACKED_COMMON + b"|" + _UNCODED_TAG + b")"
-    rb"(?: duration=([\d.]+)s| |(?=\r?(?:\n|\Z)))|([^\n]+)|)"
+    b"("
+    + _COMMON
+    + rb"\] "
+    + _KEY
+    + _KEY_END
+    + b"|"
+    + _CODED_TAG
+    + b"|"
+    + _UNCODED_TAG
+    + b")"
+    + _DURATION
+    + rb"|([^\n]+)|)"
 )
 
 # Positions after which the 14 digits of `YYYY-MM-DDTHH:MM:SS` have a separator.
@@ -202,9 +210,9 @@ def _block_pattern(window: Window, *, recent: bool) -> re.Pattern[bytes]:
     stay apart for P3; an untracked tag gives its key (`NOTICE_X]`, or one byte for the commonest, `I` for
     [INFO]); a log-format line outside the window gives the key `]`; every other non-empty line comes back
     whole as `line`; a blank line gives nothing. With no bound and no recent period (a whole file read), the
-    pattern is `_WHOLE_FILE`, where the timestamp is followed by the tag directly and the commonest untracked
-    tags give the tag and `]` (`INFO]`); otherwise the timestamp's prefix and the key are paired by
-    lookbehind (what the prefix consumed), so one group serves every kind of key.
+    pattern is `_WHOLE_FILE`, where the timestamp is followed by the tag directly; otherwise the timestamp's
+    prefix and the key are paired by lookbehind (what the prefix consumed), so one group serves every kind of
+    key.
     """
     inside = range_regex(window.since, window.until)
     period = range_regex(*window.recent) if recent and window.recent else None
