@@ -18,21 +18,27 @@ Candidates, run as processes one after the other, their order rotating from roun
   no check of the line's shape or time), for what the baseline's tool itself takes for this report;
 * the first source document's own Python analyser (a per-line loop, failure reasons only), for scale.
 
-Time is wall time per run (time.perf_counter around the process); peak memory is the largest sum of the
-proportional set sizes (PSS: a page shared by a process and its forked worker counted once, halved between
-them) of the process and its children, sampled every 5 ms with psutil (RSS where there is no PSS), in one more
-run of each candidate after the timed rounds: reading a process's PSS takes CPU the process measured would
-otherwise have, so a timed run is never watched. The ratio is the median of the per-round ratios to awk.
-Checked: analyze_logs's failure reasons equal awk's, and both equal the generator's counts; its totals equal
-the generator's.
+Bytecode is written once before timing (the benchmark's own environment drops PYTHONDONTWRITEBYTECODE, and
+one untimed run of each Python candidate comes first), as it is for a user: an installed copy compiles its
+modules on its first run. Time is wall time per run (time.perf_counter around the process); peak memory is
+the largest sum of the proportional set sizes (PSS: a page shared by a process and its forked worker counted
+once, halved between them) of the process and its children, sampled every 5 ms with psutil (RSS where there is
+no PSS), in one more run of each candidate after the timed rounds: reading a process's PSS takes CPU the
+process measured would otherwise have, so a timed run is never watched. The ratio is the median of the
+per-round ratios to awk. Checked: analyze_logs's failure reasons equal awk's, and both equal the generator's
+counts; its totals equal the generator's.
 
 Target: at most 1.5 times awk's wall time, under 100 MB peak.
+
+`--before DIR`: DIR is another checkout of the skill (an earlier commit, for instance); its
+`analyze_logs.py` is timed too, with its own library first on the path, as one more candidate in the same
+rotation, and its report must equal this checkout's (the "before" figure of a change, from the same run).
 
 A second log, INFO-heavy, is measured the same way beside it: the same events with untracked lines between
 them, 55% of all lines (`[INFO]`, `[DEBUG]`, `[WARN]` with fields of their own), as in a real gateway log.
 Its target: at most 3 times awk's failure-reason count, under 100 MB; every count still exact.
 
-    .venv/bin/python bench/logscan.py [--quick] [--json] [--size MB] [--rounds R] [--keep]
+    .venv/bin/python bench/logscan.py [--quick] [--json] [--size MB] [--rounds R] [--keep] [--before DIR]
 """
 
 from __future__ import annotations
@@ -262,7 +268,9 @@ def awk_version(awk: str) -> str:
     return awk  # pragma: no cover - an awk that names no version
 
 
-def measure(awk: str, size_mb: float, rounds: int, *, keep: bool, info_share: float) -> dict[str, Any]:
+def measure(
+    awk: str, size_mb: float, rounds: int, *, keep: bool, info_share: float, before: Path | None = None
+) -> dict[str, Any]:
     """Generate one log and time every candidate on it; the result with its checks and the target."""
     target_ratio = TARGET_RATIO_INFO if info_share else TARGET_RATIO
     work = Path(tempfile.mkdtemp(prefix="selfheal-logscan-"))
@@ -274,6 +282,7 @@ def measure(awk: str, size_mb: float, rounds: int, *, keep: bool, info_share: fl
         single = work / "single.yaml"
         single.write_text("analysis: {workers: 1}\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode as a user has it (written by the untimed runs)
         env["SELFHEAL_HOME"] = str(work / "state")
         candidates = {
             "awk": ([awk, AWK_PROGRAM, str(log)], env),
@@ -285,7 +294,16 @@ def measure(awk: str, size_mb: float, rounds: int, *, keep: bool, info_share: fl
             "document_analyser": ([sys.executable, "-c", DOC_ANALYSER, str(log)], env),
             "awk_report": ([awk, AWK_REPORT, str(log)], env),
         }
+        if before is not None:
+            old_env = {**env, "PYTHONPATH": str(before / "scripts")}
+            old_script = str(before / "scripts" / "analyze_logs.py")
+            candidates["analyze_logs_before"] = ([sys.executable, old_script, "--json", str(log)], old_env)
         subprocess.run(["cat", str(log)], stdout=subprocess.DEVNULL, check=True)  # into the page cache first
+        warm = work / "warm.log"
+        warm.write_text("2026-06-01T00:00:00 [INFO] bytecode\n")
+        for argv, run_env in candidates.values():  # each Python candidate once on a tiny log, untimed
+            if argv[0] == sys.executable:
+                timed([*argv[:-1], str(warm)], run_env)
         times: dict[str, list[float]] = {name: [] for name in candidates}
         peaks: dict[str, int] = dict.fromkeys(candidates, 0)
         outputs: dict[str, str] = {}
@@ -319,6 +337,11 @@ def measure(awk: str, size_mb: float, rounds: int, *, keep: bool, info_share: fl
             "one_process_same_report": {k: v for k, v in single_report.items() if k != "window"}
             == {k: v for k, v in report.items() if k != "window"},
         }
+        if before is not None:
+            earlier = json.loads(outputs["analyze_logs_before"])
+            checks["before_same_report"] = {k: v for k, v in earlier.items() if k != "window"} == {
+                k: v for k, v in report.items() if k != "window"
+            }
         rss_mb = peaks["analyze_logs"] / 1e6  # PSS summed over the process and its workers
         ratio = statistics.median(ratios)
         result: dict[str, Any] = {
@@ -380,9 +403,12 @@ def show(title: str, result: dict[str, Any], rounds: int) -> None:
         "analyze_logs_1_process": "the same, `analysis.workers: 1`",
         "document_analyser": "the first document's Python analyser: reasons only",
         "awk_report": "awk taking what the report needs from each line (no validation)",
+        "analyze_logs_before": "`analyze_logs.py --json` of the `--before` checkout",
     }
     rows = []
     for name, label in labels.items():
+        if name not in result["results"]:
+            continue
         res = result["results"][name]
         vs_awk = [a / b for a, b in zip(times[name], times["awk"], strict=True)]
         rows.append(
@@ -410,6 +436,9 @@ def main() -> int:
     parser.add_argument("--size", type=float, metavar="MB", help=f"log size (default {SIZE_MB})")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--keep", action="store_true", help="keep the generated log and print where it is")
+    parser.add_argument(
+        "--before", type=Path, metavar="DIR", help="another checkout whose analyze_logs.py is timed beside this one"
+    )
     args = parser.parse_args()
     size_mb = args.size or (QUICK_SIZE_MB if args.quick else SIZE_MB)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
@@ -418,8 +447,12 @@ def main() -> int:
         sys.stderr.write("awk is not installed: the baseline cannot run\n")
         return 2
 
-    result = measure(awk, size_mb, rounds, keep=args.keep, info_share=0.0)
-    result["info_heavy"] = measure(awk, size_mb, rounds, keep=args.keep, info_share=INFO_SHARE)
+    if args.before is not None and not (args.before / "scripts" / "analyze_logs.py").is_file():
+        sys.stderr.write(f"--before {args.before}: no scripts/analyze_logs.py there\n")
+        return 2
+    before = args.before.resolve() if args.before is not None else None
+    result = measure(awk, size_mb, rounds, keep=args.keep, info_share=0.0, before=before)
+    result["info_heavy"] = measure(awk, size_mb, rounds, keep=args.keep, info_share=INFO_SHARE, before=before)
     result["correct"] = result["correct"] and result["info_heavy"]["correct"]
     if args.json:
         print(json.dumps(result))

@@ -1047,6 +1047,17 @@ def _edge_lines(t: int) -> list[bytes]:
         ts + b" [SUCCESS] task=q duration=1.2.3s",  # an unreadable duration
         ts + b' [SUCCESS] task="quoted task" duration=4s',
         ts + b" [RETRY] model=M task=order reason=timeout",
+        ts + b" [RETRY] task=word model=M reason=oom stray",  # a bare word after the key's fields
+        ts + b" [FALLBACK] task=word target=t model=M reason=oom attempts=2 stray",
+        bare + b" [SUCCESS] task=plain duration=3.5s tokens=9",  # the timestamp's other forms, each way
+        bare + b".5 [RETRY] task=frac model=M reason=oom",
+        bare + b".25Z [SUCCESS] task=frac duration=1.5s",
+        bare + b". [INFO] a dot alone",
+        bare + b"Z[INFO] no space",
+        bare + b".25ZZ [INFO] two zones",
+        ts + b" [INFO]",  # a bare tag, and untracked tags with a duration
+        ts + b" [WARN] duration=2s",
+        ts + b" [NOTICE] duration=x",
         ts + b" [BREAKER] task=- target=qwen3-4b state=open reason=transient",
         b"",
         b"   \t",
@@ -1056,12 +1067,14 @@ def _edge_lines(t: int) -> list[bytes]:
 
 
 @pytest.mark.parametrize("block", [64, 700, 1 << 20], ids=["tiny-blocks", "lines-across-blocks", "one-block"])
-@pytest.mark.parametrize("bounded", [False, True], ids=["whole-file", "since-until"])
+@pytest.mark.parametrize("bounded", ["recent", "none", "since-until"])
 def test_the_fast_path_reads_every_edge_as_the_careful_path_does(
-    monkeypatch: pytest.MonkeyPatch, block: int, bounded: bool
+    monkeypatch: pytest.MonkeyPatch, block: int, bounded: str
 ) -> None:
     """Tricky lines among ordinary ones, in blocks of several sizes (lines cut across every block boundary),
-    with and without a window: the same figures as reading every line on the careful path."""
+    with and without a window: the same figures as reading every line on the careful path. `none` is a
+    whole file with no recent period in it (the whole-file pattern, `_WHOLE_FILE`: what a file read after
+    the fact gets, block by block); `recent` looks for a recent period on every line."""
     monkeypatch.setitem(logscan.iter_blocks.__kwdefaults__, "block_bytes", block)
     lines, _ = seed_log(30, 60)
     rng = random.Random(30)
@@ -1074,7 +1087,11 @@ def test_the_fast_path_reads_every_edge_as_the_careful_path_does(
         if i % 5 == 0:
             data.append(f"{iso(t)} [{rng.choice(('INFO', 'DEBUG', 'WARN', 'ERROR', 'TRACE'))}] n={i}".encode())
     text = b"\n".join(data) + b"\n"
-    window = Window(T0 + 600, T0 + 1800, (T0 + 1500, T0 + 1800)) if bounded else Window(recent=(T0 + 1500, LATER))
+    window = {
+        "recent": Window(recent=(T0 + 1500, LATER)),
+        "none": Window(),
+        "since-until": Window(T0 + 600, T0 + 1800, (T0 + 1500, T0 + 1800)),
+    }[bounded]
     fast, careful = _scan_both(text, window, max_line=6100)
     assert fast == careful
     assert fast["lines"][0] == len(data)
