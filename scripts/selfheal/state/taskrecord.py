@@ -163,13 +163,6 @@ class RunSpec:
         """An argv command (the common case in code: `RunSpec.command(["python3", "job.py"], cwd=...)`)."""
         return cls("argv", tuple(argv), cwd=cwd, timeout_s=timeout_s, max_attempts=max_attempts, target=target)
 
-    @property
-    def what(self) -> str:
-        """The command, line or plan, by kind (never None: the kind's key is checked)."""
-        if self.kind == "argv":
-            return " ".join(self.argv or ())
-        return str(self.shell if self.kind == "shell" else self.plan)
-
     def process_argv(self) -> list[str]:
         """The argv a process is started with: the command, or the line through /bin/sh. Not for a plan."""
         if self.kind == "argv":
