@@ -41,6 +41,7 @@ the gateway's port, psutil once a run is in progress, the task tree once it has 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -718,13 +719,13 @@ def check_breakers(state: StateRoot, now: float, fleet: list[dict[str, Any]] | N
     """
     records: list[BreakerState] = []
     unreadable: list[str] = []
-    folder = state.sub(layout.BREAKERS)
-    try:
-        paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
-    except FileNotFoundError:
-        paths = []
-    if fleet is None and not paths:  # nothing to read: the record (a dataclass: 10 ms of imports) is not loaded
-        return Check("breakers", OK, "no breakers", {"breakers": 0, "not_closed": [], "unreadable": []})
+    paths: list[Path] = []
+    if fleet is None:  # this host's files (in fleet mode the rows come read)
+        with contextlib.suppress(FileNotFoundError):
+            folder = state.sub(layout.BREAKERS)
+            paths = sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".json") and e.name[0] != ".")
+        if not paths:  # nothing to read: the record (a dataclass: 10 ms of imports) is not loaded
+            return Check("breakers", OK, "no breakers", {"breakers": 0, "not_closed": [], "unreadable": []})
     from ..state.breakers import CLOSED, OPEN, read_breaker  # noqa: PLC0415
 
     if fleet is not None:
