@@ -27,6 +27,16 @@ from selfheal.state.root import StateRoot  # noqa: E402
 from selfheal.testing import FakeClock  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The library's bytecode up to date before any script runs, as install.sh leaves it: the suite starts
+    a Python about a thousand times, and where PYTHONDONTWRITEBYTECODE is set (or after an edit) each
+    start would compile the changed modules again. Once, in the controlling process."""
+    if not hasattr(config, "workerinput"):
+        import compileall  # noqa: PLC0415
+
+        compileall.compile_dir(str(SCRIPTS / "selfheal"), quiet=1)
+
+
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private SELFHEAL_HOME for each test, no inherited SELFHEAL_* settings, and a private OpenClaw state
