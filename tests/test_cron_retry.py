@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +108,6 @@ def test_a_listed_failed_job_is_run_again_in_a_real_gateway_and_an_unlisted_one_
         entries = json.loads(openclaw.run(openclaw_home, "cron", "runs", "--id", job_id).stdout)["entries"]
         return len([e for e in entries if e.get("action") == "finished"])
 
-    def wait_runs(job_id: str, count: int) -> None:
-        deadline = time.monotonic() + 120
-        while runs(job_id) < count and time.monotonic() < deadline:
-            time.sleep(0.5)
-
     ids = {}
     try:
         for name in ("flaky-export", "not-listed"):
@@ -124,7 +118,7 @@ def test_a_listed_failed_job_is_run_again_in_a_real_gateway_and_an_unlisted_one_
             )
             ids[name] = json.loads(added.stdout)["id"]
             openclaw.run(openclaw_home, "cron", "run", ids[name])
-            wait_runs(ids[name], 1)
+            shared_gateway.wait_runs(ids[name], 1)
         proc = subprocess.run(
             [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
             env=env,
@@ -135,7 +129,7 @@ def test_a_listed_failed_job_is_run_again_in_a_real_gateway_and_an_unlisted_one_
         )
         result = json.loads(proc.stdout)
         assert [r["action"] for r in result["cron_retry"]] == ["retried"], result.get("cron_retry")
-        wait_runs(ids["flaky-export"], 2)
+        shared_gateway.wait_runs(ids["flaky-export"], 2)
         assert runs(ids["flaky-export"]) == 2
         assert runs(ids["not-listed"]) == 1
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,15 +71,12 @@ def test_a_real_gateway_is_operational_and_once_stopped_degraded_or_down(
     ]
 
 
-def cron_runs(openclaw: OpenClaw, openclaw_home: Path, job: str, count: int) -> list[dict[str, Any]]:
-    """The job's finished runs, once there are `count` of them (runs are queued; this only waits for them)."""
-    deadline = time.monotonic() + 120
-    while True:
-        runs = json.loads(openclaw.run(openclaw_home, "cron", "runs", "--id", job).stdout)["entries"]
-        finished = [r for r in runs if r.get("action") == "finished"]
-        if len(finished) >= count or time.monotonic() > deadline:
-            return sorted(finished, key=lambda r: r["ts"])
-        time.sleep(0.5)
+def cron_runs(openclaw: OpenClaw, gateway: Gateway, job: str, count: int) -> list[dict[str, Any]]:
+    """The job's finished runs as `openclaw cron runs` prints them, once there are `count` of them (runs are
+    queued; this only waits for them)."""
+    gateway.wait_runs(job, count)
+    runs = json.loads(openclaw.run(gateway.home, "cron", "runs", "--id", job).stdout)["entries"]
+    return sorted((r for r in runs if r.get("action") == "finished"), key=lambda r: r["ts"])
 
 
 @SHARED_GATEWAY
@@ -117,13 +113,13 @@ def test_openclaw_cron_runs_the_line_install_prints_and_reads_its_exit_code(
             or job["payload"]["argv"][-1] == "--cron"
         )
         openclaw.run(openclaw_home, "cron", "run", job["id"])
-        (first,) = cron_runs(openclaw, openclaw_home, job["id"], 1)
+        (first,) = cron_runs(openclaw, shared_gateway, job["id"], 1)
         assert (first["status"], first["diagnostics"]["summary"]) == ("ok", "NO_REPLY")
 
         status.mkdir(parents=True, exist_ok=True)
         (status / "tiktok-poster.txt").write_text("status=error,last_run=now\n")
         openclaw.run(openclaw_home, "cron", "run", job["id"])
-        second = cron_runs(openclaw, openclaw_home, job["id"], 2)[-1]
+        second = cron_runs(openclaw, shared_gateway, job["id"], 2)[-1]
         assert second["status"] == "error"
         assert second["diagnostics"]["summary"].startswith("self-heal health: DEGRADED: 1 check(s) warn"), second
     finally:
@@ -145,17 +141,17 @@ def test_install_openclaw_cron_registers_the_three_jobs_in_a_running_gateway_onc
         argv = ["bash", str(ROOT / "install.sh"), option]
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
 
+    def listed() -> tuple[list[dict[str, Any]], list[str]]:
+        """`openclaw cron list`: self-heal's jobs by name, and the ids of everyone else's."""
+        answer = json.loads(openclaw.run(openclaw_home, "cron", "list", "--all", "--json").stdout)
+        jobs = answer["jobs"] if isinstance(answer, dict) else answer
+        ours = sorted((j for j in jobs if j["name"].startswith("self-heal-")), key=lambda j: j["name"])
+        return ours, sorted(j["id"] for j in jobs if not j["name"].startswith("self-heal-"))
+
     def ours() -> list[dict[str, Any]]:
-        listed = json.loads(openclaw.run(openclaw_home, "cron", "list", "--all", "--json").stdout)
-        jobs = listed["jobs"] if isinstance(listed, dict) else listed
-        return sorted((j for j in jobs if j["name"].startswith("self-heal-")), key=lambda j: j["name"])
+        return listed()[0]
 
-    def everyone_elses() -> list[str]:
-        listed = json.loads(openclaw.run(openclaw_home, "cron", "list", "--all", "--json").stdout)
-        jobs = listed["jobs"] if isinstance(listed, dict) else listed
-        return sorted(j["id"] for j in jobs if not j["name"].startswith("self-heal-"))
-
-    others = everyone_elses()
+    others = listed()[1]
     try:
         first = install("--openclaw-cron")
         assert first.returncode == 0, first.stderr
@@ -174,7 +170,7 @@ def test_install_openclaw_cron_registers_the_three_jobs_in_a_running_gateway_onc
     finally:
         removed = install("--no-openclaw-cron")
     assert removed.returncode == 0, removed.stderr
-    assert ours() == [] and everyone_elses() == others  # only self-heal's jobs went
+    assert listed() == ([], others)  # only self-heal's jobs went
 
     nowhere = openclaw.sandbox(tmp_path / "no-gateway")  # a config naming a port where nothing listens
     config = nowhere / ".openclaw" / "openclaw.json"

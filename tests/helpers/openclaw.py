@@ -28,6 +28,7 @@ import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -271,6 +272,27 @@ class Gateway:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
         psutil.wait_procs([p for p, _ in known], timeout=STOP_GRACE_S)
+
+    def finished_runs(self, job_id: str) -> int:
+        """How many runs of the cron job have finished, read from the gateway's own run history (the shared
+        state database, `~/.openclaw/state/openclaw.sqlite`, read-only), which `openclaw cron runs` prints.
+        For waiting only: each `openclaw` command is a Node start of about a second of CPU, and a test polling
+        with it spent more than the runs it waited for. What a test asserts still comes through the CLI."""
+        database = self.home / ".openclaw" / "state" / "openclaw.sqlite"
+        try:
+            with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+                (count,) = db.execute(
+                    "SELECT count(*) FROM cron_run_receipts WHERE job_id = ? AND status != 'running'", (job_id,)
+                ).fetchone()
+        except sqlite3.Error:  # not created yet, or locked for longer than the timeout: none seen yet
+            return 0
+        return int(count)
+
+    def wait_runs(self, job_id: str, count: int, timeout_s: float = 120.0) -> None:
+        """Until `count` runs of the job have finished (runs are queued; the limit only ends a hang)."""
+        deadline = time.monotonic() + timeout_s
+        while self.finished_runs(job_id) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def left_behind(self) -> list[int]:
         """Pids still alive from the gateway's group or tree (for tests asserting a clean stop)."""
