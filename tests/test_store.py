@@ -398,34 +398,44 @@ def test_sigkill_during_writes_never_leaves_a_corrupt_file(
         "journal": lambda p: store.JournaledFile(p, p.with_suffix(".journal")).read(),
     }
     read = readers[mode]
-    for round_no in range(50):
-        child = subprocess.Popen(
-            [PYTHON, str(HELPERS / "store_writer.py"), str(path), mode], stdout=subprocess.PIPE, env=child_env
-        )
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline() == b"wrote\n", "the writer child failed before its first write"
+    # One interpreter forks a fresh writer process for each round (a start is most of what a writer costs);
+    # each is a real process, killed with a real SIGKILL at a random moment of its writing.
+    forker = subprocess.Popen(
+        [PYTHON, str(HELPERS / "store_writer.py"), str(path), mode, "--fork"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=child_env,
+        text=True,
+    )
+    assert forker.stdin is not None and forker.stdout is not None
+    try:
+        for round_no in range(50):
+            forker.stdin.write("go\n")
+            forker.stdin.flush()
+            said, pid = forker.stdout.readline().split()
+            assert said == "wrote", "the writer failed before its first write"
             time.sleep(rng.uniform(0, 0.030))
-            child.send_signal(signal.SIGKILL)
-        finally:
-            child.kill()
-            child.wait(timeout=30)
-            if child.stdout is not None:
-                child.stdout.close()
-        assert child.returncode == -signal.SIGKILL, f"round {round_no}: the writer exited on its own"
-        try:
-            obj = read(path)
-        except CorruptStateError as exc:
-            problems.append(f"round {round_no}: {exc}")
-            continue
-        keys = {"n", "pad", "steps"} if mode == "journal" else {"n", "pad"}
-        if obj is None or set(obj) != keys or not isinstance(obj["n"], int) or obj["pad"] != "x" * 50_000:
-            problems.append(f"round {round_no}: incomplete object {str(obj)[:80]}")
-        elif mode == "journal":
-            n = obj["n"]
-            expected = {f"s{m % 100}": m for m in range(max(0, n - 99), n + 1)}
-            if obj["steps"] != expected:
-                problems.append(f"round {round_no}: steps do not match n={n}")
+            os.kill(int(pid), signal.SIGKILL)
+            ended, status = forker.stdout.readline().split()
+            assert ended == "ended" and os.WIFSIGNALED(int(status)), f"round {round_no}: the writer exited on its own"
+            assert os.WTERMSIG(int(status)) == signal.SIGKILL, f"round {round_no}: ended by {status}"
+            try:
+                obj = read(path)
+            except CorruptStateError as exc:
+                problems.append(f"round {round_no}: {exc}")
+                continue
+            keys = {"n", "pad", "steps"} if mode == "journal" else {"n", "pad"}
+            if obj is None or set(obj) != keys or not isinstance(obj["n"], int) or obj["pad"] != "x" * 50_000:
+                problems.append(f"round {round_no}: incomplete object {str(obj)[:80]}")
+            elif mode == "journal":
+                n = obj["n"]
+                expected = {f"s{m % 100}": m for m in range(max(0, n - 99), n + 1)}
+                if obj["steps"] != expected:
+                    problems.append(f"round {round_no}: steps do not match n={n}")
+    finally:
+        forker.stdin.close()
+        forker.wait(timeout=30)
+        forker.stdout.close()
     if mode == "journal":
         assert json.loads(path.read_text()) and store.JournaledFile(path, path.with_suffix(".journal")).read()
     assert problems == []
