@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -292,9 +293,16 @@ def test_the_main_job_runs_and_every_scenario_behaves(home: Path) -> None:
         "parallel.py",
     ],
 )
-def test_benchmarks_run_and_their_own_checks_pass(bench: str) -> None:
+def test_benchmarks_run_and_their_own_checks_pass(bench: str, request: pytest.FixtureRequest) -> None:
     """Each benchmark runs in its quick mode and its correctness checks (attempt counts, no lost event) hold;
-    one round is enough for the checks (rounds only steady the figures)."""
+    one round is enough for the checks (rounds only steady the figures). The fleet's runs on the session's
+    PostgreSQL (its own databases there), as it would on SELFHEAL_TEST_DATABASE_URL's, not on a cluster of its own."""
+    env = dict(os.environ)
+    if bench == "fleet.py":
+        from helpers.postgres import External
+
+        server = request.getfixturevalue("postgres")
+        env["SELFHEAL_TEST_DATABASE_URL"] = server.base_url if isinstance(server, External) else server.url()
     fewer = {
         "ledger.py": ["--rounds", "1"],
         "checkpoint.py": ["--rounds", "1"],
@@ -305,6 +313,7 @@ def test_benchmarks_run_and_their_own_checks_pass(bench: str) -> None:
     proc = subprocess.run(
         [PYTHON, str(ROOT / "bench" / bench), "--quick", "--json", *fewer.get(bench, [])],
         capture_output=True,
+        env=env,
         text=True,
         timeout=120,
         check=False,
