@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
@@ -32,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
     a Python about a thousand times, and where PYTHONDONTWRITEBYTECODE is set (or after an edit) each
     start would compile the changed modules again. Once, in the controlling process."""
     if not hasattr(config, "workerinput"):
-        import compileall  # noqa: PLC0415
+        import compileall
 
         compileall.compile_dir(str(SCRIPTS / "selfheal"), quiet=1)
 
@@ -99,7 +100,11 @@ def openclaw() -> OpenClaw:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`--dist loadgroup` for pytest 9: pytest-xdist 3.8 writes a test's group into `item._nodeid`, which pytest 9
     no longer reads (its node ids live in `_id`), so every group was scattered over the workers. The group goes
-    into the node id here, as xdist means it to (`path::test@group`); a test in the group then runs on one worker."""
+    into the node id here, as xdist means it to (`path::test@group`); a test in the group then runs on one worker.
+
+    Tests marked `stops_shared_gateway` go last (a group runs in collection order on its worker), so the one
+    that stops the shared gateway does so after every other test that uses it."""
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("stops_shared_gateway") is not None)
     if not getattr(config.option, "loadgroup", False):
         return
     from _pytest.nodes import coerce_node_id
@@ -112,19 +117,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # Tests that share one real gateway carry this mark: pytest-xdist (--dist loadgroup) runs them on one worker,
-# so the gateway starts once for all of them (a start costs about 25 s of CPU, a tenth of the whole suite).
+# so the gateway starts once for all of them (a start costs about 14 s of CPU: `openclaw onboard` and the
+# gateway until ready).
 SHARED_GATEWAY = pytest.mark.xdist_group("openclaw-gateway")
 
 
+class SharedGateway:
+    """The shared gateway, started on first use; started again (in a fresh HOME) if a test stopped it."""
+
+    def __init__(self, openclaw: OpenClaw, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.openclaw, self.tmp_path_factory = openclaw, tmp_path_factory
+        self.stack = contextlib.ExitStack()
+        self.started: list[Gateway] = []
+
+    def get(self) -> Gateway:
+        if not self.started or self.started[-1].proc.poll() is not None:
+            home = self.openclaw.sandbox(self.tmp_path_factory.mktemp("shared-gateway"))
+            gateway = self.stack.enter_context(self.openclaw.gateway(home))
+            gateway.wait_ready()
+            self.started.append(gateway)
+        return self.started[-1]
+
+
 @pytest.fixture(scope="session")
-def shared_gateway(openclaw: OpenClaw, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """One real gateway for the tests that only talk to it (never stop or kill it; those start their own).
-    Its HOME is `gateway.home`; each test removes the cron jobs and status files it adds."""
-    home = openclaw.sandbox(tmp_path_factory.mktemp("shared-gateway"))
-    with openclaw.gateway(home) as gateway:
-        gateway.wait_ready()
-        yield gateway
-    assert gateway.left_behind() == []
+def _shared_gateways(openclaw: OpenClaw, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedGateway]:
+    shared = SharedGateway(openclaw, tmp_path_factory)
+    with shared.stack:
+        yield shared
+    assert [g.left_behind() for g in shared.started] == [[] for _ in shared.started]
+
+
+@pytest.fixture
+def shared_gateway(_shared_gateways: SharedGateway) -> Gateway:
+    """One real gateway for the tests that only talk to it (mark them SHARED_GATEWAY; never kill it). Its HOME
+    is `gateway.home`; each test removes the cron jobs and status files it adds. A test that stops it carries
+    `stops_shared_gateway` too, which runs it after the others."""
+    return _shared_gateways.get()
 
 
 @pytest.fixture(scope="session")

@@ -39,22 +39,24 @@ def no_disk_minimum(write_config: Callable[[str], Path]) -> None:
     write_config("health: {disk_min_free_mb: 0}\n")
 
 
+@SHARED_GATEWAY
+@pytest.mark.stops_shared_gateway
 def test_a_real_gateway_is_operational_and_once_stopped_degraded_or_down(
-    openclaw: OpenClaw, tmp_path: Path, home: Path, no_disk_minimum: None
+    shared_gateway: Gateway, home: Path, no_disk_minimum: None
 ) -> None:
-    openclaw_home = openclaw.sandbox(tmp_path)
+    gateway = shared_gateway
+    openclaw_home = gateway.home
     status = openclaw_home / ".openclaw" / "skills" / "status"
-    with openclaw.gateway(openclaw_home) as gateway:
-        gateway.wait_ready()
-        up = health_check(home, openclaw_home, "--cron")
-        assert (up.returncode, up.stdout) == (0, "NO_REPLY\n"), up.stdout + up.stderr
-        report = json.loads(health_check(home, openclaw_home, "--json").stdout)
-        live = report["checks"][0]
-        config_file = openclaw_home / ".openclaw" / "openclaw.json"
-        assert (live["status"], live["url"]) == ("ok", gateway.url)
-        assert live["source"] == f"gateway.port in {config_file}"  # onboard wrote gateway.port there
-        status.mkdir(parents=True, exist_ok=True)
-        (status / "daily-memory.txt").write_text("status=success,timestamp=now\n")
+    up = health_check(home, openclaw_home, "--cron")
+    assert (up.returncode, up.stdout) == (0, "NO_REPLY\n"), up.stdout + up.stderr
+    report = json.loads(health_check(home, openclaw_home, "--json").stdout)
+    live = report["checks"][0]
+    config_file = openclaw_home / ".openclaw" / "openclaw.json"
+    assert (live["status"], live["url"]) == ("ok", gateway.url)
+    assert live["source"] == f"gateway.port in {config_file}"  # onboard wrote gateway.port there
+    status.mkdir(parents=True, exist_ok=True)
+    (status / "daily-memory.txt").write_text("status=success,timestamp=now\n")
+    gateway.stop()
     assert gateway.proc.returncode is not None and gateway.left_behind() == []
 
     degraded = health_check(home, openclaw_home, "--cron")
