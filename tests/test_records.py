@@ -133,6 +133,26 @@ def test_a_run_record_with_a_wrong_field_is_set_aside_and_named(home: Path, capl
     assert not path.exists() and list(path.parent.glob(f"{path.name}.corrupt-*"))
 
 
+def test_a_run_record_rewritten_or_removed_is_listed_as_it_now_is(home: Path) -> None:
+    """list_runs keeps what it parsed while a file is unchanged (a runner lists the records several times a
+    run): a record replaced on disk is listed as it now is, a removed one is gone, and changing a listed
+    record changes nothing the next listing returns."""
+    state = StateRoot(home).ensure()
+    first = json.loads(TODAYS_RUN)
+    path = state.run_file(first["run_id"])
+    path.write_text(json.dumps(first))
+    (listed,) = list_runs(state)
+    assert (listed.status, listed.attempt) == ("running", first["attempt"])
+    listed.status, listed.argv[:] = "finished", ["changed"]  # a caller's own copy
+    (again,) = list_runs(state)
+    assert (again.status, again.argv) == ("running", first["argv"])
+    path.write_text(json.dumps({**first, "attempt": first["attempt"] + 1, "status": "finished"}))  # same inode
+    (rewritten,) = list_runs(state)
+    assert (rewritten.status, rewritten.attempt) == ("finished", first["attempt"] + 1)
+    path.unlink()
+    assert list_runs(state) == []
+
+
 # -- the liveness rule -------------------------------------------------------------------------------------
 
 

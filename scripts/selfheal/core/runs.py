@@ -12,8 +12,10 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
@@ -115,14 +117,48 @@ class RunRecord:
         self._write(durable=True)
 
 
+# Parsed run records, per runs/ folder and file name, kept while the file is the same one (inode, size and
+# mtime in ns): a record is only ever replaced whole, by a rename, so a changed record is a new file. A run
+# lists the records several times (dead runs of its task, a run in progress, orphans), and a long-lived
+# runner (`tasks.py run-next --max`, a fleet host) does so for every task; each listing used to parse every
+# record kept (keep_finished_runs_days of history), so a runner grew slower with every run it made.
+_parsed: dict[str, dict[str, tuple[tuple[int, int, int], RunState]]] = {}
+_PARSED_FOLDERS = 8
+_parsed_lock = threading.Lock()
+
+
+def _fresh(record: RunState) -> RunState:
+    """A copy a caller may change (the cached one stays as the file says)."""
+    copy = object.__new__(RunState)  # as dataclasses.replace, without its 20 us of checks per record
+    copy.__dict__.update(record.__dict__)
+    copy.argv, copy.extra = list(record.argv), dict(record.extra)
+    return copy
+
+
 def list_runs(state: StateRoot) -> list[RunState]:
     """Every readable run record; unreadable ones (torn, or with a field of the wrong kind: logged with the
-    file, key and value) are moved aside and skipped."""
+    file, key and value) are moved aside and skipped. A record unchanged since this process last read it is
+    not read again."""
     folder = state.sub(layout.RUNS)
     out: list[RunState] = []
-    if not folder.is_dir():
+    try:
+        entries = sorted((e for e in os.scandir(folder) if e.name.endswith(".json")), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
         return out
-    for path in sorted(folder.glob("*.json")):
+    previous = _parsed.get(str(folder), {})
+    current: dict[str, tuple[tuple[int, int, int], RunState]] = {}
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = previous.get(entry.name)
+        if hit is not None and hit[0] == stamp:
+            current[entry.name] = hit
+            out.append(_fresh(hit[1]))
+            continue
+        path = Path(entry.path)
         try:
             data = read_json(path)
         except UnsafeStateError as exc:
@@ -133,11 +169,19 @@ def list_runs(state: StateRoot) -> list[RunState]:
         if data is None:
             continue
         try:
-            out.append(RunState.from_json(data, path))
+            record = RunState.from_json(data, path)
         except RecordError as exc:
             with contextlib.suppress(OSError, StateError):
                 quarantine(path)
             logger.warning("%s; the run record was set aside", exc)
+            continue
+        current[entry.name] = (stamp, record)
+        out.append(_fresh(record))
+    with _parsed_lock:  # the heartbeat thread lists records too
+        _parsed.pop(str(folder), None)
+        _parsed[str(folder)] = current  # the newest last; the oldest folder is forgotten first
+        while len(_parsed) > _PARSED_FOLDERS:
+            del _parsed[next(iter(_parsed))]
     return out
 
 
