@@ -14,7 +14,8 @@ _PER_PROCESS) and no redactor installed yet. What a script changes in the proces
 environment, the signal handlers it installs, the logging handlers (its own are closed), the library's memory
 and the process's redactor, the test switch, being a child subreaper (the orphans it
 adopted in the meantime are reaped, as init would), the pipes it left open (closed, as its exit would), the
-working folder, sys.argv and the standard streams.
+working folder, sys.argv and the standard streams. What reaches file descriptors 1 and 2 during the call (a
+command started with the streams inherited) is kept too, after what the script wrote to sys.stdout/sys.stderr.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -225,6 +227,29 @@ def _process_state(environ: dict[str, str], argv: list[str], cwd: Path | None) -
         root.setLevel(saved_logging[1])
 
 
+@contextlib.contextmanager
+def _descriptors() -> Iterator[list[bytes]]:
+    """File descriptors 1 and 2 on files of their own for the call: what reaches them rather than sys.stdout
+    and sys.stderr (a command the script starts with its streams inherited, a write to sys.__stderr__) is kept,
+    as a new process's pipes keep it; afterwards the list holds those bytes (stdout's, stderr's)."""
+    written: list[bytes] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            yield written
+        finally:
+            for fd, old in ((1, saved[0]), (2, saved[1])):
+                os.dup2(old, fd)
+                os.close(old)
+            for held in (out, err):
+                held.seek(0)
+                written.append(held.read())
+
+
 def call_script(
     name: str,
     *args: str,
@@ -242,14 +267,18 @@ def call_script(
     out, err = _Captured(), _Captured()
     data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
     environ = _environment(home, env, drop)
-    with _process_state(environ, [str(SCRIPTS / name), *args], cwd), _library_state(environ):
+    with (
+        _descriptors() as inherited,
+        _process_state(environ, [str(SCRIPTS / name), *args], cwd),
+        _library_state(environ),
+    ):
         sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
         sys.stdout, sys.stderr = out, err
         try:
             code = cli.run_main(module.main, list(args))
         except SystemExit as exc:  # argparse's usage errors, --help
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    stdout, stderr = out.value(), err.value()
+    stdout, stderr = out.value() + inherited[0], err.value() + inherited[1]
     if binary:
         return subprocess.CompletedProcess([name, *args], code, stdout, stderr)
     return subprocess.CompletedProcess(
