@@ -13,7 +13,7 @@ import pytest
 import tomllib
 import yaml
 
-from conftest import PYTHON, ROOT, SCRIPTS, script_env
+from conftest import PYTHON, ROOT, SCRIPTS, call_script, script_env
 
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
@@ -370,9 +370,7 @@ def test_the_description_carries_the_words_that_route_to_the_skill() -> None:
     ids=lambda a: a[0],
 )
 def test_an_unknown_name_exits_2_in_every_script(argv: list[str], home: Path) -> None:
-    proc = subprocess.run(
-        [PYTHON, str(SCRIPTS / argv[0]), *argv[1:]], capture_output=True, text=True, env=script_env(home), check=False
-    )
+    proc = call_script(argv[0], *argv[1:], home=home)
     assert proc.returncode == 2, proc.stderr
     assert "ghost" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -385,9 +383,8 @@ def test_the_task_tree_commands_run_in_the_order_the_reference_gives(home: Path,
     codes = []
     for line in lines:
         argv = shlex.split(line.replace("{baseDir}", str(ROOT)))
-        proc = subprocess.run(
-            [PYTHON, *argv[1:]], capture_output=True, text=True, env=script_env(home), cwd=tmp_path, check=False
-        )
+        assert argv[1] == str(SCRIPTS / "tasks.py"), line
+        proc = call_script("tasks.py", *argv[2:], home=home, cwd=tmp_path)  # the commands' exit codes: in-process
         codes.append(proc.returncode)
         assert proc.returncode in (0, 1, 3), (line, proc.stderr)
     assert codes[3] == 3  # flow.py does not exist here: the run fails, and show then tells why
