@@ -8,14 +8,16 @@ closed pipe, a killed process, the cold start, the environment a cron line gives
 arguments, environment (the test's SELFHEAL_HOME and nothing else of SELFHEAL_*), stdin, and captured stdout and
 stderr, and returns the same `CompletedProcess`; it saves the 0.2-0.5 s an interpreter and the library's imports
 cost per call, where the process adds nothing to what the test checks (a report's content, an exit code, a
-message). The script starts as in a new process: the test switch as its environment says (SELFHEAL_TESTING is
-read at import), nothing the library remembers per process (settings, folders walked, warnings given once; see
-_PER_PROCESS) and no redactor installed yet. What a script changes in the process is put back afterwards: the
-environment, the signal handlers it installs, the logging handlers (its own are closed), the library's memory
-and the process's redactor, the test switch, being a child subreaper (the orphans it
-adopted in the meantime are reaped, as init would), the pipes it left open (closed, as its exit would), the
-working folder, sys.argv and the standard streams. What reaches file descriptors 1 and 2 during the call (a
-command started with the streams inherited) is kept too, after what the script wrote to sys.stdout/sys.stderr.
+message).
+
+The script starts as in a new process: the test switch as its environment says (SELFHEAL_TESTING is read at
+import), nothing the library remembers per process (settings, folders walked, warnings given once: see
+_PER_PROCESS), no fleet database connection, no redactor installed yet. What it changes in the process is put
+back afterwards: the environment, the signal handlers it installs, the logging handlers (its own are closed), the
+library's memory, the fleet connections (its own are closed), the redactor, the test switch, being a child
+subreaper (the orphans it adopted meanwhile are reaped, as init would), the pipes it left open (closed, as its
+exit would), the working folder, sys.argv and the standard streams. What reaches file descriptors 1 and 2 during
+the call (a command started with the streams inherited) is kept, after what it wrote to sys.stdout/sys.stderr.
 """
 
 from __future__ import annotations
@@ -152,6 +154,25 @@ _PER_PROCESS = (
 )
 
 
+def _databases(saved: dict[Any, Any] | None) -> dict[Any, Any]:
+    """The fleet database connections this process holds (selfheal.state.pg, once imported). With None: those
+    held now, then none, as a new process starts; with what that returned: the connections opened since are
+    closed, as an exit closes them, and the held ones are back."""
+    pg = sys.modules.get("selfheal.state.pg")
+    if pg is None:
+        return {}
+    with pg._databases_lock:
+        held = dict(pg._databases)
+        pg._databases.clear()
+        if saved is not None:
+            pg._databases.update(saved)
+    if saved is not None:
+        for database in held.values():
+            if all(database is not kept for kept in saved.values()):
+                database.close()
+    return held
+
+
 @contextlib.contextmanager
 def _library_state(environ: Mapping[str, str]) -> Iterator[None]:
     """The library's process-wide state as a new process starts with it, and as it was afterwards."""
@@ -168,6 +189,7 @@ def _library_state(environ: Mapping[str, str]) -> Iterator[None]:
         saved_dirs = dict(root._dirs)
         root._dirs.clear()
     saved_redactor = redact._installed
+    saved_databases = _databases(None)
     was_subreaper = process.is_subreaper()
     children, pipes = _children(), _open_pipes()
     _testing._switch.enabled = environ.get("SELFHEAL_TESTING", "") not in ("", "0")
@@ -186,6 +208,7 @@ def _library_state(environ: Mapping[str, str]) -> Iterator[None]:
             root._dirs.clear()
             root._dirs.update(saved_dirs)
         redact.install(saved_redactor)
+        _databases(saved_databases)
         if not was_subreaper and process.is_subreaper():
             ctypes.CDLL(None, use_errno=True).prctl(process._PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
             _reap_adopted(children)
