@@ -13,7 +13,7 @@ import pytest
 import tomllib
 import yaml
 
-from conftest import PYTHON, ROOT, SCRIPTS, call_script, script_env
+from conftest import PYTHON, ROOT, SCRIPTS, call_script, run_script, script_env
 
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
@@ -116,7 +116,7 @@ def test_every_script_is_documented_and_answers_help(script: Path, home: Path) -
     """Each script is named in SKILL.md (as {baseDir}/scripts/...) and README, and --help exits 0."""
     assert f"{{baseDir}}/scripts/{script.name}" in SKILL_MD
     assert f"scripts/{script.name}" in README
-    proc = subprocess.run([PYTHON, str(script), "--help"], capture_output=True, env=script_env(home), check=False)
+    proc = run_script(script.name, "--help", home=home, binary=True)  # a new process: each script starts as run
     assert proc.returncode == 0 and b"usage:" in proc.stdout
 
 
@@ -261,14 +261,7 @@ def test_scripts_hop_into_the_skill_venv(home: Path) -> None:
 @pytest.mark.slow
 def test_the_main_job_runs_and_every_scenario_behaves(home: Path) -> None:
     """README's first command (demo.py) runs end to end here and reports every scenario as expected."""
-    proc = subprocess.run(
-        [PYTHON, str(SCRIPTS / "demo.py"), "--json"],
-        capture_output=True,
-        text=True,
-        env=script_env(home),
-        timeout=120,
-        check=False,
-    )
+    proc = run_script("demo.py", "--json", home=home, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["ok"] and len(result["scenarios"]) == 10, result["scenarios"]
