@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from helpers.postgres import Cluster
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.breaker import CLOSED, OPEN, BreakerOpen, Breakers
 from selfheal.core.config import Config, StoreSettings, load_config
 from selfheal.core.ledger import Ledger
@@ -334,16 +334,9 @@ def test_analyze_logs_reads_the_fleets_ledger_and_filters_by_host(fleet_url: str
         ledger = ledger_of(config, name, tmp_path)
         for _ in range(failures):
             ledger.record("failed", task=f"job-{name}", error_class="transient")
-    env = script_env(home, SELFHEAL_DATABASE_URL=fleet_url)
 
     def failed(*extra: str) -> int:
-        proc = subprocess.run(
-            [PYTHON, str(SCRIPTS / "analyze_logs.py"), "--json", *extra],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        proc = call_script("analyze_logs.py", "--json", *extra, home=home, env={"SELFHEAL_DATABASE_URL": fleet_url})
         assert proc.returncode in (0, 1), proc.stderr
         report = json.loads(proc.stdout)
         assert report["inputs"][0]["path"].startswith("fleet ledger")
@@ -351,22 +344,14 @@ def test_analyze_logs_reads_the_fleets_ledger_and_filters_by_host(fleet_url: str
 
     assert failed() == 5
     assert failed("--host", "box-2") == 3
-    proc = subprocess.run(
-        [PYTHON, str(SCRIPTS / "analyze_logs.py"), "--host", "box-2"],
-        env=script_env(home),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = call_script("analyze_logs.py", "--host", "box-2", home=home)
     assert proc.returncode == 2 and "needs fleet mode" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_health_check_says_the_fleet_database_is_unreachable(home: Path, tmp_path: Path) -> None:
     """A fleet host whose database does not answer reports degraded mode, and how many events wait."""
-    env = script_env(home, SELFHEAL_DATABASE_URL=f"postgresql:///x?host={tmp_path}/none&user=nobody")
-    proc = subprocess.run(
-        [PYTHON, str(SCRIPTS / "health_check.py"), "--json"], env=env, capture_output=True, text=True, check=False
-    )
+    env = {"SELFHEAL_DATABASE_URL": f"postgresql:///x?host={tmp_path}/none&user=nobody"}
+    proc = call_script("health_check.py", "--json", home=home, env=env)
     fleet = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "fleet")
     assert fleet["status"] == "warn"
     assert fleet["detail"].startswith("fleet database unreachable: degraded")
@@ -425,13 +410,8 @@ def test_restarting_postgresql_mid_run_loses_and_doubles_no_event(
 
 
 def tasks_fleet(home: Path, action: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, str(SCRIPTS / "tasks.py"), "fleet", action, "--json"],
-        env=script_env(home, **env),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """`tasks.py fleet ACTION --json`, its main() in this process: these tests check its report and exit code."""
+    return call_script("tasks.py", "fleet", action, "--json", home=home, env=env)
 
 
 def test_fleet_init_creates_the_schema_and_status_shows_hosts_and_breakers(
@@ -478,13 +458,7 @@ def test_fleet_status_names_a_breaker_row_that_does_not_read_and_still_lists_the
             "INSERT INTO selfheal_breakers (target, state, data) VALUES ('vllm', 'closed', %s)", (json.dumps(bad),)
         )
     report = json.loads(tasks_fleet(home, "status", SELFHEAL_DATABASE_URL=fleet_url).stdout)
-    text = subprocess.run(
-        [PYTHON, str(SCRIPTS / "tasks.py"), "fleet", "status"],
-        env=script_env(home, SELFHEAL_DATABASE_URL=fleet_url),
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
+    text = call_script("tasks.py", "fleet", "status", home=home, env={"SELFHEAL_DATABASE_URL": fleet_url}).stdout
     by_target = {b["target"]: b for b in report["breakers"]}
     assert by_target["qwen"]["permits_by_host"] == {"box-2": 1}
     assert by_target["vllm"]["permits_by_host"] == {} and "permits.p1.pid: missing" in by_target["vllm"]["unreadable"]
@@ -519,13 +493,8 @@ def test_health_check_reports_the_fleets_breakers(fleet_url: str, home: Path, tm
     """In fleet mode the health check reads the fleet's breakers: one opened by another host shows here."""
     config = load_config()
     fail(host(config, "box-2", tmp_path, clock), "vendor-api", times=5)
-    proc = subprocess.run(
-        [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
-        env=script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-1"),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    env = {"SELFHEAL_DATABASE_URL": fleet_url, "SELFHEAL_HOST_ID": "box-1"}
+    proc = call_script("health_check.py", "--json", home=home, env=env)
     assert proc.stdout, proc.stderr
     checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
     assert checks["fleet"]["status"] == "ok" and checks["fleet"]["hosts"] == ["box-1", "box-2"]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import PYTHON, ROOT, SCRIPTS, script_env
+from conftest import PYTHON, ROOT, call_script
 from selfheal.models.output import schema_problems
 
 OPENCLAW_LOG = ROOT / "tests" / "fixtures" / "openclaw-logs" / "gateway-cron-agent-errors.jsonl"
@@ -42,18 +41,11 @@ def real_run(tmp_path: Path, home: Path) -> Path:
         f"import pathlib, sys\np = pathlib.Path({str(counter)!r})\nn = int(p.read_text()) if p.exists() else 0\n"
         "p.write_text(str(n + 1))\nsys.exit(75 if n < 1 else 0)"
     )
-    subprocess.run(
-        [PYTHON, str(SCRIPTS / "retry_run.py"), "--task", "fmt", "--", PYTHON, "-c", code],
-        env=script_env(home, SELFHEAL_TESTING="1"),
-        check=True,
-        capture_output=True,
+    first = call_script(
+        "retry_run.py", "--task", "fmt", "--", PYTHON, "-c", code, home=home, env={"SELFHEAL_TESTING": "1"}
     )
-    subprocess.run(
-        [PYTHON, str(SCRIPTS / "retry_run.py"), "--max-attempts", "1", "--", "false"],
-        env=script_env(home),
-        check=False,
-        capture_output=True,
-    )
+    first.check_returncode()
+    call_script("retry_run.py", "--max-attempts", "1", "--", "false", home=home)
     return home
 
 
@@ -92,13 +84,7 @@ def test_workflow_events_match_the_schema(tmp_path: Path, home: Path) -> None:
         "  - {name: b, shell: 'test -e ok || { echo \"SyntaxError: x\" >&2; exit 1; }'}\n"
     )
     for _ in range(2):
-        subprocess.run(
-            [PYTHON, str(SCRIPTS / "workflow.py"), "run", str(plan)],
-            env=script_env(home),
-            capture_output=True,
-            check=False,
-            cwd=tmp_path,
-        )
+        call_script("workflow.py", "run", str(plan), home=home, cwd=tmp_path)
     events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert {"compensate", "incident", "resume"} <= {e["event"] for e in events}
     for event in events:
@@ -107,13 +93,10 @@ def test_workflow_events_match_the_schema(tmp_path: Path, home: Path) -> None:
 
 def test_task_records_and_task_events_match_the_schemas(tmp_path: Path, home: Path) -> None:
     """A task tree that runs, fails, makes a fix task, analyses it and succeeds writes schema-valid records."""
-    tasks = str(SCRIPTS / "tasks.py")
     marker = tmp_path / "fixed"
 
     def run(*args: str) -> None:
-        subprocess.run(
-            [PYTHON, tasks, *args], env=script_env(home, SELFHEAL_TESTING="1"), capture_output=True, check=False
-        )
+        call_script("tasks.py", *args, home=home, env={"SELFHEAL_TESTING": "1"})
 
     run("add", "fmt-task", "--display-name", "format check", "--shell", f"test -e {marker} || exit 1")
     run("add", "fmt-child", "--parent", "fmt-task", "--type", "creative", "--priority", "P2")
@@ -123,9 +106,11 @@ def test_task_records_and_task_events_match_the_schemas(tmp_path: Path, home: Pa
     marker.touch()
     run("run-next")  # succeeds: END
     shown = [
-        subprocess.run([PYTHON, tasks, "show", name, "--json"], env=script_env(home), capture_output=True, check=True)
+        call_script("tasks.py", "show", name, "--json", home=home)
         for name in ("fmt-task", "fmt-child", "FIX-fmt-task-command")
     ]
+    for proc in shown:
+        proc.check_returncode()
     records = [json.loads(p.stdout)["task"] for p in shown]
     assert {r["exec_state"] for r in records} == {"END", "VOID", "REQUIRES_MANUAL"}
     for record in records:
@@ -138,18 +123,12 @@ def test_task_records_and_task_events_match_the_schemas(tmp_path: Path, home: Pa
 
 def test_fix_records_and_their_events_match_the_schemas(home: Path) -> None:
     """self_heal.py on a real failure and on OpenClaw's real log writes schema-valid records and events."""
-    subprocess.run(
-        [PYTHON, str(SCRIPTS / "retry_run.py"), "--task", "fmt-fix", "--max-attempts", "1", "--", "sh", "-c",
-         "echo 'HTTP 429 Too Many Requests' >&2; exit 1"],
-        env=script_env(home), capture_output=True, check=False,
+    call_script(
+        "retry_run.py", "--task", "fmt-fix", "--max-attempts", "1", "--", "sh", "-c",
+        "echo 'HTTP 429 Too Many Requests' >&2; exit 1", home=home,
     )  # fmt: skip
     for args in (["--task", "fmt-fix"], ["--from-openclaw-logs", str(OPENCLAW_LOG)]):
-        subprocess.run(
-            [PYTHON, str(SCRIPTS / "self_heal.py"), *args, "--no-model"],
-            env=script_env(home),
-            capture_output=True,
-            check=False,
-        )
+        call_script("self_heal.py", *args, "--no-model", home=home)
     records = [json.loads(p.read_text()) for p in (home / "fixes").glob("FIX-*.json")]
     assert len(records) >= 4
     for record in records:

@@ -14,7 +14,7 @@ import pytest
 import tomllib
 import yaml
 
-from conftest import PYTHON, ROOT, SCRIPTS, script_env
+from conftest import PYTHON, ROOT, SCRIPTS, call_script, run_script, script_env
 
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
@@ -117,7 +117,7 @@ def test_every_script_is_documented_and_answers_help(script: Path, home: Path) -
     """Each script is named in SKILL.md (as {baseDir}/scripts/...) and README, and --help exits 0."""
     assert f"{{baseDir}}/scripts/{script.name}" in SKILL_MD
     assert f"scripts/{script.name}" in README
-    proc = subprocess.run([PYTHON, str(script), "--help"], capture_output=True, env=script_env(home), check=False)
+    proc = run_script(script.name, "--help", home=home, binary=True)  # a new process: each script starts as run
     assert proc.returncode == 0 and b"usage:" in proc.stdout
 
 
@@ -262,14 +262,7 @@ def test_scripts_hop_into_the_skill_venv(home: Path) -> None:
 @pytest.mark.slow
 def test_the_main_job_runs_and_every_scenario_behaves(home: Path) -> None:
     """README's first command (demo.py) runs end to end here and reports every scenario as expected."""
-    proc = subprocess.run(
-        [PYTHON, str(SCRIPTS / "demo.py"), "--json"],
-        capture_output=True,
-        text=True,
-        env=script_env(home),
-        timeout=120,
-        check=False,
-    )
+    proc = run_script("demo.py", "--json", home=home, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["ok"] and len(result["scenarios"]) == 10, result["scenarios"]
@@ -379,9 +372,7 @@ def test_the_description_carries_the_words_that_route_to_the_skill() -> None:
     ids=lambda a: a[0],
 )
 def test_an_unknown_name_exits_2_in_every_script(argv: list[str], home: Path) -> None:
-    proc = subprocess.run(
-        [PYTHON, str(SCRIPTS / argv[0]), *argv[1:]], capture_output=True, text=True, env=script_env(home), check=False
-    )
+    proc = call_script(argv[0], *argv[1:], home=home)
     assert proc.returncode == 2, proc.stderr
     assert "ghost" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -394,9 +385,8 @@ def test_the_task_tree_commands_run_in_the_order_the_reference_gives(home: Path,
     codes = []
     for line in lines:
         argv = shlex.split(line.replace("{baseDir}", str(ROOT)))
-        proc = subprocess.run(
-            [PYTHON, *argv[1:]], capture_output=True, text=True, env=script_env(home), cwd=tmp_path, check=False
-        )
+        assert argv[1] == str(SCRIPTS / "tasks.py"), line
+        proc = call_script("tasks.py", *argv[2:], home=home, cwd=tmp_path)  # the commands' exit codes: in-process
         codes.append(proc.returncode)
         assert proc.returncode in (0, 1, 3), (line, proc.stderr)
     assert codes[3] == 3  # flow.py does not exist here: the run fails, and show then tells why

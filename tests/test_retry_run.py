@@ -15,21 +15,16 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import PYTHON, SCRIPTS, call_script, run_script, script_env
 
 RETRY_RUN = str(SCRIPTS / "retry_run.py")
 
 
-def run(
-    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [PYTHON, RETRY_RUN, *args],
-        check=False,
-        capture_output=True,
-        env=script_env(home, **(env or {})),
-        timeout=timeout,
-    )
+def run(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """retry_run.py's main() in this process (its command still runs as a real process): the tests that
+    check its report, exit code, messages and files. The signals, the live stream on a real pipe and the
+    background runs below start it as a process."""
+    return call_script("retry_run.py", *args, home=home, env=env, binary=True)
 
 
 def start(home: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -240,7 +235,7 @@ def test_non_utf8_and_large_output_pass_through(home: Path) -> None:
         "sys.stderr.buffer.write(b'bad \\xe9 byte\\n')\n"
         "sys.exit(3)"
     )
-    proc = run(home, "--max-attempts", "1", "--", sys.executable, "-c", code)
+    proc = run_script("retry_run.py", "--max-attempts", "1", "--", sys.executable, "-c", code, home=home, binary=True)
     assert proc.stdout == b"\xff\xfe" * 25_000_000
     assert proc.returncode == 3
     report = as_json(run(home, "--json", "--max-attempts", "1", "--", sys.executable, "-c", code))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import call_script
 
 pytestmark = pytest.mark.slow
 
@@ -205,14 +205,9 @@ def fill(folder: Path) -> None:
 
 
 def script(home: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, str(SCRIPTS / name), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=script_env(home),
-        timeout=120,
-    )
+    """The script's main() in this process (its commands still run as processes): these tests check its exit
+    code, its message and what it ran."""
+    return call_script(name, *args, home=home)
 
 
 Breaker = Callable[[], None]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import PYTHON, SCRIPTS, call_script, script_env
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +33,10 @@ sys.stderr.write(proc.stderr.decode("utf-8", "replace")[-3000:])
 """
 
 
-def run(home: Path, script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, str(SCRIPTS / script), *args],
-        capture_output=True,
-        text=True,
-        env=script_env(home),
-        cwd=cwd,
-        timeout=120,
-        check=False,
-    )
+def run(home: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The script's main() in this process: these tests check its message and exit code. The memory bound
+    and the closed stdout are about the process and the pipe: those start it as one."""
+    return call_script(script, *args, home=home)
 
 
 def clean_exit(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:

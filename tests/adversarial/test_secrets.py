@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import call_script
 from selfheal.testing import FakeModelServer, Fault
 
 pytestmark = pytest.mark.slow
@@ -85,23 +85,17 @@ def plant() -> Planted:
 
 
 class Runner:
-    """Runs scripts as a user would and keeps every stdout and stderr."""
+    """Runs scripts as a user would (their main() in this process: call_script keeps what they and the
+    commands they start write to either stream) and keeps every stdout and stderr."""
 
     def __init__(self, home: Path, env: dict[str, str], cwd: Path) -> None:
-        self.env = script_env(home, **env)
+        self.home = home
+        self.env = env
         self.cwd = cwd
         self.streams: list[tuple[str, str]] = []
 
     def __call__(self, script: str, *args: str, ok: tuple[int, ...] = (0, 1, 3)) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [PYTHON, str(SCRIPTS / script), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=self.cwd,
-            timeout=120,
-            check=False,
-        )
+        proc = call_script(script, *args, home=self.home, env=self.env, cwd=self.cwd)
         where = (
             f"run {len(self.streams) // 2 + 1} ({script} {args[0] if args else ''})"  # not the args: they hold secrets
         )

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from helpers.fake_gateway import LIVE, READY, FakeGateway
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import call_script
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +30,9 @@ VICTIM = b"the victim's own file: must never change\n"
 
 
 def script(home: Path, name: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, str(SCRIPTS / name), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=script_env(home, **env),
-        timeout=120,
-    )
+    """The script's main() in this process (the commands it runs are real processes): these tests check its
+    exit code, its message and the files it leaves."""
+    return call_script(name, *args, home=home, env=env)
 
 
 def today() -> str:

@@ -8,24 +8,37 @@ closed pipe, a killed process, the cold start, the environment a cron line gives
 arguments, environment (the test's SELFHEAL_HOME and nothing else of SELFHEAL_*), stdin, and captured stdout and
 stderr, and returns the same `CompletedProcess`; it saves the 0.2-0.5 s an interpreter and the library's imports
 cost per call, where the process adds nothing to what the test checks (a report's content, an exit code, a
-message). What a script changes in the process is put back afterwards: the environment, the signal handlers it
-installs, the logging handlers, the working folder, sys.argv and the standard streams.
+message).
+
+The script starts as in a new process: the test switch as its environment says (SELFHEAL_TESTING is read at
+import), nothing the library remembers per process (settings, folders walked, warnings given once: see
+_PER_PROCESS), no fleet database connection, no redactor installed yet. What it changes in the process is put
+back afterwards: the environment, the signal handlers it installs, the logging handlers (its own are closed), the
+library's memory, the fleet connections (its own are closed), the redactor, the test switch, being a child
+subreaper (the orphans it adopted meanwhile are reaped, as init would), the pipes it left open (closed, as its
+exit would), the working folder, sys.argv and the standard streams. What reaches file descriptors 1 and 2 during
+the call (a command started with the streams inherited) is kept, after what it wrote to sys.stdout/sys.stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import io
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
@@ -102,6 +115,108 @@ class _Captured(io.TextIOWrapper):
         return raw.getvalue()
 
 
+def _open_pipes() -> set[int]:
+    """This process's file descriptors that are pipes."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISFIFO(os.fstat(int(name)).st_mode):
+                found.add(int(name))
+    return found
+
+
+def _children() -> set[int]:
+    return {child.pid for child in psutil.Process().children()}
+
+
+def _reap_adopted(before: set[int]) -> None:
+    """Orphans the script adopted as a subreaper and that have ended since: reaped, as init reaps them once
+    the script's process is gone (the test's own children, there before the call, are left to the test)."""
+    for pid in _children() - before:
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(pid, os.WNOHANG)
+
+
+# What the library remembers per process (module, name): empty when a script starts, as in a new process, so
+# that what it does once per process (a walk that tightens a loose folder, a warning named once, a reading
+# taken again) happens in the call as it would in its own process; the test's own memory is back after.
+_PER_PROCESS = (
+    ("selfheal.core.config", "_cache"),
+    ("selfheal.core.breaker", "_seen_open"),
+    ("selfheal.core.breaker", "_orphans"),
+    ("selfheal.core.fleet", "_down"),
+    ("selfheal.core.fleet", "_warned"),
+    ("selfheal.models.gpu", "_seen"),
+    ("selfheal.models.llm", "_told"),
+    ("selfheal.models.openclaw_chain", "_cache"),
+    ("selfheal.state.root", "_swept"),
+)
+
+
+def _databases(saved: dict[Any, Any] | None) -> dict[Any, Any]:
+    """The fleet database connections this process holds (selfheal.state.pg, once imported). With None: those
+    held now, then none, as a new process starts; with what that returned: the connections opened since are
+    closed, as an exit closes them, and the held ones are back."""
+    pg = sys.modules.get("selfheal.state.pg")
+    if pg is None:
+        return {}
+    with pg._databases_lock:
+        held = dict(pg._databases)
+        pg._databases.clear()
+        if saved is not None:
+            pg._databases.update(saved)
+    if saved is not None:
+        for database in held.values():
+            if all(database is not kept for kept in saved.values()):
+                database.close()
+    return held
+
+
+@contextlib.contextmanager
+def _library_state(environ: Mapping[str, str]) -> Iterator[None]:
+    """The library's process-wide state as a new process starts with it, and as it was afterwards."""
+    from selfheal import _testing
+    from selfheal.core import process
+    from selfheal.state import redact, root
+
+    saved_switch = (_testing._switch.enabled, _testing._switch.attempts)
+    remembered = [getattr(sys.modules[m], n) for m, n in _PER_PROCESS if m in sys.modules]
+    saved_memory = [(held, held.copy()) for held in remembered]
+    for held, _ in saved_memory:
+        held.clear()
+    with root._dirs_lock:
+        saved_dirs = dict(root._dirs)
+        root._dirs.clear()
+    saved_redactor = redact._installed
+    saved_databases = _databases(None)
+    was_subreaper = process.is_subreaper()
+    children, pipes = _children(), _open_pipes()
+    _testing._switch.enabled = environ.get("SELFHEAL_TESTING", "") not in ("", "0")
+    _testing._switch.attempts = None
+    redact.install(None)
+    try:
+        yield
+    finally:
+        _testing._switch.enabled, _testing._switch.attempts = saved_switch
+        for held, saved in saved_memory:
+            held.clear()
+            held.update(saved)
+        with root._dirs_lock:
+            for fd, _ in root._dirs.values():
+                os.close(fd)  # the folders the script walked: closed, as its exit closes them
+            root._dirs.clear()
+            root._dirs.update(saved_dirs)
+        redact.install(saved_redactor)
+        _databases(saved_databases)
+        if not was_subreaper and process.is_subreaper():
+            ctypes.CDLL(None, use_errno=True).prctl(process._PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+            _reap_adopted(children)
+        for fd in _open_pipes() - pipes:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 @contextlib.contextmanager
 def _process_state(environ: dict[str, str], argv: list[str], cwd: Path | None) -> Iterator[None]:
     saved_env = dict(os.environ)
@@ -128,8 +243,34 @@ def _process_state(environ: dict[str, str], argv: list[str], cwd: Path | None) -
         for sig, handler in saved_handlers.items():
             if handler is not None:
                 signal.signal(sig, handler)
+        for handler in root.handlers:
+            if handler not in saved_logging[0]:
+                handler.close()
         root.handlers[:] = saved_logging[0]
         root.setLevel(saved_logging[1])
+
+
+@contextlib.contextmanager
+def _descriptors() -> Iterator[list[bytes]]:
+    """File descriptors 1 and 2 on files of their own for the call: what reaches them rather than sys.stdout
+    and sys.stderr (a command the script starts with its streams inherited, a write to sys.__stderr__) is kept,
+    as a new process's pipes keep it; afterwards the list holds those bytes (stdout's, stderr's)."""
+    written: list[bytes] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            yield written
+        finally:
+            for fd, old in ((1, saved[0]), (2, saved[1])):
+                os.dup2(old, fd)
+                os.close(old)
+            for held in (out, err):
+                held.seek(0)
+                written.append(held.read())
 
 
 def call_script(
@@ -148,14 +289,19 @@ def call_script(
     module = _module(name)
     out, err = _Captured(), _Captured()
     data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
-    with _process_state(_environment(home, env, drop), [str(SCRIPTS / name), *args], cwd):
+    environ = _environment(home, env, drop)
+    with (
+        _descriptors() as inherited,
+        _process_state(environ, [str(SCRIPTS / name), *args], cwd),
+        _library_state(environ),
+    ):
         sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
         sys.stdout, sys.stderr = out, err
         try:
             code = cli.run_main(module.main, list(args))
         except SystemExit as exc:  # argparse's usage errors, --help
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    stdout, stderr = out.value(), err.value()
+    stdout, stderr = out.value() + inherited[0], err.value() + inherited[1]
     if binary:
         return subprocess.CompletedProcess([name, *args], code, stdout, stderr)
     return subprocess.CompletedProcess(
