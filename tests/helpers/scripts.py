@@ -143,6 +143,7 @@ def _reap_adopted(before: set[int]) -> None:
 # taken again) happens in the call as it would in its own process; the test's own memory is back after.
 _PER_PROCESS = (
     ("selfheal.core.config", "_cache"),
+    ("selfheal.core.runs", "_parsed"),
     ("selfheal.core.breaker", "_seen_open"),
     ("selfheal.core.breaker", "_orphans"),
     ("selfheal.core.fleet", "_down"),
