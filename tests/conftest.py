@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
     a Python about a thousand times, and where PYTHONDONTWRITEBYTECODE is set (or after an edit) each
     start would compile the changed modules again. Once, in the controlling process."""
     if not hasattr(config, "workerinput"):
-        import compileall  # noqa: PLC0415
+        import compileall
 
         compileall.compile_dir(str(SCRIPTS / "selfheal"), quiet=1)
 
