@@ -21,9 +21,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from selfheal._bootstrap import bootstrap
+
+TYPE_CHECKING = False  # not typing's: the cron check never imports typing (see selfheal/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 bootstrap()
 

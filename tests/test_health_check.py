@@ -134,15 +134,19 @@ def test_a_repeated_run_loads_no_yaml_and_no_module_it_does_not_need(home: Path,
     """Cron pays for every import: once its settings are kept, a check with the gateway's port closed and
     nothing running imports neither PyYAML, nor the HTTP client, psutil, filelock, asyncio or openai; nor shutil
     (argparse's formatter would load it, and zlib, bz2 and lzma with it) or the idna codec (a str host would);
-    nor, with no breaker and no run to read, the dataclass records (dataclasses pulls in inspect and ast)."""
+    nor, with no breaker and no run to read, the dataclass records (dataclasses pulls in inspect and ast); nor
+    typing, traceback (only a crash is reported with it) or logging (only a message needs it)."""
     (openclaw_dir / "openclaw.json").write_text(json.dumps({"gateway": {"port": free_port()}}))
+    # The script is exec'd as `python health_check.py` would run it: runpy.run_path imports pkgutil, and typing with it.
     code = (
-        "import sys, runpy\n"
+        "import sys\n"
         "sys.argv = ['health_check.py', '--cron']\n"
-        "try:\n    runpy.run_path('health_check.py', run_name='__main__')\n"
+        "try:\n"
+        "    exec(compile(open('health_check.py').read(), 'health_check.py', 'exec'),"
+        " {'__name__': '__main__', '__file__': 'health_check.py'})\n"
         "except SystemExit:\n    pass\n"
         "heavy = ('yaml', 'http.client', 'psutil', 'filelock', 'asyncio', 'openai', 'selfheal.core.config',"
-        " 'shutil', 'bz2', 'lzma', 'encodings.idna', 'dataclasses')\n"
+        " 'shutil', 'bz2', 'lzma', 'encodings.idna', 'dataclasses', 'typing', 'traceback', 'logging')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     env = script_env(home, OPENCLAW_STATE_DIR=str(openclaw_dir))

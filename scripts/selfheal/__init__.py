@@ -20,7 +20,12 @@ higher layer or a peer of its rank, and nothing imports in a circle (tests/test_
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# Not `typing.TYPE_CHECKING`: importing typing costs the cron health check 2.5 ms; mypy and ruff treat
+# a module-level TYPE_CHECKING = False as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 

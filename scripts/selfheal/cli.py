@@ -14,13 +14,15 @@ import json
 import math
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, BinaryIO, TextIO
 
 from .errors import EXIT_USAGE, SelfHealError
 from .state.redact import LineRedactor
 from .state.redact import active as active_redactor
+
+TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, TextIO
 
 PROG_PREFIX = "self-heal"
 
@@ -228,5 +230,7 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         except BrokenPipeError:
             return 0  # written straight to a closed pipe: there is no one left to tell
         except Exception:
+            import traceback  # noqa: PLC0415 - 2 ms at every start; only a crash needs it
+
             sys.stderr.write(traceback.format_exc())  # a bug: shown (redacted) for the report
             return 1

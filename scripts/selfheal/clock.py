@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+
+TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # Clock is only a type: nothing checks isinstance against it
 
 
 class Clock(Protocol):

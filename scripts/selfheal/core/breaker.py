@@ -42,7 +42,6 @@ import functools
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -379,7 +378,7 @@ class Breakers:
                     None,
                     f"{failures} recent failures and {len(in_flight)} requests in flight use the failure budget",
                 )
-            permit = Permit(target, secrets.token_hex(6), probe, eject_probe=eject_probe, shared=shared)
+            permit = Permit(target, os.urandom(6).hex(), probe, eject_probe=eject_probe, shared=shared)
             data.permits[permit.id] = HeldPermit(
                 host=self.host,
                 pid=os.getpid(),

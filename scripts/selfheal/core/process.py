@@ -15,7 +15,6 @@ still alive when the command ends is reported as left behind and stopped, unless
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -26,12 +25,26 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import psutil
+from typing import TYPE_CHECKING, Protocol
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..state.runs import live_process
+
+if TYPE_CHECKING:
+    import psutil
+else:
+
+    class _LazyPsutil:
+        """psutil, imported on first use (10 ms at start-up that `tasks.py list` or `--help` need not pay): the
+        first attribute read imports it and puts the module itself in this one's place."""
+
+        def __getattr__(self, name: str) -> object:
+            import psutil as module  # noqa: PLC0415
+
+            globals()["psutil"] = module
+            return getattr(module, name)
+
+    psutil = _LazyPsutil()
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +62,8 @@ def become_subreaper() -> bool:
     it changes who must reap orphaned processes for the rest of the process's life."""
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # noqa: PLC0415 - 2 ms; only the scripts that run commands call this
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
@@ -59,6 +74,8 @@ def become_subreaper() -> bool:
 def is_subreaper() -> bool:
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # noqa: PLC0415
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         flag = ctypes.c_int(0)

@@ -14,7 +14,6 @@ least once, leaves one ledger event per attempt.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -322,6 +321,8 @@ class Retrier:
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """The async twin of call(): waits with the clock's asleep(), writes the ledger off the loop."""
+        import asyncio  # noqa: PLC0415 - 15 ms (ssl included) that a retry of a plain command need not pay
+
         run = _Run(self, getattr(fn, "__qualname__", None))
         # The breaker's shared state is a locked file: its updates go to a thread, off the event loop.
         offload = self.breaker_target is not None

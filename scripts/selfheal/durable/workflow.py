@@ -25,7 +25,6 @@ engine runs both:
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -337,6 +336,8 @@ def load_plan(path: Path) -> Plan:
     template = data.get("notify")
     if template is not None and (not isinstance(template, list) or not all(isinstance(a, str) for a in template)):
         raise fail("notify", "must be an argv list, e.g. [openclaw, message, send, --text, '{summary}']", template)
+    import hashlib  # noqa: PLC0415 - OpenSSL's 2.5 ms: only a plan loaded needs it, not `tasks.py list`
+
     return Plan(
         plan_name,
         tuple(steps),
@@ -1284,6 +1285,8 @@ def _env_name(step: str, output: str) -> str:
 
 
 def _describe_file(path: Path) -> dict[str, Any]:
+    import hashlib  # noqa: PLC0415
+
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

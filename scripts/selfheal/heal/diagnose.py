@@ -24,7 +24,6 @@ import contextlib
 import os
 import re
 import shlex
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1079,6 +1078,8 @@ def _restore_config(record: FixRecord, clock: Clock) -> Applied:
     target = Path(str(current))
     kept = target.with_name(f"{target.name}.before-restore-{utc_iso(clock.time()).replace(':', '')}")
     if target.exists():
+        import shutil  # noqa: PLC0415 - 3 ms (bz2, lzma) every script that imports the healer paid
+
         shutil.copy2(target, kept)
     write_bytes_atomic(target, Path(str(good)).read_bytes())
     return Applied(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -120,6 +119,8 @@ _FIX_FIELDS = frozenset(f.name for f in dataclasses.fields(FixRecord)) - {"extra
 
 
 def signature_key(task: str, signature: str) -> str:
+    import hashlib  # noqa: PLC0415 - OpenSSL's 2.5 ms: only a fix recorded or looked up needs it
+
     return hashlib.sha256(f"{task}\n{signature}".encode()).hexdigest()[:16]
 
 

@@ -13,7 +13,10 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 MASK = "***"
 

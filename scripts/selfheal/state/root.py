@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import re
 import stat
@@ -20,11 +19,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
 
 from ..errors import CorruptStateError, InvalidIdError, LockBusy, StateError, StateWriteError, UnsafeStateError
 from . import layout
 from .redact import active as _redactor
+
+TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
+if TYPE_CHECKING:
+    import logging
+    from typing import IO, Any
 
 try:  # POSIX: lock the appended file itself, no side lock file needed.
     import fcntl
@@ -39,7 +42,13 @@ DIR_MODE = 0o700
 StrPath = str | os.PathLike[str]
 _ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
 
-logger = logging.getLogger(__name__)
+
+def _logger() -> logging.Logger:
+    """This module's logger; logging is imported on the first message (2 ms the cron health check need not pay)."""
+    import logging  # noqa: PLC0415
+
+    return logging.getLogger(__name__)
+
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -159,7 +168,7 @@ def _check_folder(fd: int, where: _Where) -> None:
             os.fchmod(fd, DIR_MODE)
         except OSError as exc:
             raise StateWriteError(path, exc, "tighten the mode of") from exc
-        logger.warning("state folder %s was mode %04o, open to other users; tightened to 0700", path, mode)
+        _logger().warning("state folder %s was mode %04o, open to other users; tightened to 0700", path, mode)
 
 
 def _open_base(path: Path, create: bool, check: bool) -> int:
@@ -509,7 +518,7 @@ def _sweep_temps(dir_fd: int, folder: Path, now: float | None = None) -> list[st
     except OSError:  # a folder we cannot list: the write itself went well, so say nothing
         return gone
     if gone:
-        logger.info("removed %d stale temp file(s) of killed writers in %s", len(gone), folder)
+        _logger().info("removed %d stale temp file(s) of killed writers in %s", len(gone), folder)
     return gone
 
 
@@ -1003,9 +1012,9 @@ class StateRoot:
         The first one per StateRoot is a warning saying what and why; the rest are logged at debug level."""
         self._unrecorded.append(f"{what}: {exc}")
         if len(self._unrecorded) == 1:
-            logger.warning("could not record %s (%s); carrying on without it", what, exc)
+            _logger().warning("could not record %s (%s); carrying on without it", what, exc)
         else:
-            logger.debug("could not record %s (%s)", what, exc)
+            _logger().debug("could not record %s (%s)", what, exc)
 
     @property
     def problems(self) -> list[str]:
