@@ -158,6 +158,9 @@ def test_a_repeated_run_loads_no_yaml_and_no_module_it_does_not_need(home: Path,
 
     assert "'yaml'" in imported()  # the first run loads and validates the settings
     assert imported() == "[]"
+    # With a task tree to read (sqlite3 then is imported), still none of them.
+    assert call_script("tasks.py", "add", "nightly", "--", "true", home=home).returncode == 0
+    assert imported() == "[]"
 
 
 # -- install.sh --cron ---------------------------------------------------------------------------------------------

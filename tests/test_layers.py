@@ -17,6 +17,7 @@ RANKS = {
     "clock": 0,
     "_testing": 0,
     "_bootstrap": 0,
+    "_typing": 0,
     "state": 1,
     "core": 2,
     "models": 3,

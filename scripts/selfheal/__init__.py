@@ -6,7 +6,7 @@ cron scripts and works even before the dependencies are installed (scripts need 
 The library is layered; a module imports only from its own package and from lower layers, never from a
 higher layer or a peer of its rank, and nothing imports in a circle (tests/test_layers.py enforces it):
 
-    0  errors, clock, _testing, _bootstrap   the base: no imports from the package
+    0  errors, clock, _testing, _bootstrap, _typing   the base: no imports from the package
     1  state/      every file and table format: the state root, paths, records, the task store
     2  core/       configuration, classification, backoff, retrying, breakers, the ledger, processes, runs
     3  models/     the fallback chain, answer checks, prompts

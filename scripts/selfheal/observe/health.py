@@ -41,7 +41,6 @@ the gateway's port, psutil once a run is in progress, the task tree once it has 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
@@ -58,8 +57,7 @@ from ..state.layout import SUBDIRS
 from ..state.root import StateRoot, read_json, write_json
 from ..state.skill_status import STATUS_FILE_NAME, update_status
 
-# Not typing's TYPE_CHECKING, NamedTuple: the cron check never imports typing (2.5 ms at each start; a test
-# checks it). mypy and ruff treat a module-level TYPE_CHECKING = False as true, so they see typing.NamedTuple.
+# Not typing's TYPE_CHECKING, NamedTuple: the cron check never imports typing (see selfheal/_typing.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NamedTuple
@@ -68,23 +66,7 @@ if TYPE_CHECKING:
     from ..state.breakers import BreakerState
     from ..state.runs import RunState
 else:
-
-    class _NamedTupleMeta(type):
-        """What `class X(typing.NamedTuple)` does (CPython 3.11's NamedTupleMeta), on collections.namedtuple."""
-
-        def __new__(mcs, typename: str, bases: tuple[type, ...], ns: dict[str, object]) -> type:
-            fields = list(ns.get("__annotations__", {}))
-            defaults = [ns[name] for name in fields if name in ns]
-            if any(name not in ns for name in fields[len(fields) - len(defaults) :]):
-                raise TypeError(f"{typename}: a field without a default follows one with a default")
-            cls = collections.namedtuple(typename, fields, defaults=defaults, module=ns["__module__"])
-            cls.__annotations__ = dict(ns.get("__annotations__", {}))
-            for key, value in ns.items():
-                if key not in ("__module__", "__name__", "__annotations__") and key not in fields:
-                    setattr(cls, key, value)
-            return cls
-
-    NamedTuple = type.__new__(_NamedTupleMeta, "NamedTuple", (), {})
+    from .._typing import NamedTuple
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 OPERATIONAL, DEGRADED, DOWN = "operational", "degraded", "down"

@@ -11,7 +11,11 @@ Fleet mode adds PostgreSQL as a second `Dialect`; nothing else needs to change.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+TYPE_CHECKING = False  # not typing's: the health check reads the task tree and never imports typing
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from .._typing import NamedTuple
 
 
 class Dialect(NamedTuple):

@@ -34,14 +34,16 @@ import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_USAGE, LockBusy, StateError, StateWriteError, UnsafeStateError, UsageError
 from .root import ensure_dir, open_rewrite
 from .sql import SQLITE, Dialect
 from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, HISTORY_KEEP, PRIORITIES, PROCESSING, TYPES, VOID
 
+TYPE_CHECKING = False  # not typing's: the health check reads this database and never imports typing
 if TYPE_CHECKING:
+    from typing import Any
+
     from .taskrecord import Task
 
 SCHEMA_VERSION = 2
