@@ -229,13 +229,17 @@ def test_three_hosts_of_four_processes_against_a_dead_target_stay_within_the_thr
     failure_threshold (5) requests; once the open time is over, one probe at a time, and close_after (3)
     good probes let the whole fleet through again. (With each host on its own files, as before fleet
     mode, the same run lets 4 + 5 + 5 requests through.)"""
-    (tmp_path / "config.yaml").write_text("breakers: {open_s: 0.8}\n")
+    # The open period is three times the dead phase: a request asked for at the end of the dead phase and
+    # answered late (a round trip to the database on a loaded machine) must not find it over already.
+    (tmp_path / "config.yaml").write_text("breakers: {open_s: 1.2}\n")
     config = load_config(user_file=tmp_path / "config.yaml")
     seen_by = Breakers(StateRoot(tmp_path / "host-0").ensure(), config.breakers, store=config.store)
     fail(seen_by, "dead-api")  # the target has just started failing: host-0 saw it
-    results = run_fleet(tmp_path, 3, 4, "fail:0.4+ok:1.6", 0, fleet_url)
+    results = run_fleet(tmp_path, 3, 4, "fail:0.4+ok:2.0", 0, fleet_url)
     dead, alive = [r[0] for r in results], [r[1] for r in results]
-    assert 1 + sum(r["granted"] for r in dead) <= 5
+    # Should one still be answered after the open period, it is a probe, which the closed breaker's budget
+    # does not cover (seen once in many runs with 0.8 s of open period, on a machine at load 12).
+    assert 1 + sum(r["granted"] - r["probes"] for r in dead) <= 5, results
     assert sum(r["refused"] for r in dead) > 0
     assert sum(r["probes"] for r in alive) == 3
     assert max(r["max_probes_at_once"] for r in alive) == 1
