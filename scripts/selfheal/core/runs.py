@@ -135,24 +135,18 @@ def _fresh(record: RunState) -> RunState:
     return copy
 
 
-def list_runs(state: StateRoot, task: str | None = None) -> list[RunState]:
-    """Every readable run record (with `task`: that task's, found by the name new_run_id gives its files,
-    without reading the other tasks' history); unreadable ones (torn, or with a field of the wrong kind:
-    logged with the file, key and value) are moved aside and skipped. A record unchanged since this process
-    last read it is not read again."""
+def list_runs(state: StateRoot) -> list[RunState]:
+    """Every readable run record; unreadable ones (torn, or with a field of the wrong kind: logged with the
+    file, key and value) are moved aside and skipped. A record unchanged since this process last read it is
+    not read again."""
     folder = state.sub(layout.RUNS)
     out: list[RunState] = []
-    prefix = f"{task[:80]}-" if task else ""
     try:
-        entries = sorted(
-            (e for e in os.scandir(folder) if e.name.endswith(".json") and e.name.startswith(prefix)),
-            key=lambda e: e.name,
-        )
+        entries = sorted((e for e in os.scandir(folder) if e.name.endswith(".json")), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
         return out
     previous = _parsed.get(str(folder), {})
-    # Listing one task's records refreshes only theirs; what is known of the others' stays.
-    current = {name: hit for name, hit in previous.items() if not name.startswith(prefix)} if prefix else {}
+    current: dict[str, tuple[tuple[int, int, int], RunState]] = {}
     for entry in entries:
         try:
             st = entry.stat(follow_symlinks=False)
@@ -183,8 +177,6 @@ def list_runs(state: StateRoot, task: str | None = None) -> list[RunState]:
             continue
         current[entry.name] = (stamp, record)
         out.append(_fresh(record))
-    if task:  # names can share a prefix ("a" and "a-b"): the record says whose it is
-        out = [record for record in out if record.task == task]
     with _parsed_lock:  # the heartbeat thread lists records too
         _parsed.pop(str(folder), None)
         _parsed[str(folder)] = current  # the newest last; the oldest folder is forgotten first
@@ -194,7 +186,7 @@ def list_runs(state: StateRoot, task: str | None = None) -> list[RunState]:
 
 
 def running_for_task(state: StateRoot, task: str) -> RunState | None:
-    for record in list_runs(state, task):
+    for record in list_runs(state):
         if record.task == task and record.running:
             return record
     return None
@@ -206,7 +198,7 @@ def close_dead(state: StateRoot, task: str, *, now: float) -> list[str]:
     Only records of this host are judged: a pid means nothing on another machine."""
     closed = []
     host = socket.gethostname()
-    for record in list_runs(state, task):
+    for record in list_runs(state):
         if record.task != task or not record.running or not record.supervisor_gone(host):
             continue
         record.status, record.phase, record.outcome, record.child, record.ended_ts = (
@@ -275,7 +267,7 @@ def _dead_runs(state: StateRoot, task: str, run_id: str | None, *, any_runner: b
     """This host's records of `task` still `running` whose supervisor is gone (or any, with `any_runner`)."""
     host = socket.gethostname()
     out = []
-    for record in list_runs(state, task):
+    for record in list_runs(state):
         if record.task != task or not record.running or record.host not in (None, host):
             continue
         if run_id is not None and record.run_id != run_id:
