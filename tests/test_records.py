@@ -153,6 +153,26 @@ def test_a_run_record_rewritten_or_removed_is_listed_as_it_now_is(home: Path) ->
     assert list_runs(state) == []
 
 
+def test_a_tasks_dead_runs_are_found_among_other_tasks_history_and_only_its_own(home: Path) -> None:
+    """close_dead closes only the task's own dead runs among other tasks' records, even for a task whose name
+    begins like another's ("nightly" and "nightly-eu")."""
+    state = StateRoot(home).ensure()
+    pid, create_time = dead_process()
+    for task in ("nightly", "nightly-eu", "other"):
+        data = {**json.loads(TODAYS_RUN), "task": task, "run_id": f"{task}-20261205T070000Z-{pid}"}
+        data.update(host=socket.gethostname(), supervisor={"pid": pid, "create_time": create_time})
+        state.run_file(data["run_id"]).write_text(json.dumps(data))
+    assert len(list_runs(state)) == 3  # read once: what this process keeps of them must not hide a change
+    assert close_dead(state, "nightly", now=1800000100.0) == [f"nightly-20261205T070000Z-{pid}"]
+    by_task = {r.task: (r.status, r.outcome) for r in list_runs(state)}
+    assert by_task == {
+        "nightly": ("finished", "crashed"),
+        "nightly-eu": ("running", None),
+        "other": ("running", None),
+    }
+    assert close_dead(state, "nightly-eu", now=1800000100.0) == [f"nightly-eu-20261205T070000Z-{pid}"]
+
+
 # -- the liveness rule -------------------------------------------------------------------------------------
 
 
