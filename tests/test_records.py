@@ -173,6 +173,26 @@ def test_a_tasks_dead_runs_are_found_among_other_tasks_history_and_only_its_own(
     assert close_dead(state, "nightly-eu", now=1800000100.0) == [f"nightly-eu-20261205T070000Z-{pid}"]
 
 
+def test_only_running_records_are_listed_for_the_checks_and_no_text_in_one_passes_it_as_finished(
+    home: Path,
+) -> None:
+    """The checks (a run in progress, dead runs, orphans, the health check) list only running records and
+    leave the finished history unparsed, judged by its bytes; a running record whose command or a newer
+    version's nested key says `"status": "finished"` is still running."""
+    from selfheal.state.root import write_json
+
+    state = StateRoot(home).ensure()
+    base = json.loads(TODAYS_RUN)
+    tricky = {**base, "run_id": "tricky-1", "argv": ["sh", "-c", 'echo \'\n  "status": "finished"\'']}
+    nested = {**base, "run_id": "nested-1", "future": {"status": "finished"}}
+    done = {**base, "run_id": "done-1", "status": "finished", "outcome": "succeeded"}
+    for record in (tricky, nested, done):
+        write_json(state.run_file(record["run_id"]), record)
+    assert sorted(r.run_id for r in list_runs(state, running_only=True)) == ["nested-1", "tricky-1"]
+    assert sorted(r.run_id for r in list_runs(state)) == ["done-1", "nested-1", "tricky-1"]
+    assert sorted(r.run_id for r in list_runs(state, running_only=True)) == ["nested-1", "tricky-1"]
+
+
 # -- the liveness rule -------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted, StateError, UnsafeStateError
 from ..state import layout
 from ..state.records import RecordError
-from ..state.root import StateRoot, quarantine, read_json, unlink, write_json
+from ..state.root import StateRoot, open_read, quarantine, read_json, unlink, write_json
 from ..state.runs import FINISHED, RUNNING, ProcessRef, RunState, live_process
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class RunRecord:
 # lists the records several times (dead runs of its task, a run in progress, orphans), and a long-lived
 # runner (`tasks.py run-next --max`, a fleet host) does so for every task; each listing used to parse every
 # record kept (keep_finished_runs_days of history), so a runner grew slower with every run it made.
-_parsed: dict[str, dict[str, tuple[tuple[int, int, int], RunState]]] = {}
+_parsed: dict[str, dict[str, tuple[tuple[int, int, int], RunState | None]]] = {}
 _PARSED_FOLDERS = 8
 _parsed_lock = threading.Lock()
 
@@ -135,10 +135,32 @@ def _fresh(record: RunState) -> RunState:
     return copy
 
 
-def list_runs(state: StateRoot) -> list[RunState]:
-    """Every readable run record; unreadable ones (torn, or with a field of the wrong kind: logged with the
-    file, key and value) are moved aside and skipped. A record unchanged since this process last read it is
-    not read again."""
+# A finished record, as write_json writes it (sorted keys, indented by 2): the top-level key on a line of
+# its own. It cannot occur inside a string (a newline there is written as \n) nor as a nested key (indented
+# further), so a file holding it is finished; a file written any other way is read and parsed.
+_FINISHED_LINE = b'\n  "status": "finished"'
+
+
+def _finished_on_disk(path: Path) -> bool:
+    """Whether the record is finished, from its bytes alone (no JSON parse). Any trouble: False, and the
+    full read that follows deals with it."""
+    try:
+        fd = open_read(path)
+    except (OSError, StateError):
+        return False
+    try:
+        return _FINISHED_LINE in os.read(fd, 1 << 20)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def list_runs(state: StateRoot, *, running_only: bool = False) -> list[RunState]:
+    """Every readable run record (with `running_only`: those still running, without parsing the finished
+    ones kept as history, which only their bytes are looked at); unreadable ones (torn, or with a field of
+    the wrong kind: logged with the file, key and value) are moved aside and skipped. A record unchanged
+    since this process last read it is not read again."""
     folder = state.sub(layout.RUNS)
     out: list[RunState] = []
     try:
@@ -146,7 +168,7 @@ def list_runs(state: StateRoot) -> list[RunState]:
     except (FileNotFoundError, NotADirectoryError):
         return out
     previous = _parsed.get(str(folder), {})
-    current: dict[str, tuple[tuple[int, int, int], RunState]] = {}
+    current: dict[str, tuple[tuple[int, int, int], RunState | None]] = {}  # None: seen finished, not parsed
     for entry in entries:
         try:
             st = entry.stat(follow_symlinks=False)
@@ -154,11 +176,15 @@ def list_runs(state: StateRoot) -> list[RunState]:
             continue
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         hit = previous.get(entry.name)
-        if hit is not None and hit[0] == stamp:
+        if hit is not None and hit[0] == stamp and (hit[1] is not None or running_only):
             current[entry.name] = hit
-            out.append(_fresh(hit[1]))
+            if hit[1] is not None and (hit[1].running or not running_only):
+                out.append(_fresh(hit[1]))
             continue
         path = Path(entry.path)
+        if running_only and _finished_on_disk(path):
+            current[entry.name] = (stamp, None)
+            continue
         try:
             data = read_json(path)
         except UnsafeStateError as exc:
@@ -176,7 +202,8 @@ def list_runs(state: StateRoot) -> list[RunState]:
             logger.warning("%s; the run record was set aside", exc)
             continue
         current[entry.name] = (stamp, record)
-        out.append(_fresh(record))
+        if record.running or not running_only:
+            out.append(_fresh(record))
     with _parsed_lock:  # the heartbeat thread lists records too
         _parsed.pop(str(folder), None)
         _parsed[str(folder)] = current  # the newest last; the oldest folder is forgotten first
@@ -186,7 +213,7 @@ def list_runs(state: StateRoot) -> list[RunState]:
 
 
 def running_for_task(state: StateRoot, task: str) -> RunState | None:
-    for record in list_runs(state):
+    for record in list_runs(state, running_only=True):
         if record.task == task and record.running:
             return record
     return None
@@ -198,7 +225,7 @@ def close_dead(state: StateRoot, task: str, *, now: float) -> list[str]:
     Only records of this host are judged: a pid means nothing on another machine."""
     closed = []
     host = socket.gethostname()
-    for record in list_runs(state):
+    for record in list_runs(state, running_only=True):
         if record.task != task or not record.running or not record.supervisor_gone(host):
             continue
         record.status, record.phase, record.outcome, record.child, record.ended_ts = (
@@ -267,7 +294,7 @@ def _dead_runs(state: StateRoot, task: str, run_id: str | None, *, any_runner: b
     """This host's records of `task` still `running` whose supervisor is gone (or any, with `any_runner`)."""
     host = socket.gethostname()
     out = []
-    for record in list_runs(state):
+    for record in list_runs(state, running_only=True):
         if record.task != task or not record.running or record.host not in (None, host):
             continue
         if run_id is not None and record.run_id != run_id:

@@ -636,7 +636,7 @@ def check_runs(
     from ..core.runs import list_runs  # noqa: PLC0415 - only when there are run records
 
     host = socket.gethostname()
-    running = [r for r in list_runs(state) if r.running]
+    running = list_runs(state, running_only=True)
     problems = []
     for record in running:
         why = judge_run(record, now, limit_s, gone or (lambda r: r.supervisor_gone(host)))

@@ -357,7 +357,7 @@ class _Heartbeat:
 
     def _waiting(self) -> bool:
         """In a retry wait: no output is expected, and that is not being stuck."""
-        for record in list_runs(self.store.state):
+        for record in list_runs(self.store.state, running_only=True):
             if record.task == self.name and record.running:
                 return record.phase == "waiting"
         return False
@@ -1337,7 +1337,7 @@ def check_stuck(store: TaskStore, *, now: float | None = None, ledger: Ledger | 
 def _orphans(store: TaskStore, task: Task) -> list[ProcessIdentity | None]:
     """Commands the task's runs started that may outlive a dead runner (they run in their own session)."""
     out: list[ProcessIdentity | None] = []
-    for record in list_runs(store.state):
+    for record in list_runs(store.state, running_only=True):
         if record.task == task.name and record.running:
             child = record.child
             out.append(ProcessIdentity(child.pid, child.create_time) if child and child.create_time else None)
