@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 PYTHON = sys.executable
 
-from helpers.scripts import call_script, run_script, script_env  # noqa: E402
+from helpers.scripts import call_script, imported_by, run_script, script_env  # noqa: E402
 
 from selfheal import _testing  # noqa: E402
 from selfheal.core.config import Config, load_config  # noqa: E402
@@ -177,4 +177,4 @@ def fleet_url(postgres: Cluster | External, monkeypatch: pytest.MonkeyPatch) -> 
     return url
 
 
-__all__ = ["PYTHON", "ROOT", "SCRIPTS", "call_script", "run_script", "script_env"]
+__all__ = ["PYTHON", "ROOT", "SCRIPTS", "call_script", "imported_by", "run_script", "script_env"]

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import PYTHON, ROOT, SCRIPTS, call_script, script_env
+from conftest import PYTHON, ROOT, SCRIPTS, call_script, imported_by, script_env
 from selfheal.core.classify import Failure, classify_error
 from selfheal.core.config import Config, load_config
 from selfheal.core.ledger import Ledger
@@ -845,17 +845,10 @@ def test_stdin_is_read_with_a_dash(tmp_path: Path, home: Path) -> None:
 
 
 def test_the_script_never_imports_openai(home: Path) -> None:
-    code = (
-        "import sys, runpy\n"
-        f"sys.argv = ['analyze_logs.py', '--json', {str(GATEWAY)!r}]\n"
-        "try:\n    runpy.run_path('analyze_logs.py', run_name='__main__')\n"
-        "except SystemExit:\n    pass\n"
-        "print('openai' in sys.modules)"
-    )
-    proc = subprocess.run(
-        [PYTHON, "-c", code], cwd=SCRIPTS, capture_output=True, text=True, env=script_env(home), check=False
-    )
-    assert proc.stdout.strip().splitlines()[-1] == "False", proc.stderr
+    watch = ("openai", "selfheal.observe.logreport")  # the script ran; openai was not imported
+    assert imported_by("analyze_logs.py", "--json", str(GATEWAY), home=home, watch=watch) == [
+        "selfheal.observe.logreport"
+    ]
 
 
 def test_the_report_gives_the_compensation_rate_of_the_second_document(

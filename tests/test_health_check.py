@@ -14,7 +14,7 @@ import pytest
 from helpers.fake_gateway import LIVE, READY, FakeGateway
 from helpers.openclaw import free_port
 
-from conftest import PYTHON, ROOT, SCRIPTS, call_script, script_env
+from conftest import PYTHON, ROOT, SCRIPTS, call_script, imported_by, script_env
 
 HEALTH_CHECK = str(SCRIPTS / "health_check.py")
 
@@ -137,30 +137,21 @@ def test_a_repeated_run_loads_no_yaml_and_no_module_it_does_not_need(home: Path,
     nor, with no breaker and no run to read, the dataclass records (dataclasses pulls in inspect and ast); nor
     typing, traceback (only a crash is reported with it) or logging (only a message needs it)."""
     (openclaw_dir / "openclaw.json").write_text(json.dumps({"gateway": {"port": free_port()}}))
-    # The script is exec'd as `python health_check.py` would run it: runpy.run_path imports pkgutil, and typing with it.
-    code = (
-        "import sys\n"
-        "sys.argv = ['health_check.py', '--cron']\n"
-        "try:\n"
-        "    exec(compile(open('health_check.py').read(), 'health_check.py', 'exec'),"
-        " {'__name__': '__main__', '__file__': 'health_check.py'})\n"
-        "except SystemExit:\n    pass\n"
-        "heavy = ('yaml', 'http.client', 'psutil', 'filelock', 'asyncio', 'openai', 'selfheal.core.config',"
-        " 'shutil', 'bz2', 'lzma', 'encodings.idna', 'dataclasses', 'typing', 'traceback', 'logging')\n"
-        "print(sorted(m for m in heavy if m in sys.modules))"
+    heavy = (
+        *("yaml", "http.client", "psutil", "filelock", "asyncio", "openai", "selfheal.core.config", "shutil"),
+        *("bz2", "lzma", "encodings.idna", "dataclasses", "typing", "traceback", "logging"),
     )
     env = script_env(home, OPENCLAW_STATE_DIR=str(openclaw_dir))
     env.pop("OPENCLAW_GATEWAY_PORT", None)
 
-    def imported() -> str:
-        proc = subprocess.run([PYTHON, "-c", code], cwd=SCRIPTS, env=env, capture_output=True, text=True, check=False)
-        return proc.stdout.strip().splitlines()[-1]
+    def imported() -> list[str]:
+        return imported_by("health_check.py", "--cron", home=home, env=env, watch=heavy)
 
-    assert "'yaml'" in imported()  # the first run loads and validates the settings
-    assert imported() == "[]"
+    assert "yaml" in imported()  # the first run loads and validates the settings
+    assert imported() == []
     # With a task tree to read (sqlite3 then is imported), still none of them.
     assert call_script("tasks.py", "add", "nightly", "--", "true", home=home).returncode == 0
-    assert imported() == "[]"
+    assert imported() == []
 
 
 # -- install.sh --cron ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ the call (a command started with the streams inherited) is kept, after what it w
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import importlib.util
@@ -87,6 +88,34 @@ def run_script(
         cwd=cwd,
         check=False,
     )
+
+
+def imported_by(
+    name: str, *args: str, home: Path, watch: tuple[str, ...], env: Mapping[str, str] | None = None
+) -> list[str]:
+    """Which of the modules in `watch` a new interpreter holds after running scripts/<name> ARGS, as
+    `python name ARGS` runs it (exec'd from its folder: runpy.run_path would import pkgutil, and typing with
+    it). The environment is script_env(home), or `env` as given."""
+    code = (
+        "import sys\n"
+        f"sys.argv = {[name, *args]!r}\n"
+        f"source = compile(open({name!r}).read(), {name!r}, 'exec')\n"
+        "try:\n"
+        f"    exec(source, {{'__name__': '__main__', '__file__': {name!r}}})\n"
+        "except SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {tuple(watch)!r} if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", code],
+        cwd=SCRIPTS,
+        env=dict(env) if env is not None else script_env(home),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines and lines[-1].startswith("["), f"{name} {' '.join(args)}: no list of modules printed:\n{proc.stderr}"
+    return list(ast.literal_eval(lines[-1]))
 
 
 def _module(name: str) -> ModuleType:
