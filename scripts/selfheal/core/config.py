@@ -61,10 +61,6 @@ _DB_URL = re.compile(r"postgres(ql)?://(?P<auth>[^@/\s]*@)?[^\s/]*(/[^\s?]*)?(\?
 _SHAPES: dict[type[Any], tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]] = {}
 
 
-def _type_hints(cls: type[Any]) -> dict[str, Any]:
-    return _shape(cls)[0]
-
-
 def _shape(cls: type[Any]) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
     shape = _SHAPES.get(cls)
     if shape is None:
@@ -1185,7 +1181,7 @@ def _store_from_env(config: Config, env: Mapping[str, str]) -> Config:
 
 
 def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest, files: tuple[str, ...]) -> Config:
-    hints = _type_hints(Config)
+    hints = _shape(Config)[0]
     known = {f.name for f in dataclasses.fields(Config)} - {"manifest", "files", "chain_configured"}
     for key in settings:
         if key not in known:
