@@ -135,6 +135,23 @@ printf '%s\n' "$ROOT/scripts" > "$SITE/selfheal-skill.pth"
 #     so where PYTHONDONTWRITEBYTECODE is set or the folder is read-only). Only stale files are rewritten.
 "$VPY" -m compileall -q -j 0 "$ROOT/scripts/selfheal" >/dev/null || say "could not write the library's bytecode (it still runs, only slower to start)"
 
+# 4c. The log scanner's native engine (scripts/selfheal/observe/_logscan.c), built into .venv where a C compiler
+#     exists: analyze_logs.py reads big logs several times faster with it. Optional: without it (no compiler,
+#     a failed build) the same figures come from the Python fast path. Rebuilt only when the source changed.
+NATIVE="$("$VPY" - "$ROOT/scripts" <<'PYEOF' 2>&1
+import sys
+sys.path.insert(0, sys.argv[1])
+from selfheal.observe import native
+path, how = native.build()
+print(how if path else f"not built ({how})")
+PYEOF
+)" || NATIVE="not built ($NATIVE)"
+case "$NATIVE" in
+    built) say "built the native log scanner into .venv (analyze_logs.py reads big logs faster)" ;;
+    "up to date") ;;
+    *) say "the native log scanner is $NATIVE: analyze_logs.py reads logs in Python (the same figures, slower)" ;;
+esac
+
 # 5. The state folder, private to this user.
 STATE="$("$VPY" -c 'import sys; sys.path.insert(0, sys.argv[1]); from selfheal.state.root import resolve_state_root; print(resolve_state_root())' "$ROOT/scripts")"
 mkdir -p "$STATE"

@@ -11,8 +11,10 @@ Phi-3-mini); 5 failures in a row on a model trip its breaker. The generator coun
 Candidates, run as processes one after the other, their order rotating from round to round:
 * awk (the baseline): `awk '/\\[(RETRY|FAILED)\\]/{if (match($0, /reason=[A-Za-z0-9_]+/)) ...}'`, counting
   failure reasons only, as the first source document's grep recipe does;
-* `analyze_logs.py --json FILE`: the whole report, as shipped (workers: one per CPU);
+* `analyze_logs.py --json FILE`: the whole report, as shipped (workers: one per CPU; the native scanner where
+  install.sh built it, which the report's `engine` says and the table's title line repeats);
 * the same with `analysis.workers: 1` (one process), for the cost per core;
+* the same with `analysis.engine: python`: the pure-Python fast path, what a machine without a C compiler runs;
 * awk again, doing the least the report needs from each line (`AWK_REPORT`: per task the count, sum and
   maximum of the durations; every failure's task, model and reason; fallbacks; breaker trips per hour;
   no check of the line's shape or time), for what the baseline's tool itself takes for this report;
@@ -281,6 +283,8 @@ def measure(
         generated_s = time.perf_counter() - started
         single = work / "single.yaml"
         single.write_text("analysis: {workers: 1}\n")
+        in_python = work / "python.yaml"
+        in_python.write_text("analysis: {engine: python}\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode as a user has it (written by the untimed runs)
         env["SELFHEAL_HOME"] = str(work / "state")
@@ -290,6 +294,10 @@ def measure(
             "analyze_logs_1_process": (
                 [sys.executable, str(ANALYZE), "--json", str(log)],
                 {**env, "SELFHEAL_CONFIG": str(single)},
+            ),
+            "analyze_logs_python": (
+                [sys.executable, str(ANALYZE), "--json", str(log)],
+                {**env, "SELFHEAL_CONFIG": str(in_python)},
             ),
             "document_analyser": ([sys.executable, "-c", DOC_ANALYSER, str(log)], env),
             "awk_report": ([awk, AWK_REPORT, str(log)], env),
@@ -320,10 +328,13 @@ def measure(
             _, peaks[name], _ = timed(argv, run_env, sample=True)
         ratios = [a / b for a, b in zip(times["analyze_logs"], times["awk"], strict=True)]
         ratios_single = [a / b for a, b in zip(times["analyze_logs_1_process"], times["awk"], strict=True)]
+        ratios_python = [a / b for a, b in zip(times["analyze_logs_python"], times["awk"], strict=True)]
         ratios_doc = [a / b for a, b in zip(times["document_analyser"], times["awk"], strict=True)]
         ratios_awk_report = [a / b for a, b in zip(times["awk_report"], times["awk"], strict=True)]
         report = json.loads(outputs["analyze_logs"])
         single_report = json.loads(outputs["analyze_logs_1_process"])
+        python_report = json.loads(outputs["analyze_logs_python"])
+        aside = ("window", "engine")  # the time it ran; which fast path read the lines
         ours = {row["reason"]: row["count"] for row in report["failure_reasons"]}
         awk_counts = counts(outputs["awk"])
         checks = {
@@ -336,11 +347,14 @@ def measure(
             "lines_equal_generator": report["lines"]["total"] == written.lines and report["lines"]["malformed"] == 0,
             "one_process_same_report": {k: v for k, v in single_report.items() if k != "window"}
             == {k: v for k, v in report.items() if k != "window"},
+            "python_engine_same_report": python_report["engine"] == "python"
+            and {k: v for k, v in python_report.items() if k not in aside}
+            == {k: v for k, v in report.items() if k not in aside},
         }
         if before is not None:
             earlier = json.loads(outputs["analyze_logs_before"])
-            checks["before_same_report"] = {k: v for k, v in earlier.items() if k != "window"} == {
-                k: v for k, v in report.items() if k != "window"
+            checks["before_same_report"] = {k: v for k, v in earlier.items() if k not in aside} == {
+                k: v for k, v in report.items() if k not in aside
             }
         rss_mb = peaks["analyze_logs"] / 1e6  # PSS summed over the process and its workers
         ratio = statistics.median(ratios)
@@ -370,6 +384,8 @@ def measure(
                 "min": round(min(ratios_single), 2),
                 "max": round(max(ratios_single), 2),
             },
+            "engine": report["engine"],
+            "ratio_python_engine": round(statistics.median(ratios_python), 2),
             "ratio_document_analyser": round(statistics.median(ratios_doc), 2),
             "ratio_awk_report": round(statistics.median(ratios_awk_report), 2),
             "checks": checks,
@@ -395,12 +411,14 @@ def show(title: str, result: dict[str, Any], rounds: int) -> None:
     times = result["times"]
     print(
         f"\n{title}: {result['file']['bytes'] / 1e6:.0f} MB, {result['file']['lines']:,} lines "
-        f"({result['file']['untracked_share']:.0%} untracked; seed {SEED}); {rounds} rounds, order rotating"
+        f"({result['file']['untracked_share']:.0%} untracked; seed {SEED}); {rounds} rounds, order rotating; "
+        f"analyze_logs.py's engine: {result['engine']}"
     )
     labels = {
         "awk": "awk one-liner: failure reasons only (baseline)",
         "analyze_logs": "`analyze_logs.py --json`: the whole report",
         "analyze_logs_1_process": "the same, `analysis.workers: 1`",
+        "analyze_logs_python": "the same, `analysis.engine: python` (no native scanner)",
         "document_analyser": "the first document's Python analyser: reasons only",
         "awk_report": "awk taking what the report needs from each line (no validation)",
         "analyze_logs_before": "`analyze_logs.py --json` of the `--before` checkout",

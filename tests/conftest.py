@@ -29,13 +29,17 @@ from selfheal.testing import FakeClock  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The library's bytecode up to date before any script runs, as install.sh leaves it: the suite starts
-    a Python about a thousand times, and where PYTHONDONTWRITEBYTECODE is set (or after an edit) each
-    start would compile the changed modules again. Once, in the controlling process."""
+    """The library's bytecode and the native log scanner up to date before any script runs, as install.sh
+    leaves them: the suite starts a Python about a thousand times, and where PYTHONDONTWRITEBYTECODE is set (or
+    after an edit) each start would compile the changed modules again; an edited `_logscan.c` is built again
+    (a build that fails fails the tests that read with it, loudly). Once, in the controlling process."""
     if not hasattr(config, "workerinput"):
         import compileall
 
+        from selfheal.observe import native
+
         compileall.compile_dir(str(SCRIPTS / "selfheal"), quiet=1)
+        native.build()
 
 
 @pytest.fixture(autouse=True)

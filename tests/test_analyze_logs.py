@@ -31,7 +31,7 @@ from selfheal.core.classify import Failure, classify_error
 from selfheal.core.config import Config, load_config
 from selfheal.core.ledger import Ledger
 from selfheal.errors import UsageError
-from selfheal.observe import logscan
+from selfheal.observe import logscan, native
 from selfheal.observe.logreport import analyze, parse_when, render_text
 from selfheal.observe.logscan import InputError, Window, iter_blocks, parse_time, range_regex, signature
 from selfheal.state.root import StateRoot
@@ -185,18 +185,27 @@ def test_a_gzipped_log_gives_the_same_report_as_the_plain_one(tmp_path: Path) ->
     assert zipped["events"] == report_of(plain)["events"]
 
 
-def test_small_blocks_and_key_folds_do_not_change_any_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks of a few lines and a fold of the pending keys every few lines: the same exact figures."""
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_small_blocks_and_key_folds_do_not_change_any_figure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """Blocks of a few lines and a fold of the pending keys every few lines: the same exact figures, with either
+    fast path (the report says which read the lines)."""
     lines, exp = seed_log(5, 1200)
     path = write(tmp_path / "a.log", lines)
     monkeypatch.setattr(logscan, "_MAX_KEYS", 7)
     monkeypatch.setattr(logscan, "_MAX_DURATIONS", 5)
     monkeypatch.setitem(logscan.iter_blocks.__kwdefaults__, "block_bytes", 512)
     blocks: list[int] = []
-    real = logscan.Tally.add_rows
-    monkeypatch.setattr(logscan.Tally, "add_rows", lambda self, rows: blocks.append(len(rows)) or real(self, rows))
-    check_counts(report_of(path, config=with_analysis(load_config(), max_line_bytes=512)), exp)
+    folds: list[int] = []
+    real_blocks, real_fold = logscan.iter_blocks, logscan.Tally.fold
+    monkeypatch.setattr(logscan, "iter_blocks", lambda *a, **k: (blocks.append(1) or b for b in real_blocks(*a, **k)))
+    monkeypatch.setattr(logscan.Tally, "fold", lambda self: folds.append(1) or real_fold(self))
+    report = report_of(path, config=with_analysis(load_config(), max_line_bytes=512, engine=engine))
+    check_counts(report, exp)
+    assert report["engine"] == engine
     assert len(blocks) > 100  # blocks of about 512 to 1024 bytes: a few lines each
+    assert len(folds) > 50  # the pending keys folded every few blocks
 
 
 def info_heavy(seed: int, runs: int) -> tuple[list[str], Expected, Counter[str]]:
@@ -720,20 +729,22 @@ def test_task_narrows_every_figure_to_one_task(tmp_path: Path) -> None:
 
 
 def test_workers_give_the_same_report_as_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file split between forked workers, its cuts falling anywhere, OpenClaw duplicates across a cut included."""
+    """A file split between forked workers, its cuts falling anywhere, OpenClaw duplicates across a cut included;
+    the native engine and the Python fast path give the same report, in one process or several."""
     lines, exp = seed_log(12, 4000)
     gateway = GATEWAY.read_text().splitlines()
     body = [*lines[:1000], *gateway, *lines[1000:3000], *gateway[:40], *lines[3000:3500], "x" * 60_000, *lines[3500:]]
     path = write(tmp_path / "a.log", body)
     config = with_analysis(load_config(), max_line_bytes=16384)  # above every real OpenClaw line
-    one = report_of(path, config=dataclasses.replace(config, analysis=dataclasses.replace(config.analysis, workers=1)))
+    one = report_of(path, config=with_analysis(config, workers=1, engine="python"))
     assert one["lines"]["malformed"] == 1
     monkeypatch.setattr(logscan, "PARALLEL_MIN_BYTES", 1)
-    for workers in (2, 3, 7, 40):
-        many = report_of(
-            path, config=dataclasses.replace(config, analysis=dataclasses.replace(config.analysis, workers=workers))
-        )
-        assert {k: v for k, v in many.items() if k != "inputs"} == {k: v for k, v in one.items() if k != "inputs"}
+    for workers, engine in ((1, "native"), (2, "python"), (2, "native"), (3, "native"), (7, "python"), (40, "native")):
+        many = report_of(path, config=with_analysis(config, workers=workers, engine=engine))
+        assert many["engine"] == engine
+        assert {k: v for k, v in many.items() if k not in ("inputs", "engine")} == {
+            k: v for k, v in one.items() if k not in ("inputs", "engine")
+        }
         assert many["inputs"][0]["lines"] == one["inputs"][0]["lines"] == len(body)
     assert one["events"]["retry"] == exp.events["retry"]
 
@@ -841,7 +852,9 @@ def test_stdin_is_read_with_a_dash(tmp_path: Path, home: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert json.loads(proc.stdout)["events"] == dict(exp.events)
+    report = json.loads(proc.stdout)
+    assert report["events"] == dict(exp.events)
+    assert report["engine"] == "native"  # install.sh built it, and the script found it in its venv
 
 
 def test_the_script_never_imports_openai(home: Path) -> None:
@@ -995,16 +1008,35 @@ def _figures(tally: logscan.Tally) -> dict[str, Any]:
     }
 
 
-def _scan_both(data: bytes, window: Window, *, max_line: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The figures of `data` read by the fast path and by the careful path alone (blocks of at least the
-    `block_bytes` set, and at most that plus `max_line`)."""
+def _native_engine() -> native.Engine:
+    engine, why = native.engine("native")
+    assert engine is not None, f"the native log scanner is not built here ({why}): install.sh builds it"
+    return engine
+
+
+def _scan_all(data: bytes, window: Window, *, max_line: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The figures of `data` read by the Python fast path, by the native engine, and by the careful path alone
+    (blocks of at least the `block_bytes` set, and at most that plus `max_line`)."""
     config = with_analysis(load_config(), max_line_bytes=max_line)
     out = []
-    for pattern in (logscan.fast_pattern(window), _EveryLineWhole()):
+    for pattern, engine in (
+        (logscan.fast_pattern(window), None),
+        (logscan.fast_pattern(window), _native_engine()),
+        (_EveryLineWhole(), None),
+    ):
         tally = logscan.Tally(config.analysis, config.classify, window)
-        logscan.Scan(tally, pattern, max_line).read_stream(io.BytesIO(data), logscan.InputInfo("x", "explicit"))
+        scan = logscan.Scan(tally, pattern, max_line, engine=engine)
+        scan.read_stream(io.BytesIO(data), logscan.InputInfo("x", "explicit"))
         out.append(_figures(tally))
-    return out[0], out[1]
+    return out[0], out[1], out[2]
+
+
+def _scan_both(data: bytes, window: Window, *, max_line: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The figures of `data` read by the fast paths and by the careful path alone: the Python fast path and the
+    native engine must read the same."""
+    fast, in_c, careful = _scan_all(data, window, max_line=max_line)
+    assert in_c == fast
+    return fast, careful
 
 
 def _edge_lines(t: int) -> list[bytes]:
@@ -1052,6 +1084,16 @@ def _edge_lines(t: int) -> list[bytes]:
         ts + b" [WARN] duration=2s",
         ts + b" [NOTICE] duration=x",
         ts + b" [BREAKER] task=- target=qwen3-4b state=open reason=transient",
+        ts + b" [SUCCESS] task=late tokens=9 duration=1.5s",  # a duration after another field
+        ts + b" [SUCCESS] task=unit duration=1.5sec",  # a duration of other shapes
+        ts + b" [SUCCESS] task=bare duration=15 tokens=3",
+        ts + b" [SUCCESS] task=twice duration=2s tokens=1 duration=3s",
+        ts + b" [RETRY] task=after attempt=2 reason=oom model=M",  # key fields after another field
+        ts + b" [FALLBACK] task=empty reason= model=M",
+        ts + b' [RETRY] task="a"model=M reason=oom',  # a quote ends a value there
+        ts + b" [RETRY] task=a\x1cb model=M reason=oom",  # Unicode's white space ends one too
+        ts + b" [RETRY] task=a\xc2\xa0b model=M reason=oom",
+        ts + b" [RETRY] task=\xe4\xb8\xad\xe6\x96\x87 model=M reason=oom",  # other UTF-8 does not
         b"",
         b"   \t",
         b'{"ts": "' + ts + b'", "event": "retry", "task": "j", "error_class": "timeout"}',
@@ -1089,6 +1131,114 @@ def test_the_fast_path_reads_every_edge_as_the_careful_path_does(
     assert fast == careful
     assert fast["lines"][0] == len(data)
     assert fast["other_tags"] and fast["events"]
+
+
+def _fuzz_line(rng: random.Random, t: int) -> bytes:
+    """A line put together from pieces of real lines and near misses: timestamps in and out of shape and around
+    the window's bounds, tags tracked and not, key fields in and out of order, durations of every form,
+    stray bytes, tabs, carriage returns."""
+    when = time.gmtime(t + rng.randrange(-3, 4))
+    stamp = time.strftime(rng.choice(("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")), when).encode()
+    stamp = rng.choice(
+        (
+            stamp,
+            stamp,
+            stamp[:5] + rng.choice((b"13", b"00", b"02")) + stamp[7:],
+            stamp[:8] + rng.choice((b"31", b"32", b"00", b"3\xff")) + stamp[10:],
+            stamp[:11] + rng.choice((b"24", b"23", b"2a")) + stamp[13:],
+            stamp[:17] + rng.choice((b"60", b"59")),
+            stamp[:-1],
+            b"x" + stamp,
+        )
+    )
+    stamp += rng.choice((b"", b"", b"Z", b".5", b".250Z", b".", b".Z", b"ZZ", b"+02:00", b",5"))
+    gap = rng.choice((b" ", b" ", b" ", b"  ", b"\t", b""))
+    tag = rng.choice(
+        (
+            b"RETRY",
+            b"SUCCESS",
+            b"FAILED",
+            b"FALLBACK",
+            b"BREAKER",
+            b"RESUME",
+            b"FIX",
+            b"STUCK",
+            b"INCIDENT",
+            b"INFO",
+            b"INFO",
+            b"DEBUG",
+            b"WARN",
+            b"ERROR",
+            b"TRACE",
+            b"NOTICE",
+            b"VERBOSE",
+            b"CRITICAL",
+            b"NOTICE_X",
+            b"INFOX",
+            b"I",
+            b"X",
+            b"info",
+            b"RETRYX",
+            b"A_B",
+            b"",
+            b"INF\xffO",
+            b"WARNING",
+        )
+    )
+    head = stamp + gap + rng.choice((b"[" + tag + b"]", b"[" + tag + b"]", b"[" + tag, tag + b"]"))
+    values = (
+        *(b"a", b"doc-gen-7", b"Qwen3-4B", b"timeout", b"oom", b"-", b"x\xffy", b'"q r"', b"", b"=", b"a\tb"),
+        *(
+            b'"a"b=c',
+            b'"a"model=m',
+            b'x"y',
+            b"a\x1cb",
+            b"a\xc2\xa0reason=b",
+            b"\xe3\x80\x80",
+            b"\xe4\xb8\xad\xe6\x96\x87",
+        ),
+        *(b"\xe2\x80\x8bzw", b"\xe2\x80\xa8", b"\xc2\xa9", b"\xe1\x9a\x80", b"a\x85b", b"url=http://h/?model=x"),
+    )  # quotes, Unicode's white space and its near misses (the careful path reads fields on decoded text)
+    duration = rng.choice(
+        (b"1.5", b"47", b".5", b"1.", b".", b"1.2.3", b"0.1234567890123456789", b"9" * 25, b"00012.50", b"3e2", b"")
+    )
+    names = (b"task", b"task", b"model", b"reason", b"step", b"target", b"attempt", b"note", b"Task", b"task_id")
+    fields = [name + b"=" + rng.choice(values) for name in rng.sample(names, rng.randrange(0, 5))]
+    if rng.random() < 0.6:
+        fields.insert(0, b"task=" + rng.choice(values))
+    if rng.random() < 0.4:
+        fields.insert(rng.randrange(len(fields) + 1), b"duration=" + duration + rng.choice((b"s", b"s", b"sec", b"")))
+    if rng.random() < 0.1:
+        fields.append(b"stray")
+    body = rng.choice((b" ", b" ", b"  ", b"\t", b"")).join(fields)
+    line = head + (rng.choice((b" ", b" ", b"")) + body if fields else b"")
+    return line + rng.choice((b"", b"", b"", b"\r", b" ", b"\t", b"\r\r"))
+
+
+@pytest.mark.parametrize("block", [4096, 1 << 21], ids=["small-blocks", "one-block"])
+@pytest.mark.parametrize("bounded", ["recent", "none", "since-until"])
+def test_lines_put_together_at_random_read_the_same_on_every_path(
+    monkeypatch: pytest.MonkeyPatch, bounded: str, block: int
+) -> None:
+    """Thousands of lines assembled from pieces of real ones and near misses (a fixed seed): the Python fast path,
+    the native engine and the careful path give the same figures. Whatever a fast path cannot read exactly it
+    must hand to the careful path. (This found lines the Python fast path had read otherwise than the careful
+    one: a key field or a duration after another field, a duration of another shape.)"""
+    monkeypatch.setitem(logscan.iter_blocks.__kwdefaults__, "block_bytes", block)
+    rng = random.Random(bounded)
+    data = [
+        _fuzz_line(rng, T0 + i) if rng.random() < 0.97 else rng.choice((b"", b"{not json", b"\xff\xfe"))
+        for i in range(10_000)
+    ]
+    window = {
+        "recent": Window(recent=(T0 + 1500, LATER)),
+        "none": Window(),
+        "since-until": Window(T0 + 600, T0 + 3000, (T0 + 2000, T0 + 3000)),
+    }[bounded]
+    fast, careful = _scan_both(b"\n".join(data), window, max_line=4096)
+    assert fast == careful
+    assert fast["lines"][0] == len(data)
+    assert fast["events"] and fast["other_tags"] and fast["lines"][1] > 100  # every kind of line was there
 
 
 def test_a_block_with_the_recent_periods_day_is_read_with_the_recent_period_and_one_without_is_not(

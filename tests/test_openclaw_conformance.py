@@ -132,6 +132,8 @@ def test_npx_skills_add_then_the_installed_copy_installs_and_runs_on_its_own(
     )
     assert setup.returncode == 0, setup.stderr[-3000:]
     assert (installed / ".venv" / "bin" / "python").exists()
+    assert "built the native log scanner into .venv" in setup.stderr  # a C compiler is on these machines
+    assert len(list((installed / ".venv" / "lib" / "selfheal").glob("logscan-*.so"))) == 1
 
     # The system python3 starts the script; it moves itself into the copy's own venv.
     run = subprocess.run(

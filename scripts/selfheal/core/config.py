@@ -37,6 +37,7 @@ ErrorClass = Literal[
 ]
 ERROR_CLASSES: tuple[str, ...] = typing.get_args(ErrorClass)
 Jitter = Literal["full", "equal", "decorrelated", "none"]
+ScanEngine = Literal["auto", "native", "python"]
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +294,8 @@ class AnalysisSettings:
     max_line_bytes: int = field(metadata=_meta(lo=1024, hi=1 << 30))
     max_tasks: int = field(metadata=_meta(lo=10, hi=10_000_000))
     workers: int = field(metadata=_meta(lo=0, hi=256))
+    # auto: the native scanner where install.sh built it, else Python; native: it or an error; python: never it.
+    engine: ScanEngine
     openclaw_chains_exhausted_p1: int = field(metadata=_meta(lo=0, hi=1_000_000))
     openclaw_failed_turns_p2: int = field(metadata=_meta(lo=0, hi=1_000_000))
     openclaw_cron_failed_runs_p2: int = field(metadata=_meta(lo=0, hi=1_000_000))

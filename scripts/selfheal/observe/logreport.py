@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core import ledger as ledger_mod
 from ..core.config import ERROR_CLASSES, AnalysisSettings, Config, get_config
@@ -40,6 +40,9 @@ from ..errors import StateError, UsageError
 from ..state.root import StateRoot
 from . import openclaw_logs as oc
 from .logscan import InputInfo, Scan, Signature, Tally, Window, fast_pattern, ledger_days, log_files, parse_time
+
+if TYPE_CHECKING:
+    from .native import Engine
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -122,7 +125,7 @@ def analyze(
     redactor = Redactor(env_names=config.redact.env_names, patterns=config.redact.patterns, env=env)
     tally = Tally(settings, config.classify, window, task=task, redactor=redactor)
     workers = settings.workers or os.cpu_count() or 1
-    scan = Scan(tally, fast_pattern(window), settings.max_line_bytes, workers=workers)
+    scan = Scan(tally, fast_pattern(window), settings.max_line_bytes, workers=workers, engine=scan_engine(settings))
     if paths is None:
         state = state or StateRoot.from_env(env)
         fleet_read = config.store.fleet and read_fleet_ledger(scan, config, window, host)
@@ -135,6 +138,19 @@ def analyze(
             scan.read(path, "explicit", strict=True)
     tally.fold()
     return build_report(tally, scan, config, window, task=task)
+
+
+def scan_engine(settings: AnalysisSettings) -> Engine | None:
+    """The native engine where `analysis.engine` lets it read and it is built; UsageError if `native` is asked
+    for and it cannot be had."""
+    if settings.engine == "python":
+        return None
+    from . import native  # noqa: PLC0415 - ctypes only for a log analysis
+
+    engine, why = native.engine(settings.engine)
+    if engine is None and settings.engine == "native":
+        raise UsageError(f"analysis.engine is native, but the native log scanner cannot be used: {why}")
+    return engine
 
 
 def read_fleet_ledger(scan: Scan, config: Config, window: Window, host: str | None) -> bool:
@@ -241,6 +257,7 @@ def build_report(
             }
             for i in scan.inputs
         ],
+        "engine": scan.engine.name if scan.engine else "python",  # which fast path read the lines (same figures)
         "lines": {
             "total": tally.lines,
             "malformed": tally.malformed,

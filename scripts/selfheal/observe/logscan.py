@@ -40,11 +40,11 @@ import typing
 import zlib
 from array import array
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import compress, pairwise
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.classify import Classifier, Failure
 from ..core.config import ERROR_CLASSES, AnalysisSettings, ClassifySettings
@@ -52,6 +52,10 @@ from ..core.ledger import OWN_TASK_PREFIX
 from ..core.redact import Redactor
 from ..errors import UsageError
 from . import openclaw_logs as oc
+
+if TYPE_CHECKING:
+    from .native import Counter as NativeCounter
+    from .native import Engine
 
 BLOCK_BYTES = 2 * 1024 * 1024  # read size; a block's parsed rows take about 3 times this
 _MAX_KEYS = 250_000  # distinct fast-path keys held (about 40 MB at most) before they are folded
@@ -92,15 +96,26 @@ _TS_SECONDS = rb"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[T ](?:[01]\d|2[
 _TS_UTC = _TS_SECONDS + rb"(?:\.\d+)?Z?"
 _COMMON = rb"(?:RETRY|SUCCESS|FAILED|FALLBACK)"
 _KEY_FIELD = rb"(?:step|target|model|reason)"
+# A value's bytes on the fast path: none that would make the careful path read the fields otherwise. It reads
+# fields with `_FIELD` on the decoded text, where a value ends at any white space (Unicode's too: the separators
+# \x1c-\x1f, and characters whose UTF-8 starts with \xc2, \xe1, \xe2 or \xe3, such as NBSP; a line with any of
+# those bytes in a value goes to the careful path, those of other characters stay here) and a value that starts
+# with a quote ends at the closing one (`task="a"model=m` holds two fields there).
+_V = rb'[^\s"\x1c-\x1f\xc2\xe1\xe2\xe3]'
 # Possessive: a line whose run of key fields is followed by neither another field nor its end (a bare word)
 # goes whole to the careful path; giving fields back would read it with fewer fields than that path does.
-_KEY = rb"task=\S+(?: " + _KEY_FIELD + rb"=\S+)*+"
-# The key ends at the end of the line or where the first field that is not part of it starts; a value
-# with a space in it (quoted) stops that, so such a line goes to the careful path instead. So the fast path
-# reads a line's task, step, target, model and reason from the run of those fields right after the tag, and
-# its duration from a `duration=...s` right after them, as every line of the skill's log and of the source
-# documents is written; a line that names one of them again after another field is read by that run only.
-_KEY_END = rb"(?= [a-z_]+=|\r?(?:\n|\Z))"  # the next field first: most keys end there
+_KEY = rb"task=" + _V + rb"+(?: " + _KEY_FIELD + rb"=" + _V + rb"+)*+"
+# The key's end, checked by lookahead: an optional plain duration right after the run (`duration=47.2s`), then
+# fields of plain values, none of them a key field or a duration, to the line's end. So the fast path reads a
+# line's task, step, target, model and reason from the run of those fields right after the tag, and its
+# duration from a `duration=...s` right after them, as every line of the skill's log and of the source
+# documents is written; a line with a key field or a duration anywhere else (`task=a attempt=2 reason=oom`,
+# `tokens=9 duration=2s`), a duration of another shape (`duration=2.5sec`, `duration=47`), a quoted value or
+# odd spacing goes to the careful path, which reads every field: the fast path never reads a line otherwise
+# than that path does (the tests hold it to that, line for line).
+_AFTER = rb"(?= |\r?(?:\n|\Z))"
+_REST_FIELD = rb" (?!(?:task|step|target|model|reason|duration)=)[a-z_]+=" + _V + rb"*+"
+_KEY_END = rb"(?=(?: duration=[\d.]+s" + _AFTER + rb")?(?:" + _REST_FIELD + rb")*+\r?(?:\n|\Z))"
 _DURATION = rb"(?: duration=([\d.]+)s|)"  # an alternation with nothing: fewer steps than an optional group
 # A tag the report only counts ([INFO], [DEBUG], [WARN], ...: most of a busy log): its key is the tag and
 # `]`, and nothing of the line after it is read. The tags the report reads stay out of it. The commonest
@@ -376,6 +391,7 @@ class Tally:
         # Fast path: keys and durations waiting to be folded.
         self._keys: Counter[bytes] = Counter()
         self._durations: defaultdict[bytes, array[float]] = defaultdict(_doubles)
+        self._native: NativeCounter | None = None  # the native engine's counter, holding its own pending keys
         self._held_durations = 0
         self._word_known: dict[str, bool] = {}
         self._seconds = _Seconds()
@@ -416,7 +432,7 @@ class Tally:
 
     # -- several processes -------------------------------------------------------------------------------------
 
-    _NOT_SENT = ("_classifier", "_classify", "redactor", "settings", "_seconds", "_shapes")
+    _NOT_SENT = ("_classifier", "_classify", "redactor", "settings", "_seconds", "_shapes", "_native")
 
     def spawn(self) -> Tally:
         """An empty Tally that counts the same way (for a worker's share of the inputs)."""
@@ -530,12 +546,35 @@ class Tally:
             self.fold()
         return careful
 
+    def add_block(self, block: memoryview, engine: Engine) -> list[bytes]:
+        """Count one block with the native engine (what `add_rows` does with the pattern's rows); return the
+        lines that need the careful path."""
+        if self._native is None:
+            self._native = engine.counter(self.window.since, self.window.until, self.window.recent)
+        lines, careful = self._native.scan(block)
+        self.lines += lines
+        self._python_lines += len(careful)
+        if self._native.pending() > _MAX_KEYS:
+            self.fold()
+        return careful
+
+    def _take_native(self) -> None:
+        """The native engine's pending keys: the timed ones folded (as `_fold_durations` folds), the others
+        moved to the ones `fold` reads."""
+        if self._native is None:
+            return
+        counts, timed = self._native.export()
+        for key, n, total, longest in timed:
+            self._fold_timed(key, n, total, longest)
+        self._keys.update(counts)
+
     def fold(self) -> None:
         """Fold the fast path's pending keys and durations into the figures: once per distinct key, not per line.
 
         Called at the end, and whenever more than `_MAX_KEYS` distinct keys are pending (memory stays bounded
         whatever the number of tasks; each fold costs a few microseconds per distinct key).
         """
+        self._take_native()
         self._fold_durations()
         keys, self._keys = self._keys, Counter()
         # The empty key: blank lines, and the lines the careful path read (counted there).
@@ -561,27 +600,32 @@ class Tally:
 
     def _fold_durations(self) -> None:
         for key, values in self._durations.items():
-            if key == b"]":  # `[INFO] duration=...s` outside the window
-                self.outside += len(values)
-                continue
-            if key[-1:] == b"]" or key in CODE_TAGS:  # `[INFO] duration=...s`: an untracked tag that looked timed
-                self.other_tags[_untracked_tag(key)] += len(values)
-                continue
-            recent, event, fields = _parse_key(key)
-            task = fields.get("task")
-            counted = self._count(
-                event,
-                len(values),
-                task=task,
-                target=fields.get("target"),
-                model=fields.get("model"),
-                reason=fields.get("reason"),
-                source="log",
-            )
-            if counted and event == "success":
-                self.duration(task if task != "-" else None, values, recent=recent)
+            if values:
+                self._fold_timed(key, len(values), math.fsum(values), max(values))
         self._durations.clear()
         self._held_durations = 0
+
+    def _fold_timed(self, key: bytes, n: int, total: float, longest: float) -> None:
+        """One timed key's `n` rows: their durations add up to `total`, the longest `longest`."""
+        if key == b"]":  # `[INFO] duration=...s` outside the window
+            self.outside += n
+            return
+        if key[-1:] == b"]" or key in CODE_TAGS:  # `[INFO] duration=...s`: an untracked tag that looked timed
+            self.other_tags[_untracked_tag(key)] += n
+            return
+        recent, event, fields = _parse_key(key)
+        task = fields.get("task")
+        counted = self._count(
+            event,
+            n,
+            task=task,
+            target=fields.get("target"),
+            model=fields.get("model"),
+            reason=fields.get("reason"),
+            source="log",
+        )
+        if counted and event == "success":
+            self.duration(task if task != "-" else None, n, total, longest, recent=recent)
 
     # -- the careful path ---------------------------------------------------------------------------------------
 
@@ -716,7 +760,8 @@ class Tally:
             self.trips_by_hour[int(ts) // 3600] += 1
             self.trips_by_target[target or "?"] += 1
         if duration is not None and duration >= 0 and ts is not None:
-            self.duration(task if task and task != "-" else None, [duration], recent=self.window.is_recent(int(ts)))
+            recent = self.window.is_recent(int(ts))
+            self.duration(task if task and task != "-" else None, 1, duration, duration, recent=recent)
 
     def _count(
         self,
@@ -772,10 +817,8 @@ class Tally:
                 self.add_unclassified(detail or reason or "unknown", source, n=n)
         return True
 
-    def duration(self, task: str | None, values: Sequence[float], *, recent: bool) -> None:
-        if not values:
-            return
-        total, count, longest = math.fsum(values), len(values), max(values)
+    def duration(self, task: str | None, count: int, total: float, longest: float, *, recent: bool) -> None:
+        """`count` durations of one task (None: of no task) adding up to `total`, the longest `longest`."""
         self.timed += count
         self.total_s += total
         if task is None or (self.task is not None and task != self.task):
@@ -881,11 +924,8 @@ def _parse_key(key: bytes) -> tuple[bool, str, dict[str, str]]:
     recent = text.startswith("[")
     tag, _, rest = text.lstrip("[").partition("] ")
     fields: dict[str, str] = {}
-    for part in rest.split(" "):
+    for part in rest.split(" "):  # plain values, one space apart (`_V`, `_KEY_END`): as parse_fields reads them
         name, _, value = part.partition("=")
-        if value.startswith('"') and value.endswith('"') and len(value) > 1:
-            with contextlib.suppress(ValueError):
-                value = str(json.loads(value))
         fields.setdefault(name, value)  # the first of a repeated field, as parse_fields reads it
     return recent, tag.lower(), fields
 
@@ -1127,6 +1167,7 @@ class Scan:
     max_line: int
     workers: int = 1
     inputs: list[InputInfo] = field(default_factory=list)
+    engine: Engine | None = None  # the native engine, which then reads every block instead of `pattern`
 
     def read(self, path: str, source: str, *, strict: bool) -> None:
         """Read one input; `strict` (named by the user) raises InputError, else the error is recorded."""
@@ -1169,10 +1210,9 @@ class Scan:
                 if len(block) <= 1:
                     info.lines += long_lines
                     continue
-                rows = findall(block)
                 if info.first is None:
                     _first_stamp(block, info)
-                careful = tally.add_rows(rows)
+                careful = tally.add_block(block, self.engine) if self.engine else tally.add_rows(findall(block))
                 for line in careful:
                     tally.add_line(line, info)
                 _last_stamp(block, info)
@@ -1259,10 +1299,13 @@ def _first_stamp(block: memoryview, info: InputInfo) -> None:
 
 
 def _last_stamp(block: memoryview, info: InputInfo) -> None:
-    start = max(0, len(block) - (1 << 16))
+    """The time of the block's last stamped line: looked for in its last 4 KiB (a few dozen lines), then 64 KiB."""
     found = None
-    for m in _STAMP.finditer(block, start):
-        found = m
+    for tail in (1 << 12, 1 << 16):
+        for m in _STAMP.finditer(block, max(0, len(block) - tail)):
+            found = m
+        if found is not None or tail >= len(block):
+            break
     ts = parse_time((found.group(1) or found.group(2)).decode("ascii", "replace")) if found else None
     if ts is not None:
         info.last = ts
