@@ -433,6 +433,8 @@ static int read_line(const scanner *s, const unsigned char *p, const unsigned ch
         return ROW_KEY;
     }
     const unsigned char *t = q + 1;
+    if (t >= end) /* `[` ends the line (found by AddressSanitizer: the tag's first byte was read past it) */
+        return ROW_CAREFUL;
     int bounded = s->since >= 0 || s->until >= 0;
     int inside = (s->since < 0 || ts >= s->since) && (s->until < 0 || ts < s->until);
     if (bounded && !inside) { /* a tag of capitals and `] `: counted as outside the window */
@@ -570,6 +572,7 @@ int64_t ls_scan(void *h, const char *buf, int64_t len) {
 const int64_t *ls_careful(void *h) { return ((scanner *)h)->careful; }
 int64_t ls_last_lines(void *h) { return ((scanner *)h)->last_lines; }
 int64_t ls_pending_keys(void *h) { return (int64_t)((scanner *)h)->nentries; }
+int64_t ls_pending_bytes(void *h) { return (int64_t)(((scanner *)h)->arena_len + 8 * ((scanner *)h)->pool_len); }
 
 /* The export: for each pending entry in the order first seen (the empty key first, when it has rows), a
  * header of 24 bytes (uint32 key length, uint32 flags, uint64 count, uint64 n), the key padded to 8 bytes,

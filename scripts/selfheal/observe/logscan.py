@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 BLOCK_BYTES = 2 * 1024 * 1024  # read size; a block's parsed rows take about 3 times this
 _MAX_KEYS = 250_000  # distinct fast-path keys held (about 40 MB at most) before they are folded
 _MAX_DURATIONS = 500_000  # durations held (8 bytes each) before they are folded per task
+_MAX_NATIVE_BYTES = 64 << 20  # the native engine's pending keys (with their figures) folded beyond this many bytes
 _MAX_SIGNATURES = 500  # distinct unclassified signatures kept; the rest are counted together
 _MAX_OPENCLAW_FAILURES = 20_000  # OpenClaw failure lines held (about 1 KB each) to group into turns; more: counted
 
@@ -554,7 +555,8 @@ class Tally:
         lines, careful = self._native.scan(block)
         self.lines += lines
         self._python_lines += len(careful)
-        if self._native.pending() > _MAX_KEYS:
+        keys, held = self._native.pending()
+        if keys > _MAX_KEYS or held > _MAX_NATIVE_BYTES:  # long keys (a task name of a kilobyte) fold sooner
             self.fold()
         return careful
 

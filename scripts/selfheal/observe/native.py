@@ -101,6 +101,7 @@ def _open(path: Path) -> ctypes.CDLL | None:
         ("ls_careful", vp, (vp,)),
         ("ls_last_lines", i64, (vp,)),
         ("ls_pending_keys", i64, (vp,)),
+        ("ls_pending_bytes", i64, (vp,)),
         ("ls_export_size", i64, (vp,)),
         ("ls_export", None, (vp, vp)),
     ):
@@ -193,9 +194,9 @@ class Counter:
             lines = [bytes(block[a:b]) for a, b in zip(offsets[::2], offsets[1::2], strict=True)]
         return lib.ls_last_lines(self._h), lines
 
-    def pending(self) -> int:
-        """The distinct keys held since the last export (timed or not)."""
-        return int(self._lib.ls_pending_keys(self._h))
+    def pending(self) -> tuple[int, int]:
+        """The distinct keys held since the last export (timed or not), and the bytes they take."""
+        return int(self._lib.ls_pending_keys(self._h)), int(self._lib.ls_pending_bytes(self._h))
 
     def export(self) -> tuple[dict[bytes, int], list[Timed]]:
         """The pending keys' counts, and the timed keys' figures, each in the order first seen; then none held."""
