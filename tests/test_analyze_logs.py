@@ -1095,6 +1095,7 @@ def _edge_lines(t: int) -> list[bytes]:
         ts + b" [RETRY] task=a\x1cb model=M reason=oom",  # Unicode's white space ends one too
         ts + b" [RETRY] task=a\xc2\xa0b model=M reason=oom",
         ts + b" [RETRY] task=\xe4\xb8\xad\xe6\x96\x87 model=M reason=oom",  # other UTF-8 does not
+        ts + b" [FAILED] task=detail reason=zqxwv detail=boom",  # the careful path files it under its detail
         b"",
         b"   \t",
         b'{"ts": "' + ts + b'", "event": "retry", "task": "j", "error_class": "timeout"}',
@@ -1132,6 +1133,37 @@ def test_the_fast_path_reads_every_edge_as_the_careful_path_does(
     assert fast == careful
     assert fast["lines"][0] == len(data)
     assert fast["other_tags"] and fast["events"]
+
+
+def test_dates_that_do_not_exist_and_fractions_at_a_bound_read_the_same_on_every_path() -> None:
+    """February 30 and the year 0000 are malformed on every path (never rolled over into March), February 29
+    exists only in leap years, and a fraction never carries a line into the next second: the window's bounds
+    and the recent period judge each line by the second its text names. (Found by review: the fast paths
+    compared the text's digits, the careful path the rolled-over or rounded-up time.)"""
+    lines = []
+    for day in ("2026-02-28", "2026-02-29", "2026-02-30", "2026-02-31", "2024-02-29", "2026-04-31", "0000-01-01"):
+        for clock in ("00:00:00", "12:00:00", "23:59:59"):
+            lines.append(f"{day}T{clock} [SUCCESS] task=d duration=1s".encode())
+            lines.append(f"{day} {clock} [INFO] x".encode())
+    for stamp in ("2026-03-01T00:00:59.999999999Z", "2026-02-28T11:59:59.999999999", "2026-03-01T12:00:00.0000001Z"):
+        lines += [
+            f"{stamp} [SUCCESS] task=f duration=2s".encode(),
+            f"{stamp} [RETRY] task=f model=m reason=oom".encode(),
+        ]
+    data = b"\n".join(lines)
+    feb28, mar1 = calendar.timegm((2026, 2, 28, 12, 0, 0)), calendar.timegm((2026, 3, 1, 0, 1, 0))
+    windows = (
+        Window(),
+        Window(since=mar1 - 60),
+        Window(recent=(feb28, mar1 + 39_540)),
+        Window(feb28, mar1, (feb28, mar1)),
+    )
+    for window in windows:
+        fast, careful = _scan_both(data, window, max_line=4096)
+        assert fast == careful, window
+    whole, _ = _scan_both(data, Window(), max_line=4096)
+    assert whole["lines"][1] == 2 * 3 * 5  # Feb 29, 30 and 31 of 2026, April 31, the year 0000: malformed
+    assert whole["tasks"]["d"][1] == 2 * 3  # Feb 28, and 2024's Feb 29; none of the others
 
 
 @pytest.mark.parametrize("block", [4096, 1 << 21], ids=["small-blocks", "one-block"])

@@ -24,7 +24,7 @@ def fuzz_line(rng: random.Random, t: int) -> bytes:
             b"x" + stamp,
         )
     )
-    stamp += rng.choice((b"", b"", b"Z", b".5", b".250Z", b".", b".Z", b"ZZ", b"+02:00", b",5"))
+    stamp += rng.choice((b"", b"", b"Z", b".5", b".250Z", b".", b".Z", b"ZZ", b"+02:00", b",5", b".999999999Z"))
     gap = rng.choice((b" ", b" ", b" ", b"  ", b"\t", b""))
     tag = rng.choice(
         (

@@ -26,9 +26,14 @@
  * Bounds (since, until, the recent period) are 14-digit numbers YYYYMMDDhhmmss compared as the Python
  * pattern's range regex compares the digits of the text (so `2026-02-31` sorts as it reads); -1: no bound.
  */
+#include <float.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+#error "double arithmetic in double precision is needed (x87 rounds twice): the Python fast path reads instead"
+#endif
 
 #define LS_TIMED 1u
 
@@ -208,7 +213,14 @@ static int time_key(scanner *s, const unsigned char *key, size_t len, double val
     return 0;
 }
 
-/* `YYYY-MM-DD[T ]hh:mm:ss` as the Python pattern checks it (`_TS_SECONDS`): its 14 digits, or -1. */
+static int days_in(int year, int month) {
+    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return days[month - 1] + (month == 2 && leap);
+}
+
+/* `YYYY-MM-DD[T ]hh:mm:ss` as the Python pattern checks it (`_TS_SECONDS`), of a date that exists (the careful
+ * path rejects February 30 and the year 0000): its 14 digits, or -1. */
 static int64_t timestamp(const unsigned char *p) {
     if (!(is_digit(p[0]) && is_digit(p[1]) && is_digit(p[2]) && is_digit(p[3]) && p[4] == '-'))
         return -1;
@@ -224,6 +236,10 @@ static int64_t timestamp(const unsigned char *p) {
     if (p[13] != ':' || !(p[14] >= '0' && p[14] <= '5') || !is_digit(p[15]) || p[16] != ':' ||
         !(p[17] >= '0' && p[17] <= '5') || !is_digit(p[18]))
         return -1;
+    int year = (p[0] - '0') * 1000 + (p[1] - '0') * 100 + (p[2] - '0') * 10 + (p[3] - '0');
+    int month = (p[5] - '0') * 10 + (p[6] - '0'), day = (p[8] - '0') * 10 + (p[9] - '0');
+    if (year == 0 || day > days_in(year, month))
+        return -1;
     static const int at[14] = {0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18};
     int64_t n = 0;
     for (int i = 0; i < 14; i++)
@@ -235,15 +251,16 @@ static inline int starts(const unsigned char *p, const unsigned char *end, const
     return (size_t)(end - p) >= n && memcmp(p, lit, n) == 0;
 }
 
-/* Whether `task=`, `step=`, `target=`, `model=` or `reason=` (or, with `duration`, `duration=`) appears
- * anywhere in [p, end): after a key's run, such a line goes to the careful path, which reads every field
- * (`_KEY_END`'s negative lookaheads). */
+/* Whether `task=`, `step=`, `target=`, `model=`, `reason=` or `detail=` (or, with `duration`, `duration=`)
+ * appears anywhere in [p, end): after a key's run, such a line goes to the careful path, which reads every
+ * field (`_KEY_END`'s negative lookaheads; it files an unclassified error under `detail`). */
 static int names_field(const unsigned char *p, const unsigned char *end, int duration) {
     for (const unsigned char *q = p; q < end && (q = memchr(q, '=', (size_t)(end - q))) != NULL; q++) {
         size_t before = (size_t)(q - p);
         if ((before >= 4 && (memcmp(q - 4, "task", 4) == 0 || memcmp(q - 4, "step", 4) == 0)) ||
             (before >= 5 && memcmp(q - 5, "model", 5) == 0) ||
-            (before >= 6 && (memcmp(q - 6, "target", 6) == 0 || memcmp(q - 6, "reason", 6) == 0)) ||
+            (before >= 6 && (memcmp(q - 6, "target", 6) == 0 || memcmp(q - 6, "reason", 6) == 0 ||
+                             memcmp(q - 6, "detail", 6) == 0)) ||
             (duration && before >= 8 && memcmp(q - 8, "duration", 8) == 0))
             return 1;
     }

@@ -93,7 +93,10 @@ STATUS_WORDS = frozenset(
 
 # The fast path takes UTC times only (Z, or no zone as in the source documents); any other offset, and any
 # line it cannot read in full, goes to the careful path, which converts it.
-_TS_SECONDS = rb"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+# A date that exists (the careful path rejects the others: parse_time), February 29 left to the careful path
+# (leap years), the year 0000 too; so the digits compare as the times do.
+_DATE = rb"(?!0000)\d{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+_TS_SECONDS = _DATE + rb"[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
 _TS_UTC = _TS_SECONDS + rb"(?:\.\d+)?Z?"
 _COMMON = rb"(?:RETRY|SUCCESS|FAILED|FALLBACK)"
 _KEY_FIELD = rb"(?:step|target|model|reason)"
@@ -111,11 +114,12 @@ _KEY = rb"task=" + _V + rb"+(?: " + _KEY_FIELD + rb"=" + _V + rb"+)*+"
 # line's task, step, target, model and reason from the run of those fields right after the tag, and its
 # duration from a `duration=...s` right after them, as every line of the skill's log and of the source
 # documents is written; a line with a key field or a duration anywhere else (`task=a attempt=2 reason=oom`,
-# `tokens=9 duration=2s`), a duration of another shape (`duration=2.5sec`, `duration=47`), a quoted value or
-# odd spacing goes to the careful path, which reads every field: the fast path never reads a line otherwise
-# than that path does (the tests hold it to that, line for line).
+# `tokens=9 duration=2s`), a `detail=` (the careful path files an unclassified error under it), a duration of
+# another shape (`duration=2.5sec`, `duration=47`), a quoted value or odd spacing goes to the careful path,
+# which reads every field: the fast path never reads a line otherwise than that path does (the tests hold it
+# to that, line for line).
 _AFTER = rb"(?= |\r?(?:\n|\Z))"
-_REST_FIELD = rb" (?!(?:task|step|target|model|reason|duration)=)[a-z_]+=" + _V + rb"*+"
+_REST_FIELD = rb" (?!(?:task|step|target|model|reason|duration|detail)=)[a-z_]+=" + _V + rb"*+"
 _KEY_END = rb"(?=(?: duration=[\d.]+s" + _AFTER + rb")?(?:" + _REST_FIELD + rb")*+\r?(?:\n|\Z))"
 _DURATION = rb"(?: duration=([\d.]+)s|)"  # an alternation with nothing: fewer steps than an optional group
 # A tag the report only counts ([INFO], [DEBUG], [WARN], ...: most of a busy log): its key is the tag and
@@ -205,6 +209,14 @@ class Window:
     since: int | None = None
     until: int | None = None
     recent: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        # The fast paths count a recent [SUCCESS] before they look at the window: the period lies inside it.
+        start, end = self.recent or (0, 0)
+        if self.recent is not None and not (
+            (self.since is None or start >= self.since) and (self.until is None or end <= self.until)
+        ):
+            raise ValueError(f"the recent period {self.recent} is not inside the window [{self.since}, {self.until})")
 
     def contains(self, ts: int) -> bool:
         return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
@@ -296,10 +308,12 @@ def parse_time(text: str) -> float | None:
     if not m:
         return None
     year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    if not (1 <= month <= 12 and year >= 1 and 1 <= day <= calendar.monthrange(year, month)[1]):
+        return None  # a date that does not exist (February 30, the year 0) is not rolled over into another
+    if not (hour < 24 and minute < 60 and second < 60):
+        return None
     try:
         ts = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-        if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
-            return None
     except (ValueError, OverflowError):
         return None
     frac = float("0." + m.group(7)) if m.group(7) else 0.0
@@ -308,7 +322,9 @@ def parse_time(text: str) -> float | None:
         sign = -1 if zone[0] == "-" else 1
         digits = zone[1:].replace(":", "")
         ts -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
-    return ts + frac
+    # A fraction never carries into the next second (`59.999999999` is not `00`: math.floor gives the second
+    # the text names, as the fast paths compare it), however the float rounds.
+    return ts + frac if ts + frac < ts + 1 else math.nextafter(float(ts + 1), -math.inf)
 
 
 def parse_fields(text: str) -> dict[str, str]:
@@ -646,7 +662,7 @@ class Tally:
             self._malformed(info)
             return
         self._stamp(info, ts)
-        if not self.window.contains(int(ts)):
+        if not self.window.contains(math.floor(ts)):
             self.outside += 1
             return
         tag = m.group(2).decode("ascii")
@@ -684,7 +700,7 @@ class Tally:
                 self._malformed(info)
                 return
             self._stamp(info, ts)
-            if not self.window.contains(int(ts)):
+            if not self.window.contains(math.floor(ts)):
                 self.outside += 1
                 return
             self._openclaw(record)
@@ -695,7 +711,7 @@ class Tally:
             self._malformed(info)
             return
         self._stamp(info, ts)
-        if not self.window.contains(int(ts)):
+        if not self.window.contains(math.floor(ts)):
             self.outside += 1
             return
         if event not in EVENTS:
@@ -759,10 +775,10 @@ class Tally:
         if not counted:
             return
         if event == "breaker" and reason == "open" and ts is not None:
-            self.trips_by_hour[int(ts) // 3600] += 1
+            self.trips_by_hour[math.floor(ts) // 3600] += 1
             self.trips_by_target[target or "?"] += 1
         if duration is not None and duration >= 0 and ts is not None:
-            recent = self.window.is_recent(int(ts))
+            recent = self.window.is_recent(math.floor(ts))
             self.duration(task if task and task != "-" else None, 1, duration, duration, recent=recent)
 
     def _count(

@@ -6,8 +6,10 @@ optional: with no compiler, a failed build, a source changed since the build or 
 the pure-Python fast path gives the same figures (the tests hold both to the careful path, line for line).
 
 The library lives in the virtual environment (`<venv>/lib/selfheal/logscan-<crc>.so`), named after the CRC-32
-of the source it was built from, so a checkout updated without a new build never loads a stale one. It is
-loaded only if this user (or root) owns it and its folder and neither is writable by others.
+of the source it was built from and its compiler flags, so a checkout updated without a new build never loads a
+stale one. It is loaded only if this user (or root) owns it and its folder and neither is writable by others.
+Sums of durations agree with the careful path's to floating-point rounding (the report rounds them); every
+count is exact.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ _TIMED = 1
 
 def library_path(prefix: str | os.PathLike[str] | None = None) -> Path:
     """Where the library built from today's source lives in the environment `prefix` (default: this one)."""
-    crc = zlib.crc32(SOURCE.read_bytes())
+    crc = zlib.crc32(" ".join(CFLAGS).encode() + b"\n" + SOURCE.read_bytes())  # the source and how it is built
     return Path(prefix if prefix is not None else sys.prefix) / "lib" / "selfheal" / f"logscan-{crc:08x}.so"
 
 
@@ -182,8 +184,10 @@ class Counter:
             data: ctypes.Array[ctypes.c_char] | bytes = (ctypes.c_char * n).from_buffer(block)
         except TypeError:  # a read-only buffer: copied
             data = bytes(block)
-        careful = lib.ls_scan(self._h, data, n)
-        del data  # the view must not stay exported: its buffer is reused for the next block
+        try:
+            careful = lib.ls_scan(self._h, data, n)
+        finally:
+            del data  # the view must not stay exported: its buffer is reused for the next block
         if careful == -2:
             raise ValueError("a block for the native log scanner must start with a newline")
         if careful < 0:
