@@ -37,6 +37,12 @@
 
 #define LS_TIMED 1u
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)(p))
+#endif
+
 /* An entry, followed in the arena by its key's bytes (padded to 8): one place in memory to look a line's key
  * up and count it. Entries follow one another in the order first seen. */
 typedef struct {
@@ -123,9 +129,8 @@ static int rehash(scanner *s, size_t cap) {
     return 0;
 }
 
-/* The entry of (key, flags), made if new; NULL when out of memory. Valid until the next lookup. */
-static entry *lookup(scanner *s, const unsigned char *key, size_t len, uint32_t flags) {
-    uint64_t h = hash_bytes(key, len, s->seed ^ flags);
+/* The entry of (key, flags) whose hash is h, made if new; NULL when out of memory. Valid until the next lookup. */
+static entry *lookup(scanner *s, const unsigned char *key, size_t len, uint32_t flags, uint64_t h) {
     size_t mask = s->table_cap - 1;
     size_t j = h & mask;
     for (;;) {
@@ -162,8 +167,8 @@ static entry *lookup(scanner *s, const unsigned char *key, size_t len, uint32_t 
     return e;
 }
 
-static int count_key(scanner *s, const unsigned char *key, size_t len) {
-    entry *e = lookup(s, key, len, 0);
+static int count_key(scanner *s, const unsigned char *key, size_t len, uint64_t h) {
+    entry *e = lookup(s, key, len, 0, h);
     if (!e)
         return -1;
     e->count++;
@@ -203,8 +208,8 @@ static int add_exact(scanner *s, entry *e, double x) {
     return 0;
 }
 
-static int time_key(scanner *s, const unsigned char *key, size_t len, double value) {
-    entry *e = lookup(s, key, len, LS_TIMED);
+static int time_key(scanner *s, const unsigned char *key, size_t len, double value, uint64_t h) {
+    entry *e = lookup(s, key, len, LS_TIMED, h);
     if (!e || add_exact(s, e, value))
         return -1;
     if (e->count == 0 || value > e->max)
@@ -547,6 +552,18 @@ void ls_free(void *h) {
 /* Count one block (it starts with a newline; its last line needs none). Returns how many lines it hands
  * back for the careful path (`ls_careful`); -1 when out of memory (the block's counts are then partial: the
  * caller gives up on the whole input); -2 for a block that does not start with a newline (nothing counted). */
+typedef struct {
+    row r;
+    int kind;
+    uint64_t hash;
+} pending;
+
+/* Count a row whose table slot (and entry) were prefetched while the lines after it were read. */
+static int settle(scanner *s, const pending *q) {
+    return q->kind == ROW_TIMED ? time_key(s, q->r.key, q->r.len, q->r.value, q->hash)
+                                : count_key(s, q->r.key, q->r.len, q->hash);
+}
+
 int64_t ls_scan(void *h, const char *buf, int64_t len) {
     scanner *s = h;
     const unsigned char *p = (const unsigned char *)buf, *stop = p + len;
@@ -555,6 +572,10 @@ int64_t ls_scan(void *h, const char *buf, int64_t len) {
     if (len <= 0 || *p != '\n')
         return -2;
     p++;
+    /* A pipeline of three rows: the newest has its table slot prefetched, the middle one its entry, the
+     * oldest is counted: each line's two cache misses overlap with reading the next lines. */
+    pending q[3];
+    int n = 0;
     for (;;) {
         const unsigned char *nl = memchr(p, '\n', (size_t)(stop - p));
         const unsigned char *end = nl ? nl : stop;
@@ -562,27 +583,39 @@ int64_t ls_scan(void *h, const char *buf, int64_t len) {
         if (end == p) {
             s->empty_rows++;
         } else {
-            row r;
-            int kind = read_line(s, p, end, &r);
-            if (kind == ROW_KEY) {
-                if (count_key(s, r.key, r.len))
-                    return -1;
-            } else if (kind == ROW_TIMED) {
-                if (time_key(s, r.key, r.len, r.value))
-                    return -1;
-            } else {
+            pending *c = &q[n];
+            c->kind = read_line(s, p, end, &c->r);
+            if (c->kind == ROW_CAREFUL) {
                 if (grow((void **)&s->careful, &s->careful_cap, 2 * s->ncareful + 2, sizeof(int64_t)))
                     return -1;
                 s->careful[2 * s->ncareful] = p - (const unsigned char *)buf;
                 s->careful[2 * s->ncareful + 1] = end - (const unsigned char *)buf;
                 s->ncareful++;
                 s->empty_rows++;
+            } else {
+                c->hash = hash_bytes(c->r.key, c->r.len, s->seed ^ (c->kind == ROW_TIMED ? LS_TIMED : 0));
+                PREFETCH(&s->table[c->hash & (s->table_cap - 1)]);
+                if (n >= 1) { /* the middle row: its slot is in cache by now; fetch its entry */
+                    uint64_t k = s->table[q[n - 1].hash & (s->table_cap - 1)];
+                    if (k)
+                        PREFETCH(s->arena + ((k & 0xffffffffu) - 1) * 8);
+                }
+                if (++n == 3) {
+                    if (settle(s, &q[0]))
+                        return -1;
+                    q[0] = q[1];
+                    q[1] = q[2];
+                    n = 2;
+                }
             }
         }
         if (!nl)
             break;
         p = nl + 1;
     }
+    for (int i = 0; i < n; i++)
+        if (settle(s, &q[i]))
+            return -1;
     return (int64_t)s->ncareful;
 }
 
