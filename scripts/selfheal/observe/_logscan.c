@@ -414,6 +414,19 @@ typedef struct {
     double value;
 } row;
 
+/* A key from `start` to its end `k`, timed when a duration's digits [a, b) follow it: its row (a duration that
+ * is not exactly a double Python would read sends the line to the careful path). */
+static int key_row(row *out, const unsigned char *start, const unsigned char *k, const unsigned char *a,
+                   const unsigned char *b) {
+    out->key = start;
+    out->len = (size_t)(k - start);
+    if (!a)
+        return ROW_KEY;
+    int ok;
+    out->value = seconds(a, b, &ok);
+    return ok ? ROW_TIMED : ROW_CAREFUL;
+}
+
 /* One non-empty line [p, end): its row, as the Python block pattern reads it. */
 static int read_line(const scanner *s, const unsigned char *p, const unsigned char *end, row *out) {
     if (end - p < 21)
@@ -442,18 +455,10 @@ static int read_line(const scanner *s, const unsigned char *p, const unsigned ch
     if (q >= end || *q != '[')
         return ROW_CAREFUL;
     const unsigned char *a, *b, *k;
-    int ok;
     /* The recent period: [SUCCESS] kept apart, with its bracket. */
     if (s->rstart >= 0 && ts >= s->rstart && ts < s->rend && starts(q, end, "[SUCCESS] task=", 15) &&
-        (k = key_end(q + 10, end, &a, &b)) != NULL) {
-        out->key = q;
-        out->len = (size_t)(k - q);
-        if (a) {
-            out->value = seconds(a, b, &ok);
-            return ok ? ROW_TIMED : ROW_CAREFUL;
-        }
-        return ROW_KEY;
-    }
+        (k = key_end(q + 10, end, &a, &b)) != NULL)
+        return key_row(out, q, k, a, b);
     const unsigned char *t = q + 1;
     if (t >= end) /* `[` ends the line (found by AddressSanitizer: the tag's first byte was read past it) */
         return ROW_CAREFUL;
@@ -484,15 +489,8 @@ static int read_line(const scanner *s, const unsigned char *p, const unsigned ch
     default:
         break;
     }
-    if (f && (k = key_end(f, end, &a, &b)) != NULL) {
-        out->key = t;
-        out->len = (size_t)(k - t);
-        if (a) {
-            out->value = seconds(a, b, &ok);
-            return ok ? ROW_TIMED : ROW_CAREFUL;
-        }
-        return ROW_KEY;
-    }
+    if (f && (k = key_end(f, end, &a, &b)) != NULL)
+        return key_row(out, t, k, a, b);
     /* An untracked tag: the commonest by their first letter, the others as `TAG]`. */
     for (size_t i = 0; i < sizeof CODED / sizeof *CODED; i++) {
         size_t n = strlen(CODED[i]);
