@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import compress, pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..core.classify import Classifier, Failure
 from ..core.config import ERROR_CLASSES, AnalysisSettings, ClassifySettings
@@ -52,10 +52,6 @@ from ..core.ledger import OWN_TASK_PREFIX
 from ..core.redact import Redactor
 from ..errors import UsageError
 from . import openclaw_logs as oc
-
-if TYPE_CHECKING:
-    from .native import Counter as NativeCounter
-    from .native import Engine
 
 BLOCK_BYTES = 2 * 1024 * 1024  # read size; a block's parsed rows take about 3 times this
 _MAX_KEYS = 250_000  # distinct fast-path keys held (about 40 MB at most) before they are folded
@@ -162,13 +158,15 @@ _WHOLE_FILE = (
 _SEPARATORS = {3: "-", 5: "-", 7: "[T ]", 9: ":", 11: ":"}
 
 
-def _digits(ts: int) -> str:
+def utc_digits(ts: int) -> str:
+    """The 14 digits `YYYYMMDDhhmmss` of `ts` (epoch seconds, UTC): what both fast paths compare a line's time
+    with (the range regexes below, and the native scanner's bounds)."""
     return time.strftime("%Y%m%d%H%M%S", time.gmtime(ts))
 
 
 def _at_least(ts: int) -> str:
     """A regex matching 19-character timestamps (UTC, to the second) at or after `ts`."""
-    d = _digits(ts)
+    d = utc_digits(ts)
 
     def rest(i: int) -> str:
         if i == len(d):
@@ -181,7 +179,7 @@ def _at_least(ts: int) -> str:
 
 def _before(ts: int) -> str:
     """A regex matching 19-character timestamps (UTC, to the second) strictly before `ts`."""
-    d = _digits(ts)
+    d = utc_digits(ts)
 
     def rest(i: int) -> str:
         if i == len(d):
@@ -212,10 +210,10 @@ class Window:
 
     def __post_init__(self) -> None:
         # The fast paths count a recent [SUCCESS] before they look at the window: the period lies inside it.
-        start, end = self.recent or (0, 0)
-        if self.recent is not None and not (
-            (self.since is None or start >= self.since) and (self.until is None or end <= self.until)
-        ):
+        if self.recent is None:
+            return
+        start, end = self.recent
+        if (self.since is not None and start < self.since) or (self.until is not None and end > self.until):
             raise ValueError(f"the recent period {self.recent} is not inside the window [{self.since}, {self.until})")
 
     def contains(self, ts: int) -> bool:
@@ -408,7 +406,7 @@ class Tally:
         # Fast path: keys and durations waiting to be folded.
         self._keys: Counter[bytes] = Counter()
         self._durations: defaultdict[bytes, array[float]] = defaultdict(_doubles)
-        self._native: NativeCounter | None = None  # the native engine's counter, holding its own pending keys
+        self._native: BlockCounter | None = None  # the native engine's counter, holding its own pending keys
         self._held_durations = 0
         self._word_known: dict[str, bool] = {}
         self._seconds = _Seconds()
@@ -563,7 +561,7 @@ class Tally:
             self.fold()
         return careful
 
-    def add_block(self, block: memoryview, engine: Engine) -> list[bytes]:
+    def add_block(self, block: memoryview, engine: BlockEngine) -> list[bytes]:
         """Count one block with the native engine (what `add_rows` does with the pattern's rows); return the
         lines that need the careful path."""
         if self._native is None:
@@ -1017,6 +1015,24 @@ class RowPattern(Protocol):
     def findall(self, block: memoryview, /) -> list[tuple[bytes, bytes, bytes]]: ...
 
 
+class BlockCounter(Protocol):
+    """What a Tally needs of the native engine's counter (`native.Counter`): blocks in, pending keys out."""
+
+    def scan(self, block: memoryview, /) -> tuple[int, list[bytes]]: ...
+
+    def pending(self) -> tuple[int, int]: ...
+
+    def export(self) -> tuple[dict[bytes, int], Iterable[tuple[bytes, int, float, float]]]: ...
+
+
+class BlockEngine(Protocol):
+    """What the scan needs of the native engine (`native.Engine`): a counter per Tally, bounds in epoch seconds."""
+
+    name: str
+
+    def counter(self, since: int | None, until: int | None, recent: tuple[int, int] | None, /) -> BlockCounter: ...
+
+
 class Readable(Protocol):
     """What the block reader needs of a file: readinto (files, gzip, stdin, a byte range of a file)."""
 
@@ -1185,7 +1201,7 @@ class Scan:
     max_line: int
     workers: int = 1
     inputs: list[InputInfo] = field(default_factory=list)
-    engine: Engine | None = None  # the native engine, which then reads every block instead of `pattern`
+    engine: BlockEngine | None = None  # the native engine, which then reads every block instead of `pattern`
 
     def read(self, path: str, source: str, *, strict: bool) -> None:
         """Read one input; `strict` (named by the user) raises InputError, else the error is recorded."""

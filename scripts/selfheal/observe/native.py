@@ -24,10 +24,11 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 from typing import NamedTuple
+
+from .logscan import utc_digits
 
 SOURCE = Path(__file__).with_name("_logscan.c")
 CFLAGS = ("-O2", "-std=c99", "-shared", "-fPIC")
@@ -136,8 +137,9 @@ def load(prefix: str | os.PathLike[str] | None = None) -> tuple[ctypes.CDLL | No
 
 
 def _digits(ts: int | None) -> int:
-    """A bound (epoch seconds) as the number YYYYMMDDhhmmss the library compares timestamps with; -1: none."""
-    return -1 if ts is None else int(time.strftime("%Y%m%d%H%M%S", time.gmtime(ts)))
+    """A bound (epoch seconds) as the number YYYYMMDDhhmmss the library compares timestamps with (the digits the
+    Python fast path's range regexes compare); -1: none."""
+    return -1 if ts is None else int(utc_digits(ts))
 
 
 class Timed(NamedTuple):
