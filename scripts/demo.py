@@ -41,6 +41,14 @@ from selfheal.testing import FakeModelServer, Fault  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
+def _cut(text: str, limit: int) -> str:
+    """Text for one line of the demo's report: whole when short, else cut at a word with an ellipsis."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:(") + "..."
+
+
 def _retry_run(home: Path, *args: str) -> dict[str, Any]:
     env = dict(os.environ, SELFHEAL_HOME=str(home))
     proc = subprocess.run(
@@ -165,7 +173,8 @@ def _fix_record_scenario(home: Path) -> tuple[str, bool, str]:
     steps = r.get("fix_steps") or []
     ok = r.get("source") == "rule:syntax-error" and r.get("verdict") == "ready" and bool(steps)
     detail = (
-        f"{r.get('id')} ({r.get('source')}): {r.get('root_cause', '?')[:90]}; fix: {steps[0][:70] if steps else '?'}"
+        f"{r.get('id')} ({r.get('source')}): {_cut(r.get('root_cause', '?'), 90)}; "
+        f"fix: {_cut(steps[0], 90) if steps else '?'}"
         " (text for a person: nothing in a record is ever run)"
     )
     return "A failure becomes a fix record: evidence, a known rule, a fix a person can apply", ok, detail
@@ -181,7 +190,7 @@ def _health_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
     r = _script(home, "health_check.py", env={"OPENCLAW_STATE_DIR": str(openclaw), "OPENCLAW_GATEWAY_PORT": str(port)})
     checks = {c["name"]: c for c in r.get("checks", [])}
     ok = r.get("mode") == "degraded" and r["_exit"] == 1 and checks.get("gateway", {}).get("status") == "fail"
-    warned = [f"{name} ({c['detail'][:60]})" for name, c in checks.items() if c["status"] in ("warn", "fail")]
+    warned = [f"{name} ({_cut(c['detail'], 90)})" for name, c in checks.items() if c["status"] in ("warn", "fail")]
     detail = (
         f"mode {r.get('mode')} (exit {r['_exit']}): the gateway is not running here, but a skill still reports, "
         f"so the skills work on (graceful degradation); {len(checks)} checks in {r.get('duration_s', 0) * 1000:.0f} ms;"
@@ -196,7 +205,7 @@ def _log_scenario(home: Path) -> tuple[str, bool, str]:
     r = _script(home, "analyze_logs.py", *ledger)
     runs = r.get("runs", {})
     reasons = ", ".join(f"{x['reason']} {x['count']}" for x in r.get("failure_reasons", [])[:4])
-    alerts = [f"{a.get('priority')} {a.get('message', '')[:70]}" for a in r.get("alerts", [])]
+    alerts = [f"{a.get('priority')} {_cut(a.get('message', ''), 90)}" for a in r.get("alerts", [])]
     ok = runs.get("finished", 0) >= 10 and r.get("lines", {}).get("malformed", 1) == 0
     detail = (
         f"{runs.get('finished')} runs, {100 * (runs.get('success_rate') or 0):.0f}% succeeded, "
@@ -361,7 +370,7 @@ def _task_tree_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
     )
     detail = (
         f"the child ran before its parent; the parent failed and got {fix_name}, which ran first and was "
-        f'analysed ("{suggestion[:60]}..."); once a person fixed it, the parent ended. A task silent for '
+        f'analysed ("{_cut(suggestion, 60)}"); once a person fixed it, the parent ended. A task silent for '
         f"{finding.get('idle_s', '?')}s was found stuck: pids {finding.get('killed')} killed, "
         f"{finding.get('fix_task')} created"
     )
