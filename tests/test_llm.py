@@ -562,6 +562,39 @@ def test_a_primary_failing_often_below_the_trip_is_passed_over_then_probed_back(
     assert [ask(config, clock).endpoint for _ in range(2)] == ["primary", "primary"]
 
 
+def test_a_primary_often_answering_what_is_not_a_chat_completion_is_passed_over(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """3 good calls, then two replies with no choices (2 of 5: the server failing, not the prompt): each call
+    is answered by the backup, and the next calls skip the primary until its cooldown ends."""
+    config = chain("primary", "backup")
+    assert [ask(config, clock).endpoint for _ in range(3)] == ["primary"] * 3
+    server.script("primary", Fault.wrong_shape(), Fault.wrong_shape())
+    assert [ask(config, clock).endpoint for _ in range(2)] == ["backup", "backup"]
+    assert server.requests("primary") == 5
+    skipped = ask(config, clock)
+    assert skipped.endpoint == "backup" and server.requests("primary") == 5
+    assert skipped.attempts[0].outcome == "skipped" and "ejected" in skipped.attempts[0].reason
+    clock.advance(10)
+    assert ask(config, clock).endpoint == "primary"
+
+
+def test_answers_failing_the_callers_check_never_count_against_the_endpoint(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
+) -> None:
+    """Not JSON where JSON was asked for is the prompt's problem as much as the model's: however often it
+    happens, the endpoint is never passed over for it (only the simplified retry and the fallback help)."""
+    config = chain("primary", "backup")
+    assert [ask(config, clock).endpoint for _ in range(3)] == ["primary"] * 3
+    server.script("primary", *[Fault.reply("not json")] * 4)
+    server.script("backup", *[Fault.reply('{"ok": true}')] * 2)
+    for _ in range(2):
+        assert ask(config, clock, json_output=True).endpoint == "backup"
+    assert server.requests("primary") == 7
+    assert ask(config, clock).endpoint == "primary"
+    assert Breakers(StateRoot(home), config.breakers, clock=clock).status("primary")["eject_reason"] is None
+
+
 def test_a_silent_primary_is_cooled_down_so_the_next_call_does_not_wait_for_it(
     chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
 ) -> None:

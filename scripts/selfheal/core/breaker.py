@@ -389,17 +389,29 @@ class Breakers:
             )
         return permit
 
-    def release(self, permit: Permit, *, ok: bool, error_class: str | None = None, eject: str | None = None) -> None:
-        """Report how the request went. Only `counted_classes` failures count against the target.
+    def release(
+        self,
+        permit: Permit,
+        *,
+        ok: bool,
+        error_class: str | None = None,
+        eject: str | None = None,
+        counts: bool = False,
+    ) -> None:
+        """Report how the request went. Only `counted_classes` failures count against the target, and those
+        the caller knows to be the target's own whatever their class (`counts`: a server whose reply is not
+        a chat completion at all, where a `format` failure is usually the prompt's).
         eject: the caller found the target unfit for now (why, e.g. "silent"): eject it at once."""
         if not permit.recorded:
             return
         try:
-            self._release(permit, ok=ok, error_class=error_class, eject=eject)
+            self._release(permit, ok=ok, error_class=error_class, eject=eject, counts=counts)
         except StateError as exc:
             self.state.unrecorded(f"the circuit breaker of {permit.target!r}", exc)
 
-    def _release(self, permit: Permit, *, ok: bool, error_class: str | None, eject: str | None) -> None:
+    def _release(
+        self, permit: Permit, *, ok: bool, error_class: str | None, eject: str | None, counts: bool = False
+    ) -> None:
         s = self.settings
         with self._locked(permit.target) as (data, shared):
             data.permits.pop(permit.id, None)
@@ -408,7 +420,7 @@ class Breakers:
                 # the permit (a probe's would block probing); it is dropped there at the next chance.
                 _orphans.setdefault(permit.target, set()).add(permit.id)
             now = self.clock.time()
-            counted = not ok and error_class in s.counted_classes
+            counted = not ok and (counts or error_class in s.counted_classes)
             if ok or counted:
                 self._count(data, now, ok=ok)
             if counted:

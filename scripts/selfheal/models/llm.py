@@ -681,11 +681,14 @@ class _ChainCall:
                 if classification.reason == "context_length_exceeded":
                     await settle("fallback", attempt, status="context_length_exceeded")
                     return _MoveOn("context_length_exceeded", entry.context_tokens)
-                server_shape = outcome == "rejected" and reason.startswith("wrong shape") and not last
-                if cls == "format" and request is self.request and not server_shape:
+                # A reply that is not a chat completion at all is the server failing, not the prompt: it
+                # counts against the endpoint (so one that does it often is passed over), and it moves on.
+                server_shape = outcome == "rejected" and reason.startswith("wrong shape")
+                if cls == "format" and request is self.request and not (server_shape and not last):
                     # One more try here at once, simplified: a malformed answer is not the endpoint failing.
-                    # (A reply that is not a chat completion at all is the server's doing: move on.)
-                    await settle("retry", _with_delay(attempt, 0.0), status="retrying", max_attempts=2)
+                    await settle(
+                        "retry", _with_delay(attempt, 0.0), status="retrying", max_attempts=2, counts=server_shape
+                    )
                     request = self.request.simplified(
                         reason, self.models.simplify_max_prompt_chars, self.models.simplify_split_parts
                     )
@@ -703,7 +706,7 @@ class _ChainCall:
                     if classification.reason == "out_of_memory" and not last:
                         eject = "out of memory"
                     await self.note(attempt, event, status=why, max_attempts=max_attempts)
-                    await lease.release(ok=False, error_class=cls, eject=eject)
+                    await lease.release(ok=False, error_class=cls, eject=eject, counts=server_shape)
                     return _MoveOn(why or "failed")
                 await settle(
                     "retry",
@@ -748,10 +751,12 @@ class _ChainCall:
                 break
         return free, waited
 
-    async def _settle(self, lease: _Lease, error_class: str, event: str, done: ModelAttempt, **fields: Any) -> None:
+    async def _settle(
+        self, lease: _Lease, error_class: str, event: str, done: ModelAttempt, counts: bool = False, **fields: Any
+    ) -> None:
         """Record a failed attempt, then report it to the breaker (so a trip it causes is logged after it)."""
         await self.note(done, event, **fields)
-        await lease.release(ok=False, error_class=error_class)
+        await lease.release(ok=False, error_class=error_class, counts=counts)
 
     def _next_step(
         self,
@@ -926,10 +931,14 @@ class _Lease:
         self.call = call
         self.permit: Permit | None = permit
 
-    async def release(self, *, ok: bool, error_class: str | None = None, eject: str | None = None) -> None:
+    async def release(
+        self, *, ok: bool, error_class: str | None = None, eject: str | None = None, counts: bool = False
+    ) -> None:
         permit, self.permit = self.permit, None
         if permit is not None:
-            await self.call.io(self.call.breakers.release, permit, ok=ok, error_class=error_class, eject=eject)
+            await self.call.io(
+                self.call.breakers.release, permit, ok=ok, error_class=error_class, eject=eject, counts=counts
+            )
 
     def abandon(self) -> None:
         """Give back a permit still held (the attempt was cancelled): it says nothing about the endpoint,
