@@ -155,6 +155,22 @@ def test_a_caller_can_eject_a_silent_target_at_once(breakers: Breakers) -> None:
         breakers.acquire("qwen", avoid_ejected=True)
 
 
+def test_a_probe_that_ends_without_an_answer_keeps_the_target_ejected(breakers: Breakers, clock: FakeClock) -> None:
+    """A probe cancelled or cut short (released with no class: it says nothing about the target) does not end
+    the ejection: the next caller with another target to go to gets the probe slot, not normal traffic."""
+    breakers.release(breakers.acquire("qwen"), ok=False, error_class="timeout", eject="silent")
+    clock.advance(10)
+    probe = breakers.acquire("qwen", avoid_ejected=True)
+    assert probe.eject_probe
+    breakers.release(probe, ok=False, error_class=None)
+    assert breakers.status("qwen")["eject_reason"] == "silent"
+    again = breakers.acquire("qwen", avoid_ejected=True)
+    assert again.eject_probe
+    breakers.release(again, ok=True)
+    assert breakers.status("qwen")["ejected_until"] is None
+    assert breakers.acquire("qwen", avoid_ejected=True).eject_probe is False
+
+
 def test_recovery_forgets_earlier_trips(breakers: Breakers, clock: FakeClock) -> None:
     """After it closes, the next trip starts again at the shortest open time."""
     fail(breakers, times=5)

@@ -220,6 +220,9 @@ _TORCH_OOM = (
             ("resource", "model_loading"),
         ),
         (Fault.raw(500, "out of memory", headers={"content-type": "text/plain"}), ("resource", "out_of_memory")),
+        # FastAPI's {"detail": ...}, or any key but error/message: the whole body is read
+        (Fault.raw(500, {"detail": _TORCH_OOM}), ("resource", "out_of_memory")),
+        (Fault.raw(500, {"status": "failed", "why": {"text": "model is loading"}}), ("resource", "model_loading")),
         # ...and a plain server error stays what its status says
         (Fault.raw(500, {"error": "Internal Server Error"}), ("transient", "transient")),
         (Fault.http(503, message="Service Unavailable"), ("transient", "transient")),

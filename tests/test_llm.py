@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import random
+import re
 import socket
 import sys
 import time
@@ -947,3 +948,249 @@ def test_when_every_model_fails_the_rules_fallback_answers_marked_as_rules(
     rules.write_text("raise SystemExit(1)\n")
     with pytest.raises(ModelCallFailed):
         ask(load_config(), clock)
+
+
+# -- keys, deadlines and streams at their edges ----------------------------------------------------------------------
+
+KEY = "Zq9xLmP4tR7wK2vBq8Yc"  # no recognisable shape: only its being the chain's key can mask it
+
+
+@pytest.fixture
+def keyed(chain: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Config]:
+    """chain(...) whose every entry takes its key from $VLLM_BEARER (a name the secret-name rule misses)."""
+    monkeypatch.setenv("VLLM_BEARER", KEY)
+
+    def make(*names: str) -> Config:
+        return chain(*names, **{name: {"api_key_env": "VLLM_BEARER"} for name in names})
+
+    return make
+
+
+def test_a_key_the_server_echoes_is_masked_in_every_error(
+    keyed: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A 401 or a refusal quoting the key that was sent: the key is nowhere in the error (message, repr,
+    to_json(), each attempt's reason, the provider's reason); the rest of the server's words are."""
+    server.set_default("primary", Fault.http(401, code="invalid_api_key", message=f"Incorrect API key: {KEY}."))
+    with pytest.raises(ModelCallFailed) as refused_key:
+        ask(keyed("primary"), clock)
+    server.script("other", Fault.http(400, code="content_policy_violation", message=f"refused for {KEY}"))
+    with pytest.raises(ContentRefused) as refused_content:
+        ask(keyed("other"), clock)
+    for error in (refused_key.value, refused_content.value):
+        shown = [str(error), repr(error), json.dumps(error.to_json()), *(a.reason for a in error.attempts)]
+        assert not [text for text in shown if KEY in text], shown
+    assert "Incorrect API key: ***." in refused_key.value.attempts[0].reason
+    assert refused_content.value.provider_reason == "refused for ***"
+
+
+def test_a_key_in_the_models_answer_is_masked_also_when_a_stream_splits_it(
+    keyed: Callable[..., Config], clock: FakeClock, server: FakeModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model echoing the key: the answer has it masked; streamed, so does the text on_text got, also when
+    the key arrives in two chunks (the start of a key is held back until the next chunk shows what it is)."""
+    server.script("primary", Fault.reply(f"your key is {KEY}"))
+    assert ask(keyed("primary"), clock).content == "your key is ***"
+    spaced = "Zq9xLmP4 tR7wK2vBq8Yc"  # the fake streams a word per chunk: this key comes in two
+    monkeypatch.setenv("VLLM_BEARER", spaced)
+    server.script("primary", Fault.stream(f"your key is {spaced} ok"))
+    pieces: list[str] = []
+    result = ask(keyed("primary"), clock, stream=True, on_text=pieces.append)
+    assert result.content == "".join(pieces) == "your key is *** ok"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc")
+def test_each_asyncio_run_closes_its_connection_when_its_loop_ends(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A script calling asyncio.run(acomplete(...)) again and again: each loop's client and connection are
+    closed as that loop ends, so the process's open files do not grow with the number of calls."""
+    import gc
+    import os
+
+    config = chain("primary")
+    asyncio.run(acomplete("hi", config=config, clock=clock))
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        asyncio.run(acomplete("hi", config=config, clock=clock))
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) - before < 5
+    assert server.requests("primary") == 11 and len(llm._loop_clients) <= 1
+
+
+@pytest.fixture
+def drops_after_finish() -> Iterator[str]:
+    """An endpoint whose stream sends the whole answer and its finish_reason, then drops the connection in the
+    middle of the chunked encoding (no usage, no [DONE], no last chunk), as a proxy or a restarting server
+    does. Yields its base URL."""
+    import threading
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
+        piece = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        data = b"data: " + json.dumps(piece).encode() + b"\n\n"
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+    def serve(listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += conn.recv(65536)
+                head, _, body = received.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                )
+                for word in ("The ", "whole ", "answer."):
+                    conn.sendall(chunk({"content": word}))
+                conn.sendall(chunk({}, "stop"))
+                time.sleep(0.05)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    listener.close()
+
+
+def test_a_stream_dropped_after_its_finish_reason_is_a_complete_answer(
+    write_config: Callable[[str], Path], clock: FakeClock, server: FakeModelServer, drops_after_finish: str
+) -> None:
+    """The model said it was done; the connection then broke before the stream's formal end: the answer is
+    complete and kept (not thrown away, retried and answered by the backup)."""
+    entries = [
+        {"name": "primary", "base_url": drops_after_finish, "model": "m"},
+        {"name": "backup", "base_url": server.url("backup"), "model": "b"},
+    ]
+    write_config(FAST.format(entries="\n".join("    - " + json.dumps(e) for e in entries), jitter="none"))
+    restarts: list[str] = []
+    result = ask(load_config(), clock, stream=True, on_restart=restarts.append)
+    assert (result.endpoint, result.content, restarts) == ("primary", "The whole answer.", [])
+    assert outcomes(result) == [("primary", "answered", None)]
+
+
+def test_a_hung_primary_leaves_time_for_the_backup_when_the_deadline_is_shorter_than_its_read_timeout(
+    chain: Callable[..., Config], server: FakeModelServer
+) -> None:
+    """Deadline 1 s, read timeout 5 s (llm_call.py --timeout 20 with the 40 s default is the same): the
+    hung primary gets its share, half of the deadline, and is ejected as silent; the backup answers in time,
+    and the next call goes straight to the backup."""
+    server.set_default("primary", Fault.hang(30))
+    config = chain("primary", "backup", primary={"read_timeout_base_s": 5})
+    started = time.monotonic()
+    result = complete("hi", config=config, deadline_s=1.0)
+    assert result.endpoint == "backup" and time.monotonic() - started < 1.0
+    assert outcomes(result)[0] == ("primary", "failed", "timeout")
+    assert "its share of the call's deadline" in result.attempts[0].reason
+    again = complete("hi", config=config, deadline_s=1.0)
+    assert (again.endpoint, again.attempts[0].outcome, server.requests("primary")) == ("backup", "skipped", 1)
+
+
+def test_waiting_for_gpu_memory_counts_nvidia_smis_own_time_against_the_deadline(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nvidia-smi taking 1 s a run (no persistence mode) and memory that never frees: the wait still ends
+    at the call's 6 s deadline, every run is bounded by the time left, and the wait reported is the real one."""
+    bounds: list[float | None] = []
+
+    async def slow_reading(which: int | str | None, *, fresh: bool = False, timeout_s: float | None = None) -> int:
+        bounds.append(timeout_s)
+        clock.advance(1.0)
+        return 512
+
+    monkeypatch.setattr(gpu, "free_mb", slow_reading)
+    started = clock.monotonic()
+    with pytest.raises(NoEndpointAvailable, match=r"waited 5s"):
+        ask(chain("gpu", gpu={"gpu": 0}, extra="  gpu_poll_s: 1\n"), clock, deadline_s=6)
+    assert clock.monotonic() - started <= 6.0 and server.requests("gpu") == 0
+    assert bounds and all(b is not None and 0 < b <= 6.0 for b in bounds), bounds
+
+
+def test_a_hanging_rules_fallback_is_stopped_with_its_children_at_the_deadline(
+    write_config: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """rules_fallback `sh -c '...; sleep 5'` (a child that holds the pipe) and a 0.5 s deadline: the whole
+    process group is killed when the deadline passes, and the warning says why it could not answer."""
+    entries = "    - " + json.dumps({"name": "dead", "base_url": dead_url(), "model": "m"})
+    rules = json.dumps(["sh", "-c", "cat >/dev/null; sleep 5; echo late"])
+    write_config(
+        FAST.format(entries=entries, jitter="none").replace("models:\n", f"models:\n  rules_fallback: {rules}\n")
+    )
+    started = time.monotonic()
+    with caplog.at_level("WARNING"), pytest.raises(ModelCallFailed):
+        complete("hi", config=load_config(), deadline_s=0.5)
+    assert time.monotonic() - started < 1.5
+    assert re.search(r"the rules fallback sh could not answer: \S", caplog.text), caplog.text
+
+
+def test_a_stream_answered_by_the_rules_fallback_carries_the_rules_answer(
+    write_config: Callable[[str], Path], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """Every model failed after some streamed text, and the rules fallback answered: the stream says to drop
+    that text and then carries the rules' answer, so the text kept is the answer StreamDone holds."""
+    server.set_default("primary", Fault.stream("partial words here", cut_after=2))
+    entries = "    - " + json.dumps({"name": "primary", "base_url": server.url("primary"), "model": "m"})
+    rules = json.dumps([PYTHON, "-c", "import sys; sys.stdin.read(); print('rules answer')"])
+    text = FAST.format(entries=entries, jitter="none").replace("models:\n", f"models:\n  rules_fallback: {rules}\n")
+    write_config(text + "policies: {transient: {retries: 0}}\n")
+    config = load_config()
+
+    async def collect() -> list[llm.StreamEvent]:
+        return [event async for event in llm.astream("hi", config=config, clock=clock)]
+
+    events = asyncio.run(collect())
+    kept = ""
+    for event in events:
+        if isinstance(event, llm.StreamText):
+            kept += event.text
+        elif isinstance(event, llm.StreamRestart):
+            kept = kept[: len(kept) - event.discard_chars]
+    done = events[-1]
+    assert isinstance(done, llm.StreamDone) and done.completion.by_rules
+    assert kept == done.completion.content == "rules answer"
+
+
+@pytest.mark.parametrize("deadline", [0, -5, math.nan])
+def test_a_deadline_that_is_not_a_positive_number_of_seconds_is_refused(
+    chain: Callable[..., Config], server: FakeModelServer, deadline: float
+) -> None:
+    """deadline_s 0, negative or NaN is the caller's mistake, named as such: not "no endpoint available"."""
+    with pytest.raises(ValueError, match=f"deadline_s must be > 0, got {deadline}"):
+        complete("hi", config=chain("primary"), deadline_s=deadline)
+    assert server.requests("primary") == 0
+
+
+def test_a_server_rejecting_stream_options_with_422_is_asked_without_them_from_then_on(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A FastAPI-style server refuses the field it does not know with 422 ("extra inputs are not permitted"),
+    not 400: asked again at once without it, and later calls leave it out."""
+    forbidden = {
+        "detail": [
+            {"type": "extra_forbidden", "loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted"}
+        ]
+    }
+    server.script("strict", Fault.raw(422, forbidden))
+    config = chain("strict", "backup")
+    first = ask(config, clock, stream=True)
+    assert (first.endpoint, server.requests("strict"), len(first.attempts)) == ("strict", 2, 1)
+    ask(config, clock, stream=True)
+    assert server.requests("strict") == 3 and "stream_options" not in server.bodies("strict")[-1]

@@ -425,7 +425,8 @@ class Breakers:
                 self._count(data, now, ok=ok)
             if counted:
                 data.last_error_class = error_class
-            self._judge_ejection(data, permit, now, ok=ok, counted=counted, eject=eject)
+            answered = ok or error_class is not None
+            self._judge_ejection(data, permit, now, ok=ok, counted=counted, eject=eject, answered=answered)
             if data.state == HALF_OPEN and permit.probe:
                 if ok:
                     data.probe_successes += 1
@@ -443,8 +444,19 @@ class Breakers:
                         self._move(data, OPEN, why)
 
     def _judge_ejection(
-        self, data: BreakerState, permit: Permit, now: float, *, ok: bool, counted: bool, eject: str | None
+        self,
+        data: BreakerState,
+        permit: Permit,
+        now: float,
+        *,
+        ok: bool,
+        counted: bool,
+        eject: str | None,
+        answered: bool = True,
     ) -> None:
+        """Eject the target, or end its ejection. answered: the request came back with an outcome (ok, or a
+        failure of some class); a probe that did not (cancelled, cut short: no class) says nothing about the
+        target, so its ejection stands and only the probe's slot is freed for the next caller."""
         s = self.settings
         if ok and not data.failures_in_window:
             data.ejections = 0  # a clean window: the next ejection starts short again
@@ -462,7 +474,7 @@ class Breakers:
             data.ejected_until = now + length
             data.eject_reason = why
             logger.info("%s ejected for %gs: %s", data.target, length, why)
-        elif permit.eject_probe:
+        elif permit.eject_probe and answered:
             data.ejected_until = None  # the probe came back without a counted failure: traffic returns
             data.eject_reason = None
 

@@ -378,7 +378,9 @@ def _body_text(chain: list[BaseException]) -> str:
 
 
 def _body_message(text: str) -> str:
-    """The error text of a body: its `error.message`, `message` or `error` string, else the raw text."""
+    """The error text of a body: its `error.message`, `message`, `error` or `detail` (FastAPI) string, else
+    the raw text, so words kept under any other key (`{"detail": [...]}`, `{"status": ..., "why": ...}`) are
+    still read."""
     text = text.strip()
     if not text:
         return ""
@@ -388,10 +390,10 @@ def _body_message(text: str) -> str:
         body = None
     if isinstance(body, Mapping):
         error = body.get("error")
-        for found in (error.get("message") if isinstance(error, Mapping) else error, body.get("message")):
+        said = error.get("message") if isinstance(error, Mapping) else error
+        for found in (said, body.get("message"), body.get("detail")):
             if isinstance(found, str) and found:
                 return found[:_TEXT_LIMIT]
-        return ""
     return text[:_TEXT_LIMIT]
 
 

@@ -44,12 +44,15 @@ def parse(text: str) -> tuple[GpuReading, ...]:
     return tuple(found)
 
 
-async def read_all(*, fresh: bool = False) -> tuple[GpuReading, ...] | None:
-    """Every GPU nvidia-smi reports; None when there is no nvidia-smi or it fails."""
+async def read_all(*, fresh: bool = False, timeout_s: float | None = None) -> tuple[GpuReading, ...] | None:
+    """Every GPU nvidia-smi reports; None when there is no nvidia-smi, it fails, or it takes longer than
+    `timeout_s` (the caller's time left; at most 5 s). A run cut by the caller's shorter bound is not kept:
+    it says nothing about the GPUs."""
     now = time.monotonic()
     seen = _seen.get("all")
     if not fresh and seen is not None and now - seen[0] < CACHE_S:
         return seen[1]
+    limit = _TIMEOUT_S if timeout_s is None else max(min(timeout_s, _TIMEOUT_S), 0.001)
     tool = shutil.which("nvidia-smi")
     readings: tuple[GpuReading, ...] | None = None
     if tool is not None:
@@ -58,14 +61,16 @@ async def read_all(*, fresh: bool = False) -> tuple[GpuReading, ...] | None:
                 tool, *_QUERY, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
             )
             try:
-                out, _ = await asyncio.wait_for(proc.communicate(), _TIMEOUT_S)
+                out, _ = await asyncio.wait_for(proc.communicate(), limit)
             except asyncio.TimeoutError:
                 proc.kill()  # our own child, started just above
                 await proc.wait()
                 raise
             readings = parse(out.decode("utf-8", "replace")) if proc.returncode == 0 else None
             readings = readings or None
-        except (OSError, asyncio.TimeoutError, ValueError):
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            if isinstance(exc, asyncio.TimeoutError) and limit < _TIMEOUT_S:
+                return None
             readings = None
     _seen["all"] = (time.monotonic(), readings)
     return readings
@@ -83,9 +88,10 @@ def select(readings: tuple[GpuReading, ...], gpu: int | str | None) -> GpuReadin
     return next((r for r in readings if r.uuid.lower().removeprefix("gpu-") == want), None)
 
 
-async def free_mb(gpu: int | str | None, *, fresh: bool = False) -> int | None:
-    """Free MiB on the endpoint's GPU; None when it cannot be read (no nvidia-smi, no such GPU)."""
-    readings = await read_all(fresh=fresh)
+async def free_mb(gpu: int | str | None, *, fresh: bool = False, timeout_s: float | None = None) -> int | None:
+    """Free MiB on the endpoint's GPU; None when it cannot be read (no nvidia-smi, no such GPU, or not within
+    `timeout_s` seconds)."""
+    readings = await read_all(fresh=fresh, timeout_s=timeout_s)
     if readings is None:
         return None
     found = select(readings, gpu)

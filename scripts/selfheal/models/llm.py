@@ -27,10 +27,11 @@ import logging
 import os
 import random
 import re
+import signal
 import ssl
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -45,6 +46,7 @@ from ..core.config import Config, ModelEndpoint, get_config
 from ..core.ledger import Ledger
 from ..core.retrying import Budget, Decision
 from ..errors import ConfigError, NotAttempted, SelfHealError
+from ..state.redact import MASK, MIN_SECRET_CHARS
 from ..state.root import StateRoot, validate_id
 from . import gpu, openclaw_chain
 from .cache import AnswerCache, CachedAnswer, cache_key
@@ -311,21 +313,62 @@ def _is_deadline(error: Exception) -> bool:
     return type(error) in (TimeoutError, asyncio.TimeoutError)
 
 
+class _KeyMask:
+    """Masks the chain's API keys (the values of its `api_key_env` variables) in what a model says: a server
+    or a model echoing the key it was sent must not put it in an answer. A streamed key can arrive split
+    over chunks, so text that could be the start of a key is held back until the next piece tells."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = tuple(sorted({k for k in keys if len(k) >= MIN_SECRET_CHARS}, key=len, reverse=True))
+        self._pattern = re.compile("|".join(re.escape(k) for k in self.keys)) if self.keys else None
+
+    @classmethod
+    def of(cls, config: Config) -> _KeyMask:
+        return cls(os.environ.get(e.api_key_env, "") for e in config.models.chain if e.api_key_env)
+
+    def text(self, value: str) -> str:
+        return self._pattern.sub(MASK, value) if self._pattern is not None else value
+
+    def split(self, held: str, piece: str) -> tuple[str, str]:
+        """(the text that can go out now, the text held back) of what was held plus a new piece."""
+        text = self.text(held + piece)
+        hold = 0
+        for key in self.keys:
+            for n in range(min(len(key) - 1, len(text)), hold, -1):
+                if text.endswith(key[:n]):
+                    hold = n
+                    break
+        return text[: len(text) - hold], text[len(text) - hold :]
+
+
 class _Progress:
     """What one attempt has given the caller so far: characters of text, and when the first came."""
 
-    def __init__(self, on_text: Callable[[str], None] | None, clock: Clock) -> None:
+    def __init__(self, on_text: Callable[[str], None] | None, clock: Clock, mask: _KeyMask | None = None) -> None:
         self.on_text = on_text
         self.clock = clock
+        self.mask = mask or _KeyMask(())
+        self.held = ""  # the end of the text so far, if it could be the start of a key
         self.delivered = 0
         self.first_at: float | None = None
 
     def text(self, piece: str) -> None:
         if self.first_at is None:
             self.first_at = self.clock.monotonic()
-        self.delivered += len(piece)
+        out, self.held = self.mask.split(self.held, piece)
+        self._give(out)
+
+    def flush(self) -> None:
+        """The stream is complete: what was held back was no key after all."""
+        held, self.held = self.held, ""
+        self._give(held)
+
+    def _give(self, text: str) -> None:
+        if not text:
+            return
+        self.delivered += len(text)
         if self.on_text is not None:
-            self.on_text(piece)
+            self.on_text(text)
 
 
 class _ChainCall:
@@ -362,6 +405,11 @@ class _ChainCall:
         self.on_discard = on_discard
         self.record = record
         self.ledger = Ledger(state, config, clock=clock)
+        # What a server says can quote the key it was sent: reasons and messages are masked as the ledger
+        # masks them, and answers have the chain's keys masked.
+        self.redact = self.ledger.redactor.text
+        self.mask = _KeyMask.of(config)
+        self.shown = 0  # characters given to on_text since the caller was last told to drop text
         self.breakers = Breakers(state, config.breakers, clock=clock, ledger=self.ledger)
         self.classifier = classifier_for(config.classify)
         self.attempts: list[ModelAttempt] = []
@@ -374,6 +422,28 @@ class _ChainCall:
 
     def remaining(self) -> float:
         return self.deadline_s - (self.clock.monotonic() - self.started)
+
+    def share(self, after: int) -> float:
+        """How long an attempt may wait for an answer (a stream: for its first text) when `after` more
+        endpoints are left: its fair share of the time left, so a silent endpoint cannot spend the whole
+        deadline while others wait unasked. The last endpoint gets all of it."""
+        left = max(self.remaining(), 0.001)
+        return left / (after + 1)
+
+    def show(self, piece: str) -> None:
+        self.shown += len(piece)
+        if self.on_text is not None:
+            self.on_text(piece)
+
+    def void(self, reason: str) -> None:
+        """The text on_text got since the last restart is not the answer: tell the caller to drop it."""
+        chars, self.shown = self.shown, 0
+        if not chars:
+            return
+        if self.on_restart is not None:
+            self.on_restart(reason)
+        if self.on_discard is not None:
+            self.on_discard(chars, reason)
 
     def read_timeout(self, entry: ModelEndpoint) -> float:
         """30 s + 10 s per 1k tokens asked for (the first source document's rule), within the deadline."""
@@ -454,7 +524,8 @@ class _ChainCall:
                 hit = await self._cached(entry, fallback=index > 0)
                 if hit is not None:
                     return hit
-                outcome = await self._endpoint(entry, last=final, avoid_ejected=not final)
+                after = len(chain) - index - 1
+                outcome = await self._endpoint(entry, last=final, avoid_ejected=not final, after=after)
                 if isinstance(outcome, Completion):
                     outcome.fallback_used = entry.name != chain[0].name
                     return outcome
@@ -467,7 +538,8 @@ class _ChainCall:
             for index, entry in enumerate(passed_over):
                 if self.remaining() <= 0 or too_long:
                     break
-                outcome = await self._endpoint(entry, last=index == len(passed_over) - 1, avoid_ejected=False)
+                after = len(passed_over) - index - 1
+                outcome = await self._endpoint(entry, last=after == 0, avoid_ejected=False, after=after)
                 if isinstance(outcome, Completion):
                     outcome.fallback_used = entry.name != chain[0].name
                     return outcome
@@ -542,7 +614,9 @@ class _ChainCall:
     def _skipped(self, entry: ModelEndpoint, reason: str, error_class: str | None = None) -> ModelAttempt:
         return ModelAttempt(entry.name, entry.model, 0, "skipped", error_class=error_class, reason=reason)
 
-    async def _endpoint(self, entry: ModelEndpoint, *, last: bool, avoid_ejected: bool) -> Completion | _MoveOn:
+    async def _endpoint(
+        self, entry: ModelEndpoint, *, last: bool, avoid_ejected: bool, after: int = 0
+    ) -> Completion | _MoveOn:
         budget = Budget(
             self.config.policies,
             self.config.retry,
@@ -566,7 +640,7 @@ class _ChainCall:
             try:
                 if _on_gpu(entry):
                     floor = self.models.gpu_free_mb_min
-                    free = await gpu.free_mb(entry.gpu)
+                    free = await gpu.free_mb(entry.gpu, timeout_s=max(self.remaining(), 0.001))
                     if free is not None and free < floor:
                         await lease.release(ok=False, error_class="resource")
                         waited = 0.0
@@ -585,10 +659,15 @@ class _ChainCall:
                         return _MoveOn("resource")
                 number += 1
                 started = self.clock.monotonic()
-                progress = _Progress(self.on_text, self.clock)
+                progress = _Progress(self.show, self.clock, self.mask)
                 error: Exception | None = None
+                left = max(self.remaining(), 0.001)
+                share = None if last else self.share(after)
+                # A stream's share bounds its wait for the first text (a stream under way is not cut).
+                limit = left if request.stream or share is None else share
                 try:
-                    answer = await asyncio.wait_for(self._send(entry, request, progress), max(self.remaining(), 0.001))
+                    answer = await asyncio.wait_for(self._send(entry, request, progress, first_s=share), limit)
+                    answer.content = self.mask.text(answer.content)
                     data = check_answer(
                         answer.content,
                         answer.finish_reason,
@@ -599,32 +678,27 @@ class _ChainCall:
                 except OutputProblem as problem:
                     classification = Classification("format", "answer-check", "format")
                     failure: Failure | None = None
-                    outcome, reason, status, code = "rejected", problem.detail, None, None
+                    outcome, reason, status, code = "rejected", self.redact(problem.detail), None, None
                 except Exception as exc:
-                    if _is_deadline(exc) and self.remaining() <= 0:
-                        await lease.release(ok=False, error_class=None)
-                        await self.note(
-                            ModelAttempt(
-                                entry.name,
-                                entry.model,
-                                number,
-                                "failed",
-                                "timeout",
-                                "deadline",
-                                f"the call's deadline of {self.deadline_s:g}s passed",
-                                duration_s=self.clock.monotonic() - started,
-                                discarded_chars=progress.delivered,
-                            ),
-                            "failed",
-                            status="deadline",
+                    out_of_time = self.remaining() <= 0
+                    if _is_deadline(exc) and (out_of_time or limit < left):
+                        return await self._cut(
+                            entry,
+                            lease,
+                            number=number,
+                            started=started,
+                            progress=progress,
+                            out_of_time=out_of_time,
+                            limit=limit,
+                            left=left,
                         )
-                        return _MoveOn("deadline")
                     error = exc
                     failure = Failure.from_exception(exc)
                     classification = self.classifier.classify(failure, now=self.clock.time())
-                    outcome, reason, status = "failed", failure.summary(), failure.status
+                    outcome, reason, status = "failed", self.redact(failure.summary()), failure.status
                     code = failure.error_codes[0] if failure.error_codes else None
                 else:
+                    progress.flush()
                     await lease.release(ok=True)
                     usage = answer.usage or {}
                     done = ModelAttempt(
@@ -655,11 +729,7 @@ class _ChainCall:
                 # The attempt failed: decide (this endpoint again, or the next one), record the attempt, and
                 # then tell the breaker, so a trip it causes is logged after the attempt that caused it.
                 cls = classification.error_class
-                if progress.delivered:
-                    if self.on_restart is not None:
-                        self.on_restart(f"{cls}: {reason}")
-                    if self.on_discard is not None:
-                        self.on_discard(progress.delivered, f"{cls}: {reason}")
+                self.void(f"{cls}: {reason}")
                 attempt = ModelAttempt(
                     entry.name,
                     entry.model,
@@ -677,7 +747,8 @@ class _ChainCall:
                 settle = functools.partial(self._settle, lease, cls)
                 if classification.reason == "content_policy":
                     await settle("failed", attempt, status="not_retryable")
-                    raise ContentRefused((failure.message if failure else "") or reason, self.attempts)
+                    said = self.redact(failure.message) if failure else ""
+                    raise ContentRefused(said or reason, self.attempts)
                 if classification.reason == "context_length_exceeded":
                     await settle("fallback", attempt, status="context_length_exceeded")
                     return _MoveOn("context_length_exceeded", entry.context_tokens)
@@ -727,29 +798,79 @@ class _ChainCall:
         if seconds > 0 and not _testing.is_testing():
             await self.clock.asleep(seconds)
 
+    async def _cut(
+        self,
+        entry: ModelEndpoint,
+        lease: _Lease,
+        *,
+        number: int,
+        started: float,
+        progress: _Progress,
+        out_of_time: bool,
+        limit: float,
+        left: float,
+    ) -> _MoveOn:
+        """An attempt cut by the call's deadline, or by its share of it (another endpoint is left). One that
+        received nothing was silent for all the time it had: it is ejected (not counted: the caller chose
+        the time), so the next calls do not spend their deadline on it too. One cut mid-stream was working:
+        the breaker learns nothing from it."""
+        silent = progress.delivered == 0
+        if out_of_time:
+            reason, why = f"the call's deadline of {self.deadline_s:g}s passed", "deadline"
+        else:
+            reason = f"no answer within {limit:.3g}s, its share of the call's deadline ({left:.3g}s were left)"
+            why = "silent"
+        attempt = ModelAttempt(
+            entry.name,
+            entry.model,
+            number,
+            "failed",
+            "timeout",
+            "deadline",
+            reason,
+            duration_s=self.clock.monotonic() - started,
+            discarded_chars=progress.delivered,
+        )
+        await self.note(attempt, "failed" if out_of_time else "fallback", status=why)
+        await lease.release(ok=False, error_class=None, eject="silent" if silent else None)
+        return _MoveOn(why)
+
     async def _wait_for_memory(
         self, entry: ModelEndpoint, limit_s: float, *, grown: bool = False
     ) -> tuple[int | None, float]:
         """Wait for the endpoint's GPU to have models.gpu_free_mb_min free: re-read it every models.gpu_poll_s,
-        for at most `limit_s` (the policy's wait). grown: the server just ran out of memory with what was
-        free, so more than that must be free too. When nvidia-smi cannot tell, the whole limit is waited.
-        Returns the last free MiB (None: unknown) and how long it waited."""
+        for at most `limit_s` (the policy's wait, within the deadline). nvidia-smi's own run time counts: the
+        wait ends by the clock, and each run is bounded by the time left. grown: the server just ran out of
+        memory with what was free, so more than that must be free too. When nvidia-smi cannot tell, the
+        whole limit is waited. Returns the last free MiB (None: unknown) and how long it waited (s)."""
         floor, poll = self.models.gpu_free_mb_min, self.models.gpu_poll_s
-        free = await gpu.free_mb(entry.gpu)
+        start = self.clock.monotonic()
+        slept = 0.0  # the waits asked for: with waits switched off (tests) the clock does not move
+
+        def elapsed() -> float:
+            return max(self.clock.monotonic() - start, slept)
+
+        free = await gpu.free_mb(entry.gpu, timeout_s=max(limit_s, 0.001))
         if free is None:
-            await self._sleep(limit_s)
-            return None, max(limit_s, 0.0)
+            rest = max(limit_s - elapsed(), 0.0)
+            await self._sleep(rest)
+            slept += rest
+            return None, elapsed()
         if grown:
             floor = max(floor, free + 1)
-        waited = 0.0
-        while waited < limit_s:
-            step = min(poll, limit_s - waited)
+        while elapsed() < limit_s:
+            step = min(poll, limit_s - elapsed())
             await self._sleep(step)
-            waited += step
-            free = await gpu.free_mb(entry.gpu, fresh=True)
+            slept += step
+            if elapsed() >= limit_s:
+                break
+            reading = await gpu.free_mb(entry.gpu, fresh=True, timeout_s=limit_s - elapsed())
+            if reading is None and elapsed() >= limit_s:
+                break  # cut by the time left: the last reading stands
+            free = reading
             if free is None or free >= floor:
                 break
-        return free, waited
+        return free, elapsed()
 
     async def _settle(
         self, lease: _Lease, error_class: str, event: str, done: ModelAttempt, counts: bool = False, **fields: Any
@@ -792,7 +913,9 @@ class _ChainCall:
             return "wait_too_long", decision
         return None, decision
 
-    async def _send(self, entry: ModelEndpoint, request: _Request, progress: _Progress) -> _Answer:
+    async def _send(
+        self, entry: ModelEndpoint, request: _Request, progress: _Progress, *, first_s: float | None = None
+    ) -> _Answer:
         params: dict[str, Any] = {"model": entry.model, "messages": list(request.messages)}
         if request.max_tokens is not None:
             params["max_tokens"] = request.max_tokens
@@ -801,18 +924,27 @@ class _ChainCall:
         client = self.client(entry)
         params["timeout"] = self.timeout(entry)
         if request.stream:
-            return await self._stream(entry, client, params, progress)
+            return await self._stream(entry, client, params, progress, first_s=first_s)
         response = await client.chat.completions.create(**params)
         progress.first_at = self.clock.monotonic()
         return _answer_of(response)
 
     async def _stream(
-        self, entry: ModelEndpoint, client: openai.AsyncOpenAI, params: dict[str, Any], progress: _Progress
+        self,
+        entry: ModelEndpoint,
+        client: openai.AsyncOpenAI,
+        params: dict[str, Any],
+        progress: _Progress,
+        *,
+        first_s: float | None = None,
     ) -> _Answer:
         """Read a streamed answer: text goes to the caller as it comes. Usage is asked for (where the server
-        accepts the option); after the finish, the stream is read on for a short grace for it. Reasoning
-        deltas count as activity. Too long before the first token, or between chunks: StreamStalled."""
+        accepts the option); after the finish, the stream is read on for a short grace for it, and whatever
+        goes wrong from then on ends it complete. Reasoning deltas count as activity. Too long before the
+        first token (`first_s`, when shorter than the endpoint's limit), or between chunks: StreamStalled."""
         first = entry.first_token_s if entry.first_token_s is not None else self.models.stream_first_token_s
+        if first_s is not None:
+            first = min(first, first_s)
         idle, grace = self.models.stream_idle_s, self.models.stream_usage_grace_s
         # The stream's own limits below decide; the HTTP read timeout must not cut in before them.
         read = max(self.read_timeout(entry), first, idle)
@@ -828,7 +960,9 @@ class _ChainCall:
         try:
             try:
                 stream = await asyncio.wait_for(open_stream(key not in _no_stream_options), first)
-            except openai.BadRequestError as exc:
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                # 400 from servers that do not know the option, 422 from those that forbid extra fields
+                # (pydantic's "extra inputs are not permitted").
                 if key in _no_stream_options or "stream_options" not in Failure.from_exception(exc).text:
                     raise
                 _no_stream_options.add(key)  # an older server: ask it without the option from now on
@@ -862,6 +996,10 @@ class _ChainCall:
                     if finish is not None:
                         break  # complete; the server just did not send usage or [DONE] in time
                     raise StreamStalled(idle if active else first, received_chars=progress.delivered) from None
+                except Exception:
+                    if finish is not None:
+                        break  # complete; the connection broke before the stream's formal end
+                    raise
                 model = getattr(chunk, "model", None) or model
                 if getattr(chunk, "usage", None) is not None:
                     usage = _usage_of(chunk.usage)
@@ -880,7 +1018,11 @@ class _ChainCall:
                 if finish is not None:
                     finished_at = loop.time()
         finally:
-            await stream.close()
+            try:
+                await stream.close()
+            except Exception:
+                if finish is None:
+                    raise
             # A stream read to its end leaves the client's inner async generators to the loop's finalizer,
             # which closes them in tasks of their own: let those run now, not be found pending at exit.
             for _ in range(3):
@@ -890,7 +1032,7 @@ class _ChainCall:
         return _Answer("".join(parts), finish, usage, model)
 
 
-_no_stream_options: set[tuple[str, str]] = set()  # (base_url, model) that answered stream_options with 400
+_no_stream_options: set[tuple[str, str]] = set()  # (base_url, model) that refused stream_options (400, 422)
 
 
 def _reasoning_of(delta: Any) -> bool:
@@ -1055,14 +1197,13 @@ async def acomplete(
     deadline_s: the whole call (default models.deadline_s). task: recorded with every attempt.
     cache: use models.cache when it is configured (off by default; never for a stream); False: ask anew.
     """
+    if deadline_s is not None and not (isinstance(deadline_s, (int, float)) and deadline_s > 0):
+        raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
     config = chain_config(config or get_config())
     check_chain(config)
     if _shared_clients is None:
         # A caller's event loop: its clients are kept for the loop's life (connections reused between calls).
-        loop = asyncio.get_running_loop()
-        _shared_clients = _loop_clients.get(loop)
-        if _shared_clients is None:
-            _shared_clients = _loop_clients[loop] = {}
+        _shared_clients = await _clients_of_this_loop()
     if task is not None:
         validate_id(task, "task")
     if max_tokens is not None and max_tokens < 1:
@@ -1099,9 +1240,16 @@ async def acomplete(
     except (ModelCallFailed, NoEndpointAvailable) as exc:
         if not config.models.rules_fallback or isinstance(exc, ContentRefused):
             raise
-        answer = await _ask_rules(config, request, exc.attempts, clock, state=state, task=task)
+        limit = min(config.models.read_timeout_base_s, call.remaining())
+        answer = await _ask_rules(config, request, exc.attempts, clock, state=state, task=task, limit_s=limit)
         if answer is None:
             raise
+        answer.content = call.mask.text(answer.content)
+        if stream:
+            # The stream carries the rules' answer too: after the caller drops any text still on show, the
+            # text it keeps is the answer (as for a model's).
+            call.void("every model failed; the rules fallback answers")
+            call.show(answer.content)
         return answer
 
 
@@ -1113,26 +1261,39 @@ async def _ask_rules(
     *,
     state: StateRoot | None,
     task: str | None,
+    limit_s: float,
 ) -> Completion | None:
     """The second document's last strategy, a rule engine: `models.rules_fallback` (an argv) gets the
-    prompt on stdin and answers on stdout, checked like a model's answer; None when it cannot answer."""
+    prompt on stdin and answers on stdout within `limit_s` (the read timeout, within the call's deadline),
+    checked like a model's answer; None when it cannot answer. It runs in a session of its own, so a
+    command that starts others (`sh -c ...`) is stopped whole."""
     argv = list(config.models.rules_fallback)
     prompt = "\n\n".join(m["content"] for m in request.messages if m["role"] == "user")
     started = clock.monotonic()
     name = os.path.basename(argv[0])
     log = logging.getLogger(__name__)
+    if limit_s <= 0:
+        log.warning("the rules fallback %s was not asked: no time left of the call's deadline", name)
+        return None
     proc: asyncio.subprocess.Process | None = None
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
-        out, _ = await asyncio.wait_for(proc.communicate(prompt.encode("utf-8")), config.models.read_timeout_base_s)
+        out, _ = await asyncio.wait_for(proc.communicate(prompt.encode("utf-8")), limit_s)
     except (OSError, asyncio.TimeoutError) as exc:
+        why = f"no answer within {limit_s:.3g}s" if isinstance(exc, asyncio.TimeoutError) else None
         if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the children that hold the pipe too
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-        log.warning("the rules fallback %s could not answer: %s", name, exc)
+        log.warning("the rules fallback %s could not answer: %s", name, why or f"{type(exc).__name__}: {exc}")
         return None
     content = out.decode("utf-8", "replace").strip()
     try:
@@ -1214,7 +1375,47 @@ async def astream(prompt: str | None = None, **options: Any) -> AsyncIterator[St
 
 
 Clients = dict[tuple[str, str], openai.AsyncOpenAI]
-_loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Clients] = weakref.WeakKeyDictionary()
+
+
+class _LoopClients:
+    """A caller's event loop's clients, and the async generator that closes them when the loop shuts down."""
+
+    def __init__(self, clients: Clients, closer: AsyncGenerator[None, None]) -> None:
+        self.clients = clients
+        self.closer = closer
+
+
+# Weak keys, but the clients hold their loop (through their connections): an entry goes when its loop shuts
+# down (the closer below), or, for a loop closed without shutting down its async generators, at the next call.
+_loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
+
+
+async def _clients_of_this_loop() -> Clients:
+    """The running loop's clients, kept for the loop's life, so calls in one loop reuse their connections.
+    asyncio.run() (and any loop that shuts down its async generators before closing) closes them and their
+    connections as it ends: a script calling asyncio.run(acomplete(...)) over and over leaves nothing open."""
+    loop = asyncio.get_running_loop()
+    for closed in [held for held in list(_loop_clients) if held.is_closed()]:
+        _loop_clients.pop(closed, None)
+    found = _loop_clients.get(loop)
+    if found is None:
+        clients: Clients = {}
+        closer = _close_with_the_loop(clients)
+        await closer.__anext__()  # started: the loop now knows it, and closes it at shutdown_asyncgens()
+        found = _loop_clients[loop] = _LoopClients(clients, closer)
+    return found.clients
+
+
+async def _close_with_the_loop(clients: Clients) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(RuntimeError):
+            _loop_clients.pop(asyncio.get_running_loop(), None)
+        for client in list(clients.values()):
+            with contextlib.suppress(Exception):
+                await client.close()
+        clients.clear()
 
 
 class _ThreadLoop(threading.local):
