@@ -12,7 +12,8 @@ Records are fixes/FIX-<task>-NNN.json with a readable .md twin; the same failure
 Nothing in a record is ever executed: fix steps are for a person or an agent, who applies them.
 
 Exit codes: 0 done (a record written or updated; --apply applied; --from-openclaw-logs found nothing);
-1 --from-openclaw-logs found failures; 2 usage (unknown task or record, bad --since); 3 --apply refused
+1 --from-openclaw-logs found failures; 2 usage (unknown task or record, bad --since, a --workspace that is
+not an existing folder: only its .learnings/ is created); 3 --apply refused
 (an action not on the allow-list, a draft, nothing self-heal can do, an irreversible action without
 --allow-irreversible).
 """
@@ -32,10 +33,10 @@ from selfheal._bootstrap import bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
+from selfheal.core import openclaw_config  # noqa: E402
 from selfheal.core.config import IRREVERSIBLE_ACTIONS, get_config  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
 from selfheal.heal.diagnose import ApplyRefused, Healer, apply_fix, gather_openclaw, gather_task  # noqa: E402
-from selfheal.models import openclaw_config  # noqa: E402
 from selfheal.observe import openclaw_logs  # noqa: E402
 from selfheal.state.fixes import STATUSES, VOID, FixRecord, FixStore, write_learnings  # noqa: E402
 from selfheal.state.root import StateRoot, read_bytes  # noqa: E402
@@ -224,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace = (
         Path(args.workspace).expanduser() if args.workspace else openclaw_config.config_path().parent / "workspace"
     )
+    if args.workspace and not workspace.is_dir():
+        # Only .learnings/ inside it is ours to create: a mistyped --workspace must not grow a tree elsewhere.
+        why = "is not a folder" if workspace.exists() else "does not exist"
+        parser.error(f"--workspace {workspace}: {why}; give the OpenClaw workspace folder")
     target = workspace / ".learnings" / "ERRORS.md"
     records = store.all()
     added, updated = write_learnings(target, records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -300,6 +301,14 @@ def test_non_utf8_config_is_a_clear_error(home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.yaml").write_bytes(b"retry: {deadline_s: 5}\n# caf\xe9\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config()
+
+
+def test_a_pipe_named_as_the_config_is_refused_not_waited_on(home: Path) -> None:
+    """A FIFO in config.yaml's place would block the open until a writer came (cron would hang for good)."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(home / "config.yaml")
+    with pytest.raises(ConfigError, match=r"config\.yaml: is not a regular file"):
         load_config()
 
 

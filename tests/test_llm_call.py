@@ -88,6 +88,20 @@ def test_streamed_text_and_a_restart_notice(home: Path, two: Any, server: FakeMo
     assert "the text above is void" in proc.stderr
 
 
+def test_a_stream_answered_by_the_rules_fallback_prints_the_rules_answer(
+    home: Path, two: Callable[[str], Path], server: FakeModelServer
+) -> None:
+    """--stream, every model cut off midway, models.rules_fallback answering: the partial text is declared
+    void and the rules' answer is printed (not just the newline after nothing)."""
+    rules = json.dumps([PYTHON, "-c", "import sys; sys.stdin.read(); print('rules answer')"])
+    two(f"  rules_fallback: {rules}\npolicies: {{transient: {{retries: 0}}}}\n")
+    for name in ("primary", "backup"):
+        server.set_default(name, Fault.stream("partial words here", cut_after=2))
+    proc = call(home, "--stream", "--prompt", "hi")
+    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("rules answer"), proc.stdout
+    assert "the text above is void" in proc.stderr and "answered by rules" in proc.stderr
+
+
 def test_every_endpoint_failing_exits_3_with_the_attempts(home: Path, two: Any, server: FakeModelServer) -> None:
     """Nothing usable anywhere: exit 3, and --json still gives one object listing each failure."""
     for name in ("primary", "backup"):
@@ -269,5 +283,5 @@ def test_openclaw_models_none_of_which_can_be_used_are_a_config_error(
     proc = call(home, "--prompt", "hi", OPENCLAW_STATE_DIR=str(openclaw_home))
     assert proc.returncode == 2
     assert "none of OpenClaw's models can be used" in proc.stderr and "$BACKUP_KEY is not set" in proc.stderr
-    assert "gem/gemini-pro (its provider's api is google-generative-ai" in proc.stderr
+    assert "gem/gemini-pro (speaks Google's Gemini API, not the OpenAI chat API)" in proc.stderr
     assert "Traceback" not in proc.stderr

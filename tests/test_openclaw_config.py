@@ -1,4 +1,4 @@
-"""openclaw.json is read in one place (models.openclaw_config) by the model chain and the log discovery alike."""
+"""openclaw.json is read in one place (core.openclaw_config) by the model chain and the log discovery alike."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from selfheal.core import openclaw_config
 from selfheal.errors import ConfigError
-from selfheal.models import openclaw_chain, openclaw_config
+from selfheal.models import openclaw_chain
 from selfheal.observe import openclaw_logs as oc
 
 # JSON5 as OpenClaw's docs write it: comments (one after a value), bare keys, single quotes, trailing commas,
@@ -44,7 +45,7 @@ def test_the_chain_and_the_log_discovery_read_the_same_json5_file(tmp_path: Path
 
 def test_one_reader_serves_both_layers() -> None:
     assert oc.read_config is openclaw_config.read_config
-    assert openclaw_chain.read_openclaw_json is openclaw_config.read_openclaw_json
+    assert openclaw_chain.read_openclaw_files is openclaw_config.read_openclaw_files
     assert openclaw_chain.config_path is openclaw_config.config_path
 
 

@@ -280,6 +280,7 @@ def test_the_main_job_runs_and_every_scenario_behaves(home: Path) -> None:
         "fleet.py",
         "steps.py",
         "parallel.py",
+        "json5_parse.py",
     ],
 )
 def test_benchmarks_run_and_their_own_checks_pass(bench: str, request: pytest.FixtureRequest) -> None:
@@ -298,6 +299,7 @@ def test_benchmarks_run_and_their_own_checks_pass(bench: str, request: pytest.Fi
         "health.py": ["--rounds", "2"],
         "logscan.py": ["--rounds", "1"],
         "fleet.py": ["--rounds", "1", "--claims", "180"],
+        "json5_parse.py": ["--rounds", "1"],
     }
     proc = subprocess.run(
         [PYTHON, str(ROOT / "bench" / bench), "--quick", "--json", *fewer.get(bench, [])],

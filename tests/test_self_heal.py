@@ -506,6 +506,23 @@ def test_bad_input_is_refused_with_a_clear_message(home: Path) -> None:
         assert text in proc.stderr, (args, proc.stderr)
 
 
+def test_learnings_for_a_workspace_that_does_not_exist_exits_2_and_creates_nothing(home: Path, tmp_path: Path) -> None:
+    """A mistyped --workspace (`/nonexistent`) is named, exit 2, instead of growing .learnings/ERRORS.md
+    wherever it points; inside an existing workspace, .learnings/ is still created."""
+    missing = tmp_path / "gone" / "workspace"
+    proc = run(home, "learnings", "--workspace", str(missing), "--json")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["message"] == (
+        f"--workspace {missing}: does not exist; give the OpenClaw workspace folder"
+    )
+    assert not (tmp_path / "gone").exists()
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    done = run(home, "learnings", "--workspace", str(workspace), "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["file"] == str(workspace / ".learnings" / "ERRORS.md")
+    assert (workspace / ".learnings" / "ERRORS.md").is_file()
+
+
 # -- in the task tree ----------------------------------------------------------------------------------------------
 
 

@@ -181,6 +181,7 @@ class FakeModelServer:
         self._latency: dict[str, float] = {}
         self._counts: dict[str, int] = defaultdict(int)
         self._bodies: dict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=100))
+        self._headers: dict[str, deque[dict[str, str]]] = defaultdict(lambda: deque(maxlen=100))
         self._no_stream_options: set[str] = set()
         self._connections = 0
         self._random = random.Random(seed)
@@ -266,6 +267,11 @@ class FakeModelServer:
         with self._lock:
             return list(self._bodies[endpoint])
 
+    def headers(self, endpoint: str) -> list[dict[str, str]]:
+        """The HTTP headers of the endpoint's last 100 requests (names lower-cased), oldest first."""
+        with self._lock:
+            return list(self._headers[endpoint])
+
     def reject_stream_options(self, endpoint: str, reject: bool = True) -> None:
         """Answer a request carrying `stream_options` with 400, as servers that do not know it do."""
         with self._lock:
@@ -304,6 +310,7 @@ class FakeModelServer:
             request = {}
         with self._lock:
             self._counts[endpoint] += 1
+            self._headers[endpoint].append({k.lower(): v for k, v in h.headers.items()})
             if isinstance(request, dict):
                 self._bodies[endpoint].append(request)
             if isinstance(request, dict) and "stream_options" in request and endpoint in self._no_stream_options:

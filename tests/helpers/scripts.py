@@ -179,7 +179,8 @@ _PER_PROCESS = (
     ("selfheal.core.fleet", "_warned"),
     ("selfheal.models.gpu", "_seen"),
     ("selfheal.models.llm", "_told"),
-    ("selfheal.models.openclaw_chain", "_cache"),
+    ("selfheal.models.openclaw_chain", "_read"),
+    ("selfheal.core.config", "_warned_task_policies"),
     ("selfheal.state.root", "_swept"),
 )
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import json
 import logging
 import math
 import os
 import re
+import stat
 import threading
 import types
 import typing
@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..state import layout
 from ..state.redact import Redactor, install
 from ..state.root import read_at_most, resolve_state_root
+from . import openclaw_config
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,26 @@ def _check_argv(value: object) -> str | None:
 def _check_env_name(value: object) -> str | None:
     if value is not None and not (isinstance(value, str) and _ENV_NAME.match(value)):
         return "must be an environment variable name (letters, digits, underscore)"
+    return None
+
+
+# Header names that carry credentials: their values must come from the environment (`${VAR}`), as keys do.
+SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|session|password", re.I)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+
+def _check_headers(value: object) -> str | None:
+    if not isinstance(value, Mapping):
+        return None
+    for name, text in value.items():
+        if not _HEADER_NAME.match(name):
+            return f"{name!r} is not an HTTP header name"
+        if "\n" in text or "\r" in text:
+            return f"the value of {name} must be one line"
+        if SECRET_HEADER.search(name) and not openclaw_config.variables(text):
+            return (
+                f"{name} carries a credential: write its value as ${{VARIABLE}} (keys come only from the environment)"
+            )
     return None
 
 
@@ -369,6 +390,8 @@ class ModelEndpoint:
     first_token_s: float | None = field(default=None, metadata=_meta(gt=0, hi=86400))
     # The GPU it runs on (index or UUID), for the memory check; unset: the roomiest. Implies local.
     gpu: int | str | None = field(default=None, metadata=_meta(lo=0))
+    # Headers sent with every request; `${VAR}` in a value is read from the environment at the call.
+    headers: Mapping[str, str] = field(default_factory=dict, metadata=_meta(check=_check_headers), hash=False)
 
 
 @dataclass(frozen=True)
@@ -551,7 +574,15 @@ CONFIG_MAX_NODES = 100_000
 def read_yaml(path: Path, marks: _Marks) -> object:
     """Parse one YAML file; record `key.path -> (file, line, column)` for every mapping key and item."""
     try:
-        with path.open("rb") as fh:
+        # Non-blocking, then checked: a FIFO or a device named as the settings file is refused, not waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise ConfigError("is a folder, not a settings file", file=path)
+            if not stat.S_ISREG(mode):
+                raise ConfigError("is not a regular file (a pipe or a device?): not read", file=path)
+            os.set_blocking(fd, True)
             capped = read_at_most(fh, CONFIG_MAX_BYTES)
         if capped is None:
             raise ConfigError(f"larger than {CONFIG_MAX_BYTES} bytes; a settings file is a few kilobytes", file=path)
@@ -869,18 +900,27 @@ def load_config(
     shipped = {k: v for k, v in base.items() if k not in MANIFEST_KEYS}
     order: list[str] | None = None
     openclaw_json = openclaw_json_path(env)
-    task_policies = _openclaw_task_policies(openclaw_json)
+    # The first source document's `task_policies`: in config.yaml (where OpenClaw never sees it), else in
+    # openclaw.json (where the document put it); a layer between skill.yaml and the user's other settings.
+    policies_file = str(user_file)
+    task_policies = user.pop("task_policies", None) if isinstance(user, dict) else None
+    if task_policies is not None and not isinstance(task_policies, dict):
+        raise ConfigError("must be a mapping (default_retry, model_fallbacks)", file=policies_file, key="task_policies")
+    if task_policies is None:
+        policies_file = str(openclaw_json)
+        task_policies = _openclaw_task_policies(openclaw_json, env)
+        if task_policies is not None:
+            files.append(str(openclaw_json))
     if task_policies is not None:
-        layer, order, notes = _task_policies_layer(task_policies, shipped, str(openclaw_json))
+        layer, order, notes = _task_policies_layer(task_policies, shipped, policies_file)
         shipped = typing.cast(dict[str, Any], deep_merge(shipped, layer))
-        files.append(str(openclaw_json))
         for note in notes:
             logger.info("%s", note)
     settings = deep_merge(shipped, user or {})
     user_models = user.get("models") if isinstance(user, dict) else None
     if order and not (isinstance(user_models, dict) and "chain" in user_models):  # config.yaml's own chain wins
         models = typing.cast(dict[str, Any], settings)["models"]
-        models["chain"], note = _chain_in_order(list(models.get("chain") or []), order, str(openclaw_json))
+        models["chain"], note = _chain_in_order(list(models.get("chain") or []), order, policies_file)
         logger.info("%s", note)
     conv = _Converter(marks, str(user_path) if user else str(skill_yaml))
     manifest = conv.dataclass(Manifest, manifest_data, "")
@@ -1038,32 +1078,37 @@ def _document_shapes(user: dict[str, Any], marks: _Marks, file: str) -> list[str
 
 
 def openclaw_json_path(env: Mapping[str, str]) -> Path:
-    """OpenClaw's own config file: $OPENCLAW_CONFIG_PATH, else openclaw.json in $OPENCLAW_STATE_DIR or ~/.openclaw."""
-    if env.get("OPENCLAW_CONFIG_PATH"):
-        return Path(env["OPENCLAW_CONFIG_PATH"]).expanduser()
-    state = env.get("OPENCLAW_STATE_DIR")
-    return (Path(state).expanduser() if state else Path(env.get("HOME") or Path.home()) / ".openclaw") / "openclaw.json"
+    """OpenClaw's own config file, where OpenClaw finds it (core.openclaw_config.config_path)."""
+    return openclaw_config.config_path(env)
 
 
-def _openclaw_task_policies(path: Path) -> dict[str, Any] | None:
+_warned_task_policies: set[str] = set()
+
+
+def _openclaw_task_policies(path: Path, env: Mapping[str, str]) -> dict[str, Any] | None:
     """`task_policies` of openclaw.json (the first source document puts its retry settings there), or None
-    when the file or the key is missing. openclaw.json is JSON5 in practice: comments and trailing commas
-    are dropped before parsing; a file that still cannot be read is OpenClaw's business, so it is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    when the file or the key is missing. The file is read as OpenClaw reads it (JSON5, includes); one that
+    cannot be read is OpenClaw's business, so it is skipped. OpenClaw itself refuses an unknown top-level key
+    (its gateway will not start), so the key is used but the user is told, once per process, to move it."""
+    if not path.is_file():
         return None
     try:
-        data = json.loads(text)
-    except ValueError:
-        stripped = re.sub(r"/\*.*?\*/", "", re.sub(r"(?m)^\s*//.*$", "", text), flags=re.S)
-        try:
-            data = json.loads(re.sub(r",(\s*[}\]])", r"\1", stripped))
-        except ValueError:
-            logger.warning("%s is not readable JSON; its task_policies (if any) are not used", path)
-            return None
-    found = data.get("task_policies") if isinstance(data, dict) else None
-    return found if isinstance(found, dict) else None
+        data = openclaw_config.read_openclaw_json(path, env)
+    except ConfigError as exc:
+        logger.debug("%s; its task_policies (if any) are not used", exc)
+        return None
+    found = data.get("task_policies")
+    if not isinstance(found, dict):
+        return None
+    if str(path) not in _warned_task_policies:
+        _warned_task_policies.add(str(path))
+        logger.warning(
+            "%s: task_policies is used, but OpenClaw refuses unknown keys in openclaw.json (its gateway will not "
+            "start): move it to self-heal's config.yaml (%s), where it means the same",
+            path,
+            user_config_path(env)[0],
+        )
+    return found
 
 
 def _task_policies_layer(
@@ -1329,4 +1374,8 @@ def redactor_for(config: Config) -> Redactor:
 
 def _model_keys(config: Config) -> list[str]:
     """The values of the key variables the model chain names: masked even if their names look harmless."""
-    return [os.environ.get(e.api_key_env, "") for e in config.models.chain if e.api_key_env]
+    keys = [os.environ.get(e.api_key_env, "") for e in config.models.chain if e.api_key_env]
+    for entry in config.models.chain:  # and of the variables its headers read
+        for text in entry.headers.values():
+            keys += [os.environ.get(name, "") for name in openclaw_config.variables(text)]
+    return keys

@@ -1,86 +1,200 @@
 """OpenClaw's configuration file, openclaw.json: where it is, and one reader for every part that needs it.
 
-The file is $OPENCLAW_CONFIG_PATH, else $OPENCLAW_STATE_DIR/openclaw.json, else ~/.openclaw/openclaw.json.
-OpenClaw's docs write it as JSON5 (comments, trailing commas, bare keys), which is read too. The model chain
-(`openclaw_chain`) needs it read or an error naming the file (`read_openclaw_json`); the log discovery and the
-gateway's port (`observe`) take what can be read and carry on without it (`read_config`: {}).
+Where, as OpenClaw 2026.9.6 finds it: $OPENCLAW_CONFIG_PATH, else $OPENCLAW_STATE_DIR/openclaw.json, else
+<home>/.openclaw/openclaw.json, where <home> is $OPENCLAW_HOME, else $HOME.
+
+How it is read, as OpenClaw reads it: JSON5 (`core.json5`, the grammar of the npm json5 package OpenClaw
+parses it with), then every `$include` resolved (docs/gateway/config-secrets-env.md): one file replaces the
+object that names it, a list of files is deep-merged in order, the object's other keys are merged over the
+result; paths are relative to the including file and must stay inside the folder of openclaw.json (or a root
+in $OPENCLAW_INCLUDE_ROOTS); at most 10 levels, 2 MB a file, no cycle. `${VAR}` in a string is OpenClaw's
+environment substitution: `expand()` does it where a value is used (upper-case names only, `$${VAR}` is a
+literal `${VAR}`, an unset or empty variable leaves the value unusable).
+
+The model chain (`models.openclaw_chain`) needs the file read or an error naming the file
+(`read_openclaw_json`); the log discovery, the gateway's port and the source documents' `task_policies` take
+what can be read and carry on without it (`read_config`: {}).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import ConfigError
+from . import json5
+
+MAX_INCLUDE_DEPTH = 10
+MAX_INCLUDE_BYTES = 2 * 1024 * 1024
+# openclaw.json itself: far above any real configuration, low enough that a wrong file is refused, not read.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+_MAX_PATH_CHARS = 4096
+_VAR = re.compile(r"\$?\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+def _expand_home(value: str, env: Mapping[str, str]) -> Path:
+    """`~` as OpenClaw means it: $OPENCLAW_HOME, else $HOME of the environment given."""
+    home = openclaw_home(env)
+    if value == "~" or value.startswith("~/"):
+        return home / value[2:] if len(value) > 1 else home
+    return Path(value).expanduser()
+
+
+def openclaw_home(env: Mapping[str, str] | None = None) -> Path:
+    """The home OpenClaw's paths start from: $OPENCLAW_HOME (it may itself start with ~), else $HOME."""
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME") or Path.home())
+    found = env.get("OPENCLAW_HOME")
+    if found:
+        return home / found[2:] if found.startswith("~/") else (home if found == "~" else Path(found))
+    return home
+
+
+def state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """OpenClaw's state folder: $OPENCLAW_STATE_DIR, else <home>/.openclaw."""
+    env = os.environ if env is None else env
+    found = env.get("OPENCLAW_STATE_DIR")
+    return _expand_home(found, env) if found else openclaw_home(env) / ".openclaw"
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
     """Where OpenClaw's configuration lives."""
     env = os.environ if env is None else env
-    if env.get("OPENCLAW_CONFIG_PATH"):
-        return Path(env["OPENCLAW_CONFIG_PATH"]).expanduser()
-    state = env.get("OPENCLAW_STATE_DIR")
-    base = Path(state).expanduser() if state else Path(env.get("HOME") or Path.home()) / ".openclaw"
-    return base / "openclaw.json"
+    found = env.get("OPENCLAW_CONFIG_PATH")
+    return _expand_home(found, env) if found else state_dir(env) / "openclaw.json"
 
 
-def read_openclaw_json(path: Path) -> dict[str, Any]:
-    """openclaw.json as a mapping: JSON, or the JSON5 its docs write (comments, trailing commas, bare keys)."""
+def _read_text(path: Path, limit: int) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read it ({getattr(exc, 'strerror', None) or exc})", file=path) from None
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read it ({exc.strerror or exc})", file=path) from None
+    if len(raw) > limit:
+        raise ConfigError(f"is over {limit // (1024 * 1024)} MB: not a configuration file", file=path)
     try:
-        data = json.loads(text)
-    except ValueError:
-        try:  # JSON5 minus its comments is YAML's flow style, near enough for a config file
-            data = yaml.safe_load(_strip_comments(text))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"is neither JSON nor JSON5 ({str(exc).splitlines()[0]})", file=path) from None
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read it (not UTF-8 text at byte {exc.start})", file=path) from None
+
+
+def _parse(path: Path, limit: int) -> Any:
+    text = _read_text(path, limit)
+    try:
+        return json5.loads(text)
+    except json5.JSON5Error as exc:
+        raise ConfigError(f"is neither JSON nor JSON5 ({exc})", file=path) from None
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    """`over` merged into `base`: objects key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            merged[key] = _deep_merge(merged[key], value) if key in merged else value
+        return merged
+    return over
+
+
+class _Includes:
+    """Resolves `$include` as OpenClaw does; remembers every file read (for the callers' change stamps)."""
+
+    def __init__(self, top: Path, env: Mapping[str, str]) -> None:
+        self.files: list[Path] = [top]
+        roots = [top.parent.resolve()]
+        for item in (env.get("OPENCLAW_INCLUDE_ROOTS") or "").split(os.pathsep):
+            if item.strip() and os.path.isabs(item.strip()):
+                roots.append(Path(item.strip()).resolve())
+        self.roots = roots
+
+    def resolve(self, value: Any, here: Path, chain: tuple[Path, ...], where: str) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(item, here, chain, f"{where}[{i}]") for i, item in enumerate(value)]
+        if not isinstance(value, dict):
+            return value
+        if "$include" not in value:
+            return {
+                key: self.resolve(item, here, chain, f"{where}.{key}" if where else key) for key, item in value.items()
+            }
+        spec = value["$include"]
+        names = spec if isinstance(spec, list) else [spec]
+        if not names or not all(isinstance(name, str) for name in names):
+            raise ConfigError(f"{where or 'the top'}: $include must be a path or a list of paths", file=chain[-1])
+        merged: Any = None
+        for name in names:
+            included = self._load(name, here, chain, where)
+            merged = included if merged is None else _deep_merge(merged, included)
+        rest = {key: item for key, item in value.items() if key != "$include"}
+        if rest:
+            merged = _deep_merge(merged if merged is not None else {}, self.resolve(rest, here, chain, where))
+        return merged
+
+    def _load(self, name: str, here: Path, chain: tuple[Path, ...], where: str) -> Any:
+        who = chain[-1]
+        if "\0" in name or len(name) >= _MAX_PATH_CHARS:
+            raise ConfigError(f"{where or 'the top'}: $include {name[:80]!r} is not a usable path", file=who)
+        target = (here / name).resolve()
+        if len(str(target)) >= _MAX_PATH_CHARS:
+            raise ConfigError(f"{where or 'the top'}: $include {name[:80]!r} is not a usable path", file=who)
+        if not any(target == root or root in target.parents for root in self.roots):
+            raise ConfigError(
+                f"{where or 'the top'}: $include {name!r} is outside {self.roots[0]} "
+                "(OpenClaw reads includes only there, or in $OPENCLAW_INCLUDE_ROOTS)",
+                file=who,
+            )
+        if target in chain:
+            raise ConfigError(f"{where or 'the top'}: $include {name!r} includes itself (a cycle)", file=who)
+        if len(chain) > MAX_INCLUDE_DEPTH:
+            raise ConfigError(f"{where or 'the top'}: includes nest over {MAX_INCLUDE_DEPTH} levels", file=who)
+        if not target.is_file():
+            raise ConfigError(f"{where or 'the top'}: $include {name!r}: no such file {target}", file=who)
+        self.files.append(target)
+        return self.resolve(_parse(target, MAX_INCLUDE_BYTES), target.parent, (*chain, target), where)
+
+
+def read_openclaw_files(path: Path, env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], tuple[Path, ...]]:
+    """openclaw.json as one mapping, its `$include`s resolved; and every file it was read from."""
+    env = os.environ if env is None else env
+    includes = _Includes(path, env)
+    data = includes.resolve(_parse(path, MAX_CONFIG_BYTES), path.parent, (path.resolve(),), "")
     if not isinstance(data, dict):
         raise ConfigError("must be one JSON object", file=path)
-    return data
+    return data, tuple(includes.files)
 
 
-def _strip_comments(text: str) -> str:
-    """Drop // and /* */ comments outside strings."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    quote: str | None = None
-    while i < n:
-        c = text[i]
-        if quote:
-            out.append(c)
-            if c == "\\" and i + 1 < n:
-                out.append(text[i + 1])
-                i += 1
-            elif c == quote:
-                quote = None
-        elif c in "\"'":
-            quote = c
-            out.append(c)
-        elif text.startswith("//", i):
-            while i < n and text[i] != "\n":
-                i += 1
-            continue
-        elif text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-            continue
-        else:
-            out.append(c)
-        i += 1
-    return "".join(out)
+def read_openclaw_json(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """openclaw.json as a mapping (JSON5, includes resolved), or ConfigError naming the file and the problem."""
+    return read_openclaw_files(path, env)[0]
 
 
 def read_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """openclaw.json as a mapping, or {} when it is missing, unreadable or not one JSON (or JSON5) object."""
     try:
-        return read_openclaw_json(config_path(env))
+        return read_openclaw_json(config_path(env), env)
     except ConfigError:
         return {}
+
+
+def expand(value: str, env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+    """OpenClaw's `${VAR}` substitution in one string: (the value, the variables it needs that are unset or
+    empty). Upper-case names only; `$${VAR}` stands for a literal `${VAR}`."""
+    missing: list[str] = []
+
+    def one(found: re.Match[str]) -> str:
+        if found.group(0).startswith("$$"):
+            return found.group(0)[1:]
+        name = found.group(1)
+        if not env.get(name):
+            missing.append(name)
+            return found.group(0)
+        return env[name]
+
+    return _VAR.sub(one, value), tuple(dict.fromkeys(missing))
+
+
+def variables(value: str) -> tuple[str, ...]:
+    """The variables a string's `${VAR}`s name (escaped `$${VAR}`s left out)."""
+    return tuple(dict.fromkeys(m.group(1) for m in _VAR.finditer(value) if not m.group(0).startswith("$$")))

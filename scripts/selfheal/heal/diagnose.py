@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..core import openclaw_config
 from ..core.breaker import Breakers
 from ..core.classify import classifier_for
 from ..core.config import FIX_ACTIONS, IRREVERSIBLE_ACTIONS, Config, FixRule, TargetKeyword, get_config
@@ -40,7 +41,6 @@ from ..core.ledger import Ledger, iter_events, ledger_files, own_task
 from ..core.redact import Redactor
 from ..durable.checkpoint import Checkpoints, CheckpointUnreadable, StepRecord
 from ..errors import ConfigError, CorruptStateError, SelfHealError, StateError, UsageError
-from ..models import openclaw_config
 from ..models.prompts import render
 from ..observe import openclaw_logs
 from ..state.fixes import (

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
+from ..core import openclaw_config
 from ..core.config import Config
 from ..core.ledger import Ledger
 from ..errors import StateError
-from ..models import openclaw_config
 from ..observe import openclaw_logs
 from ..observe.health import OK, Report
 from ..state import layout

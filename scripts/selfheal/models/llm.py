@@ -39,6 +39,7 @@ import openai
 
 from .. import _testing
 from ..clock import SYSTEM_CLOCK, Clock
+from ..core import openclaw_config
 from ..core.backoff import exponential
 from ..core.breaker import BreakerOpen, Breakers, Ejected, Permit
 from ..core.classify import Classification, Failure, classifier_for
@@ -458,16 +459,20 @@ class _ChainCall:
         """The endpoint's client: from the private loop's cache (connections kept alive between sync
         calls), or made for this call alone (a caller's loop: closed when the call ends)."""
         key = os.environ.get(entry.api_key_env, "") if entry.api_key_env else _NO_KEY
+        # The endpoint's own headers, their ${VAR}s read now (a key variable set since is seen, as the key is).
+        headers = {name: openclaw_config.expand(value, os.environ)[0] for name, value in entry.headers.items()}
         cache = self.shared_clients if self.shared_clients is not None else self.clients
-        found = cache.get((entry.base_url, key))
+        ident = (entry.base_url, key + "".join(f"\n{n}: {v}" for n, v in sorted(headers.items())))
+        found = cache.get(ident)
         if found is None:
             found = openai.AsyncOpenAI(
                 base_url=entry.base_url,
                 api_key=key,
                 max_retries=0,  # only our policy retries
+                default_headers=headers or None,
                 http_client=openai.DefaultAsyncHttpxClient(verify=_ssl_context()),
             )
-            cache[(entry.base_url, key)] = found
+            cache[ident] = found
         return found
 
     async def io(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

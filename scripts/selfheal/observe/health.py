@@ -263,7 +263,7 @@ def _port(value: object, *, file: str, key: str) -> int:
 
 def gateway_url(config: Config, env: Mapping[str, str]) -> tuple[str, str]:
     """The gateway's base URL and where it came from, in OpenClaw's own order of precedence."""
-    from ..models.openclaw_config import config_path, read_config  # noqa: PLC0415 - only when the settings are reloaded
+    from ..core.openclaw_config import config_path, read_config  # noqa: PLC0415 - only when the settings are reloaded
 
     if config.health.gateway_url:
         return config.health.gateway_url.rstrip("/"), "health.gateway_url"
@@ -340,7 +340,7 @@ def resolve_settings(
             if kept is not None:
                 return kept, inputs, None
     from ..core.config import SKILL_YAML, load_config, user_config_path  # noqa: PLC0415 - PyYAML: only on a change
-    from ..models.openclaw_config import config_path  # noqa: PLC0415
+    from ..core.openclaw_config import config_path  # noqa: PLC0415
 
     # Stamped before reading: an edit made while loading changes the stamp, so the next run reloads.
     files = {str(p): _file_stamp(str(p)) for p in (SKILL_YAML, user_config_path(env)[0], config_path(env))}

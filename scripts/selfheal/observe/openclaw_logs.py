@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 from ..core.classify import Classifier
 from ..core.classify import Failure as Evidence
-from ..models.openclaw_config import read_config
+from ..core.openclaw_config import read_config
 from ..state.root import MAX_LINE_BYTES, iter_lines
 
 DEFAULT_LOG_DIR = Path("/tmp/openclaw")  # noqa: S108 - where OpenClaw itself writes, read only
