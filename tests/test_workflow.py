@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import random
@@ -471,6 +472,107 @@ def test_sigterm_stops_the_step_and_the_next_run_resumes(tmp_path: Path, home: P
     (tmp_path / "go").write_text("")
     assert cli(home, "run", str(plan), "--task", "t").returncode == 0
     assert journal(tmp_path) == ["a", "waiting", "b"]
+
+
+def pay_then_wait(folder: Path) -> Path:
+    """A payment, then a step that waits (until the test writes `go`): the shape of the report of a step paid twice."""
+    return write_plan(
+        folder,
+        """
+        steps:
+          - {name: pay, shell: "echo paid >> count"}
+          - {name: b, shell: "test -e go || exec sleep 60"}
+    """,
+    )
+
+
+def paid(folder: Path) -> list[str]:
+    path = folder / "count"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def refused_as_set_aside(proc: subprocess.CompletedProcess[str], task: str) -> None:
+    """Exit 3, nothing run, the file set aside named, and how to start over."""
+    assert proc.returncode == 3, proc.stderr
+    assert "is unreadable" in proc.stderr and "Nothing was run" in proc.stderr, proc.stderr
+    assert re.search(rf"moved to \S*/checkpoints/{task}\.json\.corrupt-\d{{8}}T\d{{6}}Z\)", proc.stderr), proc.stderr
+    assert "--restart" in proc.stderr and "workflow.py reset" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_checkpoint_torn_after_a_sigkill_keeps_refusing_so_cron_never_pays_twice(tmp_path: Path, home: Path) -> None:
+    """SIGKILL during step b, then half the checkpoint lost: the next run refuses (exit 3, the file set aside),
+    and so does every run after it (what cron does next) and status; the payment ran once. Only --restart
+    runs it again, and after that the task is an ordinary one."""
+    plan = pay_then_wait(tmp_path)
+    proc = subprocess.Popen(
+        [PYTHON, WORKFLOW, "run", str(plan), "--task", "d1"],
+        env=script_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    child: dict[str, Any] | None = None
+    try:
+        deadline = time.monotonic() + 20
+        while child is None and time.monotonic() < deadline:
+            records = [json.loads(p.read_text()) for p in (home / "runs").glob("d1.b-*.json")]
+            child = next((r["child"] for r in records if r.get("child")), None)
+            time.sleep(0.02)
+        assert child is not None, "step b never started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        checkpoint = home / "checkpoints" / "d1.json"
+        with checkpoint.open("r+b") as fh:
+            fh.truncate(checkpoint.stat().st_size // 2)
+
+        for args in (("run", str(plan), "--task", "d1"), ("run", str(plan), "--task", "d1"), ("status", "d1")):
+            refused_as_set_aside(cli(home, *args), "d1")
+        refused_as_set_aside(cli(home, "run", str(plan), "--task", "d1"), "d1")
+        assert paid(tmp_path) == ["paid"]
+
+        (tmp_path / "go").write_text("")
+        assert cli(home, "run", str(plan), "--task", "d1", "--restart").returncode == 0
+        assert paid(tmp_path) == ["paid", "paid"]  # asked for: --restart
+        again = cli(home, "run", str(plan), "--task", "d1")
+        assert again.returncode == 1 and "already completed" in again.stderr
+        assert [p.name.endswith(".cleared") for p in checkpoint.parent.glob("d1.json.corrupt-*")] == [True]
+    finally:
+        proc.kill()
+        proc.wait()
+        if child is not None:
+            with contextlib.suppress(psutil.Error):
+                left = psutil.Process(child["pid"])
+                if left.create_time() == child["create_time"]:
+                    left.kill()
+
+
+def test_status_that_sets_a_torn_checkpoint_aside_does_not_let_the_next_run_start_over(
+    tmp_path: Path, home: Path
+) -> None:
+    """`workflow.py status` is what finds the checkpoint torn (and moves it aside): the next run still refuses."""
+    plan = pay_then_wait(tmp_path)
+    (tmp_path / "go").write_text("")
+    path = Checkpoints(StateRoot(home).ensure()).path("d2")
+    path.write_bytes(b'{"task": "d2", "ste')
+    refused_as_set_aside(cli(home, "status", "d2"), "d2")
+    assert json.loads(cli(home, "status", "d2", "--json").stdout)["ok"] is False
+    refused_as_set_aside(cli(home, "run", str(plan), "--task", "d2"), "d2")
+    assert paid(tmp_path) == []
+
+
+def test_reset_clears_a_set_aside_checkpoint_and_keeps_its_bytes(tmp_path: Path, home: Path) -> None:
+    """After a refusal, `workflow.py reset` is the user saying start over: the next run runs every step once, and
+    the unreadable file is still there to read, renamed .cleared."""
+    plan = pay_then_wait(tmp_path)
+    (tmp_path / "go").write_text("")
+    path = Checkpoints(StateRoot(home).ensure()).path("d3")
+    path.write_bytes(b"\x00\xff torn")
+    refused_as_set_aside(cli(home, "run", str(plan), "--task", "d3"), "d3")
+    assert cli(home, "reset", "d3").returncode == 0
+    assert cli(home, "run", str(plan), "--task", "d3").returncode == 0
+    assert paid(tmp_path) == ["paid"]
+    (kept,) = path.parent.glob("d3.json.corrupt-*")
+    assert kept.name.endswith(".cleared") and kept.read_bytes() == b"\x00\xff torn"
 
 
 # -- the Python API -----------------------------------------------------------------------------------------

@@ -196,6 +196,7 @@ def test_no_planted_secret_reaches_any_file_or_stream(
         run("self_heal.py", "--from-openclaw-logs", str(openclaw_log), "--no-model", "--json")
         run("self_heal.py", "list")
         workspace = tmp_path / "workspace"
+        workspace.mkdir()
         run("self_heal.py", "learnings", "--workspace", str(workspace))
 
         messages = work / "messages.json"

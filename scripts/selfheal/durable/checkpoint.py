@@ -7,7 +7,12 @@ changed) to the checkpoint's journal (state.root.JournaledFile: `<task>.journal`
 `<task>.json`), so a save costs the same at step 10,000 as at step 20; the whole checkpoint is written
 now and then, when the journal has grown to its size. An unreadable checkpoint is moved aside and
 reported; the caller must then be told how to go on (start over, or reset), because silently starting
-over could repeat side effects. The records themselves (`Checkpoint`, `StepRecord`) and their states are
+over could repeat side effects. The file moved aside (`<task>.json.corrupt-<ts>`) is itself the mark
+that keeps saying so: while it is there and no checkpoint is, every load refuses the same way, until
+--restart or reset (remove()) clears it by renaming it `<task>.json.corrupt-<ts>.cleared` (kept, for a
+person to read). The journal left beside it cannot stand in for the checkpoint: it holds only the
+changes since the last whole save, which is what was lost, so it cannot say which earlier steps
+finished. The records themselves (`Checkpoint`, `StepRecord`) and their states are
 state/checkpoints.py's; a record with a field of the wrong kind is unreadable like a torn one.
 """
 
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,7 +45,7 @@ from ..state.checkpoints import (
     StepRecord,
 )
 from ..state.records import RecordError
-from ..state.root import JournaledFile, StateRoot, quarantine, unlink, write_json
+from ..state.root import JournaledFile, StateRoot, open_dir, quarantine, unlink, write_json
 
 # The states, for the modules above that know them from here.
 __all__ = [
@@ -75,6 +82,12 @@ class CheckpointUnreadable(StateError):
         )
 
 
+# What state.root.quarantine names a checkpoint it moves aside, after `<task>`; `.cleared` is added once
+# --restart or reset has been told to start over (then the file no longer stops the task).
+_SET_ASIDE = r"\.json\.corrupt-(\d{8}T\d{6}Z)(?:-(\d+))?\Z"
+CLEARED_SUFFIX = ".cleared"
+
+
 class Checkpoints:
     """The checkpoint files under one state root."""
 
@@ -100,15 +113,20 @@ class Checkpoints:
         return self.state.checkpoint_file(task, "outputs")
 
     def load(self, task: str) -> Checkpoint | None:
-        """The checkpoint, or None if the task never ran. Raises CheckpointUnreadable (after moving the
-        file aside) when it cannot be parsed, has a field of the wrong kind (named, with its value) or is
-        not a checkpoint of this task."""
+        """The checkpoint, or None if the task never ran (or was reset). Raises CheckpointUnreadable (after
+        moving the file aside) when it cannot be parsed, has a field of the wrong kind (named, with its
+        value) or is not a checkpoint of this task; and again on every later load while the file moved
+        aside is the task's only checkpoint (until remove() clears it)."""
         path = self.path(task)
         try:
             data = self._file(task).read()
         except CorruptStateError as exc:
             raise CheckpointUnreadable(task, exc) from exc
         if data is None:
+            aside = self.set_aside(task)
+            if aside:
+                detail = "it was found unreadable earlier and moved aside, and nothing has started the task over since"
+                raise CheckpointUnreadable(task, CorruptStateError(path, aside[-1], detail))
             return None
         try:
             checkpoint = Checkpoint.from_json(data, path, task=task)
@@ -150,7 +168,8 @@ class Checkpoints:
         return path
 
     def remove(self, task: str) -> bool:
-        """Forget the task (reset). True if there was something to forget."""
+        """Forget the task (reset, --restart), and clear the mark of a checkpoint moved aside as unreadable
+        (the file is kept, renamed `....cleared`). True if there was something to forget."""
         found = False
         self._files.pop(task, None)
         self._saved.pop(task, None)
@@ -158,7 +177,44 @@ class Checkpoints:
             with contextlib.suppress(FileNotFoundError):
                 unlink(path)  # a linked checkpoints/ folder is refused: nothing outside the root is deleted
                 found = True
-        return found
+        # Last: a reset killed before this still leaves the task refusing, never running from scratch unasked.
+        return self._clear_set_aside(task) or found
+
+    def set_aside(self, task: str) -> list[Path]:
+        """The task's checkpoints moved aside as unreadable (`<task>.json.corrupt-<ts>`) and not cleared by
+        --restart or reset since, oldest first."""
+        folder = self.state.sub(layout.CHECKPOINTS)
+        pattern = re.compile(re.escape(task) + _SET_ASIDE)
+        found: list[tuple[str, int, str]] = []
+        for name in self._names(folder):
+            match = pattern.match(name)
+            if match:
+                found.append((match[1], int(match[2] or 1), name))
+        return [folder / name for _, _, name in sorted(found)]
+
+    def _clear_set_aside(self, task: str) -> bool:
+        aside = self.set_aside(task)
+        if not aside:
+            return False
+        dir_fd = open_dir(aside[0].parent, create=False)  # never through a link: the folder is the state root's
+        try:
+            for path in aside:
+                with contextlib.suppress(FileNotFoundError):  # another reset got there first
+                    os.rename(path.name, path.name + CLEARED_SUFFIX, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        return True
+
+    @staticmethod
+    def _names(folder: Path) -> list[str]:
+        try:
+            dir_fd = open_dir(folder, create=False)
+        except FileNotFoundError:
+            return []
+        try:
+            return os.listdir(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def tasks(self) -> list[str]:
         folder = self.state.sub(layout.CHECKPOINTS)

@@ -58,7 +58,7 @@ from ..errors import (
     UsageError,
 )
 from ..state.checkpoints import PlanRef
-from ..state.root import StateRoot, file_lock, read_capped, validate_id, write_json
+from ..state.root import StateRoot, file_lock, read_input, validate_id, write_json
 from .checkpoint import (
     COMPENSATED,
     COMPENSATION_FAILED,
@@ -203,7 +203,8 @@ def load_plan(path: Path) -> Plan:
     except ConfigError as exc:
         raise PlanError(exc.detail, file=exc.file, key=exc.key, line=exc.line, column=exc.column) from None
     try:
-        text = read_capped(path, CONFIG_MAX_BYTES, what="plan")
+        # The user's file, wherever it is: its folder is never checked or changed (that is for state folders).
+        text = read_input(path, CONFIG_MAX_BYTES, what="plan")
     except (OSError, StateError) as exc:
         raise PlanError(f"cannot read it again: {exc}", file=path) from None
 

@@ -90,11 +90,17 @@ def validate_id(value: str, kind: str = "task") -> str:
 
 
 def register_root(root: Path) -> None:
-    """Below `root`, every folder and file is opened without following symbolic links (StateRoot does this)."""
+    """Below `root`, every folder and file is opened without following symbolic links, and every folder must
+    be this user's and 0700 (StateRoot does this). Folders walked before, when no state root held them, were
+    not checked: they are walked again."""
     root = Path(os.path.abspath(root))
     if root not in _roots:
         _roots.add(root)
         _plans.clear()
+        prefix = os.fspath(root) + os.sep
+        with _dirs_lock:
+            for key in [k for k in _dirs if k == os.fspath(root) or k.startswith(prefix)]:
+                os.close(_dirs.pop(key)[0])
 
 
 # How open_dir walks to a folder, by the folder's absolute path: where it starts, the names below, and
@@ -108,7 +114,8 @@ def _plan(path: StrPath) -> tuple[Path, tuple[str, ...], bool]:
     if plan is None:
         full = Path(os.path.abspath(key))
         root = _root_of(full)
-        # Not under a state root (a test's own folder): only the last component is ours.
+        # Not under a state root (a test's own folder): only the last component is opened without following
+        # a link, and no folder is checked: a folder that is not self-heal's is never refused nor changed.
         plan = (full.parent, (full.name,), False) if root is None else (root, full.relative_to(root).parts, True)
         if os.path.isabs(key):  # a relative one depends on the working folder
             if len(_plans) > 4096:
@@ -221,7 +228,9 @@ def _where(where: _Where) -> Path:
     return where if isinstance(where, Path) else where[0].joinpath(*where[1])
 
 
-def _open_child_dir(parent_fd: int, name: str, where: _Where, create: bool) -> int:
+def _open_child_dir(parent_fd: int, name: str, where: _Where, create: bool, check: bool = True) -> int:
+    """The folder `name` in `parent_fd`, never through a link; with `check` (a folder under a state root), it
+    must be this user's and 0700 (_check_folder)."""
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except FileNotFoundError:
@@ -233,24 +242,26 @@ def _open_child_dir(parent_fd: int, name: str, where: _Where, create: bool) -> i
             pass
         except OSError as exc:
             raise StateWriteError(_where(where), exc, "create the folder") from exc
-        return _open_child_dir(parent_fd, name, where, create=False)
+        return _open_child_dir(parent_fd, name, where, create=False, check=check)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
             raise UnsafeStateError(_where(where), _link_problem(name, parent_fd) or "is not a folder") from None
         raise
-    try:
-        _check_folder(fd, where)
-    except BaseException:
-        os.close(fd)
-        raise
+    if check:
+        try:
+            _check_folder(fd, where)
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
 
 
 def open_dir(path: StrPath, *, create: bool = True) -> int:
     """An fd of the folder `path` (created 0700 if missing and `create`), reached without following a
     symbolic link at any component below its state root; each of those folders must be this user's
-    (looser modes are tightened). Raises UnsafeStateError for a link or a foreign folder, StateWriteError
-    if a folder cannot be created, FileNotFoundError if one is missing and not `create`. The caller closes it.
+    (looser modes are tightened); a folder under no state root is never checked, refused or changed.
+    Raises UnsafeStateError for a link or a foreign folder, StateWriteError if a folder cannot be created,
+    FileNotFoundError if one is missing and not `create`. The caller closes it.
 
     A folder walked once is remembered (its fd, device and inode): the next call only checks, with one
     lstat, that the name still leads to that same folder, and hands out a duplicate of the fd. Only a
@@ -296,7 +307,7 @@ def _walk(path: StrPath, create: bool) -> int:
     fd = _open_base(base, create, check)
     try:
         for n, name in enumerate(parts):
-            child = _open_child_dir(fd, name, (base, parts[: n + 1]), create)
+            child = _open_child_dir(fd, name, (base, parts[: n + 1]), create, check)
             os.close(fd)
             fd = child
     except BaseException:
@@ -659,12 +670,24 @@ def read_at_most(fh: IO[bytes], max_bytes: int) -> bytes | None:
 
 
 def read_capped(path: Path, max_bytes: int = MAX_STATE_FILE_BYTES, *, what: str = "state file") -> bytes:
-    """The bytes of `path`, refused (StateError naming the file and the limit) when it is over `max_bytes`.
-    FileNotFoundError and IsADirectoryError propagate."""
+    """The bytes of the state file `path`, refused (StateError naming the file and the limit) when it is over
+    `max_bytes`. FileNotFoundError and IsADirectoryError propagate. A file the user gave: read_input."""
     with os.fdopen(open_read(path), "rb") as fh:  # never through a planted link (UnsafeStateError)
         raw = read_at_most(fh, max_bytes)
     if raw is None:
         raise StateError(f"{what} {path} is larger than {max_bytes} bytes; not read (move it aside to continue)")
+    return raw
+
+
+def read_input(path: Path, max_bytes: int, *, what: str = "file") -> bytes:
+    """The bytes of a file the user gave (a plan), refused (StateError naming the file and the limit) when it
+    is over `max_bytes`. It is the user's file, not state: it is opened as the user named it (links followed)
+    and its folder is never checked, refused or changed, wherever it is. FileNotFoundError and
+    IsADirectoryError propagate."""
+    with open(path, "rb") as fh:  # a plain open: none of the state root's rules apply
+        raw = read_at_most(fh, max_bytes)
+    if raw is None:
+        raise StateError(f"{what} {path} is larger than {max_bytes} bytes; not read")
     return raw
 
 
