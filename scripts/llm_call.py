@@ -30,10 +30,14 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.core.config import get_config  # noqa: E402
-from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
+from selfheal.errors import EXIT_OK, StateError, UsageError  # noqa: E402
 from selfheal.models import openclaw_chain  # noqa: E402
 from selfheal.models.llm import Completion, ModelCallFailed, NoEndpointAvailable, complete  # noqa: E402
 from selfheal.models.output import load_schema  # noqa: E402
+from selfheal.state.root import read_at_most, read_input  # noqa: E402
+
+# A prompt far longer than any model's window: refused before anything is sent, and never read whole.
+PROMPT_MAX_BYTES = 16 * 1024 * 1024
 
 
 def _prompt(args: object) -> str:
@@ -41,12 +45,21 @@ def _prompt(args: object) -> str:
     path = getattr(args, "prompt_file", None)
     if path is None:
         return str(text)
-    if path == "-":
-        return sys.stdin.read()
+    where = "standard input" if path == "-" else f"prompt file {path}"
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"prompt file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+        if path == "-":
+            raw = read_at_most(sys.stdin.buffer, PROMPT_MAX_BYTES)
+        else:
+            raw = read_input(Path(path), PROMPT_MAX_BYTES, what="prompt file")
+        if raw is None:
+            raise UsageError(f"{where}: larger than {PROMPT_MAX_BYTES} bytes; a prompt is not that long")
+        return raw.decode("utf-8")
+    except StateError as exc:
+        raise UsageError(f"{where}: larger than {PROMPT_MAX_BYTES} bytes; a prompt is not that long") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _describe(result: Completion) -> str:

@@ -130,6 +130,8 @@ def test_every_breaker_open_exits_4(home: Path, two: Any, server: FakeModelServe
         (["--prompt", "hi", "--json-output", "--schema", "{schema}"], "not JSON"),
         (["--prompt", "hi", "--json-output", "--schema", "/no/such/schema.json"], "cannot read it"),
         (["--prompt-file", "/no/such/prompt.txt"], "prompt file /no/such/prompt.txt"),
+        (["--prompt-file", "/dev/zero"], "prompt file /dev/zero: larger than 16777216 bytes"),  # not read whole
+        (["--prompt-file", "{latin1}"], "not UTF-8 text (byte 3)"),
         (["--prompt", "hi", "--max-tokens", "0"], "--max-tokens must be >= 1"),
         (["--prompt", "hi", "--task", "../x"], "invalid task id"),
         ([], "one of the arguments --prompt --prompt-file is required"),
@@ -139,7 +141,9 @@ def test_bad_input_exits_2(home: Path, two: Any, tmp_path: Path, args: list[str]
     """Bad flags and files are refused with a message naming them, before any request."""
     schema = tmp_path / "bad.json"
     schema.write_text("{not json")
-    proc = call(home, *[a.replace("{schema}", str(schema)) for a in args])
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café".encode("latin-1") + b"\xe9")
+    proc = call(home, *[a.replace("{schema}", str(schema)).replace("{latin1}", str(latin1)) for a in args])
     assert proc.returncode == 2 and words in proc.stderr
 
 
