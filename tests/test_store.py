@@ -658,16 +658,47 @@ def test_a_torn_journal_line_falls_back_to_the_previous_save_and_is_cut_off_by_t
     assert store.JournaledFile(path, journal).read() == read  # the torn tail was cut off, not read past
 
 
-def test_a_journal_line_that_does_not_check_out_ends_the_replay(tmp_path: Path) -> None:
+def test_a_torn_last_journal_line_ends_the_replay(tmp_path: Path) -> None:
+    """A crash mid-save tears the last line only: the save before it is what was saved."""
     path, journal = tmp_path / "t.json", tmp_path / "t.journal"
     file = store.JournaledFile(path, journal)
-    doc = {"n": 0}
-    file.write(doc)
+    file.write({"n": 0})
+    for n in (1, 2):
+        file.update({"n": n}, [(["n"], n)])
+    journal.write_bytes(journal.read_bytes()[:-9])
+    assert store.JournaledFile(path, journal).read() == {"n": 1}
+
+
+def test_a_damaged_journal_line_with_later_saves_after_it_is_corruption_not_a_shorter_history(
+    tmp_path: Path,
+) -> None:
+    """Replaying up to a damaged line would drop the good saves after it (a finished step would run again):
+    the snapshot and the journal are set aside together and the read is refused."""
+    path, journal = tmp_path / "t.json", tmp_path / "t.journal"
+    file = store.JournaledFile(path, journal)
+    file.write({"n": 0})
     for n in (1, 2):
         file.update({"n": n}, [(["n"], n)])
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(lines[0].replace(b'[[["n"],1]]', b'[[["n"],7]]') + lines[1])
-    assert store.JournaledFile(path, journal).read() == {"n": 0}
+    with pytest.raises(CorruptStateError, match="journal line 1 is damaged and later saves follow it"):
+        store.JournaledFile(path, journal).read()
+    assert not path.exists() and not journal.exists()
+    assert [p.name.split(".corrupt-")[0] for p in sorted(tmp_path.iterdir())] == ["t.journal", "t.json"]
+
+
+def test_lines_of_an_older_snapshot_left_after_a_fold_are_not_corruption(tmp_path: Path) -> None:
+    """Emptying the journal after a fold is not synced: lines naming the previous snapshot may survive a crash.
+    They follow on from nothing and are ignored."""
+    path, journal = tmp_path / "t.json", tmp_path / "t.journal"
+    file = store.JournaledFile(path, journal)
+    file.write({"n": 0})
+    for n in (1, 2):
+        file.update({"n": n}, [(["n"], n)])
+    old_lines = journal.read_bytes()
+    file.write({"n": 5})
+    journal.write_bytes(old_lines)  # as if the truncation was lost
+    assert store.JournaledFile(path, journal).read() == {"n": 5}
 
 
 def test_the_journal_is_folded_into_the_snapshot_once_it_outgrows_it(tmp_path: Path) -> None:

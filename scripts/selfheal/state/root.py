@@ -841,12 +841,22 @@ class JournaledFile:
                 break
             changes = _journal_entry(raw[length:end], base, n + 1)
             if changes is None:
+                if _later_entry(raw, end + 1, base, n + 1):
+                    # A crash tears only the last line: a bad line with a good later save after it is damage,
+                    # and replaying up to it would silently lose those saves (a finished step run again).
+                    self._set_aside(f"journal line {n + 1} is damaged and later saves follow it")
                 break
             for path, value in changes:
                 _apply(doc, path, value)
             length, n = end + 1, n + 1
         self._length, self._n, self._base = length, n, base
         return doc
+
+    def _set_aside(self, detail: str) -> None:
+        """Move the snapshot and the journal aside together, and raise CorruptStateError."""
+        moved = quarantine(self.path)
+        quarantine(self.journal)
+        raise CorruptStateError(self.path, moved, detail)
 
     def write(self, doc: dict[str, Any]) -> None:
         """Save the whole document as a new snapshot and empty the journal."""
@@ -913,6 +923,19 @@ def _journal_entry(raw: bytes, base: int, n: int) -> list[tuple[list[str], Any]]
             return None
         out.append((item[0], item[1]))
     return out
+
+
+def _later_entry(raw: bytes, start: int, base: int, after: int) -> bool:
+    """Whether a whole line from `start` on is a save of this snapshot numbered after `after` that checks out."""
+    for line in raw[start:].split(b"\n")[:-1]:  # the part after the last newline is not a whole line
+        try:
+            entry = json.loads(line)
+        except (UnicodeDecodeError, ValueError):
+            continue
+        n = entry.get("n") if isinstance(entry, dict) and entry.get("base") == base else None
+        if isinstance(n, int) and n > after and _journal_entry(line, base, n) is not None:
+            return True
+    return False
 
 
 def _apply(doc: dict[str, Any], path: list[str], value: Any) -> None:
