@@ -9,6 +9,9 @@ turn, not per log line), exhausted fallback chains (each model tried, with its s
 cron jobs (per job, with OpenClaw's diagnosis); unclassified errors with a suggested rule; the alert rules,
 OpenClaw's own failures included (thresholds `analysis.openclaw_*`).
 
+A --since before the year 1000 (`800000d`) reads as `all`: no log line is older, and the scanners compare
+four-digit years. A --until that far back, or a duration too long to be a number, is a usage error.
+
 Exit codes: 0 no alert; 1 an alert was raised; 2 usage (a bad flag or time, a PATH that cannot be read).
 """
 
@@ -24,9 +27,27 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.core.config import get_config  # noqa: E402
-from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
+from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, UsageError  # noqa: E402
 from selfheal.observe.logreport import analyze, parse_when, render_text  # noqa: E402
 from selfheal.state.root import validate_id  # noqa: E402
+
+# 1000-01-01T00:00:00Z (epoch seconds): the first time with a four-digit year, which the log scanners' time
+# bounds are written in; before it they could not be built (a negative year raised ValueError).
+EARLIEST_TS = -30_610_224_000
+
+
+def _when(text: str, *, now: float, flag: str) -> int | None:
+    """--since/--until as epoch seconds (None: unbounded); one older than EARLIEST_TS is `all` for --since and
+    a usage error for --until (nothing could be before it)."""
+    try:
+        ts = parse_when(text, now=now, flag=flag)
+    except OverflowError:  # a duration of hundreds of digits: float infinity
+        ts = EARLIEST_TS - 1
+    if ts is None or ts >= EARLIEST_TS:
+        return ts
+    if flag == "--since":
+        return None
+    raise UsageError(f"{flag} {text!r}: before the year 1000, so nothing could be in the window; use a later time")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "paths", nargs="*", metavar="PATH", help="log files to read (default: the ledger and OpenClaw's logs)"
     )
-    parser.add_argument("--since", metavar="WHEN", help="24h, 30m, 7d, an ISO date or time, or all")
+    parser.add_argument(
+        "--since", metavar="WHEN", help="24h, 30m, 7d, an ISO date or time, or all (as is one before the year 1000)"
+    )
     parser.add_argument("--until", metavar="WHEN", help="the same forms; default now (also ends P3's recent period)")
     parser.add_argument("--task", metavar="ID", help="only this task's events (and OpenClaw cron jobs of that name)")
     parser.add_argument(
@@ -48,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.setup_logging()
     now = time.time()
-    since = parse_when(args.since, now=now) if args.since else None
-    until = parse_when(args.until, now=now, flag="--until") if args.until else None
+    since = _when(args.since, now=now, flag="--since") if args.since else None
+    until = _when(args.until, now=now, flag="--until") if args.until else None
     if args.task is not None:
         validate_id(args.task)
     if args.host is not None:

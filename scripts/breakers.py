@@ -6,9 +6,10 @@
   breakers.py reset TARGET    close it and forget its history (after you fixed the cause)
   breakers.py reset --all
   breakers.py trip TARGET [--for SECONDS]   force it open (chaos testing: does everything fail over or wait?)
+                              at most 366 days (31622400 s)
 
 Exit codes: 0 ok (all closed, or reset or trip done); 1 at least one breaker is open or half-open; 2 usage (a
-target with no breaker: the message names the close ones).
+target with no breaker for show or reset: the message names the close ones; a --for out of range).
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
-from selfheal.core.breaker import CLOSED, Breakers  # noqa: E402
+from selfheal.core.breaker import CLOSED, Breakers, UnknownTarget  # noqa: E402
 from selfheal.core.config import get_config  # noqa: E402
 from selfheal.core.ledger import Ledger  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
-from selfheal.state.root import StateRoot  # noqa: E402
+from selfheal.state.root import StateRoot, validate_id  # noqa: E402
+
+# The longest `trip --for`: a year and a day is already "until someone resets it"; far beyond that, the open
+# time stops being a date (1e300 s overflowed every reader of the breaker).
+MAX_TRIP_S = 366 * 86_400
 
 
 def _line(view: dict[str, Any]) -> str:
@@ -57,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.open_for is not None and (args.action != "trip" or not args.open_for > 0):
         parser.error("--for goes with trip and is a number of seconds above 0")
+    if args.open_for is not None and not args.open_for <= MAX_TRIP_S:
+        parser.error(
+            f"--for {args.open_for:g}: at most {MAX_TRIP_S} seconds (366 days); reset the breaker by hand sooner"
+        )
     if args.action in ("show", "reset", "trip") and not (args.target or (args.action == "reset" and args.all)):
         parser.error(f"{args.action} needs a TARGET" + (" or --all" if args.action == "reset" else ""))
     cli.setup_logging()
@@ -83,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             cli.say(f"reset {len(targets)} breaker(s): {', '.join(targets) or 'none'}")
         return EXIT_OK
 
+    if args.action == "show":
+        # status() of a target with no breaker would write a fresh closed one: a typo would read as healthy.
+        known = breakers.targets()
+        if validate_id(args.target, "target") not in known:
+            raise UnknownTarget(args.target, known)
     targets = [args.target] if args.action == "show" else breakers.targets()
     views = [breakers.status(t) for t in targets]
     not_closed = [v["target"] for v in views if v["state"] != CLOSED]

@@ -14,11 +14,11 @@ of the task stops it first (or, with --no-kill-orphans, refuses with exit 4 nami
 command leaves running when it ends or times out (background jobs, daemons that double-fork and call
 setsid) are found, reported on stderr and in the JSON (left_behind), and stopped unless --keep-daemons.
 
-Exit codes: 0 succeeded; 2 usage or configuration error, or an unsafe state root (another user's, or a
-symbolic link planted at the task's lock file); 3 failed (retries exhausted, not retryable, deadline,
-interrupted, or the task's lock file could not be created); 4 not attempted (the task is already running
-elsewhere, an earlier run's command is still running and --no-kill-orphans was given, or the --target's
-circuit breaker is open).
+Exit codes: 0 succeeded; 2 usage or configuration error (a --cwd that is not a folder, checked before anything
+runs), or an unsafe state root (another user's, or a symbolic link planted at the task's lock file); 3 failed
+(retries exhausted, not retryable, deadline, interrupted, or the task's lock file could not be created); 4 not
+attempted (the task is already running elsewhere, an earlier run's command is still running and
+--no-kill-orphans was given, or the --target's circuit breaker is open).
 A record that cannot be written (ledger, log, run record, breaker: a planted link, a full or read-only
 disk) never stops the command: it runs, one warning on stderr says what was not recorded and why, and
 the exit code is what the command earned.
@@ -27,6 +27,7 @@ With --json, the command's stdout goes to stderr and stdout holds exactly one JS
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -121,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--notify {notify_text!r}: {exc}")
     if notify_argv is not None and not notify_argv:
         parser.error("--notify needs a command")
+    folder = args.cwd  # type: ignore[attr-defined]
+    if folder is not None and not os.path.isdir(folder):
+        # Checked before anything runs: the child's failed chdir would read as a permanent failure (exit 3).
+        why = "is not a folder" if os.path.exists(folder) else "does not exist"
+        parser.error(f"--cwd {folder}: {why}")
     cli.setup_logging()
     quiet = args.quiet or args.json  # type: ignore[attr-defined]
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import itertools
 import json
 import shlex
@@ -55,7 +56,7 @@ from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, NotAttempted, SelfHealError, StateError  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
-from selfheal.state.root import read_bytes  # noqa: E402
+from selfheal.state.root import MAX_STATE_FILE_BYTES, read_at_most, read_bytes  # noqa: E402
 from selfheal.state.skill_status import status_path, update_status  # noqa: E402
 from selfheal.tasks.run import BoundedLog, TaskRun, check_stuck, find_stuck, why_not  # noqa: E402
 from selfheal.tasks.tree import (  # noqa: E402
@@ -214,14 +215,29 @@ def _folder(text: str) -> str | None:
 
 
 def _lines_of(path: str) -> Iterator[tuple[str, Task]]:
+    """The tasks of `add --from FILE`, read whole (at most MAX_STATE_FILE_BYTES: /dev/zero is refused, not
+    read until memory runs out) before anything is added; each line parsed as it goes in."""
     try:
-        fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed below, read lazily while the tasks go in
+        with open(path, "rb") as fh:
+            raw = read_at_most(fh, MAX_STATE_FILE_BYTES)
     except OSError as exc:
         raise TaskError(f"--from {path}: cannot read it ({exc.strerror})") from None
-    with fh:
-        for number, text in enumerate(fh, 1):
-            if text.strip():
-                yield f"{path} line {number}", _line_task(path, number, text)
+    if raw is None:
+        raise TaskError(f"--from {path}: larger than {MAX_STATE_FILE_BYTES} bytes; not read, nothing was added")
+    return _parsed_lines(path, raw)
+
+
+def _parsed_lines(path: str, raw: bytes) -> Iterator[tuple[str, Task]]:
+    for number, line in enumerate(io.BytesIO(raw), 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TaskError(
+                f"{path} line {number}: not UTF-8 text (byte {line[exc.start]:#04x} at column {exc.start + 1});"
+                " nothing was added"
+            ) from None
+        if text.strip():
+            yield f"{path} line {number}", _line_task(path, number, text)
 
 
 def _run_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any] | None:

@@ -819,6 +819,28 @@ def test_usage_errors_exit_2_with_a_message_and_no_traceback(
     assert as_json.returncode == 2 and json.loads(as_json.stdout)["ok"] is False
 
 
+@pytest.mark.parametrize("since", ["800000d", "99999999d", "9" * 400 + "d", "0999-12-31"])
+def test_a_since_before_the_year_1000_reads_as_all(tmp_path: Path, home: Path, since: str) -> None:
+    """Older than any log line and than the scanners' four-digit years: every line counts, --json still one
+    object, no traceback (800000d raised ValueError building the time bound, 9...9d OverflowError)."""
+    path = write(tmp_path / "a.log", runs("t", "sf"))
+    proc = run(home, "--json", "--since", since, str(path))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["window"]["since"] is None and report["runs"]["finished"] == 2
+    assert run(home, "--since", since, "--until", "all", str(path)).returncode in (0, 1)
+
+
+@pytest.mark.parametrize("until", ["800000d", "9" * 400 + "d"])
+def test_an_until_before_the_year_1000_exits_2_naming_it(tmp_path: Path, home: Path, until: str) -> None:
+    path = write(tmp_path / "a.log", runs("t", "s"))
+    proc = run(home, "--json", "--since", "all", "--until", until, str(path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["message"] == (
+        f"--until {until!r}: before the year 1000, so nothing could be in the window; use a later time"
+    )
+
+
 def test_a_file_that_cannot_be_opened_is_a_usage_error_naming_it(tmp_path: Path, home: Path) -> None:
     (tmp_path / "loop.log").symlink_to("loop.log")
     write(tmp_path / "plain.log", runs("t", "s"))

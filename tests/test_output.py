@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,14 @@ import pytest
 
 from selfheal.errors import ConfigError, UsageError
 from selfheal.models import prompts
-from selfheal.models.output import OutputProblem, check_answer, load_schema, schema_problems, strip_fences
+from selfheal.models.output import (
+    SCHEMA_MAX_BYTES,
+    OutputProblem,
+    check_answer,
+    load_schema,
+    schema_problems,
+    strip_fences,
+)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +117,67 @@ def test_bad_schema_files_are_usage_errors(tmp_path: Path, text: str, words: str
     with pytest.raises(UsageError, match=words) as info:
         load_schema(path)
     assert str(path) in str(info.value) and info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"type": 5}, "$: type: must be a type name or a list of them"),
+        ({"type": ["string", None]}, "$: type: must be a type name or a list of them"),
+        ({"type": []}, "$: type: must be a type name or a list of them"),
+        ({"properties": {"a": {"type": "strng"}}}, "$.properties.a: type: unknown type 'strng'"),
+        ({"properties": {"a": True}}, "$.properties.a: must be a schema (a JSON object), got true"),
+        ({"properties": ["a"]}, "$: properties: must be an object of schemas by key"),
+        ({"items": [{"type": "string"}]}, "$.items: must be a schema (a JSON object)"),
+        ({"items": {"enum": "abc"}}, "$.items: enum: must be a list of values"),
+        ({"required": "name"}, '$: required: must be a list of key names (value "name")'),
+        ({"pattern": "("}, "$: pattern: must be a regular expression (missing ), unterminated subpattern"),
+        ({"pattern": 7}, "$: pattern: must be a regular expression (text) (value 7)"),
+        ({"minimum": "1"}, '$: minimum: must be a number (value "1")'),
+        ({"maximum": True}, "$: maximum: must be a number (value true)"),
+        ({"minLength": -1}, "$: minLength: must be a whole number >= 0 (value -1)"),
+        ({"minLength": 1.5}, "$: minLength: must be a whole number >= 0 (value 1.5)"),
+    ],
+)
+def test_a_schema_file_that_is_json_but_no_schema_names_the_file_and_the_keyword(
+    tmp_path: Path, schema: dict[str, Any], words: str
+) -> None:
+    """JSON the checker could not use (it would raise TypeError on the model's first answer, and every
+    endpoint would be called for nothing) is refused at load, exit 2, naming the file and the keyword."""
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(schema))
+    with pytest.raises(UsageError) as info:
+        load_schema(path)
+    assert str(info.value).startswith(f"schema file {path}: ") and words in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_a_schema_keyword_of_any_size_is_named_in_a_short_message(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"enum": "x" * 100_000}))
+    with pytest.raises(UsageError, match="enum: must be a list of values") as info:
+        load_schema(path)
+    assert len(str(info.value)) < 300
+
+
+def test_a_schema_nested_deeper_than_json_can_parse_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(UsageError, match="nested too deeply") as info:
+        load_schema(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_schema_file_over_the_cap_is_refused_unread(tmp_path: Path) -> None:
+    """/dev/zero, or a file over SCHEMA_MAX_BYTES: refused by size, never read whole."""
+    path = tmp_path / "big.json"
+    with path.open("wb") as fh:
+        fh.write(b'{"type": "object", "description": "')
+        fh.truncate(SCHEMA_MAX_BYTES + 1)
+    for source in (path, Path("/dev/zero")):
+        with pytest.raises(UsageError, match=f"larger than {SCHEMA_MAX_BYTES} bytes") as info:
+            load_schema(source)
+        assert str(info.value).startswith(f"schema file {source}: ")
 
 
 def test_every_shipped_prompt_renders_with_what_the_code_supplies() -> None:

@@ -163,6 +163,20 @@ def test_missing_command_is_a_result_not_an_exception() -> None:
     assert result.exit_code == 127 and result.start_error and "command not found" in result.start_error
 
 
+@pytest.mark.parametrize(("folder", "why"), [("missing", "No such file or directory"), ("file", "Not a directory")])
+def test_a_folder_the_command_cannot_run_in_is_named_not_called_command_not_found(
+    tmp_path: Path, folder: str, why: str
+) -> None:
+    """A cwd that is gone (or a file) fails the start like a command that cannot run (126), naming the folder:
+    the command itself exists, so "command not found" (127) would send whoever reads it the wrong way."""
+    (tmp_path / "file").write_text("")
+    cwd = str(tmp_path / folder)
+    result = run_command([sys.executable, "-c", "pass"], cwd=cwd)
+    assert result.exit_code == 126
+    assert result.start_error == f"{sys.executable}: cannot run in folder {cwd}: {why}"
+    assert b"command not found" not in result.stderr_tail
+
+
 def test_on_tick_reports_last_output_time() -> None:
     """The tick callback sees when the command last printed something."""
     seen: list[float | None] = []

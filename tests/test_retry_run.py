@@ -355,6 +355,21 @@ def test_bad_arguments_exit_2_with_a_clear_message(home: Path, args: list[str], 
     assert not (home / "ledger").exists()
 
 
+@pytest.mark.parametrize(("folder", "why"), [("missing", "does not exist"), ("file", "is not a folder")])
+def test_a_cwd_that_is_not_a_folder_exits_2_naming_it_before_anything_runs(
+    home: Path, tmp_path: Path, folder: str, why: str
+) -> None:
+    """Not a permanent failure of the command (exit 3, "command not found"): a usage error, nothing run or
+    recorded, and --json still one object."""
+    (tmp_path / "file").write_text("")
+    cwd = str(tmp_path / folder)
+    marker = tmp_path / "ran"
+    proc = run(home, "--json", "--cwd", cwd, "--", "sh", "-c", f"echo x > {marker}")
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+    assert as_json(proc) == {"ok": False, "error": "usage", "message": f"--cwd {cwd}: {why}"}
+    assert not marker.exists() and not (home / "ledger").exists()
+
+
 def test_bad_configuration_exits_2_naming_file_and_line(home: Path, write_config: Callable[[str], Path]) -> None:
     """A broken config.yaml stops the run with its path and line, and --json still gives one object."""
     path = write_config("policies:\n  transient:\n    base_s: -5\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
@@ -45,9 +46,36 @@ class SystemClock:
 SYSTEM_CLOCK = SystemClock()
 
 
+# The range ISO 8601's four-digit years can write, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z (seconds).
+_FIRST_TS = -62_135_596_800.0
+_LAST_TS = 253_402_300_799.0
+FAR_FUTURE = "far-future"
+FAR_PAST = "far-past"
+INVALID_TIME = "invalid-time"
+
+
 def utc_iso(ts: float, *, millis: bool = False) -> str:
-    """`2026-06-10T03:12:18Z` (or with .123 milliseconds) for a wall-clock timestamp."""
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
+    """`2026-06-10T03:12:18Z` (or with .123 milliseconds) for a wall-clock timestamp in seconds.
+
+    Never raises: a stored time past year 9999 (a breaker tripped `--for 1e300` by an older version or
+    by hand) reads `far-future`, one before year 1 `far-past`, and NaN or a non-number `invalid-time`.
+    """
+    try:
+        ts = float(ts)
+    except (TypeError, ValueError, OverflowError):
+        return INVALID_TIME
+    if math.isnan(ts):
+        return INVALID_TIME
+    if ts > _LAST_TS:
+        return FAR_FUTURE
+    if ts < _FIRST_TS:
+        return FAR_PAST
+    try:
+        t = time.gmtime(ts)
+    except (OverflowError, OSError, ValueError):  # a platform whose time_t is narrower than the range above
+        return FAR_FUTURE if ts > 0 else FAR_PAST
+    # Not strftime's %Y: glibc's leaves years before 1000 unpadded.
+    base = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
     if millis:
         return f"{base}.{int((ts % 1) * 1000):03d}Z"
     return base + "Z"

@@ -374,6 +374,17 @@ def run_command(
             close_fds=True,
         )
     except OSError as exc:
+        if cwd is not None and (exc.filename == cwd or not os.path.isdir(cwd)):
+            # The child could not change to the folder (subprocess names it as the error's filename): the
+            # command itself may well exist, so this is no "command not found".
+            where = f"cannot run in folder {cwd}: {exc.strerror or exc}"
+            return CommandResult(
+                argv=list(argv),
+                exit_code=126,
+                duration_s=clock.monotonic() - started,
+                stderr_tail=f"{argv[0]}: {where}\n".encode(),
+                start_error=f"{argv[0]}: {where}",
+            )
         problem = "command not found" if exc.errno == errno.ENOENT else exc.strerror or str(exc)
         return CommandResult(
             argv=list(argv),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..state.root import read_at_most
 
 _FENCE = re.compile(r"^\s*```[\w-]*\s*\n(?P<body>.*?)\n?\s*```\s*$", re.DOTALL)
 
@@ -115,33 +116,97 @@ def _is(value: Any, name: str) -> bool:
     return isinstance(value, kind)
 
 
+# A schema is a few kilobytes; one bigger than this is a mistake (or /dev/zero), and is never read whole.
+SCHEMA_MAX_BYTES = 1024 * 1024
+
+
 def load_schema(path: Path) -> dict[str, Any]:
-    """Read a schema file; a file that is missing, not JSON, or not an object is a usage error (exit 2)."""
+    """Read a schema file; a file that is missing, over SCHEMA_MAX_BYTES, not JSON, not an object, or not a
+    schema that schema_problems can check (a keyword of the wrong kind: `{"type": 5}`) is a usage error
+    (exit 2) naming the file and the keyword."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            raw = read_at_most(fh, SCHEMA_MAX_BYTES)
     except OSError as exc:
         raise UsageError(f"schema file {path}: cannot read it ({exc.strerror})") from None
+    if raw is None:
+        raise UsageError(f"schema file {path}: larger than {SCHEMA_MAX_BYTES} bytes; not read")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"schema file {path}: not UTF-8 text") from None
     try:
         schema = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"schema file {path}: not JSON ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"schema file {path}: nested too deeply to be a schema") from None
     if not isinstance(schema, dict):
         raise UsageError(f"schema file {path}: must be a JSON object (a JSON Schema), got {type(schema).__name__}")
-    unknown = [t for t in _declared_types(schema) if t not in _TYPES]
-    if unknown:
-        raise UsageError(f"schema file {path}: unknown type {unknown[0]!r} (use {', '.join(_TYPES)})")
+    try:
+        problem = _schema_problem(schema, "$")
+    except RecursionError:
+        problem = "nested too deeply to be a schema"
+    if problem is not None:
+        raise UsageError(f"schema file {path}: {problem}")
     return schema
 
 
-def _declared_types(schema: Any) -> list[str]:
+def _shown(value: Any) -> str:
+    """A value of the schema as JSON, cut to 80 characters: the message names it, never prints a whole file."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _schema_problem(schema: Any, where: str) -> str | None:
+    """The first keyword of `schema` (at `where`, `$.properties.name` style) that schema_problems could not
+    use, as `WHERE: KEYWORD: must be ... (value ...)`; None if every keyword it checks is of the right kind.
+    Keywords it does not check (`title`, `$schema`, ...) are left alone."""
     if not isinstance(schema, dict):
-        return []
-    found: list[str] = []
-    declared = schema.get("type")
-    found += declared if isinstance(declared, list) else [declared] if isinstance(declared, str) else []
-    for sub in schema.get("properties", {}).values():
-        found += _declared_types(sub)
-    found += _declared_types(schema.get("items"))
-    return found
+        return f"{where}: must be a schema (a JSON object), got {_shown(schema)}"
+
+    def bad(keyword: str, what: str) -> str:
+        return f"{where}: {keyword}: must be {what} (value {_shown(schema[keyword])})"
+
+    if "type" in schema:
+        declared = schema["type"]
+        names = declared if isinstance(declared, list) and declared else [declared]
+        for name in names:
+            if not isinstance(name, str):
+                return bad("type", f"a type name or a list of them ({', '.join(_TYPES)})")
+            if name not in _TYPES:
+                return f"{where}: type: unknown type {name!r} (use {', '.join(_TYPES)})"
+    if "enum" in schema and not isinstance(schema["enum"], list):
+        return bad("enum", "a list of values")
+    if "required" in schema and not (
+        isinstance(schema["required"], list) and all(isinstance(k, str) for k in schema["required"])
+    ):
+        return bad("required", "a list of key names")
+    if "pattern" in schema:
+        if not isinstance(schema["pattern"], str):
+            return bad("pattern", "a regular expression (text)")
+        try:
+            re.compile(schema["pattern"])
+        except re.error as exc:
+            return bad("pattern", f"a regular expression ({exc})")
+    for keyword in ("minimum", "maximum"):
+        if keyword in schema and not _number(schema[keyword]):
+            return bad(keyword, "a number")
+    if "minLength" in schema and not (
+        isinstance(schema["minLength"], int) and not isinstance(schema["minLength"], bool) and schema["minLength"] >= 0
+    ):
+        return bad("minLength", "a whole number >= 0")
+    if "properties" in schema:
+        if not isinstance(schema["properties"], dict):
+            return bad("properties", "an object of schemas by key")
+        for key, sub in schema["properties"].items():
+            problem = _schema_problem(sub, f"{where}.properties.{key}")
+            if problem is not None:
+                return problem
+    if "items" in schema:
+        return _schema_problem(schema["items"], f"{where}.items")
+    return None
