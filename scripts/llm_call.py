@@ -34,7 +34,7 @@ from selfheal.errors import EXIT_OK, StateError, UsageError  # noqa: E402
 from selfheal.models import openclaw_chain  # noqa: E402
 from selfheal.models.llm import Completion, ModelCallFailed, NoEndpointAvailable, complete  # noqa: E402
 from selfheal.models.output import load_schema  # noqa: E402
-from selfheal.state.root import read_at_most, read_input  # noqa: E402
+from selfheal.state.root import read_input  # noqa: E402
 
 # A prompt far longer than any model's window: refused before anything is sent, and never read whole.
 PROMPT_MAX_BYTES = 16 * 1024 * 1024
@@ -48,7 +48,7 @@ def _prompt(args: object) -> str:
     where = "standard input" if path == "-" else f"prompt file {path}"
     try:
         if path == "-":
-            raw = read_at_most(sys.stdin.buffer, PROMPT_MAX_BYTES)
+            raw = _stdin_at_most(PROMPT_MAX_BYTES)
         else:
             raw = read_input(Path(path), PROMPT_MAX_BYTES, what="prompt file")
         if raw is None:
@@ -60,6 +60,20 @@ def _prompt(args: object) -> str:
         raise UsageError(f"{where}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise UsageError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _stdin_at_most(max_bytes: int) -> bytes | None:
+    """Standard input, or None as soon as it proves longer than `max_bytes` (never more is held)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    chunks: list[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        piece = stream.read(65536) if stream is not None else sys.stdin.read(65536).encode("utf-8")
+        if not piece:
+            return b"".join(chunks)
+        chunks.append(piece)
+        total += len(piece)
+    return None
 
 
 def _describe(result: Completion) -> str:

@@ -316,6 +316,8 @@ def test_benchmarks_run_and_their_own_checks_pass(bench: str, request: pytest.Fi
         assert result["nothing_lost"]
     elif bench in ("checkpoint.py", "tasks.py", "health.py", "logscan.py", "fleet.py", "steps.py", "parallel.py"):
         assert result["correct"]
+    elif bench == "json5_parse.py":  # the JSON5 reader gave json.loads's values for every document
+        assert result["ok"] and all(r["same"] for r in result["results"])
     else:
         assert all(r["attempts"] in (None, 3 * r["calls"]) for r in result["results"])
 
