@@ -1019,6 +1019,36 @@ def test_each_asyncio_run_closes_its_connection_when_its_loop_ends(
     assert server.requests("primary") == 11 and len(llm._loop_clients) <= 1
 
 
+def test_threads_that_called_complete_and_ended_leave_no_connection_behind(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """A service that calls complete() from a new thread per job: each ended thread's loop and connection are
+    closed when the next thread starts its own, so open files do not grow with the number of threads."""
+    import gc
+    import os
+    import threading
+
+    config = chain("primary")
+
+    def one() -> None:
+        ask(config, clock)
+
+    def in_a_thread() -> None:
+        thread = threading.Thread(target=one)
+        thread.start()
+        thread.join()
+
+    in_a_thread()
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        in_a_thread()
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) - before < 5
+    assert server.requests("primary") == 21
+    assert sum(not t.is_alive() for _, _, t in llm._private._thread_loops) <= 1
+
+
 @pytest.fixture
 def drops_after_finish() -> Iterator[str]:
     """An endpoint whose stream sends the whole answer and its finish_reason, then drops the connection in the

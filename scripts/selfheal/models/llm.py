@@ -1444,7 +1444,9 @@ class _PrivateLoop:
         self._pid = 0
         self.clients: Clients = {}
         self._local = _ThreadLoop()
-        self._thread_loops: list[tuple[asyncio.AbstractEventLoop, Clients]] = []
+        # Each calling thread's loop and clients, with the thread: a thread that has ended leaves them
+        # behind (its connections open), so the next thread to make a loop closes those first.
+        self._thread_loops: list[tuple[asyncio.AbstractEventLoop, Clients, threading.Thread]] = []
         self._registered = False
 
     def run(self, make: Callable[[Clients], Coroutine[Any, Any, T]]) -> T:
@@ -1468,10 +1470,14 @@ class _PrivateLoop:
         if local.loop is None or local.pid != os.getpid() or local.loop.is_closed():  # first use, or a fork
             local.loop, local.pid, local.clients = asyncio.new_event_loop(), os.getpid(), {}
             with self._lock:
-                self._thread_loops.append((local.loop, local.clients))
+                ended = [held for held in self._thread_loops if not held[2].is_alive()]
+                self._thread_loops = [held for held in self._thread_loops if held[2].is_alive()]
+                self._thread_loops.append((local.loop, local.clients, threading.current_thread()))
                 if not self._registered:
                     atexit.register(self._shutdown)
                     self._registered = True
+            for held_loop, held_clients, _ in ended:  # threads that called complete() and have ended
+                _close_loop(held_loop, held_clients)
         loop = local.loop
         task = loop.create_task(make(local.clients))
         try:
@@ -1493,7 +1499,7 @@ class _PrivateLoop:
         loop, clients = local.loop, list(local.clients.values())
         local.loop, local.clients = None, {}
         with self._lock:
-            self._thread_loops = [(held, c) for held, c in self._thread_loops if held is not loop]
+            self._thread_loops = [held for held in self._thread_loops if held[0] is not loop]
         if loop is None or loop.is_closed():
             return
 
@@ -1530,12 +1536,23 @@ class _PrivateLoop:
             loop.call_soon_threadsafe(loop.stop)
         # Loops of threads that called complete(): closed here only if they are not running (a thread still
         # inside a call at exit keeps its loop; the process is ending anyway).
-        for thread_loop, thread_clients in self._thread_loops:
-            if thread_loop.is_running() or thread_loop.is_closed():
-                continue
-            with contextlib.suppress(Exception):
-                thread_loop.run_until_complete(close_all(list(thread_clients.values())))
-                thread_loop.close()
+        for thread_loop, thread_clients, _ in self._thread_loops:
+            _close_loop(thread_loop, thread_clients)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop, clients: Clients) -> None:
+    """Close a loop that no call is running on, and its clients (their connections); best effort."""
+    if loop.is_running() or loop.is_closed():
+        return
+
+    async def close_all() -> None:
+        for client in list(clients.values()):
+            await client.close()
+
+    with contextlib.suppress(Exception):
+        loop.run_until_complete(asyncio.wait_for(close_all(), 2.0))
+    with contextlib.suppress(Exception):
+        loop.close()
 
 
 _private = _PrivateLoop()
