@@ -79,6 +79,17 @@ def ask(config: Config, clock: FakeClock, **options: Any) -> llm.Completion:
     return complete("Summarise the night.", config=config, clock=clock, **options)
 
 
+def kept_text(events: list[llm.StreamEvent]) -> str:
+    """The text a caller of astream() shows: each StreamText added, each StreamRestart's discard taken back."""
+    kept = ""
+    for event in events:
+        if isinstance(event, llm.StreamText):
+            kept += event.text
+        elif isinstance(event, llm.StreamRestart):
+            kept = kept[: len(kept) - event.discard_chars]
+    return kept
+
+
 def outcomes(result: llm.Completion | ModelCallFailed | NoEndpointAvailable) -> list[tuple[str, str, str | None]]:
     return [(a.endpoint, a.outcome, a.error_class) for a in result.attempts]
 
@@ -513,12 +524,7 @@ def test_astream_yields_text_restarts_and_the_completion(
         return [event async for event in llm.astream("hi", config=config, clock=clock)]
 
     events = asyncio.run(collect())
-    kept = ""
-    for event in events:
-        if isinstance(event, llm.StreamText):
-            kept += event.text
-        elif isinstance(event, llm.StreamRestart):
-            kept = kept[: len(kept) - event.discard_chars]
+    kept = kept_text(events)
     done = events[-1]
     assert isinstance(done, llm.StreamDone) and kept == done.completion.content == "ok from backup"
     assert [type(e).__name__ for e in events[:3]] == ["StreamText", "StreamText", "StreamRestart"]
@@ -1187,12 +1193,7 @@ def test_a_stream_answered_by_the_rules_fallback_carries_the_rules_answer(
         return [event async for event in llm.astream("hi", config=config, clock=clock)]
 
     events = asyncio.run(collect())
-    kept = ""
-    for event in events:
-        if isinstance(event, llm.StreamText):
-            kept += event.text
-        elif isinstance(event, llm.StreamRestart):
-            kept = kept[: len(kept) - event.discard_chars]
+    kept = kept_text(events)
     done = events[-1]
     assert isinstance(done, llm.StreamDone) and done.completion.by_rules
     assert kept == done.completion.content == "rules answer"

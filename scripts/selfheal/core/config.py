@@ -30,6 +30,7 @@ from ..state import layout
 from ..state.redact import Redactor, install
 from ..state.root import read_at_most, resolve_state_root
 from . import openclaw_config
+from .openclaw_config import deep_merge
 
 log = logging.getLogger(__name__)
 
@@ -654,16 +655,6 @@ def _walk_marks(
             path = f"{prefix}[{i}]"
             marks[path] = (file, item.start_mark.line + 1, item.start_mark.column + 1)
             _walk_marks(item, path, file, marks, within=within, count=count)
-
-
-def deep_merge(base: object, over: object) -> object:
-    """Mappings merge key by key; anything else in `over` replaces what `base` had."""
-    if isinstance(base, dict) and isinstance(over, dict):
-        merged = dict(base)
-        for key, value in over.items():
-            merged[key] = deep_merge(base[key], value) if key in base else value
-        return merged
-    return over
 
 
 # --- converting plain data into the dataclasses ----------------------------------------------------------

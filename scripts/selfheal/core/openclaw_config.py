@@ -89,12 +89,13 @@ def _parse(path: Path, limit: int) -> Any:
         raise ConfigError(f"is neither JSON nor JSON5 ({exc})", file=path) from None
 
 
-def _deep_merge(base: Any, over: Any) -> Any:
-    """`over` merged into `base`: objects key by key, anything else replaced."""
+def deep_merge(base: Any, over: Any) -> Any:
+    """`over` merged into `base`: mappings key by key, anything else in `over` replaces what `base` had (as
+    OpenClaw merges includes; the settings files merge the same way, core.config)."""
     if isinstance(base, dict) and isinstance(over, dict):
         merged = dict(base)
         for key, value in over.items():
-            merged[key] = _deep_merge(merged[key], value) if key in merged else value
+            merged[key] = deep_merge(merged[key], value) if key in merged else value
         return merged
     return over
 
@@ -126,10 +127,10 @@ class _Includes:
         merged: Any = None
         for name in names:
             included = self._load(name, here, chain, where)
-            merged = included if merged is None else _deep_merge(merged, included)
+            merged = included if merged is None else deep_merge(merged, included)
         rest = {key: item for key, item in value.items() if key != "$include"}
         if rest:
-            merged = _deep_merge(merged if merged is not None else {}, self.resolve(rest, here, chain, where))
+            merged = deep_merge(merged if merged is not None else {}, self.resolve(rest, here, chain, where))
         return merged
 
     def _load(self, name: str, here: Path, chain: tuple[Path, ...], where: str) -> Any:
