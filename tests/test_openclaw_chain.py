@@ -18,6 +18,8 @@ from selfheal.errors import ConfigError
 from selfheal.models import openclaw_chain
 from selfheal.models.llm import complete
 from selfheal.models.openclaw_chain import BUNDLED, Chain
+from selfheal.state.root import resolve_state_root
+from selfheal.state.skill_status import status_folder
 from selfheal.testing import FakeModelServer
 
 
@@ -121,12 +123,17 @@ def test_an_include_root_named_by_the_environment_is_allowed(
 
 
 def test_where_openclaw_json_is_follows_openclaw_home(tmp_path: Path) -> None:
-    """OPENCLAW_HOME replaces HOME for OpenClaw's paths (help/environment.md); the explicit ones still win."""
+    """OPENCLAW_HOME replaces HOME for OpenClaw's paths (help/environment.md), self-heal's state folder among
+    them; the explicit ones still win."""
     env = {"HOME": "/h", "OPENCLAW_HOME": "/srv/oc"}
     assert config_path(env) == Path("/srv/oc/.openclaw/openclaw.json")
     assert state_dir({"HOME": "/h", "OPENCLAW_HOME": "~/svc"}) == Path("/h/svc/.openclaw")
     assert config_path({**env, "OPENCLAW_STATE_DIR": "~/st"}) == Path("/srv/oc/st/openclaw.json")
     assert config_path({**env, "OPENCLAW_CONFIG_PATH": "/x.json"}) == Path("/x.json")
+    # self-heal's own state and status file live in the same OpenClaw folder
+    assert resolve_state_root(env) == Path("/srv/oc/.openclaw/self-heal")
+    assert status_folder(env) == Path("/srv/oc/.openclaw/skills/status")
+    assert resolve_state_root({**env, "SELFHEAL_HOME": "~/sh"}) == Path("/h/sh")
 
 
 def test_environment_substitution_follows_openclaw_rules() -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..state import root
 from . import json5
 
 MAX_INCLUDE_DEPTH = 10
@@ -35,36 +36,23 @@ _MAX_PATH_CHARS = 4096
 _VAR = re.compile(r"\$?\$\{([A-Z_][A-Z0-9_]*)\}")
 
 
-def _expand_home(value: str, env: Mapping[str, str]) -> Path:
-    """`~` as OpenClaw means it: $OPENCLAW_HOME, else $HOME of the environment given."""
-    home = openclaw_home(env)
-    if value == "~" or value.startswith("~/"):
-        return home / value[2:] if len(value) > 1 else home
-    return Path(value).expanduser()
-
-
 def openclaw_home(env: Mapping[str, str] | None = None) -> Path:
-    """The home OpenClaw's paths start from: $OPENCLAW_HOME (it may itself start with ~), else $HOME."""
-    env = os.environ if env is None else env
-    home = Path(env.get("HOME") or Path.home())
-    found = env.get("OPENCLAW_HOME")
-    if found:
-        return home / found[2:] if found.startswith("~/") else (home if found == "~" else Path(found))
-    return home
+    """The home OpenClaw's paths start from: $OPENCLAW_HOME (`~` in it is $HOME), else $HOME."""
+    return root.openclaw_home(env)
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:
     """OpenClaw's state folder: $OPENCLAW_STATE_DIR, else <home>/.openclaw."""
-    env = os.environ if env is None else env
-    found = env.get("OPENCLAW_STATE_DIR")
-    return _expand_home(found, env) if found else openclaw_home(env) / ".openclaw"
+    return root.openclaw_state_dir(env)
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
     """Where OpenClaw's configuration lives."""
     env = os.environ if env is None else env
     found = env.get("OPENCLAW_CONFIG_PATH")
-    return _expand_home(found, env) if found else state_dir(env) / "openclaw.json"
+    if not found:
+        return state_dir(env) / "openclaw.json"
+    return openclaw_home(env) / found[2:] if found.startswith("~/") else Path(found).expanduser()
 
 
 def _read_text(path: Path, limit: int) -> str:

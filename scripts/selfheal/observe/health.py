@@ -54,7 +54,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import ConfigError, CorruptStateError, NotAttempted, SelfHealError, StateError
 from ..state import layout
 from ..state.layout import SUBDIRS
-from ..state.root import StateRoot, read_json, write_json
+from ..state.root import StateRoot, openclaw_state_dir, read_json, write_json
 from ..state.skill_status import STATUS_FILE_NAME, update_status
 
 # Not typing's TYPE_CHECKING, NamedTuple: the cron check never imports typing (see selfheal/_typing.py).
@@ -249,9 +249,8 @@ def _names(items: list[str]) -> str:
 
 
 def openclaw_home(env: Mapping[str, str]) -> Path:
-    """OpenClaw's state folder: $OPENCLAW_STATE_DIR, else ~/.openclaw (as openclaw_config.config_path finds it)."""
-    state = env.get("OPENCLAW_STATE_DIR")
-    return Path(state).expanduser() if state else Path(env.get("HOME") or Path.home()) / ".openclaw"
+    """OpenClaw's state folder: $OPENCLAW_STATE_DIR, else $OPENCLAW_HOME/.openclaw, else ~/.openclaw."""
+    return openclaw_state_dir(env)
 
 
 def _port(value: object, *, file: str, key: str) -> int:

@@ -65,21 +65,44 @@ _swept: dict[Path, float] = {}
 _roots: set[Path] = set()
 
 
-def resolve_state_root(env: Mapping[str, str] | None = None) -> Path:
-    """$SELFHEAL_HOME, else $OPENCLAW_STATE_DIR/self-heal, else ~/.openclaw/self-heal."""
+def _home(env: Mapping[str, str]) -> Path:
+    """The HOME of the environment given (not necessarily this process's)."""
+    return Path(env.get("HOME") or Path.home())
+
+
+def openclaw_home(env: Mapping[str, str] | None = None) -> Path:
+    """The home OpenClaw's paths start from (its help/environment.md): $OPENCLAW_HOME (`~` in it is
+    $HOME), else $HOME."""
     env = os.environ if env is None else env
+    found = env.get("OPENCLAW_HOME")
+    if not found:
+        return _home(env)
+    if found == "~" or found.startswith("~/"):
+        return _home(env) / found[2:]
+    return Path(found).expanduser()
 
-    def expand(value: str) -> Path:
-        # `~` means the HOME of the environment given, not necessarily this process's.
-        if value.startswith("~") and env.get("HOME") and value[1:2] in ("", "/"):
-            return Path(env["HOME"] + value[1:])
-        return Path(value).expanduser()
 
+def _expand(value: str, home: Path) -> Path:
+    if value == "~" or value.startswith("~/"):
+        return home / value[2:]
+    return Path(value).expanduser()
+
+
+def openclaw_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """OpenClaw's state folder, where OpenClaw keeps it: $OPENCLAW_STATE_DIR (`~` in it is OpenClaw's home),
+    else <OpenClaw's home>/.openclaw."""
+    env = os.environ if env is None else env
+    found = env.get("OPENCLAW_STATE_DIR")
+    return _expand(found, openclaw_home(env)) if found else openclaw_home(env) / ".openclaw"
+
+
+def resolve_state_root(env: Mapping[str, str] | None = None) -> Path:
+    """$SELFHEAL_HOME, else self-heal/ in OpenClaw's state folder ($OPENCLAW_STATE_DIR, else
+    $OPENCLAW_HOME/.openclaw, else ~/.openclaw)."""
+    env = os.environ if env is None else env
     if env.get("SELFHEAL_HOME"):
-        return expand(env["SELFHEAL_HOME"])
-    if env.get("OPENCLAW_STATE_DIR"):
-        return expand(env["OPENCLAW_STATE_DIR"]) / "self-heal"
-    return expand("~/.openclaw/self-heal")
+        return _expand(env["SELFHEAL_HOME"], _home(env))
+    return openclaw_state_dir(env) / "self-heal"
 
 
 def validate_id(value: str, kind: str = "task") -> str:

@@ -18,16 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..clock import utc_iso
+from .root import openclaw_state_dir
 
 STATUS_FILE_NAME = "self-heal.txt"
 _UNSAFE = re.compile(r"[,\n\r=]+")  # a value holding these would read back as more pairs
 
 
 def status_folder(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    state = env.get("OPENCLAW_STATE_DIR")
-    base = Path(state).expanduser() if state else Path(env.get("HOME") or Path.home()) / ".openclaw"
-    return base / "skills" / "status"
+    return openclaw_state_dir(env) / "skills" / "status"
 
 
 def status_path(env: Mapping[str, str] | None = None) -> Path:
