@@ -177,7 +177,7 @@ if [ "$CRON" != keep ]; then
     ENTRIES=""
     if [ "$CRON" = add ]; then
         PREFIX="HOME=$(shq "$HOME") SELFHEAL_HOME=$(shq "$STATE") PATH=$(shq "$PATH") "
-        for name in SELFHEAL_CONFIG OPENCLAW_STATE_DIR OPENCLAW_CONFIG_PATH OPENCLAW_GATEWAY_PORT; do
+        for name in SELFHEAL_CONFIG OPENCLAW_HOME OPENCLAW_STATE_DIR OPENCLAW_CONFIG_PATH OPENCLAW_GATEWAY_PORT; do
             if [ -n "${!name:-}" ]; then PREFIX+="$name=$(shq "${!name}") "; fi
         done
         # NO_REPLY is OpenClaw's "nothing to say"; dropping it means cron mails only a summary of a problem.
