@@ -68,6 +68,9 @@ def test_secret_shapes_are_masked(text: str, expected: str) -> None:
         "https://api.example.com:8443/v1/chat/completions",
         "risk-assessment-for-the-quarterly-report",
         "",
+        "usage: total_tokens=50 token_type: bearer; password_policy: strict",
+        "ssh -p2222 host; redis://localhost:6379/0; http://localhost:8000/v1@latest",
+        "monkey=banana123 desk-assessment-1234567890abcdef",
     ],
 )
 def test_innocuous_text_is_unchanged(text: str) -> None:
@@ -196,6 +199,62 @@ PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1\nq2w3e4r5t6y7u8i9o0\n-
 def test_more_secret_shapes_are_masked(text: str, expected: str) -> None:
     """JWTs, AWS keys, secret command-line options, curl's -u and PEM private keys are masked."""
     assert Redactor(env={}).text(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("DB_PASSWORD=Hunter2Hunter2xyz ./migrate", "DB_PASSWORD=*** ./migrate"),
+        ('{"client_secret": "cs_live_ABCDEF1234567890"}', '{"client_secret": "***"}'),
+        ('{"refresh_token": "1//0gQwErTyUiOp1234567"}', '{"refresh_token": "***"}'),
+        ('{"openai_api_key": "plainvalue1234567890"}', '{"openai_api_key": "***"}'),
+        ("SECRET_KEY=django-insecure-abcdef123456", "SECRET_KEY=***"),
+        ('{"access_key": "abcdefghijk12345"}', '{"access_key": "***"}'),
+        ("redis://:RedisPass12345@localhost:6379/0", "redis://:***@localhost:6379/0"),
+        ("https://bob:pa/ss12345word@example.com/x", "https://bob:***@example.com/x"),
+        ("OPENAI_KEY_sk-proj-AbCdEfGhIjKlMnOpQrSt1234", "OPENAI_KEY_***"),
+        ("mysql -u root -pHunter2Secret db", "mysql -u root -p*** db"),
+        ("sshpass -p Hunter2Secret ssh host", "sshpass -p *** ssh host"),
+        ("key AIzaSyA-abcdefghijklmnopqrstuvwxyz12345 used", "key *** used"),
+        ("npm_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "***"),
+        ("-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBGabc\n-----END PGP PRIVATE KEY BLOCK-----", "***"),
+        ("tail:\nZZZbodyline2xyzABCDEF\nMIIEowIBAAKCAQEAabcdefghijk\n-----END RSA PRIVATE KEY-----\n", "tail:\n***\n"),
+    ],
+    ids=[
+        "prefixed-password",
+        "client-secret",
+        "refresh-token",
+        "prefixed-api-key",
+        "secret-key",
+        "access-key",
+        "url-empty-user",
+        "url-slash-password",
+        "key-after-underscore",
+        "mysql-p",
+        "sshpass",
+        "google",
+        "npm",
+        "pgp",
+        "pem-head-cut-off",
+    ],
+)
+def test_shapes_a_review_found_leaking_are_masked(text: str, expected: str) -> None:
+    """Secret names with a prefix (DB_PASSWORD, client_secret), URLs with an empty user or a / in the
+    password, keys glued after an underscore, mysql/sshpass passwords, Google and npm keys, PGP blocks and a
+    PEM body whose BEGIN line was cut off."""
+    assert Redactor(env={}).text(text) == expected
+
+
+def test_a_secret_where_an_overlong_line_is_cut_is_still_masked() -> None:
+    """A line over max_line arrives in 64 KiB reads: wherever the secret falls, the piece boundary never
+    splits it from what introduces it."""
+    redactor = Redactor(env={})
+    for pad in range(65400, 65600, 7):
+        for prefix in ("Authorization: Bearer ", "--token ", "api_key=", "sk-proj-"):
+            stream = LineRedactor(redactor)
+            data = "x" * pad + " " + prefix + "Q" * 40 + " tail\n"
+            out = "".join(stream.feed(data[i : i + 65536]) for i in range(0, len(data), 65536)) + stream.finish()
+            assert "Q" * 8 not in out and out.endswith(" tail\n"), (pad, prefix)
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,18 @@ def plant() -> Planted:
     p.add(f"aws_secret_access_key = {aws_secret}", aws_secret)
     body = [f"MII{_hex(30)}" for _ in range(3)]
     p.add("\n".join(["-----BEGIN RSA PRIVATE KEY-----", *body, "-----END RSA PRIVATE KEY-----"]), *body)
+    # Shapes a review found leaking (session 22): prefixed names, an empty URL user, a key glued after `_`,
+    # and a key where a line over 64 KiB is cut into pieces.
+    redis_pw = f"Rp{_hex(8)}"
+    p.add(f"redis.exceptions.ConnectionError: Error 111 connecting to redis://:{redis_pw}@localhost:6379.", redis_pw)
+    db_pw = f"Db{_hex(8)}"
+    p.add(f"env: DB_PASSWORD={db_pw} ./migrate.sh failed", db_pw)
+    client_secret = f"cs_{_hex(10)}"
+    p.add(f'oauth: {{"client_secret": "{client_secret}", "grant": "refresh"}}', client_secret)
+    glued = f"sk-proj-{_hex(16)}"
+    p.add(f"OPENAI_KEY_{glued} rejected", glued)
+    long_key = f"sk-proj-{_hex(20)}"
+    p.add("x" * (65536 * 2 - 30) + f" {long_key} at the end of a very long line", long_key)
     return p
 
 

@@ -28,8 +28,8 @@ MIN_SECRET_CHARS = 6
 _MEMO_CHARS = 512
 _MEMO_ENTRIES = 4096
 
-_PEM_BEGIN = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----"
-_PEM_END = r"-----END[A-Z0-9 ]*PRIVATE KEY-----"
+_PEM_BEGIN = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+_PEM_END = r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
 # Characters of a PEM body: base64, line breaks (also as the \n of a JSON string) and header lines.
 _PEM_BODY = r"(?:[A-Za-z0-9+/=\s:,.\-]|\\[nrt])*"
 
@@ -41,10 +41,15 @@ _PEM_BODY = r"(?:[A-Za-z0-9+/=\s:,.\-]|\\[nrt])*"
 _KEY_PREFIXES = ("sk", "pk", "rk", "gsk", "xoxa", "xoxb", "xoxp", "xoxr", "ghp", "gho", "ghs", "ghu", "ghr")
 _BUILTIN: tuple[tuple[str, tuple[str, ...]], ...] = (
     # A PEM private key, whole: to its END line, or (cut off) as far as its body goes.
-    (rf"{_PEM_BEGIN}(?:[\s\S]*?{_PEM_END}|{_PEM_BODY})", ("private key-----",)),
+    (rf"{_PEM_BEGIN}(?:[\s\S]*?{_PEM_END}|{_PEM_BODY})", ("private key-----", "private key block-----")),
+    # The end of one whose BEGIN line was cut off (a tail kept of long output): its body lines up to END.
+    (
+        rf"(?m)^(?:[A-Za-z0-9+/=]{{16,}}[ \t]*(?:\r?\n|\\n))+{_PEM_END}",
+        ("private key-----", "private key block-----"),
+    ),
     # OpenAI-style and similar prefixed keys: sk-..., sk-proj-..., gsk_..., xoxb-..., ghp_..., hf_...
     (
-        r"\b(?:sk|pk|rk|gsk|xox[abpr]|ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat)[-_][A-Za-z0-9_\-]{16,}",
+        r"(?<![A-Za-z0-9])(?:sk|pk|rk|gsk|xox[abpr]|ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat)[-_][A-Za-z0-9_\-]{16,}",
         (*(p + sep for p in (*_KEY_PREFIXES, "hf") for sep in "-_"), "github_pat_", "glpat"),
     ),
     # JSON Web Tokens: three base64url parts, the first two starting with {" encoded.
@@ -74,13 +79,25 @@ _BUILTIN: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("-u=", "-u ", "-u\t", '-u"', "-u'", "--user"),
     ),
     # key=value, key: value and "key": "value" forms with secret-ish key names.
+    # The name may have a prefix (DB_PASSWORD, openai_api_key, client_secret, GITHUB_TOKEN) but no suffix
+    # (prompt_tokens, token_type and password_policy are not secrets).
     (
-        r"""(?i)(?P<pre>\b(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|token|secret|password|passwd|pwd)"""
+        r"""(?i)(?P<pre>(?<![A-Za-z0-9])(?=[acdeiprst])"""
+        r"""(?:api[_-]?key|apikey|(?:access|private|secret|signing|encryption)[_-]?key|(?:access|auth|refresh|id)"""
+        r"""[_-]?token|token|secret|password|passwd|passphrase|pwd|credentials?)"""
         r"""[\"']?\s*[:=]\s*[\"']?)(?!\*\*\*|\$)[^\s&,;\"'}]{4,}""",
-        ("api", "access", "auth", "token", "secret", "passw", "pwd"),
+        ("api", "key", "token", "secret", "passw", "passphrase", "pwd", "credential"),
     ),
     # Passwords in URLs: scheme://user:password@host keeps the user, masks the password.
-    (r"(?P<pre>://[^\s:/@]+:)[^\s@/]+(?=@)", ("://",)),
+    # (An empty user, redis://:pw@host, too; a password may hold a `/`, unless what looks like one is a
+    # port and a path: http://host:8080/a@b.)
+    (r"(?P<pre>://[^\s:/@]*:)(?!\d+/)[^\s@]+(?=@)", ("://",)),
+    # mysql -pPASSWORD (the password glued to -p) and sshpass -p PASSWORD.
+    (r"(?P<pre>\bmysql(?:dump|admin|import|check|show)?\b[^\n]*?\s-p)(?!\$)[^\s\"']+", ("mysql",)),
+    (r"(?P<pre>\bsshpass\b(?:\s+-[a-oq-z]\S*)*\s+-p\s*)(?!\$)[^\s\"']+", ("sshpass",)),
+    # Google API keys, npm tokens.
+    (r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}", ("aiza",)),
+    (r"(?<![A-Za-z0-9])npm_[A-Za-z0-9]{36}", ("npm_",)),
 )
 # An argv item after which the next item is a secret (`--token`, `VALUE`), or a user:password (`-u`).
 _SECRET_FLAG = re.compile(
@@ -176,6 +193,29 @@ class Redactor:
         return raw if clean is text or clean == text else clean.encode("utf-8", "surrogateescape")
 
 
+# A line over max_line is released in pieces, each ending at white space at least this far from the end of
+# what has arrived: the rest waits for more, so a secret near the cut is seen whole with what introduces it.
+_KEEP_CHARS = 4096
+# What, at the end of a piece, introduces a secret that would then start the next piece: not a place to cut.
+_INTRODUCES = re.compile(r"(?i)(?:[:=]|\bbearer|\bbasic|\btoken|--?[\w-]*(?:key|token|password|secret|passwd)|-[pu])\Z")
+
+
+def _split_point(buf: str, limit: int) -> int:
+    """Where to cut a line too long to hold whole: after white space at or before `limit` that does not
+    follow something introducing a secret (`Bearer`, `--token`, `key=`); at `limit` when there is none."""
+    limit = max(limit, 1)
+    end = limit
+    for _ in range(64):
+        space = max(buf.rfind(" ", 0, end), buf.rfind("\t", 0, end))
+        if space <= 0:
+            break
+        before = buf[max(0, space - 64) : space].rstrip()
+        if not _INTRODUCES.search(before):
+            return space + 1
+        end = space
+    return limit
+
+
 class LineRedactor:
     """Redacts a stream of text that arrives in pieces: whole lines at a time, so a secret split between two
     writes is still seen whole, and a PEM private key spread over many lines is masked from its BEGIN line
@@ -195,7 +235,7 @@ class LineRedactor:
             self._pending = buf
             return ""
         if cut == 0:
-            cut = len(buf)
+            cut = _split_point(buf, len(buf) - _KEEP_CHARS)
         self._pending = buf[cut:]
         return self.lines(buf[:cut])
 
