@@ -315,6 +315,43 @@ def test_a_hanging_task_is_found_stuck_and_its_whole_process_tree_is_killed(
     assert "run-next" not in rec["history"][-1].get("by", "")
 
 
+def test_a_stuck_runner_started_in_a_shell_pipeline_is_stopped_without_the_users_other_commands(
+    home: Path, write_config: Callable[[str], Path]
+) -> None:
+    """`tasks.py run-next | tee log` from a shell: the runner leads the process group of the user's `tee`
+    too. The stuck check stops the runner and what it started, never the rest of that group."""
+    write_config("process: {kill_grace_s: 1, heartbeat_s: 0.2}\ntasks: {stuck_after_s: 1}\n")
+    tasks(home, "add", "hangs", "--", "sleep", "300")
+    # The runner leads a new process group (as a shell's job does), and a process of the user's joins it.
+    runner = subprocess.Popen(
+        [PYTHON, TASKS, "run-next", "--json"],
+        env=script_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=os.setpgrp,  # noqa: PLW1509 - a new group, as a shell gives a job
+    )
+    group = runner.pid
+    neighbour = subprocess.Popen(["sleep", "300"], preexec_fn=lambda: os.setpgid(0, group))  # noqa: PLW1509
+    try:
+        wait_until(lambda: record(home, "hangs")["exec_state"] == "PROCESSING", what="the claim")
+        command = wait_until(
+            lambda: next((p for p in tree_pids(runner.pid) if p.name() == "sleep"), None), what="the command"
+        )
+        time.sleep(1.3)  # the only real wait: past stuck_after_s with no output
+        checked = tasks(home, "check-stuck", "--json")
+        (finding,) = as_json(checked)["findings"]
+        assert finding["kind"] == "stuck" and {runner.pid, command.pid} <= set(finding["killed"])
+        assert neighbour.pid not in finding["killed"]
+        runner.wait(timeout=30)
+        assert neighbour.poll() is None  # the user's process lives on
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+
+
 def test_a_process_that_reuses_the_recorded_pid_is_left_alone(home: Path, state: StateRoot) -> None:
     stranger = subprocess.Popen(["sleep", "60"])
     try:

@@ -128,8 +128,15 @@ def still_running(identity: ProcessIdentity) -> psutil.Process | None:
     return live_process(identity.pid, identity.create_time)
 
 
-def kill_tree(identity: ProcessIdentity, *, grace_s: float, clock: Clock = SYSTEM_CLOCK) -> list[int]:
+def kill_tree(
+    identity: ProcessIdentity, *, grace_s: float, clock: Clock = SYSTEM_CLOCK, own_group: bool = True
+) -> list[int]:
     """Stop a recorded process and everything under it: SIGTERM, then SIGKILL after `grace_s`.
+
+    `own_group`: the skill started this process as the leader of a process group of its own (a command it
+    runs), so the members of that group that left the tree are stopped too. False for a process that may lead
+    a group someone else made (a runner started from a shell pipeline, `run-next | tee log`, leads the group
+    of the user's `tee`): only it and its descendants are stopped.
 
     Returns the pids signalled. Does nothing if the pid now belongs to a different process.
     """
@@ -141,7 +148,7 @@ def kill_tree(identity: ProcessIdentity, *, grace_s: float, clock: Clock = SYSTE
     except psutil.Error:
         procs = [root]
     # A command started by the skill leads its own process group: members that left the tree are in it.
-    group = identity.pid if _leads_group(identity.pid) else None
+    group = identity.pid if own_group and _leads_group(identity.pid) else None
     if group is not None:
         known = {p.pid for p in procs}
         procs += [p for p in _group_members(group) if p.pid not in known]

@@ -1309,10 +1309,13 @@ def check_stuck(store: TaskStore, *, now: float | None = None, ledger: Ledger | 
         # A dead runner's command is an orphan: with process.kill_orphans off it is left for the next run
         # of the task to refuse (exit 4, naming it); a stuck runner and its command are stopped either way.
         keep = finding.kind == "dead" and not store.config.process.kill_orphans
-        targets = ([_identity(finding.runner)] if finding.kind == "stuck" else []) + ([] if keep else orphans)
-        for identity in targets:
+        # The runner is stopped with what it started, never with the process group it may lead: a runner run
+        # from a shell pipeline leads the group of the user's other commands (`run-next | tee log`).
+        runner = [(_identity(finding.runner), False)] if finding.kind == "stuck" else []
+        targets = runner + ([] if keep else [(orphan, True) for orphan in orphans])
+        for identity, own_group in targets:
             if identity is not None and (finding.runner or {}).get("host", host) == host:
-                finding.killed += kill_tree(identity, grace_s=store.config.process.kill_grace_s)
+                finding.killed += kill_tree(identity, grace_s=store.config.process.kill_grace_s, own_group=own_group)
         finding.killed = sorted(set(finding.killed))
         ledger.record(
             "stuck",
