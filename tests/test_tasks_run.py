@@ -19,6 +19,7 @@ import pytest
 from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.config import load_config
 from selfheal.state.root import StateRoot, write_json
+from selfheal.state.runs import live_process, start_ticks
 from selfheal.tasks.run import check_stuck
 from selfheal.tasks.tree import PROCESSING, Task, TaskStore
 
@@ -350,6 +351,57 @@ def test_a_stuck_runner_started_in_a_shell_pipeline_is_stopped_without_the_users
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+
+
+STEPPED = """
+import os, runpy, sys
+import psutil._pslinux as linux
+real = linux.boot_time
+linux.boot_time = lambda: real() + float(os.environ["CLOCK_STEP_S"])  # what a stepped wall clock does to btime
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("step_s", [1.0, -30.0, 3600.0])
+def test_a_stepped_wall_clock_does_not_make_a_live_runner_look_dead(
+    home: Path, write_config: Callable[[str], Path], step_s: float
+) -> None:
+    """NTP, `date -s` or a resumed VM steps the wall clock, and every process's start time in seconds since
+    the epoch moves with it: the runner and its command are still told apart from a reused pid by their start
+    in clock ticks since boot, so the stuck check finds nothing to kill and the task finishes once."""
+    write_config("process: {kill_grace_s: 1, heartbeat_s: 0.2}\n")
+    tasks(home, "add", "long", "--", "sh", "-c", "sleep 3; echo done")
+    runner = start(home, "run-next", "--json")
+    try:
+        wait_until(lambda: record(home, "long")["exec_state"] == "PROCESSING", what="the claim")
+        wait_until(lambda: any(p.name() == "sleep" for p in tree_pids(runner.pid)), what="the command")
+        env = script_env(home) | {"CLOCK_STEP_S": str(step_s)}
+        checked = subprocess.run(
+            [PYTHON, "-c", STEPPED, str(TASKS), "check-stuck", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert checked.returncode == 0 and as_json(checked)["findings"] == [], checked.stdout + checked.stderr
+        out, _ = runner.communicate(timeout=60)
+        assert runner.returncode == 0 and record(home, "long")["exec_state"] == "END", out
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+
+
+def test_a_recorded_process_is_told_apart_by_its_start_in_ticks_when_it_has_one() -> None:
+    me = os.getpid()
+    ticks = start_ticks(me)
+    assert isinstance(ticks, int) and ticks > 0
+    now = psutil.Process(me).create_time()
+    assert live_process(me, now - 5000.0, ticks) is not None  # the wall clock moved: still the same process
+    assert live_process(me, now, ticks + 1) is None  # another start: another process with this pid
+    assert live_process(me, now - 5000.0) is None  # an older record without ticks: the start time decides
 
 
 def test_a_process_that_reuses_the_recorded_pid_is_left_alone(home: Path, state: StateRoot) -> None:

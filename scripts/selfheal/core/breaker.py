@@ -303,7 +303,9 @@ class Breakers:
                 if permit.started >= max(stale, remote_stale):
                     kept[pid_key] = permit
                 continue
-            if permit.started >= stale and not recorded_process_gone(permit.pid, permit.create_time):
+            if permit.started >= stale and not recorded_process_gone(
+                permit.pid, permit.create_time, ticks=permit.start_ticks
+            ):
                 kept[pid_key] = permit
         data.permits = kept
 
@@ -383,6 +385,7 @@ class Breakers:
                 host=self.host,
                 pid=os.getpid(),
                 create_time=self._me.create_time if self._me else None,
+                start_ticks=self._me.start_ticks if self._me else None,
                 started=now,
                 probe=probe,
                 eject_probe=eject_probe,

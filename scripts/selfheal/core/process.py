@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..state.runs import live_process
+from ..state.runs import live_process, start_ticks
 
 if TYPE_CHECKING:
     import psutil
@@ -110,14 +110,20 @@ class ProcessIdentity:
 
     pid: int
     create_time: float
+    # Its start in clock ticks since boot (state.runs.start_ticks): what identifies it when the wall clock
+    # is stepped; None where it cannot be read.
+    start_ticks: int | None = None
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"pid": self.pid, "create_time": self.create_time}
+        data: dict[str, float | int] = {"pid": self.pid, "create_time": self.create_time}
+        if self.start_ticks is not None:
+            data["start_ticks"] = self.start_ticks
+        return data
 
 
 def identify(pid: int) -> ProcessIdentity | None:
     try:
-        return ProcessIdentity(pid, psutil.Process(pid).create_time())
+        return ProcessIdentity(pid, psutil.Process(pid).create_time(), start_ticks(pid))
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
 
@@ -125,7 +131,7 @@ def identify(pid: int) -> ProcessIdentity | None:
 def still_running(identity: ProcessIdentity) -> psutil.Process | None:
     """The live process with this identity, or None if it ended or its pid now belongs to another
     (state.runs.live_process: the one rule)."""
-    return live_process(identity.pid, identity.create_time)
+    return live_process(identity.pid, identity.create_time, identity.start_ticks)
 
 
 def kill_tree(

@@ -23,7 +23,7 @@ from ..errors import CorruptStateError, NotAttempted, StateError, UnsafeStateErr
 from ..state import layout
 from ..state.records import RecordError
 from ..state.root import StateRoot, open_read, quarantine, read_json, unlink, write_json
-from ..state.runs import FINISHED, RUNNING, ProcessRef, RunState, live_process
+from ..state.runs import FINISHED, RUNNING, ProcessRef, RunState, live_process, start_ticks
 
 if TYPE_CHECKING:
     import psutil
@@ -71,7 +71,7 @@ class RunRecord:
             target=target,
             argv=argv,
             host=socket.gethostname(),
-            supervisor=ProcessRef(me.pid, me.create_time) if me else ProcessRef(os.getpid()),
+            supervisor=ProcessRef(me.pid, me.create_time, me.start_ticks) if me else ProcessRef(os.getpid()),
             started=utc_iso(clock.time()),
             started_ts=clock.time(),
         )
@@ -95,7 +95,7 @@ class RunRecord:
         self._write()
 
     def child_started(self, identity: ProcessIdentity | None) -> None:
-        self.data.child = ProcessRef(identity.pid, identity.create_time) if identity else None
+        self.data.child = ProcessRef(identity.pid, identity.create_time, identity.start_ticks) if identity else None
         self._write()
 
     def waiting(self, delay_s: float) -> None:
@@ -313,7 +313,7 @@ def _orphan_processes(record: RunState) -> list[psutil.Process]:
     found: dict[int, psutil.Process] = {}
     child = record.child
     if child is not None and child.pid and child.create_time:
-        proc = live_process(child.pid, child.create_time)
+        proc = live_process(child.pid, child.create_time, child.start_ticks)
         if proc is not None:
             found[proc.pid] = proc
     run_id = record.run_id
@@ -371,5 +371,7 @@ def stop_orphans(
         )
         for proc in procs:
             with contextlib.suppress(psutil.Error):  # kill_tree checks the start time before signalling
-                kill_tree(ProcessIdentity(proc.pid, proc.create_time()), grace_s=grace_s, clock=clock)
+                kill_tree(
+                    ProcessIdentity(proc.pid, proc.create_time(), start_ticks(proc.pid)), grace_s=grace_s, clock=clock
+                )
     return [orphan for orphan, _ in found]

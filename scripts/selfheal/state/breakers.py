@@ -37,6 +37,7 @@ class HeldPermit:
     eject_probe: bool = False
     host: str | None = None
     create_time: float | None = None
+    start_ticks: int | None = None  # the process's start in clock ticks since boot (state.runs.start_ticks)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -48,6 +49,8 @@ class HeldPermit:
             "probe": self.probe,
             "eject_probe": self.eject_probe,
         }
+        if self.start_ticks is not None:
+            data["start_ticks"] = self.start_ticks
         data.update(self.extra)
         return data
 
@@ -66,6 +69,7 @@ _PERMIT_SPEC: Spec = (
     ("eject_probe", "flag", False),
     ("host", "text?", None),
     ("create_time", "number?", None),
+    ("start_ticks", "whole?", None),
 )
 
 

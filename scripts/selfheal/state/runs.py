@@ -24,14 +24,33 @@ RUNNING, FINISHED = "running", "finished"
 START_TIME_SLACK_S = 0.01
 
 
-def live_process(pid: int, create_time: float) -> psutil.Process | None:
+def start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (Linux: /proc/<pid>/stat, field 22), or None
+    where that cannot be read. Unlike the start time in seconds since the epoch (psutil's, derived from the
+    boot time the kernel reports, which moves when the wall clock is stepped: NTP, `date -s`, a VM resumed),
+    it never changes for a live process, so it is what tells a recorded process from another with its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+        return int(raw[raw.rindex(b")") + 2 :].split()[19])  # fields after the name start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def live_process(pid: int, create_time: float, ticks: int | None = None) -> psutil.Process | None:
     """The running process with this pid and start time, or None if it ended, is a zombie, or the pid now
-    belongs to another process. The one place a recorded process is looked up."""
+    belongs to another process. The one place a recorded process is looked up. With `ticks` (its start
+    in clock ticks since boot, as recorded), that decides, whatever the wall clock did since; without
+    (an older record, or no /proc), the start time in seconds since the epoch does."""
     import psutil  # noqa: PLC0415 - 15 ms at import: only when a process is looked up
 
     try:
         proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > START_TIME_SLACK_S:
+        now = start_ticks(pid) if ticks is not None else None
+        if now is not None:
+            if now != ticks:
+                return None
+        elif abs(proc.create_time() - create_time) > START_TIME_SLACK_S:
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
@@ -40,7 +59,9 @@ def live_process(pid: int, create_time: float) -> psutil.Process | None:
         return None
 
 
-def recorded_process_gone(pid: Any, create_time: Any, host: str | None = None, this_host: str | None = None) -> bool:
+def recorded_process_gone(
+    pid: Any, create_time: Any, host: str | None = None, this_host: str | None = None, ticks: Any = None
+) -> bool:
     """Liveness, decided once for every record that names a process (a run's supervisor or child, a task's
     runner, a breaker's permit): the process is known gone only when it was recorded on this host (or with
     no host), with its start time, and no process with that pid and start time runs. Anything else (another
@@ -49,7 +70,8 @@ def recorded_process_gone(pid: Any, create_time: Any, host: str | None = None, t
         return False
     if not pid or not create_time:
         return False
-    return live_process(int(pid), float(create_time)) is None
+    recorded = ticks if isinstance(ticks, int) and not isinstance(ticks, bool) else None
+    return live_process(int(pid), float(create_time), recorded) is None
 
 
 @dataclass(frozen=True)
@@ -58,15 +80,23 @@ class ProcessRef:
 
     pid: int
     create_time: float | None = None
+    start_ticks: int | None = None  # its start in clock ticks since boot (see start_ticks); None: not read
 
     def to_json(self) -> dict[str, Any]:
-        return {"pid": self.pid, "create_time": self.create_time}
+        data: dict[str, Any] = {"pid": self.pid, "create_time": self.create_time}
+        if self.start_ticks is not None:
+            data["start_ticks"] = self.start_ticks
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str | Path, inside: str) -> ProcessRef:
         f = Fields(data, where, "a process", inside=inside)
         f.require("pid")
-        return cls(pid=f.whole("pid"), create_time=f.number("create_time", optional=True))
+        return cls(
+            pid=f.whole("pid"),
+            create_time=f.number("create_time", optional=True),
+            start_ticks=f.whole("start_ticks", optional=True),
+        )
 
 
 @dataclass
@@ -104,7 +134,9 @@ class RunState:
     def supervisor_gone(self, this_host: str) -> bool:
         """Its supervising process is known to have died (see recorded_process_gone)."""
         sup = self.supervisor
-        return sup is not None and recorded_process_gone(sup.pid, sup.create_time, self.host, this_host)
+        return sup is not None and recorded_process_gone(
+            sup.pid, sup.create_time, self.host, this_host, sup.start_ticks
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}

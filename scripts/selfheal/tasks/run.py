@@ -1238,7 +1238,8 @@ class StuckFinding:
 def _identity(record: dict[str, Any] | None) -> ProcessIdentity | None:
     if not record or not record.get("pid") or not record.get("create_time"):
         return None
-    return ProcessIdentity(int(record["pid"]), float(record["create_time"]))
+    ticks = record.get("start_ticks")
+    return ProcessIdentity(int(record["pid"]), float(record["create_time"]), ticks if isinstance(ticks, int) else None)
 
 
 def _judge(task: Task, now: float, limit: float, host: str) -> StuckFinding | None:
@@ -1249,7 +1250,9 @@ def _judge(task: Task, now: float, limit: float, host: str) -> StuckFinding | No
     beat_age = now - max(task.heartbeat_ts or 0.0, since)
     runner = task.runner or {}
     where = runner.get("host")  # always recorded: a runner of an unknown host is not judged
-    if where is not None and recorded_process_gone(runner.get("pid"), runner.get("create_time"), where, host):
+    if where is not None and recorded_process_gone(
+        runner.get("pid"), runner.get("create_time"), where, host, runner.get("start_ticks")
+    ):
         return StuckFinding(task.name, "dead", idle, beat_age, task.runner)
     if idle > limit or beat_age > limit:
         return StuckFinding(task.name, "stuck", idle, beat_age, task.runner)
@@ -1343,7 +1346,11 @@ def _orphans(store: TaskStore, task: Task) -> list[ProcessIdentity | None]:
     for record in list_runs(store.state, running_only=True):
         if record.task == task.name and record.running:
             child = record.child
-            out.append(ProcessIdentity(child.pid, child.create_time) if child and child.create_time else None)
+            out.append(
+                ProcessIdentity(child.pid, child.create_time, child.start_ticks)
+                if child and child.create_time
+                else None
+            )
     return out
 
 

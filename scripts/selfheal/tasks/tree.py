@@ -510,11 +510,14 @@ def safe_name(text: str) -> str:
 def runner_identity(host: str | None = None) -> dict[str, Any]:
     """This process as a task's runner: pid, start time and host (in fleet mode, the host's fleet id)."""
     me = identify(os.getpid())
-    return {
+    found: dict[str, Any] = {
         "pid": os.getpid(),
         "create_time": me.create_time if me else None,
         "host": host or socket.gethostname(),
     }
+    if me is not None and me.start_ticks is not None:
+        found["start_ticks"] = me.start_ticks
+    return found
 
 
 class TaskStore:
@@ -974,8 +977,8 @@ def _read_archived(path: Path, folder: Path) -> tuple[Path, dict[str, Any]]:
 def same_runner(recorded: dict[str, Any] | None, runner: dict[str, Any]) -> bool:
     if not recorded:
         return False
-    return bool(
-        recorded.get("pid") == runner.get("pid")
-        and recorded.get("host") == runner.get("host")
-        and recorded.get("create_time") == runner.get("create_time")
-    )
+    if recorded.get("pid") != runner.get("pid") or recorded.get("host") != runner.get("host"):
+        return False
+    if recorded.get("start_ticks") is not None and runner.get("start_ticks") is not None:
+        return bool(recorded["start_ticks"] == runner["start_ticks"])  # a stepped wall clock changes no tick
+    return bool(recorded.get("create_time") == runner.get("create_time"))
