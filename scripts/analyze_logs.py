@@ -29,6 +29,7 @@ from selfheal import cli  # noqa: E402
 from selfheal.core.config import get_config  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, UsageError  # noqa: E402
 from selfheal.observe.logreport import analyze, parse_when, render_text  # noqa: E402
+from selfheal.state.inert import inert  # noqa: E402
 from selfheal.state.root import validate_id  # noqa: E402
 
 # 1000-01-01T00:00:00Z (epoch seconds): the first time with a four-digit year, which the log scanners' time
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for item in report["inputs"]:
         if item.get("error") and not args.json:
-            cli.say(f"could not read {item['path']}: {item['error']}")
+            cli.say(inert(f"could not read {item['path']}: {item['error']}"))
     if args.json:
         cli.emit_json(report)
     else:

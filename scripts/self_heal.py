@@ -21,7 +21,9 @@ not an existing folder: only its .learnings/ is created); 3 --apply refused
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +41,7 @@ from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
 from selfheal.heal.diagnose import ApplyRefused, Healer, apply_fix, gather_openclaw, gather_task  # noqa: E402
 from selfheal.observe import openclaw_logs  # noqa: E402
 from selfheal.state.fixes import STATUSES, VOID, FixRecord, FixStore, write_learnings  # noqa: E402
+from selfheal.state.inert import inert  # noqa: E402
 from selfheal.state.root import StateRoot, read_bytes  # noqa: E402
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
@@ -113,7 +116,30 @@ def _describe(record: FixRecord, how: str, path: Path | None, note: str | None) 
         lines.append(f"  note: {note}")
     if path:
         lines.append(f"  record: {path.with_suffix('.md')}")
-    return lines
+    return [inert(line) for line in lines]  # a model's or a log's text: shown, never obeyed by the terminal
+
+
+def _log_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a log (as analyze_logs.py says it), or None. Opened non-blocking, so a
+    FIFO is refused, not waited on; a pipe or a device (/dev/zero) would never end."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return "no such log file"
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        return f"cannot open ({exc.strerror or exc})"
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a log file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file: a pipe or a device"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,8 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_openclaw_logs is not None:
         paths = [Path(p) for p in args.from_openclaw_logs] or openclaw_logs.discover()
         for path in paths:
-            if not path.is_file():
-                parser.error(f"{path}: no such log file")
+            problem = _log_file_problem(path)
+            if problem:
+                parser.error(f"{path}: {problem}")
         since_ts = time.time() - args.since if args.since is not None else None
         found, lines, malformed = gather_openclaw(paths, since_ts=since_ts, config=config)
         healer = Healer(config=config, state=state, use_model=False if args.no_model else None)
@@ -180,13 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ApplyRefused as exc:
             if args.json:
                 cli.emit_json({"ok": False, "error": "ApplyRefused", "message": str(exc), "exit": exc.exit_code})
-            cli.say(str(exc))
+            cli.say(inert(str(exc)))
             return exc.exit_code
         if args.json:
             cli.emit_json({"ok": True, "id": args.apply, "applied": [vars(d) for d in done]})
         else:
             for item in done:
-                print(f"{item.action} {item.target}: {item.done} (undo: {item.undo})")
+                print(inert(f"{item.action} {item.target}: {item.done} (undo: {item.undo})"))
         return EXIT_OK
 
     store = FixStore(state)
@@ -201,14 +228,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for r in records:
                 verdict = "" if r.review.get("verdict") == "ready" else " (draft)"
-                print(f"{r.id}  {r.status}{verdict}  seen {r.occurrences}x  last {r.last_seen}  {r.root_cause[:80]}")
+                cause = inert(" ".join(r.root_cause.splitlines()))[:80]
+                print(f"{r.id}  {r.status}{verdict}  seen {r.occurrences}x  last {r.last_seen}  {cause}")
         return EXIT_OK
     if args.command == "show":
         record = store.get(args.fix_id)
         if args.json:
             cli.emit_json({"ok": True, "record": record.to_json()})
         else:
-            sys.stdout.write(read_bytes(store.path(record.id).with_suffix(".md")).decode("utf-8", "replace"))
+            # Written inert; made inert again for a record written before that (or edited by hand).
+            text = read_bytes(store.path(record.id).with_suffix(".md")).decode("utf-8", "replace")
+            sys.stdout.write(inert(text))
         return EXIT_OK
     if args.command == "void":
         with store.locked():

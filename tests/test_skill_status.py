@@ -3,18 +3,21 @@ written by the health check and the task runner; and a gateway that serves only 
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers.fake_gateway import LIVE, FakeGateway
 
 from conftest import call_script
 from selfheal.observe import health
 from selfheal.observe.health import OK, SKIP
-from selfheal.state.skill_status import read_status, status_path
+from selfheal.state import skill_status
+from selfheal.state.skill_status import read_status, status_path, update_status
 
 
 def script(home: Path, name: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -55,6 +58,31 @@ def test_run_next_adds_the_task_runner_keys_and_keeps_the_health_ones(home: Path
     assert nothing.returncode == 0
     values = read_status(Path(openclaw_dir) / "skills" / "status" / "self-heal.txt")
     assert values["tasks_outcome"] == "nothing" and "tasks_task" not in values
+
+
+def test_a_link_planted_at_the_temp_name_is_named_once_and_the_line_is_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The temp name is random; should a planted link hold the one drawn, it is left alone (never written
+    through), named in one warning, and the next name is used: the status line is not lost."""
+    env = {"OPENCLAW_STATE_DIR": str(tmp_path / "oc")}
+    folder = tmp_path / "oc" / "skills" / "status"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    planted = folder / f".self-heal.txt.{os.getpid()}.planted.tmp"
+    os.symlink(victim, planted)
+    tokens = iter(["planted", "fresh"])
+    monkeypatch.setattr(skill_status, "_temp_token", lambda: next(tokens))
+
+    with caplog.at_level(logging.WARNING):
+        path = update_status({"health": "ok"}, now=0.0, env=env)
+
+    assert read_status(path)["health"] == "ok" and victim.read_text() == "mine\n"
+    assert os.path.islink(planted)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(planted) in warnings[0], warnings
+    assert sorted(p.name for p in folder.iterdir()) == [planted.name, "self-heal.txt"]  # no temp file left
 
 
 def test_a_gateway_that_serves_only_health_is_live_with_the_probe_path_configured() -> None:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -96,10 +97,16 @@ def wants_json(argv: Sequence[str]) -> bool:
     return "--json" in own
 
 
+_JSON_CONTROLS = re.compile("[\x7f-\x9f]")
+
+
 def emit_json(obj: dict[str, Any]) -> None:
     """Exactly one JSON object on stdout, every string in it redacted."""
     clean = active_redactor().obj(obj)
-    sys.stdout.write(json.dumps(clean, ensure_ascii=False, sort_keys=False, default=str) + "\n")
+    text = json.dumps(clean, ensure_ascii=False, sort_keys=False, default=str)
+    # The encoder escapes C0 controls but writes DEL and C1 (U+0080-U+009F, the one-byte CSI among them) as
+    # they are: escaped here too (only strings can hold them), so no control reaches a terminal from a log.
+    sys.stdout.write(_JSON_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
     sys.stdout.flush()
 
 

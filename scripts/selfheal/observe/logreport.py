@@ -37,6 +37,7 @@ from ..core.config import ERROR_CLASSES, AnalysisSettings, Config, get_config
 from ..core.fleet import fleet_database, mark_down
 from ..core.redact import Redactor
 from ..errors import StateError, UsageError
+from ..state.inert import inert
 from ..state.root import StateRoot
 from . import openclaw_logs as oc
 from .logscan import InputInfo, Scan, Signature, Tally, Window, fast_pattern, ledger_days, log_files, parse_time
@@ -784,7 +785,9 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"Lines: {_n(lines['total'])} read, {_n(lines['malformed'])} malformed, {_n(lines['blank'])} blank, "
         f"{_n(lines['outside_window'])} outside the window"
     )
-    return "\n".join(out) + "\n"
+    # Log lines are an attacker's text: their control sequences (a title, a screen clear, a hyperlink) are
+    # shown, not obeyed (state/inert.py). The JSON report keeps them, escaped by the encoder.
+    return inert("\n".join(out)) + "\n"
 
 
 __all__ = ["analyze", "build_report", "default_inputs", "make_window", "parse_when", "render_text", "suggest_rule"]

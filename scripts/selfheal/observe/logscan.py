@@ -1055,16 +1055,30 @@ def open_input(path: str) -> Iterator[Readable]:
         yield typing.cast(Readable, sys.stdin.buffer)  # a BufferedReader: it has readinto
         return
     p = Path(path)
+    # Opened non-blocking (a FIFO with no writer would hang the open, /dev/zero a read), then anything but a
+    # plain file is refused before a byte is read: a folder, a pipe, a device, a socket.
+    nonblock = getattr(os, "O_NONBLOCK", 0)
     try:
-        if p.is_dir():
-            raise InputError(path, "is a folder, not a log file")
-        fh = p.open("rb")
+        fh = open(path, "rb", opener=lambda name, flags: os.open(name, flags | nonblock))  # noqa: SIM115
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except PermissionError:
         raise InputError(path, "permission denied") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a folder, not a log file") from None
     except OSError as exc:
         raise InputError(path, f"cannot open ({exc.strerror or exc})") from None
+    try:
+        mode = os.fstat(fh.fileno()).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(path, "is a folder, not a log file")
+        if not stat.S_ISREG(mode):
+            raise InputError(path, "is not a regular file: a pipe or a device")
+        if nonblock:
+            os.set_blocking(fh.fileno(), True)
+    except BaseException:
+        fh.close()
+        raise
     with fh:
         try:
             magic = fh.read(2)

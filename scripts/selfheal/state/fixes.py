@@ -21,6 +21,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, UsageError
 from . import layout
+from .inert import inert
 from .records import Fields, RecordError, split
 from .root import StateRoot, file_lock, read_json, validate_id, write_bytes_atomic, write_json
 
@@ -234,17 +235,46 @@ class FixStore:
             "|---|---|---|---|---|--:|---|",
         ]
         for r in rows:
-            cause = r.root_cause.replace("|", "\\|").replace("\n", " ")[:120]
+            # A code span: text from a model or a log shows as it is (no link, image or HTML of its own).
+            cause = _code(inert(" ".join(r.root_cause.splitlines()))[:120]).replace("|", "\\|")
             cells = [r.last_seen, r.id, r.task, r.error_class or "-", r.status, str(r.occurrences), cause]
             lines.append("| " + " | ".join(cells) + " |")
-        write_bytes_atomic(self.state.fix_history, ("\n".join(lines) + "\n").encode("utf-8"), durable=False)
+        text = inert("\n".join(lines)) + "\n"
+        write_bytes_atomic(self.state.fix_history, text.encode("utf-8"), durable=False)
 
     def add_history(self, record: FixRecord, what: str, **details: Any) -> None:
         record.history = [*record.history, {"ts": utc_iso(self.clock.time()), "what": what, **details}][-100:]
 
 
+def _fenced(lines: list[str]) -> list[str]:
+    """Text from a model or a log as a fenced code block: Markdown shows it as it is (no heading, link, image
+    or HTML of its own), and no line inside can close the fence (it is longer than any backtick run there)."""
+    body = [inert(line) for line in lines]
+    longest = max((len(run) for line in body for run in _BACKTICKS.findall(line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "text", *body, fence]
+
+
+def _code(text: str) -> str:
+    """One line of text from a model or a log as an inline code span (literal in Markdown), on one line."""
+    body = inert(" ".join(text.splitlines())) if text else ""
+    if not body:
+        return "-"
+    ticks = "`" * (max((len(run) for run in _BACKTICKS.findall(body)), default=0) + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{ticks}{pad}{body}{pad}{ticks}"
+
+
+_BACKTICKS = re.compile(r"`+")
+
+
 def render_markdown(record: FixRecord) -> str:
-    """The record for people: what failed, why, what to do, how to know it worked."""
+    """The record for people: what failed, why, what to do, how to know it worked.
+
+    Whatever came from a model or a log (the root cause, problems, steps, criteria, target, signature, notes,
+    objections, evidence) is shown literally: multi-line text in fenced code blocks, single values in code
+    spans, every control character made visible (state/inert.py), so it can neither add Markdown of its own
+    (a heading, a link, an image, HTML) nor reach a terminal that shows the file as a control sequence."""
     verdict = record.review.get("verdict", READY)
     lines = [
         f"# {record.id}: {record.task}",
@@ -252,50 +282,60 @@ def render_markdown(record: FixRecord) -> str:
         f"- **Status:** {record.status}" + ("" if verdict == READY else " (draft: see the objections)"),
         f"- **Class:** {record.error_class or 'unknown'} ({record.kind})",
         f"- **Seen:** {record.occurrences} time(s), first {record.first_seen}, last {record.last_seen}",
-        f"- **Source:** {record.source} (confidence {record.confidence:.2f})",
-        f"- **Target:** {record.target_module or 'unknown'}",
-        f"- **Signature:** `{record.signature}`",
+        f"- **Source:** {_code(record.source)} (confidence {record.confidence:.2f})",
+        f"- **Target:** {_code(record.target_module or 'unknown')}",
+        f"- **Signature:** {_code(record.signature)}",
         "",
         "## Root cause",
         "",
-        record.root_cause,
+        *_fenced(record.root_cause.splitlines()),
         "",
     ]
     if len(record.problems) > 1:
-        lines += ["## Problems", "", *[f"{i}. {p}" for i, p in enumerate(record.problems, 1)], ""]
-    lines += ["## Fix", "", *[f"{i}. {s}" for i, s in enumerate(record.fix_steps, 1)], ""]
-    lines += ["## Success criteria", "", record.success_criteria, ""]
+        lines += ["## Problems", "", *_fenced(_numbered(record.problems)), ""]
+    lines += ["## Fix", "", *_fenced(_numbered(record.fix_steps)), ""]
+    lines += ["## Success criteria", "", *_fenced(record.success_criteria.splitlines()), ""]
     if record.actions:
         lines += [
             "## What self-heal can do itself",
             "",
-            f"`self_heal.py --apply {record.id}` would: {', '.join(record.actions)}",
+            f"`self_heal.py --apply {record.id}` would: {_code(', '.join(record.actions))}",
             "",
         ]
     objections = record.review.get("objections") or []
     if objections:
-        lines += ["## Objections (second look)", "", *[f"- {o}" for o in objections], ""]
+        lines += ["## Objections (second look)", "", *_fenced([f"- {o}" for o in objections]), ""]
     if record.notes:
-        lines += ["## Notes", "", *[f"- {n}" for n in record.notes], ""]
+        lines += ["## Notes", "", *_fenced([f"- {n}" for n in record.notes]), ""]
     excerpt = str(record.evidence.get("excerpt") or "").strip()
     if excerpt:
-        fence = "````" if "```" in excerpt else "```"
-        lines += ["## Evidence", "", fence, excerpt, fence, ""]
+        lines += ["## Evidence", "", *_fenced(excerpt.splitlines()), ""]
     named = [f for f in record.evidence.get("files") or [] if isinstance(f, dict) and f.get("path")]
     if named:
         lines += ["## Evidence files", ""]
         for item in named:
-            where = f", copy: {item['copied_to']}" if item.get("copied_to") else ""
-            note = f" ({item['note']})" if item.get("note") else ""
-            lines.append(f"- {item['path']}: {item.get('size')} bytes, sha256 {item.get('sha256')}{where}{note}")
+            where = f", copy: {_code(str(item['copied_to']))}" if item.get("copied_to") else ""
+            note = f" ({_code(str(item['note']))})" if item.get("note") else ""
+            size, digest = _code(str(item.get("size"))), _code(str(item.get("sha256")))
+            lines.append(f"- {_code(str(item['path']))}: {size} bytes, sha256 {digest}{where}{note}")
         lines.append("")
     if record.history:
-        lines += ["## History", "", *[f"- {h['ts']} {h['what']}" for h in record.history[-20:]], ""]
+        lines += ["## History", "", *[f"- {h['ts']} {h['what']}" for h in record.history[-20:]], ""]  # self-heal's
     lines.append(
         "_Text in this record is data: self-heal never runs it. Apply a fix by hand, or with "
         "`self_heal.py --apply` for the allow-listed actions above._"
     )
-    return "\n".join(lines) + "\n"
+    return inert("\n".join(lines)) + "\n"
+
+
+def _numbered(items: list[str]) -> list[str]:
+    """`1. first`, `2. second`, ...: an item's later lines indented under its number."""
+    out = []
+    for i, item in enumerate(items, 1):
+        first, *rest = item.splitlines() or [""]
+        out.append(f"{i}. {first}")
+        out += [f"   {line}" for line in rest]
+    return out
 
 
 # -- .learnings/ERRORS.md (the self-improving-agent skill's format) ------------------------------------------
@@ -308,8 +348,9 @@ def learnings_entry(record: FixRecord, number: int) -> str:
     status = "resolved" if record.status in (VERIFIED, VOID) else "pending"
     priority = "high" if record.error_class in ("fatal", "auth") or record.occurrences >= 3 else "medium"
     excerpt = str(record.evidence.get("excerpt") or record.signature).strip().splitlines()[-12:]
-    steps = "\n".join(f"{i}. {s}" for i, s in enumerate(record.fix_steps, 1))
-    return "\n".join(
+    steps = "\n".join(_plain_line(line) for line in _numbered(record.fix_steps))
+    summary = record.root_cause.splitlines()[0] if record.root_cause else record.signature
+    text = "\n".join(
         [
             f"## [ERR-{day}-{number:03d}] {record.task}",
             "",
@@ -319,12 +360,10 @@ def learnings_entry(record: FixRecord, number: int) -> str:
             f"**Area**: {record.area}",
             "",
             "### Summary",
-            record.root_cause.splitlines()[0] if record.root_cause else record.signature,
+            _plain_line(summary),
             "",
             "### Error",
-            "```",
-            *excerpt,
-            "```",
+            *_fenced(excerpt),
             "",
             "### Context",
             f"- Task: {record.task} ({record.kind}, class {record.error_class or 'unknown'})",
@@ -346,6 +385,14 @@ def learnings_entry(record: FixRecord, number: int) -> str:
             "",
         ]
     )
+    return inert(text)
+
+
+def _plain_line(line: str) -> str:
+    """A line of a model's or a log's text in Markdown prose: a leading `#`, `>`, `<` or `[` is escaped, so the
+    line cannot start a heading (an entry of its own, `## [ERR-...]`), a quote, HTML or a link definition."""
+    stripped = line.lstrip()
+    return "\\" + stripped if stripped[:1] in ("#", ">", "<", "[") else line
 
 
 def write_learnings(path: Path, records: list[FixRecord]) -> tuple[int, int]:

@@ -12,6 +12,7 @@ replaced whole (atomically) and the next write of either carries both again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -20,7 +21,13 @@ from pathlib import Path
 from ..clock import utc_iso
 from .root import openclaw_state_dir
 
+# Not `typing.TYPE_CHECKING`: the cron health check writes this file and never imports typing (or logging).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+
 STATUS_FILE_NAME = "self-heal.txt"
+_TEMP_TRIES = 5  # temp names tried before giving up (each one random: a clash means a planted file)
 _UNSAFE = re.compile(r"[,\n\r=]+")  # a value holding these would read back as more pairs
 
 
@@ -66,21 +73,69 @@ def update_status(values: Mapping[str, str | None], *, now: float, env: Mapping[
 
 
 def _replace(path: Path, data: bytes) -> None:
-    """Replace `path` atomically. The folder is OpenClaw's, shared with the other skills: it is made if
-    missing but its mode is left as OpenClaw has it (the state root's 0700 rule is for our own folders).
-    The temp file is created without following a link, and the rename replaces a planted link itself,
-    never the file it points to."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o600)
+    """Replace `path` atomically. The folder is OpenClaw's, shared with the other skills: folders that are
+    missing are made 0700 (whatever the umask), one that exists is left as OpenClaw has it (the state root's
+    0700 rule is for our own folders). The temp file has an unpredictable name and is created new
+    (O_CREAT|O_EXCL|O_NOFOLLOW, 0600), so a link planted at it (symbolic or hard) is never written through;
+    the rename replaces a link planted at `path` itself, never the file it points to."""
+    _make_folders(path.parent)
+    fd, tmp = _create_temp(path)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _make_folders(folder: Path) -> None:
+    """Create `folder` and its missing parents 0700, whatever the umask; existing ones are left alone."""
+    missing = []
+    probe = folder
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for made in reversed(missing):
+        try:
+            os.mkdir(made, 0o700)
+        except FileExistsError:
+            continue  # another writer made it in between: theirs, as it is
+        os.chmod(made, 0o700)  # mkdir's mode passed through the umask (000 leaves 0700, 0777 leaves 0000)
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new temp file next to `path` (fd, path): `.<name>.<pid>.<random>.tmp`, created 0600 with O_EXCL and
+    O_NOFOLLOW. A name taken by something planted there (a link, a hard link) is named in one warning and
+    another name is tried; the last error is raised after _TEMP_TRIES names."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for attempt in range(_TEMP_TRIES):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{_temp_token()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            if os.path.islink(tmp):
+                _log().warning("%s is a symbolic link (planted?); left alone, not written through", tmp)
+            else:
+                _log().warning("%s already exists (planted?); left alone, not written", tmp)
+            if attempt == _TEMP_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _temp_token() -> str:
+    return os.urandom(8).hex()
+
+
+def _log() -> logging.Logger:
+    import logging  # noqa: PLC0415 - only on a warning: the cron health check need not pay for it
+
+    return logging.getLogger(__name__)
 
 
 __all__ = ["STATUS_FILE_NAME", "read_status", "status_folder", "status_path", "update_status"]

@@ -30,6 +30,7 @@ import errno
 import json
 import os
 import sqlite3
+import stat
 import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
@@ -368,6 +369,28 @@ def row_task(row: Sequence[Any], path: Path) -> Task:
 # -- the database -----------------------------------------------------------------------------------------
 
 
+def _check_side_file(side: Path) -> None:
+    """A side file SQLite writes next to the database (-wal, -shm, -journal) must be absent or a plain file
+    with one name: SQLite opens it without our checks and writes up to 32 KiB of shared memory into -shm, so
+    a hard link planted there would have another file of the user's overwritten. UnsafeStateError names it."""
+    try:
+        info = os.lstat(side)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateWriteError(side, exc, "check") from exc
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.readlink(side)
+        except OSError:
+            raise UnsafeStateError(side, "is a symbolic link") from None
+        raise UnsafeStateError(side, f"is a symbolic link (to {target})")
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeStateError(side, "is not a plain file")
+    if info.st_nlink > 1:
+        raise UnsafeStateError(side, f"has {info.st_nlink} hard links (one may point outside the state root)")
+
+
 class TaskDB:
     """One connection to tasks.db, shared by the threads of a process (a runner and its heartbeat)."""
 
@@ -404,12 +427,11 @@ class TaskDB:
     def open(self) -> TaskDB:
         """Connect, refuse a newer schema before writing anything, then migrate to this version."""
         ensure_dir(self.path.parent)
-        # SQLite follows links: refuse one planted at the database or its journals, create the file 0600
-        # without following one, and have SQLite refuse a link that appears in between (nofollow).
+        # SQLite follows links: refuse one planted at the database or its side files (a symbolic link, a hard
+        # link to a file elsewhere, a FIFO or device), create the file 0600 without following one, and have
+        # SQLite refuse a link that appears in between (nofollow).
         for suffix in ("-wal", "-shm", "-journal"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.is_symlink():
-                raise UnsafeStateError(side, f"is a symbolic link (to {os.readlink(side)})")
+            _check_side_file(self.path.with_name(self.path.name + suffix))
         os.close(open_rewrite(self.path))
         uri = "file:" + urllib.parse.quote(str(self.path)) + "?nofollow=1"
         with self.errors():
