@@ -325,6 +325,54 @@ def test_a_damaged_database_is_reported_as_malformed_not_a_traceback(home: Path)
     assert f"task database {path} is unreadable" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_tasks_db_cut_to_nothing_is_refused_not_taken_for_a_new_empty_tree(home: Path) -> None:
+    """A new database is made whole under another name and renamed into place, so an empty tasks.db was cut
+    short by something else: every command refuses it (exit 3) and leaves it, where it once became an empty
+    tree and every task was silently forgotten."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:  # each its own process, as cron runs them
+        cmd = [PYTHON, str(SCRIPTS / "tasks.py"), *args]
+        return subprocess.run(cmd, env=script_env(home), capture_output=True, text=True, timeout=60, check=False)
+
+    assert run("add", "kept", "--", "true").returncode == 0
+    (home / "tasks.db").write_bytes(b"")
+    for args in (["list"], ["run-next", "--json"], ["add", "other", "--", "true"]):
+        proc = run(*args)
+        assert proc.returncode == 3, (args, proc.stdout, proc.stderr)
+        assert "is empty (0 bytes): cut short, not new" in proc.stderr
+    assert (home / "tasks.db").stat().st_size == 0
+
+
+def test_processes_starting_a_tree_at_once_make_one_database_and_lose_no_task(home: Path) -> None:
+    StateRoot(home).ensure()
+    procs = [
+        subprocess.Popen(
+            [PYTHON, str(SCRIPTS / "tasks.py"), "add", f"t{i}", "--", "true"],
+            env=script_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(6)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    assert sorted(names_in_db(home)) == [f"t{i}" for i in range(6)]
+    assert not [p.name for p in home.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_one_hand_edited_row_is_named_and_the_database_is_not_called_damaged(home: Path) -> None:
+    for name in ("a", "b"):
+        assert tasks(home, "add", name, "--", "true").returncode == 0
+    with sqlite3.connect(home / "tasks.db") as conn:
+        conn.execute("UPDATE tasks SET history = '{not json' WHERE task_name = 'a'")
+    proc = tasks(home, "run-next", "--json")
+    assert proc.returncode == 3
+    message = json.loads(proc.stdout)["message"]
+    assert "task 'a' column history is not valid JSON" in message and "unreadable" not in message
+
+
 def test_a_write_lock_held_past_the_busy_timeout_is_exit_4_try_later_and_readers_still_read(
     home: Path, write_config: Callable[[str], Path]
 ) -> None:

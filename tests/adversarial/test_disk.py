@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import os
 import subprocess
@@ -242,6 +243,7 @@ def prepared(request: pytest.FixtureRequest, where: str, tmp_path: Path) -> tupl
     marker = tmp_path / "ran"
     assert script(home, "retry_run.py", "--task", "first", "--", "true").returncode == 0
     assert script(home, "tasks.py", "add", "job", "--", *marker_cmd(marker)).returncode == 0
+    gc.collect()  # the scripts ran in this process: their database connections close (WALs folded) before
     break_it()
     return home, marker
 

@@ -29,6 +29,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import sqlite3
 import stat
 import threading
@@ -37,7 +38,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import EXIT_USAGE, LockBusy, StateError, StateWriteError, UnsafeStateError, UsageError
-from .root import ensure_dir, open_rewrite
+from . import layout
+from .root import ensure_dir, file_lock, open_rewrite
 from .sql import SQLITE, Dialect
 from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, HISTORY_KEEP, PRIORITIES, PROCESSING, TYPES, VOID
 
@@ -414,7 +416,26 @@ class TaskDB:
         try:
             yield
         except sqlite3.Error as exc:
+            if "malformed JSON" in str(exc) and self._conn is not None:
+                bad = self._bad_json_rows()
+                if bad:  # one hand-edited row, not a damaged database: name it, keep the rest
+                    raise StateError(
+                        f"task database {self.path}: {'; '.join(bad)} is not valid JSON (edited by hand?); "
+                        f"set that value right with sqlite3 {self.path}; the other tasks are fine"
+                    ) from exc
             raise translate(exc, self.path, self.busy_timeout_s) from exc
+
+    def _bad_json_rows(self) -> list[str]:
+        """`task 'a' column history` for each (of at most 5) row whose JSON column does not parse."""
+        columns = [column for column, _, kind in COLUMNS if kind == "json"]
+        found: list[str] = []
+        with contextlib.suppress(sqlite3.Error):
+            for column in columns:
+                rows = self.conn.execute(
+                    f"SELECT task_name FROM tasks WHERE {column} IS NOT NULL AND json_valid({column}) = 0 LIMIT 5"  # noqa: S608
+                ).fetchall()
+                found += [f"task {name!r} column {column}" for (name,) in rows]
+        return found[:5]
 
     def clock_param(self, now: float) -> float | None:
         """What `Dialect.clock`'s `?` is bound to: the host's time here (the PostgreSQL store binds None)."""
@@ -432,7 +453,8 @@ class TaskDB:
         # SQLite refuse a link that appears in between (nofollow).
         for suffix in ("-wal", "-shm", "-journal"):
             _check_side_file(self.path.with_name(self.path.name + suffix))
-        os.close(open_rewrite(self.path))
+        self._create_whole()
+        os.close(open_rewrite(self.path, create=False))
         uri = "file:" + urllib.parse.quote(str(self.path)) + "?nofollow=1"
         with self.errors():
             conn = sqlite3.connect(
@@ -452,6 +474,48 @@ class TaskDB:
                 raise
         self._conn = conn
         return self
+
+    def _create_whole(self) -> None:
+        """A new database is made whole under another name and renamed into place, under a lock every creator
+        takes: tasks.db is never seen half made, so one that is empty (0 bytes) was cut short by something
+        else, and is refused (TaskDBUnreadable) rather than taken for a new, empty tree."""
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            info = None
+        if info is not None:
+            if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+                raise TaskDBUnreadable(
+                    self.path, "it is empty (0 bytes): cut short, not new; if this host never had a task, delete it"
+                )
+            return
+        lock = layout.lock_file(self.path.parent, "create", self.path.name)
+        ensure_dir(lock.parent)
+        with file_lock(lock, what=f"creating {self.path}"):
+            if os.path.lexists(self.path):
+                return  # another process made it while this one waited
+            temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.randbelow(10**9)}.tmp")
+            fd = open_rewrite(temp)
+            try:
+                with self.errors():
+                    conn = sqlite3.connect(
+                        "file:" + urllib.parse.quote(str(temp)) + "?nofollow=1", uri=True, isolation_level=None
+                    )
+                    try:
+                        conn.execute("PRAGMA journal_mode=WAL")  # kept in the file: tasks.db opens in WAL mode
+                        conn.execute("PRAGMA synchronous=FULL")
+                        self._migrate(conn)
+                    finally:
+                        conn.close()  # the last connection: its WAL is folded in and removed
+                os.fsync(fd)
+                os.rename(temp, self.path)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                for suffix in ("-journal", "-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temp.with_name(temp.name + suffix))
 
     def _version(self, conn: sqlite3.Connection) -> int:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
