@@ -96,7 +96,7 @@ def test_a_failed_runs_fix_record_lists_its_evidence_and_copies_the_small_files(
     everything = "".join(p.read_text(errors="replace") for p in (home / "fixes").rglob("*") if p.is_file())
     assert SECRET not in everything and "not evidence" not in everything
     twin = next((home / "fixes").glob("FIX-*.md")).read_text()
-    assert "## Evidence files" in twin and "error.png: 14 bytes" in twin
+    assert "## Evidence files" in twin and "error.png`: 14 bytes" in twin  # the path as code: it is data
 
 
 def test_a_task_without_evidence_patterns_writes_no_files_key(home: Path, tmp_path: Path) -> None:

@@ -316,7 +316,7 @@ def render_markdown(record: FixRecord) -> str:
         for item in named:
             where = f", copy: {_code(str(item['copied_to']))}" if item.get("copied_to") else ""
             note = f" ({_code(str(item['note']))})" if item.get("note") else ""
-            size, digest = _code(str(item.get("size"))), _code(str(item.get("sha256")))
+            size, digest = int(item.get("size") or 0), _code(str(item.get("sha256")))  # a size is self-heal's own
             lines.append(f"- {_code(str(item['path']))}: {size} bytes, sha256 {digest}{where}{note}")
         lines.append("")
     if record.history:

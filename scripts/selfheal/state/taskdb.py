@@ -29,7 +29,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import sqlite3
 import stat
 import threading
@@ -494,7 +493,8 @@ class TaskDB:
         with file_lock(lock, what=f"creating {self.path}"):
             if os.path.lexists(self.path):
                 return  # another process made it while this one waited
-            temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.randbelow(10**9)}.tmp")
+            n = int.from_bytes(os.urandom(4), "little")  # `.name.pid.n.tmp`: a dead creator's is swept (root.py)
+            temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{n}.tmp")
             fd = open_rewrite(temp)
             try:
                 with self.errors():
