@@ -183,6 +183,45 @@ def test_a_successful_command_that_leaves_a_daemon_is_reported_and_the_daemon_st
     assert f"left pid {daemon}" in done.stderr.decode()
 
 
+# retry_run.py under a wall clock stepped back 30 s once the command has started (as NTP or `date -s` would):
+# every start time in seconds since the epoch read after that is 30 s earlier. argv[1]: the file whose
+# existence marks the step; the rest: retry_run.py and its arguments.
+STEPPED_RUN = textwrap.dedent("""
+    import os, runpy, sys
+    import psutil._pslinux as linux
+    real, mark = linux.boot_time, sys.argv[1]
+    linux.boot_time = lambda: real() - (30.0 if os.path.exists(mark) else 0.0)
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def test_a_daemon_left_while_the_wall_clock_is_stepped_back_is_still_the_commands_and_stopped(
+    home: Path, tmp_path: Path, leftovers: list[int]
+) -> None:
+    """The daemon starts after the step, so its start in seconds since the epoch reads older than the command's:
+    by clock ticks since boot it is younger, so it is still known as the command's own, reported and stopped."""
+    pidfile, mark = tmp_path / "daemon.pid", tmp_path / "stepped"
+    daemon_file = tmp_path / "daemon.py"
+    daemon_file.write_text(DAEMON.replace("sys.argv[2]", "'0.5'"))
+    # The command marks the step once it runs (its start was read before), waits, then leaves the daemon.
+    script = "import sys, time; open(sys.argv[2], 'w').close(); time.sleep(0.5); exec(open(sys.argv[3]).read())"
+    command = [PYTHON, "-c", script, str(pidfile), str(mark), str(daemon_file)]
+    done = subprocess.run(
+        [PYTHON, "-c", STEPPED_RUN, str(mark), RETRY_RUN, "--json", "--", *command],
+        check=False,
+        capture_output=True,
+        env=script_env(home),
+        timeout=60,
+    )
+    daemon = int(pidfile.read_text())
+    leftovers.append(daemon)
+    result = as_json(done)
+    assert done.returncode == 0 and result["ok"] is True, done.stderr
+    assert not alive(daemon)
+    assert [(d["pid"], d["stopped"]) for d in result["left_behind"]] == [(daemon, True)]
+
+
 def test_keep_daemons_reports_the_daemon_and_leaves_it_running(
     home: Path, tmp_path: Path, leftovers: list[int]
 ) -> None:

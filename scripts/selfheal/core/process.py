@@ -418,6 +418,7 @@ def run_command(
     identity = identify(proc.pid)
     tracker.leader = proc.pid
     tracker.since = identity.create_time if identity is not None else time.time()
+    tracker.since_ticks = identity.start_ticks if identity is not None else None
     if on_start is not None:
         on_start(identity)
     if proc.stdout is None or proc.stderr is None:  # pragma: no cover - PIPE was asked for
@@ -567,10 +568,19 @@ class _Descendants:
     def __init__(self) -> None:
         self.leader = 0
         self.since = 0.0  # the command's start time: anything adopted must be younger
+        self.since_ticks: int | None = None  # the same in clock ticks since boot (a stepped clock moves no tick)
         self.procs: dict[int, psutil.Process] = {}
         self.adopted: set[int] = set()
         self.subreaper = is_subreaper()
         self._me = psutil.Process() if self.subreaper else None
+
+    def younger(self, proc: psutil.Process) -> bool:
+        """Whether `proc` started no earlier than the command (so it may be the command's): by clock ticks
+        since boot where both are known, else by the start time in seconds since the epoch."""
+        ticks = start_ticks(proc.pid) if self.since_ticks is not None else None
+        if ticks is not None and self.since_ticks is not None:
+            return ticks >= self.since_ticks - 1
+        return bool(proc.create_time() >= self.since - 0.01)
 
     def remember(self) -> None:
         """Snapshot the command's descendants (and what we adopted), so one that calls setsid() is still known."""
@@ -581,7 +591,7 @@ class _Descendants:
                     if child.pid == self.leader or child.pid in self.procs:
                         continue
                     with contextlib.suppress(psutil.Error):
-                        if child.create_time() >= self.since - 0.01:
+                        if self.younger(child):
                             self.adopted.add(child.pid)
                             self.procs[child.pid] = child
                 roots += [pid for pid in self.adopted if pid in self.procs]
@@ -603,7 +613,7 @@ class _Descendants:
         if not _alive(self.leader):  # a live leader's group members are its descendants, already found
             for member in _group_members(self.leader):
                 with contextlib.suppress(psutil.Error):
-                    if member.create_time() >= self.since - 0.01:  # younger than the command: its own
+                    if self.younger(member):  # younger than the command: its own
                         found.setdefault(member.pid, member)
                         self.procs.setdefault(member.pid, member)
         out = {}
@@ -665,5 +675,5 @@ class _Descendants:
                 if child.pid == self.leader:
                     continue
                 with contextlib.suppress(psutil.Error, ChildProcessError):
-                    if child.status() == psutil.STATUS_ZOMBIE and child.create_time() >= self.since - 0.01:
+                    if child.status() == psutil.STATUS_ZOMBIE and self.younger(child):
                         os.waitpid(child.pid, os.WNOHANG)
