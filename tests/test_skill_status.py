@@ -85,6 +85,38 @@ def test_a_link_planted_at_the_temp_name_is_named_once_and_the_line_is_still_wri
     assert sorted(p.name for p in folder.iterdir()) == [planted.name, "self-heal.txt"]  # no temp file left
 
 
+def test_a_dead_writers_temp_file_is_swept_and_nothing_else_in_openclaws_folder(tmp_path: Path) -> None:
+    """A writer killed between its create and its rename leaves `.self-heal.txt.<pid>.<token>.tmp` behind; the
+    next write removes it (its pid is gone), and leaves a live writer's and every other skill's files."""
+    env = {"OPENCLAW_STATE_DIR": str(tmp_path / "oc")}
+    folder = tmp_path / "oc" / "skills" / "status"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = folder / f".self-heal.txt.{dead.pid}.{'a' * 16}.tmp"
+    live = folder / f".self-heal.txt.{os.getpid()}.{'b' * 16}.tmp"
+    other = folder / f".other-skill.txt.{dead.pid}.{'c' * 16}.tmp"
+    for path in (stale, live, other):
+        path.write_text("x")
+    update_status({"health": "ok"}, now=0.0, env=env)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, other.name, "self-heal.txt"])
+
+
+def test_a_link_planted_at_the_status_file_is_not_read(tmp_path: Path) -> None:
+    """The pairs are read only from our own file: a link there to someone else's file is not read (its
+    contents would be copied into ours), and the next write replaces the link, never its target."""
+    env = {"OPENCLAW_STATE_DIR": str(tmp_path / "oc")}
+    folder = tmp_path / "oc" / "skills" / "status"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("secret=hunter2,status=owned\n")
+    os.symlink(victim, folder / "self-heal.txt")
+    assert read_status(folder / "self-heal.txt") == {}
+    path = update_status({"health": "ok"}, now=0.0, env=env)
+    assert "hunter2" not in path.read_text() and not path.is_symlink()
+    assert victim.read_text() == "secret=hunter2,status=owned\n"
+
+
 def test_a_gateway_that_serves_only_health_is_live_with_the_probe_path_configured() -> None:
     """By default such a gateway reads down (/healthz is its HTML page); live_path /health and no readiness
     probe read it live."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import logging
 
 STATUS_FILE_NAME = "self-heal.txt"
+_MAX_READ = 65536  # our status line is a few hundred bytes
 _TEMP_TRIES = 5  # temp names tried before giving up (each one random: a clash means a planted file)
 _UNSAFE = re.compile(r"[,\n\r=]+")  # a value holding these would read back as more pairs
 
@@ -41,8 +43,12 @@ def status_path(env: Mapping[str, str] | None = None) -> Path:
 
 def read_status(path: Path) -> dict[str, str]:
     """The pairs of our own status file ({} when it is missing or unreadable)."""
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # never through a link planted at it (it would read, and then rewrite, someone else's file)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            text = os.read(fd, _MAX_READ).decode("utf-8") if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+        finally:
+            os.close(fd)
     except (OSError, UnicodeDecodeError):
         return {}
     pairs: dict[str, str] = {}
@@ -79,6 +85,7 @@ def _replace(path: Path, data: bytes) -> None:
     (O_CREAT|O_EXCL|O_NOFOLLOW, 0600), so a link planted at it (symbolic or hard) is never written through;
     the rename replaces a link planted at `path` itself, never the file it points to."""
     _make_folders(path.parent)
+    _sweep(path)
     fd, tmp = _create_temp(path)
     try:
         try:
@@ -126,6 +133,29 @@ def _create_temp(path: Path) -> tuple[int, Path]:
             if attempt == _TEMP_TRIES - 1:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _sweep(path: Path) -> None:
+    """Remove temp files of ours (`.<name>.<pid>.<token>.tmp`) whose writer is dead: one killed between its
+    create and its rename leaves one in OpenClaw's folder; nothing else there is touched."""
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith(".tmp")):
+                continue
+            pid, _, token = name[len(prefix) : -len(".tmp")].partition(".")
+            if not (pid.isdigit() and len(token) == 16 and entry.is_file(follow_symlinks=False)):
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # its writer may still be writing
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 def _temp_token() -> str:
