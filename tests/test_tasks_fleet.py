@@ -303,3 +303,42 @@ def test_a_runner_that_lost_its_lease_stops_its_command_and_its_outcome_is_refus
     assert marks.read_text().splitlines() == ["start"]  # stopped: its last line never came
     now = b.get("long")
     assert (now.exec_state, now.run_id, (now.runner or {}).get("host")) == (PROCESSING, "long-on-box-b", "box-b")
+
+
+def test_a_dead_runners_command_is_stopped_on_its_host_once_another_host_took_the_task_over(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """Host a's runner is SIGKILLed; its command runs on in its own session. After the lease, host b takes the
+    task over and runs it. Nothing judges the task on host a any more (it is b's now), so a's next pass stops
+    a's copy: the two never run side by side for longer than a's cron interval."""
+    pidfile = tmp_path / "a-command.pid"
+    envs = {}
+    for host in ("a", "b"):
+        home = tmp_path / host
+        home.mkdir(mode=0o700)
+        (home / "config.yaml").write_text(FAST)
+        envs[host] = script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID=host)
+
+    def tasks(host: str, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [PYTHON, str(SCRIPTS / "tasks.py"), *args]
+        return subprocess.run(cmd, env=envs[host], capture_output=True, text=True, timeout=60, check=False)
+
+    # On host a the command records itself and runs long; on b it is quick.
+    script = f'if [ "$SELFHEAL_HOST_ID" = a ]; then echo $$ > {pidfile}; exec sleep 120; fi; echo done'
+    assert tasks("a", "add", "job", "--shell", script).returncode == 0
+    runner = subprocess.Popen([PYTHON, str(SCRIPTS / "tasks.py"), "run-next"], env=envs["a"])
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline, "the command never started on host a"
+        time.sleep(0.05)
+    command = psutil.Process(int(pidfile.read_text()))
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(10)
+    time.sleep(2.5)  # past tasks.lease_s (2 s): the task is free for another host
+    taken = tasks("b", "run-next", "--json")
+    assert taken.returncode == 0 and json.loads(taken.stdout)["exec_state"] == END, taken.stdout + taken.stderr
+    assert command.is_running() and command.status() != psutil.STATUS_ZOMBIE  # a's copy still runs (the problem)
+    checked = tasks("a", "check-stuck")
+    assert checked.returncode in (0, 1), checked.stderr
+    command.wait(10)  # stopped
+    assert not command.is_running() or command.status() == psutil.STATUS_ZOMBIE

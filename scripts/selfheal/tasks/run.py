@@ -42,6 +42,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -55,7 +56,7 @@ from ..core.ledger import Ledger
 from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree
 from ..core.redact import LineRedactor, Redactor
 from ..core.runner import run_with_retry
-from ..core.runs import list_runs, new_run_id
+from ..core.runs import close_dead, list_runs, new_run_id, stop_orphans
 from ..durable.checkpoint import TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
 from ..durable.incident import Incident, new_incident_id, notify, write_incident
 from ..durable.workflow import WorkflowRunner, load_plan, status
@@ -1337,7 +1338,37 @@ def check_stuck(store: TaskStore, *, now: float | None = None, ledger: Ledger | 
         if escalation is not None:
             announce(ledger, finding.task, None, escalation)
         acted.append(finding)
+    if store.fleet:
+        _stop_orphans_others_took_over(store, ledger, {f.task for f in acted})
     return acted
+
+
+def _stop_orphans_others_took_over(store: TaskStore, ledger: Ledger, handled: set[str]) -> None:
+    """Fleet mode: a command this host started whose runner died keeps running (its own session) after
+    another host takes the task over at the end of the lease, and nothing here judges that task any more (it
+    is the other host's now): so each pass stops this host's commands of dead runs whose task is no longer
+    this host's, before they can run beside the copy elsewhere. (Keep `tasks.lease_s` above the cron
+    interval of `run-next`, so this pass comes before the lease ends.)"""
+    if not store.config.process.kill_orphans:
+        return
+    host = socket.gethostname()
+    ours = {t.name for t in store.processing() if (t.runner or {}).get("host") == store.host}
+    dead = {
+        record.task
+        for record in list_runs(store.state, running_only=True)
+        if record.task and record.running and record.host in (None, host) and record.supervisor_gone(host)
+    }
+    for task in sorted(dead - ours - handled):
+        stopped = stop_orphans(store.state, task, kill=True, grace_s=store.config.process.kill_grace_s)
+        close_dead(store.state, task, now=store.clock.time())  # its records: finished, crashed
+        if stopped:
+            ledger.record(
+                "stuck",
+                task=task,
+                status="orphan",
+                reason="its runner died and another host took the task over: this host's copy was stopped",
+                killed=" ".join(str(o.pid) for o in stopped),
+            )
 
 
 def _orphans(store: TaskStore, task: Task) -> list[ProcessIdentity | None]:
