@@ -342,3 +342,92 @@ def test_a_dead_runners_command_is_stopped_on_its_host_once_another_host_took_th
     assert checked.returncode in (0, 1), checked.stderr
     command.wait(10)  # stopped
     assert not command.is_running() or command.status() == psutil.STATUS_ZOMBIE
+
+
+SKEWED = """
+import runpy, sys, time
+real, ahead = time.time, float(sys.argv[1])
+time.time = lambda: real() + ahead  # this host's clock runs ahead of the database's
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_host_whose_clock_runs_ahead_does_not_find_its_own_healthy_run_stuck(fleet_url: str, tmp_path: Path) -> None:
+    """Starts and heartbeats are stamped with the database's clock: a host 120 s ahead (stuck_after_s 60)
+    judges their age by that clock too, so its running task is not killed as silent."""
+    home = tmp_path / "a"
+    home.mkdir(mode=0o700)
+    (home / "config.yaml").write_text("process: {heartbeat_s: 0.2}\ntasks: {lease_s: 2.0, stuck_after_s: 60}\n")
+    env = script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="a")
+    started = tmp_path / "started"
+
+    def skewed(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [PYTHON, "-c", SKEWED, "120", str(SCRIPTS / "tasks.py"), *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    assert skewed("add", "steady", "--shell", f"touch {started}; sleep 3; echo done").returncode == 0
+    runner = subprocess.Popen(
+        [PYTHON, "-c", SKEWED, "120", str(SCRIPTS / "tasks.py"), "run-next", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    checked = skewed("check-stuck", "--json")
+    assert checked.returncode == 0 and json.loads(checked.stdout)["findings"] == [], checked.stdout + checked.stderr
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 0 and json.loads(out)["exec_state"] == END, out
+
+
+def test_a_nul_in_a_commands_output_is_recorded_and_escalates_as_on_sqlite(fleet_url: str, tmp_path: Path) -> None:
+    """A command whose stderr holds a NUL byte: its failure is recorded in the shared tree and it escalates
+    (ERROR_FIX_PENDING and a FIX child), as on a single host's SQLite tree; its events reach the fleet's
+    ledger (U+FFFD for the NUL), nothing is spooled and nothing says the database is unreachable."""
+    command = 'printf "boom\\000zero\\n" >&2; exit 1'
+    outcomes = {}
+    for mode in ("sqlite", "fleet"):
+        home = tmp_path / mode
+        home.mkdir(mode=0o700)
+        env = script_env(home, SELFHEAL_HOST_ID="box-n", **({"SELFHEAL_DATABASE_URL": fleet_url} if mode == "fleet" else {}))
+        if mode == "sqlite":
+            env.pop("SELFHEAL_DATABASE_URL", None)
+
+        def tasks(*args: str, env: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+            cmd = [PYTHON, str(SCRIPTS / "tasks.py"), *args]
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+        assert tasks("add", "nulout", "--shell", command).returncode == 0
+        ran = tasks("run-next", "--task", "nulout")
+        assert "unreachable" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+        listed = json.loads(tasks("list", "--json").stdout)
+        rows = listed["tasks"] if isinstance(listed, dict) else listed
+        outcomes[mode] = (ran.returncode, sorted((t["name"], t["exec_state"]) for t in rows))
+        assert not (home / "fleet" / "ledger-spool.jsonl").exists() or not (home / "fleet" / "ledger-spool.jsonl").read_bytes()
+    assert outcomes["fleet"] == outcomes["sqlite"]
+    assert ("nulout", "ERROR_FIX_PENDING") in outcomes["fleet"][1], outcomes
+    with psycopg.connect(fleet_url) as conn:
+        reasons = [r[0] for r in conn.execute("SELECT data->>'reason' FROM selfheal_ledger WHERE task = 'nulout'")]
+        (error,) = conn.execute("SELECT last_error FROM tasks WHERE task_name = 'nulout'").fetchone() or (None,)
+    assert any(r and "boom\ufffdzero" in r for r in reasons), reasons
+    assert "\x00" not in str(error) and "boom" in str(error)
+
+
+def test_a_nul_in_a_description_from_a_file_is_stored_with_a_replacement_as_sqlite_stores_it_whole(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """`add --from` with "\\u0000" in a description: accepted in fleet mode as on SQLite (exit 0), the fleet's
+    row holding U+FFFD where the NUL was."""
+    source = tmp_path / "tasks.jsonl"
+    source.write_text('{"name": "a", "description": "x\\u0000y"}\n')
+    home = tmp_path / "h"
+    home.mkdir(mode=0o700)
+    env = script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-n")
+    cmd = [PYTHON, str(SCRIPTS / "tasks.py"), "add", "--from", str(source)]
+    added = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert added.returncode == 0, added.stderr
+    with psycopg.connect(fleet_url) as conn:
+        assert conn.execute("SELECT description FROM tasks WHERE task_name = 'a'").fetchone() == ("x\ufffdy",)

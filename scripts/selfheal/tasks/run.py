@@ -1243,12 +1243,16 @@ def _identity(record: dict[str, Any] | None) -> ProcessIdentity | None:
     return ProcessIdentity(int(record["pid"]), float(record["create_time"]), ticks if isinstance(ticks, int) else None)
 
 
-def _judge(task: Task, now: float, limit: float, host: str) -> StuckFinding | None:
+def _judge(task: Task, now: float, limit: float, host: str, db_now: float | None = None) -> StuckFinding | None:
+    """`now`: this host's clock, which stamps `activity_ts`; `db_now`: the clock that stamps `started_ts` and
+    `heartbeat_ts` (the database's in fleet mode, so a host whose clock runs ahead does not find its own
+    healthy runs silent; this host's otherwise)."""
     if task.exec_state != PROCESSING:
         return None
+    db_now = now if db_now is None else db_now
     since = task.started_ts or task.updated_ts
-    idle = now - max(task.activity_ts or 0.0, since)
-    beat_age = now - max(task.heartbeat_ts or 0.0, since)
+    idle = min(now - (task.activity_ts or 0.0), db_now - since)
+    beat_age = db_now - max(task.heartbeat_ts or 0.0, since)
     runner = task.runner or {}
     where = runner.get("host")  # always recorded: a runner of an unknown host is not judged
     if where is not None and recorded_process_gone(
@@ -1260,6 +1264,14 @@ def _judge(task: Task, now: float, limit: float, host: str) -> StuckFinding | No
     return None
 
 
+def _db_now(store: TaskStore) -> float | None:
+    """The database's clock in fleet mode (it stamps starts and heartbeats there); None on one host."""
+    if not store.fleet:
+        return None
+    rows = store.db.query_many([("SELECT EXTRACT(EPOCH FROM statement_timestamp())", ())])
+    return float(rows[0][0][0])
+
+
 def find_stuck(store: TaskStore, *, now: float | None = None) -> list[StuckFinding]:
     """PROCESSING tasks that are stuck or whose runner died; nothing is changed (for health_check.py)."""
     now = store.clock.time() if now is None else now
@@ -1267,7 +1279,8 @@ def find_stuck(store: TaskStore, *, now: float | None = None) -> list[StuckFindi
     limit = store.config.tasks.stuck_after_s
     # Fleet mode: only this host's runs; another host's run that stopped beating is the lease's business.
     mine = [t for t in store.processing() if not store.fleet or (t.runner or {}).get("host") == host]
-    found = [_judge(t, now, limit, host) for t in mine]
+    db_now = _db_now(store)
+    found = [_judge(t, now, limit, host, db_now) for t in mine]
     return [f for f in found if f is not None]
 
 
@@ -1285,7 +1298,7 @@ def check_stuck(store: TaskStore, *, now: float | None = None, ledger: Ledger | 
             if candidate.task not in tree:
                 continue
             task = tree.get(candidate.task)
-            finding = _judge(task, now, limit, host)  # again, under the lock: it may have moved on
+            finding = _judge(task, now, limit, host, _db_now(store))  # again, under the lock: it may have moved on
             if finding is None or task.runner != candidate.runner:
                 continue
             orphans = _orphans(store, task)
