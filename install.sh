@@ -158,19 +158,24 @@ mkdir -p "$STATE"
 chmod 700 "$STATE"
 
 # 6. --cron / --no-cron: self-heal's lines in this user's crontab (health check, fix tasks, regular tasks). Only
-#    the lines carrying one of the three marks are ever written or removed; every other line passes unchanged.
-#    cron runs with almost no environment: each line pins HOME, the state folder and PATH as they are now.
+#    the lines carrying one of the three marks are ever written or removed; every other line passes unchanged,
+#    byte for byte: the table goes through files, never through "$(...)" (which drops trailing blank lines)
+#    nor grep (which prints "binary file matches" instead of a line it cannot decode). A table that would not
+#    change is not written again. cron runs with almost no environment: each line pins HOME, the state
+#    folder and PATH as they are now.
 shq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }   # one shell word, single-quoted
 schedule() { "$VPY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["schedules"][sys.argv[2]])' "$ROOT/skill.yaml" "$1"; }
 if [ "$CRON" != keep ]; then
     ERR="$(mktemp)"
-    if CURRENT="$("$CRONTAB" -l 2>"$ERR")"; then
+    CURRENT="$(mktemp)"
+    NEW="$(mktemp)"
+    if "$CRONTAB" -l >"$CURRENT" 2>"$ERR"; then
         :
     elif grep -qi "no crontab" "$ERR"; then
-        CURRENT=""
+        : >"$CURRENT"
     else
         echo "install.sh: cannot read the crontab ($CRONTAB -l: $(cat "$ERR")); nothing changed" >&2
-        rm -f "$ERR"
+        rm -f "$ERR" "$CURRENT" "$NEW"
         exit 3
     fi
     rm -f "$ERR"
@@ -187,12 +192,29 @@ if [ "$CRON" != keep ]; then
         ENTRIES="$(printf '%s\n%s\n%s' "$HEALTH" "$FIX" "$REGULAR")"
         ENTRIES="${ENTRIES//%/\\%}"   # an unescaped % ends a crontab command
     fi
-    {
-        if [ -n "$CURRENT" ]; then
-            printf '%s\n' "$CURRENT" | grep -vF -e "$CRON_MARK" -e "$FIX_MARK" -e "$REGULAR_MARK" || true
-        fi
-        if [ -n "$ENTRIES" ]; then printf '%s\n' "$ENTRIES"; fi
-    } | "$CRONTAB" -
+    # The table less every line carrying a mark (split at "\n" only), then our lines: "changed" or "same".
+    CHANGED="$("$VPY" - "$CURRENT" "$NEW" "$ENTRIES" "$CRON_MARK" "$FIX_MARK" "$REGULAR_MARK" <<'PYEOF'
+import os, sys
+src, dst, entries, *marks = sys.argv[1:]
+with open(src, "rb") as fh:
+    old = fh.read()
+lines = old.split(b"\n")
+kept = [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+kept = [line for line in kept if not any(os.fsencode(m) in line for m in marks)]
+if entries:
+    if kept and not kept[-1].endswith(b"\n"):
+        kept[-1] += b"\n"
+    kept.append(os.fsencode(entries) + b"\n")
+new = b"".join(kept)
+with open(dst, "wb") as fh:
+    fh.write(new)
+print("same" if new == old else "changed")
+PYEOF
+)"
+    if [ "$CHANGED" = changed ]; then
+        "$CRONTAB" - <"$NEW"
+    fi
+    rm -f "$CURRENT" "$NEW"
     if [ "$CRON" = add ]; then
         say "edited the crontab of user $(id -un) ($CRONTAB): three lines marked '# self-heal ...' (health check, fix tasks, regular tasks), state in $STATE; './install.sh --no-cron' removes exactly them"
         say "liveness belongs outside the gateway (OpenClaw's cron stops with it); the task runners may run in either"

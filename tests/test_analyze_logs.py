@@ -285,6 +285,58 @@ def test_every_openclaw_fixture_is_read_without_a_malformed_line() -> None:
     assert [i["lines"] for i in report["inputs"]] == [11, 6, 13, 79]  # cli-day1, cli-day2, cli-skills, gateway
 
 
+def test_every_openclaw_error_line_is_counted_where_a_person_sees_it() -> None:
+    """Per fixture, the ERROR lines of the JSON itself: each is a lane error line, a failed CLI command's line or
+    an other error; each failed command is listed with its message, and its error is in the text report."""
+    cli_failed = {"cli-day1.jsonl": 2, "cli-day2.jsonl": 0, "cli-skills-commands.jsonl": 2, GATEWAY.name: 1}
+    for path in sorted(FIXTURES.glob("*.jsonl")):
+        objs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        errors = [o for o in objs if o["_meta"]["logLevelName"] in ("ERROR", "FATAL")]
+        report = report_of(path)
+        oc = report["openclaw"]
+        assert oc["lane_error_lines"] + oc["cli_error_lines"] + oc["other_errors"] == len(errors), path.name
+        assert oc["cli_failed"] == len(oc["cli"]) == cli_failed[path.name], path.name
+        shown = [line for c in oc["cli"] for line in c["lines"]]
+        lanes = [o["message"] for o in errors if o["message"].startswith("lane task error")]
+        assert sorted(shown + lanes) == sorted(o["message"] for o in errors), path.name
+        text = render_text(report)
+        assert all(f"CLI command failed {c['time']}: {c['error']}" in text for c in oc["cli"]), path.name
+    day1 = report_of(FIXTURES / "cli-day1.jsonl")
+    assert [c["error"] for c in day1["openclaw"]["cli"]][1] == "archive is missing SKILL.md"
+    assert "archive is missing SKILL.md" in {row["signature"] for row in day1["unclassified"]["signatures"]}
+
+
+def test_an_openclaw_error_line_of_no_known_kind_goes_to_unclassified_with_its_text(tmp_path: Path) -> None:
+    def line(message: str, error: str) -> str:
+        return json.dumps(
+            {
+                "0": '{"subsystem":"gateway/ws"}',
+                "1": {"error": error},
+                "2": message,
+                "_meta": {"logLevelName": "ERROR", "name": '{"subsystem":"gateway/ws"}', "parentNames": ["openclaw"]},
+                "time": "2026-11-21T00:06:00.000+00:00",
+                "message": message,
+            }
+        )
+
+    path = write(
+        tmp_path / "oc.log",
+        [line("plugin registry entry vanished", "weather-kit"), line("upstream failed", "connect ECONNREFUSED")],
+    )
+    report = report_of(path)
+    oc = report["openclaw"]
+    assert (oc["other_errors"], oc["cli_failed"], oc["failed_turns"]) == (2, 0, 0)
+    assert [(e["subsystem"], e["error"]) for e in oc["errors"]] == [
+        ("gateway/ws", "plugin registry entry vanished: weather-kit"),
+        ("gateway/ws", "upstream failed: connect ECONNREFUSED"),
+    ]
+    rows = {row["signature"]: row for row in report["unclassified"]["signatures"]}
+    assert list(rows) == ["plugin registry entry vanished: weather-kit"]  # a rule reads the refused connection
+    assert rows["plugin registry entry vanished: weather-kit"]["sources"] == ["openclaw"]
+    assert report["unclassified"]["count"] == 1
+    assert "error 2026-11-21T00:06:00.000+00:00 (gateway/ws): plugin registry entry vanished" in render_text(report)
+
+
 def test_openclaw_lines_mixed_into_a_seed_log_are_still_found(tmp_path: Path) -> None:
     """Detection is per line: one file holding both formats gives both sets of figures."""
     lines, exp = seed_log(6, 400)

@@ -164,7 +164,20 @@ case "$1" in
   *) echo "fake crontab: unsupported: $*" >&2; exit 2 ;;
 esac
 """
-USER_LINES = "MAILTO=me@example.com\n# nightly backup\n0 3 * * * /usr/local/bin/backup --to /mnt/b 100%\n"
+# A user's own table, in the shapes crontab(5) allows: comments, a variable, blank lines (trailing ones too, and one
+# of white space only), tabs, an escaped and an unescaped %, @reboot, trailing spaces.
+USER_LINES = (
+    "# m h dom mon dow command\n"
+    "MAILTO=me@example.com\n"
+    "\n"
+    "# nightly backup\n"
+    "0 3 * * * /usr/local/bin/backup --to /mnt/b 100%\n"
+    "@reboot\t/usr/local/bin/start-agent\t--quiet\n"
+    "15 4 * * 1-5\tdate +\\%Y-\\%m-\\%d >> /tmp/stamp   \n"
+    " \t\n"
+    "\n"
+    "\n"
+)
 
 
 @pytest.fixture
@@ -193,7 +206,10 @@ def install(home: Path, crontab: tuple[Path, Path], *args: str, **extra: str) ->
 def test_install_cron_adds_its_three_lines_however_often_it_runs_and_no_cron_removes_only_them(
     home: Path, crontab: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Health check, fix tasks, regular tasks: each line pins HOME, the state folder and PATH; the user's lines stay."""
+    """Health check, fix tasks, regular tasks: each line pins HOME, the state folder and PATH; the user's table
+    stays byte for byte (its trailing blank lines too, and a comment that is not UTF-8)."""
+    user = b"# caf\xe9: a comment in Latin-1\n" + USER_LINES.encode()
+    crontab[1].write_bytes(user)
     user_home = tmp_path / "user-home"
     user_home.mkdir()
     path = "/opt/node/bin:/usr/bin:/bin"
@@ -202,9 +218,9 @@ def test_install_cron_adds_its_three_lines_however_often_it_runs_and_no_cron_rem
     second = install(home, crontab, "--cron", HOME=str(user_home), PATH=f"{path}:{os.environ['PATH']}")
     assert second.returncode == 0, second.stderr
     assert "edited the crontab of user" in second.stderr and "--no-cron' removes exactly them" in second.stderr
-    table = crontab[1].read_text()
-    assert table.startswith(USER_LINES)  # the user's lines, untouched, in place
-    ours = [line for line in table.splitlines() if "# self-heal " in line]
+    table = crontab[1].read_bytes().decode("utf-8", "surrogateescape")
+    assert table.startswith(user.decode("utf-8", "surrogateescape"))  # the user's lines, untouched, in place
+    ours = [line for line in table.split("\n") if "# self-heal " in line]
     venv_python = ROOT / ".venv" / "bin" / "python"
     pinned = f"HOME='{user_home}' SELFHEAL_HOME='{home}' PATH='{path}:{os.environ['PATH']}' '{venv_python}'"
     assert ours == [
@@ -213,7 +229,7 @@ def test_install_cron_adds_its_three_lines_however_often_it_runs_and_no_cron_rem
         f"* * * * * {pinned} '{SCRIPTS / 'tasks.py'}' run-next --type fix --quiet # self-heal fix tasks",
         f"*/10 * * * * {pinned} '{SCRIPTS / 'tasks.py'}' run-next --type regular --quiet # self-heal regular tasks",
     ]
-    assert table == USER_LINES + "\n".join(ours) + "\n"
+    assert crontab[1].read_bytes() == user + ("\n".join(ours) + "\n").encode()  # its three lines, and only them
     # The line for OpenClaw's own cron: no chat delivery, so a failing run records no "Channel is required".
     argv = json.dumps([str(venv_python), str(SCRIPTS / "health_check.py"), "--cron"])
     assert (
@@ -223,9 +239,9 @@ def test_install_cron_adds_its_three_lines_however_often_it_runs_and_no_cron_rem
 
     removed = install(home, crontab, "--no-cron")
     assert removed.returncode == 0, removed.stderr
-    assert crontab[1].read_text() == USER_LINES
+    assert crontab[1].read_bytes() == user
     assert install(home, crontab, "--no-cron").returncode == 0
-    assert crontab[1].read_text() == USER_LINES
+    assert crontab[1].read_bytes() == user
 
 
 @pytest.mark.slow

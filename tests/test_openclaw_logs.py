@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 from conftest import ROOT
 from selfheal.core.classify import Classifier
 from selfheal.core.config import Config
+from selfheal.heal.diagnose import gather_openclaw
 from selfheal.observe import openclaw_logs as oc
 
 FIXTURES = ROOT / "tests" / "fixtures" / "openclaw-logs"
@@ -35,7 +37,8 @@ def test_the_gateway_log_yields_one_cron_failure_two_lane_errors_one_exhausted_c
     assert kinds.count(oc.CRON_FAILED) == 1  # logged twice for one run (same job, same trace)
     assert kinds.count(oc.LANE_ERROR) == 2  # the main lane and the session lane of one turn
     assert kinds.count(oc.FALLBACK_EXHAUSTED) == 1
-    assert kinds.count(oc.CLI_FAILED) == 1
+    assert kinds.count(oc.CLI_FAILED) == 5  # the five lines of one failed command
+    assert len(oc.summarize(found).cli) == 1
     cron = next(f for f in found if f.kind == oc.CRON_FAILED)
     assert cron.job == "oc-selfheal-health-fail" and cron.error == "command exited with code 1"
     assert "Connection refused" in str(cron.detail["diagnostics"])
@@ -157,3 +160,98 @@ def test_earlier_steps_come_from_next_fallback_lines_when_previous_attempts_is_m
         lines.append(oc.Record(r.time, r.level, r.subsystem, r.message, data))
     chain = oc.summarize(oc.failures(lines)).chains[0]
     assert [s.model for s in chain.steps] == ["vllm/qwen3-4b", "backup/qwen-0.5b"]
+
+
+# -- every ERROR line: failed CLI commands and errors of no known kind ------------------------------------------
+
+
+def error_lines(name: str) -> list[dict[str, Any]]:
+    """The ERROR and FATAL lines of a fixture, read straight from its JSON."""
+    lines = [json.loads(line) for line in (FIXTURES / name).read_text().splitlines() if line.strip()]
+    return [o for o in lines if o["_meta"]["logLevelName"] in ("ERROR", "FATAL")]
+
+
+def test_every_error_line_of_the_real_logs_is_a_lane_error_a_cli_line_or_an_other_error() -> None:
+    """Counted from the JSON itself: no ERROR line of any fixture is lost (11 in all, 7 of them the CLI's)."""
+    total = 0
+    for path in sorted(FIXTURES.glob("*.jsonl")):
+        expected = error_lines(path.name)
+        s = oc.summarize(oc.failures(records(path.name)))
+        assert s.lane_lines + s.cli_lines + len(s.errors) == len(expected), path.name
+        console = [o["message"] for o in expected if o["_meta"]["path"]["method"].startswith("console.")]
+        assert [m for c in s.cli for m in c.detail["messages"]] == console, path.name
+        total += len(expected)
+    assert total == 11
+
+
+def test_a_cli_commands_own_error_is_a_failed_command_with_its_message() -> None:
+    """`openclaw skills install` prints its error on its own (no `[openclaw] Reason:` line): still a failure."""
+    day1 = oc.summarize(oc.failures(records("cli-day1.jsonl")))
+    assert [c.error for c in day1.cli] == [
+        "Skill already exists at /home/agent/.openclaw/workspace/skills/oc-testskill. Re-run with force/update.",
+        "archive is missing SKILL.md",
+    ]
+    skills = oc.summarize(oc.failures(records("cli-skills-commands.jsonl")))
+    assert [c.error for c in skills.cli] == [
+        "Unsupported git skill spec: git:/home/agent/testrepo2",
+        "archive is missing SKILL.md",
+    ]
+    assert all(r.console for r in records("cli-day1.jsonl"))  # the CLI's console, forwarded to the log
+
+
+def test_openclaws_five_line_banner_is_one_failed_command_named_by_its_reason() -> None:
+    """The CLI command failed / Reason / Debug / Try / Help, within 4 ms: one command, its error the reason."""
+    s = oc.summarize(oc.failures(records("gateway-cron-agent-errors.jsonl")))
+    assert (len(s.cli), s.cli_lines, s.errors) == (1, 5, [])
+    assert s.cli[0].error == "No route-compatible authentication source is configured for openai."
+    assert s.cli[0].detail["messages"][0] == "[openclaw] The CLI command failed."
+    assert s.cli[0].detail["messages"][-1] == "[openclaw] Help: openclaw --help"
+
+
+def other_error(message: str, level: str = "ERROR", **data: Any) -> dict[str, Any]:
+    """A subsystem's ERROR line as OpenClaw writes it (tslog), of no kind self-heal knows."""
+    return {
+        "0": '{"subsystem":"gateway/ws"}',
+        "1": data,
+        "2": message,
+        "_meta": {
+            "logLevelName": level,
+            "name": '{"subsystem":"gateway/ws"}',
+            "parentNames": ["openclaw"],
+            "path": {"method": "logToFile"},
+        },
+        "time": "2026-11-21T00:06:00.000+00:00",
+        "message": message,
+    }
+
+
+def test_an_error_line_of_no_known_kind_is_kept_with_its_text() -> None:
+    lines = [
+        oc.parse(other_error("plugin registry entry vanished", error="weather-kit")),
+        oc.parse(other_error("gateway state lost", level="FATAL")),
+        oc.parse({**other_error("all fine"), "_meta": {"logLevelName": "INFO"}}),
+    ]
+    s = oc.summarize(oc.failures(r for r in lines if r is not None))
+    assert [(f.kind, f.error, f.detail["subsystem"]) for f in s.errors] == [
+        (oc.OTHER_ERROR, "plugin registry entry vanished: weather-kit", "gateway/ws"),
+        (oc.OTHER_ERROR, "gateway state lost", "gateway/ws"),
+    ]
+    assert (s.cli, s.turns, s.cron) == ([], [], [])
+
+
+def test_failed_cli_commands_of_the_real_logs_become_evidence_for_fix_records(config: Config) -> None:
+    """`self_heal.py --from-openclaw-logs`: one cli_failed evidence per failed command, with its message."""
+    found, lines, _ = gather_openclaw([FIXTURES / "cli-day1.jsonl"], config=config)
+    assert lines == 11
+    assert [(e.task, e.kind, e.error) for e in found] == [
+        (
+            "openclaw-cli",
+            oc.CLI_FAILED,
+            "Skill already exists at /home/agent/.openclaw/workspace/skills/oc-testskill. Re-run with force/update.",
+        ),
+        ("openclaw-cli", oc.CLI_FAILED, "archive is missing SKILL.md"),
+    ]
+    gateway = gather_openclaw([FIXTURES / "gateway-cron-agent-errors.jsonl"], config=config)[0]
+    assert [e.error for e in gateway if e.kind == oc.CLI_FAILED] == [
+        "No route-compatible authentication source is configured for openai."
+    ]

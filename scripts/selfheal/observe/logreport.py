@@ -362,7 +362,8 @@ def _chain(tally: Tally, chain: oc.Failure) -> dict[str, Any]:
 
 
 def _openclaw(tally: Tally, top: int) -> dict[str, Any]:
-    """OpenClaw's own failures: per failed turn, per exhausted chain (each model tried), per cron job."""
+    """OpenClaw's own failures: per failed turn, per exhausted chain (each model tried), per cron job, per
+    failed CLI command, and every other ERROR line."""
     summary = tally.openclaw_summary()
     red = tally.redactor.text
     return {
@@ -376,6 +377,8 @@ def _openclaw(tally: Tally, top: int) -> dict[str, Any]:
         "cron_jobs_failing": len(summary.cron),
         "skill_invalid": len(summary.skills),
         "cli_failed": len(summary.cli),
+        "cli_error_lines": summary.cli_lines,
+        "other_errors": len(summary.errors),
         "not_grouped": tally.openclaw_dropped,
         "turns": [
             {
@@ -404,7 +407,18 @@ def _openclaw(tally: Tally, top: int) -> dict[str, Any]:
         "skills": [
             {"time": f.time, "file": f.detail.get("file"), "error": red(f.error)[:300]} for f in summary.skills[-top:]
         ],
-        "cli": [{"time": f.time, "error": red(f.error)[:300]} for f in summary.cli[-top:]],
+        "cli": [
+            {
+                "time": f.time,
+                "error": red(f.error)[:300],
+                "lines": [red(str(m))[:300] for m in f.detail.get("messages", [])],
+            }
+            for f in summary.cli[-top:]
+        ],
+        "errors": [
+            {"time": f.time, "subsystem": f.detail.get("subsystem"), "error": red(f.error)[:300]}
+            for f in summary.errors[-top:]
+        ],
     }
 
 
@@ -760,6 +774,7 @@ def render_text(report: Mapping[str, Any]) -> str:
             f"{_things(oc_['fallback_exhausted'], 'exhausted fallback chain')}, "
             f"{_things(oc_['cron_failed'], 'failed cron run')} in {_things(oc_['cron_jobs_failing'], 'job')}, "
             f"{_things(oc_['cli_failed'], 'failed CLI command')}, {_things(oc_['skill_invalid'], 'invalid skill')}"
+            + (f", {_things(oc_['other_errors'], 'other error')}" if oc_["other_errors"] else "")
         )
         for chain in oc_["chains"]:
             tried = "; ".join(
@@ -771,6 +786,10 @@ def render_text(report: Mapping[str, Any]) -> str:
                 f"  cron job {job['job']}: {job['failed_runs']} failed run(s) {job['first']} .. {job['last']}: "
                 f"{job['last_error']}" + (f"; OpenClaw's diagnosis: {job['diagnostics']}" if job["diagnostics"] else "")
             )
+        for cli in oc_["cli"]:
+            out.append(f"  CLI command failed {cli['time']}: {cli['error']}")
+        for err in oc_["errors"]:
+            out.append(f"  error {err['time']} ({err['subsystem'] or 'openclaw'}): {err['error']}")
     unc = report["unclassified"]
     if unc["count"]:
         out.append(

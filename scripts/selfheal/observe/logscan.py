@@ -928,6 +928,7 @@ class Tally:
         ]
         errors += [(e, None, None, n) for job in summary.cron for e, n in job.errors.items()]
         errors += [(c.error, None, None, 1) for c in summary.cli]
+        errors += [(f.error, None, None, 1) for f in summary.errors]  # ERROR lines of no known kind
         for error, status, reason, n in errors:
             if error and self.openclaw_class(error, status, reason) is None:
                 self.add_unclassified(error, "openclaw", n=n, status=status)

@@ -14,7 +14,14 @@ The failures worth acting on, as OpenClaw 2026.9 writes them:
 * `cron: job run returned error status` (WARN): a cron job failed (logged more than once per run: one
   failure per job and trace), with `diagnosticsSummary`, OpenClaw's own diagnosis of the run;
 * `Skipping invalid skill.` (WARN): a SKILL.md OpenClaw refused to load;
-* `[openclaw] Reason: ...` (ERROR): why a CLI command failed.
+* an ERROR (or FATAL) line the CLI wrote to its console (the root `openclaw` logger,
+  `_meta.path.method` `console.forwardedConsoleCall [as error]`, the text in `"0"`): a failed CLI command.
+  `openclaw skills install` prints its own error (`archive is missing SKILL.md`); a command that throws
+  prints OpenClaw's banner (`[openclaw] The CLI command failed.`, `[openclaw] Reason: ...`, then `Debug:`,
+  `Try:` and `Help:` hints). The lines of one command, each within `CLI_GAP_S` of the one before, are one
+  failed command, its error the `Reason:` text, else its first line that is not part of the banner;
+* any other ERROR (or FATAL) line: an error no rule reads (`OTHER_ERROR`), kept with its text, so that every
+  ERROR line OpenClaw logs is counted somewhere.
 
 Everything here is read-only and never raises on a bad line: a line that is not an OpenClaw JSON object
 is counted by the caller as malformed and skipped.
@@ -43,9 +50,14 @@ FALLBACK_EXHAUSTED = "fallback_exhausted"
 CRON_FAILED = "cron_failed"
 SKILL_INVALID = "skill_invalid"
 CLI_FAILED = "cli_failed"
+OTHER_ERROR = "other_error"  # an ERROR line none of the kinds above reads: shown, never a fix record
 FALLBACK_STEP = "fallback_step"  # one model of a chain failed and the next was tried: not a failure on its own
 FAILURE_KINDS = (LANE_ERROR, FALLBACK_EXHAUSTED, CRON_FAILED, SKILL_INVALID, CLI_FAILED)
 SESSION_LANE_PREFIX = "session:"
+ERROR_LEVELS = ("ERROR", "FATAL")
+CLI_BANNER = "[openclaw] "  # OpenClaw's own lines about a CLI command that threw
+CLI_REASON = "[openclaw] Reason: "
+CLI_GAP_S = 1.0  # a CLI error line this close to the one before is the same command's
 # OpenClaw's own reason words, as error classes: used only where the words of the error say nothing (its
 # `rate_limit` also covers a 402 whose text says "quota", which our classifier reads as fatal).
 OPENCLAW_REASONS = {
@@ -73,6 +85,7 @@ class Record:
     message: str
     data: Mapping[str, Any]
     trace: str | None = None
+    console: bool = False  # written by the CLI to its console (console.error forwarded to the log)
 
 
 @dataclass(frozen=True)
@@ -130,14 +143,25 @@ def parse(obj: Any) -> Record | None:
     message = obj.get("message")
     if not isinstance(message, str):
         message = str(obj.get("2") or obj.get("0") or "")
+    subsystem = _subsystem(obj.get("0"))
     return Record(
         time=str(obj.get("time") or meta.get("date") or ""),
         level=str(meta.get("logLevelName")),
-        subsystem=_subsystem(obj.get("0")),
+        subsystem=subsystem,
         message=message,
         data=data if isinstance(data, dict) else {},
         trace=obj.get("traceId") if isinstance(obj.get("traceId"), str) else None,
+        console=subsystem is None and _console(meta),
     )
+
+
+def _console(meta: Mapping[str, Any]) -> bool:
+    """Whether a line is the CLI's console output: OpenClaw forwards console.log/error to its root logger."""
+    path = meta.get("path")
+    method = path.get("method") if isinstance(path, dict) else None
+    if isinstance(method, str):
+        return method.startswith("console.")
+    return meta.get("name") == "openclaw" and not meta.get("parentNames")
 
 
 def parse_line(line: bytes | str) -> Record | None:
@@ -296,10 +320,32 @@ def failure(record: Record) -> Failure | None:
             key=f"skill:{data.get('filePath')}:{error}",
             detail={"file": data.get("filePath"), "source": data.get("source")},
         )
-    if record.level in ("ERROR", "FATAL") and msg.startswith("[openclaw] Reason: "):
-        error = msg[len("[openclaw] Reason: ") :]
-        return Failure(CLI_FAILED, record.time, f"openclaw command failed: {error}", error, key=f"cli:{record.time}")
-    return None
+    if record.level not in ERROR_LEVELS:
+        return None
+    if record.console or msg.startswith(CLI_BANNER):
+        # One line of a failed command's output; `summarize` makes the lines of one command one failure.
+        error = msg[len(CLI_REASON) :] if msg.startswith(CLI_REASON) else msg
+        return Failure(
+            CLI_FAILED,
+            record.time,
+            f"openclaw command failed: {error}",
+            error,
+            key=f"cli:{record.time}:{msg}",
+            detail={"message": msg},
+        )
+    error = msg
+    extra = data.get("error")
+    if isinstance(extra, str) and extra and extra not in msg:
+        error = f"{msg}: {extra}" if msg else extra
+    where = record.subsystem or "openclaw"
+    return Failure(
+        OTHER_ERROR,
+        record.time,
+        f"OpenClaw error ({where}): {error}",
+        error,
+        key=f"error:{record.time}:{where}:{msg}",
+        detail={"subsystem": record.subsystem, "level": record.level},
+    )
 
 
 def failures(records: Iterable[Record]) -> list[Failure]:
@@ -354,9 +400,11 @@ class Summary:
     chains: list[Failure]  # exhausted chains, one per run
     cron: list[CronJob]
     skills: list[Failure]
-    cli: list[Failure]
+    cli: list[Failure]  # failed CLI commands, one per command
     lane_lines: int  # `lane task error` lines (a failed turn logs two or more)
     cron_lines: int
+    cli_lines: int = 0  # the CLI's error lines (a command that threw logs five)
+    errors: list[Failure] = field(default_factory=list)  # every other ERROR line, one each (OTHER_ERROR)
 
     @property
     def cron_runs(self) -> int:
@@ -425,9 +473,38 @@ def summarize(found: Iterable[Failure]) -> Summary:
         chains=chains,
         cron=sorted(cron.values(), key=lambda j: (-j.runs, j.job)),
         skills=[f for f in ordered if f.kind == SKILL_INVALID],
-        cli=[f for f in ordered if f.kind == CLI_FAILED],
+        cli=_cli_commands([f for f in ordered if f.kind == CLI_FAILED]),
         lane_lines=sum(1 for f in ordered if f.kind == LANE_ERROR),
         cron_lines=cron_lines,
+        cli_lines=sum(1 for f in ordered if f.kind == CLI_FAILED),
+        errors=[f for f in ordered if f.kind == OTHER_ERROR],
+    )
+
+
+def _cli_commands(lines: list[Failure]) -> list[Failure]:
+    """The CLI's error lines (in time order) as failed commands: a line within `CLI_GAP_S` of the one before
+    is the same command's (a command that throws logs its own error, then OpenClaw's five banner lines)."""
+    groups: list[list[Failure]] = []
+    for f in lines:
+        if groups and _ts(f.time) - _ts(groups[-1][-1].time) <= CLI_GAP_S:
+            groups[-1].append(f)
+        else:
+            groups.append([f])
+    return [_cli_command(group) for group in groups]
+
+
+def _cli_command(group: list[Failure]) -> Failure:
+    messages = [str(f.detail.get("message", f.error)) for f in group]
+    reason = next((m[len(CLI_REASON) :] for m in messages if m.startswith(CLI_REASON)), None)
+    own = next((m for m in messages if not m.startswith(CLI_BANNER)), None)
+    error = reason or own or messages[0]
+    return Failure(
+        CLI_FAILED,
+        group[0].time,
+        f"openclaw command failed: {error}",
+        error,
+        key=f"cli:{group[0].time}",
+        detail={"messages": messages},
     )
 
 
