@@ -133,6 +133,11 @@ def _line_task(path: str, number: int, text: str) -> Task:
         raise TaskError(f"{path} line {number}: not JSON ({exc}); nothing was added") from None
     if not isinstance(data, dict):
         raise TaskError(f"{path} line {number}: not a JSON object; nothing was added")
+    for key, value in data.items():  # a JSON escape can spell a lone surrogate ("\ud800"): no store takes it
+        for item in (key, *(value if isinstance(value, list) else [value])):
+            why = _not_utf8(item) if isinstance(item, str) else None
+            if why:
+                raise TaskError(f"{path} line {number}: {ascii(key)[1:-1]}: not UTF-8 text ({why}); nothing was added")
     for key in data:
         if key not in _LINE_KEYS:
             raise TaskError(
@@ -205,6 +210,30 @@ def _line_task(path: str, number: int, text: str) -> Task:
         fix_suggestion=data.get("fix_suggestion"),
         run=spec,
     )
+
+
+def _not_utf8(text: str, *, argv: bool = False) -> str | None:
+    """Why `text` cannot be stored as UTF-8 text, or None: a lone surrogate (from a JSON escape), or on the
+    command line (`argv`) a byte that was not UTF-8 (Python keeps it as a surrogate escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = ord(text[exc.start])
+        return f"byte {char - 0xDC00:#04x}" if argv and 0xDC80 <= char <= 0xDCFF else f"lone surrogate \\u{char:04x}"
+    return None
+
+
+def _check_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse (exit 2) an option or argument that is not UTF-8 text, naming it: the tree could not store it.
+    --from FILE is only a path to read, so any bytes do there."""
+    for dest, value in vars(args).items():
+        if dest == "from_file":
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            why = _not_utf8(text, argv=True) if isinstance(text, str) else None
+            if why:
+                what = {"name": "NAME", "command": "the command after --"}.get(dest, f"--{dest.replace('_', '-')}")
+                parser.error(f"{what}: not UTF-8 text ({why})")
 
 
 @functools.lru_cache(maxsize=256)
@@ -467,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command and args.op != "add":
         parser.error(f"a command after -- only goes with add, not {args.op}")
     args.command = command
+    _check_text(args, parser)
     cli.setup_logging()
     store = TaskStore()
     if args.op == "fleet":  # says how the database is, up or down: it needs no task tree open

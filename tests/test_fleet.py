@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import psycopg
 import pytest
@@ -23,6 +24,7 @@ from helpers.postgres import Cluster
 from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.breaker import CLOSED, OPEN, BreakerOpen, Breakers
 from selfheal.core.config import Config, StoreSettings, load_config
+from selfheal.core.fleet import down_reason
 from selfheal.core.ledger import Ledger
 from selfheal.errors import ConfigError
 from selfheal.state import pg
@@ -315,6 +317,62 @@ def test_events_written_while_the_database_is_down_are_spooled_and_replayed_once
     assert alive.replay_spool() == 0
     assert fleet_rows(fleet_url) == rows
     assert alive.spool_path.read_bytes() == b""
+
+
+def test_a_nul_in_an_event_reaches_the_fleets_ledger_as_a_replacement_and_the_database_stays_up(
+    fleet_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's text and jsonb cannot hold U+0000: an event whose reason has one (a command's stderr) is
+    stored with U+FFFD there, and kept as it was in the host's own ledger. Nothing is spooled, nothing says
+    the database is unreachable, and the next event goes straight in."""
+    config = load_config()
+    one = ledger_of(config, "box-1", tmp_path)
+    with caplog.at_level(logging.WARNING):
+        first = one.record("failed", task="t\x00", reason="exit 1: boom\x00zero", error_class="unknown")
+        one.record("success", task="t")
+    assert not [r.message for r in caplog.records], caplog.text
+    assert not one.spool_path.exists() or one.spool_path.read_bytes() == b""
+    assert down_reason(one.config.store) is None
+    with psycopg.connect(fleet_url) as conn:
+        rows = conn.execute("SELECT event_id, task, data FROM selfheal_ledger ORDER BY ts").fetchall()
+    assert [(r[0], r[1], r[2]["reason"]) for r in rows[:1]] == [
+        (first["event_id"], "t\ufffd", "exit 1: boom\ufffdzero")
+    ]
+    assert len(rows) == 2
+    local = one.state.ledger_file(first["ts"][:10]).read_text().splitlines()
+    assert json.loads(local[0])["reason"] == "exit 1: boom\x00zero"
+
+
+def test_a_spooled_event_the_database_refuses_is_set_aside_and_the_others_are_replayed(
+    fleet_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One spooled event the database refuses for its data (a time that is no time) does not hold the spool
+    back: it goes to fleet/ledger-refused.jsonl, named in one warning, the others reach the fleet's ledger, and
+    the database is not taken for down."""
+    config = load_config()
+    dead = ledger_of(config, "box-1", tmp_path, url=f"postgresql:///x?host={tmp_path}/none&user=nobody")
+    for n in range(3):
+        dead.record("retry", task="t", attempt=n)
+    lines = dead.spool_path.read_bytes().splitlines()
+    bad = json.loads(lines[1])
+    bad["ts"] = bad["ts"][:11] + "25:61:00.000Z"
+    bad_line = json.dumps(bad).encode()
+    dead.spool_path.write_bytes(b"\n".join([lines[0], bad_line, lines[2]]) + b"\n")
+    alive = ledger_of(config, "box-1", tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        alive.record("success", task="t")
+    ids = [json.loads(line)["event_id"] for line in (lines[0], lines[2])]
+    assert [(i, e) for i, _, e in fleet_rows(fleet_url)] == [
+        (ids[0], "retry"),
+        (ids[1], "retry"),
+        (mock.ANY, "success"),
+    ]
+    assert alive.spool_path.read_bytes() == b""
+    assert alive.refused_path.read_bytes() == bad_line + b"\n"
+    warnings = [r.message for r in caplog.records]
+    assert len(warnings) == 1 and str(alive.refused_path) in warnings[0], warnings
+    assert down_reason(alive.config.store) is None
 
 
 def test_day_partitions_past_keeping_are_dropped(fleet_url: str) -> None:

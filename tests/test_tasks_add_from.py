@@ -61,3 +61,25 @@ def test_a_file_over_the_cap_is_refused_by_its_size_unread(home: Path, tmp_path:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert f"--from {source}: larger than {MAX_STATE_FILE_BYTES} bytes" in proc.stderr
     assert names_in_db(home) == []
+
+
+def test_an_option_that_is_not_utf8_exits_2_naming_it_and_adds_nothing(home: Path) -> None:
+    """`add x --description $'bad\\xffbyte'`: a byte the command line could not decode is refused (exit 2,
+    naming the option), not a UnicodeEncodeError traceback from the store."""
+    proc = tasks(home, "add", "x", "--description", "bad\udcffbyte", "--", "true")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--description: not UTF-8 text (byte 0xff)" in proc.stderr
+    proc = tasks(home, "add", "y", "--", "echo", "\udce9")
+    assert proc.returncode == 2 and "the command after --: not UTF-8 text (byte 0xe9)" in proc.stderr, proc.stderr
+    assert names_in_db(home) == []
+
+
+def test_a_lone_surrogate_in_a_line_exits_2_naming_the_line_and_key(home: Path, tmp_path: Path) -> None:
+    source = tmp_path / "tasks.jsonl"
+    source.write_text('{"name": "a"}\n{"name": "b", "description": "\\ud800"}\n')
+    proc = tasks(home, "add", "--from", str(source), "--json")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["message"] == (
+        f"{source} line 2: description: not UTF-8 text (lone surrogate \\ud800); nothing was added"
+    )
+    assert names_in_db(home) == []

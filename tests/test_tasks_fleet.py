@@ -392,9 +392,8 @@ def test_a_nul_in_a_commands_output_is_recorded_and_escalates_as_on_sqlite(fleet
     for mode in ("sqlite", "fleet"):
         home = tmp_path / mode
         home.mkdir(mode=0o700)
-        env = script_env(home, SELFHEAL_HOST_ID="box-n", **({"SELFHEAL_DATABASE_URL": fleet_url} if mode == "fleet" else {}))
-        if mode == "sqlite":
-            env.pop("SELFHEAL_DATABASE_URL", None)
+        fleet = {"SELFHEAL_DATABASE_URL": fleet_url} if mode == "fleet" else {}
+        env = script_env(home, SELFHEAL_HOST_ID="box-n", **fleet)
 
         def tasks(*args: str, env: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
             cmd = [PYTHON, str(SCRIPTS / "tasks.py"), *args]
@@ -403,10 +402,10 @@ def test_a_nul_in_a_commands_output_is_recorded_and_escalates_as_on_sqlite(fleet
         assert tasks("add", "nulout", "--shell", command).returncode == 0
         ran = tasks("run-next", "--task", "nulout")
         assert "unreachable" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
-        listed = json.loads(tasks("list", "--json").stdout)
-        rows = listed["tasks"] if isinstance(listed, dict) else listed
+        rows = json.loads(tasks("list", "--json").stdout)["tasks"]
         outcomes[mode] = (ran.returncode, sorted((t["name"], t["exec_state"]) for t in rows))
-        assert not (home / "fleet" / "ledger-spool.jsonl").exists() or not (home / "fleet" / "ledger-spool.jsonl").read_bytes()
+        spool = home / "fleet" / "ledger-spool.jsonl"
+        assert not spool.exists() or spool.read_bytes() == b"", spool.read_text()
     assert outcomes["fleet"] == outcomes["sqlite"]
     assert ("nulout", "ERROR_FIX_PENDING") in outcomes["fleet"][1], outcomes
     with psycopg.connect(fleet_url) as conn:
@@ -419,15 +418,21 @@ def test_a_nul_in_a_commands_output_is_recorded_and_escalates_as_on_sqlite(fleet
 def test_a_nul_in_a_description_from_a_file_is_stored_with_a_replacement_as_sqlite_stores_it_whole(
     fleet_url: str, tmp_path: Path
 ) -> None:
-    """`add --from` with "\\u0000" in a description: accepted in fleet mode as on SQLite (exit 0), the fleet's
-    row holding U+FFFD where the NUL was."""
+    """`add --from` with "\\u0000" in a description: accepted in fleet mode as on SQLite (exit 0); SQLite keeps
+    the NUL, the fleet's row holds U+FFFD where it was."""
     source = tmp_path / "tasks.jsonl"
     source.write_text('{"name": "a", "description": "x\\u0000y"}\n')
-    home = tmp_path / "h"
-    home.mkdir(mode=0o700)
-    env = script_env(home, SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box-n")
-    cmd = [PYTHON, str(SCRIPTS / "tasks.py"), "add", "--from", str(source)]
-    added = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert added.returncode == 0, added.stderr
+    for mode in ("sqlite", "fleet"):
+        home = tmp_path / mode
+        home.mkdir(mode=0o700)
+        fleet = {"SELFHEAL_DATABASE_URL": fleet_url} if mode == "fleet" else {}
+        env = script_env(home, SELFHEAL_HOST_ID="box-n", **fleet)
+        cmd = [PYTHON, str(SCRIPTS / "tasks.py"), "add", "--from", str(source)]
+        added = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert added.returncode == 0, added.stderr
+        cmd = [PYTHON, str(SCRIPTS / "tasks.py"), "show", "a", "--json"]
+        shown = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+        task = json.loads(shown.stdout)
+        assert task.get("task", task)["description"] == ("x\ufffdy" if fleet else "x\x00y")
     with psycopg.connect(fleet_url) as conn:
         assert conn.execute("SELECT description FROM tasks WHERE task_name = 'a'").fetchone() == ("x\ufffdy",)

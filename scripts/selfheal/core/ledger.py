@@ -8,12 +8,15 @@ full) is logged and counted, never raised: the ledger must not be what breaks a 
 Fleet mode (store.url): each event also gets an `event_id` and goes to the fleet's ledger table. While
 the database is down it waits in this host's spool (fleet/ledger-spool.jsonl); the next event written
 with the database up first replays the spool, under the spool's lock, then empties it. The table keeps
-(event_id, ts) unique, so a replay cut short and done again still lands each event once.
+(event_id, ts) unique, so a replay cut short and done again still lands each event once. An event the
+database refuses for its data (not an outage: the database stays up for this process) is set aside to
+fleet/ledger-refused.jsonl, with one warning naming it, so it never holds the spool back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
-from ..errors import StateError, UnsafeStateError
+from ..errors import FleetUnavailable, StateError, UnsafeStateError
 from ..state import layout
 from ..state.root import StateRoot, append_line, ensure_dir, file_lock, open_dir, open_file, open_read, unlink
 from .config import Config, LogSettings
@@ -206,19 +209,32 @@ class Ledger:
     def spool_path(self) -> Path:
         return self.state.fleet_spool
 
+    @property
+    def refused_path(self) -> Path:
+        """Where events the fleet database refused for their data are set aside (raw spool lines)."""
+        return self.spool_path.with_name("ledger-refused.jsonl")
+
     def _share(self, event: dict[str, Any], line: str) -> None:
-        """Send one event to the fleet's ledger, after any spooled ones; spool it if the database is down."""
+        """Send one event to the fleet's ledger, after any spooled ones; spool it if the database is down.
+
+        An event the database refuses for its data is set aside (refused_path), never spooled: only an
+        outage marks the database down and makes events wait."""
         db = fleet_database(self.config.store, clock=self.clock)
         if db is not None:
-            from ..state.pg import insert_events  # noqa: PLC0415 - psycopg only in fleet mode
+            from ..state.pg import DatabaseRefused, insert_events  # noqa: PLC0415 - psycopg only in fleet mode
 
             try:
                 self.replay_spool()
-                insert_events(db, [event], self.config.ledger.keep_days)
+                try:
+                    insert_events(db, [event], self.config.ledger.keep_days)
+                except DatabaseRefused as exc:
+                    self._set_aside([line.encode("utf-8")], exc)
                 mark_up(self.config.store)
                 return
-            except StateError as exc:
+            except FleetUnavailable as exc:
                 mark_down(self.config.store, exc, clock=self.clock)
+            except StateError as exc:  # not an outage (the refused file could not be written): spooled
+                logger.warning("fleet ledger: event %s spooled: %s", event.get("event_id"), exc)
         try:
             ensure_dir(self.spool_path.parent)
             append_line(self.spool_path, line.encode("utf-8"))
@@ -226,10 +242,29 @@ class Ledger:
             self.write_errors += 1
             self.state.unrecorded("the fleet ledger spool", exc)
 
+    def _set_aside(self, lines: list[bytes], why: object) -> None:
+        """Append spool lines the database refused for their data to refused_path, with one warning naming
+        it. Raises StateError if that file cannot be written (the lines then stay where they were)."""
+        path = self.refused_path
+        try:
+            ensure_dir(path.parent)
+            for raw in lines:
+                append_line(path, raw.rstrip(b"\n"))
+        except (OSError, StateError) as exc:
+            raise StateError(f"fleet ledger: cannot set refused events aside to {path}: {exc}") from None
+        logger.warning(
+            "fleet ledger: the database refused %d event(s) for their data; set aside to %s (the others go on): %s",
+            len(lines),
+            path,
+            why,
+        )
+
     def replay_spool(self) -> int:
         """Send the spooled events to the fleet's ledger and empty the spool; return how many were new there.
 
-        Raises StateError (DatabaseUnavailable) if the database fails; the spool is then left as it was.
+        An event the database refuses for its data does not hold the others back: it is set aside to
+        refused_path (one warning names it) and the rest are sent. Raises StateError (DatabaseUnavailable)
+        if the database fails; the spool is then left as it was.
         """
         path = self.spool_path
         try:
@@ -239,26 +274,39 @@ class Ledger:
             return 0
         db = fleet_database(self.config.store, clock=self.clock)
         if db is None:
-            raise StateError("the fleet database is down; the spool waits")
-        from ..state.pg import insert_events  # noqa: PLC0415 - psycopg only in fleet mode
+            raise FleetUnavailable("the fleet database is down; the spool waits")
+        from ..state.pg import DatabaseRefused, insert_events  # noqa: PLC0415 - psycopg only in fleet mode
 
+        keep = self.config.ledger.keep_days
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # the lock append_line takes: no event is added meanwhile
             chunks = []
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
-            events = []
+            events: list[tuple[dict[str, Any], bytes]] = []
             for raw in b"".join(chunks).splitlines():
                 try:
                     event = json.loads(raw)
                 except ValueError:
                     event = None
-                if isinstance(event, dict) and event.get("event_id") and event.get("ts"):
-                    events.append(event)
+                if isinstance(event, dict) and _replayable(event):
+                    events.append((event, raw))
                 elif raw.strip():
                     logger.warning("fleet ledger spool %s: dropped a line that is not an event: %.80r", path, raw)
-            new = insert_events(db, events, self.config.ledger.keep_days)
+            try:
+                new = insert_events(db, [e for e, _ in events], keep)
+            except DatabaseRefused:
+                # One event (or more) the database will never take: each alone, the refused set aside.
+                new, refused, why = 0, [], ""
+                for event, raw in events:
+                    try:
+                        new += insert_events(db, [event], keep)
+                    except DatabaseRefused as exc:
+                        refused.append(raw)
+                        why = str(exc)
+                if refused:
+                    self._set_aside(refused, why)
             os.ftruncate(fd, 0)  # only once the database has them all: a crash before this replays again
         finally:
             os.close(fd)
@@ -283,6 +331,18 @@ class Ledger:
         size = append_line(path, line.encode("utf-8"), redacted=redacted)
         if size >= self.config.log.max_bytes:
             _rotate(path, self.config.log)
+
+
+def _replayable(event: dict[str, Any]) -> bool:
+    """A spool line's event has what the fleet's ledger table needs (an id, an event, a ts on a real day)."""
+    ts, event_id, name = event.get("ts"), event.get("event_id"), event.get("event")
+    if not (isinstance(ts, str) and isinstance(event_id, str) and event_id and isinstance(name, str) and name):
+        return False
+    try:
+        dt.date.fromisoformat(ts[:10])
+    except ValueError:
+        return False
+    return True
 
 
 def _rotate(path: Path, settings: LogSettings) -> None:

@@ -15,7 +15,15 @@ Tables (schema version in selfheal_schema; migrations run in order, once, under 
                         statements in the POSTGRESQL dialect; PgTaskDB runs taskdb's statements on them;
                         version 3 adds taskdb's open_children column and its triggers (the parent gate)
 
-Every psycopg error becomes DatabaseUnavailable and closes the connection; the next use reconnects.
+Text the fleet writes never carries NUL: PostgreSQL's text and jsonb cannot hold U+0000 (nor a lone surrogate,
+which is not UTF-8), so every string bound to a statement, and every string inside a jsonb value, has each
+such character replaced by U+FFFD (pg_text, applied by the connection's own dumpers: ledger events, task rows
+and breaker rows alike). The hosts' files keep the text as it was.
+
+A statement the database refuses for its values (psycopg's DataError or IntegrityError) raises
+DatabaseRefused: a StateError, not an outage (PgTaskDB's statements raise StateError for these, and for
+ProgrammingError, themselves). Every other psycopg error becomes DatabaseUnavailable and closes the
+connection; the next use reconnects.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import json
 import logging
 import os
 import re
@@ -35,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_dumps
+from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 
 from ..errors import FleetUnavailable, LockBusy, StateError
 from .breakers import BreakerState
@@ -43,6 +53,8 @@ from .sql import POSTGRESQL
 from .taskdb import TaskDB, open_children_schema, row_task, task_tables
 
 if TYPE_CHECKING:
+    from psycopg.abc import Buffer
+
     from .taskrecord import Task
 
 logger = logging.getLogger(__name__)
@@ -100,6 +112,59 @@ class DatabaseUnavailable(FleetUnavailable):
     """The fleet database could not be reached, or failed during a statement; local files take over."""
 
 
+class DatabaseRefused(StateError):
+    """The fleet database answered and refused a statement for its values (a data or constraint error): not
+    an outage, so nothing falls back to local files for it; the statement's transaction was rolled back."""
+
+
+# The statement failed for what it holds, not because the database is away.
+_REFUSALS = (psycopg.DataError, psycopg.IntegrityError)
+
+# What PostgreSQL's text and jsonb cannot hold: NUL, and a lone surrogate (a str that is not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def pg_text(text: str) -> str:
+    """`text` as the fleet database stores it: each NUL or lone surrogate replaced by U+FFFD."""
+    return _UNSTORABLE.sub(REPLACEMENT, text) if _UNSTORABLE.search(text) else text
+
+
+def pg_value(value: Any) -> Any:
+    """A JSON value with pg_text applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return pg_text(value)
+    if isinstance(value, Mapping):
+        return {pg_text(str(k)) if isinstance(k, str) else k: pg_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [pg_value(v) for v in value]
+    return value
+
+
+def _json_dumps(obj: Any) -> str:
+    return json.dumps(pg_value(obj))
+
+
+class _TextDumper(StrDumperUnknown):
+    """str as text (psycopg's default dumper), through pg_text."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(pg_text(obj))
+
+
+class _TextBinaryDumper(StrBinaryDumper):
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(pg_text(obj))
+
+
+def storable(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """Make `conn` write every string, and every string in a jsonb value, through pg_text."""
+    conn.adapters.register_dumper(str, _TextBinaryDumper)
+    conn.adapters.register_dumper(str, _TextDumper)  # registered last: the one a %s placeholder takes
+    set_json_dumps(_json_dumps, context=conn)
+    return conn
+
+
 def _mask(text: str) -> str:
     return re.sub(r"(://[^:@/\s]*:)[^@/\s]*@", r"\1***@", re.sub(r"(password=)\S+", r"\1***", text))
 
@@ -129,7 +194,7 @@ class Database:
         password = self.env.get("SELFHEAL_DATABASE_PASSWORD")
         if password:
             kwargs["password"] = password
-        conn = psycopg.connect(self.url, **kwargs)
+        conn = storable(psycopg.connect(self.url, **kwargs))
         try:
             migrate(conn)
             self._heartbeat(conn)
@@ -164,6 +229,12 @@ class Database:
                 elif time.monotonic() - self._beat >= HEARTBEAT_S:
                     self._heartbeat(self._conn)
                 yield self._conn
+            except _REFUSALS as exc:
+                # The database answered: not an outage. A connection left inside a transaction is not reused.
+                conn = self._conn
+                if conn is None or conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    self.close()
+                raise DatabaseRefused(f"fleet database {_mask(self.url)}: {_mask(str(exc).strip())}") from None
             except psycopg.Error as exc:
                 self.close()
                 raise DatabaseUnavailable(f"fleet database {_mask(self.url)}: {_mask(str(exc).strip())}") from None
