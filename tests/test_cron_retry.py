@@ -21,28 +21,34 @@ from selfheal.testing import FakeClock
 
 
 class FakeCli:
-    """`openclaw cron list --all --json` answers `jobs`; `openclaw cron run ID` is recorded."""
+    """`openclaw cron list --all --json` answers `jobs`; `openclaw cron run ID` is recorded. With `fails_at`
+    (the test's clock), each run it starts fails, as a job that always fails does: its state then shows a
+    failed run that started a moment after the `cron run`."""
 
-    def __init__(self, jobs: list[dict[str, Any]], *, list_code: int = 0) -> None:
+    def __init__(self, jobs: list[dict[str, Any]], *, list_code: int = 0, fails_at: FakeClock | None = None) -> None:
         self.jobs = jobs
         self.runs: list[str] = []
         self.list_code = list_code
+        self.fails_at = fails_at
 
     def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         if argv[1:3] == ["cron", "list"]:
             out = json.dumps({"jobs": self.jobs})
             return subprocess.CompletedProcess(argv, self.list_code, out, "gateway closed (1006)")
         self.runs.append(argv[3])
+        if self.fails_at is not None:
+            for found in self.jobs:
+                if found["id"] == argv[3]:
+                    found["state"]["lastRunAtMs"] = (self.fails_at.time() + 0.05) * 1000
+                    found["state"]["lastRunStatus"] = found["status"] = "error"
         return subprocess.CompletedProcess(argv, 0, '{"ok": true}', "")
 
 
-def job(job_id: str, name: str, status: str, at_s: float) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "name": name,
-        "status": status,
-        "state": {"lastRunStatus": status, "lastRunAtMs": at_s * 1000},
-    }
+def job(job_id: str, name: str, status: str, at_s: float, *, next_s: float | None = None) -> dict[str, Any]:
+    state: dict[str, Any] = {"lastRunStatus": status, "lastRunAtMs": at_s * 1000}
+    if next_s is not None:
+        state["nextRunAtMs"] = next_s * 1000
+    return {"id": job_id, "name": name, "enabled": True, "status": status, "state": state}
 
 
 def listed(config: Config, *jobs: str, **changes: Any) -> Config:
@@ -72,7 +78,8 @@ def test_retries_back_off_and_stop_at_the_cap_and_a_new_failure_starts_again(
     state: StateRoot, config: Config, clock: FakeClock
 ) -> None:
     cfg = listed(config, "nightly-report", max_retries=2, backoff_s=300.0)
-    cli = FakeCli([job("id-1", "nightly-report", "error", clock.time() - 10)])
+    start = clock.time()
+    cli = FakeCli([job("id-1", "nightly-report", "error", start - 10, next_s=start + 2400)])
     actions = []
     for step in (0, 300, 300, 300, 600, 1200):
         clock.advance(step)
@@ -81,9 +88,50 @@ def test_retries_back_off_and_stop_at_the_cap_and_a_new_failure_starts_again(
     # retry 2; then the cap.
     assert actions == ["waiting", "retried", "waiting", "retried", "exhausted", "exhausted"]
     assert cli.runs == ["id-1", "id-1"]
-    cli.jobs = [job("id-1", "nightly-report", "error", clock.time())]  # it failed again on its own schedule
+    # it failed again on its own schedule: a run that started at its next slot, not a retry's
+    cli.jobs = [job("id-1", "nightly-report", "error", start + 2400, next_s=start + 4800)]
     clock.advance(300)
     assert retry_failed_jobs(state, cfg, env={}, clock=clock, run=cli)[0].action == "retried"
+
+
+def test_a_job_that_always_fails_is_retried_max_retries_times_per_episode_not_on_every_check(
+    state: StateRoot, config: Config, clock: FakeClock
+) -> None:
+    """Each retry's own failure is a newer failed run: it is that retry's result, not a new episode."""
+    cfg = listed(config, "nightly-report", max_retries=3, backoff_s=2.0)
+    start = clock.time()
+    cli = FakeCli([job("id-1", "nightly-report", "error", start - 1, next_s=start + 86400)], fails_at=clock)
+    actions = []
+    for _ in range(20):  # a check every 3 s for a minute
+        clock.advance(3)
+        actions.append(retry_failed_jobs(state, cfg, env={}, clock=clock, run=cli)[0].action)
+    assert len(cli.runs) == 3
+    # retry 1 at +3 s (2 s after the failure), retry 2 waits 4 s (+9), retry 3 waits 8 s (+18); then none
+    assert actions[:6] == ["retried", "waiting", "retried", "waiting", "waiting", "retried"]
+    assert set(actions[6:]) == {"exhausted"}
+    events = [e for e in iter_events(ledger_files(state)) if e["event"] == "cron_retry"]
+    assert [e["attempt"] for e in events] == [1, 2, 3]
+    # its next scheduled run fails too: that is a new episode, with its own retries
+    cli.jobs[0]["state"].update(lastRunAtMs=(start + 86400) * 1000, nextRunAtMs=(start + 2 * 86400) * 1000)
+    clock.advance(86400 - clock.time() + start + 5)
+    assert retry_failed_jobs(state, cfg, env={}, clock=clock, run=cli)[0].action == "retried"
+    assert len(cli.runs) == 4
+    # and a success ends the episode
+    cli.jobs[0]["state"]["lastRunStatus"] = cli.jobs[0]["status"] = "ok"
+    assert retry_failed_jobs(state, cfg, env={}, clock=clock, run=cli)[0].action == "ok"
+
+
+def test_a_disabled_job_or_one_running_now_is_not_run(state: StateRoot, config: Config, clock: FakeClock) -> None:
+    off = job("id-1", "nightly-report", "error", clock.time() - 600)
+    off["enabled"] = False
+    running = job("id-2", "backup", "error", clock.time() - 600)
+    running["state"]["runningAtMs"] = (clock.time() - 5) * 1000
+    cli = FakeCli([off, running])
+    done = retry_failed_jobs(
+        state, listed(config, "nightly-report", "backup", backoff_s=0.0), env={}, clock=clock, run=cli
+    )
+    assert cli.runs == []
+    assert {r.job: r.action for r in done} == {"nightly-report": "disabled", "backup": "waiting"}
 
 
 def test_nothing_is_asked_when_no_job_is_listed_and_a_silent_gateway_is_said(

@@ -9,13 +9,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from helpers.fake_gateway import LIVE, READY, FakeGateway, Route
+from helpers.fake_gateway import LIVE, READY, FakeGateway, Route, drip_gateway
 from helpers.openclaw import free_port
 
 from conftest import ROOT
@@ -149,6 +150,17 @@ def test_a_gateway_that_accepts_but_never_answers_fails_after_the_timeout() -> N
     with socketserver_that_never_answers() as url:
         live, _ = health.check_gateway(settings(url, timeout_s=0.2))
     assert live.status == FAIL and "no answer within 0.2 s" in live.detail
+
+
+def test_a_gateway_that_drips_its_answer_fails_at_the_timeout_for_the_whole_request() -> None:
+    """A valid answer sent a byte every 0.05 s (about 5 s in all) never trips a per-read timeout: the timeout
+    (0.4 s here) bounds the whole request, connect, send and read together."""
+    with drip_gateway(every_s=0.05) as url:
+        started = time.monotonic()
+        live, _ = health.check_gateway(settings(url, timeout_s=0.4))
+        took = time.monotonic() - started
+    assert live.status == FAIL and "no answer within 0.4 s" in live.detail, live.detail
+    assert took < 1.0
 
 
 @contextlib.contextmanager
@@ -287,7 +299,7 @@ def test_fresh_status_files_are_ok_and_count_as_signs_of_life(
     put(skills_status, "tiktok-poster.json", '{"posts": 4}', clock, age_s=59 * 60)
     put(state.sub("status"), "nightly.json", '{"status": "ok"}', clock, age_s=5)
     result, fresh = health.check_status_files(state.sub("status"), [skills_status], 3600, clock.time())
-    assert (result.status, fresh) == (OK, 3)
+    assert (result.status, fresh) == (OK, 2)  # self-heal's own status/ is read, but is not another skill's life
     assert result.detail == "3 status file(s), all updated within 60 min (newest 5 s ago)"
 
 
@@ -532,6 +544,29 @@ def test_gateway_down_with_skills_still_reporting_is_degraded_and_without_them_d
     report = run_health_check(state, env=env, clock=clock)
     assert (report.mode, report.exit_code) == (DOWN, 3)
     assert check(report, "status_files").status == WARN
+
+
+def test_self_heals_own_bookkeeping_is_no_sign_of_life_and_never_stale(
+    env: dict[str, str],
+    state: StateRoot,
+    settings_for: Callable[..., None],
+    clock: FakeClock,
+) -> None:
+    """Everything under self-heal's own status/ is ours: fresh cron_retry.json and watchdog.json (or any new
+    file there) do not make a dead gateway "degraded", and one written two hours ago does not warn as stale."""
+    settings_for(closed_url())
+    own = state.sub("status")
+    put(own, "cron_retry.json", '{"id-1": {"retries": 1}}', clock, age_s=10)
+    put(own, "watchdog.json", '{"restarts": [], "last_exit": 0}', clock, age_s=20)
+    put(own, "some-new-file.json", "{}", clock, age_s=30)
+    report = run_health_check(state, env=env, clock=clock)
+    assert (report.mode, report.exit_code) == (DOWN, 3), report.reason
+    assert check(report, "status_files").data["fresh"] == 0
+    clock.advance(2 * 3600)  # the gateway is back; self-heal's own files were not written since
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        settings_for(gw.url)
+        report = run_health_check(state, env=env, clock=clock)
+    assert (report.mode, check(report, "status_files").status) == (OPERATIONAL, OK), report.reason
 
 
 def test_a_live_run_also_shows_the_skills_at_work(

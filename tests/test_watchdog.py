@@ -23,7 +23,7 @@ from selfheal.clock import utc_iso
 from selfheal.core.config import Config
 from selfheal.core.ledger import iter_events, ledger_files
 from selfheal.heal.diagnose import apply_fix
-from selfheal.heal.watchdog import good_configs, watch
+from selfheal.heal.watchdog import config_changed_since_good, good_configs, watch
 from selfheal.observe.health import run_health_check
 from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
@@ -238,3 +238,125 @@ def test_a_killed_real_gateway_is_brought_back_once(
                 leader = psutil.Process(int(pid_file.read_text()))
                 for proc in [leader, *leader.children(recursive=True)]:
                     proc.kill()
+
+
+# -- the kept openclaw.json is the user's own file -------------------------------------------------------------
+
+TOKEN = "3f9a1c2b7d8e4f6a9b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e"
+
+
+def config_with_token(config_file: Path, url: str, **extra: Any) -> bytes:
+    doc = {"gateway": {"port": int(url.rsplit(":", 1)[1]), "auth": {"mode": "token", "token": TOKEN}}, **extra}
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    config_file.write_bytes(data)
+    return data
+
+
+def test_the_kept_config_is_the_users_file_byte_for_byte_and_copied_only_when_it_changes(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    """A config holding the gateway token: three healthy checks keep one copy, the file's exact bytes (0600)."""
+    cfg = enabled(config)
+    config_file = openclaw_dir / "openclaw.json"
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        env = env_for(openclaw_dir, gw.url)
+        data = config_with_token(config_file, gw.url)
+        for _ in range(3):
+            clock.advance(1.1)
+            assert watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=Restarts()).action == "healthy"
+    (kept,) = good_configs(state)
+    assert kept.read_bytes() == data and TOKEN in kept.read_text()
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert config_changed_since_good(state, env) is None  # the live file is the kept one
+
+
+def test_a_restore_puts_back_the_exact_bytes_with_the_real_token(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    cfg = enabled(config, max_restarts_per_hour=1)
+    config_file = openclaw_dir / "openclaw.json"
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        env = env_for(openclaw_dir, gw.url)
+        data = config_with_token(config_file, gw.url)
+        assert watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=Restarts()).action == "healthy"
+    config_file.write_text("{ broken")
+    env = env_for(openclaw_dir, down_url())
+    restarts = Restarts(code=1)
+    watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    clock.advance(600)
+    outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    assert outcome.action == "gave_up" and outcome.fix_id
+    apply_fix(outcome.fix_id, config=cfg, state=state, clock=clock)
+    assert config_file.read_bytes() == data  # the real token, not "***"
+
+
+# -- a restart under way, a short stall --------------------------------------------------------------------------
+
+
+def log_line(subsystem: str, message: str, at: float) -> str:
+    return json.dumps(
+        {
+            "0": json.dumps({"subsystem": subsystem}),
+            "1": message,
+            "_meta": {"logLevelName": "INFO"},
+            "time": utc_iso(at, millis=True),
+            "message": message,
+        }
+    )
+
+
+def test_a_restart_the_user_started_is_left_alone(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path, tmp_path: Path
+) -> None:
+    """What `openclaw gateway restart` logs (SIGUSR2, shutdown, restart mode; no `starting...`) is a restart
+    under way: not restarted on top within startup_grace_s, then restarted if it never became ready."""
+    env = env_for(openclaw_dir, down_url())
+    t = clock.time()
+    lines = [
+        log_line("gateway", "gateway ready", t - 3600),
+        log_line("gateway", "received SIGUSR2; restarting", t - 6.2),
+        log_line("gateway/shutdown", "shutdown completed cleanly in 99ms", t - 6.1),
+    ]
+    log = tmp_path / "oc.log"
+    log.write_text("\n".join(lines) + "\n")
+    restarts = Restarts()
+    cfg = enabled(config, startup_grace_s=60.0)
+    outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    assert outcome.action == "starting" and "logged a restart 6s ago" in outcome.detail
+    restart_mode = "restart mode: in-process restart (container: use in-process restart to keep PID 1 alive)"
+    log.write_text("\n".join([*lines, log_line("gateway", restart_mode, t - 6.0)]) + "\n")
+    clock.advance(30)
+    outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    assert outcome.action == "starting" and "logged a restart 36s ago" in outcome.detail
+    assert restarts.calls == []
+    clock.advance(60)  # past the grace: a restart that never became ready
+    assert watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts).action == "restarted"
+    assert len(restarts.calls) == 1
+
+
+class StallOver(FakeClock):
+    """A fake clock whose first sleep (the watchdog's wait before its second probe) ends the gateway's stall."""
+
+    def __init__(self, gateway: FakeGateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        self.gateway.routes["/healthz"] = LIVE
+
+
+def test_a_gateway_live_again_on_a_second_probe_is_not_restarted(
+    state: StateRoot, config: Config, openclaw_dir: Path
+) -> None:
+    stalled = (503, "application/json", b'{"ok":false}')
+    with FakeGateway({"/healthz": stalled, "/readyz": READY}) as gw:
+        clock = StallOver(gw)
+        env = env_for(openclaw_dir, gw.url)
+        report = check(state, env, clock)
+        assert report.check("gateway").status != "ok"
+        restarts = Restarts()
+        outcome = watch(report, state, enabled(config), env=env, clock=clock, run=restarts)
+    assert outcome.action == "healthy" and "second probe" in outcome.detail
+    assert restarts.calls == [] and clock.waits == [2.5]
+    assert watchdog_events(state) == []

@@ -6,12 +6,17 @@
 
 Paths not in `routes` get what the real gateway's control UI gives an unknown path: 200 with an HTML page.
 `paths` records what was asked, in order.
+
+    with drip_gateway(every_s=0.05) as url:                           # a valid live answer, a byte at a time
+        ...url...
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 Route = tuple[int, str, bytes]  # status, content type, body
@@ -52,3 +57,45 @@ class FakeGateway:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
+
+
+@contextlib.contextmanager
+def drip_gateway(every_s: float, route: Route = LIVE) -> Iterator[str]:
+    """A server that answers each request with `route`, a valid answer, one byte every `every_s` seconds:
+    every socket read on the client side gets a byte well within a per-read timeout. Yields its URL."""
+    status, ctype, body = route
+    answer = (
+        f"HTTP/1.1 {status} OK\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.05)
+
+    def drip(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            for i in range(len(answer)):
+                if stop.wait(every_s):
+                    return
+                conn.sendall(answer[i : i + 1])
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()

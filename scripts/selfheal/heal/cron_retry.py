@@ -2,10 +2,17 @@
 
 OpenClaw backs off the *schedule* of a recurring job that keeps failing, and a daily job that failed at
 02:00 does not run again before its next slot. For the jobs named in the list (by name or id), and only
-those, a job whose last run ended in `error` is run again with `openclaw cron run <id>`: at most
-`max_retries` times per failed run (a newer failed run starts the count again), the n-th retry waiting at
-least `backoff_s * 2**(n-1)` after that run or the retry before. Each retry is a `cron_retry` ledger event.
-What the retried run does is OpenClaw's: its outcome shows in the job's next status.
+those, a job whose last run ended in `error` is run again with `openclaw cron run <id>`. A disabled job
+(`enabled: false`) is never run, and none while a run of it is under way (`runningAtMs`).
+
+A failure episode starts with a failed run and lasts until the job's last run succeeds: at most
+`max_retries` retries per episode, the n-th waiting at least `backoff_s * 2**(n-1)` after the failed run or
+the retry before. A retry's own failure does not start a new episode: a failed run that started at or after
+the retry we triggered and before the job's next scheduled run as `cron list` gave it then
+(`state.nextRunAtMs`) is that retry's result (without a next scheduled time, every later failure is). Only a
+failed run that is clearly not ours, a scheduled one at or after that slot, starts a new episode. Each retry
+is a `cron_retry` ledger event. What the retried run does is OpenClaw's: its outcome shows in the job's
+next status.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ from ..core.ledger import Ledger
 from ..errors import StateError
 from ..state.root import StateRoot, read_json, write_json
 
-RETRY_FILE = "cron_retry"  # status/cron_retry.json: per job, the failed run being retried and its retries
+RETRY_FILE = "cron_retry"  # status/cron_retry.json: per job, its failure episode: retries, when, and the next slot
+CLOCK_SLACK_S = 1.0  # a retry's run starts after we asked for it; this much earlier still counts as ours
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 @dataclass(frozen=True)
 class Retried:
-    """One listed job and what was done about it: retried | waiting | exhausted | ok."""
+    """One listed job and what was done about it: retried | waiting | exhausted | ok | disabled."""
 
     job: str
     job_id: str
@@ -49,15 +57,33 @@ def _jobs(listed: str) -> list[dict[str, Any]]:
     return [j for j in jobs if isinstance(j, dict) and j.get("id")]
 
 
-def _failed_run(job: Mapping[str, Any]) -> float | None:
-    """When the job's last run failed (epoch seconds), or None when its last run did not fail."""
+def _state(job: Mapping[str, Any]) -> Mapping[str, Any]:
     found = job.get("state")
-    state: Mapping[str, Any] = found if isinstance(found, dict) else {}
+    return found if isinstance(found, dict) else {}
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) / 1000 if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _failed_run(job: Mapping[str, Any]) -> float | None:
+    """When the job's last run (its start) failed, in epoch seconds; None when its last run did not fail."""
+    state = _state(job)
     status = state.get("lastRunStatus") or state.get("lastStatus") or job.get("lastRunStatus")
     if status != "error" and job.get("status") != "error":
         return None
-    at = state.get("lastRunAtMs") or job.get("lastRunAtMs")
-    return float(at) / 1000 if isinstance(at, (int, float)) else 0.0
+    found = _seconds(state.get("lastRunAtMs"))
+    return found if found is not None else (_seconds(job.get("lastRunAtMs")) or 0.0)
+
+
+def _ours(seen: Mapping[str, Any], failed_at: float) -> bool:
+    """Whether a newer failed run is the result of the retry we started: it started at or after that retry
+    and before the job's next scheduled run as it stood then (unknown: counted as ours, so the cap holds)."""
+    retried_at = seen.get("retried_at")
+    if not isinstance(retried_at, (int, float)) or failed_at < float(retried_at) - CLOCK_SLACK_S:
+        return False
+    next_at = seen.get("next_at")
+    return not isinstance(next_at, (int, float)) or failed_at < float(next_at)
 
 
 def retry_failed_jobs(
@@ -96,31 +122,40 @@ def retry_failed_jobs(
         job_id, name = str(job["id"]), str(job.get("name") or job["id"])
         if job_id not in wanted and name not in wanted:
             continue  # never a job the user did not list
+        if job.get("enabled") is False:
+            memory.pop(job_id, None)
+            out.append(Retried(name, job_id, "disabled", "the job is disabled in OpenClaw; never run"))
+            continue
         failed_at = _failed_run(job)
         if failed_at is None:
-            memory.pop(job_id, None)
+            memory.pop(job_id, None)  # it succeeded: the failure episode is over
             out.append(Retried(name, job_id, "ok", "its last run did not fail"))
             continue
-        seen = memory.get(job_id) if isinstance(memory.get(job_id), dict) else None
-        if seen is None or seen.get("failed_at") != failed_at:
-            seen = {"failed_at": failed_at, "retries": 0, "last": failed_at}
-        retries = int(seen["retries"])
+        found = memory.get(job_id)
+        seen: dict[str, Any] | None = dict(found) if isinstance(found, dict) else None
+        if seen is None or (failed_at > float(seen.get("failed_at") or 0.0) and not _ours(seen, failed_at)):
+            # A failure episode starts: the first failure seen, or a scheduled run that failed again.
+            seen = {"since": failed_at, "failed_at": failed_at, "retries": 0, "last": failed_at}
+        else:
+            seen["failed_at"] = max(failed_at, float(seen.get("failed_at") or 0.0))
+        memory[job_id] = seen
+        retries = int(seen.get("retries") or 0)
         if retries >= settings.max_retries:
             out.append(Retried(name, job_id, "exhausted", f"retried {retries} times since its run failed"))
-            memory[job_id] = seen
             continue
-        due = float(seen["last"]) + settings.backoff_s * 2**retries
+        if _seconds(_state(job).get("runningAtMs")) is not None:
+            out.append(Retried(name, job_id, "waiting", "a run of it is under way"))
+            continue
+        due = float(seen.get("last") or failed_at) + settings.backoff_s * 2**retries
         if now < due:
             out.append(Retried(name, job_id, "waiting", f"next retry in {due - now:.0f}s"))
-            memory[job_id] = seen
             continue
         try:
             done = cli("cron", "run", job_id)
             code, said = done.returncode, (done.stdout + done.stderr).strip()[-300:]
         except (OSError, subprocess.TimeoutExpired) as exc:
             code, said = None, str(exc)
-        seen = {"failed_at": failed_at, "retries": retries + 1, "last": now}
-        memory[job_id] = seen
+        seen.update(retries=retries + 1, last=now, retried_at=now, next_at=_seconds(_state(job).get("nextRunAtMs")))
         ledger.record(
             "cron_retry",
             task=f"openclaw-cron-{name}",

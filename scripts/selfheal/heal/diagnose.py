@@ -1081,7 +1081,7 @@ def _restore_config(record: FixRecord, clock: Clock) -> Applied:
         import shutil  # noqa: PLC0415 - 3 ms (bz2, lzma) every script that imports the healer paid
 
         shutil.copy2(target, kept)
-    write_bytes_atomic(target, Path(str(good)).read_bytes())
+    write_bytes_atomic(target, Path(str(good)).read_bytes(), redacted=True)  # the user's own file, byte for byte
     return Applied(
         "restore_openclaw_config",
         str(target),

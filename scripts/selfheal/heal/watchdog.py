@@ -2,8 +2,11 @@
 
 It acts only on what the health check found: the gateway not live (liveness probe failed). A gateway that
 is starting is left alone: one that answers but is not ready yet is not down at all, and one whose latest
-lifecycle line in OpenClaw's own log is a start (`starting...`, no `gateway ready` or shutdown after it)
-younger than `startup_grace_s` is given that long. A restart of our own is also given that long.
+lifecycle line in OpenClaw's own log is a start (`starting...`, no `gateway ready` or shutdown after it) or
+a restart (`received SIGUSR2; restarting`, the `shutdown completed` after it, `restart mode: ...`: what
+`openclaw gateway restart` logs) younger than `startup_grace_s` is given that long. A restart of our own is
+also given that long. Before restarting, the gateway is probed once more `CONFIRM_AFTER_S` (2.5 s) later: a
+gateway live again by then, or one that logged a start or restart meanwhile, is not restarted.
 
 A restart runs `restart_argv` (OpenClaw's supported way: `openclaw gateway restart`, which restarts the
 service-installed gateway), never a signal to a process found by name. At most `max_restarts_per_hour`
@@ -12,14 +15,15 @@ goes to the ledger (`watchdog` events). When the hour's restarts are spent and t
 a fix record says so, with OpenClaw's own output and, when `openclaw.json` changed since the last healthy
 check, the last-known-good copy to restore (a person's decision: `self_heal.py --apply FIX-ID`).
 
-While the gateway is live, the current `openclaw.json` is kept as last-known-good (a copy when it changed,
-the newest `keep_configs` kept, under the state root's `openclaw-config/`).
+While the gateway is live, the current `openclaw.json` is kept as last-known-good (a copy when its bytes
+changed, the newest `keep_configs` kept, under the state root's `openclaw-config/`): the user's own file byte
+for byte, its secrets included (0600, never printed), so that a restore gives back the real gateway token.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +36,7 @@ from ..core.config import Config
 from ..core.ledger import Ledger
 from ..errors import StateError
 from ..observe import openclaw_logs
-from ..observe.health import OK, Report
+from ..observe.health import OK, Report, check_gateway
 from ..state import layout
 from ..state.fixes import READY
 from ..state.root import StateRoot, ensure_dir, read_json, write_bytes_atomic, write_json
@@ -44,6 +48,14 @@ WATCHDOG_FILE = "watchdog"  # status/watchdog.json: the restarts of the last hou
 CONFIG_FOLDER = layout.OPENCLAW_CONFIGS
 TAIL_BYTES = 256 * 1024  # of OpenClaw's newest log, read for its latest lifecycle line
 _LIFECYCLE = {"starting...": "starting", "gateway ready": "ready", "received SIGTERM; shutting down": "stopping"}
+# OpenClaw's restart (`openclaw gateway restart`, SIGUSR2/SIGUSR1) logs `received SIGUSR2; restarting`, then
+# `shutdown completed ...`, then `restart mode: in-process restart (...)` (or another restart mode), and no
+# `starting...`: a restart under way until `gateway ready`.
+_RESTARTING = re.compile(r"received \S+; restarting\b")
+_RESTART_STOPPED = "leaving Gateway stopped"  # `restart mode: fresh process unavailable; leaving Gateway stopped`
+# Before a restart the gateway is probed once more after this wait: a stall of a second or two, or a restart
+# that began just now, is not restarted on top.
+CONFIRM_AFTER_S = 2.5
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -63,10 +75,6 @@ class Outcome:
 # -- last-known-good openclaw.json ------------------------------------------------------------------------------
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
 def good_configs(state: StateRoot) -> list[Path]:
     """The kept copies, newest first."""
     folder = state.sub(CONFIG_FOLDER)
@@ -74,18 +82,22 @@ def good_configs(state: StateRoot) -> list[Path]:
 
 
 def keep_good_config(state: StateRoot, env: Mapping[str, str], *, keep: int, now: float) -> Path | None:
-    """Copy openclaw.json as last-known-good when it differs from the newest copy; prune to `keep`."""
+    """Copy openclaw.json as last-known-good when its bytes differ from the newest copy; prune to `keep`.
+
+    The copy is the user's own file byte for byte, secrets included (a restore must give back the real
+    gateway token, not a mask): it is written unredacted, 0600 under the state root, and never printed.
+    """
     source = openclaw_config.config_path(env)
     try:
         data = source.read_bytes()
     except OSError:
         return None
     kept = good_configs(state)
-    if kept and _digest(kept[0].read_bytes()) == _digest(data):
+    if kept and _read(kept[0]) == data:
         return kept[0]
     target = state.sub(CONFIG_FOLDER) / f"openclaw-{utc_iso(now).replace(':', '')}.json"
     ensure_dir(target.parent)
-    write_bytes_atomic(target, data)
+    write_bytes_atomic(target, data, redacted=True)  # not redacted: the user's own file, kept as it is
     for old in good_configs(state)[keep:]:
         old.unlink(missing_ok=True)
     return target
@@ -98,14 +110,37 @@ def config_changed_since_good(state: StateRoot, env: Mapping[str, str]) -> Path 
         current = openclaw_config.config_path(env).read_bytes()
     except OSError:
         return kept[0] if kept else None
-    return kept[0] if kept and _digest(kept[0].read_bytes()) != _digest(current) else None
+    return kept[0] if kept and _read(kept[0]) != current else None
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 # -- is it starting? ----------------------------------------------------------------------------------------------
 
 
+def _lifecycle_of(message: str) -> str | None:
+    what = _LIFECYCLE.get(message)
+    if what is not None:
+        return what
+    if message.startswith("shutdown completed"):
+        return "stopped"
+    if _RESTARTING.match(message):
+        return "restarting"
+    if message.startswith("restart mode:"):
+        return "stopped" if _RESTART_STOPPED in message else "restarting"
+    return None
+
+
 def latest_lifecycle(env: Mapping[str, str]) -> tuple[str, float] | None:
-    """The gateway's latest start, ready or stop line in OpenClaw's newest log: (what, when)."""
+    """The gateway's latest start, restart, ready or stop line in OpenClaw's newest log: (what, when).
+
+    A `shutdown completed` that follows a restart line is part of that restart: "restarting", at its time.
+    """
     paths = [p for p in openclaw_logs.discover(env) if p.suffix != ".gz"]
     if not paths:
         return None
@@ -116,17 +151,22 @@ def latest_lifecycle(env: Mapping[str, str]) -> tuple[str, float] | None:
             lines = fh.read().splitlines()
     except OSError:
         return None
+    found: tuple[str, float] | None = None
     for raw in reversed(lines):
         record = openclaw_logs.parse_line(raw)
         if record is None or record.subsystem not in ("gateway", "gateway/shutdown"):
             continue
-        what = _LIFECYCLE.get(record.message) or (
-            "stopped" if record.message.startswith("shutdown completed") else None
-        )
+        what = _lifecycle_of(record.message)
         ts = openclaw_logs.timestamp(record.time)
-        if what and ts is not None:
-            return what, ts
-    return None
+        if not what or ts is None:
+            continue
+        if found is None:
+            found = (what, ts)
+            if what != "stopped":
+                return found
+            continue  # a shutdown: a restart's, when a restart line comes before it
+        return ("restarting", found[1]) if what == "restarting" else found
+    return found
 
 
 # -- the watchdog ----------------------------------------------------------------------------------------------------
@@ -149,8 +189,13 @@ def watch(
     env: Mapping[str, str],
     clock: Clock = SYSTEM_CLOCK,
     run: Runner = subprocess.run,
+    confirm_after_s: float = CONFIRM_AFTER_S,
 ) -> Outcome:
-    """Act on one health report: keep a good config while live, restart a gateway that is down."""
+    """Act on one health report: keep a good config while live, restart a gateway that is down.
+
+    Before a restart the gateway is probed once more, `confirm_after_s` later: a restart is run only when it
+    is still not live and OpenClaw has not logged a start or restart meanwhile.
+    """
     settings = config.health.watchdog
     now = clock.time()
     gateway = report.check("gateway")
@@ -158,11 +203,11 @@ def watch(
         keep_good_config(state, env, keep=settings.keep_configs, now=now)
         return Outcome("healthy", "the gateway is live")
     restarts = _history(state, now)
-    lifecycle = latest_lifecycle(env)
     if restarts and now - restarts[-1] < settings.startup_grace_s:
         return Outcome("starting", f"restarted {now - restarts[-1]:.0f}s ago; given {settings.startup_grace_s:g}s")
-    if lifecycle and lifecycle[0] == "starting" and now - lifecycle[1] < settings.startup_grace_s:
-        return Outcome("starting", f"OpenClaw logged a start {now - lifecycle[1]:.0f}s ago; left alone")
+    starting = _starting(env, now, settings.startup_grace_s)
+    if starting is not None:
+        return starting
     ledger = Ledger(state, config, clock=clock)
     if len(restarts) >= settings.max_restarts_per_hour:
         return _give_up(report, state, config=config, env=env, clock=clock, restarts=restarts, ledger=ledger)
@@ -170,6 +215,10 @@ def watch(
         wait = settings.backoff_s * 2 ** (len(restarts) - 1)
         if now - restarts[-1] < wait:
             return Outcome("waiting", f"next restart not before {utc_iso(restarts[-1] + wait)} (backoff)")
+    second = _probe_again(report, env, clock, confirm_after_s, settings.startup_grace_s)
+    if second is not None:
+        return second
+    now = clock.time()
     argv = list(settings.restart_argv)
     try:
         done = run(
@@ -195,6 +244,24 @@ def watch(
     )
     action = "restarted" if code == 0 else "restart_failed"
     return Outcome(action, f"ran {' '.join(argv)} (exit {code}), restart {len(restarts)} this hour")
+
+
+def _starting(env: Mapping[str, str], now: float, grace_s: float) -> Outcome | None:
+    """ "starting" when OpenClaw's latest lifecycle line is a start or restart younger than `grace_s`."""
+    lifecycle = latest_lifecycle(env)
+    if lifecycle and lifecycle[0] in ("starting", "restarting") and now - lifecycle[1] < grace_s:
+        what = "a start" if lifecycle[0] == "starting" else "a restart"
+        return Outcome("starting", f"OpenClaw logged {what} {now - lifecycle[1]:.0f}s ago; left alone")
+    return None
+
+
+def _probe_again(report: Report, env: Mapping[str, str], clock: Clock, wait_s: float, grace_s: float) -> Outcome | None:
+    """Wait `wait_s`, then look again: an Outcome when the gateway is live or (re)starting now, else None."""
+    clock.sleep(wait_s)
+    live = check_gateway(report.settings, clock)[0]
+    if live.status == OK:
+        return Outcome("healthy", f"live again on a second probe {wait_s:g}s later; not restarted")
+    return _starting(env, clock.time(), grace_s)
 
 
 def _give_up(

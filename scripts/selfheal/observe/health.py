@@ -42,11 +42,13 @@ the gateway's port, psutil once a run is in progress, the task tree once it has 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -61,6 +63,8 @@ from ..state.skill_status import STATUS_FILE_NAME, update_status
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NamedTuple
+
+    from _typeshed import WriteableBuffer
 
     from ..core.config import Config
     from ..state.breakers import BreakerState
@@ -371,27 +375,102 @@ def _why(exc: BaseException, timeout_s: float) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _Deadline:
+    """A connected socket whose every send and read may take only the time left before one deadline for the
+    whole request: http.client applies its timeout to each socket operation, so a server that drips a valid
+    answer a byte at a time would never trip it. Past the deadline, TimeoutError."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._users = 1  # this connection and each reader made of it: closed when the last one is
+        self._closed = False
+
+    def _arm(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed")
+        self._sock.settimeout(left)
+
+    def sendall(self, data: bytes) -> None:
+        self._arm()
+        self._sock.sendall(data)
+
+    def recv_into(self, buffer: WriteableBuffer) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        self._users += 1
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        """http.client closes the connection while its response is still being read (as socket.makefile's
+        files keep a socket open, the response's reader keeps this one open until it is closed too)."""
+        if not self._closed:
+            self._closed = True
+            self.release()
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users <= 0:
+            self._sock.close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: _Deadline) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock.release()
+        super().close()
+
+
 def http_get(url: str, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> _Answer:
-    """GET `url` once (no retries: a health probe reports what it sees), reading at most BODY_READ_MAX bytes."""
+    """GET `url` once (no retries: a health probe reports what it sees), reading at most BODY_READ_MAX bytes.
+
+    `timeout_s` bounds the whole request (connect, send, and reading the answer), not each step of it."""
     match = _URL.match(url)
     if match is None:
         return _Answer(error=f"not an http:// or https:// URL: {url!r}")
     scheme, host, port_text, path = match.groups()
     port = int(port_text) if port_text else (443 if scheme == "https" else 80)
     started = clock.monotonic()
+    deadline = time.monotonic() + timeout_s  # real time: what the sockets wait in
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request's deadline passed")
+        return remaining
+
     # Nothing listening is the usual failure: learn it from a bare socket, so a closed port never pays
     # for importing http.client (about 10 ms, a third of the whole check).
     try:
         # An ASCII host goes as bytes: a str makes getaddrinfo load the idna codec (stringprep, unicodedata).
         address = host.encode() if host.isascii() else host
-        socket.create_connection((address, port), timeout=timeout_s).close()  # type: ignore[arg-type]
+        socket.create_connection((address, port), timeout=left()).close()  # type: ignore[arg-type]
     except OSError as exc:
         return _Answer(error=_why(exc, timeout_s), elapsed_ms=(clock.monotonic() - started) * 1000)
     import http.client  # noqa: PLC0415
 
     conn_cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(host, port, timeout=timeout_s)
     try:
+        conn = conn_cls(host, port, timeout=left())
+    except OSError as exc:
+        return _Answer(error=_why(exc, timeout_s), elapsed_ms=(clock.monotonic() - started) * 1000)
+    resp: http.client.HTTPResponse | None = None
+    try:
+        conn.connect()
+        conn.sock = _Deadline(conn.sock, deadline)
         conn.request("GET", path or "/", headers={"Accept": "application/json", "User-Agent": "self-heal-health"})
         resp = conn.getresponse()
         body = resp.read(BODY_READ_MAX)
@@ -400,6 +479,8 @@ def http_get(url: str, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> _Answer
         return _Answer(error=_why(exc, timeout_s), elapsed_ms=(clock.monotonic() - started) * 1000)
     finally:
         conn.close()
+        if resp is not None:
+            resp.close()
     return _Answer(resp.status, content_type, body, None, (clock.monotonic() - started) * 1000)
 
 
@@ -525,7 +606,14 @@ def _reports_failure(values: Mapping[str, Any]) -> str | None:
 
 
 def check_status_files(own_dir: Path, other_dirs: Iterable[Path], max_age_s: float, now: float) -> tuple[Check, int]:
-    """Freshness and content of every status file; also returns how many are fresh (a sign of life)."""
+    """Freshness and content of every status file; also returns how many are fresh (a sign of life).
+
+    Everything under self-heal's own status folder (`own_dir`, the state root's `status/`) is self-heal's
+    own bookkeeping (health.json, watchdog.json, cron_retry.json, and any file added there later): it is
+    written by self-heal itself when it acts, so it is never a sign of another skill's life, and it is never
+    stale (it changes when something happens, not on a schedule). It is still read: a file there that cannot
+    be read or that reports a failure warns. Freshness is judged for other skills' folders only.
+    """
     folders = [(own_dir, (".json",), True)] + [(Path(d), STATUS_SUFFIXES, False) for d in other_dirs]
     total = fresh = 0
     newest: float | None = None
@@ -555,7 +643,9 @@ def check_status_files(own_dir: Path, other_dirs: Iterable[Path], max_age_s: flo
             total += 1
             age = max(0.0, now - info.st_mtime)
             newest = age if newest is None else min(newest, age)
-            if age <= max_age_s:
+            if own:
+                pass  # self-heal's own bookkeeping: see check_status_files
+            elif age <= max_age_s:
                 fresh += 1
             else:
                 stale.append((entry.path, age))
