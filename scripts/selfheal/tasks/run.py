@@ -1264,12 +1264,13 @@ def _judge(task: Task, now: float, limit: float, host: str, db_now: float | None
     return None
 
 
-def _db_now(store: TaskStore) -> float | None:
-    """The database's clock in fleet mode (it stamps starts and heartbeats there); None on one host."""
+def _db_now(store: TaskStore, now: float) -> float | None:
+    """The database's clock in fleet mode (it stamps starts and heartbeats there), moved by as much as `now`
+    (the host's time the caller judges at) differs from the host's clock now; None on one host."""
     if not store.fleet:
         return None
     rows = store.db.query_many([("SELECT EXTRACT(EPOCH FROM statement_timestamp())", ())])
-    return float(rows[0][0][0])
+    return float(rows[0][0][0]) + (now - store.clock.time())
 
 
 def find_stuck(store: TaskStore, *, now: float | None = None) -> list[StuckFinding]:
@@ -1279,7 +1280,7 @@ def find_stuck(store: TaskStore, *, now: float | None = None) -> list[StuckFindi
     limit = store.config.tasks.stuck_after_s
     # Fleet mode: only this host's runs; another host's run that stopped beating is the lease's business.
     mine = [t for t in store.processing() if not store.fleet or (t.runner or {}).get("host") == host]
-    db_now = _db_now(store)
+    db_now = _db_now(store, now)
     found = [_judge(t, now, limit, host, db_now) for t in mine]
     return [f for f in found if f is not None]
 
@@ -1298,7 +1299,7 @@ def check_stuck(store: TaskStore, *, now: float | None = None, ledger: Ledger | 
             if candidate.task not in tree:
                 continue
             task = tree.get(candidate.task)
-            finding = _judge(task, now, limit, host, _db_now(store))  # again, under the lock: it may have moved on
+            finding = _judge(task, now, limit, host, _db_now(store, now))  # again, under the lock: it may have moved on
             if finding is None or task.runner != candidate.runner:
                 continue
             orphans = _orphans(store, task)
