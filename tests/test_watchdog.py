@@ -116,6 +116,19 @@ def test_restarts_give_it_time_back_off_and_stop_at_the_hourly_cap_with_a_fix_re
     assert statuses == ["restart_failed"] * 3 + ["gave_up"]  # the second give-up is the same record, not counted
 
 
+def break_the_config_until_it_gives_up(state: StateRoot, cfg: Config, clock: FakeClock, openclaw_dir: Path) -> Any:
+    """openclaw.json broken and the gateway down: the restart fails twice and the watchdog gives up with a fix
+    record; its outcome."""
+    (openclaw_dir / "openclaw.json").write_text("{ broken")
+    env = env_for(openclaw_dir, down_url())
+    restarts = Restarts(code=1)
+    watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    clock.advance(600)
+    outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    assert outcome.action == "gave_up" and outcome.fix_id
+    return outcome
+
+
 def test_a_gateway_openclaw_logged_as_starting_is_left_alone(
     state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path, tmp_path: Path
 ) -> None:
@@ -151,13 +164,7 @@ def test_a_config_change_that_broke_the_start_is_offered_back_and_restored_only_
             assert watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=Restarts()).action == "healthy"
     good = good_configs(state)
     assert len(good) == 2 and json.loads(good[0].read_text())["n"] == 2  # the newest two kept
-    config_file.write_text("{ broken")
-    env = env_for(openclaw_dir, down_url())
-    restarts = Restarts(code=1)
-    watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
-    clock.advance(600)
-    outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
-    assert outcome.action == "gave_up" and outcome.fix_id
+    outcome = break_the_config_until_it_gives_up(state, cfg, clock, openclaw_dir)
     record = json.loads((state.sub("fixes") / f"{outcome.fix_id}.json").read_text())
     assert record["actions"] == ["restore_openclaw_config"]
     assert str(good[0]) in record["fix_steps"][0]
@@ -279,13 +286,7 @@ def test_a_restore_puts_back_the_exact_bytes_with_the_real_token(
         env = env_for(openclaw_dir, gw.url)
         data = config_with_token(config_file, gw.url)
         assert watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=Restarts()).action == "healthy"
-    config_file.write_text("{ broken")
-    env = env_for(openclaw_dir, down_url())
-    restarts = Restarts(code=1)
-    watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
-    clock.advance(600)
-    outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
-    assert outcome.action == "gave_up" and outcome.fix_id
+    outcome = break_the_config_until_it_gives_up(state, cfg, clock, openclaw_dir)
     apply_fix(outcome.fix_id, config=cfg, state=state, clock=clock)
     assert config_file.read_bytes() == data  # the real token, not "***"
 
