@@ -670,3 +670,24 @@ def test_an_open_breaker_refuses_without_waiting_for_the_row_lock(
         holder.rollback()
     asking.join()
     assert done and isinstance(outcome[0], BreakerOpen)
+
+
+@pytest.mark.parametrize("ahead_s", [600.0, -600.0])
+def test_a_breaker_opened_by_a_host_with_a_wrong_clock_is_open_for_its_own_time_for_everyone(
+    fleet_url: str, tmp_path: Path, ahead_s: float
+) -> None:
+    """Open times of a shared breaker are kept in the database's time: a host 10 minutes ahead no longer holds
+    it open 10 minutes for everyone, and one 10 minutes behind no longer lets probes through at once."""
+    import time as _time
+
+    config = load_config()
+    config = dataclasses.replace(config, breakers=dataclasses.replace(config.breakers, open_s=5.0))
+    skewed = host(config, "skewed", tmp_path, FakeClock(wall=_time.time() + ahead_s))
+    right_clock = FakeClock(wall=_time.time())
+    right = host(config, "right", tmp_path, right_clock)
+    skewed.release(skewed.acquire("qwen"), ok=False, error_class="auth")  # opens at once
+    with pytest.raises(BreakerOpen) as refused:
+        right.acquire("qwen")
+    assert refused.value.retry_at is not None and 0 < refused.value.retry_at - right_clock.time() <= 6.0
+    right_clock.advance(5.5)
+    right.release(right.acquire("qwen"), ok=True)  # the open time is over: a probe goes through

@@ -66,7 +66,7 @@ from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, open_rewrite, validate_id, write_bytes_atomic
 from ..state.runs import recorded_process_gone
 from .config import BreakerSettings, StoreSettings
-from .fleet import fleet_database, host_id, mark_down, mark_up
+from .fleet import fleet_database, fleet_now, host_id, mark_down, mark_up
 from .ledger import Ledger
 from .process import ProcessIdentity, identify
 
@@ -180,6 +180,12 @@ class Breakers:
         self.host = host_id(self.store) if self.store is not None else None
         self._me = _identity_of(os.getpid())
 
+    def _now(self, db_now: float | None = None) -> float:
+        """The time the breakers judge by: this host's clock, moved to the database's in fleet mode (open
+        times, windows and permits of a shared breaker are the fleet's: a host 10 minutes ahead once held a
+        breaker open 10 minutes for everyone); core.fleet.fleet_now."""
+        return fleet_now(self.clock, db_now) if self.store is not None else self.clock.time()
+
     # -- the file --------------------------------------------------------------------------------------------
 
     def _path(self, target: str) -> Any:
@@ -202,6 +208,7 @@ class Breakers:
             ran = body_failed = False
             try:
                 with locked_breaker(db, target) as row:
+                    self._now(row.now)  # measures how far the database's clock is from this host's
                     try:
                         data = _row(row.data, target)
                     except RecordError as exc:  # like an unreadable file: the breaker starts closed
@@ -238,7 +245,7 @@ class Breakers:
             try:
                 data = _decode(raw, path) or BreakerState(target)
             except CorruptStateError as exc:
-                moved = _set_aside(path, raw, self.clock.time())
+                moved = _set_aside(path, raw, self.clock.time())  # a file name: this host's time
                 logger.warning("%s; set aside as %s; the breaker for %r starts closed", exc, moved, target)
                 data = BreakerState(target)
                 raw = b""
@@ -276,10 +283,11 @@ class Breakers:
             from ..state.pg import read_breaker_row  # noqa: PLC0415 - psycopg only in fleet mode
 
             try:
-                found = read_breaker_row(db, validate_id(target, "target"))
+                found, db_now = read_breaker_row(db, validate_id(target, "target"))
             except StateError as exc:
                 mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
             else:
+                self._now(db_now)  # measures how far the database's clock is from this host's
                 try:
                     return _row(found, target)
                 except RecordError:  # the next writer logs it and starts the breaker closed
@@ -291,7 +299,7 @@ class Breakers:
 
     def _expire(self, data: BreakerState) -> None:
         """Drop window entries older than the window, and permits whose process is gone or too old."""
-        now = self.clock.time()
+        now = self._now()
         horizon = now - self.settings.window_s
         data.window = [bucket for bucket in data.window if bucket[0] >= horizon]
         stale = now - self.settings.stale_permit_s
@@ -311,7 +319,7 @@ class Breakers:
 
     def _move(self, data: BreakerState, state: BreakerStateName, reason: str, open_for: float | None = None) -> None:
         """Move to `state`; to open, for `open_for` seconds (default: open_s, longer with each trip)."""
-        now = self.clock.time()
+        now = self._now()
         data.state = state
         data.reason = reason
         data.last_change = now
@@ -349,14 +357,14 @@ class Breakers:
         # In fleet mode a read costs a round trip: it is made only while this process last saw the
         # breaker open (then a refusal takes one round trip and no row lock), else the locked read serves.
         fleet = self.store is not None and self.store.fleet
-        seen = self._load(target) if not fleet or _seen_open.get(target, 0) > self.clock.time() else None
-        if seen is not None and seen.is_open(self.clock.time()):
+        seen = self._load(target) if not fleet or _seen_open.get(target, 0) > self._now() else None
+        if seen is not None and seen.is_open(self._now()):
             raise BreakerOpen(target, OPEN, seen.open_until, seen.reason or "open")
-        if avoid_ejected and seen is not None and seen.is_ejected(self.clock.time()):
+        if avoid_ejected and seen is not None and seen.is_ejected(self._now()):
             raise Ejected(target, "ejected", seen.ejected_until, seen.eject_reason or "failing often")
         eject_probe = False
         with self._locked(target) as (data, shared):
-            now = self.clock.time()
+            now = self._now()
             if avoid_ejected and data.ejected_until is not None:
                 if data.is_ejected(now):
                     raise Ejected(target, "ejected", data.ejected_until, data.eject_reason or "ejected")
@@ -422,7 +430,7 @@ class Breakers:
                 # Granted by the fleet's row, released while its database is down: the row still holds
                 # the permit (a probe's would block probing); it is dropped there at the next chance.
                 _orphans.setdefault(permit.target, set()).add(permit.id)
-            now = self.clock.time()
+            now = self._now()
             counted = not ok and (counts or error_class in s.counted_classes)
             if ok or counted:
                 self._count(data, now, ok=ok)
@@ -495,7 +503,7 @@ class Breakers:
         if error_class not in self.settings.counted_classes:
             return False
         seen = self._load(target)
-        horizon = self.clock.time() - self.settings.window_s
+        horizon = self._now() - self.settings.window_s
         return self.ejection_reason([b for b in seen.window if b[0] >= horizon], failing=True) is not None
 
     def _trip_reason(self, data: BreakerState, error_class: str | None) -> str | None:
@@ -525,7 +533,7 @@ class Breakers:
         for printing: the record's fields less its window and permits, which are counted instead."""
         with self._locked(target) as (data, _):
             view = data.to_json()
-        view["state"] = data.effective_state(self.clock.time())
+        view["state"] = data.effective_state(self._now())
         view["in_flight"] = len(view.pop("permits"))
         view["calls_in_window"] = _calls(view.pop("window"))
         return view
@@ -563,7 +571,7 @@ class Breakers:
         with self._locked(target) as (data, _):
             # A newer version's keys are kept, like everything else that is not the breaker's history.
             fresh = BreakerState(
-                target, permits=data.permits, reason="reset by hand", last_change=self.clock.time(), extra=data.extra
+                target, permits=data.permits, reason="reset by hand", last_change=self._now(), extra=data.extra
             )
             for f in dataclasses.fields(BreakerState):
                 setattr(data, f.name, getattr(fresh, f.name))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,20 @@ def down_reason(store: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> str | N
     return down[1] if down is not None and clock.monotonic() < down[0] else None
 
 
+# How far the database's clock is ahead of each clock that judges shared breakers. With the system clock it
+# is measured at every locking read; an injected clock (a test's) is measured once, so that advancing it still
+# moves its time. Weakly keyed: a clock that is gone takes its skew with it.
+_skews: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+def fleet_now(clock: Clock, db_now: float | None = None) -> float:
+    """The time shared breakers are judged by: `clock` moved to the database's clock (`db_now`, read with it,
+    or the last skew measured for this clock; none yet: the clock's own time)."""
+    if db_now is not None and (clock is SYSTEM_CLOCK or clock not in _skews):
+        _skews[clock] = db_now - clock.time()
+    return float(clock.time() + _skews.get(clock, 0.0))
+
+
 def fleet_report(
     store: StoreSettings, spool: Path, *, init: bool = False, lease_s: float = 120.0, clock: Clock = SYSTEM_CLOCK
 ) -> dict[str, Any]:
@@ -115,10 +130,11 @@ def fleet_report(
     db = Database(store.url, host_id(store), store.connect_timeout_s)
     try:
         report.update(fleet_status(db), reachable=True)  # the first connection migrates the schema
+        now = fleet_now(clock, report.pop("db_now", None))  # the breakers' times are the database's
         for breaker in report["breakers"]:
             record = breaker.pop("record", None)
             if record is not None:  # a bad row is shown as stored, and said unreadable; the next writer resets it
-                breaker["state"] = record.effective_state(clock.time())
+                breaker["state"] = record.effective_state(now)
         report["lease_s"] = lease_s
         report["leases"] = leases(db, lease_s)
     except StateError as exc:

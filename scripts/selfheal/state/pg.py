@@ -514,6 +514,7 @@ class BreakerRow:
 
     target: str
     data: dict[str, Any] | None
+    now: float | None = None  # the database's clock at the locking read (seconds since the epoch)
 
 
 @contextlib.contextmanager
@@ -529,14 +530,15 @@ def locked_breaker(db: Database, target: str) -> Iterator[BreakerRow]:
         try:
             cur.execute(
                 "BEGIN; INSERT INTO selfheal_breakers (target) VALUES (%s) ON CONFLICT DO NOTHING;"
-                " SELECT data FROM selfheal_breakers WHERE target = %s FOR UPDATE",
+                " SELECT data, EXTRACT(EPOCH FROM statement_timestamp()) FROM selfheal_breakers"
+                " WHERE target = %s FOR UPDATE",
                 (target, target),
             )
             while cur.nextset():
                 pass
             found = cur.fetchone()
             before = found[0] if found else None
-            row = BreakerRow(target, None if before is None else dict(before))
+            row = BreakerRow(target, None if before is None else dict(before), float(found[1]) if found else None)
             yield row
             if row.data is not None and row.data != before:
                 cur.execute(
@@ -552,11 +554,16 @@ def locked_breaker(db: Database, target: str) -> Iterator[BreakerRow]:
             raise
 
 
-def read_breaker_row(db: Database, target: str) -> dict[str, Any] | None:
-    """The target's breaker as last committed (no lock), None if the fleet has none."""
+def read_breaker_row(db: Database, target: str) -> tuple[dict[str, Any] | None, float]:
+    """The target's breaker as last committed (no lock), None if the fleet has none; and the database's clock."""
     with db.connection() as conn:
-        found = conn.execute("SELECT data FROM selfheal_breakers WHERE target = %s", (target,)).fetchone()
-    return dict(found[0]) if found and found[0] is not None else None
+        found = conn.execute(
+            "SELECT (SELECT data FROM selfheal_breakers WHERE target = %s), EXTRACT(EPOCH FROM statement_timestamp())",
+            (target,),
+        ).fetchone()
+    if found is None:  # pragma: no cover - a SELECT without FROM always gives one row
+        raise DatabaseUnavailable("the breaker query returned no row")
+    return (dict(found[0]) if found[0] is not None else None), float(found[1])
 
 
 def breaker_targets(db: Database) -> list[str]:
@@ -712,12 +719,14 @@ def fleet_status(db: Database) -> dict[str, Any]:
                 for permit in record.permits.values() if record is not None else ():
                     held[permit.host or "?"] = held.get(permit.host or "?", 0) + 1
             breakers.append(entry)
+        db_now = float(conn.execute("SELECT EXTRACT(EPOCH FROM statement_timestamp())").fetchone()[0])  # type: ignore[index]
         partitions = ledger_partitions(conn)
         counted = conn.execute(
             "SELECT host, count(*) FROM selfheal_ledger WHERE ts > now() - interval '1 day' GROUP BY host ORDER BY host"
         ).fetchall()
         return {
             "schema_version": schema_version(conn),
+            "db_now": db_now,
             "hosts": hosts,
             "breakers": breakers,
             "ledger": {"partitions": len(partitions), "events_last_day": {str(h): int(n) for h, n in counted}},
