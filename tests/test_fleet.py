@@ -6,6 +6,7 @@ cluster (tests/helpers/postgres.py), started once, never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -418,6 +419,38 @@ def test_health_check_says_the_fleet_database_is_unreachable(home: Path, tmp_pat
     assert fleet["status"] == "warn"
     assert fleet["detail"].startswith("fleet database unreachable: degraded")
     assert proc.returncode in (1, 3)
+
+
+def test_health_check_asks_a_database_that_never_answers_once_not_once_per_check(home: Path, tmp_path: Path) -> None:
+    """A server that takes the connection and never answers: the fleet check waits its connect timeout, and
+    the task check after it knows the database is down instead of waiting again."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text("store: {connect_timeout_s: 1}\n")
+    port = listener.getsockname()[1]
+    env = {"SELFHEAL_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/x"}
+    try:
+        proc = call_script("health_check.py", "--json", home=home, env=env)
+        checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+        assert checks["fleet"]["status"] == "warn"
+        assert len(accepted) == 1, f"{len(accepted)} connections: the database was asked again"
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import ConfigError, CorruptStateError, NotAttempted, SelfHealError, StateError
+from ..errors import ConfigError, CorruptStateError, FleetUnavailable, NotAttempted, SelfHealError, StateError
 from ..state import layout
 from ..state.layout import SUBDIRS
 from ..state.root import StateRoot, openclaw_state_dir, read_json, write_json
@@ -1010,7 +1010,7 @@ def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
 def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[dict[str, Any]] | None]:
     """Fleet mode: whether the shared database answers (else this host runs degraded on its own files),
     and the fleet's breaker records when it does."""
-    from ..core.fleet import NO_DRIVER, host_id  # noqa: PLC0415 - fleet mode only: psycopg
+    from ..core.fleet import NO_DRIVER, host_id, mark_down  # noqa: PLC0415 - fleet mode only: psycopg
 
     try:
         from ..state.pg import Database, fleet_status  # noqa: PLC0415
@@ -1027,6 +1027,8 @@ def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[dict[str,
     try:
         status = fleet_status(db)
     except StateError as exc:
+        if isinstance(exc, FleetUnavailable):  # the checks after this one need not wait for it again
+            mark_down(config.store, exc)
         detail = (
             f"fleet database unreachable: degraded; this host uses its own breaker files, spools its ledger"
             f" ({waiting} event(s) waiting) and claims no task from the shared task tree: {_one_line(str(exc))}"
