@@ -724,3 +724,30 @@ def test_a_breaker_opened_by_a_host_with_a_wrong_clock_is_open_for_its_own_time_
     assert refused.value.retry_at is not None and 0 < refused.value.retry_at - right_clock.time() <= 6.0
     right_clock.advance(5.5)
     right.release(right.acquire("qwen"), ok=True)  # the open time is over: a probe goes through
+
+
+def test_a_host_id_another_machine_used_a_moment_ago_is_said_once(
+    fleet_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cloned machines share a hostname, the default host id: when another boot spoke as this host within the
+    last two heartbeats, one warning says so (the two would judge each other's runs dead); this machine's own
+    processes, on the same boot, never trigger it."""
+    import logging
+
+    def connect_as_clone() -> None:
+        db = pg.Database(fleet_url, "clone", 5.0)
+        with db.connection():
+            pass  # the connection records this process, and this boot, as the host
+        db.close()
+
+    pg._warned_twins.discard("clone")
+    with caplog.at_level(logging.WARNING):
+        connect_as_clone()
+        connect_as_clone()
+    assert "was used" not in caplog.text  # the same boot: no twin
+    with psycopg.connect(fleet_url, autocommit=True) as conn:
+        conn.execute("UPDATE selfheal_hosts SET boot = 'another-machine' WHERE host = 'clone'")
+    with caplog.at_level(logging.WARNING):
+        connect_as_clone()
+        connect_as_clone()
+    assert caplog.text.count("fleet host id 'clone' was used") == 1 and "SELFHEAL_HOST_ID" in caplog.text

@@ -94,7 +94,7 @@ def test_the_fleet_tree_lives_in_postgresql_and_no_tasks_db_is_written(store: Ta
         tree.add(Task(name="shared", run={"kind": "shell", "shell": "true"}))
     assert not store.db_path.exists()
     with psycopg.connect(fleet_url) as conn:
-        assert pg.schema_version(conn) == pg.SCHEMA_VERSION == 3
+        assert pg.schema_version(conn) == pg.SCHEMA_VERSION == 4
         assert conn.execute("SELECT task_name, exec_state FROM tasks").fetchall() == [("shared", NEW)]
     assert type(store.db).__name__ == "PgTaskDB"
 
@@ -122,7 +122,7 @@ def test_a_fleet_tree_of_schema_version_2_gets_its_parent_gate_column_filled(
     store = TaskStore(state, load_config(), clock)
     assert store.claim(None, runner_identity(store.host), run_tag()) is None  # a waits on a1, p on a
     with psycopg.connect(fleet_url) as conn:
-        assert pg.schema_version(conn) == 3
+        assert pg.schema_version(conn) == pg.SCHEMA_VERSION  # migrated on to the latest
         rows = conn.execute("SELECT task_name, open_children FROM tasks ORDER BY task_name").fetchall()
     assert rows == [("a", 1), ("a1", 0), ("b", 0), ("p", 1)]
     with store.transaction() as tree:

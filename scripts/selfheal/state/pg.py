@@ -58,8 +58,19 @@ if TYPE_CHECKING:
     from .taskrecord import Task
 
 logger = logging.getLogger(__name__)
+_warned_twins: set[str] = set()  # host ids already said to be used by two machines
 
-SCHEMA_VERSION = 3
+
+def _boot_id() -> str | None:
+    """This boot of this machine (Linux's random boot id); None where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+SCHEMA_VERSION = 4
 HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most this often (one statement)
 _MIGRATE_LOCK = 0x5E1F_4EA1  # pg_advisory_xact_lock key: one host migrates, the others wait and see it done
 _PARTITION_LOCK = 0x5E1F_4EA2
@@ -103,6 +114,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # The parent gate as a column of the parent's row, kept by triggers (taskdb's schema version 2): the
     # claim becomes one statement whose row lock rechecks the gate.
     3: tuple(open_children_schema(POSTGRESQL)),
+    # Which boot of which machine last spoke as each host: two machines using one host id are told.
+    4: ("ALTER TABLE selfheal_hosts ADD COLUMN boot text",),
 }
 
 _PARTITION = re.compile(r"selfheal_ledger_(\d{4})(\d{2})(\d{2})\Z")
@@ -204,13 +217,30 @@ class Database:
         return conn
 
     def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
-        """This host's row in selfheal_hosts: last seen now, by this process."""
-        conn.execute(
-            "INSERT INTO selfheal_hosts (host, pid) VALUES (%s, %s)"
-            " ON CONFLICT (host) DO UPDATE SET last_seen = now(), pid = EXCLUDED.pid",
-            (self.host, os.getpid()),
-        )
+        """This host's row in selfheal_hosts: last seen now, by this process, on this boot of this machine.
+        Another boot that spoke as this host within the last two heartbeats is another machine using the same
+        host id (cloned machines share a hostname, the default id): said once per process, since the two judge
+        each other's runners dead."""
+        boot = _boot_id()
+        found = conn.execute(
+            "WITH before AS (SELECT boot, EXTRACT(EPOCH FROM now() - last_seen) AS age FROM selfheal_hosts"
+            " WHERE host = %s)"
+            " INSERT INTO selfheal_hosts (host, pid, boot) VALUES (%s, %s, %s)"
+            " ON CONFLICT (host) DO UPDATE SET last_seen = now(), pid = EXCLUDED.pid, boot = EXCLUDED.boot"
+            " RETURNING (SELECT boot FROM before), (SELECT age FROM before)",
+            (self.host, self.host, os.getpid(), boot),
+        ).fetchone()
         self._beat = time.monotonic()
+        other, age = (found[0], float(found[1])) if found and found[1] is not None else (None, 0.0)
+        twin = bool(other and boot and other != boot and age < 2 * HEARTBEAT_S)
+        if twin and self.host not in _warned_twins:
+            _warned_twins.add(self.host)
+            logger.warning(
+                "fleet host id %r was used %.0fs ago by another machine (or by this one before a reboot): "
+                "give each host its own SELFHEAL_HOST_ID, or each judges the other's runs dead",
+                self.host,
+                age,
+            )
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
