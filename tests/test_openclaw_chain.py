@@ -20,7 +20,7 @@ from selfheal.models.llm import complete
 from selfheal.models.openclaw_chain import BUNDLED, Chain
 from selfheal.state.root import resolve_state_root
 from selfheal.state.skill_status import status_folder
-from selfheal.testing import FakeModelServer
+from selfheal.testing import FakeModelServer, Fault
 
 
 @pytest.fixture
@@ -416,3 +416,28 @@ def test_the_real_openclaw_reads_the_same_models_from_these_shapes(openclaw: Any
     mine = read_openclaw_json(folder / "openclaw.json", env)["agents"]["defaults"]
     assert theirs["model"] == mine["model"] == {"primary": "Bob's", "fallbacks": ["lan/q"]}
     assert theirs["models"] == mine["models"] == {"openrouter/a/b": {"alias": "Bob's"}}
+
+
+def test_a_header_credential_echoed_in_an_answer_is_masked_like_a_key(
+    write: Callable[..., dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The variables a provider's headers read are the chain's secrets as much as its key variables: a model
+    or server echoing one in its answer gets it masked, as the redactor masks it everywhere else."""
+    with FakeModelServer() as server:
+        env = write(
+            json.dumps(
+                {
+                    "models": {
+                        "providers": {
+                            "corp": {"baseUrl": server.url("corp"), "headers": {"x-api-key": "${CORP_TOKEN}"}}
+                        }
+                    },
+                    "agents": {"defaults": {"model": "corp/gpt-4o"}},
+                }
+            )
+        )
+        for name, value in (env | {"CORP_TOKEN": "tok-from-env-123"}).items():
+            monkeypatch.setenv(name, value)
+        server.script("corp", Fault.reply("you sent tok-from-env-123, thanks"))
+        answer = complete("hi", config=load_config())
+        assert "tok-from-env-123" not in answer.content and "***" in answer.content

@@ -113,6 +113,11 @@ SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|session|password", re.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
+def written_credential(name: str, value: str) -> bool:
+    """Whether a header carries a credential written out rather than read from the environment (`${VAR}`)."""
+    return bool(SECRET_HEADER.search(name)) and not openclaw_config.variables(value)
+
+
 def _check_headers(value: object) -> str | None:
     if not isinstance(value, Mapping):
         return None
@@ -121,7 +126,7 @@ def _check_headers(value: object) -> str | None:
             return f"{name!r} is not an HTTP header name"
         if "\n" in text or "\r" in text:
             return f"the value of {name} must be one line"
-        if SECRET_HEADER.search(name) and not openclaw_config.variables(text):
+        if written_credential(name, text):
             return (
                 f"{name} carries a credential: write its value as ${{VARIABLE}} (keys come only from the environment)"
             )
@@ -1350,7 +1355,7 @@ def redactor_for(config: Config) -> Redactor:
     """The Redactor for these settings and the environment as it is now: built once per distinct pair
     (it compiles patterns and reads every secret-looking variable), so a Ledger per call stays cheap.
     It becomes the process's redactor: every file and stream written from now on goes through it."""
-    keys = _model_keys(config)
+    keys = model_keys(config)
     key = (config.redact, tuple(keys), frozenset(os.environ.items()))
     found = _redactors.get(key)
     if found is None:
@@ -1363,7 +1368,7 @@ def redactor_for(config: Config) -> Redactor:
     return found
 
 
-def _model_keys(config: Config) -> list[str]:
+def model_keys(config: Config) -> list[str]:
     """The values of the key variables the model chain names: masked even if their names look harmless."""
     keys = [os.environ.get(e.api_key_env, "") for e in config.models.chain if e.api_key_env]
     for entry in config.models.chain:  # and of the variables its headers read

@@ -43,7 +43,7 @@ from ..core import openclaw_config
 from ..core.backoff import exponential
 from ..core.breaker import BreakerOpen, Breakers, Ejected, Permit
 from ..core.classify import Classification, Failure, classifier_for
-from ..core.config import Config, ModelEndpoint, get_config
+from ..core.config import Config, ModelEndpoint, get_config, model_keys
 from ..core.ledger import Ledger
 from ..core.retrying import Budget, Decision
 from ..errors import ConfigError, NotAttempted, SelfHealError
@@ -315,9 +315,10 @@ def _is_deadline(error: Exception) -> bool:
 
 
 class _KeyMask:
-    """Masks the chain's API keys (the values of its `api_key_env` variables) in what a model says: a server
-    or a model echoing the key it was sent must not put it in an answer. A streamed key can arrive split
-    over chunks, so text that could be the start of a key is held back until the next piece tells."""
+    """Masks the chain's API keys (core.config.model_keys: the values of its `api_key_env` variables and of
+    the variables its headers read, as the redactor masks them) in what a model says: a server or a model
+    echoing the key it was sent must not put it in an answer. A streamed key can arrive split over chunks,
+    so text that could be the start of a key is held back until the next piece tells."""
 
     def __init__(self, keys: Iterable[str]) -> None:
         self.keys = tuple(sorted({k for k in keys if len(k) >= MIN_SECRET_CHARS}, key=len, reverse=True))
@@ -325,7 +326,7 @@ class _KeyMask:
 
     @classmethod
     def of(cls, config: Config) -> _KeyMask:
-        return cls(os.environ.get(e.api_key_env, "") for e in config.models.chain if e.api_key_env)
+        return cls(model_keys(config))  # the keys, and the variables the endpoints' headers read
 
     def text(self, value: str) -> str:
         return self._pattern.sub(MASK, value) if self._pattern is not None else value
@@ -1417,10 +1418,15 @@ async def _close_with_the_loop(clients: Clients) -> AsyncGenerator[None, None]:
     finally:
         with contextlib.suppress(RuntimeError):
             _loop_clients.pop(asyncio.get_running_loop(), None)
-        for client in list(clients.values()):
-            with contextlib.suppress(Exception):
-                await client.close()
+        await _close_clients(list(clients.values()))
         clients.clear()
+
+
+async def _close_clients(clients: Iterable[openai.AsyncOpenAI]) -> None:
+    """Close each client (its connections); one that fails to close does not keep the others open."""
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.close()
 
 
 class _ThreadLoop(threading.local):
@@ -1503,13 +1509,8 @@ class _PrivateLoop:
         if loop is None or loop.is_closed():
             return
 
-        async def close_all() -> None:
-            for client in clients:
-                with contextlib.suppress(Exception):
-                    await client.close()
-
         with contextlib.suppress(BaseException):  # best effort: a poisoned pool may not close in time
-            loop.run_until_complete(asyncio.wait_for(close_all(), 1.0))
+            loop.run_until_complete(asyncio.wait_for(_close_clients(clients), 1.0))
         with contextlib.suppress(BaseException):
             loop.close()
 
@@ -1525,14 +1526,10 @@ class _PrivateLoop:
             return self._loop, self.clients
 
     def _shutdown(self) -> None:
-        async def close_all(clients: list[openai.AsyncOpenAI]) -> None:
-            for client in clients:
-                await client.close()
-
         loop, clients = self._loop, list(self.clients.values())
         if loop is not None and self._pid == os.getpid():
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(close_all(clients), loop).result(timeout=2)
+                asyncio.run_coroutine_threadsafe(_close_clients(clients), loop).result(timeout=2)
             loop.call_soon_threadsafe(loop.stop)
         # Loops of threads that called complete(): closed here only if they are not running (a thread still
         # inside a call at exit keeps its loop; the process is ending anyway).
@@ -1544,13 +1541,8 @@ def _close_loop(loop: asyncio.AbstractEventLoop, clients: Clients) -> None:
     """Close a loop that no call is running on, and its clients (their connections); best effort."""
     if loop.is_running() or loop.is_closed():
         return
-
-    async def close_all() -> None:
-        for client in list(clients.values()):
-            await client.close()
-
     with contextlib.suppress(Exception):
-        loop.run_until_complete(asyncio.wait_for(close_all(), 2.0))
+        loop.run_until_complete(asyncio.wait_for(_close_clients(list(clients.values())), 2.0))
     with contextlib.suppress(Exception):
         loop.close()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..core.config import SECRET_HEADER, Config, ModelEndpoint
+from ..core.config import Config, ModelEndpoint, written_credential
 from ..core.openclaw_config import config_path, expand, read_openclaw_files, variables
 from ..errors import ConfigError
 
@@ -280,7 +280,7 @@ class _Resolver:
                     value = f"${{{given['id']}}}"
                 if not isinstance(value, str):
                     raise _Unusable(f"its header {name} is not text or an env SecretRef")
-                if SECRET_HEADER.search(str(name)) and not variables(value):
+                if written_credential(str(name), value):
                     raise _Unusable(
                         f"its header {name} is written in openclaw.json (self-heal reads credentials only from "
                         "the environment: write it as ${VAR})"
