@@ -36,23 +36,16 @@ _MAX_PATH_CHARS = 4096
 _VAR = re.compile(r"\$?\$\{([A-Z_][A-Z0-9_]*)\}")
 
 
-def openclaw_home(env: Mapping[str, str] | None = None) -> Path:
-    """The home OpenClaw's paths start from: $OPENCLAW_HOME (`~` in it is $HOME), else $HOME."""
-    return root.openclaw_home(env)
-
-
-def state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """OpenClaw's state folder: $OPENCLAW_STATE_DIR, else <home>/.openclaw."""
-    return root.openclaw_state_dir(env)
+# OpenClaw's home and state folder are found in the state layer (self-heal's own state lives in that folder).
+openclaw_home = root.openclaw_home
+state_dir = root.openclaw_state_dir
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
     """Where OpenClaw's configuration lives."""
     env = os.environ if env is None else env
     found = env.get("OPENCLAW_CONFIG_PATH")
-    if not found:
-        return state_dir(env) / "openclaw.json"
-    return openclaw_home(env) / found[2:] if found.startswith("~/") else Path(found).expanduser()
+    return root.expand_home(found, openclaw_home(env)) if found else state_dir(env) / "openclaw.json"
 
 
 def _read_text(path: Path, limit: int) -> str:

@@ -252,11 +252,6 @@ def _names(items: list[str]) -> str:
 # -- settings -------------------------------------------------------------------------------------------------
 
 
-def openclaw_home(env: Mapping[str, str]) -> Path:
-    """OpenClaw's state folder: $OPENCLAW_STATE_DIR, else $OPENCLAW_HOME/.openclaw, else ~/.openclaw."""
-    return openclaw_state_dir(env)
-
-
 def _port(value: object, *, file: str, key: str) -> int:
     number = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
     if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 65535:
@@ -283,7 +278,7 @@ def gateway_url(config: Config, env: Mapping[str, str]) -> tuple[str, str]:
 def settings_from_config(config: Config, env: Mapping[str, str]) -> Settings:
     """The checks' settings from a loaded configuration and the environment (status folders made absolute)."""
     url, source = gateway_url(config, env)
-    base = openclaw_home(env)
+    base = openclaw_state_dir(env)
     dirs = tuple(str(base / Path(d).expanduser()) for d in config.health.status_dirs)
     return Settings(
         gateway_url=url,

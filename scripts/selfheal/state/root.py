@@ -82,7 +82,8 @@ def openclaw_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(found).expanduser()
 
 
-def _expand(value: str, home: Path) -> Path:
+def expand_home(value: str, home: Path) -> Path:
+    """`value` with a leading `~` meaning `home` (not necessarily this process's)."""
     if value == "~" or value.startswith("~/"):
         return home / value[2:]
     return Path(value).expanduser()
@@ -93,7 +94,7 @@ def openclaw_state_dir(env: Mapping[str, str] | None = None) -> Path:
     else <OpenClaw's home>/.openclaw."""
     env = os.environ if env is None else env
     found = env.get("OPENCLAW_STATE_DIR")
-    return _expand(found, openclaw_home(env)) if found else openclaw_home(env) / ".openclaw"
+    return expand_home(found, openclaw_home(env)) if found else openclaw_home(env) / ".openclaw"
 
 
 def resolve_state_root(env: Mapping[str, str] | None = None) -> Path:
@@ -101,7 +102,7 @@ def resolve_state_root(env: Mapping[str, str] | None = None) -> Path:
     $OPENCLAW_HOME/.openclaw, else ~/.openclaw)."""
     env = os.environ if env is None else env
     if env.get("SELFHEAL_HOME"):
-        return _expand(env["SELFHEAL_HOME"], _home(env))
+        return expand_home(env["SELFHEAL_HOME"], _home(env))
     return openclaw_state_dir(env) / "self-heal"
 
 
