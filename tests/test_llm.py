@@ -262,6 +262,50 @@ def test_a_reply_that_is_not_a_chat_completion_moves_on_at_once(
     assert ask(chain("solo"), clock).content == "ok from solo" and server.requests("solo") == 2
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["reply", "stream-line"])
+def test_a_reply_far_over_any_answer_is_read_no_further_and_moves_on(
+    chain: Callable[..., Config],
+    clock: FakeClock,
+    server: FakeModelServer,
+    monkeypatch: pytest.MonkeyPatch,
+    stream: bool,
+) -> None:
+    """A server gone wrong sends far too much (gigabytes, in the field): the body, or one line of a stream, is
+    read only up to the cap, never held whole, and the reply counts as the server's fault: the next endpoint
+    answers at once."""
+    monkeypatch.setattr(llm, "MAX_REPLY_BYTES", 64 * 1024)
+    text = "a" * 200_000
+    if stream:
+        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        chunk["choices"] = [{"index": 0, "delta": {"content": text}, "finish_reason": None}]
+        huge = Fault.raw(200, f"data: {json.dumps(chunk)}\n\n", headers={"content-type": "text/event-stream"})
+    else:
+        message = {"role": "assistant", "content": text}
+        body = {"id": "x", "object": "chat.completion", "created": 1, "model": "m"}
+        body["choices"] = [{"index": 0, "message": message, "finish_reason": "stop"}]
+        huge = Fault.raw(200, body)
+    server.set_default("primary", huge)
+    result = ask(chain("primary", "backup"), clock, stream=stream)
+    assert (result.content, server.requests("primary")) == ("ok from backup", 1)
+    what = "a line of the stream" if stream else "the reply"
+    assert result.attempts[0].reason == f"too large: {what} is over 64 KiB"
+
+
+def test_a_streamed_answer_over_the_length_limit_is_not_read_to_its_end(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    """An answer over models.max_answer_chars is malformed however long it goes on: the stream is left as
+    soon as it passes the limit, not held to its end, and the simplified retry follows as for any long answer."""
+    words = " ".join(f"word{i}" for i in range(400))
+    server.script("primary", Fault.stream(words), Fault.stream("short"))
+    pieces: list[str] = []
+    result = ask(chain("primary", extra="  max_answer_chars: 100\n"), clock, stream=True, on_text=pieces.append)
+    assert result.content == "short" and result.attempts[0].error_class == "format"
+    assert result.attempts[0].reason == "answer too long: over 100 characters, the limit (read no further)"
+    # What reached the caller before the stream was left: the words up to the limit, not all 400.
+    assert 90 < len("".join(pieces)) - len("short") <= 100
+
+
 def test_an_out_of_memory_endpoint_is_cooled_down(
     chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
 ) -> None:

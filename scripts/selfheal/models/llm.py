@@ -471,7 +471,9 @@ class _ChainCall:
                 api_key=key,
                 max_retries=0,  # only our policy retries
                 default_headers=headers or None,
-                http_client=openai.DefaultAsyncHttpxClient(verify=_ssl_context()),
+                http_client=openai.DefaultAsyncHttpxClient(
+                    verify=_ssl_context(), event_hooks={"response": [_cap_body]}
+                ),
             )
             cache[ident] = found
         return found
@@ -758,9 +760,10 @@ class _ChainCall:
                 if classification.reason == "context_length_exceeded":
                     await settle("fallback", attempt, status="context_length_exceeded")
                     return _MoveOn("context_length_exceeded", entry.context_tokens)
-                # A reply that is not a chat completion at all is the server failing, not the prompt: it
-                # counts against the endpoint (so one that does it often is passed over), and it moves on.
-                server_shape = outcome == "rejected" and reason.startswith("wrong shape")
+                # A reply that is not a chat completion at all, or one far over any answer's size, is the
+                # server failing, not the prompt: it counts against the endpoint (so one that does it often
+                # is passed over), and it moves on.
+                server_shape = outcome == "rejected" and reason.startswith(("wrong shape", "too large"))
                 if cls == "format" and request is self.request and not (server_shape and not last):
                     # One more try here at once, simplified: a malformed answer is not the endpoint failing.
                     await settle(
@@ -929,9 +932,15 @@ class _ChainCall:
             params["temperature"] = request.temperature
         client = self.client(entry)
         params["timeout"] = self.timeout(entry)
-        if request.stream:
-            return await self._stream(entry, client, params, progress, first_s=first_s)
-        response = await client.chat.completions.create(**params)
+        try:
+            if request.stream:
+                return await self._stream(entry, client, params, progress, first_s=first_s)
+            response = await client.chat.completions.create(**params)
+        except Exception as exc:
+            too_large = _too_large(exc)
+            if too_large is None:
+                raise
+            raise too_large from None
         progress.first_at = self.clock.monotonic()
         return _answer_of(response)
 
@@ -983,6 +992,7 @@ class _ChainCall:
         usage: dict[str, int] | None = None
         model = params["model"]
         active = False  # any text or reasoning yet: from then on the idle limit applies
+        received = 0
         chunks = stream.__aiter__()
         try:
             while True:
@@ -1017,6 +1027,11 @@ class _ChainCall:
                 if isinstance(text, str) and text:
                     active = True
                     parts.append(text)
+                    received += len(text)
+                    if 0 < self.models.max_answer_chars < received:
+                        # Malformed already (check_answer would say so): stop reading, not hold it all.
+                        limit = self.models.max_answer_chars
+                        raise OutputProblem(f"answer too long: over {limit} characters, the limit (read no further)")
                     progress.text(text)
                 elif _reasoning_of(delta):
                     active = True
@@ -1048,6 +1063,64 @@ def _reasoning_of(delta: Any) -> bool:
         if isinstance(value, str) and value:
             return True
     return False
+
+
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+"""A reply body (or one line of a stream) longer than this is malformed and read no further: a local
+server gone wrong can send gigabytes, and the HTTP library would hold them all before any check."""
+
+_capped_streams: dict[type, type] = {}
+
+
+async def _cap_body(response: Any) -> None:
+    """The HTTP client's response hook: the body is read through a counter that stops past
+    MAX_REPLY_BYTES (for a stream of server-sent events, past that many bytes in one line)."""
+    # The client accepts only its library's own AsyncByteStream (httpx or httpx2: whichever this openai
+    # is built on) as a body, so the counter is made a subclass of it.
+    base = getattr(importlib.import_module(type(response).__module__.partition(".")[0]), "AsyncByteStream", None)
+    if not isinstance(base, type):  # pragma: no cover - a library without it: left uncapped
+        return
+    capped = _capped_streams.get(base)
+    if capped is None:
+        capped = _capped_streams[base] = type("_CappedBody", (_CappedBody, base), {})
+    lines = response.headers.get("content-type", "").lower().startswith("text/event-stream")
+    response.stream = capped(response.stream, lines=lines)
+
+
+class _CappedBody:
+    def __init__(self, inner: Any, *, lines: bool) -> None:
+        self.inner, self.lines = inner, lines
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        count = 0
+        async for chunk in self.inner:
+            if self.lines:
+                end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+                count = count + len(chunk) if end < 0 else len(chunk) - end - 1
+            else:
+                count += len(chunk)
+            if count > MAX_REPLY_BYTES:
+                what = "a line of the stream" if self.lines else "the reply"
+                cap = MAX_REPLY_BYTES
+                size = f"{cap / (1 << 20):g} MiB" if cap >= 1 << 20 else f"{cap / 1024:g} KiB"
+                raise OutputProblem(f"too large: {what} is over {size}")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _too_large(exc: BaseException) -> OutputProblem | None:
+    """The cap's OutputProblem behind an error the client wrapped it in (openai 1.x-2.x wrap any error
+    of the read as a connection error), if it is one."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OutputProblem):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 _ssl: list[ssl.SSLContext] = []
