@@ -430,16 +430,29 @@ def test_the_deadline_bounds_the_whole_call(chain: Callable[..., Config], server
             "api_key_env: SELFHEAL_TEST_NO_KEY}\n",
             "takes its key from $SELFHEAL_TEST_NO_KEY, which is not set",
         ),
+        (
+            '  chain:\n    - {name: a, base_url: "http://127.0.0.1:9/v1", model: m, '
+            'headers: {X-Token: "${SELFHEAL_TEST_NO_KEY}"}}\n',
+            "sends the header X-Token from $SELFHEAL_TEST_NO_KEY, which is not set",
+        ),
+        (
+            '  chain:\n    - {name: a, base_url: "http://127.0.0.1:9/v1", model: m, '
+            'headers: {X-Token: "${SELFHEAL_TEST_TWO_LINES}"}}\n',
+            "sends the header X-Token from $SELFHEAL_TEST_TWO_LINES, whose value is not one line",
+        ),
     ],
 )
 def test_a_chain_that_cannot_work_is_refused_before_any_request(
-    write_config: Callable[[str], Path], yaml_chain: str, words: str
+    write_config: Callable[[str], Path], yaml_chain: str, words: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An empty chain or a missing key variable is a configuration error (exit 2), found up front."""
+    """An empty chain, a missing key variable, or a header whose variable is missing or of many lines (it would
+    fail every request, and the HTTP library's error quotes the value: a token, often) is a configuration
+    error (exit 2), found up front; the value is never shown."""
+    monkeypatch.setenv("SELFHEAL_TEST_TWO_LINES", "tok-secret-1\r\nX-Injected: 1")
     write_config("models:\n" + yaml_chain)
     with pytest.raises(ConfigError, match=words.replace("$", r"\$")) as info:
         complete("hi", config=load_config())
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == 2 and "tok-secret-1" not in str(info.value)
 
 
 # -- streams ------------------------------------------------------------------------------------------------------

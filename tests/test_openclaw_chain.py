@@ -261,6 +261,27 @@ def test_headers_come_along_and_credentials_in_them_only_from_the_environment(
     )
 
 
+def test_a_header_no_request_can_carry_makes_its_model_unusable(write: Callable[..., dict[str, str]]) -> None:
+    """The checks config.yaml's headers get hold for openclaw.json's: a name HTTP does not allow, or a value of
+    many lines (written, or read from a variable), would fail every request with an error quoting the value."""
+    env = write(
+        "{models: {providers: {"
+        ' a: {baseUrl: "https://a.example.com/v1", apiKey: "${K}", headers: {"X Title": "self-heal"}},'
+        ' b: {baseUrl: "https://b.example.com/v1", apiKey: "${K}", headers: {"X-Title": "one\\ntwo"}},'
+        ' c: {baseUrl: "https://c.example.com/v1", apiKey: "${K}", headers: {"X-Auth-Token": "${TWO_LINES}"}},'
+        ' d: {baseUrl: "https://d.example.com/v1", apiKey: "${K}", headers: {"X-Title": "self-heal"}}}},'
+        ' agents: {defaults: {model: {primary: "a/m", fallbacks: ["b/m", "c/m", "d/m"]}}}}'
+    ) | {"K": "k", "TWO_LINES": "tok-secret-2\r\nX-Injected: 1"}
+    found = chain_of(env)
+    assert [e.base_url for e in found.entries] == ["https://d.example.com/v1"]
+    assert found.unusable == (
+        "a/m (a header it sends is not valid: 'X Title' is not an HTTP header name)",
+        "b/m (a header it sends is not valid: the value of X-Title must be one line)",
+        "c/m (its header X-Auth-Token reads a variable whose value is not one line)",
+    )
+    assert "tok-secret-2" not in found.unusable_line()
+
+
 def test_bundled_openai_compatible_providers_need_no_provider_entry(write: Callable[..., dict[str, str]]) -> None:
     """nvidia and huggingface, with their own key variables (HF_TOKEN, not HUGGINGFACE_API_KEY)."""
     env = write(

@@ -118,18 +118,24 @@ def written_credential(name: str, value: str) -> bool:
     return bool(SECRET_HEADER.search(name)) and not openclaw_config.variables(value)
 
 
+def header_problem(name: str, text: str) -> str | None:
+    """What is wrong with a header an endpoint is configured to send (config.yaml's or openclaw.json's)."""
+    if not _HEADER_NAME.match(name):
+        return f"{name!r} is not an HTTP header name"
+    if "\n" in text or "\r" in text:
+        return f"the value of {name} must be one line"
+    if written_credential(name, text):
+        return f"{name} carries a credential: write its value as ${{VARIABLE}} (keys come only from the environment)"
+    return None
+
+
 def _check_headers(value: object) -> str | None:
     if not isinstance(value, Mapping):
         return None
     for name, text in value.items():
-        if not _HEADER_NAME.match(name):
-            return f"{name!r} is not an HTTP header name"
-        if "\n" in text or "\r" in text:
-            return f"the value of {name} must be one line"
-        if written_credential(name, text):
-            return (
-                f"{name} carries a credential: write its value as ${{VARIABLE}} (keys come only from the environment)"
-            )
+        problem = header_problem(name, text)
+        if problem is not None:
+            return problem
     return None
 
 

@@ -1223,8 +1223,13 @@ def chain_config(config: Config) -> Config:
     return openclaw_chain.with_chain(config, chain)
 
 
+def _variables_of(value: str) -> str:
+    return " and ".join(f"${name}" for name in openclaw_config.variables(value)) or "its value"
+
+
 def check_chain(config: Config, env: Mapping[str, str] | None = None) -> None:
-    """Refuse a chain that cannot work, before any request: empty, or a key variable that is not set."""
+    """Refuse a chain that cannot work, before any request: empty, a key variable that is not set, or a
+    header whose variable is not set or not one line."""
     env = os.environ if env is None else env
     files = config.files[-1] if config.files else None
     if not config.models.chain:
@@ -1237,6 +1242,21 @@ def check_chain(config: Config, env: Mapping[str, str] | None = None) -> None:
                 file=files,
                 key=f"models.chain[{i}].api_key_env",
             )
+        for name, value in entry.headers.items():
+            text, missing = openclaw_config.expand(value, env)
+            if missing or "\n" in text or "\r" in text:
+                # An HTTP header is one line: a value of many would fail every request, and its error
+                # would show the value (a credential, often).
+                why = (
+                    f"${missing[0]}, which is not set"
+                    if missing
+                    else f"{_variables_of(value)}, whose value is not one line"
+                )
+                raise ConfigError(
+                    f"endpoint {entry.name!r} sends the header {name} from {why}",
+                    file=files,
+                    key=f"models.chain[{i}].headers.{name}",
+                )
 
 
 # -- the public API -------------------------------------------------------------------------------------------

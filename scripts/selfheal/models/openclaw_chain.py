@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..core.config import Config, ModelEndpoint, written_credential
+from ..core.config import Config, ModelEndpoint, header_problem, written_credential
 from ..core.openclaw_config import config_path, expand, read_openclaw_files, variables
 from ..errors import ConfigError
 
@@ -285,9 +285,14 @@ class _Resolver:
                         f"its header {name} is written in openclaw.json (self-heal reads credentials only from "
                         "the environment: write it as ${VAR})"
                     )
-                missing = expand(value, self.env)[1]
+                problem = header_problem(str(name), value)
+                if problem is not None:
+                    raise _Unusable(f"a header it sends is not valid: {problem}")
+                text, missing = expand(value, self.env)
                 if missing:
                     raise _Unusable(f"its header {name} needs ${missing[0]}, which is not set")
+                if "\n" in text or "\r" in text:
+                    raise _Unusable(f"its header {name} reads a variable whose value is not one line")
                 found[str(name)] = value
         return found
 
