@@ -9,8 +9,9 @@
   snapshot.py delete ID                 forget it (after the session ended normally)
 
 Every subcommand takes --json: one JSON object on stdout.
-Exit codes: 0 ok; 2 usage (bad id, unreadable or invalid file, no snapshot for ID on restore or
-mark-interrupted, a symbolic link planted under the state root); 3 failed (a corrupt snapshot: moved aside
+Exit codes: 0 ok; 2 usage (bad id, unreadable or invalid file, text that is not UTF-8, a snapshot over
+the 64 MiB a snapshot file may hold, no snapshot for ID on restore or mark-interrupted, a symbolic link
+planted under the state root); 3 failed (a corrupt snapshot: moved aside
 as <ID>.json.corrupt-<time>; the snapshot could not be written: disk full or read-only, the file named).
 """
 

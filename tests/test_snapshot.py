@@ -303,6 +303,38 @@ def test_script_names_a_file_that_is_not_json(home: Path, tmp_path: Path) -> Non
     assert run(home, "restore", "s1").returncode == 2
 
 
+def test_script_refuses_text_utf_8_cannot_hold_naming_where_it_is(home: Path, tmp_path: Path) -> None:
+    """A message holding half an emoji (a lone surrogate, as a JavaScript client that cut a string writes)
+    exits 2 naming the message and key, no traceback; a state value and a --reason in another encoding
+    likewise; nothing is saved or marked."""
+    messages, state_file = tmp_path / "messages.json", tmp_path / "state.json"
+    messages.write_text('[{"role": "user", "content": "ok"}, {"role": "user", "content": "cut \\ud83d"}]')
+    proc = run(home, "save", "s1", "--messages-file", str(messages))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "messages[1]['content']" in proc.stderr and "UTF-8" in proc.stderr
+    messages.write_text(json.dumps(chat(2)))
+    state_file.write_text('{"draft": "cut \\udc80"}')
+    proc = run(home, "save", "s1", "--messages-file", str(messages), "--state-file", str(state_file))
+    assert proc.returncode == 2 and "state['draft']" in proc.stderr
+    assert run(home, "restore", "s1").returncode == 2
+    # A reason in another encoding on the command line (Python keeps its byte as a surrogate escape).
+    assert run(home, "save", "s1", "--messages-file", str(messages)).returncode == 0
+    proc = run(home, "mark-interrupted", "s1", "--reason", "gateway \udcff restart")
+    assert proc.returncode == 2 and "reason holds \\udcff" in proc.stderr and "Traceback" not in proc.stderr
+    restored = snapshot.restore("s1", root=StateRoot(home))
+    assert restored is not None and not restored.interrupted
+
+
+def test_a_snapshot_too_big_to_read_back_is_refused_and_the_last_one_kept(state: StateRoot) -> None:
+    """70 messages of 1 MiB (each input under the limit): the save is refused naming the size and the limit,
+    and the earlier snapshot stays restorable; it used to be written, and then every restore refused it."""
+    snapshot.save("s1", chat(3), root=state)
+    with pytest.raises(UsageError, match=rf"over the {store.MAX_STATE_FILE_BYTES} .* keep fewer messages"):
+        snapshot.save("s1", [{"role": "user", "content": "x" * (1 << 20)} for _ in range(70)], root=state)
+    restored = snapshot.restore("s1", root=state)
+    assert restored is not None and restored.messages == chat(3)
+
+
 def test_script_exits_2_for_an_unknown_session(home: Path) -> None:
     """restore and mark-interrupted of a session never saved exit 2 (as an unknown task does everywhere)."""
     for action in ("restore", "mark-interrupted"):

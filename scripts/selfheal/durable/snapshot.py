@@ -24,7 +24,7 @@ from ..core.config import get_config
 from ..errors import CorruptStateError, StateError, UsageError
 from ..state import layout
 from ..state.records import RecordError
-from ..state.root import StateRoot, file_lock, quarantine, read_json, unlink, write_json
+from ..state.root import MAX_STATE_FILE_BYTES, StateRoot, dumps, file_lock, quarantine, read_json, unlink, write_json
 from ..state.snapshots import Snapshot, SnapshotInfo
 
 __all__ = [
@@ -66,9 +66,21 @@ def _check_object(obj: Mapping[Any, Any], where: str) -> None:
         if not isinstance(key, str):
             raise UsageError(f"{where} has a key that is not a string: {key!r}")
         try:
-            json.dumps(value, allow_nan=False, sort_keys=True)
+            text = json.dumps({key: value}, allow_nan=False, sort_keys=True, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{where}[{key!r}] cannot be stored as JSON: {exc}") from None
+        _check_text(text, f"{where}[{key!r}]")
+
+
+def _check_text(text: str, where: str) -> None:
+    """The file is written as UTF-8: a lone surrogate (half an emoji, as JavaScript cuts a string; a byte of
+    another encoding on the command line) is refused here, naming where it is, not by the write after every
+    other check passed."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise UsageError(f"{where} holds {bad}, which is not UTF-8 text") from None
 
 
 def _check_messages(messages: object) -> list[dict[str, Any]]:
@@ -166,7 +178,14 @@ def save(
             interrupted_at=interrupted_at,
             reason=reason,
         )
-        write_json(path, snapshot.to_json())
+        data = snapshot.to_json()
+        size = len(dumps(data).encode("utf-8"))
+        if size > MAX_STATE_FILE_BYTES:  # it would be written, then refused by every restore
+            raise UsageError(
+                f"session {session_id!r}: the snapshot would be {size} bytes, over the {MAX_STATE_FILE_BYTES} a "
+                f"snapshot file may hold; keep fewer messages (keep={keep}) or less state. Nothing was saved"
+            )
+        write_json(path, data)
     return snapshot
 
 
@@ -180,6 +199,9 @@ def mark_interrupted(
 ) -> Snapshot:
     """Mark the session interrupted now, with `reason`; NoSnapshot (a UsageError) if it was never saved."""
     root = _root(root)
+    if not isinstance(reason, str):
+        raise UsageError(f"reason must be text, not {type(reason).__name__}")
+    _check_text(reason, "reason")
     with _lock(root, session_id):
         before = _load(root, session_id)
         if before is None:

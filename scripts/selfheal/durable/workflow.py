@@ -58,6 +58,7 @@ from ..errors import (
     UsageError,
 )
 from ..state.checkpoints import PlanRef
+from ..state.redact import active as redactor
 from ..state.root import StateRoot, file_lock, read_input, validate_id, write_json
 from .checkpoint import (
     COMPENSATED,
@@ -81,6 +82,15 @@ from .incident import Incident, new_incident_id, notify, write_incident
 SCRIPTS = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
 _OUTPUT_NAMES = ("stdout", "files")
+# A step's outputs live in its checkpoint, which every resume reads whole: more than this (as JSON) fails the
+# step, as a payload over Temporal's limit does, so the checkpoint stays far below the state-file limit
+# (state.root.MAX_STATE_FILE_BYTES: a bigger checkpoint could never be read again, and its two slots hold
+# the document twice over).
+MAX_STEP_OUTPUTS_BYTES = 1024 * 1024
+# And all of a task's steps together: the checkpoint file holds the document about four times over.
+MAX_TASK_OUTPUTS_BYTES = 8 * 1024 * 1024
+# Nesting deeper than this in a function step's outputs is kept as text (JSON's writer would overflow the stack).
+_MAX_OUTPUT_DEPTH = 100
 
 
 class PlanError(ConfigError):
@@ -197,6 +207,9 @@ _STEP_KEYS = {
 
 def load_plan(path: Path) -> Plan:
     """Read and check a plan file; every problem is a PlanError naming the file, line, step and key."""
+    where, changed = _utf8(str(path.absolute()))
+    if changed:  # a folder named in another encoding: the checkpoint and the resume command could not name it
+        raise PlanError(f"its path is not UTF-8 text ({where}); rename the file or its folder", file=path)
     marks: Marks = {}
     try:
         data = read_yaml(path, marks)
@@ -562,6 +575,8 @@ class WorkflowRunner:
         self.resume_command = resume_command or self._default_resume_command()
         self.data = self._fresh()
         self._done_outputs: dict[str, dict[str, Any]] | None = None
+        self._output_sizes: dict[str, int] | None = None  # of the steps done, as JSON; and their sum:
+        self._outputs_total = 0
         # Steps of a parallel plan run in threads: the checkpoint (its journal) and the outputs are changed
         # under this lock, so saves are written one at a time and each sees whole records.
         self._lock = threading.RLock()
@@ -591,7 +606,7 @@ class WorkflowRunner:
         with self._lock:
             self.data.updated = _now_iso(self.clock)
             if not steps:
-                self._done_outputs = None  # anything may have changed
+                self._done_outputs = self._output_sizes = None  # anything may have changed
             self.checkpoints.save(self.task, self.data, steps if steps else None)
 
     def _save_task(self) -> None:
@@ -625,7 +640,7 @@ class WorkflowRunner:
         if restart:
             self.checkpoints.remove(self.task)
         existing = self.checkpoints.load(self.task)
-        self._done_outputs = None
+        self._done_outputs = self._output_sizes = None
         resumed = existing is not None
         self.data = existing if existing is not None else self._fresh()
         if existing is not None:
@@ -654,12 +669,14 @@ class WorkflowRunner:
             stalled = self._count_resume()
             if stalled:
                 return self._dead_letter()
+        # First what a dead run left running (a step's command, or a compensation's) is stopped: nothing runs
+        # twice at once.
+        self._recover_in_flight()
         if self.data.status == TASK_COMPENSATING:  # a crash during compensation: finish it first
             return self._fail(None, _StepFailed(None, "resumed an interrupted compensation"), resumed)
         if self.data.status == TASK_FAILED:
             self._reopen_failed()
         self.data.status = TASK_RUNNING
-        self._recover_in_flight()
         self._save()
         if self.plan.parallel:
             return self._run_parallel(resumed)
@@ -900,11 +917,42 @@ class WorkflowRunner:
             raise _StepFailed("permanent", f"step succeeded but did not produce {', '.join(missing)}")
         if isinstance(step.run, Command):
             record.outputs = self._collect_outputs(step, stdout_tail)
+        too_big = self._too_big(step.name, record.outputs, "a command" if isinstance(step.run, Command) else "a function")
+        if too_big:
+            record.state, record.outputs, record.error_class, record.reason = FAILED, {}, "permanent", too_big
+            self._sequence(record)  # it ran: undone in the order it finished
+            raise _StepFailed("permanent", too_big)
         self._finish(record, started)
         with self._lock:
             if self._done_outputs is not None:
                 self._done_outputs[step.name] = record.outputs
             self._save(step.name)
+
+    def _too_big(self, name: str, outputs: dict[str, Any], what: str) -> str | None:
+        """Why these outputs of step `name` cannot go into the checkpoint (over MAX_STEP_OUTPUTS_BYTES, or
+        taking the task's over MAX_TASK_OUTPUTS_BYTES), or None: then they are counted as the step's."""
+        size = _outputs_size(outputs)
+        how = "lower workflows.output_tail_chars" if what == "a command" else "write them to a file and return its path"
+        if size > MAX_STEP_OUTPUTS_BYTES:
+            return (
+                f"the step's outputs are {size} bytes as JSON, over the {MAX_STEP_OUTPUTS_BYTES} a checkpoint keeps "
+                f"per step ({what} returned them): {how}"
+            )
+        with self._lock:
+            sizes = self._output_sizes
+            if sizes is None:
+                steps = self.data.steps
+                done = (n for n in self.data.order if steps[n].state == DONE and steps[n].outputs)
+                sizes = self._output_sizes = {n: _outputs_size(steps[n].outputs) for n in done}
+                self._outputs_total = sum(sizes.values())
+            total = self._outputs_total - sizes.get(name, 0) + size
+            if total > MAX_TASK_OUTPUTS_BYTES:
+                return (
+                    f"with this step's {size} bytes, the task's outputs would be {total} bytes as JSON, over the "
+                    f"{MAX_TASK_OUTPUTS_BYTES} its checkpoint keeps ({what} returned them): {how}"
+                )
+            sizes[name], self._outputs_total = size, total
+        return None
 
     def _finish(self, record: StepRecord, started: float) -> None:
         """The step is done; `started` is the monotonic time it started."""
@@ -943,9 +991,10 @@ class WorkflowRunner:
                     state=self.state,
                     ledger=self.ledger,
                 ).call(backup, context)
-                raw = value if isinstance(value, dict) else ({} if value is None else {"value": value})
-                converted: list[str] = []
-                outputs = {str(k): _as_json(v, str(k), converted) for k, v in raw.items()}
+                outputs = _outputs_of(value, [])
+            too_big = self._too_big(step.name, outputs, "the fallback")
+            if too_big:
+                raise RuntimeError(too_big)
         except Exception as exc:
             self.ledger.record(
                 "fallback",
@@ -1068,13 +1117,12 @@ class WorkflowRunner:
             history = attempts_of(exc)
             record.state = FAILED
             record.error_class = history[-1].error_class if history else "unknown"
-            record.reason = f"{type(exc).__name__}: {exc}"
+            record.reason = self._reason(f"{type(exc).__name__}: {exc}")
             raise _StepFailed(record.error_class, record.reason, None, stop_reason_of(exc)) from exc
         # The step ran: whatever it returned, its side effects happened, so it must stay compensable.
         record.ran = True
-        outputs = value if isinstance(value, dict) else ({} if value is None else {"value": value})
         converted: list[str] = []
-        outputs = {str(k): _as_json(v, str(k), converted) for k, v in outputs.items()}
+        outputs = _outputs_of(value, converted)
         if converted:
             # The second source document's checkpoint manager does the same: a value JSON cannot hold is
             # kept as its text, so the step still counts as done (and can be compensated).
@@ -1086,6 +1134,14 @@ class WorkflowRunner:
                 ", ".join(converted),
             )
         record.outputs = outputs
+
+    def _reason(self, text: str) -> str:
+        """A failure's reason as the ledger keeps it: masked, then cut to ledger.reason_max_chars (an error
+        message of many megabytes would make a checkpoint too big to read back), UTF-8 it can hold."""
+        limit = self.config.ledger.reason_max_chars
+        # Masked before it is cut (a key cut in half no longer looks like one), but not all of a huge message.
+        text, _ = _utf8(redactor().text(text[: limit + 4096]))
+        return text if len(text) <= limit else text[: limit - 1] + "…"
 
     def _collect_outputs(self, step: Step, stdout_tail: str) -> dict[str, Any]:
         outputs: dict[str, Any] = {}
@@ -1263,22 +1319,77 @@ class WorkflowRunner:
         return WorkflowResult(self.task, status, steps, resumed, message, incident=path)
 
 
-def _as_json(value: Any, where: str, converted: list[str]) -> Any:
+def _outputs_of(value: Any, converted: list[str]) -> dict[str, Any]:
+    """A function step's return value as its outputs: a dict's items, or {"value": value}; JSON throughout."""
+    raw = value if isinstance(value, dict) else ({} if value is None else {"value": value})
+    outputs: dict[str, Any] = {}
+    for k, v in raw.items():
+        key, changed = _utf8(str(k))
+        if changed:
+            converted.append(key)
+        outputs[key] = _as_json(v, key, converted, (id(raw),))
+    return outputs
+
+
+def _as_json(value: Any, where: str, converted: list[str], inside: tuple[int, ...] = ()) -> Any:
     """`value` as JSON can hold it: a datetime or date becomes its ISO text, any other object
-    `<Type: text>` (the second source document's form); `where` names each converted value."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        if isinstance(value, float) and not math.isfinite(value):  # NaN and infinity are not JSON
+    `<Type: text>` (the second source document's form), text UTF-8 cannot hold its escaped form, a container
+    that holds itself (or nests past _MAX_OUTPUT_DEPTH) `<dict: a cycle>`; `where` names each converted value.
+    `inside`: the ids of the containers `value` is in."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text, changed = _utf8(value)
+        if changed:
+            converted.append(where)
+        return text
+    if isinstance(value, int):
+        try:
+            int.__repr__(value)  # past sys.get_int_max_str_digits (4,300 digits) there is no text for it, nor JSON
+        except ValueError:
+            converted.append(where)
+            return f"<int: {value.bit_length()} bits>"
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):  # NaN and infinity are not JSON
             converted.append(where)
             return str(value)
         return value
-    if isinstance(value, dict):
-        return {str(k): _as_json(v, f"{where}.{k}", converted) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_as_json(v, f"{where}[{i}]", converted) for i, v in enumerate(value)]
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in inside or len(inside) > _MAX_OUTPUT_DEPTH:
+            converted.append(where)
+            return f"<{type(value).__name__}: {'a cycle' if id(value) in inside else 'nested too deep'}>"
+        within = (*inside, id(value))
+        if isinstance(value, dict):
+            items = {}
+            for k, v in value.items():
+                key, changed = _utf8(str(k))
+                if changed:
+                    converted.append(f"{where}.{key}")
+                items[key] = _as_json(v, f"{where}.{key}", converted, within)
+            return items
+        return [_as_json(v, f"{where}[{i}]", converted, within) for i, v in enumerate(value)]
     converted.append(where)
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat()
-    return f"<{type(value).__name__}: {value}>"
+    try:
+        text = str(value)
+    except Exception as exc:  # a __str__ that fails: its type still says what it was
+        text = f"(no text: {type(exc).__name__})"
+    return _utf8(f"<{type(value).__name__}: {text}>")[0]
+
+
+def _utf8(text: str) -> tuple[str, bool]:
+    """`text` as UTF-8 can hold it (a lone surrogate, half an emoji, becomes `\\ud83d`), and whether it changed."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8"), True
+    return text, False
+
+
+def _outputs_size(outputs: dict[str, Any]) -> int:
+    return len(json.dumps(outputs, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8"))
 
 
 def _env_name(step: str, output: str) -> str:

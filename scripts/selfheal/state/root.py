@@ -908,7 +908,8 @@ class JournaledFile:
         if self._base is None:
             self.write(doc() if callable(doc) else doc)
             return
-        body = _canonical([[list(path), value] for path, value in changes])
+        # Masked as the snapshot is (SlotFile.write): the journal is a state file as much.
+        body = _canonical(_redactor().obj([[list(path), value] for path, value in changes]))
         line = b'{"base":%d,"n":%d,"sha256":"%s","changes":' % (self._base, self._n + 1, _sha256(body).encode())
         line += body + b"}\n"
         if self._length + len(line) > max(_JOURNAL_MIN, self.slots.slot_bytes):

@@ -1,0 +1,279 @@
+"""Hostile step results and crashes at the wrong moment, against durable workflows: a secret in a step's
+output, outputs JSON cannot hold, outputs and errors too big for a checkpoint, a SIGKILL during
+compensation. Each one once broke something a user running workflows unattended would notice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PYTHON, SCRIPTS, call_script, script_env
+from selfheal.core.config import Config, load_config
+from selfheal.durable.workflow import MAX_STEP_OUTPUTS_BYTES, MAX_TASK_OUTPUTS_BYTES, StepContext, Workflow, status
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def fast(write_config: Any) -> Config:
+    write_config("retry: {jitter: none}\npolicies:\n  unknown: {base_s: 0.01}\nprocess: {kill_grace_s: 1}\n")
+    return load_config()
+
+
+def checkpoint_bytes(home: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted((home / "checkpoints").iterdir()) if p.is_file())
+
+
+def test_a_secret_a_step_prints_never_reaches_the_checkpoints_journal(tmp_path: Path, home: Path) -> None:
+    """A step whose kept stdout holds an API key: the key is masked in every checkpoint file, the journal
+    of per-step saves included (it was written there in the clear)."""
+    key = "sk-proj-" + "0123456789abcdef" * 2
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        textwrap.dedent(
+            f"""\
+            steps:
+              - name: first
+                shell: "echo 'Incorrect API key provided: {key}'"
+                outputs: {{stdout: true}}
+              - name: second
+                shell: "true"
+                inputs: [first.stdout]
+            """
+        )
+    )
+    env = script_env(home)
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "workflow.py"), "run", str(plan), "--task", "wf"], env=env, check=False
+    )
+    assert proc.returncode == 0
+    assert (home / "checkpoints" / "wf.journal").stat().st_size > 0  # the per-step saves really were journaled
+    assert key.encode() not in checkpoint_bytes(home)
+    assert b"Incorrect API key provided" in checkpoint_bytes(home)
+
+
+class Node:
+    def __str__(self) -> str:
+        return "a node"
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("half an emoji \ud83d", "half an emoji \\ud83d"),  # a JavaScript string cut mid-pair
+        (10**5000, "<int: 16610 bits>"),  # more digits than Python turns into text
+    ],
+    ids=["lone-surrogate", "huge-int"],
+)
+def test_a_function_step_returning_text_json_cannot_hold_is_done_and_its_checkpoint_loads(
+    fast: Config, value: Any, kept: str
+) -> None:
+    """A value JSON (UTF-8) cannot hold is kept as text and the step counts as done, as the docs say; it
+    used to crash the run after the step's side effects, leaving it to run again."""
+    wf = Workflow("odd")
+    seen: list[Any] = []
+
+    @wf.step
+    def produce(ctx: StepContext) -> dict[str, Any]:
+        return {"value": value, "label \udcff": 1}
+
+    @wf.step
+    def consume(ctx: StepContext) -> None:
+        seen.append(ctx.outputs["produce"])
+
+    result = wf.run(config=fast)
+    assert result.status == "completed", result.message
+    assert seen == [{"value": kept, "label \\udcff": 1}]
+    assert sorted(result.steps[0].converted) == ["label \\udcff", "value"]
+    loaded = status("odd")
+    assert loaded is not None and loaded.steps["produce"].outputs == seen[0]
+
+
+def test_a_function_step_returning_a_cycle_or_deep_nesting_is_done(fast: Config) -> None:
+    """A dict that contains itself, and a list nested 10,000 deep: kept as text where they stop being JSON,
+    instead of a RecursionError after the step ran."""
+    cycle: dict[str, Any] = {"name": "root"}
+    cycle["self"] = cycle
+    deep: list[Any] = []
+    for _ in range(10_000):
+        deep = [deep]
+    wf = Workflow("loops")
+
+    @wf.step
+    def produce(ctx: StepContext) -> dict[str, Any]:
+        return {"cycle": cycle, "deep": deep, "node": Node()}
+
+    result = wf.run(config=fast)
+    assert result.status == "completed", result.message
+    outputs = result.steps[0].outputs
+    assert outputs["cycle"] == {"name": "root", "self": "<dict: a cycle>"}
+    assert outputs["node"] == "<Node: a node>"
+    assert "cycle.self" in result.steps[0].converted
+    loaded = status("loops")
+    assert loaded is not None and loaded.steps["produce"].outputs == outputs
+
+
+def test_outputs_too_big_for_a_checkpoint_fail_the_step_clearly_and_it_is_undone(fast: Config, home: Path) -> None:
+    """A step returning 20 MB: the checkpoint took it and could never be read again (over the state-file
+    limit), so every later run and status failed. Now the step fails with a message naming the size and
+    the limit, it is compensated (it ran), and the checkpoint stays small and readable."""
+    undone: list[str] = []
+    wf = Workflow("big")
+
+    @wf.step(compensate=lambda ctx: undone.append(ctx.step))
+    def export(ctx: StepContext) -> dict[str, Any]:
+        return {"rows": "x" * (20 * 1024 * 1024)}
+
+    @wf.step
+    def never(ctx: StepContext) -> None:
+        raise AssertionError("must not run")
+
+    result = wf.run(config=fast)
+    assert result.status == "failed" and undone == ["export"]
+    assert str(MAX_STEP_OUTPUTS_BYTES) in result.message
+    assert "write them to a file" in result.message
+    loaded = status("big")
+    assert loaded is not None and loaded.steps["export"].outputs == {}
+    assert len(checkpoint_bytes(home)) < 1024 * 1024
+
+
+def test_many_steps_each_under_the_limit_cannot_together_outgrow_the_checkpoint(fast: Config, home: Path) -> None:
+    """Twenty steps of 900 KB each: every one is under the per-step limit, but together they made a checkpoint
+    no run could read back. The step that would take the task over its total fails, naming both sizes; the
+    checkpoint stays readable, and a resume (the outputs now written to a file) goes on from there."""
+    wf = Workflow("wide")
+    size = 900 * 1024
+    small = {"on": False}
+
+    def make(i: int) -> Any:
+        def produce(ctx: StepContext) -> dict[str, Any]:
+            return {"rows": "s" if small["on"] else str(i % 10) * size}
+
+        produce.__name__ = f"part{i:02d}"
+        return produce
+
+    for i in range(20):
+        wf.step(make(i))
+    result = wf.run(config=fast)
+    assert result.status == "failed" and str(MAX_TASK_OUTPUTS_BYTES) in result.message
+    loaded = status("wide")
+    assert loaded is not None
+    done = [name for name in loaded.order if loaded.steps[name].state == "done"]
+    assert len(done) == MAX_TASK_OUTPUTS_BYTES // (size + 12) and done == loaded.order[: len(done)]
+    small["on"] = True
+    again = wf.run(config=fast)
+    assert again.status == "completed", again.message
+    assert [s.outputs["rows"] for s in again.steps][len(done) :] == ["s"] * (20 - len(done))
+
+
+def test_a_huge_error_message_is_cut_before_it_is_written(fast: Config, home: Path) -> None:
+    """A function step failing with a 30 MB message: its reason is cut to ledger.reason_max_chars in the
+    checkpoint and the incident (it made a 120 MB checkpoint that no run could read)."""
+    wf = Workflow("loud")
+
+    @wf.step(max_attempts=1)
+    def shout(ctx: StepContext) -> None:
+        raise ValueError("y" * (30 * 1024 * 1024))
+
+    result = wf.run(config=fast)
+    assert result.status == "failed"
+    loaded = status("loud")
+    assert loaded is not None
+    reason = loaded.steps["shout"].reason or ""
+    assert reason.startswith("ValueError: yyy") and reason.endswith("…") and len(reason) == fast.ledger.reason_max_chars
+    assert len(checkpoint_bytes(home)) < 1024 * 1024
+    assert sum(p.stat().st_size for p in (home / "incidents").iterdir()) < 1024 * 1024
+
+
+def test_a_compensation_left_running_by_a_sigkill_is_stopped_before_it_runs_again(tmp_path: Path, home: Path) -> None:
+    """SIGKILL while a compensation command runs: the next run stops the one left behind before undoing
+    the step again (both ran at once, the undo twice in parallel)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = work / "plan.yaml"
+    plan.write_text(
+        textwrap.dedent(
+            """\
+            steps:
+              - name: book
+                shell: "echo booked >> log"
+                compensate_shell: "echo undo-start >> log; sleep 5; echo undo-end >> log"
+              - name: pay
+                shell: "exit 2"
+                retry: {max_attempts: 1}
+            """
+        )
+    )
+    argv = [PYTHON, str(SCRIPTS / "workflow.py"), "run", str(plan), "--task", "t"]
+    env = script_env(home)
+    log = work / "log"
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "undo-start" in log.read_text()):
+            assert time.monotonic() < deadline, "the compensation never started"
+            assert first.poll() is None, "the first run ended before its compensation started"
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert second.returncode == 3, second.stderr
+    # The one left behind was stopped: one undo started again and ran to its end, never two at once.
+    assert log.read_text().split() == ["booked", "undo-start", "undo-start", "undo-end"]
+
+
+def test_a_plan_in_a_folder_named_in_another_encoding_is_refused_clearly(tmp_path: Path, home: Path) -> None:
+    """A plan under a folder whose name is Latin-1 (byte 0xff): exit 2 naming it, no traceback and no
+    checkpoint (the checkpoint write crashed on the path, after the lock was taken)."""
+    folder = tmp_path / "rapports-\udcff"  # Python's surrogate escape: the byte 0xff on disk
+    folder.mkdir()
+    plan = folder / "plan.yaml"
+    plan.write_text("steps:\n  - {name: a, shell: 'echo a >> log'}\n")
+    proc = call_script("workflow.py", "run", str(plan), "--task", "t", home=home)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not UTF-8" in proc.stderr and "rapports-\\udcff" in proc.stderr
+    assert not (folder / "log").exists()
+    assert call_script("workflow.py", "status", "t", home=home).returncode == 2
+
+
+def test_a_second_process_running_the_same_task_is_refused_with_exit_4(tmp_path: Path, home: Path) -> None:
+    """Two real processes, one task id: while the first is inside a step, a second `run` and a `reset` exit 4
+    naming the task and run nothing; the first finishes, its step run once."""
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = work / "plan.yaml"
+    plan.write_text(
+        "steps:\n"
+        "  - {name: a, shell: 'echo a >> log; while [ ! -e go ]; do sleep 0.05; done'}\n"
+        "  - {name: b, shell: 'echo b >> log'}\n"
+    )
+    argv = [PYTHON, str(SCRIPTS / "workflow.py"), "run", str(plan), "--task", "t"]
+    env = script_env(home)
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (work / "log").exists():
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never started its step"
+            time.sleep(0.05)
+        second = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        reset = subprocess.run(
+            [PYTHON, str(SCRIPTS / "workflow.py"), "reset", "t"], env=env, capture_output=True, text=True, check=False
+        )
+        (work / "go").touch()
+        _, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 4 and "'t'" in second.stderr and "Traceback" not in second.stderr, second.stderr
+    assert reset.returncode == 4 and "Traceback" not in reset.stderr, reset.stderr
+    assert first.returncode == 0, err
+    assert (work / "log").read_text().split() == ["a", "b"]
