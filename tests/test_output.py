@@ -44,10 +44,15 @@ def test_strip_fences(text: str, body: str) -> None:
         ("not json", "stop", True, "not JSON"),
         ("[1, 2]", "stop", True, "a list, not an object"),
         ('Sure! ```json\n{"a": 1}\n```', "stop", True, "not JSON"),
+        ('{"confidence": NaN}', "stop", True, "not JSON: NaN is not a JSON value"),
+        ('{"score": -Infinity}', "stop", True, "not JSON: -Infinity is not a JSON value"),
+        ("[" * 100_000 + "]" * 100_000, "stop", True, "nested too deeply"),
     ],
+    ids=["none", "blank", "cut", "prose", "list", "prose-fence", "nan", "infinity", "deep"],
 )
 def test_unusable_answers_are_problems(content: str | None, finish: str, json_output: bool, words: str) -> None:
-    """Empty, cut off, not JSON, not an object: each is refused with a reason."""
+    """Empty, cut off, not JSON (NaN and Infinity are Python's, not JSON's; nesting too deep to read is a
+    refusal, not a RecursionError out of the call), not an object: each is refused with a reason."""
     with pytest.raises(OutputProblem, match=words):
         check_answer(content, finish, json_output=json_output)
 

@@ -40,6 +40,12 @@ def strip_fences(text: str) -> str:
     return match.group("body") if match else text
 
 
+def _not_json(name: str) -> Any:
+    """NaN and Infinity: Python's reader takes them, JSON has no such values (the answer would be printed
+    as JSON no other reader takes, and a NaN passes every comparison a caller makes)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def check_answer(
     content: str | None,
     finish_reason: str | None,
@@ -63,9 +69,11 @@ def check_answer(
         return None
     body = strip_fences(content)
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_not_json)
     except ValueError as exc:
         raise OutputProblem(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise OutputProblem("not JSON this reader can hold: nested too deeply") from None
     if not isinstance(data, dict):
         raise OutputProblem(f"JSON, but a {type(data).__name__}, not an object")
     if schema is not None:
