@@ -7,13 +7,15 @@
   self_heal.py --apply FIX-ID                          only allow-listed, reversible actions the skill owns
   self_heal.py --apply FIX-ID --allow-irreversible     a person's decision to also void a task (final)
   self_heal.py learnings [--workspace DIR]             .learnings/ERRORS.md entries for the workspace
+                                                       (default: OpenClaw's, agents.defaults.workspace)
 
 Records are fixes/FIX-<task>-NNN.json with a readable .md twin; the same failure again updates its record.
 Nothing in a record is ever executed: fix steps are for a person or an agent, who applies them.
 
 Exit codes: 0 done (a record written or updated; --apply applied; --from-openclaw-logs found nothing);
 1 --from-openclaw-logs found failures; 2 usage (unknown task or record, bad --since, a --workspace that is
-not an existing folder: only its .learnings/ is created); 3 --apply refused
+not an existing folder: only its .learnings/ is created; an ERRORS.md that is a link, not a regular file or
+not UTF-8: left as it is); 3 --apply refused
 (an action not on the allow-list, a draft, nothing self-heal can do, an irreversible action without
 --allow-irreversible).
 """
@@ -26,7 +28,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,9 @@ from selfheal.core.config import IRREVERSIBLE_ACTIONS, get_config  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
 from selfheal.heal.diagnose import ApplyRefused, Healer, apply_fix, gather_openclaw, gather_task  # noqa: E402
 from selfheal.observe import openclaw_logs  # noqa: E402
-from selfheal.state.fixes import STATUSES, VOID, FixRecord, FixStore, write_learnings  # noqa: E402
+from selfheal.state.fixes import STATUSES, VOID, FixRecord, FixStore, render_markdown, write_learnings  # noqa: E402
 from selfheal.state.inert import inert  # noqa: E402
-from selfheal.state.root import StateRoot, read_bytes  # noqa: E402
+from selfheal.state.root import StateRoot, expand_home, read_bytes  # noqa: E402
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -78,7 +80,9 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--status", choices=STATUSES, help="with list: only records in this status")
     parser.add_argument("--reason", help="with void: why")
     parser.add_argument(
-        "--workspace", metavar="DIR", help="with learnings: the workspace (default ~/.openclaw/workspace)"
+        "--workspace",
+        metavar="DIR",
+        help="with learnings: the workspace (default: OpenClaw's agents.defaults.workspace, else its default)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -140,6 +144,22 @@ def _log_file_problem(path: Path) -> str | None:
     if not stat.S_ISREG(mode):
         return "is not a regular file: a pipe or a device"
     return None
+
+
+def default_workspace(env: Mapping[str, str] | None = None) -> Path:
+    """The agent's workspace, as OpenClaw finds it (docs/gateway/config-agents/workspace-and-bootstrap.md):
+    `agents.defaults.workspace` in openclaw.json, else $OPENCLAW_WORKSPACE_DIR, else <state dir>/workspace."""
+    env = os.environ if env is None else env
+    agents = openclaw_config.read_config(env).get("agents")
+    defaults = agents.get("defaults") if isinstance(agents, dict) else None
+    configured = defaults.get("workspace") if isinstance(defaults, dict) else None
+    if isinstance(configured, str) and configured.strip():
+        value, missing = openclaw_config.expand(configured.strip(), env)
+        if not missing:
+            return expand_home(value, openclaw_config.openclaw_home(env))
+    if env.get("OPENCLAW_WORKSPACE_DIR"):
+        return expand_home(env["OPENCLAW_WORKSPACE_DIR"], openclaw_config.openclaw_home(env))
+    return openclaw_config.state_dir(env) / "workspace"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,8 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             cli.emit_json({"ok": True, "record": record.to_json()})
         else:
-            # Written inert; made inert again for a record written before that (or edited by hand).
-            text = read_bytes(store.path(record.id).with_suffix(".md")).decode("utf-8", "replace")
+            # Written inert; made inert again for a record written before that (or edited by hand). A twin that
+            # is gone (deleted, or an older version killed between the record and its twin) is drawn again.
+            try:
+                text = read_bytes(store.path(record.id).with_suffix(".md")).decode("utf-8", "replace")
+            except FileNotFoundError:
+                text = render_markdown(record)
             sys.stdout.write(inert(text))
         return EXIT_OK
     if args.command == "void":
@@ -252,9 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{record.id}: void")
         return EXIT_OK
     # learnings
-    workspace = (
-        Path(args.workspace).expanduser() if args.workspace else openclaw_config.config_path().parent / "workspace"
-    )
+    workspace = Path(args.workspace).expanduser() if args.workspace else default_workspace()
     if args.workspace and not workspace.is_dir():
         # Only .learnings/ inside it is ours to create: a mistyped --workspace must not grow a tree elsewhere.
         why = "is not a folder" if workspace.exists() else "does not exist"

@@ -354,6 +354,24 @@ def test_apply_resets_the_breaker_and_records_how_to_undo_it(model_config: Confi
         apply_fix(record.id, config=model_config, state=state)
 
 
+def test_an_apply_refused_by_its_second_action_leaves_the_first_undone(model_config: Config, state: StateRoot) -> None:
+    """endpoint-down asks for reset_breaker, requeue_task: a retry_run task is not in the tree, so the refusal's
+    "nothing was done" must hold for the breaker too (it was closed, unrecorded)."""
+    breakers = Breakers(state, model_config.breakers, ledger=Ledger(state, model_config))
+    for _ in range(5):
+        breakers.release(breakers.acquire("vendor-api"), ok=False, error_class="transient")
+    record = (
+        healer(model_config, state, use_model=False)
+        .heal(evidence("ConnectionRefusedError: [Errno 111] Connection refused", "transient", target="vendor-api"))
+        .record
+    )
+    assert record.actions == ["reset_breaker", "requeue_task"]
+    with pytest.raises(ApplyRefused, match="not a task of the task tree; nothing was done"):
+        apply_fix(record.id, config=model_config, state=state)
+    assert breakers.status("vendor-api")["state"] == "open"
+    assert FixStore(state).get(record.id).status == "open"
+
+
 def test_apply_requeues_a_parked_task_and_a_later_success_verifies_the_fix(home: Path, state: StateRoot) -> None:
     config = load_config()
     store = TaskStore(state, config)

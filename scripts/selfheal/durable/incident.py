@@ -18,9 +18,10 @@ from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError
+from ..state.fixes import write_inert_json
 from ..state.incidents import Incident
 from ..state.records import RecordError
-from ..state.root import StateRoot, quarantine, read_json, validate_id, write_json
+from ..state.root import StateRoot, quarantine, read_json, validate_id
 
 __all__ = ["Incident", "new_incident_id", "notify", "read_incident", "run_notifier", "write_incident"]
 
@@ -40,7 +41,7 @@ def write_incident(state: StateRoot, incident: Incident) -> Path:
         n += 1
         incident.id = validate_id(f"{base[:120]}-{n}", "incident")
         path = state.incident_file(incident.id)
-    write_json(path, incident.to_json(), durable=True)
+    write_inert_json(path, incident.to_json(), durable=True)  # its error text is a log's: no raw DEL or C1
     return path
 
 

@@ -21,6 +21,7 @@ Model text is data: it is stored, shown and redacted, never executed, never put 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shlex
@@ -921,6 +922,8 @@ class Healer:
         proposed_module = clean(str(data.get("target_module") or ""))[:300] or None
         target = module or proposed_module
         confidence = float(data.get("confidence", 0.0))
+        if not math.isfinite(confidence):  # NaN passes every comparison: it would reach any min_confidence
+            confidence = 0.0
         record.root_cause, record.fix_steps, record.problems = root, steps, problems
         record.success_criteria = clean(str(data.get("success_criteria") or ""))[:500]
         record.target_module = target
@@ -1000,6 +1003,8 @@ def apply_fix(
             f"actions. Nothing was done; if a person decides it, run: self_heal.py --apply {record.id} "
             "--allow-irreversible"
         )
+    for action in record.actions:  # every action's refusal before any is done: refused means nothing was done
+        _check_one(action, record, config, state, clock)
     done = [_apply_one(action, record, config, state, clock) for action in record.actions]
     with store.locked():
         fresh = store.get(record.id)
@@ -1016,6 +1021,31 @@ def apply_fix(
         fix_id=record.id,
     )
     return done
+
+
+def _check_one(action: str, record: FixRecord, config: Config, state: StateRoot, clock: Clock) -> None:
+    """ApplyRefused if `action` cannot be done on what the record names (checked again as it is done)."""
+    task = record.task
+    if action == "restore_openclaw_config":
+        good, current = record.evidence.get("good_config"), record.evidence.get("config")
+        if not good or not current or not Path(str(good)).is_file():
+            raise ApplyRefused(f"{record.id}: no last-known-good openclaw.json to restore; nothing was done")
+    elif action == "reset_breaker":
+        target = str(record.evidence.get("target") or "")
+        if not target or target not in Breakers(state, config.breakers).targets():
+            raise ApplyRefused(f"{record.id}: no breaker named {target or '(none)'} to reset; nothing was done")
+    elif action == "quarantine_checkpoint":
+        if not Checkpoints(state).path(task).exists():
+            raise ApplyRefused(f"{record.id}: task {task} has no checkpoint to move aside; nothing was done")
+    elif action in ("requeue_task", "void_task"):
+        try:
+            before = TaskStore(state, config, clock).get(task).exec_state
+        except UnknownTask:
+            raise ApplyRefused(f"{record.id}: {task} is not a task of the task tree; nothing was done") from None
+        if action == "requeue_task" and before not in (REQUIRES_MANUAL, NORMAL_CRASH):
+            raise ApplyRefused(
+                f"{record.id}: {task} is {before}; only a parked or crashed task is re-queued; nothing was done"
+            )
 
 
 def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot, clock: Clock) -> Applied:

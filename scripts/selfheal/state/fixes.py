@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,11 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import CorruptStateError, UsageError
+from ..errors import CorruptStateError, UnsafeStateError, UsageError
 from . import layout
 from .inert import inert
 from .records import Fields, RecordError, split
-from .root import StateRoot, file_lock, read_json, validate_id, write_bytes_atomic, write_json
+from .redact import active as _redactor
+from .root import (
+    MAX_STATE_FILE_BYTES,
+    StateRoot,
+    dumps,
+    file_lock,
+    open_dir,
+    read_at_most,
+    read_json,
+    validate_id,
+    write_bytes_atomic,
+    write_json,
+)
 
 OPEN, APPLIED, VERIFIED, VOID = "open", "applied", "verified", "void"
 STATUSES = (OPEN, APPLIED, VERIFIED, VOID)
@@ -119,6 +134,19 @@ class FixRecord:
 _FIX_FIELDS = frozenset(f.name for f in dataclasses.fields(FixRecord)) - {"extra"}
 
 
+_JSON_CONTROLS = re.compile("[\x7f-\x9f]")
+
+
+def write_inert_json(path: Path, obj: Any, *, durable: bool = True) -> None:
+    """Replace `path` with `obj` as JSON (redacted, as write_json), with DEL and the C1 controls (U+0080-U+009F,
+    the one-byte CSI among them) escaped as `\\u009b` like the encoder escapes C0: text from a log or a model
+    reads back exact, and `cat` or `less` on the record shows no control a terminal would obey."""
+    text = dumps(_redactor().obj(obj))
+    # Only strings can hold them (JSON's own syntax is ASCII), so the escape is always inside a string.
+    text = _JSON_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    write_bytes_atomic(path, text.encode("utf-8"), durable=durable, redacted=True)
+
+
 def signature_key(task: str, signature: str) -> str:
     import hashlib  # noqa: PLC0415 - OpenSSL's 2.5 ms: only a fix recorded or looked up needs it
 
@@ -196,13 +224,16 @@ class FixStore:
         return {str(k): str(v) for k, v in data.get("keys", {}).items()}
 
     def find(self, task: str, signature: str) -> FixRecord | None:
-        fix_id = self._index().get(signature_key(task, signature))
-        if fix_id is None:
-            return None
-        try:
-            return self.get(fix_id)
-        except UnknownFix:
-            return None
+        key = signature_key(task, signature)
+        fix_id = self._index().get(key)
+        if fix_id is not None:
+            with contextlib.suppress(UnknownFix):
+                record = self.get(fix_id)
+                if record.key == key:
+                    return record
+        # Not in the index (its writer was killed after the record, before the index; or it was edited): the
+        # records themselves say, so the same failure still updates its record instead of making another.
+        return next((r for r in self.all() if r.key == key), None)
 
     def next_id(self, task: str) -> str:
         stem = f"FIX-{task[:110]}-"
@@ -216,8 +247,9 @@ class FixStore:
         record.created = record.created or now
         record.updated = now
         path = self.path(record.id)
-        write_json(path, record.to_json(), durable=True)
+        # The twin first: a writer killed after it and before the record leaves no record without its twin.
         write_bytes_atomic(path.with_suffix(".md"), render_markdown(record).encode("utf-8"), durable=False)
+        write_inert_json(path, record.to_json(), durable=True)
         index = self._index()
         index[record.key] = record.id
         write_json(self.state.fix_index, {"keys": index}, durable=True)
@@ -395,6 +427,36 @@ def _plain_line(line: str) -> str:
     return "\\" + stripped if stripped[:1] in ("#", ">", "<", "[") else line
 
 
+def _read_learnings(path: Path) -> str | None:
+    """ERRORS.md as it is (None if there is none yet), read without following a link planted at it or at
+    `.learnings/` (UnsafeStateError), and never waiting on a FIFO; one that is not a regular UTF-8 file of at
+    most MAX_STATE_FILE_BYTES is a UsageError naming it: it is the user's, never rewritten from a guess."""
+    dir_fd = open_dir(path.parent)  # .learnings/ created 0700 if missing; a link there is refused
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeStateError(path, "is a symbolic link: not read, not replaced") from None
+        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path} is not a regular file (a folder, a pipe or a device); move it aside")
+    with os.fdopen(fd, "rb") as fh:
+        raw = read_at_most(fh, MAX_STATE_FILE_BYTES)
+    if raw is None:
+        raise UsageError(f"{path} is larger than {MAX_STATE_FILE_BYTES} bytes; not read (move it aside)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{path} is not UTF-8 text (byte {exc.start}); it is left as it is: move it aside to start a new one"
+        ) from None
+
+
 def write_learnings(path: Path, records: list[FixRecord]) -> tuple[int, int]:
     """Add or update one ERRORS.md entry per record (matched by its Pattern-Key); other entries are kept
     as they are. Returns (added, updated)."""
@@ -402,7 +464,7 @@ def write_learnings(path: Path, records: list[FixRecord]) -> tuple[int, int]:
         "# Errors\n\nCommand failures and their fixes. Entries from self-heal carry "
         "`Pattern-Key: self-heal.<key>`.\n\n---\n\n"
     )
-    text = path.read_text(encoding="utf-8") if path.exists() else header
+    text = _read_learnings(path) or header
     added = updated = 0
     for record in sorted(records, key=lambda r: r.first_seen):
         marker = f"- Pattern-Key: self-heal.{record.key}"
