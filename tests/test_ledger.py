@@ -166,6 +166,16 @@ def test_record_writes_the_documented_log_line(ledger: Ledger, state: StateRoot)
     ]
 
 
+def test_half_an_emoji_in_an_event_is_written_as_a_replacement_character(ledger: Ledger, state: StateRoot) -> None:
+    """A lone surrogate (an error text JavaScript cut mid-emoji, a file name of another encoding) is not UTF-8:
+    the event is still written, to the ledger and the log, with U+FFFD in its place; nothing raises."""
+    written = ledger.record("failed", task="doc-gen-587", reason="ValueError: cut \ud83d here", error_class="permanent")
+    assert written["reason"] == "ValueError: cut \ufffd here"
+    assert json.loads(ledger_lines(state)[0])["reason"] == "ValueError: cut \ufffd here"
+    assert log_lines(state) == ["2026-06-10T03:12:18Z [FAILED] task=doc-gen-587 reason=permanent"]
+    assert ledger.write_errors == 0
+
+
 @pytest.fixture
 def far_east_timezone() -> Iterator[None]:
     """Local time 14 hours ahead of UTC, so a local-date file name would show."""

@@ -94,6 +94,7 @@ def _num(value: float) -> str:
 
 
 _SAFE_VALUE = re.compile(r"[^\s\"=]+\Z")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a str holding one is not UTF-8 text
 
 
 def _val(value: Any) -> str:
@@ -183,6 +184,11 @@ class Ledger:
         if isinstance(clean.get("reason"), str) and len(clean["reason"]) > limit:
             clean["reason"] = clean["reason"][: limit - 1] + "…"
         line = json.dumps(clean, ensure_ascii=False, separators=(",", ":"), default=str)
+        if _SURROGATE.search(line):
+            # Half an emoji (an error text cut by JavaScript, a file name of another encoding) is not UTF-8:
+            # it becomes U+FFFD, as the fleet's database stores it, not an error that loses the event.
+            line = _SURROGATE.sub("\ufffd", line)
+            clean = json.loads(line)
         # Each is tried on its own: a ledger that cannot be written does not cost the log line, and neither
         # costs the caller anything but one warning (StateRoot.unrecorded).
         failed = False
