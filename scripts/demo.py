@@ -3,7 +3,8 @@
 killed mid-step, a task tree with a failure, its fix task and a stuck task, and misbehaving model
 endpoints, each run through the real scripts and the Python API, then what the ledger recorded.
 
-It uses a throwaway state folder (removed afterwards unless --keep) so your own ledger stays clean.
+It uses a throwaway folder (removed afterwards unless --keep) for self-heal's state and OpenClaw's, so your own
+ledger, settings and ~/.openclaw are neither read nor written.
 Takes about ten seconds. Exit 0 when every scenario behaved as it should, 3 otherwise.
 """
 
@@ -49,13 +50,32 @@ def _cut(text: str, limit: int) -> str:
     return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:(") + "..."
 
 
+# The user's own settings, which the demo neither reads nor uses: their config.yaml, their fleet database.
+_USERS_OWN = ("SELFHEAL_CONFIG", "SELFHEAL_DATABASE_URL", "SELFHEAL_DATABASE_PASSWORD", "SELFHEAL_HOST_ID")
+
+
+def _openclaw_state(home: Path) -> Path:
+    """The demo's OpenClaw state folder, beside its self-heal state folder."""
+    return home.parent / "openclaw"
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of every process the demo starts, and of the settings it loads itself: self-heal's state
+    folder and OpenClaw's (its openclaw.json, its skills/status/) in the demo's folder, and none of the user's
+    OPENCLAW_* variables or self-heal settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_") and k not in _USERS_OWN}
+    openclaw = _openclaw_state(home)
+    env.update(SELFHEAL_HOME=str(home), OPENCLAW_HOME=str(openclaw.parent), OPENCLAW_STATE_DIR=str(openclaw))
+    env.update(extra)
+    return env
+
+
 def _retry_run(home: Path, *args: str) -> dict[str, Any]:
-    env = dict(os.environ, SELFHEAL_HOME=str(home))
     proc = subprocess.run(
         [sys.executable, str(HERE / "retry_run.py"), "--json", *args],
         check=False,
         capture_output=True,
-        env=env,
+        env=_env(home),
         timeout=120,
     )
     result: dict[str, Any] = json.loads(proc.stdout)
@@ -148,7 +168,7 @@ def _scenarios(home: Path, work: Path) -> list[tuple[str, bool, str]]:
     out.append(_chain_scenario(home))
     out.append(_model_scenario(home))
     out.append(_fix_record_scenario(home))
-    out.append(_health_scenario(home, work))
+    out.append(_health_scenario(home))
     out.append(_log_scenario(home))
     return out
 
@@ -159,7 +179,7 @@ def _script(home: Path, name: str, *args: str, env: dict[str, str] | None = None
         [sys.executable, str(HERE / name), *args, "--json"],
         check=False,
         capture_output=True,
-        env=dict(os.environ, SELFHEAL_HOME=str(home), **(env or {})),
+        env=_env(home, **(env or {})),
         timeout=120,
     )
     result: dict[str, Any] = json.loads(proc.stdout)
@@ -180,14 +200,13 @@ def _fix_record_scenario(home: Path) -> tuple[str, bool, str]:
     return "A failure becomes a fix record: evidence, a known rule, a fix a person can apply", ok, detail
 
 
-def _health_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
+def _health_scenario(home: Path) -> tuple[str, bool, str]:
     """health_check.py with no gateway running here, while another skill still reports: degraded."""
-    openclaw = work / "openclaw-state"
-    status = openclaw / "skills" / "status"
-    status.mkdir(parents=True)
+    status = _openclaw_state(home) / "skills" / "status"
+    status.mkdir(parents=True, exist_ok=True)  # the task runner's own line may be there already
     (status / "weekly-report.txt").write_text("status=success,timestamp=now\n")
     port = _closed_port()
-    r = _script(home, "health_check.py", env={"OPENCLAW_STATE_DIR": str(openclaw), "OPENCLAW_GATEWAY_PORT": str(port)})
+    r = _script(home, "health_check.py", env={"OPENCLAW_GATEWAY_PORT": str(port)})
     checks = {c["name"]: c for c in r.get("checks", [])}
     ok = r.get("mode") == "degraded" and r["_exit"] == 1 and checks.get("gateway", {}).get("status") == "fail"
     warned = [f"{name} ({_cut(c['detail'], 90)})" for name, c in checks.items() if c["status"] in ("warn", "fail")]
@@ -254,7 +273,7 @@ def _workflow_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
             f'    - {{name: qwen1.5-0.5b-job, base_url: "{server.url("fallback")}", model: Qwen1.5-0.5B}}\n'
         )
         server.script("primary", Fault.http(503), Fault.http(401, code="invalid_api_key"))
-        env = dict(os.environ, SELFHEAL_HOME=str(home), SELFHEAL_CONFIG=str(settings))
+        env = _env(home, SELFHEAL_CONFIG=str(settings))
         command = [sys.executable, str(HERE / "workflow.py"), "run", str(plan), "--task", "weekly-report"]
         job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder)
         deadline = time.monotonic() + 60
@@ -304,12 +323,11 @@ def _events(home: Path, task: str) -> list[str]:
 
 
 def _tasks(home: Path, *args: str) -> dict[str, Any]:
-    env = dict(os.environ, SELFHEAL_HOME=str(home))
     proc = subprocess.run(
         [sys.executable, str(HERE / "tasks.py"), *args, "--json"],
         check=False,
         capture_output=True,
-        env=env,
+        env=_env(home),
         timeout=120,
     )
     result: dict[str, Any] = json.loads(proc.stdout)
@@ -336,10 +354,9 @@ def _task_tree_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
     ended = _tasks(home, "run-next")
 
     _tasks(home, "add", "silent", "--shell", "sleep 600")  # hangs without a word
-    env = dict(os.environ, SELFHEAL_HOME=str(home))
     runner = subprocess.Popen(
         [sys.executable, str(HERE / "tasks.py"), "run-next"],
-        env=env,
+        env=_env(home),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -386,7 +403,7 @@ def _chain_scenario(home: Path) -> tuple[str, bool, str]:
             f'    - {{name: qwen3-4b, base_url: "{server.url("qwen3-4b")}", model: Qwen3-4B-Thinking-2507}}\n'
             f'    - {{name: qwen1.5-0.5b, base_url: "{server.url("qwen1.5-0.5b")}", model: Qwen1.5-0.5B}}\n'
         )
-        config = load_config(env={"SELFHEAL_HOME": str(home)})
+        config = load_config(env=_env(home))
         server.script("qwen3-4b", Fault.wrong_shape(), Fault.wrong_shape())
         server.set_default("qwen3-4b", Fault.http(401, code="invalid_api_key"))
         answers = [
@@ -407,7 +424,7 @@ def _chain_scenario(home: Path) -> tuple[str, bool, str]:
 
 def _model_scenario(home: Path) -> tuple[str, bool, str]:
     """The Python API around the real openai client, against the package's fake endpoint."""
-    config = load_config(env={"SELFHEAL_HOME": str(home)})
+    config = load_config(env=_env(home))
     state = StateRoot(home)
     with FakeModelServer() as server:
         server.script("qwen", Fault.http(429, retry_after=1, code="rate_limit_exceeded"))

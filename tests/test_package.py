@@ -256,15 +256,22 @@ def test_scripts_hop_into_the_skill_venv(home: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_main_job_runs_and_every_scenario_behaves(home: Path) -> None:
-    """README's first command (demo.py) runs end to end here and reports every scenario as expected."""
-    proc = run_script("demo.py", "--json", home=home, timeout=120)
+def test_the_main_job_runs_and_every_scenario_behaves(home: Path, tmp_path: Path) -> None:
+    """README's first command (demo.py) runs end to end here and reports every scenario as expected, in its own
+    throwaway folder: nothing is written in the user's self-heal state, home or OpenClaw state folder."""
+    user_home, openclaw = tmp_path / "user-home", tmp_path / "user-openclaw"
+    user_home.mkdir()
+    openclaw.mkdir()
+    env = {"HOME": str(user_home), "OPENCLAW_STATE_DIR": str(openclaw)}
+    proc = run_script("demo.py", "--json", home=home, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["ok"] and len(result["scenarios"]) == 10, result["scenarios"]
     assert result["left_behind"] == []  # no process of the demo outlives it
     assert result["ledger_events"]["retry"] >= 3
     assert not any(home.iterdir()) if home.exists() else True  # the demo used its own throwaway folder
+    assert list(user_home.rglob("*")) == []  # no ~/.openclaw/skills/status/self-heal.txt, nothing else
+    assert list(openclaw.rglob("*")) == []
 
 
 @pytest.mark.slow

@@ -464,7 +464,7 @@ def _ensure_fix_child(
     kind: str,
     fix_record: str | None = None,
 ) -> tuple[Task, bool]:
-    """The FIX child already tracking this problem (open, or parked for a person), updated; else a new one.
+    """The open FIX child already tracking this problem, updated; else a new one (one parked or ended is not reused).
 
     A problem is the same when its key (the failed step, "stuck") or the shape of its error line matches.
     Returns (task, created).
