@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from conftest import SCRIPTS, call_script, script_env
 from selfheal.core.breaker import CLOSED, HALF_OPEN, OPEN, BreakerOpen, Breakers, Ejected
 from selfheal.core.config import Config, load_config
+from selfheal.core.fleet import down_reason
 from selfheal.core.ledger import Ledger
 from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
@@ -625,3 +628,37 @@ def test_an_open_breaker_with_no_open_until_is_half_open() -> None:
     from selfheal.state.breakers import BreakerState
 
     assert BreakerState("x", state=OPEN).effective_state(0.0) == HALF_OPEN
+
+
+# -- fleet mode ---------------------------------------------------------------------------------------------
+
+
+def _fleet_host(name: str, tmp_path: Path, clock: FakeClock) -> Breakers:
+    """The breakers of one simulated host of the fleet: its own state root, the fleet's database."""
+    config = load_config()
+    store = dataclasses.replace(config.store, host_id=name)
+    return Breakers(StateRoot(tmp_path / name).ensure(), config.breakers, clock=clock, store=store)
+
+
+def test_a_statement_the_fleet_database_refuses_is_no_outage(fleet_url: str, tmp_path: Path, clock: FakeClock) -> None:
+    """A breaker row the database answers and refuses (a constraint, a value it cannot hold) costs that one call
+    its guard, not the host its place in the fleet: a breaker another host opened still refuses this host."""
+    box1, box2 = _fleet_host("box-1", tmp_path, clock), _fleet_host("box-2", tmp_path, clock)
+    fail(box1, times=5)
+    with psycopg.connect(fleet_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE selfheal_breakers ADD CONSTRAINT refuse_one CHECK (target <> 'refused')")
+    assert not box2.acquire("refused").recorded  # the call goes unguarded, reported once
+    assert box2.store is not None and down_reason(box2.store) is None
+    with pytest.raises(BreakerOpen, match="is open"):
+        box2.acquire("qwen")
+
+
+def test_breakers_script_resets_a_fleet_breaker_this_host_never_used(
+    fleet_url: str, home: Path, tmp_path: Path, clock: FakeClock
+) -> None:
+    """In fleet mode `breakers.py reset NAME` on any host closes the fleet's breaker, even one only another host
+    has used (no file of it here), instead of saying there is no such breaker."""
+    fail(_fleet_host("box-1", tmp_path, clock), times=5)
+    reset = call_script("breakers.py", "reset", "qwen", home=home, env={"SELFHEAL_DATABASE_URL": fleet_url})
+    assert reset.returncode == 0, reset.stderr
+    assert _fleet_host("box-1", tmp_path, clock).status("qwen")["state"] == CLOSED

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import http.server
 import json
 import socket
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -254,6 +258,41 @@ def test_connection_refused_from_the_real_client(config: Config) -> None:
     assert classify_error(info.value, settings=config.classify).error_class == "transient"
 
 
+class _StatusHandler(http.server.BaseHTTPRequestHandler):
+    """Answers GET /<status> with that status and `Retry-After: 7`."""
+
+    def do_GET(self) -> None:
+        self.send_response(int(self.path.strip("/")))
+        self.send_header("Retry-After", "7")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(429, "rate_limit"), (403, "auth"), (409, "transient"), (503, "transient"), (404, "permanent")],
+)
+def test_the_standard_librarys_http_errors_are_read_by_status_and_headers(
+    config: Config, status: int, expected: str
+) -> None:
+    """urllib's HTTPError from a real server classifies by its status, as DESIGN's table says (a 403 is auth, a
+    409 transient), and its Retry-After sets the wait."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _StatusHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/{status}", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    info.value.close()
+    result = classify_error(info.value, settings=config.classify)
+    assert (result.error_class, result.retry_after_s) == (expected, 7.0)
+
+
 @pytest.mark.parametrize(
     ("exit_code", "stderr", "expected"),
     [
@@ -379,3 +418,48 @@ def test_broken_str_does_not_hide_the_failure(classifier: Classifier) -> None:
             raise RuntimeError("no")
 
     assert classifier.classify_exception(Weird()).error_class == "transient"
+
+
+_APP_ERROR_TRACE = (
+    "Traceback (most recent call last):\n"
+    '  File "/app/report.py", line {line}, in <module>\n'
+    "    main()\n"
+    '  File "/app/report.py", line 88, in main\n'
+    "    rows = fetch(url, timeout=30)\n"
+    "           ^^^^^^^^^^^^^^^^^^^^^^\n"
+    "report.ReportError: column 'date' missing in sheet\n"
+)
+
+
+@pytest.mark.parametrize("line", [429, 503, 7])
+def test_traceback_frames_are_not_read_as_the_error(classifier: Classifier, line: int) -> None:
+    """A bug in a long script is not a rate limit, an outage or a timeout because a frame says `line 429`,
+    `line 503` or `timeout=30`: only the exception line is evidence."""
+    failure = Failure.from_command(exit_code=1, stderr_tail=_APP_ERROR_TRACE.format(line=line))
+    assert classifier.classify(failure).error_class == "unknown"
+
+
+def test_the_exception_line_under_frames_is_still_read(classifier: Classifier) -> None:
+    """Dropping the frames keeps what the exception itself says."""
+    tail = _APP_ERROR_TRACE.format(line=1).replace(
+        "report.ReportError: column 'date' missing in sheet", "report.FetchError: 429 Too Many Requests"
+    )
+    assert classifier.classify(Failure.from_command(exit_code=1, stderr_tail=tail)).error_class == "rate_limit"
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "expected", "summary"),
+    [
+        (137, "resource", "exit 137 (killed by SIGKILL)"),  # a shell or `docker run` whose command the OOM killer took
+        (139, "fatal", "exit 139 (killed by SIGSEGV)"),
+        (255, "unknown", "exit 255"),  # 128 + 127 is no signal: an ordinary exit code
+    ],
+)
+def test_a_shells_128_plus_signal_exit_code_reads_as_that_signal(
+    classifier: Classifier, exit_code: int, expected: str, summary: str
+) -> None:
+    """Exit 137 from a wrapper (`sh -c '...; ...'`, `docker run`) is the SIGKILL of an out-of-memory kill, as
+    DESIGN's resource class says, not an unknown failure retried after a second."""
+    failure = Failure.from_command(exit_code=exit_code)
+    assert classifier.classify(failure).error_class == expected
+    assert failure.summary() == summary

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError, UsageError
+from ..errors import CorruptStateError, FleetUnavailable, NotAttempted, StateError, StateWriteError, UsageError
 from ..state import layout
 from ..state.breakers import (
     CLOSED,
@@ -228,10 +228,18 @@ class Breakers:
             except StateError as exc:
                 if body_failed:
                     raise
-                mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
+                # Only an outage moves this process to its own files. A statement the database answered and
+                # refused (DatabaseRefused) is no outage: the fleet's row still holds the truth, and a host
+                # judging by its own file for store.retry_down_s would let calls through a breaker open for
+                # every other host.
+                outage = isinstance(exc, FleetUnavailable)
+                if outage:
+                    mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
                 if ran:  # the block ran but its change could not be committed: nothing to run again
                     logger.warning("breaker %r: a change was lost with the fleet database: %s", target, exc)
                     return
+                if not outage:
+                    raise  # the caller reports it (acquire, release: an unrecorded call), as for a file
                 # The database failed before the block ran: run it on this host's file instead, below.
             else:
                 mark_up(self.store)  # type: ignore[arg-type]
@@ -284,7 +292,7 @@ class Breakers:
 
             try:
                 found, db_now = read_breaker_row(db, validate_id(target, "target"))
-            except StateError as exc:
+            except FleetUnavailable as exc:
                 mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
             else:
                 self._now(db_now)  # measures how far the database's clock is from this host's
@@ -545,7 +553,7 @@ class Breakers:
 
             try:
                 return breaker_targets(db)
-            except StateError as exc:
+            except FleetUnavailable as exc:
                 mark_down(self.store, exc, clock=self.clock)  # type: ignore[arg-type]
         folder = self.state.sub(layout.BREAKERS)
         if not folder.is_dir():
@@ -566,8 +574,10 @@ class Breakers:
         """Close the breaker and forget its history (a person's decision, recorded in the ledger).
 
         `existing_only`: a target with no breaker yet is an error (a typo), not a new closed breaker."""
-        if existing_only and not self._path(target).exists():
-            raise UnknownTarget(target, self.targets())
+        if existing_only:
+            known = self.targets()  # the fleet's breakers in fleet mode: this host's file may never have existed
+            if validate_id(target, "target") not in known:
+                raise UnknownTarget(target, known)
         with self._locked(target) as (data, _):
             # A newer version's keys are kept, like everything else that is not the breaker's history.
             fresh = BreakerState(

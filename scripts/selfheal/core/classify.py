@@ -107,9 +107,15 @@ class Failure:
         if exit_code is not None and exit_code < 0:
             sig = _signal_name(-exit_code)
             code = None
-        text = _tail(stderr_tail, tail_chars)
+        elif exit_code is not None and exit_code > 128:
+            # A shell, `docker run` or `timeout -s KILL` says "my command died of signal N" as 128 + N: exit
+            # 137 is the OOM killer's SIGKILL, 139 a segfault. The code stays, for rules that name it.
+            sig = _shell_signal(exit_code - 128)
+        # Traceback frames are where the code was, not what went wrong: "line 429" or a `timeout=30`
+        # argument in a frame said rate_limit or timeout of a plain bug.
+        text = _tail(_without_frames(stderr_tail), tail_chars)
         if stdout_tail:
-            text = text + "\n" + _tail(stdout_tail, max(tail_chars // 2, 1))
+            text = text + "\n" + _tail(_without_frames(stdout_tail), max(tail_chars // 2, 1))
         return cls(
             source="command",
             text=text,
@@ -163,7 +169,9 @@ class Failure:
         parts = []
         if self.timed_out:
             parts.append("timed out")
-        if self.signal:
+        if self.signal and self.exit_code is not None:
+            parts.append(f"exit {self.exit_code} (killed by {self.signal})")
+        elif self.signal:
             parts.append(f"killed by {self.signal}")
         elif self.exit_code is not None:
             parts.append(f"exit {self.exit_code}")
@@ -344,9 +352,17 @@ def _http_from(exc: BaseException) -> tuple[int | None, Mapping[str, str]]:
     status = getattr(exc, "status_code", None)
     if not isinstance(status, int) or isinstance(status, bool):
         status = getattr(response, "status_code", None)
-    if not isinstance(status, int) or isinstance(status, bool):
-        return None, _EMPTY
     raw_headers = getattr(response, "headers", None)
+    if not isinstance(status, int) or isinstance(status, bool):
+        # The standard library's urllib.error.HTTPError (and aiohttp's ClientResponseError) carry the status
+        # and the headers themselves: without them a 403 read as a permission problem, a 409 as unknown, and
+        # the server's Retry-After went unheard.
+        try:
+            status, raw_headers = getattr(exc, "status", None), getattr(exc, "headers", None)
+        except Exception:  # a property that fails is just absent evidence
+            return None, _EMPTY
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            return None, _EMPTY
     headers: dict[str, str] = {}
     if raw_headers is not None:
         try:
@@ -425,6 +441,33 @@ def _signal_name(num: int) -> str:
         return signal_mod.Signals(num).name
     except ValueError:
         return f"SIG{num}"
+
+
+def _shell_signal(num: int) -> str | None:
+    """The name of signal `num` as a shell reports it in an exit code, None if no such signal."""
+    try:
+        return signal_mod.Signals(num).name
+    except ValueError:
+        return None
+
+
+_FRAME = re.compile(r'^[ \t]+File "[^"\n]*", line \d+')
+
+
+def _without_frames(text: str) -> str:
+    """`text` less the frames of Python tracebacks (each `File "...", line N` line and the indented source
+    and `^^^` lines under it); the Traceback line and the exception line stay."""
+    if 'File "' not in text:
+        return text
+    out: list[str] = []
+    in_frame = False
+    for line in text.splitlines(keepends=True):
+        if _FRAME.match(line):
+            in_frame = True
+        elif not (in_frame and line[:1] in (" ", "\t")):
+            in_frame = False
+            out.append(line)
+    return "".join(out)
 
 
 def _tail(text: str, limit: int) -> str:
