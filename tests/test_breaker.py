@@ -49,6 +49,27 @@ def test_opens_after_five_consecutive_failures(breakers: Breakers, clock: FakeCl
     assert info.value.exit_code == 4
 
 
+def test_a_wall_clock_stepped_back_does_not_keep_a_breaker_open_for_the_step(
+    breakers: Breakers, clock: FakeClock
+) -> None:
+    """Opened for 60 s, then the wall clock is stepped back an hour (NTP, a VM restored from a snapshot): the
+    breaker was refusing for the whole hour. Now a time before it opened ends its open time: the next request
+    is its probe. The same for an ejection, and the window forgets the failures 'from the future'."""
+    fail(breakers, times=5)
+    with pytest.raises(BreakerOpen):
+        breakers.acquire("qwen")
+    clock._wall -= 3600
+    probe = breakers.acquire("qwen")
+    assert probe.probe
+    breakers.release(probe, ok=True)
+    breakers.release(breakers.acquire("gpu"), ok=False, error_class="timeout", eject="silent")
+    with pytest.raises(Ejected):
+        breakers.acquire("gpu", avoid_ejected=True)
+    clock._wall -= 3600
+    assert breakers.acquire("gpu", avoid_ejected=True).eject_probe
+    assert breakers.status("gpu")["calls_in_window"] == 0
+
+
 def test_a_success_resets_the_count(breakers: Breakers) -> None:
     """Four failures, a success, four failures: still closed."""
     fail(breakers, times=4)

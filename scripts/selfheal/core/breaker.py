@@ -309,7 +309,8 @@ class Breakers:
         """Drop window entries older than the window, and permits whose process is gone or too old."""
         now = self._now()
         horizon = now - self.settings.window_s
-        data.window = [bucket for bucket in data.window if bucket[0] >= horizon]
+        # A bucket from after now is from before the wall clock was stepped back: its calls are no guide.
+        data.window = [bucket for bucket in data.window if horizon <= bucket[0] <= now]
         stale = now - self.settings.stale_permit_s
         # Another host's process cannot be looked up from here: its permit lasts store.remote_permit_s.
         remote_stale = now - self.store.remote_permit_s if self.store is not None else stale
@@ -490,11 +491,13 @@ class Breakers:
                 return  # already ejected (a request that started before)
             data.ejections += 1
             length = min(s.eject_max_s, s.eject_s * 2 ** (data.ejections - 1))
-            data.ejected_until = now + length
+            data.ejected_at, data.ejected_until = now, now + length
             data.eject_reason = why
             logger.info("%s ejected for %gs: %s", data.target, length, why)
         elif permit.eject_probe and answered:
-            data.ejected_until = None  # the probe came back without a counted failure: traffic returns
+            data.ejected_at = data.ejected_until = (
+                None  # the probe came back without a counted failure: traffic returns
+            )
             data.eject_reason = None
 
     def ejection_reason(self, window: list[list[float]], *, failing: bool = False) -> str | None:

@@ -91,6 +91,7 @@ class BreakerState:
     last_change: float | None = None
     reason: str | None = None
     ejected_until: float | None = None
+    ejected_at: float | None = None
     ejections: int = 0
     eject_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -98,8 +99,12 @@ class BreakerState:
     # -- the half-open rule: the only place that decides it ------------------------------------------------
 
     def is_open(self, now: float) -> bool:
-        """Open and still within its open time: requests are refused without asking the target."""
-        return self.state == OPEN and self.open_until is not None and now < self.open_until
+        """Open and still within its open time: requests are refused without asking the target. A `now`
+        before it opened means the wall clock was stepped back (NTP, a VM restored): its open time is taken
+        as over, or an open time of a minute would last as long as the step, an hour or a day."""
+        if self.state != OPEN or self.open_until is None or now >= self.open_until:
+            return False
+        return self.opened_at is None or now >= self.opened_at
 
     def effective_state(self, now: float) -> BreakerStateName:
         """The state as it stands at `now`: an open breaker whose open time is over (at `open_until` exactly,
@@ -112,7 +117,10 @@ class BreakerState:
         return self.effective_state(now) == HALF_OPEN
 
     def is_ejected(self, now: float) -> bool:
-        return self.ejected_until is not None and now < self.ejected_until
+        """Ejected and within its time (as for is_open, a clock stepped back to before it began ends it)."""
+        if self.ejected_until is None or now >= self.ejected_until:
+            return False
+        return self.ejected_at is None or now >= self.ejected_at
 
     @property
     def calls_in_window(self) -> int:
@@ -142,6 +150,8 @@ class BreakerState:
             "ejections": self.ejections,
             "eject_reason": self.eject_reason,
         }
+        if self.ejected_at is not None:  # a newer field: a file without it still reads and writes back the same
+            data["ejected_at"] = self.ejected_at
         data.update(self.extra)
         return data
 
@@ -179,6 +189,7 @@ _SPEC: Spec = (
     ("last_change", "number?", None),
     ("reason", "text?", None),
     ("ejected_until", "number?", None),
+    ("ejected_at", "number?", None),
     ("ejections", "count", 0),
     ("eject_reason", "text?", None),
 )
