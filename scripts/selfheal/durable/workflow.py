@@ -917,7 +917,9 @@ class WorkflowRunner:
             raise _StepFailed("permanent", f"step succeeded but did not produce {', '.join(missing)}")
         if isinstance(step.run, Command):
             record.outputs = self._collect_outputs(step, stdout_tail)
-        too_big = self._too_big(step.name, record.outputs, "a command" if isinstance(step.run, Command) else "a function")
+        too_big = self._too_big(
+            step.name, record.outputs, "a command" if isinstance(step.run, Command) else "a function"
+        )
         if too_big:
             record.state, record.outputs, record.error_class, record.reason = FAILED, {}, "permanent", too_big
             self._sequence(record)  # it ran: undone in the order it finished
