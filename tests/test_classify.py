@@ -344,6 +344,47 @@ def test_the_documents_phrases_in_command_output(classifier: Classifier, stderr:
     assert result.error_class == expected
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "stderr", "expected"),
+    [
+        (6, "curl: (6) Could not resolve host: api.example.com", "transient"),
+        (255, "ssh: Could not resolve hostname backup.lan: Name or service not known", "transient"),
+        (
+            1,
+            "npm ERR! code EAI_AGAIN\nnpm ERR! errno EAI_AGAIN\nnpm ERR! request to https://registry.npmjs.org/x failed",
+            "transient",
+        ),
+        (1, "npm error code ENOTFOUND\nnpm error syscall getaddrinfo", "transient"),
+        (7, "curl: (7) Failed to connect to 10.0.0.5 port 443 after 3 ms: Couldn't connect to server", "transient"),
+        (255, "ssh: connect to host 10.0.0.9 port 22: No route to host", "transient"),
+        (52, "curl: (52) Empty reply from server", "transient"),
+        (128, "fatal: the remote end hung up unexpectedly", "transient"),
+        (22, "curl: (22) The requested URL returned error: 500", "transient"),
+        (22, "curl: (22) The requested URL returned error: 503", "transient"),
+        (22, "curl: (22) The requested URL returned error: 401", "auth"),
+        (22, "curl: (22) The requested URL returned error: 403", "auth"),
+        (22, "curl: (22) The requested URL returned error: 429", "rate_limit"),
+        (22, "curl: (22) The requested URL returned error: 400", "permanent"),
+        (22, "curl: (22) The requested URL returned error: 422", "permanent"),
+        (255, "Host key verification failed.", "permanent"),
+        (
+            254,
+            "An error occurred (ThrottlingException) when calling the PutItem operation: Rate exceeded",
+            "rate_limit",
+        ),
+        (1, "upload failed: An error occurred (SlowDown) when calling the PutObject operation", "rate_limit"),
+        (1, "the nightly slowdown report is ready; step 3 failed", "unknown"),
+    ],
+)
+def test_what_real_tools_print_when_they_fail(
+    classifier: Classifier, exit_code: int, stderr: str, expected: str
+) -> None:
+    """curl, ssh, git, npm and the AWS CLI, as a cron job's output shows them: a name that did not resolve, a
+    dropped connection or a 5xx is worth retrying; a refused key is auth; throttling waits as a rate limit; a
+    4xx or an unknown host key is never retried. They were all `unknown` (one retry, whatever they said)."""
+    assert classifier.classify(Failure.from_command(exit_code=exit_code, stderr_tail=stderr)).error_class == expected
+
+
 def test_python_traceback_in_output_classifies_by_its_exception(classifier: Classifier) -> None:
     """A script that died with a traceback is classified by the exception that ended it."""
     tail = (
