@@ -351,7 +351,7 @@ def test_the_documents_phrases_in_command_output(classifier: Classifier, stderr:
         (255, "ssh: Could not resolve hostname backup.lan: Name or service not known", "transient"),
         (
             1,
-            "npm ERR! code EAI_AGAIN\nnpm ERR! errno EAI_AGAIN\nnpm ERR! request to https://registry.npmjs.org/x failed",
+            "npm ERR! code EAI_AGAIN\nnpm ERR! errno EAI_AGAIN\nnpm ERR! request to https://registry.npmjs.org/x",
             "transient",
         ),
         (1, "npm error code ENOTFOUND\nnpm error syscall getaddrinfo", "transient"),
