@@ -10,7 +10,8 @@ cron jobs (per job, with OpenClaw's diagnosis); unclassified errors with a sugge
 OpenClaw's own failures included (thresholds `analysis.openclaw_*`).
 
 A --since before the year 1000 (`800000d`) reads as `all`: no log line is older, and the scanners compare
-four-digit years. A --until that far back, or a duration too long to be a number, is a usage error.
+four-digit years. A --until that far back, or a duration too long to be a number, is a usage error. Likewise a
+--until after the year 9999 (`9999-12-31T23:59:59-01:00`) reads as none, and a --since that late is a usage error.
 
 Exit codes: 0 no alert; 1 an alert was raised; 2 usage (a bad flag or time, a PATH that cannot be read).
 """
@@ -35,17 +36,27 @@ from selfheal.state.root import validate_id  # noqa: E402
 # 1000-01-01T00:00:00Z (epoch seconds): the first time with a four-digit year, which the log scanners' time
 # bounds are written in; before it they could not be built (a negative year raised ValueError).
 EARLIEST_TS = -30_610_224_000
+# 10000-01-01T00:00:00Z: the first time with a five-digit year, where those bounds end (the Python fast path read
+# a --since there as the year 1000: every line in the window; a --until, none).
+LATEST_TS = 253_402_300_800
 
 
 def _when(text: str, *, now: float, flag: str) -> int | None:
     """--since/--until as epoch seconds (None: unbounded); one older than EARLIEST_TS is `all` for --since and
-    a usage error for --until (nothing could be before it)."""
+    a usage error for --until (nothing could be before it); one at LATEST_TS or later is none for --until and a
+    usage error for --since (nothing could be after it)."""
     try:
         ts = parse_when(text, now=now, flag=flag)
     except OverflowError:  # a duration of hundreds of digits: float infinity
         ts = EARLIEST_TS - 1
-    if ts is None or ts >= EARLIEST_TS:
+    if ts is None or EARLIEST_TS <= ts < LATEST_TS:
         return ts
+    if ts >= LATEST_TS:
+        if flag == "--until":
+            return None
+        raise UsageError(
+            f"{flag} {text!r}: after the year 9999, so nothing could be in the window; use an earlier time"
+        )
     if flag == "--since":
         return None
     raise UsageError(f"{flag} {text!r}: before the year 1000, so nothing could be in the window; use a later time")

@@ -33,7 +33,7 @@ from selfheal.core.config import Config, load_config
 from selfheal.core.ledger import Ledger
 from selfheal.errors import UsageError
 from selfheal.observe import logscan, native
-from selfheal.observe.logreport import analyze, parse_when, render_text
+from selfheal.observe.logreport import analyze, parse_when, render_text, scan_engine
 from selfheal.observe.logscan import InputError, Window, iter_blocks, parse_time, range_regex, signature
 from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
@@ -802,6 +802,74 @@ def test_workers_give_the_same_report_as_one_process(tmp_path: Path, monkeypatch
     assert one["events"]["retry"] == exp.events["retry"]
 
 
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_file_rotated_while_workers_read_it_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """OpenClaw renames its log when it passes 100 MB, the size at which the workers split it: each worker
+    opened the path again, found the fresh empty file there, and the lines of every part but the first were
+    lost without a word. They read the file this process opened, whatever the path now names."""
+    lines, exp = seed_log(13, 3000)
+    path = write(tmp_path / "openclaw-2026-11-21.log", lines)
+    monkeypatch.setattr(logscan, "PARALLEL_MIN_BYTES", 1)
+    cut = logscan.split_points
+
+    def rotated_meanwhile(fh: Any, size: int, parts: int, *, window: int) -> list[int]:
+        cuts = cut(fh, size, parts, window=window)
+        path.rename(tmp_path / "openclaw-2026-11-21.1.log")
+        path.write_text(f"{iso(T0)} [RETRY] task=fresh model=m reason=timeout\n" * 2)
+        return cuts
+
+    monkeypatch.setattr(logscan, "split_points", rotated_meanwhile)
+    report = report_of(path, config=with_analysis(load_config(), workers=4, engine=engine))
+    assert report["engine"] == engine
+    assert report["inputs"][0]["lines"] == len(lines)
+    assert report["events"]["retry"] == exp.events["retry"]
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_tables_keyed_by_a_lines_words_are_bounded_and_their_totals_stay_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """A distinct model, reason, target, tag or breaker hour on every line: each table grew with the input (3
+    million distinct `model=` values took 2 GB). Each now keeps its max_tasks biggest keys, on the fast paths and
+    the careful path (JSON lines) alike, while reading too; the totals stay exact and the report says what went."""
+    n = 400
+    lines = [f"{iso(T0 + i)} [RETRY] task=t model=m{i} reason=r{i} attempt=1/3" for i in range(n)]
+    lines += [f"{iso(T0 + i)} [RETRY] task=t model=busy reason=timeout" for i in range(50)]
+    lines += [f"{iso(T0 + i)} [TAG_{''.join(chr(65 + int(d)) for d in str(i))}] x" for i in range(n)]
+    lines += [f"{iso(T0 + i * 3600)} [BREAKER] target=x{i} state=open" for i in range(n)]
+    lines += [
+        json.dumps({"ts": iso(T0 + i), "event": "fallback", "target": f"g{i}", "reason": f"f{i}"}) for i in range(n)
+    ]
+    monkeypatch.setattr(logscan, "_PRUNE_EVERY", 64)
+    config = with_analysis(load_config(), max_tasks=10, engine=engine)
+    window = Window()
+    tally = logscan.Tally(config.analysis, config.classify, window)
+    scan = logscan.Scan(tally, logscan.fast_pattern(window), 4096, engine=scan_engine(config.analysis))
+    biggest = 0
+    add_line = tally.add_line
+
+    def watched(raw: bytes, info: logscan.InputInfo) -> None:
+        nonlocal biggest
+        add_line(raw, info)
+        biggest = max(biggest, *(len(getattr(tally, name)) for name in logscan.BOUNDED_TABLES))
+
+    monkeypatch.setattr(tally, "add_line", watched)
+    scan.read_stream(io.BytesIO("\n".join(lines).encode()), logscan.InputInfo("x", "explicit"))
+    tally.fold()
+    assert biggest <= 2 * 10 + 64  # while reading, not only at the end
+    assert all(len(getattr(tally, name)) <= 2 * 10 for name in logscan.BOUNDED_TABLES)
+
+    report = report_of(write(tmp_path / "a.log", lines), config=config)
+    assert report["events"] == {"retry": n + 50, "breaker": n, "fallback": n}
+    assert report["failure_reasons_total"] == n + 50 and report["breakers"]["trips"] == n
+    assert report["failure_reasons"][0] == {"reason": "timeout", "count": 50, "share": round(50 / (n + 50), 4)}
+    assert report["models"][0]["model"] == "busy" and report["breakers"]["max_per_hour"] == 1
+    assert report["let_go"]["by_model"]["keys"] >= n - 20 and report["let_go"]["other_tags"]["events"] >= n - 20
+    assert "the least frequent keys were let go" in render_text(report)
+
+
 def test_many_tasks_are_bounded_and_the_report_says_so(tmp_path: Path) -> None:
     """More tasks than max_tasks: the least active are let go; totals, reasons and models stay exact."""
     lines = [f"{iso(T0 + i)} [RETRY] task=t{i} model=m reason=timeout" for i in range(600)]
@@ -890,6 +958,27 @@ def test_an_until_before_the_year_1000_exits_2_naming_it(tmp_path: Path, home: P
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert json.loads(proc.stdout)["message"] == (
         f"--until {until!r}: before the year 1000, so nothing could be in the window; use a later time"
+    )
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_an_until_after_the_year_9999_reads_as_none_and_such_a_since_exits_2(
+    tmp_path: Path, home: Path, engine: str
+) -> None:
+    """`9999-12-31T23:59:59-01:00` is in the year 10000, past the scanners' four-digit years: the Python fast
+    path read such an --until as the year 1000 (no line in the window) and such a --since as all of them."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text(f"analysis:\n  engine: {engine}\n")
+    path = write(tmp_path / "a.log", runs("t", "sf"))
+    late = "9999-12-31T23:59:59-01:00"
+    proc = run(home, "--json", "--until", late, str(path))
+    report = json.loads(proc.stdout)
+    assert report["engine"] == engine and report["window"]["until"] is None
+    assert report["runs"]["finished"] == 2 and report["lines"]["outside_window"] == 0
+    proc = run(home, "--json", "--since", late, str(path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["message"] == (
+        f"--since {late!r}: after the year 9999, so nothing could be in the window; use an earlier time"
     )
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from conftest import ROOT
 from selfheal.core.classify import Classifier
@@ -87,6 +90,63 @@ def test_discovery_finds_the_configured_file_and_gzipped_rotations(tmp_path: Pat
     assert oc.discover({"HOME": str(tmp_path / "nobody")}, log_dir=tmp_path / "none") == []
 
 
+def test_discovery_finds_openclaws_own_archives_of_the_configured_file(tmp_path: Path) -> None:
+    """OpenClaw renames a full `logging.file` to `<stem>.1<.ext>` (logger.ts, rotatedLogPath), and a file named by
+    a date rolls over to each day's: both were missed (only `oc.log*` was looked for), so the failures of every
+    hour before the last rotation went unreported."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for name in ("oc.log", "oc.1.log", "oc.5.log", "oc.log.1.gz", "other.log", "oc-notes.txt"):
+        (logs / name).write_text("")
+    home = tmp_path / "home"
+    (home / ".openclaw").mkdir(parents=True)
+    conf = home / ".openclaw" / "openclaw.json"
+    env = {"HOME": str(home), "TMPDIR": str(tmp_path / "no-tmp")}
+    conf.write_text(json.dumps({"logging": {"file": str(logs / "oc.log")}}))
+    found = oc.discover(env, log_dir=tmp_path / "none")
+    assert [p.name for p in found] == ["oc.1.log", "oc.5.log", "oc.log", "oc.log.1.gz"]
+
+    daily = tmp_path / "daily"
+    daily.mkdir()
+    for name in ("openclaw-2026-11-20.log", "openclaw-2026-11-21.log", "openclaw-2026-11-21.1.log", "x.log"):
+        (daily / name).write_text("")
+    conf.write_text(json.dumps({"logging": {"file": str(daily / "openclaw-2026-01-01.log")}}))
+    found = oc.discover(env, log_dir=tmp_path / "none")
+    assert [p.name for p in found] == [
+        "openclaw-2026-11-20.log",
+        "openclaw-2026-11-21.1.log",
+        "openclaw-2026-11-21.log",
+    ]
+
+
+def test_discovery_reads_the_folder_openclaw_writes_to_not_a_planted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenClaw writes to /tmp/openclaw only if it is its user's folder, not a link, that no one else can write;
+    else to `$TMPDIR/openclaw-<uid>`. Another user's /tmp/openclaw (planted logs of failures that never were)
+    was read, and the fallback folder, where OpenClaw's logs then are, never."""
+    preferred, tmp = tmp_path / "openclaw", tmp_path / "tmp"
+    monkeypatch.setitem(oc.log_folders.__kwdefaults__, "preferred", preferred)
+    preferred.mkdir()
+    (preferred / "openclaw-2026-11-21.log").write_text("")
+    fallback = tmp / f"openclaw-{os.getuid()}"
+    fallback.mkdir(parents=True)
+    (fallback / "openclaw-2026-11-22.log").write_text("")
+    env = {"HOME": str(tmp_path / "nobody"), "TMPDIR": f"{tmp}/"}
+
+    def names() -> list[str]:
+        return [p.name for p in oc.discover(env)]
+
+    assert names() == ["openclaw-2026-11-21.log", "openclaw-2026-11-22.log"]
+    preferred.chmod(0o777)  # a folder others can write to: OpenClaw does not use it
+    assert names() == ["openclaw-2026-11-22.log"]
+    assert oc.discover(env, log_dir=preferred) == []
+    preferred.chmod(0o700)
+    preferred.rename(tmp_path / "planted")
+    preferred.symlink_to(tmp_path / "planted")  # a link: OpenClaw does not follow it
+    assert names() == ["openclaw-2026-11-22.log"]
+
+
 def test_timestamps_read_both_offset_forms() -> None:
     assert oc.timestamp("2026-11-21T00:04:51.782+00:00") == oc.timestamp("2026-11-21T00:04:51.782Z")
     assert oc.timestamp("yesterday") is None
@@ -120,6 +180,50 @@ def test_an_exhausted_chain_names_every_model_tried_with_its_own_status_and_reas
         ("backup/qwen-0.5b", 402, "rate_limit"),
     ]
     assert "vllm/qwen3-4b (rate_limit, status 429), backup/qwen-0.5b (rate_limit, status 402)" in chains[0].summary
+
+
+def lane_error(lane: str, at: str, error: str, *, duration_ms: int, full_argument: bool = True) -> oc.Record:
+    """A `lane task error` line as OpenClaw's file logger writes it (logger.ts): the error between quotes, not
+    escaped; `message` cut at 4096 characters with `...(truncated)`, the argument `"2"` whole."""
+    text = f'lane task error: lane={lane} durationMs={duration_ms} error="{error}"'
+    message = text if len(text) <= 4096 else text[:4096] + oc.TRUNCATED
+    obj: dict[str, Any] = {
+        "0": '{"subsystem":"diagnostic"}',
+        "1": {"errorName": "Error"},
+        "_meta": {"logLevelName": "ERROR", "name": '{"subsystem":"diagnostic"}', "parentNames": ["openclaw"]},
+        "time": at,
+        "message": message,
+    }
+    if full_argument:
+        obj["2"] = text
+    record = oc.parse(json.loads(json.dumps(obj)))
+    assert record is not None
+    return record
+
+
+@pytest.mark.parametrize("full_argument", [True, False], ids=["argument-kept", "message-only"])
+def test_a_lane_errors_text_is_read_whole_though_it_holds_quotes_or_was_cut(full_argument: bool) -> None:
+    """OpenClaw writes the error between quotes without escaping it: a provider's JSON body (`400 {"type":...}`)
+    was read as `400 {`, and a message cut at 4096 characters as its first word less a letter. Each turn's two
+    lanes still make one turn, though each lane's message is cut at its own length."""
+    body = '400 {"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long"}}'
+    page = "502 Bad Gateway: <html>" + "upstream connect error " * 300 + "</html>"
+    lines = []
+    for i, error in enumerate((body, page)):
+        for lane, ms in (("main", 400), ("session:agent:main:main", 450)):
+            lines.append(
+                lane_error(
+                    lane, f"2026-11-21T00:0{i}:51.{ms}+00:00", error, duration_ms=ms, full_argument=full_argument
+                )
+            )
+    s = oc.summarize(oc.failures(lines))
+    assert (len(s.turns), s.lane_lines) == (2, 4)
+    assert s.turns[0].error == body and s.turns[0].lanes == ["main", "session:agent:main:main"]
+    if full_argument:
+        assert s.turns[1].error == page
+    else:  # as much of it as OpenClaw kept
+        assert s.turns[1].error.startswith("502 Bad Gateway: <html>upstream connect error")
+        assert s.turns[1].error.endswith(oc.TRUNCATED) and len(s.turns[1].error) > 4000
 
 
 def test_a_402_quota_is_fatal_though_openclaw_calls_it_a_rate_limit(config: Config) -> None:

@@ -80,9 +80,10 @@ def make_window(*, since: int | None, until: int | None, recent_s: float, now: f
 
 
 def default_inputs(
-    state: StateRoot, env: Mapping[str, str], window: Window, *, openclaw_dir: Path = oc.DEFAULT_LOG_DIR
+    state: StateRoot, env: Mapping[str, str], window: Window, *, openclaw_dir: Path | None = None
 ) -> list[tuple[str, str]]:
-    """(path, source) of the ledger's day files in the window, else the skill's log, and OpenClaw's logs."""
+    """(path, source) of the ledger's day files in the window, else the skill's log, and OpenClaw's logs (those
+    of `openclaw_dir` instead of the folders OpenClaw's logger writes to, when given)."""
     days = ledger_mod.ledger_files(state)
     found = [(str(p), "ledger") for p in ledger_days(days, window)]
     if not days:
@@ -102,7 +103,7 @@ def analyze(
     now: float | None = None,
     state: StateRoot | None = None,
     default_since: bool = True,
-    openclaw_dir: Path = oc.DEFAULT_LOG_DIR,
+    openclaw_dir: Path | None = None,
     host: str | None = None,
 ) -> dict[str, Any]:
     """Read the logs and return the report (a JSON-ready dict). Raise UsageError for an unreadable PATH.
@@ -223,7 +224,7 @@ def build_report(
     events = tally.events
     succeeded, failed = events["success"], events["failed"]
     finished = succeeded + failed
-    failures_total = sum(tally.reasons.values())
+    failures_total = sum(tally.reasons.values()) + tally.let_go_events["reasons"]
 
     most_retried = sorted(
         ((name, s) for name, s in tally.tasks.items() if s.retries),
@@ -326,7 +327,7 @@ def build_report(
             "mean_s": round(tally.total_s / tally.timed, 3) if tally.timed else None,
         },
         "breakers": {
-            "trips": sum(tally.trips_by_hour.values()),
+            "trips": sum(tally.trips_by_hour.values()) + tally.let_go_events["trips_by_hour"],
             "max_per_hour": peak,
             "peak_hour": _iso(peak_hour * 3600) if peak_hour is not None else None,
             "by_target": _counts(tally.trips_by_target),
@@ -334,6 +335,10 @@ def build_report(
         },
         "openclaw": _openclaw(tally, top),
         "unclassified": _unclassified(tally, top),
+        # Per table keyed by a line's words (models, reasons, tags, ...): the keys let go to bound memory.
+        "let_go": {
+            name: {"keys": n, "events": tally.let_go_events[name]} for name, n in sorted(tally.let_go.items()) if n
+        },
     }
     report["alerts"] = alerts(report, tally, config)
     report["ok"] = not report["alerts"]
@@ -759,6 +764,12 @@ def render_text(report: Mapping[str, Any]) -> str:
         out.append(
             f"  ({tasks['folded']} less active tasks with at most {tasks['folded_max_events']} events each "
             "were let go to bound memory: their figures may be incomplete)"
+        )
+    if report["let_go"]:
+        out.append(
+            "  (to bound memory, the least frequent keys were let go: "
+            + ", ".join(f"{_n(v['keys'])} of {name} ({_n(v['events'])} events)" for name, v in report["let_go"].items())
+            + "; the totals stay exact)"
         )
     b = report["breakers"]
     if b["trips"]:

@@ -59,6 +59,24 @@ _MAX_DURATIONS = 500_000  # durations held (8 bytes each) before they are folded
 _MAX_NATIVE_BYTES = 64 << 20  # the native engine's pending keys (with their figures) folded beyond this many bytes
 _MAX_SIGNATURES = 500  # distinct unclassified signatures kept; the rest are counted together
 _MAX_OPENCLAW_FAILURES = 20_000  # OpenClaw failure lines held (about 1 KB each) to group into turns; more: counted
+_PRUNE_EVERY = 65_536  # careful-path lines between two checks that the tables keyed by a line's words are bounded
+# The tables keyed by what a line names (a model, a reason word, a tag, an hour): like the tasks, each keeps its
+# `analysis.max_tasks` biggest keys once it holds twice that many (3 million distinct `model=` values took 2 GB).
+BOUNDED_TABLES = (
+    "reasons",
+    "fallback_reasons",
+    "by_model",
+    "by_target",
+    "other_tags",
+    "trips_by_hour",
+    "trips_by_target",
+    "openclaw_levels",
+    "compensations",
+)
+# The longest duration a run is timed with (seconds): 2**53, the most the native engine reads exactly. A longer
+# one (`duration=1e308s`, 400 digits) is no run's: the run counts untimed on every path. So no sum of durations
+# can overflow (two 1e308s made math.fsum raise, and the JSON report said Infinity).
+MAX_DURATION_S = float(2**53)
 
 EVENTS = ("retry", "success", "failed", "fallback", "breaker", "resume", "compensate", "incident", "fix", "stuck")
 FAILURE_EVENTS = frozenset({"retry", "failed"})  # what the source documents count as failures
@@ -430,6 +448,9 @@ class Tally:
         self.tasks: dict[str, TaskStats] = {}
         self.tasks_folded = 0
         self.folded_max_events = 0
+        self.let_go: Counter[str] = Counter()  # per bounded table: the keys let go to bound memory
+        self.let_go_events: Counter[str] = Counter()  # and the events they held (so totals stay exact)
+        self._careful_lines = 0
         self.timed = 0
         self.total_s = 0.0
         self.trips_by_hour: Counter[int] = Counter()
@@ -489,6 +510,8 @@ class Tally:
             "reasons",
             "fallback_reasons",
             "compensations",
+            "let_go",
+            "let_go_events",
         ):
             getattr(self, name).update(getattr(other, name))
         for mine, theirs in ((self.by_model, other.by_model), (self.by_target, other.by_target)):
@@ -543,11 +566,11 @@ class Tally:
             timed_keys: Iterable[bytes] = compress(keys, durations)
             try:
                 values = list(map(self._seconds.__getitem__, filter(None, durations)))
-                readable = math.isfinite(sum(values))
+                readable = max(values) <= MAX_DURATION_S
             except ValueError:
                 readable = False
             if not readable:  # a duration like 1.2.3s or 400 digits: the event counts, untimed, as on the careful path
-                pairs = [(k, _float(d.decode())) for k, d in zip(keys, durations, strict=True) if d]
+                pairs = [(k, _seconds(d.decode())) for k, d in zip(keys, durations, strict=True) if d]
                 self._keys.update(k for k, v in pairs if v is None)
                 timed_keys, values = [k for k, v in pairs if v is not None], [v for _, v in pairs if v is not None]
             # array.append through map: the grouping by key runs in C, one dict lookup per duration.
@@ -647,6 +670,9 @@ class Tally:
 
     def add_line(self, raw: bytes, info: InputInfo) -> None:
         """One line the fast path did not take: a rarer log line, a JSON line, a blank or malformed one."""
+        self._careful_lines += 1
+        if self._careful_lines % _PRUNE_EVERY == 0:
+            self._prune_tasks()
         line = raw.strip()
         if not line:
             self.blank += 1  # only white space
@@ -669,7 +695,7 @@ class Tally:
             self.other_tags[tag] += 1
             return
         fields = parse_fields(m.group(3).decode("utf-8", "replace")) if m.group(3) else {}
-        duration = _float(fields.get("duration", "").rstrip("s")) if event == "success" else None
+        duration = _seconds(fields.get("duration", "").rstrip("s")) if event == "success" else None
         self.event(
             event,
             task=fields.get("task"),
@@ -728,7 +754,7 @@ class Tally:
             detail=_str(obj.get("reason")),
             unclassified=error_class == "unknown" or obj.get("rule") == "unclassified",
             ts=ts,
-            duration=float(duration) if isinstance(duration, (int, float)) and event == "success" else None,
+            duration=_seconds(duration) if isinstance(duration, (int, float)) and event == "success" else None,
             source="ledger",
         )
 
@@ -883,8 +909,18 @@ class Tally:
         return sig
 
     def _prune_tasks(self) -> None:
-        """Keep the most active tasks when there are too many to hold; the report says how many were let go."""
+        """Keep the most active tasks, and the biggest keys of each table keyed by a line's words, when there are
+        too many to hold; the report says how many were let go."""
         limit = self.settings.max_tasks
+        for name in BOUNDED_TABLES:
+            table = getattr(self, name)
+            if len(table) > 2 * limit:
+                weigh = _weight_of_counts if name in ("by_model", "by_target") else _weight
+                ranked = sorted(table.items(), key=weigh, reverse=True)
+                self.let_go[name] += len(ranked) - limit
+                self.let_go_events[name] += sum(map(weigh, ranked[limit:]))
+                table.clear()
+                dict.update(table, ranked[:limit])  # Counter.update would count the pairs themselves
         if len(self.tasks) <= 2 * limit:
             return
         ranked = sorted(self.tasks.items(), key=lambda item: item[1].events, reverse=True)
@@ -935,6 +971,14 @@ class Tally:
         return summary
 
 
+def _weight(item: tuple[Any, int]) -> int:
+    return item[1]
+
+
+def _weight_of_counts(item: tuple[Any, Counter[str]]) -> int:
+    return sum(item[1].values())
+
+
 def _parse_key(key: bytes) -> tuple[bool, str, dict[str, str]]:
     """(recent, event, fields) of a fast-path key such as `[SUCCESS] task=x model=m`."""
     text = key.decode("utf-8", "replace")
@@ -973,12 +1017,14 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _float(text: str | None) -> float | None:
+def _seconds(value: str | float | None) -> float | None:
+    """A run's duration in seconds, from its text or a ledger's number; None when it is none (not a number,
+    negative, or over `MAX_DURATION_S`)."""
     try:
-        value = float(text) if text else None
-    except ValueError:
+        seconds = float(value) if value or value == 0 else None
+    except (ValueError, OverflowError):  # OverflowError: a ledger's integer of hundreds of digits
         return None
-    return value if value is not None and math.isfinite(value) else None
+    return seconds if seconds is not None and 0 <= seconds <= MAX_DURATION_S else None
 
 
 # --- signatures of unclassified errors ----------------------------------------------------------------------------
@@ -1176,17 +1222,25 @@ PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # a plain file at least this big is split
 
 
 class _Range:
-    """The bytes [start, end) of a file, read through readinto like a file."""
+    """The bytes [start, end) of an open file, read through readinto like a file: by position (pread), so the
+    forked workers read the very file this process opened through the descriptor they share, none moving
+    another's offset (a worker that opened the path again read the new file after a rotation, and lost the
+    old one's lines)."""
 
-    def __init__(self, fh: io.BufferedIOBase, start: int, end: int) -> None:
-        fh.seek(start)
-        self.fh, self.left = fh, end - start
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self.fd, self.pos, self.end = fd, start, end
 
     def readinto(self, view: memoryview, /) -> int:
-        if self.left <= 0:
+        want = min(len(view), self.end - self.pos)
+        if want <= 0:
             return 0
-        n = self.fh.readinto(view[: min(len(view), self.left)]) or 0
-        self.left -= n
+        if hasattr(os, "preadv"):
+            n = os.preadv(self.fd, [view[:want]], self.pos)
+        else:  # pragma: no cover - platforms without preadv
+            data = os.pread(self.fd, want, self.pos)
+            n = len(data)
+            view[:n] = data
+        self.pos += n
         return n
 
 
@@ -1280,10 +1334,10 @@ class Scan:
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
                     os.close(read_end)
-                    _worker(self, fh.name, (start, end), info, write_end)
+                    _worker(self, fh.fileno(), (start, end), info, write_end)
                 os.close(write_end)
                 children.append((pid, read_end))
-            self.read_stream(_Range(fh, 0, cuts[1]), info)
+            self.read_stream(_Range(fh.fileno(), 0, cuts[1]), info)
             self.tally.fold()  # while the workers fold theirs, not after
             for pid, read_end in children:
                 with os.fdopen(read_end, "rb") as pipe:
@@ -1307,15 +1361,15 @@ class Scan:
                     os.waitpid(pid, 0)
 
 
-def _worker(scan: Scan, path: str, span: tuple[int, int], info: InputInfo, out: int) -> None:  # pragma: no cover
-    """A forked worker: scan [start, end) of the file, send the figures, exit without running the parent's code."""
+def _worker(scan: Scan, fd: int, span: tuple[int, int], info: InputInfo, out: int) -> None:  # pragma: no cover
+    """A forked worker: scan [start, end) of the file open as `fd`, send the figures, exit without running the
+    parent's code."""
     start, end = span
     code = 0
     try:
         tally = scan.tally.spawn()
         part = InputInfo(info.path, info.source)
-        with open(path, "rb") as fh:
-            scan.read_stream(_Range(fh, start, end), part, tally)
+        scan.read_stream(_Range(fd, start, end), part, tally)
         payload = pickle.dumps((tally, part), protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:  # anything at all goes back to the parent, as text
         payload, code = pickle.dumps(f"worker for bytes {start}-{end}: {type(exc).__name__}: {exc}"), 1

@@ -2,7 +2,10 @@
 
 OpenClaw writes JSON lines (tslog): `time`, `message`, numbered arguments (`"0"` names the subsystem or
 module as a JSON string, `"1"` is usually the structured object) and `_meta.logLevelName`. By default
-they go to /tmp/openclaw/openclaw-YYYY-MM-DD.log, or to `logging.file` of ~/.openclaw/openclaw.json.
+they go to /tmp/openclaw/openclaw-YYYY-MM-DD.log, or to `logging.file` of ~/.openclaw/openclaw.json. It
+uses /tmp/openclaw only when that is a folder (not a link) of its user's that no one else can write, else
+`$TMPDIR/openclaw-<uid>`; a file over `logging.maxFileBytes` is renamed to its archive `<name>.1<.ext>` (up
+to `.5`), and a `logging.file` named `openclaw-YYYY-MM-DD.log` rolls over to each day's date.
 
 The failures worth acting on, as OpenClaw 2026.9 writes them:
 * `lane task error: lane=... durationMs=... error="..."` (ERROR): an agent turn failed;
@@ -29,9 +32,12 @@ is counted by the caller as malformed and skipped.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
+import os
 import re
+import stat
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -58,6 +64,7 @@ ERROR_LEVELS = ("ERROR", "FATAL")
 CLI_BANNER = "[openclaw] "  # OpenClaw's own lines about a CLI command that threw
 CLI_REASON = "[openclaw] Reason: "
 CLI_GAP_S = 1.0  # a CLI error line this close to the one before is the same command's
+TRUNCATED = "...(truncated)"  # what OpenClaw puts after a log message it cut at 4096 characters
 # OpenClaw's own reason words, as error classes: used only where the words of the error say nothing (its
 # `rate_limit` also covers a 402 whose text says "quota", which our classifier reads as fatal).
 OPENCLAW_REASONS = {
@@ -143,6 +150,11 @@ def parse(obj: Any) -> Record | None:
     message = obj.get("message")
     if not isinstance(message, str):
         message = str(obj.get("2") or obj.get("0") or "")
+    elif message.endswith(TRUNCATED):  # the message is cut at 4096 characters; the argument it came from is whole
+        kept = message.removesuffix(TRUNCATED)
+        message = next(
+            (v for k, v in obj.items() if kept and k.isdigit() and isinstance(v, str) and v.startswith(kept)), message
+        )
     subsystem = _subsystem(obj.get("0"))
     return Record(
         time=str(obj.get("time") or meta.get("date") or ""),
@@ -276,8 +288,11 @@ def failure(record: Record) -> Failure | None:
     """The failure this line reports, or None when it reports none of the known kinds."""
     msg, data = record.message, record.data
     if msg.startswith("lane task error"):
-        fields = _kv(msg)
-        error = fields.get("error", msg)
+        # `error="..."` is the line's last field, its text not escaped (`400 {"type":"error",...}`), and cut to
+        # `...(truncated)` in a message over 4096 characters: it runs to the closing quote at the line's end.
+        head, quoted, error = msg.partition(' error="')
+        fields = _kv(head)
+        error = (error[:-1] if error.endswith('"') else error) if quoted else msg
         lane = fields.get("lane", "?")
         duration = fields.get("durationMs", "")
         return Failure(
@@ -526,7 +541,7 @@ def _turns(lane_errors: list[Failure], chains: list[Failure]) -> list[Turn]:
             pending.append((at, f))
             continue
         began = at - (f.duration_ms or 0) / 1000 - TURN_SLACK_S
-        inner = [p for p in pending if p[1].error == f.error and began <= p[0] <= at]
+        inner = [p for p in pending if _same_error(p[1].error, f.error) and began <= p[0] <= at]
         pending = [p for p in pending if p not in inner]
         lanes = [p[1].lane or "?" for p in inner] + [f.lane or "?"]
         turns.append(Turn(f.time, f.error, lanes, len(inner) + 1, f.duration_ms))
@@ -544,6 +559,16 @@ def _turns(lane_errors: list[Failure], chains: list[Failure]) -> list[Turn]:
     return turns
 
 
+def _same_error(a: str, b: str) -> bool:
+    """Whether two lanes logged the same error: one cut short (each lane's message is cut at its own length) is
+    the same as the other if it begins the other."""
+    if a == b:
+        return True
+    cut_a, cut_b = a.endswith(TRUNCATED), b.endswith(TRUNCATED)
+    a, b = a.removesuffix(TRUNCATED), b.removesuffix(TRUNCATED)
+    return bool(a and b) and ((cut_a and b.startswith(a)) or (cut_b and a.startswith(b)))
+
+
 def timestamp(text: str) -> float | None:
     """Seconds since the epoch for OpenClaw's `2026-11-21T00:04:51.782+00:00` (or a trailing Z)."""
     try:
@@ -555,16 +580,51 @@ def timestamp(text: str) -> float | None:
 # -- where the logs are ------------------------------------------------------------------------------------
 
 
-def discover(env: Mapping[str, str] | None = None, *, log_dir: Path = DEFAULT_LOG_DIR) -> list[Path]:
-    """OpenClaw's log files on this machine: `logging.file` if configured, and the default folder's."""
+_ROLLING_NAME = re.compile(r"openclaw-(?:YYYY-MM-DD|\d{4}-\d\d-\d\d)\.log")  # a logging.file that rolls daily
+
+
+def log_folders(env: Mapping[str, str], *, preferred: Path = DEFAULT_LOG_DIR) -> list[Path]:
+    """The folders OpenClaw's file logger writes its daily logs to, as it picks them: `preferred` and its own
+    fallback, `$TMPDIR/openclaw-<uid>`, each only if it is this user's folder (not a link) that no one else can
+    write. OpenClaw refuses any other (another user's /tmp/openclaw: planted logs of failures that never were)."""
+    # Node's os.tmpdir(), as OpenClaw finds it; only its own folders in it are read (checked below).
+    tmp = (env.get("TMPDIR") or env.get("TMP") or env.get("TEMP") or "/tmp").rstrip("/") or "/"  # noqa: S108
+    return [folder for folder in (preferred, Path(tmp) / f"openclaw-{os.getuid()}") if _own_folder(folder)]
+
+
+def _own_folder(folder: Path) -> bool:
+    try:
+        st = folder.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _configured_files(path: Path) -> list[Path]:
+    """`logging.file` and its archives: OpenClaw's own (`oc.1.log` .. `oc.5.log`; every day's file and theirs
+    for a file named by a date, which rolls daily), and logrotate's (`oc.log.1`, `oc.log.2.gz`)."""
+    if not path.parent.is_dir():
+        return []
+    if _ROLLING_NAME.fullmatch(path.name):
+        return sorted(path.parent.glob("openclaw-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*.log*"))
+    found = set(path.parent.glob(glob.escape(path.name) + "*"))
+    if path.suffix:
+        found.update(path.parent.glob(f"{glob.escape(path.stem)}.[0-9]*{glob.escape(path.suffix)}*"))
+    return sorted(found)
+
+
+def discover(env: Mapping[str, str] | None = None, *, log_dir: Path | None = None) -> list[Path]:
+    """OpenClaw's log files on this machine: `logging.file` if configured, with its archives, and those of the
+    folders its logger writes to (`log_folders`; `log_dir`: that folder instead, if it is this user's)."""
+    env = os.environ if env is None else env
     found: list[Path] = []
     logging_conf = read_config(env).get("logging")
     configured = logging_conf.get("file") if isinstance(logging_conf, dict) else None
     if isinstance(configured, str) and configured:
-        path = Path(configured).expanduser()
-        found += sorted(path.parent.glob(path.name + "*")) if path.parent.is_dir() else []
-    if log_dir.is_dir():
-        found += sorted(log_dir.glob("openclaw-*.log*"))
+        found += _configured_files(Path(configured).expanduser())
+    folders = log_folders(env) if log_dir is None else [log_dir] if _own_folder(log_dir) else []
+    for folder in folders:
+        found += sorted(folder.glob("openclaw-*.log*"))
     unique: dict[Path, None] = {}
     for path in found:
         if path.is_file():
