@@ -413,3 +413,18 @@ def test_install_asks_pip_only_when_a_dependency_is_missing_or_out_of_range() ->
     assert satisfied("openai>=1", "pyyaml", "psutil>=5", 'tomli; python_version < "3.0"')
     assert not satisfied("psutil<1")
     assert not satisfied("no-such-package-for-self-heal>=1")
+
+
+def test_a_bug_in_a_script_exits_3_not_1_which_reads_as_an_alert(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unexpected exception (a bug in self-heal) exits 3, failed: 1 says the script ran and found problems
+    (an alert, a degraded health), which a cron wrapper or an agent acts on. The traceback is shown for the
+    report, and --json still gets one JSON object."""
+    from selfheal.cli import run_main
+
+    def main(argv: object) -> int:
+        raise RuntimeError("boom in the report builder")
+
+    assert run_main(main, ["--json"]) == 3
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": False, "error": "InternalError", "message": "a bug in self-heal", "exit": 3}
+    assert "RuntimeError: boom in the report builder" in err and "internal error (a bug in self-heal" in err

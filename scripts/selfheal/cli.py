@@ -240,4 +240,9 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             import traceback  # noqa: PLC0415 - 2 ms at every start; only a crash needs it
 
             sys.stderr.write(traceback.format_exc())  # a bug: shown (redacted) for the report
-            return 1
+            if json_mode:
+                emit_json({"ok": False, "error": "InternalError", "message": "a bug in self-heal", "exit": 3})
+            say("internal error (a bug in self-heal, not in what it ran): the traceback above is for the report")
+            # 3, failed: not 1, which says the script ran and found problems (an alert, a degraded health)
+            # and a cron wrapper or agent would act on as one.
+            return 3
