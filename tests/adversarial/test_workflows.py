@@ -16,6 +16,7 @@ import pytest
 
 from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.config import Config, load_config
+from selfheal.durable import workflow as workflow_module
 from selfheal.durable.workflow import MAX_STEP_OUTPUTS_BYTES, MAX_TASK_OUTPUTS_BYTES, StepContext, Workflow, status
 
 pytestmark = pytest.mark.slow
@@ -144,12 +145,17 @@ def test_outputs_too_big_for_a_checkpoint_fail_the_step_clearly_and_it_is_undone
     assert len(checkpoint_bytes(home)) < 1024 * 1024
 
 
-def test_many_steps_each_under_the_limit_cannot_together_outgrow_the_checkpoint(fast: Config, home: Path) -> None:
-    """Twenty steps of 900 KB each: every one is under the per-step limit, but together they made a checkpoint
-    no run could read back. The step that would take the task over its total fails, naming both sizes; the
-    checkpoint stays readable, and a resume (the outputs now written to a file) goes on from there."""
+def test_many_steps_each_under_the_limit_cannot_together_outgrow_the_checkpoint(
+    fast: Config, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty steps each under the per-step limit (900 KB of 1 MiB) made a checkpoint no run could read back.
+    The step that would take the task over its total fails, naming the limit; the checkpoint stays readable,
+    and a resume (the outputs now written to a file) goes on from there. (Limits a tenth of the real ones, so
+    the test writes a tenth as much.)"""
+    monkeypatch.setattr(workflow_module, "MAX_TASK_OUTPUTS_BYTES", MAX_TASK_OUTPUTS_BYTES // 10)
+    monkeypatch.setattr(workflow_module, "MAX_STEP_OUTPUTS_BYTES", MAX_STEP_OUTPUTS_BYTES // 10)
     wf = Workflow("wide")
-    size = 900 * 1024
+    size = 90 * 1024
     small = {"on": False}
 
     def make(i: int) -> Any:
@@ -162,11 +168,11 @@ def test_many_steps_each_under_the_limit_cannot_together_outgrow_the_checkpoint(
     for i in range(20):
         wf.step(make(i))
     result = wf.run(config=fast)
-    assert result.status == "failed" and str(MAX_TASK_OUTPUTS_BYTES) in result.message
+    assert result.status == "failed" and str(MAX_TASK_OUTPUTS_BYTES // 10) in result.message
     loaded = status("wide")
     assert loaded is not None
     done = [name for name in loaded.order if loaded.steps[name].state == "done"]
-    assert len(done) == MAX_TASK_OUTPUTS_BYTES // (size + 12) and done == loaded.order[: len(done)]
+    assert len(done) == MAX_TASK_OUTPUTS_BYTES // 10 // (size + 12) and done == loaded.order[: len(done)]
     small["on"] = True
     again = wf.run(config=fast)
     assert again.status == "completed", again.message
