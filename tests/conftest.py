@@ -25,7 +25,7 @@ from helpers.scripts import call_script, imported_by, run_script, script_env  # 
 from selfheal import _testing  # noqa: E402
 from selfheal.core.config import Config, load_config  # noqa: E402
 from selfheal.state.root import StateRoot  # noqa: E402
-from selfheal.testing import FakeClock  # noqa: E402
+from selfheal.testing import FakeClock, FakeModelServer  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -182,3 +182,22 @@ def fleet_url(postgres: Cluster | External, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 __all__ = ["PYTHON", "ROOT", "SCRIPTS", "call_script", "imported_by", "run_script", "script_env"]
+
+
+@pytest.fixture
+def analyst(write_config: Callable[[str], Path]) -> Iterator[FakeModelServer]:
+    """A chain of one model endpoint, `analyst`, on the package's fake server (for the healer's model step)."""
+    with FakeModelServer() as srv:
+        write_config(
+            f"""
+            retry: {{jitter: none}}
+            models:
+              read_timeout_base_s: 2.0
+              timeout_per_1k_tokens_s: 0.0
+              connect_timeout_s: 0.5
+              deadline_s: 20
+              chain:
+                - {{name: analyst, base_url: "{srv.url("analyst")}", model: analyst-7b}}
+            """
+        )
+        yield srv

@@ -21,7 +21,7 @@ import os
 import re
 import subprocess
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,24 +115,6 @@ def test_show_draws_a_record_whose_markdown_twin_is_gone(home: Path, state: Stat
     assert shown.returncode == 0, shown.stderr
     assert f"# {record.id}: nightly" in shown.stdout and "Traceback" not in shown.stderr
     assert _RAW_C1_OR_DEL.findall(shown.stdout) == []
-
-
-@pytest.fixture
-def analyst(write_config: Callable[[str], Path]) -> Iterator[FakeModelServer]:
-    with FakeModelServer() as srv:
-        write_config(
-            f"""
-            retry: {{jitter: none}}
-            models:
-              read_timeout_base_s: 2.0
-              timeout_per_1k_tokens_s: 0.0
-              connect_timeout_s: 0.5
-              deadline_s: 20
-              chain:
-                - {{name: analyst, base_url: "{srv.url("analyst")}", model: analyst-7b}}
-            """
-        )
-        yield srv
 
 
 def test_a_model_answering_nan_confidence_is_not_taken_and_the_record_stays_json(

@@ -22,7 +22,7 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -230,21 +230,6 @@ def test_a_record_written_before_the_fix_is_shown_inert(home: Path, attack_log: 
     shown = call_script("self_heal.py", "show", fix_id, home=home)
     assert shown.returncode == 0 and "PWNED-TITLE" in shown.stdout
     assert raw_controls(shown.stdout) == []
-
-
-@pytest.fixture
-def analyst(write_config: Callable[[str], Path]) -> Iterator[FakeModelServer]:
-    with FakeModelServer() as srv:
-        write_config(
-            f"""
-            retry: {{jitter: none}}
-            models:
-              deadline_s: 30
-              chain:
-                - {{name: analyst, base_url: "{srv.url("analyst")}", model: analyst-7b}}
-            """
-        )
-        yield srv
 
 
 _HEADINGS = {
