@@ -119,7 +119,7 @@ def test_a_newer_versions_keys_survive_closing_a_dead_run(home: Path) -> None:
     assert close_dead(state, "nightly", now=1800000100.0) == [data["run_id"]]
     saved = json.loads(path.read_text())
     assert (saved["status"], saved["outcome"], saved["cgroup"]) == ("finished", "crashed", "/user.slice/run-1")
-    assert saved["supervisor"] == {"pid": pid, "create_time": create_time}  # a process is its pid and start time
+    assert saved["supervisor"] == {"pid": pid, "create_time": create_time, "uid": 1000}  # nested keys kept too
 
 
 def test_a_run_record_with_a_wrong_field_is_set_aside_and_named(home: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -97,7 +97,9 @@ def wants_json(argv: Sequence[str]) -> bool:
     return "--json" in own
 
 
-_JSON_CONTROLS = re.compile("[\x7f-\x9f]")
+# DEL and C1 controls, and lone surrogates (a byte of a path that is not UTF-8, as Python holds it): each
+# written as its JSON escape, so the object is UTF-8 a strict reader (jq) takes and reads back the same.
+_JSON_CONTROLS = re.compile("[\x7f-\x9f\ud800-\udfff]")
 
 
 def emit_json(obj: dict[str, Any]) -> None:

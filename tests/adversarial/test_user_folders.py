@@ -100,3 +100,19 @@ def test_the_state_root_is_still_tightened_when_a_plan_is_read(home: Path, tmp_p
     assert ran.returncode == 0, ran.stderr
     assert looks(home)[0] == 0o700 and looks(folder)[0] == 0o1777
     assert str(home) in ran.stderr and "tightened" in ran.stderr
+
+
+def test_a_state_root_that_is_a_shared_sticky_folder_is_refused_never_tightened(tmp_path: Path) -> None:
+    """SELFHEAL_HOME=/tmp, or a link to it, run as root (as many VPS users run OpenClaw): /tmp is root's own,
+    so its 1777 was 'tightened' to 0700 and every other program on the machine lost its temp folder. A folder
+    with the sticky bit is every user's: refused (exit 2) with what to do, and left as it was."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # noqa: S103 - the shared folder the rule is for
+    for home in (shared, tmp_path / "link-to-tmp"):
+        if home != shared:
+            home.symlink_to(shared)
+        ran = script(home, "retry_run.py", "--", "true")
+        assert ran.returncode == 2, ran.stderr
+        assert "shared by every user" in ran.stderr and "Traceback" not in ran.stderr
+        assert looks(shared)[0] == 0o1777

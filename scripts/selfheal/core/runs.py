@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import CorruptStateError, NotAttempted, StateError, UnsafeStateError
+from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError, UnsafeStateError
 from ..state import layout
 from ..state.records import RecordError
 from ..state.root import StateRoot, open_read, quarantine, read_json, unlink, write_json
@@ -187,10 +187,13 @@ def list_runs(state: StateRoot, *, running_only: bool = False) -> list[RunState]
             continue
         try:
             data = read_json(path)
-        except UnsafeStateError as exc:
-            logger.warning("%s", exc)
+        except (UnsafeStateError, CorruptStateError, StateWriteError) as exc:  # a link, torn, unreadable to us
+            logger.warning("%s; the run record was skipped", exc)
             continue
-        except CorruptStateError:
+        except StateError as exc:  # over the size cap: damage (none is written that big), set aside as a bad field is
+            with contextlib.suppress(OSError, StateError):
+                quarantine(path)
+            logger.warning("%s; the run record was set aside", exc)
             continue
         if data is None:
             continue

@@ -194,6 +194,10 @@ def _check_folder(fd: int, where: _Where) -> None:
     if info.st_uid != me:
         raise UnsafeStateError(path, f"is owned by another user (uid {info.st_uid}, not {me})")
     mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_ISVTX:
+        # /tmp, /var/tmp, /dev/shm: a folder shared by every user, ours only when we run as root. Tightened,
+        # it would break every other program on the machine; it is no place for state either.
+        raise UnsafeStateError(path, f"is a folder shared by every user (mode {mode:04o}); give self-heal its own")
     if mode & 0o077:
         try:
             os.fchmod(fd, DIR_MODE)
@@ -393,8 +397,12 @@ def open_file(path: Path, flags: int, mode: int = FILE_MODE, *, doing: str = "wr
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnsafeStateError(path, "is not a plain file")
-        if info.st_nlink > 1 and flags & (os.O_WRONLY | os.O_RDWR):
-            raise UnsafeStateError(path, f"has {info.st_nlink} hard links (one may point outside the state root)")
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            if info.st_nlink > 1:
+                raise UnsafeStateError(path, f"has {info.st_nlink} hard links (one may point outside the state root)")
+            if info.st_mode & 0o077:  # an older version's, or made under umask 000: state files are 0600
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, FILE_MODE)
         # O_NONBLOCK only kept a planted FIFO from hanging the open; on a plain file it changes nothing.
     except BaseException:
         os.close(fd)
@@ -414,26 +422,46 @@ def open_rewrite(path: Path, *, create: bool = True) -> int:
 
 def open_read(path: Path) -> int:
     """An fd for reading the state file `path`, never through a symbolic link (at the file or at a folder
-    above it, up to the state root): UnsafeStateError names the link; FileNotFoundError if absent."""
+    above it, up to the state root): UnsafeStateError names the link, or a FIFO, socket or device planted
+    there (opened without blocking: a FIFO would hang the reader, the cron health check, for good);
+    StateWriteError (doing "read") for an OS error such as a file another user left unreadable;
+    FileNotFoundError if absent. A folder is opened (its reader says it is one)."""
     folder, name = os.path.split(os.fspath(path))
-    flags = os.O_RDONLY | _NOFOLLOW | _CLOEXEC
-    with _dirs_lock:
-        cached = _cached_dir(folder)
-        if cached is not None:
-            try:
-                return os.open(name, flags, dir_fd=cached)
-            except OSError as exc:
-                if exc.errno != errno.ELOOP:
-                    raise
-    dir_fd = open_dir(folder, create=False)
+    flags = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK
+    fd = -1
     try:
-        return os.open(name, flags, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafeStateError(path, _link_problem(name, dir_fd) or "is a symbolic link") from None
+        with _dirs_lock:
+            cached = _cached_dir(folder)
+            if cached is not None:
+                try:
+                    fd = os.open(name, flags, dir_fd=cached)
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+        if fd < 0:
+            dir_fd = open_dir(folder, create=False)
+            try:
+                fd = os.open(name, flags, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UnsafeStateError(path, _link_problem(name, dir_fd) or "is a symbolic link") from None
+                raise
+            finally:
+                os.close(dir_fd)
+    except (FileNotFoundError, StateError):
         raise
-    finally:
-        os.close(dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise StateWriteError(path, exc, "read") from exc
+        raise
+    try:
+        kind = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+            raise UnsafeStateError(path, "is not a plain file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def read_bytes(path: Path) -> bytes:
@@ -562,24 +590,49 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
 
 
+def _json_bytes(text: str) -> bytes:
+    """JSON text as UTF-8. A lone surrogate (a file name's undecodable byte, `/home/x\\udcff`, as Python reads
+    paths and the environment) cannot be UTF-8: it is written as its JSON escape, which reads back the same."""
+    return text.encode("utf-8", "backslashreplace")  # the only characters JSON leaves raw are in its strings
+
+
 def write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
     """Replace `path` with `obj` as JSON, every string in it redacted."""
-    write_bytes_atomic(path, dumps(_redactor().obj(obj)).encode("utf-8"), durable=durable, redacted=True)
+    write_bytes_atomic(path, _json_bytes(dumps(_redactor().obj(obj))), durable=durable, redacted=True)
 
 
 def quarantine(path: Path, now: float | None = None) -> Path | None:
-    """Move an unreadable file aside as `<name>.corrupt-<ts>` and return where it went."""
+    """Move an unreadable file aside as `<name>.corrupt-<ts>` and return where it went (None if it is gone).
+    Done inside its folder, reached as open_dir reaches it (never through a link); StateWriteError if it
+    cannot be moved (a state root remounted read-only after a disk error)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     try:
-        os.replace(path, target)
+        dir_fd = open_dir(path.parent, create=False)
     except FileNotFoundError:
         return None
-    return target
+    try:
+        name = f"{path.name}.corrupt-{stamp}"
+        n = 1
+        while _lexists(name, dir_fd):
+            n += 1
+            name = f"{path.name}.corrupt-{stamp}-{n}"
+        try:
+            os.replace(path.name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateWriteError(path, exc, "move aside") from exc
+    finally:
+        os.close(dir_fd)
+    return path.with_name(name)
+
+
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def read_json_shared(path: Path) -> dict[str, Any] | None:
@@ -650,7 +703,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
         except FileNotFoundError:
             return None
         if (current.st_ino, current.st_dev) == (read.st_ino, read.st_dev):
-            raise CorruptStateError(path, quarantine(path), problem or "unreadable")
+            try:
+                moved = quarantine(path)
+            except StateWriteError as exc:  # still unreadable, and said so: never a crash of the reader
+                raise CorruptStateError(path, None, f"{problem}; not moved aside: {exc.reason}") from None
+            raise CorruptStateError(path, moved, problem or "unreadable")
     raise CorruptStateError(path, None, "replaced while being read, three times in a row")
 
 
@@ -726,7 +783,7 @@ def _sha256(data: bytes) -> str:
 
 
 def _canonical(doc: Any) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return _json_bytes(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
 class SlotFile:
@@ -799,8 +856,8 @@ class SlotFile:
         target = 1 - self._newest
         fd = open_rewrite(self.path, create=False)
         try:
+            _pwrite_all(fd, slot.ljust(self._size), 1 if target == 0 else 2 + self._size, self.path)
             try:
-                os.pwrite(fd, slot.ljust(self._size), 1 if target == 0 else 2 + self._size)
                 _datasync(fd)
             except OSError as exc:
                 raise StateWriteError(self.path, exc) from exc
@@ -917,14 +974,16 @@ class JournaledFile:
             return
         fd = open_rewrite(self.journal)  # never through a planted link (UnsafeStateError)
         try:
-            if self._n == 0 or os.fstat(fd).st_size != self._length:
-                os.ftruncate(fd, self._length)  # a torn tail, or lines of an older snapshot: never read past
-            view = memoryview(line)
-            offset = self._length
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
-            _datasync(fd)
+            try:
+                if self._n == 0 or os.fstat(fd).st_size != self._length:
+                    os.ftruncate(fd, self._length)  # a torn tail, or lines of an older snapshot: never read past
+            except OSError as exc:
+                raise StateWriteError(self.journal, exc) from exc
+            _pwrite_all(fd, line, self._length, self.journal)  # a full disk: the caller learns which file
+            try:
+                _datasync(fd)
+            except OSError as exc:
+                raise StateWriteError(self.journal, exc) from exc
         finally:
             os.close(fd)
         self._length += len(line)
@@ -983,6 +1042,18 @@ def _read_slot(raw: bytes) -> tuple[int, dict[str, Any]] | None:
     if slot.get("sha256") != _sha256(_canonical(slot["doc"])):
         return None
     return slot["seq"], slot["doc"]
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int, path: Path) -> None:
+    """Write all of `data` at `offset`: a short write (a disk filling up) is carried on, never taken for the
+    whole; an OS error becomes StateWriteError naming `path`."""
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    except OSError as exc:
+        raise StateWriteError(path, exc) from exc
 
 
 def _datasync(fd: int) -> None:

@@ -81,11 +81,13 @@ class ProcessRef:
     pid: int
     create_time: float | None = None
     start_ticks: int | None = None  # its start in clock ticks since boot (see start_ticks); None: not read
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # a newer version's keys, kept
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"pid": self.pid, "create_time": self.create_time}
         if self.start_ticks is not None:
             data["start_ticks"] = self.start_ticks
+        data.update(self.extra)
         return data
 
     @classmethod
@@ -96,6 +98,7 @@ class ProcessRef:
             pid=f.whole("pid"),
             create_time=f.number("create_time", optional=True),
             start_ticks=f.whole("start_ticks", optional=True),
+            extra=split(data, ("pid", "create_time", "start_ticks")),
         )
 
 
