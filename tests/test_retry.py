@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from conftest import ROOT
 from selfheal.core.config import Config, load_config
 from selfheal.core.retrying import Retrier, attempts_of, retry, stop_reason_of
 from selfheal.errors import NotAttempted
+from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock, no_waits, set_testing
 
 
@@ -390,3 +392,122 @@ def test_bad_task_id_is_refused_before_anything_runs() -> None:
     """A task id that could escape the state root is an error at construction."""
     with pytest.raises(selfheal.InvalidIdError, match=r"\.\./\.\./etc/passwd"):
         Retrier(task="../../etc/passwd")
+
+
+# -- interruptions and cancellation ---------------------------------------------------------------------------
+
+
+def test_ctrl_c_and_cancellation_go_through_when_they_cannot_be_recorded(write_config: Callable[[str], Path]) -> None:
+    """A config.yaml that does not load made recording the interrupted attempt raise ConfigError in place of
+    KeyboardInterrupt (or a task's CancelledError): the caller's Ctrl-C handler and asyncio never saw them."""
+    write_config("retry: {jitter: [\n")
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(KeyboardInterrupt):
+        Retrier(task="t").call(interrupted)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(Retrier(task="t").acall(cancelled))
+
+
+class WaitForever(FakeClock):
+    """A clock whose asleep() never ends by itself: only a cancellation ends the wait."""
+
+    async def asleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await asyncio.Event().wait()
+
+
+def test_a_task_cancelled_during_the_backoff_wait_stops_at_once(plain: Config) -> None:
+    """Cancelling during the wait between attempts ends the call there: no further attempt is made."""
+    clock = WaitForever()
+    fn = Flaky(reset(), reset())
+
+    async def fn_async() -> str:
+        return fn()
+
+    async def main() -> None:
+        task = asyncio.create_task(Retrier(config=plain, clock=clock).acall(fn_async))
+        while not clock.waits:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert (fn.calls, clock.waits) == (1, [1.0])
+
+
+def test_calls_cancelled_while_taking_a_breaker_permit_give_it_back(plain: Config, state: StateRoot) -> None:
+    """A call cancelled while its permit was being taken (asyncio.wait_for timing out at the wrong moment) kept
+    the permit for 15 minutes: four such left, one failure then made the breaker refuse every call ("1 recent
+    failures and 4 requests in flight"), so the next call gave up after one attempt instead of retrying."""
+    retrier = Retrier(target="vendor", breaker=True, config=plain, clock=FakeClock(), state=state)
+
+    async def never() -> str:
+        await asyncio.Event().wait()
+        return "unreachable"
+
+    fn = Flaky(reset())
+
+    async def flaky() -> str:
+        return fn()
+
+    async def main() -> str:
+        for _ in range(4):
+            task = asyncio.create_task(retrier.acall(never))
+            await asyncio.sleep(0)  # the call is now taking its permit, in a worker thread
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert retrier.breakers.status("vendor")["in_flight"] == 0
+        return await retrier.acall(flaky)
+
+    assert asyncio.run(main()) == "done"
+    assert fn.calls == 2
+
+
+# -- options a caller can get wrong ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"on": [ConnectionError]}, "on= takes an exception type, a tuple of them, or a predicate"),
+        ({"on": (ConnectionError, "x")}, "on= takes an exception type"),
+        ({"on": int}, "on= takes an exception type"),
+        ({"deadline_s": float("nan")}, "deadline_s must be a number of seconds > 0, got nan"),
+        ({"deadline_s": "30"}, "deadline_s must be a number of seconds > 0, got '30'"),
+        ({"max_attempts": 2.5}, "max_attempts must be a whole number >= 1, got 2.5"),
+        ({"max_attempts": True}, "max_attempts must be a whole number >= 1, got True"),
+    ],
+)
+def test_bad_options_are_refused_when_given_not_at_the_first_failure(options: dict[str, Any], message: str) -> None:
+    """on=[...] raised its own TypeError in place of the caller's error at the first failure; a NaN deadline
+    never ended a loop (101 attempts for retries=100); max_attempts=True was one attempt."""
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        Retrier(**options)
+
+
+def test_a_custom_classifier_decides_and_a_class_it_makes_up_is_named(plain: Config, clock: FakeClock) -> None:
+    """A caller's Classifier picks the policy (a reset it calls permanent runs once); a class that is not one of
+    ERROR_CLASSES is named in a ValueError, where an AttributeError from the policies took the error's place."""
+
+    class Fixed(selfheal.Classifier):
+        def __init__(self, error_class: str) -> None:
+            super().__init__(plain.classify)
+            self.error_class = error_class
+
+        def classify(self, failure: selfheal.Failure, *, now: float | None = None) -> selfheal.Classification:
+            return selfheal.Classification(self.error_class, "mine", self.error_class)
+
+    fn = Flaky(reset())
+    with pytest.raises(ConnectionResetError):
+        Retrier(config=plain, clock=clock, classifier=Fixed("permanent")).call(fn)
+    assert fn.calls == 1
+    with pytest.raises(ValueError, match="classifier Fixed gave the class 'vendor-hiccup' for ConnectionResetError"):
+        Retrier(config=plain, clock=clock, classifier=Fixed("vendor-hiccup")).call(Flaky(reset()))

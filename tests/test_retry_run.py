@@ -419,7 +419,7 @@ def test_library_refuses_a_zero_deadline(home: Path) -> None:
     """run_with_retry(deadline_s=0) is a caller's mistake, refused rather than replaced by the default."""
     from selfheal.core.runner import run_with_retry
 
-    with pytest.raises(ValueError, match="deadline_s must be > 0"):
+    with pytest.raises(ValueError, match="deadline_s must be a number of seconds > 0"):
         run_with_retry(["true"], deadline_s=0)
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 import signal as _signal
 from pathlib import Path
 
+TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
+
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
@@ -16,10 +20,24 @@ EXIT_FAILED = 3
 EXIT_NOT_ATTEMPTED = 4
 
 
+def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """An error as pickle made it, without its __init__ (whose parameters are not its args)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 class SelfHealError(Exception):
     """Base of every error the skill raises on purpose."""
 
     exit_code: int = EXIT_FAILED
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Whole through pickle, though most subclasses' __init__ takes other arguments than the message:
+        # the default calls __init__(*args), which failed, and one raised in a ProcessPoolExecutor's worker
+        # broke the whole pool (BrokenProcessPool for every job).
+        return _rebuilt, (type(self), self.args, dict(self.__dict__))
 
 
 class UsageError(SelfHealError, ValueError):
@@ -138,3 +156,6 @@ class Interrupted(BaseException):
         except ValueError:
             self.signame = f"signal {signum}"
         super().__init__(f"interrupted by {self.signame}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, dict(self.__dict__))  # as SelfHealError's

@@ -18,8 +18,10 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -29,8 +31,10 @@ from ..state.root import StateRoot, validate_id
 from .backoff import compute_delay
 from .breaker import BreakerOpen, Breakers, Permit
 from .classify import Classification, Classifier, Failure, classifier_for
-from .config import Config, Policies, RetrySettings, get_config
+from .config import ERROR_CLASSES, Config, Policies, RetrySettings, get_config
 from .ledger import Ledger
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -156,6 +160,70 @@ def _selected(on: ExceptionFilter, exc: BaseException) -> bool:
     return bool(on(exc))
 
 
+def _check_filter(on: object) -> None:
+    """Refuse an `on=` that is not an exception type, a tuple of them, or a predicate, when it is given: found
+    only at the first failure, it replaced the caller's real error with a TypeError of its own."""
+    types = on if isinstance(on, tuple) else (on,) if isinstance(on, type) else None
+    if types is None and callable(on):
+        return
+    if types is None or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise TypeError(f"on= takes an exception type, a tuple of them, or a predicate; got {on!r}")
+
+
+def _is_async(fn: object) -> bool:
+    """A coroutine function, or an object whose __call__ is one (inspect alone misses those)."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return not isinstance(fn, type) and inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+
+
+# What a function's code says when calling it returns before its body has run (or failed).
+_DEFERRED = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
+def _check_callable(fn: object, *, sync: bool) -> None:
+    """Refuse what a retry around the call could never retry. A generator function returns at once and fails
+    later, while it is iterated; so does a coroutine function given to call() (not acall()): wrapped, it would
+    look guarded and never retry. A plain function or method is told apart by its code's flags, in well under
+    a microsecond (this runs on every call())."""
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, types.CodeType) and not code.co_flags & _DEFERRED:
+        return
+    name = getattr(fn, "__qualname__", repr(fn))
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"self-heal cannot retry the generator function {name}: it fails while it is iterated, after the "
+            "call has returned; retry the code that iterates it (e.g. a function that returns list(...))"
+        )
+    if sync and _is_async(fn):
+        raise TypeError(f"{name} is a coroutine function: use `await retrier.acall(fn, ...)`, not call()")
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread, off the event loop. Cancelled meanwhile, it still waits for fn to end (a
+    locked file update: milliseconds) before the cancellation goes on, so the caller knows what fn did: a
+    breaker permit it took is given back, not held for `stale_permit_s` by a process that is still alive."""
+    import asyncio  # noqa: PLC0415 - 15 ms (ssl included) that a retry of a plain command need not pay
+
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError as exc:
+            if future.done():
+                raise
+            cancelled = exc
+            continue
+        except BaseException:
+            if cancelled is not None:
+                raise cancelled from None  # the cancellation is what the caller asked for; never lost
+            raise
+        if cancelled is not None:
+            raise cancelled
+        return result
+
+
 class Retrier:
     """A configured retry loop for functions: `.call(fn, ...)`, `await .acall(fn, ...)`, or a decorator.
 
@@ -215,10 +283,16 @@ class Retrier:
             if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
                 raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
             max_attempts = retries + 1
-        if max_attempts is not None and max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        if deadline_s is not None and deadline_s <= 0:
-            raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise ValueError(f"max_attempts must be a whole number >= 1, got {max_attempts!r}")
+        # `not > 0`, not `<= 0`: NaN compares false both ways, and a NaN deadline never ended a loop.
+        if deadline_s is not None and not (
+            isinstance(deadline_s, (int, float)) and not isinstance(deadline_s, bool) and deadline_s > 0
+        ):
+            raise ValueError(f"deadline_s must be a number of seconds > 0, got {deadline_s!r}")
+        _check_filter(on)
         self.task = task
         self.target = target
         self.step = step
@@ -283,89 +357,109 @@ class Retrier:
         failure = getattr(exc, "selfheal_failure", None)
         if not isinstance(failure, Failure):
             failure = Failure.from_exception(exc)
-        return self.classifier.classify(failure, now=self.clock.time()), failure
+        classification = self.classifier.classify(failure, now=self.clock.time())
+        if classification.error_class not in ERROR_CLASSES:  # a caller's classifier: said here, not as an
+            raise ValueError(  # AttributeError from deep in the policies that took the place of the error
+                f"classifier {type(self.classifier).__name__} gave the class {classification.error_class!r} for "
+                f"{type(exc).__name__}; the classes are {', '.join(ERROR_CLASSES)}"
+            )
+        return classification, failure
 
     # -- the loop, in two colours ------------------------------------------------------------------------
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call `fn(*args, **kwargs)` under the policy; return its result or raise its last exception."""
+        _check_callable(fn, sync=True)
         run = _Run(self, getattr(fn, "__qualname__", None))
-        while True:
-            refused = run.begin()
-            if refused is not None:
-                self._write(refused)
-                raise run.stopped_by_breaker()
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                record, decision = run.failed(exc)
+        try:
+            while True:
+                refused = run.begin()
+                if refused is not None:
+                    self._write(refused)
+                    raise run.stopped_by_breaker()
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as exc:
+                    record, decision = run.failed(exc)
+                    if record is not None:
+                        self._write(record)
+                    run.settle()
+                    if not decision.retry:
+                        run.give_up(exc, decision)
+                        raise
+                    if not _testing.is_testing():
+                        self.clock.sleep(decision.delay_s)
+                    continue
+                except BaseException as exc:
+                    self._interrupted(run, exc)
+                    raise
+                record = run.succeeded()
                 if record is not None:
                     self._write(record)
                 run.settle()
-                if not decision.retry:
-                    run.give_up(exc, decision)
-                    raise
-                if not _testing.is_testing():
-                    self.clock.sleep(decision.delay_s)
-                continue
-            except BaseException as exc:
-                record = run.interrupted(exc)
-                if record is not None:
-                    self._write(record)
-                raise
-            record = run.succeeded()
-            if record is not None:
-                self._write(record)
-            run.settle()
-            return result
+                return result
+        except BaseException:
+            run.abandon()
+            raise
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """The async twin of call(): waits with the clock's asleep(), writes the ledger off the loop."""
-        import asyncio  # noqa: PLC0415 - 15 ms (ssl included) that a retry of a plain command need not pay
-
+        _check_callable(fn, sync=False)
         run = _Run(self, getattr(fn, "__qualname__", None))
         # The breaker's shared state is a locked file: its updates go to a thread, off the event loop.
         offload = self.breaker_target is not None
-        while True:
-            refused = await asyncio.to_thread(run.begin) if offload else run.begin()
-            if refused is not None:
-                await asyncio.to_thread(self._write, refused)
-                raise run.stopped_by_breaker()
-            try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:
-                record, decision = await asyncio.to_thread(run.failed, exc) if offload else run.failed(exc)
-                if record is not None:
-                    await asyncio.to_thread(self._write, record)
-                if offload:
-                    await asyncio.to_thread(run.settle)
-                if not decision.retry:
-                    run.give_up(exc, decision)
+        try:
+            while True:
+                refused = await _off_loop(run.begin) if offload else run.begin()
+                if refused is not None:
+                    await _off_loop(self._write, refused)
+                    raise run.stopped_by_breaker()
+                try:
+                    result = await fn(*args, **kwargs)
+                except Exception as exc:
+                    record, decision = await _off_loop(run.failed, exc) if offload else run.failed(exc)
+                    if record is not None:
+                        await _off_loop(self._write, record)
+                    if offload:
+                        await _off_loop(run.settle)
+                    if not decision.retry:
+                        run.give_up(exc, decision)
+                        raise
+                    if not _testing.is_testing():
+                        await self.clock.asleep(decision.delay_s)
+                    continue
+                except BaseException as exc:
+                    self._interrupted(run, exc)  # cancellation: no awaiting now, write and go
                     raise
-                if not _testing.is_testing():
-                    await self.clock.asleep(decision.delay_s)
-                continue
-            except BaseException as exc:
-                record = run.interrupted(exc)
+                record = run.succeeded()
                 if record is not None:
-                    self._write(record)  # cancellation: no awaiting now, write and go
-                raise
-            record = run.succeeded()
-            if record is not None:
-                await asyncio.to_thread(self._write, record)
-            if offload:
-                await asyncio.to_thread(run.settle)
-            return result
+                    await _off_loop(self._write, record)
+                if offload:
+                    await _off_loop(run.settle)
+                return result
+        except BaseException:
+            run.abandon()  # cancelled between attempts, or while a permit was being taken: give it back
+            raise
 
     @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
 
     @overload
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Use the retrier as a decorator (sync or async functions)."""
-        if inspect.iscoroutinefunction(fn):
+        """Use the retrier as a decorator (sync or async functions and methods; a classmethod or staticmethod
+        under it too). A generator function is refused: see _check_callable()."""
+        if isinstance(fn, (classmethod, staticmethod)):
+            # Under @classmethod the function is not callable (or, under @staticmethod, a plain function
+            # wrapper would bind self): wrap the function inside and put it back in the same kind of method.
+            wrapped: Any = type(fn)(self(fn.__func__))
+            return wrapped  # type: ignore[no-any-return]
+        if not callable(fn):
+            raise TypeError(f"retry() takes its options as keywords (e.g. retry(task=...)); {fn!r} is not a function")
+        is_async = _is_async(fn)
+        _check_callable(fn, sync=not is_async)
+        if is_async:
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -382,6 +476,18 @@ class Retrier:
     def _write(self, record: tuple[str, dict[str, Any]]) -> None:
         event, fields = record
         self.ledger.record(event, **fields)
+
+    def _interrupted(self, run: _Run, exc: BaseException) -> None:
+        """Record an attempt cut short by Ctrl-C, SystemExit or cancellation. Whatever goes wrong while
+        recording it (a config.yaml that does not load, a state root that cannot be used) is logged, never
+        raised: it would take the place of the interruption, and a caller's `except KeyboardInterrupt` or
+        asyncio's cancellation would never see it."""
+        try:
+            record = run.interrupted(exc)
+            if record is not None:
+                self._write(record)
+        except Exception as error:
+            log.warning("self-heal could not record the interrupted attempt (%s): %s", type(exc).__name__, error)
 
 
 class _Run:
@@ -517,6 +623,14 @@ class _Run:
                 f"{self.r.clock.monotonic() - self.started:.1f}s: {decision.stop_reason}"
             )
 
+    def abandon(self) -> None:
+        """The run ends by an exception outside an attempt (cancelled between attempts, or while a breaker
+        permit was being taken): a permit still held is given back, saying nothing about the target."""
+        try:
+            self._release(ok=False, error_class=None)
+        except Exception as error:
+            log.warning("self-heal could not give back a circuit breaker permit: %s", error)
+
     def interrupted(self, exc: BaseException) -> tuple[str, dict[str, Any]] | None:
         """An attempt cut short by a signal, Ctrl-C or cancellation: always worth a ledger line."""
         self._release(ok=False, error_class=None)  # an interruption says nothing about the target
@@ -571,10 +685,12 @@ def retry(
     config: Config | None = ...,
     clock: Clock = ...,
     rng: random.Random | None = ...,
+    classifier: Classifier | None = ...,
     state: StateRoot | None = ...,
     record: bool = ...,
     before_attempt: Callable[[int], None] | None = ...,
     on_attempt: Callable[[Attempt], None] | None = ...,
+    ledger: Ledger | None = ...,
     fields: Mapping[str, Any] | None = ...,
     breaker: bool = ...,
     prior_attempts: int = ...,

@@ -1,0 +1,215 @@
+"""The Python API as a library user meets it: what the decorator accepts and refuses, and the types mypy sees."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import multiprocessing
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import selfheal
+from conftest import SCRIPTS
+from selfheal.errors import StateWriteError
+from selfheal.testing import FakeClock
+
+
+def flaky(failures: int) -> tuple[list[int], Any]:
+    """A function failing with a connection reset `failures` times, then returning its argument; and its calls."""
+    calls: list[int] = []
+
+    def fn(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        return args[-1]
+
+    return calls, fn
+
+
+def test_generator_functions_are_refused_when_decorated() -> None:
+    """A generator fails while it is iterated, after the call returned: it was wrapped and never retried."""
+
+    def lines() -> Any:
+        yield 1
+
+    async def chunks() -> Any:
+        yield 1
+
+    for fn in (lines, chunks):
+        with pytest.raises(TypeError, match=f"cannot retry the generator function .*{fn.__name__}"):
+            selfheal.retry(fn)
+    with pytest.raises(TypeError, match="generator function"):
+        selfheal.retry().call(lines)
+
+
+def test_a_classmethod_or_staticmethod_under_the_decorator_is_retried() -> None:
+    """@retry above @classmethod raised "'classmethod' object is not callable"; above @staticmethod an instance's
+    call passed the instance as an argument. Both now run, retried, with the class or no instance."""
+    calls, fn = flaky(1)
+
+    class Report:
+        @selfheal.retry(clock=FakeClock())
+        @classmethod
+        def build(cls, x: int) -> tuple[str, int]:
+            return cls.__name__, fn(x)
+
+        @selfheal.retry(clock=FakeClock())
+        @staticmethod
+        def check(x: int) -> int:
+            return int(fn(x))
+
+    assert Report.build(1) == ("Report", 1) and Report().build(2) == ("Report", 2)
+    assert Report.check(3) == 3 and Report().check(4) == 4
+    assert len(calls) == 5  # the first one failed and was retried
+
+
+def test_options_given_without_their_name_are_refused_at_once() -> None:
+    """@retry("weekly-report") made a wrapper around a string, failing at every call as a 'permanent' error."""
+    with pytest.raises(TypeError, match=r"retry\(\) takes its options as keywords.*'weekly-report'"):
+        selfheal.retry("weekly-report")  # type: ignore[call-overload]
+
+
+def test_call_refuses_a_coroutine_function() -> None:
+    """call() on an async function returned its coroutine at once, so nothing it raised was ever retried."""
+
+    async def fetch() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match=r"coroutine function: use `await retrier\.acall"):
+        selfheal.retry().call(fetch)  # type: ignore[arg-type, unused-coroutine]
+
+
+def test_an_object_with_an_async_call_is_retried_as_a_coroutine() -> None:
+    """A callable object whose __call__ is async was wrapped as a sync function: its failures were never retried."""
+    calls, fn = flaky(2)
+
+    class Client:
+        async def __call__(self, x: int) -> int:
+            return int(fn(x))
+
+    wrapped = selfheal.retry(clock=FakeClock())(Client())
+    assert asyncio.run(wrapped(7)) == 7
+    assert len(calls) == 3
+
+
+@pytest.mark.slow
+def test_mypy_strict_keeps_the_types_of_decorated_functions(tmp_path: Path) -> None:
+    """A user's program under mypy --strict: a decorated coroutine function stays a coroutine function (it was
+    typed as returning a plain Awaitable, so asyncio.run() and create_task() were type errors), and every
+    documented option, a custom classifier included, type-checks."""
+    program = tmp_path / "user_program.py"
+    program.write_text(
+        textwrap.dedent(
+            """\
+            from __future__ import annotations
+
+            import asyncio
+
+            import selfheal
+
+
+            class Mine(selfheal.Classifier):
+                def classify(self, failure: selfheal.Failure, *, now: float | None = None) -> selfheal.Classification:
+                    return selfheal.Classification("transient", "mine", "transient")
+
+
+            @selfheal.retry(task="crawl", classifier=Mine(selfheal.get_config().classify))
+            async def fetch(url: str) -> bytes:
+                return url.encode()
+
+
+            @selfheal.retry
+            def summarise(text: str) -> str:
+                return text
+
+
+            async def main() -> bytes:
+                task: asyncio.Task[bytes] = asyncio.create_task(fetch("u"))
+                return await task + await selfheal.retry(on=(OSError,)).acall(fetch, "v")
+
+
+            page: bytes = asyncio.run(fetch("x"))
+            both: bytes = asyncio.run(main())
+            text: str = summarise("y")
+            reveal_type(fetch)
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), str(program)],
+        capture_output=True,
+        text=True,
+        env={"MYPYPATH": str(SCRIPTS), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(str(program))]
+    assert [line for line in lines if ": error:" in line] == [], proc.stdout
+    assert any('Revealed type is "def (url: str) -> typing.Coroutine[Any, Any, bytes]"' in line for line in lines)
+
+
+def _raise_in_worker(error: BaseException) -> None:
+    raise error
+
+
+@pytest.mark.slow
+def test_errors_raised_in_a_process_pool_worker_reach_the_caller_whole() -> None:
+    """The skill's errors take other arguments than their message: pickle could not rebuild them, and one raised
+    in a ProcessPoolExecutor's worker broke the whole pool (BrokenProcessPool, for that job and every later one)."""
+    attempt = selfheal.ModelAttempt("primary", "m", 1, "failed", error_class="transient", status=503)
+    errors = [
+        selfheal.InvalidIdError("task", "../x"),
+        selfheal.CorruptStateError(Path("/s/tasks/t.json"), Path("/s/tasks/t.json.corrupt-1"), "not JSON"),
+        selfheal.LockBusy("task t", "pid 5"),
+        selfheal.ConfigError("must be > 0", file="/s/config.yaml", key="retry.deadline_s", value=-1, line=3),
+        StateWriteError(Path("/s/ledger"), OSError(errno.ENOSPC, "No space left on device")),
+        selfheal.ModelCallFailed("every endpoint failed", [attempt], error_class="transient"),
+        selfheal.NoEndpointAvailable([attempt]),
+        selfheal.Interrupted(signal.SIGTERM),
+    ]
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for error in errors:
+            with pytest.raises(type(error)) as info:
+                pool.submit(_raise_in_worker, error).result()
+            assert str(info.value) == str(error)
+            assert info.value.__dict__ == error.__dict__
+    assert isinstance(info.value, selfheal.Interrupted) and info.value.signame == "SIGTERM"
+
+
+@pytest.mark.slow
+def test_a_library_user_gets_no_files_handlers_or_signals_from_importing(tmp_path: Path) -> None:
+    """With no state root and no config anywhere: importing every public name creates nothing under HOME and
+    touches no signal or logging handler; a retried failure with record=False writes nothing either."""
+    code = textwrap.dedent(
+        """\
+        import errno, logging, signal
+        before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+        import selfheal
+        for name in selfheal.__all__:
+            getattr(selfheal, name)
+        calls = []
+        @selfheal.retry(record=False)
+        def flaky():
+            calls.append(1)
+            if len(calls) < 2:
+                raise ConnectionResetError(errno.ECONNRESET, "reset")
+            return "ok"
+        with selfheal.no_waits():
+            assert flaky() == "ok"
+        assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == before
+        assert logging.getLogger().handlers == [] and logging.getLogger("selfheal").handlers == []
+        """
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SCRIPTS), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert list(home.iterdir()) == []
