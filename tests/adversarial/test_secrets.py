@@ -93,6 +93,25 @@ def plant() -> Planted:
     p.add(f"OPENAI_KEY_{glued} rejected", glued)
     long_key = f"sk-proj-{_hex(20)}"
     p.add("x" * (65536 * 2 - 30) + f" {long_key} at the end of a very long line", long_key)
+    # Shapes users meet that leaked until the redactor's shapes review: a password in prose, libpq's
+    # variable, webhook URLs whose path is the secret, a Telegram bot's URL, a key in JSON held in a JSON
+    # string, a bare `key` query parameter, a URL password percent-encoded in a redirect.
+    prose = f"hunter{_hex(6)}"
+    p.add(f"login failed for admin with password {prose}", prose)
+    pg = f"Pg{_hex(8)}"
+    p.add(f"PGPASSWORD={pg} psql -h db -c 'select 1'", pg)
+    slack_hook = _hex(12)
+    p.add(f"POST https://hooks.slack.com/services/T0123ABCD/B0456EFGH/{slack_hook} 404", slack_hook)
+    discord_hook = f"dH{_hex(30)}"
+    p.add(f"discord: https://discord.com/api/webhooks/123456789012345678/{discord_hook}", discord_hook)
+    telegram = f"AA{_hex(17)}x"
+    p.add(f"GET https://api.telegram.org/bot123456789:{telegram}/sendMessage: 401", telegram)
+    escaped = f"ej{_hex(8)}"
+    p.add(f'{{"body": "{{\\"api_key\\": \\"{escaped}\\"}}"}}', escaped)
+    query_key = f"qk{_hex(8)}"
+    p.add(f"GET https://maps.example.com/geocode?address=x&key={query_key} 403", query_key)
+    encoded_pw = f"ep{_hex(8)}"
+    p.add(f"redirect to /login?next=https%3A%2F%2Fbob%3A{encoded_pw}%40internal%2F", encoded_pw)
     return p
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
+from itertools import accumulate
 
 TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
 if TYPE_CHECKING:
@@ -33,12 +35,26 @@ _PEM_END = r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
 # Characters of a PEM body: base64, line breaks (also as the \n of a JSON string) and header lines.
 _PEM_BODY = r"(?:[A-Za-z0-9+/=\s:,.\-]|\\[nrt])*"
 
+# An optional quote before or after a key name, escaped too: a JSON document held in a JSON string
+# ({\"api_key\": \"...\"}) writes its quotes as \".
+_Q = r"""(?:\\*[\"'])?"""
+# A character of a secret value: a backslash too, unless it escapes the quote that ends the value.
+_VALUE = r"""(?:[^\s\"'\\]|\\+(?=[^\s\"'\\]))"""
+# The same in a key=value pair, which also ends at & , ; } (a URL's query string, a list, JSON) and at %26
+# (an & percent-encoded).
+_PAIR_VALUE = r"""(?:(?!%26)(?:[^\s&,;\"'}\\]|\\+(?=[^\s&,;\"'}\\])))"""
+
 # Shapes of secrets that need no context to recognise (a value that is a `$VARIABLE` is a reference, not a
-# secret, and is left alone), each with the (lower-case) strings one of which any
-# match contains: a shape's regex runs only on text holding one of them, so text without secrets (nearly
-# all of it) costs a few substring searches, not a regex pass per shape. A `pre` group is kept; the rest
-# is masked.
-_KEY_PREFIXES = ("sk", "pk", "rk", "gsk", "xoxa", "xoxb", "xoxp", "xoxr", "ghp", "gho", "ghs", "ghu", "ghr")
+# secret, and is left alone), each with the (lower-case) strings one of which any match contains: a
+# shape's regex runs only on text holding one of them, so text without secrets (nearly all of it) costs one
+# pass of `_HINT` (below), not a regex pass per shape. A `pre` group is kept; the rest is masked.
+_KEY_PREFIXES = (
+    "sk", "pk", "rk", "gsk", "xoxa", "xoxb", "xoxp", "xoxr", "ghp", "gho", "ghs", "ghu", "ghr", "whsec"
+)  # fmt: skip
+# AWS access key ids: upper case, made of common letters (a case-sensitive hint finds them, `_CASED_HINTS`).
+_AWS_KEY_ID = r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b"
+# Telegram bot tokens (123456789:AA...), bare or in api.telegram.org/bot<token>/.
+_TELEGRAM_BOT = r"(?<![0-9])[0-9]{5,}:AA[A-Za-z0-9_\-]{30,}"
 _BUILTIN: tuple[tuple[str, tuple[str, ...]], ...] = (
     # A PEM private key, whole: to its END line, or (cut off) as far as its body goes.
     (rf"{_PEM_BEGIN}(?:[\s\S]*?{_PEM_END}|{_PEM_BODY})", ("private key-----", "private key block-----")),
@@ -47,30 +63,32 @@ _BUILTIN: tuple[tuple[str, tuple[str, ...]], ...] = (
         rf"(?m)^(?:[A-Za-z0-9+/=]{{16,}}[ \t]*(?:\r?\n|\\n))+{_PEM_END}",
         ("private key-----", "private key block-----"),
     ),
-    # OpenAI-style and similar prefixed keys: sk-..., sk-proj-..., gsk_..., xoxb-..., ghp_..., hf_...
+    # OpenAI-style and similar prefixed keys: sk-..., sk-proj-..., sk-ant-..., sk-or-v1-..., sk_live_...,
+    # gsk_..., xoxb-..., ghp_..., hf_..., whsec_...
     (
-        r"(?<![A-Za-z0-9])(?:sk|pk|rk|gsk|xox[abpr]|ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat)[-_][A-Za-z0-9_\-]{16,}",
+        r"(?<![A-Za-z0-9])(?:sk|pk|rk|gsk|xox[abpr]|ghp|gho|ghs|ghu|ghr|whsec|github_pat|hf|glpat)[-_]"
+        r"[A-Za-z0-9_\-]{16,}",
         (*(p + sep for p in (*_KEY_PREFIXES, "hf") for sep in "-_"), "github_pat_", "glpat"),
     ),
     # JSON Web Tokens: three base64url parts, the first two starting with {" encoded.
     (r"\beyJ[A-Za-z0-9_\-]{6,}\.eyJ[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]*", ("eyj",)),
     # AWS access key ids, and the secret next to aws_secret_access_key.
-    (r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b", ("akia", "asia", "agpa", "aida", "aroa")),
+    (_AWS_KEY_ID, ("akia", "asia", "agpa", "aida", "aroa")),
     (
-        r"""(?i)(?P<pre>aws_?secret_?(?:access_?)?key[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{16,}""",
+        rf"""(?i)(?P<pre>aws_?secret_?(?:access_?)?key{_Q}\s*[:=]\s*{_Q})[A-Za-z0-9/+=]{{16,}}""",
         ("aws_secret", "awssecret"),
     ),
     # Authorization headers and bearer tokens.
     (r"(?i)(?P<pre>\bbearer\s+)[A-Za-z0-9._~+/=\-]{8,}", ("bearer",)),
     (
-        r"(?i)(?P<pre>\bauthorization[\"']?\s*[:=]\s*[\"']?(?:basic\s+|token\s+)?)(?!bearer\s)[^\s\"']{8,}",
+        rf"(?i)(?P<pre>\bauthorization{_Q}\s*[:=]\s*{_Q}(?:basic\s+|token\s+)?)(?!bearer\s){_VALUE}{{8,}}",
         ("authorization",),
     ),
     # Command-line options that take a secret: --token VALUE, --password=VALUE, --api-key VALUE, also as
     # items of a JSON or Python list ("--token", "VALUE").
     (
         r"""(?i)(?P<pre>(?<![\w-])--?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|passwd|secret"""
-        r"""|client[_-]?secret|private[_-]?key)(?:=|\s+|[\"']\s*,\s*)[\"']?)(?!\*\*\*|\$)[^\s\"']{4,}""",
+        rf"""|client[_-]?secret|private[_-]?key)(?:=|\s+|\\*[\"']\s*,\s*){_Q})(?!\*\*\*|\$){_VALUE}{{4,}}""",
         ("-api", "-access", "-auth", "-token", "-password", "-passwd", "-secret", "-client", "-private"),
     ),
     # curl -u user:password (and --user): keeps the user, masks the password.
@@ -78,20 +96,42 @@ _BUILTIN: tuple[tuple[str, tuple[str, ...]], ...] = (
         r"""(?P<pre>(?<![\w-])(?:-u|--user)(?:=|\s+|[\"']\s*,\s*)[\"']?[^\s:\"']+:)(?!\$)[^\s\"']+""",
         ("-u=", "-u ", "-u\t", '-u"', "-u'", "--user"),
     ),
-    # key=value, key: value and "key": "value" forms with secret-ish key names.
-    # The name may have a prefix (DB_PASSWORD, openai_api_key, client_secret, GITHUB_TOKEN) but no suffix
-    # (prompt_tokens, token_type and password_policy are not secrets).
+    # key=value, key: value and "key": "value" forms with secret-ish key names, in a URL's query string too,
+    # percent-encoded or not (?api_key=, &token=, &key=, token%3D..., api%5Fkey=).
+    # The name may have a prefix (DB_PASSWORD, PGPASSWORD, openai_api_key, client_secret, GITHUB_TOKEN) but no
+    # suffix (prompt_tokens, token_type and password_policy are not secrets); a bare `key` only as a
+    # query parameter (?key=, &key=: Google's API key).
     (
-        r"""(?i)(?P<pre>(?<![A-Za-z0-9])(?=[acdeiprst])"""
-        r"""(?:api[_-]?key|apikey|(?:access|private|secret|signing|encryption)[_-]?key|(?:access|auth|refresh|id)"""
-        r"""[_-]?token|token|secret|password|passwd|passphrase|pwd|credentials?)"""
-        r"""[\"']?\s*[:=]\s*[\"']?)(?!\*\*\*|\$)[^\s&,;\"'}]{4,}""",
+        r"""(?i)(?P<pre>(?:(?<![A-Za-z0-9])|(?<=%[0-9a-f][0-9a-f]))(?=[acdeikprst])"""
+        r"""(?:api(?:[_-]|%5f)?key|apikey|(?:access|private|secret|signing|encryption)(?:[_-]|%5f)?key"""
+        r"""|(?:access|auth|refresh|id)(?:[_-]|%5f)?token|token|secret|(?:pg)?password|passwd|passphrase|pwd"""
+        r"""|credentials?|(?:(?<=[?&])|(?<=%26)|(?<=%3f))key)"""
+        rf"""{_Q}\s*(?:[:=]|%3[ad])\s*{_Q})(?!\*\*\*|\$){_PAIR_VALUE}{{4,}}""",
         ("api", "key", "token", "secret", "passw", "passphrase", "pwd", "credential"),
+    ),
+    # A password written as prose: `password hunter2hunter2`, `passwd is S3cr3t!x`: what follows is masked
+    # when it looks like one (six characters or more with a letter and a digit, or a letter and a symbol
+    # inside it), not `password is incorrect` or `password for user bob`.
+    (
+        r"""(?i)(?P<pre>(?<![A-Za-z0-9])(?:passw(?:or)?d|passphrase)(?:[ \t]+(?:is|was))?[ \t]+[\"'`]?)"""
+        r"""(?!\$)(?=[^\s\"'`]*[A-Za-z])(?=[^\s\"'`]*(?:[0-9]|[!@#$%^&*+=?~][^\s\"'`]))[^\s\"'`]{6,}""",
+        ("passw", "passphrase"),
     ),
     # Passwords in URLs: scheme://user:password@host keeps the user, masks the password.
     # (An empty user, redis://:pw@host, too; a password may hold a `/`, unless what looks like one is a
     # port and a path: http://host:8080/a@b.)
     (r"(?P<pre>://[^\s:/@]*:)(?!\d+/)[^\s@]+(?=@)", ("://",)),
+    # The same percent-encoded (a URL passed as a query parameter): https%3A%2F%2Fuser%3A***%40host.
+    (
+        r"(?i)(?P<pre>%3a%2f%2f(?:(?!%3a|%40|%2f)[^\s:/@])*%3a)(?!\d+%2f)(?:(?!%40)[^\s@/])+(?=%40)",
+        ("%3a%2f%2f",),
+    ),
+    # Webhook URLs, whose path is the secret: Slack's and Discord's.
+    (r"(?P<pre>hooks\.slack\.com/(?:services|workflows|triggers)/)[A-Za-z0-9_/\-]+", ("hooks.slack.com/",)),
+    (r"(?i)(?P<pre>discord(?:app)?\.com/api/(?:v\d+/)?webhooks/[0-9]+/)[A-Za-z0-9_\-]+", ("discord",)),
+    # Telegram: api.telegram.org/bot<token>/ (whatever the token looks like), and a bot token anywhere.
+    (r"(?P<pre>api\.telegram\.org/(?:file/)?bot)[^/\s?#\"']+", ("telegram.org/",)),
+    (_TELEGRAM_BOT, (":aa",)),
     # mysql -pPASSWORD (the password glued to -p) and sshpass -p PASSWORD.
     (r"(?P<pre>\bmysql(?:dump|admin|import|check|show)?\b[^\n]*?\s-p)(?!\$)[^\s\"']+", ("mysql",)),
     (r"(?P<pre>\bsshpass\b(?:\s+-[a-oq-z]\S*)*\s+-p\s*)(?!\$)[^\s\"']+", ("sshpass",)),
@@ -99,6 +139,49 @@ _BUILTIN: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}", ("aiza",)),
     (r"(?<![A-Za-z0-9])npm_[A-Za-z0-9]{36}", ("npm_",)),
 )
+# Shapes whose triggers are all common letters but whose regex is case-sensitive: found by what their
+# matches hold, case and all (every match of the shape matches its hint), not by `_HINT`.
+_CASED_HINTS = {_AWS_KEY_ID: "A(?:KIA|SIA|GPA|IDA|ROA)", _TELEGRAM_BOT: ":AA"}
+
+# Finding which triggers a text holds, in one pass: each trigger is looked for where its rarest character
+# occurs (characters ranked rarest first, by their frequency in logs and JSON), that character matched and
+# the rest of the trigger checked around it. A match consumes one character, so no occurrence of a
+# trigger hides another's; a match at p means some trigger with the character at p as its anchor is there.
+_RARE_FIRST = "zqxj%\t'_ykbw-pc/"
+
+
+def _anchor(trigger: str) -> int:
+    """Where in `trigger` the character to look for is: its rarest, by `_RARE_FIRST` (else its first)."""
+    ranks = [_RARE_FIRST.find(c) % (len(_RARE_FIRST) + 1) for c in trigger]
+    return ranks.index(min(ranks))
+
+
+def _hint_pattern(triggers: Iterable[str]) -> str:
+    by_char: dict[str, dict[str, list[str]]] = {}
+    for trigger in sorted(set(triggers)):
+        at = _anchor(trigger)
+        by_char.setdefault(trigger[at], {}).setdefault(trigger[:at], []).append(trigger[at + 1 :])
+    parts = []
+    for char, by_before in by_char.items():
+        alternatives = []
+        for before, afters in by_before.items():
+            behind = f"(?<={re.escape(before + char)})" if before else ""
+            ahead = "" if "" in afters else "(?=" + "|".join(map(re.escape, afters)) + ")"
+            alternatives.append(behind + ahead)
+        parts.append(re.escape(char) + ("" if "" in alternatives else "(?:" + "|".join(alternatives) + ")"))
+    return "|".join(parts)
+
+
+# Each shape's triggers by the character they are looked for at: [(shape index, trigger, its offset)].
+_BY_ANCHOR: dict[str, list[tuple[int, str, int]]] = {}
+for _index, (_shape, _triggers) in enumerate(_BUILTIN):
+    if _shape not in _CASED_HINTS:
+        for _trigger in _triggers:
+            _BY_ANCHOR.setdefault(_trigger[_anchor(_trigger)], []).append((_index, _trigger, _anchor(_trigger)))
+_HINT = _hint_pattern(t for _, ts in _BUILTIN if _ not in _CASED_HINTS for t in ts)
+# A trigger whose anchor occurs more often than this is looked for in the whole text, not at each place.
+_FEW_HITS = 4
+
 # An argv item after which the next item is a secret (`--token`, `VALUE`), or a user:password (`-u`).
 _SECRET_FLAG = re.compile(
     r"(?i)--?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|passwd|secret|client[_-]?secret"
@@ -132,7 +215,9 @@ class Redactor:
         self._values = tuple(sorted(values, key=len, reverse=True))
         literal = "|".join(re.escape(v) for v in self._values)
         self._literal = re.compile(literal) if literal else None
-        self._builtin = [(re.compile(p), triggers) for p, triggers in _BUILTIN]
+        self._builtin = [re.compile(p) for p, _ in _BUILTIN]
+        self._hint = re.compile(_HINT)
+        self._cased = [(i, re.compile(_CASED_HINTS[p])) for i, (p, _) in enumerate(_BUILTIN) if p in _CASED_HINTS]
         self._user = [re.compile(p) for p in patterns]
         self._memo: dict[str, str] = {}
 
@@ -152,13 +237,46 @@ class Redactor:
     def _text(self, value: str) -> str:
         if self._literal is not None and any(v in value for v in self._values):
             value = self._literal.sub(MASK, value)
-        lowered = value.lower()
-        for shape, triggers in self._builtin:
-            if any(t in lowered for t in triggers):
-                value = shape.sub(_keep_pre, value)
+        for index in self._shapes_in(value):
+            value = self._builtin[index].sub(_keep_pre, value)
         for shape in self._user:
             value = shape.sub(_keep_pre, value)
         return value
+
+    def _shapes_in(self, value: str) -> list[int]:
+        """The built-in shapes whose triggers `value` holds, in order: one pass of the hint finds the places
+        where a trigger may be, and each candidate trigger is confirmed there (or, where its anchor character
+        is everywhere, in the whole text)."""
+        lowered = value.lower()
+        hits: dict[str, list[int]] = {}
+        for match in self._hint.finditer(lowered):
+            hits.setdefault(lowered[match.start()], []).append(match.start())
+        found = {index for index, cased in self._cased if cased.search(value)}
+        for char, places in hits.items():
+            for index, trigger, at in _BY_ANCHOR[char]:
+                if index in found:
+                    continue
+                if len(places) > _FEW_HITS:
+                    if trigger in lowered:
+                        found.add(index)
+                elif any(p >= at and lowered.startswith(trigger, p - at) for p in places):
+                    found.add(index)
+        return sorted(found)
+
+    def marks(self, text: str) -> list[tuple[int, int]] | None:
+        """Spans of `text` that may hold something to mask (a trigger of a shape, a secret value): a line of
+        `text` with none of them is masked by nothing. None where that cannot be told (configured patterns,
+        which may match anything)."""
+        if self._user:
+            return None
+        # U+0130 is the one character whose lower case is two: as `i` it keeps the places and hides no trigger.
+        lowered = (text.replace("\u0130", "i") if "\u0130" in text else text).lower()
+        spans = [(m.start(), m.start() + 1) for m in self._hint.finditer(lowered)]
+        for _, cased in self._cased:
+            spans.extend(m.span() for m in cased.finditer(text))
+        if self._literal is not None and any(v in text for v in self._values):
+            spans.extend(m.span() for m in self._literal.finditer(text))
+        return spans
 
     def obj(self, value: Any) -> Any:
         """Redact every string inside a JSON-like value (keys included)."""
@@ -197,7 +315,10 @@ class Redactor:
 # what has arrived: the rest waits for more, so a secret near the cut is seen whole with what introduces it.
 _KEEP_CHARS = 4096
 # What, at the end of a piece, introduces a secret that would then start the next piece: not a place to cut.
-_INTRODUCES = re.compile(r"(?i)(?:[:=]|\bbearer|\bbasic|\btoken|--?[\w-]*(?:key|token|password|secret|passwd)|-[pu])\Z")
+_INTRODUCES = re.compile(
+    r"(?i)(?:[:=]|\bbearer|\bbasic|\btoken|--?[\w-]*(?:key|token|password|secret|passwd)|-[pu]"
+    r"|(?:passw(?:or)?d|passphrase)(?:\s+(?:is|was))?)\Z"
+)
 
 
 def _split_point(buf: str, limit: int) -> int:
@@ -247,6 +368,23 @@ class LineRedactor:
     def lines(self, block: str) -> str:
         """Redact complete lines (the block ends at a line end, or is the last piece of the stream)."""
         redactor = self._redactor or active()
+        spans = None if self._in_pem or "PRIVATE KEY" in block else redactor.marks(block)
+        if spans is None:
+            return self._each_line(redactor, block)
+        if not spans:
+            return block
+        # Only the lines holding a mark can change: each is redacted on its own, as `_each_line` would.
+        lines = block.splitlines(keepends=True)
+        ends = list(accumulate(map(len, lines)))
+        dirty: set[int] = set()
+        for start, end in spans:
+            dirty.update(range(bisect_right(ends, start), bisect_right(ends, end - 1) + 1))
+        for i in dirty:
+            lines[i] = redactor.text(lines[i])
+        return "".join(lines)
+
+    def _each_line(self, redactor: Redactor, block: str) -> str:
+        """Redact `block` line by line, following a PEM private key from its BEGIN line to its END line."""
         out: list[str] = []
         for raw in block.splitlines(keepends=True):
             line = raw
