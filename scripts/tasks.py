@@ -307,8 +307,10 @@ def _run_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
 
 def _tree_lines(tree: TaskTree, roots: list[Task]) -> list[str]:
     lines: list[str] = []
-
-    def walk(task: Task, prefix: str, last: bool, top: bool) -> None:
+    # Walked with a stack, not by recursion: a chain of thousands of levels is drawn, not a RecursionError.
+    stack: list[tuple[Task, str, bool, bool]] = [(root, "", True, True) for root in reversed(roots)]
+    while stack:
+        task, prefix, last, top = stack.pop()
         mark = "" if top else ("└─ " if last else "├─ ")
         note = ""
         if tree.is_actionable(task):
@@ -319,16 +321,30 @@ def _tree_lines(tree: TaskTree, roots: list[Task]) -> list[str]:
         lines.append(f"{prefix}{mark}{task.name} [{task.type} {task.priority} {task.exec_state}]{title}{note}")
         kids = tree.children(task.name)
         child_prefix = prefix + ("" if top else ("   " if last else "│  "))
-        for i, child in enumerate(kids):
-            walk(child, child_prefix, i == len(kids) - 1, False)
-
-    for root in roots:
-        walk(root, "", True, True)
+        stack += [(child, child_prefix, i == len(kids) - 1, False) for i, child in reversed(list(enumerate(kids)))]
     return lines
 
 
-def _tree_json(tree: TaskTree, task: Task) -> dict[str, Any]:
-    return {**_brief(task), "children": [_tree_json(tree, c) for c in tree.children(task.name)]}
+# `tree --json` nests each child in its parent: deeper than this, no JSON encoder writes it (and no reader
+# reads it back); `list --json` gives the same tasks flat, each with its parent and level.
+MAX_JSON_LEVELS = 200
+
+
+def _tree_json(tree: TaskTree, root: Task) -> dict[str, Any]:
+    top = {**_brief(root), "children": []}
+    stack: list[tuple[Task, dict[str, Any], int]] = [(root, top, 1)]
+    while stack:
+        task, node, depth = stack.pop()
+        kids = tree.children(task.name)
+        if kids and depth >= MAX_JSON_LEVELS:
+            raise TaskError(
+                f"the tree under {root.name!r} is more than {MAX_JSON_LEVELS} levels deep, more than `tree --json`"
+                " nests; `tasks.py list --json` lists every task flat, each with its parent and level"
+            )
+        for child in kids:
+            node["children"].append({**_brief(child), "children": []})
+            stack.append((child, node["children"][-1], depth + 1))
+    return top
 
 
 def _show_lines(task: Task, tree: TaskTree, log: Path) -> list[str]:
@@ -572,10 +588,17 @@ def _op_list(store: TaskStore, args: argparse.Namespace, parser: argparse.Argume
     tasks = store.iter_tasks(exec_state=args.state, task_type=args.type)  # streamed: flat memory at any size
     out = sys.stdout
     if args.json:
-        out.write('{"ok": true, "tasks": [')
-        for i, t in enumerate(tasks):
-            out.write((", " if i else "") + json.dumps(_brief(t), ensure_ascii=False))
-        out.write("]}\n")
+        # Streamed, so "ok" comes last: a row that cannot be read (edited by hand) still ends one valid object.
+        out.write('{"tasks": [')
+        try:
+            for i, t in enumerate(tasks):
+                out.write((", " if i else "") + json.dumps(_brief(t), ensure_ascii=False))
+        except SelfHealError as exc:
+            error = {"ok": False, "error": type(exc).__name__, "message": str(exc), "exit": exc.exit_code}
+            out.write("], " + json.dumps(error, ensure_ascii=False)[1:] + "\n")
+            cli.say(str(exc))
+            return exc.exit_code
+        out.write('], "ok": true}\n')
         return EXIT_OK
     first = next(tasks, None)
     if first is None:
@@ -593,8 +616,10 @@ def _op_tree(store: TaskStore, args: argparse.Namespace, parser: argparse.Argume
     tree = store.snapshot()
     _warn_problems(store)
     roots = [tree.get(args.name)] if args.name else tree.roots()
-    lines = _tree_lines(tree, roots)
-    _emit(args, {"ok": True, "tree": [_tree_json(tree, r) for r in roots]}, lines or "no tasks")
+    if args.json:
+        cli.emit_json({"ok": True, "tree": [_tree_json(tree, r) for r in roots]})
+    else:
+        _emit(args, {}, _tree_lines(tree, roots) or "no tasks")
     return EXIT_OK
 
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .taskrecord import Task
 
 SCHEMA_VERSION = 2
+DEFERRED = "deferred:"  # meta key prefix of a task set aside (DEFERRED + name): see TaskDB.deferred()
 # How long a reader that only looks (the health check) waits for a migration in progress; in WAL mode
 # reads never wait for an ordinary writer.
 READ_WAIT_S = 5.0
@@ -405,7 +406,7 @@ class TaskDB:
         # Inside write(): no transaction is open (fetch_and_commit ended it, or PostgreSQL's BEGIN waits to go
         # with the first statement); the next statement opens one.
         self._reopen = False
-        self._claim_texts: dict[tuple[int | None, bool], str] = {}
+        self._claim_texts: dict[tuple[int | None, bool, int, bool], str] = {}
         self._runner_json: tuple[dict[str, Any] | None, str] = (None, "")
 
     # -- opening --------------------------------------------------------------------------------------
@@ -681,6 +682,8 @@ class TaskDB:
         tag: str,
         now: float,
         lease_s: float | None = None,
+        skip: Sequence[str] = (),
+        pass_deferred: bool = False,
     ) -> tuple[str, list[Any]]:
         """The claim as one statement: the first runnable actionable task in the document's order (the parent
         gate is a column of its row; the pick reads Dialect.claim_index in that order) becomes
@@ -688,20 +691,29 @@ class TaskDB:
         object) appended to its history with `what` filled in; the row as it now is comes back, and with
         `lease_s` one more column: whether any running task's lease ran out. On PostgreSQL the pick's FOR
         UPDATE SKIP LOCKED skips a row another host holds, and a row changed since the statement began is
-        checked again once locked (a child added meanwhile raised its open_children): the next row is taken."""
-        key = (None if types is None else len(types), lease_s is not None)
+        checked again once locked (a child added meanwhile raised its open_children): the next row is taken.
+        Tasks named in `skip` are passed over, and with `pass_deferred` those set aside (see deferred()): in
+        the same statement, so it costs no round trip of its own."""
+        key = (None if types is None else len(types), lease_s is not None, len(skip), pass_deferred)
         statement = self._claim_texts.get(key)
         if statement is None:
-            statement = self._claim_texts[key] = self._claim_text(key[0], with_lease=key[1])
+            statement = self._claim_texts[key] = self._claim_text(
+                key[0], with_lease=key[1], skip=key[2], pass_deferred=pass_deferred
+            )
         at = self.clock_param(now)
         tail = [at, lease_s] if lease_s is not None else []
-        return statement, [runner, at, at, at, at, at, entry, "-" + tag, *(types or ()), *tail]
+        return statement, [runner, at, at, at, at, at, entry, "-" + tag, *(types or ()), *skip, *tail]
 
-    def _claim_text(self, types: int | None, *, with_lease: bool) -> str:
-        """claim_sql's statement for `types` task types (None: any type), with the lease column or without."""
+    def _claim_text(self, types: int | None, *, with_lease: bool, skip: int = 0, pass_deferred: bool = False) -> str:
+        """claim_sql's statement for `types` task types (None: any type), with the lease column or without,
+        passing over `skip` named tasks and, with `pass_deferred`, those set aside."""
         where = [CLAIMABLE]
         if types is not None:
             where.append(f"task_type IN ({', '.join('?' for _ in range(types))})")
+        if skip:
+            where.append(f"task_name NOT IN ({', '.join('?' for _ in range(skip))})")
+        if pass_deferred:  # meta's primary key: one lookup per row the pick looks at
+            where.append(f"NOT EXISTS (SELECT 1 FROM meta WHERE meta.key = '{DEFERRED}' || tasks.task_name)")  # noqa: S608
         pick = (
             f"SELECT task_name FROM tasks{self.d.queue_hint.format(index=self.d.claim_index)}"  # noqa: S608
             f" WHERE {' AND '.join(where)} ORDER BY {ORDER_BY} LIMIT 1{self.d.claim_lock}"
@@ -727,6 +739,8 @@ class TaskDB:
         tag: str,
         now: float,
         lease_s: float | None = None,
+        skip: Sequence[str] = (),
+        pass_deferred: bool = False,
     ) -> tuple[bool, Task | None]:
         """The claim (claim_sql): outside write() a statement of its own (autocommit: one round trip on
         PostgreSQL, as a bare SKIP LOCKED loop); inside, part of that transaction. Returns whether a running
@@ -735,7 +749,14 @@ class TaskDB:
         if self._runner_json[0] != runner:  # the same runner claims again and again: its JSON is kept
             self._runner_json = (dict(runner), dumps(runner))
         statement, params = self.claim_sql(
-            types, runner=self._runner_json[1], entry=dumps(entry), tag=tag, now=now, lease_s=lease_s
+            types,
+            runner=self._runner_json[1],
+            entry=dumps(entry),
+            tag=tag,
+            now=now,
+            lease_s=lease_s,
+            skip=skip,
+            pass_deferred=pass_deferred,
         )
         with self.errors():  # SQLite commits (autocommit) as the statement finishes: inside fetchall
             rows = self.execute(statement, params).fetchall()
@@ -918,6 +939,26 @@ class TaskDB:
 
     def delete_meta(self, key: str) -> None:
         self.execute("DELETE FROM meta WHERE key = ?", (key,))
+
+    # A task whose run was not attempted (its target's breaker open, its lock busy) is set aside: the claim
+    # passes over it while anything else can run, so it cannot hold the queue (meta `deferred:<name>`).
+
+    def deferred(self) -> list[str]:
+        """The tasks set aside, by name."""
+        rows = self.execute("SELECT key FROM meta WHERE key LIKE ? ORDER BY key", (DEFERRED + "%",)).fetchall()
+        return [r[0][len(DEFERRED) :] for r in rows]
+
+    def set_deferred(self, name: str, deferred: bool) -> None:
+        """Set `name` aside (or no longer); the marks of tasks that can no longer be claimed go too."""
+        if not deferred:
+            self.delete_meta(DEFERRED + name)
+            return
+        self.set_meta(DEFERRED + name, "1")
+        self.execute(
+            f"DELETE FROM meta WHERE key LIKE ? AND substr(key, {len(DEFERRED) + 1}) NOT IN"  # noqa: S608
+            f" (SELECT task_name FROM tasks WHERE {ACTIONABLE_IN} OR exec_state = '{PROCESSING}')",
+            (DEFERRED + "%",),
+        )
 
 
 def _log(message: str, *args: object) -> None:

@@ -775,6 +775,7 @@ class TaskRunner:
         self.ledger = ledger or Ledger(store.state, store.config, clock=store.clock)
         self.redactor = self.ledger.redactor
         self.diagnoser = diagnoser
+        self.not_attempted: set[str] = set()  # tasks this process could not run: it does not claim them again
 
     def run_next(self, *, types: Iterable[str] | None = None, only: str | None = None) -> TaskRun:
         """Claim the next actionable task (or `only` that one) and run it to an outcome."""
@@ -798,7 +799,8 @@ class TaskRunner:
         else:
             if keep_days > 0:
                 self.store.archive_if_due(older_than_s=keep_days * 86400)
-            claim = self.store.claim(types, runner, new_run_id(None, self.clock.time()))  # <name>-<stamp>-<pid>
+            tag = new_run_id(None, self.clock.time())  # the run is <name>-<stamp>-<pid>
+            claim = self.store.claim(types, runner, tag, avoid=self.not_attempted)
             for old, had in self.store.taken_back:
                 self.ledger.record(
                     "lease",
@@ -1041,6 +1043,8 @@ class TaskRunner:
                     execution_count=task.execution_count,
                     log=str(log.path),
                 )
+            if outcome != "not_attempted":
+                tree.db.set_deferred(name, False)
             task.heartbeat_ts = self.clock.time()
             if log.last_output_ts:
                 task.activity_ts = log.last_output_ts
@@ -1053,6 +1057,10 @@ class TaskRunner:
                 escalation = self._analyse_fix(tree, task, diagnosis)
                 message = f"fix task {name!r} analysed; it needs an agent or a person to apply the fix"
             elif outcome in ("not_attempted", "interrupted"):
+                # Not attempted (a breaker open, a lock busy): set aside, so the tasks behind it run first.
+                if outcome == "not_attempted":
+                    self.not_attempted.add(name)
+                    tree.db.set_deferred(name, True)
                 why = failed.reason if failed else outcome
                 task.last_result = f"{outcome}: {why}"
                 tree.transition(name, NORMAL_CRASH, f"{outcome}: {why} (not counted as a failure)", by="run-next")

@@ -731,7 +731,9 @@ class TaskStore:
         fsync_dir(self.archive_folder)
         fsync_dir(self.folder)
 
-    def claim(self, types: Iterable[str] | None, runner: dict[str, Any], tag: str) -> tuple[Task, bool] | None:
+    def claim(
+        self, types: Iterable[str] | None, runner: dict[str, Any], tag: str, *, avoid: Iterable[str] = ()
+    ) -> tuple[Task, bool] | None:
         """Claim the first runnable actionable task for `runner`: one statement in autocommit (taskdb.claim_sql:
         the document's order and parent gate, the UPDATE, the history entry, RETURNING).
         Returns the task as claimed and whether a person had handed it back (its next run starts fresh), or
@@ -740,28 +742,48 @@ class TaskStore:
         In fleet mode the same statement says whether any running task's lease ran out (its runner's heartbeat
         is older than `tasks.lease_s` by the database's clock); if one did, they are taken back in a
         transaction of their own (`self.taken_back` lists them), and a claim that found nothing else tries
-        once more. With the database down it raises FleetTreeDown (exit 4): this host claims nothing."""
+        once more. With the database down it raises FleetTreeDown (exit 4): this host claims nothing.
+
+        A task whose last run was not attempted (its target's breaker open, its lock busy; `TaskDB.deferred`)
+        is taken only when nothing else can run, so it cannot hold up the queue pass after pass; tasks named
+        in `avoid` (not attempted in this process already) are not taken at all."""
         try:
-            return self._claim(types, runner, tag)
+            self.taken_back = []
+            skip = sorted(set(avoid))
+            # The tasks set aside are passed over by the claim statement itself (no round trip of its own); only
+            # a claim that found nothing else asks again, taking them too.
+            found = self._claim(types, runner, tag, skip=skip, pass_deferred=True)
+            return found if found is not None else self._claim(types, runner, tag, skip=skip, pass_deferred=False)
         except FleetUnavailable as exc:
             mark_down(self.config.store, exc, clock=self.clock)
             raise FleetTreeDown(str(exc)) from None
 
-    def _claim(self, types: Iterable[str] | None, runner: dict[str, Any], tag: str) -> tuple[Task, bool] | None:
+    def _claim(
+        self, types: Iterable[str] | None, runner: dict[str, Any], tag: str, *, skip: list[str], pass_deferred: bool
+    ) -> tuple[Task, bool] | None:
         wanted = sorted(set(types)) if types is not None else None
         db = self.db
         now = self.clock.time()
-        self.taken_back = []
         lease = self.config.tasks.lease_s if self.fleet else None
+        taken = len(self.taken_back)
         entry = {"ts": utc_iso(now), "reason": "claimed by run-next", "by": f"run-next pid {runner['pid']}"}
         # (history_entry's keys; `what` the statement writes: "<the state it had> -> PROCESSING")
         for _ in range(2):
             with db.lock:
-                expired, task = db.claim(wanted, runner=runner, entry=entry, tag=tag, now=now, lease_s=lease)
+                expired, task = db.claim(
+                    wanted,
+                    runner=runner,
+                    entry=entry,
+                    tag=tag,
+                    now=now,
+                    lease_s=lease,
+                    skip=skip,
+                    pass_deferred=pass_deferred,
+                )
             if expired:
                 with db.lock, db.write():
                     self._take_back(db, db.expired(lease or 0.0, now), now)
-            if task is not None or not self.taken_back:
+            if task is not None or len(self.taken_back) == taken:
                 break
             lease = None  # taken back: claim again, now that they can run
         return None if task is None else (task, task.requeued)
