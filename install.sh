@@ -188,7 +188,7 @@ if [ "$CRON" != keep ]; then
         # NO_REPLY is OpenClaw's "nothing to say"; dropping it means cron mails only a summary of a problem.
         HEALTH="$(schedule health) ${PREFIX}$(shq "$VPY") $(shq "$ROOT/scripts/health_check.py") --cron 2>&1 | grep -v '^NO_REPLY\$' $CRON_MARK"
         FIX="$(schedule fix-tasks) ${PREFIX}$(shq "$VPY") $(shq "$ROOT/scripts/tasks.py") run-next --type fix --quiet $FIX_MARK"
-        REGULAR="$(schedule regular-tasks) ${PREFIX}$(shq "$VPY") $(shq "$ROOT/scripts/tasks.py") run-next --type regular --quiet $REGULAR_MARK"
+        REGULAR="$(schedule regular-tasks) ${PREFIX}$(shq "$VPY") $(shq "$ROOT/scripts/tasks.py") run-next --type regular --type creative --quiet $REGULAR_MARK"
         ENTRIES="$(printf '%s\n%s\n%s' "$HEALTH" "$FIX" "$REGULAR")"
         ENTRIES="${ENTRIES//%/\\%}"   # an unescaped % ends a crontab command
     fi
@@ -247,7 +247,7 @@ jobs = [
     ["self-heal-health", "--every", "10m", [vpy, f"{root}/scripts/health_check.py", "--cron"]],
     ["self-heal-fix-tasks", "--cron", fix, [vpy, f"{root}/scripts/tasks.py", "run-next", "--type", "fix", "--quiet"]],
     ["self-heal-regular-tasks", "--cron", regular,
-     [vpy, f"{root}/scripts/tasks.py", "run-next", "--type", "regular", "--quiet"]],
+     [vpy, f"{root}/scripts/tasks.py", "run-next", "--type", "regular", "--type", "creative", "--quiet"]],
 ]
 print(json.dumps(jobs if mode == "1" else []))
 PY

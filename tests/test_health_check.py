@@ -227,7 +227,8 @@ def test_install_cron_adds_its_three_lines_however_often_it_runs_and_no_cron_rem
         f"*/5 * * * * {pinned} '{SCRIPTS / 'health_check.py'}' --cron 2>&1 | grep -v '^NO_REPLY$'"
         " # self-heal health check",
         f"* * * * * {pinned} '{SCRIPTS / 'tasks.py'}' run-next --type fix --quiet # self-heal fix tasks",
-        f"*/10 * * * * {pinned} '{SCRIPTS / 'tasks.py'}' run-next --type regular --quiet # self-heal regular tasks",
+        f"*/10 * * * * {pinned} '{SCRIPTS / 'tasks.py'}' run-next --type regular --type creative --quiet"
+        " # self-heal regular tasks",
     ]
     assert crontab[1].read_bytes() == user + ("\n".join(ours) + "\n").encode()  # its three lines, and only them
     # The line for OpenClaw's own cron: no chat delivery, so a failing run records no "Channel is required".
@@ -245,13 +246,19 @@ def test_install_cron_adds_its_three_lines_however_often_it_runs_and_no_cron_rem
 
 
 @pytest.mark.slow
-def test_the_task_runner_lines_run_as_cron_would(home: Path, crontab: tuple[Path, Path], tmp_path: Path) -> None:
-    """With cron's bare environment, the fix-task line runs a fix task of the state folder install.sh set up."""
+@pytest.mark.parametrize(
+    ("line", "kind"), [("fix tasks", "fix"), ("regular tasks", "regular"), ("regular tasks", "creative")]
+)
+def test_the_task_runner_lines_run_as_cron_would(
+    home: Path, crontab: tuple[Path, Path], tmp_path: Path, line: str, kind: str
+) -> None:
+    """With cron's bare environment, the fix-task line runs a fix task of the state folder install.sh set up, and
+    the regular line a regular or creative one (creative tasks ran from no cron line at all)."""
     assert install(home, crontab, "--cron").returncode == 0
-    (entry,) = [line for line in crontab[1].read_text().splitlines() if "self-heal fix tasks" in line]
+    (entry,) = [text for text in crontab[1].read_text().splitlines() if f"self-heal {line}" in text]
     marker = tmp_path / "ran"
     added = subprocess.run(
-        [PYTHON, str(SCRIPTS / "tasks.py"), "add", "repair", "--type", "fix", "--", "touch", str(marker)],
+        [PYTHON, str(SCRIPTS / "tasks.py"), "add", "job", "--type", kind, "--", "touch", str(marker)],
         env=script_env(home),
         capture_output=True,
         text=True,
