@@ -17,9 +17,10 @@ seconds, as a network between client and endpoint would.
   the first source document's loop, around an `openai.OpenAI(max_retries=0, timeout=T)` call to the
   primary; when it gives up (RetryError), one call to the fallback. Its waits (4 s, then 4 s) are kept.
 - LiteLLM (when its venv exists): `Router` with deployments "primary" and "fallback" (`openai/` models
-  with api_base), `fallbacks=[{"primary": ["fallback"]}]`, `timeout=T`, default num_retries. LiteLLM pins
-  openai<3, so it lives in its own venv (bench/.venv-litellm; --litellm-python) and runs in a worker
-  process (bench/litellm_worker.py) that this script drives over a pipe, request by request.
+  with api_base), `fallbacks=[{"primary": ["fallback"]}]`, `timeout=T`, default num_retries. LiteLLM 1.110.2
+  requires openai>=2.20,<4 (its venv has openai 3.63.0, as the project's does) and two dozen other
+  packages, so it lives in its own venv (bench/.venv-litellm; --litellm-python), out of the project's, and
+  runs in a worker process (bench/litellm_worker.py) that this script drives over a pipe, request by request.
 
 Scenarios, each with the healthy fallback: flaky (503 on 40% of the primary's requests, seeded: below
 the breaker's 50% trip), dead (connection refused: a port bound but never listened on), hanging (the
@@ -320,7 +321,8 @@ class _Remote(Exception):
 
 
 def litellm_system(python: str, ep: Endpoints, timeout_s: float, stack: ExitStack, stream: bool = False) -> Ask:
-    """LiteLLM's Router in its own venv (it pins openai<3), driven over a pipe by bench/litellm_worker.py.
+    """LiteLLM's Router in its own venv (its pinned dependencies stay out of the project's), driven over a
+    pipe by bench/litellm_worker.py.
 
     The pipe adds well under a millisecond per request, against network round trips and timeouts."""
     worker = subprocess.Popen(
@@ -648,7 +650,10 @@ def report(result: dict[str, Any]) -> str:
     if result["litellm_skipped"]:
         lines.append(f"- LiteLLM skipped: {result['litellm_skipped']}.")
     else:
-        lines.append("- LiteLLM runs in its own venv (it pins openai<3), driven over a pipe; see litellm_worker.py.")
+        lines.append(
+            "- LiteLLM runs in its own venv (its pinned dependencies kept out of the project's), driven over a "
+            "pipe; see litellm_worker.py."
+        )
     lines += ["", "Targets:"]
     lines += [f"- {'met' if t['met'] else 'NOT MET'}: {t['target']} ({t['figure']})" for t in result["targets"]]
     return "\n".join(lines)

@@ -1,7 +1,9 @@
 """LiteLLM's side of bench/failover.py, run in its own virtual environment.
 
-LiteLLM pins `openai<3`; installed beside self-heal it would downgrade the client the project is built
-and tested on. So it lives in bench/.venv-litellm and failover.py talks to this script over a pipe:
+LiteLLM (1.110.2) requires `openai>=2.20,<4` (its venv has openai 3.63.0, the project's version) and
+two dozen other packages (pydantic, httpx, aiohttp, tokenizers, boto3, ...); installed beside self-heal they
+could move the versions the project is built and tested on. So it lives in bench/.venv-litellm and
+failover.py talks to this script over a pipe:
 
     bench/.venv-litellm/bin/python bench/litellm_worker.py --version      # prints LiteLLM's version
     bench/.venv-litellm/bin/python bench/litellm_worker.py                 # then, on stdin:

@@ -12,9 +12,12 @@ meta read, as archiving ran within the hour) and `TaskStore.claim` (BEGIN IMMEDI
 query on the queue index, UPDATE ... RETURNING with the runner, history and run id, COMMIT), on
 tasks.db with WAL and synchronous=FULL.
 
-Baseline: stdlib sqlite3, WAL, synchronous=FULL, one `tasks` table with the same rows, indexes on
-parent and exec_state; a claim is BEGIN IMMEDIATE (the write lock: one winner), one SELECT with the
-document's ORDER BY and a NOT EXISTS subquery for the parent gate, LIMIT 1, an UPDATE, COMMIT.
+Baseline: stdlib sqlite3, WAL, synchronous=FULL, one `tasks` table with the same rows, an index on
+parent (for the gate) and the index self-heal's claim reads (taskdb.py's tasks_queue): the actionable rows
+only, keyed by the document's order (the type and priority CASE expressions, level DESC, created_ts,
+name), named with INDEXED BY as self-heal's SQLite dialect names it, so the ratio measures self-heal's
+own overhead, not a missing index; a claim is BEGIN IMMEDIATE (the write lock: one winner), one SELECT
+with the document's ORDER BY and a NOT EXISTS subquery for the parent gate, LIMIT 1, an UPDATE, COMMIT.
 Target: self-heal within 2x of it at every size. Each round restores both databases from untimed
 templates, then times the K claims of each, in alternating order; a time per claim is the median over
 rounds of the per-round mean; the ratio is the median of per-round ratios. Checked: both claim the very
@@ -68,18 +71,29 @@ BIG = 100_000
 SEED = 20261121
 CLAIM_TARGET, RSS_TARGET_MB, HEALTH_TARGET, RATIO_TARGET = 0.100, 60.0, 5.0, 2.0
 
-_WHERE_AND_ORDER = """
-  WHERE exec_state IN ('NEW', 'ERROR_FIX_PENDING', 'NORMAL_CRASH')
+_ACTIONABLE = "exec_state IN ('NEW', 'ERROR_FIX_PENDING', 'NORMAL_CRASH')"
+_ORDER = (
+    "CASE type WHEN 'fix' THEN 0 WHEN 'regular' THEN 1 ELSE 2 END,"
+    " CASE priority WHEN 'P0' THEN 0 WHEN 'P1' THEN 1 ELSE 2 END,"
+    " level DESC, created_ts, name"
+)
+# The index self-heal's claim reads (state/taskdb.py's tasks_queue), on the baseline's columns: only the
+# actionable rows, in the document's order, so the first row that passes the gate is the one to claim.
+QUEUE_INDEX = (
+    "CREATE INDEX tasks_queue ON tasks((CASE type WHEN 'fix' THEN 0 WHEN 'regular' THEN 1 ELSE 2 END),"
+    " (CASE priority WHEN 'P0' THEN 0 WHEN 'P1' THEN 1 ELSE 2 END), level DESC, created_ts, name)"
+    f" WHERE {_ACTIONABLE}"
+)
+_WHERE_AND_ORDER = f"""
+  WHERE {_ACTIONABLE}
     AND NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent = t.name
                     AND c.exec_state NOT IN ('END', 'VOID', 'REQUIRES_MANUAL'))
     AND (runs = 1 OR type = 'fix')
-  ORDER BY CASE type WHEN 'fix' THEN 0 WHEN 'regular' THEN 1 ELSE 2 END,
-           CASE priority WHEN 'P0' THEN 0 WHEN 'P1' THEN 1 ELSE 2 END,
-           level DESC, created_ts, name
-"""
+  ORDER BY {_ORDER}
+"""  # noqa: S608 - constant text
 # The source document's get_actionable_tasks(), as SQL: the order and the parent gate (and, as run-next
-# does, only tasks with something to run).
-CLAIM_SQL = "SELECT name FROM tasks t" + _WHERE_AND_ORDER + " LIMIT 1"  # noqa: S608 - constant text
+# does, only tasks with something to run), read from the queue index as self-heal's claim reads its own.
+CLAIM_SQL = "SELECT name FROM tasks t INDEXED BY tasks_queue" + _WHERE_AND_ORDER + " LIMIT 1"  # noqa: S608
 RUNNER = {"pid": os.getpid(), "create_time": 1.0, "host": "bench"}
 
 
@@ -121,7 +135,7 @@ def make_sqlite(path: Path, tasks: list[Task]) -> None:
         " level INTEGER, created_ts REAL, updated_ts REAL, runs INTEGER, runner_pid INTEGER)"
     )
     db.execute("CREATE INDEX tasks_parent ON tasks(parent)")
-    db.execute("CREATE INDEX tasks_state ON tasks(exec_state)")
+    db.execute(QUEUE_INDEX)
     db.executemany(
         "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
         [
@@ -420,8 +434,10 @@ def main() -> int:
     correct = all(r["same_claims_in_same_order"] for r in results) and (
         large is None or large["same_claims_in_same_order"]
     )
+    ratio_met = all(r["target_met"] for r in results)
     if args.json:
-        print(json.dumps({"machine": machine(), "results": results, "big": large, "correct": correct}))
+        out = {"machine": machine(), "results": results, "big": large, "correct": correct}
+        print(json.dumps({**out, "ratio_target_met": ratio_met}))
         return 0 if correct else 1
     print(machine_line())
     rows = [
@@ -443,6 +459,10 @@ def main() -> int:
             ]
         )
     print(markdown_table(["tasks in the tree", "self-heal claim (ms)", "raw SQLite claim (ms)", "ratio"], rows))
+    if results:
+        missed = [f"{r['tasks']} ({r['ratio']:.2f}x)" for r in results if not r["target_met"]]
+        verdict = "MET" if ratio_met else "NOT MET at " + ", ".join(missed)
+        print(f"target (self-heal's claim within {RATIO_TARGET:g}x of raw SQLite's at every size): {verdict}")
     if large is not None:
         n = large["tasks"]
         bare, bare_cpu = large["bare_python_ms"], large["bare_python_cpu_ms"]
