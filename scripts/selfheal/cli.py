@@ -13,11 +13,11 @@ import contextlib
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
 from .errors import EXIT_USAGE, SelfHealError
+from .state.inert import inert_json
 from .state.redact import LineRedactor
 from .state.redact import active as active_redactor
 
@@ -97,18 +97,12 @@ def wants_json(argv: Sequence[str]) -> bool:
     return "--json" in own
 
 
-# DEL and C1 controls, and lone surrogates (a byte of a path that is not UTF-8, as Python holds it): each
-# written as its JSON escape, so the object is UTF-8 a strict reader (jq) takes and reads back the same.
-_JSON_CONTROLS = re.compile("[\x7f-\x9f\ud800-\udfff]")
-
-
 def emit_json(obj: dict[str, Any]) -> None:
     """Exactly one JSON object on stdout, every string in it redacted."""
     clean = active_redactor().obj(obj)
     text = json.dumps(clean, ensure_ascii=False, sort_keys=False, default=str)
-    # The encoder escapes C0 controls but writes DEL and C1 (U+0080-U+009F, the one-byte CSI among them) as
-    # they are: escaped here too (only strings can hold them), so no control reaches a terminal from a log.
-    sys.stdout.write(_JSON_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+    # No control from a log reaches a terminal (the one-byte CSI among them), and the output is strict UTF-8.
+    sys.stdout.write(inert_json(text) + "\n")
     sys.stdout.flush()
 
 

@@ -59,6 +59,17 @@ def test_del_and_c1_controls_are_escaped_in_the_json_records_and_read_back_exact
     assert FixStore(state).get(record.id).signature == record.signature
 
 
+def test_a_path_that_is_not_utf8_in_the_error_is_escaped_in_the_record_not_a_crash(
+    state: StateRoot, config: Config
+) -> None:
+    """An error naming `/data/caf\\xe9.csv` (Python holds the byte as a lone surrogate): the record is written
+    as UTF-8 with the byte's JSON escape, and reads back the same (the write raised UnicodeEncodeError)."""
+    error = "FileNotFoundError: /data/caf\udce9.csv"
+    record = Healer(config=config, state=state, use_model=False).heal(evidence(error)).record
+    raw = (state.root / "fixes" / f"{record.id}.json").read_bytes().decode("utf-8")  # strict: jq reads it
+    assert "caf\\udce9" in raw and error in json.loads(raw)["evidence"]["excerpt"]
+
+
 def test_an_incident_keeps_del_and_c1_escaped_too(state: StateRoot) -> None:
     incident = Incident(
         id="nightly-20261121T031218Z", task="nightly", kind="failed", summary=HOSTILE, error=HOSTILE,

@@ -24,7 +24,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, UnsafeStateError, UsageError
 from . import layout
-from .inert import inert
+from .inert import inert, inert_json
 from .records import Fields, RecordError, split
 from .redact import active as _redactor
 from .root import (
@@ -134,23 +134,26 @@ class FixRecord:
 _FIX_FIELDS = frozenset(f.name for f in dataclasses.fields(FixRecord)) - {"extra"}
 
 
-_JSON_CONTROLS = re.compile("[\x7f-\x9f]")
-
-
 def write_inert_json(path: Path, obj: Any, *, durable: bool = True) -> None:
-    """Replace `path` with `obj` as JSON (redacted, as write_json), with DEL and the C1 controls (U+0080-U+009F,
-    the one-byte CSI among them) escaped as `\\u009b` like the encoder escapes C0: text from a log or a model
-    reads back exact, and `cat` or `less` on the record shows no control a terminal would obey."""
-    text = dumps(_redactor().obj(obj))
-    # Only strings can hold them (JSON's own syntax is ASCII), so the escape is always inside a string.
-    text = _JSON_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    """Replace `path` with `obj` as JSON (redacted, as write_json), made inert (`inert_json`: DEL, the C1
+    controls and lone surrogates escaped): text from a log or a model reads back exact, and `cat` or `less` on
+    the record shows no control a terminal would obey."""
+    text = inert_json(dumps(_redactor().obj(obj)))
     write_bytes_atomic(path, text.encode("utf-8"), durable=durable, redacted=True)
+
+
+def _page(text: str) -> bytes:
+    """A Markdown page's bytes: a path's undecodable byte (held as a lone surrogate) shows as its `\\udce9`
+    escape, as in the JSON, instead of failing the write."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 def signature_key(task: str, signature: str) -> str:
     import hashlib  # noqa: PLC0415 - OpenSSL's 2.5 ms: only a fix recorded or looked up needs it
 
-    return hashlib.sha256(f"{task}\n{signature}".encode()).hexdigest()[:16]
+    # surrogateescape: a path's undecodable byte (held as a lone surrogate) hashes as that byte; any other
+    # text hashes as before.
+    return hashlib.sha256(f"{task}\n{signature}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?")
@@ -248,7 +251,7 @@ class FixStore:
         record.updated = now
         path = self.path(record.id)
         # The twin first: a writer killed after it and before the record leaves no record without its twin.
-        write_bytes_atomic(path.with_suffix(".md"), render_markdown(record).encode("utf-8"), durable=False)
+        write_bytes_atomic(path.with_suffix(".md"), _page(render_markdown(record)), durable=False)
         write_inert_json(path, record.to_json(), durable=True)
         index = self._index()
         index[record.key] = record.id
@@ -272,7 +275,7 @@ class FixStore:
             cells = [r.last_seen, r.id, r.task, r.error_class or "-", r.status, str(r.occurrences), cause]
             lines.append("| " + " | ".join(cells) + " |")
         text = inert("\n".join(lines)) + "\n"
-        write_bytes_atomic(self.state.fix_history, text.encode("utf-8"), durable=False)
+        write_bytes_atomic(self.state.fix_history, _page(text), durable=False)
 
     def add_history(self, record: FixRecord, what: str, **details: Any) -> None:
         record.history = [*record.history, {"ts": utc_iso(self.clock.time()), "what": what, **details}][-100:]
@@ -480,5 +483,5 @@ def write_learnings(path: Path, records: list[FixRecord]) -> tuple[int, int]:
                 text += "\n"
             text += learnings_entry(record, max(used, default=0) + 1)
             added += 1
-    write_bytes_atomic(path, text.encode("utf-8"), durable=True)
+    write_bytes_atomic(path, _page(text), durable=True)
     return added, updated

@@ -10,8 +10,8 @@ C1 CSI (U+009B), BEL. Printed raw, they take over the terminal of whoever reads 
 - DEL (U+007F): `␡` (U+2421);
 - C1 controls (U+0080-U+009F): a `\\x9b`-style escape.
 
-The rest of the text is unchanged, so a line stays readable and greppable. JSON output needs none of
-this: the encoder writes control characters as `\\u001b` escapes (cli.emit_json escapes C1 and DEL too).
+The rest of the text is unchanged, so a line stays readable and greppable. JSON needs none of this: the
+encoder writes C0 controls as `\\u001b` escapes, and `inert_json()` escapes what it leaves raw.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ _TABLE[0x7F] = "\u2421"
 _TABLE.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
 _LONE_CR = re.compile("\r(?!\n)")
+# What JSON's encoder (ensure_ascii=False) leaves raw: DEL, the C1 controls, and lone surrogates (a byte of a
+# path that is not UTF-8, as Python holds it). Only strings can hold them, so an escape is always inside one.
+_JSON_RAW = re.compile("[\x7f-\x9f\ud800-\udfff]")
 
 
 def inert(text: str) -> str:
@@ -33,4 +36,11 @@ def inert(text: str) -> str:
     return _LONE_CR.sub("\u240d", text).translate(_TABLE)
 
 
-__all__ = ["inert"]
+def inert_json(text: str) -> str:
+    """JSON text (ensure_ascii=False) with DEL, the C1 controls and lone surrogates written as `\\u009b`-style
+    escapes: no control a terminal obeys reaches `cat` or `less`, the text is UTF-8 a strict reader (jq)
+    takes, and it reads back exactly the same."""
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+__all__ = ["inert", "inert_json"]
