@@ -70,6 +70,25 @@ def test_a_wall_clock_stepped_back_does_not_keep_a_breaker_open_for_the_step(
     assert breakers.status("gpu")["calls_in_window"] == 0
 
 
+def test_a_reader_a_little_behind_still_sees_the_breaker_open(breakers: Breakers, clock: FakeClock) -> None:
+    """Processes read one shared breaker with clocks a little apart (in fleet mode each moves its clock to the
+    database's by a measured skew that is off by a round trip, tens of ms on a loaded host). A reader 50 ms
+    behind the one that opened it took the breaker as stepped back: its probe went out at once, failed, and
+    the next open time doubled (CI: no probe at all in the 2 s after the dead target came back). Nor does a
+    failure counted 50 ms "in the future" leave the window."""
+    fail(breakers, times=4)
+    clock._wall += 0.05
+    fail(breakers)  # the fifth failure, from a process whose clock reads 50 ms ahead
+    clock._wall -= 0.05
+    assert breakers.status("qwen")["calls_in_window"] == 5
+    with pytest.raises(BreakerOpen):
+        breakers.acquire("qwen")
+    breakers.release(breakers.acquire("gpu"), ok=False, error_class="timeout", eject="silent")
+    clock._wall -= 0.05
+    with pytest.raises(Ejected):
+        breakers.acquire("gpu", avoid_ejected=True)
+
+
 def test_a_success_resets_the_count(breakers: Breakers) -> None:
     """Four failures, a success, four failures: still closed."""
     fail(breakers, times=4)

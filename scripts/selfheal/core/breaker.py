@@ -52,6 +52,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, FleetUnavailable, NotAttempted, StateError, StateWriteError, UsageError
 from ..state import layout
 from ..state.breakers import (
+    CLOCK_STEP_S,
     CLOSED,
     HALF_OPEN,
     OPEN,
@@ -309,8 +310,8 @@ class Breakers:
         """Drop window entries older than the window, and permits whose process is gone or too old."""
         now = self._now()
         horizon = now - self.settings.window_s
-        # A bucket from after now is from before the wall clock was stepped back: its calls are no guide.
-        data.window = [bucket for bucket in data.window if horizon <= bucket[0] <= now]
+        # A bucket from well after now is from before the wall clock was stepped back: its calls are no guide.
+        data.window = [bucket for bucket in data.window if horizon <= bucket[0] <= now + CLOCK_STEP_S]
         stale = now - self.settings.stale_permit_s
         # Another host's process cannot be looked up from here: its permit lasts store.remote_permit_s.
         remote_stale = now - self.store.remote_permit_s if self.store is not None else stale

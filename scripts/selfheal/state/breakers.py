@@ -23,6 +23,13 @@ OPEN: BreakerStateName = "open"
 HALF_OPEN: BreakerStateName = "half_open"
 STATES: tuple[BreakerStateName, ...] = (CLOSED, OPEN, HALF_OPEN)
 
+# How far behind a time must be to be taken as a wall clock stepped back. Readers of one breaker disagree by
+# a little: in fleet mode each host's clock is moved to the database's by a skew measured over a round trip
+# (tens of ms on a loaded host, more now and then). A reader 50 ms behind the writer once took a breaker just
+# opened as stepped back and let its probe out at once. A real step (NTP, a restored VM) is seconds or more;
+# one under this only lengthens an open time by at most this much.
+CLOCK_STEP_S = 5.0
+
 
 @dataclass
 class HeldPermit:
@@ -100,11 +107,12 @@ class BreakerState:
 
     def is_open(self, now: float) -> bool:
         """Open and still within its open time: requests are refused without asking the target. A `now`
-        before it opened means the wall clock was stepped back (NTP, a VM restored): its open time is taken
-        as over, or an open time of a minute would last as long as the step, an hour or a day."""
+        before it opened (by more than CLOCK_STEP_S) means the wall clock was stepped back (NTP, a VM
+        restored): its open time is taken as over, or an open time of a minute would last as long as the
+        step, an hour or a day."""
         if self.state != OPEN or self.open_until is None or now >= self.open_until:
             return False
-        return self.opened_at is None or now >= self.opened_at
+        return self.opened_at is None or now >= self.opened_at - CLOCK_STEP_S
 
     def effective_state(self, now: float) -> BreakerStateName:
         """The state as it stands at `now`: an open breaker whose open time is over (at `open_until` exactly,
@@ -120,7 +128,7 @@ class BreakerState:
         """Ejected and within its time (as for is_open, a clock stepped back to before it began ends it)."""
         if self.ejected_until is None or now >= self.ejected_until:
             return False
-        return self.ejected_at is None or now >= self.ejected_at
+        return self.ejected_at is None or now >= self.ejected_at - CLOCK_STEP_S
 
     @property
     def calls_in_window(self) -> int:
