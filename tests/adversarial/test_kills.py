@@ -278,3 +278,44 @@ def test_with_kill_orphans_off_run_next_refuses_while_a_dead_runners_command_run
     assert again.returncode == 4 and result["outcome"] == "not_attempted", again.stderr
     assert f"pid {first}" in result["message"]
     assert alive(first) and pids.read_text().split() == [str(first)]
+
+
+# A subreaper (as every script is) running a command in one thread while the process starts others: another
+# workflow step's command, a function step's subprocess. argv: none. Prints what the command's run reported
+# left behind, whether the long sibling survived it, and the exit status the quick sibling's Popen got.
+SIBLINGS = textwrap.dedent("""
+    import json, subprocess, sys, threading, time
+    from selfheal.core.process import become_subreaper, run_command
+    assert become_subreaper()
+    result = {}
+    def run():
+        result["r"] = run_command([sys.executable, "-c", "import time; time.sleep(1.5)"], tick_s=0.1)
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.5)  # the command has started: what follows is younger than it, and a child of this process
+    sleeper = subprocess.Popen(["sleep", "30"])
+    quick = subprocess.Popen(["sh", "-c", "exit 7"])
+    thread.join()
+    alive = sleeper.poll() is None
+    code = quick.wait()
+    sleeper.kill()
+    sleeper.wait()
+    print(json.dumps({"left": [d.pid for d in result["r"].left_behind], "sleeper": sleeper.pid,
+                      "alive": alive, "quick": code}))
+""")
+
+
+def test_a_command_never_takes_a_process_its_runner_started_beside_it_for_its_own() -> None:
+    """In a subreaper every child younger than a command was taken for a daemon the command had left: a
+    parallel workflow step's process was stopped when its sibling step ended (the next run found it failed,
+    'killed by SIGTERM'), and a sibling's exit status was reaped from under its Popen, which then read 0: a
+    failed step passed as done (CI once completed a task whose steps never finished). Only a process that
+    carries the command's own mark in its environment is adopted, and only what the command's run knows as
+    its own is reaped."""
+    done = subprocess.run(
+        [PYTHON, "-c", SIBLINGS], check=False, capture_output=True, env=script_env(Path("/nonexistent")), timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    assert report["left"] == [] and report["alive"], report
+    assert report["quick"] == 7, report

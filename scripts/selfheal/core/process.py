@@ -7,9 +7,15 @@ that left the group, each checked by pid and process start time so a reused pid 
 
 Daemons: a descendant that double-forks and calls setsid() leaves both the group and the tree. On Linux a
 runner that called `become_subreaper()` gets such processes re-parented to itself, so they are found
-(its children that are not the command) and stopped with the command; elsewhere, or without it, what is
-found is the process group and the descendants seen at each tick (about once a second). Whatever is
-still alive when the command ends is reported as left behind and stopped, unless asked to keep it.
+(its children that carry the command's mark, below) and stopped with the command; elsewhere, or without
+it, what is found is the process group and the descendants seen at each tick (about once a second).
+Whatever is still alive when the command ends is reported as left behind and stopped, unless asked to keep it.
+
+The mark: each command's environment gets SELFHEAL_COMMAND_TAG, a value of its own that its descendants
+inherit. A child of the runner is adopted only when it carries the command's tag: the runner's own other
+children (another step's command run in parallel, a function step's subprocess, a child caught between
+fork and exec) are younger than the command too, and one was once stopped as the command's daemon, its
+exit status reaped from under its Popen, which then read 0.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ else:
 logger = logging.getLogger(__name__)
 
 _READ_CHUNK = 65536
+COMMAND_TAG = "SELFHEAL_COMMAND_TAG"  # in each command's environment: which run_command started it (above)
 _EXIT_POLL_S = 0.02
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 _PR_GET_CHILD_SUBREAPER = 37
@@ -374,14 +381,14 @@ def run_command(
     with the command's identity before any of its output is read, so a caller can record it first.
     """
     started = clock.monotonic()
-    tracker = _Descendants()
+    tracker = _Descendants(os.urandom(8).hex())
     try:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=dict(env) if env is not None else None,
+            env={**(os.environ if env is None else env), COMMAND_TAG: tracker.tag},
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
@@ -565,7 +572,8 @@ class _Descendants:
     each tick (they stay known after calling setsid()), and, in a subreaper, the processes re-parented to
     us since it started (daemons whose parent exited). Each is checked by pid and start time when signalled."""
 
-    def __init__(self) -> None:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag  # the command's COMMAND_TAG: what a child of ours must carry to be adopted
         self.leader = 0
         self.since = 0.0  # the command's start time: anything adopted must be younger
         self.since_ticks: int | None = None  # the same in clock ticks since boot (a stepped clock moves no tick)
@@ -590,8 +598,8 @@ class _Descendants:
                 for child in self._me.children():
                     if child.pid == self.leader or child.pid in self.procs:
                         continue
-                    with contextlib.suppress(psutil.Error):
-                        if self.younger(child):
+                    with contextlib.suppress(psutil.Error, OSError):
+                        if self.younger(child) and self.marked(child):
                             self.adopted.add(child.pid)
                             self.procs[child.pid] = child
                 roots += [pid for pid in self.adopted if pid in self.procs]
@@ -601,6 +609,11 @@ class _Descendants:
                     self.procs.setdefault(child.pid, child)
             except psutil.Error:
                 pass
+
+    def marked(self, proc: psutil.Process) -> bool:
+        """Whether `proc` carries this command's tag in its environment, so descends from the command (a
+        process of another user, or a zombie, cannot be read: not ours to adopt)."""
+        return proc.environ().get(COMMAND_TAG) == self.tag
 
     def known(self) -> list[psutil.Process]:
         return list(self.procs.values())
@@ -666,13 +679,15 @@ class _Descendants:
                 self.adopted.discard(pid)
 
     def reap(self) -> None:
-        """Collect the exit status of adopted processes that ended, so no zombie is left in our table."""
+        """Collect the exit status of the command's processes re-parented to us that ended (adopted, or seen
+        among its descendants), so no zombie is left in our table. Never another child of ours: its Popen
+        would read 0 for whatever status it exited with."""
         self._reap()
         if self._me is None:
             return
         with contextlib.suppress(psutil.Error):
             for child in self._me.children():
-                if child.pid == self.leader:
+                if child.pid == self.leader or child.pid not in self.procs:
                     continue
                 with contextlib.suppress(psutil.Error, ChildProcessError):
                     if child.status() == psutil.STATUS_ZOMBIE and self.younger(child):
