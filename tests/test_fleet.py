@@ -156,6 +156,28 @@ def test_another_hosts_probe_holds_the_slot_until_it_expires(fleet_url: str, tmp
     assert box1.acquire("qwen").probe
 
 
+def test_a_permit_held_on_a_machine_cloned_under_the_same_host_id_still_counts(
+    fleet_url: str, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two machines speaking as one host id (cloned, sharing the hostname): the clone looked its twin's permit
+    up in its own process table, found no such process, and forgot it, so more requests went to a failing
+    target than the breaker allows. A fleet permit carries its machine's boot: one of another boot lasts
+    store.remote_permit_s, as another host's does."""
+    from selfheal.state import runs
+
+    config = load_config()
+    box = host(config, "box", tmp_path, clock)
+    fail(box, times=4)  # four failures in a row: one request more may be in flight
+    box.acquire("qwen")
+    monkeypatch.setattr(runs, "_boot", ["a-machine-cloned-from-this-one"])
+    monkeypatch.setattr(runs, "live_process", lambda *args, **kwargs: None)  # none of this machine's processes
+    clone = host(config, "box", tmp_path / "clone", clock)
+    with pytest.raises(BreakerOpen, match="in flight use the failure budget"):
+        clone.acquire("qwen")
+    clock.advance(config.store.remote_permit_s + 1)
+    clone.acquire("qwen")
+
+
 def test_a_dead_database_falls_back_to_the_hosts_files(
     home: Path, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -730,7 +752,7 @@ def test_a_host_id_another_machine_used_a_moment_ago_is_said_once(
     fleet_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Cloned machines share a hostname, the default host id: when another boot spoke as this host within the
-    last two heartbeats, one warning says so (the two would judge each other's runs dead); this machine's own
+    last two heartbeats, one warning says so (fleet status and the ledger cannot tell the two apart); this machine's own
     processes, on the same boot, never trigger it."""
     import logging
 

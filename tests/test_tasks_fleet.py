@@ -383,6 +383,63 @@ def test_a_host_whose_clock_runs_ahead_does_not_find_its_own_healthy_run_stuck(f
     assert runner.returncode == 0 and json.loads(out)["exec_state"] == END, out
 
 
+# A machine cloned from this one's image: the same hostname (so the same default host id), another boot, and
+# a process table of its own, where none of this machine's processes runs.
+CLONE = """
+import runpy, sys
+from selfheal.state import runs
+runs._boot[:] = ["a-machine-cloned-from-this-one"]
+runs.live_process = lambda *args, **kwargs: None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_machine_cloned_under_the_same_host_id_does_not_judge_its_twins_live_run_dead(
+    fleet_url: str, tmp_path: Path
+) -> None:
+    """Two machines speaking as one host id (cloned, sharing the hostname): the clone looked up its twin's
+    runner pid in its own process table, found it gone, and failed the live run as 'its runner died' (the
+    task then ran again: twice at once). A runner is recorded with its machine's boot; a run of this host id
+    on another boot is the lease's business, as another host's is."""
+    env = {}
+    for machine in ("a", "clone"):
+        home = tmp_path / machine
+        home.mkdir(mode=0o700)
+        (home / "config.yaml").write_text("process: {heartbeat_s: 0.2}\ntasks: {lease_s: 30.0}\n")
+        env[machine] = script_env(
+            home, PYTHONPATH=str(SCRIPTS), SELFHEAL_DATABASE_URL=fleet_url, SELFHEAL_HOST_ID="box"
+        )
+    started, journal = tmp_path / "started", tmp_path / "journal"
+    tasks = str(SCRIPTS / "tasks.py")
+    added = subprocess.run(
+        [PYTHON, tasks, "add", "nightly", "--shell", f"touch {started}; sleep 3; echo ran >> {journal}"],
+        env=env["a"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    runner = subprocess.Popen([PYTHON, tasks, "run-next", "--json"], env=env["a"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    checked = subprocess.run(
+        [PYTHON, "-c", CLONE, tasks, "check-stuck", "--json"],
+        env=env["clone"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0 and json.loads(checked.stdout)["findings"] == [], checked.stdout + checked.stderr
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 0 and json.loads(out)["exec_state"] == END, out
+    assert journal.read_text() == "ran\n"
+
+
 def test_a_nul_in_a_commands_output_is_recorded_and_escalates_as_on_sqlite(fleet_url: str, tmp_path: Path) -> None:
     """A command whose stderr holds a NUL byte: its failure is recorded in the shared tree and it escalates
     (ERROR_FIX_PENDING and a FIX child), as on a single host's SQLite tree; its events reach the fleet's

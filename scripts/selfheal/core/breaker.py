@@ -65,7 +65,7 @@ from ..state.breakers import (
 from ..state.records import RecordError
 from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, open_rewrite, validate_id, write_bytes_atomic
-from ..state.runs import recorded_process_gone
+from ..state.runs import boot_id, recorded_process_gone
 from .config import BreakerSettings, StoreSettings
 from .fleet import fleet_database, fleet_now, host_id, mark_down, mark_up
 from .ledger import Ledger
@@ -180,6 +180,9 @@ class Breakers:
         self.store = store if store is not None else (ledger.config.store if ledger is not None else None)
         self.host = host_id(self.store) if self.store is not None else None
         self._me = _identity_of(os.getpid())
+        # The machine's boot goes with permits in fleet mode only (on one host a permit of another boot is
+        # simply of a process gone, found by its start time).
+        self._boot = boot_id() if self.store is not None and self.store.fleet else None
 
     def _now(self, db_now: float | None = None) -> float:
         """The time the breakers judge by: this host's clock, moved to the database's in fleet mode (open
@@ -317,7 +320,10 @@ class Breakers:
         remote_stale = now - self.store.remote_permit_s if self.store is not None else stale
         kept = {}
         for pid_key, permit in data.permits.items():
-            if permit.host is not None and permit.host != self.host:
+            # Another host's process cannot be looked up here, nor one of another machine under this host id
+            # (cloned from one image, it shares the hostname): its pid means nothing in this process table.
+            elsewhere = None not in (permit.boot, self._boot) and permit.boot != self._boot
+            if (permit.host is not None and permit.host != self.host) or elsewhere:
                 if permit.started >= max(stale, remote_stale):
                     kept[pid_key] = permit
                 continue
@@ -404,6 +410,7 @@ class Breakers:
                 pid=os.getpid(),
                 create_time=self._me.create_time if self._me else None,
                 start_ticks=self._me.start_ticks if self._me else None,
+                boot=self._boot,
                 started=now,
                 probe=probe,
                 eject_probe=eject_probe,

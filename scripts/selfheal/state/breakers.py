@@ -45,6 +45,7 @@ class HeldPermit:
     host: str | None = None
     create_time: float | None = None
     start_ticks: int | None = None  # the process's start in clock ticks since boot (state.runs.start_ticks)
+    boot: str | None = None  # fleet mode: the machine's boot (state.runs.boot_id): a clone shares the host id
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -58,6 +59,8 @@ class HeldPermit:
         }
         if self.start_ticks is not None:
             data["start_ticks"] = self.start_ticks
+        if self.boot is not None:
+            data["boot"] = self.boot
         data.update(self.extra)
         return data
 
@@ -77,6 +80,7 @@ _PERMIT_SPEC: Spec = (
     ("host", "text?", None),
     ("create_time", "number?", None),
     ("start_ticks", "whole?", None),
+    ("boot", "text?", None),
 )
 
 

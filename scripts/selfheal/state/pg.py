@@ -49,6 +49,7 @@ from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 
 from ..errors import FleetUnavailable, LockBusy, StateError
 from .breakers import BreakerState
+from .runs import boot_id
 from .sql import POSTGRESQL
 from .taskdb import TaskDB, open_children_schema, row_task, task_tables
 
@@ -59,15 +60,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _warned_twins: set[str] = set()  # host ids already said to be used by two machines
-
-
-def _boot_id() -> str | None:
-    """This boot of this machine (Linux's random boot id); None where there is none."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            return fh.read().strip() or None
-    except OSError:
-        return None
 
 
 SCHEMA_VERSION = 4
@@ -219,9 +211,9 @@ class Database:
     def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
         """This host's row in selfheal_hosts: last seen now, by this process, on this boot of this machine.
         Another boot that spoke as this host within the last two heartbeats is another machine using the same
-        host id (cloned machines share a hostname, the default id): said once per process, since the two judge
-        each other's runners dead."""
-        boot = _boot_id()
+        host id (cloned machines share a hostname, the default id): said once per process. (The two no longer
+        judge each other's runners dead: runners and permits carry their boot, state.runs.boot_id.)"""
+        boot = boot_id()
         found = conn.execute(
             "WITH before AS (SELECT boot, EXTRACT(EPOCH FROM now() - last_seen) AS age FROM selfheal_hosts"
             " WHERE host = %s)"
@@ -237,7 +229,7 @@ class Database:
             _warned_twins.add(self.host)
             logger.warning(
                 "fleet host id %r was used %.0fs ago by another machine (or by this one before a reboot): "
-                "give each host its own SELFHEAL_HOST_ID, or each judges the other's runs dead",
+                "give each host its own SELFHEAL_HOST_ID, or fleet status and the ledger cannot tell them apart",
                 self.host,
                 age,
             )

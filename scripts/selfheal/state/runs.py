@@ -183,3 +183,20 @@ class RunState:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RunState)) - {"extra"}
+
+
+_boot: list[str | None] = []  # this process's reading of boot_id(), once
+
+
+def boot_id() -> str | None:
+    """This boot of this machine (Linux's random boot id, read once a process); None where there is none.
+    Machines cloned from one image share a hostname, the default fleet host id, but never a boot id: a
+    record in the fleet's database (a task's runner, a breaker permit) made on another boot is not judged
+    by this machine's process table, where the other machine's pid means nothing."""
+    if not _boot:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+                _boot.append(fh.read().strip() or None)
+        except OSError:
+            _boot.append(None)
+    return _boot[0]

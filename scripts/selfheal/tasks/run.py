@@ -72,7 +72,7 @@ from ..errors import (
 )
 from ..state.fixes import FixRecord, normalize
 from ..state.root import iter_lines, open_append, open_read, read_bytes, write_all, write_bytes_atomic, write_json
-from ..state.runs import recorded_process_gone
+from ..state.runs import boot_id, recorded_process_gone
 from . import analysis
 from .tree import (
     ACTIONABLE_STATES,
@@ -1272,6 +1272,13 @@ def _judge(task: Task, now: float, limit: float, host: str, db_now: float | None
     return None
 
 
+def _of_this_machine(runner: dict[str, Any] | None, host: str, boot: str | None) -> bool:
+    """Whether a fleet task's runner was recorded by this host on this boot (a record without a boot, of an
+    older version, by its host alone)."""
+    runner = runner or {}
+    return runner.get("host") == host and runner.get("boot") in (None, boot)
+
+
 def _db_now(store: TaskStore, now: float) -> float | None:
     """The database's clock in fleet mode (it stamps starts and heartbeats there), moved by as much as `now`
     (the host's time the caller judges at) differs from the host's clock now; None on one host."""
@@ -1286,8 +1293,12 @@ def find_stuck(store: TaskStore, *, now: float | None = None) -> list[StuckFindi
     now = store.clock.time() if now is None else now
     host = store.host
     limit = store.config.tasks.stuck_after_s
-    # Fleet mode: only this host's runs; another host's run that stopped beating is the lease's business.
-    mine = [t for t in store.processing() if not store.fleet or (t.runner or {}).get("host") == host]
+    # Fleet mode: only this host's runs, made on this boot; another host's run that stopped beating is the
+    # lease's business. So is one recorded under this host id on another boot: a machine cloned from this
+    # one's image (the same hostname, the default id), whose pids mean nothing here (they judged each other's
+    # live runs dead and ran them twice), or this machine before a reboot (its runs end with their lease).
+    boot = boot_id()
+    mine = [t for t in store.processing() if not store.fleet or _of_this_machine(t.runner, host, boot)]
     db_now = _db_now(store, now)
     found = [_judge(t, now, limit, host, db_now) for t in mine]
     return [f for f in found if f is not None]

@@ -39,6 +39,7 @@ from ..errors import FleetUnavailable, InvalidIdError, LockBusy, NotAttempted, S
 from ..state import layout
 from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_bytes, validate_id
+from ..state.runs import boot_id
 from ..state.taskdb import TaskDB, TaskImportRefused, task_row
 from ..state.taskrecord import FIELDS, RunSpec, Task, rank
 from ..state.taskstates import (
@@ -508,7 +509,8 @@ def safe_name(text: str) -> str:
 
 
 def runner_identity(host: str | None = None) -> dict[str, Any]:
-    """This process as a task's runner: pid, start time and host (in fleet mode, the host's fleet id)."""
+    """This process as a task's runner: pid, start time, host (in fleet mode, the host's fleet id) and the
+    machine's boot (state.runs.boot_id: two machines cloned from one image share a host id, not a boot)."""
     me = identify(os.getpid())
     found: dict[str, Any] = {
         "pid": os.getpid(),
@@ -517,6 +519,9 @@ def runner_identity(host: str | None = None) -> dict[str, Any]:
     }
     if me is not None and me.start_ticks is not None:
         found["start_ticks"] = me.start_ticks
+    boot = boot_id()
+    if boot is not None:
+        found["boot"] = boot
     return found
 
 
