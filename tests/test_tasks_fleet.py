@@ -256,12 +256,15 @@ def test_a_sigkilled_hosts_task_is_taken_back_after_its_lease_and_finishes_once(
         assert check(event, schema("ledger-event.schema.json")) == [], event
 
 
+@pytest.mark.parametrize("taker", ["box-b", "box-a"])
 def test_a_runner_that_lost_its_lease_stops_its_command_and_its_outcome_is_refused(
-    fleet_url: str, tmp_path: Path
+    fleet_url: str, tmp_path: Path, taker: str
 ) -> None:
     """box-a runs `long` (its heartbeat every second); its lease is made to run out and box-b's claim takes
     the task back. box-a's next heartbeat finds the task no longer its own: it stops its own command (the
-    command's last line never comes) and its outcome is refused, leaving box-b's run as it is."""
+    command's last line never comes) and its outcome is refused, leaving box-b's run as it is. The same when
+    the taker is a machine cloned from box-a's under its host id, whose runner has box-a's pid and start (the
+    clone booted the same way) but not its boot: box-a took the clone's claim for its own and ran on."""
     marks = tmp_path / "marks"
     config = load_config()
     config = dataclasses.replace(
@@ -284,15 +287,18 @@ def test_a_runner_that_lost_its_lease_stops_its_command_and_its_outcome_is_refus
         time.sleep(0.02)
 
     b = TaskStore(
-        StateRoot(tmp_path / "box-b").ensure(),
-        dataclasses.replace(config, store=dataclasses.replace(config.store, host_id="box-b")),
+        StateRoot(tmp_path / "taker").ensure(),
+        dataclasses.replace(config, store=dataclasses.replace(config.store, host_id=taker)),
     )
-    b._db = pg.PgTaskDB(pg.Database(fleet_url, "box-b"), busy_timeout_s=5).open()  # its own connection
+    b._db = pg.PgTaskDB(pg.Database(fleet_url, taker), busy_timeout_s=5).open()  # its own connection
+    runner = runner_identity(taker)
+    if taker == "box-a":
+        runner["boot"] = "a-machine-cloned-from-this-one"
     claimed = None
     for _ in range(20):  # box-a's heartbeat may land between the two: age it again
         with psycopg.connect(fleet_url, autocommit=True) as conn:
             conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 120 WHERE task_name = 'long'")
-        claimed = b.claim(None, runner_identity("box-b"), "on-box-b")
+        claimed = b.claim(None, runner, "on-box-b")
         if claimed is not None:
             break
     assert claimed is not None and claimed[0].run_id == "long-on-box-b"
@@ -302,7 +308,7 @@ def test_a_runner_that_lost_its_lease_stops_its_command_and_its_outcome_is_refus
     assert result.outcome == "superseded" and "refused" in result.message, result
     assert marks.read_text().splitlines() == ["start"]  # stopped: its last line never came
     now = b.get("long")
-    assert (now.exec_state, now.run_id, (now.runner or {}).get("host")) == (PROCESSING, "long-on-box-b", "box-b")
+    assert (now.exec_state, now.run_id, now.runner) == (PROCESSING, "long-on-box-b", runner)
 
 
 def test_a_dead_runners_command_is_stopped_on_its_host_once_another_host_took_the_task_over(

@@ -1006,6 +1006,8 @@ def same_runner(recorded: dict[str, Any] | None, runner: dict[str, Any]) -> bool
         return False
     if recorded.get("pid") != runner.get("pid") or recorded.get("host") != runner.get("host"):
         return False
+    if recorded.get("boot") != runner.get("boot"):  # a clone under the same host id, booted the same way
+        return False
     if recorded.get("start_ticks") is not None and runner.get("start_ticks") is not None:
         return bool(recorded["start_ticks"] == runner["start_ticks"])  # a stepped wall clock changes no tick
     return bool(recorded.get("create_time") == runner.get("create_time"))
