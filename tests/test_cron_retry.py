@@ -183,3 +183,32 @@ def test_a_listed_failed_job_is_run_again_in_a_real_gateway_and_an_unlisted_one_
     finally:
         for job_id in ids.values():
             openclaw.run(openclaw_home, "cron", "rm", job_id)
+
+
+@pytest.mark.parametrize(
+    "printed",
+    ['Config warnings: plugins.entries.x: unknown\n{"jobs": []}', '{"jobs": null}', '{"jobs": {"a": 1}}', "\x00\xff"],
+)
+def test_a_cron_list_that_is_not_a_job_list_is_reported_not_a_traceback(
+    state: StateRoot, config: Config, clock: FakeClock, printed: str
+) -> None:
+    """A banner before the JSON or `jobs: null` ended the health check in a traceback; now CronUnavailable says so."""
+
+    def cli(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 0, printed, "")
+
+    with pytest.raises(CronUnavailable, match="openclaw cron list printed no"):
+        retry_failed_jobs(state, listed(config, "nightly-report"), env={}, clock=clock, run=cli)
+
+
+def test_a_hand_edited_retry_count_is_taken_as_the_cap_reached_not_a_crash(
+    state: StateRoot, config: Config, clock: FakeClock
+) -> None:
+    """`"retries": "x"` or `"failed_at": "y"` in status/cron_retry.json ended in a ValueError traceback."""
+    failed_at = clock.time() - 3600
+    memory = state.status_file("cron_retry")
+    memory.parent.mkdir(exist_ok=True)
+    memory.write_text(json.dumps({"id-1": {"retries": "x", "failed_at": "y", "last": None}}))
+    cli = FakeCli([job("id-1", "nightly-report", "error", failed_at)])
+    (done,) = retry_failed_jobs(state, listed(config, "nightly-report"), env={}, clock=clock, run=cli)
+    assert (done.action, cli.runs) == ("exhausted", [])

@@ -23,7 +23,7 @@ from selfheal.clock import utc_iso
 from selfheal.core.config import Config
 from selfheal.core.ledger import iter_events, ledger_files
 from selfheal.heal.diagnose import apply_fix
-from selfheal.heal.watchdog import config_changed_since_good, good_configs, watch
+from selfheal.heal.watchdog import config_changed_since_good, good_configs, keep_good_config, watch
 from selfheal.observe.health import run_health_check
 from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
@@ -361,3 +361,56 @@ def test_a_gateway_live_again_on_a_second_probe_is_not_restarted(
     assert outcome.action == "healthy" and "second probe" in outcome.detail
     assert restarts.calls == [] and clock.waits == [2.5]
     assert watchdog_events(state) == []
+
+
+def test_a_clock_stepped_back_does_not_hold_the_next_restart_off_for_the_whole_step(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    """A restart, then the wall clock stepped back an hour: it read "restarted -3600s ago" and stayed "starting"
+    for the hour; the restart from before the step is no guide, so the next check restarts."""
+    env = env_for(openclaw_dir, down_url())
+    restarts = Restarts(code=1)
+    cfg = enabled(config)
+    assert watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts).action == "restart_failed"
+    clock.advance(-3600)
+    outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    assert outcome.action == "restart_failed", outcome.detail
+    assert len(restarts.calls) == 2
+
+
+def test_a_corrupt_restart_history_is_moved_aside_and_nothing_is_restarted_that_check(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    """Not a silent reset of the hourly cap: the file is moved aside, the check says so; the next one starts afresh."""
+    env = env_for(openclaw_dir, down_url())
+    history = state.status_file("watchdog")
+    history.parent.mkdir(exist_ok=True)
+    history.write_text('{"restarts": [')
+    restarts = Restarts()
+    outcome = watch(check(state, env, clock), state, enabled(config), env=env, clock=clock, run=restarts)
+    assert (outcome.action, restarts.calls) == ("blocked", [])
+    assert "watchdog.json" in outcome.detail and list(history.parent.glob("watchdog.json.corrupt-*"))
+    assert (
+        watch(check(state, env, clock), state, enabled(config), env=env, clock=clock, run=restarts).action
+        == "restarted"
+    )
+
+
+def test_the_newest_good_config_stays_newest_after_the_clock_is_stepped_back(
+    state: StateRoot, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    """The copies were named by the wall clock: after a step back the new copy sorted oldest and was pruned at
+    once, so the "last-known-good" offered for a restore was an older file than the one the gateway last ran."""
+    env = {"OPENCLAW_STATE_DIR": str(openclaw_dir), "HOME": str(openclaw_dir.parent)}
+    config_file = openclaw_dir / "openclaw.json"
+    for n in range(3):
+        config_file.write_text(json.dumps({"version": n}))
+        keep_good_config(state, env, keep=3, now=clock.time())
+        clock.advance(60)
+    clock.advance(-86_400)
+    config_file.write_text(json.dumps({"version": "after the step"}))
+    keep_good_config(state, env, keep=3, now=clock.time())
+    kept = good_configs(state)
+    assert len(kept) == 3
+    assert kept[0].read_bytes() == config_file.read_bytes()
+    assert config_changed_since_good(state, env) is None

@@ -13,11 +13,17 @@ the retry we triggered and before the job's next scheduled run as `cron list` ga
 failed run that is clearly not ours, a scheduled one at or after that slot, starts a new episode. Each retry
 is a `cron_retry` ledger event. What the retried run does is OpenClaw's: its outcome shows in the job's
 next status.
+
+The episodes are kept in `status/cron_retry.json`: they are what caps the retries, so when that file cannot
+be read (a link or FIFO planted there, a file moved aside as corrupt) no job is run that check
+(CronUnavailable, the file named), never a retry on an empty memory. A `cron list` answer that is not the
+JSON job list is CronUnavailable too, with what it printed, not a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,9 +58,22 @@ class CronUnavailable(RuntimeError):
 
 
 def _jobs(listed: str) -> list[dict[str, Any]]:
-    data = json.loads(listed or "{}")
+    """The jobs of `openclaw cron list --json`; CronUnavailable when it printed anything but a job list."""
+    try:
+        data = json.loads(listed or "{}")
+    except ValueError:
+        raise CronUnavailable(f"openclaw cron list printed no JSON: {listed.strip()[:200]!r}") from None
     jobs = data.get("jobs", []) if isinstance(data, dict) else data
+    if not isinstance(jobs, list):
+        raise CronUnavailable(f"openclaw cron list printed no job list: {listed.strip()[:200]!r}")
     return [j for j in jobs if isinstance(j, dict) and j.get("id")]
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from our own memory file, else None (a hand-edited `"retries": "x"` is not a crash)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _state(job: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -63,7 +82,8 @@ def _state(job: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _seconds(value: Any) -> float | None:
-    return float(value) / 1000 if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    found = _number(value)
+    return None if found is None else found / 1000
 
 
 def _failed_run(job: Mapping[str, Any]) -> float | None:
@@ -76,14 +96,20 @@ def _failed_run(job: Mapping[str, Any]) -> float | None:
     return found if found is not None else (_seconds(job.get("lastRunAtMs")) or 0.0)
 
 
+def _readable(seen: Mapping[str, Any]) -> bool:
+    """Whether every time and count in a job's memory is a number (or absent)."""
+    keys = ("since", "failed_at", "retries", "last", "retried_at", "next_at")
+    return all(seen.get(k) is None or _number(seen[k]) is not None for k in keys)
+
+
 def _ours(seen: Mapping[str, Any], failed_at: float) -> bool:
     """Whether a newer failed run is the result of the retry we started: it started at or after that retry
     and before the job's next scheduled run as it stood then (unknown: counted as ours, so the cap holds)."""
-    retried_at = seen.get("retried_at")
-    if not isinstance(retried_at, (int, float)) or failed_at < float(retried_at) - CLOCK_SLACK_S:
+    retried_at = _number(seen.get("retried_at"))
+    if retried_at is None or failed_at < retried_at - CLOCK_SLACK_S:
         return False
-    next_at = seen.get("next_at")
-    return not isinstance(next_at, (int, float)) or failed_at < float(next_at)
+    next_at = _number(seen.get("next_at"))
+    return next_at is None or failed_at < next_at
 
 
 def retry_failed_jobs(
@@ -105,20 +131,21 @@ def retry_failed_jobs(
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return run([*openclaw, *args], capture_output=True, text=True, timeout=timeout, check=False, env=dict(env))
 
+    try:  # first: without the episodes, the cap cannot hold (a link planted there would mean a retry every check)
+        memory = read_json(state.status_file(RETRY_FILE)) or {}
+    except StateError as exc:
+        raise CronUnavailable(f"no job is retried: the retry counts cannot be read ({exc})") from None
     try:
         listed = cli("cron", "list", "--all", "--json")
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CronUnavailable(f"openclaw cron list: {exc}") from None
     if listed.returncode != 0:
         raise CronUnavailable(f"openclaw cron list failed: {(listed.stderr or listed.stdout).strip()[-300:]}")
-    try:
-        memory = read_json(state.status_file(RETRY_FILE)) or {}
-    except StateError:
-        memory = {}
+    jobs = _jobs(listed.stdout)
     now = clock.time()
     ledger = Ledger(state, config, clock=clock)
     out = []
-    for job in _jobs(listed.stdout):
+    for job in jobs:
         job_id, name = str(job["id"]), str(job.get("name") or job["id"])
         if job_id not in wanted and name not in wanted:
             continue  # never a job the user did not list
@@ -133,20 +160,26 @@ def retry_failed_jobs(
             continue
         found = memory.get(job_id)
         seen: dict[str, Any] | None = dict(found) if isinstance(found, dict) else None
-        if seen is None or (failed_at > float(seen.get("failed_at") or 0.0) and not _ours(seen, failed_at)):
+        if found is not None and (seen is None or not _readable(seen)):
+            # Our own memory of it, edited by hand into nonsense: the cap taken as reached (a person looks),
+            # never a new episode (that would be a retry storm with every bad edit).
+            memory[job_id] = {"since": failed_at, "failed_at": failed_at, "retries": settings.max_retries}
+            out.append(Retried(name, job_id, "exhausted", f"its entry in {RETRY_FILE}.json was unreadable: {found!r}"))
+            continue
+        if seen is None or (failed_at > (_number(seen.get("failed_at")) or 0.0) and not _ours(seen, failed_at)):
             # A failure episode starts: the first failure seen, or a scheduled run that failed again.
             seen = {"since": failed_at, "failed_at": failed_at, "retries": 0, "last": failed_at}
         else:
-            seen["failed_at"] = max(failed_at, float(seen.get("failed_at") or 0.0))
+            seen["failed_at"] = max(failed_at, _number(seen.get("failed_at")) or 0.0)
         memory[job_id] = seen
-        retries = int(seen.get("retries") or 0)
+        retries = int(_number(seen.get("retries")) or 0)
         if retries >= settings.max_retries:
             out.append(Retried(name, job_id, "exhausted", f"retried {retries} times since its run failed"))
             continue
         if _seconds(_state(job).get("runningAtMs")) is not None:
             out.append(Retried(name, job_id, "waiting", "a run of it is under way"))
             continue
-        due = float(seen.get("last") or failed_at) + settings.backoff_s * 2**retries
+        due = (_number(seen.get("last")) or failed_at) + settings.backoff_s * 2**retries
         if now < due:
             out.append(Retried(name, job_id, "waiting", f"next retry in {due - now:.0f}s"))
             continue

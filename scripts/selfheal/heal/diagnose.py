@@ -21,6 +21,7 @@ Model text is data: it is stored, shown and redacted, never executed, never put 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -62,6 +63,8 @@ from ..tasks.run import TaskRunner, tail_lines
 from ..tasks.tree import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
 from ..tasks.tree import VOID as TASK_VOID
 from .evidence_files import find_files, keep_files
+
+logger = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 4000
 # A line of a task's log longer than this is left out of the evidence (it is never read whole).
@@ -223,11 +226,14 @@ def _log_lines_for(state: StateRoot, task: str, lines: int) -> list[str]:
     needle = f" task={task} "
     for path in sorted(state.log_file.parent.glob(state.log_file.name + "*"), reverse=True):
         try:
-            with path.open("rb") as fh:
+            # As a state file: a FIFO planted as `selfheal.log.1` would hang this for good, a link lead outside.
+            with os.fdopen(open_read(path), "rb") as fh:
                 for raw in iter_lines(fh, MAX_EVIDENCE_LINE_BYTES):
                     line = "" if raw is None else raw.decode("utf-8", "replace").rstrip("\r\n")
                     if needle in line + " " or line.endswith(f" task={task}"):
                         found.append(line)
+        except StateError as exc:
+            logger.warning("%s not read for the evidence: %s", path, exc)
         except OSError:
             continue
     return list(found)

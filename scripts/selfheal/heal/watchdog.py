@@ -11,8 +11,13 @@ gateway live again by then, or one that logged a start or restart meanwhile, is 
 A restart runs `restart_argv` (OpenClaw's supported way: `openclaw gateway restart`, which restarts the
 service-installed gateway), never a signal to a process found by name. At most `max_restarts_per_hour`
 restarts in any hour, the n-th waiting at least `backoff_s * 2**(n-1)` after the one before. Every restart
-goes to the ledger (`watchdog` events). When the hour's restarts are spent and the gateway is still down,
-a fix record says so, with OpenClaw's own output and, when `openclaw.json` changed since the last healthy
+goes to the ledger (`watchdog` events). The restart history (`status/watchdog.json`) is what keeps that cap: when
+it cannot be read (a link or FIFO planted there, a file moved aside as corrupt) nothing is restarted that check
+("blocked", the file named), never a restart on an empty history. A restart time later than now (by more than
+`CLOCK_STEP_S`) is from before the wall clock was stepped back: it is dropped, not taken as "restarted just now"
+for as long as the step. One health check at a time decides (a lock under `locks/`): a second one that finds
+the first deciding or restarting is "busy" and does nothing. When the hour's restarts are spent and the gateway
+is still down, a fix record says so, with OpenClaw's own output and, when `openclaw.json` changed since the last healthy
 check, the last-known-good copy to restore (a person's decision: `self_heal.py --apply FIX-ID`).
 
 While the gateway is live, the current `openclaw.json` is kept as last-known-good (a copy when its bytes
@@ -22,6 +27,8 @@ for byte, its secrets included (0600, never printed), so that a restore gives ba
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import re
 import subprocess
@@ -34,12 +41,13 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core import openclaw_config
 from ..core.config import Config
 from ..core.ledger import Ledger
-from ..errors import StateError
+from ..errors import LockBusy, StateError
 from ..observe import openclaw_logs
-from ..observe.health import OK, Report, check_gateway
+from ..observe.health import OK, Check, Report, check_gateway
 from ..state import layout
+from ..state.breakers import CLOCK_STEP_S
 from ..state.fixes import READY
-from ..state.root import StateRoot, ensure_dir, read_json, write_bytes_atomic, write_json
+from ..state.root import StateRoot, ensure_dir, file_lock, read_json, write_bytes_atomic, write_json
 from .diagnose import Evidence, Healer
 
 logger = logging.getLogger(__name__)
@@ -62,7 +70,8 @@ Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the watchdog did: healthy | starting | restarted | waiting | gave_up, and why."""
+    """What the watchdog did: healthy | starting | restarted | restart_failed | waiting | gave_up | busy | blocked,
+    and why."""
 
     action: str
     detail: str
@@ -95,7 +104,11 @@ def keep_good_config(state: StateRoot, env: Mapping[str, str], *, keep: int, now
     kept = good_configs(state)
     if kept and _read(kept[0]) == data:
         return kept[0]
-    target = state.sub(CONFIG_FOLDER) / f"openclaw-{utc_iso(now).replace(':', '')}.json"
+    # Named so it sorts newest: after the newest kept copy even when the wall clock was stepped back since (a
+    # copy named by the clock alone would sort oldest and be pruned at once, leaving an older file as "good").
+    newest = _stamp_of(kept[0]) if kept else None
+    when = now if newest is None else max(now, newest + 1)
+    target = state.sub(CONFIG_FOLDER) / f"openclaw-{utc_iso(when).replace(':', '')}.json"
     ensure_dir(target.parent)
     write_bytes_atomic(target, data, redacted=True)  # not redacted: the user's own file, kept as it is
     for old in good_configs(state)[keep:]:
@@ -111,6 +124,15 @@ def config_changed_since_good(state: StateRoot, env: Mapping[str, str]) -> Path 
     except OSError:
         return kept[0] if kept else None
     return kept[0] if kept and _read(kept[0]) != current else None
+
+
+def _stamp_of(path: Path) -> float | None:
+    """The time in a kept copy's name (`openclaw-2026-06-10T031218Z.json`), or None."""
+    try:
+        found = datetime.datetime.strptime(path.stem.removeprefix("openclaw-"), "%Y-%m-%dT%H%M%SZ")
+    except ValueError:
+        return None
+    return found.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def _read(path: Path) -> bytes | None:
@@ -173,12 +195,18 @@ def latest_lifecycle(env: Mapping[str, str]) -> tuple[str, float] | None:
 
 
 def _history(state: StateRoot, now: float) -> list[float]:
-    try:
-        data = read_json(state.status_file(WATCHDOG_FILE)) or {}
-    except StateError:
-        data = {}
-    restarts = data.get("restarts") if isinstance(data, dict) else None
-    return [float(t) for t in restarts or [] if isinstance(t, (int, float)) and now - float(t) < 3600]
+    """The restarts of the last hour, oldest first. StateError when the history cannot be read: it is what keeps
+    the hourly cap, so an unreadable one is never taken as "no restarts yet" (a link planted there would
+    otherwise mean a restart at every check). A time more than CLOCK_STEP_S after now is from before the wall
+    clock was stepped back: dropped, or "restarted just now" would hold every restart off for the whole step."""
+    data = read_json(state.status_file(WATCHDOG_FILE)) or {}
+    restarts = data.get("restarts")
+    times = [float(t) for t in (restarts if isinstance(restarts, list) else []) if _is_number(t)]
+    return sorted(t for t in times if now - 3600 < t <= now + CLOCK_STEP_S)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def watch(
@@ -202,7 +230,46 @@ def watch(
     if gateway is None or gateway.status == OK:
         keep_good_config(state, env, keep=settings.keep_configs, now=now)
         return Outcome("healthy", "the gateway is live")
-    restarts = _history(state, now)
+    with contextlib.ExitStack() as held:
+        try:  # one check at a time: two that both found it down would restart it twice, one on top of the other
+            held.enter_context(file_lock(state.lock_file("watchdog", "gateway"), timeout=0, what="the watchdog"))
+        except LockBusy:
+            return Outcome("busy", "another health check is deciding on or restarting the gateway; left to it")
+        except StateError as exc:
+            return Outcome("blocked", f"not restarted: the watchdog's lock cannot be taken ({exc})")
+        try:
+            restarts = _history(state, now)
+        except StateError as exc:
+            return Outcome("blocked", f"not restarted: the restart history cannot be read ({exc})")
+        return _act(
+            report,
+            state,
+            config,
+            env=env,
+            clock=clock,
+            run=run,
+            confirm_after_s=confirm_after_s,
+            restarts=restarts,
+            gateway=gateway,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
+
+
+def _act(
+    report: Report,
+    state: StateRoot,
+    config: Config,
+    *,
+    env: Mapping[str, str],
+    clock: Clock,
+    run: Runner,
+    confirm_after_s: float,
+    restarts: list[float],
+    gateway: Check,
+) -> Outcome:
+    """The gateway is not live: leave it starting, wait, restart it, or give up (under the watchdog's lock)."""
+    settings = config.health.watchdog
+    now = clock.time()
     if restarts and now - restarts[-1] < settings.startup_grace_s:
         return Outcome("starting", f"restarted {now - restarts[-1]:.0f}s ago; given {settings.startup_grace_s:g}s")
     starting = _starting(env, now, settings.startup_grace_s)

@@ -1,0 +1,182 @@
+"""Healing under attack: the gateway watchdog and the cron retry with their memory planted or broken, two
+watchdogs at once, and self_heal.py reading a planted FIFO as a log.
+
+- A link (or a FIFO) planted at `status/watchdog.json` read as "no restarts yet", and the restart history
+  could not be written back: every health check restarted the gateway again (the hourly cap never held) and
+  then ended with the link's error. The same at `status/cron_retry.json` ran a failed cron job again at
+  every check, its retry count never kept.
+- Two health checks at once (a slow one from cron and one by hand) both found the gateway down and both
+  restarted it: two restarts within the startup grace, one on top of the other.
+- `self_heal.py --task ID` read every `logs/selfheal.log*` by its name: a FIFO planted there hung it for
+  good, and a link was followed out of the state root.
+
+Each case runs the real code: real files, links and FIFOs, real processes for the concurrent checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.openclaw import free_port
+
+from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.core.config import Config, load_config
+from selfheal.core.ledger import Ledger, iter_events, ledger_files
+from selfheal.heal.cron_retry import CronUnavailable, retry_failed_jobs
+from selfheal.heal.watchdog import watch
+from selfheal.observe.health import run_health_check
+from selfheal.state.root import StateRoot
+from selfheal.testing import FakeClock
+
+pytestmark = pytest.mark.slow
+
+
+def watchdog_config(home: Path, restart_argv: list[str]) -> Config:
+    """The user's config.yaml with the watchdog on (no disk check: the test machine's disk is not the case)."""
+    (home / "config.yaml").write_text(
+        "health:\n  disk_min_free_mb: 0\n  watchdog:\n    enabled: true\n"
+        f"    restart_argv: {json.dumps(restart_argv)}\n",
+        encoding="utf-8",
+    )
+    return load_config()
+
+
+def gateway_env(home: Path, tmp_path: Path) -> dict[str, str]:
+    """A gateway that is down: nothing listens on its port; OpenClaw's folder is the test's own."""
+    openclaw = tmp_path / "oc"
+    openclaw.mkdir(exist_ok=True)
+    (openclaw / "openclaw.json").write_text(json.dumps({"logging": {"file": str(tmp_path / "oc.log")}}))
+    return {
+        "SELFHEAL_HOME": str(home),
+        "OPENCLAW_STATE_DIR": str(openclaw),
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "OPENCLAW_GATEWAY_PORT": str(free_port()),
+    }
+
+
+class Restarts:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_a_planted_watchdog_memory_stops_the_restarts_instead_of_resetting_the_hourly_cap(
+    home: Path, state: StateRoot, tmp_path: Path, clock: FakeClock, planted: str
+) -> None:
+    """Restarts every check, the cap never held: now none, and the outcome names the planted file."""
+    config = watchdog_config(home, ["openclaw", "gateway", "restart"])
+    env = gateway_env(home, tmp_path)
+    memory = state.root / "status" / "watchdog.json"
+    memory.parent.mkdir(exist_ok=True)
+    if planted == "link":
+        elsewhere = tmp_path / "elsewhere.json"
+        elsewhere.write_text('{"restarts": []}')
+        memory.symlink_to(elsewhere)
+    else:
+        os.mkfifo(memory)
+    restarts = Restarts()
+    outcomes = []
+    for _ in range(3):
+        clock.advance(600)  # past the grace and any backoff: a restart would be due each time
+        outcomes.append(
+            watch(run_health_check(state, env=env, clock=clock), state, config, env=env, clock=clock, run=restarts)
+        )
+    assert restarts.calls == []
+    assert {o.action for o in outcomes} == {"blocked"}
+    assert str(memory) in outcomes[0].detail
+
+
+def test_a_planted_cron_retry_memory_runs_no_job_again(
+    state: StateRoot, config: Config, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A failed job ran again at every check, its retries never counted: now none runs; the error names the file."""
+    import dataclasses
+
+    retry = dataclasses.replace(config.health.cron_retry, jobs=("nightly",), max_retries=1, backoff_s=60.0)
+    cfg = dataclasses.replace(config, health=dataclasses.replace(config.health, cron_retry=retry))
+    memory = state.root / "status" / "cron_retry.json"
+    memory.parent.mkdir(exist_ok=True)
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("{}")
+    memory.symlink_to(elsewhere)
+    failed = {"lastRunStatus": "error", "lastRunAtMs": (clock.time() - 3600) * 1000}
+    listing = json.dumps({"jobs": [{"id": "j1", "name": "nightly", "enabled": True, "state": failed}]})
+    runs: list[list[str]] = []
+
+    def cli(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        if argv[1:3] == ["cron", "run"]:
+            runs.append(argv)
+        return subprocess.CompletedProcess(argv, 0, listing if argv[1:3] == ["cron", "list"] else "{}", "")
+
+    for _ in range(3):
+        clock.advance(600)
+        with pytest.raises(CronUnavailable, match=r"cron_retry\.json"):
+            retry_failed_jobs(state, cfg, env={}, clock=clock, run=cli)
+    assert runs == []
+    assert elsewhere.read_text() == "{}"
+
+
+def test_two_health_checks_at_once_restart_the_gateway_once(home: Path, state: StateRoot, tmp_path: Path) -> None:
+    """Both found it down and both ran the restart command: now the second sees the first at work and waits."""
+    marker = tmp_path / "restarts"
+    marker.mkdir()
+    # The restart command leaves one file per run and takes a moment, as `openclaw gateway restart` does.
+    restart = [
+        PYTHON,
+        "-c",
+        f"import os, time; open(os.path.join({str(marker)!r}, str(os.getpid())), 'w'); time.sleep(2)",
+    ]
+    watchdog_config(home, restart)
+    env = {**script_env(home), **gateway_env(home, tmp_path)}
+    checks = [
+        subprocess.Popen(
+            [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outputs = [c.communicate(timeout=60) for c in checks]
+    actions = sorted(json.loads(out)["watchdog"]["action"] for out, _ in outputs)
+    assert len(list(marker.iterdir())) == 1, actions
+    assert actions in (["restarted", "starting"], ["busy", "restarted"])
+    for _, err in outputs:
+        assert b"Traceback" not in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs")
+def test_a_fifo_planted_among_the_logs_does_not_hang_self_heal(home: Path, state: StateRoot) -> None:
+    """`self_heal.py --task ID` hung for good on a FIFO named logs/selfheal.log.1; now it is skipped and named."""
+    config = load_config()
+    Ledger(state, config).record("failed", task="nightly", error_class="permanent", reason="ValueError: bad row 7")
+    (state.root / "logs").mkdir(exist_ok=True)
+    os.mkfifo(state.root / "logs" / "selfheal.log.1")
+    outside = home.parent / "outside.log"
+    outside.write_text("2026-06-10T03:12:18Z [FAILED] task=nightly reason=LEAKED-FROM-OUTSIDE\n")
+    (state.root / "logs" / "selfheal.log.2").symlink_to(outside)
+    done = subprocess.run(
+        [PYTHON, str(SCRIPTS / "self_heal.py"), "--task", "nightly", "--no-model", "--json"],
+        capture_output=True,
+        text=True,
+        env=script_env(home),
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)["record"]
+    assert "LEAKED-FROM-OUTSIDE" not in json.dumps(record)
+    assert "Traceback" not in done.stderr
+    events = [e for e in iter_events(ledger_files(state)) if e["event"] == "fix"]
+    assert events and events[-1]["task"] == "nightly"
