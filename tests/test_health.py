@@ -430,6 +430,21 @@ def test_finished_runs_are_not_in_progress(state: StateRoot, clock: FakeClock) -
     )
 
 
+def test_a_stuck_run_among_finished_ones_is_still_found(state: StateRoot, clock: FakeClock) -> None:
+    """Finished records are told apart by their bytes alone (core/runs.py's rule, the one the check uses);
+    a run in progress among them is read and judged."""
+    from selfheal.core import runs
+
+    assert health._FINISHED_LINE == runs._FINISHED_LINE
+    for i in range(3):
+        live_run(state, clock, run_id=f"old-{i}").finish("succeeded", 0)
+    live_run(state, clock, run_id="nightly-9")
+    clock.advance(601)
+    result, live = runs_check(state, clock)
+    assert (result.status, live, result.data["running"]) == (WARN, 0, 1)
+    assert "nightly stuck: no heartbeat for 10 min" in result.detail
+
+
 # -- the task tree, breakers, disk, GPU ------------------------------------------------------------------------
 
 

@@ -154,6 +154,25 @@ def test_a_repeated_run_loads_no_yaml_and_no_module_it_does_not_need(home: Path,
     assert imported() == []
 
 
+def test_finished_run_records_kept_as_history_load_no_run_record_module(home: Path, openclaw_dir: Path) -> None:
+    """Every task run and retry_run.py leaves its finished record in runs/ for days: with only those there,
+    the check knows no run is in progress from their bytes, and imports neither the records (dataclasses,
+    inspect, ast) nor typing or logging; a run still in progress is read as before."""
+    (openclaw_dir / "openclaw.json").write_text(json.dumps({"gateway": {"port": free_port()}}))
+    heavy = ("selfheal.core.runs", "selfheal.state.runs", "dataclasses", "typing", "logging", "traceback")
+    env = script_env(home, OPENCLAW_STATE_DIR=str(openclaw_dir))
+    env.pop("OPENCLAW_GATEWAY_PORT", None)
+    assert call_script("tasks.py", "add", "nightly", "--", "true", home=home).returncode == 0
+    assert call_script("tasks.py", "run-next", "--no-stuck-check", home=home).returncode == 0
+    assert call_script("retry_run.py", "--task", "once", "--", "true", home=home).returncode == 0
+    assert len(list((home / "runs").glob("*.json"))) == 2
+    imported_by("health_check.py", "--cron", home=home, env=env, watch=heavy)  # the settings kept
+    assert imported_by("health_check.py", "--cron", home=home, env=env, watch=heavy) == []
+    proc = run(home, openclaw_dir, "--json")
+    (runs,) = [c for c in json.loads(proc.stdout)["checks"] if c["name"] == "runs"]
+    assert (runs["status"], runs["detail"], runs["running"]) == ("ok", "no run in progress", 0)
+
+
 # -- install.sh --cron ---------------------------------------------------------------------------------------------
 
 FAKE_CRONTAB = """#!/bin/sh

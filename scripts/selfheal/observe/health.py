@@ -53,11 +53,20 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import ConfigError, CorruptStateError, FleetUnavailable, NotAttempted, SelfHealError, StateError
+from ..errors import (
+    ConfigError,
+    CorruptStateError,
+    FleetUnavailable,
+    NotAttempted,
+    SelfHealError,
+    StateError,
+    UnsafeStateError,
+)
 from ..state import layout
+from ..state.inert import inert
 from ..state.layout import SUBDIRS
-from ..state.root import StateRoot, openclaw_state_dir, read_json, write_json
-from ..state.skill_status import STATUS_FILE_NAME, update_status
+from ..state.root import StateRoot, open_read, openclaw_state_dir, quarantine, read_json, write_json
+from ..state.skill_status import STATUS_FILE_NAME, read_status, status_path, update_status
 
 # Not typing's TYPE_CHECKING, NamedTuple: the cron check never imports typing (see selfheal/_typing.py).
 TYPE_CHECKING = False
@@ -201,7 +210,10 @@ class Report(NamedTuple):
         }
 
     def cron_text(self) -> str:
-        """OpenClaw's cron convention: `NO_REPLY` when all is well, else at most CRON_MAX_LINES lines."""
+        """OpenClaw's cron convention: `NO_REPLY` when all is well, else at most CRON_MAX_LINES lines.
+
+        Details quote what others wrote (whatever answers on the gateway's port, other skills' file names): made
+        inert, as every report for a terminal is, so cron's mail or a terminal shows their controls, never obeys."""
         if self.mode == OPERATIONAL:
             return NO_REPLY
         since = "" if self.changed else f" since {utc_iso(self.mode_since_ts)}"
@@ -217,14 +229,14 @@ class Report(NamedTuple):
         lines += [_one_line(f"{c.name}: {c.detail}") for c in shown]
         if tail:
             lines.append(tail)
-        return "\n".join(lines)
+        return inert("\n".join(lines))
 
     def table(self) -> str:
-        """For people: the mode, then one line per check."""
+        """For people: the mode, then one line per check (inert, as cron_text)."""
         width = max(len(c.name) for c in self.checks)
         lines = [f"{self.mode}: {self.reason}"]
         lines += [f"  {c.name:<{width}}  {c.status:<4}  {_one_line(c.detail)}" for c in self.checks]
-        return "\n".join(lines)
+        return inert("\n".join(lines))
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -482,7 +494,7 @@ def http_get(url: str, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> _Answer
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested deeper than the parser recurses: not OpenClaw's
         return None
     return data if isinstance(data, dict) else None
 
@@ -580,6 +592,8 @@ def read_status_file(path: str) -> tuple[dict[str, Any], str | None]:
             data = json.loads(text)
         except ValueError as exc:
             return {}, f"is not valid JSON ({exc})"
+        except RecursionError:  # `[[[[...` past the parser's recursion limit: another skill's file, never a crash
+            return {}, "is not valid JSON (nested too deep)"
         if not isinstance(data, dict):
             return {}, f"holds a JSON {type(data).__name__}, not an object"
         return data, None
@@ -706,6 +720,37 @@ def judge_run(record: RunState, now: float, limit_s: float, gone: Callable[[RunS
     return None
 
 
+# A finished run record as write_json writes it (core/runs.py's _FINISHED_LINE, which says why the bytes suffice).
+_FINISHED_LINE = b'\n  "status": "finished"'
+
+
+def _may_be_running(folder: Path) -> bool:
+    """Whether runs/ holds a record that is not finished by its bytes. Every task run and retry_run.py
+    leaves its finished record there for days (process.keep_finished_runs_days): looking at their bytes
+    spares the cron check the record module's imports (dataclasses, inspect, typing, logging: a quarter of
+    its cost). Stops at the first record that may be running; any trouble reading one counts as that, and
+    list_runs, which reads it properly, deals with it."""
+    try:
+        entries = [e.path for e in os.scandir(folder) if e.name.endswith(".json")]
+    except OSError:  # missing (nothing has run yet), or not a folder: list_runs finds no record either
+        return False
+    for path in entries:
+        try:
+            fd = open_read(Path(path))
+        except FileNotFoundError:
+            continue  # finished and pruned while we looked
+        except (OSError, StateError):
+            return True
+        try:
+            if _FINISHED_LINE not in os.read(fd, 1 << 20):
+                return True
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+    return False
+
+
 def check_runs(
     state: StateRoot,
     limit_s: float,
@@ -715,9 +760,9 @@ def check_runs(
 ) -> tuple[Check, int]:
     """Runs in progress (runs/*.json): dead or stuck ones warn; also returns how many look alive."""
     folder = state.sub(layout.RUNS)
-    if not folder.is_dir() or not any(p.suffix == ".json" for p in folder.iterdir()):
+    if not _may_be_running(folder):
         return Check("runs", OK, "no run in progress", {"running": 0, "limit_s": limit_s, "problems": []}), 0
-    from ..core.runs import list_runs  # noqa: PLC0415 - only when there are run records
+    from ..core.runs import list_runs  # noqa: PLC0415 - only when a record may be running
 
     host = socket.gethostname()
     running = list_runs(state, running_only=True)
@@ -1065,6 +1110,36 @@ def decide(checks: Iterable[Check], signs_of_life: int) -> tuple[str, str]:
     return OPERATIONAL, "the gateway is live and every check passed"
 
 
+def _set_aside(path: Path, exc: StateError) -> str:
+    """health.json could not be read: why, for the health_file check. One that does not parse was moved aside
+    by read_json; a folder or a file over the size cap is moved aside here, so the next run reads what this
+    one writes instead of starting afresh (and logging its mode anew) every few minutes. A link or a FIFO
+    planted there is left for a person (check_state_root names it), never written through."""
+    if isinstance(exc, (CorruptStateError, UnsafeStateError)):
+        return str(exc)
+    try:
+        moved = quarantine(path)
+    except StateError as failed:
+        return f"{exc}; not moved aside: {failed}"
+    return f"{exc}: moved aside to {moved}" if moved is not None else str(exc)
+
+
+def _kept_mode(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The mode, and since when, from self-heal's own status line (skill_status.py, written by every run) for a
+    run that could not read health.json: a mode that did not change is not logged again, and still says since
+    when it holds. None when the line holds no mode."""
+    pairs = read_status(status_path(env))
+    if pairs.get("health") not in MODES:
+        return None
+    import calendar  # noqa: PLC0415 - only when health.json could not be read
+
+    try:
+        since = float(calendar.timegm(time.strptime(pairs.get("health_since", ""), "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return {"mode": pairs["health"]}
+    return {"mode": pairs["health"], "mode_since_ts": since}
+
+
 def run_health_check(
     state: StateRoot,
     *,
@@ -1081,12 +1156,10 @@ def run_health_check(
     extra: list[Check] = []
     try:
         previous = read_json(health_path)
-    except CorruptStateError as exc:  # moved aside, kept for a person to look at; this run starts afresh
-        previous = None
-        extra.append(Check("health_file", WARN, str(exc), {"file": str(health_path)}))
-    except StateError as exc:
-        previous = None
-        extra.append(Check("health_file", WARN, str(exc), {"file": str(health_path)}))
+        unreadable = False
+    except StateError as exc:  # this run starts afresh; the mode it had comes from self-heal's status line
+        previous, unreadable = None, True
+        extra.append(Check("health_file", WARN, _set_aside(health_path, exc), {"file": str(health_path)}))
     settings, inputs, loaded = resolve_settings(env, previous)
 
     def config() -> Config:
@@ -1115,6 +1188,8 @@ def run_health_check(
         *extra,
     ]
     mode, reason = decide(checks, fresh + live)
+    if unreadable:
+        previous = _kept_mode(env)
     previous_mode = previous.get("mode") if previous and previous.get("mode") in MODES else None
     since = now
     if previous_mode == mode and previous and isinstance(previous.get("mode_since_ts"), (int, float)):
@@ -1136,11 +1211,14 @@ def run_health_check(
         # Not fsync'd: it is rewritten on every run, and losing the last one to a power cut costs nothing.
         write_json(health_path, {**report.to_json(), "config_inputs": inputs}, durable=False)
     except (OSError, StateError) as exc:
-        checks.append(Check("health_file", WARN, f"cannot write {health_path}: {exc}", {"file": str(health_path)}))
+        why = str(exc) if isinstance(exc, StateError) else f"cannot write {health_path}: {exc.strerror or exc}"
+        checks.append(Check("health_file", WARN, why, {"file": str(health_path)}))
         mode, reason = decide(checks, fresh + live)
         report = report._replace(mode=mode, reason=reason, checks=tuple(checks))
     try:
-        update_status({"health": mode, "health_at": utc_iso(now)}, now=now, env=env)
+        # health_since: what a run that cannot read health.json takes the mode's start from (_kept_mode).
+        kept = {"health": mode, "health_at": utc_iso(now), "health_since": utc_iso(report.mode_since_ts)}
+        update_status(kept, now=now, env=env)
     except (OSError, StateError) as exc:
         checks.append(Check("skill_status", WARN, f"cannot write self-heal's status file: {exc}", {}))
         report = report._replace(checks=tuple(checks))
