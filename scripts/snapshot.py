@@ -17,7 +17,6 @@ as <ID>.json.corrupt-<time>; the snapshot could not be written: disk full or rea
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
 from selfheal.durable import snapshot  # noqa: E402
 from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
-from selfheal.state.root import MAX_STATE_FILE_BYTES, dumps, read_at_most  # noqa: E402
+from selfheal.state.root import MAX_STATE_FILE_BYTES, dumps, loads, read_at_most  # noqa: E402
 
 
 def _read_json_file(name: str, *, stdin_ok: bool = False) -> Any:
@@ -46,7 +45,7 @@ def _read_json_file(name: str, *, stdin_ok: bool = False) -> Any:
                 raw = read_at_most(fh, MAX_STATE_FILE_BYTES)
         if raw is None:  # a snapshot this big could not be saved, and would not be read back
             raise UsageError(f"{label} is larger than {MAX_STATE_FILE_BYTES} bytes; a snapshot is refused")
-        return json.loads(raw)
+        return loads(raw)
     except OSError as exc:
         raise UsageError(f"cannot read {label}: {exc.strerror}") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError

@@ -56,7 +56,7 @@ from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, NotAttempted, SelfHealError, StateError  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
-from selfheal.state.root import MAX_STATE_FILE_BYTES, read_at_most, read_bytes  # noqa: E402
+from selfheal.state.root import MAX_STATE_FILE_BYTES, loads, read_at_most, read_bytes  # noqa: E402
 from selfheal.state.skill_status import status_path, update_status  # noqa: E402
 from selfheal.tasks.run import BoundedLog, TaskRun, check_stuck, find_stuck, why_not  # noqa: E402
 from selfheal.tasks.tree import (  # noqa: E402
@@ -128,7 +128,7 @@ def _line_task(path: str, number: int, text: str) -> Task:
         return TaskError(f"{path} line {number}: {key}: must be {_LINE_KEYS[key]} (value {value!r}); nothing was added")
 
     try:
-        data = json.loads(text)
+        data = loads(text)
     except ValueError as exc:
         raise TaskError(f"{path} line {number}: not JSON ({exc}); nothing was added") from None
     if not isinstance(data, dict):

@@ -341,3 +341,42 @@ def test_a_world_readable_state_file_an_older_version_left_is_made_private_when_
         assert JournaledFile(state.checkpoint_file("t"), path).read() == {"step": 2}
 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# JSON nested past the C parser's recursion limit: 200 KB, well under every size cap.
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_json_nested_past_the_parsers_depth_is_bad_json_to_every_reader(home: Path, state: StateRoot) -> None:
+    """json.loads raises RecursionError, not ValueError, on `[[[[...`: a state file, a ledger line, a breaker
+    file planted so, an HTTP error body a hostile server sent, a task file given to `add --from` or a snapshot
+    given to `save` crashed whatever read it (a traceback, exit 3). Now each is bad JSON like any other: the
+    state file moved aside, the line skipped, the body classified by its status, the input refused (exit 2)."""
+    from selfheal.core.classify import Failure, classify_error
+    from selfheal.core.config import load_config
+    from selfheal.core.ledger import Ledger, iter_events, ledger_files
+
+    planted = state.root / "status" / "planted.json"
+    planted.parent.mkdir(exist_ok=True)
+    planted.write_text(DEEP)
+    with pytest.raises(CorruptStateError, match="too deep"):
+        read_json(planted)
+    assert not planted.exists()  # moved aside, named
+
+    Ledger(state, load_config()).record("failed", task="nightly", error_class="transient", reason="reset")
+    (ledger,) = ledger_files(state)
+    with ledger.open("a") as fh:
+        fh.write(DEEP + "\n")
+    assert [e["task"] for e in iter_events(ledger_files(state)) if e] == ["nightly"]
+
+    failure = Failure.from_http(503, {}, '{"error": ' + DEEP + "}")
+    assert classify_error(failure).error_class == "transient"
+
+    lines = home / "tasks.jsonl"
+    lines.write_text(DEEP + "\n")
+    added = call_script("tasks.py", "add", "--from", str(lines), home=home)
+    assert added.returncode == 2 and "line 1" in added.stderr and "Traceback" not in added.stderr, added.stderr
+    messages = home / "messages.json"
+    messages.write_text(DEEP)
+    saved = call_script("snapshot.py", "save", "s1", "--messages-file", str(messages), home=home)
+    assert saved.returncode == 2 and "not valid JSON" in saved.stderr, saved.stderr

@@ -64,7 +64,7 @@ from ..state.breakers import (
 )
 from ..state.records import RecordError
 from ..state.redact import active as active_redactor
-from ..state.root import StateRoot, open_rewrite, validate_id, write_bytes_atomic
+from ..state.root import StateRoot, loads, open_rewrite, validate_id, write_bytes_atomic
 from ..state.runs import boot_id, recorded_process_gone
 from .config import BreakerSettings, StoreSettings
 from .fleet import fleet_database, fleet_now, host_id, mark_down, mark_up
@@ -130,7 +130,7 @@ def _decode(raw: bytes, path: Path) -> BreakerState | None:
     if not raw.strip():
         return None
     try:
-        data = json.loads(raw)
+        data = loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptStateError(path, None, f"invalid JSON: {exc}") from None
     return parse_breaker(data, path)

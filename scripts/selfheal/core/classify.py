@@ -10,7 +10,6 @@ from __future__ import annotations
 import builtins
 import errno as errno_mod
 import functools
-import json
 import re
 import signal as signal_mod
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ..state.root import loads
 from .backoff import parse_retry_after
 from .config import ClassifySettings, Rule, get_config
 
@@ -401,7 +401,7 @@ def _body_message(text: str) -> str:
     if not text:
         return ""
     try:
-        body = json.loads(text) if text[0] in "{[" else None
+        body = loads(text) if text[0] in "{[" else None
     except ValueError:
         body = None
     if isinstance(body, Mapping):
@@ -430,7 +430,7 @@ def _codes_from_body(text: str) -> list[str]:
     if not text or "{" not in text:
         return []
     try:
-        body = json.loads(text)
+        body = loads(text)
     except ValueError:
         return []
     return _codes_in_mapping(body) if isinstance(body, Mapping) else []

@@ -29,7 +29,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
 from ..errors import FleetUnavailable, StateError, UnsafeStateError
 from ..state import layout
-from ..state.root import StateRoot, append_line, ensure_dir, file_lock, open_dir, open_file, open_read, unlink
+from ..state.root import StateRoot, append_line, ensure_dir, file_lock, loads, open_dir, open_file, open_read, unlink
 from .config import Config, LogSettings
 from .fleet import fleet_database, host_id, mark_down, mark_up
 from .redact import Redactor, active, redactor_for
@@ -293,7 +293,7 @@ class Ledger:
             events: list[tuple[dict[str, Any], bytes]] = []
             for raw in b"".join(chunks).splitlines():
                 try:
-                    event = json.loads(raw)
+                    event = loads(raw)
                 except ValueError:
                     event = None
                 if isinstance(event, dict) and _replayable(event):
@@ -390,7 +390,7 @@ def iter_events(paths: list[Path]) -> Iterator[dict[str, Any] | None]:
         with os.fdopen(fd, "rb") as fh:
             for raw in fh:
                 try:
-                    obj = json.loads(raw)
+                    obj = loads(raw)
                 except ValueError:
                     yield None
                     continue

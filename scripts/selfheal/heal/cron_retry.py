@@ -22,7 +22,6 @@ JSON job list is CronUnavailable too, with what it printed, not a traceback.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..core.config import Config
 from ..core.ledger import Ledger
 from ..errors import StateError
-from ..state.root import StateRoot, read_json, write_json
+from ..state.root import StateRoot, loads, read_json, write_json
 
 RETRY_FILE = "cron_retry"  # status/cron_retry.json: per job, its failure episode: retries, when, and the next slot
 CLOCK_SLACK_S = 1.0  # a retry's run starts after we asked for it; this much earlier still counts as ours
@@ -60,7 +59,7 @@ class CronUnavailable(RuntimeError):
 def _jobs(listed: str) -> list[dict[str, Any]]:
     """The jobs of `openclaw cron list --json`; CronUnavailable when it printed anything but a job list."""
     try:
-        data = json.loads(listed or "{}")
+        data = loads(listed or "{}")
     except ValueError:
         raise CronUnavailable(f"openclaw cron list printed no JSON: {listed.strip()[:200]!r}") from None
     jobs = data.get("jobs", []) if isinstance(data, dict) else data

@@ -48,7 +48,7 @@ from typing import Any, BinaryIO
 from ..core.classify import Classifier
 from ..core.classify import Failure as Evidence
 from ..core.openclaw_config import read_config
-from ..state.root import MAX_LINE_BYTES, iter_lines
+from ..state.root import MAX_LINE_BYTES, iter_lines, loads
 
 DEFAULT_LOG_DIR = Path("/tmp/openclaw")  # noqa: S108 - where OpenClaw itself writes, read only
 LANE_ERROR = "lane_error"
@@ -130,7 +130,7 @@ class Failure:
 def _subsystem(first: Any) -> str | None:
     if isinstance(first, str) and first.startswith("{"):
         try:
-            named = json.loads(first)
+            named = loads(first)
         except ValueError:
             return None
         if isinstance(named, dict):
@@ -189,7 +189,7 @@ def _kv(text: str) -> dict[str, str]:
         value = raw
         if raw.startswith('"'):
             try:
-                value = json.loads(raw)
+                value = loads(raw)
             except ValueError:
                 value = raw[1:-1]
         out[key] = value

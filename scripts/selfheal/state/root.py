@@ -590,6 +590,17 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
 
 
+def loads(data: str | bytes | bytearray) -> Any:
+    """json.loads, with JSON nested deeper than the parser recurses (`[[[[...`, 60 KB of it) refused as the
+    ValueError any other bad JSON raises. The C parser raises RecursionError there, which no reader's
+    `except ValueError` caught: one planted state file or ledger line, one hostile HTTP error body, crashed
+    whatever read it. Every reader of JSON that this process did not write goes through here."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deep to read") from None
+
+
 def _json_bytes(text: str) -> bytes:
     """JSON text as UTF-8. A lone surrogate (a file name's undecodable byte, `/home/x\\udcff`, as Python reads
     paths and the environment) cannot be UTF-8: it is written as its JSON escape, which reads back the same."""
@@ -655,7 +666,7 @@ def read_json_shared(path: Path) -> dict[str, Any] | None:
     if not raw.strip():
         return None
     try:
-        data = json.loads(raw)
+        data = loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptStateError(path, None, f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -691,7 +702,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
         finally:
             os.close(fd)
         try:
-            obj = json.loads(raw.decode("utf-8"))
+            obj = loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             problem: str | None = "empty file" if not raw.strip() else f"invalid JSON: {exc}"
         else:
@@ -993,7 +1004,7 @@ class JournaledFile:
 def _journal_entry(raw: bytes, base: int, n: int) -> list[tuple[list[str], Any]] | None:
     """The changes of one journal line if it is whole, checks out and follows on; else None."""
     try:
-        entry = json.loads(raw)
+        entry = loads(raw)
     except (UnicodeDecodeError, ValueError):
         return None
     if not isinstance(entry, dict) or entry.get("base") != base or entry.get("n") != n:
@@ -1013,7 +1024,7 @@ def _later_entry(raw: bytes, start: int, base: int, after: int) -> bool:
     """Whether a whole line from `start` on is a save of this snapshot numbered after `after` that checks out."""
     for line in raw[start:].split(b"\n")[:-1]:  # the part after the last newline is not a whole line
         try:
-            entry = json.loads(line)
+            entry = loads(line)
         except (UnicodeDecodeError, ValueError):
             continue
         n = entry.get("n") if isinstance(entry, dict) and entry.get("base") == base else None
@@ -1034,7 +1045,7 @@ def _apply(doc: dict[str, Any], path: list[str], value: Any) -> None:
 
 def _read_slot(raw: bytes) -> tuple[int, dict[str, Any]] | None:
     try:
-        slot = json.loads(raw.rstrip(b" "))
+        slot = loads(raw.rstrip(b" "))
     except (UnicodeDecodeError, ValueError):
         return None
     if not (isinstance(slot, dict) and isinstance(slot.get("seq"), int) and isinstance(slot.get("doc"), dict)):

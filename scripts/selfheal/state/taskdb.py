@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..errors import EXIT_USAGE, LockBusy, StateError, StateWriteError, UnsafeStateError, UsageError
 from . import layout
-from .root import ensure_dir, file_lock, open_rewrite
+from .root import ensure_dir, file_lock, loads, open_rewrite
 from .sql import SQLITE, Dialect
 from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, HISTORY_KEEP, PRIORITIES, PROCESSING, TYPES, VOID
 
@@ -349,7 +349,7 @@ def row_task(row: Sequence[Any], path: Path) -> Task:
             fields[attr] = None
         elif kind == "json":
             try:
-                fields[attr] = json.loads(raw)
+                fields[attr] = loads(raw)
             except ValueError as exc:
                 column = COLUMN_NAMES[_DECODE.index((attr, kind))]
                 raise StateError(

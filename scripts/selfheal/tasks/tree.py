@@ -38,7 +38,7 @@ from ..core.process import identify
 from ..errors import FleetUnavailable, InvalidIdError, LockBusy, NotAttempted, StateError, UsageError
 from ..state import layout
 from ..state.redact import active as active_redactor
-from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, read_bytes, validate_id
+from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, loads, read_bytes, validate_id
 from ..state.runs import boot_id
 from ..state.taskdb import TaskDB, TaskImportRefused, task_row
 from ..state.taskrecord import FIELDS, RunSpec, Task, rank
@@ -963,7 +963,7 @@ def _read_tree(files: list[Path], folder: Path) -> list[Task]:
     tasks: dict[str, Task] = {}
     for path in files:
         try:
-            data = json.loads(read_bytes(path))  # never through a planted link (UnsafeStateError)
+            data = loads(read_bytes(path))  # never through a planted link (UnsafeStateError)
         except (OSError, ValueError) as exc:
             raise _refuse(path, f"task file {path} is unreadable ({exc})", folder) from None
         if not isinstance(data, dict):
@@ -993,7 +993,7 @@ def _read_tree(files: list[Path], folder: Path) -> list[Task]:
 
 def _read_archived(path: Path, folder: Path) -> tuple[Path, dict[str, Any]]:
     try:
-        data = json.loads(read_bytes(path))  # never through a planted link (UnsafeStateError)
+        data = loads(read_bytes(path))  # never through a planted link (UnsafeStateError)
     except (OSError, ValueError) as exc:
         raise _refuse(path, f"archived task file {path} is unreadable ({exc})", folder) from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
