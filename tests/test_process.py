@@ -229,3 +229,18 @@ def test_fifty_megabytes_of_output_keeps_memory_bounded() -> None:
     result = run_command([sys.executable, "-c", code], stdout=sink, tail_bytes=4096)  # type: ignore[arg-type]
     assert sink.n == 800 * 65536 == result.stdout_bytes
     assert len(result.stdout_tail) == 4096
+
+
+def test_a_stop_requested_before_the_command_starts_keeps_it_from_starting(tmp_path: Path) -> None:
+    """A stop signal that came while the runner got ready (stopping an earlier run's orphan, which takes up to
+    the kill grace, taking the lock, between attempts) ends the run without starting the command: it was
+    started and stopped an instant later, its first side effects done."""
+    marker = tmp_path / "ran"
+    stop = StopFlag()
+    stop.set(signal.SIGTERM)
+    try:
+        result = run_command(["sh", "-c", f"echo started > {marker}"], stop=stop)
+    finally:
+        stop.close()
+    assert result.interrupted_by == signal.SIGTERM and not result.ok and result.exit_code is None
+    assert result.identity is None and not marker.exists()

@@ -6,11 +6,14 @@ and call setsid() to escape their process group.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +23,11 @@ import psutil
 import pytest
 
 from conftest import PYTHON, SCRIPTS, script_env
+from selfheal.core import process
+from selfheal.core.process import CommandResult, ProcessIdentity, identify, kill_tree, run_command
+from selfheal.core.runs import stop_orphans
+from selfheal.state.root import StateRoot, write_json
+from selfheal.state.runs import ProcessRef, RunState
 
 RETRY_RUN = str(SCRIPTS / "retry_run.py")
 
@@ -319,3 +327,260 @@ def test_a_command_never_takes_a_process_its_runner_started_beside_it_for_its_ow
     report = json.loads(done.stdout)
     assert report["left"] == [] and report["alive"], report
     assert report["quick"] == 7, report
+
+
+# -- pid reuse: the kernel hands a finished process's pid to the next fork; forced here through ns_last_pid
+
+
+def _can_force_pids() -> bool:
+    """Whether this test may choose the next pid (root in its pid namespace: /proc/sys/kernel/ns_last_pid)."""
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "r+") as fh:
+            fh.write(fh.read().strip())
+        return True
+    except OSError:
+        return False
+
+
+needs_pid_control = pytest.mark.skipif(not _can_force_pids(), reason="cannot choose the next pid here (not root)")
+
+
+def force_next_pid(pid: int) -> None:
+    """The next process forked on this machine gets `pid` (unless another fork comes first: callers check)."""
+    with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+        fh.write(str(pid - 1))
+
+
+def gone(pid: int) -> bool:
+    """The pid is free: the process ended and was reaped."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def _stranger_takes_the_commands_pid(tmp_path: Path, leftovers: list[int], timeout: float | None) -> bool:
+    """One try of the test below; False if another fork took the freed pid first."""
+    escapee = tmp_path / "escapee.pid"
+    # The escapee ignores SIGTERM (so it outlives the timeout's SIGTERM) and holds the command's output open.
+    script = f"setsid sh -c 'trap \"\" TERM; echo $$ > {escapee}; exec sleep 300' & sleep 0.3"
+    if timeout is not None:
+        script += "; exec sleep 300"  # the command itself, alone in its group, waits for the timeout
+    started: list[ProcessIdentity | None] = []
+    results: list[CommandResult] = []
+
+    def run() -> None:
+        results.append(
+            run_command(
+                ["sh", "-c", script],
+                timeout_s=timeout,
+                drain_s=3.0,
+                kill_grace_s=0.5,
+                tick_s=0.1,
+                on_start=started.append,
+            )
+        )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(lambda: bool(started), "the command to start")
+    leader = started[0].pid if started[0] else 0
+    wait_until(lambda: gone(leader) or not thread.is_alive(), "the command's pid to be freed or its run to end")
+    stranger = None
+    if thread.is_alive():  # its pid is free while its run goes on: hand it to a stranger
+        force_next_pid(leader)
+        stranger = subprocess.Popen(
+            ["sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE, start_new_session=True
+        )
+    thread.join(timeout=30)
+    if escapee.exists():
+        leftovers.append(int(escapee.read_text()))
+    if stranger is None:
+        return True  # the pid stayed the command's until its run ended: nothing could be mistaken for it
+    assert stranger.stdout is not None
+    child = int(stranger.stdout.readline())
+    leftovers.extend([stranger.pid, child])
+    try:
+        if stranger.pid != leader:
+            return False
+        assert alive(child), "the stranger's child was stopped as the command's daemon"
+        assert stranger.poll() is None, "the stranger's group was killed with the command's"
+        assert child not in [item.pid for item in results[0].left_behind]
+        return True
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stranger.pid, signal.SIGKILL)
+        stranger.wait()
+
+
+@needs_pid_control
+@pytest.mark.parametrize("timeout", [None, 0.5], ids=["ends", "times-out"])
+def test_a_stranger_given_the_finished_commands_pid_is_never_taken_for_what_the_command_left(
+    tmp_path: Path, leftovers: list[int], timeout: float | None
+) -> None:
+    """The command ends (or is stopped at its timeout) while an escaped child of its own still holds its
+    output open. Its pid, reaped, went to the next fork: a stranger leading a session of its own, with a
+    child. The stranger's child was taken for a daemon the command left (looked up as the children of the
+    command's pid), reported and stopped; at a timeout the stranger's whole group got the SIGKILL meant for
+    the command's. Neither is touched now."""
+    for _ in range(5):
+        if _stranger_takes_the_commands_pid(tmp_path, leftovers, timeout):
+            return
+    pytest.skip("another process took the freed pid every time")
+
+
+# A subreaper running a command that starts a short-lived child, while the same process starts another
+# child (a sibling workflow step's, a function step's) that is given that child's pid once it is reaped.
+# argv: the file for the short-lived child's pid. Prints the sibling's exit status as its Popen read it.
+REUSED_BY_SIBLING = textwrap.dedent("""
+    import json, os, subprocess, sys, threading, time
+    from selfheal.core.process import become_subreaper, run_command
+    assert become_subreaper()
+    pidfile = sys.argv[1]
+    for _ in range(5):
+        if os.path.exists(pidfile):
+            os.unlink(pidfile)
+        thread = threading.Thread(
+            target=run_command, args=(["sh", "-c", f"sleep 0.4 & echo $! > {pidfile}; sleep 1.5"],),
+            kwargs={"tick_s": 0.05},
+        )
+        thread.start()
+        while not (os.path.exists(pidfile) and open(pidfile).read().strip()):
+            time.sleep(0.01)
+        short = int(open(pidfile).read())
+        while os.path.exists(f"/proc/{short}"):  # it ends, and its parent (the command's shell) reaps it
+            time.sleep(0.005)
+        with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+            fh.write(str(short - 1))
+        sibling = subprocess.Popen(["sh", "-c", "exit 7"])
+        thread.join()
+        code = sibling.wait()
+        if sibling.pid == short:
+            print(json.dumps({"sibling": code}))
+            break
+    else:
+        print(json.dumps({"sibling": None}))
+""")
+
+
+@needs_pid_control
+def test_a_siblings_exit_status_is_not_reaped_when_it_inherits_the_pid_of_a_commands_finished_child(
+    tmp_path: Path,
+) -> None:
+    """A command's short-lived child, seen and remembered, ends; its pid goes to a child the runner starts
+    beside the command. When the command's run ended, it reaped that zombie as its own (the pid was in its
+    list), and the sibling's Popen read 0 for its exit 7: a failed step passed as done."""
+    done = subprocess.run(
+        [PYTHON, "-c", REUSED_BY_SIBLING, str(tmp_path / "short.pid")],
+        check=False,
+        capture_output=True,
+        env=script_env(Path("/nonexistent")),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    if report["sibling"] is None:
+        pytest.skip("another process took the freed pid every time")
+    assert report["sibling"] == 7, report
+
+
+def _stranger_takes_the_orphans_pid(tmp_path: Path, leftovers: list[int]) -> bool:
+    """One try of the test below; False if another fork took the freed pid first."""
+    escapee = tmp_path / "escapee.pid"
+    escapee.unlink(missing_ok=True)
+    script = f"setsid sh -c 'trap \"\" TERM; echo $$ > {escapee}; exec sleep 300' & exec sleep 300"
+    command = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    wait_until(lambda: escapee.exists() and bool(escapee.read_text().strip()), "the escapee to start")
+    leftovers.append(int(escapee.read_text()))
+    identity = identify(command.pid)
+    assert identity is not None
+    thread = threading.Thread(target=kill_tree, args=(identity,), kwargs={"grace_s": 2.0})
+    thread.start()
+    command.wait(timeout=10)  # its parent reaps it at the SIGTERM: the pid is free again
+    force_next_pid(command.pid)
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    leftovers.append(stranger.pid)
+    thread.join(timeout=30)
+    try:
+        if stranger.pid != command.pid:
+            return False
+        assert stranger.poll() is None, "the stranger's group got the SIGKILL meant for the command's"
+        assert not alive(int(escapee.read_text()))
+        return True
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+@needs_pid_control
+def test_stopping_an_orphan_never_kills_the_group_of_a_stranger_given_its_pid(
+    tmp_path: Path, leftovers: list[int]
+) -> None:
+    """An earlier run's command dies at the SIGTERM while a child of its own that left its group ignores it;
+    the command's pid, reaped by its parent, goes to a stranger leading a group of its own. The SIGKILL sent
+    to the command's group after the grace went to the stranger's group."""
+    for _ in range(5):
+        if _stranger_takes_the_orphans_pid(tmp_path, leftovers):
+            return
+    pytest.skip("another process took the freed pid every time")
+
+
+def _stranger_takes_an_orphans_childs_pid(attempt: int, monkeypatch: pytest.MonkeyPatch, leftovers: list[int]) -> bool:
+    """One try of the test below; False if another fork took the freed pid first."""
+    state = StateRoot.from_env().ensure()
+    run_id = f"t-dead-{attempt}"
+    runner = subprocess.Popen(["true"])  # the dead runner: ended, reaped
+    runner_identity = identify(runner.pid)
+    runner.wait()
+    env = dict(os.environ, SELFHEAL_RUN_ID=run_id)
+    command = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], env=env, start_new_session=True)
+    wait_until(lambda: bool(psutil.Process(command.pid).children()), "the command's child")
+    child = psutil.Process(command.pid).children()[0].pid
+    leftovers.extend([command.pid, child])
+    identity = identify(command.pid)
+    assert identity is not None and runner_identity is not None
+    record = RunState(
+        run_id=run_id,
+        task="t",
+        host=socket.gethostname(),
+        supervisor=ProcessRef(runner_identity.pid, runner_identity.create_time, runner_identity.start_ticks),
+        child=ProcessRef(identity.pid, identity.create_time, identity.start_ticks),
+    )
+    write_json(state.run_file(run_id), record.to_json())
+    strangers: list[subprocess.Popen[bytes]] = []
+
+    def stop_then_reuse(who: ProcessIdentity, **kwargs: Any) -> list[int]:
+        hit = kill_tree(who, **kwargs)
+        if who.pid == command.pid:  # the command's tree is stopped: its child is dead, and its pid is free
+            command.wait(timeout=10)
+            wait_until(lambda: gone(child), "the child's pid to be freed")
+            force_next_pid(child)
+            strangers.append(subprocess.Popen(["sleep", "300"]))
+            leftovers.append(strangers[0].pid)
+        return hit
+
+    with monkeypatch.context() as patch:
+        patch.setattr(process, "kill_tree", stop_then_reuse)
+        stopped = stop_orphans(state, "t", kill=True, grace_s=1.0)
+    assert [o.pid for o in stopped] == [command.pid]
+    assert not alive(command.pid)  # its child died with it (its pid may be the stranger's now)
+    try:
+        if not strangers or strangers[0].pid != child:
+            return False
+        assert strangers[0].poll() is None, "the stranger was stopped as the dead run's process"
+        return True
+    finally:
+        for stranger in strangers:
+            stranger.kill()
+            stranger.wait()
+
+
+@needs_pid_control
+def test_an_orphans_process_that_ends_while_another_is_stopped_is_not_confused_with_a_stranger_given_its_pid(
+    home: Path, monkeypatch: pytest.MonkeyPatch, leftovers: list[int]
+) -> None:
+    """A dead run left two processes (its command and the command's child, both carrying its run id). They
+    are stopped one after the other; the child dies with its parent's tree, and its pid goes to a stranger
+    before its turn comes. It was then looked up by the pid, its start read from the stranger, and the
+    stranger was stopped as the orphan."""
+    for attempt in range(5):
+        if _stranger_takes_an_orphans_childs_pid(attempt, monkeypatch, leftovers):
+            return
+    pytest.skip("another process took the freed pid every time")

@@ -16,6 +16,11 @@ inherit. A child of the runner is adopted only when it carries the command's tag
 children (another step's command run in parallel, a function step's subprocess, a child caught between
 fork and exec) are younger than the command too, and one was once stopped as the command's daemon, its
 exit status reaped from under its Popen, which then read 0.
+
+Pid reuse: once the command is reaped its pid (and its group's id, once the group is empty) may go to the
+next fork. From then on nothing is looked up or signalled by that number: not its children, not its group
+(a member found there counts only if it started before the reap or carries the tag), and no process
+remembered by pid alone is reaped or signalled without its start time matching.
 """
 
 from __future__ import annotations
@@ -168,17 +173,55 @@ def kill_tree(
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGTERM)
     for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
+        _send(proc, signal.SIGTERM)
     alive = _wait_gone(procs, grace_s, clock)
-    if alive and group is not None:
+    if alive and group is not None and _group_held(group, identity, alive):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)
     for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+        _send(proc, signal.SIGKILL)
     _wait_gone(alive, 1.0, clock)
     return sorted({p.pid for p in procs})
+
+
+def _send(proc: psutil.Process, signum: int) -> bool:
+    """Signal `proc` if it is still the process psutil saw (pid and start time); True if sent. Where pidfds
+    exist (Linux 5.3+) the check and the signal reach the same process: psutil's own check is followed by a
+    kill() by pid, and a process that died in between (its parent reaps at once) may have passed its pid on."""
+    opener, sender = getattr(os, "pidfd_open", None), getattr(signal, "pidfd_send_signal", None)
+    if opener is None or sender is None:
+        try:
+            proc.send_signal(signum)
+            return True
+        except psutil.Error:
+            return False
+    try:
+        fd = opener(proc.pid)
+    except OSError:
+        return False
+    try:
+        if not proc.is_running():  # the pid was another's already when the fd was opened
+            return False
+        sender(fd, signum)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _group_held(pgid: int, leader: ProcessIdentity, alive: list[psutil.Process]) -> bool:
+    """Whether process group `pgid` is still the one we signalled: its leader still runs, or one of the
+    processes known to be ours (pid and start time) is still in it. A group id stays taken while the group
+    has a member; once empty (the leader died at the SIGTERM and was reaped, what is left had left the group)
+    it may be given to a stranger's new group, which must not get our SIGKILL."""
+    if still_running(leader) is not None:
+        return True
+    for proc in alive:
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.is_running() and os.getpgid(proc.pid) == pgid:
+                return True
+    return False
 
 
 def _leads_group(pid: int) -> bool:
@@ -381,6 +424,9 @@ def run_command(
     with the command's identity before any of its output is read, so a caller can record it first.
     """
     started = clock.monotonic()
+    if stop is not None and stop.signum is not None:
+        # Asked to stop while the runner got ready (an orphan being stopped, a lock, a wait): never start it.
+        return CommandResult(argv=list(argv), exit_code=None, duration_s=0.0, interrupted_by=stop.signum)
     tracker = _Descendants(os.urandom(8).hex())
     try:
         proc = subprocess.Popen(
@@ -488,8 +534,11 @@ def run_command(
                 last_output = clock.time()
 
             now = clock.monotonic()
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
+            if exited_at is None:
+                before = _boot_ticks(), time.time()  # read before the reap: what started earlier is no stranger
+                if proc.poll() is not None:
+                    exited_at = now
+                    tracker.leader_reaped(*before)
             if exited_at is not None and (not open_fds or now >= exited_at + drain_s):
                 break  # done; output still held open by a leftover background child is not waited for
             if kill_at is None and exited_at is None:
@@ -535,7 +584,7 @@ def run_command(
             tracker.signal(signal.SIGKILL)
             proc.wait()
         tracker.reap()
-    left_behind = [LeftBehind(pid, cmd, stopped=not _alive(pid)) for pid, cmd in sorted(left.items())]
+    left_behind = [LeftBehind(pid, cmd, stopped=not tracker.running(pid)) for pid, cmd in sorted(left.items())]
     for item in left_behind:
         logger.info(
             "command %s left pid %d (%s) running; %s",
@@ -560,6 +609,17 @@ def run_command(
     )
 
 
+def _boot_ticks() -> int | None:
+    """Now, in clock ticks since boot (the unit of state.runs.start_ticks); None where there is no such clock."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None or not hasattr(os, "sysconf"):
+        return None
+    try:
+        return int(time.clock_gettime(boottime) * os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -577,6 +637,9 @@ class _Descendants:
         self.leader = 0
         self.since = 0.0  # the command's start time: anything adopted must be younger
         self.since_ticks: int | None = None  # the same in clock ticks since boot (a stepped clock moves no tick)
+        # Set when the command was reaped: clock ticks since boot and wall time read just before. Its pid and
+        # group id are free from then on; what starts later may be anyone's.
+        self.reaped: tuple[int | None, float] | None = None
         self.procs: dict[int, psutil.Process] = {}
         self.adopted: set[int] = set()
         self.subreaper = is_subreaper()
@@ -590,9 +653,24 @@ class _Descendants:
             return ticks >= self.since_ticks - 1
         return bool(proc.create_time() >= self.since - 0.01)
 
+    def leader_reaped(self, ticks: int | None, wall: float) -> None:
+        self.reaped = (ticks, wall)
+
+    def before_reap(self, proc: psutil.Process) -> bool:
+        """Whether `proc` started before the command was reaped (so before its pid and group id were free)."""
+        if self.reaped is None:
+            return True
+        ticks, wall = self.reaped
+        started = start_ticks(proc.pid) if ticks is not None else None
+        if started is not None and ticks is not None:
+            return started < ticks  # a tick begun before the reap may have seen a stranger start after it
+        return bool(proc.create_time() < wall)
+
     def remember(self) -> None:
         """Snapshot the command's descendants (and what we adopted), so one that calls setsid() is still known."""
-        roots = [self.leader]
+        # A reaped command's pid may be a stranger's now: its children are not the command's (the command's
+        # own were re-parented when it ended).
+        roots = [self.leader] if self.reaped is None else []
         if self._me is not None:
             with contextlib.suppress(psutil.Error):
                 for child in self._me.children():
@@ -606,7 +684,9 @@ class _Descendants:
         for root in roots:
             try:
                 for child in psutil.Process(root).children(recursive=True):
-                    self.procs.setdefault(child.pid, child)
+                    known = self.procs.get(child.pid)
+                    if known is None or known != child:  # new, or its pid reused since (psutil: pid + start)
+                        self.procs[child.pid] = child
             except psutil.Error:
                 pass
 
@@ -618,15 +698,27 @@ class _Descendants:
     def known(self) -> list[psutil.Process]:
         return list(self.procs.values())
 
+    def running(self, pid: int) -> bool:
+        """Whether the process known by this pid still runs (checked by its start time, not the bare pid)."""
+        proc = self.procs.get(pid)
+        if proc is None:
+            return _alive(pid)
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
     def others(self, *, escaped_only: bool = False) -> dict[int, str]:
         """Live processes beyond the command itself, with their command lines; `escaped_only`: only those
         that left its process group (daemons), not its ordinary children."""
         self.remember()
         found = {p.pid: p for p in self.procs.values() if p.pid != self.leader}
-        if not _alive(self.leader):  # a live leader's group members are its descendants, already found
+        if self.reaped is not None or not _alive(self.leader):  # a live leader's group: its descendants, found
             for member in _group_members(self.leader):
-                with contextlib.suppress(psutil.Error):
-                    if self.younger(member):  # younger than the command: its own
+                with contextlib.suppress(psutil.Error, OSError):
+                    # Younger than the command: its own; and, once it is reaped, started before that or
+                    # marked (the group id may have gone to a stranger's group since).
+                    if self.younger(member) and (self.before_reap(member) or self.marked(member)):
                         found.setdefault(member.pid, member)
                         self.procs.setdefault(member.pid, member)
         out = {}
@@ -643,19 +735,15 @@ class _Descendants:
         known, each checked by pid and start time."""
         self.remember()
         hit = []
-        if group:
+        if group and self.reaped is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.leader, signum)
                 hit.append(self.leader)
         for pid, proc in list(self.procs.items()):
-            # psutil checks the start time before signalling, so a pid reused by a stranger is left alone.
-            try:
-                if proc.is_running():
-                    proc.send_signal(signum)
-                    hit.append(pid)
-                else:
-                    del self.procs[pid]
-            except psutil.Error:
+            # Checked by start time before signalling, so a pid reused by a stranger is left alone.
+            if _send(proc, signum):
+                hit.append(pid)
+            else:
                 del self.procs[pid]
         return hit
 
@@ -671,9 +759,13 @@ class _Descendants:
 
     def _reap(self) -> None:
         for pid in list(self.adopted):
+            proc = self.procs.get(pid)
             try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
+                if proc is not None and proc != psutil.Process(pid):  # ended, reaped elsewhere, pid reused
+                    done = pid
+                else:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+            except (ChildProcessError, psutil.Error):
                 done = pid
             if done:
                 self.adopted.discard(pid)
@@ -687,7 +779,9 @@ class _Descendants:
             return
         with contextlib.suppress(psutil.Error):
             for child in self._me.children():
-                if child.pid == self.leader or child.pid not in self.procs:
+                # Only the very process known (pid and start time): one of the command's that ended and was
+                # reaped may have passed its pid to a child the runner started since (a sibling's Popen).
+                if child.pid == self.leader or self.procs.get(child.pid) != child:
                     continue
                 with contextlib.suppress(psutil.Error, ChildProcessError):
                     if child.status() == psutil.STATUS_ZOMBIE and self.younger(child):

@@ -307,18 +307,21 @@ def _dead_runs(state: StateRoot, task: str, run_id: str | None, *, any_runner: b
     return out
 
 
-def _orphan_processes(record: RunState) -> list[psutil.Process]:
+def _orphan_processes(record: RunState) -> list[tuple[psutil.Process, ProcessIdentity]]:
     """The live processes of a dead run: its recorded child (pid and start time), and any process of ours
     whose environment carries the run's SELFHEAL_RUN_ID (a daemon that escaped it, or a child started in
-    the instant before the runner recorded it)."""
+    the instant before the runner recorded it). Each with its identity as read now: they are stopped one
+    after another, and one may die with another's tree and its pid go to a stranger before its turn."""
     import psutil  # noqa: PLC0415
 
-    found: dict[int, psutil.Process] = {}
+    from .process import ProcessIdentity  # noqa: PLC0415
+
+    found: dict[int, tuple[psutil.Process, ProcessIdentity]] = {}
     child = record.child
     if child is not None and child.pid and child.create_time:
         proc = live_process(child.pid, child.create_time, child.start_ticks)
         if proc is not None:
-            found[proc.pid] = proc
+            found[proc.pid] = (proc, ProcessIdentity(child.pid, child.create_time, child.start_ticks))
     run_id = record.run_id
     uid = os.getuid() if hasattr(os, "getuid") else None
     for proc in psutil.process_iter():
@@ -328,7 +331,9 @@ def _orphan_processes(record: RunState) -> list[psutil.Process]:
             if uid is not None and proc.uids().real != uid:
                 continue
             if proc.environ().get("SELFHEAL_RUN_ID") == run_id and proc.status() != psutil.STATUS_ZOMBIE:
-                found[proc.pid] = proc
+                identity = ProcessIdentity(proc.pid, proc.create_time(), start_ticks(proc.pid))
+                if proc.is_running():  # still the process read (psutil: pid and start): so are those ticks
+                    found[proc.pid] = (proc, identity)
     return list(found.values())
 
 
@@ -352,14 +357,14 @@ def stop_orphans(
     resumed workflow step all come here."""
     import psutil  # noqa: PLC0415
 
-    from .process import ProcessIdentity, describe, kill_tree  # noqa: PLC0415
+    from . import process  # noqa: PLC0415
 
-    found: list[tuple[Orphan, list[psutil.Process]]] = []
+    found: list[tuple[Orphan, list[ProcessIdentity]]] = []
     for record in _dead_runs(state, task, run_id, any_runner=any_runner and run_id is not None):
-        procs = _orphan_processes(record)
-        if procs:
-            first = procs[0]
-            found.append((Orphan(record.run_id, first.pid, describe(first)), procs))
+        live = _orphan_processes(record)
+        if live:
+            first = live[0][0]
+            found.append((Orphan(record.run_id, first.pid, process.describe(first)), [who for _, who in live]))
     if not found:
         return []
     if not kill:
@@ -372,9 +377,7 @@ def stop_orphans(
             orphan.cmd,
             orphan.run_id,
         )
-        for proc in procs:
+        for who in procs:
             with contextlib.suppress(psutil.Error):  # kill_tree checks the start time before signalling
-                kill_tree(
-                    ProcessIdentity(proc.pid, proc.create_time(), start_ticks(proc.pid)), grace_s=grace_s, clock=clock
-                )
+                process.kill_tree(who, grace_s=grace_s, clock=clock)
     return [orphan for orphan, _ in found]
