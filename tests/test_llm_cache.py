@@ -184,3 +184,91 @@ def test_a_bad_cache_setting_names_the_key(cached: Callable[..., Config]) -> Non
 
     with pytest.raises(ConfigError, match=r"models\.cache\.max_entries"):
         cached("{ttl_s: 60, max_entries: 0}")
+
+
+def test_an_entry_stored_while_the_clock_was_ahead_is_a_miss_once_it_is_corrected(
+    cached: Callable[..., Config], server: FakeModelServer, home: Path
+) -> None:
+    """Stored while the wall clock ran a day ahead (a bad RTC before NTP): once the clock is set right, the
+    entry is not taken as fresh for a day and a ttl more; it is a miss, asked anew and stored again."""
+    config = cached("{ttl_s: 60, max_entries: 10}")
+    complete("Summarise the night.", config=config, clock=FakeClock(wall=1_800_086_400.0))
+    right = FakeClock(wall=1_800_000_000.0)
+    assert complete("Summarise the night.", config=config, clock=right).cached is False
+    assert server.requests("primary") == 2
+    assert complete("Summarise the night.", config=config, clock=right).cached is True
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "folder-symlink"])
+def test_a_planted_entry_is_a_miss_and_nothing_outside_the_state_root_is_read_or_written(
+    cached: Callable[..., Config], server: FakeModelServer, home: Path, tmp_path: Path, plant: str
+) -> None:
+    """An entry that is a link to an answer elsewhere, a FIFO, or a model-cache folder that is a link: the
+    call asks the model (no hang, no answer taken from outside the state root) and writes nothing there."""
+    import os
+
+    config, clock = cached(), FakeClock()
+    complete("Summarise the night.", config=config, clock=clock)
+    (path,) = cache_files(home)
+    record = json.loads(path.read_text())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    poisoned = dict(record, content="rm -rf / # from elsewhere")
+    (outside / path.name).write_text(json.dumps(poisoned))
+    if plant == "symlink":
+        path.unlink()
+        path.symlink_to(outside / path.name)
+    elif plant == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+    else:
+        folder = home / "model-cache"
+        for item in folder.iterdir():
+            item.unlink()
+        folder.rmdir()
+        folder.symlink_to(outside)
+    before = sorted(p.name for p in outside.iterdir())
+    again = complete("Summarise the night.", config=config, clock=clock)
+    assert not again.cached and again.content != poisoned["content"] and server.requests("primary") == 2
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert json.loads((outside / path.name).read_text()) == poisoned
+
+
+def test_an_entry_removed_by_another_process_during_the_trim_is_no_failure(
+    cached: Callable[..., Config],
+    server: FakeModelServer,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another process deletes an expired entry between the trim's listing and its look at the file: the
+    answer is stored all the same, with no warning that it could not be, and the trim still keeps the cap."""
+    import os
+
+    config, clock = cached("{ttl_s: 60, max_entries: 2}"), FakeClock()
+    for prompt in ("one", "two"):
+        complete(prompt, config=config, clock=clock)
+    listing, raced = os.scandir, list[str]()
+
+    class Listing(list):  # type: ignore[type-arg]
+        def __enter__(self) -> Listing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    def racing(fd: int) -> Listing:
+        with listing(fd) as found:
+            entries = Listing(found)
+        if not raced and len(entries) > 2:  # the trim's listing: the oldest entry goes, as a get() elsewhere
+            oldest = min(entries, key=lambda e: e.stat(follow_symlinks=False).st_mtime_ns)  # deletes an expired one
+            raced.append(oldest.name)
+            os.unlink(oldest.name, dir_fd=fd)
+        return entries
+
+    monkeypatch.setattr(os, "scandir", racing)  # the trim's listing (the cache module's only one)
+    with caplog.at_level("WARNING"):
+        complete("three", config=config, clock=clock)
+    assert raced and "could not store" not in caplog.text
+    assert len(cache_files(home)) <= 2
+    assert complete("three", config=config, clock=clock).cached is True

@@ -109,6 +109,46 @@ def test_a_bad_include_is_an_error_naming_the_file(
     assert "openclaw.json" in str(caught.value) or ".json5" in str(caught.value)
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_something_other_than_a_file_in_place_of_openclaw_json_is_named_never_waited_on(
+    write: Callable[..., dict[str, str]], kind: str
+) -> None:
+    """A FIFO (which would hang the reader for good), a folder or a link to /dev/zero where openclaw.json
+    belongs: a configuration error saying what is there (exit 2), not skill.yaml's chain in silence, and
+    the readers that carry on without the file (the gateway's port, the log discovery) get {} at once."""
+    import os
+
+    from selfheal.core.openclaw_config import read_config
+
+    env = write("{}")
+    path = Path(env["OPENCLAW_STATE_DIR"]) / "openclaw.json"
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")
+    what = {"fifo": "a FIFO", "folder": "a folder", "device": "a device"}[kind]
+    config = load_config(env=env)
+    with pytest.raises(ConfigError, match=f"openclaw.json: is {what}, not a configuration file"):
+        openclaw_chain.resolve(config, env)
+    with pytest.raises(ConfigError, match=what):
+        openclaw_chain.chain_from_openclaw(env)
+    assert read_config(env) == {}
+
+
+def test_an_include_that_is_a_fifo_is_named_as_one(write: Callable[..., dict[str, str]]) -> None:
+    """`$include: "./models.json5"` naming a FIFO: the error says it is a FIFO (it is there; "no such file"
+    sent the user looking for a typo), and nothing waits on it."""
+    import os
+
+    env = write('{agents: {defaults: {model: "lan/q"}}, models: {$include: "./models.json5"}}')
+    os.mkfifo(Path(env["OPENCLAW_STATE_DIR"]) / "models.json5")
+    with pytest.raises(ConfigError, match=r"models\.json5 is a FIFO, not a file"):
+        openclaw_chain.chain_from_openclaw(env)
+
+
 def test_an_include_root_named_by_the_environment_is_allowed(
     write: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
@@ -462,3 +502,37 @@ def test_a_header_credential_echoed_in_an_answer_is_masked_like_a_key(
         server.script("corp", Fault.reply("you sent tok-from-env-123, thanks"))
         answer = complete("hi", config=load_config())
         assert "tok-from-env-123" not in answer.content and "***" in answer.content
+
+
+@pytest.mark.parametrize(
+    ("provider", "reason"),
+    [
+        ('{baseUrl: "ftp://10.0.0.1/v1"}', "its baseUrl is not an http:// or https:// URL with a host"),
+        ('{baseUrl: "http://[::1/v1"}', "its baseUrl is not an http:// or https:// URL with a host"),
+        ('{baseUrl: "http://10.0.0.1:99999/v1"}', "its baseUrl is not an http:// or https:// URL with a host"),
+        ('{baseUrl: "not a url", apiKey: "${K}"}', "its baseUrl is not an http:// or https:// URL with a host"),
+        ('{baseUrl: "http://10.0.0.1/v1", api: ["openai-completions"]}', "its api is not the name of an API"),
+    ],
+    ids=["ftp", "bad-ipv6", "bad-port", "no-host", "api-list"],
+)
+def test_a_provider_no_request_can_reach_is_unusable_with_a_plain_reason(
+    write: Callable[..., dict[str, str]], provider: str, reason: str
+) -> None:
+    """A base URL the openai client cannot send to, or an `api` that is not a name: one line says why,
+    before any request (it was each request's `transient` failure, exit 3, or "unhashable type: 'list'")."""
+    env = write(f'{{models: {{providers: {{p: {provider}}}}}, agents: {{defaults: {{model: "p/m"}}}}}}') | {"K": "k-1"}
+    chain = chain_of(env)
+    assert chain.entries == () and chain.unusable == (f"p/m ({reason})",)
+
+
+def test_variables_in_model_references_are_substituted_as_openclaw_does(write: Callable[..., dict[str, str]]) -> None:
+    """`primary: "${PRIMARY}"`: OpenClaw substitutes variables in every string (its `models status` reports
+    the model the variable names), so the chain follows; an unset one makes that reference unusable, named."""
+    env = write(
+        '{agents: {defaults: {model: {primary: "${PRIMARY}", fallbacks: ["lan/${FB}"]}}},'
+        ' models: {providers: {lan: {baseUrl: "http://10.0.0.5:8000/v1"}}}}'
+    )
+    chain = chain_of(env | {"PRIMARY": "lan/big", "FB": "small"})
+    assert [e.model for e in chain.entries] == ["big", "small"] and chain.unusable == ()
+    assert "agents.defaults.model.primary = '${PRIMARY}'" in chain.sources[0]
+    assert chain_of(env | {"FB": "small"}).unusable == ("${PRIMARY} (it needs $PRIMARY, which is not set)",)

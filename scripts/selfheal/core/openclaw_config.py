@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,42 @@ def config_path(env: Mapping[str, str] | None = None) -> Path:
     return root.expand_home(found, openclaw_home(env)) if found else state_dir(env) / "openclaw.json"
 
 
-def _read_text(path: Path, limit: int) -> str:
+def not_a_file(path: Path) -> str | None:
+    """What `path` is when it is there but is no regular file (links followed: the user's own file may be
+    one): "a FIFO", "a folder"...; None when it is a file or is not there."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(limit + 1)
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+def _read_text(path: Path, limit: int) -> str:
+    # Opened without blocking and checked before a byte is read: a FIFO (or /dev/zero) put where the file
+    # belongs would hang every reader, the cron health check among them, for good.
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ConfigError(f"cannot read it ({exc.strerror or exc})", file=path) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ConfigError(f"is {_kind(mode)}, not a configuration file", file=path)
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            raw = handle.read(limit + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read it ({exc.strerror or exc})", file=path) from None
     if len(raw) > limit:
         raise ConfigError(f"is over {limit // (1024 * 1024)} MB: not a configuration file", file=path)
     try:
@@ -132,7 +163,9 @@ class _Includes:
         if len(chain) > MAX_INCLUDE_DEPTH:
             raise ConfigError(f"{where or 'the top'}: includes nest over {MAX_INCLUDE_DEPTH} levels", file=who)
         if not target.is_file():
-            raise ConfigError(f"{where or 'the top'}: $include {name!r}: no such file {target}", file=who)
+            what = not_a_file(target)
+            problem = f"{target} is {what}, not a file" if what else f"no such file {target}"
+            raise ConfigError(f"{where or 'the top'}: $include {name!r}: {problem}", file=who)
         self.files.append(target)
         return self.resolve(_parse(target, MAX_INCLUDE_BYTES), target.parent, (*chain, target), where)
 

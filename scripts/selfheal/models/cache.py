@@ -8,7 +8,8 @@ hash of the chain entry (name, address, model), the messages and every parameter
 (JSON mode, schema, max_tokens, temperature): the file never holds the prompt. Only answers that passed
 the answer check are stored, and only when masking left them unchanged (a cached answer is returned as
 it was given, never a masked copy). An entry older than `ttl_s` is a miss (and is deleted); past
-`max_entries`, the oldest written go first. Streams are never cached.
+`max_entries`, the oldest written go first. Streams are never cached. An entry stored more than
+CLOCK_STEP_S "in the future" (the wall clock was stepped back since) is a miss too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..clock import Clock
 from ..core.config import ModelCache, ModelEndpoint
 from ..errors import CorruptStateError, StateError
 from ..state import layout
+from ..state.breakers import CLOCK_STEP_S
 from ..state.redact import active as redactor
 from ..state.root import StateRoot, ensure_dir, file_lock, open_dir, read_json, unlink, write_json
 
@@ -100,7 +102,10 @@ class AnswerCache:
         if raw is None:
             return None
         answer = _answer_of(raw)
-        if answer is None or self.clock.time() - answer.created > self.settings.ttl_s:
+        # Stored "in the future": the wall clock has since been stepped back (NTP after a bad RTC), and the
+        # entry's age is unknown; taken as fresh, it would be served for as long as the step and a ttl more.
+        age = None if answer is None else self.clock.time() - answer.created
+        if age is None or age > self.settings.ttl_s or age < -CLOCK_STEP_S:
             with contextlib.suppress(OSError, StateError):
                 unlink(path)
             return None
@@ -125,7 +130,10 @@ class AnswerCache:
             for item in os.scandir(fd):
                 if not item.name.endswith(".json"):
                     continue
-                info = os.stat(item.name, dir_fd=fd, follow_symlinks=False)
+                try:
+                    info = os.stat(item.name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since the listing: another process's get() deleted it as expired
                 if stat.S_ISREG(info.st_mode):
                     entries.append((info.st_mtime_ns, item.name))
         finally:

@@ -7,8 +7,11 @@ Readings are kept for a few seconds (nvidia-smi takes about 100 ms); a wait for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 
@@ -17,6 +20,9 @@ log = logging.getLogger(__name__)
 CACHE_S = 5.0  # how long one reading of every GPU is reused
 _QUERY = ("--query-gpu=index,uuid,memory.free", "--format=csv,noheader,nounits")
 _TIMEOUT_S = 5.0
+# nvidia-smi's answer is about 60 bytes a GPU: far more is a wrapper gone wrong, never held whole.
+_MAX_OUTPUT_BYTES = 256 * 1024
+_REAP_S = 0.5  # how long a killed nvidia-smi is waited for (a hang in the driver is not waited out)
 
 
 @dataclass(frozen=True)
@@ -57,16 +63,24 @@ async def read_all(*, fresh: bool = False, timeout_s: float | None = None) -> tu
     readings: tuple[GpuReading, ...] | None = None
     if tool is not None:
         try:
+            # In a session of its own, so that what it started goes with it when it is stopped (a wrapper's
+            # child holding the pipe would otherwise keep the reading open long after the time is up).
             proc = await asyncio.create_subprocess_exec(
-                tool, *_QUERY, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+                tool,
+                *_QUERY,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
             )
             try:
-                out, _ = await asyncio.wait_for(proc.communicate(), limit)
-            except asyncio.TimeoutError:
-                proc.kill()  # our own child, started just above
-                await proc.wait()
+                out = await asyncio.wait_for(_output(proc), limit)
+            except BaseException:
+                await _stop(proc)
                 raise
-            readings = parse(out.decode("utf-8", "replace")) if proc.returncode == 0 else None
+            if out is None:
+                log.warning("nvidia-smi printed over %d bytes: not a reading of GPUs", _MAX_OUTPUT_BYTES)
+            readings = parse(out.decode("utf-8", "replace")) if out is not None and proc.returncode == 0 else None
             readings = readings or None
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             if isinstance(exc, asyncio.TimeoutError) and limit < _TIMEOUT_S:
@@ -74,6 +88,41 @@ async def read_all(*, fresh: bool = False, timeout_s: float | None = None) -> tu
             readings = None
     _seen["all"] = (time.monotonic(), readings)
     return readings
+
+
+async def _output(proc: asyncio.subprocess.Process) -> bytes | None:
+    """What nvidia-smi printed, once it has exited; None (and it is stopped) past _MAX_OUTPUT_BYTES."""
+    pipe = proc.stdout
+    if pipe is None:  # started with stdout=PIPE: never so
+        await proc.wait()
+        return b""
+    out = await pipe.read(_MAX_OUTPUT_BYTES + 1)
+    while len(out) <= _MAX_OUTPUT_BYTES:
+        more = await pipe.read(_MAX_OUTPUT_BYTES + 1 - len(out))
+        if not more:
+            await proc.wait()
+            return out
+        out += more
+    await _stop(proc)
+    return None
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """Kill nvidia-smi and what it started (its own session, started by us), and reap it; the wait is bounded,
+    since a process stuck in the driver does not die at once and the caller's time is up."""
+    # The whole group, also after nvidia-smi itself has exited: a child of a wrapper may still hold the pipe
+    # (a group's id is never given to another process while one of its members lives).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    async def reap() -> None:
+        # What is left in the pipe is read to its end, so the pipe closes as well as the process.
+        while proc.stdout is not None and await proc.stdout.read(65536):
+            pass
+        await proc.wait()
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(reap(), _REAP_S)
 
 
 def select(readings: tuple[GpuReading, ...], gpu: int | str | None) -> GpuReading | None:

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..core.config import Config, ModelEndpoint, header_problem, written_credential
-from ..core.openclaw_config import config_path, expand, read_openclaw_files, variables
+from ..core.openclaw_config import config_path, expand, not_a_file, read_openclaw_files, variables
 from ..errors import ConfigError
 
 
@@ -150,6 +150,17 @@ def _no_key_needed(base_url: str) -> bool:
     return address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified
 
 
+def _http_url(base_url: str) -> bool:
+    """Whether the openai client can send to it: http or https, a host, a port that can be one. Caught here,
+    a malformed URL is one line of the unusable models, not each request's "transient" failure."""
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:  # a malformed IPv6 address, a port that is not a number
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and not re.search(r"\s", base_url)
+
+
 def _loopback(base_url: str) -> bool:
     host = (urlsplit(base_url).hostname or "").lower()
     if host == "localhost":
@@ -225,6 +236,8 @@ class _Resolver:
         # A bundled provider keeps its own API when the file only moves it (a proxy in front of Anthropic is
         # still Anthropic); any other provider with a baseUrl speaks OpenAI's chat API unless it says not.
         api = model.get("api") or spec.get("api") or (bundled.api if bundled else "openai-completions")
+        if not isinstance(api, str):
+            raise _Unusable("its api is not the name of an API")
         if base is None:
             if bundled is None:
                 raise _Unusable("no models.providers entry with a baseUrl, and not a provider OpenClaw bundles")
@@ -241,6 +254,8 @@ class _Resolver:
         if missing:
             raise _Unusable(f"its baseUrl needs ${missing[0]}, which is not set")
         base = base.rstrip("/")
+        if not _http_url(base):
+            raise _Unusable("its baseUrl is not an http:// or https:// URL with a host")
         if api == "ollama" and not base.endswith("/v1"):
             base += "/v1"  # Ollama's OpenAI-compatible endpoint beside its native one
         key_var, marker = _key(provider, spec, bundled)
@@ -325,7 +340,11 @@ def chain_from_data(data: Mapping[str, Any], path: Path, env: Mapping[str, str])
     seen: set[str] = set()
     for where, ref in refs:
         try:
-            provider, model_id, how = resolver.ref(ref)
+            # OpenClaw substitutes ${VAR} in every string of its configuration, model references included.
+            named, missing = expand(ref, env)
+            if missing:
+                raise _Unusable(f"it needs ${missing[0]}, which is not set")
+            provider, model_id, how = resolver.ref(named)
             entry, origin = resolver.endpoint(provider, model_id)
         except (_Unusable, TypeError, ValueError) as exc:
             unusable.append(f"{ref} ({exc})")
@@ -339,11 +358,17 @@ def chain_from_data(data: Mapping[str, Any], path: Path, env: Mapping[str, str])
     return Chain(tuple(entries), tuple(sources), tuple(unusable), origin=str(path))
 
 
+def _there(path: Path) -> bool:
+    """Whether openclaw.json is there to be read: a file, or something else in its place (a FIFO, a folder),
+    which the reader refuses by name (exit 2) rather than leaving the chain silently to skill.yaml's."""
+    return path.is_file() or not_a_file(path) is not None
+
+
 def chain_from_openclaw(env: Mapping[str, str] | None = None) -> Chain | None:
     """The chain of OpenClaw's default agent, or None when there is no openclaw.json or it names no model."""
     env = os.environ if env is None else env
     path = config_path(env)
-    if not path.is_file():
+    if not _there(path):
         return None
     data, _ = read_openclaw_files(path, env)
     return chain_from_data(data, path, env)
@@ -383,9 +408,10 @@ def resolve(config: Config, env: Mapping[str, str] | None = None) -> Chain:
         where = config.files[-1] if len(config.files) > 1 else "skill.yaml"
         return Chain(own, tuple(f"{where}: models.chain[{i}]" for i in range(len(own))), origin=where)
     path = config_path(env)
-    found = chain_from_data(_data(path, env), path, env) if path.is_file() else None
+    there = _there(path)
+    found = chain_from_data(_data(path, env), path, env) if there else None
     if found is None:
-        why = f"no openclaw.json at {path}" if not path.is_file() else f"{path} names no agents.defaults.model"
+        why = f"no openclaw.json at {path}" if not there else f"{path} names no agents.defaults.model"
         return Chain(own, tuple(f"skill.yaml: models.chain[{i}] ({why})" for i in range(len(own))))
     if not found.entries:
         raise ConfigError(

@@ -6,6 +6,7 @@ Pure functions; the fallback chain turns a problem found here into a `format` fa
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,15 @@ from typing import Any
 from ..errors import UsageError
 from ..state.root import read_at_most
 
-_FENCE = re.compile(r"^\s*```[\w-]*\s*\n(?P<body>.*?)\n?\s*```\s*$", re.DOTALL)
+# The opening line of a fence that wraps a whole answer: ```, a language tag, a line break. Only the opening is a
+# regular expression: a lazy body before a closing fence backtracks quadratically over white space, and a model
+# looping on white space (JSON mode's known failure) sends hundreds of thousands of it.
+_FENCE_OPEN = re.compile(r"\s*```[\w-]*\s*\n")
+# Deeper than any answer a caller can use: a model looping on `[` or `{`. Deeper ones are refused before any
+# recursive code (the redaction of --json, the cache) walks them and runs out of stack.
+MAX_JSON_DEPTH = 100
+# How much of a value from the answer a schema problem shows: the reason goes to stderr, the ledger and --json.
+_SHOWN_CHARS = 80
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,
@@ -36,14 +45,45 @@ class OutputProblem(ValueError):
 
 def strip_fences(text: str) -> str:
     """The body of a ```json ... ``` block that wraps the whole answer, else the text unchanged."""
-    match = _FENCE.match(text)
-    return match.group("body") if match else text
+    opening = _FENCE_OPEN.match(text)
+    closed = text.rstrip()
+    if opening is None or not closed.endswith("```") or len(closed) - 3 < opening.end():
+        return text
+    return text[opening.end() : len(closed) - 3].rstrip()
 
 
 def _not_json(name: str) -> Any:
     """NaN and Infinity: Python's reader takes them, JSON has no such values (the answer would be printed
     as JSON no other reader takes, and a NaN passes every comparison a caller makes)."""
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    """A JSON number too big for a float (1e400) reads as Infinity: refused like the word itself."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is too large for a number JSON readers take")
+    return value
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest deeper than `limit` levels (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _brief(value: Any) -> str:
+    """A value from the answer as a message shows it: its repr, cut to _SHOWN_CHARS."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 def check_answer(
@@ -69,11 +109,13 @@ def check_answer(
         return None
     body = strip_fences(content)
     try:
-        data = json.loads(body, parse_constant=_not_json)
+        data = json.loads(body, parse_constant=_not_json, parse_float=_finite)
     except ValueError as exc:
         raise OutputProblem(f"not JSON: {exc}") from None
     except RecursionError:
         raise OutputProblem("not JSON this reader can hold: nested too deeply") from None
+    if _depth_over(data, MAX_JSON_DEPTH):
+        raise OutputProblem(f"JSON nested deeper than {MAX_JSON_DEPTH} levels: not an answer anyone can use")
     if not isinstance(data, dict):
         raise OutputProblem(f"JSON, but a {type(data).__name__}, not an object")
     if schema is not None:
@@ -93,17 +135,17 @@ def schema_problems(value: Any, schema: dict[str, Any], where: str = "$") -> lis
             return [f"{where}: expected {' or '.join(names)}, got {type(value).__name__}"]
     problems: list[str] = []
     if "enum" in schema and value not in schema["enum"]:
-        problems.append(f"{where}: {value!r} is not one of {schema['enum']}")
+        problems.append(f"{where}: {_brief(value)} is not one of {_brief(schema['enum'])}")
     if isinstance(value, str):
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            problems.append(f"{where}: {value!r} does not match {schema['pattern']!r}")
+            problems.append(f"{where}: {_brief(value)} does not match {_brief(schema['pattern'])}")
         if "minLength" in schema and len(value) < schema["minLength"]:
             problems.append(f"{where}: shorter than {schema['minLength']} characters")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            problems.append(f"{where}: {value} is below {schema['minimum']}")
+            problems.append(f"{where}: {_brief(value)} is below {schema['minimum']}")
         if "maximum" in schema and value > schema["maximum"]:
-            problems.append(f"{where}: {value} is above {schema['maximum']}")
+            problems.append(f"{where}: {_brief(value)} is above {schema['maximum']}")
     if isinstance(value, dict):
         problems += [f"{where}: missing {key!r}" for key in schema.get("required", []) if key not in value]
         for key, sub in schema.get("properties", {}).items():
