@@ -529,6 +529,30 @@ def test_gpu_memory_comes_from_nvidia_smi_when_it_exists(
     assert (result.status, result.detail) == (status, detail)
 
 
+def test_an_nvidia_smi_whose_child_holds_the_pipe_or_that_never_stops_printing_is_bounded(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrapper's child holding stdout kept the cron check waiting the whole 10 s (then a warning that it did
+    not answer, and the child left running); one printing without end was held whole in memory for those 10 s.
+    Now the answer is read when nvidia-smi exits, what it left is stopped, and the output is read no further
+    than a tail."""
+    pidfile = tmp_path / "child.pid"
+    fake_nvidia_smi(env, f"/bin/sleep 300 &\necho $! > {pidfile}\necho '6000, 8192'\n")
+    result = health.check_gpu(1024, env)
+    assert (result.status, result.detail) == (OK, "6000 MiB free on the GPU")
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the wrapper's child was left running"
+        time.sleep(0.05)
+    monkeypatch.setattr(health, "GPU_QUERY_TIMEOUT_S", 1.0)
+    fake_nvidia_smi(env, "exec /usr/bin/yes '6000, 8192'\n")
+    before = psutil.Process().memory_info().rss
+    result = health.check_gpu(1024, env)
+    assert result.status == WARN and "did not answer" in result.detail, result
+    assert psutil.Process().memory_info().rss - before < 50 * 1024 * 1024
+
+
 # -- the mode -------------------------------------------------------------------------------------------------
 
 

@@ -93,6 +93,7 @@ STATUS_SUFFIXES = (".txt", ".json")
 STATUS_READ_MAX = 65536  # bytes of a status file read; the pairs that matter come first
 BODY_READ_MAX = 65536  # bytes of a gateway answer read
 GPU_QUERY_TIMEOUT_S = 10.0  # nvidia-smi can take a second or more on a busy machine
+_GPU_TAIL_BYTES = 64 * 1024  # nvidia-smi prints about 20 bytes a GPU: more is a wrapper gone wrong
 NAMES_SHOWN = 3  # names listed in a detail line before "and N more"
 # A status or state value that says the skill is failing (compared in lower case).
 FAILURE_WORDS = frozenset({"error", "failed", "failure", "fail", "down", "crashed", "dead", "unhealthy"})
@@ -1013,31 +1014,32 @@ def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
     tool = find_executable("nvidia-smi", env)
     if tool is None:
         return Check("gpu", SKIP, "no nvidia-smi on PATH", {})
-    import subprocess  # noqa: PLC0415 - only where there is a GPU to ask about
+    from ..core.process import run_command  # noqa: PLC0415 - only where there is a GPU to ask about
 
-    try:
-        proc = subprocess.run(
-            [tool, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=GPU_QUERY_TIMEOUT_S,
-            env=dict(env),
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
+    # As every command self-heal runs: in a session of its own, output kept as a bounded tail, its group
+    # stopped at the time bound, and what it leaves running (a wrapper's child holding the pipe kept the
+    # check waiting the whole bound, then was left running) stopped once it exits.
+    argv = [tool, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"]
+    proc = run_command(
+        argv, timeout_s=GPU_QUERY_TIMEOUT_S, env=env, tail_bytes=_GPU_TAIL_BYTES, drain_s=0.5, kill_grace_s=1.0
+    )
+    if proc.timed_out:
         return Check("gpu", WARN, f"nvidia-smi did not answer within {GPU_QUERY_TIMEOUT_S:g} s", {"tool": tool})
-    except OSError as exc:
-        return Check("gpu", WARN, f"nvidia-smi could not run: {exc.strerror or exc}", {"tool": tool})
-    if proc.returncode != 0:
-        said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
-        return Check("gpu", WARN, f"nvidia-smi failed (exit {proc.returncode}): {said[0]}", {"tool": tool})
+    if proc.start_error is not None:
+        return Check("gpu", WARN, f"nvidia-smi could not run: {proc.start_error}", {"tool": tool})
+    stdout, stderr = proc.text_tail("stdout"), proc.text_tail("stderr")
+    if proc.exit_code != 0:
+        said = (stderr.strip() or stdout.strip()).splitlines()[-1:] or ["no output"]
+        return Check("gpu", WARN, f"nvidia-smi failed (exit {proc.exit_code}): {said[0]}", {"tool": tool})
+    if proc.stdout_bytes > _GPU_TAIL_BYTES:
+        return Check("gpu", WARN, f"nvidia-smi printed {proc.stdout_bytes} bytes: not a reading of GPUs", {})
     gpus = []
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         fields = [f.strip() for f in line.split(",")]
         if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
             gpus.append({"free_mb": int(fields[0]), "total_mb": int(fields[1])})
     if not gpus:
-        return Check("gpu", WARN, f"nvidia-smi printed no memory figures: {proc.stdout.strip()[:100]!r}", {})
+        return Check("gpu", WARN, f"nvidia-smi printed no memory figures: {stdout.strip()[:100]!r}", {})
     best = max(g["free_mb"] for g in gpus)
     data = {"gpus": gpus, "free_mb": best, "min_free_mb": min_free_mb}
     where = f"the roomiest of {len(gpus)} GPUs" if len(gpus) > 1 else "the GPU"
