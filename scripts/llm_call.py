@@ -41,10 +41,17 @@ PROMPT_MAX_BYTES = 16 * 1024 * 1024
 
 
 def _prompt(args: object) -> str:
-    text = getattr(args, "prompt", None)
+    """The prompt, refused when it is empty or blank: a prompt file an earlier step left empty would cost a
+    call and be answered as if something had been asked."""
     path = getattr(args, "prompt_file", None)
-    if path is None:
-        return str(text)
+    text = str(getattr(args, "prompt", "")) if path is None else _read_prompt(path)
+    if not text.strip():
+        where = "--prompt" if path is None else "standard input" if path == "-" else f"prompt file {path}"
+        raise UsageError(f"{where}: empty; nothing was sent")
+    return text
+
+
+def _read_prompt(path: str) -> str:
     where = "standard input" if path == "-" else f"prompt file {path}"
     try:
         if path == "-":

@@ -135,16 +135,28 @@ def test_every_breaker_open_exits_4(home: Path, two: Any, server: FakeModelServe
         (["--prompt", "hi", "--max-tokens", "0"], "--max-tokens must be >= 1"),
         (["--prompt", "hi", "--task", "../x"], "invalid task id"),
         ([], "one of the arguments --prompt --prompt-file is required"),
+        # A prompt file an earlier step left empty: a call (and its cost) for nothing, answered as if asked.
+        (["--prompt-file", "{empty}"], "prompt file {empty}: empty; nothing was sent"),
+        (["--prompt", " \n"], "--prompt: empty; nothing was sent"),
     ],
 )
-def test_bad_input_exits_2(home: Path, two: Any, tmp_path: Path, args: list[str], words: str) -> None:
+def test_bad_input_exits_2(
+    home: Path, two: Any, server: FakeModelServer, tmp_path: Path, args: list[str], words: str
+) -> None:
     """Bad flags and files are refused with a message naming them, before any request."""
     schema = tmp_path / "bad.json"
     schema.write_text("{not json")
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café".encode("latin-1") + b"\xe9")
-    proc = call(home, *[a.replace("{schema}", str(schema)).replace("{latin1}", str(latin1)) for a in args])
-    assert proc.returncode == 2 and words in proc.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+
+    def filled(text: str) -> str:
+        return text.replace("{schema}", str(schema)).replace("{latin1}", str(latin1)).replace("{empty}", str(empty))
+
+    proc = call(home, *[filled(a) for a in args])
+    assert proc.returncode == 2 and filled(words) in proc.stderr, proc.stderr
+    assert server.requests("primary") == server.requests("backup") == 0
 
 
 def test_missing_key_variable_exits_2(home: Path, server: FakeModelServer, write_config: Callable[[str], Path]) -> None:
