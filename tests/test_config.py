@@ -215,6 +215,11 @@ def test_empty_user_file_changes_nothing(write_config: Callable[[str], Path], co
             "models.chain[0].base_url",
             "must be an http:// or https:// URL",
         ),
+        (
+            "models:\n  chain:\n    - {name: a, base_url: 'https://bob:pw@h/v1', model: m}\n",
+            "models.chain[0].base_url",
+            "must not hold a user name or password",
+        ),
         ("models:\n  chain:\n    - {name: a, base_url: 'http://h/v1'}\n", "models.chain[0].model", "missing key"),
         (
             "models:\n  chain:\n    - {name: a, base_url: 'http://h/v1', model: m, api_key_env: 'sk-123'}\n",

@@ -51,6 +51,8 @@ _ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
 
 
 def _check_url(value: object) -> str | None:
+    if isinstance(value, str) and re.match(r"https?://[^\s/@]*@", value):
+        return "must not hold a user name or password: a key comes from the variable api_key_env names"
     if not isinstance(value, str) or not re.match(r"https?://[^\s/:]+(:\d{1,5})?(/\S*)?\Z", value):
         return "must be an http:// or https:// URL with a host"
     return None
