@@ -61,6 +61,23 @@ def test_off_by_default_every_call_asks(cached: Callable[..., Config], server: F
     assert cache_files(home) == []
 
 
+def test_an_entry_with_other_headers_does_not_get_the_answer_another_was_given(
+    cached: Callable[..., Config], server: FakeModelServer, write_config: Callable[[str], Path]
+) -> None:
+    """Headers choose who answers behind one address (a tenant, an organisation, a project): the key left them
+    out, so once the entry's headers changed it was still served the answer given under the old ones."""
+    config, clock = cached(), FakeClock()
+    complete("Summarise the night.", config=config, clock=clock)
+    write_config(
+        "models:\n  read_timeout_base_s: 2\n  timeout_per_1k_tokens_s: 0\n  deadline_s: 20\n"
+        "  cache: {ttl_s: 60, max_entries: 10}\n"
+        f'  chain:\n    - {{name: primary, base_url: "{server.url("primary")}", model: qwen,'
+        " headers: {X-Tenant: shop-b}}\n"
+    )
+    again = complete("Summarise the night.", config=load_config(), clock=clock)
+    assert not again.cached and server.requests("primary") == 2
+
+
 def test_a_second_identical_call_sends_no_request_and_says_so(
     cached: Callable[..., Config], server: FakeModelServer, home: Path
 ) -> None:

@@ -1,15 +1,15 @@
 """The opt-in cache of model answers (`models.cache: {ttl_s, max_entries}`; the second source document's
-section 6.3, "cache LLM responses"). Off by default: an answer is usually wanted fresh, since what the
-model reads (logs, a task's state) changes between calls.
+section 6.3, "cache LLM responses"). Off by default: an answer is usually wanted fresh, since what the model
+reads (logs, a task's state) changes between calls.
 
 One file per request under the state root's `model-cache/`: `<sha256>.json`, written whole (atomic, 0600,
-through the state root's helpers, so every string in it is masked as in any state file). The key is a
-hash of the chain entry (name, address, model), the messages and every parameter that changes the answer
-(JSON mode, schema, max_tokens, temperature): the file never holds the prompt. Only answers that passed
-the answer check are stored, and only when masking left them unchanged (a cached answer is returned as
-it was given, never a masked copy). An entry older than `ttl_s` is a miss (and is deleted); past
-`max_entries`, the oldest written go first. Streams are never cached. An entry stored more than
-CLOCK_STEP_S "in the future" (the wall clock was stepped back since) is a miss too.
+through the state root's helpers, so every string in it is masked as in any state file). The key is a hash
+of the chain entry (name, address, model, headers as written), the messages and every parameter that changes
+the answer (JSON mode, schema, max_tokens, temperature): the file never holds the prompt. Only answers that
+passed the answer check are stored, and only when masking left them unchanged (a cached answer is returned
+as it was given, never a masked copy). An entry older than `ttl_s` is a miss (and is deleted); past
+`max_entries`, the oldest written go first. Streams are never cached. An entry stored more than CLOCK_STEP_S
+"in the future" (the wall clock was stepped back since) is a miss too.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def cache_key(
     """The request's hash: the same entry, messages and parameters give the same key, any change another."""
     request = {
         "v": VERSION,
-        "endpoint": [entry.name, entry.base_url, entry.model],
+        # Its headers as written (a tenant, an organisation, a project behind one address; a header naming a
+        # variable is kept as the ${VAR} it is: the key never holds a value read from the environment).
+        "endpoint": [entry.name, entry.base_url, entry.model, dict(entry.headers)],
         "messages": [dict(m) for m in messages],
         "json_output": json_output,
         "schema": schema,
