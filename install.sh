@@ -43,6 +43,15 @@ done
 
 say() { printf 'self-heal: %s\n' "$*" >&2; }
 
+# Root with another user's HOME (sudo that keeps HOME): the state folder would be made root's, in that user's
+# ~/.openclaw, and every script that user runs would then be refused it. Checked before anything is made.
+if [ "$(id -u)" = 0 ] && [ -d "$HOME" ] && [ ! -O "$HOME" ]; then
+    echo "install.sh: running as root with HOME=$HOME, which is another user's: the state folder would belong to root" \
+        "and that user's scripts could not use it; run it as that user (without sudo), or as root with root's own" \
+        "HOME (sudo -H)" >&2
+    exit 2
+fi
+
 # Checked before anything is installed, so a machine without cron learns it at once.
 if [ "$CRON" != keep ] && ! command -v "$CRONTAB" >/dev/null 2>&1; then
     echo "install.sh: there is no '$CRONTAB' command here, so the health check cannot be put in the system crontab;" \
@@ -66,19 +75,43 @@ fi
 
 # 2. The virtual environment, re-made only if it is missing, broken, or another folder's: a skill copied with
 #    its .venv (`openclaw skills install` copies verbatim) carries scripts that still run the source's Python.
-venv_owner() {  # the folder the venv was made in, as its activate script says, resolved
+#    Each Python writes that line its own way (3.12 and later `export VIRTUAL_ENV=...` after a cygpath line, later
+#    ones shell-quoted): the script is sourced in a child shell and asked, rather than parsed, or a venv would be taken
+#    for another folder's and made again on every run (the network, a minute, and cron lines failing meanwhile).
+venv_made_for() {  # the folder the venv was made in, as its activate script says
+    [ -f "$VENV/bin/activate" ] && bash --norc --noprofile -c '. "$1" >/dev/null 2>&1; printf "%s" "${VIRTUAL_ENV:-}"' \
+        _ "$VENV/bin/activate" 2>/dev/null || true
+}
+venv_owner() {  # that folder, resolved
     local made
-    made="$(sed -n 's/^ *VIRTUAL_ENV=["'"'"']\{0,1\}\([^"'"'"']*\)["'"'"']\{0,1\} *$/\1/p' "$VENV/bin/activate" 2>/dev/null | head -n 1)"
+    made="$(venv_made_for)"
     [ -n "$made" ] && [ -d "$made" ] && (cd "$made" && pwd -P)
+}
+make_venv() {
+    local code=0
+    if [ ! -w "$ROOT" ] || ! rm -rf "$VENV" 2>/dev/null; then
+        echo "install.sh: cannot make $VENV: the skill folder is not writable by $(id -un); run install.sh as the user" \
+            "who owns $ROOT" >&2
+        exit 3
+    fi
+    "$PY" -m venv "$VENV" >&2 || code=$?
+    if [ "$code" != 0 ]; then
+        rm -rf "$VENV"   # never leave a half-made one behind
+        echo "install.sh: '$PY -m venv' failed (exit $code), nothing installed; on Debian or Ubuntu install the venv module" \
+            "(apt-get install python3-venv), then run this again" >&2
+        exit 3
+    fi
 }
 if [ ! -x "$VENV/bin/python" ] || ! version_ok "$VENV/bin/python"; then
     say "creating $VENV with $("$PY" --version 2>&1)"
-    rm -rf "$VENV"
-    "$PY" -m venv "$VENV"
+    make_venv
 elif [ "$(venv_owner)" != "$(cd "$VENV" && pwd -P)" ]; then
-    say "re-creating $VENV: it was made for $(sed -n 's/^ *VIRTUAL_ENV=//p' "$VENV/bin/activate" 2>/dev/null | head -n 1), not this folder"
-    rm -rf "$VENV"
-    "$PY" -m venv "$VENV"
+    say "re-creating $VENV: it was made for $(venv_made_for), not this folder"
+    make_venv
+elif ! "$VENV/bin/python" -c 'import pip' 2>/dev/null; then
+    # Half made (`python3 -m venv` where Debian's python3-venv is missing leaves one): made again, not asked in vain.
+    say "creating $VENV again with $("$PY" --version 2>&1): it has no pip"
+    make_venv
 fi
 VPY="$VENV/bin/python"
 
@@ -123,12 +156,20 @@ then
     say "${#DEPS[@]} packages already in .venv"
 else
     say "installing ${#DEPS[@]} packages into .venv"
-    "$VPY" -m pip install --quiet --disable-pip-version-check "${DEPS[@]}"
+    if ! "$VPY" -m pip install --quiet --disable-pip-version-check "${DEPS[@]}"; then
+        echo "install.sh: pip could not install the dependencies into $VENV (its message is above: no network, or no" \
+            "package index it can reach? PIP_INDEX_URL names another); run this again when it can" >&2
+        exit 3
+    fi
 fi
 
 # 4. `import selfheal` from the venv, for users' own Python code (the library stays in scripts/).
 SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-printf '%s\n' "$ROOT/scripts" > "$SITE/selfheal-skill.pth"
+#    Written only when it says something else, so a run again in a skill folder made read-only after set-up
+#    (installed by its owner, run by another) gets past it.
+if [ "$(cat "$SITE/selfheal-skill.pth" 2>/dev/null)" != "$ROOT/scripts" ]; then
+    printf '%s\n' "$ROOT/scripts" > "$SITE/selfheal-skill.pth"
+fi
 
 # 4b. The library's bytecode, written now as pip does for what it installs: every cron line starts a new
 #     Python, and without bytecode each start compiles the library again (about 70 ms of CPU a start; always
@@ -154,7 +195,9 @@ esac
 
 # 5. The state folder, private to this user.
 STATE="$("$VPY" -c 'import sys; sys.path.insert(0, sys.argv[1]); from selfheal.state.root import resolve_state_root; print(resolve_state_root())' "$ROOT/scripts")"
-mkdir -p "$STATE"
+#    umask 077: where ~/.openclaw itself is missing, it is made 0700 as OpenClaw makes it (0755 would be flagged by
+#    `openclaw security audit`: "State dir is readable by others"); folders already there keep their modes.
+(umask 077 && mkdir -p "$STATE")
 chmod 700 "$STATE"
 
 # 6. --cron / --no-cron: self-heal's lines in this user's crontab (health check, fix tasks, regular tasks). Only

@@ -5,7 +5,8 @@ endpoints, each run through the real scripts and the Python API, then what the l
 
 It uses a throwaway folder (removed afterwards unless --keep) for self-heal's state and OpenClaw's, so your own
 ledger, settings and ~/.openclaw are neither read nor written.
-Takes about ten seconds. Exit 0 when every scenario behaved as it should, 3 otherwise.
+Takes about fifteen seconds. Exit 0 when every scenario behaved as it should, 3 otherwise; stopped midway
+(Ctrl-C: 130, SIGTERM: 143) it stops what it started and removes its folder all the same.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -485,6 +487,33 @@ def _left_behind(base: Path, grace_s: float = 5.0) -> list[int]:
         time.sleep(0.1)
 
 
+def _stop_leftovers(base: Path) -> None:
+    """Kill what the demo started that still runs, when it is stopped midway (SIGTERM, Ctrl-C): a hanging command
+    and its grandchild, a job it meant to kill, a script still writing in the folder about to be removed. Each names
+    the demo's folder (a new random one) in its command line or its environment (SELFHEAL_HOME), so nothing the
+    demo did not start is touched; psutil checks each process's start time before the signal."""
+    import psutil  # noqa: PLC0415 - only on the way out
+
+    needle = str(base)
+    mine = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and (
+                any(needle in part for part in proc.info["cmdline"] or [])
+                or any(needle in value for value in proc.environ().values())
+            ):
+                mine.append(proc)
+    for proc in mine:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(mine, timeout=5)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (`timeout`, a service stop) unwinds like Ctrl-C, so the folder and the processes are cleaned up."""
+    raise SystemExit(128 + signum)
+
+
 def _ledger_summary(home: Path) -> tuple[Counter[str], list[str]]:
     events: Counter[str] = Counter()
     for path in sorted((home / "ledger").glob("*.jsonl")):
@@ -500,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the demo's state folder and say where it is")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     base = Path(tempfile.mkdtemp(prefix="selfheal-demo-"))
     home, work = base / "state", base / "work"
     work.mkdir(parents=True)
@@ -537,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"State kept in {home}")
         return 0 if all_ok else 3
     finally:
+        _stop_leftovers(base)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,7 +237,8 @@ def test_scripts_without_dependencies_say_how_to_install(tmp_path: Path, home: P
 
 
 def test_scripts_hop_into_the_skill_venv(home: Path) -> None:
-    """Started with another Python, a script re-executes itself with the skill's .venv (which marks the hop)."""
+    """Started with another Python, a script re-executes itself with the skill's .venv: the command it runs sees
+    its parent is the venv's Python, and no guard of the hop left in its environment."""
     if not (ROOT / ".venv" / "bin" / "python").exists():
         pytest.skip("the skill's .venv is not installed here")  # pragma: no cover - install.sh makes it
     proc = subprocess.run(
@@ -244,7 +249,7 @@ def test_scripts_hop_into_the_skill_venv(home: Path) -> None:
             "--",
             "sh",
             "-c",
-            "echo hopped=${SELFHEAL_BOOTSTRAPPED:-no}",
+            'tr "\\0" "\\n" </proc/$PPID/cmdline | head -n 1; echo "guard=${SELFHEAL_BOOTSTRAPPED:-none}"',
         ],
         capture_output=True,
         text=True,
@@ -252,7 +257,7 @@ def test_scripts_hop_into_the_skill_venv(home: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "hopped=1"
+    assert proc.stdout.split() == [str(ROOT / ".venv" / "bin" / "python"), "guard=none"]
 
 
 @pytest.mark.slow
@@ -428,3 +433,258 @@ def test_a_bug_in_a_script_exits_3_not_1_which_reads_as_an_alert(capsys: pytest.
     out, err = capsys.readouterr()
     assert json.loads(out) == {"ok": False, "error": "InternalError", "message": "a bug in self-heal", "exit": 3}
     assert "RuntimeError: boom in the report builder" in err and "internal error (a bug in self-heal" in err
+
+
+# -- install.sh on the machines users have, and the bootstrap ------------------------------------------------------
+
+
+def test_a_script_started_by_a_script_hops_into_the_venv_too(home: Path) -> None:
+    """A self-heal script run by another one (a task or workflow step `python3 {baseDir}/scripts/...`, a command
+    under retry_run.py) with a Python that lacks the dependencies moves into the skill's .venv as well: the first
+    script's hop must not tell its children they are already there (they said 'missing Python packages', exit 2)."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("the skill's .venv is not installed here")  # pragma: no cover - install.sh makes it
+    system = sys.base_prefix + "/bin/python3"
+    nested = [system, str(SCRIPTS / "tasks.py"), "list", "--json"]
+    proc = subprocess.run(
+        [system, str(SCRIPTS / "retry_run.py"), "--json", "--max-attempts", "1", "--", *nested],
+        capture_output=True,
+        text=True,
+        env=script_env(home),
+        timeout=120,
+        check=False,
+    )
+    assert "missing Python packages" not in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["outcome"] == "succeeded"
+
+
+def _skill_folder(where: Path, *, venv: str = "installed") -> Path:
+    """A skill folder for install.sh, made in a second: the files it reads and scripts/; with venv="installed" a
+    .venv as install.sh leaves it (its packages, pip included, the project's own, through a .pth), "no-pip" one
+    that `python3 -m venv` leaves where Debian's python3-venv is missing, "none" none."""
+    skill = where / "self-heal"
+    skill.mkdir(parents=True)
+    for name in ("install.sh", "pyproject.toml", "skill.yaml"):
+        shutil.copy(ROOT / name, skill / name)
+    shutil.copytree(SCRIPTS, skill / "scripts", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    if venv != "none":
+        subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(skill / ".venv")], check=True, timeout=120)
+    if venv == "installed":
+        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        ours = subprocess.run([PYTHON, "-c", purelib], capture_output=True, text=True, check=True).stdout.strip()
+        theirs = subprocess.run(
+            [str(skill / ".venv" / "bin" / "python"), "-c", purelib], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        Path(theirs, "project-packages.pth").write_text(ours + "\n")
+    return skill
+
+
+def _install(skill: Path, home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """install.sh of `skill`, offline (pip, if asked, fails at once), with HOME and the state folder in `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFHEAL_", "VIRTUAL_ENV", "OPENCLAW_"))}
+    env.update(HOME=str(home), PYTHON=PYTHON, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(home), PIP_CONFIG_FILE=os.devnull)
+    env.update(extra)
+    argv = ["bash", "-c", 'umask 022 && exec bash "$0" "$@"', str(skill / "install.sh"), *args]  # a usual umask
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `folder` with its inode and modification time: what a run that wrote nothing leaves alone."""
+    return {str(p.relative_to(folder)): (p.lstat().st_ino, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_install_run_again_writes_nothing_in_the_skill_folder(tmp_path: Path) -> None:
+    """A second run finds everything in place and changes nothing there, so it also passes where the folder is
+    read-only to the user who runs it (installed by its owner; the .pth was rewritten each run: Permission denied)."""
+    skill, home = _skill_folder(tmp_path), tmp_path / "home"
+    home.mkdir()
+    first = _install(skill, home)
+    assert first.returncode == 0, first.stderr
+    before = _snapshot(skill)
+    again = _install(skill, home)
+    assert again.returncode == 0, again.stderr
+    assert "creating" not in again.stderr and "packages already in .venv" in again.stderr
+    assert _snapshot(skill) == before
+
+
+def test_install_keeps_a_venv_that_python_3_12_or_later_made(tmp_path: Path) -> None:
+    """Python 3.12 and later write `export VIRTUAL_ENV=...` (after a cygpath line) in activate: the venv is still
+    taken for this folder's, not re-made on every run ('it was made for $(cygpath ...)', a minute and the network)."""
+    skill, home = _skill_folder(tmp_path), tmp_path / "home"
+    home.mkdir()
+    activate = skill / ".venv" / "bin" / "activate"
+    venv = skill / ".venv"
+    as_312 = (  # what Python 3.12 and 3.13 write there
+        'case "$(uname)" in\n'
+        "    CYGWIN*|MSYS*|MINGW*)\n"
+        f'        VIRTUAL_ENV=$(cygpath "{venv}")\n'
+        "        export VIRTUAL_ENV\n"
+        "        ;;\n"
+        "    *)\n"
+        f'        export VIRTUAL_ENV="{venv}"\n'
+        "        ;;\n"
+        "esac"
+    )
+    text = re.sub(r"(?m)^VIRTUAL_ENV=.*$", lambda _: as_312, activate.read_text(), count=1)
+    assert as_312 in text
+    activate.write_text(text)
+    before = _snapshot(skill / ".venv")
+    proc = _install(skill, home)
+    assert proc.returncode == 0, proc.stderr
+    assert "re-creating" not in proc.stderr and "creating" not in proc.stderr
+    after = _snapshot(skill / ".venv")  # its files untouched (folders gain the .pth and the log scanner)
+    assert {k: after.get(k) for k in before if not (venv / k).is_dir()} == {
+        k: v for k, v in before.items() if not (venv / k).is_dir()
+    }
+
+
+def test_install_remakes_a_venv_left_without_pip_and_says_when_pip_cannot_install(tmp_path: Path) -> None:
+    """A .venv without pip (what `python3 -m venv` leaves where python3-venv is missing) is made again, not asked
+    in vain ('No module named pip' on every run, for good); pip failing (offline) is exit 3 with a line that says
+    what to do, not pip's exit 1 (which reads as 'ran and found problems')."""
+    skill, home = _skill_folder(tmp_path, venv="no-pip"), tmp_path / "home"
+    home.mkdir()
+    proc = _install(skill, home)
+    assert "No module named pip" not in proc.stderr
+    assert f"creating {skill / '.venv'}" in proc.stderr
+    assert proc.returncode == 3, proc.stderr
+    assert "pip could not install the dependencies" in proc.stderr and "run this again" in proc.stderr
+    pip = subprocess.run([str(skill / ".venv" / "bin" / "python"), "-c", "import pip"], check=False)
+    assert pip.returncode == 0  # the venv is whole now: the next run, online, installs into it
+
+
+def test_install_leaves_no_half_made_venv_when_venv_fails(tmp_path: Path) -> None:
+    """`python3 -m venv` failing (Debian without python3-venv: it makes the folder, then fails at ensurepip) leaves
+    no .venv to be taken for a whole one later; the message names the package to install, exit 3."""
+    skill, home = _skill_folder(tmp_path, venv="none"), tmp_path / "home"
+    home.mkdir()
+    debian = tmp_path / "python3"
+    debian.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -m ] && [ "$2" = venv ]; then\n'
+        f'    "{PYTHON}" -m venv --without-pip "$3" || exit $?\n'
+        '    echo "The virtual environment was not created successfully because ensurepip is not available."\n'
+        "    exit 1\n"
+        "fi\n"
+        f'exec "{PYTHON}" "$@"\n'
+    )
+    debian.chmod(0o755)
+    proc = _install(skill, home, PYTHON=str(debian))
+    assert proc.returncode == 3, proc.stderr
+    assert "python3-venv" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (skill / ".venv").exists()
+
+
+def test_install_makes_a_missing_openclaw_folder_private_as_openclaw_does(tmp_path: Path) -> None:
+    """Where ~/.openclaw does not exist yet, install.sh makes it 0700 (OpenClaw's own mode; 0755 is flagged by
+    `openclaw security audit`: 'State dir is readable by others'); an existing one keeps its mode."""
+    skill, home = _skill_folder(tmp_path), tmp_path / "home"
+    home.mkdir()
+    proc = _install(skill, home)
+    assert proc.returncode == 0, proc.stderr
+    assert (home / ".openclaw").stat().st_mode & 0o777 == 0o700
+    assert (home / ".openclaw" / "self-heal").stat().st_mode & 0o777 == 0o700
+    (home / ".openclaw").chmod(0o750)
+    assert _install(skill, home).returncode == 0
+    assert (home / ".openclaw").stat().st_mode & 0o777 == 0o750
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can be handed another user's HOME")
+def test_install_as_root_refuses_another_users_home(tmp_path: Path) -> None:
+    """`sudo ./install.sh` where sudo keeps HOME would make the user's state folder root's, and every script that
+    user runs would then be refused it: install.sh stops first, exit 2, and makes nothing."""
+    skill, home = _skill_folder(tmp_path), tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    proc = _install(skill, home)
+    assert proc.returncode == 2, proc.stderr
+    assert f"HOME={home}, which is another user's" in proc.stderr
+    assert list(home.iterdir()) == []
+
+
+def test_install_cron_lines_run_from_a_folder_whose_path_has_a_space_a_quote_and_a_percent(tmp_path: Path) -> None:
+    """A skill in "it's 100% mine/" with a HOME like it: a run again keeps its venv (the activate script quotes
+    that path) and its three crontab lines (once each, the user's lines kept), and the fix-task line runs as cron
+    runs it (cron turns each \\% back into %, sh reads the rest)."""
+    skill, home = _skill_folder(tmp_path / "it's 100% mine"), tmp_path / "home of it's 100%"
+    home.mkdir()
+    table = tmp_path / "table"
+    table.write_text("MAILTO=me@example.com\n0 3 * * * /usr/local/bin/backup\n")
+    fake = tmp_path / "crontab"
+    fake.write_text(
+        '#!/bin/sh\ncase "$1" in\n  -l) cat "$FAKE_CRONTAB_TABLE" ;;\n  -) cat > "$FAKE_CRONTAB_TABLE" ;;\nesac\n'
+    )
+    fake.chmod(0o755)
+    for _ in range(2):
+        proc = _install(skill, home, "--cron", SELFHEAL_CRONTAB=str(fake), FAKE_CRONTAB_TABLE=str(table))
+        assert proc.returncode == 0, proc.stderr
+        assert "creating" not in proc.stderr
+    lines = table.read_text().splitlines()
+    assert lines[:2] == ["MAILTO=me@example.com", "0 3 * * * /usr/local/bin/backup"] and len(lines) == 5
+    (fix,) = [line for line in lines if line.endswith("# self-heal fix tasks")]
+    marker = tmp_path / "ran"
+    state = home / ".openclaw" / "self-heal"
+    added = subprocess.run(
+        [PYTHON, str(skill / "scripts" / "tasks.py"), "add", "job", "--type", "fix", "--", "touch", str(marker)],
+        env=script_env(state),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    command = fix.split(" ", 5)[5].replace("\\%", "%")
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh", "LOGNAME": "tester"}
+    ran = subprocess.run(["/bin/sh", "-c", command], env=bare, capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert marker.exists()
+
+
+def _started_in(folder: Path) -> list[int]:
+    """Live processes that name `folder` in their command line or environment (SELFHEAL_HOME, TMPDIR): the
+    demo's, since the folder is the test's own."""
+    import psutil
+
+    needle = str(folder)
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if any(needle in part for part in proc.info["cmdline"] or []) or any(
+                needle in value for value in proc.environ().values()
+            ):
+                found.append(proc.pid)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: signal.Signals(s).name)
+def test_the_demo_stopped_midway_leaves_no_process_and_no_folder(home: Path, tmp_path: Path, signum: int) -> None:
+    """`timeout 10 demo.py` (SIGTERM) or `kill -INT`, while its hanging command and that command's grandchild run:
+    the demo stops what it started (they ran on for 10 minutes) and removes its throwaway folder (it stayed)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = script_env(home, TMPDIR=str(tmp), HOME=str(tmp_path))
+    demo = subprocess.Popen(
+        [PYTHON, str(SCRIPTS / "demo.py")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [p for p in tmp.glob("*/work/grandchild.pid") if p.read_text()]:
+            assert demo.poll() is None, demo.stderr.read() if demo.stderr else ""
+            time.sleep(0.05)
+        assert _started_in(tmp), "the demo's hanging command is not running"
+        demo.send_signal(signum)
+        _, err = demo.communicate(timeout=60)
+        assert demo.returncode in (130, 128 + signal.SIGTERM), err
+        assert "Traceback" not in err
+        assert _started_in(tmp) == []
+        assert list(tmp.iterdir()) == []
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        for pid in _started_in(tmp):  # this test's own: they name its folder
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

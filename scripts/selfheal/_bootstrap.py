@@ -20,12 +20,16 @@ _GUARD = "SELFHEAL_BOOTSTRAPPED"
 def bootstrap() -> None:
     venv_python = SKILL_ROOT / ".venv" / "bin" / "python"
     in_venv = Path(sys.prefix).resolve() == (SKILL_ROOT / ".venv").resolve()
-    if not in_venv and venv_python.exists() and os.environ.get(_GUARD) != "1":
+    # The guard is for this process only (it stops a second hop after the exec): taken out of the environment, so
+    # a self-heal script this one starts (a task, a workflow step, a command under retry_run.py) hops on its own.
+    hopped = os.environ.pop(_GUARD, None) == "1"
+    if not in_venv and venv_python.exists() and not hopped:
         os.environ[_GUARD] = "1"
         script = os.path.abspath(sys.argv[0])
         # A broken venv cannot be exec'd: fall through and try this interpreter.
         with contextlib.suppress(OSError):
             os.execv(str(venv_python), [str(venv_python), script, *sys.argv[1:]])  # noqa: S606
+        os.environ.pop(_GUARD, None)
     missing = [m for m in _REQUIRED if importlib.util.find_spec(m) is None]
     if missing:
         sys.stderr.write(
