@@ -344,3 +344,23 @@ def test_deep_merge_semantics() -> None:
     merged = deep_merge(base, {"a": {"c": [3]}, "e": 2})
     assert merged == {"a": {"b": 1, "c": [3]}, "d": 1, "e": 2}
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+
+
+def test_a_state_folder_this_user_cannot_look_into_is_named_not_an_internal_error(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sudo ./install.sh` keeping HOME made the state folder root's, 0700: every script of the user then died
+    with a PermissionError traceback as "internal error" (exit 3) on looking for config.yaml. (Root is let in
+    anywhere, so the refusal is stood in for here.)"""
+    real = Path.exists
+
+    def refused(self: Path, *args: object, **kwargs: object) -> bool:
+        if self == home / "config.yaml":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "exists", refused)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.exit_code == EXIT_USAGE
+    assert f"cannot look into {home} (permission denied)" in str(info.value)

@@ -864,7 +864,7 @@ def load_config(
     else:
         user_path, required = Path(user_file).expanduser(), True
     user: object = None
-    if given is not None or required or user_path.exists():
+    if given is not None or required or _there(user_path):
         user_marks: _Marks = {}
         given_paths: list[str] = []
         if given is not None:
@@ -1087,6 +1087,19 @@ def openclaw_json_path(env: Mapping[str, str]) -> Path:
 
 
 _warned_task_policies: set[str] = set()
+
+
+def _there(path: Path) -> bool:
+    """Whether the user's config.yaml is there; a folder on its way this user cannot look into (a state folder
+    made by root with sudo, say) is a ConfigError naming it (exit 2), not an "internal error"."""
+    try:
+        return path.exists()
+    except PermissionError:
+        raise ConfigError(
+            f"cannot look into {path.parent} (permission denied): is it another user's? Make it this user's, or"
+            " set SELFHEAL_HOME to a folder of this user's",
+            file=path,
+        ) from None
 
 
 def _openclaw_task_policies(path: Path, env: Mapping[str, str]) -> dict[str, Any] | None:
