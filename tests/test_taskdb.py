@@ -442,13 +442,70 @@ def test_a_tasks_db_of_schema_version_1_gets_its_parent_gate_column_filled(home:
     db.commit()
     db.close()
     store = open_store(home)
-    assert store.db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+    assert store.db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,) == (3,)
     rows = store.db.execute("SELECT task_name, open_children FROM tasks ORDER BY task_name").fetchall()
     assert rows == [("a", 1), ("a1", 0), ("b", 0), ("p", 1)]
     assert [t.name for t in store.snapshot().actionable()] == ["a1"]
     with store.transaction() as tree:
         tree.transition("a1", "VOID")
     assert [t.name for t in store.snapshot().actionable()] == ["a"]
+    store.close()
+
+
+def trigger_programs(store: TaskStore, statement: str, params: Any = ()) -> dict[str, list[str]]:
+    """The opcodes of each trigger program SQLite runs for `statement` (EXPLAIN lists them after its own)."""
+    programs: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for row in store.db.execute("EXPLAIN " + statement, params):
+        if row[1] == "Init" and str(row[5] or "").startswith("-- TRIGGER "):  # (addr, opcode, p1, p2, p3, p4, ...)
+            current = programs.setdefault(str(row[5])[len("-- TRIGGER ") :], [])
+        elif current is not None:
+            current.append(row[1])
+    return programs
+
+
+def test_a_tasks_db_of_schema_version_2_gets_triggers_that_build_no_temporary_table(home: Path) -> None:
+    """Migration 3: open_children's triggers test a settled child by comparisons, so the trigger a claim runs
+    builds no temporary b-tree (version 2's `IN` lists built two a claim: a quarter of a millisecond, as a young
+    process gave the memory back and faulted it in again); the counts stay right through every change."""
+    from selfheal.state.sql import SQLITE
+    from selfheal.state.taskdb import MIGRATIONS
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = sqlite3.connect(home / "tasks.db")
+    db.execute("PRAGMA journal_mode=WAL")
+    for version, statements in MIGRATIONS[:2]:
+        for statement in statements(SQLITE):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version, applied_ts) VALUES (?, 0)", (version,))
+    for name, parent, exec_state in (("p", None, "NEW"), ("a", "p", "NEW"), ("b", "p", "END"), ("a1", "a", "NEW")):
+        db.execute(
+            "INSERT INTO tasks (task_name, task_type, priority, status, exec_state, parent_task_id, root_task_id,"
+            " task_level, created_ts, updated_ts, run_spec) VALUES (?, 'regular', 'P1', 'pending', ?, ?, 'p', 1, 1, 1,"
+            ' \'{"kind": "argv", "argv": ["true"]}\')',
+            (name, exec_state, parent),
+        )
+    db.commit()
+    db.close()
+    store = open_store(home)
+    assert store.db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (3,)
+    sql, params = store.db.claim_sql(None, runner="{}", entry="{}", tag="t", now=0.0, pass_deferred=True)
+    programs = trigger_programs(store, sql, params)
+    assert list(programs) == ["tasks_open_update"] and "OpenEphemeral" not in programs["tasks_open_update"]
+    texts = [r[0] for r in store.db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name")]
+    assert len(texts) == 3 and not any(" IN (" in t for t in texts), texts
+    counts = "SELECT task_name, open_children FROM tasks WHERE open_children <> 0 ORDER BY task_name"
+    assert store.db.execute(counts).fetchall() == [("a", 1), ("p", 1)]
+    claimed, _ = store.claim(None, {"pid": 1, "host": "h"}, "r1")  # type: ignore[misc]
+    assert claimed.name == "a1" and store.db.execute(counts).fetchall() == [("a", 1), ("p", 1)]  # still open
+    with store.transaction() as tree:
+        tree.transition("a1", END)
+        tree.add(Task(name="c", parent="p", run={"kind": "argv", "argv": ["true"]}))
+        tree.reparent("c", "a")
+    assert store.db.execute(counts).fetchall() == [("a", 1), ("p", 1)]
+    with store.transaction() as tree:
+        tree.void("c")
+    assert store.db.execute(counts).fetchall() == [("p", 1)]
     store.close()
 
 

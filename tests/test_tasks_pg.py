@@ -149,6 +149,38 @@ def test_a_claim_and_heartbeats_are_stamped_with_the_databases_clock(
     assert not store.touch_running("t", {**runner, "pid": runner["pid"] + 1})  # another runner: not its task
 
 
+def test_a_claimed_task_is_the_same_as_the_task_read_back(store: TaskStore) -> None:
+    """The claim's row comes back in binary, a read in text: the same task, to the last bit of every time."""
+    with store.transaction() as tree:
+        tree.add(Task(name="job", priority="P0", description="d\u00e9j\u00e0", run={"kind": "argv", "argv": ["true"]}))
+        tree.add(
+            Task(name="kid", parent="job", source={"task": "job", "step": 1}, run={"kind": "shell", "shell": "true"})
+        )
+    claimed, requeued = store.claim(None, runner_identity(store.host), run_tag())  # type: ignore[misc]
+    assert claimed.name == "kid" and requeued is False
+    assert claimed == store.get("kid") and claimed.source == {"task": "job", "step": 1}
+    assert isinstance(claimed.started_ts, float) and isinstance(claimed.execution_count, int)
+
+
+def test_a_lease_that_ran_out_is_taken_back_by_a_claim_that_found_another_task(fleet_url: str, tmp_path: Path) -> None:
+    """The claim's own row says a lease ran out (the oldest heartbeat of the running tasks): the task is
+    taken back while the claim runs another; with every lease held it says nothing."""
+    config = load_config()
+    a = host_store(config, "box-a", tmp_path, lease_s=60.0)
+    b = host_store(config, "box-b", tmp_path, lease_s=60.0)
+    with a.transaction() as tree:
+        for name in ("t1", "t2", "t3"):
+            tree.add(Task(name=name, run={"kind": "shell", "shell": "true"}))
+    first, _ = a.claim(None, runner_identity(a.host), run_tag())  # type: ignore[misc]
+    second, _ = b.claim(None, runner_identity(b.host), run_tag())  # type: ignore[misc]
+    assert b.taken_back == [] and {first.name, second.name} == {"t1", "t2"}
+    with psycopg.connect(fleet_url) as conn:  # a's last heartbeat, 61 s ago by the database's clock
+        conn.execute("UPDATE tasks SET heartbeat_ts = heartbeat_ts - 61 WHERE task_name = %s", (first.name,))
+    third, _ = b.claim(None, runner_identity(b.host), run_tag())  # type: ignore[misc]
+    assert third.name == "t3" and [(t.name, host) for t, host in b.taken_back] == [(first.name, "box-a")]
+    assert b.get(first.name).exec_state == NORMAL_CRASH and b.get(second.name).exec_state == PROCESSING
+
+
 def test_beat_and_run_next_task_and_mark_start_stamp_the_databases_clock(
     store: TaskStore, clock: FakeClock, fleet_url: str
 ) -> None:

@@ -310,6 +310,7 @@ class PgTaskDB(TaskDB):
         self._plans: dict[str, str] = {}  # statement -> its prepared name on _plans_conn
         self._plans_conn: psycopg.Connection[Any] | None = None
         self._spelled: dict[str, str] = {}  # statement -> as psycopg takes it (the claim's, every time)
+        self._claim_cursor: psycopg.Cursor[Any] | None = None  # the claim's, on the connection it was made on
 
     def clock_param(self, now: float) -> float | None:
         return None
@@ -336,9 +337,19 @@ class PgTaskDB(TaskDB):
     def fetch_and_commit(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(self._send([(statement, params)], commit=True).fetchall())
 
-    def _send(self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False) -> Any:
+    def _claim_rows(self, statement: str, params: Sequence[Any]) -> list[Any]:
+        """The claim's rows, asked for in binary: the server sends a float as its 8 bytes rather than its
+        shortest text, and the client takes them as they are (the same values; each side spends about 20 µs
+        less on a claim's row, bench/fleet.py). On a cursor kept for the claim, and read under the lock."""
+        with self.lock:
+            return list(self._send([(statement, params)], binary=True).fetchall())
+
+    def _send(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False, binary: bool = False
+    ) -> Any:
         """Run `statements` as one message (a BEGIN waiting to be sent goes first, a COMMIT last when asked):
-        one round trip. Returns the cursor at the first statement's result."""
+        one round trip. Returns the cursor at the first statement's result. With `binary`, a statement sent
+        alone comes back in binary, on the claim's cursor (several in one message come back as text)."""
         with self.lock, self.database.connection() as conn:
             begin = self._in_write and self._reopen
             if self._in_write and not begin and conn is not self._tx:
@@ -350,11 +361,18 @@ class PgTaskDB(TaskDB):
             if begin:
                 self._reopen, self._tx = False, conn  # open now, even if a statement fails: rolled back then
             try:
+                cursor: Any
                 if len(statements) == 1 and not begin and not commit:
                     text = self._spelled.get(statements[0][0])
                     if text is None:
                         text = self._spelled[statements[0][0]] = self.d.sql(statements[0][0])
-                    cursor: Any = conn.execute(text, tuple(statements[0][1]))
+                    if binary:
+                        cursor = self._claim_cursor
+                        if cursor is None or cursor.connection is not conn or cursor.closed:
+                            cursor = self._claim_cursor = conn.cursor()
+                        cursor.execute(text, tuple(statements[0][1]), binary=True)
+                    else:
+                        cursor = conn.execute(text, tuple(statements[0][1]))
                 else:
                     cursor = self._one_message(conn, statements, begin=begin, commit=commit)
             except psycopg.errors.LockNotAvailable:

@@ -42,9 +42,11 @@ class Dialect(NamedTuple):
     # "<old exec_state> -> PROCESSING" and whose other keys are the JSON object bound to the one `?`; the
     # newest {keep} entries kept. Evaluated in the claim's UPDATE, so the claim needs no read before its write.
     claim_history: str
-    # A row trigger on `tasks`: statements formatted with {name}, {event} (INSERT, UPDATE, DELETE), {when}
-    # (a condition on NEW/OLD) and {body} (statements, each ending in `;`).
+    # A row trigger on `tasks`: statements formatted with {name}, {event} (INSERT, UPDATE, UPDATE OF ...,
+    # DELETE), {when} (a condition on NEW/OLD) and {body} (statements, each ending in `;`).
     trigger: tuple[str, ...]
+    # Drops the trigger {name} (and what it runs): each statement formatted with {name}.
+    drop_trigger: tuple[str, ...]
 
     def sql(self, statement: str) -> str:
         """`statement` (written with `?` placeholders) as this dialect takes it."""
@@ -76,6 +78,7 @@ SQLITE = Dialect(
         " json_set(?, '$.what', exec_state || ' -> PROCESSING'))) WHERE key > json_array_length(history) - {keep})"
     ),
     trigger=("CREATE TRIGGER {name} AFTER {event} ON tasks FOR EACH ROW WHEN {when} BEGIN {body} END",),
+    drop_trigger=("DROP TRIGGER {name}",),
 )
 
 # PostgreSQL (fleet mode): writers run side by side; the claim's row lock skips rows another host is
@@ -108,4 +111,5 @@ POSTGRESQL = Dialect(
         "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN {body} RETURN NULL; END$$",
         "CREATE TRIGGER {name} AFTER {event} ON tasks FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION {name}()",
     ),
+    drop_trigger=("DROP TRIGGER {name} ON tasks", "DROP FUNCTION {name}()"),
 )

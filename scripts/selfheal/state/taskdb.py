@@ -33,7 +33,7 @@ import sqlite3
 import stat
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import EXIT_USAGE, LockBusy, StateError, StateWriteError, UnsafeStateError, UsageError
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from .taskrecord import Task
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFERRED = "deferred:"  # meta key prefix of a task set aside (DEFERRED + name): see TaskDB.deferred()
 # How long a reader that only looks (the health check) waits for a migration in progress; in WAL mode
 # reads never wait for an ordinary writer.
@@ -220,32 +220,74 @@ def open_children_schema(d: Dialect) -> list[str]:
     to another parent or whose exec state crosses into or out of the settled ones. The claim's and a
     heartbeat's UPDATEs change neither, so they fire nothing. Filled here for the trees already there."""
     settled = _quoted(CHILD_SETTLED)
-    inc = "UPDATE tasks SET open_children = open_children + 1 WHERE task_name = NEW.parent_task_id"
-    dec = "UPDATE tasks SET open_children = open_children - 1 WHERE task_name = OLD.parent_task_id"
-    triggers = (
-        ("tasks_open_insert", "INSERT", f"NEW.parent_task_id IS NOT NULL AND NEW.exec_state NOT IN ({settled})", inc),
-        ("tasks_open_delete", "DELETE", f"OLD.parent_task_id IS NOT NULL AND OLD.exec_state NOT IN ({settled})", dec),
-        (
-            "tasks_open_update",
-            "UPDATE",
-            "COALESCE(OLD.parent_task_id, '') <> COALESCE(NEW.parent_task_id, '')"
-            f" OR (OLD.exec_state IN ({settled})) <> (NEW.exec_state IN ({settled}))",
-            f"{dec} AND OLD.exec_state NOT IN ({settled}); {inc} AND NEW.exec_state NOT IN ({settled})",
-        ),
-    )
     out = [
         "ALTER TABLE tasks ADD COLUMN open_children INTEGER NOT NULL DEFAULT 0",
         f"UPDATE tasks SET open_children = {COUNT_OPEN_CHILDREN}",  # noqa: S608 - constant text
     ]
     if d.claim_index == "tasks_claim":
         out.append(f"CREATE INDEX tasks_claim ON tasks({INDEX_ORDER}) WHERE {CLAIMABLE}")
+    return out + _open_children_triggers(
+        d, settled=lambda c: f"{c} IN ({settled})", not_settled=lambda c: f"{c} NOT IN ({settled})", on_update="UPDATE"
+    )
+
+
+def _open_children_triggers(
+    d: Dialect, *, settled: Callable[[str], str], not_settled: Callable[[str], str], on_update: str
+) -> list[str]:
+    """The three triggers that keep open_children, with `settled(column)` / `not_settled(column)` the test
+    of an exec state and `on_update` the UPDATE event they fire on."""
+    inc = "UPDATE tasks SET open_children = open_children + 1 WHERE task_name = NEW.parent_task_id"
+    dec = "UPDATE tasks SET open_children = open_children - 1 WHERE task_name = OLD.parent_task_id"
+    triggers = (
+        ("tasks_open_insert", "INSERT", f"NEW.parent_task_id IS NOT NULL AND {not_settled('NEW.exec_state')}", inc),
+        ("tasks_open_delete", "DELETE", f"OLD.parent_task_id IS NOT NULL AND {not_settled('OLD.exec_state')}", dec),
+        (
+            "tasks_open_update",
+            on_update,
+            "COALESCE(OLD.parent_task_id, '') <> COALESCE(NEW.parent_task_id, '')"
+            f" OR ({settled('OLD.exec_state')}) <> ({settled('NEW.exec_state')})",
+            f"{dec} AND {not_settled('OLD.exec_state')}; {inc} AND {not_settled('NEW.exec_state')}",
+        ),
+    )
+    out: list[str] = []
     for name, event, when, body in triggers:
         out += [t.format(name=name, event=event, when=when, body=body + ";") for t in d.trigger]
     return out
 
 
+def _one_of(column: str, values: Iterable[str]) -> str:
+    """`column` is one of `values`, as comparisons: SQLite answers `IN` with three or more constants from a
+    temporary b-tree it builds each time the expression runs (in a trigger: on every row)."""
+    return "(" + " OR ".join(f"{column} = '{v}'" for v in sorted(values)) + ")"
+
+
+def open_children_comparisons_schema(d: Dialect) -> list[str]:
+    """Schema version 3 (SQLite): open_children's triggers tell a settled child by comparisons, not `IN`, and
+    the UPDATE trigger fires only on a change of the parent or the exec state.
+
+    A claim changes the exec state, so its UPDATE runs the trigger (its condition false: it neither moves nor
+    settles a task). Version 2's condition had SQLite build and drop two temporary b-trees for its `IN` lists
+    on every claim (and one per row added): about 280 KB allocated and freed, which a process that holds
+    little else gives back to the kernel and faults in again, claim after claim (a quarter of a millisecond on
+    the bench's machine, bench/tasks.py). The same tests, the same counts: only how they are evaluated. A
+    heartbeat changes neither column and no longer runs it at all. (PostgreSQL evaluates an IN list in place;
+    the fleet's schema keeps version 2's triggers.)"""
+    names = ("tasks_open_insert", "tasks_open_delete", "tasks_open_update")
+    out = [t.format(name=name) for name in names for t in d.drop_trigger]
+    return out + _open_children_triggers(
+        d,
+        settled=lambda c: _one_of(c, CHILD_SETTLED),
+        not_settled=lambda c: f"NOT {_one_of(c, CHILD_SETTLED)}",
+        on_update="UPDATE OF parent_task_id, exec_state",
+    )
+
+
 # Each entry brings the schema from the version before it to its own; a new version appends one.
-MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _schema), (2, open_children_schema))
+MIGRATIONS: tuple[tuple[int, Any], ...] = (
+    (1, _schema),
+    (2, open_children_schema),
+    (3, open_children_comparisons_schema),
+)
 
 
 # -- errors ---------------------------------------------------------------------------------------------
@@ -334,38 +376,46 @@ def task_row(task: Task) -> tuple[Any, ...]:
     return tuple(out)
 
 
-_DECODE = tuple((attr, kind) for _, attr, kind in COLUMNS)
+# Where each field of a Task is in a row (COLUMNS order), by how it decodes; the derived columns are skipped.
+_PLAIN = tuple((i, attr) for i, (_, attr, kind) in enumerate(COLUMNS) if attr and kind in ("text", "int", "real"))
+_FLAGS = tuple((i, attr) for i, (_, attr, kind) in enumerate(COLUMNS) if attr and kind == "bool")
+_JSON = tuple((i, attr) for i, (_, attr, kind) in enumerate(COLUMNS) if attr and kind == "json")
+_RECORD: Any = None  # (RunSpec, Task), imported on the first row read
 
 
 def row_task(row: Sequence[Any], path: Path) -> Task:
-    """A row of `tasks` (COLUMNS order) as a task; a column that does not decode names the row and column."""
-    from .taskrecord import RunSpec, Task  # noqa: PLC0415 - the record (a dataclass: 10 ms) only when read
+    """A row of `tasks` (COLUMNS order) as a task; a column that does not decode names the row and column.
+    (Every claim decodes its row: the fields are read by position, no column's kind looked up on the way.)"""
+    global _RECORD  # noqa: PLW0603 - the record (a dataclass: 10 ms to import) only when a row is read
+    if _RECORD is None:
+        from .taskrecord import RunSpec, Task  # noqa: PLC0415
 
-    fields: dict[str, Any] = {}
-    for (attr, kind), raw in zip(_DECODE, row, strict=True):
-        if attr is None:
-            continue
+        _RECORD = (RunSpec, Task)
+    run_spec, task = _RECORD
+    if len(row) != len(COLUMNS):
+        raise ValueError(f"a row of tasks has {len(COLUMNS)} columns, not {len(row)}")
+    fields: dict[str, Any] = {attr: row[i] for i, attr in _PLAIN}
+    for i, attr in _FLAGS:
+        raw = row[i]
+        fields[attr] = None if raw is None else bool(raw)
+    for i, attr in _JSON:
+        raw = row[i]
         if raw is None:
             fields[attr] = None
-        elif kind == "json":
-            try:
-                fields[attr] = loads(raw)
-            except ValueError as exc:
-                column = COLUMN_NAMES[_DECODE.index((attr, kind))]
-                raise StateError(
-                    f"task database {path}: task {row[0]!r}: column {column}: invalid JSON ({exc})"
-                ) from None
-        elif kind == "bool":
-            fields[attr] = bool(raw)
-        else:
-            fields[attr] = raw
+            continue
+        try:
+            fields[attr] = loads(raw)
+        except ValueError as exc:
+            raise StateError(
+                f"task database {path}: task {row[0]!r}: column {COLUMN_NAMES[i]}: invalid JSON ({exc})"
+            ) from None
     if fields["extra"] is None:
         fields["extra"] = {}
     if fields["history"] is None:
         fields["history"] = []
     if fields["run"] is not None:  # what a runner will execute: checked before anything runs it
-        fields["run"] = RunSpec.from_json(fields["run"], f"task database {path}: task {row[0]!r}")
-    return Task(**fields)
+        fields["run"] = run_spec.from_json(fields["run"], f"task database {path}: task {row[0]!r}")
+    return task(**fields)  # type: ignore[no-any-return]
 
 
 # -- the database -----------------------------------------------------------------------------------------
@@ -722,7 +772,7 @@ class TaskDB:
         history = self.d.claim_history.format(keep=HISTORY_KEEP, keep_less_one=HISTORY_KEEP - 1)
         returning = SELECT_COLUMNS
         if with_lease:
-            returning += f", EXISTS ({self._expired_sql(0.0, 0.0, lock=False)[0]})"
+            returning += f", {self._lease_ran_out()}"
         return (
             f"UPDATE tasks SET exec_state = '{PROCESSING}', status = 'running', runner = ?,"  # noqa: S608
             f" execution_count = execution_count + 1, started_ts = {c}, heartbeat_ts = {c},"
@@ -759,15 +809,20 @@ class TaskDB:
             pass_deferred=pass_deferred,
         )
         with self.errors():  # SQLite commits (autocommit) as the statement finishes: inside fetchall
-            rows = self.execute(statement, params).fetchall()
+            rows = self._claim_rows(statement, params)
         if not rows:
             if lease_s is None:
                 return False, None
-            return self.execute(*self._expired_sql(lease_s, now, lock=False)).fetchone() is not None, None
+            ran_out = self.execute(f"SELECT {self._lease_ran_out()}", (self.clock_param(now), lease_s)).fetchone()
+            return bool(ran_out[0]), None
         row = rows[0]
         if lease_s is None:
             return False, row_task(row, self.path)
         return bool(row[-1]), row_task(row[:-1], self.path)
+
+    def _claim_rows(self, statement: str, params: Sequence[Any]) -> list[Any]:
+        """The claim statement's rows (PgTaskDB reads them in binary)."""
+        return self.execute(statement, params).fetchall()
 
     def recount_open_children(self) -> None:
         """Set every task's open_children from its children (after rows were inserted children first)."""
@@ -787,16 +842,21 @@ class TaskDB:
         rows = self.execute(*self._expired_sql(lease_s, now)).fetchall()
         return [row_task(r, self.path) for r in rows]
 
-    def _expired_sql(self, lease_s: float, now: float, *, lock: bool = True) -> tuple[str, Sequence[Any]]:
-        """The running tasks whose lease ran out: locked (skipping a row another claimer holds) for the take-back,
-        or, without `lock`, only whether there are any."""
+    def _expired_sql(self, lease_s: float, now: float) -> tuple[str, Sequence[Any]]:
+        """The running tasks whose lease ran out, locked (skipping a row another claimer holds) for the take-back."""
         where = f"exec_state = '{PROCESSING}' AND heartbeat_ts < {self.d.clock} - ?"
-        if not lock:
-            return f"SELECT 1 FROM tasks WHERE {where}", (self.clock_param(now), lease_s)  # noqa: S608
         return (
             f"SELECT {SELECT_COLUMNS} FROM tasks WHERE {where} ORDER BY task_name{self.d.claim_lock}",  # noqa: S608
             (self.clock_param(now), lease_s),
         )
+
+    def _lease_ran_out(self) -> str:
+        """Whether any running task's lease ran out (two `?`: the clock's, then the lease in seconds), as the
+        oldest heartbeat of the running tasks against the lease: MIN over the lease index (PostgreSQL's
+        tasks_lease) reads its first entry whatever the planner thinks of the table. (`EXISTS (... heartbeat_ts <
+        ...)` cost the fleet's claim about 80 µs of server CPU each: bench/fleet.py.)"""
+        oldest = f"(SELECT MIN(heartbeat_ts) FROM tasks WHERE exec_state = '{PROCESSING}')"  # noqa: S608
+        return f"COALESCE({oldest} < {self.d.clock} - ?, FALSE)"
 
     def clock_now(self, now: float) -> float:
         """The time the claim and heartbeats stamp: `now` (the host's) or the database's clock."""
