@@ -640,6 +640,13 @@ def test_install_cron_lines_run_from_a_folder_whose_path_has_a_space_a_quote_and
     assert marker.exists()
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """SIGINT back to its default in the child, as a terminal's Ctrl-C finds it: a test run started in the
+    background of a shell (`cmd &`, nohup) ignores it, and an ignored SIGINT is inherited, so the demo never
+    got the interrupt this test sends and ran to its end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _started_in(folder: Path) -> list[int]:
     """Live processes that name `folder` in their command line or environment (SELFHEAL_HOME, TMPDIR): the
     demo's, since the folder is the test's own."""
@@ -667,7 +674,12 @@ def test_the_demo_stopped_midway_leaves_no_process_and_no_folder(home: Path, tmp
     tmp.mkdir()
     env = script_env(home, TMPDIR=str(tmp), HOME=str(tmp_path))
     demo = subprocess.Popen(
-        [PYTHON, str(SCRIPTS / "demo.py")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [PYTHON, str(SCRIPTS / "demo.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_as_at_a_terminal,  # noqa: PLW1509 - only a signal disposition, before exec
     )
     try:
         deadline = time.monotonic() + 60

@@ -522,6 +522,14 @@ def test_stopping_an_orphan_never_kills_the_group_of_a_stranger_given_its_pid(
     pytest.skip("another process took the freed pid every time")
 
 
+def freed(pid: int) -> bool:
+    """The pid of a process not started by this one is free. Reaped here if it was re-parented to this process:
+    a test process that ran a script in-process (call_script) is a subreaper from then on."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return gone(pid)
+
+
 def _stranger_takes_an_orphans_childs_pid(attempt: int, monkeypatch: pytest.MonkeyPatch, leftovers: list[int]) -> bool:
     """One try of the test below; False if another fork took the freed pid first."""
     state = StateRoot.from_env().ensure()
@@ -550,7 +558,7 @@ def _stranger_takes_an_orphans_childs_pid(attempt: int, monkeypatch: pytest.Monk
         hit = kill_tree(who, **kwargs)
         if who.pid == command.pid:  # the command's tree is stopped: its child is dead, and its pid is free
             command.wait(timeout=10)
-            wait_until(lambda: gone(child), "the child's pid to be freed")
+            wait_until(lambda: freed(child), "the child's pid to be freed")
             force_next_pid(child)
             strangers.append(subprocess.Popen(["sleep", "300"]))
             leftovers.append(strangers[0].pid)
