@@ -257,6 +257,7 @@ def _process_state(environ: dict[str, str], argv: list[str], cwd: Path | None) -
     root = logging.getLogger()
     saved_logging = list(root.handlers), root.level
     saved_cwd = os.getcwd()
+    was_subreaper = _subreaper()
     root.handlers[:] = []  # as in a new process: the script's own logging setup takes effect (pytest's is back after)
     os.environ.clear()
     os.environ.update(environ)
@@ -279,6 +280,22 @@ def _process_state(environ: dict[str, str], argv: list[str], cwd: Path | None) -
                 handler.close()
         root.handlers[:] = saved_logging[0]
         root.setLevel(saved_logging[1])
+        if not was_subreaper:
+            _subreaper(False)  # the script made this process one (scripts do): orphans are init's again after
+
+
+def _subreaper(set_to: bool | None = None) -> bool:
+    """Whether this process is a child subreaper (Linux prctl); with `set_to`, made one or not first. A test
+    process left one by a script called in it gathered every later test's orphans as zombies it never reaped:
+    their pids were never freed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if set_to is not None:
+        libc.prctl(36, int(set_to), 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    flag = ctypes.c_int(0)
+    libc.prctl(37, ctypes.byref(flag), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+    return bool(flag.value)
 
 
 @contextlib.contextmanager
