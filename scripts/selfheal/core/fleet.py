@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import StateError, UsageError
-from .config import StoreSettings, mask_url_password
+from .config import StoreSettings
 
 if TYPE_CHECKING:
     from ..state.pg import Database
@@ -112,7 +112,7 @@ def fleet_report(
             " and install the driver with ./install.sh --fleet"
         )
     try:
-        from ..state.pg import SCHEMA_VERSION, Database, fleet_status, leases  # noqa: PLC0415 - psycopg only in fleet mode
+        from ..state.pg import SCHEMA_VERSION, Database, fleet_status, leases, mask_url  # noqa: PLC0415 - psycopg only in fleet mode
     except ImportError:
         raise UsageError(NO_DRIVER) from None
 
@@ -122,7 +122,7 @@ def fleet_report(
     except OSError:
         waiting = 0
     report: dict[str, Any] = {
-        "url": mask_url_password(store.url),
+        "url": mask_url(store.url),  # no piece of a password, however malformed the URL
         "host": host_id(store),
         "spooled_events": waiting,
         "schema_expected": SCHEMA_VERSION,

@@ -37,6 +37,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,13 @@ _warned_twins: set[str] = set()  # host ids already said to be used by two machi
 
 SCHEMA_VERSION = 4
 HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most this often (one statement)
+# How long a statement waits for a row another session holds before the fleet counts as unreachable, where the task
+# tree set none (PgTaskDB.set_wait): a host stuck inside a transaction (stopped, hung) must not hang every other
+# host's model calls on the breaker row it holds. And how long a session of ours may sit idle inside a
+# transaction before the server ends it, releasing its rows: no transaction waits on anything but the database.
+LOCK_WAIT_S = 5.0
+IDLE_IN_TRANSACTION_S = 60.0
+MIGRATE_WAIT_S = 120.0  # a host migrating the schema holds the others this long at most (the advisory lock)
 _MIGRATE_LOCK = 0x5E1F_4EA1  # pg_advisory_xact_lock key: one host migrates, the others wait and see it done
 _PARTITION_LOCK = 0x5E1F_4EA2
 
@@ -170,8 +178,32 @@ def storable(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     return conn
 
 
-def _mask(text: str) -> str:
-    return re.sub(r"(://[^:@/\s]*:)[^@/\s]*@", r"\1***@", re.sub(r"(password=)\S+", r"\1***", text))
+def _secrets_of(url: str) -> list[str]:
+    """What of `url` no message may show, longest first: its password (the user info runs to the URL's last @,
+    as a password with an unescaped @, / or space makes it) and any `password=` of its query; each also cut
+    where libpq's messages cut a URL it cannot read (`failed to resolve host 'ss@db.example'`)."""
+    rest = url.split("://", 1)[-1]
+    found = re.findall(r"[?&]password=([^&]*)", url)
+    if "@" in rest and ":" in rest.rsplit("@", 1)[0]:
+        found.append(rest.rsplit("@", 1)[0].split(":", 1)[1])
+    pieces: set[str] = set()
+    for secret in found:
+        for whole in (secret, urllib.parse.unquote(secret)):
+            pieces.update(p for p in (whole, *re.split(r"[\s@/:?#&'\"=]+", whole)) if len(p) >= 3 or p == whole)
+    return sorted((p for p in pieces if len(p) >= 2), key=len, reverse=True)
+
+
+def _mask(text: str, url: str = "") -> str:
+    """`text` with the password of a URL in it replaced by ***, and every piece of `url`'s password too."""
+    text = re.sub(r"(://[^:@/\s]*:)[^@/\s]*@", r"\1***@", re.sub(r"(password=)\S+", r"\1***", text))
+    for secret in _secrets_of(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def mask_url(url: str) -> str:
+    """The fleet database's URL as messages show it: no piece of its password."""
+    return _mask(url, url)
 
 
 @dataclass
@@ -188,6 +220,9 @@ class Database:
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     _days: set[str] = field(default_factory=set, init=False, repr=False)
     _beat: float = field(default=0.0, init=False, repr=False)
+    # The lock wait of this process's sessions: the task tree's (tasks.busy_timeout_s, PgTaskDB.set_wait) once
+    # set, else LOCK_WAIT_S; applied again to each new connection, so a reconnect never waits forever.
+    lock_wait_s: float = field(default_factory=lambda: LOCK_WAIT_S, init=False, repr=False)
 
     def _connect(self) -> psycopg.Connection[Any]:
         kwargs: dict[str, Any] = {
@@ -201,6 +236,12 @@ class Database:
             kwargs["password"] = password
         conn = storable(psycopg.connect(self.url, **kwargs))
         try:
+            # Set by statement, not by the startup packet's `options`, which a pooler (PgBouncer) refuses.
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, false),"
+                " set_config('idle_in_transaction_session_timeout', %s, false)",
+                (f"{round(self.lock_wait_s * 1000)}ms", f"{round(IDLE_IN_TRANSACTION_S * 1000)}ms"),
+            )
             migrate(conn)
             self._heartbeat(conn)
         except BaseException:
@@ -256,10 +297,14 @@ class Database:
                 conn = self._conn
                 if conn is None or conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     self.close()
-                raise DatabaseRefused(f"fleet database {_mask(self.url)}: {_mask(str(exc).strip())}") from None
+                raise DatabaseRefused(self._said(exc)) from None
             except psycopg.Error as exc:
                 self.close()
-                raise DatabaseUnavailable(f"fleet database {_mask(self.url)}: {_mask(str(exc).strip())}") from None
+                raise DatabaseUnavailable(self._said(exc)) from None
+
+    def _said(self, exc: BaseException) -> str:
+        """psycopg's message, for people: no piece of the URL's password."""
+        return f"fleet database {mask_url(self.url)}: {_mask(str(exc).strip(), self.url)}"
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -304,7 +349,7 @@ class PgTaskDB(TaskDB):
     """
 
     def __init__(self, database: Database, *, busy_timeout_s: float) -> None:
-        super().__init__(Path(f"{_mask(database.url)}#tasks"), busy_timeout_s=busy_timeout_s, dialect=POSTGRESQL)
+        super().__init__(Path(f"{mask_url(database.url)}#tasks"), busy_timeout_s=busy_timeout_s, dialect=POSTGRESQL)
         self.database = database
         self._tx: psycopg.Connection[Any] | None = None
         self._plans: dict[str, str] = {}  # statement -> its prepared name on _plans_conn
@@ -314,6 +359,11 @@ class PgTaskDB(TaskDB):
 
     def clock_param(self, now: float) -> float | None:
         return None
+
+    def set_wait(self, seconds: float) -> None:
+        """The lock wait, for this session and for every connection the process opens after it (a reconnect)."""
+        self.database.lock_wait_s = seconds
+        super().set_wait(seconds)
 
     def open(self) -> PgTaskDB:
         """Connect (creating or migrating the schema, state/pg.py's migrations) and set the lock wait."""
@@ -354,7 +404,7 @@ class PgTaskDB(TaskDB):
             begin = self._in_write and self._reopen
             if self._in_write and not begin and conn is not self._tx:
                 raise DatabaseUnavailable(
-                    f"fleet database {_mask(self.database.url)}: the connection was lost inside a transaction;"
+                    f"fleet database {mask_url(self.database.url)}: the connection was lost inside a transaction;"
                     " nothing of it was written"
                 )
             commit = commit and self._in_write
@@ -388,7 +438,7 @@ class PgTaskDB(TaskDB):
                 ) from None
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 # The database answered and refused the statement: not an outage; the transaction rolls back.
-                raise StateError(f"fleet task tree {self.path}: {_mask(str(exc).strip())}") from None
+                raise StateError(f"fleet task tree {self.path}: {_mask(str(exc).strip(), self.database.url)}") from None
             if commit:
                 self._reopen, self._tx = True, None
             return cursor
@@ -452,7 +502,7 @@ class PgTaskDB(TaskDB):
         with self.database.connection() as conn:
             if conn is not tx:
                 raise DatabaseUnavailable(
-                    f"fleet database {_mask(self.database.url)}: the connection was lost before the commit;"
+                    f"fleet database {mask_url(self.database.url)}: the connection was lost before the commit;"
                     " nothing of the transaction was written"
                 )
             conn.execute("COMMIT")
@@ -484,7 +534,7 @@ def leases(db: Database, lease_s: float) -> list[dict[str, Any]]:
         ).fetchall()
     out = []
     for row in rows:
-        task = row_task(row, Path(f"{_mask(db.url)}#tasks"))
+        task = row_task(row, Path(f"{mask_url(db.url)}#tasks"))
         runner = task.runner or {}
         beat = task.heartbeat_ts or task.started_ts or now
         out.append(
@@ -526,6 +576,8 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
     if schema_version(conn) == SCHEMA_VERSION:
         return SCHEMA_VERSION
     with conn.transaction():
+        # Another host migrating holds the lock: wait for it (not the session's short lock wait), boundedly.
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{round(MIGRATE_WAIT_S * 1000)}ms",))
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS selfheal_schema"
