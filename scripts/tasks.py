@@ -56,6 +56,7 @@ from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, NotAttempted, SelfHealError, StateError  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
+from selfheal.state.inert import inert  # noqa: E402
 from selfheal.state.root import MAX_STATE_FILE_BYTES, loads, read_at_most, read_bytes  # noqa: E402
 from selfheal.state.skill_status import status_path, update_status  # noqa: E402
 from selfheal.tasks.run import BoundedLog, TaskRun, check_stuck, find_stuck, why_not  # noqa: E402
@@ -96,9 +97,14 @@ def _brief(task: Task) -> dict[str, Any]:
     }
 
 
+def _say(message: str) -> None:
+    """cli.say for text that may hold a command's output or a task's own text: its controls made inert."""
+    cli.say(inert(message))
+
+
 def _warn_problems(store: TaskStore) -> None:
     for problem in store.problems:
-        cli.say(f"warning: {problem}")
+        _say(f"warning: {problem}")
 
 
 # `add --from FILE`: the keys a line may have, and what each must be.
@@ -529,7 +535,9 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: Sequence[str] | s
     if args.json:
         cli.emit_json(obj)
     elif text is not None:
-        print(text if isinstance(text, str) else "\n".join(text))
+        # A task's texts and its log are anyone's (an agent's, a model's, a command's output): a terminal
+        # control in them (an OSC title, a screen clear, CR + erase-line) is shown, never obeyed.
+        print(inert(text if isinstance(text, str) else "\n".join(text)))
 
 
 def _op_add(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -606,9 +614,8 @@ def _op_list(store: TaskStore, args: argparse.Namespace, parser: argparse.Argume
         return EXIT_OK
     print(f"{'NAME':<32} {'TYPE':<8} PRI {'EXEC_STATE':<17} RET  DISPLAY NAME")
     for t in itertools.chain([first], tasks):
-        out.write(
-            f"{t.name:<32} {t.type:<8} {t.priority}  {t.exec_state:<17} {t.retry_count:>3}  {t.display_name or ''}\n"
-        )
+        title = inert(" ".join((t.display_name or "").splitlines()))  # one row a task, its controls shown
+        out.write(f"{t.name:<32} {t.type:<8} {t.priority}  {t.exec_state:<17} {t.retry_count:>3}  {title}\n")
     return EXIT_OK
 
 
@@ -744,7 +751,7 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
             except NotAttempted as exc:  # the tree locked or unreachable (exit 4), after runs that ended well
                 if not results:
                     raise
-                cli.say(f"stopped after {len(results)} run(s): {exc}")
+                _say(f"stopped after {len(results)} run(s): {exc}")
                 break
             # Nothing left, a signal, or a run that lost its lease (its stop flag is set): the loop ends.
             if results[-1].outcome == "nothing" or stop.signum is not None:
@@ -771,7 +778,7 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
 
 
 def _say_run(result: TaskRun) -> None:
-    cli.say(result.message)
+    _say(result.message)  # a failure's reason is the command's last line of output
     for fix in result.fix_tasks:
         cli.say(f"created {fix}")
     if result.incident:

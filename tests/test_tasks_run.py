@@ -394,6 +394,61 @@ def test_a_stepped_wall_clock_does_not_make_a_live_runner_look_dead(
             runner.communicate()
 
 
+STEPPABLE = """
+import os, runpy, sys, time
+real = time.time
+def stepped():  # the wall clock as NTP, `date -s` or a resumed VM leaves it: moved by what the file says
+    try:
+        with open(os.environ["CLOCK_STEP_FILE"]) as fh:
+            return real() + float(fh.read() or 0)
+    except (OSError, ValueError):
+        return real()
+time.time = stepped
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("step_s", [3600.0, -3600.0])
+def test_a_run_is_judged_stuck_by_the_time_it_really_was_quiet_after_the_wall_clock_steps(
+    home: Path, tmp_path: Path, write_config: Callable[[str], Path], step_s: float
+) -> None:
+    """The wall clock steps while a task runs (a laptop or VM resumed after hours, NTP at last reachable):
+    a quiet but healthy run is not killed as hours silent after a step forward, and a hung one is still found
+    after a step back (its silence is measured on the runner's monotonic clock, not between wall stamps)."""
+    write_config("process: {kill_grace_s: 1, heartbeat_s: 0.2}\ntasks: {stuck_after_s: 2}\n")
+    hangs = step_s < 0
+    tasks(home, "add", "quiet", "--", "sh", "-c", "echo started; sleep 300" if hangs else "echo started; sleep 4")
+    step = tmp_path / "step"
+    runner = subprocess.Popen(
+        [PYTHON, "-c", STEPPABLE, TASKS, "run-next", "--json"],
+        env=script_env(home) | {"CLOCK_STEP_FILE": str(step)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: "started" in (home / "tasks" / "quiet.log").read_text(), what="the command's output")
+        step.write_text(str(step_s))
+        # The runner's heartbeat has seen the step: it stamps the stepped time.
+        wait_until(lambda: abs(record(home, "quiet")["heartbeat_ts"] - (time.time() + step_s)) < 1, what="a beat")
+        if hangs:
+            time.sleep(2.5)  # the only real wait: past stuck_after_s without output
+        store = TaskStore(StateRoot(home), load_config())
+        try:
+            found = check_stuck(store, now=time.time() + step_s)
+        finally:
+            store.close()
+        assert [(f.task, f.kind) for f in found] == ([("quiet", "stuck")] if hangs else [])
+        out, err = runner.communicate(timeout=60)
+        rec = record(home, "quiet")
+        assert rec["exec_state"] == ("ERROR_FIX_PENDING" if hangs else "END"), out + err
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+
+
 def test_a_recorded_process_is_told_apart_by_its_start_in_ticks_when_it_has_one() -> None:
     me = os.getpid()
     ticks = start_ticks(me)

@@ -4,6 +4,7 @@ damaged row or an unusual tree never turns an answer into a traceback or a broke
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 from collections.abc import Callable
@@ -89,3 +90,57 @@ def test_a_chain_thousands_of_levels_deep_is_drawn_and_refused_as_nested_json_wi
     while node["children"]:
         depth, node = depth + 1, node["children"][0]
     assert (depth, node["name"]) == (10, "d1499")
+
+
+CONTROLS = ("\x1b", "\x07", "\x9b", "\r\x1b")
+
+
+def test_control_sequences_in_a_tasks_text_or_output_never_reach_the_terminal(home: Path) -> None:
+    """A description, a display name or a command's output may hold terminal controls (an OSC title, a screen
+    clear, the one-byte CSI, BEL): every text `tasks.py` prints shows them as visible stand-ins, never raw."""
+    title = "report \x1b]0;pwned\x07 \x1b[2J"
+    command = r"printf 'Error: \033[31mred\033[0m \302\233 2J \007 done\r\033[Kfake OK\n'; exit 1"
+    added = tasks(home, "add", "esc", "--display-name", title, "--description", title, "--shell", command)
+    assert added.returncode == 0, added.stderr
+    ran = tasks(home, "run-next")
+    assert ran.returncode == 3, ran.stderr
+    assert "exit 1: \u241b[Kfake OK" in ran.stderr  # shown, its ESC as a visible stand-in
+    for proc in (
+        ran,
+        tasks(home, "show", "esc"),
+        tasks(home, "show", "FIX-esc-command"),
+        tasks(home, "list"),
+        tasks(home, "tree"),
+        tasks(home, "log", "esc"),
+        tasks(home, "actionable"),
+    ):
+        for stream in (proc.stdout, proc.stderr):
+            assert not any(c in stream for c in CONTROLS), (proc.args, stream)
+    assert "\u241b]0;pwned\u2407" in tasks(home, "show", "esc").stdout
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_a_link_or_fifo_planted_at_a_tasks_log_parks_that_task_and_the_queue_runs_on(
+    home: Path, tmp_path: Path, plant: str
+) -> None:
+    """Nothing is written through a planted link or into a FIFO at `tasks/NAME.log` (exit 2, naming it), and
+    that task waits for a person (REQUIRES_MANUAL) instead of being claimed and refused by every pass while
+    every task behind it waits forever."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    assert tasks(home, "add", "first", "--priority", "P0", "--", "echo", "first").returncode == 0
+    assert tasks(home, "add", "second", "--", "echo", "second").returncode == 0
+    log = home / "tasks" / "first.log"
+    log.parent.mkdir(exist_ok=True)
+    if plant == "symlink":
+        log.symlink_to(victim)
+    else:
+        os.mkfifo(log)
+    refused = tasks(home, "run-next", "--json")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert str(log) in json.loads(refused.stdout)["message"]
+    shown = json.loads(tasks(home, "show", "first", "--json").stdout)["task"]
+    assert shown["exec_state"] == "REQUIRES_MANUAL" and str(log) in shown["last_result"], shown
+    nxt = tasks(home, "run-next", "--json")
+    assert (nxt.returncode, json.loads(nxt.stdout)["task"]) == (0, "second"), nxt.stderr
+    assert victim.read_text() == "keep me\n"

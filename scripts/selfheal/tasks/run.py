@@ -69,6 +69,7 @@ from ..errors import (
     NotAttempted,
     SelfHealError,
     StateError,
+    UnsafeStateError,
 )
 from ..state.fixes import FixRecord, normalize
 from ..state.root import iter_lines, open_append, open_read, read_bytes, write_all, write_bytes_atomic, write_json
@@ -141,6 +142,7 @@ class BoundedLog:
         self.clock = clock
         self.flush_s = flush_s
         self.last_output_ts: float | None = None
+        self.last_output_mono: float | None = None  # the same moment on the monotonic clock (steps do not move it)
         self.trims = 0
         self._buf = bytearray()  # output not written yet; it may end in a partial line
         self._cut = False  # the front of the buffer was dropped: what the file holds is cut away too
@@ -167,6 +169,7 @@ class BoundedLog:
         """Command output (an OutputSink for run_command): buffered, written by the flusher."""
         with self._lock:
             self.last_output_ts = self.clock.time()
+            self.last_output_mono = self.clock.monotonic()
             self._buf += data
             if len(self._buf) > 2 * self._cap:
                 # Only the newest output can survive the bound: drop the rest unread, at a line start.
@@ -330,12 +333,16 @@ class _Heartbeat:
 
     If the record stops being this runner's (voided by a person, taken over as stuck), it sets the stop
     flag so the command is stopped instead of running on unobserved.
+
+    `activity_ts` is written as now minus how long the command has been quiet on the monotonic clock: when
+    the wall clock steps (NTP, `date -s`, a laptop or VM resumed after hours), the stamp moves with it, so a
+    quiet healthy run is not judged hours silent after a step forward, nor a hung one fresh after a step back.
     """
 
     def __init__(self, store: TaskStore, task: Task, runner: dict[str, Any], log: BoundedLog, stop: StopFlag) -> None:
         self.store = store
         self.name = task.name
-        self.started = task.started_ts or store.clock.time()
+        self.started = store.clock.monotonic()  # the run began (claimed) about now
         self.runner = runner
         self.log = log
         self.stop = stop
@@ -365,7 +372,8 @@ class _Heartbeat:
 
     def beat(self) -> None:
         now = self.store.clock.time()
-        activity = max(self.started, self.log.last_output_ts or 0.0)
+        quiet = self.store.clock.monotonic() - max(self.started, self.log.last_output_mono or self.started)
+        activity = now - max(0.0, quiet)
         if self._waiting():
             activity = now
         try:
@@ -825,8 +833,16 @@ class TaskRunner:
             result = self._run_claimed(claimed, runner, requeued, now)
         except Exception as exc:
             # Running it or recording the outcome failed in self-heal itself (a full disk, a bug): never leave
-            # the task PROCESSING under a runner that is about to exit; park it as a crash, then report.
-            self._release(claimed.name, runner, f"self-heal failed while running it: {type(exc).__name__}: {exc}")
+            # the task PROCESSING under a runner that is about to exit; park it as a crash, then report. A path
+            # of its own that is unsafe (a link or FIFO planted at its log) fails the same way on every pass:
+            # it waits for a person, so the tasks behind it run meanwhile (a shared file's problem, as the
+            # ledger's, is no one task's: each stays a crash).
+            self._release(
+                claimed.name,
+                runner,
+                f"self-heal failed while running it: {type(exc).__name__}: {exc}",
+                manual=isinstance(exc, UnsafeStateError) and exc.path == self.store.log_path(claimed.name),
+            )
             raise
         return result
 
@@ -892,11 +908,14 @@ class TaskRunner:
         result.duration_s = duration
         return result
 
-    def _release(self, name: str, runner: dict[str, Any], reason: str) -> None:
+    def _release(self, name: str, runner: dict[str, Any], reason: str, *, manual: bool = False) -> None:
         with contextlib.suppress(Exception), self.store.transaction() as tree:
             task = tree.get(name)
             if task.exec_state == PROCESSING and same_runner(task.runner, runner):
-                tree.transition(name, NORMAL_CRASH, reason[:500], by="run-next")
+                task.last_result = self.redactor.text(reason)[:500]
+                if manual:
+                    reason += "; fix that, then hand it back with `tasks.py mark NAME error`"
+                tree.transition(name, REQUIRES_MANUAL if manual else NORMAL_CRASH, reason[:500], by="run-next")
 
     # -- running -------------------------------------------------------------------------------------
 
@@ -1259,7 +1278,9 @@ def _judge(task: Task, now: float, limit: float, host: str, db_now: float | None
         return None
     db_now = now if db_now is None else db_now
     since = task.started_ts or task.updated_ts
-    idle = min(now - (task.activity_ts or 0.0), db_now - since)
+    # A start after now: the wall clock stepped back since the claim. The run's age says nothing then; its
+    # activity (restamped by each heartbeat from the runner's monotonic clock) still does.
+    idle = now - (task.activity_ts or 0.0) if since > db_now else min(now - (task.activity_ts or 0.0), db_now - since)
     beat_age = db_now - max(task.heartbeat_ts or 0.0, since)
     runner = task.runner or {}
     where = runner.get("host")  # always recorded: a runner of an unknown host is not judged
