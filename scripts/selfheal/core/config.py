@@ -79,7 +79,10 @@ def check_database_url(value: object, *, password_allowed: bool = False) -> str 
     match = _DB_URL.match(value) if isinstance(value, str) else None
     if not match:
         return "must be a postgresql:// URL, e.g. postgresql://selfheal@db.example:5432/selfheal"
-    auth = match.group("auth") or ""
+    # The user info runs to the last @ before the query: a password with an unescaped / or @ in it
+    # (`postgresql://u:pa/ss@db/x`) leaves no @ in the first part the pattern reads, yet holds one.
+    before_query = str(value).split("?", 1)[0].split("://", 1)[-1]
+    auth = (match.group("auth") or "") + (before_query.rsplit("@", 1)[0] if "@" in before_query else "")
     has_password = ":" in auth or re.search(r"[?&]password=", str(value)) is not None
     if has_password and not password_allowed:
         return "must not hold a password: set SELFHEAL_DATABASE_PASSWORD (or PGPASSWORD) in the environment instead"
@@ -87,8 +90,9 @@ def check_database_url(value: object, *, password_allowed: bool = False) -> str 
 
 
 def mask_url_password(url: str) -> str:
-    """The URL with any password replaced by ***, for messages."""
-    url = re.sub(r"(://[^:@/\s]*:)[^@/\s]*@", r"\1***@", url)
+    """The URL with any password replaced by ***, for messages (the user info to the last @ before the query:
+    a password may hold an unescaped / or @)."""
+    url = re.sub(r"(://[^:@/\s]*:)[^?]*@", r"\1***@", url)
     return re.sub(r"([?&]password=)[^&\s]*", r"\1***", url)
 
 
