@@ -505,6 +505,27 @@ def test_a_runner_killed_with_sigkill_is_found_dead_and_its_orphaned_command_is_
     assert as_json(tasks(home, "actionable", "--json"))["tasks"] == ["orphaned"]  # retried on the next pass
 
 
+def test_a_task_whose_runs_are_interrupted_again_and_again_counts_as_failing(home: Path, tmp_path: Path) -> None:
+    """A task that always outlives what runs run-next (cron's `timeout 300 tasks.py run-next` sending SIGTERM)
+    was put back uncounted after each interruption and claimed first again on the next pass: retried for ever,
+    never escalated, and the tasks behind it waited. The third interruption in a row counts as a failure."""
+    started = tmp_path / "started"
+    assert tasks(home, "add", "export", "--shell", f"touch {started}; exec sleep 300").returncode == 0
+    for run in range(1, 4):
+        started.unlink(missing_ok=True)
+        runner = start(home, "run-next", "--json")
+        wait_until(started.exists, what="the command to start")
+        runner.send_signal(signal.SIGTERM)
+        out, err = runner.communicate(timeout=30)
+        task = record(home, "export")
+        if run < 3:
+            assert json.loads(out)["outcome"] == "interrupted", out + err
+            assert task["retry_count"] == 0 and task["exec_state"] == "NORMAL_CRASH", task
+        else:
+            assert json.loads(out)["outcome"] == "failed", out + err
+            assert task["retry_count"] == 1 and "interrupted 3 runs in a row" in task["last_result"], task
+
+
 def test_voiding_a_running_task_stops_its_command(home: Path) -> None:
     tasks(home, "add", "unwanted", "--", "sh", "-c", "echo going; sleep 300")
     runner = start(home, "run-next", "--json")

@@ -101,6 +101,11 @@ TASKS_SCRIPT = SCRIPTS / "tasks.py"
 INFRA_CLASSES = frozenset({"transient", "timeout", "resource", "rate_limit"})
 # The document's main_logs.run_status for each outcome of a run.
 _RUN_STATUS = {"succeeded": "success", "not_attempted": "skipped", "interrupted": "skipped"}
+# An interrupted run is put back uncounted, but this many in a row count as a failure: a task that always
+# outlives what runs run-next (cron's `timeout 300 tasks.py run-next`) was retried for ever, never escalated,
+# and claimed first again on each pass while the tasks behind it waited.
+INTERRUPTIONS_COUNTED = 3
+_INTERRUPTED = "interrupted: "  # how an interrupted run's move back to NORMAL_CRASH starts its reason
 _LINE_MAX = 65536  # a partial line is held back (so a secret split across reads is still masked) up to this
 _FLUSH_S = 0.2  # a task log is written at most this often (seconds), by whole lines
 _FLUSH_BYTES = 1 << 20  # ...or when this much is buffered and the bound keeps all of it
@@ -1067,6 +1072,16 @@ class TaskRunner:
             task.heartbeat_ts = self.clock.time()
             if log.last_output_ts:
                 task.activity_ts = log.last_output_ts
+            if outcome == "interrupted" and _interruptions_before(task) + 1 >= INTERRUPTIONS_COUNTED:
+                why = failed.reason if failed else outcome
+                outcome, failed = (
+                    "failed",
+                    Failed(
+                        "timeout",
+                        f"interrupted {INTERRUPTIONS_COUNTED} runs in a row (the last: {why}): its runs outlive what"
+                        " runs them (a cron line's timeout?)",
+                    ),
+                )
             if outcome == "succeeded":
                 task.last_result = f"succeeded in {duration:.1f}s"
                 tree.transition(name, END, task.last_result, by="run-next")
@@ -1268,6 +1283,20 @@ def _identity(record: dict[str, Any] | None) -> ProcessIdentity | None:
         return None
     ticks = record.get("start_ticks")
     return ProcessIdentity(int(record["pid"]), float(record["create_time"]), ticks if isinstance(ticks, int) else None)
+
+
+def _interruptions_before(task: Task) -> int:
+    """How many of the task's last runs in a row were interrupted (read from its history, newest first)."""
+    count = 0
+    for entry in reversed(task.history or []):
+        what = str(entry.get("what", "")) if isinstance(entry, dict) else ""
+        if what.endswith("-> PROCESSING"):
+            continue  # the claim of a run
+        if what == f"{PROCESSING} -> {NORMAL_CRASH}" and str(entry.get("reason", "")).startswith(_INTERRUPTED):
+            count += 1
+            continue
+        break
+    return count
 
 
 def _judge(task: Task, now: float, limit: float, host: str, db_now: float | None = None) -> StuckFinding | None:
