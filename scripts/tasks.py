@@ -33,10 +33,12 @@ is refused (exit 2) and nothing is imported.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import io
 import itertools
 import json
+import os
 import shlex
 import sys
 import time
@@ -57,9 +59,9 @@ from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, NotAttempted, SelfHealError, StateError  # noqa: E402
 from selfheal.heal.diagnose import task_runner  # noqa: E402
 from selfheal.state.inert import inert  # noqa: E402
-from selfheal.state.root import MAX_STATE_FILE_BYTES, loads, read_at_most, read_bytes  # noqa: E402
+from selfheal.state.root import MAX_STATE_FILE_BYTES, iter_lines, loads, open_read, read_at_most  # noqa: E402
 from selfheal.state.skill_status import status_path, update_status  # noqa: E402
-from selfheal.tasks.run import BoundedLog, TaskRun, check_stuck, find_stuck, why_not  # noqa: E402
+from selfheal.tasks.run import TAIL_LINE_BYTES, BoundedLog, TaskRun, check_stuck, find_stuck, why_not  # noqa: E402
 from selfheal.tasks.tree import (  # noqa: E402
     ACTIONABLE_STATES,
     END,
@@ -836,11 +838,20 @@ def _op_log(store: TaskStore, args: argparse.Namespace, parser: argparse.Argumen
         parser.error(f"--lines must be >= 1, got {args.lines}")
     store.get(args.name)
     path = store.log_path(args.name)
+    # Read a line at a time, only the last --lines kept: the runner keeps a task's log bounded, but one
+    # written by something else (a 300 MB log took 1.5 GB and 8 s read whole) must not be held.
+    kept: collections.deque[str] = collections.deque(maxlen=args.lines)
     try:
-        text = read_bytes(path).decode("utf-8", "replace")  # never through a planted link (exit 2)
+        with os.fdopen(open_read(path), "rb") as fh:  # never through a planted link (exit 2)
+            for raw in iter_lines(fh, TAIL_LINE_BYTES):
+                kept.append(
+                    f"[self-heal: a line over {TAIL_LINE_BYTES} bytes left out]"
+                    if raw is None
+                    else raw.decode("utf-8", "replace").rstrip("\r\n")
+                )
     except FileNotFoundError:
-        text = ""
-    lines = text.splitlines()[-args.lines :]
+        pass
+    lines = list(kept)
     _emit(args, {"ok": True, "task": args.name, "log": str(path), "lines": lines}, lines or f"no output yet ({path})")
     return EXIT_OK
 

@@ -144,3 +144,39 @@ def test_a_link_or_fifo_planted_at_a_tasks_log_parks_that_task_and_the_queue_run
     nxt = tasks(home, "run-next", "--json")
     assert (nxt.returncode, json.loads(nxt.stdout)["task"]) == (0, "second"), nxt.stderr
     assert victim.read_text() == "keep me\n"
+
+
+def test_a_huge_log_written_by_something_else_is_shown_by_its_tail_in_bounded_memory(
+    home: Path, tmp_path: Path
+) -> None:
+    """`tasks.py log NAME` read the whole file and split it: a 300 MB log (written by something other than the
+    runner, which keeps logs bounded) took 1.5 GB and 8 s. Now a line at a time, the last --lines kept."""
+    import sys
+
+    from conftest import PYTHON, SCRIPTS, script_env
+
+    assert call_script("tasks.py", "add", "export", "--shell", "true", home=home).returncode == 0
+    log = home / "tasks" / "export.log"
+    log.parent.mkdir(exist_ok=True)
+    line = b"x" * 999 + b"\n"
+    with log.open("wb") as fh:
+        for _ in range(120):
+            fh.write(line * 1000)  # 120 MB in all
+        fh.write(b"y" * 3_000_000 + b"\n")  # one line longer than any tail shows
+        fh.write(b"the last line\n")
+    measure = (
+        "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+        " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(done.returncode); print(done.stdout)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", measure, PYTHON, str(SCRIPTS / "tasks.py"), "log", "export", "--lines", "3", "--json"],
+        capture_output=True,
+        text=True,
+        env=script_env(home),
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    peak_kb, code, shown = int(out[0]), int(out[1]), json.loads(out[2])
+    assert code == 0
+    assert shown["lines"][1:] == ["[self-heal: a line over 65536 bytes left out]", "the last line"]
+    assert peak_kb < 100 * 1024, f"{peak_kb} KB"
