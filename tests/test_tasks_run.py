@@ -631,20 +631,31 @@ def test_archive_moves_finished_trees_and_show_still_finds_them(home: Path) -> N
     assert tasks(home, "add", "finished", "--", "true").returncode == 0  # the name is free again
 
 
-def test_heartbeats_and_activity_stay_current_while_a_task_runs(home: Path) -> None:
-    code = "import time\nfor i in range(15):\n    print('tick', i, flush=True)\n    time.sleep(0.1)"
-    tasks(home, "add", "ticking", "--", PYTHON, "-c", code)
+def test_heartbeats_and_activity_stay_current_while_a_task_runs(home: Path, tmp_path: Path) -> None:
+    """The command ticks until the test has seen what it waits for (a fixed 1.5 s run was too short to see
+    three beats on a loaded machine, where each look at the record takes a while)."""
+    done = tmp_path / "done"
+    code = (
+        "import os, sys, time\nfor i in range(600):\n    print('tick', i, flush=True)\n"
+        "    if os.path.exists(sys.argv[1]): break\n    time.sleep(0.1)"
+    )
+    tasks(home, "add", "ticking", "--", PYTHON, "-c", code, str(done))
     runner = start(home, "run-next", "--json")
     seen: list[tuple[float, float]] = []
-    while runner.poll() is None:
-        try:
-            rec = record(home, "ticking")
-        except (ValueError, FileNotFoundError):
-            continue
-        if rec["exec_state"] == "PROCESSING" and rec["heartbeat_ts"]:
-            seen.append((rec["heartbeat_ts"], rec["activity_ts"]))
-        time.sleep(0.05)
-    assert json.loads(runner.communicate()[0])["exec_state"] == "END"
+    try:
+        while runner.poll() is None and not done.exists():
+            try:
+                rec = record(home, "ticking")
+            except (ValueError, FileNotFoundError):
+                continue
+            if rec["exec_state"] == "PROCESSING" and rec["heartbeat_ts"]:
+                seen.append((rec["heartbeat_ts"], rec["activity_ts"]))
+            if len({b for b, _ in seen}) >= 3 and len({a for _, a in seen}) >= 2:
+                done.touch()
+            time.sleep(0.05)
+    finally:
+        done.touch()
+    assert json.loads(runner.communicate(timeout=60)[0])["exec_state"] == "END"
     beats = sorted({b for b, _ in seen})
     activity = sorted({a for _, a in seen})
     assert len(beats) >= 3, seen  # every process.heartbeat_s (0.2 s here)
