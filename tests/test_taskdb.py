@@ -422,25 +422,34 @@ def test_a_database_from_a_newer_schema_is_refused_and_never_touched(home: Path)
     assert (home / "tasks.db").read_bytes() == before
 
 
-def test_a_tasks_db_of_schema_version_1_gets_its_parent_gate_column_filled(home: Path) -> None:
-    """Migration 2 on a tasks.db written by the version before: open_children counted for the trees already
-    there (the parent gate of the claim), and kept from then on by its triggers."""
+def old_tree(home: Path, versions: int) -> None:
+    """A tasks.db as a self-heal of schema version `versions` left it: the tree p (a (a1 NEW), b END), each
+    task running `true`."""
     from selfheal.state.sql import SQLITE
     from selfheal.state.taskdb import MIGRATIONS
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = sqlite3.connect(home / "tasks.db")
-    for statement in MIGRATIONS[0][1](SQLITE):
-        db.execute(statement)
-    db.execute("INSERT INTO schema_version (version, applied_ts) VALUES (1, 0)")
+    db.execute("PRAGMA journal_mode=WAL")
+    for version, statements in MIGRATIONS[:versions]:
+        for statement in statements(SQLITE):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version, applied_ts) VALUES (?, 0)", (version,))
     for name, parent, exec_state in (("p", None, "NEW"), ("a", "p", "NEW"), ("b", "p", "END"), ("a1", "a", "NEW")):
         db.execute(
             "INSERT INTO tasks (task_name, task_type, priority, status, exec_state, parent_task_id, root_task_id,"
-            " task_level, created_ts, updated_ts) VALUES (?, 'regular', 'P1', 'pending', ?, ?, 'p', 1, 1, 1)",
+            " task_level, created_ts, updated_ts, run_spec) VALUES (?, 'regular', 'P1', 'pending', ?, ?, 'p', 1, 1, 1,"
+            ' \'{"kind": "argv", "argv": ["true"]}\')',
             (name, exec_state, parent),
         )
     db.commit()
     db.close()
+
+
+def test_a_tasks_db_of_schema_version_1_gets_its_parent_gate_column_filled(home: Path) -> None:
+    """Migration 2 on a tasks.db written by the version before: open_children counted for the trees already
+    there (the parent gate of the claim), and kept from then on by its triggers."""
+    old_tree(home, 1)
     store = open_store(home)
     assert store.db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,) == (3,)
     rows = store.db.execute("SELECT task_name, open_children FROM tasks ORDER BY task_name").fetchall()
@@ -468,25 +477,7 @@ def test_a_tasks_db_of_schema_version_2_gets_triggers_that_build_no_temporary_ta
     """Migration 3: open_children's triggers test a settled child by comparisons, so the trigger a claim runs
     builds no temporary b-tree (version 2's `IN` lists built two a claim: a quarter of a millisecond, as a young
     process gave the memory back and faulted it in again); the counts stay right through every change."""
-    from selfheal.state.sql import SQLITE
-    from selfheal.state.taskdb import MIGRATIONS
-
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    db = sqlite3.connect(home / "tasks.db")
-    db.execute("PRAGMA journal_mode=WAL")
-    for version, statements in MIGRATIONS[:2]:
-        for statement in statements(SQLITE):
-            db.execute(statement)
-        db.execute("INSERT INTO schema_version (version, applied_ts) VALUES (?, 0)", (version,))
-    for name, parent, exec_state in (("p", None, "NEW"), ("a", "p", "NEW"), ("b", "p", "END"), ("a1", "a", "NEW")):
-        db.execute(
-            "INSERT INTO tasks (task_name, task_type, priority, status, exec_state, parent_task_id, root_task_id,"
-            " task_level, created_ts, updated_ts, run_spec) VALUES (?, 'regular', 'P1', 'pending', ?, ?, 'p', 1, 1, 1,"
-            ' \'{"kind": "argv", "argv": ["true"]}\')',
-            (name, exec_state, parent),
-        )
-    db.commit()
-    db.close()
+    old_tree(home, 2)
     store = open_store(home)
     assert store.db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (3,)
     sql, params = store.db.claim_sql(None, runner="{}", entry="{}", tag="t", now=0.0, pass_deferred=True)
