@@ -182,14 +182,14 @@ def test_malformed_base_url_exits_2(home: Path, write_config: Callable[[str], Pa
 def run_workers(home: Path, tmp_path: Path, n: int, calls: int, tag: str) -> list[dict[str, int]]:
     go = tmp_path / f"go-{tag}"
     env = script_env(home, PYTHONPATH=str(SCRIPTS), SELFHEAL_TESTING="1")
-    procs = [
-        subprocess.Popen(
-            [PYTHON, str(HELPERS / "llm_worker.py"), str(calls), str(go)], env=env, stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(n)
-    ]
+    argv = [PYTHON, str(HELPERS / "llm_worker.py"), str(calls), str(go), str(n)]  # n processes, forked from one
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
     go.write_text("go")
-    return [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
+    results = [json.loads(line) for line in out.splitlines()]
+    assert len(results) == n, out
+    return results
 
 
 @pytest.mark.slow

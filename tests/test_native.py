@@ -196,6 +196,7 @@ print("blocks:", blocks)
 """
 
 
+@pytest.mark.slow
 def test_the_library_stays_within_its_bounds_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
     """The C source built with AddressSanitizer and UBSan, every error fatal: thousands of lines put together at
     random and random bytes, in blocks of every size down to a line each (each block a buffer of exactly its

@@ -539,6 +539,7 @@ def test_install_keeps_a_venv_that_python_3_12_or_later_made(tmp_path: Path) -> 
     }
 
 
+@pytest.mark.slow
 def test_install_remakes_a_venv_left_without_pip_and_says_when_pip_cannot_install(tmp_path: Path) -> None:
     """A .venv without pip (what `python3 -m venv` leaves where python3-venv is missing) is made again, not asked
     in vain ('No module named pip' on every run, for good); pip failing (offline) is exit 3 with a line that says

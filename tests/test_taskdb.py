@@ -141,6 +141,7 @@ def test_a_json_tree_is_imported_once_on_first_use_and_its_files_kept(home: Path
     assert again.returncode == 0 and "imported" not in again.stderr  # reported once
 
 
+@pytest.mark.slow
 def test_a_sigkill_during_the_import_loses_nothing_and_the_next_start_completes_it(home: Path) -> None:
     made = write_json_tree(home, 3000)
     for delay in (0.3, 0.5, 0.7, 0.9, 1.2):

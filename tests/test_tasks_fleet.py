@@ -76,6 +76,7 @@ def shell(line: str) -> dict[str, Any]:
 RESTART = "process: {heartbeat_s: 0.5}\ntasks: {lease_s: 10.0}\nstore: {retry_down_s: 0.2}\n"
 
 
+@pytest.mark.slow
 def test_three_hosts_run_a_thousand_task_tree_once_each_through_a_postgresql_restart(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

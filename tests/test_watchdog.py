@@ -13,12 +13,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from helpers.fake_gateway import LIVE, READY, FakeGateway
 from helpers.openclaw import OpenClaw, free_port
 
-from conftest import PYTHON, SCRIPTS, script_env
+from conftest import PYTHON, SCRIPTS, SHARED_GATEWAY, SharedGateway, script_env
 from selfheal.clock import utc_iso
 from selfheal.core.config import Config
 from selfheal.core.ledger import iter_events, ledger_files
@@ -185,66 +184,71 @@ def test_the_watchdog_is_off_unless_enabled(home: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@SHARED_GATEWAY
+@pytest.mark.replaces_shared_gateway
 def test_a_killed_real_gateway_is_brought_back_once(
-    openclaw: OpenClaw, tmp_path: Path, home: Path, write_config: Any
+    openclaw: OpenClaw, shared_gateways: SharedGateway, tmp_path: Path, home: Path, write_config: Any
 ) -> None:
-    """SIGKILL leaves no shutdown line: the next check finds it down and restarts it once (here the restart
-    command starts `openclaw gateway run` again, as a service would); the check after that finds it live."""
-    openclaw_home = openclaw.sandbox(tmp_path)
-    pid_file = tmp_path / "restarted.pid"
+    """SIGKILL leaves no shutdown line: the next check finds it down and restarts it once; the check after that
+    finds it live. The gateway is the shared one (its start is the expensive part: onboarding and start-up, about
+    20 s of CPU). The restart command asks for the gateway as `systemctl restart` asks systemd: it leaves its
+    environment where the test, standing in for the service manager, finds it, and the test starts `openclaw
+    gateway run` with exactly that environment (HOME, PATH to Node: what the watchdog passes on); that gateway,
+    the test's own child, is then the shared one for the tests after this one."""
+    gateway = shared_gateways.get()
+    openclaw_home, port = gateway.home, gateway.port
+    status = openclaw_home / ".openclaw" / "skills" / "status" / "self-heal.txt"
+    status_before = status.read_bytes() if status.exists() else None
+    request = tmp_path / "restart-request"
     restart = tmp_path / "restart.sh"
-    with openclaw.gateway(openclaw_home) as gateway:
-        gateway.wait_ready()
-        port = gateway.port
-        restart.write_text(
-            "#!/bin/sh\n"
-            f"setsid {openclaw.executable} gateway run --port {port} --bind loopback"
-            f" >{tmp_path / 'restarted.out'} 2>&1 </dev/null &\n"
-            f"echo $! >{pid_file}\n"
-        )
-        restart.chmod(0o755)
-        write_config(
-            f"health: {{disk_min_free_mb: 0, watchdog: {{enabled: true, restart_argv: ['{restart}'],"
-            " startup_grace_s: 120}}\n"
-        )
-        env = {**openclaw.env(openclaw_home), "SELFHEAL_HOME": str(home)}
+    restart.write_text(f"#!/bin/sh\nenv -0 >{request}.tmp && mv {request}.tmp {request}\n")
+    restart.chmod(0o755)
+    write_config(
+        f"health: {{disk_min_free_mb: 0, watchdog: {{enabled: true, restart_argv: ['{restart}'],"
+        " startup_grace_s: 120}}\n"
+    )
+    env = {**openclaw.env(openclaw_home), "SELFHEAL_HOME": str(home)}
 
-        def health() -> dict[str, Any]:
-            proc = subprocess.run(
-                [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            return dict(json.loads(proc.stdout))
+    def health() -> dict[str, Any]:
+        proc = subprocess.run(
+            [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return dict(json.loads(proc.stdout))
 
+    try:
         assert health()["watchdog"]["action"] == "healthy"
         os.killpg(gateway.proc.pid, signal.SIGKILL)
         gateway.proc.wait(timeout=30)
-        try:
-            first = health()
-            assert first["mode"] != "operational" and first["watchdog"]["action"] == "restarted", first
-            second = health()  # at once: the restarted gateway is still starting
-            assert second["watchdog"]["action"] in ("starting", "healthy")
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
-                        if json.loads(answer.read()).get("ok") is True:
-                            break
-                except OSError:
-                    pass
-                time.sleep(1)
-            assert health()["watchdog"]["action"] == "healthy"
-            restarts = [e for e in iter_events(ledger_files(StateRoot(home))) if e["event"] == "watchdog"]
-            assert [e["status"] for e in restarts] == ["restarted"]
-        finally:
-            if pid_file.exists():
-                leader = psutil.Process(int(pid_file.read_text()))
-                for proc in [leader, *leader.children(recursive=True)]:
-                    proc.kill()
+        first = health()
+        assert first["mode"] != "operational" and first["watchdog"]["action"] == "restarted", first
+        assert request.exists(), "the watchdog did not run the restart command"
+        given = dict(item.split("=", 1) for item in request.read_text().split("\0") if "=" in item)
+        assert given["HOME"] == str(openclaw_home)
+        shared_gateways.replace(openclaw.start_gateway(openclaw_home, port, env=given))
+        second = health()  # at once: the restarted gateway is still starting
+        assert second["watchdog"]["action"] in ("starting", "healthy")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    if json.loads(answer.read()).get("ok") is True:
+                        break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert health()["watchdog"]["action"] == "healthy"
+        restarts = [e for e in iter_events(ledger_files(StateRoot(home))) if e["event"] == "watchdog"]
+        assert [e["status"] for e in restarts] == ["restarted"]
+    finally:  # the shared gateway's status folder as this test found it
+        if status_before is None:
+            status.unlink(missing_ok=True)
+        else:
+            status.write_bytes(status_before)
 
 
 # -- the kept openclaw.json is the user's own file -------------------------------------------------------------

@@ -172,23 +172,28 @@ class OpenClaw:
             token,
             "--json",
         )
+        gw = self.start_gateway(home, port)
+        try:
+            gw.wait_live(GATEWAY_START_S)
+            yield gw
+        finally:
+            gw.stop()
+
+    def start_gateway(self, home: Path, port: int, env: dict[str, str] | None = None) -> Gateway:
+        """`openclaw gateway run` in an onboarded `home`, in its own process group, not waited for; in the
+        environment `env` (default: `self.env(home)`). The caller stops it (`Gateway.stop`)."""
         log_path = home / "gateway.out"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 [str(self.executable), "gateway", "run", "--port", str(port), "--bind", "loopback"],
-                env=self.env(home),
+                env=self.env(home) if env is None else env,
                 cwd=home,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        gw = Gateway(proc=proc, port=port, home=home, log_path=log_path)
-        try:
-            gw.wait_live(GATEWAY_START_S)
-            yield gw
-        finally:
-            gw.stop()
+        return Gateway(proc=proc, port=port, home=home, log_path=log_path)
 
 
 @dataclass
