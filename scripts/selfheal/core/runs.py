@@ -22,7 +22,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..errors import CorruptStateError, NotAttempted, StateError, StateWriteError, UnsafeStateError
 from ..state import layout
 from ..state.records import RecordError
-from ..state.root import StateRoot, open_read, quarantine, read_json, unlink, write_json
+from ..state.root import StateRoot, quarantine, read_json, top_level_is, unlink, write_json
 from ..state.runs import FINISHED, RUNNING, ProcessRef, RunState, live_process, start_ticks
 
 if TYPE_CHECKING:
@@ -135,27 +135,6 @@ def _fresh(record: RunState) -> RunState:
     return copy
 
 
-# A finished record, as write_json writes it (sorted keys, indented by 2): the top-level key on a line of
-# its own. It cannot occur inside a string (a newline there is written as \n) nor as a nested key (indented
-# further), so a file holding it is finished; a file written any other way is read and parsed.
-_FINISHED_LINE = b'\n  "status": "finished"'
-
-
-def _finished_on_disk(path: Path) -> bool:
-    """Whether the record is finished, from its bytes alone (no JSON parse). Any trouble: False, and the
-    full read that follows deals with it."""
-    try:
-        fd = open_read(path)
-    except (OSError, StateError):
-        return False
-    try:
-        return _FINISHED_LINE in os.read(fd, 1 << 20)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def list_runs(state: StateRoot, *, running_only: bool = False) -> list[RunState]:
     """Every readable run record (with `running_only`: those still running, without parsing the finished
     ones kept as history, which only their bytes are looked at); unreadable ones (torn, or with a field of
@@ -182,7 +161,7 @@ def list_runs(state: StateRoot, *, running_only: bool = False) -> list[RunState]
                 out.append(_fresh(hit[1]))
             continue
         path = Path(entry.path)
-        if running_only and _finished_on_disk(path):
+        if running_only and top_level_is(path, "status", FINISHED):  # finished, by its bytes: not parsed
             current[entry.name] = (stamp, None)
             continue
         try:

@@ -65,7 +65,7 @@ from ..errors import (
 from ..state import layout
 from ..state.inert import inert
 from ..state.layout import SUBDIRS
-from ..state.root import StateRoot, open_read, openclaw_state_dir, quarantine, read_json, write_json
+from ..state.root import StateRoot, openclaw_state_dir, quarantine, read_json, top_level_is, write_json
 from ..state.skill_status import STATUS_FILE_NAME, read_status, status_path, update_status
 
 # Not typing's TYPE_CHECKING, NamedTuple: the cron check never imports typing (see selfheal/_typing.py).
@@ -721,35 +721,22 @@ def judge_run(record: RunState, now: float, limit_s: float, gone: Callable[[RunS
     return None
 
 
-# A finished run record as write_json writes it (core/runs.py's _FINISHED_LINE, which says why the bytes suffice).
-_FINISHED_LINE = b'\n  "status": "finished"'
+# A finished run record's status (state/runs.py's FINISHED, not imported: that module is what is spared).
+_FINISHED = "finished"
 
 
 def _may_be_running(folder: Path) -> bool:
     """Whether runs/ holds a record that is not finished by its bytes. Every task run and retry_run.py
     leaves its finished record there for days (process.keep_finished_runs_days): looking at their bytes
     spares the cron check the record module's imports (dataclasses, inspect, typing, logging: a quarter of
-    its cost). Stops at the first record that may be running; any trouble reading one counts as that, and
-    list_runs, which reads it properly, deals with it."""
+    its cost). The same test of the bytes as list_runs makes (state.root.top_level_is). Stops at the first
+    record that may be running; any trouble reading one counts as that, and list_runs, which reads it
+    properly, deals with it."""
     try:
         entries = [e.path for e in os.scandir(folder) if e.name.endswith(".json")]
     except OSError:  # missing (nothing has run yet), or not a folder: list_runs finds no record either
         return False
-    for path in entries:
-        try:
-            fd = open_read(Path(path))
-        except FileNotFoundError:
-            continue  # finished and pruned while we looked
-        except (OSError, StateError):
-            return True
-        try:
-            if _FINISHED_LINE not in os.read(fd, 1 << 20):
-                return True
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
-    return False
+    return not all(top_level_is(Path(path), "status", _FINISHED) for path in entries)
 
 
 def check_runs(

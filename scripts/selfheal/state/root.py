@@ -590,6 +590,24 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
 
 
+def top_level_is(path: Path, key: str, value: str) -> bool:
+    """Whether the JSON state file at `path`, as write_json writes it (sorted keys, indented by 2), holds
+    `key`: `value` at its top level, from its first MiB of bytes alone (no parse): that key on a line of its own
+    cannot occur inside a string (a newline there is written as \\n) nor as a nested key (indented further).
+    Any trouble reading it (gone, a planted link, unreadable): False, and a full read deals with it."""
+    needle = f"\n  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}".encode()
+    try:
+        fd = open_read(path)
+    except (OSError, StateError):
+        return False
+    try:
+        return needle in os.read(fd, 1 << 20)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def loads(data: str | bytes | bytearray) -> Any:
     """json.loads, with JSON nested deeper than the parser recurses (`[[[[...`, 60 KB of it) refused as the
     ValueError any other bad JSON raises. The C parser raises RecursionError there, which no reader's
