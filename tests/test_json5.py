@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 from helpers.openclaw import OpenClaw
 
-from selfheal.core.json5 import ID_CONTINUE_RANGES, ID_START_RANGES, WHITESPACE, JSON5Error, loads
+from selfheal.core.json5 import _ASCII_HEAD, WHITESPACE, JSON5Error, identifier_ranges, loads
+
+ID_START_RANGES, ID_CONTINUE_RANGES = identifier_ranges()
 
 # -- comparing values ---------------------------------------------------------------------------------------
 
@@ -317,6 +319,38 @@ def test_a_large_dense_document_and_a_long_string_read_whole() -> None:
     long_string = "'" + "ab\\n\\u00e9\\\n" * 50_000 + "'"
     assert len(loads(text)) == 300 * copies
     assert loads(long_string) == "ab\né" * 50_000
+
+
+def test_the_ascii_names_pattern_is_the_ascii_part_of_the_identifier_tables() -> None:
+    """Names in ASCII are read by a small pattern, the Unicode tables only when a name holds more: the small
+    one must take exactly the ASCII characters the tables take, as first character and after it."""
+    for table, first in ((ID_START_RANGES, True), (ID_CONTINUE_RANGES, False)):
+        in_table = {chr(cp) for low, high in table for cp in range(low, min(high, 127) + 1)}
+        taken = {chr(cp) for cp in range(128) if _ASCII_HEAD(chr(cp) if first else "a" + chr(cp), 0)}
+        ends = {c for c in taken if _ASCII_HEAD(c if first else "a" + c, 0).end() == (1 if first else 2)}  # type: ignore[union-attr]
+        assert ends == in_table, f"{'start' if first else 'part'}: {sorted(ends ^ in_table)}"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("{abc\u00e9d:1}", "abc\u00e9d"),  # an ASCII start going on outside ASCII
+        ("{\u00e9t\u00e9:1}", "\u00e9t\u00e9"),  # a name starting outside ASCII
+        ("{a\u200cb:1}", "a\u200cb"),  # ZWNJ: part of a name, not a start
+        ("{abc\u00a0:1}", "abc"),  # NBSP after a name: white space, not part of it
+        ("{ab\\u00e9c:1}", "ab\u00e9c"),  # an escape inside
+        ("{$_9:1}", "$_9"),
+    ],
+)
+def test_names_crossing_from_ascii_to_unicode_read_whole(text: str, key: str) -> None:
+    assert loads(text) == {key: 1}
+
+
+def test_names_outside_ascii_are_still_refused_where_they_cannot_start_or_go_on() -> None:
+    with pytest.raises(JSON5Error, match="invalid character"):
+        loads("{\u200cab:1}")  # ZWNJ cannot start a name
+    with pytest.raises(JSON5Error):
+        loads("{ab\u00a0c:1}")  # white space inside a name: two tokens
 
 
 # -- the differential test against npm json5 ----------------------------------------------------------------

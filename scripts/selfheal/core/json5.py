@@ -140,14 +140,47 @@ def _char_class(ranges: tuple[tuple[int, int], ...]) -> str:
     return "".join(f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
 
 
-ID_START_RANGES = _ranges(_ID_START)
-ID_CONTINUE_RANGES = _ranges(_ID_CONTINUE)
-_START_CLASS = _char_class(ID_START_RANGES)
-_CONTINUE_CLASS = _char_class(ID_CONTINUE_RANGES)
-_IDENT_START = re.compile(f"[{_START_CLASS}]")
-_IDENT_PART = re.compile(f"[{_CONTINUE_CLASS}]")
-_IDENT_HEAD = re.compile(f"[{_START_CLASS}][{_CONTINUE_CLASS}]*").match
-_IDENT_TAIL = _always(f"[{_CONTINUE_CLASS}]*")
+def identifier_ranges() -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+    """The code point ranges (inclusive) that may start an identifier, and those that may go on one."""
+    return _ranges(_ID_START), _ranges(_ID_CONTINUE)
+
+
+class _Names:
+    """The identifier patterns over the whole Unicode tables: several hundred ranges each, which took `re`
+    about 45 ms to compile at import, so they are built the first time a name holds a character outside ASCII
+    (or an escape), not by every script that imports the configuration loader."""
+
+    def __init__(self) -> None:
+        start, part = (_char_class(table) for table in identifier_ranges())
+        self.start = re.compile(f"[{start}]")
+        self.part = re.compile(f"[{part}]")
+        self.head = re.compile(f"[{start}][{part}]*").match
+        self.tail = _always(f"[{part}]*")
+
+
+_names: list[_Names] = []
+
+
+def _unicode_names() -> _Names:
+    if not _names:
+        _names.append(_Names())
+    return _names[0]
+
+
+# The ASCII part of the tables (tests/test_json5.py checks it against them): `$`, `_` and letters start a
+# name, and digits may follow.
+_ASCII_HEAD = re.compile(r"[$A-Z_a-z][$0-9A-Z_a-z]*").match
+
+
+def _ident_head(text: str, pos: int) -> re.Match[str] | None:
+    """An identifier's characters from `pos` (its first one able to start it), or None: from the ASCII
+    pattern while the name and the character after it are ASCII, else from the Unicode tables."""
+    found = _ASCII_HEAD(text, pos)
+    end = found.end() if found is not None else pos
+    if end < len(text) and text[end] >= "\x80":
+        return _unicode_names().head(text, pos)
+    return found
+
 
 # White space (json5's lexer: these, plus util.isSpaceSeparator: U+1680, U+2000-U+200A, U+202F, U+205F,
 # U+3000) and comments.
@@ -284,7 +317,7 @@ def _invalid(text: str, pos: int) -> JSON5Error:
 
 def _key(text: str, pos: int) -> tuple[str, int]:
     """A property name at `pos` and the index after the colon behind it (and the white space after that)."""
-    found = _IDENT_HEAD(text, pos)
+    found = _ident_head(text, pos)
     if found and not text.startswith("\\", found.end()):  # the common case: a plain identifier
         key, pos = found.group(), found.end()
     elif found or text.startswith("\\", pos):
@@ -308,12 +341,13 @@ def _identifier(text: str, pos: int) -> tuple[str, int]:
             if not text.startswith("u", pos + 1):
                 raise _invalid(text, pos + 1)
             char = chr(_hex(text, pos + 2, 4))
-            if not (_IDENT_START if first else _IDENT_PART).match(char):
+            names = _unicode_names()
+            if not (names.start if first else names.part).match(char):
                 raise _error(f"{char!r} (escaped) cannot {'start' if first else 'be part of'} a name", text, pos)
             parts.append(char)
             pos += 6
         else:
-            found = _IDENT_HEAD(text, pos) if first else _IDENT_TAIL(text, pos)
+            found = _ident_head(text, pos) if first else _unicode_names().tail(text, pos)
             if found is None:  # not reached: the caller saw a starting character
                 raise _invalid(text, pos)
             parts.append(found.group())
