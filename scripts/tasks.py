@@ -17,9 +17,10 @@ A parent runs only when each of its children is END, VOID or REQUIRES_MANUAL.
 
 Exit codes: 0 ok (run-next: it succeeded, or there was nothing to do); 1 check-stuck found stuck tasks,
 or fleet status found the fleet's database unreachable; 2 usage error (unknown task, illegal transition,
-bad parent, duplicate name, a symbolic link planted under the state root); 3 the task failed, or the task
-tree could not be written (disk full, read-only: the message names the file; run-next then runs nothing);
-4 not attempted (the tree is locked, or the task is running or waits for its children).
+bad parent, duplicate name, a text over its size cap, a symbolic link planted under the state root); 3 the
+task failed, or the task tree could not be written (disk full, read-only: the message names the file;
+run-next then runs nothing; on a full disk list, tree, show, actionable, log and check-stuck --dry-run still
+answer, with a warning); 4 not attempted (the tree is locked, or the task is running or waits for its children).
 With --json, stdout holds exactly one JSON object; a task's output goes to tasks/NAME.log.
 The tree lives in tasks.db under the state root (SQLite); a tree of tasks/*.json files from an older
 version is imported on first use (the files are kept in tasks/json-backup-<ts>/). In fleet mode (store.url)
@@ -78,6 +79,7 @@ from selfheal.tasks.tree import (  # noqa: E402
     TaskStore,
     TaskTree,
     UnknownTask,
+    check_sizes,
 )
 
 TASKS_SCRIPT = str(Path(__file__).resolve())
@@ -509,6 +511,10 @@ def build_parser() -> cli.ArgumentParser:
     return parser
 
 
+# The commands that only read the tree (and `check-stuck --dry-run`): they answer on a full disk too.
+READ_ONLY = frozenset({"list", "tree", "show", "actionable", "log"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     own = list(sys.argv[1:] if argv is None else argv)
@@ -525,11 +531,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = TaskStore()
     if args.op == "fleet":  # says how the database is, up or down: it needs no task tree open
         return _op_fleet(store, args, parser)
-    store.db  # noqa: B018 - opened (and an older JSON tree imported) now, so the import is reported first
-    for notice in store.notices:
-        cli.say(notice)
-    handler = globals()[f"_op_{args.op.replace('-', '_')}"]
-    code: int = handler(store, args, parser)
+    try:
+        if args.op in READ_ONLY or (args.op == "check-stuck" and args.dry_run):
+            store.open_to_read()  # on a full disk too, with a warning
+        else:
+            store.db  # noqa: B018 - opened (and an older JSON tree imported) now, so the import is reported first
+        for notice in store.notices:
+            cli.say(notice)
+        handler = globals()[f"_op_{args.op.replace('-', '_')}"]
+        code: int = handler(store, args, parser)
+    finally:
+        store.close()  # a read on a full disk holds the database locked until then
     return code
 
 
@@ -680,6 +692,7 @@ def _op_actionable(store: TaskStore, args: argparse.Namespace, parser: argparse.
 
 def _op_mark(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     wanted = VERBS[args.verb]
+    check_sizes(args.name, {"last_result": args.result})
     with store.transaction() as tree:
         if wanted == VOID:
             changed = tree.void(args.name, args.reason, by="tasks.py mark")

@@ -3,10 +3,12 @@ damaged row or an unusual tree never turns an answer into a traceback or a broke
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,7 +153,6 @@ def test_a_huge_log_written_by_something_else_is_shown_by_its_tail_in_bounded_me
 ) -> None:
     """`tasks.py log NAME` read the whole file and split it: a 300 MB log (written by something other than the
     runner, which keeps logs bounded) took 1.5 GB and 8 s. Now a line at a time, the last --lines kept."""
-    import sys
 
     from conftest import PYTHON, SCRIPTS, script_env
 
@@ -180,3 +181,78 @@ def test_a_huge_log_written_by_something_else_is_shown_by_its_tail_in_bounded_me
     assert code == 0
     assert shown["lines"][1:] == ["[self-heal: a line over 65536 bytes left out]", "the last line"]
     assert peak_kb < 100 * 1024, f"{peak_kb} KB"
+
+
+# -- a full disk -----------------------------------------------------------------------------------------
+
+READS = (
+    ("list",),
+    ("list", "--json"),
+    ("tree",),
+    ("tree", "--json"),
+    ("actionable", "--json"),
+    ("show", "job", "--json"),
+    ("log", "job"),
+    ("check-stuck", "--dry-run"),
+)
+
+
+@pytest.mark.slow
+def test_the_read_commands_answer_on_a_full_disk_with_one_warning(tmp_path: Path) -> None:
+    """Someone looking into a full disk at 3 a.m. still sees the task tree: every read command answers (exit 0,
+    one warning line that says the disk is full), tasks.db is not changed, and once space is freed the tree
+    is written again as before. (SQLite's shared-memory file, which WAL readers need, cannot grow on a full
+    disk: every command exited 3.)"""
+    from test_disk import ENOSPC_TEXT, fill, mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
+        home = mnt / "state"
+        assert tasks(home, "add", "job", "--display-name", "nightly report", "--", "true").returncode == 0
+        assert tasks(home, "add", "step", "--parent", "job", "--", "true").returncode == 0
+        gc.collect()  # the scripts ran in this process: their connections close (the WAL folded in) first
+        fill(mnt)
+        db = (home / "tasks.db").read_bytes()
+
+        answers = {args: tasks(home, *args) for args in READS}
+        for args, proc in answers.items():
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
+            warnings = proc.stderr.splitlines()
+            assert len(warnings) == 1 and ENOSPC_TEXT in warnings[0] and "read" in warnings[0], (args, warnings)
+        assert [t["name"] for t in json.loads(answers[("list", "--json")].stdout)["tasks"]] == ["step", "job"]
+        assert "nightly report" in answers[("list",)].stdout
+        tree = json.loads(answers[("tree", "--json")].stdout)["tree"]
+        assert [(t["name"], [c["name"] for c in t["children"]]) for t in tree] == [("job", ["step"])]
+        assert json.loads(answers[("actionable", "--json")].stdout)["tasks"] == ["step"]
+        assert json.loads(answers[("show", "job", "--json")].stdout)["why_not"] is not None
+        assert (home / "tasks.db").read_bytes() == db
+
+        refused = tasks(home, "add", "more", "--", "true")  # a change still fails clearly (test_disk.py)
+        assert refused.returncode == 3 and ENOSPC_TEXT in refused.stderr, refused.stderr
+        (mnt / "filler").unlink()
+        assert tasks(home, "add", "more", "--", "true").returncode == 0
+        listed = tasks(home, "list", "--json")
+        assert listed.stderr == "" and len(json.loads(listed.stdout)["tasks"]) == 3
+
+
+@pytest.mark.slow
+def test_a_full_disk_read_sees_changes_still_in_the_write_ahead_log(tmp_path: Path) -> None:
+    """A writer that died before SQLite folded its last commit into tasks.db left it in tasks.db-wal: the
+    read on a full disk reads that log too, so it shows the tree as committed, not as it was before."""
+    from test_disk import fill, mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
+        home = mnt / "state"
+        assert tasks(home, "add", "job", "--display-name", "before", "--", "true").returncode == 0
+        gc.collect()
+        crash = (
+            "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+            " c.execute(\"UPDATE tasks SET display_name = 'committed' WHERE task_name = 'job'\"); os._exit(0)"
+        )
+        subprocess.run([sys.executable, "-c", crash, str(home / "tasks.db")], check=True)
+        assert (home / "tasks.db-wal").stat().st_size > 0
+        os.truncate(home / "tasks.db-shm", 0)  # its shared memory must be made again: no room for it
+        fill(mnt)
+
+        proc = tasks(home, "list", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert [t["display_name"] for t in json.loads(proc.stdout)["tasks"]] == ["committed"]

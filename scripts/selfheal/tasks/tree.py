@@ -21,12 +21,15 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import difflib
+import errno
 import json
 import logging
 import os
 import re
 import socket
+import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,12 +38,12 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config, get_config
 from ..core.fleet import fleet_database, host_id, mark_down
 from ..core.process import identify
-from ..errors import FleetUnavailable, InvalidIdError, LockBusy, NotAttempted, StateError, UsageError
+from ..errors import FleetUnavailable, InvalidIdError, LockBusy, NotAttempted, StateError, StateWriteError, UsageError
 from ..state import layout
 from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, loads, read_bytes, validate_id
 from ..state.runs import boot_id
-from ..state.taskdb import TaskDB, TaskImportRefused, task_row
+from ..state.taskdb import SCHEMA_VERSION, TaskDB, TaskDBTooNew, TaskImportRefused, task_row
 from ..state.taskrecord import FIELDS, RunSpec, Task, rank
 from ..state.taskstates import (
     ACTIONABLE_STATES,
@@ -80,6 +83,7 @@ __all__ = [
     "REQUIRES_MANUAL",
     "RUN_KINDS",
     "SCHEMA",
+    "SIZE_CAPS",
     "STATUS_OF",
     "TEXT_FIELDS",
     "TRANSITIONS",
@@ -94,8 +98,10 @@ __all__ = [
     "TaskError",
     "TaskExists",
     "TaskStore",
+    "TaskTooLarge",
     "TaskTree",
     "UnknownTask",
+    "check_sizes",
     "rank",
     "runner_identity",
     "safe_name",
@@ -107,6 +113,30 @@ IMPORT_KEY = "json_import"  # meta: absent (not yet looked), "moving:<backup fol
 ARCHIVE_KEY = "archive_checked_ts"  # meta: when run-next last looked for finished trees to archive
 FLEET_IMPORT_KEY = "fleet_import"  # meta of tasks.db: the id of its import into the fleet's tree
 ARCHIVE_EVERY_S = 3600.0  # run-next looks for finished trees at most this often (a claim stays one query)
+
+# -- size caps -------------------------------------------------------------------------------------------
+# What one field of a task may hold, in bytes of UTF-8 (as stored), when a person, an agent or a script writes
+# it: every listing, tree, claim and health check carries these texts, so none may grow without bound. Each
+# cap is far above what its field is for. A tree saved before the caps keeps its larger texts (they load,
+# list and run); only a text being added or changed is measured.
+TITLE_MAX_BYTES = 1024  # one line: GitHub's issue titles stop at 256 characters (at most 1 KiB of UTF-8)
+TEXT_MAX_BYTES = 65536  # a paragraph or a few pages: GitHub's issue and comment bodies stop at 65,536 characters
+# An argv (each argument and its NUL, as exec counts them) or a shell line: under the 128 KiB that Linux takes
+# in one argument, so a command that was accepted can run; a crontab line stops at 1,000 characters.
+COMMAND_MAX_BYTES = 65536
+TARGET_MAX_BYTES = 128  # a circuit breaker's name, which names a state file: an id's 128 characters
+EVIDENCE_MAX_BYTES = 4096  # file patterns, counted as a command's arguments: PATH_MAX for all of them
+_LONG_TEXT = "a paragraph or a few pages; put more in a file and name it"
+_CAPS: dict[str, tuple[int, str]] = {
+    "display_name": (TITLE_MAX_BYTES, "a title is one line; the description holds the rest"),
+    **{f: (TEXT_MAX_BYTES, _LONG_TEXT) for f in TEXT_FIELDS if f != "display_name"},
+    "last_result": (TEXT_MAX_BYTES, _LONG_TEXT),
+    "run": (COMMAND_MAX_BYTES, "each argument and its NUL, as exec counts them; put a longer command in a script"),
+    "shell": (COMMAND_MAX_BYTES, "put a longer command in a script"),
+    "target": (TARGET_MAX_BYTES, "it names a circuit breaker, and its state file"),
+    "evidence": (EVIDENCE_MAX_BYTES, "each pattern and its NUL"),
+}
+SIZE_CAPS: dict[str, int] = {field: cap for field, (cap, _) in _CAPS.items()}
 
 
 # -- errors --------------------------------------------------------------------------------------------
@@ -139,6 +169,44 @@ class IllegalTransition(TaskError):
 
 class BadParent(TaskError):
     """A parent that does not exist, is void, or would make the task its own ancestor."""
+
+
+class TaskTooLarge(TaskError):
+    """A text over its size cap (SIZE_CAPS): nothing was written (exit 2). `where` (a line of `add --from
+    FILE`) prefixes the message."""
+
+    def __init__(self, task: str, field: str, size: int, cap: int, *, where: str | None = None) -> None:
+        self.task, self.field, self.size, self.cap, self.where = task, field, size, cap, where
+        what = f"task {task!r}: {field}: {size} bytes, over the cap of {cap} bytes ({_CAPS[field][1]})"
+        super().__init__(f"{where}: {what}; nothing was added" if where else f"{what}; nothing was written")
+
+
+def check_sizes(task: str, fields: dict[str, Any]) -> None:
+    """Refuse (TaskTooLarge) a text among `fields` (a task's fields by name) over its cap. What a task runs
+    (`run`, a RunSpec or its mapping) is measured by its parts: the command (`run` or `shell`, the keys of
+    `add --from`), `target` and `evidence`."""
+    for field, value in fields.items():
+        if field == "run" and value is not None:
+            spec = value if isinstance(value, RunSpec) else RunSpec.from_json(value, f"task {task!r}")
+            parts = {"run": spec.argv, "shell": spec.shell, "target": spec.target, "evidence": spec.evidence}
+            for part, text in parts.items():
+                _check_size(task, part, text)
+        elif field in SIZE_CAPS:
+            _check_size(task, field, value)
+
+
+def _check_size(task: str, field: str, value: str | Iterable[str] | None) -> None:
+    cap = SIZE_CAPS[field]
+    if value is None:
+        return
+    if isinstance(value, str):
+        if len(value) * 4 <= cap:  # no character takes more than 4 bytes: a short text is not encoded
+            return
+        size = len(value.encode("utf-8", "surrogatepass"))
+    else:  # an argv or a list of patterns: each item and its NUL, as exec counts its arguments
+        size = sum(len(v.encode("utf-8", "surrogatepass")) + 1 for v in value)
+    if size > cap:
+        raise TaskTooLarge(task, field, size, cap)
 
 
 class FleetTreeDown(NotAttempted):
@@ -364,6 +432,7 @@ class TaskTree:
 
     def add(self, task: Task, *, by: str | None = None) -> Task:
         validate_id(task.name, "task")
+        check_sizes(task.name, {f: getattr(task, f) for f in (*TEXT_FIELDS, "last_result", "run")})
         if task.name in self:
             raise TaskExists(task.name, self.get(task.name).exec_state)
         if task.type not in TYPES:
@@ -459,6 +528,7 @@ class TaskTree:
 
     def update(self, name: str, *, by: str | None = None, **fields: Any) -> Task:
         task = self.get(name)
+        check_sizes(name, fields)  # only what changes: a text saved before the caps stays as it is
         for key, value in fields.items():
             if key not in FIELDS:
                 raise TaskError(f"unknown task field {key!r}")
@@ -660,6 +730,38 @@ class TaskStore:
                 raise
             self._db = db
         return self._db
+
+    def open_to_read(self) -> None:
+        """Open the tree for a command that only reads it (list, tree, show, actionable, log, a dry run). On a
+        full disk, where SQLite cannot make the shared memory a reader of a WAL database needs, it is read
+        without it (_FullDiskReader), and `notices` says so in one line: a person looking into a full disk
+        still sees the tree. A migration or an import of an older JSON tree, which must write, fails as before."""
+        try:
+            self.db  # noqa: B018
+        except StateWriteError as exc:
+            if exc.errno != errno.ENOSPC or self.fleet:
+                raise
+            self._db = self._read_on_a_full_disk(exc)
+            self.notices.append(
+                f"warning: {self.db_path}: {exc.reason}; the task tree was read without writing anything, and"
+                " commands that change it fail until there is space again"
+            )
+
+    def _read_on_a_full_disk(self, full: StateWriteError) -> TaskDB:
+        if not os.path.lexists(self.db_path):  # no tree yet, and no room to make one
+            raise full
+        db = _FullDiskReader(self.db_path, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
+        try:
+            found = db.version()
+            if found > SCHEMA_VERSION:
+                raise TaskDBTooNew(self.db_path, found)
+            json_tree = _json_files(self.folder) or _json_files(self.archive_folder)
+            if found < SCHEMA_VERSION or (json_tree and db.meta(IMPORT_KEY) != "done"):
+                raise full  # a migration or an import must write first
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         if self._db is not None:
@@ -868,6 +970,8 @@ class TaskStore:
             for where, task in items:
                 try:
                     tree.add(task, by=by)
+                except TaskTooLarge as exc:
+                    raise TaskTooLarge(exc.task, exc.field, exc.size, exc.cap, where=where) from None
                 except (TaskError, InvalidIdError) as exc:
                     raise TaskError(f"{where}: {exc}; nothing was added") from None
                 count += 1
@@ -943,6 +1047,34 @@ class TaskStore:
         )
         logger.info("%s", message)
         self.notices.append(message)
+
+
+class _FullDiskReader(TaskDB):
+    """tasks.db opened to read on a full disk. Readers of a WAL database share an index of the log in
+    tasks.db-shm, which the first of them makes and fills; on a full disk it cannot, and every read failed
+    (exit 3). In exclusive locking mode SQLite keeps that index in this process's memory instead, and still
+    reads what tasks.db-wal holds (https://sqlite.org/wal.html#noshm); the price is that the database is
+    locked to other processes while this one has it open, a read command's moment (they wait for it as for
+    any writer). `query_only`: no statement writes."""
+
+    def open(self) -> _FullDiskReader:
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=rw&nofollow=1"  # never made here
+        with self.errors():
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first read: no shared memory at all
+                conn.execute("PRAGMA query_only=ON")
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        return self
+
+    def version(self) -> int:
+        with self.errors():
+            return self._version(self.conn)
 
 
 def _json_files(folder: Path) -> list[Path]:
