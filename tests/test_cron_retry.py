@@ -212,3 +212,29 @@ def test_a_hand_edited_retry_count_is_taken_as_the_cap_reached_not_a_crash(
     cli = FakeCli([job("id-1", "nightly-report", "error", failed_at)])
     (done,) = retry_failed_jobs(state, listed(config, "nightly-report"), env={}, clock=clock, run=cli)
     assert (done.action, cli.runs) == ("exhausted", [])
+
+
+@pytest.mark.parametrize("value", ["NaN", "1e400", "true", "1" + "0" * 400])
+def test_a_retry_count_that_is_no_finite_number_is_taken_as_the_cap_reached(
+    state: StateRoot, config: Config, clock: FakeClock, value: str
+) -> None:
+    """`true` is no count, NaN and 1e400 (infinity, as JSON reads it) no time; a 400-digit count ended in an
+    OverflowError traceback."""
+    memory = state.status_file("cron_retry")
+    memory.parent.mkdir(exist_ok=True)
+    failed_at = clock.time() - 3600
+    memory.write_text(json.dumps({"id-1": {"retries": "@", "failed_at": failed_at}}).replace('"@"', value))
+    cli = FakeCli([job("id-1", "nightly-report", "error", failed_at)])
+    (done,) = retry_failed_jobs(state, listed(config, "nightly-report"), env={}, clock=clock, run=cli)
+    assert (done.action, cli.runs) == ("exhausted", [])
+
+
+def test_a_job_time_from_openclaw_that_is_no_finite_number_is_not_a_crash(
+    state: StateRoot, config: Config, clock: FakeClock
+) -> None:
+    """A failed job whose `lastRunAtMs` is a 400-digit number (or NaN) in `cron list`'s answer: retried as one
+    whose failed run's time is unknown, not an OverflowError traceback."""
+    cli = FakeCli([job("id-1", "nightly-report", "error", 0.0)])
+    cli.jobs[0]["state"]["lastRunAtMs"] = 10**400
+    (done,) = retry_failed_jobs(state, listed(config, "nightly-report"), env={}, clock=clock, run=cli)
+    assert (done.action, cli.runs) == ("retried", ["id-1"])

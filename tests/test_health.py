@@ -513,9 +513,9 @@ def fake_nvidia_smi(env: dict[str, str], script: str) -> None:
 @pytest.mark.parametrize(
     ("script", "status", "detail"),
     [
-        ("echo '512, 8192'\necho '900, 8192'\n", WARN,
+        ("echo '0, GPU-a, 512, 8192'\necho '1, GPU-b, 900, 8192'\n", WARN,
          "only 900 MiB free on the roomiest of 2 GPUs, below models.gpu_free_mb_min (1024 MiB)"),
-        ("echo '6000, 8192'\n", OK, "6000 MiB free on the GPU"),
+        ("echo '0, GPU-a, 6000, 8192'\n", OK, "6000 MiB free on the GPU"),
         ("echo 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit 9\n", WARN,
          "nvidia-smi failed (exit 9): NVIDIA-SMI has failed because it could not communicate with the driver"),
     ],
@@ -530,14 +530,14 @@ def test_gpu_memory_comes_from_nvidia_smi_when_it_exists(
 
 
 def test_an_nvidia_smi_whose_child_holds_the_pipe_or_that_never_stops_printing_is_bounded(
-    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], tmp_path: Path
 ) -> None:
     """A wrapper's child holding stdout kept the cron check waiting the whole 10 s (then a warning that it did
-    not answer, and the child left running); one printing without end was held whole in memory for those 10 s.
-    Now the answer is read when nvidia-smi exits, what it left is stopped, and the output is read no further
-    than a tail."""
+    not answer, and the child left running); one printing without end was held whole in memory for those 10 s,
+    then read as a tail until the bound. Now the answer is read when nvidia-smi exits, what it left is stopped,
+    and endless output is read no further than a cap: the check ends then, and says why."""
     pidfile = tmp_path / "child.pid"
-    fake_nvidia_smi(env, f"/bin/sleep 300 &\necho $! > {pidfile}\necho '6000, 8192'\n")
+    fake_nvidia_smi(env, f"/bin/sleep 300 &\necho $! > {pidfile}\necho '0, GPU-a, 6000, 8192'\n")
     result = health.check_gpu(1024, env)
     assert (result.status, result.detail) == (OK, "6000 MiB free on the GPU")
     child = int(pidfile.read_text())
@@ -545,12 +545,20 @@ def test_an_nvidia_smi_whose_child_holds_the_pipe_or_that_never_stops_printing_i
     while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the wrapper's child was left running"
         time.sleep(0.05)
-    monkeypatch.setattr(health, "GPU_QUERY_TIMEOUT_S", 1.0)
-    fake_nvidia_smi(env, "exec /usr/bin/yes '6000, 8192'\n")
-    before = psutil.Process().memory_info().rss
+    fake_nvidia_smi(env, "exec /usr/bin/yes '0, GPU-a, 6000, 8192'\n")
+    before, started = psutil.Process().memory_info().rss, time.monotonic()
     result = health.check_gpu(1024, env)
-    assert result.status == WARN and "did not answer" in result.detail, result
+    assert (result.status, result.detail) == (WARN, "nvidia-smi printed over 262144 bytes: not a reading of GPUs")
+    assert time.monotonic() - started < health.GPU_QUERY_TIMEOUT_S / 2
     assert psutil.Process().memory_info().rss - before < 50 * 1024 * 1024
+
+
+def test_a_hanging_nvidia_smi_is_a_warning_at_the_bound(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "GPU_QUERY_TIMEOUT_S", 0.5)
+    fake_nvidia_smi(env, "exec /bin/sleep 30\n")
+    assert health.check_gpu(1024, env) == Check(
+        "gpu", WARN, "nvidia-smi did not answer within 0.5 s", {"tool": str(Path(env["PATH"]) / "nvidia-smi")}
+    )
 
 
 # -- the mode -------------------------------------------------------------------------------------------------
@@ -733,6 +741,24 @@ def test_a_corrupt_health_json_is_moved_aside_reported_and_replaced(
     assert kept.read_text() == '{"mode": "operational", "checks": ['  # nothing lost
     assert json.loads(path.read_text())["mode"] == DOWN
     assert report.previous_mode is None and len(log_lines(home)) == 1
+
+
+@pytest.mark.parametrize("since", ["NaN", "1e400", "true", "1" + "0" * 400, "1e300"])
+def test_a_mode_since_that_is_no_time_is_taken_as_since_this_run(
+    env: dict[str, str], state: StateRoot, settings_for: Callable[..., None], clock: FakeClock, since: str
+) -> None:
+    """health.json edited (or damaged) to `"mode_since_ts": NaN` said "DOWN since invalid-time" and wrote it
+    back so on every run; `true` said since 1970, 1e300 since "far-future"; a 400-digit number was a traceback.
+    What is no finite number, or a time after now, says nothing about when the mode began: it holds since this run."""
+    settings_for(closed_url())
+    run_health_check(state, env=env, clock=clock)
+    path = state.status_file("health")
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "mode_since_ts": "@"}).replace('"@"', since))
+    clock.advance(60)
+    report = run_health_check(state, env=env, clock=clock)
+    assert (report.mode, report.mode_since_ts) == (DOWN, clock.time())
+    assert json.loads(path.read_text())["mode_since_ts"] == clock.time()
 
 
 def test_a_check_never_changes_what_it_looks_at(

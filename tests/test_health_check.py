@@ -154,6 +154,28 @@ def test_a_repeated_run_loads_no_yaml_and_no_module_it_does_not_need(home: Path,
     assert imported() == []
 
 
+def test_a_gpu_reading_loads_neither_the_model_client_nor_the_process_runner(
+    home: Path, openclaw_dir: Path, tmp_path: Path
+) -> None:
+    """The GPU line reads nvidia-smi through the model chain's reader, without what the model chain needs
+    (asyncio, openai) and without the command runner (psutil, the run records, dataclasses, typing, logging:
+    about 30 ms a cron run where there is a GPU); and the reading is the one nvidia-smi gave."""
+    (openclaw_dir / "openclaw.json").write_text(json.dumps({"gateway": {"port": free_port()}}))
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho '0, GPU-a, 6000, 8192'\n")
+    tool.chmod(0o755)
+    heavy = ("asyncio", "openai", "psutil", "selfheal.core.process", "dataclasses", "typing", "logging")
+    env = script_env(home, OPENCLAW_STATE_DIR=str(openclaw_dir))
+    env.pop("OPENCLAW_GATEWAY_PORT", None)
+    env["PATH"] = f"{tool.parent}{os.pathsep}{env['PATH']}"
+    imported_by("health_check.py", "--cron", home=home, env=env, watch=heavy)  # the settings kept
+    assert imported_by("health_check.py", "--cron", home=home, env=env, watch=heavy) == []
+    proc = subprocess.run([PYTHON, HEALTH_CHECK, "--json"], env=env, capture_output=True, text=True, check=False)
+    (gpu,) = [c for c in json.loads(proc.stdout)["checks"] if c["name"] == "gpu"]
+    assert (gpu["status"], gpu["detail"]) == ("ok", "6000 MiB free on the GPU")
+
+
 def test_finished_run_records_kept_as_history_load_no_run_record_module(home: Path, openclaw_dir: Path) -> None:
     """Every task run and retry_run.py leaves its finished record in runs/ for days: with only those there,
     the check knows no run is in progress from their bytes, and imports neither the records (dataclasses,

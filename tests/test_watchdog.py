@@ -400,6 +400,22 @@ def test_a_corrupt_restart_history_is_moved_aside_and_nothing_is_restarted_that_
     )
 
 
+def test_a_restart_history_with_entries_that_are_no_times_keeps_the_real_ones(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    """`true`, NaN, 1e400 (infinity, as JSON reads it), a 400-digit number and a string among the restart times:
+    the 400-digit one ended in an OverflowError traceback. Now each is skipped and the real restart a minute
+    ago still gives the gateway its startup grace."""
+    env = env_for(openclaw_dir, down_url())
+    history = state.status_file("watchdog")
+    history.parent.mkdir(exist_ok=True)
+    odd = ["true", "NaN", "1e400", "1" + "0" * 400, '"x"']
+    history.write_text(f'{{"restarts": [{", ".join(odd)}, {clock.time() - 60}]}}')
+    restarts = Restarts()
+    outcome = watch(check(state, env, clock), state, enabled(config), env=env, clock=clock, run=restarts)
+    assert (outcome.action, restarts.calls) == ("starting", [])
+
+
 def test_the_newest_good_config_stays_newest_after_the_clock_is_stepped_back(
     state: StateRoot, clock: FakeClock, openclaw_dir: Path
 ) -> None:

@@ -22,7 +22,6 @@ JSON job list is CronUnavailable too, with what it printed, not a traceback.
 
 from __future__ import annotations
 
-import math
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..core.config import Config
 from ..core.ledger import Ledger
 from ..errors import StateError
-from ..state.root import StateRoot, loads, read_json, write_json
+from ..state.root import StateRoot, json_number, loads, read_json, write_json
 
 RETRY_FILE = "cron_retry"  # status/cron_retry.json: per job, its failure episode: retries, when, and the next slot
 CLOCK_SLACK_S = 1.0  # a retry's run starts after we asked for it; this much earlier still counts as ours
@@ -68,20 +67,13 @@ def _jobs(listed: str) -> list[dict[str, Any]]:
     return [j for j in jobs if isinstance(j, dict) and j.get("id")]
 
 
-def _number(value: Any) -> float | None:
-    """A finite number from our own memory file, else None (a hand-edited `"retries": "x"` is not a crash)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _state(job: Mapping[str, Any]) -> Mapping[str, Any]:
     found = job.get("state")
     return found if isinstance(found, dict) else {}
 
 
 def _seconds(value: Any) -> float | None:
-    found = _number(value)
+    found = json_number(value)
     return None if found is None else found / 1000
 
 
@@ -98,16 +90,16 @@ def _failed_run(job: Mapping[str, Any]) -> float | None:
 def _readable(seen: Mapping[str, Any]) -> bool:
     """Whether every time and count in a job's memory is a number (or absent)."""
     keys = ("since", "failed_at", "retries", "last", "retried_at", "next_at")
-    return all(seen.get(k) is None or _number(seen[k]) is not None for k in keys)
+    return all(seen.get(k) is None or json_number(seen[k]) is not None for k in keys)
 
 
 def _ours(seen: Mapping[str, Any], failed_at: float) -> bool:
     """Whether a newer failed run is the result of the retry we started: it started at or after that retry
     and before the job's next scheduled run as it stood then (unknown: counted as ours, so the cap holds)."""
-    retried_at = _number(seen.get("retried_at"))
+    retried_at = json_number(seen.get("retried_at"))
     if retried_at is None or failed_at < retried_at - CLOCK_SLACK_S:
         return False
-    next_at = _number(seen.get("next_at"))
+    next_at = json_number(seen.get("next_at"))
     return next_at is None or failed_at < next_at
 
 
@@ -165,20 +157,20 @@ def retry_failed_jobs(
             memory[job_id] = {"since": failed_at, "failed_at": failed_at, "retries": settings.max_retries}
             out.append(Retried(name, job_id, "exhausted", f"its entry in {RETRY_FILE}.json was unreadable: {found!r}"))
             continue
-        if seen is None or (failed_at > (_number(seen.get("failed_at")) or 0.0) and not _ours(seen, failed_at)):
+        if seen is None or (failed_at > (json_number(seen.get("failed_at")) or 0.0) and not _ours(seen, failed_at)):
             # A failure episode starts: the first failure seen, or a scheduled run that failed again.
             seen = {"since": failed_at, "failed_at": failed_at, "retries": 0, "last": failed_at}
         else:
-            seen["failed_at"] = max(failed_at, _number(seen.get("failed_at")) or 0.0)
+            seen["failed_at"] = max(failed_at, json_number(seen.get("failed_at")) or 0.0)
         memory[job_id] = seen
-        retries = int(_number(seen.get("retries")) or 0)
+        retries = int(json_number(seen.get("retries")) or 0)
         if retries >= settings.max_retries:
             out.append(Retried(name, job_id, "exhausted", f"retried {retries} times since its run failed"))
             continue
         if _seconds(_state(job).get("runningAtMs")) is not None:
             out.append(Retried(name, job_id, "waiting", "a run of it is under way"))
             continue
-        due = (_number(seen.get("last")) or failed_at) + settings.backoff_s * 2**retries
+        due = (json_number(seen.get("last")) or failed_at) + settings.backoff_s * 2**retries
         if now < due:
             out.append(Retried(name, job_id, "waiting", f"next retry in {due - now:.0f}s"))
             continue

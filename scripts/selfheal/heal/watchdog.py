@@ -47,7 +47,7 @@ from ..observe.health import OK, Check, Report, check_gateway
 from ..state import layout
 from ..state.breakers import CLOCK_STEP_S
 from ..state.fixes import READY
-from ..state.root import StateRoot, ensure_dir, file_lock, read_json, write_bytes_atomic, write_json
+from ..state.root import StateRoot, ensure_dir, file_lock, json_number, read_json, write_bytes_atomic, write_json
 from .diagnose import Evidence, Healer
 
 logger = logging.getLogger(__name__)
@@ -201,12 +201,8 @@ def _history(state: StateRoot, now: float) -> list[float]:
     clock was stepped back: dropped, or "restarted just now" would hold every restart off for the whole step."""
     data = read_json(state.status_file(WATCHDOG_FILE)) or {}
     restarts = data.get("restarts")
-    times = [float(t) for t in (restarts if isinstance(restarts, list) else []) if _is_number(t)]
-    return sorted(t for t in times if now - 3600 < t <= now + CLOCK_STEP_S)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    times = [json_number(t) for t in (restarts if isinstance(restarts, list) else [])]
+    return sorted(t for t in times if t is not None and now - 3600 < t <= now + CLOCK_STEP_S)
 
 
 def watch(

@@ -62,10 +62,11 @@ from ..errors import (
     StateError,
     UnsafeStateError,
 )
+from ..models import gpu
 from ..state import layout
 from ..state.inert import inert
 from ..state.layout import SUBDIRS
-from ..state.root import StateRoot, openclaw_state_dir, quarantine, read_json, top_level_is, write_json
+from ..state.root import StateRoot, json_number, openclaw_state_dir, quarantine, read_json, top_level_is, write_json
 from ..state.skill_status import STATUS_FILE_NAME, read_status, status_path, update_status
 
 # Not typing's TYPE_CHECKING, NamedTuple: the cron check never imports typing (see selfheal/_typing.py).
@@ -93,7 +94,6 @@ STATUS_SUFFIXES = (".txt", ".json")
 STATUS_READ_MAX = 65536  # bytes of a status file read; the pairs that matter come first
 BODY_READ_MAX = 65536  # bytes of a gateway answer read
 GPU_QUERY_TIMEOUT_S = 10.0  # nvidia-smi can take a second or more on a busy machine
-_GPU_TAIL_BYTES = 64 * 1024  # nvidia-smi prints about 20 bytes a GPU: more is a wrapper gone wrong
 NAMES_SHOWN = 3  # names listed in a detail line before "and N more"
 # A status or state value that says the skill is failing (compared in lower case).
 FAILURE_WORDS = frozenset({"error", "failed", "failure", "fail", "down", "crashed", "dead", "unhealthy"})
@@ -987,53 +987,21 @@ def check_disk(root: Path, min_free_mb: int) -> Check:
     return Check("disk", OK, f"{_size(free)} free of {_size(total)} under {root}", data)
 
 
-def find_executable(name: str, env: Mapping[str, str]) -> str | None:
-    """shutil.which(name) on env's PATH, without shutil's import (a cron check pays for every module)."""
-    for folder in os.get_exec_path(dict(env)):
-        candidate = os.path.join(folder or ".", name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
 def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
-    """Free memory on the roomiest GPU, from nvidia-smi; skipped where there is none."""
-    tool = find_executable("nvidia-smi", env)
-    if tool is None:
-        return Check("gpu", SKIP, "no nvidia-smi on PATH", {})
-    from ..core.process import run_command  # noqa: PLC0415 - only where there is a GPU to ask about
-
-    # As every command self-heal runs: in a session of its own, output kept as a bounded tail, its group
-    # stopped at the time bound, and what it leaves running (a wrapper's child holding the pipe kept the
-    # check waiting the whole bound, then was left running) stopped once it exits.
-    argv = [tool, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"]
-    proc = run_command(
-        argv, timeout_s=GPU_QUERY_TIMEOUT_S, env=env, tail_bytes=_GPU_TAIL_BYTES, drain_s=0.5, kill_grace_s=1.0
-    )
-    if proc.timed_out:
-        return Check("gpu", WARN, f"nvidia-smi did not answer within {GPU_QUERY_TIMEOUT_S:g} s", {"tool": tool})
-    if proc.start_error is not None:
-        return Check("gpu", WARN, f"nvidia-smi could not run: {proc.start_error}", {"tool": tool})
-    stdout, stderr = proc.text_tail("stdout"), proc.text_tail("stderr")
-    if proc.exit_code != 0:
-        said = (stderr.strip() or stdout.strip()).splitlines()[-1:] or ["no output"]
-        return Check("gpu", WARN, f"nvidia-smi failed (exit {proc.exit_code}): {said[0]}", {"tool": tool})
-    if proc.stdout_bytes > _GPU_TAIL_BYTES:
-        return Check("gpu", WARN, f"nvidia-smi printed {proc.stdout_bytes} bytes: not a reading of GPUs", {})
-    gpus = []
-    for line in stdout.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
-            gpus.append({"free_mb": int(fields[0]), "total_mb": int(fields[1])})
-    if not gpus:
-        return Check("gpu", WARN, f"nvidia-smi printed no memory figures: {stdout.strip()[:100]!r}", {})
-    best = max(g["free_mb"] for g in gpus)
-    data = {"gpus": gpus, "free_mb": best, "min_free_mb": min_free_mb}
-    where = f"the roomiest of {len(gpus)} GPUs" if len(gpus) > 1 else "the GPU"
-    if best < min_free_mb:
-        detail = f"only {best} MiB free on {where}, below models.gpu_free_mb_min ({min_free_mb} MiB)"
+    """Free memory on the roomiest GPU, read by the model chain's own reader (models.gpu); skipped where there is
+    no nvidia-smi."""
+    answer = gpu.query(timeout_s=GPU_QUERY_TIMEOUT_S, env=env)
+    if answer.tool is None:
+        return Check("gpu", SKIP, answer.problem, {})
+    best = gpu.select(answer.gpus, None)
+    if best is None:
+        return Check("gpu", WARN, answer.problem, {"tool": answer.tool})
+    data = {"gpus": [g._asdict() for g in answer.gpus], "free_mb": best.free_mb, "min_free_mb": min_free_mb}
+    where = f"the roomiest of {len(answer.gpus)} GPUs" if len(answer.gpus) > 1 else "the GPU"
+    if best.free_mb < min_free_mb:
+        detail = f"only {best.free_mb} MiB free on {where}, below models.gpu_free_mb_min ({min_free_mb} MiB)"
         return Check("gpu", WARN, detail, data)
-    return Check("gpu", OK, f"{best} MiB free on {where}", data)
+    return Check("gpu", OK, f"{best.free_mb} MiB free on {where}", data)
 
 
 def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[dict[str, Any]] | None]:
@@ -1181,8 +1149,9 @@ def run_health_check(
         previous = _kept_mode(env)
     previous_mode = previous.get("mode") if previous and previous.get("mode") in MODES else None
     since = now
-    if previous_mode == mode and previous and isinstance(previous.get("mode_since_ts"), (int, float)):
-        since = float(previous["mode_since_ts"])
+    kept_since = json_number(previous.get("mode_since_ts")) if previous else None
+    if previous_mode == mode and kept_since is not None and kept_since <= now:  # a mode begun later is no guide
+        since = kept_since
     report = Report(
         mode=mode,
         reason=reason,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import stat
@@ -617,6 +618,19 @@ def loads(data: str | bytes | bytearray) -> Any:
         return json.loads(data)
     except RecursionError:
         raise ValueError("JSON nested too deep to read") from None
+
+
+def json_number(value: object) -> float | None:
+    """`value` as a float when it is a finite JSON number, else None: a bool is no number, and NaN, infinity (JSON's
+    `1e400`) and an integer past float's range are no time or count. For what self-heal reads back from its own
+    status files (health.json, watchdog.json, cron_retry.json), which a person may edit, and from OpenClaw's JSON."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int of 309 digits or more
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _json_bytes(text: str) -> bytes:
