@@ -24,7 +24,7 @@ from helpers.postgres import Cluster
 
 from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.breaker import CLOSED, OPEN, BreakerOpen, Breakers
-from selfheal.core.config import Config, StoreSettings, load_config
+from selfheal.core.config import Config, StoreSettings, load_config, mask_url_password
 from selfheal.core.fleet import down_reason
 from selfheal.core.ledger import Ledger
 from selfheal.errors import ConfigError
@@ -61,13 +61,15 @@ def test_the_database_url_comes_from_the_environment_or_config(
     assert load_config(env={"SELFHEAL_HOME": "/nonexistent"}).store.url is None
 
 
-@pytest.mark.parametrize("password", ["hunter2secret", "hunter/2secret", "hunter@2secret", "hunter 2secret"])
+@pytest.mark.parametrize(
+    "password", ["hunter2secret", "hunter/2secret", "hunter@2secret", "hunter 2secret", "hunter?2secret"]
+)
 def test_a_password_in_the_config_file_is_refused_and_not_repeated(
     write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, password: str
 ) -> None:
     """A password belongs in the environment: config.yaml's url with one stops the load, masked in the message.
     One holding an unescaped / passed as no password at all (the user info was read only up to the first /),
-    and one with @ or a space was shown in the message."""
+    one with @ or a space was shown in the message, and so was one with a ? (the mask stopped at it)."""
     write_config(f"store: {{url: 'postgresql://selfheal:{password}@db.example/selfheal'}}\n")
     with pytest.raises(ConfigError) as err:
         load_config()
@@ -77,6 +79,52 @@ def test_a_password_in_the_config_file_is_refused_and_not_repeated(
     write_config("{}\n")
     with pytest.raises(ConfigError, match="SELFHEAL_DATABASE_URL: must be a postgresql:// URL"):
         load_config()
+
+
+SECRET = "Zq9s3cretPW"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://selfheal:pa?{SECRET}@127.0.0.1:9/selfheal",  # a ?: config's mask stopped at it
+        f"postgresql://selfheal@127.0.0.1:9/selfheal?password='x {SECRET}'",  # quoted, a space: config's showed it
+        f"postgresql://selfheal@127.0.0.1:9/selfheal?password=ab&{SECRET}",  # an unescaped &: libpq repeats the rest
+        f"postgresql://selfheal:pa@{SECRET}@127.0.0.1:9/selfheal",  # an unescaped @: libpq takes the rest as the host
+        f"postgresql://selfheal:pa/{SECRET}@127.0.0.1:9/selfheal",
+        f"postgresql://selfheal:pa {SECRET}@127.0.0.1:9/selfheal",
+    ],
+)
+def test_no_piece_of_a_database_urls_password_is_shown(url: str) -> None:
+    """The URL as messages show it (core's and state's names for the one masker) and libpq's own message about
+    it hold no piece of its password, however it is broken."""
+    with pytest.raises(pg.DatabaseUnavailable) as err, pg.Database(url, "box-1", connect_timeout_s=2).connection():
+        pass
+    shown = {"libpq": str(err.value), "state": pg.mask_url(url), "core": mask_url_password(url)}
+    assert {where: text for where, text in shown.items() if SECRET in text} == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://selfheal:pw123@db.example:5432/selfheal?sslmode=require",
+            "postgresql://selfheal:***@db.example:5432/selfheal?sslmode=require",
+        ),
+        (  # state's mask took the options after the password with it
+            "postgresql://selfheal@db.example:5432/selfheal?password=pw123&sslmode=require",
+            "postgresql://selfheal@db.example:5432/selfheal?password=***&sslmode=require",
+        ),
+        (  # an @ in the query: state's mask took the port and the word "password" for pieces of a password
+            "postgresql://selfheal@db.example:5432/selfheal?password=pw@123",
+            "postgresql://selfheal@db.example:5432/selfheal?password=***",
+        ),
+    ],
+)
+def test_a_masked_database_url_shows_all_but_the_password(url: str, shown: str) -> None:
+    """The masked URL still says which server, port, database and options: only the password is gone."""
+    assert pg.mask_url(url) == shown
+    assert mask_url_password(url) == shown
 
 
 def test_single_host_mode_never_imports_psycopg(home: Path) -> None:

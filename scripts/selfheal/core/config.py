@@ -27,7 +27,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..state import layout
-from ..state.redact import Redactor, install
+from ..state.redact import Redactor, install, mask_url_password
 from ..state.root import read_at_most, resolve_state_root
 from . import openclaw_config
 from .openclaw_config import deep_merge
@@ -87,13 +87,6 @@ def check_database_url(value: object, *, password_allowed: bool = False) -> str 
     if has_password and not password_allowed:
         return "must not hold a password: set SELFHEAL_DATABASE_PASSWORD (or PGPASSWORD) in the environment instead"
     return None
-
-
-def mask_url_password(url: str) -> str:
-    """The URL with any password replaced by ***, for messages (the user info to the last @ before the query:
-    a password may hold an unescaped / or @)."""
-    url = re.sub(r"(://[^:@/\s]*:)[^?]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&\s]*", r"\1***", url)
 
 
 def _check_path(value: object) -> str | None:

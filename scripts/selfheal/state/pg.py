@@ -24,6 +24,12 @@ A statement the database refuses for its values (psycopg's DataError or Integrit
 DatabaseRefused: a StateError, not an outage (PgTaskDB's statements raise StateError for these, and for
 ProgrammingError, themselves). Every other psycopg error becomes DatabaseUnavailable and closes the
 connection; the next use reconnects.
+
+No use of the connection waits for ever (Database.bound_s): the server ends a statement that runs past its lock
+wait + ANSWER_WAIT_S (statement_timeout), and DROP_GRACE_S later the process's watchdog thread shuts the socket
+down itself, for a server that cannot (a stopped or hung backend, a network path that drops everything: the
+peer's kernel still acknowledges, so TCP keepalive sees nothing wrong, and psycopg's cancel needs an answer too).
+Over TCP, keepalive and tcp_user_timeout find a peer that is gone (a crash, a partition) sooner.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ import datetime as dt
 import itertools
 import json
 import logging
+import math
 import os
 import re
+import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +57,7 @@ from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 
 from ..errors import FleetUnavailable, LockBusy, StateError
 from .breakers import BreakerState
+from .redact import mask_url_password, mask_url_password_in
 from .runs import boot_id
 from .sql import POSTGRESQL
 from .taskdb import TaskDB, open_children_schema, row_task, task_tables
@@ -72,6 +80,18 @@ HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most th
 LOCK_WAIT_S = 5.0
 IDLE_IN_TRANSACTION_S = 60.0
 MIGRATE_WAIT_S = 120.0  # a host migrating the schema holds the others this long at most (the advisory lock)
+# How long a statement may run past its lock wait before the server ends it (statement_timeout): none of the
+# fleet's is meant to come near it, but a slow server's must end, and the server's own cancel stops its work too.
+ANSWER_WAIT_S = 30.0
+# How much later the process drops the connection itself (its socket shut down, so psycopg's blocked read fails):
+# the server could not even cancel (a stopped or hung backend, a network path that drops everything).
+DROP_GRACE_S = 5.0
+# Over TCP: probes after this long idle, this often, this many unanswered, and at most this long with data
+# unacknowledged (libpq's keepalives_* and tcp_user_timeout; ignored on a Unix socket). A peer that is gone is
+# found within about 25 s, idle or mid-statement; a live server's kernel answers them, so no wait is cut. The
+# URL's own values win.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+TCP_USER_TIMEOUT_S = 25.0
 _MIGRATE_LOCK = 0x5E1F_4EA1  # pg_advisory_xact_lock key: one host migrates, the others wait and see it done
 _PARTITION_LOCK = 0x5E1F_4EA2
 
@@ -119,6 +139,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 _PARTITION = re.compile(r"selfheal_ledger_(\d{4})(\d{2})(\d{2})\Z")
+mask_url = mask_url_password  # the fleet database's URL as messages show it (state/redact.py: no piece of a password)
 
 
 class DatabaseUnavailable(FleetUnavailable):
@@ -178,34 +199,6 @@ def storable(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     return conn
 
 
-def _secrets_of(url: str) -> list[str]:
-    """What of `url` no message may show, longest first: its password (the user info runs to the URL's last @,
-    as a password with an unescaped @, / or space makes it) and any `password=` of its query; each also cut
-    where libpq's messages cut a URL it cannot read (`failed to resolve host 'ss@db.example'`)."""
-    rest = url.split("://", 1)[-1]
-    found = re.findall(r"[?&]password=([^&]*)", url)
-    if "@" in rest and ":" in rest.rsplit("@", 1)[0]:
-        found.append(rest.rsplit("@", 1)[0].split(":", 1)[1])
-    pieces: set[str] = set()
-    for secret in found:
-        for whole in (secret, urllib.parse.unquote(secret)):
-            pieces.update(p for p in (whole, *re.split(r"[\s@/:?#&'\"=]+", whole)) if len(p) >= 3 or p == whole)
-    return sorted((p for p in pieces if len(p) >= 2), key=len, reverse=True)
-
-
-def _mask(text: str, url: str = "") -> str:
-    """`text` with the password of a URL in it replaced by ***, and every piece of `url`'s password too."""
-    text = re.sub(r"(://[^:@/\s]*:)[^@/\s]*@", r"\1***@", re.sub(r"(password=)\S+", r"\1***", text))
-    for secret in _secrets_of(url):
-        text = text.replace(secret, "***")
-    return text
-
-
-def mask_url(url: str) -> str:
-    """The fleet database's URL as messages show it: no piece of its password."""
-    return _mask(url, url)
-
-
 @dataclass
 class Database:
     """One process's connection to the fleet database: opened on first use, reopened after a failure,
@@ -223,6 +216,19 @@ class Database:
     # The lock wait of this process's sessions: the task tree's (tasks.busy_timeout_s, PgTaskDB.set_wait) once
     # set, else LOCK_WAIT_S; applied again to each new connection, so a reconnect never waits forever.
     lock_wait_s: float = field(default_factory=lambda: LOCK_WAIT_S, init=False, repr=False)
+    answer_wait_s: float = field(default_factory=lambda: ANSWER_WAIT_S, init=False, repr=False)
+    drop_grace_s: float = field(default_factory=lambda: DROP_GRACE_S, init=False, repr=False)
+    _dropped: float | None = field(default=None, init=False, repr=False)  # the bound the watchdog cut a use at
+
+    def bound_s(self, wait_s: float | None = None) -> float:
+        """How long one use of the connection (a statement, or the few of one block) may take before the
+        connection is dropped (seconds): the lock wait (`wait_s`, else the session's), the server's own
+        statement_timeout past it, and the grace after that."""
+        return (self.lock_wait_s if wait_s is None else wait_s) + self.answer_wait_s + self.drop_grace_s
+
+    def timeouts(self) -> tuple[str, str]:
+        """The session's lock_timeout and statement_timeout, as set_config takes them."""
+        return f"{round(self.lock_wait_s * 1000)}ms", f"{round((self.lock_wait_s + self.answer_wait_s) * 1000)}ms"
 
     def _connect(self) -> psycopg.Connection[Any]:
         kwargs: dict[str, Any] = {
@@ -231,22 +237,32 @@ class Database:
             "connect_timeout": max(2, round(self.connect_timeout_s)),
             "application_name": f"self-heal@{self.host}"[:63],
         }
+        for key, value in _tcp_settings().items():
+            if not re.search(rf"[?&]{key}=", self.url):
+                kwargs[key] = value
         password = self.env.get("SELFHEAL_DATABASE_PASSWORD")
         if password:
             kwargs["password"] = password
         conn = storable(psycopg.connect(self.url, **kwargs))
+        self._dropped = None
+        outer = _watchdog.arm(self, conn, self.bound_s())
         try:
             # Set by statement, not by the startup packet's `options`, which a pooler (PgBouncer) refuses.
             conn.execute(
-                "SELECT set_config('lock_timeout', %s, false),"
+                "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false),"
                 " set_config('idle_in_transaction_session_timeout', %s, false)",
-                (f"{round(self.lock_wait_s * 1000)}ms", f"{round(IDLE_IN_TRANSACTION_S * 1000)}ms"),
+                (*self.timeouts(), f"{round(IDLE_IN_TRANSACTION_S * 1000)}ms"),
             )
-            migrate(conn)
+            if schema_version(conn) != SCHEMA_VERSION:
+                _watchdog.arm(self, conn, self.bound_s(MIGRATE_WAIT_S))  # another host may be migrating: wait
+                migrate(conn)
+                _watchdog.arm(self, conn, self.bound_s())
             self._heartbeat(conn)
         except BaseException:
             conn.close()
             raise
+        finally:
+            _watchdog.disarm(self, outer)
         return conn
 
     def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
@@ -289,22 +305,43 @@ class Database:
                     self._conn = None
                     self._conn = self._connect()
                     self._pid = os.getpid()
-                elif time.monotonic() - self._beat >= HEARTBEAT_S:
-                    self._heartbeat(self._conn)
-                yield self._conn
+                conn, watchdog = self._conn, _watchdog  # the bound, inline (bounded()): about 1.3 µs a use
+                outer = watchdog.arm(self, conn, self.lock_wait_s + self.answer_wait_s + self.drop_grace_s)
+                try:
+                    if time.monotonic() - self._beat >= HEARTBEAT_S:
+                        self._heartbeat(conn)
+                    yield conn
+                finally:
+                    watchdog.disarm(self, outer)
             except _REFUSALS as exc:
                 # The database answered: not an outage. A connection left inside a transaction is not reused.
-                conn = self._conn
-                if conn is None or conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                left = self._conn
+                if left is None or left.closed or left.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     self.close()
                 raise DatabaseRefused(self._said(exc)) from None
             except psycopg.Error as exc:
+                said = self._said(exc)
                 self.close()
-                raise DatabaseUnavailable(self._said(exc)) from None
+                raise DatabaseUnavailable(said) from None
+
+    @contextlib.contextmanager
+    def bounded(self, conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+        """`conn`, dropped by the watchdog if the block runs past bound_s(): a lock and a dict entry, no thread."""
+        outer = _watchdog.arm(self, conn, self.bound_s())
+        try:
+            yield conn
+        finally:
+            _watchdog.disarm(self, outer)
 
     def _said(self, exc: BaseException) -> str:
-        """psycopg's message, for people: no piece of the URL's password."""
-        return f"fleet database {mask_url(self.url)}: {_mask(str(exc).strip(), self.url)}"
+        """psycopg's message, for people: no piece of the URL's password; or what the watchdog did."""
+        said = mask_url_password_in(str(exc).strip(), self.url)
+        if self._dropped is not None:
+            said = (
+                f"no answer within {self._dropped:g}s (the server, or the network path to it, hung): the connection"
+                f" was dropped ({said})"
+            )
+        return f"fleet database {mask_url(self.url)}: {said}"
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -316,11 +353,100 @@ class Database:
         with self._lock:
             conn, self._conn = self._conn, None
             self._days.clear()
+            self._dropped = None
             if conn is not None and self._pid == os.getpid():
                 with contextlib.suppress(Exception):
                     conn.close()
 
 
+_Armed = tuple[float, float, "Database", "psycopg.Connection[Any]"]  # deadline (monotonic), seconds, whose, which
+
+
+class _Watchdog:
+    """The process's one thread that drops a connection whose use ran past its bound: it shuts the socket down,
+    so the read or write psycopg is blocked in fails at once (OperationalError, then DatabaseUnavailable).
+
+    A use arms it (its deadline, under a lock) and disarms it; the thread sleeps until the earliest deadline
+    armed, woken only when a use arms one earlier than that (the first after an idle spell), so the normal
+    path costs a lock and a dict entry each way, and no thread or timer of its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._armed: dict[int, _Armed] = {}  # id(db) -> its deadline
+        self._wake = math.inf  # when the thread looks next
+        self._thread: threading.Thread | None = None
+
+    def arm(self, db: Database, conn: psycopg.Connection[Any], seconds: float) -> _Armed | None:
+        """Drop `conn` unless disarmed within `seconds`; returns what was armed for `db` before (a use around
+        this one), for disarm to put back."""
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            outer = self._armed.get(id(db))
+            self._armed[id(db)] = (deadline, seconds, db, conn)
+            if deadline < self._wake:  # the thread sleeps past it (or for ever, idle): wake it to sleep less
+                self._wake = deadline
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="selfheal-fleet-watchdog", daemon=True)
+                    self._thread.start()
+                self._cond.notify()
+        return outer
+
+    def disarm(self, db: Database, outer: _Armed | None = None) -> None:
+        with self._lock:
+            if outer is None:
+                self._armed.pop(id(db), None)
+                return
+            self._armed[id(db)] = outer
+            if outer[0] < self._wake:
+                self._wake = outer[0]
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, seconds, db, conn) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[key]
+                        db._dropped = seconds  # the caller's DatabaseUnavailable says so (and is logged once)
+                        _shut_down(conn)
+                self._wake = min((armed[0] for armed in self._armed.values()), default=math.inf)
+                self._cond.wait(None if self._wake == math.inf else self._wake - now)
+
+
+def _shut_down(conn: psycopg.Connection[Any]) -> None:
+    """Shut `conn`'s socket down both ways (on a duplicate of its descriptor: libpq's own stays open until it
+    closes the connection); the other end sees it closed too."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        dup = os.dup(conn.fileno())
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            raise
+        with sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _tcp_settings() -> dict[str, int]:
+    """libpq's TCP settings for the fleet's connections: tcp_user_timeout only where libpq has it (12 and later)."""
+    settings = dict(KEEPALIVES)
+    if psycopg.pq.version() >= 120000:
+        settings["tcp_user_timeout"] = round(TCP_USER_TIMEOUT_S * 1000)
+    return settings
+
+
+_watchdog = _Watchdog()
+
+
+def _new_watchdog() -> None:
+    """A forked child has none of its parent's threads: it starts its own on first use."""
+    global _watchdog  # noqa: PLW0603 - one per process is the point
+    _watchdog = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_new_watchdog)
 _plan_names = itertools.count(1)
 _databases: dict[tuple[str, str, int], Database] = {}
 _inherited: list[psycopg.Connection[Any]] = []  # a forked child's copies of its parent's connections, kept open
@@ -361,9 +487,13 @@ class PgTaskDB(TaskDB):
         return None
 
     def set_wait(self, seconds: float) -> None:
-        """The lock wait, for this session and for every connection the process opens after it (a reconnect)."""
+        """The lock wait (and the statement_timeout past it), for this session and for every connection the
+        process opens after it (a reconnect)."""
         self.database.lock_wait_s = seconds
-        super().set_wait(seconds)
+        self.execute(
+            "SELECT set_config('lock_timeout', ?, false), set_config('statement_timeout', ?, false)",
+            self.database.timeouts(),
+        )
 
     def open(self) -> PgTaskDB:
         """Connect (creating or migrating the schema, state/pg.py's migrations) and set the lock wait."""
@@ -438,7 +568,8 @@ class PgTaskDB(TaskDB):
                 ) from None
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 # The database answered and refused the statement: not an outage; the transaction rolls back.
-                raise StateError(f"fleet task tree {self.path}: {_mask(str(exc).strip(), self.database.url)}") from None
+                said = mask_url_password_in(str(exc).strip(), self.database.url)
+                raise StateError(f"fleet task tree {self.path}: {said}") from None
             if commit:
                 self._reopen, self._tx = True, None
             return cursor
@@ -510,7 +641,7 @@ class PgTaskDB(TaskDB):
     def _rollback(self) -> None:
         tx, self._tx = self._tx, None
         if tx is not None and not tx.closed:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), self.database.bounded(tx):
                 tx.execute("ROLLBACK")
 
 
@@ -577,7 +708,10 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
         return SCHEMA_VERSION
     with conn.transaction():
         # Another host migrating holds the lock: wait for it (not the session's short lock wait), boundedly.
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{round(MIGRATE_WAIT_S * 1000)}ms",))
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+            (f"{round(MIGRATE_WAIT_S * 1000)}ms", f"{round((MIGRATE_WAIT_S + ANSWER_WAIT_S) * 1000)}ms"),
+        )
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS selfheal_schema"
@@ -770,8 +904,8 @@ def fetch_events(
 ) -> Iterator[dict[str, Any]]:
     """The fleet's ledger events in time order, optionally one host's or one task's, within [since, until)
     (epoch seconds)."""
-    with db.connection() as conn, conn.cursor() as cur:
-        cur.execute(
+    with db.connection() as conn, conn.cursor() as cur:  # read whole, so the caller's pace is not the bound's
+        rows = cur.execute(
             "SELECT data FROM selfheal_ledger"
             " WHERE (%(since)s::float8 IS NULL OR ts >= to_timestamp(%(since)s::float8))"
             " AND (%(until)s::float8 IS NULL OR ts < to_timestamp(%(until)s::float8))"
@@ -779,9 +913,9 @@ def fetch_events(
             " AND (%(task)s::text IS NULL OR task = %(task)s::text)"
             " ORDER BY ts, event_id",
             {"since": since, "until": until, "host": host, "task": task},
-        )
-        for (data,) in cur:
-            yield dict(data)
+        ).fetchall()
+    for (data,) in rows:
+        yield dict(data)
 
 
 # -- the fleet at a glance ----------------------------------------------------------------------------------

@@ -421,6 +421,59 @@ class LineRedactor:
         return "".join(out)
 
 
+# -- a database URL's password ----------------------------------------------------------------------------
+# Patterns as strings, compiled (and cached by `re`) on first use: only fleet mode and a bad store.url use them.
+
+# A `password=` of a URL's query or a libpq connection string: quoted, to its closing quote (or the end); else
+# to white space or the next `&name=` (an unescaped & with no `=` after it is part of the password).
+_PW_VALUE = r"(password\s*=\s*)(?:'[^']*'?|(?:(?!&[\w.-]+=)\S)+)"
+_QUERY_PW = r"[?&]password=((?:(?!&[\w.-]+=).)*)"
+# scheme://user:password@ in a message (a URL other than the one whose password is known).
+_USERINFO_PW = r"(://[^:@/\s]*:)[^@/\s]*@"
+# What follows `host:` when it is a port (and a path with no @), not a password: `db:5432/x?...`.
+_PORT = r"\d+(?:/[^@]*)?(?:\?|\Z)"
+# Where libpq cuts a URL it cannot read into the host, port, database and options its messages repeat.
+_URL_CUTS = r"[\s@/:?#&'\"=]+"
+_MIN_PIECE_CHARS = 3  # a shorter piece of a password is not masked on its own: it would mask ordinary text
+
+
+def url_password_pieces(url: str) -> list[str]:
+    """What of a database URL no message may show, longest first: its password (of the user info, or a
+    `password=` of the query), percent-decoded too, and each piece of it that libpq, cutting a URL it cannot
+    read, repeats as a host, port, database or option (`failed to resolve host 'ss@db.example'`).
+
+    The user info's password runs from the first `:` to an `@`: the last one before the query, and the last one
+    of all, both (a password may hold an unescaped `@`, `/`, `?` or space, where libpq stops at the first `@` or
+    `/`); a `:` that starts a port (`db:5432/x`) starts none."""
+    from urllib.parse import unquote  # noqa: PLC0415 - only here, off every other process's start
+
+    rest = url.split("://", 1)[-1]
+    found = re.findall(_QUERY_PW, rest)
+    user, colon, after = rest.partition(":")
+    if colon and not re.search(r"[/?\s]", user) and not re.match(_PORT, after):
+        found += [span.rsplit("@", 1)[0] for span in (after.split("?", 1)[0], after) if "@" in span]
+    pieces: set[str] = set()
+    for secret in found:
+        for whole in (secret, unquote(secret)):
+            pieces.add(whole)
+            pieces.update(p for p in re.split(_URL_CUTS, whole) if len(p) >= _MIN_PIECE_CHARS)
+    return sorted((p for p in pieces if len(p) >= 2), key=len, reverse=True)
+
+
+def mask_url_password_in(text: str, url: str) -> str:
+    """`text` (a message about `url`, or `url` itself) with every piece of `url`'s password, and the password of
+    any other URL or `password=` in it, replaced by ***."""
+    text = re.sub(_USERINFO_PW, rf"\1{MASK}@", re.sub(_PW_VALUE, rf"\1{MASK}", text))
+    for piece in url_password_pieces(url):
+        text = text.replace(piece, MASK)
+    return text
+
+
+def mask_url_password(url: str) -> str:
+    """A database URL as messages show it: no piece of its password, everything else as written."""
+    return mask_url_password_in(url, url)
+
+
 # -- the process-wide redactor ----------------------------------------------------------------------------
 
 _lock = threading.Lock()
