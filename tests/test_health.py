@@ -673,6 +673,17 @@ def test_the_cron_summary_is_at_most_five_lines_naming_the_rest() -> None:
     assert lines[4] == "and 4 more (c2, c3, c4, c5): see /s/health.json"
 
 
+def test_the_cron_summary_points_at_no_health_json_it_could_not_write() -> None:
+    """On a full disk health.json keeps the last run's report: the summary's last line says where the rest are
+    shown instead (it said `see health.json`, which held none of them)."""
+    unwritten = Check("health_file", WARN, "cannot write /s/health.json: No space left on device", {"written": False})
+    checks = [Check("gateway", FAIL, "not answering"), *(Check(f"c{i}", WARN, "problem") for i in range(3)), unwritten]
+    mode, reason = health.decide(checks, 0)
+    report = health.Report(mode, reason, tuple(checks), 0.0, 0.0, DOWN, 0.0, settings("http://x"), "/s/health.json")
+    lines = report.cron_text().splitlines()
+    assert lines[4] == "and 2 more (c2, health_file): health_check.py shows them (/s/health.json could not be written)"
+
+
 # -- what a run writes ------------------------------------------------------------------------------------------
 
 

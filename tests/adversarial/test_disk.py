@@ -16,6 +16,7 @@ import errno
 import gc
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -284,3 +285,71 @@ def test_state_writing_commands_fail_clearly_when_the_state_folder_cannot_be_wri
         assert proc.returncode == 3, f"{what}: {proc.stderr}"
         assert why in proc.stderr and str(home) in proc.stderr, f"{what}: {proc.stderr}"
     assert not marker.exists(), "neither the workflow step nor the task may run"
+
+
+# -- the health check on a full disk -------------------------------------------------------------------------------
+
+
+def stuck_task(home: Path, name: str) -> None:
+    """Task `name` PROCESSING under a runner that has died (as a SIGKILLed run-next leaves it)."""
+    from test_records import dead_process
+
+    from selfheal.core.config import load_config
+    from selfheal.state.root import StateRoot
+    from selfheal.tasks.tree import PROCESSING, Task, TaskStore
+
+    pid, create_time = dead_process()
+    store = TaskStore(StateRoot(home), load_config())
+    try:
+        with store.transaction() as tree:
+            tree.add(Task(name=name, run={"kind": "argv", "argv": ["true"]}))
+            tree.transition(name, PROCESSING)
+            tree.quiet_update(name, runner={"pid": pid, "create_time": create_time, "host": socket.gethostname()})
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("gateway", "mode", "code"), [("live", "DEGRADED", 1), ("down", "DOWN", 3)])
+def test_the_cron_health_check_names_a_stuck_task_on_a_full_disk(
+    tmp_path: Path, gateway: str, mode: str, code: int
+) -> None:
+    """A full disk at 3 a.m. is when the health check is needed most. It still reads the task tree (without
+    writing: it says so) and names the task whose runner died, says what it could not write, and exits with the
+    mode's code (1 degraded, 3 down) after its summary of at most 5 lines; no traceback, the tree untouched. (It
+    warned "the task tree cannot be read: ... No space left on device" and named no stuck task.)"""
+    from helpers.fake_gateway import LIVE, READY, FakeGateway
+    from helpers.openclaw import free_port
+
+    with (
+        mounted_tmpfs(tmp_path / "mnt", "256k") as mnt,
+        FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw,
+    ):
+        home, openclaw = mnt / "state", mnt / "openclaw"  # ~/.openclaw on the same disk, as it is by default
+        home.mkdir(mode=0o700)
+        url = gw.url if gateway == "live" else f"http://127.0.0.1:{free_port()}"
+        (home / "config.yaml").write_text(f"health: {{gateway_url: '{url}'}}\n")
+        env = {"OPENCLAW_STATE_DIR": str(openclaw)}
+        drop = ("OPENCLAW_GATEWAY_PORT", "OPENCLAW_CONFIG_PATH")
+        assert call_script("health_check.py", "--cron", home=home, env=env, drop=drop).returncode in (1, 3)
+        stuck_task(home, "nightly-export")
+        fill(mnt)
+        db = (home / "tasks.db").read_bytes()
+
+        proc = call_script("health_check.py", "--cron", home=home, env=env, drop=drop)
+        shown = call_script("health_check.py", "--json", home=home, env=env, drop=drop)
+        assert (home / "tasks.db").read_bytes() == db
+
+    assert "Traceback" not in proc.stderr + shown.stderr, proc.stderr + shown.stderr
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"self-heal health: {mode}") and len(lines) <= 5, lines
+    where = f"the task tree was read without writing ({home / 'tasks.db'}: {ENOSPC_TEXT})"
+    assert f"tasks: 1 stuck: nightly-export (runner gone); {where}" in lines, lines
+    tail = [line for line in lines if " more (" in line]  # never `see health.json`: it could not be written
+    assert all(line.endswith(f"({home / 'status' / 'health.json'} could not be written)") for line in tail), lines
+    report = json.loads(shown.stdout)
+    assert (shown.returncode, report["exit_code"]) == (code, code)
+    tasks_check = next(c for c in report["checks"] if c["name"] == "tasks")
+    assert [s["task"] for s in tasks_check["stuck"]] == ["nightly-export"], tasks_check
+    health_file = next(c for c in report["checks"] if c["name"] == "health_file")
+    assert ENOSPC_TEXT in health_file["detail"] and str(home / "status" / "health.json") in health_file["detail"]

@@ -3,6 +3,7 @@ damaged row or an unusual tree never turns an answer into a traceback or a broke
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -256,3 +257,92 @@ def test_a_full_disk_read_sees_changes_still_in_the_write_ahead_log(tmp_path: Pa
         proc = tasks(home, "list", "--json")
         assert proc.returncode == 0, proc.stderr
         assert [t["display_name"] for t in json.loads(proc.stdout)["tasks"]] == ["committed"]
+
+
+@pytest.mark.slow
+def test_the_state_layer_reads_a_full_disks_tree_without_writing_and_names_the_full_disk(tmp_path: Path) -> None:
+    """TaskDB.open_to_read(), which every reader of the tree opens it with (tasks.py's read commands, the health
+    check): where open() fails on a full disk, it reads the tree as committed (the write-ahead log too), keeps
+    the full disk's error in `full_disk` for the caller to say so, and refuses a statement that would write;
+    nothing committed is lost, and once there is room the tree opens as ever."""
+    from test_disk import ENOSPC_TEXT, fill, mounted_tmpfs
+
+    from selfheal.errors import StateWriteError
+    from selfheal.state.taskdb import READ_WAIT_S, TaskDB
+
+    with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
+        home = mnt / "state"
+        assert tasks(home, "add", "job", "--display-name", "before", "--", "true").returncode == 0
+        gc.collect()
+        path = home / "tasks.db"
+        normal = TaskDB(path, busy_timeout_s=READ_WAIT_S).open_to_read()
+        assert normal.full_disk is None  # room to spare: an ordinary open
+        normal.close()
+        crash = (
+            "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+            " c.execute(\"UPDATE tasks SET display_name = 'committed' WHERE task_name = 'job'\"); os._exit(0)"
+        )
+        subprocess.run([sys.executable, "-c", crash, str(path)], check=True)
+        os.truncate(home / "tasks.db-shm", 0)
+        fill(mnt)
+        with pytest.raises(StateWriteError, match=ENOSPC_TEXT):
+            TaskDB(path, busy_timeout_s=READ_WAIT_S).open()
+
+        db = TaskDB(path, busy_timeout_s=READ_WAIT_S).open_to_read()
+        try:
+            assert db.full_disk is not None
+            assert (db.full_disk.errno, str(db.full_disk)) == (errno.ENOSPC, f"cannot write {path}: {ENOSPC_TEXT}")
+            task = db.get("job")
+            assert task is not None and task.display_name == "committed"
+            with pytest.raises(StateWriteError) as refused:
+                db.execute("UPDATE tasks SET display_name = 'changed'")
+            assert str(refused.value) == f"cannot write {path}: {ENOSPC_TEXT}"
+        finally:
+            db.close()
+
+        (mnt / "filler").unlink()
+        db = TaskDB(path, busy_timeout_s=READ_WAIT_S).open_to_read()
+        try:
+            task = db.get("job")
+            assert db.full_disk is None and task is not None and task.display_name == "committed"
+        finally:
+            db.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tree", ["newer", "older", "none"])
+def test_a_tree_that_must_first_be_made_or_migrated_is_not_read_on_a_full_disk(tmp_path: Path, tree: str) -> None:
+    """A tree of an older schema (its migration must write) or none at all (it must be made) fails with the full
+    disk's error (exit 3); one of a newer schema is refused as open() refuses it (exit 2). Nothing is changed."""
+    from test_disk import ENOSPC_TEXT, fill, mounted_tmpfs
+    from test_taskdb import old_tree
+
+    from selfheal.errors import StateWriteError
+    from selfheal.state.taskdb import READ_WAIT_S, SCHEMA_VERSION, TaskDB, TaskDBTooNew
+
+    with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
+        home = mnt / "state"
+        home.mkdir(mode=0o700)
+        path = home / "tasks.db"
+        if tree == "older":
+            old_tree(home, SCHEMA_VERSION - 1)
+        elif tree == "newer":
+            assert tasks(home, "add", "kept").returncode == 0
+            gc.collect()
+            conn = sqlite3.connect(path)
+            conn.execute("INSERT INTO schema_version (version, applied_ts) VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+            conn.commit()
+            conn.close()
+        fill(mnt)
+        # (SQLite's first try, the ordinary open, leaves an empty tasks.db-shm: it holds nothing, and takes no room.)
+        before = {p.name: p.read_bytes() for p in home.glob("tasks.db*") if p.name != "tasks.db-shm"}
+
+        with pytest.raises((StateWriteError, TaskDBTooNew)) as caught:
+            TaskDB(path, busy_timeout_s=READ_WAIT_S).open_to_read()
+
+        if tree == "newer":
+            assert isinstance(caught.value, TaskDBTooNew) and caught.value.exit_code == 2
+        else:
+            assert isinstance(caught.value, StateWriteError) and caught.value.exit_code == 3
+            assert str(caught.value) == f"cannot write {path}: {ENOSPC_TEXT}"
+        assert {p.name: p.read_bytes() for p in home.glob("tasks.db*") if p.name != "tasks.db-shm"} == before

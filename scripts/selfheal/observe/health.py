@@ -11,7 +11,8 @@ Each check gives a status (`ok`, `warn`, `fail`, `skip`: not applicable here) an
                  `health.status_max_age_minutes`, cannot be read, or reports a failure (`status=error`).
   runs           running records in runs/ (retry_run.py, workflow steps, task runs): warns when a run's
                  supervisor is gone (dead), or it shows no heartbeat, or no output, for `health.stuck_after_s`.
-  tasks          the task tree's PROCESSING tasks that are stuck or whose runner died (`taskrun.find_stuck`).
+  tasks          the task tree's PROCESSING tasks that are stuck or whose runner died (`taskrun.find_stuck`);
+                 on a full disk the tree is read without writing, and the detail says so.
   breakers       warns while a circuit breaker is open or half-open.
   disk           warns below `health.disk_min_free_mb` free under the state root.
   gpu            warns below `models.gpu_free_mb_min` free on the roomiest GPU; skipped without nvidia-smi.
@@ -60,6 +61,7 @@ from ..errors import (
     NotAttempted,
     SelfHealError,
     StateError,
+    StateWriteError,
     UnsafeStateError,
 )
 from ..models import gpu
@@ -224,7 +226,10 @@ class Report(NamedTuple):
         if len(problems) > room:
             shown = problems[: room - 1]
             rest = [c.name for c in problems[room - 1 :]]
-            tail = f"and {len(rest)} more ({', '.join(rest)}): see {self.health_file}"
+            where = f"see {self.health_file}"
+            if any(c.name == "health_file" and c.data.get("written") is False for c in problems):  # a full disk
+                where = f"health_check.py shows them ({self.health_file} could not be written)"
+            tail = f"and {len(rest)} more ({', '.join(rest)}): {where}"
         else:
             shown, tail = problems, None
         lines += [_one_line(f"{c.name}: {c.detail}") for c in shown]
@@ -777,7 +782,8 @@ def check_tasks(
 ) -> Check:
     """The task tree's stuck or orphaned PROCESSING tasks (read-only: run-next and check-stuck act on them).
     In fleet mode, this host's runs in the shared tree; with its database down, a warning that this host
-    claims nothing from it."""
+    claims nothing from it. On a full disk the tree is read without writing (TaskDB.open_to_read), and the
+    detail says so: a full disk at night is when a stuck task most needs reporting."""
     db_path = state.task_db
     if fleet:  # the shared tree: read through the task store below
         pass
@@ -787,15 +793,16 @@ def check_tasks(
         from ..state.taskstates import PROCESSING  # noqa: PLC0415
 
         try:
-            db = TaskDB(db_path, busy_timeout_s=READ_WAIT_S).open()
+            db = TaskDB(db_path, busy_timeout_s=READ_WAIT_S).open_to_read()
             try:
                 running = db.in_state(PROCESSING)
+                full = db.full_disk
             finally:
                 db.close()
         except SelfHealError as exc:  # an unreadable or too new database
             return Check("tasks", WARN, f"the task tree cannot be read: {exc}", {"stuck": [], "error": str(exc)})
         if not running:
-            return Check("tasks", OK, "no task is stuck", {"stuck": [], "unreadable": []})
+            return _tasks_check([], [], full, [])
     else:
         try:
             has_tasks = any(
@@ -810,6 +817,8 @@ def check_tasks(
 
     store = TaskStore(state, config(), clock)
     try:
+        store.open_to_read()
+        full = store.db.full_disk
         found = find_stuck(store, now=now)
     except NotAttempted as exc:  # fleet mode, the database down (FleetTreeDown)
         return Check("tasks", WARN, _one_line(str(exc)), {"stuck": [], "error": str(exc), "reachable": False})
@@ -817,19 +826,28 @@ def check_tasks(
         return Check("tasks", WARN, f"the task tree cannot be read: {exc}", {"stuck": [], "error": str(exc)})
     finally:
         store.close()
-    data = {"stuck": [f.to_json() for f in found], "unreadable": list(store.problems)}
+    described = [
+        f"{f.task} (runner gone)" if f.kind == "dead" else f"{f.task} (no output for {_ago(f.idle_s)})" for f in found
+    ]
+    return _tasks_check([f.to_json() for f in found], described, full, list(store.problems))
+
+
+def _tasks_check(
+    stuck: list[dict[str, Any]], described: list[str], full: StateWriteError | None, unreadable: list[str]
+) -> Check:
+    """The tasks check from what was found: the stuck tasks (as JSON, and as the detail names them), the task
+    files that could not be read, and the full disk the tree was read on without writing (None: not full)."""
+    data: dict[str, Any] = {"stuck": stuck, "unreadable": unreadable}
     parts = []
-    if found:
-        described = [
-            f"{f.task} (runner gone)" if f.kind == "dead" else f"{f.task} (no output for {_ago(f.idle_s)})"
-            for f in found
-        ]
-        parts.append(f"{len(found)} stuck: {_names(described)}")
-    if store.problems:
-        parts.append(f"{len(store.problems)} unreadable task file(s): {_names(store.problems)}")
-    if parts:
-        return Check("tasks", WARN, "; ".join(parts), data)
-    return Check("tasks", OK, "no task is stuck", data)
+    if described:
+        parts.append(f"{len(described)} stuck: {_names(described)}")
+    if unreadable:
+        parts.append(f"{len(unreadable)} unreadable task file(s): {_names(unreadable)}")
+    detail = "; ".join(parts) or "no task is stuck"
+    if full is not None:
+        data["full_disk"] = str(full)
+        detail += f"; the task tree was read without writing ({full.path}: {full.reason})"
+    return Check("tasks", WARN if parts else OK, detail, data)
 
 
 def check_breakers(state: StateRoot, now: float, fleet: list[dict[str, Any]] | None = None) -> Check:
@@ -1097,6 +1115,11 @@ def _kept_mode(env: Mapping[str, str]) -> dict[str, Any] | None:
     return {"mode": pairs["health"], "mode_since_ts": since}
 
 
+def _unwritten(path: Path, exc: OSError | StateError) -> str:
+    """Why `path` was not written: the state layer's words name the file; an OS error's get its name here."""
+    return str(exc) if isinstance(exc, StateError) else f"cannot write {path}: {exc.strerror or exc}"
+
+
 def run_health_check(
     state: StateRoot,
     *,
@@ -1169,8 +1192,9 @@ def run_health_check(
         # Not fsync'd: it is rewritten on every run, and losing the last one to a power cut costs nothing.
         write_json(health_path, {**report.to_json(), "config_inputs": inputs}, durable=False)
     except (OSError, StateError) as exc:
-        why = str(exc) if isinstance(exc, StateError) else f"cannot write {health_path}: {exc.strerror or exc}"
-        checks.append(Check("health_file", WARN, why, {"file": str(health_path)}))
+        checks.append(
+            Check("health_file", WARN, _unwritten(health_path, exc), {"file": str(health_path), "written": False})
+        )
         mode, reason = decide(checks, fresh + live)
         report = report._replace(mode=mode, reason=reason, checks=tuple(checks))
     try:
@@ -1178,7 +1202,7 @@ def run_health_check(
         kept = {"health": mode, "health_at": utc_iso(now), "health_since": utc_iso(report.mode_since_ts)}
         update_status(kept, now=now, env=env)
     except (OSError, StateError) as exc:
-        checks.append(Check("skill_status", WARN, f"cannot write self-heal's status file: {exc}", {}))
+        checks.append(Check("skill_status", WARN, f"self-heal's status file: {_unwritten(status_path(env), exc)}", {}))
         report = report._replace(checks=tuple(checks))
     if report.changed:
         from ..core.ledger import Ledger  # noqa: PLC0415 - only when the mode changed

@@ -458,6 +458,8 @@ class TaskDB:
         self._reopen = False
         self._claim_texts: dict[tuple[int | None, bool, int, bool], str] = {}
         self._runner_json: tuple[dict[str, Any] | None, str] = (None, "")
+        # Why open_to_read() read the tree without writing (a full disk); None after an ordinary open.
+        self.full_disk: StateWriteError | None = None
 
     # -- opening --------------------------------------------------------------------------------------
 
@@ -473,6 +475,8 @@ class TaskDB:
                         f"task database {self.path}: {'; '.join(bad)} is not valid JSON (edited by hand?); "
                         f"set that value right with sqlite3 {self.path}; the other tasks are fine"
                     ) from exc
+            if self.full_disk is not None and "readonly" in str(exc):  # query_only, on a full disk
+                raise StateWriteError(self.path, OSError(errno.ENOSPC, self.full_disk.reason)) from exc
             raise translate(exc, self.path, self.busy_timeout_s) from exc
 
     def _bad_json_rows(self) -> list[str]:
@@ -501,8 +505,7 @@ class TaskDB:
         # SQLite follows links: refuse one planted at the database or its side files (a symbolic link, a hard
         # link to a file elsewhere, a FIFO or device), create the file 0600 without following one, and have
         # SQLite refuse a link that appears in between (nofollow).
-        for suffix in ("-wal", "-shm", "-journal"):
-            _check_side_file(self.path.with_name(self.path.name + suffix))
+        self._check_side_files()
         self._create_whole()
         os.close(open_rewrite(self.path, create=False))
         uri = "file:" + urllib.parse.quote(str(self.path)) + "?nofollow=1"
@@ -524,6 +527,49 @@ class TaskDB:
                 raise
         self._conn = conn
         return self
+
+    def open_to_read(self) -> TaskDB:
+        """open(), for a reader that writes nothing (tasks.py's listings and dry runs, the health check), which
+        also reads the tree on a full disk. Readers of a WAL database share an index of the log in tasks.db-shm,
+        which the first of them makes and fills; on a full disk it cannot, and open() fails (StateWriteError,
+        ENOSPC). The tree is then read without it: in exclusive locking mode SQLite keeps that index in this
+        process's memory, and still reads what tasks.db-wal holds (https://sqlite.org/wal.html#noshm); the price
+        is that the database is locked to other processes while this one has it open, a reader's moment (they
+        wait for it as for any writer). `query_only`: a statement that would write fails with the full disk's
+        error. (Closing, SQLite folds what tasks.db-wal holds into tasks.db, as the last connection always does;
+        on a full disk that fails as safely, the log kept.) `full_disk` keeps the error, for the caller to say
+        the tree was read without writing. A tree that must first be made or migrated fails with that error; one
+        of a newer schema is refused (TaskDBTooNew), as open() refuses it."""
+        try:
+            return self.open()
+        except StateWriteError as exc:
+            if exc.errno != errno.ENOSPC or self.d is not SQLITE or not os.path.lexists(self.path):
+                raise
+            full = exc
+        self._check_side_files()
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=rw&nofollow=1"  # never made here
+        with self.errors():
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first read: no shared memory at all
+                conn.execute("PRAGMA query_only=ON")
+                found = self._version(conn)
+                if found > SCHEMA_VERSION:
+                    raise TaskDBTooNew(self.path, found)
+                if found < SCHEMA_VERSION:
+                    raise full  # its migration must write first
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        self.full_disk = full
+        return self
+
+    def _check_side_files(self) -> None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            _check_side_file(self.path.with_name(self.path.name + suffix))
 
     def _create_whole(self) -> None:
         """A new database is made whole under another name and renamed into place, under a lock every creator
@@ -603,6 +649,7 @@ class TaskDB:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self.full_disk = None
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self.errors():

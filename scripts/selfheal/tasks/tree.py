@@ -21,16 +21,13 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import difflib
-import errno
 import json
 import logging
 import os
 import re
 import socket
-import sqlite3
 import time
-import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +35,12 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config, get_config
 from ..core.fleet import fleet_database, host_id, mark_down
 from ..core.process import identify
-from ..errors import FleetUnavailable, InvalidIdError, LockBusy, NotAttempted, StateError, StateWriteError, UsageError
+from ..errors import FleetUnavailable, InvalidIdError, LockBusy, NotAttempted, StateError, UsageError
 from ..state import layout
 from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, ensure_dir, file_lock, fsync_dir, loads, read_bytes, validate_id
 from ..state.runs import boot_id
-from ..state.taskdb import SCHEMA_VERSION, TaskDB, TaskDBTooNew, TaskImportRefused, task_row
+from ..state.taskdb import TaskDB, TaskImportRefused, task_row
 from ..state.taskrecord import FIELDS, RunSpec, Task, rank
 from ..state.taskstates import (
     ACTIONABLE_STATES,
@@ -722,42 +719,29 @@ class TaskStore:
         if self._db is None and self.fleet:
             self._db = self._fleet_db()
         if self._db is None:
-            db = TaskDB(self.db_path, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
-            try:
-                self._import_files(db)
-            except BaseException:
-                db.close()
-                raise
-            self._db = db
+            self._db = self._open_local(TaskDB.open)
         return self._db
 
     def open_to_read(self) -> None:
-        """Open the tree for a command that only reads it (list, tree, show, actionable, log, a dry run). On a
-        full disk, where SQLite cannot make the shared memory a reader of a WAL database needs, it is read
-        without it (_FullDiskReader), and `notices` says so in one line: a person looking into a full disk
-        still sees the tree. A migration or an import of an older JSON tree, which must write, fails as before."""
-        try:
-            self.db  # noqa: B018
-        except StateWriteError as exc:
-            if exc.errno != errno.ENOSPC or self.fleet:
-                raise
-            self._db = self._read_on_a_full_disk(exc)
-            self.notices.append(
-                f"warning: {self.db_path}: {exc.reason}; the task tree was read without writing anything, and"
-                " commands that change it fail until there is space again"
-            )
+        """Open the tree for a command that only reads it (list, tree, show, actionable, log, a dry run, the
+        health check). On a full disk the state layer reads it without writing (TaskDB.open_to_read), and
+        `notices` says so in one line: a person looking into a full disk still sees the tree. A migration or an
+        import of an older JSON tree, which must write, fails as before."""
+        if self._db is None and not self.fleet:
+            self._db = self._open_local(TaskDB.open_to_read)
+            full = self._db.full_disk
+            if full is not None:
+                self.notices.append(
+                    f"warning: {self.db_path}: {full.reason}; the task tree was read without writing anything, and"
+                    " commands that change it fail until there is space again"
+                )
+        self.db  # noqa: B018
 
-    def _read_on_a_full_disk(self, full: StateWriteError) -> TaskDB:
-        if not os.path.lexists(self.db_path):  # no tree yet, and no room to make one
-            raise full
-        db = _FullDiskReader(self.db_path, busy_timeout_s=self.config.tasks.busy_timeout_s).open()
+    def _open_local(self, how: Callable[[TaskDB], TaskDB]) -> TaskDB:
+        """tasks.db opened by `how` (TaskDB.open or TaskDB.open_to_read), an older JSON tree imported into it."""
+        db = how(TaskDB(self.db_path, busy_timeout_s=self.config.tasks.busy_timeout_s))
         try:
-            found = db.version()
-            if found > SCHEMA_VERSION:
-                raise TaskDBTooNew(self.db_path, found)
-            json_tree = _json_files(self.folder) or _json_files(self.archive_folder)
-            if found < SCHEMA_VERSION or (json_tree and db.meta(IMPORT_KEY) != "done"):
-                raise full  # a migration or an import must write first
+            self._import_files(db)
         except BaseException:
             db.close()
             raise
@@ -987,6 +971,10 @@ class TaskStore:
         the moves for the next start to finish."""
         if db.meta(IMPORT_KEY) == "done":
             return
+        if db.full_disk is not None:  # read on a full disk: an import (or recording that there is none) must write
+            if _json_files(self.folder) or _json_files(self.archive_folder):
+                raise db.full_disk
+            return
         wait = self.config.tasks.busy_timeout_s
         with file_lock(self.state.lock_file("tasks", "import"), timeout=wait, what="the task tree's import"):
             status = db.meta(IMPORT_KEY)
@@ -1047,34 +1035,6 @@ class TaskStore:
         )
         logger.info("%s", message)
         self.notices.append(message)
-
-
-class _FullDiskReader(TaskDB):
-    """tasks.db opened to read on a full disk. Readers of a WAL database share an index of the log in
-    tasks.db-shm, which the first of them makes and fills; on a full disk it cannot, and every read failed
-    (exit 3). In exclusive locking mode SQLite keeps that index in this process's memory instead, and still
-    reads what tasks.db-wal holds (https://sqlite.org/wal.html#noshm); the price is that the database is
-    locked to other processes while this one has it open, a read command's moment (they wait for it as for
-    any writer). `query_only`: no statement writes."""
-
-    def open(self) -> _FullDiskReader:
-        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=rw&nofollow=1"  # never made here
-        with self.errors():
-            conn = sqlite3.connect(
-                uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            try:
-                conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first read: no shared memory at all
-                conn.execute("PRAGMA query_only=ON")
-            except BaseException:
-                conn.close()
-                raise
-        self._conn = conn
-        return self
-
-    def version(self) -> int:
-        with self.errors():
-            return self._version(self.conn)
 
 
 def _json_files(folder: Path) -> list[Path]:
