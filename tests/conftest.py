@@ -102,6 +102,20 @@ def state(home: Path) -> StateRoot:
 
 
 @pytest.fixture
+def smi_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder first on PATH (this process's, which the model chain reads) for a stand-in nvidia-smi
+    (helpers/nvidia.py), with the model chain's cached GPU readings cleared around the test."""
+    from selfheal.models import gpu
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    gpu.clear()
+    yield folder
+    gpu.clear()
+
+
+@pytest.fixture
 def write_config(home: Path) -> Callable[[str], Path]:
     """Write the user's config.yaml (dedented) and return its path."""
 

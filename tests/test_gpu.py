@@ -7,40 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.nvidia import alive, fake_smi
 
 from selfheal.models import gpu
 from selfheal.models.gpu import GpuReading
 from selfheal.observe import health
 from selfheal.observe.health import OK, SKIP, WARN
-
-
-@pytest.fixture
-def smi_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A folder first on PATH (this process's, which the model chain reads) for a stand-in nvidia-smi."""
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
-    gpu.clear()
-    yield folder
-    gpu.clear()
-
-
-def fake_smi(folder: Path, body: str) -> None:
-    tool = folder / "nvidia-smi"
-    tool.write_text("#!/bin/sh\n" + body + "\n", encoding="utf-8")
-    tool.chmod(0o700)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def gone_soon(pid: int, within_s: float = 3.0) -> bool:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.nvidia import alive, fake_smi
 
 from conftest import call_script
 from selfheal.models import gpu
@@ -119,25 +119,6 @@ def test_a_schema_mismatch_names_a_huge_value_in_a_short_message() -> None:
 # -- what nvidia-smi prints -----------------------------------------------------------------------------------
 
 
-def fake_smi(folder: Path, body: str) -> Path:
-    """An `nvidia-smi` shell script in `folder` that does `body`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tool = folder / "nvidia-smi"
-    tool.write_text("#!/bin/sh\n" + body + "\n", encoding="utf-8")
-    tool.chmod(0o700)
-    return tool
-
-
-@pytest.fixture
-def smi_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
-    gpu.clear()
-    yield folder
-    gpu.clear()
-
-
 def reading(timeout_s: float | None = None, gpu_id: int | str | None = None) -> tuple[int | None, float]:
     started = time.monotonic()
     found = asyncio.run(gpu.free_mb(gpu_id, fresh=True, timeout_s=timeout_s))
@@ -158,17 +139,9 @@ def test_an_nvidia_smi_whose_child_holds_the_pipe_is_left_at_the_time_bound(
     assert found == (None if then.startswith("sleep") else 24000) and took < 3.0, (found, took)
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and _alive(child):
+    while time.monotonic() < deadline and alive(child):
         time.sleep(0.05)
-    assert not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not alive(child)
 
 
 def test_endless_output_from_nvidia_smi_is_not_held_in_memory(smi_dir: Path) -> None:
