@@ -25,7 +25,8 @@ REGULAR_MARK="# self-heal regular tasks"
 OPENCLAW_CRON=0
 
 usage() {
-    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    # The comment block at the top, whatever its length: from line 2 to the first line that is not a comment.
+    awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
 }
 
 for arg in "$@"; do

@@ -40,7 +40,7 @@ from selfheal import cli  # noqa: E402
 from selfheal.core.config import get_config  # noqa: E402
 from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.core.retrying import Attempt  # noqa: E402
-from selfheal.core.runner import run_with_retry  # noqa: E402
+from selfheal.core.runner import RunOutcome, run_with_retry  # noqa: E402
 from selfheal.durable.incident import run_notifier  # noqa: E402
 
 
@@ -98,6 +98,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[cli.ArgumentParser, object]:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("command", nargs="*", help="the command, after --")
     return parser, parser.parse_args(argv)
+
+
+def ending(outcome: RunOutcome) -> str:
+    """How the last attempt ended: its exit code, or (none when a signal stopped it) the signal."""
+    if outcome.exit_code is not None:
+        return f"exit code {outcome.exit_code}"
+    if outcome.signal is None:
+        return "no exit code"
+    timed_out = bool(outcome.attempts and outcome.attempts[-1].get("timed_out"))
+    return f"killed by {outcome.signal}" + (" at the timeout" if timed_out else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if template and outcome.outcome == "failed":
         summary = (
             f"self-heal: {args.task or shlex.join(command)[:80]} failed after {len(outcome.attempts)} attempt(s) "  # type: ignore[attr-defined]
-            f"({outcome.stop_reason}): {outcome.error_class}, exit code {outcome.exit_code}: {outcome.reason}"
+            f"({outcome.stop_reason}): {outcome.error_class}, {ending(outcome)}: {outcome.reason}"
         )[:500]
         values = {"summary": summary, "task": args.task or "", "command": shlex.join(command)}  # type: ignore[attr-defined]
         notified = run_notifier(template, values, timeout_s=get_config().workflows.notify_timeout_s)
@@ -182,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cli.say(
                 f"gave up after {n} attempt{'s' if n != 1 else ''} ({outcome.stop_reason}): "
-                f"{outcome.error_class}, exit code {outcome.exit_code}"
+                f"{outcome.error_class}, {ending(outcome)}"
             )
     return outcome.exit_status
 

@@ -17,6 +17,7 @@ as <ID>.json.corrupt-<time>; the snapshot could not be written: disk full or rea
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,7 +105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "save":
         messages = _read_json_file(args.messages_file, stdin_ok=True)
         state = _read_json_file(args.state_file) if args.state_file else None
-        saved = snapshot.save(args.session_id, messages, state=state, keep=args.keep)
+        try:
+            saved = snapshot.save(args.session_id, messages, state=state, keep=args.keep)
+        except UsageError as exc:
+            # The library names the place in the data (messages[3]['role']); the user also needs the file.
+            text = str(exc)
+            messages_label = "stdin" if args.messages_file == "-" else args.messages_file
+            source = {"messages": messages_label, "state": args.state_file}.get(re.split(r"\W", text, maxsplit=1)[0])
+            if source is None:
+                raise
+            raise UsageError(f"{source}: {text}") from None
         if args.json:
             cli.emit_json({"ok": True, **_summary(saved)})
         else:

@@ -745,6 +745,28 @@ def test_openclaw_errors_no_rule_knows_get_a_rule_suggestion() -> None:
     assert report["unclassified"]["count"] == 2
 
 
+@pytest.mark.parametrize(
+    ("reason", "guess"),
+    [
+        ("set an authored value for logging", "unknown"),
+        ("could not generate the summary", "unknown"),
+        ("tokenizer vocabulary missing for qwen", "unknown"),
+        ("auth refused for acct 7", "auth"),
+        ("the token expired", "auth"),
+        ("authorization header refused", "auth"),
+        ("RateLimitError from upstream", "rate_limit"),
+        ("rate limited by vendor", "rate_limit"),
+    ],
+)
+def test_a_suggested_rules_class_is_guessed_from_whole_words(tmp_path: Path, reason: str, guess: str) -> None:
+    """ "authored", "generate" and "tokenizer" hold auth, rate and token but say nothing about credentials or
+    rate limits: the guess reads whole words."""
+    line = {"ts": iso(T0), "event": "failed", "task": "t", "error_class": "unknown", "reason": reason}
+    report = report_of(write(tmp_path / "a.log", [json.dumps(line)]))
+    (row,) = report["unclassified"]["signatures"]
+    assert row["suggested_rule"]["class"] == guess
+
+
 def test_secrets_in_error_texts_never_reach_the_report(tmp_path: Path) -> None:
     key = "sk-proj-" + "A1b2C3d4" * 4
     line = json.dumps(

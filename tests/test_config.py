@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import call_script
 from selfheal.core.config import (
     ERROR_CLASSES,
     SKILL_YAML,
@@ -197,8 +198,8 @@ def test_empty_user_file_changes_nothing(write_config: Callable[[str], Path], co
     ("text", "key", "words"),
     [
         ("policies:\n  transient: {base_s: -1}\n", "policies.transient.base_s", "must be >= 0, got -1"),
-        ("policies:\n  transiant: {attempts: 2}\n", "policies.transiant", "unknown key (did you mean 'transient'?)"),
-        ("retyr: {}\n", "retyr", "unknown key (did you mean 'retry'?)"),
+        ("policies:\n  transiant: {attempts: 2}\n", "policies", "unknown key 'transiant' (did you mean 'transient'?)"),
+        ("retyr: {}\n", None, "unknown key 'retyr' (did you mean 'retry'?)"),
         (
             "policies:\n  timeout: {attempts: three}\n",
             "policies.timeout.attempts",
@@ -264,6 +265,28 @@ def test_bad_values_name_file_key_and_value(
         assert key in message
     if key is None or not key.startswith("classify.rules["):
         assert str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        ("api_key: 5", "models.chain[0]: unknown key 'api_key' (did you mean 'api_key_env'?)"),
+        ("token: 5", "models.chain[0]: unknown key 'token'"),
+        ("password: 5", "models.chain[0]: unknown key 'password'"),
+        ("headers: {x-api-key: abc123}", "models.chain[0].headers: header x-api-key holds a credential written out"),
+    ],
+)
+def test_errors_about_a_secret_looking_key_survive_masking(home: Path, entry: str, words: str) -> None:
+    """A config error about a key named like a secret (api_key, token, a credential header) reads whole on
+    stderr after the redactor has passed over it, and never shows a header's value."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (home / "config.yaml").write_text(
+        f'models: {{chain: [{{name: x, base_url: "http://h/v1", model: m, {entry}}}]}}\n', encoding="utf-8"
+    )
+    result = call_script("llm_call.py", "--prompt", "hi", home=home)
+    assert result.returncode == EXIT_USAGE
+    assert words in result.stderr
+    assert "***" not in result.stderr and "abc123" not in result.stderr and "mappingproxy" not in result.stderr
 
 
 def test_value_errors_carry_the_line(write_config: Callable[[str], Path]) -> None:

@@ -116,6 +116,17 @@ def test_install_rejects_unknown_options() -> None:
     assert proc.returncode == 2 and "unknown option '--deev'" in proc.stderr
 
 
+def test_install_help_lists_every_option_it_accepts() -> None:
+    """Each option install.sh's argument loop takes is in what --help prints, and nothing of the code is."""
+    script = (ROOT / "install.sh").read_text()
+    accepted = set(re.findall(r"^\s+(--[a-z-]+)\)", script, re.M))
+    proc = subprocess.run(["bash", str(ROOT / "install.sh"), "--help"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0
+    shown = set(re.findall(r"\./install\.sh (--[a-z-]+)", proc.stdout))
+    assert "--no-openclaw-cron" in accepted and shown == accepted
+    assert "set -euo" not in proc.stdout
+
+
 @pytest.mark.parametrize("script", SCRIPT_FILES, ids=lambda p: p.name)
 def test_every_script_is_documented_and_answers_help(script: Path, home: Path) -> None:
     """Each script is named in SKILL.md (as {baseDir}/scripts/...) and README, and --help exits 0."""

@@ -182,6 +182,22 @@ def test_timeout_kills_the_command_and_its_grandchildren(tmp_path: Path, home: P
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "ending"),
+    [
+        (["--timeout", "0.3", "--", "sleep", "30"], "timeout, killed by SIGTERM at the timeout"),
+        (["--", "sh", "-c", "kill -KILL $$"], ", killed by SIGKILL"),
+        (["--", "sh", "-c", "exit 4"], ", exit code 4"),
+    ],
+)
+def test_giving_up_says_how_the_last_attempt_ended(home: Path, args: list[str], ending: str) -> None:
+    """A command stopped by a signal has no exit code: the last line names the signal, not `exit code None`."""
+    proc = run(home, "--max-attempts", "1", *args)
+    last = proc.stderr.decode().strip().splitlines()[-1]
+    assert proc.returncode == 3 and last.startswith("self-heal: gave up after 1 attempt")
+    assert last.endswith(ending) and "None" not in last
+
+
 def test_deadline_bounds_the_whole_run(tmp_path: Path, home: Path, write_config: Callable[[str], Path]) -> None:
     """--deadline stops retrying when the next wait would not fit."""
     write_config("retry: {jitter: none}\npolicies:\n  transient: {base_s: 5}\n")

@@ -168,6 +168,19 @@ def test_each_known_failure_gets_its_rule_based_record_without_a_model(
     assert record.root_cause in md and "never runs it" in md
 
 
+def test_a_word_holding_auth_is_not_an_authentication_failure(
+    model_config: Config, state: StateRoot, server: FakeModelServer
+) -> None:
+    """OpenClaw's "set an authored value" is about a config path, not credentials: openclaw-auth's words are
+    whole words, so "authored" does not give it the auth rule's fix."""
+    error = (
+        "Config path is valid but unset: logging. Run `openclaw config set logging.level info` to set an authored value"
+    )
+    record = healer(model_config, state).heal(evidence(error, "unknown", kind="lane_error")).record
+    assert record.source != "rule:openclaw-auth"
+    assert "auth profile" not in " ".join(record.fix_steps)
+
+
 def test_the_same_failure_three_times_is_one_record_with_three_occurrences(home: Path) -> None:
     """Real failures of a real task, recorded by retry_run.py, each read by self_heal.py."""
     for n in range(1, 4):

@@ -257,6 +257,28 @@ def test_script_saves_from_a_file_and_stdin_and_restores_the_same(home: Path, tm
     assert json.loads(run(home, "restore", "from-stdin").stdout)["messages"] == chat(2, "x")
 
 
+@pytest.mark.parametrize(
+    ("messages", "state", "words"),
+    [
+        ({"role": "user", "content": "x"}, None, "m.json: messages must be a list"),
+        ([{"role": 1, "content": "x"}], None, "m.json: messages[0]['role'] must be a string"),
+        ([], ["not", "an", "object"], "s.json: state must be a JSON object"),
+    ],
+)
+def test_script_names_the_file_whose_content_has_the_wrong_shape(
+    home: Path, tmp_path: Path, messages: object, state: object, words: str
+) -> None:
+    """A shape error in what `save` read names the file it came from, exit 2, and nothing is saved."""
+    (tmp_path / "m.json").write_text(json.dumps(messages))
+    args = ["save", "s1", "--messages-file", str(tmp_path / "m.json")]
+    if state is not None:
+        (tmp_path / "s.json").write_text(json.dumps(state))
+        args += ["--state-file", str(tmp_path / "s.json")]
+    proc = run(home, *args)
+    assert proc.returncode == 2 and f"{tmp_path}/{words}" in proc.stderr
+    assert run(home, "restore", "s1").returncode != 0
+
+
 def test_script_lists_interrupted_sessions_after_a_mark(home: Path) -> None:
     """After mark-interrupted, list --interrupted shows that session with its reason, and not the live one."""
     for name in ("live-one", "crashed-one"):

@@ -619,6 +619,21 @@ def test_list_tree_and_show_describe_the_tree(home: Path) -> None:
     assert os.stat(home / "tasks.db").st_mode & 0o777 == 0o600
 
 
+def test_show_tells_how_to_hand_back_a_parked_task_by_its_name(home: Path) -> None:
+    """A parked FIX task is ended once its fix is applied (`mark FIX-... end`); another parked task goes back
+    with `mark <its name> error`: `show` says which, with the task's own name."""
+    tasks(home, "add", "FIX-etl-001", "--type", "fix")
+    tasks(home, "add", "etl", "--", "true")
+    for name in ("FIX-etl-001", "etl"):
+        tasks(home, "mark", name, "manual")
+    fix = as_json(tasks(home, "show", "FIX-etl-001", "--json"))["why_not"]
+    assert "`tasks.py mark FIX-etl-001 end`" in fix and "NAME" not in fix
+    plain = as_json(tasks(home, "show", "etl", "--json"))["why_not"]
+    assert "`tasks.py mark etl error`" in plain and "NAME" not in plain
+    # What it says works.
+    assert tasks(home, "mark", "FIX-etl-001", "end").returncode == 0
+
+
 def test_archive_moves_finished_trees_and_show_still_finds_them(home: Path) -> None:
     tasks(home, "add", "finished", "--", "true")
     assert as_json(tasks(home, "run-next", "--json"))["exec_state"] == "END"

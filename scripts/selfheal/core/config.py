@@ -18,7 +18,7 @@ import stat
 import threading
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -124,7 +124,11 @@ def header_problem(name: str, text: str) -> str | None:
     if "\n" in text or "\r" in text:
         return f"the value of {name} must be one line"
     if written_credential(name, text):
-        return f"{name} carries a credential: write its value as ${{VARIABLE}} (keys come only from the environment)"
+        # Worded so that no `name: word` pair forms after a secret-looking word: the redactor would mask the rest.
+        return (
+            f"header {name} holds a credential written out; give its value as ${{VARIABLE}} "
+            "(keys come only from the environment)"
+        )
     return None
 
 
@@ -675,6 +679,17 @@ class _Converter:
         self.marks = marks
         self.default_file = default_file
 
+    def unknown_key(self, parent: str, key: str, known: Iterable[str]) -> ConfigError:
+        """The error for `key`, which `parent` does not have, at the key's own line. The key is named in the
+        message, not as the last part of the key path: `api_key: unknown key` would read to the redactor as
+        a secret and its value."""
+        close = difflib.get_close_matches(key, list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        found = self.error(f"{parent}.{key}" if parent else key, "")
+        return ConfigError(
+            f"unknown key {key!r}{hint}", file=found.file, key=parent or None, line=found.line, column=found.column
+        )
+
     def error(self, path: str, message: str, value: object = dataclasses.MISSING) -> ConfigError:
         probe = path
         while probe and probe not in self.marks:
@@ -698,10 +713,7 @@ class _Converter:
         hints, by_key = _shape(cls)
         for key in data:
             if key not in by_key:
-                sub = f"{path}.{key}" if path else str(key)
-                close = difflib.get_close_matches(str(key), list(by_key), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise self.error(sub, f"unknown key{hint}")
+                raise self.unknown_key(path, str(key), by_key)
         kwargs: dict[str, Any] = {}
         for key, f in by_key.items():
             sub = f"{path}.{key}" if path else key
@@ -738,7 +750,8 @@ class _Converter:
             if meta["check"] is not None:
                 problem = meta["check"](item)
                 if problem:
-                    raise self.error(where, problem, item)
+                    # A mapping's problem names its entry; its repr would show a header's value.
+                    raise self.error(where, problem, dataclasses.MISSING if isinstance(item, Mapping) else item)
 
     def value(self, tp: Any, value: object, path: str) -> Any:
         origin = typing.get_origin(tp)
@@ -1247,8 +1260,7 @@ def _build_config(conv: _Converter, settings: dict[str, Any], manifest: Manifest
     known = {f.name for f in dataclasses.fields(Config)} - {"manifest", "files", "chain_configured"}
     for key in settings:
         if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            raise conv.error(str(key), "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise conv.unknown_key("", str(key), sorted(known))
     parts = {}
     for name in sorted(known):
         if name not in settings:

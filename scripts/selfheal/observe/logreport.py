@@ -592,9 +592,14 @@ _PLACEHOLDERS = {
 }
 _PLACEHOLDER = re.compile("|".join(re.escape(p) for p in sorted(_PLACEHOLDERS, key=len, reverse=True)))
 # Words that point at a class, strongest first. Only a guess for a person to check: never applied.
+# Whole words where a short one sits inside common ones: "authored", "generate", "tokenizer".
 _CLASS_HINTS = (
-    ("auth", r"auth|credential|api[ _-]?key|unauthori[sz]ed|forbidden|permission denied|\b40[13]\b|token"),
-    ("rate_limit", r"rate|quota|too many|throttl|\b429\b"),
+    (
+        "auth",
+        r"\bauth(?:entic\w*|ori[sz]\w*)?\b|credential|api[ _-]?key|unauthori[sz]ed|forbidden|permission denied"
+        r"|\b40[13]\b|\btoken\b",
+    ),
+    ("rate_limit", r"\brate(?:[ _-]?limit\w*)?\b|quota|too many|throttl|\b429\b"),
     ("timeout", r"time[ds]? ?out|deadline"),
     ("resource", r"memory|\boom\b|disk|no space|gpu|cuda"),
     ("transient", r"connect|reset|refused|unavailable|temporar|network|unreachable|\b50[0-4]\b|gateway|eof"),

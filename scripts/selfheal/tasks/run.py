@@ -732,12 +732,15 @@ def runnable(task: Task) -> bool:
 def why_not(tree: TaskTree, task: Task) -> str | None:
     """Why `task` cannot run now, or None if it can."""
     if task.exec_state not in ACTIONABLE_STATES:
-        hint = {
-            PROCESSING: "it is running",
-            END: "it has ended",
-            VOID: "it is void",
-            REQUIRES_MANUAL: "it needs a person; hand it back with `tasks.py mark NAME error`",
-        }[task.exec_state]
+        # A parked FIX task holds a suggestion a person applies, then ends; another goes back to be run again.
+        manual = (
+            f"it holds a suggested fix for a person; once it is applied, `tasks.py mark {task.name} end`"
+            if task.type == "fix"
+            else f"it needs a person; once the cause is fixed, hand it back with `tasks.py mark {task.name} error`"
+        )
+        hint = {PROCESSING: "it is running", END: "it has ended", VOID: "it is void", REQUIRES_MANUAL: manual}[
+            task.exec_state
+        ]
         return f"task {task.name!r} is {task.exec_state}: {hint}"
     waiting = tree.waiting_on(task.name)
     if waiting:
@@ -919,7 +922,7 @@ class TaskRunner:
             if task.exec_state == PROCESSING and same_runner(task.runner, runner):
                 task.last_result = self.redactor.text(reason)[:500]
                 if manual:
-                    reason += "; fix that, then hand it back with `tasks.py mark NAME error`"
+                    reason += f"; fix that, then hand it back with `tasks.py mark {name} error`"
                 tree.transition(name, REQUIRES_MANUAL if manual else NORMAL_CRASH, reason[:500], by="run-next")
 
     # -- running -------------------------------------------------------------------------------------
