@@ -151,7 +151,7 @@ def _line_task(path: str, number: int, text: str) -> Task:
     for key in data:
         if key not in _LINE_KEYS:
             raise TaskError(
-                f"{path} line {number}: {key}: unknown key (known: {', '.join(_LINE_KEYS)}); nothing was added"
+                f"{path} line {number}: unknown key {key!r} (known: {', '.join(_LINE_KEYS)}); nothing was added"
             )
     for key in (
         "name",

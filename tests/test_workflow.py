@@ -108,7 +108,8 @@ def run(plan: Path, task: str | None = None, config: Config | None = None, **opt
         ("steps:\n  - {name: a, run: [x], retry: {max_attempts: 0}}\n", "must be a whole number >= 1"),
         ("steps:\n  - {name: a, run: [x], retry: {retries: -1}}\n", "steps[0].retry.retries: steps[0] (a): must be"),
         ("steps:\n  - {name: a, run: [x], retry: {retries: 1, max_attempts: 2}}\n", "max_attempts (every try) or"),
-        ("steps:\n  - {name: a, run: [x], colour: red}\n", "steps[0].colour: steps[0] (a): unknown key"),
+        ("steps:\n  - {name: a, run: [x], colour: red}\n", "steps[0]: unknown key 'colour' in step 'a'"),
+        ("colour: red\nsteps:\n  - {name: a, run: [x]}\n", "unknown key 'colour' (a plan has"),
         ("steps:\n  - {name: ../etc, run: [x]}\n", "steps[0].name: a step needs a name"),
         ("steps:\n  - {name: a, run: [x], complete_if_outputs_exist: true}\n", "needs outputs.files"),
         ("steps: [\n", "YAML syntax error"),
@@ -439,6 +440,15 @@ def test_cli_bad_plan_exits_2(tmp_path: Path, home: Path) -> None:
     plan = write_plan(tmp_path, "steps:\n  - {name: a, run: [x]}\n  - {name: a, run: [y]}\n")
     proc = cli(home, "run", str(plan))
     assert proc.returncode == 2 and f"{plan}:3:" in proc.stderr and "duplicate step name" in proc.stderr
+
+
+def test_cli_an_unknown_key_named_like_a_credential_is_named_whole(tmp_path: Path, home: Path) -> None:
+    """`token:` in a step is a typo the user must be able to read: the message names the key whole, at its
+    line, instead of the redactor reading `steps[0].token: ...` as a secret and masking the message."""
+    plan = write_plan(tmp_path, "steps:\n  - name: a\n    token: abc\n    run: [x]\n")
+    proc = cli(home, "run", str(plan))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{plan}:3:5: steps[0]: unknown key 'token' in step 'a'" in proc.stderr and "***" not in proc.stderr
 
 
 def test_sigterm_stops_the_step_and_the_next_run_resumes(tmp_path: Path, home: Path, fast: Config) -> None:

@@ -221,8 +221,9 @@ def load_plan(path: Path) -> Plan:
     except (OSError, StateError) as exc:
         raise PlanError(f"cannot read it again: {exc}", file=path) from None
 
-    def fail(key: str, message: str, value: object = None) -> PlanError:
-        mark = marks.get(key)
+    def fail(key: str, message: str, value: object = None, *, at: str | None = None) -> PlanError:
+        """The error for `key`, at the line of `at` (the key's own line when not given)."""
+        mark = marks.get(key if at is None else at)
         shown = f", got {value!r}" if value is not None else ""
         return PlanError(
             message + shown, file=path, key=key, line=mark[1] if mark else None, column=mark[2] if mark else None
@@ -232,7 +233,9 @@ def load_plan(path: Path) -> Plan:
         raise fail("", "a plan is a mapping with a `steps` list")
     unknown = sorted(set(data) - {"name", "steps", "notify"})
     if unknown:
-        raise fail(unknown[0], "unknown key (a plan has name, steps, notify)")
+        # The key is named in the message, not as the key path: `token: unknown key` reads to the redactor as
+        # a secret and its value.
+        raise fail("", f"unknown key {unknown[0]!r} (a plan has name, steps, notify)", at=unknown[0])
     steps_data = data.get("steps")
     if not isinstance(steps_data, list) or not steps_data:
         raise fail("steps", "must be a non-empty list of steps")
@@ -257,7 +260,11 @@ def load_plan(path: Path) -> Plan:
         seen[name] = i
         extra = sorted(set(raw) - _STEP_KEYS)
         if extra:
-            raise fail(f"{where}.{extra[0]}", f"{label}: unknown key (a step has {', '.join(sorted(_STEP_KEYS))})")
+            raise fail(
+                where,
+                f"unknown key {extra[0]!r} in step {name!r} (a step has {', '.join(sorted(_STEP_KEYS))})",
+                at=f"{where}.{extra[0]}",
+            )
         run = _command(raw, "run", "shell", where=where, label=label, fail=fail)
         if run is None:
             raise fail(f"{where}.run", f'{label}: missing command (run: [argv...], or shell: "...")')
