@@ -104,13 +104,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.emit_json({"ok": not not_closed, "breakers": views})
     elif args.action == "show":
         for key, value in views[0].items():
-            print(f"{key}: {value}")
+            print(f"{key}: {_shown(key, value)}")
     elif not views:
         print("no breakers yet")
     else:
         for view in views:
             print(_line(view))
     return EXIT_PROBLEMS if not_closed else EXIT_OK
+
+
+_TIMES = ("opened_at", "open_until", "last_change", "ejected_until")
+
+
+def _shown(key: str, value: object) -> str:
+    """A field of `show` as a person reads it: times in UTC (the JSON keeps the epoch seconds), none as -."""
+    if value is None:
+        return "-"
+    if key in _TIMES and isinstance(value, (int, float)):
+        return utc_iso(value)
+    return str(value)
 
 
 if __name__ == "__main__":

@@ -84,13 +84,17 @@ def _stdin_at_most(max_bytes: int) -> bytes | None:
 
 
 def _describe(result: Completion) -> str:
-    tries = len([a for a in result.attempts if a.outcome != "skipped"])
-    via = f" (fallback after {tries - 1} failed attempt(s))" if result.fallback_used else ""
-    if not result.fallback_used and tries > 1:
-        via = f" (after {tries - 1} retried attempt(s))"
-    tokens = f", {result.usage['total_tokens']} tokens" if result.usage and "total_tokens" in result.usage else ""
+    """One line on stderr: who answered, and what it took (requests that failed, endpoints passed over)."""
     if result.cached:
         return f"answered from models.cache ({result.endpoint}, {result.model}): no request sent"
+    failed = sum(1 for a in result.attempts if a.outcome in ("failed", "rejected"))
+    skipped = [f"{a.endpoint} skipped: {a.reason}" for a in result.attempts if a.outcome == "skipped"]
+    notes = ([f"{failed} failed attempt(s)"] if failed else []) + skipped
+    if result.fallback_used:
+        via = f" (fallback after {'; '.join(notes)})" if notes else " (fallback)"
+    else:
+        via = f" (after {'; '.join(notes)})" if notes else ""
+    tokens = f", {result.usage['total_tokens']} tokens" if result.usage and "total_tokens" in result.usage else ""
     return f"answered by {result.endpoint} ({result.model}){via} in {result.duration_s:.1f}s{tokens}"
 
 

@@ -53,6 +53,17 @@ def test_show_of_a_target_with_no_breaker_exits_2_with_the_close_names_and_creat
     assert sorted(p.name for p in state.sub("breakers").iterdir()) == ["typo.json"]
 
 
+def test_show_gives_times_in_utc_and_none_as_a_dash_while_json_keeps_the_numbers(home: Path, state: StateRoot) -> None:
+    """`show` is read by a person: a tripped breaker's times are dates, not epoch floats; --json keeps them."""
+    assert cli(home, "breakers.py", "trip", "api", "--for", "60").returncode == 0
+    shown = dict(line.split(": ", 1) for line in cli(home, "breakers.py", "show", "api").stdout.splitlines())
+    view = json.loads(cli(home, "breakers.py", "show", "api", "--json").stdout)["breakers"][0]
+    assert shown["open_until"] == utc_iso(view["open_until"]) and shown["opened_at"] == utc_iso(view["opened_at"])
+    assert view["open_until"] - view["opened_at"] == pytest.approx(60)
+    assert shown["ejected_until"] == "-" and view["ejected_until"] is None
+    assert shown["reason"] == "forced open by breakers.py trip for 60s"
+
+
 def test_show_with_no_breakers_at_all_lists_none_and_creates_nothing(home: Path, state: StateRoot) -> None:
     proc = cli(home, "breakers.py", "show", "api")
     assert proc.returncode == 2 and "no breaker for target 'api'; breakers: none yet" in proc.stderr

@@ -53,6 +53,19 @@ def test_the_answer_goes_to_stdout_and_the_story_to_stderr(home: Path, two: Any,
     assert "answered by backup (phi) (fallback after 1 failed attempt(s))" in proc.stderr
 
 
+def test_a_primary_passed_over_is_named_with_why_not_counted_as_a_failed_attempt(
+    home: Path, two: Any, server: FakeModelServer
+) -> None:
+    """An open breaker skips the primary without a request: stderr says so, not "after 0 failed attempts"."""
+    config = load_config()
+    breakers = Breakers(StateRoot(home), config.breakers)
+    breakers.release(breakers.acquire("primary"), ok=False, error_class="auth")
+    proc = call(home, "--prompt", "hi")
+    assert proc.returncode == 0 and proc.stdout == "ok from backup\n"
+    assert "answered by backup (phi) (fallback after primary skipped: " in proc.stderr, proc.stderr
+    assert "failed attempt" not in proc.stderr and server.requests("primary") == 0
+
+
 def test_json_report_has_every_attempt(home: Path, two: Any, server: FakeModelServer) -> None:
     """--json: one object with the answer, the model that answered, and each failed attempt as a failure."""
     server.script("primary", Fault.empty(), Fault.empty())
