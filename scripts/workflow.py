@@ -22,6 +22,7 @@ open). With --json, step output goes to stderr and stdout holds exactly one JSON
 
 from __future__ import annotations
 
+import difflib
 import shlex
 import sys
 import time
@@ -43,8 +44,10 @@ from selfheal.durable.workflow import (  # noqa: E402
     status,
     task_id_from_template,
 )
-from selfheal.errors import EXIT_OK, EXIT_USAGE  # noqa: E402
+from selfheal.durable.checkpoint import Checkpoints  # noqa: E402
+from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
 from selfheal.state.checkpoints import Checkpoint  # noqa: E402
+from selfheal.state.root import StateRoot  # noqa: E402
 
 
 def _progress_printer() -> Any:
@@ -67,6 +70,15 @@ def _progress_printer() -> Any:
         sys.stderr.flush()
 
     return show
+
+
+class UnknownWorkflowTask(UsageError):
+    """`status` of a task with no checkpoint (exit 2, as tasks.py show of an unknown task)."""
+
+    def __init__(self, task: str, known: Sequence[str]) -> None:
+        close = difflib.get_close_matches(task, list(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        super().__init__(f"no checkpoint for task {task!r}{hint}")
 
 
 def _status_lines(data: Checkpoint) -> list[str]:
@@ -107,10 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         data = status(args.task)
         if data is None:
-            if args.json:
-                cli.emit_json({"ok": False, "task": args.task, "message": "no such task"})
-            cli.say(f"no checkpoint for task {args.task!r}")
-            return EXIT_USAGE
+            raise UnknownWorkflowTask(args.task, Checkpoints(StateRoot.from_env()).tasks())
         if args.json:
             cli.emit_json({"ok": True, **data.to_json()})
         else:

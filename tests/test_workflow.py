@@ -7,6 +7,7 @@ import datetime
 import json
 import random
 import re
+import os
 import signal
 import subprocess
 import sys
@@ -482,6 +483,54 @@ def test_sigterm_stops_the_step_and_the_next_run_resumes(tmp_path: Path, home: P
     (tmp_path / "go").write_text("")
     assert cli(home, "run", str(plan), "--task", "t").returncode == 0
     assert journal(tmp_path) == ["a", "waiting", "b"]
+
+
+def test_status_of_a_task_whose_runner_was_killed_says_interrupted_not_running(tmp_path: Path, home: Path) -> None:
+    """A SIGKILLed runner could not save `interrupted`: status must not go on saying "running" for ever.
+    While the runner lives it says running; once it is gone, interrupted, and the next run resumes it."""
+    plan = write_plan(
+        tmp_path,
+        """
+        steps:
+          - {name: a, shell: "echo a >> journal"}
+          - {name: b, shell: "test -e go || { echo waiting >> journal; exec sleep 300; }; echo b >> journal"}
+    """,
+    )
+    proc = subprocess.Popen(
+        [PYTHON, WORKFLOW, "run", str(plan), "--task", "t"],
+        env=script_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "waiting" not in journal(tmp_path):
+            time.sleep(0.02)
+        live = cli(home, "status", "t")
+        assert live.returncode == 0 and live.stdout.startswith("task t: running"), live.stdout
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its step: nothing is left to save a word
+        proc.wait(timeout=10)
+    gone = cli(home, "status", "t")
+    assert gone.returncode == 0 and gone.stdout.startswith("task t: interrupted"), gone.stdout
+    assert json.loads(cli(home, "status", "t", "--json").stdout)["status"] == "interrupted"
+    (tmp_path / "go").write_text("")
+    assert cli(home, "run", str(plan), "--task", "t").returncode == 0
+    assert journal(tmp_path) == ["a", "waiting", "b"]
+
+
+def test_status_of_an_unknown_task_exits_2_with_the_close_name(tmp_path: Path, home: Path) -> None:
+    plan = write_plan(tmp_path, 'steps:\n  - {name: a, shell: "true"}\n')
+    assert cli(home, "run", str(plan), "--task", "weekly").returncode == 0
+    proc = cli(home, "status", "weekyl", "--json")
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout) == {
+        "ok": False,
+        "error": "UnknownWorkflowTask",
+        "message": "no checkpoint for task 'weekyl'; did you mean 'weekly'?",
+        "exit": 2,
+    }
 
 
 def pay_then_wait(folder: Path) -> Path:

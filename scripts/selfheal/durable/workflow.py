@@ -59,7 +59,7 @@ from ..errors import (
 )
 from ..state.checkpoints import PlanRef
 from ..state.redact import active as redactor
-from ..state.root import StateRoot, file_lock, read_input, validate_id, write_json
+from ..state.root import StateRoot, file_lock, lock_is_held, read_input, validate_id, write_json
 from .checkpoint import (
     COMPENSATED,
     COMPENSATION_FAILED,
@@ -1455,8 +1455,16 @@ def task_id_from_template(template: str, *, now: float) -> str:
 
 
 def status(task: str, *, state: StateRoot | None = None) -> Checkpoint | None:
-    """The task's checkpoint as it stands (None if it never ran); unreadable raises CheckpointUnreadable."""
-    return Checkpoints(state or StateRoot.from_env()).load(validate_id(task, "task"))
+    """The task's checkpoint as it stands (None if it never ran); unreadable raises CheckpointUnreadable.
+
+    A checkpoint left `running` by a runner that is gone (SIGKILL, a reboot, the OOM killer: nothing
+    could save `interrupted`) reads `interrupted`, as the next run will treat it: the task's lock is free.
+    """
+    root = state or StateRoot.from_env()
+    data = Checkpoints(root).load(validate_id(task, "task"))
+    if data is not None and data.status == TASK_RUNNING and lock_is_held(root.lock_file("workflow", task)) is False:
+        data.status = TASK_INTERRUPTED
+    return data
 
 
 def reset(task: str, *, state: StateRoot | None = None) -> bool:

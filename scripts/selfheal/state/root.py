@@ -1184,6 +1184,33 @@ def file_lock(path: Path, *, timeout: float = -1, what: str | None = None) -> It
         os.close(fd)  # releases the lock
 
 
+def lock_is_held(path: Path) -> bool | None:
+    """Whether some process holds `path`'s file_lock now: True, False, or None when it cannot be told.
+
+    Read from /proc/locks, never by taking the lock: a probe that takes it, however briefly, could turn
+    away a run starting at that moment (LockBusy, "running elsewhere"). The lock is matched by inode
+    alone: the device numbers /proc/locks prints are not always st_dev's (overlayfs), and a false match
+    only reads as held, what a reader assumed before it could ask."""
+    try:
+        inode = os.lstat(path).st_ino
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        with open("/proc/locks", "rb") as table:  # noqa: PTH123 - a kernel table, not a state file
+            text = table.read(1 << 22)
+    except OSError:
+        return None
+    # "1: FLOCK  ADVISORY  WRITE 2264 00:1a:12345 0 EOF" ("->" marks a waiter, which holds nothing)
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == b"FLOCK":
+            if fields[5].rsplit(b":", 1)[-1] == str(inode).encode():
+                return True
+    return False
+
+
 class StateRoot:
     """The folder that holds everything self-heal knows, with one accessor per kind of file."""
 
