@@ -3,6 +3,7 @@ the mode they add up to, and what one run writes. Time is a FakeClock; nothing s
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -721,6 +722,26 @@ def test_every_run_writes_health_json_and_a_mode_change_writes_one_log_line(
         assert run_health_check(state, env=env, clock=clock).mode == OPERATIONAL
         assert run_health_check(state, env=env, clock=clock).mode == OPERATIONAL
     assert log_lines(home)[1:] == ["2027-01-15T08:04:00Z [HEALTH] task=- reason=operational was=degraded"]
+
+
+def test_every_check_the_code_can_report_is_in_the_documented_schema() -> None:
+    """A consumer validating health.json against the schema must not be refused a report because it holds a
+    check only some set-ups produce (fleet mode, an unwritable status file): every name the code gives a
+    Check is in the schema's list."""
+    source = ROOT / "scripts" / "selfheal" / "observe" / "health.py"
+    named = {
+        node.args[0].value
+        for node in ast.walk(ast.parse(source.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "Check"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    schema = json.loads((ROOT / "status" / "health.schema.json").read_text())
+    listed = set(schema["properties"]["checks"]["items"]["properties"]["name"]["enum"])
+    assert {"gateway", "tasks", "fleet", "skill_status"} <= named  # the walk finds what it looks for
+    assert named - listed == set()
 
 
 def test_what_a_run_writes_matches_the_documented_schemas(
