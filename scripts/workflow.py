@@ -36,6 +36,7 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
+from selfheal.durable.checkpoint import Checkpoints  # noqa: E402
 from selfheal.durable.workflow import (  # noqa: E402
     Progress,
     WorkflowRunner,
@@ -44,7 +45,6 @@ from selfheal.durable.workflow import (  # noqa: E402
     status,
     task_id_from_template,
 )
-from selfheal.durable.checkpoint import Checkpoints  # noqa: E402
 from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
 from selfheal.state.checkpoints import Checkpoint  # noqa: E402
 from selfheal.state.root import StateRoot  # noqa: E402

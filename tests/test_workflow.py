@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import random
 import re
-import os
 import signal
 import subprocess
 import sys

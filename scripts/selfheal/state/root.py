@@ -1198,16 +1198,15 @@ def lock_is_held(path: Path) -> bool | None:
     except OSError:
         return None
     try:
-        with open("/proc/locks", "rb") as table:  # noqa: PTH123 - a kernel table, not a state file
+        with open("/proc/locks", "rb") as table:
             text = table.read(1 << 22)
     except OSError:
         return None
     # "1: FLOCK  ADVISORY  WRITE 2264 00:1a:12345 0 EOF" ("->" marks a waiter, which holds nothing)
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == b"FLOCK":
-            if fields[5].rsplit(b":", 1)[-1] == str(inode).encode():
-                return True
+        if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5].rsplit(b":", 1)[-1] == str(inode).encode():
+            return True
     return False
 
 
