@@ -353,3 +353,31 @@ def test_the_cron_health_check_names_a_stuck_task_on_a_full_disk(
     assert [s["task"] for s in tasks_check["stuck"]] == ["nightly-export"], tasks_check
     health_file = next(c for c in report["checks"] if c["name"] == "health_file")
     assert ENOSPC_TEXT in health_file["detail"] and str(home / "status" / "health.json") in health_file["detail"]
+
+
+def test_the_health_check_names_a_stuck_task_on_a_read_only_folder(tmp_path: Path) -> None:
+    """A disk ext4 remounted read-only after a fault: the check still reads the task tree (saying it read
+    without writing, and why) and names the task whose runner died; the tree is untouched. (It warned "the
+    task tree cannot be read: ... Read-only file system" and named no stuck task.)"""
+    from helpers.fake_gateway import LIVE, READY, FakeGateway
+    from test_state_layer import read_only
+
+    home, openclaw = tmp_path / "state", tmp_path / "openclaw"
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        home.mkdir(mode=0o700)
+        (home / "config.yaml").write_text(f"health: {{gateway_url: '{gw.url}'}}\n")
+        env = {"OPENCLAW_STATE_DIR": str(openclaw)}
+        drop = ("OPENCLAW_GATEWAY_PORT", "OPENCLAW_CONFIG_PATH")
+        stuck_task(home, "nightly-export")
+        gc.collect()
+        db = (home / "tasks.db").read_bytes()
+        with read_only(home):
+            shown = call_script("health_check.py", "--json", home=home, env=env, drop=drop)
+        assert (home / "tasks.db").read_bytes() == db
+
+    assert "Traceback" not in shown.stderr, shown.stderr
+    report = json.loads(shown.stdout)
+    assert (shown.returncode, report["mode"]) == (1, "degraded"), report["reason"]
+    tasks_check = next(c for c in report["checks"] if c["name"] == "tasks")
+    assert [s["task"] for s in tasks_check["stuck"]] == ["nightly-export"], tasks_check
+    assert f"the task tree was read without writing ({home / 'tasks.db'}: {EROFS_TEXT})" in tasks_check["detail"]

@@ -199,7 +199,7 @@ READS = (
 
 
 @pytest.mark.slow
-def test_the_read_commands_answer_on_a_full_disk_with_one_warning(tmp_path: Path) -> None:
+def test_the_read_commands_answer_on_a_unwritable_with_one_warning(tmp_path: Path) -> None:
     """Someone looking into a full disk at 3 a.m. still sees the task tree: every read command answers (exit 0,
     one warning line that says the disk is full), tasks.db is not changed, and once space is freed the tree
     is written again as before. (SQLite's shared-memory file, which WAL readers need, cannot grow on a full
@@ -236,7 +236,7 @@ def test_the_read_commands_answer_on_a_full_disk_with_one_warning(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_a_full_disk_read_sees_changes_still_in_the_write_ahead_log(tmp_path: Path) -> None:
+def test_a_unwritable_read_sees_changes_still_in_the_write_ahead_log(tmp_path: Path) -> None:
     """A writer that died before SQLite folded its last commit into tasks.db left it in tasks.db-wal: the
     read on a full disk reads that log too, so it shows the tree as committed, not as it was before."""
     from test_disk import fill, mounted_tmpfs
@@ -260,10 +260,10 @@ def test_a_full_disk_read_sees_changes_still_in_the_write_ahead_log(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_the_state_layer_reads_a_full_disks_tree_without_writing_and_names_the_full_disk(tmp_path: Path) -> None:
+def test_the_state_layer_reads_a_unwritables_tree_without_writing_and_names_the_unwritable(tmp_path: Path) -> None:
     """TaskDB.open_to_read(), which every reader of the tree opens it with (tasks.py's read commands, the health
     check): where open() fails on a full disk, it reads the tree as committed (the write-ahead log too), keeps
-    the full disk's error in `full_disk` for the caller to say so, and refuses a statement that would write;
+    the full disk's error in `unwritable` for the caller to say so, and refuses a statement that would write;
     nothing committed is lost, and once there is room the tree opens as ever."""
     from test_disk import ENOSPC_TEXT, fill, mounted_tmpfs
 
@@ -276,7 +276,7 @@ def test_the_state_layer_reads_a_full_disks_tree_without_writing_and_names_the_f
         gc.collect()
         path = home / "tasks.db"
         normal = TaskDB(path, busy_timeout_s=READ_WAIT_S).open_to_read()
-        assert normal.full_disk is None  # room to spare: an ordinary open
+        assert normal.unwritable is None  # room to spare: an ordinary open
         normal.close()
         crash = (
             "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
@@ -290,8 +290,8 @@ def test_the_state_layer_reads_a_full_disks_tree_without_writing_and_names_the_f
 
         db = TaskDB(path, busy_timeout_s=READ_WAIT_S).open_to_read()
         try:
-            assert db.full_disk is not None
-            assert (db.full_disk.errno, str(db.full_disk)) == (errno.ENOSPC, f"cannot write {path}: {ENOSPC_TEXT}")
+            assert db.unwritable is not None
+            assert (db.unwritable.errno, str(db.unwritable)) == (errno.ENOSPC, f"cannot write {path}: {ENOSPC_TEXT}")
             task = db.get("job")
             assert task is not None and task.display_name == "committed"
             with pytest.raises(StateWriteError) as refused:
@@ -304,14 +304,14 @@ def test_the_state_layer_reads_a_full_disks_tree_without_writing_and_names_the_f
         db = TaskDB(path, busy_timeout_s=READ_WAIT_S).open_to_read()
         try:
             task = db.get("job")
-            assert db.full_disk is None and task is not None and task.display_name == "committed"
+            assert db.unwritable is None and task is not None and task.display_name == "committed"
         finally:
             db.close()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tree", ["newer", "older", "none"])
-def test_a_tree_that_must_first_be_made_or_migrated_is_not_read_on_a_full_disk(tmp_path: Path, tree: str) -> None:
+def test_a_tree_that_must_first_be_made_or_migrated_is_not_read_on_a_unwritable(tmp_path: Path, tree: str) -> None:
     """A tree of an older schema (its migration must write) or none at all (it must be made) fails with the full
     disk's error (exit 3); one of a newer schema is refused as open() refuses it (exit 2). Nothing is changed."""
     from test_disk import ENOSPC_TEXT, fill, mounted_tmpfs
@@ -346,3 +346,71 @@ def test_a_tree_that_must_first_be_made_or_migrated_is_not_read_on_a_full_disk(t
             assert isinstance(caught.value, StateWriteError) and caught.value.exit_code == 3
             assert str(caught.value) == f"cannot write {path}: {ENOSPC_TEXT}"
         assert {p.name: p.read_bytes() for p in home.glob("tasks.db*") if p.name != "tasks.db-shm"} == before
+
+
+# -- a read-only folder ------------------------------------------------------------------------------------------
+
+
+def crash_after_a_commit(path: Path) -> None:
+    """A writer that commits and dies before SQLite folds its commit into tasks.db: it is in tasks.db-wal."""
+    crash = (
+        "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+        " c.execute(\"UPDATE tasks SET display_name = 'committed' WHERE task_name = 'job'\"); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", crash, str(path)], check=True)
+    assert (path.parent / "tasks.db-wal").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("left", ["folded", "in the write-ahead log"])
+def test_the_read_commands_answer_on_a_read_only_folder_with_one_warning(tmp_path: Path, left: str) -> None:
+    """ext4 remounts a disk read-only after a fault (errors=remount-ro): every read command still answers (exit
+    0, one warning naming the read-only folder), a commit the last writer left in tasks.db-wal included; a
+    change fails clearly (exit 3); no file is changed. (Every command exited 3: "cannot write tasks.db".)"""
+    from test_disk import EROFS_TEXT
+    from test_state_layer import read_only
+
+    home = tmp_path / "state"
+    assert tasks(home, "add", "job", "--display-name", "before", "--", "true").returncode == 0
+    assert tasks(home, "add", "step", "--parent", "job", "--", "true").returncode == 0
+    gc.collect()  # the scripts ran in this process: their connections close (the WAL folded in) first
+    if left == "in the write-ahead log":
+        crash_after_a_commit(home / "tasks.db")
+    files = {p.name: p.read_bytes() for p in home.glob("tasks.db*")}
+
+    with read_only(home):
+        answers = {args: tasks(home, *args) for args in READS}
+        refused = tasks(home, "add", "more", "--", "true")
+
+    for args, proc in answers.items():
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        warnings = proc.stderr.splitlines()
+        assert len(warnings) == 1 and EROFS_TEXT in warnings[0] and "can be written again" in warnings[0], warnings
+    shown = [t["display_name"] for t in json.loads(answers[("list", "--json")].stdout)["tasks"]]
+    assert shown == [None, "committed" if left == "in the write-ahead log" else "before"]
+    assert json.loads(answers[("actionable", "--json")].stdout)["tasks"] == ["step"]
+    assert refused.returncode == 3 and EROFS_TEXT in refused.stderr, refused.stderr
+    assert {p.name: p.read_bytes() for p in home.glob("tasks.db*")} == files
+
+
+@pytest.mark.slow
+def test_a_write_ahead_log_without_its_index_on_a_read_only_folder_is_refused_naming_both(tmp_path: Path) -> None:
+    """SQLite cannot rebuild tasks.db-shm where nothing is written, and reading tasks.db alone would show the tree
+    without the commit in tasks.db-wal: the read fails (exit 3), naming the folder's error and the two files."""
+    from test_disk import EROFS_TEXT
+    from test_state_layer import read_only
+
+    home = tmp_path / "state"
+    assert tasks(home, "add", "job", "--display-name", "before", "--", "true").returncode == 0
+    gc.collect()
+    crash_after_a_commit(home / "tasks.db")
+    (home / "tasks.db-shm").unlink()
+
+    with read_only(home):
+        proc = tasks(home, "list")
+
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{home / 'tasks.db'}: {EROFS_TEXT}, and its tasks.db-wal cannot be read without tasks.db-shm" in (
+        proc.stderr
+    )
+    assert "before" not in proc.stdout

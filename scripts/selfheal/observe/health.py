@@ -12,7 +12,7 @@ Each check gives a status (`ok`, `warn`, `fail`, `skip`: not applicable here) an
   runs           running records in runs/ (retry_run.py, workflow steps, task runs): warns when a run's
                  supervisor is gone (dead), or it shows no heartbeat, or no output, for `health.stuck_after_s`.
   tasks          the task tree's PROCESSING tasks that are stuck or whose runner died (`taskrun.find_stuck`);
-                 on a full disk the tree is read without writing, and the detail says so.
+                 on a full disk or a read-only folder the tree is read without writing, and the detail says so.
   breakers       warns while a circuit breaker is open or half-open.
   disk           warns below `health.disk_min_free_mb` free under the state root.
   gpu            warns below `models.gpu_free_mb_min` free on the roomiest GPU; skipped without nvidia-smi.
@@ -782,8 +782,9 @@ def check_tasks(
 ) -> Check:
     """The task tree's stuck or orphaned PROCESSING tasks (read-only: run-next and check-stuck act on them).
     In fleet mode, this host's runs in the shared tree; with its database down, a warning that this host
-    claims nothing from it. On a full disk the tree is read without writing (TaskDB.open_to_read), and the
-    detail says so: a full disk at night is when a stuck task most needs reporting."""
+    claims nothing from it. On a full disk or a read-only folder the tree is read without writing
+    (TaskDB.open_to_read), and the detail says so: a full disk at night is when a stuck task most needs
+    reporting."""
     db_path = state.task_db
     if fleet:  # the shared tree: read through the task store below
         pass
@@ -796,7 +797,7 @@ def check_tasks(
             db = TaskDB(db_path, busy_timeout_s=READ_WAIT_S).open_to_read()
             try:
                 running = db.in_state(PROCESSING)
-                full = db.full_disk
+                full = db.unwritable
             finally:
                 db.close()
         except SelfHealError as exc:  # an unreadable or too new database
@@ -818,7 +819,7 @@ def check_tasks(
     store = TaskStore(state, config(), clock)
     try:
         store.open_to_read()
-        full = store.db.full_disk
+        full = store.db.unwritable
         found = find_stuck(store, now=now)
     except NotAttempted as exc:  # fleet mode, the database down (FleetTreeDown)
         return Check("tasks", WARN, _one_line(str(exc)), {"stuck": [], "error": str(exc), "reachable": False})
@@ -836,7 +837,8 @@ def _tasks_check(
     stuck: list[dict[str, Any]], described: list[str], full: StateWriteError | None, unreadable: list[str]
 ) -> Check:
     """The tasks check from what was found: the stuck tasks (as JSON, and as the detail names them), the task
-    files that could not be read, and the full disk the tree was read on without writing (None: not full)."""
+    files that could not be read, and why the tree was read without writing (a full disk, a read-only folder;
+    None: it was not)."""
     data: dict[str, Any] = {"stuck": stuck, "unreadable": unreadable}
     parts = []
     if described:
@@ -845,7 +847,7 @@ def _tasks_check(
         parts.append(f"{len(unreadable)} unreadable task file(s): {_names(unreadable)}")
     detail = "; ".join(parts) or "no task is stuck"
     if full is not None:
-        data["full_disk"] = str(full)
+        data["unwritable"] = str(full)
         detail += f"; the task tree was read without writing ({full.path}: {full.reason})"
     return Check("tasks", WARN if parts else OK, detail, data)
 

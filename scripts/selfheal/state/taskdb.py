@@ -340,6 +340,10 @@ def translate(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> Exceptio
     return StateError(f"task database {path}: {text}")
 
 
+# What keeps open() from writing where open_to_read() can still read: a full disk, a read-only folder.
+_UNWRITABLE = frozenset((errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM))
+
+
 def _no_space(path: Path) -> bool:
     """Whether the database's file system is full (SQLite reports some full-disk writes as a plain I/O error)."""
     try:
@@ -458,8 +462,9 @@ class TaskDB:
         self._reopen = False
         self._claim_texts: dict[tuple[int | None, bool, int, bool], str] = {}
         self._runner_json: tuple[dict[str, Any] | None, str] = (None, "")
-        # Why open_to_read() read the tree without writing (a full disk); None after an ordinary open.
-        self.full_disk: StateWriteError | None = None
+        # Why open_to_read() read the tree without writing (a full disk, a read-only folder); None after an
+        # ordinary open.
+        self.unwritable: StateWriteError | None = None
 
     # -- opening --------------------------------------------------------------------------------------
 
@@ -475,8 +480,8 @@ class TaskDB:
                         f"task database {self.path}: {'; '.join(bad)} is not valid JSON (edited by hand?); "
                         f"set that value right with sqlite3 {self.path}; the other tasks are fine"
                     ) from exc
-            if self.full_disk is not None and "readonly" in str(exc):  # query_only, on a full disk
-                raise StateWriteError(self.path, OSError(errno.ENOSPC, self.full_disk.reason)) from exc
+            if self.unwritable is not None and "readonly" in str(exc):  # query_only, read where nothing is written
+                raise StateWriteError(self.path, OSError(self.unwritable.errno, self.unwritable.reason)) from exc
             raise translate(exc, self.path, self.busy_timeout_s) from exc
 
     def _bad_json_rows(self) -> list[str]:
@@ -530,41 +535,66 @@ class TaskDB:
 
     def open_to_read(self) -> TaskDB:
         """open(), for a reader that writes nothing (tasks.py's listings and dry runs, the health check), which
-        also reads the tree on a full disk. Readers of a WAL database share an index of the log in tasks.db-shm,
-        which the first of them makes and fills; on a full disk it cannot, and open() fails (StateWriteError,
-        ENOSPC). The tree is then read without it: in exclusive locking mode SQLite keeps that index in this
-        process's memory, and still reads what tasks.db-wal holds (https://sqlite.org/wal.html#noshm); the price
-        is that the database is locked to other processes while this one has it open, a reader's moment (they
-        wait for it as for any writer). `query_only`: a statement that would write fails with the full disk's
-        error. (Closing, SQLite folds what tasks.db-wal holds into tasks.db, as the last connection always does;
-        on a full disk that fails as safely, the log kept.) `full_disk` keeps the error, for the caller to say
-        the tree was read without writing. A tree that must first be made or migrated fails with that error; one
-        of a newer schema is refused (TaskDBTooNew), as open() refuses it."""
+        also reads the tree where nothing can be written: a full disk, a read-only folder (ext4's
+        errors=remount-ro after a disk fault, a read-only mount, a folder the user may not write). Readers of a
+        WAL database share an index of the log in tasks.db-shm, which the first of them makes and fills; there
+        it cannot, and open() fails (StateWriteError). The tree is then read without writing:
+
+        - on a full disk, in exclusive locking mode: SQLite keeps that index in this process's memory, and
+          still reads what tasks.db-wal holds (https://sqlite.org/wal.html#noshm); the price is that the
+          database is locked to other processes while this one has it open, a reader's moment (they wait for
+          it as for any writer);
+        - on a read-only folder, read-only: with the -wal and -shm the last writer left, SQLite reads them as
+          they are; with no -wal, nothing is waiting to be folded in and the file is read as unchanging
+          (`immutable`: no lock, no -shm), which nothing can make untrue there but a writer through another
+          mount in the moment of the read. A -wal left without its -shm cannot be read (SQLite would have to
+          rebuild the index); that fails with the folder's error.
+
+        `query_only`: a statement that would write fails with the error that made the read necessary.
+        (Closing after a full-disk read, SQLite folds what tasks.db-wal holds into tasks.db, as the last
+        connection always does; on a full disk that fails as safely, the log kept.) `unwritable` keeps that
+        error, for the caller to say the tree was read without writing. A tree that must first be made or
+        migrated fails with that error; one of a newer schema is refused (TaskDBTooNew), as open() refuses it."""
         try:
             return self.open()
         except StateWriteError as exc:
-            if exc.errno != errno.ENOSPC or self.d is not SQLITE or not os.path.lexists(self.path):
+            if exc.errno not in _UNWRITABLE or self.d is not SQLITE or not os.path.lexists(self.path):
                 raise
-            full = exc
+            unwritable = exc
         self._check_side_files()
-        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=rw&nofollow=1"  # never made here
-        with self.errors():
-            conn = sqlite3.connect(
-                uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            try:
-                conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first read: no shared memory at all
-                conn.execute("PRAGMA query_only=ON")
-                found = self._version(conn)
-                if found > SCHEMA_VERSION:
-                    raise TaskDBTooNew(self.path, found)
-                if found < SCHEMA_VERSION:
-                    raise full  # its migration must write first
-            except BaseException:
-                conn.close()
+        full = unwritable.errno == errno.ENOSPC
+        if full:
+            params = "mode=rw&nofollow=1"  # never made here
+        elif os.path.lexists(self.path.with_name(self.path.name + "-wal")):
+            params = "mode=ro&nofollow=1"
+        else:
+            params = "mode=ro&immutable=1&nofollow=1"
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?" + params
+        try:
+            with self.errors():
+                conn = sqlite3.connect(
+                    uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+                )
+                try:
+                    if full:
+                        conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first read: no shared memory
+                    conn.execute("PRAGMA query_only=ON")
+                    found = self._version(conn)
+                    if found > SCHEMA_VERSION:
+                        raise TaskDBTooNew(self.path, found)
+                    if found < SCHEMA_VERSION:
+                        raise unwritable  # its migration must write first
+                except BaseException:
+                    conn.close()
+                    raise
+        except StateError as exc:
+            if type(exc) is not StateError or full:  # too new, torn, locked: as open() says it
                 raise
+            # A -wal without its -shm on a read-only folder: SQLite cannot rebuild the index there.
+            why = f"{unwritable.reason}, and its {self.path.name}-wal cannot be read without {self.path.name}-shm"
+            raise StateWriteError(self.path, OSError(unwritable.errno, why)) from exc
         self._conn = conn
-        self.full_disk = full
+        self.unwritable = unwritable
         return self
 
     def _check_side_files(self) -> None:
@@ -649,7 +679,7 @@ class TaskDB:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self.full_disk = None
+        self.unwritable = None
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self.errors():

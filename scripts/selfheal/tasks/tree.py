@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import difflib
+import errno
 import json
 import logging
 import os
@@ -724,16 +725,17 @@ class TaskStore:
 
     def open_to_read(self) -> None:
         """Open the tree for a command that only reads it (list, tree, show, actionable, log, a dry run, the
-        health check). On a full disk the state layer reads it without writing (TaskDB.open_to_read), and
-        `notices` says so in one line: a person looking into a full disk still sees the tree. A migration or an
-        import of an older JSON tree, which must write, fails as before."""
+        health check). On a full disk or a read-only folder the state layer reads it without writing
+        (TaskDB.open_to_read), and `notices` says so in one line: a person looking into it still sees the
+        tree. A migration or an import of an older JSON tree, which must write, fails as before."""
         if self._db is None and not self.fleet:
             self._db = self._open_local(TaskDB.open_to_read)
-            full = self._db.full_disk
-            if full is not None:
+            unwritable = self._db.unwritable
+            if unwritable is not None:
+                until = "there is space again" if unwritable.errno == errno.ENOSPC else "it can be written again"
                 self.notices.append(
-                    f"warning: {self.db_path}: {full.reason}; the task tree was read without writing anything, and"
-                    " commands that change it fail until there is space again"
+                    f"warning: {self.db_path}: {unwritable.reason}; the task tree was read without writing anything,"
+                    f" and commands that change it fail until {until}"
                 )
         self.db  # noqa: B018
 
@@ -971,9 +973,9 @@ class TaskStore:
         the moves for the next start to finish."""
         if db.meta(IMPORT_KEY) == "done":
             return
-        if db.full_disk is not None:  # read on a full disk: an import (or recording that there is none) must write
+        if db.unwritable is not None:  # read without writing: an import (or recording that there is none) must write
             if _json_files(self.folder) or _json_files(self.archive_folder):
-                raise db.full_disk
+                raise db.unwritable
             return
         wait = self.config.tasks.busy_timeout_s
         with file_lock(self.state.lock_file("tasks", "import"), timeout=wait, what="the task tree's import"):
