@@ -20,7 +20,7 @@ import pytest
 from helpers.fake_gateway import LIVE, READY, FakeGateway, Route, drip_gateway
 from helpers.openclaw import free_port
 
-from conftest import ROOT
+from conftest import ROOT, call_script
 from selfheal.core.breaker import Breakers
 from selfheal.core.config import load_config
 from selfheal.core.runs import RunRecord
@@ -819,3 +819,25 @@ def test_a_check_never_changes_what_it_looks_at(
     assert new == {"status/health.json", "logs/selfheal.log"} | {
         p.relative_to(state.root).as_posix() for p in (state.root / "ledger").glob("*.jsonl")
     }
+
+
+@pytest.mark.parametrize("root", ["a file", "/dev/null"])
+def test_a_state_root_that_is_no_folder_is_reported_down_without_a_traceback(
+    tmp_path: Path, env: dict[str, str], root: str
+) -> None:
+    """SELFHEAL_HOME naming a file (a typo in a cron line): the check says the state root cannot be used (down,
+    exit 3) and reads nothing under it, each problem once. (The tasks check's listing raised NotADirectoryError:
+    an internal error, exit 3 with a traceback, and no summary for cron.)"""
+    path = tmp_path / "notes.txt" if root == "a file" else Path(root)
+    if root == "a file":
+        path.write_text("not a folder\\n")
+    proc = call_script("health_check.py", "--json", home=path, env={**env, "SELFHEAL_HOME": str(path)})
+    assert "Traceback" not in proc.stderr, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (proc.returncode, report["mode"]) == (3, "down")
+    assert report["reason"] == f"the state root cannot be used: {path} is not a folder"
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert [by_name[n]["status"] for n in ("runs", "tasks", "breakers", "state_root")] == ["skip"] * 3 + ["fail"]
+    assert [c["name"] for c in report["checks"]].count("health_file") == 1
+    if root == "a file":
+        assert path.read_text() == "not a folder\\n"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from conftest import PYTHON, SCRIPTS
-from selfheal.errors import CorruptStateError, InvalidIdError, LockBusy, UnsafeStateError
+from conftest import PYTHON, SCRIPTS, call_script
+from selfheal.errors import CorruptStateError, InvalidIdError, LockBusy, UnsafeStateError, UsageError
 from selfheal.state import root as store
 from selfheal.state.root import (
     StateRoot,
@@ -128,6 +128,18 @@ def test_state_root_precedence(
     """SELFHEAL_HOME beats OPENCLAW_STATE_DIR/self-heal, which beats ~/.openclaw/self-heal."""
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_state_root(env) == Path(expected.format(home=tmp_path))
+
+
+@pytest.mark.parametrize("value", ["state", "./state", "../x/state"])
+def test_a_relative_selfheal_home_is_refused_naming_it(value: str, tmp_path: Path, home: Path) -> None:
+    """SELFHEAL_HOME=state would be a different state root in each folder a script is run from (cron runs in
+    $HOME): another task tree, other breakers, silently. It is refused (exit 2) before anything is made."""
+    with pytest.raises(UsageError, match=f"SELFHEAL_HOME={re.escape(value)}: not an absolute path") as info:
+        resolve_state_root({"SELFHEAL_HOME": value, "HOME": str(tmp_path)})
+    assert info.value.exit_code == 2
+    proc = call_script("tasks.py", "add", "job", "--", "true", home=home, env={"SELFHEAL_HOME": value}, cwd=tmp_path)
+    assert proc.returncode == 2 and "not an absolute path" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made in the working folder
 
 
 # -- atomic writes ----------------------------------------------------------------------------------------------

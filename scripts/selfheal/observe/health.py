@@ -809,8 +809,11 @@ def check_tasks(
             has_tasks = any(
                 e.name.endswith(".json") and not e.name.startswith(".") for e in os.scandir(state.sub(layout.TASKS))
             )
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # none yet; a root that is no folder: state_root says so
             has_tasks = False
+        except OSError as exc:
+            why = f"cannot read {state.sub(layout.TASKS)}: {exc.strerror or exc}"
+            return Check("tasks", WARN, f"the task tree cannot be read: {why}", {"stuck": [], "error": why})
         if not has_tasks:
             return Check("tasks", OK, "no tasks", {"stuck": []})
     from ..tasks.run import find_stuck  # noqa: PLC0415 - the task tree's code: only when there are tasks
@@ -1155,14 +1158,24 @@ def run_health_check(
     status_check, fresh = check_status_files(
         state.sub(layout.STATUS), [Path(d) for d in settings.status_dirs], settings.status_max_age_s, now
     )
-    runs_check, live = check_runs(state, settings.stuck_after_s, now)
-    fleet_check, fleet_breakers = check_fleet(state, config()) if settings.fleet else (None, None)
+    if root_check.status == FAIL:
+        # Not a folder, another user's, or not to be looked at: what is in it is not read (state_root says why,
+        # and makes the mode down).
+        unread = "not read: the state root cannot be used (state_root)"
+        runs_check, live = Check("runs", SKIP, unread, {}), 0
+        tasks_check, breakers_check = Check("tasks", SKIP, unread, {"stuck": []}), Check("breakers", SKIP, unread, {})
+        fleet_check = None
+    else:
+        runs_check, live = check_runs(state, settings.stuck_after_s, now)
+        fleet_check, fleet_breakers = check_fleet(state, config()) if settings.fleet else (None, None)
+        tasks_check = check_tasks(state, config, clock, now, fleet=settings.fleet)
+        breakers_check = check_breakers(state, now, fleet_breakers)
     checks = [
         *check_gateway(settings, clock),
         status_check,
         runs_check,
-        check_tasks(state, config, clock, now, fleet=settings.fleet),
-        check_breakers(state, now, fleet_breakers),
+        tasks_check,
+        breakers_check,
         root_check,
         check_disk(state.root, settings.disk_min_free_mb),
         check_gpu(settings.gpu_min_free_mb, env),
@@ -1194,9 +1207,12 @@ def run_health_check(
         # Not fsync'd: it is rewritten on every run, and losing the last one to a power cut costs nothing.
         write_json(health_path, {**report.to_json(), "config_inputs": inputs}, durable=False)
     except (OSError, StateError) as exc:
-        checks.append(
-            Check("health_file", WARN, _unwritten(health_path, exc), {"file": str(health_path), "written": False})
+        unwritten = Check(
+            "health_file", WARN, _unwritten(health_path, exc), {"file": str(health_path), "written": False}
         )
+        # The read's warning said the same (a root that is no folder): one line, marked as not written.
+        checks = [c for c in checks if not (c.name == "health_file" and c.detail == unwritten.detail)]
+        checks.append(unwritten)
         mode, reason = decide(checks, fresh + live)
         report = report._replace(mode=mode, reason=reason, checks=tuple(checks))
     try:

@@ -21,7 +21,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from ..errors import CorruptStateError, InvalidIdError, LockBusy, StateError, StateWriteError, UnsafeStateError
+from ..errors import (
+    CorruptStateError,
+    InvalidIdError,
+    LockBusy,
+    StateError,
+    StateWriteError,
+    UnsafeStateError,
+    UsageError,
+)
 from . import layout
 from .redact import active as _redactor
 
@@ -103,7 +111,15 @@ def resolve_state_root(env: Mapping[str, str] | None = None) -> Path:
     $OPENCLAW_HOME/.openclaw, else ~/.openclaw)."""
     env = os.environ if env is None else env
     if env.get("SELFHEAL_HOME"):
-        return expand_home(env["SELFHEAL_HOME"], _home(env))
+        root = expand_home(env["SELFHEAL_HOME"], _home(env))
+        if not root.is_absolute():
+            # Taken as it stands it would be a folder of the working folder: another state root (another task
+            # tree, other breakers) for each folder a script is run from, cron's ($HOME) included.
+            raise UsageError(
+                f"SELFHEAL_HOME={env['SELFHEAL_HOME']}: not an absolute path; give the whole path (or one starting"
+                " with ~/), so every script finds the same state folder whatever folder it runs from"
+            )
+        return root
     return openclaw_state_dir(env) / "self-heal"
 
 
