@@ -53,12 +53,10 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
-from selfheal.core.fleet import fleet_report  # noqa: E402
 from selfheal.core.ledger import SPOOL, Ledger  # noqa: E402
 from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, NotAttempted, SelfHealError, StateError  # noqa: E402
-from selfheal.heal.diagnose import task_runner  # noqa: E402
 from selfheal.state.inert import inert  # noqa: E402
 from selfheal.state.root import MAX_STATE_FILE_BYTES, iter_lines, loads, open_read, read_at_most  # noqa: E402
 from selfheal.state.skill_status import status_path, update_status  # noqa: E402
@@ -757,6 +755,8 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
     become_subreaper()  # daemons a command starts are re-parented to us, so they can be found and stopped
     results: list[TaskRun] = []
     try:
+        from selfheal.heal.diagnose import task_runner  # noqa: PLC0415 - running tasks only
+
         runner = task_runner(store, stop=stop, echo=sys.stderr.buffer if args.echo else None)
         for _ in range(args.max or 1):
             if results and not args.json:
@@ -870,6 +870,8 @@ def _op_log(store: TaskStore, args: argparse.Namespace, parser: argparse.Argumen
 
 
 def _op_fleet(store: TaskStore, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from selfheal.core.fleet import fleet_report  # noqa: PLC0415 - the fleet command only
+
     config = store.config
     report = fleet_report(
         config.store, store.state.sub("fleet") / SPOOL, init=args.action == "init", lease_s=config.tasks.lease_s
