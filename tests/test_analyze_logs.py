@@ -375,6 +375,51 @@ def test_ledger_events_are_read_and_the_log_of_the_same_state_is_not_counted_twi
         assert from_log[key] == from_ledger[key], key
 
 
+def test_a_link_planted_in_the_ledger_or_the_skills_log_is_not_followed(
+    state: StateRoot, config: Config, tmp_path: Path
+) -> None:
+    """The ledger's day files and logs/selfheal.log* are state files: a symbolic link planted there is reported in
+    `inputs` and not read (analyze_logs.py followed it out of the state root and counted what it pointed at)."""
+    outside = tmp_path / "outside.jsonl"
+    event = {"ts": iso(T0), "event": "failed", "task": "planted", "error_class": "unknown", "reason": "LEAKED"}
+    outside.write_text(json.dumps(event) + "\n", encoding="utf-8")
+    kwargs: dict[str, Any] = {"config": config, "state": state, "env": {"HOME": str(tmp_path)}, "now": T0 + 60}
+    kwargs["openclaw_dir"] = tmp_path / "none"
+    ledger = state.sub("ledger")
+    ledger.mkdir(exist_ok=True)
+    (ledger / "2026-06-10.jsonl").symlink_to(outside)
+    report = analyze(None, **kwargs)
+    assert report["events"] == {} and "LEAKED" not in json.dumps(report)
+    assert [(i["source"], "symbolic link" in (i.get("error") or "")) for i in report["inputs"]] == [("ledger", True)]
+    (ledger / "2026-06-10.jsonl").unlink()
+    ledger.rmdir()
+    logs = state.sub("logs")
+    logs.mkdir(exist_ok=True)
+    (logs / "selfheal.log.1").symlink_to(write(tmp_path / "outside.log", runs("planted", "ff")))
+    report = analyze(None, **kwargs)
+    assert report["events"] == {} and "planted" not in json.dumps(report["tasks"])
+    assert [(i["source"], "symbolic link" in (i.get("error") or "")) for i in report["inputs"]] == [("log", True)]
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_a_utf8_byte_order_mark_does_not_cost_the_first_line(tmp_path: Path, engine: str) -> None:
+    """A log saved by an editor that starts it with a BOM (Windows Notepad, PowerShell's Out-File) read its first
+    line as malformed: its event was lost. The BOM is no part of the first line, on every path."""
+    config = with_analysis(load_config(), engine=engine)
+    bom = "\ufeff"
+    seed = write(tmp_path / "seed.log", [bom + runs("t", "f")[0], *runs("t", "s", start=T0 + 1)], end="\r\n")
+    event = {"ts": iso(T0), "event": "failed", "task": "t", "error_class": "timeout", "status": "failed"}
+    ledger = write(tmp_path / "ledger.jsonl", [bom + json.dumps(event)])
+    for path in (seed, ledger):
+        report = report_of(path, config=config)
+        assert report["lines"]["malformed"] == 0, path.name
+        assert report["events"]["failed"] == 1, path.name
+        assert report["inputs"][0]["first"] == iso(T0), path.name
+    gz = tmp_path / "seed.log.gz"
+    gz.write_bytes(gzip.compress(seed.read_bytes()))
+    assert report_of(gz, config=config)["events"] == {"failed": 1, "success": 1}
+
+
 def test_default_inputs_cover_the_last_day_unless_told_otherwise(
     state: StateRoot, config: Config, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import errno
 import gc
 import gzip
 import io
@@ -1096,17 +1097,23 @@ class InputError(UsageError):
 
 
 @contextlib.contextmanager
-def open_input(path: str) -> Iterator[Readable]:
-    """A log for reading as bytes: `-` is stdin; gzip (by name or by its magic bytes) is decompressed."""
+def open_input(path: str, *, follow_links: bool = True) -> Iterator[Readable]:
+    """A log for reading as bytes: `-` is stdin; gzip (by name or by its magic bytes) is decompressed.
+
+    `follow_links=False` for a state file (the ledger's day files, logs/selfheal.log*): a symbolic link there is
+    refused, never followed out of the state root."""
     if path == "-":
         yield typing.cast(Readable, sys.stdin.buffer)  # a BufferedReader: it has readinto
         return
     p = Path(path)
     # Opened non-blocking (a FIFO with no writer would hang the open, /dev/zero a read), then anything but a
     # plain file is refused before a byte is read: a folder, a pipe, a device, a socket.
-    nonblock = getattr(os, "O_NONBLOCK", 0)
+    extra = getattr(os, "O_NONBLOCK", 0)
+    nonblock = extra
+    if not follow_links:
+        extra |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        fh = open(path, "rb", opener=lambda name, flags: os.open(name, flags | nonblock))  # noqa: SIM115
+        fh = open(path, "rb", opener=lambda name, flags: os.open(name, flags | extra))  # noqa: SIM115
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except PermissionError:
@@ -1114,6 +1121,10 @@ def open_input(path: str) -> Iterator[Readable]:
     except IsADirectoryError:
         raise InputError(path, "is a folder, not a log file") from None
     except OSError as exc:
+        if not follow_links and exc.errno == errno.ELOOP:
+            raise InputError(
+                path, "is a symbolic link: not followed (state files are never read through a link)"
+            ) from None
         raise InputError(path, f"cannot open ({exc.strerror or exc})") from None
     try:
         mode = os.fstat(fh.fileno()).st_mode
@@ -1141,13 +1152,22 @@ def open_input(path: str) -> Iterator[Readable]:
             yield fh
 
 
-def iter_blocks(fh: Readable, *, block_bytes: int = BLOCK_BYTES, max_line: int) -> Iterator[tuple[memoryview, int]]:
+_BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put at the start of a text file
+
+
+def iter_blocks(
+    fh: Readable, *, block_bytes: int = BLOCK_BYTES, max_line: int, at_start: bool = True
+) -> Iterator[tuple[memoryview, int]]:
     """Whole lines in blocks of about `block_bytes`, and how many over-long lines were left out before each.
 
     Each view starts with "\\n" and holds complete lines without the newline that ends the last one (the
     last line of the input needs none). A line longer than `max_line` bytes is left out and counted: one
     that does not fit in the buffer is read past in pieces, never held whole. Read and decompression
     errors propagate. A view is valid until the next one is asked for.
+
+    `at_start`: `fh` begins at the start of its input, so a UTF-8 byte order mark there (a log saved by Windows
+    Notepad or PowerShell) is dropped: it is no part of the first line, which would otherwise read as malformed.
+    A worker's share of a file, which begins inside it, keeps its bytes as they are.
     """
     buf = bytearray(block_bytes + max_line + 2)
     view = memoryview(buf)
@@ -1158,7 +1178,15 @@ def iter_blocks(fh: Readable, *, block_bytes: int = BLOCK_BYTES, max_line: int) 
             n = fh.readinto(view[fill:])
             if not n:
                 break
-            if skipping:  # inside an over-long line: drop what was read, up to its newline
+            if at_start:
+                fill += n
+                if fill < 1 + len(_BOM):  # a pipe may give fewer bytes than the mark at first
+                    continue
+                at_start = False
+                if buf[1 : 1 + len(_BOM)] == _BOM:
+                    buf[1 : fill - len(_BOM)] = buf[1 + len(_BOM) : fill]  # a copy: source and target overlap
+                    fill -= len(_BOM)
+            elif skipping:  # inside an over-long line: drop what was read, up to its newline
                 cut = buf.find(b"\n", fill, fill + n)
                 if cut < 0:
                     continue
@@ -1277,7 +1305,8 @@ class Scan:
         info = InputInfo(path, source)
         self.inputs.append(info)
         try:
-            with open_input(path) as fh:
+            # The ledger and the skill's log are state files: never read through a link planted there.
+            with open_input(path, follow_links=source not in ("ledger", "log")) as fh:
                 size = _plain_size(fh)
                 if (
                     self.workers > 1
@@ -1298,13 +1327,14 @@ class Scan:
                 raise InputError(path, problem) from None
             info.error = problem
 
-    def read_stream(self, fh: Readable, info: InputInfo, tally: Tally | None = None) -> None:
+    def read_stream(self, fh: Readable, info: InputInfo, tally: Tally | None = None, *, at_start: bool = True) -> None:
+        """Scan `fh` into `tally` (this scan's own by default); `at_start`: `fh` begins at its input's start."""
         tally = tally or self.tally
         findall = self.pattern.findall
         was_enabled = gc.isenabled()
         gc.disable()  # the rows are a block's worth of fresh tuples, none in a cycle; collections only cost
         try:
-            for block, long_lines in iter_blocks(fh, max_line=self.max_line):
+            for block, long_lines in iter_blocks(fh, max_line=self.max_line, at_start=at_start):
                 before = tally.lines
                 if long_lines:
                     tally.lines += long_lines
@@ -1369,7 +1399,7 @@ def _worker(scan: Scan, fd: int, span: tuple[int, int], info: InputInfo, out: in
     try:
         tally = scan.tally.spawn()
         part = InputInfo(info.path, info.source)
-        scan.read_stream(_Range(fd, start, end), part, tally)
+        scan.read_stream(_Range(fd, start, end), part, tally, at_start=False)
         payload = pickle.dumps((tally, part), protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:  # anything at all goes back to the parent, as text
         payload, code = pickle.dumps(f"worker for bytes {start}-{end}: {type(exc).__name__}: {exc}"), 1
