@@ -13,7 +13,8 @@ Records are fixes/FIX-<task>-NNN.json with a readable .md twin; the same failure
 Nothing in a record is ever executed: fix steps are for a person or an agent, who applies them.
 
 Exit codes: 0 done (a record written or updated; --apply applied; --from-openclaw-logs found nothing);
-1 --from-openclaw-logs found failures; 2 usage (unknown task or record, bad --since, a --workspace that is
+1 --from-openclaw-logs found failures; 2 usage (unknown task or record, bad --since, a log PATH that cannot be
+read to its end: a cut or damaged archive, a .gz that is not gzip; a --workspace that is
 not an existing folder: only its .learnings/ is created; an ERRORS.md that is a link, not a regular file or
 not UTF-8: left as it is); 3 --apply refused
 (an action not on the allow-list, a draft, nothing self-heal can do, an irreversible action without
@@ -123,6 +124,14 @@ def _describe(record: FixRecord, how: str, path: Path | None, note: str | None) 
     return [inert(line) for line in lines]  # a model's or a log's text: shown, never obeyed by the terminal
 
 
+def _warn_problems(store: FixStore) -> None:
+    """Say on stderr which fix records could not be read (moved aside as corrupt, or with a bad field left for a
+    person), each once: a record moved aside in silence looked lost."""
+    for problem in dict.fromkeys(store.problems):
+        cli.say(inert(f"warning: {problem}"))
+    store.problems.clear()
+
+
 def _log_file_problem(path: Path) -> str | None:
     """Why `path` cannot be read as a log (as analyze_logs.py says it), or None. Opened non-blocking, so a
     FIFO is refused, not waited on; a pipe or a device (/dev/zero) would never end."""
@@ -186,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.task is not None:
         healer = Healer(config=config, state=state, use_model=False if args.no_model else None)
         result = healer.heal(gather_task(args.task, state=state, config=config))
+        _warn_problems(healer.store)
         how = "created" if result.created else ("updated" if result.counted else "unchanged")
         if args.json:
             cli.emit_json({"ok": True, **result.to_json(), "record": result.record.to_json()})
@@ -200,9 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problem:
                 parser.error(f"{path}: {problem}")
         since_ts = time.time() - args.since if args.since is not None else None
-        found, lines, malformed = gather_openclaw(paths, since_ts=since_ts, config=config)
+        unreadable: list[dict[str, str]] = []
+
+        def skip(path: Path, problem: str) -> None:
+            # A file found, not named: a broken archive in OpenClaw's folder does not hide the other logs' failures.
+            unreadable.append({"path": str(path), "error": problem})
+            cli.say(inert(f"warning: could not read {path}: {problem}; the other logs were read"))
+
+        found, lines, malformed = gather_openclaw(
+            paths, since_ts=since_ts, config=config, on_error=None if args.from_openclaw_logs else skip
+        )
         healer = Healer(config=config, state=state, use_model=False if args.no_model else None)
         results = [healer.heal(evidence) for evidence in found]
+        _warn_problems(healer.store)
         if args.json:
             cli.emit_json(
                 {
@@ -211,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "lines": lines,
                     "malformed": malformed,
                     "failures": len(found),
+                    "unreadable": unreadable,
                     "records": [r.to_json() for r in results],
                 }
             )
@@ -239,8 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = FixStore(state)
     if args.command == "list":
         records = [r for r in store.all() if args.status is None or r.status == args.status]
-        for problem in store.problems:
-            cli.say(f"warning: {problem}")
+        _warn_problems(store)
         if args.json:
             cli.emit_json({"ok": True, "records": [_summary(r) for r in records]})
         elif not records:
@@ -283,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--workspace {workspace}: {why}; give the OpenClaw workspace folder")
     target = workspace / ".learnings" / "ERRORS.md"
     records = store.all()
+    _warn_problems(store)
     added, updated = write_learnings(target, records)
     if args.json:
         cli.emit_json({"ok": True, "file": str(target), "added": added, "updated": updated})

@@ -3,6 +3,7 @@ openai client), a second look at what the model proposes, and only allow-listed 
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -473,6 +474,37 @@ def test_openclaw_logs_yield_records_for_the_failed_cron_job_and_the_exhausted_c
     assert by_task["openclaw-cli"][0]["source"] == "rule:openclaw-auth"
     again = json.loads(run(home, "--from-openclaw-logs", str(GATEWAY_LOG), "--no-model", "--json").stdout)
     assert all(not r["created"] and not r["counted"] for r in again["records"])  # nothing counted twice
+
+
+def test_a_corrupt_or_unnamed_gzip_of_openclaws_logs_is_named_or_read_never_a_traceback(
+    home: Path, tmp_path: Path
+) -> None:
+    """A cut or fake `.gz` named on the command line ended in a traceback (exit 3); one OpenClaw's folder holds is
+    named on stderr and the rest read; a gzip whose name does not say so was read as 19 malformed lines and
+    `found nothing` (exit 0). Now as analyze_logs.py: exit 2 naming the file, gzip known by its first bytes."""
+    data = gzip.compress(GATEWAY_LOG.read_bytes())
+    cut, fake = tmp_path / "gw.log.1.gz", tmp_path / "gw.log.2.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    fake.write_text("not gzip at all\n", encoding="utf-8")
+    for path, problem in ((cut, "corrupt or truncated gzip data"), (fake, "not gzip data")):
+        proc = run(home, "--from-openclaw-logs", str(path), "--no-model", "--json")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{path}: {problem}" in json.loads(proc.stdout)["message"]
+    unnamed = tmp_path / "gw-archive"
+    unnamed.write_bytes(data)
+    result = json.loads(run(home, "--from-openclaw-logs", str(unnamed), "--no-model", "--json").stdout)
+    assert (result["lines"], result["malformed"], result["failures"]) == (79, 0, 3)
+    (tmp_path / "gw.log").write_bytes(GATEWAY_LOG.read_bytes())  # logging.file, beside its broken archives
+    (tmp_path / "openclaw-state").mkdir()
+    (tmp_path / "openclaw-state" / "openclaw.json").write_text(
+        json.dumps({"logging": {"file": str(tmp_path / "gw.log")}})
+    )
+    proc = run(home, "--from-openclaw-logs", "--no-model", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    result = json.loads(proc.stdout)
+    assert {r["task"] for r in result["records"]} >= {"openclaw-cron-oc-selfheal-health-fail", "openclaw-agent"}
+    assert f"{fake}: not gzip data" in proc.stderr and f"{cut}: corrupt or truncated gzip data" in proc.stderr
+    assert {e["path"] for e in result["unreadable"]} == {str(cut), str(fake)}
 
 
 def test_openclaw_evidence_carries_the_cron_diagnostics(config: Config) -> None:

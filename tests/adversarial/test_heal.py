@@ -180,3 +180,56 @@ def test_a_fifo_planted_among_the_logs_does_not_hang_self_heal(home: Path, state
     assert "Traceback" not in done.stderr
     events = [e for e in iter_events(ledger_files(state)) if e["event"] == "fix"]
     assert events and events[-1]["task"] == "nightly"
+
+
+def test_a_fix_record_moved_aside_as_corrupt_keeps_its_id_and_its_readable_twin(home: Path, state: StateRoot) -> None:
+    """A fix record broken by a hand edit was moved aside in silence, and the next failure of its task took its
+    id: FIX-nightly-001 named two records, and the broken one's .md twin (all a person had left to read) was
+    overwritten. Now the next record takes the next number and self_heal.py says what was moved aside."""
+    config = load_config()
+    ledger = Ledger(state, config)
+    ledger.record("failed", task="nightly", error_class="permanent", reason="ValueError: bad row in vendor feed")
+    first = subprocess.run(
+        [PYTHON, str(SCRIPTS / "self_heal.py"), "--task", "nightly", "--no-model", "--json"],
+        capture_output=True, text=True, env=script_env(home), timeout=30, check=False,
+    )  # fmt: skip
+    assert json.loads(first.stdout)["id"] == "FIX-nightly-001", first.stderr
+    fixes = state.root / "fixes"
+    twin = (fixes / "FIX-nightly-001.md").read_text(encoding="utf-8")
+    (fixes / "FIX-nightly-001.json").write_text('{"id": "FIX-nightly-001", "task": ', encoding="utf-8")
+    ledger.record("failed", task="nightly", error_class="permanent", reason="KeyError: 'customer_id' missing")
+    second = subprocess.run(
+        [PYTHON, str(SCRIPTS / "self_heal.py"), "--task", "nightly", "--no-model", "--json"],
+        capture_output=True, text=True, env=script_env(home), timeout=30, check=False,
+    )  # fmt: skip
+    assert second.returncode == 0 and "Traceback" not in second.stderr, second.stderr
+    assert json.loads(second.stdout)["id"] == "FIX-nightly-002"
+    assert (fixes / "FIX-nightly-001.md").read_text(encoding="utf-8") == twin
+    moved = [p.name for p in fixes.glob("FIX-nightly-001.json.corrupt-*")]
+    assert len(moved) == 1 and f"{fixes / 'FIX-nightly-001.json'}" in second.stderr and moved[0] in second.stderr
+
+
+def test_a_link_planted_among_the_fix_records_is_named_and_every_other_failure_still_recorded(
+    home: Path, state: StateRoot, tmp_path: Path
+) -> None:
+    """A symbolic link named like a record (fixes/FIX-other-001.json) made `list`, `learnings` and every
+    `--task` of any task exit 2: one planted file stopped self-heal recording anything. Now it is not read,
+    named on stderr, and left for a person; the other records are listed and new failures recorded."""
+    config = load_config()
+    Ledger(state, config).record("failed", task="nightly", error_class="permanent", reason="ValueError: bad row 7")
+    fixes = state.root / "fixes"
+    fixes.mkdir(mode=0o700, exist_ok=True)
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"id": "FIX-other-001", "root_cause": "LEAKED-FROM-OUTSIDE"}), encoding="utf-8")
+    (fixes / "FIX-other-001.json").symlink_to(outside)
+    for args in (["--task", "nightly", "--no-model"], ["list"], ["learnings", "--workspace", str(tmp_path)]):
+        done = subprocess.run(
+            [PYTHON, str(SCRIPTS / "self_heal.py"), *args, "--json"],
+            capture_output=True, text=True, env=script_env(home), timeout=30, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
+        assert f"{fixes / 'FIX-other-001.json'}" in done.stderr and "symbolic link" in done.stderr, args
+        assert "LEAKED-FROM-OUTSIDE" not in done.stdout
+    listed = json.loads(done.stdout)
+    assert listed["added"] == 1  # the nightly record, into .learnings/ERRORS.md
+    assert (fixes / "FIX-other-001.json").is_symlink() and outside.read_text(encoding="utf-8").count("LEAKED") == 1

@@ -400,17 +400,22 @@ def _worst_step(
 
 
 def gather_openclaw(
-    paths: Sequence[Path], *, since_ts: float | None = None, config: Config
+    paths: Sequence[Path],
+    *,
+    since_ts: float | None = None,
+    config: Config,
+    on_error: Callable[[Path, str], None] | None = None,
 ) -> tuple[list[Evidence], int, int]:
     """Evidence for OpenClaw's failures in these logs: one per failed turn (or exhausted chain), one per run
     of a failed cron job (so a job's record counts its runs), one per invalid skill and failed CLI command.
-    Returns (evidence, lines, malformed)."""
+    Returns (evidence, lines, malformed). A file that cannot be read raises UsageError naming it, or with
+    `on_error` is told there and the rest read (`openclaw_logs.read_records`)."""
     lines = malformed = 0
 
     def records() -> Iterator[openclaw_logs.Record]:
         # A stream: only the failures found are kept, so memory does not grow with the log.
         nonlocal lines, malformed
-        for record in openclaw_logs.read_records(paths, max_line=config.analysis.max_line_bytes):
+        for record in openclaw_logs.read_records(paths, max_line=config.analysis.max_line_bytes, on_error=on_error):
             lines += 1
             if record is None:
                 malformed += 1

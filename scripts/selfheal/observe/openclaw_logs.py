@@ -32,6 +32,7 @@ is counted by the caller as malformed and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import json
@@ -39,7 +40,8 @@ import os
 import re
 import stat
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +50,7 @@ from typing import Any, BinaryIO
 from ..core.classify import Classifier
 from ..core.classify import Failure as Evidence
 from ..core.openclaw_config import read_config
+from ..errors import UsageError
 from ..state.root import MAX_LINE_BYTES, iter_lines, loads
 
 DEFAULT_LOG_DIR = Path("/tmp/openclaw")  # noqa: S108 - where OpenClaw itself writes, read only
@@ -632,20 +635,60 @@ def discover(env: Mapping[str, str] | None = None, *, log_dir: Path | None = Non
     return list(unique)
 
 
-def open_log(path: Path) -> BinaryIO:
-    """A log file for reading as bytes, gunzipped when it ends in .gz."""
-    if path.suffix == ".gz":
-        return typing.cast(BinaryIO, gzip.open(path, "rb"))
-    return path.open("rb")
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_records(paths: Iterable[Path], *, max_line: int = MAX_LINE_BYTES) -> Iterator[Record | None]:
+@contextlib.contextmanager
+def open_log(path: Path) -> Iterator[BinaryIO]:
+    """A log file for reading as bytes, gunzipped when it is gzip: known by its first bytes, as analyze_logs.py
+    knows it (an archive whose name does not say so read as malformed lines, and its failures were missed). A
+    `.gz` that is not gzip raises UsageError naming it."""
+    with path.open("rb") as fh:
+        magic = fh.read(len(_GZIP_MAGIC))
+        fh.seek(0)
+        if magic == _GZIP_MAGIC:
+            with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+                yield typing.cast(BinaryIO, gz)
+        elif path.suffix == ".gz":
+            raise UsageError(f"{path}: not gzip data, though the name ends in .gz")
+        else:
+            yield fh
+
+
+def read_problem(exc: BaseException) -> str:
+    """What went wrong reading a log, for a person: a cut or damaged archive, or the read's own error."""
+    if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
+        return f"corrupt or truncated gzip data ({exc})"
+    if isinstance(exc, OSError):
+        return f"read error ({exc.strerror or exc})"
+    return str(exc)
+
+
+def read_records(
+    paths: Iterable[Path],
+    *,
+    max_line: int = MAX_LINE_BYTES,
+    on_error: Callable[[Path, str], None] | None = None,
+) -> Iterator[Record | None]:
     """Every line of these files as a Record, None for a line that is not one (for counting). A line over
-    `max_line` bytes is one that is not: read past in pieces, never held whole."""
+    `max_line` bytes is one that is not: read past in pieces, never held whole.
+
+    A file that cannot be read to its end (gone, not gzip though named .gz, a cut or damaged archive) raises
+    UsageError naming it; with `on_error`, that is told `(path, problem)` instead and the next file is read (the
+    lines read before the problem stay read)."""
     for path in paths:
-        with open_log(path) as fh:
-            for line in iter_lines(fh, max_line):
-                if line is None:
-                    yield None
-                elif line.strip():
-                    yield parse_line(line)
+        try:
+            with open_log(path) as fh:
+                for line in iter_lines(fh, max_line):
+                    if line is None:
+                        yield None
+                    elif line.strip():
+                        yield parse_line(line)
+        except UsageError as exc:
+            if on_error is None:
+                raise
+            on_error(path, str(exc).removeprefix(f"{path}: "))
+        except (OSError, EOFError, zlib.error) as exc:
+            if on_error is None:
+                raise UsageError(f"{path}: {read_problem(exc)}") from None
+            on_error(path, read_problem(exc))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import glob
 import os
 import re
 import stat
@@ -200,12 +201,14 @@ class FixStore:
         return FixRecord.from_json(data, self.path(fix_id))
 
     def all(self) -> list[FixRecord]:
-        """Every readable record, newest last-seen first; unreadable ones are moved aside and reported."""
+        """Every readable record, newest last-seen first; unreadable ones are moved aside and reported. One that
+        is not safe to read (a link, a FIFO planted as `FIX-x-001.json`) is reported and left for a person: it
+        must not stop every other record being listed, or every new failure being recorded."""
         out = []
         for path in sorted(self.folder.glob("FIX-*.json")):
             try:
                 data = read_json(path)
-            except CorruptStateError as exc:
+            except (CorruptStateError, UnsafeStateError) as exc:
                 self.problems.append(str(exc))
                 continue
             if data is None:
@@ -239,8 +242,11 @@ class FixStore:
         return next((r for r in self.all() if r.key == key), None)
 
     def next_id(self, task: str) -> str:
+        """The task's next free record id. A number is taken by any file of a record: its `.json`, its `.md`
+        twin, its `.evidence/` and a `.json.corrupt-<ts>` moved aside. A record moved aside keeps its number:
+        reusing it overwrote the twin a person still had to read, and one id named two records."""
         stem = f"FIX-{task[:110]}-"
-        taken = [p.stem[len(stem) :] for p in self.folder.glob(f"{stem}*.json")]
+        taken = [p.name[len(stem) :].partition(".")[0] for p in self.folder.glob(f"{glob.escape(stem)}*.*")]
         numbers = [int(n) for n in taken if n.isdigit()]
         return validate_id(f"{stem}{max(numbers, default=0) + 1:03d}", "fix")
 
