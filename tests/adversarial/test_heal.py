@@ -209,8 +209,9 @@ def test_a_fix_record_moved_aside_as_corrupt_keeps_its_id_and_its_readable_twin(
     assert len(moved) == 1 and f"{fixes / 'FIX-nightly-001.json'}" in second.stderr and moved[0] in second.stderr
 
 
+@pytest.mark.parametrize("planted", ["link", "folder"])
 def test_a_link_planted_among_the_fix_records_is_named_and_every_other_failure_still_recorded(
-    home: Path, state: StateRoot, tmp_path: Path
+    home: Path, state: StateRoot, tmp_path: Path, planted: str
 ) -> None:
     """A symbolic link named like a record (fixes/FIX-other-001.json) made `list`, `learnings` and every
     `--task` of any task exit 2: one planted file stopped self-heal recording anything. Now it is not read,
@@ -221,15 +222,21 @@ def test_a_link_planted_among_the_fix_records_is_named_and_every_other_failure_s
     fixes.mkdir(mode=0o700, exist_ok=True)
     outside = tmp_path / "outside.json"
     outside.write_text(json.dumps({"id": "FIX-other-001", "root_cause": "LEAKED-FROM-OUTSIDE"}), encoding="utf-8")
-    (fixes / "FIX-other-001.json").symlink_to(outside)
+    if planted == "link":
+        (fixes / "FIX-other-001.json").symlink_to(outside)
+    else:  # a folder named like a record stopped them too (exit 3, "is a folder")
+        (fixes / "FIX-other-001.json").mkdir()
     for args in (["--task", "nightly", "--no-model"], ["list"], ["learnings", "--workspace", str(tmp_path)]):
         done = subprocess.run(
             [PYTHON, str(SCRIPTS / "self_heal.py"), *args, "--json"],
             capture_output=True, text=True, env=script_env(home), timeout=30, check=False,
         )  # fmt: skip
         assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
-        assert f"{fixes / 'FIX-other-001.json'}" in done.stderr and "symbolic link" in done.stderr, args
+        why = "symbolic link" if planted == "link" else "is a folder"
+        assert f"{fixes / 'FIX-other-001.json'}" in done.stderr and why in done.stderr, args
         assert "LEAKED-FROM-OUTSIDE" not in done.stdout
     listed = json.loads(done.stdout)
     assert listed["added"] == 1  # the nightly record, into .learnings/ERRORS.md
-    assert (fixes / "FIX-other-001.json").is_symlink() and outside.read_text(encoding="utf-8").count("LEAKED") == 1
+    planted_at = fixes / "FIX-other-001.json"
+    assert planted_at.is_symlink() if planted == "link" else planted_at.is_dir()
+    assert outside.read_text(encoding="utf-8").count("LEAKED") == 1

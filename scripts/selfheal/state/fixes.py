@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
-from ..errors import CorruptStateError, UnsafeStateError, UsageError
+from ..errors import CorruptStateError, StateError, UnsafeStateError, UsageError
 from . import layout
 from .inert import inert, inert_json
 from .records import Fields, RecordError, split
@@ -202,13 +202,13 @@ class FixStore:
 
     def all(self) -> list[FixRecord]:
         """Every readable record, newest last-seen first; unreadable ones are moved aside and reported. One that
-        is not safe to read (a link, a FIFO planted as `FIX-x-001.json`) is reported and left for a person: it
-        must not stop every other record being listed, or every new failure being recorded."""
+        is not safe to read (a link, a FIFO or a folder planted as `FIX-x-001.json`) is reported and left for a
+        person: it must not stop every other record being listed, or every new failure being recorded."""
         out = []
         for path in sorted(self.folder.glob("FIX-*.json")):
             try:
                 data = read_json(path)
-            except (CorruptStateError, UnsafeStateError) as exc:
+            except StateError as exc:  # torn (moved aside), a link or FIFO, a folder: named, the rest still read
                 self.problems.append(str(exc))
                 continue
             if data is None:
