@@ -10,8 +10,10 @@ openclaw.json, for providers that speak the OpenAI chat API); --show-chain print
 it came from, and calls nothing.
 
 Exit codes: 0 answered; 2 usage or configuration error (bad flag, schema file, empty chain, missing key
-variable, none of OpenClaw's models usable); 3 failed (every endpoint failed, deadline, content
-refused); 4 not attempted (every endpoint's breaker is open, GPU memory short).
+variable, none of OpenClaw's models usable, a prompt or system text that is not UTF-8); 3 failed (every
+endpoint failed, deadline, content refused, stopped by SIGTERM, SIGHUP or Ctrl-C: the call is abandoned);
+4 not attempted (every endpoint's breaker is open, GPU memory short). With --json, every outcome is one
+JSON object on stdout, and a failure's holds its exit code (`exit`).
 
 With models.cache set in config.yaml (off by default), an identical request within its ttl_s is answered
 from the cache without a request (`cached: true` in --json); --no-cache asks the model anyway.
@@ -20,9 +22,12 @@ from the cache without a request (`cached: true` in --json); --no-cache asks the
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from selfheal._bootstrap import bootstrap
 
@@ -30,7 +35,7 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.core.config import get_config  # noqa: E402
-from selfheal.errors import EXIT_OK, StateError, UsageError  # noqa: E402
+from selfheal.errors import EXIT_FAILED, EXIT_OK, StateError, UsageError  # noqa: E402
 from selfheal.models import openclaw_chain  # noqa: E402
 from selfheal.models.llm import Completion, ModelCallFailed, NoEndpointAvailable, complete  # noqa: E402
 from selfheal.models.output import load_schema  # noqa: E402
@@ -40,11 +45,62 @@ from selfheal.state.root import read_input  # noqa: E402
 PROMPT_MAX_BYTES = 16 * 1024 * 1024
 
 
+# The signals that stop a call midway: `timeout` and service managers send SIGTERM, a closed terminal SIGHUP.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class _Stopped(KeyboardInterrupt):
+    """A stop signal, raised where the call is, so it unwinds as Ctrl-C does: the library cancels the request
+    and gives its breaker permit back (SIGTERM's default would end the process with the permit still held, no
+    JSON object for a --json caller, and exit 143, which no caller is told about)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+
+
+@contextmanager
+def _stop_signals_unwind() -> Iterator[None]:
+    """While this lasts, the first stop signal raises _Stopped; later ones are ignored, so a second Ctrl-C
+    cannot cut the unwinding that gives the permit back. A signal the caller set to be ignored (`nohup`, a
+    background job's SIGINT) stays ignored."""
+    raised = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise _Stopped(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    try:
+        for sig, handler in previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(sig, stop)
+    except ValueError:  # main() called from another thread: only the main thread may handle signals
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _utf8(text: str, where: str) -> str:
+    """`text` from the command line, refused when it holds a byte of another encoding (Python keeps one as a
+    lone surrogate): it could not be sent, and each endpoint would fail it as a request error in turn."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"{where}: not UTF-8 text (character {exc.start}); nothing was sent") from None
+    return text
+
+
 def _prompt(args: object) -> str:
     """The prompt, refused when it is empty or blank: a prompt file an earlier step left empty would cost a
     call and be answered as if something had been asked."""
     path = getattr(args, "prompt_file", None)
-    text = str(getattr(args, "prompt", "")) if path is None else _read_prompt(path)
+    text = _utf8(str(getattr(args, "prompt", "")), "--prompt") if path is None else _read_prompt(path)
     if not text.strip():
         where = "--prompt" if path is None else "standard input" if path == "-" else f"prompt file {path}"
         raise UsageError(f"{where}: empty; nothing was sent")
@@ -71,6 +127,8 @@ def _read_prompt(path: str) -> str:
 
 def _stdin_at_most(max_bytes: int) -> bytes | None:
     """Standard input, or None as soon as it proves longer than `max_bytes` (never more is held)."""
+    if sys.stdin is None:  # file descriptor 0 closed (`<&-`): Python has no stdin at all
+        raise UsageError("--prompt-file -: standard input is closed; nothing to read the prompt from")
     stream = getattr(sys.stdin, "buffer", None)
     chunks: list[bytes] = []
     total = 0
@@ -162,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.setup_logging()
     schema = load_schema(Path(args.schema)) if args.schema else None
     prompt = _prompt(args)
+    if args.system is not None:
+        _utf8(args.system, "--system")
 
     # Streamed text goes where the answer goes: stdout, or stderr when stdout is for the JSON report.
     sink = sys.stderr if args.json else sys.stdout
@@ -175,25 +235,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.say(f"the text above is void ({reason}); starting the answer again")
 
     try:
-        result = complete(
-            prompt,
-            system=args.system,
-            json_output=args.json_output,
-            schema=schema,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            stream=args.stream,
-            on_text=show if args.stream else None,
-            on_restart=restart if args.stream else None,
-            task=args.task,
-            deadline_s=args.timeout,
-            cache=not args.no_cache,
-        )
+        with _stop_signals_unwind():
+            result = complete(
+                prompt,
+                system=args.system,
+                json_output=args.json_output,
+                schema=schema,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                stream=args.stream,
+                on_text=show if args.stream else None,
+                on_restart=restart if args.stream else None,
+                task=args.task,
+                deadline_s=args.timeout,
+                cache=not args.no_cache,
+            )
     except (ModelCallFailed, NoEndpointAvailable) as exc:
         if args.json:
-            cli.emit_json(exc.to_json())
+            cli.emit_json({**exc.to_json(), "exit": exc.exit_code})
         cli.say(str(exc))
         return exc.exit_code
+    except _Stopped as stopped:
+        message = f"interrupted by {stopped.name}: the call was abandoned, no answer"
+        if args.json:
+            cli.emit_json({"ok": False, "error": "Interrupted", "message": message, "exit": EXIT_FAILED})
+        cli.say(message)
+        return EXIT_FAILED
     if args.json:
         cli.emit_json(result.to_json())
     elif args.stream:

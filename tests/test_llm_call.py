@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -314,3 +315,66 @@ def test_openclaw_models_none_of_which_can_be_used_are_a_config_error(
     assert "none of OpenClaw's models can be used" in proc.stderr and "$BACKUP_KEY is not set" in proc.stderr
     assert "gem/gemini-pro (speaks Google's Gemini API, not the OpenAI chat API)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- as a script users pipe into and stop ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--prompt", "--system"])
+def test_command_line_text_that_is_not_utf_8_is_refused_before_any_request(
+    home: Path, two: Any, server: FakeModelServer, option: str
+) -> None:
+    """A byte of another encoding on the command line (Latin-1 `café`, as Python holds it: a lone surrogate)
+    exits 2 naming the option, before a request: not a "permanent" failure of every endpoint in the ledger."""
+    args = ["--prompt", "caf\udce9"] if option == "--prompt" else ["--prompt", "hi", "--system", "caf\udce9"]
+    proc = call(home, "--json", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{option}: not UTF-8 text (character 3)" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout)["exit"] == 2
+    assert server.requests("primary") == server.requests("backup") == 0
+    assert not (home / "ledger").exists() or not any((home / "ledger").iterdir())
+
+
+def test_every_failure_json_carries_its_exit_code(home: Path, two: Any, server: FakeModelServer) -> None:
+    """--json failures give `exit` as every other error object does: 3 when every endpoint failed, 4 when every
+    breaker was open."""
+    for name in ("primary", "backup"):
+        server.set_default(name, Fault.http(400, code="invalid_request"))
+    failed = call(home, "--json", "--prompt", "hi")
+    assert failed.returncode == 3 and json.loads(failed.stdout)["exit"] == 3
+    breakers = Breakers(StateRoot(home), load_config().breakers)
+    for name in ("primary", "backup"):
+        breakers.release(breakers.acquire(name), ok=False, error_class="auth")
+    closed = call(home, "--json", "--prompt", "hi")
+    assert closed.returncode == 4 and json.loads(closed.stdout)["exit"] == 4
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_stop_signal_during_a_call_ends_it_with_exit_3_and_one_json_object(
+    home: Path, two: Any, server: FakeModelServer, signum: int
+) -> None:
+    """`timeout`, a service stop, a closed terminal or Ctrl-C while the model is silent: the call ends at once with
+    exit 3 (failed: interrupted, as retry_run.py's), one JSON object saying so, no traceback, and the breaker
+    holds no permit of the process that is gone."""
+    server.set_default("primary", Fault.hang(30))
+    # A background process inherits SIGINT ignored, and Python keeps it so: a terminal's Ctrl-C is not ignored.
+    as_from_a_terminal = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(*sys.argv[1:2], sys.argv[1:])"
+    )
+    child = subprocess.Popen(
+        [PYTHON, "-c", as_from_a_terminal, PYTHON, str(SCRIPTS / "llm_call.py"), "--json", "--prompt", "hi"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(home),
+    )
+    deadline = time.monotonic() + 30
+    while server.requests("primary") == 0 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.01)
+    child.send_signal(signum)
+    out, err = child.communicate(timeout=20)
+    assert child.returncode == 3, (child.returncode, err)
+    assert "Traceback" not in err and f"interrupted by {signal.Signals(signum).name}" in err, err
+    report = json.loads(out)
+    assert report["ok"] is False and report["error"] == "Interrupted" and report["exit"] == 3
+    assert Breakers(StateRoot(home), load_config().breakers).status("primary")["in_flight"] == 0
