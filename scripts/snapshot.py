@@ -31,6 +31,7 @@ from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
 from selfheal.durable import snapshot  # noqa: E402
 from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
+from selfheal.state.inert import inert, inert_json  # noqa: E402
 from selfheal.state.root import MAX_STATE_FILE_BYTES, dumps, loads, read_at_most  # noqa: E402
 
 
@@ -39,6 +40,8 @@ def _read_json_file(name: str, *, stdin_ok: bool = False) -> Any:
     label = "stdin" if name == "-" and stdin_ok else name
     try:
         if label == "stdin":
+            if sys.stdin is None:  # file descriptor 0 closed (`<&-`): Python has no stdin at all
+                raise UsageError("--messages-file -: standard input is closed; no messages to read")
             raw: bytes | None = sys.stdin.buffer.read(MAX_STATE_FILE_BYTES + 1)
             raw = None if raw is not None and len(raw) > MAX_STATE_FILE_BYTES else raw
         else:
@@ -65,11 +68,17 @@ def _age(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def _one_line(text: str) -> str:
+    """A reason as a table cell: its controls made inert (one copied from a log may hold an escape sequence that
+    retitles or rewrites the reader's terminal) and its lines joined, so it cannot pass for a row of its own."""
+    return " ".join(inert(text).splitlines())
+
+
 def _table(infos: Sequence[snapshot.SnapshotInfo]) -> list[str]:
     rows = [("SESSION", "STATE", "SINCE", "AGE", "MESSAGES", "REASON")]
     for i in infos:
         state = "interrupted" if i.interrupted else "saved"
-        rows.append((i.session_id, state, utc_iso(i.since), _age(i.age_s), str(i.message_count), i.reason))
+        rows.append((i.session_id, state, utc_iso(i.since), _age(i.age_s), str(i.message_count), _one_line(i.reason)))
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
     return ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[5]]).rstrip() for row in rows]
 
@@ -126,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             cli.emit_json({"ok": True, "snapshot": found.to_json()})
         else:
-            sys.stdout.write(dumps(found.to_json()))
+            # A C1 control (U+009B, the one-byte CSI) that JSON leaves raw, escaped: it reads back the same.
+            sys.stdout.write(inert_json(dumps(found.to_json())))
     elif args.action == "list":
         infos = snapshot.list_snapshots(interrupted_only=args.interrupted)
         for problem in infos.skipped:

@@ -292,6 +292,32 @@ def test_script_lists_interrupted_sessions_after_a_mark(home: Path) -> None:
     assert rows[0].endswith("  4         gateway restart")
 
 
+def test_script_list_shows_a_reason_as_one_line_with_its_controls_inert(home: Path) -> None:
+    """A reason copied from a log (an OSC title sequence, a bell, a newline) cannot retitle or rewrite the
+    terminal of whoever lists, nor add a row of its own: it shows as visible characters on its session's row."""
+    run(home, "save", "crashed", "--messages-file", "-", stdin=json.dumps(chat(2)))
+    reason = "gateway\x1b]0;owned\x07 restart\nforged-row  interrupted  2026-01-01T00:00:00Z"
+    assert run(home, "mark-interrupted", "crashed", "--reason", reason).returncode == 0
+    listing = run(home, "list")
+    assert listing.returncode == 0
+    assert "\x1b" not in listing.stdout and "\x07" not in listing.stdout
+    _header, *rows = listing.stdout.splitlines()
+    assert len(rows) == 1 and rows[0].endswith(
+        "gateway\u241b]0;owned\u2407 restart forged-row  interrupted  2026-01-01T00:00:00Z"
+    )
+    assert run(home, "restore", "crashed", "--json").stdout.count("forged-row") == 1  # the reason itself is kept
+
+
+def test_script_restore_prints_no_raw_terminal_control_and_reads_back_the_same(home: Path) -> None:
+    """restore writes the snapshot for a terminal or a file: a C1 control in a message (the one-byte CSI,
+    U+009B) is written as its JSON escape, which a terminal does not obey and any JSON reader reads back as it was."""
+    messages = [{"role": "assistant", "content": "before\x9b2Jafter \x7f"}]
+    run(home, "save", "c1", "--messages-file", "-", stdin=json.dumps(messages))
+    proc = run(home, "restore", "c1")
+    assert proc.returncode == 0 and "\x9b" not in proc.stdout and "\x7f" not in proc.stdout
+    assert json.loads(proc.stdout)["messages"] == messages
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -355,6 +381,21 @@ def test_a_snapshot_too_big_to_read_back_is_refused_and_the_last_one_kept(state:
         snapshot.save("s1", [{"role": "user", "content": "x" * (1 << 20)} for _ in range(70)], root=state)
     restored = snapshot.restore("s1", root=state)
     assert restored is not None and restored.messages == chat(3)
+
+
+def test_a_mark_that_would_make_a_snapshot_too_big_to_read_back_is_refused(
+    state: StateRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot near the size limit marked with a long reason (an error text pasted whole): the mark is refused
+    naming the size, and the snapshot stays restorable; it used to be written, and then every restore refused it."""
+    limit = 8192
+    monkeypatch.setattr(store, "MAX_STATE_FILE_BYTES", limit)
+    monkeypatch.setattr(snapshot, "MAX_STATE_FILE_BYTES", limit)
+    snapshot.save("s1", [{"role": "user", "content": "x" * 7000}], root=state)
+    with pytest.raises(UsageError, match=rf"over the {limit} .* a shorter reason"):
+        snapshot.mark_interrupted("s1", reason="r" * 2000, root=state)
+    restored = snapshot.restore("s1", root=state)
+    assert restored is not None and not restored.interrupted and restored.messages[0]["content"] == "x" * 7000
 
 
 def test_script_exits_2_for_an_unknown_session(home: Path) -> None:

@@ -229,3 +229,26 @@ def test_an_oversized_messages_file_is_refused_not_read(home: Path, tmp_path: Pa
         fh.truncate(MAX_STATE_FILE_BYTES + MB)
     clean_exit(run(home, "snapshot.py", "save", "s1", "--messages-file", str(big)), 2, str(big), "larger than")
     assert not (home / "sessions" / "s1.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("llm_call.py", ("--prompt-file", "-")),
+        ("snapshot.py", ("save", "s1", "--messages-file", "-")),
+    ],
+)
+def test_reading_a_closed_standard_input_is_a_usage_error(home: Path, script: str, args: tuple[str, ...]) -> None:
+    """`-` for a file with standard input closed (`<&-`, a daemon's cron line): exit 2 saying so, with --json one
+    object, never a traceback (Python leaves sys.stdin None then)."""
+    child = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", PYTHON, str(SCRIPTS / script), *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=script_env(home),
+        timeout=60,
+        check=False,
+    )
+    clean_exit(child, 2, "standard input is closed")
+    assert json.loads(child.stdout)["exit"] == 2
+    assert not (home / "sessions" / "s1.json").exists()

@@ -134,6 +134,17 @@ def _root(root: StateRoot | None) -> StateRoot:
     return root if root is not None else StateRoot.from_env()
 
 
+def _check_size(session_id: str, data: dict[str, Any], advice: str) -> None:
+    """UsageError if `data` as written would be over what a snapshot file may hold: it would be written, and then
+    refused by every restore, so the session could not be resumed at all."""
+    size = len(dumps(data).encode("utf-8"))
+    if size > MAX_STATE_FILE_BYTES:
+        raise UsageError(
+            f"session {session_id!r}: the snapshot would be {size} bytes, over the {MAX_STATE_FILE_BYTES} a "
+            f"snapshot file may hold; {advice}. Nothing was saved"
+        )
+
+
 # -- the API --------------------------------------------------------------------------------------------------
 
 
@@ -179,12 +190,7 @@ def save(
             reason=reason,
         )
         data = snapshot.to_json()
-        size = len(dumps(data).encode("utf-8"))
-        if size > MAX_STATE_FILE_BYTES:  # it would be written, then refused by every restore
-            raise UsageError(
-                f"session {session_id!r}: the snapshot would be {size} bytes, over the {MAX_STATE_FILE_BYTES} a "
-                f"snapshot file may hold; keep fewer messages (keep={keep}) or less state. Nothing was saved"
-            )
+        _check_size(session_id, data, f"keep fewer messages (keep={keep}) or less state")
         write_json(path, data)
     return snapshot
 
@@ -197,7 +203,8 @@ def restore(session_id: str, *, root: StateRoot | None = None) -> Snapshot | Non
 def mark_interrupted(
     session_id: str, *, reason: str = "", clock: Clock = SYSTEM_CLOCK, root: StateRoot | None = None
 ) -> Snapshot:
-    """Mark the session interrupted now, with `reason`; NoSnapshot (a UsageError) if it was never saved."""
+    """Mark the session interrupted now, with `reason`; NoSnapshot (a UsageError) if it was never saved, and a
+    UsageError, the snapshot unchanged, if the reason would take it over what a snapshot file may hold."""
     root = _root(root)
     if not isinstance(reason, str):
         raise UsageError(f"reason must be text, not {type(reason).__name__}")
@@ -207,7 +214,9 @@ def mark_interrupted(
         if before is None:
             raise NoSnapshot(session_id)
         after = dataclasses.replace(before, interrupted=True, interrupted_at=clock.time(), reason=reason)
-        write_json(_path(root, session_id), after.to_json())
+        data = after.to_json()
+        _check_size(session_id, data, f"give a shorter reason ({len(reason)} characters)")
+        write_json(_path(root, session_id), data)
     return after
 
 
