@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from selfheal._bootstrap import bootstrap
+from selfheal._bootstrap import CLOSED_AT_START, bootstrap
 
 bootstrap()
 
@@ -127,7 +127,7 @@ def _read_prompt(path: str) -> str:
 
 def _stdin_at_most(max_bytes: int) -> bytes | None:
     """Standard input, or None as soon as it proves longer than `max_bytes` (never more is held)."""
-    if sys.stdin is None:  # file descriptor 0 closed (`<&-`): Python has no stdin at all
+    if sys.stdin is None or 0 in CLOSED_AT_START:  # descriptor 0 closed (`<&-`): /dev/null since bootstrap
         raise UsageError("--prompt-file -: standard input is closed; nothing to read the prompt from")
     stream = getattr(sys.stdin, "buffer", None)
     chunks: list[bytes] = []

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selfheal._bootstrap import bootstrap
+from selfheal._bootstrap import CLOSED_AT_START, bootstrap
 
 bootstrap()
 
@@ -40,7 +40,7 @@ def _read_json_file(name: str, *, stdin_ok: bool = False) -> Any:
     label = "stdin" if name == "-" and stdin_ok else name
     try:
         if label == "stdin":
-            if sys.stdin is None:  # file descriptor 0 closed (`<&-`): Python has no stdin at all
+            if sys.stdin is None or 0 in CLOSED_AT_START:  # descriptor 0 closed (`<&-`): /dev/null since bootstrap
                 raise UsageError("--messages-file -: standard input is closed; no messages to read")
             raw: bytes | None = sys.stdin.buffer.read(MAX_STATE_FILE_BYTES + 1)
             raw = None if raw is not None and len(raw) > MAX_STATE_FILE_BYTES else raw

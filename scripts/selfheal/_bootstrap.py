@@ -15,9 +15,35 @@ from pathlib import Path
 SKILL_ROOT = Path(__file__).resolve().parents[2]
 _REQUIRED = ("yaml", "filelock", "psutil")
 _GUARD = "SELFHEAL_BOOTSTRAPPED"
+# The standard descriptors (0, 1, 2) that were closed when this process started, now on /dev/null: a script
+# reading `-` says "standard input is closed" rather than "empty".
+CLOSED_AT_START: set[int] = set()
+
+
+def standard_streams() -> None:
+    """File descriptors 0, 1 and 2 that were closed (`>&-`, `<&-`, a daemon that closed them) opened on
+    /dev/null, before anything else opens a file. Otherwise the first file a script opens gets the free number:
+    a state file then receives what is printed, and a command it runs inherits that file as its own stdout. The
+    stream of a closed descriptor is made again on it (Python sets it to None): what is written there is
+    dropped, as on a closed terminal, and reading it is reading an empty input."""
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            CLOSED_AT_START.add(fd)
+            opened = os.open(os.devnull, flags)  # the lowest free number: `fd`, as the ones below it are open
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            stream = open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            setattr(sys, name, stream)
+            setattr(sys, f"__{name}__", stream)
 
 
 def bootstrap() -> None:
+    standard_streams()
     venv_python = SKILL_ROOT / ".venv" / "bin" / "python"
     in_venv = Path(sys.prefix).resolve() == (SKILL_ROOT / ".venv").resolve()
     # The guard is for this process only (it stops a second hop after the exec): taken out of the environment, so

@@ -252,3 +252,32 @@ def test_reading_a_closed_standard_input_is_a_usage_error(home: Path, script: st
     clean_exit(child, 2, "standard input is closed")
     assert json.loads(child.stdout)["exit"] == 2
     assert not (home / "sessions" / "s1.json").exists()
+
+
+def test_a_closed_stdout_or_stderr_never_becomes_a_state_file_or_a_commands_output(home: Path, tmp_path: Path) -> None:
+    """Run with stdout closed (`>&-`): Python left sys.stdout None (every script ended in a traceback), and the
+    first file the script opened took descriptor 1, so what was printed, and the stdout of the command it ran,
+    could land in a state file. The closed descriptors are /dev/null from the start: each script does its work
+    and exits as it would, its printed output dropped; no state file holds a line of it."""
+    marker, command = "PRINTED-BY-42", "echo PRINTED-BY-$((6 * 7))"  # the output, not the command's own text
+
+    def closed(redirect: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", "-c", f'exec "$@" {redirect}', "sh", PYTHON, *argv],
+            capture_output=True,
+            text=True,
+            env=script_env(home),
+            timeout=60,
+            check=False,
+        )
+
+    ran = closed(">&-", str(SCRIPTS / "retry_run.py"), "--task", "t", "--", "sh", "-c", command)
+    assert ran.returncode == 0 and "Traceback" not in ran.stderr, ran.stderr
+    added = closed(">&-", str(SCRIPTS / "tasks.py"), "add", "job", "--", "sh", "-c", command)
+    assert added.returncode == 0 and "Traceback" not in added.stderr, added.stderr
+    done = closed(">&- 2>&-", str(SCRIPTS / "tasks.py"), "run-next")
+    assert done.returncode == 0
+    listed = call_script("tasks.py", "list", "--json", home=home)
+    assert [t["status"] for t in json.loads(listed.stdout)["tasks"]] == ["completed"]
+    polluted = [p for p in home.rglob("*") if p.is_file() and p.suffix != ".log" and marker.encode() in p.read_bytes()]
+    assert polluted == []  # the task's own log (tasks/job.log) holds its output, as it should
