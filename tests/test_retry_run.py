@@ -382,7 +382,7 @@ def test_a_cwd_that_is_not_a_folder_exits_2_naming_it_before_anything_runs(
     marker = tmp_path / "ran"
     proc = run(home, "--json", "--cwd", cwd, "--", "sh", "-c", f"echo x > {marker}")
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr
-    assert as_json(proc) == {"ok": False, "error": "usage", "message": f"--cwd {cwd}: {why}"}
+    assert as_json(proc) == {"ok": False, "error": "usage", "message": f"--cwd {cwd}: {why}", "exit": 2}
     assert not marker.exists() and not (home / "ledger").exists()
 
 

@@ -62,7 +62,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:  # argparse's signature says NoReturn
         if wants_json(sys.argv[1:]):
-            emit_json({"ok": False, "error": "usage", "message": message})
+            emit_json({"ok": False, "error": "usage", "message": message, "exit": EXIT_USAGE})
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
