@@ -23,7 +23,6 @@ open). With --json, step output goes to stderr and stdout holds exactly one JSON
 from __future__ import annotations
 
 import difflib
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -45,9 +44,9 @@ from selfheal.durable.workflow import (  # noqa: E402
     status,
     task_id_from_template,
 )
-from selfheal.errors import EXIT_OK, UsageError  # noqa: E402
+from selfheal.errors import EXIT_OK, InvalidIdError, UsageError  # noqa: E402
 from selfheal.state.checkpoints import Checkpoint  # noqa: E402
-from selfheal.state.root import StateRoot  # noqa: E402
+from selfheal.state.root import StateRoot, validate_id  # noqa: E402
 
 
 def _progress_printer() -> Any:
@@ -137,11 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     plan = load_plan(Path(args.plan))
-    task = task_id_from_template(args.task, now=time.time()) if args.task else plan.name
+    if args.task:
+        task = task_id_from_template(args.task, now=time.time())
+    else:
+        task = plan.name
+        try:
+            validate_id(task, "task")
+        except InvalidIdError:
+            # Said as where the id came from: the user typed no id, and would not know "invalid task id ...".
+            raise UsageError(
+                f"{args.plan}: the plan's name {task!r} cannot be a task id (1-128 characters from A-Z a-z 0-9 . _ -, "
+                "no leading dot); give one with --task, e.g. --task 'weekly-report-{date}'"
+            ) from None
     stop = StopFlag()
     stop.install()
     become_subreaper()  # daemons a command starts are re-parented to us, so they can be found and stopped
-    resume = shlex.join(["python3", str(Path(__file__).resolve()), "run", str(plan.path), "--task", task])
     runner = WorkflowRunner(
         plan,
         task,
@@ -149,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         stdout=sys.stderr.buffer if args.json else sys.stdout.buffer,
         stderr=sys.stderr.buffer,
         progress=_progress_printer(),
-        resume_command=resume,
     )
     result = runner.run(from_step=args.from_step, restart=args.restart)
     if args.json:
@@ -164,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cli.say(f"COMPENSATION FAILED for: {', '.join(result.compensation_failures)}")
         if result.incident:
             cli.say(f"incident: {result.incident}")
-            cli.say(f"after fixing the cause, resume with: {resume}")
+            cli.say(f"after fixing the cause, resume with: {result.resume_command}")
     return result.exit_status
 
 

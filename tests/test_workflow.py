@@ -114,6 +114,12 @@ def run(plan: Path, task: str | None = None, config: Config | None = None, **opt
         ("steps:\n  - {name: ../etc, run: [x]}\n", "steps[0].name: a step needs a name"),
         ("steps:\n  - {name: a, run: [x], complete_if_outputs_exist: true}\n", "needs outputs.files"),
         ("steps: [\n", "YAML syntax error"),
+        (
+            "steps:\n  - {name: a-b, run: [x], outputs: {stdout: true}}\n"
+            "  - {name: a_b, run: [y], outputs: {stdout: true}}\n"
+            "  - {name: c, run: [z], inputs: [a-b.stdout, a_b.stdout]}\n",
+            "steps[2].inputs[1]: steps[2] (c): 'a_b.stdout' and 'a-b.stdout' would both be $SELFHEAL_IN_A_B_STDOUT",
+        ),
     ],
 )
 def test_bad_plans_name_the_step_and_key(tmp_path: Path, text: str, words: str) -> None:
@@ -157,6 +163,22 @@ def test_steps_run_in_order_and_pass_outputs(tmp_path: Path, fast: Config) -> No
     assert (tmp_path / "report.txt").read_text() == f"rows=42 {tmp_path / 'data.csv'}\n"
     seen = json.loads((tmp_path / "seen.json").read_text())
     assert seen["fetch"]["stdout"] == "rows=42" and seen["fetch"]["files"][0]["size"] == 4
+
+
+def test_a_step_whose_name_holds_a_dot_can_be_read_as_an_input(tmp_path: Path, fast: Config) -> None:
+    """A step name may hold a dot (`fetch.v2`), so `fetch.v2.stdout` is that step's stdout: the output is what
+    follows the last dot (it was refused as not STEP.OUTPUT, so the step could never be read)."""
+    plan = write_plan(
+        tmp_path,
+        """
+        steps:
+          - {name: fetch.v2, run: [echo, rows=42], outputs: {stdout: true}}
+          - {name: report, shell: 'echo "$SELFHEAL_IN_FETCH_V2_STDOUT" > report.txt', inputs: [fetch.v2.stdout]}
+    """,
+    )
+    assert load_plan(plan).steps[1].inputs == (("fetch.v2", "stdout"),)
+    assert run(plan, config=fast).status == "completed"
+    assert (tmp_path / "report.txt").read_text() == "rows=42\n"
 
 
 def test_a_completed_task_is_not_run_again(tmp_path: Path, fast: Config) -> None:
@@ -274,6 +296,30 @@ def test_an_in_flight_step_whose_outputs_exist_counts_as_done(tmp_path: Path, fa
     assert journal(tmp_path) == ["mail"]
 
 
+def test_an_in_flight_step_whose_output_is_a_folder_is_run_again_not_counted_done(
+    tmp_path: Path, fast: Config, home: Path
+) -> None:
+    """complete_if_outputs_exist, but a folder stands where its file should be: the step is not complete, so it
+    runs again (the resume was a traceback that left the step running for every later run to repeat)."""
+    plan = write_plan(
+        tmp_path,
+        """
+        steps:
+          - name: export
+            shell: "echo export >> journal; rmdir export.csv; echo x > export.csv"
+            outputs: {files: [export.csv]}
+            complete_if_outputs_exist: true
+    """,
+    )
+    (tmp_path / "export.csv").mkdir()
+    runner = WorkflowRunner(load_plan(plan), "exp", config=fast)
+    data = runner._fresh()
+    data.steps["export"].state, data.steps["export"].attempts = "running", 1
+    Checkpoints(StateRoot(home).ensure()).save("exp", data)
+    assert runner.run().status == "completed"
+    assert journal(tmp_path) == ["export"]
+
+
 def test_a_step_may_count_retries_as_the_documents_do(tmp_path: Path) -> None:
     """`retry: {retries: 3}` is the first try plus 3 retries: 4 attempts."""
     plan = write_plan(tmp_path, "steps:\n  - {name: a, run: [x], retry: {retries: 3}}\n")
@@ -312,6 +358,60 @@ def test_resumes_without_progress_park_the_task_as_dead_letter(tmp_path: Path, f
     assert journal(tmp_path) == []
     again = WorkflowRunner(load_plan(plan), "stuck", config=fast).run()
     assert again.status == "dead_letter" and journal(tmp_path) == []
+
+
+def test_a_parked_tasks_resume_command_resumes_it_keeping_its_completed_steps(
+    tmp_path: Path, fast: Config, home: Path
+) -> None:
+    """Dead-letter: the command the incident and the run's last line give resumes the task once run as written,
+    at the step it was stuck on (the completed ones do not run again). It was the plain run command, which
+    only says `parked` again, while the message beside it said to reset, which runs every step again."""
+    plan = six_steps(tmp_path, failing=None)
+    runner = WorkflowRunner(load_plan(plan), "stuck", config=fast)
+    data = runner._fresh()
+    for name in ("s1", "s2"):
+        data.steps[name].state, data.steps[name].attempts = "done", 1
+    data.steps["s3"].state, data.steps["s3"].attempts = "running", 1
+    data.done_at_last_run = 2
+    data.resumes_without_progress = fast.workflows.max_resumes_without_progress
+    Checkpoints(StateRoot(home).ensure()).save("stuck", data)
+    parked = cli(home, "run", str(plan), "--task", "stuck")
+    assert parked.returncode == 3 and "dead_letter" in parked.stderr
+    stuck = status("stuck")
+    assert stuck is not None and stuck.incident is not None
+    command = json.loads((home / "incidents" / f"{stuck.incident}.json").read_text())["resume_command"]
+    assert parked.stderr.rstrip().endswith(f"resume with: {command}")
+    again = cli(home, "run", str(plan), "--task", "stuck")
+    assert again.returncode == 3 and again.stderr.rstrip().endswith(f"resume with: {command}")
+    done = subprocess.run(command, shell=True, env=script_env(home), cwd=tmp_path, capture_output=True, check=False)  # noqa: S602 - the incident's own command
+    assert done.returncode == 0, done.stderr
+    assert journal(tmp_path) == ["s3", "s4", "s5", "s6"]
+
+
+def test_runs_paused_by_an_open_breaker_are_not_resumes_without_progress(tmp_path: Path, home: Path) -> None:
+    """Cron runs the task every few minutes while its step's breaker stays open: each run pauses (exit 4, nothing
+    attempted) and none counts toward dead-letter or spends the step's retry budget; once the breaker closes,
+    the same line finishes the task without running the completed step again. (The fifth paused run parked
+    the task for a person to reset, and the reset ran the completed step again; each pause took an attempt.)"""
+    plan = write_plan(
+        tmp_path,
+        """
+        steps:
+          - {name: pay, shell: "echo pay >> journal"}
+          - {name: notify, shell: "echo notify >> journal", target: mailer}
+    """,
+    )
+    assert call_script("breakers.py", "trip", "mailer", "--for", "600", home=home).returncode == 0
+    for _ in range(6):
+        paused = cli(home, "run", str(plan), "--task", "t")
+        assert paused.returncode == 4 and "mailer" in paused.stderr, paused.stderr
+    data = status("t")
+    assert data is not None and data.resumes_without_progress == 0 and not data.incident
+    assert data.steps["notify"].attempts == 0  # no retry budget spent on attempts never made
+    assert call_script("breakers.py", "reset", "mailer", home=home).returncode == 0
+    done = cli(home, "run", str(plan), "--task", "t")
+    assert done.returncode == 0, done.stderr
+    assert journal(tmp_path) == ["pay", "notify"]
 
 
 @pytest.mark.parametrize("content", [b"", b'{"task": "t", "ste', b"\x00\xff garbage", b"[1, 2]", b'{"task": "other"}'])
@@ -441,6 +541,25 @@ def test_cli_bad_plan_exits_2(tmp_path: Path, home: Path) -> None:
     plan = write_plan(tmp_path, "steps:\n  - {name: a, run: [x]}\n  - {name: a, run: [y]}\n")
     proc = cli(home, "run", str(plan))
     assert proc.returncode == 2 and f"{plan}:3:" in proc.stderr and "duplicate step name" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "name"),
+    [
+        ("plan.yaml", "name: weekly report\n", "weekly report"),
+        ("weekly report.yaml", "", "weekly report"),
+    ],
+)
+def test_cli_a_plan_name_that_cannot_be_a_task_id_names_the_plan_and_the_flag(
+    tmp_path: Path, home: Path, file: str, text: str, name: str
+) -> None:
+    """No --task: the plan's name (or its file's) is the task id. One that cannot be says where it came from and
+    what to do (it said only "invalid task id 'weekly report'", an id the user never typed), exit 2."""
+    plan = write_plan(tmp_path, text + 'steps:\n  - {name: a, shell: "echo a >> journal"}\n', name=file)
+    proc = cli(home, "run", str(plan))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{plan}: the plan's name {name!r} cannot be a task id" in proc.stderr
+    assert "give one with --task" in proc.stderr and journal(tmp_path) == []
 
 
 def test_cli_an_unknown_key_named_like_a_credential_is_named_whole(tmp_path: Path, home: Path) -> None:

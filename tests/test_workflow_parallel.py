@@ -331,3 +331,29 @@ def test_sigterm_stops_every_running_step_and_the_next_run_finishes_them(
     done = call_script("workflow.py", "run", str(plan), "--task", "term", "--json", home=home)
     assert json.loads(done.stdout)["status"] == "completed", done.stdout + done.stderr
     assert sorted(journal(tmp_path)) == ["a", "a-start", "a-start", "b", "b-start", "b-start"]
+
+
+def test_runs_paused_by_a_steps_open_breaker_are_not_counted_toward_dead_letter(
+    tmp_path: Path, home: Path, fast: Config
+) -> None:
+    """In a parallel plan too: while one step's breaker stays open, each cron run pauses (exit 4) without
+    parking the task or spending the step's attempts; once it closes, the next run finishes the task."""
+    plan = write_plan(
+        tmp_path,
+        """
+        steps:
+          - {name: a, shell: "echo a >> journal", after: []}
+          - {name: b, shell: "echo b >> journal", after: [], target: mailer}
+          - {name: c, shell: "echo c >> journal", after: [a, b]}
+        """,
+    )
+    assert call_script("breakers.py", "trip", "mailer", "--for", "600", home=home).returncode == 0
+    for _ in range(fast.workflows.max_resumes_without_progress + 3):
+        paused = call_script("workflow.py", "run", str(plan), "--task", "t", home=home)
+        assert paused.returncode == 4, paused.stderr
+    data = Checkpoints(StateRoot(home)).load("t")
+    assert data is not None and data.resumes_without_progress == 0 and data.steps["b"].attempts == 0
+    assert call_script("breakers.py", "reset", "mailer", home=home).returncode == 0
+    done = call_script("workflow.py", "run", str(plan), "--task", "t", home=home)
+    assert done.returncode == 0, done.stderr
+    assert journal(tmp_path) == ["a", "b", "c"]

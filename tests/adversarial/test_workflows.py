@@ -4,6 +4,7 @@ compensation. Each one once broke something a user running workflows unattended 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -283,3 +284,45 @@ def test_a_second_process_running_the_same_task_is_refused_with_exit_4(tmp_path:
     assert reset.returncode == 4 and "Traceback" not in reset.stderr, reset.stderr
     assert first.returncode == 0, err
     assert (work / "log").read_text().split() == ["a", "b"]
+
+
+@pytest.mark.parametrize(("make", "what"), [("mkdir -p out", "a folder"), ("mkfifo out", "a named pipe")])
+def test_an_output_that_is_not_a_file_fails_the_step_naming_it(
+    tmp_path: Path, home: Path, make: str, what: str
+) -> None:
+    """`outputs: {files: [out]}` where the step made a folder or a named pipe: the step fails (permanent, so
+    it is undone), naming the path and what it is, exit 3. A folder was a traceback that left the step
+    `running` for every later run to repeat; a pipe hung the run for good, deaf to SIGTERM, in open()."""
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = work / "plan.yaml"
+    plan.write_text(
+        "steps:\n"
+        f"  - {{name: make, shell: 'echo ran >> log; {make}', compensate: [sh, -c, 'echo undone >> log'],\n"
+        "     outputs: {files: [out]}}\n"
+        "  - {name: after, shell: 'echo after >> log'}\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / "workflow.py"), "run", str(plan), "--task", "t", "--json"],
+        env=script_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    result = json_of(proc.stdout)
+    assert result["status"] == "failed" and result["compensated"] == ["make"]
+    step = result["steps"][0]
+    assert step["state"] == "failed" and step["error_class"] == "permanent"
+    assert f"{work / 'out'} is {what}, not a file" in step["reason"]
+    assert (work / "log").read_text().split() == ["ran", "undone"]
+    data = status("t")
+    assert data is not None and data.status == "failed"
+
+
+def json_of(stdout: str) -> dict[str, Any]:
+    lines = stdout.splitlines()
+    assert len(lines) == 1, f"stdout must hold exactly one JSON object, got: {stdout!r}"
+    result: dict[str, Any] = json.loads(lines[0])
+    return result

@@ -32,12 +32,13 @@ import os
 import re
 import shlex
 import signal
+import stat
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import BreakerOpen
@@ -442,12 +443,14 @@ def _inputs(
     if not isinstance(raw, list):
         raise fail(f"{where}.inputs", f"{label}: must be a list like [fetch.stdout]", raw)
     out = []
+    variables: dict[str, str] = {}  # each input's variable -> the input that has it
     mine = len(earlier)
     for j, ref in enumerate(raw):
         key = f"{where}.inputs[{j}]"
-        if not isinstance(ref, str) or ref.count(".") != 1:
+        # The output is what follows the last dot: a step's name may hold dots itself (`fetch.v2.stdout`).
+        if not isinstance(ref, str) or "." not in ref:
             raise fail(key, f"{label}: an input is STEP.OUTPUT, e.g. fetch.stdout", ref)
-        step, output = ref.split(".")
+        step, _, output = ref.rpartition(".")
         if step not in positions:
             raise fail(key, f"{label}: no step named {step!r}", ref)
         if positions[step] >= mine:
@@ -461,6 +464,12 @@ def _inputs(
             or (output == "files" and not source.output_files)
         ):
             raise fail(key, f"{label}: step {step!r} declares no output {output!r}", ref)
+        # Names differing only in case or in `-` against `_` give one variable: one value would silently
+        # stand in for the other.
+        variable = _env_name(step, output)
+        if variable in variables and variables[variable] != ref:
+            raise fail(key, f"{label}: {ref!r} and {variables[variable]!r} would both be ${variable}; rename a step")
+        variables[variable] = ref
         out.append((step, output))
     return tuple(out)
 
@@ -493,6 +502,7 @@ class WorkflowResult:
     compensated: list[str] = field(default_factory=list)
     compensation_failures: list[str] = field(default_factory=list)
     already_completed: bool = False  # the task id had completed before: nothing ran this time
+    resume_command: str | None = None  # what resumes the task once the cause is fixed (as its incident says)
 
     @property
     def exit_status(self) -> int:
@@ -513,6 +523,7 @@ class WorkflowResult:
             "incident": self.incident,
             "compensated": self.compensated,
             "compensation_failures": self.compensation_failures,
+            "resume_command": self.resume_command,
             "steps": [vars(s) for s in self.steps],
         }
 
@@ -579,11 +590,13 @@ class WorkflowRunner:
         self.progress = progress or (lambda event: None)
         self.checkpoints = Checkpoints(self.state)
         self.ledger = Ledger(self.state, self.config, clock=clock)
+        self._own_resume = resume_command is None  # ours: `--from STEP` can be added to it
         self.resume_command = resume_command or self._default_resume_command()
         self.data = self._fresh()
         self._done_outputs: dict[str, dict[str, Any]] | None = None
         self._output_sizes: dict[str, int] | None = None  # of the steps done, as JSON; and their sum:
         self._outputs_total = 0
+        self._stalled_before = 0  # resumes_without_progress before this run counted itself
         # Steps of a parallel plan run in threads: the checkpoint (its journal) and the outputs are changed
         # under this lock, so saves are written one at a time and each sees whole records.
         self._lock = threading.RLock()
@@ -593,6 +606,16 @@ class WorkflowRunner:
             return f"(re-run the Python workflow {self.plan.name!r} with task={self.task!r})"
         script = SCRIPTS / "workflow.py"
         return shlex.join(["python3", str(script), "run", str(self.plan.path), "--task", self.task])
+
+    def _resume_at(self, step: str | None) -> str:
+        """The command that runs the task again from `step`, keeping the steps done: what resumes a parked
+        (dead-letter) task, which the plain command only reports as parked again. A caller's own resume
+        command is kept as it is."""
+        if step is None or not self._own_resume:
+            return self.resume_command
+        if self.plan.path is None:
+            return f"(re-run the Python workflow {self.plan.name!r} with task={self.task!r}, from_step={step!r})"
+        return f"{self.resume_command} --from {shlex.quote(step)}"
 
     # -- the checkpoint ----------------------------------------------------------------------------------
 
@@ -664,14 +687,18 @@ class WorkflowRunner:
                 result.already_completed = True
                 return result
             if status == TASK_DEAD_LETTER and from_step is None:  # --from is a person's explicit restart
-                return self._result(
+                result = self._result(
                     TASK_DEAD_LETTER,
                     resumed,
-                    "parked as dead-letter; read its incident, fix the cause, then `workflow.py reset` and run again",
+                    "parked as dead-letter; read its incident, fix the cause, then run it again from the step it "
+                    "was stuck on (--from: the steps done are kept), or `workflow.py reset` to start over",
                 )
+                result.resume_command = self._resume_at(self.data.first_unfinished())
+                return result
         if from_step is not None:
             self._restart_from(from_step)
         self.data.runs += 1
+        self._stalled_before = self.data.resumes_without_progress
         if resumed:
             stalled = self._count_resume()
             if stalled:
@@ -706,6 +733,7 @@ class WorkflowRunner:
                 return self._result(TASK_INTERRUPTED, resumed, f"{why} during step {step.name!r}; run again to resume")
             except _Paused as exc:
                 record.state = PENDING
+                self._not_counted()
                 self._save(step.name)
                 self.progress(Progress("failed", index, total, step.name, str(exc)))
                 return self._result("not_attempted", resumed, f"step {step.name!r} not attempted: {exc}; try later")
@@ -779,6 +807,7 @@ class WorkflowRunner:
                         halted = halted or (TASK_INTERRUPTED, f"{why} during step {step.name!r}; run again to resume")
                     elif isinstance(exc, _Paused):
                         record.state = PENDING
+                        self._not_counted()
                         self._save(step.name)
                         self.progress(Progress("failed", *where, str(exc)))
                         halted = halted or ("not_attempted", f"step {step.name!r} not attempted: {exc}; try later")
@@ -841,6 +870,14 @@ class WorkflowRunner:
         )
         return self.data.resumes_without_progress > self.config.workflows.max_resumes_without_progress
 
+    def _not_counted(self) -> None:
+        """This run paused at a step whose breaker is open: nothing was attempted, so it is no resume without
+        progress. Cron running the task again while the breaker stays open is waiting for it, and would
+        otherwise park the task as dead-letter, for a person to reset (and the reset runs the completed steps
+        again), when the next run after the breaker closes would have finished it."""
+        with self._lock:
+            self.data.resumes_without_progress = self._stalled_before
+
     def _reopen_failed(self) -> None:
         """Running a failed task again (after a fix): the failed step and the undone ones run again."""
         for record in self.data.steps.values():
@@ -867,10 +904,15 @@ class WorkflowRunner:
                 continue
             self._stop_orphan(record.run_id)
             if step.complete_if_outputs_exist and all(self._path(step, f).exists() for f in step.output_files):
-                record.state, record.outputs = DONE, self._collect_outputs(step, "")
-                record.reason = "found complete on resume"
-                self._sequence(record)
-                continue
+                try:
+                    outputs = self._collect_outputs(step, "")
+                except _NotAFile as exc:  # not the files it makes: not complete, so it runs again
+                    logger.warning("task %s step %s: not counted complete on resume: %s", self.task, step.name, exc)
+                else:
+                    record.state, record.outputs = DONE, outputs
+                    record.reason = "found complete on resume"
+                    self._sequence(record)
+                    continue
             record.state = PENDING
 
     def _stop_orphan(self, run_id: str | None) -> None:
@@ -910,6 +952,11 @@ class WorkflowRunner:
                 stdout_tail = self._run_command(step, step.run, record, persist_attempt, prior)
             else:
                 self._run_function(step, step.run, record, persist_attempt, prior)
+        except _Paused:
+            # Its breaker refused the first attempt: none was made, so none is spent (cron running the task
+            # while the breaker stays open would use up the step's retry budget without ever running it).
+            record.attempts = prior
+            raise
         except _StepFailed as failure:
             if step.fallback is None:
                 raise
@@ -919,11 +966,12 @@ class WorkflowRunner:
             return
         missing = [f for f in step.output_files if not self._path(step, f).exists()]
         if missing:
-            record.state = FAILED
-            self._sequence(record)  # it ran: undone in the order it finished
-            raise _StepFailed("permanent", f"step succeeded but did not produce {', '.join(missing)}")
+            self._failed_after_running(record, f"step succeeded but did not produce {', '.join(missing)}")
         if isinstance(step.run, Command):
-            record.outputs = self._collect_outputs(step, stdout_tail)
+            try:
+                record.outputs = self._collect_outputs(step, stdout_tail)
+            except _NotAFile as exc:
+                self._failed_after_running(record, f"step succeeded but {exc}")
         too_big = self._too_big(
             step.name, record.outputs, "a command" if isinstance(step.run, Command) else "a function"
         )
@@ -936,6 +984,13 @@ class WorkflowRunner:
             if self._done_outputs is not None:
                 self._done_outputs[step.name] = record.outputs
             self._save(step.name)
+
+    def _failed_after_running(self, record: StepRecord, reason: str) -> NoReturn:
+        """The step's command ran to success but its outputs are not there as declared: a permanent
+        failure, recorded on the step (the report and `status` name it), undone like a step that finished."""
+        record.state, record.error_class, record.reason = FAILED, "permanent", self._reason(reason)
+        self._sequence(record)  # it ran: undone in the order it finished
+        raise _StepFailed("permanent", record.reason)
 
     def _too_big(self, name: str, outputs: dict[str, Any], what: str) -> str | None:
         """Why these outputs of step `name` cannot go into the checkpoint (over MAX_STEP_OUTPUTS_BYTES, or
@@ -1247,10 +1302,10 @@ class WorkflowRunner:
             f"(limit {limit}); parked instead of retrying forever",
         )
         nxt = self.data.first_unfinished()
-        incident = self._incident("dead_letter", error, nxt, [], [])
+        incident = self._incident("dead_letter", error, nxt, [], [], resume=self._resume_at(nxt))
         self._save()
         result = self._result(TASK_DEAD_LETTER, True, error.reason)
-        result.incident = incident
+        result.incident, result.resume_command = incident, self._resume_at(nxt)
         return result
 
     def _incident(
@@ -1260,6 +1315,8 @@ class WorkflowRunner:
         failed_step: str | None,
         compensated: list[str],
         failures: list[dict[str, Any]],
+        *,
+        resume: str | None = None,
     ) -> str:
         done = [n for n in self.data.order if self._step(n).state in (DONE, COMPENSATED)]
         what = f"step {failed_step}" if failed_step else "the task"
@@ -1280,7 +1337,7 @@ class WorkflowRunner:
             error_class=error.error_class,
             failed_step=failed_step,
             last_completed_step=done[-1] if done else None,
-            resume_command=self.resume_command,
+            resume_command=resume or self.resume_command,
             compensated=compensated,
             compensation_failures=failures,
             context=self._outputs(),
@@ -1325,7 +1382,9 @@ class WorkflowRunner:
             )
         incident = self.data.incident
         path = str(self.state.incident_file(incident)) if incident else None
-        return WorkflowResult(self.task, status, steps, resumed, message, incident=path)
+        return WorkflowResult(
+            self.task, status, steps, resumed, message, incident=path, resume_command=self.resume_command
+        )
 
 
 def _outputs_of(value: Any, converted: list[str]) -> dict[str, Any]:
@@ -1405,14 +1464,46 @@ def _env_name(step: str, output: str) -> str:
     return "SELFHEAL_IN_" + re.sub(r"[^A-Za-z0-9]", "_", f"{step}_{output}").upper()
 
 
+class _NotAFile(Exception):
+    """A declared output file that cannot be described: not a regular file, or not readable."""
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
 def _describe_file(path: Path) -> dict[str, Any]:
+    """The file's path, size and SHA-256; _NotAFile, naming it, for anything but a readable regular file.
+
+    Opened without blocking and checked on the open descriptor: a named pipe would block open() until a
+    writer came (a hang no SIGTERM ends, since the handler only sets the stop flag), a device read forever,
+    and a folder cannot be read at all."""
     import hashlib  # noqa: PLC0415
 
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _NotAFile(f"cannot read the output {path}: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise _NotAFile(f"the output {path} is {kind}, not a file")
+    with os.fdopen(fd, "rb") as fh:
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
+        except OSError as exc:
+            raise _NotAFile(f"cannot read the output {path}: {exc.strerror or exc}") from None
+    return {"path": str(path), "size": size, "sha256": digest.hexdigest()}
 
 
 def _signum(name: str | None) -> int:
