@@ -639,6 +639,30 @@ def test_status_of_a_task_whose_runner_was_killed_says_interrupted_not_running(t
     assert journal(tmp_path) == ["a", "waiting", "b"]
 
 
+def test_a_second_run_of_a_running_task_names_the_process_that_holds_it(tmp_path: Path, home: Path) -> None:
+    """Two runs of one task: the second is not attempted (exit 4) and says which process has it, so a person
+    can tell a live run from a stuck one before killing anything (it said only "task 't' is busy")."""
+    plan = write_plan(tmp_path, 'steps:\n  - {name: a, shell: "echo started >> journal; exec sleep 300"}\n')
+    first = subprocess.Popen(
+        [PYTHON, WORKFLOW, "run", str(plan), "--task", "t"],
+        env=script_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "started" not in journal(tmp_path):
+            time.sleep(0.02)
+        second = cli(home, "run", str(plan), "--task", "t")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    assert second.returncode == 4, second.stderr
+    assert f"task 't' is busy (held by pid {first.pid}: " in second.stderr
+    assert f"workflow.py run {plan} --task t); try again later" in second.stderr
+
+
 def test_status_of_an_unknown_task_exits_2_with_the_close_name(tmp_path: Path, home: Path) -> None:
     plan = write_plan(tmp_path, 'steps:\n  - {name: a, shell: "true"}\n')
     assert cli(home, "run", str(plan), "--task", "weekly").returncode == 0

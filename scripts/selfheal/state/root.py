@@ -1193,24 +1193,22 @@ def file_lock(path: Path, *, timeout: float = -1, what: str | None = None) -> It
                 break
             except BlockingIOError:
                 if deadline is None or time.monotonic() >= deadline:
-                    raise LockBusy(what or str(path)) from None
+                    raise LockBusy(what or str(path), holder=lock_holder(path)) from None
                 time.sleep(_LOCK_POLL_S)
         yield
     finally:
         os.close(fd)  # releases the lock
 
 
-def lock_is_held(path: Path) -> bool | None:
-    """Whether some process holds `path`'s file_lock now: True, False, or None when it cannot be told.
-
-    Read from /proc/locks, never by taking the lock: a probe that takes it, however briefly, could turn
-    away a run starting at that moment (LockBusy, "running elsewhere"). The lock is matched by inode
-    alone: the device numbers /proc/locks prints are not always st_dev's (overlayfs), and a false match
-    only reads as held, what a reader assumed before it could ask."""
+def _lock_holders(path: Path) -> list[int] | None:
+    """The pids /proc/locks gives for the flock on `path` (empty: nobody holds it), or None when it cannot be
+    told. Read, never by taking the lock: a probe that takes it, however briefly, could turn away a run
+    starting at that moment (LockBusy, "running elsewhere"). The lock is matched by inode alone: the device
+    numbers /proc/locks prints are not always st_dev's (overlayfs), and a false match only reads as held."""
     try:
         inode = os.lstat(path).st_ino
     except FileNotFoundError:
-        return False
+        return []
     except OSError:
         return None
     try:
@@ -1219,11 +1217,43 @@ def lock_is_held(path: Path) -> bool | None:
     except OSError:
         return None
     # "1: FLOCK  ADVISORY  WRITE 2264 00:1a:12345 0 EOF" ("->" marks a waiter, which holds nothing)
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5].rsplit(b":", 1)[-1] == str(inode).encode():
-            return True
-    return False
+    wanted = str(inode).encode()
+    return [
+        int(fields[4])
+        for fields in (line.split() for line in text.splitlines())
+        if len(fields) >= 6
+        and fields[1] == b"FLOCK"
+        and fields[5].rsplit(b":", 1)[-1] == wanted
+        and fields[4].isdigit()
+    ]
+
+
+def lock_is_held(path: Path) -> bool | None:
+    """Whether some process holds `path`'s file_lock now: True, False, or None when it cannot be told
+    (read from /proc/locks: _lock_holders)."""
+    holders = _lock_holders(path)
+    return None if holders is None else bool(holders)
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds `path`'s file_lock, for a person: `pid 1234: python3 workflow.py run ...` (its command line
+    shortened, its controls inert), or None when it cannot be told. The pid is the one that took the lock (a
+    child it forked since may hold it too). Said, never acted on."""
+    holders = _lock_holders(path)
+    if not holders:
+        return None
+    pid = holders[0]
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = [a.decode("utf-8", "replace") for a in fh.read(4096).split(b"\0") if a]
+    except OSError:
+        return f"pid {pid}"
+    if not argv:
+        return f"pid {pid}"
+    from .inert import inert  # noqa: PLC0415 - only when a lock is busy
+
+    shown = " ".join([os.path.basename(argv[0]), *argv[1:]])
+    return f"pid {pid}: {inert(shown if len(shown) <= 160 else shown[:157] + '...')}"
 
 
 class StateRoot:
