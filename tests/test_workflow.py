@@ -61,6 +61,22 @@ def journal(folder: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def run_in_background(home: Path, plan: Path, task: str = "t", **popen: Any) -> subprocess.Popen[bytes]:
+    """`workflow.py run PLAN --task TASK` as a process of its own (a session of its own unless the caller says
+    otherwise: os.killpg stops it and its steps)."""
+    popen.setdefault("start_new_session", True)
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen([PYTHON, WORKFLOW, "run", str(plan), "--task", task], env=script_env(home), **popen)
+
+
+def wait_for_journal(folder: Path, line: str, also: Callable[[], bool] = lambda: True) -> None:
+    """Until the journal holds `line` (and `also()` is true), at most 20 s."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (line in journal(folder) and also()):
+        time.sleep(0.02)
+
+
 def step_cmd(name: str, fail_unless: str | None = None) -> str:
     """A shell step that appends its name to the journal (after checking a precondition file)."""
     traceback = f"Traceback (most recent call last):\\n  File job.py\\nValueError: {name} cannot run yet"
@@ -581,18 +597,12 @@ def test_sigterm_stops_the_step_and_the_next_run_resumes(tmp_path: Path, home: P
           - {name: b, shell: "test -e go || { echo waiting >> journal; exec sleep 300; }; echo b >> journal"}
     """,
     )
-    proc = subprocess.Popen(
-        [PYTHON, WORKFLOW, "run", str(plan), "--task", "t"],
-        env=script_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    proc = run_in_background(home, plan, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=False)
+    wait_for_journal(
+        tmp_path,
+        "waiting",
+        lambda: any(json.loads(p.read_text()).get("child") for p in (home / "runs").glob("t.b-*.json")),
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not (
-        "waiting" in journal(tmp_path)
-        and any(json.loads(p.read_text()).get("child") for p in (home / "runs").glob("t.b-*.json"))
-    ):
-        time.sleep(0.02)
     records = [json.loads(p.read_text()) for p in (home / "runs").glob("t.b-*.json")]
     child = next(r["child"] for r in records if r.get("child"))
     proc.send_signal(signal.SIGTERM)
@@ -615,17 +625,9 @@ def test_status_of_a_task_whose_runner_was_killed_says_interrupted_not_running(t
           - {name: b, shell: "test -e go || { echo waiting >> journal; exec sleep 300; }; echo b >> journal"}
     """,
     )
-    proc = subprocess.Popen(
-        [PYTHON, WORKFLOW, "run", str(plan), "--task", "t"],
-        env=script_env(home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = run_in_background(home, plan)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "waiting" not in journal(tmp_path):
-            time.sleep(0.02)
+        wait_for_journal(tmp_path, "waiting")
         live = cli(home, "status", "t")
         assert live.returncode == 0 and live.stdout.startswith("task t: running"), live.stdout
     finally:
@@ -643,17 +645,9 @@ def test_a_second_run_of_a_running_task_names_the_process_that_holds_it(tmp_path
     """Two runs of one task: the second is not attempted (exit 4) and says which process has it, so a person
     can tell a live run from a stuck one before killing anything (it said only "task 't' is busy")."""
     plan = write_plan(tmp_path, 'steps:\n  - {name: a, shell: "echo started >> journal; exec sleep 300"}\n')
-    first = subprocess.Popen(
-        [PYTHON, WORKFLOW, "run", str(plan), "--task", "t"],
-        env=script_env(home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    first = run_in_background(home, plan)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "started" not in journal(tmp_path):
-            time.sleep(0.02)
+        wait_for_journal(tmp_path, "started")
         second = cli(home, "run", str(plan), "--task", "t")
     finally:
         os.killpg(first.pid, signal.SIGKILL)
