@@ -3,6 +3,7 @@ with a fix record that offers the last-known-good openclaw.json; and a killed re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -434,3 +435,44 @@ def test_the_newest_good_config_stays_newest_after_the_clock_is_stepped_back(
     assert len(kept) == 3
     assert kept[0].read_bytes() == config_file.read_bytes()
     assert config_changed_since_good(state, env) is None
+
+
+@pytest.mark.slow
+def test_a_restart_command_that_leaves_the_gateway_running_in_the_background_returns_at_once(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path, tmp_path: Path
+) -> None:
+    """A restart command of the user's own (`nohup openclaw gateway run &`) exits 0 at once, but the gateway it
+    starts keeps its output open: the check waited on that output for all of `restart_timeout_s` (120 s), then
+    called the restart failed ("exit None"). Now it is done when the command is."""
+    env = env_for(openclaw_dir, down_url())
+    pid_file = tmp_path / "gateway.pid"
+    argv = ["sh", "-c", f"sleep 30 & echo $! > '{pid_file}'; echo gateway started"]
+    cfg = enabled(config, restart_argv=tuple(argv), restart_timeout_s=20.0)
+    started = time.monotonic()
+    try:
+        outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock)
+    finally:
+        if pid_file.exists():  # the "gateway" this test's command started
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert time.monotonic() - started < 10
+    assert outcome.action == "restarted", outcome.detail
+    (event,) = watchdog_events(state)
+    assert event["status"] == "restarted"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["/nonexistent/restart-gateway"], "No such file or directory"),
+        (["sh", "-c", 'w=disabled; echo "Gateway service $w." >&2; exit 1'], "Gateway service disabled."),
+    ],
+)
+def test_a_restart_that_fails_says_why(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path, argv: list[str], said: str
+) -> None:
+    """ "ran /nonexistent/restart-gateway (exit None)" told nobody what went wrong; the reason is in the line now."""
+    env = env_for(openclaw_dir, down_url())
+    outcome = watch(check(state, env, clock), state, enabled(config, restart_argv=tuple(argv)), env=env, clock=clock)
+    assert outcome.action == "restart_failed"
+    assert said in outcome.detail and "exit None" not in outcome.detail

@@ -9,16 +9,17 @@ also given that long. Before restarting, the gateway is probed once more `CONFIR
 gateway live again by then, or one that logged a start or restart meanwhile, is not restarted.
 
 A restart runs `restart_argv` (OpenClaw's supported way: `openclaw gateway restart`, which restarts the
-service-installed gateway), never a signal to a process found by name. At most `max_restarts_per_hour`
-restarts in any hour, the n-th waiting at least `backoff_s * 2**(n-1)` after the one before. Every restart
-goes to the ledger (`watchdog` events). The restart history (`status/watchdog.json`) is what keeps that cap: when
-it cannot be read (a link or FIFO planted there, a file moved aside as corrupt) nothing is restarted that check
-("blocked", the file named), never a restart on an empty history. A restart time later than now (by more than
-`CLOCK_STEP_S`) is from before the wall clock was stepped back: it is dropped, not taken as "restarted just now"
-for as long as the step. One health check at a time decides (a lock under `locks/`): a second one that finds
-the first deciding or restarting is "busy" and does nothing. When the hour's restarts are spent and the gateway
-is still down, a fix record says so, with OpenClaw's own output and, when `openclaw.json` changed since the last healthy
-check, the last-known-good copy to restore (a person's decision: `self_heal.py --apply FIX-ID`).
+service-installed gateway), never a signal to a process found by name; it is done when that command exits, even
+where what it started keeps the command's output open (a gateway started in the background). At most
+`max_restarts_per_hour` restarts in any hour, the n-th waiting at least `backoff_s * 2**(n-1)` after the one before.
+Every restart goes to the ledger (`watchdog` events). The restart history (`status/watchdog.json`) is what keeps
+that cap: when it cannot be read (a link or FIFO planted there, a file moved aside as corrupt) nothing is restarted
+that check ("blocked", the file named), never a restart on an empty history. A restart time later than now (by more
+than `CLOCK_STEP_S`) is from before the wall clock was stepped back: it is dropped, not taken as "restarted just
+now" for as long as the step. One health check at a time decides (a lock under `locks/`): a second one that finds
+the first deciding or restarting is "busy" and does nothing. When the hour's restarts are spent and the gateway is
+still down, a fix record says so, with OpenClaw's own output and, when `openclaw.json` changed since the last
+healthy check, the last-known-good copy to restore (a person's decision: `self_heal.py --apply FIX-ID`).
 
 While the gateway is live, the current `openclaw.json` is kept as last-known-good (a copy when its bytes
 changed, the newest `keep_configs` kept, under the state root's `openclaw-config/`): the user's own file byte
@@ -30,12 +31,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import os
 import re
+import select
+import stat
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core import openclaw_config
@@ -47,7 +52,16 @@ from ..observe.health import OK, Check, Report, check_gateway
 from ..state import layout
 from ..state.breakers import CLOCK_STEP_S
 from ..state.fixes import READY
-from ..state.root import StateRoot, ensure_dir, file_lock, json_number, read_json, write_bytes_atomic, write_json
+from ..state.root import (
+    StateRoot,
+    ensure_dir,
+    file_lock,
+    json_number,
+    read_bytes,
+    read_json,
+    write_bytes_atomic,
+    write_json,
+)
 from .diagnose import Evidence, Healer
 
 logger = logging.getLogger(__name__)
@@ -64,6 +78,8 @@ _RESTART_STOPPED = "leaving Gateway stopped"  # `restart mode: fresh process una
 # Before a restart the gateway is probed once more after this wait: a stall of a second or two, or a restart
 # that began just now, is not restarted on top.
 CONFIRM_AFTER_S = 2.5
+RESTART_OUTPUT_KEEP = 2000  # characters of the restart command's output kept (watchdog.json, the fix record)
+_RESTART_POLL_S = 0.05  # how often a restart command that prints nothing is looked at: did it exit?
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -96,10 +112,8 @@ def keep_good_config(state: StateRoot, env: Mapping[str, str], *, keep: int, now
     The copy is the user's own file byte for byte, secrets included (a restore must give back the real
     gateway token, not a mask): it is written unredacted, 0600 under the state root, and never printed.
     """
-    source = openclaw_config.config_path(env)
-    try:
-        data = source.read_bytes()
-    except OSError:
+    data = _config_bytes(openclaw_config.config_path(env))
+    if data is None:
         return None
     kept = good_configs(state)
     if kept and _read(kept[0]) == data:
@@ -119,9 +133,8 @@ def keep_good_config(state: StateRoot, env: Mapping[str, str], *, keep: int, now
 def config_changed_since_good(state: StateRoot, env: Mapping[str, str]) -> Path | None:
     """The newest good copy when openclaw.json differs from it now (a config change may have broken the start)."""
     kept = good_configs(state)
-    try:
-        current = openclaw_config.config_path(env).read_bytes()
-    except OSError:
+    current = _config_bytes(openclaw_config.config_path(env))
+    if current is None:
         return kept[0] if kept else None
     return kept[0] if kept and _read(kept[0]) != current else None
 
@@ -136,10 +149,32 @@ def _stamp_of(path: Path) -> float | None:
 
 
 def _read(path: Path) -> bytes | None:
+    """A kept copy (under the state root: never through a link, never a FIFO), or None."""
     try:
-        return path.read_bytes()
-    except OSError:
+        return read_bytes(path)
+    except (OSError, StateError):
         return None
+
+
+def _config_bytes(path: Path) -> bytes | None:
+    """openclaw.json's bytes, or None when it cannot be read or is no configuration file.
+
+    Opened without blocking and checked before a byte is read, as every reader of it is (a link is followed: the
+    user's own file may be one): a FIFO there hung every healthy check for good, and a link to /dev/zero read
+    until memory ran out. Over `openclaw_config.MAX_CONFIG_BYTES` it is no configuration and is not kept."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                logger.warning("%s is no regular file: not kept as last-known-good", path)
+                return None
+            data = handle.read(openclaw_config.MAX_CONFIG_BYTES + 1)
+        except OSError:
+            return None
+    return data if len(data) <= openclaw_config.MAX_CONFIG_BYTES else None
 
 
 # -- is it starting? ----------------------------------------------------------------------------------------------
@@ -212,7 +247,7 @@ def watch(
     *,
     env: Mapping[str, str],
     clock: Clock = SYSTEM_CLOCK,
-    run: Runner = subprocess.run,
+    run: Runner | None = None,
     confirm_after_s: float = CONFIRM_AFTER_S,
 ) -> Outcome:
     """Act on one health report: keep a good config while live, restart a gateway that is down.
@@ -243,7 +278,7 @@ def watch(
             config,
             env=env,
             clock=clock,
-            run=run,
+            run=run_restart if run is None else run,
             confirm_after_s=confirm_after_s,
             restarts=restarts,
             gateway=gateway,
@@ -293,20 +328,86 @@ def _act(
             start_new_session=True,  # what it starts outlives this check
             env=dict(env),
         )
-        code, output = done.returncode, (done.stdout + done.stderr).strip()[-2000:]
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        code, output = done.returncode, (done.stdout + done.stderr).strip()[-RESTART_OUTPUT_KEEP:]
+        said = f"exit {code}" + (f": {_last_line(output)}" if code != 0 and output else "")
+    except OSError as exc:
         code, output = None, str(exc)
+        said = f"could not be started: {exc.strerror or exc}"
+    except subprocess.TimeoutExpired as exc:
+        code, output = None, str(exc)
+        said = f"stopped after {settings.restart_timeout_s:g}s (health.watchdog.restart_timeout_s): it did not finish"
     restarts.append(now)
     write_json(state.status_file(WATCHDOG_FILE), {"restarts": restarts, "last_output": output, "last_exit": code})
     ledger.record(
         "watchdog",
         task="openclaw-gateway",
         status="restarted" if code == 0 else "restart_failed",
-        reason=f"the gateway was down ({gateway.detail}); ran {' '.join(argv)}: exit {code}",
+        reason=f"the gateway was down ({gateway.detail}); ran {' '.join(argv)}: {said}",
         attempt=len(restarts),
     )
     action = "restarted" if code == 0 else "restart_failed"
-    return Outcome(action, f"ran {' '.join(argv)} (exit {code}), restart {len(restarts)} this hour")
+    return Outcome(action, f"ran {' '.join(argv)} ({said}), restart {len(restarts)} this hour")
+
+
+def _last_line(output: str, limit: int = 200) -> str:
+    """The last line a command printed, on one line and at most `limit` characters (its error, as a rule)."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    last = " ".join(lines[-1].split()) if lines else ""
+    return last if len(last) <= limit else last[: limit - 1] + "…"
+
+
+def run_restart(
+    argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None, **_: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run the restart command until it exits, its output (stdout and stderr together) kept up to
+    RESTART_OUTPUT_KEEP characters; TimeoutExpired (the command killed) after `timeout` seconds.
+
+    Done when the command exits, not when its output closes (what `subprocess.run` waits for): a command that
+    starts the gateway in the background (`nohup openclaw gateway run &`, a supervisor's start script) leaves
+    its output open in the gateway, and the check waited the whole timeout, then called the restart failed.
+    It runs in a session of its own, so what it starts outlives this check. The other keyword arguments
+    `subprocess.run` takes are accepted, as the watchdog's `run` is either."""
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=None if env is None else dict(env),
+    )
+    output = cast(IO[bytes], proc.stdout)  # a pipe: stdout=PIPE
+    fd = output.fileno()
+    os.set_blocking(fd, False)
+    kept = bytearray()
+    deadline = time.monotonic() + timeout
+    closed = False
+    try:
+        while True:
+            exited = proc.poll() is not None  # before reading: all it wrote before it exited is read below
+            while not closed:
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                closed = not chunk
+                kept += chunk
+                del kept[: -RESTART_OUTPUT_KEEP * 4]  # characters of up to 4 bytes each
+            if exited:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()  # the command alone: a gateway it started is in its session, and may be coming up
+                proc.wait()
+                raise subprocess.TimeoutExpired(list(argv), timeout, output=bytes(kept))
+            if closed:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(min(left, _RESTART_POLL_S))
+            else:
+                select.select([fd], [], [], min(left, _RESTART_POLL_S))
+    finally:
+        output.close()
+    text = kept.decode("utf-8", errors="replace")[-RESTART_OUTPUT_KEEP:]
+    return subprocess.CompletedProcess(list(argv), proc.returncode, text, "")
 
 
 def _starting(env: Mapping[str, str], now: float, grace_s: float) -> Outcome | None:
