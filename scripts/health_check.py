@@ -31,8 +31,37 @@ if TYPE_CHECKING:
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.observe.health import run_health_check  # noqa: E402
+from selfheal.observe.health import CRON_MAX_LINES, NO_REPLY, run_health_check  # noqa: E402
+from selfheal.state.inert import inert  # noqa: E402
 from selfheal.state.root import StateRoot  # noqa: E402
+
+NOTE_MAX_CHARS = 300  # one watchdog or cron-retry line: what OpenClaw's CLI printed can run to pages
+
+
+def _note(text: str) -> str:
+    """A watchdog or cron-retry line for a terminal or cron's mail: one line, its controls shown, never obeyed.
+
+    It quotes others: the job names `openclaw cron list` gives, what the CLI printed when it failed (a Node
+    error of many lines, ESC sequences and all)."""
+    text = " ".join(text.split())
+    return inert(text if len(text) <= NOTE_MAX_CHARS else text[: NOTE_MAX_CHARS - 1] + "…")
+
+
+def _with_notes(text: str, notes: list[str], *, cron: bool) -> str:
+    """The report's text with the watchdog's and the cron retry's lines; for `--cron`, within CRON_MAX_LINES.
+
+    Under cron they follow the summary's first line (a restart matters more than the checks' details), and
+    what does not fit is counted on the last line, as the summary counts the checks it leaves out."""
+    if not notes:
+        return text
+    lines = [] if text == NO_REPLY else text.split("\n")
+    if not cron:
+        return "\n".join(lines + notes)
+    lines = lines[:1] + notes + lines[1:]
+    if len(lines) > CRON_MAX_LINES:
+        shown = lines[: CRON_MAX_LINES - 1]
+        lines = [*shown, f"and {len(lines) - len(shown)} more line(s): health_check.py shows them"]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,25 +87,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         watched = watch(report, state, get_config(), env=os.environ)
         extra["watchdog"] = watched.to_json()
         if watched.action != "healthy":
-            notes.append(f"watchdog: {watched.action}: {watched.detail}")
+            notes.append(_note(f"watchdog: {watched.action}: {watched.detail}"))
     gateway = report.check("gateway")
     if report.settings.cron_retry and gateway is not None and gateway.status == "ok":  # OpenClaw's cron needs it
         from selfheal.core.config import get_config  # noqa: PLC0415
-        from selfheal.heal.cron_retry import CronUnavailable, retry_failed_jobs  # noqa: PLC0415
+        from selfheal.heal.cron_retry import CronBusy, CronUnavailable, retry_failed_jobs  # noqa: PLC0415
 
         try:
             retried = retry_failed_jobs(state, get_config(), env=os.environ)
+        except CronBusy as exc:  # the other check does it: nothing for cron's mail, said where a person looks
+            retried = []
+            if not args.cron:
+                notes.append(_note(f"cron retry: {exc}"))
         except CronUnavailable as exc:
             retried = []
-            notes.append(f"cron retry: {exc}")
+            notes.append(_note(f"cron retry: {exc}"))
         extra["cron_retry"] = [r.to_json() for r in retried]
-        notes += [f"cron retry: {r.job}: {r.detail}" for r in retried if r.action == "retried"]
+        notes += [_note(f"cron retry: {r.job}: {r.detail}") for r in retried if r.action == "retried"]
     if args.json:
         cli.emit_json({**report.to_json(), **extra})
     else:
-        text = report.cron_text() if args.cron else report.table()
-        if notes:
-            text = "\n".join(([text] if text != "NO_REPLY" else []) + notes)
+        text = _with_notes(report.cron_text() if args.cron else report.table(), notes, cron=args.cron)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     return report.exit_code

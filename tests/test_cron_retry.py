@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,55 @@ def test_a_job_time_from_openclaw_that_is_no_finite_number_is_not_a_crash(
     cli.jobs[0]["state"]["lastRunAtMs"] = 10**400
     (done,) = retry_failed_jobs(state, listed(config, "nightly-report"), env={}, clock=clock, run=cli)
     assert (done.action, cli.runs) == ("retried", ["id-1"])
+
+
+FAKE_OPENCLAW = """\
+import json, os, sys, time
+args = sys.argv[1:]
+if args[:2] == ["cron", "list"]:
+    if os.environ["FAKE_CRON"] == "broken":
+        sys.stderr.write("Error: gateway closed (1008): unauthorized\\n\\x1b]0;owned\\x07\\x1b[2J" + "\\nhint" * 8)
+        sys.exit(1)
+    failed = {"lastRunStatus": "error", "lastRunAtMs": (time.time() - 3600) * 1000}
+    jobs = [{"id": f"id-{n}", "name": f"job-{n}\\x1b[31m", "enabled": True, "state": failed} for n in range(7)]
+    print(json.dumps({"jobs": jobs}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cron", ["broken", "seven-failed-jobs"])
+def test_what_the_cron_retry_says_in_cron_output_is_inert_and_within_five_lines(
+    home: Path, state: StateRoot, tmp_path: Path, cron: str
+) -> None:
+    """`cron list`'s multi-line error (ESC sequences included) went to cron's mail as it was, a title change
+    and a cleared screen obeyed; seven retried jobs printed seven lines. `--cron` keeps its 5 lines, inert."""
+    from helpers.fake_gateway import LIVE, READY, FakeGateway
+    from helpers.scripts import script_env
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "openclaw"
+    fake.write_text(f"#!{PYTHON}\n{FAKE_OPENCLAW}")
+    fake.chmod(0o755)
+    jobs = ", ".join(f"id-{n}" for n in range(7))  # by id: their names carry an ESC sequence
+    (home / "config.yaml").write_text(f"health:\n  disk_min_free_mb: 0\n  cron_retry:\n    jobs: [{jobs}]\n")
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        env = script_env(
+            home,
+            PATH=f"{bin_dir}:{os.environ['PATH']}",
+            OPENCLAW_GATEWAY_PORT=gw.url.rsplit(":", 1)[1],
+            OPENCLAW_STATE_DIR=str(tmp_path / "oc"),
+            FAKE_CRON=cron,
+        )
+        proc = subprocess.run(
+            [PYTHON, str(SCRIPTS / "health_check.py"), "--cron"], env=env, capture_output=True, text=True, check=False
+        )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert 1 <= len(lines) <= 5, proc.stdout
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+    assert lines[0].startswith("cron retry: ")
+    if cron == "broken":
+        assert "gateway closed (1008): unauthorized" in lines[0] and "␛" in lines[0]
+    else:
+        assert lines[-1].startswith("and 3 more") and "health_check.py" in lines[-1]

@@ -240,3 +240,77 @@ def test_a_link_planted_among_the_fix_records_is_named_and_every_other_failure_s
     planted_at = fixes / "FIX-other-001.json"
     assert planted_at.is_symlink() if planted == "link" else planted_at.is_dir()
     assert outside.read_text(encoding="utf-8").count("LEAKED") == 1
+
+
+@pytest.mark.parametrize("planted", ["fifo", "zero"])
+def test_an_openclaw_json_that_is_a_fifo_or_endless_does_not_hang_the_watchdogs_healthy_check(
+    home: Path, state: StateRoot, tmp_path: Path, planted: str
+) -> None:
+    """With the watchdog on and the gateway live, every check copied openclaw.json as last-known-good by reading
+    it whole: a FIFO there hung the cron check for good, a link to /dev/zero read until memory ran out. Now it
+    is not copied, and the check ends as any healthy check does."""
+    from helpers.fake_gateway import LIVE, READY, FakeGateway
+
+    watchdog_config(home, ["openclaw", "gateway", "restart"])
+    env = {**script_env(home), **gateway_env(home, tmp_path)}
+    config_file = Path(env["OPENCLAW_STATE_DIR"]) / "openclaw.json"
+    config_file.unlink()
+    if planted == "fifo":
+        os.mkfifo(config_file)
+    else:
+        config_file.symlink_to("/dev/zero")
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        env["OPENCLAW_GATEWAY_PORT"] = gw.url.rsplit(":", 1)[1]
+        proc = subprocess.run(
+            [PYTHON, str(SCRIPTS / "health_check.py"), "--json"], env=env, capture_output=True, timeout=30, check=False
+        )
+    assert b"Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["watchdog"]["action"] == "healthy"
+    assert not list((home / "openclaw-config").glob("*"))
+
+
+def test_two_health_checks_at_once_run_a_failed_cron_job_again_once(
+    home: Path, state: StateRoot, tmp_path: Path
+) -> None:
+    """The system crontab's check and the same check in OpenClaw's cron both fire at :00: both read "no retry
+    yet" and both ran the failed nightly job again (a report mailed twice), and the retry was counted once. Now
+    one retries it and the other leaves it to that one."""
+    from helpers.fake_gateway import LIVE, READY, FakeGateway
+
+    marker = tmp_path / "runs"
+    marker.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "openclaw"
+    failed = {"lastRunStatus": "error", "lastRunAtMs": 1_000_000}  # long ago: a retry is due
+    listing = json.dumps({"jobs": [{"id": "j1", "name": "nightly", "enabled": True, "state": failed}]})
+    fake.write_text(
+        f"#!{PYTHON}\nimport os, sys, time\n"
+        f"if sys.argv[1:3] == ['cron', 'list']:\n    print({listing!r})\n"
+        f"else:\n    open(os.path.join({str(marker)!r}, str(os.getpid())), 'w'); time.sleep(2)\n"
+    )
+    fake.chmod(0o755)
+    (home / "config.yaml").write_text("health:\n  disk_min_free_mb: 0\n  cron_retry:\n    jobs: [nightly]\n")
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        env = {
+            **script_env(home),
+            **gateway_env(home, tmp_path),
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "OPENCLAW_GATEWAY_PORT": gw.url.rsplit(":", 1)[1],
+        }
+        checks = [
+            subprocess.Popen(
+                [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            for _ in range(2)
+        ]
+        outputs = [c.communicate(timeout=60) for c in checks]
+    for _, err in outputs:
+        assert b"Traceback" not in err
+    assert len(list(marker.iterdir())) == 1, [json.loads(out).get("cron_retry") for out, _ in outputs]
+    memory = json.loads((state.root / "status" / "cron_retry.json").read_text())
+    assert memory["j1"]["retries"] == 1

@@ -16,12 +16,15 @@ next status.
 
 The episodes are kept in `status/cron_retry.json`: they are what caps the retries, so when that file cannot
 be read (a link or FIFO planted there, a file moved aside as corrupt) no job is run that check
-(CronUnavailable, the file named), never a retry on an empty memory. A `cron list` answer that is not the
-JSON job list is CronUnavailable too, with what it printed, not a traceback.
+(CronUnavailable, the file named), never a retry on an empty memory. One health check at a time reads, runs
+and writes them (a lock under `locks/`): the system crontab's check and the same check in OpenClaw's cron fire
+at the same minute, and both ran a failed job again, the retry counted once. The second is CronBusy. A
+`cron list` answer that is not the JSON job list is CronUnavailable too, with what it printed, not a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,8 +33,8 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock
 from ..core.config import Config
 from ..core.ledger import Ledger
-from ..errors import StateError
-from ..state.root import StateRoot, json_number, loads, read_json, write_json
+from ..errors import LockBusy, StateError
+from ..state.root import StateRoot, file_lock, json_number, loads, read_json, write_json
 
 RETRY_FILE = "cron_retry"  # status/cron_retry.json: per job, its failure episode: retries, when, and the next slot
 CLOCK_SLACK_S = 1.0  # a retry's run starts after we asked for it; this much earlier still counts as ours
@@ -53,6 +56,10 @@ class Retried:
 
 class CronUnavailable(RuntimeError):
     """`openclaw cron list` failed (no gateway answering, no openclaw on PATH)."""
+
+
+class CronBusy(CronUnavailable):
+    """Another health check is retrying the listed jobs right now: this one leaves them to it."""
 
 
 def _jobs(listed: str) -> list[dict[str, Any]]:
@@ -112,11 +119,38 @@ def retry_failed_jobs(
     run: Runner = subprocess.run,
     openclaw: Sequence[str] = ("openclaw",),
 ) -> list[Retried]:
-    """Look at the listed jobs once; retry those whose last run failed and whose turn it is."""
+    """Look at the listed jobs once; retry those whose last run failed and whose turn it is.
+
+    CronBusy when another health check is at it now; CronUnavailable when nothing can be retried this check."""
     settings = config.health.cron_retry
     wanted = set(settings.jobs)
     if not wanted:
         return []
+    held = contextlib.ExitStack()
+    try:  # one check at a time: two that both read "not retried yet" would both run the job
+        held.enter_context(file_lock(state.lock_file("cron-retry", "jobs"), timeout=0, what="the cron retry"))
+    except LockBusy:
+        raise CronBusy("another health check is retrying the listed jobs now; left to it") from None
+    except StateError as exc:
+        raise CronUnavailable(f"no job is retried: the cron retry's lock cannot be taken ({exc})") from None
+    try:
+        return _retry_failed_jobs(state, config, env=env, clock=clock, run=run, openclaw=openclaw)
+    finally:
+        held.close()
+
+
+def _retry_failed_jobs(
+    state: StateRoot,
+    config: Config,
+    *,
+    env: Mapping[str, str],
+    clock: Clock,
+    run: Runner,
+    openclaw: Sequence[str],
+) -> list[Retried]:
+    """retry_failed_jobs under its lock."""
+    settings = config.health.cron_retry
+    wanted = set(settings.jobs)
     timeout = settings.timeout_s
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
