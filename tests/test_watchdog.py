@@ -476,3 +476,42 @@ def test_a_restart_that_fails_says_why(
     outcome = watch(check(state, env, clock), state, enabled(config, restart_argv=tuple(argv)), env=env, clock=clock)
     assert outcome.action == "restart_failed"
     assert said in outcome.detail and "exit None" not in outcome.detail
+
+
+@pytest.mark.parametrize("log", ["gone", "fifo"])
+def test_a_log_gone_or_no_file_where_openclaws_log_is_does_not_stop_the_watchdog(
+    state: StateRoot,
+    config: Config,
+    clock: FakeClock,
+    openclaw_dir: Path,
+    tmp_path: Path,
+    log: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The watchdog reads OpenClaw's newest log for a start in progress. A log rotated away between being listed
+    and being looked at raised FileNotFoundError (a traceback in the health check); a FIFO listed as a log
+    must not block the read. Neither is a log: the gateway, down, is restarted as if nothing was logged."""
+    import threading
+
+    from selfheal.observe import openclaw_logs
+
+    listed = tmp_path / f"openclaw-{log}.log"
+    if log == "fifo":
+        os.mkfifo(listed)
+    monkeypatch.setattr(openclaw_logs, "discover", lambda env, **_: [listed])  # as listed a moment before
+    env = env_for(openclaw_dir, down_url())
+    restarts = Restarts()
+    outcomes: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: outcomes.append(
+            watch(check(state, env, clock), state, enabled(config), env=env, clock=clock, run=restarts)
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # unblock the read it is stuck in, so the thread can end
+        with open(os.open(listed, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+    assert outcomes and outcomes[0].action == "restarted", "the watchdog hung or raised"
+    assert len(restarts.calls) == 1

@@ -198,16 +198,27 @@ def latest_lifecycle(env: Mapping[str, str]) -> tuple[str, float] | None:
 
     A `shutdown completed` that follows a restart line is part of that restart: "restarting", at its time.
     """
-    paths = [p for p in openclaw_logs.discover(env) if p.suffix != ".gz"]
-    if not paths:
+    stamped = []
+    for path in openclaw_logs.discover(env):
+        if path.suffix != ".gz":
+            with contextlib.suppress(OSError):  # rotated away since it was listed: not the newest
+                stamped.append((path.stat().st_mtime, path))
+    if not stamped:
         return None
-    newest = max(paths, key=lambda p: p.stat().st_mtime)
-    try:
-        with newest.open("rb") as fh:
-            fh.seek(max(0, newest.stat().st_size - TAIL_BYTES))
-            lines = fh.read().splitlines()
+    newest = max(stamped)[1]
+    try:  # without blocking, and only a regular file: a FIFO named like a log would hang the check
+        fd = os.open(newest, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            fh.seek(max(0, info.st_size - TAIL_BYTES))
+            lines = fh.read(TAIL_BYTES).splitlines()
+        except OSError:
+            return None
     found: tuple[str, float] | None = None
     for raw in reversed(lines):
         record = openclaw_logs.parse_line(raw)
