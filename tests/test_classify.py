@@ -7,6 +7,7 @@ import errno
 import http.server
 import json
 import socket
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -459,6 +460,78 @@ def test_broken_str_does_not_hide_the_failure(classifier: Classifier) -> None:
             raise RuntimeError("no")
 
     assert classifier.classify_exception(Weird()).error_class == "transient"
+
+
+def test_an_exception_whose_str_and_repr_both_raise_is_still_classified(classifier: Classifier) -> None:
+    """The fallback for a broken __str__ was repr(), which raised too: classify_error() raised the repr's
+    RuntimeError, and a retried function's own error was replaced by it."""
+
+    class Opaque(ConnectionError):
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    failure = Failure.from_exception(Opaque())
+    assert classifier.classify(failure).error_class == "transient"
+    assert "Opaque" in failure.summary()
+
+
+async def _fail(error: Exception) -> None:
+    raise error
+
+
+async def _fail_in_a_task_group(*errors: Exception) -> None:
+    async with asyncio.TaskGroup() as group:
+        for error in errors:
+            group.create_task(_fail(error))
+
+
+def _task_group_error(*errors: Exception, nested: bool = False) -> BaseException:
+    """What `async with asyncio.TaskGroup()` raises when its tasks fail with `errors` (in a second TaskGroup
+    around it, if `nested`)."""
+
+    async def outer() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(_fail_in_a_task_group(*errors))
+
+    try:
+        asyncio.run(outer() if nested else _fail_in_a_task_group(*errors))
+    except Exception as exc:
+        return exc
+    raise AssertionError("the task group did not fail")
+
+
+needs_task_groups = pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is Python 3.11's")
+
+
+@needs_task_groups
+@pytest.mark.parametrize(
+    ("errors", "expected"),
+    [
+        ((ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),), "transient"),
+        ((TimeoutError("read timed out"),), "timeout"),
+        ((KeyError("date"),), "permanent"),
+        # Two different failures at once: no one member speaks for the group; it stays unknown (one retry).
+        ((ConnectionResetError(errno.ECONNRESET, "reset"), KeyError("date")), "unknown"),
+    ],
+)
+def test_a_task_group_that_failed_with_one_error_is_classified_as_that_error(
+    classifier: Classifier, errors: tuple[Exception, ...], expected: str
+) -> None:
+    """A TaskGroup wraps its one failure in an ExceptionGroup: a reset read as `unknown` (retried once, marked
+    unclassified) and a KeyError bug was retried as if it might pass."""
+    group = _task_group_error(*errors)
+    assert type(group).__name__ == "ExceptionGroup"
+    assert classifier.classify_exception(group).error_class == expected
+
+
+@needs_task_groups
+def test_a_group_nested_in_a_group_is_read_down_to_its_one_error(classifier: Classifier) -> None:
+    """A TaskGroup inside a TaskGroup nests the groups; the one error at the bottom still decides."""
+    group = _task_group_error(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), nested=True)
+    assert classifier.classify_exception(group).error_class == "transient"
 
 
 _APP_ERROR_TRACE = (

@@ -102,6 +102,25 @@ def test_an_object_with_an_async_call_is_retried_as_a_coroutine() -> None:
     assert len(calls) == 3
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is Python 3.11's")
+def test_a_coroutine_whose_task_group_loses_its_connection_is_retried_as_transient() -> None:
+    """A decorated coroutine fanning out with asyncio.TaskGroup: a reset in one task reached the retrier as an
+    ExceptionGroup, read as `unknown` (one retry, marked unclassified), so a second reset ended the call."""
+    calls, fn = flaky(2)
+
+    async def part(x: int) -> int:
+        return int(fn(x))
+
+    @selfheal.retry(clock=FakeClock(), record=False)
+    async def gather_parts(x: int) -> int:
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(part(x))
+        return task.result()
+
+    assert asyncio.run(gather_parts(5)) == 5
+    assert len(calls) == 3
+
+
 @pytest.mark.slow
 def test_mypy_strict_keeps_the_types_of_decorated_functions(tmp_path: Path) -> None:
     """A user's program under mypy --strict: a decorated coroutine function stays a coroutine function (it was

@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 import selfheal
 from conftest import ROOT
+from selfheal import _testing
 from selfheal.core.config import Config, load_config
 from selfheal.core.retrying import Retrier, attempts_of, retry, stop_reason_of
 from selfheal.errors import NotAttempted
@@ -484,11 +486,17 @@ def test_calls_cancelled_while_taking_a_breaker_permit_give_it_back(plain: Confi
         ({"deadline_s": "30"}, "deadline_s must be a number of seconds > 0, got '30'"),
         ({"max_attempts": 2.5}, "max_attempts must be a whole number >= 1, got 2.5"),
         ({"max_attempts": True}, "max_attempts must be a whole number >= 1, got True"),
+        ({"classifier": "transient"}, "classifier= takes a selfheal.Classifier, got 'transient'"),
+        ({"config": {"retry": {}}}, "config= takes a selfheal.Config (selfheal.load_config()), got dict"),
+        ({"clock": None}, "clock= needs monotonic(), time() and sleep() (and asleep() for acall()); got None"),
+        ({"rng": 42}, "rng= takes a random.Random (anything with uniform()), got 42"),
+        ({"state": "/tmp/x"}, "state= takes a selfheal.StateRoot (e.g. StateRoot(path)), got '/tmp/x'"),
     ],
 )
 def test_bad_options_are_refused_when_given_not_at_the_first_failure(options: dict[str, Any], message: str) -> None:
     """on=[...] raised its own TypeError in place of the caller's error at the first failure; a NaN deadline
-    never ended a loop (101 attempts for retries=100); max_attempts=True was one attempt."""
+    never ended a loop (101 attempts for retries=100); max_attempts=True was one attempt; a classifier, config,
+    clock or rng of the wrong kind was an AttributeError at the first failure, in place of the caller's error."""
     with pytest.raises((TypeError, ValueError), match=re.escape(message)):
         Retrier(**options)
 
@@ -511,3 +519,118 @@ def test_a_custom_classifier_decides_and_a_class_it_makes_up_is_named(plain: Con
     assert fn.calls == 1
     with pytest.raises(ValueError, match="classifier Fixed gave the class 'vendor-hiccup' for ConnectionResetError"):
         Retrier(config=plain, clock=clock, classifier=Fixed("vendor-hiccup")).call(Flaky(reset()))
+
+
+def test_a_classifier_that_answers_something_else_is_named(plain: Config, clock: FakeClock) -> None:
+    """A classify() that returned None (a forgotten return) was "'NoneType' object has no attribute
+    'error_class'", naming neither the classifier nor the failure it was asked about."""
+
+    class Forgetful(selfheal.Classifier):
+        def classify(self, failure: selfheal.Failure, *, now: float | None = None) -> selfheal.Classification:
+            return None  # type: ignore[return-value]
+
+    with pytest.raises(
+        TypeError, match="classifier Forgetful gave None for ConnectionResetError, not a Classification"
+    ):
+        Retrier(config=plain, clock=clock, classifier=Forgetful(plain.classify)).call(Flaky(reset()))
+
+
+class Unprintable(Exception):
+    """An exception whose __str__ raises (a message built from a value that cannot be formatted)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("cannot format the message")
+
+
+def test_an_error_outside_on_whose_str_raises_reaches_the_caller(plain: Config, clock: FakeClock, home: Path) -> None:
+    """An error `on=` did not select propagates untouched: its reason was formatted with str(), and a broken
+    __str__ raised a RuntimeError in its place."""
+    fn = Flaky(Unprintable())
+    with pytest.raises(Unprintable):
+        Retrier(config=plain, clock=clock, on=ConnectionError, task="t").call(fn)
+    assert fn.calls == 1
+    [event] = ledger_events(home)
+    assert (event["status"], event["reason"]) == ("not_selected", "Unprintable: Unprintable()")
+
+
+def test_an_interruption_whose_str_raises_is_still_recorded(plain: Config, home: Path) -> None:
+    """Ctrl-C of a subclass whose __str__ raises went through, but its ledger line was lost to the RuntimeError
+    (one warning instead)."""
+
+    class Stop(KeyboardInterrupt):
+        def __str__(self) -> str:
+            raise RuntimeError("cannot format the message")
+
+    with pytest.raises(Stop):
+        Retrier(config=plain, task="t").call(Flaky(Stop()))
+    [event] = ledger_events(home)
+    assert (event["status"], event["reason"]) == ("interrupted", "Stop()")
+
+
+def test_record_false_with_a_breaker_writes_only_the_breakers_file(plain: Config, home: Path) -> None:
+    """record=False still wrote the breaker's transitions to the ledger and the log (`[BREAKER] ... state=open`)
+    once the failures tripped it; the breaker's shared file is all it may write."""
+    retrier = Retrier(config=plain, record=False, target="vendor", breaker=True)
+    with no_waits():
+        for _ in range(4):
+            with pytest.raises((ConnectionResetError, selfheal.BreakerOpen)):
+                retrier.call(Flaky(*(reset() for _ in range(10))))
+    assert retrier.breakers.status("vendor")["state"] == "open"
+    written = sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file())
+    assert written == ["breakers/vendor.json", "config.yaml"]  # config.yaml: the test's own settings
+
+
+def test_no_waits_in_overlapping_threads_leaves_the_switch_as_it_found_it() -> None:
+    """Two threads' `with no_waits():` blocks overlapping (A in, B in, A out, B out): each restored the setting
+    it had seen on entry, so waits came back inside B's block, and after both the switch stayed on for good."""
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def thread_a() -> None:
+        with no_waits():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def thread_b() -> None:
+        a_in.wait(5)
+        with no_waits():
+            b_in.set()
+            a_out.wait(5)
+            seen["inside B after A left"] = selfheal.is_testing()
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == {"inside B after A left": True}
+    assert not selfheal.is_testing()
+
+
+def test_no_waits_nested_restores_each_level_and_its_attempts_cap() -> None:
+    """Nested blocks: the inner cap applies inside it, the outer one again after it, nothing after both."""
+    with no_waits(attempts=3):
+        with no_waits(attempts=1):
+            assert _testing.testing_attempts() == 1
+        assert (selfheal.is_testing(), _testing.testing_attempts()) == (True, 3)
+    assert (selfheal.is_testing(), _testing.testing_attempts()) == (False, None)
+
+
+def test_record_false_with_a_breaker_stops_when_the_breaker_opens(plain: Config, clock: FakeClock) -> None:
+    """With record=False a refusal by the breaker had no event to write, and nothing written was read as "go on":
+    the loop went on calling the target past its open breaker, the attempt count frozen, until the deadline
+    (5 million calls in a second under no_waits())."""
+    calls = 0
+
+    def fails() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 20:
+            raise AssertionError("called past an open breaker")
+        raise reset()
+
+    retrier = Retrier(config=plain, clock=clock, record=False, target="vendor", breaker=True, max_attempts=10)
+    with pytest.raises(ConnectionResetError) as info:
+        retrier.call(fails)
+    assert (calls, stop_reason_of(info.value)) == (5, "breaker_open")  # failure_threshold: 5

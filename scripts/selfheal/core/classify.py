@@ -26,6 +26,8 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 _CHAIN_LIMIT = 16
 _ERRNO_TEXT = re.compile(r"\[Errno (\d+)\]")
 _TEXT_LIMIT = 8000
+# Python 3.11's exception groups; on 3.10 there are none (an empty tuple: isinstance() is always False).
+_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,16 @@ class Failure:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> Failure:
-        """Evidence from an exception and its __cause__/__context__ chain (openai, httpx, OSError ...)."""
+        """Evidence from an exception and its __cause__/__context__ chain (openai, httpx, OSError ...).
+
+        An exception group holding one exception (what `asyncio.TaskGroup` raises when one task failed) is
+        read as that exception first, then the group: the group's own words never say what went wrong.
+        A group of several stays the group (no one member speaks for the others)."""
         chain = _exception_chain(exc)
+        member = _only_member(exc)
+        if member is not exc:
+            seen = {id(item) for item in chain}
+            chain = [item for item in _exception_chain(member) if id(item) not in seen] + chain
         types: list[str] = []
         errnos: list[str] = []
         texts: list[str] = []
@@ -59,7 +69,7 @@ class Failure:
         codes: list[str] = []
         for item in chain:
             types.extend(_type_names(type(item)))
-            text = _safe_str(item)
+            text = safe_str(item)
             number = item.errno if isinstance(item, OSError) and isinstance(item.errno, int) else None
             if number is None:  # a library that wrapped the OSError often keeps only its message
                 match = _ERRNO_TEXT.search(text)
@@ -339,11 +349,25 @@ def _type_names(tp: type[BaseException]) -> tuple[str, ...]:
     return found
 
 
-def _safe_str(exc: BaseException) -> str:
+def _only_member(exc: BaseException) -> BaseException:
+    """The one exception at the bottom of (nested) exception groups of one member each; else `exc` itself."""
+    found = exc
+    for _ in range(_CHAIN_LIMIT):
+        if not isinstance(found, _GROUP) or len(found.exceptions) != 1:
+            break
+        found = found.exceptions[0]
+    return exc if isinstance(found, _GROUP) else found
+
+
+def safe_str(exc: BaseException) -> str:
+    """str(exc), never raising: a broken __str__ (or __repr__) must not hide the failure it describes."""
     try:
         return str(exc)
-    except Exception:  # a broken __str__ must not hide the failure it describes
-        return repr(exc)
+    except Exception:
+        try:
+            return repr(exc)
+        except Exception:
+            return "(str() and repr() failed)"
 
 
 def _http_from(exc: BaseException) -> tuple[int | None, Mapping[str, str]]:

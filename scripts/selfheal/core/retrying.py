@@ -30,7 +30,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..state.root import StateRoot, validate_id
 from .backoff import compute_delay
 from .breaker import BreakerOpen, Breakers, Permit
-from .classify import Classification, Classifier, Failure, classifier_for
+from .classify import Classification, Classifier, Failure, classifier_for, safe_str
 from .config import ERROR_CLASSES, Config, Policies, RetrySettings, get_config
 from .ledger import Ledger
 
@@ -170,6 +170,21 @@ def _check_filter(on: object) -> None:
         raise TypeError(f"on= takes an exception type, a tuple of them, or a predicate; got {on!r}")
 
 
+def _check_parts(*, config: object, clock: object, rng: object, classifier: object, state: object) -> None:
+    """Refuse an injected part of the wrong kind when it is given: each is first used at the first failure,
+    where its AttributeError took the place of the caller's real error."""
+    if config is not None and not isinstance(config, Config):
+        raise TypeError(f"config= takes a selfheal.Config (selfheal.load_config()), got {type(config).__name__}")
+    if not all(callable(getattr(clock, name, None)) for name in ("monotonic", "time", "sleep")):
+        raise TypeError(f"clock= needs monotonic(), time() and sleep() (and asleep() for acall()); got {clock!r}")
+    if rng is not None and not callable(getattr(rng, "uniform", None)):
+        raise TypeError(f"rng= takes a random.Random (anything with uniform()), got {rng!r}")
+    if classifier is not None and not callable(getattr(classifier, "classify", None)):
+        raise TypeError(f"classifier= takes a selfheal.Classifier, got {classifier!r}")
+    if state is not None and not isinstance(state, StateRoot):
+        raise TypeError(f"state= takes a selfheal.StateRoot (e.g. StateRoot(path)), got {state!r}")
+
+
 def _is_async(fn: object) -> bool:
     """A coroutine function, or an object whose __call__ is one (inspect alone misses those)."""
     if inspect.iscoroutinefunction(fn):
@@ -293,6 +308,7 @@ class Retrier:
         ):
             raise ValueError(f"deadline_s must be a number of seconds > 0, got {deadline_s!r}")
         _check_filter(on)
+        _check_parts(config=config, clock=clock, rng=rng, classifier=classifier, state=state)
         self.task = task
         self.target = target
         self.step = step
@@ -339,7 +355,10 @@ class Retrier:
     def breakers(self) -> Breakers:
         if self._breakers is None:
             self._breakers = Breakers(
-                self._state or StateRoot.from_env(), self.config.breakers, clock=self.clock, ledger=self.ledger
+                self._state or StateRoot.from_env(),
+                self.config.breakers,
+                clock=self.clock,
+                ledger=self.ledger if self.record else None,  # record=False: only the breaker's own file
             )
         return self._breakers
 
@@ -358,6 +377,11 @@ class Retrier:
         if not isinstance(failure, Failure):
             failure = Failure.from_exception(exc)
         classification = self.classifier.classify(failure, now=self.clock.time())
+        if not isinstance(classification, Classification):
+            raise TypeError(
+                f"classifier {type(self.classifier).__name__} gave {classification!r} for {type(exc).__name__}, "
+                "not a Classification"
+            )
         if classification.error_class not in ERROR_CLASSES:  # a caller's classifier: said here, not as an
             raise ValueError(  # AttributeError from deep in the policies that took the place of the error
                 f"classifier {type(self.classifier).__name__} gave the class {classification.error_class!r} for "
@@ -373,9 +397,9 @@ class Retrier:
         run = _Run(self, getattr(fn, "__qualname__", None))
         try:
             while True:
-                refused = run.begin()
-                if refused is not None:
-                    self._write(refused)
+                if run.begin():
+                    if run.refusal is not None:
+                        self._write(run.refusal)
                     raise run.stopped_by_breaker()
                 try:
                     result = fn(*args, **kwargs)
@@ -410,9 +434,10 @@ class Retrier:
         offload = self.breaker_target is not None
         try:
             while True:
-                refused = await _off_loop(run.begin) if offload else run.begin()
-                if refused is not None:
-                    await _off_loop(self._write, refused)
+                refused = (await _off_loop(run.begin)) if offload else run.begin()
+                if refused:
+                    if run.refusal is not None:
+                        await _off_loop(self._write, run.refusal)
                     raise run.stopped_by_breaker()
                 try:
                     result = await fn(*args, **kwargs)
@@ -502,6 +527,7 @@ class _Run:
         self.history: list[Attempt] = []
         self._budget: Budget | None = None
         self.permit: Permit | None = None
+        self.refusal: tuple[str, dict[str, Any]] | None = None  # the event of a refusal by the breaker
         self.outcome: tuple[bool, str | None] = (True, None)  # of the last attempt, for the breaker
         self.last_error: Exception | None = None
         # Tracked runs record every attempt; untracked ones start recording at their first failure.
@@ -513,9 +539,12 @@ class _Run:
             self._budget = self.r.budget(self.started)
         return self._budget
 
-    def begin(self) -> tuple[str, dict[str, Any]] | None:
-        """Start the next attempt. If the breaker refuses it, return the event to record (then call
-        stopped_by_breaker()); the first attempt's refusal is raised at once as BreakerOpen."""
+    def begin(self) -> bool:
+        """Start the next attempt; True when the breaker refused it (then write `refusal` unless it is None,
+        and raise stopped_by_breaker()). The first attempt's refusal is raised at once as BreakerOpen.
+
+        A bool, not the event itself: with record=False there is no event, and "nothing to write" was read
+        as "go on", so the loop kept calling the target past its open breaker."""
         self.attempt += 1
         if self.r.breaker_target is not None:
             try:
@@ -524,18 +553,21 @@ class _Run:
                 if self.last_error is None:
                     raise
                 self.attempt -= 1
-                if not self.r.record:
-                    return None
-                return "failed", self._fields(
-                    error_class=self.history[-1].error_class, reason=str(exc), status=STOP_BREAKER_OPEN
-                )
+                if self.r.record:
+                    self.refusal = (
+                        "failed",
+                        self._fields(
+                            error_class=self.history[-1].error_class, reason=str(exc), status=STOP_BREAKER_OPEN
+                        ),
+                    )
+                return True
         if self.r.before_attempt is not None:
             self.r.before_attempt(self.attempt)
         self.attempt_started = self.r.clock.monotonic()
-        return None
+        return False
 
     def stopped_by_breaker(self) -> Exception:
-        """The last real error, marked as stopped by the breaker (call after begin() returned an event)."""
+        """The last real error, marked as stopped by the breaker (call after begin() returned True)."""
         error = self.last_error
         if error is None:  # pragma: no cover - begin() raises instead when nothing failed yet
             raise RuntimeError("stopped_by_breaker() before any failure")
@@ -575,7 +607,8 @@ class _Run:
             decision = self.budget.decide(classification, attempt=self.attempt, now=now)
         self.last_error = exc
         self.outcome = (False, classification.error_class)
-        reason = failure.summary() if failure is not None else f"{type(exc).__name__}: {exc}"
+        # Not str(exc): a broken __str__ raised in place of an error that `on=` said to pass on untouched.
+        reason = failure.summary() if failure is not None else f"{type(exc).__name__}: {safe_str(exc)}"
         attempt = Attempt(
             number=self.attempt,
             error_class=classification.error_class,
@@ -639,7 +672,7 @@ class _Run:
         with contextlib.suppress(AttributeError):
             exc.selfheal_recorded = True  # type: ignore[attr-defined]
         duration = self.r.clock.monotonic() - self.attempt_started
-        reason = str(exc) or type(exc).__name__
+        reason = safe_str(exc) or type(exc).__name__
         return "failed", self._fields(
             error_class=None, reason=reason, status=STOP_INTERRUPTED, duration_s=round(duration, 3)
         )
