@@ -208,6 +208,44 @@ def test_keyboard_interrupt_is_never_retried(plain: Config, clock: FakeClock, ho
     assert [(e["event"], e["status"]) for e in ledger_events(home)] == [("failed", "interrupted")]
 
 
+class StoppedWhileWaiting(FakeClock):
+    """A clock whose waits are stopped: Ctrl-C (or cancellation) arrives while the retry waits."""
+
+    def __init__(self, stop: BaseException) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def sleep(self, seconds: float) -> None:
+        raise self.stop
+
+    async def asleep(self, seconds: float) -> None:
+        raise self.stop
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_stop_during_the_wait_between_attempts_ends_the_run_in_the_ledger(
+    plain: Config, home: Path, how: str
+) -> None:
+    """Ctrl-C (or a cancellation) while a retry waits: it goes through at once, and the run's last ledger line
+    says it stopped there. It was the `retrying` line, so the run read as still retrying for ever."""
+    stop: BaseException = KeyboardInterrupt() if how == "sync" else asyncio.CancelledError()
+    fn = Flaky(reset(), reset())
+    retrier = Retrier(config=plain, clock=StoppedWhileWaiting(stop), task="nightly")
+
+    async def fn_async() -> str:
+        return fn()
+
+    with pytest.raises(type(stop)):
+        if how == "sync":
+            retrier.call(fn)
+        else:
+            asyncio.run(retrier.acall(fn_async))
+    assert fn.calls == 1
+    events = [(e["event"], e["status"]) for e in ledger_events(home)]
+    assert events == [("retry", "retrying"), ("failed", "interrupted")]
+    assert ledger_events(home)[-1]["reason"].endswith("(during the wait before attempt 2)")
+
+
 def test_before_attempt_can_refuse(plain: Config, clock: FakeClock) -> None:
     """A gate (a circuit breaker) raising NotAttempted stops the loop before the call."""
 

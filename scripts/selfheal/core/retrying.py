@@ -412,7 +412,11 @@ class Retrier:
                         run.give_up(exc, decision)
                         raise
                     if not _testing.is_testing():
-                        self.clock.sleep(decision.delay_s)
+                        try:
+                            self.clock.sleep(decision.delay_s)
+                        except BaseException as stop:
+                            self._stopped_waiting(run, stop)
+                            raise
                     continue
                 except BaseException as exc:
                     self._interrupted(run, exc)
@@ -451,7 +455,11 @@ class Retrier:
                         run.give_up(exc, decision)
                         raise
                     if not _testing.is_testing():
-                        await self.clock.asleep(decision.delay_s)
+                        try:
+                            await self.clock.asleep(decision.delay_s)
+                        except BaseException as stop:
+                            self._stopped_waiting(run, stop)  # cancellation: no awaiting now, write and go
+                            raise
                     continue
                 except BaseException as exc:
                     self._interrupted(run, exc)  # cancellation: no awaiting now, write and go
@@ -513,6 +521,20 @@ class Retrier:
                 self._write(record)
         except Exception as error:
             log.warning("self-heal could not record the interrupted attempt (%s): %s", type(exc).__name__, error)
+
+    def _stopped_waiting(self, run: _Run, exc: BaseException) -> None:
+        """Record a run stopped by Ctrl-C, SystemExit, cancellation or a signal during the wait before its next
+        attempt: its last ledger line was the retry it waited for, so without this one the run read as still
+        retrying for ever. An Exception from the clock is no stop: it propagates, not recorded here. Errors
+        while recording are logged, never raised (see _interrupted)."""
+        if isinstance(exc, Exception):
+            return
+        try:
+            record = run.stopped_waiting(exc)
+            if record is not None:
+                self._write(record)
+        except Exception as error:
+            log.warning("self-heal could not record the stop during a wait (%s): %s", type(exc).__name__, error)
 
 
 class _Run:
@@ -676,6 +698,15 @@ class _Run:
         return "failed", self._fields(
             error_class=None, reason=reason, status=STOP_INTERRUPTED, duration_s=round(duration, 3)
         )
+
+    def stopped_waiting(self, exc: BaseException) -> tuple[str, dict[str, Any]] | None:
+        """A stop during the wait before attempt `attempt + 1` (no attempt was running): worth a ledger line."""
+        if not self.r.record:
+            return None
+        with contextlib.suppress(AttributeError):
+            exc.selfheal_recorded = True  # type: ignore[attr-defined]
+        reason = f"{safe_str(exc) or type(exc).__name__} (during the wait before attempt {self.attempt + 1})"
+        return "failed", self._fields(error_class=None, reason=reason, status=STOP_INTERRUPTED)
 
     def succeeded(self) -> tuple[str, dict[str, Any]] | None:
         now = self.r.clock.monotonic()
