@@ -239,3 +239,19 @@ def test_a_library_user_gets_no_files_handlers_or_signals_from_importing(tmp_pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     assert list(home.iterdir()) == []
+
+
+def test_every_public_name_says_what_it_is() -> None:
+    """`help(selfheal.x)` answers for everything `selfheal.__all__` lists: each function, class and module has a
+    docstring (is_testing and stop_reason_of had none)."""
+    import inspect
+
+    import selfheal
+
+    undocumented = [
+        name
+        for name in selfheal.__all__
+        if (inspect.isfunction(obj := getattr(selfheal, name)) or inspect.isclass(obj) or inspect.ismodule(obj))
+        and not inspect.getdoc(obj)
+    ]
+    assert undocumented == []

@@ -49,6 +49,7 @@ def set_testing(enabled: bool, *, attempts: int | None = None) -> None:
 
 
 def is_testing() -> bool:
+    """Whether waits are off now: set_testing(True), SELFHEAL_TESTING=1, or an open no_waits() block."""
     return _switch.enabled or bool(_blocks)
 
 

@@ -87,6 +87,8 @@ def attempts_of(exc: BaseException) -> tuple[Attempt, ...]:
 
 
 def stop_reason_of(exc: BaseException) -> str | None:
+    """Why the retry loop that re-raised `exc` stopped (`not_retryable`, `attempts_exhausted`, `deadline`,
+    `breaker_open`, ...: the ledger's `status`), or None if no retry loop raised it."""
     reason = getattr(exc, "selfheal_stop_reason", None)
     return reason if isinstance(reason, str) else None
 
