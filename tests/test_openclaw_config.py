@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,45 @@ def test_where_the_file_is() -> None:
     )
     assert openclaw_config.config_path({"OPENCLAW_STATE_DIR": "/y", "HOME": "/h"}) == Path("/y/openclaw.json")
     assert openclaw_config.config_path({"HOME": "/h"}) == Path("/h/.openclaw/openclaw.json")
+
+
+def test_a_file_included_from_many_places_is_read_once_not_once_per_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Includes that share files (each level naming the next one eight times, ten levels deep) are read once
+    per file: resolving every path anew read the last file 8**9 times, and every model call, the health
+    check's port and the log discovery hung on it."""
+    for level in range(10):
+        body = {"$include": [f"./l{level + 1}.json5"] * 8} if level < 9 else {"x": 1}
+        (tmp_path / f"l{level}.json5").write_text(json.dumps(body))
+    path = tmp_path / "openclaw.json"
+    path.write_text('{agents: {defaults: {model: "lan/q"}}, extra: {$include: "./l0.json5"}}')
+    parsed: list[Path] = []
+    real = openclaw_config._parse
+
+    def counted(file: Path, limit: int) -> object:
+        parsed.append(file)
+        assert len(parsed) <= 100, "the same files read again and again"
+        return real(file, limit)
+
+    monkeypatch.setattr(openclaw_config, "_parse", counted)
+    data, files = openclaw_config.read_openclaw_files(path, {})
+    assert data["extra"] == {"x": 1} and data["agents"] == {"defaults": {"model": "lan/q"}}
+    assert len(parsed) == 11 and len(set(files)) == 11
+
+
+def test_a_shared_include_still_counts_its_depth_and_its_cycles(tmp_path: Path) -> None:
+    """A file read once at a shallow level and named again deeper still fails the 10-level bound there, and
+    a cycle through a file read before is still found."""
+    (tmp_path / "openclaw.json").write_text('{a: {$include: "./shared.json5"}, b: {$include: "./d1.json5"}}')
+    (tmp_path / "shared.json5").write_text('{$include: "./leaf.json5"}')
+    (tmp_path / "leaf.json5").write_text("{x: 1}")
+    for level in range(1, 11):
+        (tmp_path / f"d{level}.json5").write_text(f'{{$include: "./d{level + 1}.json5"}}')
+    (tmp_path / "d11.json5").write_text('{$include: "./shared.json5"}')
+    with pytest.raises(ConfigError, match="nest over 10 levels"):
+        openclaw_config.read_openclaw_files(tmp_path / "openclaw.json", {})
+    (tmp_path / "d2.json5").write_text('{$include: "./shared.json5"}')
+    (tmp_path / "leaf.json5").write_text('{$include: "./d1.json5"}')
+    with pytest.raises(ConfigError, match="a cycle"):
+        openclaw_config.read_openclaw_files(tmp_path / "openclaw.json", {})

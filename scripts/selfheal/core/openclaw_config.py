@@ -122,6 +122,11 @@ class _Includes:
             if item.strip() and os.path.isabs(item.strip()):
                 roots.append(Path(item.strip()).resolve())
         self.roots = roots
+        # Each file's resolved content, by its path and how deep it was named: includes that share files (a
+        # diamond, or one naming the next eight times) are read once each, not once per path to them, which is
+        # exponential in the depth. Safe to reuse: a file resolved once without a cycle has none below it that
+        # leads back to any file naming it, and the depth is part of the key, so the 10-level bound holds.
+        self.done: dict[tuple[Path, int], Any] = {}
 
     def resolve(self, value: Any, here: Path, chain: tuple[Path, ...], where: str) -> Any:
         if isinstance(value, list):
@@ -166,8 +171,13 @@ class _Includes:
             what = not_a_file(target)
             problem = f"{target} is {what}, not a file" if what else f"no such file {target}"
             raise ConfigError(f"{where or 'the top'}: $include {name!r}: {problem}", file=who)
-        self.files.append(target)
-        return self.resolve(_parse(target, MAX_INCLUDE_BYTES), target.parent, (*chain, target), where)
+        if (target, len(chain)) in self.done:
+            return self.done[target, len(chain)]
+        if target not in self.files:
+            self.files.append(target)
+        found = self.resolve(_parse(target, MAX_INCLUDE_BYTES), target.parent, (*chain, target), where)
+        self.done[target, len(chain)] = found
+        return found
 
 
 def read_openclaw_files(path: Path, env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], tuple[Path, ...]]:
