@@ -536,3 +536,110 @@ def test_variables_in_model_references_are_substituted_as_openclaw_does(write: C
     assert [e.model for e in chain.entries] == ["big", "small"] and chain.unusable == ()
     assert "agents.defaults.model.primary = '${PRIMARY}'" in chain.sources[0]
     assert chain_of(env | {"FB": "small"}).unusable == ("${PRIMARY} (it needs $PRIMARY, which is not set)",)
+
+
+# -- keys and headers as OpenClaw's SecretInput fields take them -------------------------------------------------
+
+
+def test_a_dollar_name_shorthand_names_the_variable_as_braces_do(write: Callable[..., dict[str, str]]) -> None:
+    """`apiKey: "$CORP_KEY"` and a header `"$CORP_TOKEN"` are env SecretRefs to OpenClaw (its `$NAME`
+    shorthand): read from the environment, not refused as a key written in the file nor sent as the text."""
+    env = write(
+        '{models: {providers: {corp: {baseUrl: "https://gw.example.com/v1", apiKey: "$CORP_KEY",'
+        ' headers: {"x-api-key": " $CORP_TOKEN ", "X-Org": "$CORP_ORG"}}}},'
+        ' agents: {defaults: {model: "corp/m"}}}'
+    ) | {"CORP_KEY": "k-1", "CORP_TOKEN": "tok-from-env", "CORP_ORG": "acme"}
+    found = chain_of(env)
+    assert found.unusable == ()
+    assert rows(found) == [("m", "https://gw.example.com/v1", "CORP_KEY")]
+    assert dict(found.entries[0].headers) == {"x-api-key": "${CORP_TOKEN}", "X-Org": "${CORP_ORG}"}
+
+
+@pytest.mark.parametrize(
+    "api_key",
+    [
+        '{source: "env", provider: "default", id: "Zq8v3LmN0pQ7rT2xWk5"}',
+        '{source: "env", id: "k3y with spaces Zq8v3LmN0pQ7rT2xWk5"}',
+    ],
+    ids=["pasted-key", "not-a-name"],
+)
+def test_an_env_secretref_whose_id_is_no_variable_name_is_refused_without_quoting_it(
+    write: Callable[..., dict[str, str]], api_key: str
+) -> None:
+    """A key pasted where the variable's name belongs (OpenClaw refuses an id that is not an upper-case
+    name): the reason says so, and the id, which may be the key itself, is in no line self-heal prints."""
+    env = write(
+        f'{{models: {{providers: {{p: {{baseUrl: "https://x.example.com/v1", apiKey: {api_key}}}}}}},'
+        ' agents: {defaults: {model: "p/m"}}}'
+    )
+    found = chain_of(env)
+    assert found.unusable == (
+        "p/m (its apiKey is an env SecretRef whose id is not an environment variable name (A-Z, 0-9, _))",
+    )
+    assert "Zq8v3LmN0pQ7rT2xWk5" not in found.unusable_line()
+
+
+@pytest.mark.parametrize("written", ["sk-local", "lmstudio", "ds4-local", "Zq8v3LmN0pQ7rT2xWk5"])
+def test_a_key_written_for_a_local_server_is_not_read_and_the_model_is_used(
+    write: Callable[..., dict[str, str]], monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    """OpenClaw's own local examples write `apiKey: "sk-local"` (or "lmstudio", "ds4-local") for a server
+    on this machine: the server needs no key, so the model is used, with no key sent (the text is never
+    read); on a public server a written key still makes the model unusable."""
+    with FakeModelServer() as server:
+        env = write(
+            json.dumps(
+                {
+                    "models": {
+                        "providers": {
+                            "local": {"baseUrl": server.url("local"), "apiKey": written},
+                            "public": {"baseUrl": "https://llm.example.com/v1", "apiKey": written},
+                        }
+                    },
+                    "agents": {"defaults": {"model": {"primary": "public/m", "fallbacks": ["local/m"]}}},
+                }
+            )
+        )
+        found = chain_of(env)
+        assert [(e.name, e.api_key_env) for e in found.entries] == [("local-m", None)]
+        assert found.unusable == (
+            "public/m (its apiKey is written in openclaw.json (self-heal reads keys only from the environment))",
+        )
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        answer = complete("hi", config=load_config())
+        assert answer.endpoint == "local-m"
+        assert written not in json.dumps(server.headers("local")[-1])
+
+
+def test_provider_ids_are_matched_without_regard_to_case_as_openclaw_does(
+    write: Callable[..., dict[str, str]],
+) -> None:
+    """OpenClaw lower-cases provider ids: "OpenRouter/a/b" is the bundled openrouter, and "lan/q" finds a
+    provider written `LAN` in models.providers."""
+    env = write(
+        '{models: {providers: {LAN: {baseUrl: "http://10.0.0.5:8000/v1"}}},'
+        ' agents: {defaults: {model: {primary: "OpenRouter/a/b", fallbacks: ["lan/q"]}}}}'
+    ) | {"OPENROUTER_API_KEY": "sk-or"}
+    found = chain_of(env)
+    assert found.unusable == ()
+    assert rows(found) == [
+        ("a/b", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+        ("q", "http://10.0.0.5:8000/v1", None),
+    ]
+
+
+def test_a_provider_whose_key_is_in_an_auth_profile_says_so(write: Callable[..., dict[str, str]]) -> None:
+    """OpenClaw keeps keys and OAuth tokens of `auth.profiles` in its own store, which self-heal never reads:
+    the reason names the profile and the variable that would do, not only "$OPENAI_API_KEY is not set"
+    (OpenClaw itself works, so the bare line read as a self-heal bug)."""
+    env = write(
+        '{auth: {profiles: {"openai:personal": {provider: "OpenAI", mode: "oauth"},'
+        ' "anthropic:default": {provider: "anthropic", mode: "api_key"}}},'
+        ' agents: {defaults: {model: {primary: "openai/gpt-5.4", fallbacks: ["openrouter/a/b"]}}}}'
+    )
+    assert chain_of(env).unusable == (
+        "openai/gpt-5.4 ($OPENAI_API_KEY is not set; its key is in OpenClaw's auth profile 'openai:personal',"
+        " which self-heal does not read)",
+        "openrouter/a/b ($OPENROUTER_API_KEY is not set)",
+    )

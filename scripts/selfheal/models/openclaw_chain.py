@@ -171,9 +171,39 @@ def _loopback(base_url: str) -> bool:
         return False
 
 
-def _key(provider: str, spec: Mapping[str, Any], bundled: Provider | None) -> tuple[str | None, bool]:
-    """(the key's environment variable, whether the file says no key is needed). A key written into the file
-    is never read: the model is unusable unless its server needs no key."""
+# An environment variable's name as OpenClaw's SecretRefs take it (ENV_SECRET_REF_ID_RE), and its `$NAME`
+# shorthand, which OpenClaw reads as `${NAME}` wherever a key or a header value may be a secret.
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,127}\Z")
+_SHORTHAND = re.compile(r"\$([A-Z][A-Z0-9_]{0,127})\Z")
+
+
+def _env_ref(value: object, what: str) -> str | None:
+    """The variable an env SecretRef (`{source: "env", id: NAME}`, `"${NAME}"` or `"$NAME"`) names; None when
+    `value` is no env reference. An env SecretRef whose id is no variable name is refused without quoting
+    the id: a key pasted there by mistake would be printed as the name of a variable that is not set."""
+    if isinstance(value, Mapping):
+        if value.get("source") != "env":
+            return None
+        found = value.get("id")
+        if not isinstance(found, str) or not _ENV_NAME.match(found.strip()):
+            raise _Unusable(
+                f"its {what} is an env SecretRef whose id is not an environment variable name (A-Z, 0-9, _)"
+            )
+        return found.strip()
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    short = _SHORTHAND.match(text)
+    if short:
+        return short.group(1)
+    named = variables(text)
+    return named[0] if len(named) == 1 and text == f"${{{named[0]}}}" else None
+
+
+def _key(provider: str, spec: Mapping[str, Any], bundled: Provider | None, keyless: bool) -> tuple[str | None, bool]:
+    """(the key's environment variable, whether no key is to be sent). A key written into the file is never
+    read: the model is unusable unless its server needs no key (`keyless`: on this machine or the private
+    network), which is sent none, as OpenClaw's local examples (`apiKey: "sk-local"`, `"lmstudio"`) expect."""
     key = spec.get("apiKey")
     usual = (
         bundled.key_vars
@@ -182,16 +212,14 @@ def _key(provider: str, spec: Mapping[str, Any], bundled: Provider | None) -> tu
     )
     if key is None:
         return usual[0], False
+    named = _env_ref(key, "apiKey")
+    if named is not None:
+        return named, False
     if isinstance(key, Mapping):
-        if key.get("source") == "env" and isinstance(key.get("id"), str):
-            return key["id"], False
         kind = key.get("source") or "non-environment"
         raise _Unusable(f"its apiKey is a {kind} secret (self-heal reads keys only from the environment)")
     if isinstance(key, str):
-        named = variables(key)
-        if len(named) == 1 and key.strip() == f"${{{named[0]}}}":
-            return named[0], False
-        if key.strip() in _MARKERS:
+        if key.strip() in _MARKERS or keyless:
             return None, True
         raise _Unusable("its apiKey is written in openclaw.json (self-heal reads keys only from the environment)")
     raise _Unusable("its apiKey is not a string or an env SecretRef")
@@ -202,6 +230,20 @@ class _Resolver:
         self.env = env
         providers = _get(data, "models", "providers")
         self.providers: Mapping[str, Any] = providers if isinstance(providers, Mapping) else {}
+        # OpenClaw lower-cases provider ids (normalizeProviderId) in references and in models.providers alike:
+        # the id as written, by its lower-case form (the first one written wins a tie).
+        self.ids: dict[str, str] = {}
+        for pid in self.providers:
+            self.ids.setdefault(str(pid).strip().lower(), str(pid))
+        # auth.profiles: which provider each of OpenClaw's stored credentials is for (the credentials themselves
+        # live in its auth store, never read here), to name one when a key variable is missing.
+        profiles = _get(data, "auth", "profiles")
+        self.profiles: dict[str, str] = {}
+        if isinstance(profiles, Mapping):
+            for profile, settings in profiles.items():
+                owner = _get(settings, "provider")
+                if isinstance(owner, str) and owner.strip():
+                    self.profiles.setdefault(owner.strip().lower(), str(profile))
         models = _get(data, "agents", "defaults", "models")
         self.aliases: dict[str, str] = {}
         if isinstance(models, Mapping):
@@ -216,19 +258,20 @@ class _Resolver:
         alias = self.aliases.get(ref.lower())
         if alias is not None:
             provider, _, model_id = alias.partition("/")
-            if provider and model_id:
-                return provider, model_id, f"alias {ref!r} of agents.defaults.models"
+            if provider.strip() and model_id:
+                return provider.strip().lower(), model_id, f"alias {ref!r} of agents.defaults.models"
         provider, _, model_id = ref.partition("/")
-        if provider and model_id:
-            return provider, model_id, ""
+        if provider.strip() and model_id:
+            return provider.strip().lower(), model_id, ""
         owners = [pid for pid, spec in self.providers.items() if any(_get(m, "id") == ref for m in _models(spec))]
         if len(owners) == 1:
-            return str(owners[0]), ref, f"the model id of models.providers.{owners[0]}"
+            return str(owners[0]).strip().lower(), ref, f"the model id of models.providers.{owners[0]}"
         why = f"{len(owners)} providers list it" if owners else "no alias or configured provider has it"
         raise _Unusable(f"not provider/model, and {why}")
 
     def endpoint(self, provider: str, model_id: str) -> tuple[ModelEndpoint, str]:
-        spec = self.providers.get(provider)
+        written = self.ids.get(provider, provider)
+        spec = self.providers.get(written)
         spec = spec if isinstance(spec, Mapping) else {}
         bundled = BUNDLED.get(provider)
         model: Mapping[str, Any] = next((m for m in _models(spec) if m.get("id") == model_id), {})
@@ -258,13 +301,16 @@ class _Resolver:
             raise _Unusable("its baseUrl is not an http:// or https:// URL with a host")
         if api == "ollama" and not base.endswith("/v1"):
             base += "/v1"  # Ollama's OpenAI-compatible endpoint beside its native one
-        key_var, marker = _key(provider, spec, bundled)
+        keyless = _no_key_needed(base)
+        key_var, marker = _key(provider, spec, bundled, keyless)
         if key_var is not None and not self.env.get(key_var) and bundled and key_var in bundled.key_vars:
             key_var = next((v for v in bundled.key_vars if self.env.get(v)), key_var)
-        free = marker or _no_key_needed(base)
+        free = marker or keyless
         if key_var is not None and not self.env.get(key_var):
             if not free:
-                raise _Unusable(f"${key_var} is not set")
+                profile = self.profiles.get(provider)
+                held = f"; its key is in OpenClaw's auth profile {profile!r}, which self-heal does not read"
+                raise _Unusable(f"${key_var} is not set" + (held if profile else ""))
             key_var = None  # a local or private server needs no key
         headers = self.headers(spec, model)
         context = model.get("contextTokens") or model.get("contextWindow")
@@ -279,7 +325,7 @@ class _Resolver:
             local=_loopback(base) or None,
             headers=headers,
         )
-        where = f"models.providers.{provider}" if spec else f"OpenClaw's bundled provider {provider}"
+        where = f"models.providers.{written}" if spec else f"OpenClaw's bundled provider {provider}"
         return entry, where
 
     def headers(self, spec: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, str]:
@@ -290,9 +336,8 @@ class _Resolver:
             if not isinstance(source, Mapping):
                 continue
             for name, given in source.items():
-                value = given
-                if isinstance(given, Mapping) and given.get("source") == "env" and isinstance(given.get("id"), str):
-                    value = f"${{{given['id']}}}"
+                named = _env_ref(given, f"header {name}")
+                value = f"${{{named}}}" if named is not None else given
                 if not isinstance(value, str):
                     raise _Unusable(f"its header {name} is not text or an env SecretRef")
                 if written_credential(str(name), value):
