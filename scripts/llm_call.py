@@ -34,7 +34,7 @@ from selfheal._bootstrap import CLOSED_AT_START, bootstrap
 bootstrap()
 
 from selfheal import cli  # noqa: E402
-from selfheal.core.config import get_config  # noqa: E402
+from selfheal.core.config import get_config, redactor_for  # noqa: E402
 from selfheal.errors import EXIT_FAILED, EXIT_OK, StateError, UsageError  # noqa: E402
 from selfheal.models import openclaw_chain  # noqa: E402
 from selfheal.models.llm import Completion, ModelCallFailed, NoEndpointAvailable, complete  # noqa: E402
@@ -157,7 +157,11 @@ def _describe(result: Completion) -> str:
 
 
 def _show_chain(as_json: bool) -> int:
-    chain = openclaw_chain.resolve(get_config())
+    config = get_config()
+    chain = openclaw_chain.resolve(config)
+    # What is printed is masked for this chain (a key variable, or a credential its base URLs carry), not only
+    # for the one in config.yaml: the chain may be the user's OpenClaw models.
+    redactor_for(openclaw_chain.with_chain(config, chain))
     rows = [
         {
             "name": e.name,

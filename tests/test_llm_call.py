@@ -303,6 +303,30 @@ def test_show_chain_says_where_each_entry_came_from(home: Path, openclaw_home: P
     assert [e["name"] for e in mine["chain"]] == ["mine"] and "config.yaml" in mine["chain"][0]["source"]
 
 
+@pytest.mark.parametrize("output", ["--json", "text"])
+def test_a_credential_a_base_url_carries_is_masked_whatever_its_variable_is_called(
+    home: Path, tmp_path: Path, output: str
+) -> None:
+    """openclaw.json's `baseUrl: "https://.../v1?code=${FUNC_CODE}"` (an Azure Functions key): --show-chain
+    printed the URL with the code in it, its variable's name being no secret's. A value a base URL carries in
+    its query, fragment or user info is masked in every output, as the key variables are."""
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    provider = {
+        "baseUrl": "https://corp.example.com/v1?code=${FUNC_CODE}",
+        "api": "openai-completions",
+        "apiKey": "${CORP_LLM}",
+        "models": [{"id": "m1"}],
+    }
+    config = {"models": {"providers": {"corp": provider}}, "agents": {"defaults": {"model": {"primary": "corp/m1"}}}}
+    (folder / "openclaw.json").write_text(json.dumps(config))
+    env = {"OPENCLAW_STATE_DIR": str(folder), "FUNC_CODE": "zq81xk2Lm0pQrs", "CORP_LLM": "harmless-value-123"}
+    proc = call(home, "--show-chain", *([output] if output == "--json" else []), **env)
+    assert proc.returncode == 0, proc.stderr
+    assert "https://corp.example.com/v1?code=***" in proc.stdout
+    assert "zq81xk2Lm0pQrs" not in proc.stdout + proc.stderr
+
+
 def test_openclaw_models_none_of_which_can_be_used_are_a_config_error(
     home: Path, openclaw_home: Path, server: FakeModelServer
 ) -> None:

@@ -18,6 +18,7 @@ import stat
 import threading
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..state import layout
-from ..state.redact import Redactor, install, mask_url_password
+from ..state.redact import MIN_SECRET_CHARS, Redactor, install, mask_url_password
 from ..state.root import read_at_most, resolve_state_root
 from . import openclaw_config
 from .openclaw_config import deep_merge
@@ -1404,4 +1405,16 @@ def model_keys(config: Config) -> list[str]:
     for entry in config.models.chain:  # and of the variables its headers read
         for text in entry.headers.values():
             keys += [os.environ.get(name, "") for name in openclaw_config.variables(text)]
+        keys += _url_secret_values(entry.base_url)
     return keys
+
+
+def _url_secret_values(url: str) -> list[str]:
+    """The values of environment variables a base URL carries beyond its host and path: in its query, fragment
+    or user info (`?code=${FUNC_CODE}` in openclaw.json, expanded when the chain is built). A credential there
+    is masked whatever its variable is called; one named like a secret already was."""
+    parts = urllib.parse.urlsplit(url)
+    carried = "\n".join((parts.query, parts.fragment, parts.username or "", parts.password or ""))
+    if not carried.strip():
+        return []
+    return [value for value in os.environ.values() if len(value) >= MIN_SECRET_CHARS and value in carried]
