@@ -169,6 +169,27 @@ def test_each_known_failure_gets_its_rule_based_record_without_a_model(
     assert record.root_cause in md and "never runs it" in md
 
 
+def test_an_auth_record_about_one_of_the_users_openclaw_models_names_its_key_variable(
+    state: StateRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_config: Callable[[str], Path]
+) -> None:
+    """With no chain in config.yaml the calls go to the user's OpenClaw models: a 401 from one of them gets a
+    record that names the variable its key comes from, as one from config.yaml's chain does (it said "set the
+    key in the environment variable that holds the provider's key")."""
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    provider = {"baseUrl": "https://corp.example.com/v1", "apiKey": "${CORP_LLM}", "models": [{"id": "m1"}]}
+    config = {"models": {"providers": {"corp": provider}}, "agents": {"defaults": {"model": {"primary": "corp/m1"}}}}
+    (folder / "openclaw.json").write_text(json.dumps(config))
+    monkeypatch.setenv("OPENCLAW_STATE_DIR", str(folder))
+    monkeypatch.setenv("CORP_LLM", "corp-key-value-123")
+    write_config("retry: {jitter: none}\n")
+    result = healer(load_config(), state, use_model=False).heal(
+        evidence("HTTP 401: invalid api key", "auth", target="corp-m1")
+    )
+    assert result.record.source == "rule:auth"
+    assert "set the key in the environment variable CORP_LLM of the process" in " ".join(result.record.fix_steps)
+
+
 def test_a_word_holding_auth_is_not_an_authentication_failure(
     model_config: Config, state: StateRoot, server: FakeModelServer
 ) -> None:

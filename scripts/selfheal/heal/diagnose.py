@@ -610,8 +610,16 @@ def infer_target_module(
 
 
 def _values(evidence: Evidence, config: Config, module: str | None) -> dict[str, str | None]:
+    # The chain model calls use (the user's OpenClaw models when config.yaml sets none), not only config.yaml's:
+    # a record about an OpenClaw model named no variable ("that holds the provider's key").
+    from ..models.openclaw_chain import resolve  # noqa: PLC0415 - only when a record is written
+
+    try:
+        chain = resolve(config).entries
+    except SelfHealError:  # an openclaw.json that cannot be read: the record is written all the same
+        chain = config.models.chain
     key_env = next(
-        (e.api_key_env for e in config.models.chain if e.api_key_env and e.name in (evidence.target, evidence.model)),
+        (e.api_key_env for e in chain if e.api_key_env and e.name in (evidence.target, evidence.model)),
         None,
     )
     return {
