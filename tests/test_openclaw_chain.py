@@ -643,3 +643,23 @@ def test_a_provider_whose_key_is_in_an_auth_profile_says_so(write: Callable[...,
         " which self-heal does not read)",
         "openrouter/a/b ($OPENROUTER_API_KEY is not set)",
     )
+
+
+def test_a_key_openclaw_json_sets_in_env_vars_is_not_used_and_the_reason_says_what_to_export(
+    write: Callable[..., dict[str, str]],
+) -> None:
+    """OpenClaw's `env.vars` gives its own processes keys written in openclaw.json. self-heal takes keys only
+    from its environment, never from a file: the model is not used, and the reason says where the key is and
+    what to export (it said only "$OPENROUTER_API_KEY is not set", which read as wrong: OpenClaw works). The
+    key itself is never shown."""
+    env = write(
+        '{env: {vars: {OPENROUTER_API_KEY: "sk-or-v1-written-in-the-file-0123456789"}},'
+        ' agents: {defaults: {model: {primary: "openrouter/a/b"}}}}'
+    )
+    chain = chain_of(env)
+    assert chain.entries == ()
+    assert chain.unusable == (
+        "openrouter/a/b ($OPENROUTER_API_KEY is not set; openclaw.json's env.vars sets it for OpenClaw, but"
+        " self-heal takes keys only from its own environment: export OPENROUTER_API_KEY where self-heal runs)",
+    )
+    assert "written-in-the-file" not in chain.unusable_line()

@@ -244,6 +244,11 @@ class _Resolver:
                 owner = _get(settings, "provider")
                 if isinstance(owner, str) and owner.strip():
                     self.profiles.setdefault(owner.strip().lower(), str(profile))
+        # env.vars: variables openclaw.json gives OpenClaw's own processes (keys, as a rule). Their names only:
+        # self-heal takes a key from its own environment, never from a file, so a key there is not used; the
+        # name is what tells the user where theirs is and what to export.
+        inline = _get(data, "env", "vars")
+        self.inline_vars = frozenset(str(name) for name in inline) if isinstance(inline, Mapping) else frozenset()
         models = _get(data, "agents", "defaults", "models")
         self.aliases: dict[str, str] = {}
         if isinstance(models, Mapping):
@@ -310,7 +315,12 @@ class _Resolver:
             if not free:
                 profile = self.profiles.get(provider)
                 held = f"; its key is in OpenClaw's auth profile {profile!r}, which self-heal does not read"
-                raise _Unusable(f"${key_var} is not set" + (held if profile else ""))
+                if key_var in self.inline_vars:
+                    held = (
+                        f"; openclaw.json's env.vars sets it for OpenClaw, but self-heal takes keys only from its"
+                        f" own environment: export {key_var} where self-heal runs"
+                    )
+                raise _Unusable(f"${key_var} is not set" + (held if profile or key_var in self.inline_vars else ""))
             key_var = None  # a local or private server needs no key
         headers = self.headers(spec, model)
         context = model.get("contextTokens") or model.get("contextWindow")
