@@ -404,8 +404,20 @@ def _describe_run(run: RunSpec | None) -> str | None:
     return text + (f" ({', '.join(extras)})" if extras else "")
 
 
+class _Parser(cli.ArgumentParser):
+    """tasks.py's parser (and its commands'): a refusal caused by a task name that starts with a dash (a valid
+    id: `-x`), which argparse takes for an unknown option, says how to give that name."""
+
+    def error(self, message: str) -> Any:
+        words = sys.argv[1:]
+        own = words[: words.index("--")] if "--" in words else words
+        if any(w.startswith("-") and w.split("=")[0] not in self._option_string_actions for w in own[1:]):
+            message += "; a task NAME that starts with a dash goes after -- (`tasks.py show -- -x`; `--task=-x`)"
+        return super().error(message)
+
+
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(prog="tasks.py", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="tasks.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="op", required=True, metavar="COMMAND")
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
@@ -517,12 +529,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     own = list(sys.argv[1:] if argv is None else argv)
     command: list[str] = []
-    if "--" in own:  # everything after the first -- is the task's command, never our options
+    if own[:1] == ["add"] and "--" in own:  # everything after add's first -- is the task's command
         cut = own.index("--")
         own, command = own[:cut], own[cut + 1 :]
-    args = parser.parse_args(own)
-    if command and args.op != "add":
-        parser.error(f"a command after -- only goes with add, not {args.op}")
+    # Any other command takes -- as every Unix command does, its end of options: a task named `-x` (a valid
+    # id, which `add --from` takes) is `tasks.py show -- -x`, where argparse alone refused it for good.
+    args, extra = parser.parse_known_args(own)
+    if extra:
+        if "--" in own and not set(extra) - {"--", *own[own.index("--") + 1 :]}:
+            parser.error(f"a command after -- only goes with add, not {args.op}; after -- comes a task's NAME")
+        cli.ArgumentParser.error(parser, f"unrecognized arguments: {' '.join(extra)}")  # argparse's own words
     args.command = command
     _check_text(args, parser)
     cli.setup_logging()

@@ -726,3 +726,65 @@ def test_run_next_max_runs_tasks_one_after_another_in_one_process_until_none_is_
     ):
         refused = tasks(home, "run-next", *bad)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
+
+def test_a_task_named_like_an_option_is_reached_after_a_double_dash_and_its_hints_work(
+    home: Path, tmp_path: Path
+) -> None:
+    """A name may start with a dash (`add --from`, the API): every command reaches it after `--`, as any
+    Unix command takes an operand that looks like an option, and the commands self-heal suggests for it run."""
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_text(json.dumps({"name": "-x", "run": ["true"]}) + "\n")
+    assert tasks(home, "add", "--from", str(lines)).returncode == 0
+    shown = tasks(home, "show", "--json", "--", "-x")
+    assert shown.returncode == 0 and as_json(shown)["task"]["name"] == "-x", shown.stderr
+    assert tasks(home, "mark", "--", "-x", "manual").returncode == 0
+    hint = as_json(tasks(home, "show", "--json", "--", "-x"))["why_not"].split("`")[1]
+    assert hint == "tasks.py mark -- -x error"
+    handed_back = tasks(home, *hint.split()[1:])
+    assert handed_back.returncode == 0 and "-x: ERROR_FIX_PENDING" in handed_back.stdout, handed_back.stderr
+    ran = tasks(home, "run-next", "--task=-x", "--json")
+    assert (ran.returncode, as_json(ran)["exec_state"]) == (0, "END"), ran.stderr
+    for command in (("tree", "--", "-x"), ("log", "--", "-x"), ("set", "--analysis", "a", "--", "-x")):
+        assert tasks(home, *command).returncode == 0, command
+    assert tasks(home, "void", "--", "-x").returncode == 0
+    # After --, add still takes the task's command: never a name.
+    refused = tasks(home, "show", "-x")
+    assert refused.returncode == 2 and "tasks.py show -- -x" in refused.stderr, refused.stderr
+
+
+def test_a_name_already_taken_says_what_frees_it_and_that_works(home: Path) -> None:
+    """`add` of a name the tree holds says how a name becomes free (its tree finished and archived); it once
+    said "void it first", and a void task keeps its name."""
+    assert tasks(home, "add", "nightly", "--", "true").returncode == 0
+    taken = tasks(home, "add", "nightly", "--", "true")
+    assert taken.returncode == 2 and "void it first" not in taken.stderr, taken.stderr
+    assert "already exists (NEW)" in taken.stderr and "`tasks.py archive --older-than 0`" in taken.stderr
+    assert tasks(home, "void", "nightly").returncode == 0
+    assert tasks(home, "archive", "--older-than", "0").returncode == 0
+    assert tasks(home, "add", "nightly", "--", "true").returncode == 0
+
+
+def test_each_step_of_the_escalation_says_the_command_that_comes_next(
+    home: Path, write_config: Callable[[str], Path]
+) -> None:
+    """A FIX task analysed says how to end it once its fix is applied; a task that now needs a person says
+    how to hand it back: the exact command, which works (cron mails these lines; a person acts on them)."""
+    tasks(home, "add", "etl", "--", "sh", "-c", "echo 'KeyError: price' >&2; exit 1")
+    assert tasks(home, "run-next").returncode == 3
+    analysed = tasks(home, "run-next", "--type", "fix")
+    assert analysed.returncode == 0 and "`tasks.py mark FIX-etl-command end`" in analysed.stderr, analysed.stderr
+    write_config(
+        """
+        retry: {jitter: none}
+        policies: {unknown: {attempts: 1}}
+        fixes: {use_model: false}
+        tasks: {analyze_at_failures: 1, solution_at_failures: 0, manual_at_failures: 2}
+        """
+    )
+    parked = tasks(home, "run-next", "--json")
+    assert as_json(parked)["exec_state"] == "REQUIRES_MANUAL"
+    assert "`tasks.py mark etl error`" in as_json(parked)["message"]
+    assert "`tasks.py mark etl error`" in tasks(home, "run-next", "--task", "etl").stderr  # refused: says it too
+    assert tasks(home, "mark", "FIX-etl-command", "end").returncode == 0
+    assert tasks(home, "mark", "etl", "error").returncode == 0

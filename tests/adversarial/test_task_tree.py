@@ -414,3 +414,26 @@ def test_a_write_ahead_log_without_its_index_on_a_read_only_folder_is_refused_na
         proc.stderr
     )
     assert "before" not in proc.stdout
+
+
+def test_a_secret_typed_into_a_tasks_texts_is_masked_before_the_tree_is_written(home: Path, tmp_path: Path) -> None:
+    """A key pasted into a title, a description, an agent's analysis or a person's reason and result is masked
+    in tasks.db (and its write-ahead log), as in every other state file; `show` says *** where it was."""
+    key = "sk-" + "a1B2c3D4e5" * 4
+    token = "ghp_" + "Z9y8X7w6V5" * 4
+    added = tasks(
+        home, "add", "leaky", "--display-name", f"rotate {key}", "--description", f"Bearer {token}", "--", "true"
+    )
+    assert added.returncode == 0, added.stderr
+    lines = tmp_path / "more.jsonl"
+    lines.write_text(json.dumps({"name": "more", "fix_suggestion": f"export KEY={key}"}) + "\n")
+    assert tasks(home, "add", "--from", str(lines)).returncode == 0
+    agent = tasks(home, "set", "leaky", "--analysis", f"the key {key} expired", "--solution", f"use {token}")
+    assert agent.returncode == 0, agent.stderr
+    done = tasks(home, "mark", "leaky", "end", "--reason", f"rotated {key}", "--result", f"new token {token}")
+    assert done.returncode == 0, done.stderr
+    stored = b"".join(path.read_bytes() for path in home.glob("tasks.db*"))
+    assert key.encode() not in stored and token.encode() not in stored
+    assert key[:12].encode() not in stored  # not even its start
+    task = json.loads(tasks(home, "show", "leaky", "--json").stdout)["task"]
+    assert "***" in task["analysis"] and "***" in task["last_result"] and "***" in task["history"][-1]["reason"]

@@ -89,6 +89,7 @@ from .tree import (
     TaskError,
     TaskStore,
     TaskTree,
+    operand,
     runner_identity,
     same_runner,
 )
@@ -687,9 +688,13 @@ def _solution(tree: TaskTree, task: Task, failed: Failed, *, error: str, why: st
 
 
 def resume_command(name: str) -> str:
+    """The command that hands a parked task back and runs it: a name that starts with a dash goes after `--`
+    (and as `--task=NAME`), or argparse would take it for an option."""
     script = str(TASKS_SCRIPT)
-    hand_back = shlex.join(["python3", script, "mark", name, "error"])
-    return f"{hand_back} && {shlex.join(['python3', script, 'run-next', '--task', name])}"
+    dash = name.startswith("-")
+    hand_back = shlex.join(["python3", script, "mark", *(["--"] if dash else []), name, "error"])
+    run = shlex.join(["python3", script, "run-next", *([f"--task={name}"] if dash else ["--task", name])])
+    return f"{hand_back} && {run}"
 
 
 def _incident(task: Task, failed: Failed, store: TaskStore, summary: str | None, tree: TaskTree) -> Incident:
@@ -734,9 +739,10 @@ def why_not(tree: TaskTree, task: Task) -> str | None:
     if task.exec_state not in ACTIONABLE_STATES:
         # A parked FIX task holds a suggestion a person applies, then ends; another goes back to be run again.
         manual = (
-            f"it holds a suggested fix for a person; once it is applied, `tasks.py mark {task.name} end`"
+            f"it holds a suggested fix for a person; once it is applied, `tasks.py mark {operand(task.name)} end`"
             if task.type == "fix"
-            else f"it needs a person; once the cause is fixed, hand it back with `tasks.py mark {task.name} error`"
+            else "it needs a person; once the cause is fixed, hand it back with "
+            f"`tasks.py mark {operand(task.name)} error`"
         )
         hint = {PROCESSING: "it is running", END: "it has ended", VOID: "it is void", REQUIRES_MANUAL: manual}[
             task.exec_state
@@ -922,7 +928,7 @@ class TaskRunner:
             if task.exec_state == PROCESSING and same_runner(task.runner, runner):
                 task.last_result = self.redactor.text(reason)[:500]
                 if manual:
-                    reason += f"; fix that, then hand it back with `tasks.py mark {name} error`"
+                    reason += f"; fix that, then hand it back with `tasks.py mark {operand(name)} error`"
                 tree.transition(name, REQUIRES_MANUAL if manual else NORMAL_CRASH, reason[:500], by="run-next")
 
     # -- running -------------------------------------------------------------------------------------
@@ -1092,7 +1098,11 @@ class TaskRunner:
                 verified = True
             elif outcome == "analysed":
                 escalation = self._analyse_fix(tree, task, diagnosis)
-                message = f"fix task {name!r} analysed; it needs an agent or a person to apply the fix"
+                # The next step is a person's or an agent's: said with its exact command (cron mails this line).
+                message = (
+                    f"fix task {name!r} analysed; an agent or a person applies its fix (`tasks.py show"
+                    f" {operand(name)}`), then `tasks.py mark {operand(name)} end`"
+                )
             elif outcome in ("not_attempted", "interrupted"):
                 # Not attempted (a breaker open, a lock busy): set aside, so the tasks behind it run first.
                 if outcome == "not_attempted":
@@ -1116,7 +1126,10 @@ class TaskRunner:
                 )
                 message = f"task {name!r} failed ({failed.error_class or 'unknown'}): {failed.reason}"
                 if escalation.state == REQUIRES_MANUAL:
-                    message += "; it now needs a person"
+                    message += (
+                        f"; it now needs a person: once the cause is fixed, `tasks.py mark {operand(name)} error`"
+                        " hands it back"
+                    )
             tree.log_run(
                 task,
                 status=_RUN_STATUS.get(outcome, outcome),

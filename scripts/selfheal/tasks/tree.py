@@ -100,6 +100,7 @@ __all__ = [
     "TaskTree",
     "UnknownTask",
     "check_sizes",
+    "operand",
     "rank",
     "runner_identity",
     "safe_name",
@@ -155,7 +156,11 @@ class UnknownTask(TaskError):
 class TaskExists(TaskError):
     def __init__(self, name: str, exec_state: str) -> None:
         self.name = name
-        super().__init__(f"task {name!r} already exists ({exec_state}); pick another name, or void it first")
+        # Voiding keeps the name (a void task is still in the tree): only archiving a finished tree frees it.
+        super().__init__(
+            f"task {name!r} already exists ({exec_state}); pick another name (a name is free again once its "
+            "whole tree is END or VOID and archived: `tasks.py archive --older-than 0`)"
+        )
 
 
 class IllegalTransition(TaskError):
@@ -294,6 +299,8 @@ class TaskTree:
             before = self._rows[name]
             if row == before:
                 continue
+            if _mask_texts(task):
+                row = task_row(task)
             if before is None:
                 self.db.insert_row(row)
             else:
@@ -565,6 +572,37 @@ class TaskTree:
             if candidate not in self:
                 return candidate
             n += 1
+
+
+# What a person, an agent or a command writes into a task as text, and the reasons in its history: masked as
+# the task is written (DESIGN: secrets are redacted before anything is written; a key pasted into `set
+# --analysis` or `mark --reason` stayed in tasks.db as typed). A task's command is refused instead (`add`):
+# masked, it would run with *** in it.
+_MASKED_FIELDS = (*TEXT_FIELDS, "last_result", "last_error")
+
+
+def _mask_texts(task: Task) -> bool:
+    """Mask the secrets in `task`'s texts and history reasons in place; True if anything changed."""
+    redactor = active_redactor()
+    changed = False
+    for name in _MASKED_FIELDS:
+        value = getattr(task, name)
+        if isinstance(value, str) and (masked := redactor.text(value)) != value:
+            setattr(task, name, masked)
+            changed = True
+    history = task.history or []
+    for i, entry in enumerate(history):
+        reason = entry.get("reason") if isinstance(entry, dict) else None
+        if isinstance(reason, str) and (masked := redactor.text(reason)) != reason:
+            history[i] = {**entry, "reason": masked}
+            changed = True
+    return changed
+
+
+def operand(name: str) -> str:
+    """`name` as it is typed at the end of a tasks.py command line (`tasks.py mark {operand(name)} end`):
+    after `--` when it starts with a dash (a valid id may: `-x`), which argparse would take for an option."""
+    return f"-- {name}" if name.startswith("-") else name
 
 
 def safe_name(text: str) -> str:
@@ -931,7 +969,7 @@ class TaskStore:
             task = tree.get(name)
             if task.exec_state != PROCESSING:
                 raise TaskError(
-                    f"task {name!r} is {task.exec_state}, not PROCESSING; `tasks.py mark {name} start` first"
+                    f"task {name!r} is {task.exec_state}, not PROCESSING; `tasks.py mark {operand(name)} start` first"
                 )
             stamp = self.db.clock_now(self.clock.time())
             tree.quiet_update(name, heartbeat_ts=stamp, activity_ts=stamp)
