@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -244,3 +246,135 @@ def test_a_stop_requested_before_the_command_starts_keeps_it_from_starting(tmp_p
         stop.close()
     assert result.interrupted_by == signal.SIGTERM and not result.ok and result.exit_code is None
     assert result.identity is None and not marker.exists()
+
+
+# -- a reader of our output that stops reading -----------------------------------------------------------
+
+FLOOD = ["sh", "-c", "yes | head -c 50000000"]  # far more than a pipe holds: it fills the moment no one reads
+
+
+@contextlib.contextmanager
+def stalled_pipe() -> Iterator[tuple[io.BufferedWriter, int]]:
+    """Our output as a real pipe whose reader never reads (a hung gateway, cron's stuck mailer): a sink over
+    its write end, and its read end, closed at the end so a write blocked on it cannot outlive the test."""
+    read_end, write_end = os.pipe()
+    sink = os.fdopen(write_end, "wb")
+    try:
+        yield sink, read_end
+    finally:
+        os.close(read_end)  # a write still blocked on the pipe gets EPIPE and ends
+        with contextlib.suppress(OSError):
+            sink.close()
+
+
+def run_in_thread(**kwargs: Any) -> tuple[threading.Thread, list[CommandResult]]:
+    results: list[CommandResult] = []
+    thread = threading.Thread(target=lambda: results.append(run_command(**kwargs)), daemon=True)
+    thread.start()
+    return thread, results
+
+
+def test_a_timeout_is_enforced_while_the_reader_of_our_output_has_stopped_reading(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reader of our stdout stops reading: the timeout still stops the command within its bound plus the
+    grace, what the reader did get is the output's start in order, and one warning says the rest was dropped."""
+    with stalled_pipe() as (sink, read_end):
+        started = time.monotonic()
+        thread, results = run_in_thread(argv=FLOOD, stdout=sink, timeout_s=0.5, kill_grace_s=0.5)
+        thread.join(timeout=5)
+        elapsed = time.monotonic() - started
+        assert not thread.is_alive(), "run_command waited on the stalled reader past its timeout"
+        os.set_blocking(read_end, False)
+        got = os.read(read_end, 1 << 20)
+        fd = sink.fileno()
+    result = results[0]
+    assert result.timed_out and result.exit_code is not None and result.exit_code < 0
+    assert elapsed < 0.5 + 0.5 + 2.0
+    assert got and got == b"y\n" * (len(got) // 2)  # what got through is the output's start, whole and in order
+    assert result.output_dropped > 0
+    notes = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert notes == [
+        f"{result.output_dropped} bytes of the output of sh were not delivered to descriptor {fd}"
+        ": its reader stopped reading"
+    ]
+
+
+def test_a_stop_signal_is_acted_on_while_the_reader_of_our_output_has_stopped_reading() -> None:
+    """SIGTERM to the runner (the stop flag) stops the command at once, though its output cannot be written."""
+    stop = StopFlag()
+    timer = threading.Timer(0.3, stop.set, args=(signal.SIGTERM,))
+    try:
+        with stalled_pipe() as (sink, _read_end):
+            timer.start()
+            started = time.monotonic()
+            thread, results = run_in_thread(argv=FLOOD, stdout=sink, stop=stop, kill_grace_s=0.5)
+            thread.join(timeout=5)
+            elapsed = time.monotonic() - started
+            assert not thread.is_alive(), "run_command waited on the stalled reader after the stop signal"
+    finally:
+        timer.cancel()
+        stop.close()
+    assert results[0].interrupted_by == signal.SIGTERM and not results[0].timed_out
+    assert elapsed < 0.3 + 0.5 + 2.0
+
+
+def test_a_command_that_ended_is_not_held_past_its_timeout_by_a_reader_that_stopped_reading() -> None:
+    """The command wrote a little more than the pipes and our buffer hold, and exited: with its reader stalled,
+    the run ends at the timeout all the same, with the command's own exit code and the rest reported dropped."""
+    # 340 KB, then exit 0: our buffer (256 KiB) and the stalled pipe (64 KiB) take most, the command's pipe the rest
+    code = "import sys\nfor _ in range(340): sys.stdout.write('x' * 999 + '\\n')"
+    with stalled_pipe() as (sink, _read_end):
+        started = time.monotonic()
+        thread, results = run_in_thread(argv=[sys.executable, "-c", code], stdout=sink, timeout_s=1.0)
+        thread.join(timeout=6)
+        elapsed = time.monotonic() - started
+        assert not thread.is_alive(), "run_command waited on the stalled reader past its timeout"
+    result = results[0]
+    assert result.exit_code == 0 and not result.timed_out and result.stdout_bytes == 340_000
+    assert 0 < result.output_dropped < 340_000 and elapsed < 1.0 + 3.0
+
+
+SLOW_READER = """
+import sys, time
+out = open(sys.argv[1], "wb")
+got = 0
+while True:
+    data = sys.stdin.buffer.read1(1024)
+    if not data:
+        break
+    out.write(data)
+    got += len(data)
+    if got % (64 * 1024) < len(data):
+        time.sleep(0.01)
+    if got >= 2_000_000 and got - len(data) < 2_000_000:
+        time.sleep(0.5)  # a pause far past the drain time: output still owed must wait for it, not be dropped
+"""
+
+
+def test_a_slow_reader_gets_every_byte_in_order(tmp_path: Path) -> None:
+    """A reader that takes 1 KB at a time, pausing, gets all 5 MB of a command that wrote it and exited long
+    before it was read: backpressure holds the command, nothing is dropped, and the command still succeeds."""
+    received = tmp_path / "received"
+    reader = subprocess.Popen([sys.executable, "-c", SLOW_READER, str(received)], stdin=subprocess.PIPE)
+    assert reader.stdin is not None
+    code = "import sys\nfor i in range(500_000): sys.stdout.write(f'{i:9d}\\n')"
+    try:
+        result = run_command([sys.executable, "-c", code], stdout=reader.stdin, timeout_s=60, drain_s=0.05)
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=30)
+    assert result.ok and result.output_dropped == 0
+    assert received.read_bytes() == b"".join(f"{i:9d}\n".encode() for i in range(500_000))
+
+
+def test_output_written_straight_to_a_pipe_is_redacted() -> None:
+    """Output copied to a pipe of ours passes the process's line redactor, a secret split between two writes
+    included, as every script's stdout does."""
+    read_end, write_end = os.pipe()
+    code = "import sys, time\nsys.stdout.write('key=sk-proj-'); sys.stdout.flush(); time.sleep(0.05)\nprint('A' * 40)"
+    with os.fdopen(write_end, "wb") as sink:
+        result = run_command([sys.executable, "-c", code], stdout=sink)
+    with os.fdopen(read_end, "rb") as got:
+        text = got.read()
+    assert result.ok and text.endswith(b"\n") and b"AAAAAAAAAAAA" not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -180,6 +181,56 @@ def test_timeout_kills_the_command_and_its_grandchildren(tmp_path: Path, home: P
     assert (
         not psutil.pid_exists(int(pidfile.read_text())) or psutil.Process(int(pidfile.read_text())).status() == "zombie"
     )
+
+
+def _stalled_run(home: Path, tmp_path: Path, *args: str, stalled: str) -> tuple[int, float, bytes, bytes]:
+    """retry_run.py as a process whose `stalled` stream ("stdout" or "stderr") is a pipe no one reads (a hung
+    gateway, cron's stuck mailer), the other a file: its exit code, seconds taken, stdout and stderr."""
+    read_end, write_end = os.pipe()
+    files = {name: (tmp_path / name).open("wb") for name in ("stdout", "stderr")}
+    streams: dict[str, Any] = dict(files, **{stalled: write_end})
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [PYTHON, RETRY_RUN, *args], env=script_env(home), stdout=streams["stdout"], stderr=streams["stderr"]
+    )
+    os.close(write_end)
+    try:
+        code = proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"retry_run.py ran on {time.monotonic() - started:.0f}s, its reader stalled") from None
+    finally:
+        os.close(read_end)
+        for f in files.values():
+            f.close()
+    elapsed = time.monotonic() - started
+    return code, elapsed, (tmp_path / "stdout").read_bytes(), (tmp_path / "stderr").read_bytes()
+
+
+FLOOD = ["sh", "-c", "yes | head -c 50000000"]  # more than a pipe holds: it is full the moment no one reads
+
+
+def test_the_timeout_fires_while_the_reader_of_stdout_has_stopped_reading(tmp_path: Path, home: Path) -> None:
+    """Its stdout's reader stops reading: the --timeout still stops the command on time, retry_run exits 3
+    and says the undelivered output was dropped, on one line."""
+    code, elapsed, _, err = _stalled_run(
+        home, tmp_path, "--task", "t", "--timeout", "1", "--max-attempts", "1", "--", *FLOOD, stalled="stdout"
+    )
+    assert code == 3 and elapsed < 1 + 5
+    text = err.decode()
+    assert "killed by SIGTERM at the timeout" in text
+    assert len([line for line in text.splitlines() if "not delivered" in line and "stdout" in line]) == 1
+
+
+def test_with_json_the_timeout_fires_while_the_reader_of_stderr_has_stopped_reading(tmp_path: Path, home: Path) -> None:
+    """With --json the command's output goes to stderr; a stalled stderr holds the run up no more than a
+    stalled stdout does, and the one JSON object still reaches stdout."""
+    code, elapsed, out, _ = _stalled_run(
+        home, tmp_path, "--json", "--timeout", "1", "--max-attempts", "1", "--", *FLOOD, stalled="stderr"
+    )
+    assert code == 3 and elapsed < 1 + 5
+    result = json.loads(out)
+    assert result["error_class"] == "timeout" and result["attempts"][0]["timed_out"]
 
 
 @pytest.mark.parametrize(

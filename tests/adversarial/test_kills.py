@@ -592,3 +592,40 @@ def test_an_orphans_process_that_ends_while_another_is_stopped_is_not_confused_w
         if _stranger_takes_an_orphans_childs_pid(attempt, monkeypatch, leftovers):
             return
     pytest.skip("another process took the freed pid every time")
+
+
+def test_sigterm_is_acted_on_while_the_reader_of_its_output_is_sigstopped(home: Path, leftovers: list[int]) -> None:
+    """The process reading retry_run's stdout is frozen (SIGSTOP) with the pipe full: SIGTERM to retry_run
+    still stops the command's group at once and retry_run exits 3, without waiting for the reader to thaw."""
+    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    leftovers.append(reader.pid)
+    assert reader.stdin is not None
+    runner = subprocess.Popen(
+        [PYTHON, RETRY_RUN, "--task", "flood", "--", "sh", "-c", "echo $$ > flood.pid; exec yes"],
+        cwd=home.parent,
+        env=script_env(home),
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+    )
+    leftovers.append(runner.pid)
+    reader.stdin.close()
+    pidfile = home.parent / "flood.pid"
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "the command to start")
+    command = int(pidfile.read_text())
+    leftovers.append(command)
+    reader.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.3)  # the pipe fills: every write of retry_run to it would now wait for the reader
+        started = time.monotonic()
+        runner.send_signal(signal.SIGTERM)
+        try:
+            _, err = runner.communicate(timeout=8)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("retry_run did not act on SIGTERM while its reader was stopped") from None
+        assert runner.returncode == 3 and time.monotonic() - started < 6
+        assert not alive(command)
+        assert b"stopped: " in err and b"Traceback" not in err
+    finally:
+        reader.send_signal(signal.SIGCONT)
+        reader.kill()
+        reader.wait()

@@ -29,16 +29,20 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import selectors
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..clock import SYSTEM_CLOCK, Clock
+from ..state.redact import LineRedactor
 from ..state.runs import live_process, start_ticks
 
 if TYPE_CHECKING:
@@ -65,6 +69,9 @@ _EXIT_POLL_S = 0.02
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 _PR_GET_CHILD_SUBREAPER = 37
 _CMD_CHARS = 200  # a left-behind process's command line is cut to this in reports
+_PIPE_BUF = select.PIPE_BUF  # bytes: a write this size to a pipe that polls writable never waits (_Sink)
+_PENDING_MAX = 256 * 1024  # bytes of output held for a slow reader before the command's pipes stop being read
+_WRITE_LOCK = threading.Lock()  # one poll-then-write at a time in this process (parallel workflow steps)
 
 
 def become_subreaper() -> bool:
@@ -353,6 +360,7 @@ class CommandResult:
     identity: ProcessIdentity | None = None
     killed: list[int] = field(default_factory=list)
     left_behind: list[LeftBehind] = field(default_factory=list)
+    output_dropped: int = 0  # bytes of output a reader of ours that stopped reading never got (_Sink)
 
     @property
     def ok(self) -> bool:
@@ -382,19 +390,121 @@ class _Tail:
 
 
 class _Sink:
-    """Where a stream's bytes go; a reader that went away (EPIPE) is dropped, the command keeps running."""
+    """One of our own output streams, to which a command's output is copied.
+
+    A pipe, socket or terminal (the reader is another process: a shell pipeline, the OpenClaw gateway, cron's
+    mailer) may stop reading. A write to it would then block, and the supervising loop with it: no timeout,
+    no stop signal acted on (a signal only sets the stop flag, and Python retries the interrupted write). So
+    the loop never writes to such a descriptor more than it surely takes: a poll() for writability, then at
+    most PIPE_BUF bytes, which a pipe with room fits whole (a socket or terminal that polls writable has at
+    least that much room). The bytes wait here meanwhile, at most `_PENDING_MAX`: past that the command's
+    pipes are not read, so a slow reader slows the command down and loses nothing (backpressure), and a
+    stalled one leaves it blocked until its timeout or a stop signal. O_NONBLOCK is not an option: the file
+    description is shared with the shell and with every other process it was handed to. A writer thread is
+    not either: one blocked in sys.stdout's BufferedWriter holds its lock, and at exit Python's flush of
+    sys.stdout would hang on it, or abort the interpreter.
+
+    Writing to the descriptor bypasses the target object, so the bytes pass the process's line redactor here,
+    as the scripts' streams do (cli.redacted_streams). Anything else (a file, /dev/null, a task's log, an
+    in-memory buffer) cannot stall and is written through the target as it comes.
+    A reader that went away (EPIPE) is dropped; the command keeps running."""
 
     def __init__(self, target: OutputSink | None) -> None:
         self.target = target
+        self.fd = _stall_prone_fd(target)
+        self.pending = bytearray()
+        self.dropped = 0  # bytes given up on: over the bound while the command was being stopped, or at the end
+        self._lines = LineRedactor() if self.fd is not None else None
+        self._poll: select.poll | None = None
+        if self.fd is not None:
+            self._poll = select.poll()
+            self._poll.register(self.fd, select.POLLOUT)
+            with contextlib.suppress(OSError, ValueError):
+                # What the target still buffers goes first; after this it is bypassed.
+                target.flush()  # type: ignore[union-attr]
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= _PENDING_MAX
 
     def write(self, chunk: bytes) -> None:
         if self.target is None:
             return
+        if self._lines is None:
+            try:
+                self.target.write(chunk)
+                self.target.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.target = None
+            return
+        self._queue(self._lines.feed(chunk.decode("utf-8", "surrogateescape")))
+        self.push()
+
+    def finish(self) -> None:
+        """The command's output is complete: its last line, if it had no newline, is held back no longer."""
+        if self._lines is not None and self.target is not None:
+            self._queue(self._lines.finish())
+            self.push()
+
+    def _queue(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogateescape")
+        room = 2 * _PENDING_MAX - len(self.pending)  # reached only while the command is stopped (read on)
+        if len(data) > room:
+            self.dropped += len(data) - max(room, 0)
+            data = data[: max(room, 0)]
+        self.pending += data
+
+    def push(self) -> None:
+        """Write what the reader takes now, without waiting for it."""
+        if self.fd is None or self._poll is None or self.target is None:
+            return
         try:
-            self.target.write(chunk)
-            self.target.flush()
-        except (BrokenPipeError, ValueError, OSError):
+            while self.pending:
+                with _WRITE_LOCK:  # another thread's write to the same pipe must not come between poll and write
+                    if not self._poll.poll(0):
+                        return
+                    written = os.write(self.fd, self.pending[:_PIPE_BUF])
+                del self.pending[:written]
+        except OSError:  # the reader went away (EPIPE), or the descriptor was closed under us
+            self.pending.clear()
             self.target = None
+
+    def give_up(self) -> int:
+        """Drop what the reader has not taken (it stopped reading); how many bytes were dropped in all."""
+        self.push()
+        self.dropped += len(self.pending)
+        self.pending.clear()
+        return self.dropped
+
+
+def _stall_prone_fd(target: OutputSink | None) -> int | None:
+    """The descriptor under `target` if its reader may stop reading (see `_stall_prone`), else None."""
+    fileno = getattr(target, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except (OSError, ValueError):  # io.BytesIO and its kind have no descriptor
+        return None
+    return fd if isinstance(fd, int) and _stall_prone(fd) else None
+
+
+def _stall_prone(fd: int) -> bool:
+    """Whether `fd` is a pipe, FIFO, socket or terminal: another process reads it, and may stop."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
+
+
+def _would_block(fd: int) -> bool:
+    """Whether a write to `fd` would wait now for a reader that is not reading."""
+    if not _stall_prone(fd):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return not poller.poll(0)
 
 
 def run_command(
@@ -478,25 +588,45 @@ def run_command(
         raise RuntimeError("subprocess pipes missing")
     out_tail, err_tail = _Tail(tail_bytes), _Tail(tail_bytes)
     tails = {proc.stdout.fileno(): out_tail, proc.stderr.fileno(): err_tail}
-    sinks = {proc.stdout.fileno(): _Sink(stdout), proc.stderr.fileno(): _Sink(stderr)}
+    out_sink = _Sink(stdout)
+    # One sink per destination, so output bound for one place (--json sends both streams to stderr) stays in order.
+    same = stderr is stdout or (out_sink.fd is not None and _stall_prone_fd(stderr) == out_sink.fd)
+    err_sink = out_sink if same else _Sink(stderr)
+    sinks = {proc.stdout.fileno(): out_sink, proc.stderr.fileno(): err_sink}
+    outputs = {sink.fd: sink for sink in (out_sink, err_sink) if sink.fd is not None}
     for fd in tails:
         os.set_blocking(fd, False)
 
     sel = selectors.DefaultSelector()
-    for fd in tails:
-        sel.register(fd, selectors.EVENT_READ)
     if stop is not None:
         sel.register(stop.fileno, selectors.EVENT_READ)
     exit_fd = _pidfd(proc.pid)  # readable when the child exits, so an exit is seen at once
     if exit_fd is not None:
         sel.register(exit_fd, selectors.EVENT_READ)
     open_fds = set(tails)
+    watched: dict[int, int] = {}  # the command's pipes and our outputs in the selector now -> the events asked
+
+    def watch(fd: int, events: int) -> None:
+        if watched.get(fd, 0) == events:
+            return
+        if not events:
+            sel.unregister(fd)
+            del watched[fd]
+        elif fd in watched:
+            sel.modify(fd, events)
+            watched[fd] = events
+        else:
+            sel.register(fd, events)
+            watched[fd] = events
 
     deadline = started + timeout_s if timeout_s is not None else None
     timed_out = False
     interrupted_by: int | None = None
     kill_at: float | None = None  # when SIGKILL follows the SIGTERM already sent
     exited_at: float | None = None
+    drain_from = 0.0  # the drain time after the exit counts from here: not while a slow reader holds reading up
+    done_at: float | None = None  # the command's output is complete (or no longer waited for); now only delivered
+    dropped = 0  # bytes of output not delivered: its reader stopped reading (_Sink)
     last_output: float | None = None
     next_tick = started + tick_s
     killed: list[int] = []
@@ -504,14 +634,30 @@ def run_command(
     try:
         while True:
             now = clock.monotonic()
+            # Stopping the command, or its time is up: output owed to a reader that is not reading is dropped
+            # instead of holding the command's pipes (and the run) for it.
+            hurry = (
+                kill_at is not None
+                or (stop is not None and stop.signum is not None)
+                or (deadline is not None and now >= deadline)
+            )
+            held = False  # a pipe of the command's is not read: its output waits for a slow reader
+            for fd in tails:
+                reading = fd in open_fds and done_at is None and (hurry or not sinks[fd].full)
+                held = held or (fd in open_fds and done_at is None and not reading)
+                watch(fd, selectors.EVENT_READ if reading else 0)
+            for fd, sink in outputs.items():
+                watch(fd, selectors.EVENT_WRITE if sink.pending and sink.target is not None else 0)
+            if held and exited_at is not None:
+                drain_from = now
             waits = [next_tick - now]
-            if deadline is not None and kill_at is None:
+            if deadline is not None and kill_at is None and now < deadline:
                 waits.append(deadline - now)
             if kill_at is not None:
                 waits.append(kill_at - now)
-            if exited_at is not None:
-                waits.append(exited_at + drain_s - now)
-            elif exit_fd is None and not open_fds:
+            if exited_at is not None and done_at is None:
+                waits.append(drain_from + drain_s - now)
+            elif exit_fd is None and not open_fds and exited_at is None:
                 waits.append(_EXIT_POLL_S)  # no pidfd: poll for the exit once the pipes are closed
             for key, _ in sel.select(max(0.0, min(waits))):
                 fd = key.fd
@@ -521,12 +667,15 @@ def run_command(
                 if fd == exit_fd:
                     sel.unregister(fd)
                     continue
+                if fd in outputs:
+                    outputs[fd].push()
+                    continue
                 try:
                     chunk = os.read(fd, _READ_CHUNK)
                 except BlockingIOError:
                     continue
                 if not chunk:
-                    sel.unregister(fd)
+                    watch(fd, 0)
                     open_fds.discard(fd)
                     continue
                 tails[fd].add(chunk)
@@ -537,10 +686,26 @@ def run_command(
             if exited_at is None:
                 before = _boot_ticks(), time.time()  # read before the reap: what started earlier is no stranger
                 if proc.poll() is not None:
-                    exited_at = now
+                    exited_at = drain_from = now
                     tracker.leader_reaped(*before)
-            if exited_at is not None and (not open_fds or now >= exited_at + drain_s):
-                break  # done; output still held open by a leftover background child is not waited for
+            if done_at is None and exited_at is not None and (not open_fds or now >= drain_from + drain_s):
+                # Done; output still held open by a leftover background child is not waited for.
+                done_at = now
+                for sink in outputs.values():
+                    sink.finish()
+            if done_at is not None:
+                owed = [sink for sink in outputs.values() if sink.pending and sink.target is not None]
+                if not owed:
+                    break
+                if (
+                    hurry
+                    or (stop is not None and stop.signum is not None)
+                    or (deadline is not None and now >= deadline)
+                ):
+                    # The reader stopped reading: what it is owed cannot wait past the timeout or a stop.
+                    for sink in owed:
+                        sink.give_up()
+                    break
             if kill_at is None and exited_at is None:
                 signum = None
                 if stop is not None and stop.signum is not None:
@@ -563,6 +728,16 @@ def run_command(
                     on_tick(last_output)
         if on_tick is not None:
             on_tick(last_output)
+        for fd, sink in outputs.items():
+            if sink.dropped:
+                dropped += sink.dropped
+                if not _would_block(2):  # a note to a stderr that stopped being read would wait for it in turn
+                    logger.warning(
+                        "%d bytes of the output of %s were not delivered to %s: its reader stopped reading",
+                        sink.dropped,
+                        argv[0],
+                        {1: "stdout", 2: "stderr"}.get(fd, f"descriptor {fd}"),
+                    )
         if kill_at is not None:
             # The leader is gone, but whatever it left in its group or spawned must not outlive the kill.
             left.update(tracker.others(escaped_only=True))
@@ -606,6 +781,7 @@ def run_command(
         identity=identity,
         killed=sorted(set(killed)),
         left_behind=left_behind,
+        output_dropped=dropped,
     )
 
 
