@@ -127,6 +127,14 @@ def test_a_planted_cron_retry_memory_runs_no_job_again(
     assert elsewhere.read_text() == "{}"
 
 
+def two_health_checks_at_once(env: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """`health_check.py --json` started twice at once (the crontab's check and OpenClaw cron's in the same
+    minute): each one's (stdout, stderr)."""
+    argv = [PYTHON, str(SCRIPTS / "health_check.py"), "--json"]
+    checks = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(2)]
+    return [c.communicate(timeout=60) for c in checks]
+
+
 def test_two_health_checks_at_once_restart_the_gateway_once(home: Path, state: StateRoot, tmp_path: Path) -> None:
     """Both found it down and both ran the restart command: now the second sees the first at work and waits."""
     marker = tmp_path / "restarts"
@@ -139,16 +147,7 @@ def test_two_health_checks_at_once_restart_the_gateway_once(home: Path, state: S
     ]
     watchdog_config(home, restart)
     env = {**script_env(home), **gateway_env(home, tmp_path)}
-    checks = [
-        subprocess.Popen(
-            [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        for _ in range(2)
-    ]
-    outputs = [c.communicate(timeout=60) for c in checks]
+    outputs = two_health_checks_at_once(env)
     actions = sorted(json.loads(out)["watchdog"]["action"] for out, _ in outputs)
     assert len(list(marker.iterdir())) == 1, actions
     assert actions in (["restarted", "starting"], ["busy", "restarted"])
@@ -299,16 +298,7 @@ def test_two_health_checks_at_once_run_a_failed_cron_job_again_once(
             "PATH": f"{bin_dir}:/usr/bin:/bin",
             "OPENCLAW_GATEWAY_PORT": gw.url.rsplit(":", 1)[1],
         }
-        checks = [
-            subprocess.Popen(
-                [PYTHON, str(SCRIPTS / "health_check.py"), "--json"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-            )
-            for _ in range(2)
-        ]
-        outputs = [c.communicate(timeout=60) for c in checks]
+        outputs = two_health_checks_at_once(env)
     for _, err in outputs:
         assert b"Traceback" not in err
     assert len(list(marker.iterdir())) == 1, [json.loads(out).get("cron_retry") for out, _ in outputs]
