@@ -1136,6 +1136,115 @@ def test_the_report_gives_the_compensation_rate_of_the_second_document(
     assert analyze(None, **kwargs)["compensation"] == report["compensation"]
 
 
+# The log lines a workflow writes (workflow.py run, real processes): a step that failed and had its done step
+# undone, and a step answered by its fallback. A compensation or a fallback is a command of the step's run.
+SAGA_LINES = [
+    "[SUCCESS] task=wf2 step=a duration=4s",
+    "[FAILED] task=wf2 step=b reason=permanent attempts=1 exit=2",
+    "[COMPENSATE] task=wf2 reason=started",
+    "[SUCCESS] task=wf2 step=a.compensate duration=30s",
+    "[COMPENSATE] task=wf2 step=a reason=compensated",
+    "[INCIDENT] task=wf2 step=b reason=permanent",
+    "[FAILED] task=wf3 step=a reason=permanent attempts=1 exit=2",
+    "[SUCCESS] task=wf3 step=a.fallback duration=2s",
+    "[FALLBACK] task=wf3 step=a reason=permanent why=fallback_used",
+    "[SUCCESS] task=wf3 step=b duration=6s",
+    "[FAILED] task=wf4 step=a reason=permanent attempts=1 exit=2",
+    "[RETRY] task=wf4 step=a.fallback reason=transient attempt=1/4 delay=1s exit=1",
+    "[FAILED] task=wf4 step=a.fallback reason=permanent attempts=2 exit=2",
+    '[FALLBACK] task=wf4 step=a reason=permanent why=failed detail="the fallback failed too"',
+    "[FAILED] task=wf5 step=x reason=permanent attempts=1 exit=2",
+    "[COMPENSATE] task=wf5 reason=started",
+    "[FAILED] task=wf5 step=w.compensate reason=permanent attempts=1 exit=1",
+    "[COMPENSATE] task=wf5 step=w reason=failed",
+]
+
+
+def _as_ledger(line: str, ts: str) -> str:
+    """A SAGA_LINES line as the ledger's JSON line of the same event."""
+    tag, _, rest = line.partition("] ")
+    fields = dict(part.split("=", 1) for part in re.findall(r'\w+=(?:"[^"]*"|\S+)', rest))
+    event = tag.lstrip("[").lower()
+    obj: dict[str, Any] = {"ts": ts, "event": event, "task": fields["task"], "step": fields.get("step")}
+    if event == "success":
+        obj["duration_s"] = float(fields["duration"].rstrip("s"))
+        obj["status"] = "succeeded"
+    elif event == "compensate":
+        obj["status"] = fields["reason"]
+    elif event == "fallback":
+        obj["error_class"], obj["status"] = fields["reason"], fields["why"]
+    else:
+        obj["error_class"] = fields["reason"]
+    return json.dumps(obj)
+
+
+@pytest.mark.parametrize("engine", ["python", "native", "ledger"])
+def test_a_workflow_steps_compensation_and_fallback_commands_are_no_runs_of_their_own(
+    tmp_path: Path, engine: str
+) -> None:
+    """Six step runs, 3 failed: the undo of a done step (`a.compensate`) is no successful run of its own (a real
+    failed workflow read 2 of 3 runs succeeded), an undo that failed no second failure; a step its fallback
+    answered is one run that succeeded with a fallback (not a failed run and a successful one); one whose
+    fallback failed too, one failed run. It read 10 runs, 50%. The undo's 30 s is no run time."""
+    lines = [f"{iso(T0 + i)} {line}" for i, line in enumerate(SAGA_LINES)]
+    if engine == "ledger":
+        lines = [_as_ledger(line, iso(T0 + i)) for i, line in enumerate(SAGA_LINES)]
+    path = write(tmp_path / "wf.log", lines)
+    config = with_analysis(load_config(), engine="native" if engine == "native" else "python")
+    report = report_of(path, config=config)
+    assert report["runs"]["finished"] == 6
+    assert report["runs"]["succeeded"] == 3  # wf2.a, wf3.a (by its fallback), wf3.b
+    assert report["runs"]["failed"] == 3  # wf2.b, wf4.a, wf5.x
+    assert report["runs"]["success_rate"] == 0.5
+    assert report["runs"]["retries"] == 1
+    assert report["fallback"] == {"events": 2, "rate": round(2 / 6, 4), "reasons": {"permanent": 2}}
+    assert report["compensation"]["rate"] == round(2 / 6, 4)
+    assert report["durations"] == {"timed_runs": 3, "mean_s": 4.0}
+    slowest = {r["task"]: (r["runs"], r["mean_s"]) for r in report["tasks"]["slowest"]}
+    assert slowest == {"wf2": (1, 4.0), "wf3": (2, 4.0)}
+    (wf4,) = report["tasks"]["most_retried"]
+    assert wf4 == {"task": "wf4", "retries": 1, "runs": 1, "failed": 1, "retries_per_run": 1.0}
+    assert "Runs: 6 finished, 50.0% succeeded" in render_text(report)
+
+
+def test_a_rate_just_past_its_threshold_raises_its_alert_though_it_rounds_to_it(tmp_path: Path) -> None:
+    """22,499 of 25,000 runs (89.996%) is under 90%, and 10,001 fallbacks in 50,000 runs (20.002%) over 20%:
+    the rates are compared exactly, not as the report rounds them (to 0.9 and 0.2, which raised nothing), and
+    the message does not say that 90.0% is under 90%."""
+    lines = runs("t", "s" * 22_499 + "f" * 2_501)
+    report = report_of(write(tmp_path / "a.log", lines))
+    assert rules(report) == [("P1", "success_rate")]
+    (alert,) = report["alerts"]
+    assert alert["value"] == 22_499 / 25_000
+    assert alert["message"].startswith("success rate 89.996% is under 90%")
+    lines = runs("t", "F" * 10_001 + "s" * 50_000)
+    report = report_of(write(tmp_path / "b.log", lines))
+    assert rules(report) == [("P2", "fallback_rate")]
+    assert "(20.002%, over 20%)" in report["alerts"][0]["message"]
+
+
+def test_a_models_fallbacks_are_failed_attempts_in_its_failure_share(tmp_path: Path) -> None:
+    """A model that failed and fell over to the next in half its calls failed half its attempts (it read 0.0%);
+    the rules engine answering for a chain is its success, not its failure."""
+    lines = [
+        "[FALLBACK] task=c1 target=a model=m-a reason=transient attempts=1",
+        "[SUCCESS] task=c1 target=b model=m-b duration=1s",
+        "[SUCCESS] task=c2 target=a model=m-a duration=1s",
+        "[FALLBACK] task=c3 target=a model=m-a reason=auth attempts=1",
+        "[FAILED] task=c3 target=b model=m-b reason=permanent attempts=1",
+        "[FALLBACK] task=c3 target=rules model=canned reason=rules",
+        "[SUCCESS] task=c4 target=a model=m-a duration=1s",
+    ]
+    report = report_of(write(tmp_path / "a.log", [f"{iso(T0 + i)} {line}" for i, line in enumerate(lines)]))
+    models = {r["model"]: r for r in report["models"]}
+    assert models["m-a"]["failure_share"] == 0.5
+    assert models["m-b"]["failure_share"] == 0.5
+    assert (models["canned"]["success"], models["canned"]["fallback"], models["canned"]["failure_share"]) == (1, 0, 0.0)
+    targets = {r["target"]: r["failure_share"] for r in report["targets"]}
+    assert targets == {"a": 0.5, "b": 0.5, "rules": 0.0}
+    assert "m-a: 2 ok, 0 retried, 0 failed, 2 fell back (50.0% of attempts failed)" in render_text(report)
+
+
 # --- OpenClaw's own failures ----------------------------------------------------------------------------------------
 
 FAILURES = ROOT / "tests" / "fixtures" / "openclaw-failures" / "agent-chains-cron.jsonl"
@@ -1227,6 +1336,7 @@ def _figures(tally: logscan.Tally) -> dict[str, Any]:
     return {
         "lines": (tally.lines, tally.malformed, tally.blank, tally.outside, tally.timed, round(tally.total_s, 6)),
         "events": dict(tally.events),
+        "not_runs": dict(tally.not_runs),
         "other_tags": dict(tally.other_tags),
         "reasons": dict(tally.reasons),
         "fallback_reasons": dict(tally.fallback_reasons),
@@ -1326,6 +1436,11 @@ def _edge_lines(t: int) -> list[bytes]:
         ts + b" [RETRY] task=a\xc2\xa0b model=M reason=oom",
         ts + b" [RETRY] task=\xe4\xb8\xad\xe6\x96\x87 model=M reason=oom",  # other UTF-8 does not
         ts + b" [FAILED] task=detail reason=zqxwv detail=boom",  # the careful path files it under its detail
+        ts + b" [SUCCESS] task=wf step=a.compensate duration=9s",  # a workflow step's own commands: no runs
+        ts + b" [FAILED] task=wf step=a.fallback reason=oom",
+        ts + b" [SUCCESS] task=wf step=a.fallback duration=2s tokens=1",
+        ts + b" [SUCCESS] task=wf step=a.fallback.x duration=2s",
+        ts + b" [FALLBACK] task=wf target=rules model=canned reason=rules",
         b"",
         b"   \t",
         b'{"ts": "' + ts + b'", "event": "retry", "task": "j", "error_class": "timeout"}',

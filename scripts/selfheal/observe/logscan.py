@@ -82,6 +82,10 @@ MAX_DURATION_S = float(2**53)
 EVENTS = ("retry", "success", "failed", "fallback", "breaker", "resume", "compensate", "incident", "fix", "stuck")
 FAILURE_EVENTS = frozenset({"retry", "failed"})  # what the source documents count as failures
 _FAILED_ATTEMPTS = frozenset({"retry", "failed", "fallback"})  # whose error may be unclassified
+# A workflow runs a step's compensation and its fallback as commands of their own, named `<step>.compensate`
+# and `<step>.fallback` in the ledger (durable/workflow.py): parts of the step's run, not runs of their own.
+COMPENSATION_SUFFIX = ".compensate"
+FALLBACK_SUFFIX = ".fallback"
 # The words a log line's `reason=` takes when the ledger had no error class but a status (format_log_line).
 STATUS_WORDS = frozenset(
     {
@@ -436,6 +440,8 @@ class Tally:
         self.blank = 0
         self.outside = 0  # well-formed lines outside the time window
         self.other_tasks = 0  # events of tasks other than --task
+        # [SUCCESS] and [FAILED] events that end no run (see `_count`): finished runs are the others.
+        self.not_runs: Counter[str] = Counter()
         self.compensations: Counter[str] = Counter()  # compensate events by status
         self.own_events = 0  # events of self-heal's own calls (core.ledger.own_task), left out of every figure
         self._python_lines = 0  # lines the fast path handed to Python (blank ones included)
@@ -511,6 +517,7 @@ class Tally:
             "reasons",
             "fallback_reasons",
             "compensations",
+            "not_runs",
             "let_go",
             "let_go_events",
         ):
@@ -631,6 +638,7 @@ class Tally:
                 event,
                 n,
                 task=fields.get("task"),
+                step=fields.get("step"),
                 target=fields.get("target"),
                 model=fields.get("model"),
                 reason=fields.get("reason"),
@@ -655,16 +663,18 @@ class Tally:
             return
         recent, event, fields = _parse_key(key)
         task = fields.get("task")
+        step = fields.get("step")
         counted = self._count(
             event,
             n,
             task=task,
+            step=step,
             target=fields.get("target"),
             model=fields.get("model"),
             reason=fields.get("reason"),
             source="log",
         )
-        if counted and event == "success":
+        if counted and event == "success" and not _is_compensation(step):
             self.duration(task if task != "-" else None, n, total, longest, recent=recent)
 
     # -- the careful path ---------------------------------------------------------------------------------------
@@ -700,6 +710,7 @@ class Tally:
         self.event(
             event,
             task=fields.get("task"),
+            step=fields.get("step"),
             target=fields.get("target"),
             model=fields.get("model"),
             reason=fields.get("state") if event == "breaker" else fields.get("reason"),
@@ -748,6 +759,7 @@ class Tally:
         self.event(
             event,
             task=_str(obj.get("task")),
+            step=_str(obj.get("step")),
             target=_str(obj.get("target")),
             model=_str(obj.get("model")),
             # The word the log line shows as reason=: the class, else the status (ledger.format_log_line).
@@ -776,6 +788,7 @@ class Tally:
         event: str,
         *,
         task: str | None,
+        step: str | None = None,
         target: str | None = None,
         model: str | None = None,
         reason: str | None = None,
@@ -790,6 +803,7 @@ class Tally:
             event,
             1,
             task=task,
+            step=step,
             target=target,
             model=model,
             reason=reason,
@@ -802,7 +816,7 @@ class Tally:
         if event == "breaker" and reason == "open" and ts is not None:
             self.trips_by_hour[math.floor(ts) // 3600] += 1
             self.trips_by_target[target or "?"] += 1
-        if duration is not None and duration >= 0 and ts is not None:
+        if duration is not None and duration >= 0 and ts is not None and not _is_compensation(step):
             recent = self.window.is_recent(math.floor(ts))
             self.duration(task if task and task != "-" else None, 1, duration, duration, recent=recent)
 
@@ -816,10 +830,17 @@ class Tally:
         model: str | None,
         reason: str | None,
         source: str,
+        step: str | None = None,
         detail: str | None = None,
         unclassified: bool | None = None,
     ) -> bool:
-        """Count `n` events of one kind; False when --task leaves them out, or when they are self-heal's own."""
+        """Count `n` events of one kind; False when --task leaves them out, or when they are self-heal's own.
+
+        A run ends in a [SUCCESS] or a [FAILED], except those of a workflow step's own commands: its
+        compensation's (undoing a done step after a later one failed: the failed step ended that run) and its
+        fallback's, whose success answers for the step, so the step's [FAILED] before it ended no run, and
+        whose failure leaves that [FAILED] the run's end. Those go to `not_runs`, and a task's figures count
+        them so. The events themselves, their retries and their reasons count as any."""
         if task == "-" or not task:
             task = None
         elif task.startswith(OWN_TASK_PREFIX) and task != self.task:
@@ -830,26 +851,39 @@ class Tally:
             self.other_tasks += n
             return False
         self.events[event] += n
+        ended: str | None = event  # how this event ends the task's run: success, failed, or (None) not at all
+        if event in ("success", "failed") and step:
+            if _is_compensation(step) or (event == "failed" and step.endswith(FALLBACK_SUFFIX)):
+                self.not_runs[event] += n
+                ended = None
+            elif event == "success" and step.endswith(FALLBACK_SUFFIX):
+                self.not_runs["failed"] += n  # the step's own [FAILED]: its fallback answered for it
+                ended = "rescued"
+        # The rules engine answering for a chain every model failed (models/llm.py) is that engine's success.
+        per_key = "success" if event == "fallback" and reason == "rules" else event
         if reason:
             if event in FAILURE_EVENTS:
                 self.reasons[reason] = self.reasons.get(reason, 0) + n
             elif event == "fallback":
                 self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + n
         if model:
-            self.by_model[model][event] += n
+            self.by_model[model][per_key] += n
         if target and target != "-":
-            self.by_target[target][event] += n
+            self.by_target[target][per_key] += n
         if event == "compensate" and reason:
             self.compensations[reason] += n  # started (one per failed workflow run), compensated, failed
         if task is not None:
             stats = self.tasks.get(task)
             if stats is None:
                 stats = self.tasks[task] = TaskStats()
-            if event == "success":
+            if ended == "success":
                 stats.successes += n
+            elif ended == "rescued":
+                stats.successes += n
+                stats.failures -= n  # a fold may meet it before the step's [FAILED]: the sum is what counts
             elif event == "retry":
                 stats.retries += n
-            elif event == "failed":
+            elif ended == "failed":
                 stats.failures += n
             elif event == "fallback":
                 stats.fallbacks += n
@@ -1012,6 +1046,11 @@ class _Seconds(dict[bytes, float]):
 
 def _doubles() -> array[float]:
     return array("d")
+
+
+def _is_compensation(step: str | None) -> bool:
+    """Whether a step name is a workflow step's compensation command (`<step>.compensate`)."""
+    return step is not None and step.endswith(COMPENSATION_SUFFIX)
 
 
 def _str(value: object) -> str | None:
