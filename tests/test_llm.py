@@ -689,6 +689,19 @@ def test_a_tracked_call_records_each_attempt(
     assert "[FALLBACK] task=weekly-report target=primary model=model-primary reason=auth" in log
 
 
+def test_a_calls_success_records_the_whole_calls_time_as_a_run_does(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
+) -> None:
+    """The [SUCCESS] event is what analyze_logs.py's run times read: the whole call (its retries and their
+    waits), as retry_run.py records a run, not the last attempt alone (0.01 s for a call of several seconds)."""
+    server.script("primary", Fault.http(503), Fault.http(503))
+    result = ask(chain("primary"), clock, task="weekly-report")
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    (success,) = [e for e in events if e["event"] == "success"]
+    assert clock.waits == [1.0, 2.0] and success["duration_s"] >= 3.0
+    assert result.attempts[-1].duration_s < 1.0  # the answering attempt's own time stays its own
+
+
 def test_an_untracked_first_try_success_writes_nothing(
     chain: Callable[..., Config], clock: FakeClock, home: Path
 ) -> None:

@@ -719,7 +719,11 @@ class _ChainCall:
                         tokens=usage.get("total_tokens"),
                         simplified=request is not self.request,
                     )
-                    await self.note(done, "success", status="succeeded")
+                    # The run's time, as retry_run.py records a run's: the whole call, its retries, waits and the
+                    # endpoints before this one (the attempt's own time is the attempt's, in `attempts`).
+                    await self.note(
+                        done, "success", status="succeeded", duration_s=round(self.clock.monotonic() - self.started, 3)
+                    )
                     await self._store(entry, answer, data)
                     return Completion(
                         content=answer.content,
