@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from selfheal.durable.workflow import (
     status,
     task_id_from_template,
 )
-from selfheal.errors import LockBusy
+from selfheal.errors import LockBusy, UsageError
 from selfheal.state.root import StateRoot, file_lock
 
 WORKFLOW = str(SCRIPTS / "workflow.py")
@@ -925,6 +927,164 @@ def test_python_step_fallback_gives_a_simplified_result(fast: Config) -> None:
     result = wf.run(config=fast)
     assert result.status == "completed" and result.steps[0].fallback
     assert result.steps[0].outputs == {"report": "Simplified summary: revenue 1000000"}
+
+
+class Undo:
+    """A callable object: no __name__ of its own, so it needs name= as a step."""
+
+    def __call__(self, ctx: StepContext) -> dict[str, Any]:
+        return {"step": ctx.step}
+
+
+async def fetch_async(ctx: StepContext) -> None:
+    return None
+
+
+def fetch_lines(ctx: StepContext) -> Any:
+    yield "line"
+
+
+def returns_one(ctx: StepContext) -> int:
+    return 1
+
+
+@pytest.mark.parametrize(
+    ("declare", "words"),
+    [
+        (lambda wf: wf.step("fetch"), "@wf.step(name='fetch')"),
+        (lambda wf: wf.step(functools.partial(returns_one)), "name="),
+        (lambda wf: wf.step(Undo()), "name="),
+        (lambda wf: wf.step(lambda ctx: 1), "name="),
+        (lambda wf: wf.step(fetch_async), "fetch_async is a coroutine function"),
+        (lambda wf: wf.step(fetch_lines), "fetch_lines is a generator function"),
+        (lambda wf: wf.step(returns_one, compensate="undo_fetch"), "compensate="),
+        (lambda wf: wf.step(returns_one, fallback=fetch_async), "fallback=: fetch_async is a coroutine"),
+        (lambda wf: wf.step(returns_one, max_attempts=0), "max_attempts"),
+        (lambda wf: wf.step(returns_one, max_attempts="3"), "max_attempts"),
+        (lambda wf: wf.step(returns_one, after="first"), "after= takes a list"),
+    ],
+    ids=[
+        "name-as-function",
+        "partial",
+        "callable-object",
+        "lambda",
+        "async",
+        "generator",
+        "compensate-text",
+        "async-fallback",
+        "no-attempts",
+        "attempts-text",
+        "after-text",
+    ],
+)
+def test_a_step_that_could_never_run_is_refused_where_it_is_declared(
+    fast: Config, declare: Callable[[Workflow], Any], words: str
+) -> None:
+    """A step the engine can never call is refused by wf.step() with a UsageError (exit 2) saying what to
+    write: it used to be an AttributeError traceback, or, for an async step, a failure at run time after
+    the earlier steps had run, which were then compensated (a refund for a typo)."""
+    undone: list[str] = []
+    wf = Workflow("declared")
+
+    @wf.step(compensate=lambda ctx: undone.append("undo first"))
+    def first(ctx: StepContext) -> None:
+        return None
+
+    with pytest.raises(UsageError) as info:
+        declare(wf)
+    assert words in str(info.value) and info.value.exit_code == 2
+    assert [s.name for s in wf.plan.steps] == ["first"] and undone == []
+
+
+def test_a_partial_or_a_callable_object_is_a_step_once_named(fast: Config) -> None:
+    """functools.partial and objects with __call__ have no __name__: given name=, they run like functions."""
+    wf = Workflow("named")
+    wf.step(functools.partial(returns_one), name="one")
+    wf.step(Undo(), name="obj")
+    result = wf.run(config=fast)
+    assert result.status == "completed", result.message
+    assert [s.outputs for s in result.steps] == [{"value": 1}, {"step": "obj"}]
+
+
+def test_a_step_changing_the_outputs_it_reads_changes_no_other_steps(fast: Config) -> None:
+    """ctx.outputs is the step's own copy: a step that edits what an earlier step returned does not change
+    that step's outputs, what later steps read, or what its compensation is given (it refunded the wrong
+    order, and a resume after a crash read the original)."""
+    undone: list[Any] = []
+    seen: list[Any] = []
+    wf = Workflow("mutate")
+
+    @wf.step(compensate=lambda ctx: undone.append(ctx.outputs["order"]))
+    def order(ctx: StepContext) -> dict[str, Any]:
+        return {"id": 7, "lines": [{"sku": "a"}]}
+
+    @wf.step
+    def enrich(ctx: StepContext) -> None:
+        ctx.outputs["order"]["id"] = 99
+        ctx.outputs["order"]["lines"][0]["sku"] = "b"
+        ctx.outputs.pop("order")
+
+    @wf.step
+    def publish(ctx: StepContext) -> None:
+        seen.append(ctx.outputs["order"])
+        raise ValueError("the channel does not exist")
+
+    result = wf.run(config=fast)
+    assert result.status == "failed"
+    original = {"id": 7, "lines": [{"sku": "a"}]}
+    assert seen == [original] and undone == [original]
+    assert result.steps[0].outputs == original
+
+
+def test_mypy_strict_accepts_a_documented_workflow_and_keeps_the_step_types(tmp_path: Path) -> None:
+    """The docs' workflow under mypy --strict: @wf.step and @wf.step(compensate=...) keep the function's
+    type (the decorator was typed Any: "Untyped decorator makes function untyped", an error under --strict)."""
+    from helpers.openclaw import cache_root
+
+    program = tmp_path / "user_workflow.py"
+    program.write_text(
+        textwrap.dedent(
+            """\
+            from __future__ import annotations
+
+            from typing import Any
+
+            import selfheal
+
+            wf = selfheal.Workflow("weekly-report")
+
+
+            def undo(ctx: selfheal.StepContext) -> None:
+                print(ctx.outputs["draft"]["id"])
+
+
+            @wf.step(compensate=undo, retries=3, after=[])
+            def draft(ctx: selfheal.StepContext) -> dict[str, Any]:
+                return {"id": ctx.idempotency_key}
+
+
+            @wf.step
+            def publish(ctx: selfheal.StepContext) -> None:
+                return None
+
+
+            reveal_type(draft)
+            result: selfheal.WorkflowResult = wf.run(task="weekly-report-2026-47")
+            """
+        )
+        + f"# run {uuid.uuid4().hex}: new text each run, so mypy's kept cache never stands in for checking it\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache_root() / "mypy"), str(program)],
+        capture_output=True,
+        text=True,
+        env={"MYPYPATH": str(SCRIPTS), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(str(program))]
+    assert [line for line in lines if ": error:" in line] == [], proc.stdout
+    revealed = 'Revealed type is "def (ctx: selfheal.durable.workflow.StepContext) -> dict[str, Any]"'
+    assert any(revealed in line for line in lines), proc.stdout
 
 
 # -- crashes at random moments --------------------------------------------------------------------------------

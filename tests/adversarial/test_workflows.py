@@ -199,6 +199,70 @@ def test_a_huge_error_message_is_cut_before_it_is_written(fast: Config, home: Pa
     assert sum(p.stat().st_size for p in (home / "incidents").iterdir()) < 1024 * 1024
 
 
+def test_a_compensation_failing_with_a_huge_message_holding_a_key_is_cut_and_masked(fast: Config, home: Path) -> None:
+    """A compensation function failing with a 30 MB message that holds an API key: what the step, the result
+    and the incident keep is masked and cut to ledger.reason_max_chars. The message was kept whole: a 120 MB
+    checkpoint that no later run or `status` could read, and the key in the result's JSON."""
+    key = "sk-proj-" + "0123456789abcdef" * 2
+    wf = Workflow("loud-undo")
+
+    def undo(ctx: StepContext) -> None:
+        raise RuntimeError(f"refund refused for {key}: " + "z" * (30 * 1024 * 1024))
+
+    @wf.step(compensate=undo)
+    def charge(ctx: StepContext) -> dict[str, Any]:
+        return {"receipt": "R-1"}
+
+    @wf.step
+    def email(ctx: StepContext) -> None:
+        raise ValueError("the mail server refused the sender")
+
+    result = wf.run(config=fast)
+    assert result.status == "failed" and result.compensation_failures == ["charge"]
+    shown = json.dumps(result.to_json())
+    assert key not in shown and "refund refused for" in shown
+    loaded = status("loud-undo")  # raised StateError: the checkpoint was too big to read
+    assert loaded is not None and loaded.steps["charge"].state == "compensation_failed"
+    reason = loaded.steps["charge"].reason or ""
+    assert "RuntimeError: refund refused for" in reason and len(reason) <= fast.ledger.reason_max_chars + 40
+    assert len(checkpoint_bytes(home)) < 1024 * 1024
+    assert sum(p.stat().st_size for p in (home / "incidents").iterdir()) < 1024 * 1024
+
+
+class Unprintable(Exception):
+    """An exception whose text cannot be made (a broken __str__, as some wrapped C errors have)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_step_and_a_compensation_raising_an_exception_with_no_text_fail_cleanly(fast: Config) -> None:
+    """A step raising an exception whose str() fails is a failed step like any other: the done steps are
+    compensated and the reason names the exception's type. It was a RuntimeError traceback out of run(),
+    the earlier steps left as they were and the step `running`."""
+    undone: list[str] = []
+    wf = Workflow("mute")
+
+    def undo_first(ctx: StepContext) -> None:
+        undone.append("first")
+
+    def undo_second(ctx: StepContext) -> None:
+        raise Unprintable
+
+    wf.step(lambda ctx: None, name="first", compensate=undo_first)
+    wf.step(lambda ctx: None, name="second", compensate=undo_second)
+
+    @wf.step(max_attempts=1)
+    def third(ctx: StepContext) -> None:
+        raise Unprintable
+
+    result = wf.run(config=fast)
+    assert result.status == "failed" and undone == ["first"]
+    assert result.compensation_failures == ["second"] and result.compensated == ["first"]
+    assert result.steps[2].reason == "Unprintable: Unprintable()"
+    assert "Unprintable: Unprintable()" in (result.steps[1].reason or "")
+
+
 def test_a_compensation_left_running_by_a_sigkill_is_stopped_before_it_runs_again(tmp_path: Path, home: Path) -> None:
     """SIGKILL while a compensation command runs: the next run stops the one left behind before undoing
     the step again (both ran at once, the undo twice in parallel)."""

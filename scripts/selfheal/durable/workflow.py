@@ -25,6 +25,8 @@ engine runs both:
 from __future__ import annotations
 
 import datetime
+import functools
+import inspect
 import json
 import logging
 import math
@@ -38,10 +40,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar, overload
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.breaker import BreakerOpen
+from ..core.classify import safe_str
 from ..core.config import CONFIG_MAX_BYTES, Config, Marks, get_config, read_yaml
 from ..core.ledger import Ledger
 from ..core.process import OutputSink, StopFlag
@@ -120,6 +123,8 @@ class Command:
 
 
 StepFunction = Callable[["StepContext"], Any]
+# A step function as the user typed it: the decorator gives it back with its own type.
+_F = TypeVar("_F", bound=StepFunction)
 
 
 @dataclass(frozen=True)
@@ -657,6 +662,15 @@ class WorkflowRunner:
                 self._done_outputs = {n: steps[n].outputs for n in self.data.order if steps[n].state == DONE}
             return dict(self._done_outputs)
 
+    def _function_outputs(self, extra: Mapping[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+        """The outputs of the steps done (and `extra`) as a function's ctx.outputs: a copy all the way down.
+        A step may change what it was given; the done steps' own outputs (what later steps read, what their
+        compensation is given, what the checkpoint keeps) must stay what those steps returned, as a resume
+        after a crash reads them. They are JSON, so a JSON round trip copies them, in C."""
+        outputs = {**self._outputs(), **(extra or {})}
+        copied: dict[str, dict[str, Any]] = json.loads(json.dumps(outputs, ensure_ascii=False))
+        return copied
+
     # -- run --------------------------------------------------------------------------------------------
 
     def run(self, *, from_step: str | None = None, restart: bool = False) -> WorkflowResult:
@@ -1046,7 +1060,9 @@ class WorkflowRunner:
                     raise RuntimeError(f"it did not produce {', '.join(step.output_files)}")
                 outputs = self._collect_outputs(step, stdout)
             elif backup is not None:
-                context = StepContext(self.task, step.name, 1, f"{self.task}/{step.name}/fallback", self._outputs())
+                context = StepContext(
+                    self.task, step.name, 1, f"{self.task}/{step.name}/fallback", self._function_outputs()
+                )
                 value = Retrier(
                     task=self.task,
                     step=f"{step.name}.fallback",
@@ -1066,7 +1082,7 @@ class WorkflowRunner:
                 step=step.name,
                 error_class=failure.error_class,
                 status="failed",
-                reason=f"the fallback failed too ({exc}); the step's error: {why}",
+                reason=f"the fallback failed too ({safe_str(exc)}); the step's error: {why}",
             )
             raise failure from exc
         record.state, record.error_class, record.reason = RUNNING, failure.error_class, f"fallback used after: {why}"
@@ -1154,7 +1170,7 @@ class WorkflowRunner:
     def _run_function(
         self, step: Step, fn: StepFunction, record: StepRecord, persist: Callable[[int], None], prior: int
     ) -> None:
-        context = StepContext(self.task, step.name, prior + 1, f"{self.task}/{step.name}", self._outputs())
+        context = StepContext(self.task, step.name, prior + 1, f"{self.task}/{step.name}", self._function_outputs())
 
         def before(number: int) -> None:
             context.attempt = number
@@ -1181,7 +1197,7 @@ class WorkflowRunner:
             history = attempts_of(exc)
             record.state = FAILED
             record.error_class = history[-1].error_class if history else "unknown"
-            record.reason = self._reason(f"{type(exc).__name__}: {exc}")
+            record.reason = self._reason(_error_text(exc))
             raise _StepFailed(record.error_class, record.reason, None, stop_reason_of(exc)) from exc
         # The step ran: whatever it returned, its side effects happened, so it must stay compensable.
         record.ran = True
@@ -1255,9 +1271,12 @@ class WorkflowRunner:
             try:
                 self._run_compensation(step, record)
             except Exception as exc:  # recorded and escalated in the incident, never hidden
-                record.state, record.reason = COMPENSATION_FAILED, f"compensation failed: {exc}"
-                failures.append({"step": step.name, "error": str(exc)})
-                self.ledger.record("compensate", task=self.task, step=step.name, status="failed", reason=str(exc))
+                # Masked and cut as a step's own failure is: a compensation's error of many megabytes made a
+                # checkpoint no run could read again, and the result showed a key it held.
+                error = self._reason(safe_str(exc))
+                record.state, record.reason = COMPENSATION_FAILED, self._reason(f"compensation failed: {error}")
+                failures.append({"step": step.name, "error": error})
+                self.ledger.record("compensate", task=self.task, step=step.name, status="failed", reason=error)
             else:
                 # A step that ran but then failed its checks keeps saying failed (the incident names it).
                 if record.state == DONE:
@@ -1282,16 +1301,19 @@ class WorkflowRunner:
                 step.name,
                 1,
                 f"{self.task}/{step.name}/compensate",
-                {**self._outputs(), step.name: record.outputs},
+                self._function_outputs({step.name: record.outputs}),
             )
-            Retrier(
-                task=self.task,
-                step=f"{step.name}.compensate",
-                config=self.config,
-                clock=self.clock,
-                state=self.state,
-                ledger=self.ledger,
-            ).call(undo, context)
+            try:
+                Retrier(
+                    task=self.task,
+                    step=f"{step.name}.compensate",
+                    config=self.config,
+                    clock=self.clock,
+                    state=self.state,
+                    ledger=self.ledger,
+                ).call(undo, context)
+            except Exception as exc:  # named by its type, as a step's own failure is
+                raise RuntimeError(_error_text(exc)) from exc
 
     def _dead_letter(self) -> WorkflowResult:
         self.data.status = TASK_DEAD_LETTER
@@ -1447,6 +1469,12 @@ def _as_json(value: Any, where: str, converted: list[str], inside: tuple[int, ..
     return _utf8(f"<{type(value).__name__}: {text}>")[0]
 
 
+def _error_text(exc: BaseException) -> str:
+    """A function's exception as a step's reason: its type, then its text (`ValueError: bad id`), never raising
+    (some wrapped C errors' __str__ fails: core.classify.safe_str)."""
+    return f"{type(exc).__name__}: {safe_str(exc)}"
+
+
 def _utf8(text: str) -> tuple[str, bool]:
     """`text` as UTF-8 can hold it (a lone surrogate, half an emoji, becomes `\\ud83d`), and whether it changed."""
     try:
@@ -1542,6 +1570,38 @@ def task_id_from_template(template: str, *, now: float) -> str:
     return validate_id(task, "task")
 
 
+def _step_name(func: object, name: str | None, workflow: str) -> str:
+    """The step's name: `name=`, else the function's own; a lambda, a functools.partial or an object with
+    __call__ has none that could be a step's (the checkpoint knows steps by name), so it must be given."""
+    own = getattr(func, "__name__", None)
+    if name is not None:
+        return name
+    if isinstance(own, str) and own != "<lambda>":
+        return own
+    what = "a lambda" if own == "<lambda>" else f"{type(func).__name__} {func!r}"
+    raise UsageError(
+        f"workflow {workflow!r}: {what} has no name a step can have; give it one: wf.step(fn, name='fetch')"
+    )
+
+
+def _not_a_step_function(value: object) -> str | None:
+    """Why `value` cannot be a step's function (or its compensation or fallback), or None. The engine calls it
+    once per attempt and takes what it returns: a coroutine or generator function returns at once, before
+    its body has run, so what it does would be neither retried nor known to have happened."""
+    if not callable(value):
+        return f"takes a function of a StepContext, got {value!r}"
+    call = value if inspect.isroutine(value) or isinstance(value, functools.partial) else type(value).__call__
+    label = getattr(value, "__qualname__", None) or repr(value)
+    if inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call):
+        return (
+            f"{label} is a coroutine function; a step is a plain function (run the coroutine inside it, "
+            "e.g. return asyncio.run(fetch(ctx)))"
+        )
+    if inspect.isgeneratorfunction(call):
+        return f"{label} is a generator function, which returns before its body runs; return a list instead"
+    return None
+
+
 # -- status and reset -----------------------------------------------------------------------------------
 
 
@@ -1583,9 +1643,10 @@ class Workflow:
         self.name = name
         self._steps: list[Step] = []
 
+    @overload
     def step(
         self,
-        fn: StepFunction | None = None,
+        fn: _F,
         *,
         name: str | None = None,
         compensate: StepFunction | None = None,
@@ -1594,18 +1655,61 @@ class Workflow:
         fallback: StepFunction | None = None,
         target: str | None = None,
         after: Sequence[str] | None = None,
-    ) -> Any:
+    ) -> _F: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        compensate: StepFunction | None = None,
+        max_attempts: int | None = None,
+        retries: int | None = None,
+        fallback: StepFunction | None = None,
+        target: str | None = None,
+        after: Sequence[str] | None = None,
+    ) -> Callable[[_F], _F]: ...
+
+    def step(
+        self,
+        fn: _F | None = None,
+        *,
+        name: str | None = None,
+        compensate: StepFunction | None = None,
+        max_attempts: int | None = None,
+        retries: int | None = None,
+        fallback: StepFunction | None = None,
+        target: str | None = None,
+        after: Sequence[str] | None = None,
+    ) -> _F | Callable[[_F], _F]:
+        """Add `fn` as the next step (`@wf.step`, or `@wf.step(name=..., compensate=...)`), returning it
+        unchanged. Whatever the engine could never call is refused here (UsageError, exit 2), not when the
+        step's turn comes: by then the earlier steps have run, and failing would compensate them."""
+        if isinstance(fn, str):  # `@wf.step("fetch")`: the name given where the function goes
+            raise UsageError(f"@wf.step({fn!r}) takes a function; to name the step, write @wf.step(name={fn!r})")
         if retries is not None:
             if max_attempts is not None:
                 raise UsageError("give retries or max_attempts, not both (retries=N is max_attempts=N + 1)")
             if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
                 raise UsageError(f"retries must be a whole number >= 0, got {retries!r}")
             max_attempts = retries + 1
+        elif max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise UsageError(f"max_attempts must be a whole number >= 1, got {max_attempts!r}")
         if target is not None:
             validate_id(target, "target")
+        if isinstance(after, str) or (after is not None and not all(isinstance(a, str) for a in after)):
+            # A string is a sequence too: after="fetch" would wait for steps "f", "e", "t"...
+            raise UsageError(f"after= takes a list of earlier steps' names, e.g. after=['fetch'], got {after!r}")
 
-        def add(func: StepFunction) -> StepFunction:
-            step_name = validate_id(name or func.__name__, "step")
+        def add(func: _F) -> _F:
+            step_name = validate_id(_step_name(func, name, self.name), "step")
+            for role, value in (("", func), ("compensate=: ", compensate), ("fallback=: ", fallback)):
+                problem = _not_a_step_function(value) if value is not None else None
+                if problem:
+                    raise UsageError(f"step {step_name!r} of workflow {self.name!r}: {role}{problem}")
             if any(s.name == step_name for s in self._steps):
                 raise UsageError(f"workflow {self.name!r} already has a step named {step_name!r}")
             known = {s.name for s in self._steps}
