@@ -1020,10 +1020,23 @@ def test_when_every_model_fails_the_rules_fallback_answers_marked_as_rules(
         True,
     )
     assert result.attempts[-1].outcome == "answered" and result.to_json()["by_rules"] is True
-    assert "[FALLBACK] task=- target=rules" in (home / "logs" / "selfheal.log").read_text()
+    # In the ledger the call ends as the rules engine ended it: the last model's failure is a fallback to it,
+    # and its answer the call's success (it read as a failed call that had been answered).
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert [(e["event"], e["target"]) for e in events if e["event"] != "breaker"][-2:] == [
+        ("fallback", "dead"),
+        ("success", "rules"),
+    ]
+    assert "[SUCCESS] task=- target=rules" in (home / "logs" / "selfheal.log").read_text()
     rules.write_text("raise SystemExit(1)\n")
     with pytest.raises(ModelCallFailed):
         ask(load_config(), clock)
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert [(e["event"], e["target"]) for e in events if e["event"] != "breaker"][-2:] == [
+        ("fallback", "dead"),
+        ("failed", "rules"),
+    ]
+    assert events[-1]["reason"].startswith("every model failed, and the rules fallback gave no answer: ")
 
 
 # -- keys, deadlines and streams at their edges ----------------------------------------------------------------------

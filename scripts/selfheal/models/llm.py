@@ -782,7 +782,9 @@ class _ChainCall:
                     classification, failure, error, budget, number, last=last, ejecting=ejecting
                 )
                 if why is not None or decision is None:
-                    event = "failed" if last else "fallback"
+                    # The last endpoint's failure ends the call, unless models.rules_fallback answers after it
+                    # (then the call's end is the rules engine's [SUCCESS] or [FAILED]: _ask_rules).
+                    event = "failed" if last and not self.models.rules_fallback else "fallback"
                     max_attempts = decision.max_attempts if decision else number
                     # Silent, stalled, unreachable or out of memory: cool it down at once, so the next calls
                     # skip it for a while (one probe brings it back).
@@ -1344,7 +1346,9 @@ async def acomplete(
         if not config.models.rules_fallback or isinstance(exc, ContentRefused):
             raise
         limit = min(config.models.read_timeout_base_s, call.remaining())
-        answer = await _ask_rules(config, request, exc.attempts, clock, state=state, task=task, limit_s=limit)
+        answer = await _ask_rules(
+            config, request, exc.attempts, clock, state=state, task=task, limit_s=limit, started_s=call.started
+        )
         if answer is None:
             raise
         answer.content = call.mask.text(answer.content)
@@ -1365,18 +1369,38 @@ async def _ask_rules(
     state: StateRoot | None,
     task: str | None,
     limit_s: float,
+    started_s: float | None = None,
 ) -> Completion | None:
     """The second document's last strategy, a rule engine: `models.rules_fallback` (an argv) gets the
     prompt on stdin and answers on stdout within `limit_s` (the read timeout, within the call's deadline),
     checked like a model's answer; None when it cannot answer. It runs in a session of its own, so a
-    command that starts others (`sh -c ...`) is stopped whole."""
+    command that starts others (`sh -c ...`) is stopped whole.
+
+    Its outcome ends the call in the ledger, as a model's answer or final failure would: [SUCCESS] target=rules
+    (the whole call's time, from `started_s`), or [FAILED] target=rules with the last model's class. The chain's
+    last model was recorded as a [FALLBACK] to it; a failed call read as failed though the rules answered."""
     argv = list(config.models.rules_fallback)
+    ledger = Ledger((state or StateRoot.from_env()), config, clock=clock)
+    last_class = attempts[-1].error_class if attempts else None
+
+    def gave_none(why: str) -> None:  # recorded as the call's end; the caller raises the models' failure
+        ledger.record(
+            "failed",
+            task=task,
+            target="rules",
+            model=os.path.basename(argv[0]),
+            error_class=last_class,
+            status="rules_failed",
+            reason=f"every model failed, and the rules fallback gave no answer: {why}",
+        )
+
     prompt = "\n\n".join(m["content"] for m in request.messages if m["role"] == "user")
     started = clock.monotonic()
     name = os.path.basename(argv[0])
     log = logging.getLogger(__name__)
     if limit_s <= 0:
         log.warning("the rules fallback %s was not asked: no time left of the call's deadline", name)
+        gave_none("no time left of the call's deadline")
         return None
     proc: asyncio.subprocess.Process | None = None
     try:
@@ -1396,7 +1420,9 @@ async def _ask_rules(
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-        log.warning("the rules fallback %s could not answer: %s", name, why or f"{type(exc).__name__}: {exc}")
+        why = why or f"{type(exc).__name__}: {exc}"
+        log.warning("the rules fallback %s could not answer: %s", name, why)
+        gave_none(why)
         return None
     content = out.decode("utf-8", "replace").strip()
     try:
@@ -1411,11 +1437,19 @@ async def _ask_rules(
         )
     except OutputProblem as problem:
         log.warning("the rules fallback %s gave no usable answer: %s", name, problem.detail)
+        gave_none(f"no usable answer ({problem.detail})")
         return None
     duration = clock.monotonic() - started
     done = ModelAttempt("rules", name, 1, "answered", duration_s=duration)
-    ledger = Ledger((state or StateRoot.from_env()), config, clock=clock)
-    ledger.record("fallback", task=task, target="rules", model=name, status="rules", reason="every model failed")
+    ledger.record(
+        "success",
+        task=task,
+        target="rules",
+        model=name,
+        status="rules",
+        reason="every model failed; the rules fallback answered",
+        duration_s=round(clock.monotonic() - (started if started_s is None else started_s), 3),
+    )
     return Completion(content, data, "rules", name, True, "stop", None, duration, [*attempts, done], by_rules=True)
 
 
