@@ -1347,7 +1347,15 @@ async def acomplete(
             raise
         limit = min(config.models.read_timeout_base_s, call.remaining())
         answer = await _ask_rules(
-            config, request, exc.attempts, clock, state=state, task=task, limit_s=limit, started_s=call.started
+            config,
+            request,
+            exc.attempts,
+            clock,
+            state=state,
+            task=task,
+            limit_s=limit,
+            started_s=call.started,
+            record=record,
         )
         if answer is None:
             raise
@@ -1370,6 +1378,7 @@ async def _ask_rules(
     task: str | None,
     limit_s: float,
     started_s: float | None = None,
+    record: bool = True,
 ) -> Completion | None:
     """The second document's last strategy, a rule engine: `models.rules_fallback` (an argv) gets the
     prompt on stdin and answers on stdout within `limit_s` (the read timeout, within the call's deadline),
@@ -1378,12 +1387,15 @@ async def _ask_rules(
 
     Its outcome ends the call in the ledger, as a model's answer or final failure would: [SUCCESS] target=rules
     (the whole call's time, from `started_s`), or [FAILED] target=rules with the last model's class. The chain's
-    last model was recorded as a [FALLBACK] to it; a failed call read as failed though the rules answered."""
+    last model was recorded as a [FALLBACK] to it; a failed call read as failed though the rules answered.
+    `record=False` (the caller's): nothing is written."""
     argv = list(config.models.rules_fallback)
-    ledger = Ledger((state or StateRoot.from_env()), config, clock=clock)
+    ledger = Ledger((state or StateRoot.from_env()), config, clock=clock) if record else None
     last_class = attempts[-1].error_class if attempts else None
 
     def gave_none(why: str) -> None:  # recorded as the call's end; the caller raises the models' failure
+        if ledger is None:
+            return
         ledger.record(
             "failed",
             task=task,
@@ -1441,15 +1453,16 @@ async def _ask_rules(
         return None
     duration = clock.monotonic() - started
     done = ModelAttempt("rules", name, 1, "answered", duration_s=duration)
-    ledger.record(
-        "success",
-        task=task,
-        target="rules",
-        model=name,
-        status="rules",
-        reason="every model failed; the rules fallback answered",
-        duration_s=round(clock.monotonic() - (started if started_s is None else started_s), 3),
-    )
+    if ledger is not None:
+        ledger.record(
+            "success",
+            task=task,
+            target="rules",
+            model=name,
+            status="rules",
+            reason="every model failed; the rules fallback answered",
+            duration_s=round(clock.monotonic() - (started if started_s is None else started_s), 3),
+        )
     return Completion(content, data, "rules", name, True, "stop", None, duration, [*attempts, done], by_rules=True)
 
 
