@@ -153,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stop = StopFlag()
     stop.install()
+    cli.hurry_on(stop)  # a stalled reader of our stderr must not hold up acting on the signal
     become_subreaper()  # daemons the command starts are re-parented to us, so they can be found and stopped
     outcome = run_with_retry(
         command,

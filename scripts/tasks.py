@@ -768,6 +768,7 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
         )
     stop = StopFlag()
     stop.install()
+    cli.hurry_on(stop)  # a stalled reader of our stderr must not hold up acting on the signal
     become_subreaper()  # daemons a command starts are re-parented to us, so they can be found and stopped
     results: list[TaskRun] = []
     try:

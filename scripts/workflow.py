@@ -150,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ) from None
     stop = StopFlag()
     stop.install()
+    cli.hurry_on(stop)  # a stalled reader of our stderr must not hold up acting on the signal
     become_subreaper()  # daemons a command starts are re-parented to us, so they can be found and stopped
     runner = WorkflowRunner(
         plan,

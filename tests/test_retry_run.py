@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from conftest import PYTHON, SCRIPTS, call_script, run_script, script_env
+from selfheal import cli
 
 RETRY_RUN = str(SCRIPTS / "retry_run.py")
 
@@ -184,11 +185,13 @@ def test_timeout_kills_the_command_and_its_grandchildren(tmp_path: Path, home: P
 
 
 def _stalled_run(home: Path, tmp_path: Path, *args: str, stalled: str) -> tuple[int, float, bytes, bytes]:
-    """retry_run.py as a process whose `stalled` stream ("stdout" or "stderr") is a pipe no one reads (a hung
-    gateway, cron's stuck mailer), the other a file: its exit code, seconds taken, stdout and stderr."""
+    """retry_run.py as a process whose `stalled` stream ("stdout", "stderr", or "both": cron's `2>&1 | mailer`)
+    is a pipe no one reads (a hung gateway, cron's stuck mailer), the other a file: its exit code, seconds
+    taken, stdout and stderr."""
     read_end, write_end = os.pipe()
     files = {name: (tmp_path / name).open("wb") for name in ("stdout", "stderr")}
-    streams: dict[str, Any] = dict(files, **{stalled: write_end})
+    names = ("stdout", "stderr") if stalled == "both" else (stalled,)
+    streams: dict[str, Any] = dict(files, **dict.fromkeys(names, write_end))
     started = time.monotonic()
     proc = subprocess.Popen(
         [PYTHON, RETRY_RUN, *args], env=script_env(home), stdout=streams["stdout"], stderr=streams["stderr"]
@@ -231,6 +234,19 @@ def test_with_json_the_timeout_fires_while_the_reader_of_stderr_has_stopped_read
     assert code == 3 and elapsed < 1 + 5
     result = json.loads(out)
     assert result["error_class"] == "timeout" and result["attempts"][0]["timed_out"]
+
+
+def test_the_timeout_and_the_retries_go_on_while_the_reader_of_both_streams_has_stopped_reading(
+    tmp_path: Path, home: Path
+) -> None:
+    """cron's set-up, both streams into one pipe whose reader stalls (`2>&1 | mailer`): each attempt is still
+    stopped at its --timeout, the progress line between attempts waits for the reader a bounded while and no
+    more, and retry_run exits 3 instead of hanging on its own diagnostics until the reader thaws or dies."""
+    code, elapsed, _, _ = _stalled_run(
+        home, tmp_path, "--task", "t", "--timeout", "1", "--max-attempts", "2", "--", *FLOOD, stalled="both"
+    )
+    # two attempts of 1 s, the wait between them (0.5 s), and the progress line's bounded wait for the reader
+    assert code == 3 and elapsed < 2 * 1 + 0.5 + cli.STALL_S + 3
 
 
 @pytest.mark.parametrize(

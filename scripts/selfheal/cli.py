@@ -3,7 +3,10 @@
 While a script's main() runs, its stdout and stderr (text and `.buffer` alike, so also the output of the
 commands it streams) pass through the process's redactor line by line: nothing it prints, whatever
 printed it, shows a secret. A reader that goes away (`tasks.py list | head`) ends the output quietly;
-the script finishes as it would have and exits with its usual code.
+the script finishes as it would have and exits with its usual code. A reader that stops reading (cron's
+`2>&1 | mailer` stuck, a frozen gateway) holds a script's diagnostics up at most `STALL_S` (its stdout too,
+in a script that handles SIGTERM itself), and not at all once it is stopping (`hurry_on`, Ctrl-C): what it
+does not take is dropped, and said with the next line it does.
 """
 
 from __future__ import annotations
@@ -13,19 +16,45 @@ import contextlib
 import json
 import math
 import os
+import select
+import signal
+import stat
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 from .errors import EXIT_USAGE, SelfHealError
 from .state.inert import inert_json
-from .state.redact import LineRedactor
+from .state.redact import OUTPUT_LOCK, LineRedactor
 from .state.redact import active as active_redactor
 
 TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO, TextIO
+    from typing import Any, BinaryIO, Protocol, TextIO
+
+    class Stopping(Protocol):
+        """What `hurry_on` watches: core.process.StopFlag (not imported here: 20 ms every script would pay)."""
+
+        @property
+        def signum(self) -> int | None: ...
+
+        @property
+        def fileno(self) -> int: ...
+
 
 PROG_PREFIX = "self-heal"
+# Seconds one of our own diagnostic lines (stderr; stdout too in a script that handles SIGTERM itself) waits
+# for a reader of our pipe, socket or terminal that takes nothing at all. A live reader (a shell pipeline,
+# cron's mailer, the gateway) takes a pipe's worth far sooner, so a slow one still gets every line; one that
+# takes nothing this long has stopped (hung, SIGSTOPped, a terminal held by Ctrl-S), and waiting on would
+# hold what the script does next (the next attempt, acting on a signal, its exit) for it. It bounds each
+# stretch without progress, not a line, and a reader found stalled is not waited for again until it takes
+# something.
+STALL_S = 2.0
+_PIPE_BUF = select.PIPE_BUF  # bytes: one write this size to a pipe that polls writable never waits
+_stop: Stopping | None = None  # set by hurry_on: once it is set, our lines wait for no reader
+_interrupted = False  # Ctrl-C ended main(): its last words wait for no reader either
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -112,6 +141,14 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
+def hurry_on(stop: Stopping) -> None:
+    """From the moment `stop` is set (SIGTERM, Ctrl-C routed to a StopFlag), the script's own lines go only
+    as far as their reader takes them at once: a stalled reader must not keep a stopping script from
+    stopping. A wait already under way for the reader ends when the signal comes."""
+    global _stop  # noqa: PLW0603 - one stop flag per process, as there is one stderr
+    _stop = stop
+
+
 def setup_logging(verbose: bool = False) -> None:
     import logging  # noqa: PLC0415 - here, not at the top: 10 ms a cron script that never logs need not pay
 
@@ -122,13 +159,49 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-class RedactedBinary:
-    """A binary output stream whose bytes reach the real one redacted, a whole line at a time."""
+def _reader_may_stall(fd: int) -> bool:
+    """Whether `fd` is a pipe, FIFO, socket or terminal: another process reads it, and may stop (the rule of
+    core.process._stall_prone, which this module does not import: see `Stopping`)."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
-    def __init__(self, raw: BinaryIO) -> None:
+
+class RedactedBinary:
+    """A binary output stream whose bytes reach the real one redacted, a whole line at a time.
+
+    To a pipe, socket or terminal, the lines are written straight to the descriptor, each piece only after
+    poll() says the reader has room for it (at most PIPE_BUF, under OUTPUT_LOCK), so a reader that stopped
+    reading costs a wait of at most `stall_s` and never a write that blocks: a blocked write would not act on
+    a signal (Python retries it), and bytes left in `raw`'s BufferedWriter would block Python's flush of it
+    at exit. O_NONBLOCK is no option: the file description is shared with the shell and its other processes.
+    Nothing is kept between writes (what is not taken is dropped, counted in `dropped`), so the order of what
+    arrives holds also against the command output that core.process writes to the same descriptor.
+
+    `stall_s` None (stdout: the script's result, not a diagnostic): no bound while SIGTERM simply ends the
+    script and Ctrl-C interrupts the wait (`analyze_logs.py | less`, a person on the first page for a
+    minute, gets every line); STALL_S once the script handles SIGTERM itself and must stay responsive."""
+
+    def __init__(self, raw: BinaryIO, *, stall_s: float | None = STALL_S) -> None:
         self.raw = raw
         self.broken = False
+        self.stall_s = stall_s
+        self.dropped = 0  # bytes of our lines a reader that stopped reading never got
         self._lines = LineRedactor()
+        try:
+            fd = raw.fileno()
+        except (AttributeError, OSError, ValueError):  # an in-memory stream: it cannot stall
+            fd = -1
+        self._fd = fd if fd >= 0 and _reader_may_stall(fd) else None
+        self._ready = select.poll()  # whether the reader has room now (built once: it is asked for every line)
+        if self._fd is not None:
+            self._ready.register(self._fd, select.POLLOUT)
+        self._stalled = False  # the reader took nothing for stall_s: not waited for until it takes again
+        self._unsaid = 0  # bytes dropped that no note has told the reader about yet
+        self._midline = False  # what the reader last got ends inside a line
+        self._lock = threading.RLock()  # one line at a time, whole, across threads (a heartbeat's warning)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         out = self._lines.feed(bytes(data).decode("utf-8", "surrogateescape"))
@@ -138,7 +211,7 @@ class RedactedBinary:
 
     def flush(self) -> None:
         """Pushes out the lines already redacted; a partial line waits for its end (or for `finish`)."""
-        if not self.broken:
+        if not self.broken and self._fd is None:  # to a pipe, socket or terminal each line went out at once
             try:
                 self.raw.flush()
             except (BrokenPipeError, ValueError):
@@ -153,10 +226,71 @@ class RedactedBinary:
     def _emit(self, text: str) -> None:
         if self.broken:
             return
+        data = text.encode("utf-8", "surrogateescape")
         try:
-            self.raw.write(text.encode("utf-8", "surrogateescape"))
-        except (BrokenPipeError, ValueError):
+            if self._fd is None:
+                self.raw.write(data)
+            else:
+                self._deliver(self._fd, data)
+        except (OSError, ValueError):  # EPIPE: the reader went away; EBADF, ValueError: closed under us
             self._gone()
+
+    def _deliver(self, fd: int, data: bytes) -> None:
+        """Write `data` to the reader as it takes it; what it does not take in time is dropped, and the next
+        line that gets through is preceded by a note saying how much."""
+        with self._lock:
+            head = b""
+            if self._unsaid:
+                note = (
+                    f"{PROG_PREFIX}: WARNING: {self._unsaid} bytes of self-heal's own messages were not delivered: "
+                    "the reader of this stream stopped reading\n"
+                )
+                head = (b"\n" if self._midline else b"") + note.encode()
+            if head:
+                data = head + data
+            sent = self._send(fd, data)
+            if sent >= len(head):
+                self._unsaid = 0
+            lost = len(data) - max(sent, len(head))
+            self._unsaid += lost
+            self.dropped += lost
+            if sent:
+                self._midline = data[sent - 1 : sent] != b"\n"
+
+    def _send(self, fd: int, data: bytes) -> int:
+        """Bytes of `data` written: all of it unless the reader took nothing for `stall_s` (or had already
+        stalled), or the script is stopping (hurry_on) and the reader does not take it at once."""
+        stop = _stop
+        waiter: select.poll | None = None  # the reader's room, or the stop signal: whichever comes first
+        since: float | None = None  # when the reader was first found without room since it last took some
+        sent = 0
+        while sent < len(data):
+            with OUTPUT_LOCK:  # core.process._Sink polls and writes the same descriptor: never between the two
+                if self._ready.poll(0):  # also POLLERR, POLLHUP: then the write says why (EPIPE)
+                    sent += os.write(fd, data[sent : sent + _PIPE_BUF])
+                    since = None
+                    self._stalled = False
+                    continue
+            if self._stalled or _interrupted or (stop is not None and stop.signum is not None):
+                break
+            now = time.monotonic()
+            since = now if since is None else since
+            bound = self.stall_s
+            if bound is None and callable(signal.getsignal(signal.SIGTERM)):  # a StopFlag's, say: not ended by it
+                bound = STALL_S
+            left = None if bound is None else since + bound - now
+            if left is not None and left <= 0:
+                self._stalled = True
+                break
+            if waiter is None:
+                waiter = select.poll()
+                waiter.register(fd, select.POLLOUT)
+                if stop is not None:
+                    waiter.register(stop.fileno, select.POLLIN)
+            for ready_fd, events in waiter.poll(None if left is None else max(1, math.ceil(left * 1000))):
+                if ready_fd != fd and events & select.POLLNVAL:  # the stop flag was closed: nothing to wait on
+                    waiter.unregister(ready_fd)
+        return sent
 
     def _gone(self) -> None:
         """The reader went away: the rest of the output goes nowhere, silently (also at interpreter exit)."""
@@ -173,9 +307,9 @@ class RedactedBinary:
 class RedactedText:
     """sys.stdout or sys.stderr, redacted: text goes through the same line redactor as `.buffer`."""
 
-    def __init__(self, original: TextIO) -> None:
+    def __init__(self, original: TextIO, *, stall_s: float | None = STALL_S) -> None:
         self.original = original
-        self.buffer = RedactedBinary(original.buffer)
+        self.buffer = RedactedBinary(original.buffer, stall_s=stall_s)
 
     def write(self, text: str) -> int:
         try:
@@ -203,7 +337,7 @@ def redacted_streams() -> Iterator[None]:
             continue
         with contextlib.suppress(BrokenPipeError, ValueError, OSError):
             stream.flush()
-        redacted = RedactedText(stream)
+        redacted = RedactedText(stream, stall_s=None if name == "stdout" else STALL_S)
         wrapped.append(redacted)
         setattr(sys, name, redacted)
     try:
@@ -228,6 +362,8 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             say(str(exc))
             return exc.exit_code
         except KeyboardInterrupt:
+            global _interrupted  # noqa: PLW0603
+            _interrupted = True
             say("interrupted")
             return 130
         except BrokenPipeError:

@@ -629,3 +629,52 @@ def test_sigterm_is_acted_on_while_the_reader_of_its_output_is_sigstopped(home: 
         reader.send_signal(signal.SIGCONT)
         reader.kill()
         reader.wait()
+
+
+@pytest.mark.parametrize("script", ["retry_run", "run-next --echo"])
+def test_sigterm_is_acted_on_while_the_one_reader_of_both_streams_is_sigstopped(
+    home: Path, leftovers: list[int], script: str
+) -> None:
+    """cron's set-up, `2>&1 | mailer`, with the mailer frozen (SIGSTOP) and the pipe full: SIGTERM still stops
+    the command's group at once and the script exits 3, though its own last words (`stopped: ...`, the
+    dropped-output warning) cannot reach the reader: they are not waited for once it is stopping, and
+    nothing is left in a buffer for Python's final flush to wait on."""
+    flood = ["sh", "-c", "echo $$ > flood.pid; exec yes"]
+    if script == "retry_run":
+        argv = [PYTHON, RETRY_RUN, "--task", "flood", "--", *flood]
+    else:
+        tasks = str(SCRIPTS / "tasks.py")
+        added = subprocess.run(
+            [PYTHON, tasks, "add", "flood", "--", *flood],
+            cwd=home.parent,
+            env=script_env(home),
+            capture_output=True,
+            check=False,
+        )
+        assert added.returncode == 0, added.stderr
+        argv = [PYTHON, tasks, "run-next", "--echo"]
+    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    leftovers.append(reader.pid)
+    assert reader.stdin is not None
+    runner = subprocess.Popen(argv, cwd=home.parent, env=script_env(home), stdout=reader.stdin, stderr=reader.stdin)
+    leftovers.append(runner.pid)
+    reader.stdin.close()
+    pidfile = home.parent / "flood.pid"
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "the command to start")
+    command = int(pidfile.read_text())
+    leftovers.append(command)
+    reader.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.3)  # the pipe fills: every write of the script to it would now wait for the reader
+        started = time.monotonic()
+        runner.send_signal(signal.SIGTERM)
+        try:
+            runner.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{script} did not act on SIGTERM while its stderr's reader was stopped") from None
+        assert runner.returncode == 3 and time.monotonic() - started < 6
+        assert not alive(command)
+    finally:
+        reader.send_signal(signal.SIGCONT)
+        reader.kill()
+        reader.wait()

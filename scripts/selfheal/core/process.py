@@ -35,14 +35,13 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..state.redact import LineRedactor
+from ..state.redact import OUTPUT_LOCK, LineRedactor
 from ..state.runs import live_process, start_ticks
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ _PR_GET_CHILD_SUBREAPER = 37
 _CMD_CHARS = 200  # a left-behind process's command line is cut to this in reports
 _PIPE_BUF = select.PIPE_BUF  # bytes: a write this size to a pipe that polls writable never waits (_Sink)
 _PENDING_MAX = 256 * 1024  # bytes of output held for a slow reader before the command's pipes stop being read
-_WRITE_LOCK = threading.Lock()  # one poll-then-write at a time in this process (parallel workflow steps)
+_WRITE_LOCK = OUTPUT_LOCK  # one poll-then-write at a time in this process (parallel steps, the scripts' diagnostics)
 
 
 def become_subreaper() -> bool:
@@ -109,6 +108,24 @@ class OutputSink(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
     def flush(self) -> object: ...
+
+
+class Tee:
+    """Output for several places at once (a task's log, and stderr as an echo). run_command copies a
+    command's output to each as to a sink of its own, so a reader of one that stops reading holds up neither
+    the others nor the timeout, and a slow one loses nothing (`_Sink`); written to directly, each gets it in turn."""
+
+    def __init__(self, *targets: OutputSink | None) -> None:
+        self.targets = [target for target in targets if target is not None]
+
+    def write(self, data: bytes, /) -> int:
+        for target in self.targets:
+            target.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        for target in self.targets:
+            target.flush()
 
 
 def _pidfd(pid: int) -> int | None:
@@ -477,6 +494,11 @@ class _Sink:
         return self.dropped
 
 
+def _targets(target: OutputSink | None) -> list[OutputSink | None]:
+    """The places output for `target` goes, each to get a `_Sink` of its own (a `Tee`: each of its targets)."""
+    return list(target.targets) if isinstance(target, Tee) else [target]
+
+
 def _stall_prone_fd(target: OutputSink | None) -> int | None:
     """The descriptor under `target` if its reader may stop reading (see `_stall_prone`), else None."""
     fileno = getattr(target, "fileno", None)
@@ -588,12 +610,13 @@ def run_command(
         raise RuntimeError("subprocess pipes missing")
     out_tail, err_tail = _Tail(tail_bytes), _Tail(tail_bytes)
     tails = {proc.stdout.fileno(): out_tail, proc.stderr.fileno(): err_tail}
-    out_sink = _Sink(stdout)
+    out_sinks = [_Sink(target) for target in _targets(stdout)]
     # One sink per destination, so output bound for one place (--json sends both streams to stderr) stays in order.
-    same = stderr is stdout or (out_sink.fd is not None and _stall_prone_fd(stderr) == out_sink.fd)
-    err_sink = out_sink if same else _Sink(stderr)
-    sinks = {proc.stdout.fileno(): out_sink, proc.stderr.fileno(): err_sink}
-    outputs = {sink.fd: sink for sink in (out_sink, err_sink) if sink.fd is not None}
+    ours = {sink.fd: sink for sink in out_sinks if sink.fd is not None}
+    err_sinks = out_sinks if stderr is stdout else [_Sink(target) for target in _targets(stderr)]
+    err_sinks = [ours.get(sink.fd, sink) if sink.fd is not None else sink for sink in err_sinks]
+    sinks = {proc.stdout.fileno(): out_sinks, proc.stderr.fileno(): err_sinks}
+    outputs = {sink.fd: sink for sink in (*out_sinks, *err_sinks) if sink.fd is not None}
     for fd in tails:
         os.set_blocking(fd, False)
 
@@ -643,7 +666,7 @@ def run_command(
             )
             held = False  # a pipe of the command's is not read: its output waits for a slow reader
             for fd in tails:
-                reading = fd in open_fds and done_at is None and (hurry or not sinks[fd].full)
+                reading = fd in open_fds and done_at is None and (hurry or not any(sink.full for sink in sinks[fd]))
                 held = held or (fd in open_fds and done_at is None and not reading)
                 watch(fd, selectors.EVENT_READ if reading else 0)
             for fd, sink in outputs.items():
@@ -679,7 +702,8 @@ def run_command(
                     open_fds.discard(fd)
                     continue
                 tails[fd].add(chunk)
-                sinks[fd].write(chunk)
+                for sink in sinks[fd]:
+                    sink.write(chunk)
                 last_output = clock.time()
 
             now = clock.monotonic()

@@ -478,6 +478,11 @@ def mask_url_password(url: str) -> str:
 
 _lock = threading.Lock()
 _installed: Redactor | None = None
+# Held for one poll-then-write to a pipe, socket or terminal of ours, by every thread: the command output
+# pump (core.process._Sink) and the scripts' diagnostics (cli.RedactedBinary) alike. A poll that says
+# writable promises room for one PIPE_BUF write, not two: another thread's write between the poll and the
+# write would leave this one waiting on a reader that may never read again.
+OUTPUT_LOCK = threading.Lock()
 
 
 def install(redactor: Redactor | None) -> None:

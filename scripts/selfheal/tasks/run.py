@@ -53,7 +53,7 @@ from typing import Any, Protocol
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core.config import Config
 from ..core.ledger import Ledger
-from ..core.process import OutputSink, ProcessIdentity, StopFlag, kill_tree
+from ..core.process import OutputSink, ProcessIdentity, StopFlag, Tee, kill_tree
 from ..core.redact import LineRedactor, Redactor
 from ..core.runner import run_with_retry
 from ..core.runs import close_dead, list_runs, new_run_id, stop_orphans
@@ -287,23 +287,14 @@ def _tail_text(path: Path, max_bytes: int) -> str:
         return fh.read(max_bytes).decode("utf-8", "surrogateescape")
 
 
-class _Tee:
+class _Tee(Tee):
+    """A task's output: into its bounded log and, with --echo, to stderr. run_command copies it to each as to a
+    sink of its own (core.process.Tee): an echo written here in turn made a reader of stderr that stopped
+    reading hold up the log, the timeout and a stop signal, and one that paused lose the rest of the output."""
+
     def __init__(self, log: BoundedLog, echo: OutputSink | None) -> None:
+        super().__init__(log, echo)
         self.log = log
-        self.echo = echo
-
-    def write(self, data: bytes) -> int:
-        self.log.write(data)
-        if self.echo is not None:
-            try:
-                self.echo.write(data)
-                self.echo.flush()
-            except (OSError, ValueError):
-                self.echo = None
-        return len(data)
-
-    def flush(self) -> None:
-        pass
 
 
 NOTE_MARK = "=== "
