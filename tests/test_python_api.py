@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.openclaw import cache_root
+from helpers.scripts import mypy_strict
 
 import selfheal
 from conftest import SCRIPTS
@@ -165,19 +165,8 @@ def test_mypy_strict_keeps_the_types_of_decorated_functions(tmp_path: Path) -> N
         )
         + f"# run {uuid.uuid4().hex}: new text each run, so a kept cache never stands in for checking it\n"
     )
-    # mypy's incremental cache kept between runs, next to the test OpenClaw: the standard library's and the
-    # library's types are checked again only where their sources changed (a cold run took 8-10 s of CPU); the
-    # user's program, whose text differs each run, is always checked and its notes printed.
-    cache = cache_root() / "mypy"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache), str(program)],
-        capture_output=True,
-        text=True,
-        env={"MYPYPATH": str(SCRIPTS), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        check=False,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(str(program))]
-    assert [line for line in lines if ": error:" in line] == [], proc.stdout
+    lines = mypy_strict(program, tmp_path)
+    assert [line for line in lines if ": error:" in line] == [], lines
     assert any('Revealed type is "def (url: str) -> typing.Coroutine[Any, Any, bytes]"' in line for line in lines)
 
 

@@ -1039,7 +1039,7 @@ def test_a_step_changing_the_outputs_it_reads_changes_no_other_steps(fast: Confi
 def test_mypy_strict_accepts_a_documented_workflow_and_keeps_the_step_types(tmp_path: Path) -> None:
     """The docs' workflow under mypy --strict: @wf.step and @wf.step(compensate=...) keep the function's
     type (the decorator was typed Any: "Untyped decorator makes function untyped", an error under --strict)."""
-    from helpers.openclaw import cache_root
+    from helpers.scripts import mypy_strict
 
     program = tmp_path / "user_workflow.py"
     program.write_text(
@@ -1074,17 +1074,10 @@ def test_mypy_strict_accepts_a_documented_workflow_and_keeps_the_step_types(tmp_
         )
         + f"# run {uuid.uuid4().hex}: new text each run, so mypy's kept cache never stands in for checking it\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache_root() / "mypy"), str(program)],
-        capture_output=True,
-        text=True,
-        env={"MYPYPATH": str(SCRIPTS), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        check=False,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(str(program))]
-    assert [line for line in lines if ": error:" in line] == [], proc.stdout
+    lines = mypy_strict(program, tmp_path)
+    assert [line for line in lines if ": error:" in line] == [], lines
     revealed = 'Revealed type is "def (ctx: selfheal.durable.workflow.StepContext) -> dict[str, Any]"'
-    assert any(revealed in line for line in lines), proc.stdout
+    assert any(revealed in line for line in lines), lines
 
 
 # -- crashes at random moments --------------------------------------------------------------------------------

@@ -1063,14 +1063,7 @@ class WorkflowRunner:
                 context = StepContext(
                     self.task, step.name, 1, f"{self.task}/{step.name}/fallback", self._function_outputs()
                 )
-                value = Retrier(
-                    task=self.task,
-                    step=f"{step.name}.fallback",
-                    config=self.config,
-                    clock=self.clock,
-                    state=self.state,
-                    ledger=self.ledger,
-                ).call(backup, context)
+                value = self._retrier(f"{step.name}.fallback").call(backup, context)
                 outputs = _outputs_of(value, [])
             too_big = self._too_big(step.name, outputs, "the fallback")
             if too_big:
@@ -1167,6 +1160,19 @@ class WorkflowRunner:
         record.state, record.error_class, record.reason = FAILED, outcome.error_class, outcome.reason
         raise _StepFailed(outcome.error_class, outcome.reason or "failed", outcome.exit_code, outcome.stop_reason)
 
+    def _retrier(self, step: str, **options: Any) -> Retrier:
+        """The retry policy a function of this task runs under (a step's, its fallback's, its compensation's:
+        `step` as the ledger names it), recorded in this run's ledger, on its clock and state root."""
+        return Retrier(
+            task=self.task,
+            step=step,
+            config=self.config,
+            clock=self.clock,
+            state=self.state,
+            ledger=self.ledger,
+            **options,
+        )
+
     def _run_function(
         self, step: Step, fn: StepFunction, record: StepRecord, persist: Callable[[int], None], prior: int
     ) -> None:
@@ -1176,13 +1182,8 @@ class WorkflowRunner:
             context.attempt = number
             persist(number)
 
-        retrier = Retrier(
-            task=self.task,
-            step=step.name,
-            config=self.config,
-            clock=self.clock,
-            state=self.state,
-            ledger=self.ledger,
+        retrier = self._retrier(
+            step.name,
             max_attempts=step.max_attempts,
             prior_attempts=prior,
             before_attempt=before,
@@ -1304,14 +1305,7 @@ class WorkflowRunner:
                 self._function_outputs({step.name: record.outputs}),
             )
             try:
-                Retrier(
-                    task=self.task,
-                    step=f"{step.name}.compensate",
-                    config=self.config,
-                    clock=self.clock,
-                    state=self.state,
-                    ledger=self.ledger,
-                ).call(undo, context)
+                self._retrier(f"{step.name}.compensate").call(undo, context)
             except Exception as exc:  # named by its type, as a step's own failure is
                 raise RuntimeError(_error_text(exc)) from exc
 
