@@ -203,7 +203,12 @@ def test_ctrl_c_while_stdout_waits_for_a_stalled_reader_exits_130_at_once(tmp_pa
     script = subprocess.Popen([PYTHON, "-c", FLOODING_SCRIPT], env=env, stdout=reader.stdin, stderr=reader.stdin)
     reader.stdin.close()
     try:
-        time.sleep(0.5)  # the pipe fills and the script waits for the reader
+        # Until the pipe is full and the script waits for the reader in poll() (a fixed half second was not
+        # enough on a loaded machine: the interrupt could come while the script was still starting).
+        deadline = time.monotonic() + 30
+        wchan = Path(f"/proc/{script.pid}/wchan")
+        while time.monotonic() < deadline and "poll" not in (wchan.read_text() if wchan.exists() else ""):
+            time.sleep(0.02)
         started = time.monotonic()
         script.send_signal(signal.SIGINT)
         assert script.wait(timeout=10) == 130
