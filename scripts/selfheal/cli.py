@@ -18,7 +18,6 @@ import math
 import os
 import select
 import signal
-import stat
 import sys
 import threading
 import time
@@ -26,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from .errors import EXIT_USAGE, SelfHealError
 from .state.inert import inert_json
-from .state.redact import OUTPUT_LOCK, LineRedactor
+from .state.redact import OUTPUT_LOCK, LineRedactor, reader_may_stall
 from .state.redact import active as active_redactor
 
 TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
@@ -159,16 +158,6 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def _reader_may_stall(fd: int) -> bool:
-    """Whether `fd` is a pipe, FIFO, socket or terminal: another process reads it, and may stop (the rule of
-    core.process._stall_prone, which this module does not import: see `Stopping`)."""
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
-
-
 class RedactedBinary:
     """A binary output stream whose bytes reach the real one redacted, a whole line at a time.
 
@@ -194,7 +183,7 @@ class RedactedBinary:
             fd = raw.fileno()
         except (AttributeError, OSError, ValueError):  # an in-memory stream: it cannot stall
             fd = -1
-        self._fd = fd if fd >= 0 and _reader_may_stall(fd) else None
+        self._fd = fd if fd >= 0 and reader_may_stall(fd) else None
         self._ready = select.poll()  # whether the reader has room now (built once: it is asked for every line)
         if self._fd is not None:
             self._ready.register(self._fd, select.POLLOUT)

@@ -32,7 +32,6 @@ import os
 import select
 import selectors
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..state.redact import OUTPUT_LOCK, LineRedactor
+from ..state.redact import OUTPUT_LOCK, LineRedactor, reader_may_stall
 from ..state.runs import live_process, start_ticks
 
 if TYPE_CHECKING:
@@ -500,7 +499,7 @@ def _targets(target: OutputSink | None) -> list[OutputSink | None]:
 
 
 def _stall_prone_fd(target: OutputSink | None) -> int | None:
-    """The descriptor under `target` if its reader may stop reading (see `_stall_prone`), else None."""
+    """The descriptor under `target` if its reader may stop reading (see `state.redact.reader_may_stall`), else None."""
     fileno = getattr(target, "fileno", None)
     if fileno is None:
         return None
@@ -508,21 +507,12 @@ def _stall_prone_fd(target: OutputSink | None) -> int | None:
         fd = fileno()
     except (OSError, ValueError):  # io.BytesIO and its kind have no descriptor
         return None
-    return fd if isinstance(fd, int) and _stall_prone(fd) else None
-
-
-def _stall_prone(fd: int) -> bool:
-    """Whether `fd` is a pipe, FIFO, socket or terminal: another process reads it, and may stop."""
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
+    return fd if isinstance(fd, int) and reader_may_stall(fd) else None
 
 
 def _would_block(fd: int) -> bool:
     """Whether a write to `fd` would wait now for a reader that is not reading."""
-    if not _stall_prone(fd):
+    if not reader_may_stall(fd):
         return False
     poller = select.poll()
     poller.register(fd, select.POLLOUT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
 import threading
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
@@ -483,6 +484,16 @@ _installed: Redactor | None = None
 # writable promises room for one PIPE_BUF write, not two: another thread's write between the poll and the
 # write would leave this one waiting on a reader that may never read again.
 OUTPUT_LOCK = threading.Lock()
+
+
+def reader_may_stall(fd: int) -> bool:
+    """Whether `fd` is a pipe, FIFO, socket or terminal: another process reads it, and may stop reading (the
+    writes OUTPUT_LOCK guards). Files, /dev/null and other devices take every write at once."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
 
 def install(redactor: Redactor | None) -> None:
