@@ -69,9 +69,11 @@ def _kind(mode: int) -> str:
     return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
-def _read_text(path: Path, limit: int) -> str:
-    # Opened without blocking and checked before a byte is read: a FIFO (or /dev/zero) put where the file
-    # belongs would hang every reader, the cron health check among them, for good.
+def read_raw(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """The bytes of an OpenClaw configuration file, or ConfigError naming why not: not there or unreadable,
+    not a regular file, over `limit`. Opened without blocking and checked before a byte is read: a FIFO (or
+    /dev/zero) put where the file belongs would hang every reader, the cron health check among them, for
+    good. A link is followed: the user's own file may be one."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
@@ -87,6 +89,11 @@ def _read_text(path: Path, limit: int) -> str:
             raise ConfigError(f"cannot read it ({exc.strerror or exc})", file=path) from None
     if len(raw) > limit:
         raise ConfigError(f"is over {limit // (1024 * 1024)} MB: not a configuration file", file=path)
+    return raw
+
+
+def _read_text(path: Path, limit: int) -> str:
+    raw = read_raw(path, limit)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

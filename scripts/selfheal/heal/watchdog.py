@@ -46,7 +46,7 @@ from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core import openclaw_config
 from ..core.config import Config
 from ..core.ledger import Ledger
-from ..errors import LockBusy, StateError
+from ..errors import ConfigError, LockBusy, StateError
 from ..observe import openclaw_logs
 from ..observe.health import OK, Check, Report, check_gateway
 from ..state import layout
@@ -157,24 +157,15 @@ def _read(path: Path) -> bytes | None:
 
 
 def _config_bytes(path: Path) -> bytes | None:
-    """openclaw.json's bytes, or None when it cannot be read or is no configuration file.
-
-    Opened without blocking and checked before a byte is read, as every reader of it is (a link is followed: the
-    user's own file may be one): a FIFO there hung every healthy check for good, and a link to /dev/zero read
-    until memory ran out. Over `openclaw_config.MAX_CONFIG_BYTES` it is no configuration and is not kept."""
+    """openclaw.json's bytes, or None when it cannot be read or is no configuration file, read as every reader
+    of it reads it (openclaw_config.read_raw): a FIFO there hung every healthy check for good, and a link to
+    /dev/zero read until memory ran out."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except (OSError, ValueError):
+        return openclaw_config.read_raw(path)
+    except ConfigError:
+        if openclaw_config.not_a_file(path):
+            logger.warning("%s is no regular file: not kept as last-known-good", path)
         return None
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                logger.warning("%s is no regular file: not kept as last-known-good", path)
-                return None
-            data = handle.read(openclaw_config.MAX_CONFIG_BYTES + 1)
-        except OSError:
-            return None
-    return data if len(data) <= openclaw_config.MAX_CONFIG_BYTES else None
 
 
 # -- is it starting? ----------------------------------------------------------------------------------------------
