@@ -594,18 +594,27 @@ def test_an_orphans_process_that_ends_while_another_is_stopped_is_not_confused_w
     pytest.skip("another process took the freed pid every time")
 
 
-def test_sigterm_is_acted_on_while_the_reader_of_its_output_is_sigstopped(home: Path, leftovers: list[int]) -> None:
-    """The process reading retry_run's stdout is frozen (SIGSTOP) with the pipe full: SIGTERM to retry_run
-    still stops the command's group at once and retry_run exits 3, without waiting for the reader to thaw."""
+# A command that writes its pid, then floods its output.
+FLOOD = ["sh", "-c", "echo $$ > flood.pid; exec yes"]
+
+
+@contextlib.contextmanager
+def flooding_into_a_frozen_reader(
+    argv: list[str], home: Path, leftovers: list[int], *, both_streams: bool
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`argv` (a script running FLOOD) with its stdout, and its stderr too when `both_streams` (cron's `2>&1 |
+    mailer`), into a pipe whose reader is frozen (SIGSTOP) once the command has started, and the pipe given time
+    to fill: every write of the script to it would now wait for the reader. Yields (the script, the command's
+    pid); the reader is thawed and killed afterwards."""
     reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     leftovers.append(reader.pid)
     assert reader.stdin is not None
     runner = subprocess.Popen(
-        [PYTHON, RETRY_RUN, "--task", "flood", "--", "sh", "-c", "echo $$ > flood.pid; exec yes"],
+        argv,
         cwd=home.parent,
         env=script_env(home),
         stdout=reader.stdin,
-        stderr=subprocess.PIPE,
+        stderr=reader.stdin if both_streams else subprocess.PIPE,
     )
     leftovers.append(runner.pid)
     reader.stdin.close()
@@ -615,7 +624,19 @@ def test_sigterm_is_acted_on_while_the_reader_of_its_output_is_sigstopped(home: 
     leftovers.append(command)
     reader.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(0.3)  # the pipe fills: every write of retry_run to it would now wait for the reader
+        time.sleep(0.3)  # the pipe fills
+        yield runner, command
+    finally:
+        reader.send_signal(signal.SIGCONT)
+        reader.kill()
+        reader.wait()
+
+
+def test_sigterm_is_acted_on_while_the_reader_of_its_output_is_sigstopped(home: Path, leftovers: list[int]) -> None:
+    """The process reading retry_run's stdout is frozen (SIGSTOP) with the pipe full: SIGTERM to retry_run
+    still stops the command's group at once and retry_run exits 3, without waiting for the reader to thaw."""
+    argv = [PYTHON, RETRY_RUN, "--task", "flood", "--", *FLOOD]
+    with flooding_into_a_frozen_reader(argv, home, leftovers, both_streams=False) as (runner, command):
         started = time.monotonic()
         runner.send_signal(signal.SIGTERM)
         try:
@@ -625,10 +646,6 @@ def test_sigterm_is_acted_on_while_the_reader_of_its_output_is_sigstopped(home: 
         assert runner.returncode == 3 and time.monotonic() - started < 6
         assert not alive(command)
         assert b"stopped: " in err and b"Traceback" not in err
-    finally:
-        reader.send_signal(signal.SIGCONT)
-        reader.kill()
-        reader.wait()
 
 
 @pytest.mark.parametrize("script", ["retry_run", "run-next --echo"])
@@ -639,13 +656,12 @@ def test_sigterm_is_acted_on_while_the_one_reader_of_both_streams_is_sigstopped(
     the command's group at once and the script exits 3, though its own last words (`stopped: ...`, the
     dropped-output warning) cannot reach the reader: they are not waited for once it is stopping, and
     nothing is left in a buffer for Python's final flush to wait on."""
-    flood = ["sh", "-c", "echo $$ > flood.pid; exec yes"]
     if script == "retry_run":
-        argv = [PYTHON, RETRY_RUN, "--task", "flood", "--", *flood]
+        argv = [PYTHON, RETRY_RUN, "--task", "flood", "--", *FLOOD]
     else:
         tasks = str(SCRIPTS / "tasks.py")
         added = subprocess.run(
-            [PYTHON, tasks, "add", "flood", "--", *flood],
+            [PYTHON, tasks, "add", "flood", "--", *FLOOD],
             cwd=home.parent,
             env=script_env(home),
             capture_output=True,
@@ -653,19 +669,7 @@ def test_sigterm_is_acted_on_while_the_one_reader_of_both_streams_is_sigstopped(
         )
         assert added.returncode == 0, added.stderr
         argv = [PYTHON, tasks, "run-next", "--echo"]
-    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    leftovers.append(reader.pid)
-    assert reader.stdin is not None
-    runner = subprocess.Popen(argv, cwd=home.parent, env=script_env(home), stdout=reader.stdin, stderr=reader.stdin)
-    leftovers.append(runner.pid)
-    reader.stdin.close()
-    pidfile = home.parent / "flood.pid"
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "the command to start")
-    command = int(pidfile.read_text())
-    leftovers.append(command)
-    reader.send_signal(signal.SIGSTOP)
-    try:
-        time.sleep(0.3)  # the pipe fills: every write of the script to it would now wait for the reader
+    with flooding_into_a_frozen_reader(argv, home, leftovers, both_streams=True) as (runner, command):
         started = time.monotonic()
         runner.send_signal(signal.SIGTERM)
         try:
@@ -674,7 +678,3 @@ def test_sigterm_is_acted_on_while_the_one_reader_of_both_streams_is_sigstopped(
             raise AssertionError(f"{script} did not act on SIGTERM while its stderr's reader was stopped") from None
         assert runner.returncode == 3 and time.monotonic() - started < 6
         assert not alive(command)
-    finally:
-        reader.send_signal(signal.SIGCONT)
-        reader.kill()
-        reader.wait()
