@@ -52,6 +52,7 @@ PROG_PREFIX = "self-heal"
 # something.
 STALL_S = 2.0
 _PIPE_BUF = select.PIPE_BUF  # bytes: one write this size to a pipe that polls writable never waits
+_POLL_SLICE_MS = 200  # the longest one wait for a reader goes without Python looking for a signal
 _stop: Stopping | None = None  # set by hurry_on: once it is set, our lines wait for no reader
 _interrupted = False  # Ctrl-C ended main(): its last words wait for no reader either
 
@@ -276,7 +277,11 @@ class RedactedBinary:
                 waiter.register(fd, select.POLLOUT)
                 if stop is not None:
                     waiter.register(stop.fileno, select.POLLIN)
-            for ready_fd, events in waiter.poll(None if left is None else max(1, math.ceil(left * 1000))):
+            # In slices: a signal that comes after Python last looked for one and before poll() starts does not
+            # interrupt it (its handler, Ctrl-C's KeyboardInterrupt, runs only when Python looks again), so an
+            # unbounded poll() could outlast the Ctrl-C meant to end it.
+            slice_ms = _POLL_SLICE_MS if left is None else min(_POLL_SLICE_MS, max(1, math.ceil(left * 1000)))
+            for ready_fd, events in waiter.poll(slice_ms):
                 if ready_fd != fd and events & select.POLLNVAL:  # the stop flag was closed: nothing to wait on
                     waiter.unregister(ready_fd)
         return sent
