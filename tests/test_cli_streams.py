@@ -200,7 +200,15 @@ def test_ctrl_c_while_stdout_waits_for_a_stalled_reader_exits_130_at_once(tmp_pa
     assert reader.stdin is not None
     reader.send_signal(signal.SIGSTOP)
     env = {**os.environ, "PYTHONPATH": str(SCRIPTS)}
-    script = subprocess.Popen([PYTHON, "-c", FLOODING_SCRIPT], env=env, stdout=reader.stdin, stderr=reader.stdin)
+    script = subprocess.Popen(
+        [PYTHON, "-c", FLOODING_SCRIPT],
+        env=env,
+        stdout=reader.stdin,
+        stderr=reader.stdin,
+        # As from a terminal: a test run in the background (`nohup ... &`, as CI may be) hands its children
+        # SIGINT ignored, and Python keeps it so; the script then never saw the Ctrl-C this test sends.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - one call, no locks
+    )
     reader.stdin.close()
     try:
         # Until the pipe is full and the script waits for the reader in poll() (a fixed half second was not

@@ -381,9 +381,11 @@ def test_a_stop_signal_during_a_call_ends_it_with_exit_3_and_one_json_object(
     exit 3 (failed: interrupted, as retry_run.py's), one JSON object saying so, no traceback, and the breaker
     holds no permit of the process that is gone."""
     server.set_default("primary", Fault.hang(30))
-    # A background process inherits SIGINT ignored, and Python keeps it so: a terminal's Ctrl-C is not ignored.
+    # A background process inherits SIGINT ignored (and, under nohup, SIGHUP), and Python keeps them so: a
+    # terminal's Ctrl-C and hang-up are not ignored.
     as_from_a_terminal = (
-        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(*sys.argv[1:2], sys.argv[1:])"
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);"
+        " signal.signal(signal.SIGHUP, signal.SIG_DFL); os.execv(*sys.argv[1:2], sys.argv[1:])"
     )
     child = subprocess.Popen(
         [PYTHON, "-c", as_from_a_terminal, PYTHON, str(SCRIPTS / "llm_call.py"), "--json", "--prompt", "hi"],
