@@ -183,7 +183,8 @@ def test_run_next_echo_to_a_reader_that_pauses_loses_nothing(home: Path, tmp_pat
 
 
 FLOODING_SCRIPT = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, file=open(sys.argv[1], "w"), all_threads=True)  # why, if it hangs
 from selfheal import cli
 def main(argv):
     for n in range(100000):
@@ -191,6 +192,17 @@ def main(argv):
     return 0
 sys.exit(cli.run_main(main))
 """
+
+
+def why_still_running(process: subprocess.Popen[bytes], stacks: Path) -> str:
+    """What the kernel and Python say a process that outlived its signal is doing: its signal dispositions
+    and mask (an inherited ignore or block), where it sleeps, and its threads' stacks (faulthandler)."""
+    proc = Path(f"/proc/{process.pid}")
+    status = [line for line in (proc / "status").read_text().splitlines() if line.startswith(("State", "Sig", "Shd"))]
+    wchan = (proc / "wchan").read_text()
+    process.send_signal(signal.SIGUSR1)
+    time.sleep(1)
+    return "\n".join([*status, f"wchan: {wchan}", stacks.read_text() if stacks.exists() else "(no stacks)"])
 
 
 def test_ctrl_c_while_stdout_waits_for_a_stalled_reader_exits_130_at_once(tmp_path: Path) -> None:
@@ -201,7 +213,7 @@ def test_ctrl_c_while_stdout_waits_for_a_stalled_reader_exits_130_at_once(tmp_pa
     reader.send_signal(signal.SIGSTOP)
     env = {**os.environ, "PYTHONPATH": str(SCRIPTS)}
     script = subprocess.Popen(
-        [PYTHON, "-c", FLOODING_SCRIPT],
+        [PYTHON, "-c", FLOODING_SCRIPT, str(tmp_path / "stacks.txt")],
         env=env,
         stdout=reader.stdin,
         stderr=reader.stdin,
@@ -219,7 +231,10 @@ def test_ctrl_c_while_stdout_waits_for_a_stalled_reader_exits_130_at_once(tmp_pa
             time.sleep(0.02)
         started = time.monotonic()
         script.send_signal(signal.SIGINT)
-        assert script.wait(timeout=10) == 130
+        try:
+            assert script.wait(timeout=10) == 130
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 10 s after Ctrl-C:\n{why_still_running(script, tmp_path / 'stacks.txt')}")
         assert time.monotonic() - started < cli.STALL_S
     finally:
         script.kill()
