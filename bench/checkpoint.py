@@ -310,7 +310,9 @@ class Checkpoint(Candidate):
 
     def check(self) -> dict[str, Any]:
         loaded = Checkpoints(StateRoot(self.folder)).load(TASK)  # a fresh reader: the snapshot and its journal
-        holds_last = loaded is not None and loaded.to_json() == json.loads(dumps(self.doc))
+        # As the saved record gives it: outputs in the order the step gave them, kept beside them (outputs_order).
+        expected = CheckpointRecord.from_json(json.loads(json.dumps(self.doc)), "the benchmark's document").to_json()
+        holds_last = loaded is not None and loaded.to_json() == expected
         folder = self.checkpoints.path(TASK).parent
         allowed = {self.checkpoints.path(TASK).name, self.checkpoints.journal_path(TASK).name}
         leftovers = sorted(p.name for p in folder.iterdir() if p.name not in allowed)

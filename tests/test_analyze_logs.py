@@ -1137,25 +1137,26 @@ def test_the_report_gives_the_compensation_rate_of_the_second_document(
 
 
 # The log lines a workflow writes (workflow.py run, real processes): a step that failed and had its done step
-# undone, and a step answered by its fallback. A compensation or a fallback is a command of the step's run.
+# undone, and a step answered by its fallback. A compensation or a fallback is a command of the step's run,
+# named `<step>/compensate` and `<step>/fallback` (a mark no step's name can hold).
 SAGA_LINES = [
     "[SUCCESS] task=wf2 step=a duration=4s",
     "[FAILED] task=wf2 step=b reason=permanent attempts=1 exit=2",
     "[COMPENSATE] task=wf2 reason=started",
-    "[SUCCESS] task=wf2 step=a.compensate duration=30s",
+    "[SUCCESS] task=wf2 step=a/compensate duration=30s",
     "[COMPENSATE] task=wf2 step=a reason=compensated",
     "[INCIDENT] task=wf2 step=b reason=permanent",
     "[FAILED] task=wf3 step=a reason=permanent attempts=1 exit=2",
-    "[SUCCESS] task=wf3 step=a.fallback duration=2s",
+    "[SUCCESS] task=wf3 step=a/fallback duration=2s",
     "[FALLBACK] task=wf3 step=a reason=permanent why=fallback_used",
     "[SUCCESS] task=wf3 step=b duration=6s",
     "[FAILED] task=wf4 step=a reason=permanent attempts=1 exit=2",
-    "[RETRY] task=wf4 step=a.fallback reason=transient attempt=1/4 delay=1s exit=1",
-    "[FAILED] task=wf4 step=a.fallback reason=permanent attempts=2 exit=2",
+    "[RETRY] task=wf4 step=a/fallback reason=transient attempt=1/4 delay=1s exit=1",
+    "[FAILED] task=wf4 step=a/fallback reason=permanent attempts=2 exit=2",
     '[FALLBACK] task=wf4 step=a reason=permanent why=failed detail="the fallback failed too"',
     "[FAILED] task=wf5 step=x reason=permanent attempts=1 exit=2",
     "[COMPENSATE] task=wf5 reason=started",
-    "[FAILED] task=wf5 step=w.compensate reason=permanent attempts=1 exit=1",
+    "[FAILED] task=wf5 step=w/compensate reason=permanent attempts=1 exit=1",
     "[COMPENSATE] task=wf5 step=w reason=failed",
 ]
 
@@ -1182,7 +1183,7 @@ def _as_ledger(line: str, ts: str) -> str:
 def test_a_workflow_steps_compensation_and_fallback_commands_are_no_runs_of_their_own(
     tmp_path: Path, engine: str
 ) -> None:
-    """Six step runs, 3 failed: the undo of a done step (`a.compensate`) is no successful run of its own (a real
+    """Six step runs, 3 failed: the undo of a done step (`a/compensate`) is no successful run of its own (a real
     failed workflow read 2 of 3 runs succeeded), an undo that failed no second failure; a step its fallback
     answered is one run that succeeded with a fallback (not a failed run and a successful one); one whose
     fallback failed too, one failed run. It read 10 runs, 50%. The undo's 30 s is no run time."""
@@ -1205,6 +1206,58 @@ def test_a_workflow_steps_compensation_and_fallback_commands_are_no_runs_of_thei
     (wf4,) = report["tasks"]["most_retried"]
     assert wf4 == {"task": "wf4", "retries": 1, "runs": 1, "failed": 1, "retries_per_run": 1.0}
     assert "Runs: 6 finished, 50.0% succeeded" in render_text(report)
+
+
+@pytest.mark.parametrize("engine", ["python", "native", "ledger"])
+def test_a_step_the_user_named_like_a_compensation_or_fallback_is_a_run_of_its_own(tmp_path: Path, engine: str) -> None:
+    """Steps named `pay.compensate` and `fetch.fallback` by the user (valid step names) are runs like any: they
+    were read as a compensation (no run, no run time) and a fallback (whose success cancelled the failed
+    run before it: 0 failed runs of 2)."""
+    named = [
+        "[FAILED] task=wf6 step=send reason=permanent attempts=1 exit=2",
+        "[SUCCESS] task=wf6 step=pay.compensate duration=5s",
+        "[SUCCESS] task=wf6 step=fetch.fallback duration=7s",
+        "[FAILED] task=wf7 step=load.fallback reason=permanent attempts=1 exit=2",
+    ]
+    lines = [f"{iso(T0 + i)} {line}" for i, line in enumerate(named)]
+    if engine == "ledger":
+        lines = [_as_ledger(line, iso(T0 + i)) for i, line in enumerate(named)]
+    config = with_analysis(load_config(), engine="native" if engine == "native" else "python")
+    report = report_of(write(tmp_path / "wf.log", lines), config=config)
+    assert (report["runs"]["finished"], report["runs"]["succeeded"], report["runs"]["failed"]) == (4, 2, 2)
+    assert report["durations"] == {"timed_runs": 2, "mean_s": 6.0}
+
+
+def test_a_workflows_own_commands_are_told_from_steps_named_like_them_in_its_ledger(
+    state: StateRoot, config: Config, tmp_path: Path
+) -> None:
+    """A real workflow's ledger: its compensation and fallback are recorded as `pay/compensate` and
+    `a/fallback`, so its own steps named `pay.compensate` and `b.fallback` count as the runs they are: 5 runs,
+    4 succeeded (it read 3 runs, all succeeded: both of the user's steps were taken for the workflow's own)."""
+    from selfheal.durable.workflow import StepContext, Workflow
+
+    def ok(ctx: StepContext) -> None:
+        pass
+
+    def fails(ctx: StepContext) -> None:
+        raise ValueError("the channel does not exist")
+
+    saga = Workflow("saga")
+    saga.step(ok, name="pay", compensate=ok)
+    saga.step(ok, name="pay.compensate")
+    saga.step(fails, name="send")
+    assert saga.run(config=config, state=state).status == "failed"
+    rescue = Workflow("rescue")
+    rescue.step(fails, name="a", fallback=ok)
+    rescue.step(ok, name="b.fallback")
+    assert rescue.run(config=config, state=state).status == "completed"
+
+    events = [json.loads(line) for path in state.sub("ledger").iterdir() for line in path.read_text().splitlines()]
+    steps = {(e["task"], e["step"]) for e in events if e["event"] == "success"}
+    assert {("saga", "pay/compensate"), ("saga", "pay.compensate"), ("rescue", "a/fallback")} <= steps
+    kwargs: dict[str, Any] = {"config": config, "state": state, "openclaw_dir": tmp_path / "none", "env": {}}
+    runs = analyze(None, **kwargs)["runs"]
+    assert (runs["finished"], runs["succeeded"], runs["failed"]) == (5, 4, 1)
 
 
 def test_a_rate_just_past_its_threshold_raises_its_alert_though_it_rounds_to_it(tmp_path: Path) -> None:
@@ -1436,10 +1489,12 @@ def _edge_lines(t: int) -> list[bytes]:
         ts + b" [RETRY] task=a\xc2\xa0b model=M reason=oom",
         ts + b" [RETRY] task=\xe4\xb8\xad\xe6\x96\x87 model=M reason=oom",  # other UTF-8 does not
         ts + b" [FAILED] task=detail reason=zqxwv detail=boom",  # the careful path files it under its detail
-        ts + b" [SUCCESS] task=wf step=a.compensate duration=9s",  # a workflow step's own commands: no runs
+        ts + b" [SUCCESS] task=wf step=a/compensate duration=9s",  # a workflow step's own commands: no runs
+        ts + b" [FAILED] task=wf step=a/fallback reason=oom",
+        ts + b" [SUCCESS] task=wf step=a/fallback duration=2s tokens=1",
+        ts + b" [SUCCESS] task=wf step=a/fallback.x duration=2s",
+        ts + b" [SUCCESS] task=wf step=a.compensate duration=3s",  # steps of the user's named so: runs
         ts + b" [FAILED] task=wf step=a.fallback reason=oom",
-        ts + b" [SUCCESS] task=wf step=a.fallback duration=2s tokens=1",
-        ts + b" [SUCCESS] task=wf step=a.fallback.x duration=2s",
         ts + b" [FALLBACK] task=wf target=rules model=canned reason=rules",
         b"",
         b"   \t",

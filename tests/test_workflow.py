@@ -1280,3 +1280,208 @@ def test_a_checkpoint_with_a_wrong_field_names_the_file_the_key_and_the_value(
     message = str(info.value)
     assert str(path) in message and f"{key}: " in message and repr(value) in message
     assert journal(tmp_path) == [] and list(path.parent.glob("t.json.corrupt-*"))
+
+
+# -- outputs keep their order ---------------------------------------------------------------------------
+
+
+def test_a_steps_outputs_keep_the_order_it_gave_them_after_a_resume(fast: Config) -> None:
+    """The outputs a step returned come back in its own key order, nested dicts too, after a resume reads them
+    from the checkpoint (the checkpoint's writer sorts keys: they came back key-sorted)."""
+    given = {"zeta": 1, "alpha": {"y": [{"k": 1, "b": 2}], "b": 2}, "mid": 3}
+    seen: list[str] = []
+    wf = Workflow("ordered")
+
+    @wf.step
+    def build(ctx: StepContext) -> dict[str, Any]:
+        return given
+
+    @wf.step
+    def use(ctx: StepContext) -> None:
+        seen.append(json.dumps(ctx.outputs["build"]))
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+
+    assert wf.run(config=fast).status == "interrupted"
+    result = wf.run(config=fast)
+    assert result.status == "completed" and result.resumed
+    assert seen == [json.dumps(given)] * 2
+    assert json.dumps(result.steps[0].outputs) == json.dumps(given)
+    saved = status("ordered")
+    assert saved is not None and json.dumps(saved.steps["build"].outputs) == json.dumps(given)
+
+
+def test_a_command_steps_outputs_read_the_same_after_a_resume(tmp_path: Path, fast: Config, home: Path) -> None:
+    """A command step's outputs (stdout, and each file's path, size and SHA-256) are listed in the same order
+    by the run that made them and by `status` after it: they came back in another order once re-read."""
+    (tmp_path / "out.txt").write_text("x")
+    plan = write_plan(
+        tmp_path,
+        """
+        steps:
+          - {name: a, shell: "echo hi", outputs: {stdout: true, files: [out.txt]}}
+    """,
+    )
+    ran = cli(home, "run", str(plan), "--task", "t", "--json")
+    assert ran.returncode == 0, ran.stderr
+    shown = cli(home, "status", "t", "--json")
+    assert shown.returncode == 0, shown.stderr
+    made = json.loads(ran.stdout)["steps"][0]["outputs"]
+    assert json.dumps(json.loads(shown.stdout)["steps"]["a"]["outputs"]) == json.dumps(made)
+
+
+# -- from Python, messages name the Python way ----------------------------------------------------------
+
+
+CLI_WORDS = ("--restart", "--from", "--task", "workflow.py")
+
+
+def python_two_steps(name: str = "py-msg", fail: bool = False) -> Workflow:
+    wf = Workflow(name)
+
+    @wf.step
+    def a(ctx: StepContext) -> None:
+        pass
+
+    @wf.step
+    def b(ctx: StepContext) -> None:
+        if fail:
+            raise ValueError("no such channel")
+
+    return wf
+
+
+def test_from_python_a_completed_task_says_restart_true_not_the_cli_flags(fast: Config) -> None:
+    """Run again after it completed: the message names Workflow.run's restart=True, not --restart or reset."""
+    wf = python_two_steps()
+    wf.run(config=fast)
+    again = wf.run(config=fast)
+    assert again.already_completed and "restart=True" in again.message
+    assert not [w for w in CLI_WORDS if w in again.message], again.message
+
+
+def test_from_python_a_parked_task_says_from_step_and_restart(fast: Config, home: Path) -> None:
+    """Dead-letter: the message names from_step= and restart=True (the CLI's --from and reset mean nothing here)."""
+    wf = python_two_steps("py-parked")
+    runner = WorkflowRunner(wf.plan, "py-parked", config=fast)
+    data = runner._fresh()
+    data.steps["a"].state, data.steps["a"].attempts = "running", 1
+    data.resumes_without_progress = fast.workflows.max_resumes_without_progress + 1
+    data.status = "dead_letter"
+    Checkpoints(StateRoot(home).ensure()).save("py-parked", data)
+    parked = wf.run(task="py-parked", config=fast)
+    assert parked.status == "dead_letter"
+    assert "from_step=" in parked.message and "restart=True" in parked.message
+    assert not [w for w in CLI_WORDS if w in parked.message], parked.message
+    assert parked.resume_command is not None and "from_step='a'" in parked.resume_command
+
+
+def test_from_python_an_unknown_from_step_names_the_argument(fast: Config) -> None:
+    """from_step= naming no step: the error says from_step=, not --from."""
+    with pytest.raises(UsageError, match=r"from_step='zz'") as info:
+        python_two_steps().run(config=fast, from_step="zz")
+    assert not [w for w in CLI_WORDS if w in str(info.value)], str(info.value)
+
+
+def test_from_python_other_steps_than_the_checkpoints_say_restart_true(fast: Config) -> None:
+    """A workflow whose steps changed since its checkpoint: start over with restart=True (not --restart)."""
+    python_two_steps("py-changed", fail=True).run(config=fast)
+    other = Workflow("py-changed")
+
+    @other.step
+    def c(ctx: StepContext) -> None:
+        pass
+
+    with pytest.raises(PlanChanged, match=r"restart=True") as info:
+        other.run(config=fast)
+    assert not [w for w in CLI_WORDS if w in str(info.value)], str(info.value)
+    assert other.run(config=fast, restart=True).status == "completed"
+
+
+def test_from_python_an_unreadable_checkpoint_says_restart_true(fast: Config, home: Path) -> None:
+    """A torn checkpoint of a Python workflow: the error says restart=True, and that does start it over."""
+    path = Checkpoints(StateRoot(home).ensure()).path("py-torn")
+    path.write_bytes(b'{"task": "py-to')
+    wf = python_two_steps("py-torn")
+    with pytest.raises(CheckpointUnreadable, match=r"restart=True") as info:
+        wf.run(config=fast)
+    assert info.value.exit_code == 3
+    assert not [w for w in CLI_WORDS if w in str(info.value)], str(info.value)
+    assert wf.run(config=fast, restart=True).status == "completed"
+
+
+def test_the_cli_keeps_its_own_words(tmp_path: Path, fast: Config, home: Path) -> None:
+    """The same situations from workflow.py name its flags: --restart, reset, --from."""
+    plan = six_steps(tmp_path, failing=None)
+    assert cli(home, "run", str(plan), "--task", "t").returncode == 0
+    again = cli(home, "run", str(plan), "--task", "t")
+    assert again.returncode == 1 and "--restart (or `workflow.py reset TASK`)" in again.stderr
+    unknown = cli(home, "run", str(plan), "--task", "t", "--from", "zz")
+    assert unknown.returncode == 2 and "--from: the plan has no step named 'zz'" in unknown.stderr
+    renamed = write_plan(tmp_path, plan.read_text().replace("s6", "s7"), "renamed.yaml")
+    changed = cli(home, "run", str(renamed), "--task", "t")
+    assert changed.returncode == 2 and "run again with --restart" in changed.stderr
+    Checkpoints(StateRoot(home).ensure()).path("torn").write_bytes(b'{"task": "to')
+    torn = cli(home, "run", str(plan), "--task", "torn")
+    assert torn.returncode == 3 and "--restart (or `workflow.py reset TASK` first)" in torn.stderr
+
+
+# -- a function step has no timeout ----------------------------------------------------------------------
+
+
+def test_a_timeout_on_a_function_step_is_refused_not_ignored(fast: Config) -> None:
+    """A Step whose run is a function, given timeout_s, is refused before anything runs (it was silently
+    ignored: the step could hang past it). The message says what bounds work: a command step's timeout."""
+    from selfheal.durable.workflow import Plan, Step
+
+    ran: list[str] = []
+
+    def first(ctx: StepContext) -> None:
+        ran.append("first")
+
+    def hangs(ctx: StepContext) -> None:
+        ran.append("hangs")
+
+    plan = Plan("bounded", (Step("first", first), Step("hangs", hangs, timeout_s=5)))
+    with pytest.raises(UsageError, match=r"step 'hangs'.*timeout.*command") as info:
+        WorkflowRunner(plan, "bounded", config=fast).run()
+    assert info.value.exit_code == 2 and ran == []
+
+
+def test_a_hanging_command_inside_a_function_step_is_bounded_the_documented_way(fast: Config) -> None:
+    """docs/workflows.md's way for a function step: run the work that may hang as a command with a timeout;
+    its process group is stopped, the step fails as `timeout`, and the done step is compensated."""
+    import selfheal
+
+    undone: list[str] = []
+    wf = Workflow("bounded-by-a-process")
+
+    @wf.step(compensate=lambda ctx: undone.append("undo first"))
+    def first(ctx: StepContext) -> None:
+        pass
+
+    @wf.step(max_attempts=1)
+    def fetch(ctx: StepContext) -> None:
+        outcome = selfheal.run_with_retry([PYTHON, "-c", "import time; time.sleep(60)"], timeout_s=0.2, max_attempts=1)
+        if not outcome.ok:
+            raise TimeoutError(f"fetch: {outcome.error_class}: {outcome.reason}")
+
+    result = wf.run(config=fast)
+    assert result.status == "failed" and result.steps[1].error_class == "timeout"
+    assert undone == ["undo first"]
+
+
+def test_a_hand_edited_outputs_order_changes_no_value_and_the_checkpoint_still_reads(
+    tmp_path: Path, fast: Config, home: Path
+) -> None:
+    """`outputs_order` only puts keys back in order: one naming keys that are not there, or holding entries of
+    the wrong shape, loses no output and makes nothing unreadable; the keys it names come first."""
+    plan = two_steps(tmp_path)
+    literal = todays_checkpoint(plan)
+    literal["steps"]["a"]["outputs"] = {"a": 1, "b": {"x": 1, "y": 2}, "c": 3}
+    literal["steps"]["a"]["outputs_order"] = ["c", "gone", 7, ["b", ["y", "x"]], ["b", "twice"], [1, 2]]
+    Checkpoints(StateRoot(home).ensure()).path("t").write_text(json.dumps(literal))
+    loaded = status("t")
+    assert loaded is not None
+    assert json.dumps(loaded.steps["a"].outputs) == json.dumps({"c": 3, "b": {"y": 2, "x": 1}, "a": 1})
+    assert run(plan, "t", config=fast).status == "completed"

@@ -19,6 +19,7 @@ from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.config import Config, load_config
 from selfheal.durable import workflow as workflow_module
 from selfheal.durable.workflow import MAX_STEP_OUTPUTS_BYTES, MAX_TASK_OUTPUTS_BYTES, StepContext, Workflow, status
+from selfheal.errors import UsageError
 
 pytestmark = pytest.mark.slow
 
@@ -390,3 +391,36 @@ def json_of(stdout: str) -> dict[str, Any]:
     assert len(lines) == 1, f"stdout must hold exactly one JSON object, got: {stdout!r}"
     result: dict[str, Any] = json.loads(lines[0])
     return result
+
+
+def test_no_step_can_be_named_like_a_steps_compensation_or_fallback_in_the_ledger(tmp_path: Path, home: Path) -> None:
+    """The ledger names a step's compensation and fallback `<step>/compensate` and `<step>/fallback`, so the
+    log report can tell them from a step of the user's: that holds only while no step's name holds `/`, in a
+    plan or from Python."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("steps:\n  - {name: pay/compensate, run: [true]}\n", encoding="utf-8")
+    proc = call_script("workflow.py", "run", str(plan), home=home)
+    assert proc.returncode == 2 and "steps[0].name" in proc.stderr
+    wf = Workflow("marks")
+    with pytest.raises(UsageError):
+        wf.step(lambda ctx: None, name="pay/fallback")
+
+
+def test_outputs_whose_key_order_would_outgrow_the_checkpoint_fail_the_step_clearly(
+    fast: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys out of sorted order are kept with their order, which can take as much room as the keys: that room
+    is counted in the step's limit, so such outputs fail the step naming the limit instead of making a
+    checkpoint too big to read. The same keys in sorted order need no order and fit. (Limits a tenth of the
+    real ones.)"""
+    monkeypatch.setattr(workflow_module, "MAX_STEP_OUTPUTS_BYTES", MAX_STEP_OUTPUTS_BYTES // 10)
+    keys = [f"k{i:06d}" for i in range(6000)]  # 72 KB as JSON, its order 60 KB more: over 102 KB together
+
+    def make(name: str, ordered: list[str]) -> Workflow:
+        wf = Workflow(name)
+        wf.step(lambda ctx: dict.fromkeys(ordered, 0), name="export")
+        return wf
+
+    unsorted = make("unsorted", keys[::-1]).run(config=fast)
+    assert unsorted.status == "failed" and str(MAX_STEP_OUTPUTS_BYTES // 10) in unsorted.message
+    assert make("in-order", keys).run(config=fast).status == "completed"

@@ -71,14 +71,20 @@ __all__ = [
 class CheckpointUnreadable(StateError):
     """The task's checkpoint could not be parsed; it was moved aside and nothing was run."""
 
-    def __init__(self, task: str, cause: CorruptStateError) -> None:
+    def __init__(self, task: str, cause: CorruptStateError, *, python: bool = False) -> None:
+        """`python`: said to a caller of Workflow.run or WorkflowRunner.run, whose way to start over is
+        restart=True (workflow.py's --restart and reset are the command line's)."""
         self.task = task
         self.cause = cause
         aside = f" (moved to {cause.quarantined_to})" if cause.quarantined_to else ""
+        how = (
+            "run it again with restart=True"
+            if python
+            else "run again with --restart (or `workflow.py reset TASK` first)"
+        )
         super().__init__(
             f"the checkpoint of task {task!r} ({cause.path}) is unreadable: {cause.detail}{aside}. Nothing was run: "
-            "starting over could repeat steps that already had effects. To start over anyway, run again "
-            "with --restart (or `workflow.py reset TASK` first)."
+            f"starting over could repeat steps that already had effects. To start over anyway, {how}."
         )
 
 

@@ -61,7 +61,7 @@ from ..errors import (
     StateError,
     UsageError,
 )
-from ..state.checkpoints import PlanRef
+from ..state.checkpoints import PlanRef, key_order
 from ..state.redact import active as redactor
 from ..state.root import StateRoot, file_lock, lock_is_held, read_input, validate_id, write_json
 from .checkpoint import (
@@ -79,6 +79,7 @@ from .checkpoint import (
     TASK_RUNNING,
     Checkpoint,
     Checkpoints,
+    CheckpointUnreadable,
     StepRecord,
 )
 from .incident import Incident, new_incident_id, notify, write_incident
@@ -86,6 +87,11 @@ from .incident import Incident, new_incident_id, notify, write_incident
 SCRIPTS = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
 _OUTPUT_NAMES = ("stdout", "files")
+# What the ledger's `step` says for a step's compensation and fallback (`fetch/compensate`): a step's name never
+# holds `/` (validate_id, load_plan), so no step of the user's can read as one (`fetch.compensate` could be a
+# step of its own). observe/logscan.py reads them by the same mark.
+COMPENSATION_STEP = "/compensate"
+FALLBACK_STEP = "/fallback"
 # A step's outputs live in its checkpoint, which every resume reads whole: more than this (as JSON) fails the
 # step, as a payload over Temporal's limit does, so the checkpoint stays far below the state-file limit
 # (state.root.MAX_STATE_FILE_BYTES: a bigger checkpoint could never be read again, and its two slots hold
@@ -95,6 +101,17 @@ MAX_STEP_OUTPUTS_BYTES = 1024 * 1024
 MAX_TASK_OUTPUTS_BYTES = 8 * 1024 * 1024
 # Nesting deeper than this in a function step's outputs is kept as text (JSON's writer would overflow the stack).
 _MAX_OUTPUT_DEPTH = 100
+
+
+# A function step given a timeout (a Plan built by hand: Workflow.step takes none). There is no sound way to
+# bound it: a Python thread cannot be stopped from outside, and abandoning it while the workflow compensates
+# would undo the step's effects as it goes on making them. A command is its own process group, which a
+# timeout kills.
+_NO_FUNCTION_TIMEOUT = (
+    "step {step!r} of workflow {workflow!r}: a function step cannot have a timeout (a Python function cannot be "
+    "stopped safely from outside); run the work as a command step, whose timeout kills its process group, or "
+    "bound it inside the function (a client's own timeout, or selfheal.run_with_retry(argv, timeout_s=...))"
+)
 
 
 class PlanError(ConfigError):
@@ -584,6 +601,9 @@ class WorkflowRunner:
         progress: Callable[[Progress], None] | None = None,
         resume_command: str | None = None,
     ) -> None:
+        for step in plan.steps:
+            if step.timeout_s is not None and not isinstance(step.run, Command):
+                raise UsageError(_NO_FUNCTION_TIMEOUT.format(step=step.name, workflow=plan.name))
         self.plan = plan
         self.task = validate_id(task, "task")
         self.config = config or get_config()
@@ -606,8 +626,14 @@ class WorkflowRunner:
         # under this lock, so saves are written one at a time and each sees whole records.
         self._lock = threading.RLock()
 
+    @property
+    def _python(self) -> bool:
+        """A Workflow of Python functions, run by Workflow.run or WorkflowRunner.run: its messages name their
+        arguments (restart=True, from_step=), not workflow.py's flags, which run no such workflow."""
+        return self.plan.path is None
+
     def _default_resume_command(self) -> str:
-        if self.plan.path is None:
+        if self._python:
             return f"(re-run the Python workflow {self.plan.name!r} with task={self.task!r})"
         script = SCRIPTS / "workflow.py"
         return shlex.join(["python3", str(script), "run", str(self.plan.path), "--task", self.task])
@@ -618,7 +644,7 @@ class WorkflowRunner:
         command is kept as it is."""
         if step is None or not self._own_resume:
             return self.resume_command
-        if self.plan.path is None:
+        if self._python:
             return f"(re-run the Python workflow {self.plan.name!r} with task={self.task!r}, from_step={step!r})"
         return f"{self.resume_command} --from {shlex.quote(step)}"
 
@@ -676,6 +702,8 @@ class WorkflowRunner:
     def run(self, *, from_step: str | None = None, restart: bool = False) -> WorkflowResult:
         """Run (or resume) the task. One run per task at a time: another one raises LockBusy (exit 4)."""
         if from_step is not None and from_step not in {s.name for s in self.plan.steps}:
+            if self._python:
+                raise UsageError(f"from_step={from_step!r}: workflow {self.plan.name!r} has no step of that name")
             raise UsageError(f"--from: the plan has no step named {from_step!r}")
         with file_lock(self.state.lock_file("workflow", self.task), timeout=0, what=f"task {self.task!r}"):
             return self._run(from_step=from_step, restart=restart)
@@ -683,7 +711,12 @@ class WorkflowRunner:
     def _run(self, *, from_step: str | None, restart: bool) -> WorkflowResult:
         if restart:
             self.checkpoints.remove(self.task)
-        existing = self.checkpoints.load(self.task)
+        try:
+            existing = self.checkpoints.load(self.task)
+        except CheckpointUnreadable as exc:
+            if not self._python:
+                raise
+            raise CheckpointUnreadable(exc.task, exc.cause, python=True) from exc.__cause__
         self._done_outputs = self._output_sizes = None
         resumed = existing is not None
         self.data = existing if existing is not None else self._fresh()
@@ -691,21 +724,31 @@ class WorkflowRunner:
             self._check_same_steps()
             status = self.data.status
             if status == TASK_COMPLETED and from_step is None:
+                again = (
+                    "restart=True; for a scheduled run, give each run its own task id, e.g. "
+                    "task=f'NAME-{datetime.date.today()}'"
+                    if self._python
+                    else "--restart (or `workflow.py reset TASK`); for a cron line, give each run its own id, "
+                    "e.g. --task 'NAME-{date}'"
+                )
                 result = self._result(
                     TASK_COMPLETED,
                     resumed,
-                    f"already completed at {self.data.updated}; nothing was run. To run it again: "
-                    "--restart (or `workflow.py reset TASK`); for a cron line, give each run its own id, "
-                    "e.g. --task 'NAME-{date}'",
+                    f"already completed at {self.data.updated}; nothing was run. To run it again: {again}",
                 )
                 result.already_completed = True
                 return result
             if status == TASK_DEAD_LETTER and from_step is None:  # --from is a person's explicit restart
+                how = (
+                    "(from_step=: the steps done are kept), or with restart=True to start over"
+                    if self._python
+                    else "(--from: the steps done are kept), or `workflow.py reset` to start over"
+                )
                 result = self._result(
                     TASK_DEAD_LETTER,
                     resumed,
                     "parked as dead-letter; read its incident, fix the cause, then run it again from the step it "
-                    "was stuck on (--from: the steps done are kept), or `workflow.py reset` to start over",
+                    f"was stuck on {how}",
                 )
                 result.resume_command = self._resume_at(self.data.first_unfinished())
                 return result
@@ -849,7 +892,8 @@ class WorkflowRunner:
         if self.data.order != names:
             raise PlanChanged(
                 f"task {self.task!r} was checkpointed with steps {self.data.order}, but the plan now has "
-                f"{names}; to start over with the new plan, run again with --restart"
+                f"{names}; to start over with the new plan, run again with "
+                + ("restart=True" if self._python else "--restart")
             )
         self.data.plan.digest = self.plan.digest  # a fixed command in the same steps is fine
 
@@ -1051,7 +1095,7 @@ class WorkflowRunner:
         backup = step.fallback
         try:
             if isinstance(backup, Command):
-                outcome = self._retry_command(step, backup, f"{step.name}.fallback")
+                outcome = self._retry_command(step, backup, step.name + FALLBACK_STEP)
                 if not outcome.ok:
                     raise RuntimeError(f"{outcome.error_class}: {outcome.reason} (exit {outcome.exit_code})")
                 keep = self.config.workflows.output_tail_chars
@@ -1063,7 +1107,7 @@ class WorkflowRunner:
                 context = StepContext(
                     self.task, step.name, 1, f"{self.task}/{step.name}/fallback", self._function_outputs()
                 )
-                value = self._retrier(f"{step.name}.fallback").call(backup, context)
+                value = self._retrier(step.name + FALLBACK_STEP).call(backup, context)
                 outputs = _outputs_of(value, [])
             too_big = self._too_big(step.name, outputs, "the fallback")
             if too_big:
@@ -1225,11 +1269,13 @@ class WorkflowRunner:
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     def _collect_outputs(self, step: Step, stdout_tail: str) -> dict[str, Any]:
+        """A command step's outputs, keys in sorted order (as _describe_file's): as the checkpoint keeps them,
+        so they read the same after a resume with no key order saved beside them at every save."""
         outputs: dict[str, Any] = {}
-        if step.keep_stdout:
-            outputs["stdout"] = stdout_tail
         if step.output_files:
             outputs["files"] = [_describe_file(self._path(step, f)) for f in step.output_files]
+        if step.keep_stdout:
+            outputs["stdout"] = stdout_tail
         return outputs
 
     # -- when it cannot finish ------------------------------------------------------------------------
@@ -1292,7 +1338,7 @@ class WorkflowRunner:
     def _run_compensation(self, step: Step, record: StepRecord) -> None:
         undo = step.compensate
         if isinstance(undo, Command):
-            outcome = self._retry_command(step, undo, f"{step.name}.compensate")
+            outcome = self._retry_command(step, undo, step.name + COMPENSATION_STEP)
             if not outcome.ok:
                 raise RuntimeError(f"{outcome.error_class}: {outcome.reason} (exit {outcome.exit_code})")
             return
@@ -1305,7 +1351,7 @@ class WorkflowRunner:
                 self._function_outputs({step.name: record.outputs}),
             )
             try:
-                self._retrier(f"{step.name}.compensate").call(undo, context)
+                self._retrier(step.name + COMPENSATION_STEP).call(undo, context)
             except Exception as exc:  # named by its type, as a step's own failure is
                 raise RuntimeError(_error_text(exc)) from exc
 
@@ -1479,7 +1525,13 @@ def _utf8(text: str) -> tuple[str, bool]:
 
 
 def _outputs_size(outputs: dict[str, Any]) -> int:
-    return len(json.dumps(outputs, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8"))
+    """Bytes the outputs take in the checkpoint, as JSON: with the order of their keys where it is kept
+    beside them (state.checkpoints.key_order), which can take as much room as the keys themselves."""
+    size = len(json.dumps(outputs, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8"))
+    order = key_order(outputs)
+    if order is not None:
+        size += len(json.dumps(order, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return size
 
 
 def _env_name(step: str, output: str) -> str:
@@ -1525,7 +1577,7 @@ def _describe_file(path: Path) -> dict[str, Any]:
                 size += len(chunk)
         except OSError as exc:
             raise _NotAFile(f"cannot read the output {path}: {exc.strerror or exc}") from None
-    return {"path": str(path), "size": size, "sha256": digest.hexdigest()}
+    return {"path": str(path), "sha256": digest.hexdigest(), "size": size}
 
 
 def _signum(name: str | None) -> int:
@@ -1679,7 +1731,13 @@ class Workflow:
     ) -> _F | Callable[[_F], _F]:
         """Add `fn` as the next step (`@wf.step`, or `@wf.step(name=..., compensate=...)`), returning it
         unchanged. Whatever the engine could never call is refused here (UsageError, exit 2), not when the
-        step's turn comes: by then the earlier steps have run, and failing would compensate them."""
+        step's turn comes: by then the earlier steps have run, and failing would compensate them.
+
+        A function step has no timeout, and the workflow no deadline that could end one: a Python function
+        cannot be stopped safely from outside its thread, and leaving it running while the workflow
+        compensates would undo its effects while it goes on making them. Work that may hang belongs in a
+        process: a plan's command step with `timeout:` (each attempt's process group is killed when it runs
+        out), or, inside the function, selfheal.run_with_retry(argv, timeout_s=...) or a client's own timeout."""
         if isinstance(fn, str):  # `@wf.step("fetch")`: the name given where the function goes
             raise UsageError(f"@wf.step({fn!r}) takes a function; to name the step, write @wf.step(name={fn!r})")
         if retries is not None:

@@ -82,10 +82,13 @@ MAX_DURATION_S = float(2**53)
 EVENTS = ("retry", "success", "failed", "fallback", "breaker", "resume", "compensate", "incident", "fix", "stuck")
 FAILURE_EVENTS = frozenset({"retry", "failed"})  # what the source documents count as failures
 _FAILED_ATTEMPTS = frozenset({"retry", "failed", "fallback"})  # whose error may be unclassified
-# A workflow runs a step's compensation and its fallback as commands of their own, named `<step>.compensate`
-# and `<step>.fallback` in the ledger (durable/workflow.py): parts of the step's run, not runs of their own.
-COMPENSATION_SUFFIX = ".compensate"
-FALLBACK_SUFFIX = ".fallback"
+# A workflow runs a step's compensation and its fallback as commands of their own, named `<step>/compensate`
+# and `<step>/fallback` in the ledger (durable/workflow.py): parts of the step's run, not runs of their own.
+# A step's name never holds `/`, so a step the user named `pay.compensate` is a run like any. (Ledgers written
+# before the mark named them `<step>.compensate`: those lines read as runs of a step named so, as they must
+# for a step that is one; the compensation figures come from the [COMPENSATE] events, which are unchanged.)
+COMPENSATION_SUFFIX = "/compensate"
+FALLBACK_SUFFIX = "/fallback"
 # The words a log line's `reason=` takes when the ledger had no error class but a status (format_log_line).
 STATUS_WORDS = frozenset(
     {
@@ -1049,7 +1052,7 @@ def _doubles() -> array[float]:
 
 
 def _is_compensation(step: str | None) -> bool:
-    """Whether a step name is a workflow step's compensation command (`<step>.compensate`)."""
+    """Whether a step name is a workflow step's compensation command (`<step>/compensate`)."""
     return step is not None and step.endswith(COMPENSATION_SUFFIX)
 
 

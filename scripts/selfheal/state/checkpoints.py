@@ -4,6 +4,11 @@ durable/checkpoint.py's; what the states mean and how a task moves between them,
 
 Keys a newer version wrote are kept (`extra`) and written back. The step keys `ran`, `compensated`,
 `fallback`, `converted` and `done_seq` are written only once they have a value, as before.
+
+A step's outputs come back in the order the step gave them: the checkpoint's writer sorts every object's
+keys (its SHA-256 is of that canonical form), so a step whose outputs (or a dict inside them) are not in
+sorted order also gets `outputs_order`, the order of each such dict's keys (`key_order`), which reading
+puts back. A checkpoint without it (older, or all in sorted order) reads as it is.
 """
 
 from __future__ import annotations
@@ -82,6 +87,9 @@ class StepRecord:
             value = getattr(self, key)
             if value is not None:
                 data[key] = value
+        order = key_order(self.outputs)
+        if order is not None:
+            data[_OUTPUTS_ORDER] = order
         data.update(self.extra)
         return data
 
@@ -92,7 +100,11 @@ class StepRecord:
         converted = values["converted"]
         if converted is not None and not all(type(c) is str for c in converted):
             raise f.bad("converted", "must be a list of strings")
-        return cls(state=f.choice("state", STEP_STATES, PENDING), **values, extra=split(data, _STEP_FIELDS))
+        order = data.get(_OUTPUTS_ORDER)
+        if order is not None:
+            values["outputs"] = in_order(values["outputs"], order)
+        extra = split(data, _STEP_FIELDS, (_OUTPUTS_ORDER,))
+        return cls(state=f.choice("state", STEP_STATES, PENDING), **values, extra=extra)
 
     @property
     def undo_due(self) -> bool:
@@ -104,6 +116,56 @@ class StepRecord:
 
 
 _SOMETIMES = ("ran", "compensated", "fallback", "converted", "done_seq")
+_OUTPUTS_ORDER = "outputs_order"
+
+
+def key_order(value: Any) -> Any:
+    """What sorting the keys of `value`'s objects would lose, or None when nothing: for an object, its keys in
+    order, each `[key, order]` where its value has an order of its own; for a list, `{index: order}` of
+    the items that have one. Lists themselves keep their order: only objects are sorted."""
+    if isinstance(value, dict):
+        entries: list[Any] = []
+        nested = False
+        for key, item in value.items():
+            inner = key_order(item)
+            nested = nested or inner is not None
+            entries.append(str(key) if inner is None else [str(key), inner])
+        keys = [str(key) for key in value]
+        return entries if nested or keys != sorted(keys) else None
+    if isinstance(value, list):
+        found = {str(i): inner for i, item in enumerate(value) if (inner := key_order(item)) is not None}
+        return found or None
+    return None
+
+
+def in_order(value: Any, order: Any) -> Any:
+    """`value` with its objects' keys put back in `order` (key_order's form). Only an order: an entry that is
+    not one, or names a key that is not there, is passed over, and keys it does not name follow those it does
+    (a hand-edited or stale order changes no value, and never makes a checkpoint unreadable)."""
+    if isinstance(value, dict) and isinstance(order, list):
+        out: dict[str, Any] = {}
+        for entry in order:
+            if isinstance(entry, str):
+                key, inner = entry, None
+            elif isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str):
+                key, inner = entry
+            else:
+                continue
+            if key in value and key not in out:
+                out[key] = value[key] if inner is None else in_order(value[key], inner)
+        for key, item in value.items():
+            out.setdefault(key, item)
+        return out
+    if isinstance(value, list) and isinstance(order, dict):
+        items = list(value)
+        for index, inner in order.items():
+            # isdecimal: what int() reads; a bounded length: int() refuses thousands of digits.
+            if isinstance(index, str) and index.isdecimal() and len(index) < 19 and int(index) < len(items):
+                items[int(index)] = in_order(items[int(index)], inner)
+        return items
+    return value
+
+
 _STEP_FIELDS = frozenset(f.name for f in dataclasses.fields(StepRecord)) - {"extra"}
 _STEP_SPEC: Spec = (
     ("attempts", "count", 0),
