@@ -15,12 +15,14 @@
 Run order: fix tasks, then regular, then creative; then priority; then deeper tasks first; then oldest.
 A parent runs only when each of its children is END, VOID or REQUIRES_MANUAL.
 
-Exit codes: 0 ok (run-next: it succeeded, or there was nothing to do); 1 check-stuck found stuck tasks,
+Exit codes: 0 ok (run-next: it succeeded, there was nothing to do, or a person changed the task while it
+ran: its outcome is not recorded, and one line on stderr says so); 1 check-stuck found stuck tasks,
 or fleet status found the fleet's database unreachable; 2 usage error (unknown task, illegal transition,
 bad parent, duplicate name, a text over its size cap, a symbolic link planted under the state root); 3 the
-task failed, or the task tree could not be written (disk full, read-only: the message names the file;
-run-next then runs nothing; on a full disk list, tree, show, actionable, log and check-stuck --dry-run still
-answer, with a warning); 4 not attempted (the tree is locked, or the task is running or waits for its children).
+task failed (or self-heal took it from the run: stuck, lease expired), or the task tree could not be written
+(disk full, read-only: the message names the file; run-next then runs nothing; on a full disk list, tree,
+show, actionable, log and check-stuck --dry-run still answer, with a warning); 4 not attempted (the tree is
+locked, or the task is running or waits for its children: the message names a child to run first).
 With --json, stdout holds exactly one JSON object; a task's output goes to tasks/NAME.log.
 The tree lives in tasks.db under the state root (SQLite); a tree of tasks/*.json files from an older
 version is imported on first use (the files are kept in tasks/json-backup-<ts>/). In fleet mode (store.url)
@@ -799,14 +801,24 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
         code = next((r.exit_status for r in ran if r.exit_status), EXIT_OK)
         if args.json:
             cli.emit_json({"ok": code == EXIT_OK, "ran": len(ran), "runs": [r.to_json() for r in results]})
+            _say_changed_by_person(results)
         elif result.outcome != "nothing" or not args.quiet:
             _say_run(result)
         return code
     if args.json:
         cli.emit_json(result.to_json())
+        _say_changed_by_person(results[-1:])
     elif result.outcome != "nothing" or not args.quiet:
         _say_run(result)
     return result.exit_status
+
+
+def _say_changed_by_person(results: list[TaskRun]) -> None:
+    """With --json too, a run whose task a person changed under it says so on stderr: it exits 0, and its
+    outcome was not recorded, which whoever reads the mail should know."""
+    for result in results:
+        if result.by_person:
+            _say(result.message)
 
 
 def _say_run(result: TaskRun) -> None:

@@ -695,6 +695,35 @@ def test_a_pass_with_nothing_to_run_records_skipped_or_following_as_the_document
     assert "[PASS] task=- reason=skipped" in state.log_file.read_text()
 
 
+def test_a_run_whose_task_another_runner_took_back_stays_a_failure(store: TaskStore, clock: FakeClock) -> None:
+    """Exit 0 for a run whose outcome was not recorded is for a person's change only: a task taken back by a
+    claim (its lease ran out) is a real problem, exit 3, and says nothing of a person."""
+    from selfheal.tasks.run import TaskRunner
+    from selfheal.tasks.tree import runner_identity
+
+    add(store, clock, "slow", run={"kind": "argv", "argv": ["true"]})
+    runner = runner_identity(store.host)
+    claimed = store.claim(None, runner, "t1")
+    assert claimed is not None
+    task = claimed[0]
+    with store.db.lock, store.db.write():
+        store._take_back(store.db, [store.get("slow")], clock.time())
+    log = BoundedLog(store.log_path("slow"), max_chars=10_000, keep_chars=5_000)
+    result = TaskRunner(store)._finish(
+        "slow",
+        runner=runner,
+        outcome="superseded",
+        failed=None,
+        duration=1.0,
+        log=log,
+        run_id=task.run_id,
+        started=task.started_ts,
+    )
+    log.close()
+    assert (result.outcome, result.exit_status, store.get("slow").exec_state) == ("superseded", 3, NORMAL_CRASH)
+    assert "person" not in result.message
+
+
 # -- archiving finished trees ----------------------------------------------------------------------------
 
 

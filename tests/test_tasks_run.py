@@ -307,13 +307,16 @@ def test_a_hanging_task_is_found_stuck_and_its_whole_process_tree_is_killed(
     assert (finding["task"], finding["kind"], finding["fix_task"]) == ("hangs", "stuck", "FIX-hangs-STUCK")
     assert {p.pid for p in procs} <= set(finding["killed"])
     assert gone(procs)
-    runner.communicate(timeout=30)
+    out, _ = runner.communicate(timeout=30)
     rec = record(home, "hangs")
     assert (rec["exec_state"], rec["retry_count"], rec["runner"]) == ("ERROR_FIX_PENDING", 1, None)
     assert record(home, "FIX-hangs-STUCK")["parent"] == "hangs"
     assert "[STUCK] task=hangs reason=stuck" in (home / "logs" / "selfheal.log").read_text()
     # The runner stood down: it did not overwrite what the stuck check decided.
     assert "run-next" not in rec["history"][-1].get("by", "")
+    # A run taken over as stuck is a real problem, not a person's change: it stays a failure (exit 3; its exit
+    # status itself went to gone(), which reaped the runner).
+    assert (json.loads(out)["outcome"], json.loads(out)["ok"]) == ("superseded", False), out
 
 
 def test_a_stuck_runner_started_in_a_shell_pipeline_is_stopped_without_the_users_other_commands(
@@ -526,16 +529,28 @@ def test_a_task_whose_runs_are_interrupted_again_and_again_counts_as_failing(hom
             assert task["retry_count"] == 1 and "interrupted 3 runs in a row" in task["last_result"], task
 
 
-def test_voiding_a_running_task_stops_its_command(home: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "state"), [(("void", "unwanted"), "VOID"), (("mark", "unwanted", "end"), "END")], ids=["void", "end"]
+)
+def test_a_person_voiding_or_ending_a_running_task_stops_its_command_and_is_no_failure(
+    home: Path, change: tuple[str, ...], state: str
+) -> None:
+    """A person's deliberate change is not a failure of the runner: run-next exits 0 (cron mailed exit 3 as one),
+    says on stderr in one line that a person changed the task and its outcome was not recorded, and the ledger
+    keeps a `superseded` event."""
     tasks(home, "add", "unwanted", "--", "sh", "-c", "echo going; sleep 300")
     runner = start(home, "run-next", "--json")
     wait_until(lambda: "going" in (home / "tasks" / "unwanted.log").read_text(), what="the command's output")
     command = tree_pids(runner.pid)[1:]
-    assert tasks(home, "void", "unwanted", "--reason", "not needed").returncode == 0
-    out, _ = runner.communicate(timeout=30)
-    assert json.loads(out)["outcome"] == "superseded" and runner.returncode == 3
+    assert tasks(home, *change, "--reason", "not needed").returncode == 0
+    out, err = runner.communicate(timeout=30)
+    assert json.loads(out)["outcome"] == "superseded" and runner.returncode == 0, out + err
+    (line,) = err.splitlines()
+    assert "'unwanted'" in line and "by a person" in line and f"now {state}" in line and "not recorded" in line
     assert gone(command)
-    assert record(home, "unwanted")["exec_state"] == "VOID"
+    assert record(home, "unwanted")["exec_state"] == state
+    events = [e for e in ledger(home) if e["event"] == "superseded"]
+    assert [(e["task"], e["status"]) for e in events] == [("unwanted", "refused")], events
 
 
 def test_an_agent_keeps_its_own_task_alive_with_beats(home: Path) -> None:
@@ -551,6 +566,70 @@ def test_an_agent_keeps_its_own_task_alive_with_beats(home: Path) -> None:
     tasks(home, "mark", "agent-work", "end")
     refused = tasks(home, "beat", "agent-work")
     assert refused.returncode == 2 and "is END, not PROCESSING" in refused.stderr
+
+
+def test_a_beat_that_trims_the_log_while_run_next_writes_it_loses_none_of_the_runners_later_lines(
+    home: Path, tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    """`beat --message` pushes a running task's log past its bound and trims it (a new file in its place) while
+    run-next still writes the log: every line the command prints after the trim, and the runner's closing
+    note, must reach the log a person reads (they went to the old file, unlinked, and were lost)."""
+    write_config(
+        "process: {kill_grace_s: 1, heartbeat_s: 0.2}\nfixes: {use_model: false}\n"
+        "tasks: {log_max_chars: 2000, log_keep_chars: 1800}\n"
+    )
+    ready, beaten = tmp_path / "ready", tmp_path / "beaten"
+    script = (
+        f'for i in $(seq 1 30); do echo "early line $i"; done; touch {ready};'
+        f" while [ ! -e {beaten} ]; do sleep 0.05; done;"
+        ' for i in 1 2 3 4 5; do echo "later line $i"; done'
+    )
+    assert tasks(home, "add", "writer", "--shell", script).returncode == 0
+    runner = start(home, "run-next", "--json")
+    log = home / "tasks" / "writer.log"
+    wait_until(lambda: ready.exists() and "early line 30" in log.read_text(), what="the command's first lines")
+    beat = tasks(home, "beat", "writer", "--message", "agent: " + "still working. " * 110)
+    assert beat.returncode == 0, beat.stderr
+    assert "earlier output cut" in log.read_text()  # the beat's line took the log past its bound
+    beaten.touch()
+    out, err = runner.communicate(timeout=30)
+    assert runner.returncode == 0, out + err
+    text = log.read_text()
+    assert [ln for ln in text.splitlines() if ln.startswith("later line")] == [f"later line {i}" for i in range(1, 6)]
+    assert "still working." in text and "succeeded after" in text
+
+
+def test_a_stuck_task_that_needs_a_person_has_a_resume_command_that_runs_it(
+    home: Path, write_config: Callable[[str], Path]
+) -> None:
+    """A task found stuck gets FIX-<task>-STUCK and, at the threshold, an incident: its resume command, followed
+    as written, must run the task, not stop at exit 4 because the FIX child has not run yet; and the exit 4 of
+    `run-next --task` names the FIX child and the command that runs it."""
+    write_config(
+        "retry: {jitter: none}\nfixes: {use_model: false}\n"
+        "tasks: {stuck_after_s: 1, analyze_at_failures: 1, solution_at_failures: 0, manual_at_failures: 1}\n"
+    )
+    assert tasks(home, "add", "hangs", "--", "sh", "-c", "echo done").returncode == 0
+    assert tasks(home, "mark", "hangs", "start").returncode == 0  # running, silent
+    store = TaskStore(StateRoot(home), load_config())
+    try:
+        (finding,) = check_stuck(store, now=time.time() + 60)
+    finally:
+        store.close()
+    assert (finding.exec_state, finding.fix_task) == ("REQUIRES_MANUAL", "FIX-hangs-STUCK")
+    incident = json.loads(Path(str(finding.incident)).read_text())
+    assert "FIX-hangs-STUCK" in incident["resume_command"]
+
+    assert tasks(home, "mark", "hangs", "error").returncode == 0
+    waiting = tasks(home, "run-next", "--task", "hangs")
+    assert waiting.returncode == 4 and "`tasks.py run-next --task FIX-hangs-STUCK`" in waiting.stderr, waiting.stderr
+    assert tasks(home, "mark", "hangs", "manual").returncode == 0  # as the incident left it
+
+    done = subprocess.run(  # noqa: S602 - the incident's own command, as a person would paste it
+        incident["resume_command"], shell=True, env=script_env(home), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert record(home, "hangs")["exec_state"] == "END"
 
 
 # -- the command line --------------------------------------------------------------------------------------

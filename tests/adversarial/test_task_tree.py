@@ -53,6 +53,35 @@ def test_a_task_whose_breaker_is_open_does_not_starve_the_tasks_behind_it(home: 
     assert journal.read_text().splitlines() == ["cold-1", "cold-2", "hot"]
 
 
+@pytest.mark.parametrize("leaves", [("void", "hot"), ("mark", "hot", "end")], ids=["voided", "ended"])
+def test_a_task_set_aside_then_finished_by_a_person_leaves_no_mark_on_a_new_task_of_its_name(
+    home: Path, leaves: tuple[str, ...]
+) -> None:
+    """A task set aside (its breaker open) that a person voids or ends kept its `deferred:` mark after its tree
+    was archived: a new task added later under the same name started out passed over, run after every other."""
+    assert call_script("breakers.py", "trip", "api", "--for", "3600", home=home).returncode == 0
+    assert tasks(home, "add", "hot", "--priority", "P0", "--target", "api", "--", "true").returncode == 0
+    assert tasks(home, "run-next").returncode == 4  # not attempted: set aside
+    assert tasks(home, *leaves).returncode == 0
+    assert tasks(home, "archive", "--older-than", "0").returncode == 0
+    assert tasks(home, "add", "cold", "--priority", "P2", "--", "true").returncode == 0
+    assert tasks(home, "add", "hot", "--priority", "P0", "--", "true").returncode == 0
+    first = tasks(home, "run-next", "--json")
+    assert (first.returncode, json.loads(first.stdout)["task"]) == (0, "hot"), first.stdout
+
+
+def test_a_mark_left_for_a_name_no_task_has_is_cleared_by_the_archive_pass(home: Path) -> None:
+    """A `deferred:` mark of a name the tree no longer holds (left by a version that did not clear it) goes at
+    the next archive pass, so a task added under that name later runs in its turn."""
+    assert tasks(home, "add", "cold", "--priority", "P2", "--", "true").returncode == 0
+    with sqlite3.connect(home / "tasks.db") as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('deferred:hot', '1')")
+    assert tasks(home, "archive", "--older-than", "0").returncode == 0
+    assert tasks(home, "add", "hot", "--priority", "P0", "--", "true").returncode == 0
+    first = tasks(home, "run-next", "--json")
+    assert (first.returncode, json.loads(first.stdout)["task"]) == (0, "hot"), first.stdout
+
+
 def test_list_json_with_a_row_edited_by_hand_is_still_one_valid_json_object(home: Path) -> None:
     """`list --json` streams; a row whose JSON column no longer parses ends it with exit 3 and one object
     that says so (the rows before it kept), never half an object followed by a second one."""

@@ -1000,8 +1000,11 @@ class TaskDB:
         self.execute(f"INSERT INTO tasks ({SELECT_COLUMNS}) VALUES ({marks})", row)  # noqa: S608
 
     def delete(self, names: Sequence[str]) -> None:
+        """Delete tasks by name, with their marks in meta (a task set aside: see deferred()), so a task added
+        later under the same name starts afresh."""
         for name in names:
             self.execute("DELETE FROM tasks WHERE task_name = ?", (name,))
+            self.delete_meta(DEFERRED + name)
 
     def touch_running(self, name: str, runner: dict[str, Any], *, heartbeat_ts: float, activity_ts: float) -> bool:
         """A heartbeat: only while the task is PROCESSING under this very runner. False otherwise."""
@@ -1094,6 +1097,16 @@ class TaskDB:
         self.execute(
             f"DELETE FROM meta WHERE key LIKE ? AND substr(key, {len(DEFERRED) + 1}) NOT IN"  # noqa: S608
             f" (SELECT task_name FROM tasks WHERE {ACTIONABLE_IN} OR exec_state = '{PROCESSING}')",
+            (DEFERRED + "%",),
+        )
+
+    def clear_stale_deferred(self) -> None:
+        """Delete the marks of names no task has, or whose task is END or VOID (it can never run again): left
+        by a version that kept them when a task left, they would pass over a new task of that name. One
+        statement over meta's few rows; a mark of a task that may still run (REQUIRES_MANUAL handed back) stays."""
+        self.execute(
+            f"DELETE FROM meta WHERE key LIKE ? AND substr(key, {len(DEFERRED) + 1}) NOT IN"  # noqa: S608
+            f" (SELECT task_name FROM tasks WHERE exec_state NOT IN ({_quoted((END, VOID))}))",
             (DEFERRED + "%",),
         )
 

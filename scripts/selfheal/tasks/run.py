@@ -38,6 +38,7 @@ for it (`tasks.finish_wait_s`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shlex
@@ -45,7 +46,7 @@ import signal
 import socket
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -125,6 +126,11 @@ class BoundedLog:
     writes what a quiet command left in the buffer), so a command printing gigabytes costs one masking
     pass and one write per flush, not per read. Output that the bound would cut anyway (more than four
     bytes per character of `max_chars` behind the newest) is dropped before it is masked or written.
+
+    More than one process may write the same log (run-next's runner and `tasks.py beat --message`), and the
+    trim puts a new file in the old one's place: each write and each trim holds an exclusive flock on the
+    file, and a writer that finds the path holding another file than its own (trimmed by the other process)
+    opens the new one before it writes, so no line goes to a file no longer in its place.
     """
 
     def __init__(
@@ -159,17 +165,47 @@ class BoundedLog:
         self._closed = False
         self._flusher: threading.Thread | None = None
         self._fd = self._open()
-        try:
-            size = os.lstat(path).st_size
-            # A character is at most 4 bytes: a file bigger than that is over the limit, and is not read whole.
-            self.chars = size if size > 4 * max_chars else len(_tail_text(path, size))
-        except FileNotFoundError:
-            self.chars = 0
-        if self.chars > max_chars:
-            self._replace(_tail_text(path, 4 * keep_chars))  # only the last keep_chars can stay: never read it whole
+        self.chars = 0
+        self._size = -1  # the file's size in bytes after our last write: another size means another writer wrote
+        with self._exclusive():  # counts what the file holds
+            if self.chars > max_chars:
+                self._replace(_tail_text(path, 4 * keep_chars))  # only the last keep_chars can stay: never read whole
 
     def _open(self) -> int:
         return open_append(self.path)  # never through a planted link (UnsafeStateError)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the flock of the file now at the log's path (the one our fd is on); `chars` counted again if
+        another process wrote it since our last write."""
+        while True:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if not self._replaced():
+                break
+            # Trimmed by another writer (a new file in its place): what we write goes into that one.
+            os.close(self._fd)  # releases the flock
+            self._fd = -1
+            self._fd = self._open()
+            self._size = -1
+        try:
+            size = os.fstat(self._fd).st_size
+            if size != self._size:
+                # A character is at most 4 bytes: a file bigger than that is over the limit, and is not read whole.
+                self.chars = size if size > 4 * self.max_chars else len(_tail_text(self.path, size))
+                self._size = size
+            yield
+        finally:
+            if self._fd >= 0:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _replaced(self) -> bool:
+        """Whether the log's path now holds another file than our fd (a missing one is left as it is)."""
+        try:
+            there = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        ours = os.fstat(self._fd)
+        return (there.st_ino, there.st_dev) != (ours.st_ino, ours.st_dev)
 
     def write(self, data: bytes) -> int:
         """Command output (an OutputSink for run_command): buffered, written by the flusher."""
@@ -227,7 +263,7 @@ class BoundedLog:
                     return
                 try:
                     self._write_lines()
-                except OSError as exc:  # a full disk: those lines miss the log; the flusher goes on with the next
+                except (OSError, StateError) as exc:  # a full disk: those lines miss the log; it goes on with the next
                     logger.warning("could not write the task log %s: %s", self.path, exc)
 
     def _write_all(self) -> None:
@@ -255,27 +291,34 @@ class BoundedLog:
             self._cut = True
         text = raw.decode("utf-8", "surrogateescape")
         text = self._lines.lines(text)  # whole lines: a PEM key's lines are masked even when they arrive apart
-        if self._cut or self.chars + len(text) > self.max_chars:
-            # Past the bound: the file becomes its last keep_chars, written whole (one trim per flush).
-            old = "" if self._cut else read_bytes(self.path).decode("utf-8", "surrogateescape")
-            self._cut = False
-            self._replace(old + text)
-            return
-        write_all(self._fd, text.encode("utf-8", "surrogateescape"), self.path, "append to")
-        self.chars += len(text)
+        with self._exclusive():
+            if self._cut or self.chars + len(text) > self.max_chars:
+                # Past the bound: the file becomes its last keep_chars, written whole (one trim per flush).
+                old = "" if self._cut else read_bytes(self.path).decode("utf-8", "surrogateescape")
+                self._cut = False
+                self._replace(old + text)
+                return
+            data = text.encode("utf-8", "surrogateescape")
+            write_all(self._fd, data, self.path, "append to")
+            self.chars += len(text)
+            self._size += len(data)
 
     def _replace(self, text: str) -> None:
+        """Make the file its last keep_chars (under _exclusive: another writer waits, then opens the new file)."""
         marker = f"[self-heal: earlier output cut; this log keeps its last {self.keep_chars} characters]\n"
         body = text[-(self.keep_chars - len(marker)) :]
         newline = body.find("\n", 0, 400)  # start on a whole line when one starts near the cut
         if newline >= 0:
             body = body[newline + 1 :]
         kept = marker + body
-        write_bytes_atomic(self.path, kept.encode("utf-8", "surrogateescape"), durable=False)
+        data = kept.encode("utf-8", "surrogateescape")
+        write_bytes_atomic(self.path, data, durable=False)
         with contextlib.suppress(OSError):
-            os.close(self._fd)
+            os.close(self._fd)  # releases the flock: a writer waiting on the old file finds it replaced
+        self._fd = -1
         self._fd = self._open()
         self.chars = len(kept)
+        self._size = len(data)  # another writer may append before our next lock: that write is counted then
         self.trims += 1
 
 
@@ -429,11 +472,14 @@ class TaskRun:
     stuck: list[dict[str, Any]] = field(default_factory=list)
     fix_record: str | None = None
     verified_fixes: list[str] = field(default_factory=list)
+    by_person: bool = False  # superseded: a person voided, ended or removed the task while it ran
 
     @property
     def exit_status(self) -> int:
         if self.outcome in ("nothing", "succeeded", "analysed"):
             return EXIT_OK
+        if self.outcome == "superseded" and self.by_person:
+            return EXIT_OK  # a person's deliberate change is no failure of the run; another runner's take-over is
         return EXIT_NOT_ATTEMPTED if self.outcome == "not_attempted" else EXIT_FAILED
 
     def to_json(self) -> dict[str, Any]:
@@ -678,19 +724,41 @@ def _solution(tree: TaskTree, task: Task, failed: Failed, *, error: str, why: st
     return Escalation(ERROR_FIX_PENDING, [sol.name], analysis=task.analysis, voided=voided)
 
 
-def resume_command(name: str) -> str:
+def _run_next_argv(name: str) -> list[str]:
+    """`run-next --task NAME`'s arguments: a name that starts with a dash as `--task=NAME`, or argparse would
+    take it for an option."""
+    return ["run-next", f"--task={name}"] if name.startswith("-") else ["run-next", "--task", name]
+
+
+def run_next_command(name: str) -> str:
+    """`tasks.py run-next --task NAME` as a message names it (cron mails it; a person types it)."""
+    return shlex.join(["tasks.py", *_run_next_argv(name)])
+
+
+def resume_command(name: str, first: Iterable[str] = ()) -> str:
     """The command that hands a parked task back and runs it: a name that starts with a dash goes after `--`
-    (and as `--task=NAME`), or argparse would take it for an option."""
+    (and as `--task=NAME`), or argparse would take it for an option. `first`: children the task waits for
+    (FIX-<task>-STUCK), each run before it, or its own run-next would only say it waits for them (exit 4)."""
     script = str(TASKS_SCRIPT)
     dash = name.startswith("-")
+    children = [shlex.join(["python3", script, *_run_next_argv(child)]) for child in first]
     hand_back = shlex.join(["python3", script, "mark", *(["--"] if dash else []), name, "error"])
-    run = shlex.join(["python3", script, "run-next", *([f"--task={name}"] if dash else ["--task", name])])
-    return f"{hand_back} && {run}"
+    run = shlex.join(["python3", script, *_run_next_argv(name)])
+    return " && ".join([*children, hand_back, run])
+
+
+def _runnable_now(tree: TaskTree, waiting: list[Task]) -> list[str]:
+    """Of the children a task waits for, those `run-next --task` runs now (not running, nothing of their own
+    to wait for, something to run or a FIX task to analyse), by name."""
+    return [
+        c.name for c in waiting if c.exec_state in ACTIONABLE_STATES and runnable(c) and not tree.waiting_on(c.name)
+    ]
 
 
 def _incident(task: Task, failed: Failed, store: TaskStore, summary: str | None, tree: TaskTree) -> Incident:
     now = store.clock.time()
     fixes = [c.name for c in tree.children(task.name) if c.type == "fix" and c.exec_state != "VOID"]
+    first = _runnable_now(tree, tree.waiting_on(task.name))  # a stuck task's FIX-<task>-STUCK, made just now
     reason = failed.reason.strip().splitlines()[0] if failed.reason.strip() else "failed"
     return Incident(
         id=new_incident_id(task.name, now),
@@ -704,7 +772,7 @@ def _incident(task: Task, failed: Failed, store: TaskStore, summary: str | None,
         error_class=failed.error_class,
         failed_step=failed.step,
         last_completed_step=None,
-        resume_command=resume_command(task.name),
+        resume_command=resume_command(task.name, first),
         context={
             "retry_count": task.retry_count,
             "execution_count": task.execution_count,
@@ -742,7 +810,12 @@ def why_not(tree: TaskTree, task: Task) -> str | None:
     waiting = tree.waiting_on(task.name)
     if waiting:
         names = ", ".join(f"{c.name} ({c.exec_state})" for c in waiting[:5])
-        return f"task {task.name!r} waits for its children: {names}"
+        ready = _runnable_now(tree, waiting)
+        if not ready:
+            return f"task {task.name!r} waits for its children: {names}; try later"
+        commands = ", ".join(f"`{run_next_command(c)}`" for c in ready[:5])
+        them = "it" if len(ready) == 1 else "them"
+        return f"task {task.name!r} waits for its children: {names}; run {them} first: {commands}"
     if not runnable(task):
         return (
             f"task {task.name!r} has nothing to run (no command or plan): an agent does it and records it "
@@ -799,8 +872,10 @@ class TaskRunner:
                 task = tree.get(only)
                 problem = why_not(tree, task)
                 if problem is not None:
-                    if task.exec_state == PROCESSING or tree.waiting_on(task.name):
+                    if task.exec_state == PROCESSING:
                         raise NotAttempted(problem + "; try later")
+                    if tree.waiting_on(task.name):
+                        raise NotAttempted(problem)  # it says which child to run first, or to try later
                     raise TaskError(problem)
                 now = self.clock.time()
                 # started_ts and the lease's heartbeat: the database's clock in fleet mode (TaskTree.transition)
@@ -1052,20 +1127,37 @@ class TaskRunner:
             try:
                 task = tree.get(name)
             except TaskError:
-                return TaskRun(name, "superseded", f"task {name!r} disappeared while it ran")
+                # No command of self-heal removes a running task: a person voided it and archived its tree.
+                message = f"task {name!r} was removed by a person while it ran; this run's outcome was not recorded"
+                self._superseded(name, message, run_id=run_id, outcome=outcome, by_person=True)
+                return TaskRun(name, "superseded", message, log=str(log.path), by_person=True)
             late = run_id is not None and task.run_id != run_id
             if late or (task.exec_state == PROCESSING and not same_runner(task.runner, runner)):
                 # Another run owns the task now (its lease ran out and it was taken back): refused, and said so.
                 return self._refuse_late(tree, task, runner=runner, outcome=outcome, run_id=run_id, started=started)
             if outcome == "superseded" or task.exec_state != PROCESSING or not same_runner(task.runner, runner):
+                # A person's change (void, end, ...) is theirs to make: exit 0. Self-heal's own (the stuck check,
+                # a claim that took the task back after its lease ran out) says this run failed: exit 3.
+                ended = _run_ended_by(task)
+                person = _by_person(ended)
+                how = ""
+                if ended is not None and ended.get("by"):
+                    reason = str(ended.get("reason") or "").strip().splitlines()
+                    how = f", by {ended['by']}" + (f": {reason[0][:200]}" if reason else "")
+                message = (
+                    f"task {name!r} was changed {'by a person ' if person else ''}while it ran (now"
+                    f" {task.exec_state}{how}); this run's outcome was not recorded"
+                )
+                self._superseded(name, message, run_id=run_id, outcome=outcome, by_person=person)
                 return TaskRun(
                     name,
                     "superseded",
-                    f"task {name!r} was changed while it ran (now {task.exec_state}); its outcome was not recorded",
+                    message,
                     exec_state=task.exec_state,
                     retry_count=task.retry_count,
                     execution_count=task.execution_count,
                     log=str(log.path),
+                    by_person=person,
                 )
             if outcome != "not_attempted":
                 tree.db.set_deferred(name, False)
@@ -1151,6 +1243,18 @@ class TaskRunner:
             result.fix_tasks = escalation.fix_tasks
             result.incident = str(escalation.incident_path) if escalation.incident_path else None
         return result
+
+    def _superseded(self, name: str, message: str, *, run_id: str | None, outcome: str, by_person: bool) -> None:
+        """The ledger's `superseded` event for a run whose task was changed under it (its outcome not recorded)."""
+        self.ledger.record(
+            "superseded",
+            task=name,
+            status="refused",
+            reason=message,
+            run_id=run_id,
+            outcome=outcome,
+            by_person=by_person,
+        )
 
     def _refuse_late(
         self,
@@ -1304,6 +1408,29 @@ def _interruptions_before(task: Task) -> int:
             continue
         break
     return count
+
+
+# The `by` of a change made by hand (a person's, or an agent's on their behalf): tasks.py's commands and
+# `self_heal.py --apply`. Self-heal's own changes (run-next, escalation, check-stuck, a claim taking a task back)
+# are not; anything else is not taken for a person's either.
+_BY_PERSON = ("tasks.py", "self_heal")
+
+
+def _run_ended_by(task: Task) -> dict[str, Any] | None:
+    """The history entry that took the task out of its last run (the first `PROCESSING -> ...` after the last
+    claim), or None when its history does not hold it."""
+    found: dict[str, Any] | None = None
+    for entry in reversed(task.history or []):
+        what = str(entry.get("what", "")) if isinstance(entry, dict) else ""
+        if what.endswith(f"-> {PROCESSING}"):
+            break
+        if what.startswith(f"{PROCESSING} -> "):
+            found = entry
+    return found
+
+
+def _by_person(entry: dict[str, Any] | None) -> bool:
+    return entry is not None and str(entry.get("by") or "").startswith(_BY_PERSON)
 
 
 def _judge(task: Task, now: float, limit: float, host: str, db_now: float | None = None) -> StuckFinding | None:

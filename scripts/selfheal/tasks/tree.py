@@ -424,10 +424,12 @@ class TaskTree:
         return members
 
     def archive_finished(self, *, older_than_s: float) -> list[Task]:
-        """Archive every finished tree unchanged for `older_than_s`: the live set stays what is live."""
+        """Archive every finished tree unchanged for `older_than_s`: the live set stays what is live. The marks
+        of tasks set aside that no live task needs go in the same pass (TaskDB.clear_stale_deferred)."""
         done: list[Task] = []
         for root in self.finished_trees(unchanged_since=self.clock.time() - older_than_s):
             done += self.archive(root.name)
+        self.db.clear_stale_deferred()
         return done
 
     def _touch(self, task: Task, what: str, reason: str | None, *, by: str | None = None) -> None:
@@ -519,6 +521,9 @@ class TaskTree:
             task.requeued = False  # the run a person handed back has ended: the next one is an ordinary one
         if wanted in (END, VOID):
             task.runner = None
+            # It never runs again: no longer set aside (TaskDB.deferred), in this transaction, or the mark would
+            # outlive it and pass over a task added later under its name.
+            self.db.set_deferred(name, False)
         self._touch(task, f"{current} -> {wanted}", reason, by=by)
         return task
 
