@@ -28,12 +28,21 @@ claim of the workers and of their server backends (/proc, when the server runs o
 load of a shared machine hardly moves. Correctness: each task claimed exactly once (0 double claims), none
 left.
 
+Ledger read (`--ledger-read`): analyze_logs' report over a window of N events of about 1 KB each in the
+fleet's ledger, two ways, each in its own process, alternating by round: the read as it is (state.pg.fetch_events,
+pages of FETCH_ROWS rows, streamed into the scan) and the read it replaced, the baseline (every row fetched
+at once, every line built, the lines joined, then scanned). Figure: the growth of the process's peak resident
+memory during the analysis (VmHWM after it over VmRSS before it, the peak reset first), and its wall time.
+Correctness: both count every event, and their reports are the same.
+
     .venv/bin/python bench/fleet.py [--quick] [--json] [--calls N] [--rounds R] [--claims N] [--claims-only]
+    .venv/bin/python bench/fleet.py --ledger-read [--quick] [--json] [--events N] [--rounds R]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -59,6 +68,8 @@ CALLS, ROUNDS = 2_000, 5
 QUICK_CALLS, QUICK_ROUNDS = 200, 3
 CLAIMS, QUICK_CLAIMS, WORKERS = 3_000, 600, 6
 CLAIM_MODES = ("selfheal_pg", "bare_pg", "selfheal_sqlite")
+READ_EVENTS, QUICK_READ_EVENTS, READ_PAD = 100_000, 20_000, 900  # events in the window; padding, bytes each
+READ_MODES = ("paged", "whole")
 
 
 def with_url(config: Config, url: str | None, host: str) -> Config:
@@ -263,9 +274,155 @@ def run_claims(server: Any, count: int, rounds: int) -> dict[str, Any]:
     }
 
 
+# -- the ledger read ----------------------------------------------------------------------------------------
+
+
+def seed_ledger(url: str, count: int) -> tuple[int, int]:
+    """`count` failed events of about 1 KB each on yesterday's partition; the window that holds them all."""
+    import calendar
+
+    import psycopg
+
+    from selfheal.state import pg
+
+    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+    db = pg.Database(url, "bench-seed")
+    pg.insert_events(db, [{"ts": f"{day}T00:00:00.000Z", "event": "start", "event_id": "seed"}], 90)
+    db.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO selfheal_ledger (ts, event_id, host, event, task, target, error_class, data)"
+            " SELECT t, 'e' || n, 'box-' || n %% 7, 'failed', 'job-' || n %% 50, 'qwen', 'transient',"
+            " jsonb_build_object('ts', to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"
+            " 'event', 'failed', 'task', 'job-' || n %% 50, 'target', 'qwen', 'model', 'Qwen3-4B',"
+            " 'error_class', 'transient', 'reason', 'connection reset', 'attempts', 3, 'duration_s', n %% 90,"
+            " 'host', 'box-' || n %% 7, 'event_id', 'e' || n, 'note', repeat('x', %s))"
+            " FROM generate_series(1, %s) AS n, LATERAL (SELECT %s::timestamptz + n * interval '1 ms') AS at(t)",
+            (READ_PAD, count, f"{day} 00:00:00+00"),
+        )
+        conn.execute("VACUUM ANALYZE selfheal_ledger")
+    since = calendar.timegm(time.strptime(day, "%Y-%m-%d"))
+    return since, since + 86400
+
+
+def whole_read(scan: Any, config: Config, window: Any, host: str | None) -> bool:
+    """The baseline: the fleet ledger read as it was before pages (one statement, every row fetched at once,
+    every event made a line, the lines joined, then scanned)."""
+    import io
+
+    from selfheal.core.fleet import fleet_database
+    from selfheal.observe.logscan import InputInfo
+
+    db = fleet_database(config.store)
+    assert db is not None
+    with db.connection() as conn:
+        rows = conn.execute(
+            "SELECT data FROM selfheal_ledger WHERE ts >= to_timestamp(%s::float8) AND ts < to_timestamp(%s::float8)"
+            " ORDER BY ts, event_id",
+            (window.since, window.until),
+        ).fetchall()
+    lines = [json.dumps(dict(data), ensure_ascii=False) for (data,) in rows]
+    info = InputInfo("fleet ledger (PostgreSQL)", "ledger")
+    scan.inputs.append(info)
+    scan.read_stream(io.BytesIO("\n".join(lines).encode("utf-8") + b"\n"), info)
+    return True
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def read_worker(mode: str, url: str, since: str, until: str) -> None:
+    """One analysis of the window in this process (`mode`: paged or whole); prints its peak memory growth (kB),
+    its wall time and its report's figures."""
+    from selfheal.observe import logreport
+
+    home = Path(tempfile.mkdtemp(prefix="selfheal-bench-"))
+    config = with_url(load_config(env={"SELFHEAL_HOME": str(home)}), url, "bench-reader")
+    state = StateRoot(home).ensure()
+    quiet = home / "no-openclaw-logs"
+    quiet.mkdir(mode=0o700)
+    env = {"SELFHEAL_HOME": str(home), "OPENCLAW_STATE_DIR": str(home / "openclaw")}
+    if mode == "whole":
+        logreport.read_fleet_ledger = whole_read
+    with contextlib.suppress(OSError):  # the peak so far (the imports') is not the analysis's: reset it
+        Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kb("VmRSS")
+    start = time.perf_counter()
+    report = logreport.analyze(
+        config=config, state=state, env=env, openclaw_dir=quiet, since=int(since), until=int(until), now=int(until)
+    )
+    seconds = time.perf_counter() - start
+    report.pop("inputs")
+    out = {"peak_growth_kb": _status_kb("VmHWM") - before, "seconds": seconds, "report": report}
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
+def run_ledger_read(server: Any, count: int, rounds: int) -> dict[str, Any]:
+    """Peak memory and time of analyze_logs over the fleet's ledger: paged against the whole read, same window."""
+    from selfheal.state.pg import FETCH_ROWS
+
+    url = server.new_database()
+    since, until = seed_ledger(url, count)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+    env["PYTHONPATH"] = str(ROOT / "scripts")
+    got: dict[str, list[dict[str, Any]]] = {m: [] for m in READ_MODES}
+    for k in range(rounds):
+        for mode in READ_MODES if k % 2 == 0 else READ_MODES[::-1]:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--read-worker", mode, url, str(since), str(until)],
+                env=env,
+                capture_output=True,
+                check=False,
+                timeout=600,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"ledger read worker ({mode}) failed: {proc.stderr.decode()[-2000:]}")
+            got[mode].append(json.loads(proc.stdout))
+    reports = [json.dumps(r["report"], sort_keys=True) for m in READ_MODES for r in got[m]]
+    counted = {m: [r["report"]["events"].get("failed", 0) for r in got[m]] for m in READ_MODES}
+    peak = {m: statistics.median(r["peak_growth_kb"] for r in got[m]) / 1024 for m in READ_MODES}
+    secs = {m: statistics.median(r["seconds"] for r in got[m]) for m in READ_MODES}
+    return {
+        "events": count,
+        "event_bytes": READ_PAD + 300,
+        "page_rows": FETCH_ROWS,
+        "rounds": rounds,
+        "peak_growth_mb": {m: round(v, 1) for m, v in peak.items()},
+        "peak_growth_mb_rounds": {m: [round(r["peak_growth_kb"] / 1024, 1) for r in got[m]] for m in READ_MODES},
+        "whole_vs_paged_memory": round(peak["whole"] / max(peak["paged"], 0.1), 1),
+        "seconds": {m: round(v, 2) for m, v in secs.items()},
+        "paged_vs_whole_time": round(secs["paged"] / secs["whole"], 2),
+        "correct": len(set(reports)) == 1 and all(c == [count] * rounds for c in counted.values()),
+    }
+
+
+def render_ledger_read(r: dict[str, Any]) -> str:
+    rows = [
+        [label, f"{r['peak_growth_mb'][mode]:.1f}", f"{r['seconds'][mode]:.2f}"]
+        for mode, label in (
+            ("paged", f"paged (fetch_events, {r['page_rows']:,} rows a page, streamed into the scan)"),
+            ("whole", "whole (the read before: every row, every line, then the lines joined)"),
+        )
+    ]
+    return (
+        f"{machine_line()}\nLedger read: analyze_logs over {r['events']:,} fleet events of about"
+        f" {r['event_bytes']} bytes, {r['rounds']} rounds, medians\n\n"
+        + markdown_table(["", "peak memory growth (MB)", "wall s"], rows)
+        + f"\n\nwhole over paged, memory: {r['whole_vs_paged_memory']}x; paged over whole, time:"
+        f" {r['paged_vs_whole_time']:.2f}x; same report: {r['correct']}"
+    )
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--claim-worker":
         claim_worker(*sys.argv[2:6])
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--read-worker":
+        read_worker(*sys.argv[2:6])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_CALLS} calls x {QUICK_ROUNDS} rounds")
@@ -274,6 +431,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--claims", type=int, help=f"tasks claimed per round ({CLAIMS}; --quick {QUICK_CLAIMS})")
     parser.add_argument("--claims-only", action="store_true", help="only the claims part")
+    parser.add_argument("--ledger-read", action="store_true", help="only the fleet ledger read's peak memory")
+    parser.add_argument(
+        "--events", type=int, help=f"events in the read's window ({READ_EVENTS}; --quick {QUICK_READ_EVENTS})"
+    )
     args = parser.parse_args()
     calls = args.calls or (QUICK_CALLS if args.quick else CALLS)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
@@ -284,6 +445,11 @@ def main() -> int:
     external = os.environ.get("SELFHEAL_TEST_DATABASE_URL")
     server: Cluster | External = External(external) if external else Cluster()
     try:
+        if args.ledger_read:
+            events = args.events or (QUICK_READ_EVENTS if args.quick else READ_EVENTS)
+            read = run_ledger_read(server, events, args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS))
+            print(json.dumps({"machine": machine(), **read}) if args.json else render_ledger_read(read))
+            return 0 if read["correct"] else 1
         result: dict[str, Any] = {"machine": machine(), "correct": True}
         if not args.claims_only:
             result = run(server.new_database(), calls, rounds)

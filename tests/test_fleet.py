@@ -6,6 +6,7 @@ cluster (tests/helpers/postgres.py), started once, never skipped.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import dataclasses
 import json
@@ -483,6 +484,113 @@ def test_analyze_logs_reads_the_fleets_ledger_and_filters_by_host(fleet_url: str
     assert failed("--host", "box-2") == 3
     proc = call_script("analyze_logs.py", "--host", "box-2", home=home)
     assert proc.returncode == 2 and "needs fleet mode" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def analyzed(config: Config, state: StateRoot, tmp_path: Path, **bounds: Any) -> dict[str, Any]:
+    """analyze_logs' report over `state`'s ledger (the fleet's, in fleet mode), no OpenClaw logs."""
+    from selfheal.observe.logreport import analyze
+
+    quiet = tmp_path / "no-openclaw-logs"
+    quiet.mkdir(mode=0o700, exist_ok=True)
+    env = {"SELFHEAL_HOME": str(state.root), "OPENCLAW_STATE_DIR": str(tmp_path / "openclaw-state")}
+    return analyze(config=config, state=state, env=env, openclaw_dir=quiet, **bounds)
+
+
+def test_the_fleets_ledger_read_in_pages_gives_the_report_the_hosts_files_give(
+    fleet_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window of many times the fleet read's page (pg.FETCH_ROWS) reads every event once, in order: the
+    report from the fleet's ledger is the report from the host's own files, figure for figure."""
+    config = load_config()
+    ledger = ledger_of(config, "box-1", tmp_path, url=fleet_url)
+    for n in range(23):
+        model = ("qwen", "phi")[n % 2]
+        ledger.record("retry", task=f"job-{n % 3}", model=model, error_class="timeout", attempt=1, max_attempts=3)
+        if n % 4 == 0:
+            ledger.record("fallback", task=f"job-{n % 3}", model=model, error_class="auth", reason="401")
+        ledger.record(("success", "failed")[n % 5 == 0], task=f"job-{n % 3}", model=model, duration_s=n / 10)
+    monkeypatch.setattr(pg, "FETCH_ROWS", 4)
+    now = time.time()
+    bounds = {"since": int(now - 3600), "now": now}
+    from_fleet = analyzed(ledger.config, ledger.state, tmp_path, **bounds)
+    files_only = dataclasses.replace(ledger.config, store=dataclasses.replace(ledger.config.store, url=None))
+    from_files = analyzed(files_only, ledger.state, tmp_path, **bounds)
+    assert [i["path"] for i in from_fleet["inputs"]] == ["fleet ledger (PostgreSQL)"]
+    assert from_fleet["inputs"][0]["lines"] == 23 * 2 + 6 == from_files["lines"]["total"]
+    assert {k: v for k, v in from_fleet.items() if k != "inputs"} == {
+        k: v for k, v in from_files.items() if k != "inputs"
+    }
+
+
+def test_a_fleet_database_lost_between_pages_counts_only_the_hosts_own_files(
+    fleet_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends the session after the first page of the fleet's ledger was read: the report says the
+    database was unreachable and counts this host's files alone, none of the pages already read beside them."""
+    config = load_config()
+    one = ledger_of(config, "box-1", tmp_path, url=fleet_url)
+    other = ledger_of(config, "box-2", tmp_path, url=fleet_url)
+    for _ in range(3):
+        one.record("failed", task="job", error_class="transient")
+        other.record("failed", task="job", error_class="transient")
+    monkeypatch.setattr(pg, "FETCH_ROWS", 2)
+    real = pg.fetch_events
+
+    def then_lost(db: pg.Database, **bounds: Any) -> Any:
+        for n, event in enumerate(real(db, **bounds), 1):
+            if n == 2:  # the first page is in hand: the server ends this host's session
+                with db.connection() as conn:
+                    pid = conn.info.backend_pid
+                with psycopg.connect(fleet_url, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            yield event
+
+    monkeypatch.setattr(pg, "fetch_events", then_lost)
+    report = analyzed(one.config, one.state, tmp_path, since=int(time.time() - 3600))
+    fleet = report["inputs"][0]
+    assert fleet["path"] == "fleet ledger (PostgreSQL)" and fleet["lines"] == 0
+    assert fleet["error"].startswith("fleet database unreachable: degraded")
+    assert [i["source"] for i in report["inputs"][1:]] == ["ledger"]
+    assert report["events"]["failed"] == 3 == report["lines"]["total"]
+
+
+@pytest.mark.slow
+def test_analyzing_a_large_fleet_window_holds_a_page_of_it_not_all_of_it(
+    fleet_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8,000 events of 5 KB each (40 MB of ledger) in the window, read in pages of 500: the analysis counts
+    every one while its peak memory stays under half the window's size (a read held whole took three times
+    the size: every row, then every line, then the lines joined)."""
+    import tracemalloc
+
+    config = load_config()
+    config = dataclasses.replace(config, store=dataclasses.replace(config.store, url=fleet_url, host_id="box-1"))
+    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+    db = pg.Database(fleet_url, "box-1")
+    assert pg.insert_events(db, [{"ts": f"{day}T00:00:00.000Z", "event": "start", "event_id": "seed"}], 90) == 1
+    db.close()
+    count, pad = 8_000, 5_000
+    with psycopg.connect(fleet_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO selfheal_ledger (ts, event_id, host, event, task, target, error_class, data)"
+            " SELECT t, 'e' || n, 'box-1', 'failed', 'job', NULL, 'transient', jsonb_build_object("
+            " 'ts', to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), 'event', 'failed',"
+            " 'task', 'job', 'error_class', 'transient', 'reason', 'boom', 'host', 'box-1', 'event_id', 'e' || n,"
+            " 'note', repeat('x', %s))"
+            " FROM generate_series(1, %s) AS n, LATERAL (SELECT %s::timestamptz + n * interval '1 ms') AS at(t)",
+            (pad, count, f"{day} 00:00:00+00"),
+        )
+    since = calendar.timegm(time.strptime(day, "%Y-%m-%d"))
+    state = StateRoot(tmp_path / "box-1").ensure()
+    monkeypatch.setattr(pg, "FETCH_ROWS", 500)
+    tracemalloc.start()
+    try:
+        report = analyzed(config, state, tmp_path, since=since, until=since + 86400, now=since + 86400)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report["events"]["failed"] == count
+    assert peak < count * pad / 2, f"peak {peak / 1e6:.1f} MB for a {count * pad / 1e6:.0f} MB window"
 
 
 def test_health_check_says_the_fleet_database_is_unreachable(home: Path, tmp_path: Path) -> None:

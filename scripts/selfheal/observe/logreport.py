@@ -23,12 +23,11 @@ analysis of a failed task) are left out of every figure and alert, and counted i
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,26 +156,53 @@ def scan_engine(settings: AnalysisSettings) -> Engine | None:
 
 def read_fleet_ledger(scan: Scan, config: Config, window: Window, host: str | None) -> bool:
     """Feed the fleet's ledger events in the window (one host's, if `host`) to the scan; False, with the
-    input's error saying why, if the database cannot be read (then this host's files are read instead)."""
+    input's error saying why, if the database cannot be read (then this host's files are read instead).
+
+    The events stream in, a page at a time (state.pg.fetch_events), into figures of their own that join the
+    scan's only once the read is whole: a database lost halfway leaves no half of the fleet's events counted
+    beside this host's files."""
     info = InputInfo("fleet ledger (PostgreSQL)" + (f", host {host}" if host else ""), "ledger")
     db = fleet_database(config.store)
     if db is not None:
         from ..state.pg import fetch_events  # noqa: PLC0415 - psycopg only in fleet mode
 
+        part = scan.tally.spawn()
         try:
-            lines = [
-                json.dumps(e, ensure_ascii=False)
-                for e in fetch_events(db, since=window.since, until=window.until, host=host)
-            ]
+            events = fetch_events(db, since=window.since, until=window.until, host=host)
+            scan.read_stream(_JsonLines(events), info, part)
         except StateError as exc:
             mark_down(config.store, exc)
         else:
+            scan.tally.merge(part)
             scan.inputs.append(info)
-            scan.read_stream(io.BytesIO("\n".join(lines).encode("utf-8") + b"\n"), info)
             return True
+        info = InputInfo(info.path, info.source)  # what the failed read had counted is not this input's
     info.error = "fleet database unreachable: degraded; this host's own ledger was read instead"
     scan.inputs.append(info)
     return False
+
+
+class _JsonLines:
+    """Events as the ledger's lines (one JSON object each), read as a file is read (readinto): one event's
+    line is held at a time, beside whatever page of events the iterator holds."""
+
+    def __init__(self, events: Iterator[Mapping[str, Any]]) -> None:
+        self._events = events
+        self._line = memoryview(b"")
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        filled = 0
+        while filled < len(buffer):
+            if not self._line:
+                event = next(self._events, None)
+                if event is None:
+                    break
+                self._line = memoryview((json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8"))
+            n = min(len(buffer) - filled, len(self._line))
+            buffer[filled : filled + n] = self._line[:n]
+            self._line = self._line[n:]
+            filled += n
+        return filled
 
 
 # --- the figures ----------------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ HEARTBEAT_S = 60.0  # a process in use refreshes its host's last_seen at most th
 # transaction before the server ends it, releasing its rows: no transaction waits on anything but the database.
 LOCK_WAIT_S = 5.0
 IDLE_IN_TRANSACTION_S = 60.0
+FETCH_ROWS = 2_000  # rows a page of the fleet ledger's read holds (fetch_events): about 1 to 4 MB of events
 MIGRATE_WAIT_S = 120.0  # a host migrating the schema holds the others this long at most (the advisory lock)
 # How long a statement may run past its lock wait before the server ends it (statement_timeout): none of the
 # fleet's is meant to come near it, but a slow server's must end, and the server's own cancel stops its work too.
@@ -903,19 +904,45 @@ def fetch_events(
     task: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The fleet's ledger events in time order, optionally one host's or one task's, within [since, until)
-    (epoch seconds)."""
-    with db.connection() as conn, conn.cursor() as cur:  # read whole, so the caller's pace is not the bound's
-        rows = cur.execute(
-            "SELECT data FROM selfheal_ledger"
-            " WHERE (%(since)s::float8 IS NULL OR ts >= to_timestamp(%(since)s::float8))"
-            " AND (%(until)s::float8 IS NULL OR ts < to_timestamp(%(until)s::float8))"
-            " AND (%(host)s::text IS NULL OR host = %(host)s::text)"
-            " AND (%(task)s::text IS NULL OR task = %(task)s::text)"
-            " ORDER BY ts, event_id",
-            {"since": since, "until": until, "host": host, "task": task},
-        ).fetchall()
-    for (data,) in rows:
-        yield dict(data)
+    (epoch seconds).
+
+    Read in pages of FETCH_ROWS rows, each its own statement after the last row of the one before (ts, then
+    event_id: the order, and unique): a week of a busy fleet is never held whole, each page is one bounded use
+    of the connection, and the caller's pace between pages holds neither the connection nor a transaction.
+    Each page sees the ledger as it is then: an event written during the read is in it if it sorts after
+    the page being read, as it would be in a read started a moment later."""
+    filters = [
+        (since is not None, "ts >= to_timestamp(%(since)s::float8)"),
+        (until is not None, "ts < to_timestamp(%(until)s::float8)"),
+        (host is not None, "host = %(host)s::text"),
+        (task is not None, "task = %(task)s::text"),
+    ]
+    where = [clause for wanted, clause in filters if wanted]
+    # Only the filters given, so that each condition can use the ts and (host, ts) indexes whatever plan the
+    # server keeps for the statement; the page after the first one starts past its last row.
+    first = _page_statement(where)
+    after = _page_statement([*where, "ts >= %(ts)s AND (ts > %(ts)s OR event_id > %(id)s)"])
+    page = FETCH_ROWS
+    params: dict[str, Any] = {"since": since, "until": until, "host": host, "task": task, "rows": page}
+    statement = first
+    while True:
+        with db.connection() as conn, conn.cursor() as cur:
+            rows = cur.execute(statement, params).fetchall()
+        for _, _, data in rows:
+            yield dict(data)
+        if len(rows) < page:
+            return
+        statement = after
+        params["ts"], params["id"] = rows[-1][0], rows[-1][1]
+        del rows  # let go before the next page is fetched: one page held at a time
+
+
+def _page_statement(where: Sequence[str]) -> str:
+    return (
+        "SELECT ts, event_id, data FROM selfheal_ledger"  # noqa: S608 - the clauses are fetch_events' own text
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY ts, event_id LIMIT %(rows)s"
+    )
 
 
 # -- the fleet at a glance ----------------------------------------------------------------------------------
