@@ -710,6 +710,97 @@ def test_an_untracked_first_try_success_writes_nothing(
     assert not (home / "ledger").exists()
 
 
+def call_ends(home: Path, task: str) -> list[tuple[str, str | None]]:
+    """The task's model-call events in the ledger, in order: (event, target), breaker events left out."""
+    events = [
+        json.loads(line) for f in sorted((home / "ledger").glob("*.jsonl")) for line in f.read_text().splitlines()
+    ]
+    return [(e["event"], e["target"]) for e in events if e["task"] == task and e["event"] != "breaker"]
+
+
+def runs_counted(home: Path, task: str) -> dict[str, Any]:
+    """analyze_logs' run figures for one task, from the ledger."""
+    from selfheal.observe.logreport import analyze
+
+    paths = [str(p) for p in sorted((home / "ledger").glob("*.jsonl"))]
+    runs: dict[str, Any] = analyze(paths, task=task, config=load_config())["runs"]
+    return runs
+
+
+@pytest.mark.parametrize(("primary_then", "end"), [(None, "success"), (Fault.http(401), "failed")])
+def test_a_passed_over_endpoint_asked_last_ends_the_call_once(
+    chain: Callable[..., Config],
+    clock: FakeClock,
+    server: FakeModelServer,
+    home: Path,
+    primary_then: Fault | None,
+    end: str,
+) -> None:
+    """The primary is passed over (ejected), the backup, last in the chain, fails, and the primary is asked after
+    all: the backup's failure is a [FALLBACK] to it, and the primary's answer (or failure) the call's one end,
+    so analyze_logs counts one run, not a failed one beside it."""
+    config = chain("primary", "backup")
+    assert [ask(config, clock).endpoint for _ in range(3)] == ["primary"] * 3
+    server.script("primary", Fault.http(503), Fault.http(503))
+    assert ask(config, clock).endpoint == "backup"  # the primary is ejected for 10 s
+    server.script("backup", Fault.http(401))
+    if primary_then is not None:
+        server.script("primary", primary_then)
+    try:
+        result: llm.Completion | ModelCallFailed = ask(config, clock, task="nightly")
+    except ModelCallFailed as exc:
+        result = exc
+    assert [(a.endpoint, a.outcome) for a in result.attempts] == [
+        ("primary", "skipped"),
+        ("backup", "failed"),
+        ("primary", "answered" if end == "success" else "failed"),
+    ]
+    assert call_ends(home, "nightly") == [("fallback", "backup"), (end, "primary")]
+    runs = runs_counted(home, "nightly")
+    assert (runs["finished"], runs["succeeded"], runs["failed"]) == (1, int(end == "success"), int(end == "failed"))
+
+
+def test_a_call_cut_by_its_deadline_with_a_rules_fallback_ends_once(
+    write_config: Callable[[str], Path], server: FakeModelServer, tmp_path: Path, home: Path
+) -> None:
+    """The only model silent until the call's deadline, and a rules fallback with no time left to answer: the
+    model's cut attempt is a [FALLBACK] to the rules, whose [FAILED] ends the call; one failed run, not two."""
+    server.set_default("primary", Fault.hang(30))
+    rules = tmp_path / "rules.py"
+    rules.write_text("print('rule-based')\n")
+    entries = "    - " + json.dumps({"name": "primary", "base_url": server.url("primary"), "model": "m"})
+    write_config(
+        FAST.format(entries=entries, jitter="none").replace(
+            "models:\n", f"models:\n  rules_fallback: [{PYTHON}, {rules}]\n"
+        )
+    )
+    with pytest.raises(ModelCallFailed):
+        complete("hi", config=load_config(), deadline_s=0.3, task="nightly")
+    assert call_ends(home, "nightly") == [("fallback", "primary"), ("failed", "rules")]
+    runs = runs_counted(home, "nightly")
+    assert (runs["finished"], runs["failed"]) == (1, 1)
+
+
+def test_a_call_whose_endpoints_left_are_all_skipped_after_a_fallback_ends_failed_once(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
+) -> None:
+    """The primary refuses the key and the chain moves on, but the backup's breaker is open: nothing else is
+    asked, and the call still ends in one [FAILED] (naming why the rest was not asked), so analyze_logs counts
+    the failed run instead of a lone [FALLBACK] that ends none."""
+    config = chain("primary", "backup")
+    breakers = Breakers(StateRoot(home), config.breakers, clock=clock)
+    breakers.release(breakers.acquire("backup"), ok=False, error_class="auth")
+    server.script("primary", Fault.http(401))
+    with pytest.raises(ModelCallFailed) as info:
+        ask(config, clock, task="nightly")
+    assert [(a.endpoint, a.outcome) for a in info.value.attempts] == [("primary", "failed"), ("backup", "skipped")]
+    assert call_ends(home, "nightly") == [("fallback", "primary"), ("failed", None)]
+    log = (home / "logs" / "selfheal.log").read_text()
+    assert re.search(r"\[FAILED\] task=nightly .*reason=auth", log), log
+    runs = runs_counted(home, "nightly")
+    assert (runs["finished"], runs["failed"]) == (1, 1)
+
+
 # -- async, and the GPU check --------------------------------------------------------------------------------------
 
 

@@ -416,6 +416,8 @@ class _ChainCall:
         self.classifier = classifier_for(config.classify)
         self.attempts: list[ModelAttempt] = []
         self.tracked = record and task is not None
+        # A [FALLBACK] recorded and no end ([SUCCESS] or [FAILED]) since: the call owes the ledger its end.
+        self.end_owed = False
         self.started = clock.monotonic()
         self.clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
         self.shared_clients = shared_clients
@@ -499,6 +501,7 @@ class _ChainCall:
             self.tracked = True
         if not self.tracked:
             return
+        self.end_owed = event == "fallback" or (self.end_owed and event not in ("success", "failed"))
         fields = {
             "task": self.task,
             "target": attempt.endpoint,
@@ -533,7 +536,9 @@ class _ChainCall:
                 if hit is not None:
                     return hit
                 after = len(chain) - index - 1
-                outcome = await self._endpoint(entry, last=final, avoid_ejected=not final, after=after)
+                # The last entry's failure ends the call unless an endpoint passed over is asked after it.
+                ends = final and (not passed_over or too_long)
+                outcome = await self._endpoint(entry, last=final, ends=ends, avoid_ejected=not final, after=after)
                 if isinstance(outcome, Completion):
                     outcome.fallback_used = entry.name != chain[0].name
                     return outcome
@@ -547,7 +552,9 @@ class _ChainCall:
                 if self.remaining() <= 0 or too_long:
                     break
                 after = len(passed_over) - index - 1
-                outcome = await self._endpoint(entry, last=after == 0, avoid_ejected=False, after=after)
+                outcome = await self._endpoint(
+                    entry, last=after == 0, ends=after == 0, avoid_ejected=False, after=after
+                )
                 if isinstance(outcome, Completion):
                     outcome.fallback_used = entry.name != chain[0].name
                     return outcome
@@ -557,6 +564,8 @@ class _ChainCall:
         if not tried:
             raise NoEndpointAvailable(self.attempts)
         last = tried[-1]
+        if self.end_owed and not self.models.rules_fallback:
+            await self._end_unasked(last)
         if self.remaining() <= 0:
             message = f"deadline of {self.deadline_s:g}s passed; last: {last.endpoint}: {last.reason}"
         elif too_long:
@@ -619,12 +628,37 @@ class _ChainCall:
         except (OSError, SelfHealError) as exc:
             log.warning("models.cache: could not store the answer: %s", exc)
 
+    async def _end_unasked(self, last: ModelAttempt) -> None:
+        """The call failed after a [FALLBACK] whose endpoints were then not asked (each skipped: its breaker
+        open, ejected, short of GPU memory, the deadline passed): its one [FAILED], naming no endpoint (none was
+        asked for it), with the last attempt's class, so that analyze_logs counts the failed run."""
+        since: list[str] = []  # the endpoints skipped after `last`, the last attempt made
+        for attempt in reversed(self.attempts):
+            if attempt is last:
+                break
+            since.insert(0, f"{attempt.endpoint}: {attempt.reason}")
+        skipped = "; ".join(since)
+        why = f"the endpoints left were not asked ({skipped})" if skipped else "no endpoint was left to ask"
+        self.end_owed = False
+        await self.io(
+            self.ledger.record,
+            "failed",
+            task=self.task,
+            error_class=last.error_class,
+            status="not_asked",
+            reason=self.redact(why),
+            duration_s=round(self.clock.monotonic() - self.started, 3),
+        )
+
     def _skipped(self, entry: ModelEndpoint, reason: str, error_class: str | None = None) -> ModelAttempt:
         return ModelAttempt(entry.name, entry.model, 0, "skipped", error_class=error_class, reason=reason)
 
     async def _endpoint(
-        self, entry: ModelEndpoint, *, last: bool, avoid_ejected: bool, after: int = 0
+        self, entry: ModelEndpoint, *, last: bool, ends: bool, avoid_ejected: bool, after: int = 0
     ) -> Completion | _MoveOn:
+        """Ask one endpoint, retrying there as the failure's policy says. `last`: no endpoint of the chain
+        follows (it gets the rest of the deadline, and waits where another would move on); `ends`: its failure
+        ends the call ([FAILED]; else a [FALLBACK] to what is asked next: an endpoint passed over, the rules)."""
         budget = Budget(
             self.config.policies,
             self.config.retry,
@@ -782,9 +816,9 @@ class _ChainCall:
                     classification, failure, error, budget, number, last=last, ejecting=ejecting
                 )
                 if why is not None or decision is None:
-                    # The last endpoint's failure ends the call, unless models.rules_fallback answers after it
-                    # (then the call's end is the rules engine's [SUCCESS] or [FAILED]: _ask_rules).
-                    event = "failed" if last and not self.models.rules_fallback else "fallback"
+                    # The last endpoint's failure ends the call, unless an endpoint passed over is asked after it,
+                    # or models.rules_fallback is (then the call's end is the rules engine's: _ask_rules).
+                    event = "failed" if ends and not self.models.rules_fallback else "fallback"
                     max_attempts = decision.max_attempts if decision else number
                     # Silent, stalled, unreachable or out of memory: cool it down at once, so the next calls
                     # skip it for a while (one probe brings it back).
@@ -846,7 +880,9 @@ class _ChainCall:
             duration_s=self.clock.monotonic() - started,
             discarded_chars=progress.delivered,
         )
-        await self.note(attempt, "failed" if out_of_time else "fallback", status=why)
+        # Out of time, nothing else is asked, but a rules fallback still ends the call ([FAILED] with no time left).
+        ended = out_of_time and not self.models.rules_fallback
+        await self.note(attempt, "failed" if ended else "fallback", status=why)
         await lease.release(ok=False, error_class=None, eject="silent" if silent else None)
         return _MoveOn(why)
 
