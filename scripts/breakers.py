@@ -24,10 +24,11 @@ bootstrap()
 
 from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
-from selfheal.core.breaker import CLOSED, Breakers, UnknownTarget  # noqa: E402
+from selfheal.core.breaker import Breakers, UnknownTarget  # noqa: E402
 from selfheal.core.config import get_config  # noqa: E402
 from selfheal.core.ledger import Ledger  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
+from selfheal.state.breakers import CLOSED  # noqa: E402
 from selfheal.state.root import StateRoot, validate_id  # noqa: E402
 
 # The longest `trip --for`: a year and a day is already "until someone resets it"; far beyond that, the open

@@ -218,7 +218,7 @@ def _line_task(path: str, number: int, text: str) -> Task:
         description=data.get("description"),
         success_criteria=data.get("success_criteria"),
         fix_suggestion=data.get("fix_suggestion"),
-        run=spec,
+        run=None if spec is None else RunSpec.from_json(spec, f"task {data['name']!r}"),
     )
 
 
@@ -608,7 +608,7 @@ def _op_add(store: TaskStore, args: argparse.Namespace, parser: argparse.Argumen
         description=args.description,
         success_criteria=args.success_criteria,
         fix_suggestion=args.fix_suggestion,
-        run=run,
+        run=None if run is None else RunSpec.from_json(run, f"task {args.name!r}"),
     )
     with store.transaction() as tree:
         tree.add(task, by="tasks.py add")

@@ -124,8 +124,9 @@ def test_a_coroutine_whose_task_group_loses_its_connection_is_retried_as_transie
 @pytest.mark.slow
 def test_mypy_strict_keeps_the_types_of_decorated_functions(tmp_path: Path) -> None:
     """A user's program under mypy --strict: a decorated coroutine function stays a coroutine function (it was
-    typed as returning a plain Awaitable, so asyncio.run() and create_task() were type errors), and every
-    documented option, a custom classifier included, type-checks."""
+    typed as returning a plain Awaitable, so asyncio.run() and create_task() were type errors), every
+    documented option, a custom classifier included, type-checks, and so does the documented way to call the
+    openai client's overloaded create (the form the docs showed before was a type error)."""
     program = tmp_path / "user_program.py"
     program.write_text(
         textwrap.dedent(
@@ -133,6 +134,10 @@ def test_mypy_strict_keeps_the_types_of_decorated_functions(tmp_path: Path) -> N
             from __future__ import annotations
 
             import asyncio
+
+            import openai
+            from openai import Stream
+            from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
             import selfheal
 
@@ -161,6 +166,16 @@ def test_mypy_strict_keeps_the_types_of_decorated_functions(tmp_path: Path) -> N
             both: bytes = asyncio.run(main())
             text: str = summarise("y")
             reveal_type(fetch)
+
+            # The documented call of an overloaded function (the openai client's create): through a lambda.
+            client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0)
+            messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+            reply: ChatCompletion = selfheal.retry(target="m").call(
+                lambda: client.chat.completions.create(model="m", messages=messages)
+            )
+            chunks: Stream[ChatCompletionChunk] = selfheal.retry(target="m").call(
+                lambda: client.chat.completions.create(model="m", messages=messages, stream=True)
+            )
             """
         )
         + f"# run {uuid.uuid4().hex}: new text each run, so a kept cache never stands in for checking it\n"
