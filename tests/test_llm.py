@@ -801,6 +801,45 @@ def test_a_call_whose_endpoints_left_are_all_skipped_after_a_fallback_ends_faile
     assert (runs["finished"], runs["failed"]) == (1, 1)
 
 
+def test_a_cached_answer_after_a_fallback_ends_the_call_once(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
+) -> None:
+    """The primary refuses the key and the backup's answer is in models.cache: the primary's [FALLBACK] is
+    followed by the hit and the call's one [SUCCESS] (status cached), so analyze_logs counts one run that
+    succeeded, not a lone [FALLBACK] that ends none."""
+    cache = "  cache: {ttl_s: 60, max_entries: 10}\n"  # under models:
+    assert ask(chain("backup", extra=cache), clock).endpoint == "backup"  # stored under the backup's key
+    config = chain("primary", "backup", extra=cache)
+    server.script("primary", Fault.http(401))
+    result = ask(config, clock, task="nightly")
+    assert (result.endpoint, result.cached, server.requests("backup")) == ("backup", True, 1)
+    assert call_ends(home, "nightly") == [("fallback", "primary"), ("cache_hit", "backup"), ("success", "backup")]
+    log = (home / "logs" / "selfheal.log").read_text()
+    assert re.search(r"\[SUCCESS\] task=nightly .*target=backup", log), log
+    runs = runs_counted(home, "nightly")
+    assert (runs["finished"], runs["succeeded"], runs["failed"]) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("sizes", [("only",), ("small", "big")])
+def test_a_request_too_long_for_the_last_model_ends_the_call_once(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path, sizes: tuple[str, ...]
+) -> None:
+    """context_length_exceeded on the chain's last entry, no rules fallback: its failure is the call's one
+    [FAILED], naming the endpoint that refused the request, and analyze_logs counts one failed run."""
+    for name in sizes:
+        server.script(name, Fault.http(400, code="context_length_exceeded"))
+    config = chain(*sizes, small={"context_tokens": 4096}, big={"context_tokens": 131072})
+    with pytest.raises(ModelCallFailed, match="too long for every model"):
+        ask(config, clock, task="nightly")
+    last = sizes[-1]
+    assert call_ends(home, "nightly") == [*(("fallback", n) for n in sizes[:-1]), ("failed", last)]
+    events = [json.loads(line) for f in (home / "ledger").glob("*.jsonl") for line in f.read_text().splitlines()]
+    (end,) = [e for e in events if e["event"] == "failed"]
+    assert (end["status"], end["error_class"]) == ("context_length_exceeded", "permanent")
+    runs = runs_counted(home, "nightly")
+    assert (runs["finished"], runs["failed"]) == (1, 1)
+
+
 # -- async, and the GPU check --------------------------------------------------------------------------------------
 
 

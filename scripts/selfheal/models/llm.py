@@ -603,6 +603,20 @@ class _ChainCall:
                 status="cached",
                 reason=f"answer stored {age:.0f}s ago (models.cache.ttl_s {self.cache.settings.ttl_s:g})",
             )
+        if self.end_owed:
+            # A [FALLBACK] led here: the hit answers the call, and the call's [SUCCESS] ends it (a cache_hit ends
+            # no run), with the whole call's time, as a model's answer would.
+            self.end_owed = False
+            await self.io(
+                self.ledger.record,
+                "success",
+                task=self.task,
+                target=entry.name,
+                model=hit.model,
+                status="cached",
+                reason="answered from models.cache",
+                duration_s=round(self.clock.monotonic() - self.started, 3),
+            )
         return Completion(
             content=hit.content,
             data=hit.data,
@@ -796,7 +810,10 @@ class _ChainCall:
                     said = self.redact(failure.message) if failure else ""
                     raise ContentRefused(said or reason, self.attempts)
                 if classification.reason == "context_length_exceeded":
-                    await settle("fallback", attempt, status="context_length_exceeded")
+                    # Nothing is asked after the last endpoint refused the length (no endpoint passed over: none
+                    # is known to be larger), so its refusal ends the call, unless the rules engine answers next.
+                    ended = last and not self.models.rules_fallback
+                    await settle("failed" if ended else "fallback", attempt, status="context_length_exceeded")
                     return _MoveOn("context_length_exceeded", entry.context_tokens)
                 # A reply that is not a chat completion at all, or one far over any answer's size, is the
                 # server failing, not the prompt: it counts against the endpoint (so one that does it often
