@@ -41,6 +41,7 @@ from selfheal.core.config import get_config  # noqa: E402
 from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
 from selfheal.core.retrying import Attempt  # noqa: E402
 from selfheal.core.runner import RunOutcome, run_with_retry  # noqa: E402
+from selfheal.core.runs import OrphanRunning, setting_remedy  # noqa: E402
 from selfheal.durable.incident import run_notifier  # noqa: E402
 
 
@@ -155,21 +156,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.install()
     cli.hurry_on(stop)  # a stalled reader of our stderr must not hold up acting on the signal
     become_subreaper()  # daemons the command starts are re-parented to us, so they can be found and stopped
-    outcome = run_with_retry(
-        command,
-        task=args.task,  # type: ignore[attr-defined]
-        target=args.target,  # type: ignore[attr-defined]
-        timeout_s=args.timeout,  # type: ignore[attr-defined]
-        deadline_s=args.deadline,  # type: ignore[attr-defined]
-        max_attempts=max_attempts,
-        cwd=args.cwd,  # type: ignore[attr-defined]
-        stdout=sys.stderr.buffer if args.json else sys.stdout.buffer,  # type: ignore[attr-defined]
-        stderr=sys.stderr.buffer,
-        stop=stop,
-        on_attempt=progress,
-        kill_orphans=False if args.no_kill_orphans else None,  # type: ignore[attr-defined]
-        keep_daemons=True if args.keep_daemons else None,  # type: ignore[attr-defined]
-    )
+    try:
+        outcome = run_with_retry(
+            command,
+            task=args.task,  # type: ignore[attr-defined]
+            target=args.target,  # type: ignore[attr-defined]
+            timeout_s=args.timeout,  # type: ignore[attr-defined]
+            deadline_s=args.deadline,  # type: ignore[attr-defined]
+            max_attempts=max_attempts,
+            cwd=args.cwd,  # type: ignore[attr-defined]
+            stdout=sys.stderr.buffer if args.json else sys.stdout.buffer,  # type: ignore[attr-defined]
+            stderr=sys.stderr.buffer,
+            stop=stop,
+            on_attempt=progress,
+            kill_orphans=False if args.no_kill_orphans else None,  # type: ignore[attr-defined]
+            keep_daemons=True if args.keep_daemons else None,  # type: ignore[attr-defined]
+        )
+    except OrphanRunning as exc:
+        if not args.no_kill_orphans:  # type: ignore[attr-defined]
+            raise
+        remedy = "run without --no-kill-orphans"
+        if not get_config().process.kill_orphans:  # then the setting keeps it off too
+            remedy = f"{setting_remedy(get_config().files)} and {remedy}"
+        raise exc.told(remedy) from None
     notified = None
     template = notify_argv if notify_argv is not None else list(get_config().retry.notify)
     if template and outcome.outcome == "failed":

@@ -56,13 +56,21 @@ bootstrap()
 from selfheal import cli  # noqa: E402
 from selfheal.clock import utc_iso  # noqa: E402
 from selfheal.core.ledger import SPOOL, Ledger  # noqa: E402
-from selfheal.core.process import StopFlag, become_subreaper  # noqa: E402
+from selfheal.core.process import become_subreaper  # noqa: E402
 from selfheal.durable.workflow import load_plan  # noqa: E402
 from selfheal.errors import EXIT_OK, EXIT_PROBLEMS, NotAttempted, SelfHealError, StateError  # noqa: E402
 from selfheal.state.inert import inert  # noqa: E402
 from selfheal.state.root import MAX_STATE_FILE_BYTES, iter_lines, loads, open_read, read_at_most  # noqa: E402
 from selfheal.state.skill_status import status_path, update_status  # noqa: E402
-from selfheal.tasks.run import TAIL_LINE_BYTES, BoundedLog, TaskRun, check_stuck, find_stuck, why_not  # noqa: E402
+from selfheal.tasks.run import (  # noqa: E402
+    TAIL_LINE_BYTES,
+    BoundedLog,
+    LoopStop,
+    TaskRun,
+    check_stuck,
+    find_stuck,
+    why_not,
+)
 from selfheal.tasks.tree import (  # noqa: E402
     ACTIONABLE_STATES,
     END,
@@ -768,7 +776,7 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
             f"{finding.task}: {finding.kind}; now {finding.exec_state}"
             + (f", {finding.fix_task} created" if finding.fix_task else "")
         )
-    stop = StopFlag()
+    stop = LoopStop()  # each run stops on a flag of its own, which a signal to run-next sets too
     stop.install()
     cli.hurry_on(stop)  # a stalled reader of our stderr must not hold up acting on the signal
     become_subreaper()  # daemons a command starts are re-parented to us, so they can be found and stopped
@@ -787,8 +795,14 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
                     raise
                 _say(f"stopped after {len(results)} run(s): {exc}")
                 break
-            # Nothing left, a signal, or a run that lost its lease (its stop flag is set): the loop ends.
-            if results[-1].outcome == "nothing" or stop.signum is not None:
+            # Nothing left, a signal to run-next, or a run self-heal took back (stuck, its lease lost): the loop
+            # ends. A run whose task a person voided or ended stopped alone: the loop goes on to the next task.
+            last = results[-1]
+            if (
+                last.outcome == "nothing"
+                or stop.signum is not None
+                or (last.outcome == "superseded" and not last.by_person)
+            ):
                 break
     finally:
         stop.close()

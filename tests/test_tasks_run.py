@@ -807,6 +807,35 @@ def test_run_next_max_runs_tasks_one_after_another_in_one_process_until_none_is_
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
 
 
+@pytest.mark.parametrize("stopped_by", ["a person", "a signal"])
+def test_run_next_max_goes_on_after_a_person_voids_the_running_task_but_not_after_a_signal(
+    home: Path, tmp_path: Path, write_config: Callable[[str], Path], stopped_by: str
+) -> None:
+    """`run-next --max 2`: a person voiding the task being run stops that run (exit 0 for it) and the loop goes on
+    to the next task (it stopped there, leaving the next task for another pass); SIGTERM to run-next itself
+    still ends the loop after the run it stopped."""
+    write_config("process: {kill_grace_s: 1, heartbeat_s: 0.2}\nfixes: {use_model: false}\n")
+    journal = tmp_path / "journal"
+    assert tasks(home, "add", "unwanted", "--", "sh", "-c", "echo going; sleep 300").returncode == 0
+    assert tasks(home, "add", "wanted", "--shell", f"echo wanted >> {journal}").returncode == 0
+    runner = start(home, "run-next", "--max", "2", "--json")
+    wait_until(lambda: "going" in (home / "tasks" / "unwanted.log").read_text(), what="the command's output")
+    if stopped_by == "a person":
+        assert tasks(home, "void", "unwanted", "--reason", "not needed").returncode == 0
+    else:
+        runner.send_signal(signal.SIGTERM)
+    out, err = runner.communicate(timeout=30)
+    report = json.loads(out)
+    outcomes = [r["outcome"] for r in report["runs"]]
+    if stopped_by == "a person":
+        assert (runner.returncode, outcomes) == (0, ["superseded", "succeeded"]), out + err
+        assert journal.read_text().splitlines() == ["wanted"]
+        assert (record(home, "unwanted")["exec_state"], record(home, "wanted")["exec_state"]) == ("VOID", "END")
+    else:
+        assert runner.returncode != 0 and outcomes == ["interrupted"], out + err
+        assert not journal.exists() and record(home, "wanted")["exec_state"] != "END"
+
+
 def test_a_task_named_like_an_option_is_reached_after_a_double_dash_and_its_hints_work(
     home: Path, tmp_path: Path
 ) -> None:

@@ -25,7 +25,8 @@ import pytest
 from conftest import PYTHON, SCRIPTS, script_env
 from selfheal.core import process
 from selfheal.core.process import CommandResult, ProcessIdentity, identify, kill_tree, run_command
-from selfheal.core.runs import stop_orphans
+from selfheal.core.runner import run_with_retry
+from selfheal.core.runs import OrphanRunning, stop_orphans
 from selfheal.state.root import StateRoot, write_json
 from selfheal.state.runs import ProcessRef, RunState
 
@@ -155,9 +156,42 @@ def test_no_kill_orphans_refuses_with_exit_4_naming_the_orphans_pid(
     result = as_json(refused)
     assert result["ok"] is False and f"pid {first}" in result["message"]
     assert f"pid {first}" in refused.stderr.decode() and "Traceback" not in refused.stderr.decode()
+    # The way to have it stopped is the flag this run was given; the setting is on and need not change.
+    assert "or run without --no-kill-orphans to have it stopped" in result["message"], result["message"]
+    assert "process.kill_orphans" not in result["message"]
     assert alive(first) and pids.read_text().split() == [str(first)]  # left alone, nothing started
     again = retry_run(home, *argv)  # and it keeps saying so: the record still names the orphan
     assert again.returncode == 4 and f"pid {first}".encode() in again.stderr
+
+
+def test_a_python_caller_that_turned_the_stopping_off_is_told_its_own_argument(
+    home: Path, tmp_path: Path, leftovers: list[int]
+) -> None:
+    """run_with_retry(kill_orphans=False) refuses beside an orphan (NotAttempted, exit 4) and names the argument
+    that has it stopped, not a command-line flag the caller never had."""
+    first = killed_runner_leaves_its_command(home, tmp_path, leftovers)
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    with pytest.raises(OrphanRunning) as refused:
+        run_with_retry([PYTHON, "-c", ONE_COPY, str(pids), str(seen), "0"], task="nightly", kill_orphans=False)
+    message = str(refused.value)
+    assert refused.value.exit_code == 4 and f"pid {first}" in message, message
+    assert "or pass kill_orphans=True to have it stopped" in message and "--no-kill-orphans" not in message, message
+    assert alive(first) and pids.read_text().split() == [str(first)]
+
+
+def test_kill_orphans_off_in_the_settings_names_the_setting_not_only_the_flag(
+    home: Path, tmp_path: Path, leftovers: list[int], write_config: Callable[[str], Path]
+) -> None:
+    """process.kill_orphans: false in config.yaml and no --no-kill-orphans: the refusal (exit 4) says the setting
+    keeps the orphan alive; it told the user to run without a flag they had not given."""
+    first = killed_runner_leaves_its_command(home, tmp_path, leftovers)
+    config_file = write_config("process: {kill_orphans: false}\n")
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    refused = retry_run(home, "--json", "--task", "nightly", "--", PYTHON, "-c", ONE_COPY, str(pids), str(seen), "0")
+    result = as_json(refused)
+    assert refused.returncode == 4 and f"pid {first}" in result["message"], refused.stderr
+    assert f"process.kill_orphans: true in {config_file}" in result["message"], result["message"]
+    assert alive(first) and pids.read_text().split() == [str(first)]
 
 
 def test_a_daemon_started_in_the_first_second_is_killed_at_the_timeout_and_reported(
@@ -267,8 +301,9 @@ def test_with_kill_orphans_off_run_next_refuses_while_a_dead_runners_command_run
     home: Path, tmp_path: Path, leftovers: list[int], write_config: Callable[[str], Path]
 ) -> None:
     """process.kill_orphans: false. The runner is SIGKILLed; the next run-next (which checks for stuck
-    tasks first) leaves its command alone, runs nothing beside it, and says which pid is in the way."""
-    write_config("process: {kill_orphans: false, kill_grace_s: 1}\n")
+    tasks first) leaves its command alone, runs nothing beside it, and says which pid is in the way and that
+    the setting turns the stopping on (not retry_run.py's --no-kill-orphans: tasks.py has no such flag)."""
+    config_file = write_config("process: {kill_orphans: false, kill_grace_s: 1}\n")
     pids, seen = tmp_path / "pids", tmp_path / "seen"
     env = script_env(home)
     tasks = [PYTHON, str(SCRIPTS / "tasks.py")]
@@ -285,6 +320,8 @@ def test_with_kill_orphans_off_run_next_refuses_while_a_dead_runners_command_run
     result = as_json(again)
     assert again.returncode == 4 and result["outcome"] == "not_attempted", again.stderr
     assert f"pid {first}" in result["message"]
+    assert f"set process.kill_orphans: true in {config_file}" in result["message"], result["message"]
+    assert "--no-kill-orphans" not in result["message"] + again.stderr.decode()
     assert alive(first) and pids.read_text().split() == [str(first)]
 
 

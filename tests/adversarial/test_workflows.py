@@ -18,8 +18,16 @@ import pytest
 from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.config import Config, load_config
 from selfheal.durable import workflow as workflow_module
-from selfheal.durable.workflow import MAX_STEP_OUTPUTS_BYTES, MAX_TASK_OUTPUTS_BYTES, StepContext, Workflow, status
-from selfheal.errors import UsageError
+from selfheal.durable.workflow import (
+    MAX_STEP_OUTPUTS_BYTES,
+    MAX_TASK_OUTPUTS_BYTES,
+    StepContext,
+    Workflow,
+    WorkflowRunner,
+    load_plan,
+    status,
+)
+from selfheal.errors import NotAttempted, UsageError
 
 pytestmark = pytest.mark.slow
 
@@ -424,3 +432,40 @@ def test_outputs_whose_key_order_would_outgrow_the_checkpoint_fail_the_step_clea
     unsorted = make("unsorted", keys[::-1]).run(config=fast)
     assert unsorted.status == "failed" and str(MAX_STEP_OUTPUTS_BYTES // 10) in unsorted.message
     assert make("in-order", keys).run(config=fast).status == "completed"
+
+
+def test_a_step_left_running_with_kill_orphans_off_names_the_setting_that_turns_it_on(
+    tmp_path: Path, home: Path, write_config: Any
+) -> None:
+    """process.kill_orphans: false, and the run is SIGKILLed inside a step whose command lives on: the next
+    run, from workflow.py and from Python, starts nothing beside it (exit 4, OrphanRunning) and says how to
+    have it stopped: the setting in config.yaml, not retry_run.py's --no-kill-orphans, a flag neither has."""
+    config_file = write_config("process: {kill_orphans: false, kill_grace_s: 1}\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = work / "plan.yaml"
+    plan.write_text("steps:\n  - {name: a, shell: 'echo $$ >> pids; exec sleep 300'}\n")
+    argv = [PYTHON, str(SCRIPTS / "workflow.py"), "run", str(plan), "--task", "t"]
+    first = subprocess.Popen(argv, env=script_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids = work / "pids"
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and pids.read_text().strip()):
+            assert time.monotonic() < deadline and first.poll() is None, "the step never started"
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    left = int(pids.read_text().split()[0])
+    try:
+        again = call_script("workflow.py", "run", str(plan), "--task", "t", home=home)
+        with pytest.raises(NotAttempted) as python:
+            WorkflowRunner(load_plan(plan), "t", config=load_config()).run()
+    finally:
+        os.kill(left, signal.SIGKILL)
+    assert again.returncode == 4 and "Traceback" not in again.stderr, again.stderr
+    for message in (again.stderr, str(python.value)):
+        assert f"pid {left}" in message and "--no-kill-orphans" not in message, message
+        assert f"set process.kill_orphans: true in {config_file}" in message, message
+    assert pids.read_text().split() == [str(left)]  # nothing started beside it

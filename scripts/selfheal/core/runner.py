@@ -32,7 +32,17 @@ from .config import Config, get_config
 from .ledger import Ledger
 from .process import CommandResult, OutputSink, StopFlag, run_command
 from .retrying import STOP_INTERRUPTED, STOP_SUCCEEDED, Attempt, Retrier, stop_reason_of
-from .runs import Orphan, RunRecord, close_dead, new_run_id, prune_finished, running_for_task, stop_orphans
+from .runs import (
+    Orphan,
+    OrphanRunning,
+    RunRecord,
+    close_dead,
+    new_run_id,
+    prune_finished,
+    running_for_task,
+    setting_remedy,
+    stop_orphans,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -193,13 +203,15 @@ def run_with_retry(
         kill_orphans=config.process.kill_orphans if kill_orphans is None else kill_orphans,
         keep_daemons=config.process.keep_daemons if keep_daemons is None else keep_daemons,
     )
-    if task is None or not lock:
-        return run.execute()
     try:
+        if task is None or not lock:
+            return run.execute()
         with file_lock(state.lock_file("task", task), timeout=0, what=f"task {task!r}"):
             return run.execute()
-    except LockBusy as exc:
-        holder = running_for_task(state, task)
+    except OrphanRunning as exc:  # said as the one who turned the stopping off: this caller, or the setting
+        raise exc.told("pass kill_orphans=True" if kill_orphans is False else setting_remedy(config.files)) from None
+    except LockBusy as exc:  # the task's lock: only with a task
+        holder = running_for_task(state, task) if task is not None else None
         if holder is not None:
             pid = holder.supervisor.pid if holder.supervisor else None
             exc.holder = f"run {holder.run_id}, pid {pid}"

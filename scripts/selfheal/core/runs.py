@@ -259,17 +259,32 @@ class Orphan:
 
 
 class OrphanRunning(NotAttempted):
-    """An earlier run's command is still running without its runner, and we were told not to stop it."""
+    """An earlier run's command is still running without its runner, and we were told not to stop it.
 
-    def __init__(self, task: str, orphans: list[Orphan]) -> None:
+    `remedy` is how to have it stopped, in the words of whoever turned the stopping off: the setting
+    (`setting_remedy`) unless the caller says otherwise (`told`: retry_run.py's --no-kill-orphans, the
+    kill_orphans=False a Python caller passed)."""
+
+    def __init__(self, task: str, orphans: list[Orphan], *, remedy: str = "set process.kill_orphans: true") -> None:
         self.task = task
         self.orphans = orphans
+        self.remedy = remedy
         what = "; ".join(f"pid {o.pid} ({o.cmd})" for o in orphans)
         super().__init__(
             f"task {task!r} is still running without its runner: {what}, from run {orphans[0].run_id} whose "
-            "runner died. Not started beside it (kill_orphans is off); stop it yourself or run without "
-            "--no-kill-orphans to have it stopped"
+            f"runner died. Not started beside it (kill_orphans is off); stop it yourself, or {remedy} "
+            "to have it stopped"
         )
+
+    def told(self, remedy: str) -> OrphanRunning:
+        """The same refusal, saying `remedy` (the caller's way to have the orphan stopped)."""
+        return OrphanRunning(self.task, self.orphans, remedy=remedy)
+
+
+def setting_remedy(files: tuple[str, ...]) -> str:
+    """How to have orphans stopped where the setting turned it off: the settings' last file (`Config.files`,
+    the user's config.yaml when there is one) is the one that did."""
+    return f"set process.kill_orphans: true in {files[-1] if files else 'config.yaml'}"
 
 
 def _dead_runs(state: StateRoot, task: str, run_id: str | None, *, any_runner: bool) -> list[RunState]:

@@ -50,7 +50,7 @@ from ..core.ledger import Ledger
 from ..core.process import OutputSink, StopFlag
 from ..core.retrying import Retrier, attempts_of, stop_reason_of
 from ..core.runner import RunOutcome, recover_runs, run_with_retry
-from ..core.runs import new_run_id, stop_orphans
+from ..core.runs import OrphanRunning, new_run_id, setting_remedy, stop_orphans
 from ..errors import (
     EXIT_FAILED,
     EXIT_NOT_ATTEMPTED,
@@ -950,10 +950,17 @@ class WorkflowRunner:
         """A step marked running belongs to a run that died: stop what it left behind, then decide. Then
         the care of earlier runs of the task that steps leave to us (they run with lock=False): whatever
         else a dead runner left running, its records, pruning."""
-        self._recover_steps()
-        recover_runs(
-            self.state, self.task, kill_orphans=self.config.process.kill_orphans, config=self.config, clock=self.clock
-        )
+        try:
+            self._recover_steps()
+            recover_runs(
+                self.state,
+                self.task,
+                kill_orphans=self.config.process.kill_orphans,
+                config=self.config,
+                clock=self.clock,
+            )
+        except OrphanRunning as exc:  # only the setting turns it on here: workflow.py and Python have no flag
+            raise exc.told(setting_remedy(self.config.files)) from None
 
     def _recover_steps(self) -> None:
         for step in self.plan.steps:

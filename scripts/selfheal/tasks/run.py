@@ -57,7 +57,7 @@ from ..core.ledger import Ledger
 from ..core.process import OutputSink, ProcessIdentity, StopFlag, Tee, kill_tree
 from ..core.redact import LineRedactor, Redactor
 from ..core.runner import run_with_retry
-from ..core.runs import close_dead, list_runs, new_run_id, stop_orphans
+from ..core.runs import OrphanRunning, close_dead, list_runs, new_run_id, setting_remedy, stop_orphans
 from ..durable.checkpoint import TASK_DEAD_LETTER, TASK_FAILED, CheckpointUnreadable
 from ..durable.incident import Incident, new_incident_id, notify, write_incident
 from ..durable.workflow import WorkflowRunner, load_plan, status
@@ -368,10 +368,57 @@ def tail_lines(path: Path, count: int = analysis.LOG_LINES, *, last_run: bool = 
 # -- the heartbeat -------------------------------------------------------------------------------------
 
 
+class LoopStop(StopFlag):
+    """run-next's own stop flag, set by the signals sent to it, for a loop of runs (`run-next --max N`).
+
+    Each run stops on a flag of its own (`for_run`), which this one sets too. A run's heartbeat sets that one
+    alone when the task stops being the run's (a person voided or ended it, self-heal took it back): that
+    stops the one run and leaves this flag unset, so a person's change does not end the loop as a signal to
+    run-next does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs: list[StopFlag] = []
+
+    def set(self, signum: int) -> None:
+        super().set(signum)
+        for run in list(self._runs):
+            run.set(signum)
+
+    @contextlib.contextmanager
+    def for_run(self) -> Iterator[StopFlag]:
+        run = StopFlag()
+        self._runs.append(run)
+        try:
+            if self.signum is not None:  # a signal that came before the run began
+                run.set(self.signum)
+            yield run
+        finally:
+            self._runs.remove(run)
+            run.close()
+
+
+@contextlib.contextmanager
+def _run_stop(given: StopFlag | None) -> Iterator[StopFlag]:
+    """The stop flag of one run: its own, following a LoopStop; else the flag given (shared with the caller,
+    whom a lost task then stops too), or one of its own."""
+    if isinstance(given, LoopStop):
+        with given.for_run() as run:
+            yield run
+    elif given is not None:
+        yield given
+    else:
+        own = StopFlag()
+        try:
+            yield own
+        finally:
+            own.close()
+
+
 class _Heartbeat:
     """Keeps `heartbeat_ts` (the runner lives) and `activity_ts` (the task works) current in the record.
 
-    If the record stops being this runner's (voided by a person, taken over as stuck), it sets the stop
+    If the record stops being this runner's (voided by a person, taken over as stuck), it sets the run's stop
     flag so the command is stopped instead of running on unobserved.
 
     `activity_ts` is written as now minus how long the command has been quiet on the monotonic clock: when
@@ -944,18 +991,12 @@ class TaskRunner:
             redactor=self.redactor,
             clock=self.clock,
         )
-        own_stop = self.stop is None
-        stop = self.stop or StopFlag()
         started = self.clock.monotonic()
         log.note(f"{NOTE_MARK}{utc_iso(now)} run {claimed.execution_count} of {claimed.name} (pid {runner['pid']}) ===")
-        try:
-            with _Heartbeat(self.store, claimed, runner, log, stop) as heartbeat:
-                outcome, failed = self._execute(claimed, log, stop, requeued)
-                # Still under the heartbeat: a model asked for a root cause may take a while.
-                diagnosis = self._diagnose(claimed, outcome, failed, log)
-        finally:
-            if own_stop:
-                stop.close()
+        with _run_stop(self.stop) as stop, _Heartbeat(self.store, claimed, runner, log, stop) as heartbeat:
+            outcome, failed = self._execute(claimed, log, stop, requeued)
+            # Still under the heartbeat: a model asked for a root cause may take a while.
+            diagnosis = self._diagnose(claimed, outcome, failed, log)
         duration = self.clock.monotonic() - started
         log.note(f"{NOTE_MARK}{utc_iso(self.clock.time())} {outcome} after {duration:.1f}s ===")
         log.close()
@@ -1035,7 +1076,9 @@ class TaskRunner:
             if run.kind == "plan":
                 return self._run_plan(task, run, sink, stop, requeued)
             return self._run_command(task, run, sink, stop)
-        except NotAttempted as exc:  # busy elsewhere, or an earlier run's command still running (kill_orphans off)
+        except OrphanRunning as exc:  # an earlier run's command still running: only the setting turns it on here
+            return "not_attempted", Failed(None, str(exc.told(setting_remedy(self.config.files))))
+        except NotAttempted as exc:  # busy elsewhere, or another refusal to start
             return "not_attempted", Failed(None, str(exc))
         except SelfHealError as exc:  # a plan that no longer loads, a checkpoint that cannot be read, ...
             manual = isinstance(exc, CheckpointUnreadable)
