@@ -89,6 +89,9 @@ def test_a_second_identical_call_sends_no_request_and_says_so(
     assert (second.content, second.endpoint, second.model) == (first.content, "primary", first.model)
     hits = [e for e in ledger(home) if e["event"] == "cache_hit"]
     assert len(hits) == 1 and hits[0]["task"] == "nightly" and hits[0]["target"] == "primary"
+    # A call for a task ends in one [SUCCESS], answered from the cache too: the task's second run is counted.
+    ends = [(e["event"], e.get("status")) for e in ledger(home) if e["event"] in ("success", "failed")]
+    assert ends == [("success", "succeeded"), ("success", "cached")], ends
     schema = json.loads((ROOT / "status" / "ledger-event.schema.json").read_text())
     assert all(schema_problems(event, schema) == [] for event in ledger(home))
     (path,) = cache_files(home)

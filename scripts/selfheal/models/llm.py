@@ -603,9 +603,9 @@ class _ChainCall:
                 status="cached",
                 reason=f"answer stored {age:.0f}s ago (models.cache.ttl_s {self.cache.settings.ttl_s:g})",
             )
-        if self.end_owed:
-            # A [FALLBACK] led here: the hit answers the call, and the call's [SUCCESS] ends it (a cache_hit ends
-            # no run), with the whole call's time, as a model's answer would.
+        if self.tracked:
+            # The hit answers a call that is recorded (for a task, or after a [FALLBACK]): the call's [SUCCESS]
+            # ends it (a cache_hit ends no run), with the whole call's time, as a model's answer would.
             self.end_owed = False
             await self.io(
                 self.ledger.record,
