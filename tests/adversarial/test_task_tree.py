@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -176,6 +177,52 @@ def test_a_link_or_fifo_planted_at_a_tasks_log_parks_that_task_and_the_queue_run
     nxt = tasks(home, "run-next", "--json")
     assert (nxt.returncode, json.loads(nxt.stdout)["task"]) == (0, "second"), nxt.stderr
     assert victim.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "folder"])
+def test_a_link_fifo_or_folder_planted_at_a_running_tasks_log_loses_its_lines_not_the_runs_outcome(
+    home: Path, tmp_path: Path, plant: str
+) -> None:
+    """A link, FIFO or folder put in place of `tasks/NAME.log` while the task runs is never written through; the
+    lines after it are lost (said on stderr, naming the path), but the command's success is recorded (END, exit
+    0): it was parked as "self-heal failed while running it" (exit 2 or 3), its success lost, so a person
+    handing it back ran its effects twice."""
+    from conftest import PYTHON, SCRIPTS, script_env
+
+    victim, ready, go = tmp_path / "victim", tmp_path / "ready", tmp_path / "go"
+    victim.write_text("keep me\n")
+    os.mkfifo(ready)
+    os.mkfifo(go)
+    script = f"echo going; echo > {ready}; read line < {go}; echo after"  # each FIFO waits for the test
+    assert tasks(home, "add", "job", "--shell", script).returncode == 0
+    runner = subprocess.Popen(
+        [PYTHON, str(SCRIPTS / "tasks.py"), "run-next", "--json"],
+        env=script_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = home / "tasks" / "job.log"
+    try:
+        subprocess.run(["cat", str(ready)], timeout=30, check=True, capture_output=True)  # it runs: its log is open
+        log.unlink()
+        if plant == "symlink":
+            log.symlink_to(victim)
+        elif plant == "fifo":
+            os.mkfifo(log)
+        else:
+            log.mkdir()
+        subprocess.run(["sh", "-c", f"echo on > {go}"], timeout=30, check=True)
+        out, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert (runner.returncode, json.loads(out)["outcome"]) == (0, "succeeded"), out + err
+    assert "Traceback" not in err and str(log) in err  # the lost lines are said, naming the path
+    assert json.loads(tasks(home, "show", "job", "--json").stdout)["task"]["exec_state"] == "END"
+    assert victim.read_text() == "keep me\n"
+    assert {"symlink": stat.S_ISLNK, "fifo": stat.S_ISFIFO, "folder": stat.S_ISDIR}[plant](os.lstat(log).st_mode)
 
 
 def test_a_huge_log_written_by_something_else_is_shown_by_its_tail_in_bounded_memory(

@@ -167,6 +167,7 @@ class BoundedLog:
         self._fd = self._open()
         self.chars = 0
         self._size = -1  # the file's size in bytes after our last write: another size means another writer wrote
+        self._unsafe: str | None = None  # why lines were dropped: a link, FIFO or folder planted at the path mid-run
         with self._exclusive():  # counts what the file holds
             if self.chars > max_chars:
                 self._replace(_tail_text(path, 4 * keep_chars))  # only the last keep_chars can stay: never read whole
@@ -175,28 +176,37 @@ class BoundedLog:
         return open_append(self.path)  # never through a planted link (UnsafeStateError)
 
     @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> Iterator[bool]:
         """Hold the flock of the file now at the log's path (the one our fd is on); `chars` counted again if
-        another process wrote it since our last write."""
+        another process wrote it since our last write. Yields False when the path holds what cannot be opened as
+        the log (a link, FIFO or folder planted while the task runs): the caller drops its lines (said once), and
+        the run goes on to record its outcome; the task's next run refuses the path."""
+        ours = True
         while True:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             if not self._replaced():
                 break
             # Trimmed by another writer (a new file in its place): what we write goes into that one.
+            try:
+                fd = self._open()
+            except StateError as exc:  # a link, FIFO or folder planted there: not ours to write (nor theirs)
+                ours = False
+                if self._unsafe is None:
+                    logger.warning("task log lines dropped: %s", exc)
+                self._unsafe = str(exc)
+                break
             os.close(self._fd)  # releases the flock
-            self._fd = -1
-            self._fd = self._open()
+            self._fd = fd
             self._size = -1
         try:
             size = os.fstat(self._fd).st_size
-            if size != self._size:
+            if ours and size != self._size:
                 # A character is at most 4 bytes: a file bigger than that is over the limit, and is not read whole.
                 self.chars = size if size > 4 * self.max_chars else len(_tail_text(self.path, size))
                 self._size = size
-            yield
+            yield ours
         finally:
-            if self._fd >= 0:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _replaced(self) -> bool:
         """Whether the log's path now holds another file than our fd (a missing one is left as it is)."""
@@ -291,7 +301,9 @@ class BoundedLog:
             self._cut = True
         text = raw.decode("utf-8", "surrogateescape")
         text = self._lines.lines(text)  # whole lines: a PEM key's lines are masked even when they arrive apart
-        with self._exclusive():
+        with self._exclusive() as ours:
+            if not ours:
+                return
             if self._cut or self.chars + len(text) > self.max_chars:
                 # Past the bound: the file becomes its last keep_chars, written whole (one trim per flush).
                 old = "" if self._cut else read_bytes(self.path).decode("utf-8", "surrogateescape")
@@ -313,10 +325,10 @@ class BoundedLog:
         kept = marker + body
         data = kept.encode("utf-8", "surrogateescape")
         write_bytes_atomic(self.path, data, durable=False)
+        fd = self._open()  # should it fail, our fd stays a valid one (on the old file) and the next lock says so
         with contextlib.suppress(OSError):
             os.close(self._fd)  # releases the flock: a writer waiting on the old file finds it replaced
-        self._fd = -1
-        self._fd = self._open()
+        self._fd = fd
         self.chars = len(kept)
         self._size = len(data)  # another writer may append before our next lock: that write is counted then
         self.trims += 1
