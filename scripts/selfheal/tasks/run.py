@@ -1468,7 +1468,8 @@ def _interruptions_before(task: Task) -> int:
 # The `by` of a change made by hand (a person's, or an agent's on their behalf): tasks.py's commands and
 # `self_heal.py --apply`. Self-heal's own changes (run-next, escalation, check-stuck, a claim taking a task back)
 # are not; anything else is not taken for a person's either.
-_BY_PERSON = ("tasks.py", "self_heal")
+_BY_PERSON_COMMAND = "tasks.py "  # `tasks.py mark`, `tasks.py set`, ...: a word of its own, not a prefix of a name
+_BY_PERSON = frozenset({"self_heal"})
 
 
 def _run_ended_by(task: Task) -> dict[str, Any] | None:
@@ -1485,7 +1486,8 @@ def _run_ended_by(task: Task) -> dict[str, Any] | None:
 
 
 def _by_person(entry: dict[str, Any] | None) -> bool:
-    return entry is not None and str(entry.get("by") or "").startswith(_BY_PERSON)
+    by = str(entry.get("by") or "") if entry is not None else ""
+    return by in _BY_PERSON or by.startswith(_BY_PERSON_COMMAND)
 
 
 def _judge(task: Task, now: float, limit: float, host: str, db_now: float | None = None) -> StuckFinding | None:
