@@ -718,6 +718,10 @@ def call_ends(home: Path, task: str) -> list[tuple[str, str | None]]:
     return [(e["event"], e["target"]) for e in events if e["task"] == task and e["event"] != "breaker"]
 
 
+def ledger_events(home: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for f in sorted((home / "ledger").glob("*.jsonl")) for line in f.read_text().splitlines()]
+
+
 def runs_counted(home: Path, task: str) -> dict[str, Any]:
     """analyze_logs' run figures for one task, from the ledger."""
     from selfheal.observe.logreport import analyze
@@ -969,6 +973,34 @@ def test_a_cancelled_call_gives_its_breaker_permit_back(
     asyncio.run(impatient())
     status = Breakers(StateRoot(home), config.breakers, clock=clock).status("primary")
     assert status["in_flight"] == 0 and status["state"] == "closed"
+
+
+@pytest.mark.parametrize("fallback_first", [False, True], ids=["asked-first", "after-a-fallback"])
+def test_a_call_for_a_task_cancelled_midway_ends_once_as_interrupted(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path, fallback_first: bool
+) -> None:
+    """A call for a task cancelled while a model is silent (the caller's own timeout; llm_call.py's SIGTERM cancels
+    it the same way): its one end is a [FAILED] with status interrupted, so analyze_logs counts the task's run as
+    failed, not lost; after a [FALLBACK] it was left with no end at all."""
+    config = chain("primary", "backup")
+    if fallback_first:
+        server.script("primary", Fault.http(401))
+        server.script("backup", Fault.hang(30))
+    else:
+        server.script("primary", Fault.hang(30))
+
+    async def impatient() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(acomplete("hi", config=config, clock=clock, task="nightly"), 0.5)
+
+    asyncio.run(impatient())
+    asked = "backup" if fallback_first else "primary"
+    before = [("fallback", "primary")] if fallback_first else []
+    assert call_ends(home, "nightly") == [*before, ("failed", asked)]
+    statuses = [e["status"] for e in ledger_events(home) if e["event"] == "failed"]
+    assert statuses == ["interrupted"], statuses
+    runs = runs_counted(home, "nightly")
+    assert (runs["finished"], runs["succeeded"], runs["failed"]) == (1, 0, 1)
 
 
 def test_ctrl_c_during_a_sync_call_cancels_it_and_gives_its_permit_back(

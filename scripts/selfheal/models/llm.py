@@ -418,6 +418,8 @@ class _ChainCall:
         self.tracked = record and task is not None
         # A [FALLBACK] recorded and no end ([SUCCESS] or [FAILED]) since: the call owes the ledger its end.
         self.end_owed = False
+        self.ended = False  # the call's one [SUCCESS] or [FAILED] is in the ledger
+        self.asking: ModelEndpoint | None = None  # the endpoint being asked now
         self.started = clock.monotonic()
         self.clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
         self.shared_clients = shared_clients
@@ -502,6 +504,7 @@ class _ChainCall:
         if not self.tracked:
             return
         self.end_owed = event == "fallback" or (self.end_owed and event not in ("success", "failed"))
+        self.ended = self.ended or event in ("success", "failed")
         fields = {
             "task": self.task,
             "target": attempt.endpoint,
@@ -607,6 +610,7 @@ class _ChainCall:
             # The hit answers a call that is recorded (for a task, or after a [FALLBACK]): the call's [SUCCESS]
             # ends it (a cache_hit ends no run), with the whole call's time, as a model's answer would.
             self.end_owed = False
+            self.ended = True
             await self.io(
                 self.ledger.record,
                 "success",
@@ -654,6 +658,7 @@ class _ChainCall:
         skipped = "; ".join(since)
         why = f"the endpoints left were not asked ({skipped})" if skipped else "no endpoint was left to ask"
         self.end_owed = False
+        self.ended = True
         await self.io(
             self.ledger.record,
             "failed",
@@ -664,6 +669,27 @@ class _ChainCall:
             duration_s=round(self.clock.monotonic() - self.started, 3),
         )
 
+    def abandoned(self) -> None:
+        """The call was cancelled midway (the caller's timeout, Ctrl-C, llm_call.py's SIGTERM): a recorded call's
+        one end, [FAILED] with status interrupted, naming the endpoint it was asking. Written at once, not
+        offloaded: the loop is unwinding, and what is awaited now may be cancelled too."""
+        if not self.tracked or self.ended:
+            return
+        self.ended, self.end_owed = True, False
+        entry = self.asking
+        try:
+            self.ledger.record(
+                "failed",
+                task=self.task,
+                target=entry.name if entry else None,
+                model=entry.model if entry else None,
+                status="interrupted",
+                reason="interrupted: the call was abandoned, no answer",
+                duration_s=round(self.clock.monotonic() - self.started, 3),
+            )
+        except (OSError, SelfHealError) as exc:  # a full disk: the call's end is lost, not the interruption
+            log.warning("could not record the interrupted call: %s", exc)
+
     def _skipped(self, entry: ModelEndpoint, reason: str, error_class: str | None = None) -> ModelAttempt:
         return ModelAttempt(entry.name, entry.model, 0, "skipped", error_class=error_class, reason=reason)
 
@@ -673,6 +699,7 @@ class _ChainCall:
         """Ask one endpoint, retrying there as the failure's policy says. `last`: no endpoint of the chain
         follows (it gets the rest of the deadline, and waits where another would move on); `ends`: its failure
         ends the call ([FAILED]; else a [FALLBACK] to what is asked next: an endpoint passed over, the rules)."""
+        self.asking = entry
         budget = Budget(
             self.config.policies,
             self.config.retry,
@@ -1395,6 +1422,9 @@ async def acomplete(
     )
     try:
         return await call.run()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        call.abandoned()
+        raise
     except (ModelCallFailed, NoEndpointAvailable) as exc:
         if not config.models.rules_fallback or isinstance(exc, ContentRefused):
             raise
