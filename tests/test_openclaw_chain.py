@@ -129,7 +129,7 @@ def test_something_other_than_a_file_in_place_of_openclaw_json_is_named_never_wa
         path.mkdir()
     else:
         path.symlink_to("/dev/zero")
-    what = {"fifo": "a FIFO", "folder": "a folder", "device": "a device"}[kind]
+    what = {"fifo": r"a FIFO \(named pipe\)", "folder": "a folder", "device": "a device"}[kind]
     config = load_config(env=env)
     with pytest.raises(ConfigError, match=f"openclaw.json: is {what}, not a configuration file"):
         openclaw_chain.resolve(config, env)
@@ -145,7 +145,7 @@ def test_an_include_that_is_a_fifo_is_named_as_one(write: Callable[..., dict[str
 
     env = write('{agents: {defaults: {model: "lan/q"}}, models: {$include: "./models.json5"}}')
     os.mkfifo(Path(env["OPENCLAW_STATE_DIR"]) / "models.json5")
-    with pytest.raises(ConfigError, match=r"models\.json5 is a FIFO, not a file"):
+    with pytest.raises(ConfigError, match=r"models\.json5 is a FIFO \(named pipe\), not a file"):
         openclaw_chain.chain_from_openclaw(env)
 
 

@@ -359,7 +359,7 @@ def test_a_second_process_running_the_same_task_is_refused_with_exit_4(tmp_path:
     assert (work / "log").read_text().split() == ["a", "b"]
 
 
-@pytest.mark.parametrize(("make", "what"), [("mkdir -p out", "a folder"), ("mkfifo out", "a named pipe")])
+@pytest.mark.parametrize(("make", "what"), [("mkdir -p out", "a folder"), ("mkfifo out", "a FIFO (named pipe)")])
 def test_an_output_that_is_not_a_file_fails_the_step_naming_it(
     tmp_path: Path, home: Path, make: str, what: str
 ) -> None:

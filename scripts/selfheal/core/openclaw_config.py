@@ -56,17 +56,7 @@ def not_a_file(path: Path) -> str | None:
         mode = path.stat().st_mode
     except (OSError, ValueError):
         return None
-    return None if stat.S_ISREG(mode) else _kind(mode)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+    return None if stat.S_ISREG(mode) else root.file_kind(mode)
 
 
 def read_raw(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
@@ -81,7 +71,7 @@ def read_raw(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise ConfigError(f"is {_kind(mode)}, not a configuration file", file=path)
+        raise ConfigError(f"is {root.file_kind(mode)}, not a configuration file", file=path)
     with os.fdopen(fd, "rb") as handle:
         try:
             raw = handle.read(limit + 1)

@@ -63,7 +63,7 @@ from ..errors import (
 )
 from ..state.checkpoints import PlanRef, key_order
 from ..state.redact import active as redactor
-from ..state.root import StateRoot, file_lock, lock_is_held, read_input, validate_id, write_json
+from ..state.root import StateRoot, file_kind, file_lock, lock_is_held, read_input, validate_id, write_json
 from .checkpoint import (
     COMPENSATED,
     COMPENSATION_FAILED,
@@ -1549,15 +1549,6 @@ class _NotAFile(Exception):
     """A declared output file that cannot be described: not a regular file, or not readable."""
 
 
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a device"),
-    (stat.S_ISBLK, "a device"),
-)
-
-
 def _describe_file(path: Path) -> dict[str, Any]:
     """The file's path, size and SHA-256; _NotAFile, naming it, for anything but a readable regular file.
 
@@ -1573,8 +1564,7 @@ def _describe_file(path: Path) -> dict[str, Any]:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-        raise _NotAFile(f"the output {path} is {kind}, not a file")
+        raise _NotAFile(f"the output {path} is {file_kind(mode)}, not a file")
     with os.fdopen(fd, "rb") as fh:
         digest = hashlib.sha256()
         size = 0

@@ -481,6 +481,19 @@ def open_read(path: Path) -> int:
     return fd
 
 
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, as a message names it ("is a folder, not ..."): its st_mode."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
 def read_bytes(path: Path) -> bytes:
     """The whole state file `path` (FileNotFoundError if absent), never read through a symbolic link."""
     fd = open_read(path)
