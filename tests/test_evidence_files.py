@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from conftest import call_script
-from selfheal.heal.evidence_files import MAX_FILES, find_files
+from selfheal.heal.evidence_files import MAX_FILES, find_files, keep_files
 from selfheal.state.records import RecordError
+from selfheal.state.root import StateRoot
 from selfheal.state.taskrecord import RunSpec
 
 SECRET = "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789"
@@ -118,6 +119,21 @@ def test_only_the_newest_files_are_listed(tmp_path: Path) -> None:
     files = find_files(["*.png"], tmp_path)
     assert len(files) == MAX_FILES + 1 and files[-1]["more"] == 3
     assert Path(files[0]["path"]).name == f"shot-{MAX_FILES + 2:02d}.png"
+
+
+def test_a_file_swapped_for_a_fifo_after_it_was_listed_is_not_copied_nor_waited_on(
+    state: StateRoot, tmp_path: Path
+) -> None:
+    """Between the listing and the copy a FIFO put in a screenshot's place would hang the copy for good: it is
+    noted as no longer a regular file, and nothing is copied."""
+    shot = tmp_path / "shot.png"
+    shot.write_bytes(b"PNG")
+    files = find_files(["*.png"], tmp_path)
+    shot.unlink()
+    os.mkfifo(shot)
+    (kept,) = keep_files(state, "FIX-shot-001", files, 1000)
+    assert kept["note"] == f"could not be read again: {shot} is no longer a regular file"
+    assert "copied_to" not in kept
 
 
 def test_the_analysis_reads_local_evidence_and_talks_only_to_the_configured_model(

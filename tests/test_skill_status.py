@@ -117,6 +117,18 @@ def test_a_link_planted_at_the_status_file_is_not_read(tmp_path: Path) -> None:
     assert victim.read_text() == "secret=hunter2,status=owned\n"
 
 
+def test_a_fifo_planted_at_the_status_file_is_not_waited_on_and_is_replaced(tmp_path: Path) -> None:
+    """A FIFO where the status line belongs would hang the cron health check for good: it reads as no pairs,
+    and the next write puts a regular file in its place."""
+    env = {"OPENCLAW_STATE_DIR": str(tmp_path / "oc")}
+    folder = tmp_path / "oc" / "skills" / "status"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "self-heal.txt")
+    assert read_status(folder / "self-heal.txt") == {}
+    path = update_status({"health": "ok"}, now=0.0, env=env)
+    assert stat.S_ISREG(os.lstat(path).st_mode) and read_status(path)["health"] == "ok"
+
+
 def test_a_gateway_that_serves_only_health_is_live_with_the_probe_path_configured() -> None:
     """By default such a gateway reads down (/healthz is its HTML page); live_path /health and no readiness
     probe read it live."""

@@ -29,7 +29,7 @@ import yaml
 from ..errors import ConfigError
 from ..state import layout
 from ..state.redact import MIN_SECRET_CHARS, Redactor, install, mask_url_password
-from ..state.root import read_at_most, resolve_state_root
+from ..state.root import NotRegularFile, open_regular, read_at_most, resolve_state_root
 from . import openclaw_config
 from .openclaw_config import deep_merge
 
@@ -591,13 +591,8 @@ def read_yaml(path: Path, marks: _Marks) -> object:
     """Parse one YAML file; record `key.path -> (file, line, column)` for every mapping key and item."""
     try:
         # Non-blocking, then checked: a FIFO or a device named as the settings file is refused, not waited on.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd, _ = open_regular(path)
         with os.fdopen(fd, "rb") as fh:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISDIR(mode):
-                raise ConfigError("is a folder, not a settings file", file=path)
-            if not stat.S_ISREG(mode):
-                raise ConfigError("is not a regular file (a pipe or a device?): not read", file=path)
             os.set_blocking(fd, True)
             capped = read_at_most(fh, CONFIG_MAX_BYTES)
         if capped is None:
@@ -605,6 +600,10 @@ def read_yaml(path: Path, marks: _Marks) -> object:
         text = capped.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", file=path) from None
+    except NotRegularFile as exc:
+        if stat.S_ISDIR(exc.mode):
+            raise ConfigError("is a folder, not a settings file", file=path) from None
+        raise ConfigError("is not a regular file (a pipe or a device?): not read", file=path) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
     except OSError as exc:

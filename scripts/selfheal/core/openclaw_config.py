@@ -65,13 +65,11 @@ def read_raw(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
     /dev/zero) put where the file belongs would hang every reader, the cron health check among them, for
     good. A link is followed: the user's own file may be one."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd, _ = root.open_regular(path)
+    except root.NotRegularFile as exc:
+        raise ConfigError(f"is {exc.kind}, not a configuration file", file=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read it ({exc.strerror or exc})", file=path) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise ConfigError(f"is {root.file_kind(mode)}, not a configuration file", file=path)
     with os.fdopen(fd, "rb") as handle:
         try:
             raw = handle.read(limit + 1)

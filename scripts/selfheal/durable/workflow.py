@@ -34,7 +34,6 @@ import os
 import re
 import shlex
 import signal
-import stat
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -63,7 +62,16 @@ from ..errors import (
 )
 from ..state.checkpoints import PlanRef, key_order
 from ..state.redact import active as redactor
-from ..state.root import StateRoot, file_kind, file_lock, lock_is_held, read_input, validate_id, write_json
+from ..state.root import (
+    NotRegularFile,
+    StateRoot,
+    file_lock,
+    lock_is_held,
+    open_regular,
+    read_input,
+    validate_id,
+    write_json,
+)
 from .checkpoint import (
     COMPENSATED,
     COMPENSATION_FAILED,
@@ -1558,13 +1566,11 @@ def _describe_file(path: Path) -> dict[str, Any]:
     import hashlib  # noqa: PLC0415
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+        fd, _ = open_regular(path)
+    except NotRegularFile as exc:
+        raise _NotAFile(f"the output {path} is {exc.kind}, not a file") from None
     except OSError as exc:
         raise _NotAFile(f"cannot read the output {path}: {exc.strerror or exc}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise _NotAFile(f"the output {path} is {file_kind(mode)}, not a file")
     with os.fdopen(fd, "rb") as fh:
         digest = hashlib.sha256()
         size = 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..state.redact import active as redactor
-from ..state.root import StateRoot, ensure_dir, write_bytes_atomic
+from ..state.root import NotRegularFile, StateRoot, ensure_dir, open_regular, write_bytes_atomic
 
 MAX_FILES = 20  # per failure: a pattern that matches a whole folder of old screenshots lists the newest 20
 
@@ -65,10 +65,10 @@ def _describe(path: str, info: os.stat_result) -> dict[str, Any]:
 
 def _open(path: str) -> int:
     """The file itself, never what a link (planted since it was listed) points to."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path} is no longer a regular file")
+    try:
+        fd, _ = open_regular(path, follow=False)
+    except NotRegularFile:
+        raise OSError(f"{path} is no longer a regular file") from None
     return fd
 
 

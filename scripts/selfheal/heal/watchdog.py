@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import select
-import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +56,7 @@ from ..state.root import (
     ensure_dir,
     file_lock,
     json_number,
+    open_regular,
     read_bytes,
     read_json,
     write_bytes_atomic,
@@ -198,14 +198,11 @@ def latest_lifecycle(env: Mapping[str, str]) -> tuple[str, float] | None:
         return None
     newest = max(stamped)[1]
     try:  # without blocking, and only a regular file: a FIFO named like a log would hang the check
-        fd = os.open(newest, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd, info = open_regular(newest)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as fh:
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return None
             fh.seek(max(0, info.st_size - TAIL_BYTES))
             lines = fh.read(TAIL_BYTES).splitlines()
         except OSError:

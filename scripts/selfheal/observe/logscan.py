@@ -52,6 +52,7 @@ from ..core.config import ERROR_CLASSES, AnalysisSettings, ClassifySettings
 from ..core.ledger import OWN_TASK_PREFIX
 from ..core.redact import Redactor
 from ..errors import UsageError
+from ..state.root import NotRegularFile, open_regular
 from . import openclaw_logs as oc
 
 BLOCK_BYTES = 2 * 1024 * 1024  # read size; a block's parsed rows take about 3 times this
@@ -1150,35 +1151,28 @@ def open_input(path: str, *, follow_links: bool = True) -> Iterator[Readable]:
     p = Path(path)
     # Opened non-blocking (a FIFO with no writer would hang the open, /dev/zero a read), then anything but a
     # plain file is refused before a byte is read: a folder, a pipe, a device, a socket.
-    extra = getattr(os, "O_NONBLOCK", 0)
-    nonblock = extra
-    if not follow_links:
-        extra |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        fh = open(path, "rb", opener=lambda name, flags: os.open(name, flags | extra))  # noqa: SIM115
+        fh = open(path, "rb", opener=lambda name, _flags: open_regular(name, follow=follow_links)[0])  # noqa: SIM115
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except PermissionError:
         raise InputError(path, "permission denied") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, not a log file") from None
+    except NotRegularFile as exc:
+        if stat.S_ISDIR(exc.mode):
+            raise InputError(path, "is a folder, not a log file") from None
+        raise InputError(path, "is not a regular file: a pipe or a device") from None
     except OSError as exc:
         if not follow_links and exc.errno == errno.ELOOP:
             raise InputError(
                 path, "is a symbolic link: not followed (state files are never read through a link)"
             ) from None
         raise InputError(path, f"cannot open ({exc.strerror or exc})") from None
-    try:
-        mode = os.fstat(fh.fileno()).st_mode
-        if stat.S_ISDIR(mode):
-            raise InputError(path, "is a folder, not a log file")
-        if not stat.S_ISREG(mode):
-            raise InputError(path, "is not a regular file: a pipe or a device")
-        if nonblock:
+    if getattr(os, "O_NONBLOCK", 0):  # open_regular leaves it set; cleared as before (a regular file ignores it)
+        try:
             os.set_blocking(fh.fileno(), True)
-    except BaseException:
-        fh.close()
-        raise
+        except BaseException:
+            fh.close()
+            raise
     with fh:
         try:
             magic = fh.read(2)

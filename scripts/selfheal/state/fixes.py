@@ -15,7 +15,6 @@ import errno
 import glob
 import os
 import re
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,10 +29,12 @@ from .records import Fields, RecordError, split
 from .redact import active as _redactor
 from .root import (
     MAX_STATE_FILE_BYTES,
+    NotRegularFile,
     StateRoot,
     dumps,
     file_lock,
     open_dir,
+    open_regular,
     read_at_most,
     read_json,
     validate_id,
@@ -442,18 +443,17 @@ def _read_learnings(path: Path) -> str | None:
     most MAX_STATE_FILE_BYTES is a UsageError naming it: it is the user's, never rewritten from a guess."""
     dir_fd = open_dir(path.parent)  # .learnings/ created 0700 if missing; a link there is refused
     try:
-        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd, _ = open_regular(path.name, follow=False, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
+    except NotRegularFile:
+        raise UsageError(f"{path} is not a regular file (a folder, a pipe or a device); move it aside") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafeStateError(path, "is a symbolic link: not read, not replaced") from None
         raise UsageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     finally:
         os.close(dir_fd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UsageError(f"{path} is not a regular file (a folder, a pipe or a device); move it aside")
     with os.fdopen(fd, "rb") as fh:
         raw = read_at_most(fh, MAX_STATE_FILE_BYTES)
     if raw is None:

@@ -63,6 +63,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_NOCTTY = getattr(os, "O_NOCTTY", 0)
 _DIR_FLAGS = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
 # Temp files of atomic writes are named `.<name>.<pid>.<ns>.tmp`; one older than this is a dead writer's.
 TEMP_MAX_AGE_S = 300.0
@@ -382,6 +383,45 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
+class NotRegularFile(OSError):
+    """open_regular's refusal: the path is there but is no regular file. `mode` is its st_mode, `kind` says what it
+    is (file_kind: "a folder", "a FIFO (named pipe)", "a device"...); each caller names the refusal its own way."""
+
+    def __init__(self, path: StrPath, mode: int) -> None:
+        self.mode = mode
+        self.kind = file_kind(mode)
+        super().__init__(f"{os.fspath(path)} is {self.kind}, not a regular file")
+
+
+def open_regular(
+    path: StrPath,
+    flags: int = os.O_RDONLY,
+    mode: int = FILE_MODE,
+    *,
+    follow: bool = True,
+    dir_fd: int | None = None,
+    folders: bool = False,
+) -> tuple[int, os.stat_result]:
+    """An fd of `path` (opened for reading unless `flags` say otherwise) and its fstat, only if it is a regular file
+    (or a folder, with `folders`): anything else is NotRegularFile, its fd closed.
+
+    Opened O_NONBLOCK: a FIFO planted where a file belongs would otherwise hang the open until a writer came, the
+    cron health check's for good (on a regular file the flag changes nothing, and it is left set). O_NOCTTY: a
+    terminal is refused, never made this process's controlling one on the way. The check is on the open fd, so
+    what was checked is what is read. `follow=False` adds O_NOFOLLOW (a state file: a link is ELOOP); `dir_fd` and
+    `mode` are os.open's. The open's own OSError (missing, denied, ELOOP) comes through as it is."""
+    extra = _CLOEXEC | _NONBLOCK | _NOCTTY | (0 if follow else _NOFOLLOW)
+    fd = os.open(path, flags | extra, mode, dir_fd=dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not (stat.S_ISREG(info.st_mode) or (folders and stat.S_ISDIR(info.st_mode))):
+            raise NotRegularFile(path, info.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
 def open_file(path: Path, flags: int, mode: int = FILE_MODE, *, doing: str = "write") -> int:
     """Open the state file `path` with `flags`, never through a symbolic link (at the file or at a folder
     above it, up to the state root), and only if it is a plain file with one name (a hard link planted to
@@ -391,39 +431,39 @@ def open_file(path: Path, flags: int, mode: int = FILE_MODE, *, doing: str = "wr
     FileNotFoundError when the file is missing and not to be created."""
     creating = bool(flags & os.O_CREAT)
     folder, name = os.path.split(os.fspath(path))
-    flags |= _NOFOLLOW | _CLOEXEC | _NONBLOCK
+    opened: tuple[int, os.stat_result] | None = None
     try:
         with _dirs_lock:  # the common case: the folder was walked before, open right in it
             cached = _cached_dir(folder)
-            fd = -1 if cached is None else os.open(name, flags, mode, dir_fd=cached)
-        if fd < 0:
+            if cached is not None:
+                opened = open_regular(name, flags, mode, follow=False, dir_fd=cached)
+        if opened is None:
             dir_fd = open_dir(folder, create=creating)
             try:
-                fd = os.open(name, flags, mode, dir_fd=dir_fd)
+                opened = open_regular(name, flags, mode, follow=False, dir_fd=dir_fd)
             finally:
                 os.close(dir_fd)
     except FileNotFoundError:
         raise
+    except NotRegularFile:
+        raise UnsafeStateError(path, "is not a plain file") from None
     except OSError as exc:
         if isinstance(exc, StateError):
             raise
         if exc.errno in (errno.ELOOP, errno.EMLINK):
             raise UnsafeStateError(path, _link_problem_at(folder, name) or "is a symbolic link") from None
         raise StateWriteError(path, exc, doing) from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeStateError(path, "is not a plain file")
-        if flags & (os.O_WRONLY | os.O_RDWR):
+    fd, info = opened
+    if flags & (os.O_WRONLY | os.O_RDWR):
+        try:
             if info.st_nlink > 1:
                 raise UnsafeStateError(path, f"has {info.st_nlink} hard links (one may point outside the state root)")
             if info.st_mode & 0o077:  # an older version's, or made under umask 000: state files are 0600
                 with contextlib.suppress(OSError):
                     os.fchmod(fd, FILE_MODE)
-        # O_NONBLOCK only kept a planted FIFO from hanging the open; on a plain file it changes nothing.
-    except BaseException:
-        os.close(fd)
-        raise
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
 
 
@@ -444,21 +484,20 @@ def open_read(path: Path) -> int:
     StateWriteError (doing "read") for an OS error such as a file another user left unreadable;
     FileNotFoundError if absent. A folder is opened (its reader says it is one)."""
     folder, name = os.path.split(os.fspath(path))
-    flags = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK
-    fd = -1
+    opened: tuple[int, os.stat_result] | None = None
     try:
         with _dirs_lock:
             cached = _cached_dir(folder)
             if cached is not None:
                 try:
-                    fd = os.open(name, flags, dir_fd=cached)
+                    opened = open_regular(name, follow=False, dir_fd=cached, folders=True)
                 except OSError as exc:
                     if exc.errno != errno.ELOOP:
                         raise
-        if fd < 0:
+        if opened is None:  # not walked before, or a link there: the walk names it
             dir_fd = open_dir(folder, create=False)
             try:
-                fd = os.open(name, flags, dir_fd=dir_fd)
+                opened = open_regular(name, follow=False, dir_fd=dir_fd, folders=True)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise UnsafeStateError(path, _link_problem(name, dir_fd) or "is a symbolic link") from None
@@ -467,18 +506,13 @@ def open_read(path: Path) -> int:
                 os.close(dir_fd)
     except (FileNotFoundError, StateError):
         raise
+    except NotRegularFile:
+        raise UnsafeStateError(path, "is not a plain file") from None
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise StateWriteError(path, exc, "read") from exc
         raise
-    try:
-        kind = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
-            raise UnsafeStateError(path, "is not a plain file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return opened[0]
 
 
 def file_kind(mode: int) -> str:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..clock import utc_iso
-from .root import openclaw_state_dir
+from .root import open_regular, openclaw_state_dir
 
 # Not `typing.TYPE_CHECKING`: the cron health check writes this file and never imports typing (or logging).
 TYPE_CHECKING = False
@@ -44,9 +43,9 @@ def status_path(env: Mapping[str, str] | None = None) -> Path:
 def read_status(path: Path) -> dict[str, str]:
     """The pairs of our own status file ({} when it is missing or unreadable)."""
     try:  # never through a link planted at it (it would read, and then rewrite, someone else's file)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd, _ = open_regular(path, follow=False)  # a FIFO or a folder there: NotRegularFile, an OSError
         try:
-            text = os.read(fd, _MAX_READ).decode("utf-8") if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+            text = os.read(fd, _MAX_READ).decode("utf-8")
         finally:
             os.close(fd)
     except (OSError, UnicodeDecodeError):
