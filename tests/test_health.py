@@ -341,6 +341,24 @@ def test_unreadable_status_files_are_named_and_left_where_they_are(
     assert sorted(p.name for p in skills_status.iterdir()) == ["a.json", "b.txt", "c.txt"]
 
 
+def test_a_status_file_swapped_for_a_fifo_after_the_listing_is_named_not_waited_on(tmp_path: Path) -> None:
+    """The listing saw a file; by the time it is read, another skill's folder holds a FIFO there with no writer:
+    the cron check names it and goes on (a plain open() waited for a writer, for good)."""
+    import threading
+
+    fifo = tmp_path / "shop.txt"
+    os.mkfifo(fifo)
+    found: list[tuple[dict[str, Any], str | None]] = []
+    reader = threading.Thread(target=lambda: found.append(health.read_status_file(str(fifo))), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # let the blocked open go, so the test ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+        pytest.fail("read_status_file waited on a FIFO for a writer")
+    assert found == [({}, "is a FIFO (named pipe), not a status file")]
+
+
 def test_health_json_and_temporary_files_are_not_status_files(
     state: StateRoot, skills_status: Path, clock: FakeClock
 ) -> None:

@@ -68,7 +68,17 @@ from ..models import gpu
 from ..state import layout
 from ..state.inert import inert
 from ..state.layout import SUBDIRS
-from ..state.root import StateRoot, json_number, openclaw_state_dir, quarantine, read_json, top_level_is, write_json
+from ..state.root import (
+    NotRegularFile,
+    StateRoot,
+    json_number,
+    open_regular,
+    openclaw_state_dir,
+    quarantine,
+    read_json,
+    top_level_is,
+    write_json,
+)
 from ..state.skill_status import STATUS_FILE_NAME, read_status, status_path, update_status
 
 # Not typing's TYPE_CHECKING, NamedTuple: the cron check never imports typing (see selfheal/_typing.py).
@@ -585,8 +595,13 @@ def parse_key_values(text: str) -> dict[str, str]:
 def read_status_file(path: str) -> tuple[dict[str, Any], str | None]:
     """A status file's values and the problem that made it unreadable (None when it was read)."""
     try:
-        with open(path, "rb") as fh:
+        # Checked on the open fd, never waited on: the listing saw a file, but another skill's folder may hold a
+        # FIFO there by now, and a plain open() of one waits for a writer, the cron check with it, for good.
+        fd, _ = open_regular(path)
+        with os.fdopen(fd, "rb") as fh:
             raw = fh.read(STATUS_READ_MAX)
+    except NotRegularFile as exc:
+        return {}, f"is {exc.kind}, not a status file"
     except OSError as exc:
         return {}, f"cannot be read ({exc.strerror or exc})"
     try:
