@@ -29,7 +29,18 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock, utc_day, utc_iso
 from ..errors import FleetUnavailable, StateError, UnsafeStateError
 from ..state import layout
-from ..state.root import StateRoot, append_line, ensure_dir, file_lock, loads, open_dir, open_file, open_read, unlink
+from ..state.root import (
+    StateRoot,
+    append_line,
+    ensure_dir,
+    file_lock,
+    loads,
+    open_dir,
+    open_file,
+    open_read,
+    open_rewrite,
+    unlink,
+)
 from .config import Config, LogSettings
 from .fleet import fleet_database, host_id, mark_down, mark_up
 from .redact import Redactor, active, redactor_for
@@ -230,7 +241,10 @@ class Ledger:
             from ..state.pg import DatabaseRefused, insert_events  # noqa: PLC0415 - psycopg only in fleet mode
 
             try:
-                self.replay_spool()
+                try:
+                    self.replay_spool()
+                except UnsafeStateError as exc:  # a link planted at the spool: left as it is; this event still goes
+                    self.state.unrecorded("the fleet ledger spool", exc)
                 try:
                     insert_events(db, [event], self.config.ledger.keep_days)
                 except DatabaseRefused as exc:
@@ -274,18 +288,19 @@ class Ledger:
         """
         path = self.spool_path
         try:
-            if path.stat().st_size == 0:
-                return 0
+            # Never through a link (UnsafeStateError): one planted here would be read as events, then emptied.
+            fd = open_rewrite(path, create=False)
         except FileNotFoundError:
             return 0
-        db = fleet_database(self.config.store, clock=self.clock)
-        if db is None:
-            raise FleetUnavailable("the fleet database is down; the spool waits")
-        from ..state.pg import DatabaseRefused, insert_events  # noqa: PLC0415 - psycopg only in fleet mode
-
-        keep = self.config.ledger.keep_days
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
+            if os.fstat(fd).st_size == 0:
+                return 0
+            db = fleet_database(self.config.store, clock=self.clock)
+            if db is None:
+                raise FleetUnavailable("the fleet database is down; the spool waits")
+            from ..state.pg import DatabaseRefused, insert_events  # noqa: PLC0415 - psycopg only in fleet mode
+
+            keep = self.config.ledger.keep_days
             fcntl.flock(fd, fcntl.LOCK_EX)  # the lock append_line takes: no event is added meanwhile
             chunks = []
             while chunk := os.read(fd, 1 << 20):
