@@ -28,7 +28,7 @@ from selfheal.core.breaker import CLOSED, OPEN, BreakerOpen, Breakers
 from selfheal.core.config import Config, StoreSettings, load_config, mask_url_password
 from selfheal.core.fleet import down_reason
 from selfheal.core.ledger import Ledger
-from selfheal.errors import ConfigError, UnsafeStateError
+from selfheal.errors import ConfigError
 from selfheal.state import pg
 from selfheal.state.root import StateRoot
 from selfheal.testing import FakeClock
@@ -393,26 +393,6 @@ def test_events_written_while_the_database_is_down_are_spooled_and_replayed_once
     assert alive.replay_spool() == 0
     assert fleet_rows(fleet_url) == rows
     assert alive.spool_path.read_bytes() == b""
-
-
-def test_a_link_planted_at_the_spool_is_refused_and_its_target_neither_read_nor_emptied(
-    fleet_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The spool is replayed, then emptied: a link planted at it (to a file of the user's outside the state
-    root) was followed, its target sent to the fleet as events and then cut to nothing."""
-    config = load_config()
-    alive = ledger_of(config, "box-1", tmp_path)
-    precious = tmp_path / "precious.jsonl"
-    kept = b'{"event": "retry", "task": "mine", "ts": "2026-06-10T03:12:18Z"}\n' * 3
-    precious.write_bytes(kept)
-    alive.spool_path.parent.mkdir(parents=True, exist_ok=True)
-    alive.spool_path.symlink_to(precious)
-    with pytest.raises(UnsafeStateError, match="link"):
-        alive.replay_spool()
-    with caplog.at_level(logging.WARNING):
-        alive.record("success", task="t")  # an event written meanwhile still reaches the fleet
-    assert precious.read_bytes() == kept and alive.spool_path.is_symlink()
-    assert [e for _, _, e in fleet_rows(fleet_url)] == ["success"]
 
 
 def test_a_nul_in_an_event_reaches_the_fleets_ledger_as_a_replacement_and_the_database_stays_up(

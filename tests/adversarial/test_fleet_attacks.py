@@ -6,6 +6,7 @@ Every test runs against the session's real PostgreSQL (tests/helpers/postgres.py
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ import pytest
 from conftest import call_script
 from selfheal.core.breaker import Breakers
 from selfheal.core.config import Config, load_config
+from selfheal.core.ledger import Ledger
+from selfheal.errors import UnsafeStateError
 from selfheal.state import pg
 from selfheal.state.root import StateRoot
 from selfheal.tasks.tree import TaskStore
@@ -158,3 +161,25 @@ def test_a_password_in_a_malformed_url_is_never_printed(home: Path, url: str, co
     assert SECRET not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.returncode in ((1, 2) if command[0] == "fleet" else (2, 4)), (proc.returncode, proc.stderr)
+
+
+def test_a_link_planted_at_the_spool_is_refused_and_its_target_neither_read_nor_emptied(
+    fleet_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The spool is replayed, then emptied: a link planted at it (to a file of the user's outside the state
+    root) was followed, its target sent to the fleet as events and then cut to nothing."""
+    config = load_config()
+    config = dataclasses.replace(config, store=dataclasses.replace(config.store, host_id="box-1"))
+    alive = Ledger(StateRoot(tmp_path / "box-1").ensure(), config)
+    precious = tmp_path / "precious.jsonl"
+    kept = b'{"event": "retry", "task": "mine", "ts": "2026-06-10T03:12:18Z"}\n' * 3
+    precious.write_bytes(kept)
+    alive.spool_path.parent.mkdir(parents=True, exist_ok=True)
+    alive.spool_path.symlink_to(precious)
+    with pytest.raises(UnsafeStateError, match="link"):
+        alive.replay_spool()
+    with caplog.at_level(logging.WARNING):
+        alive.record("success", task="t")  # an event written meanwhile still reaches the fleet
+    assert precious.read_bytes() == kept and alive.spool_path.is_symlink()
+    with psycopg.connect(fleet_url) as conn:
+        assert [e for (e,) in conn.execute("SELECT event FROM selfheal_ledger").fetchall()] == ["success"]
