@@ -45,7 +45,7 @@ from selfheal.heal.diagnose import ApplyRefused, Healer, apply_fix, gather_openc
 from selfheal.observe import openclaw_logs  # noqa: E402
 from selfheal.state.fixes import STATUSES, VOID, FixRecord, FixStore, render_markdown, write_learnings  # noqa: E402
 from selfheal.state.inert import inert  # noqa: E402
-from selfheal.state.root import StateRoot, expand_home, read_bytes  # noqa: E402
+from selfheal.state.root import NotRegularFile, StateRoot, expand_home, open_regular, read_bytes  # noqa: E402
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -135,23 +135,17 @@ def _warn_problems(store: FixStore) -> None:
 def _log_file_problem(path: Path) -> str | None:
     """Why `path` cannot be read as a log (as analyze_logs.py says it), or None. Opened non-blocking, so a
     FIFO is refused, not waited on; a pipe or a device (/dev/zero) would never end."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        fd, _ = open_regular(path)
     except FileNotFoundError:
         return "no such log file"
     except PermissionError:
         return "permission denied"
+    except NotRegularFile as exc:
+        return "is a folder, not a log file" if stat.S_ISDIR(exc.mode) else "is not a regular file: a pipe or a device"
     except OSError as exc:
         return f"cannot open ({exc.strerror or exc})"
-    try:
-        mode = os.fstat(fd).st_mode
-    finally:
-        os.close(fd)
-    if stat.S_ISDIR(mode):
-        return "is a folder, not a log file"
-    if not stat.S_ISREG(mode):
-        return "is not a regular file: a pipe or a device"
+    os.close(fd)
     return None
 
 
