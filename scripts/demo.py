@@ -284,7 +284,7 @@ def _workflow_scenario(home: Path, work: Path) -> tuple[str, bool, str]:
         job.kill()  # the machine dies in the middle of step 3
         job.wait()
         (folder / "go").write_text("")
-        resumed = subprocess.run([*command, "--json"], env=env, capture_output=True, check=False, timeout=120)
+        resumed = subprocess.run([*argv, "--json"], env=env, capture_output=True, check=False, timeout=120)
         primary_hits = server.requests("primary")
     result = json.loads(resumed.stdout)
     journal = (folder / "journal").read_text().split()
