@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,110 @@ def test_mypy_strict_keeps_the_types_of_decorated_functions(tmp_path: Path) -> N
             chunks: Stream[ChatCompletionChunk] = selfheal.retry(target="m").call(
                 lambda: client.chat.completions.create(model="m", messages=messages, stream=True)
             )
+            aclient = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0)
+
+
+            async def ask() -> ChatCompletion:
+                return await selfheal.retry(target="m").acall(
+                    lambda: aclient.chat.completions.create(model="m", messages=messages)
+                )
+
+
+            # on= as stamina users write it: a predicate of the Exception the retrier hands it.
+            def is_network(exc: Exception) -> bool:
+                return isinstance(exc, OSError)
+
+
+            @selfheal.retry(on=is_network, retries=3, deadline_s=30)
+            def ping() -> int:
+                return 1
+
+
+            class Report:
+                @selfheal.retry(task="r")
+                @classmethod
+                def build(cls, x: int) -> str:
+                    return cls.__name__
+
+                @selfheal.retry
+                @staticmethod
+                def check(x: int) -> int:
+                    return x
+
+                @selfheal.retry
+                async def fetch(self, x: int) -> int:
+                    return x
+
+
+            built: str = Report.build(1)
+            checked: int = Report().check(2)
+            fetched: int = asyncio.run(Report().fetch(3))
+            try:
+                ping()
+            except OSError as exc:
+                spent: tuple[selfheal.Attempt, ...] = selfheal.attempts_of(exc)
+                why: str | None = selfheal.stop_reason_of(exc)
+
+
+            # In the user's own tests: no_waits as a block and on test functions, sync or async.
+            @selfheal.no_waits(attempts=1)
+            async def test_fetch() -> None:
+                assert await Report().fetch(1) == 1
+
+
+            @selfheal.no_waits()
+            def test_summarise() -> None:
+                with selfheal.no_waits():
+                    assert summarise("z") == "z"
+
+
+            waited: None = asyncio.run(test_fetch())
+
+
+            # Models through the chain, with a schema and streamed.
+            schema: dict[str, object] = {"type": "object", "required": ["n"]}
+            answer: selfheal.Completion = selfheal.complete("q", json_output=True, schema=schema, task="t")
+            shown: list[str] = []
+            streamed: selfheal.Completion = selfheal.complete("q", stream=True, on_text=shown.append, cache=False)
+            try:
+                selfheal.complete(messages=[{"role": "user", "content": "q"}], system="brief", max_tokens=10)
+            except selfheal.ModelCallFailed as failed:
+                status: int | None = failed.status
+                code: str | None = failed.code
+                tried: list[selfheal.ModelAttempt] = failed.attempts
+
+
+            async def events() -> str:
+                text = ""
+                async for event in selfheal.astream("q", deadline_s=20):
+                    if isinstance(event, selfheal.StreamText):
+                        text += event.text
+                    elif isinstance(event, selfheal.StreamRestart):
+                        text = text[: len(text) - event.discard_chars]
+                    else:
+                        text = event.completion.content
+                return text
+
+
+            # A workflow of functions: ctx, outputs, compensate, retries, after.
+            wf = selfheal.Workflow("weekly-report")
+
+
+            @wf.step(compensate=lambda ctx: print(ctx.outputs["draft"]["id"]))
+            def draft(ctx: selfheal.StepContext) -> dict[str, str]:
+                return {"id": ctx.idempotency_key}
+
+
+            @wf.step(retries=3, target="cms-api", after=["draft"])
+            def publish(ctx: selfheal.StepContext) -> None:
+                outcome = selfheal.run_with_retry(["true"], timeout_s=30, max_attempts=1)
+                if not outcome.ok:
+                    raise RuntimeError(outcome.error_class)
+
+
+            result: selfheal.WorkflowResult = wf.run(task="weekly-report-2026-47")
+            again: int = wf.run(task="weekly-report-2026-47", restart=True).exit_status
+            later: int = wf.run(from_step="publish").exit_status
             """
         )
         + f"# run {uuid.uuid4().hex}: new text each run, so a kept cache never stands in for checking it\n"
@@ -183,6 +288,37 @@ def test_mypy_strict_keeps_the_types_of_decorated_functions(tmp_path: Path) -> N
     lines = mypy_strict(program, tmp_path)
     assert [line for line in lines if ": error:" in line] == [], lines
     assert any('Revealed type is "def (url: str) -> typing.Coroutine[Any, Any, bytes]"' in line for line in lines)
+
+
+@pytest.mark.slow
+def test_mypy_strict_finds_a_misspelt_option_of_complete_astream_and_workflow_run(tmp_path: Path) -> None:
+    """acomplete() names its options, so mypy found a misspelt one; complete(), astream() and Workflow.run() took
+    `**options: Any`, so `complete(prompt, json_ouput=True)` type-checked and failed only when it ran."""
+    program = tmp_path / "user_program.py"
+    program.write_text(
+        textwrap.dedent(
+            """\
+            from __future__ import annotations
+
+            import selfheal
+
+
+            async def main() -> None:
+                await selfheal.acomplete("q", json_ouput=True)
+                async for event in selfheal.astream("q", json_ouput=True):
+                    pass
+
+
+            selfheal.complete("q", json_ouput=True)
+            selfheal.complete("q", deadline_s="soon")
+            selfheal.Workflow("w").run(task="t", restat=True)
+            """
+        )
+        + f"# run {uuid.uuid4().hex}: new text each run, so a kept cache never stands in for checking it\n"
+    )
+    errors = [line.split(":", 2)[1:] for line in mypy_strict(program, tmp_path) if ": error:" in line]
+    flagged = {int(line) for line, _ in errors}
+    assert flagged == {7, 8, 12, 13, 14}, errors
 
 
 def _raise_in_worker(error: BaseException) -> None:
@@ -259,3 +395,43 @@ def test_every_public_name_says_what_it_is() -> None:
         and not inspect.getdoc(obj)
     ]
     assert undocumented == []
+
+
+def test_no_waits_on_an_async_test_function_skips_the_waits_while_it_runs() -> None:
+    """`@selfheal.no_waits()` on an `async def` test ended its block when the coroutine was made, before its body
+    ran: the retries inside waited for real (and the blocks of a sync function were the only ones kept)."""
+    calls, fn = flaky(2)
+    clock = FakeClock()
+
+    @selfheal.retry(clock=clock, record=False)
+    async def fetch(x: int) -> int:
+        return int(fn(x))
+
+    @selfheal.no_waits()
+    async def test_fetch() -> int:
+        return await fetch(3)
+
+    @selfheal.no_waits(attempts=1)
+    def test_once() -> bool:
+        return selfheal.is_testing()
+
+    assert asyncio.run(test_fetch()) == 3
+    assert len(calls) == 3 and clock.waits == []
+    assert test_once() and not selfheal.is_testing()
+    assert test_fetch.__name__ == "test_fetch" and asyncio.iscoroutinefunction(test_fetch)
+
+
+def test_complete_and_astream_take_exactly_acompletes_options_with_its_defaults() -> None:
+    """complete() and astream() name acomplete()'s options one by one (so mypy finds a misspelt one): a new option
+    of acomplete(), or a changed default, must reach them too, or the sync and streaming forms quietly differ."""
+    import inspect
+
+    from selfheal.models import llm
+
+    def public(fn: Callable[..., object]) -> dict[str, object]:
+        params = inspect.signature(fn).parameters
+        return {name: p.default for name, p in params.items() if not name.startswith("_")}
+
+    wanted = public(llm.acomplete)
+    assert public(llm.complete) == wanted
+    assert public(llm.astream) == {k: v for k, v in wanted.items() if k not in ("stream", "on_text", "on_restart")}

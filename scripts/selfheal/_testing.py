@@ -5,10 +5,15 @@ On when SELFHEAL_TESTING=1 is in the environment at import, or via set_testing()
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,14 +66,51 @@ def testing_attempts() -> int | None:
     return _switch.attempts if _switch.enabled else None
 
 
-@contextlib.contextmanager
-def no_waits(*, attempts: int | None = None) -> Iterator[None]:
+class _NoWaits:
+    """What no_waits() gives: a block (`with`) or a decorator. As a decorator, each call of the function runs in
+    a block of its own; for a coroutine function, while the coroutine runs (contextlib's decorator ended the
+    block when the coroutine was made, before its body ran, so an async test waited for real)."""
+
+    def __init__(self, attempts: int | None) -> None:
+        self._attempts = attempts
+        self._open: list[_Block] = []
+
+    def __enter__(self) -> None:
+        block = _Block(self._attempts)
+        self._open.append(block)
+        _blocks.append(block)  # list.append and list.remove are atomic: no lock needed across threads
+
+    def __exit__(self, *exc: object) -> None:
+        _blocks.remove(self._open.pop())
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        attempts = self._attempts
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with _NoWaits(attempts):
+                    return await fn(*args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            with _NoWaits(attempts):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def no_waits(*, attempts: int | None = None) -> _NoWaits:
     """`with no_waits():` retries still happen, nobody waits; the previous setting comes back after, also
-    when blocks in several threads overlap."""
+    when blocks in several threads overlap. `@no_waits()` on a test function (sync or async) does the same
+    for each of its calls. `attempts`, if given, caps every retryable class's attempts inside."""
     _check_attempts(attempts)
-    block = _Block(attempts)
-    _blocks.append(block)  # list.append and list.remove are atomic: no lock needed across threads
-    try:
-        yield
-    finally:
-        _blocks.remove(block)
+    return _NoWaits(attempts)

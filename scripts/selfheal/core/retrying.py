@@ -3,7 +3,10 @@
     @selfheal.retry(task="weekly-report")
     def fetch(): ...
 
-    selfheal.retry(target="qwen").call(client.chat.completions.create, model=..., messages=...)
+    selfheal.retry(target="qwen").call(lambda: client.chat.completions.create(model=..., messages=...))
+
+(A lambda, not `.call(client.chat.completions.create, model=...)`: mypy cannot match the arguments of an
+overloaded function such as the openai client's create, so that form is a type error under --strict.)
 
 Every loop is bounded by a whole-operation deadline. A Retry-After from the server is a floor on the
 wait, and a Retry-After beyond the configured cap ends the retries. When retries run out, the last real
@@ -39,7 +42,9 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-ExceptionFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+# A predicate is only ever given an Exception (Ctrl-C, SystemExit and cancellation always come through), so it
+# may be typed `(exc: Exception) -> bool`, as stamina's are; one taking BaseException fits too.
+ExceptionFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[Exception], bool]
 
 # Why a retry loop stopped, as written in the ledger and the JSON results.
 STOP_SUCCEEDED = "succeeded"
@@ -156,7 +161,7 @@ class Budget:
         return Decision(True, delay, budget)
 
 
-def _selected(on: ExceptionFilter, exc: BaseException) -> bool:
+def _selected(on: ExceptionFilter, exc: Exception) -> bool:
     if isinstance(on, (type, tuple)):
         return isinstance(exc, on)
     return bool(on(exc))
@@ -246,7 +251,7 @@ class Retrier:
 
     task: the task id recorded with every event (validated, it may become a file name).
     target: what is being called (an endpoint name); recorded, and used by circuit breakers.
-    on: which exceptions are retried at all (types or a predicate); others propagate at once.
+    on: which exceptions are retried at all (types, or a predicate given each Exception); others propagate at once.
     deadline_s / max_attempts: override retry.deadline_s and the class policies' attempts.
     retries: the same as max_attempts, counted as the source documents count (`max_retries=3`: the first
         try and 3 retries, 4 attempts); giving both is refused.

@@ -1793,8 +1793,34 @@ class Workflow:
     def plan(self) -> Plan:
         return Plan(self.name, tuple(self._steps))
 
-    def run(self, task: str | None = None, **options: Any) -> WorkflowResult:
-        """Run or resume `task` (default: the workflow's name). Options as WorkflowRunner, plus from_step
-        and restart as WorkflowRunner.run."""
-        run_options = {k: options.pop(k) for k in ("from_step", "restart") if k in options}
-        return WorkflowRunner(self.plan, task or self.name, **options).run(**run_options)
+    def run(
+        self,
+        task: str | None = None,
+        *,
+        from_step: str | None = None,
+        restart: bool = False,
+        config: Config | None = None,
+        state: StateRoot | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        stop: StopFlag | None = None,
+        stdout: OutputSink | None = None,
+        stderr: OutputSink | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        resume_command: str | None = None,
+    ) -> WorkflowResult:
+        """Run or resume `task` (default: the workflow's name). from_step: run that step and the later ones
+        again; restart: forget the task's progress and start over. The other options are WorkflowRunner's, named
+        here (not `**options`) so that mypy finds a misspelt one before it runs."""
+        runner = WorkflowRunner(
+            self.plan,
+            task or self.name,
+            config=config,
+            state=state,
+            clock=clock,
+            stop=stop,
+            stdout=stdout,
+            stderr=stderr,
+            progress=progress,
+            resume_command=resume_command,
+        )
+        return runner.run(from_step=from_step, restart=restart)

@@ -1575,14 +1575,29 @@ class StreamDone:
 StreamEvent = StreamText | StreamRestart | StreamDone
 
 
-async def astream(prompt: str | None = None, **options: Any) -> AsyncIterator[StreamEvent]:
+async def astream(
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    json_output: bool = False,
+    schema: dict[str, Any] | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    task: str | None = None,
+    deadline_s: float | None = None,
+    config: Config | None = None,
+    state: StateRoot | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    rng: random.Random | None = None,
+    record: bool = True,
+    cache: bool = True,
+) -> AsyncIterator[StreamEvent]:
     """Stream a call through the chain as events: StreamText as it arrives, StreamRestart when an attempt
     that already sent text is abandoned, and finally StreamDone with the Completion. Options are
-    acomplete()'s (stream is implied; on_text/on_restart are not taken). A failed call raises from the
-    iteration, after the events that came before; leaving the loop early cancels the call."""
-    for taken in ("stream", "on_text", "on_restart"):
-        if taken in options:
-            raise TypeError(f"astream() takes no {taken!r}: the events carry it")
+    acomplete()'s, named here so that mypy finds a misspelt one (stream is implied; on_text/on_restart are
+    not taken: the events carry them). A failed call raises from the iteration, after the events that came
+    before; leaving the loop early cancels the call."""
     queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
 
     def text(piece: str) -> None:
@@ -1591,20 +1606,41 @@ async def astream(prompt: str | None = None, **options: Any) -> AsyncIterator[St
     def discard(chars: int, reason: str) -> None:
         queue.put_nowait(StreamRestart(chars, reason))
 
-    task = asyncio.ensure_future(acomplete(prompt, stream=True, on_text=text, _on_discard=discard, **options))
-    task.add_done_callback(lambda _: queue.put_nowait(None))
+    call = asyncio.ensure_future(
+        acomplete(
+            prompt,
+            messages=messages,
+            system=system,
+            json_output=json_output,
+            schema=schema,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stream=True,
+            on_text=text,
+            task=task,
+            deadline_s=deadline_s,
+            config=config,
+            state=state,
+            clock=clock,
+            rng=rng,
+            record=record,
+            cache=cache,
+            _on_discard=discard,
+        )
+    )
+    call.add_done_callback(lambda _: queue.put_nowait(None))
     try:
         while True:
             event = await queue.get()
             if event is None:
-                yield StreamDone(task.result())
+                yield StreamDone(call.result())
                 return
             yield event
     finally:
-        if not task.done():
-            task.cancel()
+        if not call.done():
+            call.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await call
 
 
 Clients = dict[tuple[str, str], openai.AsyncOpenAI]
@@ -1777,8 +1813,52 @@ def _close_loop(loop: asyncio.AbstractEventLoop, clients: Clients) -> None:
 _private = _PrivateLoop()
 
 
-def complete(prompt: str | None = None, **options: Any) -> Completion:
-    """The sync form of acomplete() (same options). Runs on a private event loop, so connections are
-    reused between calls, and it is safe to call from async code too (it blocks only the caller)."""
+def complete(
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    json_output: bool = False,
+    schema: dict[str, Any] | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    stream: bool = False,
+    on_text: Callable[[str], None] | None = None,
+    on_restart: Callable[[str], None] | None = None,
+    task: str | None = None,
+    deadline_s: float | None = None,
+    config: Config | None = None,
+    state: StateRoot | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    rng: random.Random | None = None,
+    record: bool = True,
+    cache: bool = True,
+) -> Completion:
+    """The sync form of acomplete(): the same options, named here so that mypy finds a misspelt one. Runs on a
+    private event loop, so connections are reused between calls, and it is safe to call from async code too
+    (it blocks only the caller)."""
     # On the private loop nothing else waits, so state updates run inline (_offload=False).
-    return _private.run(lambda clients: acomplete(prompt, _offload=False, _shared_clients=clients, **options))
+    return _private.run(
+        lambda clients: acomplete(
+            prompt,
+            messages=messages,
+            system=system,
+            json_output=json_output,
+            schema=schema,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stream=stream,
+            on_text=on_text,
+            on_restart=on_restart,
+            task=task,
+            deadline_s=deadline_s,
+            config=config,
+            state=state,
+            clock=clock,
+            rng=rng,
+            record=record,
+            cache=cache,
+            _offload=False,
+            _shared_clients=clients,
+        )
+    )
