@@ -958,6 +958,19 @@ def test_failure_reasons_carry_no_unrelated_chained_errors(
     assert result.attempts[0].reason == "StreamCut: stream ended before the answer was complete (4 characters received)"
 
 
+@pytest.mark.parametrize(
+    "given", [{"prompt": ""}, {"prompt": " \n\t"}, {"messages": []}], ids=["empty", "blank", "no-messages"]
+)
+def test_an_empty_prompt_is_refused_before_any_request(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, given: dict[str, Any]
+) -> None:
+    """As llm_call.py refuses an empty prompt (exit 2), the library call it documents as the same call refuses one:
+    it was sent, and each endpoint was asked to answer nothing."""
+    with pytest.raises(ValueError, match="nothing was sent"):
+        complete(config=chain("primary"), clock=clock, **given)
+    assert server.requests("primary") == 0
+
+
 def test_a_cancelled_call_gives_its_breaker_permit_back(
     chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
 ) -> None:

@@ -266,6 +266,10 @@ def build_messages(
 ) -> tuple[Message, ...]:
     if (prompt is None) == (messages is None):
         raise ValueError("give either prompt or messages")
+    if prompt is not None and not prompt.strip():  # as llm_call.py refuses one: each endpoint asked for nothing
+        raise ValueError("the prompt is empty or blank: nothing was sent")
+    if messages is not None and not messages:
+        raise ValueError("messages is empty: nothing was sent")
     out: list[Message] = []
     systems = [system] if system else []
     if json_output:
