@@ -506,6 +506,18 @@ def test_library_refuses_a_zero_deadline(home: Path) -> None:
         run_with_retry(["true"], deadline_s=0)
 
 
+def test_library_runs_a_tuple_and_refuses_a_command_line_given_as_one_string(home: Path, tmp_path: Path) -> None:
+    """argv as a tuple runs like a list; a string would have been split into one-letter arguments (`"touch x"`
+    ran `t`), so it is refused before anything runs, saying how to run a shell line."""
+    from selfheal.core.runner import run_with_retry
+
+    made = tmp_path / "made"
+    assert run_with_retry(("touch", str(made)), max_attempts=1).ok and made.exists()
+    with pytest.raises(TypeError, match=r"not a command line .*\['sh', '-c', LINE\]"):
+        run_with_retry(f"touch {tmp_path / 'never'}", max_attempts=1)
+    assert not (tmp_path / "never").exists()
+
+
 def test_a_run_whose_process_was_killed_is_marked_crashed_by_the_next_run_of_its_task(home: Path) -> None:
     """SIGKILL leaves a record saying `running`; the next run of the task closes it, so no health check
     mistakes it for live work (and a run of another task leaves it alone)."""

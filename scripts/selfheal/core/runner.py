@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +129,7 @@ class _StoppableClock:
 
 
 def run_with_retry(
-    argv: list[str],
+    argv: Sequence[str],
     *,
     task: str | None = None,
     target: str | None = None,
@@ -168,6 +168,11 @@ def run_with_retry(
     `kill_orphans=False`, OrphanRunning is raised: exit 4). Processes an attempt leaves behind are
     stopped unless `keep_daemons`; both default to the process.* settings.
     """
+    if isinstance(argv, (str, bytes)):  # a Sequence too, of one-letter arguments
+        raise TypeError(
+            f"argv is a list of arguments, not a command line (got {argv!r}); for a shell line pass ['sh', '-c', LINE]"
+        )
+    argv = list(argv)  # a tuple too
     if not argv:
         raise ValueError("no command given")
     if task is not None:
