@@ -37,7 +37,7 @@ from test_tasks import (
 
 from conftest import PYTHON, SCRIPTS, call_script, script_env
 from selfheal.core.config import Config, load_config
-from selfheal.errors import ConfigError
+from selfheal.errors import ConfigError, StateError
 from selfheal.state import pg
 from selfheal.state.root import StateRoot
 from selfheal.tasks.run import BoundedLog, TaskRunner, find_stuck
@@ -160,6 +160,28 @@ def test_a_claimed_task_is_the_same_as_the_task_read_back(store: TaskStore) -> N
     assert claimed.name == "kid" and requeued is False
     assert claimed == store.get("kid") and claimed.source == {"task": "job", "step": 1}
     assert isinstance(claimed.started_ts, float) and isinstance(claimed.execution_count, int)
+
+
+def test_json_columns_a_person_edited_read_as_written_and_a_broken_one_is_named(
+    store: TaskStore, fleet_url: str
+) -> None:
+    """A claim reads its row's JSON columns as they are: a value edited by hand (spaces, new lines) reads the
+    same as one self-heal wrote, and one that is no JSON is named with its task and column."""
+    with store.transaction() as tree:
+        tree.add(Task(name="t", run={"kind": "argv", "argv": ["true"]}))
+        tree.add(Task(name="u", run={"kind": "argv", "argv": ["true"]}))
+    with psycopg.connect(fleet_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE tasks SET run_spec = %s, history = %s, extra = %s WHERE task_name = 't'",
+            (' {"kind": "argv",\n "argv": ["true"]} ', '[\n  {"ts": "t0", "what": "-> NEW"}\n]\n', ' {"k": [1, 2]}'),
+        )
+        conn.execute("UPDATE tasks SET extra = '{\"k\": 1} trailing' WHERE task_name = 'u'")
+    claimed, _ = store.claim(None, runner_identity(store.host), run_tag(), avoid=["u"])  # type: ignore[misc]
+    assert claimed.name == "t" and claimed.run is not None and claimed.run.argv == ("true",)
+    assert claimed.extra == {"k": [1, 2]}
+    assert [h["what"] for h in claimed.history] == ["-> NEW", f"{NEW} -> {PROCESSING}"]
+    with pytest.raises(StateError, match=r"task 'u': column extra: invalid JSON \(Extra data"):
+        store.get("u")
 
 
 def test_a_lease_that_ran_out_is_taken_back_by_a_claim_that_found_another_task(fleet_url: str, tmp_path: Path) -> None:

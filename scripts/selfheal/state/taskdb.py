@@ -356,9 +356,13 @@ def _no_space(path: Path) -> bool:
 # -- rows -----------------------------------------------------------------------------------------------
 
 
+# One encoder for every column (json.dumps with options builds a new one per call: a microsecond a claim).
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
 def dumps(value: Any) -> str:
     """The JSON of a column: canonical, so equal values are equal text (the runner check compares text)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _ENCODE(value)
 
 
 def task_row(task: Task) -> tuple[Any, ...]:
@@ -885,8 +889,7 @@ class TaskDB:
             skip=skip,
             pass_deferred=pass_deferred,
         )
-        with self.errors():  # SQLite commits (autocommit) as the statement finishes: inside fetchall
-            rows = self._claim_rows(statement, params)
+        rows = self._claim_rows(statement, params)
         if not rows:
             if lease_s is None:
                 return False, None
@@ -898,8 +901,9 @@ class TaskDB:
         return bool(row[-1]), row_task(row[:-1], self.path)
 
     def _claim_rows(self, statement: str, params: Sequence[Any]) -> list[Any]:
-        """The claim statement's rows (PgTaskDB reads them in binary)."""
-        return self.execute(statement, params).fetchall()
+        """The claim statement's rows (PgTaskDB reads them in binary, and translates its own errors)."""
+        with self.errors():  # SQLite commits (autocommit) as the statement finishes: inside fetchall
+            return self.execute(statement, params).fetchall()
 
     def recount_open_children(self) -> None:
         """Set every task's open_children from its children (after rows were inserted children first)."""
