@@ -971,6 +971,34 @@ def test_an_empty_prompt_is_refused_before_any_request(
     assert server.requests("primary") == 0
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            r"messages\[0\] \(user\): content must be text",
+        ),
+        ([{"role": "user", "content": "hi"}, {"content": "x"}], r"messages\[1\]: no role"),
+    ],
+    ids=["content-parts", "no-role"],
+)
+def test_messages_the_chain_cannot_send_as_text_are_named_before_any_request(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, given: list[dict[str, Any]], said: str
+) -> None:
+    """Content given as parts (an openai user's image message) failed deep inside the chain with a TypeError; it
+    is named, by its index, before any request."""
+    with pytest.raises(ValueError, match=said):
+        complete(messages=given, config=chain("primary"), clock=clock)
+    assert server.requests("primary") == 0
+
+
+def test_an_openai_users_messages_with_a_name_are_sent_as_given(
+    chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer
+) -> None:
+    given = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi", "name": "ops"}]
+    assert complete(messages=given, config=chain("primary"), clock=clock).content == "ok from primary"
+
+
 def test_a_cancelled_call_gives_its_breaker_permit_back(
     chain: Callable[..., Config], clock: FakeClock, server: FakeModelServer, home: Path
 ) -> None:

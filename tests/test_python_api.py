@@ -177,6 +177,10 @@ def test_mypy_strict_keeps_the_types_of_decorated_functions(tmp_path: Path) -> N
             chunks: Stream[ChatCompletionChunk] = selfheal.retry(target="m").call(
                 lambda: client.chat.completions.create(model="m", messages=messages, stream=True)
             )
+
+            # The same messages, as an openai user holds them, given to the chain.
+            def ask_chain() -> selfheal.Completion:
+                return selfheal.complete(messages=messages)
             aclient = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0)
 
 

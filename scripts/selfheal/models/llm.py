@@ -57,6 +57,9 @@ from .prompts import render
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
+# What a caller may give as `messages`: the openai client's own message dicts (ChatCompletionMessageParam) type-check
+# as these; build_messages takes the roles and text content the chain sends and refuses the rest by name.
+MessageIn = Mapping[str, Any]
 T = TypeVar("T")
 
 _NO_KEY = "not-needed"  # the openai client insists on a key; local servers ignore it
@@ -259,7 +262,7 @@ def _schema_hint(schema: dict[str, Any] | None) -> str:
 
 def build_messages(
     prompt: str | None,
-    messages: Sequence[Message] | None,
+    messages: Sequence[MessageIn] | None,
     system: str | None,
     json_output: bool,
     schema: dict[str, Any] | None,
@@ -278,8 +281,22 @@ def build_messages(
     if prompt is not None:
         out.append({"role": "user", "content": prompt})
     else:
-        out += [dict(m) for m in messages or ()]
+        out += [_message(i, m) for i, m in enumerate(messages or ())]
     return tuple(out)
+
+
+def _message(index: int, given: MessageIn) -> Message:
+    """One of the caller's messages as the chain sends it, or ValueError naming it: the chain asks text models,
+    checks and simplifies text prompts, and reads text answers, so its content must be text (parts such as
+    images would fail deep inside, or be sent as something else than what was meant)."""
+    role, content = given.get("role"), given.get("content")
+    if not isinstance(role, str) or not role:
+        raise ValueError(f"messages[{index}]: no role (system, user or assistant)")
+    if not isinstance(content, str):
+        raise ValueError(
+            f"messages[{index}] ({role}): content must be text, got {type(content).__name__}: the chain sends text only"
+        )
+    return {str(key): value for key, value in given.items()}
 
 
 # -- the chain ------------------------------------------------------------------------------------------------
@@ -1355,7 +1372,7 @@ def check_chain(config: Config, env: Mapping[str, str] | None = None) -> None:
 async def acomplete(
     prompt: str | None = None,
     *,
-    messages: Sequence[Message] | None = None,
+    messages: Sequence[MessageIn] | None = None,
     system: str | None = None,
     json_output: bool = False,
     schema: dict[str, Any] | None = None,
@@ -1582,7 +1599,7 @@ StreamEvent = StreamText | StreamRestart | StreamDone
 async def astream(
     prompt: str | None = None,
     *,
-    messages: Sequence[Message] | None = None,
+    messages: Sequence[MessageIn] | None = None,
     system: str | None = None,
     json_output: bool = False,
     schema: dict[str, Any] | None = None,
@@ -1820,7 +1837,7 @@ _private = _PrivateLoop()
 def complete(
     prompt: str | None = None,
     *,
-    messages: Sequence[Message] | None = None,
+    messages: Sequence[MessageIn] | None = None,
     system: str | None = None,
     json_output: bool = False,
     schema: dict[str, Any] | None = None,
