@@ -14,7 +14,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
@@ -522,30 +522,95 @@ def test_the_fleets_ledger_read_in_pages_gives_the_report_the_hosts_files_give(
     }
 
 
-def test_a_fleet_database_lost_between_pages_counts_only_the_hosts_own_files(
-    fleet_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The server ends the session after the first page of the fleet's ledger was read: the report says the
-    database was unreachable and counts this host's files alone, none of the pages already read beside them."""
+@pytest.fixture
+def restartable(postgres: Cluster | External, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cluster, str]]:
+    """A server the test may stop and start, and a fresh database on it (fleet mode on): the session's own
+    cluster, or one of the test's own where SELFHEAL_TEST_DATABASE_URL names a server someone else runs.
+    Left stopped by the test, it is started again."""
+    cluster = postgres if isinstance(postgres, Cluster) else Cluster()
+    try:
+        url = cluster.new_database()
+        monkeypatch.setenv("SELFHEAL_DATABASE_URL", url)
+        yield cluster, url
+    finally:
+        if cluster is not postgres:
+            cluster.destroy()
+        elif not (cluster.data / "postmaster.pid").exists():
+            cluster.start()
+
+
+def three_failures_each(fleet_url: str, tmp_path: Path) -> tuple[Ledger, Ledger]:
+    """Two hosts' ledgers in the fleet, three failed events each."""
     config = load_config()
     one = ledger_of(config, "box-1", tmp_path, url=fleet_url)
     other = ledger_of(config, "box-2", tmp_path, url=fleet_url)
     for _ in range(3):
         one.record("failed", task="job", error_class="transient")
         other.record("failed", task="job", error_class="transient")
+    return one, other
+
+
+def between_pages(monkeypatch: pytest.MonkeyPatch, then: Callable[[pg.Database], None]) -> None:
+    """Read the fleet's ledger in pages of 2 events, calling `then` once the first page is in hand."""
     monkeypatch.setattr(pg, "FETCH_ROWS", 2)
     real = pg.fetch_events
 
-    def then_lost(db: pg.Database, **bounds: Any) -> Any:
+    def paused(db: pg.Database, **bounds: Any) -> Any:
         for n, event in enumerate(real(db, **bounds), 1):
-            if n == 2:  # the first page is in hand: the server ends this host's session
-                with db.connection() as conn:
-                    pid = conn.info.backend_pid
-                with psycopg.connect(fleet_url, autocommit=True) as admin:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            if n == 2:
+                then(db)
             yield event
 
-    monkeypatch.setattr(pg, "fetch_events", then_lost)
+    monkeypatch.setattr(pg, "fetch_events", paused)
+
+
+def test_a_fleet_connection_lost_between_pages_is_read_again_and_counts_each_event_once(
+    fleet_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends the session after the first page of the fleet's ledger was read: the next page is read
+    again on a new connection, and the report counts the fleet's six events, none twice and none of this
+    host's files beside them (it used to fall back to this host's three)."""
+    one, _ = three_failures_each(fleet_url, tmp_path)
+
+    def terminated(db: pg.Database) -> None:
+        with db.connection() as conn:
+            pid = conn.info.backend_pid
+        with psycopg.connect(fleet_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    between_pages(monkeypatch, terminated)
+    report = analyzed(one.config, one.state, tmp_path, since=int(time.time() - 3600))
+    assert [(i["path"], i.get("error")) for i in report["inputs"]] == [("fleet ledger (PostgreSQL)", None)]
+    assert report["events"]["failed"] == 6 == report["lines"]["total"]
+
+
+def test_a_fleet_database_restarted_between_pages_is_read_whole(
+    restartable: tuple[Cluster, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL stops and starts again (an operator's restart) between two pages of the fleet's ledger:
+    the read goes on from the page it was at, and the report is the fleet's, each event once."""
+    cluster, url = restartable
+    one, _ = three_failures_each(url, tmp_path)
+
+    def restarted(db: pg.Database) -> None:
+        cluster.stop()
+        cluster.start()
+
+    between_pages(monkeypatch, restarted)
+    report = analyzed(one.config, one.state, tmp_path, since=int(time.time() - 3600))
+    assert [(i["path"], i.get("error")) for i in report["inputs"]] == [("fleet ledger (PostgreSQL)", None)]
+    assert report["events"]["failed"] == 6 == report["lines"]["total"]
+
+
+def test_a_fleet_database_that_stays_down_after_a_page_counts_only_the_hosts_own_files(
+    restartable: tuple[Cluster, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL stops after the first page of the fleet's ledger was read and is still down when the page is
+    tried again: the report says the database was unreachable and counts this host's files alone, none of the
+    page already read beside them."""
+    cluster, url = restartable
+    one, _ = three_failures_each(url, tmp_path)
+    between_pages(monkeypatch, lambda db: cluster.stop())
     report = analyzed(one.config, one.state, tmp_path, since=int(time.time() - 3600))
     fleet = report["inputs"][0]
     assert fleet["path"] == "fleet ledger (PostgreSQL)" and fleet["lines"] == 0

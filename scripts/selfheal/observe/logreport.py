@@ -159,8 +159,8 @@ def read_fleet_ledger(scan: Scan, config: Config, window: Window, host: str | No
     input's error saying why, if the database cannot be read (then this host's files are read instead).
 
     The events stream in, a page at a time (state.pg.fetch_events), into figures of their own that join the
-    scan's only once the read is whole: a database lost halfway leaves no half of the fleet's events counted
-    beside this host's files."""
+    scan's only once the read is whole: a database lost halfway (past the one retry of a page fetch_events
+    makes) leaves no half of the fleet's events counted beside this host's files."""
     info = InputInfo("fleet ledger (PostgreSQL)" + (f", host {host}" if host else ""), "ledger")
     db = fleet_database(config.store)
     if db is not None:

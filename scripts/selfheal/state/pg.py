@@ -292,6 +292,11 @@ class Database:
                 age,
             )
 
+    def holds_connection(self) -> bool:
+        """Whether this process has a connection open from before (the next use need not connect): one lost
+        since (a restart, a killed session) is found only when it is used."""
+        return self._conn is not None and not self._conn.closed and self._pid == os.getpid()
+
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """The open connection (autocommit), for this thread alone while the block runs."""
@@ -910,7 +915,13 @@ def fetch_events(
     event_id: the order, and unique): a week of a busy fleet is never held whole, each page is one bounded use
     of the connection, and the caller's pace between pages holds neither the connection nor a transaction.
     Each page sees the ledger as it is then: an event written during the read is in it if it sorts after
-    the page being read, as it would be in a read started a moment later."""
+    the page being read, as it would be in a read started a moment later.
+
+    A page whose connection was lost since the page before (a database restart, a killed session) is read once
+    more on a new connection: it starts after the last row taken, so nothing is yielded twice. The read ends,
+    raising, on a second outage for the page, on an outage while connecting for it (the database is away just
+    now: trying again at once would only wait again), and on a statement the database refused (DatabaseRefused:
+    not an outage)."""
     filters = [
         (since is not None, "ts >= to_timestamp(%(since)s::float8)"),
         (until is not None, "ts < to_timestamp(%(until)s::float8)"),
@@ -926,8 +937,18 @@ def fetch_events(
     params: dict[str, Any] = {"since": since, "until": until, "host": host, "task": task, "rows": page}
     statement = first
     while True:
-        with db.connection() as conn, conn.cursor() as cur:
-            rows = cur.execute(statement, params).fetchall()
+        for retry in (False, True):
+            # A connection open before this page may have been lost while the caller held the last one; a page
+            # that had to connect found the database away just now.
+            held = db.holds_connection()
+            try:
+                with db.connection() as conn, conn.cursor() as cur:
+                    rows = cur.execute(statement, params).fetchall()
+                break
+            except DatabaseUnavailable as exc:
+                if retry or not held:
+                    raise
+                logger.info("fleet ledger read: connection lost between pages, reading the page again (%s)", exc)
         for _, _, data in rows:
             yield dict(data)
         if len(rows) < page:
