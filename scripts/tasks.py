@@ -811,8 +811,10 @@ def _op_run_next(store: TaskStore, args: argparse.Namespace, parser: argparse.Ar
     _report_status(result.task, result.outcome)
     _warn_problems(store)
     if args.max is not None:
-        ran = [r for r in results if r.outcome != "nothing"]
-        code = next((r.exit_status for r in ran if r.exit_status), EXIT_OK)
+        # A pass that found nothing, or that a signal stopped before its claim, ran no task; the signal's exit (3,
+        # as during a run) still counts when no run failed before it.
+        ran = [r for r in results if r.task is not None]
+        code = next((r.exit_status for r in results if r.exit_status), EXIT_OK)
         if args.json:
             cli.emit_json({"ok": code == EXIT_OK, "ran": len(ran), "runs": [r.to_json() for r in results]})
             _say_changed_by_person(results)

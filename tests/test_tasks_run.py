@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import textwrap
 import time
@@ -506,6 +507,51 @@ def test_a_runner_killed_with_sigkill_is_found_dead_and_its_orphaned_command_is_
     rec = record(home, "orphaned")
     assert rec["retry_count"] == 1 and "died without recording an outcome" in rec["last_error"]
     assert as_json(tasks(home, "actionable", "--json"))["tasks"] == ["orphaned"]  # retried on the next pass
+
+
+def handles_sigterm(pid: int) -> bool:
+    """Whether the process catches SIGTERM now (SigCgt in /proc/PID/status): run-next's stop flag is installed."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize(
+    "how", [("run-next",), ("run-next", "--max", "2"), ("run-next", "--task", "one")], ids=["one", "max", "task"]
+)
+def test_a_signal_to_run_next_before_its_claim_claims_nothing(home: Path, tmp_path: Path, how: tuple[str, ...]) -> None:
+    """SIGTERM to run-next after it set up its stop flag and before it claimed a task (a `--max` loop between two
+    runs): it claims nothing and exits 3, as a signal during a run does, naming the signal. It used to claim the
+    next task and interrupt it at once: a needless interrupted run in the task's history, counted toward its
+    "interrupted 3 runs in a row"."""
+    journal = tmp_path / "journal"
+    for name in ("one", "two"):
+        assert tasks(home, "add", name, "--shell", f"echo {name} >> {journal}").returncode == 0
+    # The tree's write lock, held: run-next waits for it before it claims (the first pass in a home also looks for
+    # finished trees to archive, in a write transaction), so the signal lands before the claim whatever the pace.
+    holder = sqlite3.connect(home / "tasks.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        runner = start(home, *how, "--json")
+        wait_until(lambda: handles_sigterm(runner.pid), what="run-next to handle SIGTERM")
+        runner.send_signal(signal.SIGTERM)
+    finally:
+        holder.close()
+    out, err = runner.communicate(timeout=30)
+    result = json.loads(out)
+    stopped = result["runs"][-1] if "runs" in result else result
+    assert (runner.returncode, result["ok"], stopped["task"], stopped["outcome"]) == (3, False, None, "interrupted"), (
+        out + err
+    )
+    assert "SIGTERM" in stopped["message"] and "nothing was claimed" in stopped["message"]
+    if "runs" in result:
+        assert (result["ran"], len(result["runs"])) == (0, 1)
+    assert not journal.exists()
+    for name in ("one", "two"):
+        task = record(home, name)
+        assert (task["exec_state"], task["execution_count"]) == ("NEW", 0), task
+        assert not any("interrupted" in (entry.get("reason") or "") for entry in task["history"]), task
 
 
 def test_a_task_whose_runs_are_interrupted_again_and_again_counts_as_failing(home: Path, tmp_path: Path) -> None:

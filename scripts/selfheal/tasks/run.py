@@ -66,6 +66,7 @@ from ..errors import (
     EXIT_NOT_ATTEMPTED,
     EXIT_OK,
     FleetUnavailable,
+    Interrupted,
     LockBusy,
     NotAttempted,
     SelfHealError,
@@ -923,9 +924,24 @@ class TaskRunner:
         self.not_attempted: set[str] = set()  # tasks this process could not run: it does not claim them again
 
     def run_next(self, *, types: Iterable[str] | None = None, only: str | None = None) -> TaskRun:
-        """Claim the next actionable task (or `only` that one) and run it to an outcome."""
+        """Claim the next actionable task (or `only` that one) and run it to an outcome.
+
+        Once the stop flag is set (a signal to run-next, before this claim or between two runs of a `--max`
+        loop), nothing is claimed: the outcome is `interrupted` with no task (exit 3, as a signal during a run
+        gives). A run claimed then would only be interrupted at once, one more interrupted run in the task's
+        history, counted toward its "interrupted N runs in a row"."""
         runner = runner_identity(self.store.host)
         keep_days = self.config.tasks.archive_after_days
+
+        def stopped() -> TaskRun | None:
+            signum = self.stop.signum if self.stop is not None else None
+            if signum is None:
+                return None
+            what = "a task" if only is None else f"task {only!r}"
+            return TaskRun(
+                None, "interrupted", f"run-next {Interrupted(signum)} before claiming {what}; nothing was claimed"
+            )
+
         if only is not None:
             with self.store.transaction() as tree:
                 task = tree.get(only)
@@ -936,6 +952,9 @@ class TaskRunner:
                     if tree.waiting_on(task.name):
                         raise NotAttempted(problem)  # it says which child to run first, or to try later
                     raise TaskError(problem)
+                halted = stopped()  # under the tree's write lock, right before the claim
+                if halted is not None:
+                    return halted
                 now = self.clock.time()
                 # started_ts and the lease's heartbeat: the database's clock in fleet mode (TaskTree.transition)
                 tree.transition(task.name, PROCESSING, "claimed by run-next", by=f"run-next pid {runner['pid']}")
@@ -947,6 +966,11 @@ class TaskRunner:
             if keep_days > 0:
                 self.store.archive_if_due(older_than_s=keep_days * 86400)
             tag = new_run_id(None, self.clock.time())  # the run is <name>-<stamp>-<pid>
+            # Right before the claim, past anything that waits (the archive's write lock): a signal that came
+            # during the claim statement itself still stops the run it claims, at once.
+            halted = stopped()
+            if halted is not None:
+                return halted
             claim = self.store.claim(types, runner, tag, avoid=self.not_attempted)
             for old, had in self.store.taken_back:
                 self.ledger.record(
