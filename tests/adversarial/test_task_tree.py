@@ -152,13 +152,14 @@ def test_control_sequences_in_a_tasks_text_or_output_never_reach_the_terminal(ho
     assert "\u241b]0;pwned\u2407" in tasks(home, "show", "esc").stdout
 
 
-@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "folder"])
 def test_a_link_or_fifo_planted_at_a_tasks_log_parks_that_task_and_the_queue_runs_on(
     home: Path, tmp_path: Path, plant: str
 ) -> None:
     """Nothing is written through a planted link or into a FIFO at `tasks/NAME.log` (exit 2, naming it), and
     that task waits for a person (REQUIRES_MANUAL) instead of being claimed and refused by every pass while
-    every task behind it waits forever."""
+    every task behind it waits forever. A folder there was that crash loop: exit 3 at every pass, the task back
+    to NORMAL_CRASH with no retry counted, the task behind it never run."""
     victim = tmp_path / "victim"
     victim.write_text("keep me\n")
     assert tasks(home, "add", "first", "--priority", "P0", "--", "echo", "first").returncode == 0
@@ -167,8 +168,10 @@ def test_a_link_or_fifo_planted_at_a_tasks_log_parks_that_task_and_the_queue_run
     log.parent.mkdir(exist_ok=True)
     if plant == "symlink":
         log.symlink_to(victim)
-    else:
+    elif plant == "fifo":
         os.mkfifo(log)
+    else:
+        log.mkdir()
     refused = tasks(home, "run-next", "--json")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert str(log) in json.loads(refused.stdout)["message"]

@@ -452,6 +452,8 @@ def open_file(path: Path, flags: int, mode: int = FILE_MODE, *, doing: str = "wr
             raise
         if exc.errno in (errno.ELOOP, errno.EMLINK):
             raise UnsafeStateError(path, _link_problem_at(folder, name) or "is a symbolic link") from None
+        if exc.errno == errno.EISDIR:  # opened to write: refused by the open itself, before open_regular's check
+            raise UnsafeStateError(path, "is a folder, not a plain file") from None
         raise StateWriteError(path, exc, doing) from exc
     fd, info = opened
     if flags & (os.O_WRONLY | os.O_RDWR):
