@@ -35,6 +35,9 @@ def standard_streams() -> None:
             if opened != fd:
                 os.dup2(opened, fd)
                 os.close(opened)
+            # Handed on, as a standard descriptor is: os.open's are close-on-exec, and a command the script
+            # runs with this one inherited would start with it closed again.
+            os.set_inheritable(fd, True)
     for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
         if getattr(sys, name) is None:
             stream = open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115

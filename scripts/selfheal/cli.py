@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -23,9 +24,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from .errors import EXIT_USAGE, SelfHealError
+from .errors import EXIT_FAILED, EXIT_USAGE, SelfHealError
 from .state.inert import inert_json
-from .state.redact import OUTPUT_LOCK, LineRedactor, reader_may_stall
+from .state.redact import OUTPUT_LOCK, LineRedactor, nonblocking_twin, reader_may_stall
 from .state.redact import active as active_redactor
 
 TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
@@ -53,6 +54,7 @@ PROG_PREFIX = "self-heal"
 STALL_S = 2.0
 _PIPE_BUF = select.PIPE_BUF  # bytes: one write this size to a pipe that polls writable never waits
 _POLL_SLICE_MS = 200  # the longest one wait for a reader goes without Python looking for a signal
+_JAMMED_MS = 20  # the pause before trying again a terminal that polled writable but took nothing
 _stop: Stopping | None = None  # set by hurry_on: once it is set, our lines wait for no reader
 _interrupted = False  # Ctrl-C ended main(): its last words wait for no reader either
 
@@ -167,8 +169,13 @@ class RedactedBinary:
     reading costs a wait of at most `stall_s` and never a write that blocks: a blocked write would not act on
     a signal (Python retries it), and bytes left in `raw`'s BufferedWriter would block Python's flush of it
     at exit. O_NONBLOCK is no option: the file description is shared with the shell and its other processes.
+    A terminal is written through a description of its own that is non-blocking (`nonblocking_twin`): one
+    that polls writable may have a single byte of room.
     Nothing is kept between writes (what is not taken is dropped, counted in `dropped`), so the order of what
     arrives holds also against the command output that core.process writes to the same descriptor.
+
+    A write to a file or device that fails (ENOSPC on a full disk, EFBIG, EIO) is no reader going away: the
+    output is incomplete, and `failed` keeps why, for run_main to say.
 
     `stall_s` None (stdout: the script's result, not a diagnostic): no bound while SIGTERM simply ends the
     script and Ctrl-C interrupts the wait (`analyze_logs.py | less`, a person on the first page for a
@@ -179,6 +186,7 @@ class RedactedBinary:
         self.broken = False
         self.stall_s = stall_s
         self.dropped = 0  # bytes of our lines a reader that stopped reading never got
+        self.failed: OSError | None = None  # why a write to a file or device failed: the output is incomplete
         self._lines = LineRedactor()
         try:
             fd = raw.fileno()
@@ -186,8 +194,11 @@ class RedactedBinary:
             fd = -1
         self._fd = fd if fd >= 0 and reader_may_stall(fd) else None
         self._ready = select.poll()  # whether the reader has room now (built once: it is asked for every line)
+        self._out = self._fd  # where the pieces are written: the descriptor, or a terminal's non-blocking twin
         if self._fd is not None:
             self._ready.register(self._fd, select.POLLOUT)
+            twin = nonblocking_twin(self._fd)
+            self._out = self._fd if twin is None else twin
         self._stalled = False  # the reader took nothing for stall_s: not waited for until it takes again
         self._unsaid = 0  # bytes dropped that no note has told the reader about yet
         self._midline = False  # what the reader last got ends inside a line
@@ -204,14 +215,21 @@ class RedactedBinary:
         if not self.broken and self._fd is None:  # to a pipe, socket or terminal each line went out at once
             try:
                 self.raw.flush()
-            except (BrokenPipeError, ValueError):
-                self._gone()
+            except (OSError, ValueError) as exc:
+                self._lost(exc)
 
     def finish(self) -> None:
         rest = self._lines.finish()
         if rest:
             self._emit(rest)
         self.flush()
+
+    def release(self) -> None:
+        """Close the terminal's non-blocking twin, if one was opened (the stream is no longer written)."""
+        if self._out is not None and self._out != self._fd:
+            with contextlib.suppress(OSError):
+                os.close(self._out)
+        self._out = self._fd
 
     def _emit(self, text: str) -> None:
         if self.broken:
@@ -222,8 +240,8 @@ class RedactedBinary:
                 self.raw.write(data)
             else:
                 self._deliver(self._fd, data)
-        except (OSError, ValueError):  # EPIPE: the reader went away; EBADF, ValueError: closed under us
-            self._gone()
+        except (OSError, ValueError) as exc:
+            self._lost(exc)
 
     def _deliver(self, fd: int, data: bytes) -> None:
         """Write `data` to the reader as it takes it; what it does not take in time is dropped, and the next
@@ -252,15 +270,22 @@ class RedactedBinary:
         stalled), or the script is stopping (hurry_on) and the reader does not take it at once."""
         stop = _stop
         waiter: select.poll | None = None  # the reader's room, or the stop signal: whichever comes first
+        pause = select.poll()  # the stop signal alone: the wait when the room polled is too little after all
         since: float | None = None  # when the reader was first found without room since it last took some
+        out = fd if self._out is None else self._out
         sent = 0
         while sent < len(data):
+            jammed = False  # polled writable, yet nothing fit (a terminal with one byte of room for a CR LF)
             with OUTPUT_LOCK:  # core.process._Sink polls and writes the same descriptor: never between the two
                 if self._ready.poll(0):  # also POLLERR, POLLHUP: then the write says why (EPIPE)
-                    sent += os.write(fd, data[sent : sent + _PIPE_BUF])
-                    since = None
-                    self._stalled = False
-                    continue
+                    try:
+                        sent += os.write(out, data[sent : sent + _PIPE_BUF])
+                    except BlockingIOError:
+                        jammed = True
+                    else:
+                        since = None
+                        self._stalled = False
+                        continue
             if self._stalled or _interrupted or (stop is not None and stop.signum is not None):
                 break
             now = time.monotonic()
@@ -277,14 +302,26 @@ class RedactedBinary:
                 waiter.register(fd, select.POLLOUT)
                 if stop is not None:
                     waiter.register(stop.fileno, select.POLLIN)
+                    pause.register(stop.fileno, select.POLLIN)
             # In slices: a signal that comes after Python last looked for one and before poll() starts does not
             # interrupt it (its handler, Ctrl-C's KeyboardInterrupt, runs only when Python looks again), so an
             # unbounded poll() could outlast the Ctrl-C meant to end it.
             slice_ms = _POLL_SLICE_MS if left is None else min(_POLL_SLICE_MS, max(1, math.ceil(left * 1000)))
-            for ready_fd, events in waiter.poll(slice_ms):
+            # Jammed, the descriptor polls writable at once: a short pause instead, or the wait would spin.
+            poller, slice_ms = (pause, min(slice_ms, _JAMMED_MS)) if jammed else (waiter, slice_ms)
+            for ready_fd, events in poller.poll(slice_ms):
                 if ready_fd != fd and events & select.POLLNVAL:  # the stop flag was closed: nothing to wait on
                     waiter.unregister(ready_fd)
+                    pause.unregister(ready_fd)
         return sent
+
+    def _lost(self, exc: OSError | ValueError) -> None:
+        """A write failed. To a pipe, socket or terminal: the reader went away (EPIPE, a hang-up), and the rest
+        goes nowhere, quietly. To a file or device: the output is incomplete (ENOSPC, EFBIG, EIO), which is kept
+        in `failed`; the rest goes nowhere either. EBADF or ValueError: the stream was closed under us."""
+        if self._fd is None and isinstance(exc, OSError) and exc.errno != errno.EBADF and self.failed is None:
+            self.failed = exc
+        self._gone()
 
     def _gone(self) -> None:
         """The reader went away: the rest of the output goes nowhere, silently (also at interpreter exit)."""
@@ -339,6 +376,7 @@ def redacted_streams() -> Iterator[None]:
     finally:
         for redacted in wrapped:
             redacted.buffer.finish()
+            redacted.buffer.release()
         sys.stdout, sys.stderr = saved
 
 
@@ -348,27 +386,49 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     json_mode = wants_json(sys.argv[1:] if argv is None else argv)
     # The settings' redactor is installed when a script loads them (get_config); until then, the default.
     with redacted_streams():
-        try:
-            return main(argv)
-        except SelfHealError as exc:
-            if json_mode:
-                emit_json({"ok": False, "error": type(exc).__name__, "message": str(exc), "exit": exc.exit_code})
-            say(str(exc))
-            return exc.exit_code
-        except KeyboardInterrupt:
-            global _interrupted  # noqa: PLW0603
-            _interrupted = True
-            say("interrupted")
-            return 130
-        except BrokenPipeError:
-            return 0  # written straight to a closed pipe: there is no one left to tell
-        except Exception:
-            import traceback  # noqa: PLC0415 - 2 ms at every start; only a crash needs it
+        return _delivered(_outcome(main, argv, json_mode))
 
-            sys.stderr.write(traceback.format_exc())  # a bug: shown (redacted) for the report
-            if json_mode:
-                emit_json({"ok": False, "error": "InternalError", "message": "a bug in self-heal", "exit": 3})
-            say("internal error (a bug in self-heal, not in what it ran): the traceback above is for the report")
-            # 3, failed: not 1, which says the script ran and found problems (an alert, a degraded health)
-            # and a cron wrapper or agent would act on as one.
-            return 3
+
+def _delivered(code: int) -> int:
+    """`code`, once the script's stdout is written out; if that failed (a file on a full disk), one line saying
+    so on stderr and 3 (failed), unless `code` says already that the run was not a success."""
+    out = sys.stdout
+    if not isinstance(out, RedactedText):
+        return code
+    out.buffer.finish()
+    failed = out.buffer.failed
+    if failed is None:
+        return code
+    say(
+        f"standard output could not be written ({failed.strerror or failed}): what this run printed there is "
+        "incomplete; free space where it goes, or send it elsewhere"
+    )
+    return code or EXIT_FAILED
+
+
+def _outcome(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None, json_mode: bool) -> int:
+    """main()'s exit code, or the one its error or interruption calls for (said on stderr)."""
+    try:
+        return main(argv)
+    except SelfHealError as exc:
+        if json_mode:
+            emit_json({"ok": False, "error": type(exc).__name__, "message": str(exc), "exit": exc.exit_code})
+        say(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        global _interrupted  # noqa: PLW0603
+        _interrupted = True
+        say("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0  # written straight to a closed pipe: there is no one left to tell
+    except Exception:
+        import traceback  # noqa: PLC0415 - 2 ms at every start; only a crash needs it
+
+        sys.stderr.write(traceback.format_exc())  # a bug: shown (redacted) for the report
+        if json_mode:
+            emit_json({"ok": False, "error": "InternalError", "message": "a bug in self-heal", "exit": 3})
+        say("internal error (a bug in self-heal, not in what it ran): the traceback above is for the report")
+        # 3, failed: not 1, which says the script ran and found problems (an alert, a degraded health)
+        # and a cron wrapper or agent would act on as one.
+        return 3

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..state.redact import OUTPUT_LOCK, LineRedactor, reader_may_stall
+from ..state.redact import OUTPUT_LOCK, LineRedactor, nonblocking_twin, reader_may_stall
 from ..state.runs import live_process, start_ticks
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ _PR_GET_CHILD_SUBREAPER = 37
 _CMD_CHARS = 200  # a left-behind process's command line is cut to this in reports
 _PIPE_BUF = select.PIPE_BUF  # bytes: a write this size to a pipe that polls writable never waits (_Sink)
 _PENDING_MAX = 256 * 1024  # bytes of output held for a slow reader before the command's pipes stop being read
+_JAMMED_S = 0.02  # seconds before a terminal that polled writable but took nothing is tried again (_Sink)
 _WRITE_LOCK = OUTPUT_LOCK  # one poll-then-write at a time in this process (parallel steps, the scripts' diagnostics)
 
 
@@ -412,13 +413,14 @@ class _Sink:
     mailer) may stop reading. A write to it would then block, and the supervising loop with it: no timeout,
     no stop signal acted on (a signal only sets the stop flag, and Python retries the interrupted write). So
     the loop never writes to such a descriptor more than it surely takes: a poll() for writability, then at
-    most PIPE_BUF bytes, which a pipe with room fits whole (a socket or terminal that polls writable has at
-    least that much room). The bytes wait here meanwhile, at most `_PENDING_MAX`: past that the command's
-    pipes are not read, so a slow reader slows the command down and loses nothing (backpressure), and a
-    stalled one leaves it blocked until its timeout or a stop signal. O_NONBLOCK is not an option: the file
-    description is shared with the shell and with every other process it was handed to. A writer thread is
-    not either: one blocked in sys.stdout's BufferedWriter holds its lock, and at exit Python's flush of
-    sys.stdout would hang on it, or abort the interpreter.
+    most PIPE_BUF bytes, which a pipe with room fits whole (a socket that polls writable has at least that much
+    room; a terminal may have one byte, so it is written through a non-blocking description of its own, which
+    takes what fits: `state.redact.nonblocking_twin`). The bytes wait here meanwhile, at most `_PENDING_MAX`:
+    past that the command's pipes are not read, so a slow reader slows the command down and loses nothing
+    (backpressure), and a stalled one leaves it blocked until its timeout or a stop signal. O_NONBLOCK on the
+    inherited descriptor is not an option: the file description is shared with the shell and with every other
+    process it was handed to. A writer thread is not either: one blocked in sys.stdout's BufferedWriter holds
+    its lock, and at exit Python's flush of sys.stdout would hang on it, or abort the interpreter.
 
     Writing to the descriptor bypasses the target object, so the bytes pass the process's line redactor here,
     as the scripts' streams do (cli.redacted_streams). Anything else (a file, /dev/null, a task's log, an
@@ -432,9 +434,15 @@ class _Sink:
         self.dropped = 0  # bytes given up on: over the bound while the command was being stopped, or at the end
         self._lines = LineRedactor() if self.fd is not None else None
         self._poll: select.poll | None = None
+        self._out = self.fd  # where the pieces are written: the descriptor, or a terminal's non-blocking twin
+        # A terminal that polled writable took nothing (one byte of room, a line end needing two): not asked
+        # again before this time (monotonic), or the loop would spin on it.
+        self.jammed_until: float | None = None
         if self.fd is not None:
             self._poll = select.poll()
             self._poll.register(self.fd, select.POLLOUT)
+            twin = nonblocking_twin(self.fd)
+            self._out = self.fd if twin is None else twin
             with contextlib.suppress(OSError, ValueError):
                 # What the target still buffers goes first; after this it is bypassed.
                 target.flush()  # type: ignore[union-attr]
@@ -470,20 +478,37 @@ class _Sink:
             data = data[: max(room, 0)]
         self.pending += data
 
+    @property
+    def writable(self) -> bool:
+        """Whether there is something to write and a reader to write to (the loop waits for its room)."""
+        return bool(self.pending) and self.target is not None and self.jammed_until is None
+
     def push(self) -> None:
         """Write what the reader takes now, without waiting for it."""
-        if self.fd is None or self._poll is None or self.target is None:
+        if self.fd is None or self._out is None or self._poll is None or self.target is None:
             return
+        if self.jammed_until is not None and time.monotonic() < self.jammed_until:
+            return
+        self.jammed_until = None
         try:
             while self.pending:
                 with _WRITE_LOCK:  # another thread's write to the same pipe must not come between poll and write
                     if not self._poll.poll(0):
                         return
-                    written = os.write(self.fd, self.pending[:_PIPE_BUF])
+                    written = os.write(self._out, self.pending[:_PIPE_BUF])
                 del self.pending[:written]
+        except BlockingIOError:  # a terminal's twin: less room than the poll promised
+            self.jammed_until = time.monotonic() + _JAMMED_S
         except OSError:  # the reader went away (EPIPE), or the descriptor was closed under us
             self.pending.clear()
             self.target = None
+
+    def close(self) -> None:
+        """Close the terminal's non-blocking twin, if one was opened (the command's output is all delivered)."""
+        if self._out is not None and self._out != self.fd:
+            with contextlib.suppress(OSError):
+                os.close(self._out)
+        self._out = self.fd
 
     def give_up(self) -> int:
         """Drop what the reader has not taken (it stopped reading); how many bytes were dropped in all."""
@@ -659,11 +684,15 @@ def run_command(
                 reading = fd in open_fds and done_at is None and (hurry or not any(sink.full for sink in sinks[fd]))
                 held = held or (fd in open_fds and done_at is None and not reading)
                 watch(fd, selectors.EVENT_READ if reading else 0)
+            waits = [next_tick - now]
             for fd, sink in outputs.items():
-                watch(fd, selectors.EVENT_WRITE if sink.pending and sink.target is not None else 0)
+                if sink.jammed_until is not None and time.monotonic() >= sink.jammed_until:
+                    sink.push()  # its pause is over: try it again
+                watch(fd, selectors.EVENT_WRITE if sink.writable else 0)
+                if sink.jammed_until is not None:
+                    waits.append(sink.jammed_until - time.monotonic())
             if held and exited_at is not None:
                 drain_from = now
-            waits = [next_tick - now]
             if deadline is not None and kill_at is None and now < deadline:
                 waits.append(deadline - now)
             if kill_at is not None:
@@ -764,6 +793,8 @@ def run_command(
                 killed += tracker.stop(kill_grace_s, clock)
     finally:
         sel.close()
+        for sink in outputs.values():
+            sink.close()
         if exit_fd is not None:
             os.close(exit_fd)
         for stream in (proc.stdout, proc.stderr):

@@ -496,6 +496,22 @@ def reader_may_stall(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
 
+def nonblocking_twin(fd: int) -> int | None:
+    """For a terminal at `fd`: a second open file description of it, non-blocking and close-on-exec, to write
+    to after poll() said the terminal is writable; None for anything else, or where none can be opened.
+
+    A terminal polls writable with a single byte of room, so the PIPE_BUF write a pipe takes whole after the
+    same poll waits on a terminal for the rest, for good if its reader froze (a hung terminal emulator or ssh
+    client): no timeout or stop acted on. Through the twin the write takes what fits and returns. Its own
+    description, reopened through /proc: O_NONBLOCK on the inherited one would be the shell's too."""
+    try:
+        if not os.isatty(fd):
+            return None
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def install(redactor: Redactor | None) -> None:
     """Make `redactor` the one every write of this process goes through; None: a default one, built from
     the environment as it is at the next write (core's `redactor_for` installs the configured one)."""
