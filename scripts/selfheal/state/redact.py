@@ -184,14 +184,34 @@ _HINT = _hint_pattern(t for _, ts in _BUILTIN if _ not in _CASED_HINTS for t in 
 # A trigger whose anchor occurs more often than this is looked for in the whole text, not at each place.
 _FEW_HITS = 4
 
-# An argv item after which the next item is a secret (`--token`, `VALUE`), or a user:password (`-u`).
-_SECRET_FLAG = re.compile(
-    r"(?i)--?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|passwd|secret|client[_-]?secret"
-    r"|private[_-]?key)\Z"
-)
-_USER_FLAG = re.compile(r"(?:-u|--user)\Z")
-_PEM_OPEN = re.compile(rf"{_PEM_BEGIN}(?![\s\S]*{_PEM_END})")
-_PEM_CLOSE = re.compile(_PEM_END)
+# The patterns below compile when first used, not at import, as the shapes do (_compiled): most processes
+# never mask a command's arguments, a PEM key or an overlong line, and the cron health check pays for every
+# pattern compiled at its start.
+
+
+@functools.cache
+def _secret_flag() -> re.Pattern[str]:
+    """An argv item after which the next item is a secret (`--token`, `VALUE`)."""
+    return re.compile(
+        r"(?i)--?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|passwd|secret|client[_-]?secret"
+        r"|private[_-]?key)\Z"
+    )
+
+
+@functools.cache
+def _user_flag() -> re.Pattern[str]:
+    """An argv item after which the next item is a user:password (`-u`)."""
+    return re.compile(r"(?:-u|--user)\Z")
+
+
+@functools.cache
+def _pem_open() -> re.Pattern[str]:
+    return re.compile(rf"{_PEM_BEGIN}(?![\s\S]*{_PEM_END})")
+
+
+@functools.cache
+def _pem_close() -> re.Pattern[str]:
+    return re.compile(_PEM_END)
 
 
 _COMPILED_SHAPES: list[re.Pattern[str] | None] = [None] * len(_BUILTIN)
@@ -320,7 +340,7 @@ class Redactor:
                 out.append(item.split(":", 1)[0] + ":" + MASK)
             else:
                 out.append(self.text(item))
-            after = "secret" if _SECRET_FLAG.match(item) else "user" if _USER_FLAG.match(item) else None
+            after = "secret" if _secret_flag().match(item) else "user" if _user_flag().match(item) else None
         return out
 
     def data(self, raw: bytes) -> bytes:
@@ -333,11 +353,15 @@ class Redactor:
 # A line over max_line is released in pieces, each ending at white space at least this far from the end of
 # what has arrived: the rest waits for more, so a secret near the cut is seen whole with what introduces it.
 _KEEP_CHARS = 4096
-# What, at the end of a piece, introduces a secret that would then start the next piece: not a place to cut.
-_INTRODUCES = re.compile(
-    r"(?i)(?:[:=]|\bbearer|\bbasic|\btoken|--?[\w-]*(?:key|token|password|secret|passwd)|-[pu]"
-    r"|(?:passw(?:or)?d|passphrase)(?:\s+(?:is|was))?)\Z"
-)
+
+
+@functools.cache
+def _introduces() -> re.Pattern[str]:
+    """What, at the end of a piece, introduces a secret that would then start the next piece: not a place to cut."""
+    return re.compile(
+        r"(?i)(?:[:=]|\bbearer|\bbasic|\btoken|--?[\w-]*(?:key|token|password|secret|passwd)|-[pu]"
+        r"|(?:passw(?:or)?d|passphrase)(?:\s+(?:is|was))?)\Z"
+    )
 
 
 def _split_point(buf: str, limit: int) -> int:
@@ -350,7 +374,7 @@ def _split_point(buf: str, limit: int) -> int:
         if space <= 0:
             break
         before = buf[max(0, space - 64) : space].rstrip()
-        if not _INTRODUCES.search(before):
+        if not _introduces().search(before):
             return space + 1
         end = space
     return limit
@@ -408,12 +432,12 @@ class LineRedactor:
         for raw in block.splitlines(keepends=True):
             line = raw
             if self._in_pem:
-                end = _PEM_CLOSE.search(line)
+                end = _pem_close().search(line)
                 if end is None:
                     continue  # a line of the key's body: left out
                 self._in_pem = False
                 line = MASK + line[end.end() :]
-            elif _PEM_OPEN.search(line):
+            elif _pem_open().search(line):
                 self._in_pem = True
                 clean = redactor.text(line)
                 out.append(clean if clean.endswith("\n") or not line.endswith("\n") else clean + "\n")
