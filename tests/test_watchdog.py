@@ -515,3 +515,105 @@ def test_a_log_gone_or_no_file_where_openclaws_log_is_does_not_stop_the_watchdog
             pass
     assert outcomes and outcomes[0].action == "restarted", "the watchdog hung or raised"
     assert len(restarts.calls) == 1
+
+
+# -- the restart command's output: logs/gateway-restart.out, never a pipe -----------------------------------------
+
+
+def restart_output(state: StateRoot) -> Path:
+    return state.root / "logs" / "gateway-restart.out"
+
+
+def wait_for_line(path: Path, wanted: str, within_s: float = 20.0) -> str:
+    """The file's text once it holds the line `wanted` (a handshake with a process that prints), else its text."""
+    deadline = time.monotonic() + within_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if wanted in text.splitlines():
+            break
+        time.sleep(0.05)
+    return text
+
+
+@pytest.mark.slow
+def test_a_gateway_the_restart_command_leaves_in_the_background_lives_on_and_its_lines_reach_the_file(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path, tmp_path: Path
+) -> None:
+    """`nohup openclaw gateway run &` in a script: the gateway inherited the restart command's output, a pipe the
+    check closed when the command exited, and died of SIGPIPE at its next line (Node dies on EPIPE). The output is
+    a file now: the gateway lives on, and what it prints after the restart lands there."""
+    env = env_for(openclaw_dir, down_url())
+    pid_file = tmp_path / "gateway.pid"
+    gateway = tmp_path / "gateway.sh"
+    gateway.write_text(f"echo $$ > '{pid_file}'\ni=0\nwhile :; do i=$((i+1)); echo tick $i; sleep 0.1; done\n")
+    argv = ["sh", "-c", f"nohup sh '{gateway}' & echo gateway started"]
+    cfg = enabled(config, restart_argv=tuple(argv), restart_timeout_s=20.0)
+    try:
+        outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock)
+        assert outcome.action == "restarted", outcome.detail
+        text = wait_for_line(restart_output(state), "tick 20")  # printed two seconds after the restart returned
+    finally:
+        if pid_file.exists():  # the "gateway" this test's command started
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert "gateway started" in text.splitlines()
+    assert "tick 20" in text.splitlines(), text[-300:]
+
+
+def test_the_restart_output_file_holds_only_the_latest_restart(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path, tmp_path: Path
+) -> None:
+    """Each restart empties the file first: it holds that restart's output, not every restart's since install."""
+    env = env_for(openclaw_dir, down_url())
+    count = tmp_path / "count"
+    argv = ["sh", "-c", f"echo x >> '{count}'; echo restart number $(wc -l < '{count}')"]
+    cfg = enabled(config, restart_argv=tuple(argv))
+    assert watch(check(state, env, clock), state, cfg, env=env, clock=clock).action == "restarted"
+    assert restart_output(state).read_text().split() == ["restart", "number", "1"]
+    clock.advance(600)  # past the grace and the backoff
+    assert watch(check(state, env, clock), state, cfg, env=env, clock=clock).action == "restarted"
+    assert restart_output(state).read_text().split() == ["restart", "number", "2"]
+    assert restart_output(state).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_restart_stopped_at_its_timeout_keeps_what_it_printed(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path
+) -> None:
+    """A restart command that hangs is killed after restart_timeout_s; what it printed before is kept for the
+    person (watchdog.json, the fix record), not just "timed out"."""
+    env = env_for(openclaw_dir, down_url())
+    argv = ["sh", "-c", 'w=manager; echo "waiting for the service $w"; exec sleep 30']
+    cfg = enabled(config, restart_argv=tuple(argv), restart_timeout_s=0.5)
+    outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock)
+    assert outcome.action == "restart_failed" and "stopped after 0.5s" in outcome.detail
+    kept = json.loads((state.root / "status" / "watchdog.json").read_text())
+    assert "waiting for the service manager" in kept["last_output"]
+
+
+@pytest.mark.parametrize("gateway", ["live", "down"])
+def test_a_restart_output_file_over_its_cap_is_emptied_at_the_next_check(
+    state: StateRoot, config: Config, clock: FakeClock, openclaw_dir: Path, gateway: str
+) -> None:
+    """A gateway left printing into logs/gateway-restart.out for weeks would fill the disk: a check that reaches the
+    watchdog (live or down) empties a file past 16 MiB; one under it is left as it is."""
+    from selfheal.heal import watchdog
+
+    out = restart_output(state)
+    out.write_bytes(b"tick\n")
+    os.truncate(out, watchdog.RESTART_OUTPUT_CAP + 1)  # sparse: no 16 MiB written
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        env = env_for(openclaw_dir, gw.url if gateway == "live" else down_url())
+        cfg = enabled(config, startup_grace_s=90.0)
+        restarts = Restarts()
+        clock.advance(10)
+        if gateway == "down":  # a restart just now: this check only looks ("starting"), it runs nothing
+            watchdog_json = state.root / "status" / "watchdog.json"
+            watchdog_json.write_text(json.dumps({"restarts": [clock.time() - 5]}))
+        outcome = watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+        assert outcome.action == ("healthy" if gateway == "live" else "starting"), outcome.detail
+        assert restarts.calls == []
+        assert out.stat().st_size == 0
+        out.write_bytes(b"tick\n" * 10)
+        watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=restarts)
+    assert out.read_bytes() == b"tick\n" * 10

@@ -304,3 +304,35 @@ def test_two_health_checks_at_once_run_a_failed_cron_job_again_once(
     assert len(list(marker.iterdir())) == 1, [json.loads(out).get("cron_retry") for out, _ in outputs]
     memory = json.loads((state.root / "status" / "cron_retry.json").read_text())
     assert memory["j1"]["retries"] == 1
+
+
+@pytest.mark.parametrize("target", ["a file", "nothing"])
+def test_a_link_planted_at_the_restart_output_is_never_written_through_and_never_blocks_the_restart(
+    home: Path, state: StateRoot, tmp_path: Path, clock: FakeClock, target: str
+) -> None:
+    """logs/gateway-restart.out takes the restart command's output: a link planted there (to a file of the user's,
+    or to nothing yet) is refused, the restart still runs with its output thrown away, and the outcome says so
+    once. The check that bounds the file's size never truncates through the link either."""
+    from selfheal.heal.watchdog import RESTART_OUTPUT_CAP
+
+    ran = tmp_path / "ran"
+    config = watchdog_config(home, ["sh", "-c", f"echo written through the link; touch '{ran}'"])
+    env = gateway_env(home, tmp_path)
+    out = state.root / "logs" / "gateway-restart.out"
+    elsewhere = tmp_path / "users-file"
+    if target == "a file":
+        elsewhere.write_bytes(b"the user's own\n")
+        os.truncate(elsewhere, RESTART_OUTPUT_CAP + 1)  # past the cap: the size check must not empty it
+    out.symlink_to(elsewhere)
+    clock.advance(600)
+    outcome = watch(run_health_check(state, env=env, clock=clock), state, config, env=env, clock=clock)
+    assert ran.exists(), "the restart command did not run"
+    assert outcome.action == "restarted", outcome.detail
+    assert outcome.detail.count(str(out)) == 1 and "link" in outcome.detail, outcome.detail
+    assert out.is_symlink()
+    if target == "a file":
+        assert elsewhere.stat().st_size == RESTART_OUTPUT_CAP + 1
+        with elsewhere.open("rb") as fh:
+            assert fh.read(15) == b"the user's own\n"
+    else:
+        assert not elsewhere.exists()

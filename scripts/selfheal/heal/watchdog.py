@@ -9,8 +9,9 @@ also given that long. Before restarting, the gateway is probed once more `CONFIR
 gateway live again by then, or one that logged a start or restart meanwhile, is not restarted.
 
 A restart runs `restart_argv` (OpenClaw's supported way: `openclaw gateway restart`, which restarts the
-service-installed gateway), never a signal to a process found by name; it is done when that command exits, even
-where what it started keeps the command's output open (a gateway started in the background). At most
+service-installed gateway), never a signal to a process found by name; it is done when that command exits. Its
+output goes to a file, `logs/gateway-restart.out` (emptied at each restart), never to a pipe: a gateway it starts
+in the background inherits that output and goes on printing there after the command is done. At most
 `max_restarts_per_hour` restarts in any hour, the n-th waiting at least `backoff_s * 2**(n-1)` after the one before.
 Every restart goes to the ledger (`watchdog` events). The restart history (`status/watchdog.json`) is what keeps
 that cap: when it cannot be read (a link or FIFO planted there, a file moved aside as corrupt) nothing is restarted
@@ -33,13 +34,12 @@ import datetime
 import logging
 import os
 import re
-import select
+import stat
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_iso
 from ..core import openclaw_config
@@ -56,6 +56,8 @@ from ..state.root import (
     ensure_dir,
     file_lock,
     json_number,
+    open_append,
+    open_file,
     open_regular,
     read_bytes,
     read_json,
@@ -79,7 +81,11 @@ _RESTART_STOPPED = "leaving Gateway stopped"  # `restart mode: fresh process una
 # that began just now, is not restarted on top.
 CONFIRM_AFTER_S = 2.5
 RESTART_OUTPUT_KEEP = 2000  # characters of the restart command's output kept (watchdog.json, the fix record)
-_RESTART_POLL_S = 0.05  # how often a restart command that prints nothing is looked at: did it exit?
+# Bytes past which logs/gateway-restart.out is emptied when a check next looks: a gateway the restart left running
+# prints there for as long as it runs (weeks, on a quiet host), and the file is for what a restart said, not a log
+# of its own (OpenClaw keeps one). Emptying it under running writers is safe: every writer appends (O_APPEND), so
+# their next line lands at the start, with no hole of zeros before it.
+RESTART_OUTPUT_CAP = 16 * 1024 * 1024
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -256,6 +262,7 @@ def watch(
     """
     settings = config.health.watchdog
     now = clock.time()
+    _bound_restart_output(state)
     gateway = report.check("gateway")
     if gateway is None or gateway.status == OK:
         keep_good_config(state, env, keep=settings.keep_configs, now=now)
@@ -317,24 +324,30 @@ def _act(
         return second
     now = clock.time()
     argv = list(settings.restart_argv)
+    out_fd, not_kept = _open_restart_output(state)
     try:
         done = run(
             argv,
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if out_fd is None else out_fd,
+            stderr=subprocess.STDOUT,
             text=True,
             timeout=settings.restart_timeout_s,
             check=False,
             start_new_session=True,  # what it starts outlives this check
             env=dict(env),
         )
-        code, output = done.returncode, (done.stdout + done.stderr).strip()[-RESTART_OUTPUT_KEEP:]
+        code, output = done.returncode, _printed(out_fd, done.stdout, done.stderr)
         said = f"exit {code}" + (f": {_last_line(output)}" if code != 0 and output else "")
     except OSError as exc:
         code, output = None, str(exc)
         said = f"could not be started: {exc.strerror or exc}"
     except subprocess.TimeoutExpired as exc:
-        code, output = None, str(exc)
+        code, output = None, _printed(out_fd) or str(exc)
         said = f"stopped after {settings.restart_timeout_s:g}s (health.watchdog.restart_timeout_s): it did not finish"
+    finally:
+        if out_fd is not None:
+            os.close(out_fd)
     restarts.append(now)
     write_json(state.status_file(WATCHDOG_FILE), {"restarts": restarts, "last_output": output, "last_exit": code})
     ledger.record(
@@ -345,7 +358,66 @@ def _act(
         attempt=len(restarts),
     )
     action = "restarted" if code == 0 else "restart_failed"
-    return Outcome(action, f"ran {' '.join(argv)} ({said}), restart {len(restarts)} this hour")
+    detail = f"ran {' '.join(argv)} ({said}), restart {len(restarts)} this hour"
+    return Outcome(action, detail + (f"; its output was thrown away: {not_kept}" if not_kept else ""))
+
+
+def restart_output_file(state: StateRoot) -> Path:
+    """logs/gateway-restart.out: the restart command's stdout and stderr, then whatever the processes it left
+    running (a gateway started in the background) print."""
+    return state.sub(layout.LOGS) / layout.RESTART_OUTPUT
+
+
+def _open_restart_output(state: StateRoot) -> tuple[int | None, str | None]:
+    """The restart output file, emptied, for the next restart's output: (its fd, None). When it cannot be used (a
+    link, FIFO or folder planted there, a read-only disk): (None, why), and the restart runs with its output thrown
+    away; a planted file never blocks a restart, and is never written through."""
+    path = restart_output_file(state)
+    try:
+        fd = open_append(path)  # never through a link; O_APPEND: see RESTART_OUTPUT_CAP
+    except (OSError, StateError) as exc:
+        return None, str(exc)
+    try:
+        os.ftruncate(fd, 0)  # this restart's output only, and what it leaves running prints after
+    except OSError as exc:
+        os.close(fd)
+        return None, f"cannot empty {path}: {exc.strerror or exc}"
+    return fd, None
+
+
+def _printed(fd: int | None, *returned: str | None) -> str:
+    """What the restart command printed: the end of the output file (read from its end: a gateway may have filled
+    it), then any text the runner returned (a runner of the `subprocess.run` kind that captured it)."""
+    text = ""
+    if fd is not None:
+        want = RESTART_OUTPUT_KEEP * 4  # characters of up to 4 bytes each
+        with contextlib.suppress(OSError):
+            text = os.pread(fd, want, max(0, os.fstat(fd).st_size - want)).decode("utf-8", errors="replace")
+    text += "".join(part for part in returned if part)
+    return text.strip()[-RESTART_OUTPUT_KEEP:]
+
+
+def _bound_restart_output(state: StateRoot) -> None:
+    """Empty the restart output file when it is past RESTART_OUTPUT_CAP (one lstat when it is not). Only the plain
+    file itself: a link planted there is left alone, never followed (open_file refuses it, and a hard link)."""
+    path = restart_output_file(state)
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode) or info.st_size <= RESTART_OUTPUT_CAP:
+        return
+    try:
+        fd = open_file(path, os.O_WRONLY, doing="empty")
+    except (OSError, StateError) as exc:
+        logger.warning("%s is past %d MiB and was not emptied: %s", path, RESTART_OUTPUT_CAP >> 20, exc)
+        return
+    try:
+        os.ftruncate(fd, 0)
+    except OSError as exc:
+        logger.warning("%s is past %d MiB and was not emptied: %s", path, RESTART_OUTPUT_CAP >> 20, exc)
+    finally:
+        os.close(fd)
 
 
 def _last_line(output: str, limit: int = 200) -> str:
@@ -356,57 +428,37 @@ def _last_line(output: str, limit: int = 200) -> str:
 
 
 def run_restart(
-    argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None, **_: Any
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    stdout: int | None = None,
+    **_: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the restart command until it exits, its output (stdout and stderr together) kept up to
-    RESTART_OUTPUT_KEEP characters; TimeoutExpired (the command killed) after `timeout` seconds.
+    """Run the restart command until it exits, its stdout and stderr both to the fd `stdout` (the watchdog's: the
+    restart output file; /dev/null when None); TimeoutExpired (the command killed) after `timeout` seconds.
 
-    Done when the command exits, not when its output closes (what `subprocess.run` waits for): a command that
-    starts the gateway in the background (`nohup openclaw gateway run &`, a supervisor's start script) leaves
-    its output open in the gateway, and the check waited the whole timeout, then called the restart failed.
-    It runs in a session of its own, so what it starts outlives this check. The other keyword arguments
-    `subprocess.run` takes are accepted, as the watchdog's `run` is either."""
+    Never a pipe: a command that starts the gateway in the background (`nohup openclaw gateway run &`, a
+    supervisor's start script) leaves the gateway holding its output, and a pipe closed once the command exited
+    killed that gateway at its next line (SIGPIPE, or EPIPE, which Node dies of). A file takes its lines for as
+    long as it runs, and nothing waits on them: this is done when the command exits. It runs in a session of its
+    own, so what it starts outlives this check. The other keyword arguments `subprocess.run` takes are accepted,
+    as the watchdog's `run` is either; no output is returned (it is in the file)."""
     proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL if stdout is None else stdout,
         stderr=subprocess.STDOUT,
         start_new_session=True,
         env=None if env is None else dict(env),
     )
-    output = cast(IO[bytes], proc.stdout)  # a pipe: stdout=PIPE
-    fd = output.fileno()
-    os.set_blocking(fd, False)
-    kept = bytearray()
-    deadline = time.monotonic() + timeout
-    closed = False
     try:
-        while True:
-            exited = proc.poll() is not None  # before reading: all it wrote before it exited is read below
-            while not closed:
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    break
-                closed = not chunk
-                kept += chunk
-                del kept[: -RESTART_OUTPUT_KEEP * 4]  # characters of up to 4 bytes each
-            if exited:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                proc.kill()  # the command alone: a gateway it started is in its session, and may be coming up
-                proc.wait()
-                raise subprocess.TimeoutExpired(list(argv), timeout, output=bytes(kept))
-            if closed:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(min(left, _RESTART_POLL_S))
-            else:
-                select.select([fd], [], [], min(left, _RESTART_POLL_S))
-    finally:
-        output.close()
-    text = kept.decode("utf-8", errors="replace")[-RESTART_OUTPUT_KEEP:]
-    return subprocess.CompletedProcess(list(argv), proc.returncode, text, "")
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # the command alone: a gateway it started is in its session, and may be coming up
+        proc.wait()
+        raise subprocess.TimeoutExpired(list(argv), timeout) from None
+    return subprocess.CompletedProcess(list(argv), code, "", "")
 
 
 def _starting(env: Mapping[str, str], now: float, grace_s: float) -> Outcome | None:

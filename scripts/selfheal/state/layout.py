@@ -28,6 +28,7 @@ SUBDIRS = (LEDGER, LOGS, BREAKERS, CHECKPOINTS, TASKS, FIXES, INCIDENTS, SESSION
 
 TASK_DB = "tasks.db"
 LOG_FILE = "selfheal.log"
+RESTART_OUTPUT = "gateway-restart.out"  # logs/: the watchdog's restart command's output, and what it left running
 CONFIG_FILE = "config.yaml"
 FLEET_SPOOL = "ledger-spool.jsonl"
 
