@@ -22,7 +22,7 @@ import pytest
 
 from conftest import PYTHON, SCRIPTS, call_script, run_script, script_env
 from selfheal.core.runs import list_runs
-from selfheal.errors import CorruptStateError, StateWriteError
+from selfheal.errors import CorruptStateError, LockBusy, StateWriteError
 from selfheal.state import root as store
 from selfheal.state.root import (
     JournaledFile,
@@ -167,6 +167,21 @@ def read_only(folder: Path) -> Iterator[None]:
         yield
     finally:
         sh("umount", "-l", str(folder))
+
+
+@contextlib.contextmanager
+def read_only_view(folder: Path, at: Path) -> Iterator[Path]:
+    """`folder` bind-mounted read-only at `at`, `folder` itself still writable: a reader that can only read (a
+    read-only container mount, a backup host's view) while the owner's cron writes the same files; root only."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root")
+    at.mkdir()
+    sh("mount", "--bind", str(folder), str(at))
+    try:
+        sh("mount", "-o", "remount,ro,bind", str(at))
+        yield at
+    finally:
+        sh("umount", "-l", str(at))
 
 
 @pytest.mark.slow
@@ -380,3 +395,77 @@ def test_json_nested_past_the_parsers_depth_is_bad_json_to_every_reader(home: Pa
     messages.write_text(DEEP)
     saved = call_script("snapshot.py", "save", "s1", "--messages-file", str(messages), home=home)
     assert saved.returncode == 2 and "not valid JSON" in saved.stderr, saved.stderr
+
+
+# -- who holds a lock, read from /proc/locks ----------------------------------------------------------------------
+
+
+# Takes the flock of argv[1], starts a child that inherits its descriptor and waits for a signal, says both pids,
+# and exits: the child holds the lock through the description it inherited, as a command a runner started does.
+HAND_ON = (
+    "import fcntl, os, subprocess, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()', 'heir-of-the-lock'],"
+    " pass_fds=[fd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+    "print(os.getpid(), child.pid, flush=True)\n"
+)
+
+
+def test_a_lock_whose_taker_exited_is_said_to_be_held_by_the_process_holding_it_now(tmp_path: Path) -> None:
+    """/proc/locks gives the pid that took an flock, which may have exited while a child it started holds the lock
+    through the same open file description (or its pid gone to a stranger since): LockBusy named that pid, a
+    process that holds nothing. It names the process that holds the lock now."""
+    lock = tmp_path / "task.lock"
+    taker = subprocess.run([PYTHON, "-c", HAND_ON, str(lock)], capture_output=True, text=True, check=True, timeout=60)
+    taker_pid, heir_pid = (int(p) for p in taker.stdout.split())
+    try:
+        with pytest.raises(LockBusy) as busy, store.file_lock(lock, timeout=0, what="task 't'"):
+            pass
+        held = store.lock_is_held(lock)
+    finally:
+        os.kill(heir_pid, 9)  # not this process's child: init reaps it
+
+    assert held is True
+    assert str(busy.value).startswith(f"task 't' is busy (held by pid {heir_pid}: python"), str(busy.value)
+    assert "heir-of-the-lock" in str(busy.value)
+    assert f"pid {taker_pid}" not in str(busy.value)
+
+
+@pytest.mark.slow
+def test_a_lock_on_another_file_system_with_the_same_inode_number_is_not_this_lock(tmp_path: Path) -> None:
+    """/proc/locks was matched by inode number alone, and two file systems number their files alike (two tmpfs
+    mounts: the same numbers in the same order): a stranger's lock on the other one read as this lock held, so
+    `workflow.py status` said running for a run long gone, and LockBusy named the stranger. The device counts
+    too: this lock is free, and nobody is named."""
+    from test_disk import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "theirs", "1m") as theirs, mounted_tmpfs(tmp_path / "ours", "1m") as ours:
+        (theirs / "task.lock").touch()
+        (ours / "task.lock").touch()
+        assert (theirs / "task.lock").stat().st_ino == (ours / "task.lock").stat().st_ino
+        stranger = subprocess.Popen(
+            [
+                PYTHON,
+                "-c",
+                "import fcntl, sys; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True);"
+                " sys.stdin.read()",
+                str(theirs / "task.lock"),
+                "stranger",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert stranger.stdout is not None and stranger.stdout.readline() == "1\n"
+            held = store.lock_is_held(ours / "task.lock")
+            holder = store.lock_holder(ours / "task.lock")
+            with store.file_lock(ours / "task.lock", timeout=0):
+                taken = True
+            theirs_held = store.lock_is_held(theirs / "task.lock")
+        finally:
+            stranger.communicate("")
+
+    assert (held, holder, taken) == (False, None, True)
+    assert theirs_held is True  # the stranger's own lock still reads as held

@@ -516,3 +516,141 @@ def test_a_secret_typed_into_a_tasks_texts_is_masked_before_the_tree_is_written(
     assert key[:12].encode() not in stored  # not even its start
     task = json.loads(tasks(home, "show", "leaky", "--json").stdout)["task"]
     assert "***" in task["analysis"] and "***" in task["last_result"] and "***" in task["history"][-1]["reason"]
+
+
+# -- a read-only view of a tree another process writes -------------------------------------------------------------
+
+
+def a_wide_tree(home: Path, tmp_path: Path, title: str, count: int = 300) -> None:
+    """`count` tasks titled `title ...`, enough of them to fill many pages of tasks.db."""
+    lines = tmp_path / "wide.jsonl"
+    lines.write_text(
+        "".join(json.dumps({"name": f"t{i:03d}", "display_name": f"{title} " + "x" * 200}) + "\n" for i in range(count))
+    )
+    assert tasks(home, "add", "--from", str(lines)).returncode == 0
+    gc.collect()
+
+
+def retitle_every_task(path: Path, title: str) -> None:
+    """Another process changes every task in one commit and closes, as the last connection: SQLite folds the
+    commit into tasks.db and removes tasks.db-wal."""
+    change = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+        " c.execute(\"UPDATE tasks SET display_name = ? || ' ' || substr(display_name, instr(display_name, ' ') + 1)\","
+        " (sys.argv[2],)); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", change, str(path), title], check=True)
+    assert not (path.parent / "tasks.db-wal").exists()
+
+
+@pytest.mark.slow
+def test_a_listing_through_a_read_only_view_is_one_moment_of_the_tree_while_another_process_writes_it(
+    tmp_path: Path,
+) -> None:
+    """With no tasks.db-wal on a folder it cannot write, the reader read tasks.db as unchanging (`immutable`), so
+    a writer through another mount that folded a commit into the file mid-listing tore it: part old titles, part
+    new, in what iter_ordered promises is one moment of the tree (and a page half written could read as a
+    damaged database). The listing is now the tree as it was when the reader opened it, whole."""
+    from test_state_layer import read_only_view
+
+    from selfheal.state.taskdb import READ_WAIT_S, TaskDB
+
+    home = tmp_path / "state"
+    a_wide_tree(home, tmp_path, "old")
+    with read_only_view(home, tmp_path / "view") as view:
+        db = TaskDB(view / "tasks.db", busy_timeout_s=READ_WAIT_S).open_to_read()
+        try:
+            assert db.unwritable is not None and db.unwritable.errno == errno.EROFS
+            listing = db.iter_ordered(batch=1)
+            first = next(listing)
+            retitle_every_task(home / "tasks.db", "new")
+            titles = [first.display_name, *(t.display_name for t in listing)]
+            again = db.get("t299")
+        finally:
+            db.close()
+        after = tasks(view, "list", "--json")
+
+    assert len(titles) == 300 and {(t or "").split()[0] for t in titles} == {"old"}
+    assert again is not None and (again.display_name or "").startswith("old ")
+    # The next reader sees the commit.
+    assert after.returncode == 0, after.stderr
+    assert {t["display_name"].split()[0] for t in json.loads(after.stdout)["tasks"]} == {"new"}
+
+
+@pytest.mark.slow
+def test_a_writer_that_closes_while_a_read_only_view_opens_the_tree_is_no_missing_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader saw a writer's tasks.db-wal, and the writer closed (its -wal and -shm removed) before SQLite
+    opened them: the read failed (exit 3) with "its tasks.db-wal cannot be read without tasks.db-shm", about files
+    no longer there. The reader looks again, and reads the tree the writer left."""
+    from test_state_layer import read_only_view
+
+    from selfheal.state.taskdb import READ_WAIT_S, TaskDB
+
+    home = tmp_path / "state"
+    a_wide_tree(home, tmp_path, "old", count=3)
+    path = home / "tasks.db"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+            " c.execute(\"UPDATE tasks SET display_name = 'new'\"); print('open', flush=True);"
+            " sys.stdin.readline(); c.close()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None and writer.stdin is not None
+    assert writer.stdout.readline() == "open\n"
+    assert (home / "tasks.db-wal").exists() and (home / "tasks.db-shm").exists()
+    connect: Callable[..., sqlite3.Connection] = sqlite3.connect
+
+    def writer_closes_first(database: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        if writer.poll() is None:
+            assert writer.stdin is not None
+            writer.stdin.write("\n")
+            writer.stdin.flush()
+            assert writer.wait(timeout=60) == 0
+        return connect(database, *args, **kwargs)
+
+    with read_only_view(home, tmp_path / "view") as view:
+        monkeypatch.setattr(sqlite3, "connect", writer_closes_first)
+        try:
+            db = TaskDB(view / "tasks.db", busy_timeout_s=READ_WAIT_S).open_to_read()
+            try:
+                titles = {t.display_name for t in db.iter_ordered()}
+            finally:
+                db.close()
+        finally:
+            monkeypatch.setattr(sqlite3, "connect", connect)
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+
+    assert titles == {"new"}
+    assert not (home / "tasks.db-wal").exists()
+
+
+@pytest.mark.slow
+def test_a_task_tree_hard_linked_to_another_file_is_refused_on_a_read_only_folder_too(tmp_path: Path) -> None:
+    """open() refuses a tasks.db with a second name (one may be another user's tree), but on a read-only folder
+    open() fails first with the folder's error, and the read went on through the link: `tasks.py list` showed
+    the other file's tasks. It is refused by name there too (exit 2), nothing listed."""
+    from test_state_layer import read_only_view
+
+    home = tmp_path / "state"
+    a_wide_tree(home, tmp_path, "theirs", count=2)
+    other = tmp_path / "theirs.db"
+    os.replace(home / "tasks.db", other)
+    os.link(other, home / "tasks.db")
+
+    with read_only_view(home, tmp_path / "view") as view:
+        proc = tasks(view, "list", "--json")
+
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{view / 'tasks.db'}: it has 2 hard links" in proc.stderr, proc.stderr
+    assert "theirs" not in proc.stdout

@@ -1249,15 +1249,19 @@ def file_lock(path: Path, *, timeout: float = -1, what: str | None = None) -> It
         os.close(fd)  # releases the lock
 
 
-def _lock_holders(path: Path) -> list[int] | None:
-    """The pids /proc/locks gives for the flock on `path` (empty: nobody holds it), or None when it cannot be
-    told. Read, never by taking the lock: a probe that takes it, however briefly, could turn away a run
-    starting at that moment (LockBusy, "running elsewhere"). The lock is matched by inode alone: the device
-    numbers /proc/locks prints are not always st_dev's (overlayfs), and a false match only reads as held."""
+def _lock_holders(path: Path) -> tuple[list[int], bytes | None] | None:
+    """The pids /proc/locks gives for the flock on `path` (empty: nobody holds it), and the lock's key there
+    (`fe:00:12345`, device and inode; None where the device cannot be told); None when it cannot be told. Read,
+    never by taking the lock: a probe that takes it, however briefly, could turn away a run starting at that
+    moment (LockBusy, "running elsewhere"). The device is the one /proc/locks prints, its file system's (from
+    the mount the file is reached through, /proc/self/mountinfo), not stat's st_dev, which differs on overlayfs
+    and btrfs; inode numbers alone repeat across file systems (two tmpfs mounts number their files alike), and
+    a stranger's lock there read as this one held. Where the device cannot be told, the inode alone is matched
+    (a false match only reads as held)."""
     try:
         inode = os.lstat(path).st_ino
     except FileNotFoundError:
-        return []
+        return [], None
     except OSError:
         return None
     try:
@@ -1265,6 +1269,8 @@ def _lock_holders(path: Path) -> list[int] | None:
             text = table.read(1 << 22)
     except OSError:
         return None
+    found = _lock_key(path)
+    key = None if found is None or found[1] != inode else found[0]
     # "1: FLOCK  ADVISORY  WRITE 2264 00:1a:12345 0 EOF" ("->" marks a waiter, which holds nothing)
     wanted = str(inode).encode()
     return [
@@ -1272,26 +1278,91 @@ def _lock_holders(path: Path) -> list[int] | None:
         for fields in (line.split() for line in text.splitlines())
         if len(fields) >= 6
         and fields[1] == b"FLOCK"
-        and fields[5].rsplit(b":", 1)[-1] == wanted
+        and (fields[5] == key if key is not None else fields[5].rsplit(b":", 1)[-1] == wanted)
         and fields[4].isdigit()
-    ]
+    ], key
+
+
+def _lock_key(path: Path) -> tuple[bytes, int] | None:
+    """`path`'s lock key as /proc/locks prints it (`MAJOR:MINOR:INODE`, the first two of its file system's device,
+    in hex) and the inode it names, or None (no /proc, an older kernel without mnt_id). Opened O_PATH: nothing
+    is read, a FIFO does not block, a link is not followed."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, AttributeError):  # AttributeError: no O_PATH (not Linux)
+        return None
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
+            info = dict(line.split(b":", 1) for line in fh.read(4096).splitlines() if b":" in line)
+        mount = info[b"mnt_id"].strip()
+        inode = int(info[b"ino"]) if b"ino" in info else os.fstat(fd).st_ino
+        with open("/proc/self/mountinfo", "rb") as fh:
+            for line in fh:
+                fields = line.split(None, 3)
+                if len(fields) >= 3 and fields[0] == mount:
+                    major, minor = (int(n) for n in fields[2].split(b":"))
+                    return f"{major:02x}:{minor:02x}:{inode}".encode(), inode
+    except (OSError, KeyError, ValueError):
+        pass
+    finally:
+        os.close(fd)
+    return None
+
+
+def _holds_flock(pid: int, key: bytes) -> bool | None:
+    """Whether process `pid` holds the flock `key` through one of its descriptors, from the lock lines of its
+    /proc/<pid>/fdinfo (a description's own locks); None when that cannot be read (another user's process)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except FileNotFoundError:
+        return False  # gone
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as fh:
+                text = fh.read(1 << 16)
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith(b"lock:"):
+                fields = line.split()
+                if b"FLOCK" in fields and key in fields and b"->" not in fields:
+                    return True
+    return False
+
+
+def _flock_holder(key: bytes) -> int | None:
+    """The first process found holding the flock `key`, among those whose descriptors this one may read."""
+    try:
+        pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    except OSError:
+        return None
+    return next((pid for pid in pids if _holds_flock(pid, key)), None)
 
 
 def lock_is_held(path: Path) -> bool | None:
     """Whether some process holds `path`'s file_lock now: True, False, or None when it cannot be told
     (read from /proc/locks: _lock_holders)."""
-    holders = _lock_holders(path)
-    return None if holders is None else bool(holders)
+    found = _lock_holders(path)
+    return None if found is None else bool(found[0])
 
 
 def lock_holder(path: Path) -> str | None:
     """Who holds `path`'s file_lock, for a person: `pid 1234: python3 workflow.py run ...` (its command line
-    shortened, its controls inert), or None when it cannot be told. The pid is the one that took the lock (a
-    child it forked since may hold it too). Said, never acted on."""
-    holders = _lock_holders(path)
-    if not holders:
+    shortened, its controls inert), or None when it cannot be told. /proc/locks gives the pid that took the
+    lock, which may have exited while a process it started holds it through the same open file description
+    (its pid perhaps a stranger's since): that pid is named only if it still holds the lock, else the process
+    that does (found through /proc/<pid>/fdinfo), else nobody. Said, never acted on."""
+    found = _lock_holders(path)
+    if not found or not found[0]:
         return None
-    pid = holders[0]
+    pids, key = found
+    pid: int | None = pids[0]
+    if key is not None and _holds_flock(pids[0], key) is False:
+        pid = _flock_holder(key)
+        if pid is None:
+            return None
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             argv = [a.decode("utf-8", "replace") for a in fh.read(4096).split(b"\0") if a]

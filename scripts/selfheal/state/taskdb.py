@@ -31,16 +31,30 @@ import json
 import os
 import sqlite3
 import stat
+import struct
+import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import EXIT_USAGE, LockBusy, StateError, StateWriteError, UnsafeStateError, UsageError
 from . import layout
-from .root import ensure_dir, file_lock, loads, open_rewrite
+from .root import ensure_dir, file_lock, loads, open_read, open_rewrite
 from .sql import SQLITE, Dialect
 from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, HISTORY_KEEP, PRIORITIES, PROCESSING, TYPES, VOID
+
+try:
+    import fcntl
+
+    _HAVE_FCNTL = True
+except ImportError:  # pragma: no cover - Windows
+    _HAVE_FCNTL = False
+# An open file description's own lock (Linux, 64-bit: struct flock packed as "hhqqi4x"), else None.
+_OFD_LOCK: int | None = (
+    getattr(fcntl, "F_OFD_SETLK", None) if _HAVE_FCNTL and sys.platform == "linux" and sys.maxsize > 2**32 else None
+)
 
 TYPE_CHECKING = False  # not typing's: the health check reads this database and never imports typing
 if TYPE_CHECKING:
@@ -451,6 +465,52 @@ def _check_side_file(side: Path) -> None:
         raise UnsafeStateError(side, f"has {info.st_nlink} hard links (one may point outside the state root)")
 
 
+# SQLite's lock bytes in a database file (os_unix.c): every connection holds a read lock of the SHARED range,
+# and the last one to close folds the log into the file and removes the -wal only under a write lock of it.
+_SHARED_FIRST = 0x40000000 + 2
+_SHARED_SIZE = 510
+# How often a reader of a folder it cannot write looks again while a writer comes or goes.
+_READ_POLL_S = 0.01
+# SQLite's answer to a read-only reader while a writer is making the -shm's index: a moment later it is made.
+_INDEX_BEING_MADE = frozenset(("SQLITE_READONLY_RECOVERY", "SQLITE_READONLY_CANTINIT"))
+
+
+def _hold_shared(fd: int) -> bool:
+    """Take SQLite's shared lock of the database open at `fd`, released when fd is closed; False while a writer
+    holds the exclusive one. On Linux the lock is the open file description's (F_OFD_SETLK): closing another fd
+    of the file in this process, as SQLite does, leaves it held. Where locks are not kept (a file system that
+    refuses them) the read goes on without one, as SQLite's own `immutable` would."""
+    try:
+        if _OFD_LOCK is not None:
+            fcntl.fcntl(
+                fd, _OFD_LOCK, struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, _SHARED_FIRST, _SHARED_SIZE, 0)
+            )
+        elif _HAVE_FCNTL:  # pragma: no cover - not Linux: a process's lock
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, _SHARED_SIZE, _SHARED_FIRST, os.SEEK_SET)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+    return True
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Which file is at `path` and how big, to tell whether a writer changed it; None when there is none."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    was = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (was.st_dev, was.st_ino)
+
+
 class TaskDB:
     """One connection to tasks.db, shared by the threads of a process (a runner and its heartbeat)."""
 
@@ -548,12 +608,14 @@ class TaskDB:
           still reads what tasks.db-wal holds (https://sqlite.org/wal.html#noshm); the price is that the
           database is locked to other processes while this one has it open, a reader's moment (they wait for
           it as for any writer);
-        - on a read-only folder, read-only: with the -wal and -shm the last writer left, SQLite reads them as
-          they are; with no -wal, nothing is waiting to be folded in and the file is read as unchanging
-          (`immutable`: no lock, no -shm), which nothing can make untrue there but a writer through another
-          mount in the moment of the read. A -wal left without its -shm cannot be read (SQLite would have to
-          rebuild the index); that fails with the folder's error.
+        - on a read-only folder, read-only: with the -wal and -shm a writer made, SQLite reads them as they are
+          (under its locks of the -shm, so a writer still at work elsewhere is read as consistently as from
+          a writable folder); with no -wal, the tree is copied whole into memory and read from there
+          (_copy_whole). A -wal left without its -shm cannot be read (SQLite would have to rebuild the index);
+          that fails with the folder's error. A writer that may still exist (through another mount, a user
+          who may write the folder) can come or go while this looks: then it looks again.
 
+        tasks.db itself must be a plain file with one name, as open() requires (UnsafeStateError).
         `query_only`: a statement that would write fails with the error that made the read necessary.
         (Closing after a full-disk read, SQLite folds what tasks.db-wal holds into tasks.db, as the last
         connection always does; on a full disk that fails as safely, the log kept.) `unwritable` keeps that
@@ -566,40 +628,146 @@ class TaskDB:
                 raise
             unwritable = exc
         self._check_side_files()
-        full = unwritable.errno == errno.ENOSPC
-        if full:
-            params = "mode=rw&nofollow=1"  # never made here
-        elif os.path.lexists(self.path.with_name(self.path.name + "-wal")):
-            params = "mode=ro&nofollow=1"
+        if unwritable.errno == errno.ENOSPC:
+            conn = self._connect_to_read("mode=rw&nofollow=1", unwritable, exclusive=True)  # never made here
         else:
-            params = "mode=ro&immutable=1&nofollow=1"
-        uri = "file:" + urllib.parse.quote(str(self.path)) + "?" + params
-        try:
-            with self.errors():
-                conn = sqlite3.connect(
-                    uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-                )
-                try:
-                    if full:
-                        conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first read: no shared memory
-                    conn.execute("PRAGMA query_only=ON")
-                    found = self._version(conn)
-                    if found > SCHEMA_VERSION:
-                        raise TaskDBTooNew(self.path, found)
-                    if found < SCHEMA_VERSION:
-                        raise unwritable  # its migration must write first
-                except BaseException:
-                    conn.close()
-                    raise
-        except StateError as exc:
-            if type(exc) is not StateError or full:  # too new, torn, locked: as open() says it
-                raise
-            # A -wal without its -shm on a read-only folder: SQLite cannot rebuild the index there.
-            why = f"{unwritable.reason}, and its {self.path.name}-wal cannot be read without {self.path.name}-shm"
-            raise StateWriteError(self.path, OSError(unwritable.errno, why)) from exc
+            conn = self._read_unwritable_folder(unwritable)
         self._conn = conn
         self.unwritable = unwritable
         return self
+
+    def _connect_to_read(
+        self, params: str, unwritable: StateWriteError, *, exclusive: bool = False
+    ) -> sqlite3.Connection:
+        """A query_only connection to tasks.db opened with these URI parameters, its schema this version's."""
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?" + params
+        with self.errors():
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            try:
+                if exclusive:
+                    conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first read: no shared memory
+                self._check_to_read(conn, unwritable)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def _check_to_read(self, conn: sqlite3.Connection, unwritable: StateWriteError) -> None:
+        conn.execute("PRAGMA query_only=ON")
+        found = self._version(conn)
+        if found > SCHEMA_VERSION:
+            raise TaskDBTooNew(self.path, found)
+        if found < SCHEMA_VERSION:
+            raise unwritable  # its migration must write first
+
+    def _read_unwritable_folder(self, unwritable: StateWriteError) -> sqlite3.Connection:
+        """The tree on a folder this process cannot write: through the -wal and -shm while the -wal holds a
+        commit, else from a whole copy of tasks.db (an empty -wal holds nothing to fold in: a writer opening
+        the tree makes it before its -shm). A writer may come or go between the look and the read (its -shm
+        removed before its -wal as it closes, or not yet made as it opens; its index half made): the files are
+        looked at again, until the busy timeout (then LockBusy, exit 4); a -wal that stays without its -shm is
+        refused, naming both."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        shm = self.path.with_name(self.path.name + "-shm")
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            self._check_side_files()
+            fd = self._open_plain()
+            try:
+                seen = _identity(wal)
+                empty = seen is None or seen[1] == 0
+                copy = self._copy_whole(fd, wal, seen, deadline) if empty else None
+            finally:
+                os.close(fd)
+            if copy is not None:
+                try:
+                    with self.errors():
+                        self._check_to_read(copy, unwritable)
+                except BaseException:
+                    copy.close()
+                    raise
+                return copy
+            if empty:  # a writer committed during the copy: its -wal is read next
+                self._look_again(deadline, wait=False)
+                continue
+            before = (seen, os.path.lexists(shm))
+            try:
+                return self._connect_to_read("mode=ro&nofollow=1", unwritable)
+            except StateError as exc:
+                half_made = getattr(exc.__cause__, "sqlite_errorname", "") in _INDEX_BEING_MADE
+                if type(exc) is not StateError and not half_made:  # too new, torn, locked: as open() says it
+                    raise
+                self._look_again(deadline, wait=True)
+                if half_made or (_identity(wal), os.path.lexists(shm)) != before:
+                    continue
+                # A -wal without its -shm: SQLite cannot rebuild the index here.
+                why = f"{unwritable.reason}, and its {wal.name} cannot be read without {shm.name}"
+                raise StateWriteError(self.path, OSError(unwritable.errno, why)) from exc
+
+    def _open_plain(self) -> int:
+        """A read-only fd of tasks.db, refused (UnsafeStateError) as open() refuses it: a link of either kind
+        (a second name may be another user's tree), or anything but a plain file."""
+        fd = open_read(self.path)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafeStateError(self.path, "is not a plain file")
+            if info.st_nlink > 1:
+                raise UnsafeStateError(
+                    self.path, f"has {info.st_nlink} hard links (one may point outside the state root)"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _copy_whole(
+        self, fd: int, wal: Path, seen: tuple[int, int, int] | None, deadline: float
+    ) -> sqlite3.Connection | None:
+        """tasks.db copied into an in-memory database, or None when a writer changed the -wal (`seen` before:
+        absent or empty) or replaced tasks.db meanwhile: its log is then read instead.
+
+        SQLite cannot read a WAL database here without a -shm, except as `immutable`: no lock, no -shm, every
+        page read as it is at that moment. A writer through another mount folds its commits into tasks.db as
+        it closes, and a connection kept open that way read part of the tree before a commit and part after:
+        a listing torn between two moments (or a page half written, taken for a damaged database). So the
+        whole file is copied at once, under SQLite's own shared lock of it (_hold_shared): the last writer to
+        close folds its log in only under the exclusive one, and leaves its -wal while this holds the lock,
+        so a -wal as empty after the copy as before it (the same file, or none) means no commit was folded in
+        during it. (A checkpoint that truncates the log, which nothing here asks for, could fold one in and
+        leave the -wal empty again; its time stamp changes with it, at the file system's granularity.) The copy costs
+        the tree's size in memory, for a reader's moment."""
+        while not _hold_shared(fd):  # a writer folding its log in now: a moment
+            self._look_again(deadline, wait=True)
+        if _identity(wal) != seen:
+            return None
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro&immutable=1&nofollow=1"
+        copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            with self.errors():
+                source = sqlite3.connect(uri, uri=True, check_same_thread=False)
+                try:
+                    source.backup(copy)
+                    # Before closing the source: where the lock is a process's (not Linux), its close drops it.
+                    whole = _identity(wal) == seen and _same_file(fd, self.path)
+                finally:
+                    source.close()
+        except BaseException:
+            copy.close()
+            raise
+        if not whole:
+            copy.close()
+            return None
+        return copy
+
+    def _look_again(self, deadline: float, *, wait: bool) -> None:
+        """Before looking at the files again: LockBusy past the deadline, else a moment's wait if `wait`."""
+        if time.monotonic() >= deadline:
+            raise LockBusy(f"the task tree ({self.path}) stayed locked for {self.busy_timeout_s:g}s; try again later")
+        if wait:
+            time.sleep(_READ_POLL_S)
 
     def _check_side_files(self) -> None:
         for suffix in ("-wal", "-shm", "-journal"):
