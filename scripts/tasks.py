@@ -947,8 +947,10 @@ def _op_fleet(store: TaskStore, args: argparse.Namespace, parser: argparse.Argum
             )
     if report["spooled_events"]:
         lines.append(f"{report['spooled_events']} ledger event(s) spooled on this host, waiting for the database")
+    if report["spool_problem"]:
+        lines.append(f"the spool of this host's ledger events cannot be counted: {report['spool_problem']}")
     _emit(args, report, lines)
-    return EXIT_OK if report["reachable"] else EXIT_PROBLEMS
+    return EXIT_OK if report["reachable"] and not report["spool_problem"] else EXIT_PROBLEMS
 
 
 if __name__ == "__main__":

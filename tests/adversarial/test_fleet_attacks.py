@@ -6,7 +6,9 @@ Every test runs against the session's real PostgreSQL (tests/helpers/postgres.py
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import call_script
+from conftest import call_script, run_script
 from selfheal.core.breaker import Breakers
 from selfheal.core.config import Config, load_config
 from selfheal.core.ledger import Ledger
@@ -183,3 +185,39 @@ def test_a_link_planted_at_the_spool_is_refused_and_its_target_neither_read_nor_
     assert precious.read_bytes() == kept and alive.spool_path.is_symlink()
     with psycopg.connect(fleet_url) as conn:
         assert [e for (e,) in conn.execute("SELECT event FROM selfheal_ledger").fetchall()] == ["success"]
+
+
+@pytest.mark.parametrize("plant", ["link", "fifo"])
+@pytest.mark.parametrize(
+    "command", [("health_check.py", "--json"), ("tasks.py", "fleet", "status", "--json")], ids=["health", "status"]
+)
+def test_a_link_or_fifo_at_the_spool_is_named_never_counted_through_nor_waited_on(
+    fleet_url: str, home: Path, tmp_path: Path, plant: str, command: tuple[str, ...]
+) -> None:
+    """The health check and `tasks.py fleet status` count the events waiting in the spool: a FIFO planted there
+    hung both for good (a plain open waits for a writer: the cron check never ended), and a link was followed,
+    its target's lines counted as this host's events. Now the spool is named as refused, and nothing waits."""
+    spool = home / "fleet" / "ledger-spool.jsonl"
+    spool.parent.mkdir(parents=True, mode=0o700)
+    home.chmod(0o700)
+    victim = tmp_path / "victim.jsonl"
+    victim.write_bytes(b'{"event": "retry", "task": "not-ours"}\n' * 7)
+    if plant == "link":
+        spool.symlink_to(victim)
+    else:
+        os.mkfifo(spool)
+
+    proc = run_script(*command, home=home, env={"SELFHEAL_DATABASE_URL": fleet_url}, timeout=60)
+
+    report = json.loads(proc.stdout)
+    if command[0] == "health_check.py":
+        fleet = next(c for c in report["checks"] if c["name"] == "fleet")
+        said, counted = fleet["detail"], fleet["spooled"]
+        assert fleet["status"] == "warn" and proc.returncode in (1, 3), proc.stdout
+    else:
+        said, counted = report["spool_problem"], report["spooled_events"]
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert str(spool) in said and ("link" in said if plant == "link" else "not a plain file" in said), said
+    assert counted == 0, "the link's target was counted as spooled events"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert victim.read_bytes() == b'{"event": "retry", "task": "not-ours"}\n' * 7

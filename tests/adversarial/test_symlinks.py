@@ -21,8 +21,13 @@ from pathlib import Path
 
 import pytest
 from helpers.fake_gateway import LIVE, READY, FakeGateway
+from test_watchdog import Restarts, break_the_config_until_it_gives_up, check, enabled, env_for
 
 from conftest import call_script
+from selfheal.core.config import Config
+from selfheal.heal.watchdog import good_configs, watch
+from selfheal.state.root import StateRoot
+from selfheal.testing import FakeClock
 
 pytestmark = pytest.mark.slow
 
@@ -304,3 +309,148 @@ def test_a_task_log_planted_as_a_link_is_not_shown_by_tasks_log(home: Path, tmp_
     assert "secret words" not in proc.stdout + proc.stderr
     assert proc.returncode == 2 and str(link) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("folder", ["ledger", "logs"])
+def test_the_log_report_never_reads_the_ledger_or_the_log_through_a_linked_folder(
+    folder: str, home: Path, tmp_path: Path
+) -> None:
+    """`ledger -> /elsewhere` (or `logs -> ...`): analyze_logs.py read /elsewhere's files as this host's ledger or
+    log (only a link at the file itself was refused), and reported another tree's failures as ours. Now the
+    input names the link, and nothing of the target is counted or shown."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if folder == "ledger":
+        event = {"ts": stamp, "event": "failed", "task": "victim-task", "error_class": "permanent", "status": "failed"}
+        (elsewhere / f"{today()}.jsonl").write_text(json.dumps(event) + "\n")
+    else:
+        (elsewhere / "selfheal.log").write_text(f"{stamp} [FAILED] task=victim-task reason=permanent attempts=1\n")
+    home.mkdir(mode=0o700)
+    link = home / folder
+    os.symlink(elsewhere, link)
+
+    proc = script(home, "analyze_logs.py", "--json", OPENCLAW_STATE_DIR=str(tmp_path / "openclaw"))
+
+    report = json.loads(proc.stdout)
+    assert "victim-task" not in proc.stdout + proc.stderr
+    assert report["runs"]["failed"] == 0, report["runs"]
+    (read,) = [i for i in report["inputs"] if i["source"] in ("ledger", "log")]
+    assert str(link) in read["error"] and "symbolic link" in read["error"], read
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 1), proc.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_the_health_check_never_reads_its_own_status_files_through_a_link(
+    where: str, home: Path, tmp_path: Path
+) -> None:
+    """`status/other.json -> victim` (or `status -> /elsewhere`): the health check read the victim as one of
+    self-heal's own status files and reported what it says (`status=crashed`) as a failure of ours. Now the link
+    is named as unreadable, and nothing of the target is read."""
+    work = tmp_path / "work"
+    work.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / "other.json"
+    victim.write_text('{"status": "crashed"}\n')
+    home.mkdir(mode=0o700)
+    if where == "file":
+        (home / "status").mkdir(mode=0o700)
+        link = home / "status" / "other.json"
+        os.symlink(victim, link)
+    else:
+        link = home / "status"
+        os.symlink(elsewhere, link)
+
+    proc = health(home, work, "--json")
+
+    check = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "status_files")
+    assert "crashed" not in proc.stdout + proc.stderr, check
+    assert check["status"] == "warn" and str(link) in check["detail"] and "symbolic link" in check["detail"], check
+    assert victim.read_text() == '{"status": "crashed"}\n'
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+
+
+def test_a_restore_never_reads_the_kept_openclaw_json_through_a_link(
+    state: StateRoot, config: Config, clock: FakeClock, home: Path, tmp_path: Path
+) -> None:
+    """`self_heal.py --apply` of the watchdog's record puts the last-known-good openclaw.json back: a link planted
+    at the kept copy (openclaw-config/openclaw-<ts>.json -> another file of the user's) was read through and its
+    target written over openclaw.json. Now the copy is refused and named (exit 2), and nothing is restored."""
+    openclaw_dir = tmp_path / "oc"
+    openclaw_dir.mkdir()
+    config_file = openclaw_dir / "openclaw.json"
+    cfg = enabled(config, max_restarts_per_hour=1)
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        env = env_for(openclaw_dir, gw.url)
+        config_file.write_text(json.dumps({"gateway": {"port": int(gw.url.rsplit(":", 1)[1])}}))
+        assert watch(check(state, env, clock), state, cfg, env=env, clock=clock, run=Restarts()).action == "healthy"
+    outcome = break_the_config_until_it_gives_up(state, cfg, clock, openclaw_dir)
+    (kept,) = good_configs(state)
+    victim = tmp_path / "other.json"
+    victim.write_text('{"private": "words of another file"}\n')
+    kept.unlink()
+    kept.symlink_to(victim)
+
+    proc = script(home, "self_heal.py", "--apply", str(outcome.fix_id))
+
+    assert config_file.read_text() == "{ broken", "the link's target was restored as openclaw.json"
+    assert not list(openclaw_dir.glob("openclaw.json.before-restore-*"))
+    assert str(kept) in proc.stderr and "symbolic link" in proc.stderr, proc.stderr
+    assert "words of another file" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert kept.is_symlink() and victim.read_text() == '{"private": "words of another file"}\n'
+
+
+def test_a_link_or_folder_among_the_kept_openclaw_json_copies_is_left_alone(home: Path, tmp_path: Path) -> None:
+    """A healthy check keeps openclaw.json and prunes the older copies in openclaw-config/: a folder planted among
+    them made every healthy check end in a traceback (IsADirectoryError, exit 3), and a link there was deleted as
+    a copy. Now neither counts as a copy: both are left for a person, and the copy is kept."""
+    work = tmp_path / "work"
+    (work / "openclaw").mkdir(parents=True)
+    (work / "openclaw" / "openclaw.json").write_text('{"gateway": {"mode": "local"}}\n')
+    victim = tmp_path / "victim.json"
+    victim.write_bytes(VICTIM)
+    kept = home / "openclaw-config"
+    kept.mkdir(parents=True, mode=0o700)
+    home.chmod(0o700)
+    planted_folder = kept / "openclaw-2000-01-01T000000Z.json"
+    planted_folder.mkdir()
+    planted_link = kept / "openclaw-2000-01-02T000000Z.json"
+    planted_link.symlink_to(victim)
+    with FakeGateway({"/healthz": LIVE, "/readyz": READY}) as gw:
+        (home / "config.yaml").write_text(
+            f"health: {{gateway_url: '{gw.url}', disk_min_free_mb: 0, watchdog: {{enabled: true, keep_configs: 1}}}}\n"
+        )
+        proc = script(home, "health_check.py", "--json", OPENCLAW_STATE_DIR=str(work / "openclaw"))
+
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["watchdog"]["action"] == "healthy", proc.stdout
+    assert planted_folder.is_dir() and planted_link.is_symlink() and victim.read_bytes() == VICTIM
+    copies = [p for p in kept.iterdir() if p not in (planted_folder, planted_link)]
+    assert [p.read_text() for p in copies] == ['{"gateway": {"mode": "local"}}\n']
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "planted", ["fleet/ledger-spool.jsonl", "openclaw-config/openclaw-2026-01-01T000000Z.json", "model-cache/x.json"]
+)
+def test_the_health_check_names_links_in_the_folders_made_on_first_use(
+    planted: str, home: Path, tmp_path: Path
+) -> None:
+    """fleet/, openclaw-config/ and model-cache/ are made when first used, not with the rest: the state_root
+    check looked only into the others, and said the root held no links while one waited in these."""
+    (tmp_path / "work").mkdir()
+    home.mkdir(mode=0o700)
+    link = home / planted
+    link.parent.mkdir(mode=0o700)
+    os.symlink(tmp_path / "victim", link)
+
+    proc = health(home, tmp_path / "work", "--json")
+
+    check = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "state_root")
+    assert check["status"] == "warn" and str(link) in check["detail"], check
+    assert proc.returncode == 1, proc.stdout + proc.stderr

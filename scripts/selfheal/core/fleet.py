@@ -9,6 +9,7 @@ dead database costs one connect attempt per process per period, not one per requ
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import weakref
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import StateError, UsageError
+from ..state.root import iter_lines, open_read
 from .config import StoreSettings
 
 if TYPE_CHECKING:
@@ -98,6 +100,26 @@ def fleet_now(clock: Clock, db_now: float | None = None) -> float:
     return float(clock.time() + _skews.get(clock, 0.0))
 
 
+def spooled_events(spool: Path) -> tuple[int, str | None]:
+    """How many ledger events wait in this host's spool (0 when there is none), and why it could not be counted
+    (None when it was). Read as a state file (state.root.open_read): a link planted there is named, never followed
+    (its target's lines were counted as this host's events), and a FIFO is refused, not waited on (a plain open
+    of one hung the cron health check for good); a line is never held whole (iter_lines)."""
+    try:
+        fd = open_read(spool)
+    except FileNotFoundError:
+        return 0, None
+    except StateError as exc:
+        return 0, str(exc)
+    except OSError as exc:
+        return 0, f"cannot read {spool}: {exc.strerror or exc}"
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            return sum(1 for line in iter_lines(fh) if line is None or line.strip()), None
+    except OSError as exc:  # a folder there (open_read opens one; reading it is EISDIR)
+        return 0, f"cannot read {spool}: {exc.strerror or exc}"
+
+
 def fleet_report(
     store: StoreSettings, spool: Path, *, init: bool = False, lease_s: float = 120.0, clock: Clock = SYSTEM_CLOCK
 ) -> dict[str, Any]:
@@ -116,15 +138,12 @@ def fleet_report(
     except ImportError:
         raise UsageError(NO_DRIVER) from None
 
-    try:
-        with spool.open("rb") as fh:
-            waiting = sum(1 for line in fh if line.strip())
-    except OSError:
-        waiting = 0
+    waiting, spool_problem = spooled_events(spool)
     report: dict[str, Any] = {
         "url": mask_url(store.url),  # no piece of a password, however malformed the URL
         "host": host_id(store),
         "spooled_events": waiting,
+        "spool_problem": spool_problem,
         "schema_expected": SCHEMA_VERSION,
     }
     db = Database(store.url, host_id(store), store.connect_timeout_s)

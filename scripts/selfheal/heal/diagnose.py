@@ -57,7 +57,15 @@ from ..state.fixes import (
     normalize,
     signature_key,
 )
-from ..state.root import StateRoot, iter_lines, open_read, quarantine, validate_id, write_bytes_atomic
+from ..state.root import (
+    StateRoot,
+    iter_lines,
+    open_read,
+    quarantine,
+    read_capped,
+    validate_id,
+    write_bytes_atomic,
+)
 from ..tasks.analysis import hint_for
 from ..tasks.run import TaskRunner, tail_lines
 from ..tasks.tree import ERROR_FIX_PENDING, NORMAL_CRASH, REQUIRES_MANUAL, Task, TaskStore, UnknownTask, safe_name
@@ -1046,9 +1054,7 @@ def _check_one(action: str, record: FixRecord, config: Config, state: StateRoot,
     """ApplyRefused if `action` cannot be done on what the record names (checked again as it is done)."""
     task = record.task
     if action == "restore_openclaw_config":
-        good, current = record.evidence.get("good_config"), record.evidence.get("config")
-        if not good or not current or not Path(str(good)).is_file():
-            raise ApplyRefused(f"{record.id}: no last-known-good openclaw.json to restore; nothing was done")
+        _good_copy(record)
     elif action == "reset_breaker":
         target = str(record.evidence.get("target") or "")
         if not target or target not in Breakers(state, config.breakers).targets():
@@ -1119,18 +1125,31 @@ def _apply_one(action: str, record: FixRecord, config: Config, state: StateRoot,
     raise ApplyRefused(f"{record.id}: unknown action {action!r}; nothing was done")  # pragma: no cover - checked above
 
 
+def _good_copy(record: FixRecord) -> tuple[Path, bytes]:
+    """The record's last-known-good copy of openclaw.json (kept under the state root's openclaw-config/) and its
+    bytes. Read as a state file: a link planted at it or at its folder is refused (UnsafeStateError, exit 2; its
+    target was written over openclaw.json), a FIFO is never waited on. ApplyRefused when there is none."""
+    good, current = record.evidence.get("good_config"), record.evidence.get("config")
+    none = ApplyRefused(f"{record.id}: no last-known-good openclaw.json to restore; nothing was done")
+    if not good or not current:
+        raise none
+    path = Path(str(good))
+    try:
+        return path, read_capped(path, what="last-known-good openclaw.json")
+    except (FileNotFoundError, IsADirectoryError):
+        raise none from None
+
+
 def _restore_config(record: FixRecord, clock: Clock) -> Applied:
     """Put the last-known-good openclaw.json back; the current file is kept beside it (the undo)."""
-    good, current = record.evidence.get("good_config"), record.evidence.get("config")
-    if not good or not current or not Path(str(good)).is_file():
-        raise ApplyRefused(f"{record.id}: no last-known-good openclaw.json to restore; nothing was done")
-    target = Path(str(current))
+    good, data = _good_copy(record)
+    target = Path(str(record.evidence.get("config")))
     kept = target.with_name(f"{target.name}.before-restore-{utc_iso(clock.time()).replace(':', '')}")
     if target.exists():
         import shutil  # noqa: PLC0415 - 3 ms (bz2, lzma) every script that imports the healer paid
 
         shutil.copy2(target, kept)
-    write_bytes_atomic(target, Path(str(good)).read_bytes(), redacted=True)  # the user's own file, byte for byte
+    write_bytes_atomic(target, data, redacted=True)  # the user's own file, byte for byte
     return Applied(
         "restore_openclaw_config",
         str(target),

@@ -57,10 +57,12 @@ from ..state.root import (
     file_lock,
     json_number,
     open_append,
+    open_dir,
     open_file,
     open_regular,
     read_bytes,
     read_json,
+    unlink,
     write_bytes_atomic,
     write_json,
 )
@@ -107,9 +109,24 @@ class Outcome:
 
 
 def good_configs(state: StateRoot) -> list[Path]:
-    """The kept copies, newest first."""
+    """The kept copies, newest first: the plain files of openclaw-config/, listed through the folder reached as
+    every state folder is (a link planted at it: UnsafeStateError). A link or a folder planted among them is no
+    copy: never read nor pruned (a folder there ended every healthy check in a traceback), left for a person."""
     folder = state.sub(CONFIG_FOLDER)
-    return sorted(folder.glob("openclaw-*.json"), reverse=True) if folder.is_dir() else []
+    try:
+        dir_fd = open_dir(folder, create=False)
+    except FileNotFoundError:
+        return []
+    try:
+        with os.scandir(dir_fd) as entries:
+            names = [
+                e.name
+                for e in entries
+                if e.name.startswith("openclaw-") and e.name.endswith(".json") and e.is_file(follow_symlinks=False)
+            ]
+    finally:
+        os.close(dir_fd)
+    return sorted((folder / name for name in names), reverse=True)
 
 
 def keep_good_config(state: StateRoot, env: Mapping[str, str], *, keep: int, now: float) -> Path | None:
@@ -132,7 +149,8 @@ def keep_good_config(state: StateRoot, env: Mapping[str, str], *, keep: int, now
     ensure_dir(target.parent)
     write_bytes_atomic(target, data, redacted=True)  # not redacted: the user's own file, kept as it is
     for old in good_configs(state)[keep:]:
-        old.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # another check pruned it first
+            unlink(old)  # in the folder's fd: never a file outside the state root
     return target
 
 

@@ -72,6 +72,7 @@ from ..state.root import (
     NotRegularFile,
     StateRoot,
     json_number,
+    open_read,
     open_regular,
     openclaw_state_dir,
     quarantine,
@@ -592,14 +593,18 @@ def parse_key_values(text: str) -> dict[str, str]:
     return pairs
 
 
-def read_status_file(path: str) -> tuple[dict[str, Any], str | None]:
-    """A status file's values and the problem that made it unreadable (None when it was read)."""
+def read_status_file(path: str, *, own: bool = False) -> tuple[dict[str, Any], str | None]:
+    """A status file's values and the problem that made it unreadable (None when it was read). `own`: one of
+    self-heal's own (the state root's status/), read as a state file: never through a link planted at it or at a
+    folder above it (its target was read, and what it said reported as self-heal's own failure)."""
     try:
         # Checked on the open fd, never waited on: the listing saw a file, but another skill's folder may hold a
         # FIFO there by now, and a plain open() of one waits for a writer, the cron check with it, for good.
-        fd, _ = open_regular(path)
+        fd = open_read(Path(path)) if own else open_regular(path)[0]
         with os.fdopen(fd, "rb") as fh:
             raw = fh.read(STATUS_READ_MAX)
+    except UnsafeStateError as exc:  # `own` only: a link (or a FIFO) at the file, or a link at a folder above it
+        return {}, exc.problem if exc.path == Path(path) else str(exc)
     except NotRegularFile as exc:
         return {}, f"is {exc.kind}, not a status file"
     except OSError as exc:
@@ -679,7 +684,7 @@ def check_status_files(own_dir: Path, other_dirs: Iterable[Path], max_age_s: flo
                 fresh += 1
             else:
                 stale.append((entry.path, age))
-            values, problem = read_status_file(entry.path)
+            values, problem = read_status_file(entry.path, own=own)
             if problem is not None:
                 unreadable.append((entry.path, problem))
             elif (said := _reports_failure(values)) is not None:
@@ -959,7 +964,9 @@ def check_state_root(root: Path) -> Check:
     foreign: list[str] = []
     if stat.S_IMODE(info.st_mode) & _OTHERS_WRITE:
         loose.append(f"{root} ({stat.S_IMODE(info.st_mode):04o})")
-    for name in SUBDIRS:
+    # With the folders made on first use (fleet mode, the watchdog's copies, the model cache): a link in them is
+    # refused by their writers all the same, and is as much a sign of a plant.
+    for name in (*SUBDIRS, layout.FLEET, layout.OPENCLAW_CONFIGS, layout.MODEL_CACHE):
         folder = root / name
         try:
             sub = os.lstat(folder)
@@ -1045,19 +1052,16 @@ def check_gpu(min_free_mb: int, env: Mapping[str, str]) -> Check:
 def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[dict[str, Any]] | None]:
     """Fleet mode: whether the shared database answers (else this host runs degraded on its own files),
     and the fleet's breaker records when it does."""
-    from ..core.fleet import NO_DRIVER, host_id, mark_down  # noqa: PLC0415 - fleet mode only: psycopg
+    from ..core.fleet import NO_DRIVER, host_id, mark_down, spooled_events  # noqa: PLC0415 - fleet mode only: psycopg
 
     try:
         from ..state.pg import Database, fleet_status  # noqa: PLC0415
     except ImportError:
         return Check("fleet", WARN, f"{NO_DRIVER}; degraded: this host uses its own files", {"reachable": False}), None
 
-    spool = state.fleet_spool
-    try:
-        with spool.open("rb") as fh:
-            waiting = sum(1 for line in fh if line.strip())
-    except OSError:
-        waiting = 0
+    # Never through a link planted at the spool, never waiting on a FIFO there (the cron check hung for good).
+    waiting, spool_problem = spooled_events(state.fleet_spool)
+    unsafe = f"; the spool cannot be counted: {spool_problem}" if spool_problem else ""
     db = Database(str(config.store.url), host_id(config.store), config.store.connect_timeout_s)
     try:
         status = fleet_status(db)
@@ -1068,7 +1072,7 @@ def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[dict[str,
             f"fleet database unreachable: degraded; this host uses its own breaker files, spools its ledger"
             f" ({waiting} event(s) waiting) and claims no task from the shared task tree: {_one_line(str(exc))}"
         )
-        return Check("fleet", WARN, detail, {"reachable": False, "spooled": waiting}), None
+        return Check("fleet", WARN, detail + unsafe, {"reachable": False, "spooled": waiting}), None
     finally:
         db.close()
     hosts = [h["host"] for h in status["hosts"]]
@@ -1077,7 +1081,9 @@ def check_fleet(state: StateRoot, config: Config) -> tuple[Check, list[dict[str,
     # Each row read once by fleet_status: its typed record, or why it does not read; a row not yet written, neither.
     breakers = [b for b in status["breakers"] if b.get("record") is not None or b.get("unreadable")]
     if waiting:
-        return Check("fleet", WARN, detail + f"; {waiting} spooled ledger event(s) not yet replayed", data), breakers
+        detail += f"; {waiting} spooled ledger event(s) not yet replayed"
+    if waiting or unsafe:
+        return Check("fleet", WARN, detail + unsafe, data), breakers
     return Check("fleet", OK, detail, data), breakers
 
 

@@ -51,8 +51,8 @@ from ..core.classify import Classifier, Failure
 from ..core.config import ERROR_CLASSES, AnalysisSettings, ClassifySettings
 from ..core.ledger import OWN_TASK_PREFIX
 from ..core.redact import Redactor
-from ..errors import UsageError
-from ..state.root import NotRegularFile, open_regular
+from ..errors import UnsafeStateError, UsageError
+from ..state.root import NotRegularFile, open_read, open_regular
 from . import openclaw_logs as oc
 
 BLOCK_BYTES = 2 * 1024 * 1024  # read size; a block's parsed rows take about 3 times this
@@ -1143,8 +1143,9 @@ class InputError(UsageError):
 def open_input(path: str, *, follow_links: bool = True) -> Iterator[Readable]:
     """A log for reading as bytes: `-` is stdin; gzip (by name or by its magic bytes) is decompressed.
 
-    `follow_links=False` for a state file (the ledger's day files, logs/selfheal.log*): a symbolic link there is
-    refused, never followed out of the state root."""
+    `follow_links=False` for a state file (the ledger's day files, logs/selfheal.log*): opened as the state layer
+    opens one (open_read), so a symbolic link there, or at a folder above it up to the state root (`ledger ->
+    /elsewhere`), is refused, never followed out of the state root."""
     if path == "-":
         yield typing.cast(Readable, sys.stdin.buffer)  # a BufferedReader: it has readinto
         return
@@ -1152,7 +1153,18 @@ def open_input(path: str, *, follow_links: bool = True) -> Iterator[Readable]:
     # Opened non-blocking (a FIFO with no writer would hang the open, /dev/zero a read), then anything but a
     # plain file is refused before a byte is read: a folder, a pipe, a device, a socket.
     try:
-        fh = open(path, "rb", opener=lambda name, _flags: open_regular(name, follow=follow_links)[0])  # noqa: SIM115
+        if follow_links:
+            fh = open(path, "rb", opener=lambda name, _flags: open_regular(name)[0])  # noqa: SIM115
+        else:
+            fh = os.fdopen(_open_state_file(p), "rb")
+    except UnsafeStateError as exc:
+        if exc.path != p:  # a folder above it: the message names that folder and what it is
+            raise InputError(path, str(exc)) from None
+        if exc.problem.startswith("is a symbolic link"):
+            raise InputError(
+                path, "is a symbolic link: not followed (state files are never read through a link)"
+            ) from None
+        raise InputError(path, "is not a regular file: a pipe or a device") from None
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except PermissionError:
@@ -1186,6 +1198,17 @@ def open_input(path: str, *, follow_links: bool = True) -> Iterator[Readable]:
             raise InputError(path, "not gzip data, though the name ends in .gz")
         else:
             yield fh
+
+
+def _open_state_file(path: Path) -> int:
+    """An fd of the state file `path` for reading (state.root.open_read: no link followed from the state root
+    down, no FIFO waited on); a folder there is NotRegularFile, as open_regular says it."""
+    fd = open_read(path)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        os.close(fd)
+        raise NotRegularFile(path, mode)
+    return fd
 
 
 _BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put at the start of a text file
