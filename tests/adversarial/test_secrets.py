@@ -245,3 +245,19 @@ def test_no_planted_secret_reaches_any_file_or_stream(
     # The runs really happened and were recorded (an empty state root would pass the search trivially).
     assert list((home / "fixes").glob("FIX-*.json")) and list((home / "tasks").glob("*.log"))
     assert (workspace / ".learnings" / "ERRORS.md").exists()
+
+
+def test_a_notification_command_never_gets_a_planted_secret(home: Path, tmp_path: Path) -> None:
+    """retry_run.py --notify fills {summary} and {command} into a command that sends them on (a chat, a
+    mail): a secret on the failed command's line or in its last line of output reaches it masked."""
+    planted = plant()
+    sk, flag_token = planted.values[2], planted.values[11]
+    out = tmp_path / "message"
+    notify = f'sh -c \'printf "%s\\n" "$@" >> {out}\' notify {{summary}} {{command}}'
+    command = ["sh", "-c", f"echo 'Incorrect API key provided: {sk}' >&2; exit 2", "deploy", "--token", flag_token]
+    run = Runner(home, planted.env, tmp_path)
+    proc = run("retry_run.py", "--json", "--notify", notify, "--", *command, ok=(3,))
+    assert json.loads(proc.stdout)["notified"]["ok"]
+    message = out.read_text()
+    assert "failed after" in message and "deploy --token" in message  # the notifier ran, with both values
+    assert leaks(planted, [("the notification's arguments", message), *run.streams]) == []

@@ -21,6 +21,7 @@ from ..errors import CorruptStateError
 from ..state.fixes import write_inert_json
 from ..state.incidents import Incident
 from ..state.records import RecordError
+from ..state.redact import active as active_redactor
 from ..state.root import StateRoot, quarantine, read_json, validate_id
 
 __all__ = ["Incident", "new_incident_id", "notify", "read_incident", "run_notifier", "write_incident"]
@@ -79,9 +80,15 @@ def run_notifier(
     template: Sequence[str], values: dict[str, str], *, timeout_s: float, clock: Clock = SYSTEM_CLOCK
 ) -> dict[str, Any]:
     """Run a notification argv, each element filled from `values` ({summary}, ...), never through a shell.
-    Returns what happened; a failing notifier is logged, never raised."""
+    Returns what happened; a failing notifier is logged, never raised.
+
+    The values are masked before they are filled in: the command sends them on (a chat, a mail), and a summary
+    or command line may hold a secret (`--token ...`, a key in the error's last line). The template is the
+    user's own setting and is left as written."""
+    redactor = active_redactor()
+    clean = {name: redactor.text(value) for name, value in values.items()}
     try:
-        argv = [part.format_map(values) for part in template]
+        argv = [part.format_map(clean) for part in template]
     except (KeyError, ValueError) as exc:
         logger.warning("notification template %r cannot be filled: %s", list(template), exc)
         return {"ok": False, "error": f"bad template: {exc}", "at": utc_iso(clock.time())}
