@@ -152,6 +152,16 @@ def test_control_sequences_in_a_tasks_text_or_output_never_reach_the_terminal(ho
     assert "\u241b]0;pwned\u2407" in tasks(home, "show", "esc").stdout
 
 
+def planted(path: Path, plant: str, victim: Path) -> None:
+    """Put what an attacker plants at `path`: a link to `victim`, a FIFO, or a folder."""
+    if plant == "symlink":
+        path.symlink_to(victim)
+    elif plant == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+
 @pytest.mark.parametrize("plant", ["symlink", "fifo", "folder"])
 def test_a_link_or_fifo_planted_at_a_tasks_log_parks_that_task_and_the_queue_runs_on(
     home: Path, tmp_path: Path, plant: str
@@ -166,12 +176,7 @@ def test_a_link_or_fifo_planted_at_a_tasks_log_parks_that_task_and_the_queue_run
     assert tasks(home, "add", "second", "--", "echo", "second").returncode == 0
     log = home / "tasks" / "first.log"
     log.parent.mkdir(exist_ok=True)
-    if plant == "symlink":
-        log.symlink_to(victim)
-    elif plant == "fifo":
-        os.mkfifo(log)
-    else:
-        log.mkdir()
+    planted(log, plant, victim)
     refused = tasks(home, "run-next", "--json")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert str(log) in json.loads(refused.stdout)["message"]
@@ -209,12 +214,7 @@ def test_a_link_fifo_or_folder_planted_at_a_running_tasks_log_loses_its_lines_no
     try:
         subprocess.run(["cat", str(ready)], timeout=30, check=True, capture_output=True)  # it runs: its log is open
         log.unlink()
-        if plant == "symlink":
-            log.symlink_to(victim)
-        elif plant == "fifo":
-            os.mkfifo(log)
-        else:
-            log.mkdir()
+        planted(log, plant, victim)
         subprocess.run(["sh", "-c", f"echo on > {go}"], timeout=30, check=True)
         out, err = runner.communicate(timeout=60)
     finally:
