@@ -422,6 +422,13 @@ def open_regular(
     return fd, info
 
 
+def refuse_hard_links(path: StrPath, info: os.stat_result) -> None:
+    """UnsafeStateError for a state file with more than one name: a hard link planted there would have what is
+    written to it land in another file of the user's (or a file read there be another user's)."""
+    if info.st_nlink > 1:
+        raise UnsafeStateError(Path(path), f"has {info.st_nlink} hard links (one may point outside the state root)")
+
+
 def open_file(path: Path, flags: int, mode: int = FILE_MODE, *, doing: str = "write") -> int:
     """Open the state file `path` with `flags`, never through a symbolic link (at the file or at a folder
     above it, up to the state root), and only if it is a plain file with one name (a hard link planted to
@@ -458,8 +465,7 @@ def open_file(path: Path, flags: int, mode: int = FILE_MODE, *, doing: str = "wr
     fd, info = opened
     if flags & (os.O_WRONLY | os.O_RDWR):
         try:
-            if info.st_nlink > 1:
-                raise UnsafeStateError(path, f"has {info.st_nlink} hard links (one may point outside the state root)")
+            refuse_hard_links(path, info)
             if info.st_mode & 0o077:  # an older version's, or made under umask 000: state files are 0600
                 with contextlib.suppress(OSError):
                     os.fchmod(fd, FILE_MODE)

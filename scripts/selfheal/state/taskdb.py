@@ -41,7 +41,7 @@ from pathlib import Path
 
 from ..errors import EXIT_USAGE, LockBusy, StateError, StateWriteError, UnsafeStateError, UsageError
 from . import layout
-from .root import ensure_dir, file_lock, loads, open_read, open_rewrite
+from .root import ensure_dir, file_lock, loads, open_file, open_rewrite, refuse_hard_links
 from .sql import SQLITE, Dialect
 from .taskstates import ACTIONABLE_STATES, CHILD_SETTLED, END, HISTORY_KEEP, PRIORITIES, PROCESSING, TYPES, VOID
 
@@ -461,8 +461,7 @@ def _check_side_file(side: Path) -> None:
         raise UnsafeStateError(side, f"is a symbolic link (to {target})")
     if not stat.S_ISREG(info.st_mode):
         raise UnsafeStateError(side, "is not a plain file")
-    if info.st_nlink > 1:
-        raise UnsafeStateError(side, f"has {info.st_nlink} hard links (one may point outside the state root)")
+    refuse_hard_links(side, info)
 
 
 # SQLite's lock bytes in a database file (os_unix.c): every connection holds a read lock of the SHARED range,
@@ -709,15 +708,9 @@ class TaskDB:
     def _open_plain(self) -> int:
         """A read-only fd of tasks.db, refused (UnsafeStateError) as open() refuses it: a link of either kind
         (a second name may be another user's tree), or anything but a plain file."""
-        fd = open_read(self.path)
+        fd = open_file(self.path, os.O_RDONLY, doing="read")  # a plain file, reached through no link
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise UnsafeStateError(self.path, "is not a plain file")
-            if info.st_nlink > 1:
-                raise UnsafeStateError(
-                    self.path, f"has {info.st_nlink} hard links (one may point outside the state root)"
-                )
+            refuse_hard_links(self.path, os.fstat(fd))
         except BaseException:
             os.close(fd)
             raise
