@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from .errors import EXIT_FAILED, EXIT_USAGE, SelfHealError
 from .state.inert import inert_json
-from .state.redact import OUTPUT_LOCK, LineRedactor, nonblocking_twin, reader_may_stall
+from .state.redact import JAMMED_S, OUTPUT_LOCK, LineRedactor, nonblocking_twin, reader_may_stall
 from .state.redact import active as active_redactor
 
 TYPE_CHECKING = False  # not typing's: see selfheal/__init__.py
@@ -54,7 +54,6 @@ PROG_PREFIX = "self-heal"
 STALL_S = 2.0
 _PIPE_BUF = select.PIPE_BUF  # bytes: one write this size to a pipe that polls writable never waits
 _POLL_SLICE_MS = 200  # the longest one wait for a reader goes without Python looking for a signal
-_JAMMED_MS = 20  # the pause before trying again a terminal that polled writable but took nothing
 _stop: Stopping | None = None  # set by hurry_on: once it is set, our lines wait for no reader
 _interrupted = False  # Ctrl-C ended main(): its last words wait for no reader either
 
@@ -308,7 +307,7 @@ class RedactedBinary:
             # unbounded poll() could outlast the Ctrl-C meant to end it.
             slice_ms = _POLL_SLICE_MS if left is None else min(_POLL_SLICE_MS, max(1, math.ceil(left * 1000)))
             # Jammed, the descriptor polls writable at once: a short pause instead, or the wait would spin.
-            poller, slice_ms = (pause, min(slice_ms, _JAMMED_MS)) if jammed else (waiter, slice_ms)
+            poller, slice_ms = (pause, min(slice_ms, math.ceil(JAMMED_S * 1000))) if jammed else (waiter, slice_ms)
             for ready_fd, events in poller.poll(slice_ms):
                 if ready_fd != fd and events & select.POLLNVAL:  # the stop flag was closed: nothing to wait on
                     waiter.unregister(ready_fd)

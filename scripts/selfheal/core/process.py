@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..state.redact import OUTPUT_LOCK, LineRedactor, nonblocking_twin, reader_may_stall
+from ..state.redact import JAMMED_S, OUTPUT_LOCK, LineRedactor, nonblocking_twin, reader_may_stall
 from ..state.runs import live_process, start_ticks
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ _PR_GET_CHILD_SUBREAPER = 37
 _CMD_CHARS = 200  # a left-behind process's command line is cut to this in reports
 _PIPE_BUF = select.PIPE_BUF  # bytes: a write this size to a pipe that polls writable never waits (_Sink)
 _PENDING_MAX = 256 * 1024  # bytes of output held for a slow reader before the command's pipes stop being read
-_JAMMED_S = 0.02  # seconds before a terminal that polled writable but took nothing is tried again (_Sink)
 _WRITE_LOCK = OUTPUT_LOCK  # one poll-then-write at a time in this process (parallel steps, the scripts' diagnostics)
 
 
@@ -498,7 +497,7 @@ class _Sink:
                     written = os.write(self._out, self.pending[:_PIPE_BUF])
                 del self.pending[:written]
         except BlockingIOError:  # a terminal's twin: less room than the poll promised
-            self.jammed_until = time.monotonic() + _JAMMED_S
+            self.jammed_until = time.monotonic() + JAMMED_S
         except OSError:  # the reader went away (EPIPE), or the descriptor was closed under us
             self.pending.clear()
             self.target = None

@@ -520,6 +520,11 @@ def reader_may_stall(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
 
+# The pause before a terminal that polled writable but took nothing (one byte of room, a CR LF to write) is tried
+# again through its twin: without it, the wait for room would spin (cli's and core.process's writers).
+JAMMED_S = 0.02
+
+
 def nonblocking_twin(fd: int) -> int | None:
     """For a terminal at `fd`: a second open file description of it, non-blocking and close-on-exec, to write
     to after poll() said the terminal is writable; None for anything else, or where none can be opened.
