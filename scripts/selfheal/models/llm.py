@@ -437,8 +437,7 @@ class _ChainCall:
         self.classifier = classifier_for(config.classify)
         self.attempts: list[ModelAttempt] = []
         self.tracked = record and task is not None
-        # A [FALLBACK] recorded and no end ([SUCCESS] or [FAILED]) since: the call owes the ledger its end.
-        self.end_owed = False
+        self.fell_back = False  # a [FALLBACK] is in the ledger: the call is recorded, and owes it its end
         self.ended = False  # the call's one [SUCCESS] or [FAILED] is in the ledger
         self.asking: ModelEndpoint | None = None  # the endpoint being asked now
         self.started = clock.monotonic()
@@ -515,6 +514,11 @@ class _ChainCall:
         for client in self.clients.values():  # this call's own clients; shared ones stay open
             await client.close()
 
+    @property
+    def end_owed(self) -> bool:
+        """A [FALLBACK] is in the ledger and no end ([SUCCESS] or [FAILED]) yet: the call owes the ledger its end."""
+        return self.fell_back and not self.ended
+
     async def note(self, attempt: ModelAttempt, event: str | None, **extra: Any) -> None:
         """Keep the attempt; record it in the ledger when this call is tracked (a task, or any failure)."""
         self.attempts.append(attempt)
@@ -524,7 +528,7 @@ class _ChainCall:
             self.tracked = True
         if not self.tracked:
             return
-        self.end_owed = event == "fallback" or (self.end_owed and event not in ("success", "failed"))
+        self.fell_back = self.fell_back or event == "fallback"
         self.ended = self.ended or event in ("success", "failed")
         fields = {
             "task": self.task,
@@ -630,7 +634,6 @@ class _ChainCall:
         if self.tracked:
             # The hit answers a call that is recorded (for a task, or after a [FALLBACK]): the call's [SUCCESS]
             # ends it (a cache_hit ends no run), with the whole call's time, as a model's answer would.
-            self.end_owed = False
             self.ended = True
             await self.io(
                 self.ledger.record,
@@ -678,7 +681,6 @@ class _ChainCall:
             since.insert(0, f"{attempt.endpoint}: {attempt.reason}")
         skipped = "; ".join(since)
         why = f"the endpoints left were not asked ({skipped})" if skipped else "no endpoint was left to ask"
-        self.end_owed = False
         self.ended = True
         await self.io(
             self.ledger.record,
@@ -696,7 +698,7 @@ class _ChainCall:
         offloaded: the loop is unwinding, and what is awaited now may be cancelled too."""
         if not self.tracked or self.ended:
             return
-        self.ended, self.end_owed = True, False
+        self.ended = True
         entry = self.asking
         try:
             self.ledger.record(
